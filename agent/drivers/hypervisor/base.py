@@ -1,0 +1,112 @@
+"""The hypervisor driver contract.
+
+Vocabulary: a *VM* is a guest this platform created; it is identified by the
+instance UUID, which is also the hypervisor's own UUID for it. A VM is
+*defined* (known to the hypervisor, persistent across hypervisor restarts) and
+either *running* or *stopped*. A driver only ever lists or touches VMs that
+carry this platform's metadata; anything else on the host is not its business.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class HypervisorInfo:
+    """What a driver can do, as data (never probed with hasattr)."""
+
+    name: str
+    accelerated: bool  # hardware virtualization (KVM) is used for new VMs
+    live_migration: bool
+    remote_console: bool
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One block device of a VM, backed by a file on the node."""
+
+    path: Path
+    format: Literal["raw", "qcow2"]
+    target: str  # guest device name, e.g. "vda"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything needed to define a VM."""
+
+    id: str
+    name: str  # hypervisor-side name, unique on the node
+    vcpus: int
+    memory_mib: int
+    disks: tuple[DiskSpec, ...]
+    console_log: Path  # the serial console is written here
+    power_seq: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VmObservation:
+    """A VM as the hypervisor reports it."""
+
+    id: str
+    name: str
+    running: bool
+    power_seq: int
+    console_log: Path | None
+
+
+class HypervisorError(Exception):
+    """A hypervisor operation failed; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class HypervisorDriver(ABC):
+    """Defines, starts, stops and removes VMs on one node."""
+
+    @abstractmethod
+    def info(self) -> HypervisorInfo:
+        """Capabilities of this driver on this node."""
+
+    @abstractmethod
+    def list_vms(self) -> list[VmObservation]:
+        """All VMs of this platform on the node, running or not; nothing else."""
+
+    @abstractmethod
+    def define(self, spec: VmSpec) -> None:
+        """Define a persistent, stopped VM.
+
+        After success the VM exists and is stopped. On failure nothing was
+        defined. Defining an id that already exists raises HypervisorError.
+        """
+
+    @abstractmethod
+    def start(self, vm_id: str) -> None:
+        """Start a defined VM. After success it is running; starting a running VM is a no-op."""
+
+    @abstractmethod
+    def stop(self, vm_id: str, *, grace_seconds: float) -> None:
+        """Ask the guest to power off (ACPI), then force it off after `grace_seconds`.
+
+        After success the VM is stopped and still defined. Stopping a stopped VM is a no-op.
+        """
+
+    @abstractmethod
+    def undefine(self, vm_id: str) -> None:
+        """Force the VM off if needed and remove its definition.
+
+        After success the hypervisor no longer knows the VM; files its disks
+        point at are left alone (they belong to the storage driver). Removing an
+        unknown id is a no-op.
+        """
+
+    @abstractmethod
+    def set_power_seq(self, vm_id: str, power_seq: int) -> None:
+        """Record in the VM's own metadata the last operator power action applied."""

@@ -1,0 +1,153 @@
+"""Wire types between the agent and the controller.
+
+The controller imports from the agent only this module. Every message is a
+pydantic model that rejects unknown fields, so a version skew between agent
+and controller fails loudly instead of silently dropping data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+
+class Wire(BaseModel):
+    """Base of every wire message: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PowerState(StrEnum):
+    """Power state of a VM, desired or observed."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class ObservedVmState(StrEnum):
+    """What the agent sees of a VM on its node."""
+
+    PROVISIONING = "provisioning"  # the agent is building it (image, disk, seed, domain)
+    RUNNING = "running"
+    STOPPED = "stopped"
+    ERROR = "error"  # the last reconcile of this VM failed; see `error`
+
+
+class ImageRef(Wire):
+    """An image a VM's root disk is made from; the agent fetches it by id."""
+
+    id: str = Field(examples=["6f1c0d5e-5b5e-4d8e-9a36-0d7c3f1b2a10"])
+    name: str = Field(examples=["testguest"])
+    disk_format: Literal["raw", "qcow2"] = Field(examples=["raw"])
+    size_bytes: int = Field(ge=0, description="Size of the image file as stored")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class CloudInitSeed(Wire):
+    """What goes into the VM's NoCloud `cidata` seed."""
+
+    instance_id: str
+    hostname: str
+    user_data: str = ""
+
+
+class DesiredVm(Wire):
+    """One VM as the controller wants it on this node."""
+
+    id: str = Field(description="Instance UUID; also the libvirt domain UUID")
+    name: str = Field(examples=["web-1"])
+    vcpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=16)
+    root_disk_gib: int | None = Field(
+        default=None, ge=1, description="Root disk size; None keeps the image's virtual size"
+    )
+    image: ImageRef
+    power: PowerState
+    power_seq: int = Field(
+        ge=0,
+        description="Incremented on every operator power action, so the agent can tell "
+        "a requested start from a VM that its guest powered off",
+    )
+    seed: CloudInitSeed
+
+
+class DesiredState(Wire):
+    """Everything the controller wants on one node, numbered by generation."""
+
+    node_id: str
+    generation: int = Field(ge=0)
+    vms: list[DesiredVm]
+
+
+class ObservedVm(Wire):
+    """One VM as the agent observes it."""
+
+    id: str
+    name: str
+    state: ObservedVmState
+    power_seq: int = Field(ge=0, description="Last power_seq the agent applied")
+    error: str | None = None
+    progress: int = Field(default=0, ge=0, le=100)
+    console_log: str | None = Field(default=None, description="Path of the serial log on the node")
+
+
+class DiskInfo(Wire):
+    name: str
+    size_bytes: int
+    rotational: bool
+    model: str | None = None
+
+
+class NicInfo(Wire):
+    name: str
+    mac: str | None
+    mtu: int
+    up: bool
+
+
+class Inventory(Wire):
+    """What the node is made of, as probed by the agent."""
+
+    hostname: str
+    cpu_model: str
+    cpu_flags: list[str] = Field(description="Virtualization-related CPU flags (vmx, svm, ...)")
+    cpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    kvm_device: bool = Field(description="/dev/kvm exists")
+    kvm_usable: bool = Field(description="A KVM guest was probed and booted")
+    kvm_probe_detail: str
+    disks: list[DiskInfo]
+    nics: list[NicInfo]
+    hypervisor: str = Field(examples=["libvirt"])
+    storage: str = Field(examples=["localfs"])
+    storage_free_bytes: int = Field(ge=0)
+    agent_version: str
+
+
+class NodeStatus(Wire):
+    """Pushed by the agent: inventory, the observed state of its VMs, and how far it got."""
+
+    protocol: int = PROTOCOL_VERSION
+    applied_generation: int = Field(ge=-1, description="Last desired generation fully reconciled")
+    inventory: Inventory
+    vms: list[ObservedVm]
+    sent_at: datetime
+
+
+class JoinRequest(Wire):
+    """Presented by a new agent with its one-time join token."""
+
+    token: str = Field(min_length=16)
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", examples=["node-1"])
+    csr_pem: str
+
+
+class JoinResponse(Wire):
+    node_id: str
+    certificate_pem: str
+    ca_pem: str
