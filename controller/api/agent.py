@@ -1,0 +1,65 @@
+"""/agent/v1: what agents call over mutual TLS. A node reads and writes only its own state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response
+
+from agent.protocol import DesiredState, NodeStatus
+from controller import schemas
+from controller.api.auth import require_node
+from controller.api.context import db, region
+from controller.api.framework import ApiBlueprint
+from controller.db.models import Node
+from controller.services import desired, observed
+from controller.services import images as image_service
+
+api = ApiBlueprint("agent", "/agent/v1", "agent")
+
+
+@api.route("GET", "/nodes/<node_id>/desired", auth="node", query=schemas.AgentDesiredQuery,
+           summary="Long-poll the node's desired state once its generation exceeds `after`",
+           responses={200: DesiredState})
+def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
+    require_node(node_id)
+    db().close()  # never hold a transaction (and SQLite's lock) while waiting
+    sessions = region().sessions
+
+    def changed() -> bool:
+        with sessions() as s:
+            node = s.get(Node, node_id)
+            return node is not None and node.generation > query.after
+
+    region().notifier.wait_until(changed, query.wait)
+    with sessions() as s:
+        node = s.get(Node, node_id)
+        assert node is not None
+        return desired.build(s, node)
+
+
+@api.route("POST", "/nodes/<node_id>/status", auth="node", body=NodeStatus,
+           summary="Report inventory and observed VM state", responses={204: None})
+def post_status(node_id: str, body: NodeStatus) -> Any:
+    require_node(node_id)
+    session = db()
+    node = session.get(Node, node_id)
+    assert node is not None
+    changed = observed.ingest(session, node, body)
+    session.commit()
+    if changed:
+        region().notifier.notify()
+    return "", 204
+
+
+@api.route("GET", "/images/<image_id>/file", auth="node", summary="Download an image file",
+           responses={200: "The image file"})
+def get_image_file(image_id: str) -> Any:
+    image = image_service.find(db(), image_id)
+    path = image_service.path_of(region().config.image_dir, image.id)
+    db().close()
+    return Response(
+        image_service.read_chunks(path),
+        mimetype="application/octet-stream",
+        headers={"Content-Length": str(image.size_bytes), "X-Vauban-SHA256": image.sha256},
+    )

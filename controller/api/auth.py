@@ -1,0 +1,77 @@
+"""Who is calling: a user with a bearer token, or a node with its client certificate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g, request
+from sqlalchemy import select
+
+from controller.api.context import db
+from controller.db.models import Node
+from controller.errors import Forbidden, Unauthorized
+from controller.services import auth as auth_service
+
+PEER_CERT_ENVIRON = "vauban.peer_cert"  # set by PeerCertMiddleware from the TLS connection
+
+
+def authenticate(kind: str) -> None:
+    """Set g.actor for the caller, or raise Unauthorized/Forbidden."""
+    if kind == "public":
+        return
+    if kind == "user":
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>' (vauban login)")
+        user = auth_service.user_for_token(db(), token.strip())
+        g.actor = user.name
+        return
+    if kind == "node":
+        node_id, serial = _peer_identity()
+        node = db().scalar(select(Node).where(Node.id == node_id))
+        if node is None or node.cert_serial != serial:
+            raise Forbidden("this client certificate does not belong to a node of the region")
+        g.node_id = node_id
+        g.actor = f"node:{node.name}"
+        return
+    raise AssertionError(f"unknown auth kind {kind}")
+
+
+def _peer_identity() -> tuple[str, str]:
+    cert: dict[str, Any] | None = request.environ.get(PEER_CERT_ENVIRON)
+    if not cert:
+        raise Unauthorized("this endpoint needs a node client certificate (mutual TLS)")
+    cn = next(
+        (value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"),
+        None,
+    )
+    if cn is None:
+        raise Unauthorized("the client certificate has no common name")
+    return cn, str(cert.get("serialNumber", "")).lower().lstrip("0")
+
+
+def require_node(node_id: str) -> None:
+    """A node may only read and write its own state."""
+    if g.get("node_id") != node_id:
+        raise Forbidden(f"this certificate is for node {g.get('node_id')}, not {node_id}")
+
+
+class PeerCertMiddleware:
+    """Copies the verified TLS client certificate (if any) into the WSGI environ.
+
+    Only gunicorn's socket carries it; a client cannot set this environ key itself.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        environ.pop(PEER_CERT_ENVIRON, None)
+        sock = environ.get("gunicorn.socket")
+        getpeercert = getattr(sock, "getpeercert", None)
+        if getpeercert is not None:
+            cert = getpeercert()
+            if cert:
+                environ[PEER_CERT_ENVIRON] = cert
+        return self.app(environ, start_response)

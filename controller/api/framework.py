@@ -1,0 +1,226 @@
+"""Declared routes: each handler states its input models, its responses and who may call it.
+
+From those declarations the wrapper validates input (malformed JSON and unknown
+fields are errors), authenticates the caller, and the OpenAPI document is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flask import Blueprint, Response, g, request
+from pydantic import BaseModel, ValidationError
+
+from controller.api.problems import problem, validation_problem
+
+Auth = Literal["user", "node", "public"]
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str  # full URL path, Flask syntax
+    summary: str
+    tag: str
+    auth: Auth
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    responses: dict[int, type[BaseModel] | type[list[Any]] | str | None]
+    binary_body: bool = False
+
+
+@dataclass
+class ApiBlueprint:
+    """A Flask blueprint that records a RouteSpec for every route it registers."""
+
+    name: str
+    url_prefix: str
+    tag: str
+    specs: list[RouteSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.blueprint = Blueprint(self.name, __name__, url_prefix=self.url_prefix)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        responses: dict[int, Any],
+        auth: Auth = "user",
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        binary_body: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        spec = RouteSpec(
+            method, self.url_prefix + path, summary, self.tag, auth, body, query, responses,
+            binary_body,
+        )
+        self.specs.append(spec)
+
+        def decorate(handler: Handler) -> Handler:
+            wrapped = _wrap(handler, spec)
+            self.blueprint.add_url_rule(
+                path, endpoint=handler.__name__, view_func=wrapped, methods=[method]
+            )
+            return handler
+
+        return decorate
+
+
+def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
+    from controller.api import auth as api_auth
+
+    @functools.wraps(handler)
+    def view(**path_args: Any) -> Response:
+        api_auth.authenticate(spec.auth)
+        kwargs: dict[str, Any] = dict(path_args)
+        if spec.query is not None:
+            try:
+                kwargs["query"] = spec.query.model_validate(request.args.to_dict())
+            except ValidationError as e:
+                return validation_problem(e, "query parameter")
+        if spec.body is not None:
+            parsed = _json_body()
+            if isinstance(parsed, Response):
+                return parsed
+            try:
+                kwargs["body"] = spec.body.model_validate(parsed)
+            except ValidationError as e:
+                return validation_problem(e, "body")
+        result = handler(**kwargs)
+        return _respond(result)
+
+    return view
+
+
+def _json_body() -> Any:
+    if request.mimetype != "application/json":
+        return problem(
+            415, "Unsupported media type",
+            f"the body must be application/json, not {request.mimetype or 'missing'}",
+            "unsupported-media-type",
+        )
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return problem(400, "Malformed JSON", f"the body is not valid JSON: {e}", "malformed-json")
+
+
+def _respond(result: Any) -> Response:
+    if isinstance(result, Response):
+        return result
+    body, status = result if isinstance(result, tuple) else (result, 200)
+    if status == 204:
+        return Response(status=204)
+    if isinstance(body, BaseModel):
+        text = body.model_dump_json()
+    elif isinstance(body, list):
+        text = "[" + ",".join(b.model_dump_json() for b in body) + "]"
+    else:
+        text = json.dumps(body)
+    return Response(text, status=status, mimetype="application/json")
+
+
+def actor() -> str:
+    """Who is calling: a user name, or `node:<id>` for an agent."""
+    return str(g.get("actor", "anonymous"))
+
+
+_PATH_PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
+
+
+def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for `specs`, schemas taken from the pydantic models."""
+    from pydantic.json_schema import models_json_schema
+
+    models: dict[type[BaseModel], Literal["validation", "serialization"]] = {}
+    for s in specs:
+        if s.body is not None:
+            models[s.body] = "validation"
+        for r in s.responses.values():
+            inner = _list_item(r)
+            if inner is not None:
+                models.setdefault(inner, "serialization")
+    _, defs = models_json_schema(
+        [(m, mode) for m, mode in models.items()], ref_template="#/components/schemas/{model}"
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for s in specs:
+        path = _PATH_PARAM.sub(r"{\1}", s.path)
+        paths.setdefault(path, {})[s.method.lower()] = _operation(s)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Vauban region API", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "nodeCertificate": {"type": "mutualTLS"},
+            },
+        },
+    }
+
+
+def _list_item(r: Any) -> type[BaseModel] | None:
+    args = getattr(r, "__args__", None)
+    if args:
+        r = args[0]
+    return r if isinstance(r, type) and issubclass(r, BaseModel) else None
+
+
+def _operation(s: RouteSpec) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": s.summary, "tags": [s.tag], "responses": {}}
+    op["security"] = {"user": [{"bearer": []}], "node": [{"nodeCertificate": []}]}.get(s.auth, [])
+    params = [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+        for n in _PATH_PARAM.findall(s.path)
+    ]
+    if s.query is not None:
+        schema = s.query.model_json_schema()
+        required = set(schema.get("required", []))
+        for name, prop in schema.get("properties", {}).items():
+            params.append(
+                {"name": name, "in": "query", "required": name in required, "schema": prop}
+            )
+    if params:
+        op["parameters"] = params
+    if s.body is not None:
+        ref = {"$ref": f"#/components/schemas/{s.body.__name__}"}
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
+    elif s.binary_body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                 "format": "binary"}}},
+        }
+    for status, r in s.responses.items():
+        op["responses"][str(status)] = _response(r)
+    op["responses"].setdefault(
+        "4XX",
+        {"description": "Problem document (RFC 9457)",
+         "content": {"application/problem+json": {"schema": {"type": "object"}}}},
+    )
+    return op
+
+
+def _response(r: Any) -> dict[str, Any]:
+    if r is None:
+        return {"description": "No content"}
+    if isinstance(r, str):
+        return {"description": r}
+    inner = _list_item(r)
+    assert inner is not None
+    ref = {"$ref": f"#/components/schemas/{inner.__name__}"}
+    schema = {"type": "array", "items": ref} if getattr(r, "__args__", None) else ref
+    return {"description": inner.__doc__ or inner.__name__,
+            "content": {"application/json": {"schema": schema}}}

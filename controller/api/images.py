@@ -1,0 +1,66 @@
+"""/api/v1/images: guest images, uploaded as a stream with a verified checksum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+
+from controller import schemas
+from controller.api.context import db, region
+from controller.api.framework import ApiBlueprint, actor
+from controller.api.problems import problem
+from controller.db.models import Image
+from controller.services import audit
+from controller.services import images as service
+
+api = ApiBlueprint("images", "/api/v1/images", "images")
+
+
+@api.route("GET", "", summary="List images", responses={200: list[schemas.Image]})
+def list_images() -> Any:
+    rows = db().query(Image).order_by(Image.name).all()
+    return [schemas.Image.model_validate(i) for i in rows]
+
+
+@api.route("GET", "/<ref>", summary="Show an image (by name or id)",
+           responses={200: schemas.Image})
+def show_image(ref: str) -> Any:
+    return schemas.Image.model_validate(service.find(db(), ref))
+
+
+@api.route("POST", "", summary="Upload an image: metadata in the query, the file as the body",
+           query=schemas.ImageImportQuery, binary_body=True, responses={201: schemas.Image})
+def import_image(query: schemas.ImageImportQuery) -> Any:
+    if request.mimetype != "application/octet-stream":
+        return problem(415, "Unsupported media type",
+                       "the body must be the image file as application/octet-stream",
+                       "unsupported-media-type")
+    session = db()
+    service.check_name_free(session, query.name)
+    session.rollback()  # hold no database lock while the upload streams in
+    image_dir = region().config.image_dir
+    who = actor()
+    try:
+        image_id, size, virtual = service.receive(request.stream, query, image_dir)
+    except Exception as e:
+        audit.record_now(region().sessions, who, "image.import", f"image/{query.name}",
+                         "refused", error=str(e))
+        raise
+    try:
+        image = service.record(session, who, image_id, query, size, virtual)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        service.path_of(image_dir, image_id).unlink(missing_ok=True)
+        raise
+    return schemas.Image.model_validate(image), 201
+
+
+@api.route("DELETE", "/<ref>", summary="Delete an image no instance uses", responses={204: None})
+def delete_image(ref: str) -> Any:
+    session = db()
+    path = service.delete(session, actor(), service.find(session, ref), region().config.image_dir)
+    session.commit()
+    path.unlink(missing_ok=True)
+    return "", 204

@@ -1,0 +1,68 @@
+"""/api/v1/instances: VMs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller import schemas
+from controller.api.context import db, region
+from controller.api.framework import ApiBlueprint, actor
+from controller.api.views import all_instances, instance_view, operation_view
+from controller.services import instances as service
+
+api = ApiBlueprint("instances", "/api/v1/instances", "instances")
+
+
+def _down_after() -> float:
+    return region().config.node_down_after_s
+
+
+@api.route("GET", "", summary="List VMs", responses={200: list[schemas.Instance]})
+def list_instances() -> Any:
+    session = db()
+    return [instance_view(session, i, _down_after()) for i in all_instances(session)]
+
+
+@api.route("GET", "/<ref>", summary="Show a VM (by name or id)",
+           responses={200: schemas.Instance})
+def show_instance(ref: str) -> Any:
+    return instance_view(db(), service.find(db(), ref), _down_after())
+
+
+@api.route("POST", "", summary="Create a VM", body=schemas.InstanceCreate,
+           responses={202: schemas.Operation})
+def create_instance(body: schemas.InstanceCreate) -> Any:
+    session = db()
+    _inst, op = service.create(session, actor(), body, region().config)
+    session.commit()
+    region().notifier.notify()
+    return operation_view(op), 202
+
+
+@api.route("POST", "/<ref>/start", summary="Start a VM", responses={202: schemas.Operation})
+def start_instance(ref: str) -> Any:
+    return _power(ref, "running")
+
+
+@api.route("POST", "/<ref>/stop", summary="Stop a VM (ACPI, forced after a grace period)",
+           responses={202: schemas.Operation})
+def stop_instance(ref: str) -> Any:
+    return _power(ref, "stopped")
+
+
+def _power(ref: str, power: str) -> Any:
+    session = db()
+    op = service.set_power(session, actor(), service.find(session, ref), power)
+    session.commit()
+    region().notifier.notify()
+    return operation_view(op), 202
+
+
+@api.route("DELETE", "/<ref>", summary="Delete a VM and its disks",
+           responses={202: schemas.Operation})
+def delete_instance(ref: str) -> Any:
+    session = db()
+    op = service.delete(session, actor(), service.find(session, ref))
+    session.commit()
+    region().notifier.notify()
+    return operation_view(op), 202

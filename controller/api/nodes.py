@@ -1,0 +1,51 @@
+"""/api/v1/nodes and /api/v1/operations: the region's servers and its long actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from controller import schemas
+from controller.api.context import db, region
+from controller.api.framework import ApiBlueprint
+from controller.api.views import node_view, operation_view
+from controller.db.models import Node, Operation
+from controller.services import nodes as node_service
+from controller.services import operations, scheduler
+
+api = ApiBlueprint("nodes", "/api/v1/nodes", "nodes")
+ops_api = ApiBlueprint("operations", "/api/v1/operations", "operations")
+
+
+@api.route("GET", "", summary="List nodes", responses={200: list[schemas.Node]})
+def list_nodes() -> Any:
+    session = db()
+    usage = scheduler.usage_by_node(session)
+    down = region().config.node_down_after_s
+    return [
+        node_view(n, usage.get(n.id, scheduler.Usage()), down)
+        for n in session.scalars(select(Node).order_by(Node.name))
+    ]
+
+
+@api.route("GET", "/<ref>", summary="Show a node (by name or id)", responses={200: schemas.Node})
+def show_node(ref: str) -> Any:
+    session = db()
+    node = node_service.find(session, ref)
+    usage = scheduler.usage_by_node(session).get(node.id, scheduler.Usage())
+    return node_view(node, usage, region().config.node_down_after_s)
+
+
+@ops_api.route("GET", "", summary="List recent operations", query=schemas.OperationsQuery,
+               responses={200: list[schemas.Operation]})
+def list_operations(query: schemas.OperationsQuery) -> Any:
+    stmt = select(Operation).order_by(Operation.created_at.desc()).limit(query.limit)
+    if query.target:
+        stmt = stmt.where(Operation.target_id == query.target)
+    return [operation_view(o) for o in db().scalars(stmt)]
+
+
+@ops_api.route("GET", "/<op_id>", summary="Show an operation", responses={200: schemas.Operation})
+def show_operation(op_id: str) -> Any:
+    return operation_view(operations.get(db(), op_id))

@@ -1,0 +1,79 @@
+"""RFC 9457 problem documents for every error the API returns, including Flask's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, json, request
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException
+
+from controller.errors import ServiceError
+
+PROBLEM_BASE = "https://vauban.dev/problems/"
+
+
+def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> Response:
+    body = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+        **extra,
+    }
+    return Response(json.dumps(body), status=status, mimetype="application/problem+json")
+
+
+def validation_problem(err: ValidationError, where: str) -> Response:
+    """422 with one entry per invalid field, and a detail that names the first one."""
+    errors = []
+    for e in err.errors(include_url=False, include_context=False, include_input=False):
+        loc = ".".join(str(p) for p in e["loc"]) or where
+        errors.append({"field": loc, "message": _message(e["type"], e["msg"])})
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return problem(
+        422,
+        "Invalid input",
+        f"{where} field '{first['field']}': {first['message']}{more}",
+        "invalid-input",
+        errors=errors,
+    )
+
+
+def _message(kind: str, msg: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "field required"
+    return msg
+
+
+def install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def _service_error(err: ServiceError) -> Response:
+        return problem(err.status, err.title, err.detail, err.slug, **err.extra)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        title = err.name
+        detail = err.description or title
+        if status == 405:
+            detail = f"method {request.method} is not allowed on {request.path}"
+        elif status == 404:
+            detail = f"no such endpoint: {request.path}"
+        return problem(status, title, detail, title.lower().replace(" ", "-"))
+
+    @app.errorhandler(IntegrityError)
+    def _integrity(err: IntegrityError) -> Response:
+        # a concurrent request won the race for a unique name
+        return problem(409, "Conflict", "the request conflicts with an object created meanwhile",
+                       "conflict")
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> Response:
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "Internal error", "the controller failed; see its log", "internal")

@@ -1,0 +1,117 @@
+"""Region-level endpoints: log in, status, join tokens, joining, the CA and the API document."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Response, current_app
+from sqlalchemy import func, select
+
+from agent.protocol import JoinRequest, JoinResponse
+from controller import __version__, schemas
+from controller.api.context import db, region
+from controller.api.framework import ApiBlueprint, actor, openapi_document
+from controller.db.models import Image, Instance, JoinToken, Node, Operation
+from controller.services import audit
+from controller.services import auth as auth_service
+from controller.services import nodes as node_service
+from controller.services.nodes import node_state
+
+api = ApiBlueprint("region", "/api/v1", "region")
+
+
+@api.route("POST", "/tokens", summary="Log in: get a bearer token", auth="public",
+           body=schemas.TokenCreate, responses={201: schemas.Token})
+def create_token(body: schemas.TokenCreate) -> Any:
+    session = db()
+    try:
+        token, row = auth_service.issue_token(
+            session, body.username, body.password, timedelta(seconds=body.ttl_seconds)
+        )
+    except Exception:
+        session.rollback()
+        audit.record_now(region().sessions, body.username, "session.login", "tokens", "refused")
+        raise
+    audit.record(session, body.username, "session.login", "tokens")
+    session.commit()
+    return schemas.Token(token=token, expires_at=row.expires_at, username=body.username), 201
+
+
+@api.route("GET", "/status", summary="The region at a glance", responses={200: schemas.RegionStatus})
+def status() -> Any:
+    session = db()
+    now = datetime.now(UTC)
+    down_after = region().config.node_down_after_s
+    states = [node_state(n, now, down_after) for n in session.scalars(select(Node))]
+    count = lambda stmt: int(session.scalar(stmt) or 0)  # noqa: E731
+    return schemas.RegionStatus(
+        version=__version__,
+        database=region().engine.dialect.name,
+        nodes_up=states.count("up"),
+        nodes_down=len(states) - states.count("up"),
+        instances=count(select(func.count(Instance.id))),
+        instances_running=count(
+            select(func.count(Instance.id)).where(Instance.observed_state == "running")
+        ),
+        images=count(select(func.count(Image.id))),
+        operations_pending=count(
+            select(func.count(Operation.id)).where(Operation.state.in_(("pending", "running")))
+        ),
+        ca_sha256=region().ca_sha256,
+    )
+
+
+@api.route("GET", "/join-tokens", summary="List join tokens",
+           responses={200: list[schemas.JoinToken]})
+def list_join_tokens() -> Any:
+    rows = db().scalars(select(JoinToken).order_by(JoinToken.created_at))
+    return [schemas.JoinToken.model_validate(r) for r in rows]
+
+
+@api.route("POST", "/join-tokens", summary="Create a one-time join token for a new node",
+           body=schemas.JoinTokenCreate, responses={201: schemas.JoinTokenCreated})
+def create_join_token(body: schemas.JoinTokenCreate) -> Any:
+    session = db()
+    secret, row = node_service.create_join_token(
+        session, actor(), body.description, body.ttl_seconds
+    )
+    session.commit()
+    base = schemas.JoinToken.model_validate(row).model_dump()
+    return schemas.JoinTokenCreated(**base, token=secret, ca_sha256=region().ca_sha256), 201
+
+
+@api.route("DELETE", "/join-tokens/<token_id>", summary="Revoke a join token",
+           responses={204: None})
+def delete_join_token(token_id: str) -> Any:
+    session = db()
+    node_service.delete_join_token(session, actor(), token_id)
+    session.commit()
+    return "", 204
+
+
+@api.route("POST", "/join", summary="Join the region: a join token and a CSR for a certificate",
+           auth="public", body=JoinRequest, responses={201: JoinResponse})
+def join(body: JoinRequest) -> Any:
+    session = db()
+    try:
+        response = node_service.join(session, body, region().ca)
+        session.commit()
+    except Exception as e:
+        session.rollback()
+        audit.record_now(region().sessions, "anonymous", "node.join", f"node/{body.name}",
+                         "refused", error=str(e))
+        raise
+    return response, 201
+
+
+@api.route("GET", "/ca.pem", summary="The region CA certificate (verify it by its SHA-256)",
+           auth="public", responses={200: "PEM certificate"})
+def ca_pem() -> Any:
+    return Response(region().ca.cert_pem(), mimetype="application/x-pem-file")
+
+
+@api.route("GET", "/openapi.json", summary="This API, as OpenAPI 3.1", auth="public",
+           responses={200: "OpenAPI document"})
+def openapi() -> Any:
+    return openapi_document(current_app.extensions["vauban.routes"], __version__)

@@ -1,0 +1,24 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from controller.api import agent, images, instances, nodes, session
+from controller.api.context import install_session_teardown
+from controller.api.problems import install_error_handlers
+from controller.region import Region
+
+BLUEPRINTS = [session.api, nodes.api, nodes.ops_api, images.api, instances.api, agent.api]
+
+
+def create_app(region: Region) -> Flask:
+    """An app serving the operator API under /api/v1 and the agent API under /agent/v1."""
+    app = Flask("vauban.controller")
+    app.extensions["vauban"] = region
+    app.extensions["vauban.routes"] = [s for bp in BLUEPRINTS for s in bp.specs]
+    for bp in BLUEPRINTS:
+        app.register_blueprint(bp.blueprint)
+    install_error_handlers(app)
+    install_session_teardown(app)
+    return app

@@ -1,0 +1,32 @@
+"""Open the region: directories, database schema, CA, and the first admin."""
+
+from __future__ import annotations
+
+import logging
+
+from controller.config import ControllerConfig
+from controller.db.migrate import upgrade
+from controller.db.session import make_engine, make_sessionmaker
+from controller.pki import RegionCA, fingerprint
+from controller.region import ChangeNotifier, Region
+from controller.services.auth import ensure_admin
+
+log = logging.getLogger(__name__)
+
+
+def open_region(config: ControllerConfig) -> Region:
+    """Ready the controller's state. Idempotent: a second start keeps CA, data and admin."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config.image_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(config.db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    ca = RegionCA(config.pki_dir)
+    ca.ensure(config.tls_names())
+    with sessions() as db, db.begin():
+        if ensure_admin(db, config.admin_password_file):
+            log.info("created user 'admin'; its password is in %s", config.admin_password_file)
+    return Region(
+        config=config, engine=engine, sessions=sessions, ca=ca,
+        notifier=ChangeNotifier(), ca_sha256=fingerprint(ca.cert_pem()),
+    )

@@ -1,0 +1,57 @@
+"""Controller settings, from the command line or VAUBAN_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    data_dir: Path
+    database_url: str = ""  # default: SQLite in data_dir
+    host: str = "127.0.0.1"
+    port: int = 8443
+    server_names: tuple[str, ...] = field(default_factory=tuple)  # extra names in the TLS cert
+    node_down_after_s: float = 30.0  # a node silent this long is down
+    cpu_allocation_ratio: float = 4.0  # vCPUs per host CPU the scheduler may place
+    reserved_host_memory_mib: int = 512  # kept free for the host on every node
+    threads: int = 64  # long-polling agents each hold one while they wait
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'controller.db'}"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.data_dir / "admin-password"
+
+    def tls_names(self) -> list[str]:
+        names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+        if self.host not in ("0.0.0.0", "::"):
+            names.insert(0, self.host)
+        return list(dict.fromkeys([*names, *self.server_names]))
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ControllerConfig:
+        """Settings from VAUBAN_* variables; keyword arguments win over the environment."""
+        env = os.environ
+        values: dict[str, object] = {
+            "data_dir": Path(env.get("VAUBAN_DATA_DIR", "var/controller")).resolve(),
+            "database_url": env.get("VAUBAN_DATABASE_URL", ""),
+            "host": env.get("VAUBAN_HOST", "127.0.0.1"),
+            "port": int(env.get("VAUBAN_PORT", "8443")),
+            "server_names": tuple(n for n in env.get("VAUBAN_SERVER_NAMES", "").split(",") if n),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,160 @@
+"""The controller's tables: desired state, what agents report, and the audit trail."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Node(Base):
+    """A server running an agent. `generation` numbers its desired state."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    cert_serial: Mapped[str] = mapped_column(String(64))
+    cpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    kvm_usable: Mapped[bool] = mapped_column(Boolean, default=False)
+    inventory: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    applied_generation: Mapped[int] = mapped_column(Integer, default=-1)
+    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="node")
+
+
+class Image(Base):
+    """A guest disk image held by the controller; agents fetch it by id."""
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    disk_format: Mapped[str] = mapped_column(String(8))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    virtual_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    os: Mapped[str | None] = mapped_column(String(63), default=None)
+    min_disk_gib: Mapped[int] = mapped_column(Integer, default=1)
+    signature: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Instance(Base):
+    """A VM: what the operator wants (desired_*) and what its node last reported (observed_*)."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    root_disk_gib: Mapped[int | None] = mapped_column(Integer, default=None)
+    hostname: Mapped[str] = mapped_column(String(63))
+    user_data: Mapped[str] = mapped_column(Text, default="")
+    desired_power: Mapped[str] = mapped_column(String(16), default="running")
+    power_seq: Mapped[int] = mapped_column(Integer, default=1)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    observed_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    observed_power_seq: Mapped[int] = mapped_column(Integer, default=0)
+    observed_error: Mapped[str | None] = mapped_column(Text, default=None)
+    console_log: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    node: Mapped[Node] = relationship(back_populates="instances")
+    image: Mapped[Image] = relationship()
+
+
+class Operation(Base):
+    """A long action the API accepted with 202; finished when the node reports the outcome."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(36))
+    target_name: Mapped[str] = mapped_column(String(63))
+    node_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    expect_power_seq: Mapped[int] = mapped_column(Integer, default=0)
+    expect_generation: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    requested_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JoinToken(Base):
+    """A one-time secret that lets one new agent join; only its hash is kept."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+    used_by_node_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token for the API; only its hash is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
+class AuditEvent(Base):
+    """One mutating action: who did what to which object, and how it ended."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(63))
+    action: Mapped[str] = mapped_column(String(63))
+    target: Mapped[str] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

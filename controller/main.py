@@ -1,0 +1,88 @@
+"""`vauban-controller`: serve the region API (TLS; node client certificates verified)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+import sys
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from controller.api.auth import PeerCertMiddleware
+from controller.app import create_app
+from controller.bootstrap import open_region
+from controller.config import ControllerConfig
+from controller.region import Region
+
+
+class _Server(BaseApplication):  # type: ignore[misc]
+    """gunicorn with our settings: one process (in-process change notices), many threads."""
+
+    def __init__(self, region: Region, options: dict[str, Any]) -> None:
+        self.region = region
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return PeerCertMiddleware(create_app(self.region))
+
+
+def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
+    region = open_region(config)
+    options = {
+        "bind": f"[{config.host}]:{config.port}" if ":" in config.host
+        else f"{config.host}:{config.port}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": config.threads,
+        "timeout": 120,
+        "graceful_timeout": 5,
+        "certfile": str(region.ca.server_cert_path),
+        "keyfile": str(region.ca.server_key_path),
+        "ca_certs": str(region.ca.cert_path),
+        # a client certificate is optional (operators use tokens) but verified when sent
+        "cert_reqs": ssl.CERT_OPTIONAL,
+        "accesslog": "-",
+        "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(L)ss',
+        "pidfile": pidfile,
+    }
+    _Server(region, options).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vauban-controller", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("serve", help="run the API server in the foreground")
+    run.add_argument("--data-dir", help="state directory (env VAUBAN_DATA_DIR)")
+    run.add_argument("--database-url", help="SQLAlchemy URL (env VAUBAN_DATABASE_URL)")
+    run.add_argument("--host", help="address to listen on (env VAUBAN_HOST)")
+    run.add_argument("--port", type=int, help="port (env VAUBAN_PORT)")
+    run.add_argument("--pidfile")
+    init = sub.add_parser("init", help="create database, CA and admin, then exit")
+    init.add_argument("--data-dir")
+    init.add_argument("--database-url")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from pathlib import Path
+
+    config = ControllerConfig.from_env(
+        data_dir=Path(args.data_dir).resolve() if args.data_dir else None,
+        database_url=args.database_url,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+    if args.command == "init":
+        open_region(config)
+        return 0
+    serve(config, args.pidfile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

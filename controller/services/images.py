@@ -1,0 +1,125 @@
+"""Images held by the controller: streamed in with a verified checksum, streamed out to agents."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db.models import Image, Instance
+from controller.errors import Conflict, InvalidInput, NotFound
+from controller.schemas import ImageImportQuery
+from controller.services import audit
+
+CHUNK = 1024 * 1024
+
+
+def find(db: Session, ref: str) -> Image:
+    """An image by id or name, or NotFound."""
+    image = db.get(Image, ref) or db.scalar(select(Image).where(Image.name == ref))
+    if image is None:
+        raise NotFound(f"image '{ref}' does not exist")
+    return image
+
+
+def path_of(image_dir: Path, image_id: str) -> Path:
+    return image_dir / image_id
+
+
+def check_name_free(db: Session, name: str) -> None:
+    if db.scalar(select(Image.id).where(Image.name == name)) is not None:
+        raise Conflict(f"an image named '{name}' already exists")
+
+
+def receive(stream: BinaryIO, meta: ImageImportQuery, image_dir: Path) -> tuple[str, int, int]:
+    """Stream an upload to a file of its own, verifying checksum and format.
+
+    Returns (image id, size, virtual size). After success the file is in
+    `image_dir` under the id; on any failure nothing of it is left.
+    """
+    image_dir.mkdir(parents=True, exist_ok=True)
+    image_id = str(uuid.uuid4())
+    tmp = image_dir / f".{image_id}.part"
+    try:
+        digest, size = _copy_hashing(stream, tmp)
+        if size == 0:
+            raise InvalidInput("the upload is empty")
+        if digest != meta.sha256:
+            raise InvalidInput(
+                f"checksum mismatch: expected sha256 {meta.sha256}, received {digest}; "
+                "nothing was stored"
+            )
+        virtual = _check_format(tmp, meta.disk_format)
+        os.replace(tmp, path_of(image_dir, image_id))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return image_id, size, virtual
+
+
+def _copy_hashing(stream: BinaryIO, dest: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as out:
+        while chunk := stream.read(CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return h.hexdigest(), size
+
+
+def _check_format(path: Path, claimed: str) -> int:
+    """The virtual size; the file must be what it claims and a qcow2 must stand alone."""
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise InvalidInput(f"the upload is not a disk image qemu-img can read: {out.stderr.strip()}")
+    info = json.loads(out.stdout)
+    actual = info.get("format")
+    if actual != claimed:
+        raise InvalidInput(f"disk_format is '{claimed}' but the file is {actual}")
+    if info.get("backing-filename"):
+        # a backing file would let a guest read a path on the node
+        raise InvalidInput("qcow2 images with a backing file are refused")
+    return int(info["virtual-size"])
+
+
+def record(db: Session, actor: str, image_id: str, meta: ImageImportQuery, size: int,
+           virtual: int) -> Image:
+    image = Image(
+        id=image_id, name=meta.name, disk_format=meta.disk_format, size_bytes=size,
+        virtual_size_bytes=virtual, sha256=meta.sha256, os=meta.os,
+        min_disk_gib=meta.min_disk_gib,
+    )
+    db.add(image)
+    audit.record(db, actor, "image.import", f"image/{image_id}", name=meta.name, size=size)
+    return image
+
+
+def delete(db: Session, actor: str, image: Image, image_dir: Path) -> Path:
+    """Refused while an instance uses the image. Returns the file to remove once committed."""
+    users = list(db.scalars(select(Instance.name).where(Instance.image_id == image.id)))
+    if users:
+        raise Conflict(
+            f"image '{image.name}' is used by {len(users)} instance(s): {', '.join(users[:5])}"
+        )
+    db.delete(image)
+    audit.record(db, actor, "image.delete", f"image/{image.id}", name=image.name)
+    return path_of(image_dir, image.id)
+
+
+def read_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk

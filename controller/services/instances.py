@@ -1,0 +1,136 @@
+"""VM lifecycle as the operator sees it: create (schedule), start, stop, delete."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.config import ControllerConfig
+from controller.db.models import Image, Instance, Node, Operation
+from controller.errors import Conflict, InvalidInput, NotFound
+from controller.schemas import InstanceCreate
+from controller.services import audit, desired, nodes, operations, scheduler
+from controller.services.images import find as find_image
+
+GIB = 1024**3
+
+
+def policy(config: ControllerConfig) -> scheduler.Policy:
+    return scheduler.Policy(
+        cpu_allocation_ratio=config.cpu_allocation_ratio,
+        reserved_host_memory_mib=config.reserved_host_memory_mib,
+        node_down_after_s=config.node_down_after_s,
+    )
+
+
+def find(db: Session, ref: str) -> Instance:
+    """An instance by id or name, or NotFound."""
+    inst = db.get(Instance, ref) or db.scalar(select(Instance).where(Instance.name == ref))
+    if inst is None:
+        raise NotFound(f"instance '{ref}' does not exist")
+    return inst
+
+
+def create(db: Session, actor: str, body: InstanceCreate,
+           config: ControllerConfig) -> tuple[Instance, Operation]:
+    """Validate, place and record a new VM; the caller commits, then notifies the node.
+
+    Raises before adding anything when the name is taken, the image is unknown,
+    the disk is too small or no node fits; so a refusal leaves nothing behind.
+    """
+    if db.scalar(select(Instance.id).where(Instance.name == body.name)) is not None:
+        raise Conflict(f"an instance named '{body.name}' already exists")
+    try:
+        image = find_image(db, body.image)
+    except NotFound as e:
+        raise InvalidInput(f"image '{body.image}' does not exist (see 'vauban image list')") from e
+    _check_disk(body.root_disk_gib, image)
+    pinned = nodes.find(db, body.node).id if body.node else None
+    # lock the candidate rows so two concurrent creates cannot both take the last capacity
+    candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
+    node = scheduler.choose_node(
+        candidates,
+        scheduler.usage_by_node(db),
+        scheduler.PlacementRequest(body.vcpus, body.memory_mib, pinned),
+        policy(config),
+        datetime.now(UTC),
+    )
+    inst = Instance(
+        name=body.name,
+        node_id=node.id,
+        image_id=image.id,
+        vcpus=body.vcpus,
+        memory_mib=body.memory_mib,
+        root_disk_gib=body.root_disk_gib,
+        hostname=body.hostname or body.name,
+        user_data=body.user_data,
+        desired_power="running" if body.start else "stopped",
+        power_seq=1,
+    )
+    db.add(inst)
+    db.flush()
+    generation = desired.bump(node)
+    op = operations.start(db, "instance.create", inst, actor, generation)
+    audit.record(db, actor, "instance.create", f"instance/{inst.id}", name=inst.name,
+                 node=node.name, image=image.name, vcpus=inst.vcpus, memory_mib=inst.memory_mib)
+    return inst, op
+
+
+def _check_disk(root_disk_gib: int | None, image: Image) -> None:
+    if root_disk_gib is None:
+        return
+    needed = max(image.min_disk_gib, math.ceil(image.virtual_size_bytes / GIB))
+    if root_disk_gib < needed:
+        raise InvalidInput(
+            f"root_disk_gib {root_disk_gib} is smaller than image '{image.name}' needs "
+            f"({needed} GiB)"
+        )
+
+
+def set_power(db: Session, actor: str, inst: Instance, power: str) -> Operation:
+    """Ask for the VM running or stopped; refused while another operation runs on it."""
+    if inst.deleting:
+        raise Conflict(f"instance '{inst.name}' is being deleted")
+    operations.refuse_if_busy(db, inst)
+    inst.desired_power = power
+    inst.power_seq += 1
+    generation = desired.bump(inst.node)
+    kind = "instance.start" if power == "running" else "instance.stop"
+    op = operations.start(db, kind, inst, actor, generation)
+    audit.record(db, actor, kind, f"instance/{inst.id}", name=inst.name)
+    return op
+
+
+def delete(db: Session, actor: str, inst: Instance) -> Operation:
+    """Remove the VM from its node's desired state; the record goes once the node confirms.
+
+    Operations still running on it fail as superseded.
+    """
+    if inst.deleting:
+        busy = [o for o in operations.active_for(db, inst.id) if o.kind == "instance.delete"]
+        if busy:
+            return busy[0]
+    for op in operations.active_for(db, inst.id):
+        operations.finish(op, error="superseded by a delete of the instance")
+    inst.deleting = True
+    generation = desired.bump(inst.node)
+    op = operations.start(db, "instance.delete", inst, actor, generation)
+    audit.record(db, actor, "instance.delete", f"instance/{inst.id}", name=inst.name)
+    return op
+
+
+def display_state(inst: Instance, node_up: bool, active: list[Operation]) -> str:
+    """One word for the operator, from the desired state, operations and observation."""
+    if inst.deleting:
+        return "deleting"
+    kinds = {o.kind for o in active}
+    for kind, word in (("instance.create", "creating"), ("instance.start", "starting"),
+                       ("instance.stop", "stopping")):
+        if kind in kinds:
+            return word
+    if not node_up:
+        return "unknown"
+    return inst.observed_state or "creating"

@@ -1,0 +1,87 @@
+"""Join tokens, joining nodes, and whether a node is up."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from agent.protocol import JoinRequest, JoinResponse
+from controller.db.models import JoinToken, Node
+from controller.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from controller.pki import CsrError, RegionCA
+from controller.services import audit
+from controller.services.auth import sha256_hex
+
+
+def aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def node_state(node: Node, now: datetime, down_after_s: float) -> str:
+    if node.last_seen_at is None:
+        return "new"
+    age = (now - aware(node.last_seen_at)).total_seconds()
+    return "up" if age <= down_after_s else "down"
+
+
+def create_join_token(db: Session, actor: str, description: str,
+                      ttl_seconds: int) -> tuple[str, JoinToken]:
+    """A one-time secret; only its hash is stored, the secret is returned once."""
+    secret = "vbj_" + secrets.token_urlsafe(32)
+    row = JoinToken(
+        secret_sha256=sha256_hex(secret),
+        description=description,
+        expires_at=datetime.now(UTC) + timedelta(seconds=ttl_seconds),
+        created_by=actor,
+    )
+    db.add(row)
+    db.flush()
+    audit.record(db, actor, "join-token.create", f"join-token/{row.id}", ttl_seconds=ttl_seconds)
+    return secret, row
+
+
+def delete_join_token(db: Session, actor: str, token_id: str) -> None:
+    row = db.get(JoinToken, token_id)
+    if row is None:
+        raise NotFound(f"join token {token_id} does not exist")
+    db.delete(row)
+    audit.record(db, actor, "join-token.delete", f"join-token/{token_id}")
+
+
+def join(db: Session, req: JoinRequest, ca: RegionCA) -> JoinResponse:
+    """Spend a join token: the new node gets an id and a certificate signed by the region CA.
+
+    On any refusal nothing changes and the token stays unspent.
+    """
+    token = db.scalar(select(JoinToken).where(JoinToken.secret_sha256 == sha256_hex(req.token)))
+    now = datetime.now(UTC)
+    if token is None or token.used_at is not None or aware(token.expires_at) <= now:
+        raise Unauthorized("the join token is unknown, already used or expired")
+    if db.scalar(select(Node).where(Node.name == req.name)) is not None:
+        raise Conflict(f"a node named '{req.name}' is already in the region")
+    node = Node(name=req.name, cert_serial="")
+    db.add(node)
+    db.flush()
+    try:
+        cert_pem, serial = ca.sign_node_csr(req.csr_pem, node.id)
+    except CsrError as e:
+        raise InvalidInput(str(e)) from e
+    node.cert_serial = serial
+    token.used_at = now
+    token.used_by_node_id = node.id
+    audit.record(db, f"join-token/{token.id}", "node.join", f"node/{node.id}", name=node.name)
+    return JoinResponse(
+        node_id=node.id, certificate_pem=cert_pem.decode(), ca_pem=ca.cert_pem().decode()
+    )
+
+
+def find(db: Session, ref: str) -> Node:
+    """A node by id or name, or NotFound."""
+    node = db.get(Node, ref) or db.scalar(select(Node).where(Node.name == ref))
+    if node is None:
+        raise NotFound(f"node '{ref}' does not exist")
+    return node

@@ -1,0 +1,97 @@
+"""What agents report: node inventory, the observed state of VMs, and the operations it ends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from agent.protocol import NodeStatus, ObservedVm, ObservedVmState
+from controller.db.models import Instance, Node, Operation
+from controller.services import audit, operations
+
+
+def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
+    """Record a node's report and settle the operations it decides.
+
+    Returns True if the node's desired state changed (the caller notifies).
+    """
+    inv = status.inventory
+    node.cpus, node.memory_mib, node.kvm_usable = inv.cpus, inv.memory_mib, inv.kvm_usable
+    node.inventory = inv.model_dump(mode="json")
+    node.applied_generation = status.applied_generation
+    node.last_seen_at = datetime.now(UTC)
+    seen = {vm.id: vm for vm in status.vms}
+    instances = {
+        i.id: i for i in db.scalars(select(Instance).where(Instance.node_id == node.id))
+    }
+    for inst in instances.values():
+        vm = seen.get(inst.id)
+        if vm is not None:
+            _observe(inst, vm)
+    pending = db.scalars(
+        select(Operation).where(
+            Operation.node_id == node.id, Operation.state.in_(operations.ACTIVE)
+        )
+    )
+    for op in pending:
+        inst = instances.get(op.target_id)
+        _settle(db, op, inst, seen.get(op.target_id), node)
+    return _adopt_guest_poweroffs(db, node, instances.values())
+
+
+def _observe(inst: Instance, vm: ObservedVm) -> None:
+    inst.observed_state = vm.state.value
+    inst.observed_power_seq = vm.power_seq
+    inst.observed_error = vm.error
+    inst.console_log = vm.console_log
+
+
+def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | None,
+            node: Node) -> None:
+    applied = node.applied_generation >= op.expect_generation
+    if op.kind == "instance.delete":
+        if vm is None and applied:
+            operations.finish(op)
+            if inst is not None:
+                audit.record(db, op.requested_by, "instance.delete", f"instance/{inst.id}",
+                             "succeeded", name=inst.name)
+                db.delete(inst)
+        return
+    if inst is None or vm is None:
+        return
+    if vm.state is ObservedVmState.ERROR and applied:
+        operations.finish(op, error=vm.error or "the node reported an error")
+        return
+    if vm.state is ObservedVmState.PROVISIONING:
+        op.state, op.progress = "running", max(op.progress, vm.progress)
+        return
+    if vm.power_seq < op.expect_power_seq:
+        return
+    wanted = ObservedVmState.RUNNING if inst.desired_power == "running" else ObservedVmState.STOPPED
+    if vm.state is wanted:
+        operations.finish(op)
+
+
+def _adopt_guest_poweroffs(db: Session, node: Node, instances: object) -> bool:
+    """A VM its guest powered off stays off: desired follows observed (like a power button).
+
+    Only when the node applied the latest power action, so an operator's start in
+    flight is never undone.
+    """
+    changed = False
+    for inst in instances:  # type: ignore[attr-defined]
+        if (
+            inst.desired_power == "running"
+            and not inst.deleting
+            and inst.observed_state == ObservedVmState.STOPPED.value
+            and inst.observed_power_seq == inst.power_seq
+            and not operations.active_for(db, inst.id)
+        ):
+            inst.desired_power = "stopped"
+            node.generation += 1
+            changed = True
+            audit.record(db, "guest", "instance.powered-off", f"instance/{inst.id}",
+                         "observed", name=inst.name)
+    return changed
