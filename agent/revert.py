@@ -34,7 +34,7 @@ class Reverter:
         self._done = True
 
     def fail(self) -> None:
-        """Run every undo step, newest first; an undo that fails is logged and the rest still run."""
+        """Run every undo step, newest first; a failing undo is logged and the rest still run."""
         while self._undo:
             what, undo = self._undo.pop()
             try:

@@ -17,7 +17,7 @@ from controller.config import ControllerConfig
 from controller.region import Region
 
 
-class _Server(BaseApplication):  # type: ignore[misc]
+class _Server(BaseApplication):
     """gunicorn with our settings: one process (in-process change notices), many threads."""
 
     def __init__(self, region: Region, options: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def fingerprint(cert_pem: bytes) -> str:
-    """SHA-256 of the DER certificate, as lowercase hex: what an agent pins before trusting the CA."""
+    """SHA-256 of the DER certificate in hex: what an agent pins before trusting the CA."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.fingerprint(hashes.SHA256()).hex()
 
@@ -166,7 +166,9 @@ class RegionCA:
             isinstance(public_key, ec.EllipticCurvePublicKey)
             and public_key.curve.name in ("secp256r1", "secp384r1")
         ) or (isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048)
-        if not acceptable:
+        if not acceptable or not isinstance(
+            public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+        ):
             raise CsrError("csr_pem: the key must be EC P-256/P-384 or RSA of 2048 bits or more")
         cert = self._sign(
             subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]),

@@ -122,12 +122,6 @@ class InstanceCreate(Input):
     start: bool = Field(default=True, description="Start the VM once it is created")
 
 
-class InstanceStop(Input):
-    """How to stop a VM: ask the guest (ACPI), then force it off after the grace period."""
-
-    grace_seconds: int = Field(default=60, ge=0, le=3600)
-
-
 class Instance(Output):
     """A VM: what was asked for and what its node reports."""
 

@@ -38,7 +38,8 @@ def create_token(body: schemas.TokenCreate) -> Any:
     return schemas.Token(token=token, expires_at=row.expires_at, username=body.username), 201
 
 
-@api.route("GET", "/status", summary="The region at a glance", responses={200: schemas.RegionStatus})
+@api.route("GET", "/status", summary="The region at a glance",
+           responses={200: schemas.RegionStatus})
 def status() -> Any:
     session = db()
     now = datetime.now(UTC)

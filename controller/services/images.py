@@ -9,7 +9,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -39,7 +39,7 @@ def check_name_free(db: Session, name: str) -> None:
         raise Conflict(f"an image named '{name}' already exists")
 
 
-def receive(stream: BinaryIO, meta: ImageImportQuery, image_dir: Path) -> tuple[str, int, int]:
+def receive(stream: IO[bytes], meta: ImageImportQuery, image_dir: Path) -> tuple[str, int, int]:
     """Stream an upload to a file of its own, verifying checksum and format.
 
     Returns (image id, size, virtual size). After success the file is in
@@ -64,7 +64,7 @@ def receive(stream: BinaryIO, meta: ImageImportQuery, image_dir: Path) -> tuple[
     return image_id, size, virtual
 
 
-def _copy_hashing(stream: BinaryIO, dest: Path) -> tuple[str, int]:
+def _copy_hashing(stream: IO[bytes], dest: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
     with open(dest, "wb") as out:
@@ -84,7 +84,7 @@ def _check_format(path: Path, claimed: str) -> int:
         capture_output=True, text=True, check=False,
     )
     if out.returncode != 0:
-        raise InvalidInput(f"the upload is not a disk image qemu-img can read: {out.stderr.strip()}")
+        raise InvalidInput(f"the upload is not a disk image qemu-img reads: {out.stderr.strip()}")
     info = json.loads(out.stdout)
     actual = info.get("format")
     if actual != claimed:

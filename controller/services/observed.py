@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -36,8 +37,7 @@ def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
         )
     )
     for op in pending:
-        inst = instances.get(op.target_id)
-        _settle(db, op, inst, seen.get(op.target_id), node)
+        _settle(db, op, instances.get(op.target_id), seen.get(op.target_id), node)
     return _adopt_guest_poweroffs(db, node, instances.values())
 
 
@@ -74,14 +74,14 @@ def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | 
         operations.finish(op)
 
 
-def _adopt_guest_poweroffs(db: Session, node: Node, instances: object) -> bool:
+def _adopt_guest_poweroffs(db: Session, node: Node, instances: Iterable[Instance]) -> bool:
     """A VM its guest powered off stays off: desired follows observed (like a power button).
 
     Only when the node applied the latest power action, so an operator's start in
     flight is never undone.
     """
     changed = False
-    for inst in instances:  # type: ignore[attr-defined]
+    for inst in instances:
         if (
             inst.desired_power == "running"
             and not inst.deleting

@@ -1,0 +1,62 @@
+# Vauban: `make up` starts an all-in-one region, `make test` runs the whole suite.
+# Both install what they need on a fresh Debian 12 machine (run as root).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+VAR := var
+DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
+	qemu-system-x86 qemu-utils qemu-block-extra \
+	busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio \
+	postgresql curl
+TESTGUEST := $(VAR)/images/testguest.raw
+
+.PHONY: up down test deps venv image lint unit bench clean
+
+up: deps image
+	$(PY) -m agent.hostprep
+	$(PY) -m controller.allinone up --root $(VAR) --image $(TESTGUEST)
+
+down:
+	@[ -x $(PY) ] && $(PY) -m controller.allinone down --root $(VAR) || true
+
+test: deps image
+	$(PY) -m ruff check agent controller hardware images tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest -p no:cacheprovider tests
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+lint: venv
+	$(PY) -m ruff check agent controller hardware images tests bench
+	$(PY) -m mypy
+
+bench: deps image
+	$(PY) -m agent.hostprep
+	$(PY) bench/provision.py
+
+deps: $(VAR)/.apt-done venv
+
+# apt runs again only when the package list changes
+$(VAR)/.apt-done: Makefile
+	mkdir -p $(VAR)
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES)
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(VAR)/.apt-done
+	[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+image: $(TESTGUEST)
+
+$(TESTGUEST): venv images/testguest/*.py
+	$(PY) -m images.testguest.build --out $(TESTGUEST) --cache $(VAR)/cache/testguest
+
+clean: down
+	rm -rf $(VAR)/cache $(VAR)/images

@@ -1,0 +1,67 @@
+"""The agent's side of the agent API: mutual TLS with the node certificate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import requests
+
+from agent.config import AgentConfig, NodeIdentity
+from agent.protocol import DesiredState, NodeStatus
+
+CHUNK = 1024 * 1024
+
+
+class ControllerUnavailable(Exception):
+    """The controller could not be reached or answered with an error; retry later."""
+
+
+class ControllerClient:
+    """Speaks to /agent/v1 as this node; every call raises ControllerUnavailable on failure."""
+
+    def __init__(self, config: AgentConfig, identity: NodeIdentity) -> None:
+        self.identity = identity
+        self.base = identity.controller_url.rstrip("/") + "/agent/v1"
+        self.http = requests.Session()
+        self.http.cert = (str(config.cert_path), str(config.key_path))
+        self.http.verify = str(config.ca_path)
+
+    def _node_url(self, suffix: str) -> str:
+        return f"{self.base}/nodes/{self.identity.node_id}/{suffix}"
+
+    def desired(self, after: int, wait: float) -> DesiredState:
+        """The node's desired state once its generation exceeds `after` (or after `wait` s)."""
+        try:
+            r = self.http.get(self._node_url("desired"), params={"after": after, "wait": wait},
+                              timeout=wait + 15)
+        except requests.RequestException as e:
+            raise ControllerUnavailable(str(e)) from e
+        self._check(r)
+        return DesiredState.model_validate_json(r.content)
+
+    def report(self, status: NodeStatus) -> None:
+        try:
+            r = self.http.post(self._node_url("status"), data=status.model_dump_json(),
+                               headers={"Content-Type": "application/json"}, timeout=30)
+        except requests.RequestException as e:
+            raise ControllerUnavailable(str(e)) from e
+        self._check(r)
+
+    def image_chunks(self, image_id: str) -> Iterator[bytes]:
+        """Stream an image file; a broken stream raises ControllerUnavailable."""
+        try:
+            with self.http.get(f"{self.base}/images/{image_id}/file", stream=True,
+                               timeout=60) as r:
+                self._check(r)
+                yield from r.iter_content(CHUNK)
+        except requests.RequestException as e:
+            raise ControllerUnavailable(str(e)) from e
+
+    @staticmethod
+    def _check(r: requests.Response) -> None:
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text[:200]
+            raise ControllerUnavailable(f"{r.status_code} from controller: {detail}")

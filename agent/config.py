@@ -1,0 +1,68 @@
+"""Agent settings and the files it keeps in its data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    data_dir: Path
+    hypervisor: str = "libvirt"
+    libvirt_uri: str = "qemu:///system"
+    storage: str = "localfs"
+    heartbeat_s: float = 5.0  # status is also sent at once after every change
+    poll_wait_s: float = 25.0  # long-poll length; the controller answers early on change
+    stop_grace_s: float = 60.0  # ACPI shutdown before a VM is forced off
+    kvm_probe_timeout_s: float = 10.0
+
+    @property
+    def node_file(self) -> Path:
+        return self.data_dir / "node.json"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "node.key"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.data_dir / "node.pem"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.data_dir / "instances"
+
+    @property
+    def kvm_probe_cache(self) -> Path:
+        return self.data_dir / "kvm-probe.json"
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """Who this node is in the region, saved at join time."""
+
+    node_id: str
+    name: str
+    controller_url: str
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> NodeIdentity:
+        data = json.loads(path.read_text())
+        return cls(node_id=data["node_id"], name=data["name"],
+                   controller_url=data["controller_url"])

@@ -1,0 +1,131 @@
+"""The agent process: long-poll the desired state, reconcile it, report what is observed.
+
+Three threads: the poller fetches desired states, the reconciler applies the
+newest one (and re-checks periodically), the reporter sends status on every
+change and as a heartbeat. The controller being away never stops a VM: the
+agent keeps the last desired state and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from agent import __version__, inventory
+from agent.client import ControllerClient, ControllerUnavailable
+from agent.config import AgentConfig, NodeIdentity
+from agent.drivers.hypervisor.base import HypervisorDriver
+from agent.drivers.storage.base import StorageDriver
+from agent.kvmprobe import KvmProbe
+from agent.protocol import DesiredState, Inventory, NodeStatus
+from agent.reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 10.0  # a pass runs at least this often, to catch changes made behind our back
+BACKOFF_MAX_S = 10.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, identity: NodeIdentity, client: ControllerClient,
+                 hypervisor: HypervisorDriver, storage: StorageDriver, kvm: KvmProbe) -> None:
+        self.config = config
+        self.identity = identity
+        self.client = client
+        self.hypervisor = hypervisor
+        self.storage = storage
+        self.kvm = kvm
+        self.stopping = threading.Event()
+        self._desired_ready = threading.Condition()
+        self._latest: DesiredState | None = None
+        self._report_now = threading.Event()
+        self.reconciler = Reconciler(
+            hypervisor, storage, client.image_chunks, config.instances_dir,
+            config.stop_grace_s, on_change=self._report_now.set,
+        )
+
+    def run(self) -> None:
+        """Run until `stop()`; VMs are left as they are when it returns."""
+        threads = [
+            threading.Thread(target=self._poll_loop, name="poll", daemon=True),
+            threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True),
+            threading.Thread(target=self._report_loop, name="report", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        self.stopping.wait()
+        with self._desired_ready:
+            self._desired_ready.notify_all()
+        for t in threads:
+            t.join(timeout=self.config.poll_wait_s + 20)
+        self.reconciler.pool.shutdown(wait=True)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._report_now.set()
+
+    def _poll_loop(self) -> None:
+        after, backoff = -1, 0.5
+        while not self.stopping.is_set():
+            try:
+                desired = self.client.desired(after, self.config.poll_wait_s)
+            except ControllerUnavailable as e:
+                log.warning("desired state unavailable: %s", e)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = 0.5
+            if desired.generation > after:
+                after = desired.generation
+                with self._desired_ready:
+                    self._latest = desired
+                    self._desired_ready.notify_all()
+
+    def _reconcile_loop(self) -> None:
+        applied: int | None = None
+        while not self.stopping.is_set():
+            with self._desired_ready:
+                if self._latest is None or self._latest.generation == applied:
+                    self._desired_ready.wait(RECHECK_S)
+                desired = self._latest
+            if desired is None or self.stopping.is_set():
+                continue  # nothing is touched before the controller has spoken once
+            try:
+                self.reconciler.apply(desired)
+                applied = desired.generation
+            except Exception:
+                log.exception("reconcile pass failed; retrying")
+                self.stopping.wait(1.0)
+
+    def _report_loop(self) -> None:
+        while not self.stopping.is_set():
+            self._report_now.wait(self.config.heartbeat_s)
+            self._report_now.clear()
+            try:
+                self.client.report(self.status())
+            except ControllerUnavailable as e:
+                log.warning("status not delivered: %s", e)
+                self.stopping.wait(1.0)
+            except Exception:
+                log.exception("status report failed")
+                self.stopping.wait(1.0)
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(
+            applied_generation=self.reconciler.applied_generation,
+            inventory=self.inventory(),
+            vms=self.reconciler.observe(),
+            sent_at=datetime.now(UTC),
+        )
+
+    def inventory(self) -> Inventory:
+        model, flags = inventory.cpu_model_and_flags()
+        return Inventory(
+            hostname=inventory.hostname(), cpu_model=model, cpu_flags=flags,
+            cpus=inventory.cpu_count(), memory_mib=inventory.memory_mib(),
+            kvm_device=self.kvm.device, kvm_usable=self.kvm.usable,
+            kvm_probe_detail=self.kvm.detail, disks=inventory.disks(), nics=inventory.nics(),
+            hypervisor=self.config.hypervisor, storage=self.config.storage,
+            storage_free_bytes=self.storage.free_bytes(), agent_version=__version__,
+        )

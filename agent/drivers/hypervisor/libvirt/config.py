@@ -1,0 +1,214 @@
+"""Typed libvirt domain XML: rendered from dataclasses with ElementTree, and parsed back.
+
+Only what this platform sets is modelled. Parsing accepts the XML as libvirt
+returns it (units normalized to KiB, addresses and defaults added).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+NS = "https://vauban.dev/xmlns/instance/1"
+NS_PREFIX = "vauban"
+ET.register_namespace(NS_PREFIX, NS)  # so rendered XML says vauban:, not ns0:
+
+VirtType = Literal["kvm", "qemu"]
+DiskFormat = Literal["raw", "qcow2"]
+
+_MEMORY_UNITS_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
+                     "m": 1024, "mib": 1024, "mb": 1000**2 / 1024,
+                     "g": 1024**2, "gib": 1024**2, "gb": 1000**3 / 1024}
+
+
+def _local(tag: str) -> str:
+    """Tag without its `{namespace}`: libvirt hands metadata back without it."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrib)
+    if text is not None:
+        el.text = text
+    return el
+
+
+@dataclass(frozen=True)
+class InstanceMetadata:
+    """Our own data in a domain's <metadata>: marks the domain as this platform's."""
+
+    instance_id: str
+    power_seq: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_element(self, *, namespaced: bool = True) -> ET.Element:
+        """The <instance> element; `namespaced=False` is the form virDomainSetMetadata wants."""
+        def q(tag: str) -> str:
+            return f"{{{NS}}}{tag}" if namespaced else tag
+
+        root = ET.Element(q("instance"))
+        _sub(root, q("id"), self.instance_id)
+        _sub(root, q("power-seq"), str(self.power_seq))
+        labels = _sub(root, q("labels"))
+        for key, value in sorted(self.labels.items()):
+            _sub(labels, q("label"), value, key=key)
+        return root
+
+    def to_xml(self, *, namespaced: bool = True) -> str:
+        return ET.tostring(self.to_element(namespaced=namespaced), encoding="unicode")
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> InstanceMetadata:
+        """Parse an <instance> element, with or without our namespace; ValueError if malformed."""
+        children = {_local(c.tag): c for c in el}
+        id_el = children.get("id")
+        if _local(el.tag) != "instance" or id_el is None or not (id_el.text or "").strip():
+            raise ValueError("metadata <instance> without an <id>")
+        seq_el = children.get("power-seq")
+        power_seq = int((seq_el.text or "0").strip()) if seq_el is not None else 0
+        labels: dict[str, str] = {}
+        labels_el = children.get("labels")
+        for label in labels_el if labels_el is not None else ():
+            labels[label.get("key", "")] = label.text or ""
+        return cls((id_el.text or "").strip(), power_seq, labels)
+
+    @classmethod
+    def from_xml(cls, xml: str) -> InstanceMetadata:
+        return cls.from_element(ET.fromstring(xml))
+
+    @classmethod
+    def from_domain_xml(cls, xml: str) -> InstanceMetadata | None:
+        """Our metadata in a whole domain XML, or None when the domain is not ours."""
+        el = ET.fromstring(xml).find(f"metadata/{{{NS}}}instance")
+        return cls.from_element(el) if el is not None else None
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    """A virtio disk backed by a file."""
+
+    path: Path
+    format: DiskFormat
+    target: str
+    readonly: bool = False
+
+    def to_element(self) -> ET.Element:
+        disk = ET.Element("disk", {"type": "file", "device": "disk"})
+        _sub(disk, "driver", name="qemu", type=self.format)
+        _sub(disk, "source", file=str(self.path))
+        _sub(disk, "target", dev=self.target, bus="virtio")
+        if self.readonly:
+            _sub(disk, "readonly")
+        return disk
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> DiskConfig:
+        driver, source, target = el.find("driver"), el.find("source"), el.find("target")
+        if driver is None or source is None or target is None:
+            raise ValueError("<disk> without driver, source or target")
+        fmt = driver.get("type", "raw")
+        if fmt not in ("raw", "qcow2"):
+            raise ValueError(f"unsupported disk format {fmt!r}")
+        return cls(Path(source.get("file", "")), "qcow2" if fmt == "qcow2" else "raw",
+                   target.get("dev", ""), el.find("readonly") is not None)
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """One domain as this platform defines it."""
+
+    virt_type: VirtType  # "kvm" (hardware) or "qemu" (TCG emulation)
+    name: str
+    uuid: str
+    memory_mib: int
+    vcpus: int
+    disks: tuple[DiskConfig, ...]
+    console_log: Path
+    metadata: InstanceMetadata
+    machine: str = "pc"  # i440fx: the Debian cloud kernel has no AHCI driver for q35
+    arch: str = "x86_64"
+
+    def to_element(self) -> ET.Element:
+        dom = ET.Element("domain", {"type": self.virt_type})
+        _sub(dom, "name", self.name)
+        _sub(dom, "uuid", self.uuid)
+        _sub(dom, "metadata").append(self.metadata.to_element())
+        _sub(dom, "memory", str(self.memory_mib), unit="MiB")
+        _sub(dom, "vcpu", str(self.vcpus))
+        os_el = _sub(dom, "os")
+        _sub(os_el, "type", "hvm", arch=self.arch, machine=self.machine)
+        _sub(os_el, "boot", dev="hd")
+        features = _sub(dom, "features")
+        _sub(features, "acpi")  # without it a guest's poweroff only halts the CPU
+        _sub(features, "apic")
+        if self.virt_type == "kvm":
+            _sub(dom, "cpu", mode="host-passthrough")
+        # Under TCG no <cpu>: QEMU's default model is the one every TCG build emulates.
+        _sub(dom, "on_poweroff", "destroy")
+        _sub(dom, "on_reboot", "restart")
+        _sub(dom, "on_crash", "destroy")
+        devices = _sub(dom, "devices")
+        for disk in self.disks:
+            devices.append(disk.to_element())
+        serial = _sub(devices, "serial", type="file")
+        # append: the log keeps earlier boots, so a restart does not erase the evidence.
+        _sub(serial, "source", path=str(self.console_log), append="on")
+        _sub(serial, "target", port="0")
+        console = _sub(devices, "console", type="file")
+        _sub(console, "source", path=str(self.console_log), append="on")
+        _sub(console, "target", type="serial", port="0")
+        graphics = _sub(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
+        _sub(graphics, "listen", type="address", address="127.0.0.1")
+        rng = _sub(devices, "rng", model="virtio")
+        _sub(rng, "backend", "/dev/urandom", model="random")
+        # libvirt adds a balloon unless told not to; nothing here drives one.
+        _sub(devices, "memballoon", model="none")
+        return dom
+
+    def to_xml(self) -> str:
+        return ET.tostring(self.to_element(), encoding="unicode")
+
+    @classmethod
+    def from_xml(cls, xml: str) -> DomainConfig:
+        """Parse a domain XML (ours or as libvirt returns it); ValueError if it is not ours."""
+        root = ET.fromstring(xml)
+        md_el = root.find(f"metadata/{{{NS}}}instance")
+        if md_el is None:
+            raise ValueError("domain has no Vauban metadata")
+        virt_type = root.get("type")
+        if virt_type not in ("kvm", "qemu"):
+            raise ValueError(f"unsupported domain type {virt_type!r}")
+        os_type = root.find("os/type")
+        serial_src = root.find("devices/serial/source")
+        return cls(
+            virt_type="kvm" if virt_type == "kvm" else "qemu",
+            name=_text(root, "name"),
+            uuid=_text(root, "uuid"),
+            memory_mib=_memory_mib(root),
+            vcpus=int(_text(root, "vcpu")),
+            disks=tuple(DiskConfig.from_element(d)
+                        for d in root.findall("devices/disk[@device='disk']")),
+            console_log=Path(serial_src.get("path", "")) if serial_src is not None else Path(),
+            metadata=InstanceMetadata.from_element(md_el),
+            machine=os_type.get("machine", "pc") if os_type is not None else "pc",
+            arch=os_type.get("arch", "x86_64") if os_type is not None else "x86_64",
+        )
+
+
+def _text(root: ET.Element, path: str) -> str:
+    el = root.find(path)
+    if el is None or el.text is None:
+        raise ValueError(f"domain XML lacks <{path}>")
+    return el.text.strip()
+
+
+def _memory_mib(root: ET.Element) -> int:
+    el = root.find("memory")
+    if el is None or el.text is None:
+        raise ValueError("domain XML lacks <memory>")
+    unit = el.get("unit", "KiB").lower()
+    if unit not in _MEMORY_UNITS_KIB:
+        raise ValueError(f"unknown memory unit {unit!r}")
+    return round(int(el.text) * _MEMORY_UNITS_KIB[unit] / 1024)

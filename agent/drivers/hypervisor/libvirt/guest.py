@@ -1,0 +1,143 @@
+"""One libvirt domain: its state, power actions with deadlines, metadata, removal."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import libvirt
+
+from agent.drivers.hypervisor.base import HypervisorError
+from agent.drivers.hypervisor.libvirt.config import NS, NS_PREFIX, InstanceMetadata
+from agent.drivers.hypervisor.libvirt.host import Host
+
+T = TypeVar("T")
+
+POLL_INTERVAL = 0.1
+FORCE_OFF_TIMEOUT = 30.0  # how long a forced power-off may take to show as "shut off"
+
+# Also drop managed save images, snapshot/checkpoint metadata and UEFI vars:
+# without these flags libvirt refuses to undefine a domain that has any of them.
+UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                  | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                  | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                  | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+
+class Guest:
+    """Wraps one virDomain; every libvirt error leaves as a HypervisorError."""
+
+    def __init__(self, host: Host, domain: libvirt.virDomain) -> None:
+        self._host = host
+        self._dom = domain
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except libvirt.libvirtError as e:
+            raise self._host.error(f"{what} {self.name}", e) from e
+
+    @property
+    def name(self) -> str:
+        return str(self._dom.name())
+
+    @property
+    def uuid(self) -> str:
+        return str(self._dom.UUIDString())
+
+    def xml(self, *, inactive: bool = False) -> str:
+        """The domain XML, live (or persistent when `inactive`)."""
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        return str(self._call("read XML of", lambda: self._dom.XMLDesc(flags)))
+
+    def is_running(self) -> bool:
+        """Whether a QEMU process exists for it (running, paused or shutting down)."""
+        return bool(self._call("read state of", self._dom.isActive))
+
+    def metadata(self) -> InstanceMetadata | None:
+        """Our metadata, or None when the domain does not carry it (it is not ours)."""
+        def read() -> str | None:
+            try:
+                return str(self._dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS, 0))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                    return None
+                raise
+
+        xml = self._call("read metadata of", read)
+        return InstanceMetadata.from_xml(xml) if xml is not None else None
+
+    def set_metadata(self, md: InstanceMetadata) -> None:
+        """Replace our metadata in the persistent definition and, if running, the live one."""
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if self.is_running():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        # libvirt puts the element and its children into NS itself; it wants them plain.
+        xml = md.to_xml(namespaced=False)
+        self._call("set metadata of", lambda: self._dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, NS_PREFIX, NS, flags))
+
+    def start(self) -> None:
+        """Start it; afterwards it is running. Starting a running domain is a no-op."""
+        if self.is_running():
+            return
+        try:
+            self._dom.create()
+        except libvirt.libvirtError as e:
+            # Someone else may have started it between our check and our call.
+            if e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and self.is_running():
+                return
+            raise self._host.error(f"start {self.name}", e) from e
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Poll until it is shut off or `timeout` seconds passed; whether it is shut off."""
+        deadline = time.monotonic() + timeout
+        while self.is_running():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL)
+        return True
+
+    def destroy(self) -> None:
+        """Force it off (like pulling the plug); afterwards it is shut off. No-op if it is."""
+        if not self.is_running():
+            return
+        try:
+            self._dom.destroy()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # already off
+                raise self._host.error(f"force off {self.name}", e) from e
+        if not self.wait_stopped(FORCE_OFF_TIMEOUT):
+            raise HypervisorError(f"{self.name} still running {FORCE_OFF_TIMEOUT:.0f}s after "
+                                  "a forced power-off", retryable=True)
+
+    def shutdown(self, grace_seconds: float) -> bool:
+        """Press the ACPI power button, wait up to `grace_seconds`, then force it off.
+
+        Afterwards it is shut off. Returns True if the guest powered off by itself,
+        False if it had to be forced (or was already off: True).
+        """
+        if not self.is_running():
+            return True
+        try:
+            self._dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # stopped meanwhile
+                raise self._host.error(f"shut down {self.name}", e) from e
+        if self.wait_stopped(grace_seconds):
+            return True
+        self.destroy()
+        return False
+
+    def undefine(self) -> None:
+        """Force it off if needed and remove its definition (and managed save, snapshots, nvram).
+
+        Files its disks point at are left alone.
+        """
+        self.destroy()
+        try:
+            self._dom.undefineFlags(UNDEFINE_FLAGS)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # already gone
+                raise self._host.error(f"undefine {self.name}", e) from e

@@ -1,0 +1,33 @@
+"""The one literal registry of drivers: a name in the node's configuration -> a class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.drivers.hypervisor.base import HypervisorDriver
+from agent.drivers.hypervisor.libvirt import LibvirtDriver
+from agent.drivers.storage.base import StorageDriver
+from agent.drivers.storage.localfs import LocalfsDriver
+
+HYPERVISORS: dict[str, type[HypervisorDriver]] = {"libvirt": LibvirtDriver}
+STORAGE: dict[str, type[StorageDriver]] = {"localfs": LocalfsDriver}
+
+
+def _lookup(kind: str, registry: dict[str, type[Any]], name: str) -> type[Any]:
+    try:
+        return registry[name]
+    except KeyError:
+        known = ", ".join(sorted(registry))
+        raise ValueError(f"unknown {kind} driver {name!r}; known: {known}") from None
+
+
+def load_hypervisor(name: str, **kwargs: Any) -> HypervisorDriver:
+    """An instance of the hypervisor driver registered as `name`; ValueError if none is."""
+    driver: HypervisorDriver = _lookup("hypervisor", HYPERVISORS, name)(**kwargs)
+    return driver
+
+
+def load_storage(name: str, **kwargs: Any) -> StorageDriver:
+    """An instance of the storage driver registered as `name`; ValueError if none is."""
+    driver: StorageDriver = _lookup("storage", STORAGE, name)(**kwargs)
+    return driver

@@ -1,0 +1,82 @@
+"""`vauban-agent`: join a region once, then run the node agent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from agent.client import ControllerClient
+from agent.config import AgentConfig, NodeIdentity
+from agent.daemon import Agent
+from agent.drivers.registry import load_hypervisor, load_storage
+from agent.enroll import JoinError, join
+from agent.kvmprobe import probe_kvm
+
+log = logging.getLogger("vauban.agent")
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    return AgentConfig(data_dir=Path(args.data_dir).resolve())
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    try:
+        identity = join(_config(args), args.controller, args.token, args.ca_sha256, args.name)
+    except JoinError as e:
+        print(f"vauban-agent: join failed: {e}", file=sys.stderr)
+        return 1
+    print(f"joined as node {identity.name} ({identity.node_id})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if not config.node_file.exists():
+        print(f"vauban-agent: {config.data_dir} has not joined a region; run "
+              "'vauban-agent join' first", file=sys.stderr)
+        return 1
+    identity = NodeIdentity.load(config.node_file)
+    kvm = probe_kvm(timeout=config.kvm_probe_timeout_s, cache=config.kvm_probe_cache)
+    log.info("KVM %s: %s", "usable" if kvm.usable else "not usable (TCG)", kvm.detail)
+    hypervisor = load_hypervisor(config.hypervisor, uri=config.libvirt_uri,
+                                 accelerated=kvm.usable)
+    storage = load_storage(config.storage, root=config.storage_dir)
+    agent = Agent(config, identity, ControllerClient(config, identity), hypervisor, storage, kvm)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping the agent (VMs keep running)", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("agent for node %s (%s) talking to %s", identity.name, identity.node_id,
+             identity.controller_url)
+    agent.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vauban-agent", description=__doc__)
+    parser.add_argument("--data-dir", default="var/agent", help="the agent's state directory")
+    sub = parser.add_subparsers(dest="command", required=True)
+    j = sub.add_parser("join", help="join a region with a one-time token")
+    j.add_argument("--controller", required=True, help="e.g. https://10.0.0.1:8443")
+    j.add_argument("--token", required=True, help="from 'vauban join-token create'")
+    j.add_argument("--ca-sha256", required=True, help="the region CA's SHA-256, to pin it")
+    j.add_argument("--name", required=True, help="this node's name in the region")
+    j.set_defaults(func=cmd_join)
+    r = sub.add_parser("run", help="run the agent in the foreground")
+    r.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(threadName)s %(message)s")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""`make up` / `make down`: an all-in-one region on this machine.
+
+Controller (SQLite under var/) and one local agent run in the background with
+logs under var/log and PID files under var/run; `down` stops exactly those
+PIDs. Running VMs are left alone by both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Service:
+    """A background process known by its PID file."""
+
+    name: str
+    pidfile: Path
+    logfile: Path
+
+    def pid(self) -> int | None:
+        """The PID if the file names a live process of ours, else None."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"vauban" in cmdline else None
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        """Start `argv` detached unless already running; returns its PID."""
+        running = self.pid()
+        if running is not None:
+            return running
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.logfile, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, **(env or {})})
+        self.pidfile.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM the recorded PID, SIGKILL it after `timeout`; True if one was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)  # waiting for a process to exit has no event to block on
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until(check: object, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(interval)  # polling a process we do not own an event for
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    port: int = 8443
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def controller_dir(self) -> Path:
+        return self.root / "controller"
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.root / "agent"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.controller_dir / "pki" / "ca.pem"
+
+    @property
+    def password_file(self) -> Path:
+        return self.controller_dir / "admin-password"
+
+    def service(self, name: str) -> Service:
+        return Service(name, self.root / "run" / f"{name}.pid", self.root / "log" / f"{name}.log")
+
+
+def start_controller(lay: Layout, database_url: str = "") -> int:
+    env = {"VAUBAN_DATABASE_URL": database_url} if database_url else {}
+    pid = lay.service("controller").start(
+        [str(VENV_BIN / "vauban-controller"), "serve", "--data-dir", str(lay.controller_dir),
+         "--port", str(lay.port)], env)
+    wait_until(lambda: lay.ca_file.exists() and requests.get(
+        f"{lay.url}/api/v1/ca.pem", verify=str(lay.ca_file), timeout=2).ok, 60,
+        "the controller to answer")
+    return pid
+
+
+def admin_token(lay: Layout) -> str:
+    r = requests.post(f"{lay.url}/api/v1/tokens", verify=str(lay.ca_file), timeout=10, json={
+        "username": "admin", "password": lay.password_file.read_text().strip()})
+    r.raise_for_status()
+    return str(r.json()["token"])
+
+
+def join_agent(lay: Layout, token: str, name: str) -> None:
+    """Join the local agent once; a data dir that already joined is kept."""
+    if (lay.agent_dir / "node.json").exists():
+        return
+    r = requests.post(f"{lay.url}/api/v1/join-tokens", verify=str(lay.ca_file), timeout=10,
+                      json={"description": f"all-in-one {name}"},
+                      headers={"Authorization": f"Bearer {token}"})
+    r.raise_for_status()
+    jt = r.json()
+    subprocess.run([str(VENV_BIN / "vauban-agent"), "--data-dir", str(lay.agent_dir), "join",
+                    "--controller", lay.url, "--token", jt["token"], "--ca-sha256",
+                    jt["ca_sha256"], "--name", name], check=True)
+
+
+def start_agent(lay: Layout) -> int:
+    return lay.service("agent").start(
+        [str(VENV_BIN / "vauban-agent"), "--data-dir", str(lay.agent_dir), "run"])
+
+
+def wait_node_up(lay: Layout, token: str, timeout: float = 120) -> None:
+    def up() -> bool:
+        r = requests.get(f"{lay.url}/api/v1/nodes", verify=str(lay.ca_file), timeout=5,
+                         headers={"Authorization": f"Bearer {token}"})
+        return r.ok and any(n["state"] == "up" for n in r.json())
+    wait_until(up, timeout, "the local node to report")
+
+
+def up(lay: Layout, image: Path | None) -> None:
+    start_controller(lay)
+    token = admin_token(lay)
+    join_agent(lay, token, os.uname().nodename.split(".")[0].lower() or "node-1")
+    start_agent(lay)
+    wait_node_up(lay, token)
+    env = {**os.environ, "VAUBAN_URL": lay.url, "VAUBAN_TOKEN": token,
+           "VAUBAN_CA_FILE": str(lay.ca_file)}
+    images = json.loads(subprocess.run([str(VENV_BIN / "vauban"), "image", "list", "--json"],
+                                       env=env, check=True, capture_output=True).stdout)
+    if image is not None and not any(i["name"] == "testguest" for i in images):
+        subprocess.run([str(VENV_BIN / "vauban"), "image", "import", str(image), "--name",
+                        "testguest", "--os", "busybox"], env=env, check=True)
+    print(f"""
+Vauban all-in-one region is up.
+  API and UI:   {lay.url}/api/v1   (OpenAPI: {lay.url}/api/v1/openapi.json)
+  CA:           {lay.ca_file}
+  admin user:   admin, password in {lay.password_file} (readable by root only)
+  logs:         {lay.root / 'log'}
+  CLI:          vauban login --url {lay.url} --ca-file {lay.ca_file} \\
+                  --password-file {lay.password_file}
+                vauban vm create demo --image testguest --cpus 1 --memory 256 --wait
+  stop:         make down""")
+
+
+def down(lay: Layout) -> None:
+    for name in ("agent", "controller"):
+        if lay.service(name).stop():
+            print(f"stopped {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m controller.allinone")
+    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("--root", default="var", help="state, logs and PID files")
+    p.add_argument("--port", type=int, default=int(os.environ.get("VAUBAN_PORT", "8443")))
+    p.add_argument("--image", help="test guest image to import")
+    a = p.parse_args(argv)
+    lay = Layout(Path(a.root).resolve(), a.port)
+    if a.action == "up":
+        up(lay, Path(a.image) if a.image else None)
+    else:
+        down(lay)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""HTTP client for the region API, used by the CLI (and usable from scripts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import requests
+
+CONFIG_FILE = Path(os.environ.get("VAUBAN_CONFIG", "~/.config/vauban/cli.json")).expanduser()
+
+
+class ApiError(Exception):
+    """The API refused a request; the message is its problem document's detail."""
+
+    def __init__(self, status: int, detail: str, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.problem = problem or {}
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: str
+    token: str | None
+    ca_file: str | None
+
+    @classmethod
+    def load(cls) -> Settings:
+        """Environment (VAUBAN_URL, VAUBAN_TOKEN, VAUBAN_CA_FILE) over the saved login."""
+        saved: dict[str, Any] = {}
+        if CONFIG_FILE.exists():
+            saved = json.loads(CONFIG_FILE.read_text())
+        return cls(
+            url=os.environ.get("VAUBAN_URL") or saved.get("url") or "https://127.0.0.1:8443",
+            token=os.environ.get("VAUBAN_TOKEN") or saved.get("token"),
+            ca_file=os.environ.get("VAUBAN_CA_FILE") or saved.get("ca_file"),
+        )
+
+    def save(self) -> None:
+        CONFIG_FILE.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(CONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": self.url, "token": self.token, "ca_file": self.ca_file}, f)
+
+
+class Client:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.http = requests.Session()
+        self.http.verify = settings.ca_file or True
+        if settings.token:
+            self.http.headers["Authorization"] = f"Bearer {settings.token}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = self.settings.url.rstrip("/") + "/api/v1" + path
+        try:
+            r = self.http.request(method, url, timeout=kwargs.pop("timeout", 60), **kwargs)
+        except requests.ConnectionError as e:
+            raise ApiError(0, f"cannot reach the controller at {self.settings.url}: {e}") from e
+        if r.status_code >= 400:
+            try:
+                problem = r.json()
+                raise ApiError(r.status_code, problem.get("detail", r.reason), problem)
+            except ValueError:
+                raise ApiError(r.status_code, f"{r.status_code} {r.reason}") from None
+        if r.status_code == 204 or not r.content:
+            return None
+        return r.json()
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, json=body, **kw)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def upload_image(self, stream: BinaryIO, params: dict[str, Any]) -> Any:
+        return self.request("POST", "/images", params=params, data=stream, timeout=3600,
+                            headers={"Content-Type": "application/octet-stream"})
+
+    def wait(self, op: dict[str, Any], on_progress: Callable[[dict[str, Any]], None],
+             timeout: float = 1800, interval: float = 0.25) -> dict[str, Any]:
+        """Follow an operation until it ends; ApiError if it failed, TimeoutError if too long."""
+        deadline = time.monotonic() + timeout
+        while op["state"] not in ("succeeded", "failed"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"operation {op['id']} still {op['state']} after {timeout}s")
+            time.sleep(interval)  # polling interval of a remote operation
+            op = self.get(f"/operations/{op['id']}")
+            on_progress(op)
+        if op["state"] == "failed":
+            raise ApiError(0, f"{op['kind']} of {op['target_name']} failed: {op['error']}")
+        return op

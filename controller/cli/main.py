@@ -1,0 +1,262 @@
+"""`vauban`: the operator's command line for a region."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from controller.cli.client import ApiError, Client, Settings
+from controller.cli.output import print_json, print_table, progress_line
+
+Command = Callable[[Client, argparse.Namespace], int]
+
+
+def cmd_login(_c: Client, a: argparse.Namespace) -> int:
+    password = Path(a.password_file).read_text().strip() if a.password_file \
+        else sys.stdin.readline().strip()
+    settings = Settings(url=a.url, token=None, ca_file=os.path.abspath(a.ca_file)
+                        if a.ca_file else None)
+    reply = Client(settings).post("/tokens", {"username": a.user, "password": password})
+    Settings(url=a.url, token=reply["token"], ca_file=settings.ca_file).save()
+    print(f"logged in to {a.url} as {a.user} until {reply['expires_at']}")
+    return 0
+
+
+def cmd_status(c: Client, a: argparse.Namespace) -> int:
+    s = c.get("/status")
+    if a.json:
+        print_json(s)
+        return 0
+    print(f"region API {c.settings.url} (vauban {s['version']}, database {s['database']})")
+    print(f"nodes:      {s['nodes_up']} up, {s['nodes_down']} down")
+    print(f"instances:  {s['instances']} ({s['instances_running']} running)")
+    print(f"images:     {s['images']}")
+    print(f"operations: {s['operations_pending']} in progress")
+    print(f"CA SHA-256: {s['ca_sha256']}")
+    return 0
+
+
+def cmd_node_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/nodes")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NAME", "name"), ("STATE", "state"), ("CPUS", "cpus"),
+                       ("MEMORY MiB", "memory_mib"), ("VCPUS USED", "vcpus_used"),
+                       ("MiB USED", "memory_mib_used"), ("VMS", "instances"),
+                       ("KVM", lambda r: "yes" if r["kvm_usable"] else "no (TCG)")])
+    return 0
+
+
+def cmd_node_show(c: Client, a: argparse.Namespace) -> int:
+    print_json(c.get(f"/nodes/{a.name}"))
+    return 0
+
+
+def cmd_image_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/images")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NAME", "name"), ("FORMAT", "disk_format"), ("SIZE", "size_bytes"),
+                       ("VIRTUAL SIZE", "virtual_size_bytes"), ("OS", "os"), ("ID", "id")])
+    return 0
+
+
+def detect_format(path: Path) -> str:
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+class _Progress:
+    """A file wrapper that reports how much was read, for the upload progress bar."""
+
+    def __init__(self, f: BinaryIO, total: int, label: str) -> None:
+        self.f, self.total, self.done, self.label = f, total, 0, label
+
+    def __len__(self) -> int:
+        return self.total
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.f.read(n)
+        self.done += len(chunk)
+        progress_line(self.label, self.done * 100 // max(self.total, 1))
+        return chunk
+
+
+def cmd_image_import(c: Client, a: argparse.Namespace) -> int:
+    path = Path(a.file)
+    if not path.is_file():
+        raise ApiError(0, f"{path} is not a file")
+    name = a.name or path.stem
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    params: dict[str, Any] = {"name": name, "disk_format": a.format or detect_format(path),
+                              "sha256": h.hexdigest(), "min_disk_gib": a.min_disk}
+    if a.os:
+        params["os"] = a.os
+    with open(path, "rb") as f:
+        image = c.upload_image(_Progress(f, path.stat().st_size, f"uploading {name}"), params)  # type: ignore[arg-type]
+    print(file=sys.stderr)
+    print(f"image {image['name']} imported ({image['id']}, sha256 {image['sha256']})")
+    return 0
+
+
+def cmd_image_delete(c: Client, a: argparse.Namespace) -> int:
+    c.delete(f"/images/{a.name}")
+    print(f"image {a.name} deleted")
+    return 0
+
+
+def _follow(c: Client, op: dict[str, Any], wait: bool) -> int:
+    if not wait:
+        print(f"{op['kind']} of {op['target_name']} accepted: operation {op['id']}")
+        return 0
+    label = f"{op['kind'].split('.')[-1]} {op['target_name']}"
+    c.wait(op, lambda o: progress_line(label, o["progress"]))
+    print(file=sys.stderr)
+    print(f"{label}: done")
+    return 0
+
+
+def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": a.name, "image": a.image, "vcpus": a.cpus,
+                            "memory_mib": a.memory, "start": not a.no_start}
+    if a.disk is not None:
+        body["root_disk_gib"] = a.disk
+    if a.hostname:
+        body["hostname"] = a.hostname
+    if a.user_data:
+        body["user_data"] = Path(a.user_data).read_text()
+    if a.node:
+        body["node"] = a.node
+    return _follow(c, c.post("/instances", body), a.wait)
+
+
+def cmd_vm_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/instances")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NAME", "name"), ("STATE", "state"), ("NODE", "node_name"),
+                       ("IMAGE", "image_name"), ("VCPUS", "vcpus"), ("MEMORY MiB", "memory_mib"),
+                       ("ERROR", lambda r: r["error"] or "")])
+    return 0
+
+
+def cmd_vm_show(c: Client, a: argparse.Namespace) -> int:
+    print_json(c.get(f"/instances/{a.name}"))
+    return 0
+
+
+def _vm_action(action: str) -> Command:
+    def run(c: Client, a: argparse.Namespace) -> int:
+        if action == "delete":
+            return _follow(c, c.delete(f"/instances/{a.name}"), a.wait)
+        return _follow(c, c.post(f"/instances/{a.name}/{action}"), a.wait)
+    return run
+
+
+def cmd_join_token_create(c: Client, a: argparse.Namespace) -> int:
+    t = c.post("/join-tokens", {"description": a.description, "ttl_seconds": a.ttl})
+    if a.json:
+        print_json(t)
+        return 0
+    print(f"join token (valid until {t['expires_at']}, shown once):\n  {t['token']}")
+    print("on the new node run:")
+    print(f"  vauban-agent join --controller {c.settings.url} --token {t['token']} "
+          f"--ca-sha256 {t['ca_sha256']} --name NODE-NAME")
+    return 0
+
+
+def cmd_operation_show(c: Client, a: argparse.Namespace) -> int:
+    print_json(c.get(f"/operations/{a.id}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vauban", description=__doc__)
+    sub = p.add_subparsers(dest="group", required=True)
+
+    def add(parent: Any, name: str, func: Command, help_: str, json_: bool = False) -> Any:
+        sp = parent.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
+        if json_:
+            sp.add_argument("--json", action="store_true", help="print JSON")
+        return sp
+
+    lg = add(sub, "login", cmd_login, "log in and save a token")
+    lg.add_argument("--url", default="https://127.0.0.1:8443")
+    lg.add_argument("--user", default="admin")
+    lg.add_argument("--password-file", help="file holding the password (default: read stdin)")
+    lg.add_argument("--ca-file", help="region CA certificate to verify the controller")
+    add(sub, "status", cmd_status, "the region at a glance", json_=True)
+
+    node = sub.add_parser("node", help="nodes").add_subparsers(dest="cmd", required=True)
+    add(node, "list", cmd_node_list, "list nodes", json_=True)
+    add(node, "show", cmd_node_show, "show a node").add_argument("name")
+
+    image = sub.add_parser("image", help="images").add_subparsers(dest="cmd", required=True)
+    add(image, "list", cmd_image_list, "list images", json_=True)
+    imp = add(image, "import", cmd_image_import, "upload an image file")
+    imp.add_argument("file")
+    imp.add_argument("--name", help="default: the file name without extension")
+    imp.add_argument("--format", choices=["raw", "qcow2"], help="default: detected")
+    imp.add_argument("--os")
+    imp.add_argument("--min-disk", type=int, default=1, help="GiB")
+    add(image, "delete", cmd_image_delete, "delete an image").add_argument("name")
+
+    vm = sub.add_parser("vm", help="virtual machines").add_subparsers(dest="cmd", required=True)
+    cr = add(vm, "create", cmd_vm_create, "create a VM")
+    cr.add_argument("name")
+    cr.add_argument("--image", required=True)
+    cr.add_argument("--cpus", type=int, required=True)
+    cr.add_argument("--memory", type=int, required=True, help="MiB")
+    cr.add_argument("--disk", type=int, help="root disk GiB (default: the image's size)")
+    cr.add_argument("--hostname")
+    cr.add_argument("--user-data", help="file with cloud-init user-data")
+    cr.add_argument("--node", help="place on this node")
+    cr.add_argument("--no-start", action="store_true")
+    cr.add_argument("--wait", action="store_true", help="wait until it runs")
+    add(vm, "list", cmd_vm_list, "list VMs", json_=True)
+    add(vm, "show", cmd_vm_show, "show a VM").add_argument("name")
+    for action in ("start", "stop", "delete"):
+        sp = add(vm, action, _vm_action(action), f"{action} a VM")
+        sp.add_argument("name")
+        sp.add_argument("--wait", action="store_true")
+
+    jt = sub.add_parser("join-token", help="join tokens").add_subparsers(dest="cmd",
+                                                                          required=True)
+    jc = add(jt, "create", cmd_join_token_create, "create a join token", json_=True)
+    jc.add_argument("--description", default="")
+    jc.add_argument("--ttl", type=int, default=3600, help="seconds")
+    op = sub.add_parser("operation", help="operations").add_subparsers(dest="cmd", required=True)
+    add(op, "show", cmd_operation_show, "show an operation").add_argument("id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        client = Client(Settings.load())
+        result: int = args.func(client, args)
+        return result
+    except ApiError as e:
+        print(f"vauban: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError) as e:
+        print(f"vauban: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,54 @@
+"""Fixtures shared by every tier: a region (controller state) on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from controller.app import create_app
+from controller.bootstrap import open_region
+from controller.config import ControllerConfig
+from controller.region import Region
+from tests.postgres import postgres_server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+def _reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def region(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Region]:
+    """A freshly initialised controller state on each database the product supports."""
+    url = ""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        _reset_postgres(url)
+    r = open_region(ControllerConfig(data_dir=tmp_path / "controller", database_url=url,
+                                     node_down_after_s=30))
+    yield r
+    r.engine.dispose()
+
+
+@pytest.fixture
+def app(region: Region) -> Flask:
+    return create_app(region)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

@@ -1,0 +1,107 @@
+"""Drive the controller API as an operator and as agents would, through Flask's test client."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from agent.protocol import Inventory, NodeStatus, ObservedVm
+from controller.api.auth import PEER_CERT_ENVIRON
+from controller.region import Region
+
+
+def make_csr(name: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def inventory(cpus: int = 4, memory_mib: int = 8192) -> Inventory:
+    return Inventory(hostname="h", cpu_model="test cpu", cpu_flags=["vmx"], cpus=cpus,
+                     memory_mib=memory_mib, kvm_device=True, kvm_usable=False,
+                     kvm_probe_detail="test", disks=[], nics=[], hypervisor="libvirt",
+                     storage="localfs", storage_free_bytes=10**12, agent_version="test")
+
+
+@dataclass
+class FakeNode:
+    """A node as the controller sees it: its id and the identity its TLS certificate gives."""
+
+    id: str
+    name: str
+    peer_cert: dict[str, Any]
+
+    def environ(self) -> dict[str, Any]:
+        return {PEER_CERT_ENVIRON: self.peer_cert}
+
+
+class Api:
+    def __init__(self, client: FlaskClient, region: Region) -> None:
+        self.client = client
+        self.region = region
+        password = region.config.admin_password_file.read_text().strip()
+        r = client.post("/api/v1/tokens", json={"username": "admin", "password": password})
+        assert r.status_code == 201, r.json
+        self.headers = {"Authorization": f"Bearer {r.json['token']}"}  # type: ignore[index]
+
+    def get(self, path: str, **kw: Any) -> TestResponse:
+        return self.client.get(path, headers=self.headers, **kw)
+
+    def post(self, path: str, **kw: Any) -> TestResponse:
+        return self.client.post(path, headers=self.headers, **kw)
+
+    def delete(self, path: str) -> TestResponse:
+        return self.client.delete(path, headers=self.headers)
+
+    def join_node(self, name: str, cpus: int = 4, memory_mib: int = 8192,
+                  report: bool = True) -> FakeNode:
+        token = self.post("/api/v1/join-tokens", json={}).json["token"]  # type: ignore[index]
+        r = self.client.post("/api/v1/join", json={"token": token, "name": name,
+                                                   "csr_pem": make_csr(name)})
+        assert r.status_code == 201, r.json
+        body: dict[str, Any] = r.json  # type: ignore[assignment]
+        cert = x509.load_pem_x509_certificate(body["certificate_pem"].encode())
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == body["node_id"]
+        node = FakeNode(body["node_id"], name, {
+            "subject": ((("commonName", body["node_id"]),),),
+            "serialNumber": format(cert.serial_number, "X"),
+        })
+        if report:
+            self.report(node, [], cpus=cpus, memory_mib=memory_mib)
+        return node
+
+    def report(self, node: FakeNode, vms: list[ObservedVm], applied: int = 0,
+               cpus: int = 4, memory_mib: int = 8192) -> TestResponse:
+        status = NodeStatus(applied_generation=applied, inventory=inventory(cpus, memory_mib),
+                            vms=vms, sent_at=datetime.now(UTC))
+        r = self.client.post(f"/agent/v1/nodes/{node.id}/status",
+                             data=status.model_dump_json(), content_type="application/json",
+                             environ_overrides=node.environ())
+        assert r.status_code == 204, r.json
+        return r
+
+    def desired(self, node: FakeNode, after: int = -1, wait: float = 0) -> dict[str, Any]:
+        r = self.client.get(f"/agent/v1/nodes/{node.id}/desired?after={after}&wait={wait}",
+                            environ_overrides=node.environ())
+        assert r.status_code == 200, r.json
+        return r.json  # type: ignore[return-value]
+
+    def import_image(self, name: str, data: bytes, disk_format: str = "raw",
+                     sha256: str | None = None) -> TestResponse:
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        return self.post(f"/api/v1/images?name={name}&disk_format={disk_format}&sha256={digest}",
+                         data=data, content_type="application/octet-stream")
+
+
+RAW_IMAGE = b"\0" * (1024 * 1024)  # 1 MiB raw disk: qemu-img reads it as raw

@@ -1,0 +1,219 @@
+"""VM lifecycle through the API, with the agent's side played by status reports."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from agent.protocol import ObservedVm, ObservedVmState
+from controller.db.models import AuditEvent, Instance, Node
+from controller.region import Region
+from tests.functional.helpers import RAW_IMAGE, Api
+
+
+@pytest.fixture
+def api(client: FlaskClient, region: Region) -> Api:
+    a = Api(client, region)
+    assert a.import_image("tiny", RAW_IMAGE).status_code == 201
+    return a
+
+
+def _create(api: Api, name: str = "web-1", **extra: Any) -> Any:
+    body = {"name": name, "image": "tiny", "vcpus": 1, "memory_mib": 256, **extra}
+    return api.post("/api/v1/instances", json=body)
+
+
+def _observed(vm: dict[str, Any], state: ObservedVmState, power_seq: int | None = None,
+              error: str | None = None) -> ObservedVm:
+    return ObservedVm(id=vm["id"], name=vm["name"], state=state,
+                      power_seq=vm["power_seq"] if power_seq is None else power_seq, error=error)
+
+
+def _count(region: Region, model: Any) -> int:
+    with region.sessions() as db:
+        return int(db.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_create_reaches_the_node_and_finishes_when_running(api: Api) -> None:
+    node = api.join_node("n1")
+    before = api.desired(node)["generation"]
+    r = _create(api, user_data="#!/bin/sh\necho hi\n")
+    assert r.status_code == 202
+    op = r.json
+    assert op["kind"] == "instance.create" and op["state"] == "pending"
+    desired = api.desired(node, after=before)
+    assert desired["generation"] == before + 1
+    [vm] = desired["vms"]
+    assert vm["name"] == "web-1" and vm["power"] == "running"
+    assert vm["seed"] == {"instance_id": vm["id"], "hostname": "web-1",
+                          "user_data": "#!/bin/sh\necho hi\n"}
+    assert vm["image"]["name"] == "tiny" and len(vm["image"]["sha256"]) == 64
+    assert api.get("/api/v1/instances/web-1").json["state"] == "creating"
+    api.report(node, [_observed(vm, ObservedVmState.RUNNING)], applied=desired["generation"])
+    done = api.get(f"/api/v1/operations/{op['id']}").json
+    assert done["state"] == "succeeded" and done["progress"] == 100
+    shown = api.get("/api/v1/instances/web-1").json
+    assert shown["state"] == "running" and shown["node_name"] == "n1"
+
+
+def test_long_poll_wakes_on_create(api: Api) -> None:
+    node = api.join_node("n1")
+    gen = api.desired(node)["generation"]
+    got: dict[str, Any] = {}
+    waiter = threading.Thread(
+        target=lambda: got.update(api.desired(node, after=gen, wait=20)))
+    waiter.start()
+    assert _create(api).status_code == 202
+    waiter.join(timeout=20)
+    assert not waiter.is_alive()
+    assert got["generation"] == gen + 1 and got["vms"][0]["name"] == "web-1"
+
+
+def test_long_poll_returns_unchanged_after_wait(api: Api) -> None:
+    node = api.join_node("n1")
+    gen = api.desired(node)["generation"]
+    again = api.desired(node, after=gen, wait=0.3)
+    assert again["generation"] == gen
+
+
+def test_stop_start_and_delete(api: Api, region: Region) -> None:
+    node = api.join_node("n1")
+    _create(api)
+    vm = api.desired(node)["vms"][0]
+    api.report(node, [_observed(vm, ObservedVmState.RUNNING)], applied=99)
+    stop = api.post("/api/v1/instances/web-1/stop")
+    assert stop.status_code == 202
+    d = api.desired(node)
+    assert d["vms"][0]["power"] == "stopped" and d["vms"][0]["power_seq"] == 2
+    api.report(node, [_observed(vm, ObservedVmState.RUNNING, 1)], applied=d["generation"])
+    # the node still shows the old power action: the stop is not done yet
+    assert api.get(f"/api/v1/operations/{stop.json['id']}").json["state"] == "pending"
+    api.report(node, [_observed(vm, ObservedVmState.STOPPED, 2)], applied=d["generation"])
+    assert api.get(f"/api/v1/operations/{stop.json['id']}").json["state"] == "succeeded"
+    start = api.post("/api/v1/instances/web-1/start")
+    d = api.desired(node)
+    api.report(node, [_observed(vm, ObservedVmState.RUNNING, 3)], applied=d["generation"])
+    assert api.get(f"/api/v1/operations/{start.json['id']}").json["state"] == "succeeded"
+    delete = api.delete("/api/v1/instances/web-1")
+    assert delete.status_code == 202
+    d = api.desired(node)
+    assert d["vms"] == []
+    assert api.get("/api/v1/instances/web-1").json["state"] == "deleting"
+    api.report(node, [], applied=d["generation"])
+    assert api.get(f"/api/v1/operations/{delete.json['id']}").json["state"] == "succeeded"
+    assert api.get("/api/v1/instances/web-1").status_code == 404
+    with region.sessions() as db:
+        actions = [e.action for e in db.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert actions[-4:] == ["instance.stop", "instance.start", "instance.delete",
+                            "instance.delete"]
+
+
+def test_agent_error_fails_the_operation(api: Api) -> None:
+    node = api.join_node("n1")
+    op = _create(api).json
+    d = api.desired(node)
+    vm = d["vms"][0]
+    api.report(node, [_observed(vm, ObservedVmState.ERROR, 0, error="disk full")],
+               applied=d["generation"])
+    failed = api.get(f"/api/v1/operations/{op['id']}").json
+    assert failed["state"] == "failed" and failed["error"] == "disk full"
+    shown = api.get("/api/v1/instances/web-1").json
+    assert shown["state"] == "error" and shown["error"] == "disk full"
+
+
+def test_guest_poweroff_is_adopted_not_undone(api: Api) -> None:
+    node = api.join_node("n1")
+    _create(api)
+    d = api.desired(node)
+    vm = d["vms"][0]
+    api.report(node, [_observed(vm, ObservedVmState.RUNNING)], applied=d["generation"])
+    api.report(node, [_observed(vm, ObservedVmState.STOPPED)], applied=d["generation"])
+    after = api.desired(node, after=d["generation"])
+    assert after["vms"][0]["power"] == "stopped"
+    assert api.get("/api/v1/instances/web-1").json["desired_power"] == "stopped"
+
+
+def test_power_action_while_busy_is_a_conflict(api: Api) -> None:
+    api.join_node("n1")
+    _create(api)
+    r = api.post("/api/v1/instances/web-1/stop")
+    assert r.status_code == 409 and "instance.create" in r.json["detail"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"vcpus": 0}, "vcpus"),
+    ({"memory_mib": 10}, "memory_mib"),
+    ({"name": "Web_1"}, "name"),
+    ({"root_disk_gib": 0}, "root_disk_gib"),
+    ({"vcpus": "two"}, "vcpus"),
+])
+def test_out_of_range_input_is_refused(api: Api, region: Region, body: dict[str, Any],
+                                       field: str) -> None:
+    api.join_node("n1")
+    r = _create(api, **body)
+    assert r.status_code == 422
+    assert f"'{field}'" in r.json["detail"]
+    assert _count(region, Instance) == 0
+
+
+def test_unknown_image_is_refused(api: Api, region: Region) -> None:
+    api.join_node("n1")
+    r = _create(api, image="nope")
+    assert r.status_code == 422 and "image 'nope' does not exist" in r.json["detail"]
+    assert _count(region, Instance) == 0
+
+
+def test_name_clash_is_a_conflict(api: Api, region: Region) -> None:
+    api.join_node("n1")
+    assert _create(api).status_code == 202
+    r = _create(api)
+    assert r.status_code == 409 and "web-1" in r.json["detail"]
+    assert _count(region, Instance) == 1
+
+
+def test_no_node_fits_explains_why_and_changes_nothing(api: Api, region: Region) -> None:
+    node = api.join_node("small", cpus=1, memory_mib=1024)
+    gen = api.desired(node)["generation"]
+    r = _create(api, memory_mib=4096)
+    assert r.status_code == 409
+    assert r.json["type"].endswith("/no-valid-host")
+    assert "small has 512 MiB memory free, 4096 asked" in r.json["detail"]
+    r = _create(api, vcpus=5)
+    assert "small has 4 vCPUs free, 5 asked" in r.json["detail"]
+    assert _count(region, Instance) == 0
+    assert api.desired(node)["generation"] == gen
+
+
+def test_disk_smaller_than_image_minimum_is_refused(api: Api) -> None:
+    api.join_node("n1")
+    assert api.import_image("big", RAW_IMAGE, sha256=None).status_code == 201
+    with api.region.sessions() as db, db.begin():
+        from controller.db.models import Image
+        db.scalars(select(Image).where(Image.name == "big")).one().min_disk_gib = 5
+    r = _create(api, image="big", root_disk_gib=2)
+    assert r.status_code == 422 and "needs (5 GiB)" in r.json["detail"]
+
+
+def test_scheduler_spreads_and_skips_down_nodes(api: Api, region: Region) -> None:
+    api.join_node("a", memory_mib=4096)
+    b = api.join_node("b", memory_mib=4096)
+    assert _create(api, "vm-1", memory_mib=1024).status_code == 202
+    assert _create(api, "vm-2", memory_mib=1024).status_code == 202
+    placed = {i["name"]: i["node_name"] for i in api.get("/api/v1/instances").json}
+    assert sorted(placed.values()) == ["a", "b"]
+    with region.sessions() as db, db.begin():
+        db.get(Node, b.id).last_seen_at = None  # type: ignore[union-attr]
+    assert _create(api, "vm-3", memory_mib=512).status_code == 202
+    assert api.get("/api/v1/instances/vm-3").json["node_name"] == "a"
+
+
+def test_pinned_node_unknown(api: Api) -> None:
+    api.join_node("n1")
+    r = _create(api, node="elsewhere")
+    assert r.status_code == 404 and "elsewhere" in r.json["detail"]
+
+
