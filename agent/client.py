@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import requests
 
@@ -10,6 +11,23 @@ from agent.config import AgentConfig, NodeIdentity
 from agent.protocol import DesiredState, NodeStatus
 
 CHUNK = 1024 * 1024
+
+
+class _PinnedSession(requests.Session):
+    """A session that always verifies against the region CA.
+
+    requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override a session's `verify`;
+    passing it on every request keeps the region CA in charge.
+    """
+
+    def __init__(self, ca_file: str) -> None:
+        super().__init__()
+        self.ca_file = ca_file
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,  # type: ignore[override]
+                **kwargs: Any) -> requests.Response:
+        kwargs["verify"] = self.ca_file
+        return super().request(method, url, *args, **kwargs)
 
 
 class ControllerUnavailable(Exception):
@@ -22,9 +40,8 @@ class ControllerClient:
     def __init__(self, config: AgentConfig, identity: NodeIdentity) -> None:
         self.identity = identity
         self.base = identity.controller_url.rstrip("/") + "/agent/v1"
-        self.http = requests.Session()
+        self.http = _PinnedSession(str(config.ca_path))
         self.http.cert = (str(config.cert_path), str(config.key_path))
-        self.http.verify = str(config.ca_path)
 
     def _node_url(self, suffix: str) -> str:
         return f"{self.base}/nodes/{self.identity.node_id}/{suffix}"

@@ -76,7 +76,8 @@ def join(config: AgentConfig, controller_url: str, token: str, ca_sha256: str,
     )
     body = JoinRequest(token=token, name=name,
                        csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode())
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # 0711: QEMU (an unprivileged user) must pass through to disks; secrets are 0600 files
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
     ca_file = config.data_dir / "ca.pem.tmp"
     ca_file.write_bytes(ca_pem)
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 
 VENV_BIN = Path(sys.executable).parent
+_children: dict[int, subprocess.Popen[bytes]] = {}  # started by this process, reaped on stop
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Service:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     env={**os.environ, **(env or {})})
+        _children[proc.pid] = proc
         self.pidfile.write_text(f"{proc.pid}\n")
         return proc.pid
 
@@ -65,6 +67,9 @@ class Service:
             time.sleep(0.1)  # waiting for a process to exit has no event to block on
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+        child = _children.pop(pid, None)
+        if child is not None:
+            child.wait()
         self.pidfile.unlink(missing_ok=True)
         return True
 

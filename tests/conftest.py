@@ -15,6 +15,8 @@ from controller.config import ControllerConfig
 from controller.region import Region
 from tests.postgres import postgres_server
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
@@ -52,3 +54,22 @@ def app(region: Region) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[str]:
+    """libvirtd on qemu:///system; started for the session if it was not running, and then
+    stopped (by the PIDs started) at the end."""
+    from agent.hostprep import ensure_libvirtd, stop_daemons
+
+    started = ensure_libvirtd("qemu:///system")
+    yield "qemu:///system"
+    stop_daemons(started)
+
+
+@pytest.fixture(scope="session")
+def testguest_image() -> Path:
+    """The bootable test guest (built once, cached under var/ like `make image` does)."""
+    from images.testguest.build import build
+
+    return build(REPO / "var/images/testguest.raw", REPO / "var/cache/testguest").image

@@ -53,14 +53,16 @@ class Client:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.http = requests.Session()
-        self.http.verify = settings.ca_file or True
+        # per request: requests lets REQUESTS_CA_BUNDLE override a session-wide `verify`
+        self.verify: str | bool = settings.ca_file or True
         if settings.token:
             self.http.headers["Authorization"] = f"Bearer {settings.token}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         url = self.settings.url.rstrip("/") + "/api/v1" + path
         try:
-            r = self.http.request(method, url, timeout=kwargs.pop("timeout", 60), **kwargs)
+            r = self.http.request(method, url, timeout=kwargs.pop("timeout", 60),
+                                  verify=self.verify, **kwargs)
         except requests.ConnectionError as e:
             raise ApiError(0, f"cannot reach the controller at {self.settings.url}: {e}") from e
         if r.status_code >= 400:

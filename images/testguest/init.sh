@@ -1,0 +1,120 @@
+#!/bin/sh
+# /init of the Vauban test guest (busybox sh as PID 1, initramfs only).
+#
+# Serial-console protocol (tests match these lines, keep them stable):
+#   VAUBAN-TESTGUEST-BOOTED                       init started, modules loaded
+#   vauban-testguest hostname=<hostname>          from the NoCloud seed's meta-data
+#   vauban-testguest instance-id=<id>
+#   (output of user-data, when it starts with #!)
+#   vauban-testguest user-data exit=<status>
+#   vauban-testguest network-config=present       when the seed has network-config
+#   vauban-testguest no-seed                      when no `cidata` filesystem showed up
+#   VAUBAN-TESTGUEST-READY                        listening for the ACPI power button
+#   vauban-testguest powering off                 power button pressed; then poweroff -f
+
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+SEED_WAIT_TENTHS=100  # how long to look for the cidata device: 10 s
+SEED=/run/seed
+
+say() {
+    echo "$*" > /dev/console
+}
+
+mount_basics() {
+    mount -t proc proc /proc
+    mount -t sysfs sysfs /sys
+    mount -t devtmpfs devtmpfs /dev
+    mkdir -p /dev/pts /run /tmp
+    mount -t tmpfs -o mode=0755 tmpfs /run
+    mount -t tmpfs -o mode=1777 tmpfs /tmp
+}
+
+load_modules() {
+    # /etc/testguest/modules lists module paths under /lib/modules, dependencies first.
+    while read -r mod; do
+        [ -n "$mod" ] || continue
+        insmod "/lib/modules/$mod" 2>/dev/null || say "vauban-testguest insmod failed: $mod"
+    done < /etc/testguest/modules
+}
+
+# Print the value of a top-level `key: value` line of a simple YAML file,
+# without surrounding quotes (escape sequences are not decoded).
+yaml_value() {
+    sed -n "s/^$1:[[:space:]]*//p" "$2" | head -n 1 \
+        | sed -e 's/[[:space:]]*$//' -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'\$/\1/"
+}
+
+find_seed_device() {
+    i=0
+    while [ "$i" -lt "$SEED_WAIT_TENTHS" ]; do
+        dev=$(findfs LABEL=cidata 2>/dev/null) && { echo "$dev"; return 0; }
+        usleep 100000
+        i=$((i + 1))
+    done
+    return 1
+}
+
+apply_meta_data() {
+    hostname=$(yaml_value local-hostname "$SEED/meta-data")
+    instance_id=$(yaml_value instance-id "$SEED/meta-data")
+    [ -n "$hostname" ] && hostname "$hostname"
+    say "vauban-testguest hostname=$(hostname)"
+    say "vauban-testguest instance-id=$instance_id"
+}
+
+run_user_data() {
+    [ -f "$SEED/user-data" ] || return 0
+    [ "$(head -c 2 "$SEED/user-data")" = "#!" ] || return 0
+    cp "$SEED/user-data" /run/user-data
+    chmod 0700 /run/user-data
+    /run/user-data < /dev/null > /dev/console 2>&1
+    say "vauban-testguest user-data exit=$?"
+}
+
+apply_seed() {
+    if ! dev=$(find_seed_device); then
+        say "vauban-testguest no-seed"
+        return 0
+    fi
+    mkdir -p "$SEED"
+    if ! mount -t iso9660 -o ro "$dev" "$SEED"; then
+        say "vauban-testguest seed-mount-failed device=$dev"
+        return 0
+    fi
+    [ -f "$SEED/meta-data" ] && apply_meta_data
+    run_user_data
+    [ -f "$SEED/network-config" ] && say "vauban-testguest network-config=present"
+    return 0
+}
+
+# busybox acpid maps the ACPI power button (KEY_POWER on an evdev device) to
+# the action PWRF/00000080 under its config directory.
+start_acpid() {
+    mkdir -p /etc/acpi/PWRF
+    cat > /etc/acpi/PWRF/00000080 <<'EOF'
+#!/bin/sh
+echo "vauban-testguest powering off" > /dev/console
+sync
+poweroff -f
+EOF
+    chmod 0755 /etc/acpi/PWRF/00000080
+    acpid -d -c /etc/acpi -p /run/acpid.pid < /dev/null > /dev/console 2>&1 &
+    # acpid writes its pid file once it has opened every /dev/input/event*:
+    # only then is a power-button press certain to be seen.
+    i=0
+    while [ ! -s /run/acpid.pid ] && [ "$i" -lt 50 ]; do
+        usleep 100000
+        i=$((i + 1))
+    done
+    [ -s /run/acpid.pid ] || say "vauban-testguest acpid-not-ready"
+}
+
+mount_basics
+load_modules
+say "VAUBAN-TESTGUEST-BOOTED"
+apply_seed
+start_acpid
+say "VAUBAN-TESTGUEST-READY"
+while :; do
+    sleep 3600
+done

@@ -1,0 +1,141 @@
+"""A real all-in-one region for end-to-end tests: controller and agent processes on this
+machine, driven with the `vauban` CLI as an operator would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from controller import allinone
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy; AssertionError naming `what` if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)  # polling an external process's state
+
+
+@dataclass
+class E2ERegion:
+    root: Path
+    layout: allinone.Layout
+    token: str = ""
+    created_vm_ids: set[str] = field(default_factory=set)
+
+    @classmethod
+    def create(cls) -> E2ERegion:
+        # under /var/tmp with mode 0711: QEMU runs unprivileged and must reach the disks
+        root = Path("/var/tmp") / f"vauban-e2e-{uuid.uuid4().hex[:8]}"
+        root.mkdir(mode=0o711)
+        return cls(root=root, layout=allinone.Layout(root, free_port()))
+
+    def start(self, image: Path) -> None:
+        allinone.start_controller(self.layout)
+        self.token = allinone.admin_token(self.layout)
+        allinone.join_agent(self.layout, self.token, f"e2e-{self.root.name[-8:]}")
+        self.start_agent()
+        self.cli("image", "import", str(image), "--name", "testguest")
+
+    def start_agent(self) -> None:
+        allinone.start_agent(self.layout)
+        allinone.wait_node_up(self.layout, self.token)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "VAUBAN_URL": self.layout.url, "VAUBAN_TOKEN": self.token,
+                "VAUBAN_CA_FILE": str(self.layout.ca_file),
+                "VAUBAN_CONFIG": str(self.root / "cli.json")}
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "vauban"), *args], env=self.env(), text=True,
+                              capture_output=True, timeout=600, check=False)
+
+    def cli(self, *args: str) -> str:
+        """Run the CLI and expect success; the output on failure is in the assertion."""
+        out = self.run_cli(*args)
+        assert out.returncode == 0, f"vauban {' '.join(args)}: {out.stderr}{out.stdout}"
+        return out.stdout
+
+    def vm(self, name: str) -> dict[str, Any]:
+        vm: dict[str, Any] = json.loads(self.cli("vm", "show", name))
+        self.created_vm_ids.add(vm["id"])
+        return vm
+
+    def stop(self) -> None:
+        """Stop our processes by PID, remove any VM this region made, and its directory."""
+        self.layout.service("agent").stop()
+        self.layout.service("controller").stop()
+        conn = libvirt.open("qemu:///system")
+        try:
+            for vm_id in self.created_vm_ids:
+                try:
+                    dom = conn.lookupByUUIDString(vm_id)
+                except libvirt.libvirtError:
+                    continue
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+        finally:
+            conn.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def domain_exists(vm_id: str) -> bool:
+    conn = libvirt.open("qemu:///system")
+    try:
+        conn.lookupByUUIDString(vm_id)
+        return True
+    except libvirt.libvirtError:
+        return False
+    finally:
+        conn.close()
+
+
+def is_running(vm_id: str) -> bool:
+    conn = libvirt.open("qemu:///system")
+    try:
+        return bool(conn.lookupByUUIDString(vm_id).isActive())
+    except libvirt.libvirtError:
+        return False
+    finally:
+        conn.close()
+
+
+def qemu_pid(vm_id: str) -> int:
+    conn = libvirt.open("qemu:///system")
+    try:
+        name = conn.lookupByUUIDString(vm_id).name()
+    finally:
+        conn.close()
+    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+
+
+def console_has(path: str, text: str) -> bool:
+    try:
+        return text in Path(path).read_text(errors="replace")
+    except OSError:
+        return False

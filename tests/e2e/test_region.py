@@ -1,0 +1,129 @@
+"""End to end: controller and agent processes, real VMs in libvirt, driven with the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.region import (
+    E2ERegion,
+    console_has,
+    domain_exists,
+    is_running,
+    qemu_pid,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+BOOT_TIMEOUT = 180  # TCG boots on a loaded 2-core machine can be slow
+
+
+@pytest.fixture(scope="module")
+def region(libvirtd: str, testguest_image: Path) -> Iterator[E2ERegion]:
+    r = E2ERegion.create()
+    try:
+        r.start(testguest_image)
+        yield r
+    finally:
+        r.stop()
+
+
+def _name() -> str:
+    return f"e2e-{uuid.uuid4().hex[:6]}"
+
+
+def _create(region: E2ERegion, name: str, tmp_path: Path) -> dict[str, object]:
+    user_data = tmp_path / "user-data"
+    user_data.write_text(f"#!/bin/sh\necho user-data-ran-for-{name}\n")
+    region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1", "--memory", "256",
+               "--user-data", str(user_data), "--wait")
+    return region.vm(name)
+
+
+def test_vm_lifecycle(region: E2ERegion, tmp_path: Path) -> None:
+    name = _name()
+    vm = _create(region, name, tmp_path)
+    vm_id = str(vm["id"])
+    assert vm["state"] == "running"
+    assert is_running(vm_id)
+    log = str(vm["console_log"])
+    wait_for(lambda: console_has(log, "VAUBAN-TESTGUEST-BOOTED"), BOOT_TIMEOUT, "the boot marker")
+    wait_for(lambda: console_has(log, f"vauban-testguest hostname={name}"), BOOT_TIMEOUT,
+             "the hostname from the seed")
+    wait_for(lambda: console_has(log, f"user-data-ran-for-{name}"), BOOT_TIMEOUT, "user-data")
+    wait_for(lambda: console_has(log, "VAUBAN-TESTGUEST-READY"), BOOT_TIMEOUT, "guest ready")
+    listed = json.loads(region.cli("vm", "list", "--json"))
+    assert [v["state"] for v in listed if v["name"] == name] == ["running"]
+
+    region.cli("vm", "stop", name, "--wait")
+    assert not is_running(vm_id) and domain_exists(vm_id)
+    assert console_has(log, "vauban-testguest powering off")  # it was a clean ACPI shutdown
+    assert region.vm(name)["state"] == "stopped"
+
+    region.cli("vm", "start", name, "--wait")
+    assert is_running(vm_id)
+
+    vm_dir = region.layout.agent_dir / "instances" / vm_id
+    disk_dir = region.layout.agent_dir / "storage" / "disks" / vm_id
+    assert (vm_dir / "seed.iso").exists() and disk_dir.exists()
+    region.cli("vm", "delete", name, "--wait")
+    assert not domain_exists(vm_id)
+    assert not vm_dir.exists() and not disk_dir.exists()
+    gone = region.run_cli("vm", "show", name)
+    assert gone.returncode == 1 and f"instance '{name}' does not exist" in gone.stderr
+
+
+def test_agent_restart_adopts_running_vm(region: E2ERegion, tmp_path: Path) -> None:
+    name = _name()
+    vm_id = str(_create(region, name, tmp_path)["id"])
+    pid = qemu_pid(vm_id)
+    region.layout.service("agent").stop()
+    assert is_running(vm_id) and qemu_pid(vm_id) == pid
+    region.start_agent()
+    assert region.vm(name)["state"] == "running"
+    assert qemu_pid(vm_id) == pid  # adopted, not restarted
+    region.cli("vm", "stop", name, "--wait")  # and managed again
+    assert not is_running(vm_id)
+    region.cli("vm", "delete", name, "--wait")
+    assert not domain_exists(vm_id)
+
+
+def test_controller_down_and_back(region: E2ERegion, tmp_path: Path) -> None:
+    name = _name()
+    vm_id = str(_create(region, name, tmp_path)["id"])
+    pid = qemu_pid(vm_id)
+    agent_pid = region.layout.service("agent").pid()
+    region.layout.service("controller").stop()
+    down = region.run_cli("vm", "list")
+    assert down.returncode == 1 and "cannot reach the controller" in down.stderr
+    assert is_running(vm_id) and qemu_pid(vm_id) == pid
+    assert agent_pid is not None and region.layout.service("agent").pid() == agent_pid
+    os.kill(agent_pid, 0)  # the agent kept running without its controller
+    from controller import allinone
+
+    allinone.start_controller(region.layout)
+    region.cli("vm", "delete", name, "--wait")
+    assert not domain_exists(vm_id)
+
+
+def test_bad_input_is_refused_and_leaves_nothing(region: E2ERegion) -> None:
+    name = _name()
+    out = region.run_cli("vm", "create", name, "--image", "nope", "--cpus", "1",
+                         "--memory", "256")
+    assert out.returncode == 1
+    assert "image 'nope' does not exist" in out.stderr
+    out = region.run_cli("vm", "create", name, "--image", "testguest", "--cpus", "512",
+                         "--memory", "256")
+    assert out.returncode == 1
+    assert "no node can host 512 vCPUs" in out.stderr
+    out = region.run_cli("vm", "create", "Bad_Name", "--image", "testguest", "--cpus", "1",
+                         "--memory", "256")
+    assert out.returncode == 1 and "'name'" in out.stderr
+    names = [v["name"] for v in json.loads(region.cli("vm", "list", "--json"))]
+    assert name not in names and "Bad_Name" not in names

@@ -1,0 +1,294 @@
+"""LibvirtDriver against the real libvirtd at qemu:///system, and the KVM probe on this host.
+
+Every domain and file a test makes has a unique name, is recorded, and is removed
+in teardown; domains the tests did not create are never touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, VmSpec
+from agent.drivers.hypervisor.libvirt import LibvirtDriver
+from agent.drivers.hypervisor.libvirt.guest import Guest
+from agent.hostprep import (
+    LIBVIRTD_PIDFILE,
+    ensure_libvirtd,
+    libvirt_answers,
+    stop_daemons,
+    unreachable_dirs,
+)
+from agent.kvmprobe import boot_marker, find_kernel, probe_kvm
+
+pytestmark = pytest.mark.integration
+
+URI = "qemu:///system"
+
+
+@pytest.fixture(scope="module")
+def started_daemons() -> Iterator[list[int]]:
+    """libvirtd up for this module; the daemons this module started are stopped at its end."""
+    started = ensure_libvirtd(URI)
+    yield started
+    stop_daemons(started)
+
+
+class Domains:
+    """Records the UUIDs of domains a test creates, and removes exactly those."""
+
+    def __init__(self) -> None:
+        self.conn = libvirt.open(URI)
+        self.uuids: list[str] = []
+
+    def new_id(self) -> str:
+        vm_id = str(uuid.uuid4())
+        self.uuids.append(vm_id)
+        return vm_id
+
+    def define_foreign(self, name: str) -> str:
+        """A domain without our metadata, as another tool on the host would make it."""
+        vm_id = self.new_id()
+        self.conn.defineXML(
+            f"<domain type='qemu'><name>{name}</name><uuid>{vm_id}</uuid>"
+            "<memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>")
+        return vm_id
+
+    def exists(self, vm_id: str) -> bool:
+        try:
+            self.conn.lookupByUUIDString(vm_id)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def cleanup(self) -> None:
+        for vm_id in self.uuids:
+            try:
+                dom = self.conn.lookupByUUIDString(vm_id)
+            except libvirt.libvirtError:
+                continue
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        self.conn.close()
+
+
+@pytest.fixture
+def domains(started_daemons: list[int]) -> Iterator[Domains]:
+    recorder = Domains()
+    yield recorder
+    recorder.cleanup()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A directory QEMU (user libvirt-qemu) can reach: pytest's tmp_path base is 0700."""
+    path = Path(tempfile.mkdtemp(prefix="vauban-it-", dir="/var/tmp"))
+    path.chmod(0o711)
+    assert unreachable_dirs(path) == []
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def driver(started_daemons: list[int]) -> Iterator[LibvirtDriver]:
+    drv = LibvirtDriver(URI, accelerated=False)
+    yield drv
+    drv.host.close()
+
+
+def make_spec(domains: Domains, workdir: Path, **overrides: object) -> VmSpec:
+    vm_id = domains.new_id()
+    disk = workdir / f"{vm_id}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    values: dict[str, object] = dict(
+        id=vm_id, name=f"vauban-it-{vm_id}", vcpus=1, memory_mib=64,
+        disks=(DiskSpec(disk, "qcow2", "vda"),), console_log=workdir / f"{vm_id}.log",
+        power_seq=1, labels={"test": "integration"})
+    values.update(overrides)
+    return VmSpec(**values)  # type: ignore[arg-type]
+
+
+def observed(driver: LibvirtDriver, vm_id: str) -> dict[str, object] | None:
+    for vm in driver.list_vms():
+        if vm.id == vm_id:
+            return {"name": vm.name, "running": vm.running, "power_seq": vm.power_seq,
+                    "console_log": vm.console_log}
+    return None
+
+
+def test_define_start_stop_undefine(driver: LibvirtDriver, domains: Domains,
+                                    workdir: Path) -> None:
+    spec = make_spec(domains, workdir)
+
+    driver.define(spec)
+    assert observed(driver, spec.id) == {"name": spec.name, "running": False, "power_seq": 1,
+                                         "console_log": spec.console_log}
+
+    driver.start(spec.id)
+    driver.start(spec.id)  # no-op when running
+    assert observed(driver, spec.id)["running"] is True  # type: ignore[index]
+    assert spec.console_log.exists()
+
+    driver.set_power_seq(spec.id, 7)  # while running: live and persistent definition
+    assert observed(driver, spec.id)["power_seq"] == 7  # type: ignore[index]
+
+    # No OS in the disk, so nothing answers the ACPI button: the grace runs out, then force.
+    grace = 1.0
+    t0 = time.monotonic()
+    driver.stop(spec.id, grace_seconds=grace)
+    assert time.monotonic() - t0 >= grace
+    assert observed(driver, spec.id) == {"name": spec.name, "running": False, "power_seq": 7,
+                                         "console_log": spec.console_log}
+    driver.stop(spec.id, grace_seconds=grace)  # no-op when stopped
+
+    driver.undefine(spec.id)
+    assert observed(driver, spec.id) is None
+    assert not domains.exists(spec.id)
+    assert spec.disks[0].path.exists()  # disks belong to the storage driver
+    driver.undefine(spec.id)  # unknown id: no-op
+
+
+def test_guest_shutdown_reports_forced_power_off(driver: LibvirtDriver, domains: Domains,
+                                                 workdir: Path) -> None:
+    spec = make_spec(domains, workdir)
+    driver.define(spec)
+    driver.start(spec.id)
+    dom = driver.host.lookup(spec.id)
+    assert dom is not None
+    guest = Guest(driver.host, dom)
+
+    assert guest.shutdown(0.3) is False
+    assert not guest.is_running()
+
+
+def test_undefine_removes_a_running_vm(driver: LibvirtDriver, domains: Domains,
+                                       workdir: Path) -> None:
+    spec = make_spec(domains, workdir)
+    driver.define(spec)
+    driver.start(spec.id)
+
+    driver.undefine(spec.id)
+
+    assert not domains.exists(spec.id)
+
+
+def test_list_ignores_foreign_domains_and_never_touches_them(
+        driver: LibvirtDriver, domains: Domains, workdir: Path) -> None:
+    foreign = domains.define_foreign(f"foreign-{uuid.uuid4()}")
+    ours = make_spec(domains, workdir)
+    driver.define(ours)
+
+    ids = {vm.id for vm in driver.list_vms()}
+
+    assert ours.id in ids and foreign not in ids
+    for action in (lambda: driver.undefine(foreign), lambda: driver.start(foreign),
+                   lambda: driver.set_power_seq(foreign, 1)):
+        with pytest.raises(HypervisorError, match="not a Vauban VM"):
+            action()
+    assert domains.exists(foreign)
+
+
+def test_define_of_an_existing_id_raises_and_keeps_the_first(
+        driver: LibvirtDriver, domains: Domains, workdir: Path) -> None:
+    spec = make_spec(domains, workdir)
+    driver.define(spec)
+    other = make_spec(domains, workdir)
+    clash = replace(other, id=spec.id, name=f"other-{spec.id}")
+
+    with pytest.raises(HypervisorError, match="already defined"):
+        driver.define(spec)
+    with pytest.raises(HypervisorError, match="already defined"):
+        driver.define(clash)
+
+    assert observed(driver, spec.id)["name"] == spec.name  # type: ignore[index]
+
+
+def test_failed_define_leaves_nothing(driver: LibvirtDriver, domains: Domains,
+                                      workdir: Path) -> None:
+    taken = f"foreign-{uuid.uuid4()}"
+    domains.define_foreign(taken)
+    before = {d.UUIDString() for d in domains.conn.listAllDomains(0)}
+    name_clash = make_spec(domains, workdir, name=taken)
+    bad_target = make_spec(domains, workdir)
+    bad_target = replace(bad_target, disks=(DiskSpec(bad_target.disks[0].path, "qcow2", ""),))
+
+    for spec in (name_clash, bad_target):
+        with pytest.raises(HypervisorError):
+            driver.define(spec)
+        assert not domains.exists(spec.id)
+    with pytest.raises(HypervisorError, match="not a UUID"):
+        driver.define(replace(name_clash, id="not-a-uuid", name="x"))
+
+    assert {d.UUIDString() for d in domains.conn.listAllDomains(0)} == before
+
+
+def test_reconnects_after_libvirtd_restart(started_daemons: list[int], driver: LibvirtDriver,
+                                           domains: Domains, workdir: Path) -> None:
+    libvirtd = int(LIBVIRTD_PIDFILE.read_text())
+    if libvirtd not in started_daemons:
+        pytest.skip("libvirtd was not started by this test module; not ours to restart")
+    spec = make_spec(domains, workdir)
+    driver.define(spec)
+
+    stop_daemons([libvirtd])
+    started_daemons.remove(libvirtd)
+    with pytest.raises(HypervisorError) as exc:
+        driver.list_vms()
+    assert exc.value.retryable is True
+
+    started_daemons.extend(ensure_libvirtd(URI))
+    assert libvirt_answers(URI)
+    assert spec.id in {vm.id for vm in driver.list_vms()}
+
+
+def test_kvm_probe_answers_within_its_timeout(tmp_path: Path) -> None:
+    timeout = 10.0
+    cache = tmp_path / "kvm-probe.json"
+
+    t0 = time.monotonic()
+    result = probe_kvm(timeout=timeout, cache=cache)
+    took = time.monotonic() - t0
+
+    assert result.detail
+    assert took < timeout + 15  # QEMU start and kill overhead, never an unbounded hang
+    assert result.device or not result.usable  # usable implies the device exists
+    assert _no_probe_qemu_left()
+
+    t0 = time.monotonic()
+    assert probe_kvm(timeout=timeout, cache=cache) == result
+    assert time.monotonic() - t0 < 5  # from the cache: no second boot
+
+
+def _no_probe_qemu_left() -> bool:
+    """No QEMU still runs with a probe initramfs (the probe kills its own on timeout)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"vauban-kvmprobe-" in a for a in args):
+            return False
+    return True
+
+
+def test_probe_guest_boots_under_tcg() -> None:
+    """The probe's kernel + initramfs do work, so a KVM failure is KVM's, not the probe's."""
+    kernel = find_kernel()
+    if kernel is None:
+        pytest.skip("no kernel in /boot")
+
+    seen, took, err = boot_marker("tcg", kernel, timeout=120.0)
+
+    assert seen, f"TCG boot printed no marker in {took:.0f}s: {err}"

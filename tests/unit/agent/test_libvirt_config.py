@@ -1,0 +1,204 @@
+"""Domain XML rendered from the typed config, and parsed back (also as libvirt returns it)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from agent.drivers.hypervisor.base import DiskSpec, VmSpec
+from agent.drivers.hypervisor.libvirt import LibvirtDriver
+from agent.drivers.hypervisor.libvirt.config import (
+    NS,
+    DiskConfig,
+    DomainConfig,
+    InstanceMetadata,
+)
+
+VM_ID = "6f1c0d5e-5b5e-4d8e-9a36-0d7c3f1b2a10"
+
+
+def at(el: ET.Element, path: str) -> ET.Element:
+    found = el.find(path)
+    assert found is not None, f"no <{path}>"
+    return found
+
+
+def make_config(virt_type: str = "qemu", **overrides: object) -> DomainConfig:
+    values: dict[str, object] = dict(
+        virt_type=virt_type,
+        name="web-1",
+        uuid=VM_ID,
+        memory_mib=256,
+        vcpus=2,
+        disks=(
+            DiskConfig(Path("/srv/disks/web-1/root.qcow2"), "qcow2", "vda"),
+            DiskConfig(Path("/srv/disks/web-1/seed.raw"), "raw", "vdb", readonly=True),
+        ),
+        console_log=Path("/srv/logs/web-1.log"),
+        metadata=InstanceMetadata(VM_ID, 3, {"team": "db", "tier": "<gold & \"x\">"}),
+    )
+    values.update(overrides)
+    return DomainConfig(**values)  # type: ignore[arg-type]
+
+
+def test_tcg_domain_renders_every_element() -> None:
+    root = ET.fromstring(make_config("qemu").to_xml())
+
+    assert root.tag == "domain" and root.get("type") == "qemu"
+    assert root.findtext("name") == "web-1"
+    assert root.findtext("uuid") == VM_ID
+    assert at(root, "memory").get("unit") == "MiB" and root.findtext("memory") == "256"
+    assert root.findtext("vcpu") == "2"
+    assert root.findtext("os/type") == "hvm"
+    assert at(root, "os/boot").get("dev") == "hd"
+    assert root.find("features/acpi") is not None and root.find("features/apic") is not None
+    assert root.find("cpu") is None  # TCG: QEMU's default CPU model
+    disks = root.findall("devices/disk")
+    assert [(at(d, "target").get("dev"), at(d, "target").get("bus")) for d in disks] == [
+        ("vda", "virtio"), ("vdb", "virtio")]
+    assert [at(d, "driver").get("type") for d in disks] == ["qcow2", "raw"]
+    assert at(disks[0], "source").get("file") == "/srv/disks/web-1/root.qcow2"
+    assert disks[0].find("readonly") is None and disks[1].find("readonly") is not None
+    serial = at(root, "devices/serial")
+    assert serial.get("type") == "file"
+    assert at(serial, "source").get("path") == "/srv/logs/web-1.log"
+    console = at(root, "devices/console")
+    assert console.get("type") == "file" and at(console, "target").get("type") == "serial"
+    graphics = at(root, "devices/graphics")
+    assert graphics.get("type") == "vnc" and graphics.get("autoport") == "yes"
+    assert graphics.get("listen") == "127.0.0.1"
+    assert at(graphics, "listen").get("address") == "127.0.0.1"
+    assert at(root, "devices/rng").get("model") == "virtio"
+    assert at(root, "devices/memballoon").get("model") == "none"
+
+
+def test_kvm_domain_passes_the_host_cpu_through() -> None:
+    root = ET.fromstring(make_config("kvm").to_xml())
+
+    assert root.get("type") == "kvm"
+    assert at(root, "cpu").get("mode") == "host-passthrough"
+
+
+def test_metadata_is_in_our_namespace_with_our_prefix() -> None:
+    xml = make_config().to_xml()
+    root = ET.fromstring(xml)
+
+    instance = root.find(f"metadata/{{{NS}}}instance")
+    assert instance is not None
+    assert instance.findtext(f"{{{NS}}}id") == VM_ID
+    assert instance.findtext(f"{{{NS}}}power-seq") == "3"
+    assert 'xmlns:vauban="https://vauban.dev/xmlns/instance/1"' in xml
+
+
+def test_round_trip_keeps_everything() -> None:
+    for virt_type in ("qemu", "kvm"):
+        config = make_config(virt_type)
+        assert DomainConfig.from_xml(config.to_xml()) == config
+
+
+def test_labels_with_markup_characters_survive() -> None:
+    config = make_config()
+    parsed = DomainConfig.from_xml(config.to_xml())
+    assert parsed.metadata.labels == {"team": "db", "tier": "<gold & \"x\">"}
+
+
+# Shape of `virsh dumpxml` for a domain we defined: units in KiB, defaults and
+# addresses added, metadata re-serialized by libvirt.
+LIBVIRT_DUMP = f"""<domain type='qemu' id='4'>
+  <name>web-1</name>
+  <uuid>{VM_ID}</uuid>
+  <metadata>
+    <vauban:instance xmlns:vauban="{NS}">
+      <vauban:id>{VM_ID}</vauban:id>
+      <vauban:power-seq>9</vauban:power-seq>
+      <vauban:labels>
+        <vauban:label key="team">db</vauban:label>
+      </vauban:labels>
+    </vauban:instance>
+  </metadata>
+  <memory unit='KiB'>262144</memory>
+  <currentMemory unit='KiB'>262144</currentMemory>
+  <vcpu placement='static'>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>
+    <boot dev='hd'/>
+  </os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/srv/disks/web-1/root.qcow2' index='1'/>
+      <backingStore type='file' index='2'>
+        <format type='raw'/>
+        <source file='/srv/images/abc.raw'/>
+      </backingStore>
+      <target dev='vda' bus='virtio'/>
+      <alias name='virtio-disk0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>
+    </disk>
+    <serial type='file'>
+      <source path='/srv/logs/web-1.log' append='on'/>
+      <target type='isa-serial' port='0'><model name='isa-serial'/></target>
+    </serial>
+    <console type='file'>
+      <source path='/srv/logs/web-1.log' append='on'/>
+      <target type='serial' port='0'/>
+    </console>
+  </devices>
+</domain>"""
+
+
+def test_parses_domain_xml_as_libvirt_returns_it() -> None:
+    config = DomainConfig.from_xml(LIBVIRT_DUMP)
+
+    assert config.virt_type == "qemu"
+    assert config.memory_mib == 256
+    assert config.vcpus == 2
+    assert config.machine == "pc-i440fx-7.2"
+    assert config.disks == (DiskConfig(Path("/srv/disks/web-1/root.qcow2"), "qcow2", "vda"),)
+    assert config.console_log == Path("/srv/logs/web-1.log")
+    assert config.metadata == InstanceMetadata(VM_ID, 9, {"team": "db"})
+
+
+def test_metadata_as_get_metadata_returns_it_without_namespace() -> None:
+    plain = f"<instance><id>{VM_ID}</id><power-seq>4</power-seq><labels/></instance>"
+
+    assert InstanceMetadata.from_xml(plain) == InstanceMetadata(VM_ID, 4, {})
+
+
+def test_metadata_for_set_metadata_is_plain_and_parses_back() -> None:
+    md = InstanceMetadata(VM_ID, 5, {"a": "b"})
+    plain = md.to_xml(namespaced=False)
+
+    assert NS not in plain
+    assert InstanceMetadata.from_xml(plain) == md
+
+
+def test_foreign_domain_has_no_metadata() -> None:
+    foreign = "<domain type='kvm'><name>other</name><metadata><x:y xmlns:x='urn:x'/>" \
+              "</metadata><memory>1024</memory><vcpu>1</vcpu></domain>"
+
+    assert InstanceMetadata.from_domain_xml(foreign) is None
+    with pytest.raises(ValueError, match="no Vauban metadata"):
+        DomainConfig.from_xml(foreign)
+
+
+def test_metadata_without_id_is_rejected() -> None:
+    with pytest.raises(ValueError, match="without an <id>"):
+        InstanceMetadata.from_xml("<instance><power-seq>1</power-seq></instance>")
+
+
+def test_driver_maps_spec_to_config_by_acceleration() -> None:
+    spec = VmSpec(id=VM_ID, name="web-1", vcpus=1, memory_mib=128,
+                  disks=(DiskSpec(Path("/d/root.qcow2"), "qcow2", "vda"),),
+                  console_log=Path("/l/c.log"), power_seq=2, labels={"k": "v"})
+
+    tcg = LibvirtDriver(accelerated=False).domain_config(spec)
+    kvm = LibvirtDriver(accelerated=True).domain_config(spec)
+
+    assert tcg.virt_type == "qemu" and kvm.virt_type == "kvm"
+    assert tcg.metadata == InstanceMetadata(VM_ID, 2, {"k": "v"})
+    assert tcg.disks == (DiskConfig(Path("/d/root.qcow2"), "qcow2", "vda"),)
+    assert LibvirtDriver(accelerated=True).info().accelerated is True

@@ -1,0 +1,36 @@
+"""The driver registry: known names load, unknown names fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.drivers.hypervisor.libvirt import LibvirtDriver
+from agent.drivers.registry import HYPERVISORS, STORAGE, load_hypervisor, load_storage
+from agent.drivers.storage.localfs import LocalfsDriver
+
+
+def test_registries_are_literal() -> None:
+    assert HYPERVISORS == {"libvirt": LibvirtDriver}
+    assert STORAGE == {"localfs": LocalfsDriver}
+
+
+def test_unknown_hypervisor_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown hypervisor driver 'xen'; known: libvirt"):
+        load_hypervisor("xen")
+
+
+def test_unknown_storage_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown storage driver 'ceph'; known: localfs"):
+        load_storage("ceph")
+
+
+def test_loads_with_keyword_arguments(tmp_path: Path) -> None:
+    # The libvirt driver connects lazily, so this needs no libvirtd.
+    hv = load_hypervisor("libvirt", uri="qemu:///system", accelerated=False)
+    storage = load_storage("localfs", root=tmp_path / "store")
+
+    assert isinstance(hv, LibvirtDriver) and hv.info().accelerated is False
+    assert isinstance(storage, LocalfsDriver) and storage.info().name == "localfs"
+    assert (tmp_path / "store" / "images").is_dir()
