@@ -57,8 +57,9 @@ class Agent:
         self.stopping.wait()
         with self._desired_ready:
             self._desired_ready.notify_all()
-        for t in threads:
-            t.join(timeout=self.config.poll_wait_s + 20)
+        # the poller may sit in a long-poll; it holds no state worth waiting for
+        for t in threads[1:]:
+            t.join()
         self.reconciler.pool.shutdown(wait=True)
 
     def stop(self) -> None:

@@ -81,13 +81,16 @@ def test_vm_lifecycle(region: E2ERegion, tmp_path: Path) -> None:
 
 def test_agent_restart_adopts_running_vm(region: E2ERegion, tmp_path: Path) -> None:
     name = _name()
-    vm_id = str(_create(region, name, tmp_path)["id"])
+    vm = _create(region, name, tmp_path)
+    vm_id = str(vm["id"])
     pid = qemu_pid(vm_id)
     region.layout.service("agent").stop()
     assert is_running(vm_id) and qemu_pid(vm_id) == pid
     region.start_agent()
     assert region.vm(name)["state"] == "running"
     assert qemu_pid(vm_id) == pid  # adopted, not restarted
+    wait_for(lambda: console_has(str(vm["console_log"]), "VAUBAN-TESTGUEST-READY"),
+             BOOT_TIMEOUT, "guest ready")
     region.cli("vm", "stop", name, "--wait")  # and managed again
     assert not is_running(vm_id)
     region.cli("vm", "delete", name, "--wait")
@@ -118,10 +121,14 @@ def test_bad_input_is_refused_and_leaves_nothing(region: E2ERegion) -> None:
                          "--memory", "256")
     assert out.returncode == 1
     assert "image 'nope' does not exist" in out.stderr
+    out = region.run_cli("vm", "create", name, "--image", "testguest", "--cpus", "200",
+                         "--memory", "256")
+    assert out.returncode == 1
+    assert "no node can host 200 vCPUs" in out.stderr
     out = region.run_cli("vm", "create", name, "--image", "testguest", "--cpus", "512",
                          "--memory", "256")
     assert out.returncode == 1
-    assert "no node can host 512 vCPUs" in out.stderr
+    assert "'vcpus': Input should be less than or equal to 256" in out.stderr
     out = region.run_cli("vm", "create", "Bad_Name", "--image", "testguest", "--cpus", "1",
                          "--memory", "256")
     assert out.returncode == 1 and "'name'" in out.stderr

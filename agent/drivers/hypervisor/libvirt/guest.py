@@ -15,6 +15,7 @@ from agent.drivers.hypervisor.libvirt.host import Host
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.1
+BUTTON_REPEAT_S = 5.0  # how often the ACPI power button is pressed again during a stop
 FORCE_OFF_TIMEOUT = 30.0  # how long a forced power-off may take to show as "shut off"
 
 # Also drop managed save images, snapshot/checkpoint metadata and UEFI vars:
@@ -118,17 +119,24 @@ class Guest:
         Afterwards it is shut off. Returns True if the guest powered off by itself,
         False if it had to be forced (or was already off: True).
         """
-        if not self.is_running():
-            return True
+        deadline = time.monotonic() + grace_seconds
+        while self.is_running():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.destroy()
+                return False
+            # pressed again now and then: a guest still booting may miss the first press
+            self._press_power_button()
+            if self.wait_stopped(min(left, BUTTON_REPEAT_S)):
+                return True
+        return True
+
+    def _press_power_button(self) -> None:
         try:
             self._dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # stopped meanwhile
                 raise self._host.error(f"shut down {self.name}", e) from e
-        if self.wait_stopped(grace_seconds):
-            return True
-        self.destroy()
-        return False
 
     def undefine(self) -> None:
         """Force it off if needed and remove its definition (and managed save, snapshots, nvram).
