@@ -24,7 +24,7 @@ class _PinnedSession(requests.Session):
         super().__init__()
         self.ca_file = ca_file
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any,  # type: ignore[override]
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,
                 **kwargs: Any) -> requests.Response:
         kwargs["verify"] = self.ca_file
         return super().request(method, url, *args, **kwargs)
