@@ -83,16 +83,17 @@ class Reconciler:
         self.desired = desired
         observed = {o.id: o for o in self.hypervisor.list_vms()}
         wanted = {vm.id: vm for vm in desired.vms}
-        futures: list[Future[bool]] = []
         unwanted = (observed.keys() - wanted.keys()) | set(
             self._orphan_dirs(observed.keys() | wanted.keys()))
-        for vm_id in unwanted:
-            futures.append(self._submit(vm_id, functools.partial(self._remove, vm_id)))
+        removals = [self._submit(i, functools.partial(self._remove, i)) for i in unwanted]
+        # every removal ends before any addition starts: what they free is there for the new
+        done = [f.result() for f in removals]
+        additions: list[Future[bool]] = []
         for vm_id, vm in wanted.items():
             obs = observed.get(vm_id)
             if self._needs_work(vm, obs):
-                futures.append(self._submit(vm_id, functools.partial(self._converge, vm, obs)))
-        done = [f.result() for f in futures]
+                additions.append(self._submit(vm_id, functools.partial(self._converge, vm, obs)))
+        done += [f.result() for f in additions]
         if all(done):
             self.applied_generation = desired.generation
         self.on_change()

@@ -1,0 +1,226 @@
+"""The reconcile pass against in-memory drivers: ordering, revert, adoption, power rules."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.drivers.hypervisor.base import (
+    DiskSpec,
+    HypervisorDriver,
+    HypervisorError,
+    HypervisorInfo,
+    VmObservation,
+    VmSpec,
+)
+from agent.drivers.storage.base import StorageDriver, StorageError, StorageInfo
+from agent.protocol import (
+    CloudInitSeed,
+    DesiredState,
+    DesiredVm,
+    ImageRef,
+    ObservedVmState,
+    PowerState,
+)
+from agent.reconcile import Reconciler
+
+IMAGE = b"image-bytes"
+
+
+class FakeHypervisor(HypervisorDriver):
+    def __init__(self) -> None:
+        self.vms: dict[str, VmObservation] = {}
+        self.calls: list[str] = []
+        self.fail_on: set[str] = set()
+
+    def info(self) -> HypervisorInfo:
+        return HypervisorInfo("fake", False, False, False)
+
+    def list_vms(self) -> list[VmObservation]:
+        return list(self.vms.values())
+
+    def _call(self, what: str, vm_id: str) -> None:
+        self.calls.append(f"{what}:{vm_id[:4]}")
+        if what in self.fail_on:
+            raise HypervisorError(f"{what} failed")
+
+    def define(self, spec: VmSpec) -> None:
+        self._call("define", spec.id)
+        self.vms[spec.id] = VmObservation(spec.id, spec.name, False, 0, spec.console_log)
+
+    def start(self, vm_id: str) -> None:
+        self._call("start", vm_id)
+        self.vms[vm_id] = self._with(vm_id, running=True)
+
+    def stop(self, vm_id: str, *, grace_seconds: float) -> None:
+        self._call("stop", vm_id)
+        self.vms[vm_id] = self._with(vm_id, running=False)
+
+    def undefine(self, vm_id: str) -> None:
+        self._call("undefine", vm_id)
+        self.vms.pop(vm_id, None)
+
+    def set_power_seq(self, vm_id: str, power_seq: int) -> None:
+        self.vms[vm_id] = self._with(vm_id, power_seq=power_seq)
+
+    def _with(self, vm_id: str, **changes: object) -> VmObservation:
+        o = self.vms[vm_id]
+        values = {**o.__dict__, **changes}
+        return VmObservation(**values)  # type: ignore[arg-type]
+
+
+class FakeStorage(StorageDriver):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.images: dict[str, bytes] = {}
+        self.disks: set[str] = set()
+
+    def info(self) -> StorageInfo:
+        return StorageInfo("fake", False, True)
+
+    def has_image(self, image_id: str) -> bool:
+        return image_id in self.images
+
+    def import_image(self, image: ImageRef, chunks: Iterable[bytes]) -> None:
+        data = b"".join(chunks)
+        if hashlib.sha256(data).hexdigest() != image.sha256:
+            raise StorageError("checksum mismatch")
+        self.images[image.id] = data
+
+    def delete_image(self, image_id: str) -> None:
+        self.images.pop(image_id)
+
+    def image_virtual_size(self, image_id: str) -> int:
+        return len(self.images[image_id])
+
+    def create_root_disk(self, vm_id: str, image_id: str, size_gib: int | None) -> DiskSpec:
+        self.disks.add(vm_id)
+        return DiskSpec(self.root / vm_id, "qcow2", "vda")
+
+    def delete_vm_disks(self, vm_id: str) -> None:
+        self.disks.discard(vm_id)
+
+    def vm_disk_exists(self, vm_id: str) -> bool:
+        return vm_id in self.disks
+
+    def free_bytes(self) -> int:
+        return 10**12
+
+
+def _image_source(image_id: str) -> Iterator[bytes]:
+    yield IMAGE
+
+
+def vm(vm_id: str, power: PowerState = PowerState.RUNNING, seq: int = 1) -> DesiredVm:
+    return DesiredVm(
+        id=vm_id, name=f"vm-{vm_id[:4]}", vcpus=1, memory_mib=128,
+        image=ImageRef(id="img", name="img", disk_format="raw", size_bytes=len(IMAGE),
+                       sha256=hashlib.sha256(IMAGE).hexdigest()),
+        power=power, power_seq=seq,
+        seed=CloudInitSeed(instance_id=vm_id, hostname="h"),
+    )
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[Reconciler, FakeHypervisor, FakeStorage]:
+    hv, st = FakeHypervisor(), FakeStorage(tmp_path / "disks")
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", stop_grace_s=1)
+    return rec, hv, st
+
+
+def test_create_builds_everything_and_reports_running(parts: tuple[Reconciler, FakeHypervisor,
+                                                                  FakeStorage]) -> None:
+    rec, hv, st = parts
+    rec.apply(DesiredState(node_id="n", generation=3, vms=[vm("aaaa-1")]))
+    assert hv.calls == ["define:aaaa", "start:aaaa"]
+    assert st.disks == {"aaaa-1"} and "img" in st.images
+    assert (rec.vm_dir("aaaa-1") / "seed.iso").exists()
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.RUNNING and obs.power_seq == 1
+    assert rec.applied_generation == 3
+
+
+def test_failed_start_reverts_every_step(parts: tuple[Reconciler, FakeHypervisor,
+                                                      FakeStorage]) -> None:
+    rec, hv, st = parts
+    hv.fail_on = {"start"}
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert hv.vms == {} and st.disks == set()
+    assert not rec.vm_dir("aaaa-1").exists()
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.ERROR and obs.error == "start failed"
+    # the same request is not hammered again; a new power action is tried afresh
+    hv.calls.clear()
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert hv.calls == []
+    hv.fail_on = set()
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[vm("aaaa-1", seq=2)]))
+    assert hv.vms["aaaa-1"].running and rec.observe()[0].state is ObservedVmState.RUNNING
+
+
+def test_remove_before_add(parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    rec, hv, _st = parts
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    hv.calls.clear()
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[vm("bbbb-2")]))
+    assert hv.calls == ["undefine:aaaa", "define:bbbb", "start:bbbb"]
+    assert not rec.vm_dir("aaaa-1").exists()
+
+
+def test_nothing_is_removed_for_an_unknown_desired_state(parts: tuple[Reconciler, FakeHypervisor,
+                                                                      FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 4, None)
+    [obs] = rec.observe()  # adopted as it is, before any desired state arrived
+    assert obs.state is ObservedVmState.RUNNING and obs.power_seq == 4
+    assert hv.calls == []
+
+
+def test_running_vm_is_adopted_without_restart(parts: tuple[Reconciler, FakeHypervisor,
+                                                             FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None)
+    rec.apply(DesiredState(node_id="n", generation=5, vms=[vm("cccc-3")]))
+    assert hv.calls == []
+
+
+def test_guest_poweroff_is_not_undone_but_a_new_start_is_applied(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", False, 1, None)
+    rec.apply(DesiredState(node_id="n", generation=5, vms=[vm("cccc-3", seq=1)]))
+    assert hv.calls == []
+    rec.apply(DesiredState(node_id="n", generation=6, vms=[vm("cccc-3", seq=2)]))
+    assert hv.calls == ["start:cccc"] and hv.vms["cccc-3"].power_seq == 2
+
+
+def test_stop(parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None)
+    rec.apply(DesiredState(node_id="n", generation=5,
+                           vms=[vm("cccc-3", PowerState.STOPPED, seq=2)]))
+    assert hv.calls == ["stop:cccc"]
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.STOPPED and obs.power_seq == 2
+
+
+def test_image_checksum_mismatch_is_an_error_and_leaves_nothing(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    rec, hv, st = parts
+    bad = vm("dddd-4").model_copy(update={"image": vm("dddd-4").image.model_copy(
+        update={"sha256": "0" * 64})})
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[bad]))
+    assert st.images == {} and hv.vms == {}
+    assert rec.observe()[0].error == "checksum mismatch"
+
+
+def test_orphan_directory_from_a_crash_is_removed(parts: tuple[Reconciler, FakeHypervisor,
+                                                               FakeStorage]) -> None:
+    rec, _hv, st = parts
+    rec.vm_dir("eeee-5").mkdir(parents=True)
+    st.disks.add("eeee-5")
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[]))
+    assert not rec.vm_dir("eeee-5").exists() and st.disks == set()
