@@ -8,7 +8,7 @@ VAR := var
 DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
 	qemu-system-x86 qemu-utils qemu-block-extra \
-	busybox-static syslinux mtools dosfstools kmod \
+	busybox-static syslinux mtools dosfstools kmod cpio \
 	postgresql curl
 TESTGUEST := $(VAR)/images/testguest.raw
 

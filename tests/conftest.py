@@ -57,14 +57,26 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture(scope="session")
-def libvirtd() -> Iterator[str]:
-    """libvirtd on qemu:///system; started for the session if it was not running, and then
-    stopped (by the PIDs started) at the end."""
+def libvirtd() -> Iterator[list[int]]:
+    """libvirtd on qemu:///system, started for the session if it was not running.
+
+    Yields the PIDs of the daemons the session started (a test that restarts them keeps
+    the list current); exactly those are stopped at the end.
+    """
     from agent.hostprep import ensure_libvirtd, stop_daemons
 
     started = ensure_libvirtd("qemu:///system")
-    yield "qemu:///system"
+    yield started
     stop_daemons(started)
+
+
+@pytest.fixture(scope="session")
+def guest_kernel(testguest_image: Path) -> Path:
+    """A kernel to boot directly: the host's in /boot, else the test guest's own."""
+    from agent.kvmprobe import find_kernel
+
+    found = find_kernel() or next((REPO / "var/cache/testguest").glob("pkgs/*/boot/vmlinuz-*"))
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,7 @@ HOST_TOOLS = ("qemu-system-x86_64", "qemu-img", "syslinux", "mcopy", "mkfs.fat",
 
 def _require_tools() -> None:
     missing = [t for t in HOST_TOOLS if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"host tools missing: {', '.join(missing)}")
+    assert not missing, f"host tools missing (make test installs them): {', '.join(missing)}"
 
 
 @pytest.fixture(scope="module")
