@@ -187,7 +187,7 @@ def up(lay: Layout, image: Path | None) -> None:
                         "testguest", "--os", "busybox"], env=env, check=True)
     print(f"""
 Vauban all-in-one region is up.
-  API and UI:   {lay.url}/api/v1   (OpenAPI: {lay.url}/api/v1/openapi.json)
+  API:          {lay.url}/api/v1   (OpenAPI: {lay.url}/api/v1/openapi.json)
   CA:           {lay.ca_file}
   admin user:   admin, password in {lay.password_file} (readable by root only)
   logs:         {lay.root / 'log'}

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.db.models import ApiToken, User
+from controller.db.models import ApiToken, User, as_utc
 from controller.errors import Unauthorized
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -72,11 +72,6 @@ def user_for_token(db: Session, token: str) -> User:
     row = db.scalar(select(ApiToken).where(ApiToken.token_sha256 == sha256_hex(token)))
     if row is None:
         raise Unauthorized("the bearer token is not valid")
-    if _aware(row.expires_at) <= datetime.now(UTC):
+    if as_utc(row.expires_at) <= datetime.now(UTC):
         raise Unauthorized("the bearer token has expired; log in again")
     return row.user
-
-
-def _aware(t: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    return t if t.tzinfo else t.replace(tzinfo=UTC)

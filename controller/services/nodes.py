@@ -9,22 +9,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from agent.protocol import JoinRequest, JoinResponse
-from controller.db.models import JoinToken, Node
+from controller.db.models import JoinToken, Node, as_utc
 from controller.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from controller.pki import CsrError, RegionCA
 from controller.services import audit
 from controller.services.auth import sha256_hex
 
 
-def aware(t: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
 def node_state(node: Node, now: datetime, down_after_s: float) -> str:
     if node.last_seen_at is None:
         return "new"
-    age = (now - aware(node.last_seen_at)).total_seconds()
+    age = (now - as_utc(node.last_seen_at)).total_seconds()
     return "up" if age <= down_after_s else "down"
 
 
@@ -59,7 +54,7 @@ def join(db: Session, req: JoinRequest, ca: RegionCA) -> JoinResponse:
     """
     token = db.scalar(select(JoinToken).where(JoinToken.secret_sha256 == sha256_hex(req.token)))
     now = datetime.now(UTC)
-    if token is None or token.used_at is not None or aware(token.expires_at) <= now:
+    if token is None or token.used_at is not None or as_utc(token.expires_at) <= now:
         raise Unauthorized("the join token is unknown, already used or expired")
     if db.scalar(select(Node).where(Node.name == req.name)) is not None:
         raise Conflict(f"a node named '{req.name}' is already in the region")
