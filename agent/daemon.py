@@ -42,7 +42,8 @@ class Agent:
         self._report_now = threading.Event()
         self.reconciler = Reconciler(
             hypervisor, storage, client.image_chunks, config.instances_dir,
-            config.stop_grace_s, on_change=self._report_now.set,
+            owner=identity.node_id, stop_grace_s=config.stop_grace_s,
+            on_change=self._report_now.set,
         )
 
     def run(self) -> None:

@@ -27,6 +27,7 @@ from images.seed import build_nocloud_seed
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30.0
+OWNER_LABEL = "vauban.node"  # the node whose agent made the VM; no other agent touches it
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Reconciler:
         storage: StorageDriver,
         image_source: Callable[[str], Iterator[bytes]],
         instances_dir: Path,
+        owner: str,
         stop_grace_s: float,
         on_change: Callable[[], None] = lambda: None,
         workers: int = 4,
@@ -58,6 +60,7 @@ class Reconciler:
         self.storage = storage
         self.image_source = image_source
         self.instances_dir = instances_dir
+        self.owner = owner
         self.stop_grace_s = stop_grace_s
         self.on_change = on_change
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm")
@@ -81,7 +84,7 @@ class Reconciler:
         """One full pass. Afterwards every VM that was not busy matches `desired` or has
         a recorded failure; `applied_generation` advances only if none was skipped."""
         self.desired = desired
-        observed = {o.id: o for o in self.hypervisor.list_vms()}
+        observed = {o.id: o for o in self._own_vms()}
         wanted = {vm.id: vm for vm in desired.vms}
         unwanted = (observed.keys() - wanted.keys()) | set(
             self._orphan_dirs(observed.keys() | wanted.keys()))
@@ -97,6 +100,10 @@ class Reconciler:
         if all(done):
             self.applied_generation = desired.generation
         self.on_change()
+
+    def _own_vms(self) -> list[VmObservation]:
+        """This node's VMs: a shared hypervisor may also run other nodes' or regions' VMs."""
+        return [o for o in self.hypervisor.list_vms() if o.labels.get(OWNER_LABEL) == self.owner]
 
     def _submit(self, vm_id: str, work: Callable[[], None]) -> Future[bool]:
         with self._guard:
@@ -170,6 +177,7 @@ class Reconciler:
                 id=vm.id, name=f"vauban-{vm.name}", vcpus=vm.vcpus, memory_mib=vm.memory_mib,
                 disks=(root, DiskSpec(path=seed, format="raw", target="vdb", readonly=True)),
                 console_log=self.console_log(vm.id), power_seq=0,
+                labels={OWNER_LABEL: self.owner},
             )
             self.hypervisor.define(spec)
             revert.add(lambda: self.hypervisor.undefine(vm.id), "undefine")
@@ -210,7 +218,7 @@ class Reconciler:
     def observe(self) -> list[ObservedVm]:
         """Every VM of this node as the hypervisor shows it, plus those being built or failed."""
         result: dict[str, ObservedVm] = {}
-        for o in self.hypervisor.list_vms():
+        for o in self._own_vms():
             state = ObservedVmState.RUNNING if o.running else ObservedVmState.STOPPED
             result[o.id] = ObservedVm(
                 id=o.id, name=o.name, state=state, power_seq=o.power_seq,

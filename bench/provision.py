@@ -22,10 +22,10 @@ One run measures `--count` VMs (1 vCPU, `--memory` MiB, the test guest image) ea
 The region is a throwaway one (controller on SQLite + one joined agent, the all-in-one
 launcher's functions) on a free port under a fresh /var/tmp directory (mode 0711: QEMU
 runs as libvirt-qemu and must traverse to the disks). The agent runs only during the
-platform phase: it removes every Vauban domain it was not asked for, so the baseline
-domains (which carry the same metadata) are made before it starts, and the bench waits
-(`--wait-alone`, then gives up) while another Vauban agent or Vauban domain is on this
-host. Every VM is removed before the next one is created, so each measurement starts
+platform phase. An agent only touches domains labelled with its own node, so other
+regions on this host are safe; they still compete for the CPUs, so the bench says when
+it shares the host and, with `--wait-alone SECONDS`, waits for it to be alone first.
+Every VM is removed before the next one is created, so each measurement starts
 from a quiet host. One warm-up VM per side is not counted; the platform one also makes
 the node download and cache the image, so the image transfer is not measured.
 
@@ -170,8 +170,7 @@ def other_agents() -> list[int]:
 def shared_host(driver: LibvirtDriver) -> str | None:
     """Why this host is not ours alone right now, or None.
 
-    An agent removes every Vauban domain it was not asked for: this bench's agent would
-    remove another region's VMs (another test run's), and another region's agent ours.
+    Other regions' agents and VMs share the CPUs and make the timings noisier.
     """
     agents = other_agents()
     if agents:
@@ -184,6 +183,11 @@ def shared_host(driver: LibvirtDriver) -> str | None:
 
 def wait_host_alone(driver: LibvirtDriver, timeout: float) -> None:
     """Poll until no other Vauban agent or domain is on the host; BenchError at the deadline."""
+    if timeout <= 0:
+        why = shared_host(driver)
+        if why:
+            print(f"note: {why}; timings include their CPU use", flush=True)
+        return
     deadline = time.monotonic() + timeout
     said = ""
     while (why := shared_host(driver)) is not None:
@@ -201,6 +205,7 @@ def wait_host_alone(driver: LibvirtDriver, timeout: float) -> None:
 class BaselineRun:
     define_s: float
     create_s: float
+    started_event_s: float | None  # libvirt's started event, s after defineXML was called
 
     @property
     def total_s(self) -> float:
@@ -263,8 +268,10 @@ def file_chunks(path: Path) -> Iterator[bytes]:
 class Baseline:
     """Raw libvirt starts of the XML the driver renders, over files made like the agent's."""
 
-    def __init__(self, driver: LibvirtDriver, image: Path, work: Path, memory_mib: int) -> None:
+    def __init__(self, driver: LibvirtDriver, events: DomainEvents, image: Path, work: Path,
+                 memory_mib: int) -> None:
         self.driver = driver
+        self.events = events
         self.memory_mib = memory_mib
         self.instances_dir = work / "instances"
         self.store = LocalfsDriver(work / "storage")
@@ -293,13 +300,16 @@ class Baseline:
     def run_one(self, name: str) -> BaselineRun:
         vm_id, xml = self.prepare(name)
         conn = self.driver.host.connection()  # the driver's persistent connection, as the agent
+        wall0 = time.time()
         t0 = time.perf_counter()
         dom = conn.defineXML(xml)
         t1 = time.perf_counter()
         dom.create()
         t2 = time.perf_counter()
         self.remove(vm_id)
-        return BaselineRun(define_s=t1 - t0, create_s=t2 - t1)
+        started = self.events.times(vm_id).get("started")
+        return BaselineRun(define_s=t1 - t0, create_s=t2 - t1,
+                           started_event_s=None if started is None else started - wall0)
 
     def remove(self, vm_id: str) -> None:
         self.driver.undefine(vm_id)  # by UUID: destroy if running, then undefine
@@ -400,9 +410,11 @@ def report(base: list[BaselineRun], plat: list[PlatformRun], header: list[str]) 
     for line in header:
         out(line)
     out("\nBaseline, raw libvirt (defineXML + create), ms")
-    out(f"  {'vm':>3} {'define':>8} {'create':>8} {'total':>8}")
+    out(f"  {'vm':>3} {'define':>8} {'create':>8} {'total':>8} {'started':>8}")
     for i, b in enumerate(base, 1):
-        out(f"  {i:>3} {fmt(b.define_s):>8} {fmt(b.create_s):>8} {fmt(b.total_s):>8}")
+        out(f"  {i:>3} {fmt(b.define_s):>8} {fmt(b.create_s):>8} {fmt(b.total_s):>8} "
+            f"{fmt(b.started_event_s):>8}")
+    out("      started: libvirt's started event, after defineXML was called")
     out("\nPlatform, POST /api/v1/instances -> operation succeeded, ms after the POST was sent")
     keys = [k for k, _ in MILESTONES]
     out(f"  {'vm':>3} " + " ".join(f"{k:>9}" for k in keys))
@@ -410,9 +422,16 @@ def report(base: list[BaselineRun], plat: list[PlatformRun], header: list[str]) 
         out(f"  {i:>3} " + " ".join(f"{fmt(p.marks.get(k)):>9}" for k in keys))
     for k, what in MILESTONES:
         out(f"      {k:>9}: {what}")
-    out("\nPlatform path, median of each segment, ms")
+    out("\nPlatform path, median of each segment, ms (baseline's same step alongside)")
+    same_step = {
+        "define": median_of([b.define_s for b in base]),
+        "start (create)": median_of([None if b.started_event_s is None
+                                     else b.started_event_s - b.define_s for b in base]),
+    }
     for label, start, end in SEGMENTS:
-        out(f"  {label:<18} {fmt(median_of([p.segment(start, end) for p in plat])):>8}")
+        seg = fmt(median_of([p.segment(start, end) for p in plat]))
+        alongside = f"   baseline {fmt(same_step[label])}" if label in same_step else ""
+        out(f"  {label:<18} {seg:>8}{alongside}")
     med_base = statistics.median(b.total_s for b in base)
     med_plat = statistics.median(p.total_s for p in plat)
     overhead = med_plat - med_base
@@ -428,7 +447,9 @@ def report(base: list[BaselineRun], plat: list[PlatformRun], header: list[str]) 
         f"{'MET' if met else 'NOT MET'}")
     return {
         "baseline_ms": [{"define": ms(b.define_s), "create": ms(b.create_s),
-                         "total": ms(b.total_s)} for b in base],
+                         "total": ms(b.total_s),
+                         "started_event": None if b.started_event_s is None
+                         else ms(b.started_event_s)} for b in base],
         "platform_ms": [{"total": ms(p.total_s), **{k: ms(v) for k, v in p.marks.items()}}
                         for p in plat],
         "median_baseline_ms": ms(med_base), "median_platform_ms": ms(med_plat),
@@ -469,6 +490,14 @@ def cleanup_step(what: str, fn: Callable[[], object]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     start_event_loop()
     started = ensure_libvirtd(LIBVIRT_URI)
+    try:
+        return measure(args)
+    finally:
+        cleanup_step("stop libvirt daemons", lambda: stop_daemons(started))
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Both sides in one throwaway directory and region; everything made is removed."""
     tag = uuid.uuid4().hex[:6]
     root = Path("/var/tmp") / f"vauban-bench-{tag}"
     root.mkdir(mode=0o711)
@@ -491,10 +520,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         driver = LibvirtDriver(LIBVIRT_URI, accelerated=kvm.usable)
         header = host_header(args.count, args.memory, kvm.usable, kvm.detail, args.poll_ms,
                              driver)
-        print(header[0], flush=True)
 
         print("baseline: warm-up + measured VMs ...", flush=True)
-        baseline = Baseline(driver, image, root / "baseline", args.memory)
+        baseline = Baseline(driver, events, image, root / "baseline", args.memory)
         baseline.run_one(f"bench-{tag}-b0")  # warm-up, not counted
         base = [baseline.run_one(f"bench-{tag}-b{i}") for i in range(1, args.count + 1)]
 
@@ -523,8 +551,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if events is not None:
             cleanup_step("close event connection", events.close)
         driver.host.close()
+        if args.logs is not None:
+            cleanup_step("keep logs", lambda: shutil.copytree(root / "log", args.logs,
+                                                              dirs_exist_ok=True))
         shutil.rmtree(root, ignore_errors=True)
-        cleanup_step("stop libvirt daemons", lambda: stop_daemons(started))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,9 +564,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", type=int, default=256, help="MiB per VM (default 256)")
     p.add_argument("--poll-ms", type=float, default=20.0,
                    help="operation poll interval (default 20)")
-    p.add_argument("--wait-alone", type=float, default=600.0,
+    p.add_argument("--wait-alone", type=float, default=0.0,
                    help="seconds to wait for other Vauban agents and VMs on this host to go "
-                        "(default 600)")
+                        "(default 0: only say so)")
+    p.add_argument("--logs", type=Path,
+                   help="copy the controller's and agent's logs to this directory at the end")
     p.add_argument("--json", type=Path, help="also write the results to this file")
     args = p.parse_args(argv)
     if args.count < 1:
@@ -547,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         results = run(args)
+    except KeyboardInterrupt:
+        print("bench/provision.py: interrupted (cleaned up)", file=sys.stderr)
+        return 130
     except (BenchError, ApiError, HypervisorError, StorageError, HostPrepError, OSError,
             subprocess.SubprocessError, libvirt.libvirtError, requests.RequestException) as e:
         print(f"bench/provision.py: {e}", file=sys.stderr)

@@ -51,6 +51,8 @@ def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
         "accesslog": "-",
         "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(L)ss',
         "pidfile": pidfile,
+        # its shared default socket would make controllers on one host fight over it
+        "control_socket_disable": True,
     }
     _Server(region, options).run()
 

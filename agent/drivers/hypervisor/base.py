@@ -58,6 +58,7 @@ class VmObservation:
     running: bool
     power_seq: int
     console_log: Path | None
+    labels: dict[str, str] = field(default_factory=dict)  # as given in VmSpec.labels
 
 
 class HypervisorError(Exception):

@@ -25,9 +25,10 @@ from agent.protocol import (
     ObservedVmState,
     PowerState,
 )
-from agent.reconcile import Reconciler
+from agent.reconcile import OWNER_LABEL, Reconciler
 
 IMAGE = b"image-bytes"
+MINE = {OWNER_LABEL: "node-1"}
 
 
 class FakeHypervisor(HypervisorDriver):
@@ -49,7 +50,8 @@ class FakeHypervisor(HypervisorDriver):
 
     def define(self, spec: VmSpec) -> None:
         self._call("define", spec.id)
-        self.vms[spec.id] = VmObservation(spec.id, spec.name, False, 0, spec.console_log)
+        self.vms[spec.id] = VmObservation(spec.id, spec.name, False, 0, spec.console_log,
+                                          dict(spec.labels))
 
     def start(self, vm_id: str) -> None:
         self._call("start", vm_id)
@@ -127,7 +129,8 @@ def vm(vm_id: str, power: PowerState = PowerState.RUNNING, seq: int = 1) -> Desi
 @pytest.fixture
 def parts(tmp_path: Path) -> tuple[Reconciler, FakeHypervisor, FakeStorage]:
     hv, st = FakeHypervisor(), FakeStorage(tmp_path / "disks")
-    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", stop_grace_s=1)
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1)
     return rec, hv, st
 
 
@@ -173,7 +176,7 @@ def test_remove_before_add(parts: tuple[Reconciler, FakeHypervisor, FakeStorage]
 def test_nothing_is_removed_for_an_unknown_desired_state(parts: tuple[Reconciler, FakeHypervisor,
                                                                       FakeStorage]) -> None:
     rec, hv, _st = parts
-    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 4, None)
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 4, None, MINE)
     [obs] = rec.observe()  # adopted as it is, before any desired state arrived
     assert obs.state is ObservedVmState.RUNNING and obs.power_seq == 4
     assert hv.calls == []
@@ -182,7 +185,7 @@ def test_nothing_is_removed_for_an_unknown_desired_state(parts: tuple[Reconciler
 def test_running_vm_is_adopted_without_restart(parts: tuple[Reconciler, FakeHypervisor,
                                                              FakeStorage]) -> None:
     rec, hv, _st = parts
-    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None)
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None, MINE)
     rec.apply(DesiredState(node_id="n", generation=5, vms=[vm("cccc-3")]))
     assert hv.calls == []
 
@@ -190,7 +193,7 @@ def test_running_vm_is_adopted_without_restart(parts: tuple[Reconciler, FakeHype
 def test_guest_poweroff_is_not_undone_but_a_new_start_is_applied(
         parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
     rec, hv, _st = parts
-    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", False, 1, None)
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", False, 1, None, MINE)
     rec.apply(DesiredState(node_id="n", generation=5, vms=[vm("cccc-3", seq=1)]))
     assert hv.calls == []
     rec.apply(DesiredState(node_id="n", generation=6, vms=[vm("cccc-3", seq=2)]))
@@ -199,7 +202,7 @@ def test_guest_poweroff_is_not_undone_but_a_new_start_is_applied(
 
 def test_stop(parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
     rec, hv, _st = parts
-    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None)
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None, MINE)
     rec.apply(DesiredState(node_id="n", generation=5,
                            vms=[vm("cccc-3", PowerState.STOPPED, seq=2)]))
     assert hv.calls == ["stop:cccc"]
@@ -224,3 +227,13 @@ def test_orphan_directory_from_a_crash_is_removed(parts: tuple[Reconciler, FakeH
     st.disks.add("eeee-5")
     rec.apply(DesiredState(node_id="n", generation=1, vms=[]))
     assert not rec.vm_dir("eeee-5").exists() and st.disks == set()
+
+
+def test_vms_of_other_nodes_are_never_touched(parts: tuple[Reconciler, FakeHypervisor,
+                                                          FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.vms["ffff-6"] = VmObservation("ffff-6", "vauban-other", True, 1, None,
+                                     {OWNER_LABEL: "node-2"})
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[]))
+    assert hv.calls == [] and "ffff-6" in hv.vms
+    assert rec.observe() == []

@@ -96,7 +96,8 @@ class LibvirtDriver(HypervisorDriver):
         except (ValueError, ET.ParseError):
             console_log = None  # ours, but edited by hand beyond what we parse
         return VmObservation(id=md.instance_id, name=guest.name, running=guest.is_running(),
-                             power_seq=md.power_seq, console_log=console_log)
+                             power_seq=md.power_seq, console_log=console_log,
+                             labels=dict(md.labels))
 
     def define(self, spec: VmSpec) -> None:
         """Define a persistent, stopped VM; on failure nothing is defined."""
