@@ -19,6 +19,7 @@ class ControllerConfig:
     cpu_allocation_ratio: float = 4.0  # vCPUs per host CPU the scheduler may place
     reserved_host_memory_mib: int = 512  # kept free for the host on every node
     threads: int = 64  # long-polling agents each hold one while they wait
+    operation_silence_s: float = 120.0  # an operation fails when its node is silent this long
 
     @property
     def db_url(self) -> str:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import ssl
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -15,6 +16,7 @@ from controller.app import create_app
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
 from controller.region import Region
+from controller.services.housekeeping import Housekeeper
 
 
 class _Server(BaseApplication):
@@ -30,6 +32,10 @@ class _Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        # started here, in the worker process: threads do not survive gunicorn's fork
+        Housekeeper(self.region.sessions,
+                    timedelta(seconds=self.region.config.operation_silence_s),
+                    datetime.now(UTC)).start()
         return PeerCertMiddleware(create_app(self.region))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,8 +11,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from agent.protocol import ObservedVm, ObservedVmState
-from controller.db.models import AuditEvent, Instance, Node
+from controller.db.models import AuditEvent, Instance, Node, Operation
 from controller.region import Region
+from controller.services.housekeeping import expire_operations
 from tests.functional.helpers import RAW_IMAGE, Api
 
 
@@ -217,3 +219,27 @@ def test_pinned_node_unknown(api: Api) -> None:
     assert r.status_code == 404 and "elsewhere" in r.json["detail"]
 
 
+
+
+def test_operations_on_a_silent_node_fail(api: Api, region: Region) -> None:
+    node = api.join_node("n1")
+    op = _create(api).json
+    started = datetime.now(UTC) - timedelta(hours=1)
+    with region.sessions() as db, db.begin():
+        assert expire_operations(db, datetime.now(UTC), timedelta(seconds=120), started) == 0
+        db.get(Node, node.id).last_seen_at = datetime.now(UTC) - timedelta(minutes=5)  # type: ignore[union-attr]
+        assert expire_operations(db, datetime.now(UTC), timedelta(seconds=120), started) == 1
+    failed = api.get(f"/api/v1/operations/{op['id']}").json
+    assert failed["state"] == "failed" and "n1 stopped reporting" in failed["error"]
+    with region.sessions() as db:
+        assert db.get(Operation, op["id"]).finished_at is not None  # type: ignore[union-attr]
+
+
+def test_a_restarted_controller_gives_nodes_time_to_report(api: Api, region: Region) -> None:
+    node = api.join_node("n1")
+    _create(api)
+    with region.sessions() as db, db.begin():
+        db.get(Node, node.id).last_seen_at = datetime.now(UTC) - timedelta(hours=2)  # type: ignore[union-attr]
+        # the controller itself just started: silence is counted from then
+        assert expire_operations(db, datetime.now(UTC), timedelta(seconds=120),
+                                 datetime.now(UTC) - timedelta(seconds=10)) == 0
