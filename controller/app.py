@@ -9,7 +9,8 @@ from controller.api.context import install_session_teardown
 from controller.api.problems import install_error_handlers
 from controller.region import Region
 
-BLUEPRINTS = [session.api, nodes.api, nodes.ops_api, images.api, instances.api, agent.api]
+BLUEPRINTS = [session.api, nodes.api, nodes.ops_api, nodes.audit_api, images.api, instances.api,
+              agent.api]
 
 
 def create_app(region: Region) -> Flask:

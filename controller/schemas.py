@@ -167,6 +167,24 @@ class OperationsQuery(Input):
     limit: int = Field(default=100, ge=1, le=1000)
 
 
+class AuditQuery(Input):
+    actor: str | None = Field(default=None, max_length=63)
+    action: str | None = Field(default=None, max_length=63, examples=["instance.create"])
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class AuditEvent(Output):
+    """One mutating action: who did what to which object, and how it ended."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: dict[str, Any]
+
+
 class AgentDesiredQuery(Input):
     after: int = Field(default=-1, ge=-1, description="Answer once the generation exceeds this")
     wait: float = Field(default=25.0, ge=0, le=60, description="Longest wait in seconds")

@@ -77,6 +77,11 @@ def test_vm_lifecycle(region: E2ERegion, tmp_path: Path) -> None:
     assert not vm_dir.exists() and not disk_dir.exists()
     gone = region.run_cli("vm", "show", name)
     assert gone.returncode == 1 and f"instance '{name}' does not exist" in gone.stderr
+    trail = json.loads(region.cli("audit", "list", "--json", "--limit", "200"))
+    mine = [(e["action"], e["outcome"]) for e in trail if e["target"] == f"instance/{vm_id}"]
+    assert mine[::-1] == [("instance.create", "accepted"), ("instance.stop", "accepted"),
+                          ("instance.start", "accepted"), ("instance.delete", "accepted"),
+                          ("instance.delete", "succeeded")]
 
 
 def test_agent_restart_adopts_running_vm(region: E2ERegion, tmp_path: Path) -> None:

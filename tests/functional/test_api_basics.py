@@ -86,3 +86,13 @@ def test_status_counts(client: FlaskClient, region: Region) -> None:
     assert s["nodes_up"] == 1 and s["instances"] == 0
     assert s["database"] == region.engine.dialect.name
     assert s["ca_sha256"] == region.ca_sha256
+
+
+def test_audit_trail_lists_mutations_newest_first(client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    api.post("/api/v1/join-tokens", json={"description": "x"})
+    events = api.get("/api/v1/audit-events").json
+    assert [e["action"] for e in events[:2]] == ["join-token.create", "session.login"]
+    assert events[0]["actor"] == "admin" and events[0]["outcome"] == "accepted"
+    only = api.get("/api/v1/audit-events?action=session.login").json
+    assert {e["action"] for e in only} == {"session.login"}
