@@ -39,11 +39,12 @@ class Agent:
         self.stopping = threading.Event()
         self._desired_ready = threading.Condition()
         self._latest: DesiredState | None = None
+        self._repass = False  # a VM task ended: look again at once
         self._report_now = threading.Event()
         self.reconciler = Reconciler(
             hypervisor, storage, client.image_chunks, config.instances_dir,
             owner=identity.node_id, stop_grace_s=config.stop_grace_s,
-            on_change=self._report_now.set,
+            on_change=self._report_now.set, on_settled=self._request_pass,
         )
 
     def run(self) -> None:
@@ -61,7 +62,7 @@ class Agent:
         # the poller may sit in a long-poll; it holds no state worth waiting for
         for t in threads[1:]:
             t.join()
-        self.reconciler.pool.shutdown(wait=True)
+        self.reconciler.pool.shutdown(wait=True)  # a VM task in flight ends its step
 
     def stop(self) -> None:
         self.stopping.set()
@@ -84,12 +85,19 @@ class Agent:
                     self._latest = desired
                     self._desired_ready.notify_all()
 
+    def _request_pass(self) -> None:
+        with self._desired_ready:
+            self._repass = True
+            self._desired_ready.notify_all()
+
     def _reconcile_loop(self) -> None:
         applied: int | None = None
         while not self.stopping.is_set():
             with self._desired_ready:
-                if self._latest is None or self._latest.generation == applied:
+                seen = self._latest is None or self._latest.generation == applied
+                if seen and not self._repass:
                     self._desired_ready.wait(RECHECK_S)
+                self._repass = False
                 desired = self._latest
             if desired is None or self.stopping.is_set():
                 continue  # nothing is touched before the controller has spoken once

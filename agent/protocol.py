@@ -92,6 +92,9 @@ class ObservedVm(Wire):
     state: ObservedVmState
     power_seq: int = Field(ge=0, description="Last power_seq the agent applied")
     error: str | None = None
+    failed_power_seq: int | None = Field(
+        default=None, ge=0, description="With state error: the power action that failed"
+    )
     progress: int = Field(default=0, ge=0, le=100)
     console_log: str | None = Field(default=None, description="Path of the serial log on the node")
 

@@ -33,9 +33,48 @@ OWNER_LABEL = "vauban.node"  # the node whose agent made the VM; no other agent 
 @dataclass(frozen=True)
 class Failure:
     key: tuple[object, ...]  # what was attempted; a changed request is tried afresh
+    power_seq: int  # the power action that failed
     message: str
     retryable: bool
     at: float
+
+
+class _Pass:
+    """Counts one pass's VM tasks; reports its generation applied once all ended well."""
+
+    def __init__(self, generation: int, applied: Callable[[int], None]) -> None:
+        self.generation = generation
+        self._applied = applied
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._complete = True
+        self._sealed = False
+
+    def started(self) -> None:
+        with self._lock:
+            self._outstanding += 1
+
+    def skipped(self) -> None:
+        with self._lock:
+            self._complete = False
+
+    def ended(self, ok: bool) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            self._complete &= ok
+        self._maybe_applied()
+
+    def seal(self) -> None:
+        with self._lock:
+            self._sealed = True
+        self._maybe_applied()
+
+    def _maybe_applied(self) -> None:
+        with self._lock:
+            fire = self._sealed and self._outstanding == 0 and self._complete
+            self._complete &= not fire  # fire once
+        if fire:
+            self._applied(self.generation)
 
 
 def attempt_key(vm: DesiredVm) -> tuple[object, ...]:
@@ -54,6 +93,7 @@ class Reconciler:
         owner: str,
         stop_grace_s: float,
         on_change: Callable[[], None] = lambda: None,
+        on_settled: Callable[[], None] = lambda: None,
         workers: int = 4,
     ) -> None:
         self.hypervisor = hypervisor
@@ -63,6 +103,9 @@ class Reconciler:
         self.owner = owner
         self.stop_grace_s = stop_grace_s
         self.on_change = on_change
+        self.on_settled = on_settled
+        self._idle = threading.Condition()
+        self._running_tasks = 0
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm")
         self._guard = threading.Lock()
         self._vm_locks: dict[str, threading.Lock] = {}
@@ -81,45 +124,71 @@ class Reconciler:
 
     # -- one pass ----------------------------------------------------------
     def apply(self, desired: DesiredState) -> None:
-        """One full pass. Afterwards every VM that was not busy matches `desired` or has
-        a recorded failure; `applied_generation` advances only if none was skipped."""
+        """One pass; it returns once the removals are done and the rest is under way.
+
+        Removals end before any addition starts (what they free is there for the new).
+        Creates and power changes run in the background, one task per VM at a time, so
+        a long image download never holds up other VMs. A VM still busy from an earlier
+        pass is left to the next pass, which `on_settled` asks for when a task ends.
+        `applied_generation` becomes this generation once every VM in it was handled.
+        """
         self.desired = desired
         observed = {o.id: o for o in self._own_vms()}
         wanted = {vm.id: vm for vm in desired.vms}
         unwanted = (observed.keys() - wanted.keys()) | set(
             self._orphan_dirs(observed.keys() | wanted.keys()))
-        removals = [self._submit(i, functools.partial(self._remove, i)) for i in unwanted]
-        # every removal ends before any addition starts: what they free is there for the new
-        done = [f.result() for f in removals]
-        additions: list[Future[bool]] = []
+        tracker = _Pass(desired.generation, self._mark_applied)
+        removals = [self._start(i, functools.partial(self._remove, i), tracker)
+                    for i in unwanted]
+        for f in removals:
+            if f is not None:
+                f.result()
         for vm_id, vm in wanted.items():
             obs = observed.get(vm_id)
             if self._needs_work(vm, obs):
-                additions.append(self._submit(vm_id, functools.partial(self._converge, vm, obs)))
-        done += [f.result() for f in additions]
-        if all(done):
-            self.applied_generation = desired.generation
+                self._start(vm_id, functools.partial(self._converge, vm, obs), tracker)
+        tracker.seal()
         self.on_change()
+
+    def _mark_applied(self, generation: int) -> None:
+        with self._guard:
+            self.applied_generation = max(self.applied_generation, generation)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no VM task runs; False if `timeout` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running_tasks == 0, timeout)
 
     def _own_vms(self) -> list[VmObservation]:
         """This node's VMs: a shared hypervisor may also run other nodes' or regions' VMs."""
         return [o for o in self.hypervisor.list_vms() if o.labels.get(OWNER_LABEL) == self.owner]
 
-    def _submit(self, vm_id: str, work: Callable[[], None]) -> Future[bool]:
+    def _start(self, vm_id: str, work: Callable[[], None], tracker: _Pass) -> Future[None] | None:
+        """Run `work` under the VM's lock in the pool; None if the VM is busy already."""
         with self._guard:
             lock = self._vm_locks.setdefault(vm_id, threading.Lock())
+        if not lock.acquire(blocking=False):
+            tracker.skipped()  # busy with an earlier request; a later pass looks again
+            return None
+        tracker.started()
+        with self._idle:
+            self._running_tasks += 1
 
-        def run() -> bool:
-            if not lock.acquire(blocking=False):
-                return False  # busy with an earlier request; the next pass looks again
+        def run() -> None:
+            ok = False
             try:
                 work()
-                return True
+                ok = True
             except Exception:
-                log.exception("work on VM %s failed; the next pass retries", vm_id)
-                return False
+                log.exception("work on VM %s failed; a later pass retries", vm_id)
             finally:
                 lock.release()
+                tracker.ended(ok)
+                with self._idle:
+                    self._running_tasks -= 1
+                    self._idle.notify_all()
+                self.on_settled()
+                self.on_change()
 
         return self.pool.submit(run)
 
@@ -151,12 +220,12 @@ class Reconciler:
         except Exception as e:  # every failure is reported on the VM; the agent goes on
             retryable = bool(getattr(e, "retryable", False))
             log.warning("VM %s (%s): %s", vm.name, vm.id, e)
-            self.failures[vm.id] = Failure(attempt_key(vm), str(e), retryable, time.monotonic())
+            self.failures[vm.id] = Failure(attempt_key(vm), vm.power_seq, str(e), retryable,
+                                           time.monotonic())
         else:
             self.failures.pop(vm.id, None)
         finally:
             self.progress.pop(vm.id, None)
-            self.on_change()
 
     def _create(self, vm: DesiredVm) -> None:
         """Image, disk, seed, domain, start: each undone if a later step fails."""
@@ -237,6 +306,7 @@ class Reconciler:
                 result[vm.id] = ObservedVm(
                     id=vm.id, name=vm.name, state=ObservedVmState.ERROR,
                     power_seq=prior.power_seq if prior else 0, error=failure.message,
+                    failed_power_seq=failure.power_seq,
                     console_log=prior.console_log if prior else None,
                 )
         return list(result.values())

@@ -37,7 +37,7 @@ def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
         )
     )
     for op in pending:
-        _settle(db, op, instances.get(op.target_id), seen.get(op.target_id), node)
+        _settle(db, op, instances.get(op.target_id), seen.get(op.target_id))
     return _adopt_guest_poweroffs(db, node, instances.values())
 
 
@@ -48,11 +48,10 @@ def _observe(inst: Instance, vm: ObservedVm) -> None:
     inst.console_log = vm.console_log
 
 
-def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | None,
-            node: Node) -> None:
-    applied = node.applied_generation >= op.expect_generation
+def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | None) -> None:
     if op.kind == "instance.delete":
-        if vm is None and applied:
+        # gone from the node's report: nothing of it is left there
+        if vm is None:
             operations.finish(op)
             if inst is not None:
                 audit.record(db, op.requested_by, "instance.delete", f"instance/{inst.id}",
@@ -61,7 +60,7 @@ def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | 
         return
     if inst is None or vm is None:
         return
-    if vm.state is ObservedVmState.ERROR and applied:
+    if vm.state is ObservedVmState.ERROR and (vm.failed_power_seq or 0) >= op.expect_power_seq:
         operations.finish(op, error=vm.error or "the node reported an error")
         return
     if vm.state is ObservedVmState.PROVISIONING:

@@ -30,9 +30,10 @@ def _create(api: Api, name: str = "web-1", **extra: Any) -> Any:
 
 
 def _observed(vm: dict[str, Any], state: ObservedVmState, power_seq: int | None = None,
-              error: str | None = None) -> ObservedVm:
+              error: str | None = None, failed_power_seq: int | None = None) -> ObservedVm:
     return ObservedVm(id=vm["id"], name=vm["name"], state=state,
-                      power_seq=vm["power_seq"] if power_seq is None else power_seq, error=error)
+                      power_seq=vm["power_seq"] if power_seq is None else power_seq, error=error,
+                      failed_power_seq=failed_power_seq)
 
 
 def _count(region: Region, model: Any) -> int:
@@ -119,8 +120,11 @@ def test_agent_error_fails_the_operation(api: Api) -> None:
     op = _create(api).json
     d = api.desired(node)
     vm = d["vms"][0]
-    api.report(node, [_observed(vm, ObservedVmState.ERROR, 0, error="disk full")],
-               applied=d["generation"])
+    # an error about an older power action does not decide this operation
+    api.report(node, [_observed(vm, ObservedVmState.ERROR, 0, error="old", failed_power_seq=0)])
+    assert api.get(f"/api/v1/operations/{op['id']}").json["state"] == "pending"
+    api.report(node, [_observed(vm, ObservedVmState.ERROR, 0, error="disk full",
+                                failed_power_seq=1)], applied=d["generation"])
     failed = api.get(f"/api/v1/operations/{op['id']}").json
     assert failed["state"] == "failed" and failed["error"] == "disk full"
     shown = api.get("/api/v1/instances/web-1").json

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,7 @@ def test_create_builds_everything_and_reports_running(parts: tuple[Reconciler, F
                                                                   FakeStorage]) -> None:
     rec, hv, st = parts
     rec.apply(DesiredState(node_id="n", generation=3, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
     assert hv.calls == ["define:aaaa", "start:aaaa"]
     assert st.disks == {"aaaa-1"} and "img" in st.images
     assert (rec.vm_dir("aaaa-1") / "seed.iso").exists()
@@ -151,6 +154,7 @@ def test_failed_start_reverts_every_step(parts: tuple[Reconciler, FakeHypervisor
     rec, hv, st = parts
     hv.fail_on = {"start"}
     rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
     assert hv.vms == {} and st.disks == set()
     assert not rec.vm_dir("aaaa-1").exists()
     [obs] = rec.observe()
@@ -158,17 +162,21 @@ def test_failed_start_reverts_every_step(parts: tuple[Reconciler, FakeHypervisor
     # the same request is not hammered again; a new power action is tried afresh
     hv.calls.clear()
     rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
     assert hv.calls == []
     hv.fail_on = set()
     rec.apply(DesiredState(node_id="n", generation=2, vms=[vm("aaaa-1", seq=2)]))
+    assert rec.wait_idle(10)
     assert hv.vms["aaaa-1"].running and rec.observe()[0].state is ObservedVmState.RUNNING
 
 
 def test_remove_before_add(parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
     rec, hv, _st = parts
     rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
     hv.calls.clear()
     rec.apply(DesiredState(node_id="n", generation=2, vms=[vm("bbbb-2")]))
+    assert rec.wait_idle(10)
     assert hv.calls == ["undefine:aaaa", "define:bbbb", "start:bbbb"]
     assert not rec.vm_dir("aaaa-1").exists()
 
@@ -187,6 +195,7 @@ def test_running_vm_is_adopted_without_restart(parts: tuple[Reconciler, FakeHype
     rec, hv, _st = parts
     hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None, MINE)
     rec.apply(DesiredState(node_id="n", generation=5, vms=[vm("cccc-3")]))
+    assert rec.wait_idle(10)
     assert hv.calls == []
 
 
@@ -195,8 +204,10 @@ def test_guest_poweroff_is_not_undone_but_a_new_start_is_applied(
     rec, hv, _st = parts
     hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", False, 1, None, MINE)
     rec.apply(DesiredState(node_id="n", generation=5, vms=[vm("cccc-3", seq=1)]))
+    assert rec.wait_idle(10)
     assert hv.calls == []
     rec.apply(DesiredState(node_id="n", generation=6, vms=[vm("cccc-3", seq=2)]))
+    assert rec.wait_idle(10)
     assert hv.calls == ["start:cccc"] and hv.vms["cccc-3"].power_seq == 2
 
 
@@ -205,6 +216,7 @@ def test_stop(parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
     hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None, MINE)
     rec.apply(DesiredState(node_id="n", generation=5,
                            vms=[vm("cccc-3", PowerState.STOPPED, seq=2)]))
+    assert rec.wait_idle(10)
     assert hv.calls == ["stop:cccc"]
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.STOPPED and obs.power_seq == 2
@@ -216,6 +228,7 @@ def test_image_checksum_mismatch_is_an_error_and_leaves_nothing(
     bad = vm("dddd-4").model_copy(update={"image": vm("dddd-4").image.model_copy(
         update={"sha256": "0" * 64})})
     rec.apply(DesiredState(node_id="n", generation=1, vms=[bad]))
+    assert rec.wait_idle(10)
     assert st.images == {} and hv.vms == {}
     assert rec.observe()[0].error == "checksum mismatch"
 
@@ -226,6 +239,7 @@ def test_orphan_directory_from_a_crash_is_removed(parts: tuple[Reconciler, FakeH
     rec.vm_dir("eeee-5").mkdir(parents=True)
     st.disks.add("eeee-5")
     rec.apply(DesiredState(node_id="n", generation=1, vms=[]))
+    assert rec.wait_idle(10)
     assert not rec.vm_dir("eeee-5").exists() and st.disks == set()
 
 
@@ -235,5 +249,43 @@ def test_vms_of_other_nodes_are_never_touched(parts: tuple[Reconciler, FakeHyper
     hv.vms["ffff-6"] = VmObservation("ffff-6", "vauban-other", True, 1, None,
                                      {OWNER_LABEL: "node-2"})
     rec.apply(DesiredState(node_id="n", generation=1, vms=[]))
+    assert rec.wait_idle(10)
     assert hv.calls == [] and "ffff-6" in hv.vms
     assert rec.observe() == []
+
+
+def test_a_slow_create_does_not_hold_up_other_vms(tmp_path: Path) -> None:
+    release = threading.Event()
+    hv, st = FakeHypervisor(), FakeStorage(tmp_path / "disks")
+
+    def slow_source(image_id: str) -> Iterator[bytes]:
+        if image_id == "slow":
+            assert release.wait(10)
+        yield IMAGE
+
+    settled: list[int] = []
+    rec = Reconciler(hv, st, slow_source, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1, on_settled=lambda: settled.append(1))
+    slow = vm("aaaa-1").model_copy(update={"image": vm("aaaa-1").image.model_copy(
+        update={"id": "slow"})})
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[slow]))
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[slow, vm("bbbb-2")]))
+    # B is built while A still downloads
+    assert _wait(lambda: "bbbb-2" in hv.vms and hv.vms["bbbb-2"].running)
+    assert "aaaa-1" not in hv.vms and rec.applied_generation == -1
+    [a] = [o for o in rec.observe() if o.id == "aaaa-1"]
+    assert a.state is ObservedVmState.PROVISIONING
+    release.set()
+    assert rec.wait_idle(10) and hv.vms["aaaa-1"].running
+    assert rec.applied_generation == 1 and settled  # the next pass is asked for
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[slow, vm("bbbb-2")]))
+    assert rec.wait_idle(10) and rec.applied_generation == 2
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)  # polling another thread's progress
+    return False
