@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
+from controller.pki import RegionCA, key_pem, new_key
 from tests.e2e.region import (
     E2ERegion,
     console_has,
@@ -116,6 +121,7 @@ def test_controller_down_and_back(region: E2ERegion, tmp_path: Path) -> None:
     from controller import allinone
 
     allinone.start_controller(region.layout)
+    wait_for(lambda: region.vm(name)["state"] == "running", 60, "the node to report again")
     region.cli("vm", "delete", name, "--wait")
     assert not domain_exists(vm_id)
 
@@ -139,3 +145,29 @@ def test_bad_input_is_refused_and_leaves_nothing(region: E2ERegion) -> None:
     assert out.returncode == 1 and "'name'" in out.stderr
     names = [v["name"] for v in json.loads(region.cli("vm", "list", "--json"))]
     assert name not in names and "Bad_Name" not in names
+
+
+def test_agent_api_needs_a_node_certificate_from_the_region_ca(region: E2ERegion,
+                                                               tmp_path: Path) -> None:
+    node_id = json.loads((region.layout.agent_dir / "node.json").read_text())["node_id"]
+    url = f"{region.layout.url}/agent/v1/nodes/{node_id}/desired?wait=0"
+    ca = str(region.layout.ca_file)
+    anonymous = requests.get(url, verify=ca, timeout=10,
+                             headers={"Authorization": f"Bearer {region.token}"})
+    assert anonymous.status_code == 401 and "client certificate" in anonymous.json()["detail"]
+    own = (str(region.layout.agent_dir / "node.pem"), str(region.layout.agent_dir / "node.key"))
+    assert requests.get(url, verify=ca, cert=own, timeout=10).status_code == 200
+    # an impostor: a client certificate for the same node id from another CA fails the handshake
+    other = RegionCA(tmp_path / "other")
+    other.ensure(["localhost"])
+    key = new_key()
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
+           .sign(key, hashes.SHA256()))
+    pem, _serial = other.sign_node_csr(
+        csr.public_bytes(serialization.Encoding.PEM).decode(), node_id)
+    (tmp_path / "impostor.pem").write_bytes(pem)
+    (tmp_path / "impostor.key").write_bytes(key_pem(key))
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(url, verify=ca, timeout=10,
+                     cert=(str(tmp_path / "impostor.pem"), str(tmp_path / "impostor.key")))
