@@ -244,7 +244,7 @@ class Reconciler:
             self._step(vm.id, 70)
             spec = VmSpec(
                 id=vm.id, name=f"vauban-{vm.name}", vcpus=vm.vcpus, memory_mib=vm.memory_mib,
-                disks=(root, DiskSpec(path=seed, format="raw", target="vdb", readonly=True)),
+                disks=(root, DiskSpec(source=seed, format="raw", target="vdb", readonly=True)),
                 console_log=self.console_log(vm.id), power_seq=0,
                 labels={OWNER_LABEL: self.owner},
             )

@@ -292,7 +292,7 @@ class Baseline:
         build_nocloud_seed(CloudInitSeed(instance_id=vm_id, hostname=name), seed)
         spec = VmSpec(
             id=vm_id, name=f"vauban-{name}", vcpus=VCPUS, memory_mib=self.memory_mib,
-            disks=(root, DiskSpec(path=seed, format="raw", target="vdb", readonly=True)),
+            disks=(root, DiskSpec(source=seed, format="raw", target="vdb", readonly=True)),
             console_log=vm_dir / "console.log", power_seq=0,
         )
         return vm_id, self.driver.domain_config(spec).to_xml()

@@ -26,13 +26,35 @@ class HypervisorInfo:
 
 
 @dataclass(frozen=True)
-class DiskSpec:
-    """One block device of a VM, backed by a file on the node."""
+class RbdSource:
+    """A block device that is an RBD image in a Ceph cluster.
 
-    path: Path
+    The cephx key is not here: the hypervisor holds it in a secret registered under
+    `secret_usage` (see HypervisorDriver.ensure_ceph_secret).
+    """
+
+    pool: str
+    image: str
+    monitors: tuple[tuple[str, int], ...]  # (host, port) of each monitor
+    user: str  # cephx client id, without "client."
+    secret_usage: str
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One block device of a VM: a file on the node or an RBD image."""
+
+    source: Path | RbdSource
     format: Literal["raw", "qcow2"]
     target: str  # guest device name, e.g. "vda"
     readonly: bool = False
+
+    @property
+    def path(self) -> Path:
+        """The file behind a file-backed disk; ValueError for an RBD disk."""
+        if not isinstance(self.source, Path):
+            raise ValueError(f"disk {self.target} is an RBD image, not a file")
+        return self.source
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ class LocalfsDriver(StorageDriver):
             _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base),
                   str(disk), str(size)])
             revert.success()
-        return DiskSpec(path=disk, format="qcow2", target="vda")
+        return DiskSpec(source=disk, format="qcow2", target="vda")
 
     def delete_vm_disks(self, vm_id: str) -> None:
         """Remove disks/<vm_id> and everything in it; a no-op if it does not exist."""
