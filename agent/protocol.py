@@ -56,6 +56,40 @@ class CloudInitSeed(Wire):
     user_data: str = ""
 
 
+class VolumeAttachment(Wire):
+    """A volume plugged into a VM as a guest disk."""
+
+    volume_id: str
+    target: str = Field(pattern=r"^vd[c-z]$", examples=["vdc"])
+
+
+class VolumeClone(Wire):
+    """Where a new volume's content comes from: a snapshot of another volume."""
+
+    volume_id: str
+    snapshot: str
+
+
+class VolumeRollback(Wire):
+    """Roll the volume back to `snapshot`; `seq` numbers the request so it runs once."""
+
+    snapshot: str
+    seq: int = Field(ge=1)
+
+
+class DesiredVolume(Wire):
+    """A volume this node looks after: it exists (or not) with this size and these snapshots."""
+
+    id: str
+    name: str
+    pool: str
+    size_gib: int = Field(ge=1)
+    present: bool = Field(description="False: delete it (and its snapshots)")
+    snapshots: list[str] = Field(default_factory=list)
+    clone_of: VolumeClone | None = None
+    rollback: VolumeRollback | None = None
+
+
 class DesiredVm(Wire):
     """One VM as the controller wants it on this node."""
 
@@ -74,6 +108,7 @@ class DesiredVm(Wire):
         "a requested start from a VM that its guest powered off",
     )
     seed: CloudInitSeed
+    volumes: list[VolumeAttachment] = Field(default_factory=list)
 
 
 class DesiredState(Wire):
@@ -82,6 +117,9 @@ class DesiredState(Wire):
     node_id: str
     generation: int = Field(ge=0)
     vms: list[DesiredVm]
+    volumes: list[DesiredVolume] = Field(
+        default_factory=list, description="Volumes this node looks after (shared storage)"
+    )
 
 
 class ObservedVm(Wire):
@@ -97,6 +135,36 @@ class ObservedVm(Wire):
     )
     progress: int = Field(default=0, ge=0, le=100)
     console_log: str | None = Field(default=None, description="Path of the serial log on the node")
+
+
+class ObservedVolume(Wire):
+    """A volume as this node sees it in storage."""
+
+    id: str
+    size_bytes: int = Field(ge=0)
+    used_bytes: int = Field(ge=0)
+    snapshots: list[str]
+    rollback_seq: int = Field(ge=0, description="Last rollback request applied")
+    attached_to: str | None = Field(default=None, description="VM id, when plugged in")
+    target: str | None = None
+    error: str | None = None
+    failed_generation: int | None = Field(
+        default=None, description="With error: the desired generation whose request failed")
+
+
+class PoolUsage(Wire):
+    pool: str
+    used_bytes: int = Field(ge=0)
+    max_avail_bytes: int = Field(ge=0)
+
+
+class StorageStatus(Wire):
+    """Health and capacity of the node's storage backend."""
+
+    driver: str
+    health: str = Field(examples=["HEALTH_OK"])
+    detail: str = ""
+    pools: list[PoolUsage] = Field(default_factory=list)
 
 
 class DiskInfo(Wire):
@@ -139,7 +207,27 @@ class NodeStatus(Wire):
     applied_generation: int = Field(ge=-1, description="Last desired generation fully reconciled")
     inventory: Inventory
     vms: list[ObservedVm]
+    volumes: list[ObservedVolume] = Field(default_factory=list)
+    storage: StorageStatus | None = None
     sent_at: datetime
+
+
+class RbdSettings(Wire):
+    """How a node reaches the region's Ceph cluster. The key stays in memory on the node."""
+
+    mon_host: str = Field(examples=["10.0.0.1:6789,10.0.0.2:6789"])
+    user: str = Field(examples=["vauban"], description="cephx client id, without 'client.'")
+    key: str = Field(description="cephx key (base64)")
+    pool: str = Field(description="Pool for images and VM root disks")
+    volume_pools: list[str] = Field(description="Pools volumes may be created in")
+    secret_usage: str = Field(description="Usage name of the hypervisor secret holding the key")
+
+
+class StorageSettings(Wire):
+    """The storage backend every node of the region uses."""
+
+    driver: str = Field(examples=["localfs", "rbd"])
+    rbd: RbdSettings | None = None
 
 
 class JoinRequest(Wire):

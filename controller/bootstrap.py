@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from controller import storage_settings
 from controller.config import ControllerConfig
 from controller.db.migrate import upgrade
 from controller.db.session import make_engine, make_sessionmaker
@@ -15,7 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def open_region(config: ControllerConfig) -> Region:
-    """Ready the controller's state. Idempotent: a second start keeps CA, data and admin."""
+    """Ready the controller's state. Idempotent: a second start keeps CA, data and admin.
+
+    Raises StorageConfigError before touching anything when the storage settings are wrong.
+    """
+    storage = storage_settings.build(
+        config.storage, config.ceph_conf, config.ceph_keyring, config.ceph_client,
+        config.ceph_pool, config.ceph_volume_pools)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     config.image_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url)
@@ -28,5 +35,5 @@ def open_region(config: ControllerConfig) -> Region:
             log.info("created user 'admin'; its password is in %s", config.admin_password_file)
     return Region(
         config=config, engine=engine, sessions=sessions, ca=ca,
-        notifier=ChangeNotifier(), ca_sha256=fingerprint(ca.cert_pem()),
+        notifier=ChangeNotifier(), ca_sha256=fingerprint(ca.cert_pem()), storage=storage,
     )

@@ -20,6 +20,12 @@ class ControllerConfig:
     reserved_host_memory_mib: int = 512  # kept free for the host on every node
     threads: int = 64  # long-polling agents each hold one while they wait
     operation_silence_s: float = 120.0  # an operation fails when its node is silent this long
+    storage: str = "localfs"  # or "rbd": every node then uses the Ceph cluster below
+    ceph_conf: Path | None = None
+    ceph_keyring: Path | None = None  # keyring of ceph_client (a dedicated client, not admin)
+    ceph_client: str = "vauban"
+    ceph_pool: str = "vauban"  # images and VM root disks
+    ceph_volume_pools: tuple[str, ...] = ()  # pools volumes may use; default: ceph_pool
 
     @property
     def db_url(self) -> str:
@@ -53,6 +59,14 @@ class ControllerConfig:
             "host": env.get("VAUBAN_HOST", "127.0.0.1"),
             "port": int(env.get("VAUBAN_PORT", "8443")),
             "server_names": tuple(n for n in env.get("VAUBAN_SERVER_NAMES", "").split(",") if n),
+            "storage": env.get("VAUBAN_STORAGE", "localfs"),
+            "ceph_conf": Path(env["VAUBAN_CEPH_CONF"]) if env.get("VAUBAN_CEPH_CONF") else None,
+            "ceph_keyring": Path(env["VAUBAN_CEPH_KEYRING"])
+            if env.get("VAUBAN_CEPH_KEYRING") else None,
+            "ceph_client": env.get("VAUBAN_CEPH_CLIENT", "vauban"),
+            "ceph_pool": env.get("VAUBAN_CEPH_POOL", "vauban"),
+            "ceph_volume_pools": tuple(
+                p for p in env.get("VAUBAN_CEPH_VOLUME_POOLS", "").split(",") if p),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

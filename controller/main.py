@@ -17,6 +17,7 @@ from controller.bootstrap import open_region
 from controller.config import ControllerConfig
 from controller.region import Region
 from controller.services.housekeeping import Housekeeper
+from controller.storage_settings import StorageConfigError
 
 
 class _Server(BaseApplication):
@@ -85,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
     )
-    if args.command == "init":
-        open_region(config)
-        return 0
-    serve(config, args.pidfile)
+    try:
+        if args.command == "init":
+            open_region(config)
+            return 0
+        serve(config, args.pidfile)
+    except StorageConfigError as e:
+        print(f"vauban-controller: storage settings: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

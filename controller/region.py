@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent.protocol import StorageSettings
 from controller.config import ControllerConfig
 from controller.pki import RegionCA
 
@@ -54,3 +55,4 @@ class Region:
     ca: RegionCA
     notifier: ChangeNotifier
     ca_sha256: str
+    storage: StorageSettings

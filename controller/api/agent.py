@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response
 
-from agent.protocol import DesiredState, NodeStatus
+from agent.protocol import DesiredState, NodeStatus, StorageSettings
 from controller import schemas
 from controller.api.auth import require_node
 from controller.api.context import db, region
@@ -36,6 +36,14 @@ def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
         node = s.get(Node, node_id)
         assert node is not None
         return desired.build(s, node)
+
+
+@api.route("GET", "/nodes/<node_id>/storage", auth="node",
+           summary="The region's storage backend and how to reach it (keys included)",
+           responses={200: StorageSettings})
+def get_storage(node_id: str) -> Any:
+    require_node(node_id)
+    return region().storage
 
 
 @api.route("POST", "/nodes/<node_id>/status", auth="node", body=NodeStatus,

@@ -8,10 +8,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller import schemas
-from controller.db.models import Instance, Node, Operation
+from controller.db.models import Instance, Node, Operation, Volume
 from controller.services import operations, scheduler
 from controller.services.instances import display_state
 from controller.services.nodes import node_state
+from controller.services.volumes import display_state as volume_state
 
 
 def node_view(n: Node, usage: scheduler.Usage, down_after_s: float) -> schemas.Node:
@@ -42,3 +43,22 @@ def operation_view(op: Operation) -> schemas.Operation:
 
 def all_instances(db: Session) -> list[Instance]:
     return list(db.scalars(select(Instance).order_by(Instance.name)))
+
+
+def volume_view(db: Session, v: Volume) -> schemas.Volume:
+    return schemas.Volume(
+        id=v.id, name=v.name, state=volume_state(v, operations.active_for(db, v.id)),
+        pool=v.pool, size_gib=v.size_gib, size_bytes=v.observed_size_bytes,
+        used_bytes=v.observed_used_bytes, snapshots=list(v.snapshots),
+        source=_source_name(db, v),
+        attached_to=v.instance.name if v.instance else None, target=v.target,
+        steward=v.steward.name, error=v.observed_error, created_at=v.created_at,
+        updated_at=v.updated_at,
+    )
+
+
+def _source_name(db: Session, v: Volume) -> str | None:
+    if not v.clone_of_volume_id:
+        return None
+    parent = db.get(Volume, v.clone_of_volume_id)  # kept while it has clones
+    return f"{parent.name if parent else v.clone_of_volume_id}@{v.clone_of_snapshot}"

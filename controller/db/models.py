@@ -39,6 +39,7 @@ class Node(Base):
     memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     kvm_usable: Mapped[bool] = mapped_column(Boolean, default=False)
     inventory: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    storage_status: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     applied_generation: Mapped[int] = mapped_column(Integer, default=-1)
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -90,6 +91,40 @@ class Instance(Base):
 
     node: Mapped[Node] = relationship(back_populates="instances")
     image: Mapped[Image] = relationship()
+
+
+class Volume(Base):
+    """A block volume on shared storage, looked after by one node (its steward).
+
+    While attached, the steward is the VM's node; detached, any node that is up.
+    """
+
+    __tablename__ = "volumes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    pool: Mapped[str] = mapped_column(String(63))
+    size_gib: Mapped[int] = mapped_column(Integer)
+    steward_node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
+    target: Mapped[str | None] = mapped_column(String(8), default=None)
+    snapshots: Mapped[list[str]] = mapped_column(JSON, default=list)
+    clone_of_volume_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    clone_of_snapshot: Mapped[str | None] = mapped_column(String(63), default=None)
+    rollback_snapshot: Mapped[str | None] = mapped_column(String(63), default=None)
+    rollback_seq: Mapped[int] = mapped_column(Integer, default=0)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    observed_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    observed_used_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    observed_snapshots: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    observed_rollback_seq: Mapped[int] = mapped_column(Integer, default=0)
+    observed_attached_to: Mapped[str | None] = mapped_column(String(36), default=None)
+    observed_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    steward: Mapped[Node] = relationship()
+    instance: Mapped[Instance | None] = relationship()
 
 
 class Operation(Base):

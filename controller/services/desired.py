@@ -9,10 +9,14 @@ from agent.protocol import (
     CloudInitSeed,
     DesiredState,
     DesiredVm,
+    DesiredVolume,
     ImageRef,
     PowerState,
+    VolumeAttachment,
+    VolumeClone,
+    VolumeRollback,
 )
-from controller.db.models import Instance, Node
+from controller.db.models import Instance, Node, Volume
 
 
 def bump(node: Node) -> int:
@@ -28,14 +32,33 @@ def build(db: Session, node: Node) -> DesiredState:
         .where(Instance.node_id == node.id, Instance.deleting.is_(False))
         .order_by(Instance.created_at)
     )
+    attached: dict[str, list[VolumeAttachment]] = {}
+    stewarded = list(db.scalars(
+        select(Volume).where(Volume.steward_node_id == node.id).order_by(Volume.created_at)))
+    for vol in stewarded:
+        if vol.instance_id and vol.target and not vol.deleting:
+            attached.setdefault(vol.instance_id, []).append(
+                VolumeAttachment(volume_id=vol.id, target=vol.target))
     return DesiredState(
         node_id=node.id,
         generation=node.generation,
-        vms=[_vm(i) for i in instances],
+        vms=[_vm(i, attached.get(i.id, [])) for i in instances],
+        volumes=[_volume(v) for v in stewarded],
     )
 
 
-def _vm(i: Instance) -> DesiredVm:
+def _volume(v: Volume) -> DesiredVolume:
+    return DesiredVolume(
+        id=v.id, name=v.name, pool=v.pool, size_gib=v.size_gib, present=not v.deleting,
+        snapshots=list(v.snapshots),
+        clone_of=VolumeClone(volume_id=v.clone_of_volume_id, snapshot=v.clone_of_snapshot)
+        if v.clone_of_volume_id and v.clone_of_snapshot else None,
+        rollback=VolumeRollback(snapshot=v.rollback_snapshot, seq=v.rollback_seq)
+        if v.rollback_snapshot and v.rollback_seq else None,
+    )
+
+
+def _vm(i: Instance, volumes: list[VolumeAttachment]) -> DesiredVm:
     return DesiredVm(
         id=i.id,
         name=i.name,
@@ -52,4 +75,5 @@ def _vm(i: Instance) -> DesiredVm:
         power=PowerState(i.desired_power),
         power_seq=i.power_seq,
         seed=CloudInitSeed(instance_id=i.id, hostname=i.hostname, user_data=i.user_data),
+        volumes=volumes,
     )

@@ -12,7 +12,7 @@ from controller.config import ControllerConfig
 from controller.db.models import Image, Instance, Node, Operation
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import InstanceCreate
-from controller.services import audit, desired, nodes, operations, scheduler
+from controller.services import audit, desired, nodes, operations, scheduler, volumes
 from controller.services.images import find as find_image
 
 GIB = 1024**3
@@ -94,7 +94,7 @@ def set_power(db: Session, actor: str, inst: Instance, power: str) -> Operation:
     """Ask for the VM running or stopped; refused while another operation runs on it."""
     if inst.deleting:
         raise Conflict(f"instance '{inst.name}' is being deleted")
-    operations.refuse_if_busy(db, inst)
+    operations.refuse_if_busy(db, inst.id, f"instance '{inst.name}'")
     inst.desired_power = power
     inst.power_seq += 1
     generation = desired.bump(inst.node)
@@ -116,6 +116,7 @@ def delete(db: Session, actor: str, inst: Instance) -> Operation:
     for op in operations.active_for(db, inst.id):
         operations.finish(op, error="superseded by a delete of the instance")
     inst.deleting = True
+    volumes.release_from_instance(db, inst)
     generation = desired.bump(inst.node)
     op = operations.start(db, "instance.delete", inst, actor, generation)
     audit.record(db, actor, "instance.delete", f"instance/{inst.id}", name=inst.name)

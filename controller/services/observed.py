@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from agent.protocol import NodeStatus, ObservedVm, ObservedVmState
 from controller.db.models import Instance, Node, Operation
-from controller.services import audit, operations
+from controller.services import audit, operations, volume_observed
 
 
 def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
@@ -23,6 +23,7 @@ def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
     node.inventory = inv.model_dump(mode="json")
     node.applied_generation = status.applied_generation
     node.last_seen_at = datetime.now(UTC)
+    node.storage_status = status.storage.model_dump(mode="json") if status.storage else None
     seen = {vm.id: vm for vm in status.vms}
     instances = {
         i.id: i for i in db.scalars(select(Instance).where(Instance.node_id == node.id))
@@ -37,7 +38,10 @@ def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
         )
     )
     for op in pending:
+        if not op.kind.startswith("instance."):
+            continue
         _settle(db, op, instances.get(op.target_id), seen.get(op.target_id))
+    volume_observed.ingest(db, node, status.volumes)
     return _adopt_guest_poweroffs(db, node, instances.values())
 
 

@@ -15,12 +15,20 @@ ACTIVE = ("pending", "running")
 
 def start(db: Session, kind: str, instance: Instance, actor: str,
           expect_generation: int) -> Operation:
+    """An operation on a VM, finished when its node shows the VM's current power_seq."""
+    return start_on(db, kind, instance.id, instance.name, instance.node_id, actor,
+                    expect_generation, instance.power_seq)
+
+
+def start_on(db: Session, kind: str, target_id: str, target_name: str, node_id: str,
+             actor: str, expect_generation: int, expect_power_seq: int = 0) -> Operation:
+    """An operation that `node_id` decides, from the desired generation `expect_generation`."""
     op = Operation(
         kind=kind,
-        target_id=instance.id,
-        target_name=instance.name,
-        node_id=instance.node_id,
-        expect_power_seq=instance.power_seq,
+        target_id=target_id,
+        target_name=target_name,
+        node_id=node_id,
+        expect_power_seq=expect_power_seq,
         expect_generation=expect_generation,
         requested_by=actor,
         progress=10,
@@ -37,13 +45,13 @@ def active_for(db: Session, target_id: str) -> list[Operation]:
     )
 
 
-def refuse_if_busy(db: Session, instance: Instance) -> None:
-    busy = active_for(db, instance.id)
+def refuse_if_busy(db: Session, target_id: str, what: str) -> None:
+    """Conflict if an operation is still running on the object; `what` names it."""
+    busy = active_for(db, target_id)
     if busy:
         op = busy[0]
         raise Conflict(
-            f"instance '{instance.name}' has operation {op.id} ({op.kind}) in progress; "
-            "wait for it or delete the instance",
+            f"{what} has operation {op.id} ({op.kind}) in progress; wait for it first",
             operation=op.id,
         )
 

@@ -1,0 +1,70 @@
+"""The region's storage backend, as configured on the controller and handed to every node.
+
+For Ceph the controller is given a ceph.conf and the keyring of a dedicated client
+(never client.admin); nodes receive the monitors and the key over mutual TLS and
+keep the key in memory only.
+"""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+from agent.protocol import RbdSettings, StorageSettings
+
+
+class StorageConfigError(ValueError):
+    """The storage settings cannot work; the message says which one and why."""
+
+
+def _ini(path: Path, what: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise StorageConfigError(f"cannot read the {what} {path}: {e.strerror}") from e
+    try:
+        parser.read_string(text)
+    except configparser.Error as e:
+        raise StorageConfigError(f"the {what} {path} does not parse: {e}") from e
+    return parser
+
+
+def mon_host_from_conf(conf: Path) -> str:
+    """`mon_host` (or `mon host`) of the [global] section of a ceph.conf."""
+    parser = _ini(conf, "ceph.conf")
+    for key in ("mon_host", "mon host"):
+        if parser.has_option("global", key):
+            return parser.get("global", key).strip()
+    raise StorageConfigError(f"{conf} has no mon_host in its [global] section")
+
+
+def key_from_keyring(keyring: Path, client: str) -> str:
+    """The key of `client.<client>` in a keyring file."""
+    parser = _ini(keyring, "keyring")
+    section = f"client.{client}"
+    if not parser.has_option(section, "key"):
+        raise StorageConfigError(f"{keyring} holds no key for {section}")
+    return parser.get(section, "key").strip()
+
+
+def build(driver: str, ceph_conf: Path | None = None, ceph_keyring: Path | None = None,
+          ceph_client: str = "vauban", ceph_pool: str = "vauban",
+          ceph_volume_pools: tuple[str, ...] = ()) -> StorageSettings:
+    """Settings for `driver` ("localfs" or "rbd"); StorageConfigError names what is wrong."""
+    if driver == "localfs":
+        return StorageSettings(driver="localfs")
+    if driver != "rbd":
+        raise StorageConfigError(f"unknown storage driver {driver!r}; known: localfs, rbd")
+    if ceph_conf is None or ceph_keyring is None:
+        raise StorageConfigError("rbd storage needs VAUBAN_CEPH_CONF and VAUBAN_CEPH_KEYRING")
+    if ceph_client == "admin":
+        raise StorageConfigError("use a dedicated Ceph client with rbd caps, not client.admin")
+    return StorageSettings(driver="rbd", rbd=RbdSettings(
+        mon_host=mon_host_from_conf(ceph_conf),
+        user=ceph_client,
+        key=key_from_keyring(ceph_keyring, ceph_client),
+        pool=ceph_pool,
+        volume_pools=list(ceph_volume_pools or (ceph_pool,)),
+        secret_usage=f"vauban-ceph-client.{ceph_client}",
+    ))

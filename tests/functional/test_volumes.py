@@ -1,0 +1,235 @@
+"""Volumes through the API on an rbd region, the steward node's side played by reports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from agent.protocol import NodeStatus, ObservedVm, ObservedVmState, ObservedVolume
+from controller.app import create_app
+from controller.bootstrap import open_region
+from controller.config import ControllerConfig
+from controller.db.models import Volume
+from controller.region import Region
+from controller.storage_settings import StorageConfigError
+from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, inventory
+
+GIB = 1024**3
+
+
+def ceph_files(tmp_path: Path) -> tuple[Path, Path]:
+    conf, keyring = tmp_path / "ceph.conf", tmp_path / "vauban.keyring"
+    conf.write_text("[global]\nfsid = 1\nmon_host = 127.0.0.1:6789\n")
+    keyring.write_text("[client.vauban]\n\tkey = AQBfakefakefakefakefakefakefakefakefake==\n")
+    return conf, keyring
+
+
+@pytest.fixture
+def rbd_region(tmp_path: Path) -> Iterator[Region]:
+    conf, keyring = ceph_files(tmp_path)
+    r = open_region(ControllerConfig(
+        data_dir=tmp_path / "controller", storage="rbd", ceph_conf=conf, ceph_keyring=keyring,
+        ceph_volume_pools=("vauban", "vauban-fast")))
+    yield r
+    r.engine.dispose()
+
+
+@pytest.fixture
+def api(rbd_region: Region) -> Api:
+    return Api(create_app(rbd_region).test_client(), rbd_region)
+
+
+def report(api: Api, node: FakeNode, volumes: list[ObservedVolume],
+           vms: list[ObservedVm] | None = None) -> None:
+    status = NodeStatus(applied_generation=0, inventory=inventory(), vms=vms or [],
+                        volumes=volumes, sent_at=datetime.now(UTC))
+    r = api.client.post(f"/agent/v1/nodes/{node.id}/status", data=status.model_dump_json(),
+                        content_type="application/json", environ_overrides=node.environ())
+    assert r.status_code == 204, r.json
+
+
+def observed(vol: dict[str, Any], size_gib: int, snapshots: list[str] | None = None,
+             **kw: Any) -> ObservedVolume:
+    return ObservedVolume(id=vol["id"], size_bytes=size_gib * GIB, used_bytes=0,
+                          snapshots=snapshots or [], rollback_seq=kw.pop("rollback_seq", 0), **kw)
+
+
+def op_state(api: Api, op: dict[str, Any]) -> str:
+    return str(api.get(f"/api/v1/operations/{op['id']}").json["state"])
+
+
+def test_nodes_get_the_ceph_settings_and_key(api: Api) -> None:
+    node = api.join_node("n1")
+    r = api.client.get(f"/agent/v1/nodes/{node.id}/storage", environ_overrides=node.environ())
+    assert r.json["driver"] == "rbd"
+    assert r.json["rbd"]["mon_host"] == "127.0.0.1:6789" and r.json["rbd"]["user"] == "vauban"
+    assert r.json["rbd"]["key"].startswith("AQB")
+    assert api.get(f"/agent/v1/nodes/{node.id}/storage").status_code == 401
+
+
+def test_volume_lifecycle(api: Api, rbd_region: Region) -> None:
+    node = api.join_node("n1")
+    created = api.post("/api/v1/volumes", json={"name": "data", "size_gib": 2})
+    assert created.status_code == 202
+    d = api.desired(node)
+    [want] = d["volumes"]
+    assert want["name"] == "data" and want["present"] and want["pool"] == "vauban"
+    assert api.get("/api/v1/volumes/data").json["state"] == "creating"
+    report(api, node, [observed(want, 2)])
+    assert op_state(api, created.json) == "succeeded"
+    shown = api.get("/api/v1/volumes/data").json
+    assert shown["state"] == "available" and shown["size_bytes"] == 2 * GIB
+    assert shown["steward"] == "n1"
+
+    grow = api.post("/api/v1/volumes/data/resize", json={"size_gib": 5})
+    assert api.desired(node)["volumes"][0]["size_gib"] == 5
+    report(api, node, [observed(want, 2)])
+    assert op_state(api, grow.json) == "pending"
+    report(api, node, [observed(want, 5)])
+    assert op_state(api, grow.json) == "succeeded"
+
+    snap = api.post("/api/v1/volumes/data/snapshots", json={"name": "s1"})
+    assert api.desired(node)["volumes"][0]["snapshots"] == ["s1"]
+    report(api, node, [observed(want, 5, ["s1"])])
+    assert op_state(api, snap.json) == "succeeded"
+
+    back = api.post("/api/v1/volumes/data/rollback", json={"snapshot": "s1"})
+    assert api.desired(node)["volumes"][0]["rollback"] == {"snapshot": "s1", "seq": 1}
+    report(api, node, [observed(want, 5, ["s1"], rollback_seq=1)])
+    assert op_state(api, back.json) == "succeeded"
+
+    clone = api.post("/api/v1/volumes", json={"name": "copy", "size_gib": 5,
+                                              "source": "data@s1"})
+    assert clone.status_code == 202
+    copy = api.get("/api/v1/volumes/copy").json
+    assert copy["source"] == "data@s1"
+    refused = api.delete("/api/v1/volumes/data")
+    assert refused.status_code == 409 and "copy" in refused.json["detail"]
+
+    gone = api.delete("/api/v1/volumes/copy")
+    assert gone.status_code == 202
+    assert [v["present"] for v in api.desired(node)["volumes"]] == [True, False]
+    report(api, node, [observed(want, 5, ["s1"], rollback_seq=1)])
+    assert op_state(api, gone.json) == "succeeded"
+    assert api.get("/api/v1/volumes/copy").status_code == 404
+    with rbd_region.sessions() as db:
+        assert db.scalar(select(func.count(Volume.id))) == 1
+
+
+def test_attach_and_detach_follow_the_vm(api: Api) -> None:
+    node = api.join_node("n1")
+    assert api.import_image("tiny", RAW_IMAGE).status_code == 201
+    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
+                                        "memory_mib": 128})
+    vm = api.desired(node)["vms"][0]
+    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
+    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
+    vol = api.desired(node)["volumes"][0]
+    report(api, node, [observed(vol, 1)], [running])
+
+    attach = api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
+    assert attach.status_code == 202
+    assert api.desired(node)["vms"][0]["volumes"] == [{"volume_id": vol["id"], "target": "vdc"}]
+    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [running])
+    assert op_state(api, attach.json) == "succeeded"
+    shown = api.get("/api/v1/volumes/data").json
+    assert shown["state"] == "in-use" and shown["attached_to"] == "vm1"
+    again = api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
+    assert again.status_code == 409 and "already attached to 'vm1'" in again.json["detail"]
+    assert api.delete("/api/v1/volumes/data").status_code == 409
+
+    detach = api.post("/api/v1/volumes/data/detach")
+    assert api.desired(node)["vms"][0]["volumes"] == []
+    report(api, node, [observed(vol, 1)], [running])
+    assert op_state(api, detach.json) == "succeeded"
+
+
+def test_attach_refusals(api: Api) -> None:
+    node = api.join_node("n1")
+    api.import_image("tiny", RAW_IMAGE)
+    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
+                                        "memory_mib": 128, "start": False})
+    vm = api.desired(node)["vms"][0]
+    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
+    vol = api.desired(node)["volumes"][0]
+    stopped = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.STOPPED, power_seq=1)
+    report(api, node, [observed(vol, 1)], [stopped])
+    r = api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
+    assert r.status_code == 409 and "running VMs; 'vm1' is stopped" in r.json["detail"]
+    r = api.post("/api/v1/volumes/data/attach", json={"instance": "ghost"})
+    assert r.status_code == 404 and "instance 'ghost'" in r.json["detail"]
+    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
+    report(api, node, [observed(vol, 1)], [running])
+    with api.region.sessions() as db, db.begin():
+        from controller.db.models import Instance
+        db.scalars(select(Instance)).one().desired_power = "running"
+    r = api.post("/api/v1/volumes/data/attach", json={"instance": "vm1", "target": "vda"})
+    assert r.status_code == 422 and "root disk" in r.json["detail"]
+    r = api.post("/api/v1/volumes/data/detach")
+    assert r.status_code == 409 and "not attached" in r.json["detail"]
+
+
+@pytest.mark.parametrize("body, status, detail", [
+    ({"name": "v", "size_gib": 0}, 422, "'size_gib'"),
+    ({"name": "v", "size_gib": 70000}, 422, "'size_gib'"),
+    ({"name": "v", "size_gib": 1, "pool": "rbd"}, 422, "unknown pool 'rbd'; volumes may use: "
+                                                       "vauban, vauban-fast"),
+    ({"name": "v", "size_gib": 1, "source": "nope@s"}, 404, "volume 'nope' does not exist"),
+    ({"name": "V", "size_gib": 1}, 422, "'name'"),
+])
+def test_create_refusals(api: Api, body: dict[str, Any], status: int, detail: str) -> None:
+    api.join_node("n1")
+    r = api.post("/api/v1/volumes", json=body)
+    assert r.status_code == status and detail in r.json["detail"]
+    assert api.get("/api/v1/volumes").json == []
+
+
+def test_shrink_and_unknown_snapshot_are_refused(api: Api) -> None:
+    node = api.join_node("n1")
+    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 4})
+    report(api, node, [observed(api.desired(node)["volumes"][0], 4)])
+    r = api.post("/api/v1/volumes/data/resize", json={"size_gib": 2})
+    assert r.status_code == 422 and "only grow" in r.json["detail"]
+    r = api.post("/api/v1/volumes/data/rollback", json={"snapshot": "never"})
+    assert r.status_code == 404 and "no snapshot 'never'" in r.json["detail"]
+
+
+def test_agent_error_fails_only_the_current_request(api: Api) -> None:
+    node = api.join_node("n1")
+    op = api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1}).json
+    d = api.desired(node)
+    vol = d["volumes"][0]
+    stale = ObservedVolume(id=vol["id"], size_bytes=0, used_bytes=0, snapshots=[],
+                           rollback_seq=0, error="old", failed_generation=d["generation"] - 1)
+    report(api, node, [stale])
+    assert op_state(api, op) == "pending"
+    fresh = stale.model_copy(update={"error": "pool full", "failed_generation": d["generation"]})
+    report(api, node, [fresh])
+    failed = api.get(f"/api/v1/operations/{op['id']}").json
+    assert failed["state"] == "failed" and failed["error"] == "pool full"
+
+
+def test_volumes_need_rbd(client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    api.join_node("n1")
+    r = api.post("/api/v1/volumes", json={"name": "v", "size_gib": 1})
+    assert r.status_code == 409 and "this region uses localfs" in r.json["detail"]
+
+
+def test_storage_settings_are_checked_at_start(tmp_path: Path) -> None:
+    conf, keyring = ceph_files(tmp_path)
+    with pytest.raises(StorageConfigError, match="not client.admin"):
+        open_region(ControllerConfig(data_dir=tmp_path / "c", storage="rbd", ceph_conf=conf,
+                                     ceph_keyring=keyring, ceph_client="admin"))
+    with pytest.raises(StorageConfigError, match="no key for client.other"):
+        open_region(ControllerConfig(data_dir=tmp_path / "c", storage="rbd", ceph_conf=conf,
+                                     ceph_keyring=keyring, ceph_client="other"))
+    with pytest.raises(StorageConfigError, match="unknown storage driver 'nfs'"):
+        open_region(ControllerConfig(data_dir=tmp_path / "c", storage="nfs"))
+    assert not (tmp_path / "c").exists()
