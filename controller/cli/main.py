@@ -164,6 +164,71 @@ def _vm_action(action: str) -> Command:
     return run
 
 
+def cmd_volume_create(c: Client, a: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": a.name, "size_gib": a.size}
+    if a.pool:
+        body["pool"] = a.pool
+    if a.source:
+        body["source"] = a.source
+    return _follow(c, c.post("/volumes", body), a.wait)
+
+
+def cmd_volume_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/volumes")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NAME", "name"), ("STATE", "state"), ("SIZE GiB", "size_gib"),
+                       ("USED", lambda r: _size(r["used_bytes"])), ("POOL", "pool"),
+                       ("ATTACHED TO", lambda r: r["attached_to"] or ""),
+                       ("TARGET", lambda r: r["target"] or ""),
+                       ("SNAPSHOTS", lambda r: ",".join(r["snapshots"]))])
+    return 0
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def cmd_volume_show(c: Client, a: argparse.Namespace) -> int:
+    print_json(c.get(f"/volumes/{a.name}"))
+    return 0
+
+
+def cmd_volume_resize(c: Client, a: argparse.Namespace) -> int:
+    return _follow(c, c.post(f"/volumes/{a.name}/resize", {"size_gib": a.size}), a.wait)
+
+
+def cmd_volume_snapshot(c: Client, a: argparse.Namespace) -> int:
+    if a.delete:
+        return _follow(c, c.delete(f"/volumes/{a.name}/snapshots/{a.snapshot}"), a.wait)
+    return _follow(c, c.post(f"/volumes/{a.name}/snapshots", {"name": a.snapshot}), a.wait)
+
+
+def cmd_volume_rollback(c: Client, a: argparse.Namespace) -> int:
+    return _follow(c, c.post(f"/volumes/{a.name}/rollback", {"snapshot": a.snapshot}), a.wait)
+
+
+def cmd_volume_attach(c: Client, a: argparse.Namespace) -> int:
+    body = {"instance": a.vm, **({"target": a.target} if a.target else {})}
+    return _follow(c, c.post(f"/volumes/{a.name}/attach", body), a.wait)
+
+
+def cmd_volume_detach(c: Client, a: argparse.Namespace) -> int:
+    return _follow(c, c.post(f"/volumes/{a.name}/detach"), a.wait)
+
+
+def cmd_volume_delete(c: Client, a: argparse.Namespace) -> int:
+    return _follow(c, c.delete(f"/volumes/{a.name}"), a.wait)
+
+
 def cmd_join_token_create(c: Client, a: argparse.Namespace) -> int:
     t = c.post("/join-tokens", {"description": a.description, "ttl_seconds": a.ttl})
     if a.json:
@@ -190,6 +255,38 @@ def cmd_audit_list(c: Client, a: argparse.Namespace) -> int:
 def cmd_operation_show(c: Client, a: argparse.Namespace) -> int:
     print_json(c.get(f"/operations/{a.id}"))
     return 0
+
+
+def volume_commands(sub: Any, add: Callable[..., Any]) -> None:
+    vol = sub.add_parser("volume", help="block volumes").add_subparsers(dest="cmd", required=True)
+
+    def with_wait(sp: Any) -> Any:
+        sp.add_argument("--wait", action="store_true", help="wait until it is done")
+        return sp
+
+    cr = with_wait(add(vol, "create", cmd_volume_create, "create a volume"))
+    cr.add_argument("name")
+    cr.add_argument("--size", type=int, required=True, help="GiB")
+    cr.add_argument("--pool")
+    cr.add_argument("--from", dest="source", metavar="VOLUME@SNAPSHOT", help="clone a snapshot")
+    add(vol, "list", cmd_volume_list, "list volumes", json_=True)
+    add(vol, "show", cmd_volume_show, "show a volume").add_argument("name")
+    rs = with_wait(add(vol, "resize", cmd_volume_resize, "grow a volume"))
+    rs.add_argument("name")
+    rs.add_argument("--size", type=int, required=True, help="new size, GiB")
+    sn = with_wait(add(vol, "snapshot", cmd_volume_snapshot, "take (or --delete) a snapshot"))
+    sn.add_argument("name")
+    sn.add_argument("snapshot")
+    sn.add_argument("--delete", action="store_true")
+    rb = with_wait(add(vol, "rollback", cmd_volume_rollback, "roll back to a snapshot"))
+    rb.add_argument("name")
+    rb.add_argument("snapshot")
+    at = with_wait(add(vol, "attach", cmd_volume_attach, "attach to a running VM"))
+    at.add_argument("name")
+    at.add_argument("--vm", required=True)
+    at.add_argument("--target", help="guest disk, e.g. vdc (default: next free)")
+    with_wait(add(vol, "detach", cmd_volume_detach, "detach from its VM")).add_argument("name")
+    with_wait(add(vol, "delete", cmd_volume_delete, "delete a volume")).add_argument("name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp = add(vm, action, _vm_action(action), f"{action} a VM")
         sp.add_argument("name")
         sp.add_argument("--wait", action="store_true")
+
+    volume_commands(sub, add)
 
     jt = sub.add_parser("join-token", help="join tokens").add_subparsers(dest="cmd",
                                                                           required=True)
