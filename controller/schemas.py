@@ -255,3 +255,6 @@ class RegionStatus(Output):
     images: int
     operations_pending: int
     ca_sha256: str
+    storage_driver: str
+    storage: dict[str, Any] | None = Field(
+        description="Health and pool usage, as the most recently reporting node sees them")

@@ -60,6 +60,10 @@ def status() -> Any:
             select(func.count(Operation.id)).where(Operation.state.in_(("pending", "running")))
         ),
         ca_sha256=region().ca_sha256,
+        storage_driver=region().storage.driver,
+        storage=session.scalar(select(Node.storage_status)
+                               .where(Node.storage_status.is_not(None))
+                               .order_by(Node.last_seen_at.desc()).limit(1)),
     )
 
 

@@ -38,6 +38,12 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
     print(f"images:     {s['images']}")
     print(f"operations: {s['operations_pending']} in progress")
     print(f"CA SHA-256: {s['ca_sha256']}")
+    st = s.get("storage") or {}
+    print(f"storage:    {s['storage_driver']}, {st.get('health', 'not reported yet')}"
+          + (f" ({st['detail']})" if st.get("detail") else ""))
+    for p in st.get("pools", []):
+        print(f"  pool {p['pool']}: {_size(p['used_bytes'])} used, "
+              f"{_size(p['max_avail_bytes'])} available")
     return 0
 
 

@@ -233,3 +233,21 @@ def test_storage_settings_are_checked_at_start(tmp_path: Path) -> None:
     with pytest.raises(StorageConfigError, match="unknown storage driver 'nfs'"):
         open_region(ControllerConfig(data_dir=tmp_path / "c", storage="nfs"))
     assert not (tmp_path / "c").exists()
+
+
+def test_status_shows_storage_health_and_pools(api: Api) -> None:
+    from agent.protocol import PoolUsage, StorageStatus
+
+    node = api.join_node("n1")
+    status = NodeStatus(applied_generation=0, inventory=inventory(), vms=[], volumes=[],
+                        storage=StorageStatus(driver="rbd", health="HEALTH_WARN",
+                                              detail="1 pool nearfull",
+                                              pools=[PoolUsage(pool="vauban", used_bytes=5,
+                                                               max_avail_bytes=7)]),
+                        sent_at=datetime.now(UTC))
+    api.client.post(f"/agent/v1/nodes/{node.id}/status", data=status.model_dump_json(),
+                    content_type="application/json", environ_overrides=node.environ())
+    s = api.get("/api/v1/status").json
+    assert s["storage_driver"] == "rbd"
+    assert s["storage"]["health"] == "HEALTH_WARN"
+    assert s["storage"]["pools"] == [{"pool": "vauban", "used_bytes": 5, "max_avail_bytes": 7}]
