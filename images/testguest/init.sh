@@ -11,6 +11,9 @@
 #   vauban-testguest no-seed                      when no `cidata` filesystem showed up
 #   VAUBAN-TESTGUEST-READY                        listening for the ACPI power button
 #   vauban-testguest powering off                 power button pressed; then poweroff -f
+#   vauban-testguest disks=<vda,vdb,...>          at boot and whenever the set of
+#                                                 /sys/block/vd* changes (hot-plug);
+#                                                 names sorted, comma-separated
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 SEED_WAIT_TENTHS=100  # how long to look for the cidata device: 10 s
@@ -87,6 +90,25 @@ apply_seed() {
     return 0
 }
 
+# Print the virtio disks the kernel has, once at start and again whenever the set
+# changes (a disk hot-plugged or unplugged). One poll a second, no fork per poll
+# but `sleep`: the glob is expanded (and sorted) by the shell itself.
+watch_disks() {
+    last=unset
+    while :; do
+        now=
+        for dev in /sys/block/vd*; do
+            [ -e "$dev" ] && now="$now,${dev##*/}"
+        done
+        now=${now#,}
+        if [ "$now" != "$last" ]; then
+            say "vauban-testguest disks=$now"
+            last=$now
+        fi
+        sleep 1
+    done
+}
+
 # busybox acpid maps the ACPI power button (KEY_POWER on an evdev device) to
 # the action PWRF/00000080 under its config directory.
 start_acpid() {
@@ -112,6 +134,7 @@ EOF
 mount_basics
 load_modules
 say "VAUBAN-TESTGUEST-BOOTED"
+watch_disks < /dev/null > /dev/null 2>&1 &
 apply_seed
 start_acpid
 say "VAUBAN-TESTGUEST-READY"

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, VmSpec
+from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, RbdSource, VmSpec
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
 from agent.drivers.hypervisor.libvirt.guest import Guest
 from agent.hostprep import (
@@ -272,3 +273,25 @@ def test_probe_guest_boots_under_tcg(guest_kernel: Path) -> None:
     seen, took, err = boot_marker("tcg", guest_kernel, timeout=120.0)
 
     assert seen, f"TCG boot printed no marker in {took:.0f}s: {err}"
+
+
+# ---------------------------------------------------------------- RBD disks
+
+
+def test_rbd_disk_is_defined_as_a_network_disk_and_read_back(
+        driver: LibvirtDriver, domains: Domains, workdir: Path) -> None:
+    """Only the definition: booting from RBD needs a Ceph cluster (tested with one)."""
+    rbd = RbdSource(pool="vms", image=f"vol-{uuid.uuid4()}", user="vauban",
+                    monitors=(("127.0.0.1", 6789), ("::1", 3300)),
+                    secret_usage=f"vauban-it-{uuid.uuid4()}")
+    spec = make_spec(domains, workdir)
+    spec = replace(spec, disks=(*spec.disks, DiskSpec(rbd, "raw", "vdb")))
+
+    driver.define(spec)
+
+    assert driver.list_disks(spec.id) == list(spec.disks)
+    xml = domains.conn.lookupByUUIDString(spec.id).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    disk = ET.fromstring(xml).find("devices/disk[@type='network']")
+    assert disk is not None
+    assert disk.find("source[@protocol='rbd']") is not None
+    assert disk.find(".//secret[@type='ceph']") is not None

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+ROOT_DISK_TARGET = "vda"  # the disk a VM boots from; never hot-unplugged
+
 
 @dataclass(frozen=True)
 class HypervisorInfo:
@@ -133,3 +135,48 @@ class HypervisorDriver(ABC):
     @abstractmethod
     def set_power_seq(self, vm_id: str, power_seq: int) -> None:
         """Record in the VM's own metadata the last operator power action applied."""
+
+    # Disks and the secrets RBD disks need. Not abstract (yet): a driver without
+    # volume support inherits these refusals, like Nova's ComputeDriver defaults.
+
+    def ensure_ceph_secret(self, usage: str, key: str) -> None:
+        """Make the hypervisor hold the cephx `key` under `usage` (see RbdSource.secret_usage).
+
+        After success a secret of type ceph with that usage and value exists;
+        it lives only in the hypervisor's memory (never on the node's disk) and
+        cannot be read back through the hypervisor's API. Idempotent: the same
+        value changes nothing, a different one replaces the value. Such a secret
+        does not survive a restart of the hypervisor daemon, so call this before
+        every define, start or attach of a VM with an RBD disk; running VMs
+        keep working without it. On failure an existing secret keeps its
+        definition. The key never appears in a log line or an error message.
+        """
+        raise HypervisorError(f"{type(self).__name__} does not support Ceph secrets")
+
+    def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        """Hot-plug `disk` into a running VM, live and in its persistent definition.
+
+        After success the guest sees the disk now and after a restart of the
+        VM. On failure nothing changed. A stopped VM, or a target the VM already
+        uses (live or in its definition), raises HypervisorError naming it.
+        """
+        raise HypervisorError(f"{type(self).__name__} does not support disk hot-plug")
+
+    def detach_disk(self, vm_id: str, target: str) -> None:
+        """Remove the disk at `target` from the VM, live (if running) and from its definition.
+
+        Waits until the guest has released the device. After success the VM has
+        no disk at `target`, now or after a restart. The root disk ("vda") and
+        an unknown target raise HypervisorError and change nothing. When the
+        guest does not release the device in time: HypervisorError(retryable)
+        with the disk already gone from the persistent definition and its live
+        removal pending; calling again waits again.
+        """
+        raise HypervisorError(f"{type(self).__name__} does not support disk hot-plug")
+
+    def list_disks(self, vm_id: str) -> list[DiskSpec]:
+        """The VM's disks as the guest has them now (as defined when it is stopped).
+
+        HypervisorError for an unknown VM. Changes nothing.
+        """
+        raise HypervisorError(f"{type(self).__name__} does not support listing disks")

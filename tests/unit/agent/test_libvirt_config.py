@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from agent.drivers.hypervisor.base import DiskSpec, VmSpec
+from agent.drivers.hypervisor.base import DiskSpec, RbdSource, VmSpec
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
 from agent.drivers.hypervisor.libvirt.config import (
     NS,
     DiskConfig,
     DomainConfig,
     InstanceMetadata,
+    disk_element_xml,
+    parse_disks,
 )
+from agent.drivers.hypervisor.libvirt.driver import disk_config, disk_spec
+from agent.drivers.hypervisor.libvirt.secrets import decode_key, secret_xml
 
 VM_ID = "6f1c0d5e-5b5e-4d8e-9a36-0d7c3f1b2a10"
+RBD = RbdSource(pool="vms", image="vol-7", monitors=(("127.0.0.1", 6789), ("::1", 3300)),
+                user="vauban-node", secret_usage="vauban/ceph/region-1")
 
 
 def at(el: ET.Element, path: str) -> ET.Element:
@@ -202,3 +209,135 @@ def test_driver_maps_spec_to_config_by_acceleration() -> None:
     assert tcg.metadata == InstanceMetadata(VM_ID, 2, {"k": "v"})
     assert tcg.disks == (DiskConfig(Path("/d/root.qcow2"), "qcow2", "vda"),)
     assert LibvirtDriver(accelerated=True).info().accelerated is True
+
+
+# ---------------------------------------------------------------- disks
+
+
+def test_rbd_disk_renders_as_a_network_disk() -> None:
+    disk = ET.fromstring(DiskConfig(RBD, "raw", "vdc").to_xml())
+
+    assert (disk.tag, disk.get("type"), disk.get("device")) == ("disk", "network", "disk")
+    assert at(disk, "driver").attrib == {"name": "qemu", "type": "raw", "cache": "writeback",
+                                         "discard": "unmap"}
+    source = at(disk, "source")
+    assert source.get("protocol") == "rbd" and source.get("name") == "vms/vol-7"
+    assert [h.attrib for h in source.findall("host")] == [
+        {"name": "127.0.0.1", "port": "6789"}, {"name": "::1", "port": "3300"}]
+    assert at(disk, "auth").get("username") == "vauban-node"
+    assert at(disk, "auth/secret").attrib == {"type": "ceph", "usage": "vauban/ceph/region-1"}
+    assert at(disk, "target").attrib == {"dev": "vdc", "bus": "virtio"}
+    assert disk.find("readonly") is None
+
+
+def test_file_disk_renders_as_before() -> None:
+    disk = ET.fromstring(DiskConfig(Path("/d/x.qcow2"), "qcow2", "vdc", readonly=True).to_xml())
+
+    assert disk.get("type") == "file"
+    assert at(disk, "driver").attrib == {"name": "qemu", "type": "qcow2"}
+    assert at(disk, "source").attrib == {"file": "/d/x.qcow2"}
+    assert disk.find("auth") is None and disk.find("readonly") is not None
+
+
+@pytest.mark.parametrize("disk", [
+    DiskConfig(Path("/srv/disks/a.qcow2"), "qcow2", "vda"),
+    DiskConfig(Path("/srv/disks/seed.raw"), "raw", "vdb", readonly=True),
+    DiskConfig(RBD, "raw", "vdc"),
+    DiskConfig(RBD, "raw", "vdd", readonly=True),
+    DiskConfig(RbdSource("p", "ns/img", (), "u", "s"), "raw", "vde"),  # no monitors listed
+], ids=lambda d: d.target)
+def test_disk_round_trip(disk: DiskConfig) -> None:
+    assert DiskConfig.from_xml(disk.to_xml()) == disk
+
+
+def test_domain_with_file_and_rbd_disks_round_trips() -> None:
+    config = make_config(disks=(DiskConfig(Path("/srv/disks/root.qcow2"), "qcow2", "vda"),
+                                DiskConfig(RBD, "raw", "vdb")))
+
+    assert DomainConfig.from_xml(config.to_xml()) == config
+    assert parse_disks(config.to_xml()) == config.disks
+
+
+# An RBD disk as libvirt may return it: <auth> inside <source> (libvirt >= 3.9 form),
+# a monitor without a port, an index, an alias and an address added.
+LIBVIRT_RBD_DISK = """<domain type='qemu'><devices>
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw' cache='writeback' discard='unmap'/>
+      <source protocol='rbd' name='vms/vol-7' index='3'>
+        <host name='10.0.0.5'/>
+        <auth username='vauban-node'>
+          <secret type='ceph' usage='vauban/ceph/region-1'/>
+        </auth>
+      </source>
+      <target dev='vdc' bus='virtio'/>
+      <alias name='virtio-disk2'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>
+    </disk>
+    <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>
+</devices></domain>"""
+
+
+def test_parses_rbd_disk_as_libvirt_may_return_it() -> None:
+    assert parse_disks(LIBVIRT_RBD_DISK) == (DiskConfig(
+        RbdSource("vms", "vol-7", (("10.0.0.5", 6789),), "vauban-node", "vauban/ceph/region-1"),
+        "raw", "vdc"),)
+
+
+@pytest.mark.parametrize("xml, message", [
+    ("<disk type='network' device='disk'><driver type='raw'/>"
+     "<source protocol='nbd' name='x'/><target dev='vdc'/></disk>", "protocol 'nbd'"),
+    ("<disk type='network' device='disk'><driver type='raw'/>"
+     "<source protocol='rbd' name='no-pool'/><target dev='vdc'/></disk>", "POOL/IMAGE"),
+    ("<disk type='network' device='disk'><driver type='raw'/>"
+     "<source protocol='rbd' name='p/i'/><target dev='vdc'/></disk>", "ceph secret"),
+    ("<disk type='block' device='disk'><driver type='raw'/>"
+     "<source dev='/dev/sdz'/><target dev='vdc'/></disk>", "disk type 'block'"),
+])
+def test_disks_we_do_not_make_are_rejected(xml: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DiskConfig.from_xml(xml)
+
+
+def test_disk_element_by_target() -> None:
+    xml = make_config(disks=(DiskConfig(Path("/d/r.qcow2"), "qcow2", "vda"),
+                             DiskConfig(RBD, "raw", "vdb"))).to_xml()
+
+    found = disk_element_xml(xml, "vdb")
+    assert found is not None and DiskConfig.from_xml(found) == DiskConfig(RBD, "raw", "vdb")
+    assert disk_element_xml(xml, "vdz") is None
+    assert disk_element_xml(LIBVIRT_RBD_DISK, "hdc") is not None  # any kind, CD-ROMs too
+
+
+def test_driver_maps_rbd_disks_both_ways() -> None:
+    spec = DiskSpec(RBD, "raw", "vdc", readonly=True)
+
+    assert disk_config(spec) == DiskConfig(RBD, "raw", "vdc", readonly=True)
+    assert disk_spec(disk_config(spec)) == spec
+    vm = VmSpec(id=VM_ID, name="db-1", vcpus=1, memory_mib=128,
+                disks=(DiskSpec(Path("/d/root.qcow2"), "qcow2", "vda"), spec),
+                console_log=Path("/l/c.log"))
+    assert LibvirtDriver(accelerated=False).domain_config(vm).disks[1] == disk_config(spec)
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_ceph_secret_definition_is_ephemeral_private_and_valueless() -> None:
+    root = ET.fromstring(secret_xml("vauban/ceph/<region & 1>"))
+
+    assert root.attrib == {"ephemeral": "yes", "private": "yes"}
+    assert at(root, "usage").get("type") == "ceph"
+    assert root.findtext("usage/name") == "vauban/ceph/<region & 1>"
+    assert root.find("value") is None and root.find("uuid") is None
+
+
+def test_cephx_key_is_decoded_and_never_echoed() -> None:
+    key = "AQBzYv1lAAAAABAAq0Ku8S2Pa3w3X1E9kqjIrw=="
+    assert decode_key(key) == base64.b64decode(key)
+
+    bad = "AQBzYv1l*secret-part*"
+    with pytest.raises(ValueError) as err:
+        decode_key(bad)
+    assert "secret-part" not in str(err.value) and err.value.__cause__ is None
+    with pytest.raises(ValueError, match="empty"):
+        decode_key("")

@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agent.drivers.hypervisor.base import RbdSource
+
 NS = "https://vauban.dev/xmlns/instance/1"
 NS_PREFIX = "vauban"
 ET.register_namespace(NS_PREFIX, NS)  # so rendered XML says vauban:, not ns0:
 
 VirtType = Literal["kvm", "qemu"]
 DiskFormat = Literal["raw", "qcow2"]
+CEPH_MON_PORT = 6789  # a monitor's port when libvirt's XML gives none (msgr v1)
 
 _MEMORY_UNITS_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
                      "m": 1024, "mib": 1024, "mb": 1000**2 / 1024,
@@ -87,32 +90,101 @@ class InstanceMetadata:
 
 @dataclass(frozen=True)
 class DiskConfig:
-    """A virtio disk backed by a file."""
+    """A virtio disk: a file on the node (`type='file'`) or an RBD image (`type='network'`).
 
-    path: Path
+    An RBD disk names the libvirt secret holding its cephx key by usage; the key
+    itself is never in the domain XML.
+    """
+
+    source: Path | RbdSource
     format: DiskFormat
     target: str
     readonly: bool = False
 
     def to_element(self) -> ET.Element:
-        disk = ET.Element("disk", {"type": "file", "device": "disk"})
-        _sub(disk, "driver", name="qemu", type=self.format)
-        _sub(disk, "source", file=str(self.path))
+        if isinstance(self.source, RbdSource):
+            disk = ET.Element("disk", {"type": "network", "device": "disk"})
+            # writeback: librbd's own cache honours guest flushes; unmap: discards free space
+            _sub(disk, "driver", name="qemu", type=self.format, cache="writeback",
+                 discard="unmap")
+            rbd = self.source
+            source = _sub(disk, "source", protocol="rbd", name=f"{rbd.pool}/{rbd.image}")
+            for host, port in rbd.monitors:
+                _sub(source, "host", name=host, port=str(port))
+            auth = _sub(disk, "auth", username=rbd.user)
+            _sub(auth, "secret", type="ceph", usage=rbd.secret_usage)
+        else:
+            disk = ET.Element("disk", {"type": "file", "device": "disk"})
+            _sub(disk, "driver", name="qemu", type=self.format)
+            _sub(disk, "source", file=str(self.source))
         _sub(disk, "target", dev=self.target, bus="virtio")
         if self.readonly:
             _sub(disk, "readonly")
         return disk
 
+    def to_xml(self) -> str:
+        """The <disk> element alone, as virDomainAttachDeviceFlags wants it."""
+        return ET.tostring(self.to_element(), encoding="unicode")
+
     @classmethod
     def from_element(cls, el: ET.Element) -> DiskConfig:
+        """Parse a <disk> (ours or as libvirt returns it); ValueError for kinds we do not make."""
         driver, source, target = el.find("driver"), el.find("source"), el.find("target")
         if driver is None or source is None or target is None:
             raise ValueError("<disk> without driver, source or target")
         fmt = driver.get("type", "raw")
         if fmt not in ("raw", "qcow2"):
             raise ValueError(f"unsupported disk format {fmt!r}")
-        return cls(Path(source.get("file", "")), "qcow2" if fmt == "qcow2" else "raw",
+        kind = el.get("type", "file")
+        if kind == "file":
+            disk_source: Path | RbdSource = Path(source.get("file", ""))
+        elif kind == "network":
+            disk_source = _rbd_source(el, source)
+        else:
+            raise ValueError(f"unsupported disk type {kind!r}")
+        return cls(disk_source, "qcow2" if fmt == "qcow2" else "raw",
                    target.get("dev", ""), el.find("readonly") is not None)
+
+    @classmethod
+    def from_xml(cls, xml: str) -> DiskConfig:
+        return cls.from_element(ET.fromstring(xml))
+
+
+def _rbd_source(disk: ET.Element, source: ET.Element) -> RbdSource:
+    """The RbdSource of a network <disk>; libvirt may put <auth> in <source> or beside it."""
+    if source.get("protocol") != "rbd":
+        raise ValueError(f"unsupported network disk protocol {source.get('protocol')!r}")
+    pool, sep, image = source.get("name", "").partition("/")
+    if not sep or not pool or not image:
+        raise ValueError(f"RBD disk name {source.get('name')!r} is not POOL/IMAGE")
+    monitors = tuple((h.get("name", ""), int(h.get("port", str(CEPH_MON_PORT))))
+                     for h in source.findall("host"))
+    auth = source.find("auth")
+    if auth is None:
+        auth = disk.find("auth")
+    secret = auth.find("secret") if auth is not None else None
+    if auth is None or secret is None or secret.get("type") != "ceph" or not secret.get("usage"):
+        raise ValueError(f"RBD disk {pool}/{image} without a ceph secret given by usage")
+    return RbdSource(pool=pool, image=image, monitors=monitors, user=auth.get("username", ""),
+                     secret_usage=secret.get("usage", ""))
+
+
+def disk_element_xml(domain_xml: str, target: str) -> str | None:
+    """The <disk> element (any kind) whose target is `target` in a domain XML, or None."""
+    for disk in ET.fromstring(domain_xml).findall("devices/disk"):
+        target_el = disk.find("target")
+        if target_el is not None and target_el.get("dev") == target:
+            return ET.tostring(disk, encoding="unicode")
+    return None
+
+
+def parse_disks(xml: str) -> tuple[DiskConfig, ...]:
+    """The disks (device='disk', not CD-ROMs) of a domain XML, in document order.
+
+    ValueError when one of them is of a kind this platform does not make.
+    """
+    return tuple(DiskConfig.from_element(d)
+                 for d in ET.fromstring(xml).findall("devices/disk[@device='disk']"))
 
 
 @dataclass(frozen=True)

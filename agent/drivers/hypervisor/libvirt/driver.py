@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from agent.drivers.hypervisor.base import (
+    ROOT_DISK_TARGET,
+    DiskSpec,
     HypervisorDriver,
     HypervisorError,
     HypervisorInfo,
     VmObservation,
     VmSpec,
 )
-from agent.drivers.hypervisor.libvirt.config import DiskConfig, DomainConfig, InstanceMetadata
+from agent.drivers.hypervisor.libvirt import secrets
+from agent.drivers.hypervisor.libvirt.config import (
+    DiskConfig,
+    DomainConfig,
+    InstanceMetadata,
+    parse_disks,
+)
 from agent.drivers.hypervisor.libvirt.guest import Guest
 from agent.drivers.hypervisor.libvirt.host import Host
 from agent.revert import Reverter
 
 log = logging.getLogger(__name__)
+
+# How long detach_disk waits for the guest to release a device. Under TCG on a
+# busy 2-core node a guest's ACPI hot-unplug takes a second or two; a guest that
+# ignores the request (no OS, hung kernel) would otherwise be waited on forever.
+DETACH_TIMEOUT_S = 60.0
+VIRTIO_TARGET = re.compile(r"vd[a-z]{1,3}")
+
+
+def disk_config(disk: DiskSpec) -> DiskConfig:
+    """The libvirt disk for a contract DiskSpec (a file or an RBD image)."""
+    return DiskConfig(disk.source, disk.format, disk.target, disk.readonly)
+
+
+def disk_spec(disk: DiskConfig) -> DiskSpec:
+    """The contract DiskSpec for a libvirt disk."""
+    return DiskSpec(disk.source, disk.format, disk.target, disk.readonly)
 
 
 class LibvirtDriver(HypervisorDriver):
@@ -29,9 +55,11 @@ class LibvirtDriver(HypervisorDriver):
     CPU passed through when True, else type "qemu" (TCG emulation).
     """
 
-    def __init__(self, uri: str = "qemu:///system", *, accelerated: bool) -> None:
+    def __init__(self, uri: str = "qemu:///system", *, accelerated: bool,
+                 detach_timeout: float = DETACH_TIMEOUT_S) -> None:
         self.uri = uri
         self.accelerated = accelerated
+        self.detach_timeout = detach_timeout
         self.host = Host(uri)
 
     def info(self) -> HypervisorInfo:
@@ -50,7 +78,7 @@ class LibvirtDriver(HypervisorDriver):
             uuid=spec.id,
             memory_mib=spec.memory_mib,
             vcpus=spec.vcpus,
-            disks=tuple(DiskConfig(d.path, d.format, d.target, d.readonly) for d in spec.disks),
+            disks=tuple(disk_config(d) for d in spec.disks),
             console_log=spec.console_log,
             metadata=InstanceMetadata(spec.id, spec.power_seq, dict(spec.labels)),
         )
@@ -136,3 +164,75 @@ class LibvirtDriver(HypervisorDriver):
             raise HypervisorError(f"no VM {vm_id} on this node")
         guest, md = found
         guest.set_metadata(InstanceMetadata(md.instance_id, power_seq, md.labels))
+
+    def ensure_ceph_secret(self, usage: str, key: str) -> None:
+        """See HypervisorDriver; an ephemeral, private libvirt secret (see secrets.py)."""
+        secrets.ensure_ceph_secret(self.host, usage, key)
+
+    def list_disks(self, vm_id: str) -> list[DiskSpec]:
+        """The disks in the live XML (the persistent one when stopped), in libvirt's order."""
+        guest = self._require(vm_id)
+        try:
+            return [disk_spec(d) for d in parse_disks(guest.xml())]
+        except ValueError as e:
+            raise HypervisorError(f"VM {vm_id} has a disk this driver cannot read: {e}") from e
+
+    def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        """Hot-plug `disk` live and into the persistent definition (see HypervisorDriver).
+
+        An RBD disk needs its ceph secret in libvirt first (ensure_ceph_secret).
+        """
+        guest = self._require(vm_id)
+        if not VIRTIO_TARGET.fullmatch(disk.target):
+            raise HypervisorError(f"disk target {disk.target!r} is not a virtio name (vdX)")
+        if not guest.is_running():
+            raise HypervisorError(f"VM {vm_id} is not running: disks are hot-plugged only "
+                                  "into running VMs")
+        for inactive in (False, True):
+            if guest.disk_xml(disk.target, inactive=inactive) is not None:
+                raise HypervisorError(f"disk target {disk.target} is already in use "
+                                      f"on VM {vm_id}")
+        try:
+            guest.attach_device(disk_config(disk).to_xml(), live=True, config=True)
+        except HypervisorError:
+            self._undo_partial_attach(guest, disk.target)
+            raise
+        log.info("VM %s: attached disk %s", vm_id, disk.target)
+
+    def _undo_partial_attach(self, guest: Guest, target: str) -> None:
+        """After a failed attach: take the disk out of the guest again if libvirt left it there
+        (it attaches live before it saves the definition)."""
+        try:
+            live = guest.disk_xml(target) if guest.is_running() else None
+            if live is None:
+                return
+            guest.detach_device(live, live=True, config=False)
+            if not guest.wait_disk_released(target, self.detach_timeout):
+                log.warning("VM %s: %s attached by a failed attach is not released yet",
+                            guest.uuid, target)
+        except HypervisorError:
+            log.exception("VM %s: could not undo a partial attach of %s", guest.uuid, target)
+
+    def detach_disk(self, vm_id: str, target: str) -> None:
+        """Unplug the disk live (if running) and from the definition; wait for the guest.
+
+        A stopped VM only loses the disk from its definition. See HypervisorDriver.
+        """
+        guest = self._require(vm_id)
+        if target == ROOT_DISK_TARGET:
+            raise HypervisorError(f"the root disk cannot be detached (VM {vm_id}, {target})")
+        live = guest.disk_xml(target) if guest.is_running() else None
+        config = guest.disk_xml(target, inactive=True)
+        if live is None and config is None:
+            raise HypervisorError(f"VM {vm_id} has no disk {target}")
+        # libvirt itself waits a few seconds for the guest inside the call: count that too
+        deadline = time.monotonic() + self.detach_timeout
+        guest.detach_device(live or config or "", live=live is not None,
+                            config=config is not None)
+        if live is not None and not guest.wait_disk_released(
+                target, max(0.0, deadline - time.monotonic())):
+            raise HypervisorError(
+                f"VM {vm_id}: the guest did not release disk {target} within "
+                f"{self.detach_timeout:.0f}s; it is gone from the definition, its removal "
+                "from the running guest is still pending", retryable=True)
+        log.info("VM %s: detached disk %s", vm_id, target)

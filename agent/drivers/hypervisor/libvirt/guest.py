@@ -1,4 +1,4 @@
-"""One libvirt domain: its state, power actions with deadlines, metadata, removal."""
+"""One libvirt domain: its state, power actions with deadlines, metadata, devices, removal."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ from typing import TypeVar
 import libvirt
 
 from agent.drivers.hypervisor.base import HypervisorError
-from agent.drivers.hypervisor.libvirt.config import NS, NS_PREFIX, InstanceMetadata
+from agent.drivers.hypervisor.libvirt.config import (
+    NS,
+    NS_PREFIX,
+    InstanceMetadata,
+    disk_element_xml,
+)
 from agent.drivers.hypervisor.libvirt.host import Host
 
 T = TypeVar("T")
 
 POLL_INTERVAL = 0.1
+DEVICE_POLL_INTERVAL = 0.2  # reading the live XML costs more than reading the state
 BUTTON_REPEAT_S = 5.0  # how often the ACPI power button is pressed again during a stop
 FORCE_OFF_TIMEOUT = 30.0  # how long a forced power-off may take to show as "shut off"
 
@@ -149,3 +155,47 @@ class Guest:
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # already gone
                 raise self._host.error(f"undefine {self.name}", e) from e
+
+    # ------------------------------------------------------------ devices
+
+    def disk_xml(self, target: str, *, inactive: bool = False) -> str | None:
+        """The <disk> at `target` as libvirt reports it (live, or persistent when
+        `inactive`), or None when there is none."""
+        return disk_element_xml(self.xml(inactive=inactive), target)
+
+    @staticmethod
+    def _affect(live: bool, config: bool) -> int:
+        flags = 0
+        if live:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        if config:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        return flags
+
+    def attach_device(self, xml: str, *, live: bool, config: bool) -> None:
+        """Add the device in `xml` to the running guest and/or the persistent definition.
+
+        libvirt applies both or neither, except that the definition is saved
+        after the live attach: should that save fail, the device stays attached live.
+        """
+        flags = self._affect(live, config)
+        self._call("attach a device to", lambda: self._dom.attachDeviceFlags(xml, flags))
+
+    def detach_device(self, xml: str, *, live: bool, config: bool) -> None:
+        """Ask for the device in `xml` (matched by its target) to be removed.
+
+        The persistent definition changes at once; the live removal is only
+        requested (the guest must release the device: see wait_disk_released).
+        """
+        flags = self._affect(live, config)
+        self._call("detach a device from", lambda: self._dom.detachDeviceFlags(xml, flags))
+
+    def wait_disk_released(self, target: str, timeout: float) -> bool:
+        """Poll the live XML until the disk at `target` is gone (libvirt removes it on
+        QEMU's DEVICE_DELETED) or `timeout` seconds passed; whether it is gone."""
+        deadline = time.monotonic() + timeout
+        while self.is_running() and self.disk_xml(target) is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(DEVICE_POLL_INTERVAL)
+        return True
