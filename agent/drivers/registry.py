@@ -8,9 +8,10 @@ from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
 from agent.drivers.storage.base import StorageDriver
 from agent.drivers.storage.localfs import LocalfsDriver
+from agent.drivers.storage.rbd.driver import RbdDriver
 
 HYPERVISORS: dict[str, type[HypervisorDriver]] = {"libvirt": LibvirtDriver}
-STORAGE: dict[str, type[StorageDriver]] = {"localfs": LocalfsDriver}
+STORAGE: dict[str, type[StorageDriver]] = {"localfs": LocalfsDriver, "rbd": RbdDriver}
 
 
 def _lookup(kind: str, registry: dict[str, type[Any]], name: str) -> type[Any]:

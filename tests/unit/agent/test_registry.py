@@ -9,11 +9,12 @@ import pytest
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
 from agent.drivers.registry import HYPERVISORS, STORAGE, load_hypervisor, load_storage
 from agent.drivers.storage.localfs import LocalfsDriver
+from agent.drivers.storage.rbd.driver import RbdDriver
 
 
 def test_registries_are_literal() -> None:
     assert HYPERVISORS == {"libvirt": LibvirtDriver}
-    assert STORAGE == {"localfs": LocalfsDriver}
+    assert STORAGE == {"localfs": LocalfsDriver, "rbd": RbdDriver}
 
 
 def test_unknown_hypervisor_lists_known_ones() -> None:
@@ -22,7 +23,7 @@ def test_unknown_hypervisor_lists_known_ones() -> None:
 
 
 def test_unknown_storage_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown storage driver 'ceph'; known: localfs"):
+    with pytest.raises(ValueError, match=r"unknown storage driver 'ceph'; known: localfs, rbd"):
         load_storage("ceph")
 
 

@@ -1,0 +1,1 @@
+"""Ceph RBD storage: the driver (`driver.RbdDriver`) and a throwaway cluster (`minicluster`)."""
