@@ -8,7 +8,7 @@ from typing import Any
 import requests
 
 from agent.config import AgentConfig, NodeIdentity
-from agent.protocol import DesiredState, NodeStatus
+from agent.protocol import DesiredState, NodeStatus, StorageSettings
 
 CHUNK = 1024 * 1024
 
@@ -55,6 +55,15 @@ class ControllerClient:
             raise ControllerUnavailable(str(e)) from e
         self._check(r)
         return DesiredState.model_validate_json(r.content)
+
+    def storage_settings(self) -> StorageSettings:
+        """The region's storage backend; the Ceph key in it is kept in memory only."""
+        try:
+            r = self.http.get(self._node_url("storage"), timeout=30)
+        except requests.RequestException as e:
+            raise ControllerUnavailable(str(e)) from e
+        self._check(r)
+        return StorageSettings.model_validate_json(r.content)
 
     def report(self, status: NodeStatus) -> None:
         try:

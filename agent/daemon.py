@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent import __version__, inventory
@@ -18,7 +19,7 @@ from agent.config import AgentConfig, NodeIdentity
 from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.storage.base import StorageDriver
 from agent.kvmprobe import KvmProbe
-from agent.protocol import DesiredState, Inventory, NodeStatus
+from agent.protocol import DesiredState, Inventory, NodeStatus, PoolUsage, StorageStatus
 from agent.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,17 @@ BACKOFF_MAX_S = 10.0
 
 class Agent:
     def __init__(self, config: AgentConfig, identity: NodeIdentity, client: ControllerClient,
-                 hypervisor: HypervisorDriver, storage: StorageDriver, kvm: KvmProbe) -> None:
+                 hypervisor: HypervisorDriver, storage: StorageDriver, kvm: KvmProbe,
+                 storage_driver: str, stopping: threading.Event | None = None,
+                 prepare_disks: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.identity = identity
         self.client = client
         self.hypervisor = hypervisor
         self.storage = storage
         self.kvm = kvm
-        self.stopping = threading.Event()
+        self.storage_driver = storage_driver
+        self.stopping = stopping or threading.Event()
         self._desired_ready = threading.Condition()
         self._latest: DesiredState | None = None
         self._repass = False  # a VM task ended: look again at once
@@ -45,6 +49,7 @@ class Agent:
             hypervisor, storage, client.image_chunks, config.instances_dir,
             owner=identity.node_id, stop_grace_s=config.stop_grace_s,
             on_change=self._report_now.set, on_settled=self._request_pass,
+            prepare_disks=prepare_disks,
         )
 
     def run(self) -> None:
@@ -126,8 +131,17 @@ class Agent:
             applied_generation=self.reconciler.applied_generation,
             inventory=self.inventory(),
             vms=self.reconciler.observe(),
+            volumes=self.reconciler.observe_volumes(),
+            storage=self.storage_status(),
             sent_at=datetime.now(UTC),
         )
+
+    def storage_status(self) -> StorageStatus:
+        h = self.storage.health()
+        return StorageStatus(driver=self.storage_driver, health=h.status, detail=h.detail,
+                             pools=[PoolUsage(pool=p.pool, used_bytes=p.used_bytes,
+                                              max_avail_bytes=p.max_avail_bytes)
+                                    for p in h.pools])
 
     def inventory(self) -> Inventory:
         model, flags = inventory.cpu_model_and_flags()
@@ -136,6 +150,6 @@ class Agent:
             cpus=inventory.cpu_count(), memory_mib=inventory.memory_mib(),
             kvm_device=self.kvm.device, kvm_usable=self.kvm.usable,
             kvm_probe_detail=self.kvm.detail, disks=inventory.disks(), nics=inventory.nics(),
-            hypervisor=self.config.hypervisor, storage=self.config.storage,
+            hypervisor=self.config.hypervisor, storage=self.storage_driver,
             storage_free_bytes=self.storage.free_bytes(), agent_version=__version__,
         )

@@ -6,15 +6,17 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
 from agent.client import ControllerClient
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
-from agent.drivers.registry import load_hypervisor, load_storage
+from agent.drivers.registry import load_hypervisor
 from agent.enroll import JoinError, join
 from agent.kvmprobe import probe_kvm
+from agent.storage_setup import fetch_settings, make_storage
 
 log = logging.getLogger("vauban.agent")
 
@@ -44,15 +46,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("KVM %s: %s", "usable" if kvm.usable else "not usable (TCG)", kvm.detail)
     hypervisor = load_hypervisor(config.hypervisor, uri=config.libvirt_uri,
                                  accelerated=kvm.usable)
-    storage = load_storage(config.storage, root=config.storage_dir)
-    agent = Agent(config, identity, ControllerClient(config, identity), hypervisor, storage, kvm)
+    client = ControllerClient(config, identity)
+    stopping = threading.Event()
+    running: list[Agent] = []
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping the agent (VMs keep running)", signum)
-        agent.stop()
+        stopping.set()
+        for a in running:
+            a.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    settings = fetch_settings(client, stopping)
+    if settings is None:
+        return 0
+    log.info("storage: %s", settings.driver)
+    storage, prepare_disks = make_storage(settings, config, hypervisor)
+    agent = Agent(config, identity, client, hypervisor, storage, kvm, settings.driver,
+                  stopping=stopping, prepare_disks=prepare_disks)
+    running.append(agent)
     log.info("agent for node %s (%s) talking to %s", identity.name, identity.node_id,
              identity.controller_url)
     agent.run()

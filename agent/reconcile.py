@@ -20,8 +20,16 @@ from pathlib import Path
 
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorDriver, VmObservation, VmSpec
 from agent.drivers.storage.base import StorageDriver
-from agent.protocol import DesiredState, DesiredVm, ObservedVm, ObservedVmState, PowerState
+from agent.protocol import (
+    DesiredState,
+    DesiredVm,
+    ObservedVm,
+    ObservedVmState,
+    ObservedVolume,
+    PowerState,
+)
 from agent.revert import Reverter
+from agent.volumes import VolumeKeeper
 from images.seed import build_nocloud_seed
 
 log = logging.getLogger(__name__)
@@ -94,6 +102,7 @@ class Reconciler:
         stop_grace_s: float,
         on_change: Callable[[], None] = lambda: None,
         on_settled: Callable[[], None] = lambda: None,
+        prepare_disks: Callable[[], None] = lambda: None,
         workers: int = 4,
     ) -> None:
         self.hypervisor = hypervisor
@@ -104,6 +113,8 @@ class Reconciler:
         self.stop_grace_s = stop_grace_s
         self.on_change = on_change
         self.on_settled = on_settled
+        self.prepare_disks = prepare_disks  # before a domain with storage disks is defined
+        self.volumes = VolumeKeeper(storage, hypervisor, prepare_disks)
         self._idle = threading.Condition()
         self._running_tasks = 0
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm")
@@ -148,6 +159,7 @@ class Reconciler:
             if self._needs_work(vm, obs):
                 self._start(vm_id, functools.partial(self._converge, vm, obs), tracker)
         tracker.seal()
+        self.volumes.apply(desired, observed)
         self.on_change()
 
     def _mark_applied(self, generation: int) -> None:
@@ -248,6 +260,7 @@ class Reconciler:
                 console_log=self.console_log(vm.id), power_seq=0,
                 labels={OWNER_LABEL: self.owner},
             )
+            self.prepare_disks()
             self.hypervisor.define(spec)
             revert.add(lambda: self.hypervisor.undefine(vm.id), "undefine")
             self._step(vm.id, 80)
@@ -266,6 +279,7 @@ class Reconciler:
 
     def _set_power(self, vm: DesiredVm, obs: VmObservation) -> None:
         if vm.power is PowerState.RUNNING and not obs.running:
+            self.prepare_disks()  # an RBD disk needs the Ceph secret, gone if libvirtd restarted
             self.hypervisor.start(vm.id)
         elif vm.power is PowerState.STOPPED and obs.running:
             self.hypervisor.stop(vm.id, grace_seconds=self.stop_grace_s)
@@ -284,6 +298,10 @@ class Reconciler:
         self.on_change()
 
     # -- report ------------------------------------------------------------
+    def observe_volumes(self) -> list[ObservedVolume]:
+        own = {o.id: o for o in self._own_vms()}
+        return self.volumes.observe(self.desired, own)
+
     def observe(self) -> list[ObservedVm]:
         """Every VM of this node as the hypervisor shows it, plus those being built or failed."""
         result: dict[str, ObservedVm] = {}

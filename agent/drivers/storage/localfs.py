@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.drivers.hypervisor.base import DiskSpec
-from agent.drivers.storage.base import StorageDriver, StorageError, StorageInfo
+from agent.drivers.storage.base import (
+    PoolUsage,
+    StorageDriver,
+    StorageError,
+    StorageHealth,
+    StorageInfo,
+)
 from agent.protocol import ImageRef
 from agent.revert import Reverter
 
@@ -228,3 +234,14 @@ class LocalfsDriver(StorageDriver):
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
+
+    def health(self) -> StorageHealth:
+        """OK while the filesystem is writable; its space as the one pool."""
+        st = os.statvfs(self.root)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        writable = os.access(self.root, os.W_OK)
+        return StorageHealth(
+            status="OK" if writable else "ERROR",
+            detail="" if writable else f"{self.root} is not writable",
+            pools=(PoolUsage("localfs", used, st.f_bavail * st.f_frsize),),
+        )
