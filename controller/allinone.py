@@ -127,8 +127,8 @@ class Layout:
         return Service(name, self.root / "run" / f"{name}.pid", self.root / "log" / f"{name}.log")
 
 
-def start_controller(lay: Layout, database_url: str = "") -> int:
-    env = {"VAUBAN_DATABASE_URL": database_url} if database_url else {}
+def start_controller(lay: Layout, env: dict[str, str] | None = None) -> int:
+    """Start the controller (VAUBAN_* settings in `env`) and wait until it answers."""
     pid = lay.service("controller").start(
         [str(VENV_BIN / "vauban-controller"), "serve", "--data-dir", str(lay.controller_dir),
          "--port", str(lay.port)], env)

@@ -13,6 +13,7 @@ from controller.app import create_app
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
 from controller.region import Region
+from tests.ceph_fixtures import ceph_admin, ceph_cluster, ceph_minicluster
 from tests.postgres import postgres_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +86,6 @@ def testguest_image() -> Path:
     from images.testguest.build import build
 
     return build(REPO / "var/images/testguest.raw", REPO / "var/cache/testguest").image
+
+
+__all__ = ["ceph_admin", "ceph_cluster", "ceph_minicluster"]  # shared by every tier

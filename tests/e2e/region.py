@@ -46,16 +46,21 @@ class E2ERegion:
     layout: allinone.Layout
     token: str = ""
     created_vm_ids: set[str] = field(default_factory=set)
+    controller_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls) -> E2ERegion:
+    def create(cls, controller_env: dict[str, str] | None = None) -> E2ERegion:
         # under /var/tmp with mode 0711: QEMU runs unprivileged and must reach the disks
         root = Path("/var/tmp") / f"vauban-e2e-{uuid.uuid4().hex[:8]}"
         root.mkdir(mode=0o711)
-        return cls(root=root, layout=allinone.Layout(root, free_port()))
+        return cls(root=root, layout=allinone.Layout(root, free_port()),
+                   controller_env=controller_env or {})
+
+    def start_controller(self) -> None:
+        allinone.start_controller(self.layout, self.controller_env)
 
     def start(self, image: Path) -> None:
-        allinone.start_controller(self.layout)
+        self.start_controller()
         self.token = allinone.admin_token(self.layout)
         allinone.join_agent(self.layout, self.token, f"e2e-{self.root.name[-8:]}")
         self.start_agent()

@@ -118,9 +118,8 @@ def test_controller_down_and_back(region: E2ERegion, tmp_path: Path) -> None:
     assert is_running(vm_id) and qemu_pid(vm_id) == pid
     assert agent_pid is not None and region.layout.service("agent").pid() == agent_pid
     os.kill(agent_pid, 0)  # the agent kept running without its controller
-    from controller import allinone
 
-    allinone.start_controller(region.layout)
+    region.start_controller()
     wait_for(lambda: region.vm(name)["state"] == "running", 60, "the node to report again")
     region.cli("vm", "delete", name, "--wait")
     assert not domain_exists(vm_id)

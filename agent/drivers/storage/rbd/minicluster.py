@@ -12,6 +12,7 @@ or `python -m agent.drivers.storage.rbd.minicluster start|stop|status --dir DIR 
 Layout of the directory (everything of the cluster is in it):
     ceph.conf                  configuration; names no key and no client keyring
     ceph.client.admin.keyring  the admin key (tests and operators only), 0600
+    ceph.client.vauban.keyring the limited client's key, for the controller, 0600
     cluster.json               the ClusterInfo, 0600 (it holds the client's key)
     mon.a/ mgr.x/ osd.0/       daemon data and keyrings; osd.0/block.img is the sparse device
     run/<name>.pid             PID of each daemon (written by the daemon at start)
@@ -77,6 +78,7 @@ class MiniCluster:
         self.dir = Path(directory).resolve()
         self.conf = self.dir / "ceph.conf"
         self.admin_keyring = self.dir / "ceph.client.admin.keyring"
+        self.client_keyring = self.dir / f"ceph.client.{CLIENT}.keyring"
         self.info_file = self.dir / "cluster.json"
         self.start_timeout = start_timeout
 
@@ -194,6 +196,9 @@ class MiniCluster:
                 all_pools = tuple(dict.fromkeys([*info.pools, *pools]))
                 _ensure_pools(admin, all_pools)
                 key = _ensure_client(admin, info.client, all_pools)
+                # what a controller is given: ceph.conf and the limited client's keyring
+                _write_private(self.client_keyring,
+                               cephx.keyring({f"client.{info.client}": key}))
                 info = ClusterInfo(info.fsid, info.mon_host, info.conf, info.client, key,
                                    info.admin_keyring, all_pools)
                 _write_private(self.info_file, info.to_json())
@@ -293,7 +298,8 @@ class MiniCluster:
         """Undo a failed bootstrap: everything but the logs, for the post-mortem."""
         for sub in ("mon.a", "mgr.x", "osd.0", "run"):
             shutil.rmtree(self.dir / sub, ignore_errors=True)
-        for f in (self.conf, self.admin_keyring, self.info_file, self.dir / "monmap",
+        for f in (self.conf, self.admin_keyring, self.client_keyring, self.info_file,
+                  self.dir / "monmap",
                   self.dir / "bootstrap.keyring"):
             f.unlink(missing_ok=True)
 
