@@ -9,15 +9,18 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
 	qemu-system-x86 qemu-utils qemu-block-extra \
 	busybox-static syslinux mtools dosfstools kmod cpio \
-	ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd \
 	postgresql curl
+# with their recommends: the always-on mgr modules import some of them
+CEPH_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
 TESTGUEST := $(VAR)/images/testguest.raw
+# make up STORAGE=ceph: VM disks and volumes on a single-node Ceph cluster under var/ceph
+STORAGE ?= localfs
 
 .PHONY: up down test deps venv image lint unit bench clean
 
 up: deps image
 	$(PY) -m agent.hostprep
-	$(PY) -m controller.allinone up --root $(VAR) --image $(TESTGUEST)
+	$(PY) -m controller.allinone up --root $(VAR) --image $(TESTGUEST) --storage $(STORAGE)
 
 down:
 	@[ -x $(PY) ] && $(PY) -m controller.allinone down --root $(VAR) || true
@@ -45,6 +48,7 @@ $(VAR)/.apt-done: Makefile
 	mkdir -p $(VAR)
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(CEPH_PACKAGES)
 	touch $@
 
 venv: $(VENV)/.installed

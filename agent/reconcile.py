@@ -158,8 +158,9 @@ class Reconciler:
             obs = observed.get(vm_id)
             if self._needs_work(vm, obs):
                 self._start(vm_id, functools.partial(self._converge, vm, obs), tracker)
+        for key, task in self.volumes.plan(desired, observed):
+            self._start(key, task, tracker)
         tracker.seal()
-        self.volumes.apply(desired, observed)
         self.on_change()
 
     def _mark_applied(self, generation: int) -> None:

@@ -10,6 +10,7 @@ with the generation that asked, and reported.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +22,7 @@ from agent.protocol import DesiredState, DesiredVolume, ObservedVolume
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
+RETRY_WINDOW_S = 300.0
 FIRST_VOLUME_TARGET = "vdc"  # vda: root disk, vdb: cloud-init seed
 
 
@@ -37,33 +39,60 @@ class VolumeKeeper:
         self.hypervisor = hypervisor
         self.prepare = prepare  # before a disk is plugged in (e.g. the Ceph secret is there)
         self.failures: dict[str, VolumeFailure] = {}
+        self._retrying: dict[str, float] = {}  # volume id -> when a retryable error began
 
-    def apply(self, desired: DesiredState, own_vms: dict[str, VmObservation]) -> None:
-        """One pass over the desired volumes and attachments; failures are recorded, not raised."""
+    def plan(self, desired: DesiredState,
+             own_vms: dict[str, VmObservation]) -> list[tuple[str, Callable[[], None]]]:
+        """The work one pass needs, as (lock key, task): one task per volume and one per
+        running VM whose plugged volumes differ. Tasks record failures, never raise."""
         if not desired.volumes and not any(vm.volumes for vm in desired.vms):
-            return
+            return []
         if not self.storage.info().volumes:
             for dv in desired.volumes:
                 self._fail(dv.id, desired.generation, "this node's storage has no volumes")
-            return
+            return []
         existing = {v.id: v for v in self.storage.list_volumes()}
+        work: list[tuple[str, Callable[[], None]]] = []
         for dv in desired.volumes:
-            self._guard(dv.id, desired.generation, partial(self._converge, dv, existing))
+            if self._needs_work(dv, existing.get(dv.id), desired.generation):
+                work.append((f"volume:{dv.id}", partial(
+                    self._guard, dv.id, desired.generation,
+                    partial(self._converge, dv, existing))))
         for vm in desired.vms:
             obs = own_vms.get(vm.id)
             if obs is None or not obs.running:
                 continue  # volumes are plugged into running VMs only
             wanted = {a.target: a.volume_id for a in vm.volumes}
-            self._plug(vm.id, wanted, desired.generation)
+            plugged = {t: v for t, (v, _d) in self._volume_disks(vm.id).items()}
+            if plugged != wanted:
+                work.append((vm.id, partial(self._plug, vm.id, wanted, desired.generation)))
+        return work
+
+    def _needs_work(self, dv: DesiredVolume, info: VolumeInfo | None, generation: int) -> bool:
+        failure = self.failures.get(dv.id)
+        if failure is not None and failure.generation >= generation:
+            return False  # failed for this very request: wait for a new one
+        if info is None:
+            return dv.present
+        if not dv.present:
+            return True
+        return (info.size_bytes < dv.size_gib * GIB
+                or sorted(info.snapshots) != sorted(dv.snapshots)
+                or (dv.rollback is not None and dv.rollback.seq > info.rollback_seq))
 
     def _guard(self, vol_id: str, generation: int, work: Callable[[], object]) -> None:
         try:
             work()
         except Exception as e:  # reported on the volume; the agent goes on
             log.warning("volume %s: %s", vol_id, e)
-            self._fail(vol_id, generation, str(e))
+            first = self._retrying.setdefault(vol_id, time.monotonic())
+            # a retryable error (a guest slow to let go of a disk) is only reported once
+            # it has lasted; meanwhile every pass tries again
+            if not getattr(e, "retryable", False) or time.monotonic() - first > RETRY_WINDOW_S:
+                self._fail(vol_id, generation, str(e))
         else:
             self.failures.pop(vol_id, None)
+            self._retrying.pop(vol_id, None)
 
     def _fail(self, vol_id: str, generation: int, message: str) -> None:
         self.failures[vol_id] = VolumeFailure(generation, message)

@@ -172,8 +172,35 @@ def wait_node_up(lay: Layout, token: str, timeout: float = 120) -> None:
     wait_until(up, timeout, "the local node to report")
 
 
-def up(lay: Layout, image: Path | None) -> None:
-    start_controller(lay)
+CEPH_POOLS = ("vauban", "vauban-fast")
+
+
+def _minicluster(lay: Layout, action: str) -> None:
+    """The all-in-one region's own single-node Ceph cluster (var/ceph), started or stopped."""
+    pools = [a for p in CEPH_POOLS for a in ("--pool", p)] if action == "start" else []
+    subprocess.run([str(VENV_BIN / "python"), "-m", "agent.drivers.storage.rbd.minicluster",
+                    action, "--dir", str(lay.root / "ceph"), *pools], check=True)
+
+
+def storage_env(lay: Layout, storage: str) -> dict[str, str]:
+    """Controller settings for `storage`; the choice is kept, as a region cannot switch."""
+    chosen = lay.root / "storage"
+    if chosen.exists() and chosen.read_text().strip() != storage:
+        raise SystemExit(f"this region was set up with {chosen.read_text().strip()} storage; "
+                         f"run 'make down' and remove {lay.root} to start over with {storage}")
+    lay.root.mkdir(parents=True, exist_ok=True)
+    chosen.write_text(storage + "\n")
+    if storage == "localfs":
+        return {"VAUBAN_STORAGE": "localfs"}
+    _minicluster(lay, "start")
+    ceph = lay.root / "ceph"
+    return {"VAUBAN_STORAGE": "rbd", "VAUBAN_CEPH_CONF": str(ceph / "ceph.conf"),
+            "VAUBAN_CEPH_KEYRING": str(ceph / "ceph.client.vauban.keyring"),
+            "VAUBAN_CEPH_POOL": CEPH_POOLS[0], "VAUBAN_CEPH_VOLUME_POOLS": ",".join(CEPH_POOLS)}
+
+
+def up(lay: Layout, image: Path | None, storage: str = "localfs") -> None:
+    start_controller(lay, storage_env(lay, storage))
     token = admin_token(lay)
     join_agent(lay, token, os.uname().nodename.split(".")[0].lower() or "node-1")
     start_agent(lay)
@@ -190,6 +217,8 @@ Vauban all-in-one region is up.
   API:          {lay.url}/api/v1   (OpenAPI: {lay.url}/api/v1/openapi.json)
   CA:           {lay.ca_file}
   admin user:   admin, password in {lay.password_file} (readable by root only)
+  storage:      {storage}{' (Ceph cluster in ' + str(lay.root / 'ceph') + ')'
+                                if storage == 'ceph' else ''}
   logs:         {lay.root / 'log'}
   CLI:          vauban login --url {lay.url} --ca-file {lay.ca_file} \\
                   --password-file {lay.password_file}
@@ -201,6 +230,9 @@ def down(lay: Layout) -> None:
     for name in ("agent", "controller"):
         if lay.service(name).stop():
             print(f"stopped {name}")
+    if (lay.root / "ceph" / "cluster.json").exists():
+        _minicluster(lay, "stop")
+        print("stopped the Ceph cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,10 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="var", help="state, logs and PID files")
     p.add_argument("--port", type=int, default=int(os.environ.get("VAUBAN_PORT", "8443")))
     p.add_argument("--image", help="test guest image to import")
+    p.add_argument("--storage", choices=["localfs", "ceph"], default="localfs",
+                   help="where VM disks live: local qcow2 files, or a single-node Ceph cluster")
     a = p.parse_args(argv)
     lay = Layout(Path(a.root).resolve(), a.port)
     if a.action == "up":
-        up(lay, Path(a.image) if a.image else None)
+        up(lay, Path(a.image) if a.image else None, a.storage)
     else:
         down(lay)
     return 0

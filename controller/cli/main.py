@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from controller.cli.client import ApiError, Client, Settings
-from controller.cli.output import print_json, print_table, progress_line
+from controller.cli.output import end_progress, print_json, print_table, progress_line
 
 Command = Callable[[Client, argparse.Namespace], int]
 
@@ -100,6 +100,12 @@ def cmd_image_import(c: Client, a: argparse.Namespace) -> int:
     if not path.is_file():
         raise ApiError(0, f"{path} is not a file")
     name = a.name or path.stem
+    try:  # refused before the upload: the server cannot answer mid-stream without a reset
+        c.get(f"/images/{name}")
+        raise ApiError(409, f"an image named '{name}' already exists")
+    except ApiError as e:
+        if e.status != 404:
+            raise
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -110,7 +116,7 @@ def cmd_image_import(c: Client, a: argparse.Namespace) -> int:
         params["os"] = a.os
     with open(path, "rb") as f:
         image = c.upload_image(_Progress(f, path.stat().st_size, f"uploading {name}"), params)  # type: ignore[arg-type]
-    print(file=sys.stderr)
+    end_progress()
     print(f"image {image['name']} imported ({image['id']}, sha256 {image['sha256']})")
     return 0
 
@@ -127,7 +133,7 @@ def _follow(c: Client, op: dict[str, Any], wait: bool) -> int:
         return 0
     label = f"{op['kind'].split('.')[-1]} {op['target_name']}"
     c.wait(op, lambda o: progress_line(label, o["progress"]))
-    print(file=sys.stderr)
+    end_progress()
     print(f"{label}: done")
     return 0
 

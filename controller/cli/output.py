@@ -31,3 +31,9 @@ def progress_line(label: str, percent: int) -> None:
     filled = percent * 30 // 100
     sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {percent:3d}%")
     sys.stderr.flush()
+
+
+def end_progress() -> None:
+    """Finish a progress bar's line (nothing was drawn when stderr is not a terminal)."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")

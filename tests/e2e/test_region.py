@@ -125,8 +125,11 @@ def test_controller_down_and_back(region: E2ERegion, tmp_path: Path) -> None:
     assert not domain_exists(vm_id)
 
 
-def test_bad_input_is_refused_and_leaves_nothing(region: E2ERegion) -> None:
+def test_bad_input_is_refused_and_leaves_nothing(region: E2ERegion,
+                                                  testguest_image: Path) -> None:
     name = _name()
+    again = region.run_cli("image", "import", str(testguest_image), "--name", "testguest")
+    assert again.returncode == 1 and "an image named 'testguest' already exists" in again.stderr
     out = region.run_cli("vm", "create", name, "--image", "nope", "--cpus", "1",
                          "--memory", "256")
     assert out.returncode == 1
