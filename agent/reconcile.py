@@ -35,6 +35,7 @@ from images.seed import build_nocloud_seed
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30.0
+GIVE_UP_AFTER_S = 300.0  # a retryable failure of one request is reported as failed after this
 OWNER_LABEL = "vauban.node"  # the node whose agent made the VM; no other agent touches it
 
 
@@ -45,6 +46,12 @@ class Failure:
     message: str
     retryable: bool
     at: float
+    since: float  # when this request first failed
+
+    @property
+    def final(self) -> bool:
+        """Reported as a failure: not retryable, or retried for too long."""
+        return not self.retryable or self.at - self.since > GIVE_UP_AFTER_S
 
 
 class _Pass:
@@ -233,8 +240,10 @@ class Reconciler:
         except Exception as e:  # every failure is reported on the VM; the agent goes on
             retryable = bool(getattr(e, "retryable", False))
             log.warning("VM %s (%s): %s", vm.name, vm.id, e)
-            self.failures[vm.id] = Failure(attempt_key(vm), vm.power_seq, str(e), retryable,
-                                           time.monotonic())
+            now, key = time.monotonic(), attempt_key(vm)
+            prior = self.failures.get(vm.id)
+            since = prior.since if prior and prior.key == key else now
+            self.failures[vm.id] = Failure(key, vm.power_seq, str(e), retryable, now, since)
         else:
             self.failures.pop(vm.id, None)
         finally:
@@ -322,10 +331,16 @@ class Reconciler:
                 )
             elif failure is not None:
                 prior = result.get(vm.id)
+                if failure.final:
+                    state, failed = ObservedVmState.ERROR, failure.power_seq
+                else:  # still trying: the request stands, the error is shown meanwhile
+                    state = prior.state if prior else ObservedVmState.PROVISIONING
+                    failed = None
                 result[vm.id] = ObservedVm(
-                    id=vm.id, name=vm.name, state=ObservedVmState.ERROR,
-                    power_seq=prior.power_seq if prior else 0, error=failure.message,
-                    failed_power_seq=failure.power_seq,
+                    id=vm.id, name=vm.name, state=state,
+                    power_seq=prior.power_seq if prior else 0,
+                    error=failure.message if failure.final else f"retrying: {failure.message}",
+                    failed_power_seq=failed,
                     console_log=prior.console_log if prior else None,
                 )
         return list(result.values())

@@ -289,3 +289,31 @@ def _wait(cond: Callable[[], bool], timeout: float = 10) -> bool:
             return True
         time.sleep(0.01)  # polling another thread's progress
     return False
+
+
+def test_a_retryable_failure_is_retried_before_it_fails_the_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import reconcile
+
+    hv, st = FakeHypervisor(), FakeStorage(tmp_path / "disks")
+
+    def unreachable(image_id: str) -> Iterator[bytes]:
+        raise StorageError("Ceph cluster unreachable", retryable=True)
+        yield b""  # pragma: no cover - makes this a generator
+
+    rec = Reconciler(hv, st, unreachable, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1)
+    desired = DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")])
+    rec.apply(desired)
+    assert rec.wait_idle(10)
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.PROVISIONING and obs.failed_power_seq is None
+    assert obs.error == "retrying: Ceph cluster unreachable"
+    # retried once the retry delay passed; given up after the retry window
+    monkeypatch.setattr(reconcile, "RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr(reconcile, "GIVE_UP_AFTER_S", 0.0)
+    rec.apply(desired)
+    assert rec.wait_idle(10)
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.ERROR and obs.failed_power_seq == 1
+    assert hv.vms == {} and st.disks == set()
