@@ -120,6 +120,9 @@ class DesiredState(Wire):
     volumes: list[DesiredVolume] = Field(
         default_factory=list, description="Volumes this node looks after (shared storage)"
     )
+    retired_images: list[str] = Field(
+        default_factory=list, description="Deleted images: remove any stored copy of them"
+    )
 
 
 class ObservedVm(Wire):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorDriver, VmObservation, VmSpec
-from agent.drivers.storage.base import StorageDriver
+from agent.drivers.storage.base import StorageDriver, StorageError
 from agent.protocol import (
     DesiredState,
     DesiredVm,
@@ -129,6 +129,7 @@ class Reconciler:
         self._vm_locks: dict[str, threading.Lock] = {}
         self._image_locks: dict[str, threading.Lock] = {}
         self.failures: dict[str, Failure] = {}
+        self._retired_gone: set[str] = set()  # deleted images known absent from storage
         self.progress: dict[str, int] = {}
         self.applied_generation = -1
         self.desired: DesiredState | None = None
@@ -167,6 +168,9 @@ class Reconciler:
                 self._start(vm_id, functools.partial(self._converge, vm, obs), tracker)
         for key, task in self.volumes.plan(desired, observed):
             self._start(key, task, tracker)
+        retired = [i for i in desired.retired_images if i not in self._retired_gone]
+        if retired:
+            self._start("retired-images", functools.partial(self._drop_images, retired), tracker)
         tracker.seal()
         self.on_change()
 
@@ -294,6 +298,16 @@ class Reconciler:
         elif vm.power is PowerState.STOPPED and obs.running:
             self.hypervisor.stop(vm.id, grace_seconds=self.stop_grace_s)
         self.hypervisor.set_power_seq(vm.id, vm.power_seq)
+
+    def _drop_images(self, image_ids: list[str]) -> None:
+        """Remove stored copies of deleted images; one still backing a disk stays for now."""
+        for image_id in image_ids:
+            try:
+                self.storage.delete_image(image_id)
+            except StorageError as e:
+                log.info("deleted image %s kept for now: %s", image_id, e)
+            else:
+                self._retired_gone.add(image_id)
 
     def _remove(self, vm_id: str) -> None:
         """Domain, disks and files of a VM no longer wanted; each step is idempotent."""

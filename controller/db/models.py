@@ -65,6 +65,16 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ImageTombstone(Base):
+    """A deleted image: nodes remove their stored copy of it (ids are never reused)."""
+
+    __tablename__ = "image_tombstones"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    deleted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Instance(Base):
     """A VM: what the operator wants (desired_*) and what its node last reported (observed_*)."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,7 +18,9 @@ from agent.protocol import (
     VolumeClone,
     VolumeRollback,
 )
-from controller.db.models import Instance, Node, Volume
+from controller.db.models import ImageTombstone, Instance, Node, Volume
+
+TOMBSTONE_DAYS = timedelta(days=30)  # a node down longer keeps a deleted image's copy
 
 
 def bump(node: Node) -> int:
@@ -39,11 +43,15 @@ def build(db: Session, node: Node) -> DesiredState:
         if vol.instance_id and vol.target and not vol.deleting:
             attached.setdefault(vol.instance_id, []).append(
                 VolumeAttachment(volume_id=vol.id, target=vol.target))
+    since = datetime.now(UTC) - TOMBSTONE_DAYS
+    retired = db.scalars(select(ImageTombstone.id).where(ImageTombstone.deleted_at >= since)
+                         .order_by(ImageTombstone.deleted_at))
     return DesiredState(
         node_id=node.id,
         generation=node.generation,
         vms=[_vm(i, attached.get(i.id, [])) for i in instances],
         volumes=[_volume(v) for v in stewarded],
+        retired_images=list(retired),
     )
 
 

@@ -14,10 +14,10 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.db.models import Image, Instance
+from controller.db.models import Image, ImageTombstone, Instance, Node
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import ImageImportQuery
-from controller.services import audit
+from controller.services import audit, desired
 
 CHUNK = 1024 * 1024
 
@@ -115,6 +115,9 @@ def delete(db: Session, actor: str, image: Image, image_dir: Path) -> Path:
             f"image '{image.name}' is used by {len(users)} instance(s): {', '.join(users[:5])}"
         )
     db.delete(image)
+    db.add(ImageTombstone(id=image.id, name=image.name))
+    for node in db.scalars(select(Node)):
+        desired.bump(node)  # every node drops its stored copy
     audit.record(db, actor, "image.delete", f"image/{image.id}", name=image.name)
     return path_of(image_dir, image.id)
 

@@ -72,3 +72,17 @@ def test_delete_unused_image_removes_file(client: FlaskClient, region: Region) -
     api.import_image("tiny", RAW_IMAGE)
     assert api.delete("/api/v1/images/tiny").status_code == 204
     assert _files(region) == [] and api.get("/api/v1/images/tiny").status_code == 404
+
+
+def test_deleted_image_is_retired_on_every_node(client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    image_id = api.import_image("tiny", RAW_IMAGE).json["id"]
+    node = api.join_node("n1")
+    gen = api.desired(node)["generation"]
+    assert api.desired(node)["retired_images"] == []
+    assert api.delete("/api/v1/images/tiny").status_code == 204
+    after = api.desired(node, after=gen)
+    assert after["generation"] > gen and after["retired_images"] == [image_id]
+    # the name is free again; the new image has a new id
+    again = api.import_image("tiny", RAW_IMAGE).json["id"]
+    assert again != image_id

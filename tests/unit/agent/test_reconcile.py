@@ -81,6 +81,7 @@ class FakeStorage(StorageDriver):
         self.root = root
         self.images: dict[str, bytes] = {}
         self.disks: set[str] = set()
+        self.in_use: set[str] = set()
 
     def info(self) -> StorageInfo:
         return StorageInfo("fake", False, True)
@@ -95,7 +96,9 @@ class FakeStorage(StorageDriver):
         self.images[image.id] = data
 
     def delete_image(self, image_id: str) -> None:
-        self.images.pop(image_id)
+        if image_id in self.in_use:
+            raise StorageError(f"image {image_id} is in use")
+        self.images.pop(image_id, None)
 
     def image_virtual_size(self, image_id: str) -> int:
         return len(self.images[image_id])
@@ -317,3 +320,17 @@ def test_a_retryable_failure_is_retried_before_it_fails_the_request(
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.ERROR and obs.failed_power_seq == 1
     assert hv.vms == {} and st.disks == set()
+
+
+def test_deleted_images_leave_node_storage_once_unused(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    rec, _hv, st = parts
+    st.images = {"old": b"x", "busy": b"y", "kept": b"z"}
+    st.in_use = {"busy"}
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[], retired_images=["old", "busy"]))
+    assert rec.wait_idle(10)
+    assert set(st.images) == {"busy", "kept"}
+    st.in_use = set()
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[], retired_images=["old", "busy"]))
+    assert rec.wait_idle(10)
+    assert set(st.images) == {"kept"}
