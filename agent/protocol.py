@@ -109,6 +109,8 @@ class DesiredVm(Wire):
     )
     seed: CloudInitSeed
     volumes: list[VolumeAttachment] = Field(default_factory=list)
+    flatten_root: bool = Field(
+        default=False, description="Make the root disk independent of its image (copy its data)")
 
 
 class DesiredState(Wire):
@@ -137,6 +139,9 @@ class ObservedVm(Wire):
         default=None, ge=0, description="With state error: the power action that failed"
     )
     progress: int = Field(default=0, ge=0, le=100)
+    root_cloned: bool | None = Field(
+        default=None, description="Whether the root disk still depends on its image "
+        "(reported once a flatten was asked for)")
     console_log: str | None = Field(default=None, description="Path of the serial log on the node")
 
 

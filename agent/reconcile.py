@@ -130,6 +130,8 @@ class Reconciler:
         self._image_locks: dict[str, threading.Lock] = {}
         self.failures: dict[str, Failure] = {}
         self._retired_gone: set[str] = set()  # deleted images known absent from storage
+        self._flattened: set[str] = set()  # VMs whose root disk no longer depends on its image
+        self._flatten_errors: dict[str, str] = {}
         self.progress: dict[str, int] = {}
         self.applied_generation = -1
         self.desired: DesiredState | None = None
@@ -168,6 +170,9 @@ class Reconciler:
                 self._start(vm_id, functools.partial(self._converge, vm, obs), tracker)
         for key, task in self.volumes.plan(desired, observed):
             self._start(key, task, tracker)
+        for vm in desired.vms:
+            if vm.flatten_root and vm.id not in self._flattened and vm.id in observed:
+                self._start(vm.id, functools.partial(self._flatten, vm), tracker)
         retired = [i for i in desired.retired_images if i not in self._retired_gone]
         if retired:
             self._start("retired-images", functools.partial(self._drop_images, retired), tracker)
@@ -299,6 +304,18 @@ class Reconciler:
             self.hypervisor.stop(vm.id, grace_seconds=self.stop_grace_s)
         self.hypervisor.set_power_seq(vm.id, vm.power_seq)
 
+    def _flatten(self, vm: DesiredVm) -> None:
+        """Copy the image into the VM's root disk (storage that can, e.g. Ceph, does it live)."""
+        try:
+            if self.storage.root_disk_is_clone(vm.id):
+                self.storage.flatten_root_disk(vm.id)
+        except Exception as e:  # shown on the VM; the request is tried again next pass
+            log.warning("VM %s: flatten failed: %s", vm.name, e)
+            self._flatten_errors[vm.id] = str(e)
+        else:
+            self._flattened.add(vm.id)
+            self._flatten_errors.pop(vm.id, None)
+
     def _drop_images(self, image_ids: list[str]) -> None:
         """Remove stored copies of deleted images; one still backing a disk stays for now."""
         for image_id in image_ids:
@@ -315,6 +332,7 @@ class Reconciler:
         self.storage.delete_vm_disks(vm_id)
         shutil.rmtree(self.vm_dir(vm_id), ignore_errors=True)
         self.failures.pop(vm_id, None)
+        self._flattened.discard(vm_id)
         log.info("VM %s removed", vm_id)
 
     def _step(self, vm_id: str, percent: int) -> None:
@@ -336,6 +354,10 @@ class Reconciler:
                 console_log=str(o.console_log) if o.console_log else None,
             )
         for vm in self.desired.vms if self.desired else []:
+            if vm.flatten_root and vm.id in result:
+                result[vm.id] = result[vm.id].model_copy(update={
+                    "root_cloned": vm.id not in self._flattened,
+                    "error": self._flatten_errors.get(vm.id)})
             failure = self.failures.get(vm.id)
             if vm.id in self.progress:
                 result[vm.id] = ObservedVm(

@@ -58,6 +58,17 @@ def _power(ref: str, power: str) -> Any:
     return operation_view(op), 202
 
 
+@api.route("POST", "/<ref>/flatten",
+           summary="Copy the image into the VM's root disk, so it no longer depends on it",
+           responses={202: schemas.Operation})
+def flatten_instance(ref: str) -> Any:
+    session = db()
+    op = service.flatten(session, actor(), service.find(session, ref), region().storage.driver)
+    session.commit()
+    region().notifier.notify()
+    return operation_view(op), 202
+
+
 @api.route("DELETE", "/<ref>", summary="Delete a VM and its disks",
            responses={202: schemas.Operation})
 def delete_instance(ref: str) -> Any:

@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--wait", action="store_true", help="wait until it runs")
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)
     add(vm, "show", cmd_vm_show, "show a VM").add_argument("name")
-    for action in ("start", "stop", "delete"):
+    for action in ("start", "stop", "delete", "flatten"):
         sp = add(vm, action, _vm_action(action), f"{action} a VM")
         sp.add_argument("name")
         sp.add_argument("--wait", action="store_true")

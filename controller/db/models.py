@@ -92,6 +92,7 @@ class Instance(Base):
     desired_power: Mapped[str] = mapped_column(String(16), default="running")
     power_seq: Mapped[int] = mapped_column(Integer, default=1)
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    flatten_root: Mapped[bool] = mapped_column(Boolean, default=False)
     observed_state: Mapped[str | None] = mapped_column(String(16), default=None)
     observed_power_seq: Mapped[int] = mapped_column(Integer, default=0)
     observed_error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -84,4 +84,5 @@ def _vm(i: Instance, volumes: list[VolumeAttachment]) -> DesiredVm:
         power_seq=i.power_seq,
         seed=CloudInitSeed(instance_id=i.id, hostname=i.hostname, user_data=i.user_data),
         volumes=volumes,
+        flatten_root=i.flatten_root,
     )

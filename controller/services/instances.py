@@ -104,6 +104,19 @@ def set_power(db: Session, actor: str, inst: Instance, power: str) -> Operation:
     return op
 
 
+def flatten(db: Session, actor: str, inst: Instance, storage_driver: str) -> Operation:
+    """Make the VM's root disk independent of its image (Ceph copies the data live)."""
+    if storage_driver != "rbd":
+        raise Conflict(f"flattening needs rbd storage; this region uses {storage_driver}")
+    if inst.deleting:
+        raise Conflict(f"instance '{inst.name}' is being deleted")
+    operations.refuse_if_busy(db, inst.id, f"instance '{inst.name}'")
+    inst.flatten_root = True
+    op = operations.start(db, "instance.flatten", inst, actor, desired.bump(inst.node))
+    audit.record(db, actor, "instance.flatten", f"instance/{inst.id}", name=inst.name)
+    return op
+
+
 def delete(db: Session, actor: str, inst: Instance) -> Operation:
     """Remove the VM from its node's desired state; the record goes once the node confirms.
 

@@ -67,6 +67,10 @@ def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | 
     if vm.state is ObservedVmState.ERROR and (vm.failed_power_seq or 0) >= op.expect_power_seq:
         operations.finish(op, error=vm.error or "the node reported an error")
         return
+    if op.kind == "instance.flatten":
+        if vm.root_cloned is False:
+            operations.finish(op)
+        return
     if vm.state is ObservedVmState.PROVISIONING:
         op.state, op.progress = "running", max(op.progress, vm.progress)
         return

@@ -70,6 +70,12 @@ def test_vm_boots_from_an_rbd_clone_and_uses_volumes(region: E2ERegion, ceph_adm
                                                              read_only=True) as root:
         parent = root.parent_info()  # a copy-on-write clone of the image's base snapshot
     assert parent[1] == image_name(vm["image_id"]) and parent[2] == "base"
+    region.cli("vm", "flatten", name, "--wait")  # live, while the guest runs
+    with ceph_admin.open_ioctx("vauban") as ioctx, rbd.Image(ioctx, root_disk_name(vm["id"]),
+                                                             read_only=True) as root:
+        with pytest.raises(rbd.ImageNotFound):
+            root.parent_info()  # no parent any more
+    assert is_running(vm["id"])
 
     region.cli("volume", "create", vol, "--size", "1", "--pool", "vauban-fast", "--wait")
     shown = json.loads(region.cli("volume", "show", vol))

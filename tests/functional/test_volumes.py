@@ -251,3 +251,31 @@ def test_status_shows_storage_health_and_pools(api: Api) -> None:
     assert s["storage_driver"] == "rbd"
     assert s["storage"]["health"] == "HEALTH_WARN"
     assert s["storage"]["pools"] == [{"pool": "vauban", "used_bytes": 5, "max_avail_bytes": 7}]
+
+
+def test_flatten_on_demand(api: Api) -> None:
+    node = api.join_node("n1")
+    api.import_image("tiny", RAW_IMAGE)
+    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
+                                        "memory_mib": 128})
+    vm = api.desired(node)["vms"][0]
+    assert vm["flatten_root"] is False
+    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
+    report(api, node, [], [running])
+    op = api.post("/api/v1/instances/vm1/flatten")
+    assert op.status_code == 202
+    assert api.desired(node)["vms"][0]["flatten_root"] is True
+    report(api, node, [], [running.model_copy(update={"root_cloned": True})])
+    assert op_state(api, op.json) == "pending"
+    report(api, node, [], [running.model_copy(update={"root_cloned": False})])
+    assert op_state(api, op.json) == "succeeded"
+
+
+def test_flatten_needs_rbd(client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    api.join_node("n1")
+    api.import_image("tiny", RAW_IMAGE)
+    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
+                                        "memory_mib": 128})
+    r = api.post("/api/v1/instances/vm1/flatten")
+    assert r.status_code == 409 and "needs rbd storage" in r.json["detail"]

@@ -102,6 +102,14 @@ class StorageDriver(ABC):
         was created. A size smaller than the image's virtual size raises StorageError.
         """
 
+    def root_disk_is_clone(self, vm_id: str) -> bool:
+        """Whether the VM's root disk still depends on its image (copy-on-write)."""
+        return False
+
+    def flatten_root_disk(self, vm_id: str) -> None:
+        """Copy the image's data into the VM's root disk so it no longer depends on it."""
+        raise StorageError(f"{self.info().name} storage cannot flatten root disks")
+
     @abstractmethod
     def delete_vm_disks(self, vm_id: str) -> None:
         """Remove every disk of the VM. Removing disks that do not exist is a no-op."""

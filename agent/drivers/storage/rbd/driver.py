@@ -152,6 +152,17 @@ class RbdDriver(StorageDriver):
             except rbd.ImageNotFound:
                 return False
 
+    def root_disk_is_clone(self, vm_id: str) -> bool:
+        """Whether the VM's root disk still has its image's snapshot as parent."""
+        _, rbd = bindings()
+        with self.conn.ioctx(self.pool, f"read root disk of VM {vm_id}") as ioctx:
+            try:
+                with rbd.Image(ioctx, root_disk_name(vm_id), read_only=True) as img:
+                    img.parent_info()
+                    return True
+            except rbd.ImageNotFound:  # no such disk, or (from parent_info) no parent
+                return False
+
     def flatten_root_disk(self, vm_id: str) -> None:
         """Copy the image's data into the VM's root disk, so it no longer depends on it.
 
