@@ -19,7 +19,14 @@ from agent.config import AgentConfig, NodeIdentity
 from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.storage.base import StorageDriver
 from agent.kvmprobe import KvmProbe
-from agent.protocol import DesiredState, Inventory, NodeStatus, PoolUsage, StorageStatus
+from agent.protocol import (
+    DesiredState,
+    Inventory,
+    NodeStatus,
+    ObservedVolume,
+    PoolUsage,
+    StorageStatus,
+)
 from agent.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
@@ -131,13 +138,31 @@ class Agent:
             applied_generation=self.reconciler.applied_generation,
             inventory=self.inventory(),
             vms=self.reconciler.observe(),
-            volumes=self.reconciler.observe_volumes(),
+            volumes=self._volumes(),
             storage=self.storage_status(),
             sent_at=datetime.now(UTC),
         )
 
+    def _volumes(self) -> list[ObservedVolume] | None:
+        try:
+            return self.reconciler.observe_volumes()
+        except Exception as e:
+            log.warning("volumes unknown: %s", e)
+            return None
+
+    def _free_bytes(self) -> int:
+        try:
+            return self.storage.free_bytes()
+        except Exception as e:
+            log.warning("storage free space unknown: %s", e)
+            return 0
+
     def storage_status(self) -> StorageStatus:
-        h = self.storage.health()
+        """Health and pools; an unreachable backend is a status, not a failed report."""
+        try:
+            h = self.storage.health()
+        except Exception as e:
+            return StorageStatus(driver=self.storage_driver, health="UNREACHABLE", detail=str(e))
         return StorageStatus(driver=self.storage_driver, health=h.status, detail=h.detail,
                              pools=[PoolUsage(pool=p.pool, used_bytes=p.used_bytes,
                                               max_avail_bytes=p.max_avail_bytes)
@@ -151,5 +176,5 @@ class Agent:
             kvm_device=self.kvm.device, kvm_usable=self.kvm.usable,
             kvm_probe_detail=self.kvm.detail, disks=inventory.disks(), nics=inventory.nics(),
             hypervisor=self.config.hypervisor, storage=self.storage_driver,
-            storage_free_bytes=self.storage.free_bytes(), agent_version=__version__,
+            storage_free_bytes=self._free_bytes(), agent_version=__version__,
         )

@@ -215,7 +215,8 @@ class NodeStatus(Wire):
     applied_generation: int = Field(ge=-1, description="Last desired generation fully reconciled")
     inventory: Inventory
     vms: list[ObservedVm]
-    volumes: list[ObservedVolume] = Field(default_factory=list)
+    volumes: list[ObservedVolume] | None = Field(
+        default_factory=list, description="None: storage could not be read (not: no volumes)")
     storage: StorageStatus | None = None
     sent_at: datetime
 

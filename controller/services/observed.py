@@ -41,7 +41,8 @@ def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
         if not op.kind.startswith("instance."):
             continue
         _settle(db, op, instances.get(op.target_id), seen.get(op.target_id))
-    volume_observed.ingest(db, node, status.volumes)
+    if status.volumes is not None:  # unknown is not absent: nothing is settled on it
+        volume_observed.ingest(db, node, status.volumes)
     return _adopt_guest_poweroffs(db, node, instances.values())
 
 

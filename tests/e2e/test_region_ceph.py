@@ -116,3 +116,21 @@ def test_volume_bad_input(region: E2ERegion) -> None:
     out = region.run_cli("volume", "create", "v-bad", "--size", "0")
     assert out.returncode == 1 and "'size_gib'" in out.stderr
     assert "v-bad" not in region.cli("volume", "list")
+
+
+def test_ceph_unreachable_is_retried_and_the_agent_keeps_running(
+        region: E2ERegion, ceph_minicluster: MiniCluster) -> None:
+    name = f"ceph-{uuid.uuid4().hex[:6]}"
+    agent_pid = region.layout.service("agent").pid()
+    ceph_minicluster.stop()
+    try:
+        region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1",
+                   "--memory", "256")
+        shown = wait_for(lambda: (v := region.vm(name))["error"] and v, 120,
+                         "the node to report the Ceph error")
+        assert shown["error"].startswith("retrying: ") and shown["state"] == "creating"
+        assert region.layout.service("agent").pid() == agent_pid  # the agent keeps running
+    finally:
+        ceph_minicluster.start()
+    wait_for(lambda: region.vm(name)["state"] == "running", 180, "the create to go through")
+    region.cli("vm", "delete", name, "--wait")

@@ -279,3 +279,17 @@ def test_flatten_needs_rbd(client: FlaskClient, region: Region) -> None:
                                         "memory_mib": 128})
     r = api.post("/api/v1/instances/vm1/flatten")
     assert r.status_code == 409 and "needs rbd storage" in r.json["detail"]
+
+
+def test_unreadable_storage_settles_nothing(api: Api) -> None:
+    node = api.join_node("n1")
+    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
+    report(api, node, [observed(api.desired(node)["volumes"][0], 1)])
+    op = api.delete("/api/v1/volumes/data").json
+    status = NodeStatus(applied_generation=0, inventory=inventory(), vms=[], volumes=None,
+                        sent_at=datetime.now(UTC))
+    api.client.post(f"/agent/v1/nodes/{node.id}/status", data=status.model_dump_json(),
+                    content_type="application/json", environ_overrides=node.environ())
+    assert op_state(api, op) == "pending"  # unknown is not absent
+    report(api, node, [])
+    assert op_state(api, op) == "succeeded"
