@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from agent.protocol import StorageSettings
 from controller import storage_settings
 from controller.config import ControllerConfig
 from controller.db.migrate import upgrade
@@ -20,9 +21,12 @@ def open_region(config: ControllerConfig) -> Region:
 
     Raises StorageConfigError before touching anything when the storage settings are wrong.
     """
-    storage = storage_settings.build(
-        config.storage, config.ceph_conf, config.ceph_keyring, config.ceph_client,
-        config.ceph_pool, config.ceph_volume_pools)
+    def storage(region_tag: str) -> StorageSettings:
+        return storage_settings.build(
+            config.storage, config.ceph_conf, config.ceph_keyring, config.ceph_client,
+            config.ceph_pool, config.ceph_volume_pools, region_tag)
+
+    storage("check")  # refuse wrong settings before anything is made
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     config.image_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url)
@@ -33,7 +37,8 @@ def open_region(config: ControllerConfig) -> Region:
     with sessions() as db, db.begin():
         if ensure_admin(db, config.admin_password_file):
             log.info("created user 'admin'; its password is in %s", config.admin_password_file)
+    ca_sha256 = fingerprint(ca.cert_pem())
     return Region(
-        config=config, engine=engine, sessions=sessions, ca=ca,
-        notifier=ChangeNotifier(), ca_sha256=fingerprint(ca.cert_pem()), storage=storage,
+        config=config, engine=engine, sessions=sessions, ca=ca, notifier=ChangeNotifier(),
+        ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
     )

@@ -50,8 +50,12 @@ def key_from_keyring(keyring: Path, client: str) -> str:
 
 def build(driver: str, ceph_conf: Path | None = None, ceph_keyring: Path | None = None,
           ceph_client: str = "vauban", ceph_pool: str = "vauban",
-          ceph_volume_pools: tuple[str, ...] = ()) -> StorageSettings:
-    """Settings for `driver` ("localfs" or "rbd"); StorageConfigError names what is wrong."""
+          ceph_volume_pools: tuple[str, ...] = (), region_tag: str = "region") -> StorageSettings:
+    """Settings for `driver` ("localfs" or "rbd"); StorageConfigError names what is wrong.
+
+    `region_tag` makes the name of the hypervisor secret unique to the region, so two
+    regions whose nodes share a host never overwrite each other's key.
+    """
     if driver == "localfs":
         return StorageSettings(driver="localfs")
     if driver != "rbd":
@@ -66,5 +70,5 @@ def build(driver: str, ceph_conf: Path | None = None, ceph_keyring: Path | None 
         key=key_from_keyring(ceph_keyring, ceph_client),
         pool=ceph_pool,
         volume_pools=list(ceph_volume_pools or (ceph_pool,)),
-        secret_usage=f"vauban-ceph-client.{ceph_client}",
+        secret_usage=f"vauban-{region_tag}-ceph-client.{ceph_client}",
     ))

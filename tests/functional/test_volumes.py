@@ -70,6 +70,9 @@ def test_nodes_get_the_ceph_settings_and_key(api: Api) -> None:
     assert r.json["driver"] == "rbd"
     assert r.json["rbd"]["mon_host"] == "127.0.0.1:6789" and r.json["rbd"]["user"] == "vauban"
     assert r.json["rbd"]["key"].startswith("AQB")
+    # one secret name per region: regions sharing a host never overwrite each other's key
+    assert r.json["rbd"]["secret_usage"] == \
+        f"vauban-{api.region.ca_sha256[:12]}-ceph-client.vauban"
     assert api.get(f"/agent/v1/nodes/{node.id}/storage").status_code == 401
 
 

@@ -397,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     cluster = MiniCluster(args.dir)
     try:
         if args.action == "start":
-            print(cluster.start(pools=args.pool).to_json())
+            info = cluster.start(pools=args.pool)
+            # the key stays in the 0600 files; a terminal or a log is no place for it
+            print(f"Ceph cluster {info.fsid} healthy in {args.dir}: mon_host {info.mon_host}, "
+                  f"client.{info.client} keyring {cluster.client_keyring}, "
+                  f"pools {', '.join(info.pools)}")
         elif args.action == "stop":
             cluster.stop()
         else:
