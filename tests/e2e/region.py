@@ -18,6 +18,7 @@ from typing import Any
 import libvirt
 
 from controller import allinone
+from controller.pki import fingerprint
 
 BIN = Path(sys.executable).parent
 
@@ -94,8 +95,13 @@ class E2ERegion:
         """Stop our processes by PID, remove any VM this region made, and its directory."""
         self.layout.service("agent").stop()
         self.layout.service("controller").stop()
+        tag = fingerprint(self.layout.ca_file.read_bytes())[:12] \
+            if self.layout.ca_file.exists() else None
         conn = libvirt.open("qemu:///system")
         try:
+            for secret in conn.listAllSecrets() if tag else []:
+                if secret.usageID().startswith(f"vauban-{tag}-"):
+                    secret.undefine()  # the Ceph key this region's agent gave libvirt
             for vm_id in self.created_vm_ids:
                 try:
                     dom = conn.lookupByUUIDString(vm_id)
