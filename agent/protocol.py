@@ -251,3 +251,35 @@ class JoinResponse(Wire):
     node_id: str
     certificate_pem: str
     ca_pem: str
+
+
+class NetworkKind(StrEnum):
+    PROVIDER = "provider"  # a VLAN on a physical interface (or bond) of every node
+    TENANT = "tenant"  # a VXLAN overlay between the nodes that carry it
+
+
+class DesiredNetwork(Wire):
+    """A network this node must carry: a Linux bridge, plus its VLAN or VXLAN uplink."""
+
+    id: str
+    name: str
+    kind: NetworkKind
+    mtu: int = Field(ge=576, le=9000, description="MTU of the bridge and VM NICs")
+    vlan: int | None = Field(default=None, ge=1, le=4094, description="provider: the VLAN id")
+    physical: str | None = Field(default=None, description="provider: interface or bond name")
+    vni: int | None = Field(default=None, ge=1, le=16777215, description="tenant: VXLAN id")
+    peers: list[str] = Field(
+        default_factory=list,
+        description="tenant: underlay addresses of the other nodes carrying this network")
+
+
+class DesiredPort(Wire):
+    """A VM NIC on a network, with its fixed addresses."""
+
+    id: str
+    network_id: str
+    mac: str = Field(pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+    addresses: list[str] = Field(description="CIDR form, e.g. 10.0.0.5/24, fd00::5/64")
+    gateways: list[str] = Field(default_factory=list)
+    dns: list[str] = Field(default_factory=list)
+    mtu: int
