@@ -6,12 +6,15 @@ from typing import Any
 
 from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
+from agent.drivers.network.base import NetworkDriver
+from agent.drivers.network.linux import LinuxNetworkDriver
 from agent.drivers.storage.base import StorageDriver
 from agent.drivers.storage.localfs import LocalfsDriver
 from agent.drivers.storage.rbd.driver import RbdDriver
 
 HYPERVISORS: dict[str, type[HypervisorDriver]] = {"libvirt": LibvirtDriver}
 STORAGE: dict[str, type[StorageDriver]] = {"localfs": LocalfsDriver, "rbd": RbdDriver}
+NETWORKS: dict[str, type[NetworkDriver]] = {"linux": LinuxNetworkDriver}
 
 
 def _lookup(kind: str, registry: dict[str, type[Any]], name: str) -> type[Any]:
@@ -31,4 +34,10 @@ def load_hypervisor(name: str, **kwargs: Any) -> HypervisorDriver:
 def load_storage(name: str, **kwargs: Any) -> StorageDriver:
     """An instance of the storage driver registered as `name`; ValueError if none is."""
     driver: StorageDriver = _lookup("storage", STORAGE, name)(**kwargs)
+    return driver
+
+
+def load_network(name: str, **kwargs: Any) -> NetworkDriver:
+    """An instance of the network driver registered as `name`; ValueError if none is."""
+    driver: NetworkDriver = _lookup("network", NETWORKS, name)(**kwargs)
     return driver

@@ -1,0 +1,1 @@
+"""Network drivers: a Linux bridge per network, with a VLAN or VXLAN uplink."""
