@@ -111,6 +111,7 @@ class DesiredVm(Wire):
     volumes: list[VolumeAttachment] = Field(default_factory=list)
     flatten_root: bool = Field(
         default=False, description="Make the root disk independent of its image (copy its data)")
+    ports: list[DesiredPort] = Field(default_factory=list, description="NICs, in guest order")
 
 
 class DesiredState(Wire):
@@ -124,6 +125,9 @@ class DesiredState(Wire):
     )
     retired_images: list[str] = Field(
         default_factory=list, description="Deleted images: remove any stored copy of them"
+    )
+    networks: list[DesiredNetwork] = Field(
+        default_factory=list, description="Networks the VMs of this node are on"
     )
 
 
@@ -206,6 +210,8 @@ class Inventory(Wire):
     storage: str = Field(examples=["localfs"])
     storage_free_bytes: int = Field(ge=0)
     agent_version: str
+    underlay_ip: str | None = Field(
+        default=None, description="This node's address for VXLAN tunnels (tenant networks)")
 
 
 class NodeStatus(Wire):

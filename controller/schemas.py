@@ -120,6 +120,10 @@ class InstanceCreate(Input):
     user_data: str = Field(default="", max_length=64 * 1024, description="cloud-init user-data")
     node: str | None = Field(default=None, description="Pin to this node (name or id)")
     start: bool = Field(default=True, description="Start the VM once it is created")
+    networks: list[str] = Field(
+        default_factory=list, max_length=16, examples=[["lan", "dmz:192.0.2.10"]],
+        description="One NIC per entry, in guest order: NETWORK (name or id) for the lowest "
+        "free address of each subnet, or NETWORK:IP for that fixed address")
 
 
 class Instance(Output):
@@ -141,8 +145,17 @@ class Instance(Output):
     hostname: str
     error: str | None
     console_log: str | None
+    ports: list[InstancePort] = Field(default_factory=list, description="NICs, in guest order")
     created_at: datetime
     updated_at: datetime
+
+
+class InstancePort(Output):
+    """A NIC of a VM."""
+
+    network: str = Field(description="Network name")
+    mac: str
+    addresses: list[str]
 
 
 class Operation(Output):
@@ -218,6 +231,81 @@ class Volume(Output):
     error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+IFNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"
+
+
+class SubnetCreate(Input):
+    """An IPv4 or IPv6 range of a network; ports get one address from each subnet."""
+
+    cidr: str = Field(min_length=1, max_length=64, examples=["10.0.0.0/24"],
+                      description="Network address and prefix length, IPv4 or IPv6")
+    gateway: str | None = Field(default=None, max_length=64, examples=["10.0.0.1"],
+                                description="Router address inside the subnet (default: none); "
+                                "never given to a port")
+    dns: list[str] = Field(default_factory=list, max_length=8, examples=[["10.0.0.1"]],
+                           description="Name servers the VMs are told about")
+
+
+class NetworkCreate(Input):
+    """A new network: provider (a VLAN of a physical interface) or tenant (VXLAN overlay)."""
+
+    name: str = Field(pattern=NAME_PATTERN, examples=["lan"], description=NAME_RULE)
+    kind: Literal["provider", "tenant"] = Field(examples=["tenant"])
+    vlan: int | None = Field(default=None, ge=1, le=4094, examples=[100],
+                             description="provider only (required): the VLAN id, 1-4094")
+    physical: str | None = Field(default=None, pattern=IFNAME_PATTERN, examples=["bond0"],
+                                 description="provider only (required): the interface or bond "
+                                 "of every node that carries the VLAN")
+    mtu: int | None = Field(default=None, ge=576, le=9000,
+                            description="Default: 1450 for tenant (VXLAN over a 1500 underlay), "
+                            "1500 for provider")
+    subnets: list[SubnetCreate] = Field(default_factory=list, max_length=16)
+
+
+class Subnet(Output):
+    id: str
+    cidr: str
+    gateway: str | None
+    dns: list[str]
+    created_at: datetime
+
+
+class Network(Output):
+    """A network of the region."""
+
+    id: str
+    name: str
+    kind: Literal["provider", "tenant"]
+    vlan: int | None
+    physical: str | None
+    vni: int | None = Field(description="tenant: the VXLAN id, allocated by the region")
+    mtu: int
+    subnets: list[Subnet]
+    ports: int = Field(description="How many ports it has")
+    created_at: datetime
+
+
+class PortCreate(Input):
+    """A port (a NIC's address reservation) on a network, not bound to a VM."""
+
+    network: str = Field(min_length=1, max_length=63, description="Network name or id")
+    fixed_ips: list[str] = Field(default_factory=list, max_length=16, examples=[["10.0.0.10"]],
+                                 description="At most one per subnet; the other subnets give "
+                                 "their lowest free address")
+
+
+class Port(Output):
+    """A NIC on a network, with one address per subnet."""
+
+    id: str
+    network: str
+    network_id: str
+    instance: str | None = Field(description="VM name, if it is a VM's")
+    mac: str
+    addresses: list[str]
+    created_at: datetime
 
 
 class AuditQuery(Input):

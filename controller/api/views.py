@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller import schemas
-from controller.db.models import Instance, Node, Operation, Volume
-from controller.services import operations, scheduler
+from controller.db.models import Instance, Network, Node, Operation, Port, Volume, as_utc
+from controller.services import networks, operations, scheduler
 from controller.services.instances import display_state
 from controller.services.nodes import node_state
 from controller.services.volumes import display_state as volume_state
@@ -34,6 +34,32 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
         image_id=i.image_id, image_name=i.image.name, vcpus=i.vcpus, memory_mib=i.memory_mib,
         root_disk_gib=i.root_disk_gib, hostname=i.hostname, error=i.observed_error,
         console_log=i.console_log, created_at=i.created_at, updated_at=i.updated_at,
+        ports=[schemas.InstancePort(network=p.network.name, mac=p.mac,
+                                    addresses=_addresses(p))
+               for p in networks.instance_ports(db, i)],
+    )
+
+
+def _addresses(p: Port) -> list[str]:
+    return [a.address for a in sorted(p.addresses, key=lambda a: (a.subnet.created_at,
+                                                                   a.subnet.id))]
+
+
+def network_view(db: Session, n: Network) -> schemas.Network:
+    return schemas.Network(
+        id=n.id, name=n.name, kind=n.kind, vlan=n.vlan, physical=n.physical,  # type: ignore[arg-type]
+        vni=n.vni, mtu=n.mtu,
+        subnets=[schemas.Subnet(id=s.id, cidr=s.cidr, gateway=s.gateway, dns=list(s.dns),
+                                created_at=as_utc(s.created_at)) for s in n.subnets],
+        ports=networks.port_count(db, n), created_at=as_utc(n.created_at),
+    )
+
+
+def port_view(p: Port) -> schemas.Port:
+    return schemas.Port(
+        id=p.id, network=p.network.name, network_id=p.network_id,
+        instance=p.instance.name if p.instance else None, mac=p.mac, addresses=_addresses(p),
+        created_at=as_utc(p.created_at),
     )
 
 

@@ -149,6 +149,8 @@ def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
         body["user_data"] = Path(a.user_data).read_text()
     if a.node:
         body["node"] = a.node
+    if a.network:
+        body["networks"] = a.network
     return _follow(c, c.post("/instances", body), a.wait)
 
 
@@ -269,6 +271,76 @@ def cmd_operation_show(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_network_create(c: Client, a: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": a.name, "kind": a.kind}
+    for key in ("vlan", "physical", "mtu"):
+        if getattr(a, key) is not None:
+            body[key] = getattr(a, key)
+    if a.subnet:
+        body["subnets"] = [{"cidr": a.subnet, "gateway": a.gateway, "dns": a.dns or []}]
+    elif a.gateway or a.dns:
+        raise ApiError(0, "--gateway and --dns describe a --subnet")
+    net = c.post("/networks", body)
+    print(f"network {net['name']} created ({net['kind']}"
+          + (f", VNI {net['vni']}" if net["vni"] else f", VLAN {net['vlan']} on "
+             f"{net['physical']}") + f", MTU {net['mtu']})")
+    return 0
+
+
+def cmd_network_subnet(c: Client, a: argparse.Namespace) -> int:
+    c.post(f"/networks/{a.name}/subnets", {"cidr": a.cidr, "gateway": a.gateway,
+                                           "dns": a.dns or []})
+    print(f"subnet {a.cidr} added to network {a.name}")
+    return 0
+
+
+def cmd_network_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/networks")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NAME", "name"), ("KIND", "kind"),
+                       ("SEGMENT", lambda r: f"vni {r['vni']}" if r["vni"] is not None
+                        else f"vlan {r['vlan']} on {r['physical']}"),
+                       ("MTU", "mtu"), ("SUBNETS", lambda r: ",".join(s["cidr"]
+                                                                       for s in r["subnets"])),
+                       ("PORTS", "ports")])
+    return 0
+
+
+def cmd_network_show(c: Client, a: argparse.Namespace) -> int:
+    print_json(c.get(f"/networks/{a.name}"))
+    return 0
+
+
+def cmd_network_delete(c: Client, a: argparse.Namespace) -> int:
+    c.delete(f"/networks/{a.name}")
+    print(f"network {a.name} deleted")
+    return 0
+
+
+def network_commands(sub: Any, add: Callable[..., Any]) -> None:
+    net = sub.add_parser("network", help="networks").add_subparsers(dest="cmd", required=True)
+    cr = add(net, "create", cmd_network_create, "create a network")
+    cr.add_argument("name")
+    cr.add_argument("--kind", choices=["tenant", "provider"], required=True,
+                    help="tenant: VXLAN overlay; provider: a VLAN of a physical interface")
+    cr.add_argument("--vlan", type=int, help="provider: VLAN id (1-4094)")
+    cr.add_argument("--physical", help="provider: interface or bond carrying the VLAN")
+    cr.add_argument("--mtu", type=int, help="default: 1450 tenant, 1500 provider")
+    cr.add_argument("--subnet", metavar="CIDR", help="a first subnet, IPv4 or IPv6")
+    cr.add_argument("--gateway", metavar="IP", help="the subnet's router")
+    cr.add_argument("--dns", metavar="IP", action="append", help="name server (repeatable)")
+    sn = add(net, "add-subnet", cmd_network_subnet, "add a subnet to a network")
+    sn.add_argument("name")
+    sn.add_argument("cidr")
+    sn.add_argument("--gateway", metavar="IP")
+    sn.add_argument("--dns", metavar="IP", action="append")
+    add(net, "list", cmd_network_list, "list networks", json_=True)
+    add(net, "show", cmd_network_show, "show a network").add_argument("name")
+    add(net, "delete", cmd_network_delete, "delete a network without ports").add_argument("name")
+
+
 def volume_commands(sub: Any, add: Callable[..., Any]) -> None:
     vol = sub.add_parser("volume", help="block volumes").add_subparsers(dest="cmd", required=True)
 
@@ -343,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--hostname")
     cr.add_argument("--user-data", help="file with cloud-init user-data")
     cr.add_argument("--node", help="place on this node")
+    cr.add_argument("--network", action="append", metavar="NET[:IP]",
+                    help="a NIC on this network, optionally with a fixed IP (repeatable)")
     cr.add_argument("--no-start", action="store_true")
     cr.add_argument("--wait", action="store_true", help="wait until it runs")
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)
@@ -353,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--wait", action="store_true")
 
     volume_commands(sub, add)
+    network_commands(sub, add)
 
     jt = sub.add_parser("join-token", help="join tokens").add_subparsers(dest="cmd",
                                                                           required=True)

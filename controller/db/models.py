@@ -6,7 +6,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -136,6 +146,70 @@ class Volume(Base):
 
     steward: Mapped[Node] = relationship()
     instance: Mapped[Instance | None] = relationship()
+
+
+class Network(Base):
+    """A provider network (a VLAN on a physical interface) or a tenant one (a VXLAN overlay)."""
+
+    __tablename__ = "networks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    vlan: Mapped[int | None] = mapped_column(Integer, default=None)
+    physical: Mapped[str | None] = mapped_column(String(63), default=None)
+    vni: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
+    mtu: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    subnets: Mapped[list[Subnet]] = relationship(
+        back_populates="network", cascade="all, delete-orphan", order_by="Subnet.created_at")
+
+
+class Subnet(Base):
+    """An IPv4 or IPv6 range of a network; ports get their addresses from it."""
+
+    __tablename__ = "subnets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"))
+    cidr: Mapped[str] = mapped_column(String(64))
+    gateway: Mapped[str | None] = mapped_column(String(64), default=None)
+    dns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    network: Mapped[Network] = relationship(back_populates="subnets")
+
+
+class Port(Base):
+    """A NIC on a network, with one address per subnet; a VM's while instance_id is set."""
+
+    __tablename__ = "ports"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"))
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    network: Mapped[Network] = relationship()
+    instance: Mapped[Instance | None] = relationship()
+    addresses: Mapped[list[PortAddress]] = relationship(
+        back_populates="port", cascade="all, delete-orphan")
+
+
+class PortAddress(Base):
+    """An address of a port in one subnet; the unique key forbids handing one out twice."""
+
+    __tablename__ = "port_addresses"
+    __table_args__ = (UniqueConstraint("subnet_id", "address"),)
+
+    port_id: Mapped[str] = mapped_column(ForeignKey("ports.id"), primary_key=True)
+    subnet_id: Mapped[str] = mapped_column(ForeignKey("subnets.id"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64))
+
+    port: Mapped[Port] = relationship(back_populates="addresses")
+    subnet: Mapped[Subnet] = relationship()
 
 
 class Operation(Base):

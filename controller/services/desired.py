@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -9,16 +10,19 @@ from sqlalchemy.orm import Session
 
 from agent.protocol import (
     CloudInitSeed,
+    DesiredNetwork,
+    DesiredPort,
     DesiredState,
     DesiredVm,
     DesiredVolume,
     ImageRef,
+    NetworkKind,
     PowerState,
     VolumeAttachment,
     VolumeClone,
     VolumeRollback,
 )
-from controller.db.models import ImageTombstone, Instance, Node, Volume
+from controller.db.models import ImageTombstone, Instance, Network, Node, Port, Volume
 
 TOMBSTONE_DAYS = timedelta(days=30)  # a node down longer keeps a deleted image's copy
 
@@ -46,13 +50,61 @@ def build(db: Session, node: Node) -> DesiredState:
     since = datetime.now(UTC) - TOMBSTONE_DAYS
     retired = db.scalars(select(ImageTombstone.id).where(ImageTombstone.deleted_at >= since)
                          .order_by(ImageTombstone.deleted_at))
+    networks, ports = _networking(db, node)
     return DesiredState(
         node_id=node.id,
         generation=node.generation,
-        vms=[_vm(i, attached.get(i.id, [])) for i in instances],
+        vms=[_vm(i, attached.get(i.id, []), ports.get(i.id, [])) for i in instances],
         volumes=[_volume(v) for v in stewarded],
         retired_images=list(retired),
+        networks=networks,
     )
+
+
+def _networking(
+    db: Session, node: Node
+) -> tuple[list[DesiredNetwork], dict[str, list[DesiredPort]]]:
+    """The networks the node's VMs are on (with the other nodes carrying each tenant one as
+    VXLAN peers), and each VM's ports."""
+    live = (Port.instance_id == Instance.id, Instance.deleting.is_(False))
+    ports = db.scalars(select(Port).join(Instance, live[0]).where(
+        live[1], Instance.node_id == node.id).order_by(Port.created_at, Port.id))
+    nets: dict[str, Network] = {}
+    by_vm: dict[str, list[DesiredPort]] = {}
+    for p in ports:
+        nets.setdefault(p.network_id, p.network)
+        by_vm.setdefault(str(p.instance_id), []).append(_port(p))
+    peers: dict[str, set[str]] = {}
+    tenant = [n.id for n in nets.values() if n.kind == NetworkKind.TENANT.value]
+    if tenant:
+        rows = db.execute(select(Port.network_id, Instance.node_id).join(Instance, live[0])
+                          .where(live[1], Port.network_id.in_(tenant),
+                                 Instance.node_id != node.id).distinct())
+        for net_id, node_id in rows:
+            other = db.get(Node, node_id)
+            underlay = (other.inventory or {}).get("underlay_ip") if other else None
+            if underlay:
+                peers.setdefault(net_id, set()).add(str(underlay))
+    networks = [
+        DesiredNetwork(id=n.id, name=n.name, kind=NetworkKind(n.kind), mtu=n.mtu, vlan=n.vlan,
+                       physical=n.physical, vni=n.vni, peers=sorted(peers.get(n.id, set())))
+        for n in sorted(nets.values(), key=lambda n: n.name)
+    ]
+    return networks, by_vm
+
+
+def _port(p: Port) -> DesiredPort:
+    addresses: list[str] = []
+    gateways: list[str] = []
+    dns: list[str] = []
+    for a in sorted(p.addresses, key=lambda a: (a.subnet.created_at, a.subnet.id)):
+        prefix = ipaddress.ip_network(a.subnet.cidr).prefixlen
+        addresses.append(f"{a.address}/{prefix}")
+        if a.subnet.gateway:
+            gateways.append(a.subnet.gateway)
+        dns.extend(d for d in a.subnet.dns if d not in dns)
+    return DesiredPort(id=p.id, network_id=p.network_id, mac=p.mac, addresses=addresses,
+                       gateways=gateways, dns=dns, mtu=p.network.mtu)
 
 
 def _volume(v: Volume) -> DesiredVolume:
@@ -66,7 +118,7 @@ def _volume(v: Volume) -> DesiredVolume:
     )
 
 
-def _vm(i: Instance, volumes: list[VolumeAttachment]) -> DesiredVm:
+def _vm(i: Instance, volumes: list[VolumeAttachment], ports: list[DesiredPort]) -> DesiredVm:
     return DesiredVm(
         id=i.id,
         name=i.name,
@@ -85,4 +137,5 @@ def _vm(i: Instance, volumes: list[VolumeAttachment]) -> DesiredVm:
         seed=CloudInitSeed(instance_id=i.id, hostname=i.hostname, user_data=i.user_data),
         volumes=volumes,
         flatten_root=i.flatten_root,
+        ports=ports,
     )

@@ -12,7 +12,15 @@ from controller.config import ControllerConfig
 from controller.db.models import Image, Instance, Node, Operation
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import InstanceCreate
-from controller.services import audit, desired, nodes, operations, scheduler, volumes
+from controller.services import (
+    audit,
+    desired,
+    networks,
+    nodes,
+    operations,
+    scheduler,
+    volumes,
+)
 from controller.services.images import find as find_image
 
 GIB = 1024**3
@@ -38,8 +46,9 @@ def create(db: Session, actor: str, body: InstanceCreate,
            config: ControllerConfig) -> tuple[Instance, Operation]:
     """Validate, place and record a new VM; the caller commits, then notifies the node.
 
-    Raises before adding anything when the name is taken, the image is unknown,
-    the disk is too small or no node fits; so a refusal leaves nothing behind.
+    Raises before adding anything when the name is taken, the image or a network is
+    unknown, the disk is too small or no node fits; a refusal of a port (its address)
+    comes after, but before the caller commits: a refusal leaves nothing behind.
     """
     if db.scalar(select(Instance.id).where(Instance.name == body.name)) is not None:
         raise Conflict(f"an instance named '{body.name}' already exists")
@@ -48,6 +57,7 @@ def create(db: Session, actor: str, body: InstanceCreate,
     except NotFound as e:
         raise InvalidInput(f"image '{body.image}' does not exist (see 'vauban image list')") from e
     _check_disk(body.root_disk_gib, image)
+    attachments = networks.resolve_attachments(db, body.networks)
     pinned = nodes.find(db, body.node).id if body.node else None
     # lock the candidate rows so two concurrent creates cannot both take the last capacity
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
@@ -72,10 +82,12 @@ def create(db: Session, actor: str, body: InstanceCreate,
     )
     db.add(inst)
     db.flush()
+    ports = networks.attach_new_instance(db, actor, inst, attachments)
     generation = desired.bump(node)
     op = operations.start(db, "instance.create", inst, actor, generation)
     audit.record(db, actor, "instance.create", f"instance/{inst.id}", name=inst.name,
-                 node=node.name, image=image.name, vcpus=inst.vcpus, memory_mib=inst.memory_mib)
+                 node=node.name, image=image.name, vcpus=inst.vcpus, memory_mib=inst.memory_mib,
+                 ports=[p.id for p in ports])
     return inst, op
 
 
@@ -130,6 +142,7 @@ def delete(db: Session, actor: str, inst: Instance) -> Operation:
         operations.finish(op, error="superseded by a delete of the instance")
     inst.deleting = True
     volumes.release_from_instance(db, inst)
+    networks.release_instance(db, inst)
     generation = desired.bump(inst.node)
     op = operations.start(db, "instance.delete", inst, actor, generation)
     audit.record(db, actor, "instance.delete", f"instance/{inst.id}", name=inst.name)

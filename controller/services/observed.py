@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from agent.protocol import NodeStatus, ObservedVm, ObservedVmState
 from controller.db.models import Instance, Node, Operation
-from controller.services import audit, operations, volume_observed
+from controller.services import audit, networks, operations, volume_observed
 
 
 def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
@@ -61,6 +61,7 @@ def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | 
             if inst is not None:
                 audit.record(db, op.requested_by, "instance.delete", f"instance/{inst.id}",
                              "succeeded", name=inst.name)
+                networks.delete_instance_ports(db, inst)
                 db.delete(inst)
         return
     if inst is None or vm is None:

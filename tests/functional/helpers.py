@@ -27,11 +27,12 @@ def make_csr(name: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def inventory(cpus: int = 4, memory_mib: int = 8192) -> Inventory:
+def inventory(cpus: int = 4, memory_mib: int = 8192, underlay_ip: str | None = None) -> Inventory:
     return Inventory(hostname="h", cpu_model="test cpu", cpu_flags=["vmx"], cpus=cpus,
                      memory_mib=memory_mib, kvm_device=True, kvm_usable=False,
                      kvm_probe_detail="test", disks=[], nics=[], hypervisor="libvirt",
-                     storage="localfs", storage_free_bytes=10**12, agent_version="test")
+                     storage="localfs", storage_free_bytes=10**12, agent_version="test",
+                     underlay_ip=underlay_ip)
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Api:
         return self.client.delete(path, headers=self.headers)
 
     def join_node(self, name: str, cpus: int = 4, memory_mib: int = 8192,
-                  report: bool = True) -> FakeNode:
+                  report: bool = True, underlay_ip: str | None = None) -> FakeNode:
         token = self.post("/api/v1/join-tokens", json={}).json["token"]  # type: ignore[index]
         r = self.client.post("/api/v1/join", json={"token": token, "name": name,
                                                    "csr_pem": make_csr(name)})
@@ -78,12 +79,14 @@ class Api:
             "serialNumber": format(cert.serial_number, "X"),
         })
         if report:
-            self.report(node, [], cpus=cpus, memory_mib=memory_mib)
+            self.report(node, [], cpus=cpus, memory_mib=memory_mib, underlay_ip=underlay_ip)
         return node
 
     def report(self, node: FakeNode, vms: list[ObservedVm], applied: int = 0,
-               cpus: int = 4, memory_mib: int = 8192) -> TestResponse:
-        status = NodeStatus(applied_generation=applied, inventory=inventory(cpus, memory_mib),
+               cpus: int = 4, memory_mib: int = 8192,
+               underlay_ip: str | None = None) -> TestResponse:
+        status = NodeStatus(applied_generation=applied,
+                            inventory=inventory(cpus, memory_mib, underlay_ip),
                             vms=vms, sent_at=datetime.now(UTC))
         r = self.client.post(f"/agent/v1/nodes/{node.id}/status",
                              data=status.model_dump_json(), content_type="application/json",

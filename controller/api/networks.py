@@ -1,0 +1,83 @@
+"""/api/v1/networks and /api/v1/ports: provider and tenant networks, subnets, ports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from controller import schemas
+from controller.api.context import db, region
+from controller.api.framework import ApiBlueprint, actor
+from controller.api.views import network_view, port_view
+from controller.db.models import Network, Port
+from controller.services import networks as service
+
+api = ApiBlueprint("networks", "/api/v1/networks", "networks")
+ports_api = ApiBlueprint("ports", "/api/v1/ports", "networks")
+
+
+def _commit() -> None:
+    db().commit()
+    region().notifier.notify()
+
+
+@api.route("GET", "", summary="List networks", responses={200: list[schemas.Network]})
+def list_networks() -> Any:
+    session = db()
+    return [network_view(session, n) for n in session.scalars(select(Network)
+                                                              .order_by(Network.name))]
+
+
+@api.route("GET", "/<ref>", summary="Show a network (by name or id)",
+           responses={200: schemas.Network})
+def show_network(ref: str) -> Any:
+    return network_view(db(), service.find(db(), ref))
+
+
+@api.route("POST", "", summary="Create a network (provider VLAN or tenant VXLAN)",
+           body=schemas.NetworkCreate, responses={201: schemas.Network})
+def create_network(body: schemas.NetworkCreate) -> Any:
+    net = service.create(db(), actor(), body)
+    _commit()
+    return network_view(db(), net), 201
+
+
+@api.route("DELETE", "/<ref>", summary="Delete a network without ports, and its subnets",
+           responses={204: None})
+def delete_network(ref: str) -> Any:
+    service.delete(db(), actor(), service.find(db(), ref))
+    _commit()
+    return None, 204
+
+
+@api.route("POST", "/<ref>/subnets", summary="Add a subnet to a network",
+           body=schemas.SubnetCreate, responses={201: schemas.Network})
+def add_subnet(ref: str, body: schemas.SubnetCreate) -> Any:
+    net = service.find(db(), ref)
+    service.add_subnet(db(), actor(), net, body)
+    _commit()
+    return network_view(db(), net), 201
+
+
+@ports_api.route("GET", "", summary="List ports", responses={200: list[schemas.Port]})
+def list_ports() -> Any:
+    return [port_view(p) for p in db().scalars(select(Port).order_by(Port.created_at, Port.id))]
+
+
+@ports_api.route("POST", "", summary="Create a port (reserve addresses on a network)",
+                 body=schemas.PortCreate, responses={201: schemas.Port})
+def create_port(body: schemas.PortCreate) -> Any:
+    session = db()
+    port = service.create_port(session, actor(), service.find(session, body.network),
+                               body.fixed_ips)
+    _commit()
+    return port_view(port), 201
+
+
+@ports_api.route("DELETE", "/<ref>", summary="Delete a port that no VM has",
+                 responses={204: None})
+def delete_port(ref: str) -> Any:
+    service.delete_port(db(), actor(), service.find_port(db(), ref))
+    _commit()
+    return None, 204

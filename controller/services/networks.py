@@ -1,0 +1,228 @@
+"""Networks, their subnets and ports: what operators ask for.
+
+A provider network is a VLAN on a physical interface (or bond) of the nodes; a
+tenant network is a VXLAN overlay between the nodes that carry it, with a VNI the
+region allocates. A node carries a network while one of its VMs has a port on it.
+Every refusal is raised before the caller commits, so nothing half-made is left.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controller.db.models import Instance, Network, Node, Port, Subnet
+from controller.errors import Conflict, InvalidInput, NotFound
+from controller.schemas import NetworkCreate, SubnetCreate
+from controller.services import audit, desired, ipam
+
+TENANT_MTU = 1450  # 50 bytes of a 1500 underlay go to the VXLAN encapsulation
+PROVIDER_MTU = 1500
+VNI_FIRST = 1000
+
+
+def find(db: Session, ref: str) -> Network:
+    """A network by id or name, or NotFound."""
+    net = db.get(Network, ref) or db.scalar(select(Network).where(Network.name == ref))
+    if net is None:
+        raise NotFound(f"network '{ref}' does not exist")
+    return net
+
+
+def find_port(db: Session, ref: str) -> Port:
+    port = db.get(Port, ref)
+    if port is None:
+        raise NotFound(f"port '{ref}' does not exist")
+    return port
+
+
+def port_count(db: Session, net: Network) -> int:
+    return int(db.scalar(select(func.count(Port.id)).where(Port.network_id == net.id)) or 0)
+
+
+def create(db: Session, actor: str, body: NetworkCreate) -> Network:
+    """Validate and record a network with its first subnets."""
+    if db.scalar(select(Network.id).where(Network.name == body.name)) is not None:
+        raise Conflict(f"a network named '{body.name}' already exists")
+    if body.kind == "provider":
+        if body.vlan is None or body.physical is None:
+            raise InvalidInput("a provider network needs vlan (the VLAN id, 1-4094) and "
+                               "physical (the interface or bond that carries it)")
+        other = db.scalar(select(Network.name).where(Network.kind == "provider",
+                                                     Network.vlan == body.vlan,
+                                                     Network.physical == body.physical))
+        if other is not None:
+            raise Conflict(f"VLAN {body.vlan} on {body.physical} is already network '{other}'")
+    elif body.vlan is not None or body.physical is not None:
+        raise InvalidInput("a tenant network is a VXLAN overlay: vlan and physical are for "
+                           "provider networks only")
+    checked = _check_subnets([], body.subnets)
+    mtu = body.mtu or (TENANT_MTU if body.kind == "tenant" else PROVIDER_MTU)
+    net = _insert(db, Network(name=body.name, kind=body.kind, vlan=body.vlan,
+                              physical=body.physical, mtu=mtu))
+    net.subnets.extend(checked)
+    db.flush()
+    audit.record(db, actor, "network.create", f"network/{net.id}", name=net.name,
+                 kind=net.kind, vlan=net.vlan, physical=net.physical, vni=net.vni, mtu=net.mtu,
+                 subnets=[s.cidr for s in checked])
+    return net
+
+
+def _insert(db: Session, net: Network) -> Network:
+    """Insert the network; a tenant one gets the lowest free VNI, retried if taken meanwhile."""
+    for _ in range(ipam.ATTEMPTS):
+        if net.kind == "tenant":
+            net.vni = ipam.allocate_vni(db, VNI_FIRST)
+        try:
+            with db.begin_nested():
+                db.add(net)
+        except IntegrityError:
+            if db.scalar(select(Network.id).where(Network.name == net.name)) is not None:
+                raise Conflict(f"a network named '{net.name}' already exists") from None
+            continue
+        return net
+    raise Conflict("no free VNI found; try again")
+
+
+def _check_subnets(existing: list[Subnet], wanted: list[SubnetCreate]) -> list[Subnet]:
+    """New Subnet rows (not added) for `wanted`, refused if one overlaps another."""
+    made: list[Subnet] = []
+    for body in wanted:
+        net = ipam.parse_cidr(body.cidr)
+        gateway = ipam.check_gateway(net, body.gateway) if body.gateway else None
+        dns = [str(ipam.parse_ip(d, "dns server")) for d in body.dns]
+        clash = ipam.overlapping(net, existing + made)
+        if clash is not None:
+            raise InvalidInput(f"subnet {net} overlaps subnet {clash.cidr} of the same network")
+        made.append(Subnet(cidr=str(net), gateway=gateway, dns=dns))
+    return made
+
+
+def add_subnet(db: Session, actor: str, net: Network, body: SubnetCreate) -> Subnet:
+    """Add a subnet; ports made from now on get an address from it too."""
+    [sub] = _check_subnets(list(net.subnets), [body])
+    net.subnets.append(sub)
+    db.flush()
+    audit.record(db, actor, "network.subnet-add", f"network/{net.id}", name=net.name,
+                 cidr=sub.cidr, gateway=sub.gateway, dns=sub.dns)
+    return sub
+
+
+def delete(db: Session, actor: str, net: Network) -> None:
+    """Delete a network and its subnets; refused while it has ports."""
+    ports = port_count(db, net)
+    if ports:
+        users = sorted(set(db.scalars(select(Instance.name).join(Port).where(
+            Port.network_id == net.id))))
+        on = f" (VMs: {', '.join(users)})" if users else ""
+        raise Conflict(f"network '{net.name}' still has {ports} port(s){on}; "
+                       "delete them first")
+    audit.record(db, actor, "network.delete", f"network/{net.id}", name=net.name,
+                 vni=net.vni)
+    db.delete(net)
+    db.flush()
+
+
+def create_port(db: Session, actor: str, net: Network, fixed_ips: list[str],
+                inst: Instance | None = None) -> Port:
+    """A port with one address per subnet: the fixed one asked for, else the lowest free."""
+    wanted: dict[str, str] = {}
+    subnets = list(net.subnets)
+    for text in fixed_ips:
+        ip = ipam.parse_ip(text, "fixed IP")
+        sub = next((s for s in subnets if ip in ipaddress.ip_network(s.cidr)), None)
+        if sub is None:
+            cidrs = ", ".join(s.cidr for s in subnets) or "it has none"
+            raise InvalidInput(f"address {ip} is outside every subnet of network "
+                               f"'{net.name}' ({cidrs})")
+        if sub.id in wanted:
+            raise InvalidInput(f"two addresses asked in subnet {sub.cidr}: {wanted[sub.id]} "
+                               f"and {ip}")
+        ipam.check_host(ipaddress.ip_network(sub.cidr), ip, sub.gateway, "address")
+        wanted[sub.id] = str(ip)
+    port = ipam.add_port(db, net, inst.id if inst else None)
+    addresses = [ipam.assign(db, port, sub, wanted.get(sub.id)) for sub in subnets]
+    db.expire(port, ["addresses"])
+    audit.record(db, actor, "port.create", f"port/{port.id}", network=net.name, mac=port.mac,
+                 addresses=addresses, instance=inst.name if inst else None)
+    if inst is not None:
+        bump_carriers(db, [net.id], exclude_node_id=inst.node_id)
+    return port
+
+
+def delete_port(db: Session, actor: str, port: Port) -> None:
+    """Delete a port that no VM has (a VM's ports go with the VM)."""
+    if port.instance_id is not None:
+        name = port.instance.name if port.instance else port.instance_id
+        raise Conflict(f"port {port.id} is a NIC of VM '{name}'; it goes when the VM is deleted")
+    audit.record(db, actor, "port.delete", f"port/{port.id}", network=port.network.name,
+                 mac=port.mac, addresses=[a.address for a in port.addresses])
+    db.delete(port)
+    db.flush()
+
+
+def parse_attachment(ref: str) -> tuple[str, str | None]:
+    """'NET' or 'NET:IP' (network names hold no ':', so an IPv6 address may follow)."""
+    name, sep, ip = ref.partition(":")
+    if not name or (sep and not ip):
+        raise InvalidInput(f"network '{ref}': write NETWORK or NETWORK:IP")
+    return name, ip if sep else None
+
+
+def resolve_attachments(db: Session, refs: list[str]) -> list[tuple[Network, str | None]]:
+    """The networks a new VM asks for, checked before anything is created."""
+    out = []
+    for ref in refs:
+        name, ip = parse_attachment(ref)
+        try:
+            out.append((find(db, name), ip))
+        except NotFound as e:
+            raise InvalidInput(f"network '{name}' does not exist "
+                               "(see 'vauban network list')") from e
+    return out
+
+
+def attach_new_instance(db: Session, actor: str, inst: Instance,
+                        wanted: list[tuple[Network, str | None]]) -> list[Port]:
+    return [create_port(db, actor, net, [ip] if ip else [], inst) for net, ip in wanted]
+
+
+def carriers(db: Session, network_ids: list[str]) -> set[str]:
+    """Ids of the nodes carrying any of these networks: a live VM of theirs has a port on it."""
+    if not network_ids:
+        return set()
+    return set(db.scalars(
+        select(Instance.node_id).join(Port, Port.instance_id == Instance.id)
+        .where(Port.network_id.in_(network_ids), Instance.deleting.is_(False)).distinct()))
+
+
+def bump_carriers(db: Session, network_ids: list[str], exclude_node_id: str | None) -> None:
+    for node_id in sorted(carriers(db, network_ids) - {exclude_node_id}):
+        node = db.get(Node, node_id)
+        if node is not None:
+            desired.bump(node)
+
+
+def instance_network_ids(db: Session, inst: Instance) -> list[str]:
+    return list(set(db.scalars(select(Port.network_id).where(Port.instance_id == inst.id))))
+
+
+def release_instance(db: Session, inst: Instance) -> None:
+    """A VM being deleted leaves its networks: the other nodes carrying them learn of it."""
+    db.flush()
+    bump_carriers(db, instance_network_ids(db, inst), exclude_node_id=inst.node_id)
+
+
+def delete_instance_ports(db: Session, inst: Instance) -> None:
+    """The node confirmed the VM is gone: its ports and addresses go too."""
+    for port in db.scalars(select(Port).where(Port.instance_id == inst.id)):
+        db.delete(port)
+    db.flush()
+
+
+def instance_ports(db: Session, inst: Instance) -> list[Port]:
+    return list(db.scalars(select(Port).where(Port.instance_id == inst.id)
+                           .order_by(Port.created_at, Port.id)))
