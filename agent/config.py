@@ -13,6 +13,7 @@ class AgentConfig:
     data_dir: Path
     hypervisor: str = "libvirt"
     libvirt_uri: str = "qemu:///system"
+    network: str = "linux"
     heartbeat_s: float = 5.0  # status is also sent at once after every change
     poll_wait_s: float = 25.0  # long-poll length; the controller answers early on change
     stop_grace_s: float = 60.0  # ACPI shutdown before a VM is forced off

@@ -17,8 +17,10 @@ from agent import __version__, inventory
 from agent.client import ControllerClient, ControllerUnavailable
 from agent.config import AgentConfig, NodeIdentity
 from agent.drivers.hypervisor.base import HypervisorDriver
+from agent.drivers.network.base import NetworkDriver
 from agent.drivers.storage.base import StorageDriver
 from agent.kvmprobe import KvmProbe
+from agent.networks import NetworkKeeper
 from agent.protocol import (
     DesiredState,
     Inventory,
@@ -39,7 +41,8 @@ class Agent:
     def __init__(self, config: AgentConfig, identity: NodeIdentity, client: ControllerClient,
                  hypervisor: HypervisorDriver, storage: StorageDriver, kvm: KvmProbe,
                  storage_driver: str, stopping: threading.Event | None = None,
-                 prepare_disks: Callable[[], None] = lambda: None) -> None:
+                 prepare_disks: Callable[[], None] = lambda: None,
+                 network: NetworkDriver | None = None) -> None:
         self.config = config
         self.identity = identity
         self.client = client
@@ -47,6 +50,7 @@ class Agent:
         self.storage = storage
         self.kvm = kvm
         self.storage_driver = storage_driver
+        self.underlay_ip = inventory.underlay_address(identity.controller_url)
         self.stopping = stopping or threading.Event()
         self._desired_ready = threading.Condition()
         self._latest: DesiredState | None = None
@@ -57,6 +61,8 @@ class Agent:
             owner=identity.node_id, stop_grace_s=config.stop_grace_s,
             on_change=self._report_now.set, on_settled=self._request_pass,
             prepare_disks=prepare_disks,
+            networks=NetworkKeeper(network, self.underlay_ip, config.data_dir / "networks.json")
+            if network is not None else None,
         )
 
     def run(self) -> None:
@@ -177,4 +183,5 @@ class Agent:
             kvm_probe_detail=self.kvm.detail, disks=inventory.disks(), nics=inventory.nics(),
             hypervisor=self.config.hypervisor, storage=self.storage_driver,
             storage_free_bytes=self._free_bytes(), agent_version=__version__,
+            underlay_ip=self.underlay_ip,
         )

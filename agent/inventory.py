@@ -74,3 +74,22 @@ def _read(path: Path, default: str) -> str:
         return path.read_text().strip()
     except OSError:
         return default
+
+
+def underlay_address(controller_url: str) -> str | None:
+    """The address this node reaches the controller from: where its VXLAN tunnels start.
+
+    No packet is sent: connecting a UDP socket only asks the kernel for the route.
+    """
+    from urllib.parse import urlsplit
+
+    host = urlsplit(controller_url).hostname
+    if not host:
+        return None
+    try:
+        family = socket.getaddrinfo(host, None)[0][0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, 4789))
+            return str(s.getsockname()[0])
+    except OSError:
+        return None

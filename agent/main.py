@@ -13,7 +13,7 @@ from types import FrameType
 from agent.client import ControllerClient
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
-from agent.drivers.registry import load_hypervisor
+from agent.drivers.registry import load_hypervisor, load_network
 from agent.enroll import JoinError, join
 from agent.kvmprobe import probe_kvm
 from agent.storage_setup import fetch_settings, make_storage
@@ -64,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("storage: %s", settings.driver)
     storage, prepare_disks = make_storage(settings, config, hypervisor)
     agent = Agent(config, identity, client, hypervisor, storage, kvm, settings.driver,
-                  stopping=stopping, prepare_disks=prepare_disks)
+                  stopping=stopping, prepare_disks=prepare_disks,
+                  network=load_network(config.network))
     running.append(agent)
     log.info("agent for node %s (%s) talking to %s", identity.name, identity.node_id,
              identity.controller_url)

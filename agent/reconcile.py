@@ -18,8 +18,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.drivers.hypervisor.base import DiskSpec, HypervisorDriver, VmObservation, VmSpec
+from agent.drivers.hypervisor.base import (
+    DiskSpec,
+    HypervisorDriver,
+    NicSpec,
+    VmObservation,
+    VmSpec,
+)
+from agent.drivers.network.base import bridge_name
 from agent.drivers.storage.base import StorageDriver, StorageError
+from agent.networks import NetworkKeeper, tap_name
 from agent.protocol import (
     DesiredState,
     DesiredVm,
@@ -30,6 +38,7 @@ from agent.protocol import (
 )
 from agent.revert import Reverter
 from agent.volumes import VolumeKeeper
+from images.netconfig import network_config
 from images.seed import build_nocloud_seed
 
 log = logging.getLogger(__name__)
@@ -110,6 +119,7 @@ class Reconciler:
         on_change: Callable[[], None] = lambda: None,
         on_settled: Callable[[], None] = lambda: None,
         prepare_disks: Callable[[], None] = lambda: None,
+        networks: NetworkKeeper | None = None,
         workers: int = 4,
     ) -> None:
         self.hypervisor = hypervisor
@@ -122,6 +132,7 @@ class Reconciler:
         self.on_settled = on_settled
         self.prepare_disks = prepare_disks  # before a domain with storage disks is defined
         self.volumes = VolumeKeeper(storage, hypervisor, prepare_disks)
+        self.networks = networks
         self._idle = threading.Condition()
         self._running_tasks = 0
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm")
@@ -164,6 +175,8 @@ class Reconciler:
         for f in removals:
             if f is not None:
                 f.result()
+        if self.networks is not None:  # after VMs went (their taps), before new ones come
+            self.networks.apply(desired.networks)
         for vm_id, vm in wanted.items():
             obs = observed.get(vm_id)
             if self._needs_work(vm, obs):
@@ -271,13 +284,16 @@ class Reconciler:
             revert.add(lambda: shutil.rmtree(vm_dir, ignore_errors=True), "remove vm dir")
             vm_dir.chmod(0o755)
             seed = vm_dir / "seed.iso"
-            build_nocloud_seed(vm.seed, seed)
+            build_nocloud_seed(vm.seed, seed,
+                               network_config=network_config(vm.ports) if vm.ports else None)
             self._step(vm.id, 70)
             spec = VmSpec(
                 id=vm.id, name=f"vauban-{vm.name}", vcpus=vm.vcpus, memory_mib=vm.memory_mib,
                 disks=(root, DiskSpec(source=seed, format="raw", target="vdb", readonly=True)),
                 console_log=self.console_log(vm.id), power_seq=0,
                 labels={OWNER_LABEL: self.owner},
+                nics=tuple(NicSpec(mac=p.mac, bridge=bridge_name(p.network_id), mtu=p.mtu,
+                                   device=tap_name(p.id)) for p in vm.ports),
             )
             self.prepare_disks()
             self.hypervisor.define(spec)

@@ -56,7 +56,7 @@ INIT_SCRIPT = SOURCE_DIR / "init.sh"
 # Modules /init loads (with their dependencies). Required ones fail the build
 # when missing; optional ones let the seed also be found on an IDE/SCSI CD-ROM
 # or a virtio-scsi disk.
-REQUIRED_MODULES = ("virtio_pci", "virtio_blk", "isofs", "button", "evdev")
+REQUIRED_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "isofs", "button", "evdev")
 OPTIONAL_MODULES = ("virtio_scsi", "ata_piix", "ahci", "sd_mod", "sr_mod")
 
 DIRECTORIES = (

@@ -8,6 +8,7 @@
 #   (output of user-data, when it starts with #!)
 #   vauban-testguest user-data exit=<status>
 #   vauban-testguest network-config=present       when the seed has network-config
+#   vauban-testguest net <dev> <address/prefix>   each address it configured from it
 #   vauban-testguest no-seed                      when no `cidata` filesystem showed up
 #   VAUBAN-TESTGUEST-READY                        listening for the ACPI power button
 #   vauban-testguest powering off                 power button pressed; then poweroff -f
@@ -45,6 +46,32 @@ load_modules() {
 yaml_value() {
     sed -n "s/^$1:[[:space:]]*//p" "$2" | head -n 1 \
         | sed -e 's/[[:space:]]*$//' -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'\$/\1/"
+}
+
+# Configure NICs from the platform's network-config (version 2, written as JSON with one
+# value per line): each ethernet is found by MAC and given its MTU, addresses and routes.
+apply_network_config() {
+    awk '
+        /"macaddress"/ { gsub(/[",]/, "", $2); mac = $2 }
+        /"mtu"/        { gsub(/[",]/, "", $2); print "mtu", mac, $2 }
+        /"via"/        { gsub(/[",]/, "", $2); print "via", mac, $2 }
+        /^ *"[0-9a-f.:]+\/[0-9]+",?$/ { gsub(/[", ]/, ""); print "addr", mac, $0 }
+    ' "$1" | while read -r what mac value; do
+        dev=$(nic_with_mac "$mac") || { say "vauban-testguest no nic with mac $mac"; continue; }
+        ip link set dev "$dev" up
+        case "$what" in
+            mtu)  ip link set dev "$dev" mtu "$value" ;;
+            addr) ip addr add "$value" dev "$dev" && say "vauban-testguest net $dev $value" ;;
+            via)  ip route add default via "$value" dev "$dev" 2>/dev/null ;;
+        esac
+    done
+}
+
+nic_with_mac() {
+    for dev in /sys/class/net/*; do
+        [ "$(cat "$dev/address" 2>/dev/null)" = "$1" ] && { basename "$dev"; return 0; }
+    done
+    return 1
 }
 
 find_seed_device() {
@@ -86,7 +113,10 @@ apply_seed() {
     fi
     [ -f "$SEED/meta-data" ] && apply_meta_data
     run_user_data
-    [ -f "$SEED/network-config" ] && say "vauban-testguest network-config=present"
+    if [ -f "$SEED/network-config" ]; then
+        say "vauban-testguest network-config=present"
+        apply_network_config "$SEED/network-config"
+    fi
     return 0
 }
 

@@ -60,6 +60,16 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    """A VM network card plugged into a bridge of the node."""
+
+    mac: str
+    bridge: str
+    mtu: int
+    device: str  # the host-side tap's name, at most 15 characters
+
+
+@dataclass(frozen=True)
 class VmSpec:
     """Everything needed to define a VM."""
 
@@ -71,6 +81,7 @@ class VmSpec:
     console_log: Path  # the serial console is written here
     power_seq: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    nics: tuple[NicSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -341,3 +341,16 @@ def test_cephx_key_is_decoded_and_never_echoed() -> None:
     assert "secret-part" not in str(err.value) and err.value.__cause__ is None
     with pytest.raises(ValueError, match="empty"):
         decode_key("")
+
+
+def test_nics_render_as_bridge_interfaces_and_parse_back() -> None:
+    from agent.drivers.hypervisor.libvirt.config import NicConfig
+
+    nic = NicConfig(mac="52:54:00:12:34:56", bridge="vbr-0123456789a", mtu=1450,
+                    device="vtp-0123456789a")
+    el = nic.to_element()
+    assert el.get("type") == "bridge"
+    assert el.find("source").get("bridge") == "vbr-0123456789a"  # type: ignore[union-attr]
+    assert el.find("mtu").get("size") == "1450"  # type: ignore[union-attr]
+    assert el.find("model").get("type") == "virtio"  # type: ignore[union-attr]
+    assert NicConfig.from_element(el) == nic

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import pycdlib
 import pytest
 
 from agent.drivers.hypervisor.base import (
@@ -18,12 +21,17 @@ from agent.drivers.hypervisor.base import (
     VmObservation,
     VmSpec,
 )
+from agent.drivers.network.base import bridge_name
 from agent.drivers.storage.base import StorageDriver, StorageError, StorageInfo
+from agent.networks import NetworkKeeper
 from agent.protocol import (
     CloudInitSeed,
+    DesiredNetwork,
+    DesiredPort,
     DesiredState,
     DesiredVm,
     ImageRef,
+    NetworkKind,
     ObservedVmState,
     PowerState,
 )
@@ -36,6 +44,7 @@ MINE = {OWNER_LABEL: "node-1"}
 class FakeHypervisor(HypervisorDriver):
     def __init__(self) -> None:
         self.vms: dict[str, VmObservation] = {}
+        self.specs: dict[str, VmSpec] = {}
         self.calls: list[str] = []
         self.fail_on: set[str] = set()
 
@@ -52,6 +61,7 @@ class FakeHypervisor(HypervisorDriver):
 
     def define(self, spec: VmSpec) -> None:
         self._call("define", spec.id)
+        self.specs[spec.id] = spec
         self.vms[spec.id] = VmObservation(spec.id, spec.name, False, 0, spec.console_log,
                                           dict(spec.labels))
 
@@ -334,3 +344,49 @@ def test_deleted_images_leave_node_storage_once_unused(
     rec.apply(DesiredState(node_id="n", generation=2, vms=[], retired_images=["old", "busy"]))
     assert rec.wait_idle(10)
     assert set(st.images) == {"kept"}
+
+
+class FakeNetwork:
+    """Records what the keeper asks of a network driver."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def ensure_network(self, net: DesiredNetwork, underlay_ip: str | None) -> None:
+        self.calls.append(f"ensure:{net.id}:{underlay_ip}")
+
+    def remove_network(self, network_id: str) -> None:
+        self.calls.append(f"remove:{network_id}")
+
+
+def test_vm_ports_become_nics_and_network_config(tmp_path: Path) -> None:
+    hv, st, net = FakeHypervisor(), FakeStorage(tmp_path / "disks"), FakeNetwork()
+    keeper = NetworkKeeper(net, "198.18.0.1", tmp_path / "networks.json")  # type: ignore[arg-type]
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1, networks=keeper)
+    network = DesiredNetwork(id="net-1", name="t", kind=NetworkKind.TENANT, mtu=1450, vni=1000)
+    port = DesiredPort(id="port-1", network_id="net-1", mac="52:54:00:00:00:01",
+                       addresses=["10.0.0.5/24"], gateways=["10.0.0.1"], mtu=1450)
+    with_port = vm("aaaa-1").model_copy(update={"ports": [port]})
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[with_port], networks=[network]))
+    assert rec.wait_idle(10)
+    assert net.calls == ["ensure:net-1:198.18.0.1"]
+    [nic] = hv.specs["aaaa-1"].nics
+    assert nic.mac == port.mac and nic.bridge == bridge_name("net-1") and nic.mtu == 1450
+    assert len(nic.device) <= 15
+    iso = pycdlib.PyCdlib()
+    iso.open(str(rec.vm_dir("aaaa-1") / "seed.iso"))
+    try:
+        out = io.BytesIO()
+        iso.get_file_from_iso_fp(out, joliet_path="/network-config")
+        assert json.loads(out.getvalue())["ethernets"]["eth0"]["addresses"] == ["10.0.0.5/24"]
+    finally:
+        iso.close()
+    # the network goes once no VM needs it; a network this agent never made is left alone
+    net.calls.clear()
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[]))
+    assert rec.wait_idle(10)
+    assert net.calls == ["remove:net-1"]
+    net.calls.clear()
+    rec.apply(DesiredState(node_id="n", generation=3, vms=[]))
+    assert net.calls == []

@@ -188,6 +188,34 @@ def parse_disks(xml: str) -> tuple[DiskConfig, ...]:
 
 
 @dataclass(frozen=True)
+class NicConfig:
+    """A virtio NIC whose tap libvirt plugs into a node bridge."""
+
+    mac: str
+    bridge: str
+    mtu: int
+    device: str
+
+    def to_element(self) -> ET.Element:
+        nic = ET.Element("interface", {"type": "bridge"})
+        _sub(nic, "mac", address=self.mac)
+        _sub(nic, "source", bridge=self.bridge)
+        _sub(nic, "target", dev=self.device)
+        _sub(nic, "model", type="virtio")
+        _sub(nic, "mtu", size=str(self.mtu))
+        return nic
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> NicConfig:
+        def attr(path: str, name: str) -> str:
+            found = el.find(path)
+            return found.get(name, "") if found is not None else ""
+
+        return cls(mac=attr("mac", "address"), bridge=attr("source", "bridge"),
+                   mtu=int(attr("mtu", "size") or 1500), device=attr("target", "dev"))
+
+
+@dataclass(frozen=True)
 class DomainConfig:
     """One domain as this platform defines it."""
 
@@ -201,6 +229,7 @@ class DomainConfig:
     metadata: InstanceMetadata
     machine: str = "pc"  # i440fx: the Debian cloud kernel has no AHCI driver for q35
     arch: str = "x86_64"
+    nics: tuple[NicConfig, ...] = ()
 
     def to_element(self) -> ET.Element:
         dom = ET.Element("domain", {"type": self.virt_type})
@@ -224,6 +253,8 @@ class DomainConfig:
         devices = _sub(dom, "devices")
         for disk in self.disks:
             devices.append(disk.to_element())
+        for nic in self.nics:
+            devices.append(nic.to_element())
         serial = _sub(devices, "serial", type="file")
         # append: the log keeps earlier boots, so a restart does not erase the evidence.
         _sub(serial, "source", path=str(self.console_log), append="on")
@@ -266,6 +297,8 @@ class DomainConfig:
             metadata=InstanceMetadata.from_element(md_el),
             machine=os_type.get("machine", "pc") if os_type is not None else "pc",
             arch=os_type.get("arch", "x86_64") if os_type is not None else "x86_64",
+            nics=tuple(NicConfig.from_element(n)
+                       for n in root.findall("devices/interface[@type='bridge']")),
         )
 
 

@@ -23,6 +23,7 @@ from agent.drivers.hypervisor.libvirt.config import (
     DiskConfig,
     DomainConfig,
     InstanceMetadata,
+    NicConfig,
     parse_disks,
 )
 from agent.drivers.hypervisor.libvirt.guest import Guest
@@ -81,6 +82,7 @@ class LibvirtDriver(HypervisorDriver):
             disks=tuple(disk_config(d) for d in spec.disks),
             console_log=spec.console_log,
             metadata=InstanceMetadata(spec.id, spec.power_seq, dict(spec.labels)),
+            nics=tuple(NicConfig(n.mac, n.bridge, n.mtu, n.device) for n in spec.nics),
         )
 
     def _ours(self, vm_id: str) -> tuple[Guest, InstanceMetadata] | None:

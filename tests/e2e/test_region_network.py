@@ -1,0 +1,77 @@
+"""End to end: a VM on a tenant network gets its fixed address from its seed and answers
+pings on it, from a test namespace plugged into the node's bridge for that network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.drivers.network.base import bridge_name
+from tests.e2e.region import E2ERegion, console_has, domain_exists, wait_for
+
+pytestmark = pytest.mark.e2e
+
+BOOT_TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def region(libvirtd: list[int], testguest_image: Path) -> Iterator[E2ERegion]:
+    r = E2ERegion.create()
+    try:
+        r.start(testguest_image)
+        yield r
+    finally:
+        r.stop()
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def probe_namespace() -> Iterator[tuple[str, str]]:
+    """A namespace of this test with one veth end in it; yields (namespace, host end)."""
+    tag = uuid.uuid4().hex[:6]
+    ns, host_end = f"vbt-{tag}", f"vbt-{tag}-h"
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        yield ns, host_end
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], check=False, capture_output=True)
+        ip("netns", "del", ns)
+
+
+def test_vm_on_a_tenant_network_answers_ping(region: E2ERegion,
+                                             probe_namespace: tuple[str, str]) -> None:
+    net, name = f"net-{uuid.uuid4().hex[:6]}", f"nic-{uuid.uuid4().hex[:6]}"
+    region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.77.0.0/24",
+               "--gateway", "10.77.0.1")
+    network = json.loads(region.cli("network", "show", net))
+    region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1", "--memory", "256",
+               "--network", f"{net}:10.77.0.10", "--wait")
+    vm = region.vm(name)
+    assert [p["addresses"] for p in vm["ports"]] == [["10.77.0.10"]]
+    wait_for(lambda: console_has(str(vm["console_log"]), "vauban-testguest net eth0 10.77.0.10/24"),
+             BOOT_TIMEOUT, "the guest to configure its address from the seed")
+
+    ns, host_end = probe_namespace
+    bridge = bridge_name(network["id"])
+    ip("link", "set", host_end, "master", bridge, "up")
+    ip("-n", ns, "addr", "add", "10.77.0.200/24", "dev", "eth0")
+    ip("-n", ns, "link", "set", "eth0", "up")
+    wait_for(lambda: subprocess.run(
+        ["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", "10.77.0.10"],
+        capture_output=True, check=False).returncode == 0, 60, "the VM to answer ping")
+
+    region.cli("vm", "delete", name, "--wait")
+    assert not domain_exists(vm["id"])
+    region.cli("network", "delete", net)
+    # the node drops the bridge once no VM of it needs the network
+    wait_for(lambda: subprocess.run(["ip", "link", "show", bridge], capture_output=True,
+                                    check=False).returncode != 0, 30, "the bridge to go")
