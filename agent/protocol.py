@@ -126,6 +126,8 @@ class DesiredState(Wire):
     retired_images: list[str] = Field(
         default_factory=list, description="Deleted images: remove any stored copy of them"
     )
+    security_groups: list[DesiredSecurityGroup] = Field(
+        default_factory=list, description="The groups of this node's ports")
     networks: list[DesiredNetwork] = Field(
         default_factory=list, description="Networks the VMs of this node are on"
     )
@@ -289,3 +291,31 @@ class DesiredPort(Wire):
     gateways: list[str] = Field(default_factory=list)
     dns: list[str] = Field(default_factory=list)
     mtu: int
+    security_groups: list[str] = Field(
+        default_factory=list, description="Ids of the port's security groups; none: no filter")
+
+
+class SecurityRule(Wire):
+    """One allow rule of a security group; everything not allowed inbound is dropped.
+
+    Stateful: replies to allowed traffic are always allowed.
+    """
+
+    direction: Literal["ingress", "egress"]
+    ethertype: Literal["ipv4", "ipv6"] = "ipv4"
+    protocol: Literal["any", "tcp", "udp", "icmp"] = "any"
+    port_min: int | None = Field(default=None, ge=1, le=65535, description="tcp/udp only")
+    port_max: int | None = Field(default=None, ge=1, le=65535, description="tcp/udp only")
+    remote_cidr: str | None = Field(default=None, examples=["0.0.0.0/0"])
+    remote_group: str | None = Field(
+        default=None, description="Allow the ports of this group (its id)")
+
+
+class DesiredSecurityGroup(Wire):
+    """A security group as a node applies it: its rules and its members' addresses."""
+
+    id: str
+    name: str
+    rules: list[SecurityRule]
+    member_addresses: list[str] = Field(
+        default_factory=list, description="Addresses of every port in the group (region-wide)")
