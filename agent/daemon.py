@@ -18,6 +18,7 @@ from agent.client import ControllerClient, ControllerUnavailable
 from agent.config import AgentConfig, NodeIdentity
 from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.network.base import NetworkDriver
+from agent.drivers.network.secgroups import SecurityGroupFirewall
 from agent.drivers.storage.base import StorageDriver
 from agent.kvmprobe import KvmProbe
 from agent.networks import NetworkKeeper
@@ -61,7 +62,8 @@ class Agent:
             owner=identity.node_id, stop_grace_s=config.stop_grace_s,
             on_change=self._report_now.set, on_settled=self._request_pass,
             prepare_disks=prepare_disks,
-            networks=NetworkKeeper(network, self.underlay_ip, config.data_dir / "networks.json")
+            networks=NetworkKeeper(network, self.underlay_ip, config.data_dir / "networks.json",
+                                   SecurityGroupFirewall())
             if network is not None else None,
         )
 

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from agent.drivers.network.base import NetworkDriver
-from agent.protocol import DesiredNetwork
+from agent.drivers.network.secgroups import PortFilter, SecurityGroupFirewall
+from agent.protocol import DesiredNetwork, DesiredState
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,37 @@ def tap_name(port_id: str) -> str:
 
 
 class NetworkKeeper:
-    def __init__(self, driver: NetworkDriver, underlay_ip: str | None, record: Path) -> None:
+    def __init__(self, driver: NetworkDriver, underlay_ip: str | None, record: Path,
+                 firewall: SecurityGroupFirewall | None = None) -> None:
         self.driver = driver
         self.underlay_ip = underlay_ip
         self.record = record
+        self.firewall = firewall
         self.errors: dict[str, str] = {}
+        self._applied_filters: tuple[object, ...] | None = None  # what the firewall holds
+
+    def apply_security_groups(self, desired: DesiredState) -> None:
+        """Filter this node's ports by their security groups; a change reaches running VMs
+        at once. Nothing is sent when the rules did not change since the last pass."""
+        if self.firewall is None:
+            return
+        ports = [PortFilter(tap=tap_name(p.id), addresses=tuple(p.addresses),
+                            groups=tuple(p.security_groups))
+                 for vm in desired.vms for p in vm.ports if p.security_groups]
+        groups = {g.id: g for g in desired.security_groups}
+        wanted = (tuple(ports), tuple(g.model_dump_json() for g in groups.values()))
+        if wanted == self._applied_filters:
+            return
+        try:
+            if ports:
+                self.firewall.apply(ports, groups)
+            elif self._applied_filters is not None:
+                self.firewall.remove()
+            self._applied_filters = wanted
+            self.errors.pop("security-groups", None)
+        except Exception as e:
+            log.warning("security groups not applied: %s", e)
+            self.errors["security-groups"] = str(e)
 
     def carried(self) -> set[str]:
         try:

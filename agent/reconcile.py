@@ -177,6 +177,8 @@ class Reconciler:
                 f.result()
         if self.networks is not None:  # after VMs went (their taps), before new ones come
             self.networks.apply(desired.networks)
+            # rules first: a VM started below is filtered from its first packet
+            self.networks.apply_security_groups(desired)
         for vm_id, vm in wanted.items():
             obs = observed.get(vm_id)
             if self._needs_work(vm, obs):

@@ -22,18 +22,21 @@ from agent.drivers.hypervisor.base import (
     VmSpec,
 )
 from agent.drivers.network.base import bridge_name
+from agent.drivers.network.secgroups import PortFilter
 from agent.drivers.storage.base import StorageDriver, StorageError, StorageInfo
-from agent.networks import NetworkKeeper
+from agent.networks import NetworkKeeper, tap_name
 from agent.protocol import (
     CloudInitSeed,
     DesiredNetwork,
     DesiredPort,
+    DesiredSecurityGroup,
     DesiredState,
     DesiredVm,
     ImageRef,
     NetworkKind,
     ObservedVmState,
     PowerState,
+    SecurityRule,
 )
 from agent.reconcile import OWNER_LABEL, Reconciler
 
@@ -390,3 +393,37 @@ def test_vm_ports_become_nics_and_network_config(tmp_path: Path) -> None:
     net.calls.clear()
     rec.apply(DesiredState(node_id="n", generation=3, vms=[]))
     assert net.calls == []
+
+
+class FakeFirewall:
+    def __init__(self) -> None:
+        self.applied: list[tuple[list[str], list[str]]] = []
+        self.removed = 0
+
+    def apply(self, ports: list[PortFilter], groups: dict[str, DesiredSecurityGroup]) -> None:
+        self.applied.append(([p.tap for p in ports], sorted(groups)))
+
+    def remove(self) -> None:
+        self.removed += 1
+
+
+def test_security_groups_are_applied_once_per_change(tmp_path: Path) -> None:
+    fw = FakeFirewall()
+    keeper = NetworkKeeper(FakeNetwork(), None, tmp_path / "n.json", fw)  # type: ignore[arg-type]
+    group = DesiredSecurityGroup(id="g1", name="default", rules=[
+        SecurityRule(direction="ingress", remote_group="g1")], member_addresses=["10.0.0.5"])
+    port = DesiredPort(id="port-1", network_id="net-1", mac="52:54:00:00:00:01",
+                       addresses=["10.0.0.5/24"], mtu=1450, security_groups=["g1"])
+    desired = DesiredState(node_id="n", generation=1,
+                           vms=[vm("aaaa-1").model_copy(update={"ports": [port]})],
+                           security_groups=[group])
+    keeper.apply_security_groups(desired)
+    keeper.apply_security_groups(desired)  # unchanged: nothing sent again
+    assert fw.applied == [([tap_name("port-1")], ["g1"])]
+    wider = group.model_copy(update={"rules": [*group.rules, SecurityRule(
+        direction="ingress", protocol="tcp", port_min=80, port_max=80,
+        remote_cidr="0.0.0.0/0")]})
+    keeper.apply_security_groups(desired.model_copy(update={"security_groups": [wider]}))
+    assert len(fw.applied) == 2
+    keeper.apply_security_groups(DesiredState(node_id="n", generation=2, vms=[]))
+    assert fw.removed == 1
