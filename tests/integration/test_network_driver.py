@@ -211,7 +211,7 @@ def test_tenant_network_spans_nodes_and_vnis_are_isolated(underlay: Underlay) ->
         assert vxlan.get("IFLA_VXLAN_ID") == 1001
         assert vxlan.get("IFLA_VXLAN_LOCAL") == NODE_IPS[node]
         assert vxlan.get("IFLA_VXLAN_PORT") == 4789
-        assert not vxlan.get("IFLA_VXLAN_LEARNING") and not vxlan.get("IFLA_VXLAN_GROUP")
+        assert vxlan.get("IFLA_VXLAN_LEARNING") and not vxlan.get("IFLA_VXLAN_GROUP")
     # Overlapping tenant ranges: 10.0.0.1 exists on both networks.
     a1 = underlay.add_port(0, a, "10.0.0.1/24", 1450)
     a2 = underlay.add_port(1, a, "10.0.0.2/24", 1450)

@@ -109,9 +109,11 @@ class NetworkDriver(ABC):
         with MTU `net.mtu`:
         - provider: a VLAN subinterface (`net.vlan`) of `net.physical`;
         - tenant: a VXLAN device (VNI `net.vni`, local `underlay_ip`, UDP port
-          4789, no multicast group, learning off) with exactly one
-          `00:00:00:00:00:00 dst <peer>` forwarding entry per address of
-          `net.peers`; entries of peers no longer listed are removed.
+          4789, no multicast group) with exactly one `00:00:00:00:00:00 dst <peer>`
+          forwarding entry per address of `net.peers` (head-end replication of
+          broadcast and unknown unicast); entries of peers no longer listed are
+          removed. Learning is on, so a VM's frames go only to the node of the VM
+          they are for once its MAC was seen, not to every peer.
         A tenant network's MTU must leave `VXLAN_OVERHEAD` bytes below the MTU of
         the underlay interface, else NetworkError (nothing is changed). Calling it
         again with the same network is a no-op.

@@ -151,12 +151,14 @@ class LinuxNetworkDriver(NetworkDriver):
     def _check_underlay_mtu(self, ipr: Any, net: DesiredNetwork, underlay_ip: str) -> None:
         link = self._underlay_link(ipr, underlay_ip)
         underlay_mtu = int(link.get("IFLA_MTU"))
-        if net.mtu + VXLAN_OVERHEAD > underlay_mtu:
+        # an IPv6 outer header is 20 bytes longer than an IPv4 one
+        overhead = VXLAN_OVERHEAD + (20 if ipaddress.ip_address(underlay_ip).version == 6 else 0)
+        if net.mtu + overhead > underlay_mtu:
             raise NetworkError(
                 f"tenant network {net.id}: MTU {net.mtu} is too large: VXLAN needs "
-                f"{VXLAN_OVERHEAD} bytes below the underlay MTU {underlay_mtu} of "
+                f"{overhead} bytes below the underlay MTU {underlay_mtu} of "
                 f"{link.get('IFLA_IFNAME')} ({underlay_ip}); use at most "
-                f"{underlay_mtu - VXLAN_OVERHEAD}")
+                f"{underlay_mtu - overhead}")
 
     def _check_physical(self, ipr: Any, net: DesiredNetwork) -> None:
         assert net.physical is not None  # check_desired
@@ -200,7 +202,7 @@ class LinuxNetworkDriver(NetworkDriver):
             local = ("vxlan_local6" if ipaddress.ip_address(underlay_ip).version == 6
                      else "vxlan_local")
             ipr.link("add", ifname=name, kind="vxlan", vxlan_id=net.vni,
-                     vxlan_port=VXLAN_PORT, vxlan_learning=0, mtu=net.mtu,
+                     vxlan_port=VXLAN_PORT, vxlan_learning=1, mtu=net.mtu,
                      **{local: underlay_ip})
             index: int = ipr.link_lookup(ifname=name)[0]
             revert.add(lambda: self._delete(ipr, index), f"delete vxlan {name}")
@@ -220,17 +222,26 @@ class LinuxNetworkDriver(NetworkDriver):
             data.get("IFLA_VXLAN_ID") == net.vni
             and local and ipaddress.ip_address(local) == ipaddress.ip_address(underlay_ip)
             and data.get("IFLA_VXLAN_PORT") == VXLAN_PORT
-            and not data.get("IFLA_VXLAN_LEARNING")
+            and bool(data.get("IFLA_VXLAN_LEARNING"))
             and not data.get("IFLA_VXLAN_GROUP") and not data.get("IFLA_VXLAN_GROUP6"))
 
     def _sync_peers(self, ipr: Any, net: DesiredNetwork, vxlan: int) -> None:
-        """Exactly one all-zeros forwarding entry per peer: add the missing, drop the stale."""
+        """Exactly one all-zeros forwarding entry per peer: add the missing, drop the stale.
+
+        Entries learned from a node no longer a peer go too, so no frame is sent to it.
+        """
         wanted = {str(ipaddress.ip_address(p)) for p in net.peers}
         present = set()
         for entry in ipr.fdb("dump", ifindex=vxlan):
             dst = entry.get("NDA_DST")
-            if entry["ifindex"] == vxlan and entry.get("NDA_LLADDR") == ZERO_MAC and dst:
-                present.add(str(ipaddress.ip_address(dst)))
+            if entry["ifindex"] != vxlan or not dst:
+                continue
+            dst = str(ipaddress.ip_address(dst))
+            mac = entry.get("NDA_LLADDR")
+            if mac == ZERO_MAC:
+                present.add(dst)
+            elif dst not in wanted and mac:
+                ipr.fdb("del", ifindex=vxlan, lladdr=mac, dst=dst)
         for dst in sorted(present - wanted):
             ipr.fdb("del", ifindex=vxlan, lladdr=ZERO_MAC, dst=dst)
         for dst in sorted(wanted - present):
