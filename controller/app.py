@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from flask import Flask
 
-from controller.api import agent, images, instances, networks, nodes, session, volumes
+from controller.api import (
+    agent,
+    images,
+    instances,
+    networks,
+    nodes,
+    security_groups,
+    session,
+    volumes,
+)
 from controller.api.context import install_session_teardown
 from controller.api.problems import install_error_handlers
 from controller.region import Region
 
 BLUEPRINTS = [session.api, nodes.api, nodes.ops_api, nodes.audit_api, images.api, instances.api,
-              volumes.api, networks.api, networks.ports_api, agent.api]
+              volumes.api, networks.api, networks.ports_api,
+              security_groups.api, agent.api]
 
 
 def create_app(region: Region) -> Flask:

@@ -11,6 +11,7 @@ from controller.db.migrate import upgrade
 from controller.db.session import make_engine, make_sessionmaker
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
+from controller.services import security_groups
 from controller.services.auth import ensure_admin
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def open_region(config: ControllerConfig) -> Region:
     with sessions() as db, db.begin():
         if ensure_admin(db, config.admin_password_file):
             log.info("created user 'admin'; its password is in %s", config.admin_password_file)
+        security_groups.ensure_default(db)
     ca_sha256 = fingerprint(ca.cert_pem())
     return Region(
         config=config, engine=engine, sessions=sessions, ca=ca, notifier=ChangeNotifier(),

@@ -124,6 +124,10 @@ class InstanceCreate(Input):
         default_factory=list, max_length=16, examples=[["lan", "dmz:192.0.2.10"]],
         description="One NIC per entry, in guest order: NETWORK (name or id) for the lowest "
         "free address of each subnet, or NETWORK:IP for that fixed address")
+    security_groups: list[str] | None = Field(
+        default=None, max_length=16, examples=[["default", "web"]],
+        description="Security groups (names or ids) of every NIC; default: the group "
+        "'default'; [] for unfiltered NICs")
 
 
 class Instance(Output):
@@ -294,6 +298,9 @@ class PortCreate(Input):
     fixed_ips: list[str] = Field(default_factory=list, max_length=16, examples=[["10.0.0.10"]],
                                  description="At most one per subnet; the other subnets give "
                                  "their lowest free address")
+    security_groups: list[str] | None = Field(
+        default=None, max_length=16, description="Security groups (names or ids); default: "
+        "the group 'default'; [] for an unfiltered port")
 
 
 class Port(Output):
@@ -305,6 +312,62 @@ class Port(Output):
     instance: str | None = Field(description="VM name, if it is a VM's")
     mac: str
     addresses: list[str]
+    security_groups: list[str] = Field(default_factory=list, description="Group names")
+    created_at: datetime
+
+
+class PortSecurityGroups(Input):
+    """The security groups a port is in, replacing those it had."""
+
+    groups: list[str] = Field(max_length=16, examples=[["default", "web"]],
+                              description="Names or ids; [] leaves the port unfiltered")
+
+
+class SecurityRuleCreate(Input):
+    """An allow rule; everything inbound that no rule allows is dropped (replies pass)."""
+
+    direction: Literal["ingress", "egress"] = Field(examples=["ingress"])
+    ethertype: Literal["ipv4", "ipv6"] = "ipv4"
+    protocol: Literal["any", "tcp", "udp", "icmp"] = "any"
+    port_min: int | None = Field(default=None, ge=1, le=65535, description="tcp/udp only")
+    port_max: int | None = Field(default=None, ge=1, le=65535,
+                                 description="tcp/udp only; default: port_min")
+    remote_cidr: str | None = Field(default=None, max_length=64, examples=["0.0.0.0/0"],
+                                    description="Peers in this network (of the ethertype)")
+    remote_group: str | None = Field(default=None, max_length=63,
+                                     description="Peers that are ports of this group (name or "
+                                     "id); not with remote_cidr; neither: anywhere")
+
+
+class SecurityGroupCreate(Input):
+    """A new security group, with its first rules."""
+
+    name: str = Field(pattern=NAME_PATTERN, examples=["web"], description=NAME_RULE)
+    description: str = Field(default="", max_length=255)
+    rules: list[SecurityRuleCreate] = Field(default_factory=list, max_length=256)
+
+
+class SecurityRule(Output):
+    id: str
+    direction: str
+    ethertype: str
+    protocol: str
+    port_min: int | None
+    port_max: int | None
+    remote_cidr: str | None
+    remote_group: str | None = Field(description="Group name")
+    remote_group_id: str | None
+    created_at: datetime
+
+
+class SecurityGroup(Output):
+    """A security group: its allow rules, and how many ports are in it."""
+
+    id: str
+    name: str
+    description: str
+    rules: list[SecurityRule]
+    ports: int = Field(description="How many ports are in it")
     created_at: datetime
 
 

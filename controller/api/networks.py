@@ -12,6 +12,7 @@ from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import network_view, port_view
 from controller.db.models import Network, Port
 from controller.services import networks as service
+from controller.services import security_groups as secgroups
 
 api = ApiBlueprint("networks", "/api/v1/networks", "networks")
 ports_api = ApiBlueprint("ports", "/api/v1/ports", "networks")
@@ -69,8 +70,9 @@ def list_ports() -> Any:
                  body=schemas.PortCreate, responses={201: schemas.Port})
 def create_port(body: schemas.PortCreate) -> Any:
     session = db()
-    port = service.create_port(session, actor(), service.find(session, body.network),
-                               body.fixed_ips)
+    net = service.find(session, body.network)
+    groups = secgroups.resolve(session, body.security_groups)
+    port = service.create_port(session, actor(), net, body.fixed_ips, groups=groups)
     _commit()
     return port_view(port), 201
 
@@ -81,3 +83,13 @@ def delete_port(ref: str) -> Any:
     service.delete_port(db(), actor(), service.find_port(db(), ref))
     _commit()
     return None, 204
+
+
+@ports_api.route("PUT", "/<ref>/security-groups", summary="Set the security groups of a port",
+                 body=schemas.PortSecurityGroups, responses={200: schemas.Port})
+def set_port_security_groups(ref: str, body: schemas.PortSecurityGroups) -> Any:
+    session = db()
+    port = service.find_port(session, ref)
+    secgroups.set_port_groups(session, actor(), port, body.groups)
+    _commit()
+    return port_view(port)

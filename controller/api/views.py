@@ -8,8 +8,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller import schemas
-from controller.db.models import Instance, Network, Node, Operation, Port, Volume, as_utc
-from controller.services import networks, operations, scheduler
+from controller.db.models import (
+    Instance,
+    Network,
+    Node,
+    Operation,
+    Port,
+    SecurityGroup,
+    Volume,
+    as_utc,
+)
+from controller.services import networks, operations, scheduler, security_groups
 from controller.services.instances import display_state
 from controller.services.nodes import node_state
 from controller.services.volumes import display_state as volume_state
@@ -59,7 +68,20 @@ def port_view(p: Port) -> schemas.Port:
     return schemas.Port(
         id=p.id, network=p.network.name, network_id=p.network_id,
         instance=p.instance.name if p.instance else None, mac=p.mac, addresses=_addresses(p),
-        created_at=as_utc(p.created_at),
+        security_groups=sorted(g.name for g in p.security_groups), created_at=as_utc(p.created_at),
+    )
+
+
+def security_group_view(db: Session, g: SecurityGroup) -> schemas.SecurityGroup:
+    return schemas.SecurityGroup(
+        id=g.id, name=g.name, description=g.description,
+        rules=[schemas.SecurityRule(
+            id=r.id, direction=r.direction, ethertype=r.ethertype, protocol=r.protocol,
+            port_min=r.port_min, port_max=r.port_max, remote_cidr=r.remote_cidr,
+            remote_group=r.remote_group.name if r.remote_group else None,
+            remote_group_id=r.remote_group_id, created_at=as_utc(r.created_at))
+            for r in g.rules],
+        ports=security_groups.port_count(db, g), created_at=as_utc(g.created_at),
     )
 
 

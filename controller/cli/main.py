@@ -151,6 +151,8 @@ def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
         body["node"] = a.node
     if a.network:
         body["networks"] = a.network
+    if a.security_group:
+        body["security_groups"] = a.security_group
     return _follow(c, c.post("/instances", body), a.wait)
 
 
@@ -319,6 +321,84 @@ def cmd_network_delete(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secgroup_create(c: Client, a: argparse.Namespace) -> int:
+    g = c.post("/security-groups", {"name": a.name, "description": a.description})
+    print(f"security group {g['name']} created ({g['id']})")
+    return 0
+
+
+def cmd_secgroup_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/security-groups")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NAME", "name"), ("RULES", lambda r: len(r["rules"])),
+                       ("PORTS", "ports"), ("DESCRIPTION", "description"), ("ID", "id")])
+    return 0
+
+
+def cmd_secgroup_show(c: Client, a: argparse.Namespace) -> int:
+    print_json(c.get(f"/security-groups/{a.name}"))
+    return 0
+
+
+def cmd_secgroup_delete(c: Client, a: argparse.Namespace) -> int:
+    c.delete(f"/security-groups/{a.name}")
+    print(f"security group {a.name} deleted")
+    return 0
+
+
+def cmd_secgroup_rule_add(c: Client, a: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"direction": a.direction, "ethertype": a.ethertype,
+                            "protocol": a.protocol}
+    if a.port:
+        low, _, high = a.port.partition("-")
+        try:
+            body["port_min"] = int(low)
+            body["port_max"] = int(high) if high else int(low)
+        except ValueError:
+            raise ApiError(0, f"--port {a.port}: write PORT or MIN-MAX") from None
+    if a.remote_cidr:
+        body["remote_cidr"] = a.remote_cidr
+    if a.remote_group:
+        body["remote_group"] = a.remote_group
+    g = c.post(f"/security-groups/{a.group}/rules", body)
+    print(f"rule {g['rules'][-1]['id']} added to security group {g['name']}")
+    return 0
+
+
+def cmd_secgroup_rule_delete(c: Client, a: argparse.Namespace) -> int:
+    c.delete(f"/security-groups/{a.group}/rules/{a.rule_id}")
+    print(f"rule {a.rule_id} deleted from security group {a.group}")
+    return 0
+
+
+def secgroup_commands(sub: Any, add: Callable[..., Any]) -> None:
+    sg = sub.add_parser("security-group", help="security groups").add_subparsers(
+        dest="cmd", required=True)
+    cr = add(sg, "create", cmd_secgroup_create, "create a security group")
+    cr.add_argument("name")
+    cr.add_argument("--description", default="")
+    add(sg, "list", cmd_secgroup_list, "list security groups", json_=True)
+    add(sg, "show", cmd_secgroup_show, "show a security group").add_argument("name")
+    add(sg, "delete", cmd_secgroup_delete, "delete an unused security group").add_argument(
+        "name")
+    rule = sg.add_parser("rule", help="rules of a security group").add_subparsers(
+        dest="rule_cmd", required=True)
+    ra = add(rule, "add", cmd_secgroup_rule_add, "add an allow rule")
+    ra.add_argument("group")
+    ra.add_argument("--direction", choices=["ingress", "egress"], required=True)
+    ra.add_argument("--protocol", choices=["any", "tcp", "udp", "icmp"], default="any")
+    ra.add_argument("--port", metavar="PORT[-PORT]", help="tcp/udp: a port or a range")
+    ra.add_argument("--ethertype", choices=["ipv4", "ipv6"], default="ipv4")
+    remote = ra.add_mutually_exclusive_group()
+    remote.add_argument("--remote-cidr", metavar="CIDR", help="peers in this network")
+    remote.add_argument("--remote-group", metavar="GROUP", help="peers in this group")
+    rd = add(rule, "delete", cmd_secgroup_rule_delete, "delete a rule")
+    rd.add_argument("group")
+    rd.add_argument("rule_id")
+
+
 def network_commands(sub: Any, add: Callable[..., Any]) -> None:
     net = sub.add_parser("network", help="networks").add_subparsers(dest="cmd", required=True)
     cr = add(net, "create", cmd_network_create, "create a network")
@@ -417,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--node", help="place on this node")
     cr.add_argument("--network", action="append", metavar="NET[:IP]",
                     help="a NIC on this network, optionally with a fixed IP (repeatable)")
+    cr.add_argument("--security-group", action="append", metavar="GROUP",
+                    help="security group of the NICs (repeatable; default: 'default')")
     cr.add_argument("--no-start", action="store_true")
     cr.add_argument("--wait", action="store_true", help="wait until it runs")
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)
@@ -428,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     volume_commands(sub, add)
     network_commands(sub, add)
+    secgroup_commands(sub, add)
 
     jt = sub.add_parser("join-token", help="join tokens").add_subparsers(dest="cmd",
                                                                           required=True)

@@ -10,10 +10,12 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -196,6 +198,8 @@ class Port(Base):
     instance: Mapped[Instance | None] = relationship()
     addresses: Mapped[list[PortAddress]] = relationship(
         back_populates="port", cascade="all, delete-orphan")
+    security_groups: Mapped[list[SecurityGroup]] = relationship(
+        secondary="port_security_groups", order_by="SecurityGroup.name")
 
 
 class PortAddress(Base):
@@ -210,6 +214,52 @@ class PortAddress(Base):
 
     port: Mapped[Port] = relationship(back_populates="addresses")
     subnet: Mapped[Subnet] = relationship()
+
+
+port_security_groups = Table(
+    "port_security_groups",
+    Base.metadata,
+    Column("port_id", ForeignKey("ports.id"), primary_key=True),
+    Column("group_id", ForeignKey("security_groups.id"), primary_key=True),
+)
+
+
+class SecurityGroup(Base):
+    """A named set of allow rules; a port in no group is not filtered."""
+
+    __tablename__ = "security_groups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    rules: Mapped[list[SecurityGroupRule]] = relationship(
+        back_populates="group", cascade="all, delete-orphan",
+        foreign_keys="SecurityGroupRule.group_id",
+        order_by="(SecurityGroupRule.created_at, SecurityGroupRule.id)")
+
+
+class SecurityGroupRule(Base):
+    """One allow rule: traffic of a direction, ethertype, protocol (and ports) from or to a
+    CIDR or the ports of a group (remote_group_id), or anywhere when neither is set."""
+
+    __tablename__ = "security_group_rules"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id"))
+    direction: Mapped[str] = mapped_column(String(8))
+    ethertype: Mapped[str] = mapped_column(String(8))
+    protocol: Mapped[str] = mapped_column(String(8))
+    port_min: Mapped[int | None] = mapped_column(Integer, default=None)
+    port_max: Mapped[int | None] = mapped_column(Integer, default=None)
+    remote_cidr: Mapped[str | None] = mapped_column(String(64), default=None)
+    remote_group_id: Mapped[str | None] = mapped_column(
+        ForeignKey("security_groups.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    group: Mapped[SecurityGroup] = relationship(back_populates="rules", foreign_keys=[group_id])
+    remote_group: Mapped[SecurityGroup | None] = relationship(foreign_keys=[remote_group_id])
 
 
 class Operation(Base):

@@ -5,24 +5,36 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from agent.protocol import (
     CloudInitSeed,
     DesiredNetwork,
     DesiredPort,
+    DesiredSecurityGroup,
     DesiredState,
     DesiredVm,
     DesiredVolume,
     ImageRef,
     NetworkKind,
     PowerState,
+    SecurityRule,
     VolumeAttachment,
     VolumeClone,
     VolumeRollback,
 )
-from controller.db.models import ImageTombstone, Instance, Network, Node, Port, Volume
+from controller.db.models import (
+    ImageTombstone,
+    Instance,
+    Network,
+    Node,
+    Port,
+    PortAddress,
+    SecurityGroup,
+    Volume,
+    port_security_groups,
+)
 
 TOMBSTONE_DAYS = timedelta(days=30)  # a node down longer keeps a deleted image's copy
 
@@ -50,7 +62,7 @@ def build(db: Session, node: Node) -> DesiredState:
     since = datetime.now(UTC) - TOMBSTONE_DAYS
     retired = db.scalars(select(ImageTombstone.id).where(ImageTombstone.deleted_at >= since)
                          .order_by(ImageTombstone.deleted_at))
-    networks, ports = _networking(db, node)
+    networks, ports, group_ids = _networking(db, node)
     return DesiredState(
         node_id=node.id,
         generation=node.generation,
@@ -58,22 +70,25 @@ def build(db: Session, node: Node) -> DesiredState:
         volumes=[_volume(v) for v in stewarded],
         retired_images=list(retired),
         networks=networks,
+        security_groups=_security_groups(db, group_ids),
     )
 
 
 def _networking(
     db: Session, node: Node
-) -> tuple[list[DesiredNetwork], dict[str, list[DesiredPort]]]:
+) -> tuple[list[DesiredNetwork], dict[str, list[DesiredPort]], set[str]]:
     """The networks the node's VMs are on (with the other nodes carrying each tenant one as
-    VXLAN peers), and each VM's ports."""
+    VXLAN peers), each VM's ports, and the ids of the ports' security groups."""
     live = (Port.instance_id == Instance.id, Instance.deleting.is_(False))
     ports = db.scalars(select(Port).join(Instance, live[0]).where(
         live[1], Instance.node_id == node.id).order_by(Port.created_at, Port.id))
     nets: dict[str, Network] = {}
     by_vm: dict[str, list[DesiredPort]] = {}
+    group_ids: set[str] = set()
     for p in ports:
         nets.setdefault(p.network_id, p.network)
         by_vm.setdefault(str(p.instance_id), []).append(_port(p))
+        group_ids.update(g.id for g in p.security_groups)
     peers: dict[str, set[str]] = {}
     tenant = [n.id for n in nets.values() if n.kind == NetworkKind.TENANT.value]
     if tenant:
@@ -90,7 +105,41 @@ def _networking(
                        physical=n.physical, vni=n.vni, peers=sorted(peers.get(n.id, set())))
         for n in sorted(nets.values(), key=lambda n: n.name)
     ]
-    return networks, by_vm
+    return networks, by_vm, group_ids
+
+
+def _security_groups(db: Session, port_group_ids: set[str]) -> list[DesiredSecurityGroup]:
+    """The groups of the node's ports and those their rules name as remote group, each
+    with its rules and the plain addresses of its ports (region-wide, live VMs' or free)."""
+    groups = {g.id: g for g in (db.get(SecurityGroup, i) for i in port_group_ids) if g}
+    for g in list(groups.values()):
+        for r in g.rules:
+            if r.remote_group is not None:
+                groups.setdefault(r.remote_group.id, r.remote_group)
+    if not groups:
+        return []
+    members: dict[str, set[str]] = {}
+    rows = db.execute(
+        select(port_security_groups.c.group_id, PortAddress.address)
+        .join(Port, Port.id == port_security_groups.c.port_id)
+        .join(PortAddress, PortAddress.port_id == Port.id)
+        .outerjoin(Instance, Instance.id == Port.instance_id)
+        .where(port_security_groups.c.group_id.in_(list(groups)),
+               or_(Port.instance_id.is_(None), Instance.deleting.is_(False))))
+    for group_id, address in rows:
+        members.setdefault(group_id, set()).add(address)
+    return [
+        DesiredSecurityGroup(
+            id=g.id, name=g.name,
+            rules=[SecurityRule(
+                direction=r.direction, ethertype=r.ethertype,  # type: ignore[arg-type]
+                protocol=r.protocol,  # type: ignore[arg-type]
+                port_min=r.port_min, port_max=r.port_max, remote_cidr=r.remote_cidr,
+                remote_group=r.remote_group_id) for r in g.rules],
+            member_addresses=sorted(members.get(g.id, set()),
+                                    key=lambda a: ipaddress.ip_address(a).packed.rjust(16)))
+        for g in sorted(groups.values(), key=lambda g: g.name)
+    ]
 
 
 def _port(p: Port) -> DesiredPort:
@@ -104,7 +153,8 @@ def _port(p: Port) -> DesiredPort:
             gateways.append(a.subnet.gateway)
         dns.extend(d for d in a.subnet.dns if d not in dns)
     return DesiredPort(id=p.id, network_id=p.network_id, mac=p.mac, addresses=addresses,
-                       gateways=gateways, dns=dns, mtu=p.network.mtu)
+                       gateways=gateways, dns=dns, mtu=p.network.mtu,
+                       security_groups=sorted(g.id for g in p.security_groups))
 
 
 def _volume(v: Volume) -> DesiredVolume:

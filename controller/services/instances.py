@@ -21,6 +21,7 @@ from controller.services import (
     scheduler,
     volumes,
 )
+from controller.services import security_groups as secgroups
 from controller.services.images import find as find_image
 
 GIB = 1024**3
@@ -58,6 +59,9 @@ def create(db: Session, actor: str, body: InstanceCreate,
         raise InvalidInput(f"image '{body.image}' does not exist (see 'vauban image list')") from e
     _check_disk(body.root_disk_gib, image)
     attachments = networks.resolve_attachments(db, body.networks)
+    if body.security_groups is not None and not body.networks:
+        raise InvalidInput("security_groups apply to the VM's NICs; give networks too")
+    groups = secgroups.resolve(db, body.security_groups) if body.networks else []
     pinned = nodes.find(db, body.node).id if body.node else None
     # lock the candidate rows so two concurrent creates cannot both take the last capacity
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
@@ -82,7 +86,7 @@ def create(db: Session, actor: str, body: InstanceCreate,
     )
     db.add(inst)
     db.flush()
-    ports = networks.attach_new_instance(db, actor, inst, attachments)
+    ports = networks.attach_new_instance(db, actor, inst, attachments, groups)
     generation = desired.bump(node)
     op = operations.start(db, "instance.create", inst, actor, generation)
     audit.record(db, actor, "instance.create", f"instance/{inst.id}", name=inst.name,

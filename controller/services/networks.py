@@ -14,10 +14,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from controller.db.models import Instance, Network, Node, Port, Subnet
+from controller.db.models import Instance, Network, Node, Port, SecurityGroup, Subnet
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import NetworkCreate, SubnetCreate
 from controller.services import audit, desired, ipam
+from controller.services import security_groups as secgroups
 
 TENANT_MTU = 1450  # 50 bytes of a 1500 underlay go to the VXLAN encapsulation
 PROVIDER_MTU = 1500
@@ -127,8 +128,15 @@ def delete(db: Session, actor: str, net: Network) -> None:
 
 
 def create_port(db: Session, actor: str, net: Network, fixed_ips: list[str],
-                inst: Instance | None = None) -> Port:
-    """A port with one address per subnet: the fixed one asked for, else the lowest free."""
+                inst: Instance | None = None,
+                groups: list[SecurityGroup] | None = None) -> Port:
+    """A port with one address per subnet: the fixed one asked for, else the lowest free.
+
+    It is in `groups` (None: the group 'default'); the nodes shown those groups learn of
+    its addresses.
+    """
+    if groups is None:
+        groups = secgroups.resolve(db, None)
     wanted: dict[str, str] = {}
     subnets = list(net.subnets)
     for text in fixed_ips:
@@ -146,10 +154,15 @@ def create_port(db: Session, actor: str, net: Network, fixed_ips: list[str],
     port = ipam.add_port(db, net, inst.id if inst else None)
     addresses = [ipam.assign(db, port, sub, wanted.get(sub.id)) for sub in subnets]
     db.expire(port, ["addresses"])
+    port.security_groups = list(groups)
+    db.flush()
     audit.record(db, actor, "port.create", f"port/{port.id}", network=net.name, mac=port.mac,
-                 addresses=addresses, instance=inst.name if inst else None)
+                 addresses=addresses, instance=inst.name if inst else None,
+                 security_groups=[g.name for g in groups])
     if inst is not None:
         bump_carriers(db, [net.id], exclude_node_id=inst.node_id)
+    secgroups.bump_viewers(db, [g.id for g in groups],
+                           exclude_node_id=inst.node_id if inst else None)
     return port
 
 
@@ -160,8 +173,10 @@ def delete_port(db: Session, actor: str, port: Port) -> None:
         raise Conflict(f"port {port.id} is a NIC of VM '{name}'; it goes when the VM is deleted")
     audit.record(db, actor, "port.delete", f"port/{port.id}", network=port.network.name,
                  mac=port.mac, addresses=[a.address for a in port.addresses])
+    groups = [g.id for g in port.security_groups]
     db.delete(port)
     db.flush()
+    secgroups.bump_viewers(db, groups)
 
 
 def parse_attachment(ref: str) -> tuple[str, str | None]:
@@ -186,8 +201,10 @@ def resolve_attachments(db: Session, refs: list[str]) -> list[tuple[Network, str
 
 
 def attach_new_instance(db: Session, actor: str, inst: Instance,
-                        wanted: list[tuple[Network, str | None]]) -> list[Port]:
-    return [create_port(db, actor, net, [ip] if ip else [], inst) for net, ip in wanted]
+                        wanted: list[tuple[Network, str | None]],
+                        groups: list[SecurityGroup] | None = None) -> list[Port]:
+    return [create_port(db, actor, net, [ip] if ip else [], inst, groups)
+            for net, ip in wanted]
 
 
 def carriers(db: Session, network_ids: list[str]) -> set[str]:
@@ -214,6 +231,9 @@ def release_instance(db: Session, inst: Instance) -> None:
     """A VM being deleted leaves its networks: the other nodes carrying them learn of it."""
     db.flush()
     bump_carriers(db, instance_network_ids(db, inst), exclude_node_id=inst.node_id)
+    port_ids = list(db.scalars(select(Port.id).where(Port.instance_id == inst.id)))
+    secgroups.bump_viewers(db, secgroups.port_group_ids(db, port_ids),
+                           exclude_node_id=inst.node_id)
 
 
 def delete_instance_ports(db: Session, inst: Instance) -> None:
