@@ -47,14 +47,21 @@ def probe_namespace() -> Iterator[tuple[str, str]]:
         ip("netns", "del", ns)
 
 
-def test_vm_on_a_tenant_network_answers_ping(region: E2ERegion,
-                                             probe_namespace: tuple[str, str]) -> None:
-    net, name = f"net-{uuid.uuid4().hex[:6]}", f"nic-{uuid.uuid4().hex[:6]}"
+def pings(ns: str, address: str, count: int = 1) -> bool:
+    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-W", "1",
+                           address], capture_output=True, check=False).returncode == 0
+
+
+def test_vm_on_a_tenant_network_answers_ping_as_its_security_group_allows(
+        region: E2ERegion, probe_namespace: tuple[str, str]) -> None:
+    tag = uuid.uuid4().hex[:6]
+    net, name, group = f"net-{tag}", f"nic-{tag}", f"sg-{tag}"
     region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.77.0.0/24",
                "--gateway", "10.77.0.1")
     network = json.loads(region.cli("network", "show", net))
+    region.cli("security-group", "create", group)  # no rule: nothing may come in
     region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1", "--memory", "256",
-               "--network", f"{net}:10.77.0.10", "--wait")
+               "--network", f"{net}:10.77.0.10", "--security-group", group, "--wait")
     vm = region.vm(name)
     assert [p["addresses"] for p in vm["ports"]] == [["10.77.0.10"]]
     wait_for(lambda: console_has(str(vm["console_log"]), "vauban-testguest net eth0 10.77.0.10/24"),
@@ -65,12 +72,19 @@ def test_vm_on_a_tenant_network_answers_ping(region: E2ERegion,
     ip("link", "set", host_end, "master", bridge, "up")
     ip("-n", ns, "addr", "add", "10.77.0.200/24", "dev", "eth0")
     ip("-n", ns, "link", "set", "eth0", "up")
-    wait_for(lambda: subprocess.run(
-        ["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", "10.77.0.10"],
-        capture_output=True, check=False).returncode == 0, 60, "the VM to answer ping")
+    assert not pings(ns, "10.77.0.10", count=3)  # default deny inbound
+
+    # a rule takes effect on the running VM, and its removal too
+    region.cli("security-group", "rule", "add", group, "--direction", "ingress",
+               "--protocol", "icmp", "--remote-cidr", "10.77.0.200/32")
+    wait_for(lambda: pings(ns, "10.77.0.10"), 60, "the VM to answer ping")
+    rule_id = json.loads(region.cli("security-group", "show", group))["rules"][0]["id"]
+    region.cli("security-group", "rule", "delete", group, rule_id)
+    wait_for(lambda: not pings(ns, "10.77.0.10"), 60, "the rule removal to take effect")
 
     region.cli("vm", "delete", name, "--wait")
     assert not domain_exists(vm["id"])
+    region.cli("security-group", "delete", group)
     region.cli("network", "delete", net)
     # the node drops the bridge once no VM of it needs the network
     wait_for(lambda: subprocess.run(["ip", "link", "show", bridge], capture_output=True,
