@@ -11,70 +11,25 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, VmSpec
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
-from agent.hostprep import unreachable_dirs
 from agent.protocol import CloudInitSeed
 from images.seed import build_nocloud_seed
+from tests.integration.libvirt_fixtures import URI, Domains
 
 pytestmark = pytest.mark.integration
 
-URI = "qemu:///system"
 BOOT_TIMEOUT_S = 120.0  # TCG on a loaded 2-core machine; a boot normally takes a few seconds
 HOTPLUG_TIMEOUT_S = 60.0  # guest sees an attach / releases a detached disk
 DISKS_LINE = re.compile(r"vauban-testguest disks=([a-z0-9,]*)")
-
-
-class Recorder:
-    """Records the UUIDs of domains a test creates, and removes exactly those."""
-
-    def __init__(self) -> None:
-        self.conn = libvirt.open(URI)
-        self.uuids: list[str] = []
-
-    def new_id(self) -> str:
-        vm_id = str(uuid.uuid4())
-        self.uuids.append(vm_id)
-        return vm_id
-
-    def cleanup(self) -> None:
-        for vm_id in self.uuids:
-            try:
-                dom = self.conn.lookupByUUIDString(vm_id)
-            except libvirt.libvirtError:
-                continue
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                              | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-        self.conn.close()
-
-
-@pytest.fixture
-def domains(libvirtd: list[int]) -> Iterator[Recorder]:
-    recorder = Recorder()
-    yield recorder
-    recorder.cleanup()
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A directory QEMU (user libvirt-qemu) can reach: pytest's tmp_path base is 0700."""
-    path = Path(tempfile.mkdtemp(prefix="vauban-it-", dir="/var/tmp"))
-    path.chmod(0o711)
-    assert unreachable_dirs(path) == []
-    yield path
-    shutil.rmtree(path)
 
 
 @pytest.fixture
@@ -92,7 +47,7 @@ def qcow2(path: Path, size: str = "16M", backing: Path | None = None) -> Path:
     return path
 
 
-def guest_spec(domains: Recorder, workdir: Path, image: Path) -> VmSpec:
+def guest_spec(domains: Domains, workdir: Path, image: Path) -> VmSpec:
     """The test guest: an overlay of (a private copy of) the image as vda, a seed as vdb.
 
     The copy keeps libvirt's relabelling of backing files off the shared image.
@@ -109,7 +64,7 @@ def guest_spec(domains: Recorder, workdir: Path, image: Path) -> VmSpec:
                   console_log=workdir / "console.log", labels={"test": "hotplug"})
 
 
-def blank_spec(domains: Recorder, workdir: Path) -> VmSpec:
+def blank_spec(domains: Domains, workdir: Path) -> VmSpec:
     """A VM without an OS: enough for what libvirt alone decides."""
     vm_id = domains.new_id()
     return VmSpec(id=vm_id, name=f"vauban-it-{vm_id}", vcpus=1, memory_mib=64,
@@ -142,7 +97,7 @@ def wait_for_disks(log: Path, expected: str, *, since: int = 0,
 
 @pytest.mark.timeout(600)
 def test_guest_sees_a_hot_plugged_disk_come_and_go(
-        driver: LibvirtDriver, domains: Recorder, workdir: Path,
+        driver: LibvirtDriver, domains: Domains, workdir: Path,
         testguest_image: Path) -> None:
     spec = guest_spec(domains, workdir, testguest_image)
     driver.define(spec)
@@ -176,7 +131,7 @@ def test_guest_sees_a_hot_plugged_disk_come_and_go(
     assert data.path.exists()  # the file belongs to the storage driver
 
 
-def test_attach_to_a_stopped_vm_is_refused(driver: LibvirtDriver, domains: Recorder,
+def test_attach_to_a_stopped_vm_is_refused(driver: LibvirtDriver, domains: Domains,
                                            workdir: Path) -> None:
     spec = blank_spec(domains, workdir)
     driver.define(spec)
@@ -188,7 +143,7 @@ def test_attach_to_a_stopped_vm_is_refused(driver: LibvirtDriver, domains: Recor
     assert driver.list_disks(spec.id) == list(spec.disks)
 
 
-def test_refusals_on_a_running_vm_change_nothing(driver: LibvirtDriver, domains: Recorder,
+def test_refusals_on_a_running_vm_change_nothing(driver: LibvirtDriver, domains: Domains,
                                                  workdir: Path) -> None:
     spec = blank_spec(domains, workdir)
     driver.define(spec)
@@ -209,7 +164,7 @@ def test_refusals_on_a_running_vm_change_nothing(driver: LibvirtDriver, domains:
     assert driver.list_disks(spec.id) == list(spec.disks)
 
 
-def test_failed_attach_leaves_nothing(driver: LibvirtDriver, domains: Recorder,
+def test_failed_attach_leaves_nothing(driver: LibvirtDriver, domains: Domains,
                                       workdir: Path) -> None:
     spec = blank_spec(domains, workdir)
     driver.define(spec)
@@ -225,7 +180,7 @@ def test_failed_attach_leaves_nothing(driver: LibvirtDriver, domains: Recorder,
 
 
 def test_detach_from_a_stopped_vm_edits_its_definition(
-        driver: LibvirtDriver, domains: Recorder, workdir: Path) -> None:
+        driver: LibvirtDriver, domains: Domains, workdir: Path) -> None:
     spec = blank_spec(domains, workdir)
     data = DiskSpec(qcow2(workdir / "data.qcow2"), "qcow2", "vdc")
     driver.define(replace(spec, disks=(*spec.disks, data)))
