@@ -12,7 +12,6 @@ parents are the caller's to keep searchable.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from agent.drivers.storage.base import (
     StorageHealth,
     StorageInfo,
 )
+from agent.drivers.storage.streams import CheckedStream
 from agent.protocol import ImageRef
 from agent.revert import Reverter
 
@@ -59,6 +59,14 @@ def qemu_img_info(path: Path, fmt: str | None = None) -> dict[str, Any]:
     except ValueError as e:
         raise StorageError(f"unreadable qemu-img info for {path}: {e}") from e
     return info
+
+
+def check_standalone_qcow2(path: Path, image: ImageRef) -> None:
+    """A qcow2 must parse as one and name no backing file (it could point anywhere)."""
+    info = qemu_img_info(path, "qcow2")
+    if "backing-filename" in info:
+        raise StorageError(f"image {image.id} has a backing file "
+                           f"({info['backing-filename']}); refused")
 
 
 def _run(argv: list[str]) -> str:
@@ -133,40 +141,20 @@ class LocalfsDriver(StorageDriver):
                                             suffix=".part")
             tmp = Path(tmp_name)
             revert.add(lambda: tmp.unlink(missing_ok=True), f"remove {tmp}")
-            digest = hashlib.sha256()
-            size = 0
+            stream = CheckedStream(image)
             with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > image.size_bytes:
-                        # Stop early: a runaway stream must not fill the disk.
-                        raise StorageError(f"image {image.id} is larger than its declared "
-                                           f"{image.size_bytes} bytes")
-                    digest.update(chunk)
+                for chunk in stream.read(chunks):
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            actual = digest.hexdigest()
-            if actual != image.sha256:
-                raise StorageError(f"image {image.id} checksum mismatch: expected sha256 "
-                                   f"{image.sha256}, got {actual}")
-            if size != image.size_bytes:
-                raise StorageError(f"image {image.id} is {size} bytes, declared "
-                                   f"{image.size_bytes}")
-            self._check_image_file(tmp, image)
+            stream.verify()
+            if image.disk_format == "qcow2":  # raw is opened as raw: it cannot redirect QEMU
+                check_standalone_qcow2(tmp, image)
             tmp.chmod(IMAGE_MODE)
             tmp.replace(final)
             _fsync_dir(self.images_dir)
             revert.success()
 
-    def _check_image_file(self, path: Path, image: ImageRef) -> None:
-        """A qcow2 must parse as one and name no backing file (it could point anywhere)."""
-        if image.disk_format != "qcow2":
-            return  # raw is always opened as raw: its content cannot redirect QEMU
-        info = qemu_img_info(path, "qcow2")
-        if "backing-filename" in info:
-            raise StorageError(f"image {image.id} has a backing file "
-                               f"({info['backing-filename']}); refused")
 
     def delete_image(self, image_id: str) -> None:
         """Remove an image; a no-op if it is not stored; refused while a disk is made from it."""

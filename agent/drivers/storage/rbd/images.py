@@ -8,7 +8,6 @@ verified, snapshotted, protected), so the final name never shows a partial image
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -20,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.drivers.storage.base import StorageError
-from agent.drivers.storage.localfs import qemu_img_info
+from agent.drivers.storage.localfs import check_standalone_qcow2, qemu_img_info
 from agent.drivers.storage.rbd.conn import CephConnection, bindings
 from agent.drivers.storage.rbd.names import BASE_SNAP, image_name, temp_image_name
+from agent.drivers.storage.streams import CheckedStream
 from agent.protocol import ImageRef
 from agent.revert import Reverter
 
@@ -226,28 +226,14 @@ def import_image(conn: CephConnection, pool: str, image: ImageRef, chunks: Itera
 
 def _write_verified(img: Any, image: ImageRef, chunks: Iterable[bytes]) -> None:
     writer = SparseWriter(img)
-    digest = hashlib.sha256()
-    size = 0
+    stream = CheckedStream(image)
     try:
-        for chunk in chunks:
-            size += len(chunk)
-            if size > image.size_bytes:
-                raise StorageError(f"image {image.id} is larger than its declared "
-                                   f"{image.size_bytes} bytes")
-            digest.update(chunk)
+        for chunk in stream.read(chunks):
             writer.write(chunk)
         writer.finish()
     finally:
         writer.drain()
-    _verify(image, digest.hexdigest(), size)
-
-
-def _verify(image: ImageRef, sha256: str, size: int) -> None:
-    if sha256 != image.sha256:
-        raise StorageError(f"image {image.id} checksum mismatch: expected sha256 "
-                           f"{image.sha256}, got {sha256}")
-    if size != image.size_bytes:
-        raise StorageError(f"image {image.id} is {size} bytes, declared {image.size_bytes}")
+    stream.verify()
 
 
 @contextmanager
@@ -257,21 +243,12 @@ def _spooled(image: ImageRef, chunks: Iterable[bytes], scratch_dir: Path) -> Ite
     fd, name = tempfile.mkstemp(dir=scratch_dir, prefix=f".{image.id}.", suffix=".qcow2")
     path = Path(name)
     try:
-        digest = hashlib.sha256()
-        size = 0
+        stream = CheckedStream(image)
         with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > image.size_bytes:
-                    raise StorageError(f"image {image.id} is larger than its declared "
-                                       f"{image.size_bytes} bytes")
-                digest.update(chunk)
+            for chunk in stream.read(chunks):
                 f.write(chunk)
-        _verify(image, digest.hexdigest(), size)
-        info = qemu_img_info(path, "qcow2")
-        if "backing-filename" in info:
-            raise StorageError(f"image {image.id} has a backing file "
-                               f"({info['backing-filename']}); refused")
+        stream.verify()
+        check_standalone_qcow2(path, image)
         yield path
     finally:
         path.unlink(missing_ok=True)
