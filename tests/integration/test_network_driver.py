@@ -11,8 +11,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +29,7 @@ from agent.drivers.network.base import (
 from agent.drivers.network.linux import LinuxNetworkDriver
 from agent.drivers.registry import load_network
 from agent.protocol import DesiredNetwork, NetworkKind
+from tests.integration.netns_helpers import lookup, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,22 +52,6 @@ c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
 c.sendall(b"hello")
 print(c.recv(64).decode())
 """
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-
-
-def _lookup(ipr: Any, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    assert found, f"no interface {ifname}"
-    return int(found[0])
 
 
 @dataclass
@@ -94,14 +78,14 @@ class Underlay:
             tap = f"vbt{self.tag}p{self.ports}"
             ipr.link("add", ifname=tap, kind="veth",
                      peer={"ifname": "eth0", "net_ns_fd": port_ns})
-            ipr.link("set", index=_lookup(ipr, tap), mtu=mtu, state="up",
-                     master=_lookup(ipr, bridge_name(network_id)))
+            ipr.link("set", index=lookup(ipr, tap), mtu=mtu, state="up",
+                     master=lookup(ipr, bridge_name(network_id)))
         with IPRoute(netns=port_ns) as ipr:
-            eth0 = _lookup(ipr, "eth0")
+            eth0 = lookup(ipr, "eth0")
             ipr.addr("add", index=eth0, address=address.split("/")[0],
                      prefixlen=int(address.split("/")[1]))
             ipr.link("set", index=eth0, mtu=mtu, state="up")
-            ipr.link("set", index=_lookup(ipr, "lo"), state="up")
+            ipr.link("set", index=lookup(ipr, "lo"), state="up")
         return port_ns
 
     def ping(self, ns: str, address: str) -> bool:
@@ -124,7 +108,7 @@ class Underlay:
 
     def fdb_peers(self, node: int, ifname: str) -> list[str]:
         with IPRoute(netns=self.nodes[node]) as ipr:
-            index = _lookup(ipr, ifname)
+            index = lookup(ipr, ifname)
             return sorted(e.get("NDA_DST") for e in ipr.fdb("dump", ifindex=index)
                           if e["ifindex"] == index and e.get("NDA_LLADDR") == ZERO_MAC)
 
@@ -154,7 +138,7 @@ def underlay() -> Iterator[Underlay]:
             bridge = f"vbt{u.tag}u"
             ipr.link("add", ifname=bridge, kind="bridge", br_stp_state=0, br_forward_delay=0)
             u.root_links.append(bridge)
-            ipr.link("set", index=_lookup(ipr, bridge), state="up")
+            ipr.link("set", index=lookup(ipr, bridge), state="up")
             for i, ip in enumerate(NODE_IPS, start=1):
                 node = f"vbt-{u.tag}-n{i}"
                 netns.create(node)
@@ -164,13 +148,13 @@ def underlay() -> Iterator[Underlay]:
                 ipr.link("add", ifname=host, kind="veth",
                          peer={"ifname": "eth0", "net_ns_fd": node})
                 u.root_links.append(host)
-                ipr.link("set", index=_lookup(ipr, host), master=_lookup(ipr, bridge),
+                ipr.link("set", index=lookup(ipr, host), master=lookup(ipr, bridge),
                          state="up")
                 with IPRoute(netns=node) as nipr:
-                    eth0 = _lookup(nipr, "eth0")
+                    eth0 = lookup(nipr, "eth0")
                     nipr.addr("add", index=eth0, address=ip, prefixlen=24)
                     nipr.link("set", index=eth0, state="up")
-                    nipr.link("set", index=_lookup(nipr, "lo"), state="up")
+                    nipr.link("set", index=lookup(nipr, "lo"), state="up")
         yield u
     finally:
         u.teardown()
@@ -236,10 +220,10 @@ def _kernel_has_vlan(underlay: Underlay) -> bool:
     with IPRoute(netns=underlay.nodes[0]) as ipr:
         probe = f"vbt{underlay.tag}v"
         try:
-            ipr.link("add", ifname=probe, kind="vlan", link=_lookup(ipr, "eth0"), vlan_id=4094)
+            ipr.link("add", ifname=probe, kind="vlan", link=lookup(ipr, "eth0"), vlan_id=4094)
         except NetlinkError:
             return False
-        ipr.link("del", index=_lookup(ipr, probe))
+        ipr.link("del", index=lookup(ipr, probe))
         return True
 
 
@@ -270,13 +254,13 @@ def test_reconcile_recreates_removes_and_spares_foreign_devices(underlay: Underl
         # Neither carries both marks: one has our prefix, the other our alias.
         ipr.link("add", ifname="vbr-handmade", kind="bridge")
         ipr.link("add", ifname="handbr0", kind="bridge")
-        ipr.link("set", index=_lookup(ipr, "handbr0"), ifalias=f"vauban:{drop}")
+        ipr.link("set", index=lookup(ipr, "handbr0"), ifalias=f"vauban:{drop}")
     nets = [tenant(keep, 1001, [NODE_IPS[1]]), tenant(drop, 1002, [NODE_IPS[1]])]
     driver.reconcile(nets, NODE_IPS[0])
     assert driver.list_networks() == sorted([keep, drop])
 
     with IPRoute(netns=underlay.nodes[0]) as ipr:  # an operator deletes a device by hand
-        ipr.link("del", index=_lookup(ipr, vxlan_name(keep)))
+        ipr.link("del", index=lookup(ipr, vxlan_name(keep)))
     driver.reconcile(nets[:1], NODE_IPS[0])
     links = underlay.links(0)
     assert driver.list_networks() == [keep]

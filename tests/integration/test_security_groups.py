@@ -11,11 +11,9 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pyroute2 import IPRoute, netns
@@ -28,6 +26,7 @@ from agent.drivers.network.secgroups import (
 )
 from agent.networks import tap_name
 from agent.protocol import DesiredSecurityGroup, SecurityRule
+from tests.integration.netns_helpers import lookup, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,22 +63,6 @@ def _capability() -> str | None:
     return None
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-
-
-def _lookup(ipr: Any, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    assert found, f"no interface {ifname}"
-    return int(found[0])
-
-
 @dataclass
 class Lab:
     tag: str
@@ -96,13 +79,13 @@ class Lab:
         tap = tap_name(f"port-{self.tag}-{label}")
         with IPRoute(netns=self.node) as ipr:
             ipr.link("add", ifname=tap, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
-            ipr.link("set", index=_lookup(ipr, tap), state="up",
-                     master=_lookup(ipr, bridge_name(f"net-{self.tag}")))
+            ipr.link("set", index=lookup(ipr, tap), state="up",
+                     master=lookup(ipr, bridge_name(f"net-{self.tag}")))
         with IPRoute(netns=ns) as ipr:
-            eth0 = _lookup(ipr, "eth0")
+            eth0 = lookup(ipr, "eth0")
             ipr.addr("add", index=eth0, address=address, prefixlen=24)
             ipr.link("set", index=eth0, state="up")
-            ipr.link("set", index=_lookup(ipr, "lo"), state="up")
+            ipr.link("set", index=lookup(ipr, "lo"), state="up")
         self.vms[address] = ns
         self.taps[address] = tap
 
@@ -145,8 +128,8 @@ def lab() -> Iterator[Lab]:
         with IPRoute(netns=lab.node) as ipr:
             br = bridge_name(f"net-{lab.tag}")
             ipr.link("add", ifname=br, kind="bridge", br_stp_state=0, br_forward_delay=0)
-            ipr.link("set", index=_lookup(ipr, br), state="up")
-            ipr.link("set", index=_lookup(ipr, "lo"), state="up")
+            ipr.link("set", index=lookup(ipr, br), state="up")
+            ipr.link("set", index=lookup(ipr, "lo"), state="up")
         lab.add_vm("vm1", VM1)
         lab.add_vm("vm2", VM2)
         lab.add_vm("cl", CLIENT)
