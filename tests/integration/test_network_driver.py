@@ -106,11 +106,13 @@ class Underlay:
         with IPRoute(netns=self.nodes[node]) as ipr:
             return {link.get("IFLA_IFNAME"): link for link in ipr.get_links()}
 
-    def fdb_peers(self, node: int, ifname: str) -> list[str]:
+    def fdb_peers(self, node: int, ifname: str, learned: bool = False) -> list[str]:
+        """Destinations of the all-zeros entries (or, with `learned`, of per-MAC ones)."""
         with IPRoute(netns=self.nodes[node]) as ipr:
             index = lookup(ipr, ifname)
             return sorted(e.get("NDA_DST") for e in ipr.fdb("dump", ifindex=index)
-                          if e["ifindex"] == index and e.get("NDA_LLADDR") == ZERO_MAC)
+                          if e["ifindex"] == index and e.get("NDA_DST")
+                          and (e.get("NDA_LLADDR") != ZERO_MAC) == learned)
 
     def teardown(self) -> None:
         for proc in self.procs:  # only the processes this test started, by their PID
@@ -287,11 +289,13 @@ def test_node_leaving_drops_its_forwarding_entries(underlay: Underlay) -> None:
     underlay.add_port(2, net_id, "10.0.0.3/24", 1450)
     assert wait_until(lambda: underlay.ping(p1, "10.0.0.3"))
 
-    for node in (0, 1):  # node 3 leaves the network
+    underlay.driver(2).reconcile([], NODE_IPS[2])  # node 3 leaves the network...
+    for node in (0, 1):  # ...and the controller tells the others
         underlay.driver(node).reconcile([tenant(net_id, 1003, others(node, (0, 1)))],
                                         NODE_IPS[node])
     assert underlay.fdb_peers(0, vxlan_name(net_id)) == [NODE_IPS[1]]
     assert underlay.fdb_peers(1, vxlan_name(net_id)) == [NODE_IPS[0]]
+    assert NODE_IPS[2] not in underlay.fdb_peers(0, vxlan_name(net_id), learned=True)
     assert not underlay.ping(p1, "10.0.0.3")
 
 
