@@ -20,7 +20,7 @@ from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.network.base import NetworkDriver
 from agent.drivers.network.secgroups import SecurityGroupFirewall
 from agent.drivers.storage.base import StorageDriver
-from agent.kvmprobe import KvmProbe
+from hardware.kvmprobe import KvmProbe
 from agent.networks import NetworkKeeper
 from agent.protocol import (
     DesiredState,

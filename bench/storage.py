@@ -80,7 +80,7 @@ from agent.drivers.storage.rbd.driver import RbdDriver  # noqa: E402
 from agent.drivers.storage.rbd.minicluster import MiniCluster, MiniClusterError  # noqa: E402
 from agent.drivers.storage.rbd.names import BASE_SNAP, image_name, root_disk_name  # noqa: E402
 from agent.hostprep import LIBVIRT_URI, HostPrepError, ensure_libvirtd, stop_daemons  # noqa: E402
-from agent.kvmprobe import probe_kvm  # noqa: E402
+from hardware.kvmprobe import probe_kvm  # noqa: E402
 from agent.protocol import ImageRef  # noqa: E402
 from bench.provision import (  # noqa: E402
     MILESTONES,

@@ -74,7 +74,7 @@ def libvirtd() -> Iterator[list[int]]:
 @pytest.fixture(scope="session")
 def guest_kernel(testguest_image: Path) -> Path:
     """A kernel to boot directly: the host's in /boot, else the test guest's own."""
-    from agent.kvmprobe import find_kernel
+    from hardware.kvmprobe import find_kernel
 
     found = find_kernel() or next((REPO / "var/cache/testguest").glob("pkgs/*/boot/vmlinuz-*"))
     return found

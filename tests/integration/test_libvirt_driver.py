@@ -20,7 +20,7 @@ import pytest
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, RbdSource, VmSpec
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
 from agent.drivers.hypervisor.libvirt.guest import Guest
-from agent.kvmprobe import boot_marker, probe_kvm
+from hardware.kvmprobe import boot_marker, probe_kvm
 from tests.integration.libvirt_fixtures import URI, Domains
 
 pytestmark = pytest.mark.integration
