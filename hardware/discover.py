@@ -13,7 +13,8 @@ from hardware.platform import KvmBootProbe, probe_bmc, probe_kvm
 from hardware.sysfs import Root
 
 
-def discover(root: Root | None = None, kvm_boot_probe: KvmBootProbe | None = None) -> HardwareInventory:
+def discover(root: Root | None = None,
+             kvm_boot_probe: KvmBootProbe | None = None) -> HardwareInventory:
     """Everything the probes find under `root` (default `/`). Reads only; changes nothing."""
     root = root or Root("/")
     pci = probe_pci(root)

@@ -103,7 +103,8 @@ def iommu(inv: HardwareInventory, spec: CheckSpec) -> tuple[bool | None, str]:
 def min_gpus(inv: HardwareInventory, spec: CheckSpec) -> tuple[bool | None, str]:
     need = _need(spec, "min_gpus")
     models = ", ".join(sorted({g.model for g in inv.gpus})) or "none"
-    return len(inv.gpus) >= need, f"{len(inv.gpus)} NVIDIA GPUs ({models}), at least {need} required"
+    have = len(inv.gpus)
+    return have >= need, f"{have} NVIDIA GPUs ({models}), at least {need} required"
 
 
 def gpus_passthrough_ready(inv: HardwareInventory, spec: CheckSpec) -> tuple[bool | None, str]:

@@ -23,6 +23,7 @@ PROBED = (
     "sys/block/*/size", "sys/block/*/removable", "sys/block/*/ro", "sys/block/*/serial",
     "sys/block/*/queue/rotational", "sys/block/*/device/model", "sys/block/*/device/serial",
     "sys/block/*/holders", "sys/block/*/*/partition", "sys/block/*/*/holders",
+    "sys/block/*/holders/*", "sys/block/*/*/holders/*",
     "sys/class/net/*/address", "sys/class/net/*/mtu", "sys/class/net/*/carrier",
     "sys/class/net/*/speed", "sys/class/net/*/device/driver",
     "sys/class/net/*/device/sriov_totalvfs", "sys/class/net/*/device/sriov_numvfs",

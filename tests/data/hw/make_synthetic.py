@@ -49,7 +49,7 @@ class Tree:
     def cpus(self, vendor: str, model: str, sockets: int, cores: int, flags: str) -> None:
         blocks, n = [], 0
         for socket in range(sockets):
-            for thread in range(2):
+            for _thread in range(2):
                 for core in range(cores):
                     blocks.append(
                         f"processor\t: {n}\nvendor_id\t: {vendor}\nmodel name\t: {model}\n"
@@ -60,7 +60,8 @@ class Tree:
 
     def memory(self, total_gib: int, numa: list[list[int]], hugepages_1g: int = 0) -> None:
         total = total_gib * GIB_KB
-        self.write("proc/meminfo", f"MemTotal:       {total} kB\nMemFree:        {total - GIB_KB * 4} kB\n"
+        self.write("proc/meminfo", f"MemTotal:       {total} kB\n"
+                                   f"MemFree:        {total - GIB_KB * 4} kB\n"
                                    f"MemAvailable:   {total - GIB_KB * 6} kB\n")
         for node, cpus in enumerate(numa):
             base = f"sys/devices/system/node/node{node}"
@@ -200,8 +201,8 @@ def gpu_server(t: Tree) -> None:
               mtu=9000)
     t.pci("0000:98:00.0", "15b3", "101d", "020000", "mlx5_core", 50, numa=1)
     t.nic("ens2f0np0", "0000:98:00.0", "b8:ce:f6:30:00:00", link=False, speed=None, sriov_total=8)
-    for n, (address, size) in enumerate((("0000:61:00.0", 960), ("0000:62:00.0", 3840),
-                                          ("0000:63:00.0", 3840), ("0000:64:00.0", 3840))):
+    for n, address in enumerate(("0000:61:00.0", "0000:62:00.0", "0000:63:00.0",
+                                 "0000:64:00.0")):
         t.pci(address, "144d", "a824", "010802", "nvme", 60 + n, numa=0)
     t.disk("nvme0n1", "0000:61:00.0", 960, False, "SAMSUNG MZ1L2960HCJR-00A07", "S665NE0R100001",
            partitions=("nvme0n1p1", "nvme0n1p2"))
