@@ -20,7 +20,6 @@ from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.network.base import NetworkDriver
 from agent.drivers.network.secgroups import SecurityGroupFirewall
 from agent.drivers.storage.base import StorageDriver
-from hardware.kvmprobe import KvmProbe
 from agent.networks import NetworkKeeper
 from agent.protocol import (
     DesiredState,
@@ -31,6 +30,7 @@ from agent.protocol import (
     StorageStatus,
 )
 from agent.reconcile import Reconciler
+from hardware.kvmprobe import KvmProbe
 
 log = logging.getLogger(__name__)
 

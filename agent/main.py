@@ -15,8 +15,8 @@ from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from agent.drivers.registry import load_hypervisor, load_network
 from agent.enroll import JoinError, join
-from hardware.kvmprobe import probe_kvm
 from agent.storage_setup import fetch_settings, make_storage
+from hardware.kvmprobe import probe_kvm
 
 log = logging.getLogger("vauban.agent")
 

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hardware.model import GpuInfo, HardwareInventory, QualificationReport
+
 PROTOCOL_VERSION = 1
 
 
@@ -90,6 +92,14 @@ class DesiredVolume(Wire):
     rollback: VolumeRollback | None = None
 
 
+class DesiredVgpu(Wire):
+    """A vGPU the agent creates on a GPU for one VM."""
+
+    uuid: str = Field(description="The mediated device's UUID, chosen by the controller")
+    parent: str = Field(examples=["0000:17:00.0"])
+    type_id: str = Field(examples=["nvidia-1030"])
+
+
 class DesiredVm(Wire):
     """One VM as the controller wants it on this node."""
 
@@ -112,6 +122,10 @@ class DesiredVm(Wire):
     flatten_root: bool = Field(
         default=False, description="Make the root disk independent of its image (copy its data)")
     ports: list[DesiredPort] = Field(default_factory=list, description="NICs, in guest order")
+    gpus: list[str] = Field(
+        default_factory=list,
+        description="PCI addresses of GPUs passed through whole (with their IOMMU groups)")
+    vgpus: list[DesiredVgpu] = Field(default_factory=list)
 
 
 class DesiredState(Wire):
@@ -195,6 +209,81 @@ class NicInfo(Wire):
     up: bool
 
 
+class XidEvent(Wire):
+    """An NVIDIA Xid error reported by the driver (e.g. 79: the GPU fell off the bus)."""
+
+    xid: int
+    at: datetime
+
+
+class GpuTelemetry(Wire):
+    """One NVML reading of a GPU; a value is None where the GPU does not report it."""
+
+    utilization_pct: int | None = Field(default=None, ge=0, le=100)
+    memory_utilization_pct: int | None = Field(default=None, ge=0, le=100)
+    memory_total_bytes: int | None = Field(default=None, ge=0)
+    memory_used_bytes: int | None = Field(default=None, ge=0)
+    temperature_c: int | None = None
+    power_w: float | None = Field(default=None, ge=0)
+    power_limit_w: float | None = Field(default=None, ge=0)
+    ecc_uncorrected_volatile: int | None = Field(
+        default=None, ge=0, description="Uncorrected ECC errors since the driver loaded")
+    ecc_uncorrected_aggregate: int | None = Field(
+        default=None, ge=0, description="Uncorrected ECC errors over the GPU's life")
+    xid_events: list[XidEvent] = Field(default_factory=list, description="Most recent last")
+
+
+class MigProfile(Wire):
+    """A GPU instance profile the GPU offers in MIG mode."""
+
+    profile_id: int
+    name: str = Field(examples=["1g.10gb"])
+    slices: int = Field(ge=1)
+    memory_mib: int = Field(ge=0)
+    max_instances: int = Field(ge=0)
+    free_instances: int = Field(ge=0)
+
+
+class MigInstance(Wire):
+    instance_id: int
+    profile_id: int
+    start: int = Field(ge=0, description="First slice of its placement")
+    size: int = Field(ge=1, description="Slices it spans")
+
+
+class MigState(Wire):
+    current: bool = Field(description="MIG mode is on now")
+    pending: bool = Field(description="MIG mode after the next GPU reset")
+    profiles: list[MigProfile] = Field(default_factory=list)
+    instances: list[MigInstance] = Field(default_factory=list)
+
+
+class NvmlGpu(Wire):
+    """What the NVIDIA driver says of a GPU it drives."""
+
+    address: str = Field(examples=["0000:17:00.0"])
+    name: str = Field(examples=["NVIDIA H100 80GB HBM3"])
+    uuid: str
+    telemetry: GpuTelemetry
+    mig: MigState | None = Field(default=None, description="None: the GPU has no MIG")
+
+
+class MdevInstance(Wire):
+    """A vGPU (mediated device) that exists on the node."""
+
+    uuid: str
+    type_id: str = Field(examples=["nvidia-1030"])
+    parent: str = Field(description="PCI address of the GPU it lives on")
+
+
+class NodeGpu(Wire):
+    """A GPU of the node: its PCI view, the vGPUs carved from it, and NVML's view."""
+
+    pci: GpuInfo
+    mdevs: list[MdevInstance] = Field(default_factory=list)
+    nvml: NvmlGpu | None = Field(default=None, description="None: not driven by nvidia")
+
+
 class Inventory(Wire):
     """What the node is made of, as probed by the agent."""
 
@@ -214,6 +303,12 @@ class Inventory(Wire):
     agent_version: str
     underlay_ip: str | None = Field(
         default=None, description="This node's address for VXLAN tunnels (tenant networks)")
+    hardware: HardwareInventory | None = Field(
+        default=None, description="Everything the hardware probes found")
+    qualification: QualificationReport | None = Field(
+        default=None, description="The node checked against its requirement profile")
+    gpus: list[NodeGpu] = Field(default_factory=list)
+    nvml_detail: str = Field(default="", examples=["no NVIDIA driver: no NVIDIA GPUs"])
 
 
 class NodeStatus(Wire):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.drivers.gpu.base import GpuDriver
+from agent.drivers.gpu.none import NoGpuDriver
+from agent.drivers.gpu.nvidia import NvidiaGpuDriver
 from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
 from agent.drivers.network.base import NetworkDriver
@@ -15,6 +18,7 @@ from agent.drivers.storage.rbd.driver import RbdDriver
 HYPERVISORS: dict[str, type[HypervisorDriver]] = {"libvirt": LibvirtDriver}
 STORAGE: dict[str, type[StorageDriver]] = {"localfs": LocalfsDriver, "rbd": RbdDriver}
 NETWORKS: dict[str, type[NetworkDriver]] = {"linux": LinuxNetworkDriver}
+GPUS: dict[str, type[GpuDriver]] = {"none": NoGpuDriver, "nvidia": NvidiaGpuDriver}
 
 
 def _lookup(kind: str, registry: dict[str, type[Any]], name: str) -> type[Any]:
@@ -40,4 +44,10 @@ def load_storage(name: str, **kwargs: Any) -> StorageDriver:
 def load_network(name: str, **kwargs: Any) -> NetworkDriver:
     """An instance of the network driver registered as `name`; ValueError if none is."""
     driver: NetworkDriver = _lookup("network", NETWORKS, name)(**kwargs)
+    return driver
+
+
+def load_gpu(name: str, **kwargs: Any) -> GpuDriver:
+    """An instance of the GPU driver registered as `name`; ValueError if none is."""
+    driver: GpuDriver = _lookup("gpu", GPUS, name)(**kwargs)
     return driver

@@ -70,6 +70,14 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
+class HostdevSpec:
+    """A host device given to the VM: a whole PCI function bound to vfio-pci, or a vGPU."""
+
+    kind: Literal["pci", "mdev"]
+    address: str  # pci: "0000:17:00.0"; mdev: the mediated device's UUID
+
+
+@dataclass(frozen=True)
 class VmSpec:
     """Everything needed to define a VM."""
 
@@ -82,6 +90,7 @@ class VmSpec:
     power_seq: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     nics: tuple[NicSpec, ...] = ()
+    hostdevs: tuple[HostdevSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.drivers.hypervisor.base import DiskSpec, RbdSource, VmSpec
+from agent.drivers.hypervisor.base import DiskSpec, HostdevSpec, RbdSource, VmSpec
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
 from agent.drivers.hypervisor.libvirt.config import (
     NS,
@@ -354,3 +354,28 @@ def test_nics_render_as_bridge_interfaces_and_parse_back() -> None:
     assert el.find("mtu").get("size") == "1450"  # type: ignore[union-attr]
     assert el.find("model").get("type") == "virtio"  # type: ignore[union-attr]
     assert NicConfig.from_element(el) == nic
+
+
+def test_gpu_vm_gets_its_group_and_vgpu_as_unmanaged_hostdevs() -> None:
+    spec = VmSpec(id=VM_ID, name="train-1", vcpus=8, memory_mib=65536, disks=(),
+                  console_log=Path("/srv/logs/train-1.log"),
+                  hostdevs=(HostdevSpec("pci", "0000:17:00.0"), HostdevSpec("pci", "0000:17:00.1"),
+                            HostdevSpec("mdev", "4b0f5d3a-1c2e-4f6a-8b9c-0d1e2f3a4b5c")))
+    config = LibvirtDriver(accelerated=True).domain_config(spec)
+    dom = ET.fromstring(config.to_xml())
+    hostdevs = dom.findall("devices/hostdev")
+    assert [(h.get("type"), h.get("managed"), h.get("mode")) for h in hostdevs] == [
+        ("pci", "no", "subsystem"), ("pci", "no", "subsystem"), ("mdev", "no", "subsystem")]
+    assert at(hostdevs[0], "source/address").attrib == {
+        "domain": "0x0000", "bus": "0x17", "slot": "0x00", "function": "0x0"}
+    assert at(hostdevs[1], "source/address").get("function") == "0x1"
+    assert hostdevs[2].get("model") == "vfio-pci"
+    assert at(hostdevs[2], "source/address").attrib == {
+        "uuid": "4b0f5d3a-1c2e-4f6a-8b9c-0d1e2f3a4b5c"}
+    assert at(dom, "features/kvm/hidden").get("state") == "on"
+    assert DomainConfig.from_xml(config.to_xml()) == config
+
+
+def test_vm_without_gpus_has_no_hostdev_and_no_hidden_kvm() -> None:
+    dom = ET.fromstring(make_config("kvm").to_xml())
+    assert dom.find("devices/hostdev") is None and dom.find("features/kvm") is None

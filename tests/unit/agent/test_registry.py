@@ -35,3 +35,13 @@ def test_loads_with_keyword_arguments(tmp_path: Path) -> None:
     assert isinstance(hv, LibvirtDriver) and hv.info().accelerated is False
     assert isinstance(storage, LocalfsDriver) and storage.info().name == "localfs"
     assert (tmp_path / "store" / "images").is_dir()
+
+
+def test_gpu_drivers_are_literal_and_unknown_names_fail() -> None:
+    from agent.drivers.gpu.none import NoGpuDriver
+    from agent.drivers.gpu.nvidia import NvidiaGpuDriver
+    from agent.drivers.registry import GPUS, load_gpu
+
+    assert GPUS == {"none": NoGpuDriver, "nvidia": NvidiaGpuDriver}
+    with pytest.raises(ValueError, match=r"unknown gpu driver 'amd'; known: none, nvidia"):
+        load_gpu("amd")

@@ -216,6 +216,43 @@ class NicConfig:
 
 
 @dataclass(frozen=True)
+class HostdevConfig:
+    """A PCI function (already bound to vfio-pci by the agent) or a vGPU given to the guest.
+
+    managed='no': the agent binds and restores drivers itself, from its own
+    record, instead of letting libvirt rebind on every start and stop.
+    """
+
+    kind: Literal["pci", "mdev"]
+    address: str  # "0000:17:00.0" or an mdev UUID
+
+    def to_element(self) -> ET.Element:
+        attrs = {"mode": "subsystem", "type": self.kind, "managed": "no"}
+        if self.kind == "mdev":
+            attrs["model"] = "vfio-pci"
+        dev = ET.Element("hostdev", attrs)
+        source = _sub(dev, "source")
+        if self.kind == "mdev":
+            _sub(source, "address", uuid=self.address)
+            return dev
+        domain, bus, slot_fn = self.address.split(":")
+        slot, function = slot_fn.split(".")
+        _sub(source, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}",
+             function=f"0x{function}")
+        return dev
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> HostdevConfig:
+        address = el.find("source/address")
+        if address is None:
+            raise ValueError("hostdev without a source address")
+        if el.get("type") == "mdev":
+            return cls("mdev", address.get("uuid", ""))
+        parts = [int(address.get(k, "0"), 16) for k in ("domain", "bus", "slot", "function")]
+        return cls("pci", "{:04x}:{:02x}:{:02x}.{:x}".format(*parts))
+
+
+@dataclass(frozen=True)
 class DomainConfig:
     """One domain as this platform defines it."""
 
@@ -230,6 +267,7 @@ class DomainConfig:
     machine: str = "pc"  # i440fx: the Debian cloud kernel has no AHCI driver for q35
     arch: str = "x86_64"
     nics: tuple[NicConfig, ...] = ()
+    hostdevs: tuple[HostdevConfig, ...] = ()
 
     def to_element(self) -> ET.Element:
         dom = ET.Element("domain", {"type": self.virt_type})
@@ -244,6 +282,9 @@ class DomainConfig:
         features = _sub(dom, "features")
         _sub(features, "acpi")  # without it a guest's poweroff only halts the CPU
         _sub(features, "apic")
+        if self.hostdevs and self.virt_type == "kvm":
+            # NVIDIA's consumer drivers refuse to start when they see a hypervisor (error 43)
+            _sub(_sub(features, "kvm"), "hidden", state="on")
         if self.virt_type == "kvm":
             _sub(dom, "cpu", mode="host-passthrough")
         # Under TCG no <cpu>: QEMU's default model is the one every TCG build emulates.
@@ -255,6 +296,8 @@ class DomainConfig:
             devices.append(disk.to_element())
         for nic in self.nics:
             devices.append(nic.to_element())
+        for hostdev in self.hostdevs:
+            devices.append(hostdev.to_element())
         serial = _sub(devices, "serial", type="file")
         # append: the log keeps earlier boots, so a restart does not erase the evidence.
         _sub(serial, "source", path=str(self.console_log), append="on")
@@ -299,6 +342,7 @@ class DomainConfig:
             arch=os_type.get("arch", "x86_64") if os_type is not None else "x86_64",
             nics=tuple(NicConfig.from_element(n)
                        for n in root.findall("devices/interface[@type='bridge']")),
+            hostdevs=tuple(HostdevConfig.from_element(h) for h in root.findall("devices/hostdev")),
         )
 
 

@@ -22,6 +22,7 @@ from agent.drivers.hypervisor.libvirt import secrets
 from agent.drivers.hypervisor.libvirt.config import (
     DiskConfig,
     DomainConfig,
+    HostdevConfig,
     InstanceMetadata,
     NicConfig,
     parse_disks,
@@ -83,6 +84,7 @@ class LibvirtDriver(HypervisorDriver):
             console_log=spec.console_log,
             metadata=InstanceMetadata(spec.id, spec.power_seq, dict(spec.labels)),
             nics=tuple(NicConfig(n.mac, n.bridge, n.mtu, n.device) for n in spec.nics),
+            hostdevs=tuple(HostdevConfig(h.kind, h.address) for h in spec.hostdevs),
         )
 
     def _ours(self, vm_id: str) -> tuple[Guest, InstanceMetadata] | None:
