@@ -18,6 +18,9 @@ class AgentConfig:
     poll_wait_s: float = 25.0  # long-poll length; the controller answers early on change
     stop_grace_s: float = 60.0  # ACPI shutdown before a VM is forced off
     kvm_probe_timeout_s: float = 10.0
+    gpu: str = "auto"  # "auto": "nvidia" when the PCI bus shows an NVIDIA GPU, else "none"
+    hardware_profile: str = "compute"  # the qualification profile the node is checked against
+    hardware_refresh_s: float = 300.0  # disks, NICs and PCI change rarely; GPUs every report
 
     @property
     def node_file(self) -> Path:
@@ -42,6 +45,10 @@ class AgentConfig:
     @property
     def instances_dir(self) -> Path:
         return self.data_dir / "instances"
+
+    @property
+    def gpu_records(self) -> Path:
+        return self.data_dir / "gpu"
 
     @property
     def kvm_probe_cache(self) -> Path:

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from agent import __version__, inventory
 from agent.client import ControllerClient, ControllerUnavailable
 from agent.config import AgentConfig, NodeIdentity
+from agent.drivers.gpu.base import GpuDriver
+from agent.drivers.gpu.none import NoGpuDriver
 from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.network.base import NetworkDriver
 from agent.drivers.network.secgroups import SecurityGroupFirewall
@@ -24,6 +26,7 @@ from agent.networks import NetworkKeeper
 from agent.protocol import (
     DesiredState,
     Inventory,
+    NodeGpu,
     NodeStatus,
     ObservedVolume,
     PoolUsage,
@@ -43,7 +46,8 @@ class Agent:
                  hypervisor: HypervisorDriver, storage: StorageDriver, kvm: KvmProbe,
                  storage_driver: str, stopping: threading.Event | None = None,
                  prepare_disks: Callable[[], None] = lambda: None,
-                 network: NetworkDriver | None = None) -> None:
+                 network: NetworkDriver | None = None, gpu: GpuDriver | None = None,
+                 hardware: inventory.HardwareReporter | None = None) -> None:
         self.config = config
         self.identity = identity
         self.client = client
@@ -52,6 +56,8 @@ class Agent:
         self.kvm = kvm
         self.storage_driver = storage_driver
         self.underlay_ip = inventory.underlay_address(identity.controller_url)
+        self.gpu = gpu or NoGpuDriver()
+        self.hardware = hardware
         self.stopping = stopping or threading.Event()
         self._desired_ready = threading.Condition()
         self._latest: DesiredState | None = None
@@ -65,6 +71,7 @@ class Agent:
             networks=NetworkKeeper(network, self.underlay_ip, config.data_dir / "networks.json",
                                    SecurityGroupFirewall())
             if network is not None else None,
+            gpu=self.gpu,
         )
 
     def run(self) -> None:
@@ -176,8 +183,17 @@ class Agent:
                                               max_avail_bytes=p.max_avail_bytes)
                                     for p in h.pools])
 
+    def _gpus(self) -> tuple[list[NodeGpu], str]:
+        try:
+            return self.gpu.discover()
+        except Exception as e:  # a GPU that cannot be read must not stop the heartbeat
+            log.warning("GPUs unknown: %s", e)
+            return [], f"GPU discovery failed: {e}"
+
     def inventory(self) -> Inventory:
         model, flags = inventory.cpu_model_and_flags()
+        hardware, report = self.hardware.current() if self.hardware else (None, None)
+        gpus, nvml_detail = self._gpus()
         return Inventory(
             hostname=inventory.hostname(), cpu_model=model, cpu_flags=flags,
             cpus=inventory.cpu_count(), memory_mib=inventory.memory_mib(),
@@ -185,5 +201,6 @@ class Agent:
             kvm_probe_detail=self.kvm.detail, disks=inventory.disks(), nics=inventory.nics(),
             hypervisor=self.config.hypervisor, storage=self.storage_driver,
             storage_free_bytes=self._free_bytes(), agent_version=__version__,
-            underlay_ip=self.underlay_ip,
+            underlay_ip=self.underlay_ip, hardware=hardware, qualification=report,
+            gpus=gpus, nvml_detail=nvml_detail,
         )

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 
 from agent.protocol import DiskInfo, NicInfo
-
-VIRT_FLAGS = ("vmx", "svm", "hypervisor", "ept", "npt", "avx2", "aes")
+from hardware.cpu import probe_cpu
+from hardware.discover import discover
+from hardware.disks import probe_disks
+from hardware.memory import probe_memory
+from hardware.model import HardwareInventory, QualificationReport
+from hardware.nics import probe_nics
+from hardware.qualify import Profile, qualify
+from hardware.sysfs import Root
 
 
 def cpu_model_and_flags(root: Path = Path("/")) -> tuple[str, list[str]]:
-    model, flags = "unknown", set()
-    for line in (root / "proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model == "unknown":
-            model = value.strip()
-        elif key == "flags":
-            flags |= set(value.split())
-    return model, sorted(f for f in VIRT_FLAGS if f in flags)
+    cpu = probe_cpu(Root(root))
+    return cpu.model, sorted(cpu.flags)
 
 
 def cpu_count() -> int:
@@ -28,52 +29,25 @@ def cpu_count() -> int:
 
 
 def memory_mib(root: Path = Path("/")) -> int:
-    for line in (root / "proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-    raise ValueError("MemTotal missing from /proc/meminfo")
+    total = probe_memory(Root(root)).total_mib
+    if total <= 0:
+        raise ValueError("MemTotal missing from /proc/meminfo")
+    return total
 
 
 def disks(root: Path = Path("/")) -> list[DiskInfo]:
     """Whole disks (not partitions, loops or RAM disks)."""
-    out = []
-    block = root / "sys/block"
-    for dev in sorted(block.iterdir()) if block.is_dir() else []:
-        if dev.name.startswith(("loop", "ram", "zram", "dm-", "sr", "nbd")):
-            continue
-        size = int(_read(dev / "size", "0")) * 512
-        out.append(DiskInfo(
-            name=dev.name, size_bytes=size,
-            rotational=_read(dev / "queue/rotational", "0") == "1",
-            model=_read(dev / "device/model", "") or None,
-        ))
-    return out
+    return [DiskInfo(name=d.name, size_bytes=d.size_bytes, rotational=d.rotational, model=d.model)
+            for d in probe_disks(Root(root))]
 
 
 def nics(root: Path = Path("/")) -> list[NicInfo]:
-    """Network interfaces except loopback."""
-    out = []
-    net = root / "sys/class/net"
-    for dev in sorted(net.iterdir()) if net.is_dir() else []:
-        if dev.name == "lo":
-            continue
-        out.append(NicInfo(
-            name=dev.name, mac=_read(dev / "address", "") or None,
-            mtu=int(_read(dev / "mtu", "0") or 0),
-            up=_read(dev / "operstate", "down") in ("up", "unknown"),
-        ))
-    return out
+    """Network interfaces except loopback; `up` means a carrier is detected."""
+    return [NicInfo(name=n.name, mac=n.mac, mtu=n.mtu, up=n.link) for n in probe_nics(Root(root))]
 
 
 def hostname() -> str:
     return socket.gethostname()
-
-
-def _read(path: Path, default: str) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return default
 
 
 def underlay_address(controller_url: str) -> str | None:
@@ -93,3 +67,28 @@ def underlay_address(controller_url: str) -> str | None:
             return str(s.getsockname()[0])
     except OSError:
         return None
+
+
+class HardwareReporter:
+    """The hardware inventory and its qualification, probed again every `refresh_s`.
+
+    KVM usability comes from the agent's boot probe, made once at start.
+    """
+
+    def __init__(self, profile: Profile, kvm_usable: bool, kvm_detail: str,
+                 refresh_s: float = 300.0, root: Root | None = None) -> None:
+        self.profile = profile
+        self._kvm = (kvm_usable, kvm_detail)
+        self.refresh_s = refresh_s
+        self.root = root or Root("/")
+        self._lock = threading.Lock()
+        self._at = -float("inf")
+        self._last: tuple[HardwareInventory, QualificationReport] | None = None
+
+    def current(self) -> tuple[HardwareInventory, QualificationReport]:
+        with self._lock:
+            if self._last is None or time.monotonic() - self._at >= self.refresh_s:
+                hw = discover(self.root, lambda: self._kvm)
+                self._last = (hw, qualify(hw, self.profile))
+                self._at = time.monotonic()
+            return self._last

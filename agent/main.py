@@ -13,16 +13,32 @@ from types import FrameType
 from agent.client import ControllerClient
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
-from agent.drivers.registry import load_hypervisor, load_network
+from agent.drivers.registry import GPUS, load_gpu, load_hypervisor, load_network
 from agent.enroll import JoinError, join
+from agent.inventory import HardwareReporter
 from agent.storage_setup import fetch_settings, make_storage
+from hardware.gpus import probe_gpus
 from hardware.kvmprobe import probe_kvm
+from hardware.pci import probe_iommu, probe_pci
+from hardware.qualify import ProfileError, load_profile
+from hardware.sysfs import Root
 
 log = logging.getLogger("vauban.agent")
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
-    return AgentConfig(data_dir=Path(args.data_dir).resolve())
+    extra = {} if args.command != "run" else {
+        "gpu": args.gpu, "hardware_profile": args.hardware_profile}
+    return AgentConfig(data_dir=Path(args.data_dir).resolve(), **extra)
+
+
+def gpu_driver_name(setting: str, root: Root | None = None) -> str:
+    """'auto' becomes 'nvidia' when the PCI bus shows an NVIDIA GPU, else 'none'."""
+    if setting != "auto":
+        return setting
+    root = root or Root("/")
+    found = probe_gpus(root, probe_pci(root), probe_iommu(root))
+    return "nvidia" if found else "none"
 
 
 def cmd_join(args: argparse.Namespace) -> int:
@@ -42,6 +58,16 @@ def cmd_run(args: argparse.Namespace) -> int:
               "'vauban-agent join' first", file=sys.stderr)
         return 1
     identity = NodeIdentity.load(config.node_file)
+    try:
+        profile = load_profile(config.hardware_profile)
+    except ProfileError as e:
+        print(f"vauban-agent: {e}", file=sys.stderr)
+        return 2
+    gpu_name = gpu_driver_name(config.gpu)
+    if gpu_name not in GPUS:
+        print(f"vauban-agent: unknown GPU driver {gpu_name!r}; known: auto, "
+              f"{', '.join(sorted(GPUS))}", file=sys.stderr)
+        return 2
     kvm = probe_kvm(timeout=config.kvm_probe_timeout_s, cache=config.kvm_probe_cache)
     log.info("KVM %s: %s", "usable" if kvm.usable else "not usable (TCG)", kvm.detail)
     hypervisor = load_hypervisor(config.hypervisor, uri=config.libvirt_uri,
@@ -65,11 +91,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     storage, prepare_disks = make_storage(settings, config, hypervisor)
     agent = Agent(config, identity, client, hypervisor, storage, kvm, settings.driver,
                   stopping=stopping, prepare_disks=prepare_disks,
-                  network=load_network(config.network))
+                  network=load_network(config.network),
+                  gpu=load_gpu(gpu_name, records=config.gpu_records) if gpu_name != "none"
+                  else load_gpu("none"),
+                  hardware=HardwareReporter(profile, kvm.usable, kvm.detail,
+                                            config.hardware_refresh_s))
     running.append(agent)
     log.info("agent for node %s (%s) talking to %s", identity.name, identity.node_id,
              identity.controller_url)
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        agent.gpu.close()
     return 0
 
 
@@ -84,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--name", required=True, help="this node's name in the region")
     j.set_defaults(func=cmd_join)
     r = sub.add_parser("run", help="run the agent in the foreground")
+    r.add_argument("--gpu", default="auto",
+                   help="GPU driver: auto (nvidia if an NVIDIA GPU is present), nvidia, none")
+    r.add_argument("--hardware-profile", default="compute",
+                   help="qualification profile (name in hardware/profiles, or a YAML file)")
     r.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,

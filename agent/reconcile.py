@@ -9,6 +9,7 @@ state has been received from the controller.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import shutil
 import threading
@@ -18,8 +19,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.drivers.gpu.base import GpuDriver
+from agent.drivers.gpu.none import NoGpuDriver
 from agent.drivers.hypervisor.base import (
     DiskSpec,
+    HostdevSpec,
     HypervisorDriver,
     NicSpec,
     VmObservation,
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30.0
 GIVE_UP_AFTER_S = 300.0  # a retryable failure of one request is reported as failed after this
+VGPU_FILE = "vgpus.json"  # in the VM's directory: the vGPUs made for it, to remove with it
 OWNER_LABEL = "vauban.node"  # the node whose agent made the VM; no other agent touches it
 
 
@@ -121,6 +126,7 @@ class Reconciler:
         prepare_disks: Callable[[], None] = lambda: None,
         networks: NetworkKeeper | None = None,
         workers: int = 4,
+        gpu: GpuDriver | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.storage = storage
@@ -133,6 +139,7 @@ class Reconciler:
         self.prepare_disks = prepare_disks  # before a domain with storage disks is defined
         self.volumes = VolumeKeeper(storage, hypervisor, prepare_disks)
         self.networks = networks
+        self.gpu = gpu or NoGpuDriver()
         self._idle = threading.Condition()
         self._running_tasks = 0
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm")
@@ -289,6 +296,7 @@ class Reconciler:
             build_nocloud_seed(vm.seed, seed,
                                network_config=network_config(vm.ports) if vm.ports else None)
             self._step(vm.id, 70)
+            hostdevs = self._claim_gpus(vm, revert)
             spec = VmSpec(
                 id=vm.id, name=f"vauban-{vm.name}", vcpus=vm.vcpus, memory_mib=vm.memory_mib,
                 disks=(root, DiskSpec(source=seed, format="raw", target="vdb", readonly=True)),
@@ -296,6 +304,7 @@ class Reconciler:
                 labels={OWNER_LABEL: self.owner},
                 nics=tuple(NicSpec(mac=p.mac, bridge=bridge_name(p.network_id), mtu=p.mtu,
                                    device=tap_name(p.id)) for p in vm.ports),
+                hostdevs=hostdevs,
             )
             self.prepare_disks()
             self.hypervisor.define(spec)
@@ -307,6 +316,38 @@ class Reconciler:
             revert.success()
         log.info("VM %s (%s) created", vm.name, vm.id)
 
+    def _claim_gpus(self, vm: DesiredVm, revert: Reverter) -> tuple[HostdevSpec, ...]:
+        """Bind the VM's GPU groups to vfio-pci and make its vGPUs; the hostdevs they give.
+
+        The vGPU list is written to the VM's directory first, so a removal finds
+        them even after the controller has forgotten the VM.
+        """
+        devs: list[HostdevSpec] = []
+        if vm.vgpus:
+            (self.vm_dir(vm.id) / VGPU_FILE).write_text(
+                json.dumps([v.uuid for v in vm.vgpus]))
+        for address in vm.gpus:
+            bound = self.gpu.attach_group(vm.id, address)
+            revert.add(functools.partial(self.gpu.release_group, address), f"GPU {address}")
+            devs += [HostdevSpec("pci", a) for a in bound]
+        for vgpu in vm.vgpus:
+            self.gpu.create_vgpu(vgpu)
+            revert.add(functools.partial(self.gpu.remove_vgpu, vgpu.uuid), f"vGPU {vgpu.uuid}")
+            devs.append(HostdevSpec("mdev", vgpu.uuid))
+        return tuple(devs)
+
+    def _release_gpus(self, vm_id: str) -> None:
+        """Give back the GPU groups held for the VM and remove its vGPUs (after its domain)."""
+        for address, owner in self.gpu.held().items():
+            if owner == vm_id:
+                self.gpu.release_group(address)
+        try:
+            uuids = json.loads((self.vm_dir(vm_id) / VGPU_FILE).read_text())
+        except FileNotFoundError:
+            uuids = []
+        for uuid in uuids:
+            self.gpu.remove_vgpu(uuid)
+
     def _ensure_image(self, vm: DesiredVm) -> None:
         with self._guard:
             lock = self._image_locks.setdefault(vm.image.id, threading.Lock())
@@ -317,6 +358,9 @@ class Reconciler:
     def _set_power(self, vm: DesiredVm, obs: VmObservation) -> None:
         if vm.power is PowerState.RUNNING and not obs.running:
             self.prepare_disks()  # an RBD disk needs the Ceph secret, gone if libvirtd restarted
+            with Reverter() as revert:  # a host reboot loses vGPUs and vfio bindings
+                self._claim_gpus(vm, revert)
+                revert.success()
             self.hypervisor.start(vm.id)
         elif vm.power is PowerState.STOPPED and obs.running:
             self.hypervisor.stop(vm.id, grace_seconds=self.stop_grace_s)
@@ -347,6 +391,7 @@ class Reconciler:
     def _remove(self, vm_id: str) -> None:
         """Domain, disks and files of a VM no longer wanted; each step is idempotent."""
         self.hypervisor.undefine(vm_id)
+        self._release_gpus(vm_id)
         self.storage.delete_vm_disks(vm_id)
         shutil.rmtree(self.vm_dir(vm_id), ignore_errors=True)
         self.failures.pop(vm_id, None)

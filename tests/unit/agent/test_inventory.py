@@ -32,6 +32,7 @@ def _tree(root: Path) -> Path:
         (d / "address").write_text(mac + "\n")
         (d / "mtu").write_text("9000\n")
         (d / "operstate").write_text(state + "\n")
+        (d / "carrier").write_text(("1" if state == "up" else "0") + "\n")
     return root
 
 
@@ -63,3 +64,26 @@ def test_this_machine_reports_something_real() -> None:
     model, _flags = inventory.cpu_model_and_flags()
     assert model != "unknown"
     assert inventory.memory_mib() > 0 and inventory.cpu_count() >= 1
+
+
+def test_hardware_reporter_qualifies_with_the_agents_kvm_probe_and_caches() -> None:
+    from hardware.qualify import load_profile
+    from hardware.sysfs import Root
+
+    tree = Root(Path(__file__).parents[2] / "data" / "hw" / "gpu-server")
+    reporter = inventory.HardwareReporter(load_profile("gpu"), True, "booted in 0.4 s",
+                                          refresh_s=3600, root=tree)
+    hw, report = reporter.current()
+    assert hw.kvm.usable is True and hw.kvm.detail == "booted in 0.4 s"
+    assert report.profile == "gpu" and report.verdict == "PASS"
+    assert reporter.current()[0] is hw  # not probed again before refresh_s
+
+
+def test_gpu_driver_auto_picks_nvidia_only_where_an_nvidia_gpu_is() -> None:
+    from agent.main import gpu_driver_name
+    from hardware.sysfs import Root
+
+    trees = Path(__file__).parents[2] / "data" / "hw"
+    assert gpu_driver_name("auto", Root(trees / "gpu-server")) == "nvidia"
+    assert gpu_driver_name("auto", Root(trees / "this-machine")) == "none"
+    assert gpu_driver_name("none", Root(trees / "gpu-server")) == "none"
