@@ -70,10 +70,10 @@ from agent.drivers.hypervisor.libvirt.config import NS  # noqa: E402
 from agent.drivers.storage.base import StorageError  # noqa: E402
 from agent.drivers.storage.localfs import LocalfsDriver  # noqa: E402
 from agent.hostprep import LIBVIRT_URI, HostPrepError, ensure_libvirtd, stop_daemons  # noqa: E402
-from hardware.kvmprobe import probe_kvm  # noqa: E402
 from agent.protocol import CloudInitSeed, ImageRef  # noqa: E402
 from controller import allinone  # noqa: E402
 from controller.cli.client import ApiError, Client, Settings  # noqa: E402
+from hardware.kvmprobe import probe_kvm  # noqa: E402
 from images.seed import build_nocloud_seed  # noqa: E402
 from images.testguest.build import build  # noqa: E402
 from tests.e2e.region import free_port  # noqa: E402

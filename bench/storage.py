@@ -80,7 +80,6 @@ from agent.drivers.storage.rbd.driver import RbdDriver  # noqa: E402
 from agent.drivers.storage.rbd.minicluster import MiniCluster, MiniClusterError  # noqa: E402
 from agent.drivers.storage.rbd.names import BASE_SNAP, image_name, root_disk_name  # noqa: E402
 from agent.hostprep import LIBVIRT_URI, HostPrepError, ensure_libvirtd, stop_daemons  # noqa: E402
-from hardware.kvmprobe import probe_kvm  # noqa: E402
 from agent.protocol import ImageRef  # noqa: E402
 from bench.provision import (  # noqa: E402
     MILESTONES,
@@ -100,6 +99,7 @@ from bench.provision import (  # noqa: E402
 )
 from controller import allinone, storage_settings  # noqa: E402
 from controller.cli.client import ApiError  # noqa: E402
+from hardware.kvmprobe import probe_kvm  # noqa: E402
 from images.testguest.build import build  # noqa: E402
 from tests.e2e.region import free_port  # noqa: E402
 

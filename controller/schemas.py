@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.protocol import GpuTelemetry, MigState
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 NAME_RULE = "1-63 characters: lowercase letters, digits and '-', not starting or ending with '-'"
@@ -108,6 +110,14 @@ class Image(Output):
     created_at: datetime
 
 
+class GpuRequest(Input):
+    """Whole GPUs of one model, passed through to the VM."""
+
+    model: str = Field(min_length=1, max_length=64, examples=["H100"],
+                       description="Words of the model name (H100, RTX 4090) or its PCI id")
+    count: int = Field(default=1, ge=1, le=16)
+
+
 class InstanceCreate(Input):
     """A new VM."""
 
@@ -128,6 +138,33 @@ class InstanceCreate(Input):
         default=None, max_length=16, examples=[["default", "web"]],
         description="Security groups (names or ids) of every NIC; default: the group "
         "'default'; [] for unfiltered NICs")
+    gpus: list[GpuRequest] = Field(
+        default_factory=list, max_length=4, examples=[[{"model": "H100", "count": 2}]],
+        description="Whole GPUs passed through; the VM goes to a node with that many free")
+    vgpu: str | None = Field(
+        default=None, min_length=1, max_length=64, examples=["H100XM-10C"],
+        description="A vGPU of this type (name or id, e.g. nvidia-1030) instead of whole GPUs")
+
+    @model_validator(mode="after")
+    def _one_kind_of_gpu(self) -> InstanceCreate:
+        if self.gpus and self.vgpu:
+            raise ValueError("ask for whole GPUs (gpus) or a vGPU (vgpu), not both")
+        models = [g.model.lower() for g in self.gpus]
+        if len(set(models)) != len(models):
+            raise ValueError("each GPU model may appear once in gpus; give it a count instead")
+        return self
+
+
+class InstanceGpu(Output):
+    address: str = Field(examples=["0000:18:00.0"])
+    model: str = Field(examples=["H100 SXM5 80GB"])
+
+
+class InstanceVgpu(Output):
+    uuid: str
+    parent: str = Field(examples=["0000:18:00.0"])
+    type_id: str = Field(examples=["nvidia-1030"])
+    type_name: str = Field(examples=["NVIDIA H100XM-10C"])
 
 
 class Instance(Output):
@@ -150,6 +187,8 @@ class Instance(Output):
     error: str | None
     console_log: str | None
     ports: list[InstancePort] = Field(default_factory=list, description="NICs, in guest order")
+    gpus: list[InstanceGpu] = Field(default_factory=list, description="Whole GPUs it holds")
+    vgpus: list[InstanceVgpu] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
 
@@ -409,3 +448,37 @@ class RegionStatus(Output):
     storage_driver: str
     storage: dict[str, Any] | None = Field(
         description="Health and pool usage, as the most recently reporting node sees them")
+
+
+class GpuVgpuType(Output):
+    id: str = Field(examples=["nvidia-1030"])
+    name: str = Field(examples=["NVIDIA H100XM-10C"])
+    capacity: int = Field(description="Instances of this type the GPU can hold")
+
+
+class GpuVgpu(Output):
+    uuid: str
+    type_id: str
+    instance: str = Field(description="Name of the VM using it")
+
+
+class Gpu(Output):
+    """A GPU of the region: where it is, who holds it, and its last telemetry."""
+
+    node: str = Field(description="Node name")
+    address: str = Field(examples=["0000:18:00.0"])
+    model: str = Field(examples=["H100 SXM5 80GB"])
+    state: Literal["free", "in-use", "vgpu", "unusable"] = Field(
+        description="free; in-use: passed through whole; vgpu: carved into vGPUs; "
+        "unusable: cannot be passed through (see reason)")
+    instance: str | None = Field(description="The VM holding it whole")
+    reason: str | None = Field(description="Why it cannot be passed through")
+    driver: str | None = Field(examples=["nvidia", "vfio-pci"])
+    numa_node: int | None
+    iommu_group: int | None
+    group_devices: list[str]
+    vgpu_types: list[GpuVgpuType]
+    vgpus: list[GpuVgpu]
+    telemetry: GpuTelemetry | None = Field(description="None: NVML does not see it "
+                                           "(bound to vfio-pci, or no NVIDIA driver)")
+    mig: MigState | None

@@ -46,6 +46,9 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
         ports=[schemas.InstancePort(network=p.network.name, mac=p.mac,
                                     addresses=_addresses(p))
                for p in networks.instance_ports(db, i)],
+        gpus=[schemas.InstanceGpu(address=g.address, model=g.model) for g in i.gpus],
+        vgpus=[schemas.InstanceVgpu(uuid=v.id, parent=v.parent_address, type_id=v.type_id,
+                                    type_name=v.type_name) for v in i.vgpus],
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from controller.cli.client import ApiError, Client, Settings
+from controller.cli.hardware import hardware_commands, parse_gpu_arg
 from controller.cli.output import end_progress, print_json, print_table, progress_line
 
 Command = Callable[[Client, argparse.Namespace], int]
@@ -44,23 +45,6 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
     for p in st.get("pools", []):
         print(f"  pool {p['pool']}: {_size(p['used_bytes'])} used, "
               f"{_size(p['max_avail_bytes'])} available")
-    return 0
-
-
-def cmd_node_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/nodes")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("STATE", "state"), ("CPUS", "cpus"),
-                       ("MEMORY MiB", "memory_mib"), ("VCPUS USED", "vcpus_used"),
-                       ("MiB USED", "memory_mib_used"), ("VMS", "instances"),
-                       ("KVM", lambda r: "yes" if r["kvm_usable"] else "no (TCG)")])
-    return 0
-
-
-def cmd_node_show(c: Client, a: argparse.Namespace) -> int:
-    print_json(c.get(f"/nodes/{a.name}"))
     return 0
 
 
@@ -153,6 +137,10 @@ def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
         body["networks"] = a.network
     if a.security_group:
         body["security_groups"] = a.security_group
+    if a.gpu:
+        body["gpus"] = a.gpu
+    if a.vgpu:
+        body["vgpu"] = a.vgpu
     return _follow(c, c.post("/instances", body), a.wait)
 
 
@@ -471,9 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--ca-file", help="region CA certificate to verify the controller")
     add(sub, "status", cmd_status, "the region at a glance", json_=True)
 
-    node = sub.add_parser("node", help="nodes").add_subparsers(dest="cmd", required=True)
-    add(node, "list", cmd_node_list, "list nodes", json_=True)
-    add(node, "show", cmd_node_show, "show a node").add_argument("name")
+    hardware_commands(sub, add)
 
     image = sub.add_parser("image", help="images").add_subparsers(dest="cmd", required=True)
     add(image, "list", cmd_image_list, "list images", json_=True)
@@ -499,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a NIC on this network, optionally with a fixed IP (repeatable)")
     cr.add_argument("--security-group", action="append", metavar="GROUP",
                     help="security group of the NICs (repeatable; default: 'default')")
+    cr.add_argument("--gpu", action="append", type=parse_gpu_arg, metavar="MODEL[:COUNT]",
+                    help="whole GPUs of this model passed through, e.g. H100:2 (repeatable)")
+    cr.add_argument("--vgpu", metavar="TYPE", help="a vGPU of this type, e.g. H100XM-10C")
     cr.add_argument("--no-start", action="store_true")
     cr.add_argument("--wait", action="store_true", help="wait until it runs")
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)

@@ -114,6 +114,46 @@ class Instance(Base):
 
     node: Mapped[Node] = relationship(back_populates="instances")
     image: Mapped[Image] = relationship()
+    gpus: Mapped[list[GpuAssignment]] = relationship(
+        back_populates="instance", cascade="all, delete-orphan", order_by="GpuAssignment.address")
+    vgpus: Mapped[list[VgpuAssignment]] = relationship(
+        back_populates="instance", cascade="all, delete-orphan")
+
+
+class GpuAssignment(Base):
+    """A whole GPU given to a VM; the unique key forbids giving one GPU to two VMs.
+
+    Kept until the VM's record goes (its node confirmed the delete), so the GPU is
+    not offered again while the old domain may still hold it.
+    """
+
+    __tablename__ = "gpu_assignments"
+    __table_args__ = (UniqueConstraint("node_id", "address"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    address: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(128))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    instance: Mapped[Instance] = relationship(back_populates="gpus")
+
+
+class VgpuAssignment(Base):
+    """A vGPU (mediated device) of one type carved from a GPU for a VM; id is its UUID."""
+
+    __tablename__ = "vgpu_assignments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    parent_address: Mapped[str] = mapped_column(String(16))
+    type_id: Mapped[str] = mapped_column(String(64))
+    type_name: Mapped[str] = mapped_column(String(128))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    instance: Mapped[Instance] = relationship(back_populates="vgpus")
 
 
 class Volume(Base):

@@ -14,6 +14,7 @@ from agent.protocol import (
     DesiredPort,
     DesiredSecurityGroup,
     DesiredState,
+    DesiredVgpu,
     DesiredVm,
     DesiredVolume,
     ImageRef,
@@ -188,4 +189,7 @@ def _vm(i: Instance, volumes: list[VolumeAttachment], ports: list[DesiredPort]) 
         volumes=volumes,
         flatten_root=i.flatten_root,
         ports=ports,
+        gpus=[g.address for g in i.gpus],
+        vgpus=[DesiredVgpu(uuid=v.id, parent=v.parent_address, type_id=v.type_id)
+               for v in i.vgpus],
     )

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.config import ControllerConfig
-from controller.db.models import Image, Instance, Node, Operation
+from controller.db.models import GpuAssignment, Image, Instance, Node, Operation, VgpuAssignment
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import InstanceCreate
 from controller.services import (
     audit,
     desired,
+    gpus,
     networks,
     nodes,
     operations,
@@ -65,13 +67,16 @@ def create(db: Session, actor: str, body: InstanceCreate,
     pinned = nodes.find(db, body.node).id if body.node else None
     # lock the candidate rows so two concurrent creates cannot both take the last capacity
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
-    node = scheduler.choose_node(
-        candidates,
-        scheduler.usage_by_node(db),
-        scheduler.PlacementRequest(body.vcpus, body.memory_mib, pinned),
-        policy(config),
-        datetime.now(UTC),
-    )
+    wants = tuple(gpus.GpuWant(g.model, g.count) for g in body.gpus)
+    region_gpus = gpus.region_gpus(db, candidates)
+    if wants or body.vgpu:
+        gpus.check_known(region_gpus, wants, body.vgpu)
+    by_node: dict[str, list[gpus.RegionGpu]] = {}
+    for g in region_gpus:
+        by_node.setdefault(g.node_id, []).append(g)
+    request = scheduler.PlacementRequest(body.vcpus, body.memory_mib, pinned, wants, body.vgpu)
+    node = scheduler.choose_node(candidates, scheduler.usage_by_node(db), request,
+                                 policy(config), datetime.now(UTC), by_node)
     inst = Instance(
         name=body.name,
         node_id=node.id,
@@ -87,12 +92,31 @@ def create(db: Session, actor: str, body: InstanceCreate,
     db.add(inst)
     db.flush()
     ports = networks.attach_new_instance(db, actor, inst, attachments, groups)
+    held = _assign_gpus(inst, by_node.get(node.id, []), wants, body.vgpu)
+    db.flush()  # the unique key on (node, address) refuses a GPU taken meanwhile
     generation = desired.bump(node)
     op = operations.start(db, "instance.create", inst, actor, generation)
     audit.record(db, actor, "instance.create", f"instance/{inst.id}", name=inst.name,
                  node=node.name, image=image.name, vcpus=inst.vcpus, memory_mib=inst.memory_mib,
-                 ports=[p.id for p in ports])
+                 ports=[p.id for p in ports], gpus=held)
     return inst, op
+
+
+def _assign_gpus(inst: Instance, node_gpus: list[gpus.RegionGpu],
+                 wants: tuple[gpus.GpuWant, ...], vgpu: str | None) -> list[str]:
+    """Record the GPUs and vGPU slot the scheduler found free; their names, for the audit."""
+    if not wants and vgpu is None:
+        return []
+    whole, slot = gpus.pick(node_gpus, wants, vgpu)
+    for g in whole:
+        inst.gpus.append(GpuAssignment(node_id=inst.node_id, address=g.address, model=g.model))
+    if slot is not None:
+        parent, vtype = slot
+        inst.vgpus.append(VgpuAssignment(id=str(uuid.uuid4()), node_id=inst.node_id,
+                                         parent_address=parent.address, type_id=vtype.id,
+                                         type_name=vtype.name))
+    return ([f"{g.address} {g.model}" for g in whole]
+            + [f"{v.parent_address} {v.type_name}" for v in inst.vgpus])
 
 
 def _check_disk(root_disk_gib: int | None, image: Image) -> None:

@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Instance, Node
 from controller.errors import NoValidHost
+from controller.services import gpus as gpu_service
+from controller.services.gpus import GpuWant, RegionGpu
 from controller.services.nodes import node_state
 
 
@@ -29,6 +31,15 @@ class PlacementRequest:
     vcpus: int
     memory_mib: int
     pinned_node_id: str | None = None
+    gpus: tuple[GpuWant, ...] = ()
+    vgpu: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"{self.vcpus} vCPUs", f"{self.memory_mib} MiB"]
+        parts += [f"{w.count} {w.model} GPU{'s' if w.count > 1 else ''}" for w in self.gpus]
+        if self.vgpu:
+            parts.append(f"a {self.vgpu} vGPU")
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ def free_capacity(node: Node, used: Usage, policy: Policy) -> tuple[int, int]:
 
 
 def refusal(node: Node, used: Usage, req: PlacementRequest, policy: Policy,
-            now: datetime) -> str | None:
+            now: datetime, gpus: list[RegionGpu] | None = None) -> str | None:
     """Why `node` cannot host the request, or None if it can."""
     state = node_state(node, now, policy.node_down_after_s)
     if state != "up":
@@ -68,12 +79,18 @@ def refusal(node: Node, used: Usage, req: PlacementRequest, policy: Policy,
         return f"has {max(free_vcpus, 0)} vCPUs free, {req.vcpus} asked"
     if req.memory_mib > free_mib:
         return f"has {max(free_mib, 0)} MiB memory free, {req.memory_mib} asked"
+    if req.gpus or req.vgpu:
+        return gpu_service.refusal(gpus or [], req.gpus, req.vgpu)
     return None
 
 
 def choose_node(nodes: list[Node], usage: dict[str, Usage], req: PlacementRequest,
-                policy: Policy, now: datetime) -> Node:
+                policy: Policy, now: datetime,
+                gpus_by_node: dict[str, list[RegionGpu]] | None = None) -> Node:
     """The best node for the request: most free memory, then fewest VMs, then name.
+
+    A VM without GPUs prefers nodes with fewer free GPUs, keeping those for VMs that
+    need them.
 
     Raises NoValidHost whose detail names every node and why it was refused.
     """
@@ -81,7 +98,8 @@ def choose_node(nodes: list[Node], usage: dict[str, Usage], req: PlacementReques
     reasons: dict[str, str] = {}
     fit: list[Node] = []
     for node in candidates:
-        why = refusal(node, usage.get(node.id, Usage()), req, policy, now)
+        why = refusal(node, usage.get(node.id, Usage()), req, policy, now,
+                      (gpus_by_node or {}).get(node.id, []))
         if why is None:
             fit.append(node)
         else:
@@ -91,12 +109,14 @@ def choose_node(nodes: list[Node], usage: dict[str, Usage], req: PlacementReques
             raise NoValidHost("the region has no nodes; join one with a join token", reasons={})
         listed = "; ".join(f"{name} {why}" for name, why in sorted(reasons.items()))
         raise NoValidHost(
-            f"no node can host {req.vcpus} vCPUs and {req.memory_mib} MiB: {listed}",
+            f"no node can host {req.describe()}: {listed}",
             reasons=reasons,
         )
 
-    def weight(n: Node) -> tuple[int, int, str]:
+    def weight(n: Node) -> tuple[int, int, int, str]:
         used = usage.get(n.id, Usage())
-        return (-free_capacity(n, used, policy)[1], used.instances, n.name)
+        spare_gpus = 0 if req.gpus or req.vgpu else gpu_service.free_count(
+            (gpus_by_node or {}).get(n.id, []))
+        return (spare_gpus, -free_capacity(n, used, policy)[1], used.instances, n.name)
 
     return min(fit, key=weight)

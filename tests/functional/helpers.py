@@ -66,7 +66,8 @@ class Api:
         return self.client.delete(path, headers=self.headers)
 
     def join_node(self, name: str, cpus: int = 4, memory_mib: int = 8192,
-                  report: bool = True, underlay_ip: str | None = None) -> FakeNode:
+                  report: bool = True, underlay_ip: str | None = None,
+                  inv: Inventory | None = None) -> FakeNode:
         token = self.post("/api/v1/join-tokens", json={}).json["token"]  # type: ignore[index]
         r = self.client.post("/api/v1/join", json={"token": token, "name": name,
                                                    "csr_pem": make_csr(name)})
@@ -79,14 +80,15 @@ class Api:
             "serialNumber": format(cert.serial_number, "X"),
         })
         if report:
-            self.report(node, [], cpus=cpus, memory_mib=memory_mib, underlay_ip=underlay_ip)
+            self.report(node, [], cpus=cpus, memory_mib=memory_mib, underlay_ip=underlay_ip,
+                        inv=inv)
         return node
 
     def report(self, node: FakeNode, vms: list[ObservedVm], applied: int = 0,
                cpus: int = 4, memory_mib: int = 8192,
-               underlay_ip: str | None = None) -> TestResponse:
+               underlay_ip: str | None = None, inv: Inventory | None = None) -> TestResponse:
         status = NodeStatus(applied_generation=applied,
-                            inventory=inventory(cpus, memory_mib, underlay_ip),
+                            inventory=inv or inventory(cpus, memory_mib, underlay_ip),
                             vms=vms, sent_at=datetime.now(UTC))
         r = self.client.post(f"/agent/v1/nodes/{node.id}/status",
                              data=status.model_dump_json(), content_type="application/json",

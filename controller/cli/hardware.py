@@ -1,0 +1,129 @@
+"""CLI for what the nodes are made of: `vauban node show` and `vauban gpu list`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from typing import Any
+
+from controller.cli.client import Client
+from controller.cli.output import print_json, print_table
+
+GPU_ARG = re.compile(r"^(?P<model>[^:]+?)(?::(?P<count>\d+))?$")
+
+
+def parse_gpu_arg(text: str) -> dict[str, Any]:
+    """MODEL[:COUNT] -> {"model": MODEL, "count": COUNT}; argparse shows the error."""
+    found = GPU_ARG.match(text.strip())
+    if found is None or not found.group("model").strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not MODEL or MODEL:COUNT (e.g. H100:2)")
+    return {"model": found.group("model").strip(), "count": int(found.group("count") or 1)}
+
+
+def _gib(mib: int) -> str:
+    return f"{mib / 1024:.0f} GiB"
+
+
+def print_node(n: dict[str, Any]) -> None:
+    """The node's state, its hardware in a few lines, and its qualification report."""
+    inv = n.get("inventory") or {}
+    print(f"{n['name']} ({n['id']}): {n['state']}, {n['instances']} VMs, "
+          f"{n['vcpus_used']}/{n['cpus']} vCPUs and {n['memory_mib_used']}/{n['memory_mib']} "
+          "MiB used")
+    hw = inv.get("hardware")
+    if not hw:
+        print("hardware: not reported yet")
+        return
+    cpu, mem = hw["cpu"], hw["memory"]
+    print(f"CPU:     {cpu['model']}, {cpu['sockets']} sockets, {cpu['cores']} cores, "
+          f"{cpu['threads']} threads, {cpu['virtualization'] or 'no VT-x/AMD-V'}")
+    print(f"memory:  {_gib(mem['total_mib'])}, {len(hw['numa'])} NUMA nodes")
+    for d in hw["disks"]:
+        use = "free for Ceph" if d["free_for_osd"] else d["in_use_reason"]
+        print(f"disk:    {d['name']} {d['size_bytes'] // 1024**3} GiB "
+              f"{'HDD' if d['rotational'] else 'SSD'} {d['model'] or ''} ({use})")
+    for nic in (x for x in hw["nics"] if x["physical"]):
+        speed = f"{nic['speed_mbps']} Mb/s" if nic["speed_mbps"] else "no link"
+        sriov = f", SR-IOV {nic['sriov_total_vfs']} VFs" if nic["sriov_total_vfs"] else ""
+        print(f"NIC:     {nic['name']} {nic['driver'] or ''} {speed}{sriov}")
+    print(f"IOMMU:   {hw['iommu']['detail']}")
+    print(f"KVM:     {hw['kvm']['detail']}")
+    print(f"BMC:     {hw['bmc']['detail']}")
+    for g in hw["gpus"]:
+        print(f"GPU:     {g['address']} {g['model']} ({g['driver'] or 'no driver'})"
+              + (f": {g['passthrough_blocker']}" if g["passthrough_blocker"] else ""))
+    report = inv.get("qualification")
+    if report:
+        print(f"\nqualification ({report['profile']}): {report['verdict']}")
+        for line in report["results"]:
+            print(f"  {line['verdict']:<4}  {line['check']:<24} {line['reason']}")
+
+
+def cmd_node_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/nodes")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NAME", "name"), ("STATE", "state"), ("CPUS", "cpus"),
+                       ("MEMORY MiB", "memory_mib"), ("VCPUS USED", "vcpus_used"),
+                       ("MiB USED", "memory_mib_used"), ("VMS", "instances"),
+                       ("KVM", lambda r: "yes" if r["kvm_usable"] else "no (TCG)")])
+    return 0
+
+
+def cmd_node_show(c: Client, a: argparse.Namespace) -> int:
+    node = c.get(f"/nodes/{a.name}")
+    if a.json:
+        print_json(node)
+    else:
+        print_node(node)
+    return 0
+
+
+def _telemetry(row: dict[str, Any], key: str, fmt: str) -> str:
+    t = row.get("telemetry") or {}
+    return fmt.format(t[key]) if t.get(key) is not None else "-"
+
+
+def _memory(row: dict[str, Any]) -> str:
+    t = row.get("telemetry") or {}
+    if t.get("memory_total_bytes") is None or t.get("memory_used_bytes") is None:
+        return "-"
+    return f"{t['memory_used_bytes'] // 1024**2}/{t['memory_total_bytes'] // 1024**2} MiB"
+
+
+def _user(row: dict[str, Any]) -> str:
+    if row["instance"]:
+        return str(row["instance"])
+    if row["vgpus"]:
+        return ", ".join(f"{v['instance']} ({v['type_id']})" for v in row["vgpus"])
+    return row["reason"] or ""
+
+
+def cmd_gpu_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/gpus")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NODE", "node"), ("ADDRESS", "address"), ("MODEL", "model"),
+                       ("STATE", "state"), ("VM / REASON", _user),
+                       ("UTIL", lambda r: _telemetry(r, "utilization_pct", "{}%")),
+                       ("MEMORY", _memory),
+                       ("TEMP", lambda r: _telemetry(r, "temperature_c", "{} C")),
+                       ("POWER", lambda r: _telemetry(r, "power_w", "{:.0f} W")),
+                       ("ECC", lambda r: _telemetry(r, "ecc_uncorrected_volatile", "{}")),
+                       ("XID", lambda r: ",".join(str(x["xid"]) for x in
+                                                  (r.get("telemetry") or {}).get("xid_events",
+                                                                                 [])) or "-")])
+    return 0
+
+
+def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
+    node = sub.add_parser("node", help="nodes").add_subparsers(dest="cmd", required=True)
+    add(node, "list", cmd_node_list, "list nodes", json_=True)
+    add(node, "show", cmd_node_show, "show a node: hardware and qualification",
+        json_=True).add_argument("name")
+    gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
+    add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state and telemetry",
+        json_=True)
