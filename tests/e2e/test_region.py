@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -15,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from controller.pki import RegionCA, key_pem, new_key
+from hardware.discover import discover
+from hardware.sysfs import Root
 from tests.e2e.region import (
     E2ERegion,
     console_has,
@@ -173,3 +176,35 @@ def test_agent_api_needs_a_node_certificate_from_the_region_ca(region: E2ERegion
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(url, verify=ca, timeout=10,
                      cert=(str(tmp_path / "impostor.pem"), str(tmp_path / "impostor.key")))
+
+
+def test_node_show_and_gpu_list_report_this_machine(region: E2ERegion) -> None:
+    """The real agent sends its hardware and qualification; GPU requests meet the real inventory."""
+    [node] = json.loads(region.cli("node", "list", "--json"))
+
+    def reported() -> dict[str, Any] | None:
+        shown: dict[str, Any] = json.loads(region.cli("node", "show", node["name"], "--json"))
+        return shown if shown["inventory"].get("qualification") else None
+
+    shown = wait_for(reported, 60, "the agent's hardware report")
+    live = discover(Root("/"))
+    assert shown["inventory"]["hardware"]["cpu"]["model"] == live.cpu.model
+    assert [g["address"] for g in shown["inventory"]["gpus"]] == [g.address for g in live.gpus]
+    text = region.cli("node", "show", node["name"])
+    assert f"CPU:     {live.cpu.model}" in text
+    report = shown["inventory"]["qualification"]
+    assert f"qualification (compute): {report['verdict']}" in text
+    assert {r["check"] for r in report["results"]} >= {"cpu_virtualization", "kvm_usable", "iommu"}
+    gpu_rows = region.cli("gpu", "list").splitlines()
+    assert gpu_rows[0].startswith("NODE") and len(gpu_rows) == 1 + len(live.gpus)
+    name = _name()
+    bad = region.run_cli("vm", "create", name, "--image", "testguest", "--cpus", "1",
+                         "--memory", "256", "--gpu", "H100:two")
+    assert bad.returncode == 2 and "'H100:two' is not MODEL or MODEL:COUNT" in bad.stderr
+    if not live.gpus:
+        out = region.run_cli("vm", "create", name, "--image", "testguest", "--cpus", "1",
+                             "--memory", "256", "--gpu", "H100")
+        assert out.returncode == 1
+        assert "unknown GPU model 'H100'; models in this region: none" in out.stderr
+    names = [v["name"] for v in json.loads(region.cli("vm", "list", "--json"))]
+    assert name not in names

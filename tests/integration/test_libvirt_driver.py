@@ -17,7 +17,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, RbdSource, VmSpec
+from agent.drivers.hypervisor.base import (
+    DiskSpec,
+    HostdevSpec,
+    HypervisorError,
+    RbdSource,
+    VmSpec,
+)
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
 from agent.drivers.hypervisor.libvirt.guest import Guest
 from hardware.kvmprobe import boot_marker, probe_kvm
@@ -232,3 +238,24 @@ def test_rbd_disk_is_defined_as_a_network_disk_and_read_back(
     assert disk is not None
     assert disk.find("source[@protocol='rbd']") is not None
     assert disk.find(".//secret[@type='ceph']") is not None
+
+
+def test_libvirt_accepts_a_gpu_domain_and_refuses_to_start_it_without_the_device(
+        driver: LibvirtDriver, domains: Domains, workdir: Path) -> None:
+    """The hostdev XML is what libvirtd accepts; starting needs the real device bound."""
+    missing_gpu, vgpu = "0000:7f:1f.7", str(uuid.uuid4())
+    spec = make_spec(domains, workdir, hostdevs=(HostdevSpec("pci", missing_gpu),
+                                                 HostdevSpec("mdev", vgpu)))
+    driver.define(spec)
+    xml = ET.fromstring(libvirt.open(URI).lookupByUUIDString(spec.id).XMLDesc())
+    hostdevs = xml.findall("devices/hostdev")
+    assert [(h.get("type"), h.get("managed")) for h in hostdevs] == [("pci", "no"),
+                                                                     ("mdev", "no")]
+    address = hostdevs[0].find("source/address")
+    assert address is not None and (address.get("bus"), address.get("slot"),
+                                    address.get("function")) == ("0x7f", "0x1f", "0x7")
+    with pytest.raises(HypervisorError):
+        driver.start(spec.id)
+    assert observed(driver, spec.id)["running"] is False  # type: ignore[index]
+    driver.undefine(spec.id)
+    assert not domains.exists(spec.id)
