@@ -152,11 +152,11 @@ class Tree:
         if kvm_module:
             self.write("dev/kvm", "")
             self.write(f"sys/module/{kvm_module}/parameters/nested", "N")
-        for unit in iommu_units:
-            self.mkdir(f"sys/class/iommu/{unit}")
+        for unit in iommu_units:  # a file in each: git keeps no empty directory
+            self.write(f"sys/class/iommu/{unit}/uevent", "")
         if ipmi:
             self.write("dev/ipmi0", "")
-            self.mkdir("sys/class/ipmi/ipmi0")
+            self.write("sys/class/ipmi/ipmi0/dev", "241:0")
         if dmi_ipmi:
             self.write("sys/firmware/dmi/entries/38-0/type", "38")
 
