@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from hardware.discover import discover
+from hardware.kvm_bmc import KvmBootProbe
 from hardware.model import HardwareInventory, QualificationReport
-from hardware.platform import KvmBootProbe
 from hardware.qualify import ProfileError, load_profile, qualify
 from hardware.record import record
 from hardware.sysfs import Root

@@ -5,11 +5,11 @@ from __future__ import annotations
 from hardware.cpu import probe_cpu
 from hardware.disks import probe_disks
 from hardware.gpus import probe_gpus
+from hardware.kvm_bmc import KvmBootProbe, probe_bmc, probe_kvm
 from hardware.memory import probe_memory, probe_numa
 from hardware.model import HardwareInventory
 from hardware.nics import probe_nics
 from hardware.pci import probe_iommu, probe_pci
-from hardware.platform import KvmBootProbe, probe_bmc, probe_kvm
 from hardware.sysfs import Root
 
 

@@ -16,7 +16,7 @@ def _partitions(root: Root, name: str) -> list[str]:
 
 def _first_field(root: Root, rel: str) -> set[str]:
     text = root.read(rel, "") or ""
-    return {line.split()[0] for line in text.splitlines()[0:] if line.strip()}
+    return {line.split()[0] for line in text.splitlines() if line.strip()}
 
 
 def in_use_reason(root: Root, name: str, mounted: set[str], swaps: set[str]) -> str | None:
@@ -26,13 +26,13 @@ def in_use_reason(root: Root, name: str, mounted: set[str], swaps: set[str]) -> 
     if root.read(f"sys/block/{name}/ro") == "1":
         return "read-only"
     parts = _partitions(root, name)
-    for dev in (name, *parts):
+    for dev, base in ((name, f"sys/block/{name}"),
+                      *((p, f"sys/block/{name}/{p}") for p in parts)):
         if f"/dev/{dev}" in mounted:
             return f"/dev/{dev} is mounted"
         if f"/dev/{dev}" in swaps:
             return f"/dev/{dev} is swap"
-        holders = root.entries(f"sys/block/{name}/{dev}/holders" if dev != name
-                               else f"sys/block/{name}/holders")
+        holders = root.entries(f"{base}/holders")
         if holders:
             return f"/dev/{dev} is held by {', '.join(holders)} (LVM, RAID or dm)"
     if parts:

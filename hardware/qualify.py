@@ -61,7 +61,7 @@ def kvm_usable(inv: HardwareInventory, spec: CheckSpec) -> tuple[bool | None, st
     if inv.kvm.usable:
         return True, inv.kvm.detail
     if inv.kvm.usable is None:
-        return False, f"{inv.kvm.detail} (run with the KVM probe to find out)"
+        return False, f"{inv.kvm.detail} (--kvm-probe boots one to find out)"
     return False, f"{inv.kvm.detail}; VMs would run under slow TCG emulation"
 
 

@@ -8,6 +8,7 @@ its locked transaction and tests can use them without a database.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session
 from agent.protocol import NodeGpu
 from controller.db.models import GpuAssignment, Node, VgpuAssignment
 from controller.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,9 @@ def region_gpus(db: Session, nodes: list[Node] | None = None) -> list[RegionGpu]
         for raw in (node.inventory or {}).get("gpus", []):
             try:
                 report = NodeGpu.model_validate(raw)
-            except ValidationError:
-                continue  # an agent of another version: its GPUs are not offered
+            except ValidationError as e:  # an agent of another version: its GPUs are not offered
+                log.warning("node %s: unreadable GPU report skipped: %s", node.name, e)
+                continue
             key = (node.id, report.pci.address)
             out.append(RegionGpu(node.id, node.name, report, holders.get(key),
                                  vgpus.get(key, [])))

@@ -19,8 +19,7 @@ from hardware.discover import discover
 from hardware.qualify import load_profile, qualify
 from hardware.sysfs import Root
 from tests.functional.helpers import RAW_IMAGE, Api, inventory
-
-TREES = Path(__file__).parents[1] / "data" / "hw"
+from tests.hwtrees import TREES
 
 
 def server_inventory(tree: str, tmp_path: Path, telemetry: bool = False) -> Inventory:

@@ -10,9 +10,9 @@ from agent.drivers.gpu.base import GpuError
 from agent.drivers.gpu.mdev import MdevManager
 from agent.drivers.gpu.vfio import GroupBinder
 from agent.protocol import DesiredVgpu
+from tests.hwtrees import TREES
 from tests.unit.agent.fake_kernel import FakeKernel
 
-TREES = Path(__file__).parents[2] / "data" / "hw"
 VM = "9b1d3c2e-0000-4000-8000-000000000001"
 OTHER_VM = "9b1d3c2e-0000-4000-8000-000000000002"
 RTX, RTX_AUDIO, ROOT_PORT = "0000:01:00.0", "0000:01:00.1", "0000:00:01.1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent import inventory
+from tests.hwtrees import TREES
 
 
 def _tree(root: Path) -> Path:
@@ -70,7 +71,7 @@ def test_hardware_reporter_qualifies_with_the_agents_kvm_probe_and_caches() -> N
     from hardware.qualify import load_profile
     from hardware.sysfs import Root
 
-    tree = Root(Path(__file__).parents[2] / "data" / "hw" / "gpu-server")
+    tree = Root(TREES / "gpu-server")
     reporter = inventory.HardwareReporter(load_profile("gpu"), True, "booted in 0.4 s",
                                           refresh_s=3600, root=tree)
     hw, report = reporter.current()
@@ -83,7 +84,6 @@ def test_gpu_driver_auto_picks_nvidia_only_where_an_nvidia_gpu_is() -> None:
     from agent.main import gpu_driver_name
     from hardware.sysfs import Root
 
-    trees = Path(__file__).parents[2] / "data" / "hw"
-    assert gpu_driver_name("auto", Root(trees / "gpu-server")) == "nvidia"
-    assert gpu_driver_name("auto", Root(trees / "this-machine")) == "none"
-    assert gpu_driver_name("none", Root(trees / "gpu-server")) == "none"
+    assert gpu_driver_name("auto", Root(TREES / "gpu-server")) == "nvidia"
+    assert gpu_driver_name("auto", Root(TREES / "this-machine")) == "none"
+    assert gpu_driver_name("none", Root(TREES / "gpu-server")) == "none"

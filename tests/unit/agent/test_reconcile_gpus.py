@@ -8,10 +8,10 @@ from agent.drivers.gpu.nvidia import NvidiaGpuDriver
 from agent.drivers.hypervisor.base import HostdevSpec
 from agent.protocol import DesiredState, DesiredVgpu, ObservedVmState
 from agent.reconcile import Reconciler
+from tests.hwtrees import TREES
 from tests.unit.agent.fake_kernel import FakeKernel
 from tests.unit.agent.test_reconcile import FakeHypervisor, FakeStorage, _image_source, vm
 
-TREES = Path(__file__).parents[2] / "data" / "hw"
 RTX, RTX_AUDIO = "0000:01:00.0", "0000:01:00.1"
 VGPU = DesiredVgpu(uuid="4b0f5d3a-1c2e-4f6a-8b9c-0d1e2f3a4b5c", parent="0000:18:00.0",
                    type_id="nvidia-1031")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from hardware.sysfs import Root
-
-TREES = Path(__file__).parents[2] / "data" / "hw"
+from tests.hwtrees import TREES
 
 
 def tree(name: str) -> Root:

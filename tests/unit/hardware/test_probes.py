@@ -5,10 +5,10 @@ from __future__ import annotations
 from hardware.cpu import probe_cpu
 from hardware.discover import discover
 from hardware.disks import probe_disks
+from hardware.kvm_bmc import probe_bmc, probe_kvm
 from hardware.memory import probe_memory, probe_numa
 from hardware.nics import probe_nics
 from hardware.pci import probe_iommu
-from hardware.platform import probe_bmc, probe_kvm
 from hardware.sysfs import Root, parse_cpulist
 
 
