@@ -10,7 +10,7 @@ from agent.protocol import DesiredState, NodeStatus, StorageSettings
 from controller import schemas
 from controller.api.auth import require_node
 from controller.api.context import db, region
-from controller.api.framework import ApiBlueprint
+from controller.api.framework import MIB, ApiBlueprint
 from controller.db.models import Node
 from controller.services import desired, observed
 from controller.services import images as image_service
@@ -47,7 +47,8 @@ def get_storage(node_id: str) -> Any:
 
 
 @api.route("POST", "/nodes/<node_id>/status", auth="node", body=NodeStatus,
-           summary="Report inventory and observed VM state", responses={204: None})
+           summary="Report inventory and observed VM state", responses={204: None},
+           max_body=16 * MIB)  # inventory and thousands of VMs
 def post_status(node_id: str, body: NodeStatus) -> Any:
     require_node(node_id)
     session = db()

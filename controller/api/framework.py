@@ -1,7 +1,9 @@
 """Declared routes: each handler states its input models, its responses and who may call it.
 
-From those declarations the wrapper validates input (malformed JSON and unknown
-fields are errors), authenticates the caller, and the OpenAPI document is built.
+From those declarations the wrapper authenticates the caller, refuses a body
+larger than the route accepts before reading it, validates input strictly
+(malformed JSON, unknown fields and strings where numbers belong are errors),
+and the OpenAPI document is built.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Any, Literal
 from flask import Blueprint, Response, g, request
 from pydantic import BaseModel, ValidationError
 
-from controller.api.problems import problem, validation_problem
+from controller.api.problems import problem, too_large_problem, validation_problem
 
 Auth = Literal["user", "node", "public"]
 Handler = Callable[..., Any]
+
+MIB = 1024 * 1024
+MAX_BODY = 1 * MIB  # default limit of a request body: operator JSON is small
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class RouteSpec:
     query: type[BaseModel] | None
     responses: dict[int, type[BaseModel] | type[list[Any]] | str | None]
     binary_body: bool = False
+    # largest body accepted, in bytes; None: the handler sets `request.max_content_length`
+    max_body: int | None = MAX_BODY
 
 
 @dataclass
@@ -58,10 +65,16 @@ class ApiBlueprint:
         body: type[BaseModel] | None = None,
         query: type[BaseModel] | None = None,
         binary_body: bool = False,
+        max_body: int | None = MAX_BODY,
     ) -> Callable[[Handler], Handler]:
+        """Register `handler` for `method` on `path`.
+
+        `max_body` bounds the request body in bytes (413 beyond it, unread); a route with
+        `binary_body` streams its own body and sets its own limit, so it has none here.
+        """
         spec = RouteSpec(
             method, self.url_prefix + path, summary, self.tag, auth, body, query, responses,
-            binary_body,
+            binary_body, None if binary_body else max_body,
         )
         self.specs.append(spec)
 
@@ -81,27 +94,47 @@ def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
     @functools.wraps(handler)
     def view(**path_args: Any) -> Response:
         api_auth.authenticate(spec.auth)
+        if spec.max_body is not None:
+            too_large = _refuse_oversize(spec.max_body)
+            if too_large is not None:
+                return too_large
         kwargs: dict[str, Any] = dict(path_args)
         if spec.query is not None:
             try:
+                # query parameters are strings by nature: lax parsing turns "5" into 5
                 kwargs["query"] = spec.query.model_validate(request.args.to_dict())
             except ValidationError as e:
                 return validation_problem(e, "query parameter")
         if spec.body is not None:
-            parsed = _json_body()
+            parsed = _json_body(spec.body)
             if isinstance(parsed, Response):
                 return parsed
-            try:
-                kwargs["body"] = spec.body.model_validate(parsed)
-            except ValidationError as e:
-                return validation_problem(e, "body")
+            kwargs["body"] = parsed
         result = handler(**kwargs)
         return _respond(result)
 
     return view
 
 
-def _json_body() -> Any:
+def _refuse_oversize(limit: int) -> Response | None:
+    """A 413 problem if the declared body exceeds `limit`; else None, the limit armed.
+
+    Nothing of the body is read to decide. A body without a declared length (chunked)
+    is cut off by werkzeug once `limit` bytes were read, also as a 413.
+    """
+    request.max_content_length = limit
+    if request.content_length is not None and request.content_length > limit:
+        return too_large_problem(request.content_length, limit)
+    return None
+
+
+def _json_body(model: type[BaseModel]) -> BaseModel | Response:
+    """The body parsed and validated as `model` in one step, or the problem to answer.
+
+    Strict: JSON numbers and booleans must be such, not strings; datetimes, enums and
+    UUIDs still parse from their JSON string forms. Parsing is bounded (nesting depth,
+    integer size) by pydantic's JSON parser, so hostile input is a 400, never a 500.
+    """
     if request.mimetype != "application/json":
         return problem(
             415, "Unsupported media type",
@@ -109,10 +142,23 @@ def _json_body() -> Any:
             "unsupported-media-type",
         )
     raw = request.get_data(cache=False)
+    if not raw.strip():
+        return _malformed("the body is empty; send a JSON object")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return problem(400, "Malformed JSON", f"the body is not valid JSON: {e}", "malformed-json")
+        text = raw.decode()  # decoded here: the JSON parser would not say why it failed
+    except UnicodeDecodeError as e:
+        return _malformed(f"the body is not UTF-8: {e}")
+    try:
+        return model.model_validate_json(text, strict=True)
+    except ValidationError as e:
+        invalid_json = [x for x in e.errors(include_url=False) if x["type"] == "json_invalid"]
+        if invalid_json:
+            return _malformed(f"the body is not valid JSON: {invalid_json[0]['ctx']['error']}")
+        return validation_problem(e, "body")
+
+
+def _malformed(detail: str) -> Response:
+    return problem(400, "Malformed JSON", detail, "malformed-json")
 
 
 def _respond(result: Any) -> Response:

@@ -43,6 +43,14 @@ def validation_problem(err: ValidationError, where: str) -> Response:
     )
 
 
+def too_large_problem(size: int | None, limit: int | None) -> Response:
+    """413 naming the route's limit (and the declared size, when the client declared one)."""
+    declared = f"the body is {size} bytes" if size is not None else "the body is too large"
+    accepts = f"at most {limit} bytes" if limit is not None else "a smaller body"
+    return problem(413, "Content too large", f"{declared}; {request.path} accepts {accepts}",
+                   "content-too-large", max_bytes=limit)
+
+
 def _message(kind: str, msg: str) -> str:
     if kind == "extra_forbidden":
         return "unknown field"
@@ -61,11 +69,18 @@ def install_error_handlers(app: Flask) -> None:
         status = err.code or 500
         title = err.name
         detail = err.description or title
+        if status == 413:  # a body without declared length ran past the route's limit
+            return too_large_problem(None, request.max_content_length)
         if status == 405:
             detail = f"method {request.method} is not allowed on {request.path}"
         elif status == 404:
             detail = f"no such endpoint: {request.path}"
-        return problem(status, title, detail, title.lower().replace(" ", "-"))
+        answer = problem(status, title, detail, title.lower().replace(" ", "-"))
+        # headers the status requires (RFC 9110), such as Allow on a 405
+        for name, value in err.get_headers():
+            if name.lower() != "content-type":
+                answer.headers[name] = value
+        return answer
 
     @app.errorhandler(IntegrityError)
     def _integrity(err: IntegrityError) -> Response:
