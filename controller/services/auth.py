@@ -16,6 +16,11 @@ from controller.db.models import ApiToken, User, as_utc
 from controller.errors import Unauthorized
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+# checked against when the user does not exist, so that the answer takes as long as for a
+# wrong password: the response time does not tell which user names exist (no password
+# hashes to this digest that anyone knows; it is random)
+_DUMMY_HASH = ("scrypt$5f0e2b9c61d84a7f3c2e1d0b9a887766"
+               "$9d4c1b7e2f3a5c6d8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d")
 
 
 def hash_password(password: str) -> str:
@@ -56,9 +61,14 @@ def ensure_admin(db: Session, password_file: Path) -> bool:
 
 
 def issue_token(db: Session, username: str, password: str, ttl: timedelta) -> tuple[str, ApiToken]:
-    """A new bearer token for valid credentials; Unauthorized (same message either way) if not."""
+    """A new bearer token for valid credentials; Unauthorized if not.
+
+    An unknown user and a wrong password get the same answer after the same work (one
+    password hash), so neither the message nor the time tells which user names exist.
+    """
     user = db.scalar(select(User).where(User.name == username))
-    if user is None or not verify_password(password, user.password_hash):
+    stored = user.password_hash if user is not None else _DUMMY_HASH
+    if not verify_password(password, stored) or user is None:
         raise Unauthorized("wrong user name or password")
     token = "vbt_" + secrets.token_urlsafe(32)
     row = ApiToken(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
@@ -96,3 +100,35 @@ def test_audit_trail_lists_mutations_newest_first(client: FlaskClient, region: R
     assert events[0]["actor"] == "admin" and events[0]["outcome"] == "accepted"
     only = api.get("/api/v1/audit-events?action=session.login").json
     assert {e["action"] for e in only} == {"session.login"}
+
+
+def test_method_not_allowed_names_the_allowed_methods(client: FlaskClient,
+                                                      region: Region) -> None:
+    api = Api(client, region)
+    r = api.client.put("/api/v1/instances", headers=api.headers)
+    assert r.status_code == 405 and r.mimetype == "application/problem+json"
+    assert {"GET", "POST"} <= {m.strip() for m in r.headers["Allow"].split(",")}
+    r = api.client.post("/api/v1/openapi.json")
+    assert r.status_code == 405 and "GET" in r.headers["Allow"]
+    assert "POST" not in r.headers["Allow"]
+
+
+def test_login_does_the_same_work_for_unknown_users(client: FlaskClient, region: Region,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer time must not tell whether a user exists: both refusals hash once."""
+    real_scrypt = hashlib.scrypt
+    calls: list[str] = []
+
+    def counting_scrypt(password: bytes, **kw: Any) -> bytes:
+        calls.append("scrypt")
+        return real_scrypt(password, **kw)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting_scrypt)
+    answers = []
+    for username in ("admin", "nobody"):
+        calls.clear()
+        r = client.post("/api/v1/tokens", json={"username": username, "password": "wrong"})
+        answers.append((r.status_code, r.headers["Content-Type"], r.json))
+        assert calls == ["scrypt"], username
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 401
