@@ -7,15 +7,25 @@ and controller fails loudly instead of silently dropping data.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 
 PROTOCOL_VERSION = 1
+
+
+def utc_time(t: datetime) -> datetime:
+    """The same instant in UTC. A time without a zone is taken as UTC: every time the
+    region stores or sends is UTC (SQLite hands them back without their zone)."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+# a timestamp that always carries its zone on the wire ("...Z"), whatever it was made from
+UtcDatetime = Annotated[datetime, AfterValidator(utc_time)]
 
 
 class Wire(BaseModel):
@@ -213,7 +223,7 @@ class XidEvent(Wire):
     """An NVIDIA Xid error reported by the driver (e.g. 79: the GPU fell off the bus)."""
 
     xid: int
-    at: datetime
+    at: UtcDatetime
 
 
 class GpuTelemetry(Wire):
@@ -321,7 +331,7 @@ class NodeStatus(Wire):
     volumes: list[ObservedVolume] | None = Field(
         default_factory=list, description="None: storage could not be read (not: no volumes)")
     storage: StorageStatus | None = None
-    sent_at: datetime
+    sent_at: UtcDatetime
 
 
 class RbdSettings(Wire):

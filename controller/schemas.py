@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.protocol import GpuTelemetry, MigState
+from agent.protocol import GpuTelemetry, MigState, UtcDatetime
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 NAME_RULE = "1-63 characters: lowercase letters, digits and '-', not starting or ending with '-'"
@@ -20,6 +19,8 @@ class Input(BaseModel):
 
 
 class Output(BaseModel):
+    """Base of what a client reads back; timestamps are `UtcDatetime`, so they carry a zone."""
+
     model_config = ConfigDict(from_attributes=True)
 
 
@@ -35,7 +36,7 @@ class Token(Output):
     """A bearer token: send it as `Authorization: Bearer <token>`."""
 
     token: str
-    expires_at: datetime
+    expires_at: UtcDatetime
     username: str
 
 
@@ -51,10 +52,10 @@ class JoinToken(Output):
 
     id: str
     description: str
-    expires_at: datetime
-    used_at: datetime | None
+    expires_at: UtcDatetime
+    used_at: UtcDatetime | None
     used_by_node_id: str | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class JoinTokenCreated(JoinToken):
@@ -80,9 +81,9 @@ class Node(Output):
     instances: int
     generation: int
     applied_generation: int
-    last_seen_at: datetime | None
+    last_seen_at: UtcDatetime | None
     inventory: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ImageImportQuery(Input):
@@ -107,7 +108,7 @@ class Image(Output):
     os: str | None
     min_disk_gib: int
     signature: str | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class GpuRequest(Input):
@@ -189,8 +190,8 @@ class Instance(Output):
     ports: list[InstancePort] = Field(default_factory=list, description="NICs, in guest order")
     gpus: list[InstanceGpu] = Field(default_factory=list, description="Whole GPUs it holds")
     vgpus: list[InstanceVgpu] = Field(default_factory=list)
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class InstancePort(Output):
@@ -213,9 +214,9 @@ class Operation(Output):
     progress: int
     error: str | None
     requested_by: str
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    finished_at: UtcDatetime | None
 
 
 class OperationsQuery(Input):
@@ -272,8 +273,8 @@ class Volume(Output):
     target: str | None
     steward: str = Field(description="The node that looks after it")
     error: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 IFNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"
@@ -312,7 +313,7 @@ class Subnet(Output):
     cidr: str
     gateway: str | None
     dns: list[str]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class Network(Output):
@@ -327,7 +328,7 @@ class Network(Output):
     mtu: int
     subnets: list[Subnet]
     ports: int = Field(description="How many ports it has")
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class PortCreate(Input):
@@ -352,7 +353,7 @@ class Port(Output):
     mac: str
     addresses: list[str]
     security_groups: list[str] = Field(default_factory=list, description="Group names")
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class PortSecurityGroups(Input):
@@ -396,7 +397,7 @@ class SecurityRule(Output):
     remote_cidr: str | None
     remote_group: str | None = Field(description="Group name")
     remote_group_id: str | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class SecurityGroup(Output):
@@ -407,7 +408,7 @@ class SecurityGroup(Output):
     description: str
     rules: list[SecurityRule]
     ports: int = Field(description="How many ports are in it")
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class AuditQuery(Input):
@@ -420,7 +421,7 @@ class AuditEvent(Output):
     """One mutating action: who did what to which object, and how it ended."""
 
     id: int
-    at: datetime
+    at: UtcDatetime
     actor: str
     action: str
     target: str

@@ -16,7 +16,6 @@ from controller.db.models import (
     Port,
     SecurityGroup,
     Volume,
-    as_utc,
 )
 from controller.services import networks, operations, scheduler, security_groups
 from controller.services.instances import display_state
@@ -62,8 +61,8 @@ def network_view(db: Session, n: Network) -> schemas.Network:
         id=n.id, name=n.name, kind=n.kind, vlan=n.vlan, physical=n.physical,  # type: ignore[arg-type]
         vni=n.vni, mtu=n.mtu,
         subnets=[schemas.Subnet(id=s.id, cidr=s.cidr, gateway=s.gateway, dns=list(s.dns),
-                                created_at=as_utc(s.created_at)) for s in n.subnets],
-        ports=networks.port_count(db, n), created_at=as_utc(n.created_at),
+                                created_at=s.created_at) for s in n.subnets],
+        ports=networks.port_count(db, n), created_at=n.created_at,
     )
 
 
@@ -71,7 +70,7 @@ def port_view(p: Port) -> schemas.Port:
     return schemas.Port(
         id=p.id, network=p.network.name, network_id=p.network_id,
         instance=p.instance.name if p.instance else None, mac=p.mac, addresses=_addresses(p),
-        security_groups=sorted(g.name for g in p.security_groups), created_at=as_utc(p.created_at),
+        security_groups=sorted(g.name for g in p.security_groups), created_at=p.created_at,
     )
 
 
@@ -82,9 +81,9 @@ def security_group_view(db: Session, g: SecurityGroup) -> schemas.SecurityGroup:
             id=r.id, direction=r.direction, ethertype=r.ethertype, protocol=r.protocol,
             port_min=r.port_min, port_max=r.port_max, remote_cidr=r.remote_cidr,
             remote_group=r.remote_group.name if r.remote_group else None,
-            remote_group_id=r.remote_group_id, created_at=as_utc(r.created_at))
+            remote_group_id=r.remote_group_id, created_at=r.created_at)
             for r in g.rules],
-        ports=security_groups.port_count(db, g), created_at=as_utc(g.created_at),
+        ports=security_groups.port_count(db, g), created_at=g.created_at,
     )
 
 

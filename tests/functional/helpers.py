@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -110,3 +111,11 @@ class Api:
 
 
 RAW_IMAGE = b"\0" * (1024 * 1024)  # 1 MiB raw disk: qemu-img reads it as raw
+
+
+def ceph_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A ceph.conf and keyring for a region on rbd; nothing listens there (agents play Ceph)."""
+    conf, keyring = tmp_path / "ceph.conf", tmp_path / "vauban.keyring"
+    conf.write_text("[global]\nfsid = 1\nmon_host = 127.0.0.1:6789\n")
+    keyring.write_text("[client.vauban]\n\tkey = AQBfakefakefakefakefakefakefakefakefake==\n")
+    return conf, keyring

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,26 +17,9 @@ from controller.config import ControllerConfig
 from controller.db.models import Volume
 from controller.region import Region
 from controller.storage_settings import StorageConfigError
-from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, inventory
+from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, ceph_files, inventory
 
 GIB = 1024**3
-
-
-def ceph_files(tmp_path: Path) -> tuple[Path, Path]:
-    conf, keyring = tmp_path / "ceph.conf", tmp_path / "vauban.keyring"
-    conf.write_text("[global]\nfsid = 1\nmon_host = 127.0.0.1:6789\n")
-    keyring.write_text("[client.vauban]\n\tkey = AQBfakefakefakefakefakefakefakefakefake==\n")
-    return conf, keyring
-
-
-@pytest.fixture
-def rbd_region(tmp_path: Path) -> Iterator[Region]:
-    conf, keyring = ceph_files(tmp_path)
-    r = open_region(ControllerConfig(
-        data_dir=tmp_path / "controller", storage="rbd", ceph_conf=conf, ceph_keyring=keyring,
-        ceph_volume_pools=("vauban", "vauban-fast")))
-    yield r
-    r.engine.dispose()
 
 
 @pytest.fixture
