@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flask import Blueprint, Response, g, request
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from controller.api.problems import problem, too_large_problem, validation_problem
 
@@ -133,7 +134,8 @@ def _json_body(model: type[BaseModel]) -> BaseModel | Response:
 
     Strict: JSON numbers and booleans must be such, not strings; datetimes, enums and
     UUIDs still parse from their JSON string forms. Parsing is bounded (nesting depth,
-    integer size) by pydantic's JSON parser, so hostile input is a 400, never a 500.
+    integer size) by pydantic's JSON parser, so hostile input is a 400, never a 500;
+    an integer that parses but exceeds 64 bits is a 422 naming its field.
     """
     if request.mimetype != "application/json":
         return problem(
@@ -149,12 +151,44 @@ def _json_body(model: type[BaseModel]) -> BaseModel | Response:
     except UnicodeDecodeError as e:
         return _malformed(f"the body is not UTF-8: {e}")
     try:
-        return model.model_validate_json(text, strict=True)
+        body = model.model_validate_json(text, strict=True)
+        _check_int64(body)
+        return body
     except ValidationError as e:
         invalid_json = [x for x in e.errors(include_url=False) if x["type"] == "json_invalid"]
         if invalid_json:
             return _malformed(f"the body is not valid JSON: {invalid_json[0]['ctx']['error']}")
         return validation_problem(e, "body")
+
+
+_INT64 = 2**63
+
+
+def _check_int64(body: BaseModel) -> None:
+    """ValidationError naming every integer of `body` that no database column can hold."""
+    errors = [
+        InitErrorDetails(type=PydanticCustomError(
+            "int_out_of_range", "integer out of range (64 bits, signed)"), loc=loc, input=value)
+        for loc, value in _ints(body, ()) if not -_INT64 <= value < _INT64
+    ]
+    if errors:
+        raise ValidationError.from_exception_data(type(body).__name__, errors)
+
+
+def _ints(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], int]]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield loc, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _ints(getattr(value, name), (*loc, name))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _ints(item, (*loc, i))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _ints(item, (*loc, str(key)))
 
 
 def _malformed(detail: str) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -129,3 +130,25 @@ def test_agent_status_report_has_a_larger_limit(client: FlaskClient, region: Reg
                     environ_overrides={**node.environ(), **body.declaring(17 * MIB)})
     assert r.status_code == 413 and body.read_calls == 0
     assert f"accepts at most {16 * MIB} bytes" in r.json["detail"]
+
+
+def test_integers_beyond_64_bits_are_refused(client: FlaskClient, region: Region) -> None:
+    """A body integer no database column can hold is a 422, not a database error."""
+    api = Api(client, region)
+    node = api.join_node("n1", report=False)
+    status = json.loads(NodeStatus(applied_generation=0, inventory=inventory(), vms=[],
+                                   sent_at=datetime.now(UTC)).model_dump_json())
+    status["applied_generation"] = 10**30
+    status["inventory"]["storage_free_bytes"] = 2**63
+    r = client.post(f"/agent/v1/nodes/{node.id}/status", data=json.dumps(status),
+                    content_type="application/json", environ_overrides=node.environ())
+    assert r.status_code == 422, r.json
+    assert r.json["errors"] == [
+        {"field": "applied_generation", "message": "integer out of range (64 bits, signed)"},
+        {"field": "inventory.storage_free_bytes",
+         "message": "integer out of range (64 bits, signed)"}]
+    status["applied_generation"] = 2**63 - 1
+    status["inventory"]["storage_free_bytes"] = 0
+    r = client.post(f"/agent/v1/nodes/{node.id}/status", data=json.dumps(status),
+                    content_type="application/json", environ_overrides=node.environ())
+    assert r.status_code == 204, r.json
