@@ -107,7 +107,7 @@ def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
             except ValidationError as e:
                 return validation_problem(e, "query parameter")
         if spec.body is not None:
-            parsed = _json_body(spec.body)
+            parsed = _json_body(spec.body, spec.max_body)
             if isinstance(parsed, Response):
                 return parsed
             kwargs["body"] = parsed
@@ -121,15 +121,17 @@ def _refuse_oversize(limit: int) -> Response | None:
     """A 413 problem if the declared body exceeds `limit`; else None, the limit armed.
 
     Nothing of the body is read to decide. A body without a declared length (chunked)
-    is cut off by werkzeug once `limit` bytes were read, also as a 413.
+    is read to at most one byte past `limit`, which `_json_body` then refuses.
     """
-    request.max_content_length = limit
+    # werkzeug stops quietly at this maximum: one byte more tells a body that runs
+    # past the limit from one that ends on it
+    request.max_content_length = limit + 1
     if request.content_length is not None and request.content_length > limit:
         return too_large_problem(request.content_length, limit)
     return None
 
 
-def _json_body(model: type[BaseModel]) -> BaseModel | Response:
+def _json_body(model: type[BaseModel], limit: int | None) -> BaseModel | Response:
     """The body parsed and validated as `model` in one step, or the problem to answer.
 
     Strict: JSON numbers and booleans must be such, not strings; datetimes, enums and
@@ -144,6 +146,8 @@ def _json_body(model: type[BaseModel]) -> BaseModel | Response:
             "unsupported-media-type",
         )
     raw = request.get_data(cache=False)
+    if limit is not None and len(raw) > limit:  # only a body of undeclared length gets here
+        return too_large_problem(None, limit)
     if not raw.strip():
         return _malformed("the body is empty; send a JSON object")
     try:

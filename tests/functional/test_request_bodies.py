@@ -152,3 +152,14 @@ def test_integers_beyond_64_bits_are_refused(client: FlaskClient, region: Region
     r = client.post(f"/agent/v1/nodes/{node.id}/status", data=json.dumps(status),
                     content_type="application/json", environ_overrides=node.environ())
     assert r.status_code == 204, r.json
+
+
+def test_body_of_undeclared_length_is_cut_off_at_the_limit(client: FlaskClient) -> None:
+    """A chunked body (no Content-Length) is read only up to the route's limit."""
+    body = io.BytesIO(b'{"username": "' + b"a" * (2 * MIB) + b'"}')
+    r = client.post("/api/v1/tokens", content_type="application/json", environ_overrides={
+        "wsgi.input": body, "CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked",
+        "wsgi.input_terminated": True})  # as gunicorn passes a chunked body
+    assert r.status_code == 413 and r.mimetype == "application/problem+json"
+    assert r.json["detail"] == f"the body is too large; /api/v1/tokens accepts at most {MIB} bytes"
+    assert body.tell() == MIB + 1  # one byte past the limit, not one more
