@@ -147,8 +147,8 @@ def test_integers_beyond_64_bits_are_refused(client: FlaskClient, region: Region
         {"field": "applied_generation", "message": "integer out of range (64 bits, signed)"},
         {"field": "inventory.storage_free_bytes",
          "message": "integer out of range (64 bits, signed)"}]
-    status["applied_generation"] = 2**63 - 1
-    status["inventory"]["storage_free_bytes"] = 0
+    status["applied_generation"] = 0
+    status["inventory"]["storage_free_bytes"] = 2**63 - 1
     r = client.post(f"/agent/v1/nodes/{node.id}/status", data=json.dumps(status),
                     content_type="application/json", environ_overrides=node.environ())
     assert r.status_code == 204, r.json
