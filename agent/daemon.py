@@ -9,6 +9,7 @@ agent keeps the last desired state and retries.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,12 +34,14 @@ from agent.protocol import (
     StorageStatus,
 )
 from agent.reconcile import Reconciler
+from agent.retry import FailureLedger, RetryPolicy
 from hardware.kvmprobe import KvmProbe
 
 log = logging.getLogger(__name__)
 
 RECHECK_S = 10.0  # a pass runs at least this often, to catch changes made behind our back
-BACKOFF_MAX_S = 10.0
+# the controller away: ask again soon, then less often, agents spread out by the jitter
+CONTROLLER_RETRY = RetryPolicy(base_s=0.5, cap_s=10.0, give_up_after_s=float("inf"))
 
 
 class Agent:
@@ -63,15 +66,16 @@ class Agent:
         self._latest: DesiredState | None = None
         self._repass = False  # a VM task ended: look again at once
         self._report_now = threading.Event()
+        ledger = FailureLedger()  # every failure of this agent, reported with its status
         self.reconciler = Reconciler(
             hypervisor, storage, client.image_chunks, config.instances_dir,
             owner=identity.node_id, stop_grace_s=config.stop_grace_s,
             on_change=self._report_now.set, on_settled=self._request_pass,
             prepare_disks=prepare_disks,
             networks=NetworkKeeper(network, self.underlay_ip, config.data_dir / "networks.json",
-                                   SecurityGroupFirewall())
+                                   SecurityGroupFirewall(), ledger)
             if network is not None else None,
-            gpu=self.gpu,
+            gpu=self.gpu, ledger=ledger,
         )
 
     def run(self) -> None:
@@ -96,16 +100,16 @@ class Agent:
         self._report_now.set()
 
     def _poll_loop(self) -> None:
-        after, backoff = -1, 0.5
+        after, failures = -1, 0
         while not self.stopping.is_set():
             try:
                 desired = self.client.desired(after, self.config.poll_wait_s)
             except ControllerUnavailable as e:
                 log.warning("desired state unavailable: %s", e)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                failures += 1
+                self.stopping.wait(CONTROLLER_RETRY.delay(failures, random.random))
                 continue
-            backoff = 0.5
+            failures = 0
             if desired.generation > after:
                 after = desired.generation
                 with self._desired_ready:
@@ -155,6 +159,7 @@ class Agent:
             vms=self.reconciler.observe(),
             volumes=self._volumes(),
             storage=self.storage_status(),
+            failures=self.reconciler.report_failures(),
             sent_at=datetime.now(UTC),
         )
 

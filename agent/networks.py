@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 
 from agent.drivers.network.base import NetworkDriver
-from agent.drivers.network.secgroups import PortFilter, SecurityGroupFirewall
+from agent.drivers.network.secgroups import FirewallError, PortFilter, SecurityGroupFirewall
+from agent.errors import is_retryable
 from agent.protocol import DesiredNetwork, DesiredState
+from agent.retry import FailureLedger
 
 log = logging.getLogger(__name__)
 
@@ -25,38 +27,90 @@ def tap_name(port_id: str) -> str:
     return "vtp-" + hashlib.sha256(port_id.encode()).hexdigest()[:11]
 
 
+FIREWALL_ID = "security-groups"  # the object id of firewall failures: one ruleset per node
+
+
 class NetworkKeeper:
+    """Ensures the node's networks and applies its security groups, failing closed.
+
+    Every failure goes to the shared `ledger` (reported to the controller) and is
+    retried by its policy. While the wanted security groups are not in force, the
+    filtered ports are isolated (they pass no traffic) and `filters_blocker()` says
+    why, so that no VM with a filtered port is started unfiltered.
+    """
+
     def __init__(self, driver: NetworkDriver, underlay_ip: str | None, record: Path,
-                 firewall: SecurityGroupFirewall | None = None) -> None:
+                 firewall: SecurityGroupFirewall | None = None,
+                 ledger: FailureLedger | None = None) -> None:
         self.driver = driver
         self.underlay_ip = underlay_ip
         self.record = record
         self.firewall = firewall
-        self.errors: dict[str, str] = {}
+        self.ledger = ledger or FailureLedger()
         self._applied_filters: tuple[object, ...] | None = None  # what the firewall holds
+        self._wanted_filters: tuple[object, ...] | None = None
 
-    def apply_security_groups(self, desired: DesiredState) -> None:
+    def filters_blocker(self) -> str | None:
+        """Why the security groups wanted are not in force; None when they are."""
+        if self._wanted_filters == self._applied_filters:
+            return None
+        failure = self.ledger.get("firewall", FIREWALL_ID, "apply")
+        return failure.message if failure else "not applied yet"
+
+    def network_blocker(self, network_id: str) -> str | None:
+        """Why the network is not ready on this node; None when it is (as far as known)."""
+        failure = self.ledger.get("network", network_id, "ensure")
+        return failure.message if failure else None
+
+    def apply_security_groups(self, desired: DesiredState) -> bool:
         """Filter this node's ports by their security groups; a change reaches running VMs
-        at once. Nothing is sent when the rules did not change since the last pass."""
-        if self.firewall is None:
-            return
+        at once. Nothing is sent when the rules did not change since the last pass.
+
+        Returns whether the wanted rules are in force. When they cannot be applied the
+        failure is recorded (retried by the ledger's policy) and the filtered ports are
+        isolated: a port whose rules are not in force passes no traffic.
+        """
         ports = [PortFilter(tap=tap_name(p.id), addresses=tuple(p.addresses),
                             groups=tuple(p.security_groups))
                  for vm in desired.vms for p in vm.ports if p.security_groups]
         groups = {g.id: g for g in desired.security_groups}
         wanted = (tuple(ports), tuple(g.model_dump_json() for g in groups.values()))
+        self._wanted_filters = wanted
         if wanted == self._applied_filters:
-            return
+            return True
+        if not self.ledger.may_try("firewall", FIREWALL_ID, "apply", wanted):
+            return False
         try:
-            if ports:
+            if self.firewall is None:
+                if ports:
+                    raise FirewallError("this node has no firewall to apply security groups")
+            elif ports:
                 self.firewall.apply(ports, groups)
             elif self._applied_filters is not None:
                 self.firewall.remove()
-            self._applied_filters = wanted
-            self.errors.pop("security-groups", None)
         except Exception as e:
-            log.warning("security groups not applied: %s", e)
-            self.errors["security-groups"] = str(e)
+            self._fail_closed(wanted, ports, e)
+            return False
+        self._applied_filters = wanted
+        self.ledger.succeeded("firewall", FIREWALL_ID, "apply")
+        return True
+
+    def _fail_closed(self, wanted: tuple[object, ...], ports: list[PortFilter],
+                     error: Exception) -> None:
+        """Record the failure and cut the filtered ports off until their rules are in force."""
+        message = f"security groups not applied: {error}"
+        if ports:
+            try:
+                if self.firewall is None:
+                    raise FirewallError("no firewall to isolate the ports with")
+                self.firewall.isolate([p.tap for p in ports])
+                self._applied_filters = None  # what is in force is the isolation
+                message += "; their ports are isolated (no traffic) until they are"
+            except Exception as e2:
+                message += f"; isolating their ports failed too: {e2}"
+        log.warning("%s", message)
+        self.ledger.failed("firewall", FIREWALL_ID, "apply", wanted, message,
+                           retryable=is_retryable(error))
 
     def carried(self) -> set[str]:
         try:
@@ -69,27 +123,41 @@ class NetworkKeeper:
         tmp.write_text(json.dumps(sorted(ids)))
         os.replace(tmp, self.record)
 
-    def apply(self, nets: list[DesiredNetwork]) -> None:
+    def apply(self, nets: list[DesiredNetwork]) -> bool:
         """Remove the networks this agent made and no longer needs, then ensure the wanted
-        ones (recreating any device deleted by hand). Failures are logged and kept in
-        `errors`; a VM on a missing network then fails to start and says so."""
+        ones (recreating any device deleted by hand). Returns whether all of them are
+        ready. Failures go to the ledger (reported, retried by its policy); a VM on a
+        network that failed is not started and shows the network's error."""
         carried = self.carried()
         wanted = {n.id: n for n in nets}
         if not wanted and not carried:
-            return
+            return True
+        ok = True
         for net_id in carried - wanted.keys():
             try:
                 self.driver.remove_network(net_id)
                 carried.discard(net_id)
+                self.ledger.forget("network", net_id)
             except Exception as e:
                 log.warning("network %s not removed: %s", net_id, e)
+                self.ledger.failed("network", net_id, "remove", None, e)
+                ok = False
         for net in wanted.values():
             carried.add(net.id)
             self._save(carried)  # recorded first: a half-made network is ours to remove
-            try:
-                self.driver.ensure_network(net, self.underlay_ip)
-                self.errors.pop(net.id, None)
-            except Exception as e:
-                log.warning("network %s (%s) not ready: %s", net.name, net.id, e)
-                self.errors[net.id] = str(e)
+            ok &= self._ensure(net)
         self._save(carried)
+        return ok
+
+    def _ensure(self, net: DesiredNetwork) -> bool:
+        request = net.model_dump_json()
+        if not self.ledger.may_try("network", net.id, "ensure", request):
+            return False  # failed for this very request: waits for its retry or a change
+        try:
+            self.driver.ensure_network(net, self.underlay_ip)
+        except Exception as e:
+            log.warning("network %s (%s) not ready: %s", net.name, net.id, e)
+            self.ledger.failed("network", net.id, "ensure", request, e)
+            return False
+        self.ledger.succeeded("network", net.id, "ensure")
+        return True

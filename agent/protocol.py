@@ -321,6 +321,28 @@ class Inventory(Wire):
     nvml_detail: str = Field(default="", examples=["no NVIDIA driver: no NVIDIA GPUs"])
 
 
+FailureKind = Literal["vm", "network", "firewall", "volume", "image"]
+
+
+class NodeFailure(Wire):
+    """Something the agent tried on its node and could not do, with the cause in words."""
+
+    kind: FailureKind = Field(description="What failed: a VM, network, firewall, volume "
+                              "or image action")
+    object_id: str = Field(description="Id of the VM, network, volume or image; for the "
+                           "firewall, 'security-groups'")
+    action: str = Field(examples=["create", "ensure", "apply", "import"],
+                        description="What was being done to it")
+    message: str = Field(examples=["tenant network 5d0c…: VNI 1000 is already used by "
+                                   "device vx-other on this node"])
+    retryable: bool = Field(description="Trying the same request again may help")
+    final: bool = Field(description="Given up: not retried until the request changes")
+    since: datetime = Field(description="When this request first failed")
+    attempts: int = Field(ge=1, description="Failed tries of this request so far")
+    next_retry_at: datetime | None = Field(
+        default=None, description="When it is tried again; None once final")
+
+
 class NodeStatus(Wire):
     """Pushed by the agent: inventory, the observed state of its VMs, and how far it got."""
 
@@ -331,6 +353,8 @@ class NodeStatus(Wire):
     volumes: list[ObservedVolume] | None = Field(
         default_factory=list, description="None: storage could not be read (not: no volumes)")
     storage: StorageStatus | None = None
+    failures: list[NodeFailure] = Field(
+        default_factory=list, description="Every failed action of the agent, oldest first")
     sent_at: UtcDatetime
 
 

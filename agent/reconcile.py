@@ -13,10 +13,8 @@ import json
 import logging
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.drivers.gpu.base import GpuDriver
@@ -30,16 +28,19 @@ from agent.drivers.hypervisor.base import (
     VmSpec,
 )
 from agent.drivers.network.base import bridge_name
-from agent.drivers.storage.base import StorageDriver, StorageError
+from agent.drivers.storage.base import StorageDriver
+from agent.errors import DriverError
 from agent.networks import NetworkKeeper, tap_name
 from agent.protocol import (
     DesiredState,
     DesiredVm,
+    NodeFailure,
     ObservedVm,
     ObservedVmState,
     ObservedVolume,
     PowerState,
 )
+from agent.retry import Entry, FailureLedger
 from agent.revert import Reverter
 from agent.volumes import VolumeKeeper
 from images.netconfig import network_config
@@ -47,25 +48,8 @@ from images.seed import build_nocloud_seed
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = 30.0
-GIVE_UP_AFTER_S = 300.0  # a retryable failure of one request is reported as failed after this
 VGPU_FILE = "vgpus.json"  # in the VM's directory: the vGPUs made for it, to remove with it
 OWNER_LABEL = "vauban.node"  # the node whose agent made the VM; no other agent touches it
-
-
-@dataclass(frozen=True)
-class Failure:
-    key: tuple[object, ...]  # what was attempted; a changed request is tried afresh
-    power_seq: int  # the power action that failed
-    message: str
-    retryable: bool
-    at: float
-    since: float  # when this request first failed
-
-    @property
-    def final(self) -> bool:
-        """Reported as a failure: not retryable, or retried for too long."""
-        return not self.retryable or self.at - self.since > GIVE_UP_AFTER_S
 
 
 class _Pass:
@@ -84,6 +68,7 @@ class _Pass:
             self._outstanding += 1
 
     def skipped(self) -> None:
+        """Something of this generation is not done (busy, or failed): not applied."""
         with self._lock:
             self._complete = False
 
@@ -107,6 +92,7 @@ class _Pass:
 
 
 def attempt_key(vm: DesiredVm) -> tuple[object, ...]:
+    """What a VM task tries to carry out; its power_seq comes first."""
     return (vm.power_seq, vm.power, vm.vcpus, vm.memory_mib, vm.root_disk_gib, vm.image.id)
 
 
@@ -127,6 +113,7 @@ class Reconciler:
         networks: NetworkKeeper | None = None,
         workers: int = 4,
         gpu: GpuDriver | None = None,
+        ledger: FailureLedger | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.storage = storage
@@ -137,7 +124,11 @@ class Reconciler:
         self.on_change = on_change
         self.on_settled = on_settled
         self.prepare_disks = prepare_disks  # before a domain with storage disks is defined
-        self.volumes = VolumeKeeper(storage, hypervisor, prepare_disks)
+        # one ledger of failures for VMs, images, volumes, networks and the firewall
+        self.ledger = ledger or (networks.ledger if networks is not None else FailureLedger())
+        if networks is not None:
+            networks.ledger = self.ledger
+        self.volumes = VolumeKeeper(storage, hypervisor, prepare_disks, self.ledger)
         self.networks = networks
         self.gpu = gpu or NoGpuDriver()
         self._idle = threading.Condition()
@@ -146,10 +137,8 @@ class Reconciler:
         self._guard = threading.Lock()
         self._vm_locks: dict[str, threading.Lock] = {}
         self._image_locks: dict[str, threading.Lock] = {}
-        self.failures: dict[str, Failure] = {}
         self._retired_gone: set[str] = set()  # deleted images known absent from storage
         self._flattened: set[str] = set()  # VMs whose root disk no longer depends on its image
-        self._flatten_errors: dict[str, str] = {}
         self.progress: dict[str, int] = {}
         self.applied_generation = -1
         self.desired: DesiredState | None = None
@@ -169,7 +158,8 @@ class Reconciler:
         Creates and power changes run in the background, one task per VM at a time, so
         a long image download never holds up other VMs. A VM still busy from an earlier
         pass is left to the next pass, which `on_settled` asks for when a task ends.
-        `applied_generation` becomes this generation once every VM in it was handled.
+        `applied_generation` becomes this generation once every VM in it was handled,
+        and never while a network it needs failed or its security groups are not in force.
         """
         self.desired = desired
         observed = {o.id: o for o in self._own_vms()}
@@ -183,9 +173,10 @@ class Reconciler:
             if f is not None:
                 f.result()
         if self.networks is not None:  # after VMs went (their taps), before new ones come
-            self.networks.apply(desired.networks)
+            ready = self.networks.apply(desired.networks)
             # rules first: a VM started below is filtered from its first packet
-            self.networks.apply_security_groups(desired)
+            if not (self.networks.apply_security_groups(desired) and ready):
+                tracker.skipped()  # the failure is reported; this generation is not applied
         for vm_id, vm in wanted.items():
             obs = observed.get(vm_id)
             if self._needs_work(vm, obs):
@@ -193,7 +184,8 @@ class Reconciler:
         for key, task in self.volumes.plan(desired, observed):
             self._start(key, task, tracker)
         for vm in desired.vms:
-            if vm.flatten_root and vm.id not in self._flattened and vm.id in observed:
+            if (vm.flatten_root and vm.id not in self._flattened and vm.id in observed
+                    and self.ledger.may_try("vm", vm.id, "flatten", True)):
                 self._start(vm.id, functools.partial(self._flatten, vm), tracker)
         retired = [i for i in desired.retired_images if i not in self._retired_gone]
         if retired:
@@ -244,10 +236,8 @@ class Reconciler:
         return self.pool.submit(run)
 
     def _needs_work(self, vm: DesiredVm, obs: VmObservation | None) -> bool:
-        failure = self.failures.get(vm.id)
-        if failure and failure.key == attempt_key(vm):
-            if not failure.retryable or time.monotonic() - failure.at < RETRY_AFTER_S:
-                return False
+        if not self.ledger.may_try("vm", vm.id, "converge", attempt_key(vm)):
+            return False  # failed for this request: waits for its retry, or a new request
         if obs is None:
             return True
         if vm.power is PowerState.RUNNING:
@@ -269,19 +259,34 @@ class Reconciler:
             else:
                 self._set_power(vm, obs)
         except Exception as e:  # every failure is reported on the VM; the agent goes on
-            retryable = bool(getattr(e, "retryable", False))
             log.warning("VM %s (%s): %s", vm.name, vm.id, e)
-            now, key = time.monotonic(), attempt_key(vm)
-            prior = self.failures.get(vm.id)
-            since = prior.since if prior and prior.key == key else now
-            self.failures[vm.id] = Failure(key, vm.power_seq, str(e), retryable, now, since)
+            self.ledger.failed("vm", vm.id, "converge", attempt_key(vm), e)
         else:
-            self.failures.pop(vm.id, None)
+            self.ledger.succeeded("vm", vm.id, "converge")
         finally:
             self.progress.pop(vm.id, None)
 
+    def _check_ports(self, vm: DesiredVm) -> None:
+        """Raise (retryable) if a network of the VM's ports failed on this node, or its
+        security groups are not in force: such a VM is not started (fail closed)."""
+        if self.networks is None or not vm.ports:
+            return
+        names = {n.id: n.name for n in self.desired.networks} if self.desired else {}
+        for port in vm.ports:
+            why = self.networks.network_blocker(port.network_id)
+            if why is not None:
+                name = names.get(port.network_id, port.network_id)
+                raise DriverError(f"network {name} ({port.network_id}) is not ready on this "
+                                  f"node: {why}", retryable=True)
+        if any(p.security_groups for p in vm.ports):
+            why = self.networks.filters_blocker()
+            if why is not None:
+                raise DriverError("not started: the security groups of its ports are not in "
+                                  f"force on this node: {why}", retryable=True)
+
     def _create(self, vm: DesiredVm) -> None:
         """Image, disk, seed, domain, start: each undone if a later step fails."""
+        self._check_ports(vm)
         self._step(vm.id, 10)
         self._ensure_image(vm)
         self._step(vm.id, 60)
@@ -352,11 +357,18 @@ class Reconciler:
         with self._guard:
             lock = self._image_locks.setdefault(vm.image.id, threading.Lock())
         with lock:  # two VMs of one new image download it once
-            if not self.storage.has_image(vm.image.id):
+            if self.storage.has_image(vm.image.id):
+                return
+            try:
                 self.storage.import_image(vm.image, self.image_source(vm.image.id))
+            except Exception as e:  # the image's own failure, beside that of its VMs
+                self.ledger.failed("image", vm.image.id, "import", vm.image.sha256, e)
+                raise
+            self.ledger.succeeded("image", vm.image.id, "import")
 
     def _set_power(self, vm: DesiredVm, obs: VmObservation) -> None:
         if vm.power is PowerState.RUNNING and not obs.running:
+            self._check_ports(vm)
             self.prepare_disks()  # an RBD disk needs the Ceph secret, gone if libvirtd restarted
             with Reverter() as revert:  # a host reboot loses vGPUs and vfio bindings
                 self._claim_gpus(vm, revert)
@@ -373,28 +385,37 @@ class Reconciler:
                 self.storage.flatten_root_disk(vm.id)
         except Exception as e:  # shown on the VM; the request is tried again next pass
             log.warning("VM %s: flatten failed: %s", vm.name, e)
-            self._flatten_errors[vm.id] = str(e)
+            self.ledger.failed("vm", vm.id, "flatten", True, e)
         else:
             self._flattened.add(vm.id)
-            self._flatten_errors.pop(vm.id, None)
+            self.ledger.succeeded("vm", vm.id, "flatten")
 
     def _drop_images(self, image_ids: list[str]) -> None:
         """Remove stored copies of deleted images; one still backing a disk stays for now."""
         for image_id in image_ids:
             try:
                 self.storage.delete_image(image_id)
-            except StorageError as e:
+            except Exception as e:  # reported; every pass tries again (it may be in use)
                 log.info("deleted image %s kept for now: %s", image_id, e)
+                self.ledger.failed("image", image_id, "delete", None, e)
             else:
                 self._retired_gone.add(image_id)
+                self.ledger.forget("image", image_id)
 
     def _remove(self, vm_id: str) -> None:
-        """Domain, disks and files of a VM no longer wanted; each step is idempotent."""
-        self.hypervisor.undefine(vm_id)
-        self._release_gpus(vm_id)
-        self.storage.delete_vm_disks(vm_id)
+        """Domain, disks and files of a VM no longer wanted; each step is idempotent.
+
+        A failure is reported (kind vm, action remove) and raised; the next pass retries.
+        """
+        try:
+            self.hypervisor.undefine(vm_id)
+            self._release_gpus(vm_id)
+            self.storage.delete_vm_disks(vm_id)
+        except Exception as e:
+            self.ledger.failed("vm", vm_id, "remove", None, e)
+            raise
         shutil.rmtree(self.vm_dir(vm_id), ignore_errors=True)
-        self.failures.pop(vm_id, None)
+        self.ledger.forget("vm", vm_id)
         self._flattened.discard(vm_id)
         log.info("VM %s removed", vm_id)
 
@@ -418,28 +439,35 @@ class Reconciler:
             )
         for vm in self.desired.vms if self.desired else []:
             if vm.flatten_root and vm.id in result:
+                flatten = self.ledger.get("vm", vm.id, "flatten")
                 result[vm.id] = result[vm.id].model_copy(update={
                     "root_cloned": vm.id not in self._flattened,
-                    "error": self._flatten_errors.get(vm.id)})
-            failure = self.failures.get(vm.id)
+                    "error": flatten.message if flatten else None})
             if vm.id in self.progress:
                 result[vm.id] = ObservedVm(
                     id=vm.id, name=vm.name, state=ObservedVmState.PROVISIONING,
                     power_seq=result[vm.id].power_seq if vm.id in result else 0,
                     progress=self.progress[vm.id],
                 )
-            elif failure is not None:
-                prior = result.get(vm.id)
-                if failure.final:
-                    state, failed = ObservedVmState.ERROR, failure.power_seq
-                else:  # still trying: the request stands, the error is shown meanwhile
-                    state = prior.state if prior else ObservedVmState.PROVISIONING
-                    failed = None
-                result[vm.id] = ObservedVm(
-                    id=vm.id, name=vm.name, state=state,
-                    power_seq=prior.power_seq if prior else 0,
-                    error=failure.message if failure.final else f"retrying: {failure.message}",
-                    failed_power_seq=failed,
-                    console_log=prior.console_log if prior else None,
-                )
+            elif (failure := self.ledger.get("vm", vm.id, "converge")) is not None:
+                result[vm.id] = self._failed_view(vm, failure, result.get(vm.id))
         return list(result.values())
+
+    @staticmethod
+    def _failed_view(vm: DesiredVm, failure: Entry, prior: ObservedVm | None) -> ObservedVm:
+        """A VM whose last task failed: in error once final, else as it is, retrying."""
+        if failure.final:
+            state = ObservedVmState.ERROR
+            failed = int(failure.request[0])  # type: ignore[index]  # attempt_key: power_seq
+        else:  # still trying: the request stands, the error is shown meanwhile
+            state = prior.state if prior else ObservedVmState.PROVISIONING
+            failed = None
+        return ObservedVm(
+            id=vm.id, name=vm.name, state=state, power_seq=prior.power_seq if prior else 0,
+            error=failure.message if failure.final else f"retrying: {failure.message}",
+            failed_power_seq=failed, console_log=prior.console_log if prior else None,
+        )
+
+    def report_failures(self) -> list[NodeFailure]:
+        """Every failed action of this agent, for the node's status."""
+        return self.ledger.report()

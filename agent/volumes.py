@@ -3,43 +3,37 @@
 A steward node makes each of its desired volumes exist with the asked size and
 snapshots, applies a rollback once (its sequence number is kept with the volume
 in storage, so a new steward never repeats it), deletes volumes marked absent,
-and hot-plugs or unplugs volumes of its running VMs. Errors are kept per volume
-with the generation that asked, and reported.
+and hot-plugs or unplugs volumes of its running VMs. Failures go to the agent's
+one ledger (`agent.retry`) with the generation that asked as their request: they
+are retried by its policy, reported with the node, and shown on the volume once
+final.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorDriver, VmObservation
 from agent.drivers.storage.base import StorageDriver, VolumeInfo
 from agent.protocol import DesiredState, DesiredVolume, ObservedVolume
+from agent.retry import Entry, FailureLedger
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
-RETRY_WINDOW_S = 300.0
 FIRST_VOLUME_TARGET = "vdc"  # vda: root disk, vdb: cloud-init seed
-
-
-@dataclass(frozen=True)
-class VolumeFailure:
-    generation: int
-    message: str
 
 
 class VolumeKeeper:
     def __init__(self, storage: StorageDriver, hypervisor: HypervisorDriver,
-                 prepare: Callable[[], None] = lambda: None) -> None:
+                 prepare: Callable[[], None] = lambda: None,
+                 ledger: FailureLedger | None = None) -> None:
         self.storage = storage
         self.hypervisor = hypervisor
         self.prepare = prepare  # before a disk is plugged in (e.g. the Ceph secret is there)
-        self.failures: dict[str, VolumeFailure] = {}
-        self._retrying: dict[str, float] = {}  # volume id -> when a retryable error began
+        self.ledger = ledger or FailureLedger()
 
     def plan(self, desired: DesiredState,
              own_vms: dict[str, VmObservation]) -> list[tuple[str, Callable[[], None]]]:
@@ -49,14 +43,15 @@ class VolumeKeeper:
             return []
         if not self.storage.info().volumes:
             for dv in desired.volumes:
-                self._fail(dv.id, desired.generation, "this node's storage has no volumes")
+                self.ledger.failed("volume", dv.id, "converge", desired.generation,
+                                   "this node's storage has no volumes")
             return []
         existing = {v.id: v for v in self.storage.list_volumes()}
         work: list[tuple[str, Callable[[], None]]] = []
         for dv in desired.volumes:
             if self._needs_work(dv, existing.get(dv.id), desired.generation):
                 work.append((f"volume:{dv.id}", partial(
-                    self._guard, dv.id, desired.generation,
+                    self._guard, dv.id, "converge", desired.generation,
                     partial(self._converge, dv, existing))))
         for vm in desired.vms:
             obs = own_vms.get(vm.id)
@@ -69,9 +64,8 @@ class VolumeKeeper:
         return work
 
     def _needs_work(self, dv: DesiredVolume, info: VolumeInfo | None, generation: int) -> bool:
-        failure = self.failures.get(dv.id)
-        if failure is not None and failure.generation >= generation:
-            return False  # failed for this very request: wait for a new one
+        if not self.ledger.may_try("volume", dv.id, "converge", generation):
+            return False  # failed for this very request: waits for its retry or a new one
         if info is None:
             return dv.present
         if not dv.present:
@@ -80,22 +74,20 @@ class VolumeKeeper:
                 or sorted(info.snapshots) != sorted(dv.snapshots)
                 or (dv.rollback is not None and dv.rollback.seq > info.rollback_seq))
 
-    def _guard(self, vol_id: str, generation: int, work: Callable[[], object]) -> None:
+    def _guard(self, vol_id: str, action: str, generation: int,
+               work: Callable[[], object]) -> None:
+        """Run `work`; a failure goes to the ledger (reported, retried by its policy)."""
         try:
             work()
         except Exception as e:  # reported on the volume; the agent goes on
-            log.warning("volume %s: %s", vol_id, e)
-            first = self._retrying.setdefault(vol_id, time.monotonic())
-            # a retryable error (a guest slow to let go of a disk) is only reported once
-            # it has lasted; meanwhile every pass tries again
-            if not getattr(e, "retryable", False) or time.monotonic() - first > RETRY_WINDOW_S:
-                self._fail(vol_id, generation, str(e))
+            log.warning("volume %s: %s failed: %s", vol_id, action, e)
+            self.ledger.failed("volume", vol_id, action, generation, e)
         else:
-            self.failures.pop(vol_id, None)
-            self._retrying.pop(vol_id, None)
+            self.ledger.succeeded("volume", vol_id, action)
 
-    def _fail(self, vol_id: str, generation: int, message: str) -> None:
-        self.failures[vol_id] = VolumeFailure(generation, message)
+    def _final_failure(self, vol_id: str) -> Entry | None:
+        """The volume's failure once given up on (what the volume shows)."""
+        return next((e for e in self.ledger.of("volume", vol_id) if e.final), None)
 
     def _converge(self, dv: DesiredVolume, existing: dict[str, VolumeInfo]) -> None:
         info = existing.get(dv.id)
@@ -135,12 +127,15 @@ class VolumeKeeper:
         """Attach what is wanted and missing, detach volumes no longer wanted."""
         plugged = self._volume_disks(vm_id)
         for target, (vol_id, _disk) in plugged.items():
-            if wanted.get(target) != vol_id:
-                self._guard(vol_id, generation,
+            if (wanted.get(target) != vol_id
+                    and self.ledger.may_try("volume", vol_id, "detach", generation)):
+                self._guard(vol_id, "detach", generation,
                             partial(self.hypervisor.detach_disk, vm_id, target))
         for target, vol_id in wanted.items():
-            if target not in plugged or plugged[target][0] != vol_id:
-                self._guard(vol_id, generation, partial(self._attach, vm_id, vol_id, target))
+            if ((target not in plugged or plugged[target][0] != vol_id)
+                    and self.ledger.may_try("volume", vol_id, "attach", generation)):
+                self._guard(vol_id, "attach", generation,
+                            partial(self._attach, vm_id, vol_id, target))
 
     def _attach(self, vm_id: str, vol_id: str, target: str) -> None:
         self.prepare()
@@ -168,7 +163,7 @@ class VolumeKeeper:
                     plugged[vol_id] = (vm_id, target)
         result = []
         for dv in desired.volumes:
-            info, failure = existing.get(dv.id), self.failures.get(dv.id)
+            info, failure = existing.get(dv.id), self._final_failure(dv.id)
             if info is None and failure is None:
                 continue  # absent and fine: not made yet, or deleted
             where = plugged.get(dv.id)
@@ -179,6 +174,7 @@ class VolumeKeeper:
                 rollback_seq=info.rollback_seq if info else 0,
                 attached_to=where[0] if where else None, target=where[1] if where else None,
                 error=failure.message if failure else None,
-                failed_generation=failure.generation if failure else None,
+                failed_generation=int(failure.request)  # type: ignore[call-overload]
+                if failure else None,
             ))
         return result

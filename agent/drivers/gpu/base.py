@@ -17,6 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from agent.errors import DriverError
 from agent.protocol import DesiredVgpu, NodeGpu
 
 
@@ -28,12 +29,8 @@ class GpuDriverInfo:
     telemetry: bool
 
 
-class GpuError(Exception):
+class GpuError(DriverError):
     """A GPU could not be given to, or taken back from, a VM; the message says why."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class GpuDriver(ABC):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agent.errors import DriverError
+
 ROOT_DISK_TARGET = "vda"  # the disk a VM boots from; never hot-unplugged
 
 
@@ -105,12 +107,8 @@ class VmObservation:
     labels: dict[str, str] = field(default_factory=dict)  # as given in VmSpec.labels
 
 
-class HypervisorError(Exception):
+class HypervisorError(DriverError):
     """A hypervisor operation failed; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class HypervisorDriver(ABC):

@@ -21,6 +21,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from agent.errors import DriverError
 from agent.protocol import DesiredNetwork, NetworkKind
 
 IFNAMSIZ = 15  # the longest Linux interface name (16 bytes with the NUL)
@@ -70,12 +71,8 @@ class NetworkInfo:
     vxlan_overhead: int = VXLAN_OVERHEAD  # bytes a tenant network's MTU must leave free
 
 
-class NetworkError(Exception):
+class NetworkError(DriverError):
     """A network operation failed; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 def check_desired(net: DesiredNetwork, underlay_ip: str | None) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.errors import DriverError
 from agent.protocol import DesiredSecurityGroup, SecurityRule
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ Json = dict[str, Any]
 _ns_lock = threading.Lock()
 
 
-class FirewallError(Exception):
+class FirewallError(DriverError):
     """The firewall could not be applied (bad input, kernel support, nft failure)."""
 
 
@@ -336,6 +337,29 @@ class SecurityGroupFirewall:
                 "bridged traffic does not reach nftables' inet hooks: load br_netfilter and "
                 "set net.bridge.bridge-nf-call-iptables=1 and bridge-nf-call-ip6tables=1")
         self._run(batch)
+
+    def isolate(self, taps: list[str]) -> None:
+        """Replace our ruleset, atomically, with one that drops every frame to or from
+        `taps`: what holds while their security groups cannot be applied.
+
+        It needs only the bridge family (not br_netfilter). On failure the previous
+        ruleset stays in place and FirewallError is raised.
+        """
+        for tap in taps:
+            if not _IFNAME.match(tap):
+                raise FirewallError(f"bad tap name {tap!r}")
+        cmds = [*_replace_tables(), {"add": {"table": {"family": "bridge", "name": TABLE}}}]
+        for hook in ("forward", "input", "output"):  # other ports, and the host itself
+            cmds.append({"add": {"chain": {"family": "bridge", "table": TABLE, "name": hook,
+                                           "type": "filter", "hook": hook,
+                                           "prio": BRIDGE_PRIORITY, "policy": "accept"}}})
+            for tap in sorted(set(taps)):
+                for key in ("iifname", "oifname"):
+                    cmds.append({"add": {"rule": {"family": "bridge", "table": TABLE,
+                                                  "chain": hook,
+                                                  "expr": [_match(_meta(key), tap),
+                                                           {"drop": None}]}}})
+        self._run({"nftables": cmds})
 
     def remove(self) -> None:
         """Delete our tables (nothing is filtered any more). A no-op if they are absent."""

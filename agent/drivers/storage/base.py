@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from agent.drivers.hypervisor.base import DiskSpec
+from agent.errors import DriverError
 from agent.protocol import ImageRef
 
 
@@ -58,12 +59,8 @@ class StorageHealth:
     pools: tuple[PoolUsage, ...]
 
 
-class StorageError(Exception):
+class StorageError(DriverError):
     """A storage operation failed; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class StorageDriver(ABC):

@@ -39,6 +39,7 @@ from agent.protocol import (
     SecurityRule,
 )
 from agent.reconcile import OWNER_LABEL, Reconciler
+from agent.retry import FailureLedger, RetryPolicy
 
 IMAGE = b"image-bytes"
 MINE = {OWNER_LABEL: "node-1"}
@@ -307,32 +308,54 @@ def _wait(cond: Callable[[], bool], timeout: float = 10) -> bool:
     return False
 
 
-def test_a_retryable_failure_is_retried_before_it_fails_the_request(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import reconcile
+class Clock:
+    """A monotonic clock the test moves by hand."""
 
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_retryable_failure_is_retried_before_it_fails_the_request(tmp_path: Path) -> None:
     hv, st = FakeHypervisor(), FakeStorage(tmp_path / "disks")
+    tries: list[str] = []
 
     def unreachable(image_id: str) -> Iterator[bytes]:
+        tries.append(image_id)
         raise StorageError("Ceph cluster unreachable", retryable=True)
         yield b""  # pragma: no cover - makes this a generator
 
+    clock = Clock()
+    ledger = FailureLedger(RetryPolicy(base_s=30, cap_s=30, give_up_after_s=300),
+                           clock=clock, rand=lambda: 0.0)
     rec = Reconciler(hv, st, unreachable, tmp_path / "instances", owner="node-1",
-                     stop_grace_s=1)
+                     stop_grace_s=1, ledger=ledger)
     desired = DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")])
     rec.apply(desired)
     assert rec.wait_idle(10)
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.PROVISIONING and obs.failed_power_seq is None
     assert obs.error == "retrying: Ceph cluster unreachable"
-    # retried once the retry delay passed; given up after the retry window
-    monkeypatch.setattr(reconcile, "RETRY_AFTER_S", 0.0)
-    monkeypatch.setattr(reconcile, "GIVE_UP_AFTER_S", 0.0)
+    rec.apply(desired)  # before the retry delay: not tried again
+    assert rec.wait_idle(10) and len(tries) == 1
+    clock.now += 30
     rec.apply(desired)
-    assert rec.wait_idle(10)
+    assert rec.wait_idle(10) and len(tries) == 2
+    assert rec.observe()[0].state is ObservedVmState.PROVISIONING
+    # given up once the failure lasted past the give-up point
+    clock.now += 300
+    rec.apply(desired)
+    assert rec.wait_idle(10) and len(tries) == 3
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.ERROR and obs.failed_power_seq == 1
     assert hv.vms == {} and st.disks == set()
+    [vm_failure, image_failure] = sorted(rec.report_failures(), key=lambda f: f.kind,
+                                         reverse=True)
+    assert (vm_failure.kind, vm_failure.object_id, vm_failure.final) == ("vm", "aaaa-1", True)
+    assert (image_failure.kind, image_failure.object_id) == ("image", "img")
+    assert image_failure.message == "Ceph cluster unreachable" and image_failure.attempts == 3
 
 
 def test_deleted_images_leave_node_storage_once_unused(
