@@ -21,8 +21,8 @@ from agent.drivers.hypervisor.base import (
     VmObservation,
     VmSpec,
 )
-from agent.drivers.network.base import bridge_name
-from agent.drivers.network.secgroups import PortFilter
+from agent.drivers.network.base import NetworkError, bridge_name
+from agent.drivers.network.secgroups import FirewallError, PortFilter
 from agent.drivers.storage.base import StorageDriver, StorageError, StorageInfo
 from agent.networks import NetworkKeeper, tap_name
 from agent.protocol import (
@@ -32,6 +32,7 @@ from agent.protocol import (
     DesiredSecurityGroup,
     DesiredState,
     DesiredVm,
+    DesiredVolume,
     ImageRef,
     NetworkKind,
     ObservedVmState,
@@ -450,3 +451,103 @@ def test_security_groups_are_applied_once_per_change(tmp_path: Path) -> None:
     assert len(fw.applied) == 2
     keeper.apply_security_groups(DesiredState(node_id="n", generation=2, vms=[]))
     assert fw.removed == 1
+
+
+class BrokenFirewall(FakeFirewall):
+    """A firewall whose rules the kernel refuses; isolating ports still works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.isolated: list[list[str]] = []
+
+    def apply(self, ports: list[PortFilter], groups: dict[str, DesiredSecurityGroup]) -> None:
+        raise FirewallError("bridged traffic does not reach nftables' inet hooks: load "
+                            "br_netfilter")
+
+    def isolate(self, taps: list[str]) -> None:
+        self.isolated.append(taps)
+
+
+def filtered_vm(vm_id: str, port_id: str = "port-1") -> DesiredVm:
+    port = DesiredPort(id=port_id, network_id="net-1", mac="52:54:00:00:00:01",
+                       addresses=["10.0.0.5/24"], mtu=1450, security_groups=["g1"])
+    return vm(vm_id).model_copy(update={"ports": [port]})
+
+
+GROUP = DesiredSecurityGroup(id="g1", name="default", rules=[
+    SecurityRule(direction="ingress", remote_group="g1")], member_addresses=["10.0.0.5"])
+NET = DesiredNetwork(id="net-1", name="lan", kind=NetworkKind.TENANT, mtu=1450, vni=1000)
+
+
+def test_security_groups_that_cannot_be_applied_fail_closed_and_are_reported(
+        tmp_path: Path) -> None:
+    hv, st, fw = FakeHypervisor(), FakeStorage(tmp_path / "disks"), BrokenFirewall()
+    keeper = NetworkKeeper(FakeNetwork(), "198.18.0.1", tmp_path / "n.json", fw)  # type: ignore[arg-type]
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1, networks=keeper)
+    rec.apply(DesiredState(node_id="n", generation=4, vms=[filtered_vm("aaaa-1")],
+                           networks=[NET], security_groups=[GROUP]))
+    assert rec.wait_idle(10)
+    # the VM is not started unfiltered, its port passes nothing, the generation is not applied
+    assert "start:aaaa" not in hv.calls and not any(o.running for o in hv.vms.values())
+    assert fw.isolated == [[tap_name("port-1")]]
+    assert rec.applied_generation == -1
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.PROVISIONING
+    assert "security groups of its ports are not in force" in (obs.error or "")
+    assert "br_netfilter" in (obs.error or "")
+    failures = {(f.kind, f.object_id): f for f in rec.report_failures()}
+    firewall = failures[("firewall", "security-groups")]
+    assert "br_netfilter" in firewall.message and "isolated" in firewall.message
+    assert not firewall.retryable and firewall.final
+    assert failures[("vm", "aaaa-1")].retryable  # it waits for its rules
+
+
+def test_a_vm_on_a_failed_network_shows_the_network_error(tmp_path: Path) -> None:
+    class TakenVni(FakeNetwork):
+        def ensure_network(self, net: DesiredNetwork, underlay_ip: str | None) -> None:
+            raise NetworkError(f"tenant network {net.id}: VNI 1000 is already used by "
+                               "device vx-other on this node")
+
+    hv, st = FakeHypervisor(), FakeStorage(tmp_path / "disks")
+    keeper = NetworkKeeper(TakenVni(), "198.18.0.1", tmp_path / "n.json")  # type: ignore[arg-type]
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1, networks=keeper)
+    on_net = vm("aaaa-1").model_copy(update={"ports": [DesiredPort(
+        id="port-1", network_id="net-1", mac="52:54:00:00:00:01",
+        addresses=["10.0.0.5/24"], mtu=1450)]})
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[on_net], networks=[NET]))
+    assert rec.wait_idle(10)
+    assert hv.vms == {} and rec.applied_generation == -1
+    [obs] = rec.observe()
+    assert obs.error == ("retrying: network lan (net-1) is not ready on this node: tenant "
+                         "network net-1: VNI 1000 is already used by device vx-other on this "
+                         "node")
+    [net_failure] = [f for f in rec.report_failures() if f.kind == "network"]
+    assert net_failure.object_id == "net-1" and net_failure.action == "ensure"
+    assert "VNI 1000 is already used by device vx-other" in net_failure.message
+
+
+def test_failed_flatten_image_delete_and_volume_actions_are_reported(tmp_path: Path) -> None:
+    class CloneStorage(FakeStorage):
+        def root_disk_is_clone(self, vm_id: str) -> bool:
+            return True  # and the base class cannot flatten it
+
+    hv, st = FakeHypervisor(), CloneStorage(tmp_path / "disks")
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1)
+    hv.vms["aaaa-1"] = VmObservation("aaaa-1", "vauban-x", True, 1, None, MINE)
+    st.images, st.in_use = {"old": b"x"}, {"old"}
+    volume = DesiredVolume(id="vol-1", name="data", pool="p", size_gib=1, present=True)
+    rec.apply(DesiredState(
+        node_id="n", generation=3, retired_images=["old"], volumes=[volume],
+        vms=[vm("aaaa-1").model_copy(update={"flatten_root": True})]))
+    assert rec.wait_idle(10)
+    failures = {(f.kind, f.object_id, f.action): f.message for f in rec.report_failures()}
+    assert failures == {
+        ("vm", "aaaa-1", "flatten"): "fake storage cannot flatten root disks",
+        ("image", "old", "delete"): "image old is in use",
+        ("volume", "vol-1", "converge"): "this node's storage has no volumes",
+    }
+    [obs] = rec.observe()
+    assert obs.error == "fake storage cannot flatten root disks" and obs.root_cloned
