@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from agent.drivers.network.base import (
 )
 from agent.drivers.network.linux import LinuxNetworkDriver
 from agent.drivers.registry import load_network
+from agent.networks import NetworkKeeper
 from agent.protocol import DesiredNetwork, NetworkKind
 from tests.integration.netns_helpers import lookup, wait_until
 
@@ -320,3 +322,24 @@ def test_too_large_mtu_is_refused_and_leaves_nothing(underlay: Underlay) -> None
         driver.ensure_network(squatted, NODE_IPS[0])
     links = underlay.links(0)
     assert bridge_name(squatted.id) not in links and vxlan_name(squatted.id) in links
+
+
+def test_a_vni_taken_by_another_device_is_reported_with_its_cause(
+        underlay: Underlay, tmp_path: Path) -> None:
+    """Regression: the VM failed with "Cannot get interface MTU on 'vbr-…'" and nothing
+    said that the network's VXLAN device could not be made."""
+    foreign = f"vxo{underlay.tag}"
+    with IPRoute(netns=underlay.nodes[0]) as ipr:  # someone else's VXLAN, same VNI and port
+        ipr.link("add", ifname=foreign, kind="vxlan", vxlan_id=1042, vxlan_port=4789,
+                 vxlan_local=NODE_IPS[0])
+    net_id = f"netv-{underlay.tag}"
+    keeper = NetworkKeeper(underlay.driver(0), NODE_IPS[0], tmp_path / "networks.json")
+    assert keeper.apply([tenant(net_id, 1042, others(0))]) is False
+    [failure] = keeper.ledger.report()
+    assert (failure.kind, failure.object_id, failure.action) == ("network", net_id, "ensure")
+    assert f"VNI 1042 is already used by device {foreign}" in failure.message
+    assert failure.final and not failure.retryable
+    assert keeper.network_blocker(net_id) == failure.message
+    links = underlay.links(0)  # nothing half-made is left; the foreign device is untouched
+    assert bridge_name(net_id) not in links and vxlan_name(net_id) not in links
+    assert foreign in links

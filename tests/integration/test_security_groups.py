@@ -19,13 +19,23 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from agent.drivers.network.base import bridge_name
+from agent.drivers.network.linux import LinuxNetworkDriver
 from agent.drivers.network.secgroups import (
     TABLE,
     PortFilter,
     SecurityGroupFirewall,
 )
-from agent.networks import tap_name
-from agent.protocol import DesiredSecurityGroup, SecurityRule
+from agent.networks import NetworkKeeper, tap_name
+from agent.protocol import (
+    CloudInitSeed,
+    DesiredPort,
+    DesiredSecurityGroup,
+    DesiredState,
+    DesiredVm,
+    ImageRef,
+    PowerState,
+    SecurityRule,
+)
 from tests.integration.netns_helpers import lookup, wait_until
 
 pytestmark = pytest.mark.integration
@@ -207,3 +217,52 @@ def test_ports_without_groups_are_not_filtered(lab: Lab) -> None:
     assert fw.ruleset()["nftables"] == []
     assert wait_until(lambda: lab.connect(CLIENT, VM1, 22))
     assert lab.ping(CLIENT, VM1)
+
+
+def _set_bridge_netfilter(node: str, on: bool) -> None:
+    """Set br_netfilter's sysctls inside the test's node namespace (they are per namespace)."""
+    for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+        subprocess.run(["ip", "netns", "exec", node, "sysctl", "-qw",
+                        f"net.bridge.{name}={int(on)}"], check=True, capture_output=True)
+
+
+def test_security_groups_that_cannot_be_applied_isolate_the_ports(lab: Lab,
+                                                                   tmp_path: Path) -> None:
+    """Regression: a failed apply was logged and kept in memory, the VMs ran unfiltered."""
+    fw = SecurityGroupFirewall(netns=lab.node)
+    if not fw.bridge_netfilter_enabled():
+        pytest.skip("net.bridge.bridge-nf-call-iptables/ip6tables is not 1 in a new netns")
+    lab.serve(VM1, 22)
+    assert wait_until(lambda: lab.connect(CLIENT, VM1, 22))
+    group = web_group(SAME_GROUP)["web"]
+    desired = DesiredState(node_id="n", generation=1, security_groups=[group], vms=[
+        _vm(f"port-{lab.tag}-vm1", VM1, ["web"]), _vm(f"port-{lab.tag}-vm2", VM2, ["web"]),
+        _vm(f"port-{lab.tag}-cl", CLIENT, [])])
+    keeper = NetworkKeeper(LinuxNetworkDriver(netns=lab.node), None, tmp_path / "n.json", fw)
+    _set_bridge_netfilter(lab.node, False)  # the inet rules would never see bridged traffic
+
+    assert keeper.apply_security_groups(desired) is False
+    assert not lab.ping(CLIENT, VM1) and not lab.connect(CLIENT, VM1, 22)
+    assert not lab.ping(VM2, VM1)  # isolated: not even its own group reaches it
+    [failure] = keeper.ledger.report()
+    assert (failure.kind, failure.object_id) == ("firewall", "security-groups")
+    assert "load br_netfilter" in failure.message and "isolated" in failure.message
+    assert keeper.filters_blocker() == failure.message
+
+    _set_bridge_netfilter(lab.node, True)
+    desired = desired.model_copy(update={"generation": 2, "security_groups": [
+        group.model_copy(update={"name": "web2"})]})  # a changed request is tried afresh
+    assert keeper.apply_security_groups(desired) is True
+    assert keeper.ledger.report() == [] and keeper.filters_blocker() is None
+    # same group: reachable again once ARP, dropped while isolated, resolves anew
+    assert wait_until(lambda: lab.ping(VM2, VM1)) and lab.connect(VM2, VM1, 22)
+    assert not lab.connect(CLIENT, VM1, 22)  # filtered, as the rules say
+
+
+def _vm(port_id: str, address: str, groups: list[str]) -> DesiredVm:
+    return DesiredVm(
+        id=port_id, name=port_id, vcpus=1, memory_mib=64, power=PowerState.RUNNING,
+        power_seq=1, seed=CloudInitSeed(instance_id=port_id, hostname="h"),
+        image=ImageRef(id="i", name="i", disk_format="raw", size_bytes=0, sha256="0" * 64),
+        ports=[DesiredPort(id=port_id, network_id="net", mac="52:54:00:00:00:01",
+                           addresses=[f"{address}/24"], mtu=1500, security_groups=groups)])

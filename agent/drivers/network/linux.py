@@ -199,6 +199,7 @@ class LinuxNetworkDriver(NetworkDriver):
             self._delete(ipr, link["index"])
             link = None
         if link is None:
+            self._check_vni_free(ipr, net)
             local = ("vxlan_local6" if ipaddress.ip_address(underlay_ip).version == 6
                      else "vxlan_local")
             ipr.link("add", ifname=name, kind="vxlan", vxlan_id=net.vni,
@@ -211,6 +212,20 @@ class LinuxNetworkDriver(NetworkDriver):
             index = link["index"]
         ipr.link("set", index=index, master=bridge, mtu=net.mtu, state="up")
         return index
+
+    @staticmethod
+    def _check_vni_free(ipr: Any, net: DesiredNetwork) -> None:
+        """NetworkError naming the device that already uses the network's VNI here (the
+        kernel only answers "File exists"); nothing is changed."""
+        for other in ipr.get_links():
+            data = _info_data(other)
+            if (_kind(other) == "vxlan" and data is not None
+                    and data.get("IFLA_VXLAN_ID") == net.vni
+                    and (data.get("IFLA_VXLAN_PORT") or VXLAN_PORT) == VXLAN_PORT):
+                raise NetworkError(
+                    f"tenant network {net.id}: VNI {net.vni} is already used by device "
+                    f"{other.get('IFLA_IFNAME')} on this node (UDP port {VXLAN_PORT}); "
+                    "remove that device or give the network another VNI")
 
     @staticmethod
     def _vxlan_matches(link: Link, net: DesiredNetwork, underlay_ip: str) -> bool:
