@@ -65,6 +65,24 @@ class JoinTokenCreated(JoinToken):
     ca_sha256: str = Field(description="SHA-256 of the region CA certificate, for pinning")
 
 
+class NodeFailure(Output):
+    """Something a node's agent could not do, with its cause in words."""
+
+    kind: Literal["vm", "network", "firewall", "volume", "image"] = Field(
+        description="What failed: a VM, network, firewall, volume or image action")
+    object_id: str = Field(description="Id of the VM, network, volume or image; "
+                           "'security-groups' for the node's firewall")
+    action: str = Field(examples=["create", "ensure", "apply", "import"])
+    message: str = Field(examples=["tenant network 5d0c…: VNI 1000 is already used by device "
+                                   "vx-other on this node (UDP port 4789)"])
+    retryable: bool = Field(description="The agent may succeed trying the same again")
+    final: bool = Field(description="The agent gave up; it tries again once the request "
+                        "changes")
+    since: datetime = Field(description="When this request first failed")
+    attempts: int = Field(description="Failed tries so far")
+    next_retry_at: datetime | None = Field(description="When it is tried again; None once final")
+
+
 class Node(Output):
     """A node of the region, with what its agent last reported."""
 
@@ -83,6 +101,8 @@ class Node(Output):
     applied_generation: int
     last_seen_at: UtcDatetime | None
     inventory: dict[str, Any]
+    failures: list[NodeFailure] = Field(
+        default_factory=list, description="What its agent last reported failing, oldest first")
     created_at: UtcDatetime
 
 
@@ -190,6 +210,9 @@ class Instance(Output):
     ports: list[InstancePort] = Field(default_factory=list, description="NICs, in guest order")
     gpus: list[InstanceGpu] = Field(default_factory=list, description="Whole GPUs it holds")
     vgpus: list[InstanceVgpu] = Field(default_factory=list)
+    failures: list[NodeFailure] = Field(
+        default_factory=list, description="Failures its node reports of it, of its networks, "
+        "of the firewall of its filtered ports and of its volumes")
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

@@ -30,11 +30,24 @@ def node_view(n: Node, usage: scheduler.Usage, down_after_s: float) -> schemas.N
         vcpus_used=usage.vcpus, memory_mib_used=usage.memory_mib, instances=usage.instances,
         generation=n.generation, applied_generation=n.applied_generation,
         last_seen_at=n.last_seen_at, inventory=n.inventory, created_at=n.created_at,
+        failures=[schemas.NodeFailure.model_validate(f) for f in n.failures or []],
     )
+
+
+def instance_failures(db: Session, i: Instance, ports: list[Port]) -> list[schemas.NodeFailure]:
+    """The failures its node reports that concern the instance: its own, its networks',
+    the firewall's when a port of it is filtered, its volumes'."""
+    mine = {("vm", i.id)} | {("network", p.network_id) for p in ports}
+    if any(p.security_groups for p in ports):
+        mine.add(("firewall", "security-groups"))
+    mine |= {("volume", v) for v in db.scalars(select(Volume.id).where(Volume.instance_id == i.id))}
+    return [schemas.NodeFailure.model_validate(f) for f in i.node.failures or []
+            if (f.get("kind"), f.get("object_id")) in mine]
 
 
 def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Instance:
     up = node_state(i.node, datetime.now(UTC), down_after_s) == "up"
+    ports = networks.instance_ports(db, i)
     return schemas.Instance(
         id=i.id, name=i.name,
         state=display_state(i, up, operations.active_for(db, i.id)),
@@ -44,7 +57,8 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
         console_log=i.console_log, created_at=i.created_at, updated_at=i.updated_at,
         ports=[schemas.InstancePort(network=p.network.name, mac=p.mac,
                                     addresses=_addresses(p))
-               for p in networks.instance_ports(db, i)],
+               for p in ports],
+        failures=instance_failures(db, i, ports),
         gpus=[schemas.InstanceGpu(address=g.address, model=g.model) for g in i.gpus],
         vgpus=[schemas.InstanceVgpu(uuid=v.id, parent=v.parent_address, type_id=v.type_id,
                                     type_name=v.type_name) for v in i.vgpus],

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.cli.client import Client
+from controller.cli.failures import print_failures
 from controller.cli.output import print_json, print_table
 
 GPU_ARG = re.compile(r"^(?P<model>[^:]+?)(?::(?P<count>\d+))?$")
@@ -31,6 +32,7 @@ def print_node(n: dict[str, Any]) -> None:
     print(f"{n['name']} ({n['id']}): {n['state']}, {n['instances']} VMs, "
           f"{n['vcpus_used']}/{n['cpus']} vCPUs and {n['memory_mib_used']}/{n['memory_mib']} "
           "MiB used")
+    print_failures(n.get("failures") or [], "failures reported by its agent")
     hw = inv.get("hardware")
     if not hw:
         print("hardware: not reported yet")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from controller.cli.client import ApiError, Client, Settings
+from controller.cli.failures import print_failures
 from controller.cli.hardware import hardware_commands, parse_gpu_arg
 from controller.cli.output import end_progress, print_json, print_table, progress_line
 
@@ -156,8 +157,27 @@ def cmd_vm_list(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_vm_show(c: Client, a: argparse.Namespace) -> int:
-    print_json(c.get(f"/instances/{a.name}"))
+    vm = c.get(f"/instances/{a.name}")
+    if a.json:
+        print_json(vm)
+    else:
+        print_vm(vm)
     return 0
+
+
+def print_vm(vm: dict[str, Any]) -> None:
+    """The VM in a few lines: state, placement, NICs, and what failed on its node and why."""
+    print(f"{vm['name']} ({vm['id']}): {vm['state']} (wanted {vm['desired_power']}) "
+          f"on node {vm['node_name']}")
+    print(f"image:   {vm['image_name']}, {vm['vcpus']} vCPUs, {vm['memory_mib']} MiB"
+          + (f", root disk {vm['root_disk_gib']} GiB" if vm["root_disk_gib"] else ""))
+    for port in vm["ports"]:
+        print(f"NIC:     {port['network']} {port['mac']} {' '.join(port['addresses'])}")
+    for gpu in vm["gpus"]:
+        print(f"GPU:     {gpu['address']} {gpu['model']}")
+    if vm["error"]:
+        print(f"error:   {vm['error']}")
+    print_failures(vm.get("failures") or [], "failures on its node")
 
 
 def _vm_action(action: str) -> Command:
@@ -491,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--no-start", action="store_true")
     cr.add_argument("--wait", action="store_true", help="wait until it runs")
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)
-    add(vm, "show", cmd_vm_show, "show a VM").add_argument("name")
+    add(vm, "show", cmd_vm_show, "show a VM", json_=True).add_argument("name")
     for action in ("start", "stop", "delete", "flatten"):
         sp = add(vm, action, _vm_action(action), f"{action} a VM")
         sp.add_argument("name")

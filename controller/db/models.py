@@ -52,6 +52,8 @@ class Node(Base):
     kvm_usable: Mapped[bool] = mapped_column(Boolean, default=False)
     inventory: Mapped[dict[str, Any]] = mapped_column(default=dict)
     storage_status: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # what the agent last reported failing (agent.protocol.NodeFailure, as JSON)
+    failures: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=list)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     applied_generation: Mapped[int] = mapped_column(Integer, default=-1)
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)

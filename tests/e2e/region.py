@@ -87,7 +87,7 @@ class E2ERegion:
         return out.stdout
 
     def vm(self, name: str) -> dict[str, Any]:
-        vm: dict[str, Any] = json.loads(self.cli("vm", "show", name))
+        vm: dict[str, Any] = json.loads(self.cli("vm", "show", name, "--json"))
         self.created_vm_ids.add(vm["id"])
         return vm
 

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from agent.protocol import Inventory, NodeStatus, ObservedVm
+from agent.protocol import Inventory, NodeFailure, NodeStatus, ObservedVm
 from controller.api.auth import PEER_CERT_ENVIRON
 from controller.region import Region
 
@@ -87,10 +87,11 @@ class Api:
 
     def report(self, node: FakeNode, vms: list[ObservedVm], applied: int = 0,
                cpus: int = 4, memory_mib: int = 8192,
-               underlay_ip: str | None = None, inv: Inventory | None = None) -> TestResponse:
+               underlay_ip: str | None = None, inv: Inventory | None = None,
+               failures: list[NodeFailure] | None = None) -> TestResponse:
         status = NodeStatus(applied_generation=applied,
                             inventory=inv or inventory(cpus, memory_mib, underlay_ip),
-                            vms=vms, sent_at=datetime.now(UTC))
+                            vms=vms, failures=failures or [], sent_at=datetime.now(UTC))
         r = self.client.post(f"/agent/v1/nodes/{node.id}/status",
                              data=status.model_dump_json(), content_type="application/json",
                              environ_overrides=node.environ())
