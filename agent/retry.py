@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from agent.errors import is_retryable
@@ -133,13 +133,6 @@ class FailureLedger:
         with self._lock:
             found = [e for k, e in self._entries.items() if k[:2] == (kind, object_id)]
         return sorted(found, key=lambda e: e.since)
-
-    def abandon(self, entry: Entry) -> None:
-        """Make a recorded failure final now (its request is no longer worth trying)."""
-        with self._lock:
-            key = (entry.kind, entry.object_id, entry.action)
-            if self._entries.get(key) == entry:
-                self._entries[key] = replace(entry, final=True)
 
     def report(self) -> list[NodeFailure]:
         """Every failure as the node reports it, oldest first."""

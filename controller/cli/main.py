@@ -175,6 +175,8 @@ def print_vm(vm: dict[str, Any]) -> None:
         print(f"NIC:     {port['network']} {port['mac']} {' '.join(port['addresses'])}")
     for gpu in vm["gpus"]:
         print(f"GPU:     {gpu['address']} {gpu['model']}")
+    if vm["console_log"]:
+        print(f"console: {vm['console_log']} (serial log, on the node)")
     if vm["error"]:
         print(f"error:   {vm['error']}")
     print_failures(vm.get("failures") or [], "failures on its node")

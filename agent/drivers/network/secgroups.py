@@ -21,6 +21,10 @@ not filtered. Traffic the host itself sends to a VM (bridge OUTPUT) is not filte
 Every name in the ruleset is generated (indexes), never taken from the input;
 addresses go through `ipaddress`, ports through ints, tap names through a strict
 pattern, before they are rendered. Only the two `vauban` tables are ever touched.
+
+When the ruleset cannot be applied, `isolate` replaces it with a `bridge`-only table
+that drops every frame to or from the filtered ports (fail closed: it needs no
+br_netfilter).
 """
 
 from __future__ import annotations
