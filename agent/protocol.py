@@ -337,9 +337,9 @@ class NodeFailure(Wire):
                                    "device vx-other on this node"])
     retryable: bool = Field(description="Trying the same request again may help")
     final: bool = Field(description="Given up: not retried until the request changes")
-    since: datetime = Field(description="When this request first failed")
+    since: UtcDatetime = Field(description="When this request first failed")
     attempts: int = Field(ge=1, description="Failed tries of this request so far")
-    next_retry_at: datetime | None = Field(
+    next_retry_at: UtcDatetime | None = Field(
         default=None, description="When it is tried again; None once final")
 
 

@@ -78,9 +78,9 @@ class NodeFailure(Output):
     retryable: bool = Field(description="The agent may succeed trying the same again")
     final: bool = Field(description="The agent gave up; it tries again once the request "
                         "changes")
-    since: datetime = Field(description="When this request first failed")
+    since: UtcDatetime = Field(description="When this request first failed")
     attempts: int = Field(description="Failed tries so far")
-    next_retry_at: datetime | None = Field(description="When it is tried again; None once final")
+    next_retry_at: UtcDatetime | None = Field(description="When it is tried again; None once final")
 
 
 class Node(Output):
