@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ class ControllerConfig:
     node_down_after_s: float = 30.0  # a node silent this long is down
     cpu_allocation_ratio: float = 4.0  # vCPUs per host CPU the scheduler may place
     reserved_host_memory_mib: int = 512  # kept free for the host on every node
+    disk_allocation_ratio: float = 1.0  # GiB of VM disks per GiB of storage (see docs/storage.md)
     threads: int = 64  # long-polling agents each hold one while they wait
     operation_silence_s: float = 120.0  # an operation fails when its node is silent this long
     storage: str = "localfs"  # or "rbd": every node then uses the Ceph cluster below
@@ -26,6 +29,11 @@ class ControllerConfig:
     ceph_client: str = "vauban"
     ceph_pool: str = "vauban"  # images and VM root disks
     ceph_volume_pools: tuple[str, ...] = ()  # pools volumes may use; default: ceph_pool
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.disk_allocation_ratio) and self.disk_allocation_ratio > 0):
+            raise ValueError(f"disk_allocation_ratio must be a positive number, "
+                             f"not {self.disk_allocation_ratio}")
 
     @property
     def db_url(self) -> str:
@@ -59,6 +67,7 @@ class ControllerConfig:
             "host": env.get("VAUBAN_HOST", "127.0.0.1"),
             "port": int(env.get("VAUBAN_PORT", "8443")),
             "server_names": tuple(n for n in env.get("VAUBAN_SERVER_NAMES", "").split(",") if n),
+            "disk_allocation_ratio": _ratio(env, "VAUBAN_DISK_ALLOCATION_RATIO", 1.0),
             "storage": env.get("VAUBAN_STORAGE", "localfs"),
             "ceph_conf": Path(env["VAUBAN_CEPH_CONF"]) if env.get("VAUBAN_CEPH_CONF") else None,
             "ceph_keyring": Path(env["VAUBAN_CEPH_KEYRING"])
@@ -70,3 +79,12 @@ class ControllerConfig:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
+    """The number in `name`, or `default` when unset; ValueError naming the variable."""
+    raw = env.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw!r}") from None

@@ -1,24 +1,29 @@
-"""The region's GPUs: what nodes report, who holds which, and which can take a request.
+"""The region's GPUs: what nodes report, who holds which, and recording a placement's.
 
 A node reports its GPUs in its inventory (PCI view, vGPUs, NVML telemetry);
-the controller's assignments say which VM holds a GPU or a vGPU slot. The
-decisions here are pure given those two, so the scheduler can use them inside
-its locked transaction and tests can use them without a database.
+the controller's assignments say which VM holds a GPU or a vGPU slot. Which GPUs
+a VM gets is the scheduler's decision (scheduler.place); this module reads the
+GPUs for it and records what it chose.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from agent.protocol import NodeGpu
-from controller.db.models import GpuAssignment, Node, VgpuAssignment
+from controller.db.models import GpuAssignment, Instance, Node, VgpuAssignment
 from controller.errors import InvalidInput
+
+if TYPE_CHECKING:  # the scheduler decides, this module reads and records
+    from controller.services.scheduler import GpuChoice, VgpuChoice
 
 log = logging.getLogger(__name__)
 
@@ -119,78 +124,24 @@ def check_known(gpus: list[RegionGpu], wants: tuple[GpuWant, ...], vgpu: str | N
             raise InvalidInput(f"unknown GPU model '{want.model}'; models in this region: {listed}")
     if vgpu is not None:
         types = sorted({t.name for g in gpus for t in g.vgpu_types()})
-        if not any(_type_matches(vgpu, g, t) for g in gpus for t in g.vgpu_types()):
+        if not any(type_matches(vgpu, t) for g in gpus for t in g.vgpu_types()):
             listed = ", ".join(types) or "none (no GPU runs a vGPU host driver)"
             raise InvalidInput(f"unknown vGPU type '{vgpu}'; types in this region: {listed}")
 
 
-def _type_matches(query: str, gpu: RegionGpu, t: VgpuType) -> bool:
+def type_matches(query: str, t: VgpuType) -> bool:
+    """A vGPU type asked by its id ("nvidia-1030") or words of its name ("H100XM-10C")."""
     return query == t.id or matches(query, t.name)
 
 
-def _vgpu_slots(query: str, gpus: list[RegionGpu]) -> list[tuple[RegionGpu, VgpuType]]:
-    """GPUs with a free instance of the type; one type per GPU, never a whole-held GPU."""
-    slots = []
+def record(inst: Instance, gpus: tuple[GpuChoice, ...], vgpu: VgpuChoice | None) -> list[str]:
+    """Add to `inst` the assignments of the GPUs and vGPU slot its placement chose; their
+    names, for the audit. Flushing raises IntegrityError if another VM took a GPU meanwhile."""
     for g in gpus:
-        if g.holder is not None:
-            continue
-        for t in g.vgpu_types():
-            if not _type_matches(query, g, t):
-                continue
-            if any(v.type_id != t.id for v in g.vgpus) or len(g.vgpus) >= t.capacity:
-                continue
-            slots.append((g, t))
-    return slots
-
-
-def refusal(gpus: list[RegionGpu], wants: tuple[GpuWant, ...], vgpu: str | None) -> str | None:
-    """Why a node with these GPUs cannot take the request, or None if it can."""
-    for want in wants:
-        matching = [g for g in gpus if matches(want.model, g.model)]
-        if not matching:
-            return f"has no {want.model} GPU"
-        if len(matching) < want.count:
-            return f"has {len(matching)} {want.model} GPUs, {want.count} asked"
-        free = [g for g in matching if g.free_for_passthrough()]
-        if len(free) < want.count:
-            why = []
-            held = sorted({g.holder.instance.name for g in matching if g.holder is not None})
-            if held:
-                why.append(f"in use by {', '.join(held)}")
-            if any(g.state == "vgpu" for g in matching):
-                why.append("carved into vGPUs")
-            blocked = [g for g in matching if g.state == "unusable"]
-            if blocked:
-                why.append(f"{blocked[0].address} cannot be passed through: {blocked[0].blocker}")
-            return (f"has {len(free)} of {len(matching)} {want.model} GPUs free, "
-                    f"{want.count} asked ({'; '.join(why)})")
-    if vgpu is not None and not _vgpu_slots(vgpu, gpus):
-        offering = [g for g in gpus for t in g.vgpu_types() if _type_matches(vgpu, g, t)]
-        if not offering:
-            return f"has no GPU offering vGPU type {vgpu}"
-        return f"has no free {vgpu} vGPU (its GPUs are in use or hold another vGPU type)"
-    return None
-
-
-def pick(gpus: list[RegionGpu], wants: tuple[GpuWant, ...],
-         vgpu: str | None) -> tuple[list[RegionGpu], tuple[RegionGpu, VgpuType] | None]:
-    """The GPUs for a request `refusal` accepted: whole GPUs from one NUMA node when it can,
-    and the vGPU slot on the GPU already holding most of that type (packing them)."""
-    taken: list[RegionGpu] = []
-    for want in wants:
-        free = [g for g in gpus if matches(want.model, g.model) and g.free_for_passthrough()
-                and g not in taken]
-        by_numa: dict[int, list[RegionGpu]] = {}
-        for g in free:
-            by_numa.setdefault(g.report.pci.numa_node or 0, []).append(g)
-        local = [grp for grp in by_numa.values() if len(grp) >= want.count]
-        pool = min(local, key=lambda grp: (len(grp), grp[0].address)) if local else free
-        taken += sorted(pool, key=lambda g: g.address)[:want.count]
-    slot = None
+        inst.gpus.append(GpuAssignment(node_id=inst.node_id, address=g.address, model=g.model))
     if vgpu is not None:
-        slot = min(_vgpu_slots(vgpu, gpus), key=lambda s: (-len(s[0].vgpus), s[0].address))
-    return taken, slot
-
-
-def free_count(gpus: list[RegionGpu]) -> int:
-    return sum(1 for g in gpus if g.free_for_passthrough())
+        inst.vgpus.append(VgpuAssignment(id=str(uuid.uuid4()), node_id=inst.node_id,
+                                         parent_address=vgpu.parent_address,
+                                         type_id=vgpu.type_id, type_name=vgpu.type_name))
+    return ([f"{g.address} {g.model}" for g in gpus]
+            + [f"{v.parent_address} {v.type_name}" for v in inst.vgpus])

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.config import ControllerConfig
-from controller.db.models import GpuAssignment, Image, Instance, Node, Operation, VgpuAssignment
+from controller.db.models import Image, Instance, Node, Operation
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import InstanceCreate
 from controller.services import (
@@ -34,6 +33,9 @@ def policy(config: ControllerConfig) -> scheduler.Policy:
         cpu_allocation_ratio=config.cpu_allocation_ratio,
         reserved_host_memory_mib=config.reserved_host_memory_mib,
         node_down_after_s=config.node_down_after_s,
+        disk_allocation_ratio=config.disk_allocation_ratio,
+        storage=config.storage,
+        root_pool=config.ceph_pool,
     )
 
 
@@ -68,18 +70,16 @@ def create(db: Session, actor: str, body: InstanceCreate,
     # lock the candidate rows so two concurrent creates cannot both take the last capacity
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
     wants = tuple(gpus.GpuWant(g.model, g.count) for g in body.gpus)
-    region_gpus = gpus.region_gpus(db, candidates)
+    pol = policy(config)
+    region = scheduler.snapshot(db, candidates, pol)
     if wants or body.vgpu:
-        gpus.check_known(region_gpus, wants, body.vgpu)
-    by_node: dict[str, list[gpus.RegionGpu]] = {}
-    for g in region_gpus:
-        by_node.setdefault(g.node_id, []).append(g)
-    request = scheduler.PlacementRequest(body.vcpus, body.memory_mib, pinned, wants, body.vgpu)
-    node = scheduler.choose_node(candidates, scheduler.usage_by_node(db), request,
-                                 policy(config), datetime.now(UTC), by_node)
+        gpus.check_known([g for held in region.gpus.values() for g in held], wants, body.vgpu)
+    request = scheduler.PlacementRequest(body.vcpus, body.memory_mib, pinned, wants, body.vgpu,
+                                         disk_gib=_root_disk_gib(body.root_disk_gib, image))
+    placement = scheduler.place(region, request, pol, datetime.now(UTC))
     inst = Instance(
         name=body.name,
-        node_id=node.id,
+        node_id=placement.node_id,
         image_id=image.id,
         vcpus=body.vcpus,
         memory_mib=body.memory_mib,
@@ -92,31 +92,20 @@ def create(db: Session, actor: str, body: InstanceCreate,
     db.add(inst)
     db.flush()
     ports = networks.attach_new_instance(db, actor, inst, attachments, groups)
-    held = _assign_gpus(inst, by_node.get(node.id, []), wants, body.vgpu)
+    held = gpus.record(inst, placement.gpus, placement.vgpu)
     db.flush()  # the unique key on (node, address) refuses a GPU taken meanwhile
-    generation = desired.bump(node)
+    generation = desired.bump(db.get_one(Node, placement.node_id))
     op = operations.start(db, "instance.create", inst, actor, generation)
     audit.record(db, actor, "instance.create", f"instance/{inst.id}", name=inst.name,
-                 node=node.name, image=image.name, vcpus=inst.vcpus, memory_mib=inst.memory_mib,
-                 ports=[p.id for p in ports], gpus=held)
+                 node=placement.node_name, image=image.name, vcpus=inst.vcpus,
+                 memory_mib=inst.memory_mib, disk_gib=placement.disk.gib,
+                 disk_pool=placement.disk.pool, ports=[p.id for p in ports], gpus=held)
     return inst, op
 
 
-def _assign_gpus(inst: Instance, node_gpus: list[gpus.RegionGpu],
-                 wants: tuple[gpus.GpuWant, ...], vgpu: str | None) -> list[str]:
-    """Record the GPUs and vGPU slot the scheduler found free; their names, for the audit."""
-    if not wants and vgpu is None:
-        return []
-    whole, slot = gpus.pick(node_gpus, wants, vgpu)
-    for g in whole:
-        inst.gpus.append(GpuAssignment(node_id=inst.node_id, address=g.address, model=g.model))
-    if slot is not None:
-        parent, vtype = slot
-        inst.vgpus.append(VgpuAssignment(id=str(uuid.uuid4()), node_id=inst.node_id,
-                                         parent_address=parent.address, type_id=vtype.id,
-                                         type_name=vtype.name))
-    return ([f"{g.address} {g.model}" for g in whole]
-            + [f"{v.parent_address} {v.type_name}" for v in inst.vgpus])
+def _root_disk_gib(root_disk_gib: int | None, image: Image) -> int:
+    """The root disk's size: as asked, else the image's virtual size (what the node makes)."""
+    return root_disk_gib or math.ceil(image.virtual_size_bytes / GIB)
 
 
 def _check_disk(root_disk_gib: int | None, image: Image) -> None:

@@ -1,22 +1,31 @@
-"""Placement: filter the nodes that can host a VM, then weigh the rest.
+"""Placement: one pure decision of where a VM goes and what it takes there.
 
-The decision is pure given the nodes and their usage, so it is tested without a
-database; `usage_by_node` reads the usage inside the caller's transaction.
+`place` filters the nodes that can host a request (up; vCPUs, memory, disk and
+GPUs free), weighs the rest, and returns the whole decision as a `Placement`:
+the node, the GPUs or vGPU slot, and the disk it claims. The decision is pure
+given a `Snapshot` of the region, so it is tested without a database;
+`snapshot` reads one inside the caller's transaction (node rows locked), and
+the caller records the Placement as it is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller.db.models import Instance, Node
+from agent.protocol import PoolUsage, StorageStatus
+from controller.db.models import Image, Instance, Node, Volume, as_utc
 from controller.errors import NoValidHost
 from controller.services import gpus as gpu_service
-from controller.services.gpus import GpuWant, RegionGpu
+from controller.services.gpus import GpuWant, RegionGpu, VgpuType
 from controller.services.nodes import node_state
+
+GIB = 1024**3
+LOCAL_POOL = "localfs"  # the pool name a localfs agent reports for its own disk
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class Usage:
     vcpus: int = 0
     memory_mib: int = 0
     instances: int = 0
+    disk_gib: int = 0  # root disks of its instances (the image's size where none was asked)
 
 
 @dataclass(frozen=True)
@@ -33,9 +43,12 @@ class PlacementRequest:
     pinned_node_id: str | None = None
     gpus: tuple[GpuWant, ...] = ()
     vgpu: str | None = None
+    disk_gib: int = 0  # the root disk
 
     def describe(self) -> str:
         parts = [f"{self.vcpus} vCPUs", f"{self.memory_mib} MiB"]
+        if self.disk_gib:
+            parts.append(f"{self.disk_gib} GiB of disk")
         parts += [f"{w.count} {w.model} GPU{'s' if w.count > 1 else ''}" for w in self.gpus]
         if self.vgpu:
             parts.append(f"a {self.vgpu} vGPU")
@@ -47,19 +60,164 @@ class Policy:
     cpu_allocation_ratio: float
     reserved_host_memory_mib: int
     node_down_after_s: float
+    disk_allocation_ratio: float = 1.0  # GiB of VM disks per GiB of storage
+    storage: str = "localfs"  # or "rbd": root disks share the Ceph pool `root_pool`
+    root_pool: str = ""
 
+
+@dataclass(frozen=True)
+class DiskCapacity:
+    """Space for VM disks on one store: a node's own disk (localfs) or the Ceph pool (rbd)."""
+
+    pool: str
+    total_bytes: int | None  # None: not known, `unknown` says why
+    allocated_gib: int = 0  # disks already placed on it
+    shared: bool = False  # the region's Ceph pool, one for every node
+    unknown: str = ""
+
+    def capacity_gib(self, ratio: float) -> int:
+        return int((self.total_bytes or 0) * ratio // GIB)
+
+    def free_gib(self, ratio: float) -> int:
+        return self.capacity_gib(ratio) - self.allocated_gib
+
+    def refusal(self, need_gib: int, ratio: float) -> str | None:
+        """Why a disk of `need_gib` does not fit, or None if it does."""
+        if self.total_bytes is None:
+            return self.unknown
+        free = self.free_gib(ratio)
+        if need_gib <= free:
+            return None
+        where = f"Ceph pool {self.pool} has " if self.shared else ""
+        return (f"needs {need_gib} GiB of disk, {where}{max(free, 0)} GiB free of "
+                f"{self.capacity_gib(ratio)} GiB at ratio {ratio}")
+
+
+@dataclass(frozen=True)
+class GpuChoice:
+    address: str
+    model: str
+
+
+@dataclass(frozen=True)
+class VgpuChoice:
+    parent_address: str
+    type_id: str
+    type_name: str
+
+
+@dataclass(frozen=True)
+class DiskClaim:
+    pool: str  # "localfs": the node's own disk; else the region's Ceph pool
+    gib: int
+    free_gib: int  # before this claim, at the allocation ratio
+    capacity_gib: int  # the store's size times the allocation ratio
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The whole decision for one VM; the caller records exactly this."""
+
+    node_id: str
+    node_name: str
+    disk: DiskClaim
+    gpus: tuple[GpuChoice, ...] = ()
+    vgpu: VgpuChoice | None = None
+
+
+@dataclass
+class Snapshot:
+    """The region as the scheduler sees it: nodes, what they hold, their GPUs and disks."""
+
+    nodes: list[Node]
+    usage: dict[str, Usage] = field(default_factory=dict)
+    gpus: dict[str, list[RegionGpu]] = field(default_factory=dict)
+    disks: dict[str, DiskCapacity] = field(default_factory=dict)
+
+    def disk(self, node_id: str) -> DiskCapacity:
+        return self.disks.get(node_id) or DiskCapacity(
+            LOCAL_POOL, None, unknown="has not reported its disk capacity")
+
+
+# --- reading the region (inside the caller's transaction) ------------------------------
 
 def usage_by_node(db: Session) -> dict[str, Usage]:
+    disk = func.coalesce(Instance.root_disk_gib, (Image.virtual_size_bytes + (GIB - 1)) // GIB)
     rows = db.execute(
         select(
             Instance.node_id,
             func.sum(Instance.vcpus),
             func.sum(Instance.memory_mib),
             func.count(Instance.id),
-        ).group_by(Instance.node_id)
+            func.sum(disk),
+        ).join(Image, Image.id == Instance.image_id).group_by(Instance.node_id)
     )
-    return {n: Usage(int(c or 0), int(m or 0), int(k)) for n, c, m, k in rows}
+    return {n: Usage(int(c or 0), int(m or 0), int(k), int(d or 0)) for n, c, m, k, d in rows}
 
+
+def snapshot(db: Session, nodes: list[Node], policy: Policy) -> Snapshot:
+    """What `place` needs of `nodes`, read in the caller's transaction."""
+    usage = usage_by_node(db)
+    by_node: dict[str, list[RegionGpu]] = {}
+    for g in gpu_service.region_gpus(db, nodes):
+        by_node.setdefault(g.node_id, []).append(g)
+    volume_gib = 0
+    if policy.storage == "rbd":
+        volume_gib = int(db.scalar(select(func.sum(Volume.size_gib))
+                                   .where(Volume.pool == policy.root_pool)) or 0)
+    return Snapshot(nodes, usage, by_node, disk_capacities(nodes, usage, policy, volume_gib))
+
+
+def disk_capacities(nodes: list[Node], usage: dict[str, Usage], policy: Policy,
+                    volume_gib: int = 0) -> dict[str, DiskCapacity]:
+    """Per node, the store its VM disks go to: its own disk, or the pool all nodes share.
+
+    localfs: the node's reported disk, less its instances' root disks. rbd: the pool
+    as the freshest report names it, less every root disk and the volumes in it.
+    """
+    if policy.storage != "rbd":
+        return {n.id: _local_disk(n, usage.get(n.id, Usage()).disk_gib) for n in nodes}
+    allocated = sum(u.disk_gib for u in usage.values()) + volume_gib
+    pool = _shared_pool(nodes, policy.root_pool, allocated)
+    return {n.id: pool for n in nodes}
+
+
+def _reported(node: Node, pool: str) -> tuple[PoolUsage | None, str]:
+    """The node's last report of `pool`, or None and what the node said instead."""
+    if node.storage_status is None:
+        return None, ""
+    try:
+        status = StorageStatus.model_validate(node.storage_status)
+    except ValidationError:  # an agent of another version: its report is not used
+        return None, "unreadable storage report"
+    found = next((p for p in status.pools if p.pool == pool), None)
+    return found, ": ".join(filter(None, [status.health, status.detail]))
+
+
+def _local_disk(node: Node, allocated_gib: int) -> DiskCapacity:
+    report, said = _reported(node, LOCAL_POOL)
+    if report is None:
+        return DiskCapacity(LOCAL_POOL, None, allocated_gib, unknown=(
+            "has not reported its disk capacity" + (f" ({said})" if said else "")))
+    return DiskCapacity(LOCAL_POOL, report.used_bytes + report.max_avail_bytes, allocated_gib)
+
+
+def _shared_pool(nodes: list[Node], pool: str, allocated_gib: int) -> DiskCapacity:
+    """The Ceph pool as the node that reported last saw it (stored + available)."""
+    seen = [(as_utc(n.last_seen_at), n.name, n) for n in nodes if n.last_seen_at is not None]
+    said = ""
+    for _, _, node in sorted(seen, reverse=True):
+        report, why = _reported(node, pool)
+        if report is not None:
+            return DiskCapacity(pool, report.used_bytes + report.max_avail_bytes, allocated_gib,
+                                shared=True)
+        said = said or (f"{node.name}: {why}" if why else "")
+    return DiskCapacity(pool, None, allocated_gib, shared=True, unknown=(
+        f"cannot tell the space of Ceph pool {pool}: no node reports it"
+        + (f" ({said})" if said else "")))
+
+
+# --- the decision (pure) ----------------------------------------------------------------
 
 def free_capacity(node: Node, used: Usage, policy: Policy) -> tuple[int, int]:
     """(free vCPUs, free MiB) on a node under the policy's overcommit and host reserve."""
@@ -68,38 +226,51 @@ def free_capacity(node: Node, used: Usage, policy: Policy) -> tuple[int, int]:
     return vcpus, memory
 
 
-def refusal(node: Node, used: Usage, req: PlacementRequest, policy: Policy,
-            now: datetime, gpus: list[RegionGpu] | None = None) -> str | None:
+def refusal(node: Node, snap: Snapshot, req: PlacementRequest, policy: Policy,
+            now: datetime) -> str | None:
     """Why `node` cannot host the request, or None if it can."""
     state = node_state(node, now, policy.node_down_after_s)
     if state != "up":
         return "has never reported" if state == "new" else "is down (no recent heartbeat)"
-    free_vcpus, free_mib = free_capacity(node, used, policy)
+    free_vcpus, free_mib = free_capacity(node, snap.usage.get(node.id, Usage()), policy)
     if req.vcpus > free_vcpus:
         return f"has {max(free_vcpus, 0)} vCPUs free, {req.vcpus} asked"
     if req.memory_mib > free_mib:
         return f"has {max(free_mib, 0)} MiB memory free, {req.memory_mib} asked"
+    why = snap.disk(node.id).refusal(req.disk_gib, policy.disk_allocation_ratio)
+    if why is not None:
+        return why
     if req.gpus or req.vgpu:
-        return gpu_service.refusal(gpus or [], req.gpus, req.vgpu)
+        return gpu_refusal(snap.gpus.get(node.id, []), req.gpus, req.vgpu)
     return None
 
 
-def choose_node(nodes: list[Node], usage: dict[str, Usage], req: PlacementRequest,
-                policy: Policy, now: datetime,
-                gpus_by_node: dict[str, list[RegionGpu]] | None = None) -> Node:
-    """The best node for the request: most free memory, then fewest VMs, then name.
+def place(snap: Snapshot, req: PlacementRequest, policy: Policy, now: datetime) -> Placement:
+    """The best node for the request and what the VM takes there.
 
-    A VM without GPUs prefers nodes with fewer free GPUs, keeping those for VMs that
-    need them.
+    Best: most free memory, then fewest VMs, then name; a VM without GPUs prefers
+    nodes with fewer free GPUs, keeping those for VMs that need them.
 
     Raises NoValidHost whose detail names every node and why it was refused.
     """
-    candidates = [n for n in nodes if req.pinned_node_id in (None, n.id)]
+    node = _choose(snap, req, policy, now)
+    disk = snap.disk(node.id)
+    ratio = policy.disk_allocation_ratio
+    whole, slot = _pick_gpus(snap.gpus.get(node.id, []), req.gpus, req.vgpu)
+    return Placement(
+        node_id=node.id, node_name=node.name,
+        disk=DiskClaim(disk.pool, req.disk_gib, disk.free_gib(ratio), disk.capacity_gib(ratio)),
+        gpus=tuple(GpuChoice(g.address, g.model) for g in whole),
+        vgpu=VgpuChoice(slot[0].address, slot[1].id, slot[1].name) if slot else None,
+    )
+
+
+def _choose(snap: Snapshot, req: PlacementRequest, policy: Policy, now: datetime) -> Node:
+    candidates = [n for n in snap.nodes if req.pinned_node_id in (None, n.id)]
     reasons: dict[str, str] = {}
     fit: list[Node] = []
     for node in candidates:
-        why = refusal(node, usage.get(node.id, Usage()), req, policy, now,
-                      (gpus_by_node or {}).get(node.id, []))
+        why = refusal(node, snap, req, policy, now)
         if why is None:
             fit.append(node)
         else:
@@ -108,15 +279,82 @@ def choose_node(nodes: list[Node], usage: dict[str, Usage], req: PlacementReques
         if not candidates:
             raise NoValidHost("the region has no nodes; join one with a join token", reasons={})
         listed = "; ".join(f"{name} {why}" for name, why in sorted(reasons.items()))
-        raise NoValidHost(
-            f"no node can host {req.describe()}: {listed}",
-            reasons=reasons,
-        )
+        raise NoValidHost(f"no node can host {req.describe()}: {listed}", reasons=reasons)
 
     def weight(n: Node) -> tuple[int, int, int, str]:
-        used = usage.get(n.id, Usage())
-        spare_gpus = 0 if req.gpus or req.vgpu else gpu_service.free_count(
-            (gpus_by_node or {}).get(n.id, []))
+        used = snap.usage.get(n.id, Usage())
+        spare_gpus = 0 if req.gpus or req.vgpu else _free_gpus(snap.gpus.get(n.id, []))
         return (spare_gpus, -free_capacity(n, used, policy)[1], used.instances, n.name)
 
     return min(fit, key=weight)
+
+
+# --- GPUs (pure, given the region's GPUs and who holds them) ----------------------------
+
+def _vgpu_slots(query: str, gpus: list[RegionGpu]) -> list[tuple[RegionGpu, VgpuType]]:
+    """GPUs with a free instance of the type; one type per GPU, never a whole-held GPU."""
+    slots = []
+    for g in gpus:
+        if g.holder is not None:
+            continue
+        for t in g.vgpu_types():
+            if not gpu_service.type_matches(query, t):
+                continue
+            if any(v.type_id != t.id for v in g.vgpus) or len(g.vgpus) >= t.capacity:
+                continue
+            slots.append((g, t))
+    return slots
+
+
+def gpu_refusal(gpus: list[RegionGpu], wants: tuple[GpuWant, ...],
+                vgpu: str | None) -> str | None:
+    """Why a node with these GPUs cannot take the request, or None if it can."""
+    for want in wants:
+        matching = [g for g in gpus if gpu_service.matches(want.model, g.model)]
+        if not matching:
+            return f"has no {want.model} GPU"
+        if len(matching) < want.count:
+            return f"has {len(matching)} {want.model} GPUs, {want.count} asked"
+        free = [g for g in matching if g.free_for_passthrough()]
+        if len(free) < want.count:
+            why = []
+            held = sorted({g.holder.instance.name for g in matching if g.holder is not None})
+            if held:
+                why.append(f"in use by {', '.join(held)}")
+            if any(g.state == "vgpu" for g in matching):
+                why.append("carved into vGPUs")
+            blocked = [g for g in matching if g.state == "unusable"]
+            if blocked:
+                why.append(f"{blocked[0].address} cannot be passed through: {blocked[0].blocker}")
+            return (f"has {len(free)} of {len(matching)} {want.model} GPUs free, "
+                    f"{want.count} asked ({'; '.join(why)})")
+    if vgpu is not None and not _vgpu_slots(vgpu, gpus):
+        offering = [t for g in gpus for t in g.vgpu_types() if gpu_service.type_matches(vgpu, t)]
+        if not offering:
+            return f"has no GPU offering vGPU type {vgpu}"
+        return f"has no free {vgpu} vGPU (its GPUs are in use or hold another vGPU type)"
+    return None
+
+
+def _pick_gpus(gpus: list[RegionGpu], wants: tuple[GpuWant, ...],
+               vgpu: str | None) -> tuple[list[RegionGpu], tuple[RegionGpu, VgpuType] | None]:
+    """The GPUs for a request `gpu_refusal` accepted: whole GPUs from one NUMA node when it
+    can, and the vGPU slot on the GPU already holding most of that type (packing them)."""
+    taken: list[RegionGpu] = []
+    for want in wants:
+        free = [g for g in gpus if gpu_service.matches(want.model, g.model)
+                and g.free_for_passthrough() and g not in taken]
+        by_numa: dict[int, list[RegionGpu]] = {}
+        for g in free:
+            by_numa.setdefault(g.report.pci.numa_node or 0, []).append(g)
+        local = [grp for grp in by_numa.values() if len(grp) >= want.count]
+        pool = min(local, key=lambda grp: (len(grp), grp[0].address)) if local else free
+        taken += sorted(pool, key=lambda g: g.address)[:want.count]
+    slot = None
+    if vgpu is not None:
+        slot = min(_vgpu_slots(vgpu, gpus), key=lambda s: (-len(s[0].vgpus), s[0].address))
+    return taken, slot
+
+
+def _free_gpus(gpus: list[RegionGpu]) -> int:
+    return sum(1 for g in gpus if g.free_for_passthrough())

@@ -15,7 +15,14 @@ from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from agent.protocol import Inventory, NodeFailure, NodeStatus, ObservedVm
+from agent.protocol import (
+    Inventory,
+    NodeFailure,
+    NodeStatus,
+    ObservedVm,
+    PoolUsage,
+    StorageStatus,
+)
 from controller.api.auth import PEER_CERT_ENVIRON
 from controller.region import Region
 
@@ -34,6 +41,16 @@ def inventory(cpus: int = 4, memory_mib: int = 8192, underlay_ip: str | None = N
                      kvm_probe_detail="test", disks=[], nics=[], hypervisor="libvirt",
                      storage="localfs", storage_free_bytes=10**12, agent_version="test",
                      underlay_ip=underlay_ip)
+
+
+def storage(pool: str = "localfs", total_bytes: int = 10**12,
+            free_bytes: int | None = None) -> StorageStatus:
+    """What an agent reports of its storage: one pool of `total_bytes`, `free_bytes` of it free
+    (all of it when None). The pool is "localfs" (the node's disk) or the region's Ceph pool."""
+    free = total_bytes if free_bytes is None else free_bytes
+    return StorageStatus(driver="rbd" if pool != "localfs" else "localfs", health="OK",
+                         pools=[PoolUsage(pool=pool, used_bytes=total_bytes - free,
+                                          max_avail_bytes=free)])
 
 
 @dataclass
@@ -68,7 +85,8 @@ class Api:
 
     def join_node(self, name: str, cpus: int = 4, memory_mib: int = 8192,
                   report: bool = True, underlay_ip: str | None = None,
-                  inv: Inventory | None = None) -> FakeNode:
+                  inv: Inventory | None = None,
+                  disk: StorageStatus | None = None) -> FakeNode:
         token = self.post("/api/v1/join-tokens", json={}).json["token"]  # type: ignore[index]
         r = self.client.post("/api/v1/join", json={"token": token, "name": name,
                                                    "csr_pem": make_csr(name)})
@@ -82,16 +100,22 @@ class Api:
         })
         if report:
             self.report(node, [], cpus=cpus, memory_mib=memory_mib, underlay_ip=underlay_ip,
-                        inv=inv)
+                        inv=inv, disk=disk)
         return node
 
     def report(self, node: FakeNode, vms: list[ObservedVm], applied: int = 0,
                cpus: int = 4, memory_mib: int = 8192,
                underlay_ip: str | None = None, inv: Inventory | None = None,
+               disk: StorageStatus | None = None,
                failures: list[NodeFailure] | None = None) -> TestResponse:
+        """Post a status report; its storage is `disk`, else a large disk of the region's
+        backend (the node's own for localfs, the region's pool for rbd)."""
+        config = self.region.config
         status = NodeStatus(applied_generation=applied,
                             inventory=inv or inventory(cpus, memory_mib, underlay_ip),
-                            vms=vms, failures=failures or [], sent_at=datetime.now(UTC))
+                            vms=vms, storage=disk or storage(
+                                "localfs" if config.storage == "localfs" else config.ceph_pool),
+                            failures=failures or [], sent_at=datetime.now(UTC))
         r = self.client.post(f"/agent/v1/nodes/{node.id}/status",
                              data=status.model_dump_json(), content_type="application/json",
                              environ_overrides=node.environ())

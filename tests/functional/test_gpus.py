@@ -78,8 +78,8 @@ def test_gpus_in_use_are_not_given_twice_and_are_freed_on_delete(api: Api, regio
     r = create(api, "b", gpus=[{"model": "H100", "count": 2}])
     assert r.status_code == 409
     assert r.json["detail"] == (
-        "no node can host 2 vCPUs, 1024 MiB and 2 H100 GPUs: gpu-1 has 1 of 4 H100 GPUs free, "
-        "2 asked (in use by a)")
+        "no node can host 2 vCPUs, 1024 MiB, 1 GiB of disk and 2 H100 GPUs: gpu-1 has 1 of 4 H100 "
+        "GPUs free, 2 asked (in use by a)")
     assert create(api, "c", gpus=[{"model": "H100"}]).status_code == 202
     listed = {g["address"]: g for g in api.get("/api/v1/gpus").json}
     assert [g["instance"] for g in listed.values()] == ["a", "a", "a", "c"]

@@ -10,11 +10,13 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from agent.protocol import ObservedVm, ObservedVmState
+from agent.protocol import ObservedVm, ObservedVmState, StorageStatus
 from controller.db.models import AuditEvent, Instance, Node, Operation
 from controller.region import Region
 from controller.services.housekeeping import expire_operations
-from tests.functional.helpers import RAW_IMAGE, Api
+from tests.functional.helpers import RAW_IMAGE, Api, storage
+
+GB, GIB = 10**9, 1024**3
 
 
 @pytest.fixture
@@ -202,6 +204,45 @@ def test_disk_smaller_than_image_minimum_is_refused(api: Api) -> None:
         db.scalars(select(Image).where(Image.name == "big")).one().min_disk_gib = 5
     r = _create(api, image="big", root_disk_gib=2)
     assert r.status_code == 422 and "needs (5 GiB)" in r.json["detail"]
+
+
+def test_a_disk_larger_than_the_node_has_is_refused(api: Api, region: Region) -> None:
+    node = api.join_node("n1", disk=storage(total_bytes=100 * GB, free_bytes=84 * GB))
+    gen = api.desired(node)["generation"]
+    r = _create(api, "huge", root_disk_gib=65536)
+    assert r.status_code == 409, r.json
+    assert r.json["type"].endswith("/no-valid-host")
+    assert r.json["reasons"] == {"n1": "needs 65536 GiB of disk, 93 GiB free of 93 GiB "
+                                       "at ratio 1.0"}
+    assert "n1 needs 65536 GiB of disk" in r.json["detail"]
+    assert _count(region, Instance) == 0
+    assert api.desired(node)["generation"] == gen
+
+
+def test_allocated_root_disks_count_against_the_node(api: Api, region: Region) -> None:
+    api.join_node("n1", disk=storage(total_bytes=10 * GIB))
+    assert _create(api, "a", root_disk_gib=6).status_code == 202
+    r = _create(api, "b", root_disk_gib=5)
+    assert r.status_code == 409
+    assert r.json["reasons"] == {"n1": "needs 5 GiB of disk, 4 GiB free of 10 GiB at ratio 1.0"}
+    # a disk of the image's size (1 MiB, rounded up to 1 GiB) fits, then counts too
+    assert _create(api, "c").status_code == 202
+    assert _create(api, "d", root_disk_gib=3).status_code == 202
+    assert _create(api, "e").json["reasons"] == {
+        "n1": "needs 1 GiB of disk, 0 GiB free of 10 GiB at ratio 1.0"}
+    # the node with room is chosen; the full one says why it was not
+    api.join_node("n2", disk=storage(total_bytes=2 * GIB))
+    assert _create(api, "f").status_code == 202
+    assert api.get("/api/v1/instances/f").json["node_name"] == "n2"
+
+
+def test_a_node_that_reports_no_storage_is_refused(api: Api) -> None:
+    api.join_node("n1", disk=StorageStatus(driver="localfs", health="ERROR",
+                                           detail="/var/lib/vauban is not writable"))
+    r = _create(api)
+    assert r.status_code == 409
+    assert r.json["reasons"] == {"n1": "has not reported its disk capacity (ERROR: "
+                                       "/var/lib/vauban is not writable)"}
 
 
 def test_scheduler_spreads_and_skips_down_nodes(api: Api, region: Region) -> None:

@@ -1,0 +1,32 @@
+"""Controller settings from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.config import ControllerConfig
+
+
+def test_disk_allocation_ratio_defaults_to_one_and_reads_the_environment(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VAUBAN_DISK_ALLOCATION_RATIO", raising=False)
+    assert ControllerConfig.from_env(data_dir=tmp_path).disk_allocation_ratio == 1.0
+    monkeypatch.setenv("VAUBAN_DISK_ALLOCATION_RATIO", "1.5")
+    assert ControllerConfig.from_env(data_dir=tmp_path).disk_allocation_ratio == 1.5
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("lots", "VAUBAN_DISK_ALLOCATION_RATIO must be a number, not 'lots'"),
+    ("0", "disk_allocation_ratio must be a positive number, not 0.0"),
+    ("-2", "disk_allocation_ratio must be a positive number, not -2.0"),
+    ("inf", "disk_allocation_ratio must be a positive number, not inf"),
+    ("nan", "disk_allocation_ratio must be a positive number, not nan"),
+])
+def test_a_bad_disk_allocation_ratio_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                raw: str, message: str) -> None:
+    monkeypatch.setenv("VAUBAN_DISK_ALLOCATION_RATIO", raw)
+    with pytest.raises(ValueError) as e:
+        ControllerConfig.from_env(data_dir=tmp_path)
+    assert str(e.value) == message
