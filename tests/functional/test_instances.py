@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +12,14 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from agent.protocol import ObservedVm, ObservedVmState, StorageStatus
+from controller.app import create_app
+from controller.bootstrap import open_region
+from controller.config import ControllerConfig
 from controller.db.models import AuditEvent, Instance, Node, Operation
 from controller.region import Region
 from controller.services.housekeeping import expire_operations
 from tests.functional.helpers import RAW_IMAGE, Api, storage
+from tests.functional.test_volumes import ceph_files
 
 GB, GIB = 10**9, 1024**3
 
@@ -243,6 +248,32 @@ def test_a_node_that_reports_no_storage_is_refused(api: Api) -> None:
     assert r.status_code == 409
     assert r.json["reasons"] == {"n1": "has not reported its disk capacity (ERROR: "
                                        "/var/lib/vauban is not writable)"}
+
+
+def test_rbd_root_disks_and_volumes_share_the_ceph_pool(tmp_path: Path) -> None:
+    conf, keyring = ceph_files(tmp_path)
+    region = open_region(ControllerConfig(
+        data_dir=tmp_path / "controller", storage="rbd", ceph_conf=conf, ceph_keyring=keyring,
+        ceph_volume_pools=("vauban", "vauban-fast"), disk_allocation_ratio=2.0))
+    try:
+        api = Api(create_app(region).test_client(), region)
+        assert api.import_image("tiny", RAW_IMAGE).status_code == 201
+        pool = storage("vauban", total_bytes=20 * GIB, free_bytes=15 * GIB)
+        api.join_node("n1", disk=pool)
+        api.join_node("n2", disk=pool)
+        assert api.post("/api/v1/volumes", json={"name": "data", "size_gib": 10}).status_code == 202
+        assert api.post("/api/v1/volumes", json={"name": "elsewhere", "size_gib": 100,
+                                                  "pool": "vauban-fast"}).status_code == 202
+        # 20 GiB at ratio 2.0 is 40 GiB: 10 for the volume, 25 for this VM, 5 left
+        assert _create(api, "a", root_disk_gib=25).status_code == 202
+        r = _create(api, "b", root_disk_gib=6)
+        assert r.status_code == 409
+        assert r.json["reasons"] == {n: "needs 6 GiB of disk, Ceph pool vauban has 5 GiB free "
+                                        "of 40 GiB at ratio 2.0" for n in ("n1", "n2")}
+        assert _create(api, "c", root_disk_gib=5).status_code == 202
+        assert _count(region, Instance) == 2
+    finally:
+        region.engine.dispose()
 
 
 def test_scheduler_spreads_and_skips_down_nodes(api: Api, region: Region) -> None:
