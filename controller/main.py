@@ -80,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from pathlib import Path
 
-    config = ControllerConfig.from_env(
-        data_dir=Path(args.data_dir).resolve() if args.data_dir else None,
-        database_url=args.database_url,
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-    )
+    try:
+        config = ControllerConfig.from_env(
+            data_dir=Path(args.data_dir).resolve() if args.data_dir else None,
+            database_url=args.database_url,
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+        )
+    except ValueError as e:  # a VAUBAN_* variable out of range: say which, no traceback
+        print(f"vauban-controller: settings: {e}", file=sys.stderr)
+        return 2
     try:
         if args.command == "init":
             open_region(config)

@@ -30,3 +30,15 @@ def test_a_bad_disk_allocation_ratio_is_refused(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(ValueError) as e:
         ControllerConfig.from_env(data_dir=tmp_path)
     assert str(e.value) == message
+
+
+def test_the_controller_refuses_to_start_on_a_bad_ratio(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.main import main
+
+    monkeypatch.setenv("VAUBAN_DISK_ALLOCATION_RATIO", "0")
+    assert main(["init", "--data-dir", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err == ("vauban-controller: settings: disk_allocation_ratio must "
+                                       "be a positive number, not 0.0\n")
+    assert not (tmp_path / "c").exists()
