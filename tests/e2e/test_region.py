@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,19 @@ def test_bad_input_is_refused_and_leaves_nothing(region: E2ERegion,
     assert out.returncode == 1 and "'name'" in out.stderr
     names = [v["name"] for v in json.loads(region.cli("vm", "list", "--json"))]
     assert name not in names and "Bad_Name" not in names
+
+
+def test_a_root_disk_larger_than_the_node_has_is_refused(region: E2ERegion) -> None:
+    # the size the real agent reports of its filesystem: used + available to it
+    st = os.statvfs(region.layout.agent_dir / "storage")
+    size_gib = (st.f_blocks - st.f_bfree + st.f_bavail) * st.f_frsize // 1024**3
+    name = _name()
+    out = region.run_cli("vm", "create", name, "--image", "testguest", "--cpus", "1",
+                         "--memory", "256", "--disk", "65536")
+    assert out.returncode == 1
+    assert re.search(rf"e2e-[a-z0-9-]+ needs 65536 GiB of disk, \d+ GiB free of {size_gib} GiB "
+                     r"at ratio 1\.0", out.stderr), out.stderr
+    assert name not in [v["name"] for v in json.loads(region.cli("vm", "list", "--json"))]
 
 
 def test_agent_api_needs_a_node_certificate_from_the_region_ca(region: E2ERegion,
