@@ -127,7 +127,6 @@ class Image(Output):
     sha256: str
     os: str | None
     min_disk_gib: int
-    signature: str | None
     created_at: UtcDatetime
 
 

@@ -75,7 +75,6 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     os: Mapped[str | None] = mapped_column(String(63), default=None)
     min_disk_gib: Mapped[int] = mapped_column(Integer, default=1)
-    signature: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -21,6 +21,7 @@ def test_upload_then_agent_downloads_the_same_bytes(client: FlaskClient, region:
     img = r.json
     assert img["size_bytes"] == len(RAW_IMAGE) and img["virtual_size_bytes"] == len(RAW_IMAGE)
     assert img["sha256"] == hashlib.sha256(RAW_IMAGE).hexdigest()
+    assert "signature" not in img  # never set nor checked: not shown as if it were
     node = api.join_node("n1")
     dl = client.get(f"/agent/v1/images/{img['id']}/file", environ_overrides=node.environ())
     assert dl.status_code == 200 and dl.data == RAW_IMAGE

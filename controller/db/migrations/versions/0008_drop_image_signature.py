@@ -1,0 +1,27 @@
+"""drop the unused image signature
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-01 06:00:00.000000
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # nothing ever set or checked it: a field that looks like a guarantee and is none
+    with op.batch_alter_table('images', schema=None) as batch_op:
+        batch_op.drop_column('signature')
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('images', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('signature', sa.Text(), nullable=True))
