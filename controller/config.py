@@ -29,6 +29,12 @@ class ControllerConfig:
     ceph_client: str = "vauban"
     ceph_pool: str = "vauban"  # images and VM root disks
     ceph_volume_pools: tuple[str, ...] = ()  # pools volumes may use; default: ceph_pool
+    max_image_bytes: int = 64 * 1024**3  # an upload declaring more is refused unread (413)
+
+    def __post_init__(self) -> None:
+        if self.max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be a positive number of bytes, "
+                             f"not {self.max_image_bytes}")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.disk_allocation_ratio) and self.disk_allocation_ratio > 0):
@@ -76,6 +82,7 @@ class ControllerConfig:
             "ceph_pool": env.get("VAUBAN_CEPH_POOL", "vauban"),
             "ceph_volume_pools": tuple(
                 p for p in env.get("VAUBAN_CEPH_VOLUME_POOLS", "").split(",") if p),
+            "max_image_bytes": int(env.get("VAUBAN_MAX_IMAGE_BYTES", str(64 * 1024**3))),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

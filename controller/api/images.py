@@ -36,13 +36,24 @@ def import_image(query: schemas.ImageImportQuery) -> Any:
         return problem(415, "Unsupported media type",
                        "the body must be the image file as application/octet-stream",
                        "unsupported-media-type")
+    config = region().config
+    request.max_content_length = config.max_image_bytes  # this route's own, above JSON's
+    declared = request.content_length
+    if declared is None:
+        return problem(411, "Length required",
+                       "an image upload must declare its size in Content-Length "
+                       "(chunked uploads are refused)", "length-required")
+    if declared > config.max_image_bytes:
+        return problem(413, "Content too large",
+                       f"the image is {declared} bytes; this region accepts images of at most "
+                       f"{config.max_image_bytes} bytes (max_image_bytes)", "content-too-large")
     session = db()
     service.check_name_free(session, query.name)
     session.rollback()  # hold no database lock while the upload streams in
-    image_dir = region().config.image_dir
+    image_dir = config.image_dir
     who = actor()
     try:
-        image_id, size, virtual = service.receive(request.stream, query, image_dir)
+        image_id, size, virtual = service.receive(request.stream, query, image_dir, declared)
     except Exception as e:
         audit.record_now(region().sessions, who, "image.import", f"image/{query.name}",
                          "refused", error=str(e))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +13,27 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.db.models import Image, ImageTombstone, Instance, Node
-from controller.errors import Conflict, InvalidInput, NotFound
+from controller.errors import Conflict, InvalidInput, NotFound, ServiceError
 from controller.schemas import ImageImportQuery
 from controller.services import audit, desired
+from images.diskcheck import DiskCheckUnavailable, DiskRefused, check_file
 
 CHUNK = 1024 * 1024
+
+
+class UploadIncomplete(ServiceError):
+    """The client sent fewer bytes than its Content-Length declared (it hung up)."""
+
+    title = "Incomplete upload"
+    slug = "incomplete-upload"
+
+
+class ImageCheckUnavailable(ServiceError):
+    """The format check could not run; the upload is refused rather than stored unchecked."""
+
+    status = 503
+    title = "Image check unavailable"
+    slug = "image-check-unavailable"
 
 
 def find(db: Session, ref: str) -> Image:
@@ -39,19 +53,25 @@ def check_name_free(db: Session, name: str) -> None:
         raise Conflict(f"an image named '{name}' already exists")
 
 
-def receive(stream: IO[bytes], meta: ImageImportQuery, image_dir: Path) -> tuple[str, int, int]:
-    """Stream an upload to a file of its own, verifying checksum and format.
+def receive(stream: IO[bytes], meta: ImageImportQuery, image_dir: Path,
+            declared: int) -> tuple[str, int, int]:
+    """Stream an upload of `declared` bytes to a file of its own, verifying size, checksum
+    and format (see images.diskcheck).
 
-    Returns (image id, size, virtual size). After success the file is in
-    `image_dir` under the id; on any failure nothing of it is left.
+    Returns (image id, size, virtual size). After success the file is in `image_dir`
+    under the id; on any failure (fewer bytes than declared: the client hung up; a
+    checksum mismatch; a refused format) nothing of it is left.
     """
+    if declared == 0:
+        raise InvalidInput("the upload is empty")
     image_dir.mkdir(parents=True, exist_ok=True)
     image_id = str(uuid.uuid4())
     tmp = image_dir / f".{image_id}.part"
     try:
-        digest, size = _copy_hashing(stream, tmp)
-        if size == 0:
-            raise InvalidInput("the upload is empty")
+        digest, size = _copy_hashing(stream, tmp, declared)
+        if size != declared:
+            raise UploadIncomplete(f"the upload ended after {size} of the {declared} bytes "
+                                   "its Content-Length declared; nothing was stored")
         if digest != meta.sha256:
             raise InvalidInput(
                 f"checksum mismatch: expected sha256 {meta.sha256}, received {digest}; "
@@ -64,11 +84,12 @@ def receive(stream: IO[bytes], meta: ImageImportQuery, image_dir: Path) -> tuple
     return image_id, size, virtual
 
 
-def _copy_hashing(stream: IO[bytes], dest: Path) -> tuple[str, int]:
+def _copy_hashing(stream: IO[bytes], dest: Path, limit: int) -> tuple[str, int]:
+    """Copy at most `limit` bytes; (sha256, bytes copied), fewer if the stream ended early."""
     h = hashlib.sha256()
     size = 0
     with open(dest, "wb") as out:
-        while chunk := stream.read(CHUNK):
+        while size < limit and (chunk := stream.read(min(CHUNK, limit - size))):
             h.update(chunk)
             out.write(chunk)
             size += len(chunk)
@@ -78,21 +99,13 @@ def _copy_hashing(stream: IO[bytes], dest: Path) -> tuple[str, int]:
 
 
 def _check_format(path: Path, claimed: str) -> int:
-    """The virtual size; the file must be what it claims and a qcow2 must stand alone."""
-    out = subprocess.run(
-        ["qemu-img", "info", "--output=json", str(path)],
-        capture_output=True, text=True, check=False,
-    )
-    if out.returncode != 0:
-        raise InvalidInput(f"the upload is not a disk image qemu-img reads: {out.stderr.strip()}")
-    info = json.loads(out.stdout)
-    actual = info.get("format")
-    if actual != claimed:
-        raise InvalidInput(f"disk_format is '{claimed}' but the file is {actual}")
-    if info.get("backing-filename"):
-        # a backing file would let a guest read a path on the node
-        raise InvalidInput("qcow2 images with a backing file are refused")
-    return int(info["virtual-size"])
+    """The virtual size of an image the region accepts (images.diskcheck says which)."""
+    try:
+        return check_file(path, claimed).virtual_size
+    except DiskRefused as e:
+        raise InvalidInput(f"{e}; nothing was stored") from None
+    except DiskCheckUnavailable as e:
+        raise ImageCheckUnavailable(f"{e}; nothing was stored") from None
 
 
 def record(db: Session, actor: str, image_id: str, meta: ImageImportQuery, size: int,

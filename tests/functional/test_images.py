@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import subprocess
+from pathlib import Path
+from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 
+from controller.config import ControllerConfig
 from controller.region import Region
 from tests.functional.helpers import RAW_IMAGE, Api
 
@@ -87,3 +93,90 @@ def test_deleted_image_is_retired_on_every_node(client: FlaskClient, region: Reg
     # the name is free again; the new image has a new id
     again = api.import_image("tiny", RAW_IMAGE).json["id"]
     assert again != image_id
+
+
+class Unreadable(io.BytesIO):
+    """A request body that fails the test if the controller reads a byte of it."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise AssertionError("the controller read the body of an upload it should refuse")
+
+    readline = read  # type: ignore[assignment]
+
+    def readinto(self, b: Any) -> int:
+        raise AssertionError("the controller read the body of an upload it should refuse")
+
+
+def _upload_url(name: str, sha256: str = "0" * 64, disk_format: str = "raw") -> str:
+    return f"/api/v1/images?name={name}&disk_format={disk_format}&sha256={sha256}"
+
+
+def test_declared_size_over_the_limit_is_refused_unread(client: FlaskClient,
+                                                        region: Region) -> None:
+    api = Api(client, region)
+    limit = region.config.max_image_bytes
+    r = api.post(_upload_url("huge"), input_stream=Unreadable(),
+                 content_type="application/octet-stream",
+                 environ_overrides={"CONTENT_LENGTH": str(limit + 1)})
+    assert r.status_code == 413
+    assert r.json["detail"] == (f"the image is {limit + 1} bytes; this region accepts images "
+                                f"of at most {limit} bytes (max_image_bytes)")
+    assert _files(region) == [] and api.get("/api/v1/images").json == []
+
+
+def test_upload_without_content_length_is_refused(client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    r = client.post(_upload_url("chunked", hashlib.sha256(RAW_IMAGE).hexdigest()),
+                    input_stream=io.BytesIO(RAW_IMAGE), content_type="application/octet-stream",
+                    headers={**api.headers, "Transfer-Encoding": "chunked"})
+    assert r.status_code == 411 and "Content-Length" in r.json["detail"]
+    assert _files(region) == [] and api.get("/api/v1/images").json == []
+
+
+def test_max_image_bytes_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    monkeypatch.setenv("VAUBAN_MAX_IMAGE_BYTES", str(8 * 1024**3))
+    assert ControllerConfig.from_env(data_dir=tmp_path).max_image_bytes == 8 * 1024**3
+    assert ControllerConfig(data_dir=tmp_path).max_image_bytes == 64 * 1024**3
+    with pytest.raises(ValueError, match="positive"):
+        ControllerConfig(data_dir=tmp_path, max_image_bytes=0)
+
+
+def _qcow2(tmp_path: Path, *opts: str) -> bytes:
+    path = tmp_path / "upload.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *opts, str(path), "1M"],
+                   check=True)
+    return path.read_bytes()
+
+
+def test_qcow2_naming_a_host_file_as_data_file_is_refused(
+        client: FlaskClient, region: Region, tmp_path: Path) -> None:
+    api = Api(client, region)
+    host_file = tmp_path / "host-file"
+    host_file.write_bytes(b"host secret".ljust(1024 * 1024, b"\0"))
+    data = _qcow2(tmp_path, "-o", f"data_file={host_file},data_file_raw=on")
+
+    r = api.import_image("evil", data, disk_format="qcow2")
+
+    assert r.status_code == 422
+    assert r.json["detail"] == ("qcow2 image refused: it names an external data file, which "
+                                "QEMU would open from the node's filesystem as the guest's "
+                                "disk; nothing was stored")
+    assert _files(region) == [] and api.get("/api/v1/images").json == []
+
+
+def test_standalone_qcow2_is_stored_with_its_virtual_size(
+        client: FlaskClient, region: Region, tmp_path: Path) -> None:
+    api = Api(client, region)
+    r = api.import_image("plain", _qcow2(tmp_path), disk_format="qcow2")
+    assert r.status_code == 201 and r.json["virtual_size_bytes"] == 1024 * 1024
+
+
+def test_a_file_that_is_no_disk_is_not_stored_as_raw(client: FlaskClient,
+                                                     region: Region) -> None:
+    api = Api(client, region)
+    r = api.import_image("script", b"#!/bin/sh\necho hello\n")
+    assert r.status_code == 422
+    assert r.json["detail"] == ("a raw image is a whole number of 512-byte sectors; this one "
+                                "is 21 bytes (21 left over); nothing was stored")
+    assert _files(region) == [] and api.get("/api/v1/images").json == []
