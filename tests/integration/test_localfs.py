@@ -20,6 +20,8 @@ pytestmark = pytest.mark.integration
 
 RAW_ID = "11111111-1111-4111-8111-111111111111"
 QCOW_ID = "22222222-2222-4222-8222-222222222222"
+MIB = 1024 * 1024
+BLANK = bytes(MIB)  # the smallest raw image a region accepts
 
 
 def ref(image_id: str, data: bytes, fmt: Literal["raw", "qcow2"] = "raw",
@@ -40,13 +42,21 @@ def qemu_img_info(path: Path) -> dict[str, object]:
     return info
 
 
-def make_qcow2(tmp_path: Path, virtual: str, backing: Path | None = None) -> bytes:
+def make_qcow2(tmp_path: Path, virtual: str, backing: Path | None = None,
+               opts: tuple[str, ...] = ()) -> bytes:
     path = tmp_path / f"src-{virtual}.qcow2"
-    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", *opts]
     if backing is not None:
         argv += ["-F", "raw", "-b", str(backing)]
     subprocess.run([*argv, str(path), virtual], check=True)
     return path.read_bytes()
+
+
+def host_file(tmp_path: Path) -> Path:
+    """A file of the node that a hostile image would like a guest to read."""
+    path = tmp_path / "host-file"
+    path.write_bytes(b"host secret".ljust(MIB, b"\0"))
+    return path
 
 
 @pytest.fixture
@@ -77,7 +87,7 @@ def test_import_streams_verifies_and_stores(store: LocalfsDriver) -> None:
 
 
 def test_import_of_a_stored_image_reads_nothing(store: LocalfsDriver) -> None:
-    data = b"x" * 512
+    data = BLANK
     store.import_image(ref(RAW_ID, data), [data])
 
     def exploding() -> Iterator[bytes]:
@@ -136,6 +146,57 @@ def test_qcow2_with_a_backing_file_is_refused(store: LocalfsDriver, tmp_path: Pa
     assert leftovers(store) == []
 
 
+def test_qcow2_with_a_host_file_as_data_file_is_refused(store: LocalfsDriver,
+                                                        tmp_path: Path) -> None:
+    opts = ("-o", f"data_file={host_file(tmp_path)},data_file_raw=on")
+    data = make_qcow2(tmp_path, "1M", opts=opts)
+
+    with pytest.raises(StorageError, match="names an external data file"):
+        store.import_image(ref(QCOW_ID, data, "qcow2"), chunked(data))
+    assert leftovers(store) == []
+
+
+def test_encrypted_qcow2_is_refused(store: LocalfsDriver, tmp_path: Path) -> None:
+    data = make_qcow2(tmp_path, "1M", opts=(
+        "--object", "secret,id=s0,data=not-a-real-key",
+        "-o", "encrypt.format=luks,encrypt.key-secret=s0"))
+
+    with pytest.raises(StorageError, match="it is encrypted"):
+        store.import_image(ref(QCOW_ID, data, "qcow2"), chunked(data))
+    assert leftovers(store) == []
+
+
+def test_other_formats_declared_raw_are_refused(store: LocalfsDriver, tmp_path: Path) -> None:
+    vmdk = tmp_path / "disk.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(vmdk), "1M"], check=True)
+    qcow = make_qcow2(tmp_path, "1M")
+    for data, fmt in ((vmdk.read_bytes(), "vmdk"), (qcow, "qcow2")):
+        with pytest.raises(StorageError, match=f"disk_format is 'raw' but the file is a {fmt}"):
+            store.import_image(ref(RAW_ID, data), [data])
+    assert leftovers(store) == []
+
+
+def test_raw_that_is_no_disk_is_refused(store: LocalfsDriver) -> None:
+    data = b"#!/bin/sh\necho not a disk\n"
+
+    with pytest.raises(StorageError, match="whole number of 512-byte sectors"):
+        store.import_image(ref(RAW_ID, data), [data])
+    assert leftovers(store) == []
+
+
+def test_stored_image_is_checked_again_before_a_disk_is_made_of_it(
+        store: LocalfsDriver, tmp_path: Path) -> None:
+    data = make_qcow2(tmp_path, "1M")
+    store.import_image(ref(QCOW_ID, data, "qcow2"), [data])
+    stored = store.images_dir / f"{QCOW_ID}.qcow2"
+    stored.chmod(0o644)  # as an older agent or a hand on the node could have left it
+    stored.write_bytes(make_qcow2(tmp_path, "1M", backing=host_file(tmp_path)))
+
+    with pytest.raises(StorageError, match="has a backing file"):
+        store.create_root_disk("vm-g", QCOW_ID, None)
+    assert not (store.disks_dir / "vm-g").exists()
+
+
 def test_root_disk_is_an_overlay_of_the_image(store: LocalfsDriver, tmp_path: Path) -> None:
     data = make_qcow2(tmp_path, "64M")
     store.import_image(ref(QCOW_ID, data, "qcow2"), chunked(data))
@@ -182,7 +243,7 @@ def test_failed_create_leaves_nothing(store: LocalfsDriver) -> None:
 
 
 def test_second_root_disk_is_refused(store: LocalfsDriver) -> None:
-    store.import_image(ref(RAW_ID, b"\0" * 65536), [b"\0" * 65536])
+    store.import_image(ref(RAW_ID, BLANK), [BLANK])
     store.create_root_disk("vm-e", RAW_ID, None)
 
     with pytest.raises(StorageError, match="already has a root disk"):
@@ -191,7 +252,7 @@ def test_second_root_disk_is_refused(store: LocalfsDriver) -> None:
 
 
 def test_image_in_use_cannot_be_deleted(store: LocalfsDriver) -> None:
-    data = b"\0" * 65536
+    data = BLANK
     store.import_image(ref(RAW_ID, data), [data])
     store.create_root_disk("vm-f", RAW_ID, None)
 

@@ -30,9 +30,10 @@ from agent.drivers.storage.base import (
     StorageHealth,
     StorageInfo,
 )
-from agent.drivers.storage.streams import CheckedStream
+from agent.drivers.storage.streams import CheckedStream, confirm_file
 from agent.protocol import ImageRef
 from agent.revert import Reverter
+from images.diskcheck import DiskCheckUnavailable, DiskFacts, DiskRefused, check_file
 
 GIB = 1024**3
 FORMATS: tuple[Literal["raw", "qcow2"], ...] = ("raw", "qcow2")
@@ -61,12 +62,14 @@ def qemu_img_info(path: Path, fmt: str | None = None) -> dict[str, Any]:
     return info
 
 
-def check_standalone_qcow2(path: Path, image: ImageRef) -> None:
-    """A qcow2 must parse as one and name no backing file (it could point anywhere)."""
-    info = qemu_img_info(path, "qcow2")
-    if "backing-filename" in info:
-        raise StorageError(f"image {image.id} has a backing file "
-                           f"({info['backing-filename']}); refused")
+def check_stored(path: Path, fmt: str, image_id: str) -> DiskFacts:
+    """The facts of a stored image file; StorageError if images.diskcheck refuses it."""
+    try:
+        return check_file(path, fmt)
+    except DiskRefused as e:
+        raise StorageError(f"stored image {image_id} refused: {e}") from None
+    except DiskCheckUnavailable as e:
+        raise StorageError(f"stored image {image_id}: {e}", retryable=True) from None
 
 
 def _run(argv: list[str]) -> str:
@@ -128,9 +131,12 @@ class LocalfsDriver(StorageDriver):
     def import_image(self, image: ImageRef, chunks: Iterable[bytes]) -> None:
         """Stream the image to a temp file while hashing it, verify, fsync, rename into place.
 
-        An image already stored is kept and the stream not read. On failure
-        (a hash or size mismatch, a qcow2 with a backing file, an error of the
-        stream) the temp file is removed and nothing else changed.
+        An image already stored is kept and the stream not read. The bytes are
+        checked here whatever the controller checked (images.diskcheck: the
+        declared format, a qcow2 naming no backing or data file and not
+        encrypted, a raw of whole sectors). On failure (a hash or size mismatch,
+        a refused image, an error of the stream) the temp file is removed and
+        nothing else changed.
         """
         _check_id("image", image.id)
         if self.has_image(image.id):
@@ -147,9 +153,7 @@ class LocalfsDriver(StorageDriver):
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            stream.verify()
-            if image.disk_format == "qcow2":  # raw is opened as raw: it cannot redirect QEMU
-                check_standalone_qcow2(tmp, image)
+            confirm_file(tmp, image, stream.verify())
             tmp.chmod(IMAGE_MODE)
             tmp.replace(final)
             _fsync_dir(self.images_dir)
@@ -185,12 +189,15 @@ class LocalfsDriver(StorageDriver):
         """A qcow2 overlay of the image at disks/<vm_id>/root.qcow2, as "vda".
 
         The size is `size_gib` GiB or, when None, the image's virtual size.
-        A smaller size than the image, an existing disk or a missing image
-        raises StorageError; on any failure nothing was created.
+        A smaller size than the image, an existing disk, a missing image or a
+        stored image that images.diskcheck refuses raises StorageError; on any
+        failure nothing was created.
         """
         disk = self.disk_path(vm_id)
         base, fmt = self._image(image_id)
-        virtual = self.image_virtual_size(image_id)
+        # checked again before QEMU opens it: a file stored by an older agent, or changed
+        # since, must not point the VM at another file of this node
+        virtual = check_stored(base, fmt, image_id).virtual_size
         size = virtual if size_gib is None else size_gib * GIB
         if size < virtual:
             raise StorageError(f"root disk of {size_gib} GiB is smaller than image {image_id} "

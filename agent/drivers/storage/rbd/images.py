@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.drivers.storage.base import StorageError
-from agent.drivers.storage.localfs import check_standalone_qcow2, qemu_img_info
 from agent.drivers.storage.rbd.conn import CephConnection, bindings
 from agent.drivers.storage.rbd.names import BASE_SNAP, image_name, temp_image_name
-from agent.drivers.storage.streams import CheckedStream
+from agent.drivers.storage.streams import CheckedStream, confirm_file
 from agent.protocol import ImageRef
 from agent.revert import Reverter
 
@@ -193,8 +192,10 @@ def import_image(conn: CephConnection, pool: str, image: ImageRef, chunks: Itera
 
     raw is written straight into a temporary RBD image (zero runs skipped); qcow2 goes
     to a temporary file in `scratch_dir` and `qemu-img convert` writes it into RBD. Both
-    are hashed while streamed. On a checksum or size mismatch, a qcow2 with a backing
-    file or any error, the temporary image and file are removed and StorageError raised.
+    are hashed and inspected while streamed, and refused unless they are an image the
+    region accepts (images.diskcheck; a qcow2 is also read by qemu-img, told its format,
+    before `qemu-img convert` opens it). On a checksum or size mismatch, a refused image
+    or any error, the temporary image and file are removed and StorageError raised.
     If another node stored the same image meanwhile, ours is discarded and theirs kept.
     """
     _, rbd = bindings()
@@ -207,8 +208,7 @@ def import_image(conn: CephConnection, pool: str, image: ImageRef, chunks: Itera
             with rbd.Image(ioctx, tmp) as img:
                 _write_verified(img, image, chunks)
         else:
-            with _spooled(image, chunks, scratch_dir) as path:
-                virtual = int(qemu_img_info(path, "qcow2")["virtual-size"])
+            with _spooled(image, chunks, scratch_dir) as (path, virtual):
                 rbd.RBD().create(ioctx, tmp, virtual)
                 revert.add(lambda: remove_with_snapshots(ioctx, tmp), f"remove {tmp}")
                 _convert(conn, path, pool, tmp, monitors)
@@ -237,8 +237,10 @@ def _write_verified(img: Any, image: ImageRef, chunks: Iterable[bytes]) -> None:
 
 
 @contextmanager
-def _spooled(image: ImageRef, chunks: Iterable[bytes], scratch_dir: Path) -> Iterator[Path]:
-    """The stream in a verified temporary file (0600) of `scratch_dir`, removed afterwards."""
+def _spooled(image: ImageRef, chunks: Iterable[bytes],
+             scratch_dir: Path) -> Iterator[tuple[Path, int]]:
+    """The stream in a verified temporary file (0600) of `scratch_dir`, removed afterwards,
+    with the image's virtual size."""
     scratch_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=scratch_dir, prefix=f".{image.id}.", suffix=".qcow2")
     path = Path(name)
@@ -247,9 +249,9 @@ def _spooled(image: ImageRef, chunks: Iterable[bytes], scratch_dir: Path) -> Ite
         with os.fdopen(fd, "wb") as f:
             for chunk in stream.read(chunks):
                 f.write(chunk)
-        stream.verify()
-        check_standalone_qcow2(path, image)
-        yield path
+        facts = stream.verify()
+        confirm_file(path, image, facts)
+        yield path, facts.virtual_size
     finally:
         path.unlink(missing_ok=True)
 
