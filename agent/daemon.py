@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 RECHECK_S = 10.0  # a pass runs at least this often, to catch changes made behind our back
 # the controller away: ask again soon, then less often, agents spread out by the jitter
 CONTROLLER_RETRY = RetryPolicy(base_s=0.5, cap_s=10.0, give_up_after_s=float("inf"))
+SWEEP_EVERY_S = 600.0  # storage leftovers of interrupted work are looked for this often
+SWEEP_ID = "temporary-imports"  # the object a failed sweep is reported under
 
 
 class Agent:
@@ -84,6 +87,7 @@ class Agent:
             threading.Thread(target=self._poll_loop, name="poll", daemon=True),
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True),
             threading.Thread(target=self._report_loop, name="report", daemon=True),
+            threading.Thread(target=self._sweep_loop, name="sweep", daemon=True),
         ]
         for t in threads:
             t.start()
@@ -138,6 +142,24 @@ class Agent:
             except Exception:
                 log.exception("reconcile pass failed; retrying")
                 self.stopping.wait(1.0)
+
+    def _sweep_loop(self) -> None:
+        """Storage leftovers of interrupted work are removed at start, then once every
+        SWEEP_EVERY_S. Each period's sweep is one request of the agent's retry policy: a
+        failure is retried by it and reported with the node's status."""
+        ledger, start, done = self.reconciler.ledger, time.monotonic(), -1
+        while not self.stopping.is_set():
+            period = int((time.monotonic() - start) // SWEEP_EVERY_S)
+            if period != done and ledger.may_try("image", SWEEP_ID, "sweep", period):
+                try:
+                    self.storage.sweep_leftovers()
+                except Exception as e:
+                    ledger.failed("image", SWEEP_ID, "sweep", period, e)
+                    log.warning("sweeping storage leftovers failed: %s", e)
+                else:
+                    ledger.succeeded("image", SWEEP_ID, "sweep")
+                    done = period
+            self.stopping.wait(RECHECK_S)
 
     def _report_loop(self) -> None:
         while not self.stopping.is_set():

@@ -257,6 +257,99 @@ def test_losing_the_import_race_keeps_the_winner(driver: RbdDriver, ceph_admin: 
     assert images_in(ceph_admin, "vauban", ids.token) == [f"img-{image_id}"]
 
 
+def test_qcow2_with_a_host_file_as_data_file_is_refused(driver: RbdDriver, ceph_admin: Any,
+                                                        ids: Names, tmp_path: Path) -> None:
+    host_file = tmp_path / "host-file"
+    host_file.write_bytes(b"host secret".ljust(MIB, b"\0"))
+    path = tmp_path / "evil.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    f"data_file={host_file},data_file_raw=on", str(path), "1M"], check=True)
+    qcow = path.read_bytes()
+
+    with pytest.raises(StorageError, match="names an external data file"):
+        driver.import_image(ref(ids("img"), qcow, "qcow2"), chunked(qcow))
+    assert images_in(ceph_admin, "vauban", ids.token) == []
+    assert list(driver.scratch_dir.iterdir()) == []
+
+
+def test_other_format_streamed_as_raw_is_refused(driver: RbdDriver, ceph_admin: Any,
+                                                 ids: Names, tmp_path: Path) -> None:
+    path = tmp_path / "disk.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(path), "1M"], check=True)
+    vmdk = path.read_bytes()
+
+    with pytest.raises(StorageError, match="disk_format is 'raw' but the file is a vmdk"):
+        driver.import_image(ref(ids("img"), vmdk), chunked(vmdk))
+    assert images_in(ceph_admin, "vauban", ids.token) == []
+
+
+def leave_temp_image(admin: Any, image_id: str, protected_base: bool) -> str:
+    """A temporary image as an import that crashed leaves it (closed, maybe snapshotted)."""
+    name = f"img-{image_id}.tmp-{secrets.token_hex(4)}"
+    with admin.open_ioctx("vauban") as ioctx:
+        rbd.RBD().create(ioctx, name, MIB)
+        if protected_base:
+            with rbd.Image(ioctx, name) as img:
+                img.create_snap("base")
+                img.protect_snap("base")
+    return name
+
+
+def test_stale_temporary_images_are_swept(ceph_cluster: ClusterInfo, ceph_admin: Any,
+                                          ids: Names, tmp_path: Path,
+                                          stored_image: tuple[str, bytes]) -> None:
+    crashed = [leave_temp_image(ceph_admin, ids("img"), protected_base=p) for p in (False, True)]
+    elsewhere = leave_temp_image(ceph_admin, ids("img"), protected_base=False)
+    patient = make_driver(ceph_cluster, tmp_path / "s1")  # the default: 10 minutes
+    eager = make_driver(ceph_cluster, tmp_path / "s2", stale_import_after_s=0)
+    try:
+        assert patient.sweep_leftovers() == []  # made a moment ago: maybe an import's
+        with ceph_admin.open_ioctx("vauban") as ioctx, rbd.Image(ioctx, elsewhere):
+            # held open, as another node's import in flight holds it
+            assert sorted(eager.sweep_leftovers()) == sorted(crashed)
+    finally:
+        patient.close()
+        eager.close()
+    assert images_in(ceph_admin, "vauban", ids.token) == sorted(
+        [f"img-{stored_image[0]}", elsewhere])
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_sweep_leaves_an_import_in_flight_here_alone(
+        ceph_cluster: ClusterInfo, ceph_admin: Any, ids: Names, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, fmt: Literal["raw", "qcow2"]) -> None:
+    driver = make_driver(ceph_cluster, tmp_path / "scratch", stale_import_after_s=0)
+    swept: list[list[str]] = []
+    data = os.urandom(2 * MIB)
+    if fmt == "qcow2":
+        (tmp_path / "s.raw").write_bytes(data)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+                        str(tmp_path / "s.raw"), str(tmp_path / "s.qcow2")], check=True)
+        data = (tmp_path / "s.qcow2").read_bytes()
+        real_convert = rbd_images._convert
+
+        def sweep_then_convert(*args: Any) -> None:  # the temporary image exists, closed
+            swept.append(driver.sweep_leftovers())
+            real_convert(*args)
+        monkeypatch.setattr(rbd_images, "_convert", sweep_then_convert)
+        stream = chunked(data)
+    else:
+        def sweeping_stream() -> Iterator[bytes]:  # the temporary image is being written
+            for i, chunk in enumerate(chunked(data)):
+                if i == 5:
+                    swept.append(driver.sweep_leftovers())
+                yield chunk
+        stream = sweeping_stream()
+    image_id = ids("img")
+    try:
+        driver.import_image(ref(image_id, data, fmt), stream)
+        assert driver.has_image(image_id)
+    finally:
+        driver.close()
+    assert swept == [[]]
+    assert images_in(ceph_admin, "vauban", ids.token) == [f"img-{image_id}"]
+
+
 # --- root disks -----------------------------------------------------------------------
 
 

@@ -83,6 +83,13 @@ class StorageDriver(ABC):
         StorageError) nothing of it is left.
         """
 
+    def sweep_leftovers(self) -> list[str]:
+        """Remove what this driver's interrupted work left behind (a crashed import's
+        temporary objects); returns what was removed. Work in flight, in this process or
+        another, is never touched. The agent calls it at start and then periodically;
+        a StorageError leaves the rest for the next call. Default: nothing to sweep."""
+        return []
+
     @abstractmethod
     def delete_image(self, image_id: str) -> None:
         """Remove an image. Refused with StorageError while a disk is made from it."""

@@ -17,6 +17,7 @@ from agent.drivers.storage.rbd.names import (
     check_snap,
     health_summary,
     image_name,
+    is_temp_image_name,
     parse_mon_host,
     pool_usage,
     root_disk_name,
@@ -34,6 +35,13 @@ def test_names() -> None:
     assert volume_name("data1") == "vol-data1"
     tmp_a, tmp_b = temp_image_name(UUID), temp_image_name(UUID)
     assert tmp_a.startswith(f"img-{UUID}.tmp-") and tmp_a != tmp_b
+
+
+def test_only_temporary_image_names_are_sweepable() -> None:
+    assert is_temp_image_name(temp_image_name(UUID))
+    for name in (image_name(UUID), root_disk_name(UUID), volume_name("d"),
+                 f"vol-{UUID}.tmp-0123abcd", f"img-{UUID}.tmp-0123", f"img-{UUID}.tmp-XYZ12345"):
+        assert not is_temp_image_name(name), name
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a@b", "..", "a..b", "-x", "x" * 97, "a b"])

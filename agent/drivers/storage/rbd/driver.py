@@ -53,11 +53,14 @@ class RbdDriver(StorageDriver):
     "10.0.0.1,10.0.0.2"). `scratch_dir` receives qcow2 images while they are converted.
     An unreachable cluster makes calls fail with a retryable StorageError after about
     `connect_timeout` seconds; a single operation fails after `op_timeout` seconds.
+    A temporary image of an import no client holds open is swept as stale once it is
+    `stale_import_after_s` old.
     """
 
     def __init__(self, pool: str, user: str, key: str, mon_host: str, secret_usage: str,
                  volume_pools: Iterable[str] = (), scratch_dir: Path | str | None = None,
-                 connect_timeout: float = 10.0, op_timeout: float = 30.0) -> None:
+                 connect_timeout: float = 10.0, op_timeout: float = 30.0,
+                 stale_import_after_s: float = images.STALE_IMPORT_AFTER_S) -> None:
         if user.startswith("client."):
             raise StorageError(f"cephx user {user!r}: give the id without 'client.'")
         check_id("cephx user", user)
@@ -72,6 +75,8 @@ class RbdDriver(StorageDriver):
                                    connect_timeout=connect_timeout, op_timeout=op_timeout)
         vol_pools = tuple(volume_pools) or (pool,)
         self.volumes = Volumes(self.conn, tuple(dict.fromkeys([*vol_pools, pool])))
+        self.stale_import_after_s = stale_import_after_s
+        self._importing: set[str] = set()  # temporary images this process imports into
 
     def close(self) -> None:
         """Shut the cluster connection down; the next call opens a new one."""
@@ -96,7 +101,14 @@ class RbdDriver(StorageDriver):
         if self.has_image(image.id):
             return
         images.import_image(self.conn, self.pool, image, chunks, self.scratch_dir,
-                            self.monitors)
+                            self.monitors, self._importing)
+
+    def sweep_leftovers(self) -> list[str]:
+        """Remove the temporary images interrupted imports left in the pool (a crashed
+        agent's, on any node); imports in flight, here or elsewhere, are left alone. See
+        images.sweep_stale_imports."""
+        return images.sweep_stale_imports(self.conn, self.pool, self._importing,
+                                          self.stale_import_after_s)
 
     def delete_image(self, image_id: str) -> None:
         """Remove img-<id> and its snapshot; a no-op if absent. Refused, naming the

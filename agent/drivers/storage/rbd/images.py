@@ -13,14 +13,20 @@ import os
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableSet
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent.drivers.storage.base import StorageError
 from agent.drivers.storage.rbd.conn import CephConnection, bindings
-from agent.drivers.storage.rbd.names import BASE_SNAP, image_name, temp_image_name
+from agent.drivers.storage.rbd.names import (
+    BASE_SNAP,
+    image_name,
+    is_temp_image_name,
+    temp_image_name,
+)
 from agent.drivers.storage.streams import CheckedStream, confirm_file
 from agent.protocol import ImageRef
 from agent.revert import Reverter
@@ -31,6 +37,7 @@ BLOCK = 4 * 1024**2  # RBD's default object size: writes are gathered up to this
 SEGMENT = 64 * 1024  # zero runs are skipped at this granularity
 DEPTH = 8  # writes in flight
 CONVERT_TIMEOUT = 3600.0
+STALE_IMPORT_AFTER_S = 600.0  # far beyond the instants an import holds its image closed
 
 
 _ZERO_SEGMENT = bytes(SEGMENT)
@@ -187,7 +194,8 @@ def delete_image(conn: CephConnection, pool: str, image_id: str) -> None:
 
 
 def import_image(conn: CephConnection, pool: str, image: ImageRef, chunks: Iterable[bytes],
-                 scratch_dir: Path, monitors: tuple[tuple[str, int], ...]) -> None:
+                 scratch_dir: Path, monitors: tuple[tuple[str, int], ...],
+                 in_flight: MutableSet[str]) -> None:
     """Store an image as img-<id>@base from a stream; see StorageDriver.import_image.
 
     raw is written straight into a temporary RBD image (zero runs skipped); qcow2 goes
@@ -197,10 +205,21 @@ def import_image(conn: CephConnection, pool: str, image: ImageRef, chunks: Itera
     before `qemu-img convert` opens it). On a checksum or size mismatch, a refused image
     or any error, the temporary image and file are removed and StorageError raised.
     If another node stored the same image meanwhile, ours is discarded and theirs kept.
+    The temporary image's name is in `in_flight` while this call runs, so that
+    `sweep_stale_imports` leaves it alone.
     """
+    tmp = temp_image_name(image.id)
+    in_flight.add(tmp)
+    try:
+        _import(conn, pool, image, chunks, scratch_dir, monitors, tmp)
+    finally:
+        in_flight.discard(tmp)
+
+
+def _import(conn: CephConnection, pool: str, image: ImageRef, chunks: Iterable[bytes],
+            scratch_dir: Path, monitors: tuple[tuple[str, int], ...], tmp: str) -> None:
     _, rbd = bindings()
     final = image_name(image.id)
-    tmp = temp_image_name(image.id)
     with conn.ioctx(pool, f"import image {image.id}") as ioctx, Reverter() as revert:
         if image.disk_format == "raw":
             rbd.RBD().create(ioctx, tmp, image.size_bytes)
@@ -222,6 +241,51 @@ def import_image(conn: CephConnection, pool: str, image: ImageRef, chunks: Itera
             revert.fail()  # removes ours
             return
         revert.success()
+
+
+def sweep_stale_imports(conn: CephConnection, pool: str, in_flight: MutableSet[str],
+                        older_than_s: float = STALE_IMPORT_AFTER_S) -> list[str]:
+    """Remove the temporary images (img-<id>.tmp-<n>) that interrupted imports left in
+    `pool`; returns the names removed.
+
+    Every node of a region imports into the same pool, so a temporary image is left
+    alone while it may still be someone's import: while this process imports into it
+    (its name is in `in_flight`), while any client has it open (a watcher: a node
+    writing it, or qemu-img converting into it), and until it is `older_than_s` old by
+    the cluster's creation time (an import holds it closed only for instants between
+    steps). Final images and everything else in the pool are never touched. An image
+    opened by someone between the check and the removal makes librbd refuse the
+    removal; it is then kept.
+    """
+    _, rbd = bindings()
+    removed = []
+    with conn.ioctx(pool, "sweep interrupted image imports") as ioctx:
+        for name in rbd.RBD().list(ioctx):
+            if not is_temp_image_name(name) or name in in_flight:
+                continue
+            if not _abandoned(ioctx, name, older_than_s):
+                continue
+            try:
+                remove_with_snapshots(ioctx, name)
+            except rbd.ImageBusy:
+                continue  # opened meanwhile: someone's import after all
+            log.warning("removed RBD image %s/%s, left by an interrupted import", pool, name)
+            removed.append(name)
+    return removed
+
+
+def _abandoned(ioctx: Any, name: str, older_than_s: float) -> bool:
+    """Whether no client has the image open and it is at least `older_than_s` old."""
+    _, rbd = bindings()
+    try:
+        with rbd.Image(ioctx, name, read_only=True) as img:
+            if list(img.watchers_list()):
+                return False
+            created = img.create_timestamp()
+    except rbd.ImageNotFound:
+        return False
+    created = created if created.tzinfo else created.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - created).total_seconds() >= older_than_s
 
 
 def _write_verified(img: Any, image: ImageRef, chunks: Iterable[bytes]) -> None:

@@ -45,6 +45,14 @@ def temp_image_name(image_id: str) -> str:
     return f"{image_name(image_id)}.tmp-{secrets.token_hex(4)}"
 
 
+_TEMP_IMAGE = re.compile(r"^img-[A-Za-z0-9][A-Za-z0-9._-]{0,95}\.tmp-[0-9a-f]{8}$")
+
+
+def is_temp_image_name(name: str) -> bool:
+    """Whether `name` is one `temp_image_name` makes (an import's, never a final name)."""
+    return _TEMP_IMAGE.match(name) is not None
+
+
 def root_disk_name(vm_id: str) -> str:
     return f"vm-{check_id('VM', vm_id)}-root"
 
