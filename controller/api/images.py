@@ -9,7 +9,7 @@ from flask import request
 from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
-from controller.api.problems import problem
+from controller.api.problems import problem, too_large_problem
 from controller.db.models import Image
 from controller.services import audit
 from controller.services import images as service
@@ -44,9 +44,7 @@ def import_image(query: schemas.ImageImportQuery) -> Any:
                        "an image upload must declare its size in Content-Length "
                        "(chunked uploads are refused)", "length-required")
     if declared > config.max_image_bytes:
-        return problem(413, "Content too large",
-                       f"the image is {declared} bytes; this region accepts images of at most "
-                       f"{config.max_image_bytes} bytes (max_image_bytes)", "content-too-large")
+        return too_large_problem(declared, config.max_image_bytes)
     session = db()
     service.check_name_free(session, query.name)
     session.rollback()  # hold no database lock while the upload streams in

@@ -97,5 +97,5 @@ def test_declared_size_over_the_limit_is_refused_before_the_body(region: E2ERegi
         sock.close()
 
     assert status == 413
-    assert f"at most {LIMIT} bytes (max_image_bytes)".encode() in response
+    assert f"/api/v1/images accepts at most {LIMIT} bytes".encode() in response
     assert image_dir_files(region) == []

@@ -119,8 +119,9 @@ def test_declared_size_over_the_limit_is_refused_unread(client: FlaskClient,
                  content_type="application/octet-stream",
                  environ_overrides={"CONTENT_LENGTH": str(limit + 1)})
     assert r.status_code == 413
-    assert r.json["detail"] == (f"the image is {limit + 1} bytes; this region accepts images "
-                                f"of at most {limit} bytes (max_image_bytes)")
+    assert r.json["detail"] == (f"the body is {limit + 1} bytes; /api/v1/images accepts at "
+                                f"most {limit} bytes")
+    assert r.json["max_bytes"] == limit
     assert _files(region) == [] and api.get("/api/v1/images").json == []
 
 

@@ -24,7 +24,13 @@ SECRET = "--object", "secret,id=s0,data=not-a-real-key"
 
 
 def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+    # LUKS key setup times its PBKDF on the CPU clock; on a busy machine qemu-img may fail
+    # to measure it ("Unable to get accurate CPU usage"), which says nothing of the image
+    for _ in range(5):
+        out = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+        if "Unable to get accurate CPU usage" not in out.stderr:
+            break
+    assert out.returncode == 0, out.stderr
 
 
 def host_file(tmp_path: Path) -> Path:
