@@ -71,6 +71,11 @@ def image_dir_files(region: E2ERegion) -> list[str]:
     return sorted(p.name for p in image_dir.iterdir()) if image_dir.exists() else []
 
 
+def only_stored_images_have_files(region: E2ERegion) -> bool:
+    """No file (partial or whole) in the image directory but those of listed images."""
+    return image_dir_files(region) == sorted(i["id"] for i in api(region, "/images"))
+
+
 def test_truncated_upload_is_not_stored(region: E2ERegion) -> None:
     sent = bytes(MIB)  # a valid raw image on its own: only its size gives it away
     sock = open_upload(region, "truncated", hashlib.sha256(sent).hexdigest(), 2 * MIB)
@@ -81,12 +86,15 @@ def test_truncated_upload_is_not_stored(region: E2ERegion) -> None:
     sock.close()
 
     # the controller records every upload's end, stored or refused, in the audit trail
-    events = wait_for(lambda: api(region, "/audit-events?action=image.import"), 60,
-                      "the controller to finish with the upload")
+    def upload_ended() -> list[dict[str, Any]]:
+        events = api(region, "/audit-events?action=image.import")
+        return [e for e in events if e["detail"].get("name", "") == "truncated"
+                or e["target"] == "image/truncated"]
+    events = wait_for(upload_ended, 60, "the controller to finish with the upload")
     assert [(e["outcome"], e["target"]) for e in events] == [("refused", "image/truncated")]
     assert f"ended after {MIB} of the {2 * MIB} bytes" in events[0]["detail"]["error"]
-    assert api(region, "/images") == []
-    assert image_dir_files(region) == []
+    assert "truncated" not in [i["name"] for i in api(region, "/images")]
+    assert only_stored_images_have_files(region)
 
 
 def test_declared_size_over_the_limit_is_refused_before_the_body(region: E2ERegion) -> None:
@@ -98,4 +106,16 @@ def test_declared_size_over_the_limit_is_refused_before_the_body(region: E2ERegi
 
     assert status == 413
     assert f"/api/v1/images accepts at most {LIMIT} bytes".encode() in response
-    assert image_dir_files(region) == []
+    assert "huge" not in [i["name"] for i in api(region, "/images")]
+    assert only_stored_images_have_files(region)
+
+
+def test_cli_upload_declares_its_length_and_is_stored(region: E2ERegion) -> None:
+    path = region.root / "blank.raw"
+    path.write_bytes(bytes(2 * MIB))
+
+    region.cli("image", "import", str(path), "--name", "blank")
+
+    [image] = [i for i in api(region, "/images") if i["name"] == "blank"]
+    assert (image["disk_format"], image["size_bytes"]) == ("raw", 2 * MIB)
+    assert image_dir_files(region) == [image["id"]]
