@@ -32,14 +32,12 @@ class ControllerConfig:
     max_image_bytes: int = 64 * 1024**3  # an upload declaring more is refused unread (413)
 
     def __post_init__(self) -> None:
-        if self.max_image_bytes < 1:
-            raise ValueError(f"max_image_bytes must be a positive number of bytes, "
-                             f"not {self.max_image_bytes}")
-
-    def __post_init__(self) -> None:
         if not (math.isfinite(self.disk_allocation_ratio) and self.disk_allocation_ratio > 0):
             raise ValueError(f"disk_allocation_ratio must be a positive number, "
                              f"not {self.disk_allocation_ratio}")
+        if self.max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be a positive number of bytes, "
+                             f"not {self.max_image_bytes}")
 
     @property
     def db_url(self) -> str:
@@ -82,7 +80,7 @@ class ControllerConfig:
             "ceph_pool": env.get("VAUBAN_CEPH_POOL", "vauban"),
             "ceph_volume_pools": tuple(
                 p for p in env.get("VAUBAN_CEPH_VOLUME_POOLS", "").split(",") if p),
-            "max_image_bytes": int(env.get("VAUBAN_MAX_IMAGE_BYTES", str(64 * 1024**3))),
+            "max_image_bytes": _count(env, "VAUBAN_MAX_IMAGE_BYTES", 64 * 1024**3),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -95,3 +93,12 @@ def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw) if raw else default
     except ValueError:
         raise ValueError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """The whole number in `name`, or `default` when unset; ValueError naming the variable."""
+    raw = env.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None

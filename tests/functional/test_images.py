@@ -141,6 +141,9 @@ def test_max_image_bytes_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
     assert ControllerConfig(data_dir=tmp_path).max_image_bytes == 64 * 1024**3
     with pytest.raises(ValueError, match="positive"):
         ControllerConfig(data_dir=tmp_path, max_image_bytes=0)
+    monkeypatch.setenv("VAUBAN_MAX_IMAGE_BYTES", "64G")
+    with pytest.raises(ValueError, match="VAUBAN_MAX_IMAGE_BYTES must be a whole number"):
+        ControllerConfig.from_env(data_dir=tmp_path)
 
 
 def _qcow2(tmp_path: Path, *opts: str) -> bytes:

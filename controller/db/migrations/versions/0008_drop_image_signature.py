@@ -1,7 +1,7 @@
 """drop the unused image signature
 
 Revision ID: 0008
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-01 06:00:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0008'
-down_revision = '0007'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
