@@ -1,6 +1,6 @@
 """drop the unused image signature
 
-Revision ID: 0008
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-01 06:00:00.000000
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008'
+revision = '0011'
 down_revision = '0010'
 branch_labels = None
 depends_on = None
