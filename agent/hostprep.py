@@ -14,6 +14,12 @@ Without systemd nothing creates the runtime directories, the `kvm` and
 would, libvirt-daemon-system, pulls in systemd units), and libvirtd's QEMU
 driver refuses to start without them; `ensure_libvirtd()` does that and starts
 `virtlogd -d` and `libvirtd -d`.
+
+Nor does anything apply udev's rule for /dev/kvm (group `kvm`, mode 0660): left
+root:root 0600, libvirtd probes QEMU as root (KVM found) but checks its
+capability cache as `libvirt-qemu` (KVM not accessible), finds the cache stale
+and probes QEMU again on every domain lookup, so each define takes tens of
+seconds. `ensure_kvm_device()` does what udev would and checks the result.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ LIBVIRT_URI = "qemu:///system"
 QEMU_USER = "libvirt-qemu"
 QEMU_GROUP = "libvirt-qemu"  # Debian builds libvirt with qemu_group=libvirt-qemu
 KVM_GROUP = "kvm"
+KVM_DEVICE = Path("/dev/kvm")
 # Debian's statically allocated id for libvirt-qemu; used when free so that
 # file ownership matches across nodes (and with nodes installed from packages).
 DEBIAN_QEMU_ID = 64055
@@ -137,6 +144,57 @@ def ensure_qemu_user() -> None:
               "--comment", "Libvirt Qemu", QEMU_USER])
 
 
+def ensure_qemu_in_kvm_group() -> None:
+    """Make `libvirt-qemu` a member of `kvm` (a user made before the group may lack it)."""
+    if QEMU_USER not in grp.getgrnam(KVM_GROUP).gr_mem:
+        _run(["usermod", "--append", "--groups", KVM_GROUP, QEMU_USER])
+
+
+def _user_may(path: Path, user: str, bits: tuple[int, int, int]) -> bool:
+    """Whether `user` has the (owner, group, other) permission `bits` on `path`."""
+    entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        return True
+    gids = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    st = path.stat()
+    if st.st_uid == entry.pw_uid:
+        wanted = bits[0]
+    elif st.st_gid in gids:
+        wanted = bits[1]
+    else:
+        wanted = bits[2]
+    return st.st_mode & wanted == wanted
+
+
+def ensure_kvm_device(device: Path = KVM_DEVICE, group: str = KVM_GROUP,
+                      user: str = QEMU_USER) -> bool:
+    """Give `device` udev's group and mode (`group`, 0660) and check `user` may use it.
+
+    Returns False, changing nothing, when the device does not exist (no KVM on
+    this host). After success the device belongs to `group` with mode 0660 and
+    `user` may read and write it. Raises HostPrepError when that does not hold
+    afterwards (e.g. a read-only /dev); the owner is never changed.
+    """
+    if not device.exists():
+        return False
+    gid = grp.getgrnam(group).gr_gid
+    try:
+        st = device.stat()
+        if st.st_gid != gid:
+            os.chown(device, -1, gid)
+        if stat.S_IMODE(st.st_mode) != 0o660:
+            device.chmod(0o660)
+        st = device.stat()
+    except OSError as e:
+        raise HostPrepError(f"could not give {device} group {group} and mode 660: {e}") from e
+    rw = (stat.S_IRUSR | stat.S_IWUSR, stat.S_IRGRP | stat.S_IWGRP, stat.S_IROTH | stat.S_IWOTH)
+    if st.st_gid != gid or stat.S_IMODE(st.st_mode) != 0o660 or not _user_may(device, user, rw):
+        raise HostPrepError(f"{device} is gid {st.st_gid} mode {stat.S_IMODE(st.st_mode):o} "
+                            f"after preparation; {user} needs group {group} (mode 660) to use "
+                            "it, or libvirtd probes QEMU again on every domain lookup")
+    return True
+
+
 def unreachable_dirs(path: Path, user: str = QEMU_USER) -> list[Path]:
     """Directories above `path` (inclusive if it is one) that `user` may not search.
 
@@ -190,19 +248,22 @@ def _start_daemon(binary: str, pidfile: Path, deadline: float) -> int:
 
 
 def ensure_libvirtd(uri: str = LIBVIRT_URI, timeout: float = 30.0) -> list[int]:
-    """Make sure virtlogd and libvirtd run and `uri` answers.
+    """Make sure virtlogd and libvirtd run and `uri` answers, with /dev/kvm as udev leaves it.
 
     Returns the PIDs of the daemons this call started (empty when both were
     already running), so that a caller can stop exactly those with
     `stop_daemons()`. On failure raises HostPrepError and stops what it started.
     """
     deadline = time.monotonic() + timeout
+    ensure_qemu_user()
+    ensure_qemu_in_kvm_group()
+    # also when libvirtd already runs: it re-checks the device on every domain lookup
+    ensure_kvm_device()
     virtlogd_up = _pid_named(VIRTLOGD_PIDFILE, "virtlogd") is not None
     if virtlogd_up and libvirt_answers(uri):
         return []
     for d in RUN_DIRS:
         d.mkdir(parents=True, exist_ok=True)
-    ensure_qemu_user()
     started: list[int] = []
     try:
         if not virtlogd_up:
@@ -221,7 +282,7 @@ def ensure_libvirtd(uri: str = LIBVIRT_URI, timeout: float = 30.0) -> list[int]:
     except BaseException:
         stop_daemons(started)
         raise
-    log.info("started libvirt daemons: %s", started)
+    log.info("started libvirt daemons, PIDs %s", started)
     return started
 
 
@@ -248,14 +309,33 @@ def stop_daemons(pids: Iterable[int], timeout: float = 15.0) -> None:
                 time.sleep(0.05)
 
 
+def report_lines(started: list[int]) -> list[str]:
+    """What `main` prints: one line per daemon and one for /dev/kvm, each saying what it is."""
+    lines = []
+    for name, pidfile in (("virtlogd", VIRTLOGD_PIDFILE), ("libvirtd", LIBVIRTD_PIDFILE)):
+        pid = _pid_named(pidfile, name)
+        if pid is None:
+            lines.append(f"{name}: not running")
+        else:
+            lines.append(f"{name}: {'started' if pid in started else 'already running'}, "
+                         f"pid {pid}")
+    if KVM_DEVICE.exists():
+        st = KVM_DEVICE.stat()
+        lines.append(f"{KVM_DEVICE}: group {grp.getgrgid(st.st_gid).gr_name}, "
+                     f"mode {stat.S_IMODE(st.st_mode):04o}")
+    else:
+        lines.append(f"{KVM_DEVICE}: absent (VMs run under QEMU emulation)")
+    return lines
+
+
 def main() -> int:
-    """`python -m agent.hostprep`: start what is missing and print the started PIDs."""
+    """`python -m agent.hostprep`: start what is missing, then say what runs and how."""
     try:
-        pids = ensure_libvirtd()
+        started = ensure_libvirtd()
     except (HostPrepError, subprocess.SubprocessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(" ".join(str(p) for p in pids))
+    print("\n".join(report_lines(started)))
     return 0
 
 
