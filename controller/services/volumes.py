@@ -176,14 +176,19 @@ def attach(db: Session, actor: str, vol: Volume, body: VolumeAttach,
     return _op(db, "volume.attach", vol, actor, inst.node)
 
 
+DETACHABLE_FROM = ("running", "stopped")
+
+
 def detach(db: Session, actor: str, vol: Volume) -> Operation:
+    """Unplug the volume from its VM: live from a running VM, from the definition of a
+    stopped one. Refused (changing nothing) while the VM is in any other state."""
     _idle(db, vol)
     if vol.instance_id is None:
         raise Conflict(f"volume '{vol.name}' is not attached")
     inst = vol.instance
     assert inst is not None
-    if inst.observed_state != "running":
-        raise Conflict(f"volumes detach from running VMs; '{inst.name}' is "
+    if inst.observed_state not in DETACHABLE_FROM:
+        raise Conflict(f"volumes detach from running or stopped VMs; '{inst.name}' is "
                        f"{inst.observed_state or 'not up'}")
     vol.instance_id, vol.target = None, None
     audit.record(db, actor, "volume.detach", f"volume/{vol.id}", name=vol.name,

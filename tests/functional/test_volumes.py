@@ -135,6 +135,58 @@ def test_attach_and_detach_follow_the_vm(api: Api) -> None:
     assert op_state(api, detach.json) == "succeeded"
 
 
+def test_detach_from_a_stopped_vm(api: Api) -> None:
+    """Regression: the API refused it, though the node can take the volume out of the
+    stopped VM's definition."""
+    node = api.join_node("n1")
+    api.import_image("tiny", RAW_IMAGE)
+    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
+                                        "memory_mib": 128})
+    vm = api.desired(node)["vms"][0]
+    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
+    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
+    vol = api.desired(node)["volumes"][0]
+    report(api, node, [observed(vol, 1)], [running])
+    api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
+    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [running])
+    assert api.post("/api/v1/instances/vm1/stop").status_code == 202
+    stopped = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.STOPPED, power_seq=2)
+    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [stopped])
+
+    detach = api.post("/api/v1/volumes/data/detach")
+
+    assert detach.status_code == 202, detach.json
+    assert api.desired(node)["vms"][0]["volumes"] == []
+    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [stopped])
+    assert op_state(api, detach.json) == "pending"  # still in the VM's definition
+    report(api, node, [observed(vol, 1)], [stopped])
+    assert op_state(api, detach.json) == "succeeded"
+    shown = api.get("/api/v1/volumes/data").json
+    assert shown["state"] == "available" and shown["attached_to"] is None
+
+
+def test_detach_refused_while_the_vm_is_provisioning(api: Api) -> None:
+    node = api.join_node("n1")
+    api.import_image("tiny", RAW_IMAGE)
+    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
+                                        "memory_mib": 128})
+    vm = api.desired(node)["vms"][0]
+    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
+    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
+    vol = api.desired(node)["volumes"][0]
+    report(api, node, [observed(vol, 1)], [running])
+    api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
+    busy = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.PROVISIONING, power_seq=1)
+    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [busy])
+
+    r = api.post("/api/v1/volumes/data/detach")
+
+    assert r.status_code == 409
+    assert "detach from running or stopped VMs; 'vm1' is provisioning" in r.json["detail"]
+    assert api.desired(node)["vms"][0]["volumes"] == [{"volume_id": vol["id"],
+                                                       "target": "vdc"}]
+
+
 def test_attach_refusals(api: Api) -> None:
     node = api.join_node("n1")
     api.import_image("tiny", RAW_IMAGE)
