@@ -3,10 +3,11 @@
 A steward node makes each of its desired volumes exist with the asked size and
 snapshots, applies a rollback once (its sequence number is kept with the volume
 in storage, so a new steward never repeats it), deletes volumes marked absent,
-and hot-plugs or unplugs volumes of its running VMs. Failures go to the agent's
-one ledger (`agent.retry`) with the generation that asked as their request: they
-are retried by its policy, reported with the node, and shown on the volume once
-final.
+hot-plugs or unplugs volumes of its running VMs, takes unwanted volumes out of
+the definition of its stopped VMs, and tells a running VM when its volume grew.
+Failures go to the agent's one ledger (`agent.retry`) with the generation that
+asked as their request: they are retried by its policy, reported with the node,
+and shown on the volume once final.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class VolumeKeeper:
     def plan(self, desired: DesiredState,
              own_vms: dict[str, VmObservation]) -> list[tuple[str, Callable[[], None]]]:
         """The work one pass needs, as (lock key, task): one task per volume and one per
-        running VM whose plugged volumes differ. Tasks record failures, never raise."""
+        VM whose plugged volumes differ (a stopped VM only for volumes to take out).
+        Tasks record failures, never raise."""
         if not desired.volumes and not any(vm.volumes for vm in desired.vms):
             return []
         if not self.storage.info().volumes:
@@ -47,20 +49,26 @@ class VolumeKeeper:
                                    "this node's storage has no volumes")
             return []
         existing = {v.id: v for v in self.storage.list_volumes()}
+        plugged = {vm.id: {t: v for t, (v, _d) in self._volume_disks(vm.id).items()}
+                   for vm in desired.vms if vm.id in own_vms}
+        live = {vol_id: (vm_id, target) for vm_id, disks in plugged.items()
+                if own_vms[vm_id].running for target, vol_id in disks.items()}
         work: list[tuple[str, Callable[[], None]]] = []
         for dv in desired.volumes:
             if self._needs_work(dv, existing.get(dv.id), desired.generation):
                 work.append((f"volume:{dv.id}", partial(
                     self._guard, dv.id, "converge", desired.generation,
-                    partial(self._converge, dv, existing))))
+                    partial(self._converge, dv, existing, live.get(dv.id)))))
         for vm in desired.vms:
-            obs = own_vms.get(vm.id)
-            if obs is None or not obs.running:
-                continue  # volumes are plugged into running VMs only
+            if vm.id not in own_vms:
+                continue
+            running = own_vms[vm.id].running
             wanted = {a.target: a.volume_id for a in vm.volumes}
-            plugged = {t: v for t, (v, _d) in self._volume_disks(vm.id).items()}
-            if plugged != wanted:
-                work.append((vm.id, partial(self._plug, vm.id, wanted, desired.generation)))
+            unwanted = {t: v for t, v in plugged[vm.id].items() if wanted.get(t) != v}
+            # a stopped VM only loses disks (from its definition); it gains them once running
+            if unwanted or (running and plugged[vm.id] != wanted):
+                work.append((vm.id, partial(self._plug, vm.id, wanted, desired.generation,
+                                            attach=running)))
         return work
 
     def _needs_work(self, dv: DesiredVolume, info: VolumeInfo | None, generation: int) -> bool:
@@ -89,7 +97,10 @@ class VolumeKeeper:
         """The volume's failure once given up on (what the volume shows)."""
         return next((e for e in self.ledger.of("volume", vol_id) if e.final), None)
 
-    def _converge(self, dv: DesiredVolume, existing: dict[str, VolumeInfo]) -> None:
+    def _converge(self, dv: DesiredVolume, existing: dict[str, VolumeInfo],
+                  plugged_in: tuple[str, str] | None = None) -> None:
+        """Make the volume what `dv` asks; `plugged_in` is the (VM, target) of the
+        running VM it is plugged into, which is told when the volume grows."""
         info = existing.get(dv.id)
         if not dv.present:
             if info is not None:
@@ -104,7 +115,7 @@ class VolumeKeeper:
                 self.storage.create_volume(dv.id, dv.size_gib, dv.pool)
             info = self._info(dv.id)
         if info.size_bytes < dv.size_gib * GIB:
-            self.storage.resize_volume(dv.id, dv.size_gib)
+            self._grow(dv, plugged_in)
         for snap in dv.snapshots:
             if snap not in info.snapshots:
                 self.storage.snapshot_volume(dv.id, snap)
@@ -113,6 +124,16 @@ class VolumeKeeper:
                 self.storage.delete_volume_snapshot(dv.id, snap)
         if dv.rollback is not None and dv.rollback.seq > info.rollback_seq:
             self.storage.rollback_volume(dv.id, dv.rollback.snapshot, dv.rollback.seq)
+
+    def _grow(self, dv: DesiredVolume, plugged_in: tuple[str, str] | None) -> None:
+        """Grow the volume in storage, then tell the running VM it is plugged into.
+
+        Should telling the VM fail, the error is reported on the volume (the storage
+        has grown; the guest sees the new size at its next start)."""
+        self.storage.resize_volume(dv.id, dv.size_gib)
+        if plugged_in is not None:
+            vm_id, target = plugged_in
+            self.hypervisor.resize_disk(vm_id, target, self._size(dv.id))
 
     def _info(self, vol_id: str) -> VolumeInfo:
         for v in self.storage.list_volumes():
@@ -123,14 +144,18 @@ class VolumeKeeper:
     def _size(self, vol_id: str) -> int:
         return self._info(vol_id).size_bytes
 
-    def _plug(self, vm_id: str, wanted: dict[str, str], generation: int) -> None:
-        """Attach what is wanted and missing, detach volumes no longer wanted."""
+    def _plug(self, vm_id: str, wanted: dict[str, str], generation: int, *,
+              attach: bool = True) -> None:
+        """Detach volumes no longer wanted (live and from the VM's definition), then,
+        when `attach`, attach what is wanted and missing."""
         plugged = self._volume_disks(vm_id)
         for target, (vol_id, _disk) in plugged.items():
             if (wanted.get(target) != vol_id
                     and self.ledger.may_try("volume", vol_id, "detach", generation)):
                 self._guard(vol_id, "detach", generation,
                             partial(self.hypervisor.detach_disk, vm_id, target))
+        if not attach:
+            return
         for target, vol_id in wanted.items():
             if ((target not in plugged or plugged[target][0] != vol_id)
                     and self.ledger.may_try("volume", vol_id, "attach", generation)):
@@ -157,10 +182,9 @@ class VolumeKeeper:
             return []
         existing = {v.id: v for v in self.storage.list_volumes()}
         plugged: dict[str, tuple[str, str]] = {}
-        for vm_id, vm in own_vms.items():
-            if vm.running:
-                for target, (vol_id, _d) in self._volume_disks(vm_id).items():
-                    plugged[vol_id] = (vm_id, target)
+        for vm_id in own_vms:  # a stopped VM's volumes are in its definition
+            for target, (vol_id, _d) in self._volume_disks(vm_id).items():
+                plugged[vol_id] = (vm_id, target)
         result = []
         for dv in desired.volumes:
             info, failure = existing.get(dv.id), self._final_failure(dv.id)

@@ -16,19 +16,33 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import libvirt
 import pytest
 
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, VmSpec
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
-from agent.protocol import CloudInitSeed
+from agent.drivers.storage.rbd.minicluster import ClusterInfo
+from agent.protocol import (
+    CloudInitSeed,
+    DesiredState,
+    DesiredVm,
+    DesiredVolume,
+    ImageRef,
+    PowerState,
+    VolumeAttachment,
+)
+from agent.volumes import VolumeKeeper
 from images.seed import build_nocloud_seed
 from tests.integration.libvirt_fixtures import URI, Domains
+from tests.integration.test_rbd_driver import Names, make_driver
 
 pytestmark = pytest.mark.integration
 
 BOOT_TIMEOUT_S = 120.0  # TCG on a loaded 2-core machine; a boot normally takes a few seconds
 HOTPLUG_TIMEOUT_S = 60.0  # guest sees an attach / releases a detached disk
+GIB = 1024**3
 DISKS_LINE = re.compile(r"vauban-testguest disks=([a-z0-9,]*)")
 
 
@@ -188,3 +202,119 @@ def test_detach_from_a_stopped_vm_edits_its_definition(
     driver.detach_disk(spec.id, "vdc")
 
     assert driver.list_disks(spec.id) == list(spec.disks)
+
+
+# --- volumes on RBD, plugged by the agent's VolumeKeeper (real Ceph, real libvirtd) ----------
+
+
+class CephVolumes:
+    """The RBD storage driver with this test's own libvirt secret usage; `cleanup` removes
+    the test's images and its secret."""
+
+    def __init__(self, info: ClusterInfo, scratch: Path, hypervisor: LibvirtDriver) -> None:
+        self.names = Names()
+        self.usage = f"vauban-it-{self.names.token}"
+        self.key = info.key
+        self.store = make_driver(info, scratch, secret_usage=self.usage)
+        self.keeper = VolumeKeeper(self.store, hypervisor,
+                                   lambda: hypervisor.ensure_ceph_secret(self.usage, self.key))
+
+    def cleanup(self, admin: Any, conn: libvirt.virConnect) -> list[str]:
+        self.store.close()
+        try:
+            conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, self.usage).undefine()
+        except libvirt.libvirtError:
+            pass  # never made: the test failed before the first plug
+        return self.names.cleanup(admin)
+
+
+@pytest.fixture
+def ceph_volumes(ceph_cluster: ClusterInfo, ceph_admin: Any, driver: LibvirtDriver,
+                 tmp_path: Path) -> Iterator[CephVolumes]:
+    """Request it before `domains`: its images are removed after the test's VMs are gone."""
+    vols = CephVolumes(ceph_cluster, tmp_path / "scratch", driver)
+    yield vols
+    assert vols.cleanup(ceph_admin, driver.host.connection()) == []
+
+
+def desired(vm: VmSpec, vol_id: str, size_gib: int, generation: int, *,
+            attached: bool) -> DesiredState:
+    """The controller's view: `vm` running (with the volume as vdc when `attached`)."""
+    image = ImageRef(id="img", name="blank", disk_format="qcow2", size_bytes=0, sha256="0" * 64)
+    dvm = DesiredVm(id=vm.id, name=vm.name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
+                    image=image, power=PowerState.RUNNING, power_seq=0,
+                    seed=CloudInitSeed(instance_id=vm.id, hostname="blank"),
+                    volumes=[VolumeAttachment(volume_id=vol_id, target="vdc")] if attached
+                    else [])
+    return DesiredState(node_id="n1", generation=generation, vms=[dvm], volumes=[
+        DesiredVolume(id=vol_id, name="data", pool="vauban", size_gib=size_gib, present=True)])
+
+
+def one_pass(keeper: VolumeKeeper, hypervisor: LibvirtDriver, state: DesiredState) -> None:
+    """What the agent's reconcile pass does with volumes: plan, then run every task."""
+    own = {vm.id: vm for vm in hypervisor.list_vms()}
+    for _lock, task in keeper.plan(state, own):
+        task()
+
+
+def test_growing_an_attached_volume_tells_the_running_guest(
+        ceph_volumes: CephVolumes, driver: LibvirtDriver, domains: Domains,
+        workdir: Path) -> None:
+    spec = blank_spec(domains, workdir)
+    driver.define(spec)
+    driver.start(spec.id)
+    vol = ceph_volumes.names("vol")
+    keeper = ceph_volumes.keeper
+    one_pass(keeper, driver, desired(spec, vol, 1, 1, attached=True))
+    assert [d.target for d in driver.list_disks(spec.id)] == ["vda", "vdc"], \
+        keeper.ledger.report()
+    dom = driver.host.connection().lookupByUUIDString(spec.id)
+    assert dom.blockInfo("vdc")[0] == 1 * GIB
+
+    one_pass(keeper, driver, desired(spec, vol, 2, 2, attached=True))
+
+    assert keeper.ledger.report() == []
+    assert dom.blockInfo("vdc")[0] == 2 * GIB  # what the running guest sees
+    [seen] = keeper.observe(desired(spec, vol, 2, 2, attached=True),
+                            {vm.id: vm for vm in driver.list_vms()})
+    assert (seen.size_bytes, seen.attached_to, seen.target) == (2 * GIB, spec.id, "vdc")
+
+
+def test_resize_disk_refuses_to_shrink(ceph_volumes: CephVolumes, driver: LibvirtDriver,
+                                       domains: Domains, workdir: Path) -> None:
+    spec = blank_spec(domains, workdir)
+    driver.define(spec)
+    driver.start(spec.id)
+    vol = ceph_volumes.names("vol")
+    one_pass(ceph_volumes.keeper, driver, desired(spec, vol, 2, 1, attached=True))
+
+    with pytest.raises(HypervisorError, match="would shrink it"):
+        driver.resize_disk(spec.id, "vdc", 1 * GIB)
+    with pytest.raises(HypervisorError, match="no disk vdq"):
+        driver.resize_disk(spec.id, "vdq", 3 * GIB)
+
+    assert driver.host.connection().lookupByUUIDString(spec.id).blockInfo("vdc")[0] == 2 * GIB
+    assert ceph_volumes.store.list_volumes()[0].size_bytes == 2 * GIB
+
+
+def test_volume_is_detached_from_a_stopped_vm(ceph_volumes: CephVolumes, driver: LibvirtDriver,
+                                              domains: Domains, workdir: Path) -> None:
+    """Regression: a stopped VM kept the volume in its definition, as the agent only
+    unplugged volumes from running VMs."""
+    spec = blank_spec(domains, workdir)
+    vol = ceph_volumes.names("vol")
+    ceph_volumes.store.create_volume(vol, 1)
+    ceph_volumes.keeper.prepare()
+    driver.define(replace(spec, disks=(*spec.disks,
+                                       ceph_volumes.store.volume_disk(vol, "vdc"))))
+    keeper = ceph_volumes.keeper
+    state = desired(spec, vol, 1, 1, attached=False)
+    [before] = keeper.observe(state, {vm.id: vm for vm in driver.list_vms()})
+    assert before.attached_to == spec.id  # in the stopped VM's definition
+
+    one_pass(keeper, driver, state)
+
+    assert keeper.ledger.report() == []
+    assert driver.list_disks(spec.id) == list(spec.disks)
+    [after] = keeper.observe(state, {vm.id: vm for vm in driver.list_vms()})
+    assert after.attached_to is None

@@ -192,6 +192,18 @@ class HypervisorDriver(ABC):
         """
         raise HypervisorError(f"{type(self).__name__} does not support disk hot-plug")
 
+    def resize_disk(self, vm_id: str, target: str, size_bytes: int) -> None:
+        """Tell the VM that the disk at `target` has grown to `size_bytes`.
+
+        Call it after the storage grew the disk. After success a running guest
+        sees the new capacity (a virtio disk signals the change to its kernel);
+        a stopped VM needs nothing (it reads the size when it starts), so for it
+        this is a no-op. The same size again is a no-op. A smaller size than the
+        guest has, the root disk, an unknown VM or target raise HypervisorError
+        and change nothing (the guest never loses data to a shrink).
+        """
+        raise HypervisorError(f"{type(self).__name__} does not support growing disks live")
+
     def list_disks(self, vm_id: str) -> list[DiskSpec]:
         """The VM's disks as the guest has them now (as defined when it is stopped).
 

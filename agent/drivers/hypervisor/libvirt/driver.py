@@ -240,3 +240,25 @@ class LibvirtDriver(HypervisorDriver):
                 f"{self.detach_timeout:.0f}s; it is gone from the definition, its removal "
                 "from the running guest is still pending", retryable=True)
         log.info("VM %s: detached disk %s", vm_id, target)
+
+    def resize_disk(self, vm_id: str, target: str, size_bytes: int) -> None:
+        """Grow the running guest's disk to `size_bytes` (virDomainBlockResize); see
+        HypervisorDriver. A stopped VM is left alone: it opens the grown image when it starts."""
+        guest = self._require(vm_id)
+        if target == ROOT_DISK_TARGET:
+            raise HypervisorError(f"the root disk of VM {vm_id} is not grown live")
+        if not guest.is_running():
+            if guest.disk_xml(target, inactive=True) is None:
+                raise HypervisorError(f"VM {vm_id} has no disk {target}")
+            return
+        if guest.disk_xml(target) is None:
+            raise HypervisorError(f"VM {vm_id} has no disk {target}")
+        current = guest.block_capacity(target)
+        if size_bytes < current:
+            # QEMU would shrink the image itself: the guest would lose data
+            raise HypervisorError(f"VM {vm_id}: disk {target} is {current} bytes; "
+                                  f"{size_bytes} would shrink it")
+        if size_bytes == current:
+            return
+        guest.block_resize(target, size_bytes)
+        log.info("VM %s: disk %s grown to %d bytes", vm_id, target, size_bytes)

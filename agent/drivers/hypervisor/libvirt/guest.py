@@ -190,6 +190,20 @@ class Guest:
         flags = self._affect(live, config)
         self._call("detach a device from", lambda: self._dom.detachDeviceFlags(xml, flags))
 
+    def block_capacity(self, target: str) -> int:
+        """The size in bytes of the disk at `target` as the running guest has it."""
+        info = self._call(f"read disk {target} of", lambda: self._dom.blockInfo(target))
+        return int(info[0])
+
+    def block_resize(self, target: str, size_bytes: int) -> None:
+        """Set the running guest's disk at `target` to `size_bytes` (QEMU block_resize).
+
+        QEMU resizes the image itself to that size too: callers must never pass a
+        smaller size than the guest has.
+        """
+        self._call(f"grow disk {target} of", lambda: self._dom.blockResize(
+            target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES))
+
     def wait_disk_released(self, target: str, timeout: float) -> bool:
         """Poll the live XML until the disk at `target` is gone (libvirt removes it on
         QEMU's DEVICE_DELETED) or `timeout` seconds passed; whether it is gone."""
