@@ -8,7 +8,15 @@ from typing import Any
 import requests
 
 from agent.config import AgentConfig, NodeIdentity
-from agent.protocol import DesiredState, NodeStatus, StorageSettings
+from agent.protocol import (
+    PROTOCOL_HEADER,
+    PROTOCOL_MISMATCH,
+    PROTOCOL_VERSION,
+    PROTOCOL_WITHOUT_HEADER,
+    DesiredState,
+    NodeStatus,
+    StorageSettings,
+)
 
 CHUNK = 1024 * 1024
 
@@ -34,14 +42,45 @@ class ControllerUnavailable(Exception):
     """The controller could not be reached or answered with an error; retry later."""
 
 
+class ProtocolMismatch(Exception):
+    """The controller speaks another wire protocol: retrying cannot help, an upgrade can.
+
+    The message says which versions and which side to upgrade."""
+
+
+def protocol_mismatch(r: requests.Response) -> ProtocolMismatch | None:
+    """The mismatch an answer shows (a refusal, or another version in its header), or None."""
+    try:
+        body = r.json() if r.status_code == 409 else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and str(body.get("type", "")).endswith("/" + PROTOCOL_MISMATCH):
+        return ProtocolMismatch(str(body.get("detail")))
+    raw = r.headers.get(PROTOCOL_HEADER)
+    if raw is None:
+        theirs = PROTOCOL_WITHOUT_HEADER
+    elif raw.isdigit():
+        theirs = int(raw)
+    else:
+        return ProtocolMismatch(f"the controller sent {PROTOCOL_HEADER}: {raw[:40]!r}, "
+                                "not a protocol version")
+    if theirs != PROTOCOL_VERSION:
+        fix = "upgrade the agent" if PROTOCOL_VERSION < theirs else "upgrade the controller"
+        return ProtocolMismatch(f"agent speaks protocol {PROTOCOL_VERSION}, the controller "
+                                f"speaks {theirs}; {fix}")
+    return None
+
+
 class ControllerClient:
-    """Speaks to /agent/v1 as this node; every call raises ControllerUnavailable on failure."""
+    """Speaks to /agent/v1 as this node, saying its protocol version on every call; every
+    call raises ControllerUnavailable on failure, ProtocolMismatch for another version."""
 
     def __init__(self, config: AgentConfig, identity: NodeIdentity) -> None:
         self.identity = identity
         self.base = identity.controller_url.rstrip("/") + "/agent/v1"
         self.http = _PinnedSession(str(config.ca_path))
         self.http.cert = (str(config.cert_path), str(config.key_path))
+        self.http.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
 
     def _node_url(self, suffix: str) -> str:
         return f"{self.base}/nodes/{self.identity.node_id}/{suffix}"
@@ -85,6 +124,11 @@ class ControllerClient:
 
     @staticmethod
     def _check(r: requests.Response) -> None:
+        """ProtocolMismatch when the controller speaks another protocol, ControllerUnavailable
+        for any other error answer."""
+        mismatch = protocol_mismatch(r)
+        if mismatch is not None:
+            raise mismatch
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)

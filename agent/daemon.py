@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent import __version__, inventory
-from agent.client import ControllerClient, ControllerUnavailable
+from agent.client import ControllerClient, ControllerUnavailable, ProtocolMismatch
 from agent.config import AgentConfig, NodeIdentity
 from agent.drivers.gpu.base import GpuDriver
 from agent.drivers.gpu.none import NoGpuDriver
@@ -69,6 +69,7 @@ class Agent:
         self._latest: DesiredState | None = None
         self._repass = False  # a VM task ended: look again at once
         self._report_now = threading.Event()
+        self.refused: ProtocolMismatch | None = None  # the controller speaks another protocol
         ledger = FailureLedger()  # every failure of this agent, reported with its status
         self.reconciler = Reconciler(
             hypervisor, storage, client.image_chunks, config.instances_dir,
@@ -103,11 +104,20 @@ class Agent:
         self.stopping.set()
         self._report_now.set()
 
+    def _refused(self, e: ProtocolMismatch) -> None:
+        """Retrying cannot help: say why and stop (VMs keep running)."""
+        log.error("the controller refuses this agent: %s; stopping the agent", e)
+        self.refused = e
+        self.stop()
+
     def _poll_loop(self) -> None:
         after, failures = -1, 0
         while not self.stopping.is_set():
             try:
                 desired = self.client.desired(after, self.config.poll_wait_s)
+            except ProtocolMismatch as e:
+                self._refused(e)
+                continue
             except ControllerUnavailable as e:
                 log.warning("desired state unavailable: %s", e)
                 failures += 1
@@ -167,6 +177,8 @@ class Agent:
             self._report_now.clear()
             try:
                 self.client.report(self.status())
+            except ProtocolMismatch as e:
+                self._refused(e)
             except ControllerUnavailable as e:
                 log.warning("status not delivered: %s", e)
                 self.stopping.wait(1.0)

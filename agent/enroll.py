@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.config import AgentConfig, NodeIdentity
-from agent.protocol import JoinRequest, JoinResponse
+from agent.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, JoinRequest, JoinResponse
 
 
 class JoinError(Exception):
@@ -84,7 +84,8 @@ def join(config: AgentConfig, controller_url: str, token: str, ca_sha256: str,
         response = requests.post(
             f"{controller_url.rstrip('/')}/api/v1/join",
             data=body.model_dump_json(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json",
+                     PROTOCOL_HEADER: str(PROTOCOL_VERSION)},
             verify=str(ca_file),
             timeout=30,
         )

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from agent.client import ControllerClient
+from agent.client import ControllerClient, ProtocolMismatch
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from agent.drivers.registry import GPUS, load_gpu, load_hypervisor, load_network
@@ -80,7 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    settings = fetch_settings(client, stopping)
+    try:
+        settings = fetch_settings(client, stopping)
+    except ProtocolMismatch as e:
+        return _refused(e)
     if settings is None:
         return 0
     log.info("storage: %s", settings.driver)
@@ -99,7 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         agent.run()
     finally:
         agent.gpu.close()
-    return 0
+    return _refused(agent.refused) if agent.refused is not None else 0
+
+
+def _refused(e: ProtocolMismatch) -> int:
+    """Exit status 3, with the reason on stderr: another protocol needs an upgrade, not a retry."""
+    print(f"vauban-agent: the controller refuses this agent: {e}", file=sys.stderr)
+    return 3
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 
 PROTOCOL_VERSION = 1
+# Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
+# in this header, and every /agent/v1 answer the controller's. Each side refuses another
+# version; a message without the header comes from a release before it, which spoke 1.
+PROTOCOL_HEADER = "Vauban-Agent-Protocol"
+PROTOCOL_WITHOUT_HEADER = 1
+PROTOCOL_MISMATCH = "protocol-mismatch"  # the problem type's last path segment
 
 
 def utc_time(t: datetime) -> datetime:

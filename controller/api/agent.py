@@ -4,18 +4,59 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 
-from agent.protocol import DesiredState, NodeStatus, StorageSettings
+from agent.protocol import (
+    PROTOCOL_HEADER,
+    PROTOCOL_MISMATCH,
+    PROTOCOL_VERSION,
+    PROTOCOL_WITHOUT_HEADER,
+    DesiredState,
+    NodeStatus,
+    StorageSettings,
+)
 from controller import schemas
 from controller.api.auth import require_node
 from controller.api.context import db, region
 from controller.api.framework import MIB, ApiBlueprint
+from controller.api.problems import problem
 from controller.db.models import Node
 from controller.services import desired, observed
 from controller.services import images as image_service
 
 api = ApiBlueprint("agent", "/agent/v1", "agent")
+
+
+def protocol_refusal() -> Response | None:
+    """None when the calling agent speaks this controller's wire protocol, else the problem
+    document to answer with: 400 for a header that is not a version, 409 for another version
+    (the detail names both and which side to upgrade)."""
+    raw = request.headers.get(PROTOCOL_HEADER)
+    if raw is None:
+        spoken = PROTOCOL_WITHOUT_HEADER
+    elif raw.strip().isdigit() and int(raw) >= 1:
+        spoken = int(raw)
+    else:
+        return problem(400, "Bad request", f"header {PROTOCOL_HEADER} must be a protocol "
+                       f"version (a positive integer), not {raw[:40]!r}", "bad-request")
+    if spoken == PROTOCOL_VERSION:
+        return None
+    fix = "upgrade the agent" if spoken < PROTOCOL_VERSION else "upgrade the controller"
+    return problem(409, "Protocol version mismatch",
+                   f"agent speaks protocol {spoken}, this controller speaks {PROTOCOL_VERSION}; "
+                   f"{fix}", PROTOCOL_MISMATCH, agent_protocol=spoken,
+                   controller_protocol=PROTOCOL_VERSION)
+
+
+@api.blueprint.before_request
+def _check_protocol() -> Response | None:
+    return protocol_refusal()  # before anything is read or written for the agent
+
+
+@api.blueprint.after_request
+def _tell_protocol(response: Response) -> Response:
+    response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+    return response
 
 
 @api.route("GET", "/nodes/<node_id>/desired", auth="node", query=schemas.AgentDesiredQuery,

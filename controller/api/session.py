@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Response, current_app
+from flask import Response, current_app, request
 from sqlalchemy import func, select
 
 from agent.protocol import JoinRequest, JoinResponse
 from controller import __version__, schemas
+from controller.api.agent import protocol_refusal
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor, openapi_document
 from controller.db.models import Image, Instance, JoinToken, Node, Operation
@@ -93,6 +94,12 @@ def delete_join_token(token_id: str) -> Any:
     node_service.delete_join_token(session, actor(), token_id)
     session.commit()
     return "", 204
+
+
+@api.blueprint.before_request
+def _join_protocol() -> Response | None:
+    """A joining agent of another wire protocol is refused before its body is read."""
+    return protocol_refusal() if request.endpoint == "region.join" else None
 
 
 @api.route("POST", "/join", summary="Join the region: a join token and a CSR for a certificate",

@@ -1,0 +1,60 @@
+"""The agent stops, saying why, when the controller speaks another wire protocol."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.client import ControllerClient, ProtocolMismatch
+from agent.config import AgentConfig, NodeIdentity
+from agent.daemon import Agent
+from hardware.kvmprobe import KvmProbe
+
+REFUSAL = "agent speaks protocol 2, this controller speaks 1; upgrade the controller"
+
+
+class RefusingClient(ControllerClient):
+    """Answers every call as a controller of another protocol does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def image_chunks(self, image_id: str) -> Any:
+        raise AssertionError("no image is fetched by these tests")
+
+    def desired(self, after: int, wait: float) -> Any:
+        self.calls += 1
+        raise ProtocolMismatch(REFUSAL)
+
+    def report(self, status: Any) -> None:
+        self.calls += 1
+        raise ProtocolMismatch(REFUSAL)
+
+
+def refused_agent(tmp_path: Path) -> tuple[Agent, RefusingClient]:
+    client = RefusingClient()
+    identity = NodeIdentity(node_id="n-1", name="n1", controller_url="https://127.0.0.1:1")
+    agent = Agent(AgentConfig(data_dir=tmp_path, heartbeat_s=0.01), identity, client,
+                  hypervisor=None, storage=None,  # type: ignore[arg-type]  # never reached
+                  kvm=KvmProbe(False, False, "test"), storage_driver="localfs")
+    return agent, client
+
+
+@pytest.mark.timeout(60)  # before the fix the loops retried forever
+@pytest.mark.parametrize("loop", ["_poll_loop", "_report_loop"])
+def test_a_protocol_refusal_stops_the_agent_with_the_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, loop: str) -> None:
+    agent, client = refused_agent(tmp_path)
+    agent.status = lambda: None  # type: ignore[assignment,method-assign,return-value]
+    agent.stopping.clear()
+
+    getattr(agent, loop)()  # returns once the agent stops
+
+    assert client.calls == 1  # no retry: it cannot help
+    assert agent.stopping.is_set()
+    assert str(agent.refused) == REFUSAL
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"the controller refuses this agent: {REFUSAL}; stopping the agent"]
