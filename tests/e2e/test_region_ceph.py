@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 import rbd
 
@@ -42,6 +43,19 @@ def region(libvirtd: list[int], testguest_image: Path,
 def rbd_names(ceph_admin: Any, pool: str = "vauban") -> set[str]:
     with ceph_admin.open_ioctx(pool) as ioctx:
         return set(rbd.RBD().list(ioctx))
+
+
+def domain_disk(vm_id: str, target: str) -> tuple[int | None, bool]:
+    """(capacity in bytes the running domain shows for `target`, or None when it is not
+    running; whether the persistent definition still holds a disk at `target`)."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        dom = conn.lookupByUUIDString(vm_id)
+        capacity = int(dom.blockInfo(target)[0]) if dom.isActive() else None
+        defined = f"dev='{target}'" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        return capacity, defined
+    finally:
+        conn.close()
 
 
 def guest_disks(log: str) -> str | None:
@@ -90,7 +104,9 @@ def test_vm_boots_from_an_rbd_clone_and_uses_volumes(region: E2ERegion, ceph_adm
     assert refused.returncode == 1 and "detach it first" in refused.stderr
 
     region.cli("volume", "snapshot", vol, "s1", "--wait")
+    assert domain_disk(vm["id"], "vdc")[0] == 1024**3
     region.cli("volume", "resize", vol, "--size", "2", "--wait")
+    assert domain_disk(vm["id"], "vdc")[0] == 2 * 1024**3  # the running guest was told
     region.cli("volume", "detach", vol, "--wait")
     wait_for(lambda: guest_disks(log) == "vda,vdb", 60, "the guest to lose the volume")
     region.cli("volume", "rollback", vol, "s1", "--wait")
@@ -106,6 +122,28 @@ def test_vm_boots_from_an_rbd_clone_and_uses_volumes(region: E2ERegion, ceph_adm
     region.cli("vm", "delete", name, "--wait")
     assert not domain_exists(vm["id"])
     assert root_disk_name(vm["id"]) not in rbd_names(ceph_admin)
+
+
+def test_volume_detaches_from_a_stopped_vm(region: E2ERegion, ceph_admin: Any) -> None:
+    """Regression: the API refused it (volumes detached from running VMs only)."""
+    name, vol = f"stop-{uuid.uuid4().hex[:6]}", f"data-{uuid.uuid4().hex[:6]}"
+    region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1", "--memory", "256",
+               "--wait")
+    vm = region.vm(name)
+    region.cli("volume", "create", vol, "--size", "1", "--wait")
+    region.cli("volume", "attach", vol, "--vm", name, "--wait")
+    region.cli("vm", "stop", name, "--wait")
+    assert not is_running(vm["id"]) and domain_disk(vm["id"], "vdc") == (None, True)
+
+    region.cli("volume", "detach", vol, "--wait")
+
+    assert domain_disk(vm["id"], "vdc") == (None, False)  # gone from the definition
+    shown = json.loads(region.cli("volume", "show", vol))
+    assert shown["state"] == "available" and shown["attached_to"] is None
+    region.cli("volume", "delete", vol, "--wait")  # free: nothing holds it any more
+    assert volume_name(shown["id"]) not in rbd_names(ceph_admin)
+    region.cli("vm", "delete", name, "--wait")
+    assert not domain_exists(vm["id"])
 
 
 def test_volume_bad_input(region: E2ERegion) -> None:
