@@ -55,7 +55,8 @@ class VolumeKeeper:
                 if own_vms[vm_id].running for target, vol_id in disks.items()}
         work: list[tuple[str, Callable[[], None]]] = []
         for dv in desired.volumes:
-            if self._needs_work(dv, existing.get(dv.id), desired.generation):
+            if self._needs_work(dv, existing.get(dv.id), desired.generation,
+                                live.get(dv.id)):
                 work.append((f"volume:{dv.id}", partial(
                     self._guard, dv.id, "converge", desired.generation,
                     partial(self._converge, dv, existing, live.get(dv.id)))))
@@ -71,9 +72,12 @@ class VolumeKeeper:
                                             attach=running)))
         return work
 
-    def _needs_work(self, dv: DesiredVolume, info: VolumeInfo | None, generation: int) -> bool:
+    def _needs_work(self, dv: DesiredVolume, info: VolumeInfo | None, generation: int,
+                    plugged_in: tuple[str, str] | None = None) -> bool:
         if not self.ledger.may_try("volume", dv.id, "converge", generation):
             return False  # failed for this very request: waits for its retry or a new one
+        if plugged_in is not None and self._converge_failed(dv.id):
+            return True  # its running VM may not have been told of a grow yet
         if info is None:
             return dv.present
         if not dv.present:
@@ -100,7 +104,9 @@ class VolumeKeeper:
     def _converge(self, dv: DesiredVolume, existing: dict[str, VolumeInfo],
                   plugged_in: tuple[str, str] | None = None) -> None:
         """Make the volume what `dv` asks; `plugged_in` is the (VM, target) of the
-        running VM it is plugged into, which is told when the volume grows."""
+        running VM it is plugged into, which is told when the volume grows (the guest
+        sees the new capacity at once). Should telling it fail, the failure is retried
+        by the ledger's policy like any other; a stopped VM reads the size at its start."""
         info = existing.get(dv.id)
         if not dv.present:
             if info is not None:
@@ -114,8 +120,12 @@ class VolumeKeeper:
             else:
                 self.storage.create_volume(dv.id, dv.size_gib, dv.pool)
             info = self._info(dv.id)
-        if info.size_bytes < dv.size_gib * GIB:
-            self._grow(dv, plugged_in)
+        grow = info.size_bytes < dv.size_gib * GIB
+        if grow:
+            self.storage.resize_volume(dv.id, dv.size_gib)
+        if plugged_in is not None and (grow or self._converge_failed(dv.id)):
+            # also on a retry: the image may have grown in a try that failed to tell the VM
+            self.hypervisor.resize_disk(*plugged_in, self._size(dv.id))
         for snap in dv.snapshots:
             if snap not in info.snapshots:
                 self.storage.snapshot_volume(dv.id, snap)
@@ -125,15 +135,8 @@ class VolumeKeeper:
         if dv.rollback is not None and dv.rollback.seq > info.rollback_seq:
             self.storage.rollback_volume(dv.id, dv.rollback.snapshot, dv.rollback.seq)
 
-    def _grow(self, dv: DesiredVolume, plugged_in: tuple[str, str] | None) -> None:
-        """Grow the volume in storage, then tell the running VM it is plugged into.
-
-        Should telling the VM fail, the error is reported on the volume (the storage
-        has grown; the guest sees the new size at its next start)."""
-        self.storage.resize_volume(dv.id, dv.size_gib)
-        if plugged_in is not None:
-            vm_id, target = plugged_in
-            self.hypervisor.resize_disk(vm_id, target, self._size(dv.id))
+    def _converge_failed(self, vol_id: str) -> bool:
+        return self.ledger.get("volume", vol_id, "converge") is not None
 
     def _info(self, vol_id: str) -> VolumeInfo:
         for v in self.storage.list_volumes():
