@@ -8,7 +8,7 @@ from agent.protocol import StorageSettings
 from controller import storage_settings
 from controller.config import ControllerConfig
 from controller.db.migrate import upgrade
-from controller.db.session import make_engine, make_sessionmaker
+from controller.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
 from controller.services import security_groups
@@ -32,7 +32,8 @@ def open_region(config: ControllerConfig) -> Region:
     config.image_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url)
     upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    notifier = ChangeNotifier()
+    sessions = make_sessionmaker(engine, on_commit=notifier.notify)
     ca = RegionCA(config.pki_dir)
     ca.ensure(config.tls_names())
     with sessions() as db, db.begin():
@@ -41,6 +42,7 @@ def open_region(config: ControllerConfig) -> Region:
         security_groups.ensure_default(db)
     ca_sha256 = fingerprint(ca.cert_pem())
     return Region(
-        config=config, engine=engine, sessions=sessions, ca=ca, notifier=ChangeNotifier(),
+        config=config, engine=engine, sessions=sessions, reads=make_read_sessionmaker(engine),
+        ca=ca, notifier=notifier,
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
     )

@@ -5,9 +5,25 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client may hold of the server (see controller.serving)."""
+
+    max_connections: int = 20000
+    max_per_source: int = 256
+    handshake_s: float = 10.0
+    header_s: float = 15.0
+    idle_s: float = 30.0
+
+
+POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connections",
+                     "max_connections_per_source", "tls_handshake_timeout_s", "request_header_timeout_s",
+                     "client_idle_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -21,7 +37,11 @@ class ControllerConfig:
     cpu_allocation_ratio: float = 4.0  # vCPUs per host CPU the scheduler may place
     reserved_host_memory_mib: int = 512  # kept free for the host on every node
     disk_allocation_ratio: float = 1.0  # GiB of VM disks per GiB of storage (see docs/storage.md)
-    threads: int = 64  # long-polling agents each hold one while they wait
+    max_connections: int = 20000  # open client connections (long-polls, streams) at once
+    max_connections_per_source: int = 256  # from one address; more are closed at once
+    tls_handshake_timeout_s: float = 10.0
+    request_header_timeout_s: float = 15.0  # also how long an idle keep-alive connection stays
+    client_idle_timeout_s: float = 30.0  # longest silence while a body is read or sent
     operation_silence_s: float = 120.0  # an operation fails when its node is silent this long
     storage: str = "localfs"  # or "rbd": every node then uses the Ceph cluster below
     ceph_conf: Path | None = None
@@ -32,12 +52,17 @@ class ControllerConfig:
     max_image_bytes: int = 64 * 1024**3  # an upload declaring more is refused unread (413)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.disk_allocation_ratio) and self.disk_allocation_ratio > 0):
-            raise ValueError(f"disk_allocation_ratio must be a positive number, "
-                             f"not {self.disk_allocation_ratio}")
-        if self.max_image_bytes < 1:
-            raise ValueError(f"max_image_bytes must be a positive number of bytes, "
-                             f"not {self.max_image_bytes}")
+        for name in POSITIVE_SETTINGS:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, not {value}")
+
+    def client_limits(self) -> ClientLimits:
+        return ClientLimits(
+            max_connections=self.max_connections,
+            max_per_source=self.max_connections_per_source,
+            handshake_s=self.tls_handshake_timeout_s, header_s=self.request_header_timeout_s,
+            idle_s=self.client_idle_timeout_s)
 
     @property
     def db_url(self) -> str:
@@ -71,7 +96,6 @@ class ControllerConfig:
             "host": env.get("VAUBAN_HOST", "127.0.0.1"),
             "port": int(env.get("VAUBAN_PORT", "8443")),
             "server_names": tuple(n for n in env.get("VAUBAN_SERVER_NAMES", "").split(",") if n),
-            "disk_allocation_ratio": _ratio(env, "VAUBAN_DISK_ALLOCATION_RATIO", 1.0),
             "storage": env.get("VAUBAN_STORAGE", "localfs"),
             "ceph_conf": Path(env["VAUBAN_CEPH_CONF"]) if env.get("VAUBAN_CEPH_CONF") else None,
             "ceph_keyring": Path(env["VAUBAN_CEPH_KEYRING"])
@@ -80,25 +104,31 @@ class ControllerConfig:
             "ceph_pool": env.get("VAUBAN_CEPH_POOL", "vauban"),
             "ceph_volume_pools": tuple(
                 p for p in env.get("VAUBAN_CEPH_VOLUME_POOLS", "").split(",") if p),
-            "max_image_bytes": _count(env, "VAUBAN_MAX_IMAGE_BYTES", 64 * 1024**3),
+            **_numbers(env, {
+                "disk_allocation_ratio": ("VAUBAN_DISK_ALLOCATION_RATIO", float),
+                "max_image_bytes": ("VAUBAN_MAX_IMAGE_BYTES", int),
+                "max_connections": ("VAUBAN_MAX_CONNECTIONS", int),
+                "max_connections_per_source": ("VAUBAN_MAX_CONNECTIONS_PER_SOURCE", int),
+                "tls_handshake_timeout_s": ("VAUBAN_TLS_HANDSHAKE_TIMEOUT", float),
+                "request_header_timeout_s": ("VAUBAN_REQUEST_HEADER_TIMEOUT", float),
+                "client_idle_timeout_s": ("VAUBAN_CLIENT_IDLE_TIMEOUT", float),
+            }),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
 
-def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
-    """The number in `name`, or `default` when unset; ValueError naming the variable."""
-    raw = env.get(name, "")
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name} must be a number, not {raw!r}") from None
-
-
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    """The whole number in `name`, or `default` when unset; ValueError naming the variable."""
-    raw = env.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+def _numbers(env: Mapping[str, str], names: dict[str, tuple[str, Callable[[str], object]]]
+             ) -> dict[str, object]:
+    """The settings among `names` that the environment sets, converted; a value that is not
+    a number raises ValueError naming the variable (ranges are checked by the config)."""
+    values: dict[str, object] = {}
+    for field_name, (var, convert) in names.items():
+        raw = env.get(var, "")
+        if raw:
+            try:
+                values[field_name] = convert(raw)
+            except ValueError:
+                kind = "a whole number" if convert is int else "a number"
+                raise ValueError(f"{var} must be {kind}, not {raw!r}") from None
+    return values

@@ -15,17 +15,19 @@ from controller.api.auth import PeerCertMiddleware
 from controller.app import create_app
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
-from controller.region import Region
 from controller.services.housekeeping import Housekeeper
+from controller.serving import raise_open_files_limit
 from controller.storage_settings import StorageConfigError
 
 
 class _Server(BaseApplication):
-    """gunicorn with our settings: one process (in-process change notices), many threads."""
+    """gunicorn with our settings: one process (in-process change notices), one greenlet per
+    connection (see controller.serving)."""
 
-    def __init__(self, region: Region, options: dict[str, Any]) -> None:
-        self.region = region
+    def __init__(self, config: ControllerConfig, options: dict[str, Any]) -> None:
+        self.config = config
         self.options = options
+        self.limits = config.client_limits()
         super().__init__()
 
     def load_config(self) -> None:
@@ -33,21 +35,27 @@ class _Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        # started here, in the worker process: threads do not survive gunicorn's fork
-        Housekeeper(self.region.sessions,
-                    timedelta(seconds=self.region.config.operation_silence_s),
+        # opened here, in the worker, once gevent has patched the standard library: locks and
+        # connection pools made before the patch would block every greenlet at once
+        region = open_region(self.config)
+        Housekeeper(region.sessions, timedelta(seconds=region.config.operation_silence_s),
                     datetime.now(UTC)).start()
-        return PeerCertMiddleware(create_app(self.region))
+        return PeerCertMiddleware(create_app(region))
 
 
 def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
-    region = open_region(config)
+    region = open_region(config)  # refuse bad settings, migrate and make the CA before serving
+    region.engine.dispose()
+    limits = config.client_limits()
+    raise_open_files_limit(limits.max_connections)
     options = {
         "bind": f"[{config.host}]:{config.port}" if ":" in config.host
         else f"{config.host}:{config.port}",
         "workers": 1,
-        "worker_class": "gthread",
-        "threads": config.threads,
+        "worker_class": "controller.serving.BoundedGeventWorker",
+        "worker_connections": limits.max_connections,
+        # the deadline for a request's line and headers, and for an idle keep-alive connection
+        "keepalive": max(1, round(limits.header_s)),
         "timeout": 120,
         "graceful_timeout": 5,
         "certfile": str(region.ca.server_cert_path),
@@ -56,12 +64,13 @@ def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
         # a client certificate is optional (operators use tokens) but verified when sent
         "cert_reqs": ssl.CERT_OPTIONAL,
         "accesslog": "-",
-        "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(L)ss',
+        # the path without its query string: a query may carry a secret
+        "access_log_format": '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss',
         "pidfile": pidfile,
         # its shared default socket would make controllers on one host fight over it
         "control_socket_disable": True,
     }
-    _Server(region, options).run()
+    _Server(config, options).run()
 
 
 def main(argv: list[str] | None = None) -> int:

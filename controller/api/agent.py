@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, request
+from sqlalchemy import select
 
 from agent.protocol import (
     PROTOCOL_HEADER,
@@ -64,19 +65,16 @@ def _tell_protocol(response: Response) -> Response:
            responses={200: DesiredState})
 def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
     require_node(node_id)
-    db().close()  # never hold a transaction (and SQLite's lock) while waiting
-    sessions = region().sessions
-
-    def changed() -> bool:
-        with sessions() as s:
-            node = s.get(Node, node_id)
-            return node is not None and node.generation > query.after
-
-    region().notifier.wait_until(changed, query.wait)
-    with sessions() as s:
-        node = s.get(Node, node_id)
-        assert node is not None
-        return desired.build(s, node)
+    session = db()  # a read session: waiting holds no lock and no snapshot
+    with region().notifier.watch(node_id) as changed:
+        session.rollback()  # watching now: read afresh, a change from here on wakes us
+        if (session.scalar(select(Node.generation).where(Node.id == node_id)) or 0) <= query.after:
+            session.rollback()
+            changed.wait(query.wait)
+    session.rollback()
+    node = session.get(Node, node_id)
+    assert node is not None
+    return desired.build(session, node)
 
 
 @api.route("GET", "/nodes/<node_id>/storage", auth="node",
@@ -95,10 +93,8 @@ def post_status(node_id: str, body: NodeStatus) -> Any:
     session = db()
     node = session.get(Node, node_id)
     assert node is not None
-    changed = observed.ingest(session, node, body)
-    session.commit()
-    if changed:
-        region().notifier.notify()
+    observed.ingest(session, node, body)
+    session.commit()  # wakes the node's long-poll if its desired state changed
     return "", 204
 
 

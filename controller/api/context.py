@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
 from controller.region import Region
@@ -13,10 +13,16 @@ def region() -> Region:
     return r
 
 
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def db() -> Session:
-    """The request's session; the handler commits, teardown closes (rolling back the rest)."""
+    """The request's session; the handler commits, teardown closes (rolling back the rest).
+
+    A GET reads in a read session, which never waits for a writer."""
     if "db" not in g:
-        g.db = region().sessions()
+        r = region()
+        g.db = r.reads() if request.method in READ_METHODS else r.sessions()
     session: Session = g.db
     return session
 

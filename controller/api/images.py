@@ -71,6 +71,5 @@ def delete_image(ref: str) -> Any:
     session = db()
     path = service.delete(session, actor(), service.find(session, ref), region().config.image_dir)
     session.commit()
-    region().notifier.notify()
     path.unlink(missing_ok=True)
     return "", 204

@@ -35,7 +35,6 @@ def create_instance(body: schemas.InstanceCreate) -> Any:
     session = db()
     _inst, op = service.create(session, actor(), body, region().config)
     session.commit()
-    region().notifier.notify()
     return operation_view(op), 202
 
 
@@ -54,7 +53,6 @@ def _power(ref: str, power: str) -> Any:
     session = db()
     op = service.set_power(session, actor(), service.find(session, ref), power)
     session.commit()
-    region().notifier.notify()
     return operation_view(op), 202
 
 
@@ -65,7 +63,6 @@ def flatten_instance(ref: str) -> Any:
     session = db()
     op = service.flatten(session, actor(), service.find(session, ref), region().storage.driver)
     session.commit()
-    region().notifier.notify()
     return operation_view(op), 202
 
 
@@ -75,5 +72,4 @@ def delete_instance(ref: str) -> Any:
     session = db()
     op = service.delete(session, actor(), service.find(session, ref))
     session.commit()
-    region().notifier.notify()
     return operation_view(op), 202

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from controller import schemas
-from controller.api.context import db, region
+from controller.api.context import db
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import network_view, port_view
 from controller.db.models import Network, Port
@@ -20,7 +20,6 @@ ports_api = ApiBlueprint("ports", "/api/v1/ports", "networks")
 
 def _commit() -> None:
     db().commit()
-    region().notifier.notify()
 
 
 @api.route("GET", "", summary="List networks", responses={200: list[schemas.Network]})

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from controller import schemas
-from controller.api.context import db, region
+from controller.api.context import db
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import security_group_view
 from controller.db.models import SecurityGroup
@@ -18,7 +18,6 @@ api = ApiBlueprint("security_groups", "/api/v1/security-groups", "security group
 
 def _commit() -> None:
     db().commit()
-    region().notifier.notify()
 
 
 @api.route("GET", "", summary="List security groups",

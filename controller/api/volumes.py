@@ -29,7 +29,6 @@ def show_volume(ref: str) -> Any:
 
 def _accepted(op: Operation) -> Any:
     db().commit()
-    region().notifier.notify()
     return operation_view(op), 202
 
 

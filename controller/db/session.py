@@ -1,11 +1,25 @@
-"""Engine and sessions: SQLite in WAL mode by default, PostgreSQL by URL."""
+"""Engine and sessions: SQLite in WAL mode by default, PostgreSQL by URL.
+
+Two kinds of session: read sessions never take SQLite's write lock (so reads
+do not queue behind writes) and refuse to flush; write sessions take it up
+front. A transaction that changed nodes' desired states names them in
+`session.info[CHANGED_NODES]`; once it commits, `on_commit` hears of them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, UOWTransaction, sessionmaker
+
+CHANGED_NODES = "vauban.changed_nodes"  # session.info: node ids whose desired state changed
+READ_ONLY = "vauban.read_only"  # execution option and session.info flag of read sessions
+
+
+class ReadOnlySessionError(RuntimeError):
+    """A read session was asked to write: a programming error, never the caller's."""
 
 
 def make_engine(url: str) -> Engine:
@@ -24,13 +38,51 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Any) -> None:
-            # take the write lock up front: a deferred read that later writes can fail with BUSY
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn: Any) -> None:
+            if conn.get_execution_options().get(READ_ONLY):
+                # a WAL reader sees one snapshot and never blocks or waits for the writer
+                conn.exec_driver_sql("BEGIN DEFERRED")
+            else:
+                # a writer takes the lock up front: a deferred read that later writes can fail
+                # with BUSY
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine,
+                      on_commit: Callable[[set[str]], None] = lambda _ids: None
+                      ) -> sessionmaker[Session]:
+    """Write sessions; each commit that changed desired states calls `on_commit(node ids)`."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+
+    @event.listens_for(factory, "after_commit")
+    def _committed(session: Session) -> None:
+        changed = session.info.pop(CHANGED_NODES, None)
+        if changed:
+            on_commit(changed)
+
+    @event.listens_for(factory, "after_soft_rollback")
+    def _rolled_back(session: Session, _previous: Any) -> None:
+        session.info.pop(CHANGED_NODES, None)
+
+    return factory
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Read sessions: no write lock on SQLite; a flush raises ReadOnlySessionError."""
+    factory = sessionmaker(engine.execution_options(**{READ_ONLY: True}),
+                           expire_on_commit=False, info={READ_ONLY: True})
+
+    @event.listens_for(factory, "before_flush")
+    def _refuse(session: Session, _flush: UOWTransaction, _instances: Any) -> None:
+        if session.new or session.dirty or session.deleted:
+            raise ReadOnlySessionError("a read session cannot write; use a write session")
+
+    return factory
+
+
+def mark_changed(session: Session, node_id: str) -> None:
+    """Record that this transaction changed `node_id`'s desired state (woken on commit)."""
+    session.info.setdefault(CHANGED_NODES, set()).add(node_id)

@@ -6,7 +6,7 @@ import ipaddress
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from agent.protocol import (
     CloudInitSeed,
@@ -36,13 +36,17 @@ from controller.db.models import (
     Volume,
     port_security_groups,
 )
+from controller.db.session import mark_changed
 
 TOMBSTONE_DAYS = timedelta(days=30)  # a node down longer keeps a deleted image's copy
 
 
 def bump(node: Node) -> int:
-    """Mark the node's desired state changed; the caller commits, then notifies waiters."""
+    """Mark the node's desired state changed; its long-poll wakes once the caller commits."""
     node.generation += 1
+    session = object_session(node)
+    if session is not None:
+        mark_changed(session, node.id)
     return node.generation
 
 

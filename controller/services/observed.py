@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from agent.protocol import NodeStatus, ObservedVm, ObservedVmState
 from controller.db.models import Instance, Node, Operation
-from controller.services import audit, networks, operations, volume_observed
+from controller.services import audit, desired, networks, operations, volume_observed
 
 
 def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
@@ -100,7 +100,7 @@ def _adopt_guest_poweroffs(db: Session, node: Node, instances: Iterable[Instance
             and not operations.active_for(db, inst.id)
         ):
             inst.desired_power = "stopped"
-            node.generation += 1
+            desired.bump(node)
             changed = True
             audit.record(db, "guest", "instance.powered-off", f"instance/{inst.id}",
                          "observed", name=inst.name)

@@ -1,0 +1,149 @@
+"""The controller's HTTP server: gunicorn with a gevent worker that bounds every client.
+
+Waiting connections are the normal case (every agent holds a long-poll, every UI
+tab an event stream), so a connection is a greenlet, not a thread: one process
+holds tens of thousands. What a client may hold is bounded:
+
+- per source address, at most `max_per_source` open connections; more are
+  closed at once, before any TLS work is spent on them;
+- the TLS handshake must end within `handshake_s`;
+- a request's line and headers must arrive within `header_s` of the connection
+  being ready for it (gunicorn's keep-alive deadline, applied to every request,
+  the first one included), so an idle keep-alive connection is closed then too;
+- while a body is read or a response written, the peer may stay silent at most
+  `idle_s` at a time; a body cut short that way is answered 408.
+
+The gevent worker monkey-patches the standard library in the worker process, so
+threads, locks and events used by the application (change notices, the
+housekeeper) become greenlets, and waiting on them blocks nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import ssl
+import time
+from collections import Counter
+from functools import partial
+from typing import Any
+
+import gevent
+from gevent.pool import Pool
+from gevent.server import StreamServer
+from gunicorn.sock import ssl_context
+from gunicorn.workers.base_async import AsyncWorker
+from gunicorn.workers.ggevent import GeventWorker
+
+from controller.config import ClientLimits
+
+log = logging.getLogger(__name__)
+
+REFUSAL_LOG_EVERY_S = 60.0  # one warning per source per minute, however many refusals
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise the soft limit on open files towards `wanted` (+ margin); returns the new soft limit.
+
+    Each connection is a file descriptor; the hard limit is never exceeded.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + 1024
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+class SourceLedger:
+    """Open connections per source address, and when each refusal was last logged."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: Counter[str] = Counter()
+        self._logged: dict[str, float] = {}
+
+    def admit(self, source: str) -> bool:
+        """Count a new connection from `source`; False (and nothing counted) over the limit."""
+        if self.open[source] >= self.limit:
+            now = time.monotonic()
+            if now - self._logged.get(source, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
+                self._logged[source] = now
+                log.warning("refused connections from %s: it holds %d, the limit per source",
+                            source, self.limit)
+            return False
+        self.open[source] += 1
+        return True
+
+    def release(self, source: str) -> None:
+        self.open[source] -= 1
+        if self.open[source] <= 0:
+            del self.open[source]
+
+
+class BoundedGeventWorker(GeventWorker):
+    """gunicorn's gevent worker with the per-client bounds above.
+
+    The limits come from the gunicorn application object (`app.limits`).
+    """
+
+    def run(self) -> None:
+        limits: ClientLimits = getattr(self.app, "limits", ClientLimits())
+        context = ssl_context(self.cfg) if self.cfg.is_ssl else None
+        ledger = SourceLedger(limits.max_per_source)
+        servers = []
+        for listener in self.sockets:
+            listener.setblocking(1)
+            handle = partial(self._serve_client, listener, context, limits, ledger)
+            server = StreamServer(listener, handle=handle, spawn=Pool(limits.max_connections))
+            server.start()
+            servers.append(server)
+        while self.alive:
+            self.notify()
+            gevent.sleep(1.0)
+        self._drain(servers)
+
+    def _drain(self, servers: list[StreamServer]) -> None:
+        """Stop accepting, let requests in flight end within the graceful timeout."""
+        for server in servers:
+            server.close()
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while time.monotonic() < deadline:
+            if all(s.pool.free_count() == s.pool.size for s in servers):
+                return
+            self.notify()
+            gevent.sleep(0.5)  # the pool offers no event for "empty"
+        for server in servers:
+            server.stop(timeout=1)
+
+    def _serve_client(self, listener: Any, context: ssl.SSLContext | None, limits: ClientLimits,
+                      ledger: SourceLedger, client: Any, addr: Any) -> None:
+        source = str(addr[0]) if isinstance(addr, tuple) else "unix"
+        if not ledger.admit(source):
+            client.close()
+            return
+        try:
+            if context is not None:
+                client = self._handshake(client, context, limits.handshake_s)
+                if client is None:
+                    return
+            client.settimeout(limits.idle_s)
+            AsyncWorker.handle(self, listener, client, addr)
+        finally:
+            ledger.release(source)
+
+    def _handshake(self, client: Any, context: ssl.SSLContext, within_s: float) -> Any | None:
+        """The TLS socket, or None (connection closed) if the handshake failed or took too long."""
+        client.settimeout(within_s)
+        tls = None
+        try:
+            with gevent.Timeout(within_s, False):
+                tls = context.wrap_socket(client, server_side=True,
+                                          suppress_ragged_eofs=self.cfg.suppress_ragged_eofs)
+        except (ssl.SSLError, OSError) as e:
+            self.log.debug("TLS handshake failed: %s", e)
+        if tls is None:
+            client.close()
+        return tls
