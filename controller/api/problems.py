@@ -82,6 +82,12 @@ def install_error_handlers(app: Flask) -> None:
                 answer.headers[name] = value
         return answer
 
+    @app.errorhandler(TimeoutError)
+    def _client_too_slow(_err: TimeoutError) -> Response:
+        # the server's idle deadline passed while the client was sending its body
+        return problem(408, "Request timeout", "the request body did not arrive in time; "
+                       "send it without pausing", "request-timeout")
+
     @app.errorhandler(IntegrityError)
     def _integrity(err: IntegrityError) -> Response:
         # a concurrent request won the race for a unique name

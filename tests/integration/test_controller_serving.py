@@ -1,0 +1,201 @@
+"""The real controller process under hostile and numerous clients: slow or silent clients
+are dropped, one source cannot take every connection, waiting long-polls hold no thread,
+and the access log keeps no query string.
+
+Each test starts its own `vauban-controller serve` (stopped by PID) on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from controller.allinone import admin_token
+from tests.e2e.region import E2ERegion, wait_for
+
+HALF_OPEN = 100  # more than the 64 worker threads the controller used to have
+
+
+@pytest.fixture
+def controller(request: pytest.FixtureRequest) -> Iterator[E2ERegion]:
+    env: dict[str, str] = getattr(request, "param", {})
+    region = E2ERegion.create(controller_env=env)
+    try:
+        region.start_controller()
+        yield region
+    finally:
+        region.layout.service("controller").stop()
+        shutil.rmtree(region.root)
+
+
+def _tls(region: E2ERegion, source: str = "127.0.0.1") -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(region.layout.ca_file))
+    raw = socket.create_connection(("127.0.0.1", region.layout.port), timeout=60,
+                                   source_address=(source, 0))
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _read_until_closed(sock: ssl.SSLSocket) -> bytes:
+    """Everything the server sends until it closes the connection (blocks until it does)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return data
+
+
+def _closed_by_server(sock: ssl.SSLSocket) -> bool:
+    data = _read_until_closed(sock)
+    sock.close()
+    return data == b""
+
+
+def _answers(region: E2ERegion) -> int:
+    return requests.get(f"{region.layout.url}/api/v1/ca.pem", timeout=60,
+                        verify=str(region.layout.ca_file)).status_code
+
+
+def test_half_open_connections_do_not_stop_the_api(controller: E2ERegion) -> None:
+    """A request line and one header, then silence: such clients used to hold every thread."""
+    stalled = []
+    try:
+        for _ in range(HALF_OPEN):
+            s = _tls(controller)
+            s.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n")
+            stalled.append(s)
+        assert _answers(controller) == 200
+    finally:
+        for s in stalled:
+            s.close()
+
+
+@pytest.mark.parametrize("controller", [{"VAUBAN_REQUEST_HEADER_TIMEOUT": "1",
+                                         "VAUBAN_CLIENT_IDLE_TIMEOUT": "1"}], indirect=True)
+def test_silent_clients_are_dropped(controller: E2ERegion) -> None:
+    headers = _tls(controller)
+    headers.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n")
+    assert _closed_by_server(headers)
+
+    body = _tls(controller)
+    body.sendall(b"POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nContent-Length: 100\r\n\r\n{\"username\":")
+    answer = _read_until_closed(body).decode()
+    body.close()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    problem = json.loads(answer.split("\r\n\r\n", 1)[1])
+    assert problem["status"] == 408 and "body" in problem["detail"]
+    log = controller.layout.service("controller").logfile.read_text()
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("controller", [{"VAUBAN_MAX_CONNECTIONS_PER_SOURCE": "5"}],
+                         indirect=True)
+def test_one_source_cannot_take_every_connection(controller: E2ERegion) -> None:
+    held = [_tls(controller) for _ in range(5)]
+    try:
+        with pytest.raises((ConnectionResetError, ssl.SSLError, BrokenPipeError)):
+            _tls(controller).sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        other = _tls(controller, source="127.0.0.2")  # another client is served
+        other.sendall(b"GET /api/v1/ca.pem HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert other.recv(64).startswith(b"HTTP/1.1 200")
+        other.close()
+        held.pop().close()  # one freed slot lets the first source in again
+        assert wait_for(lambda: _handshakes(controller), 30, "a slot for 127.0.0.1")
+    finally:
+        for s in held:
+            s.close()
+
+
+def _handshakes(region: E2ERegion) -> bool:
+    try:
+        _tls(region).close()
+        return True
+    except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
+        return False
+
+
+def test_access_log_is_root_only_and_keeps_no_query_string(controller: E2ERegion) -> None:
+    r = requests.get(f"{controller.layout.url}/api/v1/status?token=hunter2-secret", timeout=60,
+                     verify=str(controller.layout.ca_file))
+    assert r.status_code == 401
+    logfile = controller.layout.service("controller").logfile
+    assert wait_for(lambda: "GET /api/v1/status HTTP/1.1" in logfile.read_text(), 30,
+                    "the request in the access log")
+    assert "hunter2-secret" not in logfile.read_text()
+    assert stat.S_IMODE(logfile.stat().st_mode) == 0o600
+    assert stat.S_IMODE(logfile.parent.stat().st_mode) == 0o700
+
+
+def _join(region: E2ERegion, name: str) -> tuple[str, tuple[str, str]]:
+    """A node joined through the API; its id and (certificate, key) files."""
+    ca = str(region.layout.ca_file)
+    token = requests.post(f"{region.layout.url}/api/v1/join-tokens", json={}, timeout=60,
+                          verify=ca, headers={"Authorization": f"Bearer {region.token}"}
+                          ).json()["token"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .sign(key, hashes.SHA256()))
+    joined = requests.post(f"{region.layout.url}/api/v1/join", timeout=60, verify=ca, json={
+        "token": token, "name": name,
+        "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode()}).json()
+    cert, keyfile = region.root / f"{name}.pem", region.root / f"{name}.key"
+    cert.write_text(joined["certificate_pem"])
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    keyfile.chmod(0o600)
+    return joined["node_id"], (str(cert), str(keyfile))
+
+
+def test_waiting_long_polls_hold_no_thread_and_all_wake(controller: E2ERegion) -> None:
+    """More long-polls than the old thread pool: the API still answers, and a change to the
+    node's desired state reaches every one of them."""
+    controller.token = admin_token(controller.layout)
+    node_id, cert = _join(controller, "poller")
+    url = f"{controller.layout.url}/agent/v1/nodes/{node_id}/desired"
+    ca = str(controller.layout.ca_file)
+    start = requests.get(url, params={"after": -1}, cert=cert, timeout=60, verify=ca).json()
+    generations: list[int] = []
+    lock = threading.Lock()
+
+    def poll() -> None:
+        r = requests.get(url, params={"after": start["generation"], "wait": 60}, cert=cert,
+                         timeout=120, verify=ca)
+        with lock:
+            generations.append(r.json()["generation"] if r.ok else -r.status_code)
+
+    pollers = [threading.Thread(target=poll) for _ in range(HALF_OPEN)]
+    for t in pollers:
+        t.start()
+    try:
+        assert _answers(controller) == 200
+        # deleting an image changes every node's desired state (its copy is dropped)
+        controller.cli("image", "import", str(_raw_image(controller.root)), "--name", "wake")
+        controller.cli("image", "delete", "wake")
+    finally:
+        for t in pollers:
+            t.join()
+    assert generations == [start["generation"] + 1] * HALF_OPEN
+
+
+def _raw_image(where: Path) -> Path:
+    path = where / "wake.raw"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+    return path
