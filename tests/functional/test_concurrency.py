@@ -1,0 +1,67 @@
+"""Reads never wait for a writer, and a desired-state change wakes exactly its node's
+long-polls, once committed (never on a rollback)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from controller.db.models import Node
+from controller.db.session import ReadOnlySessionError
+from controller.region import Region
+from controller.services import desired
+from tests.functional.helpers import Api
+
+
+def test_reads_answer_while_a_writer_holds_the_lock(client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    api.join_node("n1")
+    with region.sessions() as writer:
+        writer.execute(text("UPDATE nodes SET generation = generation"))  # holds the write lock
+        for path in ("/api/v1/nodes", "/api/v1/images", "/api/v1/status", "/api/v1/audit-events",
+                 "/api/v1/operations"):
+            r = api.get(path)
+            assert r.status_code == 200, (path, r.json)
+        writer.rollback()
+
+
+def test_read_sessions_refuse_to_write(region: Region) -> None:
+    with region.reads() as session:
+        node = Node(name="sneaky", cert_serial="1")
+        session.add(node)
+        with pytest.raises(ReadOnlySessionError):
+            session.flush()
+
+
+def test_a_change_wakes_only_its_own_node_and_only_once_committed(
+        client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    n1, n2 = api.join_node("n1"), api.join_node("n2")
+    with region.notifier.watch(n1.id) as woke1, region.notifier.watch(n2.id) as woke2:
+        with region.sessions() as s:
+            desired.bump(s.get(Node, n1.id))  # type: ignore[arg-type]
+            s.rollback()
+        assert not woke1.is_set()
+        with region.sessions() as s:
+            desired.bump(s.get(Node, n1.id))  # type: ignore[arg-type]
+            s.commit()
+        assert woke1.is_set() and not woke2.is_set()
+    assert region.notifier.waiting() == 0
+
+
+def test_long_poll_answers_at_once_when_the_change_came_before_it_waited(
+        client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    node = api.join_node("n1")
+    gen = api.desired(node)["generation"]
+    with region.sessions() as s:
+        desired.bump(s.get(Node, node.id))  # type: ignore[arg-type]
+        s.commit()
+    got: dict[str, int] = {}
+    poll = threading.Thread(target=lambda: got.update(api.desired(node, after=gen, wait=60)))
+    poll.start()
+    poll.join()
+    assert got["generation"] == gen + 1
