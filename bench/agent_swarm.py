@@ -1,0 +1,149 @@
+"""Simulated agents for bench/controller_scale.py: real mTLS clients in one asyncio process.
+
+    python bench/agent_swarm.py SPEC.json
+
+SPEC names the controller URL, the region CA, and per node its id, certificate, key,
+source address and status report (JSON, `sent_at` replaced on every send). Each
+simulated agent does what `agent.daemon.Agent` does on the wire: one connection
+long-polls `GET /agent/v1/nodes/<id>/desired?after=G&wait=W` and takes every new
+generation at once; a second connection posts the status every `heartbeat_s` (first
+one at a random phase) and at once after a new generation.
+
+Lines on stdout, one JSON object each: {"ready": n} once every agent has its first
+desired state, then, when stdin is closed, a summary: per generation the time (wall
+clock) each agent received it, and the count of failed requests by cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import ssl
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+RAMP_PER_S = 400  # new agents started per second: the server's accept backlog is finite
+
+
+@dataclass
+class Swarm:
+    url: str
+    ca_pem: str
+    heartbeat_s: float
+    poll_wait_s: float
+    received: dict[int, list[float]] = field(default_factory=dict)  # generation -> times
+    errors: Counter[str] = field(default_factory=Counter)
+    first_seen: int = 0
+    all_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    total: int = 0
+
+    def got(self, generation: int, first: bool) -> None:
+        times = self.received.setdefault(generation, [])
+        times.append(time.time())
+        if len(times) == self.total and not first:  # a change reached every agent
+            print(json.dumps({"all_have": generation}), flush=True)
+        if first:
+            self.first_seen += 1
+            if self.first_seen == self.total:
+                self.all_ready.set()
+
+
+def _context(ca_pem: str, cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def _agent(swarm: Swarm, node: dict[str, Any], stop: asyncio.Event) -> None:
+    ctx = _context(swarm.ca_pem, node["cert"], node["key"])
+    connector = aiohttp.TCPConnector(ssl=ctx, local_addr=(node["source"], 0), limit=2)
+    base = f"{swarm.url}/agent/v1/nodes/{node['id']}"
+    report_now = asyncio.Event()
+    async with aiohttp.ClientSession(connector=connector) as http:
+        poller = asyncio.create_task(_poll(swarm, http, base, report_now, stop))
+        reporter = asyncio.create_task(_report(swarm, http, base, node["status"], report_now,
+                                               stop))
+        await stop.wait()
+        for task in (poller, reporter):
+            task.cancel()
+        await asyncio.gather(poller, reporter, return_exceptions=True)
+
+
+async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, report_now: asyncio.Event,
+                stop: asyncio.Event) -> None:
+    after, first = -1, True
+    timeout = aiohttp.ClientTimeout(total=swarm.poll_wait_s + 60)
+    while not stop.is_set():
+        try:
+            async with http.get(f"{base}/desired", timeout=timeout,
+                                params={"after": after, "wait": swarm.poll_wait_s}) as r:
+                body = await r.read()
+                if r.status != 200:
+                    swarm.errors[f"desired {r.status}"] += 1
+                    await asyncio.sleep(1.0)
+                    continue
+        except (aiohttp.ClientError, TimeoutError) as e:
+            swarm.errors[f"desired {type(e).__name__}"] += 1
+            await asyncio.sleep(1.0)  # the real agent backs off too
+            continue
+        generation = json.loads(body)["generation"]
+        if generation > after:
+            swarm.got(generation, first)
+            after, first = generation, False
+            report_now.set()
+
+
+async def _report(swarm: Swarm, http: aiohttp.ClientSession, base: str, status: str,
+                  report_now: asyncio.Event, stop: asyncio.Event) -> None:
+    timeout = aiohttp.ClientTimeout(total=60)
+    await asyncio.sleep(random.uniform(0, swarm.heartbeat_s))
+    while not stop.is_set():
+        body = status.replace("SENT_AT", datetime.now(UTC).isoformat())
+        try:
+            async with http.post(f"{base}/status", data=body, timeout=timeout,
+                                 headers={"Content-Type": "application/json"}) as r:
+                await r.read()
+                if r.status != 204:
+                    swarm.errors[f"status {r.status}"] += 1
+        except (aiohttp.ClientError, TimeoutError) as e:
+            swarm.errors[f"status {type(e).__name__}"] += 1
+        try:
+            await asyncio.wait_for(report_now.wait(), swarm.heartbeat_s)
+        except TimeoutError:
+            pass
+        report_now.clear()
+
+
+async def _stdin_closed() -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+
+
+async def main(spec_path: str) -> None:
+    spec = json.loads(open(spec_path).read())
+    swarm = Swarm(url=spec["url"], ca_pem=spec["ca_pem"], heartbeat_s=spec["heartbeat_s"],
+                  poll_wait_s=spec["poll_wait_s"], total=len(spec["nodes"]))
+    stop = asyncio.Event()
+    agents = []
+    for i, node in enumerate(spec["nodes"]):
+        agents.append(asyncio.create_task(_agent(swarm, node, stop)))
+        if i % RAMP_PER_S == RAMP_PER_S - 1:
+            await asyncio.sleep(1.0)
+    await swarm.all_ready.wait()
+    print(json.dumps({"ready": swarm.total, "errors": dict(swarm.errors)}), flush=True)
+    await _stdin_closed()
+    stop.set()
+    await asyncio.gather(*agents, return_exceptions=True)
+    print(json.dumps({"received": {str(g): t for g, t in swarm.received.items()},
+                      "errors": dict(swarm.errors)}), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
