@@ -22,8 +22,8 @@ class ClientLimits:
 
 
 POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connections",
-                     "max_connections_per_source", "tls_handshake_timeout_s", "request_header_timeout_s",
-                     "client_idle_timeout_s")
+                     "max_connections_per_source", "tls_handshake_timeout_s",
+                     "request_header_timeout_s", "client_idle_timeout_s")
 
 
 @dataclass(frozen=True)
