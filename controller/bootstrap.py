@@ -13,6 +13,7 @@ from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
 from controller.services import security_groups
 from controller.services.auth import ensure_admin
+from controller.services.heartbeats import HeartbeatBook
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,13 @@ def open_region(config: ControllerConfig) -> Region:
     config.image_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url)
     upgrade(engine)
-    notifier = ChangeNotifier()
-    sessions = make_sessionmaker(engine, on_commit=notifier.notify)
+    notifier, heartbeats = ChangeNotifier(), HeartbeatBook()
+
+    def desired_changed(node_ids: set[str]) -> None:
+        heartbeats.forget(node_ids)
+        notifier.notify(node_ids)
+
+    sessions = make_sessionmaker(engine, on_commit=desired_changed)
     ca = RegionCA(config.pki_dir)
     ca.ensure(config.tls_names())
     with sessions() as db, db.begin():
@@ -43,6 +49,6 @@ def open_region(config: ControllerConfig) -> Region:
     ca_sha256 = fingerprint(ca.cert_pem())
     return Region(
         config=config, engine=engine, sessions=sessions, reads=make_read_sessionmaker(engine),
-        ca=ca, notifier=notifier,
+        ca=ca, notifier=notifier, heartbeats=heartbeats,
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
     )

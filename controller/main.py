@@ -15,6 +15,7 @@ from controller.api.auth import PeerCertMiddleware
 from controller.app import create_app
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
+from controller.services.heartbeats import HeartbeatFlusher
 from controller.services.housekeeping import Housekeeper
 from controller.serving import raise_open_files_limit
 from controller.storage_settings import StorageConfigError
@@ -40,6 +41,7 @@ class _Server(BaseApplication):
         region = open_region(self.config)
         Housekeeper(region.sessions, timedelta(seconds=region.config.operation_silence_s),
                     datetime.now(UTC)).start()
+        HeartbeatFlusher(region.heartbeats, region.sessions).start()
         return PeerCertMiddleware(create_app(region))
 
 

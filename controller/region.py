@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent.protocol import StorageSettings
 from controller.config import ControllerConfig
 from controller.pki import RegionCA
+from controller.services.heartbeats import HeartbeatBook
 
 
 class ChangeNotifier:
@@ -68,3 +69,4 @@ class Region:
     notifier: ChangeNotifier
     ca_sha256: str
     storage: StorageSettings
+    heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)

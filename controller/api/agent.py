@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, request
@@ -22,7 +23,7 @@ from controller.api.context import db, region
 from controller.api.framework import MIB, ApiBlueprint
 from controller.api.problems import problem
 from controller.db.models import Node
-from controller.services import desired, observed
+from controller.services import desired, heartbeats, observed
 from controller.services import images as image_service
 
 api = ApiBlueprint("agent", "/agent/v1", "agent")
@@ -90,11 +91,17 @@ def get_storage(node_id: str) -> Any:
            max_body=16 * MIB)  # inventory and thousands of VMs
 def post_status(node_id: str, body: NodeStatus) -> Any:
     require_node(node_id)
+    book, now = region().heartbeats, datetime.now(UTC)
+    report = heartbeats.digest(body)
+    if book.is_repeat(node_id, report, now):
+        book.heard(node_id, now)  # nothing new: only the time it was heard is written, batched
+        return "", 204
     session = db()
     node = session.get(Node, node_id)
     assert node is not None
     observed.ingest(session, node, body)
     session.commit()  # wakes the node's long-poll if its desired state changed
+    book.ingested(node_id, report, now)
     return "", 204
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from flask import g, request
 from sqlalchemy import select
 
-from controller.api.context import db
+from controller.api.context import region
 from controller.db.models import Node
 from controller.errors import Forbidden, Unauthorized
 from controller.services import auth as auth_service
@@ -24,16 +24,17 @@ def authenticate(kind: str) -> None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>' (vauban login)")
-        user = auth_service.user_for_token(db(), token.strip())
-        g.actor = user.name
+        with region().reads() as session:  # no write lock, even for a write request
+            g.actor = auth_service.user_for_token(session, token.strip()).name
         return
     if kind == "node":
         node_id, serial = _peer_identity()
-        node = db().scalar(select(Node).where(Node.id == node_id))
-        if node is None or node.cert_serial != serial:
-            raise Forbidden("this client certificate does not belong to a node of the region")
-        g.node_id = node_id
-        g.actor = f"node:{node.name}"
+        with region().reads() as session:  # no write lock, even for a write request
+            node = session.scalar(select(Node).where(Node.id == node_id))
+            if node is None or node.cert_serial != serial:
+                raise Forbidden("this client certificate does not belong to a node of the region")
+            g.node_id = node_id
+            g.actor = f"node:{node.name}"
         return
     raise AssertionError(f"unknown auth kind {kind}")
 
