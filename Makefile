@@ -55,7 +55,7 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(VAR)/.apt-done
 	[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
 # the builder keeps its own stamp of every input and returns at once when nothing changed
