@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, Response, json, request
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from controller.errors import ServiceError
 
@@ -87,6 +87,14 @@ def install_error_handlers(app: Flask) -> None:
         # the server's idle deadline passed while the client was sending its body
         return problem(408, "Request timeout", "the request body did not arrive in time; "
                        "send it without pausing", "request-timeout")
+
+    @app.errorhandler(ClientDisconnected)
+    def _body_cut_short(err: ClientDisconnected) -> Response:
+        # werkzeug turns a read that failed into this; the idle deadline is one such failure
+        if isinstance(err.__context__, TimeoutError):
+            return _client_too_slow(err.__context__)
+        return problem(400, "Incomplete body", "the request body ended before the length "
+                       "it declared", "incomplete-body")
 
     @app.errorhandler(IntegrityError)
     def _integrity(err: IntegrityError) -> Response:
