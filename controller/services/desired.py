@@ -6,7 +6,7 @@ import ipaddress
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session, joinedload, object_session, selectinload
 
 from agent.protocol import (
     CloudInitSeed,
@@ -56,6 +56,9 @@ def build(db: Session, node: Node) -> DesiredState:
         select(Instance)
         .where(Instance.node_id == node.id, Instance.deleting.is_(False))
         .order_by(Instance.created_at)
+        # loaded with the instances: a query per VM would add up across thousands of nodes
+        .options(joinedload(Instance.image), selectinload(Instance.gpus),
+                 selectinload(Instance.vgpus))
     )
     attached: dict[str, list[VolumeAttachment]] = {}
     stewarded = list(db.scalars(
@@ -86,7 +89,9 @@ def _networking(
     VXLAN peers), each VM's ports, and the ids of the ports' security groups."""
     live = (Port.instance_id == Instance.id, Instance.deleting.is_(False))
     ports = db.scalars(select(Port).join(Instance, live[0]).where(
-        live[1], Instance.node_id == node.id).order_by(Port.created_at, Port.id))
+        live[1], Instance.node_id == node.id).order_by(Port.created_at, Port.id)
+        .options(joinedload(Port.network), selectinload(Port.security_groups),
+                 selectinload(Port.addresses).joinedload(PortAddress.subnet)))
     nets: dict[str, Network] = {}
     by_vm: dict[str, list[DesiredPort]] = {}
     group_ids: set[str] = set()
@@ -100,9 +105,13 @@ def _networking(
         rows = db.execute(select(Port.network_id, Instance.node_id).join(Instance, live[0])
                           .where(live[1], Port.network_id.in_(tenant),
                                  Instance.node_id != node.id).distinct())
-        for net_id, node_id in rows:
-            other = db.get(Node, node_id)
-            underlay = (other.inventory or {}).get("underlay_ip") if other else None
+        carriers = list(rows)
+        underlays: dict[str, dict[str, object]] = {
+            node_id: inventory for node_id, inventory in db.execute(
+                select(Node.id, Node.inventory).where(
+                    Node.id.in_({node_id for _, node_id in carriers})))} if carriers else {}
+        for net_id, node_id in carriers:
+            underlay = (underlays.get(node_id) or {}).get("underlay_ip")
             if underlay:
                 peers.setdefault(net_id, set()).add(str(underlay))
     networks = [
