@@ -85,7 +85,7 @@ class ImageTombstone(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(63))
-    deleted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Instance(Base):
@@ -95,8 +95,8 @@ class Instance(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63), unique=True)
-    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
-    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
     vcpus: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)
     root_disk_gib: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -135,7 +135,7 @@ class GpuAssignment(Base):
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
     address: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(128))
-    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     instance: Mapped[Instance] = relationship(back_populates="gpus")
@@ -151,7 +151,7 @@ class VgpuAssignment(Base):
     parent_address: Mapped[str] = mapped_column(String(16))
     type_id: Mapped[str] = mapped_column(String(64))
     type_name: Mapped[str] = mapped_column(String(128))
-    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     instance: Mapped[Instance] = relationship(back_populates="vgpus")
@@ -169,8 +169,9 @@ class Volume(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     pool: Mapped[str] = mapped_column(String(63))
     size_gib: Mapped[int] = mapped_column(Integer)
-    steward_node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
-    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
+    steward_node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None,
+                                                    index=True)
     target: Mapped[str | None] = mapped_column(String(8), default=None)
     snapshots: Mapped[list[str]] = mapped_column(JSON, default=list)
     clone_of_volume_id: Mapped[str | None] = mapped_column(String(36), default=None)
@@ -230,8 +231,9 @@ class Port(Base):
     __tablename__ = "ports"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"))
-    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"), index=True)
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None,
+                                                    index=True)
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -310,16 +312,16 @@ class Operation(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(32))
-    target_id: Mapped[str] = mapped_column(String(36))
+    target_id: Mapped[str] = mapped_column(String(36), index=True)
     target_name: Mapped[str] = mapped_column(String(63))
-    node_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    node_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     expect_power_seq: Mapped[int] = mapped_column(Integer, default=0)
     expect_generation: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     progress: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     requested_by: Mapped[str] = mapped_column(String(63))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
