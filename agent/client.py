@@ -12,10 +12,10 @@ from agent.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
-    PROTOCOL_WITHOUT_HEADER,
     DesiredState,
     NodeStatus,
     StorageSettings,
+    protocol_from_header,
 )
 
 CHUNK = 1024 * 1024
@@ -57,12 +57,9 @@ def protocol_mismatch(r: requests.Response) -> ProtocolMismatch | None:
     if isinstance(body, dict) and str(body.get("type", "")).endswith("/" + PROTOCOL_MISMATCH):
         return ProtocolMismatch(str(body.get("detail")))
     raw = r.headers.get(PROTOCOL_HEADER)
-    if raw is None:
-        theirs = PROTOCOL_WITHOUT_HEADER
-    elif raw.isdigit():
-        theirs = int(raw)
-    else:
-        return ProtocolMismatch(f"the controller sent {PROTOCOL_HEADER}: {raw[:40]!r}, "
+    theirs = protocol_from_header(raw)
+    if theirs is None:
+        return ProtocolMismatch(f"the controller sent {PROTOCOL_HEADER}: {(raw or '')[:40]!r}, "
                                 "not a protocol version")
     if theirs != PROTOCOL_VERSION:
         fix = "upgrade the agent" if PROTOCOL_VERSION < theirs else "upgrade the controller"

@@ -7,6 +7,7 @@ and controller fails loudly instead of silently dropping data.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -21,7 +22,19 @@ PROTOCOL_VERSION = 1
 # version; a message without the header comes from a release before it, which spoke 1.
 PROTOCOL_HEADER = "Vauban-Agent-Protocol"
 PROTOCOL_WITHOUT_HEADER = 1
+
 PROTOCOL_MISMATCH = "protocol-mismatch"  # the problem type's last path segment
+
+
+def protocol_from_header(raw: str | None) -> int | None:
+    """The protocol version a peer's header names (PROTOCOL_WITHOUT_HEADER when absent), or
+    None when it is not one: ASCII digits only, at most 6 of them, at least 1."""
+    if raw is None:
+        return PROTOCOL_WITHOUT_HEADER
+    value = raw.strip()
+    if not re.fullmatch(r"[0-9]{1,6}", value) or int(value) < 1:
+        return None
+    return int(value)
 
 
 def utc_time(t: datetime) -> datetime:

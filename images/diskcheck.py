@@ -216,6 +216,8 @@ def _qemu_img_info(path: Path, fmt: str) -> dict[str, Any]:
                               check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise DiskCheckUnavailable(f"qemu-img info could not check the image: {e}") from e
+    if proc.returncode in (126, 127):  # prlimit could not run qemu-img: no verdict on the file
+        raise DiskCheckUnavailable(f"qemu-img could not be run: {proc.stderr.strip()}")
     if proc.returncode != 0:
         raise DiskRefused(f"qemu-img cannot read the file as {fmt}: {proc.stderr.strip()}")
     try:

@@ -12,10 +12,10 @@ from agent.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
-    PROTOCOL_WITHOUT_HEADER,
     DesiredState,
     NodeStatus,
     StorageSettings,
+    protocol_from_header,
 )
 from controller import schemas
 from controller.api.auth import require_node
@@ -34,13 +34,10 @@ def protocol_refusal() -> Response | None:
     document to answer with: 400 for a header that is not a version, 409 for another version
     (the detail names both and which side to upgrade)."""
     raw = request.headers.get(PROTOCOL_HEADER)
-    if raw is None:
-        spoken = PROTOCOL_WITHOUT_HEADER
-    elif raw.strip().isdigit() and int(raw) >= 1:
-        spoken = int(raw)
-    else:
+    spoken = protocol_from_header(raw)
+    if spoken is None:
         return problem(400, "Bad request", f"header {PROTOCOL_HEADER} must be a protocol "
-                       f"version (a positive integer), not {raw[:40]!r}", "bad-request")
+                       f"version (a positive integer), not {(raw or '')[:40]!r}", "bad-request")
     if spoken == PROTOCOL_VERSION:
         return None
     fix = "upgrade the agent" if spoken < PROTOCOL_VERSION else "upgrade the controller"

@@ -82,17 +82,12 @@ def install_error_handlers(app: Flask) -> None:
                 answer.headers[name] = value
         return answer
 
-    @app.errorhandler(TimeoutError)
-    def _client_too_slow(_err: TimeoutError) -> Response:
-        # the server's idle deadline passed while the client was sending its body
-        return problem(408, "Request timeout", "the request body did not arrive in time; "
-                       "send it without pausing", "request-timeout")
-
     @app.errorhandler(ClientDisconnected)
     def _body_cut_short(err: ClientDisconnected) -> Response:
-        # werkzeug turns a read that failed into this; the idle deadline is one such failure
+        # werkzeug turns a failed body read into this; the idle deadline is one such failure
         if isinstance(err.__context__, TimeoutError):
-            return _client_too_slow(err.__context__)
+            return problem(408, "Request timeout", "the request body did not arrive in time; "
+                           "send it without pausing", "request-timeout")
         return problem(400, "Incomplete body", "the request body ended before the length "
                        "it declared", "incomplete-body")
 

@@ -64,8 +64,10 @@ def make_sessionmaker(engine: Engine,
             on_commit(changed)
 
     @event.listens_for(factory, "after_soft_rollback")
-    def _rolled_back(session: Session, _previous: Any) -> None:
-        session.info.pop(CHANGED_NODES, None)
+    def _rolled_back(session: Session, previous: Any) -> None:
+        # a savepoint rolled back leaves the bumps made before it to commit
+        if not previous.nested and previous.parent is None:
+            session.info.pop(CHANGED_NODES, None)
 
     return factory
 

@@ -64,7 +64,7 @@ def test_older_agent_and_one_without_the_header_are_told_to_upgrade(
                                     "upgrade the agent")
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5"])
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5", "\u00b2", "1" * 5000])
 def test_a_header_that_is_no_version_is_refused(api: Api, value: str) -> None:
     node = api.join_node("n1")
     r = desired(api, node, value)

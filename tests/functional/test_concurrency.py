@@ -52,6 +52,21 @@ def test_a_change_wakes_only_its_own_node_and_only_once_committed(
     assert region.notifier.waiting() == 0
 
 
+def test_a_savepoint_rolled_back_keeps_the_wake_up_of_earlier_changes(
+        client: FlaskClient, region: Region) -> None:
+    """A retry inside a transaction (a savepoint, as IPAM uses) must not lose the notice of
+    a change made before it in the same transaction."""
+    api = Api(client, region)
+    node = api.join_node("n1")
+    with region.notifier.watch(node.id) as woke:
+        with region.sessions() as s:
+            desired.bump(s.get(Node, node.id))  # type: ignore[arg-type]
+            savepoint = s.begin_nested()
+            savepoint.rollback()
+            s.commit()
+        assert woke.is_set()
+
+
 def test_long_poll_answers_at_once_when_the_change_came_before_it_waited(
         client: FlaskClient, region: Region) -> None:
     api = Api(client, region)

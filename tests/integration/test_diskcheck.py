@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from images.diskcheck import (
+    DiskCheckUnavailable,
     DiskFacts,
     DiskProbe,
     DiskRefused,
@@ -170,3 +171,19 @@ def test_a_stream_in_odd_chunks_gets_the_file_verdict(tmp_path: Path) -> None:
 
     with pytest.raises(DiskRefused, match="names an external data file"):
         probe.verdict(len(data))
+
+
+def test_a_missing_qemu_img_is_no_verdict_on_the_image(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """prlimit runs but finds no qemu-img: the check could not run (retry, 503), the
+    image is not refused as bad."""
+    image = tmp_path / "disk.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "1M")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    prlimit = subprocess.run(["sh", "-c", "command -v prlimit"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    (bindir / "prlimit").symlink_to(prlimit)
+    monkeypatch.setenv("PATH", str(bindir))
+    with pytest.raises(DiskCheckUnavailable, match="qemu-img could not be run"):
+        confirm_with_qemu_img(image, check_file(image, "qcow2"))
