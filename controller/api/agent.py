@@ -97,8 +97,12 @@ def post_status(node_id: str, body: NodeStatus) -> Any:
     node = session.get(Node, node_id)
     assert node is not None
     observed.ingest(session, node, body)
-    session.commit()  # wakes the node's long-poll if its desired state changed
-    book.ingested(node_id, report, now)
+    book.ingested(node_id, report, now)  # before the commit, whose own bump forgets it
+    try:
+        session.commit()  # wakes the node's long-poll if its desired state changed
+    except BaseException:
+        book.forget([node_id])
+        raise
     return "", 204
 
 
