@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import ApiToken, User, as_utc
 from controller.errors import Unauthorized
+from controller.offload import off_loop
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 # checked against when the user does not exist, so that the answer takes as long as for a
@@ -25,7 +26,7 @@ _DUMMY_HASH = ("scrypt$5f0e2b9c61d84a7f3c2e1d0b9a887766"
 
 def hash_password(password: str) -> str:
     salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    digest = off_loop(hashlib.scrypt, password.encode(), salt=salt, dklen=32, **_SCRYPT)
     return f"scrypt${salt.hex()}${digest.hex()}"
 
 
@@ -36,7 +37,9 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt_hex), dklen=32, **_SCRYPT)
+    # tens of milliseconds of CPU: on a thread, so other requests go on meanwhile
+    digest = off_loop(hashlib.scrypt, password.encode(), salt=bytes.fromhex(salt_hex),
+                      dklen=32, **_SCRYPT)
     return hmac.compare_digest(digest.hex(), digest_hex)
 
 

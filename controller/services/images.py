@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import Image, ImageTombstone, Instance, Node
 from controller.errors import Conflict, InvalidInput, NotFound, ServiceError
+from controller.offload import off_loop
 from controller.schemas import ImageImportQuery
 from controller.services import audit, desired
 from images.diskcheck import DiskCheckUnavailable, DiskRefused, check_file
@@ -94,14 +95,14 @@ def _copy_hashing(stream: IO[bytes], dest: Path, limit: int) -> tuple[str, int]:
             out.write(chunk)
             size += len(chunk)
         out.flush()
-        os.fsync(out.fileno())
+        off_loop(os.fsync, out.fileno())  # seconds for a large image: not on the event loop
     return h.hexdigest(), size
 
 
 def _check_format(path: Path, claimed: str) -> int:
     """The virtual size of an image the region accepts (images.diskcheck says which)."""
     try:
-        return check_file(path, claimed).virtual_size
+        return off_loop(check_file, path, claimed).virtual_size
     except DiskRefused as e:
         raise InvalidInput(f"{e}; nothing was stored") from None
     except DiskCheckUnavailable as e:
