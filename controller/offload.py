@@ -5,7 +5,8 @@ that computes for a while (a password hash) or blocks in the kernel (an fsync of
 a large upload, reading an image's headers) would hold up every other request,
 long-poll and heartbeat meanwhile. `off_loop` runs such work on gevent's thread
 pool and waits for it cooperatively; outside a gevent-patched process (tests, the
-CLI, `controller init`) it simply calls the function.
+CLI, `controller init`) it simply calls the function. The work must not use gevent
+itself (no subprocess: gevent watches children from the event loop's thread only).
 """
 
 from __future__ import annotations

@@ -467,6 +467,7 @@ class RegionStatus(Output):
     instances_running: int
     images: int
     operations_pending: int
+    agents_waiting: int = Field(description="Agents' long-polls waiting for a change right now")
     ca_sha256: str
     storage_driver: str
     storage: dict[str, Any] | None = Field(

@@ -61,6 +61,7 @@ def status() -> Any:
         operations_pending=count(
             select(func.count(Operation.id)).where(Operation.state.in_(("pending", "running")))
         ),
+        agents_waiting=region().notifier.waiting(),
         ca_sha256=region().ca_sha256,
         storage_driver=region().storage.driver,
         storage=session.scalar(select(Node.storage_status)

@@ -102,7 +102,7 @@ def _copy_hashing(stream: IO[bytes], dest: Path, limit: int) -> tuple[str, int]:
 def _check_format(path: Path, claimed: str) -> int:
     """The virtual size of an image the region accepts (images.diskcheck says which)."""
     try:
-        return off_loop(check_file, path, claimed).virtual_size
+        return check_file(path, claimed).virtual_size  # its qemu-img runs as a gevent child
     except DiskRefused as e:
         raise InvalidInput(f"{e}; nothing was stored") from None
     except DiskCheckUnavailable as e:

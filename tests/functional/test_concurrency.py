@@ -4,6 +4,8 @@ long-polls, once committed (never on a rollback)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from flask.testing import FlaskClient
@@ -68,15 +70,30 @@ def test_a_savepoint_rolled_back_keeps_the_wake_up_of_earlier_changes(
 
 
 def test_long_poll_answers_at_once_when_the_change_came_before_it_waited(
-        client: FlaskClient, region: Region) -> None:
+        client: FlaskClient, region: Region, monkeypatch: pytest.MonkeyPatch) -> None:
     api = Api(client, region)
     node = api.join_node("n1")
     gen = api.desired(node)["generation"]
     with region.sessions() as s:
         desired.bump(s.get(Node, node.id))  # type: ignore[arg-type]
         s.commit()
-    got: dict[str, int] = {}
-    poll = threading.Thread(target=lambda: got.update(api.desired(node, after=gen, wait=60)))
-    poll.start()
-    poll.join()
-    assert got["generation"] == gen + 1
+    real_watch = region.notifier.watch
+
+    @contextmanager
+    def watch_refusing_to_wait(node_id: str) -> Iterator[threading.Event]:
+        with real_watch(node_id) as event:
+            def waited(timeout: float | None = None) -> bool:
+                raise AssertionError("the poll waited although its change was already there")
+            monkeypatch.setattr(event, "wait", waited)
+            yield event
+
+    monkeypatch.setattr(region.notifier, "watch", watch_refusing_to_wait)
+    assert api.desired(node, after=gen, wait=60)["generation"] == gen + 1
+
+
+def test_status_counts_the_waiting_long_polls(client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    node = api.join_node("n1")
+    assert api.get("/api/v1/status").json["agents_waiting"] == 0  # type: ignore[index]
+    with region.notifier.watch(node.id):
+        assert api.get("/api/v1/status").json["agents_waiting"] == 1  # type: ignore[index]

@@ -15,6 +15,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -164,8 +165,9 @@ def _join(region: E2ERegion, name: str) -> tuple[str, tuple[str, str]]:
 
 
 def test_waiting_long_polls_hold_no_thread_and_all_wake(controller: E2ERegion) -> None:
-    """More long-polls than the old thread pool: the API still answers, and a change to the
-    node's desired state reaches every one of them."""
+    """More long-polls than the old thread pool, all waiting at once: the API still answers,
+    and one change to the node's desired state wakes every one of them (a poll that is not
+    woken runs into its client's timeout, shorter than the wait it asked for)."""
     controller.token = admin_token(controller.layout)
     node_id, cert = _join(controller, "poller")
     url = f"{controller.layout.url}/agent/v1/nodes/{node_id}/desired"
@@ -175,15 +177,21 @@ def test_waiting_long_polls_hold_no_thread_and_all_wake(controller: E2ERegion) -
     lock = threading.Lock()
 
     def poll() -> None:
-        r = requests.get(url, params={"after": start["generation"], "wait": 60}, cert=cert,
-                         timeout=120, verify=ca)
+        try:
+            r = requests.get(url, params={"after": start["generation"], "wait": 60},
+                             cert=cert, timeout=45, verify=ca)
+            got = r.json()["generation"] if r.ok else -r.status_code
+        except requests.RequestException:
+            got = -1
         with lock:
-            generations.append(r.json()["generation"] if r.ok else -r.status_code)
+            generations.append(got)
 
     pollers = [threading.Thread(target=poll) for _ in range(HALF_OPEN)]
     for t in pollers:
         t.start()
     try:
+        assert wait_for(lambda: _status(controller)["agents_waiting"] == HALF_OPEN, 60,
+                        f"{HALF_OPEN} long-polls waiting")
         assert _answers(controller) == 200
         # deleting an image changes every node's desired state (its copy is dropped)
         controller.cli("image", "import", str(_raw_image(controller.root)), "--name", "wake")
@@ -192,6 +200,15 @@ def test_waiting_long_polls_hold_no_thread_and_all_wake(controller: E2ERegion) -
         for t in pollers:
             t.join()
     assert generations == [start["generation"] + 1] * HALF_OPEN
+
+
+def _status(region: E2ERegion) -> dict[str, Any]:
+    r = requests.get(f"{region.layout.url}/api/v1/status", timeout=60,
+                     verify=str(region.layout.ca_file),
+                     headers={"Authorization": f"Bearer {region.token}"})
+    r.raise_for_status()
+    status: dict[str, Any] = r.json()
+    return status
 
 
 def _raw_image(where: Path) -> Path:
