@@ -9,8 +9,9 @@ long-polls `GET /agent/v1/nodes/<id>/desired?after=G&wait=W` and takes every new
 generation at once; a second connection posts the status every `heartbeat_s` (first
 one at a random phase) and at once after a new generation.
 
-Lines on stdout, one JSON object each: {"ready": n} once every agent has its first
-desired state, then, when stdin is closed, a summary: per generation the time (wall
+Lines on stdout, one JSON object each: {"connected": n} every 10 s until {"ready": n}
+once every agent has its first desired state; {"all_have": g} once every agent has
+generation g; then, when stdin is closed, a summary: per generation the time (wall
 clock) each agent received it, and the count of failed requests by cause.
 """
 
@@ -105,7 +106,9 @@ async def _report(swarm: Swarm, http: aiohttp.ClientSession, base: str, status: 
     timeout = aiohttp.ClientTimeout(total=60)
     await asyncio.sleep(random.uniform(0, swarm.heartbeat_s))
     while not stop.is_set():
-        body = status.replace("SENT_AT", datetime.now(UTC).isoformat())
+        # measurements move on every report, as a real node's free space does
+        body = status.replace("SENT_AT", datetime.now(UTC).isoformat()).replace(
+            '"FREE_BYTES"', str(random.randrange(10**11, 2 * 10**11)))
         try:
             async with http.post(f"{base}/status", data=body, timeout=timeout,
                                  headers={"Content-Type": "application/json"}) as r:
@@ -136,7 +139,13 @@ async def main(spec_path: str) -> None:
         agents.append(asyncio.create_task(_agent(swarm, node, stop)))
         if i % RAMP_PER_S == RAMP_PER_S - 1:
             await asyncio.sleep(1.0)
-    await swarm.all_ready.wait()
+    while True:  # progress every 10 s until every agent has had its first desired state
+        try:
+            await asyncio.wait_for(swarm.all_ready.wait(), 10)
+            break
+        except TimeoutError:
+            print(json.dumps({"connected": swarm.first_seen, "errors": dict(swarm.errors)}),
+                  flush=True)
     print(json.dumps({"ready": swarm.total, "errors": dict(swarm.errors)}), flush=True)
     await _stdin_closed()
     stop.set()
