@@ -6,7 +6,10 @@ action) is recorded here under a key naming what was attempted, with the
 exponential, capped, jittered delay; once it has lasted `give_up_after_s` (or
 at once, when not retryable) it is *final*: the same request is not tried
 again, and only a changed request (or an agent restart) tries afresh. Every
-entry, final or not, is reported to the controller in the node's status.
+entry, final or not, is reported to the controller in the node's status, and
+reported the same until it fails anew (its next try's time is fixed when it fails).
+An entry is forgotten when its action succeeds or no longer applies (its object left
+this node's desired state): the agent's other modules say when.
 
 Time and randomness are injected, so the policy is deterministic under test.
 """
@@ -63,7 +66,10 @@ class Entry:
     since: float  # monotonic time of the first failure of this request
     since_wall: datetime
     next_at: float  # monotonic time before which it is not tried again
+    next_at_wall: datetime  # the same time, as reported (fixed when it failed)
     final: bool
+    seq: int | None = None  # the controller's number of the request: a VM's power_seq,
+    #                         the desired generation a volume's request first failed in
 
 
 class FailureLedger:
@@ -91,25 +97,30 @@ class FailureLedger:
         return not e.final and self._clock() >= e.next_at
 
     def failed(self, kind: FailureKind, object_id: str, action: str, request: Hashable,
-               exc: BaseException | str, retryable: bool | None = None) -> Entry:
+               exc: BaseException | str, retryable: bool | None = None,
+               seq: int | None = None) -> Entry:
         """Record that the request failed with `exc`; the entry, final or not.
 
-        `retryable` defaults to what `exc` says (`agent.errors.is_retryable`).
+        `retryable` defaults to what `exc` says (`agent.errors.is_retryable`). `seq` is
+        the controller's number of the request; a repeated failure of the same request
+        keeps the number of its first failure.
         """
         if retryable is None:
             retryable = not isinstance(exc, str) and is_retryable(exc)
-        now, key = self._clock(), (kind, object_id, action)
+        now, wall, key = self._clock(), self._wall(), (kind, object_id, action)
         with self._lock:
             prior = self._entries.get(key)
-            again = prior is not None and prior.request == request
-            attempts = prior.attempts + 1 if again and prior else 1
-            since = prior.since if again and prior else now
-            since_wall = prior.since_wall if again and prior else self._wall()
+            same = prior if prior is not None and prior.request == request else None
+            delay = self.policy.delay(same.attempts + 1 if same else 1, self._rand)
+            since = same.since if same else now
             entry = Entry(
                 kind=kind, object_id=object_id, action=action, request=request,
-                message=str(exc), retryable=retryable, attempts=attempts, since=since,
-                since_wall=since_wall, next_at=now + self.policy.delay(attempts, self._rand),
-                final=self.policy.is_final(retryable, since, now))
+                message=str(exc), retryable=retryable,
+                attempts=same.attempts + 1 if same else 1, since=since,
+                since_wall=same.since_wall if same else wall, next_at=now + delay,
+                next_at_wall=wall + timedelta(seconds=delay),
+                final=self.policy.is_final(retryable, since, now),
+                seq=same.seq if same else seq)
             self._entries[key] = entry
         return entry
 
@@ -128,6 +139,12 @@ class FailureLedger:
         with self._lock:
             return self._entries.get((kind, object_id, action))
 
+    def of_kind(self, kind: FailureKind) -> list[Entry]:
+        """The failures of every object of one kind, oldest first."""
+        with self._lock:
+            found = [e for k, e in self._entries.items() if k[0] == kind]
+        return sorted(found, key=lambda e: e.since)
+
     def of(self, kind: FailureKind, object_id: str) -> list[Entry]:
         """The failures of one object, oldest first."""
         with self._lock:
@@ -135,13 +152,11 @@ class FailureLedger:
         return sorted(found, key=lambda e: e.since)
 
     def report(self) -> list[NodeFailure]:
-        """Every failure as the node reports it, oldest first."""
-        now, wall = self._clock(), self._wall()
+        """Every failure as the node reports it, oldest first; the same until one changes."""
         with self._lock:
             entries = sorted(self._entries.values(), key=lambda e: e.since)
         return [NodeFailure(
             kind=e.kind, object_id=e.object_id, action=e.action, message=e.message,
             retryable=e.retryable, final=e.final, since=e.since_wall, attempts=e.attempts,
-            next_retry_at=None if e.final
-            else wall + timedelta(seconds=max(0.0, e.next_at - now)),
+            next_retry_at=None if e.final else e.next_at_wall,
         ) for e in entries]

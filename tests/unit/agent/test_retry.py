@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -83,3 +83,33 @@ def test_an_error_of_no_driver_is_not_retryable_unless_told() -> None:
     assert not ledger.failed("vm", "b", "create", 1, "waits for x", retryable=True).final
     ledger.forget("vm", "a")
     assert [f.object_id for f in ledger.report()] == ["b"]
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_a_failure_is_reported_the_same_until_it_changes() -> None:
+    clock, wall = Clock(), Wall()
+    ledger = FailureLedger(RetryPolicy(base_s=10, jitter=0.5), clock=clock,
+                           rand=lambda: 0.0, wall=wall)
+    ledger.failed("image", "i1", "import", "sha", StorageError("Ceph away", retryable=True))
+    first = ledger.report()
+    assert first[0].next_retry_at == datetime(2026, 12, 1, 6, 0, 10, tzinfo=UTC)
+    # time passes on both clocks, and they drift apart a little: nothing failed anew
+    clock.now += 3.0
+    wall.now += timedelta(seconds=3.25)
+    assert ledger.report() == first
+
+
+def test_a_failure_keeps_the_number_of_the_request_that_failed() -> None:
+    ledger = FailureLedger(clock=Clock(), rand=lambda: 0.0)
+    ledger.failed("volume", "v1", "converge", "size 2", "Ceph away", retryable=True, seq=7)
+    ledger.failed("volume", "v1", "converge", "size 2", "Ceph away", retryable=True, seq=8)
+    assert ledger.get("volume", "v1", "converge").seq == 7  # type: ignore[union-attr]
+    ledger.failed("volume", "v1", "converge", "size 3", "Ceph away", retryable=True, seq=9)
+    assert ledger.get("volume", "v1", "converge").seq == 9  # type: ignore[union-attr]
