@@ -5,15 +5,18 @@ snapshots, applies a rollback once (its sequence number is kept with the volume
 in storage, so a new steward never repeats it), deletes volumes marked absent,
 hot-plugs or unplugs volumes of its running VMs, takes unwanted volumes out of
 the definition of its stopped VMs, and tells a running VM when its volume grew.
-Failures go to the agent's one ledger (`agent.retry`) with the generation that
-asked as their request: they are retried by its policy, reported with the node,
-and shown on the volume once final.
+Failures go to the agent's one ledger (`agent.retry`) with what was asked of the
+volume as their request (its size, snapshots, rollback; for a plug, the VM and
+target), so an unrelated change on the node neither retries nor resets them: they
+are retried by its policy, reported with the node, and shown on the volume once
+final. They are forgotten on success and once the action no longer applies (the
+volume left this node's desired state, its VM stopped or no longer wants it).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from functools import partial
 
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorDriver, VmObservation
@@ -26,6 +29,14 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 FIRST_VOLUME_TARGET = "vdc"  # vda: root disk, vdb: cloud-init seed
 
+Work = list[tuple[str, Callable[[], None]]]
+Applies = set[tuple[str, str]]  # (volume id, action) whose failure, if any, stands
+
+
+def volume_request(dv: DesiredVolume) -> str:
+    """What is asked of a volume (all but its name): a change of it is tried afresh."""
+    return dv.model_dump_json(exclude={"name"})
+
 
 class VolumeKeeper:
     def __init__(self, storage: StorageDriver, hypervisor: HypervisorDriver,
@@ -36,29 +47,43 @@ class VolumeKeeper:
         self.prepare = prepare  # before a disk is plugged in (e.g. the Ceph secret is there)
         self.ledger = ledger or FailureLedger()
 
-    def plan(self, desired: DesiredState,
-             own_vms: dict[str, VmObservation]) -> list[tuple[str, Callable[[], None]]]:
+    def plan(self, desired: DesiredState, own_vms: dict[str, VmObservation]) -> Work:
         """The work one pass needs, as (lock key, task): one task per volume and one per
         VM whose plugged volumes differ (a stopped VM only for volumes to take out).
-        Tasks record failures, never raise."""
+        Tasks record failures, never raise. Failures of actions this pass finds no
+        longer needed are forgotten."""
+        work, applies = self._plan(desired, own_vms)
+        for e in self.ledger.of_kind("volume"):
+            if (e.object_id, e.action) not in applies:
+                self.ledger.succeeded("volume", e.object_id, e.action)
+        return work
+
+    def _plan(self, desired: DesiredState,
+              own_vms: dict[str, VmObservation]) -> tuple[Work, Applies]:
         if not desired.volumes and not any(vm.volumes for vm in desired.vms):
-            return []
+            return [], set()
         if not self.storage.info().volumes:
             for dv in desired.volumes:
-                self.ledger.failed("volume", dv.id, "converge", desired.generation,
-                                   "this node's storage has no volumes")
-            return []
+                if self.ledger.may_try("volume", dv.id, "converge", volume_request(dv)):
+                    self.ledger.failed("volume", dv.id, "converge", volume_request(dv),
+                                       "this node's storage has no volumes",
+                                       seq=desired.generation)
+            return [], {(dv.id, "converge") for dv in desired.volumes}
         existing = {v.id: v for v in self.storage.list_volumes()}
         plugged = {vm.id: {t: v for t, (v, _d) in self._volume_disks(vm.id).items()}
                    for vm in desired.vms if vm.id in own_vms}
         live = {vol_id: (vm_id, target) for vm_id, disks in plugged.items()
                 if own_vms[vm_id].running for target, vol_id in disks.items()}
-        work: list[tuple[str, Callable[[], None]]] = []
+        work: Work = []
+        applies: Applies = set()
         for dv in desired.volumes:
-            if self._needs_work(dv, existing.get(dv.id), desired.generation,
-                                live.get(dv.id)):
+            if not self._differs(dv, existing.get(dv.id), live.get(dv.id)):
+                continue
+            applies.add((dv.id, "converge"))
+            # failed for this very request: waits for its retry or a new request
+            if self.ledger.may_try("volume", dv.id, "converge", volume_request(dv)):
                 work.append((f"volume:{dv.id}", partial(
-                    self._guard, dv.id, "converge", desired.generation,
+                    self._guard, dv.id, "converge", volume_request(dv), desired.generation,
                     partial(self._converge, dv, existing, live.get(dv.id)))))
         for vm in desired.vms:
             if vm.id not in own_vms:
@@ -67,15 +92,18 @@ class VolumeKeeper:
             wanted = {a.target: a.volume_id for a in vm.volumes}
             unwanted = {t: v for t, v in plugged[vm.id].items() if wanted.get(t) != v}
             # a stopped VM only loses disks (from its definition); it gains them once running
-            if unwanted or (running and plugged[vm.id] != wanted):
+            missing = {t: v for t, v in wanted.items()
+                       if running and plugged[vm.id].get(t) != v}
+            applies |= {(v, "detach") for v in unwanted.values()}
+            applies |= {(v, "attach") for v in missing.values()}
+            if unwanted or missing:
                 work.append((vm.id, partial(self._plug, vm.id, wanted, desired.generation,
                                             attach=running)))
-        return work
+        return work, applies
 
-    def _needs_work(self, dv: DesiredVolume, info: VolumeInfo | None, generation: int,
-                    plugged_in: tuple[str, str] | None = None) -> bool:
-        if not self.ledger.may_try("volume", dv.id, "converge", generation):
-            return False  # failed for this very request: waits for its retry or a new one
+    def _differs(self, dv: DesiredVolume, info: VolumeInfo | None,
+                 plugged_in: tuple[str, str] | None = None) -> bool:
+        """Whether the volume is not yet what `dv` asks (its converge action applies)."""
         if plugged_in is not None and self._converge_failed(dv.id):
             return True  # its running VM may not have been told of a grow yet
         if info is None:
@@ -86,20 +114,22 @@ class VolumeKeeper:
                 or sorted(info.snapshots) != sorted(dv.snapshots)
                 or (dv.rollback is not None and dv.rollback.seq > info.rollback_seq))
 
-    def _guard(self, vol_id: str, action: str, generation: int,
+    def _guard(self, vol_id: str, action: str, request: Hashable, generation: int,
                work: Callable[[], object]) -> None:
-        """Run `work`; a failure goes to the ledger (reported, retried by its policy)."""
+        """Run `work` for `request` (asked in `generation`); a failure goes to the ledger
+        (reported, retried by its policy)."""
         try:
             work()
         except Exception as e:  # reported on the volume; the agent goes on
             log.warning("volume %s: %s failed: %s", vol_id, action, e)
-            self.ledger.failed("volume", vol_id, action, generation, e)
+            self.ledger.failed("volume", vol_id, action, request, e, seq=generation)
         else:
             self.ledger.succeeded("volume", vol_id, action)
 
     def _final_failure(self, vol_id: str) -> Entry | None:
-        """The volume's failure once given up on (what the volume shows)."""
-        return next((e for e in self.ledger.of("volume", vol_id) if e.final), None)
+        """The volume's latest request given up on (what the volume shows)."""
+        final = [e for e in self.ledger.of("volume", vol_id) if e.final]
+        return max(final, key=lambda e: e.seq or 0, default=None)
 
     def _converge(self, dv: DesiredVolume, existing: dict[str, VolumeInfo],
                   plugged_in: tuple[str, str] | None = None) -> None:
@@ -154,15 +184,15 @@ class VolumeKeeper:
         plugged = self._volume_disks(vm_id)
         for target, (vol_id, _disk) in plugged.items():
             if (wanted.get(target) != vol_id
-                    and self.ledger.may_try("volume", vol_id, "detach", generation)):
-                self._guard(vol_id, "detach", generation,
+                    and self.ledger.may_try("volume", vol_id, "detach", (vm_id, target))):
+                self._guard(vol_id, "detach", (vm_id, target), generation,
                             partial(self.hypervisor.detach_disk, vm_id, target))
         if not attach:
             return
         for target, vol_id in wanted.items():
             if ((target not in plugged or plugged[target][0] != vol_id)
-                    and self.ledger.may_try("volume", vol_id, "attach", generation)):
-                self._guard(vol_id, "attach", generation,
+                    and self.ledger.may_try("volume", vol_id, "attach", (vm_id, target))):
+                self._guard(vol_id, "attach", (vm_id, target), generation,
                             partial(self._attach, vm_id, vol_id, target))
 
     def _attach(self, vm_id: str, vol_id: str, target: str) -> None:
@@ -201,7 +231,6 @@ class VolumeKeeper:
                 rollback_seq=info.rollback_seq if info else 0,
                 attached_to=where[0] if where else None, target=where[1] if where else None,
                 error=failure.message if failure else None,
-                failed_generation=int(failure.request)  # type: ignore[call-overload]
-                if failure else None,
+                failed_generation=failure.seq if failure else None,
             ))
         return result

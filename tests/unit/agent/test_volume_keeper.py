@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, RbdSource, VmObservation
-from agent.drivers.storage.base import StorageInfo, VolumeInfo
+from agent.drivers.storage.base import StorageError, StorageInfo, VolumeInfo
 from agent.protocol import DesiredState, DesiredVolume, VolumeAttachment
 from agent.retry import FailureLedger, RetryPolicy
 from agent.volumes import GIB, VolumeKeeper
@@ -91,3 +91,114 @@ def test_a_failed_notice_of_growth_is_retried_until_the_guest_has_it(tmp_path: P
 
     assert hypervisor.guest_sizes[(VM, "vdc")] == 2 * GIB
     assert keeper.ledger.report() == []
+
+
+class FlakyVolumeStorage(VolumeStorage):
+    """Creates volumes, except while Ceph is `away` (a retryable failure)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.away = False
+        self.creates = 0
+
+    def create_volume(self, volume_id: str, size_gib: int,
+                      pool: str | None = None) -> VolumeInfo:
+        self.creates += 1
+        if self.away:
+            raise StorageError("Ceph cluster unreachable", retryable=True)
+        self.sizes[volume_id] = size_gib * GIB
+        return VolumeInfo(volume_id, "p", size_gib * GIB, 0, ())
+
+
+class PlugHypervisor(DiskHypervisor):
+    """`attach_disk` fails while `refuse_attach` is set."""
+
+    refuse_attach = False
+
+    def attach_disk(self, vm_id: str, disk: DiskSpec) -> None:
+        if self.refuse_attach:
+            raise HypervisorError("QEMU did not answer", retryable=True)
+        self.disks[vm_id].append(disk)
+
+
+DATA = DesiredVolume(id="vol-1", name="data", pool="p", size_gib=2, present=True)
+
+
+def _keeper(tmp_path: Path) -> tuple[VolumeKeeper, FlakyVolumeStorage, PlugHypervisor, Clock]:
+    storage, hypervisor, clock = FlakyVolumeStorage(tmp_path), PlugHypervisor(), Clock()
+    keeper = VolumeKeeper(storage, hypervisor,
+                          ledger=FailureLedger(RetryPolicy(), clock=clock, rand=lambda: 0.0))
+    return keeper, storage, hypervisor, clock
+
+
+def _pass(keeper: VolumeKeeper, state: DesiredState) -> None:
+    hypervisor = keeper.hypervisor
+    assert isinstance(hypervisor, DiskHypervisor)
+    for _lock, task in keeper.plan(state, dict(hypervisor.vms)):
+        task()
+
+
+def test_a_failure_of_a_volume_no_longer_on_this_node_is_forgotten(tmp_path: Path) -> None:
+    keeper, storage, _hv, _clock = _keeper(tmp_path)
+    storage.away = True
+    _pass(keeper, DesiredState(node_id="n", generation=2, vms=[], volumes=[DATA]))
+    assert [(f.object_id, f.action) for f in keeper.ledger.report()] == [("vol-1", "converge")]
+    # deleted, or now looked after by another node: nothing of it is this node's failure
+    _pass(keeper, DesiredState(node_id="n", generation=3, vms=[], volumes=[]))
+    assert keeper.ledger.report() == []
+
+
+def test_a_failed_notice_of_growth_is_forgotten_once_the_vm_stopped(tmp_path: Path) -> None:
+    keeper, storage, hypervisor, clock = _keeper(tmp_path)
+    storage.sizes["vol-1"] = GIB
+    hypervisor.vms[VM] = VmObservation(VM, "vm", True, 1, None)
+    hypervisor.disks[VM] = [storage.volume_disk("vol-1", "vdc")]
+    wanted = vm(VM).model_copy(update={"volumes": [VolumeAttachment(volume_id="vol-1",
+                                                                    target="vdc")]})
+    state = DesiredState(node_id="n", generation=2, vms=[wanted], volumes=[DATA])
+    hypervisor.refuse_resize = True
+    _pass(keeper, state)
+    assert [f.message for f in keeper.ledger.report()] == ["QEMU did not answer"]
+    hypervisor.vms[VM] = VmObservation(VM, "vm", False, 1, None)  # it reads the size at start
+    clock.now += 10
+    _pass(keeper, state)
+    assert keeper.ledger.report() == []
+    assert keeper.observe(state, dict(hypervisor.vms))[0].error is None
+
+
+def test_a_failed_attach_is_forgotten_once_the_vm_no_longer_wants_it(tmp_path: Path) -> None:
+    keeper, storage, hypervisor, _clock = _keeper(tmp_path)
+    storage.sizes["vol-1"] = 2 * GIB
+    hypervisor.vms[VM] = VmObservation(VM, "vm", True, 1, None)
+    hypervisor.disks[VM] = []
+    wanted = vm(VM).model_copy(update={"volumes": [VolumeAttachment(volume_id="vol-1",
+                                                                    target="vdc")]})
+    hypervisor.refuse_attach = True
+    _pass(keeper, DesiredState(node_id="n", generation=2, vms=[wanted], volumes=[DATA]))
+    assert [(f.object_id, f.action) for f in keeper.ledger.report()] == [("vol-1", "attach")]
+    _pass(keeper, DesiredState(node_id="n", generation=3, vms=[vm(VM)], volumes=[DATA]))
+    assert keeper.ledger.report() == []
+
+
+def test_an_unrelated_change_on_the_node_does_not_restart_a_volume_failure(
+        tmp_path: Path) -> None:
+    keeper, storage, _hv, clock = _keeper(tmp_path)
+    storage.away = True
+    _pass(keeper, DesiredState(node_id="n", generation=2, vms=[], volumes=[DATA]))
+    clock.now += 10  # past the retry delay
+    # a new generation for something else on the node: the same volume request, tried again
+    _pass(keeper, DesiredState(node_id="n", generation=3, vms=[vm(VM)], volumes=[DATA]))
+    [failure] = keeper.ledger.report()
+    assert failure.attempts == 2 and not failure.final
+    clock.now += 300  # lasted past the give-up point
+    _pass(keeper, DesiredState(node_id="n", generation=4, vms=[], volumes=[DATA]))
+    assert keeper.ledger.report()[0].final and storage.creates == 3
+    state = DesiredState(node_id="n", generation=5, vms=[], volumes=[DATA])
+    _pass(keeper, state)
+    assert storage.creates == 3  # given up on: the same request is not tried again
+    [shown] = keeper.observe(state, {})
+    assert shown.error == "Ceph cluster unreachable" and shown.failed_generation == 2
+    # what is asked of the volume changed: tried afresh
+    _pass(keeper, DesiredState(node_id="n", generation=6, vms=[],
+                               volumes=[DATA.model_copy(update={"size_gib": 3})]))
+    assert storage.creates == 4 and keeper.ledger.report()[0].attempts == 1
