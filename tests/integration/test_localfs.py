@@ -12,7 +12,7 @@ from typing import Literal
 
 import pytest
 
-from agent.drivers.storage.base import StorageError
+from agent.drivers.storage.base import ImageInUse, StorageError
 from agent.drivers.storage.localfs import GIB, LocalfsDriver
 from agent.protocol import ImageRef
 
@@ -256,7 +256,7 @@ def test_image_in_use_cannot_be_deleted(store: LocalfsDriver) -> None:
     store.import_image(ref(RAW_ID, data), [data])
     store.create_root_disk("vm-f", RAW_ID, None)
 
-    with pytest.raises(StorageError, match="in use by the disks of VM\\(s\\) vm-f"):
+    with pytest.raises(ImageInUse, match="in use by the disks of VM\\(s\\) vm-f"):
         store.delete_image(RAW_ID)
     assert store.has_image(RAW_ID)
 

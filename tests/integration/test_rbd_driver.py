@@ -22,7 +22,7 @@ import rbd
 
 from agent.drivers.hypervisor.base import DiskSpec, RbdSource
 from agent.drivers.registry import load_storage
-from agent.drivers.storage.base import StorageError
+from agent.drivers.storage.base import ImageInUse, StorageError
 from agent.drivers.storage.rbd import images as rbd_images
 from agent.drivers.storage.rbd.driver import RbdDriver
 from agent.drivers.storage.rbd.images import remove_with_snapshots
@@ -410,7 +410,7 @@ def test_image_with_clones_cannot_be_deleted_until_flattened(
     vm_id = ids("vm")
     driver.create_root_disk(vm_id, image_id, None)
 
-    with pytest.raises(StorageError, match=f"in use by disks cloned from it: vauban/vm-{vm_id}"):
+    with pytest.raises(ImageInUse, match=f"in use by disks cloned from it: vauban/vm-{vm_id}"):
         driver.delete_image(image_id)
     assert driver.has_image(image_id)  # untouched: still protected
 

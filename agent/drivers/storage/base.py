@@ -63,6 +63,11 @@ class StorageError(DriverError):
     """A storage operation failed; `retryable` says whether trying again may help."""
 
 
+class ImageInUse(StorageError):
+    """`delete_image` refused: a disk is still made from the image. Not a failure of the
+    node: the image is kept until no disk uses it, and deleted then."""
+
+
 class StorageDriver(ABC):
     """Holds images and the VM disks made from them."""
 
@@ -92,7 +97,8 @@ class StorageDriver(ABC):
 
     @abstractmethod
     def delete_image(self, image_id: str) -> None:
-        """Remove an image. Refused with StorageError while a disk is made from it."""
+        """Remove an image; a no-op if it is not stored. Refused with ImageInUse (nothing
+        changed) while a disk is made from it."""
 
     @abstractmethod
     def image_virtual_size(self, image_id: str) -> int:

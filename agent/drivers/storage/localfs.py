@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from agent.drivers.hypervisor.base import DiskSpec
 from agent.drivers.storage.base import (
+    ImageInUse,
     PoolUsage,
     StorageDriver,
     StorageError,
@@ -167,7 +168,7 @@ class LocalfsDriver(StorageDriver):
             return
         users = self._disks_backed_by(path)
         if users:
-            raise StorageError(f"image {image_id} is in use by the disks of VM(s) "
+            raise ImageInUse(f"image {image_id} is in use by the disks of VM(s) "
                                f"{', '.join(sorted(users))}")
         path.unlink()
         _fsync_dir(self.images_dir)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.drivers.storage.base import StorageError
+from agent.drivers.storage.base import ImageInUse, StorageError
 from agent.drivers.storage.rbd.conn import CephConnection, bindings
 from agent.drivers.storage.rbd.names import (
     BASE_SNAP,
@@ -169,7 +169,8 @@ def remove_with_snapshots(ioctx: Any, name: str) -> None:
 
 
 def delete_image(conn: CephConnection, pool: str, image_id: str) -> None:
-    """Remove img-<id>; a no-op if absent; refused (nothing changed) while it has clones."""
+    """Remove img-<id>; a no-op if absent; refused with ImageInUse (nothing changed)
+    while it has clones."""
     _, rbd = bindings()
     name = image_name(image_id)
     with conn.ioctx(pool, f"delete image {image_id}") as ioctx:
@@ -183,7 +184,7 @@ def delete_image(conn: CephConnection, pool: str, image_id: str) -> None:
                 clones = children_of(img)
                 img.set_snap(None)
                 if clones:
-                    raise StorageError(f"image {image_id} is in use by disks cloned from it: "
+                    raise ImageInUse(f"image {image_id} is in use by disks cloned from it: "
                                        f"{', '.join(clones)}")
                 if img.is_protected_snap(BASE_SNAP):
                     img.unprotect_snap(BASE_SNAP)
