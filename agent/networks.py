@@ -11,12 +11,13 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.drivers.network.base import NetworkDriver
 from agent.drivers.network.secgroups import FirewallError, PortFilter, SecurityGroupFirewall
 from agent.errors import is_retryable
-from agent.protocol import DesiredNetwork, DesiredState
+from agent.protocol import DesiredNetwork, DesiredPort, DesiredState
 from agent.retry import FailureLedger
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,16 @@ def tap_name(port_id: str) -> str:
 
 
 FIREWALL_ID = "security-groups"  # the object id of firewall failures: one ruleset per node
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Why a VM may not be created or started on this node yet: a network of its ports
+    failed here, or its security groups are not in force. The failure is the network's
+    or the firewall's, not the VM's: the VM starts on the first pass after it clears."""
+
+    message: str
+    final: bool  # that failure is given up on: it clears once its request changes
 
 
 class NetworkKeeper:
@@ -61,6 +72,22 @@ class NetworkKeeper:
         """Why the network is not ready on this node; None when it is (as far as known)."""
         failure = self.ledger.get("network", network_id, "ensure")
         return failure.message if failure else None
+
+    def vm_blocker(self, ports: list[DesiredPort], names: dict[str, str]) -> Blocker | None:
+        """What keeps a VM with these ports from starting here (fail closed); None when
+        nothing does. `names`: network id -> name, for the message."""
+        for port in ports:
+            failure = self.ledger.get("network", port.network_id, "ensure")
+            if failure is not None:
+                name = names.get(port.network_id, port.network_id)
+                return Blocker(f"network {name} ({port.network_id}) is not ready on this "
+                               f"node: {failure.message}", failure.final)
+        why = self.filters_blocker() if any(p.security_groups for p in ports) else None
+        if why is None:
+            return None
+        failure = self.ledger.get("firewall", FIREWALL_ID, "apply")
+        return Blocker("the security groups of its ports are not in force on this node: "
+                       f"{why}", failure is not None and failure.final)
 
     def apply_security_groups(self, desired: DesiredState) -> bool:
         """Filter this node's ports by their security groups; a change reaches running VMs
@@ -134,6 +161,10 @@ class NetworkKeeper:
             return True
         ok = True
         for net_id in carried - wanted.keys():
+            self.ledger.succeeded("network", net_id, "ensure")  # not wanted: no longer applies
+            if not self.ledger.may_try("network", net_id, "remove", None):
+                ok = False  # failed: waits for its retry (or, given up on, a restart)
+                continue
             try:
                 self.driver.remove_network(net_id)
                 carried.discard(net_id)
@@ -143,6 +174,7 @@ class NetworkKeeper:
                 self.ledger.failed("network", net_id, "remove", None, e)
                 ok = False
         for net in wanted.values():
+            self.ledger.succeeded("network", net.id, "remove")  # wanted again: none pending
             carried.add(net.id)
             self._save(carried)  # recorded first: a half-made network is ours to remove
             ok &= self._ensure(net)

@@ -28,9 +28,8 @@ from agent.drivers.hypervisor.base import (
     VmSpec,
 )
 from agent.drivers.network.base import bridge_name
-from agent.drivers.storage.base import StorageDriver
-from agent.errors import DriverError
-from agent.networks import NetworkKeeper, tap_name
+from agent.drivers.storage.base import ImageInUse, StorageDriver
+from agent.networks import Blocker, NetworkKeeper, tap_name
 from agent.protocol import (
     DesiredState,
     DesiredVm,
@@ -92,8 +91,16 @@ class _Pass:
 
 
 def attempt_key(vm: DesiredVm) -> tuple[object, ...]:
-    """What a VM task tries to carry out; its power_seq comes first."""
+    """What a VM task tries to carry out: a change of any of it is tried afresh."""
     return (vm.power_seq, vm.power, vm.vcpus, vm.memory_mib, vm.root_disk_gib, vm.image.id)
+
+
+class _Blocked(Exception):
+    """A VM task found its network or firewall failed: the VM waits, it did not fail."""
+
+    def __init__(self, blocker: Blocker) -> None:
+        super().__init__(blocker.message)
+        self.blocker = blocker
 
 
 class Reconciler:
@@ -125,9 +132,10 @@ class Reconciler:
         self.on_settled = on_settled
         self.prepare_disks = prepare_disks  # before a domain with storage disks is defined
         # one ledger of failures for VMs, images, volumes, networks and the firewall
-        self.ledger = ledger or (networks.ledger if networks is not None else FailureLedger())
-        if networks is not None:
-            networks.ledger = self.ledger
+        self.ledger = ledger if ledger is not None else FailureLedger()
+        if networks is not None and networks.ledger is not self.ledger:
+            raise ValueError("the network keeper must record its failures in the one ledger "
+                             "of the reconciler: give both the same one")
         self.volumes = VolumeKeeper(storage, hypervisor, prepare_disks, self.ledger)
         self.networks = networks
         self.gpu = gpu or NoGpuDriver()
@@ -139,6 +147,7 @@ class Reconciler:
         self._image_locks: dict[str, threading.Lock] = {}
         self._retired_gone: set[str] = set()  # deleted images known absent from storage
         self._flattened: set[str] = set()  # VMs whose root disk no longer depends on its image
+        self._blocked: dict[str, Blocker] = {}  # VMs not created or started: what stops them
         self.progress: dict[str, int] = {}
         self.applied_generation = -1
         self.desired: DesiredState | None = None
@@ -167,8 +176,13 @@ class Reconciler:
         unwanted = (observed.keys() - wanted.keys()) | set(
             self._orphan_dirs(observed.keys() | wanted.keys()))
         tracker = _Pass(desired.generation, self._mark_applied)
-        removals = [self._start(i, functools.partial(self._remove, i), tracker)
-                    for i in unwanted]
+        self._forget_stale(desired, wanted.keys() | unwanted)
+        removals = []
+        for i in unwanted:
+            if self.ledger.may_try("vm", i, "remove", None):
+                removals.append(self._start(i, functools.partial(self._remove, i), tracker))
+            else:
+                tracker.skipped()  # its removal failed: waits for its retry
         for f in removals:
             if f is not None:
                 f.result()
@@ -179,7 +193,12 @@ class Reconciler:
                 tracker.skipped()  # the failure is reported; this generation is not applied
         for vm_id, vm in wanted.items():
             obs = observed.get(vm_id)
-            if self._needs_work(vm, obs):
+            if not self._needs_work(vm, obs):
+                self._blocked.pop(vm_id, None)
+            elif (blocker := self._blocker(vm, obs)) is not None:
+                self._blocked[vm_id] = blocker  # the failure is its network's or firewall's
+                tracker.skipped()
+            else:
                 self._start(vm_id, functools.partial(self._converge, vm, obs), tracker)
         for key, task in self.volumes.plan(desired, observed):
             self._start(key, task, tracker)
@@ -187,11 +206,25 @@ class Reconciler:
             if (vm.flatten_root and vm.id not in self._flattened and vm.id in observed
                     and self.ledger.may_try("vm", vm.id, "flatten", True)):
                 self._start(vm.id, functools.partial(self._flatten, vm), tracker)
-        retired = [i for i in desired.retired_images if i not in self._retired_gone]
+        retired = [i for i in desired.retired_images if i not in self._retired_gone
+                   and self.ledger.may_try("image", i, "delete", None)]
         if retired:
             self._start("retired-images", functools.partial(self._drop_images, retired), tracker)
         tracker.seal()
         self.on_change()
+
+    def _forget_stale(self, desired: DesiredState, vms: set[str]) -> None:
+        """Forget the failures of actions that no longer apply: of VMs neither wanted nor
+        on this node (a removal forgets its VM itself), and of deleting images no longer
+        to be dropped."""
+        for e in self.ledger.of_kind("vm"):
+            if e.object_id not in vms:
+                self.ledger.forget("vm", e.object_id)
+        for vm_id in self._blocked.keys() - vms:
+            self._blocked.pop(vm_id, None)
+        for e in self.ledger.of_kind("image"):
+            if e.action == "delete" and e.object_id not in desired.retired_images:
+                self.ledger.succeeded("image", e.object_id, "delete")
 
     def _mark_applied(self, generation: int) -> None:
         with self._guard:
@@ -258,31 +291,33 @@ class Reconciler:
                 self._create(vm)
             else:
                 self._set_power(vm, obs)
+        except _Blocked as e:  # waits for its network or firewall; not the VM's failure
+            self._blocked[vm.id] = e.blocker
         except Exception as e:  # every failure is reported on the VM; the agent goes on
             log.warning("VM %s (%s): %s", vm.name, vm.id, e)
-            self.ledger.failed("vm", vm.id, "converge", attempt_key(vm), e)
+            self.ledger.failed("vm", vm.id, "converge", attempt_key(vm), e, seq=vm.power_seq)
         else:
+            self._blocked.pop(vm.id, None)
             self.ledger.succeeded("vm", vm.id, "converge")
         finally:
             self.progress.pop(vm.id, None)
 
-    def _check_ports(self, vm: DesiredVm) -> None:
-        """Raise (retryable) if a network of the VM's ports failed on this node, or its
-        security groups are not in force: such a VM is not started (fail closed)."""
+    def _blocker(self, vm: DesiredVm, obs: VmObservation | None = None) -> Blocker | None:
+        """What keeps the VM from being created or started here: a failed network of its
+        ports, or its security groups not in force (fail closed). Stopping it never waits."""
         if self.networks is None or not vm.ports:
-            return
+            return None
+        if obs is not None and (vm.power is not PowerState.RUNNING or obs.running):
+            return None  # neither created nor started by this request
         names = {n.id: n.name for n in self.desired.networks} if self.desired else {}
-        for port in vm.ports:
-            why = self.networks.network_blocker(port.network_id)
-            if why is not None:
-                name = names.get(port.network_id, port.network_id)
-                raise DriverError(f"network {name} ({port.network_id}) is not ready on this "
-                                  f"node: {why}", retryable=True)
-        if any(p.security_groups for p in vm.ports):
-            why = self.networks.filters_blocker()
-            if why is not None:
-                raise DriverError("not started: the security groups of its ports are not in "
-                                  f"force on this node: {why}", retryable=True)
+        return self.networks.vm_blocker(vm.ports, names)
+
+    def _check_ports(self, vm: DesiredVm) -> None:
+        """Raise _Blocked (before anything is made) if the VM may not be created or
+        started yet; checked again in the task, as a blocker may arise meanwhile."""
+        blocker = self._blocker(vm)
+        if blocker is not None:
+            raise _Blocked(blocker)
 
     def _create(self, vm: DesiredVm) -> None:
         """Image, disk, seed, domain, start: each undone if a later step fails."""
@@ -391,12 +426,17 @@ class Reconciler:
             self.ledger.succeeded("vm", vm.id, "flatten")
 
     def _drop_images(self, image_ids: list[str]) -> None:
-        """Remove stored copies of deleted images; one still backing a disk stays for now."""
+        """Remove stored copies of deleted images. One still backing a disk is kept, no
+        failure, and tried again next pass; any other failure is reported and retried
+        by the ledger's policy."""
         for image_id in image_ids:
             try:
                 self.storage.delete_image(image_id)
-            except Exception as e:  # reported; every pass tries again (it may be in use)
-                log.info("deleted image %s kept for now: %s", image_id, e)
+            except ImageInUse as e:  # kept until no disk is made from it
+                log.debug("deleted image %s kept for now: %s", image_id, e)
+                self.ledger.succeeded("image", image_id, "delete")
+            except Exception as e:
+                log.warning("deleted image %s not removed: %s", image_id, e)
                 self.ledger.failed("image", image_id, "delete", None, e)
             else:
                 self._retired_gone.add(image_id)
@@ -405,7 +445,8 @@ class Reconciler:
     def _remove(self, vm_id: str) -> None:
         """Domain, disks and files of a VM no longer wanted; each step is idempotent.
 
-        A failure is reported (kind vm, action remove) and raised; the next pass retries.
+        A failure is reported (kind vm, action remove) and raised; it is tried again
+        when the ledger's policy says.
         """
         try:
             self.hypervisor.undefine(vm_id)
@@ -449,16 +490,32 @@ class Reconciler:
                     power_seq=result[vm.id].power_seq if vm.id in result else 0,
                     progress=self.progress[vm.id],
                 )
+            elif (blocker := self._blocked.get(vm.id)) is not None:
+                result[vm.id] = self._blocked_view(vm, blocker, result.get(vm.id))
             elif (failure := self.ledger.get("vm", vm.id, "converge")) is not None:
                 result[vm.id] = self._failed_view(vm, failure, result.get(vm.id))
         return list(result.values())
+
+    @staticmethod
+    def _blocked_view(vm: DesiredVm, blocker: Blocker, prior: ObservedVm | None) -> ObservedVm:
+        """A VM waiting for its network or firewall: as it is, with the cause; in error
+        for its power action once that failure is given up on (it still starts once the
+        failure clears)."""
+        state = prior.state if prior else ObservedVmState.PROVISIONING
+        return ObservedVm(
+            id=vm.id, name=vm.name, state=ObservedVmState.ERROR if blocker.final else state,
+            power_seq=prior.power_seq if prior else 0,
+            error=f"{'not started' if blocker.final else 'waiting'}: {blocker.message}",
+            failed_power_seq=vm.power_seq if blocker.final else None,
+            console_log=prior.console_log if prior else None,
+        )
 
     @staticmethod
     def _failed_view(vm: DesiredVm, failure: Entry, prior: ObservedVm | None) -> ObservedVm:
         """A VM whose last task failed: in error once final, else as it is, retrying."""
         if failure.final:
             state = ObservedVmState.ERROR
-            failed = int(failure.request[0])  # type: ignore[index]  # attempt_key: power_seq
+            failed = failure.seq
         else:  # still trying: the request stands, the error is shown meanwhile
             state = prior.state if prior else ObservedVmState.PROVISIONING
             failed = None

@@ -23,7 +23,7 @@ from agent.drivers.hypervisor.base import (
 )
 from agent.drivers.network.base import NetworkError, bridge_name
 from agent.drivers.network.secgroups import FirewallError, PortFilter
-from agent.drivers.storage.base import StorageDriver, StorageError, StorageInfo
+from agent.drivers.storage.base import ImageInUse, StorageDriver, StorageError, StorageInfo
 from agent.networks import NetworkKeeper, tap_name
 from agent.protocol import (
     CloudInitSeed,
@@ -112,7 +112,7 @@ class FakeStorage(StorageDriver):
 
     def delete_image(self, image_id: str) -> None:
         if image_id in self.in_use:
-            raise StorageError(f"image {image_id} is in use")
+            raise ImageInUse(f"image {image_id} is in use")
         self.images.pop(image_id, None)
 
     def image_virtual_size(self, image_id: str) -> int:
@@ -367,6 +367,7 @@ def test_deleted_images_leave_node_storage_once_unused(
     rec.apply(DesiredState(node_id="n", generation=1, vms=[], retired_images=["old", "busy"]))
     assert rec.wait_idle(10)
     assert set(st.images) == {"busy", "kept"}
+    assert rec.report_failures() == []  # kept while a disk is made from it: no failure
     st.in_use = set()
     rec.apply(DesiredState(node_id="n", generation=2, vms=[], retired_images=["old", "busy"]))
     assert rec.wait_idle(10)
@@ -390,7 +391,7 @@ def test_vm_ports_become_nics_and_network_config(tmp_path: Path) -> None:
     hv, st, net = FakeHypervisor(), FakeStorage(tmp_path / "disks"), FakeNetwork()
     keeper = NetworkKeeper(net, "198.18.0.1", tmp_path / "networks.json")  # type: ignore[arg-type]
     rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
-                     stop_grace_s=1, networks=keeper)
+                     stop_grace_s=1, networks=keeper, ledger=keeper.ledger)
     network = DesiredNetwork(id="net-1", name="t", kind=NetworkKind.TENANT, mtu=1450, vni=1000)
     port = DesiredPort(id="port-1", network_id="net-1", mac="52:54:00:00:00:01",
                        addresses=["10.0.0.5/24"], gateways=["10.0.0.1"], mtu=1450)
@@ -484,7 +485,7 @@ def test_security_groups_that_cannot_be_applied_fail_closed_and_are_reported(
     hv, st, fw = FakeHypervisor(), FakeStorage(tmp_path / "disks"), BrokenFirewall()
     keeper = NetworkKeeper(FakeNetwork(), "198.18.0.1", tmp_path / "n.json", fw)  # type: ignore[arg-type]
     rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
-                     stop_grace_s=1, networks=keeper)
+                     stop_grace_s=1, networks=keeper, ledger=keeper.ledger)
     rec.apply(DesiredState(node_id="n", generation=4, vms=[filtered_vm("aaaa-1")],
                            networks=[NET], security_groups=[GROUP]))
     assert rec.wait_idle(10)
@@ -492,40 +493,57 @@ def test_security_groups_that_cannot_be_applied_fail_closed_and_are_reported(
     assert "start:aaaa" not in hv.calls and not any(o.running for o in hv.vms.values())
     assert fw.isolated == [[tap_name("port-1")]]
     assert rec.applied_generation == -1
+    # the firewall gave up (not retryable): so does the start asked for, with its cause
     [obs] = rec.observe()
-    assert obs.state is ObservedVmState.PROVISIONING
+    assert obs.state is ObservedVmState.ERROR and obs.failed_power_seq == 1
     assert "security groups of its ports are not in force" in (obs.error or "")
     assert "br_netfilter" in (obs.error or "")
-    failures = {(f.kind, f.object_id): f for f in rec.report_failures()}
-    firewall = failures[("firewall", "security-groups")]
+    [firewall] = rec.report_failures()  # the firewall's failure, none of the VM's own
+    assert (firewall.kind, firewall.object_id) == ("firewall", "security-groups")
     assert "br_netfilter" in firewall.message and "isolated" in firewall.message
     assert not firewall.retryable and firewall.final
-    assert failures[("vm", "aaaa-1")].retryable  # it waits for its rules
 
 
-def test_a_vm_on_a_failed_network_shows_the_network_error(tmp_path: Path) -> None:
+def test_a_vm_on_a_failed_network_shows_the_network_error_and_starts_once_it_is_fixed(
+        tmp_path: Path) -> None:
     class TakenVni(FakeNetwork):
         def ensure_network(self, net: DesiredNetwork, underlay_ip: str | None) -> None:
-            raise NetworkError(f"tenant network {net.id}: VNI 1000 is already used by "
-                               "device vx-other on this node")
+            super().ensure_network(net, underlay_ip)
+            if net.vni == 1000:
+                raise NetworkError(f"tenant network {net.id}: VNI 1000 is already used by "
+                                   "device vx-other on this node")
 
-    hv, st = FakeHypervisor(), FakeStorage(tmp_path / "disks")
-    keeper = NetworkKeeper(TakenVni(), "198.18.0.1", tmp_path / "n.json")  # type: ignore[arg-type]
+    hv, st, clock = FakeHypervisor(), FakeStorage(tmp_path / "disks"), Clock()
+    ledger = FailureLedger(RetryPolicy(base_s=30, cap_s=30, give_up_after_s=300),
+                           clock=clock, rand=lambda: 0.0)
+    keeper = NetworkKeeper(TakenVni(), "198.18.0.1", tmp_path / "n.json",  # type: ignore[arg-type]
+                           ledger=ledger)
     rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
-                     stop_grace_s=1, networks=keeper)
+                     stop_grace_s=1, networks=keeper, ledger=ledger)
     on_net = vm("aaaa-1").model_copy(update={"ports": [DesiredPort(
         id="port-1", network_id="net-1", mac="52:54:00:00:00:01",
         addresses=["10.0.0.5/24"], mtu=1450)]})
-    rec.apply(DesiredState(node_id="n", generation=2, vms=[on_net], networks=[NET]))
-    assert rec.wait_idle(10)
+    for _ in range(12):  # six minutes of passes, one every 30 s
+        rec.apply(DesiredState(node_id="n", generation=2, vms=[on_net], networks=[NET]))
+        assert rec.wait_idle(10)
+        clock.now += 30
     assert hv.vms == {} and rec.applied_generation == -1
+    # the network gave up (not retryable): so does the start asked for, with its cause
     [obs] = rec.observe()
-    assert obs.error == ("retrying: network lan (net-1) is not ready on this node: tenant "
-                         "network net-1: VNI 1000 is already used by device vx-other on this "
-                         "node")
-    [net_failure] = [f for f in rec.report_failures() if f.kind == "network"]
-    assert net_failure.object_id == "net-1" and net_failure.action == "ensure"
-    assert "VNI 1000 is already used by device vx-other" in net_failure.message
+    assert obs.state is ObservedVmState.ERROR and obs.failed_power_seq == 1
+    assert obs.error == ("not started: network lan (net-1) is not ready on this node: "
+                         "tenant network net-1: VNI 1000 is already used by device vx-other "
+                         "on this node")
+    [net_failure] = rec.report_failures()  # the network's, none of the VM's own
+    assert (net_failure.kind, net_failure.object_id, net_failure.action) == (
+        "network", "net-1", "ensure")
+    assert net_failure.final and not net_failure.retryable
+    # the operator gives the network another VNI: the VM starts, no new power action needed
+    fixed = NET.model_copy(update={"vni": 1001})
+    rec.apply(DesiredState(node_id="n", generation=3, vms=[on_net], networks=[fixed]))
+    assert rec.wait_idle(10)
+    assert hv.vms["aaaa-1"].running and rec.report_failures() == []
+    assert rec.observe()[0].state is ObservedVmState.RUNNING
 
 
 def test_failed_flatten_image_delete_and_volume_actions_are_reported(tmp_path: Path) -> None:
@@ -543,11 +561,160 @@ def test_failed_flatten_image_delete_and_volume_actions_are_reported(tmp_path: P
         node_id="n", generation=3, retired_images=["old"], volumes=[volume],
         vms=[vm("aaaa-1").model_copy(update={"flatten_root": True})]))
     assert rec.wait_idle(10)
-    failures = {(f.kind, f.object_id, f.action): f.message for f in rec.report_failures()}
+    first = rec.report_failures()
+    failures = {(f.kind, f.object_id, f.action): f.message for f in first}
     assert failures == {
         ("vm", "aaaa-1", "flatten"): "fake storage cannot flatten root disks",
-        ("image", "old", "delete"): "image old is in use",
         ("volume", "vol-1", "converge"): "this node's storage has no volumes",
     }
+    rec.apply(DesiredState(
+        node_id="n", generation=4, retired_images=["old"], volumes=[volume],
+        vms=[vm("aaaa-1").model_copy(update={"flatten_root": True})]))
+    assert rec.wait_idle(10)
+    assert rec.report_failures() == first  # given up on, nothing new: the same report
     [obs] = rec.observe()
     assert obs.error == "fake storage cannot flatten root disks" and obs.root_cloned
+
+
+def _ledger(clock: Clock) -> FailureLedger:
+    return FailureLedger(RetryPolicy(base_s=30, cap_s=30, give_up_after_s=300),
+                         clock=clock, rand=lambda: 0.0)
+
+
+class BusyFirewall(FakeFirewall):
+    """nftables busy (retryable) while `busy`; isolating ports still works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = True
+        self.isolated: list[list[str]] = []
+
+    def apply(self, ports: list[PortFilter], groups: dict[str, DesiredSecurityGroup]) -> None:
+        if self.busy:
+            raise FirewallError("nftables: resource busy", retryable=True)
+        super().apply(ports, groups)
+
+    def isolate(self, taps: list[str]) -> None:
+        self.isolated.append(taps)
+
+
+def test_a_vm_waiting_for_its_security_groups_is_not_given_up_on(tmp_path: Path) -> None:
+    hv, st, fw, clock = FakeHypervisor(), FakeStorage(tmp_path / "disks"), BusyFirewall(), Clock()
+    ledger = _ledger(clock)
+    keeper = NetworkKeeper(FakeNetwork(), None, tmp_path / "n.json", fw,  # type: ignore[arg-type]
+                           ledger=ledger)
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1, networks=keeper, ledger=ledger)
+    group = GROUP
+    for step in range(13):  # six and a half minutes of passes, one every 30 s
+        if step == 7:  # a rule added meanwhile: the firewall's request starts afresh
+            group = GROUP.model_copy(update={"rules": [*GROUP.rules, SecurityRule(
+                direction="ingress", protocol="tcp", port_min=22, port_max=22,
+                remote_cidr="0.0.0.0/0")]})
+        rec.apply(DesiredState(node_id="n", generation=4, vms=[filtered_vm("aaaa-1")],
+                               networks=[NET], security_groups=[group]))
+        assert rec.wait_idle(10)
+        clock.now += 30
+    assert hv.vms == {}  # never started unfiltered
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.PROVISIONING and obs.failed_power_seq is None
+    assert obs.error == ("waiting: the security groups of its ports are not in force on this "
+                         "node: security groups not applied: nftables: resource busy; their "
+                         "ports are isolated (no traffic) until they are")
+    assert [(f.kind, f.final) for f in rec.report_failures()] == [("firewall", False)]
+    fw.busy = False  # the first pass after the rules apply starts it
+    rec.apply(DesiredState(node_id="n", generation=4, vms=[filtered_vm("aaaa-1")],
+                           networks=[NET], security_groups=[group]))
+    assert rec.wait_idle(10)
+    assert fw.applied and hv.vms["aaaa-1"].running and rec.report_failures() == []
+    assert rec.applied_generation == 4
+
+
+def test_a_failed_image_delete_is_retried_by_the_policy(tmp_path: Path) -> None:
+    class FailingDelete(FakeStorage):
+        tries = 0
+
+        def delete_image(self, image_id: str) -> None:
+            self.tries += 1
+            raise StorageError("rbd: I/O error", retryable=True)
+
+    st, clock = FailingDelete(tmp_path / "disks"), Clock()
+    rec = Reconciler(FakeHypervisor(), st, _image_source, tmp_path / "instances",
+                     owner="node-1", stop_grace_s=1, ledger=_ledger(clock))
+    desired = DesiredState(node_id="n", generation=1, vms=[], retired_images=["old"])
+    rec.apply(desired)
+    assert rec.wait_idle(10)
+    [failure] = rec.report_failures()
+    assert (failure.kind, failure.action, failure.final) == ("image", "delete", False)
+    rec.apply(desired)  # before its retry delay: not tried again, reported the same
+    assert rec.wait_idle(10)
+    assert st.tries == 1 and rec.report_failures() == [failure]
+    clock.now += 30
+    rec.apply(desired)
+    assert rec.wait_idle(10)
+    assert st.tries == 2 and rec.report_failures()[0].attempts == 2
+    # no longer a deleted image this node must drop: not its failure any more
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[]))
+    assert rec.wait_idle(10)
+    assert rec.report_failures() == []
+
+
+def test_a_failed_removal_is_not_retried_once_final(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None, MINE)
+    hv.fail_on = {"undefine"}
+    for generation in (1, 2):
+        rec.apply(DesiredState(node_id="n", generation=generation, vms=[]))
+        assert rec.wait_idle(10)
+    assert hv.calls == ["undefine:cccc"]  # not retryable: tried once
+    [failure] = rec.report_failures()
+    assert (failure.kind, failure.action, failure.message) == ("vm", "remove", "undefine failed")
+    assert failure.final and failure.next_retry_at is None
+    assert rec.applied_generation == -1
+
+
+def test_a_failed_network_removal_is_retried_by_the_policy(tmp_path: Path) -> None:
+    class StuckNetwork(FakeNetwork):
+        def remove_network(self, network_id: str) -> None:
+            super().remove_network(network_id)
+            raise NetworkError("bridge busy", retryable=True)
+
+    net, clock = StuckNetwork(), Clock()
+    ledger = _ledger(clock)
+    keeper = NetworkKeeper(net, None, tmp_path / "n.json", ledger=ledger)  # type: ignore[arg-type]
+    (tmp_path / "n.json").write_text(json.dumps(["net-1"]))  # made by this agent before
+    desired = DesiredState(node_id="n", generation=1, vms=[])
+    assert not keeper.apply(desired.networks)
+    [failure] = ledger.report()
+    assert (failure.kind, failure.action, failure.final) == ("network", "remove", False)
+    assert not keeper.apply(desired.networks)  # before its retry delay: not tried again
+    assert net.calls == ["remove:net-1"] and ledger.report() == [failure]
+    clock.now += 30
+    keeper.apply(desired.networks)
+    assert net.calls == ["remove:net-1"] * 2
+    # wanted again: the removal that failed no longer applies
+    assert keeper.apply([NET]) and ledger.report() == []
+
+
+def test_the_network_keeper_must_share_the_reconcilers_ledger(tmp_path: Path) -> None:
+    theirs = FailureLedger()
+    keeper = NetworkKeeper(FakeNetwork(), None, tmp_path / "n.json",  # type: ignore[arg-type]
+                           ledger=theirs)
+    with pytest.raises(ValueError, match="one ledger"):
+        Reconciler(FakeHypervisor(), FakeStorage(tmp_path / "d"), _image_source,
+                   tmp_path / "instances", owner="node-1", stop_grace_s=1, networks=keeper,
+                   ledger=FailureLedger())
+    assert keeper.ledger is theirs
+
+
+def test_the_failure_of_a_vm_no_longer_wanted_is_forgotten(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.fail_on = {"define"}
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
+    assert [(f.object_id, f.final) for f in rec.report_failures()] == [("aaaa-1", True)]
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[]))  # the operator deleted it
+    assert rec.wait_idle(10)
+    assert rec.report_failures() == [] and rec.observe() == []
