@@ -45,16 +45,17 @@ def _report_network_failure(api: Api) -> tuple[Any, dict[str, Any], dict[str, An
         NodeFailure(kind="network", object_id=net["id"], action="ensure",
                     message=f"tenant network {net['id']}: {VNI_TAKEN}", retryable=False,
                     final=True, since=SINCE, attempts=1),
-        NodeFailure(kind="vm", object_id=vm["id"], action="converge",
-                    message=f"network lan ({net['id']}) is not ready on this node: tenant "
-                    f"network {net['id']}: {VNI_TAKEN}", retryable=True, final=False,
+        NodeFailure(kind="vm", object_id=vm["id"], action="flatten",
+                    message="Ceph cluster unreachable", retryable=True, final=False,
                     since=SINCE, attempts=2, next_retry_at=SINCE),
         NodeFailure(kind="image", object_id="other-image", action="delete",
-                    message="image other-image is in use", retryable=False, final=True,
+                    message="rbd: I/O error", retryable=False, final=True,
                     since=SINCE, attempts=1),
     ]
+    # the VM waits for its network: it shows the network's cause as its own error
     observed = ObservedVm(id=vm["id"], name=vm["name"], state=ObservedVmState.PROVISIONING,
-                          power_seq=0, error=f"retrying: {failures[1].message}")
+                          power_seq=0, error=f"waiting: network lan ({net['id']}) is not "
+                          f"ready on this node: {failures[0].message}")
     api.report(node, [observed], underlay_ip="198.18.0.1", failures=failures)
     return node, net, vm
 
@@ -104,11 +105,11 @@ def test_cli_node_show_and_vm_show_say_what_failed_and_why(
     assert (f"network {net['id']}: ensure failed: tenant network {net['id']}: {VNI_TAKEN} "
             "(1 attempt since 2026-12-01T06:00:00Z; not retryable: fix the cause, then ask "
             "again)") in out
-    assert "image other-image: delete failed: image other-image is in use" in out
+    assert "image other-image: delete failed: rbd: I/O error" in out
 
     assert cli.main(["vm", "show", "web-1"]) == 0
     out = capsys.readouterr().out
-    assert f"error:   retrying: network lan ({net['id']}) is not ready on this node" in out
+    assert f"error:   waiting: network lan ({net['id']}) is not ready on this node" in out
     assert "failures on its node:" in out and VNI_TAKEN in out
     assert "retrying at 2026-12-01T06:00:00Z" in out
     assert "other-image" not in out
