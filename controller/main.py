@@ -15,8 +15,7 @@ from controller.api.auth import PeerCertMiddleware
 from controller.app import create_app
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
-from controller.services.heartbeats import HeartbeatFlusher
-from controller.services.housekeeping import Housekeeper
+from controller.services.housekeeping import Periodic, housekeeper
 from controller.serving import raise_open_files_limit
 from controller.storage_settings import StorageConfigError
 
@@ -39,9 +38,10 @@ class _Server(BaseApplication):
         # opened here, in the worker, once gevent has patched the standard library: locks and
         # connection pools made before the patch would block every greenlet at once
         region = open_region(self.config)
-        Housekeeper(region.sessions, timedelta(seconds=region.config.operation_silence_s),
+        housekeeper(region.sessions, timedelta(seconds=region.config.operation_silence_s),
                     datetime.now(UTC)).start()
-        HeartbeatFlusher(region.heartbeats, region.sessions).start()
+        # heard-of times of repeated heartbeats, written together once a second
+        Periodic("heartbeats", 1.0, lambda: region.heartbeats.flush(region.sessions)).start()
         return PeerCertMiddleware(create_app(region))
 
 

@@ -13,7 +13,6 @@ first one after the node's desired state changed, and the first one after
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from collections.abc import Iterable
 from datetime import datetime
@@ -24,8 +23,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.protocol import NodeStatus
 from controller.db.models import Node
-
-log = logging.getLogger(__name__)
 
 # Measurements that move on every report without anything having happened: they are
 # refreshed by the full ingest that comes at least every `full_every_s`.
@@ -96,21 +93,3 @@ class HeartbeatBook:
             raise
         return len(heard)
 
-
-class HeartbeatFlusher(threading.Thread):
-    """Flushes the book every `interval` seconds until the process ends."""
-
-    def __init__(self, book: HeartbeatBook, sessions: sessionmaker[Session],
-                 interval: float = 1.0) -> None:
-        super().__init__(name="heartbeats", daemon=True)
-        self.book = book
-        self.sessions = sessions
-        self.interval = interval
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(self.interval):
-            try:
-                self.book.flush(self.sessions)
-            except Exception:
-                log.exception("writing heartbeats failed; trying again")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -39,25 +40,33 @@ def expire_operations(db: Session, now: datetime, silent_after: timedelta,
     return failed
 
 
-class Housekeeper(threading.Thread):
-    """Runs the upkeep every `interval` seconds until stopped."""
+class Periodic(threading.Thread):
+    """Calls `task()` every `interval` seconds until stopped; a failure is logged and the
+    task runs again at the next tick."""
 
-    def __init__(self, sessions: sessionmaker[Session], silent_after: timedelta,
-                 started_at: datetime, interval: float = 5.0) -> None:
-        super().__init__(name="housekeeping", daemon=True)
-        self.sessions = sessions
-        self.silent_after = silent_after
-        self.started_at = started_at
+    def __init__(self, name: str, interval: float, task: Callable[[], object]) -> None:
+        super().__init__(name=name, daemon=True)
         self.interval = interval
+        self.task = task
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
             try:
-                with self.sessions() as db, db.begin():
-                    n = expire_operations(db, datetime.now(self.started_at.tzinfo),
-                                          self.silent_after, self.started_at)
-                if n:
-                    log.warning("%d operation(s) failed: their node stopped reporting", n)
+                self.task()
             except Exception:
-                log.exception("housekeeping failed; trying again")
+                log.exception("%s failed; trying again", self.name)
+
+
+def housekeeper(sessions: sessionmaker[Session], silent_after: timedelta,
+                started_at: datetime, interval: float = 5.0) -> Periodic:
+    """Fails, every `interval` seconds, the operations of nodes silent too long."""
+
+    def upkeep() -> None:
+        with sessions() as db, db.begin():
+            n = expire_operations(db, datetime.now(started_at.tzinfo), silent_after,
+                                  started_at)
+        if n:
+            log.warning("%d operation(s) failed: their node stopped reporting", n)
+
+    return Periodic("housekeeping", interval, upkeep)
