@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from hardware.cpu import probe_cpu
 from hardware.discover import discover
 from hardware.disks import probe_disks
@@ -110,12 +113,16 @@ def test_pci_devices_with_names_classes_and_groups(gpu_server: Root) -> None:
     assert pci["0000:00:00.0"].driver is None and pci["0000:00:00.0"].class_name == "Host bridge"
 
 
-def test_this_machine_recorded_tree_matches_a_live_probe(this_machine: Root) -> None:
-    """The recording of this machine and a live probe agree on what does not change."""
-    recorded, live = discover(this_machine), discover(Root("/"))
-    assert recorded.cpu == live.cpu
-    assert [d.address for d in recorded.pci] == [d.address for d in live.pci]
-    assert [(n.name, n.driver, n.mac) for n in recorded.nics if n.physical] == \
-        [(n.name, n.driver, n.mac) for n in live.nics if n.physical]
-    assert recorded.iommu == live.iommu
-    assert recorded.gpus == live.gpus
+def test_a_live_probe_sees_what_this_machine_shows() -> None:
+    """The probe on the machine running the suite, whichever it is (the recording under
+    tests/data/hw/this-machine is of one machine of this workplace, not of every one)."""
+    live = discover(Root("/"))
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    assert f"vendor_id\t: {live.cpu.vendor}" in cpuinfo
+    assert f"model name\t: {live.cpu.model}" in cpuinfo
+    assert live.cpu.threads == os.cpu_count()
+    assert [d.address for d in live.pci] == sorted(os.listdir("/sys/bus/pci/devices"))
+    net = Path("/sys/class/net")
+    assert sorted(n.name for n in live.nics if n.physical) == \
+        sorted(n.name for n in net.iterdir() if (n / "device").exists())
+    assert live.iommu.groups == len(list(Path("/sys/kernel/iommu_groups").glob("*")))
