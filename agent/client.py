@@ -12,10 +12,12 @@ from agent.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
+    REPORT_INTERVAL_HEADER,
     DesiredState,
     NodeStatus,
     StorageSettings,
     protocol_from_header,
+    report_interval_from_header,
 )
 
 CHUNK = 1024 * 1024
@@ -70,7 +72,10 @@ def protocol_mismatch(r: requests.Response) -> ProtocolMismatch | None:
 
 class ControllerClient:
     """Speaks to /agent/v1 as this node, saying its protocol version on every call; every
-    call raises ControllerUnavailable on failure, ProtocolMismatch for another version."""
+    call raises ControllerUnavailable on failure, ProtocolMismatch for another version.
+
+    `report_interval_s` is the report interval the controller last named (None before
+    any answer named one)."""
 
     def __init__(self, config: AgentConfig, identity: NodeIdentity) -> None:
         self.identity = identity
@@ -78,18 +83,22 @@ class ControllerClient:
         self.http = _PinnedSession(str(config.ca_path))
         self.http.cert = (str(config.cert_path), str(config.key_path))
         self.http.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        self.report_interval_s: float | None = None
 
     def _node_url(self, suffix: str) -> str:
         return f"{self.base}/nodes/{self.identity.node_id}/{suffix}"
 
-    def desired(self, after: int, wait: float) -> DesiredState:
-        """The node's desired state once its generation exceeds `after` (or after `wait` s)."""
+    def desired(self, after: int, wait: float) -> DesiredState | None:
+        """The node's desired state once its generation exceeds `after`, or None when the
+        controller ended the wait (at most `wait` s) with nothing newer."""
         try:
             r = self.http.get(self._node_url("desired"), params={"after": after, "wait": wait},
                               timeout=wait + 15)
         except requests.RequestException as e:
             raise ControllerUnavailable(str(e)) from e
         self._check(r)
+        if r.status_code == 204:
+            return None
         return DesiredState.model_validate_json(r.content)
 
     def storage_settings(self) -> StorageSettings:
@@ -119,13 +128,15 @@ class ControllerClient:
         except requests.RequestException as e:
             raise ControllerUnavailable(str(e)) from e
 
-    @staticmethod
-    def _check(r: requests.Response) -> None:
+    def _check(self, r: requests.Response) -> None:
         """ProtocolMismatch when the controller speaks another protocol, ControllerUnavailable
-        for any other error answer."""
+        for any other error answer. Takes the report interval the answer names."""
         mismatch = protocol_mismatch(r)
         if mismatch is not None:
             raise mismatch
+        interval = report_interval_from_header(r.headers.get(REPORT_INTERVAL_HEADER))
+        if interval is not None:
+            self.report_interval_s = interval
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)

@@ -14,7 +14,9 @@ class AgentConfig:
     hypervisor: str = "libvirt"
     libvirt_uri: str = "qemu:///system"
     network: str = "linux"
-    heartbeat_s: float = 5.0  # status is also sent at once after every change
+    # least time between status reports; the controller names a longer one in large regions
+    # (its long-polls prove the agent alive meanwhile), and every change is sent at once
+    heartbeat_s: float = 5.0
     poll_wait_s: float = 25.0  # long-poll length; the controller answers early on change
     stop_grace_s: float = 60.0  # ACPI shutdown before a VM is forced off
     kvm_probe_timeout_s: float = 10.0

@@ -124,7 +124,7 @@ class Agent:
                 self.stopping.wait(CONTROLLER_RETRY.delay(failures, random.random))
                 continue
             failures = 0
-            if desired.generation > after:
+            if desired is not None and desired.generation > after:
                 after = desired.generation
                 with self._desired_ready:
                     self._latest = desired
@@ -171,9 +171,15 @@ class Agent:
                     done = period
             self.stopping.wait(RECHECK_S)
 
+    def report_interval_s(self) -> float:
+        """The controller's interval for this region's size, never under our own setting;
+        spread by ±10% so that agents started together do not report together."""
+        told = self.client.report_interval_s or 0.0
+        return max(self.config.heartbeat_s, told) * random.uniform(0.9, 1.1)
+
     def _report_loop(self) -> None:
         while not self.stopping.is_set():
-            self._report_now.wait(self.config.heartbeat_s)
+            self._report_now.wait(self.report_interval_s())
             self._report_now.clear()
             try:
                 self.client.report(self.status())

@@ -16,12 +16,18 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 
-PROTOCOL_VERSION = 1
+# 2: NodeStatus carries `failures`; a long-poll that saw no change answers 204 with no
+# body; every /agent/v1 answer says the report interval (REPORT_INTERVAL_HEADER)
+PROTOCOL_VERSION = 2
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
 # version; a message without the header comes from a release before it, which spoke 1.
 PROTOCOL_HEADER = "Vauban-Agent-Protocol"
 PROTOCOL_WITHOUT_HEADER = 1
+# Seconds between two status reports of an agent with nothing new to say: the controller
+# sets it from the region's size on every /agent/v1 answer (controller/services/pace.py)
+REPORT_INTERVAL_HEADER = "Vauban-Report-Interval"
+REPORT_INTERVAL_RANGE = (1.0, 3600.0)
 
 PROTOCOL_MISMATCH = "protocol-mismatch"  # the problem type's last path segment
 
@@ -35,6 +41,16 @@ def protocol_from_header(raw: str | None) -> int | None:
     if not re.fullmatch(r"[0-9]{1,6}", value) or int(value) < 1:
         return None
     return int(value)
+
+
+def report_interval_from_header(raw: str | None) -> float | None:
+    """The report interval a controller's header names, or None when absent or not a number
+    of seconds within REPORT_INTERVAL_RANGE (decimal digits and at most one point)."""
+    if raw is None or not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", raw.strip()):
+        return None
+    value = float(raw)
+    low, high = REPORT_INTERVAL_RANGE
+    return value if low <= value <= high else None
 
 
 def utc_time(t: datetime) -> datetime:

@@ -5,9 +5,11 @@
 SPEC names the controller URL, the region CA, and per node its id, certificate, key,
 source address and status report (JSON, `sent_at` replaced on every send). Each
 simulated agent does what `agent.daemon.Agent` does on the wire: one connection
-long-polls `GET /agent/v1/nodes/<id>/desired?after=G&wait=W` and takes every new
-generation at once; a second connection posts the status every `heartbeat_s` (first
-one at a random phase) and at once after a new generation.
+long-polls `GET /agent/v1/nodes/<id>/desired?after=G&wait=W` (a 204 is a wait that
+ended with nothing new) and takes every new generation at once; a second connection
+posts the status at the interval the controller names in its answers (at least
+`heartbeat_s`, spread by ±10%, the first one at a random phase) and at once after a
+new generation.
 
 Lines on stdout, one JSON object each: {"connected": n} every 10 s until {"ready": n}
 once every agent has its first desired state; {"all_have": g} once every agent has
@@ -26,9 +28,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from agent.protocol import REPORT_INTERVAL_HEADER, report_interval_from_header  # noqa: E402
 
 RAMP_PER_S = 400  # new agents started per second: the server's accept backlog is finite
 
@@ -56,6 +64,22 @@ class Swarm:
                 self.all_ready.set()
 
 
+@dataclass
+class Pace:
+    """The report interval one simulated agent follows, as the controller last named it."""
+
+    floor_s: float
+    told_s: float | None = None
+
+    def take(self, r: aiohttp.ClientResponse) -> None:
+        told = report_interval_from_header(r.headers.get(REPORT_INTERVAL_HEADER))
+        if told is not None:
+            self.told_s = told
+
+    def interval_s(self) -> float:
+        return max(self.floor_s, self.told_s or 0.0) * random.uniform(0.9, 1.1)
+
+
 def _context(ca_pem: str, cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cadata=ca_pem)
     ctx.load_cert_chain(cert, key)
@@ -67,18 +91,19 @@ async def _agent(swarm: Swarm, node: dict[str, Any], stop: asyncio.Event) -> Non
     connector = aiohttp.TCPConnector(ssl=ctx, local_addr=(node["source"], 0), limit=2)
     base = f"{swarm.url}/agent/v1/nodes/{node['id']}"
     report_now = asyncio.Event()
+    pace = Pace(swarm.heartbeat_s)
     async with aiohttp.ClientSession(connector=connector) as http:
-        poller = asyncio.create_task(_poll(swarm, http, base, report_now, stop))
-        reporter = asyncio.create_task(_report(swarm, http, base, node["status"], report_now,
-                                               stop))
+        poller = asyncio.create_task(_poll(swarm, http, base, pace, report_now, stop))
+        reporter = asyncio.create_task(_report(swarm, http, base, node["status"], pace,
+                                               report_now, stop))
         await stop.wait()
         for task in (poller, reporter):
             task.cancel()
         await asyncio.gather(poller, reporter, return_exceptions=True)
 
 
-async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, report_now: asyncio.Event,
-                stop: asyncio.Event) -> None:
+async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, pace: Pace,
+                report_now: asyncio.Event, stop: asyncio.Event) -> None:
     after, first = -1, True
     timeout = aiohttp.ClientTimeout(total=swarm.poll_wait_s + 60)
     while not stop.is_set():
@@ -86,6 +111,9 @@ async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, report_now
             async with http.get(f"{base}/desired", timeout=timeout,
                                 params={"after": after, "wait": swarm.poll_wait_s}) as r:
                 body = await r.read()
+                pace.take(r)
+                if r.status == 204:
+                    continue  # the wait ended with nothing new
                 if r.status != 200:
                     swarm.errors[f"desired {r.status}"] += 1
                     await asyncio.sleep(1.0)
@@ -102,7 +130,7 @@ async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, report_now
 
 
 async def _report(swarm: Swarm, http: aiohttp.ClientSession, base: str, status: str,
-                  report_now: asyncio.Event, stop: asyncio.Event) -> None:
+                  pace: Pace, report_now: asyncio.Event, stop: asyncio.Event) -> None:
     timeout = aiohttp.ClientTimeout(total=60)
     await asyncio.sleep(random.uniform(0, swarm.heartbeat_s))
     while not stop.is_set():
@@ -113,12 +141,13 @@ async def _report(swarm: Swarm, http: aiohttp.ClientSession, base: str, status: 
             async with http.post(f"{base}/status", data=body, timeout=timeout,
                                  headers={"Content-Type": "application/json"}) as r:
                 await r.read()
+                pace.take(r)
                 if r.status != 204:
                     swarm.errors[f"status {r.status}"] += 1
         except (aiohttp.ClientError, TimeoutError) as e:
             swarm.errors[f"status {type(e).__name__}"] += 1
         try:
-            await asyncio.wait_for(report_now.wait(), swarm.heartbeat_s)
+            await asyncio.wait_for(report_now.wait(), pace.interval_s())
         except TimeoutError:
             pass
         report_now.clear()

@@ -14,6 +14,7 @@ from controller.region import ChangeNotifier, Region
 from controller.services import security_groups
 from controller.services.auth import ensure_admin
 from controller.services.heartbeats import HeartbeatBook
+from controller.services.pace import RegionPace
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,11 @@ def open_region(config: ControllerConfig) -> Region:
             log.info("created user 'admin'; its password is in %s", config.admin_password_file)
         security_groups.ensure_default(db)
     ca_sha256 = fingerprint(ca.cert_pem())
+    reads = make_read_sessionmaker(engine)
+    pace = RegionPace(config.max_reports_per_s, config.node_down_after_s)
+    pace.refresh(reads)
     return Region(
-        config=config, engine=engine, sessions=sessions, reads=make_read_sessionmaker(engine),
-        ca=ca, notifier=notifier, heartbeats=heartbeats,
+        config=config, engine=engine, sessions=sessions, reads=reads,
+        ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace,
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
     )

@@ -22,6 +22,7 @@ class ClientLimits:
 
 
 POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connections",
+                     "node_down_after_s", "max_reports_per_s",
                      "max_connections_per_source", "tls_handshake_timeout_s",
                      "request_header_timeout_s", "client_idle_timeout_s")
 
@@ -34,6 +35,9 @@ class ControllerConfig:
     port: int = 8443
     server_names: tuple[str, ...] = field(default_factory=tuple)  # extra names in the TLS cert
     node_down_after_s: float = 30.0  # a node silent this long is down
+    # status reports of the whole region per second at most: agents' report interval grows
+    # with the region to stay under it (their long-polls prove them alive meanwhile)
+    max_reports_per_s: float = 50.0
     cpu_allocation_ratio: float = 4.0  # vCPUs per host CPU the scheduler may place
     reserved_host_memory_mib: int = 512  # kept free for the host on every node
     disk_allocation_ratio: float = 1.0  # GiB of VM disks per GiB of storage (see docs/storage.md)
@@ -106,6 +110,8 @@ class ControllerConfig:
                 p for p in env.get("VAUBAN_CEPH_VOLUME_POOLS", "").split(",") if p),
             **_numbers(env, {
                 "disk_allocation_ratio": ("VAUBAN_DISK_ALLOCATION_RATIO", float),
+                "node_down_after_s": ("VAUBAN_NODE_DOWN_AFTER", float),
+                "max_reports_per_s": ("VAUBAN_MAX_REPORTS_PER_SECOND", float),
                 "max_image_bytes": ("VAUBAN_MAX_IMAGE_BYTES", int),
                 "max_connections": ("VAUBAN_MAX_CONNECTIONS", int),
                 "max_connections_per_source": ("VAUBAN_MAX_CONNECTIONS_PER_SOURCE", int),

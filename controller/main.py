@@ -42,6 +42,8 @@ class _Server(BaseApplication):
                     datetime.now(UTC)).start()
         # heard-of times of repeated heartbeats, written together once a second
         Periodic("heartbeats", 1.0, lambda: region.heartbeats.flush(region.sessions)).start()
+        # the region's size sets the agents' report interval; it changes slowly
+        Periodic("pace", 30.0, lambda: region.pace.refresh(region.reads)).start()
         return PeerCertMiddleware(create_app(region))
 
 

@@ -14,6 +14,7 @@ from agent.protocol import StorageSettings
 from controller.config import ControllerConfig
 from controller.pki import RegionCA
 from controller.services.heartbeats import HeartbeatBook
+from controller.services.pace import RegionPace
 
 
 class ChangeNotifier:
@@ -70,3 +71,4 @@ class Region:
     ca_sha256: str
     storage: StorageSettings
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)
+    pace: RegionPace = field(default_factory=lambda: RegionPace(50.0, 30.0))

@@ -14,6 +14,7 @@ from controller.bootstrap import open_region
 from controller.config import ControllerConfig
 from controller.region import Region
 from tests.ceph_fixtures import ceph_admin, ceph_cluster, ceph_minicluster
+from tests.functional.helpers import speaks_agent_protocol
 from tests.postgres import postgres_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,8 @@ def app(region: Region) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """A test client that speaks the current agent protocol unless a request says otherwise."""
+    return speaks_agent_protocol(app.test_client())
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from agent.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
+    REPORT_INTERVAL_HEADER,
     DesiredState,
     NodeStatus,
     StorageSettings,
@@ -55,20 +56,30 @@ def _check_protocol() -> Response | None:
 @api.blueprint.after_request
 def _tell_protocol(response: Response) -> Response:
     response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+    response.headers[REPORT_INTERVAL_HEADER] = f"{region().pace.report_interval_s:.1f}"
     return response
 
 
 @api.route("GET", "/nodes/<node_id>/desired", auth="node", query=schemas.AgentDesiredQuery,
            summary="Long-poll the node's desired state once its generation exceeds `after`",
-           responses={200: DesiredState})
+           responses={200: DesiredState, 204: "The wait ended with no newer generation"})
 def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
     require_node(node_id)
+    the_region = region()
+    the_region.heartbeats.heard(node_id, datetime.now(UTC))  # a long-poll proves it alive
     session = db()  # a read session: waiting holds no lock and no snapshot
-    with region().notifier.watch(node_id) as changed:
+
+    def generation() -> int:
+        return session.scalar(select(Node.generation).where(Node.id == node_id)) or 0
+
+    with the_region.notifier.watch(node_id) as changed:
         session.rollback()  # watching now: read afresh, a change from here on wakes us
-        if (session.scalar(select(Node.generation).where(Node.id == node_id)) or 0) <= query.after:
+        if generation() <= query.after:
             session.rollback()
-            changed.wait(query.wait)
+            changed.wait(the_region.pace.poll_wait_s(query.wait))
+            session.rollback()
+            if generation() <= query.after:
+                return "", 204  # nothing new: no desired state built for nothing
     session.rollback()
     node = session.get(Node, node_id)
     assert node is not None

@@ -70,6 +70,7 @@ class HeartbeatBook:
                 self._ingested.pop(node_id, None)
 
     def heard(self, node_id: str, now: datetime) -> None:
+        """The node proved alive (a repeated report, or a long-poll) at `now`."""
         with self._lock:
             self._heard[node_id] = now
 
@@ -84,7 +85,9 @@ class HeartbeatBook:
         try:
             with sessions() as db, db.begin():
                 db.connection().execute(
-                    update(Node).where(Node.id == bindparam("node_id"))
+                    # a node that never reported stays "new" however often it long-polls
+                    update(Node).where(Node.id == bindparam("node_id"),
+                                       Node.last_seen_at.is_not(None))
                     .values(last_seen_at=bindparam("seen")),
                     [{"node_id": n, "seen": t} for n, t in heard.items()])
         except Exception:

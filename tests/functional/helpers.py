@@ -16,6 +16,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from agent.protocol import (
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     Inventory,
     NodeFailure,
     NodeStatus,
@@ -25,6 +27,14 @@ from agent.protocol import (
 )
 from controller.api.auth import PEER_CERT_ENVIRON
 from controller.region import Region
+
+
+def speaks_agent_protocol(client: FlaskClient) -> FlaskClient:
+    """`client`, sending the current agent protocol's header unless a request sets its own
+    (as the real agent does on its join and /agent/v1 calls)."""
+    client.environ_base["HTTP_" + PROTOCOL_HEADER.upper().replace("-", "_")] = \
+        str(PROTOCOL_VERSION)
+    return client
 
 
 def make_csr(name: str) -> str:
@@ -67,7 +77,7 @@ class FakeNode:
 
 class Api:
     def __init__(self, client: FlaskClient, region: Region) -> None:
-        self.client = client
+        self.client = speaks_agent_protocol(client)
         self.region = region
         password = region.config.admin_password_file.read_text().strip()
         r = client.post("/api/v1/tokens", json={"username": "admin", "password": password})

@@ -15,9 +15,14 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from agent import client as agent_client
-from agent.client import ControllerClient, ControllerUnavailable, ProtocolMismatch
+from agent.client import (
+    ControllerClient,
+    ControllerUnavailable,
+    ProtocolMismatch,
+    protocol_mismatch,
+)
 from agent.config import AgentConfig, NodeIdentity
-from agent.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, NodeStatus
+from agent.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, REPORT_INTERVAL_HEADER, NodeStatus
 from controller.api import agent as agent_api
 from controller.app import create_app
 from controller.region import Region
@@ -30,9 +35,11 @@ def api(client: FlaskClient, region: Region) -> Api:
 
 
 def desired(api: Api, node: FakeNode, protocol: str | None) -> Any:
+    """The long-poll with `protocol` in the header, or without the header when None."""
+    client = api.client if protocol is not None else api.client.application.test_client()
     headers = {} if protocol is None else {PROTOCOL_HEADER: protocol}
-    return api.client.get(f"/agent/v1/nodes/{node.id}/desired?after=-1&wait=0",
-                          headers=headers, environ_overrides=node.environ())
+    return client.get(f"/agent/v1/nodes/{node.id}/desired?after=-1&wait=0",
+                      headers=headers, environ_overrides=node.environ())
 
 
 def test_agent_of_the_same_protocol_is_served_and_told_the_version(api: Api) -> None:
@@ -56,7 +63,7 @@ def test_newer_agent_is_refused_with_both_versions(api: Api) -> None:
 def test_older_agent_and_one_without_the_header_are_told_to_upgrade(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     node = api.join_node("n1")
-    monkeypatch.setattr(agent_api, "PROTOCOL_VERSION", 2)  # a controller of the next release
+    monkeypatch.setattr(agent_api, "PROTOCOL_VERSION", 2)  # a release after the header came
     for sent in ("1", None):  # an agent from before the header spoke protocol 1
         r = desired(api, node, sent)
         assert r.status_code == 409
@@ -127,7 +134,7 @@ def agent_client_for(url: str, node: FakeNode, tmp_path: Path) -> ControllerClie
 def test_agent_client_sends_its_version(served: tuple[str, FakeNode], tmp_path: Path) -> None:
     url, node = served
     got = agent_client_for(url, node, tmp_path).desired(after=-1, wait=0)
-    assert got.node_id == node.id
+    assert got is not None and got.node_id == node.id
 
 
 def test_agent_client_reports_a_refusal_as_a_mismatch_not_an_outage(
@@ -151,14 +158,32 @@ def answer(status: int, headers: dict[str, str]) -> requests.Response:
     return r
 
 
-def test_agent_client_checks_the_version_the_controller_answers_with(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_agent_client_checks_the_version_the_controller_answers_with() -> None:
     """A controller that serves another version without refusing is caught by the agent."""
     other = str(PROTOCOL_VERSION + 1)
-    with pytest.raises(ProtocolMismatch, match=f"agent speaks protocol {PROTOCOL_VERSION}, the "
-                                               f"controller speaks {other}; upgrade the agent"):
-        ControllerClient._check(answer(200, {PROTOCOL_HEADER: other}))
-    with pytest.raises(ProtocolMismatch, match="not a protocol version"):
-        ControllerClient._check(answer(200, {PROTOCOL_HEADER: "x"}))
-    ControllerClient._check(answer(200, {PROTOCOL_HEADER: str(PROTOCOL_VERSION)}))
-    ControllerClient._check(answer(200, {}))  # a controller from before the header: 1
+    assert str(protocol_mismatch(answer(200, {PROTOCOL_HEADER: other}))) == (
+        f"agent speaks protocol {PROTOCOL_VERSION}, the controller speaks {other}; "
+        "upgrade the agent")
+    assert "not a protocol version" in str(protocol_mismatch(answer(200, {PROTOCOL_HEADER: "x"})))
+    assert protocol_mismatch(answer(200, {PROTOCOL_HEADER: str(PROTOCOL_VERSION)})) is None
+    # a controller from before the header spoke 1
+    assert str(protocol_mismatch(answer(200, {}))) == (
+        f"agent speaks protocol {PROTOCOL_VERSION}, the controller speaks 1; "
+        "upgrade the controller")
+
+
+def test_agent_client_takes_the_report_interval_the_controller_names(
+        served: tuple[str, FakeNode], tmp_path: Path) -> None:
+    url, node = served
+    client = agent_client_for(url, node, tmp_path)
+    assert client.report_interval_s is None
+    client.desired(after=-1, wait=0)
+    assert client.report_interval_s == 5.0  # a region of one node: the floor
+
+    for bad in ("0", "-3", "1e9", "nan", "200s", "99999"):  # not a sane interval: ignored
+        client._check(answer(204, {PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+                                   REPORT_INTERVAL_HEADER: bad}))
+        assert client.report_interval_s == 5.0
+    client._check(answer(204, {PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+                               REPORT_INTERVAL_HEADER: "200.0"}))
+    assert client.report_interval_s == 200.0

@@ -81,3 +81,26 @@ def test_a_vm_state_is_never_mistaken_for_a_measurement() -> None:
     running = digest(status(ObservedVmState.RUNNING, 10**11))
     assert digest(status(ObservedVmState.RUNNING, 10**10)) == running
     assert digest(status(ObservedVmState.STOPPED, 10**11)) != running
+
+
+def test_a_long_poll_proves_the_node_alive(client: FlaskClient, region: Region) -> None:
+    """Between two reports, which may be minutes apart in a large region, the long-polls
+    the agent keeps open are what keep its node up."""
+    api = Api(client, region)
+    node = api.join_node("n1")
+    reported = _node(region, node.id).last_seen_at
+    generation = api.desired(node)["generation"]
+    r = client.get(f"/agent/v1/nodes/{node.id}/desired?after={generation}&wait=0",
+                   environ_overrides=node.environ())
+    assert r.status_code == 204
+    assert region.heartbeats.flush(region.sessions) == 1
+    assert _node(region, node.id).last_seen_at > reported  # type: ignore[operator]
+
+
+def test_a_node_that_never_reported_stays_new_however_often_it_polls(
+        client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    node = api.join_node("n1", report=False)
+    api.desired(node)
+    region.heartbeats.flush(region.sessions)
+    assert api.get("/api/v1/nodes/n1").json["state"] == "new"

@@ -13,7 +13,7 @@ from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from hardware.kvmprobe import KvmProbe
 
-REFUSAL = "agent speaks protocol 2, this controller speaks 1; upgrade the controller"
+REFUSAL = "agent speaks protocol 3, this controller speaks 2; upgrade the controller"
 
 
 class RefusingClient(ControllerClient):
@@ -21,6 +21,7 @@ class RefusingClient(ControllerClient):
 
     def __init__(self) -> None:
         self.calls = 0
+        self.report_interval_s = None
 
     def image_chunks(self, image_id: str) -> Any:
         raise AssertionError("no image is fetched by these tests")
@@ -58,3 +59,15 @@ def test_a_protocol_refusal_stops_the_agent_with_the_reason(
     assert str(agent.refused) == REFUSAL
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [f"the controller refuses this agent: {REFUSAL}; stopping the agent"]
+
+
+@pytest.mark.parametrize("told, own, expected", [(None, 5.0, 5.0), (200.0, 5.0, 200.0),
+                                                 (5.0, 60.0, 60.0)])
+def test_reports_follow_the_interval_the_controller_names_never_below_our_own(
+        tmp_path: Path, told: float | None, own: float, expected: float) -> None:
+    agent, client = refused_agent(tmp_path)
+    agent.config = AgentConfig(data_dir=tmp_path, heartbeat_s=own)
+    client.report_interval_s = told
+    intervals = [agent.report_interval_s() for _ in range(200)]
+    assert all(expected * 0.9 <= i <= expected * 1.1 for i in intervals)
+    assert max(intervals) - min(intervals) > expected * 0.05  # spread, not in step
