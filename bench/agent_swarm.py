@@ -36,7 +36,12 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.protocol import REPORT_INTERVAL_HEADER, report_interval_from_header  # noqa: E402
+from agent.protocol import (  # noqa: E402
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    REPORT_INTERVAL_HEADER,
+    report_interval_from_header,
+)
 
 RAMP_PER_S = 400  # new agents started per second: the server's accept backlog is finite
 
@@ -92,7 +97,8 @@ async def _agent(swarm: Swarm, node: dict[str, Any], stop: asyncio.Event) -> Non
     base = f"{swarm.url}/agent/v1/nodes/{node['id']}"
     report_now = asyncio.Event()
     pace = Pace(swarm.heartbeat_s)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=connector,
+                                     headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}) as http:
         poller = asyncio.create_task(_poll(swarm, http, base, pace, report_now, stop))
         reporter = asyncio.create_task(_report(swarm, http, base, node["status"], pace,
                                                report_now, stop))

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from tests.e2e.region import E2ERegion
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +56,8 @@ def test_hostile_json_is_a_400_and_leaves_no_traceback(controller: E2ERegion) ->
     conn = _connect(controller)
     try:
         conn.request("POST", "/api/v1/join", body="[" * 100_000 + "]" * 100_000,
-                     headers={"Content-Type": "application/json"})
+                     headers={"Content-Type": "application/json",
+                              PROTOCOL_HEADER: str(PROTOCOL_VERSION)})
         r = conn.getresponse()
         problem = json.loads(r.read())
     finally:

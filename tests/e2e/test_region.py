@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from agent.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from controller.pki import RegionCA, key_pem, new_key
 from hardware.discover import discover
 from hardware.sysfs import Root
@@ -171,11 +172,12 @@ def test_agent_api_needs_a_node_certificate_from_the_region_ca(region: E2ERegion
     node_id = json.loads((region.layout.agent_dir / "node.json").read_text())["node_id"]
     url = f"{region.layout.url}/agent/v1/nodes/{node_id}/desired?wait=0"
     ca = str(region.layout.ca_file)
+    agent = {PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
     anonymous = requests.get(url, verify=ca, timeout=10,
-                             headers={"Authorization": f"Bearer {region.token}"})
+                             headers={"Authorization": f"Bearer {region.token}", **agent})
     assert anonymous.status_code == 401 and "client certificate" in anonymous.json()["detail"]
     own = (str(region.layout.agent_dir / "node.pem"), str(region.layout.agent_dir / "node.key"))
-    assert requests.get(url, verify=ca, cert=own, timeout=10).status_code == 200
+    assert requests.get(url, verify=ca, cert=own, timeout=10, headers=agent).status_code == 200
     # an impostor: a client certificate for the same node id from another CA fails the handshake
     other = RegionCA(tmp_path / "other")
     other.ensure(["localhost"])

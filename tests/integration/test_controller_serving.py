@@ -24,10 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from controller.allinone import admin_token
 from tests.e2e.region import E2ERegion, wait_for
 
 HALF_OPEN = 100  # more than the 64 worker threads the controller used to have
+
+AGENT = {PROTOCOL_HEADER: str(PROTOCOL_VERSION)}  # what the agent sends on every call
 
 
 @pytest.fixture
@@ -152,7 +155,8 @@ def _join(region: E2ERegion, name: str) -> tuple[str, tuple[str, str]]:
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
            .sign(key, hashes.SHA256()))
-    joined = requests.post(f"{region.layout.url}/api/v1/join", timeout=60, verify=ca, json={
+    joined = requests.post(f"{region.layout.url}/api/v1/join", timeout=60, verify=ca,
+                           headers=AGENT, json={
         "token": token, "name": name,
         "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode()}).json()
     cert, keyfile = region.root / f"{name}.pem", region.root / f"{name}.key"
@@ -172,14 +176,15 @@ def test_waiting_long_polls_hold_no_thread_and_all_wake(controller: E2ERegion) -
     node_id, cert = _join(controller, "poller")
     url = f"{controller.layout.url}/agent/v1/nodes/{node_id}/desired"
     ca = str(controller.layout.ca_file)
-    start = requests.get(url, params={"after": -1}, cert=cert, timeout=60, verify=ca).json()
+    start = requests.get(url, params={"after": -1}, cert=cert, timeout=60, verify=ca,
+                         headers=AGENT).json()
     generations: list[int] = []
     lock = threading.Lock()
 
     def poll() -> None:
         try:
             r = requests.get(url, params={"after": start["generation"], "wait": 60},
-                             cert=cert, timeout=45, verify=ca)
+                             cert=cert, timeout=45, verify=ca, headers=AGENT)
             got = r.json()["generation"] if r.ok else -r.status_code
         except requests.RequestException:
             got = -1
