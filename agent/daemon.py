@@ -31,11 +31,11 @@ from agent.protocol import (
     NodeGpu,
     NodeStatus,
     ObservedVolume,
-    PoolUsage,
     StorageStatus,
 )
 from agent.reconcile import Reconciler
 from agent.retry import FailureLedger, RetryPolicy
+from agent.storage_sampler import StorageSampler
 from hardware.kvmprobe import KvmProbe
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,10 @@ class Agent:
             if network is not None else None,
             gpu=self.gpu, ledger=ledger,
         )
+        # storage answers on its own thread: a backend that hangs never holds up a report
+        self.storage_sampler = StorageSampler(
+            storage, storage_driver, self.reconciler.observe_volumes, config.heartbeat_s,
+            on_change=self._report_now.set)
 
     def run(self) -> None:
         """Run until `stop()`; VMs are left as they are when it returns."""
@@ -90,19 +94,23 @@ class Agent:
             threading.Thread(target=self._report_loop, name="report", daemon=True),
             threading.Thread(target=self._sweep_loop, name="sweep", daemon=True),
         ]
+        self.storage_sampler.start()
         for t in threads:
             t.start()
         self.stopping.wait()
+        self.storage_sampler.stop()
         with self._desired_ready:
             self._desired_ready.notify_all()
         # the poller may sit in a long-poll; it holds no state worth waiting for
         for t in threads[1:]:
             t.join()
+        self.storage_sampler.join()  # a round in flight ends with the driver's timeouts
         self.reconciler.pool.shutdown(wait=True)  # a VM task in flight ends its step
 
     def stop(self) -> None:
         self.stopping.set()
         self._report_now.set()
+        self.storage_sampler.stop()
 
     def _refused(self, e: ProtocolMismatch) -> None:
         """Retrying cannot help: say why and stop (VMs keep running)."""
@@ -193,6 +201,9 @@ class Agent:
                 self.stopping.wait(1.0)
 
     def status(self) -> NodeStatus:
+        """The node's status at once: storage as last sampled (a new sample is asked for,
+        and reported when it says something new)."""
+        self.storage_sampler.request()
         return NodeStatus(
             applied_generation=self.reconciler.applied_generation,
             inventory=self.inventory(),
@@ -204,29 +215,15 @@ class Agent:
         )
 
     def _volumes(self) -> list[ObservedVolume] | None:
-        try:
-            return self.reconciler.observe_volumes()
-        except Exception as e:
-            log.warning("volumes unknown: %s", e)
-            return None
+        return self.storage_sampler.latest().volumes
 
     def _free_bytes(self) -> int:
-        try:
-            return self.storage.free_bytes()
-        except Exception as e:
-            log.warning("storage free space unknown: %s", e)
-            return 0
+        return self.storage_sampler.latest().free_bytes
 
-    def storage_status(self) -> StorageStatus:
-        """Health and pools; an unreachable backend is a status, not a failed report."""
-        try:
-            h = self.storage.health()
-        except Exception as e:
-            return StorageStatus(driver=self.storage_driver, health="UNREACHABLE", detail=str(e))
-        return StorageStatus(driver=self.storage_driver, health=h.status, detail=h.detail,
-                             pools=[PoolUsage(pool=p.pool, used_bytes=p.used_bytes,
-                                              max_avail_bytes=p.max_avail_bytes)
-                                    for p in h.pools])
+    def storage_status(self) -> StorageStatus | None:
+        """Health and pools as last sampled, at once; an unreachable backend, or one whose
+        answer is late, is a status, not a failed or late report. None: not known yet."""
+        return self.storage_sampler.latest().storage
 
     def _gpus(self) -> tuple[list[NodeGpu], str]:
         try:
