@@ -35,6 +35,10 @@ def ingest(db: Session, node: Node, reported: list[ObservedVolume]) -> None:
 
 
 def _settle(db: Session, op: Operation, vol: Volume, obs: ObservedVolume | None) -> None:
+    """Finish `op` once the node shows its outcome: failed with the node's error when that
+    error is of this request or a later one (`failed_generation` at least the operation's
+    generation), succeeded once the node shows what it asked for (an older request's error
+    may still be shown beside it). Otherwise it stays active."""
     if op.kind == "volume.delete":
         if obs is None:
             operations.finish(op)
@@ -44,19 +48,18 @@ def _settle(db: Session, op: Operation, vol: Volume, obs: ObservedVolume | None)
         return
     if obs is None:
         return
-    if obs.error:
-        if (obs.failed_generation or 0) >= op.expect_generation:
-            operations.finish(op, error=obs.error)
-        return  # an older request's error: the node has not tried this one yet
+    if obs.error and (obs.failed_generation or 0) >= op.expect_generation:
+        operations.finish(op, error=obs.error)
+        return
+    # an older request's error alone says nothing of this one: what the node shows does
     if _done(op.kind, vol, obs):
         operations.finish(op)
 
 
 def _done(kind: str, vol: Volume, obs: ObservedVolume) -> bool:
     """Whether the node shows what the operation asked for."""
-    if kind == "volume.create":
-        return True
-    if kind == "volume.resize":
+    if kind in ("volume.create", "volume.resize"):
+        # a volume is never empty: one reported for its error alone (size 0) was not made
         return obs.size_bytes >= vol.size_gib * GIB
     if kind in ("volume.snapshot", "volume.snapshot-delete"):
         return sorted(obs.snapshots) == sorted(vol.snapshots)

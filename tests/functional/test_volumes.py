@@ -252,6 +252,32 @@ def test_agent_error_fails_only_the_current_request(api: Api) -> None:
     assert failed["state"] == "failed" and failed["error"] == "pool full"
 
 
+def test_a_request_settles_while_an_older_requests_error_is_still_shown(api: Api) -> None:
+    """Regression: a snapshot taken after a failed attach never settled, the node still
+    showing the attach's error (its VM still wants the volume) beside the new snapshot."""
+    node = api.join_node("n1")
+    api.import_image("tiny", RAW_IMAGE)
+    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
+                                        "memory_mib": 128})
+    vm = api.desired(node)["vms"][0]
+    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
+    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
+    vol = api.desired(node)["volumes"][0]
+    report(api, node, [observed(vol, 1)], [running])
+    attach = api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"}).json
+    attach_failed = {"error": "QEMU did not answer",
+                     "failed_generation": api.desired(node)["generation"]}
+    report(api, node, [observed(vol, 1, **attach_failed)], [running])
+    assert op_state(api, attach) == "failed"
+
+    snap = api.post("/api/v1/volumes/data/snapshots", json={"name": "s1"}).json
+    report(api, node, [observed(vol, 1, **attach_failed)], [running])
+    assert op_state(api, snap) == "pending"  # not taken yet
+    report(api, node, [observed(vol, 1, ["s1"], **attach_failed)], [running])
+    assert op_state(api, snap) == "succeeded"
+    assert api.get("/api/v1/volumes/data").json["state"] == "error"  # the attach's, still
+
+
 def test_volumes_need_rbd(client: FlaskClient, region: Region) -> None:
     api = Api(client, region)
     api.join_node("n1")

@@ -8,7 +8,7 @@ from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, RbdSource, 
 from agent.drivers.storage.base import StorageError, StorageInfo, VolumeInfo
 from agent.protocol import DesiredState, DesiredVolume, VolumeAttachment
 from agent.retry import FailureLedger, RetryPolicy
-from agent.volumes import GIB, VolumeKeeper
+from agent.volumes import GIB, VolumeKeeper, volume_request
 from tests.unit.agent.test_reconcile import FakeHypervisor, FakeStorage, vm
 
 VM = "7d0c1a5e-4b1e-4f0a-9d55-8a8a3b7c9e01"
@@ -202,3 +202,22 @@ def test_an_unrelated_change_on_the_node_does_not_restart_a_volume_failure(
     _pass(keeper, DesiredState(node_id="n", generation=6, vms=[],
                                volumes=[DATA.model_copy(update={"size_gib": 3})]))
     assert storage.creates == 4 and keeper.ledger.report()[0].attempts == 1
+
+
+def test_a_later_success_clears_the_error_the_volume_shows(tmp_path: Path) -> None:
+    """The controller settles a request by what the node shows: an error given up on must
+    not outlive the volume's next request that succeeds."""
+    keeper, storage, _hv, _clock = _keeper(tmp_path)
+    storage.away = True
+    state = DesiredState(node_id="n", generation=2, vms=[], volumes=[DATA])
+    _pass(keeper, state)
+    keeper.ledger.failed("volume", DATA.id, "converge", volume_request(DATA), "given up",
+                         retryable=False)  # as it ends once the give-up point is past
+    assert keeper.observe(state, {})[0].failed_generation == 2
+    storage.away = False
+    grown = DesiredState(node_id="n", generation=3, vms=[],
+                         volumes=[DATA.model_copy(update={"size_gib": 3})])
+    _pass(keeper, grown)
+    [shown] = keeper.observe(grown, {})
+    assert shown.size_bytes == 3 * GIB and shown.error is None
+    assert shown.failed_generation is None and keeper.ledger.report() == []
