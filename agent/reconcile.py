@@ -51,8 +51,13 @@ VGPU_FILE = "vgpus.json"  # in the VM's directory: the vGPUs made for it, to rem
 OWNER_LABEL = "vauban.node"  # the node whose agent made the VM; no other agent touches it
 
 
+Task = Callable[[], bool]  # True when it ended well; False when a failure was recorded
+
+
 class _Pass:
-    """Counts one pass's VM tasks; reports its generation applied once all ended well."""
+    """Counts one pass's tasks (VMs, removals, flattens, volumes, image drops); reports its
+    generation applied once all ended well and nothing of it was skipped (busy, waiting on
+    a failure, or blocked by a network or the firewall)."""
 
     def __init__(self, generation: int, applied: Callable[[int], None]) -> None:
         self.generation = generation
@@ -72,6 +77,7 @@ class _Pass:
             self._complete = False
 
     def ended(self, ok: bool) -> None:
+        """A task ended; `ok`: it did all it was asked (a recorded failure is not ok)."""
         with self._lock:
             self._outstanding -= 1
             self._complete &= ok
@@ -167,8 +173,11 @@ class Reconciler:
         Creates and power changes run in the background, one task per VM at a time, so
         a long image download never holds up other VMs. A VM still busy from an earlier
         pass is left to the next pass, which `on_settled` asks for when a task ends.
-        `applied_generation` becomes this generation once every VM in it was handled,
-        and never while a network it needs failed or its security groups are not in force.
+        `applied_generation` becomes this generation once every task of this pass ended
+        well and nothing of it waits: never while an action of it failed (also one waiting
+        for its retry or given up on), a network it needs failed or its security groups
+        are not in force. A later pass of the same generation that finds it all done marks
+        it applied then.
         """
         self.desired = desired
         observed = {o.id: o for o in self._own_vms()}
@@ -193,23 +202,34 @@ class Reconciler:
                 tracker.skipped()  # the failure is reported; this generation is not applied
         for vm_id, vm in wanted.items():
             obs = observed.get(vm_id)
-            if not self._needs_work(vm, obs):
+            if not self.ledger.may_try("vm", vm_id, "converge", attempt_key(vm)):
+                self._blocked.pop(vm_id, None)  # its own failure is what it shows
+                tracker.skipped()  # failed for this request: waits for its retry or a new one
+            elif not self._needs_work(vm, obs):
                 self._blocked.pop(vm_id, None)
             elif (blocker := self._blocker(vm, obs)) is not None:
                 self._blocked[vm_id] = blocker  # the failure is its network's or firewall's
                 tracker.skipped()
             else:
                 self._start(vm_id, functools.partial(self._converge, vm, obs), tracker)
-        for key, task in self.volumes.plan(desired, observed):
+        work, volumes_wait = self.volumes.plan(desired, observed)
+        if volumes_wait:
+            tracker.skipped()  # a volume action failed: waits for its retry or a new request
+        for key, task in work:
             self._start(key, task, tracker)
         for vm in desired.vms:
-            if (vm.flatten_root and vm.id not in self._flattened and vm.id in observed
-                    and self.ledger.may_try("vm", vm.id, "flatten", True)):
+            if not vm.flatten_root or vm.id in self._flattened:
+                continue
+            if vm.id in observed and self.ledger.may_try("vm", vm.id, "flatten", True):
                 self._start(vm.id, functools.partial(self._flatten, vm), tracker)
-        retired = [i for i in desired.retired_images if i not in self._retired_gone
-                   and self.ledger.may_try("image", i, "delete", None)]
-        if retired:
-            self._start("retired-images", functools.partial(self._drop_images, retired), tracker)
+            else:  # not made yet (a later pass flattens it), or failed and waiting
+                tracker.skipped()
+        retired = [i for i in desired.retired_images if i not in self._retired_gone]
+        due = [i for i in retired if self.ledger.may_try("image", i, "delete", None)]
+        if len(due) < len(retired):
+            tracker.skipped()  # a delete failed: waits for its retry
+        if due:
+            self._start("retired-images", functools.partial(self._drop_images, due), tracker)
         tracker.seal()
         self.on_change()
 
@@ -239,8 +259,9 @@ class Reconciler:
         """This node's VMs: a shared hypervisor may also run other nodes' or regions' VMs."""
         return [o for o in self.hypervisor.list_vms() if o.labels.get(OWNER_LABEL) == self.owner]
 
-    def _start(self, vm_id: str, work: Callable[[], None], tracker: _Pass) -> Future[None] | None:
-        """Run `work` under the VM's lock in the pool; None if the VM is busy already."""
+    def _start(self, vm_id: str, work: Task, tracker: _Pass) -> Future[None] | None:
+        """Run `work` under the VM's lock in the pool; None if the VM is busy already.
+        The pass counts it done well only when it returns True (not when it raises)."""
         with self._guard:
             lock = self._vm_locks.setdefault(vm_id, threading.Lock())
         if not lock.acquire(blocking=False):
@@ -253,8 +274,7 @@ class Reconciler:
         def run() -> None:
             ok = False
             try:
-                work()
-                ok = True
+                ok = work()
             except Exception:
                 log.exception("work on VM %s failed; a later pass retries", vm_id)
             finally:
@@ -269,8 +289,7 @@ class Reconciler:
         return self.pool.submit(run)
 
     def _needs_work(self, vm: DesiredVm, obs: VmObservation | None) -> bool:
-        if not self.ledger.may_try("vm", vm.id, "converge", attempt_key(vm)):
-            return False  # failed for this request: waits for its retry, or a new request
+        """Whether the VM is not yet as asked (a request failed for is checked before)."""
         if obs is None:
             return True
         if vm.power is PowerState.RUNNING:
@@ -285,7 +304,9 @@ class Reconciler:
         return [p.name for p in self.instances_dir.iterdir() if p.is_dir() and p.name not in known]
 
     # -- actions -----------------------------------------------------------
-    def _converge(self, vm: DesiredVm, obs: VmObservation | None) -> None:
+    def _converge(self, vm: DesiredVm, obs: VmObservation | None) -> bool:
+        """Create the VM or apply its power request; whether it is now as asked (a failure
+        goes to the ledger, a blocker to `_blocked`: neither is raised)."""
         try:
             if obs is None:
                 self._create(vm)
@@ -293,12 +314,16 @@ class Reconciler:
                 self._set_power(vm, obs)
         except _Blocked as e:  # waits for its network or firewall; not the VM's failure
             self._blocked[vm.id] = e.blocker
+            return False
         except Exception as e:  # every failure is reported on the VM; the agent goes on
             log.warning("VM %s (%s): %s", vm.name, vm.id, e)
+            self._blocked.pop(vm.id, None)  # its own failure is what it shows now
             self.ledger.failed("vm", vm.id, "converge", attempt_key(vm), e, seq=vm.power_seq)
+            return False
         else:
             self._blocked.pop(vm.id, None)
             self.ledger.succeeded("vm", vm.id, "converge")
+            return True
         finally:
             self.progress.pop(vm.id, None)
 
@@ -413,22 +438,25 @@ class Reconciler:
             self.hypervisor.stop(vm.id, grace_seconds=self.stop_grace_s)
         self.hypervisor.set_power_seq(vm.id, vm.power_seq)
 
-    def _flatten(self, vm: DesiredVm) -> None:
-        """Copy the image into the VM's root disk (storage that can, e.g. Ceph, does it live)."""
+    def _flatten(self, vm: DesiredVm) -> bool:
+        """Copy the image into the VM's root disk (storage that can, e.g. Ceph, does it live);
+        whether it is done (a failure is shown on the VM and retried by the ledger's policy)."""
         try:
             if self.storage.root_disk_is_clone(vm.id):
                 self.storage.flatten_root_disk(vm.id)
-        except Exception as e:  # shown on the VM; the request is tried again next pass
+        except Exception as e:
             log.warning("VM %s: flatten failed: %s", vm.name, e)
             self.ledger.failed("vm", vm.id, "flatten", True, e)
-        else:
-            self._flattened.add(vm.id)
-            self.ledger.succeeded("vm", vm.id, "flatten")
+            return False
+        self._flattened.add(vm.id)
+        self.ledger.succeeded("vm", vm.id, "flatten")
+        return True
 
-    def _drop_images(self, image_ids: list[str]) -> None:
+    def _drop_images(self, image_ids: list[str]) -> bool:
         """Remove stored copies of deleted images. One still backing a disk is kept, no
         failure, and tried again next pass; any other failure is reported and retried
-        by the ledger's policy."""
+        by the ledger's policy. Whether none failed."""
+        ok = True
         for image_id in image_ids:
             try:
                 self.storage.delete_image(image_id)
@@ -438,12 +466,15 @@ class Reconciler:
             except Exception as e:
                 log.warning("deleted image %s not removed: %s", image_id, e)
                 self.ledger.failed("image", image_id, "delete", None, e)
+                ok = False
             else:
                 self._retired_gone.add(image_id)
                 self.ledger.forget("image", image_id)
+        return ok
 
-    def _remove(self, vm_id: str) -> None:
+    def _remove(self, vm_id: str) -> bool:
         """Domain, disks and files of a VM no longer wanted; each step is idempotent.
+        True once removed.
 
         A failure is reported (kind vm, action remove) and raised; it is tried again
         when the ledger's policy says.
@@ -459,6 +490,7 @@ class Reconciler:
         self.ledger.forget("vm", vm_id)
         self._flattened.discard(vm_id)
         log.info("VM %s removed", vm_id)
+        return True
 
     def _step(self, vm_id: str, percent: int) -> None:
         self.progress[vm_id] = percent

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 FIRST_VOLUME_TARGET = "vdc"  # vda: root disk, vdb: cloud-init seed
 
-Work = list[tuple[str, Callable[[], None]]]
+Work = list[tuple[str, Callable[[], bool]]]  # (lock key, task: whether it ended well)
 Applies = set[tuple[str, str]]  # (volume id, action) whose failure, if any, stands
 
 
@@ -47,28 +47,31 @@ class VolumeKeeper:
         self.prepare = prepare  # before a disk is plugged in (e.g. the Ceph secret is there)
         self.ledger = ledger or FailureLedger()
 
-    def plan(self, desired: DesiredState, own_vms: dict[str, VmObservation]) -> Work:
+    def plan(self, desired: DesiredState,
+             own_vms: dict[str, VmObservation]) -> tuple[Work, bool]:
         """The work one pass needs, as (lock key, task): one task per volume and one per
         VM whose plugged volumes differ (a stopped VM only for volumes to take out).
-        Tasks record failures, never raise. Failures of actions this pass finds no
-        longer needed are forgotten."""
-        work, applies = self._plan(desired, own_vms)
+        Tasks record failures, never raise, and return whether they did all they were
+        asked. With it, whether an action of `desired` failed and is not tried in this
+        pass (it waits for its retry or a new request): its generation is not applied.
+        Failures of actions this pass finds no longer needed are forgotten."""
+        work, applies, waiting = self._plan(desired, own_vms)
         for e in self.ledger.of_kind("volume"):
             if (e.object_id, e.action) not in applies:
                 self.ledger.succeeded("volume", e.object_id, e.action)
-        return work
+        return work, waiting
 
     def _plan(self, desired: DesiredState,
-              own_vms: dict[str, VmObservation]) -> tuple[Work, Applies]:
+              own_vms: dict[str, VmObservation]) -> tuple[Work, Applies, bool]:
         if not desired.volumes and not any(vm.volumes for vm in desired.vms):
-            return [], set()
+            return [], set(), False
         if not self.storage.info().volumes:
             for dv in desired.volumes:
                 if self.ledger.may_try("volume", dv.id, "converge", volume_request(dv)):
                     self.ledger.failed("volume", dv.id, "converge", volume_request(dv),
                                        "this node's storage has no volumes",
                                        seq=desired.generation)
-            return [], {(dv.id, "converge") for dv in desired.volumes}
+            return [], {(dv.id, "converge") for dv in desired.volumes}, True
         existing = {v.id: v for v in self.storage.list_volumes()}
         plugged = {vm.id: {t: v for t, (v, _d) in self._volume_disks(vm.id).items()}
                    for vm in desired.vms if vm.id in own_vms}
@@ -76,6 +79,7 @@ class VolumeKeeper:
                 if own_vms[vm_id].running for target, vol_id in disks.items()}
         work: Work = []
         applies: Applies = set()
+        waiting = False
         for dv in desired.volumes:
             if not self._differs(dv, existing.get(dv.id), live.get(dv.id)):
                 continue
@@ -85,6 +89,8 @@ class VolumeKeeper:
                 work.append((f"volume:{dv.id}", partial(
                     self._guard, dv.id, "converge", volume_request(dv), desired.generation,
                     partial(self._converge, dv, existing, live.get(dv.id)))))
+            else:
+                waiting = True
         for vm in desired.vms:
             if vm.id not in own_vms:
                 continue
@@ -99,7 +105,7 @@ class VolumeKeeper:
             if unwanted or missing:
                 work.append((vm.id, partial(self._plug, vm.id, wanted, desired.generation,
                                             attach=running)))
-        return work, applies
+        return work, applies, waiting
 
     def _differs(self, dv: DesiredVolume, info: VolumeInfo | None,
                  plugged_in: tuple[str, str] | None = None) -> bool:
@@ -115,16 +121,17 @@ class VolumeKeeper:
                 or (dv.rollback is not None and dv.rollback.seq > info.rollback_seq))
 
     def _guard(self, vol_id: str, action: str, request: Hashable, generation: int,
-               work: Callable[[], object]) -> None:
-        """Run `work` for `request` (asked in `generation`); a failure goes to the ledger
-        (reported, retried by its policy)."""
+               work: Callable[[], object]) -> bool:
+        """Run `work` for `request` (asked in `generation`); whether it succeeded. A
+        failure goes to the ledger (reported, retried by its policy), never raised."""
         try:
             work()
         except Exception as e:  # reported on the volume; the agent goes on
             log.warning("volume %s: %s failed: %s", vol_id, action, e)
             self.ledger.failed("volume", vol_id, action, request, e, seq=generation)
-        else:
-            self.ledger.succeeded("volume", vol_id, action)
+            return False
+        self.ledger.succeeded("volume", vol_id, action)
+        return True
 
     def _final_failure(self, vol_id: str) -> Entry | None:
         """The volume's latest request given up on (what the volume shows)."""
@@ -178,22 +185,31 @@ class VolumeKeeper:
         return self._info(vol_id).size_bytes
 
     def _plug(self, vm_id: str, wanted: dict[str, str], generation: int, *,
-              attach: bool = True) -> None:
+              attach: bool = True) -> bool:
         """Detach volumes no longer wanted (live and from the VM's definition), then,
-        when `attach`, attach what is wanted and missing."""
+        when `attach`, attach what is wanted and missing. Whether all of it is done: not
+        when one failed, or failed before and waits for its retry (not tried now)."""
+        ok = True
         plugged = self._volume_disks(vm_id)
         for target, (vol_id, _disk) in plugged.items():
-            if (wanted.get(target) != vol_id
-                    and self.ledger.may_try("volume", vol_id, "detach", (vm_id, target))):
-                self._guard(vol_id, "detach", (vm_id, target), generation,
-                            partial(self.hypervisor.detach_disk, vm_id, target))
+            if wanted.get(target) == vol_id:
+                continue
+            if self.ledger.may_try("volume", vol_id, "detach", (vm_id, target)):
+                ok &= self._guard(vol_id, "detach", (vm_id, target), generation,
+                                  partial(self.hypervisor.detach_disk, vm_id, target))
+            else:
+                ok = False
         if not attach:
-            return
+            return ok
         for target, vol_id in wanted.items():
-            if ((target not in plugged or plugged[target][0] != vol_id)
-                    and self.ledger.may_try("volume", vol_id, "attach", (vm_id, target))):
-                self._guard(vol_id, "attach", (vm_id, target), generation,
-                            partial(self._attach, vm_id, vol_id, target))
+            if target in plugged and plugged[target][0] == vol_id:
+                continue
+            if self.ledger.may_try("volume", vol_id, "attach", (vm_id, target)):
+                ok &= self._guard(vol_id, "attach", (vm_id, target), generation,
+                                  partial(self._attach, vm_id, vol_id, target))
+            else:
+                ok = False
+        return ok
 
     def _attach(self, vm_id: str, vol_id: str, target: str) -> None:
         self.prepare()

@@ -253,7 +253,8 @@ def desired(vm: VmSpec, vol_id: str, size_gib: int, generation: int, *,
 def one_pass(keeper: VolumeKeeper, hypervisor: LibvirtDriver, state: DesiredState) -> None:
     """What the agent's reconcile pass does with volumes: plan, then run every task."""
     own = {vm.id: vm for vm in hypervisor.list_vms()}
-    for _lock, task in keeper.plan(state, own):
+    work, _waiting = keeper.plan(state, own)
+    for _lock, task in work:
         task()
 
 

@@ -77,7 +77,8 @@ def test_a_failed_notice_of_growth_is_retried_until_the_guest_has_it(tmp_path: P
         DesiredVolume(id="vol-1", name="data", pool="p", size_gib=2, present=True)])
 
     def one_pass() -> None:
-        for _lock, task in keeper.plan(state, dict(hypervisor.vms)):
+        work, _waiting = keeper.plan(state, dict(hypervisor.vms))
+        for _lock, task in work:
             task()
 
     hypervisor.refuse_resize = True
@@ -134,7 +135,8 @@ def _keeper(tmp_path: Path) -> tuple[VolumeKeeper, FlakyVolumeStorage, PlugHyper
 def _pass(keeper: VolumeKeeper, state: DesiredState) -> None:
     hypervisor = keeper.hypervisor
     assert isinstance(hypervisor, DiskHypervisor)
-    for _lock, task in keeper.plan(state, dict(hypervisor.vms)):
+    work, _waiting = keeper.plan(state, dict(hypervisor.vms))
+    for _lock, task in work:
         task()
 
 
@@ -221,3 +223,28 @@ def test_a_later_success_clears_the_error_the_volume_shows(tmp_path: Path) -> No
     [shown] = keeper.observe(grown, {})
     assert shown.size_bytes == 3 * GIB and shown.error is None
     assert shown.failed_generation is None and keeper.ledger.report() == []
+
+
+def test_a_failed_or_waiting_volume_action_says_its_pass_is_not_done(tmp_path: Path) -> None:
+    keeper, storage, hypervisor, clock = _keeper(tmp_path)
+    storage.sizes["vol-1"] = 2 * GIB
+    hypervisor.vms[VM] = VmObservation(VM, "vm", True, 1, None)
+    hypervisor.disks[VM] = []
+    wanted = vm(VM).model_copy(update={"volumes": [VolumeAttachment(volume_id="vol-1",
+                                                                    target="vdc")]})
+    state = DesiredState(node_id="n", generation=2, vms=[wanted], volumes=[DATA])
+    hypervisor.refuse_attach = True
+    for _ in range(2):  # it fails, then waits for its retry
+        work, waiting = keeper.plan(state, dict(hypervisor.vms))
+        assert [task() for _lock, task in work] == [False] and not waiting
+    hypervisor.refuse_attach, clock.now = False, clock.now + 10
+    work, waiting = keeper.plan(state, dict(hypervisor.vms))
+    assert [task() for _lock, task in work] == [True] and not waiting
+    # a volume whose converge failed and waits: no task, but the pass is not done
+    storage.away = True
+    missing = DATA.model_copy(update={"id": "vol-2"})
+    state = DesiredState(node_id="n", generation=3, vms=[], volumes=[missing])
+    work, waiting = keeper.plan(state, {})
+    assert [task() for _lock, task in work] == [False] and not waiting
+    work, waiting = keeper.plan(state, {})
+    assert work == [] and waiting
