@@ -103,7 +103,8 @@ class NetworkKeeper:
         groups = {g.id: g for g in desired.security_groups}
         wanted = (tuple(ports), tuple(g.model_dump_json() for g in groups.values()))
         self._wanted_filters = wanted
-        if wanted == self._applied_filters:
+        if wanted == self._applied_filters:  # in force: a failure of other rules is moot
+            self.ledger.succeeded("firewall", FIREWALL_ID, "apply")
             return True
         if not self.ledger.may_try("firewall", FIREWALL_ID, "apply", wanted):
             return False
@@ -154,9 +155,13 @@ class NetworkKeeper:
         """Remove the networks this agent made and no longer needs, then ensure the wanted
         ones (recreating any device deleted by hand). Returns whether all of them are
         ready. Failures go to the ledger (reported, retried by its policy); a VM on a
-        network that failed is not started and shows the network's error."""
+        network that failed is not started and shows the network's error. Failures of
+        networks neither wanted nor carried any more are forgotten."""
         carried = self.carried()
         wanted = {n.id: n for n in nets}
+        for e in self.ledger.of_kind("network"):
+            if e.object_id not in wanted and e.object_id not in carried:
+                self.ledger.forget("network", e.object_id)
         if not wanted and not carried:
             return True
         ok = True

@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -185,7 +185,7 @@ class Reconciler:
         unwanted = (observed.keys() - wanted.keys()) | set(
             self._orphan_dirs(observed.keys() | wanted.keys()))
         tracker = _Pass(desired.generation, self._mark_applied)
-        self._forget_stale(desired, wanted.keys() | unwanted)
+        self._forget_stale(desired, wanted, unwanted, observed.keys())
         removals = []
         for i in unwanted:
             if self.ledger.may_try("vm", i, "remove", None):
@@ -233,18 +233,29 @@ class Reconciler:
         tracker.seal()
         self.on_change()
 
-    def _forget_stale(self, desired: DesiredState, vms: set[str]) -> None:
-        """Forget the failures of actions that no longer apply: of VMs neither wanted nor
-        on this node (a removal forgets its VM itself), and of deleting images no longer
-        to be dropped."""
+    def _forget_stale(self, desired: DesiredState, wanted: dict[str, DesiredVm],
+                      unwanted: set[str], here: Collection[str]) -> None:
+        """Forget the failures of actions that no longer apply, so that the node reports
+        only what still stands: of a VM not wanted, all but its failed removal (it is still
+        here); of a VM wanted, its removal and a flatten no longer asked; of an image,
+        its delete once no longer to be dropped, and its import once no VM to be made here
+        needs it or it was deleted (a removal forgets its VM itself, a drop its image)."""
         for e in self.ledger.of_kind("vm"):
-            if e.object_id not in vms:
-                self.ledger.forget("vm", e.object_id)
-        for vm_id in self._blocked.keys() - vms:
+            vm = wanted.get(e.object_id)
+            if vm is None:
+                stale = e.object_id not in unwanted or e.action != "remove"
+            else:
+                stale = e.action == "remove" or (e.action == "flatten" and not vm.flatten_root)
+            if stale:
+                self.ledger.succeeded("vm", e.object_id, e.action)
+        for vm_id in self._blocked.keys() - wanted.keys():
             self._blocked.pop(vm_id, None)
+        retired = set(desired.retired_images)
+        needed = {vm.image.id for vm in wanted.values() if vm.id not in here} - retired
         for e in self.ledger.of_kind("image"):
-            if e.action == "delete" and e.object_id not in desired.retired_images:
-                self.ledger.succeeded("image", e.object_id, "delete")
+            if ((e.action == "delete" and e.object_id not in retired)
+                    or (e.action == "import" and e.object_id not in needed)):
+                self.ledger.succeeded("image", e.object_id, e.action)
 
     def _mark_applied(self, generation: int) -> None:
         with self._guard:
@@ -417,7 +428,8 @@ class Reconciler:
         with self._guard:
             lock = self._image_locks.setdefault(vm.image.id, threading.Lock())
         with lock:  # two VMs of one new image download it once
-            if self.storage.has_image(vm.image.id):
+            if self.storage.has_image(vm.image.id):  # also made by another node meanwhile
+                self.ledger.succeeded("image", vm.image.id, "import")
                 return
             try:
                 self.storage.import_image(vm.image, self.image_source(vm.image.id))

@@ -7,17 +7,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from agent.drivers.hypervisor.base import HypervisorDriver, VmObservation
+from agent.drivers.network.secgroups import FirewallError, PortFilter
 from agent.drivers.storage.base import StorageDriver, StorageError
-from agent.protocol import DesiredState
+from agent.networks import NetworkKeeper
+from agent.protocol import DesiredSecurityGroup, DesiredState, SecurityRule
 from agent.reconcile import Reconciler
+from agent.retry import FailureLedger
 from tests.unit.agent.test_reconcile import (
+    GROUP,
     IMAGE,
     MINE,
+    NET,
     Clock,
+    FakeFirewall,
     FakeHypervisor,
+    FakeNetwork,
     FakeStorage,
     _image_source,
     _ledger,
+    filtered_vm,
     vm,
 )
 from tests.unit.agent.test_volume_keeper import DATA, FlakyVolumeStorage, PlugHypervisor
@@ -138,3 +146,107 @@ def test_a_failed_volume_action_keeps_its_generation_unapplied(tmp_path: Path) -
     clock.now += 30
     rec.apply(desired)
     assert rec.wait_idle(10) and "vol-1" in st.sizes and rec.applied_generation == 8
+
+
+def _kinds(rec: Reconciler) -> list[tuple[str, str, str]]:
+    return sorted((f.kind, f.object_id, f.action) for f in rec.report_failures())
+
+
+def test_an_image_import_failure_is_forgotten_once_no_vm_here_needs_the_image(
+        tmp_path: Path) -> None:
+    """Regression: an image's failed import stayed in the node's failures for good."""
+    rec = reconciler(tmp_path, Clock(), source=FlakySource())
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
+    assert _kinds(rec) == [("image", "img", "import"), ("vm", "aaaa-1", "converge")]
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[]))  # the VM was deleted
+    assert rec.wait_idle(10) and rec.report_failures() == []
+
+
+def test_an_image_import_failure_is_forgotten_once_the_image_is_deleted(
+        tmp_path: Path) -> None:
+    st = FakeStorage(tmp_path / "disks")
+    rec = reconciler(tmp_path, Clock(), st=st, source=FlakySource())
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
+    st.in_use = {"img"}  # its stored copy, if any, is kept: no failure of its own either
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[vm("aaaa-1")],
+                           retired_images=["img"]))
+    assert rec.wait_idle(10)
+    assert _kinds(rec) == [("vm", "aaaa-1", "converge")]  # the VM's own failure stands
+
+
+def test_an_image_import_failure_is_forgotten_once_the_image_is_there(tmp_path: Path) -> None:
+    hv, st, clock = FakeHypervisor(), FakeStorage(tmp_path / "disks"), Clock()
+    rec = reconciler(tmp_path, clock, hv, st, FlakySource())
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
+    st.images["img"] = IMAGE  # imported meanwhile by another node of the shared storage
+    clock.now += 30
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10) and hv.vms["aaaa-1"].running
+    assert rec.report_failures() == []
+
+
+def test_failures_of_a_vm_no_longer_wanted_leave_but_its_failed_removal(
+        tmp_path: Path) -> None:
+    hv = FakeHypervisor()
+    rec = reconciler(tmp_path, Clock(), hv)
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", False, 1, None, MINE)
+    hv.fail_on = {"start"}
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("cccc-3", seq=2)]))
+    assert rec.wait_idle(10)
+    assert _kinds(rec) == [("vm", "cccc-3", "converge")]
+    hv.fail_on = {"undefine"}  # deleted, but its removal fails: that failure alone is its
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[]))
+    assert rec.wait_idle(10)
+    assert _kinds(rec) == [("vm", "cccc-3", "remove")]
+
+
+def test_a_failed_flatten_is_forgotten_once_no_longer_asked(tmp_path: Path) -> None:
+    hv = FakeHypervisor()
+    rec = reconciler(tmp_path, Clock(), hv, CloneStorage(tmp_path / "disks"))
+    hv.vms["aaaa-1"] = VmObservation("aaaa-1", "vauban-x", True, 1, None, MINE)
+    rec.apply(DesiredState(node_id="n", generation=1,
+                           vms=[vm("aaaa-1").model_copy(update={"flatten_root": True})]))
+    assert rec.wait_idle(10) and _kinds(rec) == [("vm", "aaaa-1", "flatten")]
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10) and rec.report_failures() == []
+    assert rec.applied_generation == 2
+
+
+def test_a_network_failure_is_forgotten_once_the_network_is_neither_wanted_nor_here(
+        tmp_path: Path) -> None:
+    ledger = FailureLedger()
+    keeper = NetworkKeeper(FakeNetwork(), None, tmp_path / "n.json",  # type: ignore[arg-type]
+                           ledger=ledger)
+    ledger.failed("network", "net-9", "ensure", "{}", "left from before")  # not carried
+    assert keeper.apply([NET]) and ledger.report() == []
+
+
+def test_a_firewall_failure_is_forgotten_once_the_rules_in_force_are_wanted_again(
+        tmp_path: Path) -> None:
+    class PickyFirewall(FakeFirewall):
+        """Refuses rules for port 22, and cannot isolate ports either."""
+
+        def apply(self, ports: list[PortFilter], groups: dict[str, DesiredSecurityGroup]) -> None:
+            if any(r.port_min == 22 for g in groups.values() for r in g.rules):
+                raise FirewallError("nftables: rule refused")
+            super().apply(ports, groups)
+
+        def isolate(self, taps: list[str]) -> None:
+            raise FirewallError("nftables: isolation refused")
+
+    keeper = NetworkKeeper(FakeNetwork(), None, tmp_path / "n.json",  # type: ignore[arg-type]
+                           firewall=PickyFirewall())
+    state = DesiredState(node_id="n", generation=1, vms=[filtered_vm("aaaa-1")],
+                         networks=[NET], security_groups=[GROUP])
+    assert keeper.apply_security_groups(state)
+    ssh = GROUP.model_copy(update={"rules": [*GROUP.rules, SecurityRule(
+        direction="ingress", protocol="tcp", port_min=22, port_max=22,
+        remote_cidr="0.0.0.0/0")]})
+    assert not keeper.apply_security_groups(state.model_copy(
+        update={"security_groups": [ssh]}))
+    assert [f.kind for f in keeper.ledger.report()] == ["firewall"]
+    # the rule is withdrawn: what is in force is what is wanted, nothing failed any more
+    assert keeper.apply_security_groups(state) and keeper.ledger.report() == []
