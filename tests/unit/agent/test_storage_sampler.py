@@ -75,6 +75,7 @@ class RecordingClient:
         self.stopping = stopping
         self.reports: list[NodeStatus] = []
         self.heard = threading.Condition()
+        self.report_interval_s: float | None = None  # no interval named: the agent's own
 
     def image_chunks(self, image_id: str) -> Any:
         raise AssertionError("no image is fetched by these tests")
