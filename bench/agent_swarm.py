@@ -12,9 +12,11 @@ posts the status at the interval the controller names in its answers (at least
 new generation.
 
 Lines on stdout, one JSON object each: {"connected": n} every 10 s until {"ready": n}
-once every agent has its first desired state; {"all_have": g} once every agent has
+once every agent has its first desired state; {"all_reported": n} once every agent's
+first status report was taken (the region has settled); {"all_have": g} once every agent has
 generation g; then, when stdin is closed, a summary: per generation the time (wall
-clock) each agent received it, and the count of failed requests by cause.
+clock) each agent received it, the count of failed requests by cause, and the requests
+a second of each kind (long-polls, status reports) made since all were ready.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ class Swarm:
     poll_wait_s: float
     received: dict[int, list[float]] = field(default_factory=dict)  # generation -> times
     errors: Counter[str] = field(default_factory=Counter)
+    sent: Counter[str] = field(default_factory=Counter)  # requests made once all were ready
     first_seen: int = 0
     all_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    first_reports: int = 0  # agents whose first status report was taken
     total: int = 0
 
     def got(self, generation: int, first: bool) -> None:
@@ -114,6 +118,7 @@ async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, pace: Pace
     timeout = aiohttp.ClientTimeout(total=swarm.poll_wait_s + 60)
     while not stop.is_set():
         try:
+            swarm.sent["desired"] += swarm.all_ready.is_set()
             async with http.get(f"{base}/desired", timeout=timeout,
                                 params={"after": after, "wait": swarm.poll_wait_s}) as r:
                 body = await r.read()
@@ -138,11 +143,13 @@ async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, pace: Pace
 async def _report(swarm: Swarm, http: aiohttp.ClientSession, base: str, status: str,
                   pace: Pace, report_now: asyncio.Event, stop: asyncio.Event) -> None:
     timeout = aiohttp.ClientTimeout(total=60)
+    reported = False
     await asyncio.sleep(random.uniform(0, swarm.heartbeat_s))
     while not stop.is_set():
         # measurements move on every report, as a real node's free space does
         body = status.replace("SENT_AT", datetime.now(UTC).isoformat()).replace(
             '"FREE_BYTES"', str(random.randrange(10**11, 2 * 10**11)))
+        swarm.sent["status"] += swarm.all_ready.is_set()
         try:
             async with http.post(f"{base}/status", data=body, timeout=timeout,
                                  headers={"Content-Type": "application/json"}) as r:
@@ -150,6 +157,11 @@ async def _report(swarm: Swarm, http: aiohttp.ClientSession, base: str, status: 
                 pace.take(r)
                 if r.status != 204:
                     swarm.errors[f"status {r.status}"] += 1
+                elif not reported:
+                    reported = True
+                    swarm.first_reports += 1
+                    if swarm.first_reports == swarm.total:
+                        print(json.dumps({"all_reported": swarm.total}), flush=True)
         except (aiohttp.ClientError, TimeoutError) as e:
             swarm.errors[f"status {type(e).__name__}"] += 1
         try:
@@ -182,11 +194,14 @@ async def main(spec_path: str) -> None:
             print(json.dumps({"connected": swarm.first_seen, "errors": dict(swarm.errors)}),
                   flush=True)
     print(json.dumps({"ready": swarm.total, "errors": dict(swarm.errors)}), flush=True)
+    ready_at = time.monotonic()
     await _stdin_closed()
     stop.set()
+    span_s = time.monotonic() - ready_at
     await asyncio.gather(*agents, return_exceptions=True)
     print(json.dumps({"received": {str(g): t for g, t in swarm.received.items()},
-                      "errors": dict(swarm.errors)}), flush=True)
+                      "errors": dict(swarm.errors),
+                      "per_s": {k: v / span_s for k, v in swarm.sent.items()}}), flush=True)
 
 
 if __name__ == "__main__":

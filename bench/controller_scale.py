@@ -1,7 +1,8 @@
 """Controller scale benchmark: API latency beside 100 to 10,000 long-polling agents.
 
     .venv/bin/python bench/controller_scale.py [--sizes 100,1000,10000] [--vms-per-node 2]
-        [--databases sqlite,postgresql] [--api-clients 10] [--seconds 30] [--json F]
+        [--databases sqlite,postgresql] [--api-clients 10] [--api-rate 50] [--seconds 30]
+        [--json F]
 
 For each database and each size a fresh controller (the real `vauban-controller serve`
 process) is started on a throwaway data directory (PostgreSQL: a private server from
@@ -12,9 +13,12 @@ VMs per node, so the desired states carry thousands of VMs.
 Then, in one asyncio process (bench/agent_swarm.py), each node is a simulated agent
 speaking the agent's real protocol over mutual TLS, from its own loopback source
 address (127.1.0.0/16): a long-poll of its desired state and a status report every
-5 s (the agent's heartbeat) and after every change. Beside them, `--api-clients`
-threads send operator requests (status, show a node, show a VM, recent operations,
-images) for `--seconds` seconds, one after another with no pause.
+5 s at least, at the interval the controller names for the region's size, and after
+every change. Beside them, `--api-clients` threads send operator requests (status, show
+a node, show a VM, recent operations, images) for `--seconds` seconds at `--api-rate`
+requests a second in all, each on a fixed schedule: a request's latency counts from
+when it was due, so a server that falls behind is charged for the wait (no coordinated
+omission).
 
 Measured per size: API latency p50/p99 and errors; failed agent requests by cause;
 the controller's memory (RSS of its worker); and the time for a desired-state change
@@ -52,7 +56,14 @@ from cryptography.x509.oid import NameOID
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.protocol import NodeStatus, ObservedVm, ObservedVmState  # noqa: E402
+from agent.protocol import (  # noqa: E402
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    REPORT_INTERVAL_HEADER,
+    NodeStatus,
+    ObservedVm,
+    ObservedVmState,
+)
 from controller import allinone  # noqa: E402
 from controller.bootstrap import open_region  # noqa: E402
 from controller.config import ControllerConfig  # noqa: E402
@@ -79,11 +90,13 @@ class Result:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     agent_errors: dict[str, int] = field(default_factory=dict)
-    connect_s: float = 0.0  # until every agent had its first desired state
+    connect_s: float = 0.0  # until every agent had its first desired state and report taken
     connected: int = 0  # agents that had it (all of them, unless READY_TIMEOUT_S passed)
     change_reach_s: float | None = None  # image delete -> every agent has the new generation
     change_p50_s: float | None = None
     controller_rss_mib: float = 0.0
+    report_interval_s: float = 0.0  # as the controller named it to the agents
+    agent_requests_per_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,10 +156,12 @@ def seed(config: ControllerConfig, nodes: int, vms_per_node: int, certs: Path) -
 
 
 class ApiLoad:
-    """`clients` threads sending operator requests back to back until stopped."""
+    """`clients` threads sending operator requests, `rate` a second in all, until stopped."""
 
-    def __init__(self, url: str, ca: str, token: str, seeded: Seeded, clients: int) -> None:
+    def __init__(self, url: str, ca: str, token: str, seeded: Seeded, clients: int,
+                 rate: float) -> None:
         self.url, self.ca, self.seeded = url, ca, seeded
+        self.period_s = clients / rate  # between two requests of one client
         self.headers = {"Authorization": f"Bearer {token}"}
         self.latencies: list[float] = []
         self.errors = 0
@@ -167,10 +182,12 @@ class ApiLoad:
 
     def _client(self, n: int) -> None:
         http = requests.Session()
-        paths = self._paths(random.Random(n))
-        while not self._stop.is_set():
+        rng = random.Random(n)
+        paths = self._paths(rng)
+        due = time.perf_counter() + rng.uniform(0, self.period_s)
+        while not self._stop.wait(max(0.0, due - time.perf_counter())):
             path = next(paths)
-            started = time.perf_counter()
+            started, due = due, due + self.period_s
             try:
                 ok = http.get(self.url + path, headers=self.headers, verify=self.ca,
                               timeout=60).status_code == 200
@@ -253,7 +270,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clients: int,
-             seconds: float) -> Result:
+             api_rate: float, seconds: float) -> Result:
     root = Path("/var/tmp") / f"vauban-scale-{uuid.uuid4().hex[:8]}"
     (root / "certs").mkdir(parents=True)
     layout = allinone.Layout(root, free_port())
@@ -276,11 +293,17 @@ def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clie
             try:
                 swarm.wait_for("ready", READY_TIMEOUT_S)
                 result.connected = nodes
+                # the API is measured once the region has settled: every first report taken
+                swarm.wait_for("all_reported", READY_TIMEOUT_S)
             except TimeoutError:  # measured all the same: the curve shows where it breaks
                 result.connected = swarm.last("connected")
             result.connect_s = time.monotonic() - started
-        load = ApiLoad(layout.url, str(layout.ca_file), token, seeded, api_clients)
+        load = ApiLoad(layout.url, str(layout.ca_file), token, seeded, api_clients, api_rate)
         load.run(seconds)
+        result.report_interval_s = float(requests.get(
+            f"{layout.url}/agent/v1/nodes/none/desired", verify=str(layout.ca_file),
+            timeout=60, headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+        ).headers.get(REPORT_INTERVAL_HEADER, "nan"))
         result.api_requests, result.api_errors = len(load.latencies), load.errors
         result.p50_ms = 1000 * statistics.median(load.latencies)
         result.p99_ms = 1000 * percentile(load.latencies, 0.99)
@@ -309,6 +332,7 @@ def _measure_change(layout: allinone.Layout, token: str, seeded: Seeded, swarm: 
     summary = swarm.finish()
     times = summary["received"].get("2", [])
     result.agent_errors = summary["errors"]
+    result.agent_requests_per_s = {k: round(v, 1) for k, v in summary["per_s"].items()}
     if len(times) == len(seeded.node_ids):
         result.change_reach_s = max(times) - changed_at
         result.change_p50_s = statistics.median(times) - changed_at
@@ -320,6 +344,7 @@ def main() -> int:
     p.add_argument("--vms-per-node", type=int, default=2)
     p.add_argument("--databases", default="sqlite,postgresql")
     p.add_argument("--api-clients", type=int, default=10)
+    p.add_argument("--api-rate", type=float, default=50.0, help="API requests a second")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -331,7 +356,7 @@ def main() -> int:
             for nodes in [0, *sizes]:
                 print(f"[{database}] {nodes} nodes ...", flush=True)
                 res = run_size(database, url, nodes, args.vms_per_node, args.api_clients,
-                               args.seconds)
+                               args.api_rate, args.seconds)
                 results.append(res)
                 print_row(res, results)
     if args.json:
@@ -348,7 +373,8 @@ def print_row(r: Result, results: list[Result]) -> None:
           f"(x{r.p99_ms / base.p99_ms:.1f} of no agents) | {r.connected} agents connected in "
           f"{r.connect_s:.0f} s | "
           f"change reaches all in {reach} | rss {r.controller_rss_mib:.0f} MiB | "
-          f"agent errors {r.agent_errors or 0}", flush=True)
+          f"report interval {r.report_interval_s:g} s, agent requests/s "
+          f"{r.agent_requests_per_s or 0} | agent errors {r.agent_errors or 0}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def list_nodes() -> Any:
 def show_node(ref: str) -> Any:
     session = db()
     node = node_service.find(session, ref)
-    usage = scheduler.usage_by_node(session).get(node.id, scheduler.Usage())
+    usage = scheduler.usage_by_node(session, [node.id]).get(node.id, scheduler.Usage())
     return node_view(node, usage, region().config.node_down_after_s)
 
 

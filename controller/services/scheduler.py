@@ -10,6 +10,7 @@ the caller records the Placement as it is.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -141,17 +142,20 @@ class Snapshot:
 
 # --- reading the region (inside the caller's transaction) ------------------------------
 
-def usage_by_node(db: Session) -> dict[str, Usage]:
+def usage_by_node(db: Session, node_ids: Collection[str] | None = None) -> dict[str, Usage]:
+    """What the instances use, per node: of every node, or only of `node_ids` (one node's
+    page reads its own instances, not the region's)."""
     disk = func.coalesce(Instance.root_disk_gib, (Image.virtual_size_bytes + (GIB - 1)) // GIB)
-    rows = db.execute(
-        select(
-            Instance.node_id,
-            func.sum(Instance.vcpus),
-            func.sum(Instance.memory_mib),
-            func.count(Instance.id),
-            func.sum(disk),
-        ).join(Image, Image.id == Instance.image_id).group_by(Instance.node_id)
-    )
+    stmt = select(
+        Instance.node_id,
+        func.sum(Instance.vcpus),
+        func.sum(Instance.memory_mib),
+        func.count(Instance.id),
+        func.sum(disk),
+    ).join(Image, Image.id == Instance.image_id).group_by(Instance.node_id)
+    if node_ids is not None:
+        stmt = stmt.where(Instance.node_id.in_(list(node_ids)))
+    rows = db.execute(stmt)
     return {n: Usage(int(c or 0), int(m or 0), int(k), int(d or 0)) for n, c, m, k, d in rows}
 
 
