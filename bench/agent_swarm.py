@@ -97,7 +97,10 @@ def _context(ca_pem: str, cert: str, key: str) -> ssl.SSLContext:
 
 async def _agent(swarm: Swarm, node: dict[str, Any], stop: asyncio.Event) -> None:
     ctx = _context(swarm.ca_pem, node["cert"], node["key"])
-    connector = aiohttp.TCPConnector(ssl=ctx, local_addr=(node["source"], 0), limit=2)
+    # idle connections kept as long as the controller keeps those of nodes (its report
+    # interval grows with the region), as urllib3 in the real agent does
+    connector = aiohttp.TCPConnector(ssl=ctx, local_addr=(node["source"], 0), limit=2,
+                                     keepalive_timeout=900)
     base = f"{swarm.url}/agent/v1/nodes/{node['id']}"
     report_now = asyncio.Event()
     pace = Pace(swarm.heartbeat_s)

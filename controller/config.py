@@ -19,12 +19,13 @@ class ClientLimits:
     handshake_s: float = 10.0
     header_s: float = 15.0
     idle_s: float = 30.0
+    node_keepalive_s: float = 900.0
 
 
 POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connections",
                      "node_down_after_s", "max_reports_per_s",
                      "max_connections_per_source", "tls_handshake_timeout_s",
-                     "request_header_timeout_s", "client_idle_timeout_s")
+                     "request_header_timeout_s", "client_idle_timeout_s", "node_keepalive_s")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class ControllerConfig:
     tls_handshake_timeout_s: float = 10.0
     request_header_timeout_s: float = 15.0  # also how long an idle keep-alive connection stays
     client_idle_timeout_s: float = 30.0  # longest silence while a body is read or sent
+    # how long a node's idle connection stays open (and its request headers may take): longer
+    # than its report interval, so a report does not pay a TLS handshake every time
+    node_keepalive_s: float = 900.0
     operation_silence_s: float = 120.0  # an operation fails when its node is silent this long
     storage: str = "localfs"  # or "rbd": every node then uses the Ceph cluster below
     ceph_conf: Path | None = None
@@ -66,7 +70,7 @@ class ControllerConfig:
             max_connections=self.max_connections,
             max_per_source=self.max_connections_per_source,
             handshake_s=self.tls_handshake_timeout_s, header_s=self.request_header_timeout_s,
-            idle_s=self.client_idle_timeout_s)
+            idle_s=self.client_idle_timeout_s, node_keepalive_s=self.node_keepalive_s)
 
     @property
     def db_url(self) -> str:
@@ -118,6 +122,7 @@ class ControllerConfig:
                 "tls_handshake_timeout_s": ("VAUBAN_TLS_HANDSHAKE_TIMEOUT", float),
                 "request_header_timeout_s": ("VAUBAN_REQUEST_HEADER_TIMEOUT", float),
                 "client_idle_timeout_s": ("VAUBAN_CLIENT_IDLE_TIMEOUT", float),
+                "node_keepalive_s": ("VAUBAN_NODE_KEEPALIVE", float),
             }),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -10,6 +10,10 @@ holds tens of thousands. What a client may hold is bounded:
 - a request's line and headers must arrive within `header_s` of the connection
   being ready for it (gunicorn's keep-alive deadline, applied to every request,
   the first one included), so an idle keep-alive connection is closed then too;
+  a connection whose client certificate the TLS layer verified (a node of the
+  region) has `node_keepalive_s` instead: its agent reports at an interval that
+  grows with the region, and a handshake per report was a quarter of the
+  controller's CPU at 1,000 agents;
 - while a body is read or a response written, the peer may stay silent at most
   `idle_s` at a time; a body cut short that way is answered 408.
 
@@ -130,9 +134,18 @@ class BoundedGeventWorker(GeventWorker):
                 if client is None:
                     return
             client.settimeout(limits.idle_s)
+            node = context is not None and bool(client.getpeercert())
+            # read by timeout_ctx, which gunicorn calls with no access to the connection
+            gevent.getcurrent().request_deadline_s = \
+                limits.node_keepalive_s if node else limits.header_s
             AsyncWorker.handle(self, listener, client, addr)
         finally:
             ledger.release(source)
+
+    def timeout_ctx(self) -> gevent.Timeout:
+        """The deadline for the next request's line and headers on this greenlet's connection."""
+        deadline = getattr(gevent.getcurrent(), "request_deadline_s", self.cfg.keepalive)
+        return gevent.Timeout(deadline, False)
 
     def _handshake(self, client: Any, context: ssl.SSLContext, within_s: float) -> Any | None:
         """The TLS socket, or None (connection closed) if the handshake failed or took too long."""

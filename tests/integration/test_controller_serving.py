@@ -45,8 +45,11 @@ def controller(request: pytest.FixtureRequest) -> Iterator[E2ERegion]:
         shutil.rmtree(region.root)
 
 
-def _tls(region: E2ERegion, source: str = "127.0.0.1") -> ssl.SSLSocket:
+def _tls(region: E2ERegion, source: str = "127.0.0.1",
+         cert: tuple[str, str] | None = None) -> ssl.SSLSocket:
     ctx = ssl.create_default_context(cafile=str(region.layout.ca_file))
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
     raw = socket.create_connection(("127.0.0.1", region.layout.port), timeout=60,
                                    source_address=(source, 0))
     return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
@@ -221,3 +224,39 @@ def _raw_image(where: Path) -> Path:
     with open(path, "wb") as f:
         f.truncate(1 << 20)
     return path
+
+
+def _get(sock: ssl.SSLSocket, path: str) -> str:
+    """One keep-alive request on `sock`; the status line and headers of its answer."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{PROTOCOL_HEADER}: {PROTOCOL_VERSION}"
+                 "\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head.decode()
+
+
+@pytest.mark.parametrize("controller", [{"VAUBAN_REQUEST_HEADER_TIMEOUT": "1"}], indirect=True)
+def test_a_node_connection_outlives_the_keepalive_of_anonymous_ones(
+        controller: E2ERegion) -> None:
+    """A node reports at an interval that grows with the region; its idle connection stays
+    open meanwhile so that a report does not pay a TLS handshake, while the connection of
+    a client without a certificate is closed after the short deadline."""
+    controller.token = admin_token(controller.layout)
+    node_id, cert = _join(controller, "keeper")
+    node = _tls(controller, cert=cert)
+    anonymous = _tls(controller, source="127.0.0.2")
+    try:
+        desired = f"/agent/v1/nodes/{node_id}/desired?after=-1&wait=0"
+        assert _get(node, desired).startswith("HTTP/1.1 200")
+        assert _get(anonymous, "/api/v1/ca.pem").startswith("HTTP/1.1 200")
+        assert _read_until_closed(anonymous) == b""  # its deadline passed: closed
+        assert _get(node, desired).startswith("HTTP/1.1 200")  # the same connection, later
+    finally:
+        node.close()
+        anonymous.close()
