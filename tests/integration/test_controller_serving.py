@@ -232,13 +232,20 @@ def _get(sock: ssl.SSLSocket, path: str) -> str:
                  "\r\n\r\n".encode())
     answer = b""
     while b"\r\n\r\n" not in answer:
-        answer += sock.recv(65536)
+        answer += _more(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                    if line.lower().startswith(b"content-length:")), 0)
     while len(body) < length:
-        body += sock.recv(65536)
+        body += _more(sock)
     return head.decode()
+
+
+def _more(sock: ssl.SSLSocket) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionError("the server closed the connection")
+    return chunk
 
 
 @pytest.mark.parametrize("controller", [{"VAUBAN_REQUEST_HEADER_TIMEOUT": "1"}], indirect=True)
