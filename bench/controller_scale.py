@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/controller_scale.py [--sizes 100,1000,10000] [--vms-per-node 2]
         [--databases sqlite,postgresql] [--api-clients 10] [--api-rate 50] [--seconds 30]
-        [--json F]
+        [--json F] [--logs DIR]
 
 For each database and each size a fresh controller (the real `vauban-controller serve`
 process) is started on a throwaway data directory (PostgreSQL: a private server from
@@ -270,7 +270,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clients: int,
-             api_rate: float, seconds: float) -> Result:
+             api_rate: float, seconds: float, logs: Path | None = None) -> Result:
     root = Path("/var/tmp") / f"vauban-scale-{uuid.uuid4().hex[:8]}"
     (root / "certs").mkdir(parents=True)
     layout = allinone.Layout(root, free_port())
@@ -314,6 +314,10 @@ def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clie
         if swarm is not None:
             swarm.kill()
         layout.service("controller").stop()
+        if logs is not None:  # the access log gives each request's time inside the server
+            logs.mkdir(parents=True, exist_ok=True)
+            shutil.copy(layout.service("controller").logfile,
+                        logs / f"controller-{database}-{nodes}.log")
         shutil.rmtree(root, ignore_errors=True)
     return result
 
@@ -347,6 +351,7 @@ def main() -> int:
     p.add_argument("--api-rate", type=float, default=50.0, help="API requests a second")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--logs", type=Path, help="keep each controller's log in this directory")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     raise_open_files_limit(3 * max(sizes) + 1000)
@@ -356,7 +361,7 @@ def main() -> int:
             for nodes in [0, *sizes]:
                 print(f"[{database}] {nodes} nodes ...", flush=True)
                 res = run_size(database, url, nodes, args.vms_per_node, args.api_clients,
-                               args.api_rate, args.seconds)
+                               args.api_rate, args.seconds, args.logs)
                 results.append(res)
                 print_row(res, results)
     if args.json:
