@@ -9,6 +9,7 @@ import requests
 
 from agent.config import AgentConfig, NodeIdentity
 from agent.protocol import (
+    POLL_WAIT_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
@@ -17,7 +18,7 @@ from agent.protocol import (
     NodeStatus,
     StorageSettings,
     protocol_from_header,
-    report_interval_from_header,
+    seconds_from_header,
 )
 
 CHUNK = 1024 * 1024
@@ -74,8 +75,8 @@ class ControllerClient:
     """Speaks to /agent/v1 as this node, saying its protocol version on every call; every
     call raises ControllerUnavailable on failure, ProtocolMismatch for another version.
 
-    `report_interval_s` is the report interval the controller last named (None before
-    any answer named one)."""
+    `report_interval_s` and `poll_wait_s` are the report interval and long-poll wait the
+    controller last named (None before any answer named them)."""
 
     def __init__(self, config: AgentConfig, identity: NodeIdentity) -> None:
         self.identity = identity
@@ -84,6 +85,7 @@ class ControllerClient:
         self.http.cert = (str(config.cert_path), str(config.key_path))
         self.http.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
         self.report_interval_s: float | None = None
+        self.poll_wait_s: float | None = None
 
     def _node_url(self, suffix: str) -> str:
         return f"{self.base}/nodes/{self.identity.node_id}/{suffix}"
@@ -130,13 +132,16 @@ class ControllerClient:
 
     def _check(self, r: requests.Response) -> None:
         """ProtocolMismatch when the controller speaks another protocol, ControllerUnavailable
-        for any other error answer. Takes the report interval the answer names."""
+        for any other error answer. Takes the report interval and poll wait the answer names."""
         mismatch = protocol_mismatch(r)
         if mismatch is not None:
             raise mismatch
-        interval = report_interval_from_header(r.headers.get(REPORT_INTERVAL_HEADER))
+        interval = seconds_from_header(r.headers.get(REPORT_INTERVAL_HEADER))
         if interval is not None:
             self.report_interval_s = interval
+        wait = seconds_from_header(r.headers.get(POLL_WAIT_HEADER))
+        if wait is not None:
+            self.poll_wait_s = wait
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)

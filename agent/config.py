@@ -17,7 +17,8 @@ class AgentConfig:
     # least time between status reports; the controller names a longer one in large regions
     # (its long-polls prove the agent alive meanwhile), and every change is sent at once
     heartbeat_s: float = 5.0
-    poll_wait_s: float = 25.0  # long-poll length; the controller answers early on change
+    # long-poll length until the controller names its own; it answers early on change
+    poll_wait_s: float = 25.0
     stop_grace_s: float = 60.0  # ACPI shutdown before a VM is forced off
     kvm_probe_timeout_s: float = 10.0
     gpu: str = "auto"  # "auto": "nvidia" when the PCI bus shows an NVIDIA GPU, else "none"

@@ -122,7 +122,9 @@ class Agent:
         after, failures = -1, 0
         while not self.stopping.is_set():
             try:
-                desired = self.client.desired(after, self.config.poll_wait_s)
+                # the controller's wait once it named one: it keeps this node from looking down
+                wait = self.client.poll_wait_s or self.config.poll_wait_s
+                desired = self.client.desired(after, wait)
             except ProtocolMismatch as e:
                 self._refused(e)
                 continue

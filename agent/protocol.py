@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 
 # 2: NodeStatus carries `failures`; a long-poll that saw no change answers 204 with no
-# body; every /agent/v1 answer says the report interval (REPORT_INTERVAL_HEADER)
+# body; every /agent/v1 answer names the report interval and the long-poll wait
 PROTOCOL_VERSION = 2
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
@@ -27,7 +27,10 @@ PROTOCOL_WITHOUT_HEADER = 1
 # Seconds between two status reports of an agent with nothing new to say: the controller
 # sets it from the region's size on every /agent/v1 answer (controller/services/pace.py)
 REPORT_INTERVAL_HEADER = "Vauban-Report-Interval"
-REPORT_INTERVAL_RANGE = (1.0, 3600.0)
+# Seconds a long-poll should ask to wait: the controller sets it from its down delay, so
+# that a live agent is never counted down between two polls
+POLL_WAIT_HEADER = "Vauban-Poll-Wait"
+PACE_RANGE = (1.0, 3600.0)  # what either header may name
 
 PROTOCOL_MISMATCH = "protocol-mismatch"  # the problem type's last path segment
 
@@ -43,13 +46,13 @@ def protocol_from_header(raw: str | None) -> int | None:
     return int(value)
 
 
-def report_interval_from_header(raw: str | None) -> float | None:
-    """The report interval a controller's header names, or None when absent or not a number
-    of seconds within REPORT_INTERVAL_RANGE (decimal digits and at most one point)."""
+def seconds_from_header(raw: str | None) -> float | None:
+    """The seconds a controller's pace header names, or None when absent or not a number
+    of seconds within PACE_RANGE (decimal digits and at most one point)."""
     if raw is None or not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", raw.strip()):
         return None
     value = float(raw)
-    low, high = REPORT_INTERVAL_RANGE
+    low, high = PACE_RANGE
     return value if low <= value <= high else None
 
 

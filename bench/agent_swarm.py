@@ -5,11 +5,11 @@
 SPEC names the controller URL, the region CA, and per node its id, certificate, key,
 source address and status report (JSON, `sent_at` replaced on every send). Each
 simulated agent does what `agent.daemon.Agent` does on the wire: one connection
-long-polls `GET /agent/v1/nodes/<id>/desired?after=G&wait=W` (a 204 is a wait that
-ended with nothing new) and takes every new generation at once; a second connection
-posts the status at the interval the controller names in its answers (at least
-`heartbeat_s`, spread by ±10%, the first one at a random phase) and at once after a
-new generation.
+long-polls `GET /agent/v1/nodes/<id>/desired?after=G&wait=W` (W as the controller
+names it once it has; a 204 is a wait that ended with nothing new) and takes every new
+generation at once; a second connection posts the status at the interval the
+controller names in its answers (at least `heartbeat_s`, spread by ±10%, the first one
+at a random phase) and at once after a new generation.
 
 Lines on stdout, one JSON object each: {"connected": n} every 10 s until {"ready": n}
 once every agent has its first desired state; {"all_reported": n} once every agent's
@@ -39,10 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.protocol import (  # noqa: E402
+    POLL_WAIT_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     REPORT_INTERVAL_HEADER,
-    report_interval_from_header,
+    seconds_from_header,
 )
 
 RAMP_PER_S = 400  # new agents started per second: the server's accept backlog is finite
@@ -75,15 +76,20 @@ class Swarm:
 
 @dataclass
 class Pace:
-    """The report interval one simulated agent follows, as the controller last named it."""
+    """The report interval and poll wait one simulated agent follows, as the controller
+    last named them."""
 
     floor_s: float
+    poll_wait_s: float
     told_s: float | None = None
 
     def take(self, r: aiohttp.ClientResponse) -> None:
-        told = report_interval_from_header(r.headers.get(REPORT_INTERVAL_HEADER))
+        told = seconds_from_header(r.headers.get(REPORT_INTERVAL_HEADER))
         if told is not None:
             self.told_s = told
+        wait = seconds_from_header(r.headers.get(POLL_WAIT_HEADER))
+        if wait is not None:
+            self.poll_wait_s = wait
 
     def interval_s(self) -> float:
         return max(self.floor_s, self.told_s or 0.0) * random.uniform(0.9, 1.1)
@@ -103,7 +109,7 @@ async def _agent(swarm: Swarm, node: dict[str, Any], stop: asyncio.Event) -> Non
                                      keepalive_timeout=900)
     base = f"{swarm.url}/agent/v1/nodes/{node['id']}"
     report_now = asyncio.Event()
-    pace = Pace(swarm.heartbeat_s)
+    pace = Pace(swarm.heartbeat_s, swarm.poll_wait_s)
     async with aiohttp.ClientSession(connector=connector,
                                      headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}) as http:
         poller = asyncio.create_task(_poll(swarm, http, base, pace, report_now, stop))
@@ -118,12 +124,12 @@ async def _agent(swarm: Swarm, node: dict[str, Any], stop: asyncio.Event) -> Non
 async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, pace: Pace,
                 report_now: asyncio.Event, stop: asyncio.Event) -> None:
     after, first = -1, True
-    timeout = aiohttp.ClientTimeout(total=swarm.poll_wait_s + 60)
     while not stop.is_set():
+        timeout = aiohttp.ClientTimeout(total=pace.poll_wait_s + 60)
         try:
             swarm.sent["desired"] += swarm.all_ready.is_set()
             async with http.get(f"{base}/desired", timeout=timeout,
-                                params={"after": after, "wait": swarm.poll_wait_s}) as r:
+                                params={"after": after, "wait": pace.poll_wait_s}) as r:
                 body = await r.read()
                 pace.take(r)
                 if r.status == 204:

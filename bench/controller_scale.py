@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/controller_scale.py [--sizes 100,1000,10000] [--vms-per-node 2]
         [--databases sqlite,postgresql] [--api-clients 10] [--api-rate 50] [--seconds 30]
-        [--json F] [--logs DIR]
+        [--json F] [--logs DIR] [--node-down-after 30]
 
 For each database and each size a fresh controller (the real `vauban-controller serve`
 process) is started on a throwaway data directory (PostgreSQL: a private server from
@@ -270,16 +270,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clients: int,
-             api_rate: float, seconds: float, logs: Path | None = None) -> Result:
+             api_rate: float, seconds: float, logs: Path | None = None,
+             down_after_s: float = 30.0) -> Result:
     root = Path("/var/tmp") / f"vauban-scale-{uuid.uuid4().hex[:8]}"
     (root / "certs").mkdir(parents=True)
     layout = allinone.Layout(root, free_port())
-    config = ControllerConfig(data_dir=layout.controller_dir, database_url=db_url)
+    config = ControllerConfig(data_dir=layout.controller_dir, database_url=db_url,
+                              node_down_after_s=down_after_s)
     result = Result(database, nodes, nodes * vms_per_node)
     swarm: SwarmProcess | None = None
     try:
         seeded = seed(config, nodes, vms_per_node, root / "certs")
-        env = {"VAUBAN_DATABASE_URL": db_url, "VAUBAN_MAX_CONNECTIONS": str(3 * nodes + 1000)}
+        env = {"VAUBAN_DATABASE_URL": db_url, "VAUBAN_MAX_CONNECTIONS": str(3 * nodes + 1000),
+               "VAUBAN_NODE_DOWN_AFTER": str(down_after_s)}
         pid = allinone.start_controller(layout, env)
         token = allinone.admin_token(layout)
         if nodes:
@@ -352,6 +355,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--json", type=Path)
     p.add_argument("--logs", type=Path, help="keep each controller's log in this directory")
+    p.add_argument("--node-down-after", type=float, default=30.0,
+                   help="VAUBAN_NODE_DOWN_AFTER: the agents' poll wait is this less 5 s")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     raise_open_files_limit(3 * max(sizes) + 1000)
@@ -361,7 +366,8 @@ def main() -> int:
             for nodes in [0, *sizes]:
                 print(f"[{database}] {nodes} nodes ...", flush=True)
                 res = run_size(database, url, nodes, args.vms_per_node, args.api_clients,
-                               args.api_rate, args.seconds, args.logs)
+                               args.api_rate, args.seconds, args.logs,
+                               args.node_down_after)
                 results.append(res)
                 print_row(res, results)
     if args.json:

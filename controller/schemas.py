@@ -453,7 +453,8 @@ class AuditEvent(Output):
 
 class AgentDesiredQuery(Input):
     after: int = Field(default=-1, ge=-1, description="Answer once the generation exceeds this")
-    wait: float = Field(default=25.0, ge=0, le=60, description="Longest wait in seconds")
+    wait: float = Field(default=25.0, ge=0, le=3600,
+                        description="Longest wait in seconds (the controller may end it sooner)")
 
 
 class RegionStatus(Output):

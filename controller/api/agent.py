@@ -9,6 +9,7 @@ from flask import Response, request
 from sqlalchemy import select
 
 from agent.protocol import (
+    POLL_WAIT_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
@@ -56,7 +57,9 @@ def _check_protocol() -> Response | None:
 @api.blueprint.after_request
 def _tell_protocol(response: Response) -> Response:
     response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
-    response.headers[REPORT_INTERVAL_HEADER] = f"{region().pace.report_interval_s:.1f}"
+    pace = region().pace
+    response.headers[REPORT_INTERVAL_HEADER] = f"{pace.report_interval_s:.1f}"
+    response.headers[POLL_WAIT_HEADER] = f"{pace.poll_wait_s:.1f}"
     return response
 
 
@@ -76,7 +79,7 @@ def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
         session.rollback()  # watching now: read afresh, a change from here on wakes us
         if generation() <= query.after:
             session.rollback()
-            changed.wait(the_region.pace.poll_wait_s(query.wait))
+            changed.wait(the_region.pace.capped_wait(query.wait))
             session.rollback()
             if generation() <= query.after:
                 return "", 204  # nothing new: no desired state built for nothing

@@ -1,9 +1,13 @@
 """The pace of agents: how often they report and how long a long-poll waits, by region size.
 
-Liveness does not need the status report: every long-poll an agent opens proves it alive
-(and it opens one at least every `poll_wait_s`). The report carries what the node
-observes, is sent at once on every change, and beyond that only refreshes measurements
-(free space, pool usage, telemetry). So its interval may grow with the region, as
+Liveness does not need the status report: every long-poll an agent opens proves it alive,
+and the controller names the wait (`poll_wait_s`) so that it opens one well within the
+down delay. The long-polls' renewals are then a region's steady load (nodes / wait a
+second); a large region trades a longer down delay for fewer of them.
+
+The report carries what the node observes, is sent at once on every change, and beyond
+that only refreshes measurements (free space, pool usage, telemetry). So its interval may
+grow with the region, as
 Nomad's heartbeat TTL does: the controller keeps the reports of the whole region under
 `max_reports_per_s` and tells every agent the interval on every answer. A region of
 250 nodes at the default rate reports every 5 s; one of 10,000 every 200 s.
@@ -16,6 +20,7 @@ import threading
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from agent.protocol import PACE_RANGE
 from controller.db.models import Node
 
 REPORT_FLOOR_S = 5.0  # the agent's own default; small regions report this often
@@ -50,8 +55,13 @@ class RegionPace:
             nodes = self._nodes
         return max(REPORT_FLOOR_S, nodes / self.max_reports_per_s)
 
-    def poll_wait_s(self, asked: float) -> float:
-        """How long a long-poll may wait: what the agent asked, but never so long that a
-        live agent would be counted down between two of its polls."""
+    @property
+    def poll_wait_s(self) -> float:
+        """How long a long-poll waits: as long as it can without a live agent being counted
+        down between two of its polls."""
         down = self.node_down_after_s
-        return min(asked, max(down - POLL_MARGIN_S, down / 2))
+        return min(max(down - POLL_MARGIN_S, down / 2), PACE_RANGE[1])
+
+    def capped_wait(self, asked: float) -> float:
+        """What an agent asked, never longer than `poll_wait_s`."""
+        return min(asked, self.poll_wait_s)

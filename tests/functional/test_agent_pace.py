@@ -8,7 +8,7 @@ from typing import Any
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from agent.protocol import REPORT_INTERVAL_HEADER
+from agent.protocol import POLL_WAIT_HEADER, REPORT_INTERVAL_HEADER
 from controller.region import Region
 from tests.functional.helpers import Api
 
@@ -48,3 +48,11 @@ def test_every_agent_answer_names_the_report_interval_for_the_region_size(
     region.pace.max_reports_per_s = 0.1
     r = _poll(client, nodes[0].id, nodes[0].environ(), -1)
     assert float(r.headers[REPORT_INTERVAL_HEADER]) == 30.0  # 3 nodes / 0.1 per s
+
+
+def test_every_agent_answer_names_the_poll_wait_that_keeps_a_node_up(
+        client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    node = api.join_node("n1")
+    r = _poll(client, node.id, node.environ(), -1)
+    assert float(r.headers[POLL_WAIT_HEADER]) == region.config.node_down_after_s - 5

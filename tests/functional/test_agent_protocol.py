@@ -22,7 +22,13 @@ from agent.client import (
     protocol_mismatch,
 )
 from agent.config import AgentConfig, NodeIdentity
-from agent.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, REPORT_INTERVAL_HEADER, NodeStatus
+from agent.protocol import (
+    POLL_WAIT_HEADER,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    REPORT_INTERVAL_HEADER,
+    NodeStatus,
+)
 from controller.api import agent as agent_api
 from controller.app import create_app
 from controller.region import Region
@@ -172,18 +178,19 @@ def test_agent_client_checks_the_version_the_controller_answers_with() -> None:
         "upgrade the controller")
 
 
-def test_agent_client_takes_the_report_interval_the_controller_names(
+def test_agent_client_takes_the_pace_the_controller_names(
         served: tuple[str, FakeNode], tmp_path: Path) -> None:
     url, node = served
     client = agent_client_for(url, node, tmp_path)
-    assert client.report_interval_s is None
+    assert (client.report_interval_s, client.poll_wait_s) == (None, None)
     client.desired(after=-1, wait=0)
     assert client.report_interval_s == 5.0  # a region of one node: the floor
+    assert client.poll_wait_s == 25.0  # 5 s within the default down delay
 
     for bad in ("0", "-3", "1e9", "nan", "200s", "99999"):  # not a sane interval: ignored
         client._check(answer(204, {PROTOCOL_HEADER: str(PROTOCOL_VERSION),
                                    REPORT_INTERVAL_HEADER: bad}))
         assert client.report_interval_s == 5.0
     client._check(answer(204, {PROTOCOL_HEADER: str(PROTOCOL_VERSION),
-                               REPORT_INTERVAL_HEADER: "200.0"}))
-    assert client.report_interval_s == 200.0
+                               REPORT_INTERVAL_HEADER: "200.0", POLL_WAIT_HEADER: "100"}))
+    assert (client.report_interval_s, client.poll_wait_s) == (200.0, 100.0)

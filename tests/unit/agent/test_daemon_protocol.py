@@ -22,6 +22,7 @@ class RefusingClient(ControllerClient):
     def __init__(self) -> None:
         self.calls = 0
         self.report_interval_s = None
+        self.poll_wait_s = None
 
     def image_chunks(self, image_id: str) -> Any:
         raise AssertionError("no image is fetched by these tests")
@@ -71,3 +72,19 @@ def test_reports_follow_the_interval_the_controller_names_never_below_our_own(
     intervals = [agent.report_interval_s() for _ in range(200)]
     assert all(expected * 0.9 <= i <= expected * 1.1 for i in intervals)
     assert max(intervals) - min(intervals) > expected * 0.05  # spread, not in step
+
+
+@pytest.mark.parametrize("named, expected", [(None, 25.0), (100.0, 100.0)])
+def test_long_polls_ask_the_wait_the_controller_names(
+        tmp_path: Path, named: float | None, expected: float) -> None:
+    agent, client = refused_agent(tmp_path)
+    client.poll_wait_s = named
+    asked: list[float] = []
+
+    def desired(after: int, wait: float) -> Any:
+        asked.append(wait)
+        raise ProtocolMismatch(REFUSAL)  # one poll, then the agent stops
+
+    client.desired = desired  # type: ignore[method-assign]
+    agent._poll_loop()
+    assert asked == [expected]

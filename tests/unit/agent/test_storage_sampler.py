@@ -76,6 +76,7 @@ class RecordingClient:
         self.reports: list[NodeStatus] = []
         self.heard = threading.Condition()
         self.report_interval_s: float | None = None  # no interval named: the agent's own
+        self.poll_wait_s: float | None = None
 
     def image_chunks(self, image_id: str) -> Any:
         raise AssertionError("no image is fetched by these tests")

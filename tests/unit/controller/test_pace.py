@@ -21,9 +21,12 @@ def test_reports_of_the_whole_region_stay_under_the_rate(nodes: int, interval: f
 
 def test_a_long_poll_never_waits_so_long_that_its_node_looks_down() -> None:
     pace = _pace(10, down_after_s=30.0)
-    assert pace.poll_wait_s(60.0) == 25.0  # the agent's default, 5 s to spare
-    assert pace.poll_wait_s(5.0) == 5.0
-    assert _pace(10, down_after_s=6.0).poll_wait_s(25.0) == 3.0  # half, when 5 s is most
+    assert pace.poll_wait_s == 25.0  # the agent's default, 5 s to spare
+    assert pace.capped_wait(60.0) == 25.0
+    assert pace.capped_wait(5.0) == 5.0
+    assert _pace(10, down_after_s=6.0).poll_wait_s == 3.0  # half, when 5 s is most
+    # a large region trades a longer down delay for fewer renewals: 10,000 nodes, 100 a second
+    assert _pace(10_000, down_after_s=105.0).poll_wait_s == 100.0
 
 
 @pytest.mark.parametrize("rate, down", [(0.0, 30.0), (50.0, 0.0), (-1.0, 30.0)])
