@@ -11,9 +11,9 @@ holds tens of thousands. What a client may hold is bounded:
   being ready for it (gunicorn's keep-alive deadline, applied to every request,
   the first one included), so an idle keep-alive connection is closed then too;
   a connection whose client certificate the TLS layer verified (a node of the
-  region) has `node_keepalive_s` instead: its agent reports at an interval that
-  grows with the region, and a handshake per report was a quarter of the
-  controller's CPU at 1,000 agents;
+  region) has `node_keepalive_s` instead, for its silences inside a request too:
+  its agent reports at an interval that grows with the region, and a handshake per
+  report was a quarter of the controller's CPU at 1,000 agents;
 - while a body is read or a response written, the peer may stay silent at most
   `idle_s` at a time; a body cut short that way is answered 408.
 
@@ -133,8 +133,11 @@ class BoundedGeventWorker(GeventWorker):
                 client = self._handshake(client, context, limits.handshake_s)
                 if client is None:
                     return
-            client.settimeout(limits.idle_s)
             node = context is not None and bool(client.getpeercert())
+            # the socket's own timeout also bounds the wait for the next request: a node's
+            # idle connection would otherwise end after idle_s all the same
+            client.settimeout(max(limits.idle_s, limits.node_keepalive_s) if node
+                              else limits.idle_s)
             # read by timeout_ctx, which gunicorn calls with no access to the connection
             gevent.getcurrent().request_deadline_s = \
                 limits.node_keepalive_s if node else limits.header_s

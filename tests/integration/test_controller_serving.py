@@ -248,7 +248,8 @@ def _more(sock: ssl.SSLSocket) -> bytes:
     return chunk
 
 
-@pytest.mark.parametrize("controller", [{"VAUBAN_REQUEST_HEADER_TIMEOUT": "1"}], indirect=True)
+@pytest.mark.parametrize("controller", [{"VAUBAN_REQUEST_HEADER_TIMEOUT": "1",
+                                         "VAUBAN_CLIENT_IDLE_TIMEOUT": "1"}], indirect=True)
 def test_a_node_connection_outlives_the_keepalive_of_anonymous_ones(
         controller: E2ERegion) -> None:
     """A node reports at an interval that grows with the region; its idle connection stays
