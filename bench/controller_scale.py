@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/controller_scale.py [--sizes 100,1000,10000] [--vms-per-node 2]
         [--databases sqlite,postgresql] [--api-clients 10] [--api-rate 50] [--seconds 30]
-        [--json F] [--logs DIR] [--node-down-after 30]
+        [--json F] [--logs DIR] [--node-down-after 30] [--node-keepalive 900]
 
 For each database and each size a fresh controller (the real `vauban-controller serve`
 process) is started on a throwaway data directory (PostgreSQL: a private server from
@@ -271,7 +271,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clients: int,
              api_rate: float, seconds: float, logs: Path | None = None,
-             down_after_s: float = 30.0) -> Result:
+             down_after_s: float = 30.0, node_keepalive_s: float = 900.0) -> Result:
     root = Path("/var/tmp") / f"vauban-scale-{uuid.uuid4().hex[:8]}"
     (root / "certs").mkdir(parents=True)
     layout = allinone.Layout(root, free_port())
@@ -282,7 +282,8 @@ def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clie
     try:
         seeded = seed(config, nodes, vms_per_node, root / "certs")
         env = {"VAUBAN_DATABASE_URL": db_url, "VAUBAN_MAX_CONNECTIONS": str(3 * nodes + 1000),
-               "VAUBAN_NODE_DOWN_AFTER": str(down_after_s)}
+               "VAUBAN_NODE_DOWN_AFTER": str(down_after_s),
+               "VAUBAN_NODE_KEEPALIVE": str(node_keepalive_s)}
         pid = allinone.start_controller(layout, env)
         token = allinone.admin_token(layout)
         if nodes:
@@ -357,6 +358,9 @@ def main() -> int:
     p.add_argument("--logs", type=Path, help="keep each controller's log in this directory")
     p.add_argument("--node-down-after", type=float, default=30.0,
                    help="VAUBAN_NODE_DOWN_AFTER: the agents' poll wait is this less 5 s")
+    p.add_argument("--node-keepalive", type=float, default=900.0,
+                   help="VAUBAN_NODE_KEEPALIVE: below the report interval, the reports' "
+                        "connections close between reports (two per agent need 2 fds)")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     raise_open_files_limit(3 * max(sizes) + 1000)
@@ -367,7 +371,7 @@ def main() -> int:
                 print(f"[{database}] {nodes} nodes ...", flush=True)
                 res = run_size(database, url, nodes, args.vms_per_node, args.api_clients,
                                args.api_rate, args.seconds, args.logs,
-                               args.node_down_after)
+                               args.node_down_after, args.node_keepalive)
                 results.append(res)
                 print_row(res, results)
     if args.json:

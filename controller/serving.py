@@ -47,14 +47,19 @@ REFUSAL_LOG_EVERY_S = 60.0  # one warning per source per minute, however many re
 
 
 def raise_open_files_limit(wanted: int) -> int:
-    """Raise the soft limit on open files towards `wanted` (+ margin); returns the new soft limit.
+    """Raise the limit on open files towards `wanted` (+ margin); returns the new soft limit.
 
-    Each connection is a file descriptor; the hard limit is never exceeded.
+    Each connection is a file descriptor. A privileged process (CAP_SYS_RESOURCE) raises
+    the hard limit too when it is lower; otherwise the hard limit is never exceeded.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted + 1024
-    if hard != resource.RLIM_INFINITY:
-        target = min(target, hard)
+    if hard != resource.RLIM_INFINITY and target > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), target))
+            hard = target
+        except (OSError, ValueError):  # not privileged, or above the kernel's nr_open
+            target = hard
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         return target
