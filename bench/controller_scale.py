@@ -52,6 +52,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy import create_engine, text
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -264,6 +265,14 @@ def worker_rss_mib(arbiter_pid: int) -> float:
     return total / 1024
 
 
+def empty_database(db_url: str) -> None:
+    """Drop everything the last size left in the PostgreSQL database."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
@@ -280,6 +289,8 @@ def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clie
     result = Result(database, nodes, nodes * vms_per_node)
     swarm: SwarmProcess | None = None
     try:
+        if db_url:
+            empty_database(db_url)  # one server for every size: each starts from nothing
         seeded = seed(config, nodes, vms_per_node, root / "certs")
         env = {"VAUBAN_DATABASE_URL": db_url, "VAUBAN_MAX_CONNECTIONS": str(3 * nodes + 1000),
                "VAUBAN_NODE_DOWN_AFTER": str(down_after_s),
@@ -318,7 +329,8 @@ def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clie
         if swarm is not None:
             swarm.kill()
         layout.service("controller").stop()
-        if logs is not None:  # the access log gives each request's time inside the server
+        if logs is not None and layout.service("controller").logfile.exists():
+            # the access log gives each request's time inside the server
             logs.mkdir(parents=True, exist_ok=True)
             shutil.copy(layout.service("controller").logfile,
                         logs / f"controller-{database}-{nodes}.log")
