@@ -9,16 +9,14 @@ import requests
 
 from agent.config import AgentConfig, NodeIdentity
 from agent.protocol import (
-    POLL_WAIT_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
-    REPORT_INTERVAL_HEADER,
     DesiredState,
     NodeStatus,
     StorageSettings,
+    pace_from_headers,
     protocol_from_header,
-    seconds_from_header,
 )
 
 CHUNK = 1024 * 1024
@@ -136,12 +134,9 @@ class ControllerClient:
         mismatch = protocol_mismatch(r)
         if mismatch is not None:
             raise mismatch
-        interval = seconds_from_header(r.headers.get(REPORT_INTERVAL_HEADER))
-        if interval is not None:
-            self.report_interval_s = interval
-        wait = seconds_from_header(r.headers.get(POLL_WAIT_HEADER))
-        if wait is not None:
-            self.poll_wait_s = wait
+        interval, wait = pace_from_headers(r.headers)
+        self.report_interval_s = interval or self.report_interval_s
+        self.poll_wait_s = wait or self.poll_wait_s
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)

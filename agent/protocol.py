@@ -8,6 +8,7 @@ and controller fails loudly instead of silently dropping data.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -54,6 +55,13 @@ def seconds_from_header(raw: str | None) -> float | None:
     value = float(raw)
     low, high = PACE_RANGE
     return value if low <= value <= high else None
+
+
+def pace_from_headers(headers: Mapping[str, str]) -> tuple[float | None, float | None]:
+    """(report interval, poll wait) an answer's headers name; None for one it does not
+    name as a sane number of seconds."""
+    return (seconds_from_header(headers.get(REPORT_INTERVAL_HEADER)),
+            seconds_from_header(headers.get(POLL_WAIT_HEADER)))
 
 
 def utc_time(t: datetime) -> datetime:

@@ -39,11 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.protocol import (  # noqa: E402
-    POLL_WAIT_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
-    REPORT_INTERVAL_HEADER,
-    seconds_from_header,
+    pace_from_headers,
 )
 
 RAMP_PER_S = 400  # new agents started per second: the server's accept backlog is finite
@@ -84,12 +82,9 @@ class Pace:
     told_s: float | None = None
 
     def take(self, r: aiohttp.ClientResponse) -> None:
-        told = seconds_from_header(r.headers.get(REPORT_INTERVAL_HEADER))
-        if told is not None:
-            self.told_s = told
-        wait = seconds_from_header(r.headers.get(POLL_WAIT_HEADER))
-        if wait is not None:
-            self.poll_wait_s = wait
+        told, wait = pace_from_headers(r.headers)
+        self.told_s = told or self.told_s
+        self.poll_wait_s = wait or self.poll_wait_s
 
     def interval_s(self) -> float:
         return max(self.floor_s, self.told_s or 0.0) * random.uniform(0.9, 1.1)

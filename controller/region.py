@@ -70,5 +70,5 @@ class Region:
     notifier: ChangeNotifier
     ca_sha256: str
     storage: StorageSettings
+    pace: RegionPace  # from the settings: the region's size sets the agents' pace
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)
-    pace: RegionPace = field(default_factory=lambda: RegionPace(50.0, 30.0))
