@@ -36,6 +36,21 @@ def report(api: Api, node: FakeNode, volumes: list[ObservedVolume],
     assert r.status_code == 204, r.json
 
 
+def running_vm_and_volume(api: Api) -> tuple[FakeNode, ObservedVm, dict[str, Any]]:
+    """Node n1 reporting VM vm1 running and volume data (1 GiB) made, not attached."""
+    node = api.join_node("n1")
+    assert api.import_image("tiny", RAW_IMAGE).status_code == 201
+    r = api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
+                                            "memory_mib": 128})
+    assert r.status_code == 202, r.json
+    vm = api.desired(node)["vms"][0]
+    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
+    assert api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1}).status_code == 202
+    vol = api.desired(node)["volumes"][0]
+    report(api, node, [observed(vol, 1)], [running])
+    return node, running, vol
+
+
 def observed(vol: dict[str, Any], size_gib: int, snapshots: list[str] | None = None,
              **kw: Any) -> ObservedVolume:
     return ObservedVolume(id=vol["id"], size_bytes=size_gib * GIB, used_bytes=0,
@@ -108,20 +123,12 @@ def test_volume_lifecycle(api: Api, rbd_region: Region) -> None:
 
 
 def test_attach_and_detach_follow_the_vm(api: Api) -> None:
-    node = api.join_node("n1")
-    assert api.import_image("tiny", RAW_IMAGE).status_code == 201
-    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
-                                        "memory_mib": 128})
-    vm = api.desired(node)["vms"][0]
-    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
-    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
-    vol = api.desired(node)["volumes"][0]
-    report(api, node, [observed(vol, 1)], [running])
+    node, running, vol = running_vm_and_volume(api)
 
     attach = api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
     assert attach.status_code == 202
     assert api.desired(node)["vms"][0]["volumes"] == [{"volume_id": vol["id"], "target": "vdc"}]
-    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [running])
+    report(api, node, [observed(vol, 1, attached_to=running.id, target="vdc")], [running])
     assert op_state(api, attach.json) == "succeeded"
     shown = api.get("/api/v1/volumes/data").json
     assert shown["state"] == "in-use" and shown["attached_to"] == "vm1"
@@ -138,26 +145,18 @@ def test_attach_and_detach_follow_the_vm(api: Api) -> None:
 def test_detach_from_a_stopped_vm(api: Api) -> None:
     """Regression: the API refused it, though the node can take the volume out of the
     stopped VM's definition."""
-    node = api.join_node("n1")
-    api.import_image("tiny", RAW_IMAGE)
-    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
-                                        "memory_mib": 128})
-    vm = api.desired(node)["vms"][0]
-    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
-    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
-    vol = api.desired(node)["volumes"][0]
-    report(api, node, [observed(vol, 1)], [running])
+    node, running, vol = running_vm_and_volume(api)
     api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
-    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [running])
+    report(api, node, [observed(vol, 1, attached_to=running.id, target="vdc")], [running])
     assert api.post("/api/v1/instances/vm1/stop").status_code == 202
-    stopped = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.STOPPED, power_seq=2)
-    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [stopped])
+    stopped = ObservedVm(id=running.id, name="vm1", state=ObservedVmState.STOPPED, power_seq=2)
+    report(api, node, [observed(vol, 1, attached_to=running.id, target="vdc")], [stopped])
 
     detach = api.post("/api/v1/volumes/data/detach")
 
     assert detach.status_code == 202, detach.json
     assert api.desired(node)["vms"][0]["volumes"] == []
-    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [stopped])
+    report(api, node, [observed(vol, 1, attached_to=running.id, target="vdc")], [stopped])
     assert op_state(api, detach.json) == "pending"  # still in the VM's definition
     report(api, node, [observed(vol, 1)], [stopped])
     assert op_state(api, detach.json) == "succeeded"
@@ -166,18 +165,10 @@ def test_detach_from_a_stopped_vm(api: Api) -> None:
 
 
 def test_detach_refused_while_the_vm_is_provisioning(api: Api) -> None:
-    node = api.join_node("n1")
-    api.import_image("tiny", RAW_IMAGE)
-    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
-                                        "memory_mib": 128})
-    vm = api.desired(node)["vms"][0]
-    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
-    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
-    vol = api.desired(node)["volumes"][0]
-    report(api, node, [observed(vol, 1)], [running])
+    node, running, vol = running_vm_and_volume(api)
     api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
-    busy = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.PROVISIONING, power_seq=1)
-    report(api, node, [observed(vol, 1, attached_to=vm["id"], target="vdc")], [busy])
+    busy = ObservedVm(id=running.id, name="vm1", state=ObservedVmState.PROVISIONING, power_seq=1)
+    report(api, node, [observed(vol, 1, attached_to=running.id, target="vdc")], [busy])
 
     r = api.post("/api/v1/volumes/data/detach")
 
@@ -255,15 +246,7 @@ def test_agent_error_fails_only_the_current_request(api: Api) -> None:
 def test_a_request_settles_while_an_older_requests_error_is_still_shown(api: Api) -> None:
     """Regression: a snapshot taken after a failed attach never settled, the node still
     showing the attach's error (its VM still wants the volume) beside the new snapshot."""
-    node = api.join_node("n1")
-    api.import_image("tiny", RAW_IMAGE)
-    api.post("/api/v1/instances", json={"name": "vm1", "image": "tiny", "vcpus": 1,
-                                        "memory_mib": 128})
-    vm = api.desired(node)["vms"][0]
-    running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
-    api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
-    vol = api.desired(node)["volumes"][0]
-    report(api, node, [observed(vol, 1)], [running])
+    node, running, vol = running_vm_and_volume(api)
     attach = api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"}).json
     attach_failed = {"error": "QEMU did not answer",
                      "failed_generation": api.desired(node)["generation"]}
