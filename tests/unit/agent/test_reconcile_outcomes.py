@@ -97,19 +97,27 @@ class CloneStorage(FakeStorage):
             raise StorageError("rbd: flatten failed", retryable=True)
 
 
+def unapplied_until_healed(rec: Reconciler, desired: DesiredState, clock: Clock,
+                           heal: Callable[[], None]) -> None:
+    """Apply `desired` while its failure stands (failed, then waiting for its retry): never
+    applied; then heal the failure, let the retry come due, and apply once more."""
+    for _ in range(2):
+        rec.apply(desired)
+        assert rec.wait_idle(10) and rec.applied_generation == -1
+    heal()
+    clock.now += 30
+    rec.apply(desired)
+    assert rec.wait_idle(10)
+
+
 def test_a_failed_flatten_keeps_its_generation_unapplied(tmp_path: Path) -> None:
     hv, st, clock = FakeHypervisor(), CloneStorage(tmp_path / "disks"), Clock()
     rec = reconciler(tmp_path, clock, hv, st)
     hv.vms["aaaa-1"] = VmObservation("aaaa-1", "vauban-x", True, 1, None, MINE)
     desired = DesiredState(node_id="n", generation=4,
                            vms=[vm("aaaa-1").model_copy(update={"flatten_root": True})])
-    for _ in range(2):  # failed, then waiting for its retry
-        rec.apply(desired)
-        assert rec.wait_idle(10) and rec.applied_generation == -1
-    st.broken = False
-    clock.now += 30
-    rec.apply(desired)
-    assert rec.wait_idle(10) and rec.applied_generation == 4
+    unapplied_until_healed(rec, desired, clock, lambda: setattr(st, "broken", False))
+    assert rec.applied_generation == 4
 
 
 def test_a_failed_image_delete_keeps_its_generation_unapplied(tmp_path: Path) -> None:
@@ -125,13 +133,8 @@ def test_a_failed_image_delete_keeps_its_generation_unapplied(tmp_path: Path) ->
     rec = reconciler(tmp_path, clock, st=st)
     st.images = {"old": b"x"}
     desired = DesiredState(node_id="n", generation=6, vms=[], retired_images=["old"])
-    for _ in range(2):  # failed, then waiting for its retry
-        rec.apply(desired)
-        assert rec.wait_idle(10) and rec.applied_generation == -1
-    st.broken = False
-    clock.now += 30
-    rec.apply(desired)
-    assert rec.wait_idle(10) and st.images == {} and rec.applied_generation == 6
+    unapplied_until_healed(rec, desired, clock, lambda: setattr(st, "broken", False))
+    assert st.images == {} and rec.applied_generation == 6
 
 
 def test_a_failed_volume_action_keeps_its_generation_unapplied(tmp_path: Path) -> None:
@@ -139,13 +142,8 @@ def test_a_failed_volume_action_keeps_its_generation_unapplied(tmp_path: Path) -
     rec = reconciler(tmp_path, clock, PlugHypervisor(), st)
     st.away = True
     desired = DesiredState(node_id="n", generation=8, vms=[], volumes=[DATA])
-    for _ in range(2):  # failed, then waiting for its retry
-        rec.apply(desired)
-        assert rec.wait_idle(10) and rec.applied_generation == -1
-    st.away = False
-    clock.now += 30
-    rec.apply(desired)
-    assert rec.wait_idle(10) and "vol-1" in st.sizes and rec.applied_generation == 8
+    unapplied_until_healed(rec, desired, clock, lambda: setattr(st, "away", False))
+    assert "vol-1" in st.sizes and rec.applied_generation == 8
 
 
 def _kinds(rec: Reconciler) -> list[tuple[str, str, str]]:
