@@ -34,15 +34,13 @@ from agent.protocol import (
     StorageStatus,
 )
 from agent.reconcile import Reconciler
-from agent.retry import FailureLedger, RetryPolicy
+from agent.retry import FailureLedger, controller_retry_delay
 from agent.storage_sampler import StorageSampler
 from hardware.kvmprobe import KvmProbe
 
 log = logging.getLogger(__name__)
 
 RECHECK_S = 10.0  # a pass runs at least this often, to catch changes made behind our back
-# the controller away: ask again soon, then less often, agents spread out by the jitter
-CONTROLLER_RETRY = RetryPolicy(base_s=0.5, cap_s=10.0, give_up_after_s=float("inf"))
 SWEEP_EVERY_S = 600.0  # storage leftovers of interrupted work are looked for this often
 SWEEP_ID = "temporary-imports"  # the object a failed sweep is reported under
 
@@ -131,7 +129,7 @@ class Agent:
             except ControllerUnavailable as e:
                 log.warning("desired state unavailable: %s", e)
                 failures += 1
-                self.stopping.wait(CONTROLLER_RETRY.delay(failures, random.random))
+                self.stopping.wait(self._retry_delay(failures))
                 continue
             failures = 0
             if desired is not None and desired.generation > after:
@@ -187,17 +185,25 @@ class Agent:
         told = self.client.report_interval_s or 0.0
         return max(self.config.heartbeat_s, told) * random.uniform(0.9, 1.1)
 
+    def _retry_delay(self, failures: int) -> float:
+        """The controller away: ask again soon, then less often (see controller_retry_delay)."""
+        return controller_retry_delay(failures, self.client.report_interval_s, random.random)
+
     def _report_loop(self) -> None:
+        failures = 0
         while not self.stopping.is_set():
             self._report_now.wait(self.report_interval_s())
             self._report_now.clear()
             try:
                 self.client.report(self.status())
+                failures = 0
             except ProtocolMismatch as e:
                 self._refused(e)
             except ControllerUnavailable as e:
                 log.warning("status not delivered: %s", e)
-                self.stopping.wait(1.0)
+                failures += 1
+                self.stopping.wait(self._retry_delay(failures))
+                self._report_now.set()  # the undelivered status goes as soon as the wait ends
             except Exception:
                 log.exception("status report failed")
                 self.stopping.wait(1.0)

@@ -49,6 +49,21 @@ class RetryPolicy:
         return not retryable or now - since >= self.give_up_after_s
 
 
+CONTROLLER_RETRY_FLOOR_S = 10.0  # the longest wait before asking again, in a small region
+
+
+def controller_retry_delay(failures: int, report_interval_s: float | None,
+                           rand: Callable[[], float]) -> float:
+    """Seconds to wait before asking the controller again after `failures` (>= 1) failed
+    requests in a row: from half a second, doubling, up to the report interval the
+    controller last named (at least CONTROLLER_RETRY_FLOOR_S), jittered. A large region
+    names a long interval, so its thousands of agents, all failing when the controller
+    restarts or is overloaded, come back spread over that interval rather than over 10 s."""
+    cap = max(CONTROLLER_RETRY_FLOOR_S, report_interval_s or 0.0)
+    policy = RetryPolicy(base_s=0.5, cap_s=cap, give_up_after_s=float("inf"))
+    return policy.delay(failures, rand)
+
+
 Key = tuple[str, str, str]  # (kind, object id, action)
 
 

@@ -43,6 +43,7 @@ from agent.protocol import (  # noqa: E402
     PROTOCOL_VERSION,
     pace_from_headers,
 )
+from agent.retry import controller_retry_delay  # noqa: E402
 
 RAMP_PER_S = 400  # new agents started per second: the server's accept backlog is finite
 
@@ -89,6 +90,10 @@ class Pace:
     def interval_s(self) -> float:
         return max(self.floor_s, self.told_s or 0.0) * random.uniform(0.9, 1.1)
 
+    def retry_delay_s(self, failures: int) -> float:
+        """The real agent's wait after `failures` failed requests in a row."""
+        return controller_retry_delay(failures, self.told_s, random.random)
+
 
 def _context(ca_pem: str, cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cadata=ca_pem)
@@ -118,7 +123,7 @@ async def _agent(swarm: Swarm, node: dict[str, Any], stop: asyncio.Event) -> Non
 
 async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, pace: Pace,
                 report_now: asyncio.Event, stop: asyncio.Event) -> None:
-    after, first = -1, True
+    after, first, failures = -1, True, 0
     while not stop.is_set():
         timeout = aiohttp.ClientTimeout(total=pace.poll_wait_s + 60)
         try:
@@ -128,15 +133,19 @@ async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, pace: Pace
                 body = await r.read()
                 pace.take(r)
                 if r.status == 204:
+                    failures = 0
                     continue  # the wait ended with nothing new
                 if r.status != 200:
                     swarm.errors[f"desired {r.status}"] += 1
-                    await asyncio.sleep(1.0)
+                    failures += 1
+                    await asyncio.sleep(pace.retry_delay_s(failures))
                     continue
         except (aiohttp.ClientError, TimeoutError) as e:
             swarm.errors[f"desired {type(e).__name__}"] += 1
-            await asyncio.sleep(1.0)  # the real agent backs off too
+            failures += 1
+            await asyncio.sleep(pace.retry_delay_s(failures))
             continue
+        failures = 0
         generation = json.loads(body)["generation"]
         if generation > after:
             swarm.got(generation, first)
@@ -147,7 +156,7 @@ async def _poll(swarm: Swarm, http: aiohttp.ClientSession, base: str, pace: Pace
 async def _report(swarm: Swarm, http: aiohttp.ClientSession, base: str, status: str,
                   pace: Pace, report_now: asyncio.Event, stop: asyncio.Event) -> None:
     timeout = aiohttp.ClientTimeout(total=60)
-    reported = False
+    reported, failures = False, 0
     await asyncio.sleep(random.uniform(0, swarm.heartbeat_s))
     while not stop.is_set():
         # measurements move on every report, as a real node's free space does
@@ -161,13 +170,20 @@ async def _report(swarm: Swarm, http: aiohttp.ClientSession, base: str, status: 
                 pace.take(r)
                 if r.status != 204:
                     swarm.errors[f"status {r.status}"] += 1
-                elif not reported:
+                    failures += 1
+                else:
+                    failures = 0
+                if r.status == 204 and not reported:
                     reported = True
                     swarm.first_reports += 1
                     if swarm.first_reports == swarm.total:
                         print(json.dumps({"all_reported": swarm.total}), flush=True)
         except (aiohttp.ClientError, TimeoutError) as e:
             swarm.errors[f"status {type(e).__name__}"] += 1
+            failures += 1
+        if failures:  # the real agent sends the undelivered status again after its wait
+            await asyncio.sleep(pace.retry_delay_s(failures))
+            continue
         try:
             await asyncio.wait_for(report_now.wait(), pace.interval_s())
         except TimeoutError:

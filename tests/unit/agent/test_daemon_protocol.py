@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.client import ControllerClient, ProtocolMismatch
+from agent.client import ControllerClient, ControllerUnavailable, ProtocolMismatch
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from hardware.kvmprobe import KvmProbe
@@ -88,3 +88,23 @@ def test_long_polls_ask_the_wait_the_controller_names(
     client.desired = desired  # type: ignore[method-assign]
     agent._poll_loop()
     assert asked == [expected]
+
+
+@pytest.mark.timeout(60)  # before the fix the status waited a whole report interval (1 h)
+def test_an_undelivered_status_is_sent_again_after_the_backoff_not_the_interval(
+        tmp_path: Path) -> None:
+    agent, client = refused_agent(tmp_path)
+    agent.config = AgentConfig(data_dir=tmp_path, heartbeat_s=3600.0)
+    agent.status = lambda: None  # type: ignore[assignment,method-assign,return-value]
+    sent: list[str] = []
+
+    def report(status: Any) -> None:
+        sent.append("tried")
+        if len(sent) == 1:
+            raise ControllerUnavailable("connection refused")
+        agent.stopping.set()  # delivered: the test is over
+
+    client.report = report  # type: ignore[method-assign]
+    agent._report_now.set()  # a change to report at once
+    agent._report_loop()
+    assert sent == ["tried", "tried"]

@@ -9,7 +9,7 @@ import pytest
 from agent.drivers.network.base import NetworkError
 from agent.drivers.storage.base import StorageError
 from agent.errors import DriverError, is_retryable
-from agent.retry import FailureLedger, RetryPolicy
+from agent.retry import FailureLedger, RetryPolicy, controller_retry_delay
 
 
 class Clock:
@@ -25,6 +25,15 @@ def test_delay_doubles_up_to_the_cap_and_jitter_only_shortens_it() -> None:
     assert [policy.delay(n, lambda: 0.0) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
     assert policy.delay(1, lambda: 0.5) == 1.5
     assert policy.delay(6, lambda: 0.999999) == pytest.approx(15.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("interval, cap", [(None, 10.0), (5.0, 10.0), (200.0, 200.0)])
+def test_a_large_region_spreads_its_agents_retries_over_its_report_interval(
+        interval: float | None, cap: float) -> None:
+    waits = [controller_retry_delay(n, interval, lambda: 0.0) for n in range(1, 12)]
+    assert waits[0] == 0.5 and max(waits) == cap == waits[-1]
+    assert controller_retry_delay(11, interval, lambda: 0.999999) == pytest.approx(cap / 2,
+                                                                                   abs=1e-3)
 
 
 def test_every_driver_family_error_is_a_driver_error_that_says_if_retry_helps() -> None:
