@@ -16,6 +16,7 @@ from agent.daemon import Agent
 from agent.drivers.registry import GPUS, load_gpu, load_hypervisor, load_network
 from agent.enroll import JoinError, join
 from agent.inventory import HardwareReporter
+from agent.settings_file import DEFAULT_PATH, SettingsFileError, agent_config
 from agent.storage_setup import fetch_settings, make_storage
 from hardware.gpus import probe_gpus
 from hardware.kvmprobe import probe_kvm
@@ -27,9 +28,11 @@ log = logging.getLogger("vauban.agent")
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
-    extra = {} if args.command != "run" else {
-        "gpu": args.gpu, "hardware_profile": args.hardware_profile}
-    return AgentConfig(data_dir=Path(args.data_dir).resolve(), **extra)
+    """The settings file, then the flags given (SettingsFileError if the file is bad)."""
+    flags = {"data_dir": args.data_dir}
+    if args.command == "run":
+        flags.update(gpu=args.gpu, hardware_profile=args.hardware_profile)
+    return agent_config(Path(args.config), flags)
 
 
 def gpu_driver_name(setting: str, root: Root | None = None) -> str:
@@ -113,7 +116,9 @@ def _refused(e: ProtocolMismatch) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vauban-agent", description=__doc__)
-    parser.add_argument("--data-dir", default="var/agent", help="the agent's state directory")
+    parser.add_argument("--config", default=str(DEFAULT_PATH),
+                        help="settings file (TOML; flags win over it; none is fine)")
+    parser.add_argument("--data-dir", help="the agent's state directory (default var/agent)")
     sub = parser.add_subparsers(dest="command", required=True)
     j = sub.add_parser("join", help="join a region with a one-time token")
     j.add_argument("--controller", required=True, help="e.g. https://10.0.0.1:8443")
@@ -122,15 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--name", required=True, help="this node's name in the region")
     j.set_defaults(func=cmd_join)
     r = sub.add_parser("run", help="run the agent in the foreground")
-    r.add_argument("--gpu", default="auto", choices=["auto", *sorted(GPUS)],
+    r.add_argument("--gpu", choices=["auto", *sorted(GPUS)],
                    help="GPU driver: auto (nvidia if an NVIDIA GPU is present), nvidia, none")
-    r.add_argument("--hardware-profile", default="compute",
+    r.add_argument("--hardware-profile",
                    help="qualification profile (name in hardware/profiles, or a YAML file)")
     r.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(threadName)s %(message)s")
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except SettingsFileError as e:
+        print(f"vauban-agent: settings file refused: {e}", file=sys.stderr)
+        return 2
     return result
 
 
