@@ -14,9 +14,9 @@ from gunicorn.app.base import BaseApplication
 from controller.api.auth import PeerCertMiddleware
 from controller.app import create_app
 from controller.bootstrap import open_region
-from controller.config import ControllerConfig
+from controller.config import ClientLimits, ControllerConfig
 from controller.services.housekeeping import Periodic, housekeeper
-from controller.serving import raise_open_files_limit
+from controller.serving import limits_within_open_files
 from controller.storage_settings import StorageConfigError
 
 
@@ -24,10 +24,11 @@ class _Server(BaseApplication):
     """gunicorn with our settings: one process (in-process change notices), one greenlet per
     connection (see controller.serving)."""
 
-    def __init__(self, config: ControllerConfig, options: dict[str, Any]) -> None:
+    def __init__(self, config: ControllerConfig, options: dict[str, Any],
+                 limits: ClientLimits) -> None:
         self.config = config
         self.options = options
-        self.limits = config.client_limits()
+        self.limits = limits
         super().__init__()
 
     def load_config(self) -> None:
@@ -50,8 +51,7 @@ class _Server(BaseApplication):
 def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
     region = open_region(config)  # refuse bad settings, migrate and make the CA before serving
     region.engine.dispose()
-    limits = config.client_limits()
-    raise_open_files_limit(limits.max_connections)
+    limits = limits_within_open_files(config.client_limits())
     options = {
         "bind": f"[{config.host}]:{config.port}" if ":" in config.host
         else f"{config.host}:{config.port}",
@@ -74,7 +74,7 @@ def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
         # its shared default socket would make controllers on one host fight over it
         "control_socket_disable": True,
     }
-    _Server(config, options).run()
+    _Server(config, options, limits).run()
 
 
 def main(argv: list[str] | None = None) -> int:

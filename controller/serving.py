@@ -29,6 +29,7 @@ import resource
 import ssl
 import time
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 REFUSAL_LOG_EVERY_S = 60.0  # one warning per source per minute, however many refusals
 
 
+FILES_BESIDE_CONNECTIONS = 1024  # listeners, database, logs, image files
+
+
 def raise_open_files_limit(wanted: int) -> int:
     """Raise the limit on open files towards `wanted` (+ margin); returns the new soft limit.
 
@@ -53,7 +57,7 @@ def raise_open_files_limit(wanted: int) -> int:
     the hard limit too when it is lower; otherwise the hard limit is never exceeded.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted + 1024
+    target = wanted + FILES_BESIDE_CONNECTIONS
     if hard != resource.RLIM_INFINITY and target > hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), target))
@@ -64,6 +68,21 @@ def raise_open_files_limit(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         return target
     return soft
+
+
+def limits_within_open_files(limits: ClientLimits) -> ClientLimits:
+    """`limits` with max_connections lowered, if need be, to what the open-files limit
+    leaves (raised first, as far as this process may). At that many connections the server
+    stops accepting and new clients wait in the listen queue; beyond it every accept fails
+    with EMFILE and clients are dropped at random, agents and operators alike."""
+    room = max(1, raise_open_files_limit(limits.max_connections) - FILES_BESIDE_CONNECTIONS)
+    if limits.max_connections <= room:
+        return limits
+    log.warning("%d connections are allowed (VAUBAN_MAX_CONNECTIONS) but this process may "
+                "open only %d files: at most %d connections are served at once; raise the "
+                "limit on open files (LimitNOFILE) to serve more", limits.max_connections,
+                room + FILES_BESIDE_CONNECTIONS, room)
+    return replace(limits, max_connections=room)
 
 
 class SourceLedger:
