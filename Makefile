@@ -9,14 +9,15 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
 	qemu-system-x86 qemu-utils qemu-block-extra \
 	busybox-static syslinux mtools dosfstools kmod cpio \
-	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils
+	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils \
+	debootstrap systemd-container openssh-client
 # with their recommends: the always-on mgr modules import some of them
 CEPH_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
 TESTGUEST := $(VAR)/images/testguest.raw
 # make up STORAGE=ceph: VM disks and volumes on a single-node Ceph cluster under var/ceph
 STORAGE ?= localfs
 
-.PHONY: up down test deps venv image lint unit bench clean
+.PHONY: up down test deps venv image lint unit bench clean lab lab-down dist
 
 up: deps image
 	$(PY) -m agent.hostprep
@@ -25,8 +26,24 @@ up: deps image
 down:
 	@[ -x $(PY) ] && $(PY) -m controller.allinone down --root $(VAR) || true
 
+# the vauban wheel, and beside it every wheel it needs: nodes install offline from these
+DIST := dist
+dist: venv
+	rm -rf $(DIST)
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
+	$(PY) -m pip wheel -q --disable-pip-version-check -w $(DIST)/wheelhouse $(DIST)/vauban-*.whl
+	@ls $(DIST)/vauban-*.whl
+
+# make lab NODES=3: Debian nodes booted by systemd-nspawn on a private bridge (lab/)
+NODES ?= 3
+lab: deps
+	$(PY) -m lab up --nodes $(NODES) --state $(VAR)/lab
+
+lab-down:
+	@[ -x $(PY) ] && $(PY) -m lab down --state $(VAR)/lab || true
+
 test: deps image
-	$(PY) -m ruff check agent controller hardware images tests bench
+	$(PY) -m ruff check agent controller hardware images lab tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest -p no:cacheprovider tests
 
@@ -34,7 +51,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(PY) -m ruff check agent controller hardware images tests bench
+	$(PY) -m ruff check agent controller hardware images lab tests bench
 	$(PY) -m mypy
 
 bench: deps image

@@ -44,9 +44,22 @@ def gpu_driver_name(setting: str, root: Root | None = None) -> str:
     return "nvidia" if found else "none"
 
 
+def _read_token(path: str) -> str:
+    """The join token from a file ("-": standard input), so that it never shows in the
+    process list. JoinError when it cannot be read or is empty."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise JoinError(f"cannot read the join token from {path}: {e}") from e
+    if not text.strip():
+        raise JoinError(f"the join token file {path} is empty")
+    return text.strip()
+
+
 def cmd_join(args: argparse.Namespace) -> int:
     try:
-        identity = join(_config(args), args.controller, args.token, args.ca_sha256, args.name)
+        token = args.token if args.token is not None else _read_token(args.token_file)
+        identity = join(_config(args), args.controller, token, args.ca_sha256, args.name)
     except JoinError as e:
         print(f"vauban-agent: join failed: {e}", file=sys.stderr)
         return 1
@@ -122,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     j = sub.add_parser("join", help="join a region with a one-time token")
     j.add_argument("--controller", required=True, help="e.g. https://10.0.0.1:8443")
-    j.add_argument("--token", required=True, help="from 'vauban join-token create'")
+    secret = j.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--token", help="from 'vauban join-token create' (shows in ps: "
+                                        "prefer --token-file)")
+    secret.add_argument("--token-file", help="a file holding the token ('-': standard input)")
     j.add_argument("--ca-sha256", required=True, help="the region CA's SHA-256, to pin it")
     j.add_argument("--name", required=True, help="this node's name in the region")
     j.set_defaults(func=cmd_join)

@@ -49,3 +49,18 @@ def test_the_agent_refuses_to_start_on_a_bad_file(
     assert main(["--config", str(path), "run"]) == 2
     err = capsys.readouterr().err
     assert "settings file refused" in err and "hartbeat_s" in err
+
+
+def test_join_reads_its_token_from_a_file_and_refuses_an_empty_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "token"
+    token.write_text("")
+    argv = ["--config", str(tmp_path / "none.toml"), "--data-dir", str(tmp_path / "agent"),
+            "join", "--controller", "https://127.0.0.1:9", "--ca-sha256", "ab" * 32,
+            "--name", "n1", "--token-file", str(token)]
+    assert main(argv) == 1
+    assert f"the join token file {token} is empty" in capsys.readouterr().err
+    token.write_text("s3cret\n")
+    assert main(argv) == 1  # read, then the controller (nobody on port 9) is not reached
+    err = capsys.readouterr().err
+    assert "join failed" in err and "empty" not in err and "s3cret" not in err

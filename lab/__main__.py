@@ -1,0 +1,5 @@
+import sys
+
+from lab.main import main
+
+sys.exit(main())

@@ -1,0 +1,217 @@
+"""Bring a node lab up and take it down: `make lab NODES=3`, `make lab-down`.
+
+    python -m lab up --nodes 3 [--state var/lab] [--name lab] [--subnet 10.241.0.0/24]
+    python -m lab down [--state var/lab]
+
+The state folder's lab.json lists everything the lab made (bridge, namespaces, node
+folders and overlays, nspawn PIDs with their start times) and is written before each
+thing is made, so `down` removes exactly that, also after an `up` that failed halfway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import network, rootfs
+from lab.node import (
+    LabNode,
+    is_running,
+    mount_overlay,
+    start,
+    stop,
+    unmount_overlay,
+    wait_ready,
+    write_identity,
+)
+
+DEFAULT_STATE = Path("var/lab")
+DEFAULT_SUBNET = "10.241.0.0/24"
+FIRST_NODE_HOST = 11  # node i has the subnet's address 10 + i; the host has the first
+
+
+@dataclass
+class Lab:
+    """A lab's record: what it made, where. Saved as STATE/lab.json."""
+
+    state: Path
+    name: str
+    subnet: str
+    root: str
+    bridge: str
+    nodes: list[LabNode] = field(default_factory=list)
+
+    @property
+    def host_address(self) -> ipaddress.IPv4Interface:
+        net = ipaddress.IPv4Network(self.subnet)
+        return ipaddress.IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.state / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state / "known_hosts"
+
+    def save(self) -> None:
+        data = {"name": self.name, "subnet": self.subnet, "root": self.root,
+                "bridge": self.bridge, "nodes": [n.to_json() for n in self.nodes]}
+        tmp = self.state / "lab.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(self.state / "lab.json")
+
+    @classmethod
+    def load(cls, state: Path) -> Lab | None:
+        try:
+            data: dict[str, Any] = json.loads((state / "lab.json").read_text())
+        except FileNotFoundError:
+            return None
+        nodes = [LabNode(**n) for n in data.pop("nodes")]
+        return cls(state=state, nodes=nodes, **data)
+
+    def node_address(self, index: int) -> str:
+        net = ipaddress.IPv4Network(self.subnet)
+        return f"{net.network_address + FIRST_NODE_HOST - 1 + index}/{net.prefixlen}"
+
+
+def up(state: Path, nodes: int, name: str = "lab", subnet: str = DEFAULT_SUBNET,
+       cache: Path = rootfs.DEFAULT_CACHE) -> Lab:
+    """Make a lab of `nodes` booted nodes. Refuses when the state folder holds a lab
+    already. On failure, what was made stays recorded for `down` (and the error says
+    what failed)."""
+    if not 1 <= nodes <= 200:
+        raise ValueError(f"a lab has 1 to 200 nodes, not {nodes}")
+    if len(name) > 6 or not name.isalnum():
+        raise ValueError(f"lab name {name!r}: 1 to 6 letters or digits (interface names "
+                         "are at most 15 characters)")
+    state.mkdir(parents=True, exist_ok=True)
+    if Lab.load(state) is not None:
+        raise FileExistsError(f"a lab is recorded in {state}: take it down first")
+    net = ipaddress.IPv4Network(subnet)
+    if net.num_addresses < FIRST_NODE_HOST + nodes + 1:
+        raise ValueError(f"subnet {subnet} has no room for {nodes} nodes")
+    root = rootfs.ensure_root(cache, state / "rootfs-build.log")
+    lab = Lab(state=state.resolve(), name=name, subnet=str(net), root=str(root),
+              bridge=f"vb-{name}")
+    _refuse_taken(lab.bridge, None)  # what is not ours is never recorded, so never removed
+    lab.save()
+    network.make_bridge(lab.bridge, lab.host_address)
+    _make_ssh_key(lab)
+    for i in range(1, nodes + 1):
+        node = LabNode(name=f"{name}{i}", namespace=f"vauban-{name}-{i}",
+                       veth=f"vv-{name}-{i}", address=lab.node_address(i),
+                       folder=str(lab.state / "nodes" / f"{name}{i}"))
+        _refuse_taken(node.veth, node.namespace)
+        lab.nodes.append(node)
+        lab.save()
+        network.make_node_namespace(node.namespace, node.veth, lab.bridge,
+                                    ipaddress.IPv4Interface(node.address))
+        mount_overlay(node, root)
+        write_identity(node, (lab.ssh_key.with_suffix(".pub")).read_text())
+        start(node)
+        lab.save()
+    for node in lab.nodes:
+        wait_ready(node)
+    _write_known_hosts(lab)
+    return lab
+
+
+def _refuse_taken(link: str, namespace: str | None) -> None:
+    if network.link_exists(link):
+        raise FileExistsError(f"interface {link} exists already: another lab uses this name")
+    if namespace is not None and network.namespace_exists(namespace):
+        raise FileExistsError(f"network namespace {namespace} exists already: another lab "
+                              "uses this name")
+
+
+def _make_ssh_key(lab: Lab) -> None:
+    if not lab.ssh_key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                        f"vauban-lab-{lab.name}", "-f", str(lab.ssh_key)], check=True)
+
+
+def _write_known_hosts(lab: Lab) -> None:
+    lines = []
+    for node in lab.nodes:
+        pub = (node.merged / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+        lines.append(f"{node.ip},{node.name} {pub[0]} {pub[1]}")
+    lab.known_hosts.write_text("\n".join(lines) + "\n")
+
+
+def down(state: Path) -> list[str]:
+    """Remove everything the lab in `state` recorded: nodes (by their nspawn PID),
+    overlays, node folders, namespaces, the bridge and the lab's keys. Returns what was
+    removed, in words. The cached root stays (other labs and CI reuse it)."""
+    lab = Lab.load(state)
+    if lab is None:
+        return []
+    removed = []
+    for node in lab.nodes:
+        if is_running(node):
+            stop(node)
+            removed.append(f"node {node.name} stopped")
+        unmount_overlay(node)
+        if network.remove_namespace(node.namespace):
+            removed.append(f"namespace {node.namespace}")
+        network.remove_link(node.veth)  # gone with its namespace, unless that failed
+        if Path(node.folder).exists():
+            shutil.rmtree(node.folder)
+        lab.save()
+    if (state / "nodes").is_dir() and not any((state / "nodes").iterdir()):
+        (state / "nodes").rmdir()
+    if network.remove_link(lab.bridge):
+        removed.append(f"bridge {lab.bridge}")
+    for made in (lab.ssh_key, lab.ssh_key.with_suffix(".pub"), lab.known_hosts,
+                 state / "rootfs-build.log"):
+        made.unlink(missing_ok=True)
+    (state / "lab.json").unlink()
+    return removed
+
+
+def describe(lab: Lab) -> str:
+    lines = [f"Lab '{lab.name}': {len(lab.nodes)} node(s) on bridge {lab.bridge} "
+             f"({lab.subnet}; this machine is {lab.host_address.ip})"]
+    for node in lab.nodes:
+        lines.append(f"  {node.name:8} {node.ip:15} ssh host key {node.host_key_sha256}")
+    lines.append(f"Log in: ssh -i {lab.ssh_key} -o UserKnownHostsFile={lab.known_hosts} "
+                 f"root@{lab.nodes[0].ip if lab.nodes else '...'}")
+    lines.append("Take it down: make lab-down")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab", description="Vauban node lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="make and boot the nodes")
+    p_up.add_argument("--nodes", type=int, default=3)
+    p_up.add_argument("--name", default="lab")
+    p_up.add_argument("--subnet", default=DEFAULT_SUBNET)
+    p_up.add_argument("--cache", type=Path, default=rootfs.DEFAULT_CACHE)
+    p_down = sub.add_parser("down", help="remove everything the lab made")
+    for p in (p_up, p_down):
+        p.add_argument("--state", type=Path, default=DEFAULT_STATE)
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        try:
+            lab = up(args.state, args.nodes, args.name, args.subnet, args.cache)
+        except (ValueError, FileExistsError, RuntimeError,
+                subprocess.CalledProcessError) as e:
+            print(f"lab up failed: {e}\n(make lab-down removes what was made)", file=sys.stderr)
+            return 1
+        print(describe(lab))
+        return 0
+    for line in down(args.state):
+        print("removed", line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

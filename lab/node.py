@@ -1,0 +1,257 @@
+"""One lab node: an overlay over the cached root, given its own identity, booted with
+systemd by systemd-nspawn in its own network namespace.
+
+A node's writes land in its own upper folder on disk, so a node stopped and started
+again keeps what its rollout installed. Its identity is written before its first boot:
+hostname, machine id, libvirt host UUID (libvirt refuses to migrate between two hosts
+that share one), an ed25519 SSH host key made here (its fingerprint is what the lab
+hands out to pin), and the lab's SSH key for root.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SSHD_CONFIG = """# written by the Vauban lab
+HostKey /etc/ssh/ssh_host_ed25519_key
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+"""
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}  # nodes this process booted, by PID
+BOOT_TIMEOUT_S = 300.0  # a node boots in seconds; a loaded 2-core machine takes longer
+STOP_TIMEOUT_S = 90.0
+
+
+@dataclass
+class LabNode:
+    """Where one node lives; the lab's state file keeps a list of these."""
+
+    name: str
+    namespace: str
+    veth: str
+    address: str  # with its prefix, e.g. 10.241.0.11/24
+    folder: str  # upper/, work/, merged/, console.log
+    pid: int | None = None  # systemd-nspawn's PID while the node runs
+    pid_start: int | None = None  # its start time in clock ticks: a reused PID is not ours
+    host_key_sha256: str | None = None  # "SHA256:..." as OpenSSH prints it
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+    @property
+    def merged(self) -> Path:
+        return Path(self.folder) / "merged"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The start time of process `pid` (field 22 of its stat), or None if it is gone (or
+    has ended and waits to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def is_running(node: LabNode) -> bool:
+    """The node's nspawn process is alive and is the one the lab started."""
+    return (node.pid is not None and node.pid_start is not None
+            and process_start_ticks(node.pid) == node.pid_start)
+
+
+def mount_overlay(node: LabNode, root: Path) -> None:
+    """Mount the node's overlay (the cached root below, its own upper folder above)."""
+    folder = Path(node.folder)
+    for sub in ("upper", "work", "merged"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(node.merged):
+        return
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={root},upperdir={folder / 'upper'},workdir={folder / 'work'}",
+                    str(node.merged)], check=True, capture_output=True)
+
+
+def unmount_overlay(node: LabNode) -> None:
+    if os.path.ismount(node.merged):
+        subprocess.run(["umount", str(node.merged)], check=True, capture_output=True)
+
+
+def write_identity(node: LabNode, authorized_key: str) -> None:
+    """Hostname, machine id, libvirt host UUID, SSH host key and root's authorized key,
+    once: a node keeps its identity across restarts."""
+    m = node.merged
+    key = m / "etc/ssh/ssh_host_ed25519_key"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                        f"root@{node.name}", "-f", str(key)], check=True)
+        (m / "etc/hostname").write_text(node.name + "\n")
+        (m / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {node.name}\n")
+        (m / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        with open(m / "etc/libvirt/libvirtd.conf", "a") as conf:
+            conf.write(f'host_uuid = "{uuid.uuid4()}"\n')
+        (m / "etc/ssh/sshd_config.d/vauban-lab.conf").write_text(SSHD_CONFIG)
+    share_kvm_group(m / "etc/group")
+    ssh = m / "root/.ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    (ssh / "authorized_keys").write_text(authorized_key.strip() + "\n")
+    (ssh / "authorized_keys").chmod(0o600)
+    node.host_key_sha256 = host_key_fingerprint(Path(str(key) + ".pub"))
+
+
+def share_kvm_group(group_file: Path, host_group_file: Path = Path("/etc/group")) -> None:
+    """Give the node's `kvm` group the host's GID: /dev/kvm is the host's device, bound in,
+    so a node that sets its group (as the base role does) must name the host's group."""
+    host_gid = _gid_of("kvm", host_group_file.read_text())
+    lines = group_file.read_text().splitlines()
+    if host_gid is None or _gid_of("kvm", "\n".join(lines)) in (None, host_gid):
+        return
+    taken = [line.split(":")[0] for line in lines if line.split(":")[2] == host_gid]
+    if taken:
+        raise RuntimeError(f"the node's group {taken[0]} has GID {host_gid}, the host's kvm "
+                           "group's: /dev/kvm cannot be shared")
+    group_file.write_text("\n".join(
+        ":".join([*f[:2], host_gid, *f[3:]]) if f[0] == "kvm" else line
+        for line in lines for f in [line.split(":")]) + "\n")
+
+
+def _gid_of(group: str, text: str) -> str | None:
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == group:
+            return fields[2]
+    return None
+
+
+def host_key_fingerprint(public_key_file: Path) -> str:
+    """OpenSSH's "SHA256:..." fingerprint of a public key file."""
+    blob = base64.b64decode(public_key_file.read_text().split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def nspawn_command(node: LabNode) -> list[str]:
+    binds = [f"--bind={dev}" for dev in ("/dev/kvm", "/dev/net/tun", "/dev/vhost-net")
+             if Path(dev).exists()]
+    return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
+            f"--directory={node.merged}", f"--machine={node.name}",
+            f"--hostname={node.name}", f"--network-namespace-path=/run/netns/{node.namespace}",
+            "--capability=all", "--console=pipe", *binds]
+
+
+def start(node: LabNode) -> None:
+    """Boot the node; its console goes to console.log in its folder. Returns once the
+    nspawn process runs (see wait_ready for the node being up)."""
+    log = open(Path(node.folder) / "console.log", "ab")
+    with log:
+        proc = subprocess.Popen(nspawn_command(node), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    _STARTED[proc.pid] = proc  # kept, to be waited for when the node stops
+    node.pid = proc.pid
+    node.pid_start = process_start_ticks(proc.pid)
+
+
+def leader_pid(node: LabNode) -> int | None:
+    """The PID (on the host) of the node's own PID 1, or None while there is none."""
+    if not is_running(node):
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("PPid", "").strip() == str(node.pid) and \
+                fields.get("NSpid", "").split()[-1:] == ["1"]:
+            return int(entry.name)
+    return None
+
+
+def run_inside(node: LabNode, *command: str, timeout: float = 60.0) -> \
+        subprocess.CompletedProcess[str]:
+    """Run a command in every namespace of the running node (as its root)."""
+    leader = leader_pid(node)
+    if leader is None:
+        raise RuntimeError(f"node {node.name} is not running")
+    return subprocess.run(["nsenter", "-t", str(leader), "-a", *command],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ssh_answers(node: LabNode) -> bool:
+    """sshd on the node sends its banner (from the host, over the lab bridge)."""
+    try:
+        with socket.create_connection((node.ip, 22), timeout=2) as s:
+            s.settimeout(2)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def wait_ready(node: LabNode, timeout: float = BOOT_TIMEOUT_S) -> str:
+    """Wait until the node has booted (systemd's state running or degraded) and its sshd
+    answers; returns systemd's state. RuntimeError, with the console's end, if the node
+    stops or is not up in `timeout` s."""
+    deadline = time.monotonic() + timeout
+    state = "not started"
+    while time.monotonic() < deadline:
+        if not is_running(node):
+            raise RuntimeError(f"node {node.name} stopped while booting:\n{console_tail(node)}")
+        if leader_pid(node) is not None:
+            state = run_inside(node, "systemctl", "is-system-running").stdout.strip()
+            if state in ("running", "degraded") and ssh_answers(node):
+                return state
+        time.sleep(0.5)  # systemd inside the node has no way to tell the host it is up
+    raise RuntimeError(f"node {node.name} not up after {timeout:.0f} s (systemd: {state}):\n"
+                       f"{console_tail(node)}")
+
+
+def console_tail(node: LabNode, lines: int = 20) -> str:
+    try:
+        text = (Path(node.folder) / "console.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no console log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop(node: LabNode, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Power the node off (SIGTERM to nspawn: an orderly shutdown inside), killing it if it
+    does not end in `timeout` s. Only the process the lab started is signalled."""
+    if not is_running(node):
+        node.pid = node.pid_start = None
+        return
+    assert node.pid is not None
+    os.kill(node.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while is_running(node) and time.monotonic() < deadline:
+        _reap(node.pid)
+        time.sleep(0.2)  # the node's systemd stops its units
+    if is_running(node):
+        os.kill(node.pid, signal.SIGKILL)
+        while is_running(node):
+            _reap(node.pid)
+            time.sleep(0.1)
+    _reap(node.pid)
+    node.pid = node.pid_start = None
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit of a node this process started (a zombie keeps its PID)."""
+    proc = _STARTED.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _STARTED[pid]

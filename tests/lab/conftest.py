@@ -1,0 +1,3 @@
+from tests.lab.fixtures import lab3
+
+__all__ = ["lab3"]

@@ -1,0 +1,55 @@
+"""One node lab per test session (three nodes), shared by every multi-node test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from lab import main as lab_main
+from lab.main import Lab
+
+TEST_SUBNET = "10.242.0.0/24"  # not make lab's, so a lab left up by hand does not collide
+
+
+def lab_unavailable() -> str | None:
+    """Why a lab cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the node lab needs root (namespaces, overlays, systemd-nspawn)"
+    for tool in ("/usr/bin/systemd-nspawn", "/usr/sbin/debootstrap"):
+        if not Path(tool).exists():
+            return f"{tool} is missing (make test installs it)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    why = lab_unavailable()
+    if why:
+        pytest.skip(why)
+    state = tmp_path_factory.mktemp("lab")
+    try:
+        yield lab_main.up(state, 3, name=f"t{os.getpid() % 10000}", subnet=TEST_SUBNET)
+    finally:
+        lab_main.down(state)
+
+
+def ssh(lab: Lab, address: str, known_hosts: Path | None = None) -> paramiko.SSHClient:
+    """An SSH session as root on a lab node, its host key checked against known_hosts."""
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known_hosts or lab.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(address, username="root", key_filename=str(lab.ssh_key),
+                   look_for_keys=False, allow_agent=False, timeout=20)
+    return client
+
+
+def ssh_run(client: paramiko.SSHClient, command: str) -> str:
+    """The command's output; AssertionError with its errors if it fails."""
+    _, out, err = client.exec_command(command, timeout=60)
+    text, status = out.read().decode(), out.channel.recv_exit_status()
+    assert status == 0, f"{command!r} exited {status}: {err.read().decode()}"
+    return text
