@@ -8,12 +8,15 @@ front. A transaction that changed nodes' desired states names them in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, UOWTransaction, sessionmaker
 
+WRITE_LOCK_WAIT_S = 30.0  # as long as SQLite's own busy timeout
+_HOLDS_WRITE_LOCK = "vauban.holds_write_lock"  # connection.info: released at its end
 CHANGED_NODES = "vauban.changed_nodes"  # session.info: node ids whose desired state changed
 READ_ONLY = "vauban.read_only"  # execution option and session.info flag of read sessions
 
@@ -37,15 +40,44 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        # One writer at a time in this process, waited for in Python: SQLite waits for its
+        # lock inside C, which under gevent stops the whole event loop, so the writer that
+        # holds the lock (and yielded, e.g. hashing a password on a thread) never resumes
+        # to release it, and every request stalls until the busy timeout (seen: 30 s).
+        writers = threading.Lock()  # gevent's cooperative lock once threading is patched
+
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
             if conn.get_execution_options().get(READ_ONLY):
                 # a WAL reader sees one snapshot and never blocks or waits for the writer
                 conn.exec_driver_sql("BEGIN DEFERRED")
-            else:
-                # a writer takes the lock up front: a deferred read that later writes can fail
-                # with BUSY
+                return
+            if not writers.acquire(timeout=WRITE_LOCK_WAIT_S):
+                raise TimeoutError(f"no write to the database for {WRITE_LOCK_WAIT_S:.0f} s: "
+                                   "another transaction holds it")
+            conn.info[_HOLDS_WRITE_LOCK] = True
+            try:
+                # a writer takes the lock up front: a deferred read that later writes can
+                # fail with BUSY
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _end(conn)
+                raise
+
+        @event.listens_for(engine, "commit")
+        @event.listens_for(engine, "rollback")
+        def _end(conn: Any) -> None:
+            # COMMIT or ROLLBACK follows at once, with no switch to another greenlet between
+            if conn.info.pop(_HOLDS_WRITE_LOCK, False):
+                writers.release()
+
+        @event.listens_for(engine, "checkin")
+        @event.listens_for(engine, "invalidate")
+        def _returned(_dbapi_conn: Any, record: Any, *_rest: Any) -> None:
+            # a connection dropped mid-transaction (never committed nor rolled back through
+            # SQLAlchemy) is rolled back by the pool: its lock must not outlive it
+            if record is not None and record.info.pop(_HOLDS_WRITE_LOCK, False):
+                writers.release()
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

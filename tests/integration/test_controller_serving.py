@@ -148,6 +148,30 @@ def test_access_log_is_root_only_and_keeps_no_query_string(controller: E2ERegion
     assert stat.S_IMODE(logfile.parent.stat().st_mode) == 0o700
 
 
+def test_writes_that_wait_on_a_thread_do_not_stall_other_writes(controller: E2ERegion) -> None:
+    """A login hashes its password on a thread while its transaction holds SQLite's write
+    lock; before the fix, another write meanwhile waited for that lock inside SQLite,
+    stopping the event loop, so the first never resumed: 30 s stalls, then 500s."""
+    ca, url = str(controller.layout.ca_file), f"{controller.layout.url}/api/v1/tokens"
+    password = controller.layout.password_file.read_text().strip()
+    answers: list[int] = []
+    start = threading.Barrier(6)
+
+    def log_in() -> None:
+        start.wait()
+        for _ in range(3):
+            answers.append(requests.post(url, json={"username": "admin", "password": password},
+                                         verify=ca, timeout=120).status_code)
+
+    workers = [threading.Thread(target=log_in) for _ in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert answers == [201] * 18
+    assert "database is locked" not in controller.layout.service("controller").logfile.read_text()
+
+
 def _join(region: E2ERegion, name: str) -> tuple[str, tuple[str, str]]:
     """A node joined through the API; its id and (certificate, key) files."""
     ca = str(region.layout.ca_file)
