@@ -32,7 +32,8 @@ dist: venv
 	rm -rf $(DIST)
 	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
 	$(PY) -m pip wheel -q --disable-pip-version-check -w $(DIST)/wheelhouse $(DIST)/vauban-*.whl
-	@ls $(DIST)/vauban-*.whl
+	tar -C $(DIST)/wheelhouse -cf $(DIST)/$$(basename $(DIST)/vauban-*.whl .whl | cut -d- -f1-2)-wheels.tar .
+	@ls $(DIST)/vauban-*
 
 # make lab NODES=3: Debian nodes booted by systemd-nspawn on a private bridge (lab/)
 NODES ?= 3
@@ -45,6 +46,7 @@ lab-down:
 test: deps image
 	$(PY) -m ruff check agent controller hardware images lab tests bench
 	$(PY) -m mypy
+	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 	$(PY) -m pytest -p no:cacheprovider tests
 
 unit: venv
@@ -53,6 +55,7 @@ unit: venv
 lint: venv
 	$(PY) -m ruff check agent controller hardware images lab tests bench
 	$(PY) -m mypy
+	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 
 bench: deps image
 	$(PY) -m agent.hostprep

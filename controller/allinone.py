@@ -105,10 +105,11 @@ def wait_until(check: object, timeout: float, what: str, interval: float = 0.2) 
 class Layout:
     root: Path
     port: int = 8443
+    host: str = "127.0.0.1"  # where the controller listens (the lab: its bridge address)
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def controller_dir(self) -> Path:
@@ -134,7 +135,7 @@ def start_controller(lay: Layout, env: dict[str, str] | None = None) -> int:
     """Start the controller (VAUBAN_* settings in `env`) and wait until it answers."""
     pid = lay.service("controller").start(
         [str(VENV_BIN / "vauban-controller"), "serve", "--data-dir", str(lay.controller_dir),
-         "--port", str(lay.port)], env)
+         "--port", str(lay.port), "--host", lay.host], env)
     wait_until(lambda: lay.ca_file.exists() and requests.get(
         f"{lay.url}/api/v1/ca.pem", verify=str(lay.ca_file), timeout=2).ok, 60,
         "the controller to answer")
