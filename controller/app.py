@@ -6,6 +6,7 @@ from flask import Flask
 
 from controller.api import (
     agent,
+    fleet,
     gpus,
     images,
     instances,
@@ -21,7 +22,7 @@ from controller.region import Region
 
 BLUEPRINTS = [session.api, nodes.api, nodes.ops_api, nodes.audit_api, images.api, instances.api,
               volumes.api, networks.api, networks.ports_api,
-              security_groups.api, gpus.api, agent.api]
+              security_groups.api, gpus.api, agent.api, fleet.api]
 
 
 def create_app(region: Region) -> Flask:

@@ -25,7 +25,8 @@ class ClientLimits:
 POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connections",
                      "node_down_after_s", "max_reports_per_s",
                      "max_connections_per_source", "tls_handshake_timeout_s",
-                     "request_header_timeout_s", "client_idle_timeout_s", "node_keepalive_s")
+                     "request_header_timeout_s", "client_idle_timeout_s", "node_keepalive_s",
+                     "rollout_upgrade_wait_s")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ class ControllerConfig:
     ceph_pool: str = "vauban"  # images and VM root disks
     ceph_volume_pools: tuple[str, ...] = ()  # pools volumes may use; default: ceph_pool
     max_image_bytes: int = 64 * 1024**3  # an upload declaring more is refused unread (413)
+    # the controller's URL as nodes reach it (rollouts join nodes to it); default: the
+    # address it listens on, unless that is a wildcard
+    advertise_url: str = ""
+    # where release archives lie (vauban-<version>-wheels.tar, built by make dist); a
+    # rollout installs the version it is asked for, by default the controller's own
+    releases_dir: Path | None = None  # default: data_dir/releases
+    playbooks_dir: Path = Path(__file__).resolve().parents[1] / "playbooks"
+    rollout_upgrade_wait_s: float = 300.0  # an upgraded node must report its version within
+    rollout_vars: Path | None = None  # JSON of the site's playbook variables (playbooks/README)
 
     def __post_init__(self) -> None:
         for name in POSITIVE_SETTINGS:
@@ -83,6 +93,24 @@ class ControllerConfig:
     @property
     def pki_dir(self) -> Path:
         return self.data_dir / "pki"
+
+    @property
+    def releases(self) -> Path:
+        return self.releases_dir or self.data_dir / "releases"
+
+    @property
+    def rollouts_dir(self) -> Path:
+        return self.data_dir / "rollouts"
+
+    def node_url(self) -> str | None:
+        """The controller's URL as nodes reach it, or None when it listens on a wildcard
+        address and VAUBAN_ADVERTISE_URL does not say."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        if self.host in ("0.0.0.0", "::"):
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
 
     @property
     def admin_password_file(self) -> Path:
@@ -112,6 +140,13 @@ class ControllerConfig:
             "ceph_pool": env.get("VAUBAN_CEPH_POOL", "vauban"),
             "ceph_volume_pools": tuple(
                 p for p in env.get("VAUBAN_CEPH_VOLUME_POOLS", "").split(",") if p),
+            "advertise_url": env.get("VAUBAN_ADVERTISE_URL", ""),
+            "releases_dir": Path(env["VAUBAN_RELEASES"]).resolve()
+            if env.get("VAUBAN_RELEASES") else None,
+            "rollout_vars": Path(env["VAUBAN_ROLLOUT_VARS"]).resolve()
+            if env.get("VAUBAN_ROLLOUT_VARS") else None,
+            **({"playbooks_dir": Path(env["VAUBAN_PLAYBOOKS"]).resolve()}
+               if env.get("VAUBAN_PLAYBOOKS") else {}),
             **_numbers(env, {
                 "disk_allocation_ratio": ("VAUBAN_DISK_ALLOCATION_RATIO", float),
                 "node_down_after_s": ("VAUBAN_NODE_DOWN_AFTER", float),
@@ -123,6 +158,7 @@ class ControllerConfig:
                 "request_header_timeout_s": ("VAUBAN_REQUEST_HEADER_TIMEOUT", float),
                 "client_idle_timeout_s": ("VAUBAN_CLIENT_IDLE_TIMEOUT", float),
                 "node_keepalive_s": ("VAUBAN_NODE_KEEPALIVE", float),
+                "rollout_upgrade_wait_s": ("VAUBAN_ROLLOUT_UPGRADE_WAIT", float),
             }),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -103,6 +103,8 @@ class Node(Output):
     inventory: dict[str, Any]
     failures: list[NodeFailure] = Field(
         default_factory=list, description="What its agent last reported failing, oldest first")
+    labels: dict[str, str] = Field(default_factory=dict,
+                                   description="An operator's key=value labels")
     created_at: UtcDatetime
 
 

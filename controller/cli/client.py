@@ -73,6 +73,8 @@ class Client:
                 raise ApiError(r.status_code, f"{r.status_code} {r.reason}") from None
         if r.status_code == 204 or not r.content:
             return None
+        if not r.headers.get("Content-Type", "").startswith("application/json"):
+            return r.text
         return r.json()
 
     def get(self, path: str, **kw: Any) -> Any:

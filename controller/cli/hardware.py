@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.cli.client import Client
 from controller.cli.failures import print_failures
+from controller.cli.fleet import fleet_node_commands
 from controller.cli.output import print_json, print_table
 
 GPU_ARG = re.compile(r"^(?P<model>[^:]+?)(?::(?P<count>\d+))?$")
@@ -126,6 +127,7 @@ def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
     add(node, "list", cmd_node_list, "list nodes", json_=True)
     add(node, "show", cmd_node_show, "show a node: hardware and qualification",
         json_=True).add_argument("name")
+    fleet_node_commands(node, add)
     gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
     add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state and telemetry",
         json_=True)

@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 
 from controller.cli.client import ApiError, Client, Settings
 from controller.cli.failures import print_failures
+from controller.cli.fleet import fleet_commands
 from controller.cli.hardware import hardware_commands, parse_gpu_arg
 from controller.cli.output import end_progress, print_json, print_table, progress_line
 
@@ -482,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(sub, "status", cmd_status, "the region at a glance", json_=True)
 
     hardware_commands(sub, add)
+    fleet_commands(sub, add)
 
     image = sub.add_parser("image", help="images").add_subparsers(dest="cmd", required=True)
     add(image, "list", cmd_image_list, "list images", json_=True)

@@ -58,6 +58,8 @@ class Node(Base):
     applied_generation: Mapped[int] = mapped_column(Integer, default=-1)
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # an operator's key=value labels: the rollout's inventory groups nodes by them
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="node")
 
@@ -376,3 +378,65 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(String(255))
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class FleetHost(Base):
+    """A server the controller reaches over SSH to roll software out to: its address and
+    its pinned host key (never learnt on first use). Its node, once joined, has its name."""
+
+    __tablename__ = "fleet_hosts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer, default=22)
+    user: Mapped[str] = mapped_column(String(32), default="root")
+    host_key: Mapped[str] = mapped_column(Text)  # "ssh-ed25519 AAAA...", as in known_hosts
+    role: Mapped[str] = mapped_column(String(16), default="node")  # node | controller
+    qualification: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RolloutJob(Base):
+    """One run of the site playbook over some hosts, batch by batch."""
+
+    __tablename__ = "rollout_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # running, succeeded, failed
+    upgrade: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[str] = mapped_column(String(32))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # a host's tasks in the last rollout that succeeded with the same tags (0: unknown)
+    tasks_expected: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    operation_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    requested_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    hosts: Mapped[list[RolloutHost]] = relationship(
+        back_populates="job", order_by="(RolloutHost.batch, RolloutHost.host)")
+
+
+class RolloutHost(Base):
+    """One host's progress in a rollout: its batch, the task it is at, its counts."""
+
+    __tablename__ = "rollout_hosts"
+    __table_args__ = (UniqueConstraint("job_id", "host"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("rollout_jobs.id"), index=True)
+    host: Mapped[str] = mapped_column(String(63))
+    batch: Mapped[int] = mapped_column(Integer)
+    # pending, running, ok, changed, failed, unreachable, not run
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    task: Mapped[str] = mapped_column(String(255), default="")
+    tasks_done: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+
+    job: Mapped[RolloutJob] = relationship(back_populates="hosts")

@@ -1,0 +1,100 @@
+"""/api/v1/fleet, /api/v1/rollouts, /api/v1/inventory and node labels: the fleet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response
+from sqlalchemy import select
+
+from controller.api.context import db, region
+from controller.api.framework import ApiBlueprint, actor
+from controller.api.views import node_view
+from controller.db.models import FleetHost, RolloutJob
+from controller.fleet import hosts as fleet_hosts
+from controller.fleet import jobs
+from controller.fleet import schemas as fs
+from controller.fleet.inventory import dynamic_inventory
+from controller.fleet.keys import ensure_fleet_key
+from controller.schemas import Node
+from controller.services import scheduler
+from hardware.model import QualificationReport
+
+api = ApiBlueprint("fleet", "/api/v1", "fleet")
+
+
+def _host_view(host: FleetHost) -> fs.FleetHost:
+    return fs.FleetHost(
+        id=host.id, name=host.name, address=host.address, port=host.port, user=host.user,
+        role=host.role, host_key_sha256=fleet_hosts.host_key_sha256(host),
+        qualification=QualificationReport.model_validate(host.qualification)
+        if host.qualification else None, created_by=host.created_by,
+        created_at=host.created_at)
+
+
+@api.route("GET", "/fleet/ssh-key", summary="The controller's fleet SSH public key",
+           responses={200: "OpenSSH public key line"})
+def fleet_ssh_key() -> Any:
+    return Response(ensure_fleet_key(region().config.data_dir) + "\n", mimetype="text/plain")
+
+
+@api.route("GET", "/fleet/hosts", summary="List the servers of the fleet",
+           responses={200: list[fs.FleetHost]})
+def list_fleet_hosts() -> Any:
+    return [_host_view(h) for h in db().scalars(select(FleetHost).order_by(FleetHost.name))]
+
+
+@api.route("POST", "/fleet/hosts", summary="Add a server over SSH (host key pinned)",
+           body=fs.FleetHostCreate, responses={201: fs.FleetHost})
+def add_fleet_host(body: fs.FleetHostCreate) -> Any:
+    return _host_view(fleet_hosts.add(region(), actor(), body)), 201
+
+
+@api.route("GET", "/inventory", summary="The fleet as an Ansible dynamic inventory",
+           responses={200: "Ansible inventory JSON (--list)"})
+def inventory() -> Any:
+    return dynamic_inventory(db())
+
+
+@api.route("POST", "/nodes/<ref>/labels", summary="Set and remove a node's labels",
+           body=fs.NodeLabels, responses={200: Node})
+def label_node(ref: str, body: fs.NodeLabels) -> Any:
+    session = db()
+    node = fleet_hosts.set_labels(session, actor(), ref, body.set, body.remove)
+    session.commit()
+    usage = scheduler.usage_by_node(session, [node.id]).get(node.id, scheduler.Usage())
+    return node_view(node, usage, region().config.node_down_after_s)
+
+
+@api.route("POST", "/rollouts", summary="Run the site playbook on the fleet (202)",
+           body=fs.RolloutCreate, responses={202: fs.Rollout})
+def start_rollout(body: fs.RolloutCreate) -> Any:
+    session = db()
+    config = region().config
+    jobs.fail_orphans(session)
+    job = jobs.start(session, config, actor(), body.limit, body.tags, body.batch, body.upgrade,
+                     body.version)
+    session.commit()
+    job.worker_pid = jobs.spawn(config, job.id)
+    session.commit()
+    return fs.Rollout.model_validate(job), 202
+
+
+@api.route("GET", "/rollouts", summary="List rollouts, newest first",
+           responses={200: list[fs.Rollout]})
+def list_rollouts() -> Any:
+    rows = db().scalars(select(RolloutJob).order_by(RolloutJob.created_at.desc()).limit(100))
+    return [fs.Rollout.model_validate(j) for j in rows]
+
+
+@api.route("GET", "/rollouts/<job_id>", summary="Show a rollout and each host's progress",
+           responses={200: fs.Rollout})
+def show_rollout(job_id: str) -> Any:
+    return fs.Rollout.model_validate(jobs.get(db(), job_id))
+
+
+@api.route("GET", "/rollouts/<job_id>/log", summary="A rollout's full Ansible output",
+           responses={200: "text"})
+def rollout_log(job_id: str) -> Any:
+    job = jobs.get(db(), job_id)
+    return Response(jobs.log_text(region().config, job), mimetype="text/plain")

@@ -1,0 +1,104 @@
+"""Fleet hosts (servers added over SSH) and node labels: the service behind the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from controller.db.models import FleetHost, Node
+from controller.errors import Conflict, InvalidInput
+from controller.fleet import onboard
+from controller.fleet.inventory import MAX_LABELS, check_labels
+from controller.fleet.keys import (
+    HostKeyError,
+    ensure_fleet_key,
+    fingerprint,
+    normalize_fingerprint,
+    parse_public_key,
+)
+from controller.fleet.schemas import FleetHostCreate
+from controller.region import Region
+from controller.services import audit
+from controller.services import nodes as node_service
+
+
+def host_key_sha256(host: FleetHost) -> str:
+    return fingerprint(parse_public_key(host.host_key)[1])
+
+
+def _refuse_taken(db: Session, body: FleetHostCreate) -> None:
+    taken = db.scalar(select(FleetHost).where(or_(
+        FleetHost.name == body.name,
+        (FleetHost.address == body.address) & (FleetHost.port == body.port))))
+    if taken is not None:
+        raise Conflict(f"{body.address} is in the region already, as {taken.name}"
+                       if taken.name != body.name else
+                       f"a server named {body.name} is in the region already "
+                       f"({taken.address})")
+    if db.scalar(select(Node.id).where(Node.name == body.name)) is not None:
+        raise Conflict(f"a node named {body.name} is in the region already")
+
+
+def _pin(body: FleetHostCreate) -> onboard.Pin:
+    if body.known_hosts is not None:
+        return onboard.Pin.from_known_hosts(body.known_hosts, body.address, body.port)
+    assert body.host_key_sha256 is not None
+    try:
+        return onboard.Pin(frozenset({normalize_fingerprint(body.host_key_sha256)}))
+    except HostKeyError as e:
+        raise InvalidInput(f"host_key_sha256: {e}") from e
+
+
+def add(region: Region, actor: str, body: FleetHostCreate) -> FleetHost:
+    """Add the server once its host key matched the pin, it qualified and took the fleet
+    key. No database write is held while the server is spoken to. Every refusal is
+    audited with its cause, then raised."""
+    target = f"fleet-host/{body.name}"
+    try:
+        with region.reads() as db:
+            _refuse_taken(db, body)
+        pin = _pin(body)
+        client, host_key = onboard.connect(body.address, body.port, body.user,
+                                           body.ssh_private_key, pin)
+        try:
+            report = onboard.qualify_remote(client, body.profile)
+            why = onboard.unfit(report)
+            if why is not None:
+                raise onboard.OnboardingError(
+                    f"{body.address} does not pass the {body.profile} profile: {why}",
+                    report=report.model_dump(mode="json"))
+            onboard.authorize(client, ensure_fleet_key(region.config.data_dir))
+        finally:
+            client.close()
+        with region.sessions() as db, db.begin():
+            _refuse_taken(db, body)  # another request may have added it meanwhile
+            host = FleetHost(name=body.name, address=body.address, port=body.port,
+                             user=body.user, host_key=host_key, role=body.role,
+                             qualification=report.model_dump(mode="json"), created_by=actor)
+            db.add(host)
+            db.flush()
+            audit.record(db, actor, "fleet.add", target, address=body.address,
+                         port=body.port, host_key_sha256=host_key_sha256(host),
+                         verdict=report.verdict)
+            db.expunge(host)
+        return host
+    except Exception as e:
+        audit.record_now(region.sessions, actor, "fleet.add", target, "refused",
+                         address=body.address, error=str(e)[:500])
+        raise
+
+
+def set_labels(db: Session, actor: str, ref: str, changes: dict[str, str],
+               remove: list[str]) -> Node:
+    """Set and remove a node's labels; InvalidInput for a bad key or value, or too many."""
+    node = node_service.find(db, ref)
+    check_labels(changes)
+    labels: dict[str, Any] = {k: v for k, v in node.labels.items() if k not in remove}
+    labels.update(changes)
+    if len(labels) > MAX_LABELS:
+        raise InvalidInput(f"a node has at most {MAX_LABELS} labels")
+    node.labels = labels
+    audit.record(db, actor, "node.label", f"node/{node.id}", set=changes, remove=remove)
+    return node

@@ -1,0 +1,67 @@
+"""The region as an Ansible inventory: fleet hosts grouped by role and by node labels.
+
+`dynamic_inventory()` is what `vauban inventory --list` prints and what a rollout runs
+on. Only fleet hosts appear (servers with an SSH address and a pinned host key); a
+node's labels come from the node of the same name, once it has joined.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db.models import FleetHost, Node
+from controller.errors import InvalidInput
+
+LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
+MAX_LABELS = 64
+ROLE_GROUPS = {"node": "vauban_nodes", "controller": "vauban_controllers"}
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    """Invalid, naming the first bad key or value, unless every label is well formed."""
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key):
+            raise InvalidInput(f"label key {key[:70]!r}: 1 to 63 of a-z 0-9 _ . -, beginning "
+                          "with a letter or digit")
+        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+            raise InvalidInput(f"label {key}: value {str(value)[:70]!r}: up to 63 of A-Z a-z 0-9 "
+                          "_ . -")
+
+
+def label_group(key: str, value: str) -> str:
+    """The inventory group of the nodes labelled key=value (Ansible group names are
+    identifiers: other characters become '_')."""
+    return "label_" + re.sub(r"[^A-Za-z0-9_]", "_", f"{key}_{value}")
+
+
+def host_vars(host: FleetHost, node: Node | None) -> dict[str, Any]:
+    return {
+        "ansible_host": host.address, "ansible_port": host.port, "ansible_user": host.user,
+        "vauban_role": host.role, "vauban_node_id": node.id if node else None,
+        "vauban_labels": dict(node.labels) if node else {},
+    }
+
+
+def dynamic_inventory(db: Session) -> dict[str, Any]:
+    """Ansible's JSON inventory (`--list`): groups vauban_nodes, vauban_controllers and one
+    `label_<key>_<value>` group per label in use, with every host's variables in _meta."""
+    hosts = list(db.scalars(select(FleetHost).order_by(FleetHost.name)))
+    nodes = {n.name: n for n in db.scalars(
+        select(Node).where(Node.name.in_([h.name for h in hosts])))}
+    groups: dict[str, list[str]] = {group: [] for group in ROLE_GROUPS.values()}
+    hostvars: dict[str, dict[str, Any]] = {}
+    for host in hosts:
+        node = nodes.get(host.name)
+        hostvars[host.name] = host_vars(host, node)
+        groups[ROLE_GROUPS[host.role]].append(host.name)
+        for key, value in sorted((node.labels if node else {}).items()):
+            groups.setdefault(label_group(key, value), []).append(host.name)
+    inventory: dict[str, Any] = {name: {"hosts": members} for name, members in groups.items()}
+    inventory["all"] = {"children": sorted(groups)}
+    inventory["_meta"] = {"hostvars": hostvars}
+    return inventory

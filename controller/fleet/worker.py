@@ -1,0 +1,270 @@
+"""Run one rollout job to its end: `python -m controller.fleet.worker JOB_ID`.
+
+Started by the controller (controller.fleet.jobs.spawn) with the controller's settings
+in its environment. Batch after batch, the site playbook runs through ansible-runner on
+the batch's hosts, logging in with the fleet key and only to the pinned host keys; each
+host's progress is written to the job's rows as Ansible reports it, and its output to
+the job's ansible.log. The first batch with a failed or unreachable host ends the job:
+the hosts of later batches are not touched. With `upgrade`, every node of a batch must
+report the new agent version before the next batch starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+from sqlalchemy import select
+
+from controller.bootstrap import open_region
+from controller.config import ControllerConfig
+from controller.db.models import FleetHost, JoinToken, Node, Operation, RolloutHost
+from controller.fleet import jobs
+from controller.fleet.keys import ensure_fleet_key, fleet_key_path, known_hosts_line
+from controller.region import Region
+from controller.services import nodes as node_service
+
+log = logging.getLogger("vauban.rollout")
+TOKEN_TTL_S = 3600
+UPGRADE_POLL_S = 2.0
+
+
+class BatchFailed(Exception):
+    """A batch ended with a failed or unreachable host; the message names them."""
+
+
+def run(region: Region, job_id: str) -> str:
+    """Run the job; returns its final state (succeeded or failed)."""
+    config = region.config
+    folder = config.rollouts_dir / job_id
+    with region.sessions() as db, db.begin():
+        job = jobs.get(db, job_id)
+        job.state = "running"
+        op = db.get(Operation, job.operation_id)
+        if op is not None:
+            op.state = "running"
+        batches: dict[int, list[str]] = {}
+        for host in job.hosts:
+            batches.setdefault(host.batch, []).append(host.host)
+        version, upgrade, tags = job.version, job.upgrade, list(job.tags)
+    try:
+        for number in sorted(batches):
+            _run_batch(region, job_id, folder, batches[number], number, tags)
+            if upgrade:
+                _wait_for_version(region, batches[number], version)
+    except BatchFailed as e:
+        return _finish(region, job_id, "failed", str(e))
+    except Exception as e:  # the job must end with its cause, whatever went wrong
+        log.exception("rollout %s failed", job_id)
+        return _finish(region, job_id, "failed", f"{type(e).__name__}: {e}")
+    return _finish(region, job_id, "succeeded")
+
+
+def _finish(region: Region, job_id: str, state: str, error: str | None = None) -> str:
+    with region.sessions() as db, db.begin():
+        job = jobs.get(db, job_id)
+        jobs.finish(db, job, state, error)
+        # unused join tokens of this job go: they were made for it alone
+        for token in db.scalars(select(JoinToken).where(
+                JoinToken.description == _token_description(job_id),
+                JoinToken.used_at.is_(None))):
+            db.delete(token)
+    return state
+
+
+def _token_description(job_id: str) -> str:
+    return f"rollout {job_id}"
+
+
+def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
+               ) -> dict[str, Any]:
+    """The batch's inventory; a host whose node has not joined gets a one-time token."""
+    config = region.config
+    with region.sessions() as db, db.begin():
+        fleet = {h.name: h for h in db.scalars(select(FleetHost).where(FleetHost.name.in_(hosts)))}
+        joined = set(db.scalars(select(Node.name).where(Node.name.in_(hosts))))
+        lines: list[str] = []
+        groups: dict[str, dict[str, Any]] = {"vauban_nodes": {}, "vauban_controllers": {}}
+        for name in hosts:
+            host = fleet[name]
+            lines.append(known_hosts_line(host.address, host.port, host.host_key))
+            host_vars: dict[str, Any] = {"ansible_host": host.address,
+                                         "ansible_port": host.port, "ansible_user": host.user}
+            if host.role == "node" and name not in joined:
+                secret, _ = node_service.create_join_token(
+                    db, f"rollout/{job_id}", _token_description(job_id), TOKEN_TTL_S)
+                host_vars["vauban_join_token"] = secret
+            group = "vauban_nodes" if host.role == "node" else "vauban_controllers"
+            groups[group][name] = host_vars
+    known_hosts.write_text("\n".join(lines) + "\n")
+    with region.reads() as db:
+        wheels, version = jobs.release(config, jobs.get(db, job_id).version)
+    extra = json.loads(config.rollout_vars.read_text()) if config.rollout_vars else {}
+    return {"all": {
+        "vars": {
+            "ansible_ssh_private_key_file": str(fleet_key_path(config.data_dir)),
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} "
+                                       "-o GlobalKnownHostsFile=/dev/null "
+                                       "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
+            "vauban_version": version, "vauban_wheels": str(wheels),
+            "vauban_controller_url": config.node_url(), "vauban_ca_sha256": region.ca_sha256,
+            **extra,
+        },
+        "children": {group: {"hosts": members} for group, members in groups.items()},
+    }}
+
+
+def _run_batch(region: Region, job_id: str, folder: Path, hosts: list[str], number: int,
+               tags: list[str]) -> None:
+    private = folder / f"batch-{number}"
+    private.mkdir(mode=0o700)
+    inventory = _inventory(region, job_id, hosts, folder / "known_hosts")
+    progress = _Progress(region, job_id)
+    try:
+        result = ansible_runner.run(
+            private_data_dir=str(private), project_dir=str(region.config.playbooks_dir),
+            playbook="site.yml", inventory=inventory, tags=",".join(tags) or None,
+            quiet=True, event_handler=progress.event,
+            envvars={"ANSIBLE_CONFIG": str(region.config.playbooks_dir / "ansible.cfg"),
+                     "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    finally:
+        shutil.rmtree(private / "inventory", ignore_errors=True)  # it held join tokens
+        progress.close()
+    stats = result.stats or {}
+    failed = sorted(set(stats.get("failures", {})) | set(stats.get("dark", {})))
+    progress.settle(hosts, stats)
+    if failed or result.rc != 0:
+        names = ", ".join(failed) or "the playbook"
+        raise BatchFailed(f"batch {number + 1} failed on {names}: {progress.reasons(failed)}"
+                          if failed else f"batch {number + 1}: ansible-playbook exited "
+                          f"{result.rc} ({result.status})")
+
+
+class _Progress:
+    """Each host's task and counts, written to its row as Ansible reports them; the
+    output appended to the job's ansible.log."""
+
+    def __init__(self, region: Region, job_id: str) -> None:
+        self.region, self.job_id = region, job_id
+        self.log = open(region.config.rollouts_dir / job_id / "ansible.log", "a")
+        self.messages: dict[str, str] = {}
+
+    def close(self) -> None:
+        self.log.close()
+
+    def event(self, event: dict[str, Any]) -> bool:
+        if event.get("stdout"):
+            self.log.write(event["stdout"] + "\n")
+            self.log.flush()
+        data, kind = event.get("event_data", {}), event.get("event", "")
+        host = data.get("host")
+        if host and kind.startswith("runner_on_"):
+            self._update(host, kind, data)
+        return True
+
+    def _update(self, host: str, kind: str, data: dict[str, Any]) -> None:
+        res = data.get("res") or {}
+        with self.region.sessions() as db, db.begin():
+            row = db.scalar(select(RolloutHost).where(RolloutHost.job_id == self.job_id,
+                                                      RolloutHost.host == host))
+            if row is None:
+                return
+            row.task = str(data.get("task", ""))[:255]
+            if kind == "runner_on_start":
+                row.state = "running" if row.state == "pending" else row.state
+            elif kind in ("runner_on_ok", "runner_on_skipped"):
+                row.tasks_done += 1
+                row.changed += 1 if kind == "runner_on_ok" and res.get("changed") else 0
+            elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+                row.state, row.message = "failed", _reason(res)
+            elif kind == "runner_on_unreachable":
+                row.state, row.message = "unreachable", _reason(res)
+            if row.message:
+                self.messages[host] = row.message
+
+    def settle(self, hosts: list[str], stats: dict[str, Any]) -> None:
+        """Hosts that ended well: 'changed' or 'ok'; the job's progress moves on."""
+        with self.region.sessions() as db, db.begin():
+            job = jobs.get(db, self.job_id)
+            for row in job.hosts:
+                if row.host in hosts and row.state in ("pending", "running"):
+                    row.state = "changed" if stats.get("changed", {}).get(row.host) else "ok"
+            done = sum(1 for r in job.hosts if r.state not in ("pending", "running"))
+            op = db.get(Operation, job.operation_id)
+            if op is not None:
+                op.progress = int(100 * done / max(1, len(job.hosts)))
+
+    def reasons(self, hosts: list[str]) -> str:
+        return "; ".join(f"{h}: {self.messages.get(h, 'see the log')}" for h in hosts)
+
+
+def _reason(res: dict[str, Any]) -> str:
+    """What Ansible says went wrong, in one line."""
+    for key in ("msg", "stderr", "module_stderr"):
+        text = str(res.get(key) or "").strip()
+        if text:
+            return text.splitlines()[-1][:500] if key != "msg" else text[:500]
+    return "failed"
+
+
+def _wait_for_version(region: Region, hosts: list[str], version: str,
+                      clock: Callable[[], float] = time.monotonic) -> None:
+    """Every node of `hosts` reports agent `version` (and is heard) within the configured
+    wait; BatchFailed naming those that do not."""
+    deadline = clock() + region.config.rollout_upgrade_wait_s
+    while True:
+        behind = _behind(region, hosts, version)
+        if not behind:
+            return
+        if clock() > deadline:
+            raise BatchFailed(f"not on agent {version} within "
+                              f"{region.config.rollout_upgrade_wait_s:.0f} s: "
+                              + "; ".join(f"{h} ({why})" for h, why in behind.items()))
+        time.sleep(UPGRADE_POLL_S)  # the nodes report to the controller, not to this process
+
+
+def _behind(region: Region, hosts: list[str], version: str) -> dict[str, str]:
+    heard_since = datetime.now(UTC) - timedelta(seconds=region.config.node_down_after_s)
+    with region.reads() as db:
+        nodes = {n.name: n for n in db.scalars(select(Node).where(Node.name.in_(hosts)))}
+        roles = dict(db.execute(select(FleetHost.name, FleetHost.role)
+                                .where(FleetHost.name.in_(hosts))).tuples())
+    behind = {}
+    for name in hosts:
+        if roles.get(name) != "node":
+            continue
+        node = nodes.get(name)
+        reported = (node.inventory or {}).get("agent_version") if node else None
+        seen = node.last_seen_at if node else None
+        if node is None:
+            behind[name] = "not joined"
+        elif reported != version:
+            behind[name] = f"reports {reported or 'no version'}"
+        elif seen is None or (seen if seen.tzinfo else seen.replace(tzinfo=UTC)) < heard_since:
+            behind[name] = "not heard from"
+    return behind
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m controller.fleet.worker JOB_ID", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    region = open_region(ControllerConfig.from_env())
+    ensure_fleet_key(region.config.data_dir)
+    state = run(region, args[0])
+    log.info("rollout %s %s", args[0], state)
+    return 0 if state == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
