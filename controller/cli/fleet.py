@@ -154,6 +154,18 @@ def cmd_rollout_list(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/fleet/hosts")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("NAME", "name"), ("ADDRESS", "address"), ("PORT", "port"),
+                       ("ROLE", "role"), ("HOST KEY", "host_key_sha256"),
+                       ("QUALIFICATION", lambda r: f"{r['qualification']['verdict']} "
+                        f"({r['qualification']['profile']})" if r["qualification"] else "-")])
+    return 0
+
+
 def cmd_inventory(c: Client, a: argparse.Namespace) -> int:
     """Ansible's dynamic inventory protocol: --list, or --host NAME."""
     inventory = c.get("/inventory")
@@ -199,6 +211,10 @@ def fleet_commands(sub: Any, add: Callable[..., Any]) -> None:
     rs.add_argument("id")
     rs.add_argument("--log", action="store_true", help="print the full Ansible output")
     add(ro, "list", cmd_rollout_list, "recent rollouts", json_=True)
+    fl = sub.add_parser("fleet", help="servers reached over SSH").add_subparsers(
+        dest="cmd", required=True)
+    add(fl, "list", cmd_fleet_list, "the servers of the fleet, with their pinned host keys",
+        json_=True)
     inv = add(sub, "inventory", cmd_inventory, "the fleet as an Ansible dynamic inventory")
     which = inv.add_mutually_exclusive_group(required=True)
     which.add_argument("--list", action="store_true")

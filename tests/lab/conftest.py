@@ -1,3 +1,3 @@
-from tests.lab.fixtures import lab3
+from tests.lab.fixtures import lab3, lab_region
 
-__all__ = ["lab3"]
+__all__ = ["lab3", "lab_region"]

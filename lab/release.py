@@ -1,0 +1,65 @@
+"""A release archive of the current checkout, as `make dist` makes it, for the lab.
+
+`vauban-<version>-wheels.tar` holds the vauban wheel and every wheel it needs. The
+dependencies' wheels (slow: libvirt-python compiles) are cached outside the checkout by
+the hash of the dependency list; the vauban wheel is built fresh from the checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = Path("/var/cache/vauban/wheelhouse")
+
+
+def _pip(*args: str, cwd: Path = REPO) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", *args],
+                   check=True, cwd=cwd, capture_output=True)
+
+
+def dependency_wheels(cache: Path = DEFAULT_CACHE) -> Path:
+    """The folder of wheels of vauban's dependencies, built once per dependency list."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    digest = hashlib.sha256("\n".join(sorted(project["dependencies"])).encode()).hexdigest()
+    folder = cache / digest[:16]
+    if (folder / ".complete").exists():
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{digest[:16]}.building-", dir=cache))
+    try:
+        _pip("wheel", "-w", str(work), *project["dependencies"])
+        (work / ".complete").touch()
+        shutil.rmtree(folder, ignore_errors=True)
+        work.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return folder
+
+
+def version(source: Path = REPO) -> str:
+    return str(tomllib.loads((source / "pyproject.toml").read_text())["project"]["version"])
+
+
+def build_release(dest: Path, source: Path = REPO, cache: Path = DEFAULT_CACHE) -> Path:
+    """dest/vauban-<version>-wheels.tar of `source` (a checkout) with its dependencies."""
+    dest.mkdir(parents=True, exist_ok=True)
+    deps = dependency_wheels(cache)
+    with tempfile.TemporaryDirectory() as work:
+        _pip("wheel", "--no-deps", "--no-build-isolation", "-w", work, str(source),
+             cwd=source)
+        archive = dest / f"vauban-{version(source)}-wheels.tar"
+        tmp = archive.with_suffix(".tmp")
+        with tarfile.open(tmp, "w") as tar:
+            for wheel in sorted([*Path(work).glob("*.whl"), *deps.glob("*.whl")]):
+                tar.add(wheel, arcname=wheel.name)
+        os.replace(tmp, archive)
+    return archive

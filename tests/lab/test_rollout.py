@@ -1,0 +1,136 @@
+"""Servers added with `vauban node add` and rolled out to from the controller, on the
+lab: pinned host keys, bad input named precisely, idempotent rollouts, a failed batch
+that stops the rollout, labels in the inventory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab.region import LabRegion
+from tests.e2e.region import wait_for
+from tests.lab.fixtures import REGION_NODES, ssh, ssh_run
+
+pytestmark = pytest.mark.e2e
+
+
+def _refused(out: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert all(w in out.stderr for w in words), out.stderr
+    return out.stderr
+
+
+def test_added_servers_are_nodes_with_their_host_keys_pinned(lab_region: LabRegion) -> None:
+    lab = lab_region.lab
+    hosts = {h["name"]: h for h in lab_region.cli("fleet", "list", "--json")}
+    members = lab.nodes[:REGION_NODES]
+    assert {name: h["host_key_sha256"] for name, h in hosts.items()} == \
+        {n.name: n.host_key_sha256 for n in members}
+    assert all(h["qualification"]["profile"] == "lab" for h in hosts.values())
+    inventory = json.loads(lab_region.cli("inventory", "--list"))
+    assert sorted(inventory["vauban_nodes"]["hosts"]) == sorted(n.name for n in members)
+    assert inventory["_meta"]["hostvars"][lab.nodes[0].name]["ansible_host"] == lab.nodes[0].ip
+    actions = [e["action"] for e in lab_region.cli("audit", "list", "--limit", "200", "--json")]
+    assert actions.count("fleet.add") == REGION_NODES and "rollout.run" in actions
+    for node in members:  # the agent runs from the rollout's unit, its settings file
+        with ssh(lab, node.ip) as client:
+            assert ssh_run(client, "systemctl is-active vauban-agent").strip() == "active"
+            assert "vauban-fleet" in ssh_run(client, "cat /root/.ssh/authorized_keys")
+
+
+def test_a_second_rollout_changes_nothing(lab_region: LabRegion) -> None:
+    out = lab_region.cli("rollout", "run")
+    job_id = out.splitlines()[0].split()[1].rstrip(":")
+    job = lab_region.cli("rollout", "show", job_id, "--json")
+    assert job["state"] == "succeeded"
+    assert [(h["state"], h["changed"]) for h in job["hosts"]] == [("ok", 0)] * REGION_NODES
+    log = lab_region.cli("rollout", "show", job_id, "--log")
+    assert "PLAY RECAP" in log and "changed=0" in log and "changed=1" not in log
+
+
+def test_bad_onboarding_is_refused_naming_the_server_and_the_cause(
+        lab_region: LabRegion, tmp_path: Path) -> None:
+    lab, member = lab_region.lab, lab_region.lab.nodes[1]
+    first, second = lab.nodes[0], lab.nodes[REGION_NODES]  # a member, and the spare server
+    # the host key of another server pinned for this one
+    wrong_pin = _refused(lab_region.run_cli(
+        "node", "add", second.ip, "--name", "other", "--ssh-key", str(lab.ssh_key),
+        "--host-key-sha256", str(first.host_key_sha256)), second.ip, "presents host key",
+        str(second.host_key_sha256), "not the one pinned")
+    assert "refused" in wrong_pin
+    # an SSH key the server does not accept
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                   check=True)
+    _refused(lab_region.run_cli(
+        "node", "add", second.ip, "--name", "other", "--ssh-key", str(stranger),
+        "--host-key-sha256", str(second.host_key_sha256)), f"root@{second.ip}:22",
+        "refused the SSH key")
+    # nobody at this address of the lab's own subnet
+    empty = str(lab.host_address.ip).rsplit(".", 1)[0] + ".250"
+    _refused(lab_region.run_cli(
+        "node", "add", empty, "--name", "ghost", "--ssh-key", str(lab.ssh_key),
+        "--host-key-sha256", str(second.host_key_sha256)), f"cannot reach root@{empty}:22")
+    # a server that does not fit the profile asked for: its report is shown
+    unfit = _refused(lab_region.run_cli(
+        "node", "add", second.ip, "--name", "other", "--profile", "gpu",
+        "--ssh-key", str(lab.ssh_key), "--known-hosts", str(lab.known_hosts)),
+        f"{second.ip} does not pass the gpu profile", "min_gpus")
+    assert "qualification (gpu): FAIL" in unfit
+    # a server already in the region
+    _refused(lab_region.add_node(1), f"a server named {member.name} is in the region already")
+    refusals = [e for e in lab_region.cli("audit", "list", "--action", "fleet.add", "--json")
+                if e["outcome"] == "refused"]
+    assert len(refusals) >= 5
+    assert any("presents host key" in e["detail"]["error"] for e in refusals)
+
+
+def test_labels_group_the_nodes_in_the_inventory(lab_region: LabRegion) -> None:
+    node = lab_region.lab.nodes[2].name
+    out = lab_region.cli("node", "label", node, "rack=r12", "tier=gold")
+    assert out.strip() == f"{node}: rack=r12, tier=gold"
+    try:
+        inventory = json.loads(lab_region.cli("inventory", "--list"))
+        assert inventory["label_rack_r12"]["hosts"] == [node]
+        assert inventory["_meta"]["hostvars"][node]["vauban_labels"] == \
+            {"rack": "r12", "tier": "gold"}
+    finally:
+        lab_region.cli("node", "label", node, "rack-", "tier-")
+    assert "label_rack_r12" not in json.loads(lab_region.cli("inventory", "--list"))
+
+
+def test_a_failed_batch_stops_the_rollout_and_later_batches_are_untouched(
+        lab_region: LabRegion) -> None:
+    lab = lab_region.lab
+    broken, later = lab.nodes[0], lab.nodes[1]
+    with ssh(lab, broken.ip) as client:  # a file where the base role makes a folder
+        ssh_run(client, "mv /etc/udev/rules.d /etc/udev/rules.d.saved && "
+                        "touch /etc/udev/rules.d")
+        try:
+            out = lab_region.run_cli("rollout", "run", "--batch", "1",
+                                     "--limit", f"{broken.name},{later.name}")
+        finally:
+            ssh_run(client, "rm /etc/udev/rules.d && mv /etc/udev/rules.d.saved "
+                            "/etc/udev/rules.d")
+    err = _refused(out, f"batch 1 failed on {broken.name}")
+    job_id = err.split("rollout ", 1)[1].split()[0]
+    job = lab_region.cli("rollout", "show", job_id, "--json")
+    rows = {h["host"]: h for h in job["hosts"]}
+    assert rows[broken.name]["state"] == "failed"
+    assert "udev" in rows[broken.name]["task"] or "rules.d" in rows[broken.name]["message"]
+    assert (rows[later.name]["state"], rows[later.name]["tasks_done"]) == ("not run", 0)
+    operation = lab_region.cli("operation", "show", job["operation_id"])
+    assert "failed" in operation
+
+
+def test_a_spare_server_added_joins_with_its_own_rollout(lab_region: LabRegion) -> None:
+    spare = lab_region.lab.nodes[REGION_NODES]
+    out = lab_region.add_node(REGION_NODES)
+    assert out.returncode == 0, out.stderr
+    assert f"{spare.name} ({spare.ip}) added: host key {spare.host_key_sha256}" in out.stdout
+    assert "succeeded" in out.stdout.splitlines()[-1]
+    wait_for(lambda: lab_region.cli("node", "show", spare.name, "--json")["state"] == "up",
+             120, "the new node to report")
