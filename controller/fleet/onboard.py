@@ -12,6 +12,7 @@ so that rollouts log in with it from then on.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import tempfile
 import zipfile
@@ -189,26 +190,65 @@ def qualify_remote(client: paramiko.SSHClient, profile_name: str) -> Qualificati
 
 def extract_recording(tar: bytes, dest: Path) -> None:
     """Unpack what a server's probe sent: files, folders and links that stay inside `dest`.
-    The server may be hostile: anything else (a path or a link leading out, a device) is
-    dropped, so the probes never read the controller's own files."""
+    The server may be hostile: anything else (a path or a link leading out, a device, a
+    link loop) is dropped, so the probes never read the controller's own files; a link
+    that a later member made lead out is dropped at the end. OnboardingError if `tar` is
+    not a tar (what was unpacked then stays in `dest`)."""
     top = dest.resolve()
-    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-        for member in t:
-            target = (top / member.name).resolve()
-            if top not in (target, *target.parents):
-                continue
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif member.isfile():
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            for member in t:
+                _extract(t, member, top)
+    except tarfile.TarError as e:
+        raise OnboardingError(f"the probe's output is not a tar: {e}") from e
+    _drop_links_leading_out(top)
+
+
+def _inside(top: Path, path: Path) -> bool:
+    """Whether `path`, its links followed, lies in `top` (a link loop does not)."""
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # a loop of links
+        return False
+    return top in (resolved, *resolved.parents)
+
+
+def _extract(t: tarfile.TarFile, member: tarfile.TarInfo, top: Path) -> None:
+    """The member unpacked under `top` if it stays there; OnboardingError if it cannot
+    be written (a file over a folder, a full disk)."""
+    if not _inside(top, top / member.name):
+        return
+    target = (top / member.name).resolve()
+    try:
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif member.isfile():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = t.extractfile(member)
+            target.write_bytes(source.read() if source else b"")
+        elif member.issym():
+            if not member.linkname.startswith("/") and \
+                    _inside(top, target.parent / member.linkname):
                 target.parent.mkdir(parents=True, exist_ok=True)
-                source = t.extractfile(member)
-                target.write_bytes(source.read() if source else b"")
-            elif member.issym():
-                pointed = (target.parent / member.linkname).resolve()
-                if top in (pointed, *pointed.parents) and not member.linkname.startswith("/"):
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.unlink(missing_ok=True)
-                    target.symlink_to(member.linkname)
+                target.unlink(missing_ok=True)
+                target.symlink_to(member.linkname)
+    except OSError as e:
+        raise OnboardingError(f"cannot unpack {member.name[:100]!r} of the probe's output: "
+                              f"{e.strerror}") from e
+
+
+def _drop_links_leading_out(top: Path) -> None:
+    """Remove the links under `top` that lead out of it, until none does (a link made
+    when "d" did not exist, "a" -> "d/..", leads out once "d" -> "." is made; and
+    removing one link changes where others lead)."""
+    while True:
+        out = [Path(folder, name) for folder, dirs, files in os.walk(top)
+               for name in dirs + files
+               if Path(folder, name).is_symlink() and not _inside(top, Path(folder, name))]
+        if not out:
+            return
+        for link in out:
+            link.unlink()
 
 
 def authorize(client: paramiko.SSHClient, public_line: str) -> None:
