@@ -235,8 +235,8 @@ def _behind(region: Region, hosts: list[str], version: str) -> dict[str, str]:
     heard_since = datetime.now(UTC) - timedelta(seconds=region.config.node_down_after_s)
     with region.reads() as db:
         nodes = {n.name: n for n in db.scalars(select(Node).where(Node.name.in_(hosts)))}
-        roles = dict(db.execute(select(FleetHost.name, FleetHost.role)
-                                .where(FleetHost.name.in_(hosts))).tuples())
+        roles = {name: role for name, role in db.execute(
+            select(FleetHost.name, FleetHost.role).where(FleetHost.name.in_(hosts)))}
     behind = {}
     for name in hosts:
         if roles.get(name) != "node":

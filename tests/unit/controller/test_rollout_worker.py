@@ -1,0 +1,207 @@
+"""A rollout job's rows as ansible-runner's events move them, over a real region database;
+the checks between batches of an upgrade; orphaned jobs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from controller import __version__
+from controller.db.models import FleetHost, Node, Operation, RolloutHost, RolloutJob
+from controller.fleet import jobs
+from controller.fleet.worker import _behind, _Progress, _reason
+from controller.region import Region
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def _add_hosts(region: Region, *names: str, role: str = "node") -> None:
+    with region.sessions() as db, db.begin():
+        for i, name in enumerate(names):
+            db.add(FleetHost(name=name, address=f"10.0.0.{20 + i}", host_key=HOST_KEY,
+                             role=role, created_by="admin"))
+
+
+def _start(region: Region, batch: int | None = None) -> str:
+    """A job over the fleet, as the API records it (its worker is not started)."""
+    config = region.config
+    config.releases.mkdir(parents=True, exist_ok=True)
+    (config.releases / f"vauban-{__version__}-wheels.tar").write_bytes(b"")
+    with region.sessions() as db, db.begin():
+        job = jobs.start(db, config, "admin", None, [], batch, False)
+        job_id = job.id
+    (config.rollouts_dir / job_id).mkdir(parents=True)
+    return job_id
+
+
+def _rows(region: Region, job_id: str) -> dict[str, RolloutHost]:
+    with region.reads() as db:
+        rows = db.scalars(select(RolloutHost).where(RolloutHost.job_id == job_id))
+        return {r.host: r for r in rows}
+
+
+def _event(kind: str, host: str | None = None, task: str = "", stdout: str = "",
+           **data: Any) -> dict[str, Any]:
+    """An event as ansible-runner hands it to an event handler."""
+    event_data: dict[str, Any] = {"playbook": "site.yml", "play": "nodes", "task": task,
+                                  "task_action": "ansible.builtin.apt", **data}
+    if host:
+        event_data.update(host=host, remote_addr=host)
+    return {"uuid": "5b3c0a8e-6f0e-4b8a-9d7e-1c2f3a4b5c6d", "counter": 7, "stdout": stdout,
+            "start_line": 10, "end_line": 11, "runner_ident": "1", "event": kind,
+            "event_data": event_data}
+
+
+@pytest.fixture
+def job(region: Region) -> str:
+    _add_hosts(region, "n1", "n2", "n3", "n4", "n5")
+    return _start(region, batch=4)  # n1..n4 in the first batch, n5 in the second
+
+
+def test_events_move_each_hosts_row(region: Region, job: str) -> None:
+    progress = _Progress(region, job)
+    try:
+        events = [
+            _event("playbook_on_start", stdout=""),
+            _event("playbook_on_task_start", task="base : packages",
+                   stdout="\r\nTASK [base : packages] ****"),
+            *(_event("runner_on_start", h, "base : packages") for h in ("n1", "n2", "n3", "n4")),
+            _event("runner_on_ok", "n1", "base : packages", stdout="changed: [n1]",
+                   res={"changed": True, "cache_updated": False}),
+            _event("runner_on_ok", "n4", "base : packages", stdout="ok: [n4]",
+                   res={"changed": False}),
+            _event("runner_on_failed", "n2", "base : packages",
+                   stdout="fatal: [n2]: FAILED! => {\"msg\": \"No package matching 'qemu'\"}",
+                   res={"changed": False, "msg": "No package matching 'qemu' is available",
+                        "stderr": ""}, ignore_errors=None),
+            _event("runner_on_unreachable", "n3", "base : packages",
+                   stdout="fatal: [n3]: UNREACHABLE!",
+                   res={"unreachable": True, "changed": False,
+                        "msg": "Failed to connect to the host via ssh: ssh: connect to host "
+                               "10.0.0.22 port 22: No route to host"}),
+            _event("runner_on_start", "n1", "agent : unit"),
+            _event("runner_on_skipped", "n1", "agent : unit", stdout="skipping: [n1]"),
+            _event("runner_on_start", "n4", "agent : probe"),
+            _event("runner_on_failed", "n4", "agent : probe", stdout="...ignoring",
+                   res={"rc": 1, "stderr": "line one\nno kvm here", "msg": ""},
+                   ignore_errors=True),
+            _event("runner_on_ok", "unknown-host", "agent : probe"),  # no row: ignored
+        ]
+        assert all(progress.event(e) is True for e in events)
+    finally:
+        progress.close()
+    rows = _rows(region, job)
+    got = {h: (r.state, r.task, r.tasks_done, r.changed, r.message) for h, r in rows.items()}
+    assert got == {
+        "n1": ("running", "agent : unit", 2, 1, None),
+        "n2": ("failed", "base : packages", 0, 0, "No package matching 'qemu' is available"),
+        "n3": ("unreachable", "base : packages", 0, 0,
+               "Failed to connect to the host via ssh: ssh: connect to host 10.0.0.22 port 22: "
+               "No route to host"),
+        "n4": ("running", "agent : probe", 1, 0, None),  # its failure was ignored
+        "n5": ("pending", "", 0, 0, None),
+    }
+    assert progress.reasons(["n2", "n3", "n5"]) == (
+        "n2: No package matching 'qemu' is available; n3: Failed to connect to the host via "
+        "ssh: ssh: connect to host 10.0.0.22 port 22: No route to host; n5: see the log")
+    log = (region.config.rollouts_dir / job / "ansible.log").read_text()
+    assert log.splitlines() == [
+        "", "TASK [base : packages] ****", "changed: [n1]", "ok: [n4]",
+        "fatal: [n2]: FAILED! => {\"msg\": \"No package matching 'qemu'\"}",
+        "fatal: [n3]: UNREACHABLE!", "skipping: [n1]", "...ignoring"]
+
+    progress = _Progress(region, job)
+    try:
+        progress.settle(["n1", "n2", "n3", "n4"], {
+            "ok": {"n1": 2, "n4": 1}, "changed": {"n1": 1}, "failures": {"n2": 1},
+            "dark": {"n3": 1}, "skipped": {"n1": 1}, "ignored": {"n4": 1}})
+    finally:
+        progress.close()
+    rows = _rows(region, job)
+    assert {h: r.state for h, r in rows.items()} == {
+        "n1": "changed", "n2": "failed", "n3": "unreachable", "n4": "ok", "n5": "pending"}
+    with region.reads() as db:
+        job_row = db.get(RolloutJob, job)
+        assert job_row is not None
+        op = db.get(Operation, job_row.operation_id)
+        assert op is not None and op.kind == "rollout" and op.progress == 80
+
+
+def test_reason_is_ansibles_message_in_one_line() -> None:
+    assert _reason({"msg": "  Timeout waiting for privilege escalation  "}) == \
+        "Timeout waiting for privilege escalation"
+    assert _reason({"msg": "", "stderr": "E: one\nE: Unable to locate package qemu\n"}) == \
+        "E: Unable to locate package qemu"
+    assert _reason({"module_stderr": "Traceback...\nKeyError: 'x'", "rc": 1}) == \
+        "KeyError: 'x'"
+    assert _reason({"msg": "first\nsecond"}) == "first\nsecond"  # a message is kept whole
+    assert _reason({"msg": "m" * 600}) == "m" * 500
+    assert _reason({"stderr": "s" * 600}) == "s" * 500
+    assert _reason({}) == "failed"
+    assert _reason({"msg": None, "stderr": "   "}) == "failed"
+
+
+def test_behind_names_each_node_not_on_the_version(region: Region) -> None:
+    _add_hosts(region, "n1", "n2", "n3", "n4", "n5")
+    _add_hosts(region, "c1", role="controller")
+    now = datetime.now(UTC)
+    with region.sessions() as db, db.begin():
+        db.add_all([
+            Node(name="n2", cert_serial="2", inventory={"agent_version": "0.1"},
+                 last_seen_at=now),
+            Node(name="n3", cert_serial="3", inventory={}, last_seen_at=now),
+            Node(name="n4", cert_serial="4", inventory={"agent_version": "9.9"},
+                 last_seen_at=now - timedelta(minutes=10)),
+            Node(name="n5", cert_serial="5", inventory={"agent_version": "9.9"},
+                 last_seen_at=now),
+        ])
+    assert _behind(region, ["n1", "n2", "n3", "n4", "n5", "c1"], "9.9") == {
+        "n1": "not joined", "n2": "reports 0.1", "n3": "reports no version",
+        "n4": "not heard from"}
+    assert _behind(region, ["n5", "c1"], "9.9") == {}
+
+
+def test_start_records_batches_and_finish_ends_the_job(region: Region, job: str) -> None:
+    with region.sessions() as db, db.begin():
+        row = jobs.get(db, job)
+        assert row.state == "pending" and row.batch_size == 4 and row.version == __version__
+        assert [(h.host, h.batch) for h in row.hosts] == [
+            ("n1", 0), ("n2", 0), ("n3", 0), ("n4", 0), ("n5", 1)]
+        row.hosts[0].state, row.hosts[1].state = "running", "ok"
+        jobs.finish(db, row, "failed", "batch 1 failed on n1: it broke")
+    with region.reads() as db:
+        row = jobs.get(db, job)
+        assert (row.state, row.error) == ("failed", "batch 1 failed on n1: it broke")
+        assert row.finished_at is not None
+        assert [h.state for h in row.hosts] == ["failed", "ok", "not run", "not run", "not run"]
+        op = db.get(Operation, row.operation_id)
+        assert op is not None and (op.state, op.error) == ("failed", row.error)
+
+
+def test_fail_orphans_fails_the_jobs_whose_worker_is_gone(region: Region, job: str) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          check=True, capture_output=True, text=True)
+    # a live process that looks like a worker: its command line names the module
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
+                              "controller.fleet.worker"], stdin=subprocess.PIPE)
+    try:
+        with region.sessions() as db, db.begin():
+            jobs.get(db, job).worker_pid = alive.pid
+            assert jobs.fail_orphans(db) == []
+            jobs.get(db, job).worker_pid = int(gone.stdout)
+            assert jobs.fail_orphans(db) == [job]
+    finally:
+        assert alive.stdin is not None
+        alive.stdin.close()
+        alive.wait()
+    with region.reads() as db:
+        row = jobs.get(db, job)
+        assert row.state == "failed"
+        assert row.error == f"the rollout's worker (PID {gone.stdout.strip()}) ended without " \
+                            "finishing"
+        assert {h.state for h in row.hosts} == {"not run"}
