@@ -75,7 +75,14 @@ def start_rollout(body: fs.RolloutCreate) -> Any:
     job = jobs.start(session, config, actor(), body.limit, body.tags, body.batch, body.upgrade,
                      body.version)
     session.commit()
-    job.worker_pid = jobs.spawn(config, job.id)
+    try:
+        job.worker_pid = jobs.spawn(config, job.id)
+    except OSError as e:
+        # a pending job without a worker PID is never found orphaned: it would refuse
+        # every later rollout
+        jobs.finish(session, job, "failed", f"its worker did not start: {e}")
+        session.commit()
+        raise
     session.commit()
     return fs.Rollout.model_validate(job), 202
 

@@ -287,3 +287,25 @@ def test_fleet_ssh_key_is_an_openssh_ed25519_line(api: Api, region: Region,
                              capture_output=True, text=True).stdout
     assert "(ED25519)" in printed
     assert api.client.get("/api/v1/fleet/ssh-key").status_code == 401
+
+
+def test_a_worker_that_does_not_start_fails_its_job(api: Api, region: Region, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollout whose worker could not be started was left pending with no worker PID,
+    which fail_orphans never looks at: every later rollout was refused (409), for ever."""
+    def spawn_fails(config: ControllerConfig, job_id: str) -> int:  # a fake, as above
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(jobs, "spawn", spawn_fails)
+    _releases(region.config, __version__)
+    _add_fleet_hosts(region, _host_key(tmp_path), "n1")
+    r = api.post("/api/v1/rollouts", json={})
+    assert r.status_code == 500, r.json
+    [job] = api.get("/api/v1/rollouts").json  # type: ignore[misc]
+    assert (job["state"], job["error"]) == (
+        "failed", "its worker did not start: [Errno 24] Too many open files")
+    assert job["hosts"][0]["state"] == "not run"
+    op = api.get(f"/api/v1/operations/{job['operation_id']}").json
+    assert op["state"] == "failed"  # type: ignore[index]
+    monkeypatch.setattr(jobs, "spawn", lambda config, job_id: 424242)
+    assert api.post("/api/v1/rollouts", json={}).status_code == 202
