@@ -187,18 +187,19 @@ def test_fail_orphans_fails_the_jobs_whose_worker_is_gone(region: Region, job: s
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           check=True, capture_output=True, text=True)
     # a live process that looks like a worker: its command line names the module
-    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
-                              "controller.fleet.worker"], stdin=subprocess.PIPE)
-    try:
-        with region.sessions() as db, db.begin():
-            jobs.get(db, job).worker_pid = alive.pid
-            assert jobs.fail_orphans(db) == []
-            jobs.get(db, job).worker_pid = int(gone.stdout)
-            assert jobs.fail_orphans(db) == [job]
-    finally:
-        assert alive.stdin is not None
-        alive.stdin.close()
-        alive.wait()
+    with subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); "
+                           "sys.stdin.read()", "controller.fleet.worker"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as alive:
+        assert alive.stdin is not None and alive.stdout is not None
+        try:
+            assert alive.stdout.readline() == "up\n"  # exec'd: its command line is its own
+            with region.sessions() as db, db.begin():
+                jobs.get(db, job).worker_pid = alive.pid
+                assert jobs.fail_orphans(db) == []
+                jobs.get(db, job).worker_pid = int(gone.stdout)
+                assert jobs.fail_orphans(db) == [job]
+        finally:
+            alive.stdin.close()  # it ends; leaving `with` waits for it
     with region.reads() as db:
         row = jobs.get(db, job)
         assert row.state == "failed"
