@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from controller.db.models import FleetHost, Node
 from controller.errors import Conflict, InvalidInput
 from controller.fleet import onboard
-from controller.fleet.inventory import MAX_LABELS, check_labels
+from controller.fleet.inventory import MAX_LABELS, check_labels, label_group
 from controller.fleet.keys import (
     HostKeyError,
     ensure_fleet_key,
@@ -90,6 +90,24 @@ def add(region: Region, actor: str, body: FleetHostCreate) -> FleetHost:
         raise
 
 
+def _refuse_group_clash(db: Session, node: Node, changes: dict[str, str]) -> None:
+    """InvalidInput when a new label's inventory group is another label's (rack.a=x and
+    rack_a=x are both label_rack_a_x): a playbook aimed at one would reach both."""
+    groups: dict[str, tuple[str, str]] = {}
+    for labels in db.scalars(select(Node.labels).where(Node.id != node.id)):
+        for key, value in (labels or {}).items():
+            groups[label_group(key, value)] = (key, value)
+    for key, value in node.labels.items():
+        groups.setdefault(label_group(key, value), (key, value))
+    for key, value in changes.items():
+        other = groups.get(label_group(key, value))
+        if other is not None and other != (key, value):
+            raise InvalidInput(f"label {key}={value} would share the inventory group "
+                               f"{label_group(key, value)} with {other[0]}={other[1]}: "
+                               "name it otherwise")
+        groups[label_group(key, value)] = (key, value)
+
+
 def set_labels(db: Session, actor: str, ref: str, changes: dict[str, str],
                remove: list[str]) -> Node:
     """Set and remove a node's labels; InvalidInput for a bad key or value, or too many."""
@@ -99,6 +117,7 @@ def set_labels(db: Session, actor: str, ref: str, changes: dict[str, str],
     labels.update(changes)
     if len(labels) > MAX_LABELS:
         raise InvalidInput(f"a node has at most {MAX_LABELS} labels")
+    _refuse_group_clash(db, node, changes)
     node.labels = labels
     audit.record(db, actor, "node.label", f"node/{node.id}", set=changes, remove=remove)
     return node

@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -19,12 +19,13 @@ from sqlalchemy.orm import Session
 
 from controller import __version__
 from controller.config import ControllerConfig
-from controller.db.models import FleetHost, Operation, RolloutHost, RolloutJob
+from controller.db.models import FleetHost, Operation, RolloutHost, RolloutJob, as_utc
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.services import audit
 
 WHEELS_NAME = re.compile(r"^vauban-(?P<version>[0-9][0-9A-Za-z.+-]{0,30})-wheels\.tar$")
 ACTIVE = ("pending", "running")
+UNSTARTED_GRACE_S = 60.0  # a job still without a worker this long after it was made
 
 
 def release(config: ControllerConfig, version: str | None = None) -> tuple[Path, str]:
@@ -143,12 +144,18 @@ def worker_alive(pid: int | None) -> bool:
 
 def fail_orphans(db: Session) -> list[str]:
     """Mark failed the running jobs whose worker is gone (the controller's host restarted,
-    or it was killed); returns their ids."""
+    or it was killed), and those never given a worker (the controller stopped between
+    recording the job and starting it); returns their ids."""
     failed = []
+    unstarted_before = datetime.now(UTC) - timedelta(seconds=UNSTARTED_GRACE_S)
     for job in db.scalars(select(RolloutJob).where(RolloutJob.state.in_(ACTIVE))):
         if job.worker_pid is not None and not worker_alive(job.worker_pid):
             finish(db, job, "failed", f"the rollout's worker (PID {job.worker_pid}) ended "
                    "without finishing")
+            failed.append(job.id)
+        elif job.worker_pid is None and as_utc(job.created_at) < unstarted_before:
+            finish(db, job, "failed", "the rollout's worker was never started (the "
+                   "controller stopped meanwhile)")
             failed.append(job.id)
     return failed
 

@@ -183,7 +183,9 @@ class _Progress:
             elif kind in ("runner_on_ok", "runner_on_skipped"):
                 row.tasks_done += 1
                 row.changed += 1 if kind == "runner_on_ok" and res.get("changed") else 0
-            elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+            elif kind == "runner_on_failed" and data.get("ignore_errors"):
+                row.tasks_done += 1  # a failure the playbook allows: a task done
+            elif kind == "runner_on_failed":
                 row.state, row.message = "failed", _reason(res)
             elif kind == "runner_on_unreachable":
                 row.state, row.message = "unreachable", _reason(res)

@@ -101,6 +101,18 @@ def test_bad_labels_are_refused_and_change_nothing(api: Api) -> None:
     assert len(_audit(api, "node.label")) == 2  # the accepted ones only
 
 
+def test_a_label_whose_inventory_group_another_label_has_is_refused(api: Api) -> None:
+    api.join_node("n1")
+    api.join_node("n2")
+    assert api.post("/api/v1/nodes/n1/labels", json={"set": {"rack.a": "x"}}).status_code == 200
+    _refused(api.post("/api/v1/nodes/n2/labels", json={"set": {"rack_a": "x"}}), 422,
+             "label rack_a=x would share the inventory group label_rack_a_x with rack.a=x")
+    _refused(api.post("/api/v1/nodes/n1/labels", json={"set": {"rack": "a_x"}}), 422,
+             "label rack=a_x would share the inventory group label_rack_a_x with rack.a=x")
+    assert api.post("/api/v1/nodes/n2/labels", json={"set": {"rack.a": "x"}}).status_code == 200
+    assert api.get("/api/v1/nodes/n2").json["labels"] == {"rack.a": "x"}  # type: ignore[index]
+
+
 # --- inventory ---------------------------------------------------------------------------
 
 def test_inventory_lists_the_fleet_with_labels(api: Api, region: Region, tmp_path: Path) -> None:

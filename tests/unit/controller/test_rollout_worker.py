@@ -103,7 +103,7 @@ def test_events_move_each_hosts_row(region: Region, job: str) -> None:
         "n3": ("unreachable", "base : packages", 0, 0,
                "Failed to connect to the host via ssh: ssh: connect to host 10.0.0.22 port 22: "
                "No route to host"),
-        "n4": ("running", "agent : probe", 1, 0, None),  # its failure was ignored
+        "n4": ("running", "agent : probe", 2, 0, None),  # its failure was ignored: a task done
         "n5": ("pending", "", 0, 0, None),
     }
     assert progress.reasons(["n2", "n3", "n5"]) == (
@@ -206,3 +206,16 @@ def test_fail_orphans_fails_the_jobs_whose_worker_is_gone(region: Region, job: s
         assert row.error == f"the rollout's worker (PID {gone.stdout.strip()}) ended without " \
                             "finishing"
         assert {h.state for h in row.hosts} == {"not run"}
+
+
+def test_fail_orphans_fails_a_job_never_given_a_worker_once_its_grace_is_over(
+        region: Region, job: str) -> None:
+    with region.sessions() as db, db.begin():
+        assert jobs.fail_orphans(db) == []  # just made: its worker may be on its way
+        jobs.get(db, job).created_at = datetime.now(UTC) - timedelta(
+            seconds=jobs.UNSTARTED_GRACE_S + 1)
+        assert jobs.fail_orphans(db) == [job]
+    with region.reads() as db:
+        row = jobs.get(db, job)
+        assert (row.state, row.error) == ("failed", "the rollout's worker was never started "
+                                          "(the controller stopped meanwhile)")
