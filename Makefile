@@ -31,14 +31,15 @@ DIST := dist
 dist: venv
 	rm -rf $(DIST)
 	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
-	$(PY) -m pip wheel -q --disable-pip-version-check -w $(DIST)/wheelhouse $(DIST)/vauban-*.whl
+	$(PY) -m pip wheel -q --disable-pip-version-check -w $(DIST)/wheelhouse "$$(ls $(DIST)/vauban-*.whl)[controller]"
 	tar -C $(DIST)/wheelhouse -cf $(DIST)/$$(basename $(DIST)/vauban-*.whl .whl | cut -d- -f1-2)-wheels.tar .
 	@ls $(DIST)/vauban-*
 
-# make lab NODES=3: Debian nodes booted by systemd-nspawn on a private bridge (lab/)
+# make lab NODES=3: Debian nodes booted by systemd-nspawn on a private bridge (lab/), added
+# to a controller on this machine and rolled out to with the playbooks
 NODES ?= 3
 lab: deps
-	$(PY) -m lab up --nodes $(NODES) --state $(VAR)/lab
+	$(PY) -m lab up --nodes $(NODES) --state $(VAR)/lab --region
 
 lab-down:
 	@[ -x $(PY) ] && $(PY) -m lab down --state $(VAR)/lab || true
@@ -75,7 +76,7 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(VAR)/.apt-done
 	[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[controller,test,bench]'
 	touch $@
 
 # the builder keeps its own stamp of every input and returns at once when nothing changed

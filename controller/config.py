@@ -26,7 +26,7 @@ POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connection
                      "node_down_after_s", "max_reports_per_s",
                      "max_connections_per_source", "tls_handshake_timeout_s",
                      "request_header_timeout_s", "client_idle_timeout_s", "node_keepalive_s",
-                     "rollout_upgrade_wait_s")
+                     "rollout_upgrade_wait_s", "rollout_forks")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class ControllerConfig:
     playbooks_dir: Path = Path(__file__).resolve().parents[1] / "playbooks"
     rollout_upgrade_wait_s: float = 300.0  # an upgraded node must report its version within
     rollout_vars: Path | None = None  # JSON of the site's playbook variables (playbooks/README)
+    rollout_forks: int = 20  # hosts Ansible works on at once within a batch
 
     def __post_init__(self) -> None:
         for name in POSITIVE_SETTINGS:
@@ -159,6 +160,7 @@ class ControllerConfig:
                 "client_idle_timeout_s": ("VAUBAN_CLIENT_IDLE_TIMEOUT", float),
                 "node_keepalive_s": ("VAUBAN_NODE_KEEPALIVE", float),
                 "rollout_upgrade_wait_s": ("VAUBAN_ROLLOUT_UPGRADE_WAIT", float),
+                "rollout_forks": ("VAUBAN_ROLLOUT_FORKS", int),
             }),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

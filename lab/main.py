@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--name", default="lab")
     p_up.add_argument("--subnet", default=DEFAULT_SUBNET)
     p_up.add_argument("--cache", type=Path, default=rootfs.DEFAULT_CACHE)
+    p_up.add_argument("--region", action="store_true",
+                      help="also start a controller on the bridge and add every node to it")
     p_down = sub.add_parser("down", help="remove everything the lab made")
     for p in (p_up, p_down):
         p.add_argument("--state", type=Path, default=DEFAULT_STATE)
@@ -207,7 +209,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lab up failed: {e}\n(make lab-down removes what was made)", file=sys.stderr)
             return 1
         print(describe(lab))
+        if args.region:
+            from lab import region as lab_region  # it needs the controller's packages
+
+            try:
+                print(lab_region.describe(lab_region.bring_up(lab)))
+            except (RuntimeError, subprocess.CalledProcessError) as e:
+                print(f"lab region failed: {e}\n(make lab-down removes what was made)",
+                      file=sys.stderr)
+                return 1
         return 0
+    recorded = Lab.load(args.state)
+    if recorded is not None:
+        from lab import region as lab_region
+
+        if lab_region.take_down(recorded):
+            print("removed the lab's controller")
     for line in down(args.state):
         print("removed", line)
     return 0

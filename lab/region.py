@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -79,3 +80,40 @@ def start(lab: Lab, root: Path, port: int = CONTROLLER_PORT,
 def stop(region: LabRegion) -> bool:
     """Stop the controller (by its PID file); the nodes' agents stop with the lab."""
     return region.layout.service("controller").stop()
+
+
+def region_root(lab: Lab) -> Path:
+    return lab.state / "region"
+
+
+def bring_up(lab: Lab) -> LabRegion:
+    """The controller for `lab` and every lab node added and rolled out to (make lab)."""
+    region = start(lab, region_root(lab))
+    for i, node in enumerate(lab.nodes):
+        added = region.add_node(i, "--no-rollout")
+        if added.returncode != 0:
+            raise RuntimeError(f"node add {node.name}: {added.stderr.strip()}")
+    rollout = region.run_cli("rollout", "run")
+    if rollout.returncode != 0:
+        raise RuntimeError(f"rollout: {rollout.stderr.strip()}")
+    return region
+
+
+def describe(region: LabRegion) -> str:
+    lay = region.layout
+    return (f"Controller: {lay.url} (CA {lay.ca_file}), log {lay.root / 'log'}\n"
+            f"  admin password in {lay.password_file} (readable by root only)\n"
+            f"  CLI: vauban login --url {lay.url} --ca-file {lay.ca_file} "
+            f"--password-file {lay.password_file}\n"
+            f"       vauban node list; vauban rollout list; vauban inventory --list")
+
+
+def take_down(lab: Lab) -> bool:
+    """Stop the lab's controller if one was started; True if it was running."""
+    root = region_root(lab)
+    if not root.exists():
+        return False
+    running = allinone.Layout(root, CONTROLLER_PORT, host=str(lab.host_address.ip)).service(
+        "controller").stop()
+    shutil.rmtree(root)
+    return running

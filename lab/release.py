@@ -1,6 +1,7 @@
 """A release archive of the current checkout, as `make dist` makes it, for the lab.
 
-`vauban-<version>-wheels.tar` holds the vauban wheel and every wheel it needs. The
+`vauban-<version>-wheels.tar` holds the vauban wheel and every wheel it needs, the
+controller's extra included. The
 dependencies' wheels (slow: libvirt-python compiles) are cached outside the checkout by
 the hash of the dependency list; the vauban wheel is built fresh from the checkout.
 """
@@ -29,14 +30,15 @@ def _pip(*args: str, cwd: Path = REPO) -> None:
 def dependency_wheels(cache: Path = DEFAULT_CACHE) -> Path:
     """The folder of wheels of vauban's dependencies, built once per dependency list."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    digest = hashlib.sha256("\n".join(sorted(project["dependencies"])).encode()).hexdigest()
+    wanted = sorted([*project["dependencies"], *project["optional-dependencies"]["controller"]])
+    digest = hashlib.sha256("\n".join(wanted).encode()).hexdigest()
     folder = cache / digest[:16]
     if (folder / ".complete").exists():
         return folder
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{digest[:16]}.building-", dir=cache))
     try:
-        _pip("wheel", "-w", str(work), *project["dependencies"])
+        _pip("wheel", "-w", str(work), *wanted)
         (work / ".complete").touch()
         shutil.rmtree(folder, ignore_errors=True)
         work.rename(folder)

@@ -132,6 +132,7 @@ def _run_batch(region: Region, job_id: str, folder: Path, hosts: list[str], numb
         result = ansible_runner.run(
             private_data_dir=str(private), project_dir=str(region.config.playbooks_dir),
             playbook="site.yml", inventory=inventory, tags=",".join(tags) or None,
+            forks=region.config.rollout_forks,
             quiet=True, event_handler=progress.event,
             envvars={"ANSIBLE_CONFIG": str(region.config.playbooks_dir / "ansible.cfg"),
                      "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"})

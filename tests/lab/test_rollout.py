@@ -5,16 +5,20 @@ that stops the rollout, labels in the inventory."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from lab import release
 from lab.region import LabRegion
 from tests.e2e.region import wait_for
 from tests.lab.fixtures import REGION_NODES, ssh, ssh_run
 
 pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+TESTGUEST = REPO / "var" / "images" / "testguest.raw"
 
 
 def _refused(out: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -134,3 +138,53 @@ def test_a_spare_server_added_joins_with_its_own_rollout(lab_region: LabRegion) 
     assert "succeeded" in out.stdout.splitlines()[-1]
     wait_for(lambda: lab_region.cli("node", "show", spare.name, "--json")["state"] == "up",
              120, "the new node to report")
+
+
+def _release_of_next_version(tmp_path: Path) -> str:
+    """A release archive of this checkout under the next patch version: the same code,
+    another version, as an operator's next release would be."""
+    source = tmp_path / "next"
+    for rel in subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.split():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, source / rel)
+    major, minor, patch = release.version(REPO).split(".")
+    nxt = f"{major}.{minor}.{int(patch) + 1}"
+    for rel, old, new in (("pyproject.toml", f'version = "{release.version(REPO)}"',
+                           f'version = "{nxt}"'),
+                          ("agent/__init__.py", '__version__ = "', f'__version__ = "{nxt}"  # '),
+                          ("controller/__init__.py", '__version__ = "',
+                           f'__version__ = "{nxt}"  # ')):
+        text = (source / rel).read_text()
+        assert old in text, f"{rel} has no {old!r}"
+        (source / rel).write_text(text.replace(old, new, 1))
+    return nxt
+
+
+def test_an_upgrade_goes_node_by_node_and_running_vms_keep_running(
+        lab_region: LabRegion, tmp_path: Path) -> None:
+    lab = lab_region.lab
+    host = lab.nodes[0]
+    if "testguest" not in {i["name"] for i in lab_region.cli("image", "list", "--json")}:
+        lab_region.cli("image", "import", str(TESTGUEST), "--name", "testguest")
+    lab_region.cli("vm", "create", "upgrade-witness", "--image", "testguest", "--cpus", "1",
+                   "--memory", "96", "--node", host.name, "--wait")
+    try:
+        vm = lab_region.cli("vm", "show", "upgrade-witness", "--json")
+        with ssh(lab, host.ip) as client:
+            before = ssh_run(client, f"virsh -c qemu:///system domid {vm['id']}").strip()
+        version = _release_of_next_version(tmp_path)
+        release.build_release(lab_region.root / "releases", tmp_path / "next")
+        members = [n.name for n in lab.nodes if n.name in
+                   {h["name"] for h in lab_region.cli("fleet", "list", "--json")}]
+        out = lab_region.cli("rollout", "run", "--upgrade", "--batch", "1", "--version",
+                             version, "--limit", ",".join(members[:2]))
+        assert f"version {version}, batches of 1" in out and "succeeded" in out
+        for name in members[:2]:
+            node = lab_region.cli("node", "show", name, "--json")
+            assert node["inventory"]["agent_version"] == version
+        with ssh(lab, host.ip) as client:  # the same QEMU process: never stopped
+            assert ssh_run(client, f"virsh -c qemu:///system domid {vm['id']}").strip() == before
+        assert lab_region.cli("vm", "show", "upgrade-witness", "--json")["state"] == "running"
+    finally:
+        lab_region.cli("vm", "delete", "upgrade-witness", "--wait")
