@@ -30,19 +30,19 @@ def lab_unavailable() -> str | None:
     return None
 
 
-REGION_NODES = 3  # the lab's first three nodes join the region; the fourth is a spare server
+REGION_NODES = 3  # the lab's first three nodes join the region; then two spare servers
 
 
 @pytest.fixture(scope="session")
 def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """The session's lab: four nodes, the first three for the region (`lab_region`), the
-    last a spare server that tests add (or fail to add) themselves."""
+    """The session's lab: five nodes, the first three for the region (`lab_region`), the
+    last two spare servers that tests add (or fail to add) themselves."""
     why = lab_unavailable()
     if why:
         pytest.skip(why)
     state = tmp_path_factory.mktemp("lab")
     try:
-        yield lab_main.up(state, REGION_NODES + 1, name=f"t{os.getpid() % 10000}",
+        yield lab_main.up(state, REGION_NODES + 2, name=f"t{os.getpid() % 10000}",
                           subnet=TEST_SUBNET)
     finally:
         lab_main.down(state)

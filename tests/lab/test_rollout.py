@@ -19,6 +19,7 @@ from tests.lab.fixtures import REGION_NODES, ssh, ssh_run
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 TESTGUEST = REPO / "var" / "images" / "testguest.raw"
+PACKAGES = ("agent", "controller", "hardware", "images")  # what the wheel is made of
 
 
 def _refused(out: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -140,12 +141,30 @@ def test_a_spare_server_added_joins_with_its_own_rollout(lab_region: LabRegion) 
              120, "the new node to report")
 
 
+def test_a_server_added_as_a_controller_runs_one_and_a_second_rollout_changes_nothing(
+        lab_region: LabRegion) -> None:
+    server = lab_region.lab.nodes[REGION_NODES + 1]
+    out = lab_region.add_node(REGION_NODES + 1, "--role", "controller")
+    assert out.returncode == 0, out.stderr
+    with ssh(lab_region.lab, server.ip) as client:
+        assert ssh_run(client, "systemctl is-active vauban-controller").strip() == "active"
+        assert ssh_run(client, "stat -c %U /var/lib/vauban/controller").strip() == "vauban"
+        wait_for(lambda: "BEGIN CERTIFICATE" in ssh_run(
+            client, "curl -sk https://127.0.0.1:8443/api/v1/ca.pem || true"), 60,
+            "the new controller to answer")
+    again = lab_region.cli("rollout", "run", "--limit", server.name)
+    assert f"{server.name}" in again and "succeeded" in again
+    job = lab_region.cli("rollout", "show", again.splitlines()[0].split()[1].rstrip(":"),
+                         "--json")
+    assert [(h["state"], h["changed"]) for h in job["hosts"]] == [("ok", 0)]
+
+
 def _release_of_next_version(tmp_path: Path) -> str:
     """A release archive of this checkout under the next patch version: the same code,
     another version, as an operator's next release would be."""
     source = tmp_path / "next"
-    for rel in subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.split():
+    for rel in subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", *PACKAGES],
+                              cwd=REPO, capture_output=True, text=True, check=True).stdout.split():
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, source / rel)
     major, minor, patch = release.version(REPO).split(".")
