@@ -9,6 +9,7 @@ import requests
 
 from agent.config import AgentConfig, NodeIdentity
 from agent.protocol import (
+    NODE_REMOVED,
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
@@ -43,10 +44,20 @@ class ControllerUnavailable(Exception):
     """The controller could not be reached or answered with an error; retry later."""
 
 
-class ProtocolMismatch(Exception):
-    """The controller speaks another wire protocol: retrying cannot help, an upgrade can.
+class Refused(Exception):
+    """The controller refuses this agent for good: retrying cannot help. The agent stops,
+    saying why (the message)."""
+
+
+class ProtocolMismatch(Refused):
+    """The controller speaks another wire protocol: an upgrade can help.
 
     The message says which versions and which side to upgrade."""
+
+
+class NodeRemoved(Refused):
+    """This node was removed from the region: its certificate is refused. The message is
+    the controller's: who removed it, when, and how to bring the machine back."""
 
 
 def protocol_mismatch(r: requests.Response) -> ProtocolMismatch | None:
@@ -71,7 +82,8 @@ def protocol_mismatch(r: requests.Response) -> ProtocolMismatch | None:
 
 class ControllerClient:
     """Speaks to /agent/v1 as this node, saying its protocol version on every call; every
-    call raises ControllerUnavailable on failure, ProtocolMismatch for another version.
+    call raises ControllerUnavailable on failure, ProtocolMismatch for another version,
+    NodeRemoved once the node is no longer in the region.
 
     `report_interval_s` and `poll_wait_s` are the report interval and long-poll wait the
     controller last named (None before any answer named them)."""
@@ -129,8 +141,9 @@ class ControllerClient:
             raise ControllerUnavailable(str(e)) from e
 
     def _check(self, r: requests.Response) -> None:
-        """ProtocolMismatch when the controller speaks another protocol, ControllerUnavailable
-        for any other error answer. Takes the report interval and poll wait the answer names."""
+        """ProtocolMismatch when the controller speaks another protocol, NodeRemoved when it
+        refuses this node as removed, ControllerUnavailable for any other error answer.
+        Takes the report interval and poll wait the answer names."""
         mismatch = protocol_mismatch(r)
         if mismatch is not None:
             raise mismatch
@@ -139,7 +152,12 @@ class ControllerClient:
         self.poll_wait_s = wait or self.poll_wait_s
         if r.status_code >= 400:
             try:
-                detail = r.json().get("detail", r.text)
+                body = r.json()
             except ValueError:
-                detail = r.text[:200]
+                body = None
+            if not isinstance(body, dict):
+                raise ControllerUnavailable(f"{r.status_code} from controller: {r.text[:200]}")
+            detail = str(body.get("detail", r.text[:200]))
+            if r.status_code == 403 and str(body.get("type", "")).endswith("/" + NODE_REMOVED):
+                raise NodeRemoved(detail)
             raise ControllerUnavailable(f"{r.status_code} from controller: {detail}")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent import __version__, inventory
-from agent.client import ControllerClient, ControllerUnavailable, ProtocolMismatch
+from agent.client import ControllerClient, ControllerUnavailable, Refused
 from agent.config import AgentConfig, NodeIdentity
 from agent.drivers.gpu.base import GpuDriver
 from agent.drivers.gpu.none import NoGpuDriver
@@ -67,7 +67,7 @@ class Agent:
         self._latest: DesiredState | None = None
         self._repass = False  # a VM task ended: look again at once
         self._report_now = threading.Event()
-        self.refused: ProtocolMismatch | None = None  # the controller speaks another protocol
+        self.refused: Refused | None = None  # another protocol, or the node was removed
         ledger = FailureLedger()  # every failure of this agent, reported with its status
         self.reconciler = Reconciler(
             hypervisor, storage, client.image_chunks, config.instances_dir,
@@ -110,7 +110,7 @@ class Agent:
         self._report_now.set()
         self.storage_sampler.stop()
 
-    def _refused(self, e: ProtocolMismatch) -> None:
+    def _refused(self, e: Refused) -> None:
         """Retrying cannot help: say why and stop (VMs keep running)."""
         log.error("the controller refuses this agent: %s; stopping the agent", e)
         self.refused = e
@@ -123,7 +123,7 @@ class Agent:
                 # the controller's wait once it named one: it keeps this node from looking down
                 wait = self.client.poll_wait_s or self.config.poll_wait_s
                 desired = self.client.desired(after, wait)
-            except ProtocolMismatch as e:
+            except Refused as e:
                 self._refused(e)
                 continue
             except ControllerUnavailable as e:
@@ -197,7 +197,7 @@ class Agent:
             try:
                 self.client.report(self.status())
                 failures = 0
-            except ProtocolMismatch as e:
+            except Refused as e:
                 self._refused(e)
             except ControllerUnavailable as e:
                 log.warning("status not delivered: %s", e)

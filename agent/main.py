@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from agent.client import ControllerClient, ProtocolMismatch
+from agent.client import ControllerClient, Refused
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from agent.drivers.registry import GPUS, load_gpu, load_hypervisor, load_network
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         settings = fetch_settings(client, stopping)
-    except ProtocolMismatch as e:
+    except Refused as e:
         return _refused(e)
     if settings is None:
         return 0
@@ -121,8 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _refused(agent.refused) if agent.refused is not None else 0
 
 
-def _refused(e: ProtocolMismatch) -> int:
-    """Exit status 3, with the reason on stderr: another protocol needs an upgrade, not a retry."""
+def _refused(e: Refused) -> int:
+    """Exit status 3, with the reason on stderr: another protocol needs an upgrade, a removed
+    node a new join, neither a retry."""
     print(f"vauban-agent: the controller refuses this agent: {e}", file=sys.stderr)
     return 3
 

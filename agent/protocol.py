@@ -34,6 +34,8 @@ POLL_WAIT_HEADER = "Vauban-Poll-Wait"
 PACE_RANGE = (1.0, 3600.0)  # what either header may name
 
 PROTOCOL_MISMATCH = "protocol-mismatch"  # the problem type's last path segment
+# the problem type (last path segment) of a 403 to a node removed from the region
+NODE_REMOVED = "node-removed"
 
 
 def protocol_from_header(raw: str | None) -> int | None:

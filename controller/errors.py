@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.protocol import NODE_REMOVED
+
 
 class ServiceError(Exception):
     """Base: `status` is the HTTP status the API answers with, `title` a stable short phrase."""
@@ -54,3 +56,10 @@ class Forbidden(ServiceError):
     status = 403
     title = "Forbidden"
     slug = "forbidden"
+
+
+class NodeRemoved(Forbidden):
+    """A removed node's certificate: the agent stops on this type (retrying cannot help)."""
+
+    title = "Node removed from the region"
+    slug = NODE_REMOVED

@@ -27,6 +27,7 @@ from controller.api.problems import problem
 from controller.db.models import Node
 from controller.services import desired, heartbeats, observed
 from controller.services import images as image_service
+from controller.services import nodes as node_service
 
 api = ApiBlueprint("agent", "/agent/v1", "agent")
 
@@ -85,7 +86,8 @@ def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
                 return "", 204  # nothing new: no desired state built for nothing
     session.rollback()
     node = session.get(Node, node_id)
-    assert node is not None
+    if node is None:  # removed while it waited
+        raise node_service.refusal_of_unknown(session, node_id)
     return desired.build(session, node)
 
 
@@ -109,7 +111,8 @@ def post_status(node_id: str, body: NodeStatus) -> Any:
         return "", 204
     session = db()
     node = session.get(Node, node_id)
-    assert node is not None
+    if node is None:  # removed since its certificate was checked
+        raise node_service.refusal_of_unknown(session, node_id)
     observed.ingest(session, node, body)
     book.ingested(node_id, report, now)  # before the commit, whose own bump forgets it
     try:

@@ -11,6 +11,7 @@ from controller.api.context import region
 from controller.db.models import Node
 from controller.errors import Forbidden, Unauthorized
 from controller.services import auth as auth_service
+from controller.services import nodes as node_service
 
 PEER_CERT_ENVIRON = "vauban.peer_cert"  # set by PeerCertMiddleware from the TLS connection
 
@@ -31,7 +32,9 @@ def authenticate(kind: str) -> None:
         node_id, serial = _peer_identity()
         with region().reads() as session:  # no write lock, even for a write request
             node = session.scalar(select(Node).where(Node.id == node_id))
-            if node is None or node.cert_serial != serial:
+            if node is None:
+                raise node_service.refusal_of_unknown(session, node_id)
+            if node.cert_serial != serial:
                 raise Forbidden("this client certificate does not belong to a node of the region")
             g.node_id = node_id
             g.actor = f"node:{node.name}"

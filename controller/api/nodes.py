@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from controller import schemas
 from controller.api.context import db, region
-from controller.api.framework import ApiBlueprint
+from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import node_view, operation_view
 from controller.db.models import AuditEvent, Node, Operation
 from controller.services import nodes as node_service
@@ -36,6 +36,18 @@ def show_node(ref: str) -> Any:
     node = node_service.find(session, ref)
     usage = scheduler.usage_by_node(session, [node.id]).get(node.id, scheduler.Usage())
     return node_view(node, usage, region().config.node_down_after_s)
+
+
+@api.route("DELETE", "/<ref>", summary="Remove a node without VMs from the region; its "
+           "certificate is refused from then on", responses={204: None})
+def remove_node(ref: str) -> Any:
+    session = db()
+    node = node_service.find(session, ref)
+    node_id = node.id
+    node_service.remove(session, actor(), node)
+    session.commit()
+    region().heartbeats.forget([node_id])
+    return None, 204
 
 
 @ops_api.route("GET", "", summary="List recent operations", query=schemas.OperationsQuery,

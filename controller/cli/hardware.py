@@ -84,6 +84,12 @@ def cmd_node_show(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_remove(c: Client, a: argparse.Namespace) -> int:
+    c.delete(f"/nodes/{a.name}")
+    print(f"node {a.name} removed from the region: its agent is refused from now on")
+    return 0
+
+
 def _telemetry(row: dict[str, Any], key: str, fmt: str) -> str:
     t = row.get("telemetry") or {}
     return fmt.format(t[key]) if t.get(key) is not None else "-"
@@ -127,6 +133,8 @@ def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
     add(node, "list", cmd_node_list, "list nodes", json_=True)
     add(node, "show", cmd_node_show, "show a node: hardware and qualification",
         json_=True).add_argument("name")
+    add(node, "remove", cmd_node_remove, "remove a node without VMs from the region (its "
+        "agent is refused from then on)").add_argument("name")
     fleet_node_commands(node, add)
     gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
     add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state and telemetry",

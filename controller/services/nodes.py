@@ -9,8 +9,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from agent.protocol import JoinRequest, JoinResponse
-from controller.db.models import JoinToken, Node, as_utc
-from controller.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from controller.db.models import AuditEvent, Instance, JoinToken, Node, Volume, as_utc
+from controller.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NodeRemoved,
+    NotFound,
+    Unauthorized,
+)
 from controller.pki import CsrError, RegionCA
 from controller.services import audit
 from controller.services.auth import sha256_hex
@@ -80,3 +87,43 @@ def find(db: Session, ref: str) -> Node:
     if node is None:
         raise NotFound(f"node '{ref}' does not exist")
     return node
+
+
+def remove(db: Session, actor: str, node: Node) -> None:
+    """Take `node` out of the region: its record goes, so from then on its certificate
+    belongs to no node and every agent request made with it is refused (see
+    `refusal_of_unknown`); its name is free for a node that joins again with a new token.
+
+    Refused with Conflict, nothing changed, while VMs are placed on it (being deleted
+    included: the node has not confirmed yet) or while it looks after volumes.
+    """
+    vms = list(db.scalars(select(Instance.name).where(Instance.node_id == node.id)
+                          .order_by(Instance.name)))
+    volumes = list(db.scalars(select(Volume.name).where(Volume.steward_node_id == node.id)
+                              .order_by(Volume.name)))
+    if vms or volumes:
+        held = [f"{len(vms)} VM(s) ({', '.join(vms)})" if vms else "",
+                f"looks after {len(volumes)} volume(s) ({', '.join(volumes)})"
+                if volumes else ""]
+        raise Conflict(f"node '{node.name}' still has " + " and ".join(h for h in held if h)
+                       + "; delete or move them first", instances=vms, volumes=volumes)
+    audit.record(db, actor, "node.remove", f"node/{node.id}", name=node.name,
+                 cert_serial=node.cert_serial)
+    db.delete(node)
+    db.flush()
+
+
+def refusal_of_unknown(db: Session, node_id: str) -> Forbidden | NodeRemoved:
+    """Why a client certificate naming `node_id` (a node id, as its common name) belongs to
+    no node: the node was removed (by whom and when, from the audit trail), or the region
+    never had it."""
+    removed = db.scalar(select(AuditEvent).where(AuditEvent.action == "node.remove",
+                                                 AuditEvent.target == f"node/{node_id}")
+                        .order_by(AuditEvent.id.desc()).limit(1))
+    if removed is None:
+        return Forbidden("this client certificate does not belong to a node of the region")
+    name = removed.detail.get("name", node_id)
+    at = as_utc(removed.at).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return NodeRemoved(f"node '{name}' ({node_id}) was removed from the region by {removed.actor} "
+                     f"at {at}; its certificate is no longer accepted. To bring this machine "
+                     "back, remove its agent's data and join it again with a new join token")

@@ -1,4 +1,5 @@
-"""The agent stops, saying why, when the controller speaks another wire protocol."""
+"""The agent stops, saying why, when the controller speaks another wire protocol or
+refuses the node as removed from the region."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.client import ControllerClient, ControllerUnavailable, ProtocolMismatch
+from agent.client import ControllerClient, ControllerUnavailable, NodeRemoved, ProtocolMismatch
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from hardware.kvmprobe import KvmProbe
@@ -60,6 +61,26 @@ def test_a_protocol_refusal_stops_the_agent_with_the_reason(
     assert str(agent.refused) == REFUSAL
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [f"the controller refuses this agent: {REFUSAL}; stopping the agent"]
+
+
+@pytest.mark.timeout(60)
+def test_a_removed_node_stops_its_agent_with_the_controllers_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    agent, client = refused_agent(tmp_path)
+    removed = ("node 'n1' (n-1) was removed from the region by admin at 2026-12-01T06:00:00Z; "
+               "its certificate is no longer accepted")
+
+    def desired(after: int, wait: float) -> Any:
+        client.calls += 1
+        raise NodeRemoved(removed)
+
+    client.desired = desired  # type: ignore[method-assign]
+    agent._poll_loop()
+
+    assert client.calls == 1 and agent.stopping.is_set()
+    assert isinstance(agent.refused, NodeRemoved)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"the controller refuses this agent: {removed}; stopping the agent"]
 
 
 @pytest.mark.parametrize("told, own, expected", [(None, 5.0, 5.0), (200.0, 5.0, 200.0),
