@@ -42,13 +42,13 @@ def client_caps(pools: list[str] | tuple[str, ...]) -> dict[str, str]:
     return {"mon": "profile rbd", "osd": rbd_pools, "mgr": rbd_pools}
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports free on 127.0.0.1 right now."""
+def free_ports(n: int, address: str = "127.0.0.1") -> list[int]:
+    """`n` distinct TCP ports free on `address` right now."""
     socks = []
     try:
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            s.bind((address, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -56,13 +56,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def conf_text(d: Path, fsid: str, mon_host: str) -> str:
-    """ceph.conf of a cluster in directory `d`: loopback only, size-1 pools, small daemons."""
+def conf_text(d: Path, fsid: str, mon_host: str, address: str = "127.0.0.1") -> str:
+    """ceph.conf of a cluster in directory `d`: every daemon on `address` only (loopback
+    unless told), size-1 pools, small daemons."""
     return f"""[global]
 fsid = {fsid}
 mon_host = {mon_host}
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
+public_addr = {address}
+cluster_addr = {address}
 ms_bind_ipv6 = false
 auth_cluster_required = cephx
 auth_service_required = cephx

@@ -1,5 +1,6 @@
 """A real single-node Ceph cluster in one directory: mon, mgr and one bluestore OSD on a
-sparse file, cephx on, listening on 127.0.0.1 only, started without systemd.
+sparse file, cephx on, listening on one address only (127.0.0.1 unless told), started
+without systemd.
 
 For tests, benchmarks and a one-machine lab; not a production deployment (size-1 pools).
 
@@ -72,10 +73,16 @@ def pid_alive(pid: int) -> bool:
 
 
 class MiniCluster:
-    """One cluster living in `directory`; the object holds no state of its own."""
+    """One cluster living in `directory`; the object holds no state of its own.
 
-    def __init__(self, directory: Path | str, *, start_timeout: float = START_TIMEOUT) -> None:
+    Its daemons listen on `address` only: loopback, or an address of this machine that
+    other machines reach (a node lab's bridge). It is chosen at bootstrap; a cluster
+    started again keeps the one its ceph.conf names."""
+
+    def __init__(self, directory: Path | str, *, start_timeout: float = START_TIMEOUT,
+                 address: str = "127.0.0.1") -> None:
         self.dir = Path(directory).resolve()
+        self.address = address
         self.conf = self.dir / "ceph.conf"
         self.admin_keyring = self.dir / "ceph.client.admin.keyring"
         self.client_keyring = self.dir / f"ceph.client.{CLIENT}.keyring"
@@ -244,9 +251,9 @@ class MiniCluster:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.dir.chmod(self.dir.stat().st_mode | 0o711)
         fsid = str(uuid.uuid4())
-        v2, v1 = free_ports(2)
-        mon_host = f"[v2:127.0.0.1:{v2},v1:127.0.0.1:{v1}]"
-        self.conf.write_text(conf_text(self.dir, fsid, mon_host))
+        v2, v1 = free_ports(2, self.address)
+        mon_host = f"[v2:{self.address}:{v2},v1:{self.address}:{v1}]"
+        self.conf.write_text(conf_text(self.dir, fsid, mon_host, self.address))
         keys = {"mon.": cephx.new_key(), "client.admin": cephx.new_key(),
                 "mgr.x": cephx.new_key(), "osd.0": cephx.new_key()}
         caps = {"mon.": {"mon": "allow *"},
