@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -154,8 +156,12 @@ def down(state: Path) -> list[str]:
     if lab is None:
         return []
     removed = []
+    running = [n.name for n in lab.nodes if is_running(n)]
+    for node in lab.nodes:  # every node shuts down at once; each is then waited for
+        if node.name in running and node.pid is not None:
+            os.kill(node.pid, signal.SIGTERM)
     for node in lab.nodes:
-        if is_running(node):
+        if node.name in running:
             stop(node)
             removed.append(f"node {node.name} stopped")
         unmount_overlay(node)

@@ -233,6 +233,8 @@ def stop(node: LabNode, timeout: float = STOP_TIMEOUT_S) -> None:
     """Power the node off (SIGTERM to nspawn: an orderly shutdown inside), killing it if it
     does not end in `timeout` s. Only the process the lab started is signalled."""
     if not is_running(node):
+        if node.pid is not None:
+            _reap(node.pid)  # it may have ended already, signalled by the lab's down
         node.pid = node.pid_start = None
         return
     assert node.pid is not None

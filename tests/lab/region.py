@@ -128,7 +128,6 @@ def roll_out(lab: Lab, nodes: list[LabNode], layout: allinone.Layout,
     result = ansible_runner.run(
         private_data_dir=str(work), project_dir=str(PLAYBOOKS), playbook="site.yml",
         inventory=inventory, quiet=True, timeout=ROLLOUT_TIMEOUT_S,
-        binary=str(BIN / "ansible-playbook"),
         envvars={"ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
                  "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin"})
     if result.status != "successful":

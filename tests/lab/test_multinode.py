@@ -73,10 +73,12 @@ def _tag() -> str:
 def prober(tmp_path: Path, target: str) -> Path:
     """User-data that pings `target` once a second for as long as the guest runs, printing
     each change on the console: `probe <target> answered by <MAC>` or `probe <target>
-    silent`. It runs in the background, so the seed's addresses get configured."""
+    silent`. It runs in the background (the seed's addresses are configured after
+    user-data) and starts once eth0 has its address."""
     script = tmp_path / f"probe-{target}"
     script.write_text(f"""#!/bin/sh
 (
+until ip -4 addr show dev eth0 | grep -q inet; do sleep 1; done
 last=
 while :; do
     if ping -c 1 -W 1 {target} >/dev/null 2>&1; then
