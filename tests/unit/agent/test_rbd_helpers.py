@@ -11,7 +11,12 @@ from agent.drivers.hypervisor.base import DiskSpec
 from agent.drivers.storage.base import PoolUsage, StorageError
 from agent.drivers.storage.localfs import LocalfsDriver
 from agent.drivers.storage.rbd import cephx
-from agent.drivers.storage.rbd.clusterconf import ClusterInfo, client_caps, health_problems
+from agent.drivers.storage.rbd.clusterconf import (
+    ClusterInfo,
+    client_caps,
+    conf_text,
+    health_problems,
+)
 from agent.drivers.storage.rbd.images import SEGMENT, nonzero_runs, qemu_rbd_opts
 from agent.drivers.storage.rbd.names import (
     check_snap,
@@ -179,3 +184,15 @@ def test_drivers_without_volumes_refuse_them(tmp_path: Path) -> None:
     assert health.status == "OK" and health.pools[0].pool == "localfs"
     assert health.pools[0].max_avail_bytes > 0 and health.pools[0].used_bytes > 0
     assert store.volume_of(DiskSpec(source=tmp_path / "x", format="raw", target="vdc")) is None
+
+
+@pytest.mark.parametrize("address", [None, "10.242.0.1"])
+def test_a_mini_clusters_daemons_listen_on_its_one_address(address: str | None) -> None:
+    """Loopback unless told: a node lab's nodes reach the cluster on the lab bridge."""
+    where = address or "127.0.0.1"
+    mon_host = f"[v2:{where}:40001,v1:{where}:40002]"
+    conf = conf_text(Path("/c"), "fsid-1", mon_host, *([address] if address else []))
+    lines = conf.splitlines()
+    assert f"mon_host = {mon_host}" in lines
+    assert [ln for ln in lines if ln.endswith("_addr = " + where)] == [
+        f"public_addr = {where}", f"cluster_addr = {where}"]
