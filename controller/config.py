@@ -26,7 +26,7 @@ POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connection
                      "node_down_after_s", "max_reports_per_s",
                      "max_connections_per_source", "tls_handshake_timeout_s",
                      "request_header_timeout_s", "client_idle_timeout_s", "node_keepalive_s",
-                     "rollout_upgrade_wait_s", "rollout_forks")
+                     "rollout_upgrade_wait_s", "rollout_forks", "rollout_batch_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class ControllerConfig:
     rollout_upgrade_wait_s: float = 300.0  # an upgraded node must report its version within
     rollout_vars: Path | None = None  # JSON of the site's playbook variables (playbooks/README)
     rollout_forks: int = 20  # hosts Ansible works on at once within a batch
+    rollout_batch_timeout_s: float = 3600.0  # a batch still running this long is failed
 
     def __post_init__(self) -> None:
         for name in POSITIVE_SETTINGS:
@@ -161,6 +162,7 @@ class ControllerConfig:
                 "node_keepalive_s": ("VAUBAN_NODE_KEEPALIVE", float),
                 "rollout_upgrade_wait_s": ("VAUBAN_ROLLOUT_UPGRADE_WAIT", float),
                 "rollout_forks": ("VAUBAN_ROLLOUT_FORKS", int),
+                "rollout_batch_timeout_s": ("VAUBAN_ROLLOUT_BATCH_TIMEOUT", float),
             }),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -62,18 +62,23 @@ class LabRegion:
                             "--known-hosts", str(self.lab.known_hosts), *extra)
 
 
-def start(lab: Lab, root: Path, port: int = CONTROLLER_PORT,
-          env: dict[str, str] | None = None) -> LabRegion:
-    """The controller for `lab`, its state under `root` (0711: QEMU-free here, but the
-    layout is the all-in-one's), with the checkout's release in its releases folder."""
-    root.mkdir(mode=0o711, parents=True, exist_ok=True)
-    layout = allinone.Layout(root, port, host=str(lab.host_address.ip))
+def controller_env(lab: Lab, root: Path) -> dict[str, str]:
+    """The settings a controller for `lab` needs beyond the defaults: the checkout's
+    release in root/releases, and the lab's playbook variables."""
     releases = root / "releases"
     build_release(releases)
     (root / "lab-vars.json").write_text(json.dumps(LAB_VARS))
-    allinone.start_controller(layout, {
-        "VAUBAN_RELEASES": str(releases), "VAUBAN_ROLLOUT_VARS": str(root / "lab-vars.json"),
-        **(env or {})})
+    return {"VAUBAN_RELEASES": str(releases),
+            "VAUBAN_ROLLOUT_VARS": str(root / "lab-vars.json")}
+
+
+def start(lab: Lab, root: Path, port: int = CONTROLLER_PORT,
+          env: dict[str, str] | None = None) -> LabRegion:
+    """The controller for `lab`, its state under `root` (0711, as the all-in-one's), with
+    the checkout's release in its releases folder."""
+    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    layout = allinone.Layout(root, port, host=str(lab.host_address.ip))
+    allinone.start_controller(layout, {**controller_env(lab, root), **(env or {})})
     return LabRegion(lab, layout, allinone.admin_token(layout))
 
 

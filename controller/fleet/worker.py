@@ -133,6 +133,7 @@ def _run_batch(region: Region, job_id: str, folder: Path, hosts: list[str], numb
             private_data_dir=str(private), project_dir=str(region.config.playbooks_dir),
             playbook="site.yml", inventory=inventory, tags=",".join(tags) or None,
             forks=region.config.rollout_forks,
+            timeout=int(region.config.rollout_batch_timeout_s),
             quiet=True, event_handler=progress.event,
             envvars={"ANSIBLE_CONFIG": str(region.config.playbooks_dir / "ansible.cfg"),
                      "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"})

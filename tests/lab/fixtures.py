@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +10,7 @@ import paramiko
 import pytest
 
 from lab import main as lab_main
-from lab import region as lab_region_module
 from lab.main import Lab
-from lab.region import LabRegion
-from tests.e2e.region import wait_for
 
 # not make lab's, so a lab left up by hand does not collide
 TEST_SUBNET = os.environ.get("VAUBAN_TEST_LAB_SUBNET", "10.242.0.0/24")
@@ -46,27 +42,6 @@ def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                           subnet=TEST_SUBNET)
     finally:
         lab_main.down(state)
-
-
-@pytest.fixture(scope="session")
-def lab_region(lab3: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRegion]:
-    """A controller on the lab bridge, and the lab's first three nodes added to it with
-    `vauban node add` (host keys pinned, qualified), then one rollout to all three at
-    once: every node up."""
-    root = Path("/var/tmp") / f"vauban-lab-region-{os.getpid()}"
-    region = lab_region_module.start(lab3, root, env={"VAUBAN_NODE_DOWN_AFTER": "15"})
-    try:
-        for i in range(REGION_NODES):
-            added = region.add_node(i, "--no-rollout")
-            assert added.returncode == 0, f"node add {lab3.nodes[i].name}: {added.stderr}"
-        region.cli("rollout", "run")
-        wanted = [(n.name, "up") for n in lab3.nodes[:REGION_NODES]]
-        wait_for(lambda: sorted((n["name"], n["state"]) for n in region.cli(
-            "node", "list", "--json")) == wanted, 120, "every lab node to report")
-        yield region
-    finally:
-        lab_region_module.stop(region)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def ssh(lab: Lab, address: str, known_hosts: Path | None = None) -> paramiko.SSHClient:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from lab import release
-from lab.region import LabRegion
 from tests.e2e.region import wait_for
 from tests.lab.fixtures import REGION_NODES, ssh, ssh_run
+from tests.lab.region import LabRegion
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def _refused(out: subprocess.CompletedProcess[str], *words: str) -> str:
 
 def test_added_servers_are_nodes_with_their_host_keys_pinned(lab_region: LabRegion) -> None:
     lab = lab_region.lab
-    hosts = {h["name"]: h for h in lab_region.cli("fleet", "list", "--json")}
+    hosts = {h["name"]: h for h in lab_region.json("fleet", "list")}
     members = lab.nodes[:REGION_NODES]
     assert {name: h["host_key_sha256"] for name, h in hosts.items()} == \
         {n.name: n.host_key_sha256 for n in members}
@@ -38,7 +38,7 @@ def test_added_servers_are_nodes_with_their_host_keys_pinned(lab_region: LabRegi
     inventory = json.loads(lab_region.cli("inventory", "--list"))
     assert sorted(inventory["vauban_nodes"]["hosts"]) == sorted(n.name for n in members)
     assert inventory["_meta"]["hostvars"][lab.nodes[0].name]["ansible_host"] == lab.nodes[0].ip
-    actions = [e["action"] for e in lab_region.cli("audit", "list", "--limit", "200", "--json")]
+    actions = [e["action"] for e in lab_region.json("audit", "list", "--limit", "200")]
     assert actions.count("fleet.add") == REGION_NODES and "rollout.run" in actions
     for node in members:  # the agent runs from the rollout's unit, its settings file
         with ssh(lab, node.ip) as client:
@@ -49,7 +49,7 @@ def test_added_servers_are_nodes_with_their_host_keys_pinned(lab_region: LabRegi
 def test_a_second_rollout_changes_nothing(lab_region: LabRegion) -> None:
     out = lab_region.cli("rollout", "run")
     job_id = out.splitlines()[0].split()[1].rstrip(":")
-    job = lab_region.cli("rollout", "show", job_id, "--json")
+    job = lab_region.json("rollout", "show", job_id)
     assert job["state"] == "succeeded"
     assert [(h["state"], h["changed"]) for h in job["hosts"]] == [("ok", 0)] * REGION_NODES
     log = lab_region.cli("rollout", "show", job_id, "--log")
@@ -87,7 +87,7 @@ def test_bad_onboarding_is_refused_naming_the_server_and_the_cause(
     assert "qualification (gpu): FAIL" in unfit
     # a server already in the region
     _refused(lab_region.add_node(1), f"a server named {member.name} is in the region already")
-    refusals = [e for e in lab_region.cli("audit", "list", "--action", "fleet.add", "--json")
+    refusals = [e for e in lab_region.json("audit", "list", "--action", "fleet.add")
                 if e["outcome"] == "refused"]
     assert len(refusals) >= 5
     assert any("presents host key" in e["detail"]["error"] for e in refusals)
@@ -122,7 +122,7 @@ def test_a_failed_batch_stops_the_rollout_and_later_batches_are_untouched(
                             "/etc/udev/rules.d")
     err = _refused(out, f"batch 1 failed on {broken.name}")
     job_id = err.split("rollout ", 1)[1].split()[0]
-    job = lab_region.cli("rollout", "show", job_id, "--json")
+    job = lab_region.json("rollout", "show", job_id)
     rows = {h["host"]: h for h in job["hosts"]}
     assert rows[broken.name]["state"] == "failed"
     assert "udev" in rows[broken.name]["task"] or "rules.d" in rows[broken.name]["message"]
@@ -137,7 +137,7 @@ def test_a_spare_server_added_joins_with_its_own_rollout(lab_region: LabRegion) 
     assert out.returncode == 0, out.stderr
     assert f"{spare.name} ({spare.ip}) added: host key {spare.host_key_sha256}" in out.stdout
     assert "succeeded" in out.stdout.splitlines()[-1]
-    wait_for(lambda: lab_region.cli("node", "show", spare.name, "--json")["state"] == "up",
+    wait_for(lambda: lab_region.json("node", "show", spare.name)["state"] == "up",
              120, "the new node to report")
 
 
@@ -184,26 +184,26 @@ def test_an_upgrade_goes_node_by_node_and_running_vms_keep_running(
         lab_region: LabRegion, tmp_path: Path) -> None:
     lab = lab_region.lab
     host = lab.nodes[0]
-    if "testguest" not in {i["name"] for i in lab_region.cli("image", "list", "--json")}:
+    if "testguest" not in {i["name"] for i in lab_region.json("image", "list")}:
         lab_region.cli("image", "import", str(TESTGUEST), "--name", "testguest")
     lab_region.cli("vm", "create", "upgrade-witness", "--image", "testguest", "--cpus", "1",
                    "--memory", "96", "--node", host.name, "--wait")
     try:
-        vm = lab_region.cli("vm", "show", "upgrade-witness", "--json")
+        vm = lab_region.json("vm", "show", "upgrade-witness")
         with ssh(lab, host.ip) as client:
             before = ssh_run(client, f"virsh -c qemu:///system domid {vm['id']}").strip()
         version = _release_of_next_version(tmp_path)
         release.build_release(lab_region.root / "releases", tmp_path / "next")
         members = [n.name for n in lab.nodes if n.name in
-                   {h["name"] for h in lab_region.cli("fleet", "list", "--json")}]
+                   {h["name"] for h in lab_region.json("fleet", "list")}]
         out = lab_region.cli("rollout", "run", "--upgrade", "--batch", "1", "--version",
                              version, "--limit", ",".join(members[:2]))
         assert f"version {version}, batches of 1" in out and "succeeded" in out
         for name in members[:2]:
-            node = lab_region.cli("node", "show", name, "--json")
+            node = lab_region.json("node", "show", name)
             assert node["inventory"]["agent_version"] == version
         with ssh(lab, host.ip) as client:  # the same QEMU process: never stopped
             assert ssh_run(client, f"virsh -c qemu:///system domid {vm['id']}").strip() == before
-        assert lab_region.cli("vm", "show", "upgrade-witness", "--json")["state"] == "running"
+        assert lab_region.json("vm", "show", "upgrade-witness")["state"] == "running"
     finally:
         lab_region.cli("vm", "delete", "upgrade-witness", "--wait")
