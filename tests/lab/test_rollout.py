@@ -149,13 +149,18 @@ def test_a_server_added_as_a_controller_runs_one_and_a_second_rollout_changes_no
     with ssh(lab_region.lab, server.ip) as client:
         assert ssh_run(client, "systemctl is-active vauban-controller").strip() == "active"
         assert ssh_run(client, "stat -c %U /var/lib/vauban/controller").strip() == "vauban"
-        wait_for(lambda: "BEGIN CERTIFICATE" in ssh_run(
-            client, "curl -sk https://127.0.0.1:8443/api/v1/ca.pem || true"), 60,
-            "the new controller to answer")
+        fetch = ("python3 -c \"import ssl, urllib.request; print(urllib.request.urlopen("
+                 "'https://127.0.0.1:8443/api/v1/ca.pem', timeout=5, "
+                 "context=ssl._create_unverified_context()).read().decode())\" 2>&1 || true")
+        try:
+            wait_for(lambda: "BEGIN CERTIFICATE" in ssh_run(client, fetch), 120,
+                     "the new controller to answer")
+        except AssertionError as e:
+            journal = ssh_run(client, "journalctl -u vauban-controller --no-pager | tail -20")
+            raise AssertionError(f"{e}\n{journal}") from None
     again = lab_region.cli("rollout", "run", "--limit", server.name)
     assert f"{server.name}" in again and "succeeded" in again
-    job = lab_region.cli("rollout", "show", again.splitlines()[0].split()[1].rstrip(":"),
-                         "--json")
+    job = lab_region.json("rollout", "show", again.splitlines()[0].split()[1].rstrip(":"))
     assert [(h["state"], h["changed"]) for h in job["hosts"]] == [("ok", 0)]
 
 
