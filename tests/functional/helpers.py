@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from agent.protocol import (
@@ -26,6 +30,7 @@ from agent.protocol import (
     StorageStatus,
 )
 from controller.api.auth import PEER_CERT_ENVIRON
+from controller.app import create_app
 from controller.region import Region
 
 
@@ -154,3 +159,23 @@ def ceph_files(tmp_path: Path) -> tuple[Path, Path]:
     conf.write_text("[global]\nfsid = 1\nmon_host = 127.0.0.1:6789\n")
     keyring.write_text("[client.vauban]\n\tkey = AQBfakefakefakefakefakefakefakefakefake==\n")
     return conf, keyring
+
+
+@contextmanager
+def served_as_node(region: Region, node: FakeNode) -> Iterator[str]:
+    """The region's app over plain HTTP on loopback, `node`'s identity set on every request
+    as the TLS front end would set it; yields the base URL, stops the server after."""
+    app = create_app(region)
+
+    def as_node(environ: dict[str, Any], start_response: Any) -> Any:
+        environ.update(node.environ())
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, as_node, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()

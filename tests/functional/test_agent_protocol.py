@@ -3,7 +3,6 @@ both, and the agent's client tells such a refusal from an outage."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 import pytest
 import requests
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from agent import client as agent_client
 from agent.client import (
@@ -30,9 +28,8 @@ from agent.protocol import (
     NodeStatus,
 )
 from controller.api import agent as agent_api
-from controller.app import create_app
 from controller.region import Region
-from tests.functional.helpers import Api, FakeNode, inventory, make_csr
+from tests.functional.helpers import Api, FakeNode, inventory, make_csr, served_as_node
 
 
 @pytest.fixture
@@ -115,18 +112,8 @@ def served(api: Api) -> Iterator[tuple[str, FakeNode]]:
     """The region's app over plain HTTP on loopback, the node's identity set as the TLS
     front end would set it; (base URL, node)."""
     node = api.join_node("n1")
-    app = create_app(api.region)
-
-    def as_node(environ: dict[str, Any], start_response: Any) -> Any:
-        environ.update(node.environ())
-        return app(environ, start_response)
-
-    server = make_server("127.0.0.1", 0, as_node, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", node
-    server.shutdown()
-    thread.join()
+    with served_as_node(api.region, node) as url:
+        yield url, node
 
 
 def agent_client_for(url: str, node: FakeNode, tmp_path: Path) -> ControllerClient:

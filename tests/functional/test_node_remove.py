@@ -3,7 +3,6 @@ its certificate is refused with the reason, which the agent's client takes as fi
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,14 +10,12 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from agent.client import ControllerUnavailable, NodeRemoved
 from agent.protocol import NODE_REMOVED, ObservedVm, ObservedVmState
-from controller.app import create_app
 from controller.db.models import Node
 from controller.region import Region
-from tests.functional.helpers import RAW_IMAGE, Api, FakeNode
+from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, served_as_node
 from tests.functional.test_agent_protocol import agent_client_for
 
 
@@ -113,18 +110,8 @@ def test_a_certificate_of_a_node_never_in_the_region_is_refused_as_before(api: A
 @pytest.fixture
 def served_node(api: Api) -> Iterator[tuple[str, FakeNode]]:
     node = api.join_node("n1")
-    app = create_app(api.region)
-
-    def as_node(environ: dict[str, Any], start_response: Any) -> Any:
-        environ.update(node.environ())
-        return app(environ, start_response)
-
-    server = make_server("127.0.0.1", 0, as_node, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", node
-    server.shutdown()
-    thread.join()
+    with served_as_node(api.region, node) as url:
+        yield url, node
 
 
 def test_the_agents_client_takes_the_removal_as_final_not_an_outage(
