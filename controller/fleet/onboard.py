@@ -130,7 +130,7 @@ def connect(address: str, port: int, user: str, key_text: str, pin: Pin
     except paramiko.AuthenticationException as e:
         client.close()
         raise OnboardingError(f"{where} refused the SSH key given: {e}") from e
-    except (TimeoutError, OSError, paramiko.SSHException) as e:
+    except (OSError, EOFError, paramiko.SSHException) as e:  # TimeoutError is an OSError
         client.close()
         raise OnboardingError(f"cannot reach {where}: {e}") from e
     assert policy.seen is not None
@@ -139,7 +139,18 @@ def connect(address: str, port: int, user: str, key_text: str, pin: Pin
 
 def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"",
         limit: int = 1024 * 1024) -> bytes:
-    """The command's output; OnboardingError with its errors if it fails."""
+    """The command's output; OnboardingError with its errors if it fails, or if the
+    connection breaks or stays silent (COMMAND_TIMEOUT_S)."""
+    transport = client.get_transport()
+    where = transport.getpeername()[0] if transport is not None else "the server"
+    try:
+        return _run(client, command, stdin, limit)
+    except (OSError, EOFError, paramiko.SSHException) as e:  # TimeoutError is an OSError
+        raise OnboardingError(f"'{command.split()[0]}' on {where}: the SSH connection "
+                              f"failed: {type(e).__name__}: {e}") from e
+
+
+def _run(client: paramiko.SSHClient, command: str, stdin: bytes, limit: int) -> bytes:
     transport = client.get_transport()
     assert transport is not None  # connected
     chan = transport.open_session(timeout=CONNECT_TIMEOUT_S)

@@ -83,6 +83,14 @@ class LabRegion(E2ERegion):
         """The CLI's JSON output of `args` (with --json)."""
         return json.loads(self.cli(*args, "--json"))
 
+    def controller_log_tail(self, lines: int = 40) -> str:
+        """The end of the controller's log, for a failure's message."""
+        log = self.layout.service("controller").logfile
+        try:
+            return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no controller log)"
+
     def add_node(self, index: int, *extra: str) -> subprocess.CompletedProcess[str]:
         """`vauban node add` for the lab's node `index` (0-based), with the lab's key and
         known_hosts, as an operator would."""
@@ -149,7 +157,8 @@ def lab_region(lab3: Lab, testguest_image: Path) -> Iterator[LabRegion]:
         region.token = allinone.admin_token(region.layout)
         for i, node in enumerate(region.nodes):
             added = region.add_node(i, "--no-rollout")
-            assert added.returncode == 0, f"node add {node.name}: {added.stderr}"
+            assert added.returncode == 0, f"node add {node.name}: {added.stderr}\n" \
+                f"{region.controller_log_tail()}"
         region.cli("rollout", "run")
         wait_for(lambda: all_nodes_up(region), NODE_UP_TIMEOUT_S, "every lab node to be up")
         region.cli("image", "import", str(testguest_image), "--name", "testguest")
