@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
-from controller.db.models import FleetHost, JoinToken, Node, Operation, RolloutHost
+from controller.db.models import FleetHost, JoinToken, Node, Operation, RolloutHost, as_utc
 from controller.fleet import jobs
 from controller.fleet.keys import ensure_fleet_key, fleet_key_path, known_hosts_line
 from controller.region import Region
@@ -252,7 +252,7 @@ def _behind(region: Region, hosts: list[str], version: str) -> dict[str, str]:
             behind[name] = "not joined"
         elif reported != version:
             behind[name] = f"reports {reported or 'no version'}"
-        elif seen is None or (seen if seen.tzinfo else seen.replace(tzinfo=UTC)) < heard_since:
+        elif seen is None or as_utc(seen) < heard_since:
             behind[name] = "not heard from"
     return behind
 
