@@ -9,6 +9,7 @@ from controller import storage_settings
 from controller.config import ControllerConfig
 from controller.db.migrate import upgrade
 from controller.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
+from controller.notices import NoticeListener, announce, new_origin
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
 from controller.services import security_groups
@@ -40,7 +41,12 @@ def open_region(config: ControllerConfig) -> Region:
         heartbeats.forget(node_ids)
         notifier.notify(node_ids)
 
-    sessions = make_sessionmaker(engine, on_commit=desired_changed)
+    origin = new_origin()
+    sessions = make_sessionmaker(
+        engine, on_commit=desired_changed,
+        # other processes on the same database hear of the change through it
+        before_commit=(lambda db, node_ids: announce(db, origin, node_ids))
+        if engine.dialect.name == "postgresql" else None)
     ca = RegionCA(config.pki_dir)
     ca.ensure(config.tls_names())
     with sessions() as db, db.begin():
@@ -53,6 +59,24 @@ def open_region(config: ControllerConfig) -> Region:
     pace.refresh(reads)
     return Region(
         config=config, engine=engine, sessions=sessions, reads=reads,
-        ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace,
+        ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace, origin=origin,
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
     )
+
+
+def hear_other_processes(region: Region) -> NoticeListener | None:
+    """Start hearing the change notices of the other processes on the region's database
+    (PostgreSQL only; SQLite is served by one process). Returns the running listener."""
+    if region.engine.dialect.name != "postgresql":
+        return None
+
+    def changed_elsewhere(node_ids: list[str]) -> None:
+        region.heartbeats.forget(node_ids)
+        region.notifier.notify(node_ids)
+
+    def gap() -> None:
+        region.heartbeats.forget(region.notifier.notify_all())
+
+    listener = NoticeListener(region.engine, region.origin, changed_elsewhere, gap)
+    listener.start()
+    return listener

@@ -26,7 +26,8 @@ POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connection
                      "node_down_after_s", "max_reports_per_s",
                      "max_connections_per_source", "tls_handshake_timeout_s",
                      "request_header_timeout_s", "client_idle_timeout_s", "node_keepalive_s",
-                     "rollout_upgrade_wait_s", "rollout_forks", "rollout_batch_timeout_s")
+                     "rollout_upgrade_wait_s", "rollout_forks", "rollout_batch_timeout_s",
+                     "workers")
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,25 @@ class ControllerConfig:
     rollout_vars: Path | None = None  # JSON of the site's playbook variables (playbooks/README)
     rollout_forks: int = 20  # hosts Ansible works on at once within a batch
     rollout_batch_timeout_s: float = 3600.0  # a batch still running this long is failed
+    # server processes sharing the port; above 1 needs PostgreSQL, through which they hear
+    # of each other's changes (controller.notices)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         for name in POSITIVE_SETTINGS:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, not {value}")
+        if self.workers > 1 and not self.db_url.startswith("postgresql"):
+            raise ValueError(f"workers is {self.workers}, but more than one worker needs "
+                             "PostgreSQL (VAUBAN_DATABASE_URL): workers hear of each "
+                             "other's changes through it; SQLite is served by one process")
 
     def client_limits(self) -> ClientLimits:
+        """What one worker allows: the connection limits shared out among the workers."""
         return ClientLimits(
-            max_connections=self.max_connections,
-            max_per_source=self.max_connections_per_source,
+            max_connections=math.ceil(self.max_connections / self.workers),
+            max_per_source=math.ceil(self.max_connections_per_source / self.workers),
             handshake_s=self.tls_handshake_timeout_s, header_s=self.request_header_timeout_s,
             idle_s=self.client_idle_timeout_s, node_keepalive_s=self.node_keepalive_s)
 
@@ -163,6 +172,7 @@ class ControllerConfig:
                 "rollout_upgrade_wait_s": ("VAUBAN_ROLLOUT_UPGRADE_WAIT", float),
                 "rollout_forks": ("VAUBAN_ROLLOUT_FORKS", int),
                 "rollout_batch_timeout_s": ("VAUBAN_ROLLOUT_BATCH_TIMEOUT", float),
+                "workers": ("VAUBAN_WORKERS", int),
             }),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

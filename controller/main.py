@@ -13,7 +13,7 @@ from gunicorn.app.base import BaseApplication
 
 from controller.api.auth import PeerCertMiddleware
 from controller.app import create_app
-from controller.bootstrap import open_region
+from controller.bootstrap import hear_other_processes, open_region
 from controller.config import ClientLimits, ControllerConfig
 from controller.services.housekeeping import Periodic, housekeeper
 from controller.serving import limits_within_open_files
@@ -21,8 +21,8 @@ from controller.storage_settings import StorageConfigError
 
 
 class _Server(BaseApplication):
-    """gunicorn with our settings: one process (in-process change notices), one greenlet per
-    connection (see controller.serving)."""
+    """gunicorn with our settings: `workers` processes (change notices cross them through
+    PostgreSQL, see controller.notices), one greenlet per connection (controller.serving)."""
 
     def __init__(self, config: ControllerConfig, options: dict[str, Any],
                  limits: ClientLimits) -> None:
@@ -39,6 +39,7 @@ class _Server(BaseApplication):
         # opened here, in the worker, once gevent has patched the standard library: locks and
         # connection pools made before the patch would block every greenlet at once
         region = open_region(self.config)
+        hear_other_processes(region)
         housekeeper(region.sessions, timedelta(seconds=region.config.operation_silence_s),
                     datetime.now(UTC)).start()
         # heard-of times of repeated heartbeats, written together once a second
@@ -55,7 +56,7 @@ def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
     options = {
         "bind": f"[{config.host}]:{config.port}" if ":" in config.host
         else f"{config.host}:{config.port}",
-        "workers": 1,
+        "workers": config.workers,
         "worker_class": "controller.serving.BoundedGeventWorker",
         "worker_connections": limits.max_connections,
         # the deadline for a request's line and headers, and for an idle keep-alive connection

@@ -24,7 +24,7 @@ class ChangeNotifier:
     committed between its read and its wait is not missed; a notice wakes only
     that node's waiters, and nothing re-reads the database on a timer: at 10,000
     waiting nodes a change costs one wake-up, not 10,000 queries. Notices are
-    in-process: the controller serves from one process.
+    in-process; those of other processes arrive through controller.notices.
     """
 
     def __init__(self) -> None:
@@ -37,6 +37,13 @@ class ChangeNotifier:
             events = [e for n in node_ids for e in self._waiters.get(n, ())]
         for event in events:
             event.set()
+
+    def notify_all(self) -> list[str]:
+        """Wake every waiter (a change may have gone unheard); returns their nodes."""
+        with self._lock:
+            node_ids = list(self._waiters)
+        self.notify(node_ids)
+        return node_ids
 
     @contextmanager
     def watch(self, node_id: str) -> Iterator[threading.Event]:
@@ -71,4 +78,5 @@ class Region:
     ca_sha256: str
     storage: StorageSettings
     pace: RegionPace  # from the settings: the region's size sets the agents' pace
+    origin: str  # this process in change notices to other processes (controller.notices)
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)

@@ -78,11 +78,26 @@ def limits_within_open_files(limits: ClientLimits) -> ClientLimits:
     room = max(1, raise_open_files_limit(limits.max_connections) - FILES_BESIDE_CONNECTIONS)
     if limits.max_connections <= room:
         return limits
-    log.warning("%d connections are allowed (VAUBAN_MAX_CONNECTIONS) but this process may "
+    log.warning("%d connections are allowed per worker (VAUBAN_MAX_CONNECTIONS shared out "
+                "among VAUBAN_WORKERS) but this process may "
                 "open only %d files: at most %d connections are served at once; raise the "
                 "limit on open files (LimitNOFILE) to serve more", limits.max_connections,
                 room + FILES_BESIDE_CONNECTIONS, room)
     return replace(limits, max_connections=room)
+
+
+def cooperative_database_waits() -> None:
+    """Make psycopg wait for its socket through the (patched) select module.
+
+    psycopg chooses how it waits when first imported, and chooses a wait in C that gevent
+    cannot interrupt unless the standard library is patched by then. The master process
+    imported it (it migrates the database) before the worker was patched: every query, and
+    the change-notice listener, would stop all the worker's greenlets while it waits.
+    """
+    from psycopg import waiting
+
+    if getattr(waiting, "wait_c", None) is not None and waiting.wait is waiting.wait_c:
+        waiting.wait = waiting.wait_poll  # looks up select.poll, patched, at each call
 
 
 class SourceLedger:
@@ -116,6 +131,10 @@ class BoundedGeventWorker(GeventWorker):
 
     The limits come from the gunicorn application object (`app.limits`).
     """
+
+    def patch(self) -> None:
+        super().patch()
+        cooperative_database_waits()
 
     def run(self) -> None:
         limits: ClientLimits = getattr(self.app, "limits", ClientLimits())

@@ -84,10 +84,21 @@ def make_engine(url: str) -> Engine:
 
 
 def make_sessionmaker(engine: Engine,
-                      on_commit: Callable[[set[str]], None] = lambda _ids: None
+                      on_commit: Callable[[set[str]], None] = lambda _ids: None,
+                      before_commit: Callable[[Session, set[str]], None] | None = None,
                       ) -> sessionmaker[Session]:
-    """Write sessions; each commit that changed desired states calls `on_commit(node ids)`."""
+    """Write sessions; each commit that changed desired states calls `on_commit(node ids)`
+    after it, and `before_commit(session, node ids)` inside the transaction, before it."""
     factory = sessionmaker(engine, expire_on_commit=False)
+
+    if before_commit is not None:
+        announce = before_commit
+
+        @event.listens_for(factory, "before_commit")
+        def _committing(session: Session) -> None:
+            changed = session.info.get(CHANGED_NODES)
+            if changed:
+                announce(session, set(changed))
 
     @event.listens_for(factory, "after_commit")
     def _committed(session: Session) -> None:

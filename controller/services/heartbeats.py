@@ -85,11 +85,14 @@ class HeartbeatBook:
         try:
             with sessions() as db, db.begin():
                 db.connection().execute(
-                    # a node that never reported stays "new" however often it long-polls
+                    # a node that never reported stays "new" however often it long-polls;
+                    # another process may have written a later time already
                     update(Node).where(Node.id == bindparam("node_id"),
-                                       Node.last_seen_at.is_not(None))
+                                       Node.last_seen_at.is_not(None),
+                                       Node.last_seen_at < bindparam("seen"))
                     .values(last_seen_at=bindparam("seen")),
-                    [{"node_id": n, "seen": t} for n, t in heard.items()])
+                    # in one order in every process: concurrent flushes cannot deadlock
+                    [{"node_id": n, "seen": heard[n]} for n in sorted(heard)])
         except Exception:
             with self._lock:
                 self._heard = {**heard, **self._heard}

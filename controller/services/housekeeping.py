@@ -28,6 +28,8 @@ def expire_operations(db: Session, now: datetime, silent_after: timedelta,
     rows = db.execute(
         select(Operation, Node).join(Node, Node.id == Operation.node_id)
         .where(Operation.state.in_(operations.ACTIVE))
+        # several controller processes sweep at once: each operation is failed by one
+        .with_for_update(of=Operation, skip_locked=True)
     )
     for op, node in rows:
         heard = max(as_utc(node.last_seen_at) if node.last_seen_at else started_at, started_at)

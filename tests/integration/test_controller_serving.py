@@ -23,9 +23,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy import Engine, create_engine, text
 
 from agent.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from controller.allinone import admin_token
+from tests.conftest import _reset_postgres
 from tests.e2e.region import E2ERegion, wait_for
 
 HALF_OPEN = 100  # more than the 64 worker threads the controller used to have
@@ -292,3 +294,97 @@ def test_a_node_connection_outlives_the_keepalive_of_anonymous_ones(
     finally:
         node.close()
         anonymous.close()
+
+
+@pytest.fixture
+def on_postgres(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[E2ERegion]:
+    """A controller on PostgreSQL, of as many worker processes as the test's parameter."""
+    _reset_postgres(postgres_url)
+    region = E2ERegion.create(controller_env={
+        "VAUBAN_DATABASE_URL": postgres_url,
+        "VAUBAN_WORKERS": str(getattr(request, "param", 1))})
+    try:
+        region.start_controller()
+        yield region
+    finally:
+        region.layout.service("controller").stop()
+        shutil.rmtree(region.root)
+
+
+def test_a_query_waiting_on_postgresql_does_not_stall_the_worker(
+        on_postgres: E2ERegion, postgres_url: str) -> None:
+    """A request whose query waits for a lock held elsewhere leaves the worker serving
+    others (psycopg, imported before gevent patched the worker, used to wait in C)."""
+    region = on_postgres
+    region.token = admin_token(region.layout)
+    locker = create_engine(postgres_url)
+    answers: list[int] = []
+    try:
+        with locker.connect() as conn:
+            conn.execute(text("LOCK TABLE images IN ACCESS EXCLUSIVE MODE"))
+            waiting = threading.Thread(target=lambda: answers.append(requests.get(
+                f"{region.layout.url}/api/v1/images", timeout=120, verify=str(
+                    region.layout.ca_file),
+                headers={"Authorization": f"Bearer {region.token}"}).status_code))
+            waiting.start()
+            # asked on another connection: a transaction sees one snapshot of the statistics
+            assert wait_for(lambda: _waiting_on_locks(locker) == 1, 60, "the listing to wait")
+            assert _answers(region) == 200  # served while the listing waits
+            assert answers == []
+            conn.rollback()
+        waiting.join()
+    finally:
+        locker.dispose()
+    assert answers == [200]
+
+
+def _waiting_on_locks(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE wait_event_type = 'Lock'")).scalar() or 0)
+
+
+@pytest.mark.parametrize("on_postgres", [2], indirect=True)
+def test_a_change_made_in_one_worker_wakes_the_long_polls_of_every_worker(
+        on_postgres: E2ERegion) -> None:
+    """Long-polls spread over both workers; a change committed by whichever worker takes it
+    wakes all of them (one left waiting runs into its client's timeout, shorter than its
+    wait)."""
+    region = on_postgres
+    region.token = admin_token(region.layout)
+    node_id, cert = _join(region, "spread")
+    url = f"{region.layout.url}/agent/v1/nodes/{node_id}/desired"
+    ca = str(region.layout.ca_file)
+    start = requests.get(url, params={"after": -1}, cert=cert, timeout=60, verify=ca,
+                         headers=AGENT).json()
+    generations: list[int] = []
+    lock = threading.Lock()
+
+    def poll() -> None:
+        try:
+            r = requests.get(url, params={"after": start["generation"], "wait": 60},
+                             cert=cert, timeout=45, verify=ca, headers=AGENT)
+            got = r.json()["generation"] if r.ok else -r.status_code
+        except requests.RequestException:
+            got = -1
+        with lock:
+            generations.append(got)
+
+    seen: set[int] = set()
+
+    def split_between_workers() -> bool:
+        # each answer comes from one worker and counts the long-polls waiting there
+        seen.add(_status(region)["agents_waiting"])
+        return any(0 < n < HALF_OPEN and HALF_OPEN - n in seen for n in seen)
+
+    pollers = [threading.Thread(target=poll) for _ in range(HALF_OPEN)]
+    for t in pollers:
+        t.start()
+    try:
+        assert wait_for(split_between_workers, 60, "long-polls waiting in both workers")
+        region.cli("image", "import", str(_raw_image(region.root)), "--name", "wake")
+        region.cli("image", "delete", "wake")
+    finally:
+        for t in pollers:
+            t.join()
+    assert generations == [start["generation"] + 1] * HALF_OPEN

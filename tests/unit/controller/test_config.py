@@ -42,3 +42,18 @@ def test_the_controller_refuses_to_start_on_a_bad_ratio(monkeypatch: pytest.Monk
     assert capsys.readouterr().err == ("vauban-controller: settings: disk_allocation_ratio must "
                                        "be a positive number, not 0.0\n")
     assert not (tmp_path / "c").exists()
+
+
+def test_several_workers_need_postgresql_and_share_out_the_connection_limits(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VAUBAN_WORKERS", "3")
+    with pytest.raises(ValueError, match="more than one worker needs PostgreSQL"):
+        ControllerConfig.from_env(data_dir=tmp_path)
+    config = ControllerConfig.from_env(data_dir=tmp_path,
+                                       database_url="postgresql+psycopg://vauban@/vauban",
+                                       max_connections=10000, max_connections_per_source=256)
+    limits = config.client_limits()
+    assert (config.workers, limits.max_connections, limits.max_per_source) == (3, 3334, 86)
+    monkeypatch.setenv("VAUBAN_WORKERS", "0")
+    with pytest.raises(ValueError, match="workers must be a positive number, not 0"):
+        ControllerConfig.from_env(data_dir=tmp_path)
