@@ -3,6 +3,7 @@
     .venv/bin/python bench/controller_scale.py [--sizes 100,1000,10000] [--vms-per-node 2]
         [--databases sqlite,postgresql] [--api-clients 10] [--api-rate 50] [--seconds 30]
         [--json F] [--logs DIR] [--node-down-after 30] [--node-keepalive 900]
+        [--workers 1,2]
 
 For each database and each size a fresh controller (the real `vauban-controller serve`
 process) is started on a throwaway data directory (PostgreSQL: a private server from
@@ -20,8 +21,11 @@ requests a second in all, each on a fixed schedule: a request's latency counts f
 when it was due, so a server that falls behind is charged for the wait (no coordinated
 omission).
 
+On PostgreSQL each size runs once per `--workers` count (controller worker processes);
+SQLite is served by one.
+
 Measured per size: API latency p50/p99 and errors; failed agent requests by cause;
-the controller's memory (RSS of its worker); and the time for a desired-state change
+the controller's memory (RSS of its workers together); and the time for a desired-state change
 of every node (an image deleted: each node drops its copy) to reach every agent.
 The baseline is the same API load with no agent at all, measured in the same run on
 the same database; ratios are against it. Everything made is removed at the end:
@@ -86,6 +90,7 @@ class Result:
     database: str
     nodes: int
     vms: int
+    workers: int = 1  # controller worker processes (more than one on PostgreSQL only)
     api_requests: int = 0
     api_errors: int = 0
     p50_ms: float = 0.0
@@ -255,7 +260,7 @@ class SwarmProcess:
 
 
 def worker_rss_mib(arbiter_pid: int) -> float:
-    """Resident memory of the controller's worker process (the arbiter's child)."""
+    """Resident memory of the controller's worker processes (the arbiter's children)."""
     children = Path(f"/proc/{arbiter_pid}/task/{arbiter_pid}/children").read_text().split()
     total = 0
     for pid in children:
@@ -280,13 +285,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clients: int,
              api_rate: float, seconds: float, logs: Path | None = None,
-             down_after_s: float = 30.0, node_keepalive_s: float = 900.0) -> Result:
+             down_after_s: float = 30.0, node_keepalive_s: float = 900.0,
+             workers: int = 1) -> Result:
     root = Path("/var/tmp") / f"vauban-scale-{uuid.uuid4().hex[:8]}"
     (root / "certs").mkdir(parents=True)
     layout = allinone.Layout(root, free_port())
     config = ControllerConfig(data_dir=layout.controller_dir, database_url=db_url,
                               node_down_after_s=down_after_s)
-    result = Result(database, nodes, nodes * vms_per_node)
+    result = Result(database, nodes, nodes * vms_per_node, workers)
     swarm: SwarmProcess | None = None
     try:
         if db_url:
@@ -294,7 +300,7 @@ def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clie
         seeded = seed(config, nodes, vms_per_node, root / "certs")
         env = {"VAUBAN_DATABASE_URL": db_url, "VAUBAN_MAX_CONNECTIONS": str(3 * nodes + 1000),
                "VAUBAN_NODE_DOWN_AFTER": str(down_after_s),
-               "VAUBAN_NODE_KEEPALIVE": str(node_keepalive_s)}
+               "VAUBAN_NODE_KEEPALIVE": str(node_keepalive_s), "VAUBAN_WORKERS": str(workers)}
         pid = allinone.start_controller(layout, env)
         token = allinone.admin_token(layout)
         if nodes:
@@ -333,7 +339,7 @@ def run_size(database: str, db_url: str, nodes: int, vms_per_node: int, api_clie
             # the access log gives each request's time inside the server
             logs.mkdir(parents=True, exist_ok=True)
             shutil.copy(layout.service("controller").logfile,
-                        logs / f"controller-{database}-{nodes}.log")
+                        logs / f"controller-{database}-{workers}w-{nodes}.log")
         shutil.rmtree(root, ignore_errors=True)
     return result
 
@@ -373,29 +379,35 @@ def main() -> int:
     p.add_argument("--node-keepalive", type=float, default=900.0,
                    help="VAUBAN_NODE_KEEPALIVE: below the report interval, the reports' "
                         "connections close between reports (two per agent need 2 fds)")
+    p.add_argument("--workers", default="1",
+                   help="controller worker processes to compare on PostgreSQL, e.g. 1,2")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     raise_open_files_limit(3 * max(sizes) + 1000)
     results: list[Result] = []
     for database in args.databases.split(","):
+        counts = [int(w) for w in args.workers.split(",")] if database == "postgresql" else [1]
         with postgres_server() if database == "postgresql" else nullcontext("") as url:
-            for nodes in [0, *sizes]:
-                print(f"[{database}] {nodes} nodes ...", flush=True)
-                res = run_size(database, url, nodes, args.vms_per_node, args.api_clients,
-                               args.api_rate, args.seconds, args.logs,
-                               args.node_down_after, args.node_keepalive)
-                results.append(res)
-                print_row(res, results)
+            for workers in counts:
+                for nodes in [0, *sizes]:
+                    print(f"[{database}, {workers} worker(s)] {nodes} nodes ...", flush=True)
+                    res = run_size(database, url, nodes, args.vms_per_node, args.api_clients,
+                                   args.api_rate, args.seconds, args.logs,
+                                   args.node_down_after, args.node_keepalive, workers)
+                    results.append(res)
+                    print_row(res, results)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
 
 
 def print_row(r: Result, results: list[Result]) -> None:
-    base = next(b for b in results if b.database == r.database and b.nodes == 0)
+    base = next(b for b in results
+                if b.database == r.database and b.workers == r.workers and b.nodes == 0)
     reach = f"{r.change_reach_s:.2f} s (p50 {r.change_p50_s:.2f} s)" \
         if r.change_reach_s is not None else "n/a"
-    print(f"  {r.database:10} nodes={r.nodes:6} vms={r.vms:6} api: {r.api_requests} requests, "
+    print(f"  {r.database:10} workers={r.workers} nodes={r.nodes:6} vms={r.vms:6} api: "
+          f"{r.api_requests} requests, "
           f"{r.api_errors} errors, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms "
           f"(x{r.p99_ms / base.p99_ms:.1f} of no agents) | {r.connected} agents connected in "
           f"{r.connect_s:.0f} s | "
