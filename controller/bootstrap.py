@@ -15,6 +15,7 @@ from controller.region import ChangeNotifier, Region
 from controller.services import security_groups
 from controller.services.auth import ensure_admin
 from controller.services.heartbeats import HeartbeatBook
+from controller.services.login import HashSlots
 from controller.services.pace import RegionPace
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def open_region(config: ControllerConfig) -> Region:
     return Region(
         config=config, engine=engine, sessions=sessions, reads=reads,
         ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace, origin=origin,
+        login_slots=HashSlots(config.login_concurrency, config.login_limits().slot_wait_s),
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
     )
 

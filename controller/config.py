@@ -22,12 +22,24 @@ class ClientLimits:
     node_keepalive_s: float = 900.0
 
 
+@dataclass(frozen=True)
+class LoginLimits:
+    """How failed logins are locked out (see controller.services.login)."""
+
+    max_failures: int = 5  # of one user name within lockout_s
+    max_failures_per_source: int = 20  # from one address within lockout_s
+    lockout_s: float = 900.0
+    concurrent: int = 2  # password hashes at once in one process
+    slot_wait_s: float = 5.0
+
+
 POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connections",
                      "node_down_after_s", "max_reports_per_s",
                      "max_connections_per_source", "tls_handshake_timeout_s",
                      "request_header_timeout_s", "client_idle_timeout_s", "node_keepalive_s",
                      "rollout_upgrade_wait_s", "rollout_forks", "rollout_batch_timeout_s",
-                     "workers")
+                     "workers", "login_max_failures", "login_max_failures_per_source",
+                     "login_lockout_s", "login_concurrency")
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,12 @@ class ControllerConfig:
     # server processes sharing the port; above 1 needs PostgreSQL, through which they hear
     # of each other's changes (controller.notices)
     workers: int = 1
+    # failed logins of one user name / from one address within login_lockout_s that lock it
+    # out for login_lockout_s (see controller.services.login)
+    login_max_failures: int = 5
+    login_max_failures_per_source: int = 20
+    login_lockout_s: float = 900.0
+    login_concurrency: int = 2  # password hashes at once in one worker
 
     def __post_init__(self) -> None:
         for name in POSITIVE_SETTINGS:
@@ -92,6 +110,11 @@ class ControllerConfig:
             max_per_source=math.ceil(self.max_connections_per_source / self.workers),
             handshake_s=self.tls_handshake_timeout_s, header_s=self.request_header_timeout_s,
             idle_s=self.client_idle_timeout_s, node_keepalive_s=self.node_keepalive_s)
+
+    def login_limits(self) -> LoginLimits:
+        return LoginLimits(max_failures=self.login_max_failures,
+                           max_failures_per_source=self.login_max_failures_per_source,
+                           lockout_s=self.login_lockout_s, concurrent=self.login_concurrency)
 
     @property
     def db_url(self) -> str:
@@ -173,6 +196,10 @@ class ControllerConfig:
                 "rollout_forks": ("VAUBAN_ROLLOUT_FORKS", int),
                 "rollout_batch_timeout_s": ("VAUBAN_ROLLOUT_BATCH_TIMEOUT", float),
                 "workers": ("VAUBAN_WORKERS", int),
+                "login_max_failures": ("VAUBAN_LOGIN_MAX_FAILURES", int),
+                "login_max_failures_per_source": ("VAUBAN_LOGIN_MAX_FAILURES_PER_SOURCE", int),
+                "login_lockout_s": ("VAUBAN_LOGIN_LOCKOUT", float),
+                "login_concurrency": ("VAUBAN_LOGIN_CONCURRENCY", int),
             }),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

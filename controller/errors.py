@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from agent.protocol import NODE_REMOVED
@@ -63,3 +64,24 @@ class NodeRemoved(Forbidden):
 
     title = "Node removed from the region"
     slug = NODE_REMOVED
+
+
+class TooManyRequests(ServiceError):
+    """The caller must wait: `retry_after_s` goes out as the Retry-After header (whole
+    seconds) and in the problem document."""
+
+    status = 429
+    title = "Too many requests"
+    slug = "too-many-requests"
+
+    def __init__(self, detail: str, retry_after_s: float, **extra: Any) -> None:
+        super().__init__(detail, retry_after_s=max(1, math.ceil(retry_after_s)), **extra)
+        self.retry_after_s = int(self.extra["retry_after_s"])
+
+
+class Unavailable(TooManyRequests):
+    """The controller is too busy for this now; the caller may retry after `retry_after_s`."""
+
+    status = 503
+    title = "Service unavailable"
+    slug = "unavailable"

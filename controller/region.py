@@ -14,6 +14,7 @@ from agent.protocol import StorageSettings
 from controller.config import ControllerConfig
 from controller.pki import RegionCA
 from controller.services.heartbeats import HeartbeatBook
+from controller.services.login import HashSlots
 from controller.services.pace import RegionPace
 
 
@@ -80,3 +81,4 @@ class Region:
     pace: RegionPace  # from the settings: the region's size sets the agents' pace
     origin: str  # this process in change notices to other processes (controller.notices)
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)
+    login_slots: HashSlots = field(default_factory=lambda: HashSlots(2, 5.0))

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from controller.errors import ServiceError
+from controller.errors import ServiceError, TooManyRequests
 
 PROBLEM_BASE = "https://vauban.dev/problems/"
 
@@ -62,7 +62,10 @@ def _message(kind: str, msg: str) -> str:
 def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(err: ServiceError) -> Response:
-        return problem(err.status, err.title, err.detail, err.slug, **err.extra)
+        answer = problem(err.status, err.title, err.detail, err.slug, **err.extra)
+        if isinstance(err, TooManyRequests):
+            answer.headers["Retry-After"] = str(err.retry_after_s)
+        return answer
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:

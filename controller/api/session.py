@@ -14,8 +14,7 @@ from controller.api.agent import protocol_refusal
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor, openapi_document
 from controller.db.models import Image, Instance, JoinToken, Node, Operation
-from controller.services import audit
-from controller.services import auth as auth_service
+from controller.services import audit, login
 from controller.services import nodes as node_service
 
 api = ApiBlueprint("region", "/api/v1", "region")
@@ -24,17 +23,12 @@ api = ApiBlueprint("region", "/api/v1", "region")
 @api.route("POST", "/tokens", summary="Log in: get a bearer token", auth="public",
            body=schemas.TokenCreate, responses={201: schemas.Token})
 def create_token(body: schemas.TokenCreate) -> Any:
-    session = db()
-    try:
-        token, row = auth_service.issue_token(
-            session, body.username, body.password, timedelta(seconds=body.ttl_seconds)
-        )
-    except Exception:
-        session.rollback()
-        audit.record_now(region().sessions, body.username, "session.login", "tokens", "refused")
-        raise
-    audit.record(session, body.username, "session.login", "tokens")
-    session.commit()
+    the_region = region()
+    token, row = login.log_in(
+        the_region.reads, the_region.sessions, the_region.config.login_limits(),
+        the_region.login_slots, body.username, body.password,
+        request.remote_addr or "unknown", timedelta(seconds=body.ttl_seconds),
+        datetime.now(UTC))
     return schemas.Token(token=token, expires_at=row.expires_at, username=body.username), 201
 
 

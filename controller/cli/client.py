@@ -45,6 +45,7 @@ class Settings:
     def save(self) -> None:
         CONFIG_FILE.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(CONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file made earlier with a wider mode holds the token too
         with os.fdopen(fd, "w") as f:
             json.dump({"url": self.url, "token": self.token, "ca_file": self.ca_file}, f)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import os
 import sys
@@ -20,8 +21,12 @@ Command = Callable[[Client, argparse.Namespace], int]
 
 
 def cmd_login(_c: Client, a: argparse.Namespace) -> int:
-    password = Path(a.password_file).read_text().strip() if a.password_file \
-        else sys.stdin.readline().strip()
+    if a.password_file:
+        password = Path(a.password_file).read_text().strip()
+    elif sys.stdin.isatty():  # a person at a terminal: ask, without echoing what is typed
+        password = getpass.getpass(f"password for {a.user} at {a.url}: ")
+    else:
+        password = sys.stdin.readline().strip()
     settings = Settings(url=a.url, token=None, ca_file=os.path.abspath(a.ca_file)
                         if a.ca_file else None)
     reply = Client(settings).post("/tokens", {"username": a.user, "password": password})
@@ -478,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg = add(sub, "login", cmd_login, "log in and save a token")
     lg.add_argument("--url", default="https://127.0.0.1:8443")
     lg.add_argument("--user", default="admin")
-    lg.add_argument("--password-file", help="file holding the password (default: read stdin)")
+    lg.add_argument("--password-file", help="file holding the password (default: asked "
+                    "without echo on a terminal, else read from stdin)")
     lg.add_argument("--ca-file", help="region CA certificate to verify the controller")
     add(sub, "status", cmd_status, "the region at a glance", json_=True)
 

@@ -366,6 +366,18 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class LoginThrottle(Base):
+    """Failed logins counted under one key ("user:<name>" or "source:<address>"), whether
+    or not the user exists, and until when logins under it are refused."""
+
+    __tablename__ = "login_throttles"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column()
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class AuditEvent(Base):
     """One mutating action: who did what to which object, and how it ended."""
 

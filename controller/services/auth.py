@@ -1,12 +1,11 @@
-"""Users, passwords and bearer tokens (roles come later; every user is an administrator)."""
+"""Users and bearer tokens (roles come later; every user is an administrator)."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -14,33 +13,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import ApiToken, User, as_utc
 from controller.errors import Unauthorized
-from controller.offload import off_loop
-
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-# checked against when the user does not exist, so that the answer takes as long as for a
-# wrong password: the response time does not tell which user names exist (no password
-# hashes to this digest that anyone knows; it is random)
-_DUMMY_HASH = ("scrypt$5f0e2b9c61d84a7f3c2e1d0b9a887766"
-               "$9d4c1b7e2f3a5c6d8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d")
-
-
-def hash_password(password: str) -> str:
-    salt = os.urandom(16)
-    digest = off_loop(hashlib.scrypt, password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, salt_hex, digest_hex = stored.split("$")
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    # tens of milliseconds of CPU: on a thread, so other requests go on meanwhile
-    digest = off_loop(hashlib.scrypt, password.encode(), salt=bytes.fromhex(salt_hex),
-                      dklen=32, **_SCRYPT)
-    return hmac.compare_digest(digest.hex(), digest_hex)
+from controller.services import passwords
 
 
 def sha256_hex(secret: str) -> str:
@@ -59,24 +32,14 @@ def ensure_admin(db: Session, password_file: Path) -> bool:
     fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")
-    db.add(User(name="admin", password_hash=hash_password(password)))
+    db.add(User(name="admin", password_hash=passwords.hash_password(password)))
     return True
 
 
-def issue_token(db: Session, username: str, password: str, ttl: timedelta) -> tuple[str, ApiToken]:
-    """A new bearer token for valid credentials; Unauthorized if not.
-
-    An unknown user and a wrong password get the same answer after the same work (one
-    password hash), so neither the message nor the time tells which user names exist.
-    """
-    user = db.scalar(select(User).where(User.name == username))
-    stored = user.password_hash if user is not None else _DUMMY_HASH
-    if not verify_password(password, stored) or user is None:
-        raise Unauthorized("wrong user name or password")
+def new_token(db: Session, user_id: str, expires_at: datetime) -> tuple[str, ApiToken]:
+    """A new bearer token for the user (only its hash is stored); the secret is returned."""
     token = "vbt_" + secrets.token_urlsafe(32)
-    row = ApiToken(
-        user_id=user.id, token_sha256=sha256_hex(token), expires_at=datetime.now(UTC) + ttl
-    )
+    row = ApiToken(user_id=user_id, token_sha256=sha256_hex(token), expires_at=expires_at)
     db.add(row)
     return token, row
 

@@ -33,9 +33,9 @@ def test_more_connections_than_open_files_allow_are_cut_to_fit_with_a_warning() 
     lines = probe(hard=4096, wanted=31000)
     assert lines[-2:] == ["max_connections 3072", "soft limit 4096"]
     assert lines[0] == ("31000 connections are allowed per worker (VAUBAN_MAX_CONNECTIONS "
-                        "shared out among VAUBAN_WORKERS) but this process may open only 4096 files: at most 3072 connections are "
-                        "served at once; raise the limit on open files (LimitNOFILE) to "
-                        "serve more")
+                        "shared out among VAUBAN_WORKERS) but this process may open only "
+                        "4096 files: at most 3072 connections are served at once; raise the "
+                        "limit on open files (LimitNOFILE) to serve more")
 
 
 def test_connections_that_fit_are_kept_and_the_soft_limit_raised_for_them() -> None:

@@ -1,0 +1,74 @@
+"""`vauban login` at a terminal: the password is asked without echo, and the token is kept
+in a file only the user can read. Runs the real CLI on a pseudo-terminal against a real
+controller process (stopped by PID)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.region import BIN, E2ERegion
+
+
+@pytest.fixture
+def controller() -> Iterator[E2ERegion]:
+    region = E2ERegion.create()
+    try:
+        region.start_controller()
+        yield region
+    finally:
+        region.layout.service("controller").stop()
+        shutil.rmtree(region.root)
+
+
+def _read_until(fd: int, wanted: bytes, seen: bytearray) -> bool:
+    """Read the terminal into `seen` until `wanted` appears (True) or it closes (False)."""
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], 60)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the other side closed (EIO on Linux)
+            return False
+        if not chunk:
+            return False
+        seen += chunk
+    return True
+
+
+def test_login_at_a_terminal_asks_without_echo_and_keeps_the_token_private(
+        controller: E2ERegion) -> None:
+    config = controller.root / "cli.json"
+    config.write_text("{}")
+    config.chmod(0o644)  # made earlier, readable by others: the token must not stay so
+    password = controller.layout.password_file.read_text().strip()
+    env = {k: v for k, v in os.environ.items() if k not in ("VAUBAN_TOKEN", "VAUBAN_URL")}
+    env["VAUBAN_CONFIG"] = str(config)
+    main, terminal = pty.openpty()
+    cli = subprocess.Popen(
+        [str(BIN / "vauban"), "login", "--url", controller.layout.url, "--ca-file",
+         str(controller.layout.ca_file)], stdin=terminal, stdout=terminal, stderr=terminal,
+        env=env, start_new_session=True)
+    os.close(terminal)
+    seen = bytearray()
+    try:
+        assert _read_until(main, b"password for admin at", seen), seen.decode()
+        os.write(main, password.encode() + b"\n")
+        assert _read_until(main, b"logged in to", seen), seen.decode()
+        assert cli.wait(60) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        os.close(main)
+    assert password.encode() not in seen, "the password was echoed"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert config.read_text().count("vbt_") == 1
