@@ -17,6 +17,7 @@ from controller.api import (
     volumes,
 )
 from controller.api.context import install_session_teardown
+from controller.api.headers import install_security_headers
 from controller.api.problems import install_error_handlers
 from controller.region import Region
 
@@ -34,4 +35,5 @@ def create_app(region: Region) -> Flask:
         app.register_blueprint(bp.blueprint)
     install_error_handlers(app)
     install_session_teardown(app)
+    install_security_headers(app)
     return app
