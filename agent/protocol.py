@@ -11,9 +11,9 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 
@@ -76,10 +76,36 @@ def utc_time(t: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(utc_time)]
 
 
-class Wire(BaseModel):
-    """Base of every wire message: unknown fields are an error."""
+def refuse_nul(value: Any) -> Any:
+    """`value`, or ValueError if a string in it (keys included, at any depth of plain lists
+    and dicts) holds a NUL character: no name, path or text of Vauban has one, and
+    PostgreSQL cannot store one."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters (\\u0000)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_nul(key)
+            refuse_nul(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            refuse_nul(item)
+    return value
+
+
+class StrictInput(BaseModel):
+    """Base of whatever a peer sends: unknown fields and NUL characters are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return refuse_nul(value)
+
+
+class Wire(StrictInput):
+    """Base of every wire message: unknown fields are an error."""
 
 
 class PowerState(StrEnum):

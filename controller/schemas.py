@@ -6,16 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.protocol import GpuTelemetry, MigState, UtcDatetime
+from agent.protocol import GpuTelemetry, MigState, StrictInput, UtcDatetime
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 NAME_RULE = "1-63 characters: lowercase letters, digits and '-', not starting or ending with '-'"
 
 
-class Input(BaseModel):
-    """Base of client input: unknown fields are an error, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
+class Input(StrictInput):
+    """Base of client input: unknown fields and NUL characters are errors, never silently
+    ignored or left for the database to fail on."""
 
 
 class Output(BaseModel):

@@ -101,6 +101,9 @@ def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
                 return too_large
         kwargs: dict[str, Any] = dict(path_args)
         if spec.query is not None:
+            repeated = _repeated_query_parameters()
+            if repeated is not None:
+                return repeated
             try:
                 # query parameters are strings by nature: lax parsing turns "5" into 5
                 kwargs["query"] = spec.query.model_validate(request.args.to_dict())
@@ -129,6 +132,19 @@ def _refuse_oversize(limit: int) -> Response | None:
     if request.content_length is not None and request.content_length > limit:
         return too_large_problem(request.content_length, limit)
     return None
+
+
+def _repeated_query_parameters() -> Response | None:
+    """422 naming each query parameter given more than once: which one was meant is not
+    for the server to guess (every parameter of the API takes one value)."""
+    repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+    if not repeated:
+        return None
+    errors = [{"field": name, "message": "given more than once; give it once"}
+              for name in repeated]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return problem(422, "Invalid input", f"query parameter '{repeated[0]}' is given more than "
+                   f"once; give it once{more}", "invalid-input", errors=errors)
 
 
 def _json_body(model: type[BaseModel], limit: int | None) -> BaseModel | Response:

@@ -79,7 +79,7 @@ def normalize_fingerprint(text: str) -> str:
     value = text.strip().removeprefix("SHA256:")
     try:
         digest = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or a character outside ASCII
         raise HostKeyError("a host key fingerprint is 'SHA256:' and 43 base64 characters") from e
     if len(digest) != 32:
         raise HostKeyError("a host key fingerprint is 'SHA256:' and 43 base64 characters")

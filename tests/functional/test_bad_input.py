@@ -56,3 +56,34 @@ def test_agent_desired_query_is_validated(client: FlaskClient, region: Region) -
     r = client.post(f"/agent/v1/nodes/{node.id}/status", json={"vms": []},
                     environ_overrides=node.environ())
     assert r.status_code == 422 and "field required" in r.json["detail"]
+
+
+def test_a_query_parameter_given_twice_is_refused_by_name(client: FlaskClient,
+                                                          region: Region) -> None:
+    api = Api(client, region)
+    r = api.get("/api/v1/audit-events?actor=admin&actor=node&action=x&action=y")
+    assert r.status_code == 422
+    assert r.json["detail"] == ("query parameter 'action' is given more than once; give it "
+                                "once (and 1 more)")
+    assert [e["field"] for e in r.json["errors"]] == ["action", "actor"]
+    assert api.get("/api/v1/audit-events?actor=admin").status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("POST", "/api/v1/join-tokens", {"description": "rack\u00003"}, "description"),
+    ("GET", "/api/v1/audit-events?actor=ad%00min", None, "actor"),
+])
+def test_a_nul_character_is_refused_by_field_not_left_to_the_database(
+        client: FlaskClient, region: Region, method: str, path: str, body: Any,
+        field: str) -> None:
+    """PostgreSQL cannot store NUL: it used to fail the request with a 500."""
+    api = Api(client, region)
+    r = api.get(path) if method == "GET" else api.post(path, json=body)
+    assert r.status_code == 422, r.json
+    assert r.json["errors"][0]["field"] == field
+    assert "NUL" in r.json["errors"][0]["message"]
+
+
+def test_a_nul_character_in_a_login_is_refused_before_any_lookup(client: FlaskClient) -> None:
+    r = client.post("/api/v1/tokens", json={"username": "ad\u0000min", "password": "x"})
+    assert r.status_code == 422 and r.json["errors"][0]["field"] == "username"

@@ -79,7 +79,7 @@ def test_normalize_fingerprint_accepts_both_forms_and_refuses_others(tmp_path: P
     md5 = subprocess.run(["ssh-keygen", "-E", "md5", "-lf", str(tmp_path / "key-ed25519.pub")],
                          check=True, capture_output=True, text=True).stdout.split()[1]
     for bad in (md5, md5.removeprefix("MD5:"), bare[:-4], bare + "AAAA", "SHA256:", "",
-                "SHA256:" + "*" * 43, "sha256:" + bare):
+                "SHA256:" + "*" * 43, "sha256:" + bare, "SHA256:" + "\u6771" * 43):
         with pytest.raises(HostKeyError, match="'SHA256:' and 43 base64 characters"):
             normalize_fingerprint(bad)
 
