@@ -6,6 +6,7 @@ from flask import Flask
 
 from controller.api import (
     agent,
+    audit,
     fleet,
     gpus,
     images,
@@ -21,7 +22,7 @@ from controller.api.headers import install_security_headers
 from controller.api.problems import install_error_handlers
 from controller.region import Region
 
-BLUEPRINTS = [session.api, nodes.api, nodes.ops_api, nodes.audit_api, images.api, instances.api,
+BLUEPRINTS = [session.api, nodes.api, nodes.ops_api, audit.api, images.api, instances.api,
               volumes.api, networks.api, networks.ports_api,
               security_groups.api, gpus.api, agent.api, fleet.api]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from agent.protocol import GpuTelemetry, MigState, StrictInput, UtcDatetime
 
@@ -441,15 +441,51 @@ class AuditQuery(Input):
 
 
 class AuditEvent(Output):
-    """One mutating action: who did what to which object, and how it ended."""
+    """One entry of the audit trail: who, with which token, from where, did what to which
+    object in which project, and how it ended; `hash` chains it to the entry before."""
 
-    id: int
+    seq: int = Field(description="Its place in the chain: 1, 2, 3... without gaps")
     at: UtcDatetime
-    actor: str
-    action: str
-    target: str
-    outcome: str
+    actor: str = Field(examples=["admin", "node:n1", "controller"])
+    token_id: str | None = Field(description="Id of the API token used (never its secret)")
+    source: str | None = Field(description="Address the request came from",
+                               examples=["192.0.2.10"])
+    action: str = Field(examples=["instance.create"])
+    target: str = Field(examples=["instance/5d0c…"])
+    project: str | None = Field(description="Project acted in (none before projects exist)")
+    admin_in_project: bool | None = Field(
+        description="An administrator acted inside a customer's project")
+    outcome: str = Field(examples=["accepted", "succeeded", "refused", "failed"])
     detail: dict[str, Any]
+    prev_hash: str = Field(description="Hash of the entry before (64 zeros before entry 1)")
+    hash: str = Field(description="SHA-256 of prev_hash's bytes and the entry's canonical "
+                      "JSON (docs/audit.md)")
+
+
+class AuditExportQuery(Input):
+    since: AwareDatetime | None = Field(
+        default=None, description="First entry made at or after this time (ISO 8601 with a "
+        "zone); all entries when absent", examples=["2026-12-01T00:00:00Z"])
+
+
+class AuditFinding(Output):
+    """One break of the chain, at the entry where it shows."""
+
+    seq: int
+    kind: Literal["edited", "removed", "inserted-or-reordered", "out-of-order",
+                  "beyond-head", "head"]
+    message: str = Field(examples=["entry 12 was edited: its fields no longer give its hash"])
+
+
+class AuditVerification(Output):
+    """The whole chain checked entry by entry against its hashes and its head."""
+
+    ok: bool
+    entries: int = Field(description="Entries checked")
+    head_seq: int | None = Field(description="The chain head's entry (None if its row is gone)")
+    head_hash: str | None
+    breaks: int = Field(description="Breaks found; `findings` lists the first 50")
+    findings: list[AuditFinding]
 
 
 class AgentDesiredQuery(Input):

@@ -17,7 +17,8 @@ PEER_CERT_ENVIRON = "vauban.peer_cert"  # set by PeerCertMiddleware from the TLS
 
 
 def authenticate(kind: str) -> None:
-    """Set g.actor for the caller, or raise Unauthorized/Forbidden."""
+    """Set g.actor for the caller (and g.token_id for a user's API token), or raise
+    Unauthorized/Forbidden."""
     if kind == "public":
         return
     if kind == "user":
@@ -26,7 +27,8 @@ def authenticate(kind: str) -> None:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>' (vauban login)")
         with region().reads() as session:  # no write lock, even for a write request
-            g.actor = auth_service.user_for_token(session, token.strip()).name
+            row = auth_service.token_for_secret(session, token.strip())
+            g.actor, g.token_id = row.user.name, row.id
         return
     if kind == "node":
         node_id, serial = _peer_identity()

@@ -91,6 +91,7 @@ class ApiBlueprint:
 
 def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
     from controller.api import auth as api_auth
+    from controller.services import audit
 
     @functools.wraps(handler)
     def view(**path_args: Any) -> Response:
@@ -114,7 +115,10 @@ def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
             if isinstance(parsed, Response):
                 return parsed
             kwargs["body"] = parsed
-        result = handler(**kwargs)
+        # the entries the handler records say from where and with which token it was asked
+        with audit.acting(audit.AuditContext(source=request.remote_addr,
+                                             token_id=g.get("token_id"))):
+            result = handler(**kwargs)
         return _respond(result)
 
     return view

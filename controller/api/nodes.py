@@ -10,13 +10,12 @@ from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import node_view, operation_view
-from controller.db.models import AuditEvent, Node, Operation
+from controller.db.models import Node, Operation
 from controller.services import nodes as node_service
 from controller.services import operations, scheduler
 
 api = ApiBlueprint("nodes", "/api/v1/nodes", "nodes")
 ops_api = ApiBlueprint("operations", "/api/v1/operations", "operations")
-audit_api = ApiBlueprint("audit", "/api/v1/audit-events", "audit")
 
 
 @api.route("GET", "", summary="List nodes", responses={200: list[schemas.Node]})
@@ -62,14 +61,3 @@ def list_operations(query: schemas.OperationsQuery) -> Any:
 @ops_api.route("GET", "/<op_id>", summary="Show an operation", responses={200: schemas.Operation})
 def show_operation(op_id: str) -> Any:
     return operation_view(operations.get(db(), op_id))
-
-
-@audit_api.route("GET", "", summary="The audit trail, newest first", query=schemas.AuditQuery,
-                 responses={200: list[schemas.AuditEvent]})
-def list_audit_events(query: schemas.AuditQuery) -> Any:
-    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(query.limit)
-    if query.actor:
-        stmt = stmt.where(AuditEvent.actor == query.actor)
-    if query.action:
-        stmt = stmt.where(AuditEvent.action == query.action)
-    return [schemas.AuditEvent.model_validate(e) for e in db().scalars(stmt)]

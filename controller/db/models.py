@@ -379,17 +379,37 @@ class LoginThrottle(Base):
 
 
 class AuditEvent(Base):
-    """One mutating action: who did what to which object, and how it ended."""
+    """One entry of the audit trail: who (with which token, from which address) did what to
+    which object, and how it ended; chained to the entry before it by `prev_hash`.
+
+    Append-only: rows are written by controller.services.audit only, never updated or
+    deleted (triggers refuse both); `seq` numbers them 1, 2, 3... without gaps."""
 
     __tablename__ = "audit_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(index=True)
     actor: Mapped[str] = mapped_column(String(63))
+    token_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    source: Mapped[str | None] = mapped_column(String(64), default=None)
     action: Mapped[str] = mapped_column(String(63))
     target: Mapped[str] = mapped_column(String(255))
+    project: Mapped[str | None] = mapped_column(String(63), default=None)
+    admin_in_project: Mapped[bool | None] = mapped_column(Boolean, default=None)
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The audit chain's last entry, one row (id 1): appends lock it, so they take turns."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class FleetHost(Base):

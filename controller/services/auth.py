@@ -44,10 +44,15 @@ def new_token(db: Session, user_id: str, expires_at: datetime) -> tuple[str, Api
     return token, row
 
 
-def user_for_token(db: Session, token: str) -> User:
+def token_for_secret(db: Session, token: str) -> ApiToken:
+    """The unexpired API token row whose secret is `token`; Unauthorized if none."""
     row = db.scalar(select(ApiToken).where(ApiToken.token_sha256 == sha256_hex(token)))
     if row is None:
         raise Unauthorized("the bearer token is not valid")
     if as_utc(row.expires_at) <= datetime.now(UTC):
         raise Unauthorized("the bearer token has expired; log in again")
-    return row.user
+    return row
+
+
+def user_for_token(db: Session, token: str) -> User:
+    return token_for_secret(db, token).user

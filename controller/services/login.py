@@ -16,6 +16,8 @@ for the region, however many addresses the guesses come from.
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,7 +107,8 @@ def log_in(reads: sessionmaker[Session], sessions: sessionmaker[Session], limits
             lockout = timedelta(seconds=limits.lockout_s)
             count_failure(db, keys[0], limits.max_failures, lockout, now)
             count_failure(db, keys[1], limits.max_failures_per_source, lockout, now)
-            audit.record(db, username, "session.login", "tokens", "refused", source=source)
+            # one entry per attempt: the throttle bounds how many come
+            audit.record(db, username, "session.login", "tokens", "refused")
         else:
             db.execute(update(LoginThrottle).where(LoginThrottle.key == keys[0])
                        .values(failures=0))
@@ -113,7 +116,10 @@ def log_in(reads: sessionmaker[Session], sessions: sessionmaker[Session], limits
                 db.execute(update(User).where(User.id == user.id)
                            .values(password_hash=rehashed))
             token, row = new_token(db, user.id, now + ttl)
-            audit.record(db, username, "session.login", "tokens", source=source)
+            db.flush()  # the new token's id, which the entry names as the one it used
+            with audit.acting(dataclasses.replace(audit.current(), token_id=row.id)):
+                audit.record(db, username, "session.login", f"token/{row.id}", "succeeded",
+                             ttl_seconds=int(ttl.total_seconds()))
     if not valid or user is None:
         raise Unauthorized("wrong user name or password")
     return token, row

@@ -119,7 +119,7 @@ def refusal_of_unknown(db: Session, node_id: str) -> Forbidden | NodeRemoved:
     never had it."""
     removed = db.scalar(select(AuditEvent).where(AuditEvent.action == "node.remove",
                                                  AuditEvent.target == f"node/{node_id}")
-                        .order_by(AuditEvent.id.desc()).limit(1))
+                        .order_by(AuditEvent.seq.desc()).limit(1))
     if removed is None:
         return Forbidden("this client certificate does not belong to a node of the region")
     name = removed.detail.get("name", node_id)
