@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -77,6 +77,24 @@ class Client:
         if not r.headers.get("Content-Type", "").startswith("application/json"):
             return r.text
         return r.json()
+
+    def lines(self, path: str, params: dict[str, Any] | None = None) -> Iterator[str]:
+        """GET `path` and yield its body line by line as it arrives (JSON lines), each
+        with its newline; ApiError if the API refused the request."""
+        url = self.settings.url.rstrip("/") + "/api/v1" + path
+        try:
+            with self.http.get(url, params=params, stream=True, timeout=60,
+                               verify=self.verify) as r:
+                if r.status_code >= 400:
+                    try:
+                        problem = r.json()
+                    except ValueError:
+                        raise ApiError(r.status_code, f"{r.status_code} {r.reason}") from None
+                    raise ApiError(r.status_code, problem.get("detail", r.reason), problem)
+                for line in r.iter_lines(decode_unicode=False):
+                    yield line.decode() + "\n"
+        except requests.RequestException as e:
+            raise ApiError(0, f"reading {path} from {self.settings.url} failed: {e}") from e
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from controller.cli.audit import audit_commands
 from controller.cli.client import ApiError, Client, Settings
 from controller.cli.failures import print_failures
 from controller.cli.fleet import fleet_commands
@@ -273,17 +274,6 @@ def cmd_join_token_create(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_list(c: Client, a: argparse.Namespace) -> int:
-    params = {k: v for k, v in (("actor", a.actor), ("action", a.action), ("limit", a.limit)) if v}
-    rows = c.get("/audit-events", params=params)
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("TIME", "at"), ("ACTOR", "actor"), ("ACTION", "action"),
-                       ("TARGET", "target"), ("OUTCOME", "outcome")])
-    return 0
-
-
 def cmd_operation_show(c: Client, a: argparse.Namespace) -> int:
     print_json(c.get(f"/operations/{a.id}"))
     return 0
@@ -536,11 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     jc = add(jt, "create", cmd_join_token_create, "create a join token", json_=True)
     jc.add_argument("--description", default="")
     jc.add_argument("--ttl", type=int, default=3600, help="seconds")
-    au = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="cmd", required=True)
-    al = add(au, "list", cmd_audit_list, "list audit events, newest first", json_=True)
-    al.add_argument("--actor")
-    al.add_argument("--action", help="e.g. instance.create")
-    al.add_argument("--limit", type=int, default=50)
+    audit_commands(sub, add)
     op = sub.add_parser("operation", help="operations").add_subparsers(dest="cmd", required=True)
     add(op, "show", cmd_operation_show, "show an operation").add_argument("id")
     return p

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event, insert, select, update
@@ -173,7 +173,7 @@ def verify(db: Session) -> tuple[ChainVerifier, tuple[int, str] | None]:
         try:
             read_head = head(db)
         except LookupError as e:
-            verifier._note(0, "head", str(e))
+            verifier.note(0, "head", str(e))
             return verifier, None
         if read_head[0] <= verifier.last_seq:
             break
@@ -183,7 +183,8 @@ def verify(db: Session) -> tuple[ChainVerifier, tuple[int, str] | None]:
 
 def first_since(db: Session, since: datetime) -> int | None:
     """The sequence number of the first entry made at or after `since`, None if none."""
-    found = db.scalar(select(AuditEvent.seq).where(AuditEvent.at >= since)
+    # in UTC: SQLite compares the stored text, which is UTC and carries no zone
+    found = db.scalar(select(AuditEvent.seq).where(AuditEvent.at >= since.astimezone(UTC))
                       .order_by(AuditEvent.seq).limit(1))
     return None if found is None else int(found)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -100,7 +100,8 @@ class ChainVerifier:
         self.last_seq = self.start_seq
         self.last_hash = self.start_hash
 
-    def _note(self, seq: int, kind: str, message: str) -> None:
+    def note(self, seq: int, kind: str, message: str) -> None:
+        """Count a break; keep its finding while fewer than MAX_FINDINGS are kept."""
         self.breaks += 1
         if len(self.findings) < MAX_FINDINGS:
             self.findings.append(Finding(seq, kind, message))
@@ -111,23 +112,23 @@ class ChainVerifier:
         self.count += 1
         gap = False
         if seq <= self.last_seq:
-            self._note(seq, "out-of-order", f"entry {seq} comes after entry {self.last_seq}: "
+            self.note(seq, "out-of-order", f"entry {seq} comes after entry {self.last_seq}: "
                        "entries were reordered or repeated")
         elif seq > self.last_seq + 1:
             gap = True
             missing = (f"entry {self.last_seq + 1} is" if seq == self.last_seq + 2
                        else f"entries {self.last_seq + 1} to {seq - 1} are")
-            self._note(self.last_seq + 1, "removed", f"{missing} missing (removed)")
+            self.note(self.last_seq + 1, "removed", f"{missing} missing (removed)")
         try:
             own = chain_hash(str(entry["prev_hash"]), entry)
         except (KeyError, TypeError, ValueError) as e:
-            self._note(seq, "edited", f"entry {seq} cannot be hashed ({e}): edited")
+            self.note(seq, "edited", f"entry {seq} cannot be hashed ({e}): edited")
             own = None
         if own is not None and own != entry["hash"]:
-            self._note(seq, "edited", f"entry {seq} was edited: its fields no longer give "
+            self.note(seq, "edited", f"entry {seq} was edited: its fields no longer give "
                        "its hash")
         if not gap and seq > self.last_seq and entry["prev_hash"] != self.last_hash:
-            self._note(seq, "inserted-or-reordered",
+            self.note(seq, "inserted-or-reordered",
                        f"entry {seq} does not follow entry {seq - 1} (its previous hash is "
                        f"not that entry's hash): an entry was inserted or entries reordered")
         self.last_seq = max(self.last_seq, seq)
@@ -138,17 +139,58 @@ class ChainVerifier:
         if head_seq > self.last_seq:
             missing = (f"entry {head_seq} is" if head_seq == self.last_seq + 1
                        else f"entries {self.last_seq + 1} to {head_seq} are")
-            self._note(self.last_seq + 1, "removed",
+            self.note(self.last_seq + 1, "removed",
                        f"{missing} missing at the end (removed; the chain's head is "
                        f"entry {head_seq})")
         elif head_seq < self.last_seq:
-            self._note(head_seq + 1, "beyond-head",
+            self.note(head_seq + 1, "beyond-head",
                        f"entries {head_seq + 1} to {self.last_seq} lie beyond the chain's "
                        f"head (entry {head_seq}): inserted")
         elif head_hash != self.last_hash:
-            self._note(head_seq, "head", f"entry {head_seq}'s hash is not the chain head's: "
+            self.note(head_seq, "head", f"entry {head_seq}'s hash is not the chain head's: "
                        "the entry or the head was changed")
 
     @property
     def ok(self) -> bool:
         return self.breaks == 0
+
+
+def verify_export(lines: Iterable[str]) -> tuple[ChainVerifier, Mapping[str, Any] | None]:
+    """Verify an export on its own: its entries from its anchor line to its head line.
+
+    Returns the verifier and the head line (None if the export has none: cut short, a
+    break too). ValueError, naming the line, if the text is not an export at all."""
+    verifier: ChainVerifier | None = None
+    head: Mapping[str, Any] | None = None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"line {number} is not JSON: {e}") from e
+        kind = record.get("type") if isinstance(record, dict) else None
+        if verifier is None:
+            if kind != "anchor" or record.get("format") != FORMAT:
+                raise ValueError(f"line {number} is not the anchor line of a {FORMAT} export")
+            verifier = ChainVerifier(start_seq=int(record["seq"]), start_hash=record["hash"])
+        elif head is not None:
+            raise ValueError(f"line {number} comes after the head line")
+        elif kind == "entry":
+            try:
+                verifier.feed(record)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"line {number} is an entry without a valid {e}") from e
+        elif kind == "head":
+            head = record
+        else:
+            raise ValueError(f"line {number} is neither an entry nor the head line")
+    if verifier is None:
+        raise ValueError("the export is empty")
+    if head is None:
+        verifier.note(verifier.last_seq + 1, "removed",
+                      f"the export ends after entry {verifier.last_seq} without its head "
+                      "line: it was cut short")
+    else:
+        verifier.finish(int(head["seq"]), str(head["hash"]))
+    return verifier, head
