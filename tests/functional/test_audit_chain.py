@@ -163,8 +163,8 @@ def test_verify_names_inserted_entries(api: Api, region: Region) -> None:
     chain = _chain(region)
     # a forger who knows the format: a well-hashed entry after the head, head left alone
     forged = {"seq": chain[-1].seq + 1, "at": datetime.now(UTC), "actor": "mallory",
-              "token_id": None, "source": None, "action": "test.poke", "target": "thing/x", "project": None,
-              "admin_in_project": None, "outcome": "accepted", "detail": {},
+              "token_id": None, "source": None, "action": "test.poke", "target": "thing/x",
+              "project": None, "admin_in_project": None, "outcome": "accepted", "detail": {},
               "prev_hash": chain[-1].hash}
     forged["hash"] = chain_hash(chain[-1].hash, forged)
     with region.engine.begin() as conn:
