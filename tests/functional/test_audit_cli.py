@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import pytest
