@@ -466,6 +466,15 @@ class AuditExportQuery(Input):
     since: AwareDatetime | None = Field(
         default=None, description="First entry made at or after this time (ISO 8601 with a "
         "zone); all entries when absent", examples=["2026-12-01T00:00:00Z"])
+    after: int | None = Field(
+        default=None, ge=0, description="Entries after this sequence number: the head of the "
+        "previous export, so that consecutive exports link up", examples=[97])
+
+    @model_validator(mode="after")
+    def _one_start(self) -> AuditExportQuery:
+        if self.since is not None and self.after is not None:
+            raise ValueError("give 'since' or 'after', not both")
+        return self
 
 
 class AuditFinding(Output):

@@ -58,7 +58,9 @@ def export_audit_trail(query: schemas.AuditExportQuery) -> Any:
         except LookupError as e:
             raise Conflict(f"{e}: the trail was tampered with (vauban audit verify)") from e
         start = 1
-        if query.since is not None:
+        if query.after is not None:
+            start = min(query.after, head[0]) + 1
+        elif query.since is not None:
             found = audit.first_since(session, query.since)
             # nothing since then, up to the head: an export of no entries, head to head
             start = head[0] + 1 if found is None else min(found, head[0] + 1)

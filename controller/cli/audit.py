@@ -88,7 +88,11 @@ def since_arg(text: str) -> datetime:
 
 def cmd_audit_export(c: Client, a: argparse.Namespace) -> int:
     """Write the export, as JSON lines, to --output (whole or not at all) or stdout."""
-    params = {"since": a.since.isoformat()} if a.since else None
+    params: dict[str, Any] = {}
+    if a.since:
+        params["since"] = a.since.isoformat()
+    if a.after is not None:
+        params["after"] = a.after
     lines = c.lines("/audit-events/export", params=params)
     if not a.output or a.output == "-":
         sys.stdout.writelines(lines)
@@ -120,7 +124,10 @@ def audit_commands(sub: Any, add: Callable[..., Any]) -> None:
     av.add_argument("--file", help="verify this export on its own instead (offline)")
     ae = add(au, "export", cmd_audit_export, "the trail as JSON lines for a SIEM, anchored "
              "so that `vauban audit verify --file` checks it")
-    ae.add_argument("--since", type=since_arg, metavar="ISO8601",
-                    help="entries made at or after this time (no zone: UTC)")
+    start = ae.add_mutually_exclusive_group()
+    start.add_argument("--since", type=since_arg, metavar="ISO8601",
+                       help="entries made at or after this time (no zone: UTC)")
+    start.add_argument("--after", type=int, metavar="SEQ",
+                       help="entries after this one: the previous export's head")
     ae.add_argument("--output", help="write here (default: stdout)")
 

@@ -53,6 +53,3 @@ def token_for_secret(db: Session, token: str) -> ApiToken:
         raise Unauthorized("the bearer token has expired; log in again")
     return row
 
-
-def user_for_token(db: Session, token: str) -> User:
-    return token_for_secret(db, token).user

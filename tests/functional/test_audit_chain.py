@@ -222,10 +222,24 @@ def test_an_export_since_a_time_verifies_on_its_own(api: Api, region: Region) ->
     assert verifier.ok and verifier.count == 0 and head is not None and head["seq"] == 5
 
 
-def test_an_export_needs_a_time_with_a_zone(api: Api) -> None:
+def test_consecutive_exports_link_up(api: Api, region: Region) -> None:
+    first = api.get("/api/v1/audit-events/export").get_data(as_text=True).splitlines()
+    _, head = verify_export(first)
+    assert head is not None
+    _record(region, 2)
+    r = api.get("/api/v1/audit-events/export", query_string={"after": head["seq"]})
+    verifier, _ = verify_export(r.get_data(as_text=True).splitlines())
+    assert verifier.ok and verifier.count == 2
+    assert (verifier.start_seq, verifier.start_hash) == (head["seq"], head["hash"])
+
+
+def test_an_export_needs_a_time_with_a_zone_and_one_start(api: Api) -> None:
     r = api.get("/api/v1/audit-events/export", query_string={"since": "2026-12-01T00:00:00"})
     assert r.status_code == 422 and r.mimetype == "application/problem+json"
     assert "since" in r.json["detail"]  # type: ignore[index]
+    r = api.get("/api/v1/audit-events/export",
+                query_string={"since": "2026-12-01T00:00:00Z", "after": "3"})
+    assert r.status_code == 422 and "not both" in r.json["detail"]  # type: ignore[index]
 
 
 def test_the_migration_chains_the_entries_it_finds(region: Region) -> None:
