@@ -161,9 +161,11 @@ def fail_orphans(db: Session) -> list[str]:
 
 
 def finish(db: Session, job: RolloutJob, state: str, error: str | None = None) -> None:
-    """End the job and its operation; hosts not reached are 'not run'."""
+    """End the job and its operation, and audit its end; hosts not reached are 'not run'."""
     now = datetime.now(UTC)
     job.state, job.error, job.finished_at = state, error, now
+    audit.record(db, job.requested_by, "rollout.run", f"rollout/{job.id}",
+                 "succeeded" if state == "succeeded" else "failed", error=error)
     for host in job.hosts:
         if host.state in ("pending", "running"):
             host.state = "not run" if host.state == "pending" else "failed"

@@ -93,7 +93,7 @@ def record_now(sessions: Any, actor: str, action: str, target: str, outcome: str
 
 def _chain_pending(session: Session) -> None:
     """Before the outermost commit: chain the transaction's entries onto the head."""
-    if session.in_nested_transaction() or not session.info.get(_PENDING):
+    if not session.info.get(_PENDING) or session.in_nested_transaction():
         return
     pending: list[dict[str, Any]] = session.info.pop(_PENDING)
     # the action's own rows first: their locks are taken before the chain's, never after,

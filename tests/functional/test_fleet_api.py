@@ -222,6 +222,9 @@ def test_rollout_accepted(api: Api, region: Region, tmp_path: Path,
     assert first["state"] == "failed"  # type: ignore[index]
     assert first["error"] == "the rollout's worker (PID 424242) ended without finishing"  # type: ignore[index]
     assert [h["state"] for h in first["hosts"]] == ["not run", "not run"]  # type: ignore[index]
+    # the end of a rollout is audited like its start
+    assert [(e["target"], e["outcome"]) for e in _audit(api, "rollout.run")][1:] == [
+        (f"rollout/{job['id']}", "failed"), (f"rollout/{job['id']}", "accepted")]
 
 
 def test_unknown_rollout_is_a_404_problem(api: Api) -> None:

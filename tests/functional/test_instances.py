@@ -118,7 +118,7 @@ def test_stop_start_and_delete(api: Api, region: Region) -> None:
     assert api.get(f"/api/v1/operations/{delete.json['id']}").json["state"] == "succeeded"
     assert api.get("/api/v1/instances/web-1").status_code == 404
     with region.sessions() as db:
-        actions = [e.action for e in db.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+        actions = [e.action for e in db.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
     assert actions[-4:] == ["instance.stop", "instance.start", "instance.delete",
                             "instance.delete"]
 

@@ -65,7 +65,7 @@ def _refused(r: TestResponse, status: int, *words: str) -> None:
 
 def _actions(region: Region) -> list[str]:
     with region.sessions() as db:
-        return list(db.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+        return list(db.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
 
 
 def test_default_group_exists_from_start(api: Api) -> None:
