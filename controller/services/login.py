@@ -17,7 +17,6 @@ for the region, however many addresses the guesses come from.
 from __future__ import annotations
 
 import dataclasses
-
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -243,7 +243,7 @@ def test_an_export_needs_a_time_with_a_zone_and_one_start(api: Api) -> None:
 
 
 def test_the_migration_chains_the_entries_it_finds(region: Region) -> None:
-    """Down to 0013 (entries as they were), some more old-style entries, and up again."""
+    """Down to 0014 (entries as they were), some more old-style entries, and up again."""
     _record(region, 2)
 
     def migrate(step: Any, revision: str) -> None:
@@ -252,7 +252,7 @@ def test_the_migration_chains_the_entries_it_finds(region: Region) -> None:
             cfg.attributes["connection"] = conn
             step(cfg, revision)
 
-    migrate(command.downgrade, "0013")
+    migrate(command.downgrade, "0014")
     with region.engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO audit_events (at, actor, action, target, outcome, detail) VALUES "
