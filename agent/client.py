@@ -13,6 +13,8 @@ from agent.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
+    CertificateIssued,
+    CertificateRenewal,
     DesiredState,
     NodeStatus,
     StorageSettings,
@@ -90,12 +92,34 @@ class ControllerClient:
 
     def __init__(self, config: AgentConfig, identity: NodeIdentity) -> None:
         self.identity = identity
+        self.config = config
         self.base = identity.controller_url.rstrip("/") + "/agent/v1"
-        self.http = _PinnedSession(str(config.ca_path))
-        self.http.cert = (str(config.cert_path), str(config.key_path))
-        self.http.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        self.http = self._session()
         self.report_interval_s: float | None = None
         self.poll_wait_s: float | None = None
+
+    def _session(self) -> _PinnedSession:
+        http = _PinnedSession(str(self.config.ca_path))
+        http.cert = (str(self.config.cert_path), str(self.config.key_path))
+        http.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        return http
+
+    def reconnect(self) -> None:
+        """Use the key and certificate on disk from the next request on: the open
+        connections (made with the previous pair) are closed once their request ends."""
+        old, self.http = self.http, self._session()
+        old.close()
+
+    def renew_certificate(self, csr_pem: str) -> CertificateIssued:
+        """A new certificate for the CSR's key, asked for with the current certificate."""
+        try:
+            r = self.http.post(self._node_url("certificate"),
+                               data=CertificateRenewal(csr_pem=csr_pem).model_dump_json(),
+                               headers={"Content-Type": "application/json"}, timeout=30)
+        except requests.RequestException as e:
+            raise ControllerUnavailable(str(e)) from e
+        self._check(r)
+        return CertificateIssued.model_validate_json(r.content)
 
     def _node_url(self, suffix: str) -> str:
         return f"{self.base}/nodes/{self.identity.node_id}/{suffix}"

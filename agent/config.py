@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.protocol import RENEW_FRACTION
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -24,6 +26,8 @@ class AgentConfig:
     gpu: str = "auto"  # "auto": "nvidia" when the PCI bus shows an NVIDIA GPU, else "none"
     hardware_profile: str = "compute"  # the qualification profile the node is checked against
     hardware_refresh_s: float = 300.0  # disks, NICs and PCI change rarely; GPUs every report
+    # the node certificate is renewed once less than this part of its lifetime is left
+    cert_renew_fraction: float = RENEW_FRACTION
 
     @property
     def node_file(self) -> Path:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from agent import __version__, inventory
+from agent import __version__, certs, inventory
 from agent.client import ControllerClient, ControllerUnavailable, Refused
 from agent.config import AgentConfig, NodeIdentity
 from agent.drivers.gpu.base import GpuDriver
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 RECHECK_S = 10.0  # a pass runs at least this often, to catch changes made behind our back
 SWEEP_EVERY_S = 600.0  # storage leftovers of interrupted work are looked for this often
 SWEEP_ID = "temporary-imports"  # the object a failed sweep is reported under
+CERT_UNREADABLE_RETRY_S = 60.0
+CERT_CHECK_MAX_S = 3600.0  # the certificate's renewal time is looked at again at least this often
 
 
 class Agent:
@@ -91,6 +93,7 @@ class Agent:
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True),
             threading.Thread(target=self._report_loop, name="report", daemon=True),
             threading.Thread(target=self._sweep_loop, name="sweep", daemon=True),
+            threading.Thread(target=self._certificate_loop, name="certificate", daemon=True),
         ]
         self.storage_sampler.start()
         for t in threads:
@@ -178,6 +181,45 @@ class Agent:
                     ledger.succeeded("image", SWEEP_ID, "sweep")
                     done = period
             self.stopping.wait(RECHECK_S)
+
+    def _certificate_loop(self) -> None:
+        """Renew the node's certificate once less than `cert_renew_fraction` of its lifetime
+        is left; a failed renewal is retried by the agent's retry policy, each failure
+        logged, while the current certificate stays in use."""
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                cert = certs.load_certificate(self.config)
+            except (OSError, ValueError) as e:  # the agent's own file: say so, look again
+                log.error("the node certificate %s cannot be read: %s", self.config.cert_path,
+                          e)
+                self.stopping.wait(CERT_UNREADABLE_RETRY_S)
+                continue
+            wait = (certs.renewal_due(cert, self.config.cert_renew_fraction)
+                    - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                self.stopping.wait(min(wait, CERT_CHECK_MAX_S))
+                continue
+            try:
+                new = certs.renew(self.config, self.identity.node_id, self.client)
+            except Refused as e:
+                self._refused(e)
+                continue
+            except (ControllerUnavailable, certs.RenewalError, OSError) as e:
+                failures += 1
+                ends = cert.not_valid_after_utc
+                if ends <= datetime.now(UTC):
+                    log.error("the node certificate expired at %s and the controller refuses "
+                              "it (%s): remove this node (vauban node remove) and join this "
+                              "machine again with a new join token", ends.isoformat(), e)
+                else:
+                    log.warning("renewing the node certificate (valid until %s) failed: %s",
+                                ends.isoformat(), e)
+                self.stopping.wait(self._retry_delay(failures))
+                continue
+            failures = 0
+            log.info("renewed the node certificate: serial %x, valid until %s",
+                     new.serial_number, new.not_valid_after_utc.isoformat())
 
     def report_interval_s(self) -> float:
         """The controller's interval for this region's size, never under our own setting;

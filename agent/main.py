@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from agent import certs
 from agent.client import ControllerClient, Refused
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
@@ -74,6 +75,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               "'vauban-agent join' first", file=sys.stderr)
         return 1
     identity = NodeIdentity.load(config.node_file)
+    recovered = certs.recover(config)
+    if recovered:
+        log.warning("node certificate: %s", recovered)
     try:
         profile = load_profile(config.hardware_profile)
     except ProfileError as e:

@@ -59,6 +59,17 @@ def seconds_from_header(raw: str | None) -> float | None:
     return value if low <= value <= high else None
 
 
+RENEW_FRACTION = 1 / 3  # certificates are renewed once less than this part of them is left
+
+
+def renewal_due(not_before: datetime, not_after: datetime,
+                fraction: float = RENEW_FRACTION) -> datetime:
+    """When a certificate valid from `not_before` to `not_after` is renewed: once less
+    than `fraction` of its lifetime is left (the agent's node certificate and the
+    controller's server certificate alike)."""
+    return not_after - (not_after - not_before) * fraction
+
+
 def pace_from_headers(headers: Mapping[str, str]) -> tuple[float | None, float | None]:
     """(report interval, poll wait) an answer's headers name; None for one it does not
     name as a sane number of seconds."""
@@ -462,6 +473,21 @@ class JoinResponse(Wire):
     node_id: str
     certificate_pem: str
     ca_pem: str
+
+
+class CertificateRenewal(Wire):
+    """A node asks for a new client certificate, over mutual TLS with its current one: a
+    CSR for a new key whose common name is its node id."""
+
+    csr_pem: str = Field(min_length=1, max_length=16384)
+
+
+class CertificateIssued(Wire):
+    """The node's new certificate; the previous one is accepted until it first calls with
+    this one."""
+
+    certificate_pem: str
+    expires_at: UtcDatetime
 
 
 class NetworkKind(StrEnum):

@@ -5,6 +5,7 @@ write, read strictly. Flags given on the command line win over the file.
     heartbeat_s = 5.0
     gpu = "auto"
     hardware_profile = "compute"
+    cert_renew_fraction = 0.333  # renew the node certificate at a third of its life left
 
 An unknown key, a value of the wrong type (`heartbeat_s = "5"`) or out of range is
 refused with the key's name, so a typo never silently leaves a default in force.
@@ -41,6 +42,7 @@ class AgentSettingsFile(BaseModel):
     gpu: Literal["auto", "none", "nvidia"] | None = None
     hardware_profile: str | None = Field(None, min_length=1, max_length=200)
     hardware_refresh_s: float | None = Field(None, ge=10.0, le=86400.0)
+    cert_renew_fraction: float | None = Field(None, ge=0.05, le=0.9)
 
 
 def read_settings(path: Path) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def seed(config: ControllerConfig, nodes: int, vms_per_node: int, certs: Path) -
             csr = (x509.CertificateSigningRequestBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
                    .sign(key, hashes.SHA256()))
-            cert, serial = region.ca.sign_node_csr(
+            cert, serial, _ = region.ca.sign_node_csr(
                 csr.public_bytes(serialization.Encoding.PEM).decode(), node_id)
             (certs / f"{i}.pem").write_bytes(cert)
             db.add(Node(id=node_id, name=name, cert_serial=serial, cpus=64,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 from agent.protocol import StorageSettings
 from controller import storage_settings
@@ -19,6 +20,8 @@ from controller.services.login import HashSlots
 from controller.services.pace import RegionPace
 
 log = logging.getLogger(__name__)
+
+CA_WARN_BEFORE = timedelta(days=365)
 
 
 def open_region(config: ControllerConfig) -> Region:
@@ -49,7 +52,12 @@ def open_region(config: ControllerConfig) -> Region:
         before_commit=(lambda db, node_ids: announce(db, origin, node_ids))
         if engine.dialect.name == "postgresql" else None)
     ca = RegionCA(config.pki_dir)
-    ca.ensure(config.tls_names())
+    ca.ensure(config.tls_names(), timedelta(seconds=config.server_cert_lifetime_s))
+    ca_left = ca.ca_not_after() - datetime.now(UTC)
+    if ca_left < CA_WARN_BEFORE:
+        log.warning("the region CA expires in %d days (%s): nodes pin it, and no certificate "
+                    "it signs is valid beyond it; plan a new region CA", ca_left.days,
+                    ca.ca_not_after().isoformat())
     with sessions() as db, db.begin():
         if ensure_admin(db, config.admin_password_file):
             log.info("created user 'admin'; its password is in %s", config.admin_password_file)

@@ -9,6 +9,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.pki import CA_VALIDITY, LEAF_VALIDITY
+
+MIN_CERT_LIFETIME_S = 60  # renewed at a third left: below a minute, renewal would never rest
 
 @dataclass(frozen=True)
 class ClientLimits:
@@ -92,12 +95,23 @@ class ControllerConfig:
     login_max_failures_per_source: int = 20
     login_lockout_s: float = 900.0
     login_concurrency: int = 2  # password hashes at once in one worker
+    # lifetimes of the certificates the region CA signs; each is renewed once less than a
+    # third of it is left (nodes by their agent, the server by the controller)
+    node_cert_lifetime_s: int = int(LEAF_VALIDITY.total_seconds())
+    server_cert_lifetime_s: int = int(LEAF_VALIDITY.total_seconds())
 
     def __post_init__(self) -> None:
         for name in POSITIVE_SETTINGS:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, not {value}")
+        longest = int(CA_VALIDITY.total_seconds())
+        for name in ("node_cert_lifetime_s", "server_cert_lifetime_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and MIN_CERT_LIFETIME_S <= value <= longest):
+                raise ValueError(f"{name} must be a whole number of seconds from "
+                                 f"{MIN_CERT_LIFETIME_S} to {longest} (the CA's own "
+                                 f"validity), not {value}")
         if self.workers > 1 and not self.db_url.startswith("postgresql"):
             raise ValueError(f"workers is {self.workers}, but more than one worker needs "
                              "PostgreSQL (VAUBAN_DATABASE_URL): workers hear of each "
@@ -201,6 +215,8 @@ class ControllerConfig:
                 "login_lockout_s": ("VAUBAN_LOGIN_LOCKOUT", float),
                 "login_concurrency": ("VAUBAN_LOGIN_CONCURRENCY", int),
             }),
+            **_lifetime(env, "node_cert_lifetime_s", "VAUBAN_NODE_CERT"),
+            **_lifetime(env, "server_cert_lifetime_s", "VAUBAN_SERVER_CERT"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -219,4 +235,18 @@ def _numbers(env: Mapping[str, str], names: dict[str, tuple[str, Callable[[str],
             except ValueError:
                 kind = "a whole number" if convert is int else "a number"
                 raise ValueError(f"{var} must be {kind}, not {raw!r}") from None
+    return values
+
+
+def _lifetime(env: Mapping[str, str], field_name: str, prefix: str) -> dict[str, object]:
+    """A certificate lifetime in seconds from `<prefix>_DAYS` or, for tests and trials,
+    `<prefix>_SECONDS`; {} when neither is set. Both set, or a value that is not a whole
+    number, raises ValueError naming the variables (the range is checked by the config)."""
+    days, seconds = env.get(f"{prefix}_DAYS", ""), env.get(f"{prefix}_SECONDS", "")
+    if days and seconds:
+        raise ValueError(f"{prefix}_DAYS and {prefix}_SECONDS are both set; set one")
+    values = _numbers(env, {field_name: (f"{prefix}_DAYS" if days else f"{prefix}_SECONDS",
+                                         int)})
+    if days and field_name in values:
+        values[field_name] = int(values[field_name]) * 86400  # type: ignore[call-overload]
     return values

@@ -4,24 +4,41 @@ and every node's client certificate, which make agent<->controller traffic mutua
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.protocol import renewal_due
+
+# the CA is what nodes pin (its SHA-256): it outlives many generations of the certificates
+# it signs, which are renewed before they expire (see docs/architecture.md)
 CA_VALIDITY = timedelta(days=3650)
-LEAF_VALIDITY = timedelta(days=365)
+LEAF_VALIDITY = timedelta(days=90)  # default lifetime of node and server certificates
+MAX_BACKDATE = timedelta(minutes=5)  # leaves begin this much earlier: clocks disagree a little
 
 
 class CsrError(ValueError):
     """A certificate signing request that cannot be signed."""
+
+
+class Issued(NamedTuple):
+    """A certificate just signed: PEM, serial in lower-case hex, end of validity."""
+
+    pem: bytes
+    serial: str
+    not_after: datetime
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -29,6 +46,25 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def _replace_file(path: Path, data: bytes, private: bool) -> None:
+    """Replace `path` by a file holding `data` in one step (written beside it, fsynced,
+    renamed): a reader sees the old file or the new one, never a part of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def backdate(lifetime: timedelta) -> timedelta:
+    """How much earlier than now a certificate of `lifetime` begins: enough for clocks a
+    little behind, never so much that it would count for much of a short lifetime (its
+    renewal moment is a fraction of the whole)."""
+    return min(MAX_BACKDATE, lifetime / 10)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -71,20 +107,63 @@ class RegionCA:
     def server_key_path(self) -> Path:
         return self.directory / "server.key"
 
-    def ensure(self, server_names: list[str]) -> None:
+    @property
+    def lock_path(self) -> Path:
+        return self.directory / ".lock"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the directory's lock: controller processes starting or renewing together
+        make one CA and one server certificate, and never read a half-replaced pair."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def ensure(self, server_names: list[str],
+               server_lifetime: timedelta = LEAF_VALIDITY) -> None:
         """Create the CA and the server certificate if missing.
 
         After success both exist; existing ones are kept (so nodes stay trusted
-        across restarts) unless the server certificate lacks one of `server_names`.
+        across restarts) unless the server certificate lacks one of `server_names`
+        or is due for renewal (see `renew_server_if_due`).
         """
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.cert_path.exists():
-            self._create_ca()
-        if not self.server_cert_path.exists() or not self._server_covers(server_names):
-            self._issue_server(server_names)
+        with self._locked():
+            if not self.cert_path.exists():
+                self._create_ca()
+        self.renew_server_if_due(server_names, server_lifetime)
+
+    def renew_server_if_due(self, server_names: list[str], lifetime: timedelta,
+                            now: datetime | None = None) -> bool:
+        """Issue a new server certificate (new key, `lifetime`) when the one on disk is
+        missing, lacks one of `server_names`, or has less than a third of its life left
+        (agent.protocol.renewal_due). True when it did. Each file is replaced in one step,
+        key first, under the directory's lock, so that processes renew one at a time and a
+        changed certificate file always comes with its key. On failure the files on disk
+        are as they were, or the new pair."""
+        now = now or datetime.now(UTC)
+        with self._locked():
+            if self.server_cert_path.exists() and self.server_key_path.exists():
+                cert = x509.load_pem_x509_certificate(self.server_cert_path.read_bytes())
+                due = renewal_due(cert.not_valid_before_utc, cert.not_valid_after_utc)
+                if self._server_covers(server_names) and now < due:
+                    return False
+            self._issue_server(server_names, lifetime)
+            return True
+
 
     def cert_pem(self) -> bytes:
         return self.cert_path.read_bytes()
+
+    def server_not_after(self) -> datetime:
+        cert = x509.load_pem_x509_certificate(self.server_cert_path.read_bytes())
+        return cert.not_valid_after_utc
+
+    def ca_not_after(self) -> datetime:
+        return x509.load_pem_x509_certificate(self.cert_pem()).not_valid_after_utc
 
     def _load(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
@@ -131,7 +210,7 @@ class RegionCA:
         have |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
         return set(names) <= have
 
-    def _issue_server(self, names: list[str]) -> None:
+    def _issue_server(self, names: list[str], lifetime: timedelta) -> None:
         entries: list[x509.GeneralName] = []
         for n in dict.fromkeys(names):
             try:
@@ -144,39 +223,41 @@ class RegionCA:
             public_key=key.public_key(),
             usage=ExtendedKeyUsageOID.SERVER_AUTH,
             san=x509.SubjectAlternativeName(entries),
+            lifetime=lifetime,
         )
-        _write_private(self.server_key_path, key_pem(key))
-        self.server_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _replace_file(self.server_key_path, key_pem(key), private=True)
+        _replace_file(self.server_cert_path, cert.public_bytes(serialization.Encoding.PEM),
+                      private=False)
 
-    def sign_node_csr(self, csr_pem: str, node_id: str) -> tuple[bytes, str]:
-        """Sign a node's CSR as a client certificate whose CN is `node_id`.
+    def sign_node_csr(self, csr_pem: str, node_id: str, lifetime: timedelta = LEAF_VALIDITY,
+                      require_cn: bool = False) -> Issued:
+        """Sign a node's CSR as a client certificate whose CN is `node_id`, valid for
+        `lifetime` (never beyond the CA itself).
 
-        Returns (certificate PEM, serial as hex). Whatever subject the CSR asks
-        for, the CN is the controller's node id, so a node can only speak for itself.
-        Raises CsrError for a CSR that does not parse or whose signature is wrong.
+        Returns the certificate, its serial and end of validity. Whatever subject the CSR
+        asks for, the CN is the controller's node id, so a node can only speak for itself;
+        with `require_cn` (a renewal: the node knows its id) a CSR naming another subject is
+        refused. Raises CsrError, nothing signed, for a CSR that does not parse, whose
+        signature is wrong, whose key is weak or of another kind, or that asks to be a CA.
         """
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem.encode())
-        except ValueError as e:
-            raise CsrError(f"csr_pem is not a PEM certificate signing request: {e}") from e
-        if not csr.is_signature_valid:
-            raise CsrError("csr_pem: the request's signature does not match its public key")
+        csr = _load_csr(csr_pem)
+        if require_cn:
+            cns = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+            if cns != [node_id]:
+                raise CsrError(f"csr_pem: the request is for common name "
+                               f"{', '.join(map(str, cns)) or '(none)'}; this node's "
+                               f"certificate must be for its id {node_id}")
         public_key = csr.public_key()
-        acceptable = (
-            isinstance(public_key, ec.EllipticCurvePublicKey)
-            and public_key.curve.name in ("secp256r1", "secp384r1")
-        ) or (isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048)
-        if not acceptable or not isinstance(
-            public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-        ):
-            raise CsrError("csr_pem: the key must be EC P-256/P-384 or RSA of 2048 bits or more")
+        assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)  # checked
         cert = self._sign(
             subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]),
             public_key=public_key,
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
             san=None,
+            lifetime=lifetime,
         )
-        return cert.public_bytes(serialization.Encoding.PEM), format(cert.serial_number, "x")
+        return Issued(cert.public_bytes(serialization.Encoding.PEM),
+                      format(cert.serial_number, "x"), cert.not_valid_after_utc)
 
     def _sign(
         self,
@@ -185,6 +266,7 @@ class RegionCA:
         public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
         usage: x509.ObjectIdentifier,
         san: x509.SubjectAlternativeName | None,
+        lifetime: timedelta,
     ) -> x509.Certificate:
         ca_cert, ca_key = self._load()
         now = datetime.now(UTC)
@@ -194,8 +276,9 @@ class RegionCA:
             .issuer_name(ca_cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + LEAF_VALIDITY)
+            .not_valid_before(now - backdate(lifetime))
+            # a leaf never outlives the CA that vouches for it
+            .not_valid_after(min(now + lifetime, ca_cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
@@ -205,3 +288,30 @@ class RegionCA:
         if san is not None:
             builder = builder.add_extension(san, critical=False)
         return builder.sign(ca_key, hashes.SHA256())
+
+
+def _load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
+    """The CSR if it can be signed as a node's client certificate, else CsrError saying why."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+    except ValueError as e:
+        raise CsrError(f"csr_pem is not a PEM certificate signing request: {e}") from e
+    if not csr.is_signature_valid:
+        raise CsrError("csr_pem: the request's signature does not match its public key")
+    public_key = csr.public_key()
+    acceptable = (
+        isinstance(public_key, ec.EllipticCurvePublicKey)
+        and public_key.curve.name in ("secp256r1", "secp384r1")
+    ) or (isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048)
+    if not acceptable:
+        raise CsrError("csr_pem: the key must be EC P-256/P-384 or RSA of 2048 bits or more")
+    try:
+        constraints = csr.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    except ValueError as e:  # an extension that does not parse
+        raise CsrError(f"csr_pem: its extensions cannot be read: {e}") from e
+    if constraints is not None and constraints.ca:
+        raise CsrError("csr_pem: the request asks to be a certificate authority (CA:TRUE); "
+                       "a node's certificate is never one")
+    return csr

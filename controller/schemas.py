@@ -51,9 +51,14 @@ class JoinToken(Output):
 
     id: str
     description: str
+    state: Literal["unused", "used", "revoked", "expired"] = Field(
+        description="unused: can still join one node; used: joined `used_by_node_id`; "
+                    "revoked or expired: can join nothing")
     expires_at: UtcDatetime
     used_at: UtcDatetime | None
     used_by_node_id: str | None
+    revoked_at: UtcDatetime | None
+    created_by: str
     created_at: UtcDatetime
 
 
@@ -104,6 +109,10 @@ class Node(Output):
         default_factory=list, description="What its agent last reported failing, oldest first")
     labels: dict[str, str] = Field(default_factory=dict,
                                    description="An operator's key=value labels")
+    cert_serial: str = Field(description="Serial (hex) of its agent's current certificate")
+    cert_expires_at: UtcDatetime | None = Field(
+        description="When that certificate expires (its agent renews it well before); "
+                    "null for a node that has not renewed since this was recorded")
     created_at: UtcDatetime
 
 

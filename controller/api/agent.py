@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Response, request
+from flask import Response, g, request
 from sqlalchemy import select
 
 from agent.protocol import (
@@ -14,6 +14,8 @@ from agent.protocol import (
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
     REPORT_INTERVAL_HEADER,
+    CertificateIssued,
+    CertificateRenewal,
     DesiredState,
     NodeStatus,
     StorageSettings,
@@ -121,6 +123,24 @@ def post_status(node_id: str, body: NodeStatus) -> Any:
         book.forget([node_id])
         raise
     return "", 204
+
+
+@api.route("POST", "/nodes/<node_id>/certificate", auth="node", body=CertificateRenewal,
+           summary="Renew the node's client certificate: a CSR for a new key, CN = node id",
+           responses={201: CertificateIssued})
+def renew_certificate(node_id: str, body: CertificateRenewal) -> Any:
+    require_node(node_id)
+    session = db()
+    node = session.get(Node, node_id)
+    if node is None:  # removed since its certificate was checked
+        raise node_service.refusal_of_unknown(session, node_id)
+    the_region = region()
+    issued = node_service.renew_certificate(
+        session, node, g.cert_serial, body.csr_pem, the_region.ca,
+        timedelta(seconds=the_region.config.node_cert_lifetime_s))
+    session.commit()
+    return CertificateIssued(certificate_pem=issued.pem.decode(),
+                             expires_at=issued.not_after), 201
 
 
 @api.route("GET", "/images/<image_id>/file", auth="node", summary="Download an image file",

@@ -36,10 +36,15 @@ def authenticate(kind: str) -> None:
             node = session.scalar(select(Node).where(Node.id == node_id))
             if node is None:
                 raise node_service.refusal_of_unknown(session, node_id)
-            if node.cert_serial != serial:
+            if serial not in (node.cert_serial, node.previous_cert_serial):
+                # renewed away from (and the new one used since), or never this node's
                 raise Forbidden("this client certificate does not belong to a node of the region")
-            g.node_id = node_id
+            g.node_id, g.cert_serial = node_id, serial
             g.actor = f"node:{node.name}"
+            adopted = serial == node.cert_serial and node.previous_cert_serial is not None
+        if adopted:  # its first call with the renewed certificate: the old one is refused now
+            with region().sessions() as session, session.begin():
+                node_service.adopt_current_certificate(session, node_id, serial)
         return
     raise AssertionError(f"unknown auth kind {kind}")
 

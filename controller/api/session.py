@@ -68,7 +68,15 @@ def status() -> Any:
            responses={200: list[schemas.JoinToken]})
 def list_join_tokens() -> Any:
     rows = db().scalars(select(JoinToken).order_by(JoinToken.created_at))
-    return [schemas.JoinToken.model_validate(r) for r in rows]
+    return [join_token_view(r) for r in rows]
+
+
+def join_token_view(row: JoinToken) -> schemas.JoinToken:
+    return schemas.JoinToken(
+        id=row.id, description=row.description,
+        state=node_service.join_token_state(row, datetime.now(UTC)),  # type: ignore[arg-type]
+        expires_at=row.expires_at, used_at=row.used_at, used_by_node_id=row.used_by_node_id,
+        revoked_at=row.revoked_at, created_by=row.created_by, created_at=row.created_at)
 
 
 @api.route("POST", "/join-tokens", summary="Create a one-time join token for a new node",
@@ -79,17 +87,18 @@ def create_join_token(body: schemas.JoinTokenCreate) -> Any:
         session, actor(), body.description, body.ttl_seconds
     )
     session.commit()
-    base = schemas.JoinToken.model_validate(row).model_dump()
+    base = join_token_view(row).model_dump()
     return schemas.JoinTokenCreated(**base, token=secret, ca_sha256=region().ca_sha256), 201
 
 
-@api.route("DELETE", "/join-tokens/<token_id>", summary="Revoke a join token",
-           responses={204: None})
-def delete_join_token(token_id: str) -> Any:
+@api.route("DELETE", "/join-tokens/<token_id>",
+           summary="Revoke an unused join token (it stays listed, as revoked)",
+           responses={200: schemas.JoinToken})
+def revoke_join_token(token_id: str) -> Any:
     session = db()
-    node_service.delete_join_token(session, actor(), token_id)
+    row = node_service.revoke_join_token(session, actor(), token_id)
     session.commit()
-    return "", 204
+    return join_token_view(row)
 
 
 @api.blueprint.before_request
@@ -103,7 +112,8 @@ def _join_protocol() -> Response | None:
 def join(body: JoinRequest) -> Any:
     session = db()
     try:
-        response = node_service.join(session, body, region().ca)
+        response = node_service.join(session, body, region().ca, timedelta(
+            seconds=region().config.node_cert_lifetime_s))
         session.commit()
     except Exception as e:
         session.rollback()

@@ -34,6 +34,8 @@ def print_node(n: dict[str, Any]) -> None:
           f"{n['vcpus_used']}/{n['cpus']} vCPUs and {n['memory_mib_used']}/{n['memory_mib']} "
           "MiB used")
     print_failures(n.get("failures") or [], "failures reported by its agent")
+    print(f"certificate: serial {n['cert_serial']}, valid until "
+          f"{n.get('cert_expires_at') or 'unknown (not renewed yet)'}")
     hw = inv.get("hardware")
     if not hw:
         print("hardware: not reported yet")

@@ -274,6 +274,23 @@ def cmd_join_token_create(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_join_token_list(c: Client, a: argparse.Namespace) -> int:
+    rows = c.get("/join-tokens")
+    if a.json:
+        print_json(rows)
+        return 0
+    print_table(rows, [("ID", "id"), ("DESCRIPTION", "description"), ("STATE", "state"),
+                       ("CREATED", "created_at"), ("EXPIRES", "expires_at"),
+                       ("USED BY NODE", lambda r: r["used_by_node_id"] or "-")])
+    return 0
+
+
+def cmd_join_token_revoke(c: Client, a: argparse.Namespace) -> int:
+    t = c.delete(f"/join-tokens/{a.id}")
+    print(f"join token {t['id']} revoked: it can join no node")
+    return 0
+
+
 def cmd_operation_show(c: Client, a: argparse.Namespace) -> int:
     print_json(c.get(f"/operations/{a.id}"))
     return 0
@@ -526,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     jc = add(jt, "create", cmd_join_token_create, "create a join token", json_=True)
     jc.add_argument("--description", default="")
     jc.add_argument("--ttl", type=int, default=3600, help="seconds")
+    add(jt, "list", cmd_join_token_list, "list join tokens and whether each is unused, used, "
+        "revoked or expired (never the secret)", json_=True)
+    add(jt, "revoke", cmd_join_token_revoke, "make an unused join token unusable").add_argument(
+        "id")
     audit_commands(sub, add)
     op = sub.add_parser("operation", help="operations").add_subparsers(dest="cmd", required=True)
     add(op, "show", cmd_operation_show, "show an operation").add_argument("id")

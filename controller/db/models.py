@@ -47,6 +47,10 @@ class Node(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     cert_serial: Mapped[str] = mapped_column(String(64))
+    # the serial it renewed away from, still accepted until the agent first calls with the
+    # new one: an agent that crashed before saving its new certificate is not locked out
+    previous_cert_serial: Mapped[str | None] = mapped_column(String(64), default=None)
+    cert_expires_at: Mapped[datetime | None] = mapped_column(default=None)  # None: before 0015
     cpus: Mapped[int] = mapped_column(Integer, default=0)
     memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     kvm_usable: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -339,6 +343,7 @@ class JoinToken(Base):
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column(default=None)
     used_by_node_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     created_by: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

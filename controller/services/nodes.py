@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from agent.protocol import JoinRequest, JoinResponse
@@ -18,7 +18,7 @@ from controller.errors import (
     NotFound,
     Unauthorized,
 )
-from controller.pki import CsrError, RegionCA
+from controller.pki import LEAF_VALIDITY, CsrError, Issued, RegionCA
 from controller.services import audit
 from controller.services.auth import sha256_hex
 
@@ -46,39 +46,104 @@ def create_join_token(db: Session, actor: str, description: str,
     return secret, row
 
 
-def delete_join_token(db: Session, actor: str, token_id: str) -> None:
+def join_token_state(token: JoinToken, now: datetime) -> str:
+    """used, revoked, expired or unused: whether it can still join a node, and if not why."""
+    if token.used_at is not None:
+        return "used"
+    if token.revoked_at is not None:
+        return "revoked"
+    return "expired" if as_utc(token.expires_at) <= now else "unused"
+
+
+def revoke_join_token(db: Session, actor: str, token_id: str) -> JoinToken:
+    """Make an unspent join token unusable from now on; the record stays, listed as revoked.
+
+    NotFound for an unknown id; Conflict, nothing changed, for a token already used (it
+    joined its node; `vauban node remove` takes that node out). Revoking a revoked or
+    expired token changes nothing more and is not an error."""
     row = db.get(JoinToken, token_id)
     if row is None:
         raise NotFound(f"join token {token_id} does not exist")
-    db.delete(row)
-    audit.record(db, actor, "join-token.delete", f"join-token/{token_id}")
+    if row.used_at is not None:
+        raise Conflict(f"join token {token_id} was already used by node {row.used_by_node_id}; "
+                       "to take that node out of the region, remove the node",
+                       used_by_node_id=row.used_by_node_id)
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+        audit.record(db, actor, "join-token.revoke", f"join-token/{token_id}",
+                     description=row.description)
+    return row
 
 
-def join(db: Session, req: JoinRequest, ca: RegionCA) -> JoinResponse:
+def join(db: Session, req: JoinRequest, ca: RegionCA,
+         cert_lifetime: timedelta = LEAF_VALIDITY) -> JoinResponse:
     """Spend a join token: the new node gets an id and a certificate signed by the region CA.
 
-    On any refusal nothing changes and the token stays unspent.
+    On any refusal nothing changes and the token stays unspent. Two joins with one token at
+    once: the token is spent by one conditional update, so only one of them joins.
     """
     token = db.scalar(select(JoinToken).where(JoinToken.secret_sha256 == sha256_hex(req.token)))
     now = datetime.now(UTC)
-    if token is None or token.used_at is not None or as_utc(token.expires_at) <= now:
-        raise Unauthorized("the join token is unknown, already used or expired")
+    if token is None or join_token_state(token, now) != "unused":
+        raise Unauthorized("the join token is unknown, already used, revoked or expired")
     if db.scalar(select(Node).where(Node.name == req.name)) is not None:
         raise Conflict(f"a node named '{req.name}' is already in the region")
     node = Node(name=req.name, cert_serial="")
     db.add(node)
     db.flush()
     try:
-        cert_pem, serial = ca.sign_node_csr(req.csr_pem, node.id)
+        issued = ca.sign_node_csr(req.csr_pem, node.id, cert_lifetime)
     except CsrError as e:
         raise InvalidInput(str(e)) from e
-    node.cert_serial = serial
-    token.used_at = now
-    token.used_by_node_id = node.id
+    node.cert_serial, node.cert_expires_at = issued.serial, issued.not_after
+    spent: CursorResult[tuple[()]] = db.execute(  # type: ignore[assignment]
+        update(JoinToken).where(JoinToken.id == token.id, JoinToken.used_at.is_(None),
+                                JoinToken.revoked_at.is_(None))
+        .values(used_at=now, used_by_node_id=node.id).execution_options(
+            synchronize_session=False))
+    if spent.rowcount != 1:  # spent or revoked since it was read
+        raise Unauthorized("the join token is unknown, already used, revoked or expired")
     audit.record(db, f"join-token/{token.id}", "node.join", f"node/{node.id}", name=node.name)
     return JoinResponse(
-        node_id=node.id, certificate_pem=cert_pem.decode(), ca_pem=ca.cert_pem().decode()
+        node_id=node.id, certificate_pem=issued.pem.decode(), ca_pem=ca.cert_pem().decode()
     )
+
+
+def renew_certificate(db: Session, node: Node, serial_used: str, csr_pem: str, ca: RegionCA,
+                      lifetime: timedelta) -> Issued:
+    """Sign a new client certificate for `node` (the CSR must name the node id as its common
+    name) and make it the node's current one.
+
+    The certificate the call was made with (`serial_used`) stays accepted beside the new
+    one until the agent's first call with the new one (see `adopt_current_certificate`), so
+    an agent that crashes before it saved the new certificate goes on with its old one and
+    renews again. If the call was made with that kept certificate (the last renewal's
+    certificate was never used), it stays the one kept, and the unused one is refused.
+    InvalidInput (422) for a CSR that cannot be signed; nothing changes then.
+    """
+    try:
+        issued = ca.sign_node_csr(csr_pem, node.id, lifetime, require_cn=True)
+    except CsrError as e:
+        raise InvalidInput(str(e)) from e
+    kept = node.previous_cert_serial if serial_used == node.previous_cert_serial \
+        else node.cert_serial
+    audit.record(db, f"node:{node.name}", "node.certificate.renew", f"node/{node.id}",
+                 serial=issued.serial, previous_serial=kept,
+                 unused_serial=node.cert_serial if kept != node.cert_serial else None,
+                 expires_at=issued.not_after.isoformat())
+    node.previous_cert_serial = kept
+    node.cert_serial, node.cert_expires_at = issued.serial, issued.not_after
+    return issued
+
+
+def adopt_current_certificate(db: Session, node_id: str, serial: str) -> bool:
+    """The node called with its current certificate: the one it renewed away from is
+    refused from now on. True when one was still kept (done once per renewal)."""
+    result: CursorResult[tuple[()]] = db.execute(  # type: ignore[assignment]
+        update(Node).where(Node.id == node_id, Node.cert_serial == serial,
+                           Node.previous_cert_serial.is_not(None))
+        .values(previous_cert_serial=None).execution_options(synchronize_session=False))
+    return result.rowcount == 1
 
 
 def find(db: Session, ref: str) -> Node:

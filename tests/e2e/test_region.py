@@ -185,7 +185,7 @@ def test_agent_api_needs_a_node_certificate_from_the_region_ca(region: E2ERegion
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
            .sign(key, hashes.SHA256()))
-    pem, _serial = other.sign_node_csr(
+    pem, _serial, _ = other.sign_node_csr(
         csr.public_bytes(serialization.Encoding.PEM).decode(), node_id)
     (tmp_path / "impostor.pem").write_bytes(pem)
     (tmp_path / "impostor.key").write_bytes(key_pem(key))

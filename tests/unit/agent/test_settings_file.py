@@ -27,6 +27,12 @@ def test_the_file_sets_the_agent_and_flags_win(tmp_path: Path) -> None:
 def test_no_file_means_the_defaults(tmp_path: Path) -> None:
     config = agent_config(tmp_path / "absent.toml", {"data_dir": str(tmp_path)})
     assert (config.data_dir, config.heartbeat_s, config.gpu) == (tmp_path, 5.0, "auto")
+    assert config.cert_renew_fraction == 1 / 3
+
+
+def test_the_file_sets_when_the_node_certificate_is_renewed(tmp_path: Path) -> None:
+    path = write(tmp_path, "cert_renew_fraction = 0.5\n")
+    assert agent_config(path, {"data_dir": str(tmp_path)}).cert_renew_fraction == 0.5
 
 
 @pytest.mark.parametrize("text, says", [
@@ -35,6 +41,8 @@ def test_no_file_means_the_defaults(tmp_path: Path) -> None:
     ('heartbeat_s = 0.1\n', "heartbeat_s: Input should be greater than or equal to 1"),
     ('gpu = "amd"\n', "gpu: Input should be 'auto', 'none' or 'nvidia'"),
     ('data_dir = \n', "Invalid value"),
+    ('cert_renew_fraction = 0.95\n', "cert_renew_fraction: Input should be less than or equal "
+                                     "to 0.9"),
 ])
 def test_a_bad_file_is_refused_naming_the_key(tmp_path: Path, text: str, says: str) -> None:
     path = write(tmp_path, text)

@@ -57,3 +57,36 @@ def test_several_workers_need_postgresql_and_share_out_the_connection_limits(
     monkeypatch.setenv("VAUBAN_WORKERS", "0")
     with pytest.raises(ValueError, match="workers must be a positive number, not 0"):
         ControllerConfig.from_env(data_dir=tmp_path)
+
+
+def test_certificate_lifetimes_come_in_days_or_seconds(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    for var in ("NODE", "SERVER"):
+        for unit in ("DAYS", "SECONDS"):
+            monkeypatch.delenv(f"VAUBAN_{var}_CERT_{unit}", raising=False)
+    default = ControllerConfig.from_env(data_dir=tmp_path)
+    assert default.node_cert_lifetime_s == default.server_cert_lifetime_s == 90 * 86400
+    monkeypatch.setenv("VAUBAN_NODE_CERT_DAYS", "30")
+    monkeypatch.setenv("VAUBAN_SERVER_CERT_SECONDS", "60")
+    config = ControllerConfig.from_env(data_dir=tmp_path)
+    assert (config.node_cert_lifetime_s, config.server_cert_lifetime_s) == (30 * 86400, 60)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"VAUBAN_NODE_CERT_DAYS": "1", "VAUBAN_NODE_CERT_SECONDS": "60"},
+     "VAUBAN_NODE_CERT_DAYS and VAUBAN_NODE_CERT_SECONDS are both set; set one"),
+    ({"VAUBAN_NODE_CERT_DAYS": "1.5"}, "VAUBAN_NODE_CERT_DAYS must be a whole number, not '1.5'"),
+    ({"VAUBAN_SERVER_CERT_SECONDS": "59"},
+     "server_cert_lifetime_s must be a whole number of seconds from 60 to 315360000 (the CA's "
+     "own validity), not 59"),
+    ({"VAUBAN_NODE_CERT_DAYS": "3651"}, "node_cert_lifetime_s must be a whole number of "
+     "seconds from 60 to 315360000 (the CA's own validity), not 315446400"),
+    ({"VAUBAN_NODE_CERT_DAYS": "0"}, "node_cert_lifetime_s must be a whole number"),
+])
+def test_a_bad_certificate_lifetime_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              env: dict[str, str], message: str) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError) as e:
+        ControllerConfig.from_env(data_dir=tmp_path)
+    assert message in str(e.value)
