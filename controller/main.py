@@ -15,9 +15,12 @@ from controller.api.auth import PeerCertMiddleware
 from controller.app import create_app
 from controller.bootstrap import hear_other_processes, open_region
 from controller.config import ClientLimits, ControllerConfig
+from controller.pki import RegionCA
 from controller.services.housekeeping import Periodic, housekeeper
 from controller.serving import limits_within_open_files
 from controller.storage_settings import StorageConfigError
+
+log = logging.getLogger(__name__)
 
 
 class _Server(BaseApplication):
@@ -29,7 +32,17 @@ class _Server(BaseApplication):
         self.config = config
         self.options = options
         self.limits = limits
+        # how often each worker looks whether the server certificate is due for renewal
+        self.tls_check_s = min(300.0, max(1.0, config.server_cert_lifetime_s / 20))
         super().__init__()
+
+    def tls_upkeep(self) -> None:
+        """Renew the server certificate files when due (read by serving.BoundedGeventWorker)."""
+        ca = RegionCA(self.config.pki_dir)
+        if ca.renew_server_if_due(self.config.tls_names(),
+                                  timedelta(seconds=self.config.server_cert_lifetime_s)):
+            log.info("renewed the server certificate: valid until %s",
+                     ca.server_not_after().isoformat())
 
     def load_config(self) -> None:
         for key, value in self.options.items():

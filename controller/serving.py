@@ -17,6 +17,11 @@ holds tens of thousands. What a client may hold is bounded:
 - while a body is read or a response written, the peer may stay silent at most
   `idle_s` at a time; a body cut short that way is answered 408.
 
+The server certificate is renewed while the server runs: every worker calls the
+application's `tls_upkeep` (which renews the certificate files when due) every
+`tls_check_s`, and new connections get a TLS context built from the new files;
+connections already open keep theirs.
+
 The gevent worker monkey-patches the standard library in the worker process, so
 threads, locks and events used by the application (change notices, the
 housekeeper) become greenlets, and waiting on them blocks nothing else.
@@ -25,10 +30,12 @@ housekeeper) become greenlets, and waiting on them blocks nothing else.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -126,6 +133,35 @@ class SourceLedger:
             del self.open[source]
 
 
+class TlsContext:
+    """The server's TLS context, built again from its certificate files once they change.
+
+    `current` is the context new connections get. The files are compared by identity and
+    modification time: a renewal replaces each file by rename, key first, so a changed
+    certificate file comes with its key already in place.
+    """
+
+    def __init__(self, build: Callable[[], ssl.SSLContext], cert_file: str) -> None:
+        self._build, self._cert_file = build, cert_file
+        self._stamp = self._stamp_now()
+        self.current = build()
+
+    def _stamp_now(self) -> tuple[int, int, int]:
+        st = os.stat(self._cert_file)
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> bool:
+        """Build the context again if the files changed; True when it did. A pair that does
+        not load (ssl.SSLError, OSError) leaves the current context, and is tried again at
+        the next call."""
+        stamp = self._stamp_now()
+        if stamp == self._stamp:
+            return False
+        self.current = self._build()
+        self._stamp = stamp
+        return True
+
+
 class BoundedGeventWorker(GeventWorker):
     """gunicorn's gevent worker with the per-client bounds above.
 
@@ -138,19 +174,40 @@ class BoundedGeventWorker(GeventWorker):
 
     def run(self) -> None:
         limits: ClientLimits = getattr(self.app, "limits", ClientLimits())
-        context = ssl_context(self.cfg) if self.cfg.is_ssl else None
+        tls = TlsContext(partial(ssl_context, self.cfg), self.cfg.certfile) \
+            if self.cfg.is_ssl else None
         ledger = SourceLedger(limits.max_per_source)
         servers = []
         for listener in self.sockets:
             listener.setblocking(1)
-            handle = partial(self._serve_client, listener, context, limits, ledger)
+            handle = partial(self._serve_client, listener, tls, limits, ledger)
             server = StreamServer(listener, handle=handle, spawn=Pool(limits.max_connections))
             server.start()
             servers.append(server)
+        upkeep = getattr(self.app, "tls_upkeep", None)
+        keeper = gevent.spawn(self._keep_tls_fresh, tls, upkeep,
+                              float(getattr(self.app, "tls_check_s", 60.0))) \
+            if tls is not None and upkeep is not None else None
         while self.alive:
             self.notify()
             gevent.sleep(1.0)
+        if keeper is not None:
+            keeper.kill()
         self._drain(servers)
+
+    def _keep_tls_fresh(self, tls: TlsContext, upkeep: Callable[[], object],
+                        every_s: float) -> None:
+        """Every `every_s`: let the application renew the certificate when due, and give new
+        connections a context of the files on disk. A failure is logged and tried again."""
+        while self.alive:
+            gevent.sleep(every_s)
+            try:
+                upkeep()
+                if tls.refresh():
+                    log.info("new connections get the renewed server certificate")
+            except Exception:
+                log.exception("renewing or loading the server certificate failed; "
+                              "trying again in %.0fs", every_s)
 
     def _drain(self, servers: list[StreamServer]) -> None:
         """Stop accepting, let requests in flight end within the graceful timeout."""
@@ -165,12 +222,13 @@ class BoundedGeventWorker(GeventWorker):
         for server in servers:
             server.stop(timeout=1)
 
-    def _serve_client(self, listener: Any, context: ssl.SSLContext | None, limits: ClientLimits,
+    def _serve_client(self, listener: Any, tls: TlsContext | None, limits: ClientLimits,
                       ledger: SourceLedger, client: Any, addr: Any) -> None:
         source = str(addr[0]) if isinstance(addr, tuple) else "unix"
         if not ledger.admit(source):
             client.close()
             return
+        context = tls.current if tls is not None else None
         try:
             if context is not None:
                 client = self._handshake(client, context, limits.handshake_s)

@@ -14,6 +14,7 @@ import ssl
 import stat
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -298,11 +299,13 @@ def test_a_node_connection_outlives_the_keepalive_of_anonymous_ones(
 
 @pytest.fixture
 def on_postgres(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[E2ERegion]:
-    """A controller on PostgreSQL, of as many worker processes as the test's parameter."""
+    """A controller on PostgreSQL, of as many worker processes as the test's parameter (a
+    number, or a tuple of the number and more settings)."""
     _reset_postgres(postgres_url)
+    param = getattr(request, "param", 1)
+    workers, settings = param if isinstance(param, tuple) else (param, {})
     region = E2ERegion.create(controller_env={
-        "VAUBAN_DATABASE_URL": postgres_url,
-        "VAUBAN_WORKERS": str(getattr(request, "param", 1))})
+        "VAUBAN_DATABASE_URL": postgres_url, "VAUBAN_WORKERS": str(workers), **settings})
     try:
         region.start_controller()
         yield region
@@ -388,3 +391,46 @@ def test_a_change_made_in_one_worker_wakes_the_long_polls_of_every_worker(
         for t in pollers:
             t.join()
     assert generations == [start["generation"] + 1] * HALF_OPEN
+
+
+def _served_certificate(region: E2ERegion) -> x509.Certificate:
+    """The server certificate a new connection gets, verified against the region CA."""
+    context = ssl.create_default_context(cafile=str(region.layout.ca_file))
+    with socket.create_connection(("127.0.0.1", region.layout.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+@pytest.mark.parametrize("on_postgres", [(3, {"VAUBAN_SERVER_CERT_SECONDS": "60"})],
+                         indirect=True)
+def test_the_server_certificate_is_renewed_once_and_every_worker_serves_it(
+        on_postgres: E2ERegion) -> None:
+    """Several workers look at the certificate; one renews it (under the CA directory's
+    lock), and each gives new connections the renewed one, without a restart."""
+    region = on_postgres
+    pid = region.layout.service("controller").pid()
+    first = _served_certificate(region)
+    lifetime = first.not_valid_after_utc - first.not_valid_before_utc
+
+    def renewed_everywhere() -> bool:
+        # connections are spread over the workers: several in a row see them all
+        return all(_served_certificate(region).serial_number != first.serial_number
+                   for _ in range(12))
+    wait_for(renewed_everywhere, 600, "every worker to serve the renewed certificate",
+             interval=1.0)
+    server_pem = region.layout.controller_dir / "pki" / "server.pem"
+
+    def on_disk() -> int:
+        return int(x509.load_pem_x509_certificate(server_pem.read_bytes()).serial_number)
+
+    before = on_disk()
+    served = {_served_certificate(region).serial_number for _ in range(12)}
+    # every worker serves the one certificate on disk, none one of its own making (the
+    # next renewal may land meanwhile: then its successor)
+    assert served <= {before, on_disk()}
+    assert lifetime <= timedelta(seconds=66)
+    assert region.layout.service("controller").pid() == pid
+    assert requests.get(f"{region.layout.url}/api/v1/ca.pem", verify=str(region.layout.ca_file),
+                        timeout=10).ok
