@@ -74,6 +74,8 @@ class ControllerConfig:
     ceph_client: str = "vauban"
     ceph_pool: str = "vauban"  # images and VM root disks
     ceph_volume_pools: tuple[str, ...] = ()  # pools volumes may use; default: ceph_pool
+    # keyring of client.bootstrap-osd: nodes labelled ceph=osd make OSDs with it (rollout)
+    ceph_bootstrap_osd_keyring: Path | None = None
     max_image_bytes: int = 64 * 1024**3  # an upload declaring more is refused unread (413)
     # the controller's URL as nodes reach it (rollouts join nodes to it); default: the
     # address it listens on, unless that is a wildcard
@@ -188,6 +190,8 @@ class ControllerConfig:
             "ceph_pool": env.get("VAUBAN_CEPH_POOL", "vauban"),
             "ceph_volume_pools": tuple(
                 p for p in env.get("VAUBAN_CEPH_VOLUME_POOLS", "").split(",") if p),
+            "ceph_bootstrap_osd_keyring": Path(env["VAUBAN_CEPH_BOOTSTRAP_OSD_KEYRING"])
+            if env.get("VAUBAN_CEPH_BOOTSTRAP_OSD_KEYRING") else None,
             "advertise_url": env.get("VAUBAN_ADVERTISE_URL", ""),
             "releases_dir": Path(env["VAUBAN_RELEASES"]).resolve()
             if env.get("VAUBAN_RELEASES") else None,

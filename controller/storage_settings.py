@@ -39,6 +39,29 @@ def mon_host_from_conf(conf: Path) -> str:
     raise StorageConfigError(f"{conf} has no mon_host in its [global] section")
 
 
+def fsid_from_conf(conf: Path) -> str:
+    """`fsid` of the [global] section of a ceph.conf."""
+    parser = _ini(conf, "ceph.conf")
+    if not parser.has_option("global", "fsid"):
+        raise StorageConfigError(f"{conf} has no fsid in its [global] section")
+    return parser.get("global", "fsid").strip()
+
+
+def osd_vars(ceph_conf: Path | None, bootstrap_osd_keyring: Path | None) -> dict[str, str]:
+    """The `ceph` role's cluster variables: fsid and monitors from `ceph_conf`, the key of
+    client.bootstrap-osd from its keyring. Only those that are configured are returned
+    (the role names what is missing); StorageConfigError if a file given is unreadable
+    or lacks them."""
+    found: dict[str, str] = {}
+    if ceph_conf is not None:
+        found.update(ceph_fsid=fsid_from_conf(ceph_conf),
+                     ceph_mon_host=mon_host_from_conf(ceph_conf))
+    if bootstrap_osd_keyring is not None:
+        found["ceph_bootstrap_osd_key"] = key_from_keyring(bootstrap_osd_keyring,
+                                                           "bootstrap-osd")
+    return found
+
+
 def key_from_keyring(keyring: Path, client: str) -> str:
     """The key of `client.<client>` in a keyring file."""
     parser = _ini(keyring, "keyring")

@@ -167,3 +167,6 @@ class QualificationReport(HwModel):
     profile: str = Field(examples=["compute"])
     verdict: Verdict = Field(description="The worst verdict of all checks")
     results: list[CheckResult]
+    free_osd_disks: list[str] = Field(
+        default_factory=list, examples=[["sdb", "nvme1n1"]],
+        description="Kernel names of the whole disks found free for a Ceph OSD (see Disk)")

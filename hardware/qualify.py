@@ -166,11 +166,13 @@ def load_profile(ref: str, _seen: tuple[str, ...] = ()) -> Profile:
 
 
 def qualify(inv: HardwareInventory, profile: Profile) -> QualificationReport:
-    """Every check of the profile, in the order written, and the worst verdict."""
+    """Every check of the profile, in the order written, the worst verdict, and the disks
+    free for a Ceph OSD (whatever the profile asks of them)."""
     results = []
     for name, spec in profile.checks.items():
         met, reason = CHECKS[name](inv, spec)
         verdict = Verdict.PASS if met is None or met else Verdict(spec.severity)
         results.append(CheckResult(check=name, verdict=verdict, reason=reason))
     worst = max((r.verdict for r in results), key=lambda v: v.rank, default=Verdict.PASS)
-    return QualificationReport(profile=profile.name, verdict=worst, results=results)
+    return QualificationReport(profile=profile.name, verdict=worst, results=results,
+                               free_osd_disks=[d.name for d in inv.disks if d.free_for_osd])

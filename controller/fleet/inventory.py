@@ -1,8 +1,12 @@
 """The region as an Ansible inventory: fleet hosts grouped by role and by node labels.
 
-`dynamic_inventory()` is what `vauban inventory --list` prints and what a rollout runs
-on. Only fleet hosts appear (servers with an SSH address and a pinned host key); a
-node's labels come from the node of the same name, once it has joined.
+`dynamic_inventory()` is what `vauban inventory --list` prints; a rollout's own inventory
+(controller.fleet.worker) has the same role groups and Ceph variables. Only fleet hosts
+appear (servers with an SSH address and a pinned host key); a node's labels come from
+the node of the same name, once it has joined.
+
+A node labelled `ceph=osd` is in group `ceph_osds`: the `ceph` role turns the disks its
+qualification report found free (`ceph_osd_devices`) into OSDs of the region's cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ LABEL_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
 MAX_LABELS = 64
 ROLE_GROUPS = {"node": "vauban_nodes", "controller": "vauban_controllers"}
+CEPH_OSD_LABEL = ("ceph", "osd")  # a node labelled so gives its free disks to Ceph
+CEPH_OSD_GROUP = "ceph_osds"
 
 
 def check_labels(labels: dict[str, str]) -> None:
@@ -39,26 +45,50 @@ def label_group(key: str, value: str) -> str:
     return "label_" + re.sub(r"[^A-Za-z0-9_]", "_", f"{key}_{value}")
 
 
+def gives_osds(host: FleetHost, node: Node | None) -> bool:
+    """Whether the host is a node its operator labelled `ceph=osd`."""
+    key, value = CEPH_OSD_LABEL
+    return host.role == "node" and node is not None and (node.labels or {}).get(key) == value
+
+
+def osd_devices(host: FleetHost) -> list[str]:
+    """The /dev paths of the disks the host's qualification report found free for an OSD
+    (none for a host qualified before reports listed them)."""
+    report = host.qualification or {}
+    return [f"/dev/{name}" for name in report.get("free_osd_disks", [])]
+
+
+def ceph_host_vars(host: FleetHost, node: Node | None) -> dict[str, Any]:
+    """`ceph_osd_devices` for a host in group ceph_osds; nothing for the others."""
+    return {"ceph_osd_devices": osd_devices(host)} if gives_osds(host, node) else {}
+
+
 def host_vars(host: FleetHost, node: Node | None) -> dict[str, Any]:
     return {
         "ansible_host": host.address, "ansible_port": host.port, "ansible_user": host.user,
         "vauban_role": host.role, "vauban_node_id": node.id if node else None,
         "vauban_labels": dict(node.labels) if node else {},
+        **ceph_host_vars(host, node),
     }
 
 
 def dynamic_inventory(db: Session) -> dict[str, Any]:
-    """Ansible's JSON inventory (`--list`): groups vauban_nodes, vauban_controllers and one
-    `label_<key>_<value>` group per label in use, with every host's variables in _meta."""
+    """Ansible's JSON inventory (`--list`): groups vauban_nodes, vauban_controllers,
+    ceph_osds and one `label_<key>_<value>` group per label in use, with every host's
+    variables in _meta. It holds no secret (no join token, no Ceph key: a rollout adds
+    those to its own)."""
     hosts = list(db.scalars(select(FleetHost).order_by(FleetHost.name)))
     nodes = {n.name: n for n in db.scalars(
         select(Node).where(Node.name.in_([h.name for h in hosts])))}
-    groups: dict[str, list[str]] = {group: [] for group in ROLE_GROUPS.values()}
+    groups: dict[str, list[str]] = {group: [] for group in
+                                    (*ROLE_GROUPS.values(), CEPH_OSD_GROUP)}
     hostvars: dict[str, dict[str, Any]] = {}
     for host in hosts:
         node = nodes.get(host.name)
         hostvars[host.name] = host_vars(host, node)
         groups[ROLE_GROUPS[host.role]].append(host.name)
+        if gives_osds(host, node):
+            groups[CEPH_OSD_GROUP].append(host.name)
         for key, value in sorted((node.labels if node else {}).items()):
             groups.setdefault(label_group(key, value), []).append(host.name)
     inventory: dict[str, Any] = {name: {"hosts": members} for name, members in groups.items()}

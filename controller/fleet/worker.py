@@ -26,8 +26,10 @@ from sqlalchemy import select
 
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
+from controller import storage_settings
 from controller.db.models import FleetHost, JoinToken, Node, Operation, RolloutHost, as_utc
 from controller.fleet import jobs
+from controller.fleet.inventory import CEPH_OSD_GROUP, ROLE_GROUPS, ceph_host_vars, gives_osds
 from controller.fleet.keys import ensure_fleet_key, fleet_key_path, known_hosts_line
 from controller.region import Region
 from controller.services import nodes as node_service
@@ -86,28 +88,35 @@ def _token_description(job_id: str) -> str:
 
 def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
                ) -> dict[str, Any]:
-    """The batch's inventory; a host whose node has not joined gets a one-time token."""
+    """The batch's inventory; a host whose node has not joined gets a one-time token, and
+    where a host makes Ceph OSDs, the cluster's settings and bootstrap-osd key come too."""
     config = region.config
     with region.sessions() as db, db.begin():
         fleet = {h.name: h for h in db.scalars(select(FleetHost).where(FleetHost.name.in_(hosts)))}
-        joined = set(db.scalars(select(Node.name).where(Node.name.in_(hosts))))
+        joined = {n.name: n for n in db.scalars(select(Node).where(Node.name.in_(hosts)))}
         lines: list[str] = []
-        groups: dict[str, dict[str, Any]] = {"vauban_nodes": {}, "vauban_controllers": {}}
+        groups: dict[str, dict[str, Any]] = {
+            group: {} for group in (*ROLE_GROUPS.values(), CEPH_OSD_GROUP)}
         for name in hosts:
-            host = fleet[name]
+            host, node = fleet[name], joined.get(name)
             lines.append(known_hosts_line(host.address, host.port, host.host_key))
             host_vars: dict[str, Any] = {"ansible_host": host.address,
-                                         "ansible_port": host.port, "ansible_user": host.user}
-            if host.role == "node" and name not in joined:
+                                         "ansible_port": host.port, "ansible_user": host.user,
+                                         **ceph_host_vars(host, node)}
+            if host.role == "node" and node is None:
                 secret, _ = node_service.create_join_token(
                     db, f"rollout/{job_id}", _token_description(job_id), TOKEN_TTL_S)
                 host_vars["vauban_join_token"] = secret
-            group = "vauban_nodes" if host.role == "node" else "vauban_controllers"
-            groups[group][name] = host_vars
+            groups[ROLE_GROUPS[host.role]][name] = host_vars
+            if gives_osds(host, node):
+                groups[CEPH_OSD_GROUP][name] = {}
     known_hosts.write_text("\n".join(lines) + "\n")
     with region.reads() as db:
         wheels, version = jobs.release(config, jobs.get(db, job_id).version)
     extra = json.loads(config.rollout_vars.read_text()) if config.rollout_vars else {}
+    # the cluster OSDs join (its bootstrap-osd key too), only where a host makes OSDs
+    ceph = storage_settings.osd_vars(config.ceph_conf, config.ceph_bootstrap_osd_keyring) \
+        if groups[CEPH_OSD_GROUP] else {}
     return {"all": {
         "vars": {
             "ansible_ssh_private_key_file": str(fleet_key_path(config.data_dir)),
@@ -116,7 +125,7 @@ def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
                                        "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
             "vauban_version": version, "vauban_wheels": str(wheels),
             "vauban_controller_url": config.node_url(), "vauban_ca_sha256": region.ca_sha256,
-            **extra,
+            **ceph, **extra,
         },
         "children": {group: {"hosts": members} for group, members in groups.items()},
     }}
