@@ -11,6 +11,7 @@ with the `vauban` CLI, as an operator would.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,7 @@ DOWN_AFTER_S = 15  # a node silent this long is shown down
 CEPH_POOL = "vauban"
 ROLLOUT_TIMEOUT_S = 900
 NODE_UP_TIMEOUT_S = 180
+BOOTSTRAP_OSD_KEYRING = "ceph.client.bootstrap-osd.keyring"  # in the cluster's folder
 
 
 @dataclass
@@ -113,17 +115,34 @@ class LabRegion(E2ERegion):
 
 
 def start_ceph(lab: Lab) -> MiniCluster:
-    """A single-node Ceph cluster on the lab bridge's address, pool `vauban`."""
+    """A single-node Ceph cluster on the lab bridge's address, pool `vauban`, and the
+    keyring of its client.bootstrap-osd (for nodes that make OSDs)."""
     root = Path("/var/tmp") / f"vauban-lab-ceph-{uuid.uuid4().hex[:8]}"
     root.mkdir(mode=0o711)
     cluster = MiniCluster(root, address=str(lab.host_address.ip))
     try:
         cluster.start(pools=[CEPH_POOL])
+        bootstrap_osd_keyring(cluster)
     except BaseException:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
         raise
     return cluster
+
+
+def bootstrap_osd_keyring(cluster: MiniCluster) -> Path:
+    """client.bootstrap-osd made on `cluster` (as `ceph auth get client.bootstrap-osd`
+    gives it an operator), its keyring in the cluster's folder, 0600."""
+    with cluster.admin() as admin:
+        ret, out, err = admin.mon_command(json.dumps({
+            "prefix": "auth get-or-create", "entity": "client.bootstrap-osd",
+            "caps": ["mon", "allow profile bootstrap-osd"], "format": "json"}), b"")
+    assert ret == 0, err
+    keyring = cluster.dir / BOOTSTRAP_OSD_KEYRING
+    fd = os.open(keyring, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"[client.bootstrap-osd]\n\tkey = {json.loads(out)[0]['key']}\n")
+    return keyring
 
 
 def stop_ceph(cluster: MiniCluster) -> None:
@@ -150,6 +169,7 @@ def lab_region(lab3: Lab, testguest_image: Path) -> Iterator[LabRegion]:
             "VAUBAN_CEPH_CONF": str(ceph.conf),
             "VAUBAN_CEPH_KEYRING": str(ceph.client_keyring),
             "VAUBAN_CEPH_POOL": CEPH_POOL, "VAUBAN_CEPH_VOLUME_POOLS": CEPH_POOL,
+            "VAUBAN_CEPH_BOOTSTRAP_OSD_KEYRING": str(ceph.dir / BOOTSTRAP_OSD_KEYRING),
             **controller_env(lab3, root)},
         lab=lab3, ceph=ceph)
     try:

@@ -55,9 +55,12 @@ def test_label_group_is_an_ansible_identifier() -> None:
     assert label_group("gpu", "") == "label_gpu_"
 
 
-def _fleet_host(name: str, address: str, role: str = "node", port: int = 22) -> FleetHost:
+def _fleet_host(name: str, address: str, role: str = "node", port: int = 22,
+                free_disks: list[str] | None = None) -> FleetHost:
+    report = None if free_disks is None else {"profile": "storage", "verdict": "PASS",
+                                              "results": [], "free_osd_disks": free_disks}
     return FleetHost(name=name, address=address, port=port, user="root", host_key=HOST_KEY,
-                     role=role, created_by="admin")
+                     role=role, created_by="admin", qualification=report)
 
 
 @pytest.fixture
@@ -81,9 +84,10 @@ def test_dynamic_inventory_groups_fleet_hosts_by_role_and_label(fleet: Region) -
         n1_id = db.query(Node.id).filter(Node.name == "n1").scalar()
     assert inv["vauban_nodes"] == {"hosts": ["n1", "n2"]}
     assert inv["vauban_controllers"] == {"hosts": ["c1"]}
+    assert inv["ceph_osds"] == {"hosts": []}
     assert inv["label_rack_r12"] == {"hosts": ["n1"]}  # not the node outside the fleet
     assert inv["label_gpu_model_a100"] == {"hosts": ["n1"]}
-    assert inv["all"] == {"children": ["label_gpu_model_a100", "label_rack_r12",
+    assert inv["all"] == {"children": ["ceph_osds", "label_gpu_model_a100", "label_rack_r12",
                                        "vauban_controllers", "vauban_nodes"]}
     hostvars = inv["_meta"]["hostvars"]
     assert sorted(hostvars) == ["c1", "n1", "n2"]
@@ -103,7 +107,8 @@ def test_dynamic_inventory_of_an_empty_fleet(region: Region) -> None:
     with region.reads() as db:
         assert dynamic_inventory(db) == {
             "vauban_nodes": {"hosts": []}, "vauban_controllers": {"hosts": []},
-            "all": {"children": ["vauban_controllers", "vauban_nodes"]},
+            "ceph_osds": {"hosts": []},
+            "all": {"children": ["ceph_osds", "vauban_controllers", "vauban_nodes"]},
             "_meta": {"hostvars": {}}}
 
 
@@ -128,3 +133,38 @@ def test_ansible_reads_the_dynamic_inventory(fleet: Region, tmp_path: Path) -> N
     assert seen["_meta"]["hostvars"]["n2"]["ansible_port"] == 2222
     assert seen["_meta"]["hostvars"]["n1"]["vauban_labels"] == {"rack": "r12",
                                                                 "gpu.model": "a100"}
+
+
+@pytest.fixture
+def ceph_fleet(region: Region) -> Region:
+    """s1: a node labelled ceph=osd with two free disks; s2: labelled so, qualified before
+    reports listed free disks; s3: labelled ceph=mon; s4: free disks but no label; c1: a
+    controller whose name a node labelled ceph=osd shares."""
+    with region.sessions() as db, db.begin():
+        db.add_all([
+            _fleet_host("s1", "10.0.0.31", free_disks=["sdb", "nvme1n1"]),
+            FleetHost(name="s2", address="10.0.0.32", host_key=HOST_KEY, created_by="admin",
+                      qualification={"profile": "compute", "verdict": "PASS", "results": []}),
+            _fleet_host("s3", "10.0.0.33", free_disks=["sdb"]),
+            _fleet_host("s4", "10.0.0.34", free_disks=["sdb"]),
+            _fleet_host("c1", "10.0.0.10", role="controller", free_disks=["sdb"]),
+            Node(name="s1", cert_serial="11", labels={"ceph": "osd", "rack": "r1"}),
+            Node(name="s2", cert_serial="12", labels={"ceph": "osd"}),
+            Node(name="s3", cert_serial="13", labels={"ceph": "mon"}),
+            Node(name="s4", cert_serial="14", labels={}),
+            Node(name="c1", cert_serial="15", labels={"ceph": "osd"}),
+        ])
+    return region
+
+
+def test_nodes_labelled_ceph_osd_are_in_ceph_osds_with_their_free_disks(
+        ceph_fleet: Region) -> None:
+    with ceph_fleet.reads() as db:
+        inv = dynamic_inventory(db)
+    assert inv["ceph_osds"] == {"hosts": ["s1", "s2"]}
+    hostvars = inv["_meta"]["hostvars"]
+    assert hostvars["s1"]["ceph_osd_devices"] == ["/dev/sdb", "/dev/nvme1n1"]
+    assert hostvars["s2"]["ceph_osd_devices"] == []  # the role then makes no OSD
+    for name in ("s3", "s4", "c1"):
+        assert "ceph_osd_devices" not in hostvars[name]
+    assert "ceph_bootstrap_osd_key" not in json.dumps(inv)  # what is printed holds no key

@@ -3,9 +3,12 @@ the checks between batches of an upgrade; orphaned jobs."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +17,8 @@ from sqlalchemy import select
 from controller import __version__
 from controller.db.models import FleetHost, Node, Operation, RolloutHost, RolloutJob
 from controller.fleet import jobs
-from controller.fleet.worker import _behind, _Progress, _reason
+from controller.fleet.worker import _behind, _inventory, _Progress, _reason
+from controller.storage_settings import StorageConfigError
 from controller.region import Region
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -219,3 +223,55 @@ def test_fail_orphans_fails_a_job_never_given_a_worker_once_its_grace_is_over(
         row = jobs.get(db, job)
         assert (row.state, row.error) == ("failed", "the rollout's worker was never started "
                                           "(the controller stopped meanwhile)")
+
+
+FSID = "0b3b5d5e-4a4e-4f52-9d5c-3f1e6b7a8c9d"
+MON_HOST = "[v2:10.0.0.5:3300,v1:10.0.0.5:6789]"
+BOOTSTRAP_KEY = "AQBzN1ZmAAAAABAAm1uUq6iYQnXfFbXbNmYwXw=="
+
+
+def _ceph_region(region: Region, tmp_path: Path, keyring: bool = True) -> Region:
+    conf = tmp_path / "ceph.conf"
+    conf.write_text(f"[global]\nfsid = {FSID}\nmon_host = {MON_HOST}\n")
+    ring = tmp_path / "bootstrap-osd.keyring"
+    ring.write_text(f"[client.bootstrap-osd]\n\tkey = {BOOTSTRAP_KEY}\n")
+    config = dataclasses.replace(region.config, ceph_conf=conf,
+                                 ceph_bootstrap_osd_keyring=ring if keyring else None)
+    return dataclasses.replace(region, config=config)
+
+
+def _label(region: Region, name: str, labels: dict[str, str], disks: list[str]) -> None:
+    with region.sessions() as db, db.begin():
+        host = db.scalars(select(FleetHost).where(FleetHost.name == name)).one()
+        host.qualification = {"profile": "storage", "verdict": "PASS", "results": [],
+                              "free_osd_disks": disks}
+        db.add(Node(name=name, cert_serial=name, labels=labels))
+
+
+def test_a_rollout_gives_ceph_osd_nodes_their_disks_and_the_cluster(
+        region: Region, job: str, tmp_path: Path) -> None:
+    ceph = _ceph_region(region, tmp_path)
+    _label(ceph, "n1", {"ceph": "osd"}, ["sdb", "sdc"])
+    _label(ceph, "n2", {"rack": "r1"}, ["sdb"])
+    inv = _inventory(ceph, job, ["n1", "n2"], tmp_path / "known_hosts")["all"]
+    assert inv["children"]["ceph_osds"] == {"hosts": {"n1": {}}}
+    nodes = inv["children"]["vauban_nodes"]["hosts"]
+    assert nodes["n1"]["ceph_osd_devices"] == ["/dev/sdb", "/dev/sdc"]
+    assert "ceph_osd_devices" not in nodes["n2"]
+    assert {k: v for k, v in inv["vars"].items() if k.startswith("ceph_")} == {
+        "ceph_fsid": FSID, "ceph_mon_host": MON_HOST, "ceph_bootstrap_osd_key": BOOTSTRAP_KEY}
+    # a batch without such a node is given no key
+    other = _inventory(ceph, job, ["n2", "n3"], tmp_path / "known_hosts")["all"]
+    assert other["children"]["ceph_osds"] == {"hosts": {}}
+    assert "ceph_bootstrap_osd_key" not in json.dumps(other)
+
+
+def test_a_rollout_without_the_bootstrap_keyring_leaves_the_key_for_the_role_to_ask(
+        region: Region, job: str, tmp_path: Path) -> None:
+    ceph = _ceph_region(region, tmp_path, keyring=False)
+    _label(ceph, "n1", {"ceph": "osd"}, ["sdb"])
+    inv = _inventory(ceph, job, ["n1"], tmp_path / "known_hosts")["all"]
+    assert inv["vars"]["ceph_fsid"] == FSID and "ceph_bootstrap_osd_key" not in inv["vars"]
+    (tmp_path / "ceph.conf").write_text(f"[global]\nmon_host = {MON_HOST}\n")
+    with pytest.raises(StorageConfigError, match="ceph.conf has no fsid in its"):
+        _inventory(ceph, job, ["n1"], tmp_path / "known_hosts")

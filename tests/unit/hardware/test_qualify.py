@@ -111,3 +111,14 @@ def test_cli_bad_input_exits_2_with_a_message(tmp_path: Path,
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     assert cli.main(["record", str(tmp_path / "full")]) == 2
+
+
+def test_report_lists_the_free_disks_whatever_the_profile(gpu_server: Root, workstation: Root,
+                                                          no_iommu: Root) -> None:
+    for root in (gpu_server, workstation, no_iommu):
+        inv = discover(root)
+        free = [d.name for d in inv.disks if d.free_for_osd]
+        for profile in ("compute", "gpu", "storage"):
+            assert qualify(inv, load_profile(profile)).free_osd_disks == free
+    assert "sdb" not in qualify(discover(no_iommu), load_profile("compute")).free_osd_disks
+    assert qualify(discover(workstation), load_profile("storage")).free_osd_disks  # though FAIL
