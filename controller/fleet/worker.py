@@ -24,9 +24,9 @@ from typing import Any
 import ansible_runner
 from sqlalchemy import select
 
+from controller import storage_settings
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
-from controller import storage_settings
 from controller.db.models import FleetHost, JoinToken, Node, Operation, RolloutHost, as_utc
 from controller.fleet import jobs
 from controller.fleet.inventory import CEPH_OSD_GROUP, ROLE_GROUPS, ceph_host_vars, gives_osds

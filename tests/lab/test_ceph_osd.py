@@ -109,7 +109,8 @@ def _rollout(region: LabRegion, host: str) -> dict[str, Any]:
     out = region.run_cli("rollout", "run", "--limit", host)
     job_id = (out.stdout + out.stderr).split("rollout ", 1)[1].split()[0].rstrip(":")
     job = region.json("rollout", "show", job_id)
-    assert job["state"] == "succeeded", (job, region.cli("rollout", "show", job_id, "--log")[-3000:])
+    log = region.cli("rollout", "show", job_id, "--log")
+    assert job["state"] == "succeeded", (job, log[-3000:])
     return job
 
 

@@ -18,8 +18,8 @@ from controller import __version__
 from controller.db.models import FleetHost, Node, Operation, RolloutHost, RolloutJob
 from controller.fleet import jobs
 from controller.fleet.worker import _behind, _inventory, _Progress, _reason
-from controller.storage_settings import StorageConfigError
 from controller.region import Region
+from controller.storage_settings import StorageConfigError
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
