@@ -33,7 +33,7 @@ NODE_PACKAGES = (
     "libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils",
     "qemu-block-extra", "ceph-common", "python3-rados", "python3-rbd",
     "pciutils", "pci.ids", "cryptsetup-bin",
-    "ceph-osd",  # the ceph role: ceph-volume and the OSD daemon
+    "ceph-osd", "udev",  # the ceph role: ceph-volume, the OSD daemon, udevadm it calls
 )
 # bump when what is done to the root after the packages changes
 LAYOUT_VERSION = "1"

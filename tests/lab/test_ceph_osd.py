@@ -110,7 +110,7 @@ def _rollout(region: LabRegion, host: str) -> dict[str, Any]:
     job_id = (out.stdout + out.stderr).split("rollout ", 1)[1].split()[0].rstrip(":")
     job = region.json("rollout", "show", job_id)
     log = region.cli("rollout", "show", job_id, "--log")
-    assert job["state"] == "succeeded", (job, log[-3000:])
+    assert job["state"] == "succeeded", f"{job['error']}\n{log[-4000:]}"
     return job
 
 
