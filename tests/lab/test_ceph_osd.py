@@ -29,10 +29,12 @@ from controller.db.models import FleetHost
 from controller.db.session import make_engine
 from lab import node as lab_node
 from lab.node import LabNode
+from tests.e2e.region import wait_for
 from tests.lab.region import LabRegion
 
 pytestmark = pytest.mark.e2e
 DISK_BYTES = 10 * 1024**3  # sparse; ceph-volume wants 5 GB at least
+OSD_UP_TIMEOUT_S = 180  # a new OSD boots in seconds; a loaded 2-core machine takes longer
 
 
 @dataclass
@@ -129,7 +131,7 @@ def _remove_osds(region: LabRegion, node: LabNode) -> None:
         lab_node.run_inside(node, "systemctl", "disable", "--now", f"ceph-osd@{osd_id}")
         lab_node.run_inside(node, "rm", "-rf", f"/var/lib/ceph/osd/ceph-{osd_id}",
                             f"/etc/systemd/system/ceph-osd@{osd_id}.service.d")
-        _mon(region, prefix="osd purge", id=osd_id, yes_i_really_mean_it=True)
+        _mon(region, prefix="osd purge", id=f"osd.{osd_id}", yes_i_really_mean_it=True)
     if any(n["name"] == node.name for n in _mon(region, prefix="osd tree")["nodes"]):
         _mon(region, prefix="osd crush remove", name=node.name)
 
@@ -151,6 +153,13 @@ def test_a_node_labelled_ceph_osd_gets_an_osd_up_and_in_and_a_second_rollout_cha
 
         first = _rollout(lab_region, node.name)
         assert first["hosts"][0]["changed"] > 0
+        try:  # the OSD boots after its unit starts, then reports to the monitors
+            wait_for(lambda: [o["status"] for o in _node_osds(lab_region, node.name)] ==
+                     ["up"], OSD_UP_TIMEOUT_S, f"an OSD of {node.name} to be up")
+        except AssertionError as e:
+            journal = lab_node.run_inside(node, "journalctl", "--no-pager", "-n", "40",
+                                          "-u", "ceph-osd@*").stdout
+            raise AssertionError(f"{e}\n{journal}") from None
         (osd,) = _node_osds(lab_region, node.name)
         assert (osd["status"], osd["reweight"]) == ("up", 1.0), osd  # up and in
         assert _inside(node, "systemctl", "is-active", f"ceph-osd@{osd['id']}").strip() == \
