@@ -131,7 +131,10 @@ def _remove_osds(region: LabRegion, node: LabNode) -> None:
         lab_node.run_inside(node, "systemctl", "disable", "--now", f"ceph-osd@{osd_id}")
         lab_node.run_inside(node, "rm", "-rf", f"/var/lib/ceph/osd/ceph-{osd_id}",
                             f"/etc/systemd/system/ceph-osd@{osd_id}.service.d")
-        _mon(region, prefix="osd purge", id=f"osd.{osd_id}", yes_i_really_mean_it=True)
+        _mon(region, prefix="osd down", ids=[str(osd_id)])
+        _mon(region, prefix="osd crush remove", name=f"osd.{osd_id}")
+        _mon(region, prefix="auth del", entity=f"osd.{osd_id}")
+        _mon(region, prefix="osd rm", ids=[str(osd_id)])
     if any(n["name"] == node.name for n in _mon(region, prefix="osd tree")["nodes"]):
         _mon(region, prefix="osd crush remove", name=node.name)
 
