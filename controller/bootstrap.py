@@ -10,6 +10,7 @@ from controller import storage_settings
 from controller.config import ControllerConfig
 from controller.db.migrate import upgrade
 from controller.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
+from controller.fleet.keys import ensure_fleet_key
 from controller.notices import NoticeListener, announce, new_origin
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
@@ -27,7 +28,8 @@ CA_WARN_BEFORE = timedelta(days=365)
 def open_region(config: ControllerConfig) -> Region:
     """Ready the controller's state. Idempotent: a second start keeps CA, data and admin.
 
-    Raises StorageConfigError before touching anything when the storage settings are wrong.
+    Raises StorageConfigError before touching anything when the storage settings are wrong,
+    and RegionKeyError (controller.secretbox) when the region key cannot be trusted.
     """
     def storage(region_tag: str) -> StorageSettings:
         return storage_settings.build(
@@ -36,6 +38,8 @@ def open_region(config: ControllerConfig) -> Region:
 
     storage("check")  # refuse wrong settings before anything is made
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # the region key (refused if others may read it), and the fleet key sealed with it
+    ensure_fleet_key(config.data_dir)
     config.image_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url)
     upgrade(engine)

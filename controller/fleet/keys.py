@@ -2,8 +2,10 @@
 
 The fleet key is the controller's own: onboarding puts its public half in a server's
 root authorized_keys (using the operator's key once, never kept), and every rollout logs
-in with it. A host key is pinned when the server is added, from the fingerprint or
-known_hosts line the operator gives, and never learnt on first use.
+in with it. Its private half is kept sealed with the region key (controller.secretbox)
+and opened only into the ssh-agent of a rollout. A host key is pinned when the server is
+added, from the fingerprint or known_hosts line the operator gives, and never learnt on
+first use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from controller.secretbox import ensure_region_key
+
 # key types OpenSSH offers as host keys (DSA is long gone from OpenSSH)
 HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
                   "ecdsa-sha2-nistp521", "ssh-rsa")
@@ -26,29 +30,73 @@ class HostKeyError(ValueError):
     """A host key or fingerprint that cannot be used; the message says why."""
 
 
+FLEET_KEY_PURPOSE = "fleet-ssh-key"
+
+
 def fleet_key_path(data_dir: Path) -> Path:
+    """Where a fleet private key was kept in plain text before it was sealed (read once,
+    to seal it, then removed)."""
     return data_dir / "fleet" / "id_ed25519"
 
 
+def fleet_sealed_key_path(data_dir: Path) -> Path:
+    """The fleet private key, sealed with the region key (see controller.secretbox)."""
+    return data_dir / "fleet" / "id_ed25519.sealed"
+
+
+def fleet_public_key_path(data_dir: Path) -> Path:
+    """The fleet key's public line; ssh given it as IdentityFile offers only that key of
+    the ssh-agent a rollout loads the private key into."""
+    return data_dir / "fleet" / "id_ed25519.pub"
+
+
 def ensure_fleet_key(data_dir: Path) -> str:
-    """The fleet key's public line ("ssh-ed25519 AAAA... vauban-fleet"), the key pair
-    made first if there is none (private key 0600 in a 0700 folder)."""
-    private = fleet_key_path(data_dir)
-    public = private.with_suffix(".pub")
-    if not private.exists():
-        private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = ed25519.Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-        tmp = private.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+    """The fleet key's public line ("ssh-ed25519 AAAA... vauban-fleet").
+
+    Afterwards the private key is sealed with the region key in `fleet_sealed_key_path`
+    (0600, in a 0700 folder) and no plaintext copy is left: a key pair is made if there
+    is none, and a plaintext key from an earlier version is sealed, then removed.
+    RegionKeyError if the region key cannot be trusted, SecretRefused if the sealed key
+    does not open; nothing is changed then."""
+    box = ensure_region_key(data_dir)
+    sealed = fleet_sealed_key_path(data_dir)
+    plain = fleet_key_path(data_dir)
+    public = fleet_public_key_path(data_dir)
+    sealed.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not sealed.exists():
+        if plain.exists():
+            pem = plain.read_bytes()
+            key = serialization.load_ssh_private_key(pem, password=None)
+        else:
+            key = ed25519.Ed25519PrivateKey.generate()
+            pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption())
         line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                              serialization.PublicFormat.OpenSSH).decode()
-        public.write_text(f"{line} vauban-fleet\n")
-        os.replace(tmp, private)
+        _write_private(public.with_suffix(".pub.tmp"), f"{line} vauban-fleet\n".encode())
+        os.replace(public.with_suffix(".pub.tmp"), public)
+        _write_private(sealed.with_suffix(".tmp"),
+                       (box.seal(FLEET_KEY_PURPOSE, pem) + "\n").encode())
+        os.replace(sealed.with_suffix(".tmp"), sealed)
+    else:
+        box.open(FLEET_KEY_PURPOSE, sealed.read_text())  # refuse a key that does not open
+    plain.unlink(missing_ok=True)  # sealed now: the plaintext copy goes
     return public.read_text().strip()
+
+
+def fleet_private_key(data_dir: Path) -> str:
+    """The fleet private key (OpenSSH PEM), opened from its sealed file, made first if
+    there is none. For ansible-runner's ssh_key only: never write it to disk or a log."""
+    ensure_fleet_key(data_dir)
+    box = ensure_region_key(data_dir)
+    return box.open(FLEET_KEY_PURPOSE, fleet_sealed_key_path(data_dir).read_text()).decode()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def parse_public_key(line: str) -> tuple[str, bytes]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +32,12 @@ from controller.config import ControllerConfig
 from controller.db.models import FleetHost, JoinToken, Node, Operation, RolloutHost, as_utc
 from controller.fleet import jobs
 from controller.fleet.inventory import CEPH_OSD_GROUP, ROLE_GROUPS, ceph_host_vars, gives_osds
-from controller.fleet.keys import ensure_fleet_key, fleet_key_path, known_hosts_line
+from controller.fleet.keys import (
+    ensure_fleet_key,
+    fleet_private_key,
+    fleet_public_key_path,
+    known_hosts_line,
+)
 from controller.region import Region
 from controller.services import nodes as node_service
 
@@ -119,7 +126,8 @@ def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
         if groups[CEPH_OSD_GROUP] else {}
     return {"all": {
         "vars": {
-            "ansible_ssh_private_key_file": str(fleet_key_path(config.data_dir)),
+            # the public half: ssh offers the key of that name from the run's ssh-agent
+            "ansible_ssh_private_key_file": str(fleet_public_key_path(config.data_dir)),
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} "
                                        "-o GlobalKnownHostsFile=/dev/null "
                                        "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
@@ -138,16 +146,20 @@ def _run_batch(region: Region, job_id: str, folder: Path, hosts: list[str], numb
     inventory = _inventory(region, job_id, hosts, folder / "known_hosts")
     progress = _Progress(region, job_id)
     try:
+        # the fleet key goes to ansible-runner in memory, and from it through a FIFO
+        # into the run's ssh-agent; suppress_env_files keeps it out of env/ssh_key
         result = ansible_runner.run(
             private_data_dir=str(private), project_dir=str(region.config.playbooks_dir),
             playbook="site.yml", inventory=inventory, tags=",".join(tags) or None,
             forks=region.config.rollout_forks,
             timeout=int(region.config.rollout_batch_timeout_s),
             quiet=True, event_handler=progress.event,
+            ssh_key=fleet_private_key(region.config.data_dir), suppress_env_files=True,
             envvars={"ANSIBLE_CONFIG": str(region.config.playbooks_dir / "ansible.cfg"),
                      "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"})
     finally:
         shutil.rmtree(private / "inventory", ignore_errors=True)  # it held join tokens
+        _drain_key_fifos(private)
         progress.close()
     stats = result.stats or {}
     failed = sorted(set(stats.get("failures", {})) | set(stats.get("dark", {})))
@@ -157,6 +169,28 @@ def _run_batch(region: Region, job_id: str, folder: Path, hosts: list[str], numb
         raise BatchFailed(f"batch {number + 1} failed on {names}: {progress.reasons(failed)}"
                           if failed else f"batch {number + 1}: ansible-playbook exited "
                           f"{result.rc} ({result.status})")
+
+
+def _drain_key_fifos(private: Path) -> None:
+    """Afterwards no FIFO holding the fleet key is left in the batch's artifacts.
+
+    ansible-runner writes the key into `artifacts/<ident>/ssh_key_data` from a thread,
+    and ssh-add reads and removes it; when the run ended before ssh-add (ssh-agent
+    missing, the run killed), that thread still waits for a reader, holding the key, and
+    would keep the worker from exiting. It is read here, and the FIFO removed."""
+    for fifo in private.glob("artifacts/*/ssh_key_data"):
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.set_blocking(fd, True)  # a waiting writer counts: read to its end
+                while os.read(fd, 65536):
+                    pass
+        finally:
+            os.close(fd)
+            fifo.unlink(missing_ok=True)
 
 
 class _Progress:

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from controller import secretbox
 from controller.fleet.keys import (
     HostKeyError,
     ensure_fleet_key,
     fingerprint,
     fleet_key_path,
+    fleet_private_key,
+    fleet_sealed_key_path,
     known_hosts_line,
     normalize_fingerprint,
     parse_public_key,
@@ -100,16 +103,52 @@ def test_known_hosts_line_on_port_22_and_another(tmp_path: Path) -> None:
         known_hosts_line("10.0.0.21", 22, "not a key")
 
 
-def test_ensure_fleet_key_makes_a_private_key_once(tmp_path: Path) -> None:
+def _derived_public(tmp_path: Path, pem: str) -> list[str]:
+    """ssh-keygen's public line of the private key `pem` (written 0600 under tmp_path)."""
+    path = tmp_path / "opened"
+    path.write_text(pem)
+    path.chmod(0o600)
+    try:
+        return subprocess.run(["ssh-keygen", "-y", "-f", str(path)], check=True,
+                              capture_output=True, text=True).stdout.split()
+    finally:
+        path.unlink()
+
+
+def test_ensure_fleet_key_makes_a_sealed_private_key_once(tmp_path: Path) -> None:
     data_dir = tmp_path / "controller"
     line = ensure_fleet_key(data_dir)
-    private = fleet_key_path(data_dir)
-    assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    assert stat.S_IMODE(private.parent.stat().st_mode) == 0o700
+    sealed = fleet_sealed_key_path(data_dir)
+    assert stat.S_IMODE(sealed.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sealed.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(secretbox.region_key_path(data_dir).stat().st_mode) == 0o600
     assert line.startswith("ssh-ed25519 AAAA") and line.endswith(" vauban-fleet")
-    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(private)], check=True,
-                             capture_output=True, text=True).stdout.split()
-    assert derived[:2] == line.split()[:2]
-    assert not list(private.parent.glob("*.tmp"))
+    pem = fleet_private_key(data_dir)
+    assert "PRIVATE KEY" not in sealed.read_text() and pem not in sealed.read_text()
+    assert _derived_public(tmp_path, pem)[:2] == line.split()[:2]
+    assert not list(sealed.parent.glob("*.tmp"))
     assert ensure_fleet_key(data_dir) == line
-    assert sorted(p.name for p in private.parent.iterdir()) == ["id_ed25519", "id_ed25519.pub"]
+    assert sorted(p.name for p in sealed.parent.iterdir()) == ["id_ed25519.pub",
+                                                               "id_ed25519.sealed"]
+
+
+def test_a_plaintext_fleet_key_is_sealed_then_removed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "controller"
+    plain = fleet_key_path(data_dir)
+    plain.parent.mkdir(parents=True, mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "old",
+                    "-f", str(plain)], check=True)
+    old_pem, old_public = plain.read_text(), plain.with_suffix(".pub").read_text().split()
+    line = ensure_fleet_key(data_dir)
+    assert not plain.exists()
+    assert line.split()[:2] == old_public[:2]  # the key servers trust is kept
+    assert fleet_private_key(data_dir) == old_pem
+    assert old_pem not in fleet_sealed_key_path(data_dir).read_text()
+
+
+def test_a_sealed_fleet_key_of_another_region_key_is_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "controller"
+    ensure_fleet_key(data_dir)
+    secretbox.region_key_path(data_dir).unlink()
+    with pytest.raises(secretbox.SecretRefused, match="sealed with another region key"):
+        ensure_fleet_key(data_dir)
