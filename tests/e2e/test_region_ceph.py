@@ -15,6 +15,8 @@ import rbd
 
 from agent.drivers.storage.rbd.minicluster import MiniCluster
 from agent.drivers.storage.rbd.names import image_name, root_disk_name, volume_name
+from controller.storage_settings import key_from_keyring
+from tests.e2e.leaks import holds, leaks_in_files, run_logs
 from tests.e2e.region import E2ERegion, console_has, domain_exists, is_running, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -178,3 +180,16 @@ def test_ceph_unreachable_is_retried_and_the_agent_keeps_running(
         ceph_minicluster.start()
     wait_for(lambda: region.vm(name)["state"] == "running", 180, "the create to go through")
     region.cli("vm", "delete", name, "--wait")
+
+
+def test_the_ceph_client_key_reaches_no_log_and_no_operator(
+        region: E2ERegion, ceph_minicluster: MiniCluster) -> None:
+    """Nodes get the key over mutual TLS (by design); operators never see it, and no log of
+    the run holds it, in any encoding."""
+    key = key_from_keyring(ceph_minicluster.client_keyring, "vauban").encode()
+    node = json.loads(region.cli("node", "list", "--json"))[0]["name"]
+    answers = [region.cli(*args) for args in (
+        ("status", "--json"), ("node", "list", "--json"), ("node", "show", node, "--json"),
+        ("vm", "list", "--json"), ("volume", "list", "--json"), ("audit", "list", "--json"))]
+    assert not [a for a in answers if holds(a.encode(), key)]
+    assert leaks_in_files({"ceph client key": key}, run_logs(region.root)) == []
