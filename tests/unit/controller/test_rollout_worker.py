@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from controller import __version__
 from controller.db.models import FleetHost, Node, Operation, RolloutHost, RolloutJob
 from controller.fleet import jobs
-from controller.fleet.worker import _behind, _inventory, _Progress, _reason
+from controller.fleet.worker import _behind, _drain_key_fifos, _inventory, _Progress, _reason
 from controller.region import Region
 from controller.storage_settings import StorageConfigError
 
@@ -275,3 +276,21 @@ def test_a_rollout_without_the_bootstrap_keyring_leaves_the_key_for_the_role_to_
     (tmp_path / "ceph.conf").write_text(f"[global]\nmon_host = {MON_HOST}\n")
     with pytest.raises(StorageConfigError, match="ceph.conf has no fsid in its"):
         _inventory(ceph, job, ["n1"], tmp_path / "known_hosts")
+
+
+def test_a_key_fifo_no_ssh_add_read_is_drained_and_removed(tmp_path: Path) -> None:
+    """ansible-runner's writer thread holds the key until someone reads its FIFO; when the
+    run ended before ssh-add, the worker reads it, so the thread ends and no FIFO is left."""
+    from ansible_runner.utils import open_fifo_write
+
+    artifacts = tmp_path / "artifacts" / "ident"
+    artifacts.mkdir(parents=True)
+    before = set(threading.enumerate())
+    open_fifo_write(str(artifacts / "ssh_key_data"), "-----BEGIN OPENSSH PRIVATE KEY-----")
+    writers = set(threading.enumerate()) - before
+    _drain_key_fifos(tmp_path)
+    for thread in writers:
+        thread.join(60)
+        assert not thread.is_alive()
+    assert not (artifacts / "ssh_key_data").exists()
+    _drain_key_fifos(tmp_path)  # nothing left: nothing done
