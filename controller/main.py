@@ -16,6 +16,7 @@ from controller.app import create_app
 from controller.bootstrap import hear_other_processes, open_region
 from controller.config import ClientLimits, ControllerConfig
 from controller.pki import RegionCA
+from controller.secretbox import SecretError
 from controller.services.housekeeping import Periodic, housekeeper
 from controller.serving import limits_within_open_files
 from controller.storage_settings import StorageConfigError
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         serve(config, args.pidfile)
     except StorageConfigError as e:
         print(f"vauban-controller: storage settings: {e}", file=sys.stderr)
+        return 2
+    except SecretError as e:  # the region key, or a secret it does not open: no traceback
+        print(f"vauban-controller: secrets: {e}", file=sys.stderr)
         return 2
     return 0
 

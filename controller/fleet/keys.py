@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -54,49 +55,63 @@ def ensure_fleet_key(data_dir: Path) -> str:
     """The fleet key's public line ("ssh-ed25519 AAAA... vauban-fleet").
 
     Afterwards the private key is sealed with the region key in `fleet_sealed_key_path`
-    (0600, in a 0700 folder) and no plaintext copy is left: a key pair is made if there
-    is none, and a plaintext key from an earlier version is sealed, then removed.
-    RegionKeyError if the region key cannot be trusted, SecretRefused if the sealed key
-    does not open; nothing is changed then."""
+    (0600, in a 0700 folder), its public line is in `fleet_public_key_path`, and no
+    plaintext copy is left: a key pair is made if there is none, and a plaintext key from
+    an earlier version is sealed, then removed. Processes racing to make it keep the one
+    sealed first. RegionKeyError if the region key cannot be trusted, SecretRefused if
+    the sealed key does not open; nothing is changed then."""
+    return _open_fleet_key(data_dir)[1]
+
+
+def fleet_private_key(data_dir: Path) -> str:
+    """The fleet private key (OpenSSH PEM), opened from its sealed file (made first if
+    there is none). For ansible-runner's ssh_key only: never write it to disk or a log."""
+    return _open_fleet_key(data_dir)[0].decode()
+
+
+def _open_fleet_key(data_dir: Path) -> tuple[bytes, str]:
+    """(private key PEM, public line), as `ensure_fleet_key` leaves them."""
     box = ensure_region_key(data_dir)
     sealed = fleet_sealed_key_path(data_dir)
     plain = fleet_key_path(data_dir)
-    public = fleet_public_key_path(data_dir)
     sealed.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not sealed.exists():
         if plain.exists():
             pem = plain.read_bytes()
-            key = serialization.load_ssh_private_key(pem, password=None)
+            serialization.load_ssh_private_key(pem, password=None)  # refuse a damaged one
         else:
-            key = ed25519.Ed25519PrivateKey.generate()
-            pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption())
-        line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                             serialization.PublicFormat.OpenSSH).decode()
-        _write_private(public.with_suffix(".pub.tmp"), f"{line} vauban-fleet\n".encode())
-        os.replace(public.with_suffix(".pub.tmp"), public)
-        _write_private(sealed.with_suffix(".tmp"),
-                       (box.seal(FLEET_KEY_PURPOSE, pem) + "\n").encode())
-        os.replace(sealed.with_suffix(".tmp"), sealed)
-    else:
-        box.open(FLEET_KEY_PURPOSE, sealed.read_text())  # refuse a key that does not open
+            pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption())
+        _publish(sealed, (box.seal(FLEET_KEY_PURPOSE, pem) + "\n").encode(), replace=False)
+    pem = box.open(FLEET_KEY_PURPOSE, sealed.read_text())
+    key = serialization.load_ssh_private_key(pem, password=None)
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).decode()
+    line = f"{line} vauban-fleet"
+    public = fleet_public_key_path(data_dir)
+    if not public.exists() or public.read_text().strip() != line:
+        _publish(public, f"{line}\n".encode(), replace=True)
     plain.unlink(missing_ok=True)  # sealed now: the plaintext copy goes
-    return public.read_text().strip()
+    return pem, line
 
 
-def fleet_private_key(data_dir: Path) -> str:
-    """The fleet private key (OpenSSH PEM), opened from its sealed file, made first if
-    there is none. For ansible-runner's ssh_key only: never write it to disk or a log."""
-    ensure_fleet_key(data_dir)
-    box = ensure_region_key(data_dir)
-    return box.open(FLEET_KEY_PURPOSE, fleet_sealed_key_path(data_dir).read_text()).decode()
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+def _publish(path: Path, data: bytes, replace: bool) -> None:
+    """`path` holds `data` (0600), written whole under a name of its own first; without
+    `replace`, a file another process published meanwhile is kept instead."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def parse_public_key(line: str) -> tuple[str, bytes]:

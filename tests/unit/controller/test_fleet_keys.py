@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from controller.fleet.keys import (
     normalize_fingerprint,
     parse_public_key,
 )
+from controller.secretbox import ensure_region_key
 
 
 def _keygen(tmp_path: Path, kind: str, *args: str) -> str:
@@ -152,3 +154,14 @@ def test_a_sealed_fleet_key_of_another_region_key_is_refused(tmp_path: Path) -> 
     secretbox.region_key_path(data_dir).unlink()
     with pytest.raises(secretbox.SecretRefused, match="sealed with another region key"):
         ensure_fleet_key(data_dir)
+
+
+def test_callers_racing_to_make_the_fleet_key_all_get_the_one_sealed_first(
+        tmp_path: Path) -> None:
+    data_dir = tmp_path / "controller"
+    ensure_region_key(data_dir)
+    with ThreadPoolExecutor(8) as pool:
+        lines = set(pool.map(lambda _: ensure_fleet_key(data_dir), range(16)))
+    assert lines == {ensure_fleet_key(data_dir)}
+    assert sorted(p.name for p in fleet_sealed_key_path(data_dir).parent.iterdir()) == [
+        "id_ed25519.pub", "id_ed25519.sealed"]

@@ -113,3 +113,19 @@ def test_an_unreadable_or_damaged_key_is_refused(tmp_path: Path) -> None:
     path.mkdir(mode=0o700)
     with pytest.raises(RegionKeyError, match="not a regular file"):
         ensure_region_key(tmp_path)
+
+
+def test_the_controller_refuses_to_start_with_a_key_others_may_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.main import main
+
+    data_dir = tmp_path / "c"
+    assert main(["init", "--data-dir", str(data_dir)]) == 0
+    capsys.readouterr()
+    path = region_key_path(data_dir)
+    path.chmod(0o644)
+    assert main(["init", "--data-dir", str(data_dir)]) == 2
+    assert capsys.readouterr().err == (
+        f"vauban-controller: secrets: the region key {path} has mode 0644: others than its "
+        f"owner may read it; run 'chmod 600 {path}' (and consider the secrets it seals "
+        "exposed if others did read it)\n")
