@@ -152,6 +152,12 @@ class ControllerConfig:
     def rollouts_dir(self) -> Path:
         return self.data_dir / "rollouts"
 
+    @property
+    def ceph_dir(self) -> Path:
+        """Where a rollout puts what a node labelled ceph=mon bootstrapped: ceph.conf and
+        the keyrings of the controller's client and of client.bootstrap-osd (0600)."""
+        return self.data_dir / "ceph"
+
     def node_url(self) -> str | None:
         """The controller's URL as nodes reach it, or None when it listens on a wildcard
         address and VAUBAN_ADVERTISE_URL does not say."""
@@ -223,7 +229,23 @@ class ControllerConfig:
             **_lifetime(env, "server_cert_lifetime_s", "VAUBAN_SERVER_CERT"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        _bootstrapped_ceph(values)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _bootstrapped_ceph(values: dict[str, object]) -> None:
+    """Without VAUBAN_CEPH_CONF, the cluster a node labelled ceph=mon bootstrapped, where
+    a rollout fetched its files into data_dir/ceph: its conf, and each keyring (the
+    client's, client.bootstrap-osd's) not configured otherwise. With VAUBAN_CEPH_CONF
+    nothing changes: files of two clusters are never mixed."""
+    folder = Path(str(values["data_dir"])) / "ceph"
+    if values.get("ceph_conf") is not None or not (folder / "ceph.conf").is_file():
+        return
+    for field_name, file in (("ceph_conf", "ceph.conf"),
+                             ("ceph_keyring", f"ceph.client.{values['ceph_client']}.keyring"),
+                             ("ceph_bootstrap_osd_keyring", "ceph.client.bootstrap-osd.keyring")):
+        if values.get(field_name) is None and (folder / file).is_file():
+            values[field_name] = folder / file
 
 
 def _numbers(env: Mapping[str, str], names: dict[str, tuple[str, Callable[[str], object]]]

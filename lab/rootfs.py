@@ -34,6 +34,7 @@ NODE_PACKAGES = (
     "qemu-block-extra", "ceph-common", "python3-rados", "python3-rbd",
     "pciutils", "pci.ids", "cryptsetup-bin",
     "ceph-osd", "udev",  # the ceph role: ceph-volume, the OSD daemon, udevadm it calls
+    "ceph-mon", "ceph-mgr",  # the ceph_mon role: a region's first monitor and manager
 )
 # bump when what is done to the root after the packages changes
 LAYOUT_VERSION = "1"

@@ -7,6 +7,8 @@ the node of the same name, once it has joined.
 
 A node labelled `ceph=osd` is in group `ceph_osds`: the `ceph` role turns the disks its
 qualification report found free (`ceph_osd_devices`) into OSDs of the region's cluster.
+A node labelled `ceph=mon` is in group `ceph_mons`: where the region has no cluster yet,
+the `ceph` role bootstraps its first monitor and manager there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ MAX_LABELS = 64
 ROLE_GROUPS = {"node": "vauban_nodes", "controller": "vauban_controllers"}
 CEPH_OSD_LABEL = ("ceph", "osd")  # a node labelled so gives its free disks to Ceph
 CEPH_OSD_GROUP = "ceph_osds"
+CEPH_MON_LABEL = ("ceph", "mon")  # a node labelled so bootstraps the region's first cluster
+CEPH_MON_GROUP = "ceph_mons"
+CEPH_GROUPS = (CEPH_OSD_GROUP, CEPH_MON_GROUP)
 
 
 def check_labels(labels: dict[str, str]) -> None:
@@ -45,10 +50,26 @@ def label_group(key: str, value: str) -> str:
     return "label_" + re.sub(r"[^A-Za-z0-9_]", "_", f"{key}_{value}")
 
 
+def _labelled(host: FleetHost, node: Node | None, label: tuple[str, str]) -> bool:
+    key, value = label
+    return host.role == "node" and node is not None and (node.labels or {}).get(key) == value
+
+
 def gives_osds(host: FleetHost, node: Node | None) -> bool:
     """Whether the host is a node its operator labelled `ceph=osd`."""
-    key, value = CEPH_OSD_LABEL
-    return host.role == "node" and node is not None and (node.labels or {}).get(key) == value
+    return _labelled(host, node, CEPH_OSD_LABEL)
+
+
+def runs_first_mon(host: FleetHost, node: Node | None) -> bool:
+    """Whether the host is a node its operator labelled `ceph=mon`."""
+    return _labelled(host, node, CEPH_MON_LABEL)
+
+
+def ceph_groups(host: FleetHost, node: Node | None) -> list[str]:
+    """The Ceph groups the host is in (ceph_osds, ceph_mons), by its node's labels."""
+    return [group for group, member in ((CEPH_OSD_GROUP, gives_osds(host, node)),
+                                        (CEPH_MON_GROUP, runs_first_mon(host, node)))
+            if member]
 
 
 def osd_devices(host: FleetHost) -> list[str]:
@@ -63,6 +84,13 @@ def ceph_host_vars(host: FleetHost, node: Node | None) -> dict[str, Any]:
     return {"ceph_osd_devices": osd_devices(host)} if gives_osds(host, node) else {}
 
 
+def first_mon_nodes(db: Session) -> list[str]:
+    """The fleet's nodes labelled `ceph=mon`, by name: one at most may bootstrap a cluster."""
+    hosts = {h.name: h for h in db.scalars(select(FleetHost).where(FleetHost.role == "node"))}
+    nodes = db.scalars(select(Node).where(Node.name.in_(list(hosts))).order_by(Node.name))
+    return [n.name for n in nodes if runs_first_mon(hosts[n.name], n)]
+
+
 def host_vars(host: FleetHost, node: Node | None) -> dict[str, Any]:
     return {
         "ansible_host": host.address, "ansible_port": host.port, "ansible_user": host.user,
@@ -74,21 +102,21 @@ def host_vars(host: FleetHost, node: Node | None) -> dict[str, Any]:
 
 def dynamic_inventory(db: Session) -> dict[str, Any]:
     """Ansible's JSON inventory (`--list`): groups vauban_nodes, vauban_controllers,
-    ceph_osds and one `label_<key>_<value>` group per label in use, with every host's
+    ceph_osds, ceph_mons and one `label_<key>_<value>` group per label in use, with every host's
     variables in _meta. It holds no secret (no join token, no Ceph key: a rollout adds
     those to its own)."""
     hosts = list(db.scalars(select(FleetHost).order_by(FleetHost.name)))
     nodes = {n.name: n for n in db.scalars(
         select(Node).where(Node.name.in_([h.name for h in hosts])))}
     groups: dict[str, list[str]] = {group: [] for group in
-                                    (*ROLE_GROUPS.values(), CEPH_OSD_GROUP)}
+                                    (*ROLE_GROUPS.values(), *CEPH_GROUPS)}
     hostvars: dict[str, dict[str, Any]] = {}
     for host in hosts:
         node = nodes.get(host.name)
         hostvars[host.name] = host_vars(host, node)
         groups[ROLE_GROUPS[host.role]].append(host.name)
-        if gives_osds(host, node):
-            groups[CEPH_OSD_GROUP].append(host.name)
+        for group in ceph_groups(host, node):
+            groups[group].append(host.name)
         for key, value in sorted((node.labels if node else {}).items()):
             groups.setdefault(label_group(key, value), []).append(host.name)
     inventory: dict[str, Any] = {name: {"hosts": members} for name, members in groups.items()}

@@ -31,7 +31,15 @@ from controller.bootstrap import open_region
 from controller.config import ControllerConfig
 from controller.db.models import FleetHost, JoinToken, Node, Operation, RolloutHost, as_utc
 from controller.fleet import jobs
-from controller.fleet.inventory import CEPH_OSD_GROUP, ROLE_GROUPS, ceph_host_vars, gives_osds
+from controller.fleet.inventory import (
+    CEPH_GROUPS,
+    CEPH_MON_GROUP,
+    CEPH_OSD_GROUP,
+    ROLE_GROUPS,
+    ceph_groups,
+    ceph_host_vars,
+    first_mon_nodes,
+)
 from controller.fleet.keys import (
     ensure_fleet_key,
     fleet_private_key,
@@ -96,14 +104,16 @@ def _token_description(job_id: str) -> str:
 def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
                ) -> dict[str, Any]:
     """The batch's inventory; a host whose node has not joined gets a one-time token, and
-    where a host makes Ceph OSDs, the cluster's settings and bootstrap-osd key come too."""
+    where a host makes Ceph OSDs, the cluster's settings and bootstrap-osd key come too;
+    where one is to bootstrap the first monitor, the cluster configured (if any) and where
+    its files are fetched to."""
     config = region.config
     with region.sessions() as db, db.begin():
         fleet = {h.name: h for h in db.scalars(select(FleetHost).where(FleetHost.name.in_(hosts)))}
         joined = {n.name: n for n in db.scalars(select(Node).where(Node.name.in_(hosts)))}
         lines: list[str] = []
         groups: dict[str, dict[str, Any]] = {
-            group: {} for group in (*ROLE_GROUPS.values(), CEPH_OSD_GROUP)}
+            group: {} for group in (*ROLE_GROUPS.values(), *CEPH_GROUPS)}
         for name in hosts:
             host, node = fleet[name], joined.get(name)
             lines.append(known_hosts_line(host.address, host.port, host.host_key))
@@ -115,15 +125,14 @@ def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
                     db, f"rollout/{job_id}", _token_description(job_id), TOKEN_TTL_S)
                 host_vars["vauban_join_token"] = secret
             groups[ROLE_GROUPS[host.role]][name] = host_vars
-            if gives_osds(host, node):
-                groups[CEPH_OSD_GROUP][name] = {}
+            for group in ceph_groups(host, node):
+                groups[group][name] = {}
+        mon_nodes = first_mon_nodes(db) if groups[CEPH_MON_GROUP] else []
     known_hosts.write_text("\n".join(lines) + "\n")
     with region.reads() as db:
         wheels, version = jobs.release(config, jobs.get(db, job_id).version)
     extra = json.loads(config.rollout_vars.read_text()) if config.rollout_vars else {}
-    # the cluster OSDs join (its bootstrap-osd key too), only where a host makes OSDs
-    ceph = storage_settings.osd_vars(config.ceph_conf, config.ceph_bootstrap_osd_keyring) \
-        if groups[CEPH_OSD_GROUP] else {}
+    ceph = _ceph_vars(config, bool(groups[CEPH_OSD_GROUP]), mon_nodes)
     return {"all": {
         "vars": {
             # the public half: ssh offers the key of that name from the run's ssh-agent
@@ -137,6 +146,26 @@ def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
         },
         "children": {group: {"hosts": members} for group, members in groups.items()},
     }}
+
+
+def _ceph_vars(config: ControllerConfig, osds: bool, mon_nodes: list[str]) -> dict[str, Any]:
+    """The `ceph` role's cluster variables, only where the batch has a host that uses them:
+    for OSDs the cluster they join (its bootstrap-osd key too); for the first monitor
+    (`mon_nodes`: the fleet's nodes labelled ceph=mon, empty where the batch has none) the
+    cluster configured (the role then refuses to make another), every node so labelled,
+    the controller's client and its pools, and the folder the new cluster's conf and
+    keyrings are fetched to."""
+    found: dict[str, Any] = {}
+    if osds:
+        found.update(storage_settings.osd_vars(config.ceph_conf,
+                                               config.ceph_bootstrap_osd_keyring))
+    if mon_nodes:
+        found.update(storage_settings.osd_vars(config.ceph_conf, None))
+        found.update(ceph_mon_nodes=mon_nodes, ceph_fetch_dir=str(config.ceph_dir),
+                     ceph_client=config.ceph_client,
+                     ceph_client_pools=list(dict.fromkeys(
+                         [config.ceph_pool, *config.ceph_volume_pools])))
+    return found
 
 
 def _run_batch(region: Region, job_id: str, folder: Path, hosts: list[str], number: int,

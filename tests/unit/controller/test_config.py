@@ -90,3 +90,28 @@ def test_a_bad_certificate_lifetime_is_refused(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(ValueError) as e:
         ControllerConfig.from_env(data_dir=tmp_path)
     assert message in str(e.value)
+
+
+def test_the_ceph_files_a_rollout_fetched_serve_where_no_cluster_is_configured(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("VAUBAN_CEPH_CONF", "VAUBAN_CEPH_KEYRING", "VAUBAN_CEPH_BOOTSTRAP_OSD_KEYRING",
+                "VAUBAN_CEPH_CLIENT"):
+        monkeypatch.delenv(var, raising=False)
+    none = ControllerConfig.from_env(data_dir=tmp_path)
+    assert (none.ceph_conf, none.ceph_keyring, none.ceph_bootstrap_osd_keyring) == \
+        (None, None, None)
+    folder = tmp_path / "ceph"
+    assert none.ceph_dir == folder
+    folder.mkdir()
+    for name in ("ceph.conf", "ceph.client.vauban.keyring", "ceph.client.bootstrap-osd.keyring"):
+        (folder / name).write_text("")
+    fetched = ControllerConfig.from_env(data_dir=tmp_path)
+    assert (fetched.ceph_conf, fetched.ceph_keyring, fetched.ceph_bootstrap_osd_keyring) == (
+        folder / "ceph.conf", folder / "ceph.client.vauban.keyring",
+        folder / "ceph.client.bootstrap-osd.keyring")
+    # a keyring configured is kept; the conf configured takes none of the fetched files
+    monkeypatch.setenv("VAUBAN_CEPH_KEYRING", str(tmp_path / "mine.keyring"))
+    assert ControllerConfig.from_env(data_dir=tmp_path).ceph_keyring == tmp_path / "mine.keyring"
+    monkeypatch.setenv("VAUBAN_CEPH_CONF", str(tmp_path / "other.conf"))
+    other = ControllerConfig.from_env(data_dir=tmp_path)
+    assert (other.ceph_conf, other.ceph_bootstrap_osd_keyring) == (tmp_path / "other.conf", None)

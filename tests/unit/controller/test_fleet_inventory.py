@@ -11,7 +11,12 @@ import pytest
 
 from controller.db.models import FleetHost, Node
 from controller.errors import InvalidInput
-from controller.fleet.inventory import check_labels, dynamic_inventory, label_group
+from controller.fleet.inventory import (
+    check_labels,
+    dynamic_inventory,
+    first_mon_nodes,
+    label_group,
+)
 from controller.region import Region
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -84,11 +89,11 @@ def test_dynamic_inventory_groups_fleet_hosts_by_role_and_label(fleet: Region) -
         n1_id = db.query(Node.id).filter(Node.name == "n1").scalar()
     assert inv["vauban_nodes"] == {"hosts": ["n1", "n2"]}
     assert inv["vauban_controllers"] == {"hosts": ["c1"]}
-    assert inv["ceph_osds"] == {"hosts": []}
+    assert inv["ceph_osds"] == inv["ceph_mons"] == {"hosts": []}
     assert inv["label_rack_r12"] == {"hosts": ["n1"]}  # not the node outside the fleet
     assert inv["label_gpu_model_a100"] == {"hosts": ["n1"]}
-    assert inv["all"] == {"children": ["ceph_osds", "label_gpu_model_a100", "label_rack_r12",
-                                       "vauban_controllers", "vauban_nodes"]}
+    assert inv["all"] == {"children": ["ceph_mons", "ceph_osds", "label_gpu_model_a100",
+                                       "label_rack_r12", "vauban_controllers", "vauban_nodes"]}
     hostvars = inv["_meta"]["hostvars"]
     assert sorted(hostvars) == ["c1", "n1", "n2"]
     assert hostvars["n1"] == {
@@ -107,8 +112,9 @@ def test_dynamic_inventory_of_an_empty_fleet(region: Region) -> None:
     with region.reads() as db:
         assert dynamic_inventory(db) == {
             "vauban_nodes": {"hosts": []}, "vauban_controllers": {"hosts": []},
-            "ceph_osds": {"hosts": []},
-            "all": {"children": ["ceph_osds", "vauban_controllers", "vauban_nodes"]},
+            "ceph_osds": {"hosts": []}, "ceph_mons": {"hosts": []},
+            "all": {"children": ["ceph_mons", "ceph_osds", "vauban_controllers",
+                                 "vauban_nodes"]},
             "_meta": {"hostvars": {}}}
 
 
@@ -168,3 +174,16 @@ def test_nodes_labelled_ceph_osd_are_in_ceph_osds_with_their_free_disks(
     for name in ("s3", "s4", "c1"):
         assert "ceph_osd_devices" not in hostvars[name]
     assert "ceph_bootstrap_osd_key" not in json.dumps(inv)  # what is printed holds no key
+
+
+def test_nodes_labelled_ceph_mon_are_in_ceph_mons(ceph_fleet: Region) -> None:
+    with ceph_fleet.sessions() as db, db.begin():
+        db.add_all([_fleet_host("c2", "10.0.0.11", role="controller"),
+                    Node(name="c2", cert_serial="16", labels={"ceph": "mon"}),
+                    Node(name="hand-made", cert_serial="17", labels={"ceph": "mon"})])
+    with ceph_fleet.reads() as db:
+        inv = dynamic_inventory(db)
+        # a controller or a node outside the fleet never bootstraps a cluster
+        assert first_mon_nodes(db) == ["s3"]
+    assert inv["ceph_mons"] == {"hosts": ["s3"]}
+    assert "ceph_osd_devices" not in inv["_meta"]["hostvars"]["s3"]

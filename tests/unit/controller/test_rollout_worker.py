@@ -294,3 +294,29 @@ def test_a_key_fifo_no_ssh_add_read_is_drained_and_removed(tmp_path: Path) -> No
         assert not thread.is_alive()
     assert not (artifacts / "ssh_key_data").exists()
     _drain_key_fifos(tmp_path)  # nothing left: nothing done
+
+
+def test_a_rollout_tells_a_ceph_mon_node_where_to_put_a_new_cluster(
+        region: Region, job: str, tmp_path: Path) -> None:
+    _label(region, "n1", {"ceph": "mon"}, [])
+    _label(region, "n2", {"rack": "r1"}, [])
+    inv = _inventory(region, job, ["n1", "n2"], tmp_path / "known_hosts")["all"]
+    assert inv["children"]["ceph_mons"] == {"hosts": {"n1": {}}}
+    assert inv["children"]["ceph_osds"] == {"hosts": {}}
+    assert {k: v for k, v in inv["vars"].items() if k.startswith("ceph_")} == {
+        "ceph_mon_nodes": ["n1"], "ceph_fetch_dir": str(region.config.data_dir / "ceph"),
+        "ceph_client": "vauban", "ceph_client_pools": ["vauban"]}
+    # a batch without such a node is told nothing of Ceph
+    other = _inventory(region, job, ["n2"], tmp_path / "known_hosts")["all"]
+    assert not [k for k in other["vars"] if k.startswith("ceph_")]
+
+
+def test_a_rollout_names_the_configured_cluster_and_every_mon_node_to_a_ceph_mon_node(
+        region: Region, job: str, tmp_path: Path) -> None:
+    ceph = _ceph_region(region, tmp_path)
+    _label(ceph, "n1", {"ceph": "mon"}, [])
+    _label(ceph, "n3", {"ceph": "mon"}, [])  # not in the batch: the role refuses both
+    inv = _inventory(ceph, job, ["n1"], tmp_path / "known_hosts")["all"]
+    assert (inv["vars"]["ceph_fsid"], inv["vars"]["ceph_mon_host"]) == (FSID, MON_HOST)
+    assert inv["vars"]["ceph_mon_nodes"] == ["n1", "n3"]
+    assert "ceph_bootstrap_osd_key" not in inv["vars"]  # only OSD nodes are given it
