@@ -132,7 +132,7 @@ def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
     with region.reads() as db:
         wheels, version = jobs.release(config, jobs.get(db, job_id).version)
     extra = json.loads(config.rollout_vars.read_text()) if config.rollout_vars else {}
-    ceph = _ceph_vars(config, bool(groups[CEPH_OSD_GROUP]), mon_nodes)
+    ceph = ceph_vars(config, bool(groups[CEPH_OSD_GROUP]), mon_nodes)
     return {"all": {
         "vars": {
             # the public half: ssh offers the key of that name from the run's ssh-agent
@@ -148,7 +148,7 @@ def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
     }}
 
 
-def _ceph_vars(config: ControllerConfig, osds: bool, mon_nodes: list[str]) -> dict[str, Any]:
+def ceph_vars(config: ControllerConfig, osds: bool, mon_nodes: list[str]) -> dict[str, Any]:
     """The `ceph` role's cluster variables, only where the batch has a host that uses them:
     for OSDs the cluster they join (its bootstrap-osd key too); for the first monitor
     (`mon_nodes`: the fleet's nodes labelled ceph=mon, empty where the batch has none) the
