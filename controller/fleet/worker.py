@@ -150,7 +150,9 @@ def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
 
 def ceph_vars(config: ControllerConfig, osds: bool, mon_nodes: list[str]) -> dict[str, Any]:
     """The `ceph` role's cluster variables, only where the batch has a host that uses them:
-    for OSDs the cluster they join (its bootstrap-osd key too); for the first monitor
+    for OSDs the cluster they join (its bootstrap-osd key too), or where the controller
+    has none, the folder a node of this rollout fetches a new cluster's files to (the
+    role reads them there once they are); for the first monitor
     (`mon_nodes`: the fleet's nodes labelled ceph=mon, empty where the batch has none) the
     cluster configured (the role then refuses to make another), every node so labelled,
     the controller's client and its pools, and the folder the new cluster's conf and
@@ -159,6 +161,8 @@ def ceph_vars(config: ControllerConfig, osds: bool, mon_nodes: list[str]) -> dic
     if osds:
         found.update(storage_settings.osd_vars(config.ceph_conf,
                                                config.ceph_bootstrap_osd_keyring))
+        if config.ceph_conf is None:
+            found["ceph_fetch_dir"] = str(config.ceph_dir)
     if mon_nodes:
         found.update(storage_settings.osd_vars(config.ceph_conf, None))
         found.update(ceph_mon_nodes=mon_nodes, ceph_fetch_dir=str(config.ceph_dir),

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +32,48 @@ from controller.fleet.worker import ceph_vars
 from lab import node as lab_node
 from lab.main import Lab
 from lab.node import LabNode
+from tests.e2e.region import wait_for
 from tests.lab.fixtures import REGION_NODES
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "playbooks"
 CLIENT = "vauban"
+DISK_BYTES = 10 * 1024**3  # sparse; ceph-volume wants 5 GB at least
+OSD_UP_TIMEOUT_S = 180  # a new OSD boots in seconds; a loaded 2-core machine takes longer
 KEYRINGS = ("ceph.client.bootstrap-osd.keyring", f"ceph.client.{CLIENT}.keyring")
 
 
-def _run_site(lab: Lab, node: LabNode, config: ControllerConfig
-              ) -> tuple[ansible_runner.Runner, str]:
-    """site.yml on `node` alone, in group ceph_mons, with the Ceph variables a rollout of
-    the controller `config` gives it; the runner and what Ansible printed."""
+@dataclass
+class LabDisk:
+    """A loop device over a sparse file, its device node made in one lab node."""
+
+    node: LabNode
+    image: Path
+    device: str  # /dev/loopN, the same path on the host and in the node
+
+
+def _run_site(lab: Lab, config: ControllerConfig, mon: LabNode | None = None,
+              osds: dict[str, Any] | None = None) -> tuple[ansible_runner.Runner, str]:
+    """site.yml on `mon` alone in group ceph_mons, or on `osds` (LabDisk by node name) in
+    ceph_osds, with the Ceph variables a rollout of the controller `config` gives them;
+    the runner and what Ansible printed."""
     private = config.data_dir / f"run-{uuid.uuid4().hex[:8]}"
     private.mkdir(mode=0o700)
+    osds = osds or {}
+    groups: dict[str, Any] = {"ceph_mons": {"hosts": {} if mon is None else {
+        mon.name: {"ansible_host": mon.ip, "ansible_user": "root"}}},
+        "ceph_osds": {"hosts": {name: {
+            "ansible_host": disk.node.ip, "ansible_user": "root",
+            "ceph_osd_devices": [disk.device]} for name, disk in osds.items()}}}
     inventory = {"all": {
         "vars": {"ansible_ssh_private_key_file": str(lab.ssh_key),
                  "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts} "
                                             "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
-                 **ceph_vars(config, osds=False, mon_nodes=[node.name])},
-        "children": {"ceph_mons": {"hosts": {node.name: {
-            "ansible_host": node.ip, "ansible_user": "root"}}}},
+                 "ceph_volume_allow_loop_devices": True,
+                 **ceph_vars(config, osds=bool(osds),
+                             mon_nodes=[] if mon is None else [mon.name])},
+        "children": groups,
     }}
     result = ansible_runner.run(
         private_data_dir=str(private), project_dir=str(PLAYBOOKS), playbook="site.yml",
@@ -86,6 +107,38 @@ def mon_node(lab3: Lab) -> Iterator[LabNode]:
                             "/usr/local/sbin/vauban-ceph-mon")
 
 
+@pytest.fixture
+def osd_disk(lab3: Lab) -> Iterator[LabDisk]:
+    """The other spare server with a disk: a loop device over a sparse file, its device
+    node made in the node's /dev; afterwards its OSD and Ceph files are gone too."""
+    node = lab3.nodes[REGION_NODES + 1]
+    image = Path("/var/tmp") / f"vauban-lab-osd-{uuid.uuid4().hex[:8]}.img"
+    with image.open("wb") as f:
+        f.truncate(DISK_BYTES)
+    try:
+        device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        try:
+            rdev = os.stat(device).st_rdev
+            _inside(node, "mknod", "-m", "0660", device, "b", str(os.major(rdev)),
+                    str(os.minor(rdev)))
+            try:
+                yield LabDisk(node, image, device)
+            finally:
+                lab_node.run_inside(node, "sh", "-c",
+                                    "systemctl disable --now 'ceph-osd@*' ceph-osd.target "
+                                    "ceph.target; rm -rf /var/lib/ceph/osd/* "
+                                    "/etc/systemd/system/ceph-osd@*.service.d "
+                                    "/var/lib/ceph/bootstrap-osd/ceph.keyring "
+                                    "/etc/ceph/ceph.conf /usr/local/sbin/vauban-ceph-disk; "
+                                    "systemctl daemon-reload")
+                lab_node.run_inside(node, "rm", "-f", device)
+        finally:
+            subprocess.run(["losetup", "--detach", device], check=True)
+    finally:
+        image.unlink()
+
+
 def _ceph(folder: Path, *command: str) -> Any:
     """`ceph` from this machine as the controller's client, with the fetched files."""
     out = subprocess.run(["ceph", "--conf", str(folder / "ceph.conf"), "--name",
@@ -103,7 +156,7 @@ def test_a_ceph_mon_node_bootstraps_the_first_monitor_and_a_second_run_changes_n
         monkeypatch.delenv(var, raising=False)
     unconfigured = ControllerConfig.from_env(data_dir=tmp_path)  # a region without Ceph
     assert unconfigured.ceph_conf is None
-    first, printed = _run_site(lab3, mon_node, unconfigured)
+    first, printed = _run_site(lab3, unconfigured, mon_node)
     assert first.rc == 0, printed[-6000:]
     assert first.stats["changed"].get(mon_node.name, 0) > 0
     for unit in (f"ceph-mon@{mon_node.name}", f"ceph-mgr@{mon_node.name}"):
@@ -132,7 +185,7 @@ def test_a_ceph_mon_node_bootstraps_the_first_monitor_and_a_second_run_changes_n
         "ceph_fsid"] == fsid
 
     # a second rollout, now with the cluster the controller has, changes nothing
-    again, printed = _run_site(lab3, mon_node, config)
+    again, printed = _run_site(lab3, config, mon_node)
     assert again.rc == 0, printed[-6000:]
     assert again.stats["changed"].get(mon_node.name, 0) == 0, printed[-6000:]
 
@@ -141,10 +194,39 @@ def test_a_ceph_mon_node_bootstraps_the_first_monitor_and_a_second_run_changes_n
     other_conf = tmp_path / "other.conf"
     other_conf.write_text(f"[global]\nfsid = {other}\nmon_host = [v2:10.0.0.1:3300]\n")
     monkeypatch.setenv("VAUBAN_CEPH_CONF", str(other_conf))
-    refused, printed = _run_site(lab3, mon_node, ControllerConfig.from_env(data_dir=tmp_path))
+    refused, printed = _run_site(lab3, ControllerConfig.from_env(data_dir=tmp_path),
+                                 mon_node)
     assert refused.rc != 0
     assert f"the region's cluster is {other}" in printed, printed[-6000:]
     assert f"monitor of cluster {fsid}" in printed
     assert storage_settings.fsid_from_conf(folder / "ceph.conf") == fsid
     assert _ceph(folder, "status")["fsid"] == fsid
     assert os.path.exists(folder / KEYRINGS[0])
+
+
+def test_osd_nodes_join_the_cluster_their_rollout_bootstraps_and_a_later_one_changes_nothing(
+        lab3: Lab, mon_node: LabNode, osd_disk: LabDisk, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("VAUBAN_CEPH_CONF", "VAUBAN_CEPH_KEYRING", "VAUBAN_CEPH_BOOTSTRAP_OSD_KEYRING"):
+        monkeypatch.delenv(var, raising=False)
+    osds = {osd_disk.node.name: osd_disk}
+    first, printed = _run_site(lab3, ControllerConfig.from_env(data_dir=tmp_path), mon_node,
+                               osds)
+    assert first.rc == 0, printed[-6000:]
+    folder = tmp_path / "ceph"
+    try:
+        wait_for(lambda: _ceph(folder, "status")["osdmap"]["num_up_osds"] == 1,
+                 OSD_UP_TIMEOUT_S, f"the OSD of {osd_disk.node.name} to be up")
+    except AssertionError as e:
+        journal = lab_node.run_inside(osd_disk.node, "journalctl", "--no-pager", "-n", "40",
+                                      "-u", "ceph-osd@*").stdout
+        raise AssertionError(f"{e}\n{journal}") from None
+    assert _ceph(folder, "status")["osdmap"]["num_in_osds"] == 1
+
+    # a later rollout: the controller has the fetched cluster and key; nothing changes
+    config = ControllerConfig.from_env(data_dir=tmp_path)
+    assert config.ceph_bootstrap_osd_keyring == folder / KEYRINGS[0]
+    again, printed = _run_site(lab3, config, mon_node, osds)
+    assert again.rc == 0, printed[-6000:]
+    assert not any(again.stats["changed"].values()), printed[-6000:]
+    assert _ceph(folder, "status")["osdmap"]["num_osds"] == 1

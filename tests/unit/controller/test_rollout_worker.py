@@ -309,6 +309,11 @@ def test_a_rollout_tells_a_ceph_mon_node_where_to_put_a_new_cluster(
     # a batch without such a node is told nothing of Ceph
     other = _inventory(region, job, ["n2"], tmp_path / "known_hosts")["all"]
     assert not [k for k in other["vars"] if k.startswith("ceph_")]
+    # OSD nodes of a region without a cluster read the one this rollout makes, if any
+    _label(region, "n3", {"ceph": "osd"}, ["sdb"])
+    osds = _inventory(region, job, ["n3"], tmp_path / "known_hosts")["all"]
+    assert {k: v for k, v in osds["vars"].items() if k.startswith("ceph_")} == {
+        "ceph_fetch_dir": str(region.config.data_dir / "ceph")}
 
 
 def test_a_rollout_names_the_configured_cluster_and_every_mon_node_to_a_ceph_mon_node(
