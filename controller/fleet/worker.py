@@ -205,7 +205,7 @@ def _run_batch(region: Region, job_id: str, folder: Path, hosts: list[str], numb
 
 
 def _drain_key_fifos(private: Path) -> None:
-    """Afterwards no FIFO holding the fleet key is left in the batch's artifacts.
+    """Afterwards no FIFO or file holding the fleet key is left in the batch's artifacts.
 
     ansible-runner writes the key into `artifacts/<ident>/ssh_key_data` from a thread,
     and ssh-add reads and removes it; when the run ended before ssh-add (ssh-agent
@@ -217,13 +217,17 @@ def _drain_key_fifos(private: Path) -> None:
         except OSError:
             continue
         try:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                os.set_blocking(fd, True)  # a waiting writer counts: read to its end
-                while os.read(fd, 65536):
-                    pass
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue  # the folder left by an earlier drain
+            os.set_blocking(fd, True)  # a waiting writer counts: read to its end
+            while os.read(fd, 65536):
+                pass
         finally:
             os.close(fd)
-            fifo.unlink(missing_ok=True)
+        fifo.unlink(missing_ok=True)
+        # a writer that had not opened the FIFO yet would now create a plain file with the
+        # key in it: a folder in its place makes its open fail instead
+        fifo.mkdir(mode=0o700, exist_ok=True)
 
 
 class _Progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from controller.fleet import jobs
 from controller.fleet.worker import _behind, _drain_key_fifos, _inventory, _Progress, _reason
 from controller.region import Region
 from controller.storage_settings import StorageConfigError
+from tests.e2e.region import wait_for
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
@@ -288,12 +290,29 @@ def test_a_key_fifo_no_ssh_add_read_is_drained_and_removed(tmp_path: Path) -> No
     before = set(threading.enumerate())
     open_fifo_write(str(artifacts / "ssh_key_data"), "-----BEGIN OPENSSH PRIVATE KEY-----")
     writers = set(threading.enumerate()) - before
+    for thread in writers:  # as in a run: the writer waits in open() for a reader
+        assert wait_for(lambda t=thread: Path(  # type: ignore[misc]
+            f"/proc/self/task/{t.native_id}/wchan").read_text() == "wait_for_partner",
+            60, "the key's writer to wait for a reader")
     _drain_key_fifos(tmp_path)
     for thread in writers:
         thread.join(60)
         assert not thread.is_alive()
-    assert not (artifacts / "ssh_key_data").exists()
+    assert (artifacts / "ssh_key_data").is_dir()  # no FIFO, and no file with the key
+    assert list((artifacts / "ssh_key_data").iterdir()) == []
     _drain_key_fifos(tmp_path)  # nothing left: nothing done
+
+
+def test_a_key_writer_that_comes_after_the_drain_writes_no_file(tmp_path: Path) -> None:
+    """The FIFO drained before its writer opened it: the writer fails, no key is on disk."""
+    artifacts = tmp_path / "artifacts" / "ident"
+    artifacts.mkdir(parents=True)
+    fifo = artifacts / "ssh_key_data"
+    os.mkfifo(fifo, 0o600)
+    _drain_key_fifos(tmp_path)  # no writer yet
+    with pytest.raises(IsADirectoryError):
+        fifo.open("wb")  # what ansible-runner's late writer thread does
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 def test_a_rollout_tells_a_ceph_mon_node_where_to_put_a_new_cluster(
