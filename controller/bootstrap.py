@@ -41,7 +41,8 @@ def open_region(config: ControllerConfig) -> Region:
     # the region key (refused if others may read it), and the fleet key sealed with it
     ensure_fleet_key(config.data_dir)
     config.image_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(config.db_url)
+    engine = make_engine(config.db_url, config.database_pool_size,
+                         config.database_pool_overflow, config.database_pool_wait_s)
     upgrade(engine)
     notifier, heartbeats = ChangeNotifier(), HeartbeatBook()
 

@@ -42,7 +42,8 @@ POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connection
                      "request_header_timeout_s", "client_idle_timeout_s", "node_keepalive_s",
                      "rollout_upgrade_wait_s", "rollout_forks", "rollout_batch_timeout_s",
                      "workers", "login_max_failures", "login_max_failures_per_source",
-                     "login_lockout_s", "login_concurrency")
+                     "login_lockout_s", "login_concurrency", "database_pool_size",
+                     "database_pool_wait_s")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,11 @@ class ControllerConfig:
     # server processes sharing the port; above 1 needs PostgreSQL, through which they hear
     # of each other's changes (controller.notices)
     workers: int = 1
+    # PostgreSQL connections per worker: kept open, more opened at need, and how long a
+    # request waits for one when all are in use before it is answered 503
+    database_pool_size: int = 10
+    database_pool_overflow: int = 20
+    database_pool_wait_s: float = 30.0
     # failed logins of one user name / from one address within login_lockout_s that lock it
     # out for login_lockout_s (see controller.services.login)
     login_max_failures: int = 5
@@ -107,6 +113,9 @@ class ControllerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, not {value}")
+        if self.database_pool_overflow < 0:
+            raise ValueError("database_pool_overflow must be 0 or more, not "
+                             f"{self.database_pool_overflow}")
         longest = int(CA_VALIDITY.total_seconds())
         for name in ("node_cert_lifetime_s", "server_cert_lifetime_s"):
             value = getattr(self, name)
@@ -220,6 +229,9 @@ class ControllerConfig:
                 "rollout_forks": ("VAUBAN_ROLLOUT_FORKS", int),
                 "rollout_batch_timeout_s": ("VAUBAN_ROLLOUT_BATCH_TIMEOUT", float),
                 "workers": ("VAUBAN_WORKERS", int),
+                "database_pool_size": ("VAUBAN_DATABASE_POOL_SIZE", int),
+                "database_pool_overflow": ("VAUBAN_DATABASE_POOL_OVERFLOW", int),
+                "database_pool_wait_s": ("VAUBAN_DATABASE_POOL_WAIT", float),
                 "login_max_failures": ("VAUBAN_LOGIN_MAX_FAILURES", int),
                 "login_max_failures_per_source": ("VAUBAN_LOGIN_MAX_FAILURES_PER_SOURCE", int),
                 "login_lockout_s": ("VAUBAN_LOGIN_LOCKOUT", float),

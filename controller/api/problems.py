@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask, Response, json, request
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from controller.errors import ServiceError, TooManyRequests
@@ -93,6 +94,16 @@ def install_error_handlers(app: Flask) -> None:
                            "send it without pausing", "request-timeout")
         return problem(400, "Incomplete body", "the request body ended before the length "
                        "it declared", "incomplete-body")
+
+    @app.errorhandler(PoolTimeout)
+    def _no_connection(err: PoolTimeout) -> Response:
+        # every database connection is in use: the caller retries, nothing failed for good
+        app.logger.warning("no database connection free for %s %s: %s", request.method,
+                           request.path, err)
+        answer = problem(503, "Service unavailable", "the controller's database connections "
+                         "are all in use; try again shortly", "unavailable", retry_after_s=1)
+        answer.headers["Retry-After"] = "1"
+        return answer
 
     @app.errorhandler(IntegrityError)
     def _integrity(err: IntegrityError) -> Response:

@@ -25,8 +25,11 @@ class ReadOnlySessionError(RuntimeError):
     """A read session was asked to write: a programming error, never the caller's."""
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20,
+                pool_timeout: float = 30.0) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout on every
+    connection. On PostgreSQL a request finds no free connection within `pool_timeout`
+    seconds raises sqlalchemy.exc.TimeoutError (answered 503 by the API)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -80,7 +83,8 @@ def make_engine(url: str) -> Engine:
                 writers.release()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size,
+                         max_overflow=max_overflow, pool_timeout=pool_timeout)
 
 
 def make_sessionmaker(engine: Engine,
