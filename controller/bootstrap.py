@@ -74,7 +74,7 @@ def open_region(config: ControllerConfig) -> Region:
     return Region(
         config=config, engine=engine, sessions=sessions, reads=reads,
         ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace, origin=origin,
-        login_slots=HashSlots(config.login_concurrency, config.login_limits().slot_wait_s),
+        login_slots=HashSlots.of(config.login_limits()),
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
     )
 

@@ -80,5 +80,5 @@ class Region:
     storage: StorageSettings
     pace: RegionPace  # from the settings: the region's size sets the agents' pace
     origin: str  # this process in change notices to other processes (controller.notices)
+    login_slots: HashSlots  # password hashes at once in this process (config.login_limits)
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)
-    login_slots: HashSlots = field(default_factory=lambda: HashSlots(2, 5.0))

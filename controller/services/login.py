@@ -40,6 +40,10 @@ class HashSlots:
         self._slots = threading.BoundedSemaphore(limit)
         self.wait_s = wait_s
 
+    @classmethod
+    def of(cls, limits: LoginLimits) -> HashSlots:
+        return cls(limits.concurrent, limits.slot_wait_s)
+
     @contextmanager
     def slot(self) -> Iterator[None]:
         if not self._slots.acquire(timeout=self.wait_s):

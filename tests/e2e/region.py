@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,20 @@ class E2ERegion:
 
     def start_controller(self) -> None:
         allinone.start_controller(self.layout, self.controller_env)
+
+    @classmethod
+    @contextmanager
+    def controller_only(cls, controller_env: dict[str, str] | None = None
+                        ) -> Iterator[E2ERegion]:
+        """A region of a controller process alone, answering; afterwards the process is
+        stopped by its PID and the region's folder removed."""
+        region = cls.create(controller_env)
+        try:
+            region.start_controller()
+            yield region
+        finally:
+            region.layout.service("controller").stop()
+            shutil.rmtree(region.root)
 
     def start(self, image: Path) -> None:
         self.start_controller()

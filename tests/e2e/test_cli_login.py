@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pty
 import select
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -19,13 +18,8 @@ from tests.e2e.region import BIN, E2ERegion
 
 @pytest.fixture
 def controller() -> Iterator[E2ERegion]:
-    region = E2ERegion.create()
-    try:
-        region.start_controller()
+    with E2ERegion.controller_only() as region:
         yield region
-    finally:
-        region.layout.service("controller").stop()
-        shutil.rmtree(region.root)
 
 
 def _read_until(fd: int, wanted: bytes, seen: bytearray) -> bool:

@@ -8,12 +8,11 @@ Each test starts its own `vauban-controller serve` (stopped by PID) on a free lo
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import ssl
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,14 +37,8 @@ AGENT = {PROTOCOL_HEADER: str(PROTOCOL_VERSION)}  # what the agent sends on ever
 
 @pytest.fixture
 def controller(request: pytest.FixtureRequest) -> Iterator[E2ERegion]:
-    env: dict[str, str] = getattr(request, "param", {})
-    region = E2ERegion.create(controller_env=env)
-    try:
-        region.start_controller()
+    with E2ERegion.controller_only(getattr(request, "param", {})) as region:
         yield region
-    finally:
-        region.layout.service("controller").stop()
-        shutil.rmtree(region.root)
 
 
 def _tls(region: E2ERegion, source: str = "127.0.0.1",
@@ -198,14 +191,15 @@ def _join(region: E2ERegion, name: str) -> tuple[str, tuple[str, str]]:
     return joined["node_id"], (str(cert), str(keyfile))
 
 
-def test_waiting_long_polls_hold_no_thread_and_all_wake(controller: E2ERegion) -> None:
-    """More long-polls than the old thread pool, all waiting at once: the API still answers,
-    and one change to the node's desired state wakes every one of them (a poll that is not
-    woken runs into its client's timeout, shorter than the wait it asked for)."""
-    controller.token = admin_token(controller.layout)
-    node_id, cert = _join(controller, "poller")
-    url = f"{controller.layout.url}/agent/v1/nodes/{node_id}/desired"
-    ca = str(controller.layout.ca_file)
+def _every_long_poll_wakes(region: E2ERegion, node_name: str,
+                           all_waiting: Callable[[], bool], what: str) -> None:
+    """HALF_OPEN long-polls of one node, waiting (once `all_waiting()`) while one change to
+    the node's desired state is made: each is answered the next generation (a poll left
+    waiting runs into its client's timeout, shorter than the wait it asked for)."""
+    region.token = admin_token(region.layout)
+    node_id, cert = _join(region, node_name)
+    url = f"{region.layout.url}/agent/v1/nodes/{node_id}/desired"
+    ca = str(region.layout.ca_file)
     start = requests.get(url, params={"after": -1}, cert=cert, timeout=60, verify=ca,
                          headers=AGENT).json()
     generations: list[int] = []
@@ -225,16 +219,23 @@ def test_waiting_long_polls_hold_no_thread_and_all_wake(controller: E2ERegion) -
     for t in pollers:
         t.start()
     try:
-        assert wait_for(lambda: _status(controller)["agents_waiting"] == HALF_OPEN, 60,
-                        f"{HALF_OPEN} long-polls waiting")
-        assert _answers(controller) == 200
+        assert wait_for(all_waiting, 60, what)
+        assert _answers(region) == 200
         # deleting an image changes every node's desired state (its copy is dropped)
-        controller.cli("image", "import", str(_raw_image(controller.root)), "--name", "wake")
-        controller.cli("image", "delete", "wake")
+        region.cli("image", "import", str(_raw_image(region.root)), "--name", "wake")
+        region.cli("image", "delete", "wake")
     finally:
         for t in pollers:
             t.join()
     assert generations == [start["generation"] + 1] * HALF_OPEN
+
+
+def test_waiting_long_polls_hold_no_thread_and_all_wake(controller: E2ERegion) -> None:
+    """More long-polls than the old thread pool, all waiting at once: the API still answers,
+    and one change to the node's desired state wakes every one of them."""
+    _every_long_poll_wakes(
+        controller, "poller", lambda: _status(controller)["agents_waiting"] == HALF_OPEN,
+        f"{HALF_OPEN} long-polls waiting")
 
 
 def _status(region: E2ERegion) -> dict[str, Any]:
@@ -304,14 +305,9 @@ def on_postgres(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[E
     _reset_postgres(postgres_url)
     param = getattr(request, "param", 1)
     workers, settings = param if isinstance(param, tuple) else (param, {})
-    region = E2ERegion.create(controller_env={
-        "VAUBAN_DATABASE_URL": postgres_url, "VAUBAN_WORKERS": str(workers), **settings})
-    try:
-        region.start_controller()
+    with E2ERegion.controller_only({"VAUBAN_DATABASE_URL": postgres_url,
+                                    "VAUBAN_WORKERS": str(workers), **settings}) as region:
         yield region
-    finally:
-        region.layout.service("controller").stop()
-        shutil.rmtree(region.root)
 
 
 def test_a_query_waiting_on_postgresql_does_not_stall_the_worker(
@@ -351,46 +347,16 @@ def _waiting_on_locks(engine: Engine) -> int:
 def test_a_change_made_in_one_worker_wakes_the_long_polls_of_every_worker(
         on_postgres: E2ERegion) -> None:
     """Long-polls spread over both workers; a change committed by whichever worker takes it
-    wakes all of them (one left waiting runs into its client's timeout, shorter than its
-    wait)."""
-    region = on_postgres
-    region.token = admin_token(region.layout)
-    node_id, cert = _join(region, "spread")
-    url = f"{region.layout.url}/agent/v1/nodes/{node_id}/desired"
-    ca = str(region.layout.ca_file)
-    start = requests.get(url, params={"after": -1}, cert=cert, timeout=60, verify=ca,
-                         headers=AGENT).json()
-    generations: list[int] = []
-    lock = threading.Lock()
-
-    def poll() -> None:
-        try:
-            r = requests.get(url, params={"after": start["generation"], "wait": 60},
-                             cert=cert, timeout=45, verify=ca, headers=AGENT)
-            got = r.json()["generation"] if r.ok else -r.status_code
-        except requests.RequestException:
-            got = -1
-        with lock:
-            generations.append(got)
-
+    wakes all of them."""
     seen: set[int] = set()
 
     def split_between_workers() -> bool:
         # each answer comes from one worker and counts the long-polls waiting there
-        seen.add(_status(region)["agents_waiting"])
+        seen.add(_status(on_postgres)["agents_waiting"])
         return any(0 < n < HALF_OPEN and HALF_OPEN - n in seen for n in seen)
 
-    pollers = [threading.Thread(target=poll) for _ in range(HALF_OPEN)]
-    for t in pollers:
-        t.start()
-    try:
-        assert wait_for(split_between_workers, 60, "long-polls waiting in both workers")
-        region.cli("image", "import", str(_raw_image(region.root)), "--name", "wake")
-        region.cli("image", "delete", "wake")
-    finally:
-        for t in pollers:
-            t.join()
-    assert generations == [start["generation"] + 1] * HALF_OPEN
+    _every_long_poll_wakes(on_postgres, "spread", split_between_workers,
+                           "long-polls waiting in both workers")
 
 
 def _served_certificate(region: E2ERegion) -> x509.Certificate:
