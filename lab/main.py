@@ -87,8 +87,8 @@ class Lab:
 def up(state: Path, nodes: int, name: str = "lab", subnet: str = DEFAULT_SUBNET,
        cache: Path = rootfs.DEFAULT_CACHE) -> Lab:
     """Make a lab of `nodes` booted nodes. Refuses when the state folder holds a lab
-    already. On failure, what was made stays recorded for `down` (and the error says
-    what failed)."""
+    already or the subnet is in use on this machine. On failure, what was made stays
+    recorded for `down` (and the error says what failed)."""
     if not 1 <= nodes <= 200:
         raise ValueError(f"a lab has 1 to 200 nodes, not {nodes}")
     if len(name) > 6 or not name.isalnum():
@@ -100,6 +100,10 @@ def up(state: Path, nodes: int, name: str = "lab", subnet: str = DEFAULT_SUBNET,
     net = ipaddress.IPv4Network(subnet)
     if net.num_addresses < FIRST_NODE_HOST + nodes + 1:
         raise ValueError(f"subnet {subnet} has no room for {nodes} nodes")
+    user = network.subnet_user(net)
+    if user is not None:  # two bridges on one subnet: the host's routes reach only one
+        raise FileExistsError(f"subnet {net} is in use on interface {user}: another lab is "
+                              "up (take it down, or choose another subnet)")
     root = rootfs.ensure_root(cache, state / "rootfs-build.log")
     lab = Lab(state=state.resolve(), name=name, subnet=str(net), root=str(root),
               bridge=f"vb-{name}")

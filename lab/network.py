@@ -25,6 +25,18 @@ def link_exists(ifname: str) -> bool:
         return bool(ipr.link_lookup(ifname=ifname))
 
 
+def subnet_user(subnet: ipaddress.IPv4Network) -> str | None:
+    """The host interface holding an address inside `subnet` or whose network overlaps
+    it (another lab up, or one not taken down), or None when the subnet is free here."""
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=2):
+            held = ipaddress.IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+            if held.network.overlaps(subnet):
+                links = ipr.get_links(msg["index"])
+                return str(links[0].get_attr("IFLA_IFNAME")) if links else f"#{msg['index']}"
+    return None
+
+
 def make_bridge(name: str, host_address: ipaddress.IPv4Interface) -> None:
     """The bridge `name`, up, with the host's address on it. FileExistsError if a link
     of that name exists (another lab, or one not taken down)."""

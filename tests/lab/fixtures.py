@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +11,23 @@ import paramiko
 import pytest
 
 from lab import main as lab_main
+from lab import network
 from lab.main import Lab
 
-# not make lab's, so a lab left up by hand does not collide
-TEST_SUBNET = os.environ.get("VAUBAN_TEST_LAB_SUBNET", "10.242.0.0/24")
+# not make lab's (10.241), so a lab left up by hand does not collide
+TEST_SUBNETS = ipaddress.IPv4Network("10.242.0.0/16")
+
+
+def free_test_subnet() -> str:
+    """VAUBAN_TEST_LAB_SUBNET if set, else the first /24 of TEST_SUBNETS that no interface
+    here uses (a lab left by a killed run keeps its bridge until taken down)."""
+    chosen = os.environ.get("VAUBAN_TEST_LAB_SUBNET")
+    if chosen:
+        return chosen
+    for subnet in TEST_SUBNETS.subnets(new_prefix=24):
+        if network.subnet_user(subnet) is None:
+            return str(subnet)
+    raise RuntimeError(f"every /24 of {TEST_SUBNETS} is in use on this machine")
 
 
 def lab_unavailable() -> str | None:
@@ -39,7 +53,7 @@ def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     state = tmp_path_factory.mktemp("lab")
     try:
         yield lab_main.up(state, REGION_NODES + 2, name=f"t{os.getpid() % 10000}",
-                          subnet=TEST_SUBNET)
+                          subnet=free_test_subnet())
     finally:
         lab_main.down(state)
 

@@ -118,3 +118,17 @@ def test_down_removes_exactly_what_the_lab_made_even_after_a_failed_up(
     finally:
         lab_main.down(tmp_path)
         network.remove_namespace(taken)
+
+
+def test_a_lab_on_a_subnet_in_use_is_refused_before_anything_is_made(
+        lab3: Lab, tmp_path: Path) -> None:
+    # seen in CI: a lab left by a killed run held the subnet, and the new lab's nodes were
+    # unreachable (the host's route led to the old bridge) until the boot wait ran out
+    name = f"s{os.getpid() % 10000}"
+    inside = str(next(ipaddress.IPv4Network(lab3.subnet).subnets(new_prefix=28)))
+
+    with pytest.raises(FileExistsError, match=f"in use on interface {lab3.bridge}"):
+        lab_main.up(tmp_path, 1, name=name, subnet=inside)
+
+    assert Lab.load(tmp_path) is None and not network.link_exists(f"vb-{name}")
+    assert not network.namespace_exists(f"vauban-{name}-1")
