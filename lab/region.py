@@ -54,12 +54,15 @@ class LabRegion:
         return json.loads(out.stdout) if "--json" in args else out.stdout
 
     def add_node(self, index: int, *extra: str) -> subprocess.CompletedProcess[str]:
-        """`vauban node add` for the lab's node `index` (0-based), with the lab's key and
-        known_hosts, as an operator would."""
-        node = self.lab.nodes[index]
-        return self.run_cli("node", "add", node.ip, "--name", node.name, "--profile", "lab",
-                            "--ssh-key", str(self.lab.ssh_key),
-                            "--known-hosts", str(self.lab.known_hosts), *extra)
+        return self.run_cli(*node_add_args(self.lab, index), *extra)
+
+
+def node_add_args(lab: Lab, index: int) -> list[str]:
+    """`vauban node add` for the lab's node `index` (0-based), with the lab's key and
+    known_hosts, as an operator would."""
+    node = lab.nodes[index]
+    return ["node", "add", node.ip, "--name", node.name, "--profile", "lab",
+            "--ssh-key", str(lab.ssh_key), "--known-hosts", str(lab.known_hosts)]
 
 
 def controller_env(lab: Lab, root: Path) -> dict[str, str]:

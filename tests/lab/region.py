@@ -28,7 +28,7 @@ from agent.drivers.storage.rbd.minicluster import MiniCluster
 from controller import allinone
 from lab.main import Lab
 from lab.node import LabNode
-from lab.region import controller_env
+from lab.region import controller_env, node_add_args
 from tests.e2e.region import E2ERegion, free_port, wait_for
 from tests.lab.fixtures import REGION_NODES, ssh
 
@@ -94,13 +94,8 @@ class LabRegion(E2ERegion):
             return "(no controller log)"
 
     def add_node(self, index: int, *extra: str) -> subprocess.CompletedProcess[str]:
-        """`vauban node add` for the lab's node `index` (0-based), with the lab's key and
-        known_hosts, as an operator would."""
         assert self.lab is not None
-        node = self.lab.nodes[index]
-        return self.run_cli("node", "add", node.ip, "--name", node.name, "--profile", "lab",
-                            "--ssh-key", str(self.lab.ssh_key),
-                            "--known-hosts", str(self.lab.known_hosts), *extra)
+        return self.run_cli(*node_add_args(self.lab, index), *extra)
 
     def roll_out(self, nodes: list[LabNode]) -> None:
         """`vauban rollout run` on `nodes` (a node that left the region joins again)."""

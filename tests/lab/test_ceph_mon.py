@@ -19,7 +19,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +32,15 @@ from lab import node as lab_node
 from lab.main import Lab
 from lab.node import LabNode
 from tests.e2e.region import wait_for
+from tests.lab.disks import LabDisk, inside, loop_disk
 from tests.lab.fixtures import REGION_NODES
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "playbooks"
 CLIENT = "vauban"
-DISK_BYTES = 10 * 1024**3  # sparse; ceph-volume wants 5 GB at least
 OSD_UP_TIMEOUT_S = 180  # a new OSD boots in seconds; a loaded 2-core machine takes longer
 KEYRINGS = ("ceph.client.bootstrap-osd.keyring", f"ceph.client.{CLIENT}.keyring")
-
-
-@dataclass
-class LabDisk:
-    """A loop device over a sparse file, its device node made in one lab node."""
-
-    node: LabNode
-    image: Path
-    device: str  # /dev/loopN, the same path on the host and in the node
 
 
 def _run_site(lab: Lab, config: ControllerConfig, mon: LabNode | None = None,
@@ -84,12 +74,6 @@ def _run_site(lab: Lab, config: ControllerConfig, mon: LabNode | None = None,
         return result, out.read()
 
 
-def _inside(node: LabNode, *command: str) -> str:
-    out = lab_node.run_inside(node, *command)
-    assert out.returncode == 0, f"{command} on {node.name}: {out.stderr}"
-    return out.stdout
-
-
 @pytest.fixture
 def mon_node(lab3: Lab) -> Iterator[LabNode]:
     """A spare lab server; afterwards its monitor, manager and Ceph files are gone."""
@@ -112,31 +96,17 @@ def osd_disk(lab3: Lab) -> Iterator[LabDisk]:
     """The other spare server with a disk: a loop device over a sparse file, its device
     node made in the node's /dev; afterwards its OSD and Ceph files are gone too."""
     node = lab3.nodes[REGION_NODES + 1]
-    image = Path("/var/tmp") / f"vauban-lab-osd-{uuid.uuid4().hex[:8]}.img"
-    with image.open("wb") as f:
-        f.truncate(DISK_BYTES)
-    try:
-        device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
-                                capture_output=True, text=True).stdout.strip()
+    with loop_disk(node) as disk:
         try:
-            rdev = os.stat(device).st_rdev
-            _inside(node, "mknod", "-m", "0660", device, "b", str(os.major(rdev)),
-                    str(os.minor(rdev)))
-            try:
-                yield LabDisk(node, image, device)
-            finally:
-                lab_node.run_inside(node, "sh", "-c",
-                                    "systemctl disable --now 'ceph-osd@*' ceph-osd.target "
-                                    "ceph.target; rm -rf /var/lib/ceph/osd/* "
-                                    "/etc/systemd/system/ceph-osd@*.service.d "
-                                    "/var/lib/ceph/bootstrap-osd/ceph.keyring "
-                                    "/etc/ceph/ceph.conf /usr/local/sbin/vauban-ceph-disk; "
-                                    "systemctl daemon-reload")
-                lab_node.run_inside(node, "rm", "-f", device)
+            yield disk
         finally:
-            subprocess.run(["losetup", "--detach", device], check=True)
-    finally:
-        image.unlink()
+            lab_node.run_inside(node, "sh", "-c",
+                                "systemctl disable --now 'ceph-osd@*' ceph-osd.target "
+                                "ceph.target; rm -rf /var/lib/ceph/osd/* "
+                                "/etc/systemd/system/ceph-osd@*.service.d "
+                                "/var/lib/ceph/bootstrap-osd/ceph.keyring "
+                                "/etc/ceph/ceph.conf /usr/local/sbin/vauban-ceph-disk; "
+                                "systemctl daemon-reload")
 
 
 def _ceph(folder: Path, *command: str) -> Any:
@@ -160,7 +130,7 @@ def test_a_ceph_mon_node_bootstraps_the_first_monitor_and_a_second_run_changes_n
     assert first.rc == 0, printed[-6000:]
     assert first.stats["changed"].get(mon_node.name, 0) > 0
     for unit in (f"ceph-mon@{mon_node.name}", f"ceph-mgr@{mon_node.name}"):
-        assert _inside(mon_node, "systemctl", "is-active", unit).strip() == "active"
+        assert inside(mon_node, "systemctl", "is-active", unit).strip() == "active"
 
     folder = tmp_path / "ceph"  # what the controller received
     assert sorted(p.name for p in folder.iterdir()) == sorted(["ceph.conf", *KEYRINGS])

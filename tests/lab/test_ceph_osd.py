@@ -2,9 +2,7 @@
 Ceph cluster, whose `osd tree` then shows the node's OSD up and in; a second rollout
 changes nothing.
 
-Lab nodes have no disks of their own. The test makes one: a sparse file on a loop
-device of this machine, whose device node it makes in the node's /dev (the node is a
-container that may use any device; it sees only the nodes in its own /dev). The probe
+Lab nodes have no disks of their own. The test makes one (tests/lab/disks.py). The probe
 leaves loop devices out of a server's disks (software devices), so the test writes the
 disk into the node's qualification report as the probe writes a real free disk; the
 lab's rollout variables let ceph-volume take a loop device and give the OSD a crush
@@ -14,12 +12,7 @@ weight of 0, so that the region's data stays on the cluster's own OSD.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,49 +23,17 @@ from controller.db.session import make_engine
 from lab import node as lab_node
 from lab.node import LabNode
 from tests.e2e.region import wait_for
+from tests.lab.disks import LabDisk, inside, loop_disk
 from tests.lab.region import LabRegion
 
 pytestmark = pytest.mark.e2e
-DISK_BYTES = 10 * 1024**3  # sparse; ceph-volume wants 5 GB at least
 OSD_UP_TIMEOUT_S = 180  # a new OSD boots in seconds; a loaded 2-core machine takes longer
-
-
-@dataclass
-class LabDisk:
-    """A loop device over a sparse file, its device node made in one lab node."""
-
-    node: LabNode
-    image: Path
-    device: str  # /dev/loopN, the same path on the host and in the node
-
-
-def _inside(node: LabNode, *command: str) -> str:
-    out = lab_node.run_inside(node, *command)
-    assert out.returncode == 0, f"{command} on {node.name}: {out.stderr}"
-    return out.stdout
 
 
 @pytest.fixture
 def lab_disk(lab_region: LabRegion) -> Iterator[LabDisk]:
-    node = lab_region.nodes[1]
-    image = Path("/var/tmp") / f"vauban-lab-osd-{uuid.uuid4().hex[:8]}.img"
-    with image.open("wb") as f:
-        f.truncate(DISK_BYTES)
-    try:
-        device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
-                                capture_output=True, text=True).stdout.strip()
-        try:
-            rdev = os.stat(device).st_rdev
-            _inside(node, "mknod", "-m", "0660", device, "b", str(os.major(rdev)),
-                    str(os.minor(rdev)))
-            try:
-                yield LabDisk(node, image, device)
-            finally:
-                lab_node.run_inside(node, "rm", "-f", device)
-        finally:
-            subprocess.run(["losetup", "--detach", device], check=True)
-    finally:
-        image.unlink()
+    with loop_disk(lab_region.nodes[1]) as disk:
+        yield disk
 
 
 def _report_free_disks(region: LabRegion, name: str, disks: list[str]) -> list[str]:
@@ -165,7 +126,7 @@ def test_a_node_labelled_ceph_osd_gets_an_osd_up_and_in_and_a_second_rollout_cha
             raise AssertionError(f"{e}\n{journal}") from None
         (osd,) = _node_osds(lab_region, node.name)
         assert (osd["status"], osd["reweight"]) == ("up", 1.0), osd  # up and in
-        assert _inside(node, "systemctl", "is-active", f"ceph-osd@{osd['id']}").strip() == \
+        assert inside(node, "systemctl", "is-active", f"ceph-osd@{osd['id']}").strip() == \
             "active"
 
         again = _rollout(lab_region, node.name)
