@@ -14,11 +14,12 @@ from controller.fleet.keys import ensure_fleet_key
 from controller.notices import NoticeListener, announce, new_origin
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
-from controller.services import security_groups
+from controller.services import security_groups, tenancy
 from controller.services.auth import ensure_admin
 from controller.services.heartbeats import HeartbeatBook
 from controller.services.login import HashSlots
 from controller.services.pace import RegionPace
+from controller.services.tenancy import DEFAULT_PROJECT
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def open_region(config: ControllerConfig) -> Region:
     with sessions() as db, db.begin():
         if ensure_admin(db, config.admin_password_file):
             log.info("created user 'admin'; its password is in %s", config.admin_password_file)
-        security_groups.ensure_default(db)
+        security_groups.ensure_default(db, tenancy.find_project(db, DEFAULT_PROJECT).id)
     ca_sha256 = fingerprint(ca.cert_pem())
     reads = make_read_sessionmaker(engine)
     pace = RegionPace(config.max_reports_per_s, config.node_down_after_s)

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from agent.protocol import GpuTelemetry, MigState, StrictInput, UtcDatetime
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 NAME_RULE = "1-63 characters: lowercase letters, digits and '-', not starting or ending with '-'"
+
+
+def _name_of(value: Any) -> Any:
+    """A project row read from an object's attributes, as its name."""
+    return getattr(value, "name", value)
+
+
+# the project an object belongs to, by name (None: shared with every project)
+ProjectName = Annotated[str | None, BeforeValidator(_name_of),
+                        Field(description="Its project (null: shared with every project)")]
+PROJECT_INPUT = Field(default=None, min_length=1, max_length=63, examples=["web-shop"],
+                      description="Project (name or id); default: yours if you have one, "
+                                  "else 'default' for a region admin")
 
 
 class Input(StrictInput):
@@ -124,6 +137,15 @@ class ImageImportQuery(Input):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Expected SHA-256 of the file")
     os: str | None = Field(default=None, max_length=63, examples=["debian12"])
     min_disk_gib: int = Field(default=1, ge=1, le=65536)
+    project: str | None = PROJECT_INPUT
+    public: bool = Field(default=False, description="Shared read-only with every project "
+                         "(operators and region admins); else the project's own")
+
+    @model_validator(mode="after")
+    def _public_or_project(self) -> ImageImportQuery:
+        if self.public and self.project is not None:
+            raise ValueError("a public image belongs to no project: give public or project")
+        return self
 
 
 class Image(Output):
@@ -131,6 +153,7 @@ class Image(Output):
 
     id: str
     name: str
+    project: ProjectName = None
     disk_format: str
     size_bytes: int
     virtual_size_bytes: int
@@ -152,6 +175,7 @@ class InstanceCreate(Input):
     """A new VM."""
 
     name: str = Field(pattern=NAME_PATTERN, examples=["web-1"], description=NAME_RULE)
+    project: str | None = PROJECT_INPUT
     image: str = Field(min_length=1, max_length=63, description="Image name or id")
     vcpus: int = Field(ge=1, le=256, examples=[2])
     memory_mib: int = Field(ge=64, le=4 * 1024 * 1024, examples=[1024])
@@ -202,6 +226,7 @@ class Instance(Output):
 
     id: str
     name: str
+    project: ProjectName = None
     state: str = Field(
         description="creating, running, stopped, starting, stopping, deleting, error or unknown"
     )
@@ -238,6 +263,7 @@ class Operation(Output):
     """A long action: follow it until `state` is succeeded or failed."""
 
     id: str
+    project: ProjectName = None
     kind: str
     target_id: str
     target_name: str
@@ -263,6 +289,7 @@ class VolumeCreate(Input):
     """A new block volume on the region's shared storage."""
 
     name: str = Field(pattern=NAME_PATTERN, examples=["db-data"], description=NAME_RULE)
+    project: str | None = PROJECT_INPUT
     size_gib: int = Field(ge=1, le=65536, examples=[20])
     pool: str | None = Field(default=None, max_length=63, description="Default: the first "
                              "volume pool of the region")
@@ -293,6 +320,7 @@ class Volume(Output):
 
     id: str
     name: str
+    project: ProjectName = None
     state: str = Field(description="creating, available, in-use, attaching, detaching, "
                        "resizing, snapshotting, rolling-back, deleting or error")
     pool: str
@@ -329,6 +357,9 @@ class NetworkCreate(Input):
 
     name: str = Field(pattern=NAME_PATTERN, examples=["lan"], description=NAME_RULE)
     kind: Literal["provider", "tenant"] = Field(examples=["tenant"])
+    project: str | None = Field(default=None, min_length=1, max_length=63,
+                                description="tenant only: its project (name or id); default: "
+                                "yours if you have one, else 'default' for a region admin")
     vlan: int | None = Field(default=None, ge=1, le=4094, examples=[100],
                              description="provider only (required): the VLAN id, 1-4094")
     physical: str | None = Field(default=None, pattern=IFNAME_PATTERN, examples=["bond0"],
@@ -353,6 +384,7 @@ class Network(Output):
 
     id: str
     name: str
+    project: ProjectName = None
     kind: Literal["provider", "tenant"]
     vlan: int | None
     physical: str | None
@@ -367,6 +399,7 @@ class PortCreate(Input):
     """A port (a NIC's address reservation) on a network, not bound to a VM."""
 
     network: str = Field(min_length=1, max_length=63, description="Network name or id")
+    project: str | None = PROJECT_INPUT
     fixed_ips: list[str] = Field(default_factory=list, max_length=16, examples=[["10.0.0.10"]],
                                  description="At most one per subnet; the other subnets give "
                                  "their lowest free address")
@@ -379,6 +412,7 @@ class Port(Output):
     """A NIC on a network, with one address per subnet."""
 
     id: str
+    project: ProjectName = None
     network: str
     network_id: str
     instance: str | None = Field(description="VM name, if it is a VM's")
@@ -415,6 +449,7 @@ class SecurityGroupCreate(Input):
     """A new security group, with its first rules."""
 
     name: str = Field(pattern=NAME_PATTERN, examples=["web"], description=NAME_RULE)
+    project: str | None = PROJECT_INPUT
     description: str = Field(default="", max_length=255)
     rules: list[SecurityRuleCreate] = Field(default_factory=list, max_length=256)
 
@@ -437,6 +472,7 @@ class SecurityGroup(Output):
 
     id: str
     name: str
+    project: ProjectName = None
     description: str
     rules: list[SecurityRule]
     ports: int = Field(description="How many ports are in it")

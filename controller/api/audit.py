@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint
+from controller.authz import Perm, Region
 from controller.db.models import AuditEvent
 from controller.errors import Conflict
 from controller.services import audit
@@ -25,7 +26,8 @@ api = ApiBlueprint("audit", "/api/v1/audit-events", "audit")
 JSON_LINES = "application/jsonl"
 
 
-@api.route("GET", "", summary="The audit trail, newest first", query=schemas.AuditQuery,
+@api.route("GET", "", access=Region(Perm.AUDIT_READ),
+           summary="The audit trail, newest first", query=schemas.AuditQuery,
            responses={200: list[schemas.AuditEvent]})
 def list_audit_events(query: schemas.AuditQuery) -> Any:
     stmt = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(query.limit)
@@ -36,7 +38,8 @@ def list_audit_events(query: schemas.AuditQuery) -> Any:
     return [schemas.AuditEvent.model_validate(e) for e in db().scalars(stmt)]
 
 
-@api.route("GET", "/verify", summary="Check the whole chain: every entry against its hash, "
+@api.route("GET", "/verify", access=Region(Perm.AUDIT_READ),
+           summary="Check the whole chain: every entry against its hash, "
            "the one before it and the chain's head", responses={200: schemas.AuditVerification})
 def verify_audit_chain() -> Any:
     verifier, head = audit.verify(db())
@@ -47,7 +50,8 @@ def verify_audit_chain() -> Any:
         findings=[schemas.AuditFinding.model_validate(f) for f in verifier.findings])
 
 
-@api.route("GET", "/export", summary="The trail as JSON lines for a SIEM, between an anchor "
+@api.route("GET", "/export", access=Region(Perm.AUDIT_READ),
+           summary="The trail as JSON lines for a SIEM, between an anchor "
            "line and the chain's head, so the export verifies on its own",
            query=schemas.AuditExportQuery, responses={200: "JSON lines (docs/audit.md)"})
 def export_audit_trail(query: schemas.AuditExportQuery) -> Any:

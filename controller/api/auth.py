@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import g, request
 from sqlalchemy import select
 
 from controller.api.context import region
+from controller.authz import REGION_PERMS, Access, AnyOf, Caller, InProject, Region
 from controller.db.models import Node
 from controller.errors import Forbidden, Unauthorized
 from controller.services import auth as auth_service
@@ -16,20 +18,30 @@ from controller.services import nodes as node_service
 PEER_CERT_ENVIRON = "vauban.peer_cert"  # set by PeerCertMiddleware from the TLS connection
 
 
-def authenticate(kind: str) -> None:
+def authenticate(kind: str, access: Access | None = None) -> Caller | None:
     """Set g.actor for the caller (and g.token_id for a user's API token), or raise
-    Unauthorized/Forbidden."""
+    Unauthorized/Forbidden; a user route's caller is returned, with the roles its token
+    may use, once it is known to satisfy the route's `access`."""
     if kind == "public":
-        return
+        return None
     if kind == "user":
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>' (vauban login)")
+        now = datetime.now(UTC)
         with region().reads() as session:  # no write lock, even for a write request
-            row = auth_service.token_for_secret(session, token.strip())
+            row = auth_service.token_for_secret(session, token.strip(), now)
+            caller = auth_service.caller_of(session, row)
             g.actor, g.token_id = row.user.name, row.id
-        return
+            stale = auth_service.last_use_stale(row, now)
+        if stale:  # at most once a minute a token's use is written: reads stay reads
+            with region().sessions() as session, session.begin():
+                auth_service.mark_used(session, row.id, now)
+        assert access is not None
+        if not caller.may(access):
+            raise Forbidden(f"{_needs(access)}; you have {caller.roles_text()}")
+        return caller
     if kind == "node":
         node_id, serial = _peer_identity()
         with region().reads() as session:  # no write lock, even for a write request
@@ -45,8 +57,19 @@ def authenticate(kind: str) -> None:
         if adopted:  # its first call with the renewed certificate: the old one is refused now
             with region().sessions() as session, session.begin():
                 node_service.adopt_current_certificate(session, node_id, serial)
-        return
+        return None
     raise AssertionError(f"unknown auth kind {kind}")
+
+
+def _needs(access: Access) -> str:
+    if isinstance(access, Region):
+        roles = [r for r, perms in REGION_PERMS.items() if access.perm in perms]
+        return f"this needs the permission {access.perm} (roles: {', '.join(roles)})"
+    if isinstance(access, InProject):
+        return f"this needs {access.level.name.lower()} access to a project"
+    if isinstance(access, AnyOf):
+        return f"{_needs(access.region)}, or {_needs(access.project)[len('this needs '):]}"
+    return "this needs a user"
 
 
 def _peer_identity() -> tuple[str, str]:

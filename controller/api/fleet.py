@@ -10,6 +10,7 @@ from sqlalchemy import select
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import node_view
+from controller.authz import Perm, Region
 from controller.db.models import FleetHost, RolloutJob
 from controller.fleet import hosts as fleet_hosts
 from controller.fleet import jobs
@@ -32,31 +33,36 @@ def _host_view(host: FleetHost) -> fs.FleetHost:
         created_at=host.created_at)
 
 
-@api.route("GET", "/fleet/ssh-key", summary="The controller's fleet SSH public key",
+@api.route("GET", "/fleet/ssh-key", access=Region(Perm.FLEET_KEY),
+           summary="The controller's fleet SSH public key",
            responses={200: "OpenSSH public key line"})
 def fleet_ssh_key() -> Any:
     return Response(ensure_fleet_key(region().config.data_dir) + "\n", mimetype="text/plain")
 
 
-@api.route("GET", "/fleet/hosts", summary="List the servers of the fleet",
+@api.route("GET", "/fleet/hosts", access=Region(Perm.FLEET_READ),
+           summary="List the servers of the fleet",
            responses={200: list[fs.FleetHost]})
 def list_fleet_hosts() -> Any:
     return [_host_view(h) for h in db().scalars(select(FleetHost).order_by(FleetHost.name))]
 
 
-@api.route("POST", "/fleet/hosts", summary="Add a server over SSH (host key pinned)",
+@api.route("POST", "/fleet/hosts", access=Region(Perm.FLEET_WRITE),
+           summary="Add a server over SSH (host key pinned)",
            body=fs.FleetHostCreate, responses={201: fs.FleetHost})
 def add_fleet_host(body: fs.FleetHostCreate) -> Any:
     return _host_view(fleet_hosts.add(region(), actor(), body)), 201
 
 
-@api.route("GET", "/inventory", summary="The fleet as an Ansible dynamic inventory",
+@api.route("GET", "/inventory", access=Region(Perm.FLEET_READ),
+           summary="The fleet as an Ansible dynamic inventory",
            responses={200: "Ansible inventory JSON (--list)"})
 def inventory() -> Any:
     return dynamic_inventory(db())
 
 
-@api.route("POST", "/nodes/<ref>/labels", summary="Set and remove a node's labels",
+@api.route("POST", "/nodes/<ref>/labels", access=Region(Perm.NODES_WRITE),
+           summary="Set and remove a node's labels",
            body=fs.NodeLabels, responses={200: Node})
 def label_node(ref: str, body: fs.NodeLabels) -> Any:
     session = db()
@@ -66,7 +72,8 @@ def label_node(ref: str, body: fs.NodeLabels) -> Any:
     return node_view(node, usage, region().config.node_down_after_s)
 
 
-@api.route("POST", "/rollouts", summary="Run the site playbook on the fleet (202)",
+@api.route("POST", "/rollouts", access=Region(Perm.FLEET_WRITE),
+           summary="Run the site playbook on the fleet (202)",
            body=fs.RolloutCreate, responses={202: fs.Rollout})
 def start_rollout(body: fs.RolloutCreate) -> Any:
     session = db()
@@ -87,20 +94,23 @@ def start_rollout(body: fs.RolloutCreate) -> Any:
     return fs.Rollout.model_validate(job), 202
 
 
-@api.route("GET", "/rollouts", summary="List rollouts, newest first",
+@api.route("GET", "/rollouts", access=Region(Perm.FLEET_READ),
+           summary="List rollouts, newest first",
            responses={200: list[fs.Rollout]})
 def list_rollouts() -> Any:
     rows = db().scalars(select(RolloutJob).order_by(RolloutJob.created_at.desc()).limit(100))
     return [fs.Rollout.model_validate(j) for j in rows]
 
 
-@api.route("GET", "/rollouts/<job_id>", summary="Show a rollout and each host's progress",
+@api.route("GET", "/rollouts/<job_id>", access=Region(Perm.FLEET_READ),
+           summary="Show a rollout and each host's progress",
            responses={200: fs.Rollout})
 def show_rollout(job_id: str) -> Any:
     return fs.Rollout.model_validate(jobs.get(db(), job_id))
 
 
-@api.route("GET", "/rollouts/<job_id>/log", summary="A rollout's full Ansible output",
+@api.route("GET", "/rollouts/<job_id>/log", access=Region(Perm.FLEET_READ),
+           summary="A rollout's full Ansible output",
            responses={200: "text"})
 def rollout_log(job_id: str) -> Any:
     job = jobs.get(db(), job_id)

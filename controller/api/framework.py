@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from controller.api.problems import problem, too_large_problem, validation_problem
+from controller.authz import Access
 
 Auth = Literal["user", "node", "public"]
 Handler = Callable[..., Any]
@@ -41,6 +42,7 @@ class RouteSpec:
     binary_body: bool = False
     # largest body accepted, in bytes; None: the handler sets `request.max_content_length`
     max_body: int | None = MAX_BODY
+    access: Access | None = None  # who may call it (a user route must say)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class ApiBlueprint:
         summary: str,
         responses: dict[int, Any],
         auth: Auth = "user",
+        access: Access | None = None,
         body: type[BaseModel] | None = None,
         query: type[BaseModel] | None = None,
         binary_body: bool = False,
@@ -70,12 +73,17 @@ class ApiBlueprint:
     ) -> Callable[[Handler], Handler]:
         """Register `handler` for `method` on `path`.
 
-        `max_body` bounds the request body in bytes (413 beyond it, unread); a route with
-        `binary_body` streams its own body and sets its own limit, so it has none here.
+        `access` says who may call a user route (controller/authz.py): one without it is
+        refused here, so the API does not start. `max_body` bounds the request body in
+        bytes (413 beyond it, unread); a route with `binary_body` streams its own body and
+        sets its own limit, so it has none here.
         """
+        if (auth == "user") != (access is not None):
+            raise TypeError(f"{method} {self.url_prefix + path}: a user route declares its "
+                            "access (controller/authz.py), and only a user route does")
         spec = RouteSpec(
             method, self.url_prefix + path, summary, self.tag, auth, body, query, responses,
-            binary_body, None if binary_body else max_body,
+            binary_body, None if binary_body else max_body, access,
         )
         self.specs.append(spec)
 
@@ -91,11 +99,11 @@ class ApiBlueprint:
 
 def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
     from controller.api import auth as api_auth
-    from controller.services import audit
+    from controller.services import audit, tenancy
 
     @functools.wraps(handler)
     def view(**path_args: Any) -> Response:
-        api_auth.authenticate(spec.auth)
+        caller = api_auth.authenticate(spec.auth, spec.access)
         if spec.max_body is not None:
             too_large = _refuse_oversize(spec.max_body)
             if too_large is not None:
@@ -118,8 +126,10 @@ def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
         # the entries the handler records say from where and with which token it was asked
         with audit.acting(audit.AuditContext(source=request.remote_addr,
                                              token_id=g.get("token_id"))):
-            result = handler(**kwargs)
-        return _respond(result)
+            if caller is None:
+                return _respond(handler(**kwargs))
+            with tenancy.acting_as(caller, spec.access):
+                return _respond(handler(**kwargs))
 
     return view
 

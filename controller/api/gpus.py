@@ -7,6 +7,7 @@ from typing import Any
 from controller import schemas
 from controller.api.context import db
 from controller.api.framework import ApiBlueprint
+from controller.authz import Perm, Region
 from controller.services import gpus as service
 
 api = ApiBlueprint("gpus", "/api/v1/gpus", "gpus")
@@ -31,6 +32,7 @@ def gpu_view(g: service.RegionGpu) -> schemas.Gpu:
     )
 
 
-@api.route("GET", "", summary="List the region's GPUs", responses={200: list[schemas.Gpu]})
+@api.route("GET", "", access=Region(Perm.REGION_READ),
+           summary="List the region's GPUs", responses={200: list[schemas.Gpu]})
 def list_gpus() -> Any:
     return [gpu_view(g) for g in service.region_gpus(db())]

@@ -5,31 +5,37 @@ from __future__ import annotations
 from typing import Any
 
 from flask import request
+from sqlalchemy import select
 
 from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.problems import problem, too_large_problem
+from controller.authz import AnyOf, InProject, Level, Perm, Region
 from controller.db.models import Image
-from controller.services import audit
+from controller.services import audit, tenancy
 from controller.services import images as service
 
 api = ApiBlueprint("images", "/api/v1/images", "images")
 
 
-@api.route("GET", "", summary="List images", responses={200: list[schemas.Image]})
+@api.route("GET", "", access=InProject(Level.READ),
+           summary="List images", responses={200: list[schemas.Image]})
 def list_images() -> Any:
-    rows = db().query(Image).order_by(Image.name).all()
+    rows = db().scalars(tenancy.visible(select(Image), Image.project_id, shared=True)
+                        .order_by(Image.name, Image.id))
     return [schemas.Image.model_validate(i) for i in rows]
 
 
-@api.route("GET", "/<ref>", summary="Show an image (by name or id)",
+@api.route("GET", "/<ref>", access=InProject(Level.READ),
+           summary="Show an image (by name or id)",
            responses={200: schemas.Image})
 def show_image(ref: str) -> Any:
     return schemas.Image.model_validate(service.find(db(), ref))
 
 
-@api.route("POST", "", summary="Upload an image: metadata in the query, the file as the body",
+@api.route("POST", "", access=AnyOf(Region(Perm.IMAGES_PUBLIC), InProject(Level.WRITE)),
+           summary="Upload an image: metadata in the query, the file as the body",
            query=schemas.ImageImportQuery, binary_body=True, responses={201: schemas.Image})
 def import_image(query: schemas.ImageImportQuery) -> Any:
     if request.mimetype != "application/octet-stream":
@@ -46,7 +52,8 @@ def import_image(query: schemas.ImageImportQuery) -> Any:
     if declared > config.max_image_bytes:
         return too_large_problem(declared, config.max_image_bytes)
     session = db()
-    service.check_name_free(session, query.name)
+    project_id = service.project_of_new(session, query)
+    service.check_name_free(session, query.name, project_id)
     session.rollback()  # hold no database lock while the upload streams in
     image_dir = config.image_dir
     who = actor()
@@ -57,7 +64,7 @@ def import_image(query: schemas.ImageImportQuery) -> Any:
                          "refused", error=str(e))
         raise
     try:
-        image = service.record(session, who, image_id, query, size, virtual)
+        image = service.record(session, who, image_id, query, size, virtual, project_id)
         session.commit()
     except BaseException:
         session.rollback()
@@ -66,7 +73,8 @@ def import_image(query: schemas.ImageImportQuery) -> Any:
     return schemas.Image.model_validate(image), 201
 
 
-@api.route("DELETE", "/<ref>", summary="Delete an image no instance uses", responses={204: None})
+@api.route("DELETE", "/<ref>", access=AnyOf(Region(Perm.IMAGES_PUBLIC), InProject(Level.WRITE)),
+           summary="Delete an image no instance uses", responses={204: None})
 def delete_image(ref: str) -> Any:
     session = db()
     path = service.delete(session, actor(), service.find(session, ref), region().config.image_dir)

@@ -8,6 +8,7 @@ from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import all_instances, instance_view, operation_view
+from controller.authz import InProject, Level
 from controller.services import instances as service
 
 api = ApiBlueprint("instances", "/api/v1/instances", "instances")
@@ -17,19 +18,22 @@ def _down_after() -> float:
     return region().config.node_down_after_s
 
 
-@api.route("GET", "", summary="List VMs", responses={200: list[schemas.Instance]})
+@api.route("GET", "", access=InProject(Level.READ),
+           summary="List VMs", responses={200: list[schemas.Instance]})
 def list_instances() -> Any:
     session = db()
     return [instance_view(session, i, _down_after()) for i in all_instances(session)]
 
 
-@api.route("GET", "/<ref>", summary="Show a VM (by name or id)",
+@api.route("GET", "/<ref>", access=InProject(Level.READ),
+           summary="Show a VM (by name or id)",
            responses={200: schemas.Instance})
 def show_instance(ref: str) -> Any:
     return instance_view(db(), service.find(db(), ref), _down_after())
 
 
-@api.route("POST", "", summary="Create a VM", body=schemas.InstanceCreate,
+@api.route("POST", "", access=InProject(Level.WRITE),
+           summary="Create a VM", body=schemas.InstanceCreate,
            responses={202: schemas.Operation})
 def create_instance(body: schemas.InstanceCreate) -> Any:
     session = db()
@@ -38,12 +42,14 @@ def create_instance(body: schemas.InstanceCreate) -> Any:
     return operation_view(op), 202
 
 
-@api.route("POST", "/<ref>/start", summary="Start a VM", responses={202: schemas.Operation})
+@api.route("POST", "/<ref>/start", access=InProject(Level.WRITE),
+           summary="Start a VM", responses={202: schemas.Operation})
 def start_instance(ref: str) -> Any:
     return _power(ref, "running")
 
 
-@api.route("POST", "/<ref>/stop", summary="Stop a VM (ACPI, forced after a grace period)",
+@api.route("POST", "/<ref>/stop", access=InProject(Level.WRITE),
+           summary="Stop a VM (ACPI, forced after a grace period)",
            responses={202: schemas.Operation})
 def stop_instance(ref: str) -> Any:
     return _power(ref, "stopped")
@@ -57,6 +63,7 @@ def _power(ref: str, power: str) -> Any:
 
 
 @api.route("POST", "/<ref>/flatten",
+           access=InProject(Level.WRITE),
            summary="Copy the image into the VM's root disk, so it no longer depends on it",
            responses={202: schemas.Operation})
 def flatten_instance(ref: str) -> Any:
@@ -66,7 +73,8 @@ def flatten_instance(ref: str) -> Any:
     return operation_view(op), 202
 
 
-@api.route("DELETE", "/<ref>", summary="Delete a VM and its disks",
+@api.route("DELETE", "/<ref>", access=InProject(Level.WRITE),
+           summary="Delete a VM and its disks",
            responses={202: schemas.Operation})
 def delete_instance(ref: str) -> Any:
     session = db()

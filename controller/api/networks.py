@@ -10,10 +10,14 @@ from controller import schemas
 from controller.api.context import db
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import network_view, port_view
+from controller.authz import AnyOf, InProject, Level, Perm, Region
 from controller.db.models import Network, Port
 from controller.services import networks as service
 from controller.services import security_groups as secgroups
+from controller.services import tenancy
 
+# a provider network is the operator's; a tenant network its project's
+PROVIDER_OR_MEMBER = AnyOf(Region(Perm.NETWORKS_PROVIDER), InProject(Level.WRITE))
 api = ApiBlueprint("networks", "/api/v1/networks", "networks")
 ports_api = ApiBlueprint("ports", "/api/v1/ports", "networks")
 
@@ -22,20 +26,24 @@ def _commit() -> None:
     db().commit()
 
 
-@api.route("GET", "", summary="List networks", responses={200: list[schemas.Network]})
+@api.route("GET", "", access=InProject(Level.READ),
+           summary="List networks", responses={200: list[schemas.Network]})
 def list_networks() -> Any:
     session = db()
-    return [network_view(session, n) for n in session.scalars(select(Network)
-                                                              .order_by(Network.name))]
+    rows = session.scalars(tenancy.visible(select(Network), Network.project_id, shared=True)
+                           .order_by(Network.name, Network.id))
+    return [network_view(session, n) for n in rows]
 
 
-@api.route("GET", "/<ref>", summary="Show a network (by name or id)",
+@api.route("GET", "/<ref>", access=InProject(Level.READ),
+           summary="Show a network (by name or id)",
            responses={200: schemas.Network})
 def show_network(ref: str) -> Any:
     return network_view(db(), service.find(db(), ref))
 
 
-@api.route("POST", "", summary="Create a network (provider VLAN or tenant VXLAN)",
+@api.route("POST", "", access=PROVIDER_OR_MEMBER,
+           summary="Create a network (provider VLAN or tenant VXLAN)",
            body=schemas.NetworkCreate, responses={201: schemas.Network})
 def create_network(body: schemas.NetworkCreate) -> Any:
     net = service.create(db(), actor(), body)
@@ -43,7 +51,8 @@ def create_network(body: schemas.NetworkCreate) -> Any:
     return network_view(db(), net), 201
 
 
-@api.route("DELETE", "/<ref>", summary="Delete a network without ports, and its subnets",
+@api.route("DELETE", "/<ref>", access=PROVIDER_OR_MEMBER,
+           summary="Delete a network without ports, and its subnets",
            responses={204: None})
 def delete_network(ref: str) -> Any:
     service.delete(db(), actor(), service.find(db(), ref))
@@ -51,7 +60,8 @@ def delete_network(ref: str) -> Any:
     return None, 204
 
 
-@api.route("POST", "/<ref>/subnets", summary="Add a subnet to a network",
+@api.route("POST", "/<ref>/subnets", access=PROVIDER_OR_MEMBER,
+           summary="Add a subnet to a network",
            body=schemas.SubnetCreate, responses={201: schemas.Network})
 def add_subnet(ref: str, body: schemas.SubnetCreate) -> Any:
     net = service.find(db(), ref)
@@ -60,23 +70,31 @@ def add_subnet(ref: str, body: schemas.SubnetCreate) -> Any:
     return network_view(db(), net), 201
 
 
-@ports_api.route("GET", "", summary="List ports", responses={200: list[schemas.Port]})
+@ports_api.route("GET", "", access=InProject(Level.READ),
+                 summary="List ports", responses={200: list[schemas.Port]})
 def list_ports() -> Any:
-    return [port_view(p) for p in db().scalars(select(Port).order_by(Port.created_at, Port.id))]
+    rows = db().scalars(tenancy.visible(select(Port), Port.project_id)
+                        .order_by(Port.created_at, Port.id))
+    return [port_view(p) for p in rows]
 
 
-@ports_api.route("POST", "", summary="Create a port (reserve addresses on a network)",
+@ports_api.route("POST", "", access=InProject(Level.WRITE),
+                 summary="Create a port (reserve addresses on a network)",
                  body=schemas.PortCreate, responses={201: schemas.Port})
 def create_port(body: schemas.PortCreate) -> Any:
     session = db()
-    net = service.find(session, body.network)
-    groups = secgroups.resolve(session, body.security_groups)
-    port = service.create_port(session, actor(), net, body.fixed_ips, groups=groups)
+    project = tenancy.target_project(session, body.project)
+    net = tenancy.find_input(session, Network, body.network, "network", project.id,
+                             shared=True)
+    groups = secgroups.resolve(session, body.security_groups, project.id)
+    port = service.create_port(session, actor(), net, body.fixed_ips, groups=groups,
+                               project_id=project.id)
     _commit()
     return port_view(port), 201
 
 
-@ports_api.route("DELETE", "/<ref>", summary="Delete a port that no VM has",
+@ports_api.route("DELETE", "/<ref>", access=InProject(Level.WRITE),
+                 summary="Delete a port that no VM has",
                  responses={204: None})
 def delete_port(ref: str) -> Any:
     service.delete_port(db(), actor(), service.find_port(db(), ref))
@@ -84,7 +102,8 @@ def delete_port(ref: str) -> Any:
     return None, 204
 
 
-@ports_api.route("PUT", "/<ref>/security-groups", summary="Set the security groups of a port",
+@ports_api.route("PUT", "/<ref>/security-groups", access=InProject(Level.WRITE),
+                 summary="Set the security groups of a port",
                  body=schemas.PortSecurityGroups, responses={200: schemas.Port})
 def set_port_security_groups(ref: str, body: schemas.PortSecurityGroups) -> Any:
     session = db()

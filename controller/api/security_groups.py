@@ -10,8 +10,10 @@ from controller import schemas
 from controller.api.context import db
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.views import security_group_view
+from controller.authz import InProject, Level
 from controller.db.models import SecurityGroup
 from controller.services import security_groups as service
+from controller.services import tenancy
 
 api = ApiBlueprint("security_groups", "/api/v1/security-groups", "security groups")
 
@@ -20,21 +22,26 @@ def _commit() -> None:
     db().commit()
 
 
-@api.route("GET", "", summary="List security groups",
+@api.route("GET", "", access=InProject(Level.READ),
+           summary="List security groups",
            responses={200: list[schemas.SecurityGroup]})
 def list_security_groups() -> Any:
     session = db()
     return [security_group_view(session, g)
-            for g in session.scalars(select(SecurityGroup).order_by(SecurityGroup.name))]
+            for g in session.scalars(tenancy.visible(select(SecurityGroup),
+                                                     SecurityGroup.project_id)
+                                     .order_by(SecurityGroup.name, SecurityGroup.id))]
 
 
-@api.route("GET", "/<ref>", summary="Show a security group (by name or id)",
+@api.route("GET", "/<ref>", access=InProject(Level.READ),
+           summary="Show a security group (by name or id)",
            responses={200: schemas.SecurityGroup})
 def show_security_group(ref: str) -> Any:
     return security_group_view(db(), service.find(db(), ref))
 
 
-@api.route("POST", "", summary="Create a security group, with its first rules",
+@api.route("POST", "", access=InProject(Level.WRITE),
+           summary="Create a security group, with its first rules",
            body=schemas.SecurityGroupCreate, responses={201: schemas.SecurityGroup})
 def create_security_group(body: schemas.SecurityGroupCreate) -> Any:
     group = service.create(db(), actor(), body)
@@ -42,7 +49,8 @@ def create_security_group(body: schemas.SecurityGroupCreate) -> Any:
     return security_group_view(db(), group), 201
 
 
-@api.route("DELETE", "/<ref>", summary="Delete a security group no port is in and no rule "
+@api.route("DELETE", "/<ref>", access=InProject(Level.WRITE),
+           summary="Delete a security group no port is in and no rule "
            "names", responses={204: None})
 def delete_security_group(ref: str) -> Any:
     service.delete(db(), actor(), service.find(db(), ref))
@@ -50,7 +58,8 @@ def delete_security_group(ref: str) -> Any:
     return None, 204
 
 
-@api.route("POST", "/<ref>/rules", summary="Add a rule to a security group",
+@api.route("POST", "/<ref>/rules", access=InProject(Level.WRITE),
+           summary="Add a rule to a security group",
            body=schemas.SecurityRuleCreate, responses={201: schemas.SecurityGroup})
 def add_rule(ref: str, body: schemas.SecurityRuleCreate) -> Any:
     group = service.find(db(), ref)
@@ -59,7 +68,8 @@ def add_rule(ref: str, body: schemas.SecurityRuleCreate) -> Any:
     return security_group_view(db(), group), 201
 
 
-@api.route("DELETE", "/<ref>/rules/<rule_id>", summary="Delete a rule of a security group",
+@api.route("DELETE", "/<ref>/rules/<rule_id>", access=InProject(Level.WRITE),
+           summary="Delete a rule of a security group",
            responses={204: None})
 def delete_rule(ref: str, rule_id: str) -> Any:
     service.delete_rule(db(), actor(), service.find(db(), ref), rule_id)

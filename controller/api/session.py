@@ -13,6 +13,7 @@ from controller import __version__, schemas
 from controller.api.agent import protocol_refusal
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor, openapi_document
+from controller.authz import Perm, Region
 from controller.db.models import Image, Instance, JoinToken, Node, Operation
 from controller.services import audit, login
 from controller.services import nodes as node_service
@@ -32,7 +33,8 @@ def create_token(body: schemas.TokenCreate) -> Any:
     return schemas.Token(token=token, expires_at=row.expires_at, username=body.username), 201
 
 
-@api.route("GET", "/status", summary="The region at a glance",
+@api.route("GET", "/status", access=Region(Perm.REGION_READ),
+           summary="The region at a glance",
            responses={200: schemas.RegionStatus})
 def status() -> Any:
     session = db()
@@ -64,7 +66,8 @@ def status() -> Any:
     )
 
 
-@api.route("GET", "/join-tokens", summary="List join tokens",
+@api.route("GET", "/join-tokens", access=Region(Perm.REGION_READ),
+           summary="List join tokens",
            responses={200: list[schemas.JoinToken]})
 def list_join_tokens() -> Any:
     rows = db().scalars(select(JoinToken).order_by(JoinToken.created_at))
@@ -79,7 +82,8 @@ def join_token_view(row: JoinToken) -> schemas.JoinToken:
         revoked_at=row.revoked_at, created_by=row.created_by, created_at=row.created_at)
 
 
-@api.route("POST", "/join-tokens", summary="Create a one-time join token for a new node",
+@api.route("POST", "/join-tokens", access=Region(Perm.NODES_WRITE),
+           summary="Create a one-time join token for a new node",
            body=schemas.JoinTokenCreate, responses={201: schemas.JoinTokenCreated})
 def create_join_token(body: schemas.JoinTokenCreate) -> Any:
     session = db()
@@ -92,6 +96,7 @@ def create_join_token(body: schemas.JoinTokenCreate) -> Any:
 
 
 @api.route("DELETE", "/join-tokens/<token_id>",
+           access=Region(Perm.NODES_WRITE),
            summary="Revoke an unused join token (it stays listed, as revoked)",
            responses={200: schemas.JoinToken})
 def revoke_join_token(token_id: str) -> Any:

@@ -17,7 +17,7 @@ from controller.db.models import (
     SecurityGroup,
     Volume,
 )
-from controller.services import networks, operations, scheduler, security_groups
+from controller.services import networks, operations, scheduler, security_groups, tenancy
 from controller.services.instances import display_state
 from controller.services.nodes import node_state
 from controller.services.volumes import display_state as volume_state
@@ -50,7 +50,7 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
     up = node_state(i.node, datetime.now(UTC), down_after_s) == "up"
     ports = networks.instance_ports(db, i)
     return schemas.Instance(
-        id=i.id, name=i.name,
+        id=i.id, name=i.name, project=i.project,  # type: ignore[arg-type]
         state=display_state(i, up, operations.active_for(db, i.id)),
         desired_power=i.desired_power, node_id=i.node_id, node_name=i.node.name,
         image_id=i.image_id, image_name=i.image.name, vcpus=i.vcpus, memory_mib=i.memory_mib,
@@ -73,7 +73,7 @@ def _addresses(p: Port) -> list[str]:
 
 def network_view(db: Session, n: Network) -> schemas.Network:
     return schemas.Network(
-        id=n.id, name=n.name, kind=n.kind, vlan=n.vlan, physical=n.physical,  # type: ignore[arg-type]
+        id=n.id, name=n.name, project=n.project, kind=n.kind, vlan=n.vlan, physical=n.physical,  # type: ignore[arg-type]
         vni=n.vni, mtu=n.mtu,
         subnets=[schemas.Subnet(id=s.id, cidr=s.cidr, gateway=s.gateway, dns=list(s.dns),
                                 created_at=s.created_at) for s in n.subnets],
@@ -83,7 +83,8 @@ def network_view(db: Session, n: Network) -> schemas.Network:
 
 def port_view(p: Port) -> schemas.Port:
     return schemas.Port(
-        id=p.id, network=p.network.name, network_id=p.network_id,
+        id=p.id, project=p.project, network=p.network.name,  # type: ignore[arg-type]
+        network_id=p.network_id,
         instance=p.instance.name if p.instance else None, mac=p.mac, addresses=_addresses(p),
         security_groups=sorted(g.name for g in p.security_groups), created_at=p.created_at,
     )
@@ -91,7 +92,8 @@ def port_view(p: Port) -> schemas.Port:
 
 def security_group_view(db: Session, g: SecurityGroup) -> schemas.SecurityGroup:
     return schemas.SecurityGroup(
-        id=g.id, name=g.name, description=g.description,
+        id=g.id, name=g.name, project=g.project,  # type: ignore[arg-type]
+        description=g.description,
         rules=[schemas.SecurityRule(
             id=r.id, direction=r.direction, ethertype=r.ethertype, protocol=r.protocol,
             port_min=r.port_min, port_max=r.port_max, remote_cidr=r.remote_cidr,
@@ -107,12 +109,15 @@ def operation_view(op: Operation) -> schemas.Operation:
 
 
 def all_instances(db: Session) -> list[Instance]:
-    return list(db.scalars(select(Instance).order_by(Instance.name)))
+    """The VMs the caller sees (see tenancy.visible), by name."""
+    return list(db.scalars(tenancy.visible(select(Instance), Instance.project_id)
+                           .order_by(Instance.name, Instance.id)))
 
 
 def volume_view(db: Session, v: Volume) -> schemas.Volume:
     return schemas.Volume(
-        id=v.id, name=v.name, state=volume_state(v, operations.active_for(db, v.id)),
+        id=v.id, name=v.name, project=v.project,  # type: ignore[arg-type]
+        state=volume_state(v, operations.active_for(db, v.id)),
         pool=v.pool, size_gib=v.size_gib, size_bytes=v.observed_size_bytes,
         used_bytes=v.observed_used_bytes, snapshots=list(v.snapshots),
         source=_source_name(db, v),

@@ -72,9 +72,14 @@ class Image(Base):
     """A guest disk image held by the controller; agents fetch it by id."""
 
     __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_images_project_name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
+    # None: a public image, shared read-only with every project
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), default=None,
+                                                   index=True)
+    project: Mapped[Project | None] = relationship()
     disk_format: Mapped[str] = mapped_column(String(8))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     virtual_size_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -98,9 +103,12 @@ class Instance(Base):
     """A VM: what the operator wants (desired_*) and what its node last reported (observed_*)."""
 
     __tablename__ = "instances"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_instances_project_name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    project: Mapped[Project | None] = relationship()
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
     vcpus: Mapped[int] = mapped_column(Integer)
@@ -170,9 +178,12 @@ class Volume(Base):
     """
 
     __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_volumes_project_name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    project: Mapped[Project | None] = relationship()
     pool: Mapped[str] = mapped_column(String(63))
     size_gib: Mapped[int] = mapped_column(Integer)
     steward_node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
@@ -202,9 +213,14 @@ class Network(Base):
     """A provider network (a VLAN on a physical interface) or a tenant one (a VXLAN overlay)."""
 
     __tablename__ = "networks"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_networks_project_name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
+    # None: a provider network, shared with every project (its VMs attach to it)
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), default=None,
+                                                   index=True)
+    project: Mapped[Project | None] = relationship()
     kind: Mapped[str] = mapped_column(String(16))
     vlan: Mapped[int | None] = mapped_column(Integer, default=None)
     physical: Mapped[str | None] = mapped_column(String(63), default=None)
@@ -237,6 +253,8 @@ class Port(Base):
     __tablename__ = "ports"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    project: Mapped[Project | None] = relationship()
     network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"), index=True)
     instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None,
                                                     index=True)
@@ -277,9 +295,13 @@ class SecurityGroup(Base):
     """A named set of allow rules; a port in no group is not filtered."""
 
     __tablename__ = "security_groups"
+    __table_args__ = (UniqueConstraint("project_id", "name",
+                                       name="uq_security_groups_project_name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    project: Mapped[Project | None] = relationship()
     description: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -317,6 +339,10 @@ class Operation(Base):
     __tablename__ = "operations"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # the project of its target; None for the region's own (a node, a rollout)
+    project_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    project: Mapped[Project | None] = relationship(
+        primaryjoin="foreign(Operation.project_id) == Project.id", viewonly=True)
     kind: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[str] = mapped_column(String(36), index=True)
     target_name: Mapped[str] = mapped_column(String(63))
@@ -348,6 +374,19 @@ class JoinToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Project(Base):
+    """A tenant: its VMs, volumes, networks, security groups, ports and private images
+    are its own, seen and touched only by its members (and the region's roles)."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -356,19 +395,51 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    bindings: Mapped[list[RoleBinding]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", order_by="RoleBinding.role")
+
+
+class RoleBinding(Base):
+    """A role a user holds: a region role (project None) or a role in one project."""
+
+    __tablename__ = "role_bindings"
+    __table_args__ = (UniqueConstraint("user_id", "role", "project_id",
+                                       name="uq_role_bindings_user_role_project"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), default=None,
+                                                   index=True)
+    created_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="bindings")
+    project: Mapped[Project | None] = relationship()
+
 
 class ApiToken(Base):
-    """A bearer token for the API; only its hash is kept."""
+    """A bearer token for the API; only its hash is kept.
+
+    A login's token acts with all its user's roles; a named token (`name` set) with at
+    most `role` (in `project_id` for a project role), never more than its user holds at
+    the time of each request."""
 
     __tablename__ = "api_tokens"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(63), default=None)
+    role: Mapped[str | None] = mapped_column(String(32), default=None)
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), default=None)
     expires_at: Mapped[datetime] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     user: Mapped[User] = relationship()
+    project: Mapped[Project | None] = relationship()
 
 
 class LoginThrottle(Base):

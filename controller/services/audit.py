@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +62,14 @@ def acting(context: AuditContext) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+def in_project(project: str, admin_in_project: bool) -> None:
+    """Entries recorded from now on in this request name `project`, and whether an
+    administrator acts there by a region role only. Outside a request, nothing changes."""
+    ctx = _context.get()
+    if ctx is not None:
+        _context.set(replace(ctx, project=project, admin_in_project=admin_in_project))
 
 
 def current() -> AuditContext:

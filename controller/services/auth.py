@@ -1,17 +1,18 @@
-"""Users and bearer tokens (roles come later; every user is an administrator)."""
+"""Users and bearer tokens, and the caller a token acts as."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from controller.db.models import ApiToken, User, as_utc
+from controller.authz import REGION_ADMIN, Caller
+from controller.db.models import ApiToken, RoleBinding, User, as_utc
 from controller.errors import Unauthorized
 from controller.services import passwords
 
@@ -32,7 +33,9 @@ def ensure_admin(db: Session, password_file: Path) -> bool:
     fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")
-    db.add(User(name="admin", password_hash=passwords.hash_password(password)))
+    admin = User(name="admin", password_hash=passwords.hash_password(password))
+    admin.bindings.append(RoleBinding(role=REGION_ADMIN, created_by="bootstrap"))
+    db.add(admin)
     return True
 
 
@@ -44,12 +47,35 @@ def new_token(db: Session, user_id: str, expires_at: datetime) -> tuple[str, Api
     return token, row
 
 
-def token_for_secret(db: Session, token: str) -> ApiToken:
-    """The unexpired API token row whose secret is `token`; Unauthorized if none."""
+def token_for_secret(db: Session, token: str, now: datetime | None = None) -> ApiToken:
+    """The unexpired, unrevoked API token row whose secret is `token`; Unauthorized if
+    none."""
     row = db.scalar(select(ApiToken).where(ApiToken.token_sha256 == sha256_hex(token)))
     if row is None:
         raise Unauthorized("the bearer token is not valid")
-    if as_utc(row.expires_at) <= datetime.now(UTC):
+    if row.revoked_at is not None:
+        raise Unauthorized("the bearer token was revoked")
+    if as_utc(row.expires_at) <= (now or datetime.now(UTC)):
         raise Unauthorized("the bearer token has expired; log in again")
     return row
+
+
+def caller_of(db: Session, row: ApiToken) -> Caller:
+    """Who `row` acts as: its user's roles now, narrowed to the token's scope if named."""
+    bindings = db.execute(select(RoleBinding.role, RoleBinding.project_id)
+                          .where(RoleBinding.user_id == row.user_id)).all()
+    scope = (row.role, row.project_id) if row.role is not None else None
+    return Caller.of(row.user_id, row.user.name, row.id,
+                     [(r, p) for r, p in bindings], scope)
+
+
+LAST_USE_RESOLUTION = timedelta(minutes=1)
+
+
+def last_use_stale(row: ApiToken, now: datetime) -> bool:
+    return row.last_used_at is None or as_utc(row.last_used_at) <= now - LAST_USE_RESOLUTION
+
+
+def mark_used(db: Session, token_id: str, now: datetime) -> None:
+    db.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
 

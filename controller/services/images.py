@@ -12,11 +12,12 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from controller.authz import Level, Perm
 from controller.db.models import Image, ImageTombstone, Instance, Node
-from controller.errors import Conflict, InvalidInput, NotFound, ServiceError
+from controller.errors import Conflict, InvalidInput, ServiceError
 from controller.offload import off_loop
 from controller.schemas import ImageImportQuery
-from controller.services import audit, desired
+from controller.services import audit, desired, tenancy
 from images.diskcheck import DiskCheckUnavailable, DiskRefused, check_file
 
 CHUNK = 1024 * 1024
@@ -38,20 +39,30 @@ class ImageCheckUnavailable(ServiceError):
 
 
 def find(db: Session, ref: str) -> Image:
-    """An image by id or name, or NotFound."""
-    image = db.get(Image, ref) or db.scalar(select(Image).where(Image.name == ref))
-    if image is None:
-        raise NotFound(f"image '{ref}' does not exist")
-    return image
+    """An image by id or name among the caller's and the public ones, or NotFound."""
+    return tenancy.find(db, Image, ref, "image", shared=True)
+
+
+def project_of_new(db: Session, meta: ImageImportQuery) -> str | None:
+    """The project an uploaded image goes to: None for a public one (who may make it:
+    see IMAGES_PUBLIC), else the one asked for or the caller's."""
+    if meta.public:
+        tenancy.require(db, None, Level.WRITE, Perm.IMAGES_PUBLIC)
+        return None
+    return tenancy.target_project(db, meta.project).id
 
 
 def path_of(image_dir: Path, image_id: str) -> Path:
     return image_dir / image_id
 
 
-def check_name_free(db: Session, name: str) -> None:
-    if db.scalar(select(Image.id).where(Image.name == name)) is not None:
-        raise Conflict(f"an image named '{name}' already exists")
+def check_name_free(db: Session, name: str, project_id: str | None) -> None:
+    """Conflict if the project (or, for a public image, the public ones) has `name`."""
+    same = Image.project_id.is_(None) if project_id is None else Image.project_id == project_id
+    if db.scalar(select(Image.id).where(same, Image.name == name)) is not None:
+        where = "among the public images" if project_id is None \
+            else f"in project '{tenancy.project_name(db, project_id)}'"
+        raise Conflict(f"an image named '{name}' already exists {where}")
 
 
 def receive(stream: IO[bytes], meta: ImageImportQuery, image_dir: Path,
@@ -110,9 +121,11 @@ def _check_format(path: Path, claimed: str) -> int:
 
 
 def record(db: Session, actor: str, image_id: str, meta: ImageImportQuery, size: int,
-           virtual: int) -> Image:
+           virtual: int, project_id: str | None) -> Image:
+    check_name_free(db, meta.name, project_id)  # taken while the upload streamed in
     image = Image(
-        id=image_id, name=meta.name, disk_format=meta.disk_format, size_bytes=size,
+        id=image_id, name=meta.name, project_id=project_id, disk_format=meta.disk_format,
+        size_bytes=size,
         virtual_size_bytes=virtual, sha256=meta.sha256, os=meta.os,
         min_disk_gib=meta.min_disk_gib,
     )

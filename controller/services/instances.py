@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from controller.authz import Perm
 from controller.config import ControllerConfig
 from controller.db.models import Image, Instance, Node, Operation
-from controller.errors import Conflict, InvalidInput, NotFound
+from controller.errors import Conflict, Forbidden, InvalidInput
 from controller.schemas import InstanceCreate
 from controller.services import (
     audit,
@@ -20,10 +21,10 @@ from controller.services import (
     nodes,
     operations,
     scheduler,
+    tenancy,
     volumes,
 )
 from controller.services import security_groups as secgroups
-from controller.services.images import find as find_image
 
 GIB = 1024**3
 
@@ -40,11 +41,8 @@ def policy(config: ControllerConfig) -> scheduler.Policy:
 
 
 def find(db: Session, ref: str) -> Instance:
-    """An instance by id or name, or NotFound."""
-    inst = db.get(Instance, ref) or db.scalar(select(Instance).where(Instance.name == ref))
-    if inst is None:
-        raise NotFound(f"instance '{ref}' does not exist")
-    return inst
+    """An instance by id or name among the caller's (see tenancy.find), or NotFound."""
+    return tenancy.find(db, Instance, ref, "instance")
 
 
 def create(db: Session, actor: str, body: InstanceCreate,
@@ -55,18 +53,19 @@ def create(db: Session, actor: str, body: InstanceCreate,
     unknown, the disk is too small or no node fits; a refusal of a port (its address)
     comes after, but before the caller commits: a refusal leaves nothing behind.
     """
-    if db.scalar(select(Instance.id).where(Instance.name == body.name)) is not None:
-        raise Conflict(f"an instance named '{body.name}' already exists")
-    try:
-        image = find_image(db, body.image)
-    except NotFound as e:
-        raise InvalidInput(f"image '{body.image}' does not exist (see 'vauban image list')") from e
+    project = tenancy.target_project(db, body.project)
+    if db.scalar(select(Instance.id).where(Instance.project_id == project.id,
+                                           Instance.name == body.name)) is not None:
+        raise Conflict(f"an instance named '{body.name}' already exists in project "
+                       f"'{project.name}'")
+    image = tenancy.find_input(db, Image, body.image, "image", project.id, shared=True,
+                               hint=" (see 'vauban image list')")
     _check_disk(body.root_disk_gib, image)
-    attachments = networks.resolve_attachments(db, body.networks)
+    attachments = networks.resolve_attachments(db, body.networks, project.id)
     if body.security_groups is not None and not body.networks:
         raise InvalidInput("security_groups apply to the VM's NICs; give networks too")
-    groups = secgroups.resolve(db, body.security_groups) if body.networks else []
-    pinned = nodes.find(db, body.node).id if body.node else None
+    groups = secgroups.resolve(db, body.security_groups, project.id) if body.networks else []
+    pinned = _pinned_node(db, body.node)
     # lock the candidate rows so two concurrent creates cannot both take the last capacity
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
     wants = tuple(gpus.GpuWant(g.model, g.count) for g in body.gpus)
@@ -79,6 +78,7 @@ def create(db: Session, actor: str, body: InstanceCreate,
     placement = scheduler.place(region, request, pol, datetime.now(UTC))
     inst = Instance(
         name=body.name,
+        project_id=project.id,
         node_id=placement.node_id,
         image_id=image.id,
         vcpus=body.vcpus,
@@ -101,6 +101,17 @@ def create(db: Session, actor: str, body: InstanceCreate,
                  memory_mib=inst.memory_mib, disk_gib=placement.disk.gib,
                  disk_pool=placement.disk.pool, ports=[p.id for p in ports], gpus=held)
     return inst, op
+
+
+def _pinned_node(db: Session, ref: str | None) -> str | None:
+    """The node a VM is pinned to: only who runs the nodes chooses one (it names them)."""
+    if ref is None:
+        return None
+    caller = tenancy.current()
+    if caller is not None and not caller.has(Perm.NODES_WRITE):
+        raise Forbidden(f"pinning a VM to a node needs the permission {Perm.NODES_WRITE} "
+                        "(operator, region-admin)")
+    return nodes.find(db, ref).id
 
 
 def _root_disk_gib(root_disk_gib: int | None, image: Image) -> int:

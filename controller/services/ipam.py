@@ -95,13 +95,13 @@ def new_mac() -> str:
     return MAC_PREFIX + "".join(f":{b:02x}" for b in secrets.token_bytes(3))
 
 
-def add_port(db: Session, net: Network, instance_id: str | None) -> Port:
-    """A new port with a MAC address no other port has."""
+def add_port(db: Session, net: Network, instance_id: str | None, project_id: str) -> Port:
+    """A new port of `project_id` with a MAC address no other port has."""
     for _ in range(ATTEMPTS):
         mac = new_mac()
         if db.scalar(select(Port.id).where(Port.mac == mac)) is not None:
             continue
-        port = Port(network_id=net.id, instance_id=instance_id, mac=mac)
+        port = Port(network_id=net.id, instance_id=instance_id, mac=mac, project_id=project_id)
         try:
             with db.begin_nested():
                 db.add(port)

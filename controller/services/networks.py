@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from controller.authz import Level, Perm
 from controller.db.models import Instance, Network, Node, Port, SecurityGroup, Subnet
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import NetworkCreate, SubnetCreate
-from controller.services import audit, desired, ipam
+from controller.services import audit, desired, ipam, tenancy
 from controller.services import security_groups as secgroups
 
 TENANT_MTU = 1450  # 50 bytes of a 1500 underlay go to the VXLAN encapsulation
@@ -26,28 +27,33 @@ VNI_FIRST = 1000
 
 
 def find(db: Session, ref: str) -> Network:
-    """A network by id or name, or NotFound."""
-    net = db.get(Network, ref) or db.scalar(select(Network).where(Network.name == ref))
-    if net is None:
-        raise NotFound(f"network '{ref}' does not exist")
-    return net
+    """A network by id or name among the caller's and the shared ones, or NotFound."""
+    return tenancy.find(db, Network, ref, "network", shared=True)
 
 
 def find_port(db: Session, ref: str) -> Port:
-    port = db.get(Port, ref)
+    """A port by id among the caller's, or NotFound."""
+    port = db.scalar(tenancy.visible(select(Port).where(Port.id == ref), Port.project_id))
     if port is None:
         raise NotFound(f"port '{ref}' does not exist")
+    level, _ = tenancy.route_level()
+    tenancy.require(db, port.project_id, level)
     return port
 
 
 def port_count(db: Session, net: Network) -> int:
-    return int(db.scalar(select(func.count(Port.id)).where(Port.network_id == net.id)) or 0)
+    """How many ports the caller sees on `net` (a shared network's others are not told)."""
+    return int(db.scalar(tenancy.visible(select(func.count(Port.id)), Port.project_id)
+                         .where(Port.network_id == net.id)) or 0)
 
 
 def create(db: Session, actor: str, body: NetworkCreate) -> Network:
-    """Validate and record a network with its first subnets."""
-    if db.scalar(select(Network.id).where(Network.name == body.name)) is not None:
-        raise Conflict(f"a network named '{body.name}' already exists")
+    """Validate and record a network with its first subnets: a tenant network in its
+    project, a provider network shared by all (made by who may: see NETWORKS_PROVIDER)."""
+    project_id = _project_of_new(db, body)
+    if db.scalar(select(Network.id).where(_same_project(project_id),
+                                          Network.name == body.name)) is not None:
+        raise Conflict(f"a network named '{body.name}' already exists{_where(db, project_id)}")
     if body.kind == "provider":
         if body.vlan is None or body.physical is None:
             raise InvalidInput("a provider network needs vlan (the VLAN id, 1-4094) and "
@@ -63,13 +69,32 @@ def create(db: Session, actor: str, body: NetworkCreate) -> Network:
     checked = _check_subnets([], body.subnets)
     mtu = body.mtu or (TENANT_MTU if body.kind == "tenant" else PROVIDER_MTU)
     net = _insert(db, Network(name=body.name, kind=body.kind, vlan=body.vlan,
-                              physical=body.physical, mtu=mtu))
+                              physical=body.physical, mtu=mtu, project_id=project_id))
     net.subnets.extend(checked)
     db.flush()
     audit.record(db, actor, "network.create", f"network/{net.id}", name=net.name,
                  kind=net.kind, vlan=net.vlan, physical=net.physical, vni=net.vni, mtu=net.mtu,
                  subnets=[s.cidr for s in checked])
     return net
+
+
+def _project_of_new(db: Session, body: NetworkCreate) -> str | None:
+    if body.kind == "tenant":
+        return tenancy.target_project(db, body.project).id
+    if body.project is not None:
+        raise InvalidInput("a provider network is shared by every project: give no project")
+    tenancy.require(db, None, Level.WRITE, Perm.NETWORKS_PROVIDER)
+    return None
+
+
+def _same_project(project_id: str | None) -> ColumnElement[bool]:
+    return Network.project_id.is_(None) if project_id is None \
+        else Network.project_id == project_id
+
+
+def _where(db: Session, project_id: str | None) -> str:
+    return " among the shared networks" if project_id is None \
+        else f" in project '{tenancy.project_name(db, project_id)}'"
 
 
 def _insert(db: Session, net: Network) -> Network:
@@ -81,8 +106,10 @@ def _insert(db: Session, net: Network) -> Network:
             with db.begin_nested():
                 db.add(net)
         except IntegrityError:
-            if db.scalar(select(Network.id).where(Network.name == net.name)) is not None:
-                raise Conflict(f"a network named '{net.name}' already exists") from None
+            if db.scalar(select(Network.id).where(_same_project(net.project_id),
+                                                  Network.name == net.name)) is not None:
+                raise Conflict(f"a network named '{net.name}' already exists"
+                               f"{_where(db, net.project_id)}") from None
             continue
         return net
     raise Conflict("no free VNI found; try again")
@@ -129,14 +156,18 @@ def delete(db: Session, actor: str, net: Network) -> None:
 
 def create_port(db: Session, actor: str, net: Network, fixed_ips: list[str],
                 inst: Instance | None = None,
-                groups: list[SecurityGroup] | None = None) -> Port:
-    """A port with one address per subnet: the fixed one asked for, else the lowest free.
+                groups: list[SecurityGroup] | None = None,
+                project_id: str | None = None) -> Port:
+    """A port of `project_id` (the VM's for a VM's port) with one address per subnet of
+    `net`: the fixed one asked for, else the lowest free.
 
-    It is in `groups` (None: the group 'default'); the nodes shown those groups learn of
-    its addresses.
+    It is in `groups` (None: its project's group 'default'); the nodes shown those
+    groups learn of its addresses.
     """
+    project_id = inst.project_id if inst is not None else project_id
+    assert project_id is not None, "a port belongs to a project"
     if groups is None:
-        groups = secgroups.resolve(db, None)
+        groups = secgroups.resolve(db, None, project_id)
     wanted: dict[str, str] = {}
     subnets = list(net.subnets)
     for text in fixed_ips:
@@ -151,7 +182,7 @@ def create_port(db: Session, actor: str, net: Network, fixed_ips: list[str],
                                f"and {ip}")
         ipam.check_host(ipaddress.ip_network(sub.cidr), ip, sub.gateway, "address")
         wanted[sub.id] = str(ip)
-    port = ipam.add_port(db, net, inst.id if inst else None)
+    port = ipam.add_port(db, net, inst.id if inst else None, project_id)
     addresses = [ipam.assign(db, port, sub, wanted.get(sub.id)) for sub in subnets]
     db.expire(port, ["addresses"])
     port.security_groups = list(groups)
@@ -187,16 +218,15 @@ def parse_attachment(ref: str) -> tuple[str, str | None]:
     return name, ip if sep else None
 
 
-def resolve_attachments(db: Session, refs: list[str]) -> list[tuple[Network, str | None]]:
-    """The networks a new VM asks for, checked before anything is created."""
+def resolve_attachments(db: Session, refs: list[str],
+                        project_id: str) -> list[tuple[Network, str | None]]:
+    """The networks a new VM of `project_id` asks for (its project's or shared ones),
+    checked before anything is created."""
     out = []
     for ref in refs:
         name, ip = parse_attachment(ref)
-        try:
-            out.append((find(db, name), ip))
-        except NotFound as e:
-            raise InvalidInput(f"network '{name}' does not exist "
-                               "(see 'vauban network list')") from e
+        out.append((tenancy.find_input(db, Network, name, "network", project_id, shared=True,
+                                       hint=" (see 'vauban network list')"), ip))
     return out
 
 

@@ -17,13 +17,16 @@ def start(db: Session, kind: str, instance: Instance, actor: str,
           expect_generation: int) -> Operation:
     """An operation on a VM, finished when its node shows the VM's current power_seq."""
     return start_on(db, kind, instance.id, instance.name, instance.node_id, actor,
-                    expect_generation, instance.power_seq)
+                    expect_generation, instance.power_seq, project_id=instance.project_id)
 
 
 def start_on(db: Session, kind: str, target_id: str, target_name: str, node_id: str,
-             actor: str, expect_generation: int, expect_power_seq: int = 0) -> Operation:
-    """An operation that `node_id` decides, from the desired generation `expect_generation`."""
+             actor: str, expect_generation: int, expect_power_seq: int = 0, *,
+             project_id: str | None = None) -> Operation:
+    """An operation that `node_id` decides, from the desired generation `expect_generation`,
+    on a target of `project_id` (None: the region's own)."""
     op = Operation(
+        project_id=project_id,
         kind=kind,
         target_id=target_id,
         target_name=target_name,

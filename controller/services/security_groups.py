@@ -25,7 +25,7 @@ from controller.db.models import (
 )
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import SecurityGroupCreate, SecurityRuleCreate
-from controller.services import audit, desired
+from controller.services import audit, desired, tenancy
 
 DEFAULT = "default"
 DEFAULT_DESCRIPTION = "Allows traffic between its ports, and all outbound traffic"
@@ -33,31 +33,29 @@ PORTED = ("tcp", "udp")
 
 
 def find(db: Session, ref: str) -> SecurityGroup:
-    """A group by id or name, or NotFound."""
-    group = db.get(SecurityGroup, ref) or db.scalar(
-        select(SecurityGroup).where(SecurityGroup.name == ref))
-    if group is None:
-        raise NotFound(f"security group '{ref}' does not exist")
-    return group
+    """A group by id or name among the caller's (see tenancy.find), or NotFound."""
+    return tenancy.find(db, SecurityGroup, ref, "security group")
 
 
-def find_input(db: Session, ref: str, what: str = "security group") -> SecurityGroup:
-    """A group named in a request body: unknown is invalid input (422), not 404."""
-    try:
-        return find(db, ref)
-    except NotFound as e:
-        raise InvalidInput(f"{what} '{ref}' does not exist "
-                           "(see 'vauban security-group list')") from e
+def find_input(db: Session, ref: str, project_id: str,
+               what: str = "security group") -> SecurityGroup:
+    """A group of `project_id` named in a request body: unknown is invalid input (422),
+    not 404."""
+    return tenancy.find_input(db, SecurityGroup, ref, what, project_id,
+                              hint=" (see 'vauban security-group list')")
 
 
-def ensure_default(db: Session, actor: str = "system") -> SecurityGroup:
-    """The group 'default', made (once, whoever races) on first use or at start."""
-    group = db.scalar(select(SecurityGroup).where(SecurityGroup.name == DEFAULT))
+def ensure_default(db: Session, project_id: str, actor: str = "system") -> SecurityGroup:
+    """The project's group 'default', made (once, whoever races) on first use or at
+    start."""
+    mine = (SecurityGroup.project_id == project_id, SecurityGroup.name == DEFAULT)
+    group = db.scalar(select(SecurityGroup).where(*mine))
     if group is not None:
         return group
     try:
         with db.begin_nested():
-            group = SecurityGroup(name=DEFAULT, description=DEFAULT_DESCRIPTION)
+            group = SecurityGroup(name=DEFAULT, description=DEFAULT_DESCRIPTION,
+                                  project_id=project_id)
             db.add(group)
             db.flush()
             group.rules.extend([
@@ -69,7 +67,7 @@ def ensure_default(db: Session, actor: str = "system") -> SecurityGroup:
             ])
             db.flush()
     except IntegrityError:
-        made = db.scalar(select(SecurityGroup).where(SecurityGroup.name == DEFAULT))
+        made = db.scalar(select(SecurityGroup).where(*mine))
         if made is None:
             raise
         return made
@@ -78,13 +76,14 @@ def ensure_default(db: Session, actor: str = "system") -> SecurityGroup:
     return group
 
 
-def resolve(db: Session, refs: list[str] | None) -> list[SecurityGroup]:
-    """The groups a new port asks for: None means 'default'; unknown ones are refused."""
+def resolve(db: Session, refs: list[str] | None, project_id: str) -> list[SecurityGroup]:
+    """The groups a new port of `project_id` asks for, of its project: None means
+    'default'; unknown ones are refused."""
     if refs is None:
-        return [ensure_default(db)]
+        return [ensure_default(db, project_id)]
     out: list[SecurityGroup] = []
     for ref in refs:
-        group = find_input(db, ref)
+        group = find_input(db, ref, project_id)
         if group not in out:
             out.append(group)
     return out
@@ -96,15 +95,20 @@ def port_count(db: Session, group: SecurityGroup) -> int:
 
 
 def create(db: Session, actor: str, body: SecurityGroupCreate) -> SecurityGroup:
-    if db.scalar(select(SecurityGroup.id).where(SecurityGroup.name == body.name)) is not None:
-        raise Conflict(f"a security group named '{body.name}' already exists")
-    group = SecurityGroup(name=body.name, description=body.description)
+    project = tenancy.target_project(db, body.project)
+    taken = Conflict(f"a security group named '{body.name}' already exists in project "
+                     f"'{project.name}'")
+    if db.scalar(select(SecurityGroup.id).where(SecurityGroup.project_id == project.id,
+                                                SecurityGroup.name == body.name)) is not None:
+        raise taken
+    group = SecurityGroup(name=body.name, description=body.description,
+                          project_id=project.id)
     try:
         with db.begin_nested():
             db.add(group)
             db.flush()
     except IntegrityError:
-        raise Conflict(f"a security group named '{body.name}' already exists") from None
+        raise taken from None
     for rule_body in body.rules:
         rule = _check_rule(db, group, rule_body)
         group.rules.append(rule)
@@ -165,7 +169,7 @@ def delete_rule(db: Session, actor: str, group: SecurityGroup, rule_id: str) -> 
 
 def set_port_groups(db: Session, actor: str, port: Port, refs: list[str]) -> None:
     """Replace a port's groups; the old and new groups' viewers learn of it."""
-    groups = resolve(db, refs)
+    groups = resolve(db, refs, port.project_id)
     before = {g.id for g in port.security_groups}
     port.security_groups = groups
     db.flush()
@@ -198,7 +202,7 @@ def _check_rule(db: Session, group: SecurityGroup, body: SecurityRuleCreate) -> 
     remote_id = None
     if body.remote_group is not None:
         remote_id = group.id if body.remote_group in (group.id, group.name) else \
-            find_input(db, body.remote_group, "remote group").id
+            find_input(db, body.remote_group, group.project_id, "remote group").id
     rule = SecurityGroupRule(direction=body.direction, ethertype=body.ethertype,
                              protocol=body.protocol, port_min=port_min, port_max=port_max,
                              remote_cidr=cidr, remote_group_id=remote_id)

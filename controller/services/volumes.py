@@ -17,7 +17,7 @@ from controller.config import ControllerConfig
 from controller.db.models import Instance, Node, Operation, Volume
 from controller.errors import Conflict, InvalidInput, NotFound, NoValidHost
 from controller.schemas import VolumeAttach, VolumeCreate
-from controller.services import audit, desired, operations
+from controller.services import audit, desired, operations, tenancy
 from controller.services.nodes import node_state
 
 ROOT_TARGETS = ("vda", "vdb")  # the root disk and the cloud-init seed
@@ -25,11 +25,8 @@ TARGETS = tuple(f"vd{c}" for c in "cdefghijklmnopqrstuvwxyz")
 
 
 def find(db: Session, ref: str) -> Volume:
-    """A volume by id or name, or NotFound."""
-    vol = db.get(Volume, ref) or db.scalar(select(Volume).where(Volume.name == ref))
-    if vol is None:
-        raise NotFound(f"volume '{ref}' does not exist")
-    return vol
+    """A volume by id or name among the caller's (see tenancy.find), or NotFound."""
+    return tenancy.find(db, Volume, ref, "volume")
 
 
 def _rbd(storage: StorageSettings) -> tuple[str, list[str]]:
@@ -57,12 +54,15 @@ def create(db: Session, actor: str, body: VolumeCreate, storage: StorageSettings
     pool = body.pool or pools[0]
     if pool not in pools:
         raise InvalidInput(f"unknown pool '{pool}'; volumes may use: {', '.join(pools)}")
-    if db.scalar(select(Volume.id).where(Volume.name == body.name)) is not None:
-        raise Conflict(f"a volume named '{body.name}' already exists")
+    project = tenancy.target_project(db, body.project)
+    if db.scalar(select(Volume.id).where(Volume.project_id == project.id,
+                                         Volume.name == body.name)) is not None:
+        raise Conflict(f"a volume named '{body.name}' already exists in project "
+                       f"'{project.name}'")
     clone_vol, clone_snap = None, None
     if body.source:
         src_name, clone_snap = body.source.split("@", 1)
-        src = find(db, src_name)
+        src = tenancy.find_input(db, Volume, src_name, "volume", project.id)
         if clone_snap not in src.snapshots or clone_snap not in (src.observed_snapshots or []):
             raise InvalidInput(f"volume '{src.name}' has no snapshot '{clone_snap}'")
         if body.size_gib < src.size_gib:
@@ -71,8 +71,9 @@ def create(db: Session, actor: str, body: VolumeCreate, storage: StorageSettings
         clone_vol = src.id
         pool = src.pool  # a clone lives beside its parent
     steward = _pick_steward(db, config)
-    vol = Volume(name=body.name, pool=pool, size_gib=body.size_gib, steward_node_id=steward.id,
-                 snapshots=[], clone_of_volume_id=clone_vol, clone_of_snapshot=clone_snap)
+    vol = Volume(name=body.name, project_id=project.id, pool=pool, size_gib=body.size_gib,
+                 steward_node_id=steward.id, snapshots=[], clone_of_volume_id=clone_vol,
+                 clone_of_snapshot=clone_snap)
     db.add(vol)
     db.flush()
     op = _op(db, "volume.create", vol, actor, steward)
@@ -84,7 +85,8 @@ def create(db: Session, actor: str, body: VolumeCreate, storage: StorageSettings
 def _op(db: Session, kind: str, vol: Volume, actor: str, node: Node | None = None) -> Operation:
     node = node or vol.steward
     generation = desired.bump(node)
-    return operations.start_on(db, kind, vol.id, vol.name, node.id, actor, generation)
+    return operations.start_on(db, kind, vol.id, vol.name, node.id, actor, generation,
+                               project_id=vol.project_id)
 
 
 def _idle(db: Session, vol: Volume) -> None:

@@ -8,12 +8,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from alembic import command
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
-from controller.db.migrate import alembic_config
+from controller.db.migrate import migrate
 from controller.db.models import ApiToken, AuditChainHead, AuditEvent, as_utc
 from controller.region import Region
 from controller.services import audit
@@ -246,20 +245,14 @@ def test_the_migration_chains_the_entries_it_finds(region: Region) -> None:
     """Down to 0014 (entries as they were), some more old-style entries, and up again."""
     _record(region, 2)
 
-    def migrate(step: Any, revision: str) -> None:
-        cfg = alembic_config(region.engine.url.render_as_string(hide_password=False))
-        with region.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            step(cfg, revision)
-
-    migrate(command.downgrade, "0014")
+    migrate(region.engine, "0014", down=True)
     with region.engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO audit_events (at, actor, action, target, outcome, detail) VALUES "
             "(:at, 'admin', 'old.one', 'thing/old', 'accepted', :detail)"),
             [{"at": datetime(2026, 1, 1, tzinfo=UTC), "detail": '{"b": 2, "a": 0.5}'},
              {"at": datetime(2026, 1, 2, tzinfo=UTC), "detail": "{}"}])
-    migrate(command.upgrade, "head")
+    migrate(region.engine, "head")
     chain = _chain(region)
     assert [(e.seq, e.action) for e in chain][1:] == [
         (2, "test.poke"), (3, "test.poke"), (4, "old.one"), (5, "old.one")]

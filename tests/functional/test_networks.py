@@ -168,7 +168,7 @@ def test_ports_get_the_lowest_free_addresses(api: Api, region: Region) -> None:
     _refused(_port(api, "lan", "10.0.0.7"), 422, "broadcast")
     _refused(_port(api, "lan", "10.0.0.4", "10.0.0.5"), 422, "two addresses")
     _refused(_port(api, "lan", "nonsense"), 422, "nonsense")
-    _refused(_port(api, "nope"), 404, "nope")
+    _refused(_port(api, "nope"), 422, "nope")  # named in the body: invalid input
     assert _count(region, Port) == 3
     assert _port(api).json["addresses"][0] == "10.0.0.4"
     assert _port(api).json["addresses"][0] == "10.0.0.5"

@@ -191,7 +191,7 @@ def test_attach_refusals(api: Api) -> None:
     r = api.post("/api/v1/volumes/data/attach", json={"instance": "vm1"})
     assert r.status_code == 409 and "running VMs; 'vm1' is stopped" in r.json["detail"]
     r = api.post("/api/v1/volumes/data/attach", json={"instance": "ghost"})
-    assert r.status_code == 404 and "instance 'ghost'" in r.json["detail"]
+    assert r.status_code == 422 and "instance 'ghost'" in r.json["detail"]
     running = ObservedVm(id=vm["id"], name="vm1", state=ObservedVmState.RUNNING, power_seq=1)
     report(api, node, [observed(vol, 1)], [running])
     with api.region.sessions() as db, db.begin():
@@ -208,7 +208,7 @@ def test_attach_refusals(api: Api) -> None:
     ({"name": "v", "size_gib": 70000}, 422, "'size_gib'"),
     ({"name": "v", "size_gib": 1, "pool": "rbd"}, 422, "unknown pool 'rbd'; volumes may use: "
                                                        "vauban, vauban-fast"),
-    ({"name": "v", "size_gib": 1, "source": "nope@s"}, 404, "volume 'nope' does not exist"),
+    ({"name": "v", "size_gib": 1, "source": "nope@s"}, 422, "volume 'nope' does not exist"),
     ({"name": "V", "size_gib": 1}, 422, "'name'"),
 ])
 def test_create_refusals(api: Api, body: dict[str, Any], status: int, detail: str) -> None:
