@@ -9,6 +9,7 @@ from controller.api import (
     audit,
     fleet,
     gpus,
+    identity,
     images,
     instances,
     networks,
@@ -24,7 +25,8 @@ from controller.region import Region
 
 BLUEPRINTS = [session.api, nodes.api, nodes.ops_api, audit.api, images.api, instances.api,
               volumes.api, networks.api, networks.ports_api,
-              security_groups.api, gpus.api, agent.api, fleet.api]
+              security_groups.api, gpus.api, agent.api, fleet.api, identity.projects_api,
+              identity.users_api, identity.roles_api, identity.tokens_api, identity.account_api]
 
 
 def create_app(region: Region) -> Flask:

@@ -598,3 +598,110 @@ class Gpu(Output):
     telemetry: GpuTelemetry | None = Field(description="None: NVML does not see it "
                                            "(bound to vfio-pci, or no NVIDIA driver)")
     mig: MigState | None
+
+
+ROLE_NAMES = Literal["region-admin", "operator", "auditor", "project-admin", "project-member",
+                     "project-viewer"]
+
+
+class ProjectCreate(Input):
+    """A new project (a tenant)."""
+
+    name: str = Field(pattern=NAME_PATTERN, examples=["web-shop"], description=NAME_RULE)
+    description: str = Field(default="", max_length=255)
+
+
+class Project(Output):
+    """A project: its resources are seen and touched only by its members (and the
+    region's roles)."""
+
+    id: str
+    name: str
+    description: str
+    created_by: str
+    created_at: UtcDatetime
+
+
+class UserCreate(Input):
+    """A new local user; without a password, one is made and shown once."""
+
+    name: str = Field(pattern=NAME_PATTERN, examples=["alice"], description=NAME_RULE)
+    password: str | None = Field(default=None, min_length=12, max_length=1024,
+                                 description="At least 12 characters; default: a random one, "
+                                 "shown once")
+
+
+class RoleBindingCreate(Input):
+    """Give a user a role: a region role (no project) or a role in one project."""
+
+    user: str = Field(min_length=1, max_length=63, description="User name or id")
+    role: ROLE_NAMES
+    project: str | None = Field(default=None, min_length=1, max_length=63,
+                                description="Project name or id: for project roles only")
+
+
+class RoleBinding(Output):
+    id: str
+    user: str
+    role: str
+    project: ProjectName = None
+    created_by: str
+    created_at: UtcDatetime
+
+
+class RoleBindingsQuery(Input):
+    user: str | None = Field(default=None, min_length=1, max_length=63)
+    project: str | None = Field(default=None, min_length=1, max_length=63)
+
+
+class User(Output):
+    """A user and the roles it holds."""
+
+    id: str
+    name: str
+    roles: list[RoleBinding]
+    created_at: UtcDatetime
+
+
+class UserCreated(User):
+    password: str | None = Field(description="The password made for it, shown only now "
+                                 "(null when one was given)")
+
+
+class ApiTokenCreate(Input):
+    """A named API token that acts with one role (no wider than yours), until it expires
+    or is revoked."""
+
+    name: str = Field(pattern=NAME_PATTERN, examples=["ci-deploy"], description=NAME_RULE)
+    role: ROLE_NAMES
+    project: str | None = Field(default=None, min_length=1, max_length=63,
+                                description="Project name or id: for project roles only")
+    ttl_seconds: int = Field(default=90 * 86400, ge=60, le=366 * 86400)
+
+
+class ApiToken(Output):
+    """An API token as listed: its secret was shown once, at creation."""
+
+    id: str
+    name: str | None = Field(description="null for a login's token")
+    role: str | None = Field(description="null: all its user's roles (a login's token)")
+    project: ProjectName = None
+    expires_at: UtcDatetime
+    last_used_at: UtcDatetime | None = Field(description="To the minute")
+    revoked_at: UtcDatetime | None
+    created_at: UtcDatetime
+
+
+class ApiTokenCreated(ApiToken):
+    token: str = Field(description="The secret: send it as 'Authorization: Bearer <token>'; "
+                       "shown only now")
+
+
+class Account(Output):
+    """Who you are, and with which roles this token acts."""
+
+    id: str
+    name: str
+    token_id: str | None
+    roles: list[RoleBinding] = Field(description="Your roles")
+    acting_as: list[str] = Field(description="What this token may use of them")
