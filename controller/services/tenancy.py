@@ -173,7 +173,7 @@ def target_project(db: Session, ref: str | None, level: Level = Level.WRITE) -> 
         elif caller is None or (not mine and caller.projects_at(level) is None):
             project = find_project(db, DEFAULT_PROJECT)
         else:
-            names = ", ".join(project_name(db, p) for p in mine) or "none"
+            names = ", ".join(sorted(project_name(db, p) for p in mine)) or "none"
             raise InvalidInput(f"say in which project (--project): yours are {names}")
     require(db, project.id, level)
     return project

@@ -81,13 +81,32 @@ class FakeNode:
 
 
 class Api:
-    def __init__(self, client: FlaskClient, region: Region) -> None:
+    def __init__(self, client: FlaskClient, region: Region, token: str | None = None) -> None:
+        """Calls with `token`, or as the region's admin (logged in with its password)."""
         self.client = speaks_agent_protocol(client)
         self.region = region
-        password = region.config.admin_password_file.read_text().strip()
-        r = client.post("/api/v1/tokens", json={"username": "admin", "password": password})
+        if token is None:
+            password = region.config.admin_password_file.read_text().strip()
+            r = client.post("/api/v1/tokens", json={"username": "admin", "password": password})
+            assert r.status_code == 201, r.json
+            token = r.json["token"]  # type: ignore[index]
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def as_new_user(self, name: str, *roles: tuple[str, str | None]) -> Api:
+        """A new user holding `roles` ((role, project or None) each), logged in."""
+        password = f"{name}-password-1234"
+        r = self.post("/api/v1/users", json={"name": name, "password": password})
         assert r.status_code == 201, r.json
-        self.headers = {"Authorization": f"Bearer {r.json['token']}"}  # type: ignore[index]
+        for role, project in roles:
+            r = self.post("/api/v1/role-bindings",
+                          json={"user": name, "role": role, "project": project})
+            assert r.status_code == 201, r.json
+        r = self.client.post("/api/v1/tokens", json={"username": name, "password": password})
+        assert r.status_code == 201, r.json
+        return Api(self.client, self.region, r.json["token"])  # type: ignore[index]
+
+    def put(self, path: str, **kw: Any) -> TestResponse:
+        return self.client.put(path, headers=self.headers, **kw)
 
     def get(self, path: str, **kw: Any) -> TestResponse:
         return self.client.get(path, headers=self.headers, **kw)
