@@ -611,6 +611,32 @@ class ProjectCreate(Input):
     description: str = Field(default="", max_length=255)
 
 
+class ProjectQuotas(Input):
+    """How much a project may hold; a quota left out (or null) is no limit."""
+
+    instances: int | None = Field(default=None, ge=0, le=1_000_000)
+    vcpus: int | None = Field(default=None, ge=0, le=100_000_000)
+    memory_mib: int | None = Field(default=None, ge=0, le=2**40)
+    gpus: dict[str, int] | None = Field(
+        default=None, max_length=32, examples=[{"H100": 4}],
+        description="Whole GPUs, per model (words of the model name, as VMs ask for them)")
+    vgpus: int | None = Field(default=None, ge=0, le=1_000_000)
+    storage_gib: int | None = Field(default=None, ge=0, le=2**40,
+                                    description="Root disks and volumes")
+    volumes: int | None = Field(default=None, ge=0, le=1_000_000)
+    networks: int | None = Field(default=None, ge=0, le=1_000_000)
+    public_addresses: int | None = Field(default=None, ge=0, le=1_000_000,
+                                         description="Addresses on shared (provider) networks")
+
+    @model_validator(mode="after")
+    def _gpu_counts(self) -> ProjectQuotas:
+        for model, count in (self.gpus or {}).items():
+            if not model.strip() or len(model) > 64 or not 0 <= count <= 1_000_000:
+                raise ValueError(f"gpus: '{model[:64]}': a model name of 1-64 characters and "
+                                 "a count of 0 or more")
+        return self
+
+
 class Project(Output):
     """A project: its resources are seen and touched only by its members (and the
     region's roles)."""
@@ -618,8 +644,13 @@ class Project(Output):
     id: str
     name: str
     description: str
+    quotas: dict[str, Any] = Field(description="Its limits (absent: no limit)")
     created_by: str
     created_at: UtcDatetime
+
+
+class ProjectDetail(Project):
+    usage: dict[str, Any] = Field(description="What it holds now, per quota")
 
 
 class UserCreate(Input):

@@ -13,7 +13,7 @@ from controller.api.framework import ApiBlueprint, actor
 from controller.authz import ANY_USER, AnyOf, Caller, InProject, Level, Perm, Region
 from controller.db.models import ApiToken, Project, RoleBinding, User
 from controller.services import identity as service
-from controller.services import tenancy
+from controller.services import quotas, tenancy
 
 projects_api = ApiBlueprint("projects", "/api/v1/projects", "identity")
 users_api = ApiBlueprint("users", "/api/v1/users", "identity")
@@ -62,10 +62,28 @@ def create_project(body: schemas.ProjectCreate) -> Any:
     return schemas.Project.model_validate(project), 201
 
 
+def project_detail(project: Project) -> schemas.ProjectDetail:
+    held: dict[str, Any] = dict(quotas.usage(db(), project.id))
+    models = quotas.gpus_in_use(db(), project.id)
+    held["gpus"] = {m: quotas.matching(m, models) for m in (project.quotas or {}).get("gpus", {})}
+    return schemas.ProjectDetail(**schemas.Project.model_validate(project).model_dump(),
+                                 usage=held)
+
+
 @projects_api.route("GET", "/<ref>", access=InProject(Level.READ),
-                    summary="Show a project (by name or id)", responses={200: schemas.Project})
+                    summary="Show a project (by name or id), its quotas and usage",
+                    responses={200: schemas.ProjectDetail})
 def show_project(ref: str) -> Any:
-    return schemas.Project.model_validate(tenancy.find_project(db(), ref))
+    return project_detail(tenancy.find_project(db(), ref))
+
+
+@projects_api.route("PUT", "/<ref>/quotas", access=Region(Perm.IDENTITY),
+                    summary="Set a project's quotas (replacing them; null: no limit)",
+                    body=schemas.ProjectQuotas, responses={200: schemas.ProjectDetail})
+def set_quotas(ref: str, body: schemas.ProjectQuotas) -> Any:
+    project = service.set_quotas(db(), actor(), tenancy.find_project(db(), ref), body)
+    db().commit()
+    return project_detail(project)
 
 
 @projects_api.route("DELETE", "/<ref>", access=Region(Perm.IDENTITY),

@@ -35,7 +35,13 @@ from controller.db.models import (
     Volume,
 )
 from controller.errors import Conflict, Forbidden, InvalidInput, NotFound
-from controller.schemas import ApiTokenCreate, ProjectCreate, RoleBindingCreate, UserCreate
+from controller.schemas import (
+    ApiTokenCreate,
+    ProjectCreate,
+    ProjectQuotas,
+    RoleBindingCreate,
+    UserCreate,
+)
 from controller.services import audit, passwords, tenancy
 from controller.services import security_groups as secgroups
 from controller.services.auth import sha256_hex
@@ -53,6 +59,14 @@ def create_project(db: Session, actor: str, body: ProjectCreate) -> Project:
     db.flush()
     secgroups.ensure_default(db, project.id, actor)
     audit.record(db, actor, "project.create", f"project/{project.id}", name=project.name)
+    return project
+
+
+def set_quotas(db: Session, actor: str, project: Project, body: ProjectQuotas) -> Project:
+    """Replace the project's quotas (what it holds already stays, even above them)."""
+    project.quotas = body.model_dump(exclude_none=True)
+    audit.record(db, actor, "project.quotas", f"project/{project.id}", name=project.name,
+                 quotas=project.quotas)
     return project
 
 

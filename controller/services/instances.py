@@ -20,6 +20,7 @@ from controller.services import (
     networks,
     nodes,
     operations,
+    quotas,
     scheduler,
     tenancy,
     volumes,
@@ -53,7 +54,7 @@ def create(db: Session, actor: str, body: InstanceCreate,
     unknown, the disk is too small or no node fits; a refusal of a port (its address)
     comes after, but before the caller commits: a refusal leaves nothing behind.
     """
-    project = tenancy.target_project(db, body.project)
+    project = quotas.lock(db, tenancy.target_project(db, body.project).id)
     if db.scalar(select(Instance.id).where(Instance.project_id == project.id,
                                            Instance.name == body.name)) is not None:
         raise Conflict(f"an instance named '{body.name}' already exists in project "
@@ -76,6 +77,12 @@ def create(db: Session, actor: str, body: InstanceCreate,
     request = scheduler.PlacementRequest(body.vcpus, body.memory_mib, pinned, wants, body.vgpu,
                                          disk_gib=_root_disk_gib(body.root_disk_gib, image))
     placement = scheduler.place(region, request, pol, datetime.now(UTC))
+    quotas.check(db, project, quotas.Ask(
+        instances=1, vcpus=body.vcpus, memory_mib=body.memory_mib,
+        vgpus=int(placement.vgpu is not None), storage_gib=request.disk_gib,
+        public_addresses=sum(len(net.subnets) for net, _ in attachments
+                             if net.project_id is None),
+        gpus=tuple(g.model for g in placement.gpus)))
     inst = Instance(
         name=body.name,
         project_id=project.id,

@@ -18,7 +18,7 @@ from controller.authz import Level, Perm
 from controller.db.models import Instance, Network, Node, Port, SecurityGroup, Subnet
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import NetworkCreate, SubnetCreate
-from controller.services import audit, desired, ipam, tenancy
+from controller.services import audit, desired, ipam, quotas, tenancy
 from controller.services import security_groups as secgroups
 
 TENANT_MTU = 1450  # 50 bytes of a 1500 underlay go to the VXLAN encapsulation
@@ -80,7 +80,9 @@ def create(db: Session, actor: str, body: NetworkCreate) -> Network:
 
 def _project_of_new(db: Session, body: NetworkCreate) -> str | None:
     if body.kind == "tenant":
-        return tenancy.target_project(db, body.project).id
+        project = quotas.lock(db, tenancy.target_project(db, body.project).id)
+        quotas.check(db, project, quotas.Ask(networks=1))
+        return project.id
     if body.project is not None:
         raise InvalidInput("a provider network is shared by every project: give no project")
     tenancy.require(db, None, Level.WRITE, Perm.NETWORKS_PROVIDER)
@@ -166,6 +168,9 @@ def create_port(db: Session, actor: str, net: Network, fixed_ips: list[str],
     """
     project_id = inst.project_id if inst is not None else project_id
     assert project_id is not None, "a port belongs to a project"
+    if inst is None and net.project_id is None:  # a VM's were counted with the VM
+        quotas.check(db, quotas.lock(db, project_id),
+                     quotas.Ask(public_addresses=len(net.subnets)))
     if groups is None:
         groups = secgroups.resolve(db, None, project_id)
     wanted: dict[str, str] = {}

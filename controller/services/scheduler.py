@@ -22,6 +22,7 @@ from agent.protocol import PoolUsage, StorageStatus
 from controller.db.models import Image, Instance, Node, Volume, as_utc
 from controller.errors import NoValidHost
 from controller.services import gpus as gpu_service
+from controller.services import tenancy
 from controller.services.gpus import GpuWant, RegionGpu, VgpuType
 from controller.services.nodes import node_state
 
@@ -322,7 +323,11 @@ def gpu_refusal(gpus: list[RegionGpu], wants: tuple[GpuWant, ...],
         free = [g for g in matching if g.free_for_passthrough()]
         if len(free) < want.count:
             why = []
-            held = sorted({g.holder.instance.name for g in matching if g.holder is not None})
+            holders = [g.holder.instance for g in matching if g.holder is not None]
+            held = sorted({i.name for i in holders if tenancy.may_see(i.project_id)})
+            hidden = len({i.id for i in holders if not tenancy.may_see(i.project_id)})
+            if hidden:  # another project's VMs are counted, never named
+                held.append(f"{hidden} VM{'s' if hidden > 1 else ''} of other projects")
             if held:
                 why.append(f"in use by {', '.join(held)}")
             if any(g.state == "vgpu" for g in matching):

@@ -60,6 +60,12 @@ def current() -> Caller | None:
     return _caller.get()
 
 
+def may_see(project_id: str | None) -> bool:
+    """Whether the caller sees objects of `project_id` (shared ones: everyone)."""
+    caller = current()
+    return caller is None or project_id is None or caller.level_in(project_id) is not None
+
+
 def visible(stmt: Select[Any], column: InstrumentedAttribute[Any], *,
             shared: bool = False) -> Select[Any]:
     """`stmt` limited to rows whose project (`column`) the caller reads; with `shared`,

@@ -17,7 +17,7 @@ from controller.config import ControllerConfig
 from controller.db.models import Instance, Node, Operation, Volume
 from controller.errors import Conflict, InvalidInput, NotFound, NoValidHost
 from controller.schemas import VolumeAttach, VolumeCreate
-from controller.services import audit, desired, operations, tenancy
+from controller.services import audit, desired, operations, quotas, tenancy
 from controller.services.nodes import node_state
 
 ROOT_TARGETS = ("vda", "vdb")  # the root disk and the cloud-init seed
@@ -54,7 +54,8 @@ def create(db: Session, actor: str, body: VolumeCreate, storage: StorageSettings
     pool = body.pool or pools[0]
     if pool not in pools:
         raise InvalidInput(f"unknown pool '{pool}'; volumes may use: {', '.join(pools)}")
-    project = tenancy.target_project(db, body.project)
+    project = quotas.lock(db, tenancy.target_project(db, body.project).id)
+    quotas.check(db, project, quotas.Ask(volumes=1, storage_gib=body.size_gib))
     if db.scalar(select(Volume.id).where(Volume.project_id == project.id,
                                          Volume.name == body.name)) is not None:
         raise Conflict(f"a volume named '{body.name}' already exists in project "
@@ -100,6 +101,8 @@ def resize(db: Session, actor: str, vol: Volume, size_gib: int) -> Operation:
     if size_gib <= vol.size_gib:
         raise InvalidInput(f"volumes only grow: '{vol.name}' is {vol.size_gib} GiB, "
                            f"{size_gib} asked")
+    quotas.check(db, quotas.lock(db, vol.project_id),
+                 quotas.Ask(storage_gib=size_gib - vol.size_gib))
     before, vol.size_gib = vol.size_gib, size_gib
     audit.record(db, actor, "volume.resize", f"volume/{vol.id}", name=vol.name,
                  from_gib=before, to_gib=size_gib)
