@@ -16,9 +16,11 @@ from controller.cli.client import ApiError, Client, Settings
 from controller.cli.failures import print_failures
 from controller.cli.fleet import fleet_commands
 from controller.cli.hardware import hardware_commands, parse_gpu_arg
+from controller.cli.identity import identity_commands
 from controller.cli.output import end_progress, print_json, print_table, progress_line
 
 Command = Callable[[Client, argparse.Namespace], int]
+PROJECT_HELP = "its project (name or id); default: yours if you have one, else 'default'"
 
 
 def cmd_login(_c: Client, a: argparse.Namespace) -> int:
@@ -61,7 +63,8 @@ def cmd_image_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("FORMAT", "disk_format"), ("SIZE", "size_bytes"),
+    print_table(rows, [("NAME", "name"), ("PROJECT", _project), ("FORMAT", "disk_format"),
+                       ("SIZE", "size_bytes"),
                        ("VIRTUAL SIZE", "virtual_size_bytes"), ("OS", "os"), ("ID", "id")])
     return 0
 
@@ -106,6 +109,10 @@ def cmd_image_import(c: Client, a: argparse.Namespace) -> int:
                               "sha256": h.hexdigest(), "min_disk_gib": a.min_disk}
     if a.os:
         params["os"] = a.os
+    if a.project:
+        params["project"] = a.project
+    if a.public:
+        params["public"] = "true"
     with open(path, "rb") as f:
         image = c.upload_image(_Progress(f, path.stat().st_size, f"uploading {name}"), params)  # type: ignore[arg-type]
     end_progress()
@@ -149,6 +156,8 @@ def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
         body["gpus"] = a.gpu
     if a.vgpu:
         body["vgpu"] = a.vgpu
+    if a.project:
+        body["project"] = a.project
     return _follow(c, c.post("/instances", body), a.wait)
 
 
@@ -157,7 +166,8 @@ def cmd_vm_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("STATE", "state"), ("NODE", "node_name"),
+    print_table(rows, [("NAME", "name"), ("PROJECT", _project), ("STATE", "state"),
+                       ("NODE", "node_name"),
                        ("IMAGE", "image_name"), ("VCPUS", "vcpus"), ("MEMORY MiB", "memory_mib"),
                        ("ERROR", lambda r: r["error"] or "")])
     return 0
@@ -203,6 +213,8 @@ def cmd_volume_create(c: Client, a: argparse.Namespace) -> int:
         body["pool"] = a.pool
     if a.source:
         body["source"] = a.source
+    if a.project:
+        body["project"] = a.project
     return _follow(c, c.post("/volumes", body), a.wait)
 
 
@@ -211,12 +223,18 @@ def cmd_volume_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("STATE", "state"), ("SIZE GiB", "size_gib"),
+    print_table(rows, [("NAME", "name"), ("PROJECT", _project), ("STATE", "state"),
+                       ("SIZE GiB", "size_gib"),
                        ("USED", lambda r: _size(r["used_bytes"])), ("POOL", "pool"),
                        ("ATTACHED TO", lambda r: r["attached_to"] or ""),
                        ("TARGET", lambda r: r["target"] or ""),
                        ("SNAPSHOTS", lambda r: ",".join(r["snapshots"]))])
     return 0
+
+
+def _project(row: dict[str, Any]) -> str:
+    """An object's project for a table; a public image or a provider network is shared."""
+    return row.get("project") or "(shared)"
 
 
 def _size(n: int | None) -> str:
@@ -298,7 +316,7 @@ def cmd_operation_show(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_network_create(c: Client, a: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": a.name, "kind": a.kind}
-    for key in ("vlan", "physical", "mtu"):
+    for key in ("vlan", "physical", "mtu", "project"):
         if getattr(a, key) is not None:
             body[key] = getattr(a, key)
     if a.subnet:
@@ -324,7 +342,7 @@ def cmd_network_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("KIND", "kind"),
+    print_table(rows, [("NAME", "name"), ("PROJECT", _project), ("KIND", "kind"),
                        ("SEGMENT", lambda r: f"vni {r['vni']}" if r["vni"] is not None
                         else f"vlan {r['vlan']} on {r['physical']}"),
                        ("MTU", "mtu"), ("SUBNETS", lambda r: ",".join(s["cidr"]
@@ -345,7 +363,9 @@ def cmd_network_delete(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_secgroup_create(c: Client, a: argparse.Namespace) -> int:
-    g = c.post("/security-groups", {"name": a.name, "description": a.description})
+    body = {"name": a.name, "description": a.description,
+            **({"project": a.project} if a.project else {})}
+    g = c.post("/security-groups", body)
     print(f"security group {g['name']} created ({g['id']})")
     return 0
 
@@ -355,7 +375,8 @@ def cmd_secgroup_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("RULES", lambda r: len(r["rules"])),
+    print_table(rows, [("NAME", "name"), ("PROJECT", _project),
+                       ("RULES", lambda r: len(r["rules"])),
                        ("PORTS", "ports"), ("DESCRIPTION", "description"), ("ID", "id")])
     return 0
 
@@ -402,6 +423,7 @@ def secgroup_commands(sub: Any, add: Callable[..., Any]) -> None:
     cr = add(sg, "create", cmd_secgroup_create, "create a security group")
     cr.add_argument("name")
     cr.add_argument("--description", default="")
+    cr.add_argument("--project", help=PROJECT_HELP)
     add(sg, "list", cmd_secgroup_list, "list security groups", json_=True)
     add(sg, "show", cmd_secgroup_show, "show a security group").add_argument("name")
     add(sg, "delete", cmd_secgroup_delete, "delete an unused security group").add_argument(
@@ -434,6 +456,7 @@ def network_commands(sub: Any, add: Callable[..., Any]) -> None:
     cr.add_argument("--subnet", metavar="CIDR", help="a first subnet, IPv4 or IPv6")
     cr.add_argument("--gateway", metavar="IP", help="the subnet's router")
     cr.add_argument("--dns", metavar="IP", action="append", help="name server (repeatable)")
+    cr.add_argument("--project", help="tenant: " + PROJECT_HELP)
     sn = add(net, "add-subnet", cmd_network_subnet, "add a subnet to a network")
     sn.add_argument("name")
     sn.add_argument("cidr")
@@ -456,6 +479,7 @@ def volume_commands(sub: Any, add: Callable[..., Any]) -> None:
     cr.add_argument("--size", type=int, required=True, help="GiB")
     cr.add_argument("--pool")
     cr.add_argument("--from", dest="source", metavar="VOLUME@SNAPSHOT", help="clone a snapshot")
+    cr.add_argument("--project", help=PROJECT_HELP)
     add(vol, "list", cmd_volume_list, "list volumes", json_=True)
     add(vol, "show", cmd_volume_show, "show a volume").add_argument("name")
     rs = with_wait(add(vol, "resize", cmd_volume_resize, "grow a volume"))
@@ -497,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     hardware_commands(sub, add)
     fleet_commands(sub, add)
+    identity_commands(sub, add)
 
     image = sub.add_parser("image", help="images").add_subparsers(dest="cmd", required=True)
     add(image, "list", cmd_image_list, "list images", json_=True)
@@ -506,6 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--format", choices=["raw", "qcow2"], help="default: detected")
     imp.add_argument("--os")
     imp.add_argument("--min-disk", type=int, default=1, help="GiB")
+    owner = imp.add_mutually_exclusive_group()
+    owner.add_argument("--project", help=PROJECT_HELP)
+    owner.add_argument("--public", action="store_true",
+                       help="shared read-only with every project (operators, region admins)")
     add(image, "delete", cmd_image_delete, "delete an image").add_argument("name")
 
     vm = sub.add_parser("vm", help="virtual machines").add_subparsers(dest="cmd", required=True)
@@ -526,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="whole GPUs of this model passed through, e.g. H100:2 (repeatable)")
     cr.add_argument("--vgpu", metavar="TYPE", help="a vGPU of this type, e.g. H100XM-10C")
     cr.add_argument("--no-start", action="store_true")
+    cr.add_argument("--project", help=PROJECT_HELP)
     cr.add_argument("--wait", action="store_true", help="wait until it runs")
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)
     add(vm, "show", cmd_vm_show, "show a VM", json_=True).add_argument("name")
@@ -560,7 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(client, args)
         return result
     except ApiError as e:
-        print(f"vauban: error: {e}", file=sys.stderr)
+        # who you are (401) or what you may (403): said, so that a refusal reads as one
+        refused = f" ({e.status} {e.problem.get('title', '')})".replace(" )", ")") \
+            if e.status in (401, 403) else ""
+        print(f"vauban: error: {e}{refused}", file=sys.stderr)
         return 1
     except (OSError, TimeoutError) as e:
         print(f"vauban: error: {e}", file=sys.stderr)
