@@ -17,10 +17,17 @@ from controller.cli.failures import print_failures
 from controller.cli.fleet import fleet_commands
 from controller.cli.hardware import hardware_commands, parse_gpu_arg
 from controller.cli.identity import identity_commands
-from controller.cli.output import end_progress, print_json, print_table, progress_line
+from controller.cli.output import (
+    PROJECT_HELP,
+    end_progress,
+    print_json,
+    print_table,
+    progress_line,
+    project_cell,
+)
+from controller.cli.ports import port_commands
 
 Command = Callable[[Client, argparse.Namespace], int]
-PROJECT_HELP = "its project (name or id); default: yours if you have one, else 'default'"
 
 
 def cmd_login(_c: Client, a: argparse.Namespace) -> int:
@@ -63,7 +70,7 @@ def cmd_image_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", _project), ("FORMAT", "disk_format"),
+    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell), ("FORMAT", "disk_format"),
                        ("SIZE", "size_bytes"),
                        ("VIRTUAL SIZE", "virtual_size_bytes"), ("OS", "os"), ("ID", "id")])
     return 0
@@ -166,7 +173,7 @@ def cmd_vm_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", _project), ("STATE", "state"),
+    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell), ("STATE", "state"),
                        ("NODE", "node_name"),
                        ("IMAGE", "image_name"), ("VCPUS", "vcpus"), ("MEMORY MiB", "memory_mib"),
                        ("ERROR", lambda r: r["error"] or "")])
@@ -223,18 +230,13 @@ def cmd_volume_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", _project), ("STATE", "state"),
+    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell), ("STATE", "state"),
                        ("SIZE GiB", "size_gib"),
                        ("USED", lambda r: _size(r["used_bytes"])), ("POOL", "pool"),
                        ("ATTACHED TO", lambda r: r["attached_to"] or ""),
                        ("TARGET", lambda r: r["target"] or ""),
                        ("SNAPSHOTS", lambda r: ",".join(r["snapshots"]))])
     return 0
-
-
-def _project(row: dict[str, Any]) -> str:
-    """An object's project for a table; a public image or a provider network is shared."""
-    return row.get("project") or "(shared)"
 
 
 def _size(n: int | None) -> str:
@@ -342,7 +344,7 @@ def cmd_network_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", _project), ("KIND", "kind"),
+    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell), ("KIND", "kind"),
                        ("SEGMENT", lambda r: f"vni {r['vni']}" if r["vni"] is not None
                         else f"vlan {r['vlan']} on {r['physical']}"),
                        ("MTU", "mtu"), ("SUBNETS", lambda r: ",".join(s["cidr"]
@@ -375,7 +377,7 @@ def cmd_secgroup_list(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json(rows)
         return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", _project),
+    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell),
                        ("RULES", lambda r: len(r["rules"])),
                        ("PORTS", "ports"), ("DESCRIPTION", "description"), ("ID", "id")])
     return 0
@@ -566,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     volume_commands(sub, add)
     network_commands(sub, add)
+    port_commands(sub, add)
     secgroup_commands(sub, add)
 
     jt = sub.add_parser("join-token", help="join tokens").add_subparsers(dest="cmd",

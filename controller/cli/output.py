@@ -8,6 +8,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 Column = tuple[str, str | Callable[[dict[str, Any]], Any]]
+PROJECT_HELP = "its project (name or id); default: yours if you have one, else 'default'"
+
+
+def project_cell(row: dict[str, Any]) -> str:
+    """An object's project for a table; a public image or a provider network is shared."""
+    return row.get("project") or "(shared)"
 
 
 def print_json(data: Any) -> None:

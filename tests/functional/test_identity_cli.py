@@ -160,3 +160,29 @@ def test_named_tokens_and_whoami(api: Api, capsys: pytest.CaptureFixture[str]) -
     revoked = next(t for t in json.loads(_out(capsys, "token", "list", "--json"))
                    if t["id"] == token_id)
     assert revoked["revoked_at"] is not None and revoked["last_used_at"] is not None
+
+
+def test_objects_made_in_a_project_are_listed_with_it(api: Api,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    _out(capsys, "project", "create", "shop")
+    _out(capsys, "network", "create", "blue", "--kind", "tenant", "--project", "shop",
+         "--subnet", "10.20.0.0/24")
+    _out(capsys, "network", "create", "grey", "--kind", "tenant", "--subnet", "10.30.0.0/24")
+    nets = _out(capsys, "network", "list").splitlines()
+    assert nets[0].split()[:2] == ["NAME", "PROJECT"]
+    assert sorted(n.split()[:2] for n in nets[1:]) == [["blue", "shop"], ["grey", "default"]]
+    _out(capsys, "security-group", "create", "web", "--project", "shop")
+    made = _out(capsys, "port", "create", "blue", "--project", "shop", "--ip", "10.20.0.9",
+                "--security-group", "web")
+    assert made.startswith("port ") and "on network blue (project shop): " in made
+    assert made.rstrip().endswith(" 10.20.0.9")
+    port_id = made.split()[1]
+    ports = _out(capsys, "port", "list").splitlines()
+    assert ports[0].split() == ["ID", "PROJECT", "NETWORK", "VM", "MAC", "ADDRESSES",
+                                "SECURITY", "GROUPS"]
+    row = ports[1].split()
+    assert (len(ports), row[0], row[1], row[2], row[3], row[5], row[6]) == \
+        (2, port_id, "shop", "blue", "-", "10.20.0.9", "web")
+    assert "does not exist" in _fails(capsys, "port", "create", "blue", "--project", "default")
+    assert _out(capsys, "port", "delete", port_id) == f"port {port_id} deleted\n"
+    assert _out(capsys, "port", "list").splitlines()[1:] == []

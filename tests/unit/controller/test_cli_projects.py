@@ -26,9 +26,10 @@ class Recorder(Client):
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
         self.sent.append((path, body))
-        return {"kind": "x.create", "target_name": body["name"], "id": "op-1",
-                "state": "pending", "name": body["name"], "vni": 7, "mtu": 1450,
-                "vlan": None, "physical": None}
+        name = body.get("name") or body["network"]
+        return {"kind": "x.create", "target_name": name, "id": "op-1", "state": "pending",
+                "name": name, "vni": 7, "mtu": 1450, "vlan": None, "physical": None,
+                "network": name, "project": body.get("project"), "mac": "m", "addresses": []}
 
     def upload_image(self, stream: BinaryIO, params: dict[str, Any]) -> Any:
         stream.read()
@@ -47,6 +48,7 @@ def _run(client: Client, *argv: str) -> int:
     (["volume", "create", "a", "--size", "1"], "/volumes"),
     (["network", "create", "a", "--kind", "tenant"], "/networks"),
     (["security-group", "create", "a"], "/security-groups"),
+    (["port", "create", "a"], "/ports"),
 ])
 def test_create_sends_the_project_only_when_given(argv: list[str], path: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
