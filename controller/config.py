@@ -36,6 +36,14 @@ class LoginLimits:
     slot_wait_s: float = 5.0
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """How long a browser session lasts (see controller.services.sessions)."""
+
+    idle_s: float = 1800.0  # unused this long, it ends
+    max_s: float = 12 * 3600.0  # this long after its login, it ends however much it is used
+
+
 POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connections",
                      "node_down_after_s", "max_reports_per_s",
                      "max_connections_per_source", "tls_handshake_timeout_s",
@@ -43,7 +51,7 @@ POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connection
                      "rollout_upgrade_wait_s", "rollout_forks", "rollout_batch_timeout_s",
                      "workers", "login_max_failures", "login_max_failures_per_source",
                      "login_lockout_s", "login_concurrency", "database_pool_size",
-                     "database_pool_wait_s")
+                     "database_pool_wait_s", "session_idle_s", "session_max_s")
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,10 @@ class ControllerConfig:
     login_max_failures_per_source: int = 20
     login_lockout_s: float = 900.0
     login_concurrency: int = 2  # password hashes at once in one worker
+    # a browser session (see controller.services.sessions) ends once unused this long, and
+    # this long after its login however much it is used
+    session_idle_s: float = 1800.0
+    session_max_s: float = 12 * 3600.0
     # lifetimes of the certificates the region CA signs; each is renewed once less than a
     # third of it is left (nodes by their agent, the server by the controller)
     node_cert_lifetime_s: int = int(LEAF_VALIDITY.total_seconds())
@@ -140,6 +152,9 @@ class ControllerConfig:
         return LoginLimits(max_failures=self.login_max_failures,
                            max_failures_per_source=self.login_max_failures_per_source,
                            lockout_s=self.login_lockout_s, concurrent=self.login_concurrency)
+
+    def session_limits(self) -> SessionLimits:
+        return SessionLimits(idle_s=self.session_idle_s, max_s=self.session_max_s)
 
     @property
     def db_url(self) -> str:
@@ -236,6 +251,8 @@ class ControllerConfig:
                 "login_max_failures_per_source": ("VAUBAN_LOGIN_MAX_FAILURES_PER_SOURCE", int),
                 "login_lockout_s": ("VAUBAN_LOGIN_LOCKOUT", float),
                 "login_concurrency": ("VAUBAN_LOGIN_CONCURRENCY", int),
+                "session_idle_s": ("VAUBAN_SESSION_IDLE_S", float),
+                "session_max_s": ("VAUBAN_SESSION_MAX_S", float),
             }),
             **_lifetime(env, "node_cert_lifetime_s", "VAUBAN_NODE_CERT"),
             **_lifetime(env, "server_cert_lifetime_s", "VAUBAN_SERVER_CERT"),

@@ -421,11 +421,15 @@ class RoleBinding(Base):
 
 
 class ApiToken(Base):
-    """A bearer token for the API; only its hash is kept.
+    """A bearer token for the API, or a browser's session; only hashes are kept.
 
-    A login's token acts with all its user's roles; a named token (`name` set) with at
-    most `role` (in `project_id` for a project role), never more than its user holds at
-    the time of each request."""
+    `kind` "api": a bearer token, `expires_at` fixed at creation; a login's token acts
+    with all its user's roles, a named token (`name` set) with at most `role` (in
+    `project_id` for a project role), never more than its user holds at the time of each
+    request. `kind` "session": the secret of a session cookie (never accepted as a bearer
+    token, nor an API token as a cookie), `csrf_sha256` the hash of its CSRF token,
+    `expires_at` its idle deadline, moved on at use but never past `created_at` + the
+    sessions' absolute lifetime."""
 
     __tablename__ = "api_tokens"
 
@@ -438,6 +442,8 @@ class ApiToken(Base):
     expires_at: Mapped[datetime] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    kind: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+    csrf_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     user: Mapped[User] = relationship()

@@ -42,15 +42,17 @@ def ensure_admin(db: Session, password_file: Path) -> bool:
 def new_token(db: Session, user_id: str, expires_at: datetime) -> tuple[str, ApiToken]:
     """A new bearer token for the user (only its hash is stored); the secret is returned."""
     token = "vbt_" + secrets.token_urlsafe(32)
-    row = ApiToken(user_id=user_id, token_sha256=sha256_hex(token), expires_at=expires_at)
+    row = ApiToken(user_id=user_id, token_sha256=sha256_hex(token), expires_at=expires_at,
+                   kind="api")
     db.add(row)
     return token, row
 
 
 def token_for_secret(db: Session, token: str, now: datetime | None = None) -> ApiToken:
     """The unexpired, unrevoked API token row whose secret is `token`; Unauthorized if
-    none."""
-    row = db.scalar(select(ApiToken).where(ApiToken.token_sha256 == sha256_hex(token)))
+    none (a browser session's secret is no bearer token)."""
+    row = db.scalar(select(ApiToken).where(ApiToken.token_sha256 == sha256_hex(token),
+                                           ApiToken.kind == "api"))
     if row is None:
         raise Unauthorized("the bearer token is not valid")
     if row.revoked_at is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -31,6 +31,9 @@ from controller.db.models import ApiToken, LoginThrottle, User, as_utc
 from controller.errors import TooManyRequests, Unauthorized, Unavailable
 from controller.services import audit, passwords
 from controller.services.auth import new_token
+
+# makes the credential a login issues: (db, user id, expires at) -> (secret, row)
+Issuer = Callable[[Session, str, datetime], tuple[str, ApiToken]]
 
 
 class HashSlots:
@@ -89,8 +92,9 @@ def count_failure(db: Session, key: str, limit: int, lockout: timedelta, now: da
 
 def log_in(reads: sessionmaker[Session], sessions: sessionmaker[Session], limits: LoginLimits,
            slots: HashSlots, username: str, password: str, source: str, ttl: timedelta,
-           now: datetime) -> tuple[str, ApiToken]:
-    """A new bearer token for valid credentials, the login audited either way.
+           now: datetime, *, issue: Issuer = new_token) -> tuple[str, ApiToken]:
+    """A new bearer token (or what `issue` makes: a browser session) for valid
+    credentials, the login audited either way.
 
     Raises TooManyRequests (locked out; nothing hashed), Unavailable (no hashing slot),
     or Unauthorized (wrong name or password: the same answer after the same work
@@ -118,11 +122,11 @@ def log_in(reads: sessionmaker[Session], sessions: sessionmaker[Session], limits
             if rehashed is not None:
                 db.execute(update(User).where(User.id == user.id)
                            .values(password_hash=rehashed))
-            token, row = new_token(db, user.id, now + ttl)
+            token, row = issue(db, user.id, now + ttl)
             db.flush()  # the new token's id, which the entry names as the one it used
             with audit.acting(dataclasses.replace(audit.current(), token_id=row.id)):
                 audit.record(db, username, "session.login", f"token/{row.id}", "succeeded",
-                             ttl_seconds=int(ttl.total_seconds()))
+                             ttl_seconds=int(ttl.total_seconds()), kind=row.kind)
     if not valid or user is None:
         raise Unauthorized("wrong user name or password")
     return token, row

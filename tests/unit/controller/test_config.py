@@ -115,3 +115,18 @@ def test_the_ceph_files_a_rollout_fetched_serve_where_no_cluster_is_configured(
     monkeypatch.setenv("VAUBAN_CEPH_CONF", str(tmp_path / "other.conf"))
     other = ControllerConfig.from_env(data_dir=tmp_path)
     assert (other.ceph_conf, other.ceph_bootstrap_osd_keyring) == (tmp_path / "other.conf", None)
+
+
+def test_session_durations_default_to_30_minutes_idle_and_12_hours_in_all(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("VAUBAN_SESSION_IDLE_S", "VAUBAN_SESSION_MAX_S"):
+        monkeypatch.delenv(var, raising=False)
+    limits = ControllerConfig.from_env(data_dir=tmp_path).session_limits()
+    assert (limits.idle_s, limits.max_s) == (1800, 12 * 3600)
+    monkeypatch.setenv("VAUBAN_SESSION_IDLE_S", "600")
+    monkeypatch.setenv("VAUBAN_SESSION_MAX_S", "3600")
+    limits = ControllerConfig.from_env(data_dir=tmp_path).session_limits()
+    assert (limits.idle_s, limits.max_s) == (600, 3600)
+    monkeypatch.setenv("VAUBAN_SESSION_IDLE_S", "0")
+    with pytest.raises(ValueError, match="session_idle_s must be a positive number"):
+        ControllerConfig.from_env(data_dir=tmp_path)
