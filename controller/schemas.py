@@ -52,6 +52,29 @@ class Token(Output):
     username: str
 
 
+class SessionCreate(Input):
+    """Log in from a browser: trade a user name and password for a session cookie."""
+
+    username: str = Field(min_length=1, max_length=63, examples=["admin"])
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Session(Output):
+    """The session of the request's cookie: whose it is and until when it lasts."""
+
+    username: str = Field(examples=["admin"])
+    # unused until then, the session ends; each use moves it on (within a minute)
+    expires_at: UtcDatetime
+    ends_at: UtcDatetime  # the session ends then however much it is used
+
+
+class SessionCreated(Session):
+    """A new session: its secret is in the cookie set with this answer; a request by
+    cookie other than GET/HEAD/OPTIONS must send `csrf_token` as `X-CSRF-Token`."""
+
+    csrf_token: str
+
+
 class JoinTokenCreate(Input):
     """Ask for a one-time token that lets one new node join the region."""
 

@@ -1,4 +1,5 @@
-"""Who is calling: a user with a bearer token, or a node with its client certificate."""
+"""Who is calling: a user with a bearer token or a session cookie, or a node with its
+client certificate."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 from flask import g, request
 from sqlalchemy import select
 
+from controller.api import cookies
 from controller.api.context import region
 from controller.authz import REGION_PERMS, Access, AnyOf, Caller, InProject, Region
-from controller.db.models import Node
+from controller.db.models import ApiToken, Node
 from controller.errors import Forbidden, Unauthorized
 from controller.services import auth as auth_service
 from controller.services import nodes as node_service
@@ -19,11 +21,17 @@ PEER_CERT_ENVIRON = "vauban.peer_cert"  # set by PeerCertMiddleware from the TLS
 
 
 def authenticate(kind: str, access: Access | None = None) -> Caller | None:
-    """Set g.actor for the caller (and g.token_id for a user's API token), or raise
-    Unauthorized/Forbidden; a user route's caller is returned, with the roles its token
-    may use, once it is known to satisfy the route's `access`."""
+    """Set g.actor for the caller (and g.token_id for a user's API token or session, and
+    g.session for a session), or raise Unauthorized/Forbidden; a user route's caller is
+    returned, with the roles its token may use, once it is known to satisfy the route's
+    `access`."""
     if kind == "public":
         return None
+    if kind == "user" and cookies.by_cookie():
+        cookies.authenticate_by_cookie()
+        with region().reads() as session:
+            caller = auth_service.caller_of(session, session.get_one(ApiToken, g.token_id))
+        return _admitted(caller, access)
     if kind == "user":
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -38,10 +46,7 @@ def authenticate(kind: str, access: Access | None = None) -> Caller | None:
         if stale:  # at most once a minute a token's use is written: reads stay reads
             with region().sessions() as session, session.begin():
                 auth_service.mark_used(session, row.id, now)
-        assert access is not None
-        if not caller.may(access):
-            raise Forbidden(f"{_needs(access)}; you have {caller.roles_text()}")
-        return caller
+        return _admitted(caller, access)
     if kind == "node":
         node_id, serial = _peer_identity()
         with region().reads() as session:  # no write lock, even for a write request
@@ -59,6 +64,13 @@ def authenticate(kind: str, access: Access | None = None) -> Caller | None:
                 node_service.adopt_current_certificate(session, node_id, serial)
         return None
     raise AssertionError(f"unknown auth kind {kind}")
+
+
+def _admitted(caller: Caller, access: Access | None) -> Caller:
+    assert access is not None
+    if not caller.may(access):
+        raise Forbidden(f"{_needs(access)}; you have {caller.roles_text()}")
+    return caller
 
 
 def _needs(access: Access) -> str:

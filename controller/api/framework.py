@@ -19,6 +19,7 @@ from flask import Blueprint, Response, g, request
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from controller.api.cookies import SESSION_COOKIE
 from controller.api.problems import problem, too_large_problem, validation_problem
 from controller.authz import Access
 
@@ -279,6 +280,9 @@ def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
             "schemas": defs.get("$defs", {}),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
+                # a browser's (POST /api/v1/sessions); a request by it that changes
+                # something also needs X-CSRF-Token and the controller's own Origin
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
                 "nodeCertificate": {"type": "mutualTLS"},
             },
         },
@@ -294,7 +298,8 @@ def _list_item(r: Any) -> type[BaseModel] | None:
 
 def _operation(s: RouteSpec) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": s.summary, "tags": [s.tag], "responses": {}}
-    op["security"] = {"user": [{"bearer": []}], "node": [{"nodeCertificate": []}]}.get(s.auth, [])
+    op["security"] = {"user": [{"bearer": []}, {"session": []}],
+                      "node": [{"nodeCertificate": []}]}.get(s.auth, [])
     params = [
         {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
         for n in _PATH_PARAM.findall(s.path)
