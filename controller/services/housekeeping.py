@@ -1,4 +1,5 @@
-"""Periodic upkeep: operations whose node stopped reporting do not wait forever."""
+"""Periodic upkeep: operations whose node stopped reporting do not wait forever, and
+ended browser sessions do not pile up."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Node, Operation, as_utc
 from controller.services import audit, operations
+from controller.services import sessions as browser_sessions
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,14 @@ class Periodic(threading.Thread):
 
 def housekeeper(sessions: sessionmaker[Session], silent_after: timedelta,
                 started_at: datetime, interval: float = 5.0) -> Periodic:
-    """Fails, every `interval` seconds, the operations of nodes silent too long."""
+    """Fails, every `interval` seconds, the operations of nodes silent too long, and
+    deletes the browser sessions that ended."""
 
     def upkeep() -> None:
         with sessions() as db, db.begin():
-            n = expire_operations(db, datetime.now(started_at.tzinfo), silent_after,
-                                  started_at)
+            now = datetime.now(started_at.tzinfo)
+            n = expire_operations(db, now, silent_after, started_at)
+            browser_sessions.purge_ended(db, now)
         if n:
             log.warning("%d operation(s) failed: their node stopped reporting", n)
 

@@ -123,3 +123,12 @@ def end(db: Session, state: SessionState) -> None:
     cookie is refused from the commit on; the logout is audited."""
     db.execute(delete(ApiToken).where(ApiToken.id == state.id, ApiToken.kind == SESSION))
     audit.record(db, state.username, "session.logout", f"token/{state.id}", "succeeded")
+
+
+def purge_ended(db: Session, now: datetime) -> int:
+    """Delete the sessions unused past their idle deadline at `now` (in the caller's
+    transaction; the deadline never passes the absolute end, so every ended session is
+    among them). Returns how many were deleted."""
+    result = db.execute(delete(ApiToken).where(ApiToken.kind == SESSION,
+                                               ApiToken.expires_at <= now))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

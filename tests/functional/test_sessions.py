@@ -298,3 +298,15 @@ def _bearer_status(client: FlaskClient, region: Region) -> int:
     password = region.config.admin_password_file.read_text().strip()
     return client.post("/api/v1/tokens", json={"username": "admin", "password": password}
                        ).status_code
+
+
+def test_ended_sessions_are_purged_and_live_ones_and_tokens_kept(
+        browser: Browser, client: FlaskClient, region: Region) -> None:
+    token = _bearer(client, region)
+    ended = Browser(client, region)
+    ended.move_clock(IDLE)
+    with region.sessions() as db, db.begin():
+        assert sessions.purge_ended(db, datetime.now(UTC)) == 1
+    assert ended.row() is None and browser.row() is not None
+    assert client.get("/api/v1/join-tokens",
+                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
