@@ -117,7 +117,7 @@ PARAM = re.compile(r"\{([a-z_]+)\}")
 
 def _operations(document: dict[str, Any]) -> list[tuple[str, str]]:
     return [(method.upper(), path) for path, ops in document["paths"].items()
-            for method, op in ops.items() if op.get("security") == [{"bearer": []}]]
+            for method, op in ops.items() if {"bearer": []} in op.get("security", [])]
 
 
 def _url(path: str, values: dict[tuple[str, str], str], missing: str) -> tuple[str, bool]:
