@@ -51,6 +51,42 @@ def cmd_project_show(c: Client, a: argparse.Namespace) -> int:
     print(f"{p['name']} ({p['id']})")
     print(f"description: {_or_dash(p['description'])}")
     print(f"created:     {p['created_at']} by {p['created_by']}")
+    print_table([{"quota": k, "limit": _limit(p["quotas"], k), "in use": v}
+                 for k, v in sorted(p["usage"].items()) if k != "gpus"]
+                + [{"quota": f"gpus {m}", "limit": n, "in use": p["usage"]["gpus"].get(m, 0)}
+                   for m, n in sorted(p["quotas"].get("gpus", {}).items())],
+                [("QUOTA", "quota"), ("LIMIT", "limit"), ("IN USE", "in use")])
+    return 0
+
+
+def _limit(quotas: dict[str, Any], key: str) -> str:
+    return str(quotas[key]) if key in quotas else "none"
+
+
+QUOTAS = ("instances", "vcpus", "memory_mib", "vgpus", "storage_gib", "volumes", "networks",
+          "public_addresses")
+
+
+def cmd_project_quota(c: Client, a: argparse.Namespace) -> int:
+    """Set a project's quotas: those given; the others keep their value unless --reset."""
+    current = {} if a.reset else dict(c.get(f"/projects/{a.name}")["quotas"])
+    for key in QUOTAS:
+        value = getattr(a, key)
+        if value is not None:
+            current[key] = None if value < 0 else value
+    gpus = dict(current.get("gpus") or {})
+    for item in a.gpu or []:
+        model, sep, count = item.rpartition("=")
+        if not sep or not model or not count.lstrip("-").isdigit():
+            raise ApiError(0, f"--gpu {item!r}: write MODEL=COUNT (COUNT -1: no limit)")
+        if int(count) < 0:
+            gpus.pop(model, None)
+        else:
+            gpus[model] = int(count)
+    current["gpus"] = gpus or None
+    p = c.put(f"/projects/{a.name}/quotas", {k: v for k, v in current.items() if v is not None})
+    print(f"quotas of project {a.name}: " + (", ".join(
+        f"{k} {v}" for k, v in sorted(p["quotas"].items())) or "none (no limit)"))
     return 0
 
 
@@ -220,6 +256,14 @@ def identity_commands(sub: Any, add: Callable[..., Any]) -> None:
     add(pr, "list", cmd_project_list, "list the projects you see", json_=True)
     add(pr, "show", cmd_project_show, "show a project", json_=True).add_argument("name")
     add(pr, "delete", cmd_project_delete, "delete an empty project").add_argument("name")
+    pq = add(pr, "quota", cmd_project_quota,
+             "set a project's quotas (those given; -1: no limit)")
+    pq.add_argument("name")
+    for key in QUOTAS:
+        pq.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, metavar="N")
+    pq.add_argument("--gpu", action="append", metavar="MODEL=COUNT",
+                    help="whole GPUs of a model (repeatable; COUNT -1: no limit)")
+    pq.add_argument("--reset", action="store_true", help="drop the quotas not given")
 
     us = sub.add_parser("user", help="users").add_subparsers(dest="cmd", required=True)
     uc = add(us, "create", cmd_user_create, "create a user (it holds no role until granted)")

@@ -186,3 +186,21 @@ def test_objects_made_in_a_project_are_listed_with_it(api: Api,
     assert "does not exist" in _fails(capsys, "port", "create", "blue", "--project", "default")
     assert _out(capsys, "port", "delete", port_id) == f"port {port_id} deleted\n"
     assert _out(capsys, "port", "list").splitlines()[1:] == []
+
+
+def test_project_quotas_are_set_and_shown_with_the_usage(
+        api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    _out(capsys, "project", "create", "shop")
+    out = _out(capsys, "project", "quota", "shop", "--vcpus", "8", "--gpu", "H100=2",
+               "--networks", "1")
+    assert out.strip() == "quotas of project shop: gpus {'H100': 2}, networks 1, vcpus 8"
+    _out(capsys, "project", "quota", "shop", "--vcpus", "-1")  # no limit; the others stay
+    shown = json.loads(_out(capsys, "project", "show", "shop", "--json"))
+    assert shown["quotas"] == {"gpus": {"H100": 2}, "networks": 1}
+    assert api.post("/api/v1/networks", json={"name": "lan", "kind": "tenant",
+                                              "project": "shop"}).status_code == 201
+    rows = [line.split() for line in _out(capsys, "project", "show", "shop").splitlines()]
+    assert ["networks", "1", "1"] in rows and ["vcpus", "none", "0"] in rows
+    assert ["gpus", "H100", "2", "0"] in rows
+    err = _fails(capsys, "project", "quota", "shop", "--gpu", "H100")
+    assert "write MODEL=COUNT" in err
