@@ -14,6 +14,7 @@ from controller.fleet.keys import ensure_fleet_key
 from controller.notices import NoticeListener, announce, new_origin
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
+from controller.secretbox import ensure_region_key
 from controller.services import security_groups, tenancy
 from controller.services.auth import ensure_admin
 from controller.services.heartbeats import HeartbeatBook
@@ -41,6 +42,7 @@ def open_region(config: ControllerConfig) -> Region:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # the region key (refused if others may read it), and the fleet key sealed with it
     ensure_fleet_key(config.data_dir)
+    region_key = ensure_region_key(config.data_dir)
     config.image_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url, config.database_pool_size,
                          config.database_pool_overflow, config.database_pool_wait_s)
@@ -65,8 +67,15 @@ def open_region(config: ControllerConfig) -> Region:
                     "it signs is valid beyond it; plan a new region CA", ca_left.days,
                     ca.ca_not_after().isoformat())
     with sessions() as db, db.begin():
-        if ensure_admin(db, config.admin_password_file):
-            log.info("created user 'admin'; its password is in %s", config.admin_password_file)
+        made = ensure_admin(db, region_key, config.admin_password_file,
+                            config.admin_totp_file)
+        if made == "created":
+            log.info("created user 'admin'; its password is in %s, its one-time code seed "
+                     "(otpauth URI) in %s", config.admin_password_file, config.admin_totp_file)
+        elif made == "enrolled":
+            log.warning("user 'admin' logs in with a one-time code from now on; its seed "
+                        "(otpauth URI) is in %s: add it to an authenticator app",
+                        config.admin_totp_file)
         security_groups.ensure_default(db, tenancy.find_project(db, DEFAULT_PROJECT).id)
     ca_sha256 = fingerprint(ca.cert_pem())
     reads = make_read_sessionmaker(engine)
@@ -75,7 +84,7 @@ def open_region(config: ControllerConfig) -> Region:
     return Region(
         config=config, engine=engine, sessions=sessions, reads=reads,
         ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace, origin=origin,
-        login_slots=HashSlots.of(config.login_limits()),
+        login_slots=HashSlots.of(config.login_limits()), region_key=region_key,
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
     )
 

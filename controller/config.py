@@ -196,6 +196,11 @@ class ControllerConfig:
     def admin_password_file(self) -> Path:
         return self.data_dir / "admin-password"
 
+    @property
+    def admin_totp_file(self) -> Path:
+        """The bootstrap admin's TOTP seed as an otpauth:// URI (0600), beside its password."""
+        return self.data_dir / "admin-totp"
+
     def tls_names(self) -> list[str]:
         names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
         if self.host not in ("0.0.0.0", "::"):

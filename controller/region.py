@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent.protocol import StorageSettings
 from controller.config import ControllerConfig
 from controller.pki import RegionCA
+from controller.secretbox import RegionKey
 from controller.services.heartbeats import HeartbeatBook
 from controller.services.login import HashSlots
 from controller.services.pace import RegionPace
@@ -81,4 +82,5 @@ class Region:
     pace: RegionPace  # from the settings: the region's size sets the agents' pace
     origin: str  # this process in change notices to other processes (controller.notices)
     login_slots: HashSlots  # password hashes at once in this process (config.login_limits)
+    region_key: RegionKey  # seals the secrets kept at rest (controller.secretbox)
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from agent.protocol import GpuTelemetry, MigState, StrictInput, UtcDatetime
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+TOTP_CODE = r"^[0-9]{6}$"  # a one-time code: exactly 6 ASCII digits
 NAME_RULE = "1-63 characters: lowercase letters, digits and '-', not starting or ending with '-'"
 
 
@@ -37,10 +38,14 @@ class Output(BaseModel):
 
 
 class TokenCreate(Input):
-    """Log in: trade a user name and password for a bearer token."""
+    """Log in: trade a user name and password (and a one-time code when the user has a
+    second factor) for a bearer token."""
 
     username: str = Field(min_length=1, max_length=63, examples=["admin"])
     password: str = Field(min_length=1, max_length=1024)
+    totp: str | None = Field(default=None, pattern=TOTP_CODE, examples=["123456"],
+                             description="the current one-time code of the user's "
+                             "authenticator (6 digits); each code is accepted once")
     ttl_seconds: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
 
 
@@ -57,6 +62,9 @@ class SessionCreate(Input):
 
     username: str = Field(min_length=1, max_length=63, examples=["admin"])
     password: str = Field(min_length=1, max_length=1024)
+    totp: str | None = Field(default=None, pattern=TOTP_CODE, examples=["123456"],
+                             description="the current one-time code, when the user has a "
+                             "second factor; each code is accepted once")
 
 
 class Session(Output):
@@ -759,3 +767,56 @@ class Account(Output):
     token_id: str | None
     roles: list[RoleBinding] = Field(description="Your roles")
     acting_as: list[str] = Field(description="What this token may use of them")
+
+
+class TotpEnrollment(Output):
+    """A new TOTP seed, pending until a code of it is confirmed; shown this once."""
+
+    username: str
+    provisioning_uri: str = Field(examples=[
+        "otpauth://totp/Vauban:alice?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=Vauban"])
+    state: Literal["pending"] = "pending"
+
+
+class TotpConfirm(Input):
+    """Activate the pending seed with a code it makes now."""
+
+    code: str = Field(pattern=TOTP_CODE, examples=["123456"])
+
+
+class TotpStatus(Output):
+    """Whether the user logs in with a one-time code."""
+
+    username: str
+    enrolled: bool
+    required: bool = Field(description="whether this user must use a second factor")
+
+
+class PasswordChange(Input):
+    """Change one's own password; the user's other tokens are revoked."""
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=12, max_length=1024,
+                              description="at least 12 characters, not the current one")
+    totp: str | None = Field(default=None, pattern=TOTP_CODE, examples=["123456"],
+                             description="a one-time code, if the user has a second factor")
+
+
+class PasswordChanged(Output):
+    username: str
+    tokens_revoked: int = Field(description="the user's other tokens, now unusable")
+
+
+class UserReset(Input):
+    """Reset a user's password (and, with `totp`, give it a new TOTP seed)."""
+
+    totp: bool = False
+
+
+class UserResetDone(Output):
+    """The new credentials, shown this once; every token of the user was revoked."""
+
+    username: str
+    password: str
+    provisioning_uri: str | None = None
+    tokens_revoked: int

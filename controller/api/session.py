@@ -27,8 +27,8 @@ def create_token(body: schemas.TokenCreate) -> Any:
     the_region = region()
     token, row = login.log_in(
         the_region.reads, the_region.sessions, the_region.config.login_limits(),
-        the_region.login_slots, body.username, body.password,
-        request.remote_addr or "unknown", timedelta(seconds=body.ttl_seconds),
+        the_region.login_slots, the_region.region_key, body.username, body.password,
+        body.totp, request.remote_addr or "unknown", timedelta(seconds=body.ttl_seconds),
         datetime.now(UTC))
     return schemas.Token(token=token, expires_at=row.expires_at, username=body.username), 201
 

@@ -33,8 +33,8 @@ def create_session(body: schemas.SessionCreate) -> Any:
     csrf_token = sessions.new_csrf_token()
     secret, row = login.log_in(
         the_region.reads, the_region.sessions, the_region.config.login_limits(),
-        the_region.login_slots, body.username, body.password,
-        request.remote_addr or "unknown", sessions.first_ttl(limits), now,
+        the_region.login_slots, the_region.region_key, body.username, body.password,
+        body.totp, request.remote_addr or "unknown", sessions.first_ttl(limits), now,
         issue=functools.partial(sessions.new_session, csrf_token=csrf_token, created_at=now))
     created = schemas.SessionCreated(
         username=body.username, expires_at=row.expires_at,

@@ -396,6 +396,14 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the TOTP seed, sealed with the region key for "totp-seed/<id>" (controller.secretbox);
+    # None: no second factor enrolled
+    totp_seed: Mapped[str | None] = mapped_column(String(512), default=None)
+    # a seed being enrolled, active once a code of it is confirmed (then moved to totp_seed)
+    totp_pending_seed: Mapped[str | None] = mapped_column(String(512), default=None)
+    # the last time step (Unix time // 30) whose code was accepted: that step's code and
+    # every earlier one are refused from then on (no replay)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
     bindings: Mapped[list[RoleBinding]] = relationship(
         back_populates="user", cascade="all, delete-orphan", order_by="RoleBinding.role")

@@ -3,40 +3,50 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from controller.authz import REGION_ADMIN, Caller
-from controller.db.models import ApiToken, RoleBinding, User, as_utc
+from controller.db.models import ApiToken, RoleBinding, User, as_utc, new_id
 from controller.errors import Unauthorized
-from controller.services import passwords
+from controller.secretbox import RegionKey
+from controller.services import audit, mfa, passwords
 
 
 def sha256_hex(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def ensure_admin(db: Session, password_file: Path) -> bool:
-    """Create the `admin` user on first start, its random password in a 0600 file.
+def ensure_admin(db: Session, box: RegionKey, password_file: Path,
+                 totp_file: Path) -> Literal["created", "enrolled"] | None:
+    """Create the `admin` user on first start: its random password in `password_file`, its
+    TOTP seed as an otpauth:// URI in `totp_file` (both 0600), the seed sealed in its row.
 
-    Returns True if it was created. An existing admin is left alone (its file too).
-    """
-    if db.scalar(select(User).where(User.name == "admin")) is not None:
-        return False
+    Returns "created" if it was made now. An existing admin is left alone (its files too,
+    None), except one without a seed (a region made before MFA), which is enrolled as at
+    creation ("enrolled"); the seed itself is never logged."""
+    # locked: of two processes starting at once on one database, one enrolls, the other
+    # then finds the seed
+    admin = db.scalar(select(User).where(User.name == "admin").with_for_update())
+    if admin is not None:
+        if admin.totp_seed is None:
+            mfa.enroll_admin(db, box, admin, totp_file)
+            audit.record(db, "controller", "user.totp.enroll", "user/admin", "succeeded",
+                         uri_file=str(totp_file))
+            return "enrolled"
+        return None
     password = secrets.token_urlsafe(24)
-    password_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(password + "\n")
-    admin = User(name="admin", password_hash=passwords.hash_password(password))
+    mfa.write_private_file(password_file, password + "\n")
+    admin = User(id=new_id(), name="admin", password_hash=passwords.hash_password(password))
     admin.bindings.append(RoleBinding(role=REGION_ADMIN, created_by="bootstrap"))
+    mfa.enroll_admin(db, box, admin, totp_file)
     db.add(admin)
-    return True
+    return "created"
 
 
 def new_token(db: Session, user_id: str, expires_at: datetime) -> tuple[str, ApiToken]:

@@ -32,6 +32,7 @@ from agent.protocol import (
 from controller.api.auth import PEER_CERT_ENVIRON
 from controller.app import create_app
 from controller.region import Region
+from controller.services.totp import code_from_uri
 
 
 def speaks_agent_protocol(client: FlaskClient) -> FlaskClient:
@@ -80,17 +81,35 @@ class FakeNode:
         return {PEER_CERT_ENVIRON: self.peer_cert}
 
 
+def admin_code(region: Region, at: datetime | None = None) -> str:
+    """The admin's one-time code at `at` (default now), from its otpauth URI file."""
+    return code_from_uri(region.config.admin_totp_file.read_text(), at or datetime.now(UTC))
+
+
+# the admin's token per region (data folder, database): a code is accepted once, so a
+# second login within the same 30 s would be refused; the helpers log in once and reuse it
+_ADMIN_TOKENS: dict[tuple[str, str], str] = {}
+
+
+def admin_token(client: FlaskClient, region: Region) -> str:
+    """A bearer token of the region's admin: logged in (password and code) at the first
+    call for the region, the same token afterwards."""
+    key = (str(region.config.data_dir), region.config.db_url)
+    if key not in _ADMIN_TOKENS:
+        password = region.config.admin_password_file.read_text().strip()
+        r = client.post("/api/v1/tokens", json={"username": "admin", "password": password,
+                                                "totp": admin_code(region)})
+        assert r.status_code == 201, r.json
+        _ADMIN_TOKENS[key] = r.json["token"]  # type: ignore[index]
+    return _ADMIN_TOKENS[key]
+
+
 class Api:
     def __init__(self, client: FlaskClient, region: Region, token: str | None = None) -> None:
         """Calls with `token`, or as the region's admin (logged in with its password)."""
         self.client = speaks_agent_protocol(client)
         self.region = region
-        if token is None:
-            password = region.config.admin_password_file.read_text().strip()
-            r = client.post("/api/v1/tokens", json={"username": "admin", "password": password})
-            assert r.status_code == 201, r.json
-            token = r.json["token"]  # type: ignore[index]
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.headers = {"Authorization": f"Bearer {token or admin_token(client, region)}"}
 
     def as_new_user(self, name: str, *roles: tuple[str, str | None]) -> Api:
         """A new user holding `roles` ((role, project or None) each), logged in."""

@@ -41,7 +41,7 @@ def test_endpoints_need_a_token(client: FlaskClient) -> None:
 def test_wrong_password_is_refused_and_audited(client: FlaskClient, region: Region) -> None:
     r = client.post("/api/v1/tokens", json={"username": "admin", "password": "wrong"})
     assert r.status_code == 401
-    assert r.json["detail"] == "wrong user name or password"
+    assert r.json["detail"] == "wrong user name, password or one-time code"
     with region.sessions() as db:
         events = db.scalars(select(AuditEvent).where(AuditEvent.action == "session.login"))
         assert [e.outcome for e in events] == ["refused"]
