@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from controller.api import (
+    account,
     agent,
     audit,
     fleet,
@@ -24,8 +25,8 @@ from controller.api.headers import install_security_headers
 from controller.api.problems import install_error_handlers
 from controller.region import Region
 
-BLUEPRINTS = [session.api, sessions.api, nodes.api, nodes.ops_api, audit.api, images.api,
-              instances.api, volumes.api, networks.api, networks.ports_api,
+BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, audit.api,
+              images.api, instances.api, volumes.api, networks.api, networks.ports_api,
               security_groups.api, gpus.api, agent.api, fleet.api, identity.projects_api,
               identity.users_api, identity.roles_api, identity.tokens_api, identity.account_api]
 
