@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from controller.cli.account import account_commands, add_code_options, log_in
 from controller.cli.audit import audit_commands
 from controller.cli.client import ApiError, Client, Settings
 from controller.cli.failures import print_failures
@@ -39,7 +40,7 @@ def cmd_login(_c: Client, a: argparse.Namespace) -> int:
         password = sys.stdin.readline().strip()
     settings = Settings(url=a.url, token=None, ca_file=os.path.abspath(a.ca_file)
                         if a.ca_file else None)
-    reply = Client(settings).post("/tokens", {"username": a.user, "password": password})
+    reply = log_in(Client(settings), a, password)
     Settings(url=a.url, token=reply["token"], ca_file=settings.ca_file).save()
     print(f"logged in to {a.url} as {a.user} until {reply['expires_at']}")
     return 0
@@ -519,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--password-file", help="file holding the password (default: asked "
                     "without echo on a terminal, else read from stdin)")
     lg.add_argument("--ca-file", help="region CA certificate to verify the controller")
+    add_code_options(lg)
     add(sub, "status", cmd_status, "the region at a glance", json_=True)
 
     hardware_commands(sub, add)
@@ -581,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(jt, "revoke", cmd_join_token_revoke, "make an unused join token unusable").add_argument(
         "id")
     audit_commands(sub, add)
+    account_commands(sub, add)
     op = sub.add_parser("operation", help="operations").add_subparsers(dest="cmd", required=True)
     add(op, "show", cmd_operation_show, "show an operation").add_argument("id")
     return p
