@@ -25,7 +25,8 @@ from controller.db.models import User
 from controller.secretbox import RegionKey
 from controller.services.totp import matching_step, new_seed, provisioning_uri
 
-__all__ = ["new_seed", "provisioning_uri"]  # with the seal, what enrolling a user takes
+# re-exported: enrolling a user (controller.services.account) takes these and the seal below
+__all__ = ["new_seed", "provisioning_uri"]
 
 
 def mfa_required(db: Session, user: User) -> bool:
