@@ -15,9 +15,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
+
+from controller.services.totp import code_from_uri
 
 VENV_BIN = Path(sys.executable).parent
 _children: dict[int, subprocess.Popen[bytes]] = {}  # started by this process, reaped on stop
@@ -127,6 +130,11 @@ class Layout:
     def password_file(self) -> Path:
         return self.controller_dir / "admin-password"
 
+    @property
+    def totp_file(self) -> Path:
+        """The admin's one-time code seed, an otpauth:// URI (0600)."""
+        return self.controller_dir / "admin-totp"
+
     def service(self, name: str) -> Service:
         return Service(name, self.root / "run" / f"{name}.pid", self.root / "log" / f"{name}.log")
 
@@ -142,11 +150,28 @@ def start_controller(lay: Layout, env: dict[str, str] | None = None) -> int:
     return pid
 
 
+# the admin tokens this process got, per controller and credentials: a one-time code is
+# accepted once, so a second login within the same 30 s would be refused
+_admin_tokens: dict[tuple[str, str, str], tuple[str, datetime]] = {}
+
+
 def admin_token(lay: Layout) -> str:
+    """A bearer token of the region's admin: logged in with the password and the code of
+    the seed in its file at the first call, the same token afterwards while it is valid
+    for another hour (a new password or seed, as of a region made again, logs in anew)."""
+    password = lay.password_file.read_text().strip()
+    uri = lay.totp_file.read_text().strip()
+    key = (lay.url, password, uri)
+    cached = _admin_tokens.get(key)
+    now = datetime.now(UTC)
+    if cached is not None and cached[1] > now + timedelta(hours=1):
+        return cached[0]
     r = requests.post(f"{lay.url}/api/v1/tokens", verify=str(lay.ca_file), timeout=10, json={
-        "username": "admin", "password": lay.password_file.read_text().strip()})
+        "username": "admin", "password": password, "totp": code_from_uri(uri, now)})
     r.raise_for_status()
-    return str(r.json()["token"])
+    token = str(r.json()["token"])
+    _admin_tokens[key] = (token, datetime.fromisoformat(r.json()["expires_at"]))
+    return token
 
 
 def join_agent(lay: Layout, token: str, name: str) -> None:
@@ -220,12 +245,15 @@ def up(lay: Layout, image: Path | None, storage: str = "localfs") -> None:
 Vauban all-in-one region is up.
   API:          {lay.url}/api/v1   (OpenAPI: {lay.url}/api/v1/openapi.json)
   CA:           {lay.ca_file}
-  admin user:   admin, password in {lay.password_file} (readable by root only)
+  admin user:   admin, password in {lay.password_file}, one-time code seed (an
+                otpauth:// URI for an authenticator app) in {lay.totp_file}
+                (both readable by root only)
   storage:      {storage}{' (Ceph cluster in ' + str(lay.root / 'ceph') + ')'
                                 if storage == 'ceph' else ''}
   logs:         {lay.root / 'log'}
   CLI:          vauban login --url {lay.url} --ca-file {lay.ca_file} \\
-                  --password-file {lay.password_file}
+                  --password-file {lay.password_file} --totp-file {lay.totp_file}
+                (a code is accepted once: a second login within 30 s waits for the next)
                 vauban vm create demo --image testguest --cpus 1 --memory 256 --wait
   stop:         make down""")
 

@@ -110,9 +110,10 @@ def bring_up(lab: Lab) -> LabRegion:
 def describe(region: LabRegion) -> str:
     lay = region.layout
     return (f"Controller: {lay.url} (CA {lay.ca_file}), log {lay.root / 'log'}\n"
-            f"  admin password in {lay.password_file} (readable by root only)\n"
+            f"  admin password in {lay.password_file}, one-time code seed in "
+            f"{lay.totp_file} (readable by root only)\n"
             f"  CLI: vauban login --url {lay.url} --ca-file {lay.ca_file} "
-            f"--password-file {lay.password_file}\n"
+            f"--password-file {lay.password_file} --totp-file {lay.totp_file}\n"
             f"       vauban node list; vauban rollout list; vauban inventory --list")
 
 

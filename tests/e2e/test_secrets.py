@@ -1,21 +1,25 @@
 """No secret leaks: a real region (controller and agent processes) is driven through the
 usual operations with every secret it makes recorded (the admin password, a wrong one
-tried, API tokens, join tokens, the agent's key, the fleet key, the region key), then
-every log the run wrote and every API answer and CLI output it received is searched for
-each secret and its obvious encodings. Only the answer that hands a secret to its owner
-(a new token, a new join token) may hold that one secret. At rest, the fleet key is found
-nowhere in the controller's data directory in plain text."""
+tried, the admin's TOTP seed, API tokens, join tokens, the agent's key, the fleet key,
+the region key), then every log the run wrote and every API answer and CLI output it
+received is searched for each secret and its obvious encodings. Only the answer that
+hands a secret to its owner (a new token, a new join token) may hold that one secret.
+At rest, the fleet key is found nowhere in the controller's data directory in plain
+text, nor the TOTP seed outside the admin's own seed file."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -24,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from controller import allinone
 from controller.fleet.keys import fleet_sealed_key_path
 from controller.secretbox import load_region_key, region_key_path
+from controller.services.totp import code_from_uri
 from tests.e2e.leaks import holds, leaks_in_files, run_logs
 from tests.e2e.region import BIN, E2ERegion
 
@@ -75,10 +80,18 @@ def _drive(run: Run, image: Path, tmp_path: Path) -> None:
     run.secrets["admin password"] = password.encode()
     wrong = f"wrong-{uuid.uuid4().hex}"
     run.secrets["a wrong password"] = wrong.encode()
+    uri = lay.totp_file.read_text().strip()
+    seed = parse_qs(urlsplit(uri).query)["secret"][0]
+    run.secrets["admin TOTP seed"] = seed.encode()
+    run.secrets["admin TOTP seed (raw)"] = base64.b32decode(seed)
     assert run.api("POST", "/tokens", json={"username": "admin", "password": wrong}
                    ).status_code == 401
-    token = run.api("POST", "/tokens", owner_of="admin token",
-                    json={"username": "admin", "password": password}).json()["token"]
+    # the right password alone: the answer asks for the code (and holds no seed)
+    assert run.api("POST", "/tokens", json={"username": "admin", "password": password}
+                   ).json()["totp_required"] is True
+    token = run.api("POST", "/tokens", owner_of="admin token", json={
+        "username": "admin", "password": password,
+        "totp": code_from_uri(uri, datetime.now(UTC))}).json()["token"]
     run.secrets["admin token"] = token.encode()
     region.token = token
 
@@ -92,14 +105,16 @@ def _drive(run: Run, image: Path, tmp_path: Path) -> None:
                    check=True, capture_output=True)
     region.start_agent()
 
-    # the CLI logs in with the password, and makes a second join token
+    # the CLI logs in with the password and a code, and makes a second join token; the
+    # code of the next step: the API's login above used this step's
     cli_config = tmp_path / "cli.json"
     password_file = tmp_path / "password"
     password_file.write_text(password)
     env = {k: v for k, v in region.env().items() if k != "VAUBAN_TOKEN"}
     env["VAUBAN_CONFIG"] = str(cli_config)
     run.cli("login", "--url", lay.url, "--ca-file", str(lay.ca_file),
-            "--password-file", str(password_file), env=env)
+            "--password-file", str(password_file),
+            "--totp", code_from_uri(uri, datetime.now(UTC) + timedelta(seconds=30)), env=env)
     run.secrets["CLI token"] = json.loads(cli_config.read_text())["token"].encode()
     second = json.loads(run.cli("join-token", "create", "--json", owner_of="second join token",
                                 env=env))
@@ -166,11 +181,14 @@ def test_no_secret_is_logged_returned_or_kept_in_plain_text(
                   if name != owner_of and holds(body, secret)]
     assert not leaks, leaks
 
-    # at rest: the fleet key and the region key's encodings only in their own files
+    # at rest: the fleet key, the region key and the TOTP seed (sealed in the database)
+    # only in their own files
     controller_dir = run.region.layout.controller_dir
-    at_rest = {n: s for n, s in run.secrets.items() if n.startswith(("fleet key", "region"))}
+    at_rest = {n: s for n, s in run.secrets.items()
+               if n.startswith(("fleet key", "region", "admin TOTP seed"))}
+    own = {region_key_path(controller_dir), run.region.layout.totp_file}
     for path in controller_dir.rglob("*"):
-        if not path.is_file() or path == region_key_path(controller_dir):
+        if not path.is_file() or path in own:
             continue
         leaks += leaks_in_files(at_rest, [path])
     assert not leaks, leaks
