@@ -119,9 +119,12 @@ def test_a_valid_code_logs_in_once_and_a_replayed_or_older_one_is_refused(
 def test_refused_codes_count_toward_the_lockout(client: FlaskClient, region: Region) -> None:
     code = admin_code(region)
     assert _login(client, _password(region), code).status_code == 201
-    for attempt in range(MAX_FAILURES):
-        r = _login(client, _password(region), None if attempt % 2 else code)
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    # no code, a replayed one, a wrong one: each a failure of the admin's name
+    for attempt in (None, code, wrong, None, code):
+        r = _login(client, _password(region), attempt)
         assert r.status_code == 401, r.json
+    assert len(_refusals(region)) == MAX_FAILURES
     with region.sessions() as db, db.begin():  # as if the next step had come
         db.execute(update(User).where(User.name == "admin").values(totp_last_step=None))
     locked = _login(client, _password(region), admin_code(region))  # right, and locked out
