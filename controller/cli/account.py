@@ -122,7 +122,8 @@ def add_code_options(parser: argparse.ArgumentParser) -> None:
                         "of the seed, to compute the code from (automation)")
 
 
-def account_commands(sub: Any, add: Callable[..., Any]) -> None:
+def account_commands(sub: Any, add: Callable[..., Any], users: Any) -> None:
+    """Register `vauban account ...`, and `reset` among the `users` commands."""
     acc = sub.add_parser("account", help="my own account").add_subparsers(dest="cmd",
                                                                           required=True)
     totp = acc.add_parser("totp", help="my one-time code seed").add_subparsers(
@@ -133,8 +134,7 @@ def account_commands(sub: Any, add: Callable[..., Any]) -> None:
         "shows").add_argument("--code", help="default: asked without echo")
     add_code_options(add(acc, "password", cmd_password, "change my password (asked without "
                          "echo; my other tokens are revoked)"))
-    user = sub.add_parser("user", help="users").add_subparsers(dest="cmd", required=True)
-    reset = add(user, "reset", cmd_user_reset, "give a user a new random password (and with "
+    reset = add(users, "reset", cmd_user_reset, "give a user a new random password (and with "
                 "--totp a new one-time code seed); every token of the user is revoked",
                 json_=True)
     reset.add_argument("name")

@@ -246,8 +246,9 @@ def cmd_whoami(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
-def identity_commands(sub: Any, add: Callable[..., Any]) -> None:
-    """Register the project, user, role, token and whoami commands."""
+def identity_commands(sub: Any, add: Callable[..., Any]) -> Any:
+    """Register the project, user, role, token and whoami commands; returns the `user`
+    subcommands, which other modules add to."""
     pr = sub.add_parser("project", help="projects (tenants)").add_subparsers(dest="cmd",
                                                                               required=True)
     pc = add(pr, "create", cmd_project_create, "create a project")
@@ -300,3 +301,4 @@ def identity_commands(sub: Any, add: Callable[..., Any]) -> None:
         "id", metavar="ID")
 
     add(sub, "whoami", cmd_whoami, "who you are, and what this token acts as", json_=True)
+    return us

@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     hardware_commands(sub, add)
     fleet_commands(sub, add)
-    identity_commands(sub, add)
+    users = identity_commands(sub, add)
 
     image = sub.add_parser("image", help="images").add_subparsers(dest="cmd", required=True)
     add(image, "list", cmd_image_list, "list images", json_=True)
@@ -583,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(jt, "revoke", cmd_join_token_revoke, "make an unused join token unusable").add_argument(
         "id")
     audit_commands(sub, add)
-    account_commands(sub, add)
+    account_commands(sub, add, users)
     op = sub.add_parser("operation", help="operations").add_subparsers(dest="cmd", required=True)
     add(op, "show", cmd_operation_show, "show an operation").add_argument("id")
     return p

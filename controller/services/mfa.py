@@ -18,10 +18,11 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from controller.db.models import User
+from controller.authz import REGION_ADMIN
+from controller.db.models import RoleBinding, User
 from controller.secretbox import RegionKey
 from controller.services.totp import matching_step, new_seed, provisioning_uri
 
@@ -32,9 +33,9 @@ __all__ = ["new_seed", "provisioning_uri"]
 def mfa_required(db: Session, user: User) -> bool:
     """True if `user` must log in with a one-time code as well as the password.
 
-    The one place this rule lives: every user is a region admin today, and region admins
-    must use a second factor."""
-    return True
+    The one place this rule lives: whoever holds region-admin must use a second factor."""
+    return db.scalar(select(RoleBinding.id).where(RoleBinding.user_id == user.id,
+                                                  RoleBinding.role == REGION_ADMIN)) is not None
 
 
 def needs_code(db: Session, user: User) -> bool:

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from controller.cli import main as cli
 from controller.region import Region
-from tests.functional.helpers import Api
+from tests.functional.helpers import Api, admin_token
 from tests.functional.test_audit_cli import ApiClient
 
 
@@ -90,7 +90,7 @@ def test_projects_users_and_roles(api: Api, tmp_path: Path,
     assert "(403 Forbidden)" in _fails(capsys, "user", "list")
     assert "project 'default' does not exist" in _fails(capsys, "project", "show", "default")
 
-    _log_in(api, "admin", api.region.config.admin_password_file.read_text().strip())
+    api.headers = {"Authorization": f"Bearer {admin_token(api.client, api.region)}"}
     assert _out(capsys, "role", "revoke", "alice", "project-member", "--project", "shop") == \
         "alice no longer holds project-member in project shop\n"
     assert "user 'alice' does not hold project-member in project shop" in _fails(

@@ -16,10 +16,11 @@ from werkzeug.test import TestResponse
 
 from controller.api.cookies import SESSION_COOKIE
 from controller.config import SessionLimits
-from controller.db.models import ApiToken, AuditEvent, JoinToken, as_utc
+from controller.db.models import ApiToken, AuditEvent, JoinToken, RoleBinding, User, as_utc
 from controller.errors import Unauthorized
 from controller.region import Region
-from controller.services import sessions
+from controller.schemas import UserCreate
+from controller.services import identity, sessions
 from controller.services.auth import sha256_hex
 
 ORIGIN = "https://localhost"  # the test client's requests go to https://localhost
@@ -69,11 +70,23 @@ class Browser:
             row.expires_at = as_utc(row.expires_at) - by
 
 
+# the browser's user: an operator (join tokens are its to make), who logs in with a
+# password alone (a region admin needs a one-time code, and each code is accepted once)
+USER, PASSWORD = "ops", "ops-password-1234"
+
+
+def operator(region: Region) -> None:
+    """The user USER, an operator, made once per region."""
+    with region.sessions() as db, db.begin():
+        if db.scalar(select(User.id).where(User.name == USER)) is None:
+            user, _ = identity.create_user(db, "test", UserCreate(name=USER, password=PASSWORD))
+            db.add(RoleBinding(user_id=user.id, role="operator", created_by="test"))
+
+
 def login(client: FlaskClient, region: Region, password: str | None = None) -> TestResponse:
-    if password is None:
-        password = region.config.admin_password_file.read_text().strip()
+    operator(region)
     return client.post("/api/v1/sessions", base_url=ORIGIN,
-                       json={"username": "admin", "password": password})
+                       json={"username": USER, "password": password or PASSWORD})
 
 
 @pytest.fixture
@@ -82,8 +95,8 @@ def browser(client: FlaskClient, region: Region) -> Browser:
 
 
 def _bearer(client: FlaskClient, region: Region) -> str:
-    password = region.config.admin_password_file.read_text().strip()
-    r = client.post("/api/v1/tokens", json={"username": "admin", "password": password})
+    operator(region)
+    r = client.post("/api/v1/tokens", json={"username": USER, "password": PASSWORD})
     assert r.status_code == 201
     return str(r.json["token"])  # type: ignore[index]
 
@@ -107,7 +120,7 @@ def test_login_sets_exactly_the_cookie_and_keeps_only_hashes(browser: Browser,
     assert answer.headers["Cache-Control"] == "no-store"
     body: dict[str, Any] = answer.json  # type: ignore[assignment]
     assert sorted(body) == ["csrf_token", "ends_at", "expires_at", "username"]
-    assert body["username"] == "admin"
+    assert body["username"] == USER
     expires, ends = (datetime.fromisoformat(body[k]) for k in ("expires_at", "ends_at"))
     assert ends - expires == MAX - IDLE
     assert abs(expires - datetime.now(UTC) - IDLE) < timedelta(minutes=1)
@@ -127,7 +140,7 @@ def test_the_cookie_authenticates_reads_and_writes_from_the_own_page(browser: Br
     assert browser.new_join_token().status_code == 201
     [entry] = _audit(region, "join-token.create")
     row = browser.row()
-    assert row is not None and (entry.actor, entry.token_id) == ("admin", row.id)
+    assert row is not None and (entry.actor, entry.token_id) == (USER, row.id)
 
 
 @pytest.mark.parametrize("csrf", ["", "wrong", "the cookie's secret"])
@@ -255,7 +268,7 @@ def test_logout_clears_the_cookie_and_makes_it_useless(browser: Browser, client:
     assert browser.row() is None
     [entry] = _audit(region, "session.logout")
     assert (entry.actor, entry.target, entry.token_id, entry.outcome) == (
-        "admin", f"token/{row.id}", row.id, "succeeded")
+        USER, f"token/{row.id}", row.id, "succeeded")
     client.set_cookie(SESSION_COOKIE, browser.secret)  # kept by a hostile copy
     assert browser.get("/api/v1/sessions/current").status_code == 401
     assert browser.new_join_token().status_code == 401
@@ -295,8 +308,7 @@ def test_session_logins_share_the_token_logins_lockout(client: FlaskClient,
 
 
 def _bearer_status(client: FlaskClient, region: Region) -> int:
-    password = region.config.admin_password_file.read_text().strip()
-    return client.post("/api/v1/tokens", json={"username": "admin", "password": password}
+    return client.post("/api/v1/tokens", json={"username": USER, "password": PASSWORD}
                        ).status_code
 
 

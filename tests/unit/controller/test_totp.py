@@ -7,9 +7,9 @@ import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from controller.services.account import check_new_password
 
 from controller.errors import InvalidInput
+from controller.services.account import check_new_password
 from controller.services.totp import (
     code_at_step,
     code_from_uri,
