@@ -778,6 +778,15 @@ class TotpEnrollment(Output):
     state: Literal["pending"] = "pending"
 
 
+class TotpEnroll(Input):
+    """Start enrolling a new seed: the password, and the current code when the user has
+    one, show the request is the user's (a token alone does not do)."""
+
+    password: str = Field(min_length=1, max_length=1024)
+    totp: str | None = Field(default=None, pattern=TOTP_CODE, examples=["123456"],
+                             description="a one-time code, if the user has a second factor")
+
+
 class TotpConfirm(Input):
     """Activate the pending seed with a code it makes now."""
 

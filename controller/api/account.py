@@ -2,7 +2,7 @@
 reset of another user's credentials.
 
 Who may call each route: the account routes act on the caller's own user only; the reset
-is for region administrators (every user is one until roles come).
+is for who holds identity rights (region-admin).
 """
 
 from __future__ import annotations
@@ -31,9 +31,15 @@ def totp_status() -> Any:
 
 
 @api.route("POST", "/account/totp", access=ANY_USER,
-           summary="Enroll a new one-time code seed (pending until confirmed; shown once)",
-           responses={201: schemas.TotpEnrollment})
-def enroll_totp() -> Any:
+           summary="Enroll a new one-time code seed (pending until confirmed; shown once); "
+                   "the password (and the current code, if any) say it is you",
+           body=schemas.TotpEnroll, responses={201: schemas.TotpEnrollment})
+def enroll_totp(body: schemas.TotpEnroll) -> Any:
+    the_region = region()
+    account.reauthenticate(
+        the_region.reads, the_region.sessions, the_region.config.login_limits(),
+        the_region.login_slots, the_region.region_key, actor(), body.password, body.totp,
+        request.remote_addr or "unknown", datetime.now(UTC), "user.totp.enroll")
     session = db()
     user = account.user_named(session, actor())
     uri = account.start_enrollment(session, region().region_key, actor(), user)
@@ -67,7 +73,6 @@ def change_password(body: schemas.PasswordChange) -> Any:
     return schemas.PasswordChanged(username=actor(), tokens_revoked=revoked)
 
 
-# permission: region admin (every user is one until roles come)
 @api.route("POST", "/users/<name>/reset", access=Region(Perm.IDENTITY),
            summary="Reset a user's password (and one-time code seed); shown once, every "
                    "token of the user revoked",

@@ -66,7 +66,13 @@ def log_in(client: Client, a: argparse.Namespace, password: str) -> Any:
 
 
 def cmd_totp_enroll(c: Client, a: argparse.Namespace) -> int:
-    r = c.post("/account/totp")
+    body: dict[str, Any] = {"password": ask_secret("password: ")}
+    code = given_code(a)
+    if code is None and c.get("/account/totp")["enrolled"]:
+        code = ask_secret("one-time code of your current seed: ").strip()
+    if code is not None:
+        body["totp"] = code
+    r = c.post("/account/totp", body)
     if a.json:
         print_json(r)
         return 0
@@ -128,8 +134,8 @@ def account_commands(sub: Any, add: Callable[..., Any], users: Any) -> None:
                                                                           required=True)
     totp = acc.add_parser("totp", help="my one-time code seed").add_subparsers(
         dest="totp_cmd", required=True)
-    add(totp, "enroll", cmd_totp_enroll, "make a new seed (pending until confirmed); its "
-        "URI is shown once", json_=True)
+    add_code_options(add(totp, "enroll", cmd_totp_enroll, "make a new seed (pending until "
+                         "confirmed; asks your password); its URI is shown once", json_=True))
     add(totp, "confirm", cmd_totp_confirm, "activate the pending seed with a code it "
         "shows").add_argument("--code", help="default: asked without echo")
     add_code_options(add(acc, "password", cmd_password, "change my password (asked without "

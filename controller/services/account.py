@@ -49,28 +49,24 @@ def check_new_password(current: str, new: str) -> None:
         raise InvalidInput("the new password is the current one; choose another")
 
 
-def change_password(reads: sessionmaker[Session], sessions: sessionmaker[Session],
-                    limits: LoginLimits, slots: login.HashSlots, box: RegionKey,
-                    username: str, token_id: str | None, current: str, new: str,
-                    totp: str | None, source: str, now: datetime) -> int:
-    """Replace the password of `username` by `new`; returns how many of its other tokens
-    were revoked (every token but `token_id`, the one the request came with).
+def reauthenticate(reads: sessionmaker[Session], sessions: sessionmaker[Session],
+                   limits: LoginLimits, slots: login.HashSlots, box: RegionKey,
+                   username: str, password: str, totp: str | None, source: str,
+                   now: datetime, action: str) -> None:
+    """Check, like a login, that the caller of a sensitive change to its own account
+    knows the password (and, when the user needs one, a one-time code): a stolen token
+    alone must not change who can log in.
 
-    Checked like a login: refused with TooManyRequests while the user name or the source
-    is locked out; the current password and, when the user needs one, a one-time code
-    must be right, else Forbidden (the same answer whichever was wrong, counted as a
-    failed login). InvalidInput, before any hash, for a new password that breaks the
-    policy. On any refusal nothing changed but the failure count and the audit trail."""
-    check_new_password(current, new)
+    Refused with TooManyRequests while the user name or the source is locked out; else
+    Forbidden, the same answer whichever was wrong, counted as a failed login and audited
+    as `action` refused."""
     keys = login.throttle_keys(username, source)
     with reads() as db:
         login.check_not_locked(db, keys, now)
         stored = user_named(db, username).password_hash
     with slots.slot():
-        valid = passwords.verify_password(current, stored)
-        new_hash = passwords.hash_password(new) if valid else None
+        valid = passwords.verify_password(password, stored)
     refusal: Forbidden | None = None
-    revoked = 0
     with sessions() as db, db.begin():
         user = user_named(db, username)
         denied = None if valid else Forbidden(login.WRONG_CREDENTIALS)
@@ -81,16 +77,33 @@ def change_password(reads: sessionmaker[Session], sessions: sessionmaker[Session
             lockout = timedelta(seconds=limits.lockout_s)
             login.count_failure(db, keys[0], limits.max_failures, lockout, now)
             login.count_failure(db, keys[1], limits.max_failures_per_source, lockout, now)
-            audit.record(db, username, "user.password.change", f"user/{username}", "refused")
+            audit.record(db, username, action, f"user/{username}", "refused")
             refusal = denied
-        else:
-            assert new_hash is not None
-            user.password_hash = new_hash
-            revoked = revoke_tokens(db, user.id, keep=token_id)
-            audit.record(db, username, "user.password.change", f"user/{username}",
-                         "succeeded", tokens_revoked=revoked)
     if refusal is not None:
         raise refusal
+
+
+def change_password(reads: sessionmaker[Session], sessions: sessionmaker[Session],
+                    limits: LoginLimits, slots: login.HashSlots, box: RegionKey,
+                    username: str, token_id: str | None, current: str, new: str,
+                    totp: str | None, source: str, now: datetime) -> int:
+    """Replace the password of `username` by `new`; returns how many of its other tokens
+    were revoked (every token but `token_id`, the one the request came with).
+
+    InvalidInput, before any hash, for a new password that breaks the policy; then
+    checked as `reauthenticate` says. On any refusal nothing changed but the failure
+    count and the audit trail."""
+    check_new_password(current, new)
+    reauthenticate(reads, sessions, limits, slots, box, username, current, totp, source,
+                   now, "user.password.change")
+    with slots.slot():
+        new_hash = passwords.hash_password(new)
+    with sessions() as db, db.begin():
+        user = user_named(db, username)
+        user.password_hash = new_hash
+        revoked = revoke_tokens(db, user.id, keep=token_id)
+        audit.record(db, username, "user.password.change", f"user/{username}",
+                     "succeeded", tokens_revoked=revoked)
     return revoked
 
 

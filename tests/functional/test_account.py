@@ -66,7 +66,15 @@ def test_enroll_then_confirm_switches_the_seed_which_no_answer_shows_again(
     caplog.set_level(logging.DEBUG)
     status = api.get("/api/v1/account/totp")
     assert status.json == {"username": "admin", "enrolled": True, "required": True}
-    started = api.post("/api/v1/account/totp")
+    # a token alone does not enroll a seed: the password and the current code say it is you
+    assert api.post("/api/v1/account/totp", json={}).status_code == 422
+    wrong_password = api.post("/api/v1/account/totp", json={
+        "password": "not-it", "totp": admin_code(region)})
+    assert wrong_password.status_code == 403
+    with region.sessions() as db, db.begin():  # as in a later step than the admin's login
+        db.execute(update(User).where(User.name == "admin").values(totp_last_step=None))
+    started = api.post("/api/v1/account/totp", json={"password": _password(region),
+                                                      "totp": admin_code(region)})
     assert started.status_code == 201 and started.json["state"] == "pending"
     uri = started.json["provisioning_uri"]
     seed = uri.split("secret=")[1].split("&")[0]
@@ -93,7 +101,7 @@ def test_enroll_then_confirm_switches_the_seed_which_no_answer_shows_again(
     assert _login(api.client, "admin", _password(region),
                   code_from_uri(uri, _later(0.5))).status_code == 201
 
-    assert [e.outcome for e in _entries(region, "user.totp.enroll")] == ["pending"]
+    assert [e.outcome for e in _entries(region, "user.totp.enroll")] == ["refused", "pending"]
     assert [e.outcome for e in _entries(region, "user.totp.confirm")] == \
         ["refused", "succeeded"]
     # after enrollment the seed is in no answer, no audit entry and no log
@@ -105,7 +113,7 @@ def test_enroll_then_confirm_switches_the_seed_which_no_answer_shows_again(
 
 
 def test_enrollment_needs_a_token(client: FlaskClient, region: Region) -> None:
-    assert client.post("/api/v1/account/totp").status_code == 401
+    assert client.post("/api/v1/account/totp", json={"password": "x"}).status_code == 401
     assert client.post("/api/v1/account/totp/confirm",
                        json={"code": "123456"}).status_code == 401
     assert client.post("/api/v1/users/admin/reset", json={"totp": True}).status_code == 401

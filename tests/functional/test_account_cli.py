@@ -39,6 +39,8 @@ def _later() -> datetime:
 
 def test_enroll_then_confirm(api: Api, region: Region, capsys: pytest.CaptureFixture[str],
                              monkeypatch: pytest.MonkeyPatch) -> None:
+    password = region.config.admin_password_file.read_text().strip()
+    _stdin(monkeypatch, password, admin_code(region, _later()))  # asked: password, code
     assert cli.main(["account", "totp", "enroll"]) == 0
     out = capsys.readouterr().out
     uri = next(line for line in out.splitlines() if line.startswith("otpauth://"))
