@@ -15,18 +15,15 @@ from controller.cli import main as cli
 from controller.db.models import User
 from controller.region import Region
 from controller.services.totp import code_from_uri
+from tests.functional.cli_helpers import cli_answered_by
 from tests.functional.helpers import Api, admin_code
-from tests.functional.test_audit_cli import ApiClient
 
 NEW_PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
 def api(client: FlaskClient, region: Region, monkeypatch: pytest.MonkeyPatch) -> Api:
-    a = Api(client, region)
-    monkeypatch.setattr(cli, "Client", lambda _settings: ApiClient(a))
-    monkeypatch.setattr(cli.Settings, "load", classmethod(lambda cls: None))
-    return a
+    return cli_answered_by(Api(client, region), monkeypatch)
 
 
 def _stdin(monkeypatch: pytest.MonkeyPatch, *lines: str) -> None:

@@ -2,49 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from controller.cli import main as cli
-from controller.cli.client import ApiError, Client, Settings
 from controller.db.models import as_utc
 from controller.region import Region
 from controller.services import audit
+from tests.functional.cli_helpers import cli_answered_by
 from tests.functional.helpers import Api
 from tests.functional.test_audit_chain import _chain, _unguarded
 
 
-class ApiClient(Client):
-    """The CLI's client, answered by the Flask test client instead of over HTTPS."""
-
-    def __init__(self, api: Api) -> None:
-        super().__init__(Settings(url="https://controller.invalid", token=None, ca_file=None))
-        self.api = api
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        r = self.api.client.open("/api/v1" + path, method=method, headers=self.api.headers,
-                                 query_string=kwargs.get("params"), json=kwargs.get("json"))
-        if r.status_code >= 400:
-            raise ApiError(r.status_code, r.json["detail"], r.json)  # type: ignore[index]
-        return r.json
-
-    def lines(self, path: str, params: dict[str, Any] | None = None) -> Iterator[str]:
-        r = self.api.client.get("/api/v1" + path, headers=self.api.headers, query_string=params)
-        if r.status_code >= 400:
-            raise ApiError(r.status_code, r.json["detail"], r.json)  # type: ignore[index]
-        yield from r.get_data(as_text=True).splitlines(keepends=True)
-
-
 @pytest.fixture
 def api(client: FlaskClient, region: Region, monkeypatch: pytest.MonkeyPatch) -> Api:
-    a = Api(client, region)
-    monkeypatch.setattr(cli, "Client", lambda _settings: ApiClient(a))
-    monkeypatch.setattr(cli.Settings, "load", classmethod(lambda cls: None))
+    a = cli_answered_by(Api(client, region), monkeypatch)
     for i in range(4):
         audit.record_now(region.sessions, "admin", "test.poke", f"thing/{i}", "accepted")
     return a

@@ -11,17 +11,14 @@ from flask.testing import FlaskClient
 
 from controller.cli import main as cli
 from controller.region import Region
+from tests.functional.cli_helpers import cli_answered_by
 from tests.functional.helpers import Api, admin_token
-from tests.functional.test_audit_cli import ApiClient
 
 
 @pytest.fixture
 def api(client: FlaskClient, region: Region, monkeypatch: pytest.MonkeyPatch) -> Api:
     """The admin's API; the CLI talks to it with whatever headers `api.headers` holds."""
-    a = Api(client, region)
-    monkeypatch.setattr(cli, "Client", lambda _settings: ApiClient(a))
-    monkeypatch.setattr(cli.Settings, "load", classmethod(lambda cls: None))
-    return a
+    return cli_answered_by(Api(client, region), monkeypatch)
 
 
 def _out(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
