@@ -99,11 +99,6 @@ ANY_USER = AnyUser()
 Access = Region | InProject | AnyUser | AnyOf
 
 
-def role_level(role: str) -> Level:
-    """How far `role` reaches into a project (region roles: into every project)."""
-    return PROJECT_LEVEL.get(role) or REGION_REACH[role]
-
-
 @dataclass(frozen=True)
 class Caller:
     """The user a request acts as, with the roles that request may use: all of the user's

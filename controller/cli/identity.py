@@ -12,11 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from controller.authz import PROJECT_ROLES, ROLES
 from controller.cli.client import ApiError, Client
 from controller.cli.output import print_json, print_table
-
-PROJECT_ROLES = ("project-admin", "project-member", "project-viewer")
-ROLES = ("region-admin", "operator", "auditor", *PROJECT_ROLES)
 
 
 def _or_dash(value: Any) -> str:
