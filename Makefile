@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	qemu-system-x86 qemu-utils qemu-block-extra \
 	busybox-static syslinux mtools dosfstools kmod cpio \
 	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils \
-	debootstrap systemd-container openssh-client
+	debootstrap systemd-container openssh-client chromium fonts-dejavu-core
 # with their recommends: the always-on mgr modules import some of them
 CEPH_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
 TESTGUEST := $(VAR)/images/testguest.raw
