@@ -17,7 +17,7 @@ TESTGUEST := $(VAR)/images/testguest.raw
 # make up STORAGE=ceph: VM disks and volumes on a single-node Ceph cluster under var/ceph
 STORAGE ?= localfs
 
-.PHONY: up down test deps venv image lint unit bench clean lab lab-down dist
+.PHONY: up down test deps venv image lint unit bench clean lab lab-down dist ui-vendor
 
 up: deps image
 	$(PY) -m agent.hostprep
@@ -45,16 +45,21 @@ lab-down:
 	@[ -x $(PY) ] && $(PY) -m lab down --state $(VAR)/lab || true
 
 test: deps image
-	$(PY) -m ruff check agent controller hardware images lab tests bench
+	$(PY) -m ruff check agent controller hardware images lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 	$(PY) -m pytest -p no:cacheprovider tests
+
+# the web UI's front-end packages, from the npm registry (pinned by ui/package-lock.json),
+# into controller/ui/static/vendor: run after changing ui/package.json, commit the result
+ui-vendor:
+	python3 ui/vendor.py
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(PY) -m ruff check agent controller hardware images lab tests bench
+	$(PY) -m ruff check agent controller hardware images lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 

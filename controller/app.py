@@ -24,6 +24,7 @@ from controller.api.context import install_session_teardown
 from controller.api.headers import install_security_headers
 from controller.api.problems import install_error_handlers
 from controller.region import Region
+from controller.ui.serve import install_ui
 
 BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, audit.api,
               images.api, instances.api, volumes.api, networks.api, networks.ports_api,
@@ -32,7 +33,8 @@ BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, 
 
 
 def create_app(region: Region) -> Flask:
-    """An app serving the operator API under /api/v1 and the agent API under /agent/v1."""
+    """An app serving the operator API under /api/v1, the agent API under /agent/v1 and
+    the web UI at /."""
     app = Flask("vauban.controller")
     app.extensions["vauban"] = region
     app.extensions["vauban.routes"] = [s for bp in BLUEPRINTS for s in bp.specs]
@@ -41,4 +43,5 @@ def create_app(region: Region) -> Flask:
     install_error_handlers(app)
     install_session_teardown(app)
     install_security_headers(app)
+    install_ui(app)
     return app

@@ -1,0 +1,60 @@
+"""Serving the web UI: its page at `/` and its files under `/ui/`.
+
+The UI is a client of the REST API (`/api/v1`, by session cookie); these routes serve
+only its own static files, which hold no secret and need no login. Everything the browser
+loads comes from here (vendored by `make ui-vendor`): the Content-Security-Policy lets a
+page load scripts, styles, fonts and images from this origin only, connect only back to
+it (the API, its event stream and console websockets), and be framed by no one. A file
+is revalidated at each load (ETag), so an upgraded controller's UI is never mixed with a
+cached older one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, abort, send_from_directory
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+UI_CSP = "; ".join([
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data: blob:",
+    "font-src 'self'",
+    "connect-src 'self'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+MIME_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+              ".woff2": "font/woff2", ".svg": "image/svg+xml", ".json": "application/json",
+              ".html": "text/html", ".png": "image/png"}
+
+ui = Blueprint("ui", __name__)
+
+
+def _serve(relative: str) -> Response:
+    path = (STATIC / relative).resolve()
+    if not path.is_relative_to(STATIC) or not path.is_file() or path.suffix not in MIME_TYPES:
+        abort(404)
+    response = send_from_directory(STATIC, relative, mimetype=MIME_TYPES[path.suffix],
+                                   max_age=0, conditional=True, etag=True)
+    response.headers["Content-Security-Policy"] = UI_CSP
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@ui.get("/")
+def index() -> Response:
+    return _serve("index.html")
+
+
+@ui.get("/ui/<path:relative>")
+def static_file(relative: str) -> Response:
+    return _serve(relative)
+
+
+def install_ui(app: Flask) -> None:
+    app.register_blueprint(ui)

@@ -1,0 +1,174 @@
+// The UI's shared pieces: data loading that follows the event stream, tables, forms,
+// confirmation, errors in words, operation progress. Every control has a label and is
+// reachable by keyboard.
+import { html, useCallback, useEffect, useRef, useState } from "./html.js";
+import { api } from "./api.js";
+import { subscribe } from "./events.js";
+import { href } from "./router.js";
+
+export function Icon({ name, label }) {
+  return html`<svg class="icon" aria-hidden=${label ? undefined : "true"} role=${label ? "img" : undefined}
+    aria-label=${label}><use href=${"/ui/vendor/icons.svg#" + name} /></svg>`;
+}
+
+/** GET `path` now and again whenever an event of `events` (type prefixes) arrives;
+ * {data, error, loading, reload}. A burst of events costs one request. */
+export function useApi(path, { events = [], query } = {}) {
+  const [state, setState] = useState({ data: null, error: null, loading: true });
+  const generation = useRef(0);
+  const key = path + JSON.stringify(query || {});
+  const reload = useCallback(() => {
+    if (!path) return;
+    const mine = ++generation.current;
+    api.get(path, { query }).then(
+      (data) => mine === generation.current && setState({ data, error: null, loading: false }),
+      (error) => mine === generation.current && setState((s) => ({ ...s, error, loading: false })),
+    );
+  }, [key]);
+  useEffect(() => {
+    setState({ data: null, error: null, loading: true });
+    reload();
+  }, [key]);
+  useEffect(() => {
+    if (!events.length) return undefined;
+    let timer = null;
+    const off = subscribe(events, () => {
+      if (timer === null) timer = setTimeout(() => { timer = null; reload(); }, 150);
+    });
+    return () => { off(); if (timer !== null) clearTimeout(timer); };
+  }, [key, events.join(",")]);
+  return { ...state, reload };
+}
+
+export function PageHeader({ title, subtitle, children }) {
+  return html`<header class="page-header">
+    <div><h1>${title}</h1>${subtitle && html`<p class="subtitle">${subtitle}</p>`}</div>
+    <div class="actions">${children}</div>
+  </header>`;
+}
+
+export function Loading({ what = "Loading" }) {
+  return html`<p class="loading" role="status">${what}…</p>`;
+}
+
+/** An API error in words: the problem's detail, and each field's error. */
+export function ErrorBox({ error, title = "That did not work" }) {
+  if (!error) return null;
+  const fields = error.fieldErrors || [];
+  return html`<div class="error-box" role="alert">
+    <${Icon} name="circle-alert" />
+    <div><strong>${title}</strong><p>${error.message || String(error)}</p>
+      ${fields.length > 0 && html`<ul>${fields.map((f) => html`<li>
+        ${(f.loc || f.pointer || []).toString()}: ${f.msg || f.detail || f.message}</li>`)}</ul>`}
+    </div></div>`;
+}
+
+/** Rows as a table; columns: [{key, label, render(row), className}]. */
+export function Table({ columns, rows, rowKey = (r) => r.id, empty = "Nothing here yet.", caption }) {
+  if (!rows) return null;
+  if (rows.length === 0) return html`<p class="empty">${empty}</p>`;
+  return html`<div class="table-wrap"><table>
+    ${caption && html`<caption class="visually-hidden">${caption}</caption>`}
+    <thead><tr>${columns.map((c) => html`<th scope="col" class=${c.className}>${c.label}</th>`)}</tr></thead>
+    <tbody>${rows.map((row) => html`<tr key=${rowKey(row)}>
+      ${columns.map((c) => html`<td class=${c.className} data-label=${c.label}>
+        ${c.render ? c.render(row) : row[c.key]}</td>`)}</tr>`)}
+    </tbody></table></div>`;
+}
+
+export function Link({ to, children, ...rest }) {
+  return html`<a href=${href(to)} ...${rest}>${children}</a>`;
+}
+
+const STATE_CLASS = {
+  running: "ok", up: "ok", ready: "ok", succeeded: "ok", active: "ok", available: "ok",
+  attached: "ok", passed: "ok",
+  stopped: "idle", shutoff: "idle", detached: "idle",
+  pending: "busy", running_op: "busy", creating: "busy", starting: "busy", stopping: "busy",
+  deleting: "busy", building: "busy", queued: "busy", in_progress: "busy",
+  failed: "bad", error: "bad", down: "bad", lost: "bad", refused: "bad",
+};
+export function StateBadge({ state }) {
+  const cls = STATE_CLASS[state] || "idle";
+  return html`<span class=${"badge " + cls}>${state || "unknown"}</span>`;
+}
+
+/** A labelled form field: the label is bound to the control by id. */
+export function Field({ id, label, hint, error, children }) {
+  return html`<div class=${"field" + (error ? " invalid" : "")}>
+    <label for=${id}>${label}</label>
+    ${children}
+    ${hint && html`<small id=${id + "-hint"} class="hint">${hint}</small>`}
+    ${error && html`<small class="field-error" role="alert">${error}</small>`}
+  </div>`;
+}
+
+export function Button({ kind = "secondary", busy, disabled, children, ...rest }) {
+  return html`<button type="button" class=${"btn " + kind} disabled=${disabled || busy}
+    aria-busy=${busy ? "true" : undefined} ...${rest}>${children}</button>`;
+}
+
+/** A modal confirmation (<dialog>): resolves the action only when the operator confirms. */
+export function ConfirmButton({ label, question, confirmLabel = label, kind = "danger", onConfirm, disabled }) {
+  const dialog = useRef(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const open = () => { setError(null); dialog.current.showModal(); };
+  const confirm = async () => {
+    setBusy(true);
+    try {
+      await onConfirm();
+      dialog.current.close();
+    } catch (e) {
+      setError(e);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return html`<${Button} kind=${kind} onClick=${open} disabled=${disabled}>${label}<//>
+    <dialog ref=${dialog} aria-labelledby="confirm-title">
+      <h2 id="confirm-title">${label}</h2>
+      <p>${question}</p>
+      <${ErrorBox} error=${error} />
+      <div class="dialog-actions">
+        <${Button} onClick=${() => dialog.current.close()}>Cancel<//>
+        <${Button} kind=${kind} busy=${busy} onClick=${confirm}>${confirmLabel}<//>
+      </div>
+    </dialog>`;
+}
+
+/** Follows one operation by the event stream until it ends; {op, done, failed}. */
+export function useOperation(opId) {
+  const { data: op, reload } = useApi(opId ? `/operations/${opId}` : null, { events: [] });
+  useEffect(() => {
+    if (!opId) return undefined;
+    return subscribe(["operation"], (event) => {
+      if (!event || !event.object || event.object.id === opId) reload();
+    });
+  }, [opId]);
+  const done = op && ["succeeded", "failed", "cancelled"].includes(op.state);
+  return { op, done, failed: op && op.state === "failed" };
+}
+
+/** An operation's progress bar and, when it failed, its error in words. */
+export function OperationProgress({ opId, label }) {
+  const { op, failed } = useOperation(opId);
+  if (!opId) return null;
+  if (!op) return html`<p role="status">${label || "Working"}…</p>`;
+  return html`<div class="operation" role="status" aria-live="polite">
+    <span>${label || op.kind} on ${op.target_name}: <${StateBadge} state=${op.state} /></span>
+    <progress max="100" value=${op.progress} aria-label=${`${op.kind} progress`}>${op.progress}%</progress>
+    ${failed && html`<p class="error-text">${op.error}</p>`}
+  </div>`;
+}
+
+/** A bar of used against total, with its numbers in words for screen readers. */
+export function UsageBar({ used, total, label, format = (v) => v }) {
+  const pct = total ? Math.min(100, Math.round((100 * used) / total)) : 0;
+  const level = pct >= 90 ? "bad" : pct >= 70 ? "warn" : "ok";
+  return html`<div class="usage">
+    <div class="usage-label"><span>${label}</span><span>${format(used)} / ${format(total)}</span></div>
+    <div class=${"usage-bar " + level} role="meter" aria-label=${label} aria-valuemin="0"
+      aria-valuemax=${total} aria-valuenow=${used}><span style=${`width:${pct}%`}></span></div>
+  </div>`;
+}

@@ -1,0 +1,68 @@
+"""Fixtures of the browser tests: one real region (controller, agent, test guest image)
+and one Chromium for the whole session; each test gets its own guarded page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from controller.services.totp import step_of
+from tests.browser import chromium
+from tests.e2e.region import E2ERegion
+
+
+@pytest.fixture(scope="session")
+def ui_region(testguest_image: Path, libvirtd: list[int]) -> Iterator[E2ERegion]:
+    region = E2ERegion.create()
+    try:
+        region.start(testguest_image)
+        # the admin's code of this step was spent getting the region's bearer token
+        chromium._last_steps[region.layout.totp_file.read_text().strip()] = \
+            step_of(datetime.now(UTC))
+        yield region
+    finally:
+        region.stop()
+
+
+@pytest.fixture(scope="session")
+def origin(ui_region: E2ERegion) -> str:
+    return ui_region.layout.url
+
+
+@pytest.fixture(scope="session")
+def browser(ui_region: E2ERegion) -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = chromium.launch(pw, ui_region.layout.url)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="session")
+def admin_state(browser: Browser, ui_region: E2ERegion, origin: str) -> dict[str, Any]:
+    """The browser state (cookie and stored CSRF token) of the admin, logged in once
+    through the login page with the password and the one-time code."""
+    with chromium.guarded_page(browser, origin) as (page, guards):
+        chromium.log_in(page, guards, "admin",
+                        ui_region.layout.password_file.read_text().strip(),
+                        ui_region.layout.totp_file.read_text().strip())
+        state: dict[str, Any] = page.context.storage_state()
+    return state
+
+
+@pytest.fixture
+def admin_page(browser: Browser, origin: str, admin_state: dict[str, Any]
+               ) -> Iterator[Page]:
+    """A guarded page logged in as the admin (its own browser context)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800},
+                                  storage_state=admin_state)  # type: ignore[arg-type]
+    guards = chromium.Guards(origin)
+    with chromium.guard(context, guards) as page:
+        yield page
+    guards.check()
