@@ -3,8 +3,9 @@
 The UI is a client of the REST API (`/api/v1`, by session cookie); these routes serve
 only its own static files, which hold no secret and need no login. Everything the browser
 loads comes from here (vendored by `make ui-vendor`): the Content-Security-Policy lets a
-page load scripts, styles, fonts and images from this origin only, connect only back to
-it (the API, its event stream and console websockets), and be framed by no one. A file
+page load scripts, styles, fonts and images from this origin only (styles may also be
+inline: see UI_CSP), connect only back to it (the API, its event stream and console
+websockets), and be framed by no one. A file
 is revalidated at each load (ETag), so an upgraded controller's UI is never mixed with a
 cached older one.
 """
@@ -13,14 +14,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, abort, send_from_directory
+from flask import Blueprint, Flask, Response, abort, request
 
 STATIC = Path(__file__).resolve().parent / "static"
 
 UI_CSP = "; ".join([
     "default-src 'none'",
     "script-src 'self'",
-    "style-src 'self'",
+    # xterm.js (the serial console) writes its theme and cell sizes as <style> elements;
+    # scripts stay 'self' only, which is what keeps injected markup from running
+    "style-src 'self' 'unsafe-inline'",
     "img-src 'self' data: blob:",
     "font-src 'self'",
     "connect-src 'self'",
@@ -39,8 +42,10 @@ def _serve(relative: str) -> Response:
     path = (STATIC / relative).resolve()
     if not path.is_relative_to(STATIC) or not path.is_file() or path.suffix not in MIME_TYPES:
         abort(404)
-    response = send_from_directory(STATIC, relative, mimetype=MIME_TYPES[path.suffix],
-                                   max_age=0, conditional=True, etag=True)
+    # the UI's files are small (the largest, a chart library, ~200 KiB): read whole
+    response = Response(path.read_bytes(), mimetype=MIME_TYPES[path.suffix])
+    response.add_etag()
+    response.make_conditional(request)
     response.headers["Content-Security-Policy"] = UI_CSP
     response.headers["Cache-Control"] = "no-cache"
     return response
