@@ -243,6 +243,8 @@ def up(lay: Layout, image: Path | None, storage: str = "localfs") -> None:
                         "testguest", "--os", "busybox"], env=env, check=True)
     print(f"""
 Vauban all-in-one region is up.
+  web UI:       {lay.url}/   (log in as admin with the password and a one-time code;
+                the browser trusts the controller once it trusts the region CA below)
   API:          {lay.url}/api/v1   (OpenAPI: {lay.url}/api/v1/openapi.json)
   CA:           {lay.ca_file}
   admin user:   admin, password in {lay.password_file}, one-time code seed (an
