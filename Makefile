@@ -17,7 +17,7 @@ TESTGUEST := $(VAR)/images/testguest.raw
 # make up STORAGE=ceph: VM disks and volumes on a single-node Ceph cluster under var/ceph
 STORAGE ?= localfs
 
-.PHONY: up down test deps venv image lint unit bench clean lab lab-down dist ui-vendor
+.PHONY: up down test deps venv image lint unit bench clean lab lab-down dist ui-vendor screenshots
 
 up: deps image
 	$(PY) -m agent.hostprep
@@ -54,6 +54,12 @@ test: deps image
 # into controller/ui/static/vendor: run after changing ui/package.json, commit the result
 ui-vendor:
 	python3 ui/vendor.py
+
+# pictures of the web UI's main pages for docs/screenshots (and the README), taken in
+# Chromium from a throwaway region with a few demonstration VMs
+screenshots: deps image
+	$(PY) -m agent.hostprep
+	$(PY) -m ui.screenshots --out docs/screenshots --image $(TESTGUEST)
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

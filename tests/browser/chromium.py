@@ -127,6 +127,12 @@ def guard(context: BrowserContext, guards: Guards) -> Iterator[Page]:
 _last_steps: dict[str, int] = {}  # per seed, the last time step this process logged in with
 
 
+def note_code_used(totp_uri: str) -> None:
+    """Tell unused_code that the current step's code of `totp_uri` was spent elsewhere
+    (e.g. the admin's bearer token of an all-in-one region)."""
+    _last_steps[totp_uri] = step_of(datetime.now(UTC))
+
+
 def unused_code(totp_uri: str) -> str:
     """A code of `totp_uri` the controller has not accepted yet from this process: the
     current step's, or the next one's (accepted too, for clock drift) when the current one

@@ -4,14 +4,12 @@ and one Chromium for the whole session; each test gets its own guarded page."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from controller.services.totp import step_of
 from tests.browser import chromium
 from tests.e2e.region import E2ERegion
 
@@ -22,8 +20,7 @@ def ui_region(testguest_image: Path, libvirtd: list[int]) -> Iterator[E2ERegion]
     try:
         region.start(testguest_image)
         # the admin's code of this step was spent getting the region's bearer token
-        chromium._last_steps[region.layout.totp_file.read_text().strip()] = \
-            step_of(datetime.now(UTC))
+        chromium.note_code_used(region.layout.totp_file.read_text().strip())
         yield region
     finally:
         region.stop()
