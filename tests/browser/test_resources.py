@@ -121,3 +121,100 @@ def test_image_in_use_refusal_in_words(admin: tuple[Page, chromium.Guards], orig
         if ui_region.run_cli("image", "show", image_name).returncode == 0:
             ui_region.cli("image", "delete", image_name)
 
+
+
+def test_security_group_made_through_the_pages_is_what_the_api_shows(
+        admin: tuple[Page, chromium.Guards], origin: str, ui_region: E2ERegion) -> None:
+    page, guards = admin
+    name = _name("sg")
+    try:
+        page.goto(origin + "/#/security-groups")
+        page.get_by_role("button", name="Create security group").click()
+        page.get_by_label("Name", exact=True).fill(name)
+        page.get_by_label("Description").fill("made in the browser")
+        page.get_by_role("button", name="Add a rule").click()
+        rule = page.get_by_role("group", name="Rule 1")
+        rule.get_by_label("Protocol").select_option("tcp")
+        rule.get_by_label("First port").fill("22")
+        rule.get_by_label("Peers").select_option("cidr")
+        rule.get_by_label("Remote network").fill("10.0.0.0/33")  # refused before it is sent
+        page.get_by_role("button", name="Create security group").last.click()
+        expect(rule.get_by_text("an IPv4 network such as 10.0.0.0/24")).to_be_visible()
+        rule.get_by_label("Remote network").fill("10.0.0.0/8")
+        page.get_by_role("button", name="Create security group").last.click()
+        expect(page.get_by_role("heading", name=f"Security group {name}")).to_be_visible()
+
+        add = page.get_by_role("form", name="Add a rule")
+        add.get_by_label("Protocol").select_option("udp")
+        add.get_by_label("First port").fill("5000")
+        add.get_by_label("Last port").fill("5010")
+        add.get_by_role("button", name="Add rule").click()
+        expect(page.get_by_role("cell", name="5000-5010", exact=True)).to_be_visible()
+        group = _api(ui_region, "GET", f"/security-groups/{name}")
+        got = sorted((r["direction"], r["protocol"], r["port_min"], r["port_max"],
+                      r["remote_cidr"]) for r in group["rules"])
+        assert got == [("ingress", "tcp", 22, 22, "10.0.0.0/8"),
+                       ("ingress", "udp", 5000, 5010, None)]
+        assert group["description"] == "made in the browser"
+
+        page.get_by_role("button", name="Delete rule ingress udp 5000-5010").click()
+        expect(page.get_by_role("cell", name="5000-5010", exact=True)).to_have_count(0)
+        assert len(_api(ui_region, "GET", f"/security-groups/{name}")["rules"]) == 1
+
+        page.get_by_role("button", name="Delete group").click()
+        page.get_by_role("button", name=f"Delete {name}").click()
+        expect(page.get_by_role("heading", name="Security groups")).to_be_visible()
+        assert name not in [g["name"] for g in _api(ui_region, "GET", "/security-groups")]
+    finally:
+        if ui_region.run_cli("security-group", "show", name).returncode == 0:
+            ui_region.cli("security-group", "delete", name)
+
+
+def test_network_subnet_and_port_made_through_the_pages(
+        admin: tuple[Page, chromium.Guards], origin: str, ui_region: E2ERegion) -> None:
+    page, guards = admin
+    name = _name("net")
+    octet = int(uuid.uuid4().hex[:2], 16)
+    first, second = f"10.{octet}.1.0/24", f"10.{octet}.2.0/24"
+    try:
+        page.goto(origin + "/#/networks")
+        page.get_by_role("button", name="Create network").click()
+        page.get_by_label("Name", exact=True).fill(name)
+        page.get_by_label("CIDR").fill(first)
+        page.get_by_label("Gateway").fill(f"10.{octet}.1.1")
+        page.get_by_role("button", name="Create network").last.click()
+        expect(page.get_by_role("heading", name=f"Network {name}")).to_be_visible()
+        expect(page.get_by_role("cell", name=first, exact=True)).to_be_visible()
+
+        add = page.get_by_role("form", name="Add a subnet")
+        add.get_by_label("CIDR").fill(second)
+        add.get_by_label("Name servers").fill(f"10.{octet}.2.53")
+        add.get_by_role("button", name="Add subnet").click()
+        expect(page.get_by_role("cell", name=second, exact=True)).to_be_visible()
+
+        reserve = page.get_by_role("form", name="Reserve an address (new port)")
+        reserve.get_by_label(f"Address in {first}").fill(f"10.{octet}.1.10")
+        reserve.get_by_role("button", name="Create port").click()
+        expect(page.get_by_role("row").filter(has_text=f"10.{octet}.1.10")).to_be_visible()
+
+        net = _api(ui_region, "GET", f"/networks/{name}")
+        assert net["kind"] == "tenant" and net["ports"] == 1
+        assert [(s["cidr"], s["gateway"], s["dns"]) for s in net["subnets"]] == \
+            [(first, f"10.{octet}.1.1", []), (second, None, [f"10.{octet}.2.53"])]
+        port, = [p for p in _api(ui_region, "GET", "/ports") if p["network"] == name]
+        assert f"10.{octet}.1.10" in port["addresses"] and len(port["addresses"]) == 2
+
+        row = page.get_by_role("row").filter(has_text=f"10.{octet}.1.10")
+        row.get_by_role("button", name="Delete").click()
+        page.get_by_role("button", name=f"Delete port {port['mac']}").click()
+        expect(page.get_by_role("row").filter(has_text=f"10.{octet}.1.10")).to_have_count(0)
+        page.get_by_role("button", name="Delete network").click()
+        page.get_by_role("button", name=f"Delete {name}").click()
+        expect(page.get_by_role("heading", name="Networks")).to_be_visible()
+        assert name not in [n["name"] for n in _api(ui_region, "GET", "/networks")]
+    finally:
+        for p in _api(ui_region, "GET", "/ports"):
+            if p["network"] == name:
+                _api(ui_region, "DELETE", f"/ports/{p['id']}")
+        if ui_region.run_cli("network", "show", name).returncode == 0:
+            ui_region.cli("network", "delete", name)
