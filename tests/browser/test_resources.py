@@ -5,6 +5,7 @@ pages and checked against the API."""
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,36 @@ def test_network_subnet_and_port_made_through_the_pages(
                 _api(ui_region, "DELETE", f"/ports/{p['id']}")
         if ui_region.run_cli("network", "show", name).returncode == 0:
             ui_region.cli("network", "delete", name)
+
+
+@pytest.mark.parametrize("path,heading", [("images", "Images"), ("volumes", "Volumes"),
+                                          ("networks", "Networks"),
+                                          ("security-groups", "Security groups")])
+def test_resource_pages_fit_a_narrow_screen(browser: Browser, origin: str,
+                                            admin_state: dict[str, Any], path: str,
+                                            heading: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844},
+                                  storage_state=admin_state)  # type: ignore[arg-type]
+    guards = chromium.Guards(origin)
+    with chromium.guard(context, guards) as page:
+        page.goto(f"{origin}/#/{path}")
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        create = page.get_by_role("button", name=re.compile(r"^(Create|Upload) "))
+        create.click()
+        expect(page.get_by_role("form")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), \
+            f"#/{path} is wider than the screen"
+    guards.check()
+
+
+def test_volume_refusal_on_local_storage_in_words(admin: tuple[Page, chromium.Guards],
+                                                  origin: str) -> None:
+    """The test region stores disks locally: a volume is refused, and the page says why."""
+    page, guards = admin
+    guards.expected_refusals.add((409, f"{origin}/api/v1/volumes"))
+    page.goto(origin + "/#/volumes")
+    page.get_by_role("button", name="Create volume").click()
+    page.get_by_label("Name", exact=True).fill(_name("vol"))
+    page.get_by_label("Size (GiB)").fill("1")
+    page.get_by_role("button", name="Create volume").last.click()
+    expect(page.get_by_role("alert")).to_contain_text("volumes need shared storage (rbd)")
