@@ -152,7 +152,8 @@ export default function Images() {
     { label: "Used by", className: "num", render: (i) => (vms ? `${users(i)} VM${users(i) === 1 ? "" : "s"}` : "—") },
     { label: "Created", render: (i) => time(i.created_at) },
     {
-      label: "Actions", render: (i) => (can.canWrite || can.regionWrite) && html`<${ConfirmButton} label="Delete"
+      // public images are the operators' (images.public); a project's, its members'
+      label: "Actions", render: (i) => (i.project ? can.canWrite : can.regionWrite) && html`<${ConfirmButton} label="Delete"
         question=${`Delete the image ${i.name}? VMs made from it must be gone (or flattened) first.`}
         confirmLabel=${`Delete ${i.name}`}
         onConfirm=${async () => { await api.del(`/images/${i.id}`); reload(); }} />`,

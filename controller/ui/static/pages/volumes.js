@@ -19,7 +19,7 @@ function Outcome({ action, label, title }) {
     <${ErrorBox} error=${action.error} title=${title} />`;
 }
 
-function CreateVolume({ volumes }) {
+function CreateVolume({ volumes, onDone }) {
   const [form, setForm] = useState({ name: "", size: "10", project: "", source: "", pool: "" });
   const action = useAction();
   const set = (key) => (e) => setForm({ ...form, [key]: e.target.value });
@@ -31,7 +31,7 @@ function CreateVolume({ volumes }) {
     if (form.project) body.project = form.project;
     if (form.source) body.source = form.source;
     if (form.pool.trim()) body.pool = form.pool.trim();
-    await action.run(() => api.post("/volumes", body));
+    if (await action.run(() => api.post("/volumes", body))) onDone();
   };
   return html`<form class="card form" onSubmit=${submit} aria-labelledby="new-volume-title">
     <h2 id="new-volume-title">New volume</h2>
@@ -58,13 +58,13 @@ function CreateVolume({ volumes }) {
   </form>`;
 }
 
-function Resize({ volume }) {
+function Resize({ volume, onDone }) {
   const [size, setSize] = useState(String(volume.size_gib + 1));
   const action = useAction();
   const tooSmall = Number(size) <= volume.size_gib;
   const submit = (e) => {
     e.preventDefault();
-    if (!tooSmall) action.run(() => api.post(`/volumes/${volume.id}/resize`, { size_gib: Number(size) }));
+    if (!tooSmall) action.run(() => api.post(`/volumes/${volume.id}/resize`, { size_gib: Number(size) })).then(onDone);
   };
   return html`<form class="inline-form" onSubmit=${submit} aria-label="Grow">
     <${Field} id="resize-size" label="New size (GiB)" error=${tooSmall ? `more than ${volume.size_gib}: volumes only grow` : null}>
@@ -76,14 +76,14 @@ function Resize({ volume }) {
   <${Outcome} action=${action} label="Grow" title="The volume was not grown" />`;
 }
 
-function Snapshots({ volume, can }) {
+function Snapshots({ volume, can, onDone }) {
   const [name, setName] = useState("");
   const take = useAction();
   const other = useAction();
   const invalid = name && !SNAPSHOT_RE.test(name) ? SNAPSHOT_HINT : null;
   const submit = (e) => {
     e.preventDefault();
-    if (name && !invalid) take.run(() => api.post(`/volumes/${volume.id}/snapshots`, { name })).then((op) => op && setName(""));
+    if (name && !invalid) take.run(() => api.post(`/volumes/${volume.id}/snapshots`, { name })).then((op) => { if (op) setName(""); onDone(); });
   };
   const rows = volume.snapshots.map((s) => ({ id: s, name: s }));
   const columns = [
@@ -93,10 +93,10 @@ function Snapshots({ volume, can }) {
         <${ConfirmButton} label="Roll back" kind="secondary"
           question=${`Roll ${volume.name} back to ${s.name}? What was written since is lost. The volume must be detached.`}
           confirmLabel=${`Roll back to ${s.name}`} disabled=${Boolean(volume.attached_to)}
-          onConfirm=${() => other.run(() => api.post(`/volumes/${volume.id}/rollback`, { snapshot: s.name }))} />
+          onConfirm=${() => other.run(() => api.post(`/volumes/${volume.id}/rollback`, { snapshot: s.name })).then(onDone)} />
         <${ConfirmButton} label="Delete" question=${`Delete the snapshot ${s.name} of ${volume.name}?`}
           confirmLabel=${`Delete snapshot ${s.name}`}
-          onConfirm=${() => other.run(() => api.del(`/volumes/${volume.id}/snapshots/${encodeURIComponent(s.name)}`))} />
+          onConfirm=${() => other.run(() => api.del(`/volumes/${volume.id}/snapshots/${encodeURIComponent(s.name)}`)).then(onDone)} />
       </div>`,
     },
   ];
@@ -112,7 +112,7 @@ function Snapshots({ volume, can }) {
     <${Outcome} action=${take} label="Snapshot" title="The snapshot was not taken" />`}`;
 }
 
-function Attachment({ volume }) {
+function Attachment({ volume, onDone }) {
   const { data: vms } = useApi("/instances", { events: ["vm"] });
   const [vm, setVm] = useState("");
   const [target, setTarget] = useState("");
@@ -120,14 +120,14 @@ function Attachment({ volume }) {
   const running = (vms || []).filter((v) => v.state === "running" && v.project === volume.project);
   if (volume.attached_to) {
     return html`<p>Attached to <strong>${volume.attached_to}</strong> as <code>${volume.target || "—"}</code>.</p>
-      <${Button} busy=${action.busy} onClick=${() => action.run(() => api.post(`/volumes/${volume.id}/detach`))}>Detach<//>
+      <${Button} busy=${action.busy} onClick=${() => action.run(() => api.post(`/volumes/${volume.id}/detach`)).then(onDone)}>Detach<//>
       <${Outcome} action=${action} label="Detach" title="The volume was not detached" />`;
   }
   const submit = (e) => {
     e.preventDefault();
     const body = { instance: vm };
     if (target) body.target = target;
-    if (vm) action.run(() => api.post(`/volumes/${volume.id}/attach`, body));
+    if (vm) action.run(() => api.post(`/volumes/${volume.id}/attach`, body)).then(onDone);
   };
   return html`<form class="inline-form" onSubmit=${submit} aria-label="Attach">
     <${Field} id="attach-vm" label="Running VM">
@@ -148,20 +148,21 @@ function Attachment({ volume }) {
   <${Outcome} action=${action} label="Attach" title="The volume was not attached" />`;
 }
 
-function VolumePanel({ volume, can, onClose }) {
+function VolumePanel({ volume, can, onClose, onDone }) {
   const remove = useAction();
-  return html`<section class="card" aria-labelledby="volume-title">
+  return html`<section class="card volume-panel" aria-labelledby="volume-title">
     <div class="page-header">
       <h2 id="volume-title">Volume ${volume.name}</h2>
       <div class="actions">
         ${can.canWrite && html`<${ConfirmButton} label="Delete volume" disabled=${Boolean(volume.attached_to)}
           question=${`Delete the volume ${volume.name} and its snapshots? Its data is lost.`}
           confirmLabel=${`Delete ${volume.name}`}
-          onConfirm=${() => remove.run(() => api.del(`/volumes/${volume.id}`))} />`}
+          onConfirm=${() => remove.run(() => api.del(`/volumes/${volume.id}`)).then(onDone)} />`}
         <${Button} aria-label="Close the volume's panel" onClick=${onClose}><${Icon} name="x" /><//>
       </div>
     </div>
     <${Outcome} action=${remove} label="Delete" title="The volume was not deleted" />
+    ${volume.attached_to && html`<p class="hint">Attached: detach it before deleting it or rolling it back.</p>`}
     <dl class="facts">
       <dt>State</dt><dd><${StateBadge} state=${volume.state} /></dd>
       <dt>Size</dt><dd>${gib(volume.size_gib)}${volume.used_bytes !== null ? ` (${bytes(volume.used_bytes)} used)` : ""}</dd>
@@ -171,15 +172,16 @@ function VolumePanel({ volume, can, onClose }) {
       <dt>Created</dt><dd>${time(volume.created_at)}</dd>
       ${volume.error && html`<dt>Error</dt><dd class="error-text">${volume.error}</dd>`}
     </dl>
-    ${can.canWrite && html`<h3>Size</h3><${Resize} key=${volume.size_gib} volume=${volume} />
-      <h3>Attachment</h3><${Attachment} volume=${volume} />`}
-    <${Snapshots} volume=${volume} can=${can} />
+    ${can.canWrite && html`<h3>Size</h3><${Resize} key=${volume.size_gib} volume=${volume} onDone=${onDone} />
+      <h3>Attachment</h3><${Attachment} volume=${volume} onDone=${onDone} />`}
+    <${Snapshots} volume=${volume} can=${can} onDone=${onDone} />
   </section>`;
 }
 
 export default function Volumes() {
   const { can } = useSession();
-  const { data, error, loading } = useApi("/volumes", { events: ["volume", "operation"] });
+  // each action reloads the list once when accepted; the event stream brings what follows
+  const { data, error, loading, reload } = useApi("/volumes", { events: ["volume", "operation"] });
   const [showForm, setShowForm] = useState(false);
   const [selected, setSelected] = useState(null);
   const volumes = data || [];
@@ -203,10 +205,10 @@ export default function Volumes() {
       ${can.canWrite && html`<${Button} kind="primary" aria-expanded=${showForm ? "true" : "false"}
         onClick=${() => setShowForm(!showForm)}><${Icon} name="plus" /> Create volume<//>`}
     <//>
-    ${showForm && html`<${CreateVolume} volumes=${volumes} />`}
+    ${showForm && html`<${CreateVolume} volumes=${volumes} onDone=${reload} />`}
     <${ErrorBox} error=${error} title="The volumes could not be listed" />
     ${loading ? html`<${Loading} />` : html`<${Table} columns=${columns} rows=${volumes} caption="Volumes"
       empty="No volume yet." />`}
-    ${chosen && html`<${VolumePanel} key=${chosen.id} volume=${chosen} can=${can} onClose=${() => setSelected(null)} />`}
+    ${chosen && html`<${VolumePanel} key=${chosen.id} volume=${chosen} can=${can} onClose=${() => setSelected(null)} onDone=${reload} />`}
   </section>`;
 }
