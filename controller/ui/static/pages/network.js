@@ -32,8 +32,9 @@ function AddSubnet({ net, onDone }) {
 function GroupChoice({ id, groups, chosen, onChange }) {
   return html`<fieldset class="chips" id=${id}>
     <legend>Security groups</legend>
-    ${groups.length === 0 && html`<span class="hint">No security group in this project.</span>`}
-    ${groups.map((g) => html`<span class="check-field">
+    ${groups === null && html`<span class="hint" role="status">Loading the groups…</span>`}
+    ${groups && groups.length === 0 && html`<span class="hint">No security group in this project.</span>`}
+    ${(groups || []).map((g) => html`<span class="check-field">
       <input type="checkbox" id=${`${id}-${g.name}`} checked=${chosen.includes(g.name)}
         onChange=${(e) => onChange(e.target.checked ? [...chosen, g.name] : chosen.filter((n) => n !== g.name))} />
       <label for=${`${id}-${g.name}`}>${g.name}</label></span>`)}
@@ -43,7 +44,7 @@ function GroupChoice({ id, groups, chosen, onChange }) {
 function CreatePort({ net, groups, onDone }) {
   const [fixed, setFixed] = useState({});
   const [picked, setChosen] = useState(null); // null: the API's default, the group 'default'
-  const chosen = picked ?? groups.filter((g) => g.name === "default").map((g) => g.name);
+  const chosen = picked ?? (groups || []).filter((g) => g.name === "default").map((g) => g.name);
   const action = useAction();
   const submit = async (e) => {
     e.preventDefault();
@@ -93,7 +94,7 @@ function Ports({ net, can }) {
   const { data: allGroups } = useApi("/security-groups", { events: ["security_group"] });
   const [editing, setEditing] = useState(null);
   const mine = (ports || []).filter((p) => p.network_id === net.id);
-  const groupsOf = (project) => (allGroups || []).filter((g) => g.project === project);
+  const groupsOf = (project) => (allGroups ? allGroups.filter((g) => g.project === project) : null);
   const columns = [
     { label: "MAC", render: (p) => html`<code>${p.mac}</code>` },
     { label: "Addresses", render: (p) => p.addresses.join(", ") || "—" },
@@ -118,7 +119,7 @@ function Ports({ net, can }) {
     ${editing && html`<${EditPortGroups} key=${editing.id} port=${editing} groups=${groupsOf(editing.project)}
       onDone=${() => { setEditing(null); reload(); }} onCancel=${() => setEditing(null)} />`}
     ${can.canWrite && net.subnets.length > 0 && html`<${CreatePort} net=${net}
-      groups=${net.project ? groupsOf(net.project) : allGroups || []} onDone=${reload} />`}`;
+      groups=${net.project ? groupsOf(net.project) : allGroups} onDone=${reload} />`}`;
 }
 
 // params.ref is absent for one render when leaving for another page (the shell draws the
