@@ -206,6 +206,14 @@ def test_network_subnet_and_port_made_through_the_pages(
         assert f"10.{octet}.1.10" in port["addresses"] and len(port["addresses"]) == 2
 
         row = page.get_by_role("row").filter(has_text=f"10.{octet}.1.10")
+        assert port["security_groups"] == ["default"]  # the API's default
+        row.get_by_role("button", name=f"Security groups of port {port['mac']}").click()
+        edit = page.get_by_role("form", name=f"Security groups of port {port['mac']}")
+        edit.get_by_label("default").uncheck()
+        edit.get_by_role("button", name="Save groups").click()
+        expect(row).to_contain_text("none (unfiltered)")
+        assert [p["security_groups"] for p in _api(ui_region, "GET", "/ports")
+                if p["id"] == port["id"]] == [[]]
         row.get_by_role("button", name="Delete").click()
         page.get_by_role("button", name=f"Delete port {port['mac']}").click()
         expect(page.get_by_role("row").filter(has_text=f"10.{octet}.1.10")).to_have_count(0)
