@@ -260,3 +260,31 @@ def test_volume_refusal_on_local_storage_in_words(admin: tuple[Page, chromium.Gu
     page.get_by_label("Size (GiB)").fill("1")
     page.get_by_role("button", name="Create volume").last.click()
     expect(page.get_by_role("alert")).to_contain_text("volumes need shared storage (rbd)")
+
+
+def test_a_member_is_not_offered_public_images_or_provider_networks(
+        browser: Browser, origin: str, ui_region: E2ERegion) -> None:
+    project, user = _name("proj"), _name("user")
+    ui_region.cli("project", "create", project)
+    try:
+        made = ui_region.cli("user", "create", user).splitlines()
+        password = made[1].rsplit(" ", 1)[1]
+        ui_region.cli("role", "grant", user, "project-member", "--project", project)
+        with chromium.guarded_page(browser, origin, width=390, height=844) as (page, guards):
+            # the skeleton's dashboard, where the login lands, asks a member for the region's
+            # status (region roles only): not these pages' concern
+            guards.expected_refusals.add((403, f"{origin}/api/v1/status"))
+            chromium.log_in(page, guards, user, password)
+            page.goto(origin + "/#/images")
+            page.get_by_role("button", name="Upload image").click()
+            expect(page.get_by_label("Image file")).to_be_visible()
+            expect(page.get_by_label("Public (every project may use it)")).to_have_count(0)
+            page.goto(origin + "/#/networks")
+            page.get_by_role("button", name="Create network").click()
+            expect(page.get_by_label("Name", exact=True)).to_be_visible()
+            expect(page.get_by_label("Kind")).to_have_count(0)
+            expect(page.get_by_label("VLAN id")).to_have_count(0)
+    finally:
+        if ui_region.run_cli("user", "show", user).returncode == 0:
+            ui_region.cli("user", "delete", user)
+        ui_region.cli("project", "delete", project)
