@@ -93,19 +93,19 @@ function UploadForm({ can, onDone }) {
   return html`<form class="card form" onSubmit=${submit} aria-labelledby="upload-title">
     <h2 id="upload-title">Upload an image</h2>
     <${Field} id="image-file" label="Image file" hint="raw (a whole number of 512-byte sectors, at least 1 MiB) or qcow2">
-      <input id="image-file" type="file" required onChange=${choose} disabled=${busy} />
+      <input id="image-file" aria-describedby="image-file-hint" type="file" required onChange=${choose} disabled=${busy} />
     <//>
     <div class="form-row">
       <${Field} id="image-name" label="Name" error=${invalidName}>
         <input id="image-name" required value=${form.name} onInput=${set("name")} disabled=${busy} />
       <//>
       <${Field} id="image-format" label="Format" hint="guessed from the file's first bytes">
-        <select id="image-format" value=${form.format} onChange=${set("format")} disabled=${busy}>
+        <select id="image-format" aria-describedby="image-format-hint" value=${form.format} onChange=${set("format")} disabled=${busy}>
           <option value="raw">raw</option><option value="qcow2">qcow2</option>
         </select>
       <//>
       <${Field} id="image-os" label="Operating system" hint="e.g. debian12 (optional)">
-        <input id="image-os" maxlength="63" value=${form.os} onInput=${set("os")} disabled=${busy} />
+        <input id="image-os" aria-describedby="image-os-hint" maxlength="63" value=${form.os} onInput=${set("os")} disabled=${busy} />
       <//>
       <${Field} id="image-min-disk" label="Minimum disk (GiB)">
         <input id="image-min-disk" type="number" min="1" max="65536" required value=${form.minDisk}

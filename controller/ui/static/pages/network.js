@@ -59,7 +59,7 @@ function CreatePort({ net, groups, onDone }) {
     <div class="form-row">
       ${net.subnets.map((s) => html`<${Field} id=${`port-ip-${s.id}`} label=${`Address in ${s.cidr}`}
           hint="empty: the lowest free one">
-        <input id=${`port-ip-${s.id}`} value=${fixed[s.id] || ""}
+        <input id=${`port-ip-${s.id}`} aria-describedby=${`port-ip-${s.id}-hint`} value=${fixed[s.id] || ""}
           onInput=${(e) => setFixed({ ...fixed, [s.id]: e.target.value })} />
       <//>`)}
     </div>

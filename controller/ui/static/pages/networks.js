@@ -15,13 +15,13 @@ export function SubnetFields({ id, subnet, onChange }) {
   const set = (key) => (e) => onChange({ ...subnet, [key]: e.target.value });
   return html`<div class="form-row">
     <${Field} id=${`${id}-cidr`} label="CIDR" hint="IPv4 or IPv6, e.g. 10.0.0.0/24">
-      <input id=${`${id}-cidr`} value=${subnet.cidr} onInput=${set("cidr")} maxlength="64" />
+      <input id=${`${id}-cidr`} aria-describedby=${`${id}-cidr-hint`} value=${subnet.cidr} onInput=${set("cidr")} maxlength="64" />
     <//>
     <${Field} id=${`${id}-gateway`} label="Gateway" hint="optional; never given to a port">
-      <input id=${`${id}-gateway`} value=${subnet.gateway} onInput=${set("gateway")} maxlength="64" />
+      <input id=${`${id}-gateway`} aria-describedby=${`${id}-gateway-hint`} value=${subnet.gateway} onInput=${set("gateway")} maxlength="64" />
     <//>
     <${Field} id=${`${id}-dns`} label="Name servers" hint="optional, separated by commas or spaces">
-      <input id=${`${id}-dns`} value=${subnet.dns} onInput=${set("dns")} />
+      <input id=${`${id}-dns`} aria-describedby=${`${id}-dns-hint`} value=${subnet.dns} onInput=${set("dns")} />
     <//>
   </div>`;
 }
@@ -63,14 +63,14 @@ function CreateNetwork({ can }) {
       ${form.kind === "tenant" && html`<${ProjectField} id="network-project" value=${form.project}
         onChange=${(project) => setForm({ ...form, project })} />`}
       ${form.kind === "provider" && html`<${Field} id="network-vlan" label="VLAN id" hint="1-4094">
-        <input id="network-vlan" type="number" min="1" max="4094" required value=${form.vlan} onInput=${set("vlan")} />
+        <input id="network-vlan" aria-describedby="network-vlan-hint" type="number" min="1" max="4094" required value=${form.vlan} onInput=${set("vlan")} />
       <//>
       <${Field} id="network-physical" label="Physical interface" hint="the interface or bond of every node, e.g. bond0">
-        <input id="network-physical" required value=${form.physical}
+        <input id="network-physical" aria-describedby="network-physical-hint" required value=${form.physical}
           onInput=${set("physical")} />
       <//>`}
       <${Field} id="network-mtu" label="MTU" hint=${form.kind === "tenant" ? "default 1450" : "default 1500"}>
-        <input id="network-mtu" type="number" min="576" max="9000" value=${form.mtu} onInput=${set("mtu")} />
+        <input id="network-mtu" aria-describedby="network-mtu-hint" type="number" min="576" max="9000" value=${form.mtu} onInput=${set("mtu")} />
       <//>
     </div>
     <fieldset>

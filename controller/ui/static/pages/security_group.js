@@ -85,10 +85,10 @@ export function RuleFields({ id, rule, onChange, groups, errors = {} }) {
     <//>
     ${ported && html`<${Field} id=${`${id}-port-min`} label="First port" error=${errors.portMin}
         hint="empty: every port">
-      <input id=${`${id}-port-min`} type="number" min="1" max="65535" value=${rule.portMin} onInput=${set("portMin")} />
+      <input id=${`${id}-port-min`} aria-describedby=${`${id}-port-min-hint`} type="number" min="1" max="65535" value=${rule.portMin} onInput=${set("portMin")} />
     <//>
     <${Field} id=${`${id}-port-max`} label="Last port" error=${errors.portMax} hint="empty: the first port only">
-      <input id=${`${id}-port-max`} type="number" min="1" max="65535" value=${rule.portMax} onInput=${set("portMax")} />
+      <input id=${`${id}-port-max`} aria-describedby=${`${id}-port-max-hint`} type="number" min="1" max="65535" value=${rule.portMax} onInput=${set("portMax")} />
     <//>`}
     <${Field} id=${`${id}-remote`} label="Peers">
       <select id=${`${id}-remote`} value=${rule.remote} onChange=${set("remote")}>

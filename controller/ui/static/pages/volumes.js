@@ -44,13 +44,13 @@ function CreateVolume({ volumes, onDone }) {
       <//>
       <${ProjectField} id="volume-project" value=${form.project} onChange=${(project) => setForm({ ...form, project })} />
       <${Field} id="volume-source" label="Contents" hint="a clone is at least its snapshot's size">
-        <select id="volume-source" value=${form.source} onChange=${set("source")}>
+        <select id="volume-source" aria-describedby="volume-source-hint" value=${form.source} onChange=${set("source")}>
           <option value="">empty</option>
           ${sources.map((s) => html`<option value=${s}>clone of ${s}</option>`)}
         </select>
       <//>
       <${Field} id="volume-pool" label="Pool" hint="empty: the region's first volume pool">
-        <input id="volume-pool" maxlength="63" value=${form.pool} onInput=${set("pool")} />
+        <input id="volume-pool" aria-describedby="volume-pool-hint" maxlength="63" value=${form.pool} onInput=${set("pool")} />
       <//>
     </div>
     <${Outcome} action=${action} label="Create" title="The volume was not created" />
@@ -137,7 +137,7 @@ function Attachment({ volume, onDone }) {
       </select>
     <//>
     <${Field} id="attach-target" label="Guest disk" hint="empty: the next free vdc…vdz">
-      <select id="attach-target" value=${target} onChange=${(e) => setTarget(e.target.value)}>
+      <select id="attach-target" aria-describedby="attach-target-hint" value=${target} onChange=${(e) => setTarget(e.target.value)}>
         <option value="">next free</option>
         ${"cdefghijklmnopqrstuvwxyz".split("").map((c) => html`<option value=${"vd" + c}>vd${c}</option>`)}
       </select>
