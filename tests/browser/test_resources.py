@@ -59,6 +59,11 @@ def _upload(page: Page, origin: str, image: Path, name: str) -> str:
     """Upload `image` as `name` through the images page; the SHA-256 the page computed."""
     page.goto(origin + "/#/images")
     page.get_by_role("button", name="Upload image").click()
+    qcow2 = image.with_suffix(".qcow2")  # only its first bytes are read, for the format
+    qcow2.write_bytes(b"QFI\xfb" + bytes(508))
+    page.get_by_label("Image file").set_input_files(str(qcow2))
+    expect(page.get_by_label("Format")).to_have_value("qcow2")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("pattern")  # from the file
     page.get_by_label("Image file").set_input_files(str(image))
     expect(page.get_by_label("Format")).to_have_value("raw")
     page.get_by_label("Name").fill(name)
