@@ -39,9 +39,9 @@ def _name(kind: str) -> str:
     return f"ui-{kind}-{uuid.uuid4().hex[:6]}"
 
 
-def _api(region: E2ERegion, method: str, path: str) -> Any:
+def _api(region: E2ERegion, method: str, path: str, body: Any = None) -> Any:
     """The API's answer to the admin's token (None for 204)."""
-    r = requests.request(method, f"{region.layout.url}/api/v1{path}",
+    r = requests.request(method, f"{region.layout.url}/api/v1{path}", json=body,
                          verify=str(region.layout.ca_file), timeout=60,
                          headers={"Authorization": f"Bearer {region.token}"})
     r.raise_for_status()
@@ -132,7 +132,7 @@ def test_image_in_use_refusal_in_words(admin: tuple[Page, chromium.Guards], orig
 def test_security_group_made_through_the_pages_is_what_the_api_shows(
         admin: tuple[Page, chromium.Guards], origin: str, ui_region: E2ERegion) -> None:
     page, guards = admin
-    name = _name("sg")
+    name, peer = _name("sg"), _name("sg")
     try:
         page.goto(origin + "/#/security-groups")
         page.get_by_role("button", name="Create security group").click()
@@ -167,13 +167,25 @@ def test_security_group_made_through_the_pages_is_what_the_api_shows(
         expect(page.get_by_role("cell", name="5000-5010", exact=True)).to_have_count(0)
         assert len(_api(ui_region, "GET", f"/security-groups/{name}")["rules"]) == 1
 
+        # a rule of another group names this one: its deletion is refused, in words
+        _api(ui_region, "POST", "/security-groups", {"name": peer, "rules": [
+            {"direction": "ingress", "remote_group": name}]})
+        guards.expected_refusals.add((409, f"{origin}/api/v1/security-groups/{group['id']}"))
+        page.get_by_role("button", name="Delete group").click()
+        page.get_by_role("button", name=f"Delete {name}").click()
+        expect(page.get_by_role("dialog").get_by_role("alert")).to_contain_text(
+            f"security group '{name}' is in use: rules of security group(s) '{peer}' name it "
+            "as remote group")
+        page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+        _api(ui_region, "DELETE", f"/security-groups/{peer}")
         page.get_by_role("button", name="Delete group").click()
         page.get_by_role("button", name=f"Delete {name}").click()
         expect(page.get_by_role("heading", name="Security groups")).to_be_visible()
         assert name not in [g["name"] for g in _api(ui_region, "GET", "/security-groups")]
     finally:
-        if ui_region.run_cli("security-group", "show", name).returncode == 0:
-            ui_region.cli("security-group", "delete", name)
+        for made in (peer, name):
+            if ui_region.run_cli("security-group", "show", made).returncode == 0:
+                ui_region.cli("security-group", "delete", made)
 
 
 def test_network_subnet_and_port_made_through_the_pages(
