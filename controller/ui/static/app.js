@@ -18,20 +18,24 @@ function NotAllowed() {
     <p>Your roles do not give access to this page.</p></section>`;
 }
 
-/** Loads the page module of a route and draws it (the module's default export). */
+/** Loads the page module of a route and draws it (the module's default export). The
+ * module is kept with its route: while the next route's module loads, nothing is drawn,
+ * never the previous page with the next route's parameters. */
 function PageLoader({ found }) {
-  const [mod, setMod] = useState(null);
-  const [error, setError] = useState(null);
+  const [loaded, setLoaded] = useState({ route: null, mod: null, error: null });
   useEffect(() => {
-    setMod(null);
-    setError(null);
-    found.route.load().then(setMod, setError);
+    let current = true;
+    found.route.load().then(
+      (mod) => current && setLoaded({ route: found.route, mod, error: null }),
+      (error) => current && setLoaded({ route: found.route, mod: null, error }),
+    );
+    return () => { current = false; };
   }, [found.route]);
   useEffect(() => { document.title = `${found.route.title} · Vauban`; }, [found.route]);
-  if (error) return html`<${ErrorBox} error=${error} title="This page could not be loaded" />`;
-  if (!mod) return html`<${Loading} />`;
-  const Page = mod.default;
-  return html`<${Page} params=${found.params} query=${found.query} />`;
+  if (loaded.route !== found.route) return html`<${Loading} />`;
+  if (loaded.error) return html`<${ErrorBox} error=${loaded.error} title="This page could not be loaded" />`;
+  const Page = loaded.mod.default;
+  return html`<${Page} key=${found.route.path} params=${found.params} query=${found.query} />`;
 }
 
 function Nav({ can, path, open, onNavigate }) {

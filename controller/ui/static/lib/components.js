@@ -1,7 +1,7 @@
 // The UI's shared pieces: data loading that follows the event stream, tables, forms,
 // confirmation, errors in words, operation progress. Every control has a label and is
 // reachable by keyboard.
-import { html, useCallback, useEffect, useRef, useState } from "./html.js";
+import { html, useCallback, useEffect, useMemo, useRef, useState } from "./html.js";
 import { api } from "./api.js";
 import { subscribe } from "./events.js";
 import { href } from "./router.js";
@@ -82,7 +82,7 @@ export function Link({ to, children, ...rest }) {
 
 const STATE_CLASS = {
   running: "ok", up: "ok", ready: "ok", succeeded: "ok", active: "ok", available: "ok",
-  attached: "ok", passed: "ok",
+  attached: "ok", passed: "ok", "in-use": "ok",
   stopped: "idle", shutoff: "idle", detached: "idle",
   pending: "busy", running_op: "busy", creating: "busy", starting: "busy", stopping: "busy",
   deleting: "busy", building: "busy", queued: "busy", in_progress: "busy",
@@ -108,9 +108,12 @@ export function Button({ kind = "secondary", busy, disabled, children, ...rest }
     aria-busy=${busy ? "true" : undefined} ...${rest}>${children}</button>`;
 }
 
+let dialogCount = 0;
+
 /** A modal confirmation (<dialog>): resolves the action only when the operator confirms. */
 export function ConfirmButton({ label, question, confirmLabel = label, kind = "danger", onConfirm, disabled }) {
   const dialog = useRef(null);
+  const titleId = useMemo(() => `confirm-title-${++dialogCount}`, []);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
   const open = () => { setError(null); dialog.current.showModal(); };
@@ -126,8 +129,8 @@ export function ConfirmButton({ label, question, confirmLabel = label, kind = "d
     }
   };
   return html`<${Button} kind=${kind} onClick=${open} disabled=${disabled}>${label}<//>
-    <dialog ref=${dialog} aria-labelledby="confirm-title">
-      <h2 id="confirm-title">${label}</h2>
+    <dialog ref=${dialog} aria-labelledby=${titleId}>
+      <h2 id=${titleId}>${label}</h2>
       <p>${question}</p>
       <${ErrorBox} error=${error} />
       <div class="dialog-actions">
