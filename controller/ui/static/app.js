@@ -18,7 +18,9 @@ function NotAllowed() {
     <p>Your roles do not give access to this page.</p></section>`;
 }
 
-/** Loads the page module of a route and draws it (the module's default export). */
+/** Loads the page module of a route and draws it (the module's default export). Keyed by
+ * the route: a new route starts blank, never drawing the previous page's module with the
+ * new route's parameters. */
 function PageLoader({ found }) {
   const [mod, setMod] = useState(null);
   const [error, setError] = useState(null);
@@ -78,7 +80,7 @@ function Shell({ account, onLogout }) {
     <div class="layout">
       <${Nav} can=${can} path=${path} open=${navOpen} onNavigate=${() => setNavOpen(false)} />
       <main id="main" tabindex="-1">
-        ${found ? (allowed ? html`<${PageLoader} found=${found} />` : html`<${NotAllowed} />`)
+        ${found ? (allowed ? html`<${PageLoader} key=${found.route.path} found=${found} />` : html`<${NotAllowed} />`)
     : html`<${NotFound} />`}
       </main>
     </div>
