@@ -19,8 +19,8 @@ function NotAllowed() {
 }
 
 /** Loads the page module of a route and draws it (the module's default export). Keyed by
- * the route: a new route starts blank, never drawing the previous page's module with the
- * new route's parameters. */
+ * the route where it is used: another route's page is a new PageLoader, so a page is never
+ * drawn with the parameters of an address that is not its own. */
 function PageLoader({ found }) {
   const [mod, setMod] = useState(null);
   const [error, setError] = useState(null);
