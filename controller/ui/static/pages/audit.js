@@ -28,8 +28,8 @@ function Verification() {
   if (v.ok) {
     return html`<div class="banner ok" role="status">
       <strong>Verified: the audit trail is intact.</strong>
-      <span>All ${v.entries} entries match their hashes and link up to the chain's head, entry
-        ${v.head_seq} (<code title=${v.head_hash}>${(v.head_hash || "").slice(0, 16)}…</code>).</span>
+      <span>All ${v.entries} entries match their hashes and link up to the chain's head,
+        entry ${v.head_seq} (<code title=${v.head_hash}>${(v.head_hash || "").slice(0, 16)}…</code>).</span>
       ${again}
     </div>`;
   }
@@ -37,11 +37,15 @@ function Verification() {
     <strong>Broken: the audit trail was tampered with.</strong>
     <span>${v.breaks} ${v.breaks === 1 ? "break" : "breaks"} found in ${v.entries} entries${
   v.breaks > v.findings.length ? ` (the first ${v.findings.length} below)` : ""}:</span>
-    <ul>${v.findings.map((f) => html`<li>At entry ${f.seq}, ${FINDING_WORDS[f.kind] || f.kind}:
-      ${f.message}</li>`)}</ul>
+    <ul>${v.findings.map((f) => html`<li>At entry ${f.seq}, ${FINDING_WORDS[f.kind] || f.kind}: ${
+  f.message}</li>`)}</ul>
     ${again}
   </div>`;
 }
+
+/** An entry's detail in words: "name: shop; quotas: {"vcpus":8}". */
+const detailText = (detail) => Object.entries(detail)
+  .map(([k, v]) => `${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join("; ");
 
 const EMPTY = { actor: "", action: "", target: "", project: "", since: "", until: "" };
 // a datetime-local value is the browser's local time: the API takes a time with its zone
@@ -93,7 +97,7 @@ export default function Audit() {
       && html` <span class="badge warn">admin inside</span>`}` },
     { label: "Outcome", render: (e) => html`<${StateBadge} state=${e.outcome} />` },
     { label: "Detail", render: (e) => (Object.keys(e.detail || {}).length
-      ? html`<code class="audit-detail">${JSON.stringify(e.detail)}</code>` : "—") },
+      ? html`<span class="audit-detail">${detailText(e.detail)}</span>` : "—") },
   ];
   return html`<section>
     <${PageHeader} title="Audit trail" subtitle="Every change, newest first, in a hash chain" />

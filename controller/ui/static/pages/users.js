@@ -1,7 +1,7 @@
 // Users (identity admins): list, create (a made password shown once), delete, reset a
 // password (and one-time code seed, shown once), and each user's roles: region roles and
 // project roles, given and taken.
-import { html, useState } from "../lib/html.js";
+import { html, useEffect, useRef, useState } from "../lib/html.js";
 import { api } from "../lib/api.js";
 import {
   Button, ConfirmButton, ErrorBox, Field, Icon, Loading, PageHeader, Table, useApi,
@@ -103,9 +103,11 @@ function UserDetail({ name, onClose }) {
     { events: ["role_binding", "user"] });
   // a refusal stays in the confirmation dialog, in words
   const take = async (b) => { await api.del(`/role-bindings/${b.id}`); reload(); };
+  const heading = useRef(null);
+  useEffect(() => heading.current.focus(), []); // a user picked below: the keyboard follows
   return html`<section class="card user-detail" aria-labelledby="user-detail-title">
     <div class="page-header">
-      <h2 id="user-detail-title">User ${name}</h2>
+      <h2 id="user-detail-title" tabindex="-1" ref=${heading}>User ${name}</h2>
       <${Button} onClick=${onClose} aria-label=${`Close the user ${name}`}><${Icon} name="x" /> Close<//>
     </div>
     <${ErrorBox} error=${error} title="This user could not be shown" />
