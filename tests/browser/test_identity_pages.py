@@ -1,17 +1,21 @@
 """The identity pages in Chromium, as a region admin uses them: a project and a user made
 through the pages, the user made a member of the project, a quota set and the usage seen
 against it; an API token made and revoked on the account page; and the audit page's
-verdict on the chain, with the entries of all of these."""
+verdict on the chain, with the entries of all of these. And a user's own account page:
+its password changed, a one-time code enrolled, then used to log in."""
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
+from tests.browser import chromium
 from tests.e2e.region import E2ERegion
 
 
@@ -131,3 +135,38 @@ def test_an_admin_manages_a_project_its_member_a_token_and_reads_the_trail(
     _see_usage(admin_page, origin, ui_region, names, testguest_image)
     _token_made_and_revoked(admin_page, origin, names["token"])
     _audit_shows_it_all(admin_page, origin)
+
+
+def test_a_user_changes_its_password_and_enrolls_a_one_time_code(
+        browser: Browser, origin: str, ui_region: E2ERegion, tmp_path: Path) -> None:
+    user = f"ida-{uuid.uuid4().hex[:6]}"
+    first, second = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    (tmp_path / "password").write_text(first)
+    ui_region.cli("user", "create", user, "--password-file", str(tmp_path / "password"))
+    try:
+        with chromium.guarded_page(browser, origin) as (page, guards):
+            chromium.log_in(page, guards, user, first)
+            _goto(page, origin, "/account", "My account")
+            expect(page.get_by_text("You log in with your password only.")).to_be_visible()
+            page.get_by_label("Current password").fill(first)
+            page.get_by_label("New password", exact=True).fill(second)
+            page.get_by_label("New password again").fill(second)
+            page.get_by_role("button", name="Change password").click()
+            expect(page.get_by_role("status").filter(has_text="Password changed")).to_be_visible()
+
+            page.get_by_role("textbox", name="Password", exact=True).fill(second)
+            page.get_by_role("button", name="Enroll a one-time code").click()
+            uri = page.locator("#totp-uri").inner_text().strip()
+            assert uri.startswith("otpauth://totp/")
+            expect(page.locator("#totp-secret")).to_have_text(
+                parse_qs(urlsplit(uri).query)["secret"][0])
+            page.get_by_label("Code of the new seed").fill(chromium.unused_code(uri))
+            page.get_by_role("button", name="Confirm").click()
+            expect(page.get_by_role("status").filter(has_text="is active")).to_be_visible()
+            expect(page.get_by_label("One-time code", exact=True)).to_be_visible()  # asked now
+            page.get_by_role("button", name="Log out").click()
+            chromium.log_in(page, guards, user, second, uri)  # the new password and code
+            expect(page.get_by_role("link", name=user)).to_be_visible()
+    finally:
+        ui_region.run_cli("user", "delete", user)
+    assert user not in ui_region.cli("user", "list")
