@@ -143,6 +143,7 @@ def test_a_user_changes_its_password_and_enrolls_a_one_time_code(
     first, second = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
     (tmp_path / "password").write_text(first)
     ui_region.cli("user", "create", user, "--password-file", str(tmp_path / "password"))
+    ui_region.cli("role", "grant", user, "project-viewer", "--project", "default")
     try:
         with chromium.guarded_page(browser, origin) as (page, guards):
             chromium.log_in(page, guards, user, first)
