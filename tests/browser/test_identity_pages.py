@@ -10,6 +10,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -127,14 +128,50 @@ def _audit_shows_it_all(page: Page, origin: str) -> None:
         expect(row).to_contain_text("token.revoke")
 
 
+def _delete_through_the_pages(page: Page, guards: chromium.Guards, origin: str,
+                              ui_region: E2ERegion, names: dict[str, str]) -> None:
+    project, user = names["project"], names["user"]
+    _goto(page, origin, "/projects", "Projects")
+    guards.expected_refusals.add((409, f"{origin}/api/v1/projects/{project}"))
+    page.get_by_role("button", name=f"Delete project {project}").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    expect(dialog.get_by_role("alert")).to_contain_text(f"project '{project}' still holds 1")
+    dialog.get_by_role("button", name="Cancel").click()
+    guards.expected_refusals.clear()
+    ui_region.cli("vm", "delete", names["vm"], "--wait")
+    ui_region.cli("image", "delete", names["image"])
+    page.get_by_role("button", name=f"Delete project {project}").click()
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    expect(page.get_by_role("link", name=project, exact=True)).to_have_count(0)
+    _goto(page, origin, "/users", "Users")
+    page.get_by_role("button", name=f"Delete user {user}").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete", exact=True).click()
+    expect(page.get_by_role("cell", name=user, exact=True)).to_have_count(0)
+
+
+@pytest.fixture
+def admin(browser: Browser, origin: str, admin_state: dict[str, Any]
+          ) -> Iterator[tuple[Page, chromium.Guards]]:
+    """The admin's guarded page, with its guards (for the refusals a test expects)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800},
+                                  storage_state=admin_state)  # type: ignore[arg-type]
+    guards = chromium.Guards(origin)
+    with chromium.guard(context, guards) as page:
+        yield page, guards
+    guards.check()
+
+
 def test_an_admin_manages_a_project_its_member_a_token_and_reads_the_trail(
-        admin_page: Page, origin: str, ui_region: E2ERegion, names: dict[str, str],
-        testguest_image: Path) -> None:
-    _make_project_with_quotas(admin_page, origin, names["project"])
-    _make_member(admin_page, origin, names["user"], names["project"])
-    _see_usage(admin_page, origin, ui_region, names, testguest_image)
-    _token_made_and_revoked(admin_page, origin, names["token"])
-    _audit_shows_it_all(admin_page, origin)
+        admin: tuple[Page, chromium.Guards], origin: str, ui_region: E2ERegion,
+        names: dict[str, str], testguest_image: Path) -> None:
+    page, guards = admin
+    _make_project_with_quotas(page, origin, names["project"])
+    _make_member(page, origin, names["user"], names["project"])
+    _see_usage(page, origin, ui_region, names, testguest_image)
+    _token_made_and_revoked(page, origin, names["token"])
+    _audit_shows_it_all(page, origin)
+    _delete_through_the_pages(page, guards, origin, ui_region, names)
 
 
 def test_a_user_changes_its_password_and_enrolls_a_one_time_code(
