@@ -90,11 +90,13 @@ export default function Audit() {
   const columns = [
     { label: "Seq", key: "seq", className: "num" },
     { label: "When", render: (e) => time(e.at) },
-    { label: "Actor", render: (e) => html`${e.actor}${e.source && html`<br /><small class="hint">from ${e.source}</small>`}` },
+    // one element per cell: a narrow screen lays a cell's children out as a grid
+    { label: "Actor", render: (e) => html`<span>${e.actor}${e.source && html`<br />
+      <small class="hint">from ${e.source}</small>`}</span>` },
     { label: "Action", render: (e) => html`<code>${e.action}</code>` },
     { label: "Object", render: (e) => html`<code>${e.target}</code>` },
-    { label: "Project", render: (e) => html`${e.project || "—"}${e.admin_in_project
-      && html` <span class="badge warn">admin inside</span>`}` },
+    { label: "Project", render: (e) => html`<span>${e.project || "—"}${e.admin_in_project
+      && html` <span class="badge warn" title="an administrator acted inside a customer's project">admin inside</span>`}</span>` },
     { label: "Outcome", render: (e) => html`<${StateBadge} state=${e.outcome} />` },
     { label: "Detail", render: (e) => (Object.keys(e.detail || {}).length
       ? html`<span class="audit-detail">${detailText(e.detail)}</span>` : "—") },
