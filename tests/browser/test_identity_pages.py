@@ -203,6 +203,7 @@ def test_a_user_changes_its_password_and_enrolls_a_one_time_code(
             expect(page.get_by_role("status").filter(has_text="is active")).to_be_visible()
             expect(page.get_by_label("One-time code", exact=True)).to_be_visible()  # asked now
             page.get_by_role("button", name="Log out").click()
+            expect(page.get_by_label("User name")).to_be_visible()  # logged out for good
             chromium.log_in(page, guards, user, second, uri)  # the new password and code
             expect(page.get_by_role("link", name=user)).to_be_visible()
     finally:
