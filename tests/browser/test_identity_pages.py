@@ -201,7 +201,7 @@ def test_a_user_changes_its_password_and_enrolls_a_one_time_code(
             page.get_by_label("Code of the new seed").fill(chromium.unused_code(uri))
             page.get_by_role("button", name="Confirm").click()
             expect(page.get_by_role("status").filter(has_text="is active")).to_be_visible()
-            expect(page.get_by_label("One-time code", exact=True)).to_be_visible()  # asked now
+            expect(page.get_by_role("textbox", name="One-time code", exact=True)).to_be_visible()
             page.get_by_role("button", name="Log out").click()
             expect(page.get_by_label("User name")).to_be_visible()  # logged out for good
             chromium.log_in(page, guards, user, second, uri)  # the new password and code
