@@ -511,8 +511,22 @@ class SecurityGroup(Output):
 
 
 class AuditQuery(Input):
+    """Which entries to list, newest first; every filter given must hold."""
+
     actor: str | None = Field(default=None, max_length=63)
     action: str | None = Field(default=None, max_length=63, examples=["instance.create"])
+    target: str | None = Field(
+        default=None, max_length=255, examples=["project/5d0c…", "project/"],
+        description="The object acted on; ending with '/', every object of that kind")
+    project: str | None = Field(default=None, max_length=63, description="Project acted in")
+    since: AwareDatetime | None = Field(default=None, examples=["2026-12-01T00:00:00Z"],
+                                        description="Entries made at or after this time")
+    until: AwareDatetime | None = Field(default=None, examples=["2026-12-02T00:00:00Z"],
+                                        description="Entries made before this time")
+    before: int | None = Field(
+        default=None, ge=1, examples=[4711],
+        description="Entries before this sequence number: the next page after one that "
+        "ended with it")
     limit: int = Field(default=100, ge=1, le=1000)
 
 

@@ -35,6 +35,17 @@ def list_audit_events(query: schemas.AuditQuery) -> Any:
         stmt = stmt.where(AuditEvent.actor == query.actor)
     if query.action:
         stmt = stmt.where(AuditEvent.action == query.action)
+    if query.target:
+        stmt = stmt.where(AuditEvent.target.startswith(query.target, autoescape=True)
+                          if query.target.endswith("/") else AuditEvent.target == query.target)
+    if query.project:
+        stmt = stmt.where(AuditEvent.project == query.project)
+    if query.since is not None:
+        stmt = stmt.where(AuditEvent.at >= query.since.astimezone(UTC))
+    if query.until is not None:
+        stmt = stmt.where(AuditEvent.at < query.until.astimezone(UTC))
+    if query.before is not None:
+        stmt = stmt.where(AuditEvent.seq < query.before)
     return [schemas.AuditEvent.model_validate(e) for e in db().scalars(stmt)]
 
 
