@@ -58,8 +58,8 @@ export function ErrorBox({ error, title = "That did not work" }) {
   return html`<div class="error-box" role="alert">
     <${Icon} name="circle-alert" />
     <div><strong>${title}</strong><p>${error.message || String(error)}</p>
-      ${fields.length > 0 && html`<ul>${fields.map((f) => html`<li>
-        ${(f.loc || f.pointer || []).toString()}: ${f.msg || f.detail || f.message}</li>`)}</ul>`}
+      ${fields.length > 1 && html`<ul>${fields.map((f) => html`<li>
+        ${f.field ? html`<code>${f.field}</code>: ` : ""}${f.message}</li>`)}</ul>`}
     </div></div>`;
 }
 
