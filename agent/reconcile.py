@@ -37,6 +37,7 @@ from agent.protocol import (
     ObservedVm,
     ObservedVmState,
     ObservedVolume,
+    PowerMode,
     PowerState,
 )
 from agent.retry import Entry, FailureLedger
@@ -439,7 +440,13 @@ class Reconciler:
             self.ledger.succeeded("image", vm.image.id, "import")
 
     def _set_power(self, vm: DesiredVm, obs: VmObservation) -> None:
-        if vm.power is PowerState.RUNNING and not obs.running:
+        """Carry out the VM's latest power action (power_seq) by its power_mode, then record
+        it applied in the VM's metadata. A reboot that is done but not yet recorded (the
+        agent died in between) is done again: at least once, never lost."""
+        if vm.power is PowerState.RUNNING and obs.running:
+            if vm.power_mode in (PowerMode.REBOOT, PowerMode.RESET):
+                self.hypervisor.reboot(vm.id, force=vm.power_mode is PowerMode.RESET)
+        elif vm.power is PowerState.RUNNING:
             self._check_ports(vm)
             self.prepare_disks()  # an RBD disk needs the Ceph secret, gone if libvirtd restarted
             with Reverter() as revert:  # a host reboot loses vGPUs and vfio bindings
@@ -447,7 +454,8 @@ class Reconciler:
                 revert.success()
             self.hypervisor.start(vm.id)
         elif vm.power is PowerState.STOPPED and obs.running:
-            self.hypervisor.stop(vm.id, grace_seconds=self.stop_grace_s)
+            grace = 0.0 if vm.power_mode is PowerMode.FORCE else self.stop_grace_s
+            self.hypervisor.stop(vm.id, grace_seconds=grace)
         self.hypervisor.set_power_seq(vm.id, vm.power_seq)
 
     def _flatten(self, vm: DesiredVm) -> bool:

@@ -142,6 +142,16 @@ class HypervisorDriver(ABC):
         """
 
     @abstractmethod
+    def reboot(self, vm_id: str, *, force: bool) -> None:
+        """Restart a running VM: by ACPI (the guest restarts itself), or with `force` by a
+        hard reset (like the reset button: the guest gets no say).
+
+        Returns once the request is made: after success an ACPI reboot is asked of the
+        guest (a guest that ignores it keeps running), a reset has happened. A stopped VM
+        raises HypervisorError and is left stopped.
+        """
+
+    @abstractmethod
     def undefine(self, vm_id: str) -> None:
         """Force the VM off if needed and remove its definition.
 
