@@ -303,6 +303,8 @@ class InstancePort(Output):
     network: str = Field(description="Network name")
     mac: str
     addresses: list[str]
+    security_groups: list[str] = Field(
+        default_factory=list, description="Names of its security groups; none: unfiltered")
 
 
 class Operation(Output):

@@ -58,8 +58,8 @@ def create(db: Session, actor: str, body: InstanceCreate,
     project = quotas.lock(db, tenancy.target_project(db, body.project).id)
     if db.scalar(select(Instance.id).where(Instance.project_id == project.id,
                                            Instance.name == body.name)) is not None:
-        raise Conflict(f"an instance named '{body.name}' already exists in project "
-                       f"'{project.name}'")
+        taken = f"an instance named '{body.name}' already exists in project '{project.name}'"
+        raise Conflict(taken, errors=[{"field": "name", "message": taken}])
     image = tenancy.find_input(db, Image, body.image, "image", project.id, shared=True,
                                hint=" (see 'vauban image list')")
     _check_disk(body.root_disk_gib, image)
@@ -132,10 +132,9 @@ def _check_disk(root_disk_gib: int | None, image: Image) -> None:
         return
     needed = max(image.min_disk_gib, math.ceil(image.virtual_size_bytes / GIB))
     if root_disk_gib < needed:
-        raise InvalidInput(
-            f"root_disk_gib {root_disk_gib} is smaller than image '{image.name}' needs "
-            f"({needed} GiB)"
-        )
+        small = (f"root_disk_gib {root_disk_gib} is smaller than image '{image.name}' needs "
+                 f"({needed} GiB)")
+        raise InvalidInput(small, errors=[{"field": "root_disk_gib", "message": small}])
 
 
 def set_power(db: Session, actor: str, inst: Instance, power: str, *,

@@ -59,7 +59,7 @@ export function ErrorBox({ error, title = "That did not work" }) {
     <${Icon} name="circle-alert" />
     <div><strong>${title}</strong><p>${error.message || String(error)}</p>
       ${fields.length > 0 && html`<ul>${fields.map((f) => html`<li>
-        ${(f.loc || f.pointer || []).toString()}: ${f.msg || f.detail || f.message}</li>`)}</ul>`}
+        ${(f.field || f.loc || f.pointer || []).toString()}: ${f.msg || f.detail || f.message}</li>`)}</ul>`}
     </div></div>`;
 }
 
@@ -85,6 +85,7 @@ const STATE_CLASS = {
   attached: "ok", passed: "ok",
   stopped: "idle", shutoff: "idle", detached: "idle",
   pending: "busy", running_op: "busy", creating: "busy", starting: "busy", stopping: "busy",
+  rebooting: "busy",
   deleting: "busy", building: "busy", queued: "busy", in_progress: "busy",
   failed: "bad", error: "bad", down: "bad", lost: "bad", refused: "bad",
 };
@@ -109,8 +110,11 @@ export function Button({ kind = "secondary", busy, disabled, children, ...rest }
 }
 
 /** A modal confirmation (<dialog>): resolves the action only when the operator confirms. */
+let dialogs = 0;
 export function ConfirmButton({ label, question, confirmLabel = label, kind = "danger", onConfirm, disabled }) {
   const dialog = useRef(null);
+  const titleId = useRef(null);
+  if (titleId.current === null) titleId.current = `confirm-title-${++dialogs}`;
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
   const open = () => { setError(null); dialog.current.showModal(); };
@@ -126,8 +130,8 @@ export function ConfirmButton({ label, question, confirmLabel = label, kind = "d
     }
   };
   return html`<${Button} kind=${kind} onClick=${open} disabled=${disabled}>${label}<//>
-    <dialog ref=${dialog} aria-labelledby="confirm-title">
-      <h2 id="confirm-title">${label}</h2>
+    <dialog ref=${dialog} aria-labelledby=${titleId.current}>
+      <h2 id=${titleId.current}>${label}</h2>
       <p>${question}</p>
       <${ErrorBox} error=${error} />
       <div class="dialog-actions">

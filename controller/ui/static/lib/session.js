@@ -21,6 +21,6 @@ export function abilities(account) {
     projectAdmin: has("region-admin") || projectRoles.some((r) => r.role === "project-admin"),
     projects: [...new Set(projectRoles.map((r) => r.project))],
     canWrite: has("region-admin", "operator") ||
-      projectRoles.some((r) => ["project-admin", "member"].includes(r.role)),
+      projectRoles.some((r) => ["project-admin", "project-member"].includes(r.role)),
   };
 }
