@@ -133,8 +133,8 @@ class PowerMode(StrEnum):
 
     NORMAL = "normal"  # start; or stop by ACPI, forced off after the grace period
     FORCE = "force"  # stop: cut the power at once, no grace period
-    REBOOT = "reboot"  # restart a running VM by ACPI (a stopped one is started)
-    RESET = "reset"  # restart a running VM by a hard reset (a stopped one is started)
+    REBOOT = "reboot"  # ACPI shutdown (forced after the grace period), then start
+    RESET = "reset"  # hard reset of a running VM, like its reset button
 
 
 class ObservedVmState(StrEnum):
@@ -225,9 +225,9 @@ class DesiredVm(Wire):
     )
     power_mode: PowerMode = Field(
         default=PowerMode.NORMAL,
-        description="How to carry out the power action numbered power_seq, once: reboot and "
-        "reset restart a running VM (power is then running), force stops without a grace "
-        "period (power is then stopped)")
+        description="How to carry out the power action numbered power_seq, once: reboot "
+        "(ACPI shutdown, then start) and reset restart a running VM and start a stopped one "
+        "(power is then running); force stops without a grace period (power is then stopped)")
     seed: CloudInitSeed
     volumes: list[VolumeAttachment] = Field(default_factory=list)
     flatten_root: bool = Field(

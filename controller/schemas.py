@@ -251,7 +251,7 @@ class InstanceReboot(Input):
     """How to restart a VM (the body is optional)."""
 
     force: bool = Field(default=False, description="Hard reset, like the reset button, instead "
-                        "of asking the guest to restart by ACPI")
+                        "of an ACPI shutdown (forced after a grace period) and a start")
 
 
 class InstanceGpu(Output):

@@ -57,7 +57,7 @@ def stop_instance(ref: str, body: schemas.InstanceStop) -> Any:
 
 
 @api.route("POST", "/<ref>/reboot", access=InProject(Level.WRITE),
-           summary="Restart a running VM (ACPI reboot; with force a hard reset)",
+           summary="Restart a running VM (ACPI shutdown and start; with force a hard reset)",
            body=schemas.InstanceReboot, body_optional=True,
            responses={202: schemas.Operation})
 def reboot_instance(ref: str, body: schemas.InstanceReboot) -> Any:

@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)
     add(vm, "show", cmd_vm_show, "show a VM", json_=True).add_argument("name")
     forced = {"stop": "cut the power at once (no ACPI shutdown)",
-              "reboot": "hard reset (no ACPI reboot)"}
+              "reboot": "hard reset (no ACPI shutdown)"}
     for action in ("start", "stop", "reboot", "delete", "flatten"):
         sp = add(vm, action, _vm_action(action), f"{action} a VM")
         sp.add_argument("name")

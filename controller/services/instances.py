@@ -161,10 +161,10 @@ def set_power(db: Session, actor: str, inst: Instance, power: str, *,
 
 
 def reboot(db: Session, actor: str, inst: Instance, *, force: bool = False) -> Operation:
-    """Restart a VM asked to run: by ACPI (the guest restarts itself), or with `force` by a
-    hard reset. The node does it once (power_seq numbers it); a VM found stopped there is
-    started. Refused for a VM asked to be stopped, and while another operation runs on it:
-    then nothing changed."""
+    """Restart a VM asked to run: an ACPI shutdown (forced after the grace period) and a
+    start, or with `force` a hard reset. The node does it once (power_seq numbers it); a
+    VM found stopped there is started. Refused for a VM asked to be stopped, and while
+    another operation runs on it: then nothing changed."""
     _refuse_if_busy(db, inst)
     if inst.desired_power != "running":
         raise Conflict(f"instance '{inst.name}' is stopped; start it instead of rebooting it")

@@ -101,11 +101,13 @@ def test_vm_reboot_reset_and_force_off(region: E2ERegion, tmp_path: Path) -> Non
     vm_id, log = str(vm["id"]), str(vm["console_log"])
     booted, ready, off = "VAUBAN-TESTGUEST-BOOTED", "VAUBAN-TESTGUEST-READY", "powering off"
     wait_for(lambda: console_count(log, ready) == 1, BOOT_TIMEOUT, "guest ready")
+    pid = qemu_pid(vm_id)
 
-    region.cli("vm", "reboot", name, "--wait")  # ACPI: the guest shuts down, QEMU restarts it
+    region.cli("vm", "reboot", name, "--wait")  # an ACPI shutdown, then a start
     wait_for(lambda: console_count(log, ready) == 2, BOOT_TIMEOUT, "ready after the reboot")
     assert console_count(log, booted) == 2 and console_count(log, off) == 1
     assert region.vm(name)["state"] == "running" and is_running(vm_id)
+    assert qemu_pid(vm_id) != pid
 
     pid = qemu_pid(vm_id)
     region.cli("vm", "reboot", name, "--force", "--wait")  # reset: no shutdown in the guest

@@ -142,13 +142,11 @@ class HypervisorDriver(ABC):
         """
 
     @abstractmethod
-    def reboot(self, vm_id: str, *, force: bool) -> None:
-        """Restart a running VM: by ACPI (the guest restarts itself), or with `force` by a
-        hard reset (like the reset button: the guest gets no say).
+    def reset(self, vm_id: str) -> None:
+        """Reset a running VM like its reset button: the guest restarts at once, without
+        shutting down (it gets no say). The VM stays running in the same hypervisor process.
 
-        Returns once the request is made: after success an ACPI reboot is asked of the
-        guest (a guest that ignores it keeps running), a reset has happened. A stopped VM
-        raises HypervisorError and is left stopped.
+        A stopped VM raises HypervisorError and is left stopped.
         """
 
     @abstractmethod

@@ -157,12 +157,8 @@ class LibvirtDriver(HypervisorDriver):
         if not guest.shutdown(grace_seconds):
             log.info("VM %s ignored ACPI power-off for %.0fs; forced off", vm_id, grace_seconds)
 
-    def reboot(self, vm_id: str, *, force: bool) -> None:
-        guest = self._require(vm_id)
-        if force:
-            guest.reset()
-        else:
-            guest.reboot()
+    def reset(self, vm_id: str) -> None:
+        self._require(vm_id).reset()
 
     def undefine(self, vm_id: str) -> None:
         found = self._ours(vm_id)

@@ -137,23 +137,13 @@ class Guest:
                 return True
         return True
 
-    def reboot(self) -> None:
-        """Ask the guest to restart by ACPI; returns at once (the guest may ignore it).
-
-        A shut-off domain raises HypervisorError."""
-        self._require_running("reboot")
-        self._call("reboot", lambda: self._dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN))
-
     def reset(self) -> None:
         """Reset it like the reset button (no shutdown, the guest gets no say).
 
         A shut-off domain raises HypervisorError."""
-        self._require_running("reset")
-        self._call("reset", lambda: self._dom.reset(0))
-
-    def _require_running(self, what: str) -> None:
         if not self.is_running():
-            raise HypervisorError(f"cannot {what} {self.name}: it is not running")
+            raise HypervisorError(f"cannot reset {self.name}: it is not running")
+        self._call("reset", lambda: self._dom.reset(0))
 
     def _press_power_button(self) -> None:
         try:
