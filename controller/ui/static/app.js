@@ -78,7 +78,8 @@ function Shell({ account, onLogout }) {
     <div class="layout">
       <${Nav} can=${can} path=${path} open=${navOpen} onNavigate=${() => setNavOpen(false)} />
       <main id="main" tabindex="-1">
-        ${found ? (allowed ? html`<${PageLoader} found=${found} />` : html`<${NotAllowed} />`)
+        ${found ? (allowed ? html`<${PageLoader} key=${found.route.path + JSON.stringify(found.params)}
+          found=${found} />` : html`<${NotAllowed} />`)
     : html`<${NotFound} />`}
       </main>
     </div>

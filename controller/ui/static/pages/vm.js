@@ -1,14 +1,14 @@
 // One VM: its state (live from the event stream), where it runs, its disks, volumes, NICs,
 // GPUs, what its node failed to do, its operations; and the power actions, each followed
 // by its operation's progress.
-import { html, useState } from "../lib/html.js";
+import { html, useEffect, useState } from "../lib/html.js";
 import { api } from "../lib/api.js";
+import { subscribe } from "../lib/events.js";
 import {
   Button, ConfirmButton, ErrorBox, Icon, Link, Loading, OperationProgress, PageHeader, StateBadge,
   Table, useApi,
 } from "../lib/components.js";
 import { ago, bytes, gib, mib, time } from "../lib/format.js";
-import { navigate } from "../lib/router.js";
 import { useSession } from "../lib/session.js";
 
 const WRITERS = ["project-admin", "project-member"];
@@ -139,12 +139,19 @@ function Operations({ vmId }) {
 export default function Vm({ params, query }) {
   const { account, can } = useSession();
   const ref = params.ref;
-  const { data: vm, error, loading } = useApi(`/instances/${encodeURIComponent(ref)}`, { events: ["vm", "operation"] });
+  // once its deletion is announced the VM is not asked for again (it would be a 404)
+  const [deleted, setDeleted] = useState(false);
+  const { data: vm, error, loading } = useApi(deleted ? null : `/instances/${encodeURIComponent(ref)}`,
+    { events: ["vm", "operation"] });
   const vols = useApi("/volumes", { events: ["volume"] });
   const images = useApi("/images", { events: ["image"] });
   const [op, setOp] = useState(query && query.op ? { id: query.op, label: "Creating" } : null);
-  if (loading) return html`<${Loading} />`;
-  const gone = error && error.status === 404; // deleted meanwhile: the last data is stale
+  const vmId = vm && vm.id;
+  useEffect(() => (vmId ? subscribe(["vm"], (event, type) => {
+    if (type === "vm.deleted" && event && event.object && event.object.id === vmId) setDeleted(true);
+  }) : undefined), [vmId]);
+  const gone = deleted || (error && error.status === 404);
+  if (loading && !deleted) return html`<${Loading} />`;
   if (!vm || gone) {
     return html`<section><${PageHeader} title=${ref} />
       ${gone ? html`<p role="status">There is no VM ${ref} (any more). <a href="#/vms">Back to the VMs</a>.</p>`
@@ -154,10 +161,7 @@ export default function Vm({ params, query }) {
   }
   const volumes = (vols.data || []).filter((v) => v.attached_to === vm.name || v.attached_to === vm.id);
   const image = (images.data || []).find((i) => i.id === vm.image_id);
-  const onOp = (id, label) => {
-    setOp({ id, label });
-    if (label === "Deleting") navigate(`/vms/${encodeURIComponent(vm.name)}?op=${id}`);
-  };
+  const onOp = (id, label) => setOp({ id, label });
   return html`<section class="vm-page">
     <${PageHeader} title=${vm.name} subtitle=${html`<${StateBadge} state=${vm.state} /> on ${vm.node_name}`}>
       <a class="btn" href=${`#/vms/${encodeURIComponent(vm.name)}/console`}><${Icon} name="terminal" /> Console</a>
