@@ -170,7 +170,7 @@ def test_vm_list_and_page_on_a_phone(browser: Browser, origin: str,
         expect(_state(page)).to_have_text("stopped")
         for action in ("Start", "Stop", "Reboot", "Force off", "Delete"):
             expect(page.get_by_role("button", name=action)).to_be_visible()
-        expect(page.get_by_role("link", name="Console")).to_be_visible()
+        expect(page.get_by_role("link", name="Console", exact=True)).to_be_visible()
         page.get_by_role("button", name="Delete").click()  # the dialog fits: cancel it
         dialog = page.get_by_role("dialog", name="Delete")
         expect(dialog.get_by_role("button", name="Cancel")).to_be_in_viewport()

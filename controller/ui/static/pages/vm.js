@@ -6,7 +6,7 @@ import { api } from "../lib/api.js";
 import { subscribe } from "../lib/events.js";
 import {
   Button, ConfirmButton, ErrorBox, Icon, Link, Loading, OperationProgress, PageHeader, StateBadge,
-  Table, useApi,
+  Table, useApi, useOperation,
 } from "../lib/components.js";
 import { ago, bytes, gib, mib, time } from "../lib/format.js";
 import { useSession } from "../lib/session.js";
@@ -139,19 +139,25 @@ function Operations({ vmId }) {
 export default function Vm({ params, query }) {
   const { account, can } = useSession();
   const ref = params.ref;
-  // once its deletion is announced the VM is not asked for again (it would be a 404)
+  // Once its deletion has begun the VM is no longer asked for (the answer would soon be a
+  // 404): the page keeps what it last saw and waits for the event that says it is gone.
+  const [frozen, setFrozen] = useState(null);
   const [deleted, setDeleted] = useState(false);
-  const { data: vm, error, loading } = useApi(deleted ? null : `/instances/${encodeURIComponent(ref)}`,
+  const { data, error, loading } = useApi(frozen ? null : `/instances/${encodeURIComponent(ref)}`,
     { events: ["vm", "operation"] });
+  const vm = frozen || data;
   const vols = useApi("/volumes", { events: ["volume"] });
   const images = useApi("/images", { events: ["image"] });
   const [op, setOp] = useState(query && query.op ? { id: query.op, label: "Creating" } : null);
   const vmId = vm && vm.id;
+  useEffect(() => { if (data && data.state === "deleting") setFrozen(data); }, [data]);
   useEffect(() => (vmId ? subscribe(["vm"], (event, type) => {
     if (type === "vm.deleted" && event && event.object && event.object.id === vmId) setDeleted(true);
   }) : undefined), [vmId]);
-  const gone = deleted || (error && error.status === 404);
-  if (loading && !deleted) return html`<${Loading} />`;
+  const followed = useOperation(op && op.id).op; // its end also says the VM is gone
+  const gone = deleted || (error && error.status === 404) ||
+    Boolean(followed && followed.kind === "instance.delete" && followed.state === "succeeded");
+  if (loading && !frozen) return html`<${Loading} />`;
   if (!vm || gone) {
     return html`<section><${PageHeader} title=${ref} />
       ${gone ? html`<p role="status">There is no VM ${ref} (any more). <a href="#/vms">Back to the VMs</a>.</p>`
@@ -161,7 +167,10 @@ export default function Vm({ params, query }) {
   }
   const volumes = (vols.data || []).filter((v) => v.attached_to === vm.name || v.attached_to === vm.id);
   const image = (images.data || []).find((i) => i.id === vm.image_id);
-  const onOp = (id, label) => setOp({ id, label });
+  const onOp = (id, label) => {
+    setOp({ id, label });
+    if (label === "Deleting") setFrozen({ ...vm, state: "deleting" });
+  };
   return html`<section class="vm-page">
     <${PageHeader} title=${vm.name} subtitle=${html`<${StateBadge} state=${vm.state} /> on ${vm.node_name}`}>
       <a class="btn" href=${`#/vms/${encodeURIComponent(vm.name)}/console`}><${Icon} name="terminal" /> Console</a>
