@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -204,3 +205,30 @@ def test_vm_list_and_page_on_a_phone(browser: Browser, origin: str,
         assert _no_horizontal_scroll(page)
         assert re.search(r"#/vms/" + re.escape(parked_vm) + "$", page.url)
     guards.check()
+
+
+def test_a_project_viewer_sees_the_vm_but_no_action(
+        browser: Browser, origin: str, ui_region: E2ERegion, parked_vm: str,
+        tmp_path: Path) -> None:
+    user = f"ui-viewer-{_tag()}"
+    password = f"{user}-password-1234"
+    secret = tmp_path / "password"
+    secret.write_text(password)
+    ui_region.cli("user", "create", user, "--password-file", str(secret))
+    try:
+        ui_region.cli("role", "grant", user, "project-viewer", "--project", "default")
+        with chromium.guarded_page(browser, origin) as (page, guards):
+            chromium.log_in(page, guards, user, password)
+            page.goto(origin + "/#/vms")
+            expect(page.get_by_role("link", name=parked_vm, exact=True)).to_be_visible()
+            expect(page.get_by_role("link", name="Create VM")).to_have_count(0)
+            page.get_by_role("link", name=parked_vm, exact=True).click()
+            expect(page.get_by_role("heading", name=parked_vm)).to_be_visible()
+            expect(_state(page)).to_have_text("stopped")
+            expect(page.get_by_role("table", name="Operations of this VM")).to_contain_text(
+                "create")
+            expect(page.get_by_role("group", name="Power actions")).to_have_count(0)
+            for action in ("Start", "Stop", "Reboot", "Force off", "Delete"):
+                expect(page.get_by_role("button", name=action, exact=True)).to_have_count(0)
+    finally:
+        ui_region.cli("user", "delete", user)
