@@ -9,8 +9,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from agent.protocol import ObservedVmState
+from controller.cli import main as cli
 from controller.db.models import AuditEvent
 from controller.region import Region
+from tests.functional.cli_helpers import cli_answered_by
 from tests.functional.helpers import RAW_IMAGE, Api, FakeNode
 from tests.functional.test_instances import _create, _observed
 
@@ -140,3 +142,21 @@ def test_openapi_says_the_power_bodies_are_optional(api: Api) -> None:
     for action in ("stop", "reboot"):
         body = paths[f"/api/v1/instances/{{ref}}/{action}"]["post"]["requestBody"]
         assert body["required"] is False
+
+
+def test_cli_reboot_and_forced_stop(api: Api, region: Region,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    node, vm = _running(api)
+    cli_answered_by(api, monkeypatch)
+    assert cli.main(["vm", "reboot", "web-1", "--force"]) == 0
+    d = api.desired(node)
+    assert (d["vms"][0]["power_mode"], d["vms"][0]["power_seq"]) == ("reset", 2)
+    api.report(node, [_observed(vm, ObservedVmState.RUNNING, 2)], applied=d["generation"])
+    assert cli.main(["vm", "reboot", "web-1"]) == 0
+    d = api.desired(node)
+    assert (d["vms"][0]["power_mode"], d["vms"][0]["power_seq"]) == ("reboot", 3)
+    api.report(node, [_observed(vm, ObservedVmState.RUNNING, 3)], applied=d["generation"])
+    assert cli.main(["vm", "stop", "web-1", "--force"]) == 0
+    d = api.desired(node)
+    assert (d["vms"][0]["power"], d["vms"][0]["power_mode"]) == ("stopped", "force")
+    assert [e["force"] for e in _audit(region, "instance.reboot")] == [True, False]
