@@ -128,6 +128,15 @@ class PowerState(StrEnum):
     STOPPED = "stopped"
 
 
+class PowerMode(StrEnum):
+    """How the agent carries out a VM's latest power action (its `power_seq`)."""
+
+    NORMAL = "normal"  # start; or stop by ACPI, forced off after the grace period
+    FORCE = "force"  # stop: cut the power at once, no grace period
+    REBOOT = "reboot"  # ACPI shutdown (forced after the grace period), then start
+    RESET = "reset"  # hard reset of a running VM, like its reset button
+
+
 class ObservedVmState(StrEnum):
     """What the agent sees of a VM on its node."""
 
@@ -214,6 +223,11 @@ class DesiredVm(Wire):
         description="Incremented on every operator power action, so the agent can tell "
         "a requested start from a VM that its guest powered off",
     )
+    power_mode: PowerMode = Field(
+        default=PowerMode.NORMAL,
+        description="How to carry out the power action numbered power_seq, once: reboot "
+        "(ACPI shutdown, then start) and reset restart a running VM and start a stopped one "
+        "(power is then running); force stops without a grace period (power is then stopped)")
     seed: CloudInitSeed
     volumes: list[VolumeAttachment] = Field(default_factory=list)
     flatten_root: bool = Field(

@@ -37,6 +37,7 @@ from agent.protocol import (
     ObservedVm,
     ObservedVmState,
     ObservedVolume,
+    PowerMode,
     PowerState,
 )
 from agent.retry import Entry, FailureLedger
@@ -439,15 +440,28 @@ class Reconciler:
             self.ledger.succeeded("image", vm.image.id, "import")
 
     def _set_power(self, vm: DesiredVm, obs: VmObservation) -> None:
-        if vm.power is PowerState.RUNNING and not obs.running:
+        """Carry out the VM's latest power action (power_seq) by its power_mode, then record
+        it applied in the VM's metadata. A reboot is an ACPI shutdown (forced after the
+        grace period) and a start, so it works whatever the guest and QEMU make of an ACPI
+        reboot; a reset is the reset button. One done but not yet recorded (the agent died
+        in between) is done again: at least once, never lost."""
+        running = obs.running
+        if vm.power is PowerState.RUNNING and running and vm.power_mode is PowerMode.RESET:
+            self.hypervisor.reset(vm.id)
+        elif vm.power is PowerState.RUNNING and running and vm.power_mode is PowerMode.REBOOT:
+            self._check_ports(vm)  # before it goes down: a VM that may not start stays up
+            self.hypervisor.stop(vm.id, grace_seconds=self.stop_grace_s)
+            running = False
+        if vm.power is PowerState.RUNNING and not running:
             self._check_ports(vm)
             self.prepare_disks()  # an RBD disk needs the Ceph secret, gone if libvirtd restarted
             with Reverter() as revert:  # a host reboot loses vGPUs and vfio bindings
                 self._claim_gpus(vm, revert)
                 revert.success()
             self.hypervisor.start(vm.id)
-        elif vm.power is PowerState.STOPPED and obs.running:
-            self.hypervisor.stop(vm.id, grace_seconds=self.stop_grace_s)
+        elif vm.power is PowerState.STOPPED and running:
+            grace = 0.0 if vm.power_mode is PowerMode.FORCE else self.stop_grace_s
+            self.hypervisor.stop(vm.id, grace_seconds=grace)
         self.hypervisor.set_power_seq(vm.id, vm.power_seq)
 
     def _flatten(self, vm: DesiredVm) -> bool:

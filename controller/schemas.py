@@ -240,6 +240,20 @@ class InstanceCreate(Input):
         return self
 
 
+class InstanceStop(Input):
+    """How to stop a VM (the body is optional)."""
+
+    force: bool = Field(default=False, description="Cut the power at once, like pulling the "
+                        "plug, instead of asking the guest by ACPI (forced after a grace period)")
+
+
+class InstanceReboot(Input):
+    """How to restart a VM (the body is optional)."""
+
+    force: bool = Field(default=False, description="Hard reset, like the reset button, instead "
+                        "of an ACPI shutdown (forced after a grace period) and a start")
+
+
 class InstanceGpu(Output):
     address: str = Field(examples=["0000:18:00.0"])
     model: str = Field(examples=["H100 SXM5 80GB"])
@@ -259,7 +273,8 @@ class Instance(Output):
     name: str
     project: ProjectName = None
     state: str = Field(
-        description="creating, running, stopped, starting, stopping, deleting, error or unknown"
+        description="creating, running, stopped, starting, stopping, rebooting, deleting, "
+        "error or unknown"
     )
     desired_power: str
     node_id: str
@@ -288,6 +303,8 @@ class InstancePort(Output):
     network: str = Field(description="Network name")
     mac: str
     addresses: list[str]
+    security_groups: list[str] = Field(
+        default_factory=list, description="Names of its security groups; none: unfiltered")
 
 
 class Operation(Output):

@@ -44,6 +44,7 @@ class RouteSpec:
     # largest body accepted, in bytes; None: the handler sets `request.max_content_length`
     max_body: int | None = MAX_BODY
     access: Access | None = None  # who may call it (a user route must say)
+    body_optional: bool = False  # no body at all: the body model's defaults
 
 
 @dataclass
@@ -71,20 +72,22 @@ class ApiBlueprint:
         query: type[BaseModel] | None = None,
         binary_body: bool = False,
         max_body: int | None = MAX_BODY,
+        body_optional: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Register `handler` for `method` on `path`.
 
         `access` says who may call a user route (controller/authz.py): one without it is
         refused here, so the API does not start. `max_body` bounds the request body in
         bytes (413 beyond it, unread); a route with `binary_body` streams its own body and
-        sets its own limit, so it has none here.
+        sets its own limit, so it has none here. With `body_optional` a request without a
+        body (none at all) gets the body model's defaults; one with a body is checked as usual.
         """
         if (auth == "user") != (access is not None):
             raise TypeError(f"{method} {self.url_prefix + path}: a user route declares its "
                             "access (controller/authz.py), and only a user route does")
         spec = RouteSpec(
             method, self.url_prefix + path, summary, self.tag, auth, body, query, responses,
-            binary_body, None if binary_body else max_body, access,
+            binary_body, None if binary_body else max_body, access, body_optional,
         )
         self.specs.append(spec)
 
@@ -119,7 +122,9 @@ def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
                 kwargs["query"] = spec.query.model_validate(request.args.to_dict())
             except ValidationError as e:
                 return validation_problem(e, "query parameter")
-        if spec.body is not None:
+        if spec.body is not None and spec.body_optional and _no_body():
+            kwargs["body"] = spec.body()
+        elif spec.body is not None:
             parsed = _json_body(spec.body, spec.max_body)
             if isinstance(parsed, Response):
                 return parsed
@@ -160,6 +165,13 @@ def _repeated_query_parameters() -> Response | None:
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return problem(422, "Invalid input", f"query parameter '{repeated[0]}' is given more than "
                    f"once; give it once{more}", "invalid-input", errors=errors)
+
+
+def _no_body() -> bool:
+    """Whether the request has no body at all (no length, or length 0, and not chunked)."""
+    if request.content_length:
+        return False
+    return "chunked" not in request.headers.get("Transfer-Encoding", "").lower()
 
 
 def _json_body(model: type[BaseModel], limit: int | None) -> BaseModel | Response:
@@ -315,7 +327,8 @@ def _operation(s: RouteSpec) -> dict[str, Any]:
         op["parameters"] = params
     if s.body is not None:
         ref = {"$ref": f"#/components/schemas/{s.body.__name__}"}
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
+        op["requestBody"] = {"required": not s.body_optional,
+                             "content": {"application/json": {"schema": ref}}}
     elif s.binary_body:
         op["requestBody"] = {
             "required": True,

@@ -49,15 +49,27 @@ def start_instance(ref: str) -> Any:
 
 
 @api.route("POST", "/<ref>/stop", access=InProject(Level.WRITE),
-           summary="Stop a VM (ACPI, forced after a grace period)",
+           summary="Stop a VM (ACPI, forced after a grace period; with force at once)",
+           body=schemas.InstanceStop, body_optional=True,
            responses={202: schemas.Operation})
-def stop_instance(ref: str) -> Any:
-    return _power(ref, "stopped")
+def stop_instance(ref: str, body: schemas.InstanceStop) -> Any:
+    return _power(ref, "stopped", force=body.force)
 
 
-def _power(ref: str, power: str) -> Any:
+@api.route("POST", "/<ref>/reboot", access=InProject(Level.WRITE),
+           summary="Restart a running VM (ACPI shutdown and start; with force a hard reset)",
+           body=schemas.InstanceReboot, body_optional=True,
+           responses={202: schemas.Operation})
+def reboot_instance(ref: str, body: schemas.InstanceReboot) -> Any:
     session = db()
-    op = service.set_power(session, actor(), service.find(session, ref), power)
+    op = service.reboot(session, actor(), service.find(session, ref), force=body.force)
+    session.commit()
+    return operation_view(op), 202
+
+
+def _power(ref: str, power: str, *, force: bool = False) -> Any:
+    session = db()
+    op = service.set_power(session, actor(), service.find(session, ref), power, force=force)
     session.commit()
     return operation_view(op), 202
 

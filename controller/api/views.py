@@ -57,7 +57,8 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
         root_disk_gib=i.root_disk_gib, hostname=i.hostname, error=i.observed_error,
         console_log=i.console_log, created_at=i.created_at, updated_at=i.updated_at,
         ports=[schemas.InstancePort(network=p.network.name, mac=p.mac,
-                                    addresses=_addresses(p))
+                                    addresses=_addresses(p),
+                                    security_groups=sorted(g.name for g in p.security_groups))
                for p in ports],
         failures=instance_failures(db, i, ports),
         gpus=[schemas.InstanceGpu(address=g.address, model=g.model) for g in i.gpus],

@@ -211,6 +211,8 @@ def _vm_action(action: str) -> Command:
     def run(c: Client, a: argparse.Namespace) -> int:
         if action == "delete":
             return _follow(c, c.delete(f"/instances/{a.name}"), a.wait)
+        if getattr(a, "force", False):  # stop, reboot: without --force no body at all
+            return _follow(c, c.post(f"/instances/{a.name}/{action}", {"force": True}), a.wait)
         return _follow(c, c.post(f"/instances/{a.name}/{action}"), a.wait)
     return run
 
@@ -563,10 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--wait", action="store_true", help="wait until it runs")
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)
     add(vm, "show", cmd_vm_show, "show a VM", json_=True).add_argument("name")
-    for action in ("start", "stop", "delete", "flatten"):
+    forced = {"stop": "cut the power at once (no ACPI shutdown)",
+              "reboot": "hard reset (no ACPI shutdown)"}
+    for action in ("start", "stop", "reboot", "delete", "flatten"):
         sp = add(vm, action, _vm_action(action), f"{action} a VM")
         sp.add_argument("name")
         sp.add_argument("--wait", action="store_true")
+        if action in forced:
+            sp.add_argument("--force", action="store_true", help=forced[action])
 
     volume_commands(sub, add)
     network_commands(sub, add)

@@ -118,6 +118,9 @@ class Instance(Base):
     user_data: Mapped[str] = mapped_column(Text, default="")
     desired_power: Mapped[str] = mapped_column(String(16), default="running")
     power_seq: Mapped[int] = mapped_column(Integer, default=1)
+    # how the node carries out power action power_seq: agent.protocol.PowerMode
+    power_mode: Mapped[str] = mapped_column(String(16), default="normal",
+                                            server_default="normal")
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
     flatten_root: Mapped[bool] = mapped_column(Boolean, default=False)
     observed_state: Mapped[str | None] = mapped_column(String(16), default=None)

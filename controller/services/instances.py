@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from agent.protocol import PowerMode
 from controller.authz import Perm
 from controller.config import ControllerConfig
 from controller.db.models import Image, Instance, Node, Operation
@@ -57,8 +58,8 @@ def create(db: Session, actor: str, body: InstanceCreate,
     project = quotas.lock(db, tenancy.target_project(db, body.project).id)
     if db.scalar(select(Instance.id).where(Instance.project_id == project.id,
                                            Instance.name == body.name)) is not None:
-        raise Conflict(f"an instance named '{body.name}' already exists in project "
-                       f"'{project.name}'")
+        taken = f"an instance named '{body.name}' already exists in project '{project.name}'"
+        raise Conflict(taken, errors=[{"field": "name", "message": taken}])
     image = tenancy.find_input(db, Image, body.image, "image", project.id, shared=True,
                                hint=" (see 'vauban image list')")
     _check_disk(body.root_disk_gib, image)
@@ -131,24 +132,54 @@ def _check_disk(root_disk_gib: int | None, image: Image) -> None:
         return
     needed = max(image.min_disk_gib, math.ceil(image.virtual_size_bytes / GIB))
     if root_disk_gib < needed:
-        raise InvalidInput(
-            f"root_disk_gib {root_disk_gib} is smaller than image '{image.name}' needs "
-            f"({needed} GiB)"
-        )
+        small = (f"root_disk_gib {root_disk_gib} is smaller than image '{image.name}' needs "
+                 f"({needed} GiB)")
+        raise InvalidInput(small, errors=[{"field": "root_disk_gib", "message": small}])
 
 
-def set_power(db: Session, actor: str, inst: Instance, power: str) -> Operation:
-    """Ask for the VM running or stopped; refused while another operation runs on it."""
-    if inst.deleting:
-        raise Conflict(f"instance '{inst.name}' is being deleted")
-    operations.refuse_if_busy(db, inst.id, f"instance '{inst.name}'")
+def set_power(db: Session, actor: str, inst: Instance, power: str, *,
+              force: bool = False) -> Operation:
+    """Ask for the VM running or stopped; refused while another operation runs on it.
+
+    A forced stop cuts the power at once (no ACPI grace period). After success the node's
+    desired state carries the new power action (power_seq, power_mode) and an operation
+    follows it; on refusal nothing changed.
+    """
+    _refuse_if_busy(db, inst)
     inst.desired_power = power
+    mode = PowerMode.FORCE if force and power == "stopped" else PowerMode.NORMAL
+    inst.power_mode = mode.value
     inst.power_seq += 1
     generation = desired.bump(inst.node)
     kind = "instance.start" if power == "running" else "instance.stop"
     op = operations.start(db, kind, inst, actor, generation)
-    audit.record(db, actor, kind, f"instance/{inst.id}", name=inst.name)
+    if mode is PowerMode.FORCE:
+        audit.record(db, actor, kind, f"instance/{inst.id}", name=inst.name, force=True)
+    else:
+        audit.record(db, actor, kind, f"instance/{inst.id}", name=inst.name)
     return op
+
+
+def reboot(db: Session, actor: str, inst: Instance, *, force: bool = False) -> Operation:
+    """Restart a VM asked to run: an ACPI shutdown (forced after the grace period) and a
+    start, or with `force` a hard reset. The node does it once (power_seq numbers it); a
+    VM found stopped there is started. Refused for a VM asked to be stopped, and while
+    another operation runs on it: then nothing changed."""
+    _refuse_if_busy(db, inst)
+    if inst.desired_power != "running":
+        raise Conflict(f"instance '{inst.name}' is stopped; start it instead of rebooting it")
+    inst.power_mode = (PowerMode.RESET if force else PowerMode.REBOOT).value
+    inst.power_seq += 1
+    op = operations.start(db, "instance.reboot", inst, actor, desired.bump(inst.node))
+    audit.record(db, actor, "instance.reboot", f"instance/{inst.id}", name=inst.name,
+                 force=force)
+    return op
+
+
+def _refuse_if_busy(db: Session, inst: Instance) -> None:
+    if inst.deleting:
+        raise Conflict(f"instance '{inst.name}' is being deleted")
+    operations.refuse_if_busy(db, inst.id, f"instance '{inst.name}'")
 
 
 def flatten(db: Session, actor: str, inst: Instance, storage_driver: str) -> Operation:
@@ -190,7 +221,7 @@ def display_state(inst: Instance, node_up: bool, active: list[Operation]) -> str
         return "deleting"
     kinds = {o.kind for o in active}
     for kind, word in (("instance.create", "creating"), ("instance.start", "starting"),
-                       ("instance.stop", "stopping")):
+                       ("instance.stop", "stopping"), ("instance.reboot", "rebooting")):
         if kind in kinds:
             return word
     if not node_up:

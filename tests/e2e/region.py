@@ -166,3 +166,11 @@ def console_has(path: str, text: str) -> bool:
         return text in Path(path).read_text(errors="replace")
     except OSError:
         return False
+
+
+def console_count(path: str, text: str) -> int:
+    """How many lines of the serial log hold `text` (0 when the log cannot be read)."""
+    try:
+        return sum(text in line for line in Path(path).read_text(errors="replace").splitlines())
+    except OSError:
+        return 0

@@ -22,6 +22,7 @@ from hardware.discover import discover
 from hardware.sysfs import Root
 from tests.e2e.region import (
     E2ERegion,
+    console_count,
     console_has,
     domain_exists,
     is_running,
@@ -92,6 +93,42 @@ def test_vm_lifecycle(region: E2ERegion, tmp_path: Path) -> None:
     assert mine[::-1] == [("instance.create", "accepted"), ("instance.stop", "accepted"),
                           ("instance.start", "accepted"), ("instance.delete", "accepted"),
                           ("instance.delete", "succeeded")]
+
+
+def test_vm_reboot_reset_and_force_off(region: E2ERegion, tmp_path: Path) -> None:
+    name = _name()
+    vm = _create(region, name, tmp_path)
+    vm_id, log = str(vm["id"]), str(vm["console_log"])
+    booted, ready, off = "VAUBAN-TESTGUEST-BOOTED", "VAUBAN-TESTGUEST-READY", "powering off"
+    wait_for(lambda: console_count(log, ready) == 1, BOOT_TIMEOUT, "guest ready")
+    pid = qemu_pid(vm_id)
+
+    region.cli("vm", "reboot", name, "--wait")  # an ACPI shutdown, then a start
+    wait_for(lambda: console_count(log, ready) == 2, BOOT_TIMEOUT, "ready after the reboot")
+    assert console_count(log, booted) == 2 and console_count(log, off) == 1
+    assert region.vm(name)["state"] == "running" and is_running(vm_id)
+    assert qemu_pid(vm_id) != pid
+
+    pid = qemu_pid(vm_id)
+    region.cli("vm", "reboot", name, "--force", "--wait")  # reset: no shutdown in the guest
+    wait_for(lambda: console_count(log, ready) == 3, BOOT_TIMEOUT, "ready after the reset")
+    assert console_count(log, booted) == 3 and console_count(log, off) == 1
+    assert qemu_pid(vm_id) == pid  # the same QEMU process: reset, not a new start
+
+    region.cli("vm", "stop", name, "--force", "--wait")  # power cut: the guest is not asked
+    assert not is_running(vm_id) and region.vm(name)["state"] == "stopped"
+    assert console_count(log, off) == 1
+    refused = region.run_cli("vm", "reboot", name)
+    assert refused.returncode == 1 and "start it instead" in refused.stderr
+
+    region.cli("vm", "delete", name, "--wait")
+    assert not domain_exists(vm_id)
+    trail = json.loads(region.cli("audit", "list", "--json", "--limit", "200"))
+    mine = [(e["action"], e["detail"].get("force")) for e in trail
+            if e["target"] == f"instance/{vm_id}" and e["outcome"] == "accepted"]
+    assert mine[::-1] == [("instance.create", None), ("instance.reboot", False),
+                          ("instance.reboot", True), ("instance.stop", True),
+                          ("instance.delete", None)]
 
 
 def test_agent_restart_adopts_running_vm(region: E2ERegion, tmp_path: Path) -> None:

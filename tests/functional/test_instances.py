@@ -186,6 +186,8 @@ def test_name_clash_is_a_conflict(api: Api, region: Region) -> None:
     assert _create(api).status_code == 202
     r = _create(api)
     assert r.status_code == 409 and "web-1" in r.json["detail"]
+    # named as the field's error too, so a form shows it next to the name
+    assert r.json["errors"] == [{"field": "name", "message": r.json["detail"]}]
     assert _count(region, Instance) == 1
 
 

@@ -111,6 +111,24 @@ def test_guest_shutdown_reports_forced_power_off(driver: LibvirtDriver, domains:
     assert not guest.is_running()
 
 
+def test_reset_restarts_a_running_vm_in_place_and_refuses_a_stopped_one(
+        driver: LibvirtDriver, domains: Domains, workdir: Path) -> None:
+    spec = make_spec(domains, workdir)
+    driver.define(spec)
+    with pytest.raises(HypervisorError, match="not running"):
+        driver.reset(spec.id)
+    assert observed(driver, spec.id)["running"] is False  # type: ignore[index]
+    driver.start(spec.id)
+    dom = driver.host.lookup(spec.id)
+    assert dom is not None
+    before = dom.ID()
+    driver.reset(spec.id)
+    assert observed(driver, spec.id)["running"] is True  # type: ignore[index]
+    assert dom.ID() == before  # the same QEMU process: a reset, not a stop and start
+    driver.stop(spec.id, grace_seconds=0)  # a forced stop: no ACPI press, off at once
+    assert observed(driver, spec.id)["running"] is False  # type: ignore[index]
+
+
 def test_undefine_removes_a_running_vm(driver: LibvirtDriver, domains: Domains,
                                        workdir: Path) -> None:
     spec = make_spec(domains, workdir)

@@ -142,6 +142,14 @@ class HypervisorDriver(ABC):
         """
 
     @abstractmethod
+    def reset(self, vm_id: str) -> None:
+        """Reset a running VM like its reset button: the guest restarts at once, without
+        shutting down (it gets no say). The VM stays running in the same hypervisor process.
+
+        A stopped VM raises HypervisorError and is left stopped.
+        """
+
+    @abstractmethod
     def undefine(self, vm_id: str) -> None:
         """Force the VM off if needed and remove its definition.
 

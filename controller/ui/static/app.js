@@ -35,7 +35,9 @@ function PageLoader({ found }) {
   if (loaded.route !== found.route) return html`<${Loading} />`;
   if (loaded.error) return html`<${ErrorBox} error=${loaded.error} title="This page could not be loaded" />`;
   const Page = loaded.mod.default;
-  return html`<${Page} key=${found.route.path} params=${found.params} query=${found.query} />`;
+  // a new VM, node or project is a new page: no state carried over from the previous one
+  return html`<${Page} key=${found.route.path + JSON.stringify(found.params)} params=${found.params}
+    query=${found.query} />`;
 }
 
 function Nav({ can, path, open, onNavigate }) {
@@ -82,7 +84,8 @@ function Shell({ account, onLogout }) {
     <div class="layout">
       <${Nav} can=${can} path=${path} open=${navOpen} onNavigate=${() => setNavOpen(false)} />
       <main id="main" tabindex="-1">
-        ${found ? (allowed ? html`<${PageLoader} found=${found} />` : html`<${NotAllowed} />`)
+        ${found ? (allowed ? html`<${PageLoader} key=${found.route.path + JSON.stringify(found.params)}
+          found=${found} />` : html`<${NotAllowed} />`)
     : html`<${NotFound} />`}
       </main>
     </div>

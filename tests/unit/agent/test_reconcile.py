@@ -36,6 +36,7 @@ from agent.protocol import (
     ImageRef,
     NetworkKind,
     ObservedVmState,
+    PowerMode,
     PowerState,
     SecurityRule,
 )
@@ -75,8 +76,11 @@ class FakeHypervisor(HypervisorDriver):
         self.vms[vm_id] = self._with(vm_id, running=True)
 
     def stop(self, vm_id: str, *, grace_seconds: float) -> None:
-        self._call("stop", vm_id)
+        self._call("stop" if grace_seconds else "force-off", vm_id)
         self.vms[vm_id] = self._with(vm_id, running=False)
+
+    def reset(self, vm_id: str) -> None:
+        self._call("reset", vm_id)
 
     def undefine(self, vm_id: str) -> None:
         self._call("undefine", vm_id)
@@ -238,6 +242,47 @@ def test_stop(parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
     assert hv.calls == ["stop:cccc"]
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.STOPPED and obs.power_seq == 2
+
+
+def test_forced_stop_cuts_the_power(parts: tuple[Reconciler, FakeHypervisor,
+                                                   FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None, MINE)
+    forced = vm("cccc-3", PowerState.STOPPED, seq=2).model_copy(
+        update={"power_mode": PowerMode.FORCE})
+    rec.apply(DesiredState(node_id="n", generation=5, vms=[forced]))
+    assert rec.wait_idle(10)
+    assert hv.calls == ["force-off:cccc"]
+    assert rec.observe()[0].power_seq == 2
+
+
+@pytest.mark.parametrize("mode, calls", [(PowerMode.REBOOT, ["stop:cccc", "start:cccc"]),
+                                         (PowerMode.RESET, ["reset:cccc"])])
+def test_a_reboot_is_done_once_per_power_action(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage], mode: PowerMode,
+        calls: list[str]) -> None:
+    rec, hv, _st = parts
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", True, 1, None, MINE)
+    again = vm("cccc-3", seq=2).model_copy(update={"power_mode": mode})
+    rec.apply(DesiredState(node_id="n", generation=5, vms=[again]))
+    assert rec.wait_idle(10)
+    assert hv.calls == calls
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.RUNNING and obs.power_seq == 2
+    # the same desired state again (a later generation, another change): no second reboot
+    rec.apply(DesiredState(node_id="n", generation=6, vms=[again]))
+    assert rec.wait_idle(10)
+    assert hv.calls == calls
+
+
+def test_a_reboot_of_a_vm_found_stopped_starts_it(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    rec, hv, _st = parts
+    hv.vms["cccc-3"] = VmObservation("cccc-3", "vauban-x", False, 1, None, MINE)
+    again = vm("cccc-3", seq=2).model_copy(update={"power_mode": PowerMode.REBOOT})
+    rec.apply(DesiredState(node_id="n", generation=5, vms=[again]))
+    assert rec.wait_idle(10)
+    assert hv.calls == ["start:cccc"]
 
 
 def test_image_checksum_mismatch_is_an_error_and_leaves_nothing(

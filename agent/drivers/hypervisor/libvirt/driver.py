@@ -157,6 +157,9 @@ class LibvirtDriver(HypervisorDriver):
         if not guest.shutdown(grace_seconds):
             log.info("VM %s ignored ACPI power-off for %.0fs; forced off", vm_id, grace_seconds)
 
+    def reset(self, vm_id: str) -> None:
+        self._require(vm_id).reset()
+
     def undefine(self, vm_id: str) -> None:
         found = self._ours(vm_id)
         if found is not None:

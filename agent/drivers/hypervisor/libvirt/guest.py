@@ -137,6 +137,14 @@ class Guest:
                 return True
         return True
 
+    def reset(self) -> None:
+        """Reset it like the reset button (no shutdown, the guest gets no say).
+
+        A shut-off domain raises HypervisorError."""
+        if not self.is_running():
+            raise HypervisorError(f"cannot reset {self.name}: it is not running")
+        self._call("reset", lambda: self._dom.reset(0))
+
     def _press_power_button(self) -> None:
         try:
             self._dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)

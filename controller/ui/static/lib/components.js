@@ -2,7 +2,7 @@
 // confirmation, errors in words, operation progress. Every control has a label and is
 // reachable by keyboard.
 import { html, useCallback, useEffect, useMemo, useRef, useState } from "./html.js";
-import { api } from "./api.js";
+import { api, ApiError } from "./api.js";
 import { subscribe } from "./events.js";
 import { href } from "./router.js";
 
@@ -11,23 +11,45 @@ export function Icon({ name, label }) {
     aria-label=${label}><use href=${"/ui/vendor/icons.svg#" + name} /></svg>`;
 }
 
+const NETWORK_RETRIES = 3; // a request cut by the network (not refused by the API) is sent again
+
 /** GET `path` now and again whenever an event of `events` (type prefixes) arrives;
- * {data, error, loading, reload}. A burst of events costs one request. */
+ * {data, error, loading, reload}. A burst of events costs one request. A request that
+ * never got an answer (the network dropped it) is sent again a few times, a second
+ * apart, before its error is shown: otherwise the page would show stale data until
+ * the next event. */
 export function useApi(path, { events = [], query } = {}) {
   const [state, setState] = useState({ data: null, error: null, loading: true });
   const generation = useRef(0);
+  const retries = useRef(0);
+  const again = useRef(null);
   const key = path + JSON.stringify(query || {});
   const reload = useCallback(() => {
     if (!path) return;
     const mine = ++generation.current;
+    clearTimeout(again.current);
     api.get(path, { query }).then(
-      (data) => mine === generation.current && setState({ data, error: null, loading: false }),
-      (error) => mine === generation.current && setState((s) => ({ ...s, error, loading: false })),
+      (data) => {
+        if (mine !== generation.current) return;
+        retries.current = 0;
+        setState({ data, error: null, loading: false });
+      },
+      (error) => {
+        if (mine !== generation.current) return;
+        if (!(error instanceof ApiError) && retries.current < NETWORK_RETRIES) {
+          retries.current += 1;
+          again.current = setTimeout(() => mine === generation.current && reload(), 1000);
+          return;
+        }
+        setState((s) => ({ ...s, error, loading: false }));
+      },
     );
   }, [key]);
   useEffect(() => {
     setState({ data: null, error: null, loading: true });
+    retries.current = 0;
     reload();
+    return () => { generation.current += 1; clearTimeout(again.current); };
   }, [key]);
   useEffect(() => {
     if (!events.length) return undefined;
@@ -85,6 +107,7 @@ const STATE_CLASS = {
   attached: "ok", passed: "ok", "in-use": "ok",
   stopped: "idle", shutoff: "idle", detached: "idle",
   pending: "busy", running_op: "busy", creating: "busy", starting: "busy", stopping: "busy",
+  rebooting: "busy",
   deleting: "busy", building: "busy", queued: "busy", in_progress: "busy",
   failed: "bad", error: "bad", down: "bad", lost: "bad", refused: "bad",
 };
