@@ -10,11 +10,13 @@ websocket with CONSOLE_FAILED and the reason in words, which the user is shown.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from simple_websocket import ConnectionClosed
+from simple_websocket.ws import Base
 
 from agent.client import ControllerClient, ControllerUnavailable, Refused
 from agent.drivers.hypervisor.base import ConsoleStream, HypervisorDriver, HypervisorError
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 CHUNK = 64 * 1024  # at most this much in flight per direction: a slow side slows the other
 MAX_OPEN = 32  # consoles open at once on this node; more are refused, saying so
 STOP_CHECK_S = 5.0  # how often a blocked receive looks whether the other direction ended
+CLOSE_WAIT_S = 5.0  # for the controller to answer our close frame
 POLL_WAIT_S = 25.0
 
 
@@ -141,8 +144,24 @@ def relay(ws: Any, local: ConsoleStream) -> None:
 
 
 def close(ws: Any, code: int, message: str) -> None:
-    """Close `ws` with `code` and `message` (cut to what a close frame holds)."""
+    """Close the client websocket `ws` with `code` and `message` (cut to what a close frame
+    holds) and wait for its reading thread to end.
+
+    Not simple_websocket's Client.close: it closes the socket while the reading thread may
+    still be in a read on it, and the descriptor's number, reused by this process's next
+    connection (a report, a long-poll), would be read from by the old thread. Here the
+    socket is only shut down, and the reading thread closes it once it has stopped."""
     try:
-        ws.close(code, message.encode()[:123].decode(errors="ignore"))
+        Base.close(ws, code, message.encode()[:123].decode(errors="ignore"))
     except (ConnectionClosed, OSError):
         pass
+    reader = getattr(ws, "thread", None)
+    if reader is None:
+        return
+    reader.join(CLOSE_WAIT_S)
+    if reader.is_alive():
+        try:
+            ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        reader.join()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response, g, request
 from pydantic import Field
 from simple_websocket import Server
 
@@ -25,7 +25,7 @@ from controller.api.problems import problem
 from controller.authz import CONSOLE
 from controller.db.models import ConsoleSession, User
 from controller.schemas import Input, Output
-from controller.services import audit
+from controller.services import audit, tenancy
 from controller.services import consoles as service
 from controller.services import instances as instance_service
 
@@ -73,15 +73,13 @@ def create_console(ref: str, body: ConsoleCreate) -> Any:
 
 
 def _user(session: Any) -> User:
-    from controller.services import tenancy
-
     caller = tenancy.current()
     assert caller is not None  # a user route always has its caller
     user: User = session.get_one(User, caller.user_id)
     return user
 
 
-@sockets.route(WEBSOCKET_PATH + "<ticket>", methods=["GET"])
+@sockets.route(WEBSOCKET_PATH + "<ticket>", methods=["GET"], websocket=True)
 def user_console(ticket: str) -> Response:
     """The user's leg: checks (origin, user, ticket) answered in HTTP when refused; then
     the websocket, spliced to the agent's leg once it dials back."""
@@ -95,7 +93,7 @@ def user_console(ticket: str) -> Response:
         raise service.TicketRefused("this console ticket is unknown; ask for a new one")
     path = relay.rendezvous_path(the_region.config.data_dir, found.id)
     listener = relay.listen(path)  # before the agent is told: its dial-back finds it
-    context = audit.AuditContext(source=_source(), token_id=g.get("token_id"))
+    context = audit.AuditContext(source=request.remote_addr, token_id=g.get("token_id"))
     try:
         with audit.acting(context), the_region.sessions() as session, session.begin():
             row = service.spend(session, ticket, caller.user_id)
@@ -106,12 +104,6 @@ def user_console(ticket: str) -> Response:
         path.unlink(missing_ok=True)
         raise
     return relay.serve_websocket(lambda ws: _user_leg(ws, row, listener, caller.name, context))
-
-
-def _source() -> str | None:
-    from flask import request
-
-    return request.remote_addr
 
 
 def _user_leg(ws: Server, row: ConsoleSession, listener: Any, name: str,
@@ -149,7 +141,8 @@ def _closed(session_id: str, name: str, context: audit.AuditContext, outcome: st
         log.exception("recording the end of console %s failed", session_id)
 
 
-@sockets.route("/agent/v1/nodes/<node_id>/consoles/<session_id>", methods=["GET"])
+@sockets.route("/agent/v1/nodes/<node_id>/consoles/<session_id>", methods=["GET"],
+                websocket=True)
 def agent_console(node_id: str, session_id: str) -> Response:
     """The agent's leg, with its node certificate: only for a session of its node that it
     was told of and that still waits; then spliced to the user's leg."""

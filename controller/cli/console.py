@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import ssl
 import sys
 import termios
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import simple_websocket
+from simple_websocket.ws import Base
 
 from controller.cli.client import ApiError, Client, Settings
 
@@ -118,8 +120,22 @@ def relay(ws: simple_websocket.Client, *, interactive: bool) -> tuple[int | None
     threading.Thread(target=from_console, daemon=True).start()
     threading.Thread(target=to_console, daemon=True).start()  # may stay blocked in read
     done.wait()
+    end(ws)
+    return closed[0] if closed else (None, None)
+
+
+def end(ws: simple_websocket.Client, wait_s: float = 5.0) -> None:
+    """Close `ws` (1000) and wait for its reading thread to end. Not Client.close: it closes
+    the socket under the reading thread, whose read may then take the bytes of this
+    process's next connection, given the same descriptor number."""
     try:
-        ws.close()
+        Base.close(ws)
     except (simple_websocket.ConnectionClosed, OSError):
         pass
-    return closed[0] if closed else (None, None)
+    ws.thread.join(wait_s)
+    if ws.thread.is_alive():
+        try:
+            ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        ws.thread.join()

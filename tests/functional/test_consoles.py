@@ -14,8 +14,8 @@ from sqlalchemy import select
 from agent.protocol import ObservedVm, ObservedVmState
 from controller.db.models import AuditEvent, ConsoleSession
 from controller.region import Region
-from controller.serving import redact_path
 from controller.services import consoles
+from controller.serving import redact_path
 from tests.functional.helpers import RAW_IMAGE, Api, FakeNode
 
 
@@ -148,14 +148,28 @@ def test_tickets_refused_expired_and_another_users(api: Api, region: Region) -> 
         consoles.spend(db, issued["ticket"], row.user_id, now=later)
 
 
-def test_the_websocket_refuses_before_upgrading(api: Api) -> None:
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+def test_the_websocket_refuses_before_upgrading(api: Api, region: Region) -> None:
     running_vm(api)
     issued = ticket(api, "vm1").json
     other = api.as_new_user("eve", ("region-admin", None))
-    r = other.get(issued["websocket"])
+    r = api.client.get(issued["websocket"], headers={**other.headers, **UPGRADE})
     assert r.status_code == 403 and "unknown" in r.json["detail"]
-    r = api.client.get(issued["websocket"],
-                       headers={**api.headers, "Origin": "https://evil.example"})
+    r = api.client.get(issued["websocket"], headers={**api.headers, **UPGRADE,
+                                                     "Origin": "https://evil.example"})
     assert r.status_code == 403 and r.json["check"] == "origin"
-    r = api.client.get(issued["websocket"])
+    r = api.client.get(issued["websocket"], headers=UPGRADE)
     assert r.status_code == 401
+    with region.reads() as db:  # refused: nothing spent
+        assert db.get_one(ConsoleSession, issued["id"]).state == "issued"
+
+
+def test_the_agents_dial_back_needs_a_session_it_was_told_of(api: Api) -> None:
+    node, _vm_id = running_vm(api)
+    issued = ticket(api, "vm1").json  # not spent: its agent was never told
+    r = api.client.get(f"/agent/v1/nodes/{node.id}/consoles/{issued['id']}",
+                       headers=UPGRADE, environ_overrides=node.environ())
+    assert r.status_code == 409 and "not waiting for this node" in r.json["detail"]
