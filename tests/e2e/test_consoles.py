@@ -19,11 +19,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 import requests
 import simple_websocket
 from sqlalchemy import create_engine, update
 
+from agent.protocol import CONSOLE_FAILED
 from controller.cli.console import end
 from controller.db.models import ConsoleSession
 from tests.e2e.region import BIN, E2ERegion, console_has, wait_for
@@ -167,11 +169,25 @@ def test_the_serial_console_reads_the_guest_and_types_into_it(region: E2ERegion,
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         try:
+            stdin = console.stdin
+
+            def prompt() -> bool:
+                """The shell's prompt is there (Enter pressed until it shows)."""
+                if b"# " in seen:
+                    return True
+                if console.poll() is not None:
+                    errors = console.stderr.read() if console.stderr else b""
+                    raise AssertionError(f"vauban vm console ended: {errors!r}")
+                stdin.write(b"\n")
+                stdin.flush()
+                return False
+
+            wait_for(prompt, ANSWER_TIMEOUT, "the shell's prompt", interval=1.0)
             # the shell echoes what is typed; only the command's run prints 42 in the marker
-            console.stdin.write(b"echo console-$((6*7))-typed\n")
-            console.stdin.flush()
+            stdin.write(b"echo console-$((6*7))-typed\n")
+            stdin.flush()
             wait_for(lambda: b"console-42-typed" in seen, ANSWER_TIMEOUT,
-                     "the command's result")
+                     f"the command's result (so far: {bytes(seen)[-300:]!r})")
             assert b"echo console-$((6*7))-typed" in seen  # echoed as typed
         finally:
             console.stdin.close()
@@ -233,3 +249,22 @@ def test_a_viewer_gets_no_ticket_and_consoles_are_audited(region: E2ERegion,
     closed = wait_for(lambda: entries("console.close"), 60, "a console's end in the trail")
     detail = closed[0]["detail"]
     assert {"duration_s", "bytes_to_guest", "bytes_from_guest", "reason"} <= set(detail)
+
+
+def test_a_failure_on_the_node_reaches_the_user_in_words(region: E2ERegion,
+                                                         vm: dict[str, Any]) -> None:
+    """Last in this module: it powers the VM off behind the agent's back."""
+    issued = ticket(region, vm["name"], "serial")  # while it still runs
+    conn = libvirt.open("qemu:///system")
+    try:
+        conn.lookupByUUIDString(vm["id"]).destroy()
+    finally:
+        conn.close()
+    ws = connect(region, issued["websocket"])
+    try:
+        with pytest.raises(simple_websocket.ConnectionClosed) as closed:
+            ws.receive(timeout=ANSWER_TIMEOUT)  # nothing comes before the close
+    finally:
+        end(ws)
+    assert closed.value.reason == CONSOLE_FAILED
+    assert "is not running on this node" in (closed.value.message or "")
