@@ -151,6 +151,10 @@ def test_the_graphical_console_speaks_rfb_and_shows_the_screen(region: E2ERegion
     # spent: a second connection with the same ticket is refused before any upgrade
     spent = refusal(region, issued["websocket"])
     assert spent.status_code == 403 and "used already" in spent.json()["detail"]
+    log = region.root / "log" / "controller.log"
+    access_log = wait_for(lambda: "/api/v1/consoles/…" in log.read_text() and log.read_text(),
+                          60, "the refusal in the access log")
+    assert issued["ticket"] not in access_log
 
 
 def test_the_serial_console_reads_the_guest_and_types_into_it(region: E2ERegion,
