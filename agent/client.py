@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+import simple_websocket
 
 from agent.config import AgentConfig, NodeIdentity
 from agent.protocol import (
@@ -15,6 +18,7 @@ from agent.protocol import (
     PROTOCOL_VERSION,
     CertificateIssued,
     CertificateRenewal,
+    ConsoleRequests,
     DesiredState,
     NodeStatus,
     StorageSettings,
@@ -136,6 +140,37 @@ class ControllerClient:
         if r.status_code == 204:
             return None
         return DesiredState.model_validate_json(r.content)
+
+    def console_requests(self, wait: float) -> ConsoleRequests:
+        """The consoles users wait for on this node's VMs, once there are some or after at
+        most `wait` s (then none)."""
+        try:
+            r = self.http.get(self._node_url("consoles"), params={"wait": wait},
+                              timeout=wait + 15)
+        except requests.RequestException as e:
+            raise ControllerUnavailable(str(e)) from e
+        self._check(r)
+        return ConsoleRequests.model_validate_json(r.content)
+
+    def dial_console(self, session_id: str, ping_s: float = 15.0) -> simple_websocket.Client:
+        """The agent's leg of console `session_id`: a websocket to the controller, with this
+        node's certificate, verified against the region CA. ControllerUnavailable when the
+        controller cannot be reached or refuses it (the session ended, another node's)."""
+        parts = urlsplit(self.base)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        url = f"{scheme}://{parts.netloc}{parts.path}/nodes/{self.identity.node_id}" \
+              f"/consoles/{session_id}"
+        context = ssl.create_default_context(cafile=str(self.config.ca_path))
+        context.load_cert_chain(str(self.config.cert_path), str(self.config.key_path))
+        try:
+            return simple_websocket.Client.connect(
+                url, headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}, ssl_context=context,
+                receive_bytes=64 * 1024, ping_interval=ping_s, max_message_size=1024 * 1024)
+        except simple_websocket.ConnectionError as e:
+            raise ControllerUnavailable(f"console {session_id}: the controller answered "
+                                        f"{e.status_code}") from e
+        except OSError as e:
+            raise ControllerUnavailable(f"console {session_id}: {e}") from e
 
     def storage_settings(self) -> StorageSettings:
         """The region's storage backend; the Ceph key in it is kept in memory only."""

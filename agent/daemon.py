@@ -2,8 +2,9 @@
 
 Three threads: the poller fetches desired states, the reconciler applies the
 newest one (and re-checks periodically), the reporter sends status on every
-change and as a heartbeat. The controller being away never stops a VM: the
-agent keeps the last desired state and retries.
+change and as a heartbeat. Beside them, the console dialer long-polls the consoles
+users ask for and dials each back (agent/consoles.py). The controller being away
+never stops a VM: the agent keeps the last desired state and retries.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from agent import __version__, certs, inventory
 from agent.client import ControllerClient, ControllerUnavailable, Refused
 from agent.config import AgentConfig, NodeIdentity
+from agent.consoles import ConsoleDialer
 from agent.drivers.gpu.base import GpuDriver
 from agent.drivers.gpu.none import NoGpuDriver
 from agent.drivers.hypervisor.base import HypervisorDriver
@@ -88,6 +90,10 @@ class Agent:
 
     def run(self) -> None:
         """Run until `stop()`; VMs are left as they are when it returns."""
+        dialer = ConsoleDialer(self.client, self.hypervisor, self.stopping, self._refused,
+                               self._retry_delay)
+        # the long-polls hold no state worth waiting for when stopping
+        polls = [threading.Thread(target=dialer.run, name="consoles", daemon=True)]
         threads = [
             threading.Thread(target=self._poll_loop, name="poll", daemon=True),
             threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True),
@@ -96,7 +102,7 @@ class Agent:
             threading.Thread(target=self._certificate_loop, name="certificate", daemon=True),
         ]
         self.storage_sampler.start()
-        for t in threads:
+        for t in threads + polls:
             t.start()
         self.stopping.wait()
         self.storage_sampler.stop()

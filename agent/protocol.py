@@ -564,3 +564,25 @@ class DesiredSecurityGroup(Wire):
     rules: list[SecurityRule]
     member_addresses: list[str] = Field(
         default_factory=list, description="Addresses of every port in the group (region-wide)")
+
+
+ConsoleKind = Literal["vnc", "serial"]
+# The close code an agent ends a console's websocket with when the node's side failed;
+# the close message says why in words, and the controller passes both on to the user.
+CONSOLE_FAILED = 4000
+
+
+class ConsoleRequest(Wire):
+    """A user waits for a VM's console: the agent dials back to
+    /agent/v1/nodes/<node id>/consoles/<id> and relays it to the VM."""
+
+    id: str = Field(description="The console session, named in the dial-back URL")
+    kind: ConsoleKind = Field(description="vnc: the VM's VNC server (RFB); serial: its "
+                              "serial console (raw terminal bytes)")
+    vm_id: str = Field(description="The VM (its id, the libvirt domain's UUID)")
+
+
+class ConsoleRequests(Wire):
+    """The console requests for this node that no agent was told of yet."""
+
+    requests: list[ConsoleRequest]

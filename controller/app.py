@@ -8,6 +8,7 @@ from controller.api import (
     account,
     agent,
     audit,
+    consoles,
     fleet,
     gpus,
     identity,
@@ -27,9 +28,10 @@ from controller.region import Region
 from controller.ui.serve import install_ui
 
 BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, audit.api,
-              images.api, instances.api, volumes.api, networks.api, networks.ports_api,
-              security_groups.api, gpus.api, agent.api, fleet.api, identity.projects_api,
-              identity.users_api, identity.roles_api, identity.tokens_api, identity.account_api]
+              images.api, instances.api, consoles.api, volumes.api, networks.api,
+              networks.ports_api, security_groups.api, gpus.api, agent.api, fleet.api,
+              identity.projects_api, identity.users_api, identity.roles_api,
+              identity.tokens_api, identity.account_api]
 
 
 def create_app(region: Region) -> Flask:
@@ -40,6 +42,7 @@ def create_app(region: Region) -> Flask:
     app.extensions["vauban.routes"] = [s for bp in BLUEPRINTS for s in bp.specs]
     for bp in BLUEPRINTS:
         app.register_blueprint(bp.blueprint)
+    app.register_blueprint(consoles.sockets)  # websockets: checked by hand, see the module
     install_error_handlers(app)
     install_session_teardown(app)
     install_security_headers(app)

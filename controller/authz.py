@@ -98,6 +98,11 @@ class AnyOf:
 ANY_USER = AnyUser()
 Access = Region | InProject | AnyUser | AnyOf
 
+# A VM's console is a keyboard on the guest: opening one is operating the VM, as starting
+# or stopping it is (a project member or admin, or a region admin); a viewer, an auditor
+# or an operator, who read every project, may not.
+CONSOLE = InProject(Level.WRITE)
+
 
 @dataclass(frozen=True)
 class Caller:

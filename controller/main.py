@@ -85,6 +85,7 @@ def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
         "accesslog": "-",
         # the path without its query string: a query may carry a secret
         "access_log_format": '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss',
+        "logger_class": "controller.serving.RedactingLogger",  # no console ticket logged
         "pidfile": pidfile,
         # its shared default socket would make controllers on one host fight over it
         "control_socket_disable": True,

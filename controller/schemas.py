@@ -610,6 +610,11 @@ class AgentDesiredQuery(Input):
                         description="Longest wait in seconds (the controller may end it sooner)")
 
 
+class AgentConsolesQuery(Input):
+    wait: float = Field(default=25.0, ge=0, le=3600,
+                        description="Longest wait in seconds (the controller may end it sooner)")
+
+
 class RegionStatus(Output):
     """The region at a glance."""
 

@@ -43,6 +43,7 @@ from typing import Any
 import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
+from gunicorn.glogging import Logger
 from gunicorn.sock import ssl_context
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
@@ -105,6 +106,30 @@ def cooperative_database_waits() -> None:
 
     if getattr(waiting, "wait_c", None) is not None and waiting.wait is waiting.wait_c:
         waiting.wait = waiting.wait_poll  # looks up select.poll, patched, at each call
+
+
+SECRET_PATHS = ("/api/v1/consoles/",)  # the rest of such a path is a secret (a console ticket)
+
+
+def redact_path(path: str) -> str:
+    """`path` with the secret that follows one of SECRET_PATHS replaced by '…'."""
+    for prefix in SECRET_PATHS:
+        if path.startswith(prefix):
+            return prefix + "…"
+    return path
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger, with the secrets some paths carry kept out of the access log."""
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        path = str(atoms.get("U", ""))
+        redacted = redact_path(path)
+        if redacted != path:
+            atoms["U"] = redacted
+            atoms["r"] = f"{atoms.get('m', '')} {redacted} {atoms.get('H', '')}"
+        return atoms
 
 
 class SourceLedger:

@@ -16,6 +16,7 @@ from agent.protocol import (
     REPORT_INTERVAL_HEADER,
     CertificateIssued,
     CertificateRenewal,
+    ConsoleRequests,
     DesiredState,
     NodeStatus,
     StorageSettings,
@@ -27,7 +28,7 @@ from controller.api.context import db, region
 from controller.api.framework import MIB, ApiBlueprint
 from controller.api.problems import problem
 from controller.db.models import Node
-from controller.services import desired, heartbeats, observed
+from controller.services import consoles, desired, heartbeats, observed
 from controller.services import images as image_service
 from controller.services import nodes as node_service
 
@@ -91,6 +92,28 @@ def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
     if node is None:  # removed while it waited
         raise node_service.refusal_of_unknown(session, node_id)
     return desired.build(session, node)
+
+
+@api.route("GET", "/nodes/<node_id>/consoles", auth="node", query=schemas.AgentConsolesQuery,
+           summary="Long-poll the consoles users wait for on this node's VMs: the agent "
+                   "dials back to /agent/v1/nodes/<id>/consoles/<console id> for each",
+           responses={200: ConsoleRequests})
+def get_consoles(node_id: str, query: schemas.AgentConsolesQuery) -> Any:
+    require_node(node_id)
+    the_region = region()
+    # registered before the read: a console asked for from here on wakes this wait
+    with the_region.notifier.watch(consoles.wake_key(node_id)) as asked:
+        with the_region.reads() as read:
+            waiting = consoles.waiting_for(read, node_id)
+        if not waiting:
+            asked.wait(the_region.pace.capped_wait(query.wait))
+            with the_region.reads() as read:
+                waiting = consoles.waiting_for(read, node_id)
+    if not waiting:  # no write (nor SQLite's write lock) for an empty answer
+        return ConsoleRequests(requests=[])
+    with the_region.sessions() as session, session.begin():
+        requests = consoles.dispatch(session, node_id)
+    return ConsoleRequests(requests=requests)
 
 
 @api.route("GET", "/nodes/<node_id>/storage", auth="node",

@@ -46,7 +46,7 @@ def authenticate_by_cookie() -> None:
     with region().reads() as db:  # no write lock, even for a write request
         state = sessions.session_for_secret(db, request.cookies[SESSION_COOKIE], limits, now)
     if request.method not in READ_METHODS:
-        _refuse_other_origins()
+        refuse_other_origins()
         _refuse_without_csrf_token(state)
     deadline = sessions.next_deadline(state, limits, now)
     if deadline is not None:
@@ -56,7 +56,7 @@ def authenticate_by_cookie() -> None:
     g.actor, g.token_id, g.session = state.username, state.id, state
 
 
-def _refuse_other_origins() -> None:
+def refuse_other_origins() -> None:
     """Forbidden unless the request's Origin is the controller's own; without Origin,
     unless the browser's Sec-Fetch-Site says it is not from another site."""
     origin = request.headers.get("Origin")

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 from controller.cli.account import account_commands, add_code_options, log_in
 from controller.cli.audit import audit_commands
 from controller.cli.client import ApiError, Client, Settings
+from controller.cli.console import cmd_vm_console
 from controller.cli.failures import print_failures
 from controller.cli.fleet import fleet_commands
 from controller.cli.hardware import hardware_commands, parse_gpu_arg
@@ -565,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--wait", action="store_true", help="wait until it runs")
     add(vm, "list", cmd_vm_list, "list VMs", json_=True)
     add(vm, "show", cmd_vm_show, "show a VM", json_=True).add_argument("name")
+    add(vm, "console", cmd_vm_console, "the VM's serial console, live (read and type; with "
+        "a terminal Ctrl-] ends it, without one the end of stdin)").add_argument("name")
     forced = {"stop": "cut the power at once (no ACPI shutdown)",
               "reboot": "hard reset (no ACPI shutdown)"}
     for action in ("start", "stop", "reboot", "delete", "flatten"):

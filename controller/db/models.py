@@ -567,3 +567,28 @@ class RolloutHost(Base):
     message: Mapped[str | None] = mapped_column(Text, default=None)
 
     job: Mapped[RolloutJob] = relationship(back_populates="hosts")
+
+
+class ConsoleSession(Base):
+    """One console of a VM asked for by a user: its ticket (kept hashed), then the tunnel.
+
+    `state` moves forward only: "issued" (ticket made) → "waiting" (ticket used by its
+    user's websocket, the node's agent not told yet) → "dispatched" (the agent was told)
+    → "connected" (the agent dialed back) → "closed". No foreign keys: a console's rows
+    outlive its VM and user for the record, and never stand in the way of deleting them.
+    """
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    ticket_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "vnc" or "serial"
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    node_id: Mapped[str] = mapped_column(String(36), index=True)
+    user_id: Mapped[str] = mapped_column(String(36))
+    state: Mapped[str] = mapped_column(String(16), default="issued", index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime] = mapped_column()
+    connected_at: Mapped[datetime | None] = mapped_column(default=None)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    close_reason: Mapped[str | None] = mapped_column(Text, default=None)

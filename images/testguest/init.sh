@@ -15,6 +15,8 @@
 #   vauban-testguest disks=<vda,vdb,...>          at boot and whenever the set of
 #                                                 /sys/block/vd* changes (hot-plug);
 #                                                 names sorted, comma-separated
+# Once READY, a shell reads commands typed on the serial console (the terminal echoes
+# them) and writes their output there: the live-console tests type into it.
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 SEED_WAIT_TENTHS=100  # how long to look for the cidata device: 10 s
@@ -168,6 +170,11 @@ watch_disks < /dev/null > /dev/null 2>&1 &
 apply_seed
 start_acpid
 say "VAUBAN-TESTGUEST-READY"
+echo "VAUBAN-TESTGUEST-READY" > /dev/tty1 2>/dev/null  # on the VGA screen too
+while :; do
+    sh < /dev/ttyS0 > /dev/ttyS0 2>&1
+    sleep 1  # the serial port went away: try again, without spinning
+done &
 while :; do
     sleep 3600
 done

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from agent.errors import DriverError
 
@@ -105,6 +105,20 @@ class VmObservation:
     power_seq: int
     console_log: Path | None
     labels: dict[str, str] = field(default_factory=dict)  # as given in VmSpec.labels
+
+
+class ConsoleStream(Protocol):
+    """A VM console opened on the node: bytes both ways, as a socket's calls name them."""
+
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes from the guest, waiting for some; b"" once the console ended.
+        OSError when it broke."""
+
+    def sendall(self, data: bytes) -> None:
+        """All of `data` to the guest; OSError when the console broke or ended."""
+
+    def close(self) -> None:
+        """End the console; a recv waiting in another thread returns (b"" or OSError)."""
 
 
 class HypervisorError(DriverError):
@@ -218,3 +232,14 @@ class HypervisorDriver(ABC):
         HypervisorError for an unknown VM. Changes nothing.
         """
         raise HypervisorError(f"{type(self).__name__} does not support listing disks")
+
+    def open_console(self, vm_id: str, kind: Literal["vnc", "serial"]) -> ConsoleStream:
+        """Open the running VM's console: "vnc", its VNC server (RFB) as the guest's
+        display; "serial", its first serial port, live (a serial console already open is
+        taken over: it ends). The serial log goes on being written as before.
+
+        After success the caller owns the stream and closes it. HypervisorError, saying
+        why in words, when the VM is unknown, not running or has no such console; nothing
+        is left open then.
+        """
+        raise HypervisorError(f"{type(self).__name__} has no consoles")

@@ -69,10 +69,10 @@ def test_tcg_domain_renders_every_element() -> None:
     assert at(disks[0], "source").get("file") == "/srv/disks/web-1/root.qcow2"
     assert disks[0].find("readonly") is None and disks[1].find("readonly") is not None
     serial = at(root, "devices/serial")
-    assert serial.get("type") == "file"
-    assert at(serial, "source").get("path") == "/srv/logs/web-1.log"
-    console = at(root, "devices/console")
-    assert console.get("type") == "file" and at(console, "target").get("type") == "serial"
+    # a pty for live consoles, logged to the file all the same (libvirt adds the console)
+    assert serial.get("type") == "pty"
+    assert at(serial, "log").get("file") == "/srv/logs/web-1.log"
+    assert at(serial, "log").get("append") == "on"
     graphics = at(root, "devices/graphics")
     assert graphics.get("type") == "vnc" and graphics.get("autoport") == "yes"
     assert graphics.get("listen") == "127.0.0.1"
@@ -379,3 +379,13 @@ def test_gpu_vm_gets_its_group_and_vgpu_as_unmanaged_hostdevs() -> None:
 def test_vm_without_gpus_has_no_hostdev_and_no_hidden_kvm() -> None:
     dom = ET.fromstring(make_config("kvm").to_xml())
     assert dom.find("devices/hostdev") is None and dom.find("features/kvm") is None
+
+
+def test_the_console_log_is_read_from_a_pty_log_and_from_an_older_file_serial() -> None:
+    config = make_config("qemu")
+    assert DomainConfig.from_xml(config.to_xml()).console_log == config.console_log
+    older = config.to_xml().replace(
+        '<serial type="pty"><log file="/srv/logs/web-1.log" append="on" />',
+        '<serial type="file"><source path="/srv/logs/older.log" append="on" />')
+    assert "older.log" in older
+    assert DomainConfig.from_xml(older).console_log == Path("/srv/logs/older.log")

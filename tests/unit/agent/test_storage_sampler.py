@@ -85,6 +85,10 @@ class RecordingClient:
         self.stopping.wait()  # no desired state until the agent stops
         raise ControllerUnavailable("stopping")
 
+    def console_requests(self, wait: float) -> Any:
+        self.stopping.wait()  # no console asked for until the agent stops
+        raise ControllerUnavailable("stopping")
+
     def report(self, status: NodeStatus) -> None:
         with self.heard:
             self.reports.append(status)

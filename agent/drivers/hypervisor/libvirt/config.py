@@ -298,13 +298,12 @@ class DomainConfig:
             devices.append(nic.to_element())
         for hostdev in self.hostdevs:
             devices.append(hostdev.to_element())
-        serial = _sub(devices, "serial", type="file")
-        # append: the log keeps earlier boots, so a restart does not erase the evidence.
-        _sub(serial, "source", path=str(self.console_log), append="on")
+        # a pty, live for a console session (libvirt's console stream), logged all along
+        # by virtlogd; append: the log keeps earlier boots, so a restart does not erase the
+        # evidence. libvirt makes it the domain's console too.
+        serial = _sub(devices, "serial", type="pty")
+        _sub(serial, "log", file=str(self.console_log), append="on")
         _sub(serial, "target", port="0")
-        console = _sub(devices, "console", type="file")
-        _sub(console, "source", path=str(self.console_log), append="on")
-        _sub(console, "target", type="serial", port="0")
         graphics = _sub(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
         _sub(graphics, "listen", type="address", address="127.0.0.1")
         rng = _sub(devices, "rng", model="virtio")
@@ -327,7 +326,11 @@ class DomainConfig:
         if virt_type not in ("kvm", "qemu"):
             raise ValueError(f"unsupported domain type {virt_type!r}")
         os_type = root.find("os/type")
-        serial_src = root.find("devices/serial/source")
+        # the log of a pty; a domain defined before consoles were live logs to a file
+        serial_log = root.find("devices/serial/log")
+        serial_src = root.find("devices/serial[@type='file']/source")
+        console_log = Path(serial_log.get("file", "")) if serial_log is not None else \
+            Path(serial_src.get("path", "")) if serial_src is not None else Path()
         return cls(
             virt_type="kvm" if virt_type == "kvm" else "qemu",
             name=_text(root, "name"),
@@ -336,7 +339,7 @@ class DomainConfig:
             vcpus=int(_text(root, "vcpu")),
             disks=tuple(DiskConfig.from_element(d)
                         for d in root.findall("devices/disk[@device='disk']")),
-            console_log=Path(serial_src.get("path", "")) if serial_src is not None else Path(),
+            console_log=console_log,
             metadata=InstanceMetadata.from_element(md_el),
             machine=os_type.get("machine", "pc") if os_type is not None else "pc",
             arch=os_type.get("arch", "x86_64") if os_type is not None else "x86_64",

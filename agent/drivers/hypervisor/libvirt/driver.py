@@ -8,9 +8,11 @@ import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Literal
 
 from agent.drivers.hypervisor.base import (
     ROOT_DISK_TARGET,
+    ConsoleStream,
     DiskSpec,
     HypervisorDriver,
     HypervisorError,
@@ -18,7 +20,7 @@ from agent.drivers.hypervisor.base import (
     VmObservation,
     VmSpec,
 )
-from agent.drivers.hypervisor.libvirt import secrets
+from agent.drivers.hypervisor.libvirt import console, secrets
 from agent.drivers.hypervisor.libvirt.config import (
     DiskConfig,
     DomainConfig,
@@ -265,3 +267,12 @@ class LibvirtDriver(HypervisorDriver):
             return
         guest.block_resize(target, size_bytes)
         log.info("VM %s: disk %s grown to %d bytes", vm_id, target, size_bytes)
+
+    def open_console(self, vm_id: str, kind: Literal["vnc", "serial"]) -> ConsoleStream:
+        dom = self.host.lookup(vm_id)
+        if dom is None:
+            raise HypervisorError(f"VM {vm_id} is not defined on this node")
+        guest = Guest(self.host, dom)
+        if not guest.is_running():
+            raise HypervisorError(f"VM {guest.name} is not running on this node")
+        return console.open_console(self.host.uri, vm_id, guest.name, guest.xml(), kind)
