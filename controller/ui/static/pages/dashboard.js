@@ -156,6 +156,7 @@ function ProjectPanels() {
     : names.length === 0 ? html`<p class="empty">You are in no project.</p>`
       : html`${list.data.length > PROJECTS_DRAWN && html`<p class="hint">The first ${PROJECTS_DRAWN} of
           ${list.data.length} projects, by name.</p>`}
+        <p class="hint">A project without a quota of a resource shows what it holds, against no limit.</p>
         <div class="grid charts">
           <${UsageChart} title="vCPUs per project (against quota)" format=${count} rows=${rows("vcpus")} />
           <${UsageChart} title="Memory per project (against quota)" format=${mib} rows=${rows("memory_mib")} />

@@ -25,8 +25,7 @@ export default function Node({ params }) {
     navigate("/nodes");
   };
   return html`<section class="node-page">
-    <${PageHeader} title=${node.name} subtitle=${html`<${StateBadge} state=${node.state} /> last seen
-      ${ago(node.last_seen_at)}`}>
+    <${PageHeader} title=${node.name} subtitle=${html`<${StateBadge} state=${node.state} />${` last seen ${ago(node.last_seen_at)}`}`}>
       ${can.regionWrite && html`<${ConfirmButton} label="Remove node" confirmLabel="Remove"
         question=${`Remove node ${node.name} from the region? Its certificate is refused from then on; `
           + "it can only come back by joining again with a new join token."} onConfirm=${remove} />`}
