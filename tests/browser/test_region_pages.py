@@ -95,6 +95,10 @@ def test_dashboard_shows_the_node_and_its_capacity(admin_page: Page, origin: str
         "() => document.querySelectorAll('figure.chart canvas').length > 0 && window.Chart && "
         "Object.keys(window.Chart.instances).length === "
         "document.querySelectorAll('figure.chart canvas').length")
+    # the axis is written in the chart's units
+    ticks = admin_page.evaluate("""() => window.Chart.getChart(document.querySelector(
+        'canvas[aria-label^="Memory used per node"]')).scales.x.ticks.map((t) => t.label)""")
+    assert ticks and all(str(t).endswith("iB") or t == "0 B" for t in ticks), ticks
     status = api(ui_region, "GET", "/status")
     expect(admin_page.get_by_text("nodes up")).to_be_visible()
     expect(admin_page.locator(".stat").first).to_have_text(str(status["nodes_up"]))

@@ -46,8 +46,9 @@ export function UsageChart({ title, rows, format = (v) => String(v) }) {
   const free = rows.map((r) => (r.total === null || r.total === undefined ? 0 : Math.max(0, r.total - r.used)));
   const summary = rows.map((r) => `${r.name}: ${format(r.used)} of ${total(r, format)}`).join("; ");
   const latest = useRef(null);
-  latest.current = { labels, used, free };
-  // draws the latest numbers: also those that arrived while the library was loading
+  latest.current = { labels, used, free, format };
+  // draws the latest numbers (also those that arrived while the library was loading),
+  // written by the latest `format`
   const draw = () => {
     const c = chart.current;
     if (!c) return;
@@ -69,10 +70,10 @@ export function UsageChart({ title, rows, format = (v) => String(v) }) {
         ] },
         options: {
           indexAxis: "y", responsive: true, maintainAspectRatio: false,
-          scales: { x: { stacked: true, beginAtZero: true, ticks: { callback: (v) => format(v) } },
+          scales: { x: { stacked: true, beginAtZero: true, ticks: { precision: 0, callback: (v) => latest.current.format(v) } },
             y: { stacked: true } },
           plugins: { legend: { position: "bottom" },
-            tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${format(c.raw)}` } } },
+            tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${latest.current.format(c.raw)}` } } },
         },
       });
       draw();
@@ -84,7 +85,7 @@ export function UsageChart({ title, rows, format = (v) => String(v) }) {
     };
   }, []);
 
-  useEffect(draw, [JSON.stringify([labels, used, free])]);
+  useEffect(draw, [JSON.stringify([labels, used, free]), format]);
 
   const height = `${Math.max(7, 3 + rows.length * 2.2)}rem`;
   return html`<figure class="chart">

@@ -69,15 +69,15 @@ function NodeCharts({ nodes, gpus, storage }) {
   }).filter((r) => r.total > 0);
   const pools = (storage && storage.pools) || [];
   return html`<div class="grid charts">
-    <${UsageChart} title="vCPUs used per node" format=${count}
+    <${UsageChart} key="vcpus" title="vCPUs used per node" format=${count}
       rows=${nodes.map((n) => ({ name: n.name, used: n.vcpus_used, total: n.cpus }))} />
-    <${UsageChart} title="Memory used per node" format=${mib}
+    <${UsageChart} key="memory" title="Memory used per node" format=${mib}
       rows=${nodes.map((n) => ({ name: n.name, used: n.memory_mib_used, total: n.memory_mib }))} />
-    ${pools.length > 0 ? html`<${UsageChart} title="Storage used per pool" format=${bytes}
+    ${pools.length > 0 ? html`<${UsageChart} key="pools" title="Storage used per pool" format=${bytes}
       rows=${pools.map((p) => ({ name: p.pool, used: p.used_bytes, total: p.used_bytes + p.max_avail_bytes }))} />`
-    : html`<${NodeStorage} nodes=${nodes} />`}
-    ${gpuRows.length > 0 ? html`<${UsageChart} title="GPUs in use per node" format=${count} rows=${gpuRows} />`
-    : html`<div class="card"><h3>GPUs</h3><p>No node of the region reports a GPU.</p></div>`}
+    : html`<${NodeStorage} key="local" nodes=${nodes} />`}
+    ${gpuRows.length > 0 ? html`<${UsageChart} key="gpus" title="GPUs in use per node" format=${count} rows=${gpuRows} />`
+    : html`<div class="card" key="no-gpus"><h3>GPUs</h3><p>No node of the region reports a GPU.</p></div>`}
   </div>`;
 }
 
@@ -158,17 +158,18 @@ function ProjectPanels() {
           ${list.data.length} projects, by name.</p>`}
         <p class="hint">A project without a quota of a resource shows what it holds, against no limit.</p>
         <div class="grid charts">
-          <${UsageChart} title="vCPUs per project (against quota)" format=${count} rows=${rows("vcpus")} />
-          <${UsageChart} title="Memory per project (against quota)" format=${mib} rows=${rows("memory_mib")} />
-          <${UsageChart} title="Storage per project (against quota)" format=${gib} rows=${rows("storage_gib")} />
+          <${UsageChart} key="vcpus" title="vCPUs per project (against quota)" format=${count} rows=${rows("vcpus")} />
+          <${UsageChart} key="memory" title="Memory per project (against quota)" format=${mib} rows=${rows("memory_mib")} />
+          <${UsageChart} key="storage" title="Storage per project (against quota)" format=${gib} rows=${rows("storage_gib")} />
           ${gpuRows.length + vgpuRows.length > 0
-    ? html`<${UsageChart} title="GPUs per project (against quota)" format=${count}
+    ? html`<${UsageChart} key="gpus" title="GPUs per project (against quota)" format=${count}
               rows=${[...gpuRows, ...vgpuRows.map((r) => ({ ...r, name: `${r.name}: vGPUs` }))]} />`
-    : html`<div class="card"><h3>GPUs per project</h3><p>No project holds or has a quota of GPUs.</p></div>`}
+    : html`<div class="card" key="no-gpus"><h3>GPUs per project</h3><p>No project holds or has a quota of GPUs.</p></div>`}
         </div>`}`;
 }
 
 function VmStates() {
+  const { can } = useSession();
   const { data, error } = useApi("/instances", { events: ["vm"] });
   const byState = {};
   for (const vm of data || []) byState[vm.state] = (byState[vm.state] || 0) + 1;
@@ -177,7 +178,7 @@ function VmStates() {
     <h2>VMs by state</h2>
     <${ErrorBox} error=${error} title="The VMs could not be listed" />
     ${!data && !error ? html`<${Loading} />` : data && (states.length === 0
-    ? html`<p>No VM yet. <${Link} to="/vms/new">Create one<//>.</p>`
+    ? html`<p>No VM yet.${can.canWrite && html` <${Link} to="/vms/new">Create one<//>.`}</p>`
     : html`<ul class="state-counts" aria-label="VMs by state">${states.map((s) => html`<li>
         <${StateBadge} state=${s} /> <strong>${byState[s]}</strong></li>`)}</ul>`)}
   </div>`;
