@@ -64,10 +64,6 @@ function Shell({ account, onLogout }) {
   const can = abilities(account);
   const found = match(routes, path);
   const allowed = found && (!found.route.needs || can[found.route.needs]);
-  const logout = async () => {
-    try { await api.del("/sessions/current"); } catch (_) { /* ended already */ }
-    onLogout();
-  };
   return html`<${SessionContext.Provider} value=${{ account, can }}>
     <a class="skip-link" href="#main">Skip to content</a>
     <header class="topbar">
@@ -78,7 +74,7 @@ function Shell({ account, onLogout }) {
       <div class="topbar-right">
         <${LiveIndicator} />
         <a href="#/account" class="user">${account.name}</a>
-        <button type="button" class="btn" onClick=${logout}><${Icon} name="log-out" /> Log out</button>
+        <button type="button" class="btn" onClick=${onLogout}><${Icon} name="log-out" /> Log out</button>
       </div>
     </header>
     <div class="layout">
@@ -92,19 +88,31 @@ function Shell({ account, onLogout }) {
   <//>`;
 }
 
+/** Ends the session once the pages are gone (their requests aborted: none is answered 401
+ * after the session ended), then shows the login page whether or not it was still open. */
+function LoggingOut({ onEnded }) {
+  useEffect(() => {
+    api.del("/sessions/current").catch(() => { /* ended already */ }).finally(onEnded);
+  }, []);
+  return html`<${Loading} what="Logging out" />`;
+}
+
 function App() {
   const [account, setAccount] = useState(undefined); // undefined: not known yet
+  const [leaving, setLeaving] = useState(false);
+  const ended = () => { rememberCsrf(null); disconnect(); setLeaving(false); setAccount(null); };
   // without a stored CSRF token this tab never logged in (or logged out): no session to ask for
   const load = () => (hasCsrf() ? api.get("/account").then(setAccount, () => setAccount(null))
     : setAccount(null));
   useEffect(() => {
     load();
-    return onSessionEnded(() => { rememberCsrf(null); disconnect(); setAccount(null); });
+    return onSessionEnded(ended);
   }, []);
   useEffect(() => { if (account) connect(); }, [account]);
+  if (leaving) return html`<${LoggingOut} onEnded=${ended} />`;
   if (account === undefined) return html`<${Loading} what="Starting" />`;
   if (account === null) return html`<${Login} onLoggedIn=${load} />`;
-  return html`<${Shell} account=${account} onLogout=${() => { rememberCsrf(null); disconnect(); setAccount(null); }} />`;
+  return html`<${Shell} account=${account} onLogout=${() => { disconnect(); setLeaving(true); }} />`;
 }
 
 render(html`<${App} />`, document.getElementById("app"));

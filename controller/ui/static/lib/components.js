@@ -17,18 +17,21 @@ const NETWORK_RETRIES = 3; // a request cut by the network (not refused by the A
  * {data, error, loading, reload}. A burst of events costs one request. A request that
  * never got an answer (the network dropped it) is sent again a few times, a second
  * apart, before its error is shown: otherwise the page would show stale data until
- * the next event. */
+ * the next event. Requests still in flight when the component goes (or the path changes)
+ * are aborted: a page left at logout leaves no request to be answered 401 after the
+ * session ended. */
 export function useApi(path, { events = [], query } = {}) {
   const [state, setState] = useState({ data: null, error: null, loading: true });
   const generation = useRef(0);
   const retries = useRef(0);
   const again = useRef(null);
+  const signal = useRef(null);
   const key = path + JSON.stringify(query || {});
   const reload = useCallback(() => {
-    if (!path) return;
+    if (!path || !signal.current || signal.current.aborted) return;
     const mine = ++generation.current;
     clearTimeout(again.current);
-    api.get(path, { query }).then(
+    api.get(path, { query, signal: signal.current }).then(
       (data) => {
         if (mine !== generation.current) return;
         retries.current = 0;
@@ -46,10 +49,12 @@ export function useApi(path, { events = [], query } = {}) {
     );
   }, [key]);
   useEffect(() => {
+    const controller = new AbortController();
+    signal.current = controller.signal;
     setState({ data: null, error: null, loading: true });
     retries.current = 0;
     reload();
-    return () => { generation.current += 1; clearTimeout(again.current); };
+    return () => { generation.current += 1; clearTimeout(again.current); controller.abort(); };
   }, [key]);
   useEffect(() => {
     if (!events.length) return undefined;

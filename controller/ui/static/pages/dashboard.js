@@ -115,19 +115,28 @@ function NodeFailures({ nodes }) {
     caption="Failures reported by nodes" empty="No node reports a failure." />`;
 }
 
-/** GET every path of `paths` now and again on events of `events`; {data (in order), error}. */
+/** GET every path of `paths` now and again on events of `events`; {data (in order), error}.
+ * Like useApi, what is in flight when the component goes is aborted. */
 function useEach(paths, events) {
   const [state, setState] = useState({ data: null, error: null });
   const generation = useRef(0);
+  const signal = useRef(null);
   const key = paths.join("\n");
   const reload = useCallback(() => {
+    if (!signal.current || signal.current.aborted) return;
     const mine = ++generation.current;
-    Promise.all(paths.map((p) => api.get(p))).then(
+    const aborted = signal.current;
+    Promise.all(paths.map((p) => api.get(p, { signal: aborted }))).then(
       (data) => mine === generation.current && setState({ data, error: null }),
-      (error) => mine === generation.current && setState((s) => ({ ...s, error })),
+      (error) => mine === generation.current && !aborted.aborted && setState((s) => ({ ...s, error })),
     );
   }, [key]);
-  useEffect(() => { reload(); }, [key]);
+  useEffect(() => {
+    const controller = new AbortController();
+    signal.current = controller.signal;
+    reload();
+    return () => controller.abort();
+  }, [key]);
   useEffect(() => {
     let timer = null;
     const off = subscribe(events, () => {
