@@ -147,7 +147,9 @@ function useEach(paths, events) {
   return state;
 }
 
-const PROJECT_EVENTS = ["project", "vm", "volume", "network", "port", "operation"];
+// what changes a project's usage (not each step of an operation: that would ask for every
+// project's usage again and again while one runs)
+const PROJECT_EVENTS = ["project", "vm", "volume", "network", "port"];
 
 /** Usage against quotas of the projects the caller sees (all of them for the region's roles). */
 function ProjectPanels() {
