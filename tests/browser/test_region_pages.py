@@ -179,22 +179,29 @@ def test_operations_page_shows_an_operation_live(admin_page: Page, origin: str,
             ui_region.cli("vm", "delete", name, "--wait")
 
 
-def test_dashboard_follows_a_new_vm_and_node_removal_is_refused_while_it_has_it(
+def test_dashboard_and_node_page_follow_a_vm_and_removal_is_refused_while_it_is_there(
         browser: Browser, origin: str, admin_state: dict[str, Any], ui_region: E2ERegion,
         node: dict[str, Any]) -> None:
     name = f"ui-keep-{uuid.uuid4().hex[:6]}"
     try:
         with admin_guarded_page(browser, origin, admin_state) as (page, guards):
-            # the dashboard follows the VM's creation live
-            page.goto(origin + "/#/")
+            # the VM is made after the dashboard read the nodes but before its event stream
+            # starts (the browser holds the stream's request): once the stream opens, the
+            # dashboard reads again what it shows
+            held: list[Route] = []
+            page.route("**/api/v1/events", lambda route: held.append(route))
+            with page.expect_request("**/api/v1/events"):
+                page.goto(origin + "/#/")
             before = api(ui_region, "GET", f"/nodes/{node['name']}")
             vms = page.get_by_role("table", name="Node health").get_by_role(
                 "row", name=node["name"]).get_by_role("cell").nth(3)
             expect(vms).to_have_text(str(before["instances"]))
-            mark_no_reload(page)
+            page.evaluate("window.__notReloaded = true")
             ui_region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1",
                           "--memory", "128", "--no-start", "--node", node["name"], "--wait")
             ui_region.vm(name)
+            assert len(held) == 1
+            held[0].continue_()
             expect(vms).to_have_text(str(before["instances"] + 1))
             expect(page.get_by_role("table", name="vCPUs used per node").get_by_role(
                 "row", name=node["name"]).get_by_role("cell").first).to_have_text(
@@ -209,7 +216,14 @@ def test_dashboard_follows_a_new_vm_and_node_removal_is_refused_while_it_has_it(
             expect(dialog.get_by_role("alert")).to_contain_text(f"still has 1 VM(s) ({name})")
             dialog.get_by_role("button", name="Cancel").click()
             expect(dialog).to_be_hidden()
-        assert api(ui_region, "GET", f"/nodes/{node['name']}")["id"] == node["id"]
+            assert api(ui_region, "GET", f"/nodes/{node['name']}")["id"] == node["id"]
+            # the node's page follows the VM's deletion live
+            on_node = page.get_by_role("table", name="VMs on this node").get_by_role(
+                "link", name=name)
+            expect(on_node).to_be_visible()
+            ui_region.cli("vm", "delete", name, "--wait")
+            expect(on_node).to_have_count(0)
+            assert_not_reloaded(page)
     finally:
         if ui_region.run_cli("vm", "show", name).returncode == 0:
             ui_region.cli("vm", "delete", name, "--wait")

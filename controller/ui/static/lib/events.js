@@ -5,6 +5,7 @@
 
 const subscribers = new Set();
 let source = null;
+let opened = false; // the current stream has opened once
 const status = { connected: false, listeners: new Set() };
 
 function dispatch(type, data) {
@@ -23,7 +24,17 @@ function setConnected(value) {
 export function connect() {
   if (source) return;
   source = new EventSource("/api/v1/events");
-  source.onopen = () => setConnected(true);
+  source.onopen = () => {
+    setConnected(true);
+    // what changed between a page's first request and the stream's start was told to no
+    // one: the first opening has every subscriber read again (a reconnection resumes from
+    // its Last-Event-ID and misses nothing)
+    if (!opened) {
+      opened = true;
+      dispatch("stream.reset", { id: null, at: null, type: "stream.reset", project: null, object: null,
+        data: { reason: "the stream opened" } });
+    }
+  };
   // EventSource reconnects by itself, with Last-Event-ID: nothing is lost in between
   source.onerror = () => setConnected(false);
   source.onmessage = (e) => dispatch("message", JSON.parse(e.data));
@@ -39,6 +50,7 @@ export function connect() {
 export function disconnect() {
   if (source) source.close();
   source = null;
+  opened = false;
   setConnected(false);
 }
 
