@@ -170,9 +170,12 @@ def test_operations_page_shows_an_operation_live(admin_page: Page, origin: str,
         deleted = admin_page.get_by_role("row").filter(has_text="instance.delete").filter(
             has_text=name)
         expect(deleted).to_contain_text("succeeded")
-        # the state filter narrows the list to the operations in that state
-        admin_page.get_by_label("State").select_option("failed")
+        # the filters narrow the list to the operations of that kind, in that state
+        admin_page.get_by_label("Kind").select_option("instance.delete")
         expect(created).to_have_count(0)
+        expect(deleted).to_contain_text("succeeded")
+        admin_page.get_by_label("State").select_option("failed")
+        expect(deleted).to_have_count(0)
         assert_not_reloaded(admin_page)
     finally:
         if ui_region.run_cli("vm", "show", name).returncode == 0:
