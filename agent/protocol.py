@@ -21,7 +21,9 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # body; every /agent/v1 answer names the report interval and the long-poll wait
 # 3: the qualification report names the disks free for OSDs (`free_osd_disks`); agents
 # renew their certificate (POST /agent/v1/nodes/<id>/certificate)
-PROTOCOL_VERSION = 3
+# 4: a desired VM carries `power_mode` (reboot, reset, forced stop); agents long-poll
+# console requests (GET /agent/v1/nodes/<id>/consoles) and dial back each console
+PROTOCOL_VERSION = 4
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
 # version; a message without the header comes from a release before it, which spoke 1.
