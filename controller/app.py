@@ -8,6 +8,7 @@ from controller.api import (
     account,
     agent,
     audit,
+    events,
     fleet,
     gpus,
     identity,
@@ -28,7 +29,8 @@ from controller.region import Region
 BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, audit.api,
               images.api, instances.api, volumes.api, networks.api, networks.ports_api,
               security_groups.api, gpus.api, agent.api, fleet.api, identity.projects_api,
-              identity.users_api, identity.roles_api, identity.tokens_api, identity.account_api]
+              identity.users_api, identity.roles_api, identity.tokens_api, identity.account_api,
+              events.api]
 
 
 def create_app(region: Region) -> Flask:
