@@ -41,6 +41,7 @@ CHANNEL = "vauban_events"
 QUEUE = 1000  # events a subscriber may have waiting before it is dropped
 GAP_S = 30.0
 BATCH = 1000
+STOP_WAIT_S = 5.0
 MAX_GAP = 1000  # ids skipped at once that are remembered as gaps
 
 
@@ -175,10 +176,15 @@ class EventHub:
                 self._listener.start()
 
     def stop(self) -> None:
+        """End the reader and the listener (within about a second: the listener waits for
+        notices a second at a time); subscribers are no longer fed."""
         self.stopping.set()
         self._woken.set()
-        if self._listener is not None:
-            self._listener.stop()
+        for thread in (self._listener, self._thread):
+            if isinstance(thread, NoticeListener):
+                thread.stop()
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(STOP_WAIT_S)
 
     def _run(self) -> None:
         while not self.stopping.is_set():

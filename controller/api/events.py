@@ -21,7 +21,7 @@ from pydantic import Field
 
 from controller import schemas
 from controller.api.context import region
-from controller.api.framework import ApiBlueprint
+from controller.api.framework import EVENT_STREAM, ApiBlueprint
 from controller.api.problems import problem
 from controller.authz import ANY_USER, Caller
 from controller.config import SessionLimits
@@ -57,7 +57,7 @@ def parse_types(raw: str | None) -> frozenset[str] | None:
 
 @api.route("GET", "/events", access=ANY_USER, query=EventsQuery,
            summary="Follow events (text/event-stream) of the objects you may see",
-           responses={200: "text/event-stream: id, event and data (JSON) per event"})
+           responses={200: EVENT_STREAM})
 def follow_events(query: EventsQuery) -> Any:
     try:
         kinds = parse_types(query.types)
