@@ -13,6 +13,10 @@ over (gaps) for GAP_S seconds and reads again from the oldest of them, deliverin
 gap that shows up; an id still missing after GAP_S belonged to a transaction that rolled
 back (its events are written at the very end of a transaction: a commit that takes longer
 than GAP_S after them is not expected). SQLite writes one transaction at a time: no gaps.
+
+SQLite has no notices: a process beside the server that writes events (a rollout's worker)
+is heard by reading every SQLITE_LOOK_S while anyone watches (one query per process, not
+per subscriber).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ QUEUE = 1000  # events a subscriber may have waiting before it is dropped
 GAP_S = 30.0
 BATCH = 1000
 STOP_WAIT_S = 5.0
+SQLITE_LOOK_S = 2.0
 MAX_GAP = 1000  # ids skipped at once that are remembered as gaps
 
 
@@ -120,6 +125,8 @@ class EventHub:
                  origin: str = "") -> None:
         self._reads = reads
         self._engine = engine  # PostgreSQL: other processes notify on CHANNEL
+        self._look_s = None if engine is not None and engine.dialect.name == "postgresql" \
+            else SQLITE_LOOK_S
         self._origin = origin
         self._lock = threading.Lock()
         self._woken = threading.Event()
@@ -189,7 +196,7 @@ class EventHub:
     def _run(self) -> None:
         while not self.stopping.is_set():
             # gaps are looked for again until they expire, even with nothing new committed
-            self._woken.wait(GAP_S if self._gaps else None)
+            self._woken.wait(self._wait_s())
             self._woken.clear()
             if self.stopping.is_set():
                 return
@@ -197,6 +204,12 @@ class EventHub:
                 self.read_new()
             except Exception:  # the next wake reads again from where it was
                 log.exception("reading new events failed; subscribers wait for the next")
+
+    def _wait_s(self) -> float | None:
+        with self._lock:
+            waits = [GAP_S if self._gaps else None,
+                     self._look_s if self._subscribers else None]
+        return min((w for w in waits if w is not None), default=None)
 
     def read_new(self) -> int:
         """Read what committed since the last read and offer it; returns how many."""

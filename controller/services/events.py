@@ -28,6 +28,7 @@ from controller.authz import Caller, Perm
 from controller.db.models import (
     ApiToken,
     Event,
+    FleetHost,
     Image,
     Instance,
     Network,
@@ -36,6 +37,8 @@ from controller.db.models import (
     Port,
     Project,
     RoleBinding,
+    RolloutHost,
+    RolloutJob,
     SecurityGroup,
     SecurityGroupRule,
     Subnet,
@@ -50,7 +53,7 @@ _WRITTEN = "vauban.events_written"  # session.info: the commit wrote events
 KINDS: Mapping[type, str] = {
     Operation: "operation", Instance: "vm", Node: "node", Image: "image", Volume: "volume",
     Network: "network", Subnet: "subnet", Port: "port", SecurityGroup: "security_group",
-    Project: "project", User: "user", ApiToken: "token",
+    Project: "project", User: "user", ApiToken: "token", RolloutJob: "rollout",
 }
 TYPES = frozenset(KINDS.values())  # what `?types=` may name
 # columns whose change alone tells a watcher nothing (or changes at every report)
@@ -68,7 +71,8 @@ TOLD_RELATIONSHIPS: Mapping[type, frozenset[str]] = {Port: frozenset({"security_
 # region-level objects (no project) and what a caller needs to see their events;
 # None: shared objects every user reads (public images, provider networks)
 REGION_LEVEL: Mapping[str, Perm | None] = {
-    "node": Perm.REGION_READ, "operation": Perm.REGION_READ, "image": None,
+    "node": Perm.REGION_READ, "operation": Perm.REGION_READ, "rollout": Perm.FLEET_READ,
+    "image": None,
     "network": None, "subnet": None, "port": None, "security_group": None,
 }
 
@@ -96,14 +100,26 @@ def _pending(db: Session) -> dict[tuple[str, str], tuple[str, Told | object]]:
     return pending
 
 
-def _tracked(obj: object) -> tuple[str, object] | None:
+def _tracked(db: Session, obj: object) -> tuple[str, object] | None:
     """(kind, the object told of) for an object whose change is an event, else None."""
     if isinstance(obj, SecurityGroupRule):
         return ("security_group", obj.group) if obj.group is not None else None
     if isinstance(obj, RoleBinding):  # a role given or taken changes the user
         return ("user", obj.user) if obj.user is not None else None
+    if isinstance(obj, RolloutHost):  # a host's progress is its rollout's
+        return ("rollout", obj.job) if obj.job is not None else None
+    if isinstance(obj, FleetHost):  # its qualification is its node's, once joined
+        node = db.scalar(select(Node).where(Node.name == obj.name))
+        return ("node", node) if node is not None else None
     kind = KINDS.get(type(obj))
     return (kind, obj) if kind is not None else None
+
+
+_WATCHED = (*KINDS, SecurityGroupRule, RoleBinding, RolloutHost, FleetHost)
+
+
+def _watched(obj: object) -> bool:
+    return isinstance(obj, _WATCHED)
 
 
 def _changed(obj: object) -> bool:
@@ -119,7 +135,7 @@ def _noted(db: Session, _flush: Any) -> None:
     """After a flush: note the tracked objects it inserted, changed or deleted."""
     pending = _pending(db)
     for obj in db.deleted:
-        found = _tracked(obj)
+        found = _tracked(db, obj)
         if found is None:
             continue
         kind, target = found
@@ -127,8 +143,8 @@ def _noted(db: Session, _flush: Any) -> None:
             pending[(kind, _id(obj))] = (f"{kind}.deleted", describe(obj))
         else:
             pending.setdefault((kind, _id(target)), (f"{kind}.changed", target))
-    for obj in [*db.new, *(o for o in db.dirty if _tracked(o) and _changed(o))]:
-        found = _tracked(obj)
+    for obj in [*db.new, *(o for o in db.dirty if _watched(o) and _changed(o))]:
+        found = _tracked(db, obj)
         if found is None:
             continue
         kind, target = found
@@ -143,10 +159,12 @@ def _id(obj: Any) -> str:
 
 def _write(db: Session) -> None:
     """Before the commit: one row per noted object, telling its state now."""
-    if db.in_nested_transaction() or not db.info.get(_PENDING):
+    if db.in_nested_transaction():
         return
-    db.flush()  # the last changes are noted too
+    db.flush()  # the changes not flushed yet are noted too
     pending = db.info.pop(_PENDING, {})
+    if not pending:
+        return
     now = datetime.now(UTC)
     rows = []
     for type_, what in pending.values():
@@ -232,6 +250,12 @@ def describe(obj: Any) -> Told:
         return Told(kind, obj.id, obj.name, obj.id, {})
     if isinstance(obj, User):
         return Told(kind, obj.id, obj.name, None, {})
+    if isinstance(obj, RolloutJob):
+        hosts = obj.hosts
+        return Told(kind, obj.id, obj.version, None, {
+            "state": obj.state, "upgrade": obj.upgrade, "version": obj.version,
+            "error": obj.error, "hosts": len(hosts),
+            "hosts_done": sum(h.state not in ("pending", "running") for h in hosts)})
     assert isinstance(obj, ApiToken)
     return token_told(obj.id, obj.user_id, obj.kind, obj.name, obj.revoked_at is not None)
 

@@ -6,7 +6,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from agent.protocol import JoinRequest, JoinResponse
@@ -41,8 +41,13 @@ def announce_states(db: Session, now: datetime, down_after_s: float) -> int:
     a node goes down by staying silent, which no report records. Of several processes doing
     it at once, one tells each change. Returns how many were told."""
     told = 0
+    cutoff = now.astimezone(UTC) - timedelta(seconds=down_after_s)
+    told_as = func.coalesce(Node.announced_state, "")
+    stale = or_(and_(Node.last_seen_at.is_(None), told_as != "new"),
+                and_(Node.last_seen_at >= cutoff, told_as != "up"),
+                and_(Node.last_seen_at < cutoff, told_as != "down"))
     for node_id, last_seen, announced in db.execute(
-            select(Node.id, Node.last_seen_at, Node.announced_state)).all():
+            select(Node.id, Node.last_seen_at, Node.announced_state).where(stale)).all():
         state = state_of(last_seen, now, down_after_s)
         if state == announced:
             continue

@@ -9,6 +9,8 @@ from typing import Any
 
 from werkzeug.test import TestResponse
 
+IDLE_COMMENTS = 8  # at 15 s each
+
 
 @dataclass(frozen=True)
 class Sse:
@@ -58,10 +60,14 @@ class Stream:
 
     def next_event(self) -> Sse:
         """The next event (ids alone and comments skipped); AssertionError if the stream
-        ends first."""
+        ends first, or sends only keep-alives for a while (instead of hanging the test)."""
+        idle = 0
         for sse in self.blocks():
             if sse.type is not None:
                 return sse
+            idle += sse.comment == "keep-alive"
+            if idle > IDLE_COMMENTS:
+                raise AssertionError(f"no event came in {IDLE_COMMENTS} keep-alives")
         raise AssertionError("the stream ended")
 
     def until(self, found: Callable[[Sse], bool]) -> list[Sse]:

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from agent.protocol import ObservedVm, ObservedVmState
 from controller import eventhub
-from controller.db.models import Event, Instance
+from controller.db.models import Event, Instance, Node, RolloutHost, RolloutJob
 from controller.region import Region
-from controller.services import events
+from controller.services import events, nodes
 from tests.functional.events_helpers import Sse, Stream
 from tests.functional.helpers import RAW_IMAGE, Api, FakeNode
 from tests.functional.test_sessions import ORIGIN, Browser
@@ -244,3 +244,44 @@ def test_an_event_committed_after_a_later_one_is_not_lost(client: FlaskClient,
     told: Sse = stream.next_event()
     assert told.data is not None and told.data["object"]["name"] == "late"
     stream.close()
+
+
+def test_a_node_that_goes_silent_is_told_down_once_and_up_again(client: FlaskClient,
+                                                                 region: Region) -> None:
+    admin = Api(client, region)
+    node = admin.join_node("n1")
+    with region.sessions() as db, db.begin():
+        nodes.announce_states(db, datetime.now(UTC), 30)  # "up", told as it joined
+    stream = _stream(admin, "?types=node")
+    stream.start()
+    with region.sessions() as db, db.begin():
+        db.execute(update(Node).values(last_seen_at=datetime.now(UTC) - timedelta(hours=1)))
+    for _ in range(2):  # several housekeepers at once: the change is told once
+        with region.sessions() as db, db.begin():
+            nodes.announce_states(db, datetime.now(UTC), 30)
+    admin.report(node, [])
+    region.heartbeats.flush(region.sessions)  # a repeated report is a heartbeat
+    with region.sessions() as db, db.begin():
+        assert nodes.announce_states(db, datetime.now(UTC), 30) == 1
+    told = [stream.next_event(), stream.next_event()]
+    assert [(e.type, e.data["data"]["state"]) for e in told if e.data] == [
+        ("node.changed", "down"), ("node.changed", "up")]
+    stream.close()
+
+
+def test_a_rollout_is_told_to_who_reads_the_fleet_only(client: FlaskClient,
+                                                       region: Region) -> None:
+    admin = Api(client, region)
+    alice, _bob = _two_projects(admin)
+    fleet, mine = _stream(admin, "?types=rollout"), _stream(alice, "?types=rollout,security_group")
+    fleet.start(), mine.start()
+    with region.sessions() as db, db.begin():
+        job = RolloutJob(version="1.2.3", batch_size=1, requested_by="admin")
+        job.hosts.append(RolloutHost(host="n1", batch=0))
+        db.add(job)
+    told = fleet.next_event()
+    assert told.type == "rollout.changed" and told.data is not None
+    assert told.data["data"]["hosts"] == 1 and told.data["data"]["state"] == "pending"
+    _sg(alice, "mine", "a")
+    assert mine.next_event().type == "security_group.changed"
+    fleet.close(), mine.close()
