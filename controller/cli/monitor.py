@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.cli.client import ApiError, Client, StreamItem
+from controller.services.events import TYPES
 
-KINDS = ("operation", "vm", "node", "image", "volume", "network", "subnet", "port",
-         "security_group", "project", "user", "token")
+KINDS = sorted(TYPES)
 
 
 def describe(event: dict[str, Any]) -> str:
