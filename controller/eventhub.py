@@ -175,6 +175,7 @@ class EventHub:
             if self._thread is not None:
                 return
             self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
+            self._woken.set()  # what committed since the position was taken is read at once
             self._thread.start()
             if self._engine is not None and self._engine.dialect.name == "postgresql":
                 self._listener = NoticeListener(self._engine, self._origin,
