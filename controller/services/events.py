@@ -47,7 +47,8 @@ from controller.db.models import (
     as_utc,
 )
 
-_PENDING = "vauban.events_pending"  # session.info: (kind, id) -> Pending, until the commit
+_PENDING = "vauban.events_pending"  # session.info: watched objects flushed, until the commit
+_TOLD = "vauban.events_told"  # session.info: what `emit` was asked to tell
 _WRITTEN = "vauban.events_written"  # session.info: the commit wrote events
 
 KINDS: Mapping[type, str] = {
@@ -90,14 +91,20 @@ class Told:
 
 def emit(db: Session, type_: str, told: Told) -> None:
     """Tell `type_` of `told` at the commit of `db`'s transaction (for changes the ORM does
-    not see: bulk statements). A later note of the same object in the transaction wins."""
-    _pending(db)[(told.kind, told.id)] = (type_, told)
+    not see: bulk statements). A change of the same object that the ORM saw wins, unless
+    this one is a deletion."""
+    _told(db)[(told.kind, told.id)] = (type_, told)
 
 
-def _pending(db: Session) -> dict[tuple[str, str], tuple[str, Told | object]]:
-    pending: dict[tuple[str, str], tuple[str, Told | object]] = \
-        db.info.setdefault(_PENDING, {})
-    return pending
+def _told(db: Session) -> dict[tuple[str, str], tuple[str, Told]]:
+    told: dict[tuple[str, str], tuple[str, Told]] = db.info.setdefault(_TOLD, {})
+    return told
+
+
+def _notes(db: Session) -> dict[int, tuple[bool, object]]:
+    """The watched objects flushed in the transaction: id(obj) -> (deleted?, obj)."""
+    notes: dict[int, tuple[bool, object]] = db.info.setdefault(_PENDING, {})
+    return notes
 
 
 def _tracked(db: Session, obj: object) -> tuple[str, object] | None:
@@ -132,25 +139,42 @@ def _changed(obj: object) -> bool:
 
 
 def _noted(db: Session, _flush: Any) -> None:
-    """After a flush: note the tracked objects it inserted, changed or deleted."""
-    pending = _pending(db)
+    """After a flush: note the watched objects it inserted, changed or deleted. Nothing is
+    loaded here (a load inside a flush would meet objects it has not registered yet):
+    what each note tells is worked out before the commit (`_resolve`)."""
+    notes = _notes(db)
     for obj in db.deleted:
-        found = _tracked(db, obj)
-        if found is None:
-            continue
-        kind, target = found
-        if target is obj:  # told now: a deleted object's relationships may not load later
-            pending[(kind, _id(obj))] = (f"{kind}.deleted", describe(obj))
-        else:
-            pending.setdefault((kind, _id(target)), (f"{kind}.changed", target))
+        if _watched(obj):
+            notes[id(obj)] = (True, obj)
     for obj in [*db.new, *(o for o in db.dirty if _watched(o) and _changed(o))]:
+        if id(obj) not in notes:
+            notes[id(obj)] = (False, obj)
+
+
+def _resolve(db: Session, notes: dict[int, tuple[bool, object]],
+             told: dict[tuple[str, str], tuple[str, Told]]) -> list[tuple[str, Told]]:
+    """What the transaction tells: one (type, Told) per object, a deletion over a change."""
+    chosen: dict[tuple[str, str], tuple[str, Told | object]] = dict(told)
+    for deleted, obj in sorted(notes.values(), key=lambda n: not n[0]):  # deletions first
         found = _tracked(db, obj)
         if found is None:
             continue
         kind, target = found
         key = (kind, _id(target))
-        if not pending.get(key, ("",))[0].endswith(".deleted"):
-            pending[key] = (f"{kind}.changed", target)
+        if deleted and target is obj:
+            chosen[key] = (f"{kind}.deleted", obj)
+        elif not chosen.get(key, ("",))[0].endswith(".deleted"):
+            chosen[key] = (f"{kind}.changed", target)
+    out = []
+    for type_, what in chosen.values():
+        if isinstance(what, Told):
+            out.append((type_, what))
+            continue
+        state = inspect(what)
+        if state.transient or state.detached:  # made and rolled back to a savepoint since
+            continue
+        out.append((type_, describe(what)))
+    return out
 
 
 def _id(obj: Any) -> str:
@@ -162,21 +186,13 @@ def _write(db: Session) -> None:
     if db.in_nested_transaction():
         return
     db.flush()  # the changes not flushed yet are noted too
-    pending = db.info.pop(_PENDING, {})
-    if not pending:
+    notes, told_now = db.info.pop(_PENDING, {}), db.info.pop(_TOLD, {})
+    if not notes and not told_now:
         return
     now = datetime.now(UTC)
-    rows = []
-    for type_, what in pending.values():
-        if isinstance(what, Told):
-            told = what
-        else:
-            if not inspect(what).persistent:  # made and rolled back to a savepoint since
-                continue
-            told = describe(what)
-        rows.append({"at": now, "type": type_, "project_id": told.project_id,
-                     "object_kind": told.kind, "object_id": told.id,
-                     "object_name": told.name[:255], "data": told.data})
+    rows = [{"at": now, "type": type_, "project_id": told.project_id,
+             "object_kind": told.kind, "object_id": told.id, "object_name": told.name[:255],
+             "data": told.data} for type_, told in _resolve(db, notes, told_now)]
     if rows:
         db.execute(insert(Event), rows)
         db.info[_WRITTEN] = True
@@ -200,6 +216,7 @@ def install(factory: sessionmaker[Session], on_committed: Callable[[], None],
     def _rolled_back(db: Session, previous: Any) -> None:
         if not previous.nested and previous.parent is None:
             db.info.pop(_PENDING, None)
+            db.info.pop(_TOLD, None)
             db.info.pop(_WRITTEN, None)
 
     from sqlalchemy import event

@@ -285,3 +285,18 @@ def test_a_rollout_is_told_to_who_reads_the_fleet_only(client: FlaskClient,
     _sg(alice, "mine", "a")
     assert mine.next_event().type == "security_group.changed"
     fleet.close(), mine.close()
+
+
+def test_a_deletion_is_told_as_such_once(client: FlaskClient, region: Region) -> None:
+    admin = Api(client, region)
+    stream = _stream(admin, "?types=security_group,user")
+    stream.start()
+    group = _sg(admin, "gone", "default")
+    assert admin.delete(f"/api/v1/security-groups/{group['id']}").status_code == 204
+    assert [e.type for e in stream.until(_is("security_group.deleted", "gone"))] == [
+        "security_group.changed", "security_group.deleted"]
+    admin.as_new_user("erin", ("project-member", "default"))  # a role given: user changed
+    told = stream.until(lambda e: e.type == "user.changed" and e.data is not None and
+                        e.data["object"]["name"] == "erin" and e.id is not None)
+    assert told[-1].data is not None and told[-1].data["project"] is None
+    stream.close()
