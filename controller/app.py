@@ -9,6 +9,7 @@ from controller.api import (
     agent,
     audit,
     consoles,
+    events,
     fleet,
     gpus,
     identity,
@@ -31,7 +32,7 @@ BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, 
               images.api, instances.api, consoles.api, volumes.api, networks.api,
               networks.ports_api, security_groups.api, gpus.api, agent.api, fleet.api,
               identity.projects_api, identity.users_api, identity.roles_api,
-              identity.tokens_api, identity.account_api]
+              identity.tokens_api, identity.account_api, events.api]
 
 
 def create_app(region: Region) -> Flask:

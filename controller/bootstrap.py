@@ -10,12 +10,13 @@ from controller import storage_settings
 from controller.config import ControllerConfig
 from controller.db.migrate import upgrade
 from controller.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
+from controller.eventhub import EventHub, notify_other_processes
 from controller.fleet.keys import ensure_fleet_key
 from controller.notices import NoticeListener, announce, new_origin
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
 from controller.secretbox import ensure_region_key
-from controller.services import security_groups, tenancy
+from controller.services import events, security_groups, tenancy
 from controller.services.auth import ensure_admin
 from controller.services.heartbeats import HeartbeatBook
 from controller.services.login import HashSlots
@@ -59,6 +60,10 @@ def open_region(config: ControllerConfig) -> Region:
         # other processes on the same database hear of the change through it
         before_commit=(lambda db, node_ids: announce(db, origin, node_ids))
         if engine.dialect.name == "postgresql" else None)
+    reads = make_read_sessionmaker(engine)
+    hub = EventHub(reads, engine, origin)
+    postgres = engine.dialect.name == "postgresql"
+    events.install(sessions, hub.wake, notify_other_processes(origin) if postgres else None)
     ca = RegionCA(config.pki_dir)
     ca.ensure(config.tls_names(), timedelta(seconds=config.server_cert_lifetime_s))
     ca_left = ca.ca_not_after() - datetime.now(UTC)
@@ -78,14 +83,13 @@ def open_region(config: ControllerConfig) -> Region:
                         config.admin_totp_file)
         security_groups.ensure_default(db, tenancy.find_project(db, DEFAULT_PROJECT).id)
     ca_sha256 = fingerprint(ca.cert_pem())
-    reads = make_read_sessionmaker(engine)
     pace = RegionPace(config.max_reports_per_s, config.node_down_after_s)
     pace.refresh(reads)
     return Region(
         config=config, engine=engine, sessions=sessions, reads=reads,
         ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace, origin=origin,
         login_slots=HashSlots.of(config.login_limits()), region_key=region_key,
-        ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]),
+        ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]), events=hub,
     )
 
 

@@ -51,7 +51,8 @@ POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connection
                      "rollout_upgrade_wait_s", "rollout_forks", "rollout_batch_timeout_s",
                      "workers", "login_max_failures", "login_max_failures_per_source",
                      "login_lockout_s", "login_concurrency", "database_pool_size",
-                     "database_pool_wait_s", "session_idle_s", "session_max_s")
+                     "database_pool_wait_s", "session_idle_s", "session_max_s",
+                     "events_keep_s", "events_keep_count", "events_keepalive_s")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,12 @@ class ControllerConfig:
     # this long after its login however much it is used
     session_idle_s: float = 1800.0
     session_max_s: float = 12 * 3600.0
+    # the event log (docs/events.md): events older than this, or beyond this many, are
+    # pruned; a client resuming from a pruned one is told to refetch (stream.reset)
+    events_keep_s: float = 3600.0
+    events_keep_count: int = 100_000
+    # a comment line this often on an idle stream; the caller's token is checked then too
+    events_keepalive_s: float = 15.0
     # lifetimes of the certificates the region CA signs; each is renewed once less than a
     # third of it is left (nodes by their agent, the server by the controller)
     node_cert_lifetime_s: int = int(LEAF_VALIDITY.total_seconds())
@@ -258,6 +265,9 @@ class ControllerConfig:
                 "login_concurrency": ("VAUBAN_LOGIN_CONCURRENCY", int),
                 "session_idle_s": ("VAUBAN_SESSION_IDLE_S", float),
                 "session_max_s": ("VAUBAN_SESSION_MAX_S", float),
+                "events_keep_s": ("VAUBAN_EVENTS_KEEP_S", float),
+                "events_keep_count": ("VAUBAN_EVENTS_KEEP_COUNT", int),
+                "events_keepalive_s": ("VAUBAN_EVENTS_KEEPALIVE_S", float),
             }),
             **_lifetime(env, "node_cert_lifetime_s", "VAUBAN_NODE_CERT"),
             **_lifetime(env, "server_cert_lifetime_s", "VAUBAN_SERVER_CERT"),

@@ -17,7 +17,7 @@ from controller.bootstrap import hear_other_processes, open_region
 from controller.config import ClientLimits, ControllerConfig
 from controller.pki import RegionCA
 from controller.secretbox import SecretError
-from controller.services.housekeeping import Periodic, housekeeper
+from controller.services.housekeeping import EventUpkeep, Periodic, housekeeper
 from controller.serving import limits_within_open_files
 from controller.storage_settings import StorageConfigError
 
@@ -54,8 +54,11 @@ class _Server(BaseApplication):
         # connection pools made before the patch would block every greenlet at once
         region = open_region(self.config)
         hear_other_processes(region)
-        housekeeper(region.sessions, timedelta(seconds=region.config.operation_silence_s),
-                    datetime.now(UTC)).start()
+        config = region.config
+        housekeeper(region.sessions, timedelta(seconds=config.operation_silence_s),
+                    datetime.now(UTC), event_upkeep=EventUpkeep(
+                        config.node_down_after_s, config.events_keep_s,
+                        config.events_keep_count)).start()
         # heard-of times of repeated heartbeats, written together once a second
         Periodic("heartbeats", 1.0, lambda: region.heartbeats.flush(region.sessions)).start()
         # the region's size sets the agents' report interval; it changes slowly

@@ -75,14 +75,16 @@ def announce(session: Session, origin: str, node_ids: Iterable[str]) -> None:
 class NoticeListener(threading.Thread):
     """Hears the other processes' notices and hands their node ids to `on_notice`.
 
-    Holds one connection of its own (not from the pool) for as long as it runs, and
-    reconnects with a growing delay when it is lost, calling `on_gap()` once listening
-    again. Runs as a greenlet under gevent (psycopg waits cooperatively there).
+    Listens on `channel` (CHANNEL unless told). Holds one connection of its own (not from
+    the pool) for as long as it runs, and reconnects with a growing delay when it is lost,
+    calling `on_gap()` once listening again. Runs as a greenlet under gevent (psycopg waits
+    cooperatively there).
     """
 
     def __init__(self, engine: Engine, origin: str, on_notice: Callable[[list[str]], None],
-                 on_gap: Callable[[], None]) -> None:
-        super().__init__(name="change-notices", daemon=True)
+                 on_gap: Callable[[], None], channel: str = CHANNEL) -> None:
+        super().__init__(name=f"notices-{channel}", daemon=True)
+        self.channel = channel
         self.args, self.kwargs = engine.dialect.create_connect_args(engine.url)
         self.origin = origin
         self.on_notice = on_notice
@@ -106,7 +108,7 @@ class NoticeListener(threading.Thread):
 
     def _listen(self) -> None:
         with psycopg.connect(*self.args, **self.kwargs, autocommit=True) as conn:
-            conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(f"LISTEN {self.channel}")
             self.listening.set()
             self.on_gap()  # anything committed before LISTEN took effect was not heard
             while not self.stopping.is_set():
@@ -119,7 +121,7 @@ class NoticeListener(threading.Thread):
         try:
             origin, node_ids = parse(payload)
         except ValueError as e:
-            log.warning("ignored on %s: %s", CHANNEL, e)
+            log.warning("ignored on %s: %s", self.channel, e)
             return
         if origin != self.origin:
             self.on_notice(node_ids)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agent.protocol import StorageSettings
 from controller.config import ControllerConfig
+from controller.eventhub import EventHub
 from controller.pki import RegionCA
 from controller.secretbox import RegionKey
 from controller.services.heartbeats import HeartbeatBook
@@ -83,4 +84,5 @@ class Region:
     origin: str  # this process in change notices to other processes (controller.notices)
     login_slots: HashSlots  # password hashes at once in this process (config.login_limits)
     region_key: RegionKey  # seals the secrets kept at rest (controller.secretbox)
+    events: EventHub  # feeds the event streams of this process (/api/v1/events)
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)

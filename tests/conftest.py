@@ -45,6 +45,7 @@ def region(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Region]:
     r = open_region(ControllerConfig(data_dir=tmp_path / "controller", database_url=url,
                                      node_down_after_s=30))
     yield r
+    r.events.stop()
     r.engine.dispose()
 
 

@@ -28,6 +28,8 @@ Handler = Callable[..., Any]
 
 MIB = 1024 * 1024
 MAX_BODY = 1 * MIB  # default limit of a request body: operator JSON is small
+# a response that is a stream of server-sent events: it does not end by itself
+EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,9 @@ def _operation(s: RouteSpec) -> dict[str, Any]:
 def _response(r: Any) -> dict[str, Any]:
     if r is None:
         return {"description": "No content"}
+    if r == EVENT_STREAM:
+        return {"description": "Server-sent events, until the client leaves (docs/events.md)",
+                "content": {EVENT_STREAM: {"schema": {"type": "string"}}}}
     if isinstance(r, str):
         return {"description": r}
     inner = _list_item(r)

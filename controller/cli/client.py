@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -112,16 +112,134 @@ class Client:
         return self.request("POST", "/images", params=params, data=stream, timeout=3600,
                             headers={"Content-Type": "application/octet-stream"})
 
+    def stream_lines(self, path: str, params: dict[str, Any] | None,
+                     headers: dict[str, str]) -> Iterator[str]:
+        """GET `path` as a stream: yields "" once the answer began (the stream is open),
+        then its lines without their ends. ApiError if refused, or when the stream breaks
+        (status 0) or stays silent for STREAM_SILENCE_S."""
+        url = self.settings.url.rstrip("/") + "/api/v1" + path
+        try:
+            with self.http.get(url, params=params, headers=headers, stream=True,
+                               timeout=(60, STREAM_SILENCE_S), verify=self.verify) as r:
+                if r.status_code >= 400:
+                    try:
+                        problem = r.json()
+                    except ValueError:
+                        raise ApiError(r.status_code, f"{r.status_code} {r.reason}") from None
+                    raise ApiError(r.status_code, problem.get("detail", r.reason), problem)
+                yield ""
+                for line in r.iter_lines(decode_unicode=False):
+                    yield line.decode()
+        except requests.RequestException as e:
+            raise ApiError(0, f"the event stream of {self.settings.url} broke: {e}") from e
+
+    def events(self, types: list[str] | None = None,
+               after: int | None = None) -> Generator[StreamItem]:
+        """The event stream (docs/events.md) from `after` (None: from now): an OPENED item
+        first, then each event, id alone and comment as it comes. Ends with ApiError
+        (status 0 when the stream broke: resume from the last id seen)."""
+        params = {"types": ",".join(types)} if types else None
+        headers = {"Last-Event-ID": str(after)} if after is not None else {}
+        yield from parse_stream(self.stream_lines("/events", params, headers))
+
     def wait(self, op: dict[str, Any], on_progress: Callable[[dict[str, Any]], None],
-             timeout: float = 1800, interval: float = 0.25) -> dict[str, Any]:
-        """Follow an operation until it ends; ApiError if it failed, TimeoutError if too long."""
+             timeout: float = 1800) -> dict[str, Any]:
+        """Follow an operation until it ends; ApiError if it failed, TimeoutError if too long.
+
+        Its events are followed, not polled: once the stream is open the operation is read
+        (one that ended already returns at once), then each of its events updates it; a
+        stream that breaks is opened again from the last event seen, and the operation read
+        again."""
         deadline = time.monotonic() + timeout
-        while op["state"] not in ("succeeded", "failed"):
+        last: int | None = None
+        delay = 0.5
+        while not _ended(op):
+            stream = self.events(["operation"], last)
+            try:
+                for item in stream:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"operation {op['id']} still {op['state']} after "
+                                           f"{timeout}s")
+                    last = item.id if item.id is not None else last
+                    if item is OPENED or item.type == "stream.reset":
+                        op = self.get(f"/operations/{op['id']}")
+                    elif item.type == "operation.changed" and item.data is not None and \
+                            item.data["object"]["id"] == op["id"]:
+                        op = {**op, **item.data["data"]}
+                    else:
+                        continue
+                    on_progress(op)
+                    if _ended(op):
+                        break
+            except ApiError as e:
+                if e.status == 404:  # a controller without an event stream: poll it
+                    return self._poll(op, on_progress, deadline, timeout)
+                if e.status != 0 or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)  # the stream broke: open it again, less and less often
+                delay = min(delay * 2, 10.0)
+            finally:
+                stream.close()
+        if op["state"] == "failed":
+            raise ApiError(0, f"{op['kind']} of {op['target_name']} failed: {op['error']}")
+        return op
+
+    def _poll(self, op: dict[str, Any], on_progress: Callable[[dict[str, Any]], None],
+              deadline: float, timeout: float) -> dict[str, Any]:
+        while not _ended(op):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"operation {op['id']} still {op['state']} after {timeout}s")
-            time.sleep(interval)  # polling interval of a remote operation
+            time.sleep(POLL_S)  # polling interval of a controller that has no event stream
             op = self.get(f"/operations/{op['id']}")
             on_progress(op)
         if op["state"] == "failed":
             raise ApiError(0, f"{op['kind']} of {op['target_name']} failed: {op['error']}")
         return op
+
+
+STREAM_SILENCE_S = 60.0  # the controller sends a comment every 15 s (events_keepalive_s)
+POLL_S = 0.5
+
+
+def _ended(op: dict[str, Any]) -> bool:
+    return op["state"] in ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One block of an event stream: an event (`type`, `data`), an id alone, a comment;
+    or OPENED."""
+
+    id: int | None
+    type: str | None
+    data: dict[str, Any] | None
+    comment: str | None = None
+
+
+OPENED = StreamItem(None, None, None, "opened")
+
+
+def parse_stream(lines: Iterator[str]) -> Iterator[StreamItem]:
+    """The blocks of a server-sent event stream from its lines ("" ends a block; the first
+    "" of `lines` says the stream opened)."""
+    opened = False
+    fields: dict[str, str] = {}
+    comment: str | None = None
+    for line in lines:
+        if not opened:
+            opened = True
+            yield OPENED
+            continue
+        if line:
+            if line.startswith(":"):
+                comment = line[1:].strip()
+            else:
+                name, _, value = line.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
+            continue
+        if not fields and comment is None:
+            continue
+        raw_id = fields.get("id", "")
+        yield StreamItem(int(raw_id) if raw_id.isdigit() else None, fields.get("event"),
+                         json.loads(fields["data"]) if "data" in fields else None, comment)
+        fields, comment = {}, None

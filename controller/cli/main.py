@@ -19,6 +19,7 @@ from controller.cli.failures import print_failures
 from controller.cli.fleet import fleet_commands
 from controller.cli.hardware import hardware_commands, parse_gpu_arg
 from controller.cli.identity import identity_commands
+from controller.cli.monitor import monitor_commands
 from controller.cli.output import (
     PROJECT_HELP,
     end_progress,
@@ -592,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(jt, "revoke", cmd_join_token_revoke, "make an unused join token unusable").add_argument(
         "id")
     audit_commands(sub, add)
+    monitor_commands(sub, add)
     account_commands(sub, add, users)
     op = sub.add_parser("operation", help="operations").add_subparsers(dest="cmd", required=True)
     add(op, "show", cmd_operation_show, "show an operation").add_argument("id")

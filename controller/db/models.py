@@ -64,6 +64,8 @@ class Node(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # an operator's key=value labels: the rollout's inventory groups nodes by them
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # up/down/new as last told in an event (controller.services.events.announce_node_states)
+    announced_state: Mapped[str | None] = mapped_column(String(8), default=None)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="node")
 
@@ -592,3 +594,22 @@ class ConsoleSession(Base):
     connected_at: Mapped[datetime | None] = mapped_column(default=None)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     close_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+EVENT_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite: a rowid, increasing
+
+
+class Event(Base):
+    """A change told to event-stream subscribers (controller.services.events), written in
+    the transaction of the change it tells of; pruned by age and count."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    type: Mapped[str] = mapped_column(String(32))  # <kind>.changed or <kind>.deleted
+    project_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    object_kind: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(36))
+    object_name: Mapped[str] = mapped_column(String(255), default="")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Node, Operation, as_utc
-from controller.services import audit, operations
+from controller.services import audit, events, operations
+from controller.services import nodes as node_service
 from controller.services import sessions as browser_sessions
 
 log = logging.getLogger(__name__)
@@ -62,16 +64,31 @@ class Periodic(threading.Thread):
                 log.exception("%s failed; trying again", self.name)
 
 
+@dataclass(frozen=True)
+class EventUpkeep:
+    """How the housekeeper keeps the event log: nodes' states told (a node silent
+    `down_after_s` is down), events pruned past `keep_s` seconds or `keep_count` rows."""
+
+    down_after_s: float = 30.0
+    keep_s: float = 3600.0
+    keep_count: int = 100_000
+
+
 def housekeeper(sessions: sessionmaker[Session], silent_after: timedelta,
-                started_at: datetime, interval: float = 5.0) -> Periodic:
-    """Fails, every `interval` seconds, the operations of nodes silent too long, and
-    deletes the browser sessions that ended."""
+                started_at: datetime, interval: float = 5.0,
+                event_upkeep: EventUpkeep | None = None) -> Periodic:
+    """Fails, every `interval` seconds, the operations of nodes silent too long, deletes
+    the browser sessions that ended, tells the nodes that went up or down, and prunes the
+    event log (`event_upkeep`; default: EventUpkeep())."""
+    keep = event_upkeep or EventUpkeep()
 
     def upkeep() -> None:
         with sessions() as db, db.begin():
             now = datetime.now(started_at.tzinfo)
             n = expire_operations(db, now, silent_after, started_at)
             browser_sessions.purge_ended(db, now)
+            node_service.announce_states(db, now, keep.down_after_s)
+            events.prune(db, now, keep.keep_s, keep.keep_count)
         if n:
             log.warning("%d operation(s) failed: their node stopped reporting", n)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from agent.protocol import JoinRequest, JoinResponse
@@ -19,15 +20,48 @@ from controller.errors import (
     Unauthorized,
 )
 from controller.pki import LEAF_VALIDITY, CsrError, Issued, RegionCA
-from controller.services import audit
+from controller.services import audit, events
 from controller.services.auth import sha256_hex
 
 
 def node_state(node: Node, now: datetime, down_after_s: float) -> str:
-    if node.last_seen_at is None:
+    return state_of(node.last_seen_at, now, down_after_s)
+
+
+def state_of(last_seen_at: datetime | None, now: datetime, down_after_s: float) -> str:
+    """new (never reported), up, or down (silent for longer than `down_after_s`)."""
+    if last_seen_at is None:
         return "new"
-    age = (now - as_utc(node.last_seen_at)).total_seconds()
+    age = (now - as_utc(last_seen_at)).total_seconds()
     return "up" if age <= down_after_s else "down"
+
+
+def announce_states(db: Session, now: datetime, down_after_s: float) -> int:
+    """Tell, in an event, each node whose state (new, up, down) is not the one last told:
+    a node goes down by staying silent, which no report records. Of several processes doing
+    it at once, one tells each change. Returns how many were told."""
+    told = 0
+    cutoff = now.astimezone(UTC) - timedelta(seconds=down_after_s)
+    told_as = func.coalesce(Node.announced_state, "")
+    stale = or_(and_(Node.last_seen_at.is_(None), told_as != "new"),
+                and_(Node.last_seen_at >= cutoff, told_as != "up"),
+                and_(Node.last_seen_at < cutoff, told_as != "down"))
+    for node_id, last_seen, announced in db.execute(
+            select(Node.id, Node.last_seen_at, Node.announced_state).where(stale)).all():
+        state = state_of(last_seen, now, down_after_s)
+        if state == announced:
+            continue
+        same = Node.announced_state.is_(None) if announced is None \
+            else Node.announced_state == announced
+        result: CursorResult[Any] = db.execute(  # type: ignore[assignment]
+            update(Node).where(Node.id == node_id, same).values(announced_state=state))
+        if result.rowcount != 1:
+            continue  # told by another process meanwhile
+        node = db.get_one(Node, node_id)
+        db.refresh(node)
+        events.emit(db, "node.changed", events.describe(node))
+        told += 1
+    return told
 
 
 def create_join_token(db: Session, actor: str, description: str,

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from controller.config import SessionLimits
 from controller.db.models import ApiToken, as_utc
 from controller.errors import Unauthorized
-from controller.services import audit
+from controller.services import audit, events
 from controller.services.auth import sha256_hex
 
 SESSION = "session"  # ApiToken.kind of a browser session
@@ -121,7 +121,11 @@ def extend(db: Session, state: SessionState, deadline: datetime) -> None:
 def end(db: Session, state: SessionState) -> None:
     """Log the session out (in the caller's transaction): its row is deleted, so its
     cookie is refused from the commit on; the logout is audited."""
+    user_id = db.scalar(select(ApiToken.user_id).where(ApiToken.id == state.id))
     db.execute(delete(ApiToken).where(ApiToken.id == state.id, ApiToken.kind == SESSION))
+    if user_id is not None:  # its event streams end (a bulk delete: the ORM does not see it)
+        events.emit(db, "token.deleted", events.token_told(state.id, user_id, SESSION, None,
+                                                           True))
     audit.record(db, state.username, "session.logout", f"token/{state.id}", "succeeded")
 
 

@@ -32,6 +32,22 @@ class ApiClient(Client):
             raise ApiError(r.status_code, r.json["detail"], r.json)  # type: ignore[index]
         yield from r.get_data(as_text=True).splitlines(keepends=True)
 
+    def stream_lines(self, path: str, params: dict[str, Any] | None,
+                     headers: dict[str, str]) -> Iterator[str]:
+        r = self.api.client.get("/api/v1" + path, headers={**self.api.headers, **headers},
+                                query_string=params, buffered=False)
+        if r.status_code >= 400:
+            raise ApiError(r.status_code, r.json["detail"], r.json)  # type: ignore[index]
+        yield ""
+        try:
+            buffer = ""
+            for chunk in r.response:
+                buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+                *complete, buffer = buffer.split("\n")
+                yield from complete
+        finally:
+            r.close()
+
 
 def cli_answered_by(api: Api, monkeypatch: pytest.MonkeyPatch) -> Api:
     """`api`, with the CLI talking to it (with whatever headers `api.headers` holds)."""

@@ -22,6 +22,7 @@ from schemathesis.checks import positive_data_acceptance
 from controller.app import create_app
 from controller.region import Region
 from tests.functional.helpers import Api
+from tests.functional.test_tenancy_isolation import streams
 
 EXAMPLES = 15  # per operation and database: each of ~60 operations takes about a second
 
@@ -40,6 +41,8 @@ def test_no_generated_request_breaks_the_api(client: FlaskClient, region: Region
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
+        if streams(operation.definition.raw):
+            continue  # never ends: its bad input is tests/functional/test_events.py's
 
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask.testing import FlaskClient
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from controller.db.migrate import migrate
 from controller.db.models import (
     Base,
+    Event,
     Image,
     Instance,
     Network,
@@ -63,3 +64,16 @@ def test_a_region_from_before_projects_moves_into_default_and_its_users_become_a
             RoleBinding, RoleBinding.user_id == User.id))}
         assert roles == {("admin", "region-admin"), ("olduser", "region-admin")}
     assert api.get("/api/v1/instances/web").json["project"] == "default"  # type: ignore[index]
+
+
+def test_the_event_log_goes_and_comes_back_with_its_migration(region: Region,
+                                                              client: FlaskClient) -> None:
+    api = Api(client, region)
+    assert api.post("/api/v1/security-groups", json={"name": "web"}).status_code == 201
+    migrate(region.engine, "0020", down=True)  # as the region was before the event log
+    with region.engine.connect() as conn:
+        assert "events" not in inspect(conn).get_table_names()
+    migrate(region.engine, "head")
+    assert api.post("/api/v1/security-groups", json={"name": "db"}).status_code == 201
+    with region.reads() as db:
+        assert [e.object_name for e in db.scalars(select(Event))] == ["db"]

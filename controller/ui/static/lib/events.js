@@ -39,7 +39,7 @@ export function connect() {
   source.onerror = () => setConnected(false);
   source.onmessage = (e) => dispatch("message", JSON.parse(e.data));
   const known = ["operation", "vm", "node", "image", "volume", "network", "subnet", "port",
-    "security_group", "project", "user", "token", "role_binding", "stream"];
+    "security_group", "project", "user", "token", "rollout", "stream"];
   for (const kind of known) {
     for (const verb of ["changed", "deleted", "reset"]) {
       source.addEventListener(`${kind}.${verb}`, (e) => dispatch(`${kind}.${verb}`, JSON.parse(e.data)));
