@@ -29,14 +29,18 @@ TESTGUEST = ROOT / "var" / "images" / "testguest.raw"
 
 
 def demonstration(region: E2ERegion) -> None:
-    """What the pages show: a project with a network and VMs, one of them running."""
+    """What the pages show: a network and VMs in the default project (where the region's
+    test guest image is), one of them running, and a second project with quotas."""
     region.cli("project", "create", "shop")
+    region.cli("project", "quota", "shop", "--vcpus", "16", "--memory-mib", "32768")
     region.cli("network", "create", "blue", "--kind", "tenant", "--subnet", "10.10.0.0/24",
-               "--gateway", "10.10.0.1", "--project", "shop")
+               "--gateway", "10.10.0.1")
+    # no NIC: a network is made on the node with its first port, and this host may hold
+    # another region whose tenant network has the same VNI
     region.cli("vm", "create", "web-1", "--image", "testguest", "--cpus", "1", "--memory",
-               "256", "--network", "blue:10.10.0.10", "--project", "shop", "--wait")
+               "256", "--wait")
     region.cli("vm", "create", "db-1", "--image", "testguest", "--cpus", "1", "--memory",
-               "256", "--network", "blue", "--project", "shop", "--no-start", "--wait")
+               "256", "--no-start", "--wait")
     region.vm("web-1")  # known to the region's cleanup from here on
     region.vm("db-1")
 
@@ -51,7 +55,8 @@ PAGES: list[tuple[str, str, Callable[[Page], None]]] = [
     ("vms", "/vms", lambda p: expect(p.get_by_role("link", name="web-1")).to_be_visible()),
     ("vm", "/vms/web-1", heading("web-1")),
     ("console", "/vms/web-1/console",
-     lambda p: expect(p.get_by_role("status").first).to_contain_text("connected")),
+     lambda p: expect(p.get_by_role("status").filter(has_text="Graphical console"))
+     .to_contain_text("connected", timeout=60_000)),
     ("nodes", "/nodes", heading("Nodes")),
     ("images", "/images", lambda p: expect(p.get_by_text("testguest").first).to_be_visible()),
     ("networks", "/networks", lambda p: expect(p.get_by_text("blue").first).to_be_visible()),
@@ -72,6 +77,7 @@ def shoot(lay: Layout, out: Path) -> None:
                 for name, address, ready in PAGES:
                     page.goto(f"{lay.url}/#{address}")
                     ready(page)
+                    expect(page.locator(".loading")).to_have_count(0, timeout=30_000)
                     page.screenshot(path=str(out / f"{name}.png"))
                 page.set_viewport_size({"width": 390, "height": 844})
                 page.goto(f"{lay.url}/#/vms")
