@@ -23,7 +23,7 @@ from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.problems import problem
 from controller.authz import CONSOLE
-from controller.db.models import ConsoleSession, User
+from controller.db.models import ConsoleSession, Instance, User
 from controller.schemas import Input, Output
 from controller.services import audit, tenancy
 from controller.services import consoles as service
@@ -97,6 +97,11 @@ def user_console(ticket: str) -> Response:
     try:
         with audit.acting(context), the_region.sessions() as session, session.begin():
             row = service.spend(session, ticket, caller.user_id)
+            inst = session.get(Instance, row.instance_id)
+            if inst is not None:  # its entries, this one and the close, name its project
+                audit.in_project(tenancy.project_name(session, inst.project_id),
+                                 caller.is_admin_outside(inst.project_id))
+            context = audit.current()
             audit.record(session, caller.name, "console.open", f"instance/{row.instance_id}",
                          kind=row.kind, console=row.id)
     except BaseException:

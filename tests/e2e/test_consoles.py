@@ -253,6 +253,9 @@ def test_a_viewer_gets_no_ticket_and_consoles_are_audited(region: E2ERegion,
     closed = wait_for(lambda: entries("console.close"), 60, "a console's end in the trail")
     detail = closed[0]["detail"]
     assert {"duration_s", "bytes_to_guest", "bytes_from_guest", "reason"} <= set(detail)
+    # each entry names the VM's project, like the actions of the project's other routes
+    for action in ("console.ticket", "console.open", "console.close"):
+        assert {e["project"] for e in entries(action)} == {vm["project"]}, action
 
 
 def test_a_failure_on_the_node_reaches_the_user_in_words(region: E2ERegion,
