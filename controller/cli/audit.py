@@ -20,7 +20,11 @@ from controller.services.audit_chain import verify_export
 
 
 def cmd_audit_list(c: Client, a: argparse.Namespace) -> int:
-    params = {k: v for k, v in (("actor", a.actor), ("action", a.action), ("limit", a.limit)) if v}
+    given = (("actor", a.actor), ("action", a.action), ("target", a.target),
+             ("project", a.project), ("since", a.since and a.since.isoformat()),
+             ("until", a.until and a.until.isoformat()), ("before", a.before),
+             ("limit", a.limit))
+    params = {k: v for k, v in given if v}
     rows = c.get("/audit-events", params=params)
     if a.json:
         print_json(rows)
@@ -118,6 +122,13 @@ def audit_commands(sub: Any, add: Callable[..., Any]) -> None:
     al = add(au, "list", cmd_audit_list, "list audit events, newest first", json_=True)
     al.add_argument("--actor")
     al.add_argument("--action", help="e.g. instance.create")
+    al.add_argument("--target", metavar="KIND/ID",
+                    help="one object (instance/ID), or every object of a kind (instance/)")
+    al.add_argument("--project", help="the project acted in (its name)")
+    al.add_argument("--since", type=since_arg, metavar="ISO8601", help="entries from then on")
+    al.add_argument("--until", type=since_arg, metavar="ISO8601", help="entries before then")
+    al.add_argument("--before", type=int, metavar="SEQ",
+                    help="entries before this sequence number (the next page)")
     al.add_argument("--limit", type=int, default=50)
     av = add(au, "verify", cmd_audit_verify, "check the hash chain (exit 1 if broken)",
              json_=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 from pathlib import Path
 
@@ -71,3 +72,20 @@ def test_export_to_stdout_and_unreadable_files(api: Api, tmp_path: Path,
     with pytest.raises(SystemExit):
         cli.main(["audit", "export", "--since", "yesterday"])
     assert "'yesterday' is not an ISO 8601 date or time" in capsys.readouterr().err
+
+
+def test_list_takes_the_api_filters(api: Api, region: Region,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    chain = _chain(region)
+    assert cli.main(["audit", "list", "--target", "thing/2", "--json"]) == 0
+    assert [e["target"] for e in json.loads(capsys.readouterr().out)] == ["thing/2"]
+    assert cli.main(["audit", "list", "--target", "thing/", "--before",
+                     str(chain[-1].seq), "--json"]) == 0
+    assert [e["target"] for e in json.loads(capsys.readouterr().out)] == [
+        "thing/2", "thing/1", "thing/0"]  # newest first, the newest one paged off
+    since = as_utc(chain[-1].at).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    assert cli.main(["audit", "list", "--since", since, "--action", "test.poke",
+                     "--json"]) == 0
+    assert [e["target"] for e in json.loads(capsys.readouterr().out)] == ["thing/3"]
+    assert cli.main(["audit", "list", "--project", "nowhere", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
