@@ -568,7 +568,10 @@ class DesiredSecurityGroup(Wire):
         default_factory=list, description="Addresses of every port in the group (region-wide)")
 
 
-ConsoleKind = Literal["vnc", "serial"]
+# vnc: the display; serial: the serial port, live; log: the serial log's last
+# LOG_TAIL_BYTES, sent once (also of a VM that stopped: why did it not boot?)
+ConsoleKind = Literal["vnc", "serial", "log"]
+LOG_TAIL_BYTES = 256 * 1024
 # The close code an agent ends a console's websocket with when the node's side failed;
 # the close message says why in words, and the controller passes both on to the user.
 CONSOLE_FAILED = 4000

@@ -8,13 +8,13 @@ controller/services/consoles.py, the relaying in controller/consoles.py.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from flask import Blueprint, Response, g, request
 from pydantic import Field
 from simple_websocket import Server
 
-from agent.protocol import CONSOLE_FAILED, UtcDatetime
+from agent.protocol import CONSOLE_FAILED, ConsoleKind, UtcDatetime
 from controller import consoles as relay
 from controller.api import auth as api_auth
 from controller.api import cookies
@@ -40,9 +40,10 @@ AGENT_GONE = 1011  # close code: the node's side never came, or broke
 class ConsoleCreate(Input):
     """Ask for a console of a running VM."""
 
-    kind: Literal["vnc", "serial"] = Field(
+    kind: ConsoleKind = Field(
         examples=["vnc"], description="vnc: the graphical console (RFB, as noVNC speaks it); "
-        "serial: the serial console (raw terminal bytes, read and type)")
+        "serial: the serial console (raw terminal bytes, read and type); log: the serial "
+        "log's last 256 KiB, sent once, then the end (the VM may be stopped)")
 
 
 class ConsoleTicket(Output):
@@ -51,7 +52,7 @@ class ConsoleTicket(Output):
     or bearer token. Binary messages carry the console's bytes both ways."""
 
     id: str = Field(description="The console session (named in the audit trail)")
-    kind: Literal["vnc", "serial"]
+    kind: ConsoleKind
     ticket: str = Field(description="Good for one connection, until expires_at")
     expires_at: UtcDatetime
     websocket: str = Field(examples=["/api/v1/consoles/3q2-…"])

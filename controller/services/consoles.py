@@ -64,11 +64,11 @@ def issue(db: Session, user: User, actor: str, inst: Instance, kind: str,
           now: datetime | None = None) -> Issued:
     """A new ticket for `user` to open `inst`'s console of `kind`, valid TICKET_TTL_S, added
     to the caller's transaction with its audit entry. ConsoleUnavailable (409, nothing
-    added) when the VM is being deleted or is not running on its node."""
+    added) when the VM is being deleted or, but for its log, is not running on its node."""
     now = now or utcnow()
     if inst.deleting:
         raise ConsoleUnavailable(f"VM '{inst.name}' is being deleted: it has no console")
-    if inst.observed_state != "running":
+    if kind != "log" and inst.observed_state != "running":
         state = inst.observed_state or "not created yet"
         raise ConsoleUnavailable(f"VM '{inst.name}' is {state} on node "
                                  f"'{_node_name(db, inst.node_id)}': a console needs it "

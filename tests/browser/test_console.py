@@ -76,3 +76,12 @@ def test_serial_console_reads_and_types(admin_page: Page, origin: str, ui_region
     # is not ours: 6*7 is worked out by the guest
     page.keyboard.type("echo vauban-$((6*7))\n")
     expect(screen).to_contain_text("vauban-42", timeout=BOOT_TIMEOUT_MS)
+
+
+def test_the_vm_page_shows_the_serial_log(admin_page: Page, origin: str,
+                                          running_vm: str) -> None:
+    page = admin_page
+    page.goto(f"{origin}/#/vms/{running_vm}")
+    page.get_by_role("button", name="Show the serial log").click()
+    expect(page.get_by_label("Serial log")).to_contain_text("VAUBAN-TESTGUEST-READY",
+                                                            timeout=CONNECT_TIMEOUT_MS)

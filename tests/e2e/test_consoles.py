@@ -275,3 +275,23 @@ def test_a_failure_on_the_node_reaches_the_user_in_words(region: E2ERegion,
         end(ws)
     assert closed.value.reason == CONSOLE_FAILED
     assert "is not running on this node" in (closed.value.message or "")
+
+
+def test_the_serial_log_is_read_through_the_controller_once_the_vm_stopped(
+        region: E2ERegion, vm: dict[str, Any]) -> None:
+    """After the VM was powered off (the test before): its log still tells how it ran."""
+    issued = ticket(region, vm["name"], "log")
+    ws = connect(region, issued["websocket"])
+    log = bytearray()
+    try:
+        with pytest.raises(simple_websocket.ConnectionClosed) as closed:
+            while True:
+                data = ws.receive(timeout=ANSWER_TIMEOUT)
+                assert data is not None, "the log did not come within the wait"
+                log.extend(data.encode() if isinstance(data, str) else data)
+    finally:
+        end(ws)
+    assert closed.value.reason == 1000, closed.value.message
+    assert b"VAUBAN-TESTGUEST-READY" in log
+    with open(vm["console_log"], "rb") as f:  # what the node holds, as it holds it
+        assert bytes(log) == f.read()[-len(log):]

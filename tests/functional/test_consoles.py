@@ -83,6 +83,9 @@ def test_a_vm_that_is_not_running_has_no_console(api: Api) -> None:
     assert r.json["detail"] == ("VM 'vm2' is stopped on node 'n1': a console needs it running "
                                 "(vauban vm start)")
     assert r.json["type"].endswith("/console-unavailable")
+    # its serial log, though, tells how it ran: it is read of a stopped VM too
+    log = api.post("/api/v1/instances/vm2/consoles", json={"kind": "log"})
+    assert log.status_code == 201 and log.json["kind"] == "log", log.json
 
 
 def test_an_unknown_vm_is_404(api: Api) -> None:

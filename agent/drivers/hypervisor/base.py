@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from agent.errors import DriverError
+from agent.protocol import ConsoleKind
 
 ROOT_DISK_TARGET = "vda"  # the disk a VM boots from; never hot-unplugged
 
@@ -233,10 +234,11 @@ class HypervisorDriver(ABC):
         """
         raise HypervisorError(f"{type(self).__name__} does not support listing disks")
 
-    def open_console(self, vm_id: str, kind: Literal["vnc", "serial"]) -> ConsoleStream:
+    def open_console(self, vm_id: str, kind: ConsoleKind) -> ConsoleStream:
         """Open the running VM's console: "vnc", its VNC server (RFB) as the guest's
         display; "serial", its first serial port, live (a serial console already open is
-        taken over: it ends). The serial log goes on being written as before.
+        taken over: it ends). The serial log goes on being written as before. "log": the
+        last LOG_TAIL_BYTES of the serial log, then the end; the VM may be stopped.
 
         After success the caller owns the stream and closes it. HypervisorError, saying
         why in words, when the VM is unknown, not running or has no such console; nothing

@@ -8,12 +8,15 @@ its own, so a recv waiting for the guest holds up none of the driver's calls.
 
 from __future__ import annotations
 
+import os
 import socket
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import libvirt
 
 from agent.drivers.hypervisor.base import ConsoleStream, HypervisorError
+from agent.protocol import LOG_TAIL_BYTES
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -123,6 +126,41 @@ def open_serial(uri: str, vm_id: str, name: str) -> SerialConsole:
         raise HypervisorError(f"VM {name}: its serial console cannot be opened: "
                               f"{e.get_error_message()}") from e
     return SerialConsole(conn, stream)
+
+
+class LogTail:
+    """The last LOG_TAIL_BYTES of a serial log, as a console that ends after them; what is
+    typed into it is dropped (a log is read only)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def recv(self, size: int) -> bytes:
+        chunk, self._data = self._data[:size], self._data[size:]
+        return chunk
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        self._data = b""
+
+
+def open_log(path: Path, name: str) -> ConsoleStream:
+    """The tail of VM `name`'s serial log at `path` (read whole here: at most
+    LOG_TAIL_BYTES); HypervisorError in words when there is none."""
+    if not path.name:
+        raise HypervisorError(f"VM {name} has no serial log on this node")
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            return LogTail(f.read(LOG_TAIL_BYTES))
+    except FileNotFoundError:
+        raise HypervisorError(f"VM {name} has written no serial log yet ({path} does not "
+                              "exist on this node)") from None
+    except OSError as e:
+        raise HypervisorError(f"the serial log of VM {name} cannot be read: {e}") from e
 
 
 def open_console(uri: str, vm_id: str, name: str, live_xml: str, kind: str) -> ConsoleStream:

@@ -8,7 +8,6 @@ import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Literal
 
 from agent.drivers.hypervisor.base import (
     ROOT_DISK_TARGET,
@@ -31,6 +30,7 @@ from agent.drivers.hypervisor.libvirt.config import (
 )
 from agent.drivers.hypervisor.libvirt.guest import Guest
 from agent.drivers.hypervisor.libvirt.host import Host
+from agent.protocol import ConsoleKind
 from agent.revert import Reverter
 
 log = logging.getLogger(__name__)
@@ -268,11 +268,13 @@ class LibvirtDriver(HypervisorDriver):
         guest.block_resize(target, size_bytes)
         log.info("VM %s: disk %s grown to %d bytes", vm_id, target, size_bytes)
 
-    def open_console(self, vm_id: str, kind: Literal["vnc", "serial"]) -> ConsoleStream:
+    def open_console(self, vm_id: str, kind: ConsoleKind) -> ConsoleStream:
         dom = self.host.lookup(vm_id)
         if dom is None:
             raise HypervisorError(f"VM {vm_id} is not defined on this node")
         guest = Guest(self.host, dom)
+        if kind == "log":
+            return console.open_log(DomainConfig.from_xml(guest.xml()).console_log, guest.name)
         if not guest.is_running():
             raise HypervisorError(f"VM {guest.name} is not running on this node")
         return console.open_console(self.host.uri, vm_id, guest.name, guest.xml(), kind)

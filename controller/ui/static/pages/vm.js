@@ -12,6 +12,55 @@ import { ago, bytes, gib, mib, time } from "../lib/format.js";
 import { useSession } from "../lib/session.js";
 
 const WRITERS = ["project-admin", "project-member"];
+// terminal control sequences (colours, cursor moves) and carriage returns: a log shown as text
+const CONTROL = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]|\r/g;
+
+/** The last 256 KiB of the VM's serial log, read from its node through a console ticket
+ * ("log": sent once, then the end; the VM may be stopped). */
+function readLog(vmName) {
+  return api.post(`/instances/${encodeURIComponent(vmName)}/consoles`, { kind: "log" }).then(
+    (answer) => new Promise((resolve, reject) => {
+      const scheme = location.protocol === "https:" ? "wss" : "ws";
+      const socket = new WebSocket(`${scheme}://${location.host}${answer.websocket}`);
+      socket.binaryType = "arraybuffer";
+      const parts = [];
+      socket.onmessage = (e) => parts.push(new Uint8Array(e.data));
+      socket.onclose = (e) => {
+        if (e.code !== 1000) {
+          reject(new Error(e.reason || "the serial log could not be read"));
+          return;
+        }
+        const text = new TextDecoder().decode(concat(parts));
+        resolve(text.replace(CONTROL, ""));
+      };
+    }));
+}
+
+function concat(parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+function SerialLog({ vm, canRead }) {
+  const [log, setLog] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const load = () => {
+    setBusy(true);
+    setError(null);
+    readLog(vm.name).then(setLog, setError).finally(() => setBusy(false));
+  };
+  return html`<h2>Serial log</h2>
+    <p>What the VM wrote to its serial port, as its node ${vm.node_name} keeps it (the last
+      256 KiB). <a href=${`#/vms/${encodeURIComponent(vm.name)}/console`}>Open the console</a>
+      to see it live and type.</p>
+    ${canRead && html`<div class="toolbar"><${Button} busy=${busy} onClick=${load}>
+      <${Icon} name="scroll-text" /> ${log === null ? "Show the serial log" : "Read it again"}<//></div>`}
+    <${ErrorBox} error=${error} title="The serial log could not be read" />
+    ${log !== null && html`<pre class="serial-log" aria-label="Serial log" tabindex="0">${log || "(empty)"}</pre>`}`;
+}
 
 /** Whether the caller's roles let it act on a VM of `project` (the API decides anyway). */
 export function mayAct(account, can, project) {
@@ -184,8 +233,6 @@ export default function Vm({ params, query }) {
     <div class="card"><${Facts} vm=${vm} image=${image} /></div>
     <${Hardware} vm=${vm} volumes=${volumes} />
     <${Operations} vmId=${vm.id} />
-    <h2>Serial console</h2>
-    <p>The serial console log is kept on ${vm.node_name}${vm.console_log ? html` in <span class="mono">${vm.console_log}</span>` : ""}.
-      <a href=${`#/vms/${encodeURIComponent(vm.name)}/console`}>Open the console</a> to see it live.</p>
+    <${SerialLog} vm=${vm} canRead=${mayAct(account, can, vm.project)} />
   </section>`;
 }
