@@ -1,5 +1,9 @@
 """Fixtures of the browser tests: one real region (controller, agent, test guest image)
-and one Chromium for the whole session; each test gets its own guarded page."""
+and one Chromium for the whole package; each test gets its own guarded page.
+
+Package scope, not session: Playwright's sync API runs an asyncio event loop in this
+thread for as long as it is open, and the tests after this package (pyroute2's netlink
+sockets) need to run their own; the region and Chromium end with the package."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from tests.browser import chromium
 from tests.e2e.region import E2ERegion
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ui_region(testguest_image: Path, libvirtd: list[int]) -> Iterator[E2ERegion]:
     region = E2ERegion.create()
     try:
@@ -26,12 +30,12 @@ def ui_region(testguest_image: Path, libvirtd: list[int]) -> Iterator[E2ERegion]
         region.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def origin(ui_region: E2ERegion) -> str:
     return ui_region.layout.url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(ui_region: E2ERegion) -> Iterator[Browser]:
     with sync_playwright() as pw:
         b = chromium.launch(pw, ui_region.layout.url)
@@ -41,7 +45,7 @@ def browser(ui_region: E2ERegion) -> Iterator[Browser]:
             b.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def admin_state(browser: Browser, ui_region: E2ERegion, origin: str) -> dict[str, Any]:
     """The browser state (cookie and stored CSRF token) of the admin, logged in once
     through the login page with the password and the one-time code."""
