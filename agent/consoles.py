@@ -155,6 +155,14 @@ def close(ws: Any, code: int, message: str) -> None:
         Base.close(ws, code, message.encode()[:123].decode(errors="ignore"))
     except (ConnectionClosed, OSError):
         pass
+    end_reader(ws)
+
+
+def end_reader(ws: Any) -> None:
+    """Wait for the websocket's reading thread to end: the peer answers the close frame,
+    or after CLOSE_WAIT_S its connection is shut down. Nothing may use the connection
+    afterwards: its descriptor number goes to the process's next connection, and a reader
+    left behind would read from it (both the agent and the controller end theirs so)."""
     reader = getattr(ws, "thread", None)
     if reader is None:
         return

@@ -23,6 +23,8 @@ from typing import Any
 from flask import Response, request
 from simple_websocket import ConnectionClosed, Server
 
+from agent.consoles import end_reader
+
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
@@ -32,7 +34,6 @@ RECEIVE_BYTES = 64 * 1024
 PING_S = 15.0  # a peer that does not answer a ping within this is gone
 MAX_MESSAGE = 1024 * 1024  # a single websocket message from a peer
 STOP_CHECK_S = 5.0  # how often a blocked receive looks whether the other direction ended
-CLOSE_WAIT_S = 5.0  # for a peer to answer our close frame before its connection is cut
 
 
 def rendezvous_dir(data_dir: Path) -> Path:
@@ -170,27 +171,10 @@ def serve_websocket(run: Callable[[Server], None]) -> Response:
     except ConnectionClosed:
         pass
     close(ws)
-    _end_reader(ws)
+    end_reader(ws)
     answer = _Handled()
     answer.mode = ws.mode
     return answer
-
-
-def _end_reader(ws: Server) -> None:
-    """Wait for the websocket's reading thread to end (the peer answered the close frame,
-    or its connection is cut after CLOSE_WAIT_S). Nothing may use the connection once the
-    server closes it: its descriptor number goes to the next connection accepted, and a
-    reader left behind would read from it or write old TLS records into it."""
-    reader = getattr(ws, "thread", None)
-    if reader is None:
-        return
-    reader.join(CLOSE_WAIT_S)
-    if reader.is_alive():
-        try:
-            ws.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        reader.join()
 
 
 def close(ws: Server, code: int | None = None, message: str | None = None) -> None:
