@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -64,6 +66,33 @@ class ProtocolMismatch(Refused):
 class NodeRemoved(Refused):
     """This node was removed from the region: its certificate is refused. The message is
     the controller's: who removed it, when, and how to bring the machine back."""
+
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def keep_asking(what: str, stopping: threading.Event, ask: Callable[[], T],
+                take: Callable[[T], None], on_refused: Callable[[Refused], None],
+                retry_delay: Callable[[int], float]) -> None:
+    """Ask the controller (`ask`, a long-poll) until `stopping` is set, giving each answer
+    to `take`. An unavailable controller is asked again after `retry_delay(failures in a
+    row)`, logged with `what` was asked; a refusal goes to `on_refused` and ends the loop
+    (retrying cannot help)."""
+    failures = 0
+    while not stopping.is_set():
+        try:
+            answer = ask()
+        except Refused as e:
+            on_refused(e)
+            return
+        except ControllerUnavailable as e:
+            log.warning("%s unavailable: %s", what, e)
+            failures += 1
+            stopping.wait(retry_delay(failures))
+            continue
+        failures = 0
+        take(answer)
 
 
 def protocol_mismatch(r: requests.Response) -> ProtocolMismatch | None:

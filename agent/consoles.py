@@ -18,7 +18,7 @@ from typing import Any
 from simple_websocket import ConnectionClosed
 from simple_websocket.ws import Base
 
-from agent.client import ControllerClient, ControllerUnavailable, Refused
+from agent.client import ControllerClient, ControllerUnavailable, Refused, keep_asking
 from agent.drivers.hypervisor.base import ConsoleStream, HypervisorDriver, HypervisorError
 from agent.protocol import CONSOLE_FAILED, ConsoleRequest
 
@@ -46,23 +46,16 @@ class ConsoleDialer:
         self._open = threading.BoundedSemaphore(MAX_OPEN)
 
     def run(self) -> None:
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                wait = self.client.poll_wait_s or POLL_WAIT_S
-                asked = self.client.console_requests(wait).requests
-            except Refused as e:
-                self.on_refused(e)
-                return
-            except ControllerUnavailable as e:
-                log.warning("console requests unavailable: %s", e)
-                failures += 1
-                self.stopping.wait(self.retry_delay(failures))
-                continue
-            failures = 0
-            for request in asked:
-                threading.Thread(target=self.serve, args=(request,), daemon=True,
-                                 name=f"console-{request.id[:8]}").start()
+        keep_asking("console requests", self.stopping, self._ask, self._serve_all,
+                    self.on_refused, self.retry_delay)
+
+    def _ask(self) -> list[ConsoleRequest]:
+        return self.client.console_requests(self.client.poll_wait_s or POLL_WAIT_S).requests
+
+    def _serve_all(self, asked: list[ConsoleRequest]) -> None:
+        for request in asked:
+            threading.Thread(target=self.serve, args=(request,), daemon=True,
+                             name=f"console-{request.id[:8]}").start()
 
     def serve(self, request: ConsoleRequest) -> None:
         """Open the VM's console and relay it to the controller; every failure is said to

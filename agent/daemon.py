@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent import __version__, certs, inventory
-from agent.client import ControllerClient, ControllerUnavailable, Refused
+from agent.client import ControllerClient, ControllerUnavailable, Refused, keep_asking
 from agent.config import AgentConfig, NodeIdentity
 from agent.consoles import ConsoleDialer
 from agent.drivers.gpu.base import GpuDriver
@@ -126,26 +126,21 @@ class Agent:
         self.stop()
 
     def _poll_loop(self) -> None:
-        after, failures = -1, 0
-        while not self.stopping.is_set():
-            try:
-                # the controller's wait once it named one: it keeps this node from looking down
-                wait = self.client.poll_wait_s or self.config.poll_wait_s
-                desired = self.client.desired(after, wait)
-            except Refused as e:
-                self._refused(e)
-                continue
-            except ControllerUnavailable as e:
-                log.warning("desired state unavailable: %s", e)
-                failures += 1
-                self.stopping.wait(self._retry_delay(failures))
-                continue
-            failures = 0
+        after = -1
+
+        def ask() -> DesiredState | None:
+            # the controller's wait once it named one: it keeps this node from looking down
+            return self.client.desired(after, self.client.poll_wait_s or self.config.poll_wait_s)
+
+        def take(desired: DesiredState | None) -> None:
+            nonlocal after
             if desired is not None and desired.generation > after:
                 after = desired.generation
                 with self._desired_ready:
                     self._latest = desired
                     self._desired_ready.notify_all()
+
+        keep_asking("desired state", self.stopping, ask, take, self._refused, self._retry_delay)
 
     def _request_pass(self) -> None:
         with self._desired_ready:
