@@ -67,11 +67,7 @@ class Client:
         except requests.ConnectionError as e:
             raise ApiError(0, f"cannot reach the controller at {self.settings.url}: {e}") from e
         if r.status_code >= 400:
-            try:
-                problem = r.json()
-                raise ApiError(r.status_code, problem.get("detail", r.reason), problem)
-            except ValueError:
-                raise ApiError(r.status_code, f"{r.status_code} {r.reason}") from None
+            raise refusal(r)
         if r.status_code == 204 or not r.content:
             return None
         if not r.headers.get("Content-Type", "").startswith("application/json"):
@@ -86,11 +82,7 @@ class Client:
             with self.http.get(url, params=params, stream=True, timeout=60,
                                verify=self.verify) as r:
                 if r.status_code >= 400:
-                    try:
-                        problem = r.json()
-                    except ValueError:
-                        raise ApiError(r.status_code, f"{r.status_code} {r.reason}") from None
-                    raise ApiError(r.status_code, problem.get("detail", r.reason), problem)
+                    raise refusal(r)
                 for line in r.iter_lines(decode_unicode=False):
                     yield line.decode() + "\n"
         except requests.RequestException as e:
@@ -122,11 +114,7 @@ class Client:
             with self.http.get(url, params=params, headers=headers, stream=True,
                                timeout=(60, STREAM_SILENCE_S), verify=self.verify) as r:
                 if r.status_code >= 400:
-                    try:
-                        problem = r.json()
-                    except ValueError:
-                        raise ApiError(r.status_code, f"{r.status_code} {r.reason}") from None
-                    raise ApiError(r.status_code, problem.get("detail", r.reason), problem)
+                    raise refusal(r)
                 yield ""
                 for line in r.iter_lines(decode_unicode=False):
                     yield line.decode()
@@ -199,6 +187,18 @@ class Client:
 
 STREAM_SILENCE_S = 60.0  # the controller sends a comment every 15 s (events_keepalive_s)
 POLL_S = 0.5
+
+
+def refusal(r: requests.Response) -> ApiError:
+    """The API's refusal as an ApiError: its problem document's detail, or the bare
+    status where the body is no problem document (a proxy's page, a cut answer)."""
+    try:
+        problem = r.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        return ApiError(r.status_code, f"{r.status_code} {r.reason}")
+    return ApiError(r.status_code, str(problem.get("detail", r.reason)), problem)
 
 
 def _ended(op: dict[str, Any]) -> bool:
