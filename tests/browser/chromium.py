@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -98,11 +99,15 @@ class Guards:
 
 
 @contextmanager
-def guarded_page(browser: Browser, origin: str, *, width: int = 1280, height: int = 800
+def guarded_page(browser: Browser, origin: str, *, width: int = 1280, height: int = 800,
+                 storage_state: dict[str, Any] | None = None
                  ) -> Iterator[tuple[Page, Guards]]:
-    """A page in a new browser context (its own cookies), guarded; the guards are checked
-    when the block ends without an exception, and the context is closed in every case."""
-    context: BrowserContext = browser.new_context(viewport={"width": width, "height": height})
+    """A page in a new browser context (its own cookies, or those of `storage_state`: a
+    logged-in user's), guarded; the guards are checked when the block ends without an
+    exception, and the context is closed in every case."""
+    context: BrowserContext = browser.new_context(
+        viewport={"width": width, "height": height},
+        storage_state=storage_state)  # type: ignore[arg-type]
     guards = Guards(origin)
     with guard(context, guards) as page:
         yield page, guards

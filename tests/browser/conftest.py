@@ -20,14 +20,10 @@ from tests.e2e.region import E2ERegion
 
 @pytest.fixture(scope="package")
 def ui_region(testguest_image: Path, libvirtd: list[int]) -> Iterator[E2ERegion]:
-    region = E2ERegion.create()
-    try:
-        region.start(testguest_image)
+    with E2ERegion.running(testguest_image) as region:
         # the admin's code of this step was spent getting the region's bearer token
         chromium.note_code_used(region.layout.totp_file.read_text().strip())
         yield region
-    finally:
-        region.stop()
 
 
 @pytest.fixture(scope="package")
@@ -58,12 +54,15 @@ def admin_state(browser: Browser, ui_region: E2ERegion, origin: str) -> dict[str
 
 
 @pytest.fixture
-def admin_page(browser: Browser, origin: str, admin_state: dict[str, Any]
-               ) -> Iterator[Page]:
+def admin(browser: Browser, origin: str, admin_state: dict[str, Any]
+          ) -> Iterator[tuple[Page, chromium.Guards]]:
+    """A guarded page logged in as the admin (its own browser context), with its guards
+    (for a test that expects a refusal)."""
+    with chromium.guarded_page(browser, origin, storage_state=admin_state) as (page, guards):
+        yield page, guards
+
+
+@pytest.fixture
+def admin_page(admin: tuple[Page, chromium.Guards]) -> Page:
     """A guarded page logged in as the admin (its own browser context)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                  storage_state=admin_state)  # type: ignore[arg-type]
-    guards = chromium.Guards(origin)
-    with chromium.guard(context, guards) as page:
-        yield page
-    guards.check()
+    return admin[0]

@@ -10,7 +10,6 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -148,18 +147,6 @@ def _delete_through_the_pages(page: Page, guards: chromium.Guards, origin: str,
     page.get_by_role("button", name=f"Delete user {user}").click()
     page.get_by_role("dialog").get_by_role("button", name="Delete", exact=True).click()
     expect(page.get_by_role("cell", name=user, exact=True)).to_have_count(0)
-
-
-@pytest.fixture
-def admin(browser: Browser, origin: str, admin_state: dict[str, Any]
-          ) -> Iterator[tuple[Page, chromium.Guards]]:
-    """The admin's guarded page, with its guards (for the refusals a test expects)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                  storage_state=admin_state)  # type: ignore[arg-type]
-    guards = chromium.Guards(origin)
-    with chromium.guard(context, guards) as page:
-        yield page, guards
-    guards.check()
 
 
 def test_an_admin_manages_a_project_its_member_a_token_and_reads_the_trail(

@@ -11,7 +11,6 @@ import re
 import ssl
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
@@ -50,18 +49,6 @@ def mib(n: int) -> str:
     while v >= 1024 and unit < len(units) - 1:
         v, unit = v / 1024, unit + 1
     return f"{math.floor(v + 0.5) if v >= 10 or unit == 0 else f'{v:.1f}'} {units[unit]}"
-
-
-@contextmanager
-def admin_guarded_page(browser: Browser, origin: str, admin_state: dict[str, Any]
-                       ) -> Iterator[tuple[Page, chromium.Guards]]:
-    """Like the admin_page fixture, with its guards at hand (to expect a refusal)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                  storage_state=admin_state)  # type: ignore[arg-type]
-    guards = chromium.Guards(origin)
-    with chromium.guard(context, guards) as page:
-        yield page, guards
-    guards.check()
 
 
 def mark_no_reload(page: Page) -> None:
@@ -187,7 +174,7 @@ def test_dashboard_and_node_page_follow_a_vm_and_removal_is_refused_while_it_is_
         node: dict[str, Any]) -> None:
     name = f"ui-keep-{uuid.uuid4().hex[:6]}"
     try:
-        with admin_guarded_page(browser, origin, admin_state) as (page, guards):
+        with chromium.guarded_page(browser, origin, storage_state=admin_state) as (page, guards):
             # the VM is made after the dashboard read the nodes but before its event stream
             # starts (the browser holds the stream's request): once the stream opens, the
             # dashboard reads again what it shows

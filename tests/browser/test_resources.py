@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,6 @@ from tests.e2e.region import E2ERegion
 pytestmark = pytest.mark.e2e
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def admin(browser: Browser, origin: str, admin_state: dict[str, Any]
-          ) -> Iterator[tuple[Page, chromium.Guards]]:
-    """A guarded page logged in as the admin, with its guards (to expect a refusal)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                  storage_state=admin_state)  # type: ignore[arg-type]
-    guards = chromium.Guards(origin)
-    with chromium.guard(context, guards) as page:
-        yield page, guards
-    guards.check()
 
 
 def _name(kind: str) -> str:

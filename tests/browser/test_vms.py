@@ -36,18 +36,6 @@ def _tag() -> str:
     return uuid.uuid4().hex[:6]
 
 
-@pytest.fixture
-def guarded_admin(browser: Browser, origin: str, admin_state: dict[str, Any]
-                  ) -> Iterator[tuple[Page, chromium.Guards]]:
-    """Like admin_page, with its guards, for a test that expects a refusal."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                  storage_state=admin_state)  # type: ignore[arg-type]
-    guards = chromium.Guards(origin)
-    with chromium.guard(context, guards) as page:
-        yield page, guards
-    guards.check()
-
-
 @pytest.fixture(scope="module")
 def parked_vm(ui_region: E2ERegion) -> Iterator[str]:
     """A VM created stopped (no boot): its name is taken, its page can be shown."""
@@ -148,8 +136,8 @@ def test_vm_created_in_the_form_boots_stops_and_is_deleted(
 
 
 def test_create_form_shows_the_apis_field_error_in_words(
-        guarded_admin: tuple[Page, chromium.Guards], origin: str, parked_vm: str) -> None:
-    page, guards = guarded_admin
+        admin: tuple[Page, chromium.Guards], origin: str, parked_vm: str) -> None:
+    page, guards = admin
     guards.expected_refusals.add((409, f"{origin}/api/v1/instances"))
     page.goto(origin + "/#/vms/new")
     name = page.get_by_label("Name", exact=True)

@@ -76,6 +76,20 @@ class E2ERegion:
             region.layout.service("controller").stop()
             shutil.rmtree(region.root)
 
+    @classmethod
+    @contextmanager
+    def running(cls, image: Path, controller_env: dict[str, str] | None = None
+                ) -> Iterator[E2ERegion]:
+        """A whole region (controller, a joined agent, `image` imported as testguest);
+        afterwards its VMs, processes (by PID) and folder are gone, also when it failed
+        to start part way."""
+        region = cls.create(controller_env)
+        try:
+            region.start(image)
+            yield region
+        finally:
+            region.stop()
+
     def start(self, image: Path) -> None:
         self.start_controller()
         self.token = allinone.admin_token(self.layout)

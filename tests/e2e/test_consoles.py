@@ -38,12 +38,8 @@ ANSWER_TIMEOUT = 60  # for the guest's shell to answer a typed command
 
 @pytest.fixture(scope="module")
 def region(libvirtd: str, testguest_image: Path) -> Iterator[E2ERegion]:
-    r = E2ERegion.create()
-    try:
-        r.start(testguest_image)
+    with E2ERegion.running(testguest_image) as r:
         yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,9 @@ CONNECTIONS = 6  # each leg lands on either process: some consoles cross between
 @pytest.fixture(scope="module")
 def region(libvirtd: str, testguest_image: Path, postgres_url: str) -> Iterator[E2ERegion]:
     _reset_postgres(postgres_url)
-    r = E2ERegion.create({"VAUBAN_DATABASE_URL": postgres_url, "VAUBAN_WORKERS": "2"})
-    try:
-        r.start(testguest_image)
+    env = {"VAUBAN_DATABASE_URL": postgres_url, "VAUBAN_WORKERS": "2"}
+    with E2ERegion.running(testguest_image, env) as r:
         yield r
-    finally:
-        r.stop()
 
 
 def test_every_console_reaches_the_vm_whichever_process_takes_each_leg(

@@ -24,13 +24,9 @@ IDLE_S = "3"  # the server's limit on a silent peer, shorter than a quiet stream
 
 @pytest.fixture(scope="module")
 def region(libvirtd: str, testguest_image: Path) -> Iterator[E2ERegion]:
-    r = E2ERegion.create({"VAUBAN_EVENTS_KEEPALIVE_S": KEEPALIVE_S,
-                          "VAUBAN_CLIENT_IDLE_TIMEOUT": IDLE_S})
-    try:
-        r.start(testguest_image)
+    env = {"VAUBAN_EVENTS_KEEPALIVE_S": KEEPALIVE_S, "VAUBAN_CLIENT_IDLE_TIMEOUT": IDLE_S}
+    with E2ERegion.running(testguest_image, env) as r:
         yield r
-    finally:
-        r.stop()
 
 
 class Stream:

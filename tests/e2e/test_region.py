@@ -37,12 +37,8 @@ BOOT_TIMEOUT = 180  # TCG boots on a loaded 2-core machine can be slow
 
 @pytest.fixture(scope="module")
 def region(libvirtd: str, testguest_image: Path) -> Iterator[E2ERegion]:
-    r = E2ERegion.create()
-    try:
-        r.start(testguest_image)
+    with E2ERegion.running(testguest_image) as r:
         yield r
-    finally:
-        r.stop()
 
 
 def _name() -> str:

@@ -28,18 +28,15 @@ BOOT_TIMEOUT = 180
 def region(libvirtd: list[int], testguest_image: Path,
            ceph_minicluster: MiniCluster) -> Iterator[E2ERegion]:
     info = ceph_minicluster.info()
-    r = E2ERegion.create({
+    env = {
         "VAUBAN_STORAGE": "rbd",
         "VAUBAN_CEPH_CONF": str(info.conf),
         "VAUBAN_CEPH_KEYRING": str(ceph_minicluster.client_keyring),
         "VAUBAN_CEPH_POOL": "vauban",
         "VAUBAN_CEPH_VOLUME_POOLS": "vauban,vauban-fast",
-    })
-    try:
-        r.start(testguest_image)
+    }
+    with E2ERegion.running(testguest_image, env) as r:
         yield r
-    finally:
-        r.stop()
 
 
 def rbd_names(ceph_admin: Any, pool: str = "vauban") -> set[str]:

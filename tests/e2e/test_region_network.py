@@ -21,12 +21,8 @@ BOOT_TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def region(libvirtd: list[int], testguest_image: Path) -> Iterator[E2ERegion]:
-    r = E2ERegion.create()
-    try:
-        r.start(testguest_image)
+    with E2ERegion.running(testguest_image) as r:
         yield r
-    finally:
-        r.stop()
 
 
 def ip(*args: str) -> None:
