@@ -132,11 +132,7 @@ class E2ERegion:
             for secret in conn.listAllSecrets() if tag else []:
                 if secret.usageID().startswith(f"vauban-{tag}-"):
                     secret.undefine()  # the Ceph key this region's agent gave libvirt
-            for vm_id in self.created_vm_ids:
-                try:
-                    dom = conn.lookupByUUIDString(vm_id)
-                except libvirt.libvirtError:
-                    continue
+            for dom in self._domains(conn):
                 if dom.isActive():
                     dom.destroy()
                 dom.undefine()
@@ -144,6 +140,19 @@ class E2ERegion:
             conn.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
+
+    def _domains(self, conn: libvirt.virConnect) -> list[libvirt.virDomain]:
+        """This region's domains: those its tests named, and any other whose definition
+        names a file under the region's folder (disks, serial log): VMs a test made
+        through the UI or left when it failed part way."""
+        ours = []
+        for dom in conn.listAllDomains():
+            try:
+                if dom.UUIDString() in self.created_vm_ids or f"{self.root}/" in dom.XMLDesc():
+                    ours.append(dom)
+            except libvirt.libvirtError:
+                continue  # undefined meanwhile
+        return ours
 
 def domain_exists(vm_id: str) -> bool:
     conn = libvirt.open("qemu:///system")
