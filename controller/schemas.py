@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from agent.protocol import GpuTelemetry, MigState, StrictInput, UtcDatetime
+
+
+def _in_utc(value: datetime) -> datetime:
+    """`value` in UTC; ValueError (a 422) where UTC cannot hold it (year 1 east of Greenwich,
+    year 9999 west of it), which datetime raises as OverflowError."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as e:
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from e
+
+
+# a time a client gives, with its zone; handed on in UTC
+UtcInput = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 TOTP_CODE = r"^[0-9]{6}$"  # a one-time code: exactly 6 ASCII digits
@@ -536,12 +558,12 @@ class AuditQuery(Input):
         default=None, max_length=255, examples=["project/5d0c…", "project/"],
         description="The object acted on; ending with '/', every object of that kind")
     project: str | None = Field(default=None, max_length=63, description="Project acted in")
-    since: AwareDatetime | None = Field(default=None, examples=["2026-12-01T00:00:00Z"],
+    since: UtcInput | None = Field(default=None, examples=["2026-12-01T00:00:00Z"],
                                         description="Entries made at or after this time")
-    until: AwareDatetime | None = Field(default=None, examples=["2026-12-02T00:00:00Z"],
+    until: UtcInput | None = Field(default=None, examples=["2026-12-02T00:00:00Z"],
                                         description="Entries made before this time")
     before: int | None = Field(
-        default=None, ge=1, examples=[4711],
+        default=None, ge=1, lt=2**63, examples=[4711],
         description="Entries before this sequence number: the next page after one that "
         "ended with it")
     limit: int = Field(default=100, ge=1, le=1000)
@@ -570,7 +592,7 @@ class AuditEvent(Output):
 
 
 class AuditExportQuery(Input):
-    since: AwareDatetime | None = Field(
+    since: UtcInput | None = Field(
         default=None, description="First entry made at or after this time (ISO 8601 with a "
         "zone); all entries when absent", examples=["2026-12-01T00:00:00Z"])
     after: int | None = Field(

@@ -41,9 +41,9 @@ def list_audit_events(query: schemas.AuditQuery) -> Any:
     if query.project:
         stmt = stmt.where(AuditEvent.project == query.project)
     if query.since is not None:
-        stmt = stmt.where(AuditEvent.at >= query.since.astimezone(UTC))
+        stmt = stmt.where(AuditEvent.at >= query.since)
     if query.until is not None:
-        stmt = stmt.where(AuditEvent.at < query.until.astimezone(UTC))
+        stmt = stmt.where(AuditEvent.at < query.until)
     if query.before is not None:
         stmt = stmt.where(AuditEvent.seq < query.before)
     return [schemas.AuditEvent.model_validate(e) for e in db().scalars(stmt)]

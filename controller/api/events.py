@@ -10,6 +10,7 @@ stream at once (its event reaches the hub), one that expired at the next comment
 from __future__ import annotations
 
 import queue
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from controller.services import events, sessions, tenancy
 api = ApiBlueprint("events", "/api/v1", "events")
 
 RECHECK_EVERY_S = 300.0  # the token is read again at least this often, expired or not
+# an event id as a browser resends it: ASCII digits only (str.isdigit also takes "²")
+LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 class EventsQuery(schemas.Input):
@@ -66,7 +69,7 @@ def follow_events(query: EventsQuery) -> Any:
     after = query.after
     if after is None and request.headers.get("Last-Event-ID", "").strip():
         raw = request.headers["Last-Event-ID"].strip()
-        if not raw.isdigit() or len(raw) > 18:
+        if not LAST_EVENT_ID.fullmatch(raw):
             return problem(400, "Bad request", f"Last-Event-ID {raw[:40]!r} is not an event id",
                            "invalid-last-event-id")
         after = int(raw)

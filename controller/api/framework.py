@@ -122,6 +122,7 @@ def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
             try:
                 # query parameters are strings by nature: lax parsing turns "5" into 5
                 kwargs["query"] = spec.query.model_validate(request.args.to_dict())
+                _check_int64(kwargs["query"])
             except ValidationError as e:
                 return validation_problem(e, "query parameter")
         if spec.body is not None and spec.body_optional and _no_body():

@@ -38,9 +38,19 @@ MIME_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text
 ui = Blueprint("ui", __name__)
 
 
+def _servable(static: Path) -> dict[str, Path]:
+    """Every file the UI may serve, by its path below `static`: the only names a request
+    can reach (no path is built from what a client sends)."""
+    return {p.relative_to(static).as_posix(): p for p in sorted(static.rglob("*"))
+            if p.is_file() and p.suffix in MIME_TYPES}
+
+
+SERVABLE = _servable(STATIC)
+
+
 def _serve(relative: str) -> Response:
-    path = (STATIC / relative).resolve()
-    if not path.is_relative_to(STATIC) or not path.is_file() or path.suffix not in MIME_TYPES:
+    path = SERVABLE.get(relative)
+    if path is None:
         abort(404)
     # the UI's files are small (the largest, a chart library, ~200 KiB): read whole
     response = Response(path.read_bytes(), mimetype=MIME_TYPES[path.suffix])

@@ -175,7 +175,8 @@ def test_resuming_from_a_pruned_event_resets_the_stream(client: FlaskClient,
 
 @pytest.mark.parametrize("query, header", [
     ("?types=vm,bogus", None), ("?types=", None), ("?types=vm.changed", None),
-    ("?after=-1", None), ("?after=x", None), ("", "12x"), ("?wat=1", None)])
+    ("?after=-1", None), ("?after=x", None), ("", "12x"), ("?wat=1", None),
+    ("", "\u00b2")])  # a digit to str.isdigit, not to int(): it gave a 500
 def test_bad_input_is_a_problem_document(client: FlaskClient, region: Region, query: str,
                                          header: str | None) -> None:
     admin = Api(client, region)

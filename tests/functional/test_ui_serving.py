@@ -46,5 +46,7 @@ def test_a_file_is_revalidated_by_its_etag(client: FlaskClient) -> None:
 def test_nothing_outside_the_ui_folder_is_served(client: FlaskClient) -> None:
     for path in ["/ui/../serve.py", "/ui/..%2fserve.py", "/ui/%2e%2e/serve.py",
                  "/ui/vendor/../../serve.py", "/ui/nothing.js", "/ui/vendor/licenses/htm.txt",
-                 "/ui/vendor"]:
+                 "/ui/vendor",
+                 # a NUL and an overlong name gave 500s when a path was built from them
+                 "/ui/a%00.js", "/ui/" + "a" * 300 + ".js"]:
         assert client.get(path).status_code == 404, path
