@@ -12,7 +12,10 @@ holds at most one chunk in flight (a slow reader slows its writer, nothing piles
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -47,12 +50,27 @@ def rendezvous_path(data_dir: Path, session_id: str) -> Path:
     return rendezvous_dir(data_dir) / f"{session_id}.sock"
 
 
+_folders: dict[Path, int] = {}
+_folders_lock = threading.Lock()
+
+
+def _address(path: Path) -> str:
+    """`path` as a unix socket address that fits the 107 bytes of sun_path however long
+    the data folder's name is: through this process's descriptor of the socket's folder."""
+    with _folders_lock:
+        fd = _folders.get(path.parent)
+        if fd is None:
+            fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            _folders[path.parent] = fd
+    return f"/proc/self/fd/{fd}/{path.name}"
+
+
 def listen(path: Path) -> socket.socket:
     """A unix socket listening at `path` (a stale file there is replaced)."""
     path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(str(path))
+        sock.bind(_address(path))
         sock.listen(1)
     except OSError:
         sock.close()
@@ -79,7 +97,7 @@ def connect(path: Path) -> socket.socket:
     """A connection to the user's leg waiting at `path`; OSError when it is gone."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
+        sock.connect(_address(path))
     except OSError:
         sock.close()
         raise
@@ -155,17 +173,35 @@ class _Handled(Response):
         return []
 
 
-def serve_websocket(run: Callable[[Server], None]) -> Response:
-    """Accept the request's websocket and run `run(ws)` on it; the websocket is closed (1000)
-    afterwards unless `run` closed it. Call it only once every check passed: what is refused
-    before is answered in plain HTTP."""
+def handshake_refusal() -> str | None:
+    """Why this request is no websocket opening (RFC 6455, 4.2.1) we can accept, or None:
+    checked before a ticket is spent or a session claimed, so a bad one spends nothing."""
+    headers = request.headers
+    if headers.get("Upgrade", "").strip().lower() != "websocket":
+        return "the request does not ask for a websocket (Upgrade: websocket)"
+    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        return "only websocket version 13 is spoken (Sec-WebSocket-Version)"
+    try:
+        key = base64.b64decode(headers.get("Sec-WebSocket-Key", ""), validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != 16:
+        return "Sec-WebSocket-Key must be 16 bytes in base64"
+    return None
+
+
+def open_websocket() -> Server:
+    """The request's websocket, accepted (the handshake answered); raises if it cannot be."""
     raw = request.environ.get("gunicorn.socket")
     if raw is not None:
         raw.settimeout(None)  # idle consoles are normal: pings tell a live peer from a gone one
     # "binary": the subprotocol older noVNC releases ask for; none is needed
-    ws = Server(request.environ, subprotocols=["binary"], receive_bytes=RECEIVE_BYTES,
-                ping_interval=PING_S,
-                max_message_size=MAX_MESSAGE)
+    return Server(request.environ, subprotocols=["binary"], receive_bytes=RECEIVE_BYTES,
+                  ping_interval=PING_S, max_message_size=MAX_MESSAGE)
+
+
+def run_websocket(ws: Server, run: Callable[[Server], None]) -> Response:
+    """Run `run(ws)`; the websocket is closed (1000) afterwards unless `run` closed it."""
     try:
         run(ws)
     except ConnectionClosed:
@@ -175,6 +211,12 @@ def serve_websocket(run: Callable[[Server], None]) -> Response:
     answer = _Handled()
     answer.mode = ws.mode
     return answer
+
+
+def serve_websocket(run: Callable[[Server], None]) -> Response:
+    """Accept the request's websocket and run `run(ws)` on it (see run_websocket). Call it
+    only once every check passed: what is refused before is answered in plain HTTP."""
+    return run_websocket(open_websocket(), run)
 
 
 def close(ws: Server, code: int | None = None, message: str | None = None) -> None:

@@ -87,6 +87,9 @@ def user_console(ticket: str) -> Response:
     cookies.refuse_other_origins()  # a page of another site cannot open it with our cookie
     caller = api_auth.authenticate("user", CONSOLE)
     assert caller is not None
+    not_websocket = relay.handshake_refusal()
+    if not_websocket is not None:
+        return _not_websocket(not_websocket)
     the_region = region()
     with the_region.reads() as read:
         found = service.find_ticket(read, ticket)
@@ -109,7 +112,19 @@ def user_console(ticket: str) -> Response:
         listener.close()
         path.unlink(missing_ok=True)
         raise
-    return relay.serve_websocket(lambda ws: _user_leg(ws, row, listener, caller.name, context))
+    try:
+        ws = relay.open_websocket()
+    except Exception as e:  # the ticket is spent: the session ends here, said and audited
+        listener.close()
+        path.unlink(missing_ok=True)
+        _closed(row.id, caller.name, context, "failed",
+                f"the user's websocket could not be opened: {e}", relay.Traffic())
+        raise
+    return relay.run_websocket(ws, lambda ws: _user_leg(ws, row, listener, caller.name, context))
+
+
+def _not_websocket(reason: str) -> Response:
+    return problem(400, "Not a websocket opening", reason, "bad-websocket-request")
 
 
 def _user_leg(ws: Server, row: ConsoleSession, listener: Any, name: str,
@@ -157,6 +172,9 @@ def agent_console(node_id: str, session_id: str) -> Response:
         return refused
     api_auth.authenticate("node")
     api_auth.require_node(node_id)
+    not_websocket = relay.handshake_refusal()
+    if not_websocket is not None:
+        return _not_websocket(not_websocket)
     the_region = region()
     with the_region.sessions() as session, session.begin():
         claimed = service.claim(session, session_id, node_id)

@@ -176,3 +176,21 @@ def test_the_agents_dial_back_needs_a_session_it_was_told_of(api: Api) -> None:
     r = api.client.get(f"/agent/v1/nodes/{node.id}/consoles/{issued['id']}",
                        headers=UPGRADE, environ_overrides=node.environ())
     assert r.status_code == 409 and "not waiting for this node" in r.json["detail"]
+
+
+@pytest.mark.parametrize("broken", [{"Sec-WebSocket-Key": ""}, {"Sec-WebSocket-Key": "c2hvcnQ="},
+                                    {"Sec-WebSocket-Version": "8"}])
+def test_a_broken_websocket_opening_spends_nothing_and_leaves_nothing(
+        api: Api, region: Region, broken: dict[str, str]) -> None:
+    # the ticket was spent, the session left waiting for an agent and its socket file left
+    # in the data folder, with a 500, when the handshake failed after the checks
+    node, _vm_id = running_vm(api)
+    issued = ticket(api, "vm1").json
+    r = api.client.get(issued["websocket"], headers={**api.headers, **UPGRADE, **broken})
+    assert r.status_code == 400 and r.json["title"] == "Not a websocket opening", r.json
+    with region.reads() as db:
+        assert db.get_one(ConsoleSession, issued["id"]).state == "issued"
+    assert list((region.config.data_dir / "consoles").glob("*")) == []
+    r = api.client.get(f"/agent/v1/nodes/{node.id}/consoles/{issued['id']}",
+                       headers={**UPGRADE, **broken}, environ_overrides=node.environ())
+    assert r.status_code == 400, r.json

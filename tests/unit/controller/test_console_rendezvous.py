@@ -1,0 +1,31 @@
+"""The unix socket where a console's two legs meet, whatever the data folder's length."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from controller import consoles as relay
+
+
+def test_the_legs_meet_under_a_data_folder_longer_than_a_socket_address(tmp_path: Path) -> None:
+    # every console failed with a 500 ("AF_UNIX path too long") under such a folder
+    data_dir = tmp_path / ("d" * 120)
+    data_dir.mkdir()
+    path = relay.rendezvous_path(data_dir, str(uuid.uuid4()))
+    assert len(str(path).encode()) > 107
+    listener = relay.listen(path)
+    try:
+        assert path.is_socket()
+        dialer = relay.connect(path)
+        user = relay.accept_within(listener, path, 5.0)
+        assert user is not None
+        dialer.sendall(b"hello")
+        assert user.recv(5) == b"hello"
+        dialer.close()
+        user.close()
+    finally:
+        listener.close()
+    assert not path.exists()  # accepting removed it
+    shutil.rmtree(data_dir)
