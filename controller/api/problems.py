@@ -11,6 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from controller.errors import ServiceError, TooManyRequests
+from controller.serving import redact_path
 
 PROBLEM_BASE = "https://vauban.dev/problems/"
 
@@ -21,7 +22,7 @@ def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> Re
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.path,
+        "instance": redact_path(request.path),  # a console ticket in it is a secret
         **extra,
     }
     return Response(json.dumps(body), status=status, mimetype="application/problem+json")
@@ -99,7 +100,7 @@ def install_error_handlers(app: Flask) -> None:
     def _no_connection(err: PoolTimeout) -> Response:
         # every database connection is in use: the caller retries, nothing failed for good
         app.logger.warning("no database connection free for %s %s: %s", request.method,
-                           request.path, err)
+                           redact_path(request.path), err)
         answer = problem(503, "Service unavailable", "the controller's database connections "
                          "are all in use; try again shortly", "unavailable", retry_after_s=1)
         answer.headers["Retry-After"] = "1"
@@ -113,5 +114,6 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
-        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        app.logger.exception("unhandled error on %s %s", request.method,
+                             redact_path(request.path))
         return problem(500, "Internal error", "the controller failed; see its log", "internal")

@@ -114,6 +114,23 @@ def test_who_may_open_a_console(api: Api) -> None:
     assert other.status_code == 404 and other.json["detail"] == "instance 'web' does not exist"
 
 
+def test_a_ticket_is_refused_once_its_user_lost_write_access_to_the_vm(api: Api,
+                                                                      region: Region) -> None:
+    # the ticket was spent, and the console opened, on any write role in any project
+    assert api.post("/api/v1/projects", json={"name": "shop"}).status_code == 201
+    assert api.post("/api/v1/projects", json={"name": "other"}).status_code == 201
+    running_vm(api, "web", project="shop")
+    member = api.as_new_user("mia", ("project-member", "shop"), ("project-member", "other"))
+    issued = ticket(member, "web").json
+    bindings = api.get("/api/v1/role-bindings?user=mia").json
+    shop = next(b for b in bindings if b["project"] == "shop")
+    assert api.delete(f"/api/v1/role-bindings/{shop['id']}").status_code == 204
+    r = api.client.get(issued["websocket"], headers={**member.headers, **UPGRADE})
+    assert r.status_code == 403 and "may no longer open" in r.json["detail"], r.json
+    with region.reads() as db:  # refused: nothing spent
+        assert db.get_one(ConsoleSession, issued["id"]).state == "issued"
+
+
 def test_a_spent_ticket_wakes_the_agents_console_poll_once(api: Api, region: Region) -> None:
     node, vm_id = running_vm(api)
     issued = ticket(api, "vm1").json
@@ -161,6 +178,8 @@ def test_the_websocket_refuses_before_upgrading(api: Api, region: Region) -> Non
     other = api.as_new_user("eve", ("region-admin", None))
     r = api.client.get(issued["websocket"], headers={**other.headers, **UPGRADE})
     assert r.status_code == 403 and "unknown" in r.json["detail"]
+    # the ticket is a secret: problem documents (and the log lines beside them) omit it
+    assert issued["ticket"] not in r.text and r.json["instance"] == "/api/v1/consoles/…"
     r = api.client.get(issued["websocket"], headers={**api.headers, **UPGRADE,
                                                      "Origin": "https://evil.example"})
     assert r.status_code == 403 and r.json["check"] == "origin"
