@@ -102,6 +102,11 @@ def user_console(ticket: str) -> Response:
         with audit.acting(context), the_region.sessions() as session, session.begin():
             row = service.spend(session, ticket, caller.user_id)
             inst = session.get(Instance, row.instance_id)
+            level = caller.level_in(inst.project_id) if inst is not None else None
+            if inst is not None and (level is None or level < CONSOLE.level):
+                # a role taken away, or a token for another project, since the ticket
+                raise service.TicketRefused("you may no longer open this VM's console (a "
+                                            "role in its project with write access is needed)")
             if inst is not None:  # its entries, this one and the close, name its project
                 audit.in_project(tenancy.project_name(session, inst.project_id),
                                  caller.is_admin_outside(inst.project_id))
