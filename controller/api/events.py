@@ -145,7 +145,13 @@ def _stream(region: Region, watch: _Watch, kinds: frozenset[str] | None, after: 
                 sub.caller = watch.caller
                 continue
             assert not isinstance(item, str)
-            if item.id in duplicates:
+            # a busy stream is never idle: its token's end is checked here too (the check
+            # reads the database only when due)
+            if not watch.still_valid():
+                return
+            # queued before a RECHECK this stream has since taken: the hub chose by the
+            # caller's old roles
+            if item.id in duplicates or not sub.wants(item):
                 continue
             yield item.text
 

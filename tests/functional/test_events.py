@@ -15,7 +15,8 @@ from sqlalchemy import func, insert, select, update
 
 from agent.protocol import ObservedVm, ObservedVmState
 from controller import eventhub
-from controller.db.models import Event, Instance, Node, RolloutHost, RolloutJob
+from controller.api import events as events_api
+from controller.db.models import ApiToken, Event, Instance, Node, RolloutHost, RolloutJob
 from controller.region import Region
 from controller.services import events, nodes
 from tests.functional.events_helpers import Sse, Stream
@@ -206,6 +207,46 @@ def test_the_stream_ends_when_its_token_is_revoked(client: FlaskClient, region: 
     assert alice.delete(f"/api/v1/api-tokens/{mine['id']}").status_code == 200
     stream.drain()
     assert stream.ended
+
+
+def test_a_busy_stream_ends_when_its_token_expires(client: FlaskClient, region: Region,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # the token's end was checked only when the stream was idle: a stream with an event at
+    # least every keep-alive outlived it
+    monkeypatch.setattr(events_api, "RECHECK_EVERY_S", 0.0)  # every check reads the token
+    admin = Api(client, region)
+    alice, _bob = _two_projects(admin)
+    stream = _stream(alice, "?types=security_group")
+    stream.start()
+    _sg(alice, "one", "a")
+    assert stream.next_event().data["object"]["name"] == "one"
+    [mine] = _ok(alice.get("/api/v1/api-tokens"), 200)
+    with region.sessions() as db, db.begin():  # as its time runs out (no event tells it)
+        db.execute(update(ApiToken).where(ApiToken.id == mine["id"])
+                   .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    _sg(admin, "two", "a")
+    assert [e for e in stream.drain() if e.type] == []
+
+
+def test_events_queued_before_a_role_is_taken_away_are_not_sent(
+        client: FlaskClient, region: Region) -> None:
+    admin = Api(client, region)
+    for name in ("a", "b"):
+        _ok(admin.post("/api/v1/projects", json={"name": name}))
+    alice = admin.as_new_user("alice", ("project-member", "a"), ("project-member", "b"))
+    stream = _stream(alice, "?types=security_group")
+    stream.start()
+    [in_a] = [b for b in _ok(admin.get("/api/v1/role-bindings?user=alice"), 200)
+              if b["project"] == "a"]
+    # all three reach alice's queue before her stream reads any: the hub chose by her old
+    # roles (read_new hands out what committed, whether or not the hub's thread did already)
+    assert admin.delete(f"/api/v1/role-bindings/{in_a['id']}").status_code == 204
+    _sg(admin, "secret", "a")
+    _sg(admin, "still-mine", "b")
+    region.events.read_new()
+    seen = stream.until(_is("security_group.changed", "still-mine"))
+    assert [e.data["object"]["name"] for e in seen] == ["still-mine"]
+    stream.close()
 
 
 def test_a_subscriber_that_falls_behind_is_dropped_and_resumes_without_loss(
