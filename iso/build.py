@@ -116,7 +116,10 @@ def build(out: Path, wheels_tar: Path, cache: Path = base_layer.DEFAULT_CACHE,
         _build_into_cache(stored, base, wheels_tar, version, input_hash, inputs, log)
     for name in names:
         tmp = out / f".{name}.{os.getpid()}"
-        shutil.copyfile(stored / name, tmp)
+        try:
+            os.link(stored / name, tmp)  # the cache is never written in place: share it
+        except OSError:
+            shutil.copyfile(stored / name, tmp)
         tmp.rename(out / name)
     digest = (out / names[1]).read_text().split()[0]
     return Result(out / names[0], out / names[1], out / names[2], digest, cached)
@@ -215,12 +218,35 @@ def check_identity(images: list[Path]) -> None:
 
 
 def make_iso(tree: Path, iso: Path, volid: str, epoch: int, log: Path | None) -> None:
-    """A hybrid BIOS+UEFI ISO of `tree` by grub-mkrescue, dated `epoch`."""
-    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "TZ": "UTC"}
+    """A hybrid BIOS+UEFI ISO of `tree` by grub-mkrescue, dated `epoch`.
+
+    With SOURCE_DATE_EPOCH set, xorriso dates the files and mtools the files of the EFI
+    system partition image; every file's date is set to `epoch`. Two things grub-mkrescue
+    takes from the clock are fixed by wrappers: xorriso's --modification-date (the
+    volume's dates, its uuid and GPT ids) and mformat's FAT volume serial (random)."""
+    wrappers = iso.parent / "wrappers"
+    wrappers.mkdir(exist_ok=True)
+    xorriso, mformat = shutil.which("xorriso"), shutil.which("mformat")
+    if xorriso is None or mformat is None:
+        raise FileNotFoundError("xorriso and mformat (mtools) are needed to make the ISO")
+    stamp = time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
+    (wrappers / "xorriso").write_text(
+        "#!/bin/bash\nargs=()\nfor a in \"$@\"; do\n  case \"$a\" in\n"
+        f"    --modification-date=*) args+=(--modification-date={stamp}) ;;\n"
+        "    *) args+=(\"$a\") ;;\n  esac\ndone\n"
+        f'exec {xorriso} "${{args[@]}}"\n')
+    (wrappers / "mformat").write_text(
+        f'#!/bin/sh\nexec {mformat} -N {epoch & 0xFFFFFFFF:08x} "$@"\n')
+    for wrapper in wrappers.iterdir():
+        wrapper.chmod(0o755)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "TZ": "UTC",
+           "PATH": f"{wrappers}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     with open(log or os.devnull, "ab") as output:
-        subprocess.run(["grub-mkrescue", "-o", str(iso), str(tree), "--",
-                        "-volid", volid], check=True, env=env,
-                       stdout=output, stderr=subprocess.STDOUT)
+        subprocess.run(["grub-mkrescue", f"--xorriso={wrappers / 'xorriso'}", "-o", str(iso),
+                        str(tree), "--",
+                        "-volid", volid, "-volume_date", "all_file_dates", f"={epoch}"],
+                       check=True, env=env, stdout=output, stderr=subprocess.STDOUT)
+    shutil.rmtree(wrappers)
 
 
 def default_wheels(dist: Path = Path("dist")) -> Path:

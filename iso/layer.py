@@ -95,8 +95,11 @@ def build_layer(base: Base, wheels_tar: Path, work: Path, out: Path, epoch: int,
     ValueError when the upper folder holds a deletion."""
     for name in ("lower", "upper", "ovl", "merged", "wheels"):
         (work / name).mkdir(parents=True)
-    with tarfile.open(wheels_tar) as tar:
-        tar.extractall(work / "wheels", filter="data")
+    with tarfile.open(wheels_tar) as tar:  # the wheels only, whatever else the archive names
+        for member in tar.getmembers():
+            data = tar.extractfile(member) if member.isfile() else None
+            if data and member.name.endswith(".whl"):
+                (work / "wheels" / Path(member.name).name).write_bytes(data.read())
     version = wheel_version([p.name for p in (work / "wheels").glob("*.whl")])
     merged = work / "merged"
     with ExitStack() as mounts:
