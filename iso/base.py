@@ -125,7 +125,11 @@ def ensure_base(cache: Path = DEFAULT_CACHE, log: Path | None = None,
         shutil.rmtree(root)
         manifest = {"inputs": inputs(roles), "built": int(time.time()), "packages": listing}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        work.rename(final)
+        try:
+            work.rename(final)
+        except OSError:  # another process finished the same base first: keep that one
+            if not (final / "manifest.json").is_file():
+                raise
     finally:
         if work.exists():
             shutil.rmtree(work)

@@ -162,7 +162,11 @@ def _build_into_cache(stored: Path, base: base_layer.Base, wheels_tar: Path, ver
         (result / sbom_name).write_text(json.dumps(document, indent=1) + "\n")
         (result / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
         shutil.rmtree(stored, ignore_errors=True)
-        result.rename(stored)
+        try:
+            result.rename(stored)
+        except OSError:  # another build of the same inputs stored it first: the same bytes
+            if not (stored / sum_name).is_file():
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _prune(stored)

@@ -4,12 +4,14 @@ and its live system booted under QEMU (BIOS and UEFI)."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from iso import build, hashing
+from iso import build, hashing, layer
 from tests.iso import serial
 
 pytestmark = pytest.mark.integration
@@ -34,9 +36,12 @@ def test_iso_holds_both_layers_and_boots_bios_and_uefi(built_iso: build.Result,
                              text=True).stdout
     for path in ("/live/00-base.squashfs", "/live/10-vauban.squashfs", "/live/vmlinuz",
                  "/live/initrd.img", "/live/filesystem.module", "/boot/grub/grub.cfg",
-                 "/efi/boot/bootx64.efi"):
-        assert f"'{path}'" in listing.lower(), path
-    _extract(built_iso.iso, tmp_path, "/live", "/boot/grub/grub.cfg")
+                 "/efi.img"):
+        assert f"'{path}'" in listing, path
+    _extract(built_iso.iso, tmp_path, "/live", "/boot/grub/grub.cfg", "/efi.img")
+    efi = subprocess.run(["mdir", "-b", "-i", str(tmp_path / "efi.img"), "::/efi/boot"],
+                         check=True, capture_output=True, text=True).stdout
+    assert "bootx64.efi" in efi.lower()
     live = tmp_path / "live"
     assert (live / "filesystem.module").read_text() == "00-base.squashfs\n10-vauban.squashfs\n"
     assert "Live system (rescue, demo)" in (tmp_path / "boot/grub/grub.cfg").read_text()
@@ -89,3 +94,17 @@ def test_same_inputs_give_the_same_iso(built_iso: build.Result, wheels_tar: Path
     assert again.digest == built_iso.digest
     cached = build.build(tmp_path / "cached", wheels_tar)
     assert cached.cached and cached.digest == built_iso.digest
+
+
+def test_a_layer_that_deletes_or_hides_a_base_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "upper/etc").mkdir(parents=True)
+    (tmp_path / "upper/etc/vauban.conf").write_text("")
+    layer.check_only_additions(tmp_path / "upper")
+    os.mknod(tmp_path / "upper/etc/passwd", 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+    with pytest.raises(ValueError, match="deletes /etc/passwd"):
+        layer.check_only_additions(tmp_path / "upper")
+    (tmp_path / "upper/etc/passwd").unlink()
+    (tmp_path / "upper/usr").mkdir()
+    os.setxattr(tmp_path / "upper/usr", "trusted.overlay.opaque", b"y")
+    with pytest.raises(ValueError, match="hides /usr"):
+        layer.check_only_additions(tmp_path / "upper")
