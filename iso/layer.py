@@ -77,12 +77,15 @@ def role_files(roles: Path = ROLES) -> dict[str, str]:
     }
 
 
-def wanted_by(unit: Path) -> list[str]:
-    """The targets a unit's [Install] section names in WantedBy=."""
+def install_links(unit: Path) -> list[str]:
+    """The folders `systemctl enable` links a unit into, from its [Install] section
+    (WantedBy= gives <target>.wants, RequiredBy= <target>.requires)."""
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read_string(unit.read_text())
-    return parser.get("Install", "WantedBy", fallback="").split()
+    return [f"{target}.{suffix}"
+            for key, suffix in (("WantedBy", "wants"), ("RequiredBy", "requires"))
+            for target in parser.get("Install", key, fallback="").split()]
 
 
 def build_layer(base: Base, wheels_tar: Path, work: Path, out: Path, epoch: int,
@@ -161,8 +164,8 @@ def _write_files(root: Path, release: dict[str, object], units: Path) -> None:
         shutil.copyfile(unit, systemd / unit.name)
         (systemd / unit.name).chmod(0o644)
         if unit.name in ENABLED_UNITS:
-            for target in wanted_by(unit):
-                wants = systemd / f"{target}.wants"
+            for folder in install_links(unit):
+                wants = systemd / folder
                 wants.mkdir(exist_ok=True)
                 (wants / unit.name).unlink(missing_ok=True)
                 (wants / unit.name).symlink_to(f"/etc/systemd/system/{unit.name}")

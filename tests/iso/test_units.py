@@ -161,8 +161,15 @@ def test_role_files_are_what_the_roles_write_with_their_defaults() -> None:
         'KERNEL=="kvm", GROUP="kvm", MODE="0660"')
 
 
-def test_units_are_enabled_for_their_wanted_by_targets() -> None:
-    assert layer.wanted_by(layer.UNITS / "vauban-agent.service") == ["multi-user.target"]
+def test_units_are_enabled_for_their_install_targets(tmp_path: Path) -> None:
+    assert layer.install_links(layer.UNITS / "vauban-agent.service") == [
+        "multi-user.target.wants"]
+    unit = tmp_path / "x.service"
+    unit.write_text("[Unit]\nDescription=x\n[Install]\nWantedBy=a.target b.target\n"
+                    "RequiredBy=c.target\n")
+    assert layer.install_links(unit) == ["a.target.wants", "b.target.wants", "c.target.requires"]
+    unit.write_text("[Unit]\nDescription=never enabled\n")
+    assert layer.install_links(unit) == []
 
 
 def test_volume_id_is_never_the_answers_label() -> None:
