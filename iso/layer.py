@@ -35,9 +35,10 @@ UNITS = REPO / "packaging" / "systemd"
 VENV = "opt/vauban/venv"
 AGENT_DATA_DIR = "var/lib/vauban/agent"
 # units started at boot, when the checkout has them (the appliance's come with appliance/)
+# (vauban-controller.service is copied too, but a node never starts a controller)
 ENABLED_UNITS = ("vauban-agent.service", "vauban-installer.service",
                  "vauban-firstboot.service", "vauban-banner.service",
-                 "vauban-hostkeys.service")
+                 "vauban-hostkeys.service", "vauban-live.service")
 WHEEL = re.compile(r"(?P<name>[^-]+)-(?P<version>[^-]+)-.*\.whl")
 
 
