@@ -27,11 +27,14 @@ up: deps image
 down:
 	@[ -x $(PY) ] && $(PY) -m controller.allinone down --root $(VAR) || true
 
-# the vauban wheel, and beside it every wheel it needs: nodes install offline from these
+# the vauban wheel, and beside it every wheel it needs: nodes install offline from these.
+# Its files are dated by the last commit, so the same checkout gives the same wheel (and
+# `make iso` the same ISO, from its cache)
 DIST := dist
 dist: venv
 	rm -rf $(DIST)
-	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
+		$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
 	$(PY) -m pip wheel -q --disable-pip-version-check -w $(DIST)/wheelhouse "$$(ls $(DIST)/vauban-*.whl)[controller]"
 	tar -C $(DIST)/wheelhouse -cf $(DIST)/$$(basename $(DIST)/vauban-*.whl .whl | cut -d- -f1-2)-wheels.tar .
 	@ls $(DIST)/vauban-*
