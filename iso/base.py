@@ -29,6 +29,12 @@ from iso.identity import strip_identity
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# the image's apt sources: the release, its updates and its security fixes (apt takes the
+# newest of each package from them at build time)
+SOURCES_LIST = (f"deb {MIRROR} {SUITE} main\n"
+                f"deb {MIRROR} {SUITE}-updates main\n"
+                f"deb {SECURITY_MIRROR} {SUITE}-security main\n")
 ROLES = Path(__file__).resolve().parent.parent / "playbooks" / "roles"
 # (role, defaults key): the Debian packages each role installs on a node
 ROLE_PACKAGE_LISTS = (
@@ -46,7 +52,7 @@ APPLIANCE_PACKAGES = (
     "util-linux", "fdisk", "dosfstools", "e2fsprogs", "squashfs-tools",
 )
 # bump when what is done to the root after the packages changes
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 DEFAULT_CACHE = Path("/var/cache/vauban/iso")
 
 
@@ -91,7 +97,8 @@ def packages(roles: Path = ROLES) -> list[str]:
 
 def inputs(roles: Path = ROLES) -> dict[str, object]:
     """Everything the base is made from; its hash names the cached base."""
-    return {"suite": SUITE, "mirror": MIRROR, "bootstrap": sorted(BOOTSTRAP_PACKAGES),
+    return {"suite": SUITE, "mirror": MIRROR, "sources": SOURCES_LIST,
+            "bootstrap": sorted(BOOTSTRAP_PACKAGES),
             "packages": packages(roles), "layout": LAYOUT_VERSION,
             "mksquashfs": hashing.tool_version("squashfs-tools")}
 
@@ -167,6 +174,9 @@ def _build_root(root: Path, roles: Path, log: Path | None) -> None:
     env = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
     with ExitStack() as mounts:
         chroot_mounts(root, mounts)
+        (root / "etc/apt/sources.list").write_text(SOURCES_LIST)
+        _run(["chroot", str(root), "apt-get", "update", "-q"], log, env)
+        _run(["chroot", str(root), "apt-get", "dist-upgrade", "-y", "-q"], log, env)
         _run(["chroot", str(root), "apt-get", "install", "-y", "-q",
               "--no-install-recommends", *packages(roles)], log, env)
         _run(["chroot", str(root), "apt-get", "clean"], log, env)

@@ -31,7 +31,8 @@ class Console:
         self.seen = b""  # everything read, escape sequences removed
 
     def wait_for(self, pattern: str, deadline_s: float) -> re.Match[bytes]:
-        """The first match of `pattern` in what the guest printed since the last match;
+        """The first match of `pattern` in what the guest printed since the last match
+        (matched as soon as it appears: end a pattern with '\\n' to have its whole line);
         raises TimeoutError with the log's tail if the deadline passes first."""
         regex = re.compile(pattern.encode())
         end = time.monotonic() + deadline_s

@@ -67,7 +67,7 @@ def test_live_system_boots(built_iso: build.Result, tmp_path: Path, firmware: st
     with serial.boot(built_iso.iso, tmp_path, uefi=firmware == "uefi") as console:
         console.wait_for(r"Live system \(rescue, demo\)", BOOT_DEADLINE_S)
         console.send(b"l")
-        cmdline = console.wait_for(r"Command line: [^\n]*", BOOT_DEADLINE_S).group(0)
+        cmdline = console.wait_for(r"Command line: [^\n]*\n", BOOT_DEADLINE_S).group(0)
         assert b"boot=live" in cmdline and b"vauban.install" not in cmdline
         console.wait_for(READY, BOOT_DEADLINE_S)
 

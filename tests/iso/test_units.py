@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -174,3 +175,22 @@ def test_units_are_enabled_for_their_install_targets(tmp_path: Path) -> None:
 
 def test_volume_id_is_never_the_answers_label() -> None:
     assert build.volume_id("0.1.0") == "VAUBAN_0_1_0"
+
+
+def test_partial_base_builds_of_gone_processes_are_removed(tmp_path: Path) -> None:
+    gone = tmp_path / "base-0123.building-999999999"
+    running = tmp_path / f"base-4567.building-{os.getpid()}"
+    finished = tmp_path / "base-89ab"
+    for folder in (gone, running, finished):
+        folder.mkdir()
+    base._remove_stale(tmp_path)
+    assert not gone.exists() and running.exists() and finished.exists()
+
+
+def test_a_cached_base_is_used_without_building(tmp_path: Path) -> None:
+    folder = base.base_path(tmp_path)
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"built": 1, "packages": []}))
+    found = base.ensure_base(tmp_path)  # would fail without root and a mirror if it built
+    assert found.path == folder and found.hash == folder.name.removeprefix("base-")
+    assert found.manifest()["built"] == 1
