@@ -26,6 +26,7 @@ import yaml
 
 from iso import hashing
 from iso.identity import strip_identity
+from iso.mounts import chroot_mounts, remove_tree
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -129,7 +130,7 @@ def ensure_base(cache: Path = DEFAULT_CACHE, log: Path | None = None,
             shutil.copyfile(root / name, work / name)
         _run(["mksquashfs", str(root), str(work / "base.squashfs"), "-noappend", "-comp", "zstd",
               "-Xcompression-level", "15", "-b", "1M", "-no-progress", "-quiet"], log)
-        shutil.rmtree(root)
+        remove_tree(root)
         manifest = {"inputs": inputs(roles), "built": int(time.time()), "packages": listing}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         try:
@@ -138,8 +139,7 @@ def ensure_base(cache: Path = DEFAULT_CACHE, log: Path | None = None,
             if not (final / "manifest.json").is_file():
                 raise
     finally:
-        if work.exists():
-            shutil.rmtree(work)
+        remove_tree(work)
     return Base(final, final.name.removeprefix("base-"))
 
 
@@ -147,22 +147,13 @@ def _remove_stale(cache: Path) -> None:
     for stale in cache.glob("*.building-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(stale)
+            remove_tree(stale)
 
 
 def _run(args: list[str], log: Path | None, env: dict[str, str] | None = None) -> None:
     with open(log or os.devnull, "ab") as out:
         subprocess.run(args, check=True, stdout=out, stderr=subprocess.STDOUT,
                        env={**os.environ, **(env or {})})
-
-
-def chroot_mounts(root: Path, stack: ExitStack) -> None:
-    """proc, sys and dev in `root` until `stack` closes (apt and pip in a chroot need them)."""
-    for source, where in ((["-t", "proc", "proc"], "proc"), (["-t", "sysfs", "sysfs"], "sys"),
-                          (["--bind", "/dev"], "dev")):
-        target = str(root / where)
-        subprocess.run(["mount", *source, target], check=True)
-        stack.callback(subprocess.run, ["umount", "-l", target], check=False)
 
 
 def _build_root(root: Path, roles: Path, log: Path | None) -> None:

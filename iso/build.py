@@ -29,6 +29,7 @@ from pathlib import Path
 
 from iso import base as base_layer
 from iso import grub, hashing, identity, layer, sbom
+from iso.mounts import remove_tree
 
 ISO_TOOLS = ("xorriso", "grub-pc-bin", "grub-efi-amd64-bin", "grub-common", "mtools",
              "squashfs-tools")
@@ -99,8 +100,8 @@ def build(out: Path, wheels_tar: Path, cache: Path = base_layer.DEFAULT_CACHE,
 
     The base is built first if the cache has none for its inputs; with `reuse`, an ISO
     of the same inputs in the cache is copied instead of built again. The three files
-    appear in `out` only once all are complete (each replaced by a rename); on failure
-    `out` is as it was. Raises ValueError when a layer holds an identity (host key,
+    are written to `out` only once all are complete, each replaced by a rename (readers
+    never see a partial file). Raises ValueError when a layer holds an identity (host key,
     machine id, secret) or the archive no vauban wheel, CalledProcessError when a
     command fails."""
     base = base_layer.ensure_base(cache, log)
@@ -168,7 +169,7 @@ def _build_into_cache(stored: Path, base: base_layer.Base, wheels_tar: Path, ver
             if not (stored / sum_name).is_file():
                 raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
     _prune(stored)
 
 
@@ -178,10 +179,10 @@ def _prune(keep: Path) -> None:
                       key=lambda p: p.stat().st_mtime, reverse=True)
     for old in finished[KEEP_ISOS:]:
         if old != keep:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
     for partial in keep.parent.glob("iso-*.building-*"):
         if time.time() - partial.stat().st_mtime > 24 * 3600:
-            shutil.rmtree(partial, ignore_errors=True)
+            remove_tree(partial)
 
 
 def _iso_date(epoch: int) -> str:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from iso.base import ROLES, Base, chroot_mounts
+from iso.base import ROLES, Base
+from iso.mounts import chroot_mounts, mount
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "packaging" / "systemd"
@@ -107,12 +108,12 @@ def build_layer(base: Base, wheels_tar: Path, work: Path, out: Path, epoch: int,
     version = wheel_version([p.name for p in (work / "wheels").glob("*.whl")])
     merged = work / "merged"
     with ExitStack() as mounts:
-        _mount(mounts, ["-t", "squashfs", "-o", "loop,ro", str(base.squashfs)], work / "lower")
-        _mount(mounts, ["-t", "overlay", "overlay", "-o",
+        mount(mounts, ["-t", "squashfs", "-o", "loop,ro", str(base.squashfs)], work / "lower")
+        mount(mounts, ["-t", "overlay", "overlay", "-o",
                         f"lowerdir={work / 'lower'},upperdir={work / 'upper'},"
                         f"workdir={work / 'ovl'}"], merged)
-        _mount(mounts, ["--bind", "-o", "ro", str(work / "wheels")], merged / "mnt")
-        _mount(mounts, ["-t", "tmpfs", "tmpfs"], merged / "tmp")
+        mount(mounts, ["--bind", "-o", "ro", str(work / "wheels")], merged / "mnt")
+        mount(mounts, ["-t", "tmpfs", "tmpfs"], merged / "tmp")
         chroot_mounts(merged, mounts)
         _install_venv(merged, version, epoch, log)
         _write_files(merged, release, units)
@@ -121,11 +122,6 @@ def build_layer(base: Base, wheels_tar: Path, work: Path, out: Path, epoch: int,
     packages = venv_packages(upper / VENV)
     _squash(upper, out, epoch, log)
     return Layer(out, packages)
-
-
-def _mount(stack: ExitStack, args: list[str], target: Path) -> None:
-    subprocess.run(["mount", *args, str(target)], check=True)
-    stack.callback(subprocess.run, ["umount", str(target)], check=True)
 
 
 def _chroot(root: Path, args: list[str], epoch: int, log: Path | None) -> None:

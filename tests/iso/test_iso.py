@@ -7,11 +7,12 @@ import json
 import os
 import stat
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from iso import build, hashing, layer
+from iso import build, hashing, layer, mounts
 from tests.iso import serial
 
 pytestmark = pytest.mark.integration
@@ -108,3 +109,16 @@ def test_a_layer_that_deletes_or_hides_a_base_file_is_refused(tmp_path: Path) ->
     os.setxattr(tmp_path / "upper/usr", "trusted.overlay.opaque", b"y")
     with pytest.raises(ValueError, match="hides /usr"):
         layer.check_only_additions(tmp_path / "upper")
+
+
+def test_a_work_folder_with_a_mount_left_is_not_removed(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "merged/dev").mkdir(parents=True)
+    with ExitStack() as stack:
+        mounts.mount(stack, ["-t", "tmpfs", "tmpfs"], work / "merged/dev")
+        (work / "merged/dev/node").write_text("")
+        with pytest.raises(RuntimeError, match="still mounted"):
+            mounts.remove_tree(work)
+        assert (work / "merged/dev/node").exists()
+    mounts.remove_tree(work)
+    assert not work.exists()
