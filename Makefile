@@ -10,14 +10,15 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	qemu-system-x86 qemu-utils qemu-block-extra \
 	busybox-static syslinux mtools dosfstools kmod cpio \
 	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils \
-	debootstrap systemd-container openssh-client chromium fonts-dejavu-core
+	debootstrap systemd-container openssh-client chromium fonts-dejavu-core \
+	squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common ovmf
 # with their recommends: the always-on mgr modules import some of them
 CEPH_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
 TESTGUEST := $(VAR)/images/testguest.raw
 # make up STORAGE=ceph: VM disks and volumes on a single-node Ceph cluster under var/ceph
 STORAGE ?= localfs
 
-.PHONY: up down test deps venv image lint unit bench clean lab lab-down dist ui-vendor screenshots
+.PHONY: up down test deps venv image lint unit bench clean lab lab-down dist iso ui-vendor screenshots
 
 up: deps image
 	$(PY) -m agent.hostprep
@@ -26,14 +27,22 @@ up: deps image
 down:
 	@[ -x $(PY) ] && $(PY) -m controller.allinone down --root $(VAR) || true
 
-# the vauban wheel, and beside it every wheel it needs: nodes install offline from these
+# the vauban wheel, and beside it every wheel it needs: nodes install offline from these.
+# Its files are dated by the last commit, so the same checkout gives the same wheel (and
+# `make iso` the same ISO, from its cache)
 DIST := dist
 dist: venv
 	rm -rf $(DIST)
-	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
+		$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(DIST) .
 	$(PY) -m pip wheel -q --disable-pip-version-check -w $(DIST)/wheelhouse "$$(ls $(DIST)/vauban-*.whl)[controller]"
 	tar -C $(DIST)/wheelhouse -cf $(DIST)/$$(basename $(DIST)/vauban-*.whl .whl | cut -d- -f1-2)-wheels.tar .
 	@ls $(DIST)/vauban-*
+
+# the appliance ISO (iso/README.md): its Debian base is cached by input hash outside the
+# checkout, so only the first build downloads packages
+iso: deps dist
+	$(PY) -m iso.build --out $(DIST)/iso --wheels $$(ls $(DIST)/vauban-*-wheels.tar)
 
 # make lab NODES=3: Debian nodes booted by systemd-nspawn on a private bridge (lab/), added
 # to a controller on this machine and rolled out to with the playbooks
@@ -45,7 +54,7 @@ lab-down:
 	@[ -x $(PY) ] && $(PY) -m lab down --state $(VAR)/lab || true
 
 test: deps image
-	$(PY) -m ruff check agent controller hardware images lab tests bench ui
+	$(PY) -m ruff check agent controller hardware images iso lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 	$(PY) -m pytest -p no:cacheprovider --durations=40 tests
@@ -65,7 +74,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(PY) -m ruff check agent controller hardware images lab tests bench ui
+	$(PY) -m ruff check agent controller hardware images iso lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 

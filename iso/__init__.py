@@ -1,0 +1,1 @@
+"""The appliance ISO builder (`make iso`): Debian base and Vauban layers, GRUB, SBOM."""

@@ -1,0 +1,94 @@
+"""An appliance ISO booted under QEMU (TCG), its first serial port read and typed into.
+
+QEMU connects its serial port to a socket the test listens on, so nothing it prints is
+lost, and everything read is also written to a log file for the failure report. Waits
+read until a pattern appears or a deadline passes (a safety net, not a timing check).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]")
+
+
+class Console:
+    """The guest's ttyS0: `wait_for` reads it, `send` types into it."""
+
+    def __init__(self, conn: socket.socket, log: Path) -> None:
+        self.conn = conn
+        self.log = log
+        self.seen = b""  # everything read, escape sequences removed
+
+    def wait_for(self, pattern: str, deadline_s: float) -> re.Match[bytes]:
+        """The first match of `pattern` in what the guest printed since the last match
+        (matched as soon as it appears: end a pattern with '\\n' to have its whole line);
+        raises TimeoutError with the log's tail if the deadline passes first."""
+        regex = re.compile(pattern.encode())
+        end = time.monotonic() + deadline_s
+        while True:
+            found = regex.search(self.seen)
+            if found:
+                self.seen = self.seen[found.end():]
+                return found
+            left = end - time.monotonic()
+            if left <= 0:
+                tail = self.log.read_bytes()[-3000:].decode(errors="replace")
+                raise TimeoutError(f"{pattern!r} not printed in {deadline_s:.0f} s:\n{tail}")
+            self.conn.settimeout(min(left, 5.0))
+            try:
+                chunk = self.conn.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise EOFError(f"QEMU closed the serial port before {pattern!r}")
+            with open(self.log, "ab") as out:
+                out.write(chunk)
+            self.seen += ANSI.sub(b"", chunk).replace(b"\r", b"")
+
+    def send(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
+
+@contextmanager
+def boot(iso: Path, work: Path, uefi: bool = False, memory_mb: int = 1024,
+         extra: tuple[str, ...] = ()) -> Iterator[Console]:
+    """QEMU running `iso` as a CD (BIOS, or UEFI with OVMF), no network beyond QEMU's own
+    user network; QEMU is killed by its PID on exit, also when the body fails."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "serial.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-m", str(memory_mb),
+            "-smp", "2", "-display", "none", "-monitor", "none",
+            "-chardev", f"socket,id=ser0,path={path}", "-serial", "chardev:ser0",
+            "-drive", f"file={iso},media=cdrom,readonly=on,format=raw", "-boot", "d",
+            "-nic", "user,model=virtio-net-pci,restrict=on", *extra]
+    if uefi:
+        shutil.copyfile(OVMF_VARS, work / "OVMF_VARS.fd")
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,file={work / 'OVMF_VARS.fd'}"]
+    with open(work / "qemu.log", "wb") as qemu_log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log,
+                                stderr=subprocess.STDOUT)
+    try:
+        listener.settimeout(120)
+        conn, _ = listener.accept()
+        with conn:
+            yield Console(conn, work / "serial.log")
+    finally:
+        proc.kill()
+        proc.wait()
+        listener.close()
+        os.unlink(path)
