@@ -10,7 +10,8 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	qemu-system-x86 qemu-utils qemu-block-extra \
 	busybox-static syslinux mtools dosfstools kmod cpio \
 	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils \
-	debootstrap systemd-container openssh-client chromium fonts-dejavu-core
+	debootstrap systemd-container openssh-client chromium fonts-dejavu-core \
+	fdisk squashfs-tools grub-pc-bin grub-efi-amd64-bin grub-common ovmf
 # with their recommends: the always-on mgr modules import some of them
 CEPH_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
 TESTGUEST := $(VAR)/images/testguest.raw
@@ -45,7 +46,7 @@ lab-down:
 	@[ -x $(PY) ] && $(PY) -m lab down --state $(VAR)/lab || true
 
 test: deps image
-	$(PY) -m ruff check agent controller hardware images lab tests bench ui
+	$(PY) -m ruff check agent appliance controller hardware images lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 	$(PY) -m pytest -p no:cacheprovider tests
@@ -65,7 +66,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(PY) -m ruff check agent controller hardware images lab tests bench ui
+	$(PY) -m ruff check agent appliance controller hardware images lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 
