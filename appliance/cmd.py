@@ -8,6 +8,7 @@ serial-over-LAN, a QEMU test through `-serial`.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -80,8 +81,15 @@ class Console:
         self.out.write(text + "\n")
         self.out.flush()
         if self.serial is not None:
+            data = (text.replace("\n", "\r\n") + "\r\n").encode(errors="replace")
             try:
-                with self.serial.open("w") as port:
-                    port.write(text.replace("\n", "\r\n") + "\r\n")
+                # O_NOCTTY: the port must never become this process's controlling terminal
+                # O_NONBLOCK: opening a port without carrier would wait for one; writes block
+                fd = os.open(self.serial, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+                try:
+                    os.set_blocking(fd, True)
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
             except OSError:
                 self.serial = None

@@ -233,7 +233,8 @@ def firstboot(paths: Paths, deps: Deps, attempts: int | None = None) -> int:
 
 def live_setup(paths: Paths, deps: Deps, cmdline: str) -> bool:
     """On the live system: apply the answers, if any, to the running system (host name,
-    management network, firstboot.toml). False when there are none (nothing changed)."""
+    management network, root's SSH keys, firstboot.toml). False when there are none
+    (nothing changed)."""
     try:
         _mode, answers = gather(cmdline, deps.runner)
     except AnswersError as e:
@@ -244,6 +245,7 @@ def live_setup(paths: Paths, deps: Deps, cmdline: str) -> bool:
     link = network.resolve_interface(answers.network.interface, network.list_links())
     target.write_hostname(paths.root, answers.hostname)
     target.write_network(paths.root, answers, link.mac)
+    target.write_ssh_keys(paths.root, answers.root_ssh_keys)
     target.write_agent_profile(paths.root, answers.hardware_profile)
     target.write_firstboot(paths.root, answers)
     deps.runner(["hostname", answers.hostname])

@@ -368,7 +368,11 @@ def install(cmdline: str, env: Env) -> int:
     except AnswersError as e:
         return refuse(console, f"{len(e.problems)} problem(s) with the answers", e.problems)
     if answers is None or mode == "interactive":
-        answers = env.ask(answers)
+        try:
+            answers = env.ask(answers)
+        except EOFError:
+            return refuse(console, "no answers were given and there is no console to ask "
+                                   "them on (give an answer file or kernel command line keys)")
     console.say(f"{MARK}answers accepted: node {answers.hostname}, controller "
                 f"{answers.controller}, disk rule {answers.disk}")
     fit, report = env.qualify(answers.hardware_profile)
