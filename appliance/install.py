@@ -3,7 +3,8 @@ vauban-installer.service on the live system when the kernel command line holds
 `vauban.install=auto` (or `=interactive`).
 
 Every check comes before any disk is written: the answers, the hardware
-qualification (the answers' profile), the target disk, the management NIC. A
+qualification (the answers' profile), the tools the steps run, the target disk, the
+management NIC. A
 refusal prints `VAUBAN-INSTALL: refused: <reason>` and leaves every disk as it was.
 Then, in order: partition (GPT: BIOS boot, EFI system, root), make the filesystems,
 unpack the live system's layers, write the node's configuration, install GRUB for
@@ -53,6 +54,24 @@ BIOS_CORE_MODULES = ["biosdisk", "part_gpt", "ext2", "search", "search_fs_uuid",
                      "configfile", "echo", "test"]
 EFI_CORE_MODULES = ["part_gpt", "part_msdos", "ext2", "fat", "search", "search_fs_uuid",
                     "normal", "configfile", "echo", "test"]
+
+
+# what the writing steps run, and the Debian package each comes from: checked before
+# any disk is touched, so a live system that lacks one refuses instead of failing midway
+TOOLS = {"wipefs": "util-linux", "blkid": "util-linux", "partx": "util-linux",
+         "sfdisk": "fdisk", "mkfs.vfat": "dosfstools", "mkfs.ext4": "e2fsprogs",
+         "unsquashfs": "squashfs-tools", "grub-mkimage": "grub-common", "mmd": "mtools",
+         "mcopy": "mtools", "mount": "mount", "umount": "mount"}
+GRUB_PLATFORMS = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
+
+
+def missing_tools(grub_lib: Path = GRUB_LIB) -> list[str]:
+    """'tool (package)' for each program or GRUB platform the install needs and lacks."""
+    missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
+    missing += [f"GRUB for {platform} ({pkg})" for platform, pkg in GRUB_PLATFORMS.items()
+                if not (grub_lib / platform / "boot.img" if platform == "i386-pc"
+                        else grub_lib / platform / "normal.mod").is_file()]
+    return missing
 
 
 class InstallError(Exception):
@@ -357,6 +376,7 @@ class Env:
     qualify: Callable[[str], tuple[bool, str]] = qualification
     ask: Callable[[Answers | None], Answers] = _ask
     reboot: Callable[[], None] = _reboot
+    missing_tools: Callable[[], list[str]] = missing_tools
 
 
 def install(cmdline: str, env: Env) -> int:
@@ -381,6 +401,10 @@ def install(cmdline: str, env: Env) -> int:
         console.say(report)
         return refuse(console, f"the server does not meet the hardware profile "
                                f"{answers.hardware_profile}")
+    lacking = env.missing_tools()
+    if lacking:
+        return refuse(console, f"this live system lacks what the install runs: "
+                               f"{', '.join(lacking)}")
     try:
         disk = disks.choose(answers.disk, env.candidates(), answers.wipe,
                             lambda c: disks.holds_data(c.path))

@@ -87,3 +87,23 @@ def test_a_failed_step_is_named_and_nothing_reboots(tmp_path: Path, answers: Pat
            "/dev/vda2 exited 1" in out.getvalue()
     assert "done, rebooting" not in out.getvalue()
     assert runner.calls[0] == ["wipefs", "--all", "--force", "/dev/vda"]
+
+
+def test_a_live_system_lacking_a_tool_refuses_before_writing(tmp_path: Path,
+                                                             answers: Path) -> None:
+    runner, out = Recorder(), io.StringIO()
+    e = env(tmp_path, runner, out)
+    e.missing_tools = lambda: ["mcopy (mtools)"]
+    assert install(f"vauban.install=auto vauban.answers={answers}", e) == 2
+    assert "refused: this live system lacks what the install runs: mcopy (mtools)" \
+        in out.getvalue()
+    assert runner.calls == []
+
+
+def test_missing_tools_names_grub_platforms(tmp_path: Path) -> None:
+    from appliance.install import missing_tools
+
+    (tmp_path / "i386-pc").mkdir()
+    (tmp_path / "i386-pc/boot.img").write_bytes(b"x")
+    assert [m for m in missing_tools(tmp_path) if m.startswith("GRUB")] == \
+        ["GRUB for x86_64-efi (grub-efi-amd64-bin)"]
