@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.answers import gather
 from appliance.cmd import Console
 from appliance.disks import Candidate
 from appliance.install import Env, install
@@ -215,3 +216,24 @@ def test_a_disk_with_data_is_refused_without_wipe(loop_disk: tuple[Path, Path],
     assert "holds a ext4 signature" in out.getvalue()
     assert "wipe = true" in out.getvalue()
     assert sha256(backing) == before and reboots == []
+
+
+def test_answers_from_a_medium_labelled_vauban(tmp_path: Path) -> None:
+    """The answer file is found by its filesystem's label, read from a read-only mount,
+    and the mount is gone afterwards (ext4 here: this machine's kernel lacks vfat)."""
+    tree = tmp_path / "medium"
+    tree.mkdir()
+    answers_file(tree, hardware_profile='"lab"')
+    image = tmp_path / "answers.img"
+    with image.open("wb") as f:
+        f.truncate(8 * 1024**2)
+    sh("mkfs.ext4", "-q", "-L", "VAUBAN", "-d", str(tree), str(image))
+    device = sh("losetup", "--find", "--show", str(image)).strip()
+    try:
+        mounts_before = Path("/proc/mounts").read_text()
+        mode, answers = gather("boot=live vauban.install=auto vauban.timezone=UTC")
+        assert Path("/proc/mounts").read_text() == mounts_before
+    finally:
+        sh("losetup", "--detach", device)
+    assert mode == "auto" and answers is not None
+    assert answers.hostname == "node-7" and answers.network.vlan == 42
