@@ -148,3 +148,29 @@ def test_a_failed_host_preparation_stops_before_the_join(root: Path) -> None:
     assert firstboot(paths, deps) == 1
     assert "host preparation" in out.getvalue() and "Module bridge not found" in out.getvalue()
     assert system.ran(AGENT) == [] and paths.firstboot.exists()
+
+
+def test_live_mode_applies_the_answers_to_the_running_system(
+        root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.firstboot import live_setup
+    from appliance.network import Link
+
+    paths, system, deps, _out, _s, _k = setup(root)
+    paths.firstboot.unlink()
+    answers = tmp_path / "answers.toml"
+    answers.write_text(f'controller = "https://10.0.2.2:8443"\njoin_token = "tok-12345678"\n'
+                       f'ca_sha256 = "{CA}"\nhostname = "demo-1"\n'
+                       'root_ssh_keys = ["ssh-ed25519 AAAAC3Nza op@x"]\n')
+    monkeypatch.setattr("appliance.network.list_links",
+                        lambda: [Link("ens3", "52:54:00:00:00:09", True, True)])
+    assert live_setup(paths, deps, "boot=live") is False  # no answers: nothing changes
+    assert system.calls == [["blkid", "-L", "VAUBAN"]]
+    assert not paths.firstboot.exists()
+    assert live_setup(paths, deps, f"boot=live vauban.answers={answers}") is True
+    assert (root / "etc/hostname").read_text() == "demo-1\n"
+    assert "MACAddress=52:54:00:00:00:09" in \
+        (root / "etc/systemd/network/10-vauban-mgmt.network").read_text()
+    assert (root / "root/.ssh/authorized_keys").read_text() == "ssh-ed25519 AAAAC3Nza op@x\n"
+    assert paths.firstboot.stat().st_mode & 0o777 == 0o600
+    assert ["hostname", "demo-1"] in system.calls
+    assert ["systemctl", "restart", "systemd-networkd.service"] in system.calls
