@@ -51,6 +51,8 @@ NTP_SERVER = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 BOOL_KEYS = {"wipe"}
 INT_KEYS = {"network.vlan"}
 LIST_KEYS = {"network.dns", "root_ssh_keys", "ntp_servers"}
+# never printed back, not even in a refusal
+SECRET_KEYS = {"join_token"}
 
 
 class AnswersError(Exception):
@@ -310,8 +312,12 @@ def merge(cmdline: dict[str, str], file_data: dict[str, Any] | None,
             problems.append(f"{key}: {e} (kernel command line)")
             continue
         if key in flat and flat[key] != value:
-            problems.append(f"{key}: contradiction: the kernel command line says {text!r}, "
-                            f"the answer file says {flat[key]!r}")
+            if key in SECRET_KEYS:
+                problems.append(f"{key}: contradiction: the kernel command line and the answer "
+                                "file give different values (not shown: a secret)")
+            else:
+                problems.append(f"{key}: contradiction: the kernel command line says "
+                                f"{text!r}, the answer file says {flat[key]!r}")
             continue
         flat[key] = value
     try:

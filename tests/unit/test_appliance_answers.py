@@ -71,6 +71,12 @@ def test_contradictions_are_all_named(zoneinfo: Path) -> None:
     assert any(p.startswith("hostname: contradiction") and "'other'" in p for p in found)
 
 
+def test_a_contradicting_token_is_not_printed(zoneinfo: Path) -> None:
+    found = problems({"join_token": "tok-from-cmdline"}, dict(BASE), zoneinfo)
+    assert found == ["join_token: contradiction: the kernel command line and the answer file "
+                     "give different values (not shown: a secret)"]
+
+
 def test_missing_required_answers_are_listed(zoneinfo: Path) -> None:
     found = problems({}, {"hostname": "node-1"}, zoneinfo)
     assert sorted(found) == ["ca_sha256: missing (required)", "controller: missing (required)",
