@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	busybox-static syslinux mtools dosfstools kmod cpio \
 	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils \
 	debootstrap systemd-container openssh-client chromium fonts-dejavu-core \
-	squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common ovmf
+	fdisk squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common ovmf
 # with their recommends: the always-on mgr modules import some of them
 CEPH_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
 TESTGUEST := $(VAR)/images/testguest.raw
@@ -54,7 +54,7 @@ lab-down:
 	@[ -x $(PY) ] && $(PY) -m lab down --state $(VAR)/lab || true
 
 test: deps image
-	$(PY) -m ruff check agent controller hardware images iso lab tests bench ui
+	$(PY) -m ruff check agent appliance controller hardware images iso lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 	$(PY) -m pytest -p no:cacheprovider --durations=40 tests
@@ -74,7 +74,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(PY) -m ruff check agent controller hardware images iso lab tests bench ui
+	$(PY) -m ruff check agent appliance controller hardware images iso lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
 
