@@ -51,6 +51,7 @@ APPLIANCE_PACKAGES = (
     "python3", "python3-venv", "openssh-server", "iputils-ping", "pci.ids", "less",
     "grub-pc-bin", "grub-efi-amd64-bin", "grub2-common", "efibootmgr",
     "util-linux", "fdisk", "dosfstools", "e2fsprogs", "squashfs-tools",
+    "mtools",  # the installer writes the EFI system partition with it (no vfat mount needed)
 )
 # bump when what is done to the root after the packages changes
 LAYOUT_VERSION = "2"

@@ -36,8 +36,10 @@ UNITS = REPO / "packaging" / "systemd"
 VENV = "opt/vauban/venv"
 AGENT_DATA_DIR = "var/lib/vauban/agent"
 # units started at boot, when the checkout has them (the appliance's come with appliance/)
-# (vauban-controller.service is copied too, but a node never starts a controller)
-ENABLED_UNITS = ("vauban-agent.service", "vauban-installer.service",
+# (vauban-controller.service is copied too, but a node never starts a controller; the agent
+# is enabled by the first boot once the node joined: a live system without answers, or a
+# node whose join failed, runs no agent that could only fail)
+ENABLED_UNITS = ("vauban-installer.service",
                  "vauban-firstboot.service", "vauban-banner.service",
                  "vauban-hostkeys.service", "vauban-live.service")
 WHEEL = re.compile(r"(?P<name>[^-]+)-(?P<version>[^-]+)-.*\.whl")

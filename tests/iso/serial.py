@@ -29,6 +29,7 @@ class Console:
         self.conn = conn
         self.log = log
         self.seen = b""  # everything read, escape sequences removed
+        self.qemu: subprocess.Popen[bytes] | None = None
 
     def wait_for(self, pattern: str, deadline_s: float) -> re.Match[bytes]:
         """The first match of `pattern` in what the guest printed since the last match
@@ -61,10 +62,13 @@ class Console:
 
 
 @contextmanager
-def boot(iso: Path, work: Path, uefi: bool = False, memory_mb: int = 1024,
-         extra: tuple[str, ...] = ()) -> Iterator[Console]:
-    """QEMU running `iso` as a CD (BIOS, or UEFI with OVMF), no network beyond QEMU's own
-    user network; QEMU is killed by its PID on exit, also when the body fails."""
+def boot(iso: Path | None, work: Path, uefi: bool = False, memory_mb: int = 1024,
+         extra: tuple[str, ...] = (), nic: str = "") -> Iterator[Console]:
+    """QEMU running `iso` as a CD (BIOS, or UEFI with OVMF), or booting from its first
+    disk when `iso` is None (give the disk in `extra`); no network beyond QEMU's own user
+    network (`nic`: more options for it, e.g. a guestfwd to one port of this host's
+    loopback); QEMU is killed by its PID on exit, also when the body fails. The console's
+    `qemu` is its process (to wait for its end, with -no-reboot)."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "serial.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -73,8 +77,10 @@ def boot(iso: Path, work: Path, uefi: bool = False, memory_mb: int = 1024,
     argv = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-m", str(memory_mb),
             "-smp", "2", "-display", "none", "-monitor", "none",
             "-chardev", f"socket,id=ser0,path={path}", "-serial", "chardev:ser0",
-            "-drive", f"file={iso},media=cdrom,readonly=on,format=raw", "-boot", "d",
-            "-nic", "user,model=virtio-net-pci,restrict=on", *extra]
+            "-nic", "user,model=virtio-net-pci,restrict=on" + (f",{nic}" if nic else ""),
+            *extra]
+    if iso is not None:
+        argv += ["-drive", f"file={iso},media=cdrom,readonly=on,format=raw", "-boot", "d"]
     if uefi:
         shutil.copyfile(OVMF_VARS, work / "OVMF_VARS.fd")
         argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
@@ -86,7 +92,9 @@ def boot(iso: Path, work: Path, uefi: bool = False, memory_mb: int = 1024,
         listener.settimeout(120)
         conn, _ = listener.accept()
         with conn:
-            yield Console(conn, work / "serial.log")
+            console = Console(conn, work / "serial.log")
+            console.qemu = proc
+            yield console
     finally:
         proc.kill()
         proc.wait()
