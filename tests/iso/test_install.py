@@ -20,9 +20,8 @@ import pytest
 import requests
 
 from controller import allinone
-from iso import build
+from iso import build, qemu
 from tests.e2e.region import E2ERegion
-from tests.iso import serial
 
 pytestmark = pytest.mark.e2e
 
@@ -115,14 +114,14 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         'timezone = "Europe/Paris"',
     ]) + "\n")
     disk = _blank_disk(tmp_path / "disk.raw", "8G")
-    with serial.boot(built_iso.iso, tmp_path / "install", memory_mb=2048,
+    with qemu.boot(built_iso.iso, tmp_path / "install", memory_mb=2048,
                      extra=(*_drives(disk, answers), "-no-reboot"),
                      nic=_forward(region)) as console:
         console.wait_for(r"VAUBAN-INSTALL: done, rebooting", INSTALL_DEADLINE_S)
         assert console.qemu is not None
         console.qemu.wait(timeout=300)  # -no-reboot: the guest's reboot ends QEMU
     # the installed disk alone (no CD, no answers), as the server's next boot
-    with serial.boot(None, tmp_path / "installed", memory_mb=2048, extra=_drives(disk, None),
+    with qemu.boot(None, tmp_path / "installed", memory_mb=2048, extra=_drives(disk, None),
                      nic=_forward(region)) as console:
         joined = console.wait_for(rf"VAUBAN-NODE: joined as {name} \(([0-9a-f-]+)\)",
                                   BOOT_DEADLINE_S)
@@ -154,7 +153,7 @@ def test_bad_answers_stop_the_install_before_the_disk_is_written(
         f.write(b"\xa5" * MIB)
     before = _sha256(disk)
     medium = _answer_medium(tmp_path / "answers.img", answers)
-    with serial.boot(built_iso.iso, tmp_path / "install", memory_mb=2048,
+    with qemu.boot(built_iso.iso, tmp_path / "install", memory_mb=2048,
                      extra=(*_drives(disk, medium), "-no-reboot")) as console:
         refused = console.wait_for(r"VAUBAN-INSTALL: refused: [^\n]*\n", INSTALL_DEADLINE_S)
         assert reason.encode() in refused.group(0)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from iso import build, hashing, layer, mounts
-from tests.iso import serial
+from iso import build, hashing, layer, mounts, qemu
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +67,7 @@ def test_iso_holds_both_layers(built_iso: build.Result, tmp_path: Path) -> None:
 def test_live_system_boots_under_uefi(built_iso: build.Result, tmp_path: Path) -> None:
     """The menu's live entry (GRUB reads the serial port; 'l' is its hotkey) comes up.
     (Under BIOS, the ISO boots in tests/iso/test_install.py: its default entry installs.)"""
-    with serial.boot(built_iso.iso, tmp_path, uefi=True) as console:
+    with qemu.boot(built_iso.iso, tmp_path, uefi=True) as console:
         console.wait_for(r"Live system \(rescue, demo\)", BOOT_DEADLINE_S)
         console.send(b"l")
         cmdline = console.wait_for(r"Command line: [^\n]*\n", BOOT_DEADLINE_S).group(0)

@@ -1,4 +1,5 @@
-"""An appliance ISO booted under QEMU (TCG), its first serial port read and typed into.
+"""An appliance ISO (or an installed disk) booted under QEMU (TCG), its first serial port
+read and typed into: for the tests and the benchmark.
 
 QEMU connects its serial port to a socket the test listens on, so nothing it prints is
 lost, and everything read is also written to a log file for the failure report. Waits
