@@ -101,3 +101,33 @@ def boot(iso: Path | None, work: Path, uefi: bool = False, memory_mb: int = 1024
         proc.wait()
         listener.close()
         os.unlink(path)
+
+
+GUEST_CONTROLLER = "10.0.2.100"  # where a guest reaches the controller (QEMU forwards it)
+GUEST_PORT = 8443
+
+
+def forward_to(port: int) -> str:
+    """`boot(nic=...)` giving the guest one way out: a connection to
+    GUEST_CONTROLLER:GUEST_PORT, relayed by socat (one per connection) to `port` on this
+    host's loopback."""
+    return f"guestfwd=tcp:{GUEST_CONTROLLER}:{GUEST_PORT}-cmd:socat - TCP:127.0.0.1:{port}"
+
+
+def answer_medium(path: Path, answers: str) -> Path:
+    """A small FAT image labelled VAUBAN holding vauban-answers.toml (by mtools: no mount)."""
+    text = path.with_suffix(".toml")
+    text.write_text(answers)
+    subprocess.run(["mkfs.vfat", "-n", "VAUBAN", "-C", str(path), "2048"], check=True,
+                   capture_output=True)
+    subprocess.run(["mcopy", "-i", str(path), str(text), "::/vauban-answers.toml"],
+                   check=True, capture_output=True)
+    return path
+
+
+def drives(disk: Path, answers: Path | None = None) -> tuple[str, ...]:
+    """`boot(extra=...)` for the server's disk, and the answer medium when given."""
+    found: tuple[str, ...] = ("-drive", f"file={disk},if=virtio,format=raw,cache=unsafe")
+    if answers is not None:
+        found += ("-drive", f"file={answers},if=virtio,format=raw,readonly=on")
+    return found

@@ -25,8 +25,6 @@ from tests.e2e.region import E2ERegion
 
 pytestmark = pytest.mark.e2e
 
-GUEST_CONTROLLER = "10.0.2.100"  # where the guest reaches the controller (QEMU forwards it)
-GUEST_PORT = 8443
 # TCG on a loaded 2-core machine: generous safety nets, never timing checks
 INSTALL_DEADLINE_S = 1500
 BOOT_DEADLINE_S = 900
@@ -38,20 +36,13 @@ MIB = 1024 * 1024
 def region(libvirtd: list[int]) -> Iterator[E2ERegion]:
     """A controller alone (the node is the guest), its certificate naming the address the
     guest reaches it at."""
-    r = E2ERegion.create({"VAUBAN_SERVER_NAMES": GUEST_CONTROLLER})
+    r = E2ERegion.create({"VAUBAN_SERVER_NAMES": qemu.GUEST_CONTROLLER})
     try:
         r.start_controller()
         r.token = allinone.admin_token(r.layout)
         yield r
     finally:
         r.stop()
-
-
-def _forward(region: E2ERegion) -> str:
-    """The guest's one way out: a connection to GUEST_CONTROLLER:GUEST_PORT, relayed to
-    the controller on this host's loopback (a relay per connection)."""
-    return (f"guestfwd=tcp:{GUEST_CONTROLLER}:{GUEST_PORT}-cmd:"
-            f"socat - TCP:127.0.0.1:{region.layout.port}")
 
 
 def _join_token(region: E2ERegion) -> dict[str, Any]:
@@ -62,17 +53,6 @@ def _join_token(region: E2ERegion) -> dict[str, Any]:
     assert r.status_code == 201, r.text
     made: dict[str, Any] = r.json()
     return made
-
-
-def _answer_medium(path: Path, answers: str) -> Path:
-    """A small FAT image labelled VAUBAN holding vauban-answers.toml (mtools: no mount)."""
-    text = path.with_suffix(".toml")
-    text.write_text(answers)
-    subprocess.run(["mkfs.vfat", "-n", "VAUBAN", "-C", str(path), "2048"], check=True,
-                   capture_output=True)
-    subprocess.run(["mcopy", "-i", str(path), str(text), "::/vauban-answers.toml"],
-                   check=True, capture_output=True)
-    return path
 
 
 def _blank_disk(path: Path, size: str) -> Path:
@@ -88,13 +68,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _drives(disk: Path, answers: Path | None) -> tuple[str, ...]:
-    drives = ("-drive", f"file={disk},if=virtio,format=raw,cache=unsafe")
-    if answers is not None:
-        drives += ("-drive", f"file={answers},if=virtio,format=raw,readonly=on")
-    return drives
-
-
 def _node(region: E2ERegion, name: str) -> dict[str, Any] | None:
     nodes = json.loads(region.cli("node", "list", "--json"))
     return next((n for n in nodes if n["name"] == name), None)
@@ -104,8 +77,8 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         built_iso: build.Result, region: E2ERegion, tmp_path: Path) -> None:
     name = f"iso-{uuid.uuid4().hex[:6]}"
     made = _join_token(region)
-    answers = _answer_medium(tmp_path / "answers.img", "\n".join([
-        f'controller = "https://{GUEST_CONTROLLER}:{GUEST_PORT}"',
+    answers = qemu.answer_medium(tmp_path / "answers.img", "\n".join([
+        f'controller = "https://{qemu.GUEST_CONTROLLER}:{qemu.GUEST_PORT}"',
         f'join_token = "{made["token"]}"',
         f'ca_sha256 = "{made["ca_sha256"]}"',
         f'hostname = "{name}"',
@@ -115,14 +88,14 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
     ]) + "\n")
     disk = _blank_disk(tmp_path / "disk.raw", "8G")
     with qemu.boot(built_iso.iso, tmp_path / "install", memory_mb=2048,
-                     extra=(*_drives(disk, answers), "-no-reboot"),
-                     nic=_forward(region)) as console:
+                   extra=(*qemu.drives(disk, answers), "-no-reboot"),
+                   nic=qemu.forward_to(region.layout.port)) as console:
         console.wait_for(r"VAUBAN-INSTALL: done, rebooting", INSTALL_DEADLINE_S)
         assert console.qemu is not None
         console.qemu.wait(timeout=300)  # -no-reboot: the guest's reboot ends QEMU
     # the installed disk alone (no CD, no answers), as the server's next boot
-    with qemu.boot(None, tmp_path / "installed", memory_mb=2048, extra=_drives(disk, None),
-                     nic=_forward(region)) as console:
+    with qemu.boot(None, tmp_path / "installed", memory_mb=2048, extra=qemu.drives(disk),
+                   nic=qemu.forward_to(region.layout.port)) as console:
         joined = console.wait_for(rf"VAUBAN-NODE: joined as {name} \(([0-9a-f-]+)\)",
                                   BOOT_DEADLINE_S)
         node_id = joined.group(1).decode()
@@ -152,9 +125,9 @@ def test_bad_answers_stop_the_install_before_the_disk_is_written(
         f.truncate(5 * 1024 * MIB)
         f.write(b"\xa5" * MIB)
     before = _sha256(disk)
-    medium = _answer_medium(tmp_path / "answers.img", answers)
+    medium = qemu.answer_medium(tmp_path / "answers.img", answers)
     with qemu.boot(built_iso.iso, tmp_path / "install", memory_mb=2048,
-                     extra=(*_drives(disk, medium), "-no-reboot")) as console:
+                   extra=(*qemu.drives(disk, medium), "-no-reboot")) as console:
         refused = console.wait_for(r"VAUBAN-INSTALL: refused: [^\n]*\n", INSTALL_DEADLINE_S)
         assert reason.encode() in refused.group(0)
     assert _sha256(disk) == before
