@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ from typing import Any
 import libvirt
 
 from controller import allinone
+from controller.allinone import free_port
 from controller.pki import fingerprint
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
