@@ -24,7 +24,8 @@ def cmd_audit_list(c: Client, a: argparse.Namespace) -> int:
              ("project", a.project), ("since", a.since and a.since.isoformat()),
              ("until", a.until and a.until.isoformat()), ("before", a.before),
              ("limit", a.limit))
-    params = {k: v for k, v in given if v}
+    # 0 is a value (the API refuses it, saying why), not a missing option
+    params = {k: v for k, v in given if v is not None and v != ""}
     rows = c.get("/audit-events", params=params)
     if a.json:
         print_json(rows)

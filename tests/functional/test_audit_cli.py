@@ -89,3 +89,10 @@ def test_list_takes_the_api_filters(api: Api, region: Region,
     assert [e["target"] for e in json.loads(capsys.readouterr().out)] == ["thing/3"]
     assert cli.main(["audit", "list", "--project", "nowhere", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_list_sends_a_zero_it_is_given(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    # --before 0 and --limit 0 were dropped, and the whole trail's newest page printed
+    for option in ("--before", "--limit"):
+        assert cli.main(["audit", "list", option, "0", "--json"]) != 0
+        assert "greater than or equal to 1" in capsys.readouterr().err
