@@ -73,6 +73,7 @@ def _node(region: E2ERegion, name: str) -> dict[str, Any] | None:
     return next((n for n in nodes if n["name"] == name), None)
 
 
+@pytest.mark.timeout(INSTALL_DEADLINE_S + BOOT_DEADLINE_S + REPORT_DEADLINE_S)
 def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         built_iso: build.Result, region: E2ERegion, tmp_path: Path) -> None:
     name = f"iso-{uuid.uuid4().hex[:6]}"
