@@ -65,7 +65,8 @@ def create_console(ref: str, body: ConsoleCreate) -> Any:
     session = db()
     inst = instance_service.find(session, ref)
     user = _user(session)
-    issued = service.issue(session, user, actor(), inst, body.kind)
+    issued = service.issue(session, user, actor(), inst, body.kind,
+                           region().config.node_down_after_s)
     session.commit()
     row = issued.session
     return ConsoleTicket(id=row.id, kind=body.kind, ticket=issued.ticket,

@@ -23,6 +23,7 @@ from controller.db.models import ConsoleSession, Instance, Node, User, utcnow
 from controller.db.session import mark_changed
 from controller.errors import Conflict, ServiceError
 from controller.services import audit
+from controller.services.nodes import node_state
 
 TICKET_TTL_S = 30.0  # a ticket not spent by then is refused
 AGENT_ANSWER_S = 15.0  # a node's agent that has not dialed back by then: the console ends
@@ -61,13 +62,20 @@ def wake_key(node_id: str) -> str:
 
 
 def issue(db: Session, user: User, actor: str, inst: Instance, kind: str,
-          now: datetime | None = None) -> Issued:
+          node_down_after_s: float, now: datetime | None = None) -> Issued:
     """A new ticket for `user` to open `inst`'s console of `kind`, valid TICKET_TTL_S, added
     to the caller's transaction with its audit entry. ConsoleUnavailable (409, nothing
-    added) when the VM is being deleted or, but for its log, is not running on its node."""
+    added) when the VM is being deleted, when its node is silent (its agent could not
+    answer: what it last said of the VM may no longer hold), or, but for its log, when it
+    is not running on its node."""
     now = now or utcnow()
     if inst.deleting:
         raise ConsoleUnavailable(f"VM '{inst.name}' is being deleted: it has no console")
+    node = db.get(Node, inst.node_id) if inst.node_id is not None else None
+    if node is not None and node_state(node, now, node_down_after_s) != "up":
+        raise ConsoleUnavailable(f"VM '{inst.name}' is on node '{node.name}', which is "
+                                 f"{node_state(node, now, node_down_after_s)}: its agent "
+                                 "cannot open the console", state="node-down")
     if kind != "log" and inst.observed_state != "running":
         state = inst.observed_state or "not created yet"
         raise ConsoleUnavailable(f"VM '{inst.name}' is {state} on node "

@@ -4,15 +4,15 @@ played by reports and agent calls (the websockets themselves: tests/e2e/test_con
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agent.protocol import ObservedVm, ObservedVmState
-from controller.db.models import AuditEvent, ConsoleSession
+from controller.db.models import AuditEvent, ConsoleSession, Node
 from controller.region import Region
 from controller.services import consoles
 from controller.serving import redact_path
@@ -86,6 +86,21 @@ def test_a_vm_that_is_not_running_has_no_console(api: Api) -> None:
     # its serial log, though, tells how it ran: it is read of a stopped VM too
     log = api.post("/api/v1/instances/vm2/consoles", json={"kind": "log"})
     assert log.status_code == 201 and log.json["kind"] == "log", log.json
+
+
+def test_a_vm_on_a_silent_node_has_no_console(api: Api, region: Region) -> None:
+    # a ticket was issued, and the user left waiting for an agent that could not answer
+    node, _vm_id = running_vm(api)
+    silent_since = datetime.now(UTC) - timedelta(seconds=region.config.node_down_after_s + 60)
+    with region.sessions() as db, db.begin():
+        db.execute(update(Node).where(Node.id == node.id).values(last_seen_at=silent_since))
+    for kind in ("serial", "log"):
+        r = ticket(api, "vm1", kind)
+        assert r.status_code == 409, r.json
+        assert r.json["detail"] == "VM 'vm1' is on node 'n1', which is down: its agent " \
+            "cannot open the console"
+    with region.reads() as db:
+        assert db.scalars(select(ConsoleSession)).all() == []
 
 
 def test_an_unknown_vm_is_404(api: Api) -> None:
