@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,21 @@ def _address(path: Path) -> str:
             fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             _folders[path.parent] = fd
     return f"/proc/self/fd/{fd}/{path.name}"
+
+
+def sweep_rendezvous(data_dir: Path, older_than_s: float) -> int:
+    """Remove the socket files of consoles older than `older_than_s` (a listener lives at
+    most the agent's answer time: older files are a crashed process's); how many."""
+    found = 0
+    cutoff = time.time() - older_than_s
+    for path in rendezvous_dir(data_dir).glob("*.sock"):
+        try:
+            if path.lstat().st_mtime < cutoff:
+                path.unlink()
+                found += 1
+        except FileNotFoundError:
+            continue  # its listener removed it meanwhile
+    return found
 
 
 def listen(path: Path) -> socket.socket:

@@ -17,7 +17,12 @@ from controller.bootstrap import hear_other_processes, open_region
 from controller.config import ClientLimits, ControllerConfig
 from controller.pki import RegionCA
 from controller.secretbox import SecretError
-from controller.services.housekeeping import EventUpkeep, Periodic, housekeeper
+from controller.services.housekeeping import (
+    EventUpkeep,
+    Periodic,
+    housekeeper,
+    upkeep_consoles,
+)
 from controller.serving import limits_within_open_files
 from controller.storage_settings import StorageConfigError
 
@@ -63,6 +68,8 @@ class _Server(BaseApplication):
         Periodic("heartbeats", 1.0, lambda: region.heartbeats.flush(region.sessions)).start()
         # the region's size sets the agents' report interval; it changes slowly
         Periodic("pace", 30.0, lambda: region.pace.refresh(region.reads)).start()
+        Periodic("consoles", 30.0,
+                 lambda: upkeep_consoles(region.sessions, config.data_dir)).start()
         return PeerCertMiddleware(create_app(region))
 
 

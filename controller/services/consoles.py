@@ -28,6 +28,9 @@ from controller.services.nodes import node_state
 TICKET_TTL_S = 30.0  # a ticket not spent by then is refused
 AGENT_ANSWER_S = 15.0  # a node's agent that has not dialed back by then: the console ends
 KEEP_CLOSED_S = 7 * 86400.0  # ended sessions are deleted after this (the audit trail stays)
+# a session still waiting for its agent this long after its ticket was spent lost the process
+# that held the user's side (that process gives up on the agent after AGENT_ANSWER_S)
+ABANDONED_AFTER_S = AGENT_ANSWER_S + 60.0
 WAKE_PREFIX = "console:"  # change notices for a node's console long-poll, not its desired state
 
 
@@ -194,3 +197,18 @@ def close(db: Session, session_id: str, actor: str, outcome: str, reason: str,
                  kind=row.kind, console=row.id, reason=reason,
                  duration_s=round((now - opened).total_seconds(), 1),
                  bytes_to_guest=to_guest, bytes_from_guest=from_guest)
+
+
+def close_abandoned(db: Session, now: datetime | None = None) -> int:
+    """Close, failed and audited, the sessions left waiting for their agent by a controller
+    process that ended (crashed, killed) while it held the user's side; how many. Several
+    processes sweep at once: each session is closed by one."""
+    now = now or utcnow()
+    rows = db.scalars(select(ConsoleSession).where(
+        ConsoleSession.state.in_(("waiting", "dispatched")),
+        ConsoleSession.connected_at < now - timedelta(seconds=ABANDONED_AFTER_S))
+        .with_for_update(skip_locked=True)).all()
+    for row in rows:
+        close(db, row.id, "controller", "failed", "the controller process holding the "
+              "user's side ended before the node's agent answered", 0, 0, now)
+    return len(rows)

@@ -8,12 +8,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller import consoles as relay
 from controller.db.models import Node, Operation, as_utc
 from controller.services import audit, events, operations
+from controller.services import consoles as console_service
 from controller.services import nodes as node_service
 from controller.services import sessions as browser_sessions
 
@@ -93,3 +96,14 @@ def housekeeper(sessions: sessionmaker[Session], silent_after: timedelta,
             log.warning("%d operation(s) failed: their node stopped reporting", n)
 
     return Periodic("housekeeping", interval, upkeep)
+
+
+def upkeep_consoles(sessions: sessionmaker[Session], data_dir: Path) -> None:
+    """Close the console sessions, and remove the socket files, that a controller process
+    which ended left behind (see consoles.close_abandoned)."""
+    with sessions() as db, db.begin():
+        closed = console_service.close_abandoned(db)
+    swept = relay.sweep_rendezvous(data_dir, console_service.ABANDONED_AFTER_S)
+    if closed or swept:
+        log.warning("closed %d console session(s) and removed %d socket file(s) left by a "
+                    "controller process that ended", closed, swept)

@@ -228,3 +228,25 @@ def test_a_broken_websocket_opening_spends_nothing_and_leaves_nothing(
     r = api.client.get(f"/agent/v1/nodes/{node.id}/consoles/{issued['id']}",
                        headers={**UPGRADE, **broken}, environ_overrides=node.environ())
     assert r.status_code == 400, r.json
+
+
+def test_sessions_a_crashed_process_left_waiting_are_closed_and_audited(
+        api: Api, region: Region) -> None:
+    running_vm(api)
+    issued = ticket(api, "vm1").json
+    with region.sessions() as db, db.begin():
+        user_id = db.get_one(ConsoleSession, issued["id"]).user_id
+        spent = consoles.spend(db, issued["ticket"], user_id)  # its process then died
+        spent_at = consoles._aware(spent.connected_at)
+    soon = spent_at + timedelta(seconds=consoles.AGENT_ANSWER_S)
+    with region.sessions() as db, db.begin():
+        assert consoles.close_abandoned(db, soon) == 0  # its process may still wait
+    later = spent_at + timedelta(seconds=consoles.ABANDONED_AFTER_S + 1)
+    with region.sessions() as db, db.begin():
+        assert consoles.close_abandoned(db, later) == 1
+    with region.reads() as db:
+        row = db.get_one(ConsoleSession, issued["id"])
+        assert row.state == "closed" and "process holding the user's side ended" in \
+            (row.close_reason or "")
+        closes = db.scalars(select(AuditEvent).where(AuditEvent.action == "console.close")).all()
+        assert [(e.outcome, e.detail["console"]) for e in closes] == [("failed", row.id)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -29,3 +31,14 @@ def test_the_legs_meet_under_a_data_folder_longer_than_a_socket_address(tmp_path
         listener.close()
     assert not path.exists()  # accepting removed it
     shutil.rmtree(data_dir)
+
+
+def test_socket_files_older_than_a_listener_lives_are_swept(tmp_path: Path) -> None:
+    stale = relay.rendezvous_path(tmp_path, "stale")
+    fresh = relay.rendezvous_path(tmp_path, "fresh")
+    stale.touch()
+    fresh.touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    assert relay.sweep_rendezvous(tmp_path, 600) == 1
+    assert not stale.exists() and fresh.exists()
