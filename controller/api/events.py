@@ -24,7 +24,7 @@ from controller import schemas
 from controller.api.context import region
 from controller.api.framework import EVENT_STREAM, ApiBlueprint
 from controller.api.problems import problem
-from controller.authz import ANY_USER, Caller
+from controller.authz import ANY_USER, Caller, Level
 from controller.config import SessionLimits
 from controller.db.models import ApiToken, as_utc
 from controller.eventhub import FELL_BEHIND, RECHECK, Subscriber, message, reset_message
@@ -172,9 +172,11 @@ def _catch_up(region: Region, sub: Subscriber, after: int, upto: int, low: int,
     """The kept events after `after` up to `upto` that `sub` may see; those from `low` on
     may reach its queue too (late commits): their ids go to `duplicates`."""
     start = after
+    # a tenant's catch-up reads its projects' events, not the whole region's
+    projects = sub.caller.projects_at(Level.READ)
     while True:
         with region.reads() as db:
-            rows = events.after(db, start, upto)
+            rows = events.after(db, start, upto, kinds=sub.kinds, projects=projects)
             texts = []
             for row in rows:
                 m = message(row, region.events.project_name(db, row.project_id))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, inspect, select
+from sqlalchemy import delete, func, insert, inspect, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.authz import Caller, Perm
@@ -315,12 +315,19 @@ def oldest_id(db: Session) -> int | None:
     return db.scalar(select(func.min(Event.id)))
 
 
-def after(db: Session, after_id: int, upto: int | None = None,
-          limit: int = 1000) -> list[Event]:
-    """Events with ids above `after_id` (up to `upto`), oldest first, at most `limit`."""
+def after(db: Session, after_id: int, upto: int | None = None, limit: int = 1000,
+          kinds: frozenset[str] | None = None,
+          projects: frozenset[str] | None = None) -> list[Event]:
+    """Events with ids above `after_id` (up to `upto`), oldest first, at most `limit`; only
+    of `kinds` and, of projects' events, those of `projects`, when given (a narrowing done
+    by the database: visible_to still decides each event)."""
     stmt = select(Event).where(Event.id > after_id)
     if upto is not None:
         stmt = stmt.where(Event.id <= upto)
+    if kinds is not None:
+        stmt = stmt.where(Event.object_kind.in_(sorted(kinds)))
+    if projects is not None:
+        stmt = stmt.where(or_(Event.project_id.is_(None), Event.project_id.in_(sorted(projects))))
     return list(db.scalars(stmt.order_by(Event.id).limit(limit)))
 
 

@@ -342,3 +342,20 @@ def test_a_deletion_is_told_as_such_once(client: FlaskClient, region: Region) ->
                         e.data["object"]["name"] == "erin" and e.id is not None)
     assert told[-1].data is not None and told[-1].data["project"] is None
     stream.close()
+
+
+def test_catch_up_reads_only_the_kinds_and_projects_asked_for(client: FlaskClient,
+                                                               region: Region) -> None:
+    admin = Api(client, region)
+    alice, _bob = _two_projects(admin)
+    start = _stream(alice).start()
+    _sg(admin, "in-a", "a")
+    _sg(admin, "in-b", "b")
+    with region.reads() as db:
+        a = db.scalar(select(func.min(Event.project_id)).where(Event.object_name == "in-a"))
+        rows = events.after(db, start, kinds=frozenset({"security_group"}),
+                            projects=frozenset({a}))
+        assert [r.object_name for r in rows] == ["in-a"]
+        # without the narrowing, both projects' groups are read
+        assert [r.object_name for r in events.after(db, start)
+                if r.object_kind == "security_group"] == ["in-a", "in-b"]
