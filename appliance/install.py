@@ -372,7 +372,7 @@ class Env:
     live_dir: Path = LIVE_DIR
     mountpoint: Path = MOUNTPOINT
     candidates: Callable[[], list[Candidate]] = _default_candidates
-    links: Callable[[], list[Link]] = network.list_links
+    links: Callable[[], list[Link]] = lambda: network.links_with_carrier(run)
     qualify: Callable[[str], tuple[bool, str]] = qualification
     ask: Callable[[Answers | None], Answers] = _ask
     reboot: Callable[[], None] = _reboot

@@ -8,12 +8,17 @@ that a name that differs between the live and the installed system cannot matter
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.answers import NetworkAnswers
+from appliance.cmd import Runner
 
 PREFIX = "10-vauban-mgmt"
+# a NIC brought up negotiates its link within seconds; `auto` waits this long for one
+CARRIER_WAIT_S = 15.0
 
 
 class NetworkError(Exception):
@@ -44,6 +49,24 @@ def list_links(sys_root: Path = Path("/")) -> list[Link]:
         links.append(Link(name=node.name, mac=read("address").lower(),
                           physical=(node / "device").exists(), carrier=read("carrier") == "1"))
     return links
+
+
+def links_with_carrier(runner: Runner, sys_root: Path = Path("/"),
+                       wait_s: float = CARRIER_WAIT_S,
+                       clock: Callable[[], float] = time.monotonic,
+                       sleep: Callable[[float], None] = time.sleep) -> list[Link]:
+    """The machine's NICs once the physical ones are up: a NIC that is down has no
+    carrier to read (the live system configures none), so each is brought up (no
+    address), and the list is read again until one has carrier or `wait_s` passed."""
+    for link in list_links(sys_root):
+        if link.physical and not link.carrier:
+            runner(["ip", "link", "set", "dev", link.name, "up"])
+    deadline = clock() + wait_s
+    while True:
+        links = list_links(sys_root)
+        if any(x.physical and x.carrier for x in links) or clock() >= deadline:
+            return links
+        sleep(0.2)  # sysfs has no change to wait on; negotiation takes seconds
 
 
 def resolve_interface(answer: str, links: list[Link]) -> Link:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import pytest
 
 from appliance.answers import NetworkAnswers
-from appliance.network import Link, NetworkError, render, resolve_interface
+from appliance.network import (
+    Link,
+    NetworkError,
+    links_with_carrier,
+    render,
+    resolve_interface,
+)
 
 MAC = "52:54:00:aa:bb:cc"
 
@@ -62,3 +71,42 @@ def test_resolve_refuses_naming_the_nics() -> None:
         resolve_interface("eth9", LINKS)
     with pytest.raises(NetworkError, match="no physical NIC has a link"):
         resolve_interface("auto", LINKS[:1])
+
+
+def _sysfs(root: Path, name: str, mac: str, carrier: str, physical: bool = True) -> Path:
+    node = root / "sys/class/net" / name
+    node.mkdir(parents=True)
+    (node / "address").write_text(mac + "\n")
+    (node / "carrier").write_text(carrier + "\n")
+    if physical:
+        (node / "device").mkdir()
+    return node
+
+
+def test_auto_brings_the_nics_up_to_see_their_link(tmp_path: Path) -> None:
+    # the live system configures no NIC: a NIC left down has no carrier to read, and the
+    # install refused "no physical NIC has a link" on a machine with a cable in
+    ens3 = _sysfs(tmp_path, "ens3", MAC, "0")
+    _sysfs(tmp_path, "lo", "00:00:00:00:00:00", "1", physical=False)
+    ran: list[list[str]] = []
+
+    def runner(argv: Sequence[str], **_kw: object) -> str:
+        ran.append(list(argv))
+        (ens3 / "carrier").write_text("1\n")  # the link comes up once the NIC is
+        return ""
+    links = links_with_carrier(runner, tmp_path, sleep=lambda _s: None)
+    assert ran == [["ip", "link", "set", "dev", "ens3", "up"]]
+    assert resolve_interface("auto", links).name == "ens3"
+
+
+def test_auto_waits_for_a_link_then_names_the_nics_it_saw(tmp_path: Path) -> None:
+    _sysfs(tmp_path, "ens3", MAC, "0")
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+    links = links_with_carrier(lambda argv, **_kw: "", tmp_path, wait_s=5.0,
+                               clock=lambda: now[0], sleep=sleep)
+    assert now[0] >= 5.0
+    with pytest.raises(NetworkError, match=r"no physical NIC has a link \(NICs: ens3"):
+        resolve_interface("auto", links)
