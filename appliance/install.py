@@ -360,7 +360,10 @@ def _ask(given: Answers | None) -> Answers:
 
 
 def _reboot() -> None:
-    run(["systemctl", "reboot"])
+    # straight to systemd, not through logind (`systemctl reboot` asks logind, which weighs
+    # sessions and inhibitors; seen not to reboot from this unit); stdin a pipe, not tty1
+    run(["systemctl", "start", "reboot.target", "--job-mode=replace-irreversibly",
+         "--no-block"], input_text="")
 
 
 @dataclass
@@ -422,7 +425,12 @@ def install(cmdline: str, env: Env) -> int:
                     "installer again once the cause is fixed.")
         return 1
     console.say(f"{MARK}done, rebooting")
-    env.reboot()
+    try:
+        env.reboot()
+    except CommandError as e:
+        console.say(f"{MARK}the reboot was refused ({e}): the disk is installed; reboot "
+                    "the server by hand")
+        return 1
     return 0
 
 
