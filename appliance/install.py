@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -360,10 +361,15 @@ def _ask(given: Answers | None) -> Answers:
 
 
 def _reboot() -> None:
-    # straight to systemd, not through logind (`systemctl reboot` asks logind, which weighs
-    # sessions and inhibitors; seen not to reboot from this unit); stdin a pipe, not tty1
-    run(["systemctl", "start", "reboot.target", "--job-mode=replace-irreversibly",
-         "--no-block"], input_text="")
+    # straight to systemd, not through logind, queued without waiting (this unit must stop
+    # for the reboot to go on); no output pipes a lingering helper could hold open
+    done = subprocess.run(["systemctl", "--no-ask-password", "start", "reboot.target",
+                           "--job-mode=replace-irreversibly", "--no-block"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise CommandError(["systemctl", "start", "reboot.target"], done.returncode,
+                           done.stderr)
 
 
 @dataclass
@@ -427,7 +433,8 @@ def install(cmdline: str, env: Env) -> int:
     console.say(f"{MARK}done, rebooting")
     try:
         env.reboot()
-    except CommandError as e:
+        console.say(f"{MARK}reboot queued")
+    except (CommandError, subprocess.TimeoutExpired) as e:
         console.say(f"{MARK}the reboot was refused ({e}): the disk is installed; reboot "
                     "the server by hand")
         return 1
