@@ -233,6 +233,25 @@ def test_network_subnet_and_port_made_through_the_pages(
             ui_region.cli("network", "delete", name)
 
 
+def test_a_network_deleted_elsewhere_is_shown_deleted_without_asking_for_it_again(
+        admin: tuple[Page, chromium.Guards], origin: str, ui_region: E2ERegion) -> None:
+    # the page asked for the network again on its deletion's event, answered 404 (a console
+    # error): seen when the user deleted it from this very page and the event came first
+    page, _guards = admin
+    name = _name("net")
+    net = _api(ui_region, "POST", "/networks", {"name": name, "kind": "tenant"})
+    try:
+        page.goto(f"{origin}/#/networks/{name}")
+        expect(page.get_by_role("heading", name=f"Network {name}")).to_be_visible()
+        expect(page.get_by_role("status").filter(has_text=re.compile(r"^\s*live\s*$"))
+               ).to_be_visible()  # the page follows the event stream
+        _api(ui_region, "DELETE", f"/networks/{net['id']}")
+        expect(page.get_by_role("alert")).to_contain_text(f"{name} was deleted")
+    finally:
+        if ui_region.run_cli("network", "show", name).returncode == 0:
+            ui_region.cli("network", "delete", name)
+
+
 @pytest.mark.parametrize("path,heading", [("images", "Images"), ("volumes", "Volumes"),
                                           ("networks", "Networks"),
                                           ("security-groups", "Security groups")])

@@ -59,12 +59,34 @@ export function useApi(path, { events = [], query } = {}) {
   useEffect(() => {
     if (!events.length) return undefined;
     let timer = null;
-    const off = subscribe(events, () => {
+    let gone = false;
+    const off = subscribe(events, (event, type) => {
+      if (gone) return;
+      if (deletes(path, event, type)) {
+        // the object shown is gone: asking for it again could only be answered 404 (the
+        // user who deleted it may be on the way elsewhere already)
+        gone = true;
+        if (timer !== null) { clearTimeout(timer); timer = null; }
+        generation.current += 1;
+        setState((s) => ({ ...s, loading: false, error: new ApiError(404,
+          { title: "Deleted", detail: `${event.object.name || event.object.id} was deleted` }) }));
+        return;
+      }
       if (timer === null) timer = setTimeout(() => { timer = null; reload(); }, 150);
     });
     return () => { off(); if (timer !== null) clearTimeout(timer); };
   }, [key, events.join(",")]);
   return { ...state, reload };
+}
+
+/** Whether `event` tells that the one object `path` shows (`/<collection>/<id or name>`)
+ * was deleted. */
+function deletes(path, event, type) {
+  if (!path || !type || !type.endsWith(".deleted") || !event || !event.object) return false;
+  const parts = path.split("/").filter(Boolean);
+  if (parts.length !== 2) return false;
+  const ref = decodeURIComponent(parts[1]);
+  return ref === event.object.id || ref === event.object.name;
 }
 
 export function PageHeader({ title, subtitle, children }) {
