@@ -64,11 +64,7 @@ def controller(root: Path) -> tuple[allinone.Layout, str]:
 
 
 def answers(lay: allinone.Layout, token: str, name: str) -> str:
-    r = requests.post(f"{lay.url}/api/v1/join-tokens", json={"description": "bench"},
-                      verify=str(lay.ca_file), timeout=30,
-                      headers={"Authorization": f"Bearer {token}"})
-    r.raise_for_status()
-    made = r.json()
+    made = allinone.create_join_token(lay, token, "bench")
     return "\n".join([f'controller = "https://{qemu.GUEST_CONTROLLER}:{qemu.GUEST_PORT}"',
                       f'join_token = "{made["token"]}"', f'ca_sha256 = "{made["ca_sha256"]}"',
                       f'hostname = "{name}"', 'hardware_profile = "lab"']) + "\n"

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -182,15 +183,21 @@ def admin_token(lay: Layout) -> str:
     return token
 
 
+def create_join_token(lay: Layout, token: str, description: str) -> dict[str, Any]:
+    """A one-time join token made with the admin's `token`: {token, ca_sha256, ...}."""
+    r = requests.post(f"{lay.url}/api/v1/join-tokens", verify=str(lay.ca_file), timeout=30,
+                      json={"description": description},
+                      headers={"Authorization": f"Bearer {token}"})
+    r.raise_for_status()
+    made: dict[str, Any] = r.json()
+    return made
+
+
 def join_agent(lay: Layout, token: str, name: str) -> None:
     """Join the local agent once; a data dir that already joined is kept."""
     if (lay.agent_dir / "node.json").exists():
         return
-    r = requests.post(f"{lay.url}/api/v1/join-tokens", verify=str(lay.ca_file), timeout=10,
-                      json={"description": f"all-in-one {name}"},
-                      headers={"Authorization": f"Bearer {token}"})
-    r.raise_for_status()
-    jt = r.json()
+    jt = create_join_token(lay, token, f"all-in-one {name}")
     subprocess.run([str(VENV_BIN / "vauban-agent"), "--data-dir", str(lay.agent_dir), "join",
                     "--controller", lay.url, "--token", jt["token"], "--ca-sha256",
                     jt["ca_sha256"], "--name", name], check=True)

@@ -72,6 +72,20 @@ class E2ERegion:
 
     @classmethod
     @contextmanager
+    def admin_controller(cls, controller_env: dict[str, str] | None = None
+                         ) -> Iterator[E2ERegion]:
+        """A controller process alone with the admin's token (no node: the test brings
+        its own); afterwards it is stopped by its PID and the region's folder removed."""
+        region = cls.create(controller_env)
+        try:
+            region.start_controller()
+            region.token = allinone.admin_token(region.layout)
+            yield region
+        finally:
+            region.stop()
+
+    @classmethod
+    @contextmanager
     def running(cls, image: Path, controller_env: dict[str, str] | None = None
                 ) -> Iterator[E2ERegion]:
         """A whole region (controller, a joined agent, `image` imported as testguest);

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import requests
 
-from controller import allinone
 from tests.e2e.region import E2ERegion, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -23,13 +22,8 @@ LIMIT = 4 * MIB  # the region's max_image_bytes in these tests
 
 @pytest.fixture(scope="module")
 def region(libvirtd: list[int]) -> Iterator[E2ERegion]:
-    r = E2ERegion.create(controller_env={"VAUBAN_MAX_IMAGE_BYTES": str(LIMIT)})
-    try:
-        r.start_controller()
-        r.token = allinone.admin_token(r.layout)
+    with E2ERegion.admin_controller({"VAUBAN_MAX_IMAGE_BYTES": str(LIMIT)}) as r:
         yield r
-    finally:
-        r.stop()
 
 
 def api(region: E2ERegion, path: str) -> Any:

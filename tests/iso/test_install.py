@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from controller import allinone
 from iso import build, qemu
@@ -36,23 +35,8 @@ MIB = 1024 * 1024
 def region(libvirtd: list[int]) -> Iterator[E2ERegion]:
     """A controller alone (the node is the guest), its certificate naming the address the
     guest reaches it at."""
-    r = E2ERegion.create({"VAUBAN_SERVER_NAMES": qemu.GUEST_CONTROLLER})
-    try:
-        r.start_controller()
-        r.token = allinone.admin_token(r.layout)
+    with E2ERegion.admin_controller({"VAUBAN_SERVER_NAMES": qemu.GUEST_CONTROLLER}) as r:
         yield r
-    finally:
-        r.stop()
-
-
-def _join_token(region: E2ERegion) -> dict[str, Any]:
-    r = requests.post(f"{region.layout.url}/api/v1/join-tokens", timeout=30,
-                      json={"description": "appliance ISO e2e"},
-                      verify=str(region.layout.ca_file),
-                      headers={"Authorization": f"Bearer {region.token}"})
-    assert r.status_code == 201, r.text
-    made: dict[str, Any] = r.json()
-    return made
 
 
 def _blank_disk(path: Path, size: str) -> Path:
@@ -77,7 +61,7 @@ def _node(region: E2ERegion, name: str) -> dict[str, Any] | None:
 def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         built_iso: build.Result, region: E2ERegion, tmp_path: Path) -> None:
     name = f"iso-{uuid.uuid4().hex[:6]}"
-    made = _join_token(region)
+    made = allinone.create_join_token(region.layout, region.token, "appliance ISO e2e")
     answers = qemu.answer_medium(tmp_path / "answers.img", "\n".join([
         f'controller = "https://{qemu.GUEST_CONTROLLER}:{qemu.GUEST_PORT}"',
         f'join_token = "{made["token"]}"',
