@@ -295,5 +295,5 @@ class Agent:
             hypervisor=self.config.hypervisor, storage=self.storage_driver,
             storage_free_bytes=self._free_bytes(), agent_version=__version__,
             underlay_ip=self.underlay_ip, hardware=hardware, qualification=report,
-            gpus=gpus, nvml_detail=nvml_detail,
+            gpus=gpus, nvml_detail=nvml_detail, ssh_host_keys=inventory.ssh_host_keys(),
         )

@@ -50,6 +50,28 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+SSH_HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                      "ecdsa-sha2-nistp521", "ssh-rsa")
+MAX_HOST_KEY_LINE = 4096  # an RSA-16384 public key line is about 2.8 KiB
+
+
+def ssh_host_keys(root: Path = Path("/")) -> list[str]:
+    """The node's SSH host public keys ("TYPE BASE64", no comment), read from
+    /etc/ssh/ssh_host_*_key.pub: the controller pins them when it adopts the node into
+    its fleet. A file that is unreadable, too long or not a key line is left out."""
+    found = []
+    for path in sorted((root / "etc/ssh").glob("ssh_host_*_key.pub")):
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_HOST_KEY_LINE + 1)
+            fields = data.decode("ascii").split()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(data) <= MAX_HOST_KEY_LINE and len(fields) >= 2 and fields[0] in SSH_HOST_KEY_TYPES:
+            found.append(f"{fields[0]} {fields[1]}")
+    return found
+
+
 def underlay_address(controller_url: str) -> str | None:
     """The address this node reaches the controller from: where its VXLAN tunnels start.
 

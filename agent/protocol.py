@@ -422,6 +422,10 @@ class Inventory(Wire):
         default=None, description="The node checked against its requirement profile")
     gpus: list[NodeGpu] = Field(default_factory=list)
     nvml_detail: str = Field(default="", examples=["no NVIDIA driver: no NVIDIA GPUs"])
+    ssh_host_keys: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="The node's SSH host public keys ('TYPE BASE64'), pinned when the "
+        "controller adopts the node into its fleet", examples=[["ssh-ed25519 AAAAC3Nza..."]])
 
 
 FailureKind = Literal["vm", "network", "firewall", "volume", "image"]

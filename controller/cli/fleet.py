@@ -33,7 +33,7 @@ def cmd_node_add(c: Client, a: argparse.Namespace) -> int:
                             "ssh_private_key": _read(a.ssh_key, "SSH key")}
     if a.known_hosts:
         body["known_hosts"] = _read(a.known_hosts, "known_hosts file")
-    else:
+    elif a.host_key_sha256:
         body["host_key_sha256"] = a.host_key_sha256
     try:
         host = c.post("/fleet/hosts", body, timeout=300)
@@ -181,8 +181,10 @@ def fleet_node_commands(node: Any, add: Callable[..., Any]) -> None:
     na.add_argument("host", help="its address")
     na.add_argument("--ssh-key", required=True, help="private key that root@HOST accepts "
                     "(used once, to authorize the controller's fleet key)")
-    pin = na.add_mutually_exclusive_group(required=True)
-    pin.add_argument("--host-key-sha256", help="the server's SSH host key fingerprint")
+    pin = na.add_mutually_exclusive_group()
+    pin.add_argument("--host-key-sha256", help="the server's SSH host key fingerprint "
+                     "(required unless --name is a node that joined by itself: the keys "
+                     "it reported are pinned)")
     pin.add_argument("--known-hosts", help="a known_hosts file listing the server's key")
     na.add_argument("--name", help="its node name (default: the host's first label)")
     na.add_argument("--port", type=int, default=22)

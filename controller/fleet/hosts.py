@@ -28,7 +28,7 @@ def host_key_sha256(host: FleetHost) -> str:
     return fingerprint(parse_public_key(host.host_key)[1])
 
 
-def _refuse_taken(db: Session, body: FleetHostCreate) -> None:
+def _refuse_taken(db: Session, body: FleetHostCreate, adopting: bool) -> None:
     taken = db.scalar(select(FleetHost).where(or_(
         FleetHost.name == body.name,
         (FleetHost.address == body.address) & (FleetHost.port == body.port))))
@@ -37,32 +37,71 @@ def _refuse_taken(db: Session, body: FleetHostCreate) -> None:
                        if taken.name != body.name else
                        f"a server named {body.name} is in the region already "
                        f"({taken.address})")
-    if db.scalar(select(Node.id).where(Node.name == body.name)) is not None:
-        raise Conflict(f"a node named {body.name} is in the region already")
+    if not adopting and db.scalar(select(Node.id).where(Node.name == body.name)) is not None:
+        raise Conflict(f"a node named {body.name} joined the region meanwhile: add it again")
 
 
-def _pin(body: FleetHostCreate) -> onboard.Pin:
+def reported_host_keys(db: Session, name: str) -> frozenset[str] | None:
+    """The fingerprints of the SSH host keys the node `name` reported over its own mTLS
+    identity (an appliance node joins by itself, then is adopted into the fleet); None
+    when no node has that name. InvalidInput when the node reported none."""
+    node = db.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        return None
+    found = set()
+    for line in (node.inventory or {}).get("ssh_host_keys") or []:
+        try:
+            found.add(fingerprint(parse_public_key(line)[1]))
+        except HostKeyError:
+            continue
+    if not found:
+        raise InvalidInput(f"node {name} has reported no SSH host key (its agent has not "
+                           "reported yet, or is older): it cannot be added to the fleet yet")
+    return frozenset(found)
+
+
+def _pin(body: FleetHostCreate, reported: frozenset[str] | None) -> onboard.Pin:
+    """The operator's pin; else, for a node that joined already, the keys it reported."""
     if body.known_hosts is not None:
         return onboard.Pin.from_known_hosts(body.known_hosts, body.address, body.port)
-    assert body.host_key_sha256 is not None
+    if body.host_key_sha256 is None:
+        if reported is None:
+            raise InvalidInput("give the server's host key: host_key_sha256 or known_hosts "
+                               f"(only a node that joined already, which {body.name} is not, "
+                               "vouches for its own)")
+        return onboard.Pin(reported)
     try:
         return onboard.Pin(frozenset({normalize_fingerprint(body.host_key_sha256)}))
     except HostKeyError as e:
         raise InvalidInput(f"host_key_sha256: {e}") from e
 
 
+def _check_adopted(body: FleetHostCreate, reported: frozenset[str] | None,
+                   host_key: str) -> None:
+    """HostKeyMismatch when the server reached is not the joined node of that name."""
+    presented = fingerprint(parse_public_key(host_key)[1])
+    if reported is not None and presented not in reported:
+        raise onboard.HostKeyMismatch(
+            f"{body.address} presents host key {presented}, which node {body.name} did not "
+            f"report ({', '.join(sorted(reported))}): it is another server; refused")
+
+
 def add(region: Region, actor: str, body: FleetHostCreate) -> FleetHost:
     """Add the server once its host key matched the pin, it qualified and took the fleet
-    key. No database write is held while the server is spoken to. Every refusal is
-    audited with its cause, then raised."""
+    key. A node that joined by itself (from the appliance ISO) is adopted under its name:
+    the server must present a host key that node reported, and the operator's pin, when
+    given, must match too. No database write is held while the server is spoken to.
+    Every refusal is audited with its cause, then raised."""
     target = f"fleet-host/{body.name}"
     try:
         with region.reads() as db:
-            _refuse_taken(db, body)
-        pin = _pin(body)
+            reported = reported_host_keys(db, body.name)
+            _refuse_taken(db, body, adopting=reported is not None)
+        pin = _pin(body, reported)
         client, host_key = onboard.connect(body.address, body.port, body.user,
                                            body.ssh_private_key, pin)
         try:
+            _check_adopted(body, reported, host_key)
             report = onboard.qualify_remote(client, body.profile)
             why = onboard.unfit(report)
             if why is not None:
@@ -73,7 +112,7 @@ def add(region: Region, actor: str, body: FleetHostCreate) -> FleetHost:
         finally:
             client.close()
         with region.sessions() as db, db.begin():
-            _refuse_taken(db, body)  # another request may have added it meanwhile
+            _refuse_taken(db, body, adopting=reported is not None)  # or added meanwhile
             host = FleetHost(name=body.name, address=body.address, port=body.port,
                              user=body.user, host_key=host_key, role=body.role,
                              qualification=report.model_dump(mode="json"), created_by=actor)
@@ -81,7 +120,7 @@ def add(region: Region, actor: str, body: FleetHostCreate) -> FleetHost:
             db.flush()
             audit.record(db, actor, "fleet.add", target, address=body.address,
                          port=body.port, host_key_sha256=host_key_sha256(host),
-                         verdict=report.verdict)
+                         verdict=report.verdict, adopted=reported is not None)
             db.expunge(host)
         return host
     except Exception as e:

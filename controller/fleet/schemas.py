@@ -17,7 +17,9 @@ TAG_PATTERN = r"^[A-Za-z0-9_-]{1,63}$"
 
 class FleetHostCreate(Input):
     """Add a server: reach it over SSH with its host key pinned, qualify it, authorize
-    the controller's fleet key. The private key is used for this connection only."""
+    the controller's fleet key. The private key is used for this connection only. The
+    pin (host_key_sha256 or known_hosts) is required, except for a node that joined by
+    itself: the keys its agent reported are pinned then."""
 
     address: str = Field(pattern=ADDRESS_PATTERN, examples=["10.0.0.21"])
     name: str = Field(pattern=NAME_PATTERN, description=f"its node name; {NAME_RULE}")
@@ -35,9 +37,9 @@ class FleetHostCreate(Input):
 
     @model_validator(mode="after")
     def _one_pin(self) -> FleetHostCreate:
-        if (self.host_key_sha256 is None) == (self.known_hosts is None):
-            raise ValueError("give the server's host key: host_key_sha256 or known_hosts "
-                             "(exactly one)")
+        if self.host_key_sha256 is not None and self.known_hosts is not None:
+            raise ValueError("give the server's host key one way: host_key_sha256 or "
+                             "known_hosts, not both")
         return self
 
 

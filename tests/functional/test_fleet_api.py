@@ -18,7 +18,7 @@ from controller.config import ControllerConfig
 from controller.db.models import FleetHost, RolloutJob
 from controller.fleet import jobs
 from controller.region import Region
-from tests.functional.helpers import Api
+from tests.functional.helpers import Api, inventory
 
 
 @pytest.fixture
@@ -253,10 +253,11 @@ def test_fleet_host_body_is_checked(api: Api, tmp_path: Path) -> None:
     body = {"address": "10.0.0.21", "name": "n1", "ssh_private_key": _private_key(tmp_path)}
     fp = "SHA256:oECuZ8uxX9TH3qqA9PnGO5PjOSz0BSCtevLFKVI+xs4"
     _refused(api.post("/api/v1/fleet/hosts", json=body), 422,
-             "give the server's host key: host_key_sha256 or known_hosts (exactly one)")
+             "give the server's host key: host_key_sha256 or known_hosts (only a node that "
+             "joined already, which n1 is not, vouches for its own)")
     _refused(api.post("/api/v1/fleet/hosts", json={
         **body, "host_key_sha256": fp, "known_hosts": f"10.0.0.21 {_host_key(tmp_path)}"}),
-        422, "exactly one")
+        422, "host_key_sha256 or known_hosts, not both")
     _refused(api.post("/api/v1/fleet/hosts", json={**body, "host_key_sha256": "MD5:aa:bb"}),
              422, "host_key_sha256: a host key fingerprint is 'SHA256:' and 43 base64 "
                   "characters")
@@ -288,6 +289,31 @@ def test_unreachable_server_is_refused_and_audited(api: Api, tmp_path: Path) -> 
     assert event["detail"]["address"] == "127.0.0.1"
     assert f"cannot reach root@127.0.0.1:{port}" in event["detail"]["error"]
     assert api.get("/api/v1/fleet/hosts").json == []
+
+
+def test_a_joined_node_is_pinned_by_the_host_keys_it_reported(api: Api,
+                                                              tmp_path: Path) -> None:
+    """An appliance node joins by itself; adding it to the fleet needs no pin from the
+    operator, only one its agent reported over its own identity (the login then fails
+    here: nothing listens, which shows the pin was accepted)."""
+    key = _private_key(tmp_path)
+    silent = api.join_node("silent")  # reported no SSH host key (an older agent)
+    _refused(api.post("/api/v1/fleet/hosts", json={
+        "address": "127.0.0.1", "name": "silent", "ssh_private_key": key}),
+        422, "node silent has reported no SSH host key")
+    # a pin from the operator does not stand in for the node's own word
+    _refused(api.post("/api/v1/fleet/hosts", json={
+        "address": "127.0.0.1", "name": silent.name, "ssh_private_key": key,
+        "host_key_sha256": "SHA256:oECuZ8uxX9TH3qqA9PnGO5PjOSz0BSCtevLFKVI+xs4"}),
+        422, "node silent has reported no SSH host key")
+    inv = inventory().model_copy(update={"ssh_host_keys": [_host_key(tmp_path)]})
+    api.join_node("appliance", inv=inv)
+    port = _free_port()
+    _refused(api.post("/api/v1/fleet/hosts", json={
+        "address": "127.0.0.1", "port": port, "name": "appliance", "ssh_private_key": key}),
+        422, f"cannot reach root@127.0.0.1:{port}")
+    assert api.get("/api/v1/fleet/hosts").json == []
+    assert [e["outcome"] for e in _audit(api, "fleet.add")] == ["refused"] * 3
 
 
 def test_fleet_ssh_key_is_an_openssh_ed25519_line(api: Api, region: Region,

@@ -87,3 +87,19 @@ def test_gpu_driver_auto_picks_nvidia_only_where_an_nvidia_gpu_is() -> None:
     assert gpu_driver_name("auto", Root(TREES / "gpu-server")) == "nvidia"
     assert gpu_driver_name("auto", Root(TREES / "this-machine")) == "none"
     assert gpu_driver_name("none", Root(TREES / "gpu-server")) == "none"
+
+
+def test_ssh_host_keys_are_read_without_comments_and_junk_is_left_out(tmp_path: Path) -> None:
+    ssh = tmp_path / "etc/ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "ssh_host_ed25519_key.pub").write_text("ssh-ed25519 AAAAC3Nza1 root@old-name\n")
+    (ssh / "ssh_host_rsa_key.pub").write_text("ssh-rsa AAAAB3Nza2\n")
+    (ssh / "ssh_host_ecdsa_key.pub").write_bytes(b"\xff\xfe not a key")
+    (ssh / "ssh_host_dsa_key.pub").write_text("ssh-dss AAAAB3NzaC1kc3M\n")  # type not pinned
+    (ssh / "ssh_host_long_key.pub").write_text("ssh-ed25519 " + "A" * 5000 + "\n")
+    (ssh / "ssh_host_ed25519_key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    assert inventory.ssh_host_keys(tmp_path) == ["ssh-ed25519 AAAAC3Nza1", "ssh-rsa AAAAB3Nza2"]
+
+
+def test_no_ssh_folder_means_no_host_keys(tmp_path: Path) -> None:
+    assert inventory.ssh_host_keys(tmp_path) == []

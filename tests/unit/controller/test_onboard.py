@@ -12,6 +12,7 @@ import paramiko
 import pytest
 
 from controller.fleet import onboard
+from controller.fleet.hosts import _check_adopted
 from controller.fleet.keys import fingerprint
 from controller.fleet.onboard import (
     HostKeyMismatch,
@@ -21,6 +22,7 @@ from controller.fleet.onboard import (
     extract_recording,
     unfit,
 )
+from controller.fleet.schemas import FleetHostCreate
 from hardware.discover import discover
 from hardware.model import CheckResult, QualificationReport, Verdict
 from hardware.qualify import load_profile, qualify
@@ -247,3 +249,18 @@ def test_extract_recording_keeps_a_whole_recorded_tree(tmp_path: Path, tree: str
     dest.mkdir()
     extract_recording(buf.getvalue(), dest)
     assert _tree(dest) == _tree(TREES / tree)
+
+
+def test_an_adopted_node_must_present_a_key_it_reported() -> None:
+    """The operator's pin may match a server, yet that server is not the joined node."""
+    reported, other = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+    body = FleetHostCreate(address="10.0.0.21", name="node-1",
+                           ssh_private_key="k" * 64)
+    known = frozenset({fingerprint(reported.asbytes())})
+    _check_adopted(body, known, f"{reported.get_name()} {reported.get_base64()}")
+    _check_adopted(body, None, f"{other.get_name()} {other.get_base64()}")  # not adopting
+    with pytest.raises(HostKeyMismatch) as e:
+        _check_adopted(body, known, f"{other.get_name()} {other.get_base64()}")
+    assert e.value.detail == (
+        f"10.0.0.21 presents host key {fingerprint(other.asbytes())}, which node node-1 did "
+        f"not report ({fingerprint(reported.asbytes())}): it is another server; refused")
