@@ -1,8 +1,9 @@
 """The console status banner: `python -m appliance.banner`, run by vauban-banner.service.
 
 It says what an operator at the console needs first: the node's name, its addresses,
-the Vauban version, and whether it has joined its region (as which node, to which
-controller) or why not (the first boot's last error). It is written as
+the Vauban version, whether it has joined its region (as which node, to which
+controller) or why not (the first boot's last error, or that it is installing), and
+its SSH host key fingerprints (to pin when adding it to the fleet by hand). It is written as
 /run/issue.d/vauban.issue, which agetty shows above the login prompt (a link from
 /etc/issue.d makes agetty read it while /etc/issue exists), and printed on the
 console whenever it changes; agetty is then told to redraw its prompt.
@@ -11,17 +12,20 @@ console whenever it changes; agetty is then told to redraw its prompt.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.inventory import ssh_host_keys
 from appliance.cmd import Console, run_status
 from appliance.firstboot import Paths, joined_as
+from controller.fleet.keys import fingerprint
 
 ISSUE = Path("/run/issue.d/vauban.issue")
 ISSUE_LINK = Path("/etc/issue.d/vauban.issue")
@@ -36,6 +40,18 @@ class State:
     version: str
     joined: str | None  # "node-7 (id) at https://..." when joined
     why_not: str | None  # why not joined (None when joined)
+    ssh_keys: list[str] = field(default_factory=list)  # "ED25519 SHA256:..." to pin
+
+
+def ssh_fingerprints(root: Path) -> list[str]:
+    """The host keys' fingerprints as an operator pins them (`vauban node add
+    --host-key-sha256`), e.g. "ED25519 SHA256:..."; none before the first boot made them."""
+    found = []
+    for line in ssh_host_keys(root):
+        kind, blob = line.split()
+        label = kind.removeprefix("ssh-").split("-")[0].upper()
+        found.append(f"{label} {fingerprint(base64.b64decode(blob))}")
+    return found
 
 
 def addresses(status: Callable[[list[str]], tuple[int, str]] | None = None) -> list[str]:
@@ -73,10 +89,22 @@ def state(paths: Paths, addrs: list[str], release: Path = RELEASE) -> State:
             why = paths.error_file.read_text().strip()
         elif paths.firstboot.exists():
             why = "joining (first boot in progress)"
+        elif installing(paths.root):
+            why = "installing: the installer's messages follow on this console"
         else:
             why = "no answers were given (live mode): this machine is no region's node"
     return State(name=socket.gethostname(), addresses=addrs, version=version(release),
-                 joined=f"{found[0]} ({found[1]})" if found else None, why_not=why)
+                 joined=f"{found[0]} ({found[1]})" if found else None, why_not=why,
+                 ssh_keys=ssh_fingerprints(paths.root))
+
+
+def installing(root: Path) -> bool:
+    """Whether this boot is the installer's (`vauban.install` on the kernel command line)."""
+    try:
+        words = (root / "proc/cmdline").read_text().split()
+    except OSError:
+        return False
+    return any(w == "vauban.install" or w.startswith("vauban.install=") for w in words)
 
 
 def render(s: State) -> str:
@@ -84,7 +112,8 @@ def render(s: State) -> str:
     lines = [f"Vauban node {s.name} - version {s.version}",
              f"  addresses: {', '.join(s.addresses) or 'none yet'}",
              f"  region:    joined as {s.joined}" if s.joined else
-             f"  region:    not joined: {s.why_not}", ""]
+             f"  region:    not joined: {s.why_not}",
+             *(f"  ssh key:   {key}" for key in s.ssh_keys), ""]
     return "\n".join(lines).replace("\\", "\\\\") + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from appliance.banner import State, addresses, publish, render, state
@@ -38,6 +39,12 @@ def test_state_says_why_not_joined(tmp_path: Path) -> None:
     release = tmp_path / "release.json"
     release.write_text('{"version": "0.1.0"}')
     assert "live mode" in str(state(paths, [], release).why_not)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cmdline").write_text("boot=live vauban.install=auto quiet\n")
+    assert state(paths, [], release).why_not == \
+        "installing: the installer's messages follow on this console"
+    (tmp_path / "proc/cmdline").write_text("boot=live vauban.installer=no\n")  # another word
+    assert "live mode" in str(state(paths, [], release).why_not)
     paths.firstboot.write_text("x")
     assert state(paths, [], release).why_not == "joining (first boot in progress)"
     paths.run_dir.mkdir()
@@ -48,6 +55,19 @@ def test_state_says_why_not_joined(tmp_path: Path) -> None:
         {"node_id": "n-9", "name": "node-1", "controller_url": "https://c"}))
     s = state(paths, [], release)
     assert s.joined == "node-1 (n-9)" and s.why_not is None and s.version == "0.1.0"
+
+
+def test_ssh_host_key_fingerprints_are_shown_as_ssh_keygen_prints_them(tmp_path: Path) -> None:
+    ssh = tmp_path / "etc/ssh"
+    ssh.mkdir(parents=True)
+    for kind in ("ed25519", "ecdsa"):
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f",
+                        str(ssh / f"ssh_host_{kind}_key")], check=True)
+    shown = render(state(_paths(tmp_path), []))
+    for kind in ("ed25519", "ecdsa"):
+        printed = subprocess.run(["ssh-keygen", "-l", "-f", str(ssh / f"ssh_host_{kind}_key.pub")],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        assert f"  ssh key:   {printed[-1].strip('()')} {printed[1]}\n" in shown
 
 
 def test_publish_writes_only_changes(tmp_path: Path) -> None:
