@@ -68,8 +68,8 @@ def role_files(roles: Path = ROLES) -> dict[str, str]:
     modules = "".join(f"{module['name']}\n" for module in base["base_kernel_modules"])
     sysctl = "".join(f"{key} = {value}\n" for key, value in base["base_sysctl"].items())
     sources = "".join(f"server {server} iburst\n" for server in base["base_ntp_servers"])
-    settings = "".join(f"{key} = {json.dumps(value)}\n"
-                       for key, value in agent["agent_settings"].items())
+    settings = "".join(f"{key} = {json.dumps(value)}\n" for key, value in {
+        **agent["agent_settings"], "hardware_profile": agent["agent_hardware_profile"]}.items())
     clock = "" if base["base_clock_owner"] else " -x"
     return {
         "etc/modules-load.d/vauban.conf": modules,

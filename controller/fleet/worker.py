@@ -120,6 +120,9 @@ def _inventory(region: Region, job_id: str, hosts: list[str], known_hosts: Path
             host_vars: dict[str, Any] = {"ansible_host": host.address,
                                          "ansible_port": host.port, "ansible_user": host.user,
                                          **ceph_host_vars(host, node)}
+            if host.role == "node":  # the profile it was added with: a rollout keeps it
+                host_vars["agent_hardware_profile"] = (host.qualification or {}).get(
+                    "profile", "compute")
             if host.role == "node" and node is None:
                 secret, _ = node_service.create_join_token(
                     db, f"rollout/{job_id}", _token_description(job_id), TOKEN_TTL_S)

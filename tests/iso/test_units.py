@@ -156,6 +156,7 @@ def test_the_vauban_wheel_is_found_once() -> None:
 def test_role_files_are_what_the_roles_write_with_their_defaults() -> None:
     files = layer.role_files()
     assert 'data_dir = "/var/lib/vauban/agent"' in files["etc/vauban/agent.toml"]
+    assert 'hardware_profile = "compute"' in files["etc/vauban/agent.toml"]
     assert files["etc/modules-load.d/vauban.conf"] == "bridge\nbr_netfilter\nvxlan\ntun\n"
     assert "net.bridge.bridge-nf-call-iptables = 1" in files["etc/sysctl.d/60-vauban.conf"]
     assert files["etc/udev/rules.d/65-vauban-kvm.rules"] == (

@@ -269,6 +269,16 @@ def test_a_rollout_gives_ceph_osd_nodes_their_disks_and_the_cluster(
     assert "ceph_bootstrap_osd_key" not in json.dumps(other)
 
 
+def test_a_rollout_keeps_each_nodes_hardware_profile(region: Region, job: str,
+                                                      tmp_path: Path) -> None:
+    """A node added with --profile lab (or storage) is not rolled back to compute."""
+    _label(region, "n1", {}, [])  # qualified against the storage profile when added
+    nodes = _inventory(region, job, ["n1", "n2"], tmp_path / "known_hosts")["all"][
+        "children"]["vauban_nodes"]["hosts"]
+    assert nodes["n1"]["agent_hardware_profile"] == "storage"
+    assert nodes["n2"]["agent_hardware_profile"] == "compute"  # no qualification recorded
+
+
 def test_a_rollout_without_the_bootstrap_keyring_leaves_the_key_for_the_role_to_ask(
         region: Region, job: str, tmp_path: Path) -> None:
     ceph = _ceph_region(region, tmp_path, keyring=False)
