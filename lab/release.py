@@ -65,3 +65,33 @@ def build_release(dest: Path, source: Path = REPO, cache: Path = DEFAULT_CACHE) 
                 tar.add(wheel, arcname=wheel.name)
         os.replace(tmp, archive)
     return archive
+
+
+def _packages(source: Path = REPO) -> list[str]:
+    """The top-level packages the wheel is made of (pyproject's find include, 'agent*')."""
+    setuptools = tomllib.loads((source / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return [p.rstrip("*") for p in setuptools["packages"]["find"]["include"]]
+
+
+def build_next_release(dest: Path, work: Path) -> str:
+    """dest/vauban-<next patch version>-wheels.tar of this checkout: the same code under
+    another version, as an operator's next release would be. Returns that version."""
+    source = work / "next"
+    listed = subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", *_packages()],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in listed.split():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, source / rel)
+    current = version(REPO)
+    major, minor, patch = current.split(".")
+    nxt = f"{major}.{minor}.{int(patch) + 1}"
+    for rel, old, new in (("pyproject.toml", f'version = "{current}"', f'version = "{nxt}"'),
+                          ("agent/__init__.py", '__version__ = "', f'__version__ = "{nxt}"  # '),
+                          ("controller/__init__.py", '__version__ = "',
+                           f'__version__ = "{nxt}"  # ')):
+        text = (source / rel).read_text()
+        if old not in text:
+            raise ValueError(f"{rel} has no {old!r}: the version cannot be raised")
+        (source / rel).write_text(text.replace(old, new, 1))
+    build_release(dest, source)
+    return nxt

@@ -5,7 +5,6 @@ that stops the rollout, labels in the inventory."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from tests.lab.region import LabRegion
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 TESTGUEST = REPO / "var" / "images" / "testguest.raw"
-PACKAGES = ("agent", "controller", "hardware", "images")  # what the wheel is made of
 
 
 def _refused(out: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -164,27 +162,6 @@ def test_a_server_added_as_a_controller_runs_one_and_a_second_rollout_changes_no
     assert [(h["state"], h["changed"]) for h in job["hosts"]] == [("ok", 0)]
 
 
-def _release_of_next_version(tmp_path: Path) -> str:
-    """A release archive of this checkout under the next patch version: the same code,
-    another version, as an operator's next release would be."""
-    source = tmp_path / "next"
-    for rel in subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", *PACKAGES],
-                              cwd=REPO, capture_output=True, text=True, check=True).stdout.split():
-        (source / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, source / rel)
-    major, minor, patch = release.version(REPO).split(".")
-    nxt = f"{major}.{minor}.{int(patch) + 1}"
-    for rel, old, new in (("pyproject.toml", f'version = "{release.version(REPO)}"',
-                           f'version = "{nxt}"'),
-                          ("agent/__init__.py", '__version__ = "', f'__version__ = "{nxt}"  # '),
-                          ("controller/__init__.py", '__version__ = "',
-                           f'__version__ = "{nxt}"  # ')):
-        text = (source / rel).read_text()
-        assert old in text, f"{rel} has no {old!r}"
-        (source / rel).write_text(text.replace(old, new, 1))
-    return nxt
-
-
 def test_an_upgrade_goes_node_by_node_and_running_vms_keep_running(
         lab_region: LabRegion, tmp_path: Path) -> None:
     lab = lab_region.lab
@@ -197,8 +174,7 @@ def test_an_upgrade_goes_node_by_node_and_running_vms_keep_running(
         vm = lab_region.json("vm", "show", "upgrade-witness")
         with ssh(lab, host.ip) as client:
             before = ssh_run(client, f"virsh -c qemu:///system domid {vm['id']}").strip()
-        version = _release_of_next_version(tmp_path)
-        release.build_release(lab_region.root / "releases", tmp_path / "next")
+        version = release.build_next_release(lab_region.root / "releases", tmp_path)
         members = [n.name for n in lab.nodes if n.name in
                    {h["name"] for h in lab_region.json("fleet", "list")}]
         out = lab_region.cli("rollout", "run", "--upgrade", "--batch", "1", "--version",
