@@ -68,16 +68,18 @@ def addresses(status: Callable[[list[str]], tuple[int, str]] | None = None) -> l
 
 
 def version(release: Path = RELEASE) -> str:
+    """The vauban software installed (a rollout upgrades it in place), else the ISO's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("vauban")
+    except PackageNotFoundError:
+        pass
     try:
         return str(json.loads(release.read_text())["version"])
     except (OSError, ValueError, KeyError):
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as dist_version
-
-        try:
-            return dist_version("vauban")
-        except PackageNotFoundError:
-            return "unknown"
+        return "unknown"
 
 
 def state(paths: Paths, addrs: list[str], release: Path = RELEASE) -> State:

@@ -114,6 +114,12 @@ def forward_to(port: int) -> str:
     return f"guestfwd=tcp:{GUEST_CONTROLLER}:{GUEST_PORT}-cmd:socat - TCP:127.0.0.1:{port}"
 
 
+def ssh_forward(port: int) -> str:
+    """`boot(nic=...)` option making the guest's sshd reachable at `port` on this host's
+    loopback (and nowhere else)."""
+    return f"hostfwd=tcp:127.0.0.1:{port}-:22"
+
+
 def answer_medium(path: Path, answers: str) -> Path:
     """A small FAT image labelled VAUBAN holding vauban-answers.toml (by mtools: no mount)."""
     text = path.with_suffix(".toml")

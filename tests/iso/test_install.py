@@ -1,15 +1,18 @@
 """The appliance's whole path under QEMU: the ISO installs a blank disk unattended from an
-answer medium, the installed disk boots, and the node joins a controller on this host by
-itself and reports its hardware; bad answers stop the install before any disk is written.
+answer medium, the installed disk boots, the node joins a controller on this host by
+itself and reports its hardware, and it is then upgraded through a rollout, not by
+reinstalling; bad answers stop the install before any disk is written.
 
-The guest's user network is restricted (nothing leaves it); its one way out is QEMU's
-forward of 10.0.2.100:8443 to the controller's port on this host's loopback.
+The guest's user network is restricted (nothing leaves it); its ways out are QEMU's
+forward of 10.0.2.100:8443 to the controller's port on this host's loopback, and in,
+a port of this host's loopback forwarded to the guest's sshd.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ import pytest
 
 from controller import allinone
 from iso import build, qemu
+from lab.release import build_next_release
 from tests.e2e.region import E2ERegion
 
 pytestmark = pytest.mark.e2e
@@ -32,10 +36,18 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def region(libvirtd: list[int]) -> Iterator[E2ERegion]:
+def releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("releases")
+
+
+@pytest.fixture(scope="module")
+def region(libvirtd: list[int], releases: Path) -> Iterator[E2ERegion]:
     """A controller alone (the node is the guest), its certificate naming the address the
-    guest reaches it at."""
-    with E2ERegion.admin_controller({"VAUBAN_SERVER_NAMES": qemu.GUEST_CONTROLLER}) as r:
+    guest reaches it at, which is also the address its rollouts give the node."""
+    guest_url = f"https://{qemu.GUEST_CONTROLLER}:{qemu.GUEST_PORT}"
+    with E2ERegion.admin_controller({"VAUBAN_SERVER_NAMES": qemu.GUEST_CONTROLLER,
+                                     "VAUBAN_ADVERTISE_URL": guest_url,
+                                     "VAUBAN_RELEASES": str(releases)}) as r:
         yield r
 
 
@@ -57,11 +69,31 @@ def _node(region: E2ERegion, name: str) -> dict[str, Any] | None:
     return next((n for n in nodes if n["name"] == name), None)
 
 
+def _ssh_key(path: Path) -> tuple[Path, str]:
+    """A new key pair: (private key file, public key line)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path, path.with_suffix(".pub").read_text().strip()
+
+
+def _upgrade_through_a_rollout(region: E2ERegion, name: str, ssh_port: int, key: Path,
+                               releases: Path, tmp_path: Path) -> str:
+    """Adopt the joined node into the fleet (its reported host keys pinned), roll the next
+    release out to it; the version it reports then."""
+    added = region.cli("node", "add", "127.0.0.1", "--port", str(ssh_port), "--name", name,
+                       "--ssh-key", str(key), "--profile", "lab", "--no-rollout")
+    assert f"{name} (127.0.0.1) added" in added, added
+    version = build_next_release(releases, tmp_path / "next")
+    out = region.cli("rollout", "run", "--upgrade", "--version", version, "--limit", name)
+    assert f"version {version}" in out and "succeeded" in out, out
+    return version
+
+
 @pytest.mark.timeout(INSTALL_DEADLINE_S + BOOT_DEADLINE_S + REPORT_DEADLINE_S)
 def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         built_iso: build.Result, region: E2ERegion, tmp_path: Path) -> None:
     name = f"iso-{uuid.uuid4().hex[:6]}"
     made = allinone.create_join_token(region.layout, region.token, "appliance ISO e2e")
+    key, public = _ssh_key(tmp_path / "operator")
     answers = qemu.answer_medium(tmp_path / "answers.img", "\n".join([
         f'controller = "https://{qemu.GUEST_CONTROLLER}:{qemu.GUEST_PORT}"',
         f'join_token = "{made["token"]}"',
@@ -70,6 +102,7 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         'disk = "auto"',
         'hardware_profile = "lab"',  # VMs under TCG: this guest has no KVM
         'timezone = "Europe/Paris"',
+        f'root_ssh_keys = ["{public}"]',
     ]) + "\n")
     disk = _blank_disk(tmp_path / "disk.raw", "8G")
     with qemu.boot(built_iso.iso, tmp_path / "install", memory_mb=2048,
@@ -79,8 +112,10 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         assert console.qemu is not None
         console.qemu.wait(timeout=300)  # -no-reboot: the guest's reboot ends QEMU
     # the installed disk alone (no CD, no answers), as the server's next boot
+    ssh_port = allinone.free_port()
     with qemu.boot(None, tmp_path / "installed", memory_mb=2048, extra=qemu.drives(disk),
-                   nic=qemu.forward_to(region.layout.port)) as console:
+                   nic=f"{qemu.forward_to(region.layout.port)},{qemu.ssh_forward(ssh_port)}"
+                   ) as console:
         joined = console.wait_for(rf"VAUBAN-NODE: joined as {name} \(([0-9a-f-]+)\)",
                                   BOOT_DEADLINE_S)
         node_id = joined.group(1).decode()
@@ -97,6 +132,16 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         assert [d["size_bytes"] for d in hw["disks"]] == [8 * 1024 * MIB]
         # the console's banner says it too
         console.wait_for(rf"region: +joined as {name} \({node_id}\)", BOOT_DEADLINE_S)
+        shown_key = console.wait_for(r"ssh key: +ED25519 (SHA256:[A-Za-z0-9+/]{43})\n", 60)
+        version = _upgrade_through_a_rollout(region, name, ssh_port, key, releases, tmp_path)
+        upgraded = json.loads(region.cli("node", "show", name, "--json"))
+        assert upgraded["id"] == node_id and upgraded["state"] == "up"
+        assert upgraded["inventory"]["agent_version"] == version
+        assert upgraded["inventory"]["qualification"]["profile"] == "lab"  # kept
+        [host] = json.loads(region.cli("fleet", "list", "--json"))
+        assert host["host_key_sha256"] == shown_key.group(1).decode()  # what the node said
+        console.wait_for(rf"Vauban node {name} - version {re.escape(version)}\n",
+                         REPORT_DEADLINE_S)
 
 
 @pytest.mark.parametrize("answers, reason", [

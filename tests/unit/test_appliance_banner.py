@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_state_says_why_not_joined(tmp_path: Path) -> None:
     (tmp_path / "data/node.json").write_text(json.dumps(
         {"node_id": "n-9", "name": "node-1", "controller_url": "https://c"}))
     s = state(paths, [], release)
-    assert s.joined == "node-1 (n-9)" and s.why_not is None and s.version == "0.1.0"
+    assert s.joined == "node-1 (n-9)" and s.why_not is None
+    assert s.version == importlib.metadata.version("vauban")  # what runs, even upgraded
 
 
 def test_ssh_host_key_fingerprints_are_shown_as_ssh_keygen_prints_them(tmp_path: Path) -> None:
