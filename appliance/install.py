@@ -32,13 +32,15 @@ from pathlib import Path
 
 from appliance import disks, network, target
 from appliance.answers import Answers, AnswersError, gather
-from appliance.cmd import CommandError, Console, Runner, run
+from appliance.cmd import SERIAL, CommandError, Console, Runner, run
 from appliance.disks import Candidate, DiskError
 from appliance.network import Link, NetworkError
+from appliance.terminals import Terminals
 
 MARK = "VAUBAN-INSTALL: "
 LIVE_DIR = Path("/run/live/medium/live")
 MOUNTPOINT = Path("/run/vauban-target")
+ASK_ON = (Path("/dev/tty1"), SERIAL)  # the unit's screen (its TTYPath), the serial port
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
@@ -355,9 +357,14 @@ def _default_candidates() -> list[Candidate]:
 
 
 def _ask(given: Answers | None) -> Answers:
+    """The questions on the screen and the serial port at once (EOFError: neither opens)."""
     from appliance.interactive import ask
 
-    return ask(given)
+    terminals = Terminals(ASK_ON)
+    try:
+        return ask(given, terminals.prompt, terminals.say)
+    finally:
+        terminals.close()
 
 
 def _reboot() -> None:
