@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from appliance.interactive import QUESTIONS
 from controller import allinone
 from iso import build, qemu
 from lab.release import build_next_release
@@ -142,6 +143,36 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         assert host["host_key_sha256"] == shown_key.group(1).decode()  # what the node said
         console.wait_for(rf"Vauban node {name} - version {re.escape(version)}\n",
                          REPORT_DEADLINE_S)
+
+
+def test_the_installer_asks_its_questions_on_the_serial_console(
+        built_iso: build.Result, tmp_path: Path) -> None:
+    """The menu's "ask the questions" entry, its hotkey typed on the serial port of a UEFI
+    server: each question comes on that port, a wrong answer is asked again with its
+    reason, and the answers are then used; here the disk rule matches no disk, so the
+    install stops before writing anything."""
+    disk = _blank_disk(tmp_path / "disk.raw", "5G")
+    before = _sha256(disk)
+    typed = {"controller": f"https://{qemu.GUEST_CONTROLLER}:{qemu.GUEST_PORT}",
+             "join_token": "vjt_" + "a" * 32, "ca_sha256": "0" * 64, "hostname": "asked",
+             "disk": "serial:NO-SUCH-DISK", "hardware_profile": "lab"}
+    with qemu.boot(built_iso.iso, tmp_path / "ask", uefi=True, memory_mb=2048,
+                   extra=qemu.drives(disk)) as console:
+        console.wait_for(r"Live system \(rescue, demo\)", BOOT_DEADLINE_S)  # GRUB's menu
+        console.send(b"a")
+        console.wait_for(re.escape(QUESTIONS[0].prompt) + r" \[\]: ", BOOT_DEADLINE_S)
+        console.send(b"http://10.0.2.100:8443\r")
+        console.wait_for(r"is not an https:// URL", REPORT_DEADLINE_S)
+        for question in QUESTIONS:  # the controller's question comes again, then the rest
+            if question.key in ("network.address", "network.gateway"):
+                continue  # asked for static addressing only
+            console.wait_for(re.escape(question.prompt) + r" \[[^\]\n]*\]: ",
+                             REPORT_DEADLINE_S)
+            console.send(typed.get(question.key, "").encode() + b"\r")
+        console.wait_for(r"VAUBAN-INSTALL: answers accepted: node asked,", REPORT_DEADLINE_S)
+        refused = console.wait_for(r"VAUBAN-INSTALL: refused: [^\n]*\n", INSTALL_DEADLINE_S)
+        assert b"no disk matches the rule 'serial:NO-SUCH-DISK'" in refused.group(0), refused
+    assert _sha256(disk) == before
 
 
 @pytest.mark.parametrize("answers, reason", [
