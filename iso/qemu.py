@@ -29,19 +29,24 @@ class Console:
     def __init__(self, conn: socket.socket, log: Path) -> None:
         self.conn = conn
         self.log = log
-        self.seen = b""  # everything read, escape sequences removed
+        self.transcript = b""  # everything read, escape sequences removed
+        self.seen = b""  # what was read after the last match
         self.qemu: subprocess.Popen[bytes] | None = None
 
-    def wait_for(self, pattern: str, deadline_s: float) -> re.Match[bytes]:
+    def wait_for(self, pattern: str, deadline_s: float,
+                 since_boot: bool = False) -> re.Match[bytes]:
         """The first match of `pattern` in what the guest printed since the last match
-        (matched as soon as it appears: end a pattern with '\\n' to have its whole line);
-        raises TimeoutError with the log's tail if the deadline passes first."""
+        (matched as soon as it appears: end a pattern with '\\n' to have its whole line),
+        or since it booted (`since_boot`: for lines whose order against the last match is
+        not known; the last match stays where it was); raises TimeoutError with the
+        log's tail if the deadline passes first."""
         regex = re.compile(pattern.encode())
         end = time.monotonic() + deadline_s
         while True:
-            found = regex.search(self.seen)
+            found = regex.search(self.transcript if since_boot else self.seen)
             if found:
-                self.seen = self.seen[found.end():]
+                if not since_boot:
+                    self.seen = self.seen[found.end():]
                 return found
             left = end - time.monotonic()
             if left <= 0:
@@ -56,7 +61,9 @@ class Console:
                 raise EOFError(f"QEMU closed the serial port before {pattern!r}")
             with open(self.log, "ab") as out:
                 out.write(chunk)
-            self.seen += ANSI.sub(b"", chunk).replace(b"\r", b"")
+            text = ANSI.sub(b"", chunk).replace(b"\r", b"")
+            self.seen += text
+            self.transcript += text
 
     def send(self, data: bytes) -> None:
         self.conn.sendall(data)

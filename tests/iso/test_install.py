@@ -131,9 +131,11 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         assert report["profile"] == "lab" and report["verdict"] in ("PASS", "WARN")
         hw = shown["inventory"]["hardware"]
         assert [d["size_bytes"] for d in hw["disks"]] == [8 * 1024 * MIB]
-        # the console's banner says it too
-        console.wait_for(rf"region: +joined as {name} \({node_id}\)", BOOT_DEADLINE_S)
-        shown_key = console.wait_for(r"ssh key: +ED25519 (SHA256:[A-Za-z0-9+/]{43})\n", 60)
+        # the console's banner says it too (printed before or after the first boot's line)
+        console.wait_for(rf"region: +joined as {name} \({node_id}\)\n", BOOT_DEADLINE_S,
+                         since_boot=True)
+        shown_key = console.wait_for(r"ssh key: +ED25519 (SHA256:[A-Za-z0-9+/]{43})\n", 60,
+                                     since_boot=True)
         version = _upgrade_through_a_rollout(region, name, ssh_port, key, releases, tmp_path)
         upgraded = json.loads(region.cli("node", "show", name, "--json"))
         assert upgraded["id"] == node_id and upgraded["state"] == "up"
@@ -142,7 +144,7 @@ def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
         [host] = json.loads(region.cli("fleet", "list", "--json"))
         assert host["host_key_sha256"] == shown_key.group(1).decode()  # what the node said
         console.wait_for(rf"Vauban node {name} - version {re.escape(version)}\n",
-                         REPORT_DEADLINE_S)
+                         REPORT_DEADLINE_S, since_boot=True)
 
 
 def test_the_installer_asks_its_questions_on_the_serial_console(

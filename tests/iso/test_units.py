@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from iso import base, build, grub, hashing, identity, layer, sbom
+from iso import base, build, grub, hashing, identity, layer, qemu, sbom
 
 
 def _wheel(name: str, payload: bytes, date: tuple[int, int, int, int, int, int]) -> bytes:
@@ -195,3 +196,17 @@ def test_a_cached_base_is_used_without_building(tmp_path: Path) -> None:
     found = base.ensure_base(tmp_path)  # would fail without root and a mirror if it built
     assert found.path == folder and found.hash == folder.name.removeprefix("base-")
     assert found.manifest()["built"] == 1
+
+
+def test_console_waits_consume_but_since_boot_finds_lines_already_passed(tmp_path: Path) -> None:
+    guest, test = socket.socketpair()
+    with guest, test:
+        console = qemu.Console(test, tmp_path / "serial.log")
+        guest.sendall(b"\x1b[0;32mbanner: joined\x1b[0m\r\nVAUBAN-NODE: joined as n1\r\n")
+        assert console.wait_for(r"VAUBAN-NODE: joined as (\w+)\n", 5).group(1) == b"n1"
+        with pytest.raises(TimeoutError, match="banner: joined"):  # passed: not seen again
+            console.wait_for(r"banner: joined\n", 0.2)
+        assert console.wait_for(r"banner: joined\n", 5, since_boot=True)
+        guest.sendall(b"later\n")
+        assert console.wait_for(r"later", 5)  # since_boot left the last match in place
+    assert b"\x1b[0;32m" in (tmp_path / "serial.log").read_bytes()  # the log keeps it all
