@@ -56,6 +56,7 @@ APPLIANCE_PACKAGES = (
 # bump when what is done to the root after the packages changes
 LAYOUT_VERSION = "2"
 DEFAULT_CACHE = Path("/var/cache/vauban/iso")
+KEEP_BASES = 2  # each is about 450 MiB
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,18 @@ def ensure_base(cache: Path = DEFAULT_CACHE, log: Path | None = None,
                 raise
     finally:
         remove_tree(work)
+    _prune(cache, final)
     return Base(final, final.name.removeprefix("base-"))
+
+
+def _prune(cache: Path, keep: Path) -> None:
+    """Removes the finished bases but `keep` and the KEEP_BASES - 1 newest others (a
+    checkout going back to earlier inputs finds its base still there)."""
+    others = sorted((p for p in cache.glob("base-*")
+                     if ".building-" not in p.name and p != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[KEEP_BASES - 1:]:
+        remove_tree(old)
 
 
 def _remove_stale(cache: Path) -> None:

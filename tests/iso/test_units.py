@@ -189,6 +189,19 @@ def test_partial_base_builds_of_gone_processes_are_removed(tmp_path: Path) -> No
     assert not gone.exists() and running.exists() and finished.exists()
 
 
+def test_old_bases_are_pruned_to_the_newest_but_one(tmp_path: Path) -> None:
+    made = []
+    for i, name in enumerate(("base-0001", "base-0002", "base-0003", "base-0004")):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+        made.append(tmp_path / name)
+    building = tmp_path / f"base-0005.building-{os.getpid()}"
+    building.mkdir()
+    base._prune(tmp_path, made[0])  # just built (its inputs came back): kept, with the newest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "base-0001", "base-0004", building.name]
+
+
 def test_a_cached_base_is_used_without_building(tmp_path: Path) -> None:
     folder = base.base_path(tmp_path)
     folder.mkdir()
