@@ -164,6 +164,12 @@ class CloudInitSeed(Wire):
     instance_id: str
     hostname: str
     user_data: str = ""
+    public_keys: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="OpenSSH public keys for the image's default user (meta-data public-keys)")
+    default_user: str | None = Field(
+        default=None, description="The default user's name (None: the image's own, e.g. "
+        "debian); given to cloud-init as vendor-data, which the user-data may override")
 
 
 class VolumeAttachment(Wire):

@@ -191,7 +191,7 @@ def kernel_version(mountpoint: Path) -> str:
     return versions[-1]
 
 
-def grub_cfg(root_uuid: str, version: str) -> str:
+def grub_cfg(root_uuid: str, version: str, title: str = "Vauban node") -> str:
     """GRUB's menu for the installed system: one entry, consoles on VGA and serial."""
     return (
         "# written by the Vauban installer\n"
@@ -204,7 +204,7 @@ def grub_cfg(root_uuid: str, version: str) -> str:
         "insmod all_video\n"
         "insmod ext2\n"
         f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
-        "menuentry \"Vauban node\" {\n"
+        f"menuentry \"{title}\" {{\n"
         f"    linux /boot/vmlinuz-{version} root=UUID={root_uuid} {KERNEL_ARGS}\n"
         f"    initrd /boot/initrd.img-{version}\n"
         "}\n")
@@ -292,14 +292,14 @@ def install_grub_efi(esp: Path, mountpoint: Path, root_uuid: str, runner: Runner
 
 
 def install_grub(disk: Path, esp: Path, mountpoint: Path, root_uuid: str,
-                 runner: Runner = run) -> None:
+                 runner: Runner = run, title: str = "Vauban node") -> None:
     """GRUB from this (live) system onto the target, for BIOS and UEFI, then the menu
     in `mountpoint`/boot/grub/grub.cfg (written here: root by UUID, the installed
     kernel, consoles on VGA and serial)."""
     version = kernel_version(mountpoint)
     install_grub_bios(disk, mountpoint, root_uuid, runner)
     install_grub_efi(esp, mountpoint, root_uuid, runner)
-    (mountpoint / "boot/grub/grub.cfg").write_text(grub_cfg(root_uuid, version))
+    (mountpoint / "boot/grub/grub.cfg").write_text(grub_cfg(root_uuid, version, title))
 
 
 def write_disk(disk: Path, answers: Answers, mac: str, live_dir: Path, mountpoint: Path,

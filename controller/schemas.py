@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from agent.protocol import GpuTelemetry, MigState, StrictInput, UtcDatetime
+from controller.guest_input import check_ssh_keys, check_user_data
 
 
 def _in_utc(value: datetime) -> datetime:
@@ -234,7 +235,17 @@ class InstanceCreate(Input):
     memory_mib: int = Field(ge=64, le=4 * 1024 * 1024, examples=[1024])
     root_disk_gib: int | None = Field(default=None, ge=1, le=65536)
     hostname: str | None = Field(default=None, pattern=NAME_PATTERN, description="Default: name")
-    user_data: str = Field(default="", max_length=64 * 1024, description="cloud-init user-data")
+    user_data: Annotated[str, AfterValidator(check_user_data)] = Field(
+        default="", max_length=64 * 1024,
+        description="cloud-init user-data (#cloud-config must be a YAML mapping)")
+    ssh_keys: Annotated[list[str], AfterValidator(check_ssh_keys)] = Field(
+        default_factory=list, max_length=32,
+        examples=[["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… alice@laptop"]],
+        description="OpenSSH public keys the image's default user logs in with")
+    default_user: str | None = Field(
+        default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$", examples=["ops"],
+        description="Name of the image's default user (default: the image's own, e.g. "
+        "debian); the keys are its")
     node: str | None = Field(default=None, description="Pin to this node (name or id)")
     start: bool = Field(default=True, description="Start the VM once it is created")
     networks: list[str] = Field(
@@ -307,6 +318,8 @@ class Instance(Output):
     memory_mib: int
     root_disk_gib: int | None
     hostname: str
+    ssh_keys: list[str] = Field(default_factory=list, description="Its default user's keys")
+    default_user: str | None = Field(default=None, description="None: the image's own")
     error: str | None
     console_log: str | None
     ports: list[InstancePort] = Field(default_factory=list, description="NICs, in guest order")

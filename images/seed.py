@@ -41,11 +41,24 @@ def _yaml_str(value: str) -> str:
 
 
 def render_meta_data(seed: CloudInitSeed) -> str:
-    """Return the NoCloud `meta-data` document (YAML) for `seed`."""
-    return (
+    """Return the NoCloud `meta-data` document (YAML) for `seed`: its instance id, host
+    name and, when there are any, the default user's SSH keys (`public-keys`)."""
+    text = (
         f"instance-id: {_yaml_str(seed.instance_id)}\n"
         f"local-hostname: {_yaml_str(seed.hostname)}\n"
     )
+    if seed.public_keys:
+        text += "public-keys:\n" + "".join(f"  - {_yaml_str(k)}\n" for k in seed.public_keys)
+    return text
+
+
+def render_vendor_data(seed: CloudInitSeed) -> str | None:
+    """The NoCloud `vendor-data` (cloud-config) naming the default user, or None. The
+    platform's defaults go there, not into user-data: cloud-init lets the user-data
+    override them."""
+    if seed.default_user is None:
+        return None
+    return f"#cloud-config\nuser:\n  name: {_yaml_str(seed.default_user)}\n"
 
 
 def seed_files(seed: CloudInitSeed, network_config: str | None = None) -> list[SeedFile]:
@@ -57,6 +70,9 @@ def seed_files(seed: CloudInitSeed, network_config: str | None = None) -> list[S
         SeedFile("meta-data", "/META_DAT.;1", render_meta_data(seed).encode()),
         SeedFile("user-data", "/USER_DAT.;1", seed.user_data.encode()),
     ]
+    vendor = render_vendor_data(seed)
+    if vendor is not None:
+        files.append(SeedFile("vendor-data", "/VENDOR_D.;1", vendor.encode()))
     if network_config is not None:
         files.append(SeedFile("network-config", "/NETWORK_.;1", network_config.encode()))
     return files
@@ -87,8 +103,9 @@ def build_nocloud_seed(
     """Write a NoCloud seed ISO for `seed` to `dest`.
 
     The ISO (volume id `cidata`, ISO9660 + Joliet + Rock Ridge) holds `meta-data`
-    (`instance-id` and `local-hostname`), `user-data` (verbatim, UTF-8) and, when
-    `network_config` is given, `network-config` (verbatim, UTF-8).
+    (`instance-id`, `local-hostname`, `public-keys`), `user-data` (verbatim, UTF-8),
+    `vendor-data` when the seed names a default user and, when `network_config` is
+    given, `network-config` (verbatim, UTF-8).
 
     After success `dest` is the complete seed (replacing any previous file there,
     atomically: readers see the old or the new file, never a partial one). After

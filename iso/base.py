@@ -170,6 +170,13 @@ def _run(args: list[str], log: Path | None, env: dict[str, str] | None = None) -
 
 
 def _build_root(root: Path, roles: Path, log: Path | None) -> None:
+    bootstrap_root(root, packages(roles), log)
+
+
+def bootstrap_root(root: Path, wanted: Iterable[str], log: Path | None) -> None:
+    """Debian 12 in `root` (debootstrap, then apt in a chroot from the release, its updates
+    and security fixes) with `wanted` and no recommends; no host key, machine id or
+    hostname left in it, nor the mirror's indexes. CalledProcessError on a failed step."""
     _run(["debootstrap", "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_PACKAGES),
           SUITE, str(root), MIRROR], log)
     policy = root / "usr/sbin/policy-rc.d"
@@ -182,7 +189,7 @@ def _build_root(root: Path, roles: Path, log: Path | None) -> None:
         _run(["chroot", str(root), "apt-get", "update", "-q"], log, env)
         _run(["chroot", str(root), "apt-get", "dist-upgrade", "-y", "-q"], log, env)
         _run(["chroot", str(root), "apt-get", "install", "-y", "-q",
-              "--no-install-recommends", *packages(roles)], log, env)
+              "--no-install-recommends", *wanted], log, env)
         _run(["chroot", str(root), "apt-get", "clean"], log, env)
     policy.unlink()
     for lists in (root / "var/lib/apt/lists").glob("*_*"):

@@ -156,6 +156,10 @@ def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
         body["hostname"] = a.hostname
     if a.user_data:
         body["user_data"] = Path(a.user_data).read_text()
+    if a.ssh_key:
+        body["ssh_keys"] = [Path(f).read_text() for f in a.ssh_key]
+    if a.user:
+        body["default_user"] = a.user
     if a.node:
         body["node"] = a.node
     if a.network:
@@ -554,6 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--disk", type=int, help="root disk GiB (default: the image's size)")
     cr.add_argument("--hostname")
     cr.add_argument("--user-data", help="file with cloud-init user-data")
+    cr.add_argument("--ssh-key", action="append", metavar="FILE",
+                    help="an SSH public key file (.pub) the default user logs in with "
+                    "(repeatable)")
+    cr.add_argument("--user", help="the default user's name (default: the image's own, "
+                    "e.g. debian)")
     cr.add_argument("--node", help="place on this node")
     cr.add_argument("--network", action="append", metavar="NET[:IP]",
                     help="a NIC on this network, optionally with a fixed IP (repeatable)")

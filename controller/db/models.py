@@ -118,6 +118,8 @@ class Instance(Base):
     root_disk_gib: Mapped[int | None] = mapped_column(Integer, default=None)
     hostname: Mapped[str] = mapped_column(String(63))
     user_data: Mapped[str] = mapped_column(Text, default="")
+    ssh_keys: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    default_user: Mapped[str | None] = mapped_column(String(32), default=None)
     desired_power: Mapped[str] = mapped_column(String(16), default="running")
     power_seq: Mapped[int] = mapped_column(Integer, default=1)
     # how the node carries out power action power_seq: agent.protocol.PowerMode

@@ -25,6 +25,9 @@ from controller.secretbox import ensure_region_key
 # key types OpenSSH offers as host keys (DSA is long gone from OpenSSH)
 HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
                   "ecdsa-sha2-nistp521", "ssh-rsa")
+# what a user may log in with: the host key types and the security-key (FIDO) ones
+USER_KEY_TYPES = (*HOST_KEY_TYPES, "sk-ssh-ed25519@openssh.com",
+                  "sk-ecdsa-sha2-nistp256@openssh.com")
 
 
 class HostKeyError(ValueError):
@@ -114,12 +117,12 @@ def _publish(path: Path, data: bytes, replace: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def parse_public_key(line: str) -> tuple[str, bytes]:
-    """(key type, key blob) of an OpenSSH public key line ("TYPE BASE64 [comment]");
-    HostKeyError for anything else."""
+def parse_public_key(line: str, types: tuple[str, ...] = HOST_KEY_TYPES) -> tuple[str, bytes]:
+    """(key type, key blob) of an OpenSSH public key line ("TYPE BASE64 [comment]") of
+    one of `types`; HostKeyError for anything else."""
     fields = line.split()
-    if len(fields) < 2 or fields[0] not in HOST_KEY_TYPES:
-        raise HostKeyError(f"not an SSH public key of a known type ({', '.join(HOST_KEY_TYPES)})")
+    if len(fields) < 2 or fields[0] not in types:
+        raise HostKeyError(f"not an SSH public key of a known type ({', '.join(types)})")
     try:
         blob = base64.b64decode(fields[1], validate=True)
     except binascii.Error as e:

@@ -94,6 +94,8 @@ def create(db: Session, actor: str, body: InstanceCreate,
         root_disk_gib=body.root_disk_gib,
         hostname=body.hostname or body.name,
         user_data=body.user_data,
+        ssh_keys=body.ssh_keys,
+        default_user=body.default_user,
         desired_power="running" if body.start else "stopped",
         power_seq=1,
     )

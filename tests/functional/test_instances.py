@@ -60,7 +60,8 @@ def test_create_reaches_the_node_and_finishes_when_running(api: Api) -> None:
     [vm] = desired["vms"]
     assert vm["name"] == "web-1" and vm["power"] == "running"
     assert vm["seed"] == {"instance_id": vm["id"], "hostname": "web-1",
-                          "user_data": "#!/bin/sh\necho hi\n"}
+                          "user_data": "#!/bin/sh\necho hi\n", "public_keys": [],
+                          "default_user": None}
     assert vm["image"]["name"] == "tiny" and len(vm["image"]["sha256"]) == 64
     assert api.get("/api/v1/instances/web-1").json["state"] == "creating"
     api.report(node, [_observed(vm, ObservedVmState.RUNNING)], applied=desired["generation"])
@@ -171,6 +172,48 @@ def test_out_of_range_input_is_refused(api: Api, region: Region, body: dict[str,
     r = _create(api, **body)
     assert r.status_code == 422
     assert f"'{field}'" in r.json["detail"]
+    assert _count(region, Instance) == 0
+
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def test_the_default_users_keys_and_name_reach_the_seed(api: Api) -> None:
+    node = api.join_node("n1")
+    before = api.desired(node)["generation"]
+    r = _create(api, ssh_keys=[f"  {ED25519} alice@laptop\n"], default_user="ops",
+                hostname="web-host")
+    assert r.status_code == 202, r.json
+    [vm] = api.desired(node, after=before)["vms"]
+    assert vm["seed"]["public_keys"] == [f"{ED25519} alice@laptop"]  # stripped, comment kept
+    assert (vm["seed"]["default_user"], vm["seed"]["hostname"]) == ("ops", "web-host")
+    shown = api.get("/api/v1/instances/web-1").json
+    assert shown["ssh_keys"] == [f"{ED25519} alice@laptop"] and shown["default_user"] == "ops"
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"ssh_keys": ["-----BEGIN OPENSSH PRIVATE KEY-----"]},
+     "ssh key 1 ('-----BEGIN OPENSSH PRIVATE KEY-----'): not an SSH public key of a known "
+     "type"),
+    ({"ssh_keys": [ED25519, "ssh-ed25519 AAAA!!!"]}, "ssh key 2 ('ssh-ed25519 AAAA!!!'): the "
+     "key's base64 is damaged"),
+    ({"ssh_keys": [ED25519.replace("ssh-ed25519", "ssh-rsa")]}, "is not a ssh-rsa key"),
+    ({"ssh_keys": [f'command="/bin/sh" {ED25519}']}, "not an SSH public key"),
+    ({"ssh_keys": [f"{ED25519}\n{ED25519}"]}, "ssh key 1: one line"),
+    ({"user_data": "#cloud-config\nusers: [\n"}, "user-data is #cloud-config but not valid "
+     "YAML at line 3, column 1"),
+    ({"user_data": "#cloud-config\n- a list\n"}, "its YAML is not a mapping of keys"),
+    ({"user_data": "#cloud-config\n" + "a: b\n" * 14000}, "body field 'user_data'"),
+    ({"user_data": "#!/bin/sh\n# " + "é" * 33000}, "user-data is 66012 bytes; a VM's seed "
+     "takes at most 65536"),
+    ({"default_user": "Root!"}, "body field 'default_user'"),
+])
+def test_keys_and_user_data_that_cloud_init_cannot_use_are_refused(
+        api: Api, region: Region, body: dict[str, Any], words: str) -> None:
+    api.join_node("n1")
+    r = _create(api, **body)
+    assert r.status_code == 422, r.json
+    assert words in r.json["detail"], r.json["detail"]
     assert _count(region, Instance) == 0
 
 

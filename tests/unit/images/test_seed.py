@@ -8,6 +8,7 @@ import pathlib
 
 import pycdlib
 import pytest
+import yaml
 
 from agent.protocol import CloudInitSeed
 from images.seed import MIN_SEED_BYTES, build_nocloud_seed, render_meta_data
@@ -65,6 +66,26 @@ def test_network_config_is_added_when_given(tmp_path: pathlib.Path) -> None:
     _, _, files = _read(dest)
     assert set(files) == {"meta-data", "user-data", "network-config"}
     assert files["network-config"] == netcfg.encode()
+
+
+def test_keys_go_to_meta_data_and_the_default_user_to_vendor_data(
+        tmp_path: pathlib.Path) -> None:
+    """cloud-init reads NoCloud's meta-data public-keys for the default user, and lets
+    user-data override vendor-data: the platform's default user name is vendor-data."""
+    keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK alice@laptop", "ssh-rsa AAAAB3Nza: x"]
+    dest = tmp_path / "seed.iso"
+    build_nocloud_seed(SEED.model_copy(update={"public_keys": keys, "default_user": "ops"}),
+                       dest)
+    _, _, files = _read(dest)
+    assert set(files) == {"meta-data", "user-data", "vendor-data"}
+    meta = yaml.safe_load(files["meta-data"])
+    assert meta["public-keys"] == keys and meta["local-hostname"] == "web-1"
+    vendor = files["vendor-data"].decode()
+    assert vendor.startswith("#cloud-config\n")
+    assert yaml.safe_load(vendor) == {"user": {"name": "ops"}}
+    build_nocloud_seed(SEED, dest)  # no keys, no user name: neither appears
+    _, _, files = _read(dest)
+    assert set(files) == {"meta-data", "user-data"} and b"public-keys" not in files["meta-data"]
 
 
 def test_empty_user_data(tmp_path: pathlib.Path) -> None:
