@@ -23,7 +23,9 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # renew their certificate (POST /agent/v1/nodes/<id>/certificate)
 # 4: a desired VM carries `power_mode` (reboot, reset, forced stop); agents long-poll
 # console requests (GET /agent/v1/nodes/<id>/consoles) and dial back each console
-PROTOCOL_VERSION = 4
+# 5: the inventory carries the node's SSH host keys; a VM's seed its default user's keys
+# and name; an observed VM what its guest agent says (`guest`)
+PROTOCOL_VERSION = 5
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
 # version; a message without the header comes from a release before it, which spoke 1.
@@ -266,6 +268,26 @@ class DesiredState(Wire):
     )
 
 
+class GuestInterface(Wire):
+    """A network interface as the guest itself sees it."""
+
+    name: str = Field(max_length=64, examples=["eth0"])
+    mac: str | None = Field(default=None, max_length=64)
+    addresses: list[str] = Field(default_factory=list, max_length=64,
+                                 examples=[["10.77.0.10/24", "fe80::1/64"]])
+
+
+class GuestInfo(Wire):
+    """What the VM's own qemu-guest-agent says of it (None without an agent)."""
+
+    os_id: str | None = Field(default=None, max_length=64, examples=["debian"])
+    os_name: str | None = Field(default=None, max_length=256,
+                                examples=["Debian GNU/Linux 12 (bookworm)"])
+    os_version: str | None = Field(default=None, max_length=64, examples=["12"])
+    kernel_release: str | None = Field(default=None, max_length=128)
+    interfaces: list[GuestInterface] = Field(default_factory=list, max_length=64)
+
+
 class ObservedVm(Wire):
     """One VM as the agent observes it."""
 
@@ -282,6 +304,9 @@ class ObservedVm(Wire):
         default=None, description="Whether the root disk still depends on its image "
         "(reported once a flatten was asked for)")
     console_log: str | None = Field(default=None, description="Path of the serial log on the node")
+    guest: GuestInfo | None = Field(
+        default=None, description="What its guest agent reports (a running VM whose "
+        "qemu-guest-agent answers)")
 
 
 class ObservedVolume(Wire):

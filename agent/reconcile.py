@@ -534,7 +534,7 @@ class Reconciler:
             state = ObservedVmState.RUNNING if o.running else ObservedVmState.STOPPED
             result[o.id] = ObservedVm(
                 id=o.id, name=o.name, state=state, power_seq=o.power_seq,
-                console_log=str(o.console_log) if o.console_log else None,
+                console_log=str(o.console_log) if o.console_log else None, guest=o.guest,
             )
         for vm in self.desired.vms if self.desired else []:
             if vm.flatten_root and vm.id in result:

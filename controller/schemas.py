@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.protocol import GpuTelemetry, MigState, StrictInput, UtcDatetime
+from agent.protocol import GpuTelemetry, GuestInfo, MigState, StrictInput, UtcDatetime
 from controller.guest_input import check_ssh_keys, check_user_data
 
 
@@ -320,6 +320,9 @@ class Instance(Output):
     hostname: str
     ssh_keys: list[str] = Field(default_factory=list, description="Its default user's keys")
     default_user: str | None = Field(default=None, description="None: the image's own")
+    guest: GuestInfo | None = Field(
+        default=None, description="What its qemu-guest-agent last said: OS and the "
+        "addresses the guest has (None while no agent answers)")
     error: str | None
     console_log: str | None
     ports: list[InstancePort] = Field(default_factory=list, description="NICs, in guest order")

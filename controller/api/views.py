@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from agent.protocol import GuestInfo
 from controller import schemas
 from controller.db.models import (
     Instance,
@@ -56,6 +57,7 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
         image_id=i.image_id, image_name=i.image.name, vcpus=i.vcpus, memory_mib=i.memory_mib,
         root_disk_gib=i.root_disk_gib, hostname=i.hostname, ssh_keys=list(i.ssh_keys or []),
         default_user=i.default_user, error=i.observed_error,
+        guest=GuestInfo.model_validate(i.observed_guest) if i.observed_guest else None,
         console_log=i.console_log, created_at=i.created_at, updated_at=i.updated_at,
         ports=[schemas.InstancePort(network=p.network.name, mac=p.mac,
                                     addresses=_addresses(p),

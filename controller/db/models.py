@@ -131,6 +131,8 @@ class Instance(Base):
     observed_power_seq: Mapped[int] = mapped_column(Integer, default=0)
     observed_error: Mapped[str | None] = mapped_column(Text, default=None)
     console_log: Mapped[str | None] = mapped_column(Text, default=None)
+    # what its guest agent last said (agent.protocol.GuestInfo), None without one
+    observed_guest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

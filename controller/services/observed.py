@@ -52,6 +52,9 @@ def _observe(inst: Instance, vm: ObservedVm) -> None:
     inst.observed_power_seq = vm.power_seq
     inst.observed_error = vm.error
     inst.console_log = vm.console_log
+    guest = vm.guest.model_dump(mode="json") if vm.guest is not None else None
+    if inst.observed_guest != guest:  # most reports change nothing: no write then
+        inst.observed_guest = guest
 
 
 def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | None) -> None:

@@ -11,7 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from agent.protocol import ObservedVm, ObservedVmState, StorageStatus
+from agent.protocol import GuestInfo, GuestInterface, ObservedVm, ObservedVmState, StorageStatus
 from controller.app import create_app
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
@@ -189,6 +189,27 @@ def test_the_default_users_keys_and_name_reach_the_seed(api: Api) -> None:
     assert (vm["seed"]["default_user"], vm["seed"]["hostname"]) == ("ops", "web-host")
     shown = api.get("/api/v1/instances/web-1").json
     assert shown["ssh_keys"] == [f"{ED25519} alice@laptop"] and shown["default_user"] == "ops"
+
+
+def test_what_the_guest_agent_says_is_shown_and_goes_with_it(api: Api, region: Region) -> None:
+    node = api.join_node("n1")
+    before = api.desired(node)["generation"]
+    assert _create(api).status_code == 202
+    [vm] = api.desired(node, after=before)["vms"]
+    guest = GuestInfo(os_id="debian", os_name="Debian GNU/Linux 12 (bookworm)",
+                      os_version="12", interfaces=[GuestInterface(
+                          name="eth0", mac="52:54:00:00:00:01", addresses=["10.77.0.10/24"])])
+    running = _observed(vm, ObservedVmState.RUNNING)
+    api.report(node, [running.model_copy(update={"guest": guest})], applied=before + 1)
+    shown = api.get("/api/v1/instances/web-1").json
+    assert shown["guest"] == guest.model_dump(mode="json")
+    with region.reads() as db:
+        updated = db.scalars(select(Instance.updated_at)).one()
+    api.report(node, [running.model_copy(update={"guest": guest})], applied=before + 1)
+    with region.reads() as db:  # the same word again writes nothing
+        assert db.scalars(select(Instance.updated_at)).one() == updated
+    api.report(node, [running], applied=before + 1)  # the agent stopped answering
+    assert api.get("/api/v1/instances/web-1").json["guest"] is None
 
 
 @pytest.mark.parametrize("body, words", [

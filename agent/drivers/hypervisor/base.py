@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from agent.errors import DriverError
-from agent.protocol import ConsoleKind
+from agent.protocol import ConsoleKind, GuestInfo
 
 ROOT_DISK_TARGET = "vda"  # the disk a VM boots from; never hot-unplugged
 
@@ -106,6 +106,7 @@ class VmObservation:
     power_seq: int
     console_log: Path | None
     labels: dict[str, str] = field(default_factory=dict)  # as given in VmSpec.labels
+    guest: GuestInfo | None = None  # what its guest agent says, when one answers
 
 
 class ConsoleStream(Protocol):

@@ -16,9 +16,11 @@ from agent.drivers.hypervisor.libvirt.config import (
     DomainConfig,
     InstanceMetadata,
     disk_element_xml,
+    guest_agent_connected,
     parse_disks,
 )
 from agent.drivers.hypervisor.libvirt.driver import disk_config, disk_spec
+from agent.drivers.hypervisor.libvirt.guest import guest_info
 from agent.drivers.hypervisor.libvirt.secrets import decode_key, secret_xml
 
 VM_ID = "6f1c0d5e-5b5e-4d8e-9a36-0d7c3f1b2a10"
@@ -79,6 +81,34 @@ def test_tcg_domain_renders_every_element() -> None:
     assert at(graphics, "listen").get("address") == "127.0.0.1"
     assert at(root, "devices/rng").get("model") == "virtio"
     assert at(root, "devices/memballoon").get("model") == "none"
+    channel = at(root, "devices/channel")  # the guest agent's port, its socket libvirt's
+    assert channel.get("type") == "unix" and at(channel, "source").get("mode") == "bind"
+    assert at(channel, "target").attrib == {"type": "virtio", "name": "org.qemu.guest_agent.0"}
+
+
+def test_the_guest_agent_counts_as_connected_only_when_libvirt_says_so() -> None:
+    live = make_config().to_xml()
+    assert not guest_agent_connected(live)  # as defined: no state yet
+    for state, connected in (("connected", True), ("disconnected", False)):
+        xml = live.replace('name="org.qemu.guest_agent.0"',
+                           f'name="org.qemu.guest_agent.0" state="{state}"')
+        assert guest_agent_connected(xml) is connected
+
+
+def test_guest_info_keeps_the_guests_own_view_without_loopback() -> None:
+    info = guest_info(
+        {"os.id": "debian", "os.pretty-name": "Debian GNU/Linux 12 (bookworm)",
+         "os.version-id": "12", "os.kernel-release": "6.1.0-57-cloud-amd64"},
+        {"lo": {"hwaddr": "00:00:00:00:00:00", "addrs": [{"addr": "127.0.0.1", "prefix": 8}]},
+         "eth0": {"hwaddr": "52:54:00:12:34:56", "addrs": [
+             {"type": 0, "addr": "10.77.0.10", "prefix": 24},
+             {"type": 1, "addr": "fe80::5054:ff:fe12:3456", "prefix": 64}]},
+         "eth1": {"hwaddr": None, "addrs": None}})
+    assert (info.os_id, info.os_name, info.os_version, info.kernel_release) == (
+        "debian", "Debian GNU/Linux 12 (bookworm)", "12", "6.1.0-57-cloud-amd64")
+    assert [(i.name, i.mac, i.addresses) for i in info.interfaces] == [
+        ("eth0", "52:54:00:12:34:56", ["10.77.0.10/24", "fe80::5054:ff:fe12:3456/64"]),
+        ("eth1", None, [])]
 
 
 def test_kvm_domain_passes_the_host_cpu_through() -> None:

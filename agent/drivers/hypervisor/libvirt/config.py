@@ -20,6 +20,7 @@ ET.register_namespace(NS_PREFIX, NS)  # so rendered XML says vauban:, not ns0:
 VirtType = Literal["kvm", "qemu"]
 DiskFormat = Literal["raw", "qcow2"]
 CEPH_MON_PORT = 6789  # a monitor's port when libvirt's XML gives none (msgr v1)
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 _MEMORY_UNITS_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
                      "m": 1024, "mib": 1024, "mb": 1000**2 / 1024,
@@ -169,6 +170,16 @@ def _rbd_source(disk: ET.Element, source: ET.Element) -> RbdSource:
                      secret_usage=secret.get("usage", ""))
 
 
+def guest_agent_connected(domain_xml: str) -> bool:
+    """Whether the live XML shows the guest agent's channel connected (libvirt tracks the
+    guest end opening and closing its port)."""
+    for channel in ET.fromstring(domain_xml).findall("devices/channel"):
+        target = channel.find("target")
+        if target is not None and target.get("name") == GUEST_AGENT_CHANNEL:
+            return target.get("state") == "connected"
+    return False
+
+
 def disk_element_xml(domain_xml: str, target: str) -> str | None:
     """The <disk> element (any kind) whose target is `target` in a domain XML, or None."""
     for disk in ET.fromstring(domain_xml).findall("devices/disk"):
@@ -306,6 +317,11 @@ class DomainConfig:
         _sub(serial, "target", port="0")
         graphics = _sub(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
         _sub(graphics, "listen", type="address", address="127.0.0.1")
+        # the qemu-guest-agent's port (libvirt picks the socket): a guest with the agent
+        # reports its addresses and OS, shuts down cleanly and freezes for snapshots
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "source", mode="bind")
+        _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
         rng = _sub(devices, "rng", model="virtio")
         _sub(rng, "backend", "/dev/urandom", model="random")
         # libvirt adds a balloon unless told not to; nothing here drives one.

@@ -26,11 +26,12 @@ from agent.drivers.hypervisor.libvirt.config import (
     HostdevConfig,
     InstanceMetadata,
     NicConfig,
+    guest_agent_connected,
     parse_disks,
 )
 from agent.drivers.hypervisor.libvirt.guest import Guest
 from agent.drivers.hypervisor.libvirt.host import Host
-from agent.protocol import ConsoleKind
+from agent.protocol import ConsoleKind, GuestInfo
 from agent.revert import Reverter
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # busy 2-core node a guest's ACPI hot-unplug takes a second or two; a guest that
 # ignores the request (no OS, hung kernel) would otherwise be waited on forever.
 DETACH_TIMEOUT_S = 60.0
+GUEST_INFO_REFRESH_S = 15.0  # how often a running VM's guest agent is asked again
 VIRTIO_TARGET = re.compile(r"vd[a-z]{1,3}")
 
 
@@ -65,6 +67,8 @@ class LibvirtDriver(HypervisorDriver):
         self.accelerated = accelerated
         self.detach_timeout = detach_timeout
         self.host = Host(uri)
+        # vm id -> (when asked, what its guest agent said); one entry per VM of the node
+        self._guest_cache: dict[str, tuple[float, GuestInfo | None]] = {}
 
     def info(self) -> HypervisorInfo:
         return HypervisorInfo(
@@ -108,7 +112,7 @@ class LibvirtDriver(HypervisorDriver):
 
     def list_vms(self) -> list[VmObservation]:
         """Every domain carrying our metadata; foreign domains are skipped."""
-        vms = []
+        vms: list[VmObservation] = []
         for dom in self.host.list_domains():
             try:
                 vm = self._observe(Guest(self.host, dom))
@@ -118,6 +122,9 @@ class LibvirtDriver(HypervisorDriver):
                 raise
             if vm is not None:
                 vms.append(vm)
+        listed = {vm.id for vm in vms}
+        for gone in [vm_id for vm_id in self._guest_cache if vm_id not in listed]:
+            del self._guest_cache[gone]
         return vms
 
     def _observe(self, guest: Guest) -> VmObservation | None:
@@ -129,9 +136,27 @@ class LibvirtDriver(HypervisorDriver):
             console_log: Path | None = DomainConfig.from_xml(xml).console_log
         except (ValueError, ET.ParseError):
             console_log = None  # ours, but edited by hand beyond what we parse
-        return VmObservation(id=md.instance_id, name=guest.name, running=guest.is_running(),
+        running = guest.is_running()
+        return VmObservation(id=md.instance_id, name=guest.name, running=running,
                              power_seq=md.power_seq, console_log=console_log,
-                             labels=dict(md.labels))
+                             labels=dict(md.labels),
+                             guest=self._guest_info(md.instance_id, guest, xml) if running
+                             else None)
+
+    def _guest_info(self, vm_id: str, guest: Guest, xml: str) -> GuestInfo | None:
+        """The guest agent's report while its channel is connected, asked again at most
+        every GUEST_INFO_REFRESH_S per VM (a report lists every VM: each agent is not
+        asked each time, and one that does not answer costs its timeout that often)."""
+        if not guest_agent_connected(xml):
+            self._guest_cache.pop(vm_id, None)
+            return None
+        now = time.monotonic()
+        cached = self._guest_cache.get(vm_id)
+        if cached is not None and now - cached[0] < GUEST_INFO_REFRESH_S:
+            return cached[1]
+        info = guest.agent_info()
+        self._guest_cache[vm_id] = (now, info)
+        return info
 
     def define(self, spec: VmSpec) -> None:
         """Define a persistent, stopped VM; on failure nothing is defined."""

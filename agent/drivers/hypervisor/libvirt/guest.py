@@ -14,8 +14,10 @@ from agent.drivers.hypervisor.libvirt.config import (
     NS_PREFIX,
     InstanceMetadata,
     disk_element_xml,
+    guest_agent_connected,
 )
 from agent.drivers.hypervisor.libvirt.host import Host
+from agent.protocol import GuestInfo, GuestInterface
 
 T = TypeVar("T")
 
@@ -23,6 +25,7 @@ POLL_INTERVAL = 0.1
 DEVICE_POLL_INTERVAL = 0.2  # reading the live XML costs more than reading the state
 BUTTON_REPEAT_S = 5.0  # how often the ACPI power button is pressed again during a stop
 FORCE_OFF_TIMEOUT = 30.0  # how long a forced power-off may take to show as "shut off"
+GUEST_AGENT_TIMEOUT_S = 3  # a guest agent that does not answer in time is taken as absent
 
 # Also drop managed save images, snapshot/checkpoint metadata and UEFI vars:
 # without these flags libvirt refuses to undefine a domain that has any of them.
@@ -146,11 +149,38 @@ class Guest:
         self._call("reset", lambda: self._dom.reset(0))
 
     def _press_power_button(self) -> None:
+        """Ask the guest to power off: through its guest agent when one is connected
+        (libvirt falls back to the ACPI button when the agent fails), else the button."""
+        flags = libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
         try:
-            self._dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            if guest_agent_connected(self.xml()):
+                self._set_agent_timeout()
+                flags |= libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
+        except HypervisorError:
+            pass  # stopped meanwhile: the button below says so, or does nothing
+        try:
+            self._dom.shutdownFlags(flags)
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # stopped meanwhile
                 raise self._host.error(f"shut down {self.name}", e) from e
+
+    def _set_agent_timeout(self) -> None:
+        try:
+            self._dom.agentSetResponseTimeout(GUEST_AGENT_TIMEOUT_S, 0)
+        except libvirt.libvirtError:
+            pass  # an older libvirt: its default timeout applies
+
+    def agent_info(self) -> GuestInfo | None:
+        """What the guest agent says of the guest's OS and network interfaces; None when
+        it did not answer within GUEST_AGENT_TIMEOUT_S (or there is none)."""
+        self._set_agent_timeout()
+        try:
+            interfaces = self._dom.interfaceAddresses(
+                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
+            info = self._dom.guestInfo(libvirt.VIR_DOMAIN_GUEST_INFO_OS, 0)
+        except libvirt.libvirtError:
+            return None  # no agent in the guest after all, or a busy one: asked again later
+        return guest_info(info, interfaces)
 
     def undefine(self) -> None:
         """Force it off if needed and remove its definition (and managed save, snapshots, nvram).
@@ -221,3 +251,26 @@ class Guest:
                 return False
             time.sleep(DEVICE_POLL_INTERVAL)
         return True
+
+
+def guest_info(os_info: dict[str, str], interfaces: dict[str, dict[str, object]]) -> GuestInfo:
+    """GuestInfo from libvirt's guestInfo(OS) and interfaceAddresses(AGENT) answers
+    (loopback left out; what does not fit the bounds is cut, never refused)."""
+    found = []
+    for name, iface in sorted(interfaces.items()):
+        if name == "lo":
+            continue
+        addrs = iface.get("addrs") or []
+        addresses = [f"{a['addr']}/{a['prefix']}" for a in addrs  # type: ignore[attr-defined]
+                     if isinstance(a, dict) and a.get("addr")]
+        mac = iface.get("hwaddr")
+        found.append(GuestInterface(name=name[:64], mac=str(mac)[:64] if mac else None,
+                                    addresses=addresses[:64]))
+
+    def field(key: str, limit: int) -> str | None:
+        value = os_info.get(key)
+        return str(value)[:limit] if value else None
+
+    return GuestInfo(os_id=field("os.id", 64), os_name=field("os.pretty-name", 256),
+                     os_version=field("os.version-id", 64),
+                     kernel_release=field("os.kernel-release", 128), interfaces=found[:64])
