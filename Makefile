@@ -18,7 +18,7 @@ TESTGUEST := $(VAR)/images/testguest.raw
 # make up STORAGE=ceph: VM disks and volumes on a single-node Ceph cluster under var/ceph
 STORAGE ?= localfs
 
-.PHONY: up down test deps venv image lint unit bench clean lab lab-down dist iso ui-vendor screenshots
+.PHONY: up down test deps venv image image-debian lint unit bench clean lab lab-down dist iso ui-vendor screenshots
 
 up: deps image
 	$(PY) -m agent.hostprep
@@ -102,6 +102,11 @@ $(VENV)/.installed: pyproject.toml $(VAR)/.apt-done
 # the builder keeps its own stamp of every input and returns at once when nothing changed
 image: venv
 	$(PY) -m images.testguest.build --out $(TESTGUEST) --cache $(VAR)/cache/testguest
+
+# Debian 12 cloud image (cloud-init, qemu-guest-agent), cached by input hash outside the checkout
+image-debian: deps
+	mkdir -p $(VAR)/log
+	$(PY) -m images.debian --out $(VAR)/images/debian-12.qcow2 --log $(VAR)/log/image-debian.log
 
 clean: down
 	rm -rf $(VAR)/cache $(VAR)/images

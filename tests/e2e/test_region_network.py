@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.drivers.network.base import bridge_name
+from tests.e2e.probes import ip, pings, probe_namespace  # noqa: F401  (a fixture)
 from tests.e2e.region import E2ERegion, console_has, domain_exists, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,31 +26,8 @@ def region(libvirtd: list[int], testguest_image: Path) -> Iterator[E2ERegion]:
         yield r
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@pytest.fixture
-def probe_namespace() -> Iterator[tuple[str, str]]:
-    """A namespace of this test with one veth end in it; yields (namespace, host end)."""
-    tag = uuid.uuid4().hex[:6]
-    ns, host_end = f"vbt-{tag}", f"vbt-{tag}-h"
-    ip("netns", "add", ns)
-    try:
-        ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        yield ns, host_end
-    finally:
-        subprocess.run(["ip", "link", "del", host_end], check=False, capture_output=True)
-        ip("netns", "del", ns)
-
-
-def pings(ns: str, address: str, count: int = 1) -> bool:
-    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-W", "1",
-                           address], capture_output=True, check=False).returncode == 0
-
-
 def test_vm_on_a_tenant_network_answers_ping_as_its_security_group_allows(
-        region: E2ERegion, probe_namespace: tuple[str, str]) -> None:
+        region: E2ERegion, probe_namespace: tuple[str, str]) -> None:  # noqa: F811
     tag = uuid.uuid4().hex[:6]
     net, name, group = f"net-{tag}", f"nic-{tag}", f"sg-{tag}"
     region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.77.0.0/24",

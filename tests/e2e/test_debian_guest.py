@@ -1,0 +1,123 @@
+"""End to end with a real cloud image: the Debian 12 image `make image-debian` builds boots
+on a tenant network, cloud-init sets it up from its seed (host name, fixed address, the
+default user's name and SSH key), the test logs in over SSH with that key, the guest's
+host key pinned from what cloud-init printed on the serial console, and what the guest
+agent says reaches `vauban vm show`.
+
+Traffic goes only to the VM's address on the test's own network, from a namespace of
+the test plugged into the node's bridge for that network.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.drivers.network.base import bridge_name
+from images import debian
+from tests.e2e.probes import ip, probe_namespace  # noqa: F401  (a fixture)
+from tests.e2e.region import E2ERegion, domain_exists, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# safety nets under TCG on a loaded 2-core machine, never timing checks
+BOOT_DEADLINE_S = 900
+HOST_KEYS = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----\r?\n(.*?)-----END SSH HOST KEY KEYS",
+                       re.S)
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> Path:
+    """The image of `make image-debian` (built once, cached by the hash of its inputs)."""
+    return debian.build()
+
+
+@pytest.fixture(scope="module")
+def region(libvirtd: list[int], testguest_image: Path) -> Iterator[E2ERegion]:
+    with E2ERegion.running(testguest_image) as r:
+        yield r
+
+
+def _console(vm: dict[str, Any]) -> str:
+    try:
+        return Path(vm["console_log"]).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ssh(ns: str, key: Path, known_hosts: Path, target: str, command: str
+         ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "ssh", "-i", str(key), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+         "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", target, command],
+        capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
+        region: E2ERegion, debian_image: Path, probe_namespace: tuple[str, str],  # noqa: F811
+        tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:6]
+    net, name, group, image = f"dnet-{tag}", f"deb-{tag}", f"dsg-{tag}", f"debian-{tag}"
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    region.cli("image", "import", str(debian_image), "--name", image, "--min-disk", "2")
+    region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.78.0.0/24",
+               "--gateway", "10.78.0.1")
+    region.cli("security-group", "create", group)
+    region.cli("security-group", "rule", "add", group, "--direction", "ingress",
+               "--protocol", "tcp", "--port", "22", "--remote-cidr", "10.78.0.200/32")
+    region.cli("vm", "create", name, "--image", image, "--cpus", "1", "--memory", "768",
+               "--network", f"{net}:10.78.0.10", "--security-group", group,
+               "--ssh-key", f"{key}.pub", "--user", "ops", "--hostname", f"host-{tag}",
+               "--wait")
+    vm = region.vm(name)
+    try:
+        found = wait_for(lambda: HOST_KEYS.search(_console(vm)), BOOT_DEADLINE_S,
+                         "cloud-init to print the guest's SSH host keys on its console")
+        assert found
+        keys = [line.split()[:2] for line in found.group(1).splitlines() if line.strip()]
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text("".join(f"10.78.0.10 {kind} {blob}\n" for kind, blob in keys))
+
+        ns, host_end = probe_namespace
+        network = json.loads(region.cli("network", "show", net))
+        ip("link", "set", host_end, "master", bridge_name(network["id"]), "up")
+        ip("-n", ns, "addr", "add", "10.78.0.200/24", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        command = "hostname; ip -4 -o address show scope global; cloud-init status --wait"
+
+        def log_in() -> subprocess.CompletedProcess[str] | None:
+            done = _ssh(ns, key, known_hosts, "ops@10.78.0.10", command)
+            return done if done.returncode == 0 else None
+        logged_in = wait_for(log_in, BOOT_DEADLINE_S, "ops to log in over SSH with the key",
+                             interval=2.0)
+        lines = logged_in.stdout.splitlines()
+        assert lines[0] == f"host-{tag}"
+        assert "10.78.0.10/24" in logged_in.stdout and "status: done" in logged_in.stdout
+        stranger = tmp_path / "stranger"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                       check=True)
+        assert _ssh(ns, stranger, known_hosts, "ops@10.78.0.10", "true").returncode == 255
+
+        def agent_says() -> dict[str, Any] | None:
+            guest = region.vm(name).get("guest")
+            addresses = [a for i in (guest or {}).get("interfaces", []) for a in i["addresses"]]
+            return guest if "10.78.0.10/24" in addresses else None
+        guest = wait_for(agent_says, BOOT_DEADLINE_S,
+                         "the guest agent's addresses in vauban vm show")
+        assert guest is not None and guest["os_id"] == "debian"
+        assert guest["os_name"] == "Debian GNU/Linux 12 (bookworm)"
+    finally:
+        region.cli("vm", "delete", name, "--wait")
+    assert not domain_exists(vm["id"])
+    region.cli("security-group", "delete", group)
+    region.cli("network", "delete", net)
+    region.cli("image", "delete", image)
