@@ -24,7 +24,8 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # 4: a desired VM carries `power_mode` (reboot, reset, forced stop); agents long-poll
 # console requests (GET /agent/v1/nodes/<id>/consoles) and dial back each console
 # 5: the inventory carries the node's SSH host keys; a VM's seed its default user's keys
-# and name; an observed VM what its guest agent says (`guest`)
+# and name; an observed VM what its guest agent says (`guest`); a desired VM its
+# virtual hardware (`machine`: firmware, Secure Boot, machine type, disk bus)
 PROTOCOL_VERSION = 5
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
@@ -216,6 +217,18 @@ class DesiredVgpu(Wire):
     type_id: str = Field(examples=["nvidia-1030"])
 
 
+class MachineSpec(Wire):
+    """The virtual hardware a VM boots on."""
+
+    firmware: Literal["bios", "uefi"] = "bios"
+    secure_boot: bool = Field(default=False, description="UEFI with Secure Boot on "
+                              "(Microsoft's keys enrolled); needs machine q35")
+    machine: Literal["i440fx", "q35"] = "i440fx"
+    disk_bus: Literal["virtio-blk", "virtio-scsi"] = Field(
+        default="virtio-blk", description="Bus of the root disk and the seed (volumes "
+        "plugged in later are virtio-blk); discard reaches the storage either way")
+
+
 class DesiredVm(Wire):
     """One VM as the controller wants it on this node."""
 
@@ -239,6 +252,7 @@ class DesiredVm(Wire):
         "(ACPI shutdown, then start) and reset restart a running VM and start a stopped one "
         "(power is then running); force stops without a grace period (power is then stopped)")
     seed: CloudInitSeed
+    machine: MachineSpec = Field(default_factory=MachineSpec)
     volumes: list[VolumeAttachment] = Field(default_factory=list)
     flatten_root: bool = Field(
         default=False, description="Make the root disk independent of its image (copy its data)")

@@ -8,6 +8,7 @@ state has been received from the controller.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -374,9 +375,15 @@ class Reconciler:
                                network_config=network_config(vm.ports) if vm.ports else None)
             self._step(vm.id, 70)
             hostdevs = self._claim_gpus(vm, revert)
+            scsi = vm.machine.disk_bus == "virtio-scsi"
+            if scsi:  # the root and the seed on the virtio-scsi controller
+                root = dataclasses.replace(root, target="sda", bus="scsi")
+            seed_disk = DiskSpec(source=seed, format="raw", target="sdb" if scsi else "vdb",
+                                 readonly=True, bus="scsi" if scsi else "virtio")
             spec = VmSpec(
                 id=vm.id, name=f"vauban-{vm.name}", vcpus=vm.vcpus, memory_mib=vm.memory_mib,
-                disks=(root, DiskSpec(source=seed, format="raw", target="vdb", readonly=True)),
+                disks=(root, seed_disk), firmware=vm.machine.firmware,
+                secure_boot=vm.machine.secure_boot, machine=vm.machine.machine,
                 console_log=self.console_log(vm.id), power_seq=0,
                 labels={OWNER_LABEL: self.owner},
                 nics=tuple(NicSpec(mac=p.mac, bridge=bridge_name(p.network_id), mtu=p.mtu,

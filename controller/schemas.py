@@ -15,7 +15,14 @@ from pydantic import (
     model_validator,
 )
 
-from agent.protocol import GpuTelemetry, GuestInfo, MigState, StrictInput, UtcDatetime
+from agent.protocol import (
+    GpuTelemetry,
+    GuestInfo,
+    MachineSpec,
+    MigState,
+    StrictInput,
+    UtcDatetime,
+)
 from controller.guest_input import check_ssh_keys, check_user_data
 
 
@@ -194,11 +201,18 @@ class ImageImportQuery(Input):
     project: str | None = PROJECT_INPUT
     public: bool = Field(default=False, description="Shared read-only with every project "
                          "(operators and region admins); else the project's own")
+    firmware: Literal["bios", "uefi", "bios,uefi"] = Field(
+        default="bios", description="The firmware it boots with: an image with an EFI "
+        "system partition boots with UEFI")
+    secure_boot: bool = Field(default=False, description="Its boot chain is signed for "
+                              "Secure Boot (shim and a signed kernel); needs uefi")
 
     @model_validator(mode="after")
     def _public_or_project(self) -> ImageImportQuery:
         if self.public and self.project is not None:
             raise ValueError("a public image belongs to no project: give public or project")
+        if self.secure_boot and "uefi" not in self.firmware:
+            raise ValueError("secure_boot is a UEFI feature: give firmware uefi or bios,uefi")
         return self
 
 
@@ -214,6 +228,8 @@ class Image(Output):
     sha256: str
     os: str | None
     min_disk_gib: int
+    firmware: str = Field(default="bios", examples=["bios,uefi"])
+    secure_boot: bool = False
     created_at: UtcDatetime
 
 
@@ -246,6 +262,12 @@ class InstanceCreate(Input):
         default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$", examples=["ops"],
         description="Name of the image's default user (default: the image's own, e.g. "
         "debian); the keys are its")
+    firmware: Literal["bios", "uefi"] = "bios"
+    secure_boot: bool = Field(default=False, description="UEFI Secure Boot (needs firmware "
+                              "uefi, machine q35 and an image signed for it)")
+    machine: Literal["i440fx", "q35"] = "i440fx"
+    disk_bus: Literal["virtio-blk", "virtio-scsi"] = Field(
+        default="virtio-blk", description="Bus of the root disk (volumes are virtio-blk)")
     node: str | None = Field(default=None, description="Pin to this node (name or id)")
     start: bool = Field(default=True, description="Start the VM once it is created")
     networks: list[str] = Field(
@@ -262,6 +284,12 @@ class InstanceCreate(Input):
     vgpu: str | None = Field(
         default=None, min_length=1, max_length=64, examples=["H100XM-10C"],
         description="A vGPU of this type (name or id, e.g. nvidia-1030) instead of whole GPUs")
+
+    @model_validator(mode="after")
+    def _secure_boot_needs(self) -> InstanceCreate:
+        if self.secure_boot and (self.firmware != "uefi" or self.machine != "q35"):
+            raise ValueError("secure_boot needs firmware uefi and machine q35")
+        return self
 
     @model_validator(mode="after")
     def _one_kind_of_gpu(self) -> InstanceCreate:
@@ -323,6 +351,7 @@ class Instance(Output):
     guest: GuestInfo | None = Field(
         default=None, description="What its qemu-guest-agent last said: OS and the "
         "addresses the guest has (None while no agent answers)")
+    machine: MachineSpec = Field(default_factory=MachineSpec)
     error: str | None
     console_log: str | None
     ports: list[InstancePort] = Field(default_factory=list, description="NICs, in guest order")

@@ -19,6 +19,7 @@ from controller.db.models import (
     Volume,
 )
 from controller.services import networks, operations, scheduler, security_groups, tenancy
+from controller.services.desired import machine_spec
 from controller.services.instances import display_state
 from controller.services.nodes import node_state
 from controller.services.volumes import display_state as volume_state
@@ -58,6 +59,7 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
         root_disk_gib=i.root_disk_gib, hostname=i.hostname, ssh_keys=list(i.ssh_keys or []),
         default_user=i.default_user, error=i.observed_error,
         guest=GuestInfo.model_validate(i.observed_guest) if i.observed_guest else None,
+        machine=machine_spec(i),
         console_log=i.console_log, created_at=i.created_at, updated_at=i.updated_at,
         ports=[schemas.InstancePort(network=p.network.name, mac=p.mac,
                                     addresses=_addresses(p),

@@ -119,6 +119,10 @@ def cmd_image_import(c: Client, a: argparse.Namespace) -> int:
                               "sha256": h.hexdigest(), "min_disk_gib": a.min_disk}
     if a.os:
         params["os"] = a.os
+    if a.firmware:
+        params["firmware"] = a.firmware
+    if a.secure_boot:
+        params["secure_boot"] = "true"
     if a.project:
         params["project"] = a.project
     if a.public:
@@ -160,6 +164,11 @@ def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
         body["ssh_keys"] = [Path(f).read_text() for f in a.ssh_key]
     if a.user:
         body["default_user"] = a.user
+    for option in ("firmware", "machine", "disk_bus"):
+        if getattr(a, option):
+            body[option] = getattr(a, option)
+    if a.secure_boot:
+        body["secure_boot"] = True
     if a.node:
         body["node"] = a.node
     if a.network:
@@ -543,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--format", choices=["raw", "qcow2"], help="default: detected")
     imp.add_argument("--os")
     imp.add_argument("--min-disk", type=int, default=1, help="GiB")
+    imp.add_argument("--firmware", choices=["bios", "uefi", "bios,uefi"],
+                     help="the firmware it boots with (default: bios)")
+    imp.add_argument("--secure-boot", action="store_true",
+                     help="its boot chain is signed for Secure Boot")
     owner = imp.add_mutually_exclusive_group()
     owner.add_argument("--project", help=PROJECT_HELP)
     owner.add_argument("--public", action="store_true",
@@ -563,6 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(repeatable)")
     cr.add_argument("--user", help="the default user's name (default: the image's own, "
                     "e.g. debian)")
+    cr.add_argument("--firmware", choices=["bios", "uefi"], help="default: bios")
+    cr.add_argument("--secure-boot", action="store_true",
+                    help="UEFI Secure Boot (with --firmware uefi --machine q35)")
+    cr.add_argument("--machine", choices=["i440fx", "q35"], help="default: i440fx")
+    cr.add_argument("--disk-bus", choices=["virtio-blk", "virtio-scsi"],
+                    help="the root disk's bus (default: virtio-blk)")
     cr.add_argument("--node", help="place on this node")
     cr.add_argument("--network", action="append", metavar="NET[:IP]",
                     help="a NIC on this network, optionally with a fixed IP (repeatable)")

@@ -88,6 +88,10 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     os: Mapped[str | None] = mapped_column(String(63), default=None)
     min_disk_gib: Mapped[int] = mapped_column(Integer, default=1)
+    # the firmware it boots with ("bios", "uefi" or "bios,uefi"), and whether its boot
+    # chain is signed for Secure Boot: as its importer said
+    firmware: Mapped[str] = mapped_column(String(16), default="bios", server_default="bios")
+    secure_boot: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -120,6 +124,12 @@ class Instance(Base):
     user_data: Mapped[str] = mapped_column(Text, default="")
     ssh_keys: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     default_user: Mapped[str | None] = mapped_column(String(32), default=None)
+    # its virtual hardware: agent.protocol.MachineSpec
+    firmware: Mapped[str] = mapped_column(String(8), default="bios", server_default="bios")
+    secure_boot: Mapped[bool] = mapped_column(Boolean, default=False)
+    machine: Mapped[str] = mapped_column(String(8), default="i440fx", server_default="i440fx")
+    disk_bus: Mapped[str] = mapped_column(String(16), default="virtio-blk",
+                                          server_default="virtio-blk")
     desired_power: Mapped[str] = mapped_column(String(16), default="running")
     power_seq: Mapped[int] = mapped_column(Integer, default=1)
     # how the node carries out power action power_seq: agent.protocol.PowerMode

@@ -18,6 +18,7 @@ from agent.protocol import (
     DesiredVm,
     DesiredVolume,
     ImageRef,
+    MachineSpec,
     NetworkKind,
     PowerMode,
     PowerState,
@@ -202,6 +203,7 @@ def _vm(i: Instance, volumes: list[VolumeAttachment], ports: list[DesiredPort]) 
         power_mode=PowerMode(i.power_mode),
         seed=CloudInitSeed(instance_id=i.id, hostname=i.hostname, user_data=i.user_data,
                            public_keys=list(i.ssh_keys or []), default_user=i.default_user),
+        machine=machine_spec(i),
         volumes=volumes,
         flatten_root=i.flatten_root,
         ports=ports,
@@ -209,3 +211,9 @@ def _vm(i: Instance, volumes: list[VolumeAttachment], ports: list[DesiredPort]) 
         vgpus=[DesiredVgpu(uuid=v.id, parent=v.parent_address, type_id=v.type_id)
                for v in i.vgpus],
     )
+
+
+def machine_spec(i: Instance) -> MachineSpec:
+    """The instance's virtual hardware, as its row holds it."""
+    return MachineSpec.model_validate({"firmware": i.firmware, "secure_boot": i.secure_boot,
+                                       "machine": i.machine, "disk_bus": i.disk_bus})

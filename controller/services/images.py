@@ -127,7 +127,7 @@ def record(db: Session, actor: str, image_id: str, meta: ImageImportQuery, size:
         id=image_id, name=meta.name, project_id=project_id, disk_format=meta.disk_format,
         size_bytes=size,
         virtual_size_bytes=virtual, sha256=meta.sha256, os=meta.os,
-        min_disk_gib=meta.min_disk_gib,
+        min_disk_gib=meta.min_disk_gib, firmware=meta.firmware, secure_boot=meta.secure_boot,
     )
     db.add(image)
     audit.record(db, actor, "image.import", f"image/{image_id}", name=meta.name, size=size)

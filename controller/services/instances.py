@@ -63,6 +63,7 @@ def create(db: Session, actor: str, body: InstanceCreate,
     image = tenancy.find_input(db, Image, body.image, "image", project.id, shared=True,
                                hint=" (see 'vauban image list')")
     _check_disk(body.root_disk_gib, image)
+    _check_firmware(body, image)
     attachments = networks.resolve_attachments(db, body.networks, project.id)
     if body.security_groups is not None and not body.networks:
         raise InvalidInput("security_groups apply to the VM's NICs; give networks too")
@@ -96,6 +97,10 @@ def create(db: Session, actor: str, body: InstanceCreate,
         user_data=body.user_data,
         ssh_keys=body.ssh_keys,
         default_user=body.default_user,
+        firmware=body.firmware,
+        secure_boot=body.secure_boot,
+        machine=body.machine,
+        disk_bus=body.disk_bus,
         desired_power="running" if body.start else "stopped",
         power_seq=1,
     )
@@ -127,6 +132,21 @@ def _pinned_node(db: Session, ref: str | None) -> str | None:
 def _root_disk_gib(root_disk_gib: int | None, image: Image) -> int:
     """The root disk's size: as asked, else the image's virtual size (what the node makes)."""
     return root_disk_gib or math.ceil(image.virtual_size_bytes / GIB)
+
+
+def _check_firmware(body: InstanceCreate, image: Image) -> None:
+    """InvalidInput when the image cannot boot with the firmware asked for (as its
+    importer said), or is not signed for Secure Boot when that is asked for."""
+    boots = image.firmware.split(",")
+    if body.firmware not in boots:
+        why = (f"image '{image.name}' boots with {' or '.join(boots).upper()} only (as "
+               f"imported); ask for firmware {boots[0]}, or import the image again with "
+               f"firmware {body.firmware} if it can")
+        raise InvalidInput(why, errors=[{"field": "firmware", "message": why}])
+    if body.secure_boot and not image.secure_boot:
+        why = (f"image '{image.name}' is not signed for Secure Boot (as imported): its "
+               "firmware would refuse to boot it")
+        raise InvalidInput(why, errors=[{"field": "secure_boot", "message": why}])
 
 
 def _check_disk(root_disk_gib: int | None, image: Image) -> None:

@@ -189,10 +189,11 @@ class Api:
         return r.json  # type: ignore[return-value]
 
     def import_image(self, name: str, data: bytes, disk_format: str = "raw",
-                     sha256: str | None = None) -> TestResponse:
+                     sha256: str | None = None, extra: str = "") -> TestResponse:
+        """Upload `data` as image `name`; `extra`: more query parameters ("&a=b")."""
         digest = sha256 or hashlib.sha256(data).hexdigest()
-        return self.post(f"/api/v1/images?name={name}&disk_format={disk_format}&sha256={digest}",
-                         data=data, content_type="application/octet-stream")
+        return self.post(f"/api/v1/images?name={name}&disk_format={disk_format}&sha256={digest}"
+                         f"{extra}", data=data, content_type="application/octet-stream")
 
 
 RAW_IMAGE = b"\0" * (1024 * 1024)  # 1 MiB raw disk: qemu-img reads it as raw

@@ -191,6 +191,49 @@ def test_the_default_users_keys_and_name_reach_the_seed(api: Api) -> None:
     assert shown["ssh_keys"] == [f"{ED25519} alice@laptop"] and shown["default_user"] == "ops"
 
 
+def test_the_virtual_hardware_asked_for_reaches_the_node(api: Api) -> None:
+    node = api.join_node("n1")
+    r = api.import_image("efi", RAW_IMAGE, extra="&firmware=bios,uefi&secure_boot=true")
+    assert r.status_code == 201 and (r.json["firmware"], r.json["secure_boot"]) == (
+        "bios,uefi", True)
+    before = api.desired(node)["generation"]
+    assert _create(api, image="efi", firmware="uefi", secure_boot=True, machine="q35",
+                   disk_bus="virtio-scsi").status_code == 202
+    [vm] = api.desired(node, after=before)["vms"]
+    machine = {"firmware": "uefi", "secure_boot": True, "machine": "q35",
+               "disk_bus": "virtio-scsi"}
+    assert vm["machine"] == machine
+    assert api.get("/api/v1/instances/web-1").json["machine"] == machine
+    assert _create(api, "web-2").status_code == 202  # the defaults: BIOS, i440fx, virtio-blk
+    assert api.get("/api/v1/instances/web-2").json["machine"] == {
+        "firmware": "bios", "secure_boot": False, "machine": "i440fx", "disk_bus": "virtio-blk"}
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"firmware": "uefi"}, "image 'tiny' boots with BIOS only (as imported); ask for "
+     "firmware bios, or import the image again with firmware uefi if it can"),
+    ({"firmware": "uefi", "machine": "q35", "secure_boot": True, "image": "efi"},
+     "image 'efi' is not signed for Secure Boot (as imported)"),
+    ({"firmware": "uefi", "secure_boot": True}, "secure_boot needs firmware uefi and "
+     "machine q35"),
+    ({"machine": "pc"}, "body field 'machine'"),
+    ({"disk_bus": "ide"}, "body field 'disk_bus'"),
+])
+def test_hardware_the_image_cannot_boot_on_is_refused(api: Api, region: Region,
+                                                       body: dict[str, Any], words: str) -> None:
+    api.join_node("n1")
+    assert api.import_image("efi", RAW_IMAGE, extra="&firmware=uefi").status_code == 201
+    r = _create(api, **body)
+    assert r.status_code == 422, r.json
+    assert words in r.json["detail"], r.json["detail"]
+    assert _count(region, Instance) == 0
+
+
+def test_an_image_said_signed_but_not_uefi_is_refused(api: Api) -> None:
+    r = api.import_image("bad", RAW_IMAGE, extra="&secure_boot=true")
+    assert r.status_code == 422 and "secure_boot is a UEFI feature" in r.json["detail"]
+
+
 def test_what_the_guest_agent_says_is_shown_and_goes_with_it(api: Api, region: Region) -> None:
     node = api.join_node("n1")
     before = api.desired(node)["generation"]

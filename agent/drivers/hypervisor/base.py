@@ -51,8 +51,9 @@ class DiskSpec:
 
     source: Path | RbdSource
     format: Literal["raw", "qcow2"]
-    target: str  # guest device name, e.g. "vda"
+    target: str  # guest device name, e.g. "vda" (virtio) or "sda" (scsi)
     readonly: bool = False
+    bus: Literal["virtio", "scsi"] = "virtio"  # scsi: on a virtio-scsi controller
 
     @property
     def path(self) -> Path:
@@ -94,6 +95,9 @@ class VmSpec:
     labels: dict[str, str] = field(default_factory=dict)
     nics: tuple[NicSpec, ...] = ()
     hostdevs: tuple[HostdevSpec, ...] = ()
+    firmware: Literal["bios", "uefi"] = "bios"
+    secure_boot: bool = False  # UEFI only, machine q35 only
+    machine: Literal["i440fx", "q35"] = "i440fx"
 
 
 @dataclass(frozen=True)

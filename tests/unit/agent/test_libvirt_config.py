@@ -419,3 +419,43 @@ def test_the_console_log_is_read_from_a_pty_log_and_from_an_older_file_serial() 
         '<serial type="file"><source path="/srv/logs/older.log" append="on" />')
     assert "older.log" in older
     assert DomainConfig.from_xml(older).console_log == Path("/srv/logs/older.log")
+
+
+def test_uefi_with_secure_boot_on_q35_asks_libvirt_for_an_enforcing_firmware() -> None:
+    root = ET.fromstring(make_config(machine="q35", firmware="efi", secure_boot=True).to_xml())
+    assert at(root, "os").get("firmware") == "efi"
+    assert at(root, "os/type").get("machine") == "q35"
+    assert {f.get("name"): f.get("enabled") for f in root.findall("os/firmware/feature")} == {
+        "secure-boot": "yes", "enrolled-keys": "yes"}
+    assert at(root, "features/smm").get("state") == "on"
+    plain = ET.fromstring(make_config(firmware="efi").to_xml())
+    assert {f.get("enabled") for f in plain.findall("os/firmware/feature")} == {"no"}
+    assert plain.find("features/smm") is None
+    bios = ET.fromstring(make_config().to_xml())
+    assert bios.find("os").get("firmware") is None and bios.find("os/firmware") is None  # type: ignore[union-attr]
+
+
+def test_firmware_is_read_back_as_libvirt_fills_it_in() -> None:
+    efi = make_config(machine="q35", firmware="efi", secure_boot=True)
+    assert DomainConfig.from_xml(efi.to_xml()) == efi
+    # what libvirt returns once it picked the firmware: a pflash loader, secure
+    filled = ET.fromstring(make_config().to_xml())
+    os_el = at(filled, "os")
+    ET.SubElement(os_el, "loader", {"readonly": "yes", "secure": "yes", "type": "pflash"}
+                  ).text = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd"
+    parsed = DomainConfig.from_xml(ET.tostring(filled, encoding="unicode"))
+    assert (parsed.firmware, parsed.secure_boot) == ("efi", True)
+
+
+def test_scsi_disks_get_a_virtio_scsi_controller_and_every_writable_disk_discards() -> None:
+    disks = (DiskConfig(Path("/d/root.qcow2"), "qcow2", "sda", bus="scsi"),
+             DiskConfig(Path("/d/seed.raw"), "raw", "sdb", readonly=True, bus="scsi"))
+    root = ET.fromstring(make_config(disks=disks).to_xml())
+    assert at(root, "devices/controller").attrib == {
+        "type": "scsi", "index": "0", "model": "virtio-scsi"}
+    found = root.findall("devices/disk")
+    assert [(at(d, "target").get("dev"), at(d, "target").get("bus")) for d in found] == [
+        ("sda", "scsi"), ("sdb", "scsi")]
+    assert [at(d, "driver").get("discard") for d in found] == ["unmap", None]
+    assert DomainConfig.from_xml(make_config(disks=disks).to_xml()).disks == disks
+    assert ET.fromstring(make_config().to_xml()).find("devices/controller") is None

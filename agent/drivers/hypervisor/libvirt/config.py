@@ -101,6 +101,7 @@ class DiskConfig:
     format: DiskFormat
     target: str
     readonly: bool = False
+    bus: Literal["virtio", "scsi"] = "virtio"
 
     def to_element(self) -> ET.Element:
         if isinstance(self.source, RbdSource):
@@ -116,9 +117,11 @@ class DiskConfig:
             _sub(auth, "secret", type="ceph", usage=rbd.secret_usage)
         else:
             disk = ET.Element("disk", {"type": "file", "device": "disk"})
-            _sub(disk, "driver", name="qemu", type=self.format)
+            # unmap: a guest's discards punch holes in the file (and its qcow2 clusters)
+            _sub(disk, "driver", name="qemu", type=self.format,
+                 **({} if self.readonly else {"discard": "unmap"}))
             _sub(disk, "source", file=str(self.source))
-        _sub(disk, "target", dev=self.target, bus="virtio")
+        _sub(disk, "target", dev=self.target, bus=self.bus)
         if self.readonly:
             _sub(disk, "readonly")
         return disk
@@ -144,7 +147,8 @@ class DiskConfig:
         else:
             raise ValueError(f"unsupported disk type {kind!r}")
         return cls(disk_source, "qcow2" if fmt == "qcow2" else "raw",
-                   target.get("dev", ""), el.find("readonly") is not None)
+                   target.get("dev", ""), el.find("readonly") is not None,
+                   "scsi" if target.get("bus") == "scsi" else "virtio")
 
     @classmethod
     def from_xml(cls, xml: str) -> DiskConfig:
@@ -279,6 +283,8 @@ class DomainConfig:
     arch: str = "x86_64"
     nics: tuple[NicConfig, ...] = ()
     hostdevs: tuple[HostdevConfig, ...] = ()
+    firmware: Literal["bios", "efi"] = "bios"
+    secure_boot: bool = False  # efi on q35 only: libvirt picks a firmware that enforces it
 
     def to_element(self) -> ET.Element:
         dom = ET.Element("domain", {"type": self.virt_type})
@@ -287,12 +293,19 @@ class DomainConfig:
         _sub(dom, "metadata").append(self.metadata.to_element())
         _sub(dom, "memory", str(self.memory_mib), unit="MiB")
         _sub(dom, "vcpu", str(self.vcpus))
-        os_el = _sub(dom, "os")
+        os_el = _sub(dom, "os", **({"firmware": "efi"} if self.firmware == "efi" else {}))
         _sub(os_el, "type", "hvm", arch=self.arch, machine=self.machine)
+        if self.firmware == "efi":
+            # libvirt picks the OVMF build and makes the VM's own NVRAM from its template
+            wanted = _sub(os_el, "firmware")
+            for name in ("secure-boot", "enrolled-keys"):
+                _sub(wanted, "feature", enabled="yes" if self.secure_boot else "no", name=name)
         _sub(os_el, "boot", dev="hd")
         features = _sub(dom, "features")
         _sub(features, "acpi")  # without it a guest's poweroff only halts the CPU
         _sub(features, "apic")
+        if self.secure_boot:
+            _sub(features, "smm", state="on")  # the firmware's variables are guarded in SMM
         if self.hostdevs and self.virt_type == "kvm":
             # NVIDIA's consumer drivers refuse to start when they see a hypervisor (error 43)
             _sub(_sub(features, "kvm"), "hidden", state="on")
@@ -303,6 +316,8 @@ class DomainConfig:
         _sub(dom, "on_reboot", "restart")
         _sub(dom, "on_crash", "destroy")
         devices = _sub(dom, "devices")
+        if any(d.bus == "scsi" for d in self.disks):
+            _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
         for disk in self.disks:
             devices.append(disk.to_element())
         for nic in self.nics:
@@ -362,7 +377,29 @@ class DomainConfig:
             nics=tuple(NicConfig.from_element(n)
                        for n in root.findall("devices/interface[@type='bridge']")),
             hostdevs=tuple(HostdevConfig.from_element(h) for h in root.findall("devices/hostdev")),
+            firmware="efi" if os_el_firmware(root) == "efi" else "bios",
+            secure_boot=_secure_boot(root),
         )
+
+
+def os_el_firmware(root: ET.Element) -> str:
+    """"efi" or "bios": asked for (<os firmware='efi'>) or, once libvirt has filled the
+    firmware in, the loader it chose (pflash)."""
+    os_el = root.find("os")
+    if os_el is None:
+        return "bios"
+    loader = os_el.find("loader")
+    if os_el.get("firmware") == "efi" or (loader is not None and loader.get("type") == "pflash"):
+        return "efi"
+    return "bios"
+
+
+def _secure_boot(root: ET.Element) -> bool:
+    for feature in root.findall("os/firmware/feature"):
+        if feature.get("name") == "secure-boot":
+            return feature.get("enabled") == "yes"
+    loader = root.find("os/loader")
+    return loader is not None and loader.get("secure") == "yes"
 
 
 def _text(root: ET.Element, path: str) -> str:

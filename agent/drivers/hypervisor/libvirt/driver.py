@@ -46,12 +46,12 @@ VIRTIO_TARGET = re.compile(r"vd[a-z]{1,3}")
 
 def disk_config(disk: DiskSpec) -> DiskConfig:
     """The libvirt disk for a contract DiskSpec (a file or an RBD image)."""
-    return DiskConfig(disk.source, disk.format, disk.target, disk.readonly)
+    return DiskConfig(disk.source, disk.format, disk.target, disk.readonly, disk.bus)
 
 
 def disk_spec(disk: DiskConfig) -> DiskSpec:
     """The contract DiskSpec for a libvirt disk."""
-    return DiskSpec(disk.source, disk.format, disk.target, disk.readonly)
+    return DiskSpec(disk.source, disk.format, disk.target, disk.readonly, disk.bus)
 
 
 class LibvirtDriver(HypervisorDriver):
@@ -91,6 +91,9 @@ class LibvirtDriver(HypervisorDriver):
             metadata=InstanceMetadata(spec.id, spec.power_seq, dict(spec.labels)),
             nics=tuple(NicConfig(n.mac, n.bridge, n.mtu, n.device) for n in spec.nics),
             hostdevs=tuple(HostdevConfig(h.kind, h.address) for h in spec.hostdevs),
+            machine="q35" if spec.machine == "q35" else "pc",
+            firmware="efi" if spec.firmware == "uefi" else "bios",
+            secure_boot=spec.secure_boot,
         )
 
     def _ours(self, vm_id: str) -> tuple[Guest, InstanceMetadata] | None:
