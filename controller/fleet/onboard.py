@@ -30,6 +30,9 @@ from hardware.qualify import load_profile, qualify
 from hardware.sysfs import Root
 
 CONNECT_TIMEOUT_S = 15.0
+# opening a session makes the server set up a login (PAM, logind): a loaded server takes
+# longer for it than for a TCP handshake (seen: over 15 s on a busy emulated one)
+SESSION_TIMEOUT_S = 60.0
 COMMAND_TIMEOUT_S = 120.0
 MAX_PROBE_BYTES = 64 * 1024 * 1024  # what the probe may send back
 PROBE_MAIN = """
@@ -153,7 +156,7 @@ def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"",
 def _run(client: paramiko.SSHClient, command: str, stdin: bytes, limit: int) -> bytes:
     transport = client.get_transport()
     assert transport is not None  # connected
-    chan = transport.open_session(timeout=CONNECT_TIMEOUT_S)
+    chan = transport.open_session(timeout=SESSION_TIMEOUT_S)
     chan.settimeout(COMMAND_TIMEOUT_S)
     chan.exec_command(command)
     if stdin:
