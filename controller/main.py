@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = ControllerConfig.from_env(
             data_dir=Path(args.data_dir).resolve() if args.data_dir else None,
-            database_url=args.database_url,
+            database_url=getattr(args, "database_url", None),
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
         )
