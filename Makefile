@@ -11,7 +11,8 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	busybox-static syslinux mtools dosfstools kmod cpio \
 	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils \
 	debootstrap systemd-container openssh-client chromium fonts-dejavu-core \
-	fdisk squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common ovmf socat
+	fdisk squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common ovmf socat \
+	prometheus
 # with their recommends: the always-on mgr modules import some of them
 CEPH_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
 TESTGUEST := $(VAR)/images/testguest.raw

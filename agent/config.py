@@ -28,6 +28,11 @@ class AgentConfig:
     hardware_refresh_s: float = 300.0  # disks, NICs and PCI change rarely; GPUs every report
     # the node certificate is renewed once less than this part of its lifetime is left
     cert_renew_fraction: float = RENEW_FRACTION
+    # Prometheus metrics (agent/metrics.py, docs/metrics.md): off unless an address is set;
+    # mutual TLS with the region CA, plain HTTP only on a loopback address with tls off
+    metrics_address: str | None = None
+    metrics_port: int = 9475
+    metrics_tls: bool = True
 
     @property
     def node_file(self) -> Path:

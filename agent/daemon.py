@@ -26,6 +26,7 @@ from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.network.base import NetworkDriver
 from agent.drivers.network.secgroups import SecurityGroupFirewall
 from agent.drivers.storage.base import StorageDriver
+from agent.metrics import AgentCollector, MetricsServer, TlsFiles, serve_metrics
 from agent.networks import NetworkKeeper
 from agent.protocol import (
     DesiredState,
@@ -102,9 +103,12 @@ class Agent:
             threading.Thread(target=self._certificate_loop, name="certificate", daemon=True),
         ]
         self.storage_sampler.start()
+        metrics = self._serve_metrics()
         for t in threads + polls:
             t.start()
         self.stopping.wait()
+        if metrics is not None:
+            metrics.stop()
         self.storage_sampler.stop()
         with self._desired_ready:
             self._desired_ready.notify_all()
@@ -113,6 +117,34 @@ class Agent:
             t.join()
         self.storage_sampler.join()  # a round in flight ends with the driver's timeouts
         self.reconciler.pool.shutdown(wait=True)  # a VM task in flight ends its step
+
+    def metrics_collector(self) -> AgentCollector:
+        """What a scrape reads: the desired VMs' libvirt statistics, the node, its GPUs."""
+        def vms() -> dict[str, str]:
+            desired = self.reconciler.desired
+            return {vm.id: vm.name for vm in desired.vms} if desired is not None else {}
+
+        return AgentCollector(vms, self.hypervisor.domain_stats, lambda: self._gpus()[0],
+                              self.storage_sampler.latest)
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        """The metrics listener when the settings ask for one (a failure to bind is logged:
+        the agent's work goes on without it)."""
+        address = self.config.metrics_address
+        if address is None:
+            return None
+        tls = TlsFiles(self.config.cert_path, self.config.key_path, self.config.ca_path) \
+            if self.config.metrics_tls else None
+        try:
+            server = serve_metrics(self.metrics_collector(), address, self.config.metrics_port,
+                                   tls)
+        except (OSError, ValueError) as e:
+            log.error("metrics not served on %s port %d: %s", address,
+                      self.config.metrics_port, e)
+            return None
+        log.info("metrics served on %s port %d (%s)", address, server.server_address[1],
+                 "mutual TLS" if tls else "plain HTTP")
+        return server
 
     def stop(self) -> None:
         self.stopping.set()

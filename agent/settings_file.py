@@ -6,6 +6,9 @@ write, read strictly. Flags given on the command line win over the file.
     gpu = "auto"
     hardware_profile = "compute"
     cert_renew_fraction = 0.333  # renew the node certificate at a third of its life left
+    metrics_address = "10.0.0.5"  # serve Prometheus metrics there (off when unset)
+    metrics_port = 9475
+    metrics_tls = true  # false: plain HTTP, accepted on a loopback address only
 
 An unknown key, a value of the wrong type (`heartbeat_s = "5"`) or out of range is
 refused with the key's name, so a typo never silently leaves a default in force.
@@ -17,9 +20,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.config import AgentConfig
+from agent.metrics import is_loopback
 
 DEFAULT_PATH = Path("/etc/vauban/agent.toml")
 
@@ -43,6 +47,17 @@ class AgentSettingsFile(BaseModel):
     hardware_profile: str | None = Field(None, min_length=1, max_length=200)
     hardware_refresh_s: float | None = Field(None, ge=10.0, le=86400.0)
     cert_renew_fraction: float | None = Field(None, ge=0.05, le=0.9)
+    metrics_address: str | None = Field(None, min_length=1, max_length=255)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_tls: bool | None = None
+
+    @model_validator(mode="after")
+    def _plain_http_on_loopback_only(self) -> AgentSettingsFile:
+        if self.metrics_tls is False and self.metrics_address is not None \
+                and not is_loopback(self.metrics_address):
+            raise ValueError(f"metrics_tls = false on {self.metrics_address}: plain HTTP "
+                             "is served on a loopback address only")
+        return self
 
 
 def read_settings(path: Path) -> dict[str, Any]:

@@ -203,9 +203,11 @@ def join_agent(lay: Layout, token: str, name: str) -> None:
                     jt["ca_sha256"], "--name", name], check=True)
 
 
-def start_agent(lay: Layout) -> int:
+def start_agent(lay: Layout, settings: Path | None = None) -> int:
+    """Start the local agent, with the settings file `settings` if given."""
+    config = ["--config", str(settings)] if settings is not None else []
     return lay.service("agent").start(
-        [str(VENV_BIN / "vauban-agent"), "--data-dir", str(lay.agent_dir), "run"])
+        [str(VENV_BIN / "vauban-agent"), *config, "--data-dir", str(lay.agent_dir), "run"])
 
 
 def wait_node_up(lay: Layout, token: str, timeout: float = 120) -> None:

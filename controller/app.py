@@ -15,6 +15,7 @@ from controller.api import (
     identity,
     images,
     instances,
+    metrics,
     networks,
     nodes,
     security_groups,
@@ -25,6 +26,7 @@ from controller.api import (
 from controller.api.context import install_session_teardown
 from controller.api.headers import install_security_headers
 from controller.api.problems import install_error_handlers
+from controller.metrics import ControllerMetrics, install_request_timing
 from controller.region import Region
 from controller.ui.serve import install_ui
 
@@ -32,7 +34,7 @@ BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, 
               images.api, instances.api, consoles.api, volumes.api, networks.api,
               networks.ports_api, security_groups.api, gpus.api, agent.api, fleet.api,
               identity.projects_api, identity.users_api, identity.roles_api,
-              identity.tokens_api, identity.account_api, events.api]
+              identity.tokens_api, identity.account_api, events.api, metrics.api]
 
 
 def create_app(region: Region) -> Flask:
@@ -41,6 +43,11 @@ def create_app(region: Region) -> Flask:
     app = Flask("vauban.controller")
     app.extensions["vauban"] = region
     app.extensions["vauban.routes"] = [s for bp in BLUEPRINTS for s in bp.specs]
+    measured = ControllerMetrics(region.reads, region.config.node_down_after_s)
+    app.extensions["vauban.metrics"] = measured
+    measured.process.watch_pool(region.engine)
+    region.notifier.on_waiting = measured.process.waiters.set
+    install_request_timing(app, measured.process)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp.blueprint)
     app.register_blueprint(consoles.sockets)  # websockets: checked by hand, see the module

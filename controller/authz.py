@@ -56,14 +56,17 @@ class Perm(StrEnum):
     NETWORKS_PROVIDER = "networks.provider"  # make and delete provider networks
     AUDIT_READ = "audit.read"  # read, verify and export the audit trail
     IDENTITY = "identity.admin"  # users, projects, anyone's roles
+    METRICS_READ = "metrics.read"  # scrape /metrics (docs/metrics.md)
 
 
 _OPERATOR = frozenset({Perm.REGION_READ, Perm.NODES_WRITE, Perm.FLEET_READ, Perm.FLEET_WRITE,
-                       Perm.FLEET_KEY, Perm.IMAGES_PUBLIC, Perm.NETWORKS_PROVIDER})
+                       Perm.FLEET_KEY, Perm.IMAGES_PUBLIC, Perm.NETWORKS_PROVIDER,
+                       Perm.METRICS_READ})
 REGION_PERMS: Mapping[str, frozenset[Perm]] = {
     REGION_ADMIN: frozenset(Perm),
     OPERATOR: _OPERATOR,
-    AUDITOR: frozenset({Perm.REGION_READ, Perm.FLEET_READ, Perm.AUDIT_READ}),
+    AUDITOR: frozenset({Perm.REGION_READ, Perm.FLEET_READ, Perm.AUDIT_READ,
+                        Perm.METRICS_READ}),
 }
 
 

@@ -7,14 +7,17 @@ import logging
 import ssl
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from gunicorn.app.base import BaseApplication
 
 from controller.api.auth import PeerCertMiddleware
 from controller.app import create_app
 from controller.bootstrap import hear_other_processes, open_region
 from controller.config import ClientLimits, ControllerConfig
+from controller.metrics import enable_multiprocess, metrics_dir, worker_exited
 from controller.pki import RegionCA
 from controller.secretbox import SecretError
 from controller.services.housekeeping import (
@@ -73,9 +76,40 @@ class _Server(BaseApplication):
         return PeerCertMiddleware(create_app(region))
 
 
+def issue_scraper_cert(ca: RegionCA, name: str, out: Path,
+                       lifetime: timedelta) -> tuple[Path, Path]:
+    """A client certificate (CN `metrics:<name>`) and its key, written to `out` (the key
+    readable by its owner only): the agents' metrics listeners admit it; the controller's
+    API does not (it is no node's, and users present tokens)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    from controller.pki import key_pem, new_key
+
+    key = new_key()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"metrics:{name}")])).sign(key, hashes.SHA256())
+    issued = ca.sign_node_csr(csr.public_bytes(serialization.Encoding.PEM).decode(),
+                              f"metrics:{name}", lifetime)
+    out.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = out / f"{name}.key", out / f"{name}.pem"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key_pem(key))
+    cert_path.write_bytes(issued.pem)
+    return cert_path, key_path
+
+
+def _worker_exited(_server: Any, worker: Any) -> None:
+    """gunicorn's child_exit hook: the worker's live gauges stop counting."""
+    worker_exited(worker.pid)
+
+
 def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
     region = open_region(config)  # refuse bad settings, migrate and make the CA before serving
     region.engine.dispose()
+    # the workers' metrics meet in files there (controller.metrics), those of a past run gone
+    enable_multiprocess(metrics_dir(config.data_dir))
     limits = limits_within_open_files(config.client_limits())
     options = {
         "bind": f"[{config.host}]:{config.port}" if ":" in config.host
@@ -99,6 +133,7 @@ def serve(config: ControllerConfig, pidfile: str | None = None) -> None:
         "pidfile": pidfile,
         # its shared default socket would make controllers on one host fight over it
         "control_socket_disable": True,
+        "child_exit": _worker_exited,
     }
     _Server(config, options, limits).run()
 
@@ -115,20 +150,29 @@ def main(argv: list[str] | None = None) -> int:
     init = sub.add_parser("init", help="create database, CA and admin, then exit")
     init.add_argument("--data-dir")
     init.add_argument("--database-url")
+    scraper = sub.add_parser("metrics-client-cert", help="issue a client certificate from the "
+                             "region CA for Prometheus to scrape the agents (docs/metrics.md)")
+    scraper.add_argument("--data-dir")
+    scraper.add_argument("--name", default="prometheus", help="who scrapes (in the CN)")
+    scraper.add_argument("--out", required=True, help="folder for <name>.pem and <name>.key")
+    scraper.add_argument("--days", type=int, default=365)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from pathlib import Path
-
     try:
         config = ControllerConfig.from_env(
             data_dir=Path(args.data_dir).resolve() if args.data_dir else None,
-            database_url=args.database_url,
+            database_url=getattr(args, "database_url", None),
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
         )
     except ValueError as e:  # a VAUBAN_* variable out of range: say which, no traceback
         print(f"vauban-controller: settings: {e}", file=sys.stderr)
         return 2
+    if args.command == "metrics-client-cert":
+        cert, key = issue_scraper_cert(RegionCA(config.pki_dir), args.name, Path(args.out),
+                                       timedelta(days=args.days))
+        print(f"certificate {cert}, key {key}")
+        return 0
     try:
         if args.command == "init":
             open_region(config)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -33,6 +33,9 @@ class ChangeNotifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[threading.Event]] = {}
+        self._count = 0  # events in _waiters, kept so that counting costs nothing
+        # told how many wait after each change of that number (controller.metrics)
+        self.on_waiting: Callable[[int], object] | None = None
 
     def notify(self, node_ids: Iterable[str]) -> None:
         """Wake every waiter of these nodes (after the change was committed)."""
@@ -54,20 +57,30 @@ class ChangeNotifier:
         event = threading.Event()
         with self._lock:
             self._waiters.setdefault(node_id, set()).add(event)
+            self._count += 1
+            count = self._count
+        self._counted(count)
         try:
             yield event
         finally:
             with self._lock:
                 waiters = self._waiters.get(node_id)
-                if waiters is not None:
+                if waiters is not None and event in waiters:
                     waiters.discard(event)
+                    self._count -= 1
                     if not waiters:
                         del self._waiters[node_id]
+                count = self._count
+            self._counted(count)
+
+    def _counted(self, count: int) -> None:
+        if self.on_waiting is not None:
+            self.on_waiting(count)
 
     def waiting(self) -> int:
         """How many long-polls wait right now (for status and benchmarks)."""
         with self._lock:
-            return sum(len(w) for w in self._waiters.values())
+            return self._count
 
 
 @dataclass

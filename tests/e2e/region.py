@@ -44,14 +44,17 @@ class E2ERegion:
     token: str = ""
     created_vm_ids: set[str] = field(default_factory=set)
     controller_env: dict[str, str] = field(default_factory=dict)
+    # the agent's settings file (agent/settings_file.py) as TOML lines; none: its defaults
+    agent_settings: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, controller_env: dict[str, str] | None = None) -> E2ERegion:
+    def create(cls, controller_env: dict[str, str] | None = None,
+               agent_settings: list[str] | None = None) -> E2ERegion:
         # under /var/tmp with mode 0711: QEMU runs unprivileged and must reach the disks
         root = Path("/var/tmp") / f"vauban-e2e-{uuid.uuid4().hex[:8]}"
         root.mkdir(mode=0o711)
         return cls(root=root, layout=allinone.Layout(root, free_port()),
-                   controller_env=controller_env or {})
+                   controller_env=controller_env or {}, agent_settings=agent_settings or [])
 
     def start_controller(self) -> None:
         allinone.start_controller(self.layout, self.controller_env)
@@ -86,12 +89,12 @@ class E2ERegion:
 
     @classmethod
     @contextmanager
-    def running(cls, image: Path, controller_env: dict[str, str] | None = None
-                ) -> Iterator[E2ERegion]:
+    def running(cls, image: Path, controller_env: dict[str, str] | None = None,
+                agent_settings: list[str] | None = None) -> Iterator[E2ERegion]:
         """A whole region (controller, a joined agent, `image` imported as testguest);
         afterwards its VMs, processes (by PID) and folder are gone, also when it failed
         to start part way."""
-        region = cls.create(controller_env)
+        region = cls.create(controller_env, agent_settings)
         try:
             region.start(image)
             yield region
@@ -106,7 +109,11 @@ class E2ERegion:
         self.cli("image", "import", str(image), "--name", "testguest")
 
     def start_agent(self) -> None:
-        allinone.start_agent(self.layout)
+        settings = None
+        if self.agent_settings:
+            settings = self.root / "agent.toml"
+            settings.write_text("\n".join(self.agent_settings) + "\n")
+        allinone.start_agent(self.layout, settings)
         allinone.wait_node_up(self.layout, self.token)
 
     def env(self) -> dict[str, str]:

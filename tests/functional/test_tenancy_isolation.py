@@ -131,7 +131,8 @@ def streams(op: dict[str, Any]) -> bool:
 def _url(path: str, values: dict[tuple[str, str], str], missing: str) -> tuple[str, bool]:
     """`path` with its parameters filled from `values` (by collection and name), else
     `missing`; and whether any came from `values`."""
-    collection = path.split("/")[3]
+    parts = path.split("/")  # /api/v1/<collection>/...; /metrics is one outside it
+    collection = parts[3] if len(parts) > 3 else parts[-1]
     used = False
 
     def fill(m: re.Match[str]) -> str:

@@ -142,6 +142,12 @@ class HypervisorDriver(ABC):
     def list_vms(self) -> list[VmObservation]:
         """All VMs of this platform on the node, running or not; nothing else."""
 
+    def domain_stats(self) -> list[tuple[str, dict[str, object]]]:
+        """(UUID, statistics) of every domain the hypervisor runs, in one call to it (the
+        keys are libvirt's `getAllDomainStats` ones: `cpu.time`, `block.0.rd.bytes`, ...).
+        A driver that keeps none returns []. Raises HypervisorError when it cannot ask."""
+        return []
+
     @abstractmethod
     def define(self, spec: VmSpec) -> None:
         """Define a persistent, stopped VM.

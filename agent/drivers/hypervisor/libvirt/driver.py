@@ -9,6 +9,8 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import libvirt
+
 from agent.drivers.hypervisor.base import (
     ROOT_DISK_TARGET,
     ConsoleStream,
@@ -112,6 +114,17 @@ class LibvirtDriver(HypervisorDriver):
         if found is None:
             raise HypervisorError(f"no VM {vm_id} on this node")
         return found[0]
+
+    def domain_stats(self) -> list[tuple[str, dict[str, object]]]:
+        """Statistics of the running domains, all in one libvirt call."""
+        wanted = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+                  | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_INTERFACE
+                  | libvirt.VIR_DOMAIN_STATS_BLOCK)
+        return self.host.call(
+            "read domain statistics",
+            lambda c: [(dom.UUIDString(), dict(stats)) for dom, stats in c.getAllDomainStats(
+                wanted, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)],
+            idempotent=True)
 
     def list_vms(self) -> list[VmObservation]:
         """Every domain carrying our metadata; foreign domains are skipped."""
