@@ -6,6 +6,7 @@ import os
 import select
 import termios
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,20 @@ class Pty:
     def __init__(self) -> None:
         self.master, self.slave = os.openpty()
         self.path = Path(os.ttyname(self.slave))
+        self.seen = b""
 
     def type(self, text: bytes) -> None:
         os.write(self.master, text)
 
-    def shown(self) -> bytes:
-        """What the console printed so far (echo included)."""
-        out = b""
-        while select.select([self.master], [], [], 0)[0]:
-            out += os.read(self.master, 65536)
-        return out
+    def shows(self, *parts: bytes) -> bool:
+        """Whether the console printed every one of `parts` (echo included), reading what
+        comes for up to 30 s: the kernel hands a pty's output over asynchronously, so
+        the echo of what was typed ahead and the program's output may come in any order."""
+        while not all(p in self.seen for p in parts):
+            if not select.select([self.master], [], [], 30)[0]:
+                return False
+            self.seen += os.read(self.master, 65536)
+        return True
 
     def close(self) -> None:
         os.close(self.master)
@@ -47,14 +52,21 @@ def test_a_question_is_shown_on_both_and_answered_on_either(ptys: tuple[Pty, Pty
     screen, serial = ptys
     terminals = Terminals([screen.path, serial.path])
     try:
-        serial.type(b"https://10.0.0.1:8443\r")  # typed ahead; a serial console sends CR
-        assert terminals.prompt("Controller URL []: ") == "https://10.0.0.1:8443"
-        assert screen.shown() == b"Controller URL []: \r\n"
-        assert serial.shown() == b"https://10.0.0.1:8443\r\nController URL []: "  # echoed
-        screen.type(b"node-5\n")
-        assert terminals.prompt("Host name []: ") == "node-5"
+        with ThreadPoolExecutor(1) as pool:
+            asked = pool.submit(terminals.prompt, "Controller URL []: ")
+            assert screen.shows(b"Controller URL []: ") and serial.shows(b"Controller URL []: ")
+            serial.type(b"https://10.0.0.1:8443\r")  # a serial console sends CR
+            assert asked.result(timeout=30) == "https://10.0.0.1:8443"
+            assert serial.shows(b"https://10.0.0.1:8443\r\n")  # echoed where it was typed
+            assert screen.shows(b"Controller URL []: \r\n")  # the other prompt's line ends
+            assert b"https://" not in screen.seen  # and it is not shown what was typed
+            asked = pool.submit(terminals.prompt, "Host name []: ")
+            assert screen.shows(b"Host name []: ") and serial.shows(b"Host name []: ")
+            screen.type(b"node-5\n")
+            assert asked.result(timeout=30) == "node-5"
         terminals.say("  checked")
-        assert b"checked\r\n" in screen.shown() and b"checked\r\n" in serial.shown()
+        assert screen.shows(b"node-5\r\n  checked\r\n")
+        assert serial.shows(b"Host name []: \r\n  checked\r\n")
     finally:
         terminals.close()
 
