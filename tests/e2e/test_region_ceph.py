@@ -162,7 +162,7 @@ def test_ceph_unreachable_is_retried_and_the_agent_keeps_running(
     ceph_minicluster.stop()
     try:
         region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1",
-                   "--memory", "256")
+                   "--memory", "256", "--no-wait")
         # storage is sampled on its own thread: the heartbeat goes on, saying Ceph is silent
         status = wait_for(lambda: (s := json.loads(region.cli("status", "--json")))["storage"]
                           ["health"] == "UNREACHABLE" and s, 60, "the node to report Ceph down")
