@@ -24,15 +24,15 @@ def parse_gpu_arg(text: str) -> dict[str, Any]:
 
 
 def _gib(mib: int) -> str:
-    return f"{mib / 1024:.0f} GiB"
+    return human_size(mib * MiB)
 
 
 def print_node(n: dict[str, Any]) -> None:
     """The node's state, its hardware in a few lines, and its qualification report."""
     inv = n.get("inventory") or {}
     print(f"{n['name']} ({n['id']}): {n['state']}, {n['instances']} VMs, "
-          f"{n['vcpus_used']}/{n['cpus']} vCPUs and {n['memory_mib_used']}/{n['memory_mib']} "
-          "MiB used")
+          f"{n['vcpus_used']}/{n['cpus']} vCPUs and {_gib(n['memory_mib_used'])}/"
+          f"{_gib(n['memory_mib'])} memory used")
     print_failures(n.get("failures") or [], "failures reported by its agent")
     print(f"certificate: serial {n['cert_serial']}, valid until "
           f"{n.get('cert_expires_at') or 'unknown (not renewed yet)'}")
@@ -46,7 +46,7 @@ def print_node(n: dict[str, Any]) -> None:
     print(f"memory:  {_gib(mem['total_mib'])}, {len(hw['numa'])} NUMA nodes")
     for d in hw["disks"]:
         use = "free for Ceph" if d["free_for_osd"] else d["in_use_reason"]
-        print(f"disk:    {d['name']} {d['size_bytes'] // 1024**3} GiB "
+        print(f"disk:    {d['name']} {human_size(d['size_bytes'])} "
               f"{'HDD' if d['rotational'] else 'SSD'} {d['model'] or ''} ({use})")
     for nic in (x for x in hw["nics"] if x["physical"]):
         speed = f"{nic['speed_mbps']} Mb/s" if nic["speed_mbps"] else "no link"

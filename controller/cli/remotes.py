@@ -56,7 +56,11 @@ class Store:
         path = path or config_file()
         if not path.exists():
             return cls()
-        raw: dict[str, Any] = json.loads(path.read_text() or "{}")
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text() or "{}")
+        except ValueError as e:
+            raise RemoteError(f"{path} is not the CLI's saved remotes ({e}): mend or remove "
+                              "it") from e
         if "remotes" not in raw:  # the single login of older versions
             if not raw.get("url"):
                 return cls()

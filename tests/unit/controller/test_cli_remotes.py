@@ -163,3 +163,15 @@ def test_zsh_completion_is_generated_from_the_parser(
     assert "security-group" in script and "--no-wait" in script
     if shutil.which("zsh"):
         subprocess.run(["zsh", "-n", "-c", script], check=True)
+
+
+def test_a_damaged_remotes_file_is_named_not_a_traceback(
+        xdg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = xdg / "vauban" / "cli.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["remote", "list"])
+    assert exit_.value.code == 2
+    assert f"{path} is not the CLI's saved remotes" in capsys.readouterr().err
+    assert path.read_text() == "{not json"  # left for the user to mend
