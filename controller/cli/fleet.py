@@ -48,7 +48,7 @@ def cmd_node_add(c: Client, a: argparse.Namespace) -> int:
     if a.no_rollout:
         return 0
     job = c.post("/rollouts", {"limit": [host["name"]]})
-    return _follow(c, job)
+    return _follow(c, job) if a.wait else _started(job)
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -85,11 +85,13 @@ def cmd_rollout_run(c: Client, a: argparse.Namespace) -> int:
     if a.version:
         body["version"] = a.version
     job = c.post("/rollouts", body)
-    if not a.wait:
-        print(f"rollout {job['id']} started: {len(job['hosts'])} hosts, batches of "
-              f"{job['batch_size']}; follow it with 'vauban rollout show {job['id']}'")
-        return 0
-    return _follow(c, job)
+    return _follow(c, job) if a.wait else _started(job)
+
+
+def _started(job: dict[str, Any]) -> int:
+    print(f"rollout {job['id']} started: {len(job['hosts'])} hosts, batches of "
+          f"{job['batch_size']}; follow it with 'vauban rollout show {job['id']}'")
+    return 0
 
 
 def _bar(row: dict[str, Any], total: int) -> str:
@@ -190,6 +192,7 @@ def fleet_node_commands(node: Any, add: Callable[..., Any]) -> None:
     na.add_argument("--profile", choices=["compute", "gpu", "storage", "lab"], default="compute",
                     help="hardware profile it must pass")
     na.add_argument("--no-rollout", action="store_true", help="add it only")
+    add_wait_options(na, "its rollout ends")
     nl = add(node, "label", cmd_node_label, "set (key=value) or remove (key-) labels")
     nl.add_argument("name")
     nl.add_argument("labels", nargs="+", type=_label_arg, metavar="key=value|key-")

@@ -73,3 +73,6 @@ def test_wait_and_no_wait_together_are_refused(capsys: pytest.CaptureFixture[str
         assert exit_.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
     assert cli.build_parser().parse_args(["rollout", "run", "--no-wait"]).wait is False
+    assert cli.build_parser().parse_args(["node", "add", "h", "--ssh-key", "k",
+                                          "--no-wait"]).wait is False
+    assert cli.build_parser().parse_args(["node", "add", "h", "--ssh-key", "k"]).wait is True
