@@ -107,7 +107,14 @@ def add_output_options(sp: argparse.ArgumentParser, columns: Sequence[Column] | 
 
 def chosen(a: argparse.Namespace) -> list[str]:
     """The names given with `-c`, in order (commas split them too)."""
-    return [n.strip() for given in a.columns or [] for n in given.split(",") if n.strip()]
+    given_ = getattr(a, "columns", None) or []
+    return [n.strip() for given in given_ for n in given.split(",") if n.strip()]
+
+
+def output_format(a: argparse.Namespace) -> str:
+    """What `-o` asked (a namespace made without it: JSON when its `json` is true)."""
+    fmt: str | None = getattr(a, "output", None)
+    return fmt or ("json" if getattr(a, "json", False) else "table")
 
 
 def pick_columns(a: argparse.Namespace, columns: Sequence[Column]) -> list[Col]:
@@ -136,7 +143,7 @@ def _exit_2(message: str) -> None:
 
 def emit_list(a: argparse.Namespace, rows: Sequence[Row], columns: Sequence[Column]) -> int:
     """Print `rows` as `-o` asks, with the columns `-c` chose; 0."""
-    fmt = getattr(a, "output", "table") or "table"
+    fmt = output_format(a)
     cols = pick_columns(a, columns)
     if fmt == "table":
         print_table(rows, cols)
@@ -153,7 +160,7 @@ def emit_show(a: argparse.Namespace, obj: Row, view: Callable[[Row], None] | Non
     """Print one object as `-o` asks: by default `view` (or key: value lines, nested
     parts indented); only the fields `-c` chose. An unknown field ends the command with
     argparse's usage error (exit 2), naming the valid ones. 0."""
-    fmt = getattr(a, "output", "table") or "table"
+    fmt = output_format(a)
     names = chosen(a)
     if names:
         keys = {_norm(k): k for k in obj}
