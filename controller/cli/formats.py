@@ -232,6 +232,11 @@ def view_lines(obj: Row, indent: int = 0) -> list[str]:
     return lines
 
 
+def field_text(key: str, value: Any) -> str:
+    """One field's value for people (see view_lines)."""
+    return _scalar(key, value)
+
+
 def _scalar(key: str, value: Any) -> str:
     if value is None or value == [] or value == {}:
         return "-"

@@ -14,7 +14,7 @@ from typing import Any
 
 from controller.authz import PROJECT_ROLES, ROLES
 from controller.cli.client import ApiError, Client
-from controller.cli.formats import Col, Column, emit_list, emit_show
+from controller.cli.formats import Col, Column, emit_list, emit_show, field_text
 from controller.cli.output import print_json, print_table
 
 
@@ -49,7 +49,7 @@ def _print_project(p: dict[str, Any]) -> None:
     print(f"{p['name']} ({p['id']})")
     print(f"description: {_or_dash(p['description'])}")
     print(f"created:     {p['created_at']} by {p['created_by']}")
-    print_table([{"quota": k, "limit": _limit(p["quotas"], k), "in use": v}
+    print_table([{"quota": k, "limit": _limit(p["quotas"], k), "in use": field_text(k, v)}
                  for k, v in sorted(p["usage"].items()) if k != "gpus"]
                 + [{"quota": f"gpus {m}", "limit": n, "in use": p["usage"]["gpus"].get(m, 0)}
                    for m, n in sorted(p["quotas"].get("gpus", {}).items())],
@@ -57,7 +57,7 @@ def _print_project(p: dict[str, Any]) -> None:
 
 
 def _limit(quotas: dict[str, Any], key: str) -> str:
-    return str(quotas[key]) if key in quotas else "none"
+    return field_text(key, quotas[key]) if key in quotas else "none"
 
 
 QUOTAS = ("instances", "vcpus", "memory_mib", "vgpus", "storage_gib", "volumes", "networks",

@@ -18,6 +18,7 @@ from controller.cli.formats import (
     add_output_options,
     emit_list,
     emit_show,
+    field_text,
     human_size,
     size,
     view_lines,
@@ -156,3 +157,9 @@ def test_show_refuses_an_unknown_field_naming_the_valid_ones(
         emit_show(_args("-c", "colour", columns=None), VOLUME)
     assert exit_.value.code == 2
     assert "unknown field 'colour' (valid: name, size_gib, used_bytes" in capsys.readouterr().err
+
+
+def test_a_field_reads_as_in_the_show_view() -> None:
+    assert field_text("memory_mib", 4096) == "4 GiB"
+    assert field_text("storage_gib", 0) == "0 B"
+    assert field_text("vcpus", 8) == "8"
