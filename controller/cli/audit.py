@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli.client import Client
-from controller.cli.output import print_json, print_table
+from controller.cli.formats import Column, emit_list
+from controller.cli.output import print_json
 from controller.services.audit_chain import verify_export
 
 
@@ -26,14 +27,12 @@ def cmd_audit_list(c: Client, a: argparse.Namespace) -> int:
              ("limit", a.limit))
     # 0 is a value (the API refuses it, saying why), not a missing option
     params = {k: v for k, v in given if v is not None and v != ""}
-    rows = c.get("/audit-events", params=params)
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("SEQ", "seq"), ("TIME", "at"), ("ACTOR", "actor"),
-                       ("SOURCE", lambda r: r["source"] or "-"), ("ACTION", "action"),
-                       ("TARGET", "target"), ("OUTCOME", "outcome")])
-    return 0
+    return emit_list(a, c.get("/audit-events", params=params), AUDIT_COLUMNS)
+
+
+AUDIT_COLUMNS: list[Column] = [
+    ("SEQ", "seq"), ("TIME", "at"), ("ACTOR", "actor"), ("SOURCE", "source"),
+    ("ACTION", "action"), ("TARGET", "target"), ("OUTCOME", "outcome")]
 
 
 def cmd_audit_verify(c: Client, a: argparse.Namespace) -> int:
@@ -120,7 +119,8 @@ def _write_whole(path: Path, lines: Iterable[str]) -> None:
 
 def audit_commands(sub: Any, add: Callable[..., Any]) -> None:
     au = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="cmd", required=True)
-    al = add(au, "list", cmd_audit_list, "list audit events, newest first", json_=True)
+    al = add(au, "list", cmd_audit_list, "list audit events, newest first",
+             columns=AUDIT_COLUMNS)
     al.add_argument("--actor")
     al.add_argument("--action", help="e.g. instance.create")
     al.add_argument("--target", metavar="KIND/ID",

@@ -7,12 +7,11 @@ import os
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
 
-CONFIG_FILE = Path(os.environ.get("VAUBAN_CONFIG", "~/.config/vauban/cli.json")).expanduser()
+from controller.cli.remotes import DEFAULT_NAME, DEFAULT_URL, Remote, Store
 
 
 class ApiError(Exception):
@@ -31,23 +30,25 @@ class Settings:
     ca_file: str | None
 
     @classmethod
-    def load(cls) -> Settings:
-        """Environment (VAUBAN_URL, VAUBAN_TOKEN, VAUBAN_CA_FILE) over the saved login."""
-        saved: dict[str, Any] = {}
-        if CONFIG_FILE.exists():
-            saved = json.loads(CONFIG_FILE.read_text())
+    def load(cls, remote: str | None = None) -> Settings:
+        """Environment (VAUBAN_URL, VAUBAN_TOKEN, VAUBAN_CA_FILE) over the remote named
+        (`remote`), else the current one (controller.cli.remotes); RemoteError if
+        `remote` is not known."""
+        _name, saved = Store.load().chosen(remote)
         return cls(
-            url=os.environ.get("VAUBAN_URL") or saved.get("url") or "https://127.0.0.1:8443",
-            token=os.environ.get("VAUBAN_TOKEN") or saved.get("token"),
-            ca_file=os.environ.get("VAUBAN_CA_FILE") or saved.get("ca_file"),
+            url=os.environ.get("VAUBAN_URL") or (saved.url if saved else None) or DEFAULT_URL,
+            token=os.environ.get("VAUBAN_TOKEN") or (saved.token if saved else None),
+            ca_file=os.environ.get("VAUBAN_CA_FILE") or (saved.ca_file if saved else None),
         )
 
-    def save(self) -> None:
-        CONFIG_FILE.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(CONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a file made earlier with a wider mode holds the token too
-        with os.fdopen(fd, "w") as f:
-            json.dump({"url": self.url, "token": self.token, "ca_file": self.ca_file}, f)
+    def save(self, remote: str | None = None) -> None:
+        """Keep these as the remote `remote` (default: the current one, else "default"),
+        which becomes the current one if none was."""
+        store = Store.load()
+        name = remote or store.current or DEFAULT_NAME
+        store.remotes[name] = Remote(self.url, self.token, self.ca_file)
+        store.current = store.current or name
+        store.save()
 
 
 class Client:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli.client import ApiError, Client
-from controller.cli.output import print_json, print_table
+from controller.cli.formats import Column, emit_list, emit_show
+from controller.cli.output import add_wait_options, print_table
 
 POLL_S = 1.0  # how often a followed rollout is asked for its progress
 BAR = 20
@@ -47,7 +48,7 @@ def cmd_node_add(c: Client, a: argparse.Namespace) -> int:
     if a.no_rollout:
         return 0
     job = c.post("/rollouts", {"limit": [host["name"]]})
-    return _follow(c, job)
+    return _follow(c, job) if a.wait else _started(job)
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -84,11 +85,13 @@ def cmd_rollout_run(c: Client, a: argparse.Namespace) -> int:
     if a.version:
         body["version"] = a.version
     job = c.post("/rollouts", body)
-    if a.no_wait:
-        print(f"rollout {job['id']} started: {len(job['hosts'])} hosts, batches of "
-              f"{job['batch_size']}; follow it with 'vauban rollout show {job['id']}'")
-        return 0
-    return _follow(c, job)
+    return _follow(c, job) if a.wait else _started(job)
+
+
+def _started(job: dict[str, Any]) -> int:
+    print(f"rollout {job['id']} started: {len(job['hosts'])} hosts, batches of "
+          f"{job['batch_size']}; follow it with 'vauban rollout show {job['id']}'")
+    return 0
 
 
 def _bar(row: dict[str, Any], total: int) -> str:
@@ -128,10 +131,10 @@ def cmd_rollout_show(c: Client, a: argparse.Namespace) -> int:
     if a.log:
         sys.stdout.write(c.get(f"/rollouts/{a.id}/log") or "")
         return 0
-    job = c.get(f"/rollouts/{a.id}")
-    if a.json:
-        print_json(job)
-        return 0
+    return emit_show(a, c.get(f"/rollouts/{a.id}"), _print_rollout)
+
+
+def _print_rollout(job: dict[str, Any]) -> None:
     print(f"rollout {job['id']}: {job['state']}, version {job['version']}, batches of "
           f"{job['batch_size']}{', upgrade' if job['upgrade'] else ''}, by "
           f"{job['requested_by']} at {job['created_at']}"
@@ -140,30 +143,26 @@ def cmd_rollout_show(c: Client, a: argparse.Namespace) -> int:
                                ("STATE", "state"), ("TASKS", "tasks_done"),
                                ("CHANGED", "changed"),
                                ("TASK / MESSAGE", lambda r: r["message"] or r["task"])])
-    return 0
+
+
+ROLLOUT_COLUMNS: list[Column] = [
+    ("ID", "id"), ("STATE", "state"), ("VERSION", "version"),
+    ("HOSTS", lambda r: len(r["hosts"])), ("BY", "requested_by"), ("CREATED", "created_at")]
 
 
 def cmd_rollout_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/rollouts")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("ID", "id"), ("STATE", "state"), ("VERSION", "version"),
-                       ("HOSTS", lambda r: len(r["hosts"])), ("BY", "requested_by"),
-                       ("CREATED", "created_at")])
-    return 0
+    return emit_list(a, c.get("/rollouts"), ROLLOUT_COLUMNS)
+
+
+FLEET_COLUMNS: list[Column] = [
+    ("NAME", "name"), ("ADDRESS", "address"), ("PORT", "port"), ("ROLE", "role"),
+    ("HOST KEY", "host_key_sha256"),
+    ("QUALIFICATION", lambda r: f"{r['qualification']['verdict']} "
+     f"({r['qualification']['profile']})" if r["qualification"] else "-")]
 
 
 def cmd_fleet_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/fleet/hosts")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("ADDRESS", "address"), ("PORT", "port"),
-                       ("ROLE", "role"), ("HOST KEY", "host_key_sha256"),
-                       ("QUALIFICATION", lambda r: f"{r['qualification']['verdict']} "
-                        f"({r['qualification']['profile']})" if r["qualification"] else "-")])
-    return 0
+    return emit_list(a, c.get("/fleet/hosts"), FLEET_COLUMNS)
 
 
 def cmd_inventory(c: Client, a: argparse.Namespace) -> int:
@@ -193,6 +192,7 @@ def fleet_node_commands(node: Any, add: Callable[..., Any]) -> None:
     na.add_argument("--profile", choices=["compute", "gpu", "storage", "lab"], default="compute",
                     help="hardware profile it must pass")
     na.add_argument("--no-rollout", action="store_true", help="add it only")
+    add_wait_options(na, "its rollout ends")
     nl = add(node, "label", cmd_node_label, "set (key=value) or remove (key-) labels")
     nl.add_argument("name")
     nl.add_argument("labels", nargs="+", type=_label_arg, metavar="key=value|key-")
@@ -208,15 +208,15 @@ def fleet_commands(sub: Any, add: Callable[..., Any]) -> None:
     rr.add_argument("--upgrade", action="store_true",
                     help="each batch's nodes must report the new version before the next")
     rr.add_argument("--version", help="the release to install (default: the controller's)")
-    rr.add_argument("--no-wait", action="store_true", help="start it and return")
-    rs = add(ro, "show", cmd_rollout_show, "a rollout's hosts, or its full log", json_=True)
+    add_wait_options(rr)
+    rs = add(ro, "show", cmd_rollout_show, "a rollout's hosts, or its full log", show=True)
     rs.add_argument("id")
     rs.add_argument("--log", action="store_true", help="print the full Ansible output")
-    add(ro, "list", cmd_rollout_list, "recent rollouts", json_=True)
+    add(ro, "list", cmd_rollout_list, "recent rollouts", columns=ROLLOUT_COLUMNS)
     fl = sub.add_parser("fleet", help="servers reached over SSH").add_subparsers(
         dest="cmd", required=True)
     add(fl, "list", cmd_fleet_list, "the servers of the fleet, with their pinned host keys",
-        json_=True)
+        columns=FLEET_COLUMNS)
     inv = add(sub, "inventory", cmd_inventory, "the fleet as an Ansible dynamic inventory")
     which = inv.add_mutually_exclusive_group(required=True)
     which.add_argument("--list", action="store_true")

@@ -10,7 +10,7 @@ from typing import Any
 from controller.cli.client import Client
 from controller.cli.failures import print_failures
 from controller.cli.fleet import fleet_node_commands
-from controller.cli.output import print_json, print_table
+from controller.cli.formats import Col, Column, MiB, emit_list, emit_show, human_size, size
 
 GPU_ARG = re.compile(r"^(?P<model>[^:]+?)(?::(?P<count>\d+))?$")
 
@@ -24,15 +24,15 @@ def parse_gpu_arg(text: str) -> dict[str, Any]:
 
 
 def _gib(mib: int) -> str:
-    return f"{mib / 1024:.0f} GiB"
+    return human_size(mib * MiB)
 
 
 def print_node(n: dict[str, Any]) -> None:
     """The node's state, its hardware in a few lines, and its qualification report."""
     inv = n.get("inventory") or {}
     print(f"{n['name']} ({n['id']}): {n['state']}, {n['instances']} VMs, "
-          f"{n['vcpus_used']}/{n['cpus']} vCPUs and {n['memory_mib_used']}/{n['memory_mib']} "
-          "MiB used")
+          f"{n['vcpus_used']}/{n['cpus']} vCPUs and {_gib(n['memory_mib_used'])}/"
+          f"{_gib(n['memory_mib'])} memory used")
     print_failures(n.get("failures") or [], "failures reported by its agent")
     print(f"certificate: serial {n['cert_serial']}, valid until "
           f"{n.get('cert_expires_at') or 'unknown (not renewed yet)'}")
@@ -46,7 +46,7 @@ def print_node(n: dict[str, Any]) -> None:
     print(f"memory:  {_gib(mem['total_mib'])}, {len(hw['numa'])} NUMA nodes")
     for d in hw["disks"]:
         use = "free for Ceph" if d["free_for_osd"] else d["in_use_reason"]
-        print(f"disk:    {d['name']} {d['size_bytes'] // 1024**3} GiB "
+        print(f"disk:    {d['name']} {human_size(d['size_bytes'])} "
               f"{'HDD' if d['rotational'] else 'SSD'} {d['model'] or ''} ({use})")
     for nic in (x for x in hw["nics"] if x["physical"]):
         speed = f"{nic['speed_mbps']} Mb/s" if nic["speed_mbps"] else "no link"
@@ -65,25 +65,19 @@ def print_node(n: dict[str, Any]) -> None:
             print(f"  {line['verdict']:<4}  {line['check']:<24} {line['reason']}")
 
 
+NODE_COLUMNS: list[Column] = [
+    ("NAME", "name"), ("STATE", "state"), ("CPUS", "cpus"), size("MEMORY", "memory_mib", MiB),
+    ("VCPUS USED", "vcpus_used"), size("MEMORY USED", "memory_mib_used", MiB),
+    ("VMS", "instances"),
+    Col("KVM", "kvm_usable", lambda r: "yes" if r["kvm_usable"] else "no (TCG)")]
+
+
 def cmd_node_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/nodes")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("STATE", "state"), ("CPUS", "cpus"),
-                       ("MEMORY MiB", "memory_mib"), ("VCPUS USED", "vcpus_used"),
-                       ("MiB USED", "memory_mib_used"), ("VMS", "instances"),
-                       ("KVM", lambda r: "yes" if r["kvm_usable"] else "no (TCG)")])
-    return 0
+    return emit_list(a, c.get("/nodes"), NODE_COLUMNS)
 
 
 def cmd_node_show(c: Client, a: argparse.Namespace) -> int:
-    node = c.get(f"/nodes/{a.name}")
-    if a.json:
-        print_json(node)
-    else:
-        print_node(node)
-    return 0
+    return emit_show(a, c.get(f"/nodes/{a.name}"), print_node)
 
 
 def cmd_node_remove(c: Client, a: argparse.Namespace) -> int:
@@ -101,7 +95,7 @@ def _memory(row: dict[str, Any]) -> str:
     t = row.get("telemetry") or {}
     if t.get("memory_total_bytes") is None or t.get("memory_used_bytes") is None:
         return "-"
-    return f"{t['memory_used_bytes'] // 1024**2}/{t['memory_total_bytes'] // 1024**2} MiB"
+    return f"{human_size(t['memory_used_bytes'])}/{human_size(t['memory_total_bytes'])}"
 
 
 def _user(row: dict[str, Any]) -> str:
@@ -112,32 +106,28 @@ def _user(row: dict[str, Any]) -> str:
     return row["reason"] or ""
 
 
+GPU_COLUMNS: list[Column] = [
+    ("NODE", "node"), ("ADDRESS", "address"), ("MODEL", "model"), ("STATE", "state"),
+    ("VM / REASON", _user), ("UTIL", lambda r: _telemetry(r, "utilization_pct", "{}%")),
+    ("MEMORY", _memory), ("TEMP", lambda r: _telemetry(r, "temperature_c", "{} C")),
+    ("POWER", lambda r: _telemetry(r, "power_w", "{:.0f} W")),
+    ("ECC", lambda r: _telemetry(r, "ecc_uncorrected_volatile", "{}")),
+    ("XID", lambda r: ",".join(str(x["xid"]) for x in
+                               (r.get("telemetry") or {}).get("xid_events", [])) or "-")]
+
+
 def cmd_gpu_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/gpus")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NODE", "node"), ("ADDRESS", "address"), ("MODEL", "model"),
-                       ("STATE", "state"), ("VM / REASON", _user),
-                       ("UTIL", lambda r: _telemetry(r, "utilization_pct", "{}%")),
-                       ("MEMORY", _memory),
-                       ("TEMP", lambda r: _telemetry(r, "temperature_c", "{} C")),
-                       ("POWER", lambda r: _telemetry(r, "power_w", "{:.0f} W")),
-                       ("ECC", lambda r: _telemetry(r, "ecc_uncorrected_volatile", "{}")),
-                       ("XID", lambda r: ",".join(str(x["xid"]) for x in
-                                                  (r.get("telemetry") or {}).get("xid_events",
-                                                                                 [])) or "-")])
-    return 0
+    return emit_list(a, c.get("/gpus"), GPU_COLUMNS)
 
 
 def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
     node = sub.add_parser("node", help="nodes").add_subparsers(dest="cmd", required=True)
-    add(node, "list", cmd_node_list, "list nodes", json_=True)
+    add(node, "list", cmd_node_list, "list nodes", columns=NODE_COLUMNS)
     add(node, "show", cmd_node_show, "show a node: hardware and qualification",
-        json_=True).add_argument("name")
+        show=True).add_argument("name")
     add(node, "remove", cmd_node_remove, "remove a node without VMs from the region (its "
         "agent is refused from then on)").add_argument("name")
     fleet_node_commands(node, add)
     gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
     add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state and telemetry",
-        json_=True)
+        columns=GPU_COLUMNS)

@@ -14,6 +14,7 @@ from typing import Any
 
 from controller.authz import PROJECT_ROLES, ROLES
 from controller.cli.client import ApiError, Client
+from controller.cli.formats import Col, Column, emit_list, emit_show, field_text
 from controller.cli.output import print_json, print_table
 
 
@@ -31,34 +32,32 @@ def cmd_project_create(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+PROJECT_COLUMNS: list[Column] = [
+    ("NAME", "name"), ("DESCRIPTION", "description"), ("CREATED BY", "created_by"),
+    ("CREATED", "created_at"), ("ID", "id")]
+
+
 def cmd_project_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/projects")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("DESCRIPTION", "description"),
-                       ("CREATED BY", "created_by"), ("CREATED", "created_at"), ("ID", "id")])
-    return 0
+    return emit_list(a, c.get("/projects"), PROJECT_COLUMNS)
 
 
 def cmd_project_show(c: Client, a: argparse.Namespace) -> int:
-    p = c.get(f"/projects/{a.name}")
-    if a.json:
-        print_json(p)
-        return 0
+    return emit_show(a, c.get(f"/projects/{a.name}"), _print_project)
+
+
+def _print_project(p: dict[str, Any]) -> None:
     print(f"{p['name']} ({p['id']})")
     print(f"description: {_or_dash(p['description'])}")
     print(f"created:     {p['created_at']} by {p['created_by']}")
-    print_table([{"quota": k, "limit": _limit(p["quotas"], k), "in use": v}
+    print_table([{"quota": k, "limit": _limit(p["quotas"], k), "in use": field_text(k, v)}
                  for k, v in sorted(p["usage"].items()) if k != "gpus"]
                 + [{"quota": f"gpus {m}", "limit": n, "in use": p["usage"]["gpus"].get(m, 0)}
                    for m, n in sorted(p["quotas"].get("gpus", {}).items())],
                 [("QUOTA", "quota"), ("LIMIT", "limit"), ("IN USE", "in use")])
-    return 0
 
 
 def _limit(quotas: dict[str, Any], key: str) -> str:
-    return str(quotas[key]) if key in quotas else "none"
+    return field_text(key, quotas[key]) if key in quotas else "none"
 
 
 QUOTAS = ("instances", "vcpus", "memory_mib", "vgpus", "storage_gib", "volumes", "networks",
@@ -105,14 +104,13 @@ def cmd_user_create(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+USER_COLUMNS: list[Column] = [
+    ("NAME", "name"), Col("ROLES", "roles", lambda r: _roles_text(r["roles"]) or "-"),
+    ("CREATED", "created_at"), ("ID", "id")]
+
+
 def cmd_user_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/users")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("ROLES", lambda r: _roles_text(r["roles"]) or "-"),
-                       ("CREATED", "created_at"), ("ID", "id")])
-    return 0
+    return emit_list(a, c.get("/users"), USER_COLUMNS)
 
 
 def _roles_text(bindings: list[dict[str, Any]]) -> str:
@@ -121,13 +119,12 @@ def _roles_text(bindings: list[dict[str, Any]]) -> str:
 
 
 def cmd_user_show(c: Client, a: argparse.Namespace) -> int:
-    u = c.get(f"/users/{a.name}")
-    if a.json:
-        print_json(u)
-        return 0
+    return emit_show(a, c.get(f"/users/{a.name}"), _print_user)
+
+
+def _print_user(u: dict[str, Any]) -> None:
     print(f"{u['name']} ({u['id']}), created {u['created_at']}")
     _print_bindings(u["roles"], "roles")
-    return 0
 
 
 def _print_bindings(bindings: list[dict[str, Any]], heading: str) -> None:
@@ -179,14 +176,12 @@ def cmd_role_revoke(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_role_list(c: Client, a: argparse.Namespace) -> int:
     params = {k: v for k, v in (("user", a.user), ("project", a.project)) if v}
-    rows = c.get("/role-bindings", params=params)
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("USER", "user"), ("ROLE", "role"),
-                       ("PROJECT", lambda r: _or_dash(r["project"])),
-                       ("GIVEN BY", "created_by"), ("CREATED", "created_at"), ("ID", "id")])
-    return 0
+    return emit_list(a, c.get("/role-bindings", params=params), ROLE_COLUMNS)
+
+
+ROLE_COLUMNS: list[Column] = [
+    ("USER", "user"), ("ROLE", "role"), ("PROJECT", "project"), ("GIVEN BY", "created_by"),
+    ("CREATED", "created_at"), ("ID", "id")]
 
 
 def cmd_token_create(c: Client, a: argparse.Namespace) -> int:
@@ -207,18 +202,15 @@ def cmd_token_create(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+TOKEN_COLUMNS: list[Column] = [
+    Col("NAME", "name", lambda r: r["name"] or "(login)"),
+    Col("ROLE", "role", lambda r: r["role"] or "(all of yours)"), ("PROJECT", "project"),
+    ("EXPIRES", "expires_at"), ("LAST USED", "last_used_at"), ("REVOKED", "revoked_at"),
+    ("ID", "id")]
+
+
 def cmd_token_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/api-tokens")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", lambda r: r["name"] or "(login)"),
-                       ("ROLE", lambda r: r["role"] or "(all of yours)"),
-                       ("PROJECT", lambda r: _or_dash(r["project"])),
-                       ("EXPIRES", "expires_at"),
-                       ("LAST USED", lambda r: _or_dash(r["last_used_at"])),
-                       ("REVOKED", lambda r: _or_dash(r["revoked_at"])), ("ID", "id")])
-    return 0
+    return emit_list(a, c.get("/api-tokens"), TOKEN_COLUMNS)
 
 
 def cmd_token_revoke(c: Client, a: argparse.Namespace) -> int:
@@ -252,8 +244,8 @@ def identity_commands(sub: Any, add: Callable[..., Any]) -> Any:
     pc = add(pr, "create", cmd_project_create, "create a project")
     pc.add_argument("name")
     pc.add_argument("--description", default="")
-    add(pr, "list", cmd_project_list, "list the projects you see", json_=True)
-    add(pr, "show", cmd_project_show, "show a project", json_=True).add_argument("name")
+    add(pr, "list", cmd_project_list, "list the projects you see", columns=PROJECT_COLUMNS)
+    add(pr, "show", cmd_project_show, "show a project", show=True).add_argument("name")
     add(pr, "delete", cmd_project_delete, "delete an empty project").add_argument("name")
     pq = add(pr, "quota", cmd_project_quota,
              "set a project's quotas (those given; -1: no limit)")
@@ -269,8 +261,8 @@ def identity_commands(sub: Any, add: Callable[..., Any]) -> Any:
     uc.add_argument("name")
     uc.add_argument("--password-file", help="file holding its password (at least 12 "
                     "characters); default: one is made and printed once")
-    add(us, "list", cmd_user_list, "list users and their roles", json_=True)
-    add(us, "show", cmd_user_show, "show a user and its roles", json_=True).add_argument("name")
+    add(us, "list", cmd_user_list, "list users and their roles", columns=USER_COLUMNS)
+    add(us, "show", cmd_user_show, "show a user and its roles", show=True).add_argument("name")
     add(us, "delete", cmd_user_delete, "delete a user, its roles and its tokens").add_argument(
         "name")
 
@@ -281,7 +273,8 @@ def identity_commands(sub: Any, add: Callable[..., Any]) -> Any:
         sp.add_argument("user")
         sp.add_argument("role", choices=ROLES)
         sp.add_argument("--project", help=f"for {', '.join(PROJECT_ROLES)}: the project")
-    rl = add(ro, "list", cmd_role_list, "list the role bindings you may see", json_=True)
+    rl = add(ro, "list", cmd_role_list, "list the role bindings you may see",
+             columns=ROLE_COLUMNS)
     rl.add_argument("--user")
     rl.add_argument("--project")
 
@@ -294,7 +287,8 @@ def identity_commands(sub: Any, add: Callable[..., Any]) -> Any:
                     help="what it acts as: one of your roles, or less")
     tc.add_argument("--project", help="for a project role: the project")
     tc.add_argument("--ttl", type=int, metavar="SECONDS", help="default: 90 days")
-    add(to, "list", cmd_token_list, "list your tokens (never their secrets)", json_=True)
+    add(to, "list", cmd_token_list, "list your tokens (never their secrets)",
+        columns=TOKEN_COLUMNS)
     add(to, "revoke", cmd_token_revoke, "revoke a token (by id, or by name)").add_argument(
         "id", metavar="ID")
 

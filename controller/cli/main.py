@@ -5,46 +5,65 @@ from __future__ import annotations
 import argparse
 import getpass
 import hashlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from controller import __version__
 from controller.cli.account import account_commands, add_code_options, log_in
 from controller.cli.audit import audit_commands
 from controller.cli.client import ApiError, Client, Settings
 from controller.cli.console import cmd_vm_console
 from controller.cli.failures import print_failures
 from controller.cli.fleet import fleet_commands
+from controller.cli.formats import (
+    Col,
+    Column,
+    GiB,
+    MiB,
+    add_output_options,
+    emit_list,
+    emit_show,
+    human_size,
+    pick_columns,
+    size,
+)
 from controller.cli.hardware import hardware_commands, parse_gpu_arg
 from controller.cli.identity import identity_commands
 from controller.cli.monitor import monitor_commands
 from controller.cli.output import (
     PROJECT_HELP,
+    add_wait_options,
     end_progress,
     print_json,
-    print_table,
     progress_line,
     project_cell,
 )
 from controller.cli.ports import port_commands
+from controller.cli.remotes import DEFAULT_URL, RemoteError, Store, remote_commands
 
 Command = Callable[[Client, argparse.Namespace], int]
 
 
 def cmd_login(_c: Client, a: argparse.Namespace) -> int:
+    """Log in to the remote named by --remote (else the current one, else "default") and
+    keep its token there; --url and --ca-file change the remote's. Nothing is saved when
+    the login fails."""
+    name, saved = Store.load().chosen(a.remote)
+    url = a.url or (saved.url if saved else DEFAULT_URL)
+    ca_file = os.path.abspath(a.ca_file) if a.ca_file else saved.ca_file if saved else None
     if a.password_file:
         password = Path(a.password_file).read_text().strip()
     elif sys.stdin.isatty():  # a person at a terminal: ask, without echoing what is typed
-        password = getpass.getpass(f"password for {a.user} at {a.url}: ")
+        password = getpass.getpass(f"password for {a.user} at {url}: ")
     else:
         password = sys.stdin.readline().strip()
-    settings = Settings(url=a.url, token=None, ca_file=os.path.abspath(a.ca_file)
-                        if a.ca_file else None)
-    reply = log_in(Client(settings), a, password)
-    Settings(url=a.url, token=reply["token"], ca_file=settings.ca_file).save()
-    print(f"logged in to {a.url} as {a.user} until {reply['expires_at']}")
+    reply = log_in(Client(Settings(url=url, token=None, ca_file=ca_file)), a, password)
+    Settings(url=url, token=reply["token"], ca_file=ca_file).save(name)
+    print(f"logged in to {url} as {a.user} until {reply['expires_at']}")
     return 0
 
 
@@ -68,15 +87,14 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_COLUMNS: list[Column] = [
+    ("NAME", "name"), Col("PROJECT", "project", project_cell), ("FORMAT", "disk_format"),
+    size("SIZE", "size_bytes"), size("VIRTUAL SIZE", "virtual_size_bytes"), ("OS", "os"),
+    ("ID", "id")]
+
+
 def cmd_image_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/images")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell), ("FORMAT", "disk_format"),
-                       ("SIZE", "size_bytes"),
-                       ("VIRTUAL SIZE", "virtual_size_bytes"), ("OS", "os"), ("ID", "id")])
-    return 0
+    return emit_list(a, c.get("/images"), IMAGE_COLUMNS)
 
 
 def detect_format(path: Path) -> str:
@@ -184,33 +202,28 @@ def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
     return _follow(c, c.post("/instances", body), a.wait)
 
 
+VM_COLUMNS: list[Column] = [
+    ("NAME", "name"), Col("PROJECT", "project", project_cell), ("STATE", "state"),
+    ("NODE", "node_name"), ("IMAGE", "image_name"), ("VCPUS", "vcpus"),
+    size("MEMORY", "memory_mib", MiB), Col("ERROR", "error", lambda r: r["error"] or "")]
+
+
 def cmd_vm_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/instances")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell), ("STATE", "state"),
-                       ("NODE", "node_name"),
-                       ("IMAGE", "image_name"), ("VCPUS", "vcpus"), ("MEMORY MiB", "memory_mib"),
-                       ("ERROR", lambda r: r["error"] or "")])
-    return 0
+    return emit_list(a, c.get("/instances"), VM_COLUMNS)
 
 
 def cmd_vm_show(c: Client, a: argparse.Namespace) -> int:
-    vm = c.get(f"/instances/{a.name}")
-    if a.json:
-        print_json(vm)
-    else:
-        print_vm(vm)
-    return 0
+    return emit_show(a, c.get(f"/instances/{a.name}"), print_vm)
 
 
 def print_vm(vm: dict[str, Any]) -> None:
     """The VM in a few lines: state, placement, NICs, and what failed on its node and why."""
     print(f"{vm['name']} ({vm['id']}): {vm['state']} (wanted {vm['desired_power']}) "
           f"on node {vm['node_name']}")
-    print(f"image:   {vm['image_name']}, {vm['vcpus']} vCPUs, {vm['memory_mib']} MiB"
-          + (f", root disk {vm['root_disk_gib']} GiB" if vm["root_disk_gib"] else ""))
+    print(f"image:   {vm['image_name']}, {vm['vcpus']} vCPUs, "
+          f"{human_size(vm['memory_mib'] * MiB)} memory"
+          + (f", root disk {human_size(vm['root_disk_gib'] * GiB)}" if vm["root_disk_gib"]
+             else ""))
     for port in vm["ports"]:
         print(f"NIC:     {port['network']} {port['mac']} {' '.join(port['addresses'])}")
     for gpu in vm["gpus"]:
@@ -243,34 +256,23 @@ def cmd_volume_create(c: Client, a: argparse.Namespace) -> int:
     return _follow(c, c.post("/volumes", body), a.wait)
 
 
+VOLUME_COLUMNS: list[Column] = [
+    ("NAME", "name"), Col("PROJECT", "project", project_cell), ("STATE", "state"),
+    size("SIZE", "size_gib", GiB), size("USED", "used_bytes"), ("POOL", "pool"),
+    Col("ATTACHED TO", "attached_to", lambda r: r["attached_to"] or ""),
+    Col("TARGET", "target", lambda r: r["target"] or ""),
+    Col("SNAPSHOTS", "snapshots", lambda r: ",".join(r["snapshots"]))]
+
+
 def cmd_volume_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/volumes")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell), ("STATE", "state"),
-                       ("SIZE GiB", "size_gib"),
-                       ("USED", lambda r: _size(r["used_bytes"])), ("POOL", "pool"),
-                       ("ATTACHED TO", lambda r: r["attached_to"] or ""),
-                       ("TARGET", lambda r: r["target"] or ""),
-                       ("SNAPSHOTS", lambda r: ",".join(r["snapshots"]))])
-    return 0
+    return emit_list(a, c.get("/volumes"), VOLUME_COLUMNS)
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value, unit = float(n), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+_size = human_size
 
 
 def cmd_volume_show(c: Client, a: argparse.Namespace) -> int:
-    print_json(c.get(f"/volumes/{a.name}"))
-    return 0
+    return emit_show(a, c.get(f"/volumes/{a.name}"))
 
 
 def cmd_volume_resize(c: Client, a: argparse.Namespace) -> int:
@@ -312,15 +314,14 @@ def cmd_join_token_create(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+JOIN_TOKEN_COLUMNS: list[Column] = [
+    ("ID", "id"), ("DESCRIPTION", "description"), ("STATE", "state"),
+    ("CREATED", "created_at"), ("EXPIRES", "expires_at"),
+    ("USED BY NODE", "used_by_node_id")]
+
+
 def cmd_join_token_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/join-tokens")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("ID", "id"), ("DESCRIPTION", "description"), ("STATE", "state"),
-                       ("CREATED", "created_at"), ("EXPIRES", "expires_at"),
-                       ("USED BY NODE", lambda r: r["used_by_node_id"] or "-")])
-    return 0
+    return emit_list(a, c.get("/join-tokens"), JOIN_TOKEN_COLUMNS)
 
 
 def cmd_join_token_revoke(c: Client, a: argparse.Namespace) -> int:
@@ -330,8 +331,7 @@ def cmd_join_token_revoke(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_operation_show(c: Client, a: argparse.Namespace) -> int:
-    print_json(c.get(f"/operations/{a.id}"))
-    return 0
+    return emit_show(a, c.get(f"/operations/{a.id}"))
 
 
 def cmd_network_create(c: Client, a: argparse.Namespace) -> int:
@@ -357,23 +357,20 @@ def cmd_network_subnet(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+NETWORK_COLUMNS: list[Column] = [
+    ("NAME", "name"), Col("PROJECT", "project", project_cell), ("KIND", "kind"),
+    ("SEGMENT", lambda r: f"vni {r['vni']}" if r["vni"] is not None
+     else f"vlan {r['vlan']} on {r['physical']}"),
+    ("MTU", "mtu"), ("SUBNETS", lambda r: ",".join(s["cidr"] for s in r["subnets"])),
+    ("PORTS", "ports")]
+
+
 def cmd_network_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/networks")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell), ("KIND", "kind"),
-                       ("SEGMENT", lambda r: f"vni {r['vni']}" if r["vni"] is not None
-                        else f"vlan {r['vlan']} on {r['physical']}"),
-                       ("MTU", "mtu"), ("SUBNETS", lambda r: ",".join(s["cidr"]
-                                                                       for s in r["subnets"])),
-                       ("PORTS", "ports")])
-    return 0
+    return emit_list(a, c.get("/networks"), NETWORK_COLUMNS)
 
 
 def cmd_network_show(c: Client, a: argparse.Namespace) -> int:
-    print_json(c.get(f"/networks/{a.name}"))
-    return 0
+    return emit_show(a, c.get(f"/networks/{a.name}"))
 
 
 def cmd_network_delete(c: Client, a: argparse.Namespace) -> int:
@@ -390,20 +387,18 @@ def cmd_secgroup_create(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+SECGROUP_COLUMNS: list[Column] = [
+    ("NAME", "name"), Col("PROJECT", "project", project_cell),
+    ("RULES", lambda r: len(r["rules"])), ("PORTS", "ports"), ("DESCRIPTION", "description"),
+    ("ID", "id")]
+
+
 def cmd_secgroup_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/security-groups")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("NAME", "name"), ("PROJECT", project_cell),
-                       ("RULES", lambda r: len(r["rules"])),
-                       ("PORTS", "ports"), ("DESCRIPTION", "description"), ("ID", "id")])
-    return 0
+    return emit_list(a, c.get("/security-groups"), SECGROUP_COLUMNS)
 
 
 def cmd_secgroup_show(c: Client, a: argparse.Namespace) -> int:
-    print_json(c.get(f"/security-groups/{a.name}"))
-    return 0
+    return emit_show(a, c.get(f"/security-groups/{a.name}"))
 
 
 def cmd_secgroup_delete(c: Client, a: argparse.Namespace) -> int:
@@ -444,8 +439,8 @@ def secgroup_commands(sub: Any, add: Callable[..., Any]) -> None:
     cr.add_argument("name")
     cr.add_argument("--description", default="")
     cr.add_argument("--project", help=PROJECT_HELP)
-    add(sg, "list", cmd_secgroup_list, "list security groups", json_=True)
-    add(sg, "show", cmd_secgroup_show, "show a security group").add_argument("name")
+    add(sg, "list", cmd_secgroup_list, "list security groups", columns=SECGROUP_COLUMNS)
+    add(sg, "show", cmd_secgroup_show, "show a security group", show=True).add_argument("name")
     add(sg, "delete", cmd_secgroup_delete, "delete an unused security group").add_argument(
         "name")
     rule = sg.add_parser("rule", help="rules of a security group").add_subparsers(
@@ -482,8 +477,8 @@ def network_commands(sub: Any, add: Callable[..., Any]) -> None:
     sn.add_argument("cidr")
     sn.add_argument("--gateway", metavar="IP")
     sn.add_argument("--dns", metavar="IP", action="append")
-    add(net, "list", cmd_network_list, "list networks", json_=True)
-    add(net, "show", cmd_network_show, "show a network").add_argument("name")
+    add(net, "list", cmd_network_list, "list networks", columns=NETWORK_COLUMNS)
+    add(net, "show", cmd_network_show, "show a network", show=True).add_argument("name")
     add(net, "delete", cmd_network_delete, "delete a network without ports").add_argument("name")
 
 
@@ -491,7 +486,7 @@ def volume_commands(sub: Any, add: Callable[..., Any]) -> None:
     vol = sub.add_parser("volume", help="block volumes").add_subparsers(dest="cmd", required=True)
 
     def with_wait(sp: Any) -> Any:
-        sp.add_argument("--wait", action="store_true", help="wait until it is done")
+        add_wait_options(sp)
         return sp
 
     cr = with_wait(add(vol, "create", cmd_volume_create, "create a volume"))
@@ -500,8 +495,8 @@ def volume_commands(sub: Any, add: Callable[..., Any]) -> None:
     cr.add_argument("--pool")
     cr.add_argument("--from", dest="source", metavar="VOLUME@SNAPSHOT", help="clone a snapshot")
     cr.add_argument("--project", help=PROJECT_HELP)
-    add(vol, "list", cmd_volume_list, "list volumes", json_=True)
-    add(vol, "show", cmd_volume_show, "show a volume").add_argument("name")
+    add(vol, "list", cmd_volume_list, "list volumes", columns=VOLUME_COLUMNS)
+    add(vol, "show", cmd_volume_show, "show a volume", show=True).add_argument("name")
     rs = with_wait(add(vol, "resize", cmd_volume_resize, "grow a volume"))
     rs.add_argument("name")
     rs.add_argument("--size", type=int, required=True, help="new size, GiB")
@@ -522,17 +517,27 @@ def volume_commands(sub: Any, add: Callable[..., Any]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vauban", description=__doc__)
+    p.add_argument("--version", action="version", version=f"vauban {package_version()}")
+    p.add_argument("--remote", metavar="NAME", help="the region of this command (a name "
+                   "from 'vauban remote list'; default: the current one)")
     sub = p.add_subparsers(dest="group", required=True)
 
-    def add(parent: Any, name: str, func: Command, help_: str, json_: bool = False) -> Any:
+    def add(parent: Any, name: str, func: Command, help_: str, json_: bool = False,
+            columns: Sequence[Column] | None = None, show: bool = False) -> Any:
+        """A command; a list (`columns`) or a show gets -o/-c/--json, another with
+        `json_` gets --json alone."""
         sp = parent.add_parser(name, help=help_)
         sp.set_defaults(func=func)
-        if json_:
+        if columns is not None or show:
+            add_output_options(sp, columns)
+        elif json_:
             sp.add_argument("--json", action="store_true", help="print JSON")
         return sp
 
-    lg = add(sub, "login", cmd_login, "log in and save a token")
-    lg.add_argument("--url", default="https://127.0.0.1:8443")
+    lg = add(sub, "login", cmd_login, "log in and save a token (for the remote named by "
+             "--remote, else the current one)")
+    lg.add_argument("--url", help="the controller (default: the remote's, else "
+                    f"{DEFAULT_URL})")
     lg.add_argument("--user", default="admin")
     lg.add_argument("--password-file", help="file holding the password (default: asked "
                     "without echo on a terminal, else read from stdin)")
@@ -545,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     users = identity_commands(sub, add)
 
     image = sub.add_parser("image", help="images").add_subparsers(dest="cmd", required=True)
-    add(image, "list", cmd_image_list, "list images", json_=True)
+    add(image, "list", cmd_image_list, "list images", columns=IMAGE_COLUMNS)
     imp = add(image, "import", cmd_image_import, "upload an image file")
     imp.add_argument("file")
     imp.add_argument("--name", help="default: the file name without extension")
@@ -592,9 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--vgpu", metavar="TYPE", help="a vGPU of this type, e.g. H100XM-10C")
     cr.add_argument("--no-start", action="store_true")
     cr.add_argument("--project", help=PROJECT_HELP)
-    cr.add_argument("--wait", action="store_true", help="wait until it runs")
-    add(vm, "list", cmd_vm_list, "list VMs", json_=True)
-    add(vm, "show", cmd_vm_show, "show a VM", json_=True).add_argument("name")
+    add_wait_options(cr, "it is made (and runs, unless --no-start)")
+    add(vm, "list", cmd_vm_list, "list VMs", columns=VM_COLUMNS)
+    add(vm, "show", cmd_vm_show, "show a VM", show=True).add_argument("name")
     add(vm, "console", cmd_vm_console, "the VM's serial console, live (read and type; with "
         "a terminal Ctrl-] ends it, without one the end of stdin)").add_argument("name")
     forced = {"stop": "cut the power at once (no ACPI shutdown)",
@@ -602,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ("start", "stop", "reboot", "delete", "flatten"):
         sp = add(vm, action, _vm_action(action), f"{action} a VM")
         sp.add_argument("name")
-        sp.add_argument("--wait", action="store_true")
+        add_wait_options(sp)
         if action in forced:
             sp.add_argument("--force", action="store_true", help=forced[action])
 
@@ -617,23 +622,52 @@ def build_parser() -> argparse.ArgumentParser:
     jc.add_argument("--description", default="")
     jc.add_argument("--ttl", type=int, default=3600, help="seconds")
     add(jt, "list", cmd_join_token_list, "list join tokens and whether each is unused, used, "
-        "revoked or expired (never the secret)", json_=True)
+        "revoked or expired (never the secret)", columns=JOIN_TOKEN_COLUMNS)
     add(jt, "revoke", cmd_join_token_revoke, "make an unused join token unusable").add_argument(
         "id")
     audit_commands(sub, add)
     monitor_commands(sub, add)
     account_commands(sub, add, users)
     op = sub.add_parser("operation", help="operations").add_subparsers(dest="cmd", required=True)
-    add(op, "show", cmd_operation_show, "show an operation").add_argument("id")
+    add(op, "show", cmd_operation_show, "show an operation", show=True).add_argument("id")
+    remote_commands(sub, add)
+    add(sub, "completion", cmd_completion, "print a shell completion script (bash: "
+        "'source <(vauban completion bash)'; zsh: write it as _vauban in your $fpath)"
+        ).add_argument("shell", choices=["bash", "zsh"])
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def package_version() -> str:
+    """The installed package's version (the source tree's when it is not installed)."""
     try:
-        client = Client(Settings.load())
+        return importlib.metadata.version("vauban")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
+def cmd_completion(_c: Client, a: argparse.Namespace) -> int:
+    import shtab  # only here: no other command needs it
+
+    print(shtab.complete(build_parser(), shell=a.shell))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "list_columns", None) is not None:
+        pick_columns(args, args.list_columns)  # an unknown column: exit 2, nothing sent
+    try:
+        settings = Settings.load(args.remote) if args.remote else Settings.load()
+    except RemoteError as e:
+        parser.error(str(e))
+    try:
+        client = Client(settings)
         result: int = args.func(client, args)
         return result
+    except RemoteError as e:
+        print(f"vauban: error: {e}", file=sys.stderr)
+        return 1
     except ApiError as e:
         # who you are (401) or what you may (403): said, so that a refusal reads as one
         refused = f" ({e.status} {e.problem.get('title', '')})".replace(" )", ")") \

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
-Column = tuple[str, str | Callable[[dict[str, Any]], Any]]
+from controller.cli.formats import Column as Column
+from controller.cli.formats import print_table as print_table
+
 PROJECT_HELP = "its project (name or id); default: yours if you have one, else 'default'"
 
 
@@ -20,14 +22,14 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> None:
-    cells = [[h for h, _ in columns]]
-    for r in rows:
-        cells.append([str(get(r) if callable(get) else r.get(get, ""))
-                      for _, get in columns])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+def add_wait_options(sp: argparse.ArgumentParser, until: str = "it is done") -> None:
+    """`--wait` (the default: follow it, with a progress bar on a terminal) and
+    `--no-wait` (return once the region accepted it), as `a.wait`."""
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--wait", dest="wait", action="store_true", default=True,
+                   help=f"wait until {until}, showing progress on a terminal (the default)")
+    g.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="return once the region accepted it (prints the operation to follow)")
 
 
 def progress_line(label: str, percent: int) -> None:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.cli.client import Client
-from controller.cli.output import PROJECT_HELP, print_json, print_table, project_cell
+from controller.cli.formats import Col, Column, emit_list
+from controller.cli.output import PROJECT_HELP, project_cell
 
 
 def cmd_port_create(c: Client, a: argparse.Namespace) -> int:
@@ -24,15 +25,15 @@ def cmd_port_create(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_port_list(c: Client, a: argparse.Namespace) -> int:
-    rows = c.get("/ports")
-    if a.json:
-        print_json(rows)
-        return 0
-    print_table(rows, [("ID", "id"), ("PROJECT", project_cell), ("NETWORK", "network"),
-                       ("VM", lambda r: r["instance"] or "-"), ("MAC", "mac"),
-                       ("ADDRESSES", lambda r: ",".join(r["addresses"])),
-                       ("SECURITY GROUPS", lambda r: ",".join(r["security_groups"]) or "-")])
-    return 0
+    return emit_list(a, c.get("/ports"), PORT_COLUMNS)
+
+
+PORT_COLUMNS: list[Column] = [
+    ("ID", "id"), Col("PROJECT", "project", project_cell), ("NETWORK", "network"),
+    ("VM", "instance"), ("MAC", "mac"),
+    Col("ADDRESSES", "addresses", lambda r: ",".join(r["addresses"])),
+    Col("SECURITY GROUPS", "security_groups",
+        lambda r: ",".join(r["security_groups"]) or "-")]
 
 
 def cmd_port_delete(c: Client, a: argparse.Namespace) -> int:
@@ -51,5 +52,5 @@ def port_commands(sub: Any, add: Callable[..., Any]) -> None:
     cr.add_argument("--security-group", action="append", metavar="GROUP",
                     help="security group (repeatable; default: 'default')")
     cr.add_argument("--project", help=PROJECT_HELP)
-    add(po, "list", cmd_port_list, "list ports", json_=True)
+    add(po, "list", cmd_port_list, "list ports", columns=PORT_COLUMNS)
     add(po, "delete", cmd_port_delete, "delete a port that no VM has").add_argument("id")

@@ -91,13 +91,13 @@ def test_vm_boots_from_an_rbd_clone_and_uses_volumes(region: E2ERegion, ceph_adm
     assert is_running(vm["id"])
 
     region.cli("volume", "create", vol, "--size", "1", "--pool", "vauban-fast", "--wait")
-    shown = json.loads(region.cli("volume", "show", vol))
+    shown = json.loads(region.cli("volume", "show", vol, "-o", "json"))
     assert shown["state"] == "available" and shown["size_bytes"] == 1024**3
     assert volume_name(shown["id"]) in rbd_names(ceph_admin, "vauban-fast")
 
     region.cli("volume", "attach", vol, "--vm", name, "--wait")
     wait_for(lambda: guest_disks(log) == "vda,vdb,vdc", 60, "the guest to see the volume")
-    shown = json.loads(region.cli("volume", "show", vol))
+    shown = json.loads(region.cli("volume", "show", vol, "-o", "json"))
     assert shown["state"] == "in-use" and shown["attached_to"] == name and shown["target"] == "vdc"
     refused = region.run_cli("volume", "delete", vol)
     assert refused.returncode == 1 and "detach it first" in refused.stderr
@@ -137,7 +137,7 @@ def test_volume_detaches_from_a_stopped_vm(region: E2ERegion, ceph_admin: Any) -
     region.cli("volume", "detach", vol, "--wait")
 
     assert domain_disk(vm["id"], "vdc") == (None, False)  # gone from the definition
-    shown = json.loads(region.cli("volume", "show", vol))
+    shown = json.loads(region.cli("volume", "show", vol, "-o", "json"))
     assert shown["state"] == "available" and shown["attached_to"] is None
     region.cli("volume", "delete", vol, "--wait")  # free: nothing holds it any more
     assert volume_name(shown["id"]) not in rbd_names(ceph_admin)
@@ -162,7 +162,7 @@ def test_ceph_unreachable_is_retried_and_the_agent_keeps_running(
     ceph_minicluster.stop()
     try:
         region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1",
-                   "--memory", "256")
+                   "--memory", "256", "--no-wait")
         # storage is sampled on its own thread: the heartbeat goes on, saying Ceph is silent
         status = wait_for(lambda: (s := json.loads(region.cli("status", "--json")))["storage"]
                           ["health"] == "UNREACHABLE" and s, 60, "the node to report Ceph down")

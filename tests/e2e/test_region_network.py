@@ -32,7 +32,7 @@ def test_vm_on_a_tenant_network_answers_ping_as_its_security_group_allows(
     net, name, group = f"net-{tag}", f"nic-{tag}", f"sg-{tag}"
     region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.77.0.0/24",
                "--gateway", "10.77.0.1")
-    network = json.loads(region.cli("network", "show", net))
+    network = json.loads(region.cli("network", "show", net, "-o", "json"))
     region.cli("security-group", "create", group)  # no rule: nothing may come in
     region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1", "--memory", "256",
                "--network", f"{net}:10.77.0.10", "--security-group", group, "--wait")
@@ -52,7 +52,8 @@ def test_vm_on_a_tenant_network_answers_ping_as_its_security_group_allows(
     region.cli("security-group", "rule", "add", group, "--direction", "ingress",
                "--protocol", "icmp", "--remote-cidr", "10.77.0.200/32")
     wait_for(lambda: pings(ns, "10.77.0.10"), 60, "the VM to answer ping")
-    rule_id = json.loads(region.cli("security-group", "show", group))["rules"][0]["id"]
+    shown = json.loads(region.cli("security-group", "show", group, "-o", "json"))
+    rule_id = shown["rules"][0]["id"]
     region.cli("security-group", "rule", "delete", group, rule_id)
     wait_for(lambda: not pings(ns, "10.77.0.10"), 60, "the rule removal to take effect")
 

@@ -52,5 +52,5 @@ class ApiClient(Client):
 def cli_answered_by(api: Api, monkeypatch: pytest.MonkeyPatch) -> Api:
     """`api`, with the CLI talking to it (with whatever headers `api.headers` holds)."""
     monkeypatch.setattr(cli, "Client", lambda _settings: ApiClient(api))
-    monkeypatch.setattr(cli.Settings, "load", classmethod(lambda cls: None))
+    monkeypatch.setattr(cli.Settings, "load", classmethod(lambda cls, *_remote: None))
     return api

@@ -79,7 +79,8 @@ def test_login_sends_the_code_of_a_totp_file_or_says_how_to_give_one(
         api: Api, region: Region, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     saved: list[str | None] = []
-    monkeypatch.setattr(cli.Settings, "save", lambda self: saved.append(self.token))
+    monkeypatch.setenv("VAUBAN_CONFIG", str(region.config.data_dir / "cli.json"))
+    monkeypatch.setattr(cli.Settings, "save", lambda self, *_remote: saved.append(self.token))
     base = ["login", "--password-file", str(region.config.admin_password_file)]
     _stdin(monkeypatch)
     assert cli.main(base) == 1

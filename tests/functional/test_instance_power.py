@@ -148,15 +148,15 @@ def test_cli_reboot_and_forced_stop(api: Api, region: Region,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     node, vm = _running(api)
     cli_answered_by(api, monkeypatch)
-    assert cli.main(["vm", "reboot", "web-1", "--force"]) == 0
+    assert cli.main(["vm", "reboot", "web-1", "--force", "--no-wait"]) == 0
     d = api.desired(node)
     assert (d["vms"][0]["power_mode"], d["vms"][0]["power_seq"]) == ("reset", 2)
     api.report(node, [_observed(vm, ObservedVmState.RUNNING, 2)], applied=d["generation"])
-    assert cli.main(["vm", "reboot", "web-1"]) == 0
+    assert cli.main(["vm", "reboot", "web-1", "--no-wait"]) == 0
     d = api.desired(node)
     assert (d["vms"][0]["power_mode"], d["vms"][0]["power_seq"]) == ("reboot", 3)
     api.report(node, [_observed(vm, ObservedVmState.RUNNING, 3)], applied=d["generation"])
-    assert cli.main(["vm", "stop", "web-1", "--force"]) == 0
+    assert cli.main(["vm", "stop", "web-1", "--force", "--no-wait"]) == 0
     d = api.desired(node)
     assert (d["vms"][0]["power"], d["vms"][0]["power_mode"]) == ("stopped", "force")
     assert [e["force"] for e in _audit(region, "instance.reboot")] == [True, False]

@@ -46,7 +46,8 @@ class Made:
     def network(self, name: str, subnet: str) -> dict[str, Any]:
         self.networks.append(name)
         self.region.cli("network", "create", name, "--kind", "tenant", "--subnet", subnet)
-        return json.loads(self.region.cli("network", "show", name))  # type: ignore[no-any-return]
+        shown = self.region.cli("network", "show", name, "-o", "json")
+        return json.loads(shown)  # type: ignore[no-any-return]
 
     def delete_all(self) -> None:
         for name in self.vms:

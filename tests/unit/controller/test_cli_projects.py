@@ -44,8 +44,9 @@ def _run(client: Client, *argv: str) -> int:
 
 
 @pytest.mark.parametrize(("argv", "path"), [
-    (["vm", "create", "a", "--image", "i", "--cpus", "1", "--memory", "64"], "/instances"),
-    (["volume", "create", "a", "--size", "1"], "/volumes"),
+    (["vm", "create", "a", "--image", "i", "--cpus", "1", "--memory", "64", "--no-wait"],
+     "/instances"),
+    (["volume", "create", "a", "--size", "1", "--no-wait"], "/volumes"),
     (["network", "create", "a", "--kind", "tenant"], "/networks"),
     (["security-group", "create", "a"], "/security-groups"),
     (["port", "create", "a"], "/ports"),
