@@ -1,8 +1,9 @@
 """End to end with a real cloud image: the Debian 12 image `make image-debian` builds boots
-on a tenant network, cloud-init sets it up from its seed (host name, fixed address, the
-default user's name and SSH key), the test logs in over SSH with that key, the guest's
-host key pinned from what cloud-init printed on the serial console, and what the guest
-agent says reaches `vauban vm show`.
+on a tenant network with UEFI on a q35 machine, its root disk on virtio-scsi (BIOS on
+i440fx with virtio-blk is what every test guest boots on), cloud-init sets it up from
+its seed (host name, fixed address, the default user's name and SSH key), the test logs
+in over SSH with that key, the guest's host key pinned from what cloud-init printed on
+the serial console, and what the guest agent says reaches `vauban vm show`.
 
 Traffic goes only to the VM's address on the test's own network, from a namespace of
 the test plugged into the node's bridge for that network.
@@ -68,7 +69,8 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
     net, name, group, image = f"dnet-{tag}", f"deb-{tag}", f"dsg-{tag}", f"debian-{tag}"
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    region.cli("image", "import", str(debian_image), "--name", image, "--min-disk", "2")
+    region.cli("image", "import", str(debian_image), "--name", image, "--min-disk", "2",
+               "--firmware", "bios,uefi")
     region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.78.0.0/24",
                "--gateway", "10.78.0.1")
     region.cli("security-group", "create", group)
@@ -77,7 +79,7 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
     region.cli("vm", "create", name, "--image", image, "--cpus", "1", "--memory", "768",
                "--network", f"{net}:10.78.0.10", "--security-group", group,
                "--ssh-key", f"{key}.pub", "--user", "ops", "--hostname", f"host-{tag}",
-               "--wait")
+               "--firmware", "uefi", "--machine", "q35", "--disk-bus", "virtio-scsi")
     vm = region.vm(name)
     try:
         found = wait_for(lambda: HOST_KEYS.search(_console(vm)), BOOT_DEADLINE_S,
@@ -88,11 +90,12 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         known_hosts.write_text("".join(f"10.78.0.10 {kind} {blob}\n" for kind, blob in keys))
 
         ns, host_end = probe_namespace
-        network = json.loads(region.cli("network", "show", net))
+        network = json.loads(region.cli("network", "show", net, "-o", "json"))
         ip("link", "set", host_end, "master", bridge_name(network["id"]), "up")
         ip("-n", ns, "addr", "add", "10.78.0.200/24", "dev", "eth0")
         ip("-n", ns, "link", "set", "eth0", "up")
-        command = "hostname; ip -4 -o address show scope global; cloud-init status --wait"
+        command = ("hostname; ip -4 -o address show scope global; cloud-init status --wait; "
+                   "test -d /sys/firmware/efi && echo booted-by-uefi; lsblk -dno NAME,TRAN")
 
         def log_in() -> subprocess.CompletedProcess[str] | None:
             done = _ssh(ns, key, known_hosts, "ops@10.78.0.10", command)
@@ -102,6 +105,8 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         lines = logged_in.stdout.splitlines()
         assert lines[0] == f"host-{tag}"
         assert "10.78.0.10/24" in logged_in.stdout and "status: done" in logged_in.stdout
+        assert "booted-by-uefi" in lines
+        assert re.search(r"^sda\b", logged_in.stdout, re.M)  # the root on the SCSI bus
         stranger = tmp_path / "stranger"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
                        check=True)
