@@ -94,8 +94,10 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         ip("link", "set", host_end, "master", bridge_name(network["id"]), "up")
         ip("-n", ns, "addr", "add", "10.78.0.200/24", "dev", "eth0")
         ip("-n", ns, "link", "set", "eth0", "up")
-        command = ("hostname; ip -4 -o address show scope global; cloud-init status --wait; "
-                   "test -d /sys/firmware/efi && echo booted-by-uefi; lsblk -dno NAME,TRAN")
+        command = ("hostname; ip -4 -o address show scope global; cloud-init status --wait "
+                   "--long; test -d /sys/firmware/efi && echo booted-by-uefi; "
+                   "lsblk -dno NAME,TRAN; sudo grep -E 'WARNING|ERROR|Traceback' "
+                   "/var/log/cloud-init.log | tail -n 20")
 
         def log_in() -> subprocess.CompletedProcess[str] | None:
             done = _ssh(ns, key, known_hosts, "ops@10.78.0.10", command)

@@ -91,7 +91,7 @@ def _upgrade_through_a_rollout(region: E2ERegion, name: str, ssh_port: int, key:
 
 @pytest.mark.timeout(INSTALL_DEADLINE_S + BOOT_DEADLINE_S + REPORT_DEADLINE_S)
 def test_the_iso_installs_a_node_that_joins_the_region_by_itself(
-        built_iso: build.Result, region: E2ERegion, tmp_path: Path) -> None:
+        built_iso: build.Result, region: E2ERegion, releases: Path, tmp_path: Path) -> None:
     name = f"iso-{uuid.uuid4().hex[:6]}"
     made = allinone.create_join_token(region.layout, region.token, "appliance ISO e2e")
     key, public = _ssh_key(tmp_path / "operator")
