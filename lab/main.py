@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -24,7 +22,9 @@ from typing import Any
 
 from lab import network, rootfs
 from lab.node import (
+    STOP_TIMEOUT_S,
     LabNode,
+    ask_to_halt,
     is_running,
     mount_overlay,
     start,
@@ -162,12 +162,13 @@ def down(state: Path) -> list[str]:
     removed = []
     running = [n.name for n in lab.nodes if is_running(n)]
     for node in lab.nodes:  # every node shuts down at once; each is then waited for
-        if node.name in running and node.pid is not None:
-            os.kill(node.pid, signal.SIGTERM)
+        if node.name in running:
+            ask_to_halt(node)
     for node in lab.nodes:
         if node.name in running:
-            stop(node)
-            removed.append(f"node {node.name} stopped")
+            removed.append(f"node {node.name} stopped" if stop(node, asked=True) else
+                           f"node {node.name} killed (no orderly shutdown within "
+                           f"{STOP_TIMEOUT_S:.0f} s)")
         unmount_overlay(node)
         if network.remove_namespace(node.namespace):
             removed.append(f"namespace {node.namespace}")
