@@ -65,7 +65,8 @@ def open_region(config: ControllerConfig) -> Region:
     postgres = engine.dialect.name == "postgresql"
     events.install(sessions, hub.wake, notify_other_processes(origin) if postgres else None)
     ca = RegionCA(config.pki_dir)
-    ca.ensure(config.tls_names(), timedelta(seconds=config.server_cert_lifetime_s))
+    ca.ensure(config.tls_names(), timedelta(seconds=config.server_cert_lifetime_s),
+              config.server_cert_renew_fraction)
     ca_left = ca.ca_not_after() - datetime.now(UTC)
     if ca_left < CA_WARN_BEFORE:
         log.warning("the region CA expires in %d days (%s): nodes pin it, and no certificate "

@@ -9,9 +9,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.protocol import RENEW_FRACTION
 from controller.pki import CA_VALIDITY, LEAF_VALIDITY
 
 MIN_CERT_LIFETIME_S = 60  # renewed at a third left: below a minute, renewal would never rest
+MIN_RENEW_FRACTION, MAX_RENEW_FRACTION = 0.05, 0.9  # as the agent's cert_renew_fraction
 
 @dataclass(frozen=True)
 class ClientLimits:
@@ -126,6 +128,9 @@ class ControllerConfig:
     # third of it is left (nodes by their agent, the server by the controller)
     node_cert_lifetime_s: int = int(LEAF_VALIDITY.total_seconds())
     server_cert_lifetime_s: int = int(LEAF_VALIDITY.total_seconds())
+    # the server certificate is renewed once less than this part of its lifetime is left
+    # (the agent's cert_renew_fraction is the same for node certificates)
+    server_cert_renew_fraction: float = RENEW_FRACTION
 
     def __post_init__(self) -> None:
         for name in POSITIVE_SETTINGS:
@@ -142,6 +147,11 @@ class ControllerConfig:
                 raise ValueError(f"{name} must be a whole number of seconds from "
                                  f"{MIN_CERT_LIFETIME_S} to {longest} (the CA's own "
                                  f"validity), not {value}")
+        if not (math.isfinite(self.server_cert_renew_fraction)
+                and MIN_RENEW_FRACTION <= self.server_cert_renew_fraction
+                <= MAX_RENEW_FRACTION):
+            raise ValueError(f"server_cert_renew_fraction must be from {MIN_RENEW_FRACTION} "
+                             f"to {MAX_RENEW_FRACTION}, not {self.server_cert_renew_fraction}")
         if self.workers > 1 and not self.db_url.startswith("postgresql"):
             raise ValueError(f"workers is {self.workers}, but more than one worker needs "
                              "PostgreSQL (VAUBAN_DATABASE_URL): workers hear of each "
@@ -268,6 +278,7 @@ class ControllerConfig:
                 "events_keep_s": ("VAUBAN_EVENTS_KEEP_S", float),
                 "events_keep_count": ("VAUBAN_EVENTS_KEEP_COUNT", int),
                 "events_keepalive_s": ("VAUBAN_EVENTS_KEEPALIVE_S", float),
+                "server_cert_renew_fraction": ("VAUBAN_SERVER_CERT_RENEW_FRACTION", float),
             }),
             **_lifetime(env, "node_cert_lifetime_s", "VAUBAN_NODE_CERT"),
             **_lifetime(env, "server_cert_lifetime_s", "VAUBAN_SERVER_CERT"),

@@ -49,7 +49,8 @@ class _Server(BaseApplication):
         """Renew the server certificate files when due (read by serving.BoundedGeventWorker)."""
         ca = RegionCA(self.config.pki_dir)
         if ca.renew_server_if_due(self.config.tls_names(),
-                                  timedelta(seconds=self.config.server_cert_lifetime_s)):
+                                  timedelta(seconds=self.config.server_cert_lifetime_s),
+                                  fraction=self.config.server_cert_renew_fraction):
             log.info("renewed the server certificate: valid until %s",
                      ca.server_not_after().isoformat())
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.protocol import renewal_due
+from agent.protocol import RENEW_FRACTION, renewal_due
 
 # the CA is what nodes pin (its SHA-256): it outlives many generations of the certificates
 # it signs, which are renewed before they expire (see docs/architecture.md)
@@ -123,7 +123,8 @@ class RegionCA:
             os.close(fd)  # releases the lock
 
     def ensure(self, server_names: list[str],
-               server_lifetime: timedelta = LEAF_VALIDITY) -> None:
+               server_lifetime: timedelta = LEAF_VALIDITY,
+               renew_fraction: float = RENEW_FRACTION) -> None:
         """Create the CA and the server certificate if missing.
 
         After success both exist; existing ones are kept (so nodes stay trusted
@@ -134,21 +135,23 @@ class RegionCA:
         with self._locked():
             if not self.cert_path.exists():
                 self._create_ca()
-        self.renew_server_if_due(server_names, server_lifetime)
+        self.renew_server_if_due(server_names, server_lifetime, fraction=renew_fraction)
 
     def renew_server_if_due(self, server_names: list[str], lifetime: timedelta,
-                            now: datetime | None = None) -> bool:
+                            now: datetime | None = None,
+                            fraction: float = RENEW_FRACTION) -> bool:
         """Issue a new server certificate (new key, `lifetime`) when the one on disk is
-        missing, lacks one of `server_names`, or has less than a third of its life left
-        (agent.protocol.renewal_due). True when it did. Each file is replaced in one step,
-        key first, under the directory's lock, so that processes renew one at a time and a
-        changed certificate file always comes with its key. On failure the files on disk
-        are as they were, or the new pair."""
+        missing, lacks one of `server_names`, or has less than `fraction` of its life left
+        (a third by default; agent.protocol.renewal_due). True when it did. Each file is
+        replaced in one step, key first, under the directory's lock, so that processes renew
+        one at a time and a changed certificate file always comes with its key. On failure
+        the files on disk are as they were, or the new pair."""
         now = now or datetime.now(UTC)
         with self._locked():
             if self.server_cert_path.exists() and self.server_key_path.exists():
                 cert = x509.load_pem_x509_certificate(self.server_cert_path.read_bytes())
-                due = renewal_due(cert.not_valid_before_utc, cert.not_valid_after_utc)
+                due = renewal_due(cert.not_valid_before_utc, cert.not_valid_after_utc,
+                                  fraction)
                 if self._server_covers(server_names) and now < due:
                     return False
             self._issue_server(server_names, lifetime)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from lab import network, rootfs
 from lab.node import (
     LabNode,
+    ask_to_halt,
     is_running,
     mount_overlay,
     start,
@@ -37,6 +37,9 @@ from lab.node import (
 DEFAULT_STATE = Path("var/lab")
 DEFAULT_SUBNET = "10.241.0.0/24"
 FIRST_NODE_HOST = 11  # node i has the subnet's address 10 + i; the host has the first
+# how long down lets the nodes power off in order before it kills them: their folders are
+# removed next, so nothing on them is kept either way
+DOWN_GRACE_S = 10.0
 
 
 @dataclass
@@ -153,21 +156,25 @@ def _write_known_hosts(lab: Lab) -> None:
 
 
 def down(state: Path) -> list[str]:
-    """Remove everything the lab in `state` recorded: nodes (by their nspawn PID),
-    overlays, node folders, namespaces, the bridge and the lab's keys. Returns what was
-    removed, in words. The cached root stays (other labs and CI reuse it)."""
+    """Remove everything the lab in `state` recorded: nodes (by their nspawn PID: asked
+    to power off, killed if they have not within DOWN_GRACE_S), overlays, node folders,
+    namespaces, the bridge and the lab's keys. Returns what was removed, in words. The
+    cached root stays (other labs and CI reuse it)."""
     lab = Lab.load(state)
     if lab is None:
         return []
     removed = []
     running = [n.name for n in lab.nodes if is_running(n)]
     for node in lab.nodes:  # every node shuts down at once; each is then waited for
-        if node.name in running and node.pid is not None:
-            os.kill(node.pid, signal.SIGTERM)
+        if node.name in running:
+            ask_to_halt(node)
+    deadline = time.monotonic() + DOWN_GRACE_S
     for node in lab.nodes:
         if node.name in running:
-            stop(node)
-            removed.append(f"node {node.name} stopped")
+            orderly = stop(node, max(0.0, deadline - time.monotonic()), asked=True)
+            removed.append(f"node {node.name} stopped" if orderly else
+                           f"node {node.name} killed (not powered off within "
+                           f"{DOWN_GRACE_S:.0f} s)")
         unmount_overlay(node)
         if network.remove_namespace(node.namespace):
             removed.append(f"namespace {node.namespace}")

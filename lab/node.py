@@ -31,6 +31,7 @@ PermitRootLogin prohibit-password
 _STARTED: dict[int, subprocess.Popen[bytes]] = {}  # nodes this process booted, by PID
 BOOT_TIMEOUT_S = 300.0  # a node boots in seconds; a loaded 2-core machine takes longer
 STOP_TIMEOUT_S = 90.0
+HALT_SIGNAL = signal.SIGRTMIN + 3  # what nspawn --boot passes on as SIGTERM
 
 
 @dataclass
@@ -229,27 +230,60 @@ def console_tail(node: LabNode, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def stop(node: LabNode, timeout: float = STOP_TIMEOUT_S) -> None:
-    """Power the node off (SIGTERM to nspawn: an orderly shutdown inside), killing it if it
-    does not end in `timeout` s. Only the process the lab started is signalled."""
+def _init_hears_halt(node: LabNode) -> bool:
+    """The node's systemd blocks or catches SIGRTMIN+3 (its halt request): until it does,
+    the kernel drops that signal, as it does any a namespace's init has no use for yet."""
+    leader = leader_pid(node)
+    if leader is None:
+        return False
+    try:
+        status = Path(f"/proc/{leader}/status").read_text()
+    except OSError:
+        return False
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    bit = 1 << (HALT_SIGNAL - 1)
+    return any(int(fields.get(mask, "0").strip() or "0", 16) & bit
+               for mask in ("SigBlk", "SigCgt"))
+
+
+def ask_to_halt(node: LabNode, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Ask the running node for an orderly shutdown: SIGTERM to its nspawn, which passes
+    the halt request to the node's systemd. Sent once: a second SIGTERM makes nspawn kill
+    the node at once. A node still booting is first given up to `timeout` s to listen
+    for the request, which would otherwise be lost. Nothing for a node not running."""
+    deadline = time.monotonic() + timeout
+    while is_running(node) and not _init_hears_halt(node) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the node's systemd is starting
+    if is_running(node):
+        assert node.pid is not None
+        os.kill(node.pid, signal.SIGTERM)
+
+
+def stop(node: LabNode, timeout: float = STOP_TIMEOUT_S, asked: bool = False) -> bool:
+    """Power the node off (ask_to_halt, unless `asked` already), killing it if it does
+    not end in `timeout` s. Only the process the lab started is signalled. True when it
+    shut down in order (or was not running), False when it had to be killed."""
     if not is_running(node):
         if node.pid is not None:
             _reap(node.pid)  # it may have ended already, signalled by the lab's down
         node.pid = node.pid_start = None
-        return
+        return True
     assert node.pid is not None
-    os.kill(node.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
+    if not asked:
+        ask_to_halt(node, timeout)
     while is_running(node) and time.monotonic() < deadline:
         _reap(node.pid)
         time.sleep(0.2)  # the node's systemd stops its units
-    if is_running(node):
+    orderly = not is_running(node)
+    if not orderly:
         os.kill(node.pid, signal.SIGKILL)
         while is_running(node):
             _reap(node.pid)
             time.sleep(0.1)
     _reap(node.pid)
     node.pid = node.pid_start = None
+    return orderly
 
 
 def _reap(pid: int) -> None:

@@ -72,7 +72,20 @@ def test_certificate_lifetimes_come_in_days_or_seconds(monkeypatch: pytest.Monke
     assert (config.node_cert_lifetime_s, config.server_cert_lifetime_s) == (30 * 86400, 60)
 
 
+def test_the_server_certificate_renewal_fraction_is_a_setting(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VAUBAN_SERVER_CERT_RENEW_FRACTION", raising=False)
+    assert ControllerConfig.from_env(data_dir=tmp_path).server_cert_renew_fraction == \
+        pytest.approx(1 / 3, abs=0.001)
+    monkeypatch.setenv("VAUBAN_SERVER_CERT_RENEW_FRACTION", "0.8")
+    assert ControllerConfig.from_env(data_dir=tmp_path).server_cert_renew_fraction == 0.8
+
+
 @pytest.mark.parametrize(("env", "message"), [
+    ({"VAUBAN_SERVER_CERT_RENEW_FRACTION": "0.95"},
+     "server_cert_renew_fraction must be from 0.05 to 0.9, not 0.95"),
+    ({"VAUBAN_SERVER_CERT_RENEW_FRACTION": "nan"},
+     "server_cert_renew_fraction must be from 0.05 to 0.9, not nan"),
     ({"VAUBAN_NODE_CERT_DAYS": "1", "VAUBAN_NODE_CERT_SECONDS": "60"},
      "VAUBAN_NODE_CERT_DAYS and VAUBAN_NODE_CERT_SECONDS are both set; set one"),
     ({"VAUBAN_NODE_CERT_DAYS": "1.5"}, "VAUBAN_NODE_CERT_DAYS must be a whole number, not '1.5'"),

@@ -127,6 +127,18 @@ def test_the_server_certificate_is_renewed_once_due_with_a_new_key(tmp_path: Pat
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_the_server_certificate_is_renewed_at_the_fraction_asked_for(tmp_path: Path) -> None:
+    ca = RegionCA(tmp_path)
+    ca.ensure(["localhost"], timedelta(days=90), renew_fraction=0.8)
+    first = x509.load_pem_x509_certificate(ca.server_cert_path.read_bytes())
+    issued = first.not_valid_after_utc - timedelta(days=90)
+    # 18 days 5 minutes after the backdated start, less than four fifths are left
+    assert not ca.renew_server_if_due(["localhost"], timedelta(days=90),
+                                      now=issued + timedelta(days=17), fraction=0.8)
+    assert ca.renew_server_if_due(["localhost"], timedelta(days=90),
+                                  now=issued + timedelta(days=19), fraction=0.8)
+
+
 def test_renewal_is_due_at_a_third_of_the_lifetime_left() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     assert renewal_due(start, start + timedelta(days=90)) == start + timedelta(days=60)
