@@ -23,6 +23,7 @@ from controller.api import (
     volumes,
 )
 from controller.api.context import install_session_teardown
+from controller.api.framework import check_operation_ids
 from controller.api.headers import install_security_headers
 from controller.api.problems import install_error_handlers
 from controller.region import Region
@@ -41,6 +42,7 @@ def create_app(region: Region) -> Flask:
     app = Flask("vauban.controller")
     app.extensions["vauban"] = region
     app.extensions["vauban.routes"] = [s for bp in BLUEPRINTS for s in bp.specs]
+    check_operation_ids(app.extensions["vauban.routes"])
     for bp in BLUEPRINTS:
         app.register_blueprint(bp.blueprint)
     app.register_blueprint(consoles.sockets)  # websockets: checked by hand, see the module

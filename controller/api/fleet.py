@@ -35,7 +35,7 @@ def _host_view(host: FleetHost) -> fs.FleetHost:
 
 @api.route("GET", "/fleet/ssh-key", access=Region(Perm.FLEET_KEY),
            summary="The controller's fleet SSH public key",
-           responses={200: "OpenSSH public key line"})
+           responses={200: "OpenSSH public key line"}, operation_id="getFleetSshKey")
 def fleet_ssh_key() -> Any:
     return Response(ensure_fleet_key(region().config.data_dir) + "\n", mimetype="text/plain")
 
@@ -56,7 +56,7 @@ def add_fleet_host(body: fs.FleetHostCreate) -> Any:
 
 @api.route("GET", "/inventory", access=Region(Perm.FLEET_READ),
            summary="The fleet as an Ansible dynamic inventory",
-           responses={200: "Ansible inventory JSON (--list)"})
+           responses={200: "Ansible inventory JSON (--list)"}, operation_id="getAnsibleInventory")
 def inventory() -> Any:
     return dynamic_inventory(db())
 
@@ -111,7 +111,7 @@ def show_rollout(job_id: str) -> Any:
 
 @api.route("GET", "/rollouts/<job_id>/log", access=Region(Perm.FLEET_READ),
            summary="A rollout's full Ansible output",
-           responses={200: "text"})
+           responses={200: "text"}, operation_id="getRolloutLog")
 def rollout_log(job_id: str) -> Any:
     job = jobs.get(db(), job_id)
     return Response(jobs.log_text(region().config, job), mimetype="text/plain")

@@ -22,7 +22,7 @@ api = ApiBlueprint("region", "/api/v1", "region")
 
 
 @api.route("POST", "/tokens", summary="Log in: get a bearer token", auth="public",
-           body=schemas.TokenCreate, responses={201: schemas.Token})
+           body=schemas.TokenCreate, responses={201: schemas.Token}, operation_id="logIn")
 def create_token(body: schemas.TokenCreate) -> Any:
     the_region = region()
     token, row = login.log_in(
@@ -35,7 +35,7 @@ def create_token(body: schemas.TokenCreate) -> Any:
 
 @api.route("GET", "/status", access=Region(Perm.REGION_READ),
            summary="The region at a glance",
-           responses={200: schemas.RegionStatus})
+           responses={200: schemas.RegionStatus}, operation_id="getRegionStatus")
 def status() -> Any:
     session = db()
     now = datetime.now(UTC)
@@ -113,7 +113,7 @@ def _join_protocol() -> Response | None:
 
 
 @api.route("POST", "/join", summary="Join the region: a join token and a CSR for a certificate",
-           auth="public", body=JoinRequest, responses={201: JoinResponse})
+           auth="public", body=JoinRequest, responses={201: JoinResponse}, operation_id="joinNode")
 def join(body: JoinRequest) -> Any:
     session = db()
     try:
@@ -129,12 +129,12 @@ def join(body: JoinRequest) -> Any:
 
 
 @api.route("GET", "/ca.pem", summary="The region CA certificate (verify it by its SHA-256)",
-           auth="public", responses={200: "PEM certificate"})
+           auth="public", responses={200: "PEM certificate"}, operation_id="getCaCertificate")
 def ca_pem() -> Any:
     return Response(region().ca.cert_pem(), mimetype="application/x-pem-file")
 
 
 @api.route("GET", "/openapi.json", summary="This API, as OpenAPI 3.1", auth="public",
-           responses={200: "OpenAPI document"})
+           responses={200: "OpenAPI document"}, operation_id="getOpenapiDocument")
 def openapi() -> Any:
     return openapi_document(current_app.extensions["vauban.routes"], __version__)
