@@ -215,7 +215,7 @@ class Node(Output):
     inventory: dict[str, Any]
     failures: list[NodeFailure] = Field(
         default_factory=list, description="What its agent last reported failing, oldest first")
-    labels: dict[str, str] = Field(default_factory=dict,
+    labels: dict[str, str] = Field(default_factory=dict, title="LabelMap",
                                    description="An operator's key=value labels")
     cert_serial: str = Field(description="Serial (hex) of its agent's current certificate")
     cert_expires_at: UtcDatetime | None = Field(
@@ -780,7 +780,7 @@ class Project(Output):
     id: str
     name: str
     description: str
-    quotas: dict[str, Any] = Field(description="Its limits (absent: no limit)")
+    quotas: dict[str, Any] = Field(title="Limits", description="Its limits (absent: no limit)")
     created_by: str
     created_at: UtcDatetime
 

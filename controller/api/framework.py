@@ -352,6 +352,12 @@ def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, mode) for m, mode in models.items()], ref_template="#/components/schemas/{model}"
     )
+    schemas = defs.get("$defs", {})
+    for name, schema in schemas.items():
+        # a generated client names its classes by title: one per component, none alike
+        # ("NodeFailure-Input" and "-Output" would both be "NodeFailure")
+        schema["title"] = "".join(w[:1].upper() + w[1:] for w in re.split(r"[^A-Za-z0-9]+",
+                                                                           name))
     paths: dict[str, dict[str, Any]] = {}
     for s in specs:
         path = _PATH_PARAM.sub(r"{\1}", s.path)
@@ -361,7 +367,7 @@ def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
         "info": {"title": "Vauban region API", "version": version},
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": schemas,
             "responses": {"Problem": {
                 "description": "An error, as a problem document (RFC 9457)",
                 "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
