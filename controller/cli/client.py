@@ -60,7 +60,10 @@ class Client:
             self.http.headers["Authorization"] = f"Bearer {settings.token}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        url = self.settings.url.rstrip("/") + "/api/v1" + path
+        return self._answer(self._send(method, self.settings.url.rstrip("/") + "/api/v1" + path,
+                                       **kwargs))
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
             r = self.http.request(method, url, timeout=kwargs.pop("timeout", 60),
                                   verify=self.verify, **kwargs)
@@ -68,6 +71,10 @@ class Client:
             raise ApiError(0, f"cannot reach the controller at {self.settings.url}: {e}") from e
         if r.status_code >= 400:
             raise refusal(r)
+        return r
+
+    @staticmethod
+    def _answer(r: requests.Response) -> Any:
         if r.status_code == 204 or not r.content:
             return None
         if not r.headers.get("Content-Type", "").startswith("application/json"):
@@ -89,7 +96,19 @@ class Client:
             raise ApiError(0, f"reading {path} from {self.settings.url} failed: {e}") from e
 
     def get(self, path: str, **kw: Any) -> Any:
-        return self.request("GET", path, **kw)
+        """The answer to GET `path`; for a list asked without a `limit`, every page of it
+        (following each page's `Link: <...>; rel="next"`), as one list."""
+        base = self.settings.url.rstrip("/")
+        r = self._send("GET", base + "/api/v1" + path, **kw)
+        answer = self._answer(r)
+        if "limit" in (kw.get("params") or {}) or not isinstance(answer, list):
+            return answer
+        items = list(answer)
+        while "next" in r.links:
+            r = self._send("GET", base + r.links["next"]["url"],
+                           **{k: v for k, v in kw.items() if k != "params"})
+            items += r.json()
+        return items
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
         return self.request("POST", path, json=body, **kw)
