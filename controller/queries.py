@@ -64,3 +64,28 @@ class NodesQuery(PageQuery):
     label: str | None = Field(
         default=None, min_length=3, max_length=127, pattern=r"^[^=]+=.*$",
         examples=["rack=r1"], description="Only those with this label: key=value")
+
+
+class ProjectsQuery(PageQuery):
+    """Which projects to list, by name."""
+
+    name: str | None = NAME
+
+
+class UsersQuery(PageQuery):
+    """Which users to list, by name."""
+
+    name: str | None = NAME
+
+
+class FleetHostsQuery(PageQuery):
+    """Which servers of the fleet to list, by name."""
+
+    name: str | None = NAME
+
+
+class RolloutsQuery(PageQuery):
+    """Which rollouts to list, newest first."""
+
+    state: str | None = Field(default=None, max_length=16, examples=["running"],
+                              description="Only those in this state")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Response
@@ -9,6 +10,7 @@ from sqlalchemy import select
 
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
+from controller.api.paging import page
 from controller.api.views import node_view
 from controller.authz import Perm, Region
 from controller.db.models import FleetHost, RolloutJob
@@ -17,6 +19,7 @@ from controller.fleet import jobs
 from controller.fleet import schemas as fs
 from controller.fleet.inventory import dynamic_inventory
 from controller.fleet.keys import ensure_fleet_key
+from controller.queries import FleetHostsQuery, RolloutsQuery
 from controller.schemas import Node
 from controller.services import scheduler
 from hardware.model import QualificationReport
@@ -42,9 +45,14 @@ def fleet_ssh_key() -> Any:
 
 @api.route("GET", "/fleet/hosts", access=Region(Perm.FLEET_READ),
            summary="List the servers of the fleet",
-           responses={200: list[fs.FleetHost]})
-def list_fleet_hosts() -> Any:
-    return [_host_view(h) for h in db().scalars(select(FleetHost).order_by(FleetHost.name))]
+           query=FleetHostsQuery, responses={200: list[fs.FleetHost]})
+def list_fleet_hosts(query: FleetHostsQuery) -> Any:
+    """The servers of the fleet, a page at a time, by name."""
+    stmt = select(FleetHost)
+    if query.name is not None:
+        stmt = stmt.where(FleetHost.name == query.name)
+    return page(db(), stmt, FleetHost.name, FleetHost.id, query.limit, query.cursor) \
+        .map(_host_view)
 
 
 @api.route("POST", "/fleet/hosts", access=Region(Perm.FLEET_WRITE),
@@ -96,10 +104,14 @@ def start_rollout(body: fs.RolloutCreate) -> Any:
 
 @api.route("GET", "/rollouts", access=Region(Perm.FLEET_READ),
            summary="List rollouts, newest first",
-           responses={200: list[fs.Rollout]})
-def list_rollouts() -> Any:
-    rows = db().scalars(select(RolloutJob).order_by(RolloutJob.created_at.desc()).limit(100))
-    return [fs.Rollout.model_validate(j) for j in rows]
+           query=RolloutsQuery, responses={200: list[fs.Rollout]})
+def list_rollouts(query: RolloutsQuery) -> Any:
+    """The rollouts, a page at a time, newest first."""
+    stmt = select(RolloutJob)
+    if query.state is not None:
+        stmt = stmt.where(RolloutJob.state == query.state)
+    return page(db(), stmt, RolloutJob.created_at, RolloutJob.id, query.limit, query.cursor,
+                newest_first=True, key_type=datetime).map(fs.Rollout.model_validate)
 
 
 @api.route("GET", "/rollouts/<job_id>", access=Region(Perm.FLEET_READ),

@@ -98,7 +98,8 @@ def test_every_list_documents_its_page(client: FlaskClient) -> None:
         assert "Link" in op["responses"]["200"]["headers"], where
     names = {op["operationId"] for _, op in paged}
     assert {"listInstances", "listImages", "listVolumes", "listNetworks", "listPorts",
-            "listSecurityGroups", "listNodes", "listOperations", "listAuditEvents"} <= names
+            "listSecurityGroups", "listNodes", "listOperations", "listAuditEvents",
+            "listProjects", "listUsers", "listFleetHosts", "listRollouts"} <= names
 
 
 def test_the_reference_page_loads_only_local_assets(app: Flask) -> None:

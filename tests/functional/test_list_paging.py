@@ -100,6 +100,20 @@ def test_named_lists_page_through_by_name_and_filter(api: Api) -> None:
     assert len(on_n1) + on_others == 5
 
 
+def test_projects_and_users_page_by_name(api: Api) -> None:
+    before = {what: names(walk(api, f"/api/v1/{what}", 100)[0]) for what in ("projects",
+                                                                            "users")}
+    for i in range(4):
+        assert api.post("/api/v1/projects", json={"name": f"p{i}"}).status_code == 201
+        assert api.post("/api/v1/users", json={"name": f"u{i}", "password":
+                                               "a-long-password-1"}).status_code == 201
+    for what, prefix in (("projects", "p"), ("users", "u")):
+        items, pages = walk(api, f"/api/v1/{what}", 2)
+        expected = sorted(before[what] + [f"{prefix}{i}" for i in range(4)])
+        assert names(items) == expected and pages == (len(expected) + 1) // 2
+        assert names(walk(api, f"/api/v1/{what}?name={prefix}2", 2)[0]) == [f"{prefix}2"]
+
+
 def test_ports_page_in_the_order_they_were_made(api: Api) -> None:
     for net in ("a", "b"):
         assert api.post("/api/v1/networks", json={
