@@ -13,8 +13,10 @@ from controller import __version__, schemas
 from controller.api.agent import protocol_refusal
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor, openapi_document
+from controller.api.paging import page
 from controller.authz import Perm, Region
 from controller.db.models import Image, Instance, JoinToken, Node, Operation
+from controller.schemas import PageQuery
 from controller.services import audit, login
 from controller.services import nodes as node_service
 
@@ -67,11 +69,12 @@ def status() -> Any:
 
 
 @api.route("GET", "/join-tokens", access=Region(Perm.REGION_READ),
-           summary="List join tokens",
+           summary="List join tokens, oldest first", query=PageQuery,
            responses={200: list[schemas.JoinToken]})
-def list_join_tokens() -> Any:
-    rows = db().scalars(select(JoinToken).order_by(JoinToken.created_at))
-    return [join_token_view(r) for r in rows]
+def list_join_tokens(query: PageQuery) -> Any:
+    """The join tokens, used and unused, a page at a time, in the order they were made."""
+    return page(db(), select(JoinToken), JoinToken.created_at, JoinToken.id, query.limit,
+                query.cursor, key_type=datetime).map(join_token_view)
 
 
 def join_token_view(row: JoinToken) -> schemas.JoinToken:

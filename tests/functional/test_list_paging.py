@@ -107,6 +107,8 @@ def test_projects_and_users_page_by_name(api: Api) -> None:
         assert api.post("/api/v1/projects", json={"name": f"p{i}"}).status_code == 201
         assert api.post("/api/v1/users", json={"name": f"u{i}", "password":
                                                "a-long-password-1"}).status_code == 201
+    tokens = [api.post("/api/v1/join-tokens", json={}).json["id"] for _ in range(3)]
+    assert [t["id"] for t in walk(api, "/api/v1/join-tokens", 2)[0]] == tokens
     for what, prefix in (("projects", "p"), ("users", "u")):
         items, pages = walk(api, f"/api/v1/{what}", 2)
         expected = sorted(before[what] + [f"{prefix}{i}" for i in range(4)])
