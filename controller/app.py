@@ -24,6 +24,7 @@ from controller.api import (
     volumes,
 )
 from controller.api.context import install_session_teardown
+from controller.api.framework import check_operation_ids
 from controller.api.headers import install_security_headers
 from controller.api.problems import install_error_handlers
 from controller.metrics import ControllerMetrics, install_request_timing
@@ -48,6 +49,7 @@ def create_app(region: Region) -> Flask:
     measured.process.watch_pool(region.engine)
     region.notifier.on_waiting = measured.process.waiters.set
     install_request_timing(app, measured.process)
+    check_operation_ids(app.extensions["vauban.routes"])
     for bp in BLUEPRINTS:
         app.register_blueprint(bp.blueprint)
     app.register_blueprint(consoles.sockets)  # websockets: checked by hand, see the module

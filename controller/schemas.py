@@ -67,6 +67,48 @@ class Output(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class ProblemField(BaseModel):
+    """One invalid input of a request."""
+
+    field: str = Field(description="Where: a body field path (dots between levels), or a "
+                       "query parameter's name", examples=["vcpus", "cursor"])
+    message: str = Field(examples=["Input should be greater than or equal to 1"])
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457, application/problem+json): every 4xx and 5xx answer is one.
+    `type` is stable per kind of error; `detail` says what went wrong in this request."""
+
+    model_config = ConfigDict(extra="allow")  # members a kind of error adds are kept
+
+    type: str = Field(examples=["https://vauban.dev/problems/not-found"],
+                      description="URI naming the kind of error; stable, branch on it")
+    title: str = Field(examples=["Not found"], description="Short phrase of the kind")
+    status: int = Field(ge=400, le=599, examples=[404], description="The HTTP status")
+    detail: str = Field(examples=["instance 'web' does not exist"],
+                        description="What went wrong in this request, for a person")
+    instance: str = Field(examples=["/api/v1/instances/web"],
+                          description="The request's path (secrets in it redacted)")
+    errors: list[ProblemField] | None = Field(
+        default=None, description="422, a bad cursor: each invalid input")
+    retry_after_s: int | None = Field(
+        default=None, description="429, 503: seconds to wait (as Retry-After)")
+    max_bytes: int | None = Field(default=None, description="413: the largest body accepted")
+    reasons: dict[str, str] | None = Field(
+        default=None, description="No node can host it: why not, per node")
+
+
+class PageQuery(Input):
+    """A page of a list (docs/architecture.md, "Lists"): at most `limit` items after
+    `cursor`; the answer's `Link: <...>; rel="next"` header names the next page."""
+
+    limit: int = Field(default=100, ge=1, le=1000, description="Most items in the page")
+    cursor: str | None = Field(
+        default=None, min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Where the page starts: the `cursor` of the Link header of the page "
+        "before (opaque); absent, the first page")
+
+
 class TokenCreate(Input):
     """Log in: trade a user name and password (and a one-time code when the user has a
     second factor) for a bearer token."""
@@ -181,7 +223,7 @@ class Node(Output):
     inventory: dict[str, Any]
     failures: list[NodeFailure] = Field(
         default_factory=list, description="What its agent last reported failing, oldest first")
-    labels: dict[str, str] = Field(default_factory=dict,
+    labels: dict[str, str] = Field(default_factory=dict, title="LabelMap",
                                    description="An operator's key=value labels")
     cert_serial: str = Field(description="Serial (hex) of its agent's current certificate")
     cert_expires_at: UtcDatetime | None = Field(
@@ -392,9 +434,15 @@ class Operation(Output):
     finished_at: UtcDatetime | None
 
 
-class OperationsQuery(Input):
-    target: str | None = Field(default=None, description="Only operations on this object id")
-    limit: int = Field(default=100, ge=1, le=1000)
+class OperationsQuery(PageQuery):
+    """Which operations to list, newest first; every filter given must hold."""
+
+    target: str | None = Field(default=None, max_length=36,
+                               description="Only operations on this object id")
+    kind: str | None = Field(default=None, max_length=63, description="Only this kind",
+                             examples=["instance.create"])
+    state: str | None = Field(default=None, max_length=16, description="Only in this state",
+                              examples=["running"])
 
 
 SNAPSHOT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -594,7 +642,7 @@ class SecurityGroup(Output):
     created_at: UtcDatetime
 
 
-class AuditQuery(Input):
+class AuditQuery(PageQuery):
     """Which entries to list, newest first; every filter given must hold."""
 
     actor: str | None = Field(default=None, max_length=63)
@@ -611,7 +659,6 @@ class AuditQuery(Input):
         default=None, ge=1, lt=2**63, examples=[4711],
         description="Entries before this sequence number: the next page after one that "
         "ended with it")
-    limit: int = Field(default=100, ge=1, le=1000)
 
 
 class AuditEvent(Output):
@@ -778,7 +825,7 @@ class Project(Output):
     id: str
     name: str
     description: str
-    quotas: dict[str, Any] = Field(description="Its limits (absent: no limit)")
+    quotas: dict[str, Any] = Field(title="Limits", description="Its limits (absent: no limit)")
     created_by: str
     created_at: UtcDatetime
 

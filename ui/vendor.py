@@ -57,6 +57,14 @@ ICONS = ["activity", "check", "chevron-right", "circle-alert", "cpu", "database"
          "menu", "monitor", "network", "play", "plus", "power", "refresh-cw", "rotate-cw",
          "scroll-text", "search", "server", "shield", "square", "terminal", "trash-2",
          "users", "x"]
+# packages taken from their registry tarball alone (`npm pack`, checked against the pinned
+# integrity), not installed: Redoc's standalone bundle carries its dependencies, whose
+# peer packages (React...) npm would otherwise install. (package, version, integrity,
+# [(path in the package, path under vendor/)])
+PACKED: list[tuple[str, str, str, list[tuple[str, str]]]] = [
+    ("redoc", "3.0.1", "sha512-KDfoKaYW19LCl4YStgBnwlaNjYEFfs5zCNt1s1WZ2YM5u8d26Yuzd2l43fZO851Zsg"
+     "IMe/D640fDJkD8eaRQKQ==", [("bundles/redoc.standalone.js", "redoc/redoc.standalone.js")]),
+]
 LICENCE_NAMES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "license")
 SOURCE_MAP = re.compile(rb"\n?//# sourceMappingURL=\S+\s*$")
 
@@ -78,6 +86,32 @@ def install(cache_root: Path) -> Path:
     subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
                    cwd=folder, check=True)
     (folder / ".complete").touch()
+    return folder / "node_modules"
+
+
+def unpack(cache_root: Path) -> Path:
+    """A folder holding each PACKED package unpacked (as node_modules/<name>), its tarball
+    fetched once with `npm pack` and checked against its pinned integrity."""
+    import base64
+    import tarfile
+    folder = cache_root / "packed"
+    for package, version, integrity, _ in PACKED:
+        target = folder / "node_modules" / package
+        if (target / ".complete").exists():
+            continue
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=target,
+                       check=True, stdout=subprocess.DEVNULL)
+        tarball = next(target.glob("*.tgz"))
+        digest = base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
+        if f"sha512-{digest}" != integrity:
+            raise SystemExit(f"{package}@{version}: the tarball does not match its integrity")
+        with tarfile.open(tarball) as tar:
+            tar.extractall(target, filter="data")
+        for entry in (target / "package").iterdir():
+            entry.rename(target / entry.name)
+        (target / ".complete").touch()
     return folder / "node_modules"
 
 
@@ -104,14 +138,15 @@ def icon_sprite(modules: Path) -> bytes:
     return ('<svg xmlns="http://www.w3.org/2000/svg">' + "".join(symbols) + "</svg>\n").encode()
 
 
-def build(modules: Path, out: Path) -> None:
+def build(modules: Path, packed: Path, out: Path) -> None:
     versions: dict[str, str] = {}
     packages = {p for p, _, _ in FILES + TREES} | {p for p, _, _ in MODULES} | {"lucide-static"}
-    for package in sorted(packages):
-        meta = json.loads((modules / package / "package.json").read_text())
+    for package in sorted(packages | {p for p, _, _, _ in PACKED}):
+        root = packed if package in {p for p, _, _, _ in PACKED} else modules
+        meta = json.loads((root / package / "package.json").read_text())
         versions[package] = meta["version"]
-        licence = next((modules / package / n for n in LICENCE_NAMES
-                        if (modules / package / n).exists()), None)
+        licence = next((root / package / n for n in LICENCE_NAMES
+                        if (root / package / n).exists()), None)
         if licence is None:
             raise SystemExit(f"{package}: no licence file found")
         copy_file(licence, out / "licenses" / f"{package.replace('/', '__')}.txt")
@@ -124,6 +159,9 @@ def build(modules: Path, out: Path) -> None:
     for package, names, dst in MODULES:
         for name in names:
             copy_file(modules / package / name, out / dst / name)
+    for package, _, _, copies in PACKED:
+        for src, dst in copies:
+            copy_file(packed / package / src, out / dst)
     (out / "icons.svg").write_bytes(icon_sprite(modules))
     files = {str(p.relative_to(out)): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = {"packages": versions, "files": files}
@@ -135,9 +173,10 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
     modules = install(args.cache)
+    packed = unpack(args.cache)
     with tempfile.TemporaryDirectory(dir=VENDOR.parent) as tmp:
         staged = Path(tmp) / "vendor"
-        build(modules, staged)
+        build(modules, packed, staged)
         shutil.rmtree(VENDOR, ignore_errors=True)
         staged.rename(VENDOR)
     print(f"vendored {len(json.loads((VENDOR / 'MANIFEST.json').read_text())['files'])} "

@@ -69,7 +69,8 @@ def _tell_protocol(response: Response) -> Response:
 
 @api.route("GET", "/nodes/<node_id>/desired", auth="node", query=schemas.AgentDesiredQuery,
            summary="Long-poll the node's desired state once its generation exceeds `after`",
-           responses={200: DesiredState, 204: "The wait ended with no newer generation"})
+           responses={200: DesiredState, 204: "The wait ended with no newer generation"},
+           operation_id="pollDesiredState")
 def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
     require_node(node_id)
     the_region = region()
@@ -97,7 +98,7 @@ def get_desired(node_id: str, query: schemas.AgentDesiredQuery) -> Any:
 @api.route("GET", "/nodes/<node_id>/consoles", auth="node", query=schemas.AgentConsolesQuery,
            summary="Long-poll the consoles users wait for on this node's VMs: the agent "
                    "dials back to /agent/v1/nodes/<id>/consoles/<console id> for each",
-           responses={200: ConsoleRequests})
+           responses={200: ConsoleRequests}, operation_id="pollConsoleRequests")
 def get_consoles(node_id: str, query: schemas.AgentConsolesQuery) -> Any:
     require_node(node_id)
     the_region = region()
@@ -118,7 +119,7 @@ def get_consoles(node_id: str, query: schemas.AgentConsolesQuery) -> Any:
 
 @api.route("GET", "/nodes/<node_id>/storage", auth="node",
            summary="The region's storage backend and how to reach it (keys included)",
-           responses={200: StorageSettings})
+           responses={200: StorageSettings}, operation_id="getNodeStorage")
 def get_storage(node_id: str) -> Any:
     require_node(node_id)
     return region().storage
@@ -126,7 +127,7 @@ def get_storage(node_id: str) -> Any:
 
 @api.route("POST", "/nodes/<node_id>/status", auth="node", body=NodeStatus,
            summary="Report inventory and observed VM state", responses={204: None},
-           max_body=16 * MIB)  # inventory and thousands of VMs
+           max_body=16 * MIB, operation_id="reportNodeStatus")  # inventory and thousands of VMs
 def post_status(node_id: str, body: NodeStatus) -> Any:
     require_node(node_id)
     book, now = region().heartbeats, datetime.now(UTC)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint
+from controller.api.paging import page
 from controller.authz import Perm, Region
 from controller.db.models import AuditEvent
 from controller.errors import Conflict
@@ -30,7 +31,9 @@ JSON_LINES = "application/jsonl"
            summary="The audit trail, newest first", query=schemas.AuditQuery,
            responses={200: list[schemas.AuditEvent]})
 def list_audit_events(query: schemas.AuditQuery) -> Any:
-    stmt = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(query.limit)
+    """Entries of the trail, a page at a time, newest first: follow the Link header's
+    cursor, or give `before` the last sequence number of the page before."""
+    stmt = select(AuditEvent)
     if query.actor:
         stmt = stmt.where(AuditEvent.actor == query.actor)
     if query.action:
@@ -46,7 +49,8 @@ def list_audit_events(query: schemas.AuditQuery) -> Any:
         stmt = stmt.where(AuditEvent.at < query.until)
     if query.before is not None:
         stmt = stmt.where(AuditEvent.seq < query.before)
-    return [schemas.AuditEvent.model_validate(e) for e in db().scalars(stmt)]
+    return page(db(), stmt, AuditEvent.seq, AuditEvent.seq, query.limit, query.cursor,
+                newest_first=True, key_type=int).map(schemas.AuditEvent.model_validate)
 
 
 @api.route("GET", "/verify", access=Region(Perm.AUDIT_READ),

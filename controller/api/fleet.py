@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Response
@@ -9,6 +10,7 @@ from sqlalchemy import select
 
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
+from controller.api.paging import page
 from controller.api.views import node_view
 from controller.authz import Perm, Region
 from controller.db.models import FleetHost, RolloutJob
@@ -17,6 +19,7 @@ from controller.fleet import jobs
 from controller.fleet import schemas as fs
 from controller.fleet.inventory import dynamic_inventory
 from controller.fleet.keys import ensure_fleet_key
+from controller.queries import FleetHostsQuery, RolloutsQuery
 from controller.schemas import Node
 from controller.services import scheduler
 from hardware.model import QualificationReport
@@ -35,16 +38,21 @@ def _host_view(host: FleetHost) -> fs.FleetHost:
 
 @api.route("GET", "/fleet/ssh-key", access=Region(Perm.FLEET_KEY),
            summary="The controller's fleet SSH public key",
-           responses={200: "OpenSSH public key line"})
+           responses={200: "OpenSSH public key line"}, operation_id="getFleetSshKey")
 def fleet_ssh_key() -> Any:
     return Response(ensure_fleet_key(region().config.data_dir) + "\n", mimetype="text/plain")
 
 
 @api.route("GET", "/fleet/hosts", access=Region(Perm.FLEET_READ),
            summary="List the servers of the fleet",
-           responses={200: list[fs.FleetHost]})
-def list_fleet_hosts() -> Any:
-    return [_host_view(h) for h in db().scalars(select(FleetHost).order_by(FleetHost.name))]
+           query=FleetHostsQuery, responses={200: list[fs.FleetHost]})
+def list_fleet_hosts(query: FleetHostsQuery) -> Any:
+    """The servers of the fleet, a page at a time, by name."""
+    stmt = select(FleetHost)
+    if query.name is not None:
+        stmt = stmt.where(FleetHost.name == query.name)
+    return page(db(), stmt, FleetHost.name, FleetHost.id, query.limit, query.cursor) \
+        .map(_host_view)
 
 
 @api.route("POST", "/fleet/hosts", access=Region(Perm.FLEET_WRITE),
@@ -56,7 +64,7 @@ def add_fleet_host(body: fs.FleetHostCreate) -> Any:
 
 @api.route("GET", "/inventory", access=Region(Perm.FLEET_READ),
            summary="The fleet as an Ansible dynamic inventory",
-           responses={200: "Ansible inventory JSON (--list)"})
+           responses={200: "Ansible inventory JSON (--list)"}, operation_id="getAnsibleInventory")
 def inventory() -> Any:
     return dynamic_inventory(db())
 
@@ -96,10 +104,14 @@ def start_rollout(body: fs.RolloutCreate) -> Any:
 
 @api.route("GET", "/rollouts", access=Region(Perm.FLEET_READ),
            summary="List rollouts, newest first",
-           responses={200: list[fs.Rollout]})
-def list_rollouts() -> Any:
-    rows = db().scalars(select(RolloutJob).order_by(RolloutJob.created_at.desc()).limit(100))
-    return [fs.Rollout.model_validate(j) for j in rows]
+           query=RolloutsQuery, responses={200: list[fs.Rollout]})
+def list_rollouts(query: RolloutsQuery) -> Any:
+    """The rollouts, a page at a time, newest first."""
+    stmt = select(RolloutJob)
+    if query.state is not None:
+        stmt = stmt.where(RolloutJob.state == query.state)
+    return page(db(), stmt, RolloutJob.created_at, RolloutJob.id, query.limit, query.cursor,
+                newest_first=True, key_type=datetime).map(fs.Rollout.model_validate)
 
 
 @api.route("GET", "/rollouts/<job_id>", access=Region(Perm.FLEET_READ),
@@ -111,7 +123,7 @@ def show_rollout(job_id: str) -> Any:
 
 @api.route("GET", "/rollouts/<job_id>/log", access=Region(Perm.FLEET_READ),
            summary="A rollout's full Ansible output",
-           responses={200: "text"})
+           responses={200: "text"}, operation_id="getRolloutLog")
 def rollout_log(job_id: str) -> Any:
     job = jobs.get(db(), job_id)
     return Response(jobs.log_text(region().config, job), mimetype="text/plain")

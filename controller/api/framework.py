@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from controller.api.cookies import SESSION_COOKIE
+from controller.api.paging import Page
 from controller.api.problems import problem, too_large_problem, validation_problem
 from controller.authz import Access
 
@@ -47,6 +48,9 @@ class RouteSpec:
     max_body: int | None = MAX_BODY
     access: Access | None = None  # who may call it (a user route must say)
     body_optional: bool = False  # no body at all: the body model's defaults
+    # stable name of the operation in the OpenAPI document (generated clients' method names)
+    operation_id: str = ""
+    description: str = ""
 
 
 @dataclass
@@ -75,8 +79,14 @@ class ApiBlueprint:
         binary_body: bool = False,
         max_body: int | None = MAX_BODY,
         body_optional: bool = False,
+        operation_id: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register `handler` for `method` on `path`.
+
+        Its OpenAPI operationId is `operation_id`, by default the handler's name in
+        camelCase (`list_instances`: `listInstances`); its description the handler's
+        docstring, else the summary, each followed by who may call it. The ids are
+        checked for uniqueness when the app is made (`check_operation_ids`).
 
         `access` says who may call a user route (controller/authz.py): one without it is
         refused here, so the API does not start. `max_body` bounds the request body in
@@ -87,13 +97,15 @@ class ApiBlueprint:
         if (auth == "user") != (access is not None):
             raise TypeError(f"{method} {self.url_prefix + path}: a user route declares its "
                             "access (controller/authz.py), and only a user route does")
-        spec = RouteSpec(
-            method, self.url_prefix + path, summary, self.tag, auth, body, query, responses,
-            binary_body, None if binary_body else max_body, access, body_optional,
-        )
-        self.specs.append(spec)
 
         def decorate(handler: Handler) -> Handler:
+            spec = RouteSpec(
+                method, self.url_prefix + path, summary, self.tag, auth, body, query,
+                responses, binary_body, None if binary_body else max_body, access,
+                body_optional, operation_id or _camel(handler.__name__),
+                _description(handler.__doc__ or summary, auth, access),
+            )
+            self.specs.append(spec)
             wrapped = _wrap(handler, spec)
             self.blueprint.add_url_rule(
                 path, endpoint=handler.__name__, view_func=wrapped, methods=[method]
@@ -101,6 +113,54 @@ class ApiBlueprint:
             return handler
 
         return decorate
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(w.capitalize() for w in rest)
+
+
+def _description(text: str, auth: Auth, access: Access | None) -> str:
+    """`text` (a docstring's lines joined), then who may call the route."""
+    from inspect import cleandoc
+    body = cleandoc(text).strip()
+    if not body.endswith("."):
+        body += "."
+    return f"{body}\n\nWho may call it: {_who(auth, access)}."
+
+
+def _who(auth: Auth, access: Access | None) -> str:
+    from controller.authz import AnyOf, AnyUser, InProject, Region
+    if auth == "public":
+        return "anyone, without credentials"
+    if auth == "node":
+        return "a node's agent, by its client certificate (mutual TLS)"
+    if isinstance(access, Region):
+        return f"a user whose region role grants `{access.perm.value}`"
+    if isinstance(access, InProject):
+        return (f"a user with {access.level.name.lower()} access to the object's project "
+                "(or a region role reaching every project)")
+    if isinstance(access, AnyUser):
+        return "any logged-in user"
+    assert isinstance(access, AnyOf)
+    return f"{_who(auth, access.region)}; or {_who(auth, access.project)}"
+
+
+def check_operation_ids(specs: list[RouteSpec]) -> None:
+    """ValueError naming every operationId given to more than one route (a generated
+    client could not name both), or one that is not a plain identifier."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for s in specs:
+        where = f"{s.method} {s.path}"
+        if not re.fullmatch(r"[a-z][A-Za-z0-9]*", s.operation_id):
+            raise ValueError(f"{where}: operationId {s.operation_id!r} is not camelCase")
+        if s.operation_id in seen:
+            clashes.append(f"{s.operation_id} ({seen[s.operation_id]}, {where})")
+        seen[s.operation_id] = where
+    if clashes:
+        raise ValueError("operationIds used twice; give one explicitly (operation_id=): "
+                         + "; ".join(clashes))
 
 
 def _wrap(handler: Handler, spec: RouteSpec) -> Callable[..., Response]:
@@ -248,6 +308,12 @@ def _malformed(detail: str) -> Response:
 def _respond(result: Any) -> Response:
     if isinstance(result, Response):
         return result
+    if isinstance(result, Page):
+        answer = _respond(result.items)
+        link = result.link()
+        if link is not None:
+            answer.headers["Link"] = link
+        return answer
     body, status = result if isinstance(result, tuple) else (result, 200)
     if status == 204:
         return Response(status=204)
@@ -272,7 +338,10 @@ def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document for `specs`, schemas taken from the pydantic models."""
     from pydantic.json_schema import models_json_schema
 
-    models: dict[type[BaseModel], Literal["validation", "serialization"]] = {}
+    from controller.schemas import Problem
+
+    models: dict[type[BaseModel], Literal["validation", "serialization"]] = {
+        Problem: "serialization"}
     for s in specs:
         if s.body is not None:
             models[s.body] = "validation"
@@ -283,6 +352,12 @@ def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, mode) for m, mode in models.items()], ref_template="#/components/schemas/{model}"
     )
+    schemas = defs.get("$defs", {})
+    for name, schema in schemas.items():
+        # a generated client names its classes by title: one per component, none alike
+        # ("NodeFailure-Input" and "-Output" would both be "NodeFailure")
+        schema["title"] = "".join(w[:1].upper() + w[1:] for w in re.split(r"[^A-Za-z0-9]+",
+                                                                           name))
     paths: dict[str, dict[str, Any]] = {}
     for s in specs:
         path = _PATH_PARAM.sub(r"{\1}", s.path)
@@ -292,7 +367,11 @@ def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
         "info": {"title": "Vauban region API", "version": version},
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": schemas,
+            "responses": {"Problem": {
+                "description": "An error, as a problem document (RFC 9457)",
+                "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 # a browser's (POST /api/v1/sessions); a request by it that changes
@@ -311,8 +390,18 @@ def _list_item(r: Any) -> type[BaseModel] | None:
     return r if isinstance(r, type) and issubclass(r, BaseModel) else None
 
 
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_RESPONSE = {"$ref": "#/components/responses/Problem"}
+LINK_HEADER = {
+    "description": "RFC 8288: `<...?cursor=C&limit=N>; rel=\"next\"`, the URL of the next "
+    "page (the other query parameters kept); absent on the last page",
+    "schema": {"type": "string"},
+}
+
+
 def _operation(s: RouteSpec) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": s.summary, "tags": [s.tag], "responses": {}}
+    op: dict[str, Any] = {"operationId": s.operation_id, "summary": s.summary,
+                          "description": s.description, "tags": [s.tag], "responses": {}}
     op["security"] = {"user": [{"bearer": []}, {"session": []}],
                       "node": [{"nodeCertificate": []}]}.get(s.auth, [])
     params = [
@@ -339,13 +428,17 @@ def _operation(s: RouteSpec) -> dict[str, Any]:
                                                                  "format": "binary"}}},
         }
     for status, r in s.responses.items():
-        op["responses"][str(status)] = _response(r)
-    op["responses"].setdefault(
-        "4XX",
-        {"description": "Problem document (RFC 9457)",
-         "content": {"application/problem+json": {"schema": {"type": "object"}}}},
-    )
+        op["responses"][str(status)] = PROBLEM_RESPONSE if status >= 400 else _response(r)
+    if _paged(s):
+        op["responses"]["200"]["headers"] = {"Link": LINK_HEADER}
+    op["responses"]["4XX"] = PROBLEM_RESPONSE
+    op["responses"]["5XX"] = PROBLEM_RESPONSE
     return op
+
+
+def _paged(s: RouteSpec) -> bool:
+    """Whether the route lists a page at a time (its query takes a cursor)."""
+    return s.query is not None and "cursor" in s.query.model_fields
 
 
 def _response(r: Any) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from sqlalchemy import select
 from controller import schemas
 from controller.api.context import db
 from controller.api.framework import ApiBlueprint, actor
+from controller.api.paging import page
 from controller.authz import ANY_USER, AnyOf, Caller, InProject, Level, Perm, Region
 from controller.db.models import ApiToken, Project, RoleBinding, User
+from controller.queries import ProjectsQuery, UsersQuery
 from controller.services import identity as service
 from controller.services import quotas, tenancy
 
@@ -44,14 +46,18 @@ def token_view(t: ApiToken) -> schemas.ApiToken:
 
 
 @projects_api.route("GET", "", access=ANY_USER, summary="List the projects you see",
-                    responses={200: list[schemas.Project]})
-def list_projects() -> Any:
+                    query=ProjectsQuery, responses={200: list[schemas.Project]})
+def list_projects(query: ProjectsQuery) -> Any:
+    """The projects you see, a page at a time, by name."""
     caller = _caller()
-    stmt = select(Project).order_by(Project.name)
+    stmt = select(Project)
     mine = caller.projects_at(Level.READ)
     if mine is not None:
         stmt = stmt.where(Project.id.in_(sorted(mine)))
-    return [schemas.Project.model_validate(p) for p in db().scalars(stmt)]
+    if query.name is not None:
+        stmt = stmt.where(Project.name == query.name)
+    return page(db(), stmt, Project.name, Project.id, query.limit, query.cursor) \
+        .map(schemas.Project.model_validate)
 
 
 @projects_api.route("POST", "", access=Region(Perm.IDENTITY), summary="Create a project",
@@ -95,9 +101,13 @@ def delete_project(ref: str) -> Any:
 
 
 @users_api.route("GET", "", access=Region(Perm.IDENTITY), summary="List users",
-                 responses={200: list[schemas.User]})
-def list_users() -> Any:
-    return [user_view(u) for u in db().scalars(select(User).order_by(User.name))]
+                 query=UsersQuery, responses={200: list[schemas.User]})
+def list_users(query: UsersQuery) -> Any:
+    """The region's users, a page at a time, by name."""
+    stmt = select(User)
+    if query.name is not None:
+        stmt = stmt.where(User.name == query.name)
+    return page(db(), stmt, User.name, User.id, query.limit, query.cursor).map(user_view)
 
 
 @users_api.route("POST", "", access=Region(Perm.IDENTITY),

@@ -10,21 +10,28 @@ from sqlalchemy import select
 from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
+from controller.api.paging import in_project, page
 from controller.api.problems import problem, too_large_problem
 from controller.authz import AnyOf, InProject, Level, Perm, Region
 from controller.db.models import Image
+from controller.queries import ImagesQuery
 from controller.services import audit, tenancy
 from controller.services import images as service
 
 api = ApiBlueprint("images", "/api/v1/images", "images")
 
 
-@api.route("GET", "", access=InProject(Level.READ),
-           summary="List images", responses={200: list[schemas.Image]})
-def list_images() -> Any:
-    rows = db().scalars(tenancy.visible(select(Image), Image.project_id, shared=True)
-                        .order_by(Image.name, Image.id))
-    return [schemas.Image.model_validate(i) for i in rows]
+@api.route("GET", "", access=InProject(Level.READ), query=ImagesQuery,
+           summary="List images, by name", responses={200: list[schemas.Image]})
+def list_images(query: ImagesQuery) -> Any:
+    """The shared images and those of the projects you see, a page at a time, by name."""
+    session = db()
+    stmt = in_project(session, tenancy.visible(select(Image), Image.project_id, shared=True),
+                      Image.project_id, query.project)
+    if query.name is not None:
+        stmt = stmt.where(Image.name == query.name)
+    return page(session, stmt, Image.name, Image.id, query.limit, query.cursor) \
+        .map(schemas.Image.model_validate)
 
 
 @api.route("GET", "/<ref>", access=InProject(Level.READ),

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
-from controller.api.views import all_instances, instance_view, operation_view
+from controller.api.paging import in_project, page
+from controller.api.views import instance_view, operation_view
 from controller.authz import InProject, Level
+from controller.db.models import Instance
+from controller.queries import InstancesQuery
 from controller.services import instances as service
+from controller.services import nodes as node_service
+from controller.services import tenancy
 
 api = ApiBlueprint("instances", "/api/v1/instances", "instances")
 
@@ -18,11 +25,20 @@ def _down_after() -> float:
     return region().config.node_down_after_s
 
 
-@api.route("GET", "", access=InProject(Level.READ),
-           summary="List VMs", responses={200: list[schemas.Instance]})
-def list_instances() -> Any:
+@api.route("GET", "", access=InProject(Level.READ), query=InstancesQuery,
+           summary="List VMs, by name", responses={200: list[schemas.Instance]})
+def list_instances(query: InstancesQuery) -> Any:
+    """The VMs of the projects you see, a page at a time, by name."""
     session = db()
-    return [instance_view(session, i, _down_after()) for i in all_instances(session)]
+    stmt = in_project(session, tenancy.visible(select(Instance), Instance.project_id),
+                      Instance.project_id, query.project)
+    if query.name is not None:
+        stmt = stmt.where(Instance.name == query.name)
+    if query.node is not None:
+        stmt = stmt.where(Instance.node_id == node_service.find(session, query.node).id)
+    down = _down_after()
+    return page(session, stmt, Instance.name, Instance.id, query.limit, query.cursor) \
+        .map(lambda i: instance_view(session, i, down))
 
 
 @api.route("GET", "/<ref>", access=InProject(Level.READ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -9,9 +10,11 @@ from sqlalchemy import select
 from controller import schemas
 from controller.api.context import db
 from controller.api.framework import ApiBlueprint, actor
+from controller.api.paging import in_project, page
 from controller.api.views import network_view, port_view
 from controller.authz import AnyOf, InProject, Level, Perm, Region
 from controller.db.models import Network, Port
+from controller.queries import NetworksQuery, PortsQuery
 from controller.services import networks as service
 from controller.services import security_groups as secgroups
 from controller.services import tenancy
@@ -26,13 +29,17 @@ def _commit() -> None:
     db().commit()
 
 
-@api.route("GET", "", access=InProject(Level.READ),
-           summary="List networks", responses={200: list[schemas.Network]})
-def list_networks() -> Any:
+@api.route("GET", "", access=InProject(Level.READ), query=NetworksQuery,
+           summary="List networks, by name", responses={200: list[schemas.Network]})
+def list_networks(query: NetworksQuery) -> Any:
+    """The provider networks and those of the projects you see, a page at a time."""
     session = db()
-    rows = session.scalars(tenancy.visible(select(Network), Network.project_id, shared=True)
-                           .order_by(Network.name, Network.id))
-    return [network_view(session, n) for n in rows]
+    stmt = in_project(session, tenancy.visible(select(Network), Network.project_id,
+                                               shared=True), Network.project_id, query.project)
+    if query.name is not None:
+        stmt = stmt.where(Network.name == query.name)
+    return page(session, stmt, Network.name, Network.id, query.limit, query.cursor) \
+        .map(lambda n: network_view(session, n))
 
 
 @api.route("GET", "/<ref>", access=InProject(Level.READ),
@@ -70,12 +77,17 @@ def add_subnet(ref: str, body: schemas.SubnetCreate) -> Any:
     return network_view(db(), net), 201
 
 
-@ports_api.route("GET", "", access=InProject(Level.READ),
-                 summary="List ports", responses={200: list[schemas.Port]})
-def list_ports() -> Any:
-    rows = db().scalars(tenancy.visible(select(Port), Port.project_id)
-                        .order_by(Port.created_at, Port.id))
-    return [port_view(p) for p in rows]
+@ports_api.route("GET", "", access=InProject(Level.READ), query=PortsQuery,
+                 summary="List ports, oldest first", responses={200: list[schemas.Port]})
+def list_ports(query: PortsQuery) -> Any:
+    """The ports of the projects you see, a page at a time, in the order they were made."""
+    session = db()
+    stmt = in_project(session, tenancy.visible(select(Port), Port.project_id),
+                      Port.project_id, query.project)
+    if query.network is not None:
+        stmt = stmt.where(Port.network_id == service.find(session, query.network).id)
+    return page(session, stmt, Port.created_at, Port.id, query.limit, query.cursor,
+                key_type=datetime).map(port_view)
 
 
 @ports_api.route("POST", "", access=InProject(Level.WRITE),

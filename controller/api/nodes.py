@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -9,10 +10,12 @@ from sqlalchemy import select
 from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
+from controller.api.paging import page
 from controller.api.views import node_view, operation_view
 from controller.authz import InProject, Level, Perm, Region
 from controller.db.models import Node, Operation
 from controller.errors import NotFound
+from controller.queries import NodesQuery
 from controller.services import nodes as node_service
 from controller.services import operations, scheduler, tenancy
 
@@ -20,16 +23,21 @@ api = ApiBlueprint("nodes", "/api/v1/nodes", "nodes")
 ops_api = ApiBlueprint("operations", "/api/v1/operations", "operations")
 
 
-@api.route("GET", "", access=Region(Perm.REGION_READ),
-           summary="List nodes", responses={200: list[schemas.Node]})
-def list_nodes() -> Any:
+@api.route("GET", "", access=Region(Perm.REGION_READ), query=NodesQuery,
+           summary="List nodes, by name", responses={200: list[schemas.Node]})
+def list_nodes(query: NodesQuery) -> Any:
+    """The region's nodes, a page at a time, by name."""
     session = db()
-    usage = scheduler.usage_by_node(session)
+    stmt = select(Node)
+    if query.name is not None:
+        stmt = stmt.where(Node.name == query.name)
+    if query.label is not None:
+        key, _, value = query.label.partition("=")
+        stmt = stmt.where(Node.labels[key].as_string() == value)
+    found = page(session, stmt, Node.name, Node.id, query.limit, query.cursor)
+    usage = scheduler.usage_by_node(session, [n.id for n in found.items])
     down = region().config.node_down_after_s
-    return [
-        node_view(n, usage.get(n.id, scheduler.Usage()), down)
-        for n in session.scalars(select(Node).order_by(Node.name))
-    ]
+    return found.map(lambda n: node_view(n, usage.get(n.id, scheduler.Usage()), down))
 
 
 @api.route("GET", "/<ref>", access=Region(Perm.REGION_READ),
@@ -58,11 +66,17 @@ def remove_node(ref: str) -> Any:
            summary="List recent operations", query=schemas.OperationsQuery,
                responses={200: list[schemas.Operation]})
 def list_operations(query: schemas.OperationsQuery) -> Any:
-    stmt = tenancy.visible(select(Operation), Operation.project_id) \
-        .order_by(Operation.created_at.desc()).limit(query.limit)
+    """The operations of the projects you see (the region's own too, for a region role),
+    a page at a time, newest first."""
+    stmt = tenancy.visible(select(Operation), Operation.project_id)
     if query.target:
         stmt = stmt.where(Operation.target_id == query.target)
-    return [operation_view(o) for o in db().scalars(stmt)]
+    if query.kind:
+        stmt = stmt.where(Operation.kind == query.kind)
+    if query.state:
+        stmt = stmt.where(Operation.state == query.state)
+    return page(db(), stmt, Operation.created_at, Operation.id, query.limit, query.cursor,
+                newest_first=True, key_type=datetime).map(operation_view)
 
 
 @ops_api.route("GET", "/<op_id>", access=InProject(Level.READ),

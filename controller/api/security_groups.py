@@ -9,9 +9,11 @@ from sqlalchemy import select
 from controller import schemas
 from controller.api.context import db
 from controller.api.framework import ApiBlueprint, actor
+from controller.api.paging import in_project, page
 from controller.api.views import security_group_view
 from controller.authz import InProject, Level
 from controller.db.models import SecurityGroup
+from controller.queries import SecurityGroupsQuery
 from controller.services import security_groups as service
 from controller.services import tenancy
 
@@ -22,15 +24,18 @@ def _commit() -> None:
     db().commit()
 
 
-@api.route("GET", "", access=InProject(Level.READ),
-           summary="List security groups",
+@api.route("GET", "", access=InProject(Level.READ), query=SecurityGroupsQuery,
+           summary="List security groups, by name",
            responses={200: list[schemas.SecurityGroup]})
-def list_security_groups() -> Any:
+def list_security_groups(query: SecurityGroupsQuery) -> Any:
+    """The security groups of the projects you see, a page at a time, by name."""
     session = db()
-    return [security_group_view(session, g)
-            for g in session.scalars(tenancy.visible(select(SecurityGroup),
-                                                     SecurityGroup.project_id)
-                                     .order_by(SecurityGroup.name, SecurityGroup.id))]
+    stmt = in_project(session, tenancy.visible(select(SecurityGroup), SecurityGroup.project_id),
+                      SecurityGroup.project_id, query.project)
+    if query.name is not None:
+        stmt = stmt.where(SecurityGroup.name == query.name)
+    return page(session, stmt, SecurityGroup.name, SecurityGroup.id, query.limit,
+                query.cursor).map(lambda g: security_group_view(session, g))
 
 
 @api.route("GET", "/<ref>", access=InProject(Level.READ),
@@ -60,7 +65,8 @@ def delete_security_group(ref: str) -> Any:
 
 @api.route("POST", "/<ref>/rules", access=InProject(Level.WRITE),
            summary="Add a rule to a security group",
-           body=schemas.SecurityRuleCreate, responses={201: schemas.SecurityGroup})
+           body=schemas.SecurityRuleCreate, responses={201: schemas.SecurityGroup},
+           operation_id="addSecurityGroupRule")
 def add_rule(ref: str, body: schemas.SecurityRuleCreate) -> Any:
     group = service.find(db(), ref)
     service.add_rule(db(), actor(), group, body)
@@ -70,7 +76,7 @@ def add_rule(ref: str, body: schemas.SecurityRuleCreate) -> Any:
 
 @api.route("DELETE", "/<ref>/rules/<rule_id>", access=InProject(Level.WRITE),
            summary="Delete a rule of a security group",
-           responses={204: None})
+           responses={204: None}, operation_id="deleteSecurityGroupRule")
 def delete_rule(ref: str, rule_id: str) -> Any:
     service.delete_rule(db(), actor(), service.find(db(), ref), rule_id)
     _commit()

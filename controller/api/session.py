@@ -13,8 +13,10 @@ from controller import __version__, schemas
 from controller.api.agent import protocol_refusal
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor, openapi_document
+from controller.api.paging import page
 from controller.authz import Perm, Region
 from controller.db.models import Image, Instance, JoinToken, Node, Operation
+from controller.schemas import PageQuery
 from controller.services import audit, login
 from controller.services import nodes as node_service
 
@@ -22,7 +24,7 @@ api = ApiBlueprint("region", "/api/v1", "region")
 
 
 @api.route("POST", "/tokens", summary="Log in: get a bearer token", auth="public",
-           body=schemas.TokenCreate, responses={201: schemas.Token})
+           body=schemas.TokenCreate, responses={201: schemas.Token}, operation_id="logIn")
 def create_token(body: schemas.TokenCreate) -> Any:
     the_region = region()
     token, row = login.log_in(
@@ -35,7 +37,7 @@ def create_token(body: schemas.TokenCreate) -> Any:
 
 @api.route("GET", "/status", access=Region(Perm.REGION_READ),
            summary="The region at a glance",
-           responses={200: schemas.RegionStatus})
+           responses={200: schemas.RegionStatus}, operation_id="getRegionStatus")
 def status() -> Any:
     session = db()
     now = datetime.now(UTC)
@@ -67,11 +69,12 @@ def status() -> Any:
 
 
 @api.route("GET", "/join-tokens", access=Region(Perm.REGION_READ),
-           summary="List join tokens",
+           summary="List join tokens, oldest first", query=PageQuery,
            responses={200: list[schemas.JoinToken]})
-def list_join_tokens() -> Any:
-    rows = db().scalars(select(JoinToken).order_by(JoinToken.created_at))
-    return [join_token_view(r) for r in rows]
+def list_join_tokens(query: PageQuery) -> Any:
+    """The join tokens, used and unused, a page at a time, in the order they were made."""
+    return page(db(), select(JoinToken), JoinToken.created_at, JoinToken.id, query.limit,
+                query.cursor, key_type=datetime).map(join_token_view)
 
 
 def join_token_view(row: JoinToken) -> schemas.JoinToken:
@@ -113,7 +116,7 @@ def _join_protocol() -> Response | None:
 
 
 @api.route("POST", "/join", summary="Join the region: a join token and a CSR for a certificate",
-           auth="public", body=JoinRequest, responses={201: JoinResponse})
+           auth="public", body=JoinRequest, responses={201: JoinResponse}, operation_id="joinNode")
 def join(body: JoinRequest) -> Any:
     session = db()
     try:
@@ -129,12 +132,12 @@ def join(body: JoinRequest) -> Any:
 
 
 @api.route("GET", "/ca.pem", summary="The region CA certificate (verify it by its SHA-256)",
-           auth="public", responses={200: "PEM certificate"})
+           auth="public", responses={200: "PEM certificate"}, operation_id="getCaCertificate")
 def ca_pem() -> Any:
     return Response(region().ca.cert_pem(), mimetype="application/x-pem-file")
 
 
 @api.route("GET", "/openapi.json", summary="This API, as OpenAPI 3.1", auth="public",
-           responses={200: "OpenAPI document"})
+           responses={200: "OpenAPI document"}, operation_id="getOpenapiDocument")
 def openapi() -> Any:
     return openapi_document(current_app.extensions["vauban.routes"], __version__)

@@ -45,7 +45,7 @@ def create_session(body: schemas.SessionCreate) -> Any:
 
 @api.route("GET", "/sessions/current", access=ANY_USER,
            summary="The session of the request's cookie: who is logged in, until when",
-           responses={200: schemas.Session})
+           responses={200: schemas.Session}, operation_id="showSession")
 def current_session() -> Any:
     state = _session()
     return schemas.Session(username=state.username, expires_at=state.expires_at,

@@ -9,22 +9,28 @@ from sqlalchemy import select
 from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
+from controller.api.paging import in_project, page
 from controller.api.views import operation_view, volume_view
 from controller.authz import InProject, Level
 from controller.db.models import Instance, Operation, Volume
+from controller.queries import VolumesQuery
 from controller.services import tenancy
 from controller.services import volumes as service
 
 api = ApiBlueprint("volumes", "/api/v1/volumes", "volumes")
 
 
-@api.route("GET", "", access=InProject(Level.READ),
-           summary="List volumes", responses={200: list[schemas.Volume]})
-def list_volumes() -> Any:
+@api.route("GET", "", access=InProject(Level.READ), query=VolumesQuery,
+           summary="List volumes, by name", responses={200: list[schemas.Volume]})
+def list_volumes(query: VolumesQuery) -> Any:
+    """The volumes of the projects you see, a page at a time, by name."""
     session = db()
-    rows = session.scalars(tenancy.visible(select(Volume), Volume.project_id)
-                           .order_by(Volume.name, Volume.id))
-    return [volume_view(session, v) for v in rows]
+    stmt = in_project(session, tenancy.visible(select(Volume), Volume.project_id),
+                      Volume.project_id, query.project)
+    if query.name is not None:
+        stmt = stmt.where(Volume.name == query.name)
+    return page(session, stmt, Volume.name, Volume.id, query.limit, query.cursor) \
+        .map(lambda v: volume_view(session, v))
 
 
 @api.route("GET", "/<ref>", access=InProject(Level.READ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -51,9 +52,16 @@ class Settings:
         store.save()
 
 
+def next_page(link: str | None) -> str | None:
+    """The path below /api/v1 of the next page a Link header (RFC 8288) names, or None."""
+    found = re.search(r'</api/v1([^>]*)>;\s*rel="next"', link or "")
+    return found.group(1) if found else None
+
+
 class Client:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.next_page: str | None = None
         self.http = requests.Session()
         # per request: requests lets REQUESTS_CA_BUNDLE override a session-wide `verify`
         self.verify: str | bool = settings.ca_file or True
@@ -61,6 +69,8 @@ class Client:
             self.http.headers["Authorization"] = f"Bearer {settings.token}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer to `method` on /api/v1`path`; ApiError if refused. The next page a
+        list's answer names (Link: <...>; rel="next") is kept in `next_page`."""
         url = self.settings.url.rstrip("/") + "/api/v1" + path
         try:
             r = self.http.request(method, url, timeout=kwargs.pop("timeout", 60),
@@ -69,6 +79,7 @@ class Client:
             raise ApiError(0, f"cannot reach the controller at {self.settings.url}: {e}") from e
         if r.status_code >= 400:
             raise refusal(r)
+        self.next_page = next_page(r.headers.get("Link"))
         if r.status_code == 204 or not r.content:
             return None
         if not r.headers.get("Content-Type", "").startswith("application/json"):
@@ -90,7 +101,16 @@ class Client:
             raise ApiError(0, f"reading {path} from {self.settings.url} failed: {e}") from e
 
     def get(self, path: str, **kw: Any) -> Any:
-        return self.request("GET", path, **kw)
+        """The answer to GET `path`; for a list asked without a `limit`, every page of it
+        (following each page's `Link: <...>; rel="next"`), as one list."""
+        answer = self.request("GET", path, **kw)
+        if "limit" in (kw.get("params") or {}) or not isinstance(answer, list):
+            return answer
+        items = list(answer)
+        rest = {k: v for k, v in kw.items() if k != "params"}  # the link carries them
+        while self.next_page is not None:
+            items += self.request("GET", self.next_page, **rest)
+        return items
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
         return self.request("POST", path, json=body, **kw)

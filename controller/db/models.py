@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -74,7 +75,9 @@ class Image(Base):
     """A guest disk image held by the controller; agents fetch it by id."""
 
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_images_project_name"),)
+    # the list's keyset order (controller/api/paging.py)
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_images_project_name"),
+                      Index("ix_images_name_id", "name", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63))
@@ -109,7 +112,9 @@ class Instance(Base):
     """A VM: what the operator wants (desired_*) and what its node last reported (observed_*)."""
 
     __tablename__ = "instances"
-    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_instances_project_name"),)
+    # the list's keyset order (controller/api/paging.py)
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_instances_project_name"),
+                      Index("ix_instances_name_id", "name", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63))
@@ -197,7 +202,9 @@ class Volume(Base):
     """
 
     __tablename__ = "volumes"
-    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_volumes_project_name"),)
+    # the list's keyset order (controller/api/paging.py)
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_volumes_project_name"),
+                      Index("ix_volumes_name_id", "name", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63))
@@ -232,7 +239,9 @@ class Network(Base):
     """A provider network (a VLAN on a physical interface) or a tenant one (a VXLAN overlay)."""
 
     __tablename__ = "networks"
-    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_networks_project_name"),)
+    # the list's keyset order (controller/api/paging.py)
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_networks_project_name"),
+                      Index("ix_networks_name_id", "name", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63))
@@ -270,6 +279,8 @@ class Port(Base):
     """A NIC on a network, with one address per subnet; a VM's while instance_id is set."""
 
     __tablename__ = "ports"
+    # the list's keyset order (controller/api/paging.py)
+    __table_args__ = (Index("ix_ports_created_at_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
@@ -314,8 +325,10 @@ class SecurityGroup(Base):
     """A named set of allow rules; a port in no group is not filtered."""
 
     __tablename__ = "security_groups"
+    # the list's keyset order (controller/api/paging.py)
     __table_args__ = (UniqueConstraint("project_id", "name",
-                                       name="uq_security_groups_project_name"),)
+                                       name="uq_security_groups_project_name"),
+                      Index("ix_security_groups_name_id", "name", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63))

@@ -31,6 +31,9 @@ UI_CSP = "; ".join([
     "form-action 'self'",
     "frame-ancestors 'none'",
 ])
+# the API reference (Redoc, vendored): as the UI, and Redoc's search index runs in a web
+# worker it starts from a blob: URL; styled-components writes its styles inline
+DOCS_CSP = UI_CSP.replace("connect-src 'self'", "connect-src 'self'; worker-src blob:")
 MIME_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
               ".woff2": "font/woff2", ".svg": "image/svg+xml", ".json": "application/json",
               ".html": "text/html", ".png": "image/png"}
@@ -48,15 +51,15 @@ def _servable(static: Path) -> dict[str, Path]:
 SERVABLE = _servable(STATIC)
 
 
-def _serve(relative: str) -> Response:
+def _serve(relative: str, csp: str = UI_CSP) -> Response:
     path = SERVABLE.get(relative)
     if path is None:
         abort(404)
-    # the UI's files are small (the largest, a chart library, ~200 KiB): read whole
+    # the UI's files are small (the largest, the API reference's Redoc, ~2 MiB): read whole
     response = Response(path.read_bytes(), mimetype=MIME_TYPES[path.suffix])
     response.add_etag()
     response.make_conditional(request)
-    response.headers["Content-Security-Policy"] = UI_CSP
+    response.headers["Content-Security-Policy"] = csp
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -64,6 +67,12 @@ def _serve(relative: str) -> Response:
 @ui.get("/")
 def index() -> Response:
     return _serve("index.html")
+
+
+@ui.get("/api/v1/docs")
+def api_reference() -> Response:
+    """The API reference: Redoc rendering /api/v1/openapi.json, every file from here."""
+    return _serve("api-docs.html", DOCS_CSP)
 
 
 @ui.get("/ui/<path:relative>")

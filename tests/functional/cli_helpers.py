@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from controller.cli import main as cli
-from controller.cli.client import ApiError, Client, Settings
+from controller.cli.client import ApiError, Client, Settings, next_page
 from tests.functional.helpers import Api
 
 
@@ -24,6 +24,7 @@ class ApiClient(Client):
                                  query_string=kwargs.get("params"), json=kwargs.get("json"))
         if r.status_code >= 400:
             raise ApiError(r.status_code, r.json["detail"], r.json)  # type: ignore[index]
+        self.next_page = next_page(r.headers.get("Link"))
         return r.json
 
     def lines(self, path: str, params: dict[str, Any] | None = None) -> Iterator[str]:

@@ -1,13 +1,25 @@
-"""The vendored front-end files are exactly those `make ui-vendor` wrote from the lock file."""
+"""The vendored front-end files are exactly those `make ui-vendor` wrote from the lock file
+(and the tarballs pinned in ui/vendor.py)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
 VENDOR = ROOT / "controller" / "ui" / "static" / "vendor"
+
+
+def vendor_script() -> ModuleType:
+    """ui/vendor.py (a script, not in a package), loaded for its pins."""
+    spec = importlib.util.spec_from_file_location("ui_vendor", ROOT / "ui" / "vendor.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_every_vendored_file_is_in_the_manifest_with_its_hash() -> None:
@@ -23,8 +35,12 @@ def test_vendored_versions_are_the_locked_ones() -> None:
     manifest = json.loads((VENDOR / "MANIFEST.json").read_text())
     lock = json.loads((ROOT / "ui" / "package-lock.json").read_text())
     wanted = json.loads((ROOT / "ui" / "package.json").read_text())["dependencies"]
-    assert set(manifest["packages"]) == set(wanted)
+    packed = {package: version for package, version, _, _ in vendor_script().PACKED}
+    assert set(manifest["packages"]) == set(wanted) | set(packed)
     for package, version in manifest["packages"].items():
+        if package in packed:  # taken from its tarball, pinned in ui/vendor.py
+            assert version == packed[package]
+            continue
         assert lock["packages"][f"node_modules/{package}"]["version"] == version == wanted[package]
 
 

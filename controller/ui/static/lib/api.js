@@ -69,7 +69,21 @@ export async function request(method, path, { body, query, raw, signal, headers 
   }
   if (response.status === 204) return null;
   const type = response.headers.get("Content-Type") || "";
-  return type.includes("json") ? response.json() : response.text();
+  if (!type.includes("json")) return response.text();
+  const answer = await response.json();
+  // a list asked without a limit: every page of it, following Link: <...>; rel="next"
+  const next = nextPage(response);
+  if (method === "GET" && Array.isArray(answer) && next && !(query && "limit" in query)) {
+    return answer.concat(await request("GET", next, { signal, headers }));
+  }
+  return answer;
+}
+
+/** The URL of the next page named by the answer's Link header (RFC 8288), or null. */
+function nextPage(response) {
+  const link = response.headers.get("Link") || "";
+  const match = /<([^>]+)>;\s*rel="next"/.exec(link);
+  return match ? match[1] : null;
 }
 
 export const api = {
