@@ -22,14 +22,13 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from appliance.install import install_grub, make_filesystems, partition
 from iso import hashing
-from iso.base import SOURCES_LIST, bootstrap_root
+from iso.base import SOURCES_LIST, bootstrap_root, prune, remove_stale
 from iso.identity import strip_identity
 from iso.mounts import mount, remove_tree
 
@@ -40,16 +39,20 @@ PACKAGES = (
     "locales", "less",
 )
 # cloud-init: the NoCloud seed only (no metadata service is probed, so a VM without one
-# boots without waiting), networking by systemd-networkd from network-config v2
+# boots without waiting), networking by systemd-networkd from network-config v2, and the
+# C.UTF-8 locale that libc carries (another one would have to be generated first: the
+# locale module fails without the locales package and its data)
 CLOUD_CFG = """\
 # written by the Vauban image builder
 datasource_list: [NoCloud, None]
+locale: C.UTF-8
 system_info:
   network:
     renderers: [networkd]
 """
 FSTAB = "UUID={root} / ext4 defaults,discard,errors=remount-ro 0 1\n"
-LAYOUT_VERSION = "1"  # bump when what is done after the packages changes
+LAYOUT_VERSION = "2"  # bump when what is done after the packages changes
+KEEP_IMAGES = 2  # each is about 180 MiB
 DISK_SIZE = "2G"
 DEFAULT_CACHE = Path("/var/cache/vauban/images")
 TITLE = "Debian GNU/Linux 12 (bookworm)"
@@ -74,6 +77,7 @@ def configure(root: Path) -> None:
     """What the packages leave to do in `root`: cloud-init's settings, networkd and
     resolved enabled, no identity of the build machine."""
     (root / "etc/cloud/cloud.cfg.d/90-vauban.cfg").write_text(CLOUD_CFG)
+    (root / "etc/default/locale").write_text("LANG=C.UTF-8\n")  # what cloud-init will find
     for unit in ("systemd-networkd.service", "systemd-resolved.service"):
         _run(["chroot", str(root), "systemctl", "enable", unit])
     (root / "etc/apt/sources.list").write_text(SOURCES_LIST)
@@ -114,7 +118,10 @@ def build(cache: Path = DEFAULT_CACHE, log: Path | None = None) -> Path:
     if final.is_file():
         return final
     cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{final.stem}.building-", dir=cache))
+    remove_stale(cache)
+    work = cache / f"{final.stem}.building-{os.getpid()}"
+    remove_tree(work)
+    work.mkdir()
     try:
         root = work / "root"
         root.mkdir()
@@ -129,6 +136,7 @@ def build(cache: Path = DEFAULT_CACHE, log: Path | None = None) -> Path:
         os.replace(partial, final)
     finally:
         remove_tree(work)
+    prune(cache, final, "debian-12-*.qcow2", KEEP_IMAGES)
     return final
 
 

@@ -121,7 +121,7 @@ def ensure_base(cache: Path = DEFAULT_CACHE, log: Path | None = None,
     if (final / "manifest.json").is_file():
         return Base(final, final.name.removeprefix("base-"))
     cache.mkdir(parents=True, exist_ok=True)
-    _remove_stale(cache)
+    remove_stale(cache)
     work = cache / f"{final.name}.building-{os.getpid()}"
     try:
         root = work / "root"
@@ -142,21 +142,25 @@ def ensure_base(cache: Path = DEFAULT_CACHE, log: Path | None = None,
                 raise
     finally:
         remove_tree(work)
-    _prune(cache, final)
+    prune(cache, final, "base-*", KEEP_BASES)
     return Base(final, final.name.removeprefix("base-"))
 
 
-def _prune(cache: Path, keep: Path) -> None:
-    """Removes the finished bases but `keep` and the KEEP_BASES - 1 newest others (a
-    checkout going back to earlier inputs finds its base still there)."""
-    others = sorted((p for p in cache.glob("base-*")
+def prune(cache: Path, keep: Path, pattern: str, count: int) -> None:
+    """Removes the finished builds matching `pattern` but `keep` and the `count` - 1
+    newest others (a checkout going back to earlier inputs finds its build still there)."""
+    others = sorted((p for p in cache.glob(pattern)
                      if ".building-" not in p.name and p != keep),
                     key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in others[KEEP_BASES - 1:]:
-        remove_tree(old)
+    for old in others[count - 1:]:
+        if old.is_dir():
+            remove_tree(old)
+        else:
+            old.unlink()
 
 
-def _remove_stale(cache: Path) -> None:
+def remove_stale(cache: Path) -> None:
+    """Removes the partial builds (`*.building-<pid>`) whose process is gone."""
     for stale in cache.glob("*.building-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():

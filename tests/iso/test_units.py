@@ -185,7 +185,7 @@ def test_partial_base_builds_of_gone_processes_are_removed(tmp_path: Path) -> No
     finished = tmp_path / "base-89ab"
     for folder in (gone, running, finished):
         folder.mkdir()
-    base._remove_stale(tmp_path)
+    base.remove_stale(tmp_path)
     assert not gone.exists() and running.exists() and finished.exists()
 
 
@@ -197,7 +197,8 @@ def test_old_bases_are_pruned_to_the_newest_but_one(tmp_path: Path) -> None:
         made.append(tmp_path / name)
     building = tmp_path / f"base-0005.building-{os.getpid()}"
     building.mkdir()
-    base._prune(tmp_path, made[0])  # just built (its inputs came back): kept, with the newest
+    # just built (its inputs came back): kept, with the newest other
+    base.prune(tmp_path, made[0], "base-*", base.KEEP_BASES)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "base-0001", "base-0004", building.name]
 
