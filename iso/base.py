@@ -52,6 +52,9 @@ APPLIANCE_PACKAGES = (
     "grub-pc-bin", "grub-efi-amd64-bin", "grub2-common", "efibootmgr",
     "util-linux", "fdisk", "dosfstools", "e2fsprogs", "squashfs-tools",
     "mtools",  # the installer writes the EFI system partition with it (no vfat mount needed)
+    # Ansible's apt module needs it on the node, and would fetch it there otherwise: an
+    # installed node is upgraded by rollouts, and reaches no mirror
+    "python3-apt",
 )
 # bump when what is done to the root after the packages changes
 LAYOUT_VERSION = "2"
