@@ -58,7 +58,7 @@ test: deps image
 	$(PY) -m ruff check agent appliance controller hardware images iso lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
-	$(PY) -m pytest -p no:cacheprovider --durations=40 tests
+	$(PY) -m tests.suite
 
 # the web UI's front-end packages, from the npm registry (pinned by ui/package-lock.json),
 # into controller/ui/static/vendor: run after changing ui/package.json, commit the result
