@@ -5,7 +5,6 @@ pseudo-terminal) against a real controller process (stopped by PID)."""
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import select
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.cli.remotes import Store
 from controller.services.totp import code_from_uri
 from tests.e2e.region import BIN, E2ERegion
 
@@ -97,4 +97,5 @@ def test_login_for_automation_reads_the_code_from_an_otpauth_uri_file(
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "logged in to" in done.stdout
-    assert json.loads(config.read_text())["token"].startswith("vbt_")
+    _, remote = Store.load(config).chosen(None)  # the remote the login saved its token to
+    assert remote is not None and (remote.token or "").startswith("vbt_")

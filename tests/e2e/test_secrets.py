@@ -26,6 +26,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 
 from controller import allinone
+from controller.cli.remotes import Store
 from controller.fleet.keys import fleet_sealed_key_path
 from controller.secretbox import load_region_key, region_key_path
 from controller.services.totp import code_from_uri
@@ -115,7 +116,9 @@ def _drive(run: Run, image: Path, tmp_path: Path) -> None:
     run.cli("login", "--url", lay.url, "--ca-file", str(lay.ca_file),
             "--password-file", str(password_file),
             "--totp", code_from_uri(uri, datetime.now(UTC) + timedelta(seconds=30)), env=env)
-    run.secrets["CLI token"] = json.loads(cli_config.read_text())["token"].encode()
+    _, remote = Store.load(cli_config).chosen(None)  # the remote the login saved
+    assert remote is not None and remote.token is not None
+    run.secrets["CLI token"] = remote.token.encode()
     second = json.loads(run.cli("join-token", "create", "--json", owner_of="second join token",
                                 env=env))
     run.secrets["second join token"] = second["token"].encode()
