@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -224,7 +225,7 @@ class RegionCA:
         cert = self._sign(
             subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
             public_key=key.public_key(),
-            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            usages=[ExtendedKeyUsageOID.SERVER_AUTH],
             san=x509.SubjectAlternativeName(entries),
             lifetime=lifetime,
         )
@@ -252,11 +253,14 @@ class RegionCA:
                                f"certificate must be for its id {node_id}")
         public_key = csr.public_key()
         assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)  # checked
+        # also a server's, named by the node id: what the node serves (its metrics
+        # listener) is verified against the region CA and that name, never taken on trust
+        named = re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", node_id)
         cert = self._sign(
             subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]),
             public_key=public_key,
-            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-            san=None,
+            usages=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+            san=x509.SubjectAlternativeName([x509.DNSName(node_id)]) if named else None,
             lifetime=lifetime,
         )
         return Issued(cert.public_bytes(serialization.Encoding.PEM),
@@ -267,7 +271,7 @@ class RegionCA:
         *,
         subject: x509.Name,
         public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
-        usage: x509.ObjectIdentifier,
+        usages: list[x509.ObjectIdentifier],
         san: x509.SubjectAlternativeName | None,
         lifetime: timedelta,
     ) -> x509.Certificate:
@@ -283,7 +287,7 @@ class RegionCA:
             # a leaf never outlives the CA that vouches for it
             .not_valid_after(min(now + lifetime, ca_cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
             )

@@ -47,6 +47,7 @@ def prometheus(region: E2ERegion) -> Iterator[str]:
                     str(region.layout.controller_dir), "--out", str(home)], check=True)
     (home / "token").write_text(region.token)
     agent_port = _agent_metrics_port(region)
+    [node] = json.loads(region.cli("node", "list", "--json"))
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
         "scrape_configs": [
@@ -54,12 +55,12 @@ def prometheus(region: E2ERegion) -> Iterator[str]:
              "tls_config": {"ca_file": str(region.layout.ca_file)},
              "authorization": {"credentials_file": str(home / "token")},
              "static_configs": [{"targets": [f"127.0.0.1:{region.layout.port}"]}]},
-            # the node's certificate is a client certificate: the agent is not verified
-            # by name (docs/metrics.md), it verifies Prometheus by the region CA
+            # each side verifies the other by the region CA; the agent by its node id
             {"job_name": "vauban-agent", "scheme": "https",
              "tls_config": {"cert_file": str(home / "prometheus.pem"),
                             "key_file": str(home / "prometheus.key"),
-                            "insecure_skip_verify": True},
+                            "ca_file": str(region.layout.ca_file),
+                            "server_name": node["id"]},
              "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"]}]},
         ],
     }

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,7 +26,7 @@ from agent.metrics import (
 from agent.protocol import GpuTelemetry, NodeGpu, NvmlGpu, PoolUsage, StorageStatus, XidEvent
 from agent.storage_sampler import StorageView
 from controller.main import issue_scraper_cert
-from controller.pki import RegionCA
+from controller.pki import RegionCA, key_pem, new_key
 from hardware.model import GpuInfo
 
 VM = "6f1c0a52-0000-4000-8000-000000000001"
@@ -137,7 +140,7 @@ def test_plain_http_only_on_loopback() -> None:
 def test_the_listener_requires_a_client_certificate_of_the_region(tmp_path: Path) -> None:
     ca = RegionCA(tmp_path / "pki")
     ca.ensure(["localhost"])
-    node_cert, node_key = issue_scraper_cert(ca, "node", tmp_path / "node", _days(1))
+    node_cert, node_key = _node_cert(ca, "node-1", tmp_path / "node")
     scraper_cert, scraper_key = issue_scraper_cert(ca, "prometheus", tmp_path / "p", _days(1))
     other = RegionCA(tmp_path / "other-pki")
     other.ensure(["localhost"])
@@ -145,12 +148,18 @@ def test_the_listener_requires_a_client_certificate_of_the_region(tmp_path: Path
     server = serve_metrics(collector(tmp_path), "127.0.0.1", 0,
                            TlsFiles(node_cert, node_key, ca.cert_path))
     try:
-        url = f"https://127.0.0.1:{server.server_address[1]}/metrics"
-        body = urllib.request.urlopen(url, context=_client(scraper_cert, scraper_key)).read()
+        port = server.server_address[1]
+        body = _get(port, "node-1", _client(ca.cert_path, scraper_cert, scraper_key))
         assert b"vauban_vm_cpu_seconds_total" in body
-        for ctx in (_client(stranger_cert, stranger_key), _client(None, None)):
+        for ctx in (_client(ca.cert_path, stranger_cert, stranger_key),
+                    _client(ca.cert_path, None, None)):
             with pytest.raises((ssl.SSLError, OSError)):
-                urllib.request.urlopen(url, context=ctx).read()
+                _get(port, "node-1", ctx)
+        # the scraper verifies the listener too: by the region CA and the node's name
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _get(port, "node-2", _client(ca.cert_path, scraper_cert, scraper_key))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _get(port, "node-1", _client(other.cert_path, scraper_cert, scraper_key))
     finally:
         server.stop()
 
@@ -159,11 +168,32 @@ def _days(n: int) -> timedelta:
     return timedelta(days=n)
 
 
-def _client(cert: Path | None, key: Path | None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    # the node's certificate is a client certificate (no server name): not verified here
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+def _node_cert(ca: RegionCA, node_id: str, out: Path) -> tuple[Path, Path]:
+    """A node's certificate, as the controller signs it when the node joins."""
+    key = new_key()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, node_id)])).sign(key, hashes.SHA256())
+    issued = ca.sign_node_csr(csr.public_bytes(serialization.Encoding.PEM).decode(), node_id)
+    out.mkdir(parents=True)
+    (out / "node.key").write_bytes(key_pem(key))
+    (out / "node.pem").write_bytes(issued.pem)
+    return out / "node.pem", out / "node.key"
+
+
+def _get(port: int, node_name: str, ctx: ssl.SSLContext) -> bytes:
+    """GET /metrics from the listener on this host's loopback, verified as `node_name`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname=node_name) as tls:
+        tls.sendall(b"GET /metrics HTTP/1.0\r\nHost: " + node_name.encode() + b"\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return data
+
+
+def _client(ca_file: Path, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """A scraper's TLS: the listener verified against `ca_file`, its own certificate given."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
     if cert is not None and key is not None:
         ctx.load_cert_chain(cert, key)
     return ctx

@@ -42,7 +42,9 @@ def test_node_certificate_is_for_the_node_id(tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate(pem)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "node-id-1"
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["node-id-1"]  # its listener's name
     assert format(cert.serial_number, "x") == serial
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem())
     cert.verify_directly_issued_by(ca_cert)
