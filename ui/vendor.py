@@ -67,6 +67,10 @@ PACKED: list[tuple[str, str, str, list[tuple[str, str]]]] = [
 ]
 LICENCE_NAMES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "license")
 SOURCE_MAP = re.compile(rb"\n?//# sourceMappingURL=\S+\s*$")
+# what a bundle would fetch by itself from a CDN (Redoc: its attribution logo and icon
+# sets): never fetched, as a region may be air-gapped; the bundle gets an empty data: URL,
+# which it treats as an image or icon that did not load
+REMOTE_ASSET = re.compile(rb"https://cdn\.[A-Za-z0-9.-]+/[^`\"'\s]*")
 
 
 def sha256(path: Path) -> str:
@@ -116,12 +120,13 @@ def unpack(cache_root: Path) -> Path:
 
 
 def copy_file(src: Path, dst: Path) -> None:
-    """Copy, without a source-map reference: the map is not vendored, and a browser's
-    developer tools would otherwise ask the controller for it."""
+    """Copy, without a source-map reference (the map is not vendored, and a browser's
+    developer tools would otherwise ask the controller for it) and without the addresses
+    of assets on a CDN (REMOTE_ASSET)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     data = src.read_bytes()
     if dst.suffix in (".js", ".mjs", ".css"):
-        data = SOURCE_MAP.sub(b"\n", data)
+        data = REMOTE_ASSET.sub(b"data:,", SOURCE_MAP.sub(b"\n", data))
     dst.write_bytes(data)
 
 

@@ -49,3 +49,14 @@ def test_every_vendored_package_carries_its_licence() -> None:
     for package in manifest["packages"]:
         licence = VENDOR / "licenses" / f"{package.replace('/', '__')}.txt"
         assert licence.stat().st_size > 0, package
+
+
+def test_no_vendored_script_fetches_from_a_cdn() -> None:
+    """A region may be air-gapped: a bundle's own asset addresses (Redoc's logo and icon
+    sets) are taken out when it is vendored."""
+    pattern = vendor_script().REMOTE_ASSET
+    for path in VENDOR.rglob("*"):
+        if path.suffix in (".js", ".mjs", ".css"):
+            assert not pattern.search(path.read_bytes()), path
+    assert pattern.sub(b"data:,", b"src:`https://cdn.redoc.ly/redoc/logo-mini.svg`") == \
+        b"src:`data:,`"
