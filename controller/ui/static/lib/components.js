@@ -19,19 +19,32 @@ const NETWORK_RETRIES = 3; // a request cut by the network (not refused by the A
  * apart, before its error is shown: otherwise the page would show stale data until
  * the next event. Requests still in flight when the component goes (or the path changes)
  * are aborted: a page left at logout leaves no request to be answered 401 after the
- * session ended. */
+ * session ended. `retire(work)` runs the deletion of the object shown: refreshes stop and
+ * the one in flight is aborted first (asked for after its deletion, the object would be
+ * answered 404, which the browser logs as an error); they resume if `work` throws. */
 export function useApi(path, { events = [], query } = {}) {
   const [state, setState] = useState({ data: null, error: null, loading: true });
   const generation = useRef(0);
   const retries = useRef(0);
   const again = useRef(null);
   const signal = useRef(null);
+  const inflight = useRef(null);
+  const held = useRef(false);
   const key = path + JSON.stringify(query || {});
   const reload = useCallback(() => {
-    if (!path || !signal.current || signal.current.aborted) return;
+    const page = signal.current;
+    if (!path || held.current || !page || page.aborted) return;
     const mine = ++generation.current;
     clearTimeout(again.current);
-    api.get(path, { query, signal: signal.current }).then(
+    if (inflight.current) inflight.current.abort(); // its answer would be dropped anyway
+    const request = new AbortController();
+    inflight.current = request;
+    const stop = () => request.abort();
+    page.addEventListener("abort", stop, { once: true });
+    api.get(path, { query, signal: request.signal }).finally(() => {
+      page.removeEventListener("abort", stop);
+      if (inflight.current === request) inflight.current = null;
+    }).then(
       (data) => {
         if (mine !== generation.current) return;
         retries.current = 0;
@@ -53,9 +66,23 @@ export function useApi(path, { events = [], query } = {}) {
     signal.current = controller.signal;
     setState({ data: null, error: null, loading: true });
     retries.current = 0;
+    held.current = false;
     reload();
     return () => { generation.current += 1; clearTimeout(again.current); controller.abort(); };
   }, [key]);
+  const retire = useCallback(async (work) => {
+    held.current = true;
+    generation.current += 1;
+    clearTimeout(again.current);
+    if (inflight.current) inflight.current.abort();
+    try {
+      return await work();
+    } catch (error) {
+      held.current = false;
+      reload();
+      throw error;
+    }
+  }, [reload]);
   useEffect(() => {
     if (!events.length) return undefined;
     let timer = null;
@@ -76,7 +103,7 @@ export function useApi(path, { events = [], query } = {}) {
     });
     return () => { off(); if (timer !== null) clearTimeout(timer); };
   }, [key, events.join(",")]);
-  return { ...state, reload };
+  return { ...state, reload, retire };
 }
 
 /** Whether `event` tells that the one object `path` shows (`/<collection>/<id or name>`)

@@ -126,7 +126,7 @@ function Ports({ net, can }) {
 // old page once with the new route's params): nothing is fetched then.
 export default function Network({ params }) {
   const { can } = useSession();
-  const { data: net, error, loading, reload } = useApi(params.ref ? `/networks/${encodeURIComponent(params.ref)}` : null,
+  const { data: net, error, loading, reload, retire } = useApi(params.ref ? `/networks/${encodeURIComponent(params.ref)}` : null,
     { events: ["network", "subnet", "port"] });
   if (loading) return html`<${Loading} />`;
   if (!net) return html`<${ErrorBox} error=${error} title="This network could not be shown" />`;
@@ -142,7 +142,7 @@ export default function Network({ params }) {
       ${mayChange && html`<${ConfirmButton} label="Delete network"
         question=${`Delete the network ${net.name} and its subnets? It is refused while it has ports.`}
         confirmLabel=${`Delete ${net.name}`}
-        onConfirm=${async () => { await api.del(`/networks/${net.id}`); navigate("/networks"); }} />`}
+        onConfirm=${() => retire(async () => { await api.del(`/networks/${net.id}`); navigate("/networks"); })} />`}
     <//>
     <p><${Link} to="/networks">← All networks<//></p>
     <${ErrorBox} error=${error} title="This network could not be refreshed" />

@@ -15,15 +15,15 @@ import { Hardware, Qualification } from "./node_hardware.js";
 export default function Node({ params }) {
   const { can } = useSession();
   const path = `/nodes/${encodeURIComponent(params.ref)}`;
-  const { data: node, error, loading, reload } = useApi(path, { events: ["node", "vm"] });
+  const { data: node, error, loading, reload, retire } = useApi(path, { events: ["node", "vm"] });
   if (loading) return html`<${Loading} />`;
   if (!node) return html`<section><${PageHeader} title=${params.ref} />
     <${ErrorBox} error=${error} title="This node could not be read" /></section>`;
   const inv = node.inventory || {};
-  const remove = async () => {
+  const remove = () => retire(async () => {
     await api.del(path);
     navigate("/nodes");
-  };
+  });
   return html`<section class="node-page">
     <${PageHeader} title=${node.name} subtitle=${html`<${StateBadge} state=${node.state} />${` last seen ${ago(node.last_seen_at)}`}`}>
       ${can.regionWrite && html`<${ConfirmButton} label="Remove node" confirmLabel="Remove"

@@ -139,7 +139,7 @@ function AddRule({ group, groupNames, onDone }) {
 // old page once with the new route's params): nothing is fetched then.
 export default function SecurityGroup({ params }) {
   const { can } = useSession();
-  const { data: group, error, loading, reload } = useApi(params.ref ? `/security-groups/${encodeURIComponent(params.ref)}` : null,
+  const { data: group, error, loading, reload, retire } = useApi(params.ref ? `/security-groups/${encodeURIComponent(params.ref)}` : null,
     { events: ["security_group"] });
   const { data: all } = useApi("/security-groups", { events: ["security_group"] });
   const [ruleError, setRuleError] = useState(null);
@@ -169,7 +169,7 @@ export default function SecurityGroup({ params }) {
       ${can.canWrite && html`<${ConfirmButton} label="Delete group"
         question=${`Delete the security group ${group.name}? It is refused while ports are in it or rules of other groups name it.`}
         confirmLabel=${`Delete ${group.name}`}
-        onConfirm=${async () => { await api.del(`/security-groups/${group.id}`); navigate("/security-groups"); }} />`}
+        onConfirm=${() => retire(async () => { await api.del(`/security-groups/${group.id}`); navigate("/security-groups"); })} />`}
     <//>
     <p><${Link} to="/security-groups">← All security groups<//></p>
     ${group.description && html`<p>${group.description}</p>`}
