@@ -20,6 +20,7 @@ from agent import __version__, certs, inventory
 from agent.client import ControllerClient, ControllerUnavailable, Refused, keep_asking
 from agent.config import AgentConfig, NodeIdentity
 from agent.consoles import ConsoleDialer
+from agent.dhcp.responder import DhcpResponder
 from agent.drivers.gpu.base import GpuDriver
 from agent.drivers.gpu.none import NoGpuDriver
 from agent.drivers.hypervisor.base import HypervisorDriver
@@ -80,7 +81,7 @@ class Agent:
             on_change=self._report_now.set, on_settled=self._request_pass,
             prepare_disks=prepare_disks,
             networks=NetworkKeeper(network, self.underlay_ip, config.data_dir / "networks.json",
-                                   SecurityGroupFirewall(), ledger)
+                                   SecurityGroupFirewall(), ledger, DhcpResponder())
             if network is not None else None,
             gpu=self.gpu, ledger=ledger,
         )
@@ -117,6 +118,8 @@ class Agent:
             t.join()
         self.storage_sampler.join()  # a round in flight ends with the driver's timeouts
         self.reconciler.pool.shutdown(wait=True)  # a VM task in flight ends its step
+        if self.reconciler.networks is not None:
+            self.reconciler.networks.close()
 
     def metrics_collector(self) -> AgentCollector:
         """What a scrape reads: the desired VMs' libvirt statistics, the node, its GPUs."""

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.dhcp.leases import leases_of
+from agent.dhcp.responder import DhcpResponder, DhcpUnavailable
 from agent.drivers.network.base import NetworkDriver
 from agent.drivers.network.secgroups import FirewallError, PortFilter, SecurityGroupFirewall
 from agent.errors import is_retryable
@@ -52,8 +54,10 @@ class NetworkKeeper:
 
     def __init__(self, driver: NetworkDriver, underlay_ip: str | None, record: Path,
                  firewall: SecurityGroupFirewall | None = None,
-                 ledger: FailureLedger | None = None) -> None:
+                 ledger: FailureLedger | None = None,
+                 dhcp: DhcpResponder | None = None) -> None:
         self.driver = driver
+        self.dhcp = dhcp
         self.underlay_ip = underlay_ip
         self.record = record
         self.firewall = firewall
@@ -139,6 +143,36 @@ class NetworkKeeper:
         log.warning("%s", message)
         self.ledger.failed("firewall", FIREWALL_ID, "apply", wanted, message,
                            retryable=is_retryable(error))
+
+    def serve_dhcp(self, desired: DesiredState) -> None:
+        """Answer DHCP for this node's ports on tenant networks (agent/dhcp), from now on
+        exactly those of `desired`. When the responder cannot start, every tenant network
+        with such a port here shows why (a network failure, action 'dhcp', retried by its
+        policy); its VMs still start: a NIC set statically by its seed keeps working."""
+        if self.dhcp is None:
+            return
+        leases = {tap_name(port_id): lease for port_id, lease in leases_of(desired).items()}
+        nets = sorted({p.network_id for vm in desired.vms for p in vm.ports
+                       if tap_name(p.id) in leases})
+        if not self.dhcp.running and leases:
+            if not all(self.ledger.may_try("network", n, "dhcp", None) for n in nets):
+                return
+            try:
+                self.dhcp.start()
+            except DhcpUnavailable as e:
+                log.warning("DHCP not served: %s", e)
+                for net_id in nets:
+                    self.ledger.failed("network", net_id, "dhcp", None,
+                                       f"DHCP is not served on this node: {e}", retryable=True)
+                return
+        for net_id in nets:
+            self.ledger.succeeded("network", net_id, "dhcp")
+        self.dhcp.set_leases(leases)
+
+    def close(self) -> None:
+        """Stop answering DHCP (the agent is stopping)."""
+        if self.dhcp is not None:
+            self.dhcp.stop()
 
     def carried(self) -> set[str]:
         try:

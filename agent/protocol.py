@@ -26,7 +26,8 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # 5: the inventory carries the node's SSH host keys; a VM's seed its default user's keys
 # and name; an observed VM what its guest agent says (`guest`); a desired VM its
 # virtual hardware (`machine`: firmware, Secure Boot, machine type, disk bus)
-PROTOCOL_VERSION = 5
+# 6: a desired port says whether its guest configures IPv4 by DHCP (`dhcp`)
+PROTOCOL_VERSION = 6
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
 # version; a message without the header comes from a release before it, which spoke 1.
@@ -589,6 +590,9 @@ class DesiredPort(Wire):
     mtu: int
     security_groups: list[str] = Field(
         default_factory=list, description="Ids of the port's security groups; none: no filter")
+    dhcp: bool = Field(
+        default=False, description="The seed tells the guest to configure this NIC's IPv4 "
+        "by DHCP (the node answers it with the port's own address); else statically")
 
 
 class SecurityRule(Wire):

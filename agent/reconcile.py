@@ -202,6 +202,7 @@ class Reconciler:
             # rules first: a VM started below is filtered from its first packet
             if not (self.networks.apply_security_groups(desired) and ready):
                 tracker.skipped()  # the failure is reported; this generation is not applied
+            self.networks.serve_dhcp(desired)  # a port's answers are there before its VM
         for vm_id, vm in wanted.items():
             obs = observed.get(vm_id)
             if not self.ledger.may_try("vm", vm_id, "converge", attempt_key(vm)):

@@ -315,7 +315,9 @@ class InstanceCreate(Input):
     networks: list[str] = Field(
         default_factory=list, max_length=16, examples=[["lan", "dmz:192.0.2.10"]],
         description="One NIC per entry, in guest order: NETWORK (name or id) for the lowest "
-        "free address of each subnet, or NETWORK:IP for that fixed address")
+        "free address of each subnet, or NETWORK:IP for that fixed address; either followed "
+        "by ',dhcp' tells the guest to configure its IPv4 by DHCP (tenant networks: the "
+        "VM's node answers with the same address), else the seed sets it statically")
     security_groups: list[str] | None = Field(
         default=None, max_length=16, examples=[["default", "web"]],
         description="Security groups (names or ids) of every NIC; default: the group "
@@ -412,6 +414,7 @@ class InstancePort(Output):
     network: str = Field(description="Network name")
     mac: str
     addresses: list[str]
+    dhcp: bool = Field(default=False, description="Its guest configures IPv4 by DHCP")
     security_groups: list[str] = Field(
         default_factory=list, description="Names of its security groups; none: unfiltered")
 
@@ -581,6 +584,8 @@ class Port(Output):
     instance: str | None = Field(description="VM name, if it is a VM's")
     mac: str
     addresses: list[str]
+    dhcp: bool = Field(default=False, description="Its guest configures IPv4 by DHCP (a VM's "
+                       "port; its node answers with the port's own address)")
     security_groups: list[str] = Field(default_factory=list, description="Group names")
     created_at: UtcDatetime
 

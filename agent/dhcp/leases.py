@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 
 from agent.dhcp.packet import MAX_HOSTNAME, Lease
-from agent.networks import tap_name
 from agent.protocol import DesiredPort, DesiredState, NetworkKind
 
 # The server identifier of a subnet without a gateway. It need not answer: leases never
@@ -32,7 +31,7 @@ def _lease(port: DesiredPort, hostname: str) -> Lease | None:
 
 
 def leases_of(desired: DesiredState) -> dict[str, Lease]:
-    """Tap name -> lease, for every port of this node's VMs on a tenant network.
+    """Port id -> lease, for every port of this node's VMs on a tenant network.
 
     Every such port is answered, whether or not its seed tells the guest to use DHCP:
     an image without cloud-init gets its address too. Provider networks are left alone:
@@ -46,5 +45,5 @@ def leases_of(desired: DesiredState) -> dict[str, Lease]:
                 continue
             lease = _lease(port, vm.seed.hostname)
             if lease is not None:
-                found[tap_name(port.id)] = lease
+                found[port.id] = lease
     return found

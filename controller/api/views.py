@@ -62,7 +62,7 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
         machine=machine_spec(i),
         console_log=i.console_log, created_at=i.created_at, updated_at=i.updated_at,
         ports=[schemas.InstancePort(network=p.network.name, mac=p.mac,
-                                    addresses=_addresses(p),
+                                    addresses=_addresses(p), dhcp=p.dhcp,
                                     security_groups=sorted(g.name for g in p.security_groups))
                for p in ports],
         failures=instance_failures(db, i, ports),
@@ -92,7 +92,8 @@ def port_view(p: Port) -> schemas.Port:
         id=p.id, project=p.project, network=p.network.name,  # type: ignore[arg-type]
         network_id=p.network_id,
         instance=p.instance.name if p.instance else None, mac=p.mac, addresses=_addresses(p),
-        security_groups=sorted(g.name for g in p.security_groups), created_at=p.created_at,
+        dhcp=p.dhcp, security_groups=sorted(g.name for g in p.security_groups),
+        created_at=p.created_at,
     )
 
 

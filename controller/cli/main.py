@@ -225,7 +225,8 @@ def print_vm(vm: dict[str, Any]) -> None:
           + (f", root disk {human_size(vm['root_disk_gib'] * GiB)}" if vm["root_disk_gib"]
              else ""))
     for port in vm["ports"]:
-        print(f"NIC:     {port['network']} {port['mac']} {' '.join(port['addresses'])}")
+        print(f"NIC:     {port['network']} {port['mac']} {' '.join(port['addresses'])}"
+              + (" (IPv4 by DHCP)" if port.get("dhcp") else ""))
     for gpu in vm["gpus"]:
         print(f"GPU:     {gpu['address']} {gpu['model']}")
     if vm["console_log"]:
@@ -588,8 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--disk-bus", choices=["virtio-blk", "virtio-scsi"],
                     help="the root disk's bus (default: virtio-blk)")
     cr.add_argument("--node", help="place on this node")
-    cr.add_argument("--network", action="append", metavar="NET[:IP]",
-                    help="a NIC on this network, optionally with a fixed IP (repeatable)")
+    cr.add_argument("--network", action="append", metavar="NET[:IP][,dhcp]",
+                    help="a NIC on this network, optionally with a fixed IP; ',dhcp': the "
+                    "guest configures its IPv4 by DHCP (tenant networks), else the seed "
+                    "sets it (repeatable)")
     cr.add_argument("--security-group", action="append", metavar="GROUP",
                     help="security group of the NICs (repeatable; default: 'default')")
     cr.add_argument("--gpu", action="append", type=parse_gpu_arg, metavar="MODEL[:COUNT]",

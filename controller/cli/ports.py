@@ -32,6 +32,7 @@ PORT_COLUMNS: list[Column] = [
     ("ID", "id"), Col("PROJECT", "project", project_cell), ("NETWORK", "network"),
     ("VM", "instance"), ("MAC", "mac"),
     Col("ADDRESSES", "addresses", lambda r: ",".join(r["addresses"])),
+    Col("DHCP", "dhcp", lambda r: "yes" if r.get("dhcp") else "no"),
     Col("SECURITY GROUPS", "security_groups",
         lambda r: ",".join(r["security_groups"]) or "-")]
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -289,6 +290,8 @@ class Port(Base):
     instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), default=None,
                                                     index=True)
     mac: Mapped[str] = mapped_column(String(17), unique=True)
+    # the seed tells the guest to configure the NIC's IPv4 by DHCP (its node answers it)
+    dhcp: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     network: Mapped[Network] = relationship()

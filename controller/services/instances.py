@@ -82,8 +82,8 @@ def create(db: Session, actor: str, body: InstanceCreate,
     quotas.check(db, project, quotas.Ask(
         instances=1, vcpus=body.vcpus, memory_mib=body.memory_mib,
         vgpus=int(placement.vgpu is not None), storage_gib=request.disk_gib,
-        public_addresses=sum(len(net.subnets) for net, _ in attachments
-                             if net.project_id is None),
+        public_addresses=sum(len(a.network.subnets) for a in attachments
+                             if a.network.project_id is None),
         gpus=tuple(g.model for g in placement.gpus)))
     inst = Instance(
         name=body.name,

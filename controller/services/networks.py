@@ -9,6 +9,7 @@ Every refusal is raised before the caller commits, so nothing half-made is left.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
@@ -159,7 +160,7 @@ def delete(db: Session, actor: str, net: Network) -> None:
 def create_port(db: Session, actor: str, net: Network, fixed_ips: list[str],
                 inst: Instance | None = None,
                 groups: list[SecurityGroup] | None = None,
-                project_id: str | None = None) -> Port:
+                project_id: str | None = None, *, dhcp: bool = False) -> Port:
     """A port of `project_id` (the VM's for a VM's port) with one address per subnet of
     `net`: the fixed one asked for, else the lowest free.
 
@@ -188,13 +189,14 @@ def create_port(db: Session, actor: str, net: Network, fixed_ips: list[str],
         ipam.check_host(ipaddress.ip_network(sub.cidr), ip, sub.gateway, "address")
         wanted[sub.id] = str(ip)
     port = ipam.add_port(db, net, inst.id if inst else None, project_id)
+    port.dhcp = dhcp
     addresses = [ipam.assign(db, port, sub, wanted.get(sub.id)) for sub in subnets]
     db.expire(port, ["addresses"])
     port.security_groups = list(groups)
     db.flush()
     audit.record(db, actor, "port.create", f"port/{port.id}", network=net.name, mac=port.mac,
                  addresses=addresses, instance=inst.name if inst else None,
-                 security_groups=[g.name for g in groups])
+                 security_groups=[g.name for g in groups], dhcp=dhcp)
     if inst is not None:
         bump_carriers(db, [net.id], exclude_node_id=inst.node_id)
     secgroups.bump_viewers(db, [g.id for g in groups],
@@ -215,31 +217,59 @@ def delete_port(db: Session, actor: str, port: Port) -> None:
     secgroups.bump_viewers(db, groups)
 
 
-def parse_attachment(ref: str) -> tuple[str, str | None]:
-    """'NET' or 'NET:IP' (network names hold no ':', so an IPv6 address may follow)."""
-    name, sep, ip = ref.partition(":")
-    if not name or (sep and not ip):
-        raise InvalidInput(f"network '{ref}': write NETWORK or NETWORK:IP")
-    return name, ip if sep else None
+DHCP_SUFFIX = ",dhcp"
 
 
-def resolve_attachments(db: Session, refs: list[str],
-                        project_id: str) -> list[tuple[Network, str | None]]:
+@dataclass(frozen=True)
+class Attachment:
+    """A NIC a new VM asks for: its network, a fixed IP or None, and whether its guest is
+    told to configure IPv4 by DHCP."""
+
+    network: Network
+    ip: str | None
+    dhcp: bool
+
+
+def parse_attachment(ref: str) -> tuple[str, str | None, bool]:
+    """'NET', 'NET:IP', each optionally followed by ',dhcp' (network names hold no ':' nor
+    ',', so an IPv6 address may follow the colon)."""
+    dhcp = ref.endswith(DHCP_SUFFIX)
+    body = ref[:-len(DHCP_SUFFIX)] if dhcp else ref
+    name, sep, ip = body.partition(":")
+    if not name or (sep and not ip) or "," in body:
+        raise InvalidInput(f"network '{ref}': write NETWORK or NETWORK:IP, either followed "
+                           "by ,dhcp for a NIC configured by DHCP")
+    return name, ip if sep else None, dhcp
+
+
+def _check_dhcp(net: Network) -> None:
+    """DHCP is answered by the nodes only on tenant networks, for IPv4."""
+    if net.kind != "tenant":
+        raise InvalidInput(f"network '{net.name}' is a provider network: its VLAN may have the "
+                           "datacenter's own DHCP server, so Vauban answers DHCP only on "
+                           "tenant networks; leave ',dhcp' out (the seed gives the address)")
+    if not any(ipaddress.ip_network(s.cidr).version == 4 for s in net.subnets):
+        raise InvalidInput(f"network '{net.name}' has no IPv4 subnet to hand out by DHCP")
+
+
+def resolve_attachments(db: Session, refs: list[str], project_id: str) -> list[Attachment]:
     """The networks a new VM of `project_id` asks for (its project's or shared ones),
     checked before anything is created."""
     out = []
     for ref in refs:
-        name, ip = parse_attachment(ref)
-        out.append((tenancy.find_input(db, Network, name, "network", project_id, shared=True,
-                                       hint=" (see 'vauban network list')"), ip))
+        name, ip, dhcp = parse_attachment(ref)
+        net = tenancy.find_input(db, Network, name, "network", project_id, shared=True,
+                                 hint=" (see 'vauban network list')")
+        if dhcp:
+            _check_dhcp(net)
+        out.append(Attachment(net, ip, dhcp))
     return out
 
 
-def attach_new_instance(db: Session, actor: str, inst: Instance,
-                        wanted: list[tuple[Network, str | None]],
+def attach_new_instance(db: Session, actor: str, inst: Instance, wanted: list[Attachment],
                         groups: list[SecurityGroup] | None = None) -> list[Port]:
-    return [create_port(db, actor, net, [ip] if ip else [], inst, groups)
-            for net, ip in wanted]
+    return [create_port(db, actor, a.network, [a.ip] if a.ip else [], inst, groups,
+                        dhcp=a.dhcp) for a in wanted]
 
 
 def carriers(db: Session, network_ids: list[str]) -> set[str]:

@@ -327,3 +327,36 @@ def test_vm_create_refusals_create_nothing(api: Api, region: Region) -> None:
     assert r.status_code == 202, r.json
     assert [p["addresses"] for p in api.get("/api/v1/instances/b").json["ports"]] == [
         ["10.0.0.2"], ["10.0.0.3"]]
+
+
+def test_a_nic_configured_by_dhcp_is_told_to_its_node_and_shown(api: Api) -> None:
+    n1 = api.join_node("n1")
+    _lan(api, cidr="10.0.0.0/24", gateway="10.0.0.1")
+    r = _vm(api, "a", "lan,dhcp", "lan:10.0.0.7,dhcp", "lan")
+    assert r.status_code == 202, r.json
+    ports = api.desired(n1)["vms"][0]["ports"]
+    assert [(p["addresses"], p["dhcp"]) for p in ports] == [
+        (["10.0.0.2/24"], True), (["10.0.0.7/24"], True), (["10.0.0.3/24"], False)]
+    shown = api.get("/api/v1/instances/a").json["ports"]
+    assert [(p["addresses"], p["dhcp"]) for p in shown] == [
+        (["10.0.0.2"], True), (["10.0.0.7"], True), (["10.0.0.3"], False)]
+    assert sorted((p["addresses"], p["dhcp"]) for p in api.get("/api/v1/ports").json) == [
+        (["10.0.0.2"], True), (["10.0.0.3"], False), (["10.0.0.7"], True)]
+
+
+def test_dhcp_is_refused_where_no_node_would_answer_it(api: Api, region: Region) -> None:
+    api.join_node("n1")
+    _lan(api, cidr="10.0.0.0/24")
+    _net(api, "public", "provider", vlan=42, physical="bond0",
+         subnets=[{"cidr": "192.0.2.0/24"}])
+    _net(api, "v6", subnets=[{"cidr": "fd00::/64"}])
+    cases = [
+        ("public,dhcp", ["provider network", "datacenter's own DHCP"]),
+        ("v6,dhcp", ["no IPv4 subnet"]),
+        ("lan,DHCP", ["NETWORK:IP", ",dhcp"]),
+        ("lan,dhcp,dhcp", [",dhcp"]),
+        ("lan:10.0.0.5,static", [",dhcp"]),
+    ]
+    for ref, words in cases:
+        _refused(_vm(api, "a", ref), 422, *words)
+    assert _count(region, Instance) == 0 and _count(region, Port) == 0
