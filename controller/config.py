@@ -14,6 +14,7 @@ from controller.pki import CA_VALIDITY, LEAF_VALIDITY
 
 MIN_CERT_LIFETIME_S = 60  # renewed at a third left: below a minute, renewal would never rest
 MIN_RENEW_FRACTION, MAX_RENEW_FRACTION = 0.05, 0.9  # as the agent's cert_renew_fraction
+MAX_VNI = 2**24 - 1
 
 @dataclass(frozen=True)
 class ClientLimits:
@@ -89,6 +90,10 @@ class ControllerConfig:
     # keyring of client.bootstrap-osd: nodes labelled ceph=osd make OSDs with it (rollout)
     ceph_bootstrap_osd_keyring: Path | None = None
     max_image_bytes: int = 64 * 1024**3  # an upload declaring more is refused unread (413)
+    # the VXLAN ids tenant networks take (each the lowest free one): keep them clear of any
+    # other VXLAN on the underlay (e.g. an EVPN fabric's)
+    vni_first: int = 1000
+    vni_last: int = MAX_VNI
     # the controller's URL as nodes reach it (rollouts join nodes to it); default: the
     # address it listens on, unless that is a wildcard
     advertise_url: str = ""
@@ -152,6 +157,9 @@ class ControllerConfig:
                 <= MAX_RENEW_FRACTION):
             raise ValueError(f"server_cert_renew_fraction must be from {MIN_RENEW_FRACTION} "
                              f"to {MAX_RENEW_FRACTION}, not {self.server_cert_renew_fraction}")
+        if not 1 <= self.vni_first <= self.vni_last <= MAX_VNI:
+            raise ValueError(f"the VNI range must lie within 1-{MAX_VNI} and not be empty, "
+                             f"not {self.vni_first}-{self.vni_last}")
         if self.workers > 1 and not self.db_url.startswith("postgresql"):
             raise ValueError(f"workers is {self.workers}, but more than one worker needs "
                              "PostgreSQL (VAUBAN_DATABASE_URL): workers hear of each "
@@ -256,6 +264,8 @@ class ControllerConfig:
                 "node_down_after_s": ("VAUBAN_NODE_DOWN_AFTER", float),
                 "max_reports_per_s": ("VAUBAN_MAX_REPORTS_PER_SECOND", float),
                 "max_image_bytes": ("VAUBAN_MAX_IMAGE_BYTES", int),
+                "vni_first": ("VAUBAN_VNI_FIRST", int),
+                "vni_last": ("VAUBAN_VNI_LAST", int),
                 "max_connections": ("VAUBAN_MAX_CONNECTIONS", int),
                 "max_connections_per_source": ("VAUBAN_MAX_CONNECTIONS_PER_SOURCE", int),
                 "tls_handshake_timeout_s": ("VAUBAN_TLS_HANDSHAKE_TIMEOUT", float),

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from controller import schemas
-from controller.api.context import db
+from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.paging import in_project, page
 from controller.api.views import network_view, port_view
@@ -53,7 +53,8 @@ def show_network(ref: str) -> Any:
            summary="Create a network (provider VLAN or tenant VXLAN)",
            body=schemas.NetworkCreate, responses={201: schemas.Network})
 def create_network(body: schemas.NetworkCreate) -> Any:
-    net = service.create(db(), actor(), body)
+    config = region().config
+    net = service.create(db(), actor(), body, (config.vni_first, config.vni_last))
     _commit()
     return network_view(db(), net), 201
 

@@ -141,11 +141,14 @@ def assign(db: Session, port: Port, subnet: Subnet, fixed: str | None) -> str:
     raise Conflict(f"subnet {subnet.cidr} is too busy; try again")
 
 
-def allocate_vni(db: Session, first: int = 1000) -> int:
-    """The lowest VNI from `first` up that no network has (the caller inserts it, retrying
-    on IntegrityError)."""
-    used = set(db.scalars(select(Network.vni).where(Network.vni.is_not(None))))
+def allocate_vni(db: Session, first: int, last: int) -> int:
+    """The lowest VNI from `first` to `last` that no network has (the caller inserts it,
+    retrying on IntegrityError); Conflict when every one is taken."""
+    used = set(db.scalars(select(Network.vni).where(Network.vni.between(first, last))))
     vni = first
     while vni in used:
         vni += 1
+    if vni > last:
+        raise Conflict(f"every VNI of the region's range {first}-{last} is taken; widen it "
+                       "(VAUBAN_VNI_FIRST, VAUBAN_VNI_LAST) or delete unused tenant networks")
     return vni

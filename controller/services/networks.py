@@ -24,9 +24,6 @@ from controller.services import security_groups as secgroups
 
 TENANT_MTU = 1450  # 50 bytes of a 1500 underlay go to the VXLAN encapsulation
 PROVIDER_MTU = 1500
-VNI_FIRST = 1000
-
-
 def find(db: Session, ref: str) -> Network:
     """A network by id or name among the caller's and the shared ones, or NotFound."""
     return tenancy.find(db, Network, ref, "network", shared=True)
@@ -48,9 +45,11 @@ def port_count(db: Session, net: Network) -> int:
                          .where(Port.network_id == net.id)) or 0)
 
 
-def create(db: Session, actor: str, body: NetworkCreate) -> Network:
+def create(db: Session, actor: str, body: NetworkCreate,
+           vnis: tuple[int, int] = (1000, 2**24 - 1)) -> Network:
     """Validate and record a network with its first subnets: a tenant network in its
-    project, a provider network shared by all (made by who may: see NETWORKS_PROVIDER)."""
+    project (with the lowest free VNI of the range `vnis`), a provider network shared by
+    all (made by who may: see NETWORKS_PROVIDER)."""
     project_id = _project_of_new(db, body)
     if db.scalar(select(Network.id).where(_same_project(project_id),
                                           Network.name == body.name)) is not None:
@@ -69,8 +68,8 @@ def create(db: Session, actor: str, body: NetworkCreate) -> Network:
                            "provider networks only")
     checked = _check_subnets([], body.subnets)
     mtu = body.mtu or (TENANT_MTU if body.kind == "tenant" else PROVIDER_MTU)
-    net = _insert(db, Network(name=body.name, kind=body.kind, vlan=body.vlan,
-                              physical=body.physical, mtu=mtu, project_id=project_id))
+    net = _insert(db, vnis, Network(name=body.name, kind=body.kind, vlan=body.vlan,
+                                    physical=body.physical, mtu=mtu, project_id=project_id))
     net.subnets.extend(checked)
     db.flush()
     audit.record(db, actor, "network.create", f"network/{net.id}", name=net.name,
@@ -100,11 +99,11 @@ def _where(db: Session, project_id: str | None) -> str:
         else f" in project '{tenancy.project_name(db, project_id)}'"
 
 
-def _insert(db: Session, net: Network) -> Network:
+def _insert(db: Session, vnis: tuple[int, int], net: Network) -> Network:
     """Insert the network; a tenant one gets the lowest free VNI, retried if taken meanwhile."""
     for _ in range(ipam.ATTEMPTS):
         if net.kind == "tenant":
-            net.vni = ipam.allocate_vni(db, VNI_FIRST)
+            net.vni = ipam.allocate_vni(db, *vnis)
         try:
             with db.begin_nested():
                 db.add(net)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -53,8 +54,13 @@ class E2ERegion:
         # under /var/tmp with mode 0711: QEMU runs unprivileged and must reach the disks
         root = Path("/var/tmp") / f"vauban-e2e-{uuid.uuid4().hex[:8]}"
         root.mkdir(mode=0o711)
+        # each region its own VNIs: the VXLAN devices of two regions tested on one host at
+        # once would otherwise both be asked for VNI 1000
+        first = 100_000 + secrets.randbelow(16_000_000)
+        env = {"VAUBAN_VNI_FIRST": str(first), "VAUBAN_VNI_LAST": str(first + 9_999),
+               **(controller_env or {})}
         return cls(root=root, layout=allinone.Layout(root, free_port()),
-                   controller_env=controller_env or {}, agent_settings=agent_settings or [])
+                   controller_env=env, agent_settings=agent_settings or [])
 
     def start_controller(self) -> None:
         allinone.start_controller(self.layout, self.controller_env)

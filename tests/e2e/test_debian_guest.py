@@ -1,9 +1,10 @@
 """End to end with a real cloud image: the Debian 12 image `make image-debian` builds boots
 on a tenant network with UEFI on a q35 machine, its root disk on virtio-scsi (BIOS on
 i440fx with virtio-blk is what every test guest boots on), cloud-init sets it up from
-its seed (host name, fixed address, the default user's name and SSH key), the test logs
-in over SSH with that key, the guest's host key pinned from what cloud-init printed on
-the serial console, and what the guest agent says reaches `vauban vm show`.
+its seed (host name, fixed address, the default user's name and SSH key), a second NIC
+takes its address from its node's DHCP responder, the test logs in over SSH with that
+key, the guest's host key pinned from what cloud-init printed on the serial console, and
+what the guest agent says reaches `vauban vm show`.
 
 Traffic goes only to the VM's address on the test's own network, from a namespace of
 the test plugged into the node's bridge for that network.
@@ -67,17 +68,21 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:6]
     net, name, group, image = f"dnet-{tag}", f"deb-{tag}", f"dsg-{tag}", f"debian-{tag}"
+    dhcp_net = f"dhcp-{tag}"
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     region.cli("image", "import", str(debian_image), "--name", image, "--min-disk", "2",
                "--firmware", "bios,uefi")
     region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.78.0.0/24",
                "--gateway", "10.78.0.1")
+    region.cli("network", "create", dhcp_net, "--kind", "tenant", "--subnet", "10.79.0.0/24",
+               "--gateway", "10.79.0.1", "--dns", "10.79.0.53")
     region.cli("security-group", "create", group)
     region.cli("security-group", "rule", "add", group, "--direction", "ingress",
                "--protocol", "tcp", "--port", "22", "--remote-cidr", "10.78.0.200/32")
     region.cli("vm", "create", name, "--image", image, "--cpus", "1", "--memory", "768",
-               "--network", f"{net}:10.78.0.10", "--security-group", group,
+               "--network", f"{net}:10.78.0.10", "--network", f"{dhcp_net}:10.79.0.11,dhcp",
+               "--security-group", group,
                "--ssh-key", f"{key}.pub", "--user", "ops", "--hostname", f"host-{tag}",
                "--firmware", "uefi", "--machine", "q35", "--disk-bus", "virtio-scsi")
     vm = region.vm(name)
@@ -96,8 +101,9 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         ip("-n", ns, "link", "set", "eth0", "up")
         command = ("hostname; ip -4 -o address show scope global; cloud-init status --wait "
                    "--long; test -d /sys/firmware/efi && echo booted-by-uefi; "
-                   "lsblk -dno NAME,TRAN; sudo grep -E 'WARNING|ERROR|Traceback' "
-                   "/var/log/cloud-init.log | tail -n 20")
+                   "lsblk -dno NAME,TRAN; ip -4 -o address show dev eth1; "
+                   "cat /run/systemd/netif/leases/$(cat /sys/class/net/eth1/ifindex); "
+                   "sudo grep -E 'WARNING|ERROR|Traceback' /var/log/cloud-init.log | tail -n 20")
 
         def log_in() -> subprocess.CompletedProcess[str] | None:
             done = _ssh(ns, key, known_hosts, "ops@10.78.0.10", command)
@@ -109,6 +115,12 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         assert "10.78.0.10/24" in logged_in.stdout and "status: done" in logged_in.stdout
         assert "booted-by-uefi" in lines
         assert re.search(r"^sda\b", logged_in.stdout, re.M)  # the root on the SCSI bus
+        # eth1 was configured by DHCP: networkd keeps the lease its node's responder gave
+        assert re.search(r"eth1\s+inet 10\.79\.0\.11/24", logged_in.stdout)
+        lease = dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
+        assert (lease.get("ADDRESS"), lease.get("ROUTER"), lease.get("DNS"),
+                lease.get("SERVER_ADDRESS")) == ("10.79.0.11", "10.79.0.1", "10.79.0.53",
+                                                 "10.79.0.1"), logged_in.stdout
         stranger = tmp_path / "stranger"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
                        check=True)
@@ -117,7 +129,7 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         def agent_says() -> dict[str, Any] | None:
             guest = region.vm(name).get("guest")
             addresses = [a for i in (guest or {}).get("interfaces", []) for a in i["addresses"]]
-            return guest if "10.78.0.10/24" in addresses else None
+            return guest if {"10.78.0.10/24", "10.79.0.11/24"} <= set(addresses) else None
         guest = wait_for(agent_says, BOOT_DEADLINE_S,
                          "the guest agent's addresses in vauban vm show")
         assert guest is not None and guest["os_id"] == "debian"
@@ -127,4 +139,5 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
     assert not domain_exists(vm["id"])
     region.cli("security-group", "delete", group)
     region.cli("network", "delete", net)
+    region.cli("network", "delete", dhcp_net)
     region.cli("image", "delete", image)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
+from controller.config import ControllerConfig
 from controller.db.models import AuditEvent, Instance, Network, Port, PortAddress
 from controller.region import Region
 from controller.services import ipam
@@ -150,6 +153,22 @@ def test_vni_is_the_lowest_free_one(api: Api) -> None:
     assert api.delete("/api/v1/networks/b").status_code == 204
     assert _lan(api, "d")["vni"] == 1001
     assert _lan(api, "e")["vni"] == 1003
+
+
+def test_vnis_come_from_the_regions_range_and_its_end_is_said(api: Api,
+                                                                region: Region) -> None:
+    region.config = dataclasses.replace(region.config, vni_first=70000, vni_last=70001)
+    assert [_lan(api, n)["vni"] for n in ("a", "b")] == [70000, 70001]
+    _refused(_net(api, "c"), 409, "70000-70001", "VAUBAN_VNI_LAST")
+    assert _count(region, Network) == 2
+    assert api.delete("/api/v1/networks/a").status_code == 204
+    assert _lan(api, "c")["vni"] == 70000
+
+
+@pytest.mark.parametrize("first,last", [(0, 10), (20, 10), (1, 2**24)])
+def test_a_vni_range_outside_vxlans_is_refused(tmp_path: Path, first: int, last: int) -> None:
+    with pytest.raises(ValueError, match="VNI range"):
+        ControllerConfig(data_dir=tmp_path, vni_first=first, vni_last=last)
 
 
 def test_ports_get_the_lowest_free_addresses(api: Api, region: Region) -> None:
