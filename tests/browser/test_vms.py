@@ -96,6 +96,7 @@ def test_vm_created_in_the_form_boots_stops_and_is_deleted(
     prefix = cidr.rsplit(".", 1)[0]
     expect(page.get_by_text(f"Subnet {cidr}: empty takes the lowest free address.")).to_be_visible()
     expect(page.get_by_role("checkbox", name="default")).to_be_checked()
+    page.get_by_role("checkbox", name="NIC 1: IPv4 by DHCP").check()
     try:
         page.get_by_role("button", name="Create VM").click()
         # the form hands over to the VM's page, which follows the create operation
@@ -110,6 +111,7 @@ def test_vm_created_in_the_form_boots_stops_and_is_deleted(
         expect(_state(page)).to_have_text("running")
         nic = page.get_by_role("row").filter(has=page.get_by_role("link", name=net, exact=True))
         expect(nic).to_contain_text(prefix + ".")
+        expect(nic).to_contain_text("(IPv4 by DHCP)")
         expect(nic.get_by_role("link", name="default")).to_be_visible()
         expect(page.get_by_role("button", name="Start")).to_be_disabled()
 

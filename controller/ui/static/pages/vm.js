@@ -148,7 +148,7 @@ function Hardware({ vm, volumes }) {
         { label: "NIC", render: (p) => `#${nics.indexOf(p) + 1}` },
         { label: "Network", render: (p) => html`<${Link} to=${`/networks/${p.network}`}>${p.network}<//>` },
         { label: "MAC", render: (p) => html`<span class="mono">${p.mac}</span>` },
-        { label: "Addresses", render: (p) => p.addresses.join(", ") || "—" },
+        { label: "Addresses", render: (p) => (p.addresses.join(", ") || "—") + (p.dhcp ? " (IPv4 by DHCP)" : "") },
         { label: "Security groups", render: (p) => (p.security_groups || []).map((g) => html`<${Link}
           to=${`/security-groups/${g}`}>${g}<//> `) },
       ]} />

@@ -86,7 +86,8 @@ function body(form, nics, withGroups) {
   if (form.hostname) b.hostname = form.hostname;
   if (form.node) b.node = form.node;
   if (nics.length) {
-    b.networks = nics.map((n) => (n.address.trim() ? `${n.network}:${n.address.trim()}` : n.network));
+    b.networks = nics.map((n) => (n.address.trim() ? `${n.network}:${n.address.trim()}` : n.network)
+      + (n.dhcp ? ",dhcp" : ""));
     if (withGroups) b.security_groups = form.security_groups;
   }
   if (form.gpu_model) b.gpus = [{ model: form.gpu_model, count: Number(form.gpu_count) }];
@@ -114,9 +115,11 @@ function Nics({ nics, networks, errors, onChange }) {
       const cidrs = net ? net.subnets.map((s) => s.cidr).join(", ") : "";
       const hint = net ? (cidrs ? `Subnet ${cidrs}: empty takes the lowest free address.`
         : "This network has no subnet: no address.") : "";
+      // the nodes answer DHCP on tenant networks only, for IPv4
+      const dhcpable = net && net.kind === "tenant" && net.subnets.some((s) => !s.cidr.includes(":"));
       return html`<div class="nic-row" key=${i}>
         <${Field} id=${`vm-nic-${i}`} label=${`NIC ${i + 1} network`} error=${errors[`networks.${i}`]}>
-          <select id=${`vm-nic-${i}`} value=${nic.network} onChange=${(e) => set(i, { network: e.target.value })}>
+          <select id=${`vm-nic-${i}`} value=${nic.network} onChange=${(e) => set(i, { network: e.target.value, dhcp: false })}>
             <option value="">choose…</option>
             ${(networks || []).map((n) => html`<option value=${n.name}>
               ${n.name} (${n.kind}${n.subnets.length ? ", " + n.subnets.map((s) => s.cidr).join(", ") : ""})</option>`)}
@@ -127,11 +130,15 @@ function Nics({ nics, networks, errors, onChange }) {
             aria-describedby=${hint ? `vm-nic-${i}-address-hint` : undefined}
             onInput=${(e) => set(i, { address: e.target.value })} />
         <//>
+        ${dhcpable && html`<span class="check-field">
+          <input type="checkbox" id=${`vm-nic-${i}-dhcp`} checked=${Boolean(nic.dhcp)}
+            onChange=${(e) => set(i, { dhcp: e.target.checked })} />
+          <label for=${`vm-nic-${i}-dhcp`}>NIC ${i + 1}: IPv4 by DHCP</label></span>`}
         <${Button} class="btn icon-only" aria-label=${`Remove NIC ${i + 1}`}
           onClick=${() => onChange(nics.filter((_, j) => j !== i))}><${Icon} name="x" /><//>
       </div>`;
     })}
-    <${Button} onClick=${() => onChange([...nics, { network: (networks && networks[0] && networks[0].name) || "", address: "" }])}
+    <${Button} onClick=${() => onChange([...nics, { network: (networks && networks[0] && networks[0].name) || "", address: "", dhcp: false }])}
       disabled=${!networks || networks.length === 0}>
       <${Icon} name="plus" /> Add a NIC<//>
     ${networks && networks.length === 0 && html`<p class="hint">No network in this project yet.</p>`}
