@@ -103,7 +103,7 @@ class NetworkKeeper:
         """
         ports = [PortFilter(tap=tap_name(p.id), addresses=tuple(p.addresses),
                             groups=tuple(p.security_groups))
-                 for vm in desired.vms for p in vm.ports if p.security_groups]
+                 for vm in desired.vms for p in vm.ports]
         groups = {g.id: g for g in desired.security_groups}
         wanted = (tuple(ports), tuple(g.model_dump_json() for g in groups.values()))
         self._wanted_filters = wanted
@@ -114,7 +114,7 @@ class NetworkKeeper:
             return False
         try:
             if self.firewall is None:
-                if ports:
+                if any(p.groups for p in ports):
                     raise FirewallError("this node has no firewall to apply security groups")
             elif ports:
                 self.firewall.apply(ports, groups)
@@ -131,11 +131,12 @@ class NetworkKeeper:
                      error: Exception) -> None:
         """Record the failure and cut the filtered ports off until their rules are in force."""
         message = f"security groups not applied: {error}"
-        if ports:
+        filtered = [p.tap for p in ports if p.groups]
+        if filtered:
             try:
                 if self.firewall is None:
                     raise FirewallError("no firewall to isolate the ports with")
-                self.firewall.isolate([p.tap for p in ports])
+                self.firewall.isolate(filtered)
                 self._applied_filters = None  # what is in force is the isolation
                 message += "; their ports are isolated (no traffic) until they are"
             except Exception as e2:

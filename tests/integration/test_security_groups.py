@@ -208,15 +208,52 @@ def test_security_groups_filter_bridged_traffic_statefully(lab: Lab) -> None:
     fw.remove()  # idempotent
 
 
-def test_ports_without_groups_are_not_filtered(lab: Lab) -> None:
+# receives UDP on port 68 (a DHCP client's) and prints each sender's port, until one
+# from port 1067 (the control, sent last) arrives
+DHCP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 68))
+print("listening", flush=True)
+while True:
+    _data, (_addr, port) = s.recvfrom(64)
+    print(port, flush=True)
+    if port == 1067:
+        break
+"""
+SEND_FROM = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.sendto(b"offer", (sys.argv[3], 68))
+"""
+
+
+def test_ports_without_groups_are_not_filtered_but_may_not_answer_dhcp(lab: Lab) -> None:
     fw = SecurityGroupFirewall(netns=lab.node)
     if not fw.bridge_netfilter_enabled():
         pytest.skip("net.bridge.bridge-nf-call-iptables/ip6tables is not 1 in a new netns")
     lab.serve(VM1, 22)
-    fw.apply([PortFilter(lab.taps[VM1], (f"{VM1}/24",), ())], web_group(HTTP))
-    assert fw.ruleset()["nftables"] == []
+    fw.apply([PortFilter(lab.taps[VM1], (f"{VM1}/24",), ()),
+              PortFilter(lab.taps[CLIENT], (f"{CLIENT}/24",), ())], web_group(HTTP))
+    tables = {(o["table"]["family"], o["table"]["name"])
+              for o in fw.ruleset()["nftables"] if "table" in o}
+    assert tables == {("bridge", TABLE)}  # the guard only: nothing is filtered
     assert wait_until(lambda: lab.connect(CLIENT, VM1, 22))
     assert lab.ping(CLIENT, VM1)
+
+    receiver = subprocess.Popen(["ip", "netns", "exec", lab.vms[VM1], sys.executable, "-c",
+                                 DHCP_CLIENT], stdout=subprocess.PIPE, text=True)
+    lab.procs.append(receiver)  # type: ignore[arg-type]
+    assert receiver.stdout is not None and receiver.stdout.readline() == "listening\n"
+    for port in (67, 1067):  # a forged DHCP answer from the guest, then the control
+        subprocess.run(["ip", "netns", "exec", lab.vms[CLIENT], sys.executable, "-c",
+                        SEND_FROM, CLIENT, str(port), VM1], check=True, timeout=10)
+    with receiver.stdout:
+        heard = [line.strip() for line in receiver.stdout]
+    assert receiver.wait(timeout=10) == 0
+    assert heard == ["1067"]
 
 
 def _set_bridge_netfilter(node: str, on: bool) -> None:

@@ -18,6 +18,10 @@ invalid dropped, then the port's groups' ingress rules, then drop. Egress from a
 is not filtered (egress rules are accepted and ignored). Ports with no group are
 not filtered. Traffic the host itself sends to a VM (bridge OUTPUT) is not filtered.
 
+Every port of the node's VMs, filtered or not, is also guarded in `table bridge vauban`:
+DHCP answers a guest sends (UDP from port 67, or 547 for DHCPv6) are dropped, since the
+node itself answers its ports' DHCP (agent/dhcp).
+
 Every name in the ruleset is generated (indexes), never taken from the input;
 addresses go through `ipaddress`, ports through ints, tap names through a strict
 pattern, before they are rendered. Only the two `vauban` tables are ever touched.
@@ -195,25 +199,49 @@ def _replace_tables() -> list[Json]:
     return cmds
 
 
+def _guard_rules(taps: list[str]) -> list[list[Json]]:
+    """What no guest may send to the others on its network: DHCP answers (v4 and v6).
+    Its own node answers its ports' DHCP at their taps (agent/dhcp), so a guest that
+    answers too could only mislead its neighbours."""
+    from_guest = _match(_meta("iifname"), {"set": sorted(taps)})
+    ether = {"payload": {"protocol": "ether", "field": "type"}}
+    return [
+        [from_guest, _match(ether, "ip"),
+         _match({"payload": {"protocol": "ip", "field": "protocol"}}, "udp"),
+         _match({"payload": {"protocol": "udp", "field": "sport"}}, 67), {"drop": None}],
+        [from_guest, _match(ether, "ip6"),
+         _match({"payload": {"protocol": "ip6", "field": "nexthdr"}}, "udp"),
+         _match({"payload": {"protocol": "udp", "field": "sport"}}, 547), {"drop": None}],
+    ]
+
+
 def render(ports: Iterable[PortFilter], groups: dict[str, DesiredSecurityGroup]) -> Json:
-    """The whole JSON batch that atomically replaces our tables with this ruleset."""
-    filtered = [p for p in ports if p.groups]
-    for port in filtered:
+    """The whole JSON batch that atomically replaces our tables with this ruleset: every
+    port guarded (`_guard_rules`), those with groups filtered by them."""
+    ports = list(ports)
+    for port in ports:
         _validate_port(port)
-    taps = [p.tap for p in filtered]
+    taps = [p.tap for p in ports]
     if len(set(taps)) != len(taps):
         raise FirewallError("a tap is listed twice")
+    filtered = [p for p in ports if p.groups]
     if len(filtered) > MAX_PORTS:
         raise FirewallError(f"more than {MAX_PORTS} filtered ports")
     cmds = _replace_tables()
-    if not filtered:
+    if not ports:
         return {"nftables": cmds}
 
-    r = _Renderer(groups)
     br: list[Json] = [{"add": {"table": {"family": "bridge", "name": TABLE}}},
                       {"add": {"chain": {"family": "bridge", "table": TABLE, "name": "ports",
                                          "type": "filter", "hook": "forward",
                                          "prio": BRIDGE_PRIORITY, "policy": "accept"}}}]
+    for guard in _guard_rules(taps):
+        br.append({"add": {"rule": {"family": "bridge", "table": TABLE, "chain": "ports",
+                                    "expr": guard}}})
+    if not filtered:
+        return {"nftables": cmds + br}
+
+    r = _Renderer(groups)
     inet: list[Json] = [{"add": {"table": {"family": "inet", "name": TABLE}}},
                         {"add": {"chain": {"family": "inet", "table": TABLE, "name": "ports",
                                            "type": "filter", "hook": "forward",
@@ -331,7 +359,8 @@ class SecurityGroupFirewall:
             raise FirewallError(f"nft (netns {self.netns}): {str(err).strip()}")
 
     def apply(self, ports: list[PortFilter], groups: dict[str, DesiredSecurityGroup]) -> None:
-        """Replace our ruleset, atomically, with one filtering exactly `ports`.
+        """Replace our ruleset, atomically, with one guarding `ports` and filtering those
+        with groups.
 
         On failure the previous ruleset stays in place and FirewallError is raised.
         """

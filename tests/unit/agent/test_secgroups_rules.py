@@ -15,10 +15,23 @@ def group(*rules: SecurityRule, members: tuple[str, ...] = ()) -> dict[str, Desi
                                       member_addresses=list(members))}
 
 
-def test_no_filtered_port_only_drops_our_tables() -> None:
-    cmds = render([PortFilter("vtp-1", ("10.0.0.5/24",), ())], group())["nftables"]
+def test_no_port_only_drops_our_tables() -> None:
+    cmds = render([], group())["nftables"]
     assert [next(iter(c)) for c in cmds] == ["add", "delete", "add", "delete"]
     assert {c[next(iter(c))]["table"]["name"] for c in cmds} == {"vauban"}
+
+
+def test_unfiltered_ports_are_only_guarded_against_answering_dhcp() -> None:
+    cmds = render([PortFilter("vtp-2", ("10.0.0.6/24",), ()),
+                   PortFilter("vtp-1", ("10.0.0.5/24",), ())], group())["nftables"]
+    added = [c["add"] for c in cmds[4:]]
+    assert {next(iter(a)) for a in added} == {"table", "chain", "rule"}
+    assert all(a[next(iter(a))]["family"] == "bridge" for a in added)  # no inet table
+    rules = [json.dumps(a["rule"]["expr"]) for a in added if "rule" in a]
+    assert len(rules) == 2
+    for text, (family, port) in zip(rules, [("ip", 67), ("ip6", 547)], strict=True):
+        assert '"set": ["vtp-1", "vtp-2"]' in text and f'"right": "{family}"' in text
+        assert f'"field": "sport"}}}}, "right": {port}}}' in text and '"drop"' in text
 
 
 def test_rules_render_validated_values() -> None:
@@ -34,7 +47,8 @@ def test_rules_render_validated_values() -> None:
     assert '"elem": ["10.0.0.5", "10.0.0.6"]' in text
     # ct established, ND, DHCP + the 2 ingress rules; the egress rule is not rendered
     assert text.count('"accept": null') == 5
-    assert text.count('"drop": null') == 2  # invalid, then the default drop
+    # the 2 guards (DHCP and DHCPv6 answers from the guest), invalid, the default drop
+    assert text.count('"drop": null') == 4
 
 
 @pytest.mark.parametrize("bad", [
