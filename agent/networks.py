@@ -101,7 +101,7 @@ class NetworkKeeper:
         failure is recorded (retried by the ledger's policy) and the filtered ports are
         isolated: a port whose rules are not in force passes no traffic.
         """
-        ports = [PortFilter(tap=tap_name(p.id), addresses=tuple(p.addresses),
+        ports = [PortFilter(tap=tap_name(p.id), mac=p.mac, addresses=tuple(p.addresses),
                             groups=tuple(p.security_groups))
                  for vm in desired.vms for p in vm.ports]
         groups = {g.id: g for g in desired.security_groups}

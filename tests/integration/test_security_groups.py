@@ -79,6 +79,7 @@ class Lab:
     node: str = ""
     vms: dict[str, str] = field(default_factory=dict)  # address -> namespace
     taps: dict[str, str] = field(default_factory=dict)  # address -> tap name
+    macs: dict[str, str] = field(default_factory=dict)  # address -> its NIC's MAC
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -91,13 +92,16 @@ class Lab:
             ipr.link("add", ifname=tap, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
             ipr.link("set", index=lookup(ipr, tap), state="up",
                      master=lookup(ipr, bridge_name(f"net-{self.tag}")))
+        mac = f"52:54:00:99:00:{int(address.rsplit('.', 1)[1]):02x}"
         with IPRoute(netns=ns) as ipr:
             eth0 = lookup(ipr, "eth0")
+            ipr.link("set", index=eth0, address=mac)
             ipr.addr("add", index=eth0, address=address, prefixlen=24)
             ipr.link("set", index=eth0, state="up")
             ipr.link("set", index=lookup(ipr, "lo"), state="up")
         self.vms[address] = ns
         self.taps[address] = tap
+        self.macs[address] = mac
 
     def ping(self, src: str, dst: str) -> bool:
         return subprocess.run(
@@ -170,9 +174,9 @@ def test_security_groups_filter_bridged_traffic_statefully(lab: Lab) -> None:
                       and lab.connect(VM1, CLIENT, 9000))
     assert lab.ping(CLIENT, VM1)
 
-    ports = [PortFilter(lab.taps[VM1], (f"{VM1}/24",), ("web",)),
-             PortFilter(lab.taps[VM2], (f"{VM2}/24",), ("web",)),
-             PortFilter(lab.taps[CLIENT], (f"{CLIENT}/24",), ())]
+    ports = [PortFilter(lab.taps[VM1], lab.macs[VM1], (f"{VM1}/24",), ("web",)),
+             PortFilter(lab.taps[VM2], lab.macs[VM2], (f"{VM2}/24",), ("web",)),
+             PortFilter(lab.taps[CLIENT], lab.macs[CLIENT], (f"{CLIENT}/24",), ())]
     fw.apply(ports, web_group(HTTP, SAME_GROUP))
     tables = {(o["table"]["family"], o["table"]["name"])
               for o in fw.ruleset()["nftables"] if "table" in o}
@@ -235,8 +239,9 @@ def test_ports_without_groups_are_not_filtered_but_may_not_answer_dhcp(lab: Lab)
     if not fw.bridge_netfilter_enabled():
         pytest.skip("net.bridge.bridge-nf-call-iptables/ip6tables is not 1 in a new netns")
     lab.serve(VM1, 22)
-    fw.apply([PortFilter(lab.taps[VM1], (f"{VM1}/24",), ()),
-              PortFilter(lab.taps[CLIENT], (f"{CLIENT}/24",), ())], web_group(HTTP))
+    fw.apply([PortFilter(lab.taps[VM1], lab.macs[VM1], (f"{VM1}/24",), ()),
+              PortFilter(lab.taps[CLIENT], lab.macs[CLIENT], (f"{CLIENT}/24",), ())],
+             web_group(HTTP))
     tables = {(o["table"]["family"], o["table"]["name"])
               for o in fw.ruleset()["nftables"] if "table" in o}
     assert tables == {("bridge", TABLE)}  # the guard only: nothing is filtered
@@ -256,6 +261,28 @@ def test_ports_without_groups_are_not_filtered_but_may_not_answer_dhcp(lab: Lab)
     assert heard == ["1067"]
 
 
+def test_a_port_may_not_send_from_an_address_or_mac_not_its_own(lab: Lab) -> None:
+    fw = SecurityGroupFirewall(netns=lab.node)
+    fw.apply([PortFilter(lab.taps[a], lab.macs[a], (f"{a}/24",), ()) for a in (VM1, CLIENT)],
+             {})
+    assert wait_until(lambda: lab.ping(CLIENT, VM1))  # its own address and MAC pass
+    forged = "10.99.0.77"  # an address the client's port was not given
+    ip("-n", lab.vms[CLIENT], "addr", "add", f"{forged}/24", "dev", "eth0")
+    spoofed = subprocess.run(
+        ["ip", "netns", "exec", lab.vms[CLIENT], "ping", "-c", "1", "-W", "1", "-I", forged,
+         VM1], capture_output=True, timeout=10)
+    assert spoofed.returncode != 0, "a ping from a forged source address got an answer"
+    ip("-n", lab.vms[CLIENT], "addr", "del", f"{forged}/24", "dev", "eth0")
+    ip("-n", lab.vms[CLIENT], "link", "set", "eth0", "address", "52:54:00:99:00:ee")
+    assert not lab.ping(CLIENT, VM1), "a frame from a forged MAC passed"
+    ip("-n", lab.vms[CLIENT], "link", "set", "eth0", "address", lab.macs[CLIENT])
+    assert wait_until(lambda: lab.ping(CLIENT, VM1))
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
 def _set_bridge_netfilter(node: str, on: bool) -> None:
     """Set br_netfilter's sysctls inside the test's node namespace (they are per namespace)."""
     for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
@@ -273,8 +300,9 @@ def test_security_groups_that_cannot_be_applied_isolate_the_ports(lab: Lab,
     assert wait_until(lambda: lab.connect(CLIENT, VM1, 22))
     group = web_group(SAME_GROUP)["web"]
     desired = DesiredState(node_id="n", generation=1, security_groups=[group], vms=[
-        _vm(f"port-{lab.tag}-vm1", VM1, ["web"]), _vm(f"port-{lab.tag}-vm2", VM2, ["web"]),
-        _vm(f"port-{lab.tag}-cl", CLIENT, [])])
+        _vm(f"port-{lab.tag}-vm1", VM1, ["web"], lab.macs[VM1]),
+        _vm(f"port-{lab.tag}-vm2", VM2, ["web"], lab.macs[VM2]),
+        _vm(f"port-{lab.tag}-cl", CLIENT, [], lab.macs[CLIENT])])
     keeper = NetworkKeeper(LinuxNetworkDriver(netns=lab.node), None, tmp_path / "n.json", fw)
     _set_bridge_netfilter(lab.node, False)  # the inet rules would never see bridged traffic
 
@@ -296,10 +324,10 @@ def test_security_groups_that_cannot_be_applied_isolate_the_ports(lab: Lab,
     assert not lab.connect(CLIENT, VM1, 22)  # filtered, as the rules say
 
 
-def _vm(port_id: str, address: str, groups: list[str]) -> DesiredVm:
+def _vm(port_id: str, address: str, groups: list[str], mac: str) -> DesiredVm:
     return DesiredVm(
         id=port_id, name=port_id, vcpus=1, memory_mib=64, power=PowerState.RUNNING,
         power_seq=1, seed=CloudInitSeed(instance_id=port_id, hostname="h"),
         image=ImageRef(id="i", name="i", disk_format="raw", size_bytes=0, sha256="0" * 64),
-        ports=[DesiredPort(id=port_id, network_id="net", mac="52:54:00:00:00:01",
+        ports=[DesiredPort(id=port_id, network_id="net", mac=mac,
                            addresses=[f"{address}/24"], mtu=1500, security_groups=groups)])

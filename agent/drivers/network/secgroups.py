@@ -18,9 +18,10 @@ invalid dropped, then the port's groups' ingress rules, then drop. Egress from a
 is not filtered (egress rules are accepted and ignored). Ports with no group are
 not filtered. Traffic the host itself sends to a VM (bridge OUTPUT) is not filtered.
 
-Every port of the node's VMs, filtered or not, is also guarded in `table bridge vauban`:
-DHCP answers a guest sends (UDP from port 67, or 547 for DHCPv6) are dropped, since the
-node itself answers its ports' DHCP (agent/dhcp).
+Every port of the node's VMs, filtered or not, is also guarded in `table bridge vauban`
+(one verdict-map lookup by incoming tap, then that port's own chain): frames from
+another MAC, ARP or IP from an address that is not the port's, and DHCP answers (the
+node answers its ports' DHCP itself, agent/dhcp) are dropped. See `_guard_rules`.
 
 Every name in the ruleset is generated (indexes), never taken from the input;
 addresses go through `ipaddress`, ports through ints, tap names through a strict
@@ -71,9 +72,11 @@ class FirewallError(DriverError):
 
 @dataclass(frozen=True)
 class PortFilter:
-    """One VM port to filter: its host-side tap, its addresses (CIDR or bare), its groups."""
+    """One VM port to guard (and filter, if it has groups): its host-side tap, the guest
+    NIC's MAC, its addresses (CIDR or bare), its groups."""
 
     tap: str
+    mac: str
     addresses: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
 
@@ -183,6 +186,8 @@ class _Renderer:
 def _validate_port(port: PortFilter) -> None:
     if not _IFNAME.match(port.tap):
         raise FirewallError(f"bad tap name {port.tap!r}")
+    if not _MAC.match(port.mac):
+        raise FirewallError(f"port {port.tap}: bad MAC {port.mac!r}")
     for text in port.addresses:
         try:
             ipaddress.ip_interface(text)
@@ -199,20 +204,55 @@ def _replace_tables() -> list[Json]:
     return cmds
 
 
-def _guard_rules(taps: list[str]) -> list[list[Json]]:
-    """What no guest may send to the others on its network: DHCP answers (v4 and v6).
-    Its own node answers its ports' DHCP at their taps (agent/dhcp), so a guest that
-    answers too could only mislead its neighbours."""
-    from_guest = _match(_meta("iifname"), {"set": sorted(taps)})
-    ether = {"payload": {"protocol": "ether", "field": "type"}}
-    return [
-        [from_guest, _match(ether, "ip"),
-         _match({"payload": {"protocol": "ip", "field": "protocol"}}, "udp"),
-         _match({"payload": {"protocol": "udp", "field": "sport"}}, 67), {"drop": None}],
-        [from_guest, _match(ether, "ip6"),
-         _match({"payload": {"protocol": "ip6", "field": "nexthdr"}}, "udp"),
-         _match({"payload": {"protocol": "udp", "field": "sport"}}, 547), {"drop": None}],
+_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+# sources a port may use besides its own addresses: DHCP's "no address yet" (IPv4, only
+# to a DHCP server), IPv6's unspecified address (duplicate address detection) and
+# link-local range (its own link-local address, whichever way the guest derives it)
+_LINK_LOCAL_V6 = {"prefix": {"addr": "fe80::", "len": 10}}
+
+
+def _ether(kind: str) -> Json:
+    return _match({"payload": {"protocol": "ether", "field": "type"}}, kind)
+
+
+def _field(protocol: str, name: str) -> Json:
+    return {"payload": {"protocol": protocol, "field": name}}
+
+
+def _guard_rules(port: PortFilter) -> list[list[Json]]:
+    """What a port may not send, whether or not security groups filter it: frames from
+    another MAC, ARP or IP from an address not its own (anti-spoofing), and DHCP answers
+    (v4 and v6): its node answers its ports' DHCP at their taps (agent/dhcp), so a guest
+    that answers too could only mislead its neighbours."""
+    addresses = [ipaddress.ip_interface(a).ip for a in port.addresses]
+    own4 = sorted(str(a) for a in addresses if a.version == 4)
+    own6: list[Any] = sorted(str(a) for a in addresses if a.version == 6)
+    drop = {"drop": None}
+    rules: list[list[Json]] = [
+        [_match(_field("ether", "saddr"), port.mac, "!="), drop],
+        [_ether("arp"), _match(_field("arp", "saddr ether"), port.mac, "!="), drop],
+        [_ether("ip"), _match(_field("ip", "protocol"), "udp"),
+         _match(_field("udp", "sport"), 67), drop],
+        [_ether("ip6"), _match(_field("ip6", "nexthdr"), "udp"),
+         _match(_field("udp", "sport"), 547), drop],
+        [_ether("ip6"), _match(_field("ip6", "saddr"), {"set": [*own6, "::", _LINK_LOCAL_V6]},
+                               "!="), drop],
+        # no address yet: only a DHCP request may go out
+        [_ether("ip"), _match(_field("ip", "saddr"), "0.0.0.0"),
+         _match(_field("ip", "protocol"), "udp", "!="), drop],
+        [_ether("ip"), _match(_field("ip", "saddr"), "0.0.0.0"),
+         _match(_field("udp", "dport"), 67, "!="), drop],
     ]
+    if own4:
+        rules += [
+            [_ether("arp"), _match(_field("arp", "saddr ip"), {"set": own4}, "!="), drop],
+            [_ether("ip"), _match(_field("ip", "saddr"), {"set": [*own4, "0.0.0.0"]}, "!="),
+             drop],
+        ]
+    else:  # no IPv4 address: no ARP, and IPv4 only for DHCP (above)
+        rules += [[_ether("arp"), drop],
+                  [_ether("ip"), _match(_field("ip", "saddr"), "0.0.0.0", "!="), drop]]
+    return rules
 
 
 def render(ports: Iterable[PortFilter], groups: dict[str, DesiredSecurityGroup]) -> Json:
@@ -235,9 +275,19 @@ def render(ports: Iterable[PortFilter], groups: dict[str, DesiredSecurityGroup])
                       {"add": {"chain": {"family": "bridge", "table": TABLE, "name": "ports",
                                          "type": "filter", "hook": "forward",
                                          "prio": BRIDGE_PRIORITY, "policy": "accept"}}}]
-    for guard in _guard_rules(taps):
-        br.append({"add": {"rule": {"family": "bridge", "table": TABLE, "chain": "ports",
-                                    "expr": guard}}})
+    # one lookup sends a frame to the guard chain of the port it came from
+    guards: list[Json] = []
+    for index, port in enumerate(ports, start=1):
+        guards.append({"add": {"chain": {"family": "bridge", "table": TABLE,
+                                         "name": f"guard{index}"}}})
+        for exprs in _guard_rules(port):
+            guards.append({"add": {"rule": {"family": "bridge", "table": TABLE,
+                                            "chain": f"guard{index}", "expr": exprs}}})
+    br[2:2] = guards
+    br.append({"add": {"rule": {"family": "bridge", "table": TABLE, "chain": "ports", "expr": [
+        {"vmap": {"key": _meta("iifname"),
+                  "data": {"set": [[p.tap, {"jump": {"target": f"guard{i}"}}]
+                                   for i, p in enumerate(ports, start=1)]}}}]}}})
     if not filtered:
         return {"nftables": cmds + br}
 

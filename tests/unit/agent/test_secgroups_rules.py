@@ -9,6 +9,8 @@ import pytest
 from agent.drivers.network.secgroups import FirewallError, PortFilter, render
 from agent.protocol import DesiredSecurityGroup, SecurityRule
 
+MAC = "52:54:00:00:00:01"
+
 
 def group(*rules: SecurityRule, members: tuple[str, ...] = ()) -> dict[str, DesiredSecurityGroup]:
     return {"g": DesiredSecurityGroup(id="g", name="g", rules=list(rules),
@@ -21,17 +23,25 @@ def test_no_port_only_drops_our_tables() -> None:
     assert {c[next(iter(c))]["table"]["name"] for c in cmds} == {"vauban"}
 
 
-def test_unfiltered_ports_are_only_guarded_against_answering_dhcp() -> None:
-    cmds = render([PortFilter("vtp-2", ("10.0.0.6/24",), ()),
-                   PortFilter("vtp-1", ("10.0.0.5/24",), ())], group())["nftables"]
+def test_unfiltered_ports_are_only_guarded() -> None:
+    cmds = render([PortFilter("vtp-2", "52:54:00:00:00:02", ("10.0.0.6/24", "fd00::6/64"), ()),
+                   PortFilter("vtp-1", MAC, ("10.0.0.5/24",), ())], group())["nftables"]
     added = [c["add"] for c in cmds[4:]]
-    assert {next(iter(a)) for a in added} == {"table", "chain", "rule"}
     assert all(a[next(iter(a))]["family"] == "bridge" for a in added)  # no inet table
-    rules = [json.dumps(a["rule"]["expr"]) for a in added if "rule" in a]
-    assert len(rules) == 2
-    for text, (family, port) in zip(rules, [("ip", 67), ("ip6", 547)], strict=True):
-        assert '"set": ["vtp-1", "vtp-2"]' in text and f'"right": "{family}"' in text
-        assert f'"field": "sport"}}}}, "right": {port}}}' in text and '"drop"' in text
+    chains = [a["chain"]["name"] for a in added if "chain" in a]
+    assert chains == ["ports", "guard1", "guard2"]
+    [dispatch] = [a["rule"]["expr"] for a in added if "rule" in a and a["rule"]["chain"] == "ports"]
+    assert dispatch[0]["vmap"]["data"]["set"] == [
+        ["vtp-2", {"jump": {"target": "guard1"}}], ["vtp-1", {"jump": {"target": "guard2"}}]]
+    guard1 = json.dumps([a["rule"]["expr"] for a in added
+                         if "rule" in a and a["rule"]["chain"] == "guard1"])
+    assert '"right": "52:54:00:00:00:02"' in guard1  # its MAC, as frame and ARP sender
+    assert '{"set": ["10.0.0.6"]}' in guard1  # ARP sender addresses
+    assert '{"set": ["10.0.0.6", "0.0.0.0"]}' in guard1  # IPv4 sources (DHCP's too)
+    assert '{"set": ["fd00::6", "::", {"prefix": {"addr": "fe80::", "len": 10}}]}' in guard1
+    for port in (67, 547):  # DHCP answers, v4 and v6
+        assert f'"field": "sport"}}}}, "right": {port}}}' in guard1
+    assert guard1.count('"drop": null') == 9
 
 
 def test_rules_render_validated_values() -> None:
@@ -41,19 +51,19 @@ def test_rules_render_validated_values() -> None:
         SecurityRule(direction="ingress", remote_group="g"),
         SecurityRule(direction="egress", protocol="udp", port_min=53),
         members=("10.0.0.5/24", "fd00::5/64", "10.0.0.6"))
-    text = json.dumps(render([PortFilter("vtp-1", ("10.0.0.5/24",), ("g",))], rules))
+    text = json.dumps(render([PortFilter("vtp-1", MAC, ("10.0.0.5/24",), ("g",))], rules))
     assert '{"range": [8000, 8080]}' in text
     assert '"addr": "10.1.0.0", "len": 16' in text
     assert '"elem": ["10.0.0.5", "10.0.0.6"]' in text
     # ct established, ND, DHCP + the 2 ingress rules; the egress rule is not rendered
     assert text.count('"accept": null') == 5
-    # the 2 guards (DHCP and DHCPv6 answers from the guest), invalid, the default drop
-    assert text.count('"drop": null') == 4
+    # the port's 9 guards (test_unfiltered_ports_are_only_guarded), invalid, default drop
+    assert text.count('"drop": null') == 11
 
 
 @pytest.mark.parametrize("bad", [
-    PortFilter('vtp"; drop', (), ("g",)),
-    PortFilter("vtp-1", ("10.0.0.300/24",), ("g",)),
+    PortFilter('vtp"; drop', MAC, (), ("g",)),
+    PortFilter("vtp-1", MAC, ("10.0.0.300/24",), ("g",)),
 ])
 def test_bad_ports_are_rejected(bad: PortFilter) -> None:
     with pytest.raises(FirewallError):
@@ -68,16 +78,17 @@ def test_bad_ports_are_rejected(bad: PortFilter) -> None:
 ])
 def test_bad_rules_are_rejected(rule: SecurityRule) -> None:
     with pytest.raises(FirewallError):
-        render([PortFilter("vtp-1", (), ("g",))], group(rule))
+        render([PortFilter("vtp-1", MAC, (), ("g",))], group(rule))
 
 
 def test_unknown_or_empty_remote_group_matches_nobody() -> None:
     rules = group(SecurityRule(direction="ingress", remote_group="other"),
                   SecurityRule(direction="ingress", remote_group="g"))
-    text = json.dumps(render([PortFilter("vtp-1", (), ("g", "missing"))], rules))
+    text = json.dumps(render([PortFilter("vtp-1", MAC, (), ("g", "missing"))], rules))
     assert '"set", ' not in text and "@g" not in text
 
 
 def test_duplicate_taps_are_rejected() -> None:
     with pytest.raises(FirewallError):
-        render([PortFilter("vtp-1", (), ("g",)), PortFilter("vtp-1", (), ("g",))], group())
+        render([PortFilter("vtp-1", MAC, (), ("g",)),
+                PortFilter("vtp-1", MAC, (), ("g",))], group())
