@@ -280,9 +280,9 @@ def render(ports: Iterable[PortFilter], groups: dict[str, DesiredSecurityGroup])
     for index, port in enumerate(ports, start=1):
         guards.append({"add": {"chain": {"family": "bridge", "table": TABLE,
                                          "name": f"guard{index}"}}})
-        for exprs in _guard_rules(port):
+        for guard in _guard_rules(port):
             guards.append({"add": {"rule": {"family": "bridge", "table": TABLE,
-                                            "chain": f"guard{index}", "expr": exprs}}})
+                                            "chain": f"guard{index}", "expr": guard}}})
     br[2:2] = guards
     br.append({"add": {"rule": {"family": "bridge", "table": TABLE, "chain": "ports", "expr": [
         {"vmap": {"key": _meta("iifname"),
