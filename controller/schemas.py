@@ -203,12 +203,22 @@ class NodeFailure(Output):
     next_retry_at: UtcDatetime | None = Field(description="When it is tried again; None once final")
 
 
+NodeState = Literal["up", "down", "new"]
+# the words `state` of a VM (controller.services.instances.display_state) and of a volume
+# (controller.services.volumes.display_state) takes
+InstanceState = Literal["creating", "provisioning", "running", "stopped", "starting",
+                        "stopping", "rebooting", "deleting", "error", "unknown"]
+VolumeState = Literal["creating", "available", "in-use", "attaching", "detaching",
+                      "resizing", "snapshotting", "rolling-back", "deleting", "error"]
+OperationState = Literal["pending", "running", "succeeded", "failed"]
+
+
 class Node(Output):
     """A node of the region, with what its agent last reported."""
 
     id: str
     name: str
-    state: Literal["up", "down", "new"] = Field(
+    state: NodeState = Field(
         description="up: heartbeat recent; down: silent too long; new: joined, never reported"
     )
     cpus: int
@@ -376,8 +386,8 @@ class Instance(Output):
     name: str
     project: ProjectName = None
     state: str = Field(
-        description="creating, running, stopped, starting, stopping, rebooting, deleting, "
-        "error or unknown"
+        description="creating, provisioning, running, stopped, starting, stopping, "
+        "rebooting, deleting, error or unknown"
     )
     desired_power: str
     node_id: str
@@ -425,7 +435,7 @@ class Operation(Output):
     target_id: str
     target_name: str
     node_id: str | None
-    state: Literal["pending", "running", "succeeded", "failed"]
+    state: OperationState
     progress: int
     error: str | None
     requested_by: str
@@ -441,8 +451,8 @@ class OperationsQuery(PageQuery):
                                description="Only operations on this object id")
     kind: str | None = Field(default=None, max_length=63, description="Only this kind",
                              examples=["instance.create"])
-    state: str | None = Field(default=None, max_length=16, description="Only in this state",
-                              examples=["running"])
+    state: OperationState | None = Field(default=None, description="Only in this state",
+                                         examples=["running"])
 
 
 SNAPSHOT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -759,13 +769,16 @@ class GpuVgpu(Output):
     instance: str = Field(description="Name of the VM using it")
 
 
+GpuState = Literal["free", "in-use", "vgpu", "unusable"]
+
+
 class Gpu(Output):
     """A GPU of the region: where it is, who holds it, and its last telemetry."""
 
     node: str = Field(description="Node name")
     address: str = Field(examples=["0000:18:00.0"])
     model: str = Field(examples=["H100 SXM5 80GB"])
-    state: Literal["free", "in-use", "vgpu", "unusable"] = Field(
+    state: GpuState = Field(
         description="free; in-use: passed through whole; vgpu: carved into vGPUs; "
         "unusable: cannot be passed through (see reason)")
     instance: str | None = Field(description="The VM holding it whole")
@@ -859,11 +872,6 @@ class RoleBinding(Output):
     project: ProjectName = None
     created_by: str
     created_at: UtcDatetime
-
-
-class RoleBindingsQuery(Input):
-    user: str | None = Field(default=None, min_length=1, max_length=63)
-    project: str | None = Field(default=None, min_length=1, max_length=63)
 
 
 class User(Output):

@@ -90,6 +90,7 @@ def test_every_list_documents_its_page(client: FlaskClient) -> None:
     assert len(lists) >= 8
     paged = [(where, op) for where, op in lists
              if any(p["name"] == "cursor" for p in op.get("parameters", []))]
+    assert [where for where, _ in lists] == [where for where, _ in paged]  # every list pages
     for where, op in paged:
         params = {p["name"]: p for p in op["parameters"]}
         assert params["limit"]["schema"]["minimum"] == 1, where
@@ -99,7 +100,8 @@ def test_every_list_documents_its_page(client: FlaskClient) -> None:
     names = {op["operationId"] for _, op in paged}
     assert {"listInstances", "listImages", "listVolumes", "listNetworks", "listPorts",
             "listSecurityGroups", "listNodes", "listOperations", "listAuditEvents",
-            "listProjects", "listUsers", "listFleetHosts", "listRollouts"} <= names
+            "listProjects", "listUsers", "listFleetHosts", "listRollouts",
+            "listRoleBindings", "listApiTokens", "listGpus", "listJoinTokens"} <= names
 
 
 def test_the_reference_page_loads_only_local_assets(app: Flask) -> None:
