@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from controller.schemas import GpuState, InstanceState, NodeState, PageQuery, VolumeState
+from controller.schemas import PageQuery
+from controller.states import GpuState, InstanceState, NodeState, RolloutState, VolumeState
 
 NAME = Field(default=None, min_length=1, max_length=63, description="Only the one so named")
 PROJECT = Field(default=None, min_length=1, max_length=63,
@@ -101,8 +102,8 @@ class FleetHostsQuery(PageQuery):
 class RolloutsQuery(PageQuery):
     """Which rollouts to list, newest first."""
 
-    state: Literal["pending", "running", "succeeded", "failed"] | None = Field(
-        default=None, examples=["running"], description="Only those in this state")
+    state: RolloutState | None = Field(default=None, examples=["running"],
+                                       description="Only those in this state")
 
 
 class RoleBindingsQuery(PageQuery):

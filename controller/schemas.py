@@ -24,6 +24,7 @@ from agent.protocol import (
     UtcDatetime,
 )
 from controller.guest_input import check_ssh_keys, check_user_data
+from controller.states import GpuState, NodeState, OperationState
 
 
 def _in_utc(value: datetime) -> datetime:
@@ -201,16 +202,6 @@ class NodeFailure(Output):
     since: UtcDatetime = Field(description="When this request first failed")
     attempts: int = Field(description="Failed tries so far")
     next_retry_at: UtcDatetime | None = Field(description="When it is tried again; None once final")
-
-
-NodeState = Literal["up", "down", "new"]
-# the words `state` of a VM (controller.services.instances.display_state) and of a volume
-# (controller.services.volumes.display_state) takes
-InstanceState = Literal["creating", "provisioning", "running", "stopped", "starting",
-                        "stopping", "rebooting", "deleting", "error", "unknown"]
-VolumeState = Literal["creating", "available", "in-use", "attaching", "detaching",
-                      "resizing", "snapshotting", "rolling-back", "deleting", "error"]
-OperationState = Literal["pending", "running", "succeeded", "failed"]
 
 
 class Node(Output):
@@ -767,9 +758,6 @@ class GpuVgpu(Output):
     uuid: str
     type_id: str
     instance: str = Field(description="Name of the VM using it")
-
-
-GpuState = Literal["free", "in-use", "vgpu", "unusable"]
 
 
 class Gpu(Output):

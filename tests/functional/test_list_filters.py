@@ -3,6 +3,7 @@ nodes and volumes; every list refuses a bad cursor, limit or state with a proble
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
@@ -13,9 +14,11 @@ from sqlalchemy import update
 
 from agent.protocol import ObservedVm, ObservedVmState
 from controller.app import create_app
+from controller.cli import main as cli
 from controller.db.models import Node
 from controller.region import Region
-from controller.schemas import InstanceState
+from controller.states import InstanceState
+from tests.functional.cli_helpers import cli_answered_by
 from tests.functional.helpers import RAW_IMAGE, Api
 from tests.functional.test_gpus import server_inventory
 from tests.functional.test_list_paging import walk
@@ -162,3 +165,33 @@ def test_volumes_filter_by_state_and_images_by_visibility(rbd_region: Region) ->
         "shared"]
     assert [i["name"] for i in walk(api, "/api/v1/images?visibility=project", 1)[0]] == [
         "own"]
+
+
+def test_the_cli_lists_pass_the_filters(client: FlaskClient, region: Region,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    api = cli_answered_by(Api(client, region), monkeypatch)
+    assert api.import_image("tiny", RAW_IMAGE).status_code == 201
+    n1 = api.join_node("n1")
+    api.join_node("n2", report=False)
+    for name, node in (("web", "n1"), ("db", "n1")):
+        body = {"name": name, "image": "tiny", "vcpus": 1, "memory_mib": 64, "node": node}
+        assert api.post("/api/v1/instances", json=body).status_code == 202
+    web = next(v for v in api.desired(n1)["vms"] if v["name"] == "web")
+    api.report(n1, [ObservedVm(id=web["id"], name="web", state=ObservedVmState.RUNNING,
+                               power_seq=1)])
+
+    def names(*argv: str) -> list[str]:
+        capsys.readouterr()
+        assert cli.main([*argv, "-o", "json"]) == 0
+        return [row["name"] for row in json.loads(capsys.readouterr().out)]
+
+    assert names("vm", "list", "--state", "running", "--node", "n1") == ["web"]
+    assert names("vm", "list", "--state", "creating") == ["db"]
+    assert names("vm", "list", "--node", "n1", "--name", "db") == ["db"]
+    assert names("node", "list", "--state", "up") == ["n1"]
+    assert names("node", "list", "--state", "new") == ["n2"]
+    assert names("image", "list", "--visibility", "public") == []
+    capsys.readouterr()
+    assert cli.main(["vm", "list", "--state", "sleeping"]) == 1
+    assert "'running'" in capsys.readouterr().err
