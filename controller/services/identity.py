@@ -189,9 +189,10 @@ def visible_bindings(db: Session, caller: Caller, user: str | None,
     NotFound for a user or project that does not exist."""
     stmt = select(RoleBinding)
     if not caller.has(Perm.IDENTITY):
-        administered = [p for p, level in caller.projects.items() if level >= Level.ADMIN]
-        stmt = stmt.where(or_(RoleBinding.user_id == caller.user_id,
-                              RoleBinding.project_id.in_(administered)))
+        administered = caller.projects_at(Level.ADMIN)  # None: every project
+        in_theirs = RoleBinding.project_id.is_not(None) if administered is None \
+            else RoleBinding.project_id.in_(sorted(administered))
+        stmt = stmt.where(or_(RoleBinding.user_id == caller.user_id, in_theirs))
     if user is not None:
         stmt = stmt.where(RoleBinding.user_id == find_user(db, user).id)
     if project is not None:
