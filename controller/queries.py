@@ -13,8 +13,6 @@ from controller.states import GpuState, InstanceState, NodeState, RolloutState, 
 NAME = Field(default=None, min_length=1, max_length=63, description="Only the one so named")
 PROJECT = Field(default=None, min_length=1, max_length=63,
                 description="Only those of this project (name or id)")
-
-
 NODE = Field(default=None, min_length=1, max_length=63,
              description="Only those on this node (name or id)")
 
