@@ -48,8 +48,8 @@ TZ_NAME = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
 NTP_SERVER = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 
 # how a command-line string becomes the value the file would hold
-BOOL_KEYS = {"wipe"}
-INT_KEYS = {"network.vlan"}
+BOOL_KEYS = {"wipe", "metrics_tls"}
+INT_KEYS = {"network.vlan", "metrics_port"}
 LIST_KEYS = {"network.dns", "root_ssh_keys", "ntp_servers"}
 # never printed back, not even in a refusal
 SECRET_KEYS = {"join_token"}
@@ -155,6 +155,10 @@ class Answers(Strict):
     timezone: str = "UTC"
     hardware_profile: str = "compute"
     ntp_servers: list[str] = Field(default_factory=list)
+    # the agent's Prometheus listener (docs/metrics.md); unset: the agent's defaults (off)
+    metrics_address: str | None = None
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_tls: bool | None = None
 
     @field_validator("controller")
     @classmethod
@@ -220,6 +224,38 @@ class Answers(Strict):
         if v not in known:
             raise ValueError(f"{v!r} is not a hardware profile ({', '.join(known)})")
         return v
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address(cls, v: str | None) -> str | None:
+        if v is None or v == "localhost":
+            return v
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address (the node's address on the "
+                             "management network, or 127.0.0.1)") from None
+
+    @model_validator(mode="after")
+    def _metrics_listener(self) -> Answers:
+        from agent.metrics import is_loopback
+
+        if self.metrics_address is None and (self.metrics_port is not None
+                                             or self.metrics_tls is not None):
+            raise ValueError("metrics_port and metrics_tls need metrics_address (without it "
+                             "the agent serves no metrics)")
+        if self.metrics_tls is False and self.metrics_address is not None \
+                and not is_loopback(self.metrics_address):
+            raise ValueError(f"metrics_tls = false on {self.metrics_address}: plain HTTP is "
+                             "served on a loopback address only")
+        return self
+
+    def agent_settings(self) -> dict[str, str | int | bool]:
+        """The keys of the agent's settings file these answers set."""
+        given = {"hardware_profile": self.hardware_profile,
+                 "metrics_address": self.metrics_address, "metrics_port": self.metrics_port,
+                 "metrics_tls": self.metrics_tls}
+        return {k: v for k, v in given.items() if v is not None}
 
     @field_validator("ntp_servers")
     @classmethod

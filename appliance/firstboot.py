@@ -244,7 +244,7 @@ def live_setup(paths: Paths, deps: Deps, cmdline: str) -> bool:
     target.write_hostname(paths.root, answers.hostname)
     target.write_network(paths.root, answers, link.mac)
     target.write_ssh_keys(paths.root, answers.root_ssh_keys)
-    target.write_agent_profile(paths.root, answers.hardware_profile)
+    target.write_agent_settings(paths.root, answers.agent_settings())
     target.write_firstboot(paths.root, answers)
     deps.runner(["hostname", answers.hostname])
     deps.runner(["systemctl", "restart", "systemd-networkd.service"])

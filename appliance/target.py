@@ -2,7 +2,7 @@
 
 After `write_config` the target has: /etc/fstab by UUID, its host name, the
 management network (systemd-networkd, enabled), root's SSH keys, its time zone, its
-time sources, the hardware profile in /etc/vauban/agent.toml, and
+time sources, the hardware profile (and metrics listener) in /etc/vauban/agent.toml, and
 /etc/vauban/firstboot.toml (0600) that the first boot consumes. Each writer takes
 the target's path, so tests run them on a temporary folder.
 """
@@ -92,13 +92,21 @@ def write_ntp(target: Path, servers: list[str]) -> None:
                "".join(f"server {s} iburst\n" for s in servers))
 
 
-def write_agent_profile(target: Path, profile: str) -> None:
-    """Set `hardware_profile` in the image's agent.toml (other settings unchanged)."""
+def _toml_value(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int) else _toml_str(value)
+
+
+def write_agent_settings(target: Path, settings: dict[str, str | int | bool]) -> None:
+    """Set each of `settings` in the image's agent.toml (its other settings unchanged)."""
     path = target / AGENT_TOML
     text = path.read_text() if path.exists() else 'data_dir = "/var/lib/vauban/agent"\n'
-    line = f"hardware_profile = {_toml_str(profile)}"
-    pattern = re.compile(r"^hardware_profile\s*=.*$", re.M)
-    text = pattern.sub(line, text) if pattern.search(text) else text.rstrip("\n") + f"\n{line}\n"
+    for key, value in settings.items():
+        line = f"{key} = {_toml_value(value)}"
+        pattern = re.compile(rf"^{re.escape(key)}\s*=.*$", re.M)
+        text = pattern.sub(line, text) if pattern.search(text) \
+            else text.rstrip("\n") + f"\n{line}\n"
     _write(path, text)
 
 
@@ -122,5 +130,5 @@ def write_config(target: Path, answers: Answers, mac: str, root_uuid: str,
     write_ssh_keys(target, answers.root_ssh_keys)
     write_timezone(target, answers.timezone)
     write_ntp(target, answers.ntp_servers)
-    write_agent_profile(target, answers.hardware_profile)
+    write_agent_settings(target, answers.agent_settings())
     write_firstboot(target, answers)

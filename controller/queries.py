@@ -3,13 +3,18 @@ apply to each list. Every filter given must hold; a name filter matches the whol
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from controller.schemas import PageQuery
+from controller.states import GpuState, InstanceState, NodeState, RolloutState, VolumeState
 
 NAME = Field(default=None, min_length=1, max_length=63, description="Only the one so named")
 PROJECT = Field(default=None, min_length=1, max_length=63,
                 description="Only those of this project (name or id)")
+NODE = Field(default=None, min_length=1, max_length=63,
+             description="Only those on this node (name or id)")
 
 
 class InstancesQuery(PageQuery):
@@ -17,8 +22,9 @@ class InstancesQuery(PageQuery):
 
     name: str | None = NAME
     project: str | None = PROJECT
-    node: str | None = Field(default=None, min_length=1, max_length=63,
-                             description="Only those on this node (name or id)")
+    node: str | None = NODE
+    state: InstanceState | None = Field(default=None, examples=["running"],
+                                        description="Only those in this state")
 
 
 class ImagesQuery(PageQuery):
@@ -26,6 +32,9 @@ class ImagesQuery(PageQuery):
 
     name: str | None = NAME
     project: str | None = PROJECT
+    visibility: Literal["public", "project"] | None = Field(
+        default=None, description="public: only those shared with every project; project: "
+        "only those of a project")
 
 
 class VolumesQuery(PageQuery):
@@ -33,6 +42,8 @@ class VolumesQuery(PageQuery):
 
     name: str | None = NAME
     project: str | None = PROJECT
+    state: VolumeState | None = Field(default=None, examples=["available"],
+                                      description="Only those in this state")
 
 
 class NetworksQuery(PageQuery):
@@ -61,6 +72,8 @@ class NodesQuery(PageQuery):
     """Which nodes to list, by name."""
 
     name: str | None = NAME
+    state: NodeState | None = Field(default=None, examples=["up"],
+                                    description="Only those in this state")
     label: str | None = Field(
         default=None, min_length=3, max_length=127, pattern=r"^[^=]+=.*$",
         examples=["rack=r1"], description="Only those with this label: key=value")
@@ -87,5 +100,24 @@ class FleetHostsQuery(PageQuery):
 class RolloutsQuery(PageQuery):
     """Which rollouts to list, newest first."""
 
-    state: str | None = Field(default=None, max_length=16, examples=["running"],
-                              description="Only those in this state")
+    state: RolloutState | None = Field(default=None, examples=["running"],
+                                       description="Only those in this state")
+
+
+class RoleBindingsQuery(PageQuery):
+    """Which role bindings to list, oldest first."""
+
+    user: str | None = Field(default=None, min_length=1, max_length=63,
+                             description="Only this user's (name or id)")
+    project: str | None = PROJECT
+
+
+class ApiTokensQuery(PageQuery):
+    """Which of your API tokens to list, oldest first."""
+
+
+class GpusQuery(PageQuery):
+    """Which GPUs to list, by node name and PCI address."""
+
+    node: str | None = NODE
+    state: GpuState | None = Field(default=None, description="Only those in this state")

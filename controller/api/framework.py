@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from flask import Blueprint, Response, g, request
 from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import CoreModeRef, CoreRef, DefsRef, GenerateJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from controller.api.cookies import SESSION_COOKIE
@@ -334,6 +335,18 @@ def actor() -> str:
 _PATH_PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
 
+class _WireNames(GenerateJsonSchema):
+    """Components named as pydantic names them, except that a type sharing its name with
+    another (this API's SecurityRule and agent.protocol's) is named by `controller.schemas`,
+    not by the module of the package it is in: generated clients keep their class names
+    whichever file a type moves to."""
+
+    def get_defs_ref(self, core_mode_ref: CoreModeRef) -> DefsRef:
+        core_ref, mode = core_mode_ref
+        named = re.sub(r"\bcontroller\.schemas\.[a-z_]+\.", "controller.schemas.", core_ref)
+        return super().get_defs_ref((CoreRef(named), mode))
+
+
 def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document for `specs`, schemas taken from the pydantic models."""
     from pydantic.json_schema import models_json_schema
@@ -350,8 +363,8 @@ def openapi_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
             if inner is not None:
                 models.setdefault(inner, "serialization")
     _, defs = models_json_schema(
-        [(m, mode) for m, mode in models.items()], ref_template="#/components/schemas/{model}"
-    )
+        [(m, mode) for m, mode in models.items()], ref_template="#/components/schemas/{model}",
+        schema_generator=_WireNames)
     schemas = defs.get("$defs", {})
     for name, schema in schemas.items():
         # a generated client names its classes by title: one per component, none alike

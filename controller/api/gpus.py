@@ -7,8 +7,11 @@ from typing import Any
 from controller import schemas
 from controller.api.context import db
 from controller.api.framework import ApiBlueprint
+from controller.api.paging import page_of
 from controller.authz import Perm, Region
+from controller.queries import GpusQuery
 from controller.services import gpus as service
+from controller.services import nodes as node_service
 
 api = ApiBlueprint("gpus", "/api/v1/gpus", "gpus")
 
@@ -33,6 +36,14 @@ def gpu_view(g: service.RegionGpu) -> schemas.Gpu:
 
 
 @api.route("GET", "", access=Region(Perm.REGION_READ),
-           summary="List the region's GPUs", responses={200: list[schemas.Gpu]})
-def list_gpus() -> Any:
-    return [gpu_view(g) for g in service.region_gpus(db())]
+           summary="List the region's GPUs, by node and PCI address", query=GpusQuery,
+           responses={200: list[schemas.Gpu]})
+def list_gpus(query: GpusQuery) -> Any:
+    """The region's GPUs, a page at a time, by node name and PCI address. They are read
+    from the nodes' reports, not rows of their own: the page is cut after reading them."""
+    session = db()
+    nodes = None if query.node is None else [node_service.find(session, query.node)]
+    views = [gpu_view(g) for g in service.region_gpus(session, nodes)]
+    if query.state is not None:
+        views = [v for v in views if v.state == query.state]
+    return page_of(views, lambda v: v.node, lambda v: v.address, query.limit, query.cursor)

@@ -13,7 +13,7 @@ from controller.api.framework import ApiBlueprint, actor
 from controller.api.paging import page
 from controller.authz import ANY_USER, AnyOf, Caller, InProject, Level, Perm, Region
 from controller.db.models import ApiToken, Project, RoleBinding, User
-from controller.queries import ProjectsQuery, UsersQuery
+from controller.queries import ApiTokensQuery, ProjectsQuery, RoleBindingsQuery, UsersQuery
 from controller.services import identity as service
 from controller.services import quotas, tenancy
 
@@ -140,10 +140,12 @@ MANAGES_ROLES = AnyOf(Region(Perm.IDENTITY), InProject(Level.ADMIN))
 @roles_api.route("GET", "", access=ANY_USER,
                  summary="List the role bindings you may see (yours, your projects' if you "
                          "administer them, all with identity rights)",
-                 query=schemas.RoleBindingsQuery, responses={200: list[schemas.RoleBinding]})
-def list_role_bindings(query: schemas.RoleBindingsQuery) -> Any:
-    rows = service.visible_bindings(db(), _caller(), query.user, query.project)
-    return [binding_view(b) for b in rows]
+                 query=RoleBindingsQuery, responses={200: list[schemas.RoleBinding]})
+def list_role_bindings(query: RoleBindingsQuery) -> Any:
+    """The role bindings you may see, a page at a time, oldest first."""
+    stmt = service.visible_bindings(db(), _caller(), query.user, query.project)
+    return page(db(), stmt, RoleBinding.created_at, RoleBinding.id, query.limit,
+                query.cursor, key_type=datetime).map(binding_view)
 
 
 @roles_api.route("POST", "", access=MANAGES_ROLES, summary="Give a user a role",
@@ -164,10 +166,12 @@ def revoke_role(binding_id: str) -> Any:
 
 @tokens_api.route("GET", "", access=ANY_USER,
                   summary="List your API tokens (a login's too; expired ones are not listed)",
-                  responses={200: list[schemas.ApiToken]})
-def list_api_tokens() -> Any:
-    return [token_view(t) for t in service.tokens_of(db(), _caller().user_id,
-                                                     datetime.now(UTC))]
+                  query=ApiTokensQuery, responses={200: list[schemas.ApiToken]})
+def list_api_tokens(query: ApiTokensQuery) -> Any:
+    """Your API tokens, a page at a time, oldest first."""
+    stmt = service.tokens_of(_caller().user_id, datetime.now(UTC))
+    return page(db(), stmt, ApiToken.created_at, ApiToken.id, query.limit, query.cursor,
+                key_type=datetime).map(token_view)
 
 
 @tokens_api.route("POST", "", access=ANY_USER,

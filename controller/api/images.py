@@ -30,6 +30,9 @@ def list_images(query: ImagesQuery) -> Any:
                       Image.project_id, query.project)
     if query.name is not None:
         stmt = stmt.where(Image.name == query.name)
+    if query.visibility is not None:
+        stmt = stmt.where(Image.project_id.is_(None) if query.visibility == "public"
+                          else Image.project_id.is_not(None))
     return page(session, stmt, Image.name, Image.id, query.limit, query.cursor) \
         .map(schemas.Image.model_validate)
 

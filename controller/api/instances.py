@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -37,6 +38,8 @@ def list_instances(query: InstancesQuery) -> Any:
     if query.node is not None:
         stmt = stmt.where(Instance.node_id == node_service.find(session, query.node).id)
     down = _down_after()
+    if query.state is not None:
+        stmt = stmt.where(service.state_expr(datetime.now(UTC), down) == query.state)
     return page(session, stmt, Instance.name, Instance.id, query.limit, query.cursor) \
         .map(lambda i: instance_view(session, i, down))
 

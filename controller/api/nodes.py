@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -34,9 +34,11 @@ def list_nodes(query: NodesQuery) -> Any:
     if query.label is not None:
         key, _, value = query.label.partition("=")
         stmt = stmt.where(Node.labels[key].as_string() == value)
+    down = region().config.node_down_after_s
+    if query.state is not None:
+        stmt = stmt.where(node_service.state_is(query.state, datetime.now(UTC), down))
     found = page(session, stmt, Node.name, Node.id, query.limit, query.cursor)
     usage = scheduler.usage_by_node(session, [n.id for n in found.items])
-    down = region().config.node_down_after_s
     return found.map(lambda n: node_view(n, usage.get(n.id, scheduler.Usage()), down))
 
 

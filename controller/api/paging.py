@@ -115,3 +115,18 @@ def page(session: Any, stmt: Select[Any], key: InstrumentedAttribute[Any],
         return Page(rows, None, limit)
     last = rows[limit - 1]
     return Page(rows[:limit], encode(getattr(last, key.key), getattr(last, row_id.key)), limit)
+
+
+def page_of(items: list[Any], key: Callable[[Any], str], row_id: Callable[[Any], str],
+            limit: int, cursor: str | None) -> Page:
+    """The page of `items` (a list built in memory, not rows of one table) in (key, id)
+    order after `cursor`, at most `limit` of them, with the same cursors as `page`."""
+    ordered = sorted(items, key=lambda i: (key(i), row_id(i)))
+    if cursor is not None:
+        key_after, id_after = decode(cursor, str)
+        after = (key_after, str(id_after))  # one made for another list only moves the start
+        ordered = [i for i in ordered if (key(i), row_id(i)) > after]
+    if len(ordered) <= limit:
+        return Page(ordered, None, limit)
+    last = ordered[limit - 1]
+    return Page(ordered[:limit], encode(key(last), row_id(last)), limit)

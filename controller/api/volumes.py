@@ -29,6 +29,8 @@ def list_volumes(query: VolumesQuery) -> Any:
                       Volume.project_id, query.project)
     if query.name is not None:
         stmt = stmt.where(Volume.name == query.name)
+    if query.state is not None:
+        stmt = stmt.where(service.state_expr() == query.state)
     return page(session, stmt, Volume.name, Volume.id, query.limit, query.cursor) \
         .map(lambda v: volume_view(session, v))
 

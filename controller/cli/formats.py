@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -139,6 +139,25 @@ def _usage_error(a: argparse.Namespace, message: str) -> None:
 def _exit_2(message: str) -> None:
     print(f"vauban: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def list_filters(a: argparse.Namespace, *names: str) -> dict[str, str]:
+    """The query parameters of a list from the options `names` given on the command line
+    (an option's dashes become the parameter's underscores); the API checks their values
+    and says which it knows."""
+    return {name: str(getattr(a, name)) for name in names if getattr(a, name) is not None}
+
+
+def one_of(literal: Any) -> str:
+    """The values of a Literal type as words: "a, b or c"."""
+    values = [str(v) for v in get_args(literal)]
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def add_list_filters(parser: argparse.ArgumentParser, **helps: str) -> None:
+    """An option --NAME per filter of a list, each with its help."""
+    for name, help_ in helps.items():
+        parser.add_argument(f"--{name}", help=help_)
 
 
 def emit_list(a: argparse.Namespace, rows: Sequence[Row], columns: Sequence[Column]) -> int:

@@ -10,7 +10,19 @@ from typing import Any
 from controller.cli.client import Client
 from controller.cli.failures import print_failures
 from controller.cli.fleet import fleet_node_commands
-from controller.cli.formats import Col, Column, MiB, emit_list, emit_show, human_size, size
+from controller.cli.formats import (
+    Col,
+    Column,
+    MiB,
+    add_list_filters,
+    emit_list,
+    emit_show,
+    human_size,
+    list_filters,
+    one_of,
+    size,
+)
+from controller.states import GpuState, NodeState
 
 GPU_ARG = re.compile(r"^(?P<model>[^:]+?)(?::(?P<count>\d+))?$")
 
@@ -73,7 +85,8 @@ NODE_COLUMNS: list[Column] = [
 
 
 def cmd_node_list(c: Client, a: argparse.Namespace) -> int:
-    return emit_list(a, c.get("/nodes"), NODE_COLUMNS)
+    params = list_filters(a, "name", "state", "label")
+    return emit_list(a, c.get("/nodes", params=params), NODE_COLUMNS)
 
 
 def cmd_node_show(c: Client, a: argparse.Namespace) -> int:
@@ -117,17 +130,23 @@ GPU_COLUMNS: list[Column] = [
 
 
 def cmd_gpu_list(c: Client, a: argparse.Namespace) -> int:
-    return emit_list(a, c.get("/gpus"), GPU_COLUMNS)
+    params = list_filters(a, "node", "state")
+    return emit_list(a, c.get("/gpus", params=params), GPU_COLUMNS)
 
 
 def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
     node = sub.add_parser("node", help="nodes").add_subparsers(dest="cmd", required=True)
-    add(node, "list", cmd_node_list, "list nodes", columns=NODE_COLUMNS)
+    add_list_filters(add(node, "list", cmd_node_list, "list nodes", columns=NODE_COLUMNS),
+                     name="only the one so named",
+                     state=f"only those in this state: {one_of(NodeState)}",
+                     label="only those with this label (KEY=VALUE)")
     add(node, "show", cmd_node_show, "show a node: hardware and qualification",
         show=True).add_argument("name")
     add(node, "remove", cmd_node_remove, "remove a node without VMs from the region (its "
         "agent is refused from then on)").add_argument("name")
     fleet_node_commands(node, add)
     gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
-    add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state and telemetry",
-        columns=GPU_COLUMNS)
+    add_list_filters(add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state "
+                         "and telemetry", columns=GPU_COLUMNS),
+                     node="only those of this node",
+                     state=f"only those in this state: {one_of(GpuState)}")

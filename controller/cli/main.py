@@ -24,10 +24,13 @@ from controller.cli.formats import (
     Column,
     GiB,
     MiB,
+    add_list_filters,
     add_output_options,
     emit_list,
     emit_show,
     human_size,
+    list_filters,
+    one_of,
     pick_columns,
     size,
 )
@@ -44,6 +47,7 @@ from controller.cli.output import (
 )
 from controller.cli.ports import port_commands
 from controller.cli.remotes import DEFAULT_URL, RemoteError, Store, remote_commands
+from controller.states import InstanceState, VolumeState
 
 Command = Callable[[Client, argparse.Namespace], int]
 
@@ -94,7 +98,8 @@ IMAGE_COLUMNS: list[Column] = [
 
 
 def cmd_image_list(c: Client, a: argparse.Namespace) -> int:
-    return emit_list(a, c.get("/images"), IMAGE_COLUMNS)
+    params = list_filters(a, "name", "project", "visibility")
+    return emit_list(a, c.get("/images", params=params), IMAGE_COLUMNS)
 
 
 def detect_format(path: Path) -> str:
@@ -209,7 +214,8 @@ VM_COLUMNS: list[Column] = [
 
 
 def cmd_vm_list(c: Client, a: argparse.Namespace) -> int:
-    return emit_list(a, c.get("/instances"), VM_COLUMNS)
+    params = list_filters(a, "name", "project", "node", "state")
+    return emit_list(a, c.get("/instances", params=params), VM_COLUMNS)
 
 
 def cmd_vm_show(c: Client, a: argparse.Namespace) -> int:
@@ -266,7 +272,8 @@ VOLUME_COLUMNS: list[Column] = [
 
 
 def cmd_volume_list(c: Client, a: argparse.Namespace) -> int:
-    return emit_list(a, c.get("/volumes"), VOLUME_COLUMNS)
+    params = list_filters(a, "name", "project", "state")
+    return emit_list(a, c.get("/volumes", params=params), VOLUME_COLUMNS)
 
 
 _size = human_size
@@ -496,7 +503,9 @@ def volume_commands(sub: Any, add: Callable[..., Any]) -> None:
     cr.add_argument("--pool")
     cr.add_argument("--from", dest="source", metavar="VOLUME@SNAPSHOT", help="clone a snapshot")
     cr.add_argument("--project", help=PROJECT_HELP)
-    add(vol, "list", cmd_volume_list, "list volumes", columns=VOLUME_COLUMNS)
+    add_list_filters(add(vol, "list", cmd_volume_list, "list volumes", columns=VOLUME_COLUMNS),
+                     name="only the one so named", project="only those of this project",
+                     state=f"only those in this state: {one_of(VolumeState)}")
     add(vol, "show", cmd_volume_show, "show a volume", show=True).add_argument("name")
     rs = with_wait(add(vol, "resize", cmd_volume_resize, "grow a volume"))
     rs.add_argument("name")
@@ -551,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     users = identity_commands(sub, add)
 
     image = sub.add_parser("image", help="images").add_subparsers(dest="cmd", required=True)
-    add(image, "list", cmd_image_list, "list images", columns=IMAGE_COLUMNS)
+    add_list_filters(add(image, "list", cmd_image_list, "list images", columns=IMAGE_COLUMNS),
+                     name="only the one so named", project="only those of this project",
+                     visibility="public: only the shared ones; project: only a project's")
     imp = add(image, "import", cmd_image_import, "upload an image file")
     imp.add_argument("file")
     imp.add_argument("--name", help="default: the file name without extension")
@@ -601,7 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--no-start", action="store_true")
     cr.add_argument("--project", help=PROJECT_HELP)
     add_wait_options(cr, "it is made (and runs, unless --no-start)")
-    add(vm, "list", cmd_vm_list, "list VMs", columns=VM_COLUMNS)
+    add_list_filters(add(vm, "list", cmd_vm_list, "list VMs", columns=VM_COLUMNS),
+                     name="only the one so named", project="only those of this project",
+                     node="only those on this node",
+                     state=f"only those in this state: {one_of(InstanceState)}")
     add(vm, "show", cmd_vm_show, "show a VM", show=True).add_argument("name")
     add(vm, "console", cmd_vm_console, "the VM's serial console, live (read and type; with "
         "a terminal Ctrl-] ends it, without one the end of stdin)").add_argument("name")

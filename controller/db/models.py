@@ -397,6 +397,7 @@ class JoinToken(Base):
     """A one-time secret that lets one new agent join; only its hash is kept."""
 
     __tablename__ = "join_tokens"
+    __table_args__ = (Index("ix_join_tokens_created_at_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -449,7 +450,8 @@ class RoleBinding(Base):
 
     __tablename__ = "role_bindings"
     __table_args__ = (UniqueConstraint("user_id", "role", "project_id",
-                                       name="uq_role_bindings_user_role_project"),)
+                                       name="uq_role_bindings_user_role_project"),
+                      Index("ix_role_bindings_created_at_id", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
@@ -475,6 +477,9 @@ class ApiToken(Base):
     sessions' absolute lifetime."""
 
     __tablename__ = "api_tokens"
+    # a user's list of tokens in its keyset order (controller/api/paging.py)
+    __table_args__ = (Index("ix_api_tokens_user_id_created_at_id", "user_id", "created_at",
+                            "id"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from controller.authz import (
@@ -171,29 +171,33 @@ def grant(db: Session, caller: Caller, body: RoleBindingCreate) -> RoleBinding:
 def find_binding(db: Session, binding_id: str) -> RoleBinding:
     """A role binding the caller may see (its own, its projects', or all with identity
     rights); NotFound otherwise."""
-    row = db.get(RoleBinding, binding_id)
     caller = tenancy.current()
-    if row is None or (caller is not None and not _sees_binding(caller, row)):
+    if caller is None:
+        row = db.get(RoleBinding, binding_id)
+    else:
+        row = db.scalar(visible_bindings(db, caller, None, None)
+                        .where(RoleBinding.id == binding_id))
+    if row is None:
         raise NotFound(f"role binding {binding_id} does not exist")
     return row
 
 
-def _sees_binding(caller: Caller, row: RoleBinding) -> bool:
-    if caller.has(Perm.IDENTITY) or row.user_id == caller.user_id:
-        return True
-    return row.project_id is not None and \
-        (caller.level_in(row.project_id) or Level.READ) >= Level.ADMIN
-
-
 def visible_bindings(db: Session, caller: Caller, user: str | None,
-                     project: str | None) -> list[RoleBinding]:
-    """The role bindings the caller may see, by user and project if given."""
-    stmt = select(RoleBinding).order_by(RoleBinding.created_at, RoleBinding.id)
+                     project: str | None) -> Select[RoleBinding]:
+    """The query of the role bindings the caller may see (all with identity rights, else
+    its own and those of the projects it administers), by user and project if given;
+    NotFound for a user or project that does not exist."""
+    stmt = select(RoleBinding)
+    if not caller.has(Perm.IDENTITY):
+        administered = caller.projects_at(Level.ADMIN)  # None: every project
+        in_theirs = RoleBinding.project_id.is_not(None) if administered is None \
+            else RoleBinding.project_id.in_(sorted(administered))
+        stmt = stmt.where(or_(RoleBinding.user_id == caller.user_id, in_theirs))
     if user is not None:
         stmt = stmt.where(RoleBinding.user_id == find_user(db, user).id)
     if project is not None:
         stmt = stmt.where(RoleBinding.project_id == tenancy.find_project(db, project).id)
-    return [b for b in db.scalars(stmt) if _sees_binding(caller, b)]
+    return stmt
 
 
 def revoke(db: Session, caller: Caller, binding: RoleBinding) -> None:
@@ -240,11 +244,10 @@ def create_api_token(db: Session, caller: Caller, body: ApiTokenCreate,
     return secret, row
 
 
-def tokens_of(db: Session, user_id: str, now: datetime) -> list[ApiToken]:
-    """The user's tokens that still act or were revoked (expired ones are not listed)."""
-    return list(db.scalars(select(ApiToken).where(
-        ApiToken.user_id == user_id, ApiToken.expires_at > now)
-        .order_by(ApiToken.created_at, ApiToken.id)))
+def tokens_of(user_id: str, now: datetime) -> Select[ApiToken]:
+    """The query of the user's tokens that still act or were revoked (expired ones are
+    not listed)."""
+    return select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.expires_at > now)
 
 
 def revoke_api_token(db: Session, caller: Caller, token_id: str, now: datetime) -> ApiToken:

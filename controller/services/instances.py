@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from agent.protocol import PowerMode
@@ -237,15 +237,33 @@ def delete(db: Session, actor: str, inst: Instance) -> Operation:
     return op
 
 
+# an active operation of these kinds names the VM's state, the first found winning
+BUSY_WORDS = (("instance.create", "creating"), ("instance.start", "starting"),
+              ("instance.stop", "stopping"), ("instance.reboot", "rebooting"))
+
+
 def display_state(inst: Instance, node_up: bool, active: list[Operation]) -> str:
     """One word for the operator, from the desired state, operations and observation."""
     if inst.deleting:
         return "deleting"
     kinds = {o.kind for o in active}
-    for kind, word in (("instance.create", "creating"), ("instance.start", "starting"),
-                       ("instance.stop", "stopping"), ("instance.reboot", "rebooting")):
+    for kind, word in BUSY_WORDS:
         if kind in kinds:
             return word
     if not node_up:
         return "unknown"
     return inst.observed_state or "creating"
+
+
+def state_expr(now: datetime, down_after_s: float) -> ColumnElement[str]:
+    """SQL: `display_state` of the VM row, for filtering a list by it (the same rules in
+    the same order: a list filtered by a state shows only VMs shown in that state)."""
+    def busy(kind: str) -> ColumnElement[bool]:
+        return exists().where(Operation.target_id == Instance.id, Operation.kind == kind,
+                              Operation.state.in_(operations.ACTIVE))
+    node_up = exists().where(Node.id == Instance.node_id,
+                             nodes.state_is("up", now, down_after_s))
+    return case((Instance.deleting, "deleting"),
+                *[(busy(kind), word) for kind, word in BUSY_WORDS],
+                (~node_up, "unknown"),
+                else_=func.coalesce(Instance.observed_state, "creating"))

@@ -6,7 +6,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from agent.protocol import JoinRequest, JoinResponse
@@ -34,6 +34,14 @@ def state_of(last_seen_at: datetime | None, now: datetime, down_after_s: float) 
         return "new"
     age = (now - as_utc(last_seen_at)).total_seconds()
     return "up" if age <= down_after_s else "down"
+
+
+def state_is(state: str, now: datetime, down_after_s: float) -> ColumnElement[bool]:
+    """SQL: the node's state (`state_of`, new, up or down) is `state`."""
+    cutoff = now.astimezone(UTC) - timedelta(seconds=down_after_s)
+    if state == "new":
+        return Node.last_seen_at.is_(None)
+    return Node.last_seen_at >= cutoff if state == "up" else Node.last_seen_at < cutoff
 
 
 def announce_states(db: Session, now: datetime, down_after_s: float) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from agent.protocol import StorageSettings
@@ -226,18 +226,38 @@ def release_from_instance(db: Session, inst: Instance) -> None:
         vol.instance_id, vol.target = None, None
 
 
+# an active operation of these kinds names the volume's state
+BUSY_WORDS = {"volume.create": "creating", "volume.attach": "attaching",
+              "volume.detach": "detaching", "volume.resize": "resizing",
+              "volume.snapshot": "snapshotting", "volume.snapshot-delete": "snapshotting",
+              "volume.rollback": "rolling-back"}
+
+
 def display_state(vol: Volume, active: list[Operation]) -> str:
     if vol.deleting:
         return "deleting"
-    words = {"volume.create": "creating", "volume.attach": "attaching",
-             "volume.detach": "detaching", "volume.resize": "resizing",
-             "volume.snapshot": "snapshotting", "volume.snapshot-delete": "snapshotting",
-             "volume.rollback": "rolling-back"}
     for op in active:
-        if op.kind in words:
-            return words[op.kind]
+        if op.kind in BUSY_WORDS:
+            return BUSY_WORDS[op.kind]
     if vol.observed_error:
         return "error"
     if vol.observed_size_bytes is None:
         return "creating"
     return "in-use" if vol.instance_id else "available"
+
+
+def state_expr() -> ColumnElement[str]:
+    """SQL: `display_state` of the volume row, for filtering a list by it (one operation
+    at a time runs on a volume, so which active one names the state does not arise)."""
+    def busy(kinds: list[str]) -> ColumnElement[bool]:
+        return exists().where(Operation.target_id == Volume.id, Operation.kind.in_(kinds),
+                              Operation.state.in_(operations.ACTIVE))
+    words: dict[str, list[str]] = {}
+    for kind, word in BUSY_WORDS.items():
+        words.setdefault(word, []).append(kind)
+    return case((Volume.deleting, "deleting"),
+                *[(busy(kinds), word) for word, kinds in words.items()],
+                (func.coalesce(Volume.observed_error, "") != "", "error"),
+                (Volume.observed_size_bytes.is_(None), "creating"),
+                (Volume.instance_id.is_not(None), "in-use"),
+                else_="available")

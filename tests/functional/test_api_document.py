@@ -83,6 +83,17 @@ def test_a_problem_answered_matches_the_schema(client: FlaskClient) -> None:
     assert set(problem["required"]) <= set(r.json)
 
 
+def test_component_names_do_not_depend_on_the_module_a_type_is_in(
+        client: FlaskClient) -> None:
+    # generated clients name their classes by these: a type that shares its name with
+    # agent.protocol's is named by the package, whichever of its modules holds it
+    components = client.get("/api/v1/openapi.json").json["components"]["schemas"]
+    assert "controller__schemas__SecurityRule" in components
+    assert not [name for name in components if name.startswith("controller__schemas__")
+                and name.count("__") > 2]
+    assert {"Instance", "Node", "Volume", "RoleBinding", "Problem"} <= set(components)
+
+
 def test_every_list_documents_its_page(client: FlaskClient) -> None:
     doc = client.get("/api/v1/openapi.json").json
     lists = [(where, op) for where, op in operations(doc) if op["operationId"].startswith(
@@ -90,6 +101,7 @@ def test_every_list_documents_its_page(client: FlaskClient) -> None:
     assert len(lists) >= 8
     paged = [(where, op) for where, op in lists
              if any(p["name"] == "cursor" for p in op.get("parameters", []))]
+    assert [where for where, _ in lists] == [where for where, _ in paged]  # every list pages
     for where, op in paged:
         params = {p["name"]: p for p in op["parameters"]}
         assert params["limit"]["schema"]["minimum"] == 1, where
@@ -99,7 +111,8 @@ def test_every_list_documents_its_page(client: FlaskClient) -> None:
     names = {op["operationId"] for _, op in paged}
     assert {"listInstances", "listImages", "listVolumes", "listNetworks", "listPorts",
             "listSecurityGroups", "listNodes", "listOperations", "listAuditEvents",
-            "listProjects", "listUsers", "listFleetHosts", "listRollouts"} <= names
+            "listProjects", "listUsers", "listFleetHosts", "listRollouts",
+            "listRoleBindings", "listApiTokens", "listGpus", "listJoinTokens"} <= names
 
 
 def test_the_reference_page_loads_only_local_assets(app: Flask) -> None:

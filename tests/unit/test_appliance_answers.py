@@ -105,10 +105,31 @@ def test_missing_required_answers_are_listed(zoneinfo: Path) -> None:
     ("network.vlan", "4095", "less than or equal to 4094"),
     ("network.vlan", "ten", "whole number"),
     ("network.dns", "10.0.0.300", "not IP addresses"),
+    ("metrics_address", "node-1.example", "not an IP address"),
+    ("metrics_port", "0", "greater than or equal to 1"),
+    ("metrics_port", "65536", "less than or equal to 65535"),
+    ("metrics_tls", "maybe", "true or false"),
 ])
 def test_every_bad_value_is_refused(zoneinfo: Path, key: str, value: str, words: str) -> None:
     found = problems({key: value}, {k: v for k, v in BASE.items() if k != key}, zoneinfo)
     assert any(p.startswith(f"{key}") and words in p for p in found), found
+
+
+def test_the_metrics_listener_from_the_cmdline(zoneinfo: Path) -> None:
+    a = merge({"metrics_address": "127.0.0.1", "metrics_port": "9600", "metrics_tls": "no"},
+              dict(BASE), zoneinfo)
+    assert a.agent_settings() == {"hardware_profile": "compute", "metrics_address":
+                                  "127.0.0.1", "metrics_port": 9600, "metrics_tls": False}
+    assert merge({}, dict(BASE), zoneinfo).agent_settings() == {"hardware_profile": "compute"}
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    ({"metrics_address": "10.0.0.5", "metrics_tls": False}, "loopback address only"),
+    ({"metrics_port": 9600}, "need metrics_address"),
+])
+def test_metrics_listener_rules(zoneinfo: Path, given: dict[str, object], words: str) -> None:
+    found = problems({}, {**BASE, **given}, zoneinfo)
+    assert any(words in p for p in found), found
 
 
 @pytest.mark.parametrize(("network", "words"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from agent.settings_file import agent_config
 from appliance.answers import merge
 from appliance.install import grub_cfg, kernel_version, partition_path
 from appliance.target import write_config
@@ -26,7 +27,7 @@ def test_write_config(tmp_path: Path) -> None:
     (root / "etc/vauban/agent.toml").write_text(
         'data_dir = "/var/lib/vauban/agent"\nhardware_profile = "compute"\n')
     a = answers(tmp_path, hardware_profile="lab", ntp_servers=["ntp1.example"],
-                root_ssh_keys=["ssh-ed25519 AAAAC3Nza op@desk"])
+                root_ssh_keys=["ssh-ed25519 AAAAC3Nza op@desk"], metrics_address="10.0.0.21")
     write_config(root, a, MAC, "root-uuid", "esp-uuid")
     assert (root / "etc/fstab").read_text().splitlines()[1:] == [
         "UUID=root-uuid / ext4 errors=remount-ro 0 1",
@@ -43,7 +44,8 @@ def test_write_config(tmp_path: Path) -> None:
     assert (root / "etc/chrony/sources.d/vauban.sources").read_text() == \
         "server ntp1.example iburst\n"
     assert (root / "etc/vauban/agent.toml").read_text() == \
-        'data_dir = "/var/lib/vauban/agent"\nhardware_profile = "lab"\n'
+        'data_dir = "/var/lib/vauban/agent"\nhardware_profile = "lab"\n' \
+        'metrics_address = "10.0.0.21"\n'
     firstboot = root / "etc/vauban/firstboot.toml"
     assert firstboot.stat().st_mode & 0o777 == 0o600
     import tomllib
@@ -51,6 +53,16 @@ def test_write_config(tmp_path: Path) -> None:
     assert tomllib.loads(firstboot.read_text()) == {
         "controller": "https://10.0.0.1:8443", "join_token": 'tok-"quoted"',
         "ca_sha256": CA, "name": "node-3"}
+
+
+def test_the_agent_reads_the_metrics_listener_the_installer_wrote(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_config(root, answers(tmp_path, metrics_address="127.0.0.1", metrics_port=9600,
+                               metrics_tls=False), MAC, "root-uuid", "esp-uuid")
+    config = agent_config(root / "etc/vauban/agent.toml", {})
+    assert (config.metrics_address, config.metrics_port, config.metrics_tls) == (
+        "127.0.0.1", 9600, False)
+    assert config.hardware_profile == "compute"
 
 
 def test_partition_paths() -> None:
