@@ -15,7 +15,8 @@ volume left this node's desired state, its VM stopped or no longer wants it).
 New snapshots of a volume plugged into a running VM are taken inside one freeze of
 the guest's filesystems (through its guest agent), thawed right after, also when a
 snapshot failed; each snapshot is kept as quiesced or not (crash-consistent). A
-failed thaw is the volume's failure, and its retry thaws first.
+failed thaw is the volume's failure, and its retry thaws first; a keeper's first
+pass thaws every running VM with a volume (an agent stopped mid-freeze).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class VolumeKeeper:
         self._freeze_locks: dict[str, threading.Lock] = {}
         self._freeze_guard = threading.Lock()
         self._thaw_owed: set[str] = set()  # VMs whose thaw failed: maybe still frozen
+        self._thaw_at_start = True  # an agent that stopped mid-freeze left its guest frozen
 
     def plan(self, desired: DesiredState,
              own_vms: dict[str, VmObservation]) -> tuple[Work, bool]:
@@ -77,7 +79,39 @@ class VolumeKeeper:
         for e in self.ledger.of_kind("volume"):
             if (e.object_id, e.action) not in applies:
                 self.ledger.succeeded("volume", e.object_id, e.action)
+        if self._thaw_at_start:
+            self._thaw_at_start = False
+            work = [*self._start_thaws(own_vms), *work]
         return work, waiting
+
+    def _start_thaws(self, own_vms: dict[str, VmObservation]) -> Work:
+        """On this keeper's first pass, a thaw of each running VM with a volume plugged in:
+        finally-blocks do not outlive the process, so a guest frozen by an agent that was
+        stopped before its thaw would stay frozen. A thaw of a guest not frozen changes
+        nothing; one that fails is only logged (most are VMs without a guest agent)."""
+        if not self.storage.info().volumes:
+            return []
+        work: Work = []
+        for vm_id, vm in own_vms.items():
+            try:
+                plugged = vm.running and bool(self._volume_disks(vm_id))
+            except HypervisorError:
+                continue  # gone meanwhile
+            if plugged:  # a key of its own: never skipped as busy, never tried again
+                work.append((f"thaw:{vm_id}", partial(self._thaw_quietly, vm_id)))
+        return work
+
+    def _freeze_lock(self, vm_id: str) -> threading.Lock:
+        with self._freeze_guard:
+            return self._freeze_locks.setdefault(vm_id, threading.Lock())
+
+    def _thaw_quietly(self, vm_id: str) -> bool:
+        with self._freeze_lock(vm_id):  # never under a snapshot's fresh freeze
+            try:
+                self.hypervisor.thaw_filesystems(vm_id)
+            except Exception as e:  # no guest agent, most likely: nothing was frozen
+                log.info("VM %s: no thaw at the agent's start: %s", vm_id, e)
+        return True
 
     def _plan(self, desired: DesiredState,
               own_vms: dict[str, VmObservation]) -> tuple[Work, Applies, bool]:
@@ -164,7 +198,8 @@ class VolumeKeeper:
         by the ledger's policy like any other; a stopped VM reads the size at its start."""
         info = existing.get(dv.id)
         if plugged_in is not None and self._owes_thaw(plugged_in[0]):
-            self._thaw(plugged_in[0])  # an earlier thaw failed: the guest may be frozen
+            with self._freeze_lock(plugged_in[0]):  # an earlier thaw failed: maybe frozen
+                self._thaw(plugged_in[0])
         if not dv.present:
             if info is not None:
                 self.storage.delete_volume(dv.id)
@@ -201,9 +236,7 @@ class VolumeKeeper:
             for snap in snaps:
                 self.storage.snapshot_volume(vol_id, snap)
             return
-        with self._freeze_guard:
-            lock = self._freeze_locks.setdefault(vm_id, threading.Lock())
-        with lock:
+        with self._freeze_lock(vm_id):
             frozen = self.hypervisor.freeze_filesystems(vm_id)
             if not frozen:
                 log.warning("volume %s: VM %s did not freeze its filesystems: snapshots %s "

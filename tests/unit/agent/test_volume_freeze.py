@@ -76,6 +76,8 @@ class Setup:
         disks: list[DiskSpec] = [self.storage.volume_disk("vol-1", "vdc")] if plugged else []
         self.hypervisor.disks[VM] = disks
         self.attachments = [VolumeAttachment(volume_id="vol-1", target="vdc")] if plugged else []
+        self.one_pass(self.state())  # the first pass's thaw (see test_the_first_pass_thaws)
+        self.events.clear()
 
     def state(self, *snaps: str, generation: int = 2) -> DesiredState:
         wanted = vm(VM).model_copy(update={"volumes": self.attachments})
@@ -155,3 +157,23 @@ def test_a_failed_thaw_after_a_failed_snapshot_names_both(tmp_path: Path) -> Non
     assert s.one_pass(s.state("s1")) == [False]
     [message] = s.failures()
     assert "may still be frozen" in message and "rbd: snapshot refused" in message
+
+
+def test_the_first_pass_thaws_running_vms_with_volumes(tmp_path: Path) -> None:
+    """An agent stopped between a freeze and its thaw left the guest frozen: the next
+    agent's first pass thaws every running VM with a volume, once; a VM without a guest
+    agent (its thaw fails) is no failure."""
+    for refuse in (False, True):
+        s = Setup(tmp_path)
+        keeper = VolumeKeeper(s.storage, s.hypervisor)  # as a restarted agent makes it
+        s.hypervisor.frozen, s.hypervisor.refuse_thaw = True, refuse
+        work, _waiting = keeper.plan(s.state(), dict(s.hypervisor.vms))
+        assert [lock for lock, _task in work] == [f"thaw:{VM}"]
+        assert [task() for _lock, task in work] == [True]
+        assert s.events == [f"thaw {VM}"] and s.hypervisor.frozen is refuse
+        assert keeper.ledger.report() == []
+        assert keeper.plan(s.state(), dict(s.hypervisor.vms))[0] == []  # once
+    for running, plugged in ((True, False), (False, True)):
+        s = Setup(tmp_path, running=running, plugged=plugged)
+        keeper = VolumeKeeper(s.storage, s.hypervisor)
+        assert keeper.plan(s.state(), dict(s.hypervisor.vms))[0] == []
