@@ -26,7 +26,8 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # 5: the inventory carries the node's SSH host keys; a VM's seed its default user's keys
 # and name; an observed VM what its guest agent says (`guest`); a desired VM its
 # virtual hardware (`machine`: firmware, Secure Boot, machine type, disk bus)
-# 6: a desired port says whether its guest configures IPv4 by DHCP (`dhcp`)
+# 6: a desired port says whether its guest configures IPv4 by DHCP (`dhcp`); an observed
+# volume which of its snapshots are quiesced (`quiesced_snapshots`)
 PROTOCOL_VERSION = 6
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
@@ -331,6 +332,11 @@ class ObservedVolume(Wire):
     size_bytes: int = Field(ge=0)
     used_bytes: int = Field(ge=0)
     snapshots: list[str]
+    quiesced_snapshots: list[str] = Field(
+        default_factory=list,
+        description="Those of `snapshots` taken while the guest's filesystems were frozen "
+        "(filesystem-consistent); the others are crash-consistent (an older agent never "
+        "freezes, and sends none)")
     rollback_seq: int = Field(ge=0, description="Last rollback request applied")
     attached_to: str | None = Field(default=None, description="VM id, when plugged in")
     target: str | None = None

@@ -11,15 +11,27 @@ target), so an unrelated change on the node neither retries nor resets them: the
 are retried by its policy, reported with the node, and shown on the volume once
 final. They are forgotten on success and once the action no longer applies (the
 volume left this node's desired state, its VM stopped or no longer wants it).
+
+New snapshots of a volume plugged into a running VM are taken inside one freeze of
+the guest's filesystems (through its guest agent), thawed right after, also when a
+snapshot failed; each snapshot is kept as quiesced or not (crash-consistent). A
+failed thaw is the volume's failure, and its retry thaws first; a keeper's first
+pass thaws every running VM with a volume (an agent stopped mid-freeze).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Hashable
 from functools import partial
 
-from agent.drivers.hypervisor.base import DiskSpec, HypervisorDriver, VmObservation
+from agent.drivers.hypervisor.base import (
+    DiskSpec,
+    HypervisorDriver,
+    HypervisorError,
+    VmObservation,
+)
 from agent.drivers.storage.base import StorageDriver, VolumeInfo
 from agent.protocol import DesiredState, DesiredVolume, ObservedVolume
 from agent.retry import Entry, FailureLedger
@@ -46,6 +58,12 @@ class VolumeKeeper:
         self.hypervisor = hypervisor
         self.prepare = prepare  # before a disk is plugged in (e.g. the Ceph secret is there)
         self.ledger = ledger or FailureLedger()
+        # one freeze at a time per VM: a second one would fail, and its clean-up thaw
+        # would thaw the guest under the first one's snapshots
+        self._freeze_locks: dict[str, threading.Lock] = {}
+        self._freeze_guard = threading.Lock()
+        self._thaw_owed: set[str] = set()  # VMs whose thaw failed: maybe still frozen
+        self._thaw_at_start = True  # an agent that stopped mid-freeze left its guest frozen
 
     def plan(self, desired: DesiredState,
              own_vms: dict[str, VmObservation]) -> tuple[Work, bool]:
@@ -55,11 +73,45 @@ class VolumeKeeper:
         asked. With it, whether an action of `desired` failed and is not tried in this
         pass (it waits for its retry or a new request): its generation is not applied.
         Failures of actions this pass finds no longer needed are forgotten."""
+        with self._freeze_guard:  # a stopped VM holds nothing frozen
+            self._thaw_owed &= {vm_id for vm_id, vm in own_vms.items() if vm.running}
         work, applies, waiting = self._plan(desired, own_vms)
         for e in self.ledger.of_kind("volume"):
             if (e.object_id, e.action) not in applies:
                 self.ledger.succeeded("volume", e.object_id, e.action)
+        if self._thaw_at_start:
+            self._thaw_at_start = False
+            work = [*self._start_thaws(own_vms), *work]
         return work, waiting
+
+    def _start_thaws(self, own_vms: dict[str, VmObservation]) -> Work:
+        """On this keeper's first pass, a thaw of each running VM with a volume plugged in:
+        finally-blocks do not outlive the process, so a guest frozen by an agent that was
+        stopped before its thaw would stay frozen. A thaw of a guest not frozen changes
+        nothing; one that fails is only logged (most are VMs without a guest agent)."""
+        if not self.storage.info().volumes:
+            return []
+        work: Work = []
+        for vm_id, vm in own_vms.items():
+            try:
+                plugged = vm.running and bool(self._volume_disks(vm_id))
+            except HypervisorError:
+                continue  # gone meanwhile
+            if plugged:  # a key of its own: never skipped as busy, never tried again
+                work.append((f"thaw:{vm_id}", partial(self._thaw_quietly, vm_id)))
+        return work
+
+    def _freeze_lock(self, vm_id: str) -> threading.Lock:
+        with self._freeze_guard:
+            return self._freeze_locks.setdefault(vm_id, threading.Lock())
+
+    def _thaw_quietly(self, vm_id: str) -> bool:
+        with self._freeze_lock(vm_id):  # never under a snapshot's fresh freeze
+            try:
+                self.hypervisor.thaw_filesystems(vm_id)
+            except Exception as e:  # no guest agent, most likely: nothing was frozen
+                log.info("VM %s: no thaw at the agent's start: %s", vm_id, e)
+        return True
 
     def _plan(self, desired: DesiredState,
               own_vms: dict[str, VmObservation]) -> tuple[Work, Applies, bool]:
@@ -145,6 +197,9 @@ class VolumeKeeper:
         sees the new capacity at once). Should telling it fail, the failure is retried
         by the ledger's policy like any other; a stopped VM reads the size at its start."""
         info = existing.get(dv.id)
+        if plugged_in is not None and self._owes_thaw(plugged_in[0]):
+            with self._freeze_lock(plugged_in[0]):  # an earlier thaw failed: maybe frozen
+                self._thaw(plugged_in[0])
         if not dv.present:
             if info is not None:
                 self.storage.delete_volume(dv.id)
@@ -163,14 +218,56 @@ class VolumeKeeper:
         if plugged_in is not None and (grow or self._converge_failed(dv.id)):
             # also on a retry: the image may have grown in a try that failed to tell the VM
             self.hypervisor.resize_disk(*plugged_in, self._size(dv.id))
-        for snap in dv.snapshots:
-            if snap not in info.snapshots:
-                self.storage.snapshot_volume(dv.id, snap)
+        new = [snap for snap in dv.snapshots if snap not in info.snapshots]
+        if new:
+            self._snapshot(dv.id, new, plugged_in[0] if plugged_in is not None else None)
         for snap in info.snapshots:
             if snap not in dv.snapshots:
                 self.storage.delete_volume_snapshot(dv.id, snap)
         if dv.rollback is not None and dv.rollback.seq > info.rollback_seq:
             self.storage.rollback_volume(dv.id, dv.rollback.snapshot, dv.rollback.seq)
+
+    def _snapshot(self, vol_id: str, snaps: list[str], vm_id: str | None) -> None:
+        """Take `snaps` of the volume. Plugged into running VM `vm_id`: all inside one
+        freeze of its filesystems (each kept as quiesced), thawed right after whether
+        they were taken or not; a guest that did not freeze gets crash-consistent ones.
+        A failed thaw raises (retryable), naming a snapshot failure beside it."""
+        if vm_id is None:
+            for snap in snaps:
+                self.storage.snapshot_volume(vol_id, snap)
+            return
+        with self._freeze_lock(vm_id):
+            frozen = self.hypervisor.freeze_filesystems(vm_id)
+            if not frozen:
+                log.warning("volume %s: VM %s did not freeze its filesystems: snapshots %s "
+                            "are crash-consistent", vol_id, vm_id, ", ".join(snaps))
+            failure: Exception | None = None
+            try:
+                for snap in snaps:
+                    self.storage.snapshot_volume(vol_id, snap, quiesced=frozen)
+            except Exception as e:
+                failure = e
+                raise
+            finally:
+                if frozen:
+                    self._thaw(vm_id, failure)
+
+    def _thaw(self, vm_id: str, failure: Exception | None = None) -> None:
+        """Thaw the VM's filesystems; on failure it is owed a thaw (the volume's next try
+        thaws first) and HypervisorError says so, and names `failure` (a snapshot's)."""
+        try:
+            self.hypervisor.thaw_filesystems(vm_id)
+        except Exception as e:
+            with self._freeze_guard:
+                self._thaw_owed.add(vm_id)
+            after = f" (after a snapshot failed: {failure})" if failure is not None else ""
+            raise HypervisorError(f"{e}{after}", retryable=True) from e
+        with self._freeze_guard:
+            self._thaw_owed.discard(vm_id)
+
+    def _owes_thaw(self, vm_id: str) -> bool:
+        with self._freeze_guard:
+            return vm_id in self._thaw_owed
 
     def _converge_failed(self, vol_id: str) -> bool:
         return self.ledger.get("volume", vol_id, "converge") is not None
@@ -244,6 +341,7 @@ class VolumeKeeper:
                 id=dv.id, size_bytes=info.size_bytes if info else 0,
                 used_bytes=info.used_bytes if info else 0,
                 snapshots=list(info.snapshots) if info else [],
+                quiesced_snapshots=list(info.quiesced_snapshots) if info else [],
                 rollback_seq=info.rollback_seq if info else 0,
                 attached_to=where[0] if where else None, target=where[1] if where else None,
                 error=failure.message if failure else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -127,11 +128,18 @@ def volume_view(db: Session, v: Volume) -> schemas.Volume:
         state=volume_state(v, operations.active_for(db, v.id)),
         pool=v.pool, size_gib=v.size_gib, size_bytes=v.observed_size_bytes,
         used_bytes=v.observed_used_bytes, snapshots=list(v.snapshots),
+        snapshot_consistency=snapshot_consistency(v),
         source=_source_name(db, v),
         attached_to=v.instance.name if v.instance else None, target=v.target,
         steward=v.steward.name, error=v.observed_error, created_at=v.created_at,
         updated_at=v.updated_at,
     )
+
+
+def snapshot_consistency(v: Volume) -> dict[str, Literal["filesystem", "crash"]]:
+    """Each snapshot asked for that the steward shows: quiesced ("filesystem") or not."""
+    taken, quiesced = v.observed_snapshots or [], v.observed_quiesced_snapshots or []
+    return {s: "filesystem" if s in quiesced else "crash" for s in v.snapshots if s in taken}
 
 
 def _source_name(db: Session, v: Volume) -> str | None:

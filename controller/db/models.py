@@ -226,6 +226,8 @@ class Volume(Base):
     observed_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     observed_used_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     observed_snapshots: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # those of observed_snapshots taken with the guest's filesystems frozen
+    observed_quiesced_snapshots: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     observed_rollback_seq: Mapped[int] = mapped_column(Integer, default=0)
     observed_attached_to: Mapped[str | None] = mapped_column(String(36), default=None)
     observed_error: Mapped[str | None] = mapped_column(Text, default=None)

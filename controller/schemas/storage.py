@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from agent.protocol import UtcDatetime
@@ -60,6 +62,12 @@ class Volume(Output):
     size_bytes: int | None
     used_bytes: int | None
     snapshots: list[str]
+    snapshot_consistency: dict[str, Literal["filesystem", "crash"]] = Field(
+        default_factory=dict, examples=[{"before-upgrade": "filesystem", "nightly": "crash"}],
+        description="Each snapshot its steward has taken: 'filesystem' when it was taken "
+        "with the guest's filesystems frozen by its guest agent (quiesced), 'crash' when "
+        "not (no guest agent answered, or no running VM had the volume: as after a power "
+        "cut). A snapshot not taken yet is not listed")
     source: str | None
     attached_to: str | None = Field(description="VM name")
     target: str | None

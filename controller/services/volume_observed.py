@@ -21,6 +21,8 @@ def ingest(db: Session, node: Node, reported: list[ObservedVolume]) -> None:
         if obs is not None:
             vol.observed_size_bytes, vol.observed_used_bytes = obs.size_bytes, obs.used_bytes
             vol.observed_snapshots = list(obs.snapshots)
+            vol.observed_quiesced_snapshots = [s for s in obs.quiesced_snapshots
+                                               if s in obs.snapshots]
             vol.observed_rollback_seq = obs.rollback_seq
             vol.observed_attached_to = obs.attached_to
             vol.observed_error = obs.error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ from sqlalchemy import func, select
 from agent.protocol import NodeStatus, ObservedVm, ObservedVmState, ObservedVolume
 from controller.app import create_app
 from controller.bootstrap import open_region
+from controller.cli.main import main as cli_main
 from controller.config import ControllerConfig
 from controller.db.models import Volume
 from controller.region import Region
 from controller.storage_settings import StorageConfigError
+from tests.functional.cli_helpers import cli_answered_by
 from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, ceph_files, inventory
 
 GIB = 1024**3
@@ -339,3 +342,43 @@ def test_unreadable_storage_settles_nothing(api: Api) -> None:
     assert op_state(api, op) == "pending"  # unknown is not absent
     report(api, node, [])
     assert op_state(api, op) == "succeeded"
+
+
+def test_each_snapshot_shows_whether_it_is_filesystem_or_crash_consistent(
+        api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    node = api.join_node("n1")
+    assert api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1}).status_code == 202
+    [want] = api.desired(node)["volumes"]
+    report(api, node, [observed(want, 1)])
+    taken: list[str] = []
+    for snap in ("frozen", "cut", "later"):  # one at a time: each waits for the last
+        assert api.post("/api/v1/volumes/data/snapshots", json={"name": snap}).status_code \
+            == 202
+        if snap != "later":
+            taken.append(snap)
+            report(api, node, [observed(want, 1, taken)])
+    # "later" is asked for and not taken yet; "ghost" is not asked for (being deleted)
+    report(api, node, [observed(want, 1, ["frozen", "cut", "ghost"],
+                                quiesced_snapshots=["frozen", "ghost"])])
+    shown = api.get("/api/v1/volumes/data").json
+    assert shown["snapshots"] == ["frozen", "cut", "later"]  # unchanged: what was asked for
+    assert shown["snapshot_consistency"] == {"frozen": "filesystem", "cut": "crash"}
+
+    cli_answered_by(api, monkeypatch)
+    capsys.readouterr()
+    assert cli_main(["volume", "show", "data"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+frozen: filesystem$", out, re.M), out
+    assert re.search(r"^\s+cut: crash$", out, re.M), out
+
+    # an agent that predates the field sends none: it never froze, so all are crash
+    old = observed(want, 1, ["frozen", "cut"]).model_dump(mode="json")
+    del old["quiesced_snapshots"]
+    status = NodeStatus(applied_generation=0, inventory=inventory(), vms=[],
+                        volumes=[], sent_at=datetime.now(UTC)).model_dump(mode="json")
+    status["volumes"] = [old]
+    r = api.client.post(f"/agent/v1/nodes/{node.id}/status", json=status,
+                        environ_overrides=node.environ())
+    assert r.status_code == 204, r.json
+    shown = api.get("/api/v1/volumes/data").json
+    assert shown["snapshot_consistency"] == {"frozen": "crash", "cut": "crash"}

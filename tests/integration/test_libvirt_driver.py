@@ -277,3 +277,18 @@ def test_libvirt_accepts_a_gpu_domain_and_refuses_to_start_it_without_the_device
     assert observed(driver, spec.id)["running"] is False  # type: ignore[index]
     driver.undefine(spec.id)
     assert not domains.exists(spec.id)
+
+
+def test_a_vm_without_a_guest_agent_is_not_frozen(driver: LibvirtDriver, domains: Domains,
+                                                  workdir: Path) -> None:
+    """No OS in the disk, so no guest agent: its snapshots can only be crash-consistent,
+    and that is no error. A stopped VM holds nothing frozen either."""
+    spec = make_spec(domains, workdir)
+    driver.define(spec)
+    assert driver.freeze_filesystems(spec.id) is False
+    driver.thaw_filesystems(spec.id)  # stopped: nothing to thaw
+    driver.start(spec.id)
+    assert driver.freeze_filesystems(spec.id) is False
+    with pytest.raises(HypervisorError, match="no VM"):
+        driver.freeze_filesystems(domains.new_id())
+    driver.stop(spec.id, grace_seconds=0)

@@ -509,6 +509,28 @@ def test_snapshot_rollback_and_clone(driver: RbdDriver, ceph_admin: Any, ids: Na
     driver.delete_volume(vol)
 
 
+def test_a_snapshot_keeps_whether_it_was_quiesced(driver: RbdDriver, ceph_admin: Any,
+                                                  ids: Names) -> None:
+    vol, copy = ids("vol"), ids("vol")
+    driver.create_volume(vol, 1)
+    driver.snapshot_volume(vol, "frozen", quiesced=True)
+    driver.snapshot_volume(vol, "cut")
+    info = next(v for v in driver.list_volumes() if v.id == vol)
+    assert (info.snapshots, info.quiesced_snapshots) == (("frozen", "cut"), ("frozen",))
+    # a clone inherits its parent's metadata: its own snapshot of the same name says its own
+    driver.clone_volume(vol, "frozen", copy)
+    driver.snapshot_volume(copy, "frozen")
+    assert next(v for v in driver.list_volumes() if v.id == copy).quiesced_snapshots == ()
+    driver.delete_volume(copy)
+    driver.delete_volume_snapshot(vol, "frozen")
+    with ceph_admin.open_ioctx("vauban") as ioctx, \
+            rbd.Image(ioctx, f"vol-{vol}", read_only=True) as img:
+        assert [k for k, _v in img.metadata_list() if k.startswith("vauban.quiesced.")] == []
+    driver.snapshot_volume(vol, "frozen")  # the name again, not quiesced this time
+    assert next(v for v in driver.list_volumes() if v.id == vol).quiesced_snapshots == ()
+    driver.delete_volume(vol)
+
+
 def test_volume_in_use_is_neither_rolled_back_nor_deleted(driver: RbdDriver, ceph_admin: Any,
                                                           ids: Names) -> None:
     vol = ids("vol")

@@ -238,6 +238,30 @@ class HypervisorDriver(ABC):
         """
         raise HypervisorError(f"{type(self).__name__} does not support growing disks live")
 
+    def freeze_filesystems(self, vm_id: str) -> bool:
+        """Ask the running guest's agent to flush and freeze its filesystems, so that a
+        snapshot of its disks taken now is filesystem-consistent ("quiesced").
+
+        True: they are frozen, and the caller must call `thaw_filesystems` (in a
+        `finally`) as soon as its snapshots are taken; writes in the guest wait until
+        then. False: nothing is frozen (a stopped VM, no guest agent, or one that did
+        not answer within a short bounded time): a snapshot is only crash-consistent.
+        A guest agent that failed to freeze has been asked to thaw again before False
+        is returned. HypervisorError only for an unknown VM. Default: never frozen.
+        """
+        return False
+
+    def thaw_filesystems(self, vm_id: str) -> None:
+        """Let the guest write again after `freeze_filesystems` returned True.
+
+        After success no filesystem of the guest is frozen (a guest agent that holds
+        none frozen changes nothing; a stopped VM needs nothing). HypervisorError
+        (retryable) when its guest agent did not confirm the thaw within a short
+        bounded time: the guest may still be frozen and the call should be repeated.
+        Default: nothing was frozen, nothing to do.
+        """
+        return None
+
     def list_disks(self, vm_id: str) -> list[DiskSpec]:
         """The VM's disks as the guest has them now (as defined when it is stopped).
 

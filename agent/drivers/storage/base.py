@@ -40,6 +40,9 @@ class VolumeInfo:
     used_bytes: int  # space its own data takes (not counting a clone's parent or snapshots)
     snapshots: tuple[str, ...]
     rollback_seq: int = 0  # the last rollback request applied (see rollback_volume)
+    # those of `snapshots` taken while the guest's filesystems were frozen (filesystem-
+    # consistent); the others are crash-consistent
+    quiesced_snapshots: tuple[str, ...] = ()
 
 
 class PoolUsage(NamedTuple):
@@ -157,8 +160,10 @@ class StorageDriver(ABC):
         """Grow a volume to `size_gib` GiB; the same size is a no-op, a smaller one raises."""
         raise self._no_volumes()
 
-    def snapshot_volume(self, volume_id: str, snap: str) -> None:
-        """Take a snapshot named `snap`; an existing name raises StorageError."""
+    def snapshot_volume(self, volume_id: str, snap: str, *, quiesced: bool = False) -> None:
+        """Take a snapshot named `snap`; an existing name raises StorageError. `quiesced`
+        (the guest's filesystems are frozen now) is kept with it: VolumeInfo lists it in
+        `quiesced_snapshots` from then on. On failure there is no snapshot `snap`."""
         raise self._no_volumes()
 
     def rollback_volume(self, volume_id: str, snap: str, seq: int = 0) -> None:

@@ -309,6 +309,46 @@ class LibvirtDriver(HypervisorDriver):
         guest.block_resize(target, size_bytes)
         log.info("VM %s: disk %s grown to %d bytes", vm_id, target, size_bytes)
 
+    def freeze_filesystems(self, vm_id: str) -> bool:
+        """libvirt's fsFreeze through the guest agent (see HypervisorDriver); a VM whose
+        agent channel is not connected is not asked at all."""
+        guest = self._require(vm_id)
+        try:
+            if not guest.is_running() or not guest_agent_connected(guest.xml()):
+                return False
+            frozen = guest.fs_freeze()
+        except HypervisorError as e:
+            log.warning("VM %s: filesystems not frozen, snapshots crash-consistent: %s",
+                        vm_id, e)
+            self._thaw_after_failed_freeze(guest)
+            return False
+        if frozen == 0:  # nothing the agent could freeze: nothing is quiesced
+            self._thaw_after_failed_freeze(guest)
+            return False
+        log.info("VM %s: %d filesystems frozen", vm_id, frozen)
+        return True
+
+    def _thaw_after_failed_freeze(self, guest: Guest) -> None:
+        """A freeze that timed out may still happen in the guest: ask it to thaw."""
+        try:
+            guest.fs_thaw()
+        except HypervisorError as e:
+            log.warning("VM %s: thaw after a failed freeze failed too: %s", guest.uuid, e)
+
+    def thaw_filesystems(self, vm_id: str) -> None:
+        """libvirt's fsThaw through the guest agent (see HypervisorDriver)."""
+        guest = self._require(vm_id)
+        try:
+            if not guest.is_running():
+                return  # a stopped guest holds nothing frozen
+            thawed = guest.fs_thaw()
+        except HypervisorError as e:
+            log.error("VM %s: thawing its filesystems failed, they may still be frozen: %s",
+                      vm_id, e)
+            raise HypervisorError(f"VM {vm_id}: thawing its filesystems failed, they may "
+                                  f"still be frozen: {e}", retryable=True) from e
+        log.info("VM %s: %d filesystems thawed", vm_id, thawed)
+
     def open_console(self, vm_id: str, kind: ConsoleKind) -> ConsoleStream:
         dom = self.host.lookup(vm_id)
         if dom is None:

@@ -26,6 +26,7 @@ DEVICE_POLL_INTERVAL = 0.2  # reading the live XML costs more than reading the s
 BUTTON_REPEAT_S = 5.0  # how often the ACPI power button is pressed again during a stop
 FORCE_OFF_TIMEOUT = 30.0  # how long a forced power-off may take to show as "shut off"
 GUEST_AGENT_TIMEOUT_S = 3  # a guest agent that does not answer in time is taken as absent
+FSFREEZE_TIMEOUT_S = 10  # a freeze flushes the guest's dirty data first: more than a question
 
 # Also drop managed save images, snapshot/checkpoint metadata and UEFI vars:
 # without these flags libvirt refuses to undefine a domain that has any of them.
@@ -164,11 +165,25 @@ class Guest:
             if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # stopped meanwhile
                 raise self._host.error(f"shut down {self.name}", e) from e
 
-    def _set_agent_timeout(self) -> None:
+    def _set_agent_timeout(self, seconds: int = GUEST_AGENT_TIMEOUT_S) -> None:
         try:
-            self._dom.agentSetResponseTimeout(GUEST_AGENT_TIMEOUT_S, 0)
+            self._dom.agentSetResponseTimeout(seconds, 0)
         except libvirt.libvirtError:
             pass  # an older libvirt: its default timeout applies
+
+    def fs_freeze(self) -> int:
+        """Freeze every filesystem of the guest through its agent (guest-fsfreeze-freeze),
+        waiting at most FSFREEZE_TIMEOUT_S; how many it froze. HypervisorError when the
+        agent failed or did not answer in time (it may still freeze them: thaw)."""
+        self._set_agent_timeout(FSFREEZE_TIMEOUT_S)
+        return int(self._call("freeze the filesystems of", lambda: self._dom.fsFreeze(None, 0)))
+
+    def fs_thaw(self) -> int:
+        """Thaw the guest's filesystems through its agent (guest-fsfreeze-thaw), waiting at
+        most FSFREEZE_TIMEOUT_S; how many it thawed (0: none was frozen). HypervisorError
+        when the agent failed or did not answer in time."""
+        self._set_agent_timeout(FSFREEZE_TIMEOUT_S)
+        return int(self._call("thaw the filesystems of", lambda: self._dom.fsThaw(None, 0)))
 
     def agent_info(self) -> GuestInfo | None:
         """What the guest agent says of the guest's OS and network interfaces; None when

@@ -208,8 +208,8 @@ class RbdDriver(StorageDriver):
     def resize_volume(self, volume_id: str, size_gib: int) -> None:
         self.volumes.resize(volume_id, size_gib)
 
-    def snapshot_volume(self, volume_id: str, snap: str) -> None:
-        self.volumes.snapshot(volume_id, snap)
+    def snapshot_volume(self, volume_id: str, snap: str, *, quiesced: bool = False) -> None:
+        self.volumes.snapshot(volume_id, snap, quiesced=quiesced)
 
     def rollback_volume(self, volume_id: str, snap: str, seq: int = 0) -> None:
         self.volumes.rollback(volume_id, snap, seq)

@@ -17,6 +17,9 @@ from agent.revert import Reverter
 
 GIB = 1024**3
 ROLLBACK_SEQ_KEY = "vauban.rollback_seq"  # image metadata: last rollback request applied
+# image metadata, one key per snapshot taken while the guest's filesystems were frozen
+# (RBD keeps no metadata per snapshot); a key without its snapshot means nothing
+QUIESCED_PREFIX = "vauban.quiesced."
 
 
 class Volumes:
@@ -103,17 +106,25 @@ class Volumes:
                 if new > size:
                     img.resize(new, allow_shrink=False)
 
-    def snapshot(self, volume_id: str, snap: str) -> None:
+    def snapshot(self, volume_id: str, snap: str, *, quiesced: bool = False) -> None:
+        """Take the snapshot, then record whether it is quiesced (set or clear its key: a
+        clone inherits its parent's metadata); should that fail, the snapshot is removed."""
         _, rbd = bindings()
         check_snap(snap)
         pool = self.locate(volume_id)
-        with self.conn.ioctx(pool, f"snapshot volume {volume_id}") as ioctx:
-            with rbd.Image(ioctx, volume_name(volume_id)) as img:
-                try:
-                    img.create_snap(snap)
-                except rbd.ImageExists:
-                    raise StorageError(f"volume {volume_id} already has a snapshot "
-                                       f"{snap}") from None
+        with self.conn.ioctx(pool, f"snapshot volume {volume_id}") as ioctx, \
+                rbd.Image(ioctx, volume_name(volume_id)) as img, Reverter() as revert:
+            try:
+                img.create_snap(snap)
+            except rbd.ImageExists:
+                raise StorageError(f"volume {volume_id} already has a snapshot "
+                                   f"{snap}") from None
+            revert.add(lambda: img.remove_snap(snap), f"remove snapshot {volume_id}@{snap}")
+            if quiesced:
+                img.metadata_set(QUIESCED_PREFIX + snap, "1")
+            else:
+                _forget_quiesced(img, snap)
+            revert.success()
 
     def rollback(self, volume_id: str, snap: str, seq: int) -> None:
         """Roll back, then record `seq` (if > 0) in the image's metadata.
@@ -153,6 +164,7 @@ class Volumes:
                                            f"{', '.join(clones)}; not deleted")
                     img.unprotect_snap(snap)
                 img.remove_snap(snap)
+                _forget_quiesced(img, snap)
 
     def clone(self, src_volume_id: str, snap: str, new_volume_id: str) -> VolumeInfo:
         _, rbd = bindings()
@@ -211,8 +223,11 @@ class Volumes:
             img.diff_iterate(0, size, None, count, include_parent=False, whole_object=True)
             snaps = tuple(s["name"] for s in img.list_snaps())
             seq = _rollback_seq(img)
+            marked = {key.removeprefix(QUIESCED_PREFIX) for key, _value in img.metadata_list()
+                      if key.startswith(QUIESCED_PREFIX)}
         return VolumeInfo(id=volume_id, pool=pool, size_bytes=size, used_bytes=used,
-                          snapshots=snaps, rollback_seq=seq)
+                          snapshots=snaps, rollback_seq=seq,
+                          quiesced_snapshots=tuple(s for s in snaps if s in marked))
 
 
 def _refuse_if_in_use(img: Any, volume_id: str, action: str) -> None:
@@ -233,6 +248,13 @@ def _rollback_seq(img: Any) -> int:
     except ValueError:
         raise StorageError(f"unreadable {ROLLBACK_SEQ_KEY} metadata on "
                            f"{img.get_name()}") from None
+
+
+def _forget_quiesced(img: Any, snap: str) -> None:
+    try:
+        img.metadata_remove(QUIESCED_PREFIX + snap)
+    except KeyError:
+        pass  # never quiesced
 
 
 def _snap_exists(img: Any, volume_id: str, snap: str) -> None:

@@ -76,6 +76,9 @@ function Resize({ volume, onDone }) {
   <${Outcome} action=${action} label="Grow" title="The volume was not grown" />`;
 }
 
+// what a snapshot holds: taken with the guest's filesystems frozen, or as after a power cut
+const CONSISTENCY = { filesystem: "filesystem (quiesced)", crash: "crash-consistent" };
+
 function Snapshots({ volume, can, onDone }) {
   const [name, setName] = useState("");
   const take = useAction();
@@ -86,8 +89,10 @@ function Snapshots({ volume, can, onDone }) {
     if (name && !invalid) take.run(() => api.post(`/volumes/${volume.id}/snapshots`, { name })).then((op) => { if (op) setName(""); onDone(); });
   };
   const rows = volume.snapshots.map((s) => ({ id: s, name: s }));
+  const consistency = volume.snapshot_consistency || {};
   const columns = [
     { label: "Snapshot", key: "name" },
+    { label: "Consistency", render: (s) => CONSISTENCY[consistency[s.name]] || "not taken yet" },
     {
       label: "Actions", render: (s) => can.canWrite && html`<div class="row-actions">
         <${ConfirmButton} label="Roll back" kind="secondary"
