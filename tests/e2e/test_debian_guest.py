@@ -23,44 +23,16 @@ from typing import Any
 import pytest
 
 from agent.drivers.network.base import bridge_name
-from images import debian
+from tests.e2e.debian_guest import BOOT_DEADLINE_S, HOST_KEYS, console_text, ssh
 from tests.e2e.probes import ip, probe_namespace  # noqa: F401  (a fixture)
 from tests.e2e.region import E2ERegion, domain_exists, wait_for
 
 pytestmark = pytest.mark.e2e
 
-# safety nets under TCG on a loaded 2-core machine, never timing checks
-BOOT_DEADLINE_S = 900
-HOST_KEYS = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----\r?\n(.*?)-----END SSH HOST KEY KEYS",
-                       re.S)
-
-
-@pytest.fixture(scope="session")
-def debian_image() -> Path:
-    """The image of `make image-debian` (built once, cached by the hash of its inputs)."""
-    return debian.build()
-
-
 @pytest.fixture(scope="module")
 def region(libvirtd: list[int], testguest_image: Path) -> Iterator[E2ERegion]:
     with E2ERegion.running(testguest_image) as r:
         yield r
-
-
-def _console(vm: dict[str, Any]) -> str:
-    try:
-        return Path(vm["console_log"]).read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _ssh(ns: str, key: Path, known_hosts: Path, target: str, command: str
-         ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, "ssh", "-i", str(key), "-o", "BatchMode=yes",
-         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-         "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", target, command],
-        capture_output=True, text=True, check=False, timeout=120)
 
 
 def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
@@ -87,7 +59,7 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
                "--firmware", "uefi", "--machine", "q35", "--disk-bus", "virtio-scsi")
     vm = region.vm(name)
     try:
-        found = wait_for(lambda: HOST_KEYS.search(_console(vm)), BOOT_DEADLINE_S,
+        found = wait_for(lambda: HOST_KEYS.search(console_text(vm)), BOOT_DEADLINE_S,
                          "cloud-init to print the guest's SSH host keys on its console")
         assert found
         keys = [line.split()[:2] for line in found.group(1).splitlines() if line.strip()]
@@ -106,7 +78,7 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
                    "sudo grep -E 'WARNING|ERROR|Traceback' /var/log/cloud-init.log | tail -n 20")
 
         def log_in() -> subprocess.CompletedProcess[str] | None:
-            done = _ssh(ns, key, known_hosts, "ops@10.78.0.10", command)
+            done = ssh(ns, key, known_hosts, "ops@10.78.0.10", command)
             return done if done.returncode == 0 else None
         logged_in = wait_for(log_in, BOOT_DEADLINE_S, "ops to log in over SSH with the key",
                              interval=2.0)
@@ -124,7 +96,7 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         stranger = tmp_path / "stranger"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
                        check=True)
-        assert _ssh(ns, stranger, known_hosts, "ops@10.78.0.10", "true").returncode == 255
+        assert ssh(ns, stranger, known_hosts, "ops@10.78.0.10", "true").returncode == 255
 
         def agent_says() -> dict[str, Any] | None:
             guest = region.vm(name).get("guest")

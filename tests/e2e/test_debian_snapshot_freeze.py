@@ -22,15 +22,9 @@ import pytest
 
 from agent.drivers.network.base import bridge_name
 from agent.drivers.storage.rbd.minicluster import MiniCluster
+from tests.e2e.debian_guest import BOOT_DEADLINE_S, HOST_KEYS, console_text, ssh
 from tests.e2e.probes import ip, probe_namespace  # noqa: F401  (a fixture)
 from tests.e2e.region import E2ERegion, domain_exists, wait_for
-from tests.e2e.test_debian_guest import (  # noqa: F401  (debian_image: a fixture)
-    BOOT_DEADLINE_S,
-    HOST_KEYS,
-    _console,
-    _ssh,
-    debian_image,
-)
 
 pytestmark = pytest.mark.e2e
 
@@ -84,7 +78,7 @@ def test_a_snapshot_of_a_debian_guests_volume_is_filesystem_consistent(
                "--ssh-key", f"{key}.pub", "--user", "ops", "--hostname", f"host-{tag}")
     vm = region.vm(name)
     try:
-        found = wait_for(lambda: HOST_KEYS.search(_console(vm)), BOOT_DEADLINE_S,
+        found = wait_for(lambda: HOST_KEYS.search(console_text(vm)), BOOT_DEADLINE_S,
                          "cloud-init to print the guest's SSH host keys on its console")
         keys = [line.split()[:2] for line in found.group(1).splitlines() if line.strip()]
         known_hosts = tmp_path / "known_hosts"
@@ -96,7 +90,7 @@ def test_a_snapshot_of_a_debian_guests_volume_is_filesystem_consistent(
         ip("-n", ns, "link", "set", "eth0", "up")
 
         def guest(command: str) -> subprocess.CompletedProcess[str]:
-            return _ssh(ns, key, known_hosts, f"ops@{ADDRESS}", command)
+            return ssh(ns, key, known_hosts, f"ops@{ADDRESS}", command)
 
         def succeeds(command: str) -> subprocess.CompletedProcess[str] | None:
             done = guest(command)
