@@ -44,12 +44,13 @@ class Blocker:
 
 
 class NetworkKeeper:
-    """Ensures the node's networks and applies its security groups, failing closed.
+    """Ensures the node's networks and applies its firewall (every port's anti-spoofing
+    guard, and the security groups of those in groups), failing closed.
 
     Every failure goes to the shared `ledger` (reported to the controller) and is
-    retried by its policy. While the wanted security groups are not in force, the
-    filtered ports are isolated (they pass no traffic) and `filters_blocker()` says
-    why, so that no VM with a filtered port is started unfiltered.
+    retried by its policy. While the wanted firewall is not in force, the node's ports
+    are isolated (they pass no traffic) and `filters_blocker()` says why, so that no VM
+    with a port is started unguarded or unfiltered.
     """
 
     def __init__(self, driver: NetworkDriver, underlay_ip: str | None, record: Path,
@@ -86,20 +87,21 @@ class NetworkKeeper:
                 name = names.get(port.network_id, port.network_id)
                 return Blocker(f"network {name} ({port.network_id}) is not ready on this "
                                f"node: {failure.message}", failure.final)
-        why = self.filters_blocker() if any(p.security_groups for p in ports) else None
+        why = self.filters_blocker() if ports else None
         if why is None:
             return None
         failure = self.ledger.get("firewall", FIREWALL_ID, "apply")
-        return Blocker("the security groups of its ports are not in force on this node: "
-                       f"{why}", failure is not None and failure.final)
+        return Blocker("the firewall of its ports (security groups, anti-spoofing) is not in "
+                       f"force on this node: {why}", failure is not None and failure.final)
 
     def apply_security_groups(self, desired: DesiredState) -> bool:
-        """Filter this node's ports by their security groups; a change reaches running VMs
-        at once. Nothing is sent when the rules did not change since the last pass.
+        """Guard this node's ports and filter them by their security groups; a change
+        reaches running VMs at once. Nothing is sent when the rules did not change since
+        the last pass.
 
         Returns whether the wanted rules are in force. When they cannot be applied the
-        failure is recorded (retried by the ledger's policy) and the filtered ports are
-        isolated: a port whose rules are not in force passes no traffic.
+        failure is recorded (retried by the ledger's policy) and the ports are isolated:
+        a port whose rules are not in force passes no traffic.
         """
         ports = [PortFilter(tap=tap_name(p.id), mac=p.mac, addresses=tuple(p.addresses),
                             groups=tuple(p.security_groups))
@@ -114,8 +116,9 @@ class NetworkKeeper:
             return False
         try:
             if self.firewall is None:
-                if any(p.groups for p in ports):
-                    raise FirewallError("this node has no firewall to apply security groups")
+                if ports:
+                    raise FirewallError("this node has no firewall to guard and filter its "
+                                        "VMs' ports with")
             elif ports:
                 self.firewall.apply(ports, groups)
             elif self._applied_filters is not None:
@@ -129,14 +132,13 @@ class NetworkKeeper:
 
     def _fail_closed(self, wanted: tuple[object, ...], ports: list[PortFilter],
                      error: Exception) -> None:
-        """Record the failure and cut the filtered ports off until their rules are in force."""
-        message = f"security groups not applied: {error}"
-        filtered = [p.tap for p in ports if p.groups]
-        if filtered:
+        """Record the failure and cut the ports off until their rules are in force."""
+        message = f"security groups and anti-spoofing not applied: {error}"
+        if ports:
             try:
                 if self.firewall is None:
                     raise FirewallError("no firewall to isolate the ports with")
-                self.firewall.isolate(filtered)
+                self.firewall.isolate([p.tap for p in ports])
                 self._applied_filters = None  # what is in force is the isolation
                 message += "; their ports are isolated (no traffic) until they are"
             except Exception as e2:

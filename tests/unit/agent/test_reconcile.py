@@ -434,7 +434,8 @@ class FakeNetwork:
 
 def test_vm_ports_become_nics_and_network_config(tmp_path: Path) -> None:
     hv, st, net = FakeHypervisor(), FakeStorage(tmp_path / "disks"), FakeNetwork()
-    keeper = NetworkKeeper(net, "198.18.0.1", tmp_path / "networks.json")  # type: ignore[arg-type]
+    keeper = NetworkKeeper(net, "198.18.0.1", tmp_path / "networks.json",  # type: ignore[arg-type]
+                           FakeFirewall())  # type: ignore[arg-type]
     rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
                      stop_grace_s=1, networks=keeper, ledger=keeper.ledger)
     network = DesiredNetwork(id="net-1", name="t", kind=NetworkKind.TENANT, mtu=1450, vni=1000)
@@ -541,12 +542,30 @@ def test_security_groups_that_cannot_be_applied_fail_closed_and_are_reported(
     # the firewall gave up (not retryable): so does the start asked for, with its cause
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.ERROR and obs.failed_power_seq == 1
-    assert "security groups of its ports are not in force" in (obs.error or "")
+    assert "the firewall of its ports (security groups, anti-spoofing) is not in force" \
+        in (obs.error or "")
     assert "br_netfilter" in (obs.error or "")
     [firewall] = rec.report_failures()  # the firewall's failure, none of the VM's own
     assert (firewall.kind, firewall.object_id) == ("firewall", "security-groups")
     assert "br_netfilter" in firewall.message and "isolated" in firewall.message
     assert not firewall.retryable and firewall.final
+
+
+def test_a_port_without_groups_is_not_started_unguarded_either(tmp_path: Path) -> None:
+    # the anti-spoofing guard is a security control too: an unfiltered port once started
+    # whatever the firewall did
+    hv, st, fw = FakeHypervisor(), FakeStorage(tmp_path / "disks"), BrokenFirewall()
+    keeper = NetworkKeeper(FakeNetwork(), "198.18.0.1", tmp_path / "n.json", fw)  # type: ignore[arg-type]
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
+                     stop_grace_s=1, networks=keeper, ledger=keeper.ledger)
+    unfiltered = vm("aaaa-1").model_copy(update={"ports": [DesiredPort(
+        id="port-1", network_id="net-1", mac="52:54:00:00:00:01", addresses=["10.0.0.5/24"],
+        mtu=1450)]})
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[unfiltered], networks=[NET]))
+    assert rec.wait_idle(10)
+    assert "start:aaaa" not in hv.calls and fw.isolated == [[tap_name("port-1")]]
+    [obs] = rec.observe()
+    assert "anti-spoofing) is not in force" in (obs.error or "")
 
 
 def test_a_vm_on_a_failed_network_shows_the_network_error_and_starts_once_it_is_fixed(
@@ -562,7 +581,7 @@ def test_a_vm_on_a_failed_network_shows_the_network_error_and_starts_once_it_is_
     ledger = FailureLedger(RetryPolicy(base_s=30, cap_s=30, give_up_after_s=300),
                            clock=clock, rand=lambda: 0.0)
     keeper = NetworkKeeper(TakenVni(), "198.18.0.1", tmp_path / "n.json",  # type: ignore[arg-type]
-                           ledger=ledger)
+                           FakeFirewall(), ledger=ledger)  # type: ignore[arg-type]
     rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-1",
                      stop_grace_s=1, networks=keeper, ledger=ledger)
     on_net = vm("aaaa-1").model_copy(update={"ports": [DesiredPort(
@@ -663,9 +682,10 @@ def test_a_vm_waiting_for_its_security_groups_is_not_given_up_on(tmp_path: Path)
     assert hv.vms == {}  # never started unfiltered
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.PROVISIONING and obs.failed_power_seq is None
-    assert obs.error == ("waiting: the security groups of its ports are not in force on this "
-                         "node: security groups not applied: nftables: resource busy; their "
-                         "ports are isolated (no traffic) until they are")
+    assert obs.error == ("waiting: the firewall of its ports (security groups, anti-spoofing) "
+                         "is not in force on this node: security groups and anti-spoofing not "
+                         "applied: nftables: resource busy; their ports are isolated (no "
+                         "traffic) until they are")
     assert [(f.kind, f.final) for f in rec.report_failures()] == [("firewall", False)]
     fw.busy = False  # the first pass after the rules apply starts it
     rec.apply(DesiredState(node_id="n", generation=4, vms=[filtered_vm("aaaa-1")],
