@@ -15,10 +15,15 @@ measures three paths between two endpoints:
   is a veth plugged into the network's bridge. Path "overlay" is pair's two VMs;
   "overlay+bystander" is wide's, where node 3 carries the network but has no VM: the
   bytes its eth0 receives show what head-end replication sends to an uninvolved node.
+- overlay+firewall: pair's two VMs again, while nodes 1 and 2 apply the real
+  `SecurityGroupFirewall` to their VM ports, as an agent does: each port's anti-spoofing
+  guard chain (one verdict-map lookup by tap) and a security group admitting the subnet
+  (the inet table, connection tracking through br_netfilter). It is applied before each
+  of this path's turns and removed after, so the other paths run without it.
 - direct (the baseline): two namespaces joined by one veth pair (10.1.0.1 / 10.1.0.2,
   MTU 1450, the same MTU as the VMs' NICs).
 
-Per path, taking turns (direct, overlay, overlay+bystander) so that drift of the
+Per path, taking turns (direct, overlay, overlay+bystander, overlay+firewall) so that drift of the
 shared host falls on all of them:
 `--repeat` TCP throughput runs of `--seconds` s each (iperf3, one stream, client in
 endpoint 1, server in endpoint 2 started with `iperf3 -s -1` for exactly one test),
@@ -44,7 +49,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +64,13 @@ sys.path.insert(0, str(REPO))
 
 from agent.drivers.network.base import bridge_name, vxlan_name  # noqa: E402
 from agent.drivers.network.linux import LinuxNetworkDriver  # noqa: E402
-from agent.protocol import DesiredNetwork, NetworkKind  # noqa: E402
+from agent.drivers.network.secgroups import PortFilter, SecurityGroupFirewall  # noqa: E402
+from agent.protocol import (  # noqa: E402
+    DesiredNetwork,
+    DesiredSecurityGroup,
+    NetworkKind,
+    SecurityRule,
+)
 
 NODE_IPS = ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
 UNDERLAY_MTU = 1500
@@ -174,6 +186,32 @@ def build_overlay(lab: Lab) -> tuple[list[str], list[str], list[str]]:
     return vms, [wide, pair], nodes
 
 
+def mac_of(ns: str, ifname: str) -> str:
+    with IPRoute(netns=ns) as ipr:
+        return str(ipr.link("get", index=_lookup(ipr, ifname))[0].get("IFLA_ADDRESS"))
+
+
+@contextmanager
+def firewall(lab: Lab, nodes: list[str], vms: list[str]) -> Iterator[None]:
+    """The agent's firewall on nodes 1 and 2 for pair's VM ports while the block runs."""
+    group = DesiredSecurityGroup(id="bench", name="bench", member_addresses=[
+        "10.0.1.1", "10.0.1.2"], rules=[SecurityRule(direction="ingress",
+                                                     remote_cidr="10.0.1.0/24")])
+    walls = []
+    for i in (0, 1):
+        subprocess.run(in_ns(nodes[i], "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1",
+                             "net.bridge.bridge-nf-call-ip6tables=1"), check=True, timeout=10)
+        wall = SecurityGroupFirewall(netns=nodes[i])
+        wall.apply([PortFilter(f"vbn{lab.tag}t1{i + 1}", mac_of(vms[2 + i], "eth0"),
+                               (f"10.0.1.{i + 1}/24",), ("bench",))], {"bench": group})
+        walls.append(wall)
+    try:
+        yield
+    finally:
+        for wall in walls:
+            wall.remove()
+
+
 def build_direct(lab: Lab) -> tuple[str, str]:
     a, b = lab.new_ns("d1"), lab.new_ns("d2")
     with IPRoute(netns=a) as ipr:
@@ -266,10 +304,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         d1, d2 = build_direct(lab)
         paths = {"direct": (d1, d2, DIRECT_IPS[1]),
                  "overlay": (vms[2], vms[3], "10.0.1.2"),  # 2 nodes carry it
-                 "overlay+bystander": (vms[0], vms[1], "10.0.0.2")}  # 3 nodes
+                 "overlay+bystander": (vms[0], vms[1], "10.0.0.2"),  # 3 nodes
+                 "overlay+firewall": (vms[2], vms[3], "10.0.1.2")}
+
+        def guarded(name: str) -> AbstractContextManager[None]:
+            return firewall(lab, nodes, vms) if name == "overlay+firewall" else nullcontext()
         for name, (a, _b, dst) in paths.items():
-            if not wait_until(lambda a=a, dst=dst: ping_once(a, dst), READY_TIMEOUT_S):
-                raise BenchError(f"{name}: {dst} does not answer")
+            with guarded(name):
+                if not wait_until(lambda a=a, dst=dst: ping_once(a, dst), READY_TIMEOUT_S):
+                    raise BenchError(f"{name}: {dst} does not answer")
         state = [line for n in network_ids for line in check_driver_state(nodes, n)]
         print("\n".join(state))
         gbps: dict[str, list[float]] = {name: [] for name in paths}
@@ -277,14 +320,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for rep in range(1, args.repeat + 1):
             for name, (a, b, dst) in paths.items():
                 before = rx_bytes(nodes[2], "eth0")
-                g = iperf(lab, a, b, dst, args.seconds)
+                with guarded(name):
+                    g = iperf(lab, a, b, dst, args.seconds)
                 bystander[name].append(rx_bytes(nodes[2], "eth0") - before)
                 gbps[name].append(g)
                 print(f"throughput {name} run {rep}: {g:.2f} Gbit/s", flush=True)
         rtts: dict[str, list[float]] = {}
         for name, (a, _b, dst) in paths.items():
-            ping_once(a, dst)  # ARP / forwarding entries warm, not counted
-            rtts[name] = ping_rtts(a, dst, args.pings, args.interval)
+            with guarded(name):
+                ping_once(a, dst)  # ARP / forwarding entries warm, not counted
+                rtts[name] = ping_rtts(a, dst, args.pings, args.interval)
         return report(gbps, rtts, bystander, args, state)
     finally:
         lab.teardown()
