@@ -176,10 +176,10 @@ def test_objects_made_in_a_project_are_listed_with_it(api: Api,
     port_id = made.split()[1]
     ports = _out(capsys, "port", "list").splitlines()
     assert ports[0].split() == ["ID", "PROJECT", "NETWORK", "VM", "MAC", "ADDRESSES",
-                                "SECURITY", "GROUPS"]
+                                "DHCP", "SECURITY", "GROUPS"]
     row = ports[1].split()
-    assert (len(ports), row[0], row[1], row[2], row[3], row[5], row[6]) == \
-        (2, port_id, "shop", "blue", "-", "10.20.0.9", "web")
+    assert (len(ports), row[0], row[1], row[2], row[3], row[5], row[6], row[7]) == \
+        (2, port_id, "shop", "blue", "-", "10.20.0.9", "no", "web")
     assert "does not exist" in _fails(capsys, "port", "create", "blue", "--project", "default")
     assert _out(capsys, "port", "delete", port_id) == f"port {port_id} deleted\n"
     assert _out(capsys, "port", "list").splitlines()[1:] == []
