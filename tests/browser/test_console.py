@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.region import E2ERegion, console_has, wait_for
+from tests.e2e.region import E2ERegion, console_count, console_has, wait_for
 
 CONNECT_TIMEOUT_MS = 60_000  # ticket, the agent's dial-back, the VNC or serial handshake
 BOOT_TIMEOUT_MS = 240_000  # a real boot under TCG on a loaded machine
@@ -55,11 +55,17 @@ def test_graphical_console_shows_the_screen_and_its_changes(
     page.wait_for_function(f"() => {{ const d = ({CANVAS_DIGEST})(); return d && d.colours > 1; }}",
                            timeout=CONNECT_TIMEOUT_MS)  # not blank: the guest's text on it
     before = page.evaluate(CANVAS_DIGEST)
+    log = ui_region.vm(running_vm)["console_log"]
+    ready = console_count(log, "VAUBAN-TESTGUEST-READY")
     # a hard reset: firmware and kernel write the screen anew, noVNC must follow
     ui_region.cli("vm", "reboot", running_vm, "--force", "--wait")
     page.wait_for_function(
         f"() => {{ const d = ({CANVAS_DIGEST})(); return d && d.hash !== {before['hash']}; }}",
         timeout=BOOT_TIMEOUT_MS)
+    # the VM is shared with the module's other tests: it is left booted to its shell again
+    # (the serial test typed into a guest still booting, and its first keys were lost)
+    wait_for(lambda: console_count(log, "VAUBAN-TESTGUEST-READY") > ready,
+             BOOT_TIMEOUT_MS / 1000, "the test guest to boot again after the reset")
     audit = ui_region.cli("audit", "list", "--json")
     assert '"console.ticket"' in audit and running_vm in audit
 
