@@ -75,7 +75,8 @@ class Lease:
     hostname: str | None = None
 
 
-def _mac(raw: bytes) -> str:
+def mac_text(raw: bytes) -> str:
+    """A hardware address as text: six lower-case hex bytes joined by colons."""
     return ":".join(f"{b:02x}" for b in raw[:6])
 
 
@@ -141,8 +142,8 @@ def parse(frame: bytes) -> Request:
     kind = options.get(OPT_MESSAGE_TYPE)
     if kind is None or len(kind) != 1 or kind[0] not in MessageType._value2member_map_:
         raise BadPacket("no DHCP message type")
-    return Request(kind=MessageType(kind[0]), xid=xid, flags=flags, client_mac=_mac(chaddr),
-                   source_mac=_mac(src), ciaddr=ipaddress.IPv4Address(ciaddr),
+    return Request(kind=MessageType(kind[0]), xid=xid, flags=flags, client_mac=mac_text(chaddr),
+                   source_mac=mac_text(src), ciaddr=ipaddress.IPv4Address(ciaddr),
                    requested_ip=_ipv4(options.get(OPT_REQUESTED_IP), "requested address"),
                    server_id=_ipv4(options.get(OPT_SERVER_ID), "server identifier"))
 

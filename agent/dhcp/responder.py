@@ -15,10 +15,9 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from agent.dhcp.packet import BadPacket, Lease, answer_kind, build_reply, parse
+from agent.dhcp.packet import BadPacket, Lease, answer_kind, build_reply, mac_text, parse
+from agent.drivers.network.netns import in_netns
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +43,10 @@ _FILTER = (
     (0x06, 0, 0, 0x40000),   # ret: accept
     (0x06, 0, 0, 0),         # ret: drop
 )
-_ns_lock = threading.Lock()
 
 
 class DhcpUnavailable(Exception):
     """The responder could not open its socket (no CAP_NET_RAW, no such namespace...)."""
-
-
-@contextmanager
-def _in_netns(netns: str | None) -> Iterator[None]:
-    if netns is None:
-        yield
-        return
-    from pyroute2 import netns as pyroute2_netns
-
-    with _ns_lock:
-        pyroute2_netns.pushns(netns)
-        try:
-            yield
-        finally:
-            pyroute2_netns.popns()
 
 
 def _attach_filter(sock: socket.socket) -> None:
@@ -101,7 +84,7 @@ class DhcpResponder:
         if self.running:
             return
         try:
-            with _in_netns(self.netns):  # a packet socket sees the namespace it opens in
+            with in_netns(self.netns):  # a packet socket sees the namespace it opens in
                 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except OSError as e:
             raise DhcpUnavailable(f"cannot open a packet socket: {e.strerror or e}") from e
@@ -173,4 +156,4 @@ class DhcpResponder:
         """The tap's own MAC: a frame the guest sends to it stays on this host."""
         raw = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR,
                           struct.pack("256s", ifname.encode()[:15]))
-        return ":".join(f"{b:02x}" for b in raw[18:24])
+        return mac_text(raw[18:24])

@@ -37,13 +37,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.drivers.network.netns import in_netns
 from agent.errors import DriverError
 from agent.protocol import DesiredSecurityGroup, SecurityRule
 
@@ -63,7 +62,6 @@ _ICMPV6_ALWAYS = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-advert
                   "mld-listener-query"]
 
 Json = dict[str, Any]
-_ns_lock = threading.Lock()
 
 
 class FirewallError(DriverError):
@@ -368,33 +366,19 @@ class SecurityGroupFirewall:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
 
-    @contextmanager
-    def _in_netns(self) -> Iterator[None]:
-        if self.netns is None:
-            yield
-            return
-        from pyroute2 import netns as pyroute2_netns
-
-        with _ns_lock:
-            pyroute2_netns.pushns(self.netns)
-            try:
-                yield
-            finally:
-                pyroute2_netns.popns()
-
     def _nft(self) -> Any:
         try:
             import nftables  # Debian's python3-nftables (libnftables)
         except ImportError as exc:
             raise FirewallError("python3-nftables (libnftables) is not installed") from exc
-        with self._in_netns():  # the netlink socket is bound to the namespace it opens in
+        with in_netns(self.netns):  # the netlink socket is bound to the namespace it opens in
             nft = nftables.Nftables()
         nft.set_json_output(True)
         return nft
 
     def bridge_netfilter_enabled(self) -> bool:
         """Whether bridged IPv4/IPv6 reaches the inet hooks (br_netfilter) here."""
-        with self._in_netns():
+        with in_netns(self.netns):
             for name in _BR_NF_SYSCTLS:
                 try:
                     if Path("/proc/sys/net/bridge", name).read_text().strip() != "1":
