@@ -14,6 +14,12 @@ HOST_KEYS = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----\r?\n(.*?)-----END SSH
                        re.S)
 
 
+def new_ssh_key(path: Path) -> Path:
+    """A fresh ed25519 key pair without passphrase at `path` (and `path`.pub)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
 def console_text(vm: dict[str, Any]) -> str:
     """The VM's serial log so far ('' before it exists)."""
     try:

@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 
 from controller import allinone
 from controller.allinone import free_port
 from controller.pki import fingerprint
+
+if TYPE_CHECKING:
+    from agent.drivers.storage.rbd.minicluster import MiniCluster
 
 BIN = Path(sys.executable).parent
 
@@ -203,6 +206,14 @@ def qemu_pid(vm_id: str) -> int:
     finally:
         conn.close()
     return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+
+
+def rbd_env(cluster: MiniCluster, volume_pools: str = "vauban") -> dict[str, str]:
+    """The controller settings of a region whose storage is `cluster` (a MiniCluster):
+    VM disks in pool vauban, volumes in `volume_pools` (comma-separated)."""
+    return {"VAUBAN_STORAGE": "rbd", "VAUBAN_CEPH_CONF": str(cluster.info().conf),
+            "VAUBAN_CEPH_KEYRING": str(cluster.client_keyring), "VAUBAN_CEPH_POOL": "vauban",
+            "VAUBAN_CEPH_VOLUME_POOLS": volume_pools}
 
 
 def console_has(path: str, text: str) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from agent.drivers.network.base import bridge_name
-from tests.e2e.debian_guest import BOOT_DEADLINE_S, HOST_KEYS, console_text, ssh
+from tests.e2e.debian_guest import BOOT_DEADLINE_S, HOST_KEYS, console_text, new_ssh_key, ssh
 from tests.e2e.probes import ip, probe_namespace  # noqa: F401  (a fixture)
 from tests.e2e.region import E2ERegion, domain_exists, wait_for
 
@@ -41,8 +41,7 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
     tag = uuid.uuid4().hex[:6]
     net, name, group, image = f"dnet-{tag}", f"deb-{tag}", f"dsg-{tag}", f"debian-{tag}"
     dhcp_net = f"dhcp-{tag}"
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    key = new_ssh_key(tmp_path / "id_ed25519")
     region.cli("image", "import", str(debian_image), "--name", image, "--min-disk", "2",
                "--firmware", "bios,uefi")
     region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.78.0.0/24",
@@ -93,9 +92,7 @@ def test_debian_boots_takes_its_seed_and_lets_its_user_in_with_the_key(
         assert (lease.get("ADDRESS"), lease.get("ROUTER"), lease.get("DNS"),
                 lease.get("SERVER_ADDRESS")) == ("10.79.0.11", "10.79.0.1", "10.79.0.53",
                                                  "10.79.0.1"), logged_in.stdout
-        stranger = tmp_path / "stranger"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
-                       check=True)
+        stranger = new_ssh_key(tmp_path / "stranger")
         assert ssh(ns, stranger, known_hosts, "ops@10.78.0.10", "true").returncode == 255
 
         def agent_says() -> dict[str, Any] | None:

@@ -22,9 +22,9 @@ import pytest
 
 from agent.drivers.network.base import bridge_name
 from agent.drivers.storage.rbd.minicluster import MiniCluster
-from tests.e2e.debian_guest import BOOT_DEADLINE_S, HOST_KEYS, console_text, ssh
+from tests.e2e.debian_guest import BOOT_DEADLINE_S, HOST_KEYS, console_text, new_ssh_key, ssh
 from tests.e2e.probes import ip, probe_namespace  # noqa: F401  (a fixture)
-from tests.e2e.region import E2ERegion, domain_exists, wait_for
+from tests.e2e.region import E2ERegion, domain_exists, rbd_env, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,15 +35,7 @@ PROBE = "10.79.0.200"
 @pytest.fixture(scope="module")
 def region(libvirtd: list[int], testguest_image: Path,
            ceph_minicluster: MiniCluster) -> Iterator[E2ERegion]:
-    info = ceph_minicluster.info()
-    env = {
-        "VAUBAN_STORAGE": "rbd",
-        "VAUBAN_CEPH_CONF": str(info.conf),
-        "VAUBAN_CEPH_KEYRING": str(ceph_minicluster.client_keyring),
-        "VAUBAN_CEPH_POOL": "vauban",
-        "VAUBAN_CEPH_VOLUME_POOLS": "vauban",
-    }
-    with E2ERegion.running(testguest_image, env) as r:
+    with E2ERegion.running(testguest_image, rbd_env(ceph_minicluster)) as r:
         yield r
 
 
@@ -65,8 +57,7 @@ def test_a_snapshot_of_a_debian_guests_volume_is_filesystem_consistent(
     tag = uuid.uuid4().hex[:6]
     net, name, group, image = f"fnet-{tag}", f"frz-{tag}", f"fsg-{tag}", f"debian-{tag}"
     vol = f"fdata-{tag}"
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    key = new_ssh_key(tmp_path / "id_ed25519")
     region.cli("image", "import", str(debian_image), "--name", image, "--min-disk", "2")
     region.cli("network", "create", net, "--kind", "tenant", "--subnet", "10.79.0.0/24",
                "--gateway", "10.79.0.1")

@@ -17,7 +17,7 @@ from agent.drivers.storage.rbd.minicluster import MiniCluster
 from agent.drivers.storage.rbd.names import image_name, root_disk_name, volume_name
 from controller.storage_settings import key_from_keyring
 from tests.e2e.leaks import holds, leaks_in_files, run_logs
-from tests.e2e.region import E2ERegion, console_has, domain_exists, is_running, wait_for
+from tests.e2e.region import E2ERegion, console_has, domain_exists, is_running, rbd_env, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,15 +27,7 @@ BOOT_TIMEOUT = 180
 @pytest.fixture(scope="module")
 def region(libvirtd: list[int], testguest_image: Path,
            ceph_minicluster: MiniCluster) -> Iterator[E2ERegion]:
-    info = ceph_minicluster.info()
-    env = {
-        "VAUBAN_STORAGE": "rbd",
-        "VAUBAN_CEPH_CONF": str(info.conf),
-        "VAUBAN_CEPH_KEYRING": str(ceph_minicluster.client_keyring),
-        "VAUBAN_CEPH_POOL": "vauban",
-        "VAUBAN_CEPH_VOLUME_POOLS": "vauban,vauban-fast",
-    }
-    with E2ERegion.running(testguest_image, env) as r:
+    with E2ERegion.running(testguest_image, rbd_env(ceph_minicluster, "vauban,vauban-fast")) as r:
         yield r
 
 
