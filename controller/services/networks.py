@@ -45,8 +45,7 @@ def port_count(db: Session, net: Network) -> int:
                          .where(Port.network_id == net.id)) or 0)
 
 
-def create(db: Session, actor: str, body: NetworkCreate,
-           vnis: tuple[int, int] = (1000, 2**24 - 1)) -> Network:
+def create(db: Session, actor: str, body: NetworkCreate, vnis: tuple[int, int]) -> Network:
     """Validate and record a network with its first subnets: a tenant network in its
     project (with the lowest free VNI of the range `vnis`), a provider network shared by
     all (made by who may: see NETWORKS_PROVIDER)."""
