@@ -28,7 +28,10 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # virtual hardware (`machine`: firmware, Secure Boot, machine type, disk bus)
 # 6: a desired port says whether its guest configures IPv4 by DHCP (`dhcp`); an observed
 # volume which of its snapshots are quiesced (`quiesced_snapshots`)
-PROTOCOL_VERSION = 6
+# 7: live migration (a desired VM's `migrate_to` on the source, `incoming_from` on the
+# target; an observed VM's `migration`, state `incoming`); a desired state lists the VMs
+# whose disks may be deleted (`delete_vm_disks`): an unwanted VM's disks are kept otherwise
+PROTOCOL_VERSION = 7
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
 # version; a message without the header comes from a release before it, which spoke 1.
@@ -151,6 +154,7 @@ class ObservedVmState(StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     ERROR = "error"  # the last reconcile of this VM failed; see `error`
+    INCOMING = "incoming"  # being migrated to this node: not running here yet
 
 
 class ImageRef(Wire):
@@ -231,6 +235,40 @@ class MachineSpec(Wire):
         "plugged in later are virtio-blk); discard reaches the storage either way")
 
 
+class MigrationOrder(Wire):
+    """On the source node: move the running VM to another node, live, once per `seq`."""
+
+    seq: int = Field(ge=1, description="Numbers the VM's migrations: each is tried once")
+    target_node_id: str
+    target_address: str = Field(description="The target node's migration address (an IP "
+                                "its hypervisor certificate names)")
+    bandwidth_mib_s: int = Field(ge=0, description="Most MiB/s the memory copy may use; "
+                                 "0: no limit")
+    max_downtime_ms: int = Field(ge=1, description="Longest pause of the guest at switchover")
+    timeout_s: int = Field(ge=1, description="Aborted (and failed) if not done by then")
+
+
+class IncomingMigration(Wire):
+    """On the target node: prepare for the VM arriving from `source_node_id`; never
+    define, create or start it here (the migration does)."""
+
+    seq: int = Field(ge=1)
+    source_node_id: str
+
+
+class MigrationReport(Wire):
+    """How a migration of the VM stands, as the node that drives (source) or prepares
+    (target) it sees it."""
+
+    seq: int = Field(ge=1)
+    state: Literal["ready", "running", "completed", "failed"] = Field(
+        description="ready: the target is prepared; running/completed/failed: the source's "
+        "copy of the VM")
+    progress: int = Field(default=0, ge=0, le=100)
+    downtime_ms: int | None = Field(default=None, ge=0, description="Guest pause, once done")
+    error: str | None = Field(default=None, max_length=4096)
+
+
 class DesiredVm(Wire):
     """One VM as the controller wants it on this node."""
 
@@ -263,6 +301,10 @@ class DesiredVm(Wire):
         default_factory=list,
         description="PCI addresses of GPUs passed through whole (with their IOMMU groups)")
     vgpus: list[DesiredVgpu] = Field(default_factory=list)
+    migrate_to: MigrationOrder | None = Field(
+        default=None, description="Source node: move the VM away (see MigrationOrder)")
+    incoming_from: IncomingMigration | None = Field(
+        default=None, description="Target node: the VM is arriving; prepare only")
 
 
 class DesiredState(Wire):
@@ -282,6 +324,10 @@ class DesiredState(Wire):
     networks: list[DesiredNetwork] = Field(
         default_factory=list, description="Networks the VMs of this node are on"
     )
+    delete_vm_disks: list[str] = Field(
+        default_factory=list, description="Deleted VMs (ids): remove their disks with "
+        "them. Any other VM not wanted here loses its domain and files but keeps its "
+        "disks: it may run elsewhere now (migrated, restarted by HA)")
 
 
 class GuestInterface(Wire):
@@ -323,6 +369,8 @@ class ObservedVm(Wire):
     guest: GuestInfo | None = Field(
         default=None, description="What its guest agent reports (a running VM whose "
         "qemu-guest-agent answers)")
+    migration: MigrationReport | None = Field(
+        default=None, description="Its migration, while one is asked of this node")
 
 
 class ObservedVolume(Wire):

@@ -34,6 +34,7 @@ from agent.networks import Blocker, NetworkKeeper, tap_name
 from agent.protocol import (
     DesiredState,
     DesiredVm,
+    MigrationReport,
     NodeFailure,
     ObservedVm,
     ObservedVmState,
@@ -156,6 +157,8 @@ class Reconciler:
         self._retired_gone: set[str] = set()  # deleted images known absent from storage
         self._flattened: set[str] = set()  # VMs whose root disk no longer depends on its image
         self._blocked: dict[str, Blocker] = {}  # VMs not created or started: what stops them
+        self._migrations: dict[str, MigrationReport] = {}  # source: this node's moves out
+        self._prepared: dict[str, int] = {}  # target: VMs ready to arrive, by migration seq
         self.progress: dict[str, int] = {}
         self.applied_generation = -1
         self.desired: DesiredState | None = None
@@ -253,6 +256,14 @@ class Reconciler:
                 self.ledger.succeeded("vm", e.object_id, e.action)
         for vm_id in self._blocked.keys() - wanted.keys():
             self._blocked.pop(vm_id, None)
+        for vm_id, report in list(self._migrations.items()):
+            vm = wanted.get(vm_id)
+            if vm is None or vm.migrate_to is None or vm.migrate_to.seq != report.seq:
+                self._migrations.pop(vm_id, None)
+        for vm_id, seq in list(self._prepared.items()):
+            vm = wanted.get(vm_id)
+            if vm is None or vm.incoming_from is None or vm.incoming_from.seq != seq:
+                self._prepared.pop(vm_id, None)
         retired = set(desired.retired_images)
         needed = {vm.image.id for vm in wanted.values() if vm.id not in here} - retired
         for e in self.ledger.of_kind("image"):
@@ -303,7 +314,16 @@ class Reconciler:
         return self.pool.submit(run)
 
     def _needs_work(self, vm: DesiredVm, obs: VmObservation | None) -> bool:
-        """Whether the VM is not yet as asked (a request failed for is checked before)."""
+        """Whether the VM is not yet as asked (a request failed for is checked before).
+        A VM arriving here by migration is only prepared for, never made or started; one
+        leaving is moved once per migration, and never made again once gone."""
+        if vm.incoming_from is not None:
+            return obs is None and self._prepared.get(vm.id) != vm.incoming_from.seq
+        if vm.migrate_to is not None:
+            report = self._migrations.get(vm.id)
+            done = report is not None and report.seq == vm.migrate_to.seq \
+                and report.state in ("completed", "failed")
+            return obs is not None and obs.running and not done
         if obs is None:
             return True
         if vm.power is PowerState.RUNNING:
@@ -322,7 +342,11 @@ class Reconciler:
         """Create the VM or apply its power request; whether it is now as asked (a failure
         goes to the ledger, a blocker to `_blocked`: neither is raised)."""
         try:
-            if obs is None:
+            if vm.incoming_from is not None:
+                self._prepare_incoming(vm)
+            elif vm.migrate_to is not None:
+                return self._migrate(vm)
+            elif obs is None:
                 self._create(vm)
             else:
                 self._set_power(vm, obs)
@@ -400,6 +424,56 @@ class Reconciler:
             self.hypervisor.set_power_seq(vm.id, vm.power_seq)
             revert.success()
         log.info("VM %s (%s) created", vm.name, vm.id)
+
+    def _prepare_incoming(self, vm: DesiredVm) -> None:
+        """Make ready what the arriving VM's definition points at on this node: its
+        directory (console log) and seed, and the storage secret. Its ports' firewall
+        rules and networks come with every pass (the controller lists its ports here);
+        a blocked network or firewall keeps it unprepared, so the move does not start."""
+        assert vm.incoming_from is not None
+        self._check_ports(vm)
+        vm_dir = self.vm_dir(vm.id)
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        vm_dir.chmod(0o755)
+        build_nocloud_seed(vm.seed, vm_dir / "seed.iso",
+                           network_config=network_config(vm.ports) if vm.ports else None)
+        self.prepare_disks()
+        self._prepared[vm.id] = vm.incoming_from.seq
+        log.info("VM %s (%s) ready to arrive from node %s", vm.name, vm.id,
+                 vm.incoming_from.source_node_id)
+
+    def _migrate(self, vm: DesiredVm) -> bool:
+        """Move the VM to the node its order names, once per order: the outcome is
+        reported on the VM (`migration`), never as the VM's own failure. True."""
+        order = vm.migrate_to
+        assert order is not None
+        self._migrations[vm.id] = MigrationReport(seq=order.seq, state="running")
+
+        def progress(percent: int) -> None:
+            self._migrations[vm.id] = MigrationReport(seq=order.seq, state="running",
+                                                      progress=percent)
+            self.on_change()
+
+        log.info("VM %s (%s): migrating to node %s at %s", vm.name, vm.id,
+                 order.target_node_id, order.target_address)
+        try:
+            self.hypervisor.migrate(vm.id, order, {OWNER_LABEL: order.target_node_id},
+                                    progress)
+        except Exception as e:
+            if vm.id not in {o.id for o in self._own_vms()}:
+                # gone from here all the same: the target's report says where it runs
+                log.warning("VM %s: migration reported %s, but it left this node", vm.id, e)
+                self._migrations[vm.id] = MigrationReport(seq=order.seq, state="completed",
+                                                          progress=100)
+                return True
+            log.warning("VM %s (%s): migration failed: %s", vm.name, vm.id, e)
+            self._migrations[vm.id] = MigrationReport(seq=order.seq, state="failed",
+                                                      error=str(e))
+            return True
+        self._migrations[vm.id] = MigrationReport(seq=order.seq, state="completed",
+                                                  progress=100)
+        log.info("VM %s (%s) migrated to node %s", vm.name, vm.id, order.target_node_id)
+        return True
 
     def _claim_gpus(self, vm: DesiredVm, revert: Reverter) -> tuple[HostdevSpec, ...]:
         """Bind the VM's GPU groups to vfio-pci and make its vGPUs; the hostdevs they give.
@@ -507,23 +581,27 @@ class Reconciler:
         return ok
 
     def _remove(self, vm_id: str) -> bool:
-        """Domain, disks and files of a VM no longer wanted; each step is idempotent.
-        True once removed.
+        """Domain and files of a VM no longer wanted here, and its disks only when the
+        controller lists it as deleted: any other may run on another node now (moved
+        there, or restarted there after this node was fenced), from these very disks.
+        Each step is idempotent. True once removed.
 
         A failure is reported (kind vm, action remove) and raised; it is tried again
         when the ledger's policy says.
         """
+        deleted = self.desired is not None and vm_id in self.desired.delete_vm_disks
         try:
             self.hypervisor.undefine(vm_id)
             self._release_gpus(vm_id)
-            self.storage.delete_vm_disks(vm_id)
+            if deleted:
+                self.storage.delete_vm_disks(vm_id)
         except Exception as e:
             self.ledger.failed("vm", vm_id, "remove", None, e)
             raise
         shutil.rmtree(self.vm_dir(vm_id), ignore_errors=True)
         self.ledger.forget("vm", vm_id)
         self._flattened.discard(vm_id)
-        log.info("VM %s removed", vm_id)
+        log.info("VM %s removed%s", vm_id, "" if deleted else " (its disks kept)")
         return True
 
     def _step(self, vm_id: str, percent: int) -> None:
@@ -541,10 +619,14 @@ class Reconciler:
         for o in self._own_vms():
             state = ObservedVmState.RUNNING if o.running else ObservedVmState.STOPPED
             result[o.id] = ObservedVm(
-                id=o.id, name=o.name, state=state, power_seq=o.power_seq,
+                id=o.id, name=o.name, state=state if o.persistent else ObservedVmState.INCOMING,
+                power_seq=o.power_seq,
                 console_log=str(o.console_log) if o.console_log else None, guest=o.guest,
             )
         for vm in self.desired.vms if self.desired else []:
+            if vm.incoming_from is not None or vm.migrate_to is not None:
+                result.update(self._migration_view(vm, result.get(vm.id)))
+                continue
             if vm.flatten_root and vm.id in result:
                 flatten = self.ledger.get("vm", vm.id, "flatten")
                 result[vm.id] = result[vm.id].model_copy(update={
@@ -561,6 +643,30 @@ class Reconciler:
             elif (failure := self.ledger.get("vm", vm.id, "converge")) is not None:
                 result[vm.id] = self._failed_view(vm, failure, result.get(vm.id))
         return list(result.values())
+
+    def _migration_view(self, vm: DesiredVm, seen: ObservedVm | None) -> dict[str, ObservedVm]:
+        """A VM on the move, as this node sees it: on the target, incoming (prepared:
+        `ready`) until it runs here defined (`completed`, with the guest's pause); on the
+        source, as it runs, with how its move stands. Empty when there is nothing to say."""
+        if vm.incoming_from is not None:
+            seq = vm.incoming_from.seq
+            if seen is not None and seen.state is not ObservedVmState.INCOMING:
+                arrived = MigrationReport(
+                    seq=seq, state="completed", progress=100,
+                    downtime_ms=self.hypervisor.migration_downtime_ms(vm.id))
+                return {vm.id: seen.model_copy(update={"migration": arrived})}
+            failure = self.ledger.get("vm", vm.id, "converge")
+            blocker = self._blocked.get(vm.id)
+            why = blocker.message if blocker else failure.message if failure else None
+            ready = self._prepared.get(vm.id) == seq
+            return {vm.id: ObservedVm(
+                id=vm.id, name=vm.name, state=ObservedVmState.INCOMING,
+                power_seq=seen.power_seq if seen else 0, error=why,
+                migration=MigrationReport(seq=seq, state="ready") if ready else None)}
+        report = self._migrations.get(vm.id)
+        if seen is None:
+            return {}
+        return {vm.id: seen.model_copy(update={"migration": report})}
 
     @staticmethod
     def _blocked_view(vm: DesiredVm, blocker: Blocker, prior: ObservedVm | None) -> ObservedVm:

@@ -144,8 +144,8 @@ class VolumeKeeper:
             else:
                 waiting = True
         for vm in desired.vms:
-            if vm.id not in own_vms:
-                continue
+            if vm.id not in own_vms or vm.migrate_to or vm.incoming_from:
+                continue  # a VM on the move keeps the volumes it has until it arrived
             running = own_vms[vm.id].running
             wanted = {a.target: a.volume_id for a in vm.volumes}
             unwanted = {t: v for t, v in plugged[vm.id].items() if wanted.get(t) != v}

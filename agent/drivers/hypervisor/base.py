@@ -10,12 +10,13 @@ carry this platform's metadata; anything else on the host is not its business.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 from agent.errors import DriverError
-from agent.protocol import ConsoleKind, GuestInfo
+from agent.protocol import ConsoleKind, GuestInfo, MigrationOrder
 
 ROOT_DISK_TARGET = "vda"  # the disk a VM boots from; never hot-unplugged
 
@@ -111,6 +112,8 @@ class VmObservation:
     console_log: Path | None
     labels: dict[str, str] = field(default_factory=dict)  # as given in VmSpec.labels
     guest: GuestInfo | None = None  # what its guest agent says, when one answers
+    # False only while it arrives by a live migration (defined here once it completed)
+    persistent: bool = True
 
 
 class ConsoleStream(Protocol):
@@ -187,6 +190,24 @@ class HypervisorDriver(ABC):
     @abstractmethod
     def set_power_seq(self, vm_id: str, power_seq: int) -> None:
         """Record in the VM's own metadata the last operator power action applied."""
+
+    # Live migration. Not abstract: a driver that cannot inherits the refusal.
+
+    def migrate(self, vm_id: str, order: MigrationOrder, labels: dict[str, str],
+                on_progress: Callable[[int], None]) -> None:
+        """Move the running VM to the node `order` names without stopping it.
+
+        After success the VM runs there, is defined there (persistent) with its labels
+        updated by `labels`, and is no longer defined here. After failure it runs here
+        as before and nothing of it is defined there. `on_progress` gets a percentage
+        now and then. Aborted (a failure) after `order.timeout_s`.
+        """
+        raise HypervisorError(f"{self.info().name} cannot migrate VMs")
+
+    def migration_downtime_ms(self, vm_id: str) -> int | None:
+        """How long the VM that arrived here by migration was paused at switchover,
+        when the hypervisor still knows; None otherwise."""
+        return None
 
     # Disks and the secrets RBD disks need. Not abstract (yet): a driver without
     # volume support inherits these refusals, like Nova's ComputeDriver defaults.

@@ -296,14 +296,30 @@ def test_image_checksum_mismatch_is_an_error_and_leaves_nothing(
     assert rec.observe()[0].error == "checksum mismatch"
 
 
-def test_orphan_directory_from_a_crash_is_removed(parts: tuple[Reconciler, FakeHypervisor,
-                                                               FakeStorage]) -> None:
+def test_orphan_directory_from_a_crash_is_removed_with_disks_of_a_deleted_vm(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
     rec, _hv, st = parts
     rec.vm_dir("eeee-5").mkdir(parents=True)
     st.disks.add("eeee-5")
-    rec.apply(DesiredState(node_id="n", generation=1, vms=[]))
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[], delete_vm_disks=["eeee-5"]))
     assert rec.wait_idle(10)
     assert not rec.vm_dir("eeee-5").exists() and st.disks == set()
+
+
+def test_an_unwanted_vm_not_listed_as_deleted_keeps_its_disks(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    """A VM that left (migrated, or restarted elsewhere by HA while this node was fenced)
+    runs from the same shared disks: its domain and files go here, never its disks."""
+    rec, hv, st = parts
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
+    rec.vm_dir("eeee-5").mkdir(parents=True)
+    st.disks.add("eeee-5")
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[]))
+    assert rec.wait_idle(10)
+    assert hv.vms == {} and "undefine:aaaa" in hv.calls
+    assert not rec.vm_dir("aaaa-1").exists() and not rec.vm_dir("eeee-5").exists()
+    assert st.disks == {"aaaa-1", "eeee-5"}
 
 
 def test_vms_of_other_nodes_are_never_touched(parts: tuple[Reconciler, FakeHypervisor,

@@ -89,6 +89,22 @@ class InstanceMetadata:
         return cls.from_element(el) if el is not None else None
 
 
+def relabel_domain_xml(xml: str, labels: dict[str, str]) -> str:
+    """The domain XML with `labels` set in our metadata (the rest as it was); ValueError
+    when the domain is not ours. Metadata is no part of the guest's ABI: a migration may
+    carry a changed copy to the target."""
+    root = ET.fromstring(xml)
+    metadata = root.find("metadata")
+    el = metadata.find(f"{{{NS}}}instance") if metadata is not None else None
+    if metadata is None or el is None:
+        raise ValueError("domain has no Vauban metadata")
+    md = InstanceMetadata.from_element(el)
+    updated = InstanceMetadata(md.instance_id, md.power_seq, {**md.labels, **labels})
+    metadata.remove(el)
+    metadata.append(updated.to_element())
+    return ET.tostring(root, encoding="unicode")
+
+
 @dataclass(frozen=True)
 class DiskConfig:
     """A virtio disk: a file on the node (`type='file'`) or an RBD image (`type='network'`).

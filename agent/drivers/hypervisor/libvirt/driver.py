@@ -7,6 +7,7 @@ import re
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
@@ -21,7 +22,7 @@ from agent.drivers.hypervisor.base import (
     VmObservation,
     VmSpec,
 )
-from agent.drivers.hypervisor.libvirt import console, secrets
+from agent.drivers.hypervisor.libvirt import console, migrate, secrets
 from agent.drivers.hypervisor.libvirt.config import (
     DiskConfig,
     DomainConfig,
@@ -33,7 +34,7 @@ from agent.drivers.hypervisor.libvirt.config import (
 )
 from agent.drivers.hypervisor.libvirt.guest import Guest
 from agent.drivers.hypervisor.libvirt.host import Host
-from agent.protocol import ConsoleKind, GuestInfo
+from agent.protocol import ConsoleKind, GuestInfo, MigrationOrder
 from agent.revert import Reverter
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,13 @@ class LibvirtDriver(HypervisorDriver):
         except (ValueError, ET.ParseError):
             console_log = None  # ours, but edited by hand beyond what we parse
         running = guest.is_running()
+        persistent = guest.is_persistent()
         return VmObservation(id=md.instance_id, name=guest.name, running=running,
                              power_seq=md.power_seq, console_log=console_log,
                              labels=dict(md.labels),
-                             guest=self._guest_info(md.instance_id, guest, xml) if running
-                             else None)
+                             guest=self._guest_info(md.instance_id, guest, xml)
+                             if running and persistent else None,
+                             persistent=persistent)
 
     def _guest_info(self, vm_id: str, guest: Guest, xml: str) -> GuestInfo | None:
         """The guest agent's report while its channel is connected, asked again at most
@@ -214,6 +217,19 @@ class LibvirtDriver(HypervisorDriver):
             raise HypervisorError(f"no VM {vm_id} on this node")
         guest, md = found
         guest.set_metadata(InstanceMetadata(md.instance_id, power_seq, md.labels))
+
+    def migrate(self, vm_id: str, order: MigrationOrder, labels: dict[str, str],
+                on_progress: Callable[[int], None]) -> None:
+        """Peer-to-peer live migration over TLS (see migrate.py and HypervisorDriver)."""
+        self._require(vm_id)
+        dom = self.host.lookup(vm_id)
+        if dom is None:
+            raise HypervisorError(f"no VM {vm_id} on this node")
+        migrate.migrate(dom, order, labels, on_progress)
+
+    def migration_downtime_ms(self, vm_id: str) -> int | None:
+        dom = self.host.lookup(vm_id)
+        return migrate.completed_downtime_ms(dom) if dom is not None else None
 
     def ensure_ceph_secret(self, usage: str, key: str) -> None:
         """See HypervisorDriver; an ephemeral, private libvirt secret (see secrets.py)."""

@@ -66,6 +66,10 @@ class Guest:
         """Whether a QEMU process exists for it (running, paused or shutting down)."""
         return bool(self._call("read state of", self._dom.isActive))
 
+    def is_persistent(self) -> bool:
+        """Whether it is defined; False for a domain arriving by a live migration."""
+        return bool(self._call("read persistence of", self._dom.isPersistent))
+
     def metadata(self) -> InstanceMetadata | None:
         """Our metadata, or None when the domain does not carry it (it is not ours)."""
         def read() -> str | None:

@@ -1,0 +1,137 @@
+"""Live migration of a running domain to another node's libvirtd, peer to peer over TLS.
+
+The source's libvirtd drives the whole migration (PEER2PEER): it connects to the
+target's libvirtd at `qemu+tls://<address>/system` with this node's hypervisor
+certificate, and QEMU's memory stream goes over TLS too (VIR_MIGRATE_TLS), both
+checked against the region's CA. The target gets the domain with our metadata's
+labels rewritten (the target's agent must find it its own), defined persistently
+once it runs there; the source's definition goes at the same moment. A failure at
+any step leaves the domain running here: libvirt resumes the source and drops the
+target's half-made QEMU and transient definition.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import libvirt
+
+from agent.drivers.hypervisor.base import HypervisorError
+from agent.drivers.hypervisor.libvirt.config import relabel_domain_xml
+from agent.protocol import MigrationOrder
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 1.0
+MIGRATE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+                 | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+                 | libvirt.VIR_MIGRATE_TLS | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
+
+
+def host_in_uri(address: str) -> str:
+    """`address` as a URI's host: an IPv6 address in brackets; ValueError if not an IP."""
+    ip = ipaddress.ip_address(address)
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def migration_params(order: MigrationOrder, live_xml: str,
+                     persist_xml: str) -> dict[str, object]:
+    """migrateToURI3's parameters for `order` (pure)."""
+    params: dict[str, object] = {
+        libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{host_in_uri(order.target_address)}",
+        libvirt.VIR_MIGRATE_PARAM_DEST_XML: live_xml,
+        libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml,
+    }
+    if order.bandwidth_mib_s:  # 0: libvirt's default, no limit
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = order.bandwidth_mib_s
+    return params
+
+
+def progress_of(stats: dict[str, object]) -> int | None:
+    """Percent of the memory copied, from jobStats; None before the copy starts. Never
+    100: the switchover is still to come."""
+    total = stats.get("data_total") or stats.get("memory_total")
+    done = stats.get("data_processed") or stats.get("memory_processed")
+    if not isinstance(total, int) or not isinstance(done, int) or total <= 0:
+        return None
+    return max(0, min(99, done * 100 // total))
+
+
+class _Watch(threading.Thread):
+    """Reports the job's progress every second; aborts it once `deadline` passed."""
+
+    def __init__(self, dom: libvirt.virDomain, deadline: float,
+                 on_progress: Callable[[int], None]) -> None:
+        super().__init__(name=f"migrate-{dom.UUIDString()}", daemon=True)
+        self.dom = dom
+        self.deadline = deadline
+        self.on_progress = on_progress
+        self.done = threading.Event()
+        self.aborted_remaining: int | None = None  # bytes left when it was aborted
+
+    def run(self) -> None:
+        while not self.done.wait(PROGRESS_EVERY_S):
+            try:
+                stats = self.dom.jobStats()
+            except libvirt.libvirtError:
+                continue  # between phases, or ended: the migrate call tells how
+            percent = progress_of(stats)
+            if percent is not None:
+                self.on_progress(percent)
+            if time.monotonic() >= self.deadline and self.aborted_remaining is None:
+                remaining = stats.get("memory_remaining")
+                self.aborted_remaining = remaining if isinstance(remaining, int) else 0
+                try:
+                    self.dom.abortJob()
+                except libvirt.libvirtError as e:
+                    log.warning("could not abort the migration of %s: %s",
+                                self.dom.UUIDString(), e)
+
+
+def migrate(dom: libvirt.virDomain, order: MigrationOrder,
+            labels: dict[str, str], on_progress: Callable[[int], None]) -> None:
+    """Carry out `order` on the running `dom` (see HypervisorDriver.migrate)."""
+    if not dom.isActive():
+        raise HypervisorError(f"VM {dom.UUIDString()} is not running: only a running VM "
+                              "moves live", retryable=False)
+    try:
+        live_xml = relabel_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), labels)
+        persist_xml = relabel_domain_xml(dom.XMLDesc(
+            libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_INACTIVE), labels)
+        dom.migrateSetMaxDowntime(order.max_downtime_ms, 0)
+    except libvirt.libvirtError as e:
+        raise HypervisorError(f"prepare the migration of {dom.name()}: "
+                              f"{e.get_error_message()}") from e
+    watch = _Watch(dom, time.monotonic() + order.timeout_s, on_progress)
+    watch.start()
+    target = f"qemu+tls://{host_in_uri(order.target_address)}/system"
+    try:
+        dom.migrateToURI3(target, migration_params(order, live_xml, persist_xml),
+                          MIGRATE_FLAGS)
+    except libvirt.libvirtError as e:
+        if watch.aborted_remaining is not None:
+            raise HypervisorError(
+                f"migration to {order.target_address} did not finish in {order.timeout_s} s "
+                f"(under the {order.max_downtime_ms} ms downtime limit) and was aborted with "
+                f"{watch.aborted_remaining // 2**20} MiB of memory still to copy; "
+                "the VM kept running here", retryable=False) from e
+        raise HypervisorError(f"migration to {order.target_address} failed: "
+                              f"{e.get_error_message()}; the VM kept running here",
+                              retryable=False) from e
+    finally:
+        watch.done.set()
+        watch.join()
+
+
+def completed_downtime_ms(dom: libvirt.virDomain) -> int | None:
+    """The guest's pause of the migration that brought `dom` here, if libvirt kept it."""
+    try:
+        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        return None
+    downtime = stats.get("downtime")
+    return downtime if isinstance(downtime, int) else None

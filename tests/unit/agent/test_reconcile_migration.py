@@ -1,0 +1,176 @@
+"""The reconcile pass on both ends of a live migration, against in-memory drivers."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.drivers.hypervisor.base import HypervisorError, VmObservation
+from agent.protocol import (
+    DesiredState,
+    DesiredVm,
+    IncomingMigration,
+    MigrationOrder,
+    ObservedVmState,
+    PowerState,
+)
+from agent.reconcile import OWNER_LABEL, Reconciler
+from tests.unit.agent.test_reconcile import FakeHypervisor, FakeStorage, _image_source, vm
+
+VM_ID = "aaaa-1"
+
+
+class MovingHypervisor(FakeHypervisor):
+    """Migrates by handing the VM to `target` (another fake), or fails as told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target: FakeHypervisor | None = None
+        self.migrations: list[tuple[str, int, dict[str, str]]] = []
+        self.downtime: int | None = None
+
+    def migrate(self, vm_id: str, order: MigrationOrder, labels: dict[str, str],
+                on_progress: Callable[[int], None]) -> None:
+        self.migrations.append((vm_id, order.seq, dict(labels)))
+        on_progress(40)
+        if "migrate" in self.fail_on or self.target is None:
+            raise HypervisorError("migration to 10.0.0.2 failed: connection refused")
+        moved = self.vms.pop(vm_id)
+        self.target.vms[vm_id] = dataclasses.replace(
+            moved, labels={**moved.labels, **labels}, persistent=True)
+
+    def migration_downtime_ms(self, vm_id: str) -> int | None:
+        return self.downtime
+
+
+def reconciler(tmp_path: Path, name: str, hv: FakeHypervisor) -> Reconciler:
+    return Reconciler(hv, FakeStorage(tmp_path / "disks"), _image_source,
+                      tmp_path / name / "instances", owner=name, stop_grace_s=1)
+
+
+def disks(rec: Reconciler) -> set[str]:
+    """The VM disks in the reconciler's (fake, shared) storage."""
+    assert isinstance(rec.storage, FakeStorage)
+    return rec.storage.disks
+
+
+def order(seq: int = 1) -> MigrationOrder:
+    return MigrationOrder(seq=seq, target_node_id="node-2", target_address="10.0.0.2",
+                          bandwidth_mib_s=0, max_downtime_ms=300, timeout_s=600)
+
+
+def leaving(seq: int = 1) -> DesiredVm:
+    return vm(VM_ID).model_copy(update={"migrate_to": order(seq)})
+
+
+def arriving(seq: int = 1) -> DesiredVm:
+    return vm(VM_ID).model_copy(update={
+        "incoming_from": IncomingMigration(seq=seq, source_node_id="node-1")})
+
+
+def state(generation: int, *vms: DesiredVm) -> DesiredState:
+    return DesiredState(node_id="n", generation=generation, vms=list(vms))
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Reconciler, MovingHypervisor]:
+    hv = MovingHypervisor()
+    rec = reconciler(tmp_path, "node-1", hv)
+    rec.apply(state(1, vm(VM_ID)))
+    assert rec.wait_idle(10) and hv.vms[VM_ID].running
+    hv.calls.clear()
+    return rec, hv
+
+
+def test_the_target_prepares_an_arriving_vm_but_never_makes_or_starts_it(
+        tmp_path: Path) -> None:
+    hv = FakeHypervisor()
+    rec = reconciler(tmp_path, "node-2", hv)
+    rec.apply(state(1, arriving()))
+    assert rec.wait_idle(10)
+    assert hv.calls == [] and hv.vms == {}
+    assert (rec.vm_dir(VM_ID) / "seed.iso").is_file()
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.INCOMING
+    assert obs.migration is not None and obs.migration.state == "ready"
+    # the domain arrives (transient while the memory copy runs): still only incoming
+    hv.vms[VM_ID] = VmObservation(VM_ID, "vauban-vm", True, 1, None,
+                                  {OWNER_LABEL: "node-2"}, persistent=False)
+    rec.apply(state(2, arriving()))
+    assert rec.wait_idle(10)
+    assert hv.calls == [] and rec.observe()[0].state is ObservedVmState.INCOMING
+    # defined here once it runs here: running, the migration completed
+    hv.vms[VM_ID] = dataclasses.replace(hv.vms[VM_ID], persistent=True)
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.RUNNING
+    assert obs.migration is not None and obs.migration.state == "completed"
+    # the controller hands it over: adopted as it runs, nothing done to it
+    rec.apply(state(3, vm(VM_ID)))
+    assert rec.wait_idle(10)
+    assert hv.calls == [] and rec.observe()[0].migration is None
+
+
+def test_a_cancelled_arrival_removes_the_preparation_and_keeps_the_disks(
+        tmp_path: Path) -> None:
+    hv = FakeHypervisor()
+    rec = reconciler(tmp_path, "node-2", hv)
+    disks(rec).add(VM_ID)  # the shared RBD disk
+    rec.apply(state(1, arriving()))
+    assert rec.wait_idle(10) and rec.vm_dir(VM_ID).is_dir()
+    rec.apply(state(2))
+    assert rec.wait_idle(10)
+    assert not rec.vm_dir(VM_ID).exists()
+    assert disks(rec) == {VM_ID}
+
+
+def test_the_source_moves_the_vm_once_and_never_makes_it_again(
+        source: tuple[Reconciler, MovingHypervisor]) -> None:
+    rec, hv = source
+    target = FakeHypervisor()
+    hv.target = target
+    rec.apply(state(2, leaving()))
+    assert rec.wait_idle(10)
+    assert hv.migrations == [(VM_ID, 1, {OWNER_LABEL: "node-2"})]
+    assert VM_ID in target.vms and target.vms[VM_ID].labels[OWNER_LABEL] == "node-2"
+    # until the controller hands it over, the order stands: nothing is made again here
+    rec.apply(state(3, leaving()))
+    assert rec.wait_idle(10)
+    assert hv.calls == [] and hv.vms == {} and len(hv.migrations) == 1
+    assert rec.observe() == []
+    # handed over: its directory goes here, its shared disk stays
+    rec.apply(state(4))
+    assert rec.wait_idle(10)
+    assert not rec.vm_dir(VM_ID).exists() and disks(rec) == {VM_ID}
+
+
+def test_a_failed_migration_keeps_the_vm_running_here_and_is_not_retried(
+        source: tuple[Reconciler, MovingHypervisor]) -> None:
+    rec, hv = source
+    hv.fail_on = {"migrate"}
+    rec.apply(state(2, leaving()))
+    assert rec.wait_idle(10)
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.RUNNING and obs.error is None
+    assert obs.migration is not None and obs.migration.state == "failed"
+    assert "connection refused" in (obs.migration.error or "")
+    rec.apply(state(3, leaving()))
+    assert rec.wait_idle(10)
+    assert len(hv.migrations) == 1 and hv.vms[VM_ID].running
+    # a new migration (seq 2) is tried afresh
+    hv.fail_on, hv.target = set(), FakeHypervisor()
+    rec.apply(state(4, leaving(seq=2)))
+    assert rec.wait_idle(10)
+    assert [m[1] for m in hv.migrations] == [1, 2] and hv.vms == {}
+
+
+def test_a_stopped_vm_is_not_moved_live(tmp_path: Path) -> None:
+    hv = MovingHypervisor()
+    rec = reconciler(tmp_path, "node-1", hv)
+    rec.apply(state(1, vm(VM_ID, power=PowerState.STOPPED)))
+    assert rec.wait_idle(10)
+    rec.apply(state(2, leaving()))
+    assert rec.wait_idle(10)
+    assert hv.migrations == [] and VM_ID in hv.vms
