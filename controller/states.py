@@ -8,7 +8,7 @@ from typing import Literal
 NodeState = Literal["up", "down", "new"]
 # controller.services.instances.display_state
 InstanceState = Literal["creating", "provisioning", "running", "stopped", "starting",
-                        "stopping", "rebooting", "deleting", "error", "unknown"]
+                        "stopping", "rebooting", "migrating", "deleting", "error", "unknown"]
 # controller.services.volumes.display_state
 VolumeState = Literal["creating", "available", "in-use", "attaching", "detaching",
                       "resizing", "snapshotting", "rolling-back", "deleting", "error"]

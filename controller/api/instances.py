@@ -12,12 +12,12 @@ from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
 from controller.api.paging import in_project, page
 from controller.api.views import instance_view, operation_view
-from controller.authz import InProject, Level
+from controller.authz import InProject, Level, Perm, Region
 from controller.db.models import Instance
 from controller.queries import InstancesQuery
 from controller.services import instances as service
+from controller.services import migrations, tenancy
 from controller.services import nodes as node_service
-from controller.services import tenancy
 
 api = ApiBlueprint("instances", "/api/v1/instances", "instances")
 
@@ -100,6 +100,19 @@ def _power(ref: str, power: str, *, force: bool = False) -> Any:
 def flatten_instance(ref: str) -> Any:
     session = db()
     op = service.flatten(session, actor(), service.find(session, ref), region().storage.driver)
+    session.commit()
+    return operation_view(op), 202
+
+
+@api.route("POST", "/<ref>/migrate", access=Region(Perm.NODES_WRITE),
+           summary="Move a running VM to another node live (shared storage)",
+           body=schemas.InstanceMigrate, body_optional=True,
+           responses={202: schemas.Operation})
+def migrate_instance(ref: str, body: schemas.InstanceMigrate) -> Any:
+    session = db()
+    op = migrations.start(session, actor(), service.find(session, ref), body.to,
+                          region().config, bandwidth_mib_s=body.bandwidth_mib_s,
+                          max_downtime_ms=body.max_downtime_ms)
     session.commit()
     return operation_view(op), 202
 

@@ -252,6 +252,17 @@ def _vm_action(action: str) -> Command:
     return run
 
 
+def cmd_vm_migrate(c: Client, a: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if a.to:
+        body["to"] = a.to
+    if a.bandwidth is not None:
+        body["bandwidth_mib_s"] = a.bandwidth
+    if a.max_downtime is not None:
+        body["max_downtime_ms"] = a.max_downtime
+    return _follow(c, c.post(f"/instances/{a.name}/migrate", body or None), a.wait)
+
+
 def cmd_volume_create(c: Client, a: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": a.name, "size_gib": a.size}
     if a.pool:
@@ -627,6 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_wait_options(sp)
         if action in forced:
             sp.add_argument("--force", action="store_true", help=forced[action])
+    mg = add(vm, "migrate", cmd_vm_migrate, "move a running VM to another node without "
+             "stopping it (shared storage)")
+    mg.add_argument("name")
+    mg.add_argument("--to", metavar="NODE", help="the node to move it to (default: the "
+                    "scheduler picks one)")
+    mg.add_argument("--bandwidth", type=int, metavar="MIB_S",
+                    help="most MiB/s the memory copy may use (default: no limit)")
+    mg.add_argument("--max-downtime", type=int, metavar="MS",
+                    help="longest pause of the guest at the switchover (default: 300)")
+    add_wait_options(mg, "it runs on the other node")
 
     volume_commands(sub, add)
     network_commands(sub, add)

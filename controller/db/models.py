@@ -69,7 +69,8 @@ class Node(Base):
     # up/down/new as last told in an event (controller.services.events.announce_node_states)
     announced_state: Mapped[str | None] = mapped_column(String(8), default=None)
 
-    instances: Mapped[list[Instance]] = relationship(back_populates="node")
+    instances: Mapped[list[Instance]] = relationship(back_populates="node",
+                                                     foreign_keys="Instance.node_id")
 
 
 class Image(Base):
@@ -107,6 +108,19 @@ class ImageTombstone(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(63))
     deleted_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class InstanceTombstone(Base):
+    """A deleted VM: its node removes its disks too when it finds the VM's leftovers (a
+    VM merely gone from a node keeps them: it may run elsewhere from them)."""
+
+    __tablename__ = "instance_tombstones"
+    __table_args__ = (Index("ix_instance_tombstones_node_id_deleted_at", "node_id",
+                            "deleted_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(36))
+    deleted_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Instance(Base):
@@ -149,10 +163,23 @@ class Instance(Base):
     console_log: Mapped[str | None] = mapped_column(Text, default=None)
     # what its guest agent last said (agent.protocol.GuestInfo), None without one
     observed_guest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # a live migration in flight: to this node, numbered migration_seq; phase "preparing"
+    # (the target readies itself) then "migrating" (the source moves it)
+    migration_target_node_id: Mapped[str | None] = mapped_column(
+        ForeignKey("nodes.id", name="fk_instances_migration_target_node_id_nodes"),
+        index=True, default=None)
+    migration_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    migration_phase: Mapped[str | None] = mapped_column(String(16), default=None)
+    migration_bandwidth_mib_s: Mapped[int] = mapped_column(Integer, default=0,
+                                                           server_default="0")
+    migration_max_downtime_ms: Mapped[int] = mapped_column(Integer, default=300,
+                                                           server_default="300")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    node: Mapped[Node] = relationship(back_populates="instances")
+    node: Mapped[Node] = relationship(back_populates="instances", foreign_keys=[node_id])
+    migration_target: Mapped[Node | None] = relationship(
+        foreign_keys=[migration_target_node_id])
     image: Mapped[Image] = relationship()
     gpus: Mapped[list[GpuAssignment]] = relationship(
         back_populates="instance", cascade="all, delete-orphan", order_by="GpuAssignment.address")

@@ -194,6 +194,17 @@ class InstanceReboot(Input):
                         "of an ACPI shutdown (forced after a grace period) and a start")
 
 
+class InstanceMigrate(Input):
+    """Where and how to move a running VM live (the body is optional)."""
+
+    to: str | None = Field(default=None, min_length=1, max_length=63,
+                           description="Target node (name or id); none: the scheduler picks")
+    bandwidth_mib_s: int = Field(default=0, ge=0, le=100_000,
+                                 description="Most MiB/s the memory copy may use; 0: no limit")
+    max_downtime_ms: int = Field(default=300, ge=10, le=60_000,
+                                 description="Longest pause of the guest at the switchover")
+
+
 class InstanceGpu(Output):
     address: str = Field(examples=["0000:18:00.0"])
     model: str = Field(examples=["H100 SXM5 80GB"])
@@ -214,11 +225,13 @@ class Instance(Output):
     project: ProjectName = None
     state: str = Field(
         description="creating, provisioning, running, stopped, starting, stopping, "
-        "rebooting, deleting, error or unknown"
+        "rebooting, migrating, deleting, error or unknown"
     )
     desired_power: str
     node_id: str
     node_name: str
+    migrating_to: str | None = Field(default=None, description="Name of the node it is "
+                                     "moving to, while a live migration is in flight")
     image_id: str
     image_name: str
     vcpus: int

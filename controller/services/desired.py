@@ -18,7 +18,9 @@ from agent.protocol import (
     DesiredVm,
     DesiredVolume,
     ImageRef,
+    IncomingMigration,
     MachineSpec,
+    MigrationOrder,
     NetworkKind,
     PowerMode,
     PowerState,
@@ -30,6 +32,7 @@ from agent.protocol import (
 from controller.db.models import (
     ImageTombstone,
     Instance,
+    InstanceTombstone,
     Network,
     Node,
     Port,
@@ -41,6 +44,7 @@ from controller.db.models import (
 from controller.db.session import mark_changed
 
 TOMBSTONE_DAYS = timedelta(days=30)  # a node down longer keeps a deleted image's copy
+MIGRATION_TIMEOUT_S = 600  # a live migration not done by then is aborted (and failed)
 
 
 def bump(node: Node) -> int:
@@ -53,14 +57,16 @@ def bump(node: Node) -> int:
 
 
 def build(db: Session, node: Node) -> DesiredState:
-    """Every VM the node should have: all its instances that are not being deleted."""
+    """Every VM the node should have: all its instances that are not being deleted, and
+    those migrating to it (to prepare for); and the deleted VMs whose disks it may remove."""
     instances = db.scalars(
         select(Instance)
-        .where(Instance.node_id == node.id, Instance.deleting.is_(False))
+        .where(or_(Instance.node_id == node.id, Instance.migration_target_node_id == node.id),
+               Instance.deleting.is_(False))
         .order_by(Instance.created_at)
         # loaded with the instances: a query per VM would add up across thousands of nodes
         .options(joinedload(Instance.image), selectinload(Instance.gpus),
-                 selectinload(Instance.vgpus))
+                 selectinload(Instance.vgpus), joinedload(Instance.migration_target))
     )
     attached: dict[str, list[VolumeAttachment]] = {}
     stewarded = list(db.scalars(
@@ -76,12 +82,47 @@ def build(db: Session, node: Node) -> DesiredState:
     return DesiredState(
         node_id=node.id,
         generation=node.generation,
-        vms=[_vm(i, attached.get(i.id, []), ports.get(i.id, [])) for i in instances],
+        vms=[_with_migration(_vm(i, attached.get(i.id, []), ports.get(i.id, [])), i, node)
+             for i in instances],
         volumes=[_volume(v) for v in stewarded],
         retired_images=list(retired),
         networks=networks,
         security_groups=_security_groups(db, group_ids),
+        delete_vm_disks=_deleted_vms(db, node, since),
     )
+
+
+def _deleted_vms(db: Session, node: Node, since: datetime) -> list[str]:
+    """VMs of the node being deleted, or deleted (tombstones) since `since`."""
+    deleting = db.scalars(select(Instance.id).where(Instance.node_id == node.id,
+                                                    Instance.deleting.is_(True)))
+    gone = db.scalars(select(InstanceTombstone.id).where(
+        InstanceTombstone.node_id == node.id, InstanceTombstone.deleted_at >= since))
+    return sorted({*deleting, *gone})
+
+
+def migration_address(node: Node) -> str | None:
+    """The address other nodes' hypervisors reach this node's at: its underlay."""
+    address = (node.inventory or {}).get("underlay_ip")
+    return str(address) if address else None
+
+
+def _with_migration(vm: DesiredVm, i: Instance, node: Node) -> DesiredVm:
+    """`vm` with its migration order for `node`: the source moves it once the target is
+    ready (phase migrating); the target prepares for it meanwhile."""
+    target = i.migration_target
+    if target is None:
+        return vm
+    if i.node_id != node.id:
+        return vm.model_copy(update={"incoming_from": IncomingMigration(
+            seq=i.migration_seq, source_node_id=i.node_id)})
+    address = migration_address(target)
+    if i.migration_phase != "migrating" or address is None:
+        return vm
+    return vm.model_copy(update={"migrate_to": MigrationOrder(
+        seq=i.migration_seq, target_node_id=target.id, target_address=address,
+        bandwidth_mib_s=i.migration_bandwidth_mib_s,
+        max_downtime_ms=i.migration_max_downtime_ms, timeout_s=MIGRATION_TIMEOUT_S)})
 
 
 def _networking(
@@ -90,8 +131,9 @@ def _networking(
     """The networks the node's VMs are on (with the other nodes carrying each tenant one as
     VXLAN peers), each VM's ports, and the ids of the ports' security groups."""
     live = (Port.instance_id == Instance.id, Instance.deleting.is_(False))
+    here = or_(Instance.node_id == node.id, Instance.migration_target_node_id == node.id)
     ports = db.scalars(select(Port).join(Instance, live[0]).where(
-        live[1], Instance.node_id == node.id).order_by(Port.created_at, Port.id)
+        live[1], here).order_by(Port.created_at, Port.id)
         .options(joinedload(Port.network), selectinload(Port.security_groups),
                  selectinload(Port.addresses).joinedload(PortAddress.subnet)))
     nets: dict[str, Network] = {}
@@ -104,10 +146,8 @@ def _networking(
     peers: dict[str, set[str]] = {}
     tenant = [n.id for n in nets.values() if n.kind == NetworkKind.TENANT.value]
     if tenant:
-        rows = db.execute(select(Port.network_id, Instance.node_id).join(Instance, live[0])
-                          .where(live[1], Port.network_id.in_(tenant),
-                                 Instance.node_id != node.id).distinct())
-        carriers = list(rows)
+        carriers = [(net_id, node_id) for net_id, node_id in carrier_rows(db, tenant)
+                    if node_id != node.id]
         underlays: dict[str, dict[str, object]] = {
             node_id: inventory for node_id, inventory in db.execute(
                 select(Node.id, Node.inventory).where(
@@ -122,6 +162,19 @@ def _networking(
         for n in sorted(nets.values(), key=lambda n: n.name)
     ]
     return networks, by_vm, group_ids
+
+
+def carrier_rows(db: Session, network_ids: list[str]) -> list[tuple[str, str]]:
+    """(network id, node id) for each node carrying one of these networks: a live VM of
+    its has a port on it, or is migrating to it."""
+    live = (Port.instance_id == Instance.id, Instance.deleting.is_(False))
+    rows = db.execute(select(Port.network_id, Instance.node_id).join(Instance, live[0])
+                      .where(live[1], Port.network_id.in_(network_ids)).distinct())
+    moving = db.execute(select(Port.network_id, Instance.migration_target_node_id)
+                        .join(Instance, live[0])
+                        .where(live[1], Port.network_id.in_(network_ids),
+                               Instance.migration_target_node_id.is_not(None)).distinct())
+    return sorted({(str(n), str(c)) for n, c in [*rows, *moving]})
 
 
 def _security_groups(db: Session, port_group_ids: set[str]) -> list[DesiredSecurityGroup]:

@@ -18,6 +18,7 @@ from controller.services import (
     audit,
     desired,
     gpus,
+    migrations,
     networks,
     nodes,
     operations,
@@ -229,6 +230,7 @@ def delete(db: Session, actor: str, inst: Instance) -> Operation:
     for op in operations.active_for(db, inst.id):
         operations.finish(op, error="superseded by a delete of the instance")
     inst.deleting = True
+    migrations.abandon(db, inst)
     volumes.release_from_instance(db, inst)
     networks.release_instance(db, inst)
     generation = desired.bump(inst.node)
@@ -239,7 +241,8 @@ def delete(db: Session, actor: str, inst: Instance) -> Operation:
 
 # an active operation of these kinds names the VM's state, the first found winning
 BUSY_WORDS = (("instance.create", "creating"), ("instance.start", "starting"),
-              ("instance.stop", "stopping"), ("instance.reboot", "rebooting"))
+              ("instance.stop", "stopping"), ("instance.reboot", "rebooting"),
+              ("instance.migrate", "migrating"))
 
 
 def display_state(inst: Instance, node_up: bool, active: list[Operation]) -> str:

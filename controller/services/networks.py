@@ -271,12 +271,11 @@ def attach_new_instance(db: Session, actor: str, inst: Instance, wanted: list[At
 
 
 def carriers(db: Session, network_ids: list[str]) -> set[str]:
-    """Ids of the nodes carrying any of these networks: a live VM of theirs has a port on it."""
+    """Ids of the nodes carrying any of these networks: a live VM of theirs has a port on
+    it, or is migrating to them."""
     if not network_ids:
         return set()
-    return set(db.scalars(
-        select(Instance.node_id).join(Port, Port.instance_id == Instance.id)
-        .where(Port.network_id.in_(network_ids), Instance.deleting.is_(False)).distinct()))
+    return {node_id for _, node_id in desired.carrier_rows(db, network_ids)}
 
 
 def bump_carriers(db: Session, network_ids: list[str], exclude_node_id: str | None) -> None:

@@ -9,8 +9,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from agent.protocol import NodeStatus, ObservedVm, ObservedVmState
-from controller.db.models import Instance, Node, Operation
-from controller.services import audit, desired, networks, operations, volume_observed
+from controller.db.models import Instance, InstanceTombstone, Node, Operation
+from controller.services import (
+    audit,
+    desired,
+    migrations,
+    networks,
+    operations,
+    volume_observed,
+)
 
 
 def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
@@ -33,14 +40,17 @@ def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
         vm = seen.get(inst.id)
         if vm is not None:
             _observe(inst, vm)
+        if inst.migration_target_node_id is not None:
+            migrations.observe_source(db, inst, vm)
+    migrations.observe_target(db, node, seen)
     pending = db.scalars(
         select(Operation).where(
             Operation.node_id == node.id, Operation.state.in_(operations.ACTIVE)
         )
     )
     for op in pending:
-        if not op.kind.startswith("instance."):
-            continue
+        if not op.kind.startswith("instance.") or op.kind == migrations.KIND:
+            continue  # a migration is settled by both its nodes' reports (above)
         _settle(db, op, instances.get(op.target_id), seen.get(op.target_id))
     if status.volumes is not None:  # unknown is not absent: nothing is settled on it
         volume_observed.ingest(db, node, status.volumes)
@@ -66,6 +76,8 @@ def _settle(db: Session, op: Operation, inst: Instance | None, vm: ObservedVm | 
                 audit.record(db, op.requested_by, "instance.delete", f"instance/{inst.id}",
                              "succeeded", name=inst.name)
                 networks.delete_instance_ports(db, inst)
+                # its disks go with whatever of it the node still finds, even much later
+                db.add(InstanceTombstone(id=inst.id, node_id=inst.node_id))
                 db.delete(inst)
         return
     if inst is None or vm is None:
@@ -98,6 +110,7 @@ def _adopt_guest_poweroffs(db: Session, node: Node, instances: Iterable[Instance
         if (
             inst.desired_power == "running"
             and not inst.deleting
+            and inst.migration_target_node_id is None
             and inst.observed_state == ObservedVmState.STOPPED.value
             and inst.observed_power_seq == inst.power_seq
             and not operations.active_for(db, inst.id)

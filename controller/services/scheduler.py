@@ -46,6 +46,7 @@ class PlacementRequest:
     gpus: tuple[GpuWant, ...] = ()
     vgpu: str | None = None
     disk_gib: int = 0  # the root disk
+    excluded_node_ids: frozenset[str] = frozenset()  # e.g. the node a VM moves away from
 
     def describe(self) -> str:
         parts = [f"{self.vcpus} vCPUs", f"{self.memory_mib} MiB"]
@@ -156,8 +157,20 @@ def usage_by_node(db: Session, node_ids: Collection[str] | None = None) -> dict[
     ).join(Image, Image.id == Instance.image_id).group_by(Instance.node_id)
     if node_ids is not None:
         stmt = stmt.where(Instance.node_id.in_(list(node_ids)))
-    rows = db.execute(stmt)
-    return {n: Usage(int(c or 0), int(m or 0), int(k), int(d or 0)) for n, c, m, k, d in rows}
+    usage = {n: Usage(int(c or 0), int(m or 0), int(k), int(d or 0))
+             for n, c, m, k, d in db.execute(stmt)}
+    # a VM migrating to a node takes its vCPUs and memory there already (its disk is shared)
+    moving = select(Instance.migration_target_node_id, func.sum(Instance.vcpus),
+                    func.sum(Instance.memory_mib), func.count(Instance.id)).where(
+        Instance.migration_target_node_id.is_not(None)).group_by(
+        Instance.migration_target_node_id)
+    if node_ids is not None:
+        moving = moving.where(Instance.migration_target_node_id.in_(list(node_ids)))
+    for n, c, m, k in db.execute(moving):
+        u = usage.get(str(n), Usage())
+        usage[str(n)] = Usage(u.vcpus + int(c or 0), u.memory_mib + int(m or 0),
+                              u.instances + int(k), u.disk_gib)
+    return usage
 
 
 def snapshot(db: Session, nodes: list[Node], policy: Policy) -> Snapshot:
@@ -271,7 +284,8 @@ def place(snap: Snapshot, req: PlacementRequest, policy: Policy, now: datetime) 
 
 
 def _choose(snap: Snapshot, req: PlacementRequest, policy: Policy, now: datetime) -> Node:
-    candidates = [n for n in snap.nodes if req.pinned_node_id in (None, n.id)]
+    candidates = [n for n in snap.nodes if req.pinned_node_id in (None, n.id)
+                  and n.id not in req.excluded_node_ids]
     reasons: dict[str, str] = {}
     fit: list[Node] = []
     for node in candidates:

@@ -73,5 +73,7 @@ def test_a_node_page_reads_the_usage_of_that_node_only(client: FlaskClient,
         event.remove(region.engine, "before_cursor_execute", record)
     assert shown.status_code == 200
     assert (shown.json["vcpus_used"], shown.json["instances"]) == (3, 1)
+    # what runs there, and what migrates to it: both of that node only
     sums = [s for s in statements if "sum(instances.vcpus)" in s]
-    assert len(sums) == 1 and "WHERE instances.node_id IN" in sums[0]
+    assert len(sums) == 2 and "WHERE instances.node_id IN" in sums[0]
+    assert "instances.migration_target_node_id IN" in sums[1]

@@ -1,0 +1,193 @@
+"""Live migration of a VM between nodes: asked here, carried out by the two nodes' agents.
+
+A migration runs in two phases, each a change of the two nodes' desired states:
+`preparing` (the target readies the VM's directory, seed, networks and firewall
+rules) and, once the target reports it ready, `migrating` (the source moves it,
+peer to peer). The target's report of the VM running there, defined, decides the
+outcome even when the source said nothing (it may have crashed after the
+switchover); the source's report of a failure of this very migration ends it with
+the VM still running on the source. Either way the instance row changes in one
+transaction with the operation, the audit entry and both nodes' generations.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from agent.protocol import ObservedVm, ObservedVmState
+from controller.config import ControllerConfig
+from controller.db.models import Instance, Node, Operation, Volume, as_utc
+from controller.errors import Conflict
+from controller.services import (
+    audit,
+    desired,
+    instances,
+    networks,
+    nodes,
+    operations,
+    scheduler,
+)
+
+KIND = "instance.migrate"
+DEFAULT_MAX_DOWNTIME_MS = 300
+PREPARE_TIMEOUT = timedelta(seconds=120)  # the target is ready by then, or the move fails
+
+
+def start(db: Session, actor: str, inst: Instance, to: str | None, config: ControllerConfig,
+          *, bandwidth_mib_s: int = 0,
+          max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS) -> Operation:
+    """Ask for `inst` moved live to node `to` (None: the scheduler picks one).
+
+    Refused (Conflict, NoValidHost; nothing changed) when the VM is busy, not running,
+    holds a GPU, lives on local storage, or no node can take it. After success both
+    nodes' desired states carry the migration and an operation follows it.
+    """
+    _refuse(db, inst, config)
+    source = inst.node
+    candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
+    pinned = nodes.find(db, to).id if to is not None else None
+    if pinned == source.id:
+        raise Conflict(f"instance '{inst.name}' already runs on node {source.name}")
+    pol = instances.policy(config)
+    request = scheduler.PlacementRequest(inst.vcpus, inst.memory_mib, pinned,
+                                         excluded_node_ids=frozenset({source.id}))
+    placement = scheduler.place(scheduler.snapshot(db, candidates, pol), request, pol,
+                                datetime.now(UTC))
+    target = db.get_one(Node, placement.node_id)
+    if desired.migration_address(target) is None:
+        raise Conflict(f"node {target.name} has not reported its address yet; "
+                       "it cannot take a VM by migration")
+    inst.migration_target_node_id = target.id
+    inst.migration_seq += 1
+    inst.migration_phase = "preparing"
+    inst.migration_bandwidth_mib_s = bandwidth_mib_s
+    inst.migration_max_downtime_ms = max_downtime_ms
+    desired.bump(source)
+    generation = desired.bump(target)
+    db.flush()
+    networks.bump_carriers(db, networks.instance_network_ids(db, inst),
+                           exclude_node_id=None)  # the target joins the VM's overlays
+    op = operations.start_on(db, KIND, inst.id, inst.name, source.id, actor, generation,
+                             inst.power_seq, project_id=inst.project_id)
+    audit.record(db, actor, KIND, f"instance/{inst.id}", name=inst.name,
+                 source=source.name, to=target.name, bandwidth_mib_s=bandwidth_mib_s,
+                 max_downtime_ms=max_downtime_ms, migration=inst.migration_seq)
+    return op
+
+
+def _refuse(db: Session, inst: Instance, config: ControllerConfig) -> None:
+    """Conflict naming why `inst` cannot move live now."""
+    what = f"instance '{inst.name}'"
+    if inst.deleting:
+        raise Conflict(f"{what} is being deleted")
+    operations.refuse_if_busy(db, inst.id, what)
+    if inst.gpus or inst.vgpus:
+        held = ", ".join([g.address for g in inst.gpus] + [f"vGPU {v.id}" for v in inst.vgpus])
+        raise Conflict(f"{what} has a passed-through GPU ({held}): a VM holding a GPU "
+                       "cannot be migrated; stop it and start it elsewhere instead")
+    if config.storage != "rbd":
+        raise Conflict(f"{what} has its disks on its node's local storage "
+                       f"({config.storage}); live migration needs shared (rbd) storage")
+    if inst.desired_power != "running" or inst.observed_state != ObservedVmState.RUNNING.value:
+        raise Conflict(f"{what} is not running (it is {inst.observed_state or 'new'}): "
+                       "only a running VM moves live")
+    busy = db.scalar(select(Operation.id).join(Volume, Volume.id == Operation.target_id)
+                     .where(Volume.instance_id == inst.id,
+                            Operation.state.in_(operations.ACTIVE)).limit(1))
+    if busy is not None:
+        raise Conflict(f"a volume of {what} has operation {busy} in progress; wait for it",
+                       operation=busy)
+
+
+def observe_target(db: Session, node: Node, seen: dict[str, ObservedVm]) -> None:
+    """What the target reports of the VMs migrating to it: ready (the source may start),
+    or running here (the move is done). A move whose operation ended without the VM
+    running here is called off."""
+    moving = db.scalars(select(Instance).where(Instance.migration_target_node_id == node.id))
+    for inst in moving:
+        vm = seen.get(inst.id)
+        report = vm.migration if vm is not None else None
+        if report is not None and report.seq != inst.migration_seq:
+            continue  # of an earlier move
+        if vm is not None and vm.state is ObservedVmState.RUNNING:
+            _complete(db, inst, node, report.downtime_ms if report else None)
+        elif not _operation(db, inst):
+            _end(db, inst)  # failed or expired meanwhile: the target lets go
+        elif report is not None and report.state == "ready" and \
+                inst.migration_phase == "preparing":
+            inst.migration_phase = "migrating"
+            desired.bump(inst.node)
+
+
+def observe_source(db: Session, inst: Instance, vm: ObservedVm | None) -> None:
+    """What the source reports of a VM it moves: progress, or a failure of this move (the
+    VM still runs there). A target not ready in time fails the move too."""
+    op = _operation(db, inst)
+    if op is None:
+        return
+    report = vm.migration if vm is not None else None
+    if report is not None and report.seq == inst.migration_seq:
+        if report.state == "failed":
+            _fail(db, inst, op, report.error or "the source node reported a failure")
+        elif report.state == "running":
+            op.state, op.progress = "running", max(op.progress, 10 + report.progress * 85 // 100)
+        return
+    if inst.migration_phase == "preparing" and \
+            datetime.now(UTC) - as_utc(op.created_at) > PREPARE_TIMEOUT:
+        target = inst.migration_target.name if inst.migration_target else "?"
+        _fail(db, inst, op, f"node {target} did not get ready to take the VM within "
+                            f"{int(PREPARE_TIMEOUT.total_seconds())} s")
+
+
+def _operation(db: Session, inst: Instance) -> Operation | None:
+    return next((o for o in operations.active_for(db, inst.id) if o.kind == KIND), None)
+
+
+def _complete(db: Session, inst: Instance, target: Node, downtime_ms: int | None) -> None:
+    """The VM runs on `target`: it is that node's now, with its volumes."""
+    source = inst.node
+    op = _operation(db, inst)
+    seq = inst.migration_seq
+    _end(db, inst)
+    inst.node_id, inst.node = target.id, target
+    for vol in db.scalars(select(Volume).where(Volume.instance_id == inst.id)):
+        vol.steward_node_id = target.id
+    desired.bump(target)
+    db.flush()
+    networks.bump_carriers(db, networks.instance_network_ids(db, inst), exclude_node_id=None)
+    if op is not None:
+        operations.finish(op)
+    audit.record(db, op.requested_by if op else "controller", KIND, f"instance/{inst.id}",
+                 "succeeded", name=inst.name, source=source.name, to=target.name,
+                 migration=seq, downtime_ms=downtime_ms)
+
+
+def _fail(db: Session, inst: Instance, op: Operation, error: str) -> None:
+    target = inst.migration_target.name if inst.migration_target else "?"
+    seq = inst.migration_seq
+    _end(db, inst)
+    operations.finish(op, error=error)
+    audit.record(db, op.requested_by, KIND, f"instance/{inst.id}", "failed", name=inst.name,
+                 source=inst.node.name, to=target, migration=seq, reason=error)
+
+
+def _end(db: Session, inst: Instance) -> None:
+    """No migration in flight any more: both nodes (and the overlays' peers) learn it."""
+    target = inst.migration_target
+    inst.migration_target_node_id, inst.migration_target = None, None
+    inst.migration_phase = None
+    desired.bump(inst.node)
+    if target is not None:
+        desired.bump(target)
+    db.flush()
+    networks.bump_carriers(db, networks.instance_network_ids(db, inst), exclude_node_id=None)
+
+
+def abandon(db: Session, inst: Instance) -> None:
+    """The VM is being deleted: any move of it is called off (its operation is superseded
+    by the caller)."""
+    if inst.migration_target_node_id is not None:
+        _end(db, inst)

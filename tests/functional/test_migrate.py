@@ -1,0 +1,207 @@
+"""Live migration through the API and CLI, both nodes' agents played by their reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from agent.protocol import MigrationReport, ObservedVm, ObservedVmState
+from controller.app import create_app
+from controller.cli import main as cli
+from controller.db.models import AuditEvent
+from controller.region import Region
+from tests.functional.cli_helpers import cli_answered_by
+from tests.functional.helpers import RAW_IMAGE, Api, FakeNode
+from tests.functional.test_instances import _create, _observed
+
+
+@pytest.fixture
+def api(rbd_region: Region) -> Api:
+    a = Api(create_app(rbd_region).test_client(), rbd_region)
+    assert a.import_image("tiny", RAW_IMAGE).status_code == 201
+    return a
+
+
+UNDERLAY = {"a": "10.0.0.1", "b": "10.0.0.2", "small": "10.0.0.3"}
+
+
+def tell(api: Api, node: FakeNode, *vms: ObservedVm, applied: int = 0) -> None:
+    """A report of `node`'s agent, its underlay address with it as always."""
+    api.report(node, list(vms), applied=applied, underlay_ip=UNDERLAY[node.name])
+
+
+def running_vm(api: Api) -> tuple[FakeNode, FakeNode, dict[str, Any]]:
+    """Nodes a (with web-1 running, reported) and b (empty), both with an underlay."""
+    a = api.join_node("a", underlay_ip=UNDERLAY["a"])
+    b = api.join_node("b", underlay_ip=UNDERLAY["b"])
+    assert _create(api, "web-1", node="a").status_code == 202
+    d = api.desired(a)
+    [vm] = d["vms"]
+    tell(api, a, _observed(vm, ObservedVmState.RUNNING), applied=d["generation"])
+    return a, b, vm
+
+
+def moving(vm: dict[str, Any], state: ObservedVmState, report: MigrationReport) -> ObservedVm:
+    return _observed(vm, state).model_copy(update={"migration": report})
+
+
+def vms_of(api: Api, node: FakeNode) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in api.desired(node)["vms"]}
+
+
+def audit(region: Region, action: str) -> list[tuple[str, dict[str, Any]]]:
+    with region.sessions() as db:
+        return [(e.outcome, e.detail) for e in db.scalars(
+            select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq))]
+
+
+def test_a_live_migration_prepares_the_target_then_moves_and_hands_over(
+        api: Api, rbd_region: Region) -> None:
+    a, b, vm = running_vm(api)
+    r = api.post("/api/v1/instances/web-1/migrate",
+                 json={"to": "b", "bandwidth_mib_s": 200, "max_downtime_ms": 500})
+    assert r.status_code == 202, r.json
+    op_id = r.json["id"]  # type: ignore[index]
+    shown = api.get("/api/v1/instances/web-1").json
+    assert (shown["state"], shown["node_name"], shown["migrating_to"]) == \
+        ("migrating", "a", "b")
+    # phase 1: the target prepares; the source does not move it yet
+    incoming = vms_of(api, b)["web-1"]
+    assert incoming["incoming_from"] == {"seq": 1, "source_node_id": a.id}
+    assert vms_of(api, a)["web-1"]["migrate_to"] is None
+    tell(api, b, moving(vm, ObservedVmState.INCOMING,
+                          MigrationReport(seq=1, state="ready")))
+    # phase 2: the source is told where and how
+    order = vms_of(api, a)["web-1"]["migrate_to"]
+    assert order["target_node_id"] == b.id and order["target_address"] == "10.0.0.2"
+    assert (order["seq"], order["bandwidth_mib_s"], order["max_downtime_ms"]) == (1, 200, 500)
+    tell(api, a, moving(vm, ObservedVmState.RUNNING,
+                          MigrationReport(seq=1, state="running", progress=60)))
+    op = api.get(f"/api/v1/operations/{op_id}").json
+    assert op["state"] == "running" and op["progress"] >= 60
+    # it runs on b, defined there: b's now; a lets go of it (its disks are kept)
+    tell(api, b, moving(vm, ObservedVmState.RUNNING, MigrationReport(
+        seq=1, state="completed", progress=100, downtime_ms=42)))
+    op = api.get(f"/api/v1/operations/{op_id}").json
+    assert (op["state"], op["error"]) == ("succeeded", None)
+    shown = api.get("/api/v1/instances/web-1").json
+    assert (shown["state"], shown["node_name"], shown["migrating_to"]) == \
+        ("running", "b", None)
+    desired_a = api.desired(a)
+    assert desired_a["vms"] == [] and vm["id"] not in desired_a["delete_vm_disks"]
+    assert vms_of(api, b)["web-1"]["incoming_from"] is None
+    [accepted, done] = audit(rbd_region, "instance.migrate")
+    assert accepted[0] == "accepted" and accepted[1]["to"] == "b"
+    assert done[0] == "succeeded" and done[1]["downtime_ms"] == 42
+
+
+def test_a_failed_migration_leaves_the_vm_where_it_was(api: Api, rbd_region: Region) -> None:
+    a, b, vm = running_vm(api)
+    op_id = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).json["id"]  # type: ignore[index]
+    tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")))
+    tell(api, a, moving(vm, ObservedVmState.RUNNING, MigrationReport(
+        seq=1, state="failed", error="migration to 10.0.0.2 failed: connection refused; "
+        "the VM kept running here")))
+    op = api.get(f"/api/v1/operations/{op_id}").json
+    assert op["state"] == "failed" and "connection refused" in op["error"]
+    shown = api.get("/api/v1/instances/web-1").json
+    assert (shown["state"], shown["node_name"], shown["migrating_to"]) == ("running", "a", None)
+    assert "web-1" not in vms_of(api, b) and vms_of(api, a)["web-1"]["migrate_to"] is None
+    assert [outcome for outcome, _ in audit(rbd_region, "instance.migrate")] == \
+        ["accepted", "failed"]
+    # a new attempt is numbered anew
+    assert api.post("/api/v1/instances/web-1/migrate", json={}).status_code == 202
+    assert vms_of(api, b)["web-1"]["incoming_from"]["seq"] == 2
+
+
+def test_a_stale_report_of_an_earlier_migration_decides_nothing(api: Api) -> None:
+    a, b, vm = running_vm(api)
+    api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")))
+    tell(api, a, moving(vm, ObservedVmState.RUNNING, MigrationReport(seq=1, state="failed")))
+    api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    # the source still shows the failure of move 1: move 2 stands
+    tell(api, a, moving(vm, ObservedVmState.RUNNING, MigrationReport(seq=1, state="failed")))
+    assert api.get("/api/v1/instances/web-1").json["migrating_to"] == "b"
+
+
+def test_deleting_a_moving_vm_calls_the_move_off_and_lists_its_disks(api: Api) -> None:
+    a, b, vm = running_vm(api)
+    api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert api.delete("/api/v1/instances/web-1").status_code == 202
+    assert "web-1" not in vms_of(api, b)
+    assert api.desired(a)["delete_vm_disks"] == [vm["id"]]
+    tell(api, a)  # gone from the node: the record goes, its disks stay listed
+    assert api.get("/api/v1/instances/web-1").status_code == 404
+    assert api.desired(a)["delete_vm_disks"] == [vm["id"]]
+
+
+@pytest.mark.parametrize(("body", "status", "detail"), [
+    ({"to": "a"}, 409, "already runs on node a"),
+    ({"to": "nowhere"}, 404, "nowhere"),
+    ({"bandwidth_mib_s": -1}, 422, "bandwidth_mib_s"),
+    ({"max_downtime_ms": 0}, 422, "max_downtime_ms"),
+    ({"to": "b", "extra": 1}, 422, "extra"),
+])
+def test_migrate_refusals(api: Api, body: dict[str, Any], status: int, detail: str) -> None:
+    running_vm(api)
+    r = api.post("/api/v1/instances/web-1/migrate", json=body)
+    assert r.status_code == status and detail in str(r.json), r.json
+    assert r.content_type == "application/problem+json"
+    assert api.get("/api/v1/instances/web-1").json["migrating_to"] is None
+
+
+def test_a_vm_that_is_not_running_or_already_moving_is_refused(api: Api) -> None:
+    a, _b, _vm = running_vm(api)
+    assert api.post("/api/v1/instances/web-1/migrate", json={}).status_code == 202
+    r = api.post("/api/v1/instances/web-1/migrate", json={})
+    assert r.status_code == 409 and "instance.migrate" in r.json["detail"]  # type: ignore[index]
+    assert _create(api, "web-2", node="a", start=False).status_code == 202
+    d = api.desired(a)
+    tell(api, a, *[_observed(v, ObservedVmState.RUNNING if v["name"] == "web-1"
+                             else ObservedVmState.STOPPED) for v in d["vms"]],
+         applied=d["generation"])
+    r = api.post("/api/v1/instances/web-2/migrate", json={})
+    assert r.status_code == 409 and "not running" in r.json["detail"], r.json  # type: ignore[index]
+
+
+def test_no_node_fits(api: Api) -> None:
+    a = api.join_node("a", underlay_ip=UNDERLAY["a"])
+    api.join_node("small", memory_mib=512, underlay_ip=UNDERLAY["small"])
+    assert _create(api, "big", node="a", memory_mib=4096).status_code == 202
+    d = api.desired(a)
+    tell(api, a, _observed(d["vms"][0], ObservedVmState.RUNNING), applied=d["generation"])
+    r = api.post("/api/v1/instances/big/migrate", json={})
+    assert r.status_code == 409 and "small" in r.json["detail"], r.json  # type: ignore[index]
+
+
+def test_localfs_vms_do_not_move_live(client: FlaskClient, region: Region) -> None:
+    api = Api(client, region)
+    assert api.import_image("tiny", RAW_IMAGE).status_code == 201
+    a = api.join_node("a", underlay_ip="10.0.0.1")
+    api.join_node("b", underlay_ip="10.0.0.2")
+    assert _create(api, "web-1", node="a").status_code == 202
+    d = api.desired(a)
+    tell(api, a, _observed(d["vms"][0], ObservedVmState.RUNNING), applied=d["generation"])
+    r = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "local storage" in r.json["detail"], r.json  # type: ignore[index]
+
+
+def test_a_project_member_cannot_move_vms_between_nodes(api: Api) -> None:
+    running_vm(api)
+    member = api.as_new_user("mia", ("project-admin", "default"))
+    r = member.post("/api/v1/instances/web-1/migrate", json={})
+    assert r.status_code in (403, 404), r.json
+
+
+def test_cli_migrate(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, _vm = running_vm(api)
+    cli_answered_by(api, monkeypatch)
+    assert cli.main(["vm", "migrate", "web-1", "--to", "b", "--bandwidth", "64",
+                     "--max-downtime", "250", "--no-wait"]) == 0
+    assert vms_of(api, b)["web-1"]["incoming_from"]["source_node_id"] == a.id
+    shown = api.get("/api/v1/instances/web-1").json
+    assert shown["migrating_to"] == "b"
