@@ -30,7 +30,8 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # volume which of its snapshots are quiesced (`quiesced_snapshots`)
 # 7: live migration (a desired VM's `migrate_to` on the source, `incoming_from` on the
 # target; an observed VM's `migration`, state `incoming`); a desired state lists the VMs
-# whose disks may be deleted (`delete_vm_disks`): an unwanted VM's disks are kept otherwise
+# whose disks may be deleted (`delete_vm_disks`): an unwanted VM's disks are kept otherwise;
+# a desired VM may be defined on its existing root disk (`adopt_disk`)
 PROTOCOL_VERSION = 7
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
@@ -301,6 +302,9 @@ class DesiredVm(Wire):
         default_factory=list,
         description="PCI addresses of GPUs passed through whole (with their IOMMU groups)")
     vgpus: list[DesiredVgpu] = Field(default_factory=list)
+    adopt_disk: bool = Field(
+        default=False, description="Its root disk exists already on shared storage (it "
+        "ran on another node): define the VM on it, never make one")
     migrate_to: MigrationOrder | None = Field(
         default=None, description="Source node: move the VM away (see MigrationOrder)")
     incoming_from: IncomingMigration | None = Field(

@@ -383,14 +383,19 @@ class Reconciler:
             raise _Blocked(blocker)
 
     def _create(self, vm: DesiredVm) -> None:
-        """Image, disk, seed, domain, start: each undone if a later step fails."""
+        """Image, disk, seed, domain, start: each undone if a later step fails (a root
+        disk taken over from another node is never deleted)."""
         self._check_ports(vm)
         self._step(vm.id, 10)
-        self._ensure_image(vm)
+        if not vm.adopt_disk:
+            self._ensure_image(vm)
         self._step(vm.id, 60)
         with Reverter() as revert:
-            root = self.storage.create_root_disk(vm.id, vm.image.id, vm.root_disk_gib)
-            revert.add(lambda: self.storage.delete_vm_disks(vm.id), "delete disks")
+            if vm.adopt_disk:
+                root = self.storage.existing_root_disk(vm.id)
+            else:
+                root = self.storage.create_root_disk(vm.id, vm.image.id, vm.root_disk_gib)
+                revert.add(lambda: self.storage.delete_vm_disks(vm.id), "delete disks")
             vm_dir = self.vm_dir(vm.id)
             vm_dir.mkdir(parents=True, exist_ok=True)
             revert.add(lambda: shutil.rmtree(vm_dir, ignore_errors=True), "remove vm dir")

@@ -115,6 +115,12 @@ class StorageDriver(ABC):
         was created. A size smaller than the image's virtual size raises StorageError.
         """
 
+    def existing_root_disk(self, vm_id: str) -> DiskSpec:
+        """The VM's root disk as it already exists (made before, here or on another node
+        of shared storage), target "vda"; StorageError when this node cannot reach it."""
+        raise StorageError(f"{self.info().name} storage cannot take over the existing root "
+                           f"disk of VM {vm_id}")
+
     def root_disk_is_clone(self, vm_id: str) -> bool:
         """Whether the VM's root disk still depends on its image (copy-on-write)."""
         return False

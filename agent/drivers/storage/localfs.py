@@ -224,6 +224,15 @@ class LocalfsDriver(StorageDriver):
             shutil.rmtree(vm_dir)
             _fsync_dir(self.disks_dir)
 
+    def existing_root_disk(self, vm_id: str) -> DiskSpec:
+        """disks/<vm_id>/root.qcow2 as it is, when this node has it (a VM that ran here
+        before its definition was lost); never another node's."""
+        disk = self.disk_path(vm_id)
+        if not disk.is_file():
+            raise StorageError(f"the root disk of VM {vm_id} is not on this node ({disk}): "
+                               "local disks do not move between nodes")
+        return DiskSpec(source=disk, format="qcow2", target="vda")
+
     def vm_disk_exists(self, vm_id: str) -> bool:
         return self.disk_path(vm_id).is_file()
 

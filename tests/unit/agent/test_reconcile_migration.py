@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.drivers.hypervisor.base import HypervisorError, VmObservation
+from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, VmObservation
+from agent.drivers.storage.base import StorageError
 from agent.protocol import (
     DesiredState,
     DesiredVm,
@@ -174,3 +175,40 @@ def test_a_stopped_vm_is_not_moved_live(tmp_path: Path) -> None:
     rec.apply(state(2, leaving()))
     assert rec.wait_idle(10)
     assert hv.migrations == [] and VM_ID in hv.vms
+
+
+class SharedStorage(FakeStorage):
+    """Fake storage whose disks every node sees (as RBD's)."""
+
+    def existing_root_disk(self, vm_id: str) -> DiskSpec:
+        if vm_id not in self.disks:
+            raise StorageError(f"the root disk of VM {vm_id} does not exist")
+        return DiskSpec(self.root / vm_id, "raw", "vda")
+
+
+def test_a_vm_taken_over_is_defined_on_its_existing_disk_which_a_failure_never_deletes(
+        tmp_path: Path) -> None:
+    hv, st = FakeHypervisor(), SharedStorage(tmp_path / "disks")
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-2",
+                     stop_grace_s=1)
+    st.disks.add(VM_ID)
+    adopted = vm(VM_ID).model_copy(update={"adopt_disk": True})
+    hv.fail_on = {"start"}
+    rec.apply(state(1, adopted))
+    assert rec.wait_idle(10)
+    assert hv.vms == {} and st.disks == {VM_ID} and st.images == {}
+    hv.fail_on = set()
+    rec.apply(state(2, adopted.model_copy(update={"power_seq": 2})))
+    assert rec.wait_idle(10)
+    assert hv.vms[VM_ID].running and hv.specs[VM_ID].disks[0].path == st.root / VM_ID
+    assert st.images == {}  # nothing imported: the disk was there
+
+
+def test_a_vm_to_take_over_whose_disk_is_gone_fails_in_words(tmp_path: Path) -> None:
+    hv, st = FakeHypervisor(), SharedStorage(tmp_path / "disks")
+    rec = Reconciler(hv, st, _image_source, tmp_path / "instances", owner="node-2",
+                     stop_grace_s=1)
+    rec.apply(state(1, vm(VM_ID).model_copy(update={"adopt_disk": True})))
+    assert rec.wait_idle(10)
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.ERROR and "does not exist" in (obs.error or "")

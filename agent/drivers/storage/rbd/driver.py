@@ -155,6 +155,14 @@ class RbdDriver(StorageDriver):
         with self.conn.ioctx(self.pool, f"delete disks of VM {vm_id}") as ioctx:
             images.remove_with_snapshots(ioctx, name)
 
+    def existing_root_disk(self, vm_id: str) -> DiskSpec:
+        """vm-<vm_id>-root as it is (see StorageDriver)."""
+        if not self.vm_disk_exists(vm_id):
+            raise StorageError(f"the root disk of VM {vm_id} ({root_disk_name(vm_id)} in pool "
+                               f"{self.pool}) does not exist")
+        return DiskSpec(source=self._source(self.pool, root_disk_name(vm_id)), format="raw",
+                        target="vda")
+
     def vm_disk_exists(self, vm_id: str) -> bool:
         _, rbd = bindings()
         with self.conn.ioctx(self.pool, f"look up root disk of VM {vm_id}") as ioctx:
