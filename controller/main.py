@@ -20,6 +20,7 @@ from controller.config import ClientLimits, ControllerConfig
 from controller.metrics import enable_multiprocess, metrics_dir, worker_exited
 from controller.pki import RegionCA
 from controller.secretbox import SecretError
+from controller.services import maintenance
 from controller.services.housekeeping import (
     EventUpkeep,
     Periodic,
@@ -72,6 +73,9 @@ class _Server(BaseApplication):
         Periodic("heartbeats", 1.0, lambda: region.heartbeats.flush(region.sessions)).start()
         # the region's size sets the agents' report interval; it changes slowly
         Periodic("pace", 30.0, lambda: region.pace.refresh(region.reads)).start()
+        # nodes in maintenance: their VMs moved away a few at a time
+        Periodic("maintenance", 5.0,
+                 lambda: maintenance.evacuate_all(region.sessions, config)).start()
         Periodic("consoles", 30.0,
                  lambda: upkeep_consoles(region.sessions, config.data_dir)).start()
         return PeerCertMiddleware(create_app(region))

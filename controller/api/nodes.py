@@ -16,8 +16,8 @@ from controller.authz import InProject, Level, Perm, Region
 from controller.db.models import Node, Operation
 from controller.errors import NotFound
 from controller.queries import NodesQuery
+from controller.services import maintenance, operations, scheduler, tenancy
 from controller.services import nodes as node_service
-from controller.services import operations, scheduler, tenancy
 
 api = ApiBlueprint("nodes", "/api/v1/nodes", "nodes")
 ops_api = ApiBlueprint("operations", "/api/v1/operations", "operations")
@@ -49,6 +49,20 @@ def show_node(ref: str) -> Any:
     node = node_service.find(session, ref)
     usage = scheduler.usage_by_node(session, [node.id]).get(node.id, scheduler.Usage())
     return node_view(node, usage, region().config.node_down_after_s)
+
+
+@api.route("POST", "/<ref>/maintenance", access=Region(Perm.NODES_WRITE),
+           summary="Maintenance on (no new VMs; its VMs are moved away: an operation that "
+           "completes once the node is empty) or off", body=schemas.NodeMaintenance,
+           responses={202: schemas.Operation, 200: schemas.Node})
+def node_maintenance(ref: str, body: schemas.NodeMaintenance) -> Any:
+    session = db()
+    node = node_service.find(session, ref)
+    op = maintenance.set_maintenance(session, actor(), node, body.on)
+    session.commit()
+    if op is not None:
+        return operation_view(op), 202
+    return show_node(node.id)
 
 
 @api.route("DELETE", "/<ref>", access=Region(Perm.NODES_WRITE),

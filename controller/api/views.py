@@ -29,6 +29,7 @@ from controller.services.volumes import display_state as volume_state
 def node_view(n: Node, usage: scheduler.Usage, down_after_s: float) -> schemas.Node:
     return schemas.Node(
         id=n.id, name=n.name, state=node_state(n, datetime.now(UTC), down_after_s),  # type: ignore[arg-type]
+        maintenance=n.maintenance,
         cpus=n.cpus, memory_mib=n.memory_mib, kvm_usable=n.kvm_usable,
         vcpus_used=usage.vcpus, memory_mib_used=usage.memory_mib, instances=usage.instances,
         generation=n.generation, applied_generation=n.applied_generation,

@@ -22,6 +22,7 @@ from controller.cli.formats import (
     one_of,
     size,
 )
+from controller.cli.output import add_wait_options
 from controller.states import GpuState, NodeState
 
 GPU_ARG = re.compile(r"^(?P<model>[^:]+?)(?::(?P<count>\d+))?$")
@@ -45,6 +46,8 @@ def print_node(n: dict[str, Any]) -> None:
     print(f"{n['name']} ({n['id']}): {n['state']}, {n['instances']} VMs, "
           f"{n['vcpus_used']}/{n['cpus']} vCPUs and {_gib(n['memory_mib_used'])}/"
           f"{_gib(n['memory_mib'])} memory used")
+    if n.get("maintenance"):
+        print("maintenance: on (takes no new VMs; its VMs are moved away)")
     print_failures(n.get("failures") or [], "failures reported by its agent")
     print(f"certificate: serial {n['cert_serial']}, valid until "
           f"{n.get('cert_expires_at') or 'unknown (not renewed yet)'}")
@@ -91,6 +94,30 @@ def cmd_node_list(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_node_show(c: Client, a: argparse.Namespace) -> int:
     return emit_show(a, c.get(f"/nodes/{a.name}"), print_node)
+
+
+def cmd_node_maintenance(c: Client, a: argparse.Namespace) -> int:
+    """Maintenance on: follow the node's emptying (each change of what it waits on shown);
+    off: it takes new VMs again."""
+    answer = c.post(f"/nodes/{a.name}/maintenance", {"on": a.state == "on"})
+    if a.state == "off":
+        print(f"node {a.name}: maintenance off; it takes new VMs again")
+        return 0
+    if not a.wait:
+        print(f"node {a.name}: maintenance on; operation {answer['id']} moves its VMs away")
+        return 0
+    shown: list[str] = []
+
+    def show(op: dict[str, Any]) -> None:
+        message = op.get("message") or ""
+        if message and (not shown or shown[-1] != message):
+            shown.append(message)
+            print(f"node {a.name}: {message}", flush=True)
+
+    show(answer)
+    c.wait(answer, show)
+    print(f"node {a.name}: in maintenance and empty")
+    return 0
 
 
 def cmd_node_remove(c: Client, a: argparse.Namespace) -> int:
@@ -144,6 +171,11 @@ def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
         show=True).add_argument("name")
     add(node, "remove", cmd_node_remove, "remove a node without VMs from the region (its "
         "agent is refused from then on)").add_argument("name")
+    mt = add(node, "maintenance", cmd_node_maintenance, "maintenance on (the node takes no "
+             "new VMs; its VMs are moved away, live) or off")
+    mt.add_argument("name")
+    mt.add_argument("state", choices=["on", "off"])
+    add_wait_options(mt, "the node is empty (each VM that cannot move is named, with why)")
     fleet_node_commands(node, add)
     gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
     add_list_filters(add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state "

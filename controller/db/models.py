@@ -68,6 +68,8 @@ class Node(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # up/down/new as last told in an event (controller.services.events.announce_node_states)
     announced_state: Mapped[str | None] = mapped_column(String(8), default=None)
+    # takes no new VMs; its VMs are moved away (`vauban node maintenance`)
+    maintenance: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     instances: Mapped[list[Instance]] = relationship(back_populates="node",
                                                      foreign_keys="Instance.node_id")
@@ -157,6 +159,9 @@ class Instance(Base):
                                             server_default="normal")
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
     flatten_root: Mapped[bool] = mapped_column(Boolean, default=False)
+    # its root disk was made (reported running or stopped once): a node taking it over
+    # (moved while stopped, restarted elsewhere) defines it on that disk
+    disk_made: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     observed_state: Mapped[str | None] = mapped_column(String(16), default=None)
     observed_power_seq: Mapped[int] = mapped_column(Integer, default=0)
     observed_error: Mapped[str | None] = mapped_column(Text, default=None)
@@ -416,6 +421,7 @@ class Operation(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     progress: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    message: Mapped[str | None] = mapped_column(Text, default=None)  # how it stands, in words
     requested_by: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

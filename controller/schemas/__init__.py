@@ -41,6 +41,7 @@ from controller.schemas.compute import (
     InstanceVgpu,
     Node,
     NodeFailure,
+    NodeMaintenance,
     Operation,
     OperationsQuery,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "RegionStatus",
     "NodeFailure",
     "Node",
+    "NodeMaintenance",
     "ImageImportQuery",
     "Image",
     "GpuRequest",

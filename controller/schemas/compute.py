@@ -46,6 +46,8 @@ class Node(Output):
     state: NodeState = Field(
         description="up: heartbeat recent; down: silent too long; new: joined, never reported"
     )
+    maintenance: bool = Field(default=False, description="Takes no new VMs; its VMs are "
+                              "moved away (vauban node maintenance)")
     cpus: int
     memory_mib: int
     kvm_usable: bool
@@ -194,6 +196,12 @@ class InstanceReboot(Input):
                         "of an ACPI shutdown (forced after a grace period) and a start")
 
 
+class NodeMaintenance(Input):
+    """Maintenance on (the node takes no new VMs and its VMs are moved away) or off."""
+
+    on: bool
+
+
 class InstanceMigrate(Input):
     """Where and how to move a running VM live (the body is optional)."""
 
@@ -279,6 +287,8 @@ class Operation(Output):
     state: OperationState
     progress: int
     error: str | None
+    message: str | None = Field(default=None, description="How it stands, in words, while "
+                                "it runs (e.g. which VMs a maintenance cannot move, and why)")
     requested_by: str
     created_at: UtcDatetime
     updated_at: UtcDatetime

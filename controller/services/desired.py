@@ -259,6 +259,7 @@ def _vm(i: Instance, volumes: list[VolumeAttachment], ports: list[DesiredPort]) 
         machine=machine_spec(i),
         volumes=volumes,
         flatten_root=i.flatten_root,
+        adopt_disk=i.disk_made,
         ports=ports,
         gpus=[g.address for g in i.gpus],
         vgpus=[DesiredVgpu(uuid=v.id, parent=v.parent_address, type_id=v.type_id)

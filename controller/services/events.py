@@ -287,8 +287,8 @@ def token_told(token_id: str, user_id: str, kind: str, name: str | None,
 def operation_data(op: Operation) -> dict[str, Any]:
     """An operation's essential fields, as GET /api/v1/operations/<id> names them."""
     return {"id": op.id, "kind": op.kind, "state": op.state, "progress": op.progress,
-            "error": op.error, "target_id": op.target_id, "target_name": op.target_name,
-            "node_id": op.node_id, "requested_by": op.requested_by}
+            "error": op.error, "message": op.message, "target_id": op.target_id,
+            "target_name": op.target_name, "node_id": op.node_id, "requested_by": op.requested_by}
 
 
 def visible_to(caller: Caller, project_id: str | None, kind: str, object_id: str,

@@ -58,6 +58,8 @@ def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
 
 
 def _observe(inst: Instance, vm: ObservedVm) -> None:
+    if vm.state in (ObservedVmState.RUNNING, ObservedVmState.STOPPED) and not inst.disk_made:
+        inst.disk_made = True
     inst.observed_state = vm.state.value
     inst.observed_power_seq = vm.power_seq
     inst.observed_error = vm.error

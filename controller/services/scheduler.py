@@ -250,6 +250,8 @@ def refusal(node: Node, snap: Snapshot, req: PlacementRequest, policy: Policy,
     state = node_state(node, now, policy.node_down_after_s)
     if state != "up":
         return "has never reported" if state == "new" else "is down (no recent heartbeat)"
+    if node.maintenance:
+        return "is in maintenance"
     free_vcpus, free_mib = free_capacity(node, snap.usage.get(node.id, Usage()), policy)
     if req.vcpus > free_vcpus:
         return f"has {max(free_vcpus, 0)} vCPUs free, {req.vcpus} asked"
