@@ -5,8 +5,11 @@ in its environment. Batch after batch, the site playbook runs through ansible-ru
 the batch's hosts, logging in with the fleet key and only to the pinned host keys; each
 host's progress is written to the job's rows as Ansible reports it, and its output to
 the job's ansible.log. The first batch with a failed or unreachable host ends the job:
-the hosts of later batches are not touched. With `upgrade`, every node of a batch must
-report the new agent version before the next batch starts.
+the hosts of later batches are not touched. With `upgrade`, every node of a batch is
+first put in maintenance and emptied (its VMs moved live to other nodes: an upgrade
+never takes a VM down; a node that cannot be emptied fails the job before its batch is
+touched), must report the new agent version before the next batch starts, and leaves
+maintenance after.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from controller.fleet.keys import (
     known_hosts_line,
 )
 from controller.region import Region
+from controller.services import maintenance
 from controller.services import nodes as node_service
 
 log = logging.getLogger("vauban.rollout")
@@ -74,9 +78,11 @@ def run(region: Region, job_id: str) -> str:
         version, upgrade, tags = job.version, job.upgrade, list(job.tags)
     try:
         for number in sorted(batches):
+            drained = _drain(region, batches[number]) if upgrade else []
             _run_batch(region, job_id, folder, batches[number], number, tags)
             if upgrade:
                 _wait_for_version(region, batches[number], version)
+                _undrain(region, drained)
     except BatchFailed as e:
         return _finish(region, job_id, "failed", str(e))
     except Exception as e:  # the job must end with its cause, whatever went wrong
@@ -300,6 +306,51 @@ def _reason(res: dict[str, Any]) -> str:
         if text:
             return text.splitlines()[-1][:500] if key != "msg" else text[:500]
     return "failed"
+
+
+def _drain(region: Region, hosts: list[str],
+           clock: Callable[[], float] = time.monotonic) -> list[str]:
+    """Put the batch's nodes that hold VMs in maintenance and wait until they are empty
+    (the controller moves their VMs); the names of those this put in maintenance.
+    BatchFailed, naming what could not move and why, when one is not empty in time (the
+    nodes stay in maintenance: the operator decides)."""
+    actor = "rollout"
+    with region.sessions() as db, db.begin():
+        nodes = list(db.scalars(select(Node).where(Node.name.in_(hosts))))
+        ops = {}
+        for node in nodes:
+            if not node.instances or node.maintenance:
+                continue
+            op = maintenance.set_maintenance(db, actor, node, True)
+            if op is not None:
+                db.flush()  # its id
+                ops[node.name] = op.id
+    deadline = clock() + region.config.rollout_upgrade_wait_s
+    waiting = dict(ops)
+    while waiting:
+        with region.reads() as db:
+            for name, op_id in list(waiting.items()):
+                op = db.get(Operation, op_id)
+                if op is not None and op.state == "succeeded":
+                    del waiting[name]
+                elif op is None or op.state == "failed":
+                    raise BatchFailed(f"node {name} could not be emptied for its upgrade: "
+                                      f"{op.error if op else 'its maintenance ended'}")
+                elif clock() > deadline:
+                    raise BatchFailed(
+                        f"node {name} was not emptied within "
+                        f"{region.config.rollout_upgrade_wait_s:.0f} s, so its batch was "
+                        f"not upgraded (no VM taken down): {op.message or 'no progress'}")
+        if waiting:
+            time.sleep(UPGRADE_POLL_S)  # the controller moves the VMs, not this process
+    return sorted(ops)
+
+
+def _undrain(region: Region, names: list[str]) -> None:
+    """Maintenance off for the nodes `_drain` put in it."""
+    with region.sessions() as db, db.begin():
+        for node in db.scalars(select(Node).where(Node.name.in_(names))):
+            maintenance.set_maintenance(db, "rollout", node, False)
 
 
 def _wait_for_version(region: Region, hosts: list[str], version: str,

@@ -17,9 +17,27 @@ import pytest
 from sqlalchemy import select
 
 from controller import __version__
-from controller.db.models import FleetHost, Node, Operation, RolloutHost, RolloutJob
+from controller.db.models import (
+    FleetHost,
+    Image,
+    Instance,
+    Node,
+    Operation,
+    Project,
+    RolloutHost,
+    RolloutJob,
+)
 from controller.fleet import jobs
-from controller.fleet.worker import _behind, _drain_key_fifos, _inventory, _Progress, _reason
+from controller.fleet.worker import (
+    BatchFailed,
+    _behind,
+    _drain,
+    _drain_key_fifos,
+    _inventory,
+    _Progress,
+    _reason,
+    _undrain,
+)
 from controller.region import Region
 from controller.storage_settings import StorageConfigError
 from tests.e2e.region import wait_for
@@ -354,3 +372,69 @@ def test_a_rollout_names_the_configured_cluster_and_every_mon_node_to_a_ceph_mon
     assert (inv["vars"]["ceph_fsid"], inv["vars"]["ceph_mon_host"]) == (FSID, MON_HOST)
     assert inv["vars"]["ceph_mon_nodes"] == ["n1", "n3"]
     assert "ceph_bootstrap_osd_key" not in inv["vars"]  # only OSD nodes are given it
+
+
+def _node_with_a_vm(region: Region, name: str) -> str:
+    """A node row holding one VM row (as the API would have placed it); its id."""
+    with region.sessions() as db, db.begin():
+        project = db.scalars(select(Project)).first()
+        assert project is not None
+        image = Image(name=f"img-{name}", disk_format="raw", size_bytes=1, sha256="0" * 64,
+                      virtual_size_bytes=1, project_id=None)
+        node = Node(name=name, cert_serial=name, inventory={}, last_seen_at=datetime.now(UTC))
+        db.add_all([image, node])
+        db.flush()
+        db.add(Instance(name=f"vm-{name}", project_id=project.id, node_id=node.id,
+                        image_id=image.id, vcpus=1, memory_mib=64, hostname="h"))
+        return node.id
+
+
+def _end_maintenance_op(region: Region, node_id: str, error: str | None) -> bool:
+    """What the controller's evacuator does once the node is empty (or given up): False
+    while no maintenance operation is open yet."""
+    with region.sessions() as db, db.begin():
+        op = db.scalars(select(Operation).where(Operation.target_id == node_id,
+                                                Operation.kind == "node.maintenance",
+                                                Operation.state == "pending")).first()
+        if op is None:
+            return False
+        op.state, op.error = ("failed", error) if error else ("succeeded", None)
+        return True
+
+
+def test_an_upgrade_batch_waits_for_its_nodes_to_be_emptied_and_frees_them_after(
+        region: Region) -> None:
+    busy = _node_with_a_vm(region, "n1")
+    with region.sessions() as db, db.begin():
+        db.add(Node(name="n2", cert_serial="n2", inventory={}))  # no VM: left alone
+    drained: list[list[str]] = []
+    worker = threading.Thread(target=lambda: drained.append(_drain(region, ["n1", "n2"])))
+    worker.start()
+    wait_for(lambda: _end_maintenance_op(region, busy, None), 30, "maintenance asked of n1")
+    worker.join(30)
+    assert drained == [["n1"]]
+    with region.reads() as db:
+        assert {n.name: n.maintenance for n in db.scalars(select(Node))} == \
+            {"n1": True, "n2": False}
+    _undrain(region, drained[0])
+    with region.reads() as db:
+        assert not any(n.maintenance for n in db.scalars(select(Node)))
+
+
+def test_an_upgrade_batch_whose_node_cannot_be_emptied_fails_before_it_is_touched(
+        region: Region) -> None:
+    busy = _node_with_a_vm(region, "n1")
+    failed: list[str] = []
+
+    def drain() -> None:
+        try:
+            _drain(region, ["n1"])
+        except BatchFailed as e:
+            failed.append(str(e))
+
+    worker = threading.Thread(target=drain)
+    worker.start()
+    wait_for(lambda: _end_maintenance_op(region, busy, "vm-n1: it holds a GPU"), 30,
+             "maintenance asked of n1")
+    worker.join(30)
+    assert failed and "node n1 could not be emptied" in failed[0] and "GPU" in failed[0]
