@@ -70,6 +70,9 @@ class Node(Base):
     announced_state: Mapped[str | None] = mapped_column(String(8), default=None)
     # takes no new VMs; its VMs are moved away (`vauban node maintenance`)
     maintenance: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # powered off through its BMC and cut off from Ceph by a failover; takes no VMs until
+    # `vauban node recover`
+    fenced_at: Mapped[datetime | None] = mapped_column(default=None)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="node",
                                                      foreign_keys="Instance.node_id")
@@ -162,6 +165,8 @@ class Instance(Base):
     # its root disk was made (reported running or stopped once): a node taking it over
     # (moved while stopped, restarted elsewhere) defines it on that disk
     disk_made: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # restarted on another node when its node is lost (after the node is fenced)
+    ha: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     observed_state: Mapped[str | None] = mapped_column(String(16), default=None)
     observed_power_seq: Mapped[int] = mapped_column(Integer, default=0)
     observed_error: Mapped[str | None] = mapped_column(Text, default=None)
@@ -424,6 +429,45 @@ class Operation(Base):
     message: Mapped[str | None] = mapped_column(Text, default=None)  # how it stands, in words
     requested_by: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class NodeBmc(Base):
+    """How the controller reaches a node's baseboard management controller, to power it
+    off before its VMs are restarted elsewhere. The password is sealed with the region
+    key for this node alone (controller.secretbox)."""
+
+    __tablename__ = "node_bmcs"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # ipmi
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    username: Mapped[str] = mapped_column(String(64))
+    password_sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Failover(Base):
+    """The HA VMs of a lost node restarted elsewhere, after the node is fenced.
+
+    States, each committed before the next step starts: detected (fence it: power off
+    through its BMC), powered-off (cut it off from Ceph), fenced (restart its HA VMs
+    elsewhere), done; or cancelled (the node came back before it was fenced). `reason`
+    says what it waits on, in words."""
+
+    __tablename__ = "failovers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="detected", index=True)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # a controller process works on it until then (a step may take a BMC's timeout)
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
