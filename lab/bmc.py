@@ -39,7 +39,7 @@ mc_enable 0x20
 
 
 def new_password() -> str:
-    return secrets.token_hex(12)
+    return secrets.token_hex(8)  # 16 characters: the most an IPMI 1.5 password holds
 
 
 def folder(node: LabNode) -> Path:

@@ -92,15 +92,26 @@ class Lab:
         return cls(state=state, nodes=nodes, **data)
 
     def reload_power(self) -> None:
-        """Take each node's processes (nspawn, BMC) as lab.json records them now: a
-        node switched on by its BMC runs under a PID that another process recorded."""
+        """Take each node's nspawn PID as lab.json records it now: a node switched on
+        by its BMC runs under a PID that the BMC's process recorded there."""
         saved = Lab.load(self.state)
         for node in self.nodes:
             fresh = next((n for n in saved.nodes if n.name == node.name), None) \
                 if saved else None
             if fresh is not None:
                 node.pid, node.pid_start = fresh.pid, fresh.pid_start
-                node.bmc_pid, node.bmc_pid_start = fresh.bmc_pid, fresh.bmc_pid_start
+
+    def stop_bmc(self, node: LabNode) -> None:
+        """Stop the node's BMC (it then answers nothing; the node runs on)."""
+        self.reload_power()
+        bmc.stop(node)
+        self.save()
+
+    def start_bmc(self, node: LabNode) -> None:
+        """Start the node's BMC again; its new PID is recorded for `down`."""
+        self.reload_power()
+        bmc.start(node)
+        self.save()
 
     def node(self, name: str) -> LabNode:
         found = next((n for n in self.nodes if n.name == name), None)

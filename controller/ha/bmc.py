@@ -103,6 +103,10 @@ class Bmc:
                     f"({text})")
         if "privilege" in text.lower() or "user" in text.lower():
             return f"{self.where} refused user {self.username!r}: {text}"
-        if text in ("", "None") or "timeout" in text.lower() or "timed out" in text.lower():
-            return f"{self.where} did not answer (waited {waited:.1f} s)"
+        # a new session's login gets no answer ("None"); a cached session that loses
+        # its BMC says "Session no longer connected"
+        silent = ("timeout", "timed out", "no longer connected")
+        if text in ("", "None") or any(word in text.lower() for word in silent):
+            said = "" if text in ("", "None") else f": {text}"
+            return f"{self.where} did not answer (waited {waited:.1f} s{said})"
         return f"{self.where} failed: {text}"

@@ -51,7 +51,7 @@ def spare(lab3: Lab) -> Iterator[LabNode]:
     finally:
         bmc.clear_fault(node)
         if not bmc.is_running(node):
-            bmc.start(node)
+            lab3.start_bmc(node)
         if frozen(node):
             thaw(node)
         if not powered(node):
@@ -106,11 +106,11 @@ def test_a_bmc_that_ignores_power_off_reports_off_while_the_node_runs(
 
 def test_a_stopped_bmc_does_not_answer_and_answers_once_started(
         lab3: Lab, spare: LabNode) -> None:
-    bmc.stop(spare)
+    lab3.stop_bmc(spare)
     with pytest.raises(BmcError, match=f"BMC of node {spare.name} at .* did not answer"):
         _client(spare).power_state()
     assert powered(spare)  # the BMC is gone, not the node
-    bmc.start(spare)
+    lab3.start_bmc(spare)
     status = subprocess.run(
         [sys.executable, "-m", "lab", "power", spare.name, "status",
          "--state", str(lab3.state)], capture_output=True, text=True, timeout=120)
