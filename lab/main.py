@@ -32,6 +32,7 @@ from lab.node import (
     is_running,
     mount_overlay,
     power_cut,
+    reap,
     remove_group,
     start,
     stop,
@@ -99,6 +100,8 @@ class Lab:
             fresh = next((n for n in saved.nodes if n.name == node.name), None) \
                 if saved else None
             if fresh is not None:
+                if node.pid is not None and node.pid != fresh.pid:
+                    reap(node.pid)  # the node's earlier nspawn, if this process started it
                 node.pid, node.pid_start = fresh.pid, fresh.pid_start
 
     def stop_bmc(self, node: LabNode) -> None:

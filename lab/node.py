@@ -291,7 +291,7 @@ def stop(node: LabNode, timeout: float = STOP_TIMEOUT_S, asked: bool = False) ->
     shut down in order (or was not running), False when it had to be killed."""
     if not is_running(node):
         if node.pid is not None:
-            _reap(node.pid)  # it may have ended already, signalled by the lab's down
+            reap(node.pid)  # it may have ended already, signalled by the lab's down
         node.pid = node.pid_start = None
         return True
     assert node.pid is not None
@@ -299,20 +299,20 @@ def stop(node: LabNode, timeout: float = STOP_TIMEOUT_S, asked: bool = False) ->
     if not asked:
         ask_to_halt(node, timeout)
     while is_running(node) and time.monotonic() < deadline:
-        _reap(node.pid)
+        reap(node.pid)
         time.sleep(0.2)  # the node's systemd stops its units
     orderly = not is_running(node)
     if not orderly:
         os.kill(node.pid, signal.SIGKILL)
         while is_running(node):
-            _reap(node.pid)
+            reap(node.pid)
             time.sleep(0.1)
-    _reap(node.pid)
+    reap(node.pid)
     node.pid = node.pid_start = None
     return orderly
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     """Collect the exit of a node this process started (a zombie keeps its PID)."""
     proc = _STARTED.get(pid)
     if proc is not None and proc.poll() is not None:
@@ -398,7 +398,7 @@ def power_cut(node: LabNode) -> None:
         if _group(node).is_dir():
             thaw(node)
         if node.pid is not None:
-            _reap(node.pid)  # this process may be nspawn's parent
+            reap(node.pid)  # this process may be nspawn's parent
         if time.monotonic() > deadline:
             raise RuntimeError(f"node {node.name}: processes {live} still in "
                                f"{node.cgroup} after {SETTLE_TIMEOUT_S:.0f} s of SIGKILL")

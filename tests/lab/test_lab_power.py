@@ -24,6 +24,7 @@ from lab.node import (
     thaw,
     wait_ready,
 )
+from tests.e2e.region import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,12 +34,16 @@ def _client(node: LabNode) -> Bmc:
     return Bmc(node.name, host, port, user, password)
 
 
-def _alive(pid: int) -> bool:
+def _state(pid: int) -> str | None:
+    """The process's state letter (R, S, D, Z, ...), or None once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
-        return False
-    return fields[0] != "Z"
+        return None
+
+
+def _alive(pid: int) -> bool:
+    return _state(pid) not in (None, "Z")
 
 
 @pytest.fixture
@@ -68,6 +73,9 @@ def test_a_frozen_node_answers_nothing_until_thawed(spare: LabNode) -> None:
         assert frozen(spare)
         assert not ssh_answers(spare)
         assert powered(spare)  # hung, not dead
+        # the v1 freezer parks each task uninterruptibly: /proc shows D for every one
+        assert {pid: _state(pid) for pid in pids(spare)} == \
+            dict.fromkeys(pids(spare), "D")
         assert all(_alive(pid) for pid in inside)
     finally:
         thaw(spare)
@@ -116,3 +124,15 @@ def test_a_stopped_bmc_does_not_answer_and_answers_once_started(
          "--state", str(lab3.state)], capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
     assert "Chassis Power is on" in status.stdout
+
+
+def test_a_held_power_off_waits_until_the_switch_is_cleared(spare: LabNode) -> None:
+    bmc.set_fault(spare, hold=True)
+    client = _client(spare)
+    with pytest.raises(BmcError, match=f"BMC of node {spare.name} at .* did not answer"):
+        client.power_off()  # ipmi_sim waits on its chassis control: it answers nothing
+    assert powered(spare)
+    assert ssh_answers(spare)
+    bmc.clear_fault(spare)
+    wait_for(lambda: not powered(spare), 60, f"the held power off of {spare.name} to run")
+    assert client.power_state() == "off"
