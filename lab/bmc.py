@@ -176,6 +176,7 @@ def faults(node: LabNode) -> dict[str, bool]:
 def ipmitool(node: LabNode, *command: str) -> subprocess.CompletedProcess[str]:
     """ipmitool over the LAN (RMCP+) against the node's BMC, password read from its file."""
     host, port, user, _ = credentials(node)
-    return subprocess.run(["ipmitool", "-I", "lanplus", "-H", host, "-p", str(port),
+    # cipher suite 3 (HMAC-SHA1, AES-128), named: ipmi_sim cannot list its suites
+    return subprocess.run(["ipmitool", "-I", "lanplus", "-C", "3", "-H", host, "-p", str(port),
                            "-U", user, "-f", str(folder(node) / "password"), *command],
                           capture_output=True, text=True, timeout=60)

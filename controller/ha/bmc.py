@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pyghmi import exceptions as pyghmi_exceptions
@@ -43,7 +43,7 @@ class Bmc:
     address: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)  # never in a log or a test report
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     @property
