@@ -148,7 +148,8 @@ def up(state: Path, nodes: int, name: str = "lab", subnet: str = DEFAULT_SUBNET,
     if user is not None:  # two bridges on one subnet: the host's routes reach only one
         raise FileExistsError(f"subnet {net} is in use on interface {user}: another lab is "
                               "up (take it down, or choose another subnet)")
-    why = freezer_unavailable()
+    why = freezer_unavailable() or (None if shutil.which("ipmi_sim") else
+                                    "ipmi_sim is missing: the nodes' BMCs need openipmi")
     if why:
         raise RuntimeError(why)
     root = rootfs.ensure_root(cache, state / "rootfs-build.log")
