@@ -322,11 +322,14 @@ def reap(pid: int) -> None:
 # Power, through the node's freezer cgroup
 
 
-def freezer_unavailable() -> str | None:
+def freezer_unavailable(mounts: Path = Path("/proc/mounts")) -> str | None:
     """Why the lab cannot control its nodes' power here, or None."""
-    if not (FREEZER / "freezer.state").exists() and not (FREEZER / "cgroup.procs").exists():
-        return f"no cgroup v1 freezer is mounted at {FREEZER} (lab power control needs it)"
-    return None
+    for line in mounts.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == str(FREEZER) and fields[2] == "cgroup" \
+                and "freezer" in fields[3].split(","):
+            return None
+    return f"no cgroup v1 freezer is mounted at {FREEZER} (lab power control needs it)"
 
 
 def group_for(lab_name: str, node_name: str) -> str:
@@ -341,7 +344,8 @@ def _groups(top: Path) -> Iterator[Path]:
 
 
 def pids(node: LabNode) -> list[int]:
-    """Every process in the node's group (and groups below it), zombies included."""
+    """Every process in the node's group (and groups below it). A process that has
+    exited leaves the group at once, before its parent reaps it."""
     found: list[int] = []
     top = _group(node)
     if not top.is_dir():
