@@ -12,7 +12,12 @@ cooperative: while a BMC is slow or gone, the event loop keeps serving (measured
 dead BMC's 5 s of retries, the loop ticking throughout). Concurrent calls into pyghmi,
 from greenlets or from the offload pool's threads, were seen to hang the process
 (pyghmi 1.6.19 under gevent), so every call here holds one process-wide lock: BMC
-calls run one at a time, each bounded by `timeout_s`.
+calls run one at a time.
+
+How long a call may take: each IPMI exchange gives up after pyghmi's own retries, which
+it does not let callers shorten (measured against ipmi_sim: about 5 s for a BMC that
+does not answer a login, about 27 s for one that stops answering in the middle of a
+command). `power_off` then reads the state back for at most `timeout_s` more.
 """
 
 from __future__ import annotations
