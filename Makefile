@@ -12,6 +12,7 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils \
 	debootstrap systemd-container openssh-client chromium fonts-dejavu-core \
 	fdisk squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common ovmf socat \
+	openipmi ipmitool \
 	prometheus
 # with their recommends: the always-on mgr modules import some of them
 CEPH_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd

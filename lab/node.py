@@ -6,6 +6,13 @@ again keeps what its rollout installed. Its identity is written before its first
 hostname, machine id, libvirt host UUID (libvirt refuses to migrate between two hosts
 that share one), an ed25519 SSH host key made here (its fingerprint is what the lab
 hands out to pin), and the lab's SSH key for root.
+
+Power (what a BMC switches): every process of a node is in the node's own freezer cgroup
+(cgroup v1, `FREEZER/vauban-lab/<lab>-<node>`), which `start` puts nspawn in before its
+first instruction. Through it the lab freezes a node (a hung server: it neither answers
+nor dies), thaws it, or cuts its power (every process killed at once, by PID, as a power
+cut would: no chance to shut down or write anything more). Processes are only ever found
+through the group, never by name.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +40,9 @@ _STARTED: dict[int, subprocess.Popen[bytes]] = {}  # nodes this process booted, 
 BOOT_TIMEOUT_S = 300.0  # a node boots in seconds; a loaded 2-core machine takes longer
 STOP_TIMEOUT_S = 90.0
 HALT_SIGNAL = signal.SIGRTMIN + 3  # what nspawn --boot passes on as SIGTERM
+FREEZER = Path("/sys/fs/cgroup/freezer")
+LAB_GROUPS = FREEZER / "vauban-lab"
+SETTLE_TIMEOUT_S = 60.0  # freezing, thawing or emptying a group takes milliseconds
 
 
 @dataclass
@@ -46,6 +57,10 @@ class LabNode:
     pid: int | None = None  # systemd-nspawn's PID while the node runs
     pid_start: int | None = None  # its start time in clock ticks: a reused PID is not ours
     host_key_sha256: str | None = None  # "SHA256:..." as OpenSSH prints it
+    cgroup: str | None = None  # its freezer cgroup: every process of the node, and only those
+    bmc_address: str | None = None  # its BMC's "host:port" (UDP), see lab/bmc.py
+    bmc_pid: int | None = None  # the BMC's ipmi_sim while it runs
+    bmc_pid_start: int | None = None
 
     @property
     def ip(self) -> str:
@@ -156,11 +171,22 @@ def nspawn_command(node: LabNode) -> list[str]:
 
 def start(node: LabNode) -> None:
     """Boot the node; its console goes to console.log in its folder. Returns once the
-    nspawn process runs (see wait_ready for the node being up)."""
+    nspawn process runs (see wait_ready for the node being up). With a cgroup recorded,
+    nspawn is in it from its first instruction, so everything the node runs is too."""
+    join = None
+    if node.cgroup is not None:
+        Path(node.cgroup).mkdir(parents=True, exist_ok=True)
+        procs = str(Path(node.cgroup) / "cgroup.procs")
+
+        def join() -> None:  # in the child, before exec: no fork of it escapes the group
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
     log = open(Path(node.folder) / "console.log", "ab")
     with log:
         proc = subprocess.Popen(nspawn_command(node), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=join)
     _STARTED[proc.pid] = proc  # kept, to be waited for when the node stops
     node.pid = proc.pid
     node.pid_start = process_start_ticks(proc.pid)
@@ -265,7 +291,7 @@ def stop(node: LabNode, timeout: float = STOP_TIMEOUT_S, asked: bool = False) ->
     shut down in order (or was not running), False when it had to be killed."""
     if not is_running(node):
         if node.pid is not None:
-            _reap(node.pid)  # it may have ended already, signalled by the lab's down
+            reap(node.pid)  # it may have ended already, signalled by the lab's down
         node.pid = node.pid_start = None
         return True
     assert node.pid is not None
@@ -273,21 +299,145 @@ def stop(node: LabNode, timeout: float = STOP_TIMEOUT_S, asked: bool = False) ->
     if not asked:
         ask_to_halt(node, timeout)
     while is_running(node) and time.monotonic() < deadline:
-        _reap(node.pid)
+        reap(node.pid)
         time.sleep(0.2)  # the node's systemd stops its units
     orderly = not is_running(node)
     if not orderly:
         os.kill(node.pid, signal.SIGKILL)
         while is_running(node):
-            _reap(node.pid)
+            reap(node.pid)
             time.sleep(0.1)
-    _reap(node.pid)
+    reap(node.pid)
     node.pid = node.pid_start = None
     return orderly
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     """Collect the exit of a node this process started (a zombie keeps its PID)."""
     proc = _STARTED.get(pid)
     if proc is not None and proc.poll() is not None:
         del _STARTED[pid]
+
+
+# Power, through the node's freezer cgroup
+
+
+def freezer_unavailable(mounts: Path = Path("/proc/mounts")) -> str | None:
+    """Why the lab cannot control its nodes' power here, or None."""
+    for line in mounts.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == str(FREEZER) and fields[2] == "cgroup" \
+                and "freezer" in fields[3].split(","):
+            return None
+    return f"no cgroup v1 freezer is mounted at {FREEZER} (lab power control needs it)"
+
+
+def group_for(lab_name: str, node_name: str) -> str:
+    return str(LAB_GROUPS / f"{lab_name}-{node_name}")
+
+
+def _groups(top: Path) -> Iterator[Path]:
+    """`top` and every group below it, deepest first (the order they can be removed)."""
+    for sub in sorted((p for p in top.iterdir() if p.is_dir()), key=str):
+        yield from _groups(sub)
+    yield top
+
+
+def pids(node: LabNode) -> list[int]:
+    """Every process in the node's group (and groups below it). A process that has
+    exited leaves the group at once, before its parent reaps it."""
+    found: list[int] = []
+    top = _group(node)
+    if not top.is_dir():
+        return found
+    for group in _groups(top):
+        try:
+            found += [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            continue  # a group below went away meanwhile
+    return found
+
+
+def powered(node: LabNode) -> bool:
+    """The node's group holds a live process (not one waiting to be reaped)."""
+    for pid in pids(node):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z":
+            return True
+    return False
+
+
+def freeze(node: LabNode) -> None:
+    """Stop every process of the node where it is; returns once the kernel reports the
+    group FROZEN."""
+    _set_state(node, "FROZEN")
+
+
+def thaw(node: LabNode) -> None:
+    """Let the node run on; returns once the kernel reports the group THAWED."""
+    _set_state(node, "THAWED")
+
+
+def frozen(node: LabNode) -> bool:
+    return _group(node).is_dir() and _state(node) != "THAWED"
+
+
+def power_cut(node: LabNode) -> None:
+    """Kill every process of the node at once (SIGKILL by PID, from the group), thaw
+    the group (frozen tasks die only once thawed), and return once it is empty. The
+    node's nspawn PID stays recorded; `is_running` says it is gone."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        live = pids(node)
+        if not live:
+            break
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # already gone
+        if _group(node).is_dir():
+            thaw(node)
+        if node.pid is not None:
+            reap(node.pid)  # this process may be nspawn's parent
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"node {node.name}: processes {live} still in "
+                               f"{node.cgroup} after {SETTLE_TIMEOUT_S:.0f} s of SIGKILL")
+        time.sleep(0.05)  # the kernel tears the processes down
+
+
+def remove_group(node: LabNode) -> None:
+    """Remove the node's (empty) group and the groups below it; the shared parent too
+    once no lab uses it. Nothing if there is none."""
+    top = _group(node)
+    if not top.is_dir():
+        return
+    for group in _groups(top):
+        group.rmdir()
+    try:
+        LAB_GROUPS.rmdir()
+    except OSError:
+        pass  # another lab's groups are in it
+
+
+def _group(node: LabNode) -> Path:
+    if node.cgroup is None:
+        raise RuntimeError(f"node {node.name} has no cgroup: its lab predates power control")
+    return Path(node.cgroup)
+
+
+def _state(node: LabNode) -> str:
+    return (_group(node) / "freezer.state").read_text().strip()
+
+
+def _set_state(node: LabNode, state: str) -> None:
+    (_group(node) / "freezer.state").write_text(state)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while _state(node) != state:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"node {node.name}: freezer.state is {_state(node)}, not "
+                               f"{state}, after {SETTLE_TIMEOUT_S:.0f} s")
+        time.sleep(0.01)  # FREEZING: the kernel is still stopping tasks

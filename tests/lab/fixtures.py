@@ -13,6 +13,7 @@ import pytest
 from lab import main as lab_main
 from lab import network
 from lab.main import Lab
+from lab.node import freezer_unavailable
 
 # not make lab's (10.241), so a lab left up by hand does not collide
 TEST_SUBNETS = ipaddress.IPv4Network("10.242.0.0/16")
@@ -37,7 +38,9 @@ def lab_unavailable() -> str | None:
     for tool in ("/usr/bin/systemd-nspawn", "/usr/sbin/debootstrap"):
         if not Path(tool).exists():
             return f"{tool} is missing (make test installs it)"
-    return None
+    if not Path("/usr/bin/ipmi_sim").exists():
+        return "/usr/bin/ipmi_sim is missing (make test installs openipmi)"
+    return freezer_unavailable()
 
 
 REGION_NODES = 3  # the lab's first three nodes join the region; then two spare servers
