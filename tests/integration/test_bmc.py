@@ -113,11 +113,9 @@ def test_a_wrong_password_is_named(sim: Sim) -> None:
     assert sim.power_file.read_text().strip() == "1"
 
 
-def test_a_bmc_that_does_not_answer_is_named_within_the_timeout(sim: Sim) -> None:
+def test_a_bmc_that_does_not_answer_is_named(sim: Sim) -> None:
     os.kill(sim.process.pid, signal.SIGTERM)
     sim.process.wait(timeout=30)
-    started = time.monotonic()
     with pytest.raises(BmcError, match=r"BMC of node test1 at 127\.0\.0\.1:\d+ did not "
                                        "answer"):
         sim.bmc.power_off()
-    assert time.monotonic() - started < sim.bmc.timeout_s
