@@ -104,6 +104,17 @@ def flatten_instance(ref: str) -> Any:
     return operation_view(op), 202
 
 
+@api.route("PUT", "/<ref>/ha", access=InProject(Level.WRITE),
+           summary="Restart the VM elsewhere when its node is lost (HA), or not",
+           body=schemas.InstanceHa, responses={200: schemas.Instance})
+def set_instance_ha(ref: str, body: schemas.InstanceHa) -> Any:
+    session = db()
+    inst = service.set_ha(session, actor(), service.find(session, ref), body.enabled,
+                          region().config)
+    session.commit()
+    return instance_view(session, inst, _down_after())
+
+
 @api.route("POST", "/<ref>/migrate", access=Region(Perm.NODES_WRITE),
            summary="Move a running VM to another node live (shared storage)",
            body=schemas.InstanceMigrate, body_optional=True,

@@ -149,6 +149,8 @@ class InstanceCreate(Input):
         default="virtio-blk", description="Bus of the root disk (volumes are virtio-blk)")
     node: str | None = Field(default=None, description="Pin to this node (name or id)")
     start: bool = Field(default=True, description="Start the VM once it is created")
+    ha: bool = Field(default=False, description="Restart it on another node when its node "
+                     "is lost, once that node is fenced (shared storage only)")
     networks: list[str] = Field(
         default_factory=list, max_length=16, examples=[["lan", "dmz:192.0.2.10"]],
         description="One NIC per entry, in guest order: NETWORK (name or id) for the lowest "
@@ -196,6 +198,12 @@ class InstanceReboot(Input):
                         "of an ACPI shutdown (forced after a grace period) and a start")
 
 
+class InstanceHa(Input):
+    """Whether the VM is restarted on another node when its node is lost."""
+
+    enabled: bool
+
+
 class NodeMaintenance(Input):
     """Maintenance on (the node takes no new VMs and its VMs are moved away) or off."""
 
@@ -240,6 +248,7 @@ class Instance(Output):
     node_name: str
     migrating_to: str | None = Field(default=None, description="Name of the node it is "
                                      "moving to, while a live migration is in flight")
+    ha: bool = Field(default=False, description="Restarted elsewhere when its node is lost")
     image_id: str
     image_name: str
     vcpus: int

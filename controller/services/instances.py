@@ -64,6 +64,8 @@ def create(db: Session, actor: str, body: InstanceCreate,
     image = tenancy.find_input(db, Image, body.image, "image", project.id, shared=True,
                                hint=" (see 'vauban image list')")
     _check_disk(body.root_disk_gib, image)
+    if body.ha:
+        _check_ha(config, bool(body.gpus or body.vgpu))
     _check_firmware(body, image)
     attachments = networks.resolve_attachments(db, body.networks, project.id)
     if body.security_groups is not None and not body.networks:
@@ -103,6 +105,7 @@ def create(db: Session, actor: str, body: InstanceCreate,
         machine=body.machine,
         disk_bus=body.disk_bus,
         desired_power="running" if body.start else "stopped",
+        ha=body.ha,
         power_seq=1,
     )
     db.add(inst)
@@ -117,6 +120,29 @@ def create(db: Session, actor: str, body: InstanceCreate,
                  memory_mib=inst.memory_mib, disk_gib=placement.disk.gib,
                  disk_pool=placement.disk.pool, ports=[p.id for p in ports], gpus=held)
     return inst, op
+
+
+def _check_ha(config: ControllerConfig, gpu: bool) -> None:
+    """Conflict naming why a VM cannot be restarted elsewhere when its node is lost."""
+    if config.storage != "rbd":
+        raise Conflict(f"HA needs shared storage: this region keeps VM disks on each node's "
+                       f"local storage ({config.storage}), lost with the node")
+    if gpu:
+        raise Conflict("HA is not available for a VM holding a GPU: another node's GPU "
+                       "is not the same device")
+
+
+def set_ha(db: Session, actor: str, inst: Instance, enabled: bool,
+           config: ControllerConfig) -> Instance:
+    """Mark the VM (or not) for restart elsewhere when its node is lost; audited."""
+    if enabled:
+        _check_ha(config, bool(inst.gpus or inst.vgpus))
+    if inst.deleting:
+        raise Conflict(f"instance '{inst.name}' is being deleted")
+    inst.ha = enabled
+    audit.record(db, actor, "instance.ha", f"instance/{inst.id}", name=inst.name,
+                 enabled=enabled)
+    return inst
 
 
 def _pinned_node(db: Session, ref: str | None) -> str | None:

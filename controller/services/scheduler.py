@@ -252,6 +252,8 @@ def refusal(node: Node, snap: Snapshot, req: PlacementRequest, policy: Policy,
         return "has never reported" if state == "new" else "is down (no recent heartbeat)"
     if node.maintenance:
         return "is in maintenance"
+    if node.fenced_at is not None:
+        return "was fenced after it was lost (vauban node recover, once it is repaired)"
     free_vcpus, free_mib = free_capacity(node, snap.usage.get(node.id, Usage()), policy)
     if req.vcpus > free_vcpus:
         return f"has {max(free_vcpus, 0)} vCPUs free, {req.vcpus} asked"

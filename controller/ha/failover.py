@@ -1,0 +1,218 @@
+"""HA failover: a lost node is fenced, then its HA VMs are restarted on other nodes.
+
+A node is lost when its agent has been silent for the down delay *and* its storage
+heartbeat has stopped too (a node cut off from the controller but still writing to
+Ceph is alive: it keeps its VMs). Fencing comes first, always, in two steps that are
+each confirmed before the next one starts: the node is powered off through its BMC
+(the BMC must read the power back as off), then its Ceph client address is
+blocklisted (it can no longer write a block even if it still runs). Only then are
+its HA VMs given to other nodes, which define them on their existing disks.
+
+Every step is a row in `failovers` whose state is committed before the next step
+starts; a step is claimed for its longest duration, so two controller processes never
+run one at once and a controller that died mid-step has it retried once the claim
+lapses (powering off an off node and blocklisting a blocklisted address change
+nothing; the restart is one transaction). A failover therefore completes once. A
+step that fails waits, with its reason in words for the operator, and is retried; no
+VM is restarted meanwhile. Every step, failed or not, is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.config import ControllerConfig
+from controller.db.models import Failover, Instance, Node, NodeBmc, Volume, as_utc
+from controller.errors import NoValidHost
+from controller.services import audit, desired, instances, networks, scheduler
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("detected", "powered-off", "fenced")
+CLAIM = timedelta(seconds=120)  # longer than a step can take (a BMC's retries, its timeout)
+RETRY = timedelta(seconds=10)  # a failed step is tried again after this
+
+
+class FenceError(Exception):
+    """A fencing step could not be confirmed; the message says why, for the operator."""
+
+
+@dataclass(frozen=True)
+class LostNode:
+    """What a fencing step needs to know of the node (read in the step's transaction)."""
+
+    id: str
+    name: str
+    address: str | None  # its Ceph client (and underlay) address
+    bmc: NodeBmc | None
+
+
+class Fencer(Protocol):
+    """The region's means of fencing (controller.ha.fencer.RegionFencer; fakes in tests)."""
+
+    def storage_alive(self, node: LostNode) -> bool:
+        """Whether the node still renews its storage heartbeat (judged by our clock)."""
+
+    def power_off(self, node: LostNode) -> None:
+        """Return once the node's power is confirmed off; FenceError otherwise."""
+
+    def cut_storage(self, node: LostNode) -> None:
+        """Return once the node can no longer write to Ceph; FenceError otherwise."""
+
+
+def lost_node(db: Session, node: Node) -> LostNode:
+    address = (node.inventory or {}).get("underlay_ip")
+    bmc = db.get(NodeBmc, node.id)
+    if bmc is not None:
+        db.expunge(bmc)  # used after this transaction, read-only
+    return LostNode(node.id, node.name, str(address) if address else None, bmc)
+
+
+def active_failover(db: Session, node_id: str) -> Failover | None:
+    return db.scalars(select(Failover).where(Failover.node_id == node_id,
+                                             Failover.state.in_(ACTIVE))).first()
+
+
+def tick(sessions: sessionmaker[Session], config: ControllerConfig, fencer: Fencer,
+         now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    """Open a failover for each newly lost node with HA VMs, then move every open one
+    on by one step (those whose step is claimed or waits for its retry excepted)."""
+    detect(sessions, config, fencer, now())
+    with sessions() as db:
+        due = list(db.scalars(select(Failover.id).where(Failover.state.in_(ACTIVE))
+                              .order_by(Failover.created_at)))
+    for failover_id in due:
+        advance(sessions, config, fencer, failover_id, now)
+
+
+def detect(sessions: sessionmaker[Session], config: ControllerConfig, fencer: Fencer,
+           now: datetime) -> None:
+    silent_since = now - timedelta(seconds=config.node_down_after_s)
+    with sessions() as db:
+        has_ha = exists().where(Instance.node_id == Node.id, Instance.ha.is_(True),
+                                Instance.deleting.is_(False))
+        open_one = exists().where(Failover.node_id == Node.id, Failover.state.in_(ACTIVE))
+        silent = [lost_node(db, n) for n in db.scalars(select(Node).where(
+            Node.last_seen_at < silent_since, Node.fenced_at.is_(None), has_ha, ~open_one))]
+    for node in silent:
+        if fencer.storage_alive(node):
+            continue  # cut off from us, not from its disks: alive, it keeps its VMs
+        with sessions() as db, db.begin():
+            if active_failover(db, node.id) is not None:
+                continue  # opened by another controller process meanwhile
+            db.add(Failover(node_id=node.id, state="detected",
+                            reason="fencing it: powering it off through its BMC"))
+            audit.record(db, "controller", "node.lost", f"node/{node.id}", "observed",
+                         name=node.name, silent_since=silent_since.isoformat())
+        log.warning("node %s is lost (no agent and no storage heartbeat): fencing it",
+                    node.name)
+
+
+def advance(sessions: sessionmaker[Session], config: ControllerConfig, fencer: Fencer,
+            failover_id: str, now: Callable[[], datetime]) -> None:
+    """One step of one failover (see the module's docstring)."""
+    with sessions() as db, db.begin():
+        fo = db.get(Failover, failover_id, with_for_update=True)
+        if fo is None or fo.state not in ACTIVE or \
+                (fo.claimed_until is not None and as_utc(fo.claimed_until) > now()):
+            return
+        node = db.get_one(Node, fo.node_id)
+        if fo.state == "fenced":
+            _restart(db, config, fo, node, now())
+            return
+        if fo.state == "detected" and node.last_seen_at is not None and \
+                now() - as_utc(node.last_seen_at) < timedelta(seconds=config.node_down_after_s):
+            _end(fo, "cancelled", "its agent reported again before it was fenced", now())
+            audit.record(db, "controller", "node.fence", f"node/{node.id}", "cancelled",
+                         name=node.name, reason=fo.reason)
+            return
+        state, target = fo.state, lost_node(db, node)
+        fo.claimed_until = now() + CLAIM
+    step = "power-off" if state == "detected" else "storage"
+    try:
+        if state == "detected":
+            fencer.power_off(target)
+        else:
+            fencer.cut_storage(target)
+    except FenceError as e:
+        _step_failed(sessions, failover_id, state, step, target, str(e), now())
+        return
+    with sessions() as db, db.begin():
+        fo = db.get(Failover, failover_id, with_for_update=True)
+        if fo is None or fo.state != state:
+            return  # an operator moved it on meanwhile (e.g. vouched the power is off)
+        fo.state = "powered-off" if state == "detected" else "fenced"
+        fo.claimed_until, fo.attempts = None, 0
+        fo.reason = ("cutting it off from Ceph (blocklist)" if fo.state == "powered-off"
+                     else "restarting its HA VMs on other nodes")
+        audit.record(db, "controller", "node.fence", f"node/{target.id}", "succeeded",
+                     name=target.name, step=step)
+    log.warning("node %s: fencing step %s confirmed", target.name, step)
+
+
+def _step_failed(sessions: sessionmaker[Session], failover_id: str, state: str, step: str,
+                 node: LostNode, why: str, now: datetime) -> None:
+    reason = f"{why}; nothing restarted until node {node.name} is fenced"
+    with sessions() as db, db.begin():
+        fo = db.get(Failover, failover_id, with_for_update=True)
+        if fo is None or fo.state != state:
+            return
+        first = fo.reason != reason
+        fo.reason, fo.attempts = reason, fo.attempts + 1
+        fo.claimed_until = now + RETRY
+        if first:  # audited once per distinct reason, not at every retry
+            audit.record(db, "controller", "node.fence", f"node/{node.id}", "failed",
+                         name=node.name, step=step, reason=why)
+    log.warning("node %s: fencing step %s failed: %s", node.name, step, why)
+
+
+def _restart(db: Session, config: ControllerConfig, fo: Failover, node: Node,
+             now: datetime) -> None:
+    """Give the fenced node's HA VMs to other nodes, in this one transaction."""
+    node.fenced_at = node.fenced_at or now
+    waiting: list[str] = []
+    moved = 0
+    pol = instances.policy(config)
+    candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
+    for inst in db.scalars(select(Instance).where(
+            Instance.node_id == node.id, Instance.ha.is_(True),
+            Instance.deleting.is_(False)).order_by(Instance.name)):
+        try:
+            placement = scheduler.place(
+                scheduler.snapshot(db, candidates, pol),
+                scheduler.PlacementRequest(inst.vcpus, inst.memory_mib,
+                                           excluded_node_ids=frozenset({node.id})),
+                pol, now)
+        except NoValidHost as e:
+            waiting.append(f"{inst.name}: {e.detail}")
+            continue
+        target = db.get_one(Node, placement.node_id)
+        inst.migration_target_node_id, inst.migration_phase = None, None
+        inst.node_id, inst.node = target.id, target
+        for vol in db.scalars(select(Volume).where(Volume.instance_id == inst.id)):
+            vol.steward_node_id = target.id
+        desired.bump(target)
+        db.flush()
+        networks.bump_carriers(db, networks.instance_network_ids(db, inst),
+                               exclude_node_id=None)
+        audit.record(db, "controller", "vm.ha_restart", f"instance/{inst.id}", "succeeded",
+                     name=inst.name, source=node.name, to=target.name, failover=fo.id)
+        moved += 1
+    desired.bump(node)
+    if waiting:
+        fo.reason = f"restarted {moved} VM(s); waiting for room for: " + "; ".join(waiting)
+        fo.claimed_until = now + RETRY
+        return
+    _end(fo, "done", f"node {node.name} fenced; its HA VMs run on other nodes", now)
+    log.warning("node %s fenced: %d HA VM(s) restarted elsewhere", node.name, moved)
+
+
+def _end(fo: Failover, state: str, reason: str, now: datetime) -> None:
+    fo.state, fo.reason, fo.finished_at, fo.claimed_until = state, reason, now, None
