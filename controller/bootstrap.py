@@ -37,7 +37,8 @@ def open_region(config: ControllerConfig) -> Region:
     def storage(region_tag: str) -> StorageSettings:
         return storage_settings.build(
             config.storage, config.ceph_conf, config.ceph_keyring, config.ceph_client,
-            config.ceph_pool, config.ceph_volume_pools, region_tag)
+            config.ceph_pool, config.ceph_volume_pools, region_tag,
+            config.storage_heartbeat_interval_s, config.fence_after_s)
 
     storage("check")  # refuse wrong settings before anything is made
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
