@@ -543,6 +543,16 @@ class RbdSettings(Wire):
         "heard neither the controller nor its storage this long (see docs/design/ha-plan.md)")
 
 
+# Each node on shared storage writes a heartbeat object (JSON {"seq", "sent_at"}) in the
+# root-disk pool, in this namespace, named by storage_heartbeat_object (agent.storage_heartbeat)
+STORAGE_HEARTBEAT_NAMESPACE = "vauban-ha"
+
+
+def storage_heartbeat_object(node_id: str) -> str:
+    """The name of a node's storage heartbeat object."""
+    return f"vauban.hb.{node_id}"
+
+
 class StorageSettings(Wire):
     """The storage backend every node of the region uses."""
 

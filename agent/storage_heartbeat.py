@@ -23,16 +23,11 @@ from typing import Any
 from agent.drivers.storage.base import StorageError
 from agent.drivers.storage.rbd.conn import CephConnection, error_errno
 from agent.fencing import Watchdog
+from agent.protocol import STORAGE_HEARTBEAT_NAMESPACE, storage_heartbeat_object
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "vauban-ha"
 EBLOCKLISTED = errno.ESHUTDOWN  # librados answers a blocklisted client's I/O with -108
-
-
-def object_name(node_id: str) -> str:
-    """The name of a node's heartbeat object (in namespace NAMESPACE of the root-disk pool)."""
-    return f"vauban.hb.{node_id}"
 
 
 def blocklisted(e: BaseException) -> bool:
@@ -89,8 +84,8 @@ class StorageHeartbeat:
         try:
             with self.conn.cluster(f"storage heartbeat to pool {self.pool}") as cluster:
                 with cluster.open_ioctx(self.pool) as ioctx:
-                    ioctx.set_namespace(NAMESPACE)
-                    ioctx.write_full(object_name(self.node_id), body.encode())
+                    ioctx.set_namespace(STORAGE_HEARTBEAT_NAMESPACE)
+                    ioctx.write_full(storage_heartbeat_object(self.node_id), body.encode())
                 addrs = client_addrs(cluster)
         except StorageError as e:
             if blocklisted(e):

@@ -1,0 +1,1 @@
+"""High availability: node loss detection, fencing and restarts (docs/design/ha-plan.md)."""
