@@ -68,6 +68,10 @@ class Node(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # up/down/new as last told in an event (controller.services.events.announce_node_states)
     announced_state: Mapped[str | None] = mapped_column(String(8), default=None)
+    # when its agent last fenced itself (agent.fencing; None: not fenced), and the fence the
+    # controller cleared: sent back in its desired state, the agent then starts VMs again
+    self_fenced_at: Mapped[datetime | None] = mapped_column(default=None)
+    fence_cleared_at: Mapped[datetime | None] = mapped_column(default=None)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="node")
 

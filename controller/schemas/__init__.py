@@ -42,6 +42,7 @@ from controller.schemas.compute import (
     NodeFailure,
     Operation,
     OperationsQuery,
+    StorageHeartbeat,
 )
 from controller.schemas.identity import (
     ROLE_NAMES,
@@ -128,6 +129,7 @@ __all__ = [
     "AgentConsolesQuery",
     "RegionStatus",
     "NodeFailure",
+    "StorageHeartbeat",
     "Node",
     "ImageImportQuery",
     "Image",

@@ -81,6 +81,7 @@ def build(db: Session, node: Node) -> DesiredState:
         retired_images=list(retired),
         networks=networks,
         security_groups=_security_groups(db, group_ids),
+        fence_cleared=node.fence_cleared_at,
     )
 
 
