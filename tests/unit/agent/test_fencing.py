@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,3 +205,67 @@ def test_a_start_that_ends_after_the_fence_is_undone(tmp_path: Path) -> None:
     assert rec.wait_idle(10)
     assert not hv.vms["aaaa-1"].running and "undefine:aaaa" not in hv.calls
     assert hv.calls.count("force-off:aaaa") >= 1
+
+
+class AnsweringClient:
+    """A controller that answers one long-poll with `answer`, then the agent stops."""
+
+    report_interval_s = None
+    poll_wait_s = None
+
+    def __init__(self, answer: DesiredState, stop: Any) -> None:
+        self.answer = answer
+        self.stop = stop
+
+    def image_chunks(self, image_id: str) -> Any:
+        raise AssertionError("no image is fetched")
+
+    def desired(self, after: int, wait: float) -> DesiredState:
+        self.stop()
+        return self.answer
+
+
+def rbd_agent(tmp_path: Path, driver: str = "rbd") -> tuple[Any, FakeHypervisor]:
+    from agent.config import AgentConfig, NodeIdentity
+    from agent.daemon import Agent
+    from agent.drivers.storage.rbd.cephx import new_key
+    from agent.drivers.storage.rbd.driver import RbdDriver
+    from agent.protocol import RbdSettings, StorageSettings
+    from hardware.kvmprobe import KvmProbe
+
+    rbd = RbdSettings(mon_host="127.0.0.1:1", user="vauban", key=new_key(), pool="vauban",
+                      volume_pools=["vauban"], secret_usage="s", heartbeat_interval_s=1.0,
+                      fence_after_s=5.0)
+    storage = RbdDriver("vauban", "vauban", rbd.key, rbd.mon_host, "s")  # connects lazily
+    hv = FakeHypervisor()
+    holder: list[Any] = []
+    client = AnsweringClient(DesiredState(node_id="n-1", generation=1, vms=[]),
+                             lambda: holder[0].stopping.set())
+    agent = Agent(AgentConfig(data_dir=tmp_path), NodeIdentity("n-1", "n1", "https://127.0.0.1:1"),
+                  client, hv, storage, KvmProbe(False, False, "test"),  # type: ignore[arg-type]
+                  driver, settings=StorageSettings(driver=driver, rbd=rbd))
+    holder.append(agent)
+    return agent, hv
+
+
+def test_an_agent_on_ceph_fences_reports_it_and_takes_the_clearing_from_its_desired_state(
+        tmp_path: Path) -> None:
+    agent, hv = rbd_agent(tmp_path)
+    hv.vms["aaaa-1"] = VmObservation("aaaa-1", "vauban-a", True, 1, None,
+                                     {"vauban.node": "n-1"})
+    assert agent.watchdog is not None and agent.heartbeat is not None
+    assert agent.watchdog.fence_after_s == 5.0 and agent.heartbeat.interval_s == 1.0
+    agent.watchdog.blocklisted("test")
+    assert hv.calls == ["force-off:aaaa"]
+    fenced = agent.watchdog.fenced_at
+    assert agent.reconciler.start_refusal() is not None
+    agent.client.answer = DesiredState(node_id="n-1", generation=1, vms=[],
+                                       fence_cleared=fenced)
+    agent._poll_loop()  # one answer, then stopped
+    assert agent.watchdog.fenced_at is None and agent.reconciler.start_refusal() is None
+
+
+def test_an_agent_on_local_storage_has_no_fence(tmp_path: Path) -> None:
+    agent, _hv = rbd_agent(tmp_path, driver="localfs")
+    assert agent.watchdog is None and agent.heartbeat is None
+    assert agent.reconciler.start_refusal() is None
