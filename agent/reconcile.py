@@ -489,6 +489,9 @@ class Reconciler:
         if refusal is None:
             return
         self.hypervisor.stop(vm.id, grace_seconds=0)
+        # its request counts as carried out, as for the VMs the fence destroyed: none of
+        # them starts again by itself once the fence is cleared
+        self.hypervisor.set_power_seq(vm.id, vm.power_seq)
         raise _Blocked(Blocker(refusal, final=False))
 
     def destroy_own_vms(self) -> list[str]:

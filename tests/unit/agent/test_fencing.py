@@ -205,6 +205,11 @@ def test_a_start_that_ends_after_the_fence_is_undone(tmp_path: Path) -> None:
     assert rec.wait_idle(10)
     assert not hv.vms["aaaa-1"].running and "undefine:aaaa" not in hv.calls
     assert hv.calls.count("force-off:aaaa") >= 1
+    assert hv.vms["aaaa-1"].power_seq == 2  # like the VMs the fence destroyed: not restarted
+    assert w.clear(T0)
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[vm("aaaa-1", seq=2)]))
+    assert rec.wait_idle(10)
+    assert not hv.vms["aaaa-1"].running  # until a new power action
 
 
 class AnsweringClient:
