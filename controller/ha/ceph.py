@@ -71,10 +71,9 @@ def accesses(config: ControllerConfig) -> tuple[CephAccess | None, CephAccess | 
     return reader, fence
 
 
-@contextmanager
-def connected(access: CephAccess, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[Any]:
-    """A `rados.Rados` connected as `access` (key in memory, no log, no admin socket),
-    shut down when the block ends. Call it from a real thread (see `off_loop`)."""
+def open_cluster(access: CephAccess, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
+    """A `rados.Rados` connected as `access` (key in memory, no log, no admin socket); the
+    caller shuts it down. Call it from a real thread (see `off_loop`)."""
     try:
         import rados
     except ImportError as e:
@@ -85,10 +84,18 @@ def connected(access: CephAccess, timeout_s: float = CONNECT_TIMEOUT_S) -> Itera
         "err_to_stderr": "false", "admin_socket": "", "client_mount_timeout": seconds,
         "rados_mon_op_timeout": seconds, "rados_osd_op_timeout": seconds})
     try:
-        try:
-            cluster.connect()
-        except rados.Error as e:
-            raise CephHaError(f"cannot connect to Ceph as client.{access.user}: {e}") from e
+        cluster.connect()
+    except rados.Error as e:
+        cluster.shutdown()
+        raise CephHaError(f"cannot connect to Ceph as client.{access.user}: {e}") from e
+    return cluster
+
+
+@contextmanager
+def connected(access: CephAccess, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[Any]:
+    """`open_cluster`, shut down when the block ends."""
+    cluster = open_cluster(access, timeout_s)
+    try:
         yield cluster
     finally:
         cluster.shutdown()
@@ -114,31 +121,61 @@ class Heartbeat:
     sent_at: str | None
 
 
+class HeartbeatReader:
+    """Reads nodes' heartbeat objects in `pool` over one long-lived connection as `access`
+    (opened at the first read, reopened after a failure): a round every few seconds would
+    otherwise authenticate anew each time. One caller at a time (the watch's timer)."""
+
+    def __init__(self, access: CephAccess, pool: str) -> None:
+        self.access = access
+        self.pool = pool
+        self._cluster: Any = None
+
+    def read(self, node_ids: Iterable[str]) -> dict[str, Heartbeat | None]:
+        """Each node's heartbeat object (None: none written yet), off the event loop.
+        CephHaError when the cluster cannot be read (then nothing is judged)."""
+        return off_loop(self._read, list(node_ids))
+
+    def _read(self, node_ids: list[str]) -> dict[str, Heartbeat | None]:
+        import rados
+
+        if self._cluster is None:
+            self._cluster = open_cluster(self.access)
+        try:
+            return _read_objects(self._cluster, self.pool, node_ids)
+        except rados.Error as e:
+            self.close()  # the next round connects afresh
+            raise CephHaError(f"reading storage heartbeats in pool {self.pool}: {e}") from e
+
+    def close(self) -> None:
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            cluster.shutdown()
+
+
 def read_heartbeats(access: CephAccess, pool: str, node_ids: Iterable[str]
                     ) -> dict[str, Heartbeat | None]:
-    """Each node's heartbeat object (None: none written yet), over one connection, off the
-    event loop. CephHaError when the cluster cannot be read (then nothing is judged)."""
-    return off_loop(_read_heartbeats, access, pool, list(node_ids))
+    """One round of HeartbeatReader over a connection of its own, closed afterwards."""
+    reader = HeartbeatReader(access, pool)
+    try:
+        return reader.read(node_ids)
+    finally:
+        reader.close()
 
 
-def _read_heartbeats(access: CephAccess, pool: str, node_ids: list[str]
-                     ) -> dict[str, Heartbeat | None]:
+def _read_objects(cluster: Any, pool: str, node_ids: list[str]) -> dict[str, Heartbeat | None]:
     import rados
 
     found: dict[str, Heartbeat | None] = {}
-    with connected(access) as cluster:
-        try:
-            with cluster.open_ioctx(pool) as ioctx:
-                ioctx.set_namespace(STORAGE_HEARTBEAT_NAMESPACE)
-                for node_id in node_ids:
-                    try:
-                        raw = ioctx.read(storage_heartbeat_object(node_id), 4096)
-                    except rados.ObjectNotFound:
-                        found[node_id] = None
-                        continue
-                    found[node_id] = _parse(raw)
-        except rados.Error as e:
-            raise CephHaError(f"reading storage heartbeats in pool {pool}: {e}") from e
+    with cluster.open_ioctx(pool) as ioctx:
+        ioctx.set_namespace(STORAGE_HEARTBEAT_NAMESPACE)
+        for node_id in node_ids:
+            try:
+                raw = ioctx.read(storage_heartbeat_object(node_id), 4096)
+            except rados.ObjectNotFound:
+                found[node_id] = None
+                continue
+            found[node_id] = _parse(raw)
     return found
 
 

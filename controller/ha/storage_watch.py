@@ -16,23 +16,29 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Node
-from controller.ha.ceph import CephAccess, CephHaError, Heartbeat, HeartbeatJudge, HeartbeatView
-from controller.ha.ceph import read_heartbeats as _read
+from controller.ha.ceph import (
+    CephAccess,
+    CephHaError,
+    Heartbeat,
+    HeartbeatJudge,
+    HeartbeatReader,
+    HeartbeatView,
+)
 
 log = logging.getLogger(__name__)
 
-Reader = Callable[[CephAccess, str, list[str]], dict[str, Heartbeat | None]]
+Reader = Callable[[list[str]], dict[str, Heartbeat | None]]
 
 
 class StorageWatch:
     """The latest view of every node's storage heartbeat in `pool`, read as `access`."""
 
     def __init__(self, access: CephAccess, pool: str, down_after_s: float,
-                 judge: HeartbeatJudge | None = None, read: Reader = _read) -> None:
+                 judge: HeartbeatJudge | None = None, read: Reader | None = None) -> None:
         self.access = access
         self.pool = pool
         self.judge = judge or HeartbeatJudge(down_after_s)
-        self._read = read
+        self._read = read or HeartbeatReader(access, pool).read
         self._lock = threading.Lock()
         self._views: dict[str, HeartbeatView] = {}
         self.error: str | None = None  # why the last round could not read Ceph
@@ -45,7 +51,7 @@ class StorageWatch:
         with sessions() as db:
             node_ids = list(db.scalars(select(Node.id)))
         try:
-            beats = self._read(self.access, self.pool, node_ids)
+            beats = self._read(node_ids)
         except CephHaError as e:
             if self.error != str(e):
                 log.warning("storage heartbeats not read: %s", e)

@@ -75,7 +75,7 @@ def test_node_show_says_how_fresh_the_storage_heartbeat_is(
     beats: dict[str, Heartbeat | None] = {node.id: Heartbeat(7, "2026-12-02T12:00:00Z")}
     now = [0.0]
 
-    def read(_access: CephAccess, _pool: str, ids: list[str]) -> dict[str, Heartbeat | None]:
+    def read(ids: list[str]) -> dict[str, Heartbeat | None]:
         return {i: beats.get(i) for i in ids}
 
     region.storage_watch = StorageWatch(

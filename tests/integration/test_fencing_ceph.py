@@ -39,6 +39,7 @@ from controller.ha.ceph import (
     CephHaError,
     Fencer,
     HeartbeatJudge,
+    HeartbeatReader,
     blocklist_entries,
     connected,
     mon_command,
@@ -166,6 +167,12 @@ def test_the_agents_heartbeat_is_read_back_by_the_controller(
     assert read[other] is None
     got = read[node_id]
     assert got is not None and got.seq == 2 and got.sent_at
+    reader = HeartbeatReader(node_access, POOL)  # the controller's watch: one connection
+    try:
+        assert reader.read([node_id]) == {node_id: got}
+        assert reader.read([node_id]) == {node_id: got}
+    finally:
+        reader.close()
 
     now = [0.0]
     judge = HeartbeatJudge(30.0, clock=lambda: now[0])
