@@ -11,8 +11,8 @@ Fences are set and lifted as `client.vauban-fence` (`VAUBAN_CEPH_FENCE_KEYRING`,
 lift its own fence (docs/design/ha-plan.md 0 and 3.2).
 
 The controller serves from a gevent loop: every librados call here runs through
-controller.offload, on a real thread. Each call opens its own short connection: fences are
-rare, and a heartbeat round reads every node's object over one connection.
+controller.offload, on a real thread. Heartbeats are read over one long-lived connection
+(HeartbeatReader); each fence call opens its own short one (fences are rare).
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ class Fencer:
         return off_loop(self._add, addr, expire_s)
 
     def _add(self, addr: str, expire_s: float) -> BlocklistEntry:
-        with connected(self.access) as cluster:
+        with connected(self.access) as cluster, _errors(f"blocklisting {addr}"):
             mon_command(cluster, "osd blocklist", blocklistop="add", addr=addr,
                         expire=float(expire_s))
             cluster.wait_for_latest_osdmap()
@@ -273,7 +273,7 @@ class Fencer:
         return off_loop(self._listed)
 
     def _listed(self) -> list[BlocklistEntry]:
-        with connected(self.access) as cluster:
+        with connected(self.access) as cluster, _errors("listing the blocklist"):
             return blocklist_entries(cluster)
 
     def remove(self, addr: str) -> bool:
@@ -281,7 +281,7 @@ class Fencer:
         return off_loop(self._remove, addr)
 
     def _remove(self, addr: str) -> bool:
-        with connected(self.access) as cluster:
+        with connected(self.access) as cluster, _errors(f"lifting the blocklist entry {addr}"):
             if not any(e.addr == addr for e in blocklist_entries(cluster)):
                 return False
             mon_command(cluster, "osd blocklist", blocklistop="rm", addr=addr)
@@ -290,6 +290,17 @@ class Fencer:
                 raise CephHaError(f"removed {addr} from the blocklist, but it is still listed")
         log.warning("lifted the Ceph blocklist entry of %s", addr)
         return True
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """librados errors in the block as CephHaError naming `what`."""
+    import rados
+
+    try:
+        yield
+    except rados.Error as e:
+        raise CephHaError(f"{what}: {e}") from e
 
 
 def blocklist_entries(cluster: Any) -> list[BlocklistEntry]:
