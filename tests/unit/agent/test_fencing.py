@@ -274,3 +274,28 @@ def test_an_agent_on_local_storage_has_no_fence(tmp_path: Path) -> None:
     agent, _hv = rbd_agent(tmp_path, driver="localfs")
     assert agent.watchdog is None and agent.heartbeat is None
     assert agent.reconciler.start_refusal() is None
+
+
+def test_the_ticker_fences_when_no_updater_returns() -> None:
+    """A heartbeat write and a long-poll that both hang never call the watchdog: its own
+    ticker judges it."""
+    import threading
+
+    destroyed = threading.Event()
+    clock = Clock()
+
+    def destroy() -> list[str]:
+        destroyed.set()
+        return []
+
+    w = Watchdog(FENCE_AFTER, destroy, clock=clock, wall=lambda: T0)
+    stopping = threading.Event()
+    ticker = threading.Thread(target=w.watch, args=(stopping, 0.01))
+    ticker.start()
+    try:
+        clock.now += FENCE_AFTER  # nothing recorded since
+        assert destroyed.wait(30), "the ticker never judged"
+        assert w.fenced_at == T0
+    finally:
+        stopping.set()
+        ticker.join()
