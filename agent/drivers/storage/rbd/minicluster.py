@@ -422,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "start":
             info = cluster.start(pools=args.pool)
+            cluster.ensure_fence_client()  # the controller fences nodes with it
             # the key stays in the 0600 files; a terminal or a log is no place for it
             print(f"Ceph cluster {info.fsid} healthy in {args.dir}: mon_host {info.mon_host}, "
-                  f"client.{info.client} keyring {cluster.client_keyring}, "
+                  f"client.{info.client} keyring {cluster.client_keyring}, fence client "
+                  f"keyring {cluster.fence_keyring}, "
                   f"pools {', '.join(info.pools)}")
         elif args.action == "stop":
             cluster.stop()
