@@ -299,3 +299,16 @@ def test_the_ticker_fences_when_no_updater_returns() -> None:
     finally:
         stopping.set()
         ticker.join()
+
+
+def test_the_status_names_the_nodes_ceph_client_addresses(tmp_path: Path) -> None:
+    from agent.protocol import StorageStatus
+    from agent.storage_sampler import StorageView
+
+    agent, _hv = rbd_agent(tmp_path)
+    sampled = StorageStatus(driver="rbd", health="HEALTH_OK")
+    agent.storage_sampler.latest = lambda: StorageView(sampled, 0, [])
+    assert agent.storage_status().client_addrs == []  # before the first heartbeat write
+    agent.heartbeat._addrs = ["10.0.0.11:0/3120448913"]
+    assert agent.storage_status().client_addrs == ["10.0.0.11:0/3120448913"]
+    assert sampled.client_addrs == []  # the sample itself is left as it was
