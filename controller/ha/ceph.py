@@ -36,7 +36,7 @@ from controller.storage_settings import key_from_keyring
 log = logging.getLogger(__name__)
 
 FENCE_USER = "vauban-fence"
-FENCE_EXPIRE_S = 7 * 24 * 3600  # long: `vauban node recover` lifts it once the node is back
+FENCE_EXPIRE_S = 7 * 24 * 3600  # long: lifted (Fencer.remove) once the node is known off and back
 CONNECT_TIMEOUT_S = 10
 
 
