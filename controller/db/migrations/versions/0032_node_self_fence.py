@@ -1,8 +1,8 @@
 """nodes: when the node last fenced itself (its agent's report) and which of its fences
 the controller cleared (sent back in its desired state)
 
-Revision ID: 0029
-Revises: 0028
+Revision ID: 0032
+Revises: 0031
 Create Date: 2026-12-02 15:00:00.000000
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0029'
-down_revision = '0028'
+revision = '0032'
+down_revision = '0031'
 branch_labels = None
 depends_on = None
 
