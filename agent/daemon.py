@@ -27,6 +27,8 @@ from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.network.base import NetworkDriver
 from agent.drivers.network.secgroups import SecurityGroupFirewall
 from agent.drivers.storage.base import StorageDriver
+from agent.drivers.storage.rbd.driver import RbdDriver
+from agent.fencing import Watchdog
 from agent.metrics import AgentCollector, MetricsServer, TlsFiles, serve_metrics
 from agent.networks import NetworkKeeper
 from agent.protocol import (
@@ -35,10 +37,12 @@ from agent.protocol import (
     NodeGpu,
     NodeStatus,
     ObservedVolume,
+    StorageSettings,
     StorageStatus,
 )
 from agent.reconcile import Reconciler
 from agent.retry import FailureLedger, controller_retry_delay
+from agent.storage_heartbeat import StorageHeartbeat
 from agent.storage_sampler import StorageSampler
 from hardware.kvmprobe import KvmProbe
 
@@ -57,7 +61,8 @@ class Agent:
                  storage_driver: str, stopping: threading.Event | None = None,
                  prepare_disks: Callable[[], None] = lambda: None,
                  network: NetworkDriver | None = None, gpu: GpuDriver | None = None,
-                 hardware: inventory.HardwareReporter | None = None) -> None:
+                 hardware: inventory.HardwareReporter | None = None,
+                 settings: StorageSettings | None = None) -> None:
         self.config = config
         self.identity = identity
         self.client = client
@@ -75,6 +80,15 @@ class Agent:
         self._report_now = threading.Event()
         self.refused: Refused | None = None  # another protocol, or the node was removed
         ledger = FailureLedger()  # every failure of this agent, reported with its status
+        # on shared storage: the storage heartbeat and the self-fence (agent.fencing)
+        self.watchdog: Watchdog | None = None
+        self.heartbeat: StorageHeartbeat | None = None
+        rbd = settings.rbd if settings is not None and settings.driver == "rbd" else None
+        if rbd is not None and isinstance(storage, RbdDriver):
+            self.watchdog = Watchdog(rbd.fence_after_s, lambda: self.reconciler.destroy_own_vms(),
+                                     state_dir=config.data_dir)
+            self.heartbeat = StorageHeartbeat(storage.conn, rbd.pool, identity.node_id,
+                                              rbd.heartbeat_interval_s, self.watchdog)
         self.reconciler = Reconciler(
             hypervisor, storage, client.image_chunks, config.instances_dir,
             owner=identity.node_id, stop_grace_s=config.stop_grace_s,
@@ -84,6 +98,7 @@ class Agent:
                                    SecurityGroupFirewall(), ledger, DhcpResponder())
             if network is not None else None,
             gpu=self.gpu, ledger=ledger,
+            start_refusal=self.watchdog.start_refusal if self.watchdog else lambda: None,
         )
         # storage answers on its own thread: a backend that hangs never holds up a report
         self.storage_sampler = StorageSampler(
@@ -104,6 +119,8 @@ class Agent:
             threading.Thread(target=self._certificate_loop, name="certificate", daemon=True),
         ]
         self.storage_sampler.start()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         metrics = self._serve_metrics()
         for t in threads + polls:
             t.start()
@@ -111,12 +128,16 @@ class Agent:
         if metrics is not None:
             metrics.stop()
         self.storage_sampler.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         with self._desired_ready:
             self._desired_ready.notify_all()
         # the poller may sit in a long-poll; it holds no state worth waiting for
         for t in threads[1:]:
             t.join()
         self.storage_sampler.join()  # a round in flight ends with the driver's timeouts
+        if self.heartbeat is not None:
+            self.heartbeat.join()  # a write in flight ends with the connection's timeouts
         self.reconciler.pool.shutdown(wait=True)  # a VM task in flight ends its step
         if self.reconciler.networks is not None:
             self.reconciler.networks.close()
@@ -165,10 +186,15 @@ class Agent:
 
         def ask() -> DesiredState | None:
             # the controller's wait once it named one: it keeps this node from looking down
-            return self.client.desired(after, self.client.poll_wait_s or self.config.poll_wait_s)
+            answer = self.client.desired(after,
+                                         self.client.poll_wait_s or self.config.poll_wait_s)
+            self._controller_answered()
+            return answer
 
         def take(desired: DesiredState | None) -> None:
             nonlocal after
+            if desired is not None and self.watchdog is not None:
+                self.watchdog.clear(desired.fence_cleared)
             if desired is not None and desired.generation > after:
                 after = desired.generation
                 with self._desired_ready:
@@ -263,6 +289,11 @@ class Agent:
         told = self.client.report_interval_s or 0.0
         return max(self.config.heartbeat_s, told) * random.uniform(0.9, 1.1)
 
+    def _controller_answered(self) -> None:
+        """Controller contact for the fence watchdog (judged before it is recorded)."""
+        if self.watchdog is not None:
+            self.watchdog.controller_ok()
+
     def _retry_delay(self, failures: int) -> float:
         """The controller away: ask again soon, then less often (see controller_retry_delay)."""
         return controller_retry_delay(failures, self.client.report_interval_s, random.random)
@@ -274,6 +305,7 @@ class Agent:
             self._report_now.clear()
             try:
                 self.client.report(self.status())
+                self._controller_answered()
                 failures = 0
             except Refused as e:
                 self._refused(e)
@@ -298,6 +330,7 @@ class Agent:
             storage=self.storage_status(),
             failures=self.reconciler.report_failures(),
             sent_at=datetime.now(UTC),
+            self_fenced_at=self.watchdog.fenced_at if self.watchdog else None,
         )
 
     def _volumes(self) -> list[ObservedVolume] | None:
@@ -309,7 +342,10 @@ class Agent:
     def storage_status(self) -> StorageStatus | None:
         """Health and pools as last sampled, at once; an unreachable backend, or one whose
         answer is late, is a status, not a failed or late report. None: not known yet."""
-        return self.storage_sampler.latest().storage
+        storage = self.storage_sampler.latest().storage
+        if storage is not None and self.heartbeat is not None:
+            storage = storage.model_copy(update={"client_addrs": self.heartbeat.client_addrs()})
+        return storage
 
     def _gpus(self) -> tuple[list[NodeGpu], str]:
         try:

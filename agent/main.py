@@ -114,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   gpu=load_gpu(gpu_name, **({} if gpu_name == "none"
                                              else {"records": config.gpu_records})),
                   hardware=HardwareReporter(profile, kvm.usable, kvm.detail,
-                                            config.hardware_refresh_s))
+                                            config.hardware_refresh_s),
+                  settings=settings)
     running.append(agent)
     log.info("agent for node %s (%s) talking to %s", identity.name, identity.node_id,
              identity.controller_url)

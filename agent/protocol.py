@@ -332,6 +332,9 @@ class DesiredState(Wire):
         default_factory=list, description="Deleted VMs (ids): remove their disks with "
         "them. Any other VM not wanted here loses its domain and files but keeps its "
         "disks: it may run elsewhere now (migrated, restarted by HA)")
+    fence_cleared: UtcDatetime | None = Field(
+        default=None, description="The `self_fenced_at` of this node's fence that the "
+        "controller lifts: the agent then starts VMs again (a later fence stays)")
 
 
 class GuestInterface(Wire):
@@ -410,6 +413,9 @@ class StorageStatus(Wire):
     health: str = Field(examples=["HEALTH_OK"])
     detail: str = ""
     pools: list[PoolUsage] = Field(default_factory=list)
+    client_addrs: list[str] = Field(
+        default_factory=list, examples=[["10.0.0.11:0/3120448913"]],
+        description="The node's Ceph client addresses (ip:port/nonce), as a fence blocklists")
 
 
 class DiskInfo(Wire):
@@ -567,6 +573,9 @@ class NodeStatus(Wire):
     failures: list[NodeFailure] = Field(
         default_factory=list, description="Every failed action of the agent, oldest first")
     sent_at: UtcDatetime
+    self_fenced_at: UtcDatetime | None = Field(
+        default=None, description="When the node destroyed its VMs for lack of both the "
+        "controller and its storage heartbeat (it starts none until the controller clears it)")
 
 
 class RbdSettings(Wire):
@@ -578,6 +587,22 @@ class RbdSettings(Wire):
     pool: str = Field(description="Pool for images and VM root disks")
     volume_pools: list[str] = Field(description="Pools volumes may be created in")
     secret_usage: str = Field(description="Usage name of the hypervisor secret holding the key")
+    heartbeat_interval_s: float = Field(
+        default=2.0, gt=0, le=3600, description="The node writes its storage heartbeat "
+        "object this often")
+    fence_after_s: float = Field(
+        default=20.0, gt=0, le=86400, description="The node destroys its VMs once it has "
+        "heard neither the controller nor its storage this long (see docs/design/ha-plan.md)")
+
+
+# Each node on shared storage writes a heartbeat object (JSON {"seq", "sent_at"}) in the
+# root-disk pool, in this namespace, named by storage_heartbeat_object (agent.storage_heartbeat)
+STORAGE_HEARTBEAT_NAMESPACE = "vauban-ha"
+
+
+def storage_heartbeat_object(node_id: str) -> str:
+    """The name of a node's storage heartbeat object."""
+    return f"vauban.hb.{node_id}"
 
 
 class StorageSettings(Wire):

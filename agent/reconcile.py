@@ -130,6 +130,7 @@ class Reconciler:
         workers: int = 4,
         gpu: GpuDriver | None = None,
         ledger: FailureLedger | None = None,
+        start_refusal: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.hypervisor = hypervisor
         self.storage = storage
@@ -148,6 +149,8 @@ class Reconciler:
         self.volumes = VolumeKeeper(storage, hypervisor, prepare_disks, self.ledger)
         self.networks = networks
         self.gpu = gpu or NoGpuDriver()
+        # why no VM may start now (the node fenced itself: agent.fencing), or None
+        self.start_refusal = start_refusal
         self._idle = threading.Condition()
         self._running_tasks = 0
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vm")
@@ -366,12 +369,15 @@ class Reconciler:
             self.progress.pop(vm.id, None)
 
     def _blocker(self, vm: DesiredVm, obs: VmObservation | None = None) -> Blocker | None:
-        """What keeps the VM from being created or started here: a failed network of its
-        ports, or its security groups not in force (fail closed). Stopping it never waits."""
-        if self.networks is None or not vm.ports:
-            return None
+        """What keeps the VM from being created or started here: the node fenced itself,
+        a failed network of its ports, or its security groups not in force (fail closed).
+        Stopping it never waits."""
         if obs is not None and (vm.power is not PowerState.RUNNING or obs.running):
             return None  # neither created nor started by this request
+        if (refusal := self.start_refusal()) is not None:
+            return Blocker(refusal, final=False)
+        if self.networks is None or not vm.ports:
+            return None
         names = {n.id: n.name for n in self.desired.networks} if self.desired else {}
         return self.networks.vm_blocker(vm.ports, names)
 
@@ -428,6 +434,7 @@ class Reconciler:
                 self.hypervisor.start(vm.id)
             self.hypervisor.set_power_seq(vm.id, vm.power_seq)
             revert.success()
+        self._unless_fenced_meanwhile(vm)  # after success: a fence never deletes a disk
         log.info("VM %s (%s) created", vm.name, vm.id)
 
     def _prepare_incoming(self, vm: DesiredVm) -> None:
@@ -546,10 +553,44 @@ class Reconciler:
                 self._claim_gpus(vm, revert)
                 revert.success()
             self.hypervisor.start(vm.id)
+            self._unless_fenced_meanwhile(vm)
         elif vm.power is PowerState.STOPPED and running:
             grace = 0.0 if vm.power_mode is PowerMode.FORCE else self.stop_grace_s
             self.hypervisor.stop(vm.id, grace_seconds=grace)
         self.hypervisor.set_power_seq(vm.id, vm.power_seq)
+
+    def _unless_fenced_meanwhile(self, vm: DesiredVm) -> None:
+        """A start checked before the node fenced itself may end after the fence destroyed
+        the node's domains: destroy this one too (kept defined, disks untouched) and raise
+        _Blocked. (The fence refuses starts before it lists the domains, so every domain
+        started is destroyed by one of the two.)"""
+        refusal = self.start_refusal()
+        if refusal is None:
+            return
+        self.hypervisor.stop(vm.id, grace_seconds=0)
+        # its request counts as carried out, as for the VMs the fence destroyed: none of
+        # them starts again by itself once the fence is cleared
+        self.hypervisor.set_power_seq(vm.id, vm.power_seq)
+        raise _Blocked(Blocker(refusal, final=False))
+
+    def destroy_own_vms(self) -> list[str]:
+        """Force off every running domain of this node at once (the fence): no shutdown,
+        no undefine, no disk touched. Returns the ids destroyed; after trying them all,
+        raises the first failure."""
+        destroyed, failures = [], []
+        for o in self._own_vms():
+            if not o.running:
+                continue
+            try:
+                self.hypervisor.stop(o.id, grace_seconds=0)
+            except Exception as e:
+                log.error("fence: VM %s could not be destroyed: %s", o.id, e)
+                failures.append(e)
+            else:
+                destroyed.append(o.id)
+        if failures:
+            raise failures[0]
+        return destroyed
 
     def _flatten(self, vm: DesiredVm) -> bool:
         """Copy the image into the VM's root disk (storage that can, e.g. Ceph, does it live);

@@ -242,6 +242,7 @@ def storage_env(lay: Layout, storage: str) -> dict[str, str]:
     ceph = lay.root / "ceph"
     return {"VAUBAN_STORAGE": "rbd", "VAUBAN_CEPH_CONF": str(ceph / "ceph.conf"),
             "VAUBAN_CEPH_KEYRING": str(ceph / "ceph.client.vauban.keyring"),
+            "VAUBAN_CEPH_FENCE_KEYRING": str(ceph / "ceph.client.vauban-fence.keyring"),
             "VAUBAN_CEPH_POOL": CEPH_POOLS[0], "VAUBAN_CEPH_VOLUME_POOLS": ",".join(CEPH_POOLS)}
 
 

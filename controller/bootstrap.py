@@ -12,6 +12,8 @@ from controller.db.migrate import upgrade
 from controller.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
 from controller.eventhub import EventHub, notify_other_processes
 from controller.fleet.keys import ensure_fleet_key
+from controller.ha import ceph as ha_ceph
+from controller.ha.storage_watch import StorageWatch
 from controller.notices import NoticeListener, announce, new_origin
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
@@ -37,7 +39,8 @@ def open_region(config: ControllerConfig) -> Region:
     def storage(region_tag: str) -> StorageSettings:
         return storage_settings.build(
             config.storage, config.ceph_conf, config.ceph_keyring, config.ceph_client,
-            config.ceph_pool, config.ceph_volume_pools, region_tag)
+            config.ceph_pool, config.ceph_volume_pools, region_tag,
+            config.storage_heartbeat_interval_s, config.fence_after_s)
 
     storage("check")  # refuse wrong settings before anything is made
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -91,7 +94,16 @@ def open_region(config: ControllerConfig) -> Region:
         ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace, origin=origin,
         login_slots=HashSlots.of(config.login_limits()), region_key=region_key,
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]), events=hub,
+        storage_watch=storage_watch(config),
     )
+
+
+def storage_watch(config: ControllerConfig) -> StorageWatch | None:
+    """The watch of nodes' storage heartbeats, on a Ceph region (read as its client)."""
+    reader, _fence = ha_ceph.accesses(config)
+    if reader is None:
+        return None
+    return StorageWatch(reader, config.ceph_pool, config.storage_down_after_s)
 
 
 def hear_other_processes(region: Region) -> NoticeListener | None:

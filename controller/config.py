@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agent.protocol import RENEW_FRACTION
 from controller.pki import CA_VALIDITY, LEAF_VALIDITY
+from controller.services.pace import REPORT_FLOOR_S
 
 MIN_CERT_LIFETIME_S = 60  # renewed at a third left: below a minute, renewal would never rest
 MIN_RENEW_FRACTION, MAX_RENEW_FRACTION = 0.05, 0.9  # as the agent's cert_renew_fraction
@@ -55,7 +56,8 @@ POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connection
                      "workers", "login_max_failures", "login_max_failures_per_source",
                      "login_lockout_s", "login_concurrency", "database_pool_size",
                      "database_pool_wait_s", "session_idle_s", "session_max_s",
-                     "events_keep_s", "events_keep_count", "events_keepalive_s")
+                     "events_keep_s", "events_keep_count", "events_keepalive_s",
+                     "storage_heartbeat_interval_s", "fence_after_s", "storage_down_after_s")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,15 @@ class ControllerConfig:
     ceph_volume_pools: tuple[str, ...] = ()  # pools volumes may use; default: ceph_pool
     # keyring of client.bootstrap-osd: nodes labelled ceph=osd make OSDs with it (rollout)
     ceph_bootstrap_osd_keyring: Path | None = None
+    # keyring of client.vauban-fence (mon 'allow r, allow command "osd blocklist"'): the
+    # controller fences and unfences nodes with it; never the nodes' shared client
+    ceph_fence_keyring: Path | None = None
+    # HA timing (docs/design/ha-plan.md 3.1): a node writes its storage heartbeat every
+    # heartbeat_interval_s and destroys its VMs once it has heard neither the controller
+    # nor its storage for fence_after_s; its heartbeat is stale once unchanged this long
+    storage_heartbeat_interval_s: float = 2.0
+    fence_after_s: float = 20.0
+    storage_down_after_s: float = 30.0
     max_image_bytes: int = 64 * 1024**3  # an upload declaring more is refused unread (413)
     # the VXLAN ids tenant networks take (each the lowest free one): keep them clear of any
     # other VXLAN on the underlay (e.g. an EVPN fabric's)
@@ -160,6 +171,9 @@ class ControllerConfig:
         if not 1 <= self.vni_first <= self.vni_last <= MAX_VNI:
             raise ValueError(f"the VNI range must lie within 1-{MAX_VNI} and not be empty, "
                              f"not {self.vni_first}-{self.vni_last}")
+        if self.storage == "rbd":
+            check_fence_timing(self.fence_after_s, self.storage_heartbeat_interval_s,
+                               self.node_down_after_s, self.storage_down_after_s)
         if self.workers > 1 and not self.db_url.startswith("postgresql"):
             raise ValueError(f"workers is {self.workers}, but more than one worker needs "
                              "PostgreSQL (VAUBAN_DATABASE_URL): workers hear of each "
@@ -252,6 +266,8 @@ class ControllerConfig:
                 p for p in env.get("VAUBAN_CEPH_VOLUME_POOLS", "").split(",") if p),
             "ceph_bootstrap_osd_keyring": Path(env["VAUBAN_CEPH_BOOTSTRAP_OSD_KEYRING"])
             if env.get("VAUBAN_CEPH_BOOTSTRAP_OSD_KEYRING") else None,
+            "ceph_fence_keyring": Path(env["VAUBAN_CEPH_FENCE_KEYRING"])
+            if env.get("VAUBAN_CEPH_FENCE_KEYRING") else None,
             "advertise_url": env.get("VAUBAN_ADVERTISE_URL", ""),
             "releases_dir": Path(env["VAUBAN_RELEASES"]).resolve()
             if env.get("VAUBAN_RELEASES") else None,
@@ -262,6 +278,9 @@ class ControllerConfig:
             **_numbers(env, {
                 "disk_allocation_ratio": ("VAUBAN_DISK_ALLOCATION_RATIO", float),
                 "node_down_after_s": ("VAUBAN_NODE_DOWN_AFTER", float),
+                "storage_heartbeat_interval_s": ("VAUBAN_STORAGE_HEARTBEAT_INTERVAL", float),
+                "fence_after_s": ("VAUBAN_FENCE_AFTER", float),
+                "storage_down_after_s": ("VAUBAN_STORAGE_DOWN_AFTER", float),
                 "max_reports_per_s": ("VAUBAN_MAX_REPORTS_PER_SECOND", float),
                 "max_image_bytes": ("VAUBAN_MAX_IMAGE_BYTES", int),
                 "vni_first": ("VAUBAN_VNI_FIRST", int),
@@ -296,6 +315,28 @@ class ControllerConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         _bootstrapped_ceph(values)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def check_fence_timing(fence_after_s: float, heartbeat_interval_s: float,
+                       node_down_after_s: float, storage_down_after_s: float,
+                       report_interval_s: float = REPORT_FLOOR_S) -> None:
+    """ValueError unless a node cut off from the controller and its storage destroys its VMs
+    before the controller counts it lost (and may restart them elsewhere):
+    fence_after_s + heartbeat_interval_s + report_interval_s < min(node_down_after_s,
+    storage_down_after_s). The node judges its fence once per heartbeat interval; the
+    report interval bounds how much older its last controller answer may be than the
+    controller's last hearing of it. An agent's long-polls follow each other without a
+    pause, so a region whose reports grow rarer (controller.services.pace) keeps that bound
+    at the floor used here."""
+    need = fence_after_s + heartbeat_interval_s + report_interval_s
+    down = min(node_down_after_s, storage_down_after_s)
+    if not need < down:
+        raise ValueError(
+            f"fence timing: fence_after_s ({fence_after_s:g}) + storage heartbeat interval "
+            f"({heartbeat_interval_s:g}) + report interval ({report_interval_s:g}) = "
+            f"{need:g} s must be less than the smaller of node_down_after_s "
+            f"({node_down_after_s:g}) and storage_down_after_s ({storage_down_after_s:g}): a "
+            "node must stop its VMs before the controller counts it lost")
 
 
 def _bootstrapped_ceph(values: dict[str, object]) -> None:

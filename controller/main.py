@@ -71,6 +71,10 @@ class _Server(BaseApplication):
                         config.events_keep_count)).start()
         # heard-of times of repeated heartbeats, written together once a second
         Periodic("heartbeats", 1.0, lambda: region.heartbeats.flush(region.sessions)).start()
+        if region.storage_watch is not None:  # nodes' storage heartbeats, read as often
+            watch = region.storage_watch          # as they are written
+            Periodic("storage-heartbeats", config.storage_heartbeat_interval_s,
+                     lambda: watch.refresh(region.reads)).start()
         # the region's size sets the agents' report interval; it changes slowly
         Periodic("pace", 30.0, lambda: region.pace.refresh(region.reads)).start()
         # nodes in maintenance: their VMs moved away a few at a time

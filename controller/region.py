@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent.protocol import StorageSettings
 from controller.config import ControllerConfig
 from controller.eventhub import EventHub
+from controller.ha.storage_watch import StorageWatch
 from controller.pki import RegionCA
 from controller.secretbox import RegionKey
 from controller.services.heartbeats import HeartbeatBook
@@ -99,3 +100,5 @@ class Region:
     region_key: RegionKey  # seals the secrets kept at rest (controller.secretbox)
     events: EventHub  # feeds the event streams of this process (/api/v1/events)
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)
+    # nodes' storage heartbeats as this process last read them (Ceph regions only)
+    storage_watch: StorageWatch | None = None

@@ -73,11 +73,14 @@ def key_from_keyring(keyring: Path, client: str) -> str:
 
 def build(driver: str, ceph_conf: Path | None = None, ceph_keyring: Path | None = None,
           ceph_client: str = "vauban", ceph_pool: str = "vauban",
-          ceph_volume_pools: tuple[str, ...] = (), region_tag: str = "region") -> StorageSettings:
+          ceph_volume_pools: tuple[str, ...] = (), region_tag: str = "region",
+          heartbeat_interval_s: float = 2.0, fence_after_s: float = 20.0) -> StorageSettings:
     """Settings for `driver` ("localfs" or "rbd"); StorageConfigError names what is wrong.
 
     `region_tag` makes the name of the hypervisor secret unique to the region, so two
-    regions whose nodes share a host never overwrite each other's key.
+    regions whose nodes share a host never overwrite each other's key. Nodes write their
+    storage heartbeat every `heartbeat_interval_s` and fence themselves after
+    `fence_after_s` without controller and storage (controller.config.check_fence_timing).
     """
     if driver == "localfs":
         return StorageSettings(driver="localfs")
@@ -94,4 +97,5 @@ def build(driver: str, ceph_conf: Path | None = None, ceph_keyring: Path | None 
         pool=ceph_pool,
         volume_pools=list(ceph_volume_pools or (ceph_pool,)),
         secret_usage=f"vauban-{region_tag}-ceph-client.{ceph_client}",
+        heartbeat_interval_s=heartbeat_interval_s, fence_after_s=fence_after_s,
     ))

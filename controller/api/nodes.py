@@ -15,6 +15,7 @@ from controller.api.views import node_view, operation_view
 from controller.authz import InProject, Level, Perm, Region
 from controller.db.models import Node, Operation
 from controller.errors import NotFound
+from controller.ha.ceph import HeartbeatView
 from controller.queries import NodesQuery
 from controller.services import maintenance, operations, scheduler, tenancy
 from controller.services import nodes as node_service
@@ -39,7 +40,8 @@ def list_nodes(query: NodesQuery) -> Any:
         stmt = stmt.where(node_service.state_is(query.state, datetime.now(UTC), down))
     found = page(session, stmt, Node.name, Node.id, query.limit, query.cursor)
     usage = scheduler.usage_by_node(session, [n.id for n in found.items])
-    return found.map(lambda n: node_view(n, usage.get(n.id, scheduler.Usage()), down))
+    return found.map(lambda n: node_view(n, usage.get(n.id, scheduler.Usage()), down,
+                                         storage_view(n.id)))
 
 
 @api.route("GET", "/<ref>", access=Region(Perm.REGION_READ),
@@ -48,7 +50,27 @@ def show_node(ref: str) -> Any:
     session = db()
     node = node_service.find(session, ref)
     usage = scheduler.usage_by_node(session, [node.id]).get(node.id, scheduler.Usage())
-    return node_view(node, usage, region().config.node_down_after_s)
+    return node_view(node, usage, region().config.node_down_after_s, storage_view(node.id))
+
+
+def storage_view(node_id: str) -> HeartbeatView | None:
+    """The node's storage heartbeat as this process last read it (None without Ceph)."""
+    watch = region().storage_watch
+    return watch.view(node_id) if watch is not None else None
+
+
+@api.route("POST", "/<ref>/clear-fence", access=Region(Perm.NODES_WRITE),
+           summary="Let a node that fenced itself start VMs again", responses={200: schemas.Node})
+def clear_fence(ref: str) -> Any:
+    """Clears the fence the node reports (`self_fenced_at`): its next desired state names it,
+    and its agent starts VMs again on the next power action (none is restarted by this).
+    Refused (409) when the node reports no fence."""
+    session = db()
+    node = node_service.find(session, ref)
+    node_service.clear_fence(session, actor(), node)
+    session.commit()
+    usage = scheduler.usage_by_node(session, [node.id]).get(node.id, scheduler.Usage())
+    return node_view(node, usage, region().config.node_down_after_s, storage_view(node.id))
 
 
 @api.route("POST", "/<ref>/maintenance", access=Region(Perm.NODES_WRITE),

@@ -19,6 +19,7 @@ from controller.db.models import (
     SecurityGroup,
     Volume,
 )
+from controller.ha.ceph import HeartbeatView
 from controller.services import networks, operations, scheduler, security_groups, tenancy
 from controller.services.desired import machine_spec
 from controller.services.instances import display_state
@@ -26,7 +27,12 @@ from controller.services.nodes import node_state
 from controller.services.volumes import display_state as volume_state
 
 
-def node_view(n: Node, usage: scheduler.Usage, down_after_s: float) -> schemas.Node:
+def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
+              storage: HeartbeatView | None = None) -> schemas.Node:
+    now = datetime.now(UTC)
+    beat = schemas.StorageHeartbeat(seq=storage.seq, changed_at=storage.changed_at,
+                                    stale=storage.stale, detail=storage.describe(now)) \
+        if storage is not None else None
     return schemas.Node(
         id=n.id, name=n.name, state=node_state(n, datetime.now(UTC), down_after_s),  # type: ignore[arg-type]
         maintenance=n.maintenance,
@@ -36,6 +42,8 @@ def node_view(n: Node, usage: scheduler.Usage, down_after_s: float) -> schemas.N
         last_seen_at=n.last_seen_at, inventory=n.inventory, created_at=n.created_at,
         failures=[schemas.NodeFailure.model_validate(f) for f in n.failures or []],
         labels=n.labels or {}, cert_serial=n.cert_serial, cert_expires_at=n.cert_expires_at,
+        storage_heartbeat=beat, self_fenced_at=n.self_fenced_at,
+        fence_cleared_at=n.fence_cleared_at,
     )
 
 

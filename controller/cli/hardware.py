@@ -51,6 +51,13 @@ def print_node(n: dict[str, Any]) -> None:
     print_failures(n.get("failures") or [], "failures reported by its agent")
     print(f"certificate: serial {n['cert_serial']}, valid until "
           f"{n.get('cert_expires_at') or 'unknown (not renewed yet)'}")
+    beat = n.get("storage_heartbeat")
+    if beat:
+        print(f"storage heartbeat: {beat['detail']}"
+              + (f" (seq {beat['seq']})" if beat.get("seq") is not None else " (none written)"))
+    if n.get("self_fenced_at"):
+        print(f"self-fenced at {n['self_fenced_at']}: its VMs were destroyed and none starts "
+              f"there until the fence is cleared (vauban node clear-fence {n['name']})")
     hw = inv.get("hardware")
     if not hw:
         print("hardware: not reported yet")
@@ -120,6 +127,13 @@ def cmd_node_maintenance(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_clear_fence(c: Client, a: argparse.Namespace) -> int:
+    n = c.post(f"/nodes/{a.name}/clear-fence")
+    print(f"fence of node {a.name} at {n['fence_cleared_at']} cleared: VMs start there again "
+          "on their next start (none was started)")
+    return 0
+
+
 def cmd_node_remove(c: Client, a: argparse.Namespace) -> int:
     c.delete(f"/nodes/{a.name}")
     print(f"node {a.name} removed from the region: its agent is refused from now on")
@@ -176,6 +190,8 @@ def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
     mt.add_argument("name")
     mt.add_argument("state", choices=["on", "off"])
     add_wait_options(mt, "the node is empty (each VM that cannot move is named, with why)")
+    add(node, "clear-fence", cmd_node_clear_fence, "let a node that fenced itself start VMs "
+        "again (only once no other node runs them)").add_argument("name")
     fleet_node_commands(node, add)
     gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
     add_list_filters(add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state "

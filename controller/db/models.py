@@ -73,6 +73,10 @@ class Node(Base):
     # powered off through its BMC and cut off from Ceph by a failover; takes no VMs until
     # `vauban node recover`
     fenced_at: Mapped[datetime | None] = mapped_column(default=None)
+    # when its agent last fenced itself (agent.fencing; None: not fenced), and the fence the
+    # controller cleared: sent back in its desired state, the agent then starts VMs again
+    self_fenced_at: Mapped[datetime | None] = mapped_column(default=None)
+    fence_cleared_at: Mapped[datetime | None] = mapped_column(default=None)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="node",
                                                      foreign_keys="Instance.node_id")

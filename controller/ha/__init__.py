@@ -1,2 +1,2 @@
-"""High availability: what the controller needs to restart VMs of a lost node elsewhere
-(first piece: the power control of a node through its BMC)."""
+"""High availability: node loss detection, fencing (BMC power, Ceph blocklist) and
+restarts of HA VMs elsewhere (docs/design/ha-plan.md)."""

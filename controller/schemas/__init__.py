@@ -45,6 +45,7 @@ from controller.schemas.compute import (
     NodeMaintenance,
     Operation,
     OperationsQuery,
+    StorageHeartbeat,
 )
 from controller.schemas.identity import (
     ROLE_NAMES,
@@ -131,6 +132,7 @@ __all__ = [
     "AgentConsolesQuery",
     "RegionStatus",
     "NodeFailure",
+    "StorageHeartbeat",
     "Node",
     "NodeMaintenance",
     "ImageImportQuery",

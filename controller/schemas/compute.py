@@ -38,6 +38,18 @@ class NodeFailure(Output):
     next_retry_at: UtcDatetime | None = Field(description="When it is tried again; None once final")
 
 
+class StorageHeartbeat(Output):
+    """A node's storage heartbeat (Ceph regions) as this controller last read it: stale once
+    its sequence number has not changed for the storage down delay by the controller's
+    clock (the node's own clock is never trusted for it)."""
+
+    seq: int | None = Field(description="The last sequence number read; null: none written")
+    changed_at: UtcDatetime = Field(description="When the controller saw it change last "
+                                    "(or began watching it)")
+    stale: bool
+    detail: str = Field(examples=["3 s ago", "stale since 2026-12-02T12:00:00+00:00"])
+
+
 class Node(Output):
     """A node of the region, with what its agent last reported."""
 
@@ -67,6 +79,16 @@ class Node(Output):
         description="When that certificate expires (its agent renews it well before); "
                     "null for a node that has not renewed since this was recorded")
     created_at: UtcDatetime
+    storage_heartbeat: StorageHeartbeat | None = Field(
+        default=None, description="Its storage heartbeat; null without Ceph or before the "
+        "controller first read it")
+    self_fenced_at: UtcDatetime | None = Field(
+        default=None, description="When its agent destroyed its VMs for lack of both the "
+        "controller and its storage (it starts none until the fence is cleared); null: "
+        "not fenced")
+    fence_cleared_at: UtcDatetime | None = Field(
+        default=None, description="The fence an operator cleared last (vauban node "
+        "clear-fence)")
 
 
 class ImageImportQuery(Input):

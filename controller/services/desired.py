@@ -89,6 +89,7 @@ def build(db: Session, node: Node) -> DesiredState:
         networks=networks,
         security_groups=_security_groups(db, group_ids),
         delete_vm_disks=_deleted_vms(db, node, since),
+        fence_cleared=node.fence_cleared_at,
     )
 
 

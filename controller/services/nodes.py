@@ -20,7 +20,7 @@ from controller.errors import (
     Unauthorized,
 )
 from controller.pki import LEAF_VALIDITY, CsrError, Issued, RegionCA
-from controller.services import audit, events
+from controller.services import audit, desired, events
 from controller.services.auth import sha256_hex
 
 
@@ -194,6 +194,21 @@ def find(db: Session, ref: str) -> Node:
     if node is None:
         raise NotFound(f"node '{ref}' does not exist")
     return node
+
+
+def clear_fence(db: Session, actor: str, node: Node) -> datetime:
+    """Clear the fence `node` reports (agent.fencing): its desired state names the fence
+    from now on, and its agent lifts exactly that one (a later fence stays). Returns the
+    fence's time. Conflict, nothing changed, when the node reports no fence. Whoever
+    clears it vouches that no other node runs the node's VMs; none is started by this."""
+    if node.self_fenced_at is None:
+        raise Conflict(f"node '{node.name}' reports no fence: there is nothing to clear")
+    fenced = as_utc(node.self_fenced_at)
+    node.fence_cleared_at = fenced
+    desired.bump(node)
+    audit.record(db, actor, "node.clear-fence", f"node/{node.id}", name=node.name,
+                 self_fenced_at=fenced.isoformat())
+    return fenced
 
 
 def remove(db: Session, actor: str, node: Node) -> None:

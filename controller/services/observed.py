@@ -32,6 +32,8 @@ def ingest(db: Session, node: Node, status: NodeStatus) -> bool:
     node.last_seen_at = datetime.now(UTC)
     node.storage_status = status.storage.model_dump(mode="json") if status.storage else None
     node.failures = [f.model_dump(mode="json") for f in status.failures]
+    if node.self_fenced_at != status.self_fenced_at:  # rarely changes: no write otherwise
+        node.self_fenced_at = status.self_fenced_at
     seen = {vm.id: vm for vm in status.vms}
     instances = {
         i.id: i for i in db.scalars(select(Instance).where(Instance.node_id == node.id))

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "playbooks"
 BIN = Path(sys.executable).parent
 DOWN_AFTER_S = 15  # a node silent this long is shown down
+FENCE_AFTER_S = 7.5  # + heartbeat 2 s + report 5 s stays under DOWN_AFTER_S (controller.config)
 CEPH_POOL = "vauban"
 ROLLOUT_TIMEOUT_S = 900
 NODE_UP_TIMEOUT_S = 180
@@ -110,14 +111,16 @@ class LabRegion(E2ERegion):
 
 
 def start_ceph(lab: Lab) -> MiniCluster:
-    """A single-node Ceph cluster on the lab bridge's address, pool `vauban`, and the
-    keyring of its client.bootstrap-osd (for nodes that make OSDs)."""
+    """A single-node Ceph cluster on the lab bridge's address, pool `vauban`, the keyring
+    of its client.bootstrap-osd (for nodes that make OSDs) and that of the controller's
+    client.vauban-fence."""
     root = Path("/var/tmp") / f"vauban-lab-ceph-{uuid.uuid4().hex[:8]}"
     root.mkdir(mode=0o711)
     cluster = MiniCluster(root, address=str(lab.host_address.ip))
     try:
         cluster.start(pools=[CEPH_POOL])
         bootstrap_osd_keyring(cluster)
+        cluster.ensure_fence_client()
     except BaseException:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -165,6 +168,10 @@ def lab_region(lab3: Lab, testguest_image: Path) -> Iterator[LabRegion]:
             "VAUBAN_CEPH_KEYRING": str(ceph.client_keyring),
             "VAUBAN_CEPH_POOL": CEPH_POOL, "VAUBAN_CEPH_VOLUME_POOLS": CEPH_POOL,
             "VAUBAN_CEPH_BOOTSTRAP_OSD_KEYRING": str(ceph.dir / BOOTSTRAP_OSD_KEYRING),
+            "VAUBAN_CEPH_FENCE_KEYRING": str(ceph.fence_keyring),
+            # a node fences itself before it is counted down (controller.config)
+            "VAUBAN_FENCE_AFTER": str(FENCE_AFTER_S),
+            "VAUBAN_STORAGE_DOWN_AFTER": str(DOWN_AFTER_S),
             **controller_env(lab3, root)},
         lab=lab3, ceph=ceph)
     try:

@@ -143,3 +143,60 @@ def test_session_durations_default_to_30_minutes_idle_and_12_hours_in_all(
     monkeypatch.setenv("VAUBAN_SESSION_IDLE_S", "0")
     with pytest.raises(ValueError, match="session_idle_s must be a positive number"):
         ControllerConfig.from_env(data_dir=tmp_path)
+
+
+def test_fence_timing_defaults_hold_and_reach_the_nodes(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    from controller.storage_settings import build
+
+    for var in ("VAUBAN_FENCE_AFTER", "VAUBAN_STORAGE_HEARTBEAT_INTERVAL",
+                "VAUBAN_STORAGE_DOWN_AFTER", "VAUBAN_NODE_DOWN_AFTER"):
+        monkeypatch.delenv(var, raising=False)
+    config = ControllerConfig.from_env(data_dir=tmp_path, storage="rbd")
+    assert (config.fence_after_s, config.storage_heartbeat_interval_s,
+            config.storage_down_after_s, config.node_down_after_s) == (20.0, 2.0, 30.0, 30.0)
+    conf, keyring = tmp_path / "ceph.conf", tmp_path / "keyring"
+    conf.write_text("[global]\nfsid = f\nmon_host = 127.0.0.1:6789\n")
+    keyring.write_text("[client.vauban]\n\tkey = AQBpc2x5AAAAABAAmFXcWxJ0EmYbOWgD3CmI0g==\n")
+    monkeypatch.setenv("VAUBAN_FENCE_AFTER", "6")
+    monkeypatch.setenv("VAUBAN_STORAGE_HEARTBEAT_INTERVAL", "1.5")
+    config = ControllerConfig.from_env(data_dir=tmp_path, storage="rbd", ceph_conf=conf,
+                                       ceph_keyring=keyring)
+    rbd = build("rbd", conf, keyring, heartbeat_interval_s=config.storage_heartbeat_interval_s,
+                fence_after_s=config.fence_after_s).rbd
+    assert rbd is not None and (rbd.heartbeat_interval_s, rbd.fence_after_s) == (1.5, 6.0)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"VAUBAN_FENCE_AFTER": "23"},
+     "fence timing: fence_after_s (23) + storage heartbeat interval (2) + report interval "
+     "(5) = 30 s must be less than the smaller of node_down_after_s (30) and "
+     "storage_down_after_s (30): a node must stop its VMs before the controller counts it "
+     "lost"),
+    ({"VAUBAN_NODE_DOWN_AFTER": "15"},
+     "fence timing: fence_after_s (20) + storage heartbeat interval (2) + report interval "
+     "(5) = 27 s must be less than the smaller of node_down_after_s (15) and "
+     "storage_down_after_s (30): a node must stop its VMs before the controller counts it "
+     "lost"),
+    ({"VAUBAN_STORAGE_DOWN_AFTER": "26.5"}, "= 27 s must be less than the smaller"),
+    ({"VAUBAN_FENCE_AFTER": "0"}, "fence_after_s must be a positive number, not 0.0"),
+    ({"VAUBAN_STORAGE_HEARTBEAT_INTERVAL": "nan"},
+     "storage_heartbeat_interval_s must be a positive number, not nan"),
+])
+def test_fence_timing_that_could_restart_a_running_vm_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str],
+        message: str) -> None:
+    for var in ("VAUBAN_FENCE_AFTER", "VAUBAN_STORAGE_HEARTBEAT_INTERVAL",
+                "VAUBAN_STORAGE_DOWN_AFTER", "VAUBAN_NODE_DOWN_AFTER"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError) as e:
+        ControllerConfig.from_env(data_dir=tmp_path, storage="rbd")
+    assert message in str(e.value)
+
+
+def test_fence_timing_is_not_checked_without_shared_storage(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    monkeypatch.setenv("VAUBAN_NODE_DOWN_AFTER", "5")
+    assert ControllerConfig.from_env(data_dir=tmp_path, storage="localfs").node_down_after_s == 5

@@ -42,6 +42,16 @@ def client_caps(pools: list[str] | tuple[str, ...]) -> dict[str, str]:
     return {"mon": "profile rbd", "osd": rbd_pools, "mgr": rbd_pools}
 
 
+FENCE_CLIENT = "vauban-fence"  # the controller's own client for (un)fencing nodes
+
+
+def fence_caps() -> dict[str, str]:
+    """The fence client's caps: read the maps and add, list and remove blocklist entries;
+    nothing on any pool. Never given to nodes: their shared client (`profile rbd`) may
+    only add entries, so a fenced node cannot lift its own."""
+    return {"mon": 'allow r, allow command "osd blocklist"'}
+
+
 def free_ports(n: int, address: str = "127.0.0.1") -> list[int]:
     """`n` distinct TCP ports free on `address` right now."""
     socks = []

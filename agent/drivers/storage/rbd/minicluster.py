@@ -14,6 +14,7 @@ Layout of the directory (everything of the cluster is in it):
     ceph.conf                  configuration; names no key and no client keyring
     ceph.client.admin.keyring  the admin key (tests and operators only), 0600
     ceph.client.vauban.keyring the limited client's key, for the controller, 0600
+    ceph.client.vauban-fence.keyring  the fence client's key (ensure_fence_client), 0600
     cluster.json               the ClusterInfo, 0600 (it holds the client's key)
     mon.a/ mgr.x/ osd.0/       daemon data and keyrings; osd.0/block.img is the sparse device
     run/<name>.pid             PID of each daemon (written by the daemon at start)
@@ -40,9 +41,11 @@ from typing import Any
 
 from agent.drivers.storage.rbd import cephx
 from agent.drivers.storage.rbd.clusterconf import (
+    FENCE_CLIENT,
     ClusterInfo,
     client_caps,
     conf_text,
+    fence_caps,
     free_ports,
     health_problems,
 )
@@ -86,6 +89,7 @@ class MiniCluster:
         self.conf = self.dir / "ceph.conf"
         self.admin_keyring = self.dir / "ceph.client.admin.keyring"
         self.client_keyring = self.dir / f"ceph.client.{CLIENT}.keyring"
+        self.fence_keyring = self.dir / f"ceph.client.{FENCE_CLIENT}.keyring"
         self.info_file = self.dir / "cluster.json"
         self.start_timeout = start_timeout
 
@@ -214,6 +218,15 @@ class MiniCluster:
         log.info("cluster in %s healthy after %.1fs", self.dir, time.monotonic() - t0)
         return info
 
+    def ensure_fence_client(self) -> Path:
+        """client.vauban-fence on the running cluster with exactly `fence_caps()`, and its
+        keyring (0600) in the cluster's folder, for a controller to fence nodes with;
+        returns the keyring's path. Idempotent: the key stays, the caps are set again."""
+        with self.admin() as admin:
+            key = _ensure_entity(admin, f"client.{FENCE_CLIENT}", fence_caps())
+        _write_private(self.fence_keyring, cephx.keyring({f"client.{FENCE_CLIENT}": key}))
+        return self.fence_keyring
+
     def info(self) -> ClusterInfo:
         """The info of a bootstrapped cluster (running or not); MiniClusterError if none."""
         try:
@@ -305,7 +318,8 @@ class MiniCluster:
         """Undo a failed bootstrap: everything but the logs, for the post-mortem."""
         for sub in ("mon.a", "mgr.x", "osd.0", "run"):
             shutil.rmtree(self.dir / sub, ignore_errors=True)
-        for f in (self.conf, self.admin_keyring, self.client_keyring, self.info_file,
+        for f in (self.conf, self.admin_keyring, self.client_keyring, self.fence_keyring,
+                  self.info_file,
                   self.dir / "monmap",
                   self.dir / "bootstrap.keyring"):
             f.unlink(missing_ok=True)
@@ -380,8 +394,11 @@ def _ensure_pools(admin: Any, pools: tuple[str, ...]) -> None:
 
 def _ensure_client(admin: Any, client: str, pools: tuple[str, ...]) -> str:
     """client.<client> with caps on exactly `pools`; returns its key."""
-    entity = f"client.{client}"
-    caps = client_caps(pools)
+    return _ensure_entity(admin, f"client.{client}", client_caps(pools))
+
+
+def _ensure_entity(admin: Any, entity: str, caps: dict[str, str]) -> str:
+    """`entity` with exactly `caps` (made, or its caps set again); returns its key."""
     flat = [x for kv in caps.items() for x in kv]
     ret, _, _ = admin.mon_command(json.dumps({"prefix": "auth get", "entity": entity,
                                               "format": "json"}), b"", timeout=30)
@@ -405,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "start":
             info = cluster.start(pools=args.pool)
+            cluster.ensure_fence_client()  # the controller fences nodes with it
             # the key stays in the 0600 files; a terminal or a log is no place for it
             print(f"Ceph cluster {info.fsid} healthy in {args.dir}: mon_host {info.mon_host}, "
-                  f"client.{info.client} keyring {cluster.client_keyring}, "
+                  f"client.{info.client} keyring {cluster.client_keyring}, fence client "
+                  f"keyring {cluster.fence_keyring}, "
                   f"pools {', '.join(info.pools)}")
         elif args.action == "stop":
             cluster.stop()
