@@ -12,6 +12,7 @@ from controller.api import (
     events,
     fleet,
     gpus,
+    ha,
     identity,
     images,
     instances,
@@ -31,8 +32,8 @@ from controller.metrics import ControllerMetrics, install_request_timing
 from controller.region import Region
 from controller.ui.serve import install_ui
 
-BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, audit.api,
-              images.api, instances.api, consoles.api, volumes.api, networks.api,
+BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, ha.api,
+              audit.api, images.api, instances.api, consoles.api, volumes.api, networks.api,
               networks.ports_api, security_groups.api, gpus.api, agent.api, fleet.api,
               identity.projects_api, identity.users_api, identity.roles_api,
               identity.tokens_api, identity.account_api, events.api, metrics.api]

@@ -13,11 +13,12 @@ from controller.db.session import make_engine, make_read_sessionmaker, make_sess
 from controller.eventhub import EventHub, notify_other_processes
 from controller.fleet.keys import ensure_fleet_key
 from controller.ha import ceph as ha_ceph
+from controller.ha.fencer import RegionFencer, ceph_monitor_ips
 from controller.ha.storage_watch import StorageWatch
 from controller.notices import NoticeListener, announce, new_origin
 from controller.pki import RegionCA, fingerprint
 from controller.region import ChangeNotifier, Region
-from controller.secretbox import ensure_region_key
+from controller.secretbox import RegionKey, ensure_region_key
 from controller.services import events, security_groups, tenancy
 from controller.services.auth import ensure_admin
 from controller.services.heartbeats import HeartbeatBook
@@ -89,13 +90,26 @@ def open_region(config: ControllerConfig) -> Region:
     ca_sha256 = fingerprint(ca.cert_pem())
     pace = RegionPace(config.max_reports_per_s, config.node_down_after_s)
     pace.refresh(reads)
+    watch = storage_watch(config)
     return Region(
         config=config, engine=engine, sessions=sessions, reads=reads,
         ca=ca, notifier=notifier, heartbeats=heartbeats, pace=pace, origin=origin,
         login_slots=HashSlots.of(config.login_limits()), region_key=region_key,
         ca_sha256=ca_sha256, storage=storage(ca_sha256[:12]), events=hub,
-        storage_watch=storage_watch(config),
+        storage_watch=watch, fencer=fencer(config, region_key, watch),
     )
+
+
+def fencer(config: ControllerConfig, box: RegionKey,
+           watch: StorageWatch | None) -> RegionFencer:
+    """The region's fencer: BMCs always; Ceph's blocklist where a fence keyring is set.
+    Never the controller's own address or a Ceph monitor's."""
+    _reader, fence = ha_ceph.accesses(config)
+    protected = ceph_monitor_ips(config.ceph_conf) | {"127.0.0.1", "::1"}
+    if config.host not in ("0.0.0.0", "::"):
+        protected.add(config.host)
+    return RegionFencer(box, watch, ha_ceph.Fencer(fence) if fence is not None else None,
+                        protected)
 
 
 def storage_watch(config: ControllerConfig) -> StorageWatch | None:

@@ -17,6 +17,7 @@ from controller.api.auth import PeerCertMiddleware
 from controller.app import create_app
 from controller.bootstrap import hear_other_processes, open_region
 from controller.config import ClientLimits, ControllerConfig
+from controller.ha import failover
 from controller.metrics import enable_multiprocess, metrics_dir, worker_exited
 from controller.pki import RegionCA
 from controller.secretbox import SecretError
@@ -77,6 +78,11 @@ class _Server(BaseApplication):
                      lambda: watch.refresh(region.reads)).start()
         # the region's size sets the agents' report interval; it changes slowly
         Periodic("pace", 30.0, lambda: region.pace.refresh(region.reads)).start()
+        # lost nodes fenced, then their HA VMs restarted elsewhere (controller.ha.failover)
+        if region.fencer is not None:
+            fencer = region.fencer
+            Periodic("failover", 2.0,
+                     lambda: failover.tick(region.sessions, config, fencer)).start()
         # nodes in maintenance: their VMs moved away a few at a time
         Periodic("maintenance", 5.0,
                  lambda: maintenance.evacuate_all(region.sessions, config)).start()

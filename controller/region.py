@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent.protocol import StorageSettings
 from controller.config import ControllerConfig
 from controller.eventhub import EventHub
+from controller.ha.fencer import RegionFencer
 from controller.ha.storage_watch import StorageWatch
 from controller.pki import RegionCA
 from controller.secretbox import RegionKey
@@ -102,3 +103,5 @@ class Region:
     heartbeats: HeartbeatBook = field(default_factory=HeartbeatBook)
     # nodes' storage heartbeats as this process last read them (Ceph regions only)
     storage_watch: StorageWatch | None = None
+    # fences lost nodes (BMC power, Ceph blocklist) for the failover (controller.ha)
+    fencer: RegionFencer | None = None

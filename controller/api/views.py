@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from agent.protocol import GuestInfo
 from controller import schemas
 from controller.db.models import (
+    Failover,
     Instance,
     Network,
     Node,
@@ -28,7 +29,8 @@ from controller.services.volumes import display_state as volume_state
 
 
 def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
-              storage: HeartbeatView | None = None) -> schemas.Node:
+              storage: HeartbeatView | None = None,
+              failover: Failover | None = None) -> schemas.Node:
     now = datetime.now(UTC)
     beat = schemas.StorageHeartbeat(seq=storage.seq, changed_at=storage.changed_at,
                                     stale=storage.stale, detail=storage.describe(now)) \
@@ -43,7 +45,9 @@ def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
         failures=[schemas.NodeFailure.model_validate(f) for f in n.failures or []],
         labels=n.labels or {}, cert_serial=n.cert_serial, cert_expires_at=n.cert_expires_at,
         storage_heartbeat=beat, self_fenced_at=n.self_fenced_at,
-        fence_cleared_at=n.fence_cleared_at,
+        fence_cleared_at=n.fence_cleared_at, fenced_at=n.fenced_at,
+        failover={"id": failover.id, "state": failover.state, "reason": failover.reason,
+                  "since": failover.created_at.isoformat()} if failover else None,
     )
 
 

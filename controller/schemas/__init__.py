@@ -47,6 +47,7 @@ from controller.schemas.compute import (
     OperationsQuery,
     StorageHeartbeat,
 )
+from controller.schemas.ha import Failover, NodeBmc, NodeBmcSet, NodeFence
 from controller.schemas.identity import (
     ROLE_NAMES,
     Account,
@@ -109,6 +110,10 @@ from controller.schemas.storage import (
 )
 
 __all__ = [
+    "Failover",
+    "NodeBmc",
+    "NodeBmcSet",
+    "NodeFence",
     "UtcInput",
     "NAME_PATTERN",
     "TOTP_CODE",

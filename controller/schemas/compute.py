@@ -89,6 +89,11 @@ class Node(Output):
     fence_cleared_at: UtcDatetime | None = Field(
         default=None, description="The fence an operator cleared last (vauban node "
         "clear-fence)")
+    fenced_at: UtcDatetime | None = Field(
+        default=None, description="When a failover fenced it (powered off, cut off from "
+        "Ceph); it takes no VMs until recovered (vauban node recover)")
+    failover: dict[str, Any] | None = Field(
+        default=None, description="Its failover under way or last ended: state, reason")
 
 
 class ImageImportQuery(Input):
