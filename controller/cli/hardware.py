@@ -22,6 +22,7 @@ from controller.cli.formats import (
     one_of,
     size,
 )
+from controller.cli.ha import ha_node_commands
 from controller.cli.output import add_wait_options
 from controller.states import GpuState, NodeState
 
@@ -58,6 +59,12 @@ def print_node(n: dict[str, Any]) -> None:
     if n.get("self_fenced_at"):
         print(f"self-fenced at {n['self_fenced_at']}: its VMs were destroyed and none starts "
               f"there until the fence is cleared (vauban node clear-fence {n['name']})")
+    failover = n.get("failover")
+    if failover and failover["state"] not in ("done", "cancelled"):
+        print(f"failover: {failover['state']} since {failover['since']}: {failover['reason']}")
+    if n.get("fenced_at"):
+        print(f"fenced at {n['fenced_at']} (powered off, cut off from Ceph): it takes no VMs "
+              f"until recovered (vauban node recover {n['name']})")
     hw = inv.get("hardware")
     if not hw:
         print("hardware: not reported yet")
@@ -193,6 +200,7 @@ def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
     add(node, "clear-fence", cmd_node_clear_fence, "let a node that fenced itself start VMs "
         "again (only once no other node runs them)").add_argument("name")
     fleet_node_commands(node, add)
+    ha_node_commands(node, add)
     gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
     add_list_filters(add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state "
                          "and telemetry", columns=GPU_COLUMNS),

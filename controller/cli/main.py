@@ -34,6 +34,7 @@ from controller.cli.formats import (
     pick_columns,
     size,
 )
+from controller.cli.ha import ha_vm_commands
 from controller.cli.hardware import hardware_commands, parse_gpu_arg
 from controller.cli.identity import identity_commands
 from controller.cli.monitor import monitor_commands
@@ -177,6 +178,8 @@ def _follow(c: Client, op: dict[str, Any], wait: bool) -> int:
 def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": a.name, "image": a.image, "vcpus": a.cpus,
                             "memory_mib": a.memory, "start": not a.no_start}
+    if a.ha:
+        body["ha"] = True
     if a.disk is not None:
         body["root_disk_gib"] = a.disk
     if a.hostname:
@@ -621,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="whole GPUs of this model passed through, e.g. H100:2 (repeatable)")
     cr.add_argument("--vgpu", metavar="TYPE", help="a vGPU of this type, e.g. H100XM-10C")
     cr.add_argument("--no-start", action="store_true")
+    cr.add_argument("--ha", action="store_true", help="restart it on another node when its "
+                    "node is lost, once that node is fenced (shared storage)")
     cr.add_argument("--project", help=PROJECT_HELP)
     add_wait_options(cr, "it is made (and runs, unless --no-start)")
     add_list_filters(add(vm, "list", cmd_vm_list, "list VMs", columns=VM_COLUMNS),
@@ -638,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_wait_options(sp)
         if action in forced:
             sp.add_argument("--force", action="store_true", help=forced[action])
+    ha_vm_commands(vm, add)
     mg = add(vm, "migrate", cmd_vm_migrate, "move a running VM to another node without "
              "stopping it (shared storage)")
     mg.add_argument("name")
