@@ -57,7 +57,8 @@ POSITIVE_SETTINGS = ("disk_allocation_ratio", "max_image_bytes", "max_connection
                      "login_lockout_s", "login_concurrency", "database_pool_size",
                      "database_pool_wait_s", "session_idle_s", "session_max_s",
                      "events_keep_s", "events_keep_count", "events_keepalive_s",
-                     "storage_heartbeat_interval_s", "fence_after_s", "storage_down_after_s")
+                     "storage_heartbeat_interval_s", "fence_after_s", "storage_down_after_s",
+                     "fence_step_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class ControllerConfig:
     storage_heartbeat_interval_s: float = 2.0
     fence_after_s: float = 20.0
     storage_down_after_s: float = 30.0
+    # a failover's fencing step (a BMC's retries and timeout) is done by then, or it is
+    # taken to have died with its controller process and is tried again
+    fence_step_timeout_s: float = 120.0
     max_image_bytes: int = 64 * 1024**3  # an upload declaring more is refused unread (413)
     # the VXLAN ids tenant networks take (each the lowest free one): keep them clear of any
     # other VXLAN on the underlay (e.g. an EVPN fabric's)
@@ -281,6 +285,7 @@ class ControllerConfig:
                 "storage_heartbeat_interval_s": ("VAUBAN_STORAGE_HEARTBEAT_INTERVAL", float),
                 "fence_after_s": ("VAUBAN_FENCE_AFTER", float),
                 "storage_down_after_s": ("VAUBAN_STORAGE_DOWN_AFTER", float),
+                "fence_step_timeout_s": ("VAUBAN_FENCE_STEP_TIMEOUT", float),
                 "max_reports_per_s": ("VAUBAN_MAX_REPORTS_PER_SECOND", float),
                 "max_image_bytes": ("VAUBAN_MAX_IMAGE_BYTES", int),
                 "vni_first": ("VAUBAN_VNI_FIRST", int),

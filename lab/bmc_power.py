@@ -26,6 +26,7 @@ from lab.node import LabNode, power_cut, powered, start
 
 HOLD_POLL_S = 0.2
 IGNORED_OFF = "ignored-power-off"  # marker: an ignored power off reads off until power on
+HOLDING = "holding-power-off"  # marker: a power off waits on the hold switch now
 
 
 def main(argv: list[str]) -> int:
@@ -81,8 +82,13 @@ def _set(lab: Lab, node: LabNode, parm: str, value: str) -> None:
 
 
 def _power_off(node: LabNode) -> None:
-    while bmc.faults(node).get("hold"):
-        time.sleep(HOLD_POLL_S)  # held until a test clears the switch
+    holding = bmc.folder(node) / HOLDING
+    try:
+        while bmc.faults(node).get("hold"):
+            holding.touch()  # a test sees the power off has reached the BMC
+            time.sleep(HOLD_POLL_S)  # held until a test clears the switch
+    finally:
+        holding.unlink(missing_ok=True)
     if bmc.faults(node).get("ignore_power_off"):
         (bmc.folder(node) / IGNORED_OFF).touch()
         return

@@ -36,7 +36,6 @@ from controller.services import audit, desired, instances, networks, scheduler
 log = logging.getLogger(__name__)
 
 ACTIVE = ("detected", "powered-off", "fenced")
-CLAIM = timedelta(seconds=120)  # longer than a step can take (a BMC's retries, its timeout)
 RETRY = timedelta(seconds=10)  # a failed step is tried again after this
 
 
@@ -134,7 +133,7 @@ def advance(sessions: sessionmaker[Session], config: ControllerConfig, fencer: F
                          name=node.name, reason=fo.reason)
             return
         state, target = fo.state, lost_node(db, node)
-        fo.claimed_until = now() + CLAIM
+        fo.claimed_until = now() + timedelta(seconds=config.fence_step_timeout_s)
     step = "power-off" if state == "detected" else "storage"
     try:
         if state == "detected":

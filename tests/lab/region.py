@@ -171,6 +171,9 @@ def lab_region(lab3: Lab, testguest_image: Path) -> Iterator[LabRegion]:
             "VAUBAN_CEPH_FENCE_KEYRING": str(ceph.fence_keyring),
             # a node fences itself before it is counted down (controller.config)
             "VAUBAN_FENCE_AFTER": str(FENCE_AFTER_S),
+            # a fencing step that died with its controller is retried this soon (the
+            # lab's BMC answers within its 30 s retries, or not at all)
+            "VAUBAN_FENCE_STEP_TIMEOUT": "45",
             "VAUBAN_STORAGE_DOWN_AFTER": str(DOWN_AFTER_S),
             **controller_env(lab3, root)},
         lab=lab3, ceph=ceph)
