@@ -68,6 +68,11 @@ class Node(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # up/down/new as last told in an event (controller.services.events.announce_node_states)
     announced_state: Mapped[str | None] = mapped_column(String(8), default=None)
+    # where other nodes reach its libvirtd and QEMU for a migration (its underlay address, an
+    # IP SAN of its hypervisor certificate), and that certificate's serial: None before the
+    # agent first asked for one
+    migration_address: Mapped[str | None] = mapped_column(String(45), default=None)
+    hypervisor_cert_serial: Mapped[str | None] = mapped_column(String(64), default=None)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="node")
 
