@@ -35,6 +35,7 @@ def node_view(n: Node, usage: scheduler.Usage, down_after_s: float) -> schemas.N
         last_seen_at=n.last_seen_at, inventory=n.inventory, created_at=n.created_at,
         failures=[schemas.NodeFailure.model_validate(f) for f in n.failures or []],
         labels=n.labels or {}, cert_serial=n.cert_serial, cert_expires_at=n.cert_expires_at,
+        migration_address=n.migration_address, hypervisor_cert_serial=n.hypervisor_cert_serial,
     )
 
 

@@ -62,6 +62,8 @@ def test_a_node_gets_its_hypervisor_certificate_recorded_and_audited(
     assert set(usage) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
     serial = format(cert.serial_number, "x")
     assert _recorded(region, node.id) == (ADDRESS, serial)
+    shown = api.get("/api/v1/nodes/lab1").json
+    assert (shown["migration_address"], shown["hypervisor_cert_serial"]) == (ADDRESS, serial)  # type: ignore[index]
     with region.reads() as db:
         events = list(db.scalars(select(AuditEvent).where(
             AuditEvent.action == "node.hypervisor-certificate.issue")))
