@@ -48,6 +48,10 @@ def print_node(n: dict[str, Any]) -> None:
     print_failures(n.get("failures") or [], "failures reported by its agent")
     print(f"certificate: serial {n['cert_serial']}, valid until "
           f"{n.get('cert_expires_at') or 'unknown (not renewed yet)'}")
+    if n.get("migration_address"):
+        ready = "ready" if inv.get("migration_ready") else "not ready (libvirt TLS)"
+        print(f"migration: {ready}, reached at {n['migration_address']}, hypervisor "
+              f"certificate serial {n.get('hypervisor_cert_serial')}")
     hw = inv.get("hardware")
     if not hw:
         print("hardware: not reported yet")
