@@ -239,11 +239,18 @@ class HypervisorTls:
                                      f"{self.root / 'etc/pki'} failed: {e}") from e
         return cert
 
+    def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """The command's result; HypervisorTlsError when it cannot run or hangs."""
+        try:
+            return self.run(args)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise HypervisorTlsError(f"{' '.join(args)}: {e}") from e
+
     def _systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(["systemctl", *args])
+        return self._run(["systemctl", *args])
 
     def _must(self, args: Sequence[str]) -> None:
-        done = self.run(args)
+        done = self._run(args)
         if done.returncode != 0:
             raise HypervisorTlsError(f"{' '.join(args)} failed ({done.returncode}): "
                                      f"{(done.stderr or done.stdout).strip()[:400]}")
@@ -272,9 +279,9 @@ class HypervisorTls:
         host = f"[{self.address}]" if ":" in self.address else self.address
         uri = f"qemu+tls://{host}/system"
         try:
-            done = self.run(["virsh", "-c", uri, "uri"])
-        except subprocess.TimeoutExpired:
-            return False, f"{uri} did not answer within {PROBE_TIMEOUT_S:.0f} s"
+            done = self._run(["virsh", "-c", uri, "uri"])
+        except HypervisorTlsError as e:  # a hung handshake ends with the command's timeout
+            return False, str(e)
         if done.returncode != 0:
             return False, f"{uri}: {(done.stderr or done.stdout).strip()[:400]}"
         return True, f"libvirtd answers {uri}"

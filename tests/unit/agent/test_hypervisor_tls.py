@@ -15,7 +15,13 @@ import pytest
 from cryptography import x509
 
 from agent import certs
-from agent.hypervisor_tls import HypervisorTls, current, layout, write_material
+from agent.hypervisor_tls import (
+    HypervisorTls,
+    HypervisorTlsError,
+    current,
+    layout,
+    write_material,
+)
 from agent.protocol import HypervisorCertificateIssued
 from controller.pki import RegionCA
 
@@ -201,3 +207,15 @@ def test_write_material_refuses_an_unknown_group_before_any_key_is_written(
         write_material(tmp_path / "root", ca.cert_pem(), b"cert", b"key",
                        "no-such-group-here")
     assert not (tmp_path / "root").exists()
+
+
+def test_a_command_that_hangs_is_a_failure_of_the_round_not_of_the_thread(
+        tmp_path: Path, ca: RegionCA) -> None:
+    def hangs(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        raise subprocess.TimeoutExpired(list(args), 60)
+
+    tls = _tls(tmp_path, ca)
+    tls.run = hangs
+    with pytest.raises(HypervisorTlsError, match="systemctl is-enabled.*timed out"):
+        tls.keep(FakeClient(ca))  # type: ignore[arg-type]
+    assert not tls.ready()
