@@ -20,9 +20,10 @@ two renames can leave a key beside a certificate for another key: `current` then
 usable material and the agent asks for a new certificate at once.
 
 Once the files are in place, libvirtd's TLS listener is enabled once (Debian's
-`libvirtd-tls.socket`, port 16514; libvirtd refuses to start with it and no certificate),
-which needs a libvirtd restart (running VMs survive it); a renewed certificate is loaded
-into the running libvirtd with `virt-admin server-update-tls`.
+`libvirtd-tls.socket`, port 16514; libvirtd refuses to start with it and no certificate):
+libvirtd is stopped, then the socket and libvirtd started (systemd starts no socket whose
+service runs; running VMs survive, libvirtd.service has KillMode=process); a renewed
+certificate is loaded into the running libvirtd with `virt-admin server-update-tls`.
 """
 
 from __future__ import annotations
@@ -261,10 +262,14 @@ class HypervisorTls:
         the running libvirtd afterwards. HypervisorTlsError on failure."""
         enabled = self._systemctl("is-enabled", "--quiet", TLS_SOCKET).returncode == 0
         active = self._systemctl("is-active", "--quiet", TLS_SOCKET).returncode == 0
-        if not (enabled and active) or self._restart:
-            self._must(["systemctl", "enable", "--now", TLS_SOCKET])
-            # libvirtd takes its sockets from systemd when it starts: VMs survive this
-            self._must(["systemctl", "restart", LIBVIRTD])
+        if not enabled:
+            self._must(["systemctl", "enable", TLS_SOCKET])
+        if not active or self._restart:
+            # systemd refuses to start a socket whose service runs, and libvirtd takes its
+            # sockets only when it starts: stop it (its VMs run on: KillMode=process), then
+            # start both; a libvirtd started in between by a client fails this round only
+            self._must(["systemctl", "stop", LIBVIRTD])
+            self._must(["systemctl", "start", TLS_SOCKET, LIBVIRTD])
             self._restart = False
             log.info("enabled libvirtd's TLS listener (%s, port %d) and restarted libvirtd",
                      TLS_SOCKET, TLS_PORT)
