@@ -115,6 +115,21 @@ def _replace(path: Path, data: bytes, mode: int, gid: int) -> None:
         raise
 
 
+def _make_dirs(root: Path) -> None:
+    for sub, mode in _DIRS:
+        d = root / sub
+        if not d.is_dir():
+            d.mkdir(mode=mode, parents=True, exist_ok=True)
+
+
+def write_ca(root: Path, ca_pem: bytes) -> None:
+    """The folders made and the CA files of `layout(root)` written. OSError on failure."""
+    _make_dirs(root)
+    for f in layout(root):
+        if f.what == "ca":
+            _replace(f.path, ca_pem, f.mode, os.getgid())
+
+
 def write_material(root: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
                    qemu_group: str = QEMU_GROUP) -> None:
     """Write the CA, certificate and key to every file of `layout(root)`. KeyError for a
@@ -122,10 +137,7 @@ def write_material(root: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
     files may be new, some old: `current` then finds no usable set)."""
     files = [(f, grp.getgrnam(f.group).gr_gid if f.group else os.getgid())
              for f in layout(root, qemu_group)]  # an unknown group: nothing written
-    for sub, mode in _DIRS:
-        d = root / sub
-        if not d.is_dir():
-            d.mkdir(mode=mode, parents=True, exist_ok=True)
+    _make_dirs(root)
     data = {"ca": ca_pem, "cert": cert_pem, "key": key_pem}
     # certificates before keys: libvirtd and QEMU read a pair only when asked to
     for f, gid in sorted(files, key=lambda fg: fg[0].what == "key"):
@@ -228,9 +240,14 @@ class HypervisorTls:
         if self.address is None:
             raise HypervisorTlsError("this node has no underlay address towards the "
                                      "controller: other nodes could not reach it to migrate")
+        ca_pem = self.ca_path.read_bytes()
+        try:  # first what is public, so a node that cannot write asks the controller nothing
+            write_ca(self.root, ca_pem)
+        except OSError as e:
+            raise HypervisorTlsError(f"cannot write the region CA under "
+                                     f"{self.root / 'etc/pki'}: {e}") from e
         key_pem, csr_pem = certs.new_request(self.node_id)
         issued = client.hypervisor_certificate(csr_pem, self.address)
-        ca_pem = self.ca_path.read_bytes()
         cert = certs.check_issued(issued.certificate_pem, key_pem, self.node_id, ca_pem)
         try:
             write_material(self.root, ca_pem, issued.certificate_pem.encode(), key_pem,

@@ -220,3 +220,13 @@ def test_a_command_that_hangs_is_a_failure_of_the_round_not_of_the_thread(
     with pytest.raises(HypervisorTlsError, match="systemctl is-enabled.*timed out"):
         tls.keep(FakeClient(ca))  # type: ignore[arg-type]
     assert not tls.ready()
+
+
+def test_a_node_that_cannot_write_its_material_asks_the_controller_nothing(
+        tmp_path: Path, ca: RegionCA) -> None:
+    tls = _tls(tmp_path, ca)
+    (tmp_path / "root").write_text("not a folder")  # as /etc read-only to the agent
+    client = FakeClient(ca)
+    with pytest.raises(HypervisorTlsError, match="cannot write the region CA"):
+        tls.keep(client)  # type: ignore[arg-type]
+    assert client.asked == [] and not tls.ready()
