@@ -22,6 +22,8 @@ from agent.protocol import (
     CertificateRenewal,
     ConsoleRequests,
     DesiredState,
+    HypervisorCertificateIssued,
+    HypervisorCertificateRequest,
     NodeStatus,
     StorageSettings,
     pace_from_headers,
@@ -153,6 +155,19 @@ class ControllerClient:
             raise ControllerUnavailable(str(e)) from e
         self._check(r)
         return CertificateIssued.model_validate_json(r.content)
+
+    def hypervisor_certificate(self, csr_pem: str,
+                               migration_address: str) -> HypervisorCertificateIssued:
+        """The node's hypervisor certificate for the CSR's key, naming `migration_address`."""
+        body = HypervisorCertificateRequest(csr_pem=csr_pem, migration_address=migration_address)
+        try:
+            r = self.http.post(self._node_url("hypervisor-certificate"),
+                               data=body.model_dump_json(),
+                               headers={"Content-Type": "application/json"}, timeout=30)
+        except requests.RequestException as e:
+            raise ControllerUnavailable(str(e)) from e
+        self._check(r)
+        return HypervisorCertificateIssued.model_validate_json(r.content)
 
     def _node_url(self, suffix: str) -> str:
         return f"{self.base}/nodes/{self.identity.node_id}/{suffix}"

@@ -33,6 +33,11 @@ class AgentConfig:
     metrics_address: str | None = None
     metrics_port: int = 9475
     metrics_tls: bool = True
+    # libvirtd's and QEMU's TLS material from the region CA, and libvirtd's TLS listener
+    # (agent/hypervisor_tls.py): on for nodes (the rollout turns it on), off by default so
+    # an agent run anywhere else never writes /etc/pki nor restarts libvirtd
+    hypervisor_tls: bool = False
+    pki_root: Path = Path("/")  # where etc/pki is: "/" on a node, a folder in tests
 
     @property
     def node_file(self) -> Path:

@@ -29,6 +29,7 @@ from agent.drivers.network.secgroups import SecurityGroupFirewall
 from agent.drivers.storage.base import StorageDriver
 from agent.drivers.storage.rbd.driver import RbdDriver
 from agent.fencing import Watchdog
+from agent.hypervisor_tls import HypervisorTls, HypervisorTlsError
 from agent.metrics import AgentCollector, MetricsServer, TlsFiles, serve_metrics
 from agent.networks import NetworkKeeper
 from agent.protocol import (
@@ -62,7 +63,8 @@ class Agent:
                  prepare_disks: Callable[[], None] = lambda: None,
                  network: NetworkDriver | None = None, gpu: GpuDriver | None = None,
                  hardware: inventory.HardwareReporter | None = None,
-                 settings: StorageSettings | None = None) -> None:
+                 settings: StorageSettings | None = None,
+                 hypervisor_tls: HypervisorTls | None = None) -> None:
         self.config = config
         self.identity = identity
         self.client = client
@@ -73,6 +75,7 @@ class Agent:
         self.underlay_ip = inventory.underlay_address(identity.controller_url)
         self.gpu = gpu or NoGpuDriver()
         self.hardware = hardware
+        self.hypervisor_tls = hypervisor_tls
         self.stopping = stopping or threading.Event()
         self._desired_ready = threading.Condition()
         self._latest: DesiredState | None = None
@@ -118,6 +121,9 @@ class Agent:
             threading.Thread(target=self._sweep_loop, name="sweep", daemon=True),
             threading.Thread(target=self._certificate_loop, name="certificate", daemon=True),
         ]
+        if self.hypervisor_tls is not None:
+            threads.append(threading.Thread(target=self._hypervisor_tls_loop,
+                                            name="hypervisor-tls", daemon=True))
         self.storage_sampler.start()
         if self.heartbeat is not None:
             self.heartbeat.start()
@@ -283,6 +289,35 @@ class Agent:
             log.info("renewed the node certificate: serial %x, valid until %s",
                      new.serial_number, new.not_valid_after_utc.isoformat())
 
+    def _hypervisor_tls_loop(self) -> None:
+        """Keep the hypervisor's TLS material current and libvirtd's TLS listener on
+        (agent/hypervisor_tls.py); a failed round is logged and retried by the agent's
+        retry policy while migrations to and from this node are reported impossible."""
+        tls = self.hypervisor_tls
+        assert tls is not None
+        failures = 0
+        while not self.stopping.is_set():
+            was_ready = tls.ready()
+            try:
+                due = tls.keep(self.client)
+            except Refused as e:
+                self._refused(e)
+                continue
+            except (ControllerUnavailable, certs.RenewalError, HypervisorTlsError,
+                    OSError) as e:
+                failures += 1
+                log.warning("hypervisor TLS (migrations) not ready: %s", e)
+                if was_ready:
+                    self._report_now.set()
+                self.stopping.wait(self._retry_delay(failures))
+                continue
+            failures = 0
+            if not was_ready:
+                log.info("hypervisor TLS ready: %s", tls.detail)
+                self._report_now.set()  # the controller learns at once it can migrate here
+            wait = (due - datetime.now(UTC)).total_seconds()
+            self.stopping.wait(min(max(wait, 1.0), CERT_CHECK_MAX_S))
+
     def report_interval_s(self) -> float:
         """The controller's interval for this region's size, never under our own setting;
         spread by ±10% so that agents started together do not report together."""
@@ -367,4 +402,5 @@ class Agent:
             storage_free_bytes=self._free_bytes(), agent_version=__version__,
             underlay_ip=self.underlay_ip, hardware=hardware, qualification=report,
             gpus=gpus, nvml_detail=nvml_detail, ssh_host_keys=inventory.ssh_host_keys(),
+            migration_ready=self.hypervisor.info().live_migration,
         )

@@ -16,7 +16,8 @@ from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from agent.drivers.registry import GPUS, load_gpu, load_hypervisor, load_network
 from agent.enroll import JoinError, join
-from agent.inventory import HardwareReporter
+from agent.hypervisor_tls import HypervisorTls
+from agent.inventory import HardwareReporter, underlay_address
 from agent.settings_file import DEFAULT_PATH, SettingsFileError, agent_config
 from agent.storage_setup import fetch_settings, make_storage
 from hardware.gpus import probe_gpus
@@ -86,8 +87,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     gpu_name = gpu_driver_name(config.gpu)
     kvm = probe_kvm(timeout=config.kvm_probe_timeout_s, cache=config.kvm_probe_cache)
     log.info("KVM %s: %s", "usable" if kvm.usable else "not usable (TCG)", kvm.detail)
+    tls = HypervisorTls(identity.node_id, config.ca_path,
+                        underlay_address(identity.controller_url), config.cert_renew_fraction,
+                        root=config.pki_root) if config.hypervisor_tls else None
     hypervisor = load_hypervisor(config.hypervisor, uri=config.libvirt_uri,
-                                 accelerated=kvm.usable)
+                                 accelerated=kvm.usable,
+                                 **({"tls_ready": tls.ready} if tls is not None else {}))
     client = ControllerClient(config, identity)
     stopping = threading.Event()
     running: list[Agent] = []
@@ -115,7 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                              else {"records": config.gpu_records})),
                   hardware=HardwareReporter(profile, kvm.usable, kvm.detail,
                                             config.hardware_refresh_s),
-                  settings=settings)
+                  settings=settings,
+                  hypervisor_tls=tls)
     running.append(agent)
     log.info("agent for node %s (%s) talking to %s", identity.name, identity.node_id,
              identity.controller_url)

@@ -7,6 +7,7 @@ and controller fails loudly instead of silently dropping data.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -536,6 +537,9 @@ class Inventory(Wire):
         default_factory=list, max_length=16,
         description="The node's SSH host public keys ('TYPE BASE64'), pinned when the "
         "controller adopts the node into its fleet", examples=[["ssh-ed25519 AAAAC3Nza..."]])
+    migration_ready: bool = Field(
+        default=False, description="Its libvirtd listens for TLS with a hypervisor "
+        "certificate from the region CA in place: VMs can be migrated to and from it")
 
 
 FailureKind = Literal["vm", "network", "firewall", "volume", "image"]
@@ -636,6 +640,34 @@ class CertificateRenewal(Wire):
 class CertificateIssued(Wire):
     """The node's new certificate; the previous one is accepted until it first calls with
     this one."""
+
+    certificate_pem: str
+    expires_at: UtcDatetime
+
+
+def _ip_address(value: str) -> str:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from e
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise ValueError(f"{value} cannot be reached by another node")
+    return str(ip)
+
+
+class HypervisorCertificateRequest(Wire):
+    """A node asks for its hypervisor certificate (for its libvirtd and QEMU, a key of its
+    own apart from the agent's), over mutual TLS: a CSR whose common name is its node id,
+    and the address other nodes reach it at for migrations (its underlay address)."""
+
+    csr_pem: str = Field(min_length=1, max_length=16384)
+    migration_address: Annotated[str, AfterValidator(_ip_address)] = Field(
+        max_length=45, examples=["10.0.0.5"])
+
+
+class HypervisorCertificateIssued(Wire):
+    """The node's hypervisor certificate: CN and DNS SAN its id, DNS SAN its name, IP SAN
+    its migration address; client and server."""
 
     certificate_pem: str
     expires_at: UtcDatetime

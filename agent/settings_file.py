@@ -9,6 +9,7 @@ write, read strictly. Flags given on the command line win over the file.
     metrics_address = "10.0.0.5"  # serve Prometheus metrics there (off when unset)
     metrics_port = 9475
     metrics_tls = true  # false: plain HTTP, accepted on a loopback address only
+    hypervisor_tls = true  # libvirtd/QEMU TLS from the region CA (migrations)
 
 An unknown key, a value of the wrong type (`heartbeat_s = "5"`) or out of range is
 refused with the key's name, so a typo never silently leaves a default in force.
@@ -50,6 +51,7 @@ class AgentSettingsFile(BaseModel):
     metrics_address: str | None = Field(None, min_length=1, max_length=255)
     metrics_port: int | None = Field(None, ge=1, le=65535)
     metrics_tls: bool | None = None
+    hypervisor_tls: bool | None = None
 
     @model_validator(mode="after")
     def _plain_http_on_loopback_only(self) -> AgentSettingsFile:

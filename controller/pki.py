@@ -266,6 +266,36 @@ class RegionCA:
         return Issued(cert.public_bytes(serialization.Encoding.PEM),
                       format(cert.serial_number, "x"), cert.not_valid_after_utc)
 
+    def sign_hypervisor_csr(self, csr_pem: str, node_id: str, node_name: str,
+                            address: str, lifetime: timedelta = LEAF_VALIDITY) -> Issued:
+        """Sign a node's hypervisor CSR (its libvirtd's and QEMU's key, never its agent's):
+        CN `node_id`, usable as client and server (a migration's source is the client of
+        the target's libvirtd and QEMU), SAN DNS:`node_id`, DNS:`node_name` and
+        IP:`address` (what a migration URI names the target by).
+
+        The CSR must name `node_id` as its only common name. Raises CsrError, nothing
+        signed, for that or for any reason `sign_node_csr` refuses; ValueError for an
+        `address` that is not an IP address."""
+        ip = ipaddress.ip_address(address)
+        csr = _load_csr(csr_pem)
+        cns = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if cns != [node_id]:
+            raise CsrError(f"csr_pem: the request is for common name "
+                           f"{', '.join(map(str, cns)) or '(none)'}; this node's hypervisor "
+                           f"certificate must be for its id {node_id}")
+        public_key = csr.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)  # checked
+        names = [x509.DNSName(n) for n in dict.fromkeys([node_id, node_name])]
+        cert = self._sign(
+            subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]),
+            public_key=public_key,
+            usages=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+            san=x509.SubjectAlternativeName([*names, x509.IPAddress(ip)]),
+            lifetime=lifetime,
+        )
+        return Issued(cert.public_bytes(serialization.Encoding.PEM),
+                      format(cert.serial_number, "x"), cert.not_valid_after_utc)
+
     def _sign(
         self,
         *,

@@ -122,7 +122,7 @@ def write_identity(node: LabNode, authorized_key: str) -> None:
         with open(m / "etc/libvirt/libvirtd.conf", "a") as conf:
             conf.write(f'host_uuid = "{uuid.uuid4()}"\n')
         (m / "etc/ssh/sshd_config.d/vauban-lab.conf").write_text(SSHD_CONFIG)
-    share_kvm_group(m / "etc/group")
+    share_kvm_group(m / "etc/group", passwd_file=m / "etc/passwd")
     ssh = m / "root/.ssh"
     ssh.mkdir(mode=0o700, exist_ok=True)
     (ssh / "authorized_keys").write_text(authorized_key.strip() + "\n")
@@ -130,17 +130,26 @@ def write_identity(node: LabNode, authorized_key: str) -> None:
     node.host_key_sha256 = host_key_fingerprint(Path(str(key) + ".pub"))
 
 
-def share_kvm_group(group_file: Path, host_group_file: Path = Path("/etc/group")) -> None:
+def share_kvm_group(group_file: Path, host_group_file: Path = Path("/etc/group"),
+                    passwd_file: Path | None = None) -> None:
     """Give the node's `kvm` group the host's GID: /dev/kvm is the host's device, bound in,
-    so a node that sets its group (as the base role does) must name the host's group."""
+    so a node that sets its group (as the base role does) must name the host's group.
+    Users whose primary group was kvm (libvirt-qemu) are moved along in `passwd_file`:
+    otherwise they would keep the old GID, a group of no name, and lose kvm."""
     host_gid = _gid_of("kvm", host_group_file.read_text())
     lines = group_file.read_text().splitlines()
-    if host_gid is None or _gid_of("kvm", "\n".join(lines)) in (None, host_gid):
+    old_gid = _gid_of("kvm", "\n".join(lines))
+    if host_gid is None or old_gid in (None, host_gid):
         return
     taken = [line.split(":")[0] for line in lines if line.split(":")[2] == host_gid]
     if taken:
         raise RuntimeError(f"the node's group {taken[0]} has GID {host_gid}, the host's kvm "
                            "group's: /dev/kvm cannot be shared")
+    if passwd_file is not None:
+        users = passwd_file.read_text().splitlines()
+        passwd_file.write_text("\n".join(
+            ":".join([*f[:3], host_gid, *f[4:]]) if len(f) > 3 and f[3] == old_gid else line
+            for line in users for f in [line.split(":")]) + "\n")
     group_file.write_text("\n".join(
         ":".join([*f[:2], host_gid, *f[3:]]) if f[0] == "kvm" else line
         for line in lines for f in [line.split(":")]) + "\n")

@@ -18,6 +18,8 @@ from agent.protocol import (
     CertificateRenewal,
     ConsoleRequests,
     DesiredState,
+    HypervisorCertificateIssued,
+    HypervisorCertificateRequest,
     NodeStatus,
     StorageSettings,
     protocol_from_header,
@@ -165,6 +167,27 @@ def renew_certificate(node_id: str, body: CertificateRenewal) -> Any:
     session.commit()
     return CertificateIssued(certificate_pem=issued.pem.decode(),
                              expires_at=issued.not_after), 201
+
+
+@api.route("POST", "/nodes/<node_id>/hypervisor-certificate", auth="node",
+           body=HypervisorCertificateRequest,
+           summary="Sign the node's hypervisor certificate (libvirtd and QEMU TLS for "
+                   "migrations): a CSR for a key of its own, CN = node id",
+           responses={201: HypervisorCertificateIssued},
+           operation_id="issueHypervisorCertificate")
+def issue_hypervisor_certificate(node_id: str, body: HypervisorCertificateRequest) -> Any:
+    require_node(node_id)  # a node's certificate names only that node
+    session = db()
+    node = session.get(Node, node_id)
+    if node is None:  # removed since its certificate was checked
+        raise node_service.refusal_of_unknown(session, node_id)
+    the_region = region()
+    issued = node_service.issue_hypervisor_certificate(
+        session, node, body.csr_pem, body.migration_address, the_region.ca,
+        timedelta(seconds=the_region.config.node_cert_lifetime_s))
+    session.commit()
+    return HypervisorCertificateIssued(certificate_pem=issued.pem.decode(),
+                                       expires_at=issued.not_after), 201
 
 
 @api.route("GET", "/images/<image_id>/file", auth="node", summary="Download an image file",

@@ -48,6 +48,7 @@ def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
         fence_cleared_at=n.fence_cleared_at, fenced_at=n.fenced_at,
         failover={"id": failover.id, "state": failover.state, "reason": failover.reason,
                   "since": failover.created_at.isoformat()} if failover else None,
+        migration_address=n.migration_address, hypervisor_cert_serial=n.hypervisor_cert_serial,
     )
 
 

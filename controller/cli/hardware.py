@@ -65,6 +65,10 @@ def print_node(n: dict[str, Any]) -> None:
     if n.get("fenced_at"):
         print(f"fenced at {n['fenced_at']} (powered off, cut off from Ceph): it takes no VMs "
               f"until recovered (vauban node recover {n['name']})")
+    if n.get("migration_address"):
+        ready = "ready" if inv.get("migration_ready") else "not ready (libvirt TLS)"
+        print(f"migration: {ready}, reached at {n['migration_address']}, hypervisor "
+              f"certificate serial {n.get('hypervisor_cert_serial')}")
     hw = inv.get("hardware")
     if not hw:
         print("hardware: not reported yet")

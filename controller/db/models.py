@@ -77,6 +77,11 @@ class Node(Base):
     # controller cleared: sent back in its desired state, the agent then starts VMs again
     self_fenced_at: Mapped[datetime | None] = mapped_column(default=None)
     fence_cleared_at: Mapped[datetime | None] = mapped_column(default=None)
+    # where other nodes reach its libvirtd and QEMU for a migration (its underlay address, an
+    # IP SAN of its hypervisor certificate), and that certificate's serial: None before the
+    # agent first asked for one
+    migration_address: Mapped[str | None] = mapped_column(String(45), default=None)
+    hypervisor_cert_serial: Mapped[str | None] = mapped_column(String(64), default=None)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="node",
                                                      foreign_keys="Instance.node_id")

@@ -78,6 +78,12 @@ class Node(Output):
     cert_expires_at: UtcDatetime | None = Field(
         description="When that certificate expires (its agent renews it well before); "
                     "null for a node that has not renewed since this was recorded")
+    migration_address: str | None = Field(
+        default=None, examples=["10.0.0.5"],
+        description="Where other nodes reach its libvirtd and QEMU for migrations (an IP "
+                    "of its hypervisor certificate); null before its agent asked for one")
+    hypervisor_cert_serial: str | None = Field(
+        default=None, description="Serial (hex) of its hypervisor certificate (libvirt TLS)")
     created_at: UtcDatetime
     storage_heartbeat: StorageHeartbeat | None = Field(
         default=None, description="Its storage heartbeat; null without Ceph or before the "

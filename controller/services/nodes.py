@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -175,6 +176,31 @@ def renew_certificate(db: Session, node: Node, serial_used: str, csr_pem: str, c
                  expires_at=issued.not_after.isoformat())
     node.previous_cert_serial = kept
     node.cert_serial, node.cert_expires_at = issued.serial, issued.not_after
+    return issued
+
+
+def issue_hypervisor_certificate(db: Session, node: Node, csr_pem: str, address: str,
+                                 ca: RegionCA, lifetime: timedelta) -> Issued:
+    """Sign `node`'s hypervisor certificate (CN its id; SAN its id, its name and `address`)
+    and record `address` as the node's migration address and the certificate's serial.
+
+    `address` must be the underlay address the node reports in its inventory, when it has
+    reported one. InvalidInput (422) for a CSR that cannot be signed, Conflict (409) for an
+    address other than the reported one; nothing changes then."""
+    reported = (node.inventory or {}).get("underlay_ip")
+    if reported and ipaddress.ip_address(reported) != ipaddress.ip_address(address):
+        raise Conflict(f"migration_address {address} is not the underlay address this node "
+                       f"reports ({reported})", reported_underlay_ip=reported)
+    try:
+        issued = ca.sign_hypervisor_csr(csr_pem, node.id, node.name, address, lifetime)
+    except CsrError as e:
+        raise InvalidInput(str(e)) from e
+    audit.record(db, f"node:{node.name}", "node.hypervisor-certificate.issue",
+                 f"node/{node.id}", serial=issued.serial,
+                 previous_serial=node.hypervisor_cert_serial, migration_address=address,
+                 previous_migration_address=node.migration_address,
+                 expires_at=issued.not_after.isoformat())
+    node.migration_address, node.hypervisor_cert_serial = address, issued.serial
     return issued
 
 

@@ -146,3 +146,34 @@ def test_renewal_is_due_at_a_third_of_the_lifetime_left() -> None:
     assert renewal_due(start, start + timedelta(days=90)) == start + timedelta(days=60)
     assert renewal_due(start, start + timedelta(seconds=66), 0.5) == \
         start + timedelta(seconds=33)
+
+
+def test_hypervisor_certificate_names_the_node_its_name_and_its_address(tmp_path: Path) -> None:
+    ca = RegionCA(tmp_path)
+    ca.ensure(["localhost"])
+    node_id = "6f1c1f8e-8a57-4f3e-9d1e-1d7b0a3c2e10"
+    pem, serial, not_after = ca.sign_hypervisor_csr(_csr(node_id), node_id, "lab1",
+                                                    "10.242.103.11")
+    cert = x509.load_pem_x509_certificate(pem)
+    assert cert.subject.rfc4514_string() == f"CN={node_id}"
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [node_id, "lab1"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.242.103.11"]
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca is False
+    assert format(cert.serial_number, "x") == serial and cert.not_valid_after_utc == not_after
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem()))
+
+
+def test_hypervisor_csr_for_another_subject_or_a_bad_address_is_refused(
+        tmp_path: Path) -> None:
+    ca = RegionCA(tmp_path)
+    ca.ensure(["localhost"])
+    with pytest.raises(CsrError, match="must be for its id node-1"):
+        ca.sign_hypervisor_csr(_csr("node-2"), "node-1", "n1", "10.0.0.1")
+    with pytest.raises(CsrError, match="not a PEM"):
+        ca.sign_hypervisor_csr("nonsense", "node-1", "n1", "10.0.0.1")
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+        ca.sign_hypervisor_csr(_csr("node-1"), "node-1", "n1", "lab1.example")

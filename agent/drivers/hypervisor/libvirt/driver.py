@@ -65,8 +65,12 @@ class LibvirtDriver(HypervisorDriver):
     """
 
     def __init__(self, uri: str = "qemu:///system", *, accelerated: bool,
-                 detach_timeout: float = DETACH_TIMEOUT_S) -> None:
+                 detach_timeout: float = DETACH_TIMEOUT_S,
+                 tls_ready: Callable[[], bool] = lambda: False) -> None:
         self.uri = uri
+        # whether the node's TLS material is in place and libvirtd answers over TLS
+        # (agent/hypervisor_tls.py): what a live migration to or from it needs
+        self.tls_ready = tls_ready
         self.accelerated = accelerated
         self.detach_timeout = detach_timeout
         self.host = Host(uri)
@@ -77,7 +81,7 @@ class LibvirtDriver(HypervisorDriver):
         return HypervisorInfo(
             name="libvirt",
             accelerated=self.accelerated,
-            live_migration=False,  # not implemented by this driver yet
+            live_migration=self.tls_ready(),
             remote_console=True,  # VNC on the node's loopback, for the agent to proxy
         )
 
