@@ -103,8 +103,9 @@ def _deleted_vms(db: Session, node: Node, since: datetime) -> list[str]:
 
 
 def migration_address(node: Node) -> str | None:
-    """The address other nodes' hypervisors reach this node's at: its underlay."""
-    address = (node.inventory or {}).get("underlay_ip")
+    """The address other nodes' hypervisors reach this node's at: the one its hypervisor
+    certificate names (its underlay, when it reported none yet)."""
+    address = node.migration_address or (node.inventory or {}).get("underlay_ip")
     return str(address) if address else None
 
 

@@ -48,12 +48,19 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     _refuse(db, inst, config)
     source = inst.node
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
-    pinned = nodes.find(db, to).id if to is not None else None
-    if pinned == source.id:
+    pinned = nodes.find(db, to) if to is not None else None
+    if pinned is not None and pinned.id == source.id:
         raise Conflict(f"instance '{inst.name}' already runs on node {source.name}")
+    for node in (source, pinned):
+        if node is not None and not migration_ready(node):
+            raise Conflict(f"node {node.name} is not ready for live migration: its libvirt "
+                           "TLS listener is not up (see vauban node show)")
+    unready = tuple((n.id, "is not ready for live migration (libvirt TLS)")
+                    for n in candidates if not migration_ready(n))
     pol = instances.policy(config)
-    request = scheduler.PlacementRequest(inst.vcpus, inst.memory_mib, pinned,
-                                         excluded_node_ids=frozenset({source.id}))
+    request = scheduler.PlacementRequest(
+        inst.vcpus, inst.memory_mib, pinned.id if pinned else None,
+        excluded_node_ids=frozenset({source.id}), refusals=unready)
     placement = scheduler.place(scheduler.snapshot(db, candidates, pol), request, pol,
                                 datetime.now(UTC))
     target = db.get_one(Node, placement.node_id)
@@ -76,6 +83,11 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
                  source=source.name, to=target.name, bandwidth_mib_s=bandwidth_mib_s,
                  max_downtime_ms=max_downtime_ms, migration=inst.migration_seq)
     return op
+
+
+def migration_ready(node: Node) -> bool:
+    """Whether the node's libvirtd takes and makes migrations (TLS in place, listening)."""
+    return bool((node.inventory or {}).get("migration_ready"))
 
 
 def _refuse(db: Session, inst: Instance, config: ControllerConfig) -> None:

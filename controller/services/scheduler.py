@@ -47,6 +47,7 @@ class PlacementRequest:
     vgpu: str | None = None
     disk_gib: int = 0  # the root disk
     excluded_node_ids: frozenset[str] = frozenset()  # e.g. the node a VM moves away from
+    refusals: tuple[tuple[str, str], ...] = ()  # (node id, why): refused by the caller
 
     def describe(self) -> str:
         parts = [f"{self.vcpus} vCPUs", f"{self.memory_mib} MiB"]
@@ -247,6 +248,9 @@ def free_capacity(node: Node, used: Usage, policy: Policy) -> tuple[int, int]:
 def refusal(node: Node, snap: Snapshot, req: PlacementRequest, policy: Policy,
             now: datetime) -> str | None:
     """Why `node` cannot host the request, or None if it can."""
+    refused = dict(req.refusals).get(node.id)
+    if refused is not None:
+        return refused
     state = node_state(node, now, policy.node_down_after_s)
     if state != "up":
         return "has never reported" if state == "new" else "is down (no recent heartbeat)"
@@ -299,6 +303,9 @@ def _choose(snap: Snapshot, req: PlacementRequest, policy: Policy, now: datetime
         else:
             reasons[node.name] = why
     if not fit:
+        if not candidates and req.excluded_node_ids:
+            raise NoValidHost(f"no node can host {req.describe()}: the region has no other "
+                              "node", reasons={})
         if not candidates:
             raise NoValidHost("the region has no nodes; join one with a join token", reasons={})
         listed = "; ".join(f"{name} {why}" for name, why in sorted(reasons.items()))

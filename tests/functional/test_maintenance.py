@@ -13,7 +13,7 @@ from controller.cli import main as cli
 from controller.region import Region
 from controller.services import maintenance
 from tests.functional.cli_helpers import cli_answered_by
-from tests.functional.helpers import RAW_IMAGE, Api, FakeNode
+from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, inventory
 from tests.functional.test_instances import _create, _observed
 from tests.functional.test_migrate import UNDERLAY, moving, tell, vms_of
 
@@ -34,6 +34,10 @@ def node_with_vms(api: Api, **memory: int) -> tuple[dict[str, FakeNode],
     a = api.join_node("a", underlay_ip=UNDERLAY["a"])
     nodes = {"a": a} | {name: api.join_node(name, memory_mib=memory.get(name, 8192),
                                             underlay_ip=UNDERLAY[name]) for name in ("b", "c")}
+    for name in ("b", "c"):  # ready for migrations
+        api.report(nodes[name], [], memory_mib=memory.get(name, 8192), inv=inventory(
+            memory_mib=memory.get(name, 8192), underlay_ip=UNDERLAY[name]).model_copy(
+            update={"migration_ready": True}))
     assert _create(api, "web-1", node="a").status_code == 202
     assert _create(api, "web-2", node="a", start=False).status_code == 202
     d = api.desired(a)

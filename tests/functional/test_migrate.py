@@ -14,7 +14,7 @@ from controller.cli import main as cli
 from controller.db.models import AuditEvent
 from controller.region import Region
 from tests.functional.cli_helpers import cli_answered_by
-from tests.functional.helpers import RAW_IMAGE, Api, FakeNode
+from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, inventory
 from tests.functional.test_instances import _create, _observed
 
 
@@ -28,15 +28,19 @@ def api(rbd_region: Region) -> Api:
 UNDERLAY = {"a": "10.0.0.1", "b": "10.0.0.2", "small": "10.0.0.3"}
 
 
-def tell(api: Api, node: FakeNode, *vms: ObservedVm, applied: int = 0) -> None:
-    """A report of `node`'s agent, its underlay address with it as always."""
-    api.report(node, list(vms), applied=applied, underlay_ip=UNDERLAY[node.name])
+def tell(api: Api, node: FakeNode, *vms: ObservedVm, applied: int = 0,
+         ready: bool = True) -> None:
+    """A report of `node`'s agent, its underlay address with it as always; `ready`: its
+    libvirt TLS listener is up (it takes and makes migrations)."""
+    api.report(node, list(vms), applied=applied, inv=inventory(
+        underlay_ip=UNDERLAY[node.name]).model_copy(update={"migration_ready": ready}))
 
 
 def running_vm(api: Api) -> tuple[FakeNode, FakeNode, dict[str, Any]]:
     """Nodes a (with web-1 running, reported) and b (empty), both with an underlay."""
     a = api.join_node("a", underlay_ip=UNDERLAY["a"])
     b = api.join_node("b", underlay_ip=UNDERLAY["b"])
+    tell(api, b)
     assert _create(api, "web-1", node="a").status_code == 202
     d = api.desired(a)
     [vm] = d["vms"]
@@ -168,9 +172,24 @@ def test_a_vm_that_is_not_running_or_already_moving_is_refused(api: Api) -> None
     assert r.status_code == 409 and "not running" in r.json["detail"], r.json  # type: ignore[index]
 
 
+def test_nodes_not_ready_for_migration_are_refused_and_never_chosen(api: Api) -> None:
+    a, b, vm = running_vm(api)
+    tell(api, b, ready=False)
+    r = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "node b is not ready" in r.json["detail"], r.json  # type: ignore[index]
+    r = api.post("/api/v1/instances/web-1/migrate", json={})
+    assert r.status_code == 409 and "b is not ready for live migration" in r.json["detail"]  # type: ignore[index]
+    tell(api, a, _observed(vm, ObservedVmState.RUNNING), ready=False)
+    tell(api, b)
+    r = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "node a is not ready" in r.json["detail"], r.json  # type: ignore[index]
+
+
 def test_no_node_fits(api: Api) -> None:
     a = api.join_node("a", underlay_ip=UNDERLAY["a"])
-    api.join_node("small", memory_mib=512, underlay_ip=UNDERLAY["small"])
+    small = api.join_node("small", memory_mib=512, underlay_ip=UNDERLAY["small"])
+    api.report(small, [], inv=inventory(memory_mib=512, underlay_ip=UNDERLAY["small"])
+               .model_copy(update={"migration_ready": True}))
     assert _create(api, "big", node="a", memory_mib=4096).status_code == 202
     d = api.desired(a)
     tell(api, a, _observed(d["vms"][0], ObservedVmState.RUNNING), applied=d["generation"])
