@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,14 +155,15 @@ def all_nodes_up(region: LabRegion) -> bool:
         sorted(n.name for n in region.nodes)
 
 
-@pytest.fixture(scope="session")
-def lab_region(lab3: Lab, testguest_image: Path) -> Iterator[LabRegion]:
-    """The lab's first three nodes in one region, on Ceph, with the test guest image."""
-    ceph = start_ceph(lab3)
+@contextmanager
+def region_on(lab: Lab, image: Path) -> Iterator[LabRegion]:
+    """The lab's first three nodes in one region, on a Ceph cluster of its own, with the
+    test guest image `image`; everything stopped (by PID) and removed afterwards."""
+    ceph = start_ceph(lab)
     root = Path("/var/tmp") / f"vauban-lab-{uuid.uuid4().hex[:8]}"
     root.mkdir(mode=0o711)
     region = LabRegion(
-        root=root, layout=allinone.Layout(root, free_port(), host=str(lab3.host_address.ip)),
+        root=root, layout=allinone.Layout(root, free_port(), host=str(lab.host_address.ip)),
         controller_env={
             "VAUBAN_NODE_DOWN_AFTER": str(DOWN_AFTER_S), "VAUBAN_STORAGE": "rbd",
             "VAUBAN_CEPH_CONF": str(ceph.conf),
@@ -175,8 +177,8 @@ def lab_region(lab3: Lab, testguest_image: Path) -> Iterator[LabRegion]:
             # lab's BMC answers within its 30 s retries, or not at all)
             "VAUBAN_FENCE_STEP_TIMEOUT": "45",
             "VAUBAN_STORAGE_DOWN_AFTER": str(DOWN_AFTER_S),
-            **controller_env(lab3, root)},
-        lab=lab3, ceph=ceph)
+            **controller_env(lab, root)},
+        lab=lab, ceph=ceph)
     try:
         region.start_controller()
         region.token = allinone.admin_token(region.layout)
@@ -186,8 +188,15 @@ def lab_region(lab3: Lab, testguest_image: Path) -> Iterator[LabRegion]:
                 f"{region.controller_log_tail()}"
         region.cli("rollout", "run")
         wait_for(lambda: all_nodes_up(region), NODE_UP_TIMEOUT_S, "every lab node to be up")
-        region.cli("image", "import", str(testguest_image), "--name", "testguest")
+        region.cli("image", "import", str(image), "--name", "testguest")
         yield region
     finally:
         region.stop()
         stop_ceph(ceph)
+
+
+@pytest.fixture(scope="session")
+def lab_region(lab3: Lab, testguest_image: Path) -> Iterator[LabRegion]:
+    """The lab's first three nodes in one region, on Ceph, with the test guest image."""
+    with region_on(lab3, testguest_image) as region:
+        yield region
