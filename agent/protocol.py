@@ -32,7 +32,10 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # 7: live migration (a desired VM's `migrate_to` on the source, `incoming_from` on the
 # target; an observed VM's `migration`, state `incoming`); a desired state lists the VMs
 # whose disks may be deleted (`delete_vm_disks`): an unwanted VM's disks are kept otherwise;
-# a desired VM may be defined on its existing root disk (`adopt_disk`)
+# a desired VM may be defined on its existing root disk (`adopt_disk`); storage heartbeat
+# and self-fence (RBD settings `heartbeat_interval_s`/`fence_after_s`, observed
+# `self_fenced_at` and Ceph `client_addrs`, desired `fence_cleared`); the inventory says
+# whether the node takes and makes migrations (`migration_ready`)
 PROTOCOL_VERSION = 7
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
