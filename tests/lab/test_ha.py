@@ -114,9 +114,10 @@ def test_a_lost_node_behind_a_silent_bmc_restarts_nothing_then_fails_over_once(
     wait_for(lambda: "VAUBAN-TESTGUEST-READY" in region.console(vm), BOOT_TIMEOUT,
              "the guest to boot")
     try:
-        # (c) the BMC does not answer: nothing is restarted, and the reason is shown
+        # (c) the node stops answering (frozen: no agent, no storage heartbeat) and so
+        # does its BMC: nothing is restarted, and the reason is shown
         region.lab.stop_bmc(node)
-        lab_node.power_cut(node)
+        lab_node.freeze(node)
         wait_for(lambda: "did not answer" in (failover_of(region, victim).get("reason") or ""),
                  FAILOVER_TIMEOUT, "the failover to say the BMC does not answer")
         assert "nothing restarted" in failover_of(region, victim)["reason"]
@@ -130,8 +131,10 @@ def test_a_lost_node_behind_a_silent_bmc_restarts_nothing_then_fails_over_once(
         holding = lab_bmc.folder(node) / HOLDING
         wait_for(holding.exists, FAILOVER_TIMEOUT, "the power off to reach the BMC")
         region.layout.service("controller").stop()  # by its PID, in the middle of the step
-        lab_bmc.clear_fault(node)
+        lab_bmc.clear_fault(node)  # the held power off runs: the node's container is killed
+        wait_for(lambda: not lab_node.powered(node), FAILOVER_TIMEOUT, "the power off")
         region.start_controller()
+        # (a) its HA VM runs on another node, booted from the same RBD disk
         wait_for(lambda: region.vm(vm["name"])["node_name"] != victim, FAILOVER_TIMEOUT,
                  "the HA VM to be restarted on another node")
         moved = region.vm(vm["name"])
