@@ -108,13 +108,13 @@ def one_round(region: LabRegion, count: int, number: int) -> dict[str, Any]:
     finally:
         for name in names:
             region.cli("vm", "delete", name, "--wait")
-        region.cli("node", "recover", victim.name)
         done = lab_bmc.ipmitool(victim, "power", "on")
         if done.returncode != 0:
             raise RuntimeError(f"power on {victim.name}: {done.stderr}")
         region.lab.reload_power()
         lab_node.wait_ready(victim)
         wait_for(lambda: region.node_state(victim.name) == "up", NODE_UP_TIMEOUT_S, "up")
+        region.cli("node", "recover", victim.name)
         if region.json("node", "show", victim.name).get("self_fenced_at"):
             region.cli("node", "clear-fence", victim.name)
     return result

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -459,6 +460,10 @@ class NodeBmc(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+FAILOVER_OPEN = ("detected", "powered-off", "fenced")  # a failover under way
+OPEN_FAILOVERS = "state IN ('detected', 'powered-off', 'fenced')"
+
+
 class Failover(Base):
     """The HA VMs of a lost node restarted elsewhere, after the node is fenced.
 
@@ -468,6 +473,10 @@ class Failover(Base):
     says what it waits on, in words."""
 
     __tablename__ = "failovers"
+    # one open failover per node (controller.ha.failover.ACTIVE)
+    __table_args__ = (Index("uq_failovers_open_node", "node_id", unique=True,
+                            sqlite_where=text(OPEN_FAILOVERS),
+                            postgresql_where=text(OPEN_FAILOVERS)),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)

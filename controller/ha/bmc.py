@@ -27,13 +27,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pyghmi import exceptions as pyghmi_exceptions
-from pyghmi.ipmi import command as ipmi_command
-
 PowerState = Literal["on", "off"]
 DEFAULT_TIMEOUT_S = 30.0
 _POLL_S = 0.5  # how often power_off reads the state back while the BMC reports "on"
-_LOCK = threading.Lock()  # see the module docstring: pyghmi is used by one caller at a time
+# see the module docstring: pyghmi is used by one caller at a time. Made on first use, in
+# the serving process: a lock made at import time (in gunicorn's master, before gevent
+# patches threading) would be a real one, and a greenlet waiting on it would hold up the
+# whole event loop, the holder included
+_LOCK: threading.Lock | None = None
+
+
+def _lock() -> threading.Lock:
+    global _LOCK
+    if _LOCK is None:
+        _LOCK = threading.Lock()
+    return _LOCK
 
 
 class BmcError(Exception):
@@ -84,7 +92,11 @@ class Bmc:
 
     def _call(self, action: Any) -> dict[str, Any]:
         """`action(command)` on a logged-in IPMI session, errors turned into BmcError."""
-        with _LOCK:
+        # imported here, not at import time: in the serving process, once gevent patched
+        from pyghmi import exceptions as pyghmi_exceptions
+        from pyghmi.ipmi import command as ipmi_command
+
+        with _lock():
             started = time.monotonic()
             try:
                 # bytes: pyghmi 1.6.19 compares its cached sessions' (encoded) credentials

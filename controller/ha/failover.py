@@ -19,23 +19,34 @@ VM is restarted meanwhile. Every step, failed or not, is audited.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.config import ControllerConfig
-from controller.db.models import Failover, Instance, Node, NodeBmc, Volume, as_utc
+from controller.db.models import FAILOVER_OPEN, Failover, Instance, Node, NodeBmc, Volume, as_utc
 from controller.errors import NoValidHost
-from controller.services import audit, desired, instances, networks, scheduler
+from controller.services import (
+    audit,
+    desired,
+    instances,
+    migrations,
+    networks,
+    operations,
+    scheduler,
+)
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("detected", "powered-off", "fenced")
+ACTIVE = FAILOVER_OPEN
 RETRY = timedelta(seconds=10)  # a failed step is tried again after this
 
 
@@ -49,7 +60,7 @@ class LostNode:
 
     id: str
     name: str
-    address: str | None  # its Ceph client (and underlay) address
+    addresses: tuple[str, ...]  # its Ceph client IPs (as it reports them; else its underlay)
     bmc: NodeBmc | None
 
 
@@ -66,12 +77,29 @@ class Fencer(Protocol):
         """Return once the node can no longer write to Ceph; FenceError otherwise."""
 
 
+def ceph_client_ips(node: Node) -> tuple[str, ...]:
+    """The IPs the node's Ceph clients use, from its report ("ip:port/nonce" each, the
+    `v2:`/`v1:` forms too); its underlay address when it reported none."""
+    found: list[str] = []
+    for addr in (node.storage_status or {}).get("client_addrs") or []:
+        m = re.match(r"^(?:v[12]:)?(\[[0-9a-fA-F:]+\]|[0-9.]+):\d+/\d+$", str(addr))
+        if m is None:
+            continue
+        try:
+            ip = str(ipaddress.ip_address(m.group(1).strip("[]")))
+        except ValueError:
+            continue
+        if ip not in found and not ipaddress.ip_address(ip).is_unspecified:
+            found.append(ip)
+    underlay = (node.inventory or {}).get("underlay_ip")
+    return tuple(found) or ((str(underlay),) if underlay else ())
+
+
 def lost_node(db: Session, node: Node) -> LostNode:
-    address = (node.inventory or {}).get("underlay_ip")
     bmc = db.get(NodeBmc, node.id)
     if bmc is not None:
         db.expunge(bmc)  # used after this transaction, read-only
-    return LostNode(node.id, node.name, str(address) if address else None, bmc)
+    return LostNode(node.id, node.name, ceph_client_ips(node), bmc)
 
 
 def active_failover(db: Session, node_id: str) -> Failover | None:
@@ -103,13 +131,16 @@ def detect(sessions: sessionmaker[Session], config: ControllerConfig, fencer: Fe
     for node in silent:
         if fencer.storage_alive(node):
             continue  # cut off from us, not from its disks: alive, it keeps its VMs
-        with sessions() as db, db.begin():
-            if active_failover(db, node.id) is not None:
-                continue  # opened by another controller process meanwhile
-            db.add(Failover(node_id=node.id, state="detected",
-                            reason="fencing it: powering it off through its BMC"))
-            audit.record(db, "controller", "node.lost", f"node/{node.id}", "observed",
-                         name=node.name, silent_since=silent_since.isoformat())
+        try:
+            with sessions() as db, db.begin():
+                if active_failover(db, node.id) is not None:
+                    continue  # opened by another controller process meanwhile
+                db.add(Failover(node_id=node.id, state="detected",
+                                reason="fencing it: powering it off through its BMC"))
+                audit.record(db, "controller", "node.lost", f"node/{node.id}", "observed",
+                             name=node.name, silent_since=silent_since.isoformat())
+        except IntegrityError:
+            continue  # the same, at the same moment: one open failover per node (unique)
         log.warning("node %s is lost (no agent and no storage heartbeat): fencing it",
                     node.name)
 
@@ -163,13 +194,19 @@ def _step_failed(sessions: sessionmaker[Session], failover_id: str, state: str, 
         fo = db.get(Failover, failover_id, with_for_update=True)
         if fo is None or fo.state != state:
             return
-        first = fo.reason != reason
+        # the same failure again (its measured waits aside) is not audited again
+        first = _gist(fo.reason or "") != _gist(reason)
         fo.reason, fo.attempts = reason, fo.attempts + 1
         fo.claimed_until = now + RETRY
         if first:  # audited once per distinct reason, not at every retry
             audit.record(db, "controller", "node.fence", f"node/{node.id}", "failed",
                          name=node.name, step=step, reason=why)
     log.warning("node %s: fencing step %s failed: %s", node.name, step, why)
+
+
+def _gist(reason: str) -> str:
+    """A failure's words without the numbers that change from one try to the next."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason)
 
 
 def _restart(db: Session, config: ControllerConfig, fo: Failover, node: Node,
@@ -183,6 +220,15 @@ def _restart(db: Session, config: ControllerConfig, fo: Failover, node: Node,
     for inst in db.scalars(select(Instance).where(
             Instance.node_id == node.id, Instance.ha.is_(True),
             Instance.deleting.is_(False)).order_by(Instance.name)):
+        if inst.migration_phase == "migrating":
+            # it may run on the migration's target already: that node's report decides
+            # (the move completes, or ends once its operation expired); then it is seen here
+            moving_to = inst.migration_target.name if inst.migration_target else "?"
+            waiting.append(f"{inst.name}: was migrating to {moving_to}; waiting for that "
+                           "node's report")
+            continue
+        if inst.migration_target_node_id is not None:  # only prepared: the move is off
+            migrations.abandon(db, inst)
         try:
             placement = scheduler.place(
                 scheduler.snapshot(db, candidates, pol),
@@ -190,10 +236,12 @@ def _restart(db: Session, config: ControllerConfig, fo: Failover, node: Node,
                                            excluded_node_ids=frozenset({node.id})),
                 pol, now)
         except NoValidHost as e:
-            waiting.append(f"{inst.name}: {e.detail}")
+            waiting.append(f"{inst.name}: {_short(e.detail)}")
             continue
         target = db.get_one(Node, placement.node_id)
-        inst.migration_target_node_id, inst.migration_phase = None, None
+        for op in operations.active_for(db, inst.id):  # its lost node will never settle them
+            operations.finish(op, error=f"node {node.name} was lost; the VM was restarted "
+                                        f"on node {target.name}")
         inst.node_id, inst.node = target.id, target
         for vol in db.scalars(select(Volume).where(Volume.instance_id == inst.id)):
             vol.steward_node_id = target.id
@@ -211,6 +259,11 @@ def _restart(db: Session, config: ControllerConfig, fo: Failover, node: Node,
         return
     _end(fo, "done", f"node {node.name} fenced; its HA VMs run on other nodes", now)
     log.warning("node %s fenced: %d HA VM(s) restarted elsewhere", node.name, moved)
+
+
+def _short(detail: str, limit: int = 300) -> str:
+    """A scheduler's refusal, cut short: it names every node of the region."""
+    return detail if len(detail) <= limit else detail[:limit] + "…"
 
 
 def _end(fo: Failover, state: str, reason: str, now: datetime) -> None:

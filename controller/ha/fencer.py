@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
-import re
+import socket
 from pathlib import Path
 
+from agent.drivers.storage.base import StorageError
+from agent.drivers.storage.rbd.names import parse_mon_host
 from controller.ha.bmc import Bmc, BmcError
 from controller.ha.ceph import CephHaError, whole_ip
 from controller.ha.ceph import Fencer as Blocklist
@@ -29,7 +31,8 @@ def bmc_purpose(node_id: str) -> str:
 
 
 def ceph_monitor_ips(ceph_conf: Path | None) -> set[str]:
-    """The IP addresses in ceph.conf's mon_host (never to be blocklisted)."""
+    """The IP addresses of ceph.conf's mon_host, each form (`[v2:ip:3300,v1:ip:6789]`, a
+    bare ip[:port], a name resolved here): never to be blocklisted."""
     if ceph_conf is None:
         return set()
     parser = configparser.ConfigParser(strict=False, interpolation=None)
@@ -39,13 +42,19 @@ def ceph_monitor_ips(ceph_conf: Path | None) -> set[str]:
         return set()
     hosts = parser.get("global", "mon_host", fallback="") or \
         parser.get("global", "mon host", fallback="")
-    found = set()
-    for token in re.findall(r"[0-9a-fA-F:.]+", hosts):
-        candidate = token.rsplit(":", 1)[0] if token.count(":") == 1 else token
+    try:
+        monitors = parse_mon_host(hosts)
+    except StorageError:
+        return set()
+    found: set[str] = set()
+    for host, _port in monitors:
         try:
-            found.add(str(ipaddress.ip_address(candidate)))
+            found.add(str(ipaddress.ip_address(host.strip("[]"))))
         except ValueError:
-            continue
+            try:
+                found |= {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+            except OSError:
+                continue
     return found
 
 
@@ -67,7 +76,8 @@ class RegionFencer:
         if self.watch is None or self.watch.error is not None:
             return True
         view = self.watch.view(node.id)
-        return view is None or not view.stale
+        # a node that never wrote one cannot be judged by it (an agent before heartbeats)
+        return view is None or view.seq is None or not view.stale
 
     def power_off(self, node: LostNode) -> None:
         bmc = node.bmc
@@ -92,24 +102,30 @@ class RegionFencer:
             raise FenceError("the controller has no Ceph fence keyring "
                              "(VAUBAN_CEPH_FENCE_KEYRING), so node "
                              f"{node.name} cannot be cut off from Ceph")
-        if node.address is None:
+        if not node.addresses:
             raise FenceError(f"node {node.name} never reported its address: its Ceph "
                              "client cannot be blocklisted")
-        if node.address in self.protected_ips:
-            raise FenceError(f"node {node.name} shares its address {node.address} with the "
+        shared = [a for a in node.addresses if a in self.protected_ips]
+        if shared:
+            raise FenceError(f"node {node.name} shares its address {shared[0]} with the "
                              "controller or a Ceph monitor: blocklisting it would cut "
                              "those off too")
-        try:
-            self.blocklist.add(whole_ip(node.address))
-        except (CephHaError, ValueError) as e:
-            raise FenceError(f"node {node.name} could not be cut off from Ceph: {e}") from e
+        for address in node.addresses:
+            try:
+                self.blocklist.add(whole_ip(address))
+            except (CephHaError, ValueError) as e:
+                raise FenceError(f"node {node.name} could not be cut off from Ceph at "
+                                 f"{address}: {e}") from e
 
     def restore_storage(self, node: LostNode) -> bool:
         """Lift the node's blocklist entry (it was repaired); whether one was listed."""
-        if self.blocklist is None or node.address is None:
+        if self.blocklist is None:
             return False
-        try:
-            return self.blocklist.remove(whole_ip(node.address))
-        except (CephHaError, ValueError) as e:
-            raise FenceError(f"node {node.name}'s blocklist entry could not be lifted: "
-                             f"{e}") from e
+        lifted = False
+        for address in node.addresses:
+            try:
+                lifted |= self.blocklist.remove(whole_ip(address))
+            except (CephHaError, ValueError) as e:
+                raise FenceError(f"node {node.name}'s blocklist entry for {address} could "
+                                 f"not be lifted: {e}") from e
+        return lifted

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from controller.db.models import Failover, Node, NodeBmc
+from controller.db.models import Failover, Node, NodeBmc, as_utc
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.ha.bmc import Bmc, BmcError
 from controller.ha.failover import FenceError, active_failover, lost_node
@@ -66,9 +66,18 @@ def confirm_powered_off(db: Session, actor: str, node: Node) -> Failover:
 
 def recover(db: Session, actor: str, node: Node, fencer: RegionFencer | None) -> Node:
     """Take a fenced node back (repaired, rebooted): its Ceph blocklist entry is lifted
-    and it takes VMs again. Conflict when it was not fenced, or while it is not up."""
+    and it takes VMs again. Conflict when it was not fenced, while its failover is still
+    under way, or while it has not reported since it was fenced."""
     if node.fenced_at is None:
         raise Conflict(f"node {node.name} was not fenced")
+    if active_failover(db, node.id) is not None:
+        raise Conflict(f"node {node.name} is still being failed over (its HA VMs wait for "
+                       "room elsewhere): it cannot be taken back before they moved")
+    seen = node.last_seen_at
+    if seen is None or as_utc(seen) <= as_utc(node.fenced_at):
+        raise Conflict(f"node {node.name} has not reported since it was fenced: power it "
+                       "on (repaired) first; its agent then reports, and cannot write to "
+                       "Ceph until it is recovered")
     if fencer is not None:
         try:
             fencer.restore_storage(lost_node(db, node))

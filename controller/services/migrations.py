@@ -34,6 +34,7 @@ from controller.services import (
 KIND = "instance.migrate"
 DEFAULT_MAX_DOWNTIME_MS = 300
 PREPARE_TIMEOUT = timedelta(seconds=120)  # the target is ready by then, or the move fails
+DOWN_FOR_GOOD_S = 3600.0  # a failed move's target silent this long is let go unheard
 
 
 def start(db: Session, actor: str, inst: Instance, to: str | None, config: ControllerConfig,
@@ -45,6 +46,7 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     holds a GPU, lives on local storage, or no node can take it. After success both
     nodes' desired states carry the migration and an operation follows it.
     """
+    db.refresh(inst, with_for_update=True)  # one move of it at a time, whoever asks
     _refuse(db, inst, config)
     source = inst.node
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
@@ -106,6 +108,12 @@ def _refuse(db: Session, inst: Instance, config: ControllerConfig) -> None:
     if inst.desired_power != "running" or inst.observed_state != ObservedVmState.RUNNING.value:
         raise Conflict(f"{what} is not running (it is {inst.observed_state or 'new'}): "
                        "only a running VM moves live")
+    if inst.migration_target is not None:
+        raise Conflict(f"{what} is still settling its last migration to node "
+                       f"{inst.migration_target.name}; wait for that node's report")
+    if nodes.node_state(inst.node, datetime.now(UTC), config.node_down_after_s) != "up":
+        raise Conflict(f"{what} is on node {inst.node.name}, which is not up: a VM moves "
+                       "live only from a node that answers")
     busy = db.scalar(select(Operation.id).join(Volume, Volume.id == Operation.target_id)
                      .where(Volume.instance_id == inst.id,
                             Operation.state.in_(operations.ACTIVE)).limit(1))
@@ -137,6 +145,11 @@ def observe_target(db: Session, node: Node, seen: dict[str, ObservedVm]) -> None
 def observe_source(db: Session, inst: Instance, vm: ObservedVm | None) -> None:
     """What the source reports of a VM it moves: progress, or a failure of this move (the
     VM still runs there). A target not ready in time fails the move too."""
+    if inst.migration_phase == "failed" and inst.migration_target is not None and \
+            nodes.node_state(inst.migration_target, datetime.now(UTC),
+                             DOWN_FOR_GOOD_S) == "down":
+        _end(db, inst)  # the target has been silent for long: it has no copy running
+        return
     op = _operation(db, inst)
     if op is None:
         return
@@ -178,9 +191,16 @@ def _complete(db: Session, inst: Instance, target: Node, downtime_ms: int | None
 
 
 def _fail(db: Session, inst: Instance, op: Operation, error: str) -> None:
+    """The move failed: its operation ends, and the source keeps (or gets back) the VM.
+    The target is let go only once it reports that it does not run the VM (see
+    observe_target): libvirt may have failed after the switchover, and then the VM runs
+    there and the move completes after all."""
     target = inst.migration_target.name if inst.migration_target else "?"
     seq = inst.migration_seq
-    _end(db, inst)
+    inst.migration_phase = "failed"
+    desired.bump(inst.node)  # no more order to move it
+    if inst.migration_target is not None:  # its next report is heard in full, not skipped
+        desired.bump(inst.migration_target)
     operations.finish(op, error=error)
     audit.record(db, op.requested_by, KIND, f"instance/{inst.id}", "failed", name=inst.name,
                  source=inst.node.name, to=target, migration=seq, reason=error)

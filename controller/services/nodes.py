@@ -11,7 +11,17 @@ from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, upd
 from sqlalchemy.orm import Session
 
 from agent.protocol import JoinRequest, JoinResponse
-from controller.db.models import AuditEvent, Instance, JoinToken, Node, Volume, as_utc
+from controller.db.models import (
+    FAILOVER_OPEN,
+    AuditEvent,
+    Failover,
+    Instance,
+    JoinToken,
+    Node,
+    NodeBmc,
+    Volume,
+    as_utc,
+)
 from controller.errors import (
     Conflict,
     Forbidden,
@@ -255,8 +265,22 @@ def remove(db: Session, actor: str, node: Node) -> None:
                 if volumes else ""]
         raise Conflict(f"node '{node.name}' still has " + " and ".join(h for h in held if h)
                        + "; delete or move them first", instances=vms, volumes=volumes)
+    arriving = list(db.scalars(select(Instance.name).where(
+        Instance.migration_target_node_id == node.id).order_by(Instance.name)))
+    if arriving:
+        raise Conflict(f"VM(s) {', '.join(arriving)} are migrating to node '{node.name}'; "
+                       "wait until they moved or failed", instances=arriving)
+    if db.scalar(select(Failover.id).where(Failover.node_id == node.id,
+                                           Failover.state.in_(FAILOVER_OPEN))) is not None:
+        raise Conflict(f"node '{node.name}' is being failed over; wait until its failover "
+                       "ends (vauban node show)")
     audit.record(db, actor, "node.remove", f"node/{node.id}", name=node.name,
                  cert_serial=node.cert_serial)
+    for row in [db.get(NodeBmc, node.id),
+                *db.scalars(select(Failover).where(Failover.node_id == node.id))]:
+        if row is not None:
+            db.delete(row)  # its BMC settings and failover history go with it
+    db.flush()  # before the node row they point at
     db.delete(node)
     db.flush()
 

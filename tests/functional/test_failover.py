@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from agent.protocol import ObservedVmState
+from agent.protocol import MigrationReport, ObservedVmState
 from controller.app import create_app
 from controller.cli import main as cli
-from controller.db.models import AuditEvent, Failover, Node
+from controller.db.models import AuditEvent, Failover, Node, NodeBmc
 from controller.ha import failover
 from controller.ha.failover import FenceError, LostNode
 from controller.region import Region
@@ -47,7 +47,7 @@ class FakeFencer:
             raise FenceError(self.power_error)
 
     def cut_storage(self, node: LostNode) -> None:
-        self.calls.append(f"cut {node.name} {node.address}")
+        self.calls.append(f"cut {node.name} {','.join(node.addresses)}")
         if self.storage_error:
             raise FenceError(self.storage_error)
 
@@ -211,7 +211,7 @@ def test_a_node_back_before_it_was_fenced_keeps_its_vms(api: Api, rbd_region: Re
 
 def test_an_operator_vouches_for_the_power_and_recovers_the_node(
         api: Api, rbd_region: Region, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab(api)
+    nodes = lab(api)
     clock = Clock()
     fencer = FakeFencer(power_error="node a has no BMC configured")
     silence(rbd_region, "a", clock)
@@ -224,10 +224,45 @@ def test_an_operator_vouches_for_the_power_and_recovers_the_node(
     assert vouched["vouched_by"] == "admin"
     again = api.post("/api/v1/nodes/a/fence", json={"confirm_powered_off": True})
     assert again.status_code == 409
+    early = api.post("/api/v1/nodes/a/recover")  # not back yet: refused, in words
+    assert early.status_code == 409 and "has not reported since it was fenced" in \
+        early.json["detail"]  # type: ignore[index]
+    tell(api, nodes["a"])  # repaired, powered on: its agent reports again
     cli_answered_by(api, monkeypatch)
     assert cli.main(["node", "recover", "a"]) == 0
     assert api.get("/api/v1/nodes/a").json["fenced_at"] is None
     assert api.post("/api/v1/nodes/a/recover").status_code == 409  # not fenced now
+
+
+def test_a_vm_of_the_lost_node_that_was_migrating_waits_for_its_target(
+        api: Api, rbd_region: Region) -> None:
+    """It may run on the migration's target already: restarting it elsewhere could make
+    two copies. The target's report decides."""
+    nodes = lab(api) | {"c": api.join_node("c", underlay_ip="10.0.0.4")}
+    UNDERLAY["c"] = "10.0.0.4"
+    for name in ("b", "c"):
+        tell(api, nodes[name])
+    tell(api, nodes["a"], *[_observed(v, ObservedVmState.RUNNING)
+                            for v in api.desired(nodes["a"])["vms"]])
+    assert api.post("/api/v1/instances/web-ha/migrate", json={"to": "c"}).status_code == 202
+    ha = vms_of(api, nodes["c"])["web-ha"]
+    tell(api, nodes["c"], _observed(ha, ObservedVmState.INCOMING).model_copy(
+        update={"migration": MigrationReport(seq=1, state="ready")}))
+    clock, fencer = Clock(), FakeFencer()
+    silence(rbd_region, "a", clock)
+    ticks(rbd_region, fencer, clock, 3)
+    fo = the_failover(rbd_region)
+    assert fo.state == "fenced" and "web-ha: was migrating to c" in (fo.reason or "")
+    assert api.get("/api/v1/instances/web-ha").json["node_name"] == "a"
+    assert "web-ha" not in vms_of(api, nodes["b"])
+    # the target says it runs it: the move completes, and the failover is done
+    tell(api, nodes["c"], _observed(ha, ObservedVmState.RUNNING).model_copy(
+        update={"migration": MigrationReport(seq=1, state="completed")}))
+    clock.now += failover.RETRY + timedelta(seconds=1)
+    ticks(rbd_region, fencer, clock)
+    assert the_failover(rbd_region).state == "done"
+    assert api.get("/api/v1/instances/web-ha").json["node_name"] == "c"
+    assert audit(rbd_region, "vm.ha_restart") == []
 
 
 def test_ha_needs_shared_storage_and_no_gpu(client: Any, region: Region) -> None:
@@ -246,3 +281,24 @@ def test_ha_is_set_and_cleared_on_a_vm(api: Api, rbd_region: Region) -> None:
     assert api.put("/api/v1/instances/web-plain/ha",
                    json={"enabled": False}).json["ha"] is False  # type: ignore[index]
     assert [d["enabled"] for _, _, d in audit(rbd_region, "instance.ha")] == [True, False]
+
+
+def test_a_fenced_node_with_a_bmc_and_a_failover_behind_it_can_be_removed(
+        api: Api, rbd_region: Region) -> None:
+    nodes = lab(api)
+    clock, fencer = Clock(), FakeFencer()
+    with rbd_region.sessions() as db, db.begin():
+        db.add(NodeBmc(node_id=nodes["a"].id, kind="ipmi", address="10.0.9.1", port=623,
+                       username="admin", password_sealed="sealed"))
+    silence(rbd_region, "a", clock)
+    ticks(rbd_region, fencer, clock)
+    refused = api.delete("/api/v1/nodes/a")
+    assert refused.status_code == 409  # its VMs, and its failover under way
+    ticks(rbd_region, fencer, clock, 3)
+    assert api.delete("/api/v1/instances/web-plain").status_code == 202
+    tell(api, nodes["a"])  # back, without the deleted VM
+    r = api.delete("/api/v1/nodes/a")
+    assert r.status_code == 204, r.json
+    with rbd_region.sessions() as db:
+        assert db.scalars(select(Failover)).all() == []
+        assert db.scalars(select(NodeBmc)).all() == []

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agent.protocol import MigrationReport, ObservedVm, ObservedVmState
 from controller.app import create_app
 from controller.cli import main as cli
-from controller.db.models import AuditEvent
+from controller.db.models import AuditEvent, Node
 from controller.region import Region
 from tests.functional.cli_helpers import cli_answered_by
 from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, inventory
@@ -111,6 +112,11 @@ def test_a_failed_migration_leaves_the_vm_where_it_was(api: Api, rbd_region: Reg
         "the VM kept running here")))
     op = api.get(f"/api/v1/operations/{op_id}").json
     assert op["state"] == "failed" and "connection refused" in op["error"]
+    assert vms_of(api, a)["web-1"]["migrate_to"] is None
+    # the target is let go once it says it does not run the VM (libvirt could have
+    # failed after the switchover: then it would, and the move would complete)
+    assert vms_of(api, b)["web-1"]["incoming_from"] is not None
+    tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")))
     shown = api.get("/api/v1/instances/web-1").json
     assert (shown["state"], shown["node_name"], shown["migrating_to"]) == ("running", "a", None)
     assert "web-1" not in vms_of(api, b) and vms_of(api, a)["web-1"]["migrate_to"] is None
@@ -126,10 +132,33 @@ def test_a_stale_report_of_an_earlier_migration_decides_nothing(api: Api) -> Non
     api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
     tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")))
     tell(api, a, moving(vm, ObservedVmState.RUNNING, MigrationReport(seq=1, state="failed")))
-    api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    tell(api, b)  # the target has no copy
+    assert api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).status_code == 202
     # the source still shows the failure of move 1: move 2 stands
     tell(api, a, moving(vm, ObservedVmState.RUNNING, MigrationReport(seq=1, state="failed")))
     assert api.get("/api/v1/instances/web-1").json["migrating_to"] == "b"
+
+
+def test_a_move_that_failed_after_the_switchover_completes_on_the_targets_word(
+        api: Api) -> None:
+    a, b, vm = running_vm(api)
+    api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")))
+    tell(api, a, moving(vm, ObservedVmState.RUNNING, MigrationReport(seq=1, state="failed")))
+    refused = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert refused.status_code == 409 and "still settling" in refused.json["detail"]  # type: ignore[index]
+    tell(api, b, moving(vm, ObservedVmState.RUNNING, MigrationReport(seq=1, state="completed")))
+    assert api.get("/api/v1/instances/web-1").json["node_name"] == "b"
+    assert "web-1" not in vms_of(api, a)
+
+
+def test_a_vm_on_a_node_that_is_down_does_not_move_live(api: Api, rbd_region: Region) -> None:
+    running_vm(api)
+    with rbd_region.sessions() as db, db.begin():
+        db.execute(update(Node).where(Node.name == "a").values(
+            last_seen_at=datetime.now(UTC) - timedelta(hours=1)))
+    r = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "which is not up" in r.json["detail"], r.json  # type: ignore[index]
 
 
 def test_deleting_a_moving_vm_calls_the_move_off_and_lists_its_disks(api: Api) -> None:

@@ -62,15 +62,14 @@ def victim_with_bmc(region: LabRegion) -> str:
 
 
 def bring_back(region: LabRegion, name: str) -> None:
-    """Recover the fenced node (blocklist lifted), power it on through its BMC if it is
-    off, and wait until it is up and has no fence of its own left."""
+    """Power the node on through its BMC if it is off, wait until it is up, recover it if
+    it was fenced (blocklist lifted: only a node that reported since is taken back) and
+    clear its own fence."""
     assert region.lab is not None
     node = region.node(name)
     lab_bmc.clear_fault(node)
     if not lab_bmc.is_running(node):
         region.lab.start_bmc(node)
-    if region.json("node", "show", name).get("fenced_at"):
-        region.cli("node", "recover", name)
     if not lab_node.powered(node):
         done = lab_bmc.ipmitool(node, "power", "on")
         assert done.returncode == 0, done.stderr
@@ -79,6 +78,10 @@ def bring_back(region: LabRegion, name: str) -> None:
     if lab_node.frozen(node):
         lab_node.thaw(node)
     wait_for(lambda: region.node_state(name) == "up", NODE_UP_TIMEOUT_S, f"{name} up again")
+    if region.json("node", "show", name).get("fenced_at"):
+        wait_for(lambda: (failover_of(region, name).get("state") or "done") in
+                 ("done", "cancelled"), NODE_UP_TIMEOUT_S, "its failover to end")
+        region.cli("node", "recover", name)
     if region.json("node", "show", name).get("self_fenced_at"):
         region.cli("node", "clear-fence", name)
 

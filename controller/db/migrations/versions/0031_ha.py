@@ -47,9 +47,14 @@ def upgrade() -> None:
     )
     op.create_index("ix_failovers_node_id", "failovers", ["node_id"])
     op.create_index("ix_failovers_state", "failovers", ["state"])
+    # one open failover per node, whatever several controller processes do at once
+    open_ones = sa.text("state IN ('detected', 'powered-off', 'fenced')")
+    op.create_index("uq_failovers_open_node", "failovers", ["node_id"], unique=True,
+                    sqlite_where=open_ones, postgresql_where=open_ones)
 
 
 def downgrade() -> None:
+    op.drop_index("uq_failovers_open_node", "failovers")
     op.drop_index("ix_failovers_state", "failovers")
     op.drop_index("ix_failovers_node_id", "failovers")
     op.drop_table("failovers")
