@@ -82,7 +82,7 @@ def test_a_vm_create_is_told_to_its_project_and_not_to_another(
     assert told_op.data == {
         "id": told_op.id, "at": told_op.data["at"], "type": "operation.changed",
         "project": "a", "object": {"kind": "operation", "id": op["id"], "name": "web"},
-        "data": {**{k: op[k] for k in ("id", "kind", "state", "progress", "error",
+        "data": {**{k: op[k] for k in ("id", "kind", "state", "progress", "error", "message",
                                        "target_id", "target_name", "node_id",
                                        "requested_by")}}}
     vm = told_vm.data
