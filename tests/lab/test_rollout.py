@@ -162,7 +162,7 @@ def test_a_server_added_as_a_controller_runs_one_and_a_second_rollout_changes_no
     assert [(h["state"], h["changed"]) for h in job["hosts"]] == [("ok", 0)]
 
 
-def test_an_upgrade_goes_node_by_node_and_running_vms_keep_running(
+def test_an_upgrade_goes_node_by_node_and_running_vms_keep_running_moved_live(
         lab_region: LabRegion, tmp_path: Path) -> None:
     lab = lab_region.lab
     host = lab.nodes[0]
@@ -177,14 +177,28 @@ def test_an_upgrade_goes_node_by_node_and_running_vms_keep_running(
         version = release.build_next_release(lab_region.root / "releases", tmp_path)
         members = [n.name for n in lab.nodes if n.name in
                    {h["name"] for h in lab_region.json("fleet", "list")}]
+        # the upgrade moves the VM live: every node's libvirt TLS must be up first (its
+        # agent enables it once, restarting libvirtd, soon after it joined)
+        wait_for(lambda: all(lab_region.json("node", "show", n.name)["inventory"].get(
+            "migration_ready") for n in lab_region.nodes), 300,
+            "every node ready for migrations")
         out = lab_region.cli("rollout", "run", "--upgrade", "--batch", "1", "--version",
                              version, "--limit", ",".join(members[:2]))
         assert f"version {version}, batches of 1" in out and "succeeded" in out
         for name in members[:2]:
             node = lab_region.json("node", "show", name)
             assert node["inventory"]["agent_version"] == version
-        with ssh(lab, host.ip) as client:  # the same QEMU process: never stopped
-            assert ssh_run(client, f"virsh -c qemu:///system domid {vm['id']}").strip() == before
-        assert lab_region.json("vm", "show", "upgrade-witness")["state"] == "running"
+        # each batch's node was emptied first: the VM moved live, and was never stopped
+        moved = lab_region.json("vm", "show", "upgrade-witness")
+        assert moved["state"] == "running"
+        trail = lab_region.json("audit", "list", "--action", "instance.migrate")
+        assert [e for e in trail if e["target"] == f"instance/{vm['id']}"
+                and e["outcome"] == "succeeded"], "the upgrade did not move the VM away"
+        # where it runs now it arrived by migration: its console there has no boot
+        assert "VAUBAN-TESTGUEST-BOOTED" not in lab_region.console(moved)
+        if moved["node_name"] == host.name:  # moved back: another QEMU than the first
+            with ssh(lab, host.ip) as client:
+                assert ssh_run(client, f"virsh -c qemu:///system domid {vm['id']}").strip() \
+                    != before
     finally:
         lab_region.cli("vm", "delete", "upgrade-witness", "--wait")
