@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -73,6 +74,12 @@ def platform_move(region: LabRegion, name: str, to: str) -> tuple[float, float |
 def baseline_move(region: LabRegion, vm: dict[str, Any], source: str,
                   target: str) -> tuple[float, float | None]:
     address = next(n.ip for n in region.nodes if n.name == target)
+    # what the target's agent would prepare (it is stopped): the VM's folder and seed
+    folder = f"var/lib/vauban/agent/instances/{vm['id']}"
+    there = region.node(target).merged / folder
+    if not there.is_dir():
+        shutil.copytree(region.node(source).merged / folder, there,
+                        ignore=shutil.ignore_patterns("console.log*"))
     started = time.monotonic()
     virsh(region, source, f"migrate --live --p2p --tls --persistent --undefinesource "
                           f"{vm['id']} qemu+tls://{address}/system tcp://{address}")
