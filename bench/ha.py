@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         lab_main.down(state)
+        shutil.rmtree(state, ignore_errors=True)  # its folder, emptied by down
     if rounds:
         print(f"median total {statistics.median(r['total_s'] for r in rounds):.1f} s")
     if args.json:

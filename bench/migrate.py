@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         lab_main.down(state)
+        shutil.rmtree(state, ignore_errors=True)  # its folder, emptied by down
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
