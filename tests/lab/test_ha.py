@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,6 @@ from tests.lab.test_multinode import BOOT_TIMEOUT, Made
 pytestmark = pytest.mark.e2e
 
 FAILOVER_TIMEOUT = 600  # detection, fencing, and a TCG guest booting on a loaded machine
-
-
-@pytest.fixture
-def made(lab_region: LabRegion) -> Iterator[Made]:
-    m = Made(lab_region)
-    try:
-        yield m
-    finally:
-        m.delete_all()
 
 
 def victim_with_bmc(region: LabRegion) -> str:

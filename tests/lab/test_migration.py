@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.e2e
 MOVE_TIMEOUT = 600  # TCG guests, two of them copying memory on a loaded 2-core machine
 FIRST_SECTOR = 1_000_000  # far past the test guest's boot files on its 1 GiB disk
 SECTOR = 512
-
-
-@pytest.fixture
-def made(lab_region: LabRegion) -> Iterator[Made]:
-    m = Made(lab_region)
-    try:
-        yield m
-    finally:
-        m.delete_all()
 
 
 def writer(tmp_path: Path) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +55,6 @@ class Made:
         for name in self.networks:
             if self.region.run_cli("network", "show", name).returncode == 0:
                 self.region.cli("network", "delete", name)
-
-
-@pytest.fixture
-def made(lab_region: LabRegion) -> Iterator[Made]:
-    m = Made(lab_region)
-    try:
-        yield m
-    finally:
-        m.delete_all()
 
 
 def _tag() -> str:
