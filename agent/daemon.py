@@ -122,8 +122,10 @@ class Agent:
             threading.Thread(target=self._certificate_loop, name="certificate", daemon=True),
         ]
         if self.hypervisor_tls is not None:
-            threads.append(threading.Thread(target=self._hypervisor_tls_loop,
-                                            name="hypervisor-tls", daemon=True))
+            # not waited for: a libvirtd restart it runs may be queued behind this very
+            # agent's stop job (the unit is ordered after libvirtd)
+            polls.append(threading.Thread(target=self._hypervisor_tls_loop,
+                                          name="hypervisor-tls", daemon=True))
         self.storage_sampler.start()
         if self.heartbeat is not None:
             self.heartbeat.start()
@@ -131,11 +133,11 @@ class Agent:
         for t in threads + polls:
             t.start()
         self.stopping.wait()
+        if self.heartbeat is not None:  # first: the polls have ended, the fence stands down
+            self.heartbeat.stop()
         if metrics is not None:
             metrics.stop()
         self.storage_sampler.stop()
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
         with self._desired_ready:
             self._desired_ready.notify_all()
         # the poller may sit in a long-poll; it holds no state worth waiting for

@@ -60,6 +60,7 @@ class Watchdog:
         self._storage_ok = now
         self.fenced_at: datetime | None = None
         self.reason: str | None = None
+        self._stood_down = False  # the agent is stopping: its silence is its own doing
         self._load()
 
     # -- what updaters call -----------------------------------------------------------
@@ -76,6 +77,14 @@ class Watchdog:
         node may run these VMs already, so fence at once."""
         self._fence(f"self-fenced: the storage refuses this node's heartbeat, its Ceph "
                     f"client is blocklisted ({detail})")
+
+    def stand_down(self) -> None:
+        """The agent is stopping: from now on silence is no reason to fence (its polls have
+        ended, a heartbeat still in flight may land late); a blocklisted heartbeat still
+        fences, and a fence already taken stays. A node left without an agent is the
+        controller's to fence (through its BMC and the Ceph blocklist)."""
+        with self._lock:
+            self._stood_down = True
 
     def check(self) -> datetime | None:
         """Judge now (the ticker); when fenced, destroy any own domain still running.
@@ -122,8 +131,8 @@ class Watchdog:
             now = self._clock()
             controller = now - self._controller_ok
             storage = now - self._storage_ok
-            due = (self.fenced_at is None and controller >= self.fence_after_s
-                   and storage >= self.fence_after_s)
+            due = (self.fenced_at is None and not self._stood_down
+                   and controller >= self.fence_after_s and storage >= self.fence_after_s)
             record(now)
         if due:
             self._fence(f"self-fenced: no controller for {controller:.0f} s and no storage "

@@ -123,6 +123,9 @@ class StorageHeartbeat:
             t.start()
 
     def stop(self) -> None:
+        """No beat starts after this call, and the watchdog stands down (a beat in flight
+        that lands late cannot fence a stopping agent); returns at once (see `join`)."""
+        self.watchdog.stand_down()
         self._stopping.set()
 
     def join(self) -> None:

@@ -129,3 +129,41 @@ def test_an_undelivered_status_is_sent_again_after_the_backoff_not_the_interval(
     agent._report_now.set()  # a change to report at once
     agent._report_loop()
     assert sent == ["tried", "tried"]
+
+
+@pytest.mark.timeout(60)  # before the fix the agent waited on the stuck command
+def test_a_stopping_agent_does_not_wait_for_its_hypervisor_tls_round(tmp_path: Path) -> None:
+    """The TLS keeper may be restarting libvirtd, a job systemd queues behind this very
+    agent's stop job (the unit is ordered after libvirtd): the agent must end without it."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    class StuckTls:
+        def ready(self) -> bool:
+            return False
+
+        def keep(self, client: Any) -> Any:
+            entered.set()
+            release.wait()  # `systemctl stop libvirtd`, queued behind our own stop
+            raise OSError("released by the test")
+
+    agent, client = refused_agent(tmp_path)
+    agent.hypervisor_tls = StuckTls()  # type: ignore[assignment]
+
+    def unanswered(*_args: Any) -> Any:  # a controller that answers nothing meanwhile
+        agent.stopping.wait()
+        raise ControllerUnavailable("stopping")
+
+    for call in ("desired", "report", "console_requests"):
+        setattr(client, call, unanswered)
+    agent.status = lambda: None  # type: ignore[assignment,method-assign,return-value]
+    runner = threading.Thread(target=agent.run, daemon=True)
+    try:
+        runner.start()
+        assert entered.wait(30), "the TLS round never started"
+        agent.stop()
+        runner.join(30)
+        assert not runner.is_alive(), "the stopping agent waits for the TLS round"
+    finally:
+        release.set()

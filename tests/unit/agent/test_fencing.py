@@ -86,6 +86,19 @@ def test_after_a_freeze_the_first_answer_cannot_avert_the_fence() -> None:
         assert w.check() == T0 and w.start_refusal() is not None
 
 
+def test_a_stopping_agent_is_not_fenced_by_its_own_silence() -> None:
+    """Once the agent stops, its polls have ended: a heartbeat write that lands late, or
+    the ticker, must not take that silence for a lost lease (it did, and the fence file
+    outlived the restart); a blocklisted heartbeat still fences."""
+    w, clock, destroy = watchdog()
+    w.stand_down()
+    clock.now += 300
+    w.storage_ok()
+    assert w.check() is None and destroy.calls == 0 and w.start_refusal() is None
+    w.blocklisted("-108")
+    assert w.fenced_at == T0 and destroy.calls == 1
+
+
 def test_a_blocklisted_heartbeat_fences_at_once(caplog: pytest.LogCaptureFixture) -> None:
     w, _clock, destroy = watchdog()
     w.controller_ok()
