@@ -156,10 +156,12 @@ class ControllerClient:
         self._check(r)
         return CertificateIssued.model_validate_json(r.content)
 
-    def hypervisor_certificate(self, csr_pem: str,
-                               migration_address: str) -> HypervisorCertificateIssued:
-        """The node's hypervisor certificate for the CSR's key, naming `migration_address`."""
-        body = HypervisorCertificateRequest(csr_pem=csr_pem, migration_address=migration_address)
+    def hypervisor_certificate(self, csr_pem: str, migration_address: str,
+                               role: str = "libvirt") -> HypervisorCertificateIssued:
+        """The node's hypervisor certificate of `role` (libvirt, qemu) for the CSR's key,
+        naming `migration_address`."""
+        body = HypervisorCertificateRequest.model_validate(
+            {"csr_pem": csr_pem, "migration_address": migration_address, "role": role})
         try:
             r = self.http.post(self._node_url("hypervisor-certificate"),
                                data=body.model_dump_json(),

@@ -1,19 +1,21 @@
 """The node's hypervisor TLS material: libvirtd's and QEMU's certificates from the region CA.
 
 Live migration runs between two nodes' libvirtds (`qemu+tls://<address>/system`) and
-between their QEMUs (the migration stream), both over TLS with a certificate the region CA
+between their QEMUs (the migration stream), both over TLS with certificates the region CA
 signed for the node (CN its id; SAN its id, its name, its migration address; client and
-server). The key is the node's *hypervisor* key, never the agent's mTLS key: QEMU runs as
-`libvirt-qemu` and opens its files itself, so its copy of the key is readable by the
-`kvm` group.
+server). Each has a key of its own, never the agent's mTLS key: libvirtd's (OU
+vauban-libvirt, root's alone; other nodes' libvirtds admit only this OU) and QEMU's (OU
+vauban-qemu): QEMU runs as `libvirt-qemu` and opens its files itself, so its key is
+readable by the `kvm` group, and must open no libvirtd.
 
 Files (libvirt's and QEMU's default paths, under `root`):
 
     etc/pki/CA/cacert.pem                              region CA        0644 root:root
-    etc/pki/libvirt/{servercert,clientcert}.pem        certificate      0644 root:root
-    etc/pki/libvirt/private/{serverkey,clientkey}.pem  key              0600 root:root
-    etc/pki/qemu/{ca-cert,server-cert,client-cert}.pem CA, certificate  0644 root:root
-    etc/pki/qemu/{server-key,client-key}.pem           key              0640 root:kvm
+    etc/pki/libvirt/{servercert,clientcert}.pem        libvirtd's cert  0644 root:root
+    etc/pki/libvirt/private/{serverkey,clientkey}.pem  libvirtd's key   0600 root:root
+    etc/pki/qemu/ca-cert.pem                           region CA        0644 root:root
+    etc/pki/qemu/{server-cert,client-cert}.pem         QEMU's cert      0644 root:root
+    etc/pki/qemu/{server-key,client-key}.pem           QEMU's key       0640 root:kvm
 
 Each file is replaced in one step (written beside it, synced, renamed). A crash between
 two renames can leave a key beside a certificate for another key: `current` then finds no
@@ -59,28 +61,35 @@ class HypervisorTlsError(Exception):
     either the previous complete set or no usable set (renewed again at once)."""
 
 
+ROLES = ("libvirt", "qemu")  # whose key: libvirtd's, QEMU's (controller.pki)
+
+
 @dataclass(frozen=True)
 class PkiFile:
     path: Path
     what: str  # "ca", "cert" or "key"
     mode: int
     group: str | None  # None: root's group
+    role: str  # whose files: "libvirt" or "qemu"
+
+
+Material = dict[str, tuple[bytes, bytes]]  # role: (certificate PEM, key PEM)
 
 
 def layout(root: Path, qemu_group: str = QEMU_GROUP) -> list[PkiFile]:
-    """Every file written under `root`, with what it holds, its mode and group."""
+    """Every file written under `root`, with what it holds, its mode, group and role."""
     pki = root / "etc/pki"
     return [
-        PkiFile(pki / "CA/cacert.pem", "ca", 0o644, None),
-        PkiFile(pki / "libvirt/servercert.pem", "cert", 0o644, None),
-        PkiFile(pki / "libvirt/clientcert.pem", "cert", 0o644, None),
-        PkiFile(pki / "libvirt/private/serverkey.pem", "key", 0o600, None),
-        PkiFile(pki / "libvirt/private/clientkey.pem", "key", 0o600, None),
-        PkiFile(pki / "qemu/ca-cert.pem", "ca", 0o644, None),
-        PkiFile(pki / "qemu/server-cert.pem", "cert", 0o644, None),
-        PkiFile(pki / "qemu/client-cert.pem", "cert", 0o644, None),
-        PkiFile(pki / "qemu/server-key.pem", "key", 0o640, qemu_group),
-        PkiFile(pki / "qemu/client-key.pem", "key", 0o640, qemu_group),
+        PkiFile(pki / "CA/cacert.pem", "ca", 0o644, None, "libvirt"),
+        PkiFile(pki / "libvirt/servercert.pem", "cert", 0o644, None, "libvirt"),
+        PkiFile(pki / "libvirt/clientcert.pem", "cert", 0o644, None, "libvirt"),
+        PkiFile(pki / "libvirt/private/serverkey.pem", "key", 0o600, None, "libvirt"),
+        PkiFile(pki / "libvirt/private/clientkey.pem", "key", 0o600, None, "libvirt"),
+        PkiFile(pki / "qemu/ca-cert.pem", "ca", 0o644, None, "qemu"),
+        PkiFile(pki / "qemu/server-cert.pem", "cert", 0o644, None, "qemu"),
+        PkiFile(pki / "qemu/client-cert.pem", "cert", 0o644, None, "qemu"),
+        PkiFile(pki / "qemu/server-key.pem", "key", 0o640, qemu_group, "qemu"),
+        PkiFile(pki / "qemu/client-key.pem", "key", 0o640, qemu_group, "qemu"),
     ]
 
 
@@ -130,18 +139,19 @@ def write_ca(root: Path, ca_pem: bytes) -> None:
             _replace(f.path, ca_pem, f.mode, os.getgid())
 
 
-def write_material(root: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
+def write_material(root: Path, ca_pem: bytes, material: Material,
                    qemu_group: str = QEMU_GROUP) -> None:
-    """Write the CA, certificate and key to every file of `layout(root)`. KeyError for a
-    group that does not exist (nothing written); OSError on failure while writing (some
-    files may be new, some old: `current` then finds no usable set)."""
-    files = [(f, grp.getgrnam(f.group).gr_gid if f.group else os.getgid())
-             for f in layout(root, qemu_group)]  # an unknown group: nothing written
+    """Write the CA, and each role's certificate and key of `material`, to every file of
+    `layout(root)`. KeyError for a group that does not exist or a role missing from
+    `material` (nothing written); OSError on failure while writing (some files may be
+    new, some old: `current` then finds no usable set)."""
+    files = [(f, grp.getgrnam(f.group).gr_gid if f.group else os.getgid(),
+              {"ca": ca_pem, "cert": material[f.role][0], "key": material[f.role][1]}[f.what])
+             for f in layout(root, qemu_group)]  # an unknown group or role: nothing written
     _make_dirs(root)
-    data = {"ca": ca_pem, "cert": cert_pem, "key": key_pem}
     # certificates before keys: libvirtd and QEMU read a pair only when asked to
-    for f, gid in sorted(files, key=lambda fg: fg[0].what == "key"):
-        _replace(f.path, data[f.what], f.mode, gid)
+    for f, gid, data in sorted(files, key=lambda fgd: fgd[0].what == "key"):
+        _replace(f.path, data, f.mode, gid)
     for d in {f.path.parent for f in layout(root, qemu_group)}:
         _sync_dir(d)
 
@@ -151,32 +161,57 @@ def _spki(key: object) -> bytes:
                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _usable(cert_pem: bytes, key_pem: bytes, ca_pem: bytes, node_id: str,
+            role: str) -> x509.Certificate | None:
+    """The certificate when it is this node's for `role`, issued by the CA, valid now and
+    of this key; else None."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    except (ValueError, TypeError, InvalidSignature):
+        return None
+    subject = cert.subject
+    cns = [a.value for a in subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    ous = [a.value for a in subject.get_attributes_for_oid(
+        x509.NameOID.ORGANIZATIONAL_UNIT_NAME)]
+    now = datetime.now(UTC)
+    if _spki(cert.public_key()) != _spki(key.public_key()) or cns != [node_id] \
+            or ous != [f"vauban-{role}"] \
+            or not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        return None
+    return cert
+
+
 def current(root: Path, ca_pem: bytes, node_id: str,
             qemu_group: str = QEMU_GROUP) -> x509.Certificate | None:
-    """The certificate in place when every file exists, every key matches the certificate,
-    every CA file is the region CA, and the certificate is this node's, issued by that CA
-    and valid now; else None (the material must be written again)."""
+    """libvirtd's certificate in place when every file exists, every CA file is the region
+    CA, and each role's files hold one certificate and one key that belong together, the
+    certificate this node's for that role, issued by that CA and valid now, and the two
+    roles' keys differ; else None (the material must be written again)."""
     try:
         files = {f.path: f.path.read_bytes() for f in layout(root, qemu_group)}
     except OSError:
         return None
-    by_kind: dict[str, set[bytes]] = {}
-    for f in layout(root, qemu_group):
-        by_kind.setdefault(f.what, set()).add(files[f.path])
-    if by_kind["ca"] != {ca_pem} or len(by_kind["cert"]) != 1 or len(by_kind["key"]) != 1:
+    found: dict[str, x509.Certificate] = {}
+    keys: set[bytes] = set()
+    for role in ROLES:
+        by_kind: dict[str, set[bytes]] = {}
+        for f in layout(root, qemu_group):
+            if f.role == role:
+                by_kind.setdefault(f.what, set()).add(files[f.path])
+        if by_kind["ca"] != {ca_pem} or len(by_kind["cert"]) != 1 or \
+                len(by_kind["key"]) != 1:
+            return None
+        key_pem = next(iter(by_kind["key"]))
+        cert = _usable(next(iter(by_kind["cert"])), key_pem, ca_pem, node_id, role)
+        if cert is None:
+            return None
+        found[role] = cert
+        keys.add(key_pem)
+    if len(keys) != len(ROLES):  # one key for both: QEMU's group could read libvirtd's
         return None
-    try:
-        cert = x509.load_pem_x509_certificate(next(iter(by_kind["cert"])))
-        key = serialization.load_pem_private_key(next(iter(by_kind["key"])), password=None)
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
-    except (ValueError, TypeError, InvalidSignature):
-        return None
-    cns = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-    now = datetime.now(UTC)
-    if _spki(cert.public_key()) != _spki(key.public_key()) or cns != [node_id] \
-            or not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
-        return None
-    return cert
+    return found["libvirt"]
 
 
 def names_address(cert: x509.Certificate, address: str) -> bool:
@@ -234,9 +269,10 @@ class HypervisorTls:
         return certs.renewal_due(cert, self.renew_fraction)
 
     def renew(self, client: ControllerClient) -> x509.Certificate:
-        """A new key and the controller's certificate for it, written to every file.
-        Raises what the client raises, certs.RenewalError for an answer that is not this
-        node's certificate (nothing written), HypervisorTlsError if writing failed."""
+        """New keys (libvirtd's, QEMU's) and the controller's certificates for them, written
+        to every file; returns libvirtd's. Raises what the client raises,
+        certs.RenewalError for an answer that is not this node's certificate (nothing
+        written), HypervisorTlsError if writing failed."""
         if self.address is None:
             raise HypervisorTlsError("this node has no underlay address towards the "
                                      "controller: other nodes could not reach it to migrate")
@@ -246,16 +282,26 @@ class HypervisorTls:
         except OSError as e:
             raise HypervisorTlsError(f"cannot write the region CA under "
                                      f"{self.root / 'etc/pki'}: {e}") from e
-        key_pem, csr_pem = certs.new_request(self.node_id)
-        issued = client.hypervisor_certificate(csr_pem, self.address)
-        cert = certs.check_issued(issued.certificate_pem, key_pem, self.node_id, ca_pem)
+        material: Material = {}
+        certificates: dict[str, x509.Certificate] = {}
+        for role in ROLES:  # a key of its own each: QEMU's group reads QEMU's alone
+            key_pem, csr_pem = certs.new_request(self.node_id)
+            issued = client.hypervisor_certificate(csr_pem, self.address, role)
+            cert = certs.check_issued(issued.certificate_pem, key_pem, self.node_id, ca_pem)
+            ous = [a.value for a in cert.subject.get_attributes_for_oid(
+                x509.NameOID.ORGANIZATIONAL_UNIT_NAME)]
+            if ous != [f"vauban-{role}"]:  # a controller older than the roles
+                raise certs.RenewalError(f"the controller's {role} certificate has OU "
+                                         f"{ous or '(none)'}, not vauban-{role}: upgrade "
+                                         "the controller")
+            certificates[role] = cert
+            material[role] = (issued.certificate_pem.encode(), key_pem)
         try:
-            write_material(self.root, ca_pem, issued.certificate_pem.encode(), key_pem,
-                           self.qemu_group)
+            write_material(self.root, ca_pem, material, self.qemu_group)
         except (OSError, KeyError) as e:
-            raise HypervisorTlsError(f"writing the hypervisor certificate under "
+            raise HypervisorTlsError(f"writing the hypervisor certificates under "
                                      f"{self.root / 'etc/pki'} failed: {e}") from e
-        return cert
+        return certificates["libvirt"]
 
     def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
         """The command's result; HypervisorTlsError when it cannot run or hangs."""

@@ -666,11 +666,15 @@ class HypervisorCertificateRequest(Wire):
     csr_pem: str = Field(min_length=1, max_length=16384)
     migration_address: Annotated[str, AfterValidator(_ip_address)] = Field(
         max_length=45, examples=["10.0.0.5"])
+    role: Literal["libvirt", "qemu"] = Field(
+        default="libvirt", description="Whose key the CSR is for: libvirtd's (other nodes' "
+        "libvirtds admit it) or QEMU's (the migration stream only; readable by QEMU's "
+        "group, so it must open no libvirtd)")
 
 
 class HypervisorCertificateIssued(Wire):
-    """The node's hypervisor certificate: CN and DNS SAN its id, DNS SAN its name, IP SAN
-    its migration address; client and server."""
+    """The node's hypervisor certificate: CN and DNS SAN its id, OU vauban-<role>, DNS SAN
+    its name, IP SAN its migration address; client and server."""
 
     certificate_pem: str
     expires_at: UtcDatetime

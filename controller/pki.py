@@ -27,6 +27,9 @@ from agent.protocol import RENEW_FRACTION, renewal_due
 # it signs, which are renewed before they expire (see docs/architecture.md)
 CA_VALIDITY = timedelta(days=3650)
 LEAF_VALIDITY = timedelta(days=90)  # default lifetime of node and server certificates
+# a node's hypervisor certificates: its libvirtd's (admitted by other nodes' libvirtds) and
+# its QEMU's (the migration stream only), each its own key
+HYPERVISOR_ROLES = ("libvirt", "qemu")
 MAX_BACKDATE = timedelta(minutes=5)  # leaves begin this much earlier: clocks disagree a little
 
 
@@ -267,15 +270,21 @@ class RegionCA:
                       format(cert.serial_number, "x"), cert.not_valid_after_utc)
 
     def sign_hypervisor_csr(self, csr_pem: str, node_id: str, node_name: str,
-                            address: str, lifetime: timedelta = LEAF_VALIDITY) -> Issued:
-        """Sign a node's hypervisor CSR (its libvirtd's and QEMU's key, never its agent's):
-        CN `node_id`, usable as client and server (a migration's source is the client of
-        the target's libvirtd and QEMU), SAN DNS:`node_id`, DNS:`node_name` and
-        IP:`address` (what a migration URI names the target by).
+                            address: str, lifetime: timedelta = LEAF_VALIDITY,
+                            role: str = "libvirt") -> Issued:
+        """Sign a node's hypervisor CSR (its libvirtd's or its QEMU's key, never its
+        agent's): CN `node_id` and OU `vauban-<role>` (libvirtd admits only the libvirt
+        role's, so neither an agent's nor QEMU's key opens another node's libvirtd), usable
+        as client and server (a migration's source is the client of the target's libvirtd
+        and QEMU), SAN DNS:`node_id`, DNS:`node_name` and IP:`address` (what a migration
+        URI names the target by).
 
         The CSR must name `node_id` as its only common name. Raises CsrError, nothing
         signed, for that or for any reason `sign_node_csr` refuses; ValueError for an
-        `address` that is not an IP address."""
+        `address` that is not an IP address or a `role` other than those of ROLES."""
+        if role not in HYPERVISOR_ROLES:
+            raise ValueError(f"hypervisor certificate role {role!r}: one of "
+                             f"{', '.join(HYPERVISOR_ROLES)}")
         ip = ipaddress.ip_address(address)
         csr = _load_csr(csr_pem)
         cns = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
@@ -287,7 +296,9 @@ class RegionCA:
         assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)  # checked
         names = [x509.DNSName(n) for n in dict.fromkeys([node_id, node_name])]
         cert = self._sign(
-            subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]),
+            subject=x509.Name([
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"vauban-{role}"),
+                x509.NameAttribute(NameOID.COMMON_NAME, node_id)]),
             public_key=public_key,
             usages=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
             san=x509.SubjectAlternativeName([*names, x509.IPAddress(ip)]),

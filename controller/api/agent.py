@@ -171,8 +171,8 @@ def renew_certificate(node_id: str, body: CertificateRenewal) -> Any:
 
 @api.route("POST", "/nodes/<node_id>/hypervisor-certificate", auth="node",
            body=HypervisorCertificateRequest,
-           summary="Sign the node's hypervisor certificate (libvirtd and QEMU TLS for "
-                   "migrations): a CSR for a key of its own, CN = node id",
+           summary="Sign one of the node's hypervisor certificates (libvirtd's or QEMU's "
+                   "TLS for migrations): a CSR for a key of its own, CN = node id",
            responses={201: HypervisorCertificateIssued},
            operation_id="issueHypervisorCertificate")
 def issue_hypervisor_certificate(node_id: str, body: HypervisorCertificateRequest) -> Any:
@@ -184,7 +184,7 @@ def issue_hypervisor_certificate(node_id: str, body: HypervisorCertificateReques
     the_region = region()
     issued = node_service.issue_hypervisor_certificate(
         session, node, body.csr_pem, body.migration_address, the_region.ca,
-        timedelta(seconds=the_region.config.node_cert_lifetime_s))
+        timedelta(seconds=the_region.config.node_cert_lifetime_s), body.role)
     session.commit()
     return HypervisorCertificateIssued(certificate_pem=issued.pem.decode(),
                                        expires_at=issued.not_after), 201

@@ -190,9 +190,11 @@ def renew_certificate(db: Session, node: Node, serial_used: str, csr_pem: str, c
 
 
 def issue_hypervisor_certificate(db: Session, node: Node, csr_pem: str, address: str,
-                                 ca: RegionCA, lifetime: timedelta) -> Issued:
-    """Sign `node`'s hypervisor certificate (CN its id; SAN its id, its name and `address`)
-    and record `address` as the node's migration address and the certificate's serial.
+                                 ca: RegionCA, lifetime: timedelta,
+                                 role: str = "libvirt") -> Issued:
+    """Sign `node`'s hypervisor certificate of `role` (CN its id, OU vauban-<role>; SAN
+    its id, its name and `address`) and record `address` as the node's migration address
+    (and, for libvirtd's, the certificate's serial).
 
     `address` must be the underlay address the node reports in its inventory, when it has
     reported one. InvalidInput (422) for a CSR that cannot be signed, Conflict (409) for an
@@ -202,15 +204,18 @@ def issue_hypervisor_certificate(db: Session, node: Node, csr_pem: str, address:
         raise Conflict(f"migration_address {address} is not the underlay address this node "
                        f"reports ({reported})", reported_underlay_ip=reported)
     try:
-        issued = ca.sign_hypervisor_csr(csr_pem, node.id, node.name, address, lifetime)
+        issued = ca.sign_hypervisor_csr(csr_pem, node.id, node.name, address, lifetime, role)
     except CsrError as e:
         raise InvalidInput(str(e)) from e
     audit.record(db, f"node:{node.name}", "node.hypervisor-certificate.issue",
-                 f"node/{node.id}", serial=issued.serial,
-                 previous_serial=node.hypervisor_cert_serial, migration_address=address,
+                 f"node/{node.id}", role=role, serial=issued.serial,
+                 previous_serial=node.hypervisor_cert_serial if role == "libvirt" else None,
+                 migration_address=address,
                  previous_migration_address=node.migration_address,
                  expires_at=issued.not_after.isoformat())
-    node.migration_address, node.hypervisor_cert_serial = address, issued.serial
+    node.migration_address = address
+    if role == "libvirt":  # the one other nodes' libvirtds admit
+        node.hypervisor_cert_serial = issued.serial
     return issued
 
 

@@ -54,7 +54,7 @@ def test_a_node_gets_its_hypervisor_certificate_recorded_and_audited(
     assert r.status_code == 201, r.json
     cert = x509.load_pem_x509_certificate(r.json["certificate_pem"].encode())  # type: ignore[index]
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(region.ca.cert_pem()))
-    assert cert.subject.rfc4514_string() == f"CN={node.id}"
+    assert cert.subject.rfc4514_string() == f"CN={node.id},OU=vauban-libvirt"
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == [node.id, "lab1"]
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == [ADDRESS]
@@ -67,8 +67,28 @@ def test_a_node_gets_its_hypervisor_certificate_recorded_and_audited(
     with region.reads() as db:
         events = list(db.scalars(select(AuditEvent).where(
             AuditEvent.action == "node.hypervisor-certificate.issue")))
-    assert [(e.actor, e.target, e.detail["serial"], e.detail["migration_address"])
-            for e in events] == [("node:lab1", f"node/{node.id}", serial, ADDRESS)]
+    assert [(e.actor, e.target, e.detail["role"], e.detail["serial"],
+             e.detail["migration_address"]) for e in events] == [
+        ("node:lab1", f"node/{node.id}", "libvirt", serial, ADDRESS)]
+
+
+def test_qemus_certificate_has_its_own_role_and_leaves_libvirtds_recorded(
+        api: Api, region: Region) -> None:
+    node = api.join_node("lab1", underlay_ip=ADDRESS)
+    first = _ask(api, node, {"csr_pem": _csr(node.id), "migration_address": ADDRESS})
+    serial = format(x509.load_pem_x509_certificate(
+        first.json["certificate_pem"].encode()).serial_number, "x")  # type: ignore[index]
+    r = _ask(api, node, {"csr_pem": _csr(node.id), "migration_address": ADDRESS,
+                         "role": "qemu"})
+    assert r.status_code == 201, r.json
+    cert = x509.load_pem_x509_certificate(r.json["certificate_pem"].encode())  # type: ignore[index]
+    assert cert.subject.rfc4514_string() == f"CN={node.id},OU=vauban-qemu"
+    assert _recorded(region, node.id) == (ADDRESS, serial)  # libvirtd's is what peers admit
+    with region.reads() as db:
+        roles = [e.detail["role"] for e in db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "node.hypervisor-certificate.issue")
+            .order_by(AuditEvent.seq))]
+    assert roles == ["libvirt", "qemu"]
 
 
 def test_only_the_node_itself_gets_its_hypervisor_certificate(api: Api, region: Region) -> None:
@@ -90,6 +110,7 @@ def test_only_the_node_itself_gets_its_hypervisor_certificate(api: Api, region: 
     ({"csr_pem": "{csr}", "migration_address": "lab1.example"}, "not an IPv4 or IPv6"),
     ({"csr_pem": "{csr}", "migration_address": "127.0.0.1"}, "cannot be reached by another"),
     ({"csr_pem": "{csr}", "migration_address": ADDRESS, "days": 9}, "days"),
+    ({"csr_pem": "{csr}", "migration_address": ADDRESS, "role": "agent"}, "role"),
     ({"csr_pem": "not a csr", "migration_address": ADDRESS}, "not a PEM"),
     ({"csr_pem": "{other}", "migration_address": ADDRESS}, "must be for its id"),
 ])

@@ -1,7 +1,8 @@
 """libvirt TLS between the region's nodes, with material the agents put in place from the
 region CA: a node's libvirtd answers another node over `qemu+tls://<address>/system`; a
-client certificate from another CA, or one from the region CA that is no node's, is
-refused; QEMU (as libvirt-qemu) reads its key and nothing else is widened.
+client certificate from another CA, or one from the region CA that is no node's
+libvirtd's (an agent's, a QEMU's, no node's), is refused; QEMU (as libvirt-qemu) reads
+its own key and nothing else is widened.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ def _csr(cn: str) -> tuple[bytes, str]:
 @pytest.fixture
 def client_dirs(ready: LabRegion, tmp_path: Path) -> Iterator[dict[str, str]]:
     """pkipath folders on the first node (cacert.pem = the region CA, so the client trusts
-    the server; clientcert/clientkey as named): "node" a region certificate for a node-like
-    id, "foreign" one from another CA, "not-a-node" one from the region CA for a subject
-    that is no node's (as the metrics scraper's). Removed afterwards."""
+    the server; clientcert/clientkey as named): "node" a region libvirtd certificate for a
+    node-like id, "agent" a region agent certificate for one (no OU), "qemu" a region QEMU
+    certificate for one (its key is readable by QEMU's group), "foreign" one from another
+    CA, "not-a-node" one from the region CA for a subject that is no node's (as the metrics
+    scraper's). Removed afterwards."""
     region_ca = RegionCA(ready.layout.controller_dir / "pki")
     other_ca = RegionCA(tmp_path / "other-ca")
     other_ca.ensure(["localhost"])
@@ -64,14 +67,18 @@ def client_dirs(ready: LabRegion, tmp_path: Path) -> Iterator[dict[str, str]]:
     host_base = ready.nodes[0].merged / base.lstrip("/")
     made: dict[str, str] = {}
     try:
-        for name, ca, cn in (("node", region_ca, str(uuid.uuid4())),
-                             ("foreign", other_ca, str(uuid.uuid4())),
-                             ("not-a-node", region_ca, "metrics:test")):
+        for name, ca, cn, role in (("node", region_ca, str(uuid.uuid4()), "libvirt"),
+                                   ("agent", region_ca, str(uuid.uuid4()), None),
+                                   ("qemu", region_ca, str(uuid.uuid4()), "qemu"),
+                                   ("foreign", other_ca, str(uuid.uuid4()), "libvirt"),
+                                   ("not-a-node", region_ca, "metrics:test", None)):
             key, csr = _csr(cn)
             folder = host_base / name
             folder.mkdir(parents=True, mode=0o700)
             (folder / "cacert.pem").write_bytes(region_ca.cert_pem())
-            (folder / "clientcert.pem").write_bytes(ca.sign_node_csr(csr, cn).pem)
+            cert = ca.sign_node_csr(csr, cn) if role is None else \
+                ca.sign_hypervisor_csr(csr, cn, "test", "10.0.0.1", role=role)
+            (folder / "clientcert.pem").write_bytes(cert.pem)
             (folder / "clientkey.pem").write_bytes(key)
             (folder / "clientkey.pem").chmod(0o600)
             made[name] = f"{base}/{name}"
@@ -92,15 +99,17 @@ def test_a_node_reaches_anothers_libvirtd_over_tls_with_the_region_certificates(
         (b.merged / "etc/pki/libvirt/servercert.pem").read_bytes())
     served.verify_directly_issued_by(
         x509.load_pem_x509_certificate(ready.layout.ca_file.read_bytes()))
-    assert served.subject.rfc4514_string() == f"CN={b_id}"
+    assert served.subject.rfc4514_string() == f"CN={b_id},OU=vauban-libvirt"
     san = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [b.ip]
     assert san.get_values_for_type(x509.DNSName) == [b_id, b.name]
     agent_key = (b.merged / AGENT_KEY.lstrip("/")).read_bytes()
-    assert (b.merged / "etc/pki/qemu/server-key.pem").read_bytes() != agent_key
+    qemu_key = (b.merged / "etc/pki/qemu/server-key.pem").read_bytes()
+    assert qemu_key != agent_key
+    assert qemu_key != (b.merged / "etc/pki/libvirt/private/serverkey.pem").read_bytes()
 
 
-def test_only_node_certificates_from_the_region_ca_are_admitted(
+def test_only_libvirtd_certificates_of_the_region_ca_are_admitted(
         ready: LabRegion, client_dirs: dict[str, str]) -> None:
     a, b = ready.nodes[0], ready.nodes[1]
 
@@ -110,7 +119,7 @@ def test_only_node_certificates_from_the_region_ca_are_admitted(
 
     status, out = connect("node")  # the same way, with a certificate that fits
     assert status == 0, out
-    for refused in ("foreign", "not-a-node"):
+    for refused in ("agent", "qemu", "foreign", "not-a-node"):
         status, out = connect(refused)
         assert status != 0, f"{refused}: {out}"
 

@@ -40,14 +40,20 @@ def ca(tmp_path: Path) -> RegionCA:
 class FakeClient:
     """The controller's endpoint, signing with a real region CA."""
 
-    def __init__(self, ca: RegionCA) -> None:
+    def __init__(self, ca: RegionCA, roles: bool = True) -> None:
         self.ca = ca
+        self.roles = roles  # False: a controller older than the roles (no OU)
         self.asked: list[str] = []
 
-    def hypervisor_certificate(self, csr_pem: str,
-                               migration_address: str) -> HypervisorCertificateIssued:
+    def hypervisor_certificate(self, csr_pem: str, migration_address: str,
+                               role: str) -> HypervisorCertificateIssued:
         self.asked.append(migration_address)
-        issued = self.ca.sign_hypervisor_csr(csr_pem, NODE, "lab1", migration_address)
+        if not self.roles:
+            pem = self.ca.sign_node_csr(csr_pem, NODE).pem
+            return HypervisorCertificateIssued(certificate_pem=pem.decode(),
+                                               expires_at=datetime.now(UTC) + timedelta(1))
+        issued = self.ca.sign_hypervisor_csr(csr_pem, NODE, "lab1", migration_address,
+                                             role=role)
         return HypervisorCertificateIssued(certificate_pem=issued.pem.decode(),
                                            expires_at=issued.not_after)
 
@@ -106,12 +112,22 @@ def test_files_have_libvirts_paths_and_only_qemus_keys_are_group_readable(
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == [ADDRESS]
 
 
-def test_the_key_is_the_hypervisors_own_never_the_agents(tmp_path: Path, ca: RegionCA) -> None:
+def test_libvirtd_and_qemu_each_have_their_own_key_never_the_agents(
+        tmp_path: Path, ca: RegionCA) -> None:
     agent_key, _ = certs.new_request(NODE)
     tls = _tls(tmp_path, ca)
     tls.renew(FakeClient(ca))  # type: ignore[arg-type]
-    written = (tmp_path / "root/etc/pki/qemu/server-key.pem").read_bytes()
+    root = tmp_path / "root/etc/pki"
+    written = (root / "qemu/server-key.pem").read_bytes()
     assert written != agent_key
+    # QEMU's group reads QEMU's key: it must not be the one other libvirtds admit
+    assert written != (root / "libvirt/private/serverkey.pem").read_bytes()
+    subjects = {role: x509.load_pem_x509_certificate((root / path).read_bytes())
+                .subject.rfc4514_string()
+                for role, path in (("libvirt", "libvirt/servercert.pem"),
+                                   ("qemu", "qemu/server-cert.pem"))}
+    assert subjects == {"libvirt": f"CN={NODE},OU=vauban-libvirt",
+                        "qemu": f"CN={NODE},OU=vauban-qemu"}
     (tmp_path / "again").mkdir()
     _tls(tmp_path / "again", ca).renew(FakeClient(ca))  # type: ignore[arg-type]
     assert (tmp_path / "again/root/etc/pki/qemu/server-key.pem").read_bytes() != written
@@ -142,6 +158,16 @@ def test_missing_mismatched_or_foreign_material_is_not_usable(
     (root / "etc/pki/libvirt/private/clientkey.pem").write_bytes(other_key)
     assert current(root, ca.cert_pem(), NODE, GROUP) is None
     tls.renew(FakeClient(ca))  # type: ignore[arg-type]
+    # one key for both roles, as written before the roles: renewed
+    libvirt = root / "etc/pki/libvirt"
+    for name in ("server-key.pem", "client-key.pem"):
+        (root / "etc/pki/qemu" / name).write_bytes((libvirt / "private/serverkey.pem")
+                                                   .read_bytes())
+    for name in ("server-cert.pem", "client-cert.pem"):
+        (root / "etc/pki/qemu" / name).write_bytes((libvirt / "servercert.pem").read_bytes())
+    assert current(root, ca.cert_pem(), NODE, GROUP) is None
+    tls.renew(FakeClient(ca))  # type: ignore[arg-type]
+    assert current(root, ca.cert_pem(), NODE, GROUP) is not None
     # a certificate from another CA
     other = RegionCA(tmp_path / "other")
     other.ensure(["localhost"])
@@ -171,7 +197,7 @@ def test_the_listener_is_enabled_once_and_a_renewal_reloads_without_restart(
                        ["virsh", "-c", f"qemu+tls://{ADDRESS}/system", "uri"]]
     host.ran.clear()
     tls.keep(client)  # type: ignore[arg-type]  # nothing due: no request, no restart
-    assert client.asked == [ADDRESS]
+    assert client.asked == [ADDRESS, ADDRESS]  # libvirtd's and QEMU's, once
     assert [a for a in host.ran if a[0] != "systemctl" or a[1] not in ("is-enabled",
                                                                          "is-active")] == [
         ["virsh", "-c", f"qemu+tls://{ADDRESS}/system", "uri"]]
@@ -205,7 +231,8 @@ def test_a_libvirtd_that_does_not_answer_over_tls_is_not_ready(
 def test_write_material_refuses_an_unknown_group_before_any_key_is_written(
         tmp_path: Path, ca: RegionCA) -> None:
     with pytest.raises(KeyError):
-        write_material(tmp_path / "root", ca.cert_pem(), b"cert", b"key",
+        write_material(tmp_path / "root", ca.cert_pem(),
+                       {"libvirt": (b"cert", b"key"), "qemu": (b"cert", b"key")},
                        "no-such-group-here")
     assert not (tmp_path / "root").exists()
 
@@ -230,3 +257,11 @@ def test_a_node_that_cannot_write_its_material_asks_the_controller_nothing(
     with pytest.raises(HypervisorTlsError, match="cannot write the region CA"):
         tls.keep(client)  # type: ignore[arg-type]
     assert client.asked == [] and not tls.ready()
+
+
+def test_a_controller_that_signs_without_the_role_is_refused_and_nothing_written(
+        tmp_path: Path, ca: RegionCA) -> None:
+    tls = _tls(tmp_path, ca)
+    with pytest.raises(certs.RenewalError, match="OU .none., not vauban-libvirt: upgrade"):
+        tls.renew(FakeClient(ca, roles=False))  # type: ignore[arg-type]
+    assert not (tmp_path / "root/etc/pki/libvirt/servercert.pem").exists()

@@ -155,7 +155,10 @@ def test_hypervisor_certificate_names_the_node_its_name_and_its_address(tmp_path
     pem, serial, not_after = ca.sign_hypervisor_csr(_csr(node_id), node_id, "lab1",
                                                     "10.242.103.11")
     cert = x509.load_pem_x509_certificate(pem)
-    assert cert.subject.rfc4514_string() == f"CN={node_id}"
+    assert cert.subject.rfc4514_string() == f"CN={node_id},OU=vauban-libvirt"
+    qemu = x509.load_pem_x509_certificate(ca.sign_hypervisor_csr(
+        _csr(node_id), node_id, "lab1", "10.242.103.11", role="qemu").pem)
+    assert qemu.subject.rfc4514_string() == f"CN={node_id},OU=vauban-qemu"
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -177,3 +180,5 @@ def test_hypervisor_csr_for_another_subject_or_a_bad_address_is_refused(
         ca.sign_hypervisor_csr("nonsense", "node-1", "n1", "10.0.0.1")
     with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
         ca.sign_hypervisor_csr(_csr("node-1"), "node-1", "n1", "lab1.example")
+    with pytest.raises(ValueError, match="role 'agent': one of libvirt, qemu"):
+        ca.sign_hypervisor_csr(_csr("node-1"), "node-1", "n1", "10.0.0.1", role="agent")
