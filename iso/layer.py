@@ -7,9 +7,10 @@ adds files: the installer unpacks the layers in order with `unsquashfs -f`, and 
 stacks them, so a whiteout (a deletion) in the upper folder is refused.
 
 The files written are those the roles write on a node with their defaults (agent.toml,
-the systemd units, modules-load, sysctl, udev and chrony settings), plus
-/etc/vauban/release.json. Timestamps are SOURCE_DATE_EPOCH's and the .pyc files are
-compiled with hash-checked invalidation, so the same inputs give the same squashfs.
+the systemd units, modules-load, sysctl, udev and chrony settings, libvirt's migration TLS
+lines and /etc/pki folders), plus /etc/vauban/release.json. Timestamps are
+SOURCE_DATE_EPOCH's and the .pyc files are compiled with hash-checked invalidation, so the
+same inputs give the same squashfs.
 """
 
 from __future__ import annotations
@@ -79,6 +80,44 @@ def role_files(roles: Path = ROLES) -> dict[str, str]:
         "etc/default/chrony": head + f'DAEMON_OPTS="-F 1{clock}"\n',
         "etc/vauban/agent.toml": head + f'data_dir = "/{AGENT_DATA_DIR}"\n' + settings,
     }
+
+
+# libvirt's and QEMU's TLS folders, as the hypervisor role makes them (the agent's unit may
+# write under /etc/pki, but not make it: /etc is read-only to it)
+PKI_DIRS = (("etc/pki", 0o755), ("etc/pki/CA", 0o755), ("etc/pki/libvirt", 0o755),
+            ("etc/pki/libvirt/private", 0o700), ("etc/pki/qemu", 0o755))
+
+
+def libvirt_lines(roles: Path = ROLES) -> dict[str, list[tuple[str, str]]]:
+    """The lines the hypervisor role sets in libvirt's settings with its defaults (migration
+    over TLS: QEMU verifies its peer, libvirtd admits only the region's libvirtd
+    certificates): {path: [(regexp of the line replaced, line)]}."""
+    hypervisor = yaml.safe_load((roles / "hypervisor/defaults/main.yml").read_text())
+    qemu = [(r"^#?\s*migrate_tls_x509_verify\s*=", "migrate_tls_x509_verify = 1")]
+    controllers = hypervisor["hypervisor_libvirt_cgroup_controllers"]
+    if controllers is not None:
+        qemu.insert(0, (r"^#?\s*cgroup_controllers\s*=",
+                        f"cgroup_controllers = {json.dumps(controllers)}"))
+    return {
+        "etc/libvirt/qemu.conf": qemu,
+        "etc/libvirt/libvirtd.conf": [
+            (r"^#?\s*auth_tls\s*=", 'auth_tls = "none"'),
+            (r"^#?\s*tls_allowed_dn_list\s*=",
+             f"tls_allowed_dn_list = {json.dumps(hypervisor['hypervisor_tls_allowed_dn_list'])}"),
+        ],
+    }
+
+
+def set_line(text: str, regexp: str, line: str) -> str:
+    """`text` with its last line matching `regexp` replaced by `line`, or `line` added at
+    its end when none matches (what Ansible's lineinfile does)."""
+    lines = text.splitlines()
+    found = [i for i, old in enumerate(lines) if re.search(regexp, old)]
+    if found:
+        lines[found[-1]] = line
+    else:
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def install_links(unit: Path) -> list[str]:
@@ -158,6 +197,14 @@ def _write_files(root: Path, release: dict[str, object], units: Path) -> None:
         (root / path).chmod(0o644)
     (root / AGENT_DATA_DIR).mkdir(parents=True, exist_ok=True)
     (root / AGENT_DATA_DIR).chmod(0o711)  # QEMU, an unprivileged user, passes through
+    for path, settings in libvirt_lines().items():  # the base's files, with the role's lines
+        text = (root / path).read_text()
+        for regexp, line in settings:
+            text = set_line(text, regexp, line)
+        (root / path).write_text(text)
+    for folder, mode in PKI_DIRS:
+        (root / folder).mkdir(exist_ok=True)
+        (root / folder).chmod(mode)
     systemd = root / "etc/systemd/system"
     for unit in sorted(units.glob("*.service")):
         shutil.copyfile(unit, systemd / unit.name)

@@ -62,6 +62,17 @@ def test_iso_holds_both_layers(built_iso: build.Result, tmp_path: Path) -> None:
                  "etc/udev/rules.d/65-vauban-kvm.rules"):
         assert name in vauban_paths
     assert not [p for p in vauban_paths if not p.startswith(("etc", "opt", "var"))]
+    # migrations over TLS as on a rolled-out node: the hypervisor role's lines, its folders
+
+    def layer_file(path: str) -> str:
+        return subprocess.run(["unsquashfs", "-cat", str(live / "10-vauban.squashfs"), path],
+                              check=True, capture_output=True, text=True).stdout
+
+    for path, settings in layer.libvirt_lines().items():
+        lines = layer_file(path).splitlines()
+        for _regexp, line in settings:
+            assert lines.count(line) == 1, (path, line)
+    assert "etc/pki/libvirt/private" in vauban_paths and "etc/pki/qemu" in vauban_paths
     build.check_identity([live / "00-base.squashfs", live / "10-vauban.squashfs"])
 
 

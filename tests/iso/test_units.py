@@ -164,6 +164,41 @@ def test_role_files_are_what_the_roles_write_with_their_defaults() -> None:
         'KERNEL=="kvm", GROUP="kvm", MODE="0660"')
 
 
+def test_libvirt_lines_are_the_hypervisor_roles_with_its_defaults() -> None:
+    """The ISO sets the very lines the role's lineinfile tasks set (rendered with the role's
+    defaults), so an ISO node takes and makes migrations as a rolled-out one does."""
+    import jinja2
+    import yaml
+
+    roles = base.ROLES
+    defaults = yaml.safe_load((roles / "hypervisor/defaults/main.yml").read_text())
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["to_json"] = json.dumps
+    from_role: dict[str, list[tuple[str, str]]] = {}
+    for task in yaml.safe_load((roles / "hypervisor/tasks/main.yml").read_text()):
+        edit = task.get("ansible.builtin.lineinfile")
+        if edit is None or env.compile_expression(task.get("when", "true"))(**defaults) \
+                is False:
+            continue
+        for item in task.get("loop", [{}]):
+            def render(text: str, item: dict[str, str] = item) -> str:
+                while "{{" in text:  # a loop item's field is a template itself, as in Ansible
+                    text = env.from_string(text).render(**defaults, item=item)
+                return text
+            from_role.setdefault(render(edit["path"]).lstrip("/"), []).append(
+                (render(edit["regexp"]), render(edit["line"])))
+    assert layer.libvirt_lines() == from_role
+    assert 'OU=vauban-libvirt' in dict(from_role["etc/libvirt/libvirtd.conf"])[
+        r"^#?\s*tls_allowed_dn_list\s*="]
+
+
+def test_a_line_is_set_as_lineinfile_sets_it() -> None:
+    text = "# comment\n#auth_tls = \"sasl\"\nother = 1\n"
+    assert layer.set_line(text, r"^#?\s*auth_tls\s*=", 'auth_tls = "none"') == \
+        '# comment\nauth_tls = "none"\nother = 1\n'
+    assert layer.set_line("a = 1\n", r"^#?\s*b\s*=", "b = 2") == "a = 1\nb = 2\n"
+
+
 def test_units_are_enabled_for_their_install_targets(tmp_path: Path) -> None:
     assert layer.install_links(layer.UNITS / "vauban-agent.service") == [
         "multi-user.target.wants"]
