@@ -444,15 +444,23 @@ class Reconciler:
         a blocked network or firewall keeps it unprepared, so the move does not start."""
         assert vm.incoming_from is not None
         self._check_ports(vm)
-        vm_dir = self.vm_dir(vm.id)
-        vm_dir.mkdir(parents=True, exist_ok=True)
-        vm_dir.chmod(0o755)
-        build_nocloud_seed(vm.seed, vm_dir / "seed.iso",
-                           network_config=network_config(vm.ports) if vm.ports else None)
+        self._vm_files(vm, rebuild=True)
         self.prepare_disks()
         self._prepared[vm.id] = vm.incoming_from.seq
         log.info("VM %s (%s) ready to arrive from node %s", vm.name, vm.id,
                  vm.incoming_from.source_node_id)
+
+    def _vm_files(self, vm: DesiredVm, rebuild: bool) -> None:
+        """The VM's folder (its console log goes there) and its seed, made again when
+        `rebuild` or when missing (a create half undone: its domain outlived the revert)."""
+        vm_dir = self.vm_dir(vm.id)
+        seed = vm_dir / "seed.iso"
+        if seed.exists() and not rebuild:
+            return
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        vm_dir.chmod(0o755)
+        build_nocloud_seed(vm.seed, seed,
+                           network_config=network_config(vm.ports) if vm.ports else None)
 
     def _migrate(self, vm: DesiredVm) -> bool:
         """Move the VM to the node its order names, once per order: the outcome is
@@ -548,6 +556,7 @@ class Reconciler:
             running = False
         if vm.power is PowerState.RUNNING and not running:
             self._check_ports(vm)
+            self._vm_files(vm, rebuild=False)  # what the domain points at, there again
             self.prepare_disks()  # an RBD disk needs the Ceph secret, gone if libvirtd restarted
             with Reverter() as revert:  # a host reboot loses vGPUs and vfio bindings
                 self._claim_gpus(vm, revert)

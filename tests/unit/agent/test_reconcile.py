@@ -192,6 +192,33 @@ def test_failed_start_reverts_every_step(parts: tuple[Reconciler, FakeHypervisor
     assert hv.vms["aaaa-1"].running and rec.observe()[0].state is ObservedVmState.RUNNING
 
 
+def test_a_create_half_undone_is_started_with_its_folder_and_seed_made_again(
+        parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
+    """libvirtd restarting mid-create (as when the node's TLS listener comes up): the
+    start fails and so does the undefine, so the domain stays while its folder went with
+    the rest of the revert. The next try starts it: its console log's folder and its seed
+    must be there again (libvirt refused the start for the missing console log)."""
+    rec, hv, _st = parts
+
+    class Restarting(FakeHypervisor):
+        def start(self, vm_id: str) -> None:
+            if not (rec.vm_dir(vm_id) / "seed.iso").exists():
+                raise HypervisorError(f"Unable to open file: {rec.console_log(vm_id)}")
+            super().start(vm_id)
+
+    restarting = Restarting()
+    rec.hypervisor = restarting
+    restarting.fail_on = {"start", "undefine"}
+    rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
+    assert rec.wait_idle(10)
+    assert "aaaa-1" in restarting.vms and not rec.vm_dir("aaaa-1").exists()
+    restarting.fail_on = set()
+    rec.apply(DesiredState(node_id="n", generation=2, vms=[vm("aaaa-1", seq=2)]))
+    assert rec.wait_idle(10)
+    assert restarting.vms["aaaa-1"].running, rec.observe()
+    assert (rec.vm_dir("aaaa-1") / "seed.iso").exists()
+
+
 def test_remove_before_add(parts: tuple[Reconciler, FakeHypervisor, FakeStorage]) -> None:
     rec, hv, _st = parts
     rec.apply(DesiredState(node_id="n", generation=1, vms=[vm("aaaa-1")]))
