@@ -1,7 +1,8 @@
 """Live migration between lab nodes, over libvirt's and QEMU's TLS made from the region's
 PKI, checked as an operator would: a guest writing to its disk moves without losing a
-write, and a migration that fails leaves the VM running where it was and nothing of it
-on the target.
+write; its tenant network and its security group move with it (who may reach it still
+does, who may not still does not, also from the node it moved to); and a migration that
+fails leaves the VM running where it was and nothing of it on the target.
 """
 
 from __future__ import annotations
@@ -134,3 +135,63 @@ def test_a_failed_migration_leaves_the_vm_running_where_it_was_and_nothing_on_th
     # and it still moves, once asked again
     region.cli("vm", "migrate", vm["name"], "--to", target, "--wait")
     assert region.vm(vm["name"])["node_name"] == target
+
+
+def counter(tmp_path: Path, target: str) -> Path:
+    """User-data: ping `target` once a second for as long as the guest runs; print
+    `probing <target>` once eth0 has its address, `reach <target> N` at every answer and
+    `miss <target> N` at every fifth unanswered ping (N counts each kind)."""
+    script = tmp_path / f"count-{target}"
+    script.write_text(f"""#!/bin/sh
+(
+until ip -4 addr show dev eth0 | grep -q inet; do sleep 1; done
+echo "probing {target}"
+reach=0; miss=0
+while :; do
+    if ping -c 1 -W 1 {target} >/dev/null 2>&1; then
+        reach=$((reach + 1)); echo "reach {target} $reach"
+    else
+        miss=$((miss + 1)); [ $((miss % 5)) -eq 0 ] && echo "miss {target} $miss"
+    fi
+    sleep 1
+done
+) > /dev/console 2>&1 &
+""")
+    return script
+
+
+def counted(console: str, kind: str, target: str) -> int:
+    """The last count the guest printed of `kind` (reach, miss) towards `target`."""
+    return max((int(n) for n in re.findall(rf"{kind} {re.escape(target)} (\d+)", console)),
+               default=0)
+
+
+def test_a_moved_vm_keeps_its_network_and_security_group_also_on_its_new_node(
+        lab_region: LabRegion, made: Made, tmp_path: Path) -> None:
+    region, tag = lab_region, uuid.uuid4().hex[:6]
+    first, second, third = (n.name for n in region.nodes)
+    net = made.network(f"sgm-{tag}", "10.78.0.0/24")
+    group = f"sgm-{tag}"
+    made.security_group(group, "--direction", "ingress", "--protocol", "icmp",
+                        "--remote-cidr", "10.78.0.11/32")  # B may ping A; C may not
+    a = made.vm(f"a-{tag}", "--network", f"{net['name']}:10.78.0.10",
+                "--security-group", group, "--node", first)
+    b = made.vm(f"b-{tag}", "--network", f"{net['name']}:10.78.0.11", "--node", second,
+                "--user-data", str(counter(tmp_path, "10.78.0.10")))
+    c = made.vm(f"c-{tag}", "--network", f"{net['name']}:10.78.0.12", "--node", third,
+                "--user-data", str(counter(tmp_path, "10.78.0.10")))
+    wait_for(lambda: counted(region.console(b), "reach", "10.78.0.10") >= 3, BOOT_TIMEOUT,
+             "B to reach A across the overlay")
+    wait_for(lambda: counted(region.console(c), "miss", "10.78.0.10") >= 5, BOOT_TIMEOUT,
+             "C's pings to A to go unanswered")
+    # A moves next to C: C's pings now stay on that node's bridge, and A's group is
+    # what still stops them there
+    region.cli("vm", "migrate", a["name"], "--to", third, "--wait")
+    assert region.vm(a["name"])["node_name"] == third
+    reached, missed = (counted(region.console(b), "reach", "10.78.0.10"),
+                       counted(region.console(c), "miss", "10.78.0.10"))
+    wait_for(lambda: counted(region.console(b), "reach", "10.78.0.10") >= reached + 5,
+             MOVE_TIMEOUT, "B to reach A on its new node")
+    wait_for(lambda: counted(region.console(c), "miss", "10.78.0.10") >= missed + 10,
+             MOVE_TIMEOUT, "C to go on pinging A on its own node")
+    assert counted(region.console(c), "reach", "10.78.0.10") == 0, region.console(c)

@@ -29,12 +29,14 @@ AGENT_DATA = "/var/lib/vauban/agent"
 
 
 class Made:
-    """What a test made in the region, deleted at its end (VMs first, then networks)."""
+    """What a test made in the region, deleted at its end (VMs first, then security groups
+    and networks)."""
 
     def __init__(self, region: LabRegion) -> None:
         self.region = region
         self.vms: list[str] = []
         self.networks: list[str] = []
+        self.security_groups: list[str] = []
 
     def vm(self, name: str, *args: str) -> dict[str, Any]:
         self.vms.append(name)
@@ -48,10 +50,20 @@ class Made:
         shown = self.region.cli("network", "show", name, "-o", "json")
         return json.loads(shown)  # type: ignore[no-any-return]
 
+    def security_group(self, name: str, *rule: str) -> None:
+        """A security group with one rule (the `security-group rule add` options)."""
+        self.security_groups.append(name)
+        self.region.cli("security-group", "create", name)
+        if rule:
+            self.region.cli("security-group", "rule", "add", name, *rule)
+
     def delete_all(self) -> None:
         for name in self.vms:
             if self.region.run_cli("vm", "show", name).returncode == 0:
                 self.region.cli("vm", "delete", name, "--wait")
+        for name in self.security_groups:
+            if self.region.run_cli("security-group", "show", name).returncode == 0:
+                self.region.cli("security-group", "delete", name)
         for name in self.networks:
             if self.region.run_cli("network", "show", name).returncode == 0:
                 self.region.cli("network", "delete", name)
