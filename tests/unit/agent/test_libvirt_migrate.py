@@ -17,7 +17,7 @@ from agent.drivers.hypervisor.libvirt.migrate import (
     migration_params,
     progress_of,
 )
-from agent.protocol import MigrationOrder
+from agent.protocol import IncomingMigration, MigrationOrder
 
 GIB = 2**30
 
@@ -97,3 +97,19 @@ def test_memory_progress_is_read_as_before() -> None:
 def test_progress_with_disks_counts_disk_and_memory_and_never_falls_back(
         stats: dict[str, object], percent: int) -> None:
     assert progress_of(stats, memory_bytes=GIB) == percent
+
+
+def test_copy_disks_is_on_the_wire_only_when_set() -> None:
+    """An agent of protocol 7 built before copy_disks reads an order for shared disks as
+    ever (it refuses unknown fields); the field reads back as sent."""
+    before = {"seq": 1, "target_node_id": "node-2", "target_address": "10.0.0.2",
+              "bandwidth_mib_s": 0, "max_downtime_ms": 300, "timeout_s": 600}
+    assert order().model_dump(mode="json") == before
+    assert MigrationOrder.model_validate(before) == order()
+    copied = order(copy_disks=True)
+    assert copied.model_dump(mode="json") == {**before, "copy_disks": True}
+    assert MigrationOrder.model_validate_json(copied.model_dump_json()) == copied
+    incoming = IncomingMigration(seq=1, source_node_id="node-1")
+    assert incoming.model_dump_json() == '{"seq":1,"source_node_id":"node-1"}'
+    assert IncomingMigration(seq=1, source_node_id="node-1", copy_disks=True) \
+        .model_dump()["copy_disks"] is True
