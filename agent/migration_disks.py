@@ -6,9 +6,11 @@ Two records in the VM's directory say that this node's copy of the disk is not t
 VM's, so that letting go of the VM here removes it with its directory:
 
 - `incoming-disk` (the migration's seq): made here for a move that has not arrived.
-- `disk-left`: the VM left this node, its disk copied to the target.
+  It goes once the VM is defined here: from then on the disk is the VM's own.
+- `disk-left`: the VM left this node, its disk copied to the target. It goes when the
+  VM comes back by another move (its disk here is made afresh then).
 
-Both go whenever the VM is defined here: its disk here is its own then.
+Whatever the records say, a disk is deleted only while no domain of the VM is here.
 
 A disk with neither record is never deleted here but with its VM (the controller's
 `delete_vm_disks`).
@@ -56,11 +58,11 @@ def prepare(storage: StorageDriver, vm: DesiredVm, vm_dir: Path) -> None:
     log.info("VM %s: root disk made for its arrival (move %d)", vm.id, seq)
 
 
-def owned(vm_dir: Path) -> None:
-    """The VM is defined here: its disk here is its own (arrived, or back), never
-    disposable. Idempotent."""
+def arrived(vm_dir: Path) -> None:
+    """The VM is defined here: the disk made for its arrival is its own now. Idempotent.
+    (`disk-left` stays: it is written while the VM's domain leaves, and a pass that
+    listed the domain just before must not clear it.)"""
     (vm_dir / INCOMING).unlink(missing_ok=True)
-    (vm_dir / LEFT).unlink(missing_ok=True)
 
 
 def left(vm_dir: Path) -> None:

@@ -196,8 +196,8 @@ class Reconciler:
         tracker = _Pass(desired.generation, self._mark_applied)
         self._forget_stale(desired, wanted, unwanted, observed.keys())
         for i, o in observed.items():
-            if o.persistent:  # defined here: its disk here is its own, never disposable
-                migration_disks.owned(self.vm_dir(i))
+            if o.persistent:  # arrived: the disk made for it is its own, never disposable
+                migration_disks.arrived(self.vm_dir(i))
         removals = []
         for i in unwanted:
             if self.ledger.may_try("vm", i, "remove", None):

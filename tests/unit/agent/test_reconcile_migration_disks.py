@@ -152,3 +152,17 @@ def test_a_failed_copy_keeps_the_vm_and_its_disk_on_the_source(tmp_path: Path) -
         "migrate_to": order().model_copy(update={"copy_disks": True})}))
     settle(rec, 3, vm(VM_ID))
     assert hv.vms[VM_ID].running and st.disks == {VM_ID} and st.deleted == []
+
+
+def test_a_vm_coming_back_gets_a_fresh_disk_not_the_stale_one_it_left(tmp_path: Path) -> None:
+    hv = MovingHypervisor()
+    rec, st = node(tmp_path, "node-1", hv)
+    settle(rec, 1, vm(VM_ID))
+    hv.target = FakeHypervisor()
+    settle(rec, 2, vm(VM_ID).model_copy(update={
+        "migrate_to": order().model_copy(update={"copy_disks": True})}))
+    # moved back before this node let go of it: the copy it left is out of date
+    settle(rec, 3, arriving(seq=2))
+    assert st.made == [VM_ID, VM_ID] and st.deleted == [VM_ID] and ready(rec)
+    settle(rec, 4)  # that move is called off: the fresh disk goes too
+    assert st.deleted == [VM_ID, VM_ID] and st.disks == set()
