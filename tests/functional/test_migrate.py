@@ -298,6 +298,22 @@ def test_a_node_without_room_for_the_root_disk_cannot_take_a_vm_on_local_storage
     assert "web-1" not in vms_of(local_api, b)
 
 
+def test_a_disk_on_its_way_to_a_node_takes_its_room_there(local_api: Api) -> None:
+    a, b, vm = running_vm(local_api)
+    assert _create(local_api, "web-2", node="a").status_code == 202
+    d = local_api.desired(a)
+    tell(local_api, a, *[_observed(v, ObservedVmState.RUNNING) for v in d["vms"]],
+         applied=d["generation"])
+    # room for one 1 GiB root disk on b
+    local_api.report(b, [], applied=1, inv=inventory(underlay_ip=UNDERLAY["b"]).model_copy(
+        update={"migration_ready": True}), disk=storage(total_bytes=2**30))
+    assert local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).status_code \
+        == 202
+    r = local_api.post("/api/v1/instances/web-2/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "needs 1 GiB of disk, 0 GiB free" in r.json["detail"], \
+        r.json  # type: ignore[index]
+
+
 def test_a_target_copying_disks_has_longer_to_get_ready(local_api: Api, region: Region) -> None:
     a, _b, vm = running_vm(local_api)
     op_id = local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).json["id"]  # type: ignore[index]
