@@ -35,7 +35,10 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # a desired VM may be defined on its existing root disk (`adopt_disk`); storage heartbeat
 # and self-fence (RBD settings `heartbeat_interval_s`/`fence_after_s`, observed
 # `self_fenced_at` and Ceph `client_addrs`, desired `fence_cleared`); the inventory says
-# whether the node takes and makes migrations (`migration_ready`)
+# whether the node takes and makes migrations (`migration_ready`); a migration order and
+# an incoming migration say whether the VM's disks are copied with it (`copy_disks`, local
+# storage; False, the default and left out of the message, is what an agent of 7 without
+# the field did: shared disks)
 PROTOCOL_VERSION = 7
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
@@ -240,6 +243,12 @@ class MachineSpec(Wire):
         "plugged in later are virtio-blk); discard reaches the storage either way")
 
 
+def _unset(value: object) -> bool:
+    """A field added within a protocol version is left out of the message while it is
+    False: an agent of that version built before it reads the message as ever."""
+    return value is False
+
+
 class MigrationOrder(Wire):
     """On the source node: move the running VM to another node, live, once per `seq`."""
 
@@ -251,6 +260,10 @@ class MigrationOrder(Wire):
                                  "0: no limit")
     max_downtime_ms: int = Field(ge=1, description="Longest pause of the guest at switchover")
     timeout_s: int = Field(ge=1, description="Aborted (and failed) if not done by then")
+    copy_disks: bool = Field(
+        default=False, exclude_if=_unset, description="The disks are local to each node: "
+        "copy the root disk's own data (not its image, stored on both) to the disk the "
+        "target made for it")
 
 
 class IncomingMigration(Wire):
@@ -259,6 +272,10 @@ class IncomingMigration(Wire):
 
     seq: int = Field(ge=1)
     source_node_id: str
+    copy_disks: bool = Field(
+        default=False, exclude_if=_unset, description="The disks are local to each node: "
+        "make the VM's image and an empty root disk of the same size on it here, for the "
+        "source to copy into")
 
 
 class MigrationReport(Wire):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from agent import migration_disks
 from agent.drivers.gpu.base import GpuDriver
 from agent.drivers.gpu.none import NoGpuDriver
 from agent.drivers.hypervisor.base import (
@@ -194,10 +195,14 @@ class Reconciler:
             self._orphan_dirs(observed.keys() | wanted.keys()))
         tracker = _Pass(desired.generation, self._mark_applied)
         self._forget_stale(desired, wanted, unwanted, observed.keys())
+        for i, o in observed.items():
+            if o.persistent:  # arrived: the disk made for it is its own, never disposable
+                migration_disks.arrived(self.vm_dir(i))
         removals = []
         for i in unwanted:
             if self.ledger.may_try("vm", i, "remove", None):
-                removals.append(self._start(i, functools.partial(self._remove, i), tracker))
+                removals.append(self._start(
+                    i, functools.partial(self._remove, i, i in observed), tracker))
             else:
                 tracker.skipped()  # its removal failed: waits for its retry
         for f in removals:
@@ -439,12 +444,17 @@ class Reconciler:
 
     def _prepare_incoming(self, vm: DesiredVm) -> None:
         """Make ready what the arriving VM's definition points at on this node: its
-        directory (console log) and seed, and the storage secret. Its ports' firewall
-        rules and networks come with every pass (the controller lists its ports here);
-        a blocked network or firewall keeps it unprepared, so the move does not start."""
+        directory (console log) and seed, and the storage secret; with its disks copied,
+        its image and a root disk made for the copy (see agent.migration_disks). Its
+        ports' firewall rules and networks come with every pass (the controller lists its
+        ports here); a blocked network or firewall keeps it unprepared, so the move does
+        not start."""
         assert vm.incoming_from is not None
         self._check_ports(vm)
         self._vm_files(vm, rebuild=True)
+        if vm.incoming_from.copy_disks:
+            self._ensure_image(vm)
+            migration_disks.prepare(self.storage, vm, self.vm_dir(vm.id))
         self.prepare_disks()
         self._prepared[vm.id] = vm.incoming_from.seq
         log.info("VM %s (%s) ready to arrive from node %s", vm.name, vm.id,
@@ -490,6 +500,8 @@ class Reconciler:
             self._migrations[vm.id] = MigrationReport(seq=order.seq, state="failed",
                                                       error=str(e))
             return True
+        if order.copy_disks:  # it runs there on its copy: this one goes with the VM's files
+            migration_disks.left(self.vm_dir(vm.id))
         self._migrations[vm.id] = MigrationReport(seq=order.seq, state="completed",
                                                   progress=100)
         log.info("VM %s (%s) migrated to node %s", vm.name, vm.id, order.target_node_id)
@@ -635,16 +647,19 @@ class Reconciler:
                 self.ledger.forget("image", image_id)
         return ok
 
-    def _remove(self, vm_id: str) -> bool:
+    def _remove(self, vm_id: str, defined: bool = True) -> bool:
         """Domain and files of a VM no longer wanted here, and its disks only when the
         controller lists it as deleted: any other may run on another node now (moved
         there, or restarted there after this node was fenced), from these very disks.
-        Each step is idempotent. True once removed.
+        The one exception: a local disk made here for a move that never arrived, or
+        left by a move that copied it away, of a VM not `defined` here (see
+        agent.migration_disks). Each step is idempotent. True once removed.
 
         A failure is reported (kind vm, action remove) and raised; it is tried again
         when the ledger's policy says.
         """
         deleted = self.desired is not None and vm_id in self.desired.delete_vm_disks
+        deleted |= not defined and migration_disks.disposable(self.vm_dir(vm_id))
         try:
             self.hypervisor.undefine(vm_id)
             self._release_gpus(vm_id)

@@ -645,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--force", action="store_true", help=forced[action])
     ha_vm_commands(vm, add)
     mg = add(vm, "migrate", cmd_vm_migrate, "move a running VM to another node without "
-             "stopping it (shared storage)")
+             "stopping it (a root disk on local storage is copied along)")
     mg.add_argument("name")
     mg.add_argument("--to", metavar="NODE", help="the node to move it to (default: the "
                     "scheduler picks one)")

@@ -194,6 +194,9 @@ class Instance(Base):
                                                            server_default="0")
     migration_max_downtime_ms: Mapped[int] = mapped_column(Integer, default=300,
                                                            server_default="300")
+    # the move copies the root disk to the target (local storage), as decided when asked
+    migration_copy_disks: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                       server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -117,14 +117,16 @@ def _with_migration(vm: DesiredVm, i: Instance, node: Node) -> DesiredVm:
         return vm
     if i.node_id != node.id:
         return vm.model_copy(update={"incoming_from": IncomingMigration(
-            seq=i.migration_seq, source_node_id=i.node_id)})
+            seq=i.migration_seq, source_node_id=i.node_id,
+            copy_disks=i.migration_copy_disks)})
     address = migration_address(target)
     if i.migration_phase != "migrating" or address is None:
         return vm
     return vm.model_copy(update={"migrate_to": MigrationOrder(
         seq=i.migration_seq, target_node_id=target.id, target_address=address,
         bandwidth_mib_s=i.migration_bandwidth_mib_s,
-        max_downtime_ms=i.migration_max_downtime_ms, timeout_s=MIGRATION_TIMEOUT_S)})
+        max_downtime_ms=i.migration_max_downtime_ms, timeout_s=MIGRATION_TIMEOUT_S,
+        copy_disks=i.migration_copy_disks)})
 
 
 def _networking(

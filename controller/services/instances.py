@@ -80,7 +80,7 @@ def create(db: Session, actor: str, body: InstanceCreate,
     if wants or body.vgpu:
         gpus.check_known([g for held in region.gpus.values() for g in held], wants, body.vgpu)
     request = scheduler.PlacementRequest(body.vcpus, body.memory_mib, pinned, wants, body.vgpu,
-                                         disk_gib=_root_disk_gib(body.root_disk_gib, image))
+                                         disk_gib=root_disk_gib_of(body.root_disk_gib, image))
     placement = scheduler.place(region, request, pol, datetime.now(UTC))
     quotas.check(db, project, quotas.Ask(
         instances=1, vcpus=body.vcpus, memory_mib=body.memory_mib,
@@ -156,7 +156,7 @@ def _pinned_node(db: Session, ref: str | None) -> str | None:
     return nodes.find(db, ref).id
 
 
-def _root_disk_gib(root_disk_gib: int | None, image: Image) -> int:
+def root_disk_gib_of(root_disk_gib: int | None, image: Image) -> int:
     """The root disk's size: as asked, else the image's virtual size (what the node makes)."""
     return root_disk_gib or math.ceil(image.virtual_size_bytes / GIB)
 

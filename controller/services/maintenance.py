@@ -4,8 +4,8 @@
 on) and opens an operation that the controller's evacuator drives: every few seconds
 it starts live migrations of the node's running VMs (a few at a time per node, the
 scheduler choosing each target) and moves its stopped VMs on shared storage at once
-(their disks are where every node reaches them). A VM that cannot move (a GPU, local
-storage, no node with room) is named with the reason in the operation's message, and
+(their disks are where every node reaches them). A VM that cannot move (a GPU, stopped on
+local storage, no node with room) is named with the reason in the operation's message, and
 the operation stays running until the node is empty: it completes only then. `off`
 makes the node schedulable again and ends an unfinished operation.
 """

@@ -8,11 +8,17 @@ outcome even when the source said nothing (it may have crashed after the
 switchover); the source's report of a failure of this very migration ends it with
 the VM still running on the source. Either way the instance row changes in one
 transaction with the operation, the audit entry and both nodes' generations.
+
+In a region whose disks are each node's own (localfs) the move copies the root disk
+with the memory (`copy_disks`): the target also fetches the image and makes an empty
+overlay of the same size for the copy, so it must have room for the root disk, and
+preparing may take as long as the image's download.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,6 +40,8 @@ from controller.services import (
 KIND = "instance.migrate"
 DEFAULT_MAX_DOWNTIME_MS = 300
 PREPARE_TIMEOUT = timedelta(seconds=120)  # the target is ready by then, or the move fails
+# the same with the disks copied: the target may first download the VM's image
+PREPARE_TIMEOUT_COPY = timedelta(seconds=600)
 DOWN_FOR_GOOD_S = 3600.0  # a failed move's target silent this long is let go unheard
 
 
@@ -43,8 +51,9 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     """Ask for `inst` moved live to node `to` (None: the scheduler picks one).
 
     Refused (Conflict, NoValidHost; nothing changed) when the VM is busy, not running,
-    holds a GPU, lives on local storage, or no node can take it. After success both
-    nodes' desired states carry the migration and an operation follows it.
+    holds a GPU, has volumes on local storage, or no node can take it (on local storage
+    also for want of room for its root disk). After success both nodes' desired states
+    carry the migration (with the disk copy on local storage) and an operation follows it.
     """
     db.refresh(inst, with_for_update=True)  # one move of it at a time, whoever asks
     _refuse(db, inst, config)
@@ -60,9 +69,11 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     unready = tuple((n.id, "is not ready for live migration (libvirt TLS)")
                     for n in candidates if not migration_ready(n))
     pol = instances.policy(config)
+    copy_disks = config.storage != "rbd"  # each node's own disks: the root disk goes along
     request = scheduler.PlacementRequest(
         inst.vcpus, inst.memory_mib, pinned.id if pinned else None,
-        excluded_node_ids=frozenset({source.id}), refusals=unready)
+        disk_gib=instances.root_disk_gib_of(inst.root_disk_gib, inst.image) if copy_disks
+        else 0, excluded_node_ids=frozenset({source.id}), refusals=unready)
     placement = scheduler.place(scheduler.snapshot(db, candidates, pol), request, pol,
                                 datetime.now(UTC))
     target = db.get_one(Node, placement.node_id)
@@ -74,6 +85,7 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     inst.migration_phase = "preparing"
     inst.migration_bandwidth_mib_s = bandwidth_mib_s
     inst.migration_max_downtime_ms = max_downtime_ms
+    inst.migration_copy_disks = copy_disks
     desired.bump(source)
     generation = desired.bump(target)
     db.flush()
@@ -81,9 +93,10 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
                            exclude_node_id=None)  # the target joins the VM's overlays
     op = operations.start_on(db, KIND, inst.id, inst.name, source.id, actor, generation,
                              inst.power_seq, project_id=inst.project_id)
+    copied: dict[str, Any] = {"copy_disks": True} if copy_disks else {}  # rbd: as before
     audit.record(db, actor, KIND, f"instance/{inst.id}", name=inst.name,
                  source=source.name, to=target.name, bandwidth_mib_s=bandwidth_mib_s,
-                 max_downtime_ms=max_downtime_ms, migration=inst.migration_seq)
+                 max_downtime_ms=max_downtime_ms, migration=inst.migration_seq, **copied)
     return op
 
 
@@ -103,8 +116,7 @@ def _refuse(db: Session, inst: Instance, config: ControllerConfig) -> None:
         raise Conflict(f"{what} has a passed-through GPU ({held}): a VM holding a GPU "
                        "cannot be migrated; stop it and start it elsewhere instead")
     if config.storage != "rbd":
-        raise Conflict(f"{what} has its disks on its node's local storage "
-                       f"({config.storage}); live migration needs shared (rbd) storage")
+        _refuse_local(db, inst, config)
     if inst.desired_power != "running" or inst.observed_state != ObservedVmState.RUNNING.value:
         raise Conflict(f"{what} is not running (it is {inst.observed_state or 'new'}): "
                        "only a running VM moves live")
@@ -120,6 +132,22 @@ def _refuse(db: Session, inst: Instance, config: ControllerConfig) -> None:
     if busy is not None:
         raise Conflict(f"a volume of {what} has operation {busy} in progress; wait for it",
                        operation=busy)
+
+
+def _refuse_local(db: Session, inst: Instance, config: ControllerConfig) -> None:
+    """Conflict naming why `inst`, whose disk is its node's own, cannot move with it now:
+    only a running VM's root disk is copied (by the live migration itself)."""
+    what = f"instance '{inst.name}'"
+    if inst.desired_power != "running" or inst.observed_state != ObservedVmState.RUNNING.value:
+        raise Conflict(f"{what} is not running (it is {inst.observed_state or 'new'}) and its "
+                       f"disk is on node {inst.node.name}'s local storage ({config.storage}): "
+                       "start it to move it live, its disk copied with it; stopped, it stays "
+                       "where its disk is")
+    volumes = sorted(db.scalars(select(Volume.name).where(Volume.instance_id == inst.id)))
+    if volumes:
+        raise Conflict(f"{what} has volumes attached ({', '.join(volumes)}): detach them "
+                       "first: only the root disk is copied when a VM on local storage "
+                       f"({config.storage}) moves")
 
 
 def observe_target(db: Session, node: Node, seen: dict[str, ObservedVm]) -> None:
@@ -160,11 +188,11 @@ def observe_source(db: Session, inst: Instance, vm: ObservedVm | None) -> None:
         elif report.state == "running":
             op.state, op.progress = "running", max(op.progress, 10 + report.progress * 85 // 100)
         return
-    if inst.migration_phase == "preparing" and \
-            datetime.now(UTC) - as_utc(op.created_at) > PREPARE_TIMEOUT:
+    limit = PREPARE_TIMEOUT_COPY if inst.migration_copy_disks else PREPARE_TIMEOUT
+    if inst.migration_phase == "preparing" and datetime.now(UTC) - as_utc(op.created_at) > limit:
         target = inst.migration_target.name if inst.migration_target else "?"
         _fail(db, inst, op, f"node {target} did not get ready to take the VM within "
-                            f"{int(PREPARE_TIMEOUT.total_seconds())} s")
+                            f"{int(limit.total_seconds())} s")
 
 
 def _operation(db: Session, inst: Instance) -> Operation | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from agent.protocol import PoolUsage, StorageStatus
@@ -160,17 +160,20 @@ def usage_by_node(db: Session, node_ids: Collection[str] | None = None) -> dict[
         stmt = stmt.where(Instance.node_id.in_(list(node_ids)))
     usage = {n: Usage(int(c or 0), int(m or 0), int(k), int(d or 0))
              for n, c, m, k, d in db.execute(stmt)}
-    # a VM migrating to a node takes its vCPUs and memory there already (its disk is shared)
+    # a VM migrating to a node takes its vCPUs and memory there already, and its root disk
+    # when that is copied there (local storage); a shared disk stays where it is
+    copied = func.sum(case((Instance.migration_copy_disks.is_(True), disk), else_=0))
     moving = select(Instance.migration_target_node_id, func.sum(Instance.vcpus),
-                    func.sum(Instance.memory_mib), func.count(Instance.id)).where(
+                    func.sum(Instance.memory_mib), func.count(Instance.id), copied).join(
+        Image, Image.id == Instance.image_id).where(
         Instance.migration_target_node_id.is_not(None)).group_by(
         Instance.migration_target_node_id)
     if node_ids is not None:
         moving = moving.where(Instance.migration_target_node_id.in_(list(node_ids)))
-    for n, c, m, k in db.execute(moving):
+    for n, c, m, k, d in db.execute(moving):
         u = usage.get(str(n), Usage())
         usage[str(n)] = Usage(u.vcpus + int(c or 0), u.memory_mib + int(m or 0),
-                              u.instances + int(k), u.disk_gib)
+                              u.instances + int(k), u.disk_gib + int(d or 0))
     return usage
 
 

@@ -12,10 +12,10 @@ from sqlalchemy import select, update
 from agent.protocol import MigrationReport, ObservedVm, ObservedVmState
 from controller.app import create_app
 from controller.cli import main as cli
-from controller.db.models import AuditEvent, Node
+from controller.db.models import AuditEvent, Instance, Node, Operation, Volume
 from controller.region import Region
 from tests.functional.cli_helpers import cli_answered_by
-from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, inventory
+from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, inventory, storage
 from tests.functional.test_instances import _create, _observed
 
 
@@ -75,6 +75,7 @@ def test_a_live_migration_prepares_the_target_then_moves_and_hands_over(
         ("migrating", "a", "b")
     # phase 1: the target prepares; the source does not move it yet
     incoming = vms_of(api, b)["web-1"]
+    # shared disks: none copied, and the message is as before copy_disks was added
     assert incoming["incoming_from"] == {"seq": 1, "source_node_id": a.id}
     assert vms_of(api, a)["web-1"]["migrate_to"] is None
     tell(api, b, moving(vm, ObservedVmState.INCOMING,
@@ -83,6 +84,7 @@ def test_a_live_migration_prepares_the_target_then_moves_and_hands_over(
     order = vms_of(api, a)["web-1"]["migrate_to"]
     assert order["target_node_id"] == b.id and order["target_address"] == "10.0.0.2"
     assert (order["seq"], order["bandwidth_mib_s"], order["max_downtime_ms"]) == (1, 200, 500)
+    assert "copy_disks" not in order
     tell(api, a, moving(vm, ObservedVmState.RUNNING,
                           MigrationReport(seq=1, state="running", progress=60)))
     op = api.get(f"/api/v1/operations/{op_id}").json
@@ -226,16 +228,109 @@ def test_no_node_fits(api: Api) -> None:
     assert r.status_code == 409 and "small" in r.json["detail"], r.json  # type: ignore[index]
 
 
-def test_localfs_vms_do_not_move_live(client: FlaskClient, region: Region) -> None:
-    api = Api(client, region)
-    assert api.import_image("tiny", RAW_IMAGE).status_code == 201
-    a = api.join_node("a", underlay_ip="10.0.0.1")
-    api.join_node("b", underlay_ip="10.0.0.2")
-    assert _create(api, "web-1", node="a").status_code == 202
-    d = api.desired(a)
-    tell(api, a, _observed(d["vms"][0], ObservedVmState.RUNNING), applied=d["generation"])
-    r = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
-    assert r.status_code == 409 and "local storage" in r.json["detail"], r.json  # type: ignore[index]
+@pytest.fixture
+def local_api(client: FlaskClient, region: Region) -> Api:
+    """A region whose VM disks are each node's own (localfs)."""
+    a = Api(client, region)
+    assert a.import_image("tiny", RAW_IMAGE).status_code == 201
+    return a
+
+
+def test_a_vm_on_local_storage_moves_live_with_its_disk_copied(
+        local_api: Api, region: Region) -> None:
+    a, b, vm = running_vm(local_api)
+    r = local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 202, r.json
+    op_id = r.json["id"]  # type: ignore[index]
+    # the target makes the image and a root disk for the copy, then says it is ready
+    assert vms_of(local_api, b)["web-1"]["incoming_from"] == {
+        "seq": 1, "source_node_id": a.id, "copy_disks": True}
+    tell(local_api, b, moving(vm, ObservedVmState.INCOMING,
+                              MigrationReport(seq=1, state="ready")))
+    order = vms_of(local_api, a)["web-1"]["migrate_to"]
+    assert order["copy_disks"] is True and order["target_address"] == "10.0.0.2"
+    tell(local_api, b, moving(vm, ObservedVmState.RUNNING, MigrationReport(
+        seq=1, state="completed", progress=100, downtime_ms=80)))
+    assert local_api.get(f"/api/v1/operations/{op_id}").json["state"] == "succeeded"
+    assert local_api.get("/api/v1/instances/web-1").json["node_name"] == "b"
+    assert vms_of(local_api, b)["web-1"]["incoming_from"] is None
+    # the source lets go of it; the controller lists no disk of it to delete there (the
+    # source's agent drops its stale copy itself, having copied it away)
+    assert local_api.desired(a)["vms"] == [] and local_api.desired(a)["delete_vm_disks"] == []
+    [accepted, done] = audit(region, "instance.migrate")
+    assert accepted[1]["copy_disks"] is True and done[0] == "succeeded"
+
+
+def test_a_stopped_vm_on_local_storage_is_refused_with_what_to_do(local_api: Api) -> None:
+    a, _b, _vm = running_vm(local_api)
+    assert _create(local_api, "web-2", node="a", start=False).status_code == 202
+    d = local_api.desired(a)
+    tell(local_api, a, *[_observed(v, ObservedVmState.RUNNING if v["name"] == "web-1"
+                                   else ObservedVmState.STOPPED) for v in d["vms"]],
+         applied=d["generation"])
+    r = local_api.post("/api/v1/instances/web-2/migrate", json={"to": "b"})
+    assert r.status_code == 409 and r.content_type == "application/problem+json"
+    detail = r.json["detail"]  # type: ignore[index]
+    assert "not running" in detail and "local storage" in detail and "start it" in detail
+    assert local_api.get("/api/v1/instances/web-2").json["migrating_to"] is None
+
+
+def test_a_vm_on_local_storage_with_a_volume_is_refused(local_api: Api, region: Region) -> None:
+    a, b, vm = running_vm(local_api)
+    with region.sessions() as db, db.begin():  # volumes cannot be made here any more
+        project = db.scalar(select(Instance.project_id).where(Instance.id == vm["id"]))
+        db.add(Volume(name="data", project_id=project, pool="localfs", size_gib=1,
+                      steward_node_id=a.id, instance_id=vm["id"], target="vdc"))
+    r = local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 409, r.json
+    assert "volumes attached (data)" in r.json["detail"]  # type: ignore[index]
+    assert "detach them first" in r.json["detail"]  # type: ignore[index]
+    assert "web-1" not in vms_of(local_api, b)
+
+
+def test_a_node_without_room_for_the_root_disk_cannot_take_a_vm_on_local_storage(
+        local_api: Api) -> None:
+    a, b, _vm = running_vm(local_api)
+    local_api.report(b, [], applied=1, inv=inventory(underlay_ip=UNDERLAY["b"]).model_copy(
+        update={"migration_ready": True}), disk=storage(total_bytes=0))  # applied: read anew
+    r = local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "GiB of disk" in r.json["detail"], r.json  # type: ignore[index]
+    assert "web-1" not in vms_of(local_api, b)
+
+
+def test_a_disk_on_its_way_to_a_node_takes_its_room_there(local_api: Api) -> None:
+    a, b, vm = running_vm(local_api)
+    assert _create(local_api, "web-2", node="a").status_code == 202
+    d = local_api.desired(a)
+    tell(local_api, a, *[_observed(v, ObservedVmState.RUNNING) for v in d["vms"]],
+         applied=d["generation"])
+    # room for one 1 GiB root disk on b
+    local_api.report(b, [], applied=1, inv=inventory(underlay_ip=UNDERLAY["b"]).model_copy(
+        update={"migration_ready": True}), disk=storage(total_bytes=2**30))
+    assert local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).status_code \
+        == 202
+    r = local_api.post("/api/v1/instances/web-2/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "needs 1 GiB of disk, 0 GiB free" in r.json["detail"], \
+        r.json  # type: ignore[index]
+
+
+def test_a_target_copying_disks_has_longer_to_get_ready(local_api: Api, region: Region) -> None:
+    a, _b, vm = running_vm(local_api)
+    op_id = local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).json["id"]  # type: ignore[index]
+
+    def asked_ago(seconds: int, report: int) -> str:
+        with region.sessions() as db, db.begin():
+            db.execute(update(Operation).where(Operation.id == op_id).values(
+                created_at=datetime.now(UTC) - timedelta(seconds=seconds)))
+        # `report` tells the reports apart: a repeated one is only heard, not read
+        tell(local_api, a, _observed(vm, ObservedVmState.RUNNING), applied=report)
+        return str(local_api.get(f"/api/v1/operations/{op_id}").json["state"])
+
+    # past the 120 s a target of shared disks gets: still preparing (it may download
+    # the image first)
+    assert asked_ago(300, report=1) != "failed"
+    assert asked_ago(700, report=2) == "failed"
+    assert "within 600 s" in local_api.get(f"/api/v1/operations/{op_id}").json["error"]
 
 
 def test_a_project_member_cannot_move_vms_between_nodes(api: Api) -> None:

@@ -200,7 +200,10 @@ class HypervisorDriver(ABC):
         After success the VM runs there, is defined there (persistent) with its labels
         updated by `labels`, and is no longer defined here. After failure it runs here
         as before and nothing of it is defined there. `on_progress` gets a percentage
-        now and then. Aborted (a failure) after `order.timeout_s`.
+        now and then. Aborted (a failure) after `order.timeout_s`. With
+        `order.copy_disks` the root disk's own data is copied into the disk the target
+        made at the same path (see agent.migration_disks); this node's copy is left as
+        it was, for the caller to drop.
         """
         raise HypervisorError(f"{self.info().name} cannot migrate VMs")
 

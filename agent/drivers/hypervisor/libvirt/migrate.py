@@ -8,6 +8,12 @@ labels rewritten (the target's agent must find it its own), defined persistently
 once it runs there; the source's definition goes at the same moment. A failure at
 any step leaves the domain running here: libvirt resumes the source and drops the
 target's half-made QEMU and transient definition.
+
+With `copy_disks` (each node's own disks) the writable file disks go along before the
+memory: libvirt mirrors them over NBD, TLS-encrypted like the memory stream, into
+the files the target made at the same paths (VIR_MIGRATE_NON_SHARED_INC: a qcow2
+overlay's own clusters only, its backing image being the same on both nodes). The
+read-only seed stays behind: the target built its own.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import libvirt
 
 from agent.drivers.hypervisor.base import HypervisorError
-from agent.drivers.hypervisor.libvirt.config import relabel_domain_xml
+from agent.drivers.hypervisor.libvirt.config import parse_disks, relabel_domain_xml
 from agent.protocol import MigrationOrder
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,22 @@ def host_in_uri(address: str) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
+def migration_flags(order: MigrationOrder) -> int:
+    """migrateToURI3's flags for `order` (pure)."""
+    return MIGRATE_FLAGS | (libvirt.VIR_MIGRATE_NON_SHARED_INC if order.copy_disks else 0)
+
+
+def disks_to_copy(live_xml: str) -> list[str]:
+    """The targets (vda, sda) of the domain's writable file disks: on local storage its
+    root disk alone (volumes are shared storage's; the seed is read-only). Pure."""
+    try:
+        disks = parse_disks(live_xml)
+    except ValueError as e:
+        raise HypervisorError(f"a disk of the VM cannot be copied: {e}",
+                              retryable=False) from e
+    return [d.target for d in disks if not d.readonly and isinstance(d.source, Path)]
+
+
 def migration_params(order: MigrationOrder, live_xml: str,
                      persist_xml: str) -> dict[str, object]:
     """migrateToURI3's parameters for `order` (pure)."""
@@ -48,14 +71,33 @@ def migration_params(order: MigrationOrder, live_xml: str,
     }
     if order.bandwidth_mib_s:  # 0: libvirt's default, no limit
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = order.bandwidth_mib_s
+    if order.copy_disks:  # a list: libvirt-python passes one parameter per disk
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = disks_to_copy(live_xml)
     return params
 
 
-def progress_of(stats: dict[str, object]) -> int | None:
-    """Percent of the memory copied, from jobStats; None before the copy starts. Never
-    100: the switchover is still to come."""
-    total = stats.get("data_total") or stats.get("memory_total")
-    done = stats.get("data_processed") or stats.get("memory_processed")
+def progress_of(stats: dict[str, object], memory_bytes: int = 0) -> int | None:
+    """Percent of the data copied, from jobStats; None before the copy starts. Never
+    100: the switchover is still to come.
+
+    Disks copied along (disk_total) are mirrored before the memory is sent, when
+    libvirt's totals name the disks alone: the memory still to come counts as
+    `memory_bytes` (the guest's size) until its own total is known, so the percentage
+    does not reach 99 on the disks and fall back once the memory starts.
+    """
+    disk_total, disk_done = stats.get("disk_total"), stats.get("disk_processed")
+    if isinstance(disk_total, int) and disk_total > 0 and isinstance(disk_done, int):
+        memory_total = stats.get("memory_total")
+        memory_done = stats.get("memory_processed")
+        total = disk_total + (memory_total if isinstance(memory_total, int) and memory_total
+                              else memory_bytes)
+        done = disk_done + (memory_done if isinstance(memory_done, int) else 0)
+        return _percent(total, done)
+    return _percent(stats.get("data_total") or stats.get("memory_total"),
+                    stats.get("data_processed") or stats.get("memory_processed"))
+
+
+def _percent(total: object, done: object) -> int | None:
     if not isinstance(total, int) or not isinstance(done, int) or total <= 0:
         return None
     return max(0, min(99, done * 100 // total))
@@ -65,11 +107,12 @@ class _Watch(threading.Thread):
     """Reports the job's progress every second; aborts it once `deadline` passed."""
 
     def __init__(self, dom: libvirt.virDomain, deadline: float,
-                 on_progress: Callable[[int], None]) -> None:
+                 on_progress: Callable[[int], None], memory_bytes: int = 0) -> None:
         super().__init__(name=f"migrate-{dom.UUIDString()}", daemon=True)
         self.dom = dom
         self.deadline = deadline
         self.on_progress = on_progress
+        self.memory_bytes = memory_bytes  # the guest's: the memory to come after the disks
         self.done = threading.Event()
         self.aborted_remaining: int | None = None  # bytes left when it was aborted
 
@@ -79,12 +122,13 @@ class _Watch(threading.Thread):
                 stats = self.dom.jobStats()
             except libvirt.libvirtError:
                 continue  # between phases, or ended: the migrate call tells how
-            percent = progress_of(stats)
+            percent = progress_of(stats, self.memory_bytes)
             if percent is not None:
                 self.on_progress(percent)
             if time.monotonic() >= self.deadline and self.aborted_remaining is None:
-                remaining = stats.get("memory_remaining")
-                self.aborted_remaining = remaining if isinstance(remaining, int) else 0
+                self.aborted_remaining = sum(
+                    v for v in (stats.get("memory_remaining"), stats.get("disk_remaining"))
+                    if isinstance(v, int))
                 try:
                     self.dom.abortJob()
                 except libvirt.libvirtError as e:
@@ -103,21 +147,23 @@ def migrate(dom: libvirt.virDomain, order: MigrationOrder,
         persist_xml = relabel_domain_xml(dom.XMLDesc(
             libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_INACTIVE), labels)
         dom.migrateSetMaxDowntime(order.max_downtime_ms, 0)
+        memory_bytes = dom.maxMemory() * 1024 if order.copy_disks else 0
     except libvirt.libvirtError as e:
         raise HypervisorError(f"prepare the migration of {dom.name()}: "
                               f"{e.get_error_message()}") from e
-    watch = _Watch(dom, time.monotonic() + order.timeout_s, on_progress)
+    params = migration_params(order, live_xml, persist_xml)
+    watch = _Watch(dom, time.monotonic() + order.timeout_s, on_progress, memory_bytes)
     watch.start()
     target = f"qemu+tls://{host_in_uri(order.target_address)}/system"
     try:
-        dom.migrateToURI3(target, migration_params(order, live_xml, persist_xml),
-                          MIGRATE_FLAGS)
+        dom.migrateToURI3(target, params, migration_flags(order))
     except libvirt.libvirtError as e:
         if watch.aborted_remaining is not None:
             raise HypervisorError(
                 f"migration to {order.target_address} did not finish in {order.timeout_s} s "
                 f"(under the {order.max_downtime_ms} ms downtime limit) and was aborted with "
-                f"{watch.aborted_remaining // 2**20} MiB of memory still to copy; "
+                f"{watch.aborted_remaining // 2**20} MiB of "
+                f"{'disk and memory' if order.copy_disks else 'memory'} still to copy; "
                 "the VM kept running here", retryable=False) from e
         raise HypervisorError(f"migration to {order.target_address} failed: "
                               f"{e.get_error_message()}; the VM kept running here",
