@@ -54,7 +54,7 @@ def virsh(region: LabRegion, node: str, command: str) -> str:
 
 
 def downtime_ms(jobinfo: str) -> float | None:
-    found = re.search(r"Total downtime:\s+(\d+) ms", jobinfo)
+    found = re.search(r"Total downtime:\s+(\d+)\s+ms", jobinfo)  # virsh pads the number
     return float(found.group(1)) if found else None
 
 
