@@ -48,6 +48,7 @@ from agent.storage_sampler import StorageSampler
 from hardware.kvmprobe import KvmProbe
 
 log = logging.getLogger(__name__)
+ARRIVAL_POLL_S = 0.5  # how often a node looks whether a migrating VM has arrived
 
 RECHECK_S = 10.0  # a pass runs at least this often, to catch changes made behind our back
 SWEEP_EVERY_S = 600.0  # storage leftovers of interrupted work are looked for this often
@@ -81,6 +82,7 @@ class Agent:
         self._latest: DesiredState | None = None
         self._repass = False  # a VM task ended: look again at once
         self._report_now = threading.Event()
+        self._arrivals_told: set[str] = set()  # arrived VMs already reported at once
         self.refused: Refused | None = None  # another protocol, or the node was removed
         ledger = FailureLedger()  # every failure of this agent, reported with its status
         # on shared storage: the storage heartbeat and the self-fence (agent.fencing)
@@ -338,7 +340,7 @@ class Agent:
     def _report_loop(self) -> None:
         failures = 0
         while not self.stopping.is_set():
-            self._report_now.wait(self.report_interval_s())
+            self._wait_for_report()
             self._report_now.clear()
             try:
                 self.client.report(self.status())
@@ -354,6 +356,22 @@ class Agent:
             except Exception:
                 log.exception("status report failed")
                 self.stopping.wait(1.0)
+
+    def _wait_for_report(self) -> None:
+        """Until the report interval passed or a report is asked for; while a VM is to
+        arrive by migration, also until it has (looked for every ARRIVAL_POLL_S): the
+        move completes on this node's word, so that word goes at once."""
+        deadline = time.monotonic() + self.report_interval_s()
+        while (remaining := deadline - time.monotonic()) > 0 and not self.stopping.is_set():
+            if not self.reconciler.awaiting_arrival():
+                self._report_now.wait(remaining)  # a preparation ending asks for a report
+                return
+            if self._report_now.wait(min(remaining, ARRIVAL_POLL_S)):
+                return
+            arrived = self.reconciler.arrivals()
+            if arrived - self._arrivals_told:
+                self._arrivals_told = set(arrived)
+                return
 
     def status(self) -> NodeStatus:
         """The node's status at once: storage as last sampled (a new sample is asked for,

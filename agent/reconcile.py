@@ -683,6 +683,19 @@ class Reconciler:
         own = {o.id: o for o in self._own_vms()}
         return self.volumes.observe(self.desired, own)
 
+    def awaiting_arrival(self) -> bool:
+        """Whether a VM prepared for is to arrive here by migration."""
+        return bool(self._prepared)
+
+    def arrivals(self) -> frozenset[str]:
+        """The VMs prepared for that now run here, defined: arrived (their report decides
+        the move, so it is not to wait for the next report interval)."""
+        prepared = frozenset(self._prepared)  # copied at once: tasks change it meanwhile
+        if not prepared:
+            return frozenset()
+        return frozenset(o.id for o in self._own_vms()
+                         if o.id in prepared and o.running and o.persistent)
+
     def observe(self) -> list[ObservedVm]:
         """Every VM of this node as the hypervisor shows it, plus those being built or failed."""
         result: dict[str, ObservedVm] = {}

@@ -167,3 +167,26 @@ def test_a_stopping_agent_does_not_wait_for_its_hypervisor_tls_round(tmp_path: P
         assert not runner.is_alive(), "the stopping agent waits for the TLS round"
     finally:
         release.set()
+
+
+@pytest.mark.timeout(60)  # before, the arrival waited for the report interval (1 h here)
+def test_a_vm_arriving_by_migration_is_reported_once_it_runs_here(tmp_path: Path) -> None:
+    agent, _client = refused_agent(tmp_path)
+    agent.config = AgentConfig(data_dir=tmp_path, heartbeat_s=3600.0)
+    looks: list[str] = []
+
+    class Arriving:
+        def awaiting_arrival(self) -> bool:
+            return True
+
+        def arrivals(self) -> frozenset[str]:
+            looks.append("looked")
+            return frozenset({"vm-1"}) if len(looks) >= 3 else frozenset()
+
+    agent.reconciler = Arriving()  # type: ignore[assignment]
+    agent._wait_for_report()  # returns once the VM runs here, not after an hour
+    assert len(looks) == 3
+    # reported: the same arrival does not cut the next wait short again
+    agent.config = AgentConfig(data_dir=tmp_path, heartbeat_s=1.0)
+    agent._wait_for_report()
+    assert len(looks) >= 4

@@ -94,6 +94,7 @@ def test_the_target_prepares_an_arriving_vm_but_never_makes_or_starts_it(
     assert rec.wait_idle(10)
     assert hv.calls == [] and hv.vms == {}
     assert (rec.vm_dir(VM_ID) / "seed.iso").is_file()
+    assert rec.awaiting_arrival() and rec.arrivals() == frozenset()
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.INCOMING
     assert obs.migration is not None and obs.migration.state == "ready"
@@ -103,8 +104,10 @@ def test_the_target_prepares_an_arriving_vm_but_never_makes_or_starts_it(
     rec.apply(state(2, arriving()))
     assert rec.wait_idle(10)
     assert hv.calls == [] and rec.observe()[0].state is ObservedVmState.INCOMING
+    assert rec.arrivals() == frozenset()  # not yet: its memory is still being copied
     # defined here once it runs here: running, the migration completed
     hv.vms[VM_ID] = dataclasses.replace(hv.vms[VM_ID], persistent=True)
+    assert rec.arrivals() == {VM_ID}  # to be reported at once
     [obs] = rec.observe()
     assert obs.state is ObservedVmState.RUNNING
     assert obs.migration is not None and obs.migration.state == "completed"
@@ -112,6 +115,7 @@ def test_the_target_prepares_an_arriving_vm_but_never_makes_or_starts_it(
     rec.apply(state(3, vm(VM_ID)))
     assert rec.wait_idle(10)
     assert hv.calls == [] and rec.observe()[0].migration is None
+    assert not rec.awaiting_arrival()
 
 
 def test_a_cancelled_arrival_removes_the_preparation_and_keeps_the_disks(
