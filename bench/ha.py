@@ -68,6 +68,17 @@ def audit_times(region: LabRegion, action: str, target: str) -> list[datetime]:
     return sorted(datetime.fromisoformat(e["at"]) for e in trail if e["target"] == target)
 
 
+def fencing_steps(region: LabRegion, target: str, since: datetime) -> list[str]:
+    """The fencing steps audited for `target` since `since`, in order: each one's time
+    after `since`, step, outcome and reason (what a slow fencing spent its time on)."""
+    trail = json.loads(region.cli("audit", "list", "--json", "--action", "node.fence"))
+    steps = sorted((datetime.fromisoformat(e["at"]), e) for e in trail
+                   if e["target"] == target and datetime.fromisoformat(e["at"]) >= since)
+    return [f"+{(at - since).total_seconds():.1f} s {e['detail'].get('step')} {e['outcome']}"
+            + (f" ({e['detail']['reason']})" if e["detail"].get("reason") else "")
+            for at, e in steps]
+
+
 def set_bmc(region: LabRegion, name: str) -> None:
     node = region.node(name)
     address, port, user, password = lab_bmc.credentials(node)
@@ -105,7 +116,8 @@ def one_round(region: LabRegion, count: int, number: int) -> dict[str, Any]:
         detection = (lost - cut_wall).total_seconds()
         fencing = (fenced - lost).total_seconds()
         result = {"vms": count, "detection_s": detection, "fencing_s": fencing,
-                  "restart_s": total - detection - fencing, "total_s": total}
+                  "restart_s": total - detection - fencing, "total_s": total,
+                  "fencing_steps": fencing_steps(region, f"node/{node_id}", lost)}
     finally:
         for name in names:
             region.cli("vm", "delete", name, "--wait")
@@ -144,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['detection_s']:.1f} s, fencing {r['fencing_s']:.1f} s, restart "
                       f"{r['restart_s']:.1f} s ({r['restart_ratio']:.2f}x a plain create and "
                       f"boot); total {r['total_s']:.1f} s (goal 30 s)", flush=True)
+                for step in r["fencing_steps"]:
+                    print(f"  fencing: {step}", flush=True)
     except Exception as e:
         print(f"benchmark failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
