@@ -152,8 +152,8 @@ def _refuse_local(db: Session, inst: Instance, config: ControllerConfig) -> None
 
 def observe_target(db: Session, node: Node, seen: dict[str, ObservedVm]) -> None:
     """What the target reports of the VMs migrating to it: ready (the source may start),
-    or running here (the move is done). A move whose operation ended without the VM
-    running here is called off."""
+    not ready and why (shown on the operation while it waits), or running here (the move
+    is done). A move whose operation ended without the VM running here is called off."""
     moving = db.scalars(select(Instance).where(Instance.migration_target_node_id == node.id))
     for inst in moving:
         vm = seen.get(inst.id)
@@ -168,6 +168,16 @@ def observe_target(db: Session, node: Node, seen: dict[str, ObservedVm]) -> None
                 inst.migration_phase == "preparing":
             inst.migration_phase = "migrating"
             desired.bump(inst.node)
+            _say(db, inst, None)
+        elif inst.migration_phase == "preparing" and vm is not None and vm.error:
+            _say(db, inst, f"node {node.name} is not ready to take the VM: {vm.error}")
+
+
+def _say(db: Session, inst: Instance, message: str | None) -> None:
+    """How the move stands, in words, on its operation (None: nothing to add)."""
+    op = _operation(db, inst)
+    if op is not None and op.message != message:
+        op.message = message
 
 
 def observe_source(db: Session, inst: Instance, vm: ObservedVm | None) -> None:
@@ -191,8 +201,9 @@ def observe_source(db: Session, inst: Instance, vm: ObservedVm | None) -> None:
     limit = PREPARE_TIMEOUT_COPY if inst.migration_copy_disks else PREPARE_TIMEOUT
     if inst.migration_phase == "preparing" and datetime.now(UTC) - as_utc(op.created_at) > limit:
         target = inst.migration_target.name if inst.migration_target else "?"
+        why = f" ({op.message})" if op.message else ""  # the target's own words, if any
         _fail(db, inst, op, f"node {target} did not get ready to take the VM within "
-                            f"{int(limit.total_seconds())} s")
+                            f"{int(limit.total_seconds())} s{why}")
 
 
 def _operation(db: Session, inst: Instance) -> Operation | None:

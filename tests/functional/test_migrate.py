@@ -333,6 +333,40 @@ def test_a_target_copying_disks_has_longer_to_get_ready(local_api: Api, region: 
     assert "within 600 s" in local_api.get(f"/api/v1/operations/{op_id}").json["error"]
 
 
+def test_a_target_that_cannot_prepare_says_why_on_the_operation(
+        api: Api, rbd_region: Region) -> None:
+    a, b, vm = running_vm(api)
+    op_id = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).json["id"]  # type: ignore[index]
+    why = "network blue failed on this node: vxlan port in use"
+    tell(api, b, _observed(vm, ObservedVmState.INCOMING).model_copy(update={"error": why}),
+         applied=1)
+    op = api.get(f"/api/v1/operations/{op_id}").json
+    assert op["state"] != "failed"
+    assert op["message"] == f"node b is not ready to take the VM: {why}"
+    # past the limit: the move fails with the target's own words
+    with rbd_region.sessions() as db, db.begin():
+        db.execute(update(Operation).where(Operation.id == op_id).values(
+            created_at=datetime.now(UTC) - timedelta(seconds=300)))
+    tell(api, a, _observed(vm, ObservedVmState.RUNNING), applied=2)
+    op = api.get(f"/api/v1/operations/{op_id}").json
+    assert op["state"] == "failed"
+    assert op["error"] == (f"node b did not get ready to take the VM within 120 s (node b is "
+                           f"not ready to take the VM: {why})")
+
+
+def test_a_target_ready_after_all_clears_what_it_said(api: Api) -> None:
+    _a, b, vm = running_vm(api)
+    op_id = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).json["id"]  # type: ignore[index]
+    tell(api, b, _observed(vm, ObservedVmState.INCOMING).model_copy(
+        update={"error": "security groups not in force yet"}), applied=1)
+    assert api.get(f"/api/v1/operations/{op_id}").json["message"]
+    tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")),
+         applied=2)
+    op = api.get(f"/api/v1/operations/{op_id}").json
+    assert op["message"] is None and op["state"] != "failed"
+    assert vms_of(api, _a)["web-1"]["migrate_to"] is not None  # the source is told to go
+
+
 def test_a_project_member_cannot_move_vms_between_nodes(api: Api) -> None:
     running_vm(api)
     member = api.as_new_user("mia", ("project-admin", "default"))
