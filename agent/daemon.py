@@ -371,6 +371,7 @@ class Agent:
             arrived = self.reconciler.arrivals()
             if arrived - self._arrivals_told:
                 self._arrivals_told = set(arrived)
+                self._request_pass()  # one moved cold is turned off by a pass, at once
                 return
 
     def status(self) -> NodeStatus:

@@ -250,7 +250,8 @@ def _unset(value: object) -> bool:
 
 
 class MigrationOrder(Wire):
-    """On the source node: move the running VM to another node, live, once per `seq`."""
+    """On the source node: move the VM to another node once per `seq`: live when it runs,
+    `cold` when it is stopped."""
 
     seq: int = Field(ge=1, description="Numbers the VM's migrations: each is tried once")
     target_node_id: str
@@ -264,6 +265,10 @@ class MigrationOrder(Wire):
         default=False, exclude_if=_unset, description="The disks are local to each node: "
         "copy the root disk's own data (not its image, stored on both) to the disk the "
         "target made for it")
+    cold: bool = Field(
+        default=False, exclude_if=_unset, description="The VM is stopped and stays so: "
+        "started paused here only to be moved (its guest never runs), paused there, then "
+        "turned off by the target")
 
 
 class IncomingMigration(Wire):
@@ -276,6 +281,9 @@ class IncomingMigration(Wire):
         default=False, exclude_if=_unset, description="The disks are local to each node: "
         "make the VM's image and an empty root disk of the same size on it here, for the "
         "source to copy into")
+    cold: bool = Field(
+        default=False, exclude_if=_unset, description="The VM is stopped: it arrives "
+        "paused and is turned off here before its arrival is reported")
 
 
 class MigrationReport(Wire):

@@ -25,6 +25,7 @@ from agent.drivers.hypervisor.base import (
     DiskSpec,
     HostdevSpec,
     HypervisorDriver,
+    HypervisorError,
     NicSpec,
     VmObservation,
     VmSpec,
@@ -323,15 +324,18 @@ class Reconciler:
 
     def _needs_work(self, vm: DesiredVm, obs: VmObservation | None) -> bool:
         """Whether the VM is not yet as asked (a request failed for is checked before).
-        A VM arriving here by migration is only prepared for, never made or started; one
-        leaving is moved once per migration, and never made again once gone."""
+        A VM arriving here by migration is only prepared for, never made or started (one
+        moved cold is turned off once it arrived paused); one leaving is moved once per
+        migration, and never made again once gone."""
         if vm.incoming_from is not None:
+            if vm.incoming_from.cold and obs is not None and obs.persistent and obs.running:
+                return True
             return obs is None and self._prepared.get(vm.id) != vm.incoming_from.seq
         if vm.migrate_to is not None:
             report = self._migrations.get(vm.id)
             done = report is not None and report.seq == vm.migrate_to.seq \
                 and report.state in ("completed", "failed")
-            return obs is not None and obs.running and not done
+            return obs is not None and (obs.running or vm.migrate_to.cold) and not done
         if obs is None:
             return True
         if vm.power is PowerState.RUNNING:
@@ -350,7 +354,9 @@ class Reconciler:
         """Create the VM or apply its power request; whether it is now as asked (a failure
         goes to the ledger, a blocker to `_blocked`: neither is raised)."""
         try:
-            if vm.incoming_from is not None:
+            if vm.incoming_from is not None and obs is not None:
+                self._turn_off_arrival(vm)
+            elif vm.incoming_from is not None:
                 self._prepare_incoming(vm)
             elif vm.migrate_to is not None:
                 return self._migrate(vm)
@@ -460,6 +466,13 @@ class Reconciler:
         log.info("VM %s (%s) ready to arrive from node %s", vm.name, vm.id,
                  vm.incoming_from.source_node_id)
 
+    def _turn_off_arrival(self, vm: DesiredVm) -> None:
+        """A VM moved cold arrived paused, its guest never run: off at once (still
+        defined), as it was on its old node; its report then completes the move."""
+        self.hypervisor.stop(vm.id, grace_seconds=0)
+        log.info("VM %s (%s) arrived stopped from node %s", vm.name, vm.id,
+                 vm.incoming_from.source_node_id if vm.incoming_from else "?")
+
     def _vm_files(self, vm: DesiredVm, rebuild: bool) -> None:
         """The VM's folder (its console log goes there) and its seed, made again when
         `rebuild` or when missing (a create half undone: its domain outlived the revert)."""
@@ -484,9 +497,11 @@ class Reconciler:
                                                       progress=percent)
             self.on_change()
 
-        log.info("VM %s (%s): migrating to node %s at %s", vm.name, vm.id,
-                 order.target_node_id, order.target_address)
+        log.info("VM %s (%s): migrating to node %s at %s%s", vm.name, vm.id,
+                 order.target_node_id, order.target_address, " (cold)" if order.cold else "")
         try:
+            if order.cold:
+                self._ready_to_start_paused(vm)
             self.hypervisor.migrate(vm.id, order, {OWNER_LABEL: order.target_node_id},
                                     progress)
         except Exception as e:
@@ -506,6 +521,16 @@ class Reconciler:
                                                   progress=100)
         log.info("VM %s (%s) migrated to node %s", vm.name, vm.id, order.target_node_id)
         return True
+
+    def _ready_to_start_paused(self, vm: DesiredVm) -> None:
+        """What a stopped VM needs here to be started paused for its cold move: its files
+        and disk secrets; raises if the node may not start it (fenced) or its network or
+        firewall is not in force (the move then fails with that reason)."""
+        if (blocker := self._blocker(vm)) is not None:
+            raise HypervisorError(f"cannot start it paused for its move: {blocker.message}; "
+                                  "it stays stopped here", retryable=False)
+        self._vm_files(vm, rebuild=False)
+        self.prepare_disks()
 
     def _claim_gpus(self, vm: DesiredVm, revert: Reverter) -> tuple[HostdevSpec, ...]:
         """Bind the VM's GPU groups to vfio-pci and make its vGPUs; the hostdevs they give.
@@ -688,13 +713,16 @@ class Reconciler:
         return bool(self._prepared)
 
     def arrivals(self) -> frozenset[str]:
-        """The VMs prepared for that now run here, defined: arrived (their report decides
-        the move, so it is not to wait for the next report interval)."""
+        """The VMs prepared for that now run here, defined, or arrived paused to be turned
+        off (moved cold): arrived (their report decides the move, so it is not to wait
+        for the next report interval, nor a cold one's turning off for the next pass)."""
         prepared = frozenset(self._prepared)  # copied at once: tasks change it meanwhile
         if not prepared:
             return frozenset()
+        cold = {vm.id for vm in (self.desired.vms if self.desired else [])
+                if vm.incoming_from is not None and vm.incoming_from.cold}
         return frozenset(o.id for o in self._own_vms()
-                         if o.id in prepared and o.running and o.persistent)
+                         if o.id in prepared and o.persistent and (o.running or o.id in cold))
 
     def observe(self) -> list[ObservedVm]:
         """Every VM of this node as the hypervisor shows it, plus those being built or failed."""
@@ -729,11 +757,14 @@ class Reconciler:
 
     def _migration_view(self, vm: DesiredVm, seen: ObservedVm | None) -> dict[str, ObservedVm]:
         """A VM on the move, as this node sees it: on the target, incoming (prepared:
-        `ready`) until it runs here defined (`completed`, with the guest's pause); on the
-        source, as it runs, with how its move stands. Empty when there is nothing to say."""
+        `ready`) until it runs here defined (`completed`, with the guest's pause), or moved
+        cold, until it is defined here and turned off; on the source, as it runs, with how
+        its move stands. Empty when there is nothing to say."""
         if vm.incoming_from is not None:
             seq = vm.incoming_from.seq
-            if seen is not None and seen.state is not ObservedVmState.INCOMING:
+            cold = vm.incoming_from.cold
+            if seen is not None and seen.state is not ObservedVmState.INCOMING and \
+                    not (cold and seen.state is ObservedVmState.RUNNING):
                 arrived = MigrationReport(
                     seq=seq, state="completed", progress=100,
                     downtime_ms=self.hypervisor.migration_downtime_ms(vm.id))

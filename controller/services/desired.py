@@ -111,14 +111,16 @@ def migration_address(node: Node) -> str | None:
 
 def _with_migration(vm: DesiredVm, i: Instance, node: Node) -> DesiredVm:
     """`vm` with its migration order for `node`: the source moves it once the target is
-    ready (phase migrating); the target prepares for it meanwhile."""
+    ready (phase migrating); the target prepares for it meanwhile. A stopped VM moves
+    cold."""
     target = i.migration_target
     if target is None:
         return vm
+    cold = i.desired_power == "stopped"  # its power is not changed while it moves
     if i.node_id != node.id:
         return vm.model_copy(update={"incoming_from": IncomingMigration(
             seq=i.migration_seq, source_node_id=i.node_id,
-            copy_disks=i.migration_copy_disks)})
+            copy_disks=i.migration_copy_disks, cold=cold)})
     address = migration_address(target)
     if i.migration_phase != "migrating" or address is None:
         return vm
@@ -126,7 +128,7 @@ def _with_migration(vm: DesiredVm, i: Instance, node: Node) -> DesiredVm:
         seq=i.migration_seq, target_node_id=target.id, target_address=address,
         bandwidth_mib_s=i.migration_bandwidth_mib_s,
         max_downtime_ms=i.migration_max_downtime_ms, timeout_s=MIGRATION_TIMEOUT_S,
-        copy_disks=i.migration_copy_disks)})
+        copy_disks=i.migration_copy_disks, cold=cold)})
 
 
 def _networking(

@@ -1,35 +1,30 @@
-"""Node maintenance: the node takes no new VMs and its VMs are moved away, live.
+"""Node maintenance: the node takes no new VMs and its VMs are moved away.
 
 `vauban node maintenance NODE on` marks the node (the scheduler refuses it from then
 on) and opens an operation that the controller's evacuator drives: every few seconds
-it starts live migrations of the node's running VMs (a few at a time per node, the
-scheduler choosing each target) and moves its stopped VMs on shared storage at once
-(their disks are where every node reaches them). A VM that cannot move (a GPU, stopped on
-local storage, no node with room) is named with the reason in the operation's message, and
-the operation stays running until the node is empty: it completes only then. `off`
-makes the node schedulable again and ends an unfinished operation.
+it starts migrations of the node's VMs, live for the running ones, cold for the stopped
+ones (a few at a time per node, the scheduler choosing each target; stopped VMs on
+shared storage all at once, their disks being where every node reaches them). A VM that
+cannot move (a GPU, volumes on local storage, no node with room) is named with the reason
+in the operation's message, and the operation stays running until the node is empty: it
+completes only then. `off` makes the node schedulable again and ends an unfinished
+operation.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.protocol import ObservedVmState
 from controller.config import ControllerConfig
-from controller.db.models import Instance, Node, Operation, Volume
+from controller.db.models import Instance, Node, Operation
 from controller.errors import Conflict, NoValidHost
 from controller.services import (
     audit,
-    desired,
-    instances,
     migrations,
-    networks,
     operations,
-    scheduler,
 )
 
 log = logging.getLogger(__name__)
@@ -95,12 +90,11 @@ def evacuate(db: Session, op: Operation, node: Node, config: ControllerConfig) -
                 operations.active_for(db, inst.id):
             continue  # going, or busy: looked at again next round
         try:
-            if _running(inst):
-                if moving < MOVES_PER_NODE:
+            if migrations.running(inst) or migrations.stopped(inst):
+                at_once = migrations.stopped(inst) and config.storage == "rbd"  # no copy
+                if at_once or moving < MOVES_PER_NODE:
                     migrations.start(db, op.requested_by, inst, None, config)
-                    moving += 1
-            elif _stopped(inst):
-                move_stopped(db, op.requested_by, inst, config)
+                    moving += 0 if at_once else 1
             else:
                 stuck.append(f"{inst.name}: it is {inst.observed_state or 'being made'}; "
                              "it moves once running or stopped")
@@ -111,44 +105,3 @@ def evacuate(db: Session, op: Operation, node: Node, config: ControllerConfig) -
     op.progress = max(op.progress, 10)
     op.message = (f"{remaining} VM(s) left; cannot move: " + "; ".join(stuck)) if stuck \
         else f"{remaining} VM(s) left, moving"
-
-
-def _running(inst: Instance) -> bool:
-    return inst.desired_power == "running" and \
-        inst.observed_state == ObservedVmState.RUNNING.value
-
-
-def _stopped(inst: Instance) -> bool:
-    return inst.desired_power == "stopped" and \
-        inst.observed_state == ObservedVmState.STOPPED.value
-
-
-def move_stopped(db: Session, actor: str, inst: Instance, config: ControllerConfig) -> Node:
-    """Give a stopped VM on shared storage to another node (the scheduler's choice): it is
-    defined there on its disk; its old node drops its definition, never the disk.
-    Conflict or NoValidHost (nothing changed) when it cannot."""
-    if config.storage != "rbd":
-        raise Conflict(f"its disks are on the node's local storage ({config.storage}); "
-                       "cold migration of local disks is not available yet")
-    if inst.gpus or inst.vgpus:
-        raise Conflict("it holds a GPU of this node")
-    source = inst.node
-    candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
-    pol = instances.policy(config)
-    placement = scheduler.place(
-        scheduler.snapshot(db, candidates, pol),
-        scheduler.PlacementRequest(inst.vcpus, inst.memory_mib,
-                                   excluded_node_ids=frozenset({source.id})),
-        pol, datetime.now(UTC))
-    target = db.get_one(Node, placement.node_id)
-    inst.node_id, inst.node = target.id, target
-    for vol in db.scalars(select(Volume).where(Volume.instance_id == inst.id)):
-        vol.steward_node_id = target.id
-    desired.bump(source)
-    desired.bump(target)
-    db.flush()
-    networks.bump_carriers(db, networks.instance_network_ids(db, inst), exclude_node_id=None)
-    audit.record(db, actor, "instance.move", f"instance/{inst.id}", "succeeded",
-                 name=inst.name, source=source.name, to=target.name, reason=KIND)
-    log.info("stopped VM %s moved from node %s to %s", inst.name, source.name, target.name)
-    return target

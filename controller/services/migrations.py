@@ -13,10 +13,18 @@ In a region whose disks are each node's own (localfs) the move copies the root d
 with the memory (`copy_disks`): the target also fetches the image and makes an empty
 overlay of the same size for the copy, so it must have room for the root disk, and
 preparing may take as long as the image's download.
+
+A stopped VM moves cold. On shared storage (rbd) it is given to the target at once:
+defined there on its disk, dropped here, never its disk (`reassign_stopped`). On local
+storage it goes the way of a live move, its disk copied, but started paused on the
+source for the move and turned off by the target on arrival: its guest never runs
+(see agent/drivers/hypervisor/libvirt/migrate.py). Its arrival is the target's report
+of it defined and stopped there.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +45,8 @@ from controller.services import (
     scheduler,
 )
 
+log = logging.getLogger(__name__)
+
 KIND = "instance.migrate"
 DEFAULT_MAX_DOWNTIME_MS = 300
 PREPARE_TIMEOUT = timedelta(seconds=120)  # the target is ready by then, or the move fails
@@ -48,20 +58,31 @@ DOWN_FOR_GOOD_S = 3600.0  # a failed move's target silent this long is let go un
 def start(db: Session, actor: str, inst: Instance, to: str | None, config: ControllerConfig,
           *, bandwidth_mib_s: int = 0,
           max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS) -> Operation:
-    """Ask for `inst` moved live to node `to` (None: the scheduler picks one).
+    """Ask for `inst` moved to node `to` (None: the scheduler picks one): live if it
+    runs, cold if it is stopped (see the module's docstring).
 
-    Refused (Conflict, NoValidHost; nothing changed) when the VM is busy, not running,
-    holds a GPU, has volumes on local storage, or no node can take it (on local storage
-    also for want of room for its root disk). After success both nodes' desired states
-    carry the migration (with the disk copy on local storage) and an operation follows it.
+    Refused (Conflict, NoValidHost; nothing changed) when the VM is busy, neither running
+    nor stopped, holds a GPU, has volumes on local storage, or no node can take it (on
+    local storage also for want of room for its root disk). After success both nodes'
+    desired states carry the migration (with the disk copy on local storage) and an
+    operation follows it; a stopped VM on shared storage is the target's at once, its
+    operation done.
     """
     db.refresh(inst, with_for_update=True)  # one move of it at a time, whoever asks
-    _refuse(db, inst, config)
+    cold = stopped(inst)
+    _refuse(db, inst, config, cold)
     source = inst.node
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
     pinned = nodes.find(db, to) if to is not None else None
     if pinned is not None and pinned.id == source.id:
-        raise Conflict(f"instance '{inst.name}' already runs on node {source.name}")
+        raise Conflict(f"instance '{inst.name}' is already on node {source.name}")
+    if cold and config.storage == "rbd":  # its disk is where every node reaches it
+        target = reassign_stopped(db, actor, inst, config, candidates, pinned)
+        op = operations.start_on(db, KIND, inst.id, inst.name, target.id, actor,
+                                 target.generation, inst.power_seq,
+                                 project_id=inst.project_id)
+        operations.finish(op)
+        return op
     for node in (source, pinned):
         if node is not None and not migration_ready(node):
             raise Conflict(f"node {node.name} is not ready for live migration: its libvirt "
@@ -94,10 +115,52 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     op = operations.start_on(db, KIND, inst.id, inst.name, source.id, actor, generation,
                              inst.power_seq, project_id=inst.project_id)
     copied: dict[str, Any] = {"copy_disks": True} if copy_disks else {}  # rbd: as before
+    if cold:
+        copied["cold"] = True
     audit.record(db, actor, KIND, f"instance/{inst.id}", name=inst.name,
                  source=source.name, to=target.name, bandwidth_mib_s=bandwidth_mib_s,
                  max_downtime_ms=max_downtime_ms, migration=inst.migration_seq, **copied)
     return op
+
+
+def running(inst: Instance) -> bool:
+    """Whether the VM runs and is to: it moves live."""
+    return inst.desired_power == "running" and \
+        inst.observed_state == ObservedVmState.RUNNING.value
+
+
+def stopped(inst: Instance) -> bool:
+    """Whether the VM is stopped and is to stay so: it moves cold."""
+    return inst.desired_power == "stopped" and \
+        inst.observed_state == ObservedVmState.STOPPED.value
+
+
+def reassign_stopped(db: Session, actor: str, inst: Instance, config: ControllerConfig,
+                     candidates: list[Node], pinned: Node | None = None) -> Node:
+    """Give the stopped VM on shared storage to `pinned` or the scheduler's choice among
+    `candidates` (locked by the caller): it is defined there on its disk; its old node
+    drops its definition, never the disk. The target; NoValidHost (nothing changed)
+    when no node can take it."""
+    source = inst.node
+    pol = instances.policy(config)
+    placement = scheduler.place(
+        scheduler.snapshot(db, candidates, pol),
+        scheduler.PlacementRequest(inst.vcpus, inst.memory_mib,
+                                   pinned.id if pinned else None,
+                                   excluded_node_ids=frozenset({source.id})),
+        pol, datetime.now(UTC))
+    target = db.get_one(Node, placement.node_id)
+    inst.node_id, inst.node = target.id, target
+    for vol in db.scalars(select(Volume).where(Volume.instance_id == inst.id)):
+        vol.steward_node_id = target.id
+    desired.bump(source)
+    desired.bump(target)
+    db.flush()
+    networks.bump_carriers(db, networks.instance_network_ids(db, inst), exclude_node_id=None)
+    audit.record(db, actor, "instance.move", f"instance/{inst.id}", "succeeded",
+                 name=inst.name, source=source.name, to=target.name, cold=True)
+    log.info("stopped VM %s moved from node %s to %s", inst.name, source.name, target.name)
+    return target
 
 
 def migration_ready(node: Node) -> bool:
@@ -105,8 +168,8 @@ def migration_ready(node: Node) -> bool:
     return bool((node.inventory or {}).get("migration_ready"))
 
 
-def _refuse(db: Session, inst: Instance, config: ControllerConfig) -> None:
-    """Conflict naming why `inst` cannot move live now."""
+def _refuse(db: Session, inst: Instance, config: ControllerConfig, cold: bool) -> None:
+    """Conflict naming why `inst` cannot move now (live, or `cold`: stopped)."""
     what = f"instance '{inst.name}'"
     if inst.deleting:
         raise Conflict(f"{what} is being deleted")
@@ -117,15 +180,18 @@ def _refuse(db: Session, inst: Instance, config: ControllerConfig) -> None:
                        "cannot be migrated; stop it and start it elsewhere instead")
     if config.storage != "rbd":
         _refuse_local(db, inst, config)
-    if inst.desired_power != "running" or inst.observed_state != ObservedVmState.RUNNING.value:
-        raise Conflict(f"{what} is not running (it is {inst.observed_state or 'new'}): "
-                       "only a running VM moves live")
+    if not cold and not running(inst):
+        raise Conflict(f"{what} is in state {inst.observed_state or 'new'} while it is to be "
+                       f"{inst.desired_power}: a VM moves once it is running (live) or "
+                       "stopped (cold); wait for it to get there")
     if inst.migration_target is not None:
         raise Conflict(f"{what} is still settling its last migration to node "
                        f"{inst.migration_target.name}; wait for that node's report")
-    if nodes.node_state(inst.node, datetime.now(UTC), config.node_down_after_s) != "up":
-        raise Conflict(f"{what} is on node {inst.node.name}, which is not up: a VM moves "
-                       "live only from a node that answers")
+    moved_by_node = not cold or config.storage != "rbd"  # rbd: a stopped VM is just given
+    if moved_by_node and nodes.node_state(inst.node, datetime.now(UTC),
+                                          config.node_down_after_s) != "up":
+        raise Conflict(f"{what} is on node {inst.node.name}, which is not up: it moves "
+                       "only from a node that answers (its agent carries out the move)")
     busy = db.scalar(select(Operation.id).join(Volume, Volume.id == Operation.target_id)
                      .where(Volume.instance_id == inst.id,
                             Operation.state.in_(operations.ACTIVE)).limit(1))
@@ -136,13 +202,8 @@ def _refuse(db: Session, inst: Instance, config: ControllerConfig) -> None:
 
 def _refuse_local(db: Session, inst: Instance, config: ControllerConfig) -> None:
     """Conflict naming why `inst`, whose disk is its node's own, cannot move with it now:
-    only a running VM's root disk is copied (by the live migration itself)."""
+    only its root disk is copied (by the migration itself)."""
     what = f"instance '{inst.name}'"
-    if inst.desired_power != "running" or inst.observed_state != ObservedVmState.RUNNING.value:
-        raise Conflict(f"{what} is not running (it is {inst.observed_state or 'new'}) and its "
-                       f"disk is on node {inst.node.name}'s local storage ({config.storage}): "
-                       "start it to move it live, its disk copied with it; stopped, it stays "
-                       "where its disk is")
     volumes = sorted(db.scalars(select(Volume.name).where(Volume.instance_id == inst.id)))
     if volumes:
         raise Conflict(f"{what} has volumes attached ({', '.join(volumes)}): detach them "
@@ -160,7 +221,7 @@ def observe_target(db: Session, node: Node, seen: dict[str, ObservedVm]) -> None
         report = vm.migration if vm is not None else None
         if report is not None and report.seq != inst.migration_seq:
             continue  # of an earlier move
-        if vm is not None and vm.state is ObservedVmState.RUNNING:
+        if _arrived(inst, vm):
             _complete(db, inst, node, report.downtime_ms if report else None)
         elif not _operation(db, inst):
             _end(db, inst)  # failed or expired meanwhile: the target lets go
@@ -171,6 +232,17 @@ def observe_target(db: Session, node: Node, seen: dict[str, ObservedVm]) -> None
             _say(db, inst, None)
         elif inst.migration_phase == "preparing" and vm is not None and vm.error:
             _say(db, inst, f"node {node.name} is not ready to take the VM: {vm.error}")
+
+
+def _arrived(inst: Instance, vm: ObservedVm | None) -> bool:
+    """Whether the target's report says the VM is its own now: running there (live), or
+    defined there and turned off (cold: a stopped VM's move, its report completed)."""
+    if vm is None:
+        return False
+    if inst.desired_power == "stopped":
+        return vm.state is ObservedVmState.STOPPED and vm.migration is not None and \
+            vm.migration.state == "completed"
+    return vm.state is ObservedVmState.RUNNING
 
 
 def _say(db: Session, inst: Instance, message: str | None) -> None:

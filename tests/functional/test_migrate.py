@@ -175,7 +175,7 @@ def test_deleting_a_moving_vm_calls_the_move_off_and_lists_its_disks(api: Api) -
 
 
 @pytest.mark.parametrize(("body", "status", "detail"), [
-    ({"to": "a"}, 409, "already runs on node a"),
+    ({"to": "a"}, 409, "is already on node a"),
     ({"to": "nowhere"}, 404, "nowhere"),
     ({"bandwidth_mib_s": -1}, 422, "bandwidth_mib_s"),
     ({"max_downtime_ms": 0}, 422, "max_downtime_ms"),
@@ -189,18 +189,50 @@ def test_migrate_refusals(api: Api, body: dict[str, Any], status: int, detail: s
     assert api.get("/api/v1/instances/web-1").json["migrating_to"] is None
 
 
-def test_a_vm_that_is_not_running_or_already_moving_is_refused(api: Api) -> None:
-    a, _b, _vm = running_vm(api)
+def test_a_vm_already_moving_or_neither_running_nor_stopped_is_refused(api: Api) -> None:
+    a, b, vm = running_vm(api)
     assert api.post("/api/v1/instances/web-1/migrate", json={}).status_code == 202
     r = api.post("/api/v1/instances/web-1/migrate", json={})
     assert r.status_code == 409 and "instance.migrate" in r.json["detail"]  # type: ignore[index]
+    tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")))
+    tell(api, a, moving(vm, ObservedVmState.RUNNING, MigrationReport(seq=1, state="failed")))
+    tell(api, b)
+    # in error on its node (to run, seen neither running nor stopped): it does not move
+    tell(api, a, _observed(vm, ObservedVmState.ERROR))
+    r = api.post("/api/v1/instances/web-1/migrate", json={})
+    assert r.status_code == 409, r.json
+    assert "is in state error while it is to be running" in r.json["detail"]  # type: ignore[index]
+    assert "wait for it" in r.json["detail"]  # type: ignore[index]
+    assert "web-1" not in vms_of(api, b)
+
+
+def stopped_vm(api: Api, a: FakeNode) -> dict[str, Any]:
+    """web-2, made stopped on node a (beside web-1), reported so."""
     assert _create(api, "web-2", node="a", start=False).status_code == 202
     d = api.desired(a)
     tell(api, a, *[_observed(v, ObservedVmState.RUNNING if v["name"] == "web-1"
                              else ObservedVmState.STOPPED) for v in d["vms"]],
          applied=d["generation"])
-    r = api.post("/api/v1/instances/web-2/migrate", json={})
-    assert r.status_code == 409 and "not running" in r.json["detail"], r.json  # type: ignore[index]
+    return vms_of(api, a)["web-2"]
+
+
+def test_a_stopped_vm_on_shared_storage_is_given_to_the_other_node_at_once(
+        api: Api, rbd_region: Region) -> None:
+    a, b, _vm = running_vm(api)
+    vm = stopped_vm(api, a)
+    r = api.post("/api/v1/instances/web-2/migrate", json={"to": "b"})
+    assert r.status_code == 202, r.json
+    op = api.get(f"/api/v1/operations/{r.json['id']}").json  # type: ignore[index]
+    assert (op["state"], op["error"]) == ("succeeded", None)
+    shown = api.get("/api/v1/instances/web-2").json
+    assert (shown["node_name"], shown["migrating_to"]) == ("b", None)
+    there = vms_of(api, b)["web-2"]  # defined there on its disk, stopped; never copied
+    assert there["power"] == "stopped" and there["incoming_from"] is None
+    desired_a = api.desired(a)
+    assert "web-2" not in {v["name"] for v in desired_a["vms"]}
+    assert vm["id"] not in desired_a["delete_vm_disks"]  # a drops its definition only
+    [(outcome, detail)] = audit(rbd_region, "instance.move")
+    assert outcome == "succeeded" and (detail["to"], detail["cold"]) == ("b", True)
 
 
 def test_nodes_not_ready_for_migration_are_refused_and_never_chosen(api: Api) -> None:
@@ -261,18 +293,35 @@ def test_a_vm_on_local_storage_moves_live_with_its_disk_copied(
     assert accepted[1]["copy_disks"] is True and done[0] == "succeeded"
 
 
-def test_a_stopped_vm_on_local_storage_is_refused_with_what_to_do(local_api: Api) -> None:
-    a, _b, _vm = running_vm(local_api)
-    assert _create(local_api, "web-2", node="a", start=False).status_code == 202
-    d = local_api.desired(a)
-    tell(local_api, a, *[_observed(v, ObservedVmState.RUNNING if v["name"] == "web-1"
-                                   else ObservedVmState.STOPPED) for v in d["vms"]],
-         applied=d["generation"])
+def test_a_stopped_vm_on_local_storage_moves_cold_with_its_disk_copied(
+        local_api: Api, region: Region) -> None:
+    a, b, _vm = running_vm(local_api)
+    vm = stopped_vm(local_api, a)
     r = local_api.post("/api/v1/instances/web-2/migrate", json={"to": "b"})
-    assert r.status_code == 409 and r.content_type == "application/problem+json"
-    detail = r.json["detail"]  # type: ignore[index]
-    assert "not running" in detail and "local storage" in detail and "start it" in detail
-    assert local_api.get("/api/v1/instances/web-2").json["migrating_to"] is None
+    assert r.status_code == 202, r.json
+    op_id = r.json["id"]  # type: ignore[index]
+    incoming = vms_of(local_api, b)["web-2"]
+    assert incoming["incoming_from"] == {"seq": 1, "source_node_id": a.id,
+                                         "copy_disks": True, "cold": True}
+    assert incoming["power"] == "stopped"
+    tell(local_api, b, moving(vm, ObservedVmState.INCOMING,
+                              MigrationReport(seq=1, state="ready")))
+    order = vms_of(local_api, a)["web-2"]["migrate_to"]
+    assert (order["copy_disks"], order["cold"]) == (True, True)
+    # arrived paused (the guest never ran): not the target's until turned off there
+    tell(local_api, b, moving(vm, ObservedVmState.RUNNING, MigrationReport(
+        seq=1, state="completed", progress=100)))
+    assert local_api.get("/api/v1/instances/web-2").json["node_name"] == "a"
+    tell(local_api, b, moving(vm, ObservedVmState.STOPPED, MigrationReport(
+        seq=1, state="completed", progress=100)))
+    op = local_api.get(f"/api/v1/operations/{op_id}").json
+    assert (op["state"], op["error"]) == ("succeeded", None)
+    shown = local_api.get("/api/v1/instances/web-2").json
+    assert (shown["state"], shown["node_name"], shown["migrating_to"]) == \
+        ("stopped", "b", None)
+    assert "web-2" not in vms_of(local_api, a)
+    [accepted, done] = audit(region, "instance.migrate")
+    assert accepted[1]["cold"] is True and done[0] == "succeeded"
 
 
 def test_a_vm_on_local_storage_with_a_volume_is_refused(local_api: Api, region: Region) -> None:

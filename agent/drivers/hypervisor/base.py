@@ -203,7 +203,9 @@ class HypervisorDriver(ABC):
         now and then. Aborted (a failure) after `order.timeout_s`. With
         `order.copy_disks` the root disk's own data is copied into the disk the target
         made at the same path (see agent.migration_disks); this node's copy is left as
-        it was, for the caller to drop.
+        it was, for the caller to drop. With `order.cold` the VM is stopped and its guest
+        never runs: after success it is defined there, paused (the target's agent turns
+        it off); after failure it is stopped here as before.
         """
         raise HypervisorError(f"{self.info().name} cannot migrate VMs")
 

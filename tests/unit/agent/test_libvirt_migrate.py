@@ -9,10 +9,11 @@ import libvirt
 import pytest
 
 from agent.drivers.hypervisor.base import HypervisorError, RbdSource
-from agent.drivers.hypervisor.libvirt.config import DiskConfig
+from agent.drivers.hypervisor.libvirt.config import DiskConfig, InstanceMetadata
 from agent.drivers.hypervisor.libvirt.migrate import (
     MIGRATE_FLAGS,
     disks_to_copy,
+    migrate,
     migration_flags,
     migration_params,
     progress_of,
@@ -113,3 +114,67 @@ def test_copy_disks_is_on_the_wire_only_when_set() -> None:
     assert incoming.model_dump_json() == '{"seq":1,"source_node_id":"node-1"}'
     assert IncomingMigration(seq=1, source_node_id="node-1", copy_disks=True) \
         .model_dump()["copy_disks"] is True
+
+
+def test_a_cold_move_is_not_live_and_leaves_the_guest_paused_there() -> None:
+    cold = MigrationOrder(seq=1, target_node_id="node-2", target_address="10.0.0.2",
+                          bandwidth_mib_s=0, max_downtime_ms=300, timeout_s=600,
+                          copy_disks=True, cold=True)
+    flags = migration_flags(cold)
+    assert not flags & libvirt.VIR_MIGRATE_LIVE and flags & libvirt.VIR_MIGRATE_PAUSED
+    assert flags & libvirt.VIR_MIGRATE_NON_SHARED_INC and flags & libvirt.VIR_MIGRATE_TLS
+    assert not migration_flags(order()) & libvirt.VIR_MIGRATE_PAUSED
+    assert "cold" not in order().model_dump(mode="json")  # older agents read it as ever
+
+
+class StoppedDomain:
+    """A stopped domain whose migration fails: records what is done to it."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.calls: list[str] = []
+
+    def isActive(self) -> bool:  # noqa: N802 (libvirt's names)
+        return self.active
+
+    def createWithFlags(self, flags: int) -> None:  # noqa: N802
+        self.calls.append(f"start paused={bool(flags & libvirt.VIR_DOMAIN_START_PAUSED)}")
+        self.active = True
+
+    def destroy(self) -> None:
+        self.calls.append("destroy")
+        self.active = False
+
+    def XMLDesc(self, flags: int = 0) -> str:  # noqa: N802
+        ours = InstanceMetadata("aaaa-1", 1, {"vauban.owner": "node-1"}).to_xml()
+        return domain(ROOT, SEED).replace("<devices>", f"<metadata>{ours}</metadata><devices>")
+
+    def migrateSetMaxDowntime(self, ms: int, flags: int) -> None:  # noqa: N802
+        pass
+
+    def maxMemory(self) -> int:  # noqa: N802
+        return 262144
+
+    def migrateToURI3(self, uri: str, params: dict[str, object], flags: int) -> None:  # noqa: N802
+        self.calls.append(f"migrate live={bool(flags & libvirt.VIR_MIGRATE_LIVE)}")
+        raise libvirt.libvirtError("Unable to connect to server")
+
+    def jobStats(self, flags: int = 0) -> dict[str, object]:  # noqa: N802
+        return {}
+
+    def UUIDString(self) -> str:  # noqa: N802
+        return "aaaa-1"
+
+    def name(self) -> str:
+        return "vauban-vm"
+
+
+def test_a_failed_cold_move_turns_the_vm_off_again_and_says_it_stays_stopped() -> None:
+    dom = StoppedDomain()
+    cold = order(copy_disks=True).model_copy(update={"cold": True})
+    with pytest.raises(HypervisorError, match="the VM stays stopped here"):
+        migrate(dom, cold, {}, lambda _p: None)  # type: ignore[arg-type]
+    assert dom.calls == ["start paused=True", "migrate live=False", "destroy"]
+    assert not dom.active
+    with pytest.raises(HypervisorError, match="only a running VM moves live"):
+        migrate(dom, order(), {}, lambda _p: None)  # type: ignore[arg-type]

@@ -40,8 +40,10 @@ class MovingHypervisor(FakeHypervisor):
         if "migrate" in self.fail_on or self.target is None:
             raise HypervisorError("migration to 10.0.0.2 failed: connection refused")
         moved = self.vms.pop(vm_id)
+        # moved cold: started paused here, left paused (running) there
         self.target.vms[vm_id] = dataclasses.replace(
-            moved, labels={**moved.labels, **labels}, persistent=True)
+            moved, labels={**moved.labels, **labels}, persistent=True,
+            running=moved.running or order.cold)
 
     def migration_downtime_ms(self, vm_id: str) -> int | None:
         return self.downtime
@@ -58,18 +60,20 @@ def disks(rec: Reconciler) -> set[str]:
     return rec.storage.disks
 
 
-def order(seq: int = 1) -> MigrationOrder:
+def order(seq: int = 1, cold: bool = False) -> MigrationOrder:
     return MigrationOrder(seq=seq, target_node_id="node-2", target_address="10.0.0.2",
-                          bandwidth_mib_s=0, max_downtime_ms=300, timeout_s=600)
+                          bandwidth_mib_s=0, max_downtime_ms=300, timeout_s=600, cold=cold)
 
 
-def leaving(seq: int = 1) -> DesiredVm:
-    return vm(VM_ID).model_copy(update={"migrate_to": order(seq)})
+def leaving(seq: int = 1, cold: bool = False) -> DesiredVm:
+    power = PowerState.STOPPED if cold else PowerState.RUNNING
+    return vm(VM_ID, power=power).model_copy(update={"migrate_to": order(seq, cold)})
 
 
-def arriving(seq: int = 1) -> DesiredVm:
-    return vm(VM_ID).model_copy(update={
-        "incoming_from": IncomingMigration(seq=seq, source_node_id="node-1")})
+def arriving(seq: int = 1, cold: bool = False) -> DesiredVm:
+    power = PowerState.STOPPED if cold else PowerState.RUNNING
+    return vm(VM_ID, power=power).model_copy(update={
+        "incoming_from": IncomingMigration(seq=seq, source_node_id="node-1", cold=cold)})
 
 
 def state(generation: int, *vms: DesiredVm) -> DesiredState:
@@ -179,6 +183,80 @@ def test_a_stopped_vm_is_not_moved_live(tmp_path: Path) -> None:
     rec.apply(state(2, leaving()))
     assert rec.wait_idle(10)
     assert hv.migrations == [] and VM_ID in hv.vms
+
+
+def stopped_source(tmp_path: Path) -> tuple[Reconciler, MovingHypervisor]:
+    hv = MovingHypervisor()
+    rec = reconciler(tmp_path, "node-1", hv)
+    rec.apply(state(1, vm(VM_ID, power=PowerState.STOPPED)))
+    assert rec.wait_idle(10) and not hv.vms[VM_ID].running
+    hv.calls.clear()
+    return rec, hv
+
+
+def test_a_stopped_vm_moves_cold_once_and_arrives_stopped(tmp_path: Path) -> None:
+    rec, hv = stopped_source(tmp_path)
+    target_hv = FakeHypervisor()
+    hv.target = target_hv
+    target = reconciler(tmp_path, "node-2", target_hv)
+    target.apply(state(1, arriving(cold=True)))
+    assert target.wait_idle(10) and target.observe()[0].migration is not None
+    rec.apply(state(2, leaving(cold=True)))
+    assert rec.wait_idle(10)
+    assert hv.migrations == [(VM_ID, 1, {OWNER_LABEL: "node-2"})] and hv.vms == {}
+    # arrived paused: reported at once, but not as arrived until it is off
+    assert target.arrivals() == {VM_ID}
+    [obs] = target.observe()
+    assert obs.state is ObservedVmState.INCOMING
+    assert obs.migration is not None and obs.migration.state == "ready"
+    target.apply(state(2, arriving(cold=True)))  # the pass the arrival asks for
+    assert target.wait_idle(10)
+    assert target_hv.calls == [f"force-off:{VM_ID[:4]}"] and not target_hv.vms[VM_ID].running
+    [obs] = target.observe()
+    assert obs.state is ObservedVmState.STOPPED
+    assert obs.migration is not None and obs.migration.state == "completed"
+    # the order stands until the controller hands it over: not moved again
+    rec.apply(state(3, leaving(cold=True)))
+    assert rec.wait_idle(10) and len(hv.migrations) == 1
+
+
+def test_a_cold_arrival_found_running_after_a_restart_is_turned_off(tmp_path: Path) -> None:
+    hv = FakeHypervisor()
+    hv.vms[VM_ID] = VmObservation(VM_ID, "vauban-vm", True, 1, None,
+                                  {OWNER_LABEL: "node-2"}, persistent=True)
+    rec = reconciler(tmp_path, "node-2", hv)  # a new agent: nothing prepared in memory
+    rec.apply(state(1, arriving(cold=True)))
+    assert rec.wait_idle(10)
+    assert hv.calls == [f"force-off:{VM_ID[:4]}"] and not hv.vms[VM_ID].running
+
+
+def test_a_failed_cold_move_leaves_the_vm_stopped_here(tmp_path: Path) -> None:
+    rec, hv = stopped_source(tmp_path)
+    hv.fail_on = {"migrate"}
+    rec.apply(state(2, leaving(cold=True)))
+    assert rec.wait_idle(10)
+    [obs] = rec.observe()
+    assert obs.state is ObservedVmState.STOPPED
+    assert obs.migration is not None and obs.migration.state == "failed"
+    assert not hv.vms[VM_ID].running and len(hv.migrations) == 1
+
+
+def test_a_fenced_node_does_not_start_a_vm_paused_to_move_it(tmp_path: Path) -> None:
+    hv = MovingHypervisor()
+    hv.target = FakeHypervisor()
+    refusal: list[str] = []
+    rec = Reconciler(hv, FakeStorage(tmp_path / "disks"), _image_source,
+                     tmp_path / "node-1" / "instances", owner="node-1", stop_grace_s=1,
+                     start_refusal=lambda: refusal[0] if refusal else None)
+    rec.apply(state(1, vm(VM_ID, power=PowerState.STOPPED)))
+    assert rec.wait_idle(10)
+    refusal.append("this node fenced itself")
+    rec.apply(state(2, leaving(cold=True)))
+    assert rec.wait_idle(10)
+    assert hv.migrations == [] and VM_ID in hv.vms
+    [obs] = rec.observe()
+    assert obs.migration is not None and obs.migration.state == "failed"
+    assert "this node fenced itself" in (obs.migration.error or "")
 
 
 class SharedStorage(FakeStorage):

@@ -14,6 +14,12 @@ memory: libvirt mirrors them over NBD, TLS-encrypted like the memory stream, int
 the files the target made at the same paths (VIR_MIGRATE_NON_SHARED_INC: a qcow2
 overlay's own clusters only, its backing image being the same on both nodes). The
 read-only seed stays behind: the target built its own.
+
+A stopped VM moves `cold` the same way: started paused here (its guest never runs a
+single instruction), migrated paused (not live), left paused there for the target's
+agent to turn off before it reports the arrival; on failure turned off here again.
+The disks and the definition thus travel over the same authenticated, encrypted
+channel as a live move's, and a failure leaves the VM stopped where it was.
 """
 
 from __future__ import annotations
@@ -47,7 +53,10 @@ def host_in_uri(address: str) -> str:
 
 def migration_flags(order: MigrationOrder) -> int:
     """migrateToURI3's flags for `order` (pure)."""
-    return MIGRATE_FLAGS | (libvirt.VIR_MIGRATE_NON_SHARED_INC if order.copy_disks else 0)
+    flags = MIGRATE_FLAGS | (libvirt.VIR_MIGRATE_NON_SHARED_INC if order.copy_disks else 0)
+    if order.cold:  # a guest that must not run: moved paused, and left paused there
+        flags = (flags & ~libvirt.VIR_MIGRATE_LIVE) | libvirt.VIR_MIGRATE_PAUSED
+    return flags
 
 
 def disks_to_copy(live_xml: str) -> list[str]:
@@ -138,10 +147,46 @@ class _Watch(threading.Thread):
 
 def migrate(dom: libvirt.virDomain, order: MigrationOrder,
             labels: dict[str, str], on_progress: Callable[[int], None]) -> None:
-    """Carry out `order` on the running `dom` (see HypervisorDriver.migrate)."""
-    if not dom.isActive():
-        raise HypervisorError(f"VM {dom.UUIDString()} is not running: only a running VM "
-                              "moves live", retryable=False)
+    """Carry out `order` on `dom` (see HypervisorDriver.migrate): running, live; stopped
+    (`order.cold`), started paused for the move and left paused there, its guest never
+    running; destroyed here again (still defined) if the move fails."""
+    if not order.cold:
+        if not dom.isActive():
+            raise HypervisorError(f"VM {dom.UUIDString()} is not running: only a running VM "
+                                  "moves live", retryable=False)
+        _move(dom, order, labels, on_progress, "the VM kept running here")
+        return
+    if dom.isActive():
+        raise HypervisorError(f"VM {dom.UUIDString()} runs: only a stopped VM moves cold",
+                              retryable=False)
+    try:
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+    except libvirt.libvirtError as e:
+        raise HypervisorError(f"cannot start the VM paused for its move: "
+                              f"{e.get_error_message()}; it stays stopped here",
+                              retryable=False) from e
+    try:
+        _move(dom, order, labels, on_progress, "the VM stays stopped here")
+    except BaseException:
+        _destroy_paused(dom)
+        raise
+
+
+def _destroy_paused(dom: libvirt.virDomain) -> None:
+    """Turn off again the domain started paused for a cold move that failed (its
+    definition stays); logged if it cannot be, the agent's next pass stops it."""
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as e:
+        log.error("VM %s: could not turn off again after a failed cold move: %s",
+                  dom.UUIDString(), e.get_error_message())
+
+
+def _move(dom: libvirt.virDomain, order: MigrationOrder, labels: dict[str, str],
+          on_progress: Callable[[int], None], kept: str) -> None:
+    """migrateToURI3 with `order`'s flags and parameters, its progress followed; a failure
+    raised as HypervisorError ending in `kept` (what became of the VM here)."""
     try:
         live_xml = relabel_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), labels)
         persist_xml = relabel_domain_xml(dom.XMLDesc(
@@ -150,7 +195,7 @@ def migrate(dom: libvirt.virDomain, order: MigrationOrder,
         memory_bytes = dom.maxMemory() * 1024 if order.copy_disks else 0
     except libvirt.libvirtError as e:
         raise HypervisorError(f"prepare the migration of {dom.name()}: "
-                              f"{e.get_error_message()}") from e
+                              f"{e.get_error_message()}; {kept}") from e
     params = migration_params(order, live_xml, persist_xml)
     watch = _Watch(dom, time.monotonic() + order.timeout_s, on_progress, memory_bytes)
     watch.start()
@@ -164,10 +209,9 @@ def migrate(dom: libvirt.virDomain, order: MigrationOrder,
                 f"(under the {order.max_downtime_ms} ms downtime limit) and was aborted with "
                 f"{watch.aborted_remaining // 2**20} MiB of "
                 f"{'disk and memory' if order.copy_disks else 'memory'} still to copy; "
-                "the VM kept running here", retryable=False) from e
+                f"{kept}", retryable=False) from e
         raise HypervisorError(f"migration to {order.target_address} failed: "
-                              f"{e.get_error_message()}; the VM kept running here",
-                              retryable=False) from e
+                              f"{e.get_error_message()}; {kept}", retryable=False) from e
     finally:
         watch.done.set()
         watch.join()
