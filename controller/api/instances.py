@@ -116,7 +116,8 @@ def set_instance_ha(ref: str, body: schemas.InstanceHa) -> Any:
 
 
 @api.route("POST", "/<ref>/migrate", access=Region(Perm.NODES_WRITE),
-           summary="Move a running VM to another node live (its local root disk copied along)",
+           summary="Move a VM to another node: live if it runs, cold if it is stopped (a "
+                   "local root disk copied along)",
            body=schemas.InstanceMigrate, body_optional=True,
            responses={202: schemas.Operation})
 def migrate_instance(ref: str, body: schemas.InstanceMigrate) -> Any:

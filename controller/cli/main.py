@@ -644,8 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
         if action in forced:
             sp.add_argument("--force", action="store_true", help=forced[action])
     ha_vm_commands(vm, add)
-    mg = add(vm, "migrate", cmd_vm_migrate, "move a running VM to another node without "
-             "stopping it (a root disk on local storage is copied along)")
+    mg = add(vm, "migrate", cmd_vm_migrate, "move a VM to another node: a running one "
+             "live, without stopping it; a stopped one cold, it stays stopped (a root disk "
+             "on local storage is copied along)")
     mg.add_argument("name")
     mg.add_argument("--to", metavar="NODE", help="the node to move it to (default: the "
                     "scheduler picks one)")

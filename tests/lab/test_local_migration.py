@@ -2,7 +2,7 @@
 nodes of its own beside the session's, and a controller on local storage. A guest
 writing to its disk moves with its root disk copied (NBD over TLS beside the memory)
 without losing a write; afterwards its old node holds no copy of the disk, and it moves
-back the same way.
+back the same way. A stopped VM moves cold with its disk, stays stopped, and boots there.
 """
 
 from __future__ import annotations
@@ -139,5 +139,36 @@ def test_a_vm_on_local_disks_moves_live_with_its_disk_and_back_losing_no_write(
         assert final > last_before
         assert sectors_on(region, first, root_disk(region, first, vm["id"]), final) == \
             [f"seq {n}" for n in range(1, final + 1)]
+    finally:
+        made.delete_all()
+
+
+def test_a_stopped_vm_on_local_disks_moves_cold_with_its_disk_and_boots_there(
+        local_region: LabRegion, tmp_path: Path) -> None:
+    region, tag = local_region, uuid.uuid4().hex[:6]
+    first, second = (n.name for n in region.nodes)
+    made = Made(region)
+    try:
+        vm = made.vm(f"cold-{tag}", "--node", first, "--disk", "1",
+                     "--user-data", str(writer(tmp_path)))
+        wait_for(lambda: written(region.console(vm)) >= 3, BOOT_TIMEOUT,
+                 "the guest to write to its disk")
+        region.cli("vm", "stop", vm["name"], "--force", "--wait")
+        last = written(region.console(vm))
+        disk = root_disk(region, first, vm["id"])
+        region.cli("vm", "migrate", vm["name"], "--to", second, "--wait")
+        moved = region.vm(vm["name"])
+        assert (moved["node_name"], moved["state"]) == (second, "stopped")
+        # defined there and off (its guest never ran on the way); gone from the old node
+        status, state = region.on_node(second, f"virsh -c qemu:///system domstate {vm['id']}")
+        assert status == 0 and state.strip() == "shut off", state
+        assert vm["id"] not in domains_on(region, first)
+        wait_for(lambda: region.on_node(first, f"test -e {disk}")[0] != 0, MOVE_TIMEOUT,
+                 "the source to drop its copy of the disk")
+        assert sectors_on(region, second, root_disk(region, second, vm["id"]), last) == \
+            [f"seq {n}" for n in range(1, last + 1)]
+        region.cli("vm", "start", vm["name"], "--wait")
+        wait_for(lambda: "VAUBAN-TESTGUEST-READY" in region.console(region.vm(vm["name"])),
+                 BOOT_TIMEOUT, "the moved guest to boot from its copied disk")
     finally:
         made.delete_all()
