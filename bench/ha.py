@@ -79,6 +79,17 @@ def fencing_steps(region: LabRegion, target: str, since: datetime) -> list[str]:
             for at, e in steps]
 
 
+def fencing_log(log_file: Path, start: int, node: str) -> list[str]:
+    """The controller's log lines since byte `start` on `node`'s loss and fencing (with
+    their times, as the controller logged them)."""
+    with log_file.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    return [line for line in text.splitlines()
+            if f"node {node}" in line and any(word in line for word in
+                                               ("lost", "fenc", "power", "BMC", "Ceph"))]
+
+
 def set_bmc(region: LabRegion, name: str) -> None:
     node = region.node(name)
     address, port, user, password = lab_bmc.credentials(node)
@@ -99,6 +110,8 @@ def one_round(region: LabRegion, count: int, number: int) -> dict[str, Any]:
     for name in names:
         wait_for(lambda n=name: READY in region.console(region.vm(n)), BOOT_TIMEOUT, "boot")
     node_id = region.json("node", "show", victim.name)["id"]
+    log_file = region.layout.service("controller").logfile
+    log_from = log_file.stat().st_size if log_file.exists() else 0
     cut_wall, cut = datetime.now().astimezone(), time.monotonic()
     lab_node.power_cut(victim)
     try:
@@ -117,7 +130,8 @@ def one_round(region: LabRegion, count: int, number: int) -> dict[str, Any]:
         fencing = (fenced - lost).total_seconds()
         result = {"vms": count, "detection_s": detection, "fencing_s": fencing,
                   "restart_s": total - detection - fencing, "total_s": total,
-                  "fencing_steps": fencing_steps(region, f"node/{node_id}", lost)}
+                  "fencing_steps": fencing_steps(region, f"node/{node_id}", lost),
+                  "controller_log": fencing_log(log_file, log_from, victim.name)}
     finally:
         for name in names:
             region.cli("vm", "delete", name, "--wait")
@@ -158,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"boot); total {r['total_s']:.1f} s (goal 30 s)", flush=True)
                 for step in r["fencing_steps"]:
                     print(f"  fencing: {step}", flush=True)
+                for line in r["controller_log"]:
+                    print(f"  controller: {line}", flush=True)
     except Exception as e:
         print(f"benchmark failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

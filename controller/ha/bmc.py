@@ -22,10 +22,13 @@ command). `power_off` then reads the state back for at most `timeout_s` more.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 PowerState = Literal["on", "off"]
 DEFAULT_TIMEOUT_S = 30.0
@@ -76,10 +79,16 @@ class Bmc:
         """Cut the node's power (a hard off, not a shutdown request). Returns only once a
         separate read of the power state says off. BmcError otherwise, and then the node
         may still be on: nothing may be taken as fenced."""
-        deadline = time.monotonic() + self.timeout_s
+        started = time.monotonic()
+        deadline = started + self.timeout_s
         self._call(lambda c: c.set_power("off", wait=False))
+        asked, reads = time.monotonic(), 0
         while True:
+            reads += 1
             if self.power_state() == "off":
+                log.info("%s: power off asked in %.1f s, read back off in %.1f s more "
+                         "(%d reads)", self.where, asked - started, time.monotonic() - asked,
+                         reads)
                 return
             if time.monotonic() >= deadline:
                 raise BmcError(f"{self.where} accepted the power off, but still reports "

@@ -116,7 +116,8 @@ def tick(sessions: sessionmaker[Session], config: ControllerConfig, fencer: Fenc
         due = list(db.scalars(select(Failover.id).where(Failover.state.in_(ACTIVE))
                               .order_by(Failover.created_at)))
     for failover_id in due:
-        advance(sessions, config, fencer, failover_id, now)
+        while advance(sessions, config, fencer, failover_id, now):
+            pass  # each confirmed step is followed by the next at once
 
 
 def detect(sessions: sessionmaker[Session], config: ControllerConfig, fencer: Fencer,
@@ -146,26 +147,28 @@ def detect(sessions: sessionmaker[Session], config: ControllerConfig, fencer: Fe
 
 
 def advance(sessions: sessionmaker[Session], config: ControllerConfig, fencer: Fencer,
-            failover_id: str, now: Callable[[], datetime]) -> None:
-    """One step of one failover (see the module's docstring)."""
+            failover_id: str, now: Callable[[], datetime]) -> bool:
+    """One step of one failover (see the module's docstring). True when a fencing step
+    was confirmed: the next one is due at once (not a tick later)."""
     with sessions() as db, db.begin():
         fo = db.get(Failover, failover_id, with_for_update=True)
         if fo is None or fo.state not in ACTIVE or \
                 (fo.claimed_until is not None and as_utc(fo.claimed_until) > now()):
-            return
+            return False
         node = db.get_one(Node, fo.node_id)
         if fo.state == "fenced":
             _restart(db, config, fo, node, now())
-            return
+            return False
         if fo.state == "detected" and node.last_seen_at is not None and \
                 now() - as_utc(node.last_seen_at) < timedelta(seconds=config.node_down_after_s):
             _end(fo, "cancelled", "its agent reported again before it was fenced", now())
             audit.record(db, "controller", "node.fence", f"node/{node.id}", "cancelled",
                          name=node.name, reason=fo.reason)
-            return
+            return False
         state, target = fo.state, lost_node(db, node)
         fo.claimed_until = now() + timedelta(seconds=config.fence_step_timeout_s)
     step = "power-off" if state == "detected" else "storage"
+    log.info("node %s: fencing step %s started", target.name, step)
     try:
         if state == "detected":
             fencer.power_off(target)
@@ -173,11 +176,11 @@ def advance(sessions: sessionmaker[Session], config: ControllerConfig, fencer: F
             fencer.cut_storage(target)
     except FenceError as e:
         _step_failed(sessions, failover_id, state, step, target, str(e), now())
-        return
+        return False
     with sessions() as db, db.begin():
         fo = db.get(Failover, failover_id, with_for_update=True)
         if fo is None or fo.state != state:
-            return  # an operator moved it on meanwhile (e.g. vouched the power is off)
+            return False  # an operator moved it on meanwhile (e.g. vouched it is off)
         fo.state = "powered-off" if state == "detected" else "fenced"
         fo.claimed_until, fo.attempts = None, 0
         fo.reason = ("cutting it off from Ceph (blocklist)" if fo.state == "powered-off"
@@ -185,6 +188,7 @@ def advance(sessions: sessionmaker[Session], config: ControllerConfig, fencer: F
         audit.record(db, "controller", "node.fence", f"node/{target.id}", "succeeded",
                      name=target.name, step=step)
     log.warning("node %s: fencing step %s confirmed", target.name, step)
+    return True
 
 
 def _step_failed(sessions: sessionmaker[Session], failover_id: str, state: str, step: str,

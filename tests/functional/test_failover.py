@@ -35,6 +35,7 @@ class FakeFencer:
     storage_error: str | None = None
     calls: list[str] = field(default_factory=list)
     during_power_off: Callable[[], None] | None = None
+    during_cut: Callable[[], None] | None = None
 
     def storage_alive(self, node: LostNode) -> bool:
         return self.alive
@@ -48,6 +49,8 @@ class FakeFencer:
 
     def cut_storage(self, node: LostNode) -> None:
         self.calls.append(f"cut {node.name} {','.join(node.addresses)}")
+        if self.during_cut is not None:
+            self.during_cut()
         if self.storage_error:
             raise FenceError(self.storage_error)
 
@@ -106,14 +109,14 @@ def the_failover(region: Region) -> Failover:
 def test_a_lost_node_is_powered_off_then_cut_off_then_its_ha_vms_restart_elsewhere(
         api: Api, rbd_region: Region) -> None:
     nodes, clock, fencer = lab(api), Clock(), FakeFencer()
+    where: list[str] = []  # web-ha's node while each fencing step runs
+    fencer.during_power_off = fencer.during_cut = lambda: where.append(
+        api.get("/api/v1/instances/web-ha").json["node_name"])
     silence(rbd_region, "a", clock)
-    ticks(rbd_region, fencer, clock)
-    assert fencer.calls == ["power-off a"]
-    assert api.get("/api/v1/instances/web-ha").json["node_name"] == "a"  # not yet
+    # one tick: each step confirmed is followed by the next at once, never skipped
     ticks(rbd_region, fencer, clock)
     assert fencer.calls == ["power-off a", f"cut a {UNDERLAY['a']}"]
-    assert api.get("/api/v1/instances/web-ha").json["node_name"] == "a"  # still not
-    ticks(rbd_region, fencer, clock)
+    assert where == ["a", "a"]  # nothing restarted before both steps were confirmed
     assert the_failover(rbd_region).state == "done"
     moved = api.get("/api/v1/instances/web-ha").json
     assert moved["node_name"] == "b" and moved["ha"] is True
