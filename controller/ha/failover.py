@@ -221,6 +221,7 @@ def _restart(db: Session, config: ControllerConfig, fo: Failover, node: Node,
     moved = 0
     pol = instances.policy(config)
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
+    snap = scheduler.snapshot(db, candidates, pol)  # read once; each placement added to it
     for inst in db.scalars(select(Instance).where(
             Instance.node_id == node.id, Instance.ha.is_(True),
             Instance.deleting.is_(False)).order_by(Instance.name)):
@@ -235,13 +236,13 @@ def _restart(db: Session, config: ControllerConfig, fo: Failover, node: Node,
             migrations.abandon(db, inst)
         try:
             placement = scheduler.place(
-                scheduler.snapshot(db, candidates, pol),
-                scheduler.PlacementRequest(inst.vcpus, inst.memory_mib,
-                                           excluded_node_ids=frozenset({node.id})),
+                snap, scheduler.PlacementRequest(inst.vcpus, inst.memory_mib,
+                                                 excluded_node_ids=frozenset({node.id})),
                 pol, now)
         except NoValidHost as e:
             waiting.append(f"{inst.name}: {_short(e.detail)}")
             continue
+        snap.took(placement.node_id, inst.vcpus, inst.memory_mib)
         target = db.get_one(Node, placement.node_id)
         for op in operations.active_for(db, inst.id):  # its lost node will never settle them
             operations.finish(op, error=f"node {node.name} was lost; the VM was restarted "

@@ -142,6 +142,14 @@ class Snapshot:
         return self.disks.get(node_id) or DiskCapacity(
             LOCAL_POOL, None, unknown="has not reported its disk capacity")
 
+    def took(self, node_id: str, vcpus: int, memory_mib: int) -> None:
+        """`node_id` also holds a VM of this size now (placed from this snapshot, recorded
+        by the caller), so that the next placement from it counts that VM without reading
+        the region again. Its disk is not counted: for moves within shared storage only."""
+        u = self.usage.get(node_id, Usage())
+        self.usage[node_id] = Usage(u.vcpus + vcpus, u.memory_mib + memory_mib,
+                                    u.instances + 1, u.disk_gib)
+
 
 # --- reading the region (inside the caller's transaction) ------------------------------
 

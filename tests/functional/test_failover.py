@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from agent.protocol import MigrationReport, ObservedVmState
 from controller.app import create_app
@@ -21,7 +21,7 @@ from controller.ha import failover
 from controller.ha.failover import FenceError, LostNode
 from controller.region import Region
 from tests.functional.cli_helpers import cli_answered_by
-from tests.functional.helpers import RAW_IMAGE, Api, FakeNode
+from tests.functional.helpers import RAW_IMAGE, Api, FakeNode, inventory
 from tests.functional.test_instances import _create, _observed
 from tests.functional.test_migrate import UNDERLAY, tell, vms_of
 
@@ -305,3 +305,38 @@ def test_a_fenced_node_with_a_bmc_and_a_failover_behind_it_can_be_removed(
     with rbd_region.sessions() as db:
         assert db.scalars(select(Failover)).all() == []
         assert db.scalars(select(NodeBmc)).all() == []
+
+
+def test_the_lost_nodes_ha_vms_fill_what_is_free_from_one_reading_of_the_region(
+        api: Api, rbd_region: Region) -> None:
+    """Restarting many VMs reads the region's usage once (not once per VM, a scan of every
+    instance each), and still counts each VM it placed before it places the next."""
+    reserved = rbd_region.config.reserved_host_memory_mib
+    a = api.join_node("a", memory_mib=65536, underlay_ip=UNDERLAY["a"])
+    room = reserved + 2 * 2048 + 100  # for two of the three
+    b = api.join_node("b", memory_mib=room, underlay_ip=UNDERLAY["b"])
+    api.report(b, [], inv=inventory(memory_mib=room, underlay_ip=UNDERLAY["b"]))
+    for i in range(3):
+        assert _create(api, f"ha-{i}", node="a", ha=True, memory_mib=2048).status_code == 202
+    d = api.desired(a)
+    tell(api, a, *[_observed(v, ObservedVmState.RUNNING) for v in d["vms"]],
+         applied=d["generation"])
+    clock, fencer = Clock(), FakeFencer()
+    silence(rbd_region, "a", clock)
+    usage_reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "GROUP BY instances.node_id" in statement:
+            usage_reads.append(statement)
+
+    event.listen(rbd_region.engine, "before_cursor_execute", count)
+    try:
+        ticks(rbd_region, fencer, clock)
+    finally:
+        event.remove(rbd_region.engine, "before_cursor_execute", count)
+    assert len(usage_reads) == 1
+    placed = sorted(name for name in vms_of(api, b))
+    assert placed == ["ha-0", "ha-1"]  # room for two: the third waits, in words
+    fo = the_failover(rbd_region)
+    assert fo.state == "fenced" and "waiting for room for: ha-2" in (fo.reason or "")
+    assert "MiB memory free, 2048 asked" in (fo.reason or "")
