@@ -79,13 +79,19 @@ def fencing_steps(region: LabRegion, target: str, since: datetime) -> list[str]:
             for at, e in steps]
 
 
+def since(path: Path, start: int) -> list[str]:
+    """The lines written to `path` since byte `start` (none if it does not exist)."""
+    if not path.exists():
+        return []
+    with path.open("rb") as f:
+        f.seek(start)
+        return f.read().decode(errors="replace").splitlines()
+
+
 def fencing_log(log_file: Path, start: int, node: str) -> list[str]:
     """The controller's log lines since byte `start` on `node`'s loss and fencing (with
     their times, as the controller logged them)."""
-    with log_file.open("rb") as f:
-        f.seek(start)
-        text = f.read().decode(errors="replace")
-    return [line for line in text.splitlines()
+    return [line for line in since(log_file, start)
             if f"node {node}" in line and any(word in line for word in
                                                ("lost", "fenc", "power", "BMC", "Ceph"))]
 
@@ -112,6 +118,8 @@ def one_round(region: LabRegion, count: int, number: int) -> dict[str, Any]:
     node_id = region.json("node", "show", victim.name)["id"]
     log_file = region.layout.service("controller").logfile
     log_from = log_file.stat().st_size if log_file.exists() else 0
+    calls = lab_bmc.folder(victim) / "calls.log"
+    calls_from = calls.stat().st_size if calls.exists() else 0
     cut_wall, cut = datetime.now().astimezone(), time.monotonic()
     lab_node.power_cut(victim)
     try:
@@ -131,7 +139,8 @@ def one_round(region: LabRegion, count: int, number: int) -> dict[str, Any]:
         result = {"vms": count, "detection_s": detection, "fencing_s": fencing,
                   "restart_s": total - detection - fencing, "total_s": total,
                   "fencing_steps": fencing_steps(region, f"node/{node_id}", lost),
-                  "controller_log": fencing_log(log_file, log_from, victim.name)}
+                  "controller_log": fencing_log(log_file, log_from, victim.name),
+                  "bmc_calls": since(calls, calls_from)}
     finally:
         for name in names:
             region.cli("vm", "delete", name, "--wait")
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  fencing: {step}", flush=True)
                 for line in r["controller_log"]:
                     print(f"  controller: {line}", flush=True)
+                for line in r["bmc_calls"]:
+                    print(f"  BMC: {line}", flush=True)
     except Exception as e:
         print(f"benchmark failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

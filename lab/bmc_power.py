@@ -27,6 +27,7 @@ from lab.node import LabNode, power_cut, powered, start
 HOLD_POLL_S = 0.2
 IGNORED_OFF = "ignored-power-off"  # marker: an ignored power off reads off until power on
 HOLDING = "holding-power-off"  # marker: a power off waits on the hold switch now
+CALLS_LOG = "calls.log"  # each request, timed
 
 
 def main(argv: list[str]) -> int:
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> int:
     if lab is None or node is None:
         print(f"no node {name} in the lab recorded in {state}")
         return 1
+    began = time.time()
     try:
         if op == "get":
             for parm in args:
@@ -54,8 +56,22 @@ def main(argv: list[str]) -> int:
     except (RuntimeError, OSError, ValueError) as e:
         print(f"node {name}: {e}")
         return 1
+    finally:
+        _note(node, began, argv[2:])
     print(f"unknown operation {op}")
     return 1
+
+
+def _note(node: LabNode, began: float, request: list[str]) -> None:
+    """One line per request in the BMC's calls.log (when it began, how long it took):
+    what a slow power off spent its time on."""
+    took = time.time() - began
+    stamp = time.strftime("%H:%M:%S", time.localtime(began)) + f".{int(began % 1 * 1000):03d}"
+    try:
+        with (bmc.folder(node) / CALLS_LOG).open("a") as log:
+            log.write(f"{stamp} {' '.join(request)} took {took:.2f} s\n")
+    except OSError:
+        pass  # a diagnostic only: a BMC without its folder (a unit test) still answers
 
 
 def _get(node: LabNode, parm: str) -> str:
