@@ -113,7 +113,10 @@ class Bmc:
                 session = ipmi_command.Command(
                     bmc=self.address, port=self.port, userid=self.username.encode(),
                     password=self.password.encode(), keepalive=False)
-                result: dict[str, Any] = action(session)
+                try:
+                    result: dict[str, Any] = action(session)
+                finally:
+                    _close(session)
             except pyghmi_exceptions.IpmiException as e:
                 raise BmcError(self._explain(e, time.monotonic() - started)) from e
             except OSError as e:
@@ -136,3 +139,15 @@ class Bmc:
             said = "" if text in ("", "None") else f": {text}"
             return f"{self.where} did not answer (waited {waited:.1f} s{said})"
         return f"{self.where} failed: {text}"
+
+
+def _close(command: Any) -> None:
+    """Log the command's session out. A BMC has few session slots (often 4 or 5), and
+    pyghmi would otherwise keep the session and reuse it at the next call, minutes later,
+    when the BMC has long dropped it: that call then waits out pyghmi's retries before it
+    logs in again (measured in the lab: a power off confirmed after 20 s instead of 0.4 s).
+    A failure to log out is logged and otherwise ignored: the call's answer stands."""
+    try:
+        command.ipmi_session.logout()
+    except Exception as e:  # noqa: BLE001 (pyghmi raises several kinds; none matters here)
+        log.info("IPMI session not logged out: %s", e)

@@ -4,6 +4,7 @@ whose chassis control is a small program that keeps the power state in a file.""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -103,6 +104,32 @@ def test_power_off_returns_once_the_bmc_reads_off(sim: Sim) -> None:
     sim.bmc.power_on()
     assert sim.power_file.read_text().strip() == "1"
     assert sim.bmc.power_state() == "on"
+
+
+def active_sessions(sim: Sim) -> int:
+    """The sessions open on the BMC, as ipmitool reads them (its own one included)."""
+    done = subprocess.run(
+        ["ipmitool", "-I", "lanplus", "-C", "3", "-H", sim.bmc.address, "-p",
+         str(sim.bmc.port), "-U", sim.bmc.username, "-E", "session", "info", "all"],
+        env={**os.environ, "IPMI_PASSWORD": sim.bmc.password}, capture_output=True,
+        text=True, timeout=60, check=True)
+    found = re.search(r"active sessions\s*:\s*(\d+)", done.stdout)
+    assert found, done.stdout
+    return int(found.group(1))
+
+
+def test_each_call_closes_its_session_on_the_bmc(sim: Sim) -> None:
+    """A BMC has few session slots; a session left open also goes stale and makes the
+    next call wait out the client's retries."""
+    if shutil.which("ipmitool") is None:
+        pytest.skip("ipmitool is missing (make test installs it)")
+    assert active_sessions(sim) == 1  # ipmitool's own
+    assert sim.bmc.power_state() == "on"
+    sim.bmc.power_off()
+    assert active_sessions(sim) == 1
+    sim.bmc.power_on()
+    assert sim.bmc.power_state() == "on"
+    assert active_sessions(sim) == 1
 
 
 def test_a_wrong_password_is_named(sim: Sim) -> None:
