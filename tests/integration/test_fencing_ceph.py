@@ -35,6 +35,7 @@ from agent.reconcile import OWNER_LABEL, Reconciler
 from agent.storage_heartbeat import StorageHeartbeat
 from controller.ha.ceph import (
     FENCE_USER,
+    READ_WINDOW,
     CephAccess,
     CephHaError,
     Fencer,
@@ -181,6 +182,27 @@ def test_the_agents_heartbeat_is_read_back_by_the_controller(
     assert not judge.observe(node_id, got).stale
     now[0] = 30.0
     assert judge.observe(node_id, got).stale  # unchanged for 30 s by our clock
+
+
+def test_a_round_reads_every_heartbeat_across_its_read_windows(
+        ceph_admin: Any, node_access: CephAccess) -> None:
+    """More nodes than one window of reads in flight: each gets its own heartbeat, the
+    missing ones None, none mixed up."""
+    ids = [f"it-{secrets.token_hex(6)}" for _ in range(READ_WINDOW + 5)]
+    written = {n: i + 1 for i, n in enumerate(ids) if i % 3}  # every third never wrote
+    with ceph_admin.open_ioctx(POOL) as ioctx:
+        ioctx.set_namespace(STORAGE_HEARTBEAT_NAMESPACE)
+        try:
+            for n, seq in written.items():
+                ioctx.write_full(storage_heartbeat_object(n), json.dumps(
+                    {"seq": seq, "sent_at": "2026-12-03T00:00:00Z"}).encode())
+            read = read_heartbeats(node_access, POOL, ids)
+        finally:
+            for n in written:
+                ioctx.remove_object(storage_heartbeat_object(n))
+    assert set(read) == set(ids)
+    assert {n: b.seq for n, b in read.items() if b is not None} == written
+    assert all(read[n] is None for n in ids if n not in written)
 
 
 def running_domain(driver: LibvirtDriver, domains: Domains, workdir: Path, owner: str) -> str:
