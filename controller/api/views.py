@@ -15,6 +15,7 @@ from controller.db.models import (
     Instance,
     Network,
     Node,
+    NodeBmc,
     Operation,
     Port,
     SecurityGroup,
@@ -30,7 +31,7 @@ from controller.services.volumes import display_state as volume_state
 
 def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
               storage: HeartbeatView | None = None,
-              failover: Failover | None = None) -> schemas.Node:
+              failover: Failover | None = None, bmc: NodeBmc | None = None) -> schemas.Node:
     now = datetime.now(UTC)
     beat = schemas.StorageHeartbeat(seq=storage.seq, changed_at=storage.changed_at,
                                     stale=storage.stale, detail=storage.describe(now)) \
@@ -49,6 +50,8 @@ def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
         failover={"id": failover.id, "state": failover.state, "reason": failover.reason,
                   "since": failover.created_at.isoformat()} if failover else None,
         migration_address=n.migration_address, hypervisor_cert_serial=n.hypervisor_cert_serial,
+        bmc={"kind": bmc.kind, "address": bmc.address, "port": bmc.port,
+             "username": bmc.username} if bmc else None,
     )
 
 

@@ -100,6 +100,9 @@ class Node(Output):
         "Ceph); it takes no VMs until recovered (vauban node recover)")
     failover: dict[str, Any] | None = Field(
         default=None, description="Its failover under way or last ended: state, reason")
+    bmc: dict[str, Any] | None = Field(
+        default=None, description="How its BMC is reached (kind, address, port, username; "
+        "never the password), on a single node's answer; null: none configured, or a list")
 
 
 class ImageImportQuery(Input):

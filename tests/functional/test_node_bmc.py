@@ -38,6 +38,11 @@ def test_a_bmc_is_kept_once_it_answered_and_its_password_never_shows(
     assert r.json["power_state"] == "on" and "password" not in r.json  # type: ignore[index]
     shown = api.get("/api/v1/nodes/a/bmc")
     assert shown.status_code == 200 and sim.bmc.password not in shown.get_data(as_text=True)
+    node = api.get("/api/v1/nodes/a")  # the node's page shows it too, never the password
+    assert node.json["bmc"] == {"kind": "ipmi", "address": sim.bmc.address,  # type: ignore[index]
+                                "port": sim.bmc.port, "username": sim.bmc.username}
+    assert sim.bmc.password not in node.get_data(as_text=True)
+    assert all(n["bmc"] is None for n in api.get("/api/v1/nodes").json)  # type: ignore[union-attr]
     with rbd_region.sessions() as db:
         stored = db.get_one(NodeBmc, api.get("/api/v1/nodes/a").json["id"])
         assert sim.bmc.password not in stored.password_sealed

@@ -238,6 +238,7 @@ export function OperationProgress({ opId, label }) {
   return html`<div class="operation" role="status" aria-live="polite">
     <span>${label || op.kind} on ${op.target_name}: <${StateBadge} state=${op.state} /></span>
     <progress max="100" value=${op.progress} aria-label=${`${op.kind} progress`}>${op.progress}%</progress>
+    ${!failed && op.message && html`<p class="hint">${op.message}</p>`}
     ${failed && html`<p class="error-text">${op.error}</p>`}
   </div>`;
 }

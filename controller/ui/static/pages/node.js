@@ -1,6 +1,7 @@
 // One node: its state and capacity, labels (editable by those allowed), qualification
 // report, hardware inventory, GPUs with telemetry, VMs, failures, and the rollouts that
-// reached it when it was onboarded through the fleet; removal with confirmation.
+// reached it when it was onboarded through the fleet; maintenance and HA (node_ha.js);
+// removal with confirmation.
 import { html, useState } from "../lib/html.js";
 import { api } from "../lib/api.js";
 import { navigate } from "../lib/router.js";
@@ -11,6 +12,7 @@ import { ago, bytes, mib, time } from "../lib/format.js";
 import { useSession } from "../lib/session.js";
 import { CertExpiry } from "./nodes.js";
 import { Hardware, Qualification } from "./node_hardware.js";
+import { NodeAvailability } from "./node_ha.js";
 
 export default function Node({ params }) {
   const { can } = useSession();
@@ -56,6 +58,7 @@ export default function Node({ params }) {
         <${LabelEditor} node=${node} path=${path} editable=${can.regionWrite} onChanged=${reload} />
       </div>
     </div>
+    <${NodeAvailability} node=${node} path=${path} canAct=${can.regionWrite} onChanged=${reload} />
     <h2>Qualification</h2>
     <${Qualification} report=${inv.qualification} />
     <h2>Hardware</h2>

@@ -1,6 +1,6 @@
 // One VM: its state (live from the event stream), where it runs, its disks, volumes, NICs,
-// GPUs, what its node failed to do, its operations; and the power actions, each followed
-// by its operation's progress.
+// GPUs, what its node failed to do, its operations; the power actions, each followed by
+// its operation's progress; moving it and its HA mark (vm_move.js).
 import { html, useEffect, useState } from "../lib/html.js";
 import { api } from "../lib/api.js";
 import { subscribe } from "../lib/events.js";
@@ -10,6 +10,7 @@ import {
 } from "../lib/components.js";
 import { ago, bytes, gib, mib, time } from "../lib/format.js";
 import { useSession } from "../lib/session.js";
+import { Placement } from "./vm_move.js";
 
 const WRITERS = ["project-admin", "project-member"];
 // terminal control sequences (colours, cursor moves) and carriage returns: a log shown as text
@@ -192,7 +193,7 @@ export default function Vm({ params, query }) {
   // 404): the page keeps what it last saw and waits for the event that says it is gone.
   const [frozen, setFrozen] = useState(null);
   const [deleted, setDeleted] = useState(false);
-  const { data, error, loading } = useApi(frozen ? null : `/instances/${encodeURIComponent(ref)}`,
+  const { data, error, loading, reload } = useApi(frozen ? null : `/instances/${encodeURIComponent(ref)}`,
     { events: ["vm", "operation"] });
   const vm = frozen || data;
   const vols = useApi("/volumes", { events: ["volume"] });
@@ -231,6 +232,8 @@ export default function Vm({ params, query }) {
     ${vm.failures.length > 0 && html`<div class="card failures"><h2>What its node could not do</h2>
       <ul>${vm.failures.map((f) => html`<li>${failureWords(f)}</li>`)}</ul></div>`}
     <div class="card"><${Facts} vm=${vm} image=${image} /></div>
+    <${Placement} vm=${vm} canMove=${can.regionWrite} canMark=${mayAct(account, can, vm.project)}
+      onOp=${onOp} onChanged=${reload} />
     <${Hardware} vm=${vm} volumes=${volumes} />
     <${Operations} vmId=${vm.id} />
     <${SerialLog} vm=${vm} canRead=${mayAct(account, can, vm.project)} />
