@@ -83,14 +83,19 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
                                  project_id=inst.project_id)
         operations.finish(op)
         return op
+    copy_disks = config.storage != "rbd"  # each node's own disks: the root disk goes along
+    needs = [f for f, wanted in (("copy_disks", copy_disks), ("cold", cold)) if wanted]
     for node in (source, pinned):
         if node is not None and not migration_ready(node):
             raise Conflict(f"node {node.name} is not ready for live migration: its libvirt "
                            "TLS listener is not up (see vauban node show)")
+        if node is not None and (lacking := _lacking(node, needs)):
+            raise Conflict(f"node {node.name}'s agent {lacking}")
     unready = tuple((n.id, "is not ready for live migration (libvirt TLS)")
-                    for n in candidates if not migration_ready(n))
+                    for n in candidates if not migration_ready(n)) + tuple(
+        (n.id, f"its agent {lacking}") for n in candidates
+        if migration_ready(n) and (lacking := _lacking(n, needs)))
     pol = instances.policy(config)
-    copy_disks = config.storage != "rbd"  # each node's own disks: the root disk goes along
     request = scheduler.PlacementRequest(
         inst.vcpus, inst.memory_mib, pinned.id if pinned else None,
         disk_gib=instances.root_disk_gib_of(inst.root_disk_gib, inst.image) if copy_disks
@@ -161,6 +166,19 @@ def reassign_stopped(db: Session, actor: str, inst: Instance, config: Controller
                  name=inst.name, source=source.name, to=target.name, cold=True)
     log.info("stopped VM %s moved from node %s to %s", inst.name, source.name, target.name)
     return target
+
+
+def _lacking(node: Node, needs: list[str]) -> str | None:
+    """Why the node's agent cannot take part in a move that `needs` these migration
+    features (an agent from before them would refuse the order), or None."""
+    has = set((node.inventory or {}).get("migration_features") or [])
+    missing = [f for f in needs if f not in has]
+    if not missing:
+        return None
+    version = (node.inventory or {}).get("agent_version") or "of an unknown version"
+    words = {"copy_disks": "copy a local disk with a VM", "cold": "move a stopped VM"}
+    return (f"({version}) cannot {' or '.join(words[f] for f in missing)}: upgrade it "
+            "(vauban rollout run --upgrade)")
 
 
 def migration_ready(node: Node) -> bool:

@@ -431,3 +431,25 @@ def test_cli_migrate(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     assert vms_of(api, b)["web-1"]["incoming_from"]["source_node_id"] == a.id
     shown = api.get("/api/v1/instances/web-1").json
     assert shown["migrating_to"] == "b"
+
+
+def test_an_agent_from_before_disk_copies_and_cold_moves_is_never_sent_one(
+        local_api: Api) -> None:
+    """It would refuse the whole desired state (unknown fields): the move is refused in
+    words instead, naming the node and what to do, and such a node is never chosen."""
+    a, b, _vm = running_vm(local_api)
+    old = inventory(underlay_ip=UNDERLAY["b"]).model_copy(
+        update={"migration_ready": True, "migration_features": []})
+    local_api.report(b, [], inv=old)
+    r = local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 409, r.json
+    assert "node b's agent (test) cannot copy a local disk with a VM: upgrade it" in \
+        r.json["detail"]  # type: ignore[index]
+    r = local_api.post("/api/v1/instances/web-1/migrate", json={})
+    assert r.status_code == 409 and "its agent (test) cannot copy a local disk" in \
+        r.json["detail"], r.json  # type: ignore[index]
+    vm = stopped_vm(local_api, a)
+    r = local_api.post(f"/api/v1/instances/{vm['name']}/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "cannot copy a local disk with a VM or move a stopped " \
+        "VM" in r.json["detail"], r.json  # type: ignore[index]
+    assert "web-1" not in vms_of(local_api, b) and "web-2" not in vms_of(local_api, b)
