@@ -56,8 +56,8 @@ DOWN_FOR_GOOD_S = 3600.0  # a failed move's target silent this long is let go un
 
 
 def start(db: Session, actor: str, inst: Instance, to: str | None, config: ControllerConfig,
-          *, bandwidth_mib_s: int = 0,
-          max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS) -> Operation:
+          *, bandwidth_mib_s: int = 0, max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS,
+          snap: scheduler.Snapshot | None = None) -> Operation:
     """Ask for `inst` moved to node `to` (None: the scheduler picks one): live if it
     runs, cold if it is stopped (see the module's docstring).
 
@@ -66,18 +66,20 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     local storage also for want of room for its root disk). After success both nodes'
     desired states carry the migration (with the disk copy on local storage) and an
     operation follows it; a stopped VM on shared storage is the target's at once, its
-    operation done.
+    operation done. `snap`: a snapshot of the region the caller read (its nodes locked)
+    for several moves: used instead of reading the region again, and the move added to it.
     """
     db.refresh(inst, with_for_update=True)  # one move of it at a time, whoever asks
     cold = stopped(inst)
     _refuse(db, inst, config, cold)
     source = inst.node
-    candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
+    candidates = snap.nodes if snap is not None else list(
+        db.scalars(select(Node).order_by(Node.name).with_for_update()))
     pinned = nodes.find(db, to) if to is not None else None
     if pinned is not None and pinned.id == source.id:
         raise Conflict(f"instance '{inst.name}' is already on node {source.name}")
     if cold and config.storage == "rbd":  # its disk is where every node reaches it
-        target = reassign_stopped(db, actor, inst, config, candidates, pinned)
+        target = reassign_stopped(db, actor, inst, config, candidates, pinned, snap)
         op = operations.start_on(db, KIND, inst.id, inst.name, target.id, actor,
                                  target.generation, inst.power_seq,
                                  project_id=inst.project_id)
@@ -100,12 +102,14 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
         inst.vcpus, inst.memory_mib, pinned.id if pinned else None,
         disk_gib=instances.root_disk_gib_of(inst.root_disk_gib, inst.image) if copy_disks
         else 0, excluded_node_ids=frozenset({source.id}), refusals=unready)
-    placement = scheduler.place(scheduler.snapshot(db, candidates, pol), request, pol,
-                                datetime.now(UTC))
+    placement = scheduler.place(snap or scheduler.snapshot(db, candidates, pol), request,
+                                pol, datetime.now(UTC))
     target = db.get_one(Node, placement.node_id)
     if desired.migration_address(target) is None:
         raise Conflict(f"node {target.name} has not reported its address yet; "
                        "it cannot take a VM by migration")
+    if snap is not None:
+        snap.took(target.id, inst.vcpus, inst.memory_mib, request.disk_gib)
     inst.migration_target_node_id = target.id
     inst.migration_seq += 1
     inst.migration_phase = "preparing"
@@ -141,20 +145,23 @@ def stopped(inst: Instance) -> bool:
 
 
 def reassign_stopped(db: Session, actor: str, inst: Instance, config: ControllerConfig,
-                     candidates: list[Node], pinned: Node | None = None) -> Node:
+                     candidates: list[Node], pinned: Node | None = None,
+                     snap: scheduler.Snapshot | None = None) -> Node:
     """Give the stopped VM on shared storage to `pinned` or the scheduler's choice among
     `candidates` (locked by the caller): it is defined there on its disk; its old node
     drops its definition, never the disk. The target; NoValidHost (nothing changed)
-    when no node can take it."""
+    when no node can take it. `snap`: as for `start`."""
     source = inst.node
     pol = instances.policy(config)
     placement = scheduler.place(
-        scheduler.snapshot(db, candidates, pol),
+        snap or scheduler.snapshot(db, candidates, pol),
         scheduler.PlacementRequest(inst.vcpus, inst.memory_mib,
                                    pinned.id if pinned else None,
                                    excluded_node_ids=frozenset({source.id})),
         pol, datetime.now(UTC))
     target = db.get_one(Node, placement.node_id)
+    if snap is not None:
+        snap.took(target.id, inst.vcpus, inst.memory_mib)
     inst.node_id, inst.node = target.id, target
     for vol in db.scalars(select(Volume).where(Volume.instance_id == inst.id)):
         vol.steward_node_id = target.id
