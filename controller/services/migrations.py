@@ -354,6 +354,25 @@ def _end(db: Session, inst: Instance) -> None:
     networks.bump_carriers(db, networks.instance_network_ids(db, inst), exclude_node_id=None)
 
 
+def cancel(db: Session, actor: str, inst: Instance) -> Operation:
+    """Call off the VM's migration under way: its operation fails, saying who called it
+    off; the source aborts a copy in flight (past the switchover it cannot: then the VM
+    runs on the target, and the target's report completes the move after all, as for
+    any move that failed after its switchover). Conflict when no move is under way."""
+    db.refresh(inst, with_for_update=True)
+    op = _operation(db, inst)
+    if op is None or inst.migration_phase not in ("preparing", "migrating"):
+        raise Conflict(f"instance '{inst.name}' has no migration under way")
+    target = inst.migration_target.name if inst.migration_target else "?"
+    audit.record(db, actor, "instance.migrate-cancel", f"instance/{inst.id}", name=inst.name,
+                 source=inst.node.name, to=target, migration=inst.migration_seq,
+                 phase=inst.migration_phase)
+    _fail(db, inst, op, f"called off by {actor} while "
+                        f"{'copying' if inst.migration_phase == 'migrating' else 'preparing'}; "
+                        f"the VM stays on node {inst.node.name}")
+    return op
+
+
 def abandon(db: Session, inst: Instance) -> None:
     """The VM is being deleted: any move of it is called off (its operation is superseded
     by the caller)."""
