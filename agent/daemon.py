@@ -33,6 +33,7 @@ from agent.hypervisor_tls import HypervisorTls, HypervisorTlsError
 from agent.metrics import AgentCollector, MetricsServer, TlsFiles, serve_metrics
 from agent.networks import NetworkKeeper
 from agent.protocol import (
+    MIGRATION_FEATURES,
     DesiredState,
     Inventory,
     NodeGpu,
@@ -424,4 +425,5 @@ class Agent:
             underlay_ip=self.underlay_ip, hardware=hardware, qualification=report,
             gpus=gpus, nvml_detail=nvml_detail, ssh_host_keys=inventory.ssh_host_keys(),
             migration_ready=self.hypervisor.info().live_migration,
+            migration_features=list(MIGRATION_FEATURES),
         )

@@ -39,7 +39,11 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # an incoming migration say whether the VM's disks are copied with it (`copy_disks`, local
 # storage; False, the default and left out of the message, is what an agent of 7 without
 # the field did: shared disks)
+# (still 7) the inventory lists the migration features its agent carries out
+# (`migration_features`: `copy_disks`, `cold`): the controller sends an order with one only
+# to agents that list it, as an agent without them refuses the whole desired state
 PROTOCOL_VERSION = 7
+MIGRATION_FEATURES = ("copy_disks", "cold")
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
 # version; a message without the header comes from a release before it, which spoke 1.
@@ -568,6 +572,10 @@ class Inventory(Wire):
     migration_ready: bool = Field(
         default=False, description="Its libvirtd listens for TLS with a hypervisor "
         "certificate from the region CA in place: VMs can be migrated to and from it")
+    migration_features: list[str] = Field(
+        default_factory=list, max_length=16, examples=[["copy_disks", "cold"]],
+        description="The migration orders its agent understands beyond a live move of a "
+        "VM on shared disks (MIGRATION_FEATURES); an agent from before them reports none")
 
 
 FailureKind = Literal["vm", "network", "firewall", "volume", "image"]

@@ -164,6 +164,7 @@ class Reconciler:
         self._blocked: dict[str, Blocker] = {}  # VMs not created or started: what stops them
         self._migrations: dict[str, MigrationReport] = {}  # source: this node's moves out
         self._prepared: dict[str, int] = {}  # target: VMs ready to arrive, by migration seq
+        self._aborted: set[str] = set()  # source: VMs whose called-off migration was aborted
         self.progress: dict[str, int] = {}
         self.applied_generation = -1
         self.desired: DesiredState | None = None
@@ -195,6 +196,7 @@ class Reconciler:
         unwanted = (observed.keys() - wanted.keys()) | set(
             self._orphan_dirs(observed.keys() | wanted.keys()))
         tracker = _Pass(desired.generation, self._mark_applied)
+        self._abort_called_off(wanted)
         self._forget_stale(desired, wanted, unwanted, observed.keys())
         for i, o in observed.items():
             if o.persistent:  # arrived: the disk made for it is its own, never disposable
@@ -247,6 +249,23 @@ class Reconciler:
             self._start("retired-images", functools.partial(self._drop_images, due), tracker)
         tracker.seal()
         self.on_change()
+
+    def _abort_called_off(self, wanted: dict[str, DesiredVm]) -> None:
+        """Abort, once, each migration under way from here that the controller called off:
+        the VM is still wanted here, without that order. (A VM no longer wanted here at all
+        has moved: its migration is never aborted.) A refusal (past the switchover) is
+        logged; the move's own outcome is reported as ever."""
+        for vm_id, report in list(self._migrations.items()):
+            vm = wanted.get(vm_id)
+            if report.state != "running" or vm is None or vm_id in self._aborted or \
+                    (vm.migrate_to is not None and vm.migrate_to.seq == report.seq):
+                continue
+            self._aborted.add(vm_id)
+            log.info("VM %s: migration %d called off; aborting it", vm_id, report.seq)
+            try:
+                self.hypervisor.abort_migration(vm_id)
+            except Exception as e:  # its migrate call reports how it ended
+                log.warning("VM %s: %s", vm_id, e)
 
     def _forget_stale(self, desired: DesiredState, wanted: dict[str, DesiredVm],
                       unwanted: set[str], here: Collection[str]) -> None:
@@ -512,9 +531,13 @@ class Reconciler:
                                                           progress=100)
                 return True
             log.warning("VM %s (%s): migration failed: %s", vm.name, vm.id, e)
-            self._migrations[vm.id] = MigrationReport(seq=order.seq, state="failed",
-                                                      error=str(e))
+            called_off = vm.id in self._aborted
+            self._migrations[vm.id] = MigrationReport(
+                seq=order.seq, state="failed",
+                error=f"called off: {e}" if called_off else str(e))
             return True
+        finally:
+            self._aborted.discard(vm.id)
         if order.copy_disks:  # it runs there on its copy: this one goes with the VM's files
             migration_disks.left(self.vm_dir(vm.id))
         self._migrations[vm.id] = MigrationReport(seq=order.seq, state="completed",

@@ -129,6 +129,16 @@ def migrate_instance(ref: str, body: schemas.InstanceMigrate) -> Any:
     return operation_view(op), 202
 
 
+@api.route("DELETE", "/<ref>/migrate", access=Region(Perm.NODES_WRITE),
+           summary="Call off the VM's migration under way (it stays where it runs)",
+           responses={200: schemas.Operation})
+def cancel_migration(ref: str) -> Any:
+    session = db()
+    op = migrations.cancel(session, actor(), service.find(session, ref))
+    session.commit()
+    return operation_view(op)
+
+
 @api.route("DELETE", "/<ref>", access=InProject(Level.WRITE),
            summary="Delete a VM and its disks",
            responses={202: schemas.Operation})

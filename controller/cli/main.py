@@ -256,6 +256,14 @@ def _vm_action(action: str) -> Command:
 
 
 def cmd_vm_migrate(c: Client, a: argparse.Namespace) -> int:
+    if a.cancel:
+        if a.to or a.bandwidth is not None or a.max_downtime is not None:
+            print("vauban: error: --cancel takes no --to, --bandwidth or --max-downtime",
+                  file=sys.stderr)
+            return 2
+        op = c.delete(f"/instances/{a.name}/migrate")
+        print(f"{a.name}: migration called off ({op['error']})")
+        return 0
     body: dict[str, Any] = {}
     if a.to:
         body["to"] = a.to
@@ -654,6 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="most MiB/s the memory copy may use (default: no limit)")
     mg.add_argument("--max-downtime", type=int, metavar="MS",
                     help="longest pause of the guest at the switchover (default: 300)")
+    mg.add_argument("--cancel", action="store_true", help="call off its migration under "
+                    "way instead (it stays where it runs)")
     add_wait_options(mg, "it runs on the other node")
 
     volume_commands(sub, add)

@@ -23,8 +23,10 @@ from controller.db.models import Instance, Node, Operation
 from controller.errors import Conflict, NoValidHost
 from controller.services import (
     audit,
+    instances,
     migrations,
     operations,
+    scheduler,
 )
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ def evacuate(db: Session, op: Operation, node: Node, config: ControllerConfig) -
         return
     moving = sum(1 for i in left if i.migration_target_node_id is not None)
     stuck: list[str] = []
+    snap: scheduler.Snapshot | None = None  # the region read once per round, if needed
     for inst in left:
         if inst.deleting or inst.migration_target_node_id is not None or \
                 operations.active_for(db, inst.id):
@@ -93,7 +96,11 @@ def evacuate(db: Session, op: Operation, node: Node, config: ControllerConfig) -
             if migrations.running(inst) or migrations.stopped(inst):
                 at_once = migrations.stopped(inst) and config.storage == "rbd"  # no copy
                 if at_once or moving < MOVES_PER_NODE:
-                    migrations.start(db, op.requested_by, inst, None, config)
+                    if snap is None:
+                        snap = scheduler.snapshot(db, list(db.scalars(
+                            select(Node).order_by(Node.name).with_for_update())),
+                            instances.policy(config))
+                    migrations.start(db, op.requested_by, inst, None, config, snap=snap)
                     moving += 0 if at_once else 1
             else:
                 stuck.append(f"{inst.name}: it is {inst.observed_state or 'being made'}; "

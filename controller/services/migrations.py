@@ -56,8 +56,8 @@ DOWN_FOR_GOOD_S = 3600.0  # a failed move's target silent this long is let go un
 
 
 def start(db: Session, actor: str, inst: Instance, to: str | None, config: ControllerConfig,
-          *, bandwidth_mib_s: int = 0,
-          max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS) -> Operation:
+          *, bandwidth_mib_s: int = 0, max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS,
+          snap: scheduler.Snapshot | None = None) -> Operation:
     """Ask for `inst` moved to node `to` (None: the scheduler picks one): live if it
     runs, cold if it is stopped (see the module's docstring).
 
@@ -66,41 +66,50 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     local storage also for want of room for its root disk). After success both nodes'
     desired states carry the migration (with the disk copy on local storage) and an
     operation follows it; a stopped VM on shared storage is the target's at once, its
-    operation done.
+    operation done. `snap`: a snapshot of the region the caller read (its nodes locked)
+    for several moves: used instead of reading the region again, and the move added to it.
     """
     db.refresh(inst, with_for_update=True)  # one move of it at a time, whoever asks
     cold = stopped(inst)
     _refuse(db, inst, config, cold)
     source = inst.node
-    candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
+    candidates = snap.nodes if snap is not None else list(
+        db.scalars(select(Node).order_by(Node.name).with_for_update()))
     pinned = nodes.find(db, to) if to is not None else None
     if pinned is not None and pinned.id == source.id:
         raise Conflict(f"instance '{inst.name}' is already on node {source.name}")
     if cold and config.storage == "rbd":  # its disk is where every node reaches it
-        target = reassign_stopped(db, actor, inst, config, candidates, pinned)
+        target = reassign_stopped(db, actor, inst, config, candidates, pinned, snap)
         op = operations.start_on(db, KIND, inst.id, inst.name, target.id, actor,
                                  target.generation, inst.power_seq,
                                  project_id=inst.project_id)
         operations.finish(op)
         return op
+    copy_disks = config.storage != "rbd"  # each node's own disks: the root disk goes along
+    needs = [f for f, wanted in (("copy_disks", copy_disks), ("cold", cold)) if wanted]
     for node in (source, pinned):
         if node is not None and not migration_ready(node):
             raise Conflict(f"node {node.name} is not ready for live migration: its libvirt "
                            "TLS listener is not up (see vauban node show)")
+        if node is not None and (lacking := _lacking(node, needs)):
+            raise Conflict(f"node {node.name}'s agent {lacking}")
     unready = tuple((n.id, "is not ready for live migration (libvirt TLS)")
-                    for n in candidates if not migration_ready(n))
+                    for n in candidates if not migration_ready(n)) + tuple(
+        (n.id, f"its agent {lacking}") for n in candidates
+        if migration_ready(n) and (lacking := _lacking(n, needs)))
     pol = instances.policy(config)
-    copy_disks = config.storage != "rbd"  # each node's own disks: the root disk goes along
     request = scheduler.PlacementRequest(
         inst.vcpus, inst.memory_mib, pinned.id if pinned else None,
         disk_gib=instances.root_disk_gib_of(inst.root_disk_gib, inst.image) if copy_disks
         else 0, excluded_node_ids=frozenset({source.id}), refusals=unready)
-    placement = scheduler.place(scheduler.snapshot(db, candidates, pol), request, pol,
-                                datetime.now(UTC))
+    placement = scheduler.place(snap or scheduler.snapshot(db, candidates, pol), request,
+                                pol, datetime.now(UTC))
     target = db.get_one(Node, placement.node_id)
     if desired.migration_address(target) is None:
         raise Conflict(f"node {target.name} has not reported its address yet; "
                        "it cannot take a VM by migration")
+    if snap is not None:
+        snap.took(target.id, inst.vcpus, inst.memory_mib, request.disk_gib)
     inst.migration_target_node_id = target.id
     inst.migration_seq += 1
     inst.migration_phase = "preparing"
@@ -136,20 +145,23 @@ def stopped(inst: Instance) -> bool:
 
 
 def reassign_stopped(db: Session, actor: str, inst: Instance, config: ControllerConfig,
-                     candidates: list[Node], pinned: Node | None = None) -> Node:
+                     candidates: list[Node], pinned: Node | None = None,
+                     snap: scheduler.Snapshot | None = None) -> Node:
     """Give the stopped VM on shared storage to `pinned` or the scheduler's choice among
     `candidates` (locked by the caller): it is defined there on its disk; its old node
     drops its definition, never the disk. The target; NoValidHost (nothing changed)
-    when no node can take it."""
+    when no node can take it. `snap`: as for `start`."""
     source = inst.node
     pol = instances.policy(config)
     placement = scheduler.place(
-        scheduler.snapshot(db, candidates, pol),
+        snap or scheduler.snapshot(db, candidates, pol),
         scheduler.PlacementRequest(inst.vcpus, inst.memory_mib,
                                    pinned.id if pinned else None,
                                    excluded_node_ids=frozenset({source.id})),
         pol, datetime.now(UTC))
     target = db.get_one(Node, placement.node_id)
+    if snap is not None:
+        snap.took(target.id, inst.vcpus, inst.memory_mib)
     inst.node_id, inst.node = target.id, target
     for vol in db.scalars(select(Volume).where(Volume.instance_id == inst.id)):
         vol.steward_node_id = target.id
@@ -161,6 +173,19 @@ def reassign_stopped(db: Session, actor: str, inst: Instance, config: Controller
                  name=inst.name, source=source.name, to=target.name, cold=True)
     log.info("stopped VM %s moved from node %s to %s", inst.name, source.name, target.name)
     return target
+
+
+def _lacking(node: Node, needs: list[str]) -> str | None:
+    """Why the node's agent cannot take part in a move that `needs` these migration
+    features (an agent from before them would refuse the order), or None."""
+    has = set((node.inventory or {}).get("migration_features") or [])
+    missing = [f for f in needs if f not in has]
+    if not missing:
+        return None
+    version = (node.inventory or {}).get("agent_version") or "of an unknown version"
+    words = {"copy_disks": "copy a local disk with a VM", "cold": "move a stopped VM"}
+    return (f"({version}) cannot {' or '.join(words[f] for f in missing)}: upgrade it "
+            "(vauban rollout run --upgrade)")
 
 
 def migration_ready(node: Node) -> bool:
@@ -327,6 +352,25 @@ def _end(db: Session, inst: Instance) -> None:
         desired.bump(target)
     db.flush()
     networks.bump_carriers(db, networks.instance_network_ids(db, inst), exclude_node_id=None)
+
+
+def cancel(db: Session, actor: str, inst: Instance) -> Operation:
+    """Call off the VM's migration under way: its operation fails, saying who called it
+    off; the source aborts a copy in flight (past the switchover it cannot: then the VM
+    runs on the target, and the target's report completes the move after all, as for
+    any move that failed after its switchover). Conflict when no move is under way."""
+    db.refresh(inst, with_for_update=True)
+    op = _operation(db, inst)
+    if op is None or inst.migration_phase not in ("preparing", "migrating"):
+        raise Conflict(f"instance '{inst.name}' has no migration under way")
+    target = inst.migration_target.name if inst.migration_target else "?"
+    audit.record(db, actor, "instance.migrate-cancel", f"instance/{inst.id}", name=inst.name,
+                 source=inst.node.name, to=target, migration=inst.migration_seq,
+                 phase=inst.migration_phase)
+    _fail(db, inst, op, f"called off by {actor} while "
+                        f"{'copying' if inst.migration_phase == 'migrating' else 'preparing'}; "
+                        f"the VM stays on node {inst.node.name}")
+    return op
 
 
 def abandon(db: Session, inst: Instance) -> None:

@@ -10,6 +10,7 @@ the caller records the Placement as it is.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -142,13 +143,18 @@ class Snapshot:
         return self.disks.get(node_id) or DiskCapacity(
             LOCAL_POOL, None, unknown="has not reported its disk capacity")
 
-    def took(self, node_id: str, vcpus: int, memory_mib: int) -> None:
+    def took(self, node_id: str, vcpus: int, memory_mib: int, disk_gib: int = 0) -> None:
         """`node_id` also holds a VM of this size now (placed from this snapshot, recorded
         by the caller), so that the next placement from it counts that VM without reading
-        the region again. Its disk is not counted: for moves within shared storage only."""
+        the region again: with `disk_gib` of the node's own disk (a disk copied there; a
+        disk in the shared pool stays counted where it is)."""
         u = self.usage.get(node_id, Usage())
         self.usage[node_id] = Usage(u.vcpus + vcpus, u.memory_mib + memory_mib,
-                                    u.instances + 1, u.disk_gib)
+                                    u.instances + 1, u.disk_gib + disk_gib)
+        disk = self.disks.get(node_id)
+        if disk_gib and disk is not None and not disk.shared:
+            self.disks[node_id] = dataclasses.replace(
+                disk, allocated_gib=disk.allocated_gib + disk_gib)
 
 
 # --- reading the region (inside the caller's transaction) ------------------------------

@@ -20,6 +20,7 @@ from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from agent.protocol import (
+    MIGRATION_FEATURES,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     Inventory,
@@ -56,7 +57,7 @@ def inventory(cpus: int = 4, memory_mib: int = 8192, underlay_ip: str | None = N
                      memory_mib=memory_mib, kvm_device=True, kvm_usable=False,
                      kvm_probe_detail="test", disks=[], nics=[], hypervisor="libvirt",
                      storage="localfs", storage_free_bytes=10**12, agent_version="test",
-                     underlay_ip=underlay_ip)
+                     underlay_ip=underlay_ip, migration_features=list(MIGRATION_FEATURES))
 
 
 def storage(pool: str = "localfs", total_bytes: int = 10**12,

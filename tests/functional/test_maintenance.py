@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from agent.protocol import MigrationReport, ObservedVmState
 from controller.app import create_app
@@ -128,3 +129,40 @@ def test_cli_node_maintenance(api: Api, monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["node", "maintenance", "a", "off"]) == 0
     assert "takes new VMs again" in capsys.readouterr().out
     assert api.get("/api/v1/nodes/a").json["maintenance"] is False
+
+
+def test_a_round_reads_the_region_once_and_counts_each_move_it_starts(
+        api: Api, rbd_region: Region) -> None:
+    """Many stopped VMs go at once: the round places them all from one reading of the
+    region (not a scan of every instance per VM), each counted before the next."""
+    reserved = rbd_region.config.reserved_host_memory_mib
+    room = reserved + 2 * 1024 + 600  # b and c: two 1 GiB VMs each (and the small ones)
+    nodes, _vms = node_with_vms(api, b=room, c=room)
+    for i in range(5):
+        assert _create(api, f"cold-{i}", node="a", start=False,
+                       memory_mib=1024).status_code == 202
+    d = api.desired(nodes["a"])
+    tell(api, nodes["a"], *[_observed(v, ObservedVmState.RUNNING if v["name"] == "web-1"
+                                      else ObservedVmState.STOPPED) for v in d["vms"]],
+         applied=d["generation"])
+    op_id = api.post("/api/v1/nodes/a/maintenance", json={"on": True}).json["id"]  # type: ignore[index]
+    usage_reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "GROUP BY instances.node_id" in statement:
+            usage_reads.append(statement)
+
+    event.listen(rbd_region.engine, "before_cursor_execute", count)
+    try:
+        round_of(rbd_region)
+    finally:
+        event.remove(rbd_region.engine, "before_cursor_execute", count)
+    assert len(usage_reads) == 1
+    placed = {name: api.get(f"/api/v1/instances/{name}").json["node_name"]
+              for name in [f"cold-{i}" for i in range(5)]}
+    moved = [n for n, where in placed.items() if where != "a"]
+    assert len(moved) == 4  # two on each of b and c: none over its room
+    assert sorted(placed[n] for n in moved) == ["b", "b", "c", "c"]
+    [left] = [n for n, where in placed.items() if where == "a"]
+    op = api.get(f"/api/v1/operations/{op_id}").json
+    assert f"{left}: no node can host" in op["message"] and "memory free" in op["message"]

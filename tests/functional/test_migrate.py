@@ -431,3 +431,51 @@ def test_cli_migrate(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     assert vms_of(api, b)["web-1"]["incoming_from"]["source_node_id"] == a.id
     shown = api.get("/api/v1/instances/web-1").json
     assert shown["migrating_to"] == "b"
+
+
+def test_an_agent_from_before_disk_copies_and_cold_moves_is_never_sent_one(
+        local_api: Api) -> None:
+    """It would refuse the whole desired state (unknown fields): the move is refused in
+    words instead, naming the node and what to do, and such a node is never chosen."""
+    a, b, _vm = running_vm(local_api)
+    old = inventory(underlay_ip=UNDERLAY["b"]).model_copy(
+        update={"migration_ready": True, "migration_features": []})
+    local_api.report(b, [], inv=old)
+    r = local_api.post("/api/v1/instances/web-1/migrate", json={"to": "b"})
+    assert r.status_code == 409, r.json
+    assert "node b's agent (test) cannot copy a local disk with a VM: upgrade it" in \
+        r.json["detail"]  # type: ignore[index]
+    r = local_api.post("/api/v1/instances/web-1/migrate", json={})
+    assert r.status_code == 409 and "its agent (test) cannot copy a local disk" in \
+        r.json["detail"], r.json  # type: ignore[index]
+    vm = stopped_vm(local_api, a)
+    r = local_api.post(f"/api/v1/instances/{vm['name']}/migrate", json={"to": "b"})
+    assert r.status_code == 409 and "cannot copy a local disk with a VM or move a stopped " \
+        "VM" in r.json["detail"], r.json  # type: ignore[index]
+    assert "web-1" not in vms_of(local_api, b) and "web-2" not in vms_of(local_api, b)
+
+
+def test_a_migration_called_off_ends_and_the_vm_stays(
+        api: Api, rbd_region: Region, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, vm = running_vm(api)
+    assert api.delete("/api/v1/instances/web-1/migrate").status_code == 409  # none under way
+    op_id = api.post("/api/v1/instances/web-1/migrate", json={"to": "b"}).json["id"]  # type: ignore[index]
+    tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")))
+    assert vms_of(api, a)["web-1"]["migrate_to"] is not None  # the source copies
+    cli_answered_by(api, monkeypatch)
+    assert cli.main(["vm", "migrate", "web-1", "--cancel", "--to", "b"]) == 2
+    assert cli.main(["vm", "migrate", "web-1", "--cancel"]) == 0
+    assert "called off by admin while copying" in capsys.readouterr().out
+    op = api.get(f"/api/v1/operations/{op_id}").json
+    assert op["state"] == "failed" and "the VM stays on node a" in op["error"]
+    # the source's order is gone (its agent aborts the copy); the target lets go once it
+    # says it does not run the VM
+    assert vms_of(api, a)["web-1"]["migrate_to"] is None
+    tell(api, b, moving(vm, ObservedVmState.INCOMING, MigrationReport(seq=1, state="ready")))
+    shown = api.get("/api/v1/instances/web-1").json
+    assert (shown["node_name"], shown["migrating_to"], shown["state"]) == ("a", None, "running")
+    assert "web-1" not in vms_of(api, b)
+    [(outcome, detail)] = audit(rbd_region, "instance.migrate-cancel")
+    assert detail["phase"] == "migrating" and detail["to"] == "b"
+    assert api.delete("/api/v1/instances/web-1/migrate").status_code == 409

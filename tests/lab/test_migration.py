@@ -137,6 +137,41 @@ def test_a_failed_migration_leaves_the_vm_running_where_it_was_and_nothing_on_th
     assert region.vm(vm["name"])["node_name"] == target
 
 
+def test_a_migration_called_off_during_its_copy_leaves_the_vm_running_where_it_was(
+        lab_region: LabRegion, made: Made) -> None:
+    region, tag = lab_region, uuid.uuid4().hex[:6]
+    source, target = region.nodes[0].name, region.nodes[1].name
+    vm = made.vm(f"off-{tag}", "--node", source)
+    wait_for(lambda: "VAUBAN-TESTGUEST-READY" in region.console(vm), BOOT_TIMEOUT,
+             "the guest to boot")
+    # 1 MiB/s: the memory copy takes minutes, long enough to call it off on the way
+    out = region.cli("vm", "migrate", vm["name"], "--to", target, "--bandwidth", "1",
+                     "--no-wait")
+    op_id = out.split("operation ")[-1].strip()
+    wait_for(lambda: operation(region, op_id)["progress"] > 10, MOVE_TIMEOUT,
+             "the copy to be under way")
+    said = region.cli("vm", "migrate", vm["name"], "--cancel")
+    assert "called off by admin while copying" in said
+    done = operation(region, op_id)
+    assert done["state"] == "failed" and f"stays on node {source}" in done["error"]
+    # the source aborted the copy: the VM runs there as before, nothing on the target
+    pid_file = f"/run/libvirt/qemu/vauban-{vm['name']}.pid"
+    wait_for(lambda: region.on_node(target, f"test -e {pid_file}")[0] != 0, MOVE_TIMEOUT,
+             "the target's incoming QEMU to end")
+    wait_for(lambda: region.vm(vm["name"])["migrating_to"] is None, MOVE_TIMEOUT,
+             "the target to let go")
+    shown = region.vm(vm["name"])
+    assert (shown["node_name"], shown["state"]) == (source, "running")
+    status, state = region.on_node(source, f"virsh -c qemu:///system domstate {vm['id']}")
+    assert (status, state.strip()) == (0, "running")
+    status, job = region.on_node(source, f"virsh -c qemu:///system domjobinfo {vm['id']}")
+    assert status == 0 and "None" in job, job  # no migration job left running
+    assert vm["id"] not in domains_on(region, target)
+    # and it still moves, once asked again
+    region.cli("vm", "migrate", vm["name"], "--to", target, "--wait")
+    assert region.vm(vm["name"])["node_name"] == target
+
+
 def counter(tmp_path: Path, target: str) -> Path:
     """User-data: ping `target` once a second for as long as the guest runs; print
     `probing <target>` once eth0 has its address, `reach <target> N` at every answer and

@@ -209,6 +209,12 @@ class HypervisorDriver(ABC):
         """
         raise HypervisorError(f"{self.info().name} cannot migrate VMs")
 
+    def abort_migration(self, vm_id: str) -> None:
+        """Abort the migration of the VM under way from this node (its `migrate` call then
+        fails and the VM runs here as before). Past the switchover the hypervisor refuses:
+        HypervisorError, and the move completes. Nothing to abort: HypervisorError."""
+        raise HypervisorError(f"{self.info().name} has no migration to abort")
+
     def migration_downtime_ms(self, vm_id: str) -> int | None:
         """How long the VM that arrived here by migration was paused at switchover,
         when the hypervisor still knows; None otherwise."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,11 +33,20 @@ class MovingHypervisor(FakeHypervisor):
         self.target: FakeHypervisor | None = None
         self.migrations: list[tuple[str, int, dict[str, str]]] = []
         self.downtime: int | None = None
+        self.hold: threading.Event | None = None  # set: a migration waits until aborted
+        self.started = threading.Event()
+        self.aborted = threading.Event()
+        self.aborts = 0
 
     def migrate(self, vm_id: str, order: MigrationOrder, labels: dict[str, str],
                 on_progress: Callable[[int], None]) -> None:
         self.migrations.append((vm_id, order.seq, dict(labels)))
         on_progress(40)
+        self.started.set()
+        if self.hold is not None:
+            self.hold.wait(10)
+            if self.aborted.is_set():
+                raise HypervisorError("migration job: canceled by client")
         if "migrate" in self.fail_on or self.target is None:
             raise HypervisorError("migration to 10.0.0.2 failed: connection refused")
         moved = self.vms.pop(vm_id)
@@ -47,6 +57,12 @@ class MovingHypervisor(FakeHypervisor):
 
     def migration_downtime_ms(self, vm_id: str) -> int | None:
         return self.downtime
+
+    def abort_migration(self, vm_id: str) -> None:
+        self.aborts += 1
+        self.aborted.set()
+        if self.hold is not None:
+            self.hold.set()
 
 
 def reconciler(tmp_path: Path, name: str, hv: FakeHypervisor) -> Reconciler:
@@ -257,6 +273,34 @@ def test_a_fenced_node_does_not_start_a_vm_paused_to_move_it(tmp_path: Path) -> 
     [obs] = rec.observe()
     assert obs.migration is not None and obs.migration.state == "failed"
     assert "this node fenced itself" in (obs.migration.error or "")
+
+
+def test_a_migration_called_off_is_aborted_once_and_the_vm_stays(
+        source: tuple[Reconciler, MovingHypervisor]) -> None:
+    rec, hv = source
+    hv.target, hv.hold = FakeHypervisor(), threading.Event()
+    rec.apply(state(2, leaving()))
+    assert hv.started.wait(10)
+    rec.apply(state(3, vm(VM_ID)))  # the controller called it off: no order any more
+    rec.apply(state(4, vm(VM_ID)))  # a pass meanwhile aborts nothing more
+    assert rec.wait_idle(10)
+    assert hv.aborts == 1 and VM_ID in hv.vms and hv.vms[VM_ID].running
+    [obs] = rec.observe()
+    assert obs.migration is None  # the failure of an order no longer standing is not told
+
+
+def test_a_vm_that_moved_away_is_never_aborted(
+        source: tuple[Reconciler, MovingHypervisor]) -> None:
+    """No longer wanted here: it runs on the target (its report came first); aborting
+    could only fail, or worse."""
+    rec, hv = source
+    hv.target, hv.hold = FakeHypervisor(), threading.Event()
+    rec.apply(state(2, leaving()))
+    assert hv.started.wait(10)
+    rec.apply(state(3))
+    hv.hold.set()
+    assert rec.wait_idle(10)
+    assert hv.aborts == 0 and VM_ID in hv.target.vms
 
 
 class SharedStorage(FakeStorage):

@@ -231,6 +231,17 @@ class LibvirtDriver(HypervisorDriver):
             raise HypervisorError(f"no VM {vm_id} on this node")
         migrate.migrate(dom, order, labels, on_progress)
 
+    def abort_migration(self, vm_id: str) -> None:
+        """libvirt's abortJob on the migration job (refused once the target runs it)."""
+        dom = self.host.lookup(vm_id)
+        if dom is None:
+            raise HypervisorError(f"no VM {vm_id} on this node")
+        try:
+            dom.abortJob()
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"the migration of {vm_id} was not aborted: "
+                                  f"{e.get_error_message()}") from e
+
     def migration_downtime_ms(self, vm_id: str) -> int | None:
         dom = self.host.lookup(vm_id)
         return migrate.completed_downtime_ms(dom) if dom is not None else None
