@@ -102,6 +102,8 @@ _WRITE_CALLS: dict[str, Callable[[Store, Session, list[Any]], Any]] = {
 
 def call(store: Store, method: str, params: list[Any], master_address: str | None) -> Any:
     """The value of `method(*params)`; XapiFault as xapi would fail it."""
+    with store.cond:
+        store.calls[method] += 1
     if method == "session.login_with_password":
         return _login(store, params, master_address)
     if method == "system.listMethods":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import uuid as uuidlib
 import xmlrpc.client
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,8 +115,21 @@ class Store:
         self.credentials = (username, password)
         self.logins: list[tuple[str, str]] = []  # (username, originator) of each login
         self.events_lost_next = False
+        self.calls: Counter[str] = Counter()  # method name -> calls answered
 
     # --- changes, made by the tests and by calls -------------------------------------
+
+    def _touch_targets(self, obj: Obj, fields: dict[str, Any]) -> None:
+        """A `mod` on each object a changed ref field of `obj` names (before or after):
+        its computed set field (host.resident_VMs, SR.VDIs) changed with it, as in xapi."""
+        for target, backs in BACK_REFS.items():
+            for other_cls, name in backs.values():
+                if other_cls != obj.cls or not (obj.deleted or name in fields):
+                    continue
+                for tid in {fields.get(name), obj.fields.get(name)} - {None, ""}:
+                    other = self.objects.get((target, str(tid)))
+                    if other is not None:
+                        other.modified = self.gen
 
     def add(self, cls: str, fields: dict[str, Any], uuid: str | None = None) -> str:
         """Create an object of `cls` (defaults filled in); return its uuid."""
@@ -123,7 +137,8 @@ class Store:
             self.gen += 1
             oid = uuid or str(uuidlib.uuid4())
             record = {**DEFAULTS[cls], **fields}
-            self.objects[(cls, oid)] = Obj(cls, oid, record, self.gen, self.gen)
+            obj = self.objects[(cls, oid)] = Obj(cls, oid, record, self.gen, self.gen)
+            self._touch_targets(obj, record)
             self.cond.notify_all()
             return oid
 
@@ -132,6 +147,7 @@ class Store:
         with self.cond:
             obj = self.objects[(cls, uuid)]
             self.gen += 1
+            self._touch_targets(obj, fields)
             obj.fields.update(fields)
             obj.modified = self.gen
             self.cond.notify_all()
@@ -142,6 +158,7 @@ class Store:
             obj = self.objects.pop((cls, uuid))
             self.gen += 1
             obj.deleted = self.gen
+            self._touch_targets(obj, {})
             self.tombstones.append(obj)
             self.cond.notify_all()
 

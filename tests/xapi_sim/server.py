@@ -212,8 +212,11 @@ class SimPool:
 
     def stop(self) -> None:
         self.store.expire_sessions()  # ends blocked event.from calls at once
-        for member in self.members:
-            member.stop()
+        stoppers = [threading.Thread(target=m.stop) for m in self.members]
+        for stopper in stoppers:  # side by side: each waits out its listener's poll
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
 
     def switch_master(self, member: int) -> None:
         """Make member `member` the master: the others answer logins HOST_IS_SLAVE."""

@@ -176,6 +176,11 @@ class EventLoop:
             except XapiError as e:
                 if self._stop.is_set():
                     break
+                if e.code == "HOST_IS_SLAVE":  # the master moved: connect() follows it
+                    log.info("pool %s: %s", self.client.label, e)
+                    self.client.close()
+                    stale = True
+                    continue
                 log.warning("pool %s: %s", self.client.label, e)
                 self.cache.invalidate(str(e))
                 stale = True

@@ -8,6 +8,7 @@ of the request is written. There is no way to switch the check off.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -15,6 +16,7 @@ import socket
 import ssl
 import string
 import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 
 from agent.drivers.xapi.errors import CertificateMismatch
@@ -54,9 +56,11 @@ def _context() -> ssl.SSLContext:
 class PinnedHTTPSConnection(http.client.HTTPSConnection):
     """An HTTPS connection that refuses a peer whose certificate is not the pinned one."""
 
-    def __init__(self, host: str, *, pin: str, timeout: float) -> None:
+    def __init__(self, host: str, *, pin: str, timeout: float,
+                 aborted: Callable[[], bool] = lambda: False) -> None:
         super().__init__(host, timeout=timeout, context=_context())
         self.pin = normalize_fingerprint(pin)
+        self.aborted = aborted
 
     def connect(self) -> None:
         """Connect and shake hands; CertificateMismatch (socket closed) when the peer's
@@ -69,6 +73,9 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
             self.sock = None
             raise CertificateMismatch(self.host, format_fingerprint(self.pin),
                                       format_fingerprint(presented))
+        if self.aborted():  # checked after `sock` is set: an abort() now or later ends it
+            self.close()
+            raise ConnectionAbortedError("the connection was closed by its owner")
 
 
 class PinnedTransport(xmlrpc.client.SafeTransport):
@@ -85,8 +92,10 @@ class PinnedTransport(xmlrpc.client.SafeTransport):
         self.aborted = True
         sock = getattr(self._connection[1], "sock", None)
         if sock is not None:
-            # the plain socket's shutdown: wakes a blocked read without touching TLS state
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            # the plain socket's shutdown: wakes a blocked read without touching TLS state;
+            # a socket closed meanwhile (fd -1) has nothing left to wake
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def make_connection(self, host: Any) -> http.client.HTTPSConnection:
         if self.aborted:
@@ -95,6 +104,7 @@ class PinnedTransport(xmlrpc.client.SafeTransport):
         if known == host and isinstance(current, http.client.HTTPSConnection):
             return current
         chost, self._extra_headers, _ = self.get_host_info(host)
-        connection = PinnedHTTPSConnection(chost, pin=self.pin, timeout=self.timeout)
+        connection = PinnedHTTPSConnection(chost, pin=self.pin, timeout=self.timeout,
+                                           aborted=lambda: self.aborted)
         self._connection = host, connection
         return connection
