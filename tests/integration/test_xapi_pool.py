@@ -58,6 +58,12 @@ def watched(sim_pool: SimPool) -> Iterator[tuple[EventLoop, PoolCache]]:
         loop.stop()
 
 
+def _until_blocked_in_event_from(pool: SimPool) -> None:
+    store = pool.store
+    with store.waiting:
+        assert store.waiting.wait_for(lambda: store.waiters == 1, WAIT)
+
+
 def _vm(pool: SimPool, name: str) -> str:
     return pool.store.add("VM", {"name_label": name, "resident_on": pool.master.host_uuid,
                                  "memory_static_max": 2 * 1024**3})
@@ -149,7 +155,8 @@ def test_session_expiry_ends_event_from_one_login_and_a_full_read(
     logins, reads = len(sim_pool.store.logins), cache.refetches
     vm = _vm(sim_pool, "before-expiry")
     assert cache.wait_for(lambda c: c.get("VM", vm) is not None, WAIT)
-    sim_pool.store.expire_sessions()  # the loop is blocked in event.from meanwhile
+    _until_blocked_in_event_from(sim_pool)
+    sim_pool.store.expire_sessions()
     assert cache.wait_for(lambda c: c.refetches == reads + 1, WAIT)
     assert len(sim_pool.store.logins) == logins + 1
     assert cache.valid and cache.get("VM", vm) is not None

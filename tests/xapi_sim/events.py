@@ -69,6 +69,12 @@ def _events_since(store: Store, sess: Session, wanted: set[str],
     return [e for _, e in sorted(events, key=lambda ge: ge[0])]
 
 
+def _blocked(store: Store, change: int) -> None:
+    with store.waiting:
+        store.waiters += change
+        store.waiting.notify_all()
+
+
 def event_from(store: Store, handle: Any, classes: Any, token: Any,
                timeout: Any) -> dict[str, Any]:
     """`event.from(session, classes, token, timeout)` as xapi answers it."""
@@ -87,7 +93,11 @@ def event_from(store: Store, handle: Any, classes: Any, token: Any,
             remaining = deadline - time.monotonic()
             if events or remaining <= 0:
                 break
-            store.cond.wait(remaining)
+            _blocked(store, +1)
+            try:
+                store.cond.wait(remaining)
+            finally:
+                _blocked(store, -1)
         counts = {c.lower(): Int32(len(store.live(c))) for c in sorted(wanted)}
         return {"events": events, "valid_ref_counts": counts,
                 "token": format_token(store.gen if events else since)}

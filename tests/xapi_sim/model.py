@@ -116,6 +116,10 @@ class Store:
         self.logins: list[tuple[str, str]] = []  # (username, originator) of each login
         self.events_lost_next = False
         self.calls: Counter[str] = Counter()  # method name -> calls answered
+        # event.from calls blocked now; `waiting` (not `cond`, or blocked calls would wake
+        # each other) is notified when the count changes, for tests to wait on
+        self.waiters = 0
+        self.waiting = threading.Condition()
 
     # --- changes, made by the tests and by calls -------------------------------------
 
