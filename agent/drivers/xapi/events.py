@@ -23,7 +23,7 @@ from agent.drivers.xapi.pool import PoolClient
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("pool", "host", "SR", "network", "VM", "VDI")
+WATCHED = ("pool", "host", "SR", "network", "VM", "VDI", "task")
 EVENT_TIMEOUT = 30.0  # seconds event.from waits for a change (float: XML-RPC <double>)
 RETRY_AFTER = 10.0  # seconds between tries while the pool is unreachable
 _REF = "OpaqueRef:"
@@ -163,12 +163,12 @@ class EventLoop:
 
     def run(self) -> None:
         """Until `stop`: read everything, then follow events; read again when due."""
-        stale = True
+        stale, failures = True, 0
         while not self._stop.is_set():
             try:
                 if stale:
                     self.refetch()
-                    stale = False
+                    stale, failures = False, 0
                 self.follow()
             except (EventsLost, SessionInvalid) as e:
                 log.info("pool %s: reading everything again: %s", self.client.label, e)
@@ -183,9 +183,10 @@ class EventLoop:
                     continue
                 log.warning("pool %s: %s", self.client.label, e)
                 self.cache.invalidate(str(e))
-                stale = True
+                stale, failures = True, failures + 1
                 self.client.close()
-                self._stop.wait(self.retry_after if e.retryable else 6 * self.retry_after)
+                if failures > 1:  # the first failure reconnects at once (maybe elsewhere)
+                    self._stop.wait(self.retry_after if e.retryable else 6 * self.retry_after)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=f"xapi-events-{self.client.label}",

@@ -3,9 +3,11 @@
 Login: `session.login_with_password(user, password, "1.0", "vauban")` on the URL's host;
 a member answers `HOST_IS_SLAVE [master address]` and the client follows it, on the
 URL's port, only when that address's certificate is pinned too (else it refuses, in
-words). A call answered `SESSION_INVALID` logs in once more and is retried once. Every
-XAPI `int` argument travels as a decimal string (XML-RPC ints are 32-bit; XAPI's are
-64). The password lives in this object and XenAPI's session only: never in a message.
+words). When the master cannot be reached, the other pinned hosts are tried: one is
+taken only if it logs us in as master of the same pool. A call answered
+`SESSION_INVALID` logs in once more and is retried once. Every XAPI `int` argument
+travels as a decimal string (XML-RPC ints are 32-bit; XAPI's are 64). The password
+lives in this object and XenAPI's session only: never in a message.
 
 Not thread-safe by design (XenAPI's ServerProxy is not): one PoolClient per thread.
 """
@@ -13,6 +15,7 @@ Not thread-safe by design (XenAPI's ServerProxy is not): one PoolClient per thre
 from __future__ import annotations
 
 import http.client
+import logging
 import threading
 import urllib.parse
 import xmlrpc.client
@@ -29,6 +32,8 @@ from agent.drivers.xapi.errors import (
     parse_result,
 )
 from agent.drivers.xapi.transport import DEFAULT_TIMEOUT, PinnedTransport, normalize_fingerprint
+
+log = logging.getLogger(__name__)
 
 ORIGINATOR = "vauban"
 API_VERSION = "1.0"
@@ -89,10 +94,12 @@ class PoolClient:
     `pins` maps each host address the client may talk to onto its certificate's
     SHA-256. `logins` counts every login this client made (a change means the session,
     and with it every ref, was replaced). `address` is the master's address in use.
+    `pool_uuid`: the pool it must be (the enrolled one); None = the first one met.
     """
 
     def __init__(self, url: str, username: str, password: str, pins: Mapping[str, str],
-                 *, timeout: float = DEFAULT_TIMEOUT, label: str | None = None) -> None:
+                 *, timeout: float = DEFAULT_TIMEOUT, label: str | None = None,
+                 pool_uuid: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "https" or not parsed.hostname:
             raise ValueError(f"{url!r}: a pool is reached over https://HOST[:PORT] only")
@@ -101,6 +108,7 @@ class PoolClient:
         self.label = label or parsed.hostname
         self.timeout = timeout
         self._credentials = (username, password)
+        self.pool_uuid: str | None = pool_uuid
         self._session: _Session | None = None
         self._old_logins = 0
         self._lock = threading.Lock()  # between the owner thread and interrupt()
@@ -121,17 +129,42 @@ class PoolClient:
                         PinnedTransport(pin, self.timeout), self.label)
 
     def connect(self) -> None:
-        """Log in to the pool master. After success `address` is the master's; on
-        failure (XapiError, CertificateMismatch, PoolUnreachable) no session is held."""
+        """Log in to the pool master. After success `address` is the master's and
+        `pool_uuid` the pool's; on failure no session is held.
+
+        The master in use first (the URL's host at the start); when it cannot be reached,
+        each other pinned host in turn, taken only if it logs us in as master (or names a
+        pinned master that does) of the same pool uuid: an ejected host is a master too,
+        of a pool of its own. Raises PoolUnreachable (every reason in its message),
+        XapiError, CertificateMismatch, MasterRefused.
+        """
         self.close()
-        address = self.address
+        try:
+            self._connect_via(self.address)
+            return
+        except PoolUnreachable as e:
+            reasons = [str(e)]
+        for candidate in sorted(a for a in self.pins if a != self.address):
+            try:
+                self._connect_via(candidate)
+            except XapiError as refused:
+                reasons.append(f"{candidate}: {refused}")
+                continue
+            log.warning("pool %s: master %s unreachable; %s answers as master",
+                        self.label, reasons[0], self.address)
+            return
+        raise PoolUnreachable(f"pool {self.label}: no host answers as its master: "
+                              + "; ".join(reasons))
+
+    def _connect_via(self, address: str) -> None:
+        """Log in at `address`, following one HOST_IS_SLAVE to a pinned master, and
+        check the pool uuid; the session is held only after every check passed."""
         for _ in range(2):
             session = self._open(address)
             try:
-                self._guarded(session.login_with_password, *self._credentials,
+                self._guarded(address, session.login_with_password, *self._credentials,
                               API_VERSION, ORIGINATOR)
             except XapiError as e:
-                self._old_logins += session.logins
                 if e.code != "HOST_IS_SLAVE" or not e.params:
                     raise
                 master = e.params[0]
@@ -142,6 +175,9 @@ class PoolClient:
                         f"(pin {master}'s SHA-256 to follow it)") from e
                 address = master
                 continue
+            self._old_logins += session.logins
+            session.logins = 0
+            self._check_pool(address, session)
             with self._lock:
                 self.address, self._session = address, session
                 if self._interrupted:
@@ -149,12 +185,24 @@ class PoolClient:
             return
         raise MasterRefused(f"pool {self.label}: the hosts name each other as master")
 
-    def _guarded(self, fn: Any, *args: Any) -> Any:
+    def _check_pool(self, address: str, session: _Session) -> None:
+        """Refuse (logged out) a master of another pool than the one first met."""
+        records = self._guarded(address, session.xenapi_request, "pool.get_all_records", ())
+        uuids = [r.get("uuid") for r in records.values()]
+        if self.pool_uuid is None and len(uuids) == 1:
+            self.pool_uuid = uuids[0]
+        if uuids != [self.pool_uuid]:
+            self._logout(session)
+            raise MasterRefused(
+                f"pool {self.label}: host {address} is master of pool {', '.join(uuids)}, "
+                f"not of pool {self.pool_uuid}: refused (a host ejected from the pool?)")
+
+    def _guarded(self, address: str, fn: Any, *args: Any) -> Any:
         """`fn(*args)` with network and HTTP failures as PoolUnreachable."""
         try:
             return fn(*args)
         except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError) as e:
-            raise PoolUnreachable(f"pool {self.label}: {self.address}:{self.port} "
+            raise PoolUnreachable(f"pool {self.label}: {address}:{self.port} "
                                   f"unreachable: {e}") from e
         except xmlrpc.client.Fault as e:
             raise XapiError(f"pool {self.label}: XML-RPC fault {e.faultCode}: "
@@ -170,9 +218,13 @@ class PoolClient:
         session = self._session
         assert session is not None
         params = tuple(to_wire(list(args)))
-        if relogin:
-            return self._guarded(session.xenapi_request, method, params)
-        return self._guarded(session.once, method, params)
+        try:
+            if relogin:
+                return self._guarded(self.address, session.xenapi_request, method, params)
+            return self._guarded(self.address, session.once, method, params)
+        except PoolUnreachable:
+            self._forget()  # no logout: it would wait on the unreachable host again
+            raise
 
     def interrupt(self) -> None:
         """From another thread: end the call in progress (it raises PoolUnreachable)
@@ -182,12 +234,21 @@ class PoolClient:
             if self._session is not None:
                 self._session.transport.abort()
 
+    def _forget(self) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            self._old_logins += session.logins
+
     def close(self) -> None:
         """Log out (best effort: the session may be gone already) and forget it."""
-        session, self._session = self._session, None
-        if session is None:
-            return
-        self._old_logins += session.logins
+        session = self._session
+        self._forget()
+        if session is not None:
+            self._logout(session)
+
+    @staticmethod
+    def _logout(session: _Session) -> None:
         try:
             getattr(session, "session.logout")(session._session)
         except Exception:  # noqa: BLE001 - a logout that fails leaves nothing to undo
