@@ -19,11 +19,9 @@ from agent.drivers.xapi.errors import (
 from agent.drivers.xapi.events import EventLoop, PoolCache
 from agent.drivers.xapi.pool import PoolClient
 from agent.drivers.xapi.transport import PinnedHTTPSConnection, format_fingerprint
-from tests.xapi_sim.fixtures import sim_pool
 from tests.xapi_sim.server import SimPool
 
 pytestmark = pytest.mark.integration
-__all__ = ["sim_pool"]
 
 TiB = 1024**4
 WAIT = 60.0  # an upper bound on waits for the event loop, never reached when it works

@@ -166,6 +166,11 @@ class Store:
             self.tombstones.append(obj)
             self.cond.notify_all()
 
+    def vanish(self, cls: str, uuid: str) -> None:
+        """Forget an object without an event, as tasks vanish when xapi restarts."""
+        with self.cond:
+            del self.objects[(cls, uuid)]
+
     def touch(self, key: tuple[str, str]) -> int:
         """A `mod` event on `key` without a change (event.inject); the generation before."""
         with self.cond:

@@ -62,7 +62,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         member = self.server.member
         try:
-            if self.path.split("?", 1)[0] == "/jsonrpc":
+            if self.path.split("?", 1)[0] == "/jsonrpc" and self.server.member.pool.jsonrpc:
                 ctype, answer = "application/json", member.answer_jsonrpc(body)
             else:
                 ctype, answer = "text/xml", member.answer_xmlrpc(body)
@@ -107,6 +107,7 @@ class Member:
     requests: int = 0  # HTTP requests received (a refused certificate sends none)
     listener: _Listener | None = None
     thread: threading.Thread | None = None
+    own_store: Store | None = None  # set when ejected: master of a pool of its own
 
     def rekey(self) -> str:
         """A new certificate for this host (new connections get it); its SHA-256."""
@@ -135,6 +136,8 @@ class Member:
             self.listener = self.thread = None
 
     def _call(self, method: str, params: list[Any]) -> Any:
+        if self.own_store is not None:
+            return api.call(self.own_store, method, params, None)
         master = self.pool.master
         redirect = None if master is self else master.address
         return api.call(self.pool.store, method, params, redirect)
@@ -177,8 +180,9 @@ class SimPool:
     """A pool of `hosts` members with a small inventory; the first is the master."""
 
     def __init__(self, folder: Path, hosts: int = 2, username: str = "root",
-                 password: str = "secret") -> None:
+                 password: str = "secret", jsonrpc: bool = True) -> None:
         self.folder, self.rekeys = folder, 0
+        self.jsonrpc = jsonrpc  # False: /jsonrpc answers XML-RPC (an xapi without it)
         self.store = Store(username, password)
         addresses = [f"127.0.0.{i + 1}" for i in range(hosts)]
         self.port = _free_port(addresses)
@@ -217,6 +221,25 @@ class SimPool:
             stopper.start()
         for stopper in stoppers:
             stopper.join()
+
+    def eject(self, member: int) -> str:
+        """Member `member` leaves the pool and becomes master of a pool of its own (same
+        credentials, as an ejected host keeps them); the new pool's uuid."""
+        ejected = self.members[member]
+        store = Store(*self.store.credentials)
+        host = store.add("host", {"name_label": "ejected", "address": ejected.address})
+        new_pool = store.add("pool", {"name_label": "", "master": host})
+        with self.store.cond:
+            self.store.remove("host", ejected.host_uuid)
+            ejected.own_store = store
+        return new_pool
+
+    def restart_toolstack(self) -> None:
+        """As xapi restarting on the master: sessions end, tasks vanish without events."""
+        with self.store.cond:
+            for task in self.store.live("task"):
+                self.store.vanish("task", task.uuid)
+            self.store.expire_sessions()
 
     def switch_master(self, member: int) -> None:
         """Make member `member` the master: the others answer logins HOST_IS_SLAVE."""

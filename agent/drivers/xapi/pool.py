@@ -143,18 +143,23 @@ class PoolClient:
             self._connect_via(self.address)
             return
         except PoolUnreachable as e:
-            reasons = [str(e)]
+            reasons = [self._reason(self.address, e)]
         for candidate in sorted(a for a in self.pins if a != self.address):
             try:
                 self._connect_via(candidate)
             except XapiError as refused:
-                reasons.append(f"{candidate}: {refused}")
+                reasons.append(self._reason(candidate, refused))
                 continue
             log.warning("pool %s: master %s unreachable; %s answers as master",
                         self.label, reasons[0], self.address)
             return
         raise PoolUnreachable(f"pool {self.label}: no host answers as its master: "
                               + "; ".join(reasons))
+
+    def _reason(self, address: str, error: XapiError) -> str:
+        """`error` in a list of reasons: without the pool's name, with the host's."""
+        text = str(error).removeprefix(f"pool {self.label}: ")
+        return text if address in text else f"{address}: {text}"
 
     def _connect_via(self, address: str) -> None:
         """Log in at `address`, following one HOST_IS_SLAVE to a pinned master, and

@@ -71,7 +71,7 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
         if not hmac.compare_digest(presented, self.pin):
             self.sock.close()
             self.sock = None
-            raise CertificateMismatch(self.host, format_fingerprint(self.pin),
+            raise CertificateMismatch(f"{self.host}:{self.port}", format_fingerprint(self.pin),
                                       format_fingerprint(presented))
         if self.aborted():  # checked after `sock` is set: an abort() now or later ends it
             self.close()
