@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import xmlrpc.client
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -247,7 +247,8 @@ def _raw_vdi_record(pool: SimPool, uuid: str) -> bytes:
     return _post(pool, "/xmlrpc", request)
 
 
-def _post(pool: SimPool, path: str, body: bytes) -> bytes:
+def _post(pool: SimPool, path: str, body: bytes, content_type: str = "") -> bytes:
+    """The body of the master's answer to a POST; its Content-Type checked if given."""
     master = pool.members[0]
     conn = PinnedHTTPSConnection(f"{master.address}:{pool.port}", pin=master.fingerprint,
                                  timeout=30)
@@ -255,6 +256,8 @@ def _post(pool: SimPool, path: str, body: bytes) -> bytes:
         conn.request("POST", path, body, {"Content-Type": "text/xml"})
         answer = conn.getresponse()
         assert answer.status == 200
+        if content_type:
+            assert answer.getheader("Content-Type") == content_type
         return answer.read()
     finally:
         conn.close()
@@ -270,7 +273,8 @@ def _login_raw(pool: SimPool) -> str:
 
 def _jsonrpc(pool: SimPool, method: str, *params: Any) -> dict[str, Any]:
     call = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 7}
-    answer: dict[str, Any] = json.loads(_post(pool, "/jsonrpc", json.dumps(call).encode()))
+    body = _post(pool, "/jsonrpc", json.dumps(call).encode(), "application/json")
+    answer: dict[str, Any] = json.loads(body)
     return answer
 
 
@@ -288,3 +292,12 @@ def test_jsonrpc_carries_numbers_and_error_data(sim_pool: SimPool) -> None:
     bad = _jsonrpc(sim_pool, "event.from", handle, ["sr"], "nonsense", 0.0)
     assert bad["error"]["message"] == "EVENT_FROM_TOKEN_PARSE_FAILURE"
     assert bad["error"]["data"] == ["nonsense"]
+
+
+def test_a_pool_without_jsonrpc_answers_xml_there(sim_pools: Callable[..., SimPool]) -> None:
+    # what a client probing for JSON-RPC (Xen Orchestra's) sees on an xapi without it
+    pool = sim_pools(jsonrpc=False)
+    request = xmlrpc.client.dumps(("root", "secret", "1.0", "vauban"),
+                                  "session.login_with_password").encode()
+    (result,), _ = xmlrpc.client.loads(_post(pool, "/jsonrpc", request, "text/xml"))
+    assert result["Status"] == "Success"
