@@ -58,7 +58,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass  # the tests read the counters, not a log
 
     def do_POST(self) -> None:
-        self.server.member.requests += 1
+        with self.server.member.pool.store.cond:
+            self.server.member.requests += 1
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         member = self.server.member
         try:

@@ -137,7 +137,11 @@ class EventLoop:
     def refetch(self) -> None:
         """Inject a token on the pool, then read every watched class whole. A session
         replaced meanwhile (refs from two sessions) → SessionInvalid, read again."""
-        pool_ref = self.client.call("pool.get_all")[0]
+        pools = self.client.call("pool.get_all")
+        if not isinstance(pools, list) or len(pools) != 1:
+            raise XapiError(f"pool {self.client.label}: {len(pools)} pool objects, not one",
+                            retryable=True)
+        pool_ref = pools[0]
         logins = self.client.logins  # after the call that may have logged in again
         token = self.client.call("event.inject", "pool", pool_ref)
         snapshot = {c: self.client.call(f"{c}.get_all_records") for c in self.cache.classes}
@@ -187,6 +191,12 @@ class EventLoop:
                 self.client.close()
                 if failures > 1:  # the first failure reconnects at once (maybe elsewhere)
                     self._stop.wait(self.retry_after if e.retryable else 6 * self.retry_after)
+            except Exception as e:  # noqa: BLE001 - a malformed answer must not end the loop
+                log.exception("pool %s: unexpected failure of the event loop", self.client.label)
+                self.cache.invalidate(f"unexpected failure: {e!r}")
+                stale = True
+                self.client.close()
+                self._stop.wait(self.retry_after)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=f"xapi-events-{self.client.label}",

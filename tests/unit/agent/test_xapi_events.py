@@ -85,6 +85,12 @@ class ScriptedClient:
             raise answer
         return answer
 
+    def close(self) -> None:
+        self.calls.append(("close", (), False))
+
+    def interrupt(self) -> None:
+        pass
+
 
 def _answers() -> dict[str, Any]:
     snap = _snapshot()
@@ -141,3 +147,17 @@ def test_event_from_on_a_new_session_or_with_other_counts_asks_for_a_full_read()
     loop.refetch()
     with pytest.raises(EventsLost, match="new session"):
         loop.follow()
+
+
+def test_a_malformed_answer_invalidates_the_cache_and_the_loop_goes_on() -> None:
+    answers = _answers()
+    answers["event.from"] = {"token": "no events key"}
+    client = ScriptedClient(answers)
+    loop, cache = _loop(client)
+    loop.start()
+    try:
+        assert cache.wait_for(lambda c: c.problem.startswith("unexpected failure"), 60.0)
+        assert not cache.valid
+    finally:
+        loop.stop()
+    assert ("close", (), False) in client.calls

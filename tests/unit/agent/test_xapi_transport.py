@@ -7,8 +7,9 @@ import xmlrpc.client
 
 import pytest
 
-from agent.drivers.xapi.pool import PoolClient, to_wire
+from agent.drivers.xapi.pool import PoolClient, _Session, to_wire
 from agent.drivers.xapi.transport import (
+    PinnedTransport,
     fingerprint_of,
     format_fingerprint,
     normalize_fingerprint,
@@ -49,3 +50,9 @@ def test_a_pool_is_reached_over_https_only() -> None:
         PoolClient("http://10.0.0.1/", "root", "pw", {})
     with pytest.raises(ValueError, match="not a SHA-256 fingerprint"):
         PoolClient("https://10.0.0.1/", "root", "pw", {"10.0.0.1": "nope"})
+
+
+def test_the_password_never_shows_in_a_session_repr() -> None:
+    session = _Session("https://10.0.0.1/", PinnedTransport(DIGITS), "lab")
+    session.last_login_params = ("root", "hunter2", "1.0", "vauban")
+    assert "hunter2" not in repr(session) and "lab" in repr(session)
