@@ -10,27 +10,27 @@ import pytest
 from agent.drivers.xapi.errors import PoolUnreachable
 from agent.drivers.xapi.events import EventLoop, PoolCache
 from agent.drivers.xapi.pool import PoolClient
-from tests.xapi_sim.server import SimPool
+from tests.xapi_sim.process import SimProcess
 
 pytestmark = pytest.mark.integration
 
 WAIT = 60.0  # an upper bound on waits for the event loop, never reached when it works
-MakePool = Callable[..., SimPool]
+MakePool = Callable[..., SimProcess]
 
 
-def _client(pool: SimPool, pins: dict[str, str] | None = None) -> PoolClient:
+def _client(pool: SimProcess, pins: dict[str, str] | None = None) -> PoolClient:
     pins = {m.address: m.fingerprint for m in pool.members} if pins is None else pins
     return PoolClient(pool.url(), "root", "secret", pins, label="sim")
 
 
 @pytest.fixture
-def three(sim_pools: MakePool) -> SimPool:
+def three(sim_pools: MakePool) -> SimProcess:
     """A pool of three hosts: 127.0.0.1 (master), 127.0.0.2, 127.0.0.3."""
     return sim_pools(hosts=3)
 
 
 @pytest.fixture
-def client(three: SimPool) -> Iterator[PoolClient]:
+def client(three: SimProcess) -> Iterator[PoolClient]:
     c = _client(three)
     c.connect()
     yield c
@@ -38,7 +38,7 @@ def client(three: SimPool) -> Iterator[PoolClient]:
 
 
 def test_unreachable_master_fails_over_to_the_promoted_member(
-        three: SimPool, client: PoolClient) -> None:
+        three: SimProcess, client: PoolClient) -> None:
     pool_uuid = client.pool_uuid
     three.members[0].stop()
     three.switch_master(2)
@@ -50,7 +50,7 @@ def test_unreachable_master_fails_over_to_the_promoted_member(
 
 
 def test_failover_refuses_an_ejected_host_and_takes_the_real_master(
-        three: SimPool, client: PoolClient) -> None:
+        three: SimProcess, client: PoolClient) -> None:
     three.members[0].stop()
     other_pool = three.eject(1)  # 127.0.0.2 now masters a pool of its own
     three.switch_master(2)
@@ -62,7 +62,7 @@ def test_failover_refuses_an_ejected_host_and_takes_the_real_master(
 
 
 def test_failover_refuses_every_candidate_it_cannot_trust_and_says_why(
-        three: SimPool) -> None:
+        three: SimProcess) -> None:
     pins = {m.address: m.fingerprint for m in three.members}
     pins[three.members[2].address] = "00" * 32  # its certificate is not the pinned one
     c = _client(three, pins)
@@ -81,7 +81,7 @@ def test_failover_refuses_every_candidate_it_cannot_trust_and_says_why(
     assert three.members[2].requests == 0
 
 
-def test_the_event_loop_follows_a_failover(three: SimPool) -> None:
+def test_the_event_loop_follows_a_failover(three: SimProcess) -> None:
     cache = PoolCache()
     loop = EventLoop(_client(three), cache)
     loop.start()
@@ -99,7 +99,7 @@ def test_the_event_loop_follows_a_failover(three: SimPool) -> None:
         loop.stop()
 
 
-def test_toolstack_restart_drops_vanished_tasks_with_one_login(sim_pool: SimPool) -> None:
+def test_toolstack_restart_drops_vanished_tasks_with_one_login(sim_pool: SimProcess) -> None:
     store = sim_pool.store
     task = store.add("task", {"name_label": "Async.VM.start",
                               "resident_on": sim_pool.master.host_uuid})
@@ -117,7 +117,7 @@ def test_toolstack_restart_drops_vanished_tasks_with_one_login(sim_pool: SimPool
         loop.stop()
 
 
-def test_a_task_vanishing_without_an_event_is_caught_by_the_counts(sim_pool: SimPool) -> None:
+def test_a_task_vanishing_without_an_event_is_caught_by_the_counts(sim_pool: SimProcess) -> None:
     store = sim_pool.store
     task = store.add("task", {"name_label": "Async.VDI.copy"})
     cache = PoolCache()
@@ -126,7 +126,7 @@ def test_a_task_vanishing_without_an_event_is_caught_by_the_counts(sim_pool: Sim
     try:
         assert cache.wait_for(lambda c: c.get("task", task) is not None, WAIT)
         reads = cache.refetches
-        with store.cond:
+        with sim_pool.batch():
             store.vanish("task", task)
             vm = store.add("VM", {"name_label": "wakes the loop"})
         assert cache.wait_for(lambda c: c.refetches == reads + 1, WAIT)

@@ -19,7 +19,7 @@ from agent.drivers.xapi.errors import (
 from agent.drivers.xapi.events import EventLoop, PoolCache
 from agent.drivers.xapi.pool import PoolClient
 from agent.drivers.xapi.transport import PinnedHTTPSConnection, format_fingerprint
-from tests.xapi_sim.server import SimPool
+from tests.xapi_sim.process import SimProcess
 
 pytestmark = pytest.mark.integration
 
@@ -27,24 +27,24 @@ TiB = 1024**4
 WAIT = 60.0  # an upper bound on waits for the event loop, never reached when it works
 
 
-def _pins(pool: SimPool) -> dict[str, str]:
+def _pins(pool: SimProcess) -> dict[str, str]:
     return {m.address: m.fingerprint for m in pool.members}
 
 
-def _client(pool: SimPool, member: int = 0, pins: dict[str, str] | None = None) -> PoolClient:
+def _client(pool: SimProcess, member: int = 0, pins: dict[str, str] | None = None) -> PoolClient:
     return PoolClient(pool.url(member), "root", "secret",
                       _pins(pool) if pins is None else pins, label="sim")
 
 
 @pytest.fixture
-def client(sim_pool: SimPool) -> Iterator[PoolClient]:
+def client(sim_pool: SimProcess) -> Iterator[PoolClient]:
     c = _client(sim_pool)
     yield c
     c.close()
 
 
 @pytest.fixture
-def watched(sim_pool: SimPool) -> Iterator[tuple[EventLoop, PoolCache]]:
+def watched(sim_pool: SimProcess) -> Iterator[tuple[EventLoop, PoolCache]]:
     """An event loop on its own client, its cache read once."""
     cache = PoolCache()
     loop = EventLoop(_client(sim_pool), cache)
@@ -56,19 +56,13 @@ def watched(sim_pool: SimPool) -> Iterator[tuple[EventLoop, PoolCache]]:
         loop.stop()
 
 
-def _until_blocked_in_event_from(pool: SimPool) -> None:
-    store = pool.store
-    with store.waiting:
-        assert store.waiting.wait_for(lambda: store.waiters == 1, WAIT)
-
-
-def _vm(pool: SimPool, name: str) -> str:
+def _vm(pool: SimProcess, name: str) -> str:
     return pool.store.add("VM", {"name_label": name, "resident_on": pool.master.host_uuid,
                                  "memory_static_max": 2 * 1024**3})
 
 
 def test_pinned_connect_logs_in_as_vauban_and_reads_records(
-        sim_pool: SimPool, client: PoolClient) -> None:
+        sim_pool: SimProcess, client: PoolClient) -> None:
     pools = client.call("pool.get_all_records")
     (ref, record), = pools.items()
     assert record["name_label"] == "sim-pool" and ref.startswith("OpaqueRef:")
@@ -84,7 +78,7 @@ def test_pinned_connect_logs_in_as_vauban_and_reads_records(
         other.close()
 
 
-def test_wrong_password_is_refused_in_words(sim_pool: SimPool) -> None:
+def test_wrong_password_is_refused_in_words(sim_pool: SimProcess) -> None:
     c = PoolClient(sim_pool.url(), "root", "not-the-password", _pins(sim_pool), label="sim")
     with pytest.raises(XapiError) as refused:
         c.connect()
@@ -94,7 +88,7 @@ def test_wrong_password_is_refused_in_words(sim_pool: SimPool) -> None:
 
 
 def test_changed_certificate_is_refused_before_any_request(
-        sim_pool: SimPool, client: PoolClient) -> None:
+        sim_pool: SimProcess, client: PoolClient) -> None:
     client.call("pool.get_all")
     master = sim_pool.members[0]
     expected = master.fingerprint
@@ -109,7 +103,7 @@ def test_changed_certificate_is_refused_before_any_request(
     assert not refused.value.retryable
 
 
-def test_host_is_slave_is_followed_to_the_pinned_master(sim_pool: SimPool) -> None:
+def test_host_is_slave_is_followed_to_the_pinned_master(sim_pool: SimProcess) -> None:
     c = _client(sim_pool, member=1)
     try:
         c.connect()
@@ -120,7 +114,7 @@ def test_host_is_slave_is_followed_to_the_pinned_master(sim_pool: SimPool) -> No
         c.close()
 
 
-def test_host_is_slave_to_an_unpinned_master_is_refused(sim_pool: SimPool) -> None:
+def test_host_is_slave_to_an_unpinned_master_is_refused(sim_pool: SimProcess) -> None:
     member = sim_pool.members[1]
     c = _client(sim_pool, member=1, pins={member.address: member.fingerprint})
     with pytest.raises(MasterRefused) as refused:
@@ -131,7 +125,7 @@ def test_host_is_slave_to_an_unpinned_master_is_refused(sim_pool: SimPool) -> No
     assert sim_pool.store.logins == []
 
 
-def test_unreachable_master_is_a_retryable_error(sim_pool: SimPool, client: PoolClient) -> None:
+def test_unreachable_master_is_a_retryable_error(sim_pool: SimProcess, client: PoolClient) -> None:
     client.call("pool.get_all")
     sim_pool.members[0].stop()
     with pytest.raises(PoolUnreachable) as down:
@@ -140,7 +134,7 @@ def test_unreachable_master_is_a_retryable_error(sim_pool: SimPool, client: Pool
 
 
 def test_session_expiry_logs_in_once_and_the_call_succeeds(
-        sim_pool: SimPool, client: PoolClient) -> None:
+        sim_pool: SimProcess, client: PoolClient) -> None:
     client.call("pool.get_all")
     sim_pool.store.expire_sessions()
     assert client.call("pool.get_all")
@@ -148,12 +142,12 @@ def test_session_expiry_logs_in_once_and_the_call_succeeds(
 
 
 def test_session_expiry_ends_event_from_one_login_and_a_full_read(
-        sim_pool: SimPool, watched: tuple[EventLoop, PoolCache]) -> None:
+        sim_pool: SimProcess, watched: tuple[EventLoop, PoolCache]) -> None:
     _, cache = watched
     logins, reads = len(sim_pool.store.logins), cache.refetches
     vm = _vm(sim_pool, "before-expiry")
     assert cache.wait_for(lambda c: c.get("VM", vm) is not None, WAIT)
-    _until_blocked_in_event_from(sim_pool)
+    sim_pool.store.wait_blocked(1)
     sim_pool.store.expire_sessions()
     assert cache.wait_for(lambda c: c.refetches == reads + 1, WAIT)
     assert len(sim_pool.store.logins) == logins + 1
@@ -161,13 +155,13 @@ def test_session_expiry_ends_event_from_one_login_and_a_full_read(
 
 
 def test_events_lost_reads_everything_again_nothing_lost_or_stale(
-        sim_pool: SimPool, watched: tuple[EventLoop, PoolCache]) -> None:
+        sim_pool: SimProcess, watched: tuple[EventLoop, PoolCache]) -> None:
     _, cache = watched
     gone, kept = _vm(sim_pool, "to-delete"), _vm(sim_pool, "to-rename")
     assert cache.wait_for(lambda c: {gone, kept} <= set(c.all("VM")), WAIT)
     reads = cache.refetches
     store = sim_pool.store
-    with store.cond:  # one step: the loop sees EVENTS_LOST, never these changes' events
+    with sim_pool.batch():  # one step: the loop sees EVENTS_LOST, never these changes' events
         store.remove("VM", gone)
         store.modify("VM", kept, name_label="renamed")
         added = store.add("VM", {"name_label": "added"})
@@ -177,11 +171,11 @@ def test_events_lost_reads_everything_again_nothing_lost_or_stale(
     assert gone not in vms
     assert vms[kept]["name_label"] == "renamed"
     assert added in vms
-    assert set(vms) == {o.uuid for o in store.live("VM")}
+    assert set(vms) == store.live("VM")
 
 
 def test_event_loop_follows_vms_without_polling_them(
-        sim_pool: SimPool, watched: tuple[EventLoop, PoolCache]) -> None:
+        sim_pool: SimProcess, watched: tuple[EventLoop, PoolCache]) -> None:
     _, cache = watched
     store = sim_pool.store
     before = dict(store.calls)
@@ -204,11 +198,11 @@ def test_event_loop_follows_vms_without_polling_them(
 
 
 def test_master_switch_is_followed_by_the_event_loop(
-        sim_pool: SimPool, watched: tuple[EventLoop, PoolCache]) -> None:
+        sim_pool: SimProcess, watched: tuple[EventLoop, PoolCache]) -> None:
     loop, cache = watched
     reads = cache.refetches
     new_master = sim_pool.members[1]
-    with sim_pool.store.cond:
+    with sim_pool.batch():
         sim_pool.switch_master(1)
         sim_pool.store.expire_sessions()  # sessions do not survive a master change
     assert cache.wait_for(lambda c: c.refetches > reads, WAIT)
@@ -218,7 +212,7 @@ def test_master_switch_is_followed_by_the_event_loop(
 
 
 def test_int64_sizes_travel_as_strings_and_round_trip(
-        sim_pool: SimPool, client: PoolClient,
+        sim_pool: SimProcess, client: PoolClient,
         watched: tuple[EventLoop, PoolCache]) -> None:
     _, cache = watched
     sr = client.call("SR.get_by_uuid", sim_pool.sr)
@@ -226,7 +220,7 @@ def test_int64_sizes_travel_as_strings_and_round_trip(
                                      "type": "user", "sharable": False, "read_only": False,
                                      "other_config": {}})
     uuid = client.call("VDI.get_uuid", ref)
-    assert sim_pool.store.objects[("VDI", uuid)].fields["virtual_size"] == 5 * TiB
+    assert sim_pool.store.field("VDI", uuid, "virtual_size") == 5 * TiB
     assert client.call("VDI.get_record", ref)["virtual_size"] == str(5 * TiB)
     assert cache.wait_for(lambda c: c.get("VDI", uuid) is not None, WAIT)
     cached = cache.get("VDI", uuid)
@@ -238,7 +232,7 @@ def test_int64_sizes_travel_as_strings_and_round_trip(
     assert b"<i8>" not in body and b"<int>5497558138880" not in body
 
 
-def _raw_vdi_record(pool: SimPool, uuid: str) -> bytes:
+def _raw_vdi_record(pool: SimProcess, uuid: str) -> bytes:
     """The raw XML-RPC answer to VDI.get_record of VDI `uuid`, in a session of its own."""
     handle = _login_raw(pool)
     found = xmlrpc.client.dumps((handle, uuid), "VDI.get_by_uuid").encode()
@@ -247,7 +241,7 @@ def _raw_vdi_record(pool: SimPool, uuid: str) -> bytes:
     return _post(pool, "/xmlrpc", request)
 
 
-def _post(pool: SimPool, path: str, body: bytes, content_type: str = "") -> bytes:
+def _post(pool: SimProcess, path: str, body: bytes, content_type: str = "") -> bytes:
     """The body of the master's answer to a POST; its Content-Type checked if given."""
     master = pool.members[0]
     conn = PinnedHTTPSConnection(f"{master.address}:{pool.port}", pin=master.fingerprint,
@@ -263,7 +257,7 @@ def _post(pool: SimPool, path: str, body: bytes, content_type: str = "") -> byte
         conn.close()
 
 
-def _login_raw(pool: SimPool) -> str:
+def _login_raw(pool: SimProcess) -> str:
     request = xmlrpc.client.dumps(("root", "secret", "1.0", "vauban"),
                                   "session.login_with_password").encode()
     (result,), _ = xmlrpc.client.loads(_post(pool, "/RPC2", request))
@@ -271,14 +265,14 @@ def _login_raw(pool: SimPool) -> str:
     return str(result["Value"])
 
 
-def _jsonrpc(pool: SimPool, method: str, *params: Any) -> dict[str, Any]:
+def _jsonrpc(pool: SimProcess, method: str, *params: Any) -> dict[str, Any]:
     call = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 7}
     body = _post(pool, "/jsonrpc", json.dumps(call).encode(), "application/json")
     answer: dict[str, Any] = json.loads(body)
     return answer
 
 
-def test_jsonrpc_carries_numbers_and_error_data(sim_pool: SimPool) -> None:
+def test_jsonrpc_carries_numbers_and_error_data(sim_pool: SimProcess) -> None:
     refused = _jsonrpc(sim_pool, "session.login_with_password", "root", "wrong", "1.0", "x")
     assert refused["error"] == {"code": 1, "message": "SESSION_AUTHENTICATION_FAILED",
                                 "data": []}
@@ -294,7 +288,7 @@ def test_jsonrpc_carries_numbers_and_error_data(sim_pool: SimPool) -> None:
     assert bad["error"]["data"] == ["nonsense"]
 
 
-def test_a_pool_without_jsonrpc_answers_xml_there(sim_pools: Callable[..., SimPool]) -> None:
+def test_a_pool_without_jsonrpc_answers_xml_there(sim_pools: Callable[..., SimProcess]) -> None:
     # what a client probing for JSON-RPC (Xen Orchestra's) sees on an xapi without it
     pool = sim_pools(jsonrpc=False)
     request = xmlrpc.client.dumps(("root", "secret", "1.0", "vauban"),

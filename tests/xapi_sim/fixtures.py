@@ -1,4 +1,4 @@
-"""The pytest fixture that runs a simulated pool for one test."""
+"""The pytest fixtures that run simulated pools for one test."""
 
 from __future__ import annotations
 
@@ -7,21 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.xapi_sim.server import SimPool
+from tests.xapi_sim.process import SimProcess
 
 
 @pytest.fixture
-def sim_pools(tmp_path: Path) -> Iterator[Callable[..., SimPool]]:
-    """A maker of started pools (SimPool's arguments); each stopped (listeners closed,
-    sessions ended) after the test."""
-    made: list[SimPool] = []
+def sim_pools(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
+    """A maker of simulated pools, each in a process of its own (`hosts`, `jsonrpc`);
+    each stopped by its PID after the test."""
+    made: list[SimProcess] = []
 
-    def make(hosts: int = 2, **options: object) -> SimPool:
+    def make(hosts: int = 2, jsonrpc: bool = True) -> SimProcess:
         folder = tmp_path / f"xapi-sim-{len(made)}"
         folder.mkdir()
-        pool = SimPool(folder, hosts=hosts, **options)  # type: ignore[arg-type]
+        pool = SimProcess(folder, hosts=hosts, jsonrpc=jsonrpc)
         made.append(pool)
-        pool.start()
         return pool
 
     try:
@@ -32,6 +31,6 @@ def sim_pools(tmp_path: Path) -> Iterator[Callable[..., SimPool]]:
 
 
 @pytest.fixture
-def sim_pool(sim_pools: Callable[..., SimPool]) -> SimPool:
+def sim_pool(sim_pools: Callable[..., SimProcess]) -> SimProcess:
     """A two-host pool listening on 127.0.0.1 (master) and 127.0.0.2, same port."""
     return sim_pools()
