@@ -1,4 +1,4 @@
-"""`python -m tests.xapi_sim --folder DIR [--hosts N] [--no-jsonrpc]`: a simulated pool.
+"""`python -m tests.xapi_sim --folder DIR [--hosts N] [--no-jsonrpc] [--stable-refs]`.
 
 Prints one JSON line `{"pid", "control"}` once every listener and the control socket
 accept connections, then serves until SIGTERM (or SIGINT), which stops the listeners,
@@ -24,10 +24,12 @@ def main() -> int:
     parser.add_argument("--folder", type=Path, required=True)
     parser.add_argument("--hosts", type=int, default=2)
     parser.add_argument("--no-jsonrpc", action="store_true")
+    parser.add_argument("--stable-refs", action="store_true")
     args = parser.parse_args()
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # every thread: sigwait gets them
-    pool = SimPool(args.folder, hosts=args.hosts, jsonrpc=not args.no_jsonrpc)
+    pool = SimPool(args.folder, hosts=args.hosts, jsonrpc=not args.no_jsonrpc,
+                   stable_refs=args.stable_refs)
     pool.start()
     control_path = args.folder / "control.sock"
     control = ControlServer(control_path, pool)

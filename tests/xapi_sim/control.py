@@ -32,7 +32,8 @@ def _info(pool: SimPool) -> dict[str, Any]:
     return {"port": pool.port, "sr": pool.sr, "network": pool.network,
             "master": pool.members.index(pool.master),
             "members": [{"address": m.address, "fingerprint": m.fingerprint,
-                         "host_uuid": m.host_uuid} for m in pool.members]}
+                         "host_uuid": m.host_uuid, "cert_pem": m.cert_pem}
+                        for m in pool.members]}
 
 
 def operations(pool: SimPool) -> dict[str, Op]:

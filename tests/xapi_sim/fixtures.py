@@ -12,14 +12,14 @@ from tests.xapi_sim.process import SimProcess
 
 @pytest.fixture
 def sim_pools(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
-    """A maker of simulated pools, each in a process of its own (`hosts`, `jsonrpc`);
+    """A maker of simulated pools, each in a process of its own (SimProcess's options);
     each stopped by its PID after the test."""
     made: list[SimProcess] = []
 
-    def make(hosts: int = 2, jsonrpc: bool = True) -> SimProcess:
+    def make(hosts: int = 2, jsonrpc: bool = True, stable_refs: bool = False) -> SimProcess:
         folder = tmp_path / f"xapi-sim-{len(made)}"
         folder.mkdir()
-        pool = SimProcess(folder, hosts=hosts, jsonrpc=jsonrpc)
+        pool = SimProcess(folder, hosts=hosts, jsonrpc=jsonrpc, stable_refs=stable_refs)
         made.append(pool)
         return pool
 

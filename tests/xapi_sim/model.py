@@ -1,9 +1,10 @@
 """The simulated pool's objects, sessions and per-session opaque refs.
 
-Objects are kept by (class, uuid); a reference field holds the target's uuid. Each
-session sees every object under a ref of its own (`OpaqueRef:<random uuid>`), made the
-first time that session meets it: stricter than real XAPI, whose refs outlive sessions,
-so that a client keying anything on refs across sessions fails here. Every change bumps
+Objects are kept by (class, uuid); a reference field holds the target's uuid. By default
+each session sees every object under a ref of its own (`OpaqueRef:<random uuid>`), made
+the first time that session meets it: stricter than real XAPI, whose refs outlive
+sessions, so that a client keying anything on refs across sessions fails here. With
+`stable_refs` every session shares one ref per object, as real XAPI. Every change bumps
 one generation counter, which `event.from` tokens count in (see events.py).
 """
 
@@ -106,8 +107,11 @@ class Store:
     Every mutation bumps `gen` and wakes the `event.from` calls waiting on `cond`.
     """
 
-    def __init__(self, username: str, password: str) -> None:
+    def __init__(self, username: str, password: str, stable_refs: bool = False) -> None:
         self.cond = threading.Condition()
+        # stable_refs: one ref per object for its life, as real xapi (Xen Orchestra's
+        # client relies on it); else each session gets refs of its own (stricter)
+        self.stable: Session | None = Session("", "", "") if stable_refs else None
         self.gen = 0
         self.objects: dict[tuple[str, str], Obj] = {}
         self.tombstones: list[Obj] = []
@@ -207,7 +211,10 @@ class Store:
             if (username, password) != self.credentials:
                 raise XapiFault("SESSION_AUTHENTICATION_FAILED")
             handle = f"OpaqueRef:{uuidlib.uuid4()}"
-            self.sessions[handle] = Session(handle, username, originator)
+            sess = Session(handle, username, originator)
+            if self.stable is not None:
+                sess.refs, sess.keys = self.stable.refs, self.stable.keys
+            self.sessions[handle] = sess
             self.logins.append((username, originator))
             return handle
 

@@ -30,9 +30,12 @@ class SimError(Exception):
 class SimProcess:
     """A simulated pool running in a process of its own (see the module docstring)."""
 
-    def __init__(self, folder: Path, hosts: int = 2, jsonrpc: bool = True) -> None:
+    def __init__(self, folder: Path, hosts: int = 2, jsonrpc: bool = True,
+                 stable_refs: bool = False) -> None:
         command = [sys.executable, "-m", "tests.xapi_sim", "--folder", str(folder),
-                   "--hosts", str(hosts)] + ([] if jsonrpc else ["--no-jsonrpc"])
+                   "--hosts", str(hosts)] + ([] if jsonrpc else ["--no-jsonrpc"]) + (
+                       ["--stable-refs"] if stable_refs else [])
+        self.folder = folder
         self.stderr = open(folder / "sim.log", "w+b")  # closed in stop()
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                         stderr=self.stderr)
@@ -125,6 +128,7 @@ class Member:
         self.address: str = info["address"]
         self.fingerprint: str = info["fingerprint"]
         self.host_uuid: str = info["host_uuid"]
+        self.cert_pem: str = info["cert_pem"]
 
     @property
     def requests(self) -> int:
@@ -134,6 +138,7 @@ class Member:
     def rekey(self) -> str:
         """A new certificate for this host; its SHA-256."""
         self.fingerprint = str(self.sim.query("rekey", self.index))
+        self.cert_pem = self.sim.query("info")["members"][self.index]["cert_pem"]
         return self.fingerprint
 
     def stop(self) -> None:

@@ -67,16 +67,22 @@ def xmlrpc_request(body: bytes) -> tuple[str, list[Any]]:
     return method, list(params)
 
 
+def _response(struct: dict[str, Any]) -> bytes:
+    # compact, as xapi writes it: Xen Orchestra's parser keeps whitespace between tags
+    # as text nodes and fails on them (a `>` or `<` inside a value is escaped, so a
+    # literal ">\n<" only ever separates two tags)
+    body = xmlrpc.client.dumps((struct,), methodresponse=True)
+    return body.replace(">\n<", "><").strip().encode()
+
+
 def xmlrpc_success(value: Any) -> bytes:
     """An XML-RPC methodResponse {Status: Success, Value: value}."""
-    struct = {"Status": "Success", "Value": _for_xmlrpc(value)}
-    return xmlrpc.client.dumps((struct,), methodresponse=True).encode()
+    return _response({"Status": "Success", "Value": _for_xmlrpc(value)})
 
 
 def xmlrpc_failure(description: list[str]) -> bytes:
     """An XML-RPC methodResponse {Status: Failure, ErrorDescription: description}."""
-    struct = {"Status": "Failure", "ErrorDescription": list(description)}
-    return xmlrpc.client.dumps((struct,), methodresponse=True).encode()
+    return _response({"Status": "Failure", "ErrorDescription": list(description)})
 
 
 def jsonrpc_request(body: bytes) -> tuple[str, list[Any], Any, str]:
