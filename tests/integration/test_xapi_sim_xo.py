@@ -80,6 +80,7 @@ class XoProbe:
         if self.process.poll() is None:
             with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.write(b"quit\n")
+                self.process.stdin.flush()
             try:
                 self.process.wait(WAIT)
             except subprocess.TimeoutExpired:
