@@ -161,6 +161,7 @@ def test_events_lost_reads_everything_again_nothing_lost_or_stale(
     assert cache.wait_for(lambda c: {gone, kept} <= set(c.all("VM")), WAIT)
     reads = cache.refetches
     store = sim_pool.store
+    store.wait_blocked(1)
     with sim_pool.batch():  # one step: the loop sees EVENTS_LOST, never these changes' events
         store.remove("VM", gone)
         store.modify("VM", kept, name_label="renamed")
@@ -295,3 +296,16 @@ def test_a_pool_without_jsonrpc_answers_xml_there(sim_pools: Callable[..., SimPr
                                   "session.login_with_password").encode()
     (result,), _ = xmlrpc.client.loads(_post(pool, "/jsonrpc", request, "text/xml"))
     assert result["Status"] == "Success"
+
+
+def test_refused_credentials_leave_the_loop_running_and_say_why(sim_pool: SimProcess) -> None:
+    cache = PoolCache()
+    loop = EventLoop(PoolClient(sim_pool.url(), "root", "wrong", _pins(sim_pool), label="sim"),
+                     cache)
+    loop.start()
+    try:
+        assert cache.wait_for(lambda c: "credentials refused" in c.problem, WAIT)
+        assert not cache.valid and sim_pool.store.logins == []
+        assert loop.alive
+    finally:
+        loop.stop()

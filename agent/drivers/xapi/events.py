@@ -198,6 +198,11 @@ class EventLoop:
                 self.client.close()
                 self._stop.wait(self.retry_after)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the loop's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=f"xapi-events-{self.client.label}",
                                         daemon=True)
