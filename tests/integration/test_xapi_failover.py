@@ -47,6 +47,9 @@ def test_unreachable_master_fails_over_to_the_promoted_member(
     assert client.call("pool.get_all")
     assert client.address == three.members[2].address
     assert client.pool_uuid == pool_uuid
+    # both other hosts led to the new master (127.0.0.2 by HOST_IS_SLAVE): one session
+    # kept, the other logged out; the first one's, on the lost master, was left alone
+    assert len(three.store.logins) == 3 and three.store.sessions == 2
 
 
 def test_failover_refuses_an_ejected_host_and_takes_the_real_master(

@@ -48,6 +48,7 @@ def operations(pool: SimPool) -> dict[str, Op]:
         "expire_sessions": store.expire_sessions,
         "lose_events": store.lose_events,
         "logins": lambda: store.logins,
+        "sessions": lambda: len(store.sessions),
         "calls": lambda: dict(store.calls),
         "field": lambda cls, uuid, name: store.objects[(cls, uuid)].fields[name],
         "live": lambda cls: [o.uuid for o in store.live(cls)],

@@ -180,6 +180,11 @@ class Store:
         return [(u, o) for u, o in self.sim.query("logins")]
 
     @property
+    def sessions(self) -> int:
+        """How many sessions are open."""
+        return int(self.sim.query("sessions"))
+
+    @property
     def calls(self) -> dict[str, int]:
         """XAPI method -> calls answered so far."""
         return dict(self.sim.query("calls"))

@@ -20,6 +20,7 @@ import threading
 import urllib.parse
 import xmlrpc.client
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import XenAPI
@@ -133,37 +134,47 @@ class PoolClient:
         `pool_uuid` the pool's; on failure no session is held.
 
         The master in use first (the URL's host at the start); when it cannot be reached,
-        each other pinned host in turn, taken only if it logs us in as master (or names a
-        pinned master that does) of the same pool uuid: an ejected host is a master too,
-        of a pool of its own. Raises PoolUnreachable (every reason in its message),
-        XapiError, CertificateMismatch, MasterRefused.
+        every other pinned host at once (each bounded by the socket timeout), the first
+        in address order taken that logs us in as master (or names a pinned master that
+        does) of the same pool uuid: an ejected host is a master too, of a pool of its
+        own. Raises PoolUnreachable (every reason in its message), XapiError,
+        CertificateMismatch, MasterRefused.
         """
         self.close()
         try:
-            self._connect_via(self.address)
+            self._hold(*self._login_at(self.address))
             return
         except PoolUnreachable as e:
             reasons = [self._reason(self.address, e)]
-        for candidate in sorted(a for a in self.pins if a != self.address):
+        candidates = sorted(a for a in self.pins if a != self.address)
+        with ThreadPoolExecutor(max_workers=max(1, len(candidates))) as probes:
+            futures = [(c, probes.submit(self._login_at, c)) for c in candidates]
+        chosen: tuple[str, _Session, str] | None = None
+        for candidate, future in futures:
             try:
-                self._connect_via(candidate)
+                answer = future.result()
             except XapiError as refused:
                 reasons.append(self._reason(candidate, refused))
                 continue
-            log.warning("pool %s: master %s unreachable; %s answers as master",
-                        self.label, reasons[0], self.address)
-            return
-        raise PoolUnreachable(f"pool {self.label}: no host answers as its master: "
-                              + "; ".join(reasons))
+            if chosen is None:
+                chosen = answer
+            else:
+                self._discard(answer[1])
+        if chosen is None:
+            raise PoolUnreachable(f"pool {self.label}: no host answers as its master: "
+                                  + "; ".join(reasons))
+        log.warning("pool %s: %s; %s answers as master", self.label, reasons[0], chosen[0])
+        self._hold(*chosen)
 
     def _reason(self, address: str, error: XapiError) -> str:
         """`error` in a list of reasons: without the pool's name, with the host's."""
         text = str(error).removeprefix(f"pool {self.label}: ")
         return text if address in text else f"{address}: {text}"
 
-    def _connect_via(self, address: str) -> None:
-        """Log in at `address`, following one HOST_IS_SLAVE to a pinned master, and
-        check the pool uuid; the session is held only after every check passed."""
+    def _login_at(self, address: str) -> tuple[str, _Session, str]:
+        """(master address, logged-in session, pool uuid) from a login at `address`,
+        following one HOST_IS_SLAVE to a pinned master. Changes nothing in `self`
+        (probes run side by side); a session refused after its login is logged out."""
         for _ in range(2):
             session = self._open(address)
             try:
@@ -180,27 +191,38 @@ class PoolClient:
                         f"(pin {master}'s SHA-256 to follow it)") from e
                 address = master
                 continue
-            self._old_logins += session.logins
-            session.logins = 0
-            self._check_pool(address, session)
-            with self._lock:
-                self.address, self._session = address, session
-                if self._interrupted:
-                    session.transport.abort()
-            return
+            try:
+                return address, session, self._pool_of(address, session)
+            except XapiError:
+                self._discard(session)
+                raise
         raise MasterRefused(f"pool {self.label}: the hosts name each other as master")
 
-    def _check_pool(self, address: str, session: _Session) -> None:
-        """Refuse (logged out) a master of another pool than the one first met."""
+    def _pool_of(self, address: str, session: _Session) -> str:
+        """The uuid of the pool `session` is logged in to; MasterRefused when it is not
+        the expected one (a host ejected from the pool masters a pool of its own)."""
         records = self._guarded(address, session.xenapi_request, "pool.get_all_records", ())
-        uuids = [r.get("uuid") for r in records.values()]
-        if self.pool_uuid is None and len(uuids) == 1:
-            self.pool_uuid = uuids[0]
-        if uuids != [self.pool_uuid]:
-            self._logout(session)
-            raise MasterRefused(
-                f"pool {self.label}: host {address} is master of pool {', '.join(uuids)}, "
-                f"not of pool {self.pool_uuid}: refused (a host ejected from the pool?)")
+        uuids = [str(r.get("uuid")) for r in records.values()]
+        if len(uuids) == 1 and self.pool_uuid in (None, uuids[0]):
+            return uuids[0]
+        raise MasterRefused(
+            f"pool {self.label}: host {address} is master of pool {', '.join(uuids)}, "
+            f"not of pool {self.pool_uuid}: refused (a host ejected from the pool?)")
+
+    def _hold(self, address: str, session: _Session, pool_uuid: str) -> None:
+        """Keep `session` (to the master at `address`) as this client's session."""
+        with self._lock:
+            self.address, self._session = address, session
+            self.pool_uuid = self.pool_uuid or pool_uuid
+            if self._interrupted:
+                session.transport.abort()
+
+    def _discard(self, session: _Session) -> None:
+        """Log a session out that will not be kept (its logins still count)."""
+        with self._lock:
+            self._old_logins += session.logins
+        session.logins = 0
+        self._logout(session)
 
     def _guarded(self, address: str, fn: Any, *args: Any) -> Any:
         """`fn(*args)` with network and HTTP failures as PoolUnreachable."""
