@@ -3,6 +3,7 @@ events, int64 on the wire, a blocked event.from ended by session expiry."""
 
 from __future__ import annotations
 
+import json
 import threading
 import xmlrpc.client
 
@@ -85,3 +86,15 @@ def test_refs_differ_per_session_and_unknown_methods_fail_as_xapi_does() -> None
     with pytest.raises(wire.XapiFault) as e:
         api.call(store, "session.login_with_password", ["root", "pw"], "127.0.0.9")
     assert e.value.description == ["HOST_IS_SLAVE", "127.0.0.9"]
+
+
+def test_jsonrpc_errors_in_either_version() -> None:
+    two = json.loads(wire.jsonrpc_failure(["HOST_IS_SLAVE", "10.0.0.2"], 7, "2.0"))
+    assert two == {"jsonrpc": "2.0", "id": 7,
+                   "error": {"code": 1, "message": "HOST_IS_SLAVE", "data": ["10.0.0.2"]}}
+    one = json.loads(wire.jsonrpc_failure(["HOST_IS_SLAVE", "10.0.0.2"], 7, "1.0"))
+    assert one == {"result": None, "error": ["HOST_IS_SLAVE", "10.0.0.2"], "id": 7}
+    ok = json.loads(wire.jsonrpc_success({"virtual_size": 5 * 1024**4}, 7, "2.0"))
+    assert ok == {"jsonrpc": "2.0", "id": 7, "result": {"virtual_size": 5 * 1024**4}}
+    with pytest.raises(wire.BadRequest):
+        wire.jsonrpc_request(b"<methodCall/>")
