@@ -93,7 +93,7 @@ xo-client: $(XO_CLIENT)
 
 $(XO_CLIENT): tests/xapi_sim/xo/package-lock.json $(VAR)/.apt-done
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
-	cd tests/xapi_sim/xo && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/xapi_sim/xo && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 
 # apt runs again only when the package list changes
 $(VAR)/.apt-done: Makefile
