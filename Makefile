@@ -20,7 +20,7 @@ TESTGUEST := $(VAR)/images/testguest.raw
 # make up STORAGE=ceph: VM disks and volumes on a single-node Ceph cluster under var/ceph
 STORAGE ?= localfs
 
-.PHONY: up down test deps venv image image-debian lint unit bench clean lab lab-down dist iso ui-vendor screenshots
+.PHONY: up down test deps venv xo-client image image-debian lint unit bench clean lab lab-down dist iso ui-vendor screenshots
 
 up: deps image
 	$(PY) -m agent.hostprep
@@ -55,7 +55,7 @@ lab: deps
 lab-down:
 	@[ -x $(PY) ] && $(PY) -m lab down --state $(VAR)/lab || true
 
-test: deps image
+test: deps image xo-client
 	$(PY) -m ruff check agent appliance controller hardware images iso lab tests bench ui
 	$(PY) -m mypy
 	cd playbooks && ../$(PY) -m ansiblelint --offline -q site.yml
@@ -85,6 +85,15 @@ bench: deps image
 	$(PY) bench/provision.py
 
 deps: $(VAR)/.apt-done venv
+
+# Xen Orchestra's XAPI client (pinned by its package-lock.json), the simulator's cross-check;
+# Debian's nodejs and npm only where no npm is there (a NodeSource nodejs conflicts with npm)
+XO_CLIENT := tests/xapi_sim/xo/node_modules/.package-lock.json
+xo-client: $(XO_CLIENT)
+
+$(XO_CLIENT): tests/xapi_sim/xo/package-lock.json $(VAR)/.apt-done
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+	cd tests/xapi_sim/xo && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 
 # apt runs again only when the package list changes
 $(VAR)/.apt-done: Makefile

@@ -1,0 +1,9 @@
+"""A wire-level simulator of XAPI, the XCP-ng pool API (test code only).
+
+It answers XML-RPC and JSON-RPC over HTTPS as xapi does (docs/design/xapi-plan.md §1 lists
+the wire facts it reproduces and where each was read). Tests run it in a process of its
+own (`process.SimProcess`, started by the `sim_pool`/`sim_pools` fixtures, stopped by
+PID) and flip its faults through a unix control socket (`control.py`). Modules: `wire`
+(encodings), `model` (objects, sessions, refs), `events` (event.from/inject), `api`
+(methods), `server` (HTTPS listeners per host, faults), `__main__` (the process).
+"""
