@@ -26,6 +26,7 @@ from agent.protocol import (
     HypervisorCertificateRequest,
     NodeStatus,
     StorageSettings,
+    XapiSettings,
     pace_from_headers,
     protocol_from_header,
 )
@@ -226,6 +227,16 @@ class ControllerClient:
             raise ControllerUnavailable(str(e)) from e
         self._check(r)
         return StorageSettings.model_validate_json(r.content)
+
+    def xapi_settings(self) -> XapiSettings:
+        """How this XCP-ng pool's agent reaches its pool; the password is kept in memory
+        only. ControllerUnavailable while the controller is away."""
+        try:
+            r = self.http.get(self._node_url("xapi"), timeout=30)
+        except requests.RequestException as e:
+            raise ControllerUnavailable(str(e)) from e
+        self._check(r)
+        return XapiSettings.model_validate_json(r.content)
 
     def report(self, status: NodeStatus) -> None:
         try:

@@ -41,6 +41,7 @@ from agent.protocol import (
     ObservedVolume,
     StorageSettings,
     StorageStatus,
+    XapiPoolInfo,
 )
 from agent.reconcile import Reconciler
 from agent.retry import FailureLedger, controller_retry_delay
@@ -66,7 +67,8 @@ class Agent:
                  network: NetworkDriver | None = None, gpu: GpuDriver | None = None,
                  hardware: inventory.HardwareReporter | None = None,
                  settings: StorageSettings | None = None,
-                 hypervisor_tls: HypervisorTls | None = None) -> None:
+                 hypervisor_tls: HypervisorTls | None = None,
+                 pool: Callable[[], XapiPoolInfo] | None = None) -> None:
         self.config = config
         self.identity = identity
         self.client = client
@@ -78,6 +80,7 @@ class Agent:
         self.gpu = gpu or NoGpuDriver()
         self.hardware = hardware
         self.hypervisor_tls = hypervisor_tls
+        self.pool = pool  # an XCP-ng pool's agent: its pool as last read
         self.stopping = stopping or threading.Event()
         self._desired_ready = threading.Condition()
         self._latest: DesiredState | None = None
@@ -412,6 +415,8 @@ class Agent:
             return [], f"GPU discovery failed: {e}"
 
     def inventory(self) -> Inventory:
+        if self.pool is not None:
+            return self._pool_inventory(self.pool())
         model, flags = inventory.cpu_model_and_flags()
         hardware, report = self.hardware.current() if self.hardware else (None, None)
         gpus, nvml_detail = self._gpus()
@@ -427,3 +432,15 @@ class Agent:
             migration_ready=self.hypervisor.info().live_migration,
             migration_features=list(MIGRATION_FEATURES),
         )
+
+    def _pool_inventory(self, info: XapiPoolInfo) -> Inventory:
+        """An XCP-ng pool as one node: its enabled, live hosts' sums (at least 1 CPU and 1
+        MiB, what an empty or unread pool shows: nothing fits). Nothing of this machine."""
+        cpus, memory_mib = info.capacity()
+        return Inventory(
+            hostname=f"pool {info.name or info.uuid}"[:255], cpu_model="XCP-ng pool",
+            cpu_flags=[], cpus=max(1, cpus), memory_mib=max(1, memory_mib),
+            kvm_device=False, kvm_usable=False, kvm_probe_detail=self.kvm.detail, disks=[],
+            nics=[], hypervisor=self.config.hypervisor, storage=self.storage_driver,
+            storage_free_bytes=self._free_bytes(), agent_version=__version__,
+            migration_ready=False, pool=info)

@@ -42,7 +42,9 @@ from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 # (still 7) the inventory lists the migration features its agent carries out
 # (`migration_features`: `copy_disks`, `cold`): the controller sends an order with one only
 # to agents that list it, as an agent without them refuses the whole desired state
-PROTOCOL_VERSION = 7
+# 8: an XCP-ng pool's agent reports its pool (`Inventory.pool`) and reads how to reach
+# it (GET /agent/v1/nodes/<id>/xapi); an observed VM may carry its hypervisor's own uuid
+PROTOCOL_VERSION = 8
 MIGRATION_FEATURES = ("copy_disks", "cold")
 # Every agent call (/agent/v1 and the join request) carries the agent's PROTOCOL_VERSION
 # in this header, and every /agent/v1 answer the controller's. Each side refuses another
@@ -411,6 +413,9 @@ class ObservedVm(Wire):
         "qemu-guest-agent answers)")
     migration: MigrationReport | None = Field(
         default=None, description="Its migration, while one is asked of this node")
+    hypervisor_uuid: str | None = Field(
+        default=None, max_length=36, description="Its hypervisor's own uuid where that is "
+        "not the VM's id (an XCP-ng pool's VM)")
 
 
 class ObservedVolume(Wire):
@@ -576,6 +581,55 @@ class Inventory(Wire):
         default_factory=list, max_length=16, examples=[["copy_disks", "cold"]],
         description="The migration orders its agent understands beyond a live move of a "
         "VM on shared disks (MIGRATION_FEATURES); an agent from before them reports none")
+    pool: XapiPoolInfo | None = Field(default=None, description="For an XCP-ng pool's "
+                                      "agent: the pool it manages")
+
+
+class XapiHost(Wire):
+    """One host of an XCP-ng pool, as its pool agent last read it."""
+
+    uuid: str = Field(max_length=36)
+    name: str = Field(max_length=255)
+    address: str = Field(max_length=255)
+    enabled: bool
+    live: bool = Field(description="Its host_metrics say it is alive")
+    master: bool
+    cpus: int = Field(ge=0)
+    memory_total_mib: int = Field(ge=0)
+    memory_free_mib: int = Field(ge=0)
+
+
+class XapiPoolInfo(Wire):
+    """The XCP-ng pool a pool agent manages: the scheduler places on its sums, and refuses
+    a VM that no single host can take (`largest_free_mib`)."""
+
+    uuid: str = Field(max_length=36)
+    name: str = Field(default="", max_length=255)
+    reachable: bool = Field(description="Its agent reads the pool now")
+    problem: str = Field(default="", max_length=2000,
+                         description="Why it cannot, in words (unreachable: nothing is placed "
+                         "on it; what it had stays as last read)")
+    master_uuid: str = Field(default="", max_length=36)
+    master_address: str = Field(default="", max_length=255, description="The master in use")
+    hosts: list[XapiHost] = Field(default_factory=list, max_length=64)
+    largest_free_mib: int = Field(default=0, ge=0, description="Free memory of the "
+                                  "emptiest enabled, live host")
+
+    def capacity(self) -> tuple[int, int]:
+        """(CPUs, memory MiB) over the enabled, live hosts: what the region may place on."""
+        usable = [h for h in self.hosts if h.enabled and h.live]
+        return sum(h.cpus for h in usable), sum(h.memory_total_mib for h in usable)
+
+
+class XapiSettings(Wire):
+    """How a pool agent reaches its pool; the password stays in its memory only."""
+
+    url: str = Field(examples=["https://10.0.9.20:443"])
+    username: str
+    password: str
+    pool_uuid: str
+    pins: dict[str, str] = Field(description="Each member's address -> the SHA-256 of its "
+                                 "certificate (lower-case hex), as enrolled")
 
 
 FailureKind = Literal["vm", "network", "firewall", "volume", "image"]

@@ -39,6 +39,15 @@ class Conflict(ServiceError):
     slug = "conflict"
 
 
+class Unreachable(ServiceError):
+    """A system outside the controller that this request must talk to (an XCP-ng pool)
+    could not be reached; nothing was changed. Trying again later may help."""
+
+    status = 502
+    title = "Unreachable"
+    slug = "unreachable"
+
+
 class NoValidHost(ServiceError):
     """The scheduler found no node for the request; `extra['reasons']` says why, per node."""
 

@@ -22,6 +22,7 @@ from agent.protocol import (
     HypervisorCertificateRequest,
     NodeStatus,
     StorageSettings,
+    XapiSettings,
     protocol_from_header,
 )
 from controller import schemas
@@ -30,7 +31,7 @@ from controller.api.context import db, region
 from controller.api.framework import MIB, ApiBlueprint
 from controller.api.problems import problem
 from controller.db.models import Node
-from controller.services import consoles, desired, heartbeats, observed
+from controller.services import consoles, desired, heartbeats, observed, xcpng
 from controller.services import images as image_service
 from controller.services import nodes as node_service
 
@@ -125,6 +126,14 @@ def get_consoles(node_id: str, query: schemas.AgentConsolesQuery) -> Any:
 def get_storage(node_id: str) -> Any:
     require_node(node_id)
     return region().storage
+
+
+@api.route("GET", "/nodes/<node_id>/xapi", auth="node",
+           summary="How an XCP-ng pool's agent reaches its pool (password included)",
+           responses={200: XapiSettings}, operation_id="getNodeXapi")
+def get_xapi(node_id: str) -> Any:
+    require_node(node_id)
+    return XapiSettings(**xcpng.agent_settings(db(), region().region_key, node_id))
 
 
 @api.route("POST", "/nodes/<node_id>/status", auth="node", body=NodeStatus,

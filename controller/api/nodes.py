@@ -13,7 +13,7 @@ from controller.api.framework import ApiBlueprint, actor
 from controller.api.paging import page
 from controller.api.views import node_view, operation_view
 from controller.authz import InProject, Level, Perm, Region
-from controller.db.models import Failover, Node, NodeBmc, Operation
+from controller.db.models import Failover, Node, NodeBmc, Operation, XapiPool
 from controller.errors import NotFound
 from controller.ha.ceph import HeartbeatView
 from controller.queries import NodesQuery
@@ -53,7 +53,7 @@ def show_node(ref: str) -> Any:
     failover = session.scalars(select(Failover).where(Failover.node_id == node.id)
                                .order_by(Failover.created_at.desc())).first()
     return node_view(node, usage, region().config.node_down_after_s, storage_view(node.id),
-                     failover, session.get(NodeBmc, node.id))
+                     failover, session.get(NodeBmc, node.id), session.get(XapiPool, node.id))
 
 
 def storage_view(node_id: str) -> HeartbeatView | None:

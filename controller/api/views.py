@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,6 +20,7 @@ from controller.db.models import (
     Port,
     SecurityGroup,
     Volume,
+    XapiPool,
 )
 from controller.ha.ceph import HeartbeatView
 from controller.services import networks, operations, scheduler, security_groups, tenancy
@@ -27,11 +28,13 @@ from controller.services.desired import machine_spec
 from controller.services.instances import display_state
 from controller.services.nodes import node_state
 from controller.services.volumes import display_state as volume_state
+from controller.services.xcpng import shown as format_fingerprint
 
 
 def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
               storage: HeartbeatView | None = None,
-              failover: Failover | None = None, bmc: NodeBmc | None = None) -> schemas.Node:
+              failover: Failover | None = None, bmc: NodeBmc | None = None,
+              pool: XapiPool | None = None) -> schemas.Node:
     now = datetime.now(UTC)
     beat = schemas.StorageHeartbeat(seq=storage.seq, changed_at=storage.changed_at,
                                     stale=storage.stale, detail=storage.describe(now)) \
@@ -52,7 +55,15 @@ def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
         migration_address=n.migration_address, hypervisor_cert_serial=n.hypervisor_cert_serial,
         bmc={"kind": bmc.kind, "address": bmc.address, "port": bmc.port,
              "username": bmc.username} if bmc else None,
+        xcpng=_pool_view(pool) if pool else None,
     )
+
+
+def _pool_view(pool: XapiPool) -> dict[str, Any]:
+    """How a pool node is reached, its members' pins as AA:BB:… (never the password)."""
+    return {"url": pool.url, "username": pool.username, "pool_uuid": pool.pool_uuid,
+            "pool_name": pool.pool_name,
+            "members": [{**m, "sha256": format_fingerprint(m["sha256"])} for m in pool.members]}
 
 
 def instance_failures(db: Session, i: Instance, ports: list[Port]) -> list[schemas.NodeFailure]:

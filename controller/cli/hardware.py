@@ -24,6 +24,7 @@ from controller.cli.formats import (
 )
 from controller.cli.ha import ha_node_commands
 from controller.cli.output import add_wait_options
+from controller.cli.xcpng import print_pool, xcpng_node_commands
 from controller.states import GpuState, NodeState
 
 GPU_ARG = re.compile(r"^(?P<model>[^:]+?)(?::(?P<count>\d+))?$")
@@ -69,6 +70,8 @@ def print_node(n: dict[str, Any]) -> None:
         ready = "ready" if inv.get("migration_ready") else "not ready (libvirt TLS)"
         print(f"migration: {ready}, reached at {n['migration_address']}, hypervisor "
               f"certificate serial {n.get('hypervisor_cert_serial')}")
+    if n.get("xcpng"):
+        print_pool(n["xcpng"])
     hw = inv.get("hardware")
     if not hw:
         print("hardware: not reported yet")
@@ -205,6 +208,7 @@ def hardware_commands(sub: Any, add: Callable[..., Any]) -> None:
         "again (only once no other node runs them)").add_argument("name")
     fleet_node_commands(node, add)
     ha_node_commands(node, add)
+    xcpng_node_commands(node, add)
     gpu = sub.add_parser("gpu", help="GPUs").add_subparsers(dest="cmd", required=True)
     add_list_filters(add(gpu, "list", cmd_gpu_list, "every GPU of the region with its state "
                          "and telemetry", columns=GPU_COLUMNS),

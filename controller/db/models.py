@@ -197,6 +197,8 @@ class Instance(Base):
     # the move copies the root disk to the target (local storage), as decided when asked
     migration_copy_disks: Mapped[bool] = mapped_column(Boolean, default=False,
                                                        server_default=false())
+    # its hypervisor's own uuid where that is not ours (an XCP-ng pool's VM), as reported
+    hypervisor_uuid: Mapped[str | None] = mapped_column(String(36), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -307,6 +309,8 @@ class Network(Base):
     physical: Mapped[str | None] = mapped_column(String(63), default=None)
     vni: Mapped[int | None] = mapped_column(Integer, unique=True, default=None)
     mtu: Mapped[int] = mapped_column(Integer)
+    # the XCP-ng pool network (its name_label) a pool's VMs join for this provider network
+    xapi_network: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     subnets: Mapped[list[Subnet]] = relationship(
@@ -463,6 +467,24 @@ class NodeBmc(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class XapiPool(Base):
+    """An XCP-ng pool managed as one node: how its agent reaches the pool master. The
+    password is sealed with the region key for this node alone (controller.secretbox);
+    `members` pins each host's certificate: [{host_uuid, name, address, sha256}]."""
+
+    __tablename__ = "xapi_pools"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    url: Mapped[str] = mapped_column(String(255))
+    username: Mapped[str] = mapped_column(String(64))
+    password_sealed: Mapped[str] = mapped_column(Text)
+    pool_uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    pool_name: Mapped[str] = mapped_column(String(255))
+    members: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 FAILOVER_OPEN = ("detected", "powered-off", "fenced")  # a failover under way
 OPEN_FAILOVERS = "state IN ('detected', 'powered-off', 'fenced')"
 
@@ -505,6 +527,9 @@ class JoinToken(Base):
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column(default=None)
     used_by_node_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    # a node made beforehand (an enrolled XCP-ng pool) that this token gives its
+    # certificate to; None: the join makes a new node
+    node_id: Mapped[str | None] = mapped_column(String(36), default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     created_by: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

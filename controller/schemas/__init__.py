@@ -108,6 +108,13 @@ from controller.schemas.storage import (
     VolumeRollbackRequest,
     VolumeSnapshotCreate,
 )
+from controller.schemas.xcpng import (
+    XcpngEnroll,
+    XcpngEnrolled,
+    XcpngMember,
+    XcpngPool,
+    XcpngProbe,
+)
 
 __all__ = [
     "Failover",
@@ -203,5 +210,9 @@ __all__ = [
     "PasswordChanged",
     "UserReset",
     "UserResetDone",
+    "XcpngEnroll",
+    "XcpngEnrolled",
+    "XcpngMember",
+    "XcpngPool",
+    "XcpngProbe",
 ]
-

@@ -103,6 +103,9 @@ class Node(Output):
     bmc: dict[str, Any] | None = Field(
         default=None, description="How its BMC is reached (kind, address, port, username; "
         "never the password), on a single node's answer; null: none configured, or a list")
+    xcpng: dict[str, Any] | None = Field(
+        default=None, description="For an XCP-ng pool, on a single node's answer: its URL, "
+        "user, pool uuid and name, and each member's pinned certificate (never the password)")
 
 
 class ImageImportQuery(Input):

@@ -20,6 +20,7 @@ from controller.db.models import (
     Node,
     NodeBmc,
     Volume,
+    XapiPool,
     as_utc,
 )
 from controller.errors import (
@@ -139,11 +140,7 @@ def join(db: Session, req: JoinRequest, ca: RegionCA,
     now = datetime.now(UTC)
     if token is None or join_token_state(token, now) != "unused":
         raise Unauthorized("the join token is unknown, already used, revoked or expired")
-    if db.scalar(select(Node).where(Node.name == req.name)) is not None:
-        raise Conflict(f"a node named '{req.name}' is already in the region")
-    node = Node(name=req.name, cert_serial="")
-    db.add(node)
-    db.flush()
+    node = _joining_node(db, token, req.name)
     try:
         issued = ca.sign_node_csr(req.csr_pem, node.id, cert_lifetime)
     except CsrError as e:
@@ -160,6 +157,25 @@ def join(db: Session, req: JoinRequest, ca: RegionCA,
     return JoinResponse(
         node_id=node.id, certificate_pem=issued.pem.decode(), ca_pem=ca.cert_pem().decode()
     )
+
+
+def _joining_node(db: Session, token: JoinToken, name: str) -> Node:
+    """The node a join with `token` makes, or the one made beforehand that the token was
+    issued for (an enrolled XCP-ng pool): then `name` must be that node's."""
+    if token.node_id is not None:
+        node = db.get(Node, token.node_id)
+        if node is None:
+            raise Unauthorized("the join token is unknown, already used, revoked or expired")
+        if name != node.name:
+            raise InvalidInput(f"this join token is for node '{node.name}', not '{name}'",
+                               field="name")
+        return node
+    if db.scalar(select(Node).where(Node.name == name)) is not None:
+        raise Conflict(f"a node named '{name}' is already in the region")
+    node = Node(name=name, cert_serial="")
+    db.add(node)
+    db.flush()
+    return node
 
 
 def renew_certificate(db: Session, node: Node, serial_used: str, csr_pem: str, ca: RegionCA,
@@ -281,10 +297,10 @@ def remove(db: Session, actor: str, node: Node) -> None:
                        "ends (vauban node show)")
     audit.record(db, actor, "node.remove", f"node/{node.id}", name=node.name,
                  cert_serial=node.cert_serial)
-    for row in [db.get(NodeBmc, node.id),
+    for row in [db.get(NodeBmc, node.id), db.get(XapiPool, node.id),
                 *db.scalars(select(Failover).where(Failover.node_id == node.id))]:
         if row is not None:
-            db.delete(row)  # its BMC settings and failover history go with it
+            db.delete(row)  # its BMC, pool settings and failover history go with it
     db.flush()  # before the node row they point at
     db.delete(node)
     db.flush()

@@ -66,6 +66,8 @@ def _observe(inst: Instance, vm: ObservedVm) -> None:
     inst.observed_power_seq = vm.power_seq
     inst.observed_error = vm.error
     inst.console_log = vm.console_log
+    if vm.hypervisor_uuid is not None and inst.hypervisor_uuid != vm.hypervisor_uuid:
+        inst.hypervisor_uuid = vm.hypervisor_uuid  # an XCP-ng VM's uuid is XAPI's, not ours
     guest = vm.guest.model_dump(mode="json") if vm.guest is not None else None
     if inst.observed_guest != guest:  # most reports change nothing: no write then
         inst.observed_guest = guest

@@ -15,7 +15,7 @@ from tests.xapi_sim.model import CLASSES, REF_FIELDS, Session, Store, class_name
 from tests.xapi_sim.wire import XapiFault
 
 _PER_CLASS = ("get_all_records", "get_all", "get_record", "get_by_uuid", "get_uuid")
-_WRITES = ("VDI.create", "VDI.destroy")
+_WRITES = ("VDI.create", "VDI.destroy", "host.get_server_certificate")
 _OTHERS = ("session.login_with_password", "session.logout", "system.listMethods",
            "event.from", "event.inject")
 
@@ -95,8 +95,15 @@ def _vdi_destroy(store: Store, sess: Session, args: list[Any]) -> str:
     return ""
 
 
+def _server_certificate(store: Store, sess: Session, args: list[Any]) -> str:
+    _arity("host.get_server_certificate", args, 1)
+    host = store.resolve(sess, "host", args[0])
+    return store.certificates.get(host.uuid, "")
+
+
 _WRITE_CALLS: dict[str, Callable[[Store, Session, list[Any]], Any]] = {
     "VDI.create": _vdi_create, "VDI.destroy": _vdi_destroy,
+    "host.get_server_certificate": _server_certificate,
 }
 
 

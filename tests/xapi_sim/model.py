@@ -25,7 +25,8 @@ GiB = 1024**3
 # reference fields per class: field -> target class
 REF_FIELDS: dict[str, dict[str, str]] = {
     "pool": {"master": "host", "default_SR": "SR"},
-    "host": {},
+    "host": {"metrics": "host_metrics"},
+    "host_metrics": {},
     "SR": {},
     "network": {},
     "VM": {"resident_on": "host"},
@@ -44,7 +45,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "host": {"name_label": "", "name_description": "", "address": "", "enabled": True,
              "API_version_major": 2, "API_version_minor": 21, "hostname": "",
              "software_version": {"product_version": "8.3.0", "xapi": "25.6"},
-             "cpu_info": {"cpu_count": "4"}, "memory_overhead": 0, "other_config": {}},
+             "cpu_info": {"cpu_count": "4"}, "memory_overhead": 0, "metrics": "",
+             "other_config": {}},
+    "host_metrics": {"memory_total": 32 * GiB, "memory_free": 24 * GiB, "live": True,
+                     "other_config": {}},
     "SR": {"name_label": "", "name_description": "", "type": "ext", "content_type": "user",
            "shared": False, "physical_size": 0, "physical_utilisation": 0,
            "virtual_allocation": 0, "other_config": {}, "sm_config": {}},
@@ -120,6 +124,8 @@ class Store:
         self.logins: list[tuple[str, str]] = []  # (username, originator) of each login
         self.events_lost_next = False
         self.calls: Counter[str] = Counter()  # method name -> calls answered
+        # host uuid -> the PEM its listener presents (host.get_server_certificate)
+        self.certificates: dict[str, str] = {}
         # event.from calls blocked now; `waiting` (not `cond`, or blocked calls would wake
         # each other) is notified when the count changes, for tests to wait on
         self.waiters = 0

@@ -126,6 +126,8 @@ class Member:
         self.pool.rekeys += 1
         cert, key, self.fingerprint = make_certificate(self.address, self.pool.folder, name)
         self.cert_pem = cert.read_text()
+        with self.pool.store.cond:
+            self.pool.store.certificates[self.host_uuid] = self.cert_pem
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         self.context = context
@@ -201,8 +203,9 @@ class SimPool:
         self.port = _free_port(addresses)
         self.members: list[Member] = []
         for i, address in enumerate(addresses):
+            metrics = self.store.add("host_metrics", {})
             uuid = self.store.add("host", {"name_label": f"xcp-{i + 1}", "address": address,
-                                           "hostname": f"xcp-{i + 1}",
+                                           "hostname": f"xcp-{i + 1}", "metrics": metrics,
                                            "memory_overhead": 64 * 1024**2})
             member = Member(self, uuid, address, self.port)
             member.rekey()

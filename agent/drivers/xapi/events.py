@@ -23,7 +23,7 @@ from agent.drivers.xapi.pool import PoolClient
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("pool", "host", "SR", "network", "VM", "VDI", "task")
+WATCHED = ("pool", "host", "host_metrics", "SR", "network", "VM", "VDI", "task")
 EVENT_TIMEOUT = 30.0  # seconds event.from waits for a change (float: XML-RPC <double>)
 RETRY_AFTER = 10.0  # seconds between tries while the pool is unreachable
 _REF = "OpaqueRef:"

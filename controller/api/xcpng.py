@@ -1,0 +1,53 @@
+"""/api/v1/xcpng-pools: read an XCP-ng pool over pinned XAPI, and enroll it as a node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller import schemas
+from controller.api.context import db, region
+from controller.api.framework import ApiBlueprint, actor
+from controller.authz import Perm, Region
+from controller.services import xcpng
+
+api = ApiBlueprint("xcpng-pools", "/api/v1/xcpng-pools", "nodes")
+
+
+def pool_view(url: str, pool_uuid: str, pool_name: str,
+              members: list[dict[str, Any]], master: str | None = None) -> schemas.XcpngPool:
+    """A pool as the API shows it: fingerprints as AA:BB:…, never the credentials."""
+    return schemas.XcpngPool(
+        url=url, pool_uuid=pool_uuid, pool_name=pool_name,
+        members=[schemas.XcpngMember(host_uuid=m["host_uuid"], name=m["name"],
+                                     address=m["address"],
+                                     sha256=xcpng.shown(m["sha256"]),
+                                     master=m["host_uuid"] == master) for m in members])
+
+
+def _probed_view(probed: xcpng.Probed) -> schemas.XcpngPool:
+    master = next((m.host_uuid for m in probed.members if m.master), None)
+    return pool_view(probed.url, probed.pool_uuid, probed.pool_name,
+                     [m.stored() for m in probed.members], master)
+
+
+@api.route("POST", "/probe", access=Region(Perm.NODES_WRITE), body=schemas.XcpngProbe,
+           summary="Read a pool through its master, pinned to the given certificate: the "
+           "pool, its hosts and each host's certificate (nothing is changed or kept)",
+           responses={200: schemas.XcpngPool})
+def probe_pool(body: schemas.XcpngProbe) -> Any:
+    return _probed_view(xcpng.probe(body.url, body.username, body.password, body.fingerprint))
+
+
+@api.route("POST", "", access=Region(Perm.NODES_WRITE), body=schemas.XcpngEnroll,
+           summary="Enroll a pool as a node, each member's certificate pinned as confirmed "
+           "(the password is sealed)", responses={201: schemas.XcpngEnrolled})
+def enroll_pool(body: schemas.XcpngEnroll) -> Any:
+    # the pool is read before any database work: a slow pool holds no transaction
+    probed = xcpng.probe(body.url, body.username, body.password, body.fingerprint)
+    session = db()
+    node, secret = xcpng.enroll(session, actor(), region().region_key, probed,
+                                name=body.name, username=body.username,
+                                password=body.password, confirmed=body.members)
+    session.commit()
+    return schemas.XcpngEnrolled(node_id=node.id, name=node.name,
+                                 pool=_probed_view(probed), join_token=secret), 201

@@ -1,0 +1,250 @@
+"""XCP-ng pools as nodes: read a pool over pinned XAPI, enroll it, hand its agent the way in.
+
+A pool is enrolled from its master's URL and the SHA-256 of the certificate that master
+presents (the operator reads it on the host's console: XCP-ng ships self-signed
+certificates). Over that pinned channel the controller logs in, reads the pool and its
+hosts, and fetches every member's certificate (`host.get_server_certificate`): those are
+shown to the operator, who confirms them; the confirmed set is pinned. Nothing is kept
+when any step fails. The password is sealed with the region key for the pool's node
+alone, never logged nor audited, and handed only to that node's agent, over mutual TLS.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import urllib.parse
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from agent.drivers.xapi.errors import (
+    CertificateMismatch,
+    MasterRefused,
+    PoolUnreachable,
+    XapiError,
+)
+from agent.drivers.xapi.pool import PoolClient
+from agent.drivers.xapi.transport import fingerprint_of, format_fingerprint, normalize_fingerprint
+from controller.db.models import Node, XapiPool
+from controller.errors import Conflict, InvalidInput, NotFound, Unreachable
+from controller.secretbox import RegionKey
+from controller.services import audit
+from controller.services.nodes import create_join_token
+
+PROBE_TIMEOUT = 15.0  # seconds a probe waits on a host: an operator waits on the answer
+JOIN_TOKEN_TTL = timedelta(hours=24)
+
+
+def shown(sha256: str) -> str:
+    """A pinned fingerprint as operators compare them (AA:BB:…)."""
+    return format_fingerprint(sha256)
+
+
+def password_purpose(node_id: str) -> str:
+    """The sealing purpose of a pool's password: it opens for this node alone."""
+    return f"xapi-password/{node_id}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One host of a pool as read over the pinned channel."""
+
+    host_uuid: str
+    name: str
+    address: str
+    sha256: str  # lower-case hex
+    master: bool
+
+    def stored(self) -> dict[str, Any]:
+        return {"host_uuid": self.host_uuid, "name": self.name, "address": self.address,
+                "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Probed:
+    """A pool as its master showed it: what enrollment pins."""
+
+    url: str
+    pool_uuid: str
+    pool_name: str
+    members: list[Member]
+
+
+def _url(text: str) -> tuple[str, str, int]:
+    """(normalized URL, host, port) of https://HOST[:PORT][/]; InvalidInput otherwise."""
+    try:
+        parsed = urllib.parse.urlsplit(text.strip())
+        port = parsed.port or 443
+    except ValueError as e:
+        raise InvalidInput(f"{text!r} is not a URL: {e}", field="url") from e
+    if parsed.scheme != "https" or not parsed.hostname or parsed.path not in ("", "/") \
+            or parsed.query or parsed.fragment or parsed.username or parsed.password:
+        raise InvalidInput(f"{text!r}: a pool master is reached as https://HOST[:PORT] "
+                           "(no path, query or credentials in the URL)", field="url")
+    host = parsed.hostname
+    shown = f"[{host}]" if ":" in host else host
+    return f"https://{shown}:{port}", host, port
+
+
+def presented_fingerprint(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """The SHA-256 of the certificate `host` presents now (a handshake only: nothing is
+    sent, nothing trusted), to show an operator; None when it cannot be read."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    return fingerprint_of(der) if der else None
+
+
+def _der_fingerprint(pem: str, host: str) -> str:
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as e:
+        raise InvalidInput(f"host {host}: the pool gave no readable certificate for it "
+                           f"({e})") from e
+    return fingerprint_of(cert.public_bytes(Encoding.DER))
+
+
+def probe(url: str, username: str, password: str, fingerprint: str,
+          timeout: float = PROBE_TIMEOUT) -> Probed:
+    """Log in to the pool master at `url` pinned to `fingerprint`, read the pool, its
+    hosts and each host's certificate, log out. Changes nothing anywhere.
+
+    InvalidInput: bad URL or fingerprint, another certificate presented (both SHA-256
+    named), credentials refused, a member named instead of the master (the master's
+    address and the SHA-256 it presents named); Unreachable: the host cannot be reached.
+    """
+    normal, host, port = _url(url)
+    try:
+        pin = normalize_fingerprint(fingerprint)
+    except ValueError as e:
+        raise InvalidInput(str(e), field="fingerprint") from e
+    client = PoolClient(normal, username, password, {host: pin}, timeout=timeout, label=host)
+    try:
+        client.connect()
+        return _read_pool(client, normal, host)
+    except CertificateMismatch as e:
+        raise InvalidInput(
+            f"host {host} presented a certificate with SHA-256 "
+            f"{format_fingerprint(normalize_fingerprint(e.presented))}, not the expected "
+            f"{format_fingerprint(pin)}: refused, nothing was sent", field="fingerprint") from e
+    except MasterRefused as e:
+        raise InvalidInput(_not_master(str(e), e.params, host, port)) from e
+    except PoolUnreachable as e:
+        raise Unreachable(f"the pool master at {normal} cannot be reached: {e}") from e
+    except XapiError as e:
+        if e.code == "SESSION_AUTHENTICATION_FAILED":
+            raise InvalidInput(f"the pool at {normal} refused the credentials of "
+                               f"{username!r}", field="password") from e
+        raise InvalidInput(f"the pool at {normal} answered: {e}") from e
+    finally:
+        client.close()
+
+
+def _not_master(message: str, params: list[str], host: str, port: int) -> str:
+    """MasterRefused in an operator's words, naming the master and what it presents."""
+    master = message.split(" names ", 1)[1].split(" ", 1)[0] if " names " in message else ""
+    if not master:
+        return message
+    seen = presented_fingerprint(master, port)
+    shown = format_fingerprint(seen) if seen else "(its certificate could not be read)"
+    return (f"host {host} is a member, not the pool master; the master is {master}, which "
+            f"presents a certificate with SHA-256 {shown}: check that on the master's "
+            f"console, then enroll with https://{master}:{port} and that fingerprint")
+
+
+def _read_pool(client: PoolClient, url: str, host: str) -> Probed:
+    pools = client.call("pool.get_all_records")
+    if len(pools) != 1:
+        raise InvalidInput(f"the host at {url} shows {len(pools)} pools, not one")
+    pool = next(iter(pools.values()))
+    hosts = client.call("host.get_all_records")
+    members: list[Member] = []
+    for ref, rec in sorted(hosts.items(), key=lambda item: str(item[1].get("address"))):
+        address = str(rec.get("address", ""))
+        pem = str(client.call("host.get_server_certificate", ref))
+        members.append(Member(host_uuid=str(rec["uuid"]), name=str(rec.get("name_label", "")),
+                              address=address, sha256=_der_fingerprint(pem, address),
+                              master=ref == pool.get("master")))
+    master = next((m for m in members if m.master), None)
+    if master is None or master.address != client.address:
+        raise InvalidInput(f"the pool at {url} names no master at the address in use")
+    if master.sha256 != client.pins[client.address]:
+        raise InvalidInput(f"host {host}: the pool's record of its certificate "
+                           f"({format_fingerprint(master.sha256)}) is not the one it presents")
+    return Probed(url=url, pool_uuid=str(pool["uuid"]), pool_name=str(pool.get("name_label")),
+                  members=members)
+
+
+def _check_confirmed(probed: Probed, confirmed: dict[str, str]) -> None:
+    """Conflict unless `confirmed` (host uuid -> SHA-256) is exactly what the pool shows."""
+    shown = {m.host_uuid: m.sha256 for m in probed.members}
+    try:
+        wanted = {h: normalize_fingerprint(fp) for h, fp in confirmed.items()}
+    except ValueError as e:
+        raise InvalidInput(str(e), field="members") from e
+    if wanted != shown:
+        differ = sorted(set(wanted.items()) ^ set(shown.items()))
+        hosts = sorted({h for h, _ in differ})
+        raise Conflict("the pool's members or their certificates are not the ones confirmed "
+                       f"(hosts {', '.join(hosts)}): probe again and confirm what it shows",
+                       shown={h: format_fingerprint(fp) for h, fp in shown.items()})
+
+
+def enroll(db: Session, actor: str, box: RegionKey, probed: Probed, *, name: str,
+           username: str, password: str, confirmed: dict[str, str]) -> tuple[Node, str]:
+    """Add the probed pool as node `name`, its members pinned as confirmed: (the node,
+    its agent's one-time join token). All in the caller's transaction: on any refusal
+    nothing is added. Conflict: members not as confirmed, pool or name already there."""
+    _check_confirmed(probed, confirmed)
+    taken = db.scalar(select(XapiPool).where(XapiPool.pool_uuid == probed.pool_uuid))
+    if taken is not None:
+        owner = db.get(Node, taken.node_id)
+        raise Conflict(f"pool {probed.pool_uuid} is already enrolled as node "
+                       f"{owner.name if owner else taken.node_id}")
+    if db.scalar(select(Node).where(Node.name == name)) is not None:
+        raise Conflict(f"a node named '{name}' is already in the region", field="name")
+    node = Node(name=name, cert_serial="", inventory={"hypervisor": "xapi"})
+    db.add(node)
+    db.flush()
+    db.add(XapiPool(node_id=node.id, url=probed.url, username=username,
+                    password_sealed=box.seal(password_purpose(node.id), password.encode()),
+                    pool_uuid=probed.pool_uuid, pool_name=probed.pool_name,
+                    members=[m.stored() for m in probed.members]))
+    secret, token = create_join_token(db, actor, f"agent of XCP-ng pool {name}",
+                                      int(JOIN_TOKEN_TTL.total_seconds()))
+    token.node_id = node.id
+    audit.record(db, actor, "node.add-xcpng", f"node/{node.id}", name=name, url=probed.url,
+                 username=username, pool_uuid=probed.pool_uuid,
+                 members={m.host_uuid: format_fingerprint(m.sha256) for m in probed.members})
+    return node, secret
+
+
+def pool_of(db: Session, node: Node) -> XapiPool:
+    pool = db.get(XapiPool, node.id)
+    if pool is None:
+        raise NotFound(f"node {node.name} is not an XCP-ng pool")
+    return pool
+
+
+def agent_settings(db: Session, box: RegionKey, node_id: str) -> dict[str, Any]:
+    """What the pool's agent needs to reach it (the password opened): url, username,
+    password, pool_uuid, pins (address -> SHA-256). NotFound for a node that is no pool."""
+    pool = db.get(XapiPool, node_id)
+    if pool is None:
+        raise NotFound("this node is not an XCP-ng pool")
+    return {"url": pool.url, "username": pool.username,
+            "password": box.open(password_purpose(node_id), pool.password_sealed).decode(),
+            "pool_uuid": pool.pool_uuid,
+            "pins": {m["address"]: m["sha256"] for m in pool.members}}
+
