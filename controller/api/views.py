@@ -110,7 +110,7 @@ def _addresses(p: Port) -> list[str]:
 def network_view(db: Session, n: Network) -> schemas.Network:
     return schemas.Network(
         id=n.id, name=n.name, project=n.project, kind=n.kind, vlan=n.vlan, physical=n.physical,  # type: ignore[arg-type]
-        vni=n.vni, mtu=n.mtu,
+        vni=n.vni, mtu=n.mtu, xapi_network=n.xapi_network,
         subnets=[schemas.Subnet(id=s.id, cidr=s.cidr, gateway=s.gateway, dns=list(s.dns),
                                 created_at=s.created_at) for s in n.subnets],
         ports=networks.port_count(db, n), created_at=n.created_at,

@@ -366,7 +366,7 @@ def cmd_operation_show(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_network_create(c: Client, a: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": a.name, "kind": a.kind}
-    for key in ("vlan", "physical", "mtu", "project"):
+    for key in ("vlan", "physical", "mtu", "project", "xapi_network"):
         if getattr(a, key) is not None:
             body[key] = getattr(a, key)
     if a.subnet:
@@ -497,6 +497,8 @@ def network_commands(sub: Any, add: Callable[..., Any]) -> None:
                     help="tenant: VXLAN overlay; provider: a VLAN of a physical interface")
     cr.add_argument("--vlan", type=int, help="provider: VLAN id (1-4094)")
     cr.add_argument("--physical", help="provider: interface or bond carrying the VLAN")
+    cr.add_argument("--xapi-network", metavar="NAME", help="provider: the XCP-ng pool "
+                    "network its pools' VMs join")
     cr.add_argument("--mtu", type=int, help="default: 1450 tenant, 1500 provider")
     cr.add_argument("--subnet", metavar="CIDR", help="a first subnet, IPv4 or IPv6")
     cr.add_argument("--gateway", metavar="IP", help="the subnet's router")

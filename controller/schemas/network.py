@@ -48,6 +48,10 @@ class NetworkCreate(Input):
                             description="Default: 1450 for tenant (VXLAN over a 1500 underlay), "
                             "1500 for provider")
     subnets: list[SubnetCreate] = Field(default_factory=list, max_length=16)
+    xapi_network: str | None = Field(
+        default=None, min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$",
+        examples=["Pool-wide network"], description="provider only: the XCP-ng pool "
+        "network (its name) that XCP-ng pools' VMs join for this network")
 
 
 class Subnet(Output):
@@ -69,6 +73,8 @@ class Network(Output):
     physical: str | None
     vni: int | None = Field(description="tenant: the VXLAN id, allocated by the region")
     mtu: int
+    xapi_network: str | None = Field(default=None, description="provider: the XCP-ng pool "
+                                     "network its pools' VMs join")
     subnets: list[Subnet]
     ports: int = Field(description="How many ports it has")
     created_at: UtcDatetime

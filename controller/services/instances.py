@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from agent.protocol import PowerMode
 from controller.authz import Perm
 from controller.config import ControllerConfig
-from controller.db.models import Image, Instance, Node, Operation
+from controller.db.models import Image, Instance, Node, Operation, SecurityGroup
 from controller.errors import Conflict, Forbidden, InvalidInput
 from controller.schemas import InstanceCreate
 from controller.services import (
@@ -72,6 +72,8 @@ def create(db: Session, actor: str, body: InstanceCreate,
         raise InvalidInput("security_groups apply to the VM's NICs; give networks too")
     groups = secgroups.resolve(db, body.security_groups, project.id) if body.networks else []
     pinned = _pinned_node(db, body.node)
+    if pinned is not None and scheduler.is_xapi_pool(db.get_one(Node, pinned)):
+        _check_pool_vm(db.get_one(Node, pinned), body, attachments, groups)
     # lock the candidate rows so two concurrent creates cannot both take the last capacity
     candidates = list(db.scalars(select(Node).order_by(Node.name).with_for_update()))
     wants = tuple(gpus.GpuWant(g.model, g.count) for g in body.gpus)
@@ -122,6 +124,24 @@ def create(db: Session, actor: str, body: InstanceCreate,
     return inst, op
 
 
+def _check_pool_vm(node: Node, body: InstanceCreate, attachments: list[networks.Attachment],
+                   groups: list[SecurityGroup]) -> None:
+    """Conflict naming what an XCP-ng pool cannot give the VM: HA (the pool's own HA
+    applies), security groups (its agent runs no firewall: refused, never let through
+    unfiltered), tenant networks, or a provider network not mapped to a pool network."""
+    if body.ha:
+        raise Conflict(f"node {node.name} is an XCP-ng pool: Vauban does not restart its "
+                       "VMs elsewhere (the pool's own HA applies)")
+    if groups:
+        raise Conflict(f"node {node.name} is an XCP-ng pool: its agent filters no traffic, "
+                       "so a VM there cannot have security groups; ask for none "
+                       "(security_groups: []) to accept that")
+    for a in attachments:
+        if a.network.kind != "provider" or not a.network.xapi_network:
+            raise Conflict(f"node {node.name} is an XCP-ng pool: network {a.network.name} "
+                           "is not a provider network mapped to one of its pool networks")
+
+
 def _check_ha(config: ControllerConfig, gpu: bool) -> None:
     """Conflict naming why a VM cannot be restarted elsewhere when its node is lost."""
     if config.storage != "rbd":
@@ -135,6 +155,9 @@ def _check_ha(config: ControllerConfig, gpu: bool) -> None:
 def set_ha(db: Session, actor: str, inst: Instance, enabled: bool,
            config: ControllerConfig) -> Instance:
     """Mark the VM (or not) for restart elsewhere when its node is lost; audited."""
+    if enabled and scheduler.is_xapi_pool(inst.node):
+        raise Conflict(f"instance '{inst.name}' runs in XCP-ng pool {inst.node.name}: Vauban "
+                       "does not restart its VMs elsewhere (the pool's own HA applies)")
     if enabled:
         _check_ha(config, bool(inst.gpus or inst.vgpus))
     if inst.deleting:

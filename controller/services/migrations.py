@@ -76,6 +76,10 @@ def start(db: Session, actor: str, inst: Instance, to: str | None, config: Contr
     candidates = snap.nodes if snap is not None else list(
         db.scalars(select(Node).order_by(Node.name).with_for_update()))
     pinned = nodes.find(db, to) if to is not None else None
+    for node in (source, pinned):
+        if node is not None and scheduler.is_xapi_pool(node):
+            raise Conflict(f"node {node.name} is an XCP-ng pool: Vauban moves no VM into or "
+                           "out of a pool (its own pool moves VMs between its hosts)")
     if pinned is not None and pinned.id == source.id:
         raise Conflict(f"instance '{inst.name}' is already on node {source.name}")
     if cold and config.storage == "rbd":  # its disk is where every node reaches it

@@ -62,18 +62,19 @@ def create(db: Session, actor: str, body: NetworkCreate, vnis: tuple[int, int]) 
                                                      Network.physical == body.physical))
         if other is not None:
             raise Conflict(f"VLAN {body.vlan} on {body.physical} is already network '{other}'")
-    elif body.vlan is not None or body.physical is not None:
-        raise InvalidInput("a tenant network is a VXLAN overlay: vlan and physical are for "
-                           "provider networks only")
+    elif body.vlan is not None or body.physical is not None or body.xapi_network is not None:
+        raise InvalidInput("a tenant network is a VXLAN overlay: vlan, physical and "
+                           "xapi_network are for provider networks only")
     checked = _check_subnets([], body.subnets)
     mtu = body.mtu or (TENANT_MTU if body.kind == "tenant" else PROVIDER_MTU)
     net = _insert(db, vnis, Network(name=body.name, kind=body.kind, vlan=body.vlan,
-                                    physical=body.physical, mtu=mtu, project_id=project_id))
+                                    physical=body.physical, mtu=mtu, project_id=project_id,
+                                    xapi_network=body.xapi_network))
     net.subnets.extend(checked)
     db.flush()
     audit.record(db, actor, "network.create", f"network/{net.id}", name=net.name,
                  kind=net.kind, vlan=net.vlan, physical=net.physical, vni=net.vni, mtu=net.mtu,
-                 subnets=[s.cidr for s in checked])
+                 subnets=[s.cidr for s in checked], xapi_network=net.xapi_network)
     return net
 
 

@@ -40,6 +40,11 @@ def node_state(node: Node, now: datetime, down_after_s: float) -> str:
     return state_of(node.last_seen_at, now, down_after_s)
 
 
+def is_xapi_pool(node: Node) -> bool:
+    """Whether the node is an XCP-ng pool (its agent talks XAPI to the pool's master)."""
+    return (node.inventory or {}).get("hypervisor") == "xapi"
+
+
 def state_of(last_seen_at: datetime | None, now: datetime, down_after_s: float) -> str:
     """new (never reported), up, or down (silent for longer than `down_after_s`)."""
     if last_seen_at is None:

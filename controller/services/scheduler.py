@@ -25,10 +25,11 @@ from controller.errors import NoValidHost
 from controller.services import gpus as gpu_service
 from controller.services import tenancy
 from controller.services.gpus import GpuWant, RegionGpu, VgpuType
-from controller.services.nodes import node_state
+from controller.services.nodes import is_xapi_pool, node_state
 
 GIB = 1024**3
 LOCAL_POOL = "localfs"  # the pool name a localfs agent reports for its own disk
+XAPI_POOL = "xapi"  # the pool name an XCP-ng pool's agent reports for its storage repository
 
 
 @dataclass(frozen=True)
@@ -211,11 +212,15 @@ def disk_capacities(nodes: list[Node], usage: dict[str, Usage], policy: Policy,
     localfs: the node's reported disk, less its instances' root disks. rbd: the pool
     as the freshest report names it, less every root disk and the volumes in it.
     """
+    pools = {n.id: _local_disk(n, usage.get(n.id, Usage()).disk_gib, XAPI_POOL)
+             for n in nodes if is_xapi_pool(n)}  # a pool's disks live on its own SR
+    others = [n for n in nodes if n.id not in pools]
     if policy.storage != "rbd":
-        return {n.id: _local_disk(n, usage.get(n.id, Usage()).disk_gib) for n in nodes}
-    allocated = sum(u.disk_gib for u in usage.values()) + volume_gib
-    pool = _shared_pool(nodes, policy.root_pool, allocated)
-    return {n.id: pool for n in nodes}
+        return pools | {n.id: _local_disk(n, usage.get(n.id, Usage()).disk_gib) for n in others}
+    allocated = sum(u.disk_gib for n, u in usage.items() if n not in pools) + volume_gib
+    pool = _shared_pool(others, policy.root_pool, allocated)
+    return pools | {n.id: pool for n in others}
+
 
 
 def _reported(node: Node, pool: str) -> tuple[PoolUsage | None, str]:
@@ -230,12 +235,12 @@ def _reported(node: Node, pool: str) -> tuple[PoolUsage | None, str]:
     return found, ": ".join(filter(None, [status.health, status.detail]))
 
 
-def _local_disk(node: Node, allocated_gib: int) -> DiskCapacity:
-    report, said = _reported(node, LOCAL_POOL)
+def _local_disk(node: Node, allocated_gib: int, pool: str = LOCAL_POOL) -> DiskCapacity:
+    report, said = _reported(node, pool)
     if report is None:
-        return DiskCapacity(LOCAL_POOL, None, allocated_gib, unknown=(
+        return DiskCapacity(pool, None, allocated_gib, unknown=(
             "has not reported its disk capacity" + (f" ({said})" if said else "")))
-    return DiskCapacity(LOCAL_POOL, report.used_bytes + report.max_avail_bytes, allocated_gib)
+    return DiskCapacity(pool, report.used_bytes + report.max_avail_bytes, allocated_gib)
 
 
 def _shared_pool(nodes: list[Node], pool: str, allocated_gib: int) -> DiskCapacity:
@@ -275,6 +280,10 @@ def refusal(node: Node, snap: Snapshot, req: PlacementRequest, policy: Policy,
         return "is in maintenance"
     if node.fenced_at is not None:
         return "was fenced after it was lost (vauban node recover, once it is repaired)"
+    if is_xapi_pool(node):
+        why = pool_refusal(node, req)
+        if why is not None:
+            return why
     free_vcpus, free_mib = free_capacity(node, snap.usage.get(node.id, Usage()), policy)
     if req.vcpus > free_vcpus:
         return f"has {max(free_vcpus, 0)} vCPUs free, {req.vcpus} asked"
@@ -285,6 +294,25 @@ def refusal(node: Node, snap: Snapshot, req: PlacementRequest, policy: Policy,
         return why
     if req.gpus or req.vgpu:
         return gpu_refusal(snap.gpus.get(node.id, []), req.gpus, req.vgpu)
+    return None
+
+
+def pool_refusal(node: Node, req: PlacementRequest) -> str | None:
+    """Why the XCP-ng pool `node` cannot take the request, or None: a pool takes only VMs
+    placed on it by name, while its agent reads it, that one of its hosts can hold, and
+    no GPU (Vauban drives no GPU of a pool)."""
+    if req.pinned_node_id != node.id:
+        return "is an XCP-ng pool: it takes only VMs placed on it by name (--node)"
+    pool = (node.inventory or {}).get("pool") or {}
+    if not pool.get("reachable"):
+        said = pool.get("problem") or "not read yet"
+        return f"is an XCP-ng pool its agent cannot reach now ({said})"
+    largest = int(pool.get("largest_free_mib") or 0)
+    if req.memory_mib > largest:
+        return f"is an XCP-ng pool whose hosts have at most {largest} MiB memory free, " \
+            f"{req.memory_mib} asked"
+    if req.gpus or req.vgpu:
+        return "is an XCP-ng pool: Vauban gives its VMs no GPU"
     return None
 
 

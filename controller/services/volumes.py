@@ -18,7 +18,7 @@ from controller.db.models import Instance, Node, Operation, Volume
 from controller.errors import Conflict, InvalidInput, NotFound, NoValidHost
 from controller.schemas import VolumeAttach, VolumeCreate
 from controller.services import audit, desired, operations, quotas, tenancy
-from controller.services.nodes import node_state
+from controller.services.nodes import is_xapi_pool, node_state
 
 ROOT_TARGETS = ("vda", "vdb")  # the root disk and the cloud-init seed
 TARGETS = tuple(f"vd{c}" for c in "cdefghijklmnopqrstuvwxyz")
@@ -152,6 +152,10 @@ def rollback(db: Session, actor: str, vol: Volume, name: str) -> Operation:
 def attach(db: Session, actor: str, vol: Volume, body: VolumeAttach,
            inst: Instance) -> Operation:
     """Plug the volume into a running VM; its node becomes the volume's steward."""
+    if is_xapi_pool(inst.node):
+        raise Conflict(f"'{inst.name}' runs in XCP-ng pool {inst.node.name}: XCP-ng has no "
+                       "supported Ceph RBD storage repository, so Vauban attaches no volume "
+                       "to its VMs; their disks live on the pool's storage repositories")
     _idle(db, vol)
     if vol.instance is not None:
         raise Conflict(f"volume '{vol.name}' is already attached to '{vol.instance.name}'")
