@@ -18,6 +18,7 @@ from agent.drivers.registry import GPUS, load_gpu, load_hypervisor, load_network
 from agent.enroll import JoinError, join
 from agent.hypervisor_tls import HypervisorTls
 from agent.inventory import HardwareReporter, underlay_address
+from agent.pool_agent import fetch_xapi_settings, pool_agent
 from agent.settings_file import DEFAULT_PATH, SettingsFileError, agent_config
 from agent.storage_setup import fetch_settings, make_storage
 from hardware.gpus import probe_gpus
@@ -79,6 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     recovered = certs.recover(config)
     if recovered:
         log.warning("node certificate: %s", recovered)
+    if config.hypervisor == "xapi":
+        return _run_pool(config, identity)
     try:
         profile = load_profile(config.hardware_profile)
     except ProfileError as e:
@@ -94,17 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  accelerated=kvm.usable,
                                  **({"tls_ready": tls.ready} if tls is not None else {}))
     client = ControllerClient(config, identity)
-    stopping = threading.Event()
-    running: list[Agent] = []
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping the agent (VMs keep running)", signum)
-        stopping.set()
-        for a in running:
-            a.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stopping, running = _stop_on_signals()
     try:
         settings = fetch_settings(client, stopping)
     except Refused as e:
@@ -129,6 +122,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         agent.run()
     finally:
         agent.gpu.close()
+    return _refused(agent.refused) if agent.refused is not None else 0
+
+
+def _stop_on_signals() -> tuple[threading.Event, list[Agent]]:
+    """An event SIGTERM and SIGINT set, and the agents they stop (appended by the caller)."""
+    stopping = threading.Event()
+    running: list[Agent] = []
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping the agent (VMs keep running)", signum)
+        stopping.set()
+        for a in running:
+            a.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return stopping, running
+
+
+def _run_pool(config: AgentConfig, identity: NodeIdentity) -> int:
+    """The agent of an XCP-ng pool (agent/pool_agent.py) until stopped."""
+    client = ControllerClient(config, identity)
+    stopping, running = _stop_on_signals()
+    try:
+        settings = fetch_xapi_settings(client, stopping)
+    except Refused as e:
+        return _refused(e)
+    if settings is None:
+        return 0
+    agent, link = pool_agent(config, identity, client, settings, stopping)
+    running.append(agent)
+    log.info("agent for XCP-ng pool %s (%s) at %s, talking to %s", identity.name,
+             identity.node_id, settings.url, identity.controller_url)
+    try:
+        agent.run()
+    finally:
+        link.stop()
     return _refused(agent.refused) if agent.refused is not None else 0
 
 

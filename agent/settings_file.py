@@ -37,7 +37,8 @@ class AgentSettingsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     data_dir: str | None = None
-    hypervisor: Literal["libvirt"] | None = None
+    # "xapi": this agent manages an XCP-ng pool over XAPI (it runs beside the pool, not in it)
+    hypervisor: Literal["libvirt", "xapi"] | None = None
     libvirt_uri: str | None = Field(None, min_length=1, max_length=200)
     network: Literal["linux"] | None = None
     heartbeat_s: float | None = Field(None, ge=1.0, le=3600.0)

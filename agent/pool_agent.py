@@ -1,0 +1,59 @@
+"""`vauban-agent run` for an XCP-ng pool (`hypervisor = "xapi"`): the agent of a pool node.
+
+It runs beside the pool (on a controller host, one agent per pool), never in dom0: it
+reads how to reach the pool from the controller over mutual TLS (the password stays in
+its memory), keeps one event loop on the pool, and drives the pool's VMs and disks
+through XAPI. Nothing of the machine it runs on is reported or touched: no KVM probe,
+hardware, GPUs, networks or firewall.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from agent.client import ControllerClient, ControllerUnavailable
+from agent.config import AgentConfig, NodeIdentity
+from agent.daemon import Agent
+from agent.drivers.registry import load_hypervisor, load_storage
+from agent.drivers.xapi.link import PoolLink
+from agent.protocol import StorageSettings, XapiSettings
+from hardware.kvmprobe import KvmProbe
+
+log = logging.getLogger(__name__)
+
+NOT_KVM = KvmProbe(device=False, usable=False,
+                   detail="an XCP-ng pool: its hosts run Xen, driven over XAPI")
+
+
+def fetch_xapi_settings(client: ControllerClient, stopping: threading.Event,
+                        max_backoff: float = 10.0) -> XapiSettings | None:
+    """How to reach the pool, retrying while the controller is away; None if stopped.
+    Refused (raised) when the controller refuses this agent or says it is no pool."""
+    backoff = 0.5
+    while not stopping.is_set():
+        try:
+            return client.xapi_settings()
+        except ControllerUnavailable as e:
+            log.warning("pool settings unavailable: %s", e)
+            stopping.wait(backoff)
+            backoff = min(backoff * 2, max_backoff)
+    return None
+
+
+def pool_agent(config: AgentConfig, identity: NodeIdentity, client: ControllerClient,
+               settings: XapiSettings, stopping: threading.Event) -> tuple[Agent, PoolLink]:
+    """The agent of the pool `settings` reach, and its link (started: its event loop runs;
+    the caller stops it after the agent)."""
+    link = PoolLink(settings, identity.name)
+    link.start()
+    try:
+        hypervisor = load_hypervisor("xapi", link=link)
+        storage = load_storage("xapi", link=link, scratch_dir=config.data_dir / "scratch")
+        agent = Agent(config, identity, client, hypervisor, storage, NOT_KVM, "xapi",
+                      stopping=stopping, settings=StorageSettings(driver="xapi"),
+                      pool=link.info)
+    except BaseException:
+        link.stop()
+        raise
+    return agent, link
