@@ -17,6 +17,7 @@ import threading
 import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any
+from xml.parsers.expat import ExpatError
 
 from agent.drivers.xapi.errors import XapiError, from_failure
 from agent.drivers.xapi.events import PoolCache
@@ -57,7 +58,7 @@ def decode_result(result: Any) -> Any:
     wrapped = f"<methodResponse><params><param>{result}</param></params></methodResponse>"
     try:
         (value,), _ = xmlrpc.client.loads(wrapped)
-    except (xmlrpc.client.ResponseError, ValueError, TypeError) as e:
+    except (ExpatError, xmlrpc.client.ResponseError, ValueError, TypeError) as e:
         raise XapiError(f"task result is not an XML-RPC value: {result[:200]!r}") from e
     return value
 
