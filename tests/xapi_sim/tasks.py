@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import threading
+import xml.sax.saxutils
 import xmlrpc.client
 from typing import Any
 
@@ -37,9 +38,12 @@ def _now() -> xmlrpc.client.DateTime:
 
 
 def result_value(value: Any) -> str:
-    """`value` as a task's `result`: one XML-RPC `<value>` element ("" for void)."""
+    """`value` as a task's `result`: one XML-RPC `<value>` element ("" for void); a
+    string untyped (`<value>OpaqueRef:…</value>`), as xapi's own writer does."""
     if value in ("", None):
         return ""
+    if isinstance(value, str):
+        return f"<value>{xml.sax.saxutils.escape(value)}</value>"
     body = xmlrpc.client.dumps((_for_xmlrpc(value),))  # <params><param><value>…
     start, end = body.index("<value>"), body.rindex("</value>") + len("</value>")
     return body[start:end].replace("\n", "")
