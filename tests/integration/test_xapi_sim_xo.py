@@ -123,7 +123,8 @@ def test_xo_follows_host_is_slave_and_reads_what_the_pool_holds(
     probe = xo(sim, member=1)
     ready = probe.until(lambda line: line["kind"] == "ready")
     assert ready["host"] == sim.members[0].address
-    assert ready["counts"] == {"pool": 1, "host": 2, "SR": 1, "network": 1, "VM": 1}
+    # VMs: the control domain and the template "Other install media"
+    assert ready["counts"] == {"pool": 1, "host": 2, "SR": 1, "SM": 1, "network": 1, "VM": 2}
 
 
 def test_xo_sees_a_vm_added_changed_removed(

@@ -14,7 +14,7 @@ from tests.xapi_sim.wire import XapiFault
 
 
 def _record(method: str, args: list[Any]) -> dict[str, Any]:
-    lc._arity(method, args, 1)
+    lc.arity(method, args, 1)
     if not isinstance(args[0], dict):
         raise XapiFault("FIELD_TYPE_ERROR", "args")
     return args[0]
@@ -28,7 +28,7 @@ def vbd_create(store: Store, sess: Session, args: list[Any], task: str | None) -
         empty = bool(rec.get("empty"))
         vdi = "" if empty else store.resolve(sess, "VDI", rec.get("VDI")).uuid
         userdevice = str(rec.get("userdevice", ""))
-        if any(v.fields["userdevice"] == userdevice for v in lc._owned(store, "VBD", vm.uuid)):
+        if any(v.fields["userdevice"] == userdevice for v in lc.owned(store, "VBD", vm.uuid)):
             raise XapiFault("DEVICE_ALREADY_EXISTS", userdevice)
         mode, kind = str(rec.get("mode", "RW")), str(rec.get("type", "Disk"))
         if mode not in ("RO", "RW") or kind not in ("Disk", "CD", "Floppy"):
@@ -46,17 +46,17 @@ def vif_create(store: Store, sess: Session, args: list[Any], task: str | None) -
         vm = store.resolve(sess, "VM", rec.get("VM"))
         network = store.resolve(sess, "network", rec.get("network"))
         device = str(rec.get("device", ""))
-        if any(v.fields["device"] == device for v in lc._owned(store, "VIF", vm.uuid)):
+        if any(v.fields["device"] == device for v in lc.owned(store, "VIF", vm.uuid)):
             raise XapiFault("DEVICE_ALREADY_EXISTS", device)
         fields = {"VM": vm.uuid, "network": network.uuid, "device": device,
-                  "MAC": str(rec.get("MAC", "")), "MTU": lc._int64(rec.get("MTU", 1500), "MTU"),
+                  "MAC": str(rec.get("MAC", "")), "MTU": lc.int64(rec.get("MTU", 1500), "MTU"),
                   "other_config": dict(rec.get("other_config") or {})}
         return sess.ref(("VIF", store.add("VIF", fields)))
 
 
 def _destroyer(cls: str) -> lc.Method:
     def destroy(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
-        lc._arity(f"{cls}.destroy", args, 1)
+        lc.arity(f"{cls}.destroy", args, 1)
         with store.cond:
             obj = store.resolve(sess, cls, args[0])
             if obj.fields["currently_attached"]:
@@ -68,7 +68,7 @@ def _destroyer(cls: str) -> lc.Method:
 
 def vdi_destroy(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VDI.destroy(vdi): refused while a VBD of a running VM uses it."""
-    lc._arity("VDI.destroy", args, 1)
+    lc.arity("VDI.destroy", args, 1)
     with store.cond:
         vdi = store.resolve(sess, "VDI", args[0])
         if any(v.fields["VDI"] == vdi.uuid and v.fields["currently_attached"]
@@ -80,29 +80,29 @@ def vdi_destroy(store: Store, sess: Session, args: list[Any], task: str | None) 
 
 def vdi_clone(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VDI.clone(vdi, driver_params): a new VDI in the same SR, the same size and config."""
-    lc._arity("VDI.clone", args, 2)
+    lc.arity("VDI.clone", args, 2)
     with store.cond:
         vdi = store.resolve(sess, "VDI", args[0])
-        fields = lc._vdi_copy_fields(vdi, vdi.fields["SR"])
+        fields = lc.vdi_copy_fields(vdi, vdi.fields["SR"])
         return sess.ref(("VDI", store.add("VDI", {**fields, "sm_config": {
             **vdi.fields["sm_config"], "vhd-parent": vdi.uuid}})))
 
 
 def vdi_copy(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VDI.copy(vdi, sr): a full copy into `sr`."""
-    lc._arity("VDI.copy", args, 2)
+    lc.arity("VDI.copy", args, 2)
     with store.cond:
         vdi = store.resolve(sess, "VDI", args[0])
         sr = store.resolve(sess, "SR", args[1])
-        return sess.ref(("VDI", store.add("VDI", lc._vdi_copy_fields(vdi, sr.uuid))))
+        return sess.ref(("VDI", store.add("VDI", lc.vdi_copy_fields(vdi, sr.uuid))))
 
 
 def vdi_resize(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VDI.resize(vdi, size): grown (never shrunk)."""
-    lc._arity("VDI.resize", args, 2)
+    lc.arity("VDI.resize", args, 2)
     with store.cond:
         vdi = store.resolve(sess, "VDI", args[0])
-        size = lc._int64(args[1], "size")
+        size = lc.int64(args[1], "size")
         if size < int(vdi.fields["virtual_size"]):
             raise XapiFault("SR_BACKEND_FAILURE_79", "", "VDI Invalid size",
                             "shrinking is not allowed")
@@ -113,14 +113,14 @@ def vdi_resize(store: Store, sess: Session, args: list[Any], task: str | None) -
 METHODS: dict[str, lc.Method] = {
     "VM.clone": lc.vm_clone,
     "VM.provision": lc.vm_provision,
-    "VM.set_name_label": lc._map_ops("VM")["VM.set_name_label"],
+    "VM.set_name_label": lc.map_ops("VM")["VM.set_name_label"],
     "VM.set_memory_limits": lc.vm_set_memory_limits,
-    "VM.set_VCPUs_max": lc._setter("VCPUs_max", True, lc._count),
+    "VM.set_VCPUs_max": lc.setter("VCPUs_max", True, lc.vcpu_count),
     "VM.set_VCPUs_at_startup": lc.vm_set_vcpus_at_startup,
-    "VM.set_HVM_boot_params": lc._setter("HVM_boot_params", False, lc._string_map),
-    "VM.set_platform": lc._setter("platform", False, lc._string_map),
-    "VM.add_to_other_config": lc._map_ops("VM")["VM.add_to_other_config"],
-    "VM.remove_from_other_config": lc._map_ops("VM")["VM.remove_from_other_config"],
+    "VM.set_HVM_boot_params": lc.setter("HVM_boot_params", False, lc.string_map),
+    "VM.set_platform": lc.setter("platform", False, lc.string_map),
+    "VM.add_to_other_config": lc.map_ops("VM")["VM.add_to_other_config"],
+    "VM.remove_from_other_config": lc.map_ops("VM")["VM.remove_from_other_config"],
     "VM.start": lc.vm_start,
     "VM.clean_shutdown": lc.vm_clean_shutdown,
     "VM.hard_shutdown": lc.vm_hard_shutdown,
@@ -134,5 +134,5 @@ METHODS: dict[str, lc.Method] = {
     "VDI.clone": vdi_clone,
     "VDI.copy": vdi_copy,
     "VDI.resize": vdi_resize,
-    **lc._map_ops("VDI"),
+    **lc.map_ops("VDI"),
 }

@@ -53,13 +53,13 @@ class TaskGone(Exception):
     """The task running this work vanished (toolstack restart): the work is dropped."""
 
 
-def _arity(method: str, args: list[Any], expected: int) -> None:
+def arity(method: str, args: list[Any], expected: int) -> None:
     if len(args) != expected:
         raise XapiFault("MESSAGE_PARAMETER_COUNT_MISMATCH", method, str(expected + 1),
                         str(len(args) + 1))
 
 
-def _int64(value: Any, name: str) -> int:
+def int64(value: Any, name: str) -> int:
     """An XAPI int argument: a decimal string in XML-RPC, a number in JSON-RPC."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise XapiFault("FIELD_TYPE_ERROR", name)
@@ -84,20 +84,20 @@ def _vm(store: Store, sess: Session, ref: Any) -> Obj:
     return vm
 
 
-def _owned(store: Store, cls: str, vm_uuid: str) -> list[Obj]:
+def owned(store: Store, cls: str, vm_uuid: str) -> list[Obj]:
     """The VBDs or VIFs of VM `vm_uuid`."""
     return [o for o in store.live(cls) if o.fields["VM"] == vm_uuid]
 
 
 def _attach(store: Store, vm_uuid: str, attached: bool) -> None:
     for cls in ("VBD", "VIF"):
-        for obj in _owned(store, cls, vm_uuid):
+        for obj in owned(store, cls, vm_uuid):
             store.modify(cls, obj.uuid, currently_attached=attached)
 
 
 # --- VM: install from a template ------------------------------------------------------
 
-def _vdi_copy_fields(vdi: Obj, sr: str) -> dict[str, Any]:
+def vdi_copy_fields(vdi: Obj, sr: str) -> dict[str, Any]:
     keep = ("name_label", "name_description", "virtual_size", "type", "sharable",
             "read_only", "other_config", "sm_config")
     fields = {k: vdi.fields[k] for k in keep}
@@ -106,16 +106,16 @@ def _vdi_copy_fields(vdi: Obj, sr: str) -> dict[str, Any]:
 
 def vm_clone(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VM.clone(vm, new_name): a halted copy, its disks cloned (is_a_template kept)."""
-    _arity("VM.clone", args, 2)
+    arity("VM.clone", args, 2)
     with store.cond:
         src = _vm(store, sess, args[0])
         _power(sess, src, ("Halted",))
         fields = {**src.fields, "name_label": str(args[1]), "resident_on": "",
                   "other_config": dict(src.fields["other_config"])}
         new = store.add("VM", fields)
-        for vbd in _owned(store, "VBD", src.uuid):
+        for vbd in owned(store, "VBD", src.uuid):
             vdi = store.objects.get(("VDI", vbd.fields["VDI"]))
-            copy = store.add("VDI", _vdi_copy_fields(vdi, vdi.fields["SR"])) if vdi else ""
+            copy = store.add("VDI", vdi_copy_fields(vdi, vdi.fields["SR"])) if vdi else ""
             store.add("VBD", {**vbd.fields, "VM": new, "VDI": copy,
                               "currently_attached": False})
         return sess.ref(("VM", new))
@@ -123,7 +123,7 @@ def vm_clone(store: Store, sess: Session, args: list[Any], task: str | None) -> 
 
 def vm_provision(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VM.provision(vm): the template's disks made (none here); no longer a template."""
-    _arity("VM.provision", args, 1)
+    arity("VM.provision", args, 1)
     with store.cond:
         vm = _vm(store, sess, args[0])
         _power(sess, vm, ("Halted",))
@@ -133,9 +133,9 @@ def vm_provision(store: Store, sess: Session, args: list[Any], task: str | None)
 
 # --- VM: fields -------------------------------------------------------------------------
 
-def _setter(field: str, halted: bool, convert: Callable[[Any], Any]) -> Method:
+def setter(field: str, halted: bool, convert: Callable[[Any], Any]) -> Method:
     def set_field(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
-        _arity(f"VM.set_{field}", args, 2)
+        arity(f"VM.set_{field}", args, 2)
         with store.cond:
             vm = _vm(store, sess, args[0])
             if halted:
@@ -145,14 +145,14 @@ def _setter(field: str, halted: bool, convert: Callable[[Any], Any]) -> Method:
     return set_field
 
 
-def _count(value: Any) -> int:
-    n = _int64(value, "value")
+def vcpu_count(value: Any) -> int:
+    n = int64(value, "value")
     if n < 1:
         raise XapiFault("VALUE_NOT_SUPPORTED", "VCPUs", str(n), "must be at least 1")
     return n
 
 
-def _string_map(value: Any) -> dict[str, str]:
+def string_map(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise XapiFault("FIELD_TYPE_ERROR", "value")
     return {str(k): str(v) for k, v in value.items()}
@@ -161,10 +161,10 @@ def _string_map(value: Any) -> dict[str, str]:
 def vm_set_vcpus_at_startup(store: Store, sess: Session, args: list[Any],
                             task: str | None) -> str:
     """VM.set_VCPUs_at_startup(vm, n): at most VCPUs_max."""
-    _arity("VM.set_VCPUs_at_startup", args, 2)
+    arity("VM.set_VCPUs_at_startup", args, 2)
     with store.cond:
         vm = _vm(store, sess, args[0])
-        n = _count(args[1])
+        n = vcpu_count(args[1])
         if n > int(vm.fields["VCPUs_max"]):
             raise XapiFault("VALUE_NOT_SUPPORTED", "VCPUs_at_startup", str(n),
                             "value greater than VCPUs_max")
@@ -175,11 +175,11 @@ def vm_set_vcpus_at_startup(store: Store, sess: Session, args: list[Any],
 def vm_set_memory_limits(store: Store, sess: Session, args: list[Any],
                          task: str | None) -> str:
     """VM.set_memory_limits(vm, static_min, static_max, dynamic_min, dynamic_max)."""
-    _arity("VM.set_memory_limits", args, 5)
+    arity("VM.set_memory_limits", args, 5)
     with store.cond:
         vm = _vm(store, sess, args[0])
         _power(sess, vm, ("Halted",))
-        smin, smax, dmin, dmax = (_int64(a, "memory") for a in args[1:])
+        smin, smax, dmin, dmax = (int64(a, "memory") for a in args[1:])
         if not 0 < smin <= dmin <= dmax <= smax:
             raise XapiFault("MEMORY_CONSTRAINT_VIOLATION",
                             "Memory limits must satisfy: static_min <= dynamic_min <= "
@@ -189,10 +189,10 @@ def vm_set_memory_limits(store: Store, sess: Session, args: list[Any],
     return ""
 
 
-def _map_ops(cls: str) -> dict[str, Method]:
+def map_ops(cls: str) -> dict[str, Method]:
     """`<cls>.add_to_other_config(obj, key, value)` and `remove_from_other_config(obj, key)`."""
     def add(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
-        _arity(f"{cls}.add_to_other_config", args, 3)
+        arity(f"{cls}.add_to_other_config", args, 3)
         with store.cond:
             obj = store.resolve(sess, cls, args[0])
             config = dict(obj.fields["other_config"])
@@ -204,7 +204,7 @@ def _map_ops(cls: str) -> dict[str, Method]:
         return ""
 
     def remove(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
-        _arity(f"{cls}.remove_from_other_config", args, 2)
+        arity(f"{cls}.remove_from_other_config", args, 2)
         with store.cond:
             obj = store.resolve(sess, cls, args[0])
             config = dict(obj.fields["other_config"])
@@ -213,7 +213,7 @@ def _map_ops(cls: str) -> dict[str, Method]:
         return ""
 
     def name(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
-        _arity(f"{cls}.set_name_label", args, 2)
+        arity(f"{cls}.set_name_label", args, 2)
         with store.cond:
             store.modify(cls, store.resolve(sess, cls, args[0]).uuid, name_label=str(args[1]))
         return ""
@@ -243,7 +243,7 @@ def _placement(store: Store, vm: Obj) -> str:
 
 def vm_start(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VM.start(vm, start_paused, force): running (or paused) on a host with room."""
-    _arity("VM.start", args, 3)
+    arity("VM.start", args, 3)
     with store.cond:
         vm = _vm(store, sess, args[0])
         if vm.fields["is_a_template"]:
@@ -269,7 +269,7 @@ def vm_clean_shutdown(store: Store, sess: Session, args: list[Any], task: str | 
     """VM.clean_shutdown(vm). A guest that ignores it (fault switch) keeps the call
     waiting until a hard_shutdown halts the VM: then it ends TASK_CANCELLED, as xapi's
     hard_shutdown cancels the VM's other operations."""
-    _arity("VM.clean_shutdown", args, 1)
+    arity("VM.clean_shutdown", args, 1)
     with store.cond:
         vm = _vm(store, sess, args[0])
         _power(sess, vm, ("Running",))
@@ -289,7 +289,7 @@ def vm_clean_shutdown(store: Store, sess: Session, args: list[Any], task: str | 
 
 def vm_hard_shutdown(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VM.hard_shutdown(vm): halted at once (allowed beside a clean_shutdown)."""
-    _arity("VM.hard_shutdown", args, 1)
+    arity("VM.hard_shutdown", args, 1)
     with store.cond:
         vm = _vm(store, sess, args[0])
         _power(sess, vm, ("Running", "Paused", "Suspended"))
@@ -301,7 +301,7 @@ def vm_hard_shutdown(store: Store, sess: Session, args: list[Any], task: str | N
 
 def vm_hard_reboot(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VM.hard_reboot(vm): the guest restarts at once; the VM stays running."""
-    _arity("VM.hard_reboot", args, 1)
+    arity("VM.hard_reboot", args, 1)
     with store.cond:
         vm = _vm(store, sess, args[0])
         _power(sess, vm, ("Running", "Paused"))
@@ -311,12 +311,12 @@ def vm_hard_reboot(store: Store, sess: Session, args: list[Any], task: str | Non
 
 def vm_destroy(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
     """VM.destroy(vm): the VM, its VBDs and VIFs removed; its VDIs stay (as xapi)."""
-    _arity("VM.destroy", args, 1)
+    arity("VM.destroy", args, 1)
     with store.cond:
         vm = _vm(store, sess, args[0])
         _power(sess, vm, ("Halted", "Suspended"))
         for cls in ("VBD", "VIF"):
-            for obj in _owned(store, cls, vm.uuid):
+            for obj in owned(store, cls, vm.uuid):
                 store.remove(cls, obj.uuid)
         store.remove("VM", vm.uuid)
     return ""

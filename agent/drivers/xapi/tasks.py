@@ -89,9 +89,19 @@ class PoolOps:
         return self.client.label
 
     def call(self, method: str, *args: Any) -> Any:
-        """The value of `method(session, *args)`; XapiError (mapped) on failure."""
+        """The value of `method(session, *args)`; XapiError (mapped) on failure. A ref
+        refused because the session was replaced during the call (refs are per session:
+        a toolstack restart or expiry) is a retryable error, not "gone"."""
         with self._lock:
-            return self.client.call(method, *args)
+            logins = self.client.logins
+            try:
+                return self.client.call(method, *args)
+            except XapiError as e:
+                if e.code != "HANDLE_INVALID" or self.client.logins == logins:
+                    raise
+                raise XapiError(f"pool {self.label}: {method}: the session was replaced "
+                                "meanwhile (its refs with it): try again", code=e.code,
+                                params=e.params, retryable=True) from e
 
     def ref(self, cls: str, uuid: str) -> str:
         """This session's ref of `cls` object `uuid` (refs are never kept across calls:
