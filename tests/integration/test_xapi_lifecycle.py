@@ -111,6 +111,9 @@ def test_define_start_stop_undefine(pool: Pool) -> None:
     assert (obs.id, obs.name, obs.running, obs.labels) == (
         "vm-1", "vauban-vm-1", False, {"vauban.owner": "node-1"})
     vm = pool.vm("vm-1")
+    calls = store.calls
+    assert calls["Async.VM.clone"] == calls["Async.VM.provision"] == 1
+    assert calls["Async.VDI.clone"] == calls["Async.VDI.resize"] == 1
     assert store.field("VM", vm, "is_a_template") is False
     assert store.field("VM", vm, "memory_static_max") == 512 * 1024**2
     assert store.field("VM", vm, "VCPUs_at_startup") == 2
@@ -236,3 +239,18 @@ def _catching(fn: Callable[[], None], errors: list[BaseException]) -> Callable[[
         except BaseException as e:  # noqa: BLE001 - the test reads it
             errors.append(e)
     return run
+
+
+def test_an_sr_that_cannot_clone_gets_full_copies(pool: Pool) -> None:
+    store = pool.sim.store
+    (sm,) = store.live("SM")
+    store.modify("SM", sm, capabilities=["VDI_CREATE", "VDI_DELETE"], features={})
+    assert pool.cache.wait_for(lambda c: not pool.storage.info().copy_on_write, WAIT)
+    root = pool.storage.create_root_disk("vm-1", IMAGE, None)
+    assert isinstance(root.source, VdiSource)
+    assert store.field("VDI", root.source.vdi_uuid, "virtual_size") == GiB
+    assert store.calls["Async.VDI.copy"] == 1 and "Async.VDI.clone" not in store.calls
+    assert not pool.storage.root_disk_is_clone("vm-1")
+    assert pool.storage.free_bytes() == 5 * 1024**4  # the simulated SR: 8 TiB, 3 used
+    pool.storage.delete_vm_disks("vm-1")
+    assert store.live("VDI") == {pool.image} and pool.tasks_left() == set()

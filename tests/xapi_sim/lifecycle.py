@@ -32,6 +32,9 @@ class Backend(Protocol):
     def reboot(self, vm_uuid: str) -> None:
         """Restart the guest at once."""
 
+    def destroy(self, vm_uuid: str) -> None:
+        """Forget whatever the backend keeps of a halted VM that is being destroyed."""
+
 
 class MemoryBackend:
     """Guests that exist only as a set of running VM uuids."""
@@ -47,6 +50,9 @@ class MemoryBackend:
 
     def reboot(self, vm_uuid: str) -> None:
         pass
+
+    def destroy(self, vm_uuid: str) -> None:
+        self.running.discard(vm_uuid)
 
 
 class TaskGone(Exception):
@@ -315,6 +321,8 @@ def vm_destroy(store: Store, sess: Session, args: list[Any], task: str | None) -
     with store.cond:
         vm = _vm(store, sess, args[0])
         _power(sess, vm, ("Halted", "Suspended"))
+    store.backend.destroy(vm.uuid)
+    with store.cond:
         for cls in ("VBD", "VIF"):
             for obj in owned(store, cls, vm.uuid):
                 store.remove(cls, obj.uuid)

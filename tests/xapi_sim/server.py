@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.xapi_sim import api, wire
-from tests.xapi_sim.lifecycle import MemoryBackend
+from tests.xapi_sim.lifecycle import Backend, MemoryBackend
 from tests.xapi_sim.model import GiB, Store
 
 
@@ -194,11 +194,12 @@ class SimPool:
 
     def __init__(self, folder: Path, hosts: int = 2, username: str = "root",
                  password: str = "secret", jsonrpc: bool = True,
-                 stable_refs: bool = False) -> None:
+                 stable_refs: bool = False, backend: Backend | None = None) -> None:
         self.folder, self.rekeys = folder, 0
         self.jsonrpc = jsonrpc  # False: /jsonrpc answers XML-RPC (an xapi without it)
         self.store = Store(username, password, stable_refs)
-        self.store.backend = MemoryBackend()  # the seam for a backend running real guests
+        # what runs the guests: in memory unless a backend running real ones is given
+        self.store.backend = backend if backend is not None else MemoryBackend()
         addresses = [f"127.0.0.{i + 1}" for i in range(hosts)]
         self.port = _free_port(addresses)
         self.members: list[Member] = []

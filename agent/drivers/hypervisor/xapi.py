@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.drivers.hypervisor.base import (
+    ConsoleStream,
     DiskSpec,
     HypervisorDriver,
     HypervisorError,
@@ -31,7 +32,7 @@ from agent.drivers.hypervisor.base import (
 from agent.drivers.xapi.errors import XapiError
 from agent.drivers.xapi.keys import INSTANCE, LABELS, POWER_SEQ
 from agent.drivers.xapi.tasks import PoolOps, TaskPending
-from agent.protocol import MigrationOrder
+from agent.protocol import ConsoleKind, MigrationOrder
 from agent.revert import Reverter
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,9 @@ class XapiHypervisor(HypervisorDriver):
 
     def resize_disk(self, vm_id: str, target: str, size_bytes: int) -> None:
         raise self._refuse("grow disks live")
+
+    def open_console(self, vm_id: str, kind: ConsoleKind) -> ConsoleStream:
+        raise HypervisorError("consoles of XCP-ng pool VMs are not relayed yet")
 
 
 def _labels(text: str) -> dict[str, str]:
