@@ -158,6 +158,8 @@ class XapiHypervisor(HypervisorDriver):
         """Clone the template, set memory, vCPUs, boot and our keys, provision, then
         attach disks and NICs. On failure the VM and the VDIs imported for it are
         destroyed again (disks given as VdiSources are left alone)."""
+        if spec.hostdevs:
+            raise self._refuse("pass host devices (GPUs) through to VMs")
         self._valid()
         if self._find(spec.id) is not None:
             raise HypervisorError(f"pool {self.ops.label}: VM {spec.id} is already defined")
