@@ -68,11 +68,12 @@ class XoProbe:
             pass
         return line
 
-    def ask(self, command: str) -> Line:
+    def ask(self, command: str, answer: str = "object") -> Line:
+        """Send `command`; the next line of kind `answer`."""
         assert self.process.stdin is not None
         self.process.stdin.write(command.encode() + b"\n")
         self.process.stdin.flush()
-        return self.until(lambda line: line["kind"] == "object")
+        return self.until(lambda line: line["kind"] == answer)
 
     def stop(self) -> None:
         """Ask the probe to quit (it logs out); ended by its PID if it does not."""
@@ -123,7 +124,9 @@ def test_xo_follows_host_is_slave_and_reads_what_the_pool_holds(
     probe = xo(sim, member=1)
     ready = probe.until(lambda line: line["kind"] == "ready")
     assert ready["host"] == sim.members[0].address
-    assert ready["counts"] == {"pool": 1, "host": 2, "SR": 1, "network": 1, "VM": 1}
+    # VMs: the control domain and the template "Other install media"
+    assert ready["counts"] == {"pool": 1, "host": 2, "host_metrics": 2, "SR": 1, "SM": 1,
+                               "network": 1, "VM": 2}
 
 
 def test_xo_sees_a_vm_added_changed_removed(
@@ -198,3 +201,21 @@ def test_xo_reads_int64_on_either_wire(sim_pools: Callable[..., SimProcess],
     assert probe.ask(f"get VDI {vdi}")["value"]["virtual_size"] == size
     calls = sim.store.calls
     assert calls["VDI.get_all_records"] >= 1
+
+
+def test_xo_runs_async_calls_to_their_task_results_and_errors(
+        sim_pools: Callable[..., SimProcess], xo: Callable[..., XoProbe]) -> None:
+    """XO parses a task's result with its own XML-RPC parser (over JSON-RPC too) and
+    raises a failed task's error_info as the call's error."""
+    sim = sim_pools(stable_refs=True)
+    probe = xo(sim)
+    probe.until(lambda line: line["kind"] == "ready")
+    clone = probe.ask(f'async VM.clone {sim.template} "xo-clone"', "result")
+    assert str(clone["value"]).startswith("OpaqueRef:")
+    (vm,) = sim.store.live("VM") - {sim.template} - {
+        v for v in sim.store.live("VM") if sim.store.field("VM", v, "is_control_domain")}
+    assert sim.store.field("VM", vm, "name_label") == "xo-clone"
+    sim.fail_next("VM.provision", "SR_BACKEND_FAILURE_44", "", "full", "")
+    failed = probe.ask(f"async VM.provision {vm}", "result")
+    assert (failed["code"], failed["params"]) == ("SR_BACKEND_FAILURE_44", ["", "full", ""])
+    probe.until(lambda line: line["kind"] == "remove" and sim.store.live("task") == set())

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.xapi_sim import events
+from tests.xapi_sim import devices, events, tasks
 from tests.xapi_sim.model import CLASSES, REF_FIELDS, Session, Store, class_named
 from tests.xapi_sim.wire import XapiFault
 
 _PER_CLASS = ("get_all_records", "get_all", "get_record", "get_by_uuid", "get_uuid")
-_WRITES = ("VDI.create", "VDI.destroy", "host.get_server_certificate")
+_WRITES = ("VDI.create", "host.get_server_certificate")
 _OTHERS = ("session.login_with_password", "session.logout", "system.listMethods",
            "event.from", "event.inject")
 
@@ -23,7 +23,7 @@ _OTHERS = ("session.login_with_password", "session.logout", "system.listMethods"
 def list_methods() -> list[str]:
     """Every method this simulator answers (`system.listMethods`)."""
     per_class = [f"{c}.{m}" for c in CLASSES for m in _PER_CLASS]
-    return [*_OTHERS, *per_class, *_WRITES]
+    return [*_OTHERS, *per_class, *_WRITES, *tasks.list_methods()]
 
 
 def _arity(method: str, params: list[Any], expected: int) -> None:
@@ -89,12 +89,6 @@ def _vdi_create(store: Store, sess: Session, args: list[Any]) -> str:
     return sess.ref(("VDI", store.add("VDI", fields)))
 
 
-def _vdi_destroy(store: Store, sess: Session, args: list[Any]) -> str:
-    _arity("VDI.destroy", args, 1)
-    store.remove("VDI", store.resolve(sess, "VDI", args[0]).uuid)
-    return ""
-
-
 def _server_certificate(store: Store, sess: Session, args: list[Any]) -> str:
     _arity("host.get_server_certificate", args, 1)
     host = store.resolve(sess, "host", args[0])
@@ -102,7 +96,7 @@ def _server_certificate(store: Store, sess: Session, args: list[Any]) -> str:
 
 
 _WRITE_CALLS: dict[str, Callable[[Store, Session, list[Any]], Any]] = {
-    "VDI.create": _vdi_create, "VDI.destroy": _vdi_destroy,
+    "VDI.create": _vdi_create,
     "host.get_server_certificate": _server_certificate,
 }
 
@@ -129,6 +123,12 @@ def call(store: Store, method: str, params: list[Any], master_address: str | Non
     if method == "event.inject":
         _arity(method, args, 2)
         return events.event_inject(store, handle, *args)
+    if method.startswith("Async.") or method in devices.METHODS or method in tasks.TASK_METHODS:
+        with store.cond:
+            sess = store.session(handle)
+        if method.startswith("Async."):
+            return tasks.start(store, sess, method.removeprefix("Async."), args)
+        return tasks.run_sync(store, sess, method, args)
     with store.cond:
         sess = store.session(handle)
         if method in _WRITE_CALLS:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.xapi_sim import tasks
 from tests.xapi_sim.server import SimPool
 
 WAIT_LIMIT = 600.0  # a bound on wait_blocked, never reached when the client works
@@ -30,6 +31,7 @@ def _wait_blocked(pool: SimPool, count: int) -> bool:
 
 def _info(pool: SimPool) -> dict[str, Any]:
     return {"port": pool.port, "sr": pool.sr, "network": pool.network,
+            "template": pool.template,
             "master": pool.members.index(pool.master),
             "members": [{"address": m.address, "fingerprint": m.fingerprint,
                          "host_uuid": m.host_uuid, "cert_pem": m.cert_pem}
@@ -59,7 +61,23 @@ def operations(pool: SimPool) -> dict[str, Op]:
         "switch_master": pool.switch_master,
         "eject": pool.eject,
         "restart_toolstack": pool.restart_toolstack,
+        "hold": lambda method: tasks.hold(store, method),
+        "release": lambda method: tasks.release(store, method),
+        "wait_tasks": lambda method, count: tasks.wait_tasks(store, method, count,
+                                                             WAIT_LIMIT),
+        "fail_next": lambda method, description: _set_fault(
+            pool, lambda f: f.fail_next.__setitem__(method, list(description))),
+        "guest_ignores_shutdown": lambda flag: _set_fault(
+            pool, lambda f: setattr(f, "guest_ignores_shutdown", bool(flag))),
+        "host_memory": lambda size: _set_fault(
+            pool, lambda f: setattr(f, "host_memory", int(size))),
     }
+
+
+def _set_fault(pool: SimPool, change: Callable[[Any], None]) -> None:
+    with pool.store.cond:
+        change(pool.store.faults)
+        pool.store.cond.notify_all()
 
 
 def _run(ops: dict[str, Op], pool: SimPool, request: dict[str, Any]) -> Any:

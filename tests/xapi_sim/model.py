@@ -31,12 +31,18 @@ REF_FIELDS: dict[str, dict[str, str]] = {
     "network": {},
     "VM": {"resident_on": "host"},
     "VDI": {"SR": "SR"},
+    "VBD": {"VM": "VM", "VDI": "VDI"},
+    "VIF": {"VM": "VM", "network": "network"},
+    "SM": {},
     "task": {"resident_on": "host"},
 }
 # set-of-refs fields computed from the other side: field -> (class, its ref field)
 BACK_REFS: dict[str, dict[str, tuple[str, str]]] = {
     "host": {"resident_VMs": ("VM", "resident_on")},
     "SR": {"VDIs": ("VDI", "SR")},
+    "VM": {"VBDs": ("VBD", "VM"), "VIFs": ("VIF", "VM")},
+    "VDI": {"VBDs": ("VBD", "VDI")},
+    "network": {"VIFs": ("VIF", "network")},
 }
 _EPOCH = xmlrpc.client.DateTime("19700101T00:00:00Z")
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -58,10 +64,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
            "is_a_template": False, "is_a_snapshot": False, "is_control_domain": False,
            "memory_static_max": GiB, "memory_dynamic_max": GiB, "memory_dynamic_min": GiB,
            "memory_static_min": GiB, "VCPUs_max": 1, "VCPUs_at_startup": 1,
-           "resident_on": "", "other_config": {}},
+           "resident_on": "", "other_config": {}, "HVM_boot_params": {},
+           "platform": {}},
     "VDI": {"name_label": "", "name_description": "", "SR": "", "virtual_size": 0,
             "physical_utilisation": 0, "type": "user", "sharable": False,
             "read_only": False, "other_config": {}, "sm_config": {}},
+    "VBD": {"VM": "", "VDI": "", "userdevice": "", "device": "", "bootable": False,
+            "mode": "RW", "type": "Disk", "empty": False, "currently_attached": False,
+            "other_config": {}},
+    "VIF": {"VM": "", "network": "", "device": "", "MAC": "", "MTU": 1500,
+            "currently_attached": False, "other_config": {}},
+    "SM": {"name_label": "", "type": "", "capabilities": [], "features": {}},
     "task": {"name_label": "", "name_description": "", "status": "pending", "progress": 0.0,
              "result": "", "error_info": [], "created": _EPOCH, "finished": _EPOCH,
              "resident_on": "", "other_config": {}},
@@ -73,6 +86,17 @@ _BY_LOWER = {c.lower(): c for c in CLASSES}
 def class_named(name: str) -> str | None:
     """The XAPI class spelled `name` in any case (events spell them lower-case)."""
     return _BY_LOWER.get(name.lower())
+
+
+@dataclass
+class Faults:
+    """What tests switch on in the pool's behaviour (read and changed under `cond`)."""
+
+    held: set[str] = field(default_factory=set)  # methods whose tasks wait to be released
+    fail_next: dict[str, list[str]] = field(default_factory=dict)  # method -> ErrorDescription
+    guest_ignores_shutdown: bool = False  # clean_shutdown waits for a hard_shutdown
+    host_memory: int = 16 * GiB  # each host's total memory
+    cancelled: set[str] = field(default_factory=set)  # uuids of tasks asked to cancel
 
 
 @dataclass
@@ -130,6 +154,8 @@ class Store:
         # each other) is notified when the count changes, for tests to wait on
         self.waiters = 0
         self.waiting = threading.Condition()
+        self.faults = Faults()
+        self.backend: Any = None  # runs guests (lifecycle.Backend); set by the pool
 
     # --- changes, made by the tests and by calls -------------------------------------
 

@@ -53,6 +53,7 @@ class SimProcess:
             self.stop()
             raise
         self.port, self.sr, self.network = info["port"], info["sr"], info["network"]
+        self.template: str = info["template"]  # the VM template "Other install media"
         self.members = [Member(self, i, m) for i, m in enumerate(info["members"])]
         self.store = Store(self)
 
@@ -109,6 +110,30 @@ class SimProcess:
 
     def restart_toolstack(self) -> None:
         self.ask("restart_toolstack")
+
+    def hold(self, method: str) -> None:
+        """Tasks of `method` (e.g. "VM.start") wait until `release(method)`."""
+        self.ask("hold", method)
+
+    def release(self, method: str) -> None:
+        self.ask("release", method)
+
+    def wait_tasks(self, method: str, count: int = 1) -> None:
+        """Wait until `count` tasks of `method` are pending in the simulator."""
+        if not self.query("wait_tasks", method, count):
+            raise SimError(f"{count} tasks of {method} never came")
+
+    def fail_next(self, method: str, *description: str) -> None:
+        """The next call or task of `method` fails with ErrorDescription `description`."""
+        self.ask("fail_next", method, list(description))
+
+    def guest_ignores_shutdown(self, flag: bool = True) -> None:
+        """clean_shutdown waits until a hard_shutdown halts the VM (then it is cancelled)."""
+        self.ask("guest_ignores_shutdown", flag)
+
+    def host_memory(self, size: int) -> None:
+        """Each host's total memory, in bytes."""
+        self.ask("host_memory", size)
 
     def stop(self) -> None:
         """SIGTERM to the simulator's PID, then wait for it to end."""

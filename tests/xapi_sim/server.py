@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.xapi_sim import api, wire
-from tests.xapi_sim.model import Store
+from tests.xapi_sim.lifecycle import Backend, MemoryBackend
+from tests.xapi_sim.model import GiB, Store
 
 
 def make_certificate(address: str, folder: Path, name: str) -> tuple[Path, Path, str]:
@@ -195,10 +196,12 @@ class SimPool:
 
     def __init__(self, folder: Path, hosts: int = 2, username: str = "root",
                  password: str = "secret", jsonrpc: bool = True,
-                 stable_refs: bool = False) -> None:
+                 stable_refs: bool = False, backend: Backend | None = None) -> None:
         self.folder, self.rekeys = folder, 0
         self.jsonrpc = jsonrpc  # False: /jsonrpc answers XML-RPC (an xapi without it)
         self.store = Store(username, password, stable_refs)
+        # what runs the guests: in memory unless a backend running real ones is given
+        self.store.backend = backend if backend is not None else MemoryBackend()
         addresses = [f"127.0.0.{i + 1}" for i in range(hosts)]
         self.port = _free_port(addresses)
         self.members: list[Member] = []
@@ -221,6 +224,17 @@ class SimPool:
         self.store.add("VM", {"name_label": "Control domain on xcp-1",
                               "is_control_domain": True, "power_state": "Running",
                               "resident_on": self.master.host_uuid})
+        self.store.add("SM", {"name_label": "Local EXT3 VHD", "type": "ext",
+                              "capabilities": ["SR_PROBE", "VDI_CREATE", "VDI_DELETE",
+                                               "VDI_CLONE", "VDI_SNAPSHOT", "VDI_RESIZE"],
+                              "features": {"VDI_CREATE": 1, "VDI_DELETE": 1, "VDI_CLONE": 1,
+                                           "VDI_SNAPSHOT": 1, "VDI_RESIZE": 1}})
+        self.template = self.store.add("VM", {
+            "name_label": "Other install media", "is_a_template": True,
+            "memory_static_max": GiB // 2, "memory_dynamic_max": GiB // 2,
+            "memory_dynamic_min": GiB // 2, "memory_static_min": GiB // 2,
+            "HVM_boot_params": {"order": "cdn"}, "platform": {"device-model": "qemu-upstream"},
+            "other_config": {"default_template": "true"}})
 
     def url(self, member: int = 0) -> str:
         """The HTTPS URL of member `member`."""

@@ -1,7 +1,8 @@
 """The hypervisor driver contract.
 
 Vocabulary: a *VM* is a guest this platform created; it is identified by the
-instance UUID, which is also the hypervisor's own UUID for it. A VM is
+instance UUID, ours. libvirt uses it as its own UUID too; XAPI chooses its own
+(VmObservation.hypervisor_uuid) and the VM carries ours in its metadata. A VM is
 *defined* (known to the hypervisor, persistent across hypervisor restarts) and
 either *running* or *stopped*. A driver only ever lists or touches VMs that
 carry this platform's metadata; anything else on the host is not its business.
@@ -47,10 +48,19 @@ class RbdSource:
 
 
 @dataclass(frozen=True)
-class DiskSpec:
-    """One block device of a VM: a file on the node or an RBD image."""
+class VdiSource:
+    """A disk that is a VDI in a storage repository of an XCP-ng pool (by UUIDs: the
+    pool's refs change with every session)."""
 
-    source: Path | RbdSource
+    sr_uuid: str
+    vdi_uuid: str
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One block device of a VM: a file on the node, an RBD image or a pool's VDI."""
+
+    source: Path | RbdSource | VdiSource
     format: Literal["raw", "qcow2"]
     target: str  # guest device name, e.g. "vda" (virtio) or "sda" (scsi)
     readonly: bool = False
@@ -60,7 +70,7 @@ class DiskSpec:
     def path(self) -> Path:
         """The file behind a file-backed disk; ValueError for an RBD disk."""
         if not isinstance(self.source, Path):
-            raise ValueError(f"disk {self.target} is an RBD image, not a file")
+            raise ValueError(f"disk {self.target} is not a file")
         return self.source
 
 
@@ -114,6 +124,8 @@ class VmObservation:
     guest: GuestInfo | None = None  # what its guest agent says, when one answers
     # False only while it arrives by a live migration (defined here once it completed)
     persistent: bool = True
+    # the hypervisor's own UUID of the VM where it differs from `id` (XAPI chooses it)
+    hypervisor_uuid: str | None = None
 
 
 class ConsoleStream(Protocol):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,7 +24,8 @@ from agent.drivers.xapi.pool import PoolClient
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("pool", "host", "host_metrics", "SR", "network", "VM", "VDI", "task")
+WATCHED = ("pool", "host", "host_metrics", "SR", "SM", "network", "VM", "VDI", "VBD", "VIF",
+           "task")
 EVENT_TIMEOUT = 30.0  # seconds event.from waits for a change (float: XML-RPC <double>)
 RETRY_AFTER = 10.0  # seconds between tries while the pool is unreachable
 _REF = "OpaqueRef:"
@@ -45,6 +47,11 @@ class PoolCache:
         self.problem = "not read yet"
         self.refetches = 0
         self.events = 0
+        # full reads numbered as they begin; the number of the last one applied: an object
+        # that existed before a read began and is not in it was destroyed (or vanished)
+        self.reads_begun = 0
+        self.reads_complete_from = 0
+        self.deleted_tasks: deque[str] = deque(maxlen=1024)  # task uuids of `del` events
 
     def _uuids(self, value: Any) -> Any:
         """`value` with refs replaced by the UUIDs they name."""
@@ -78,10 +85,18 @@ class PoolCache:
         with self.changed:
             return self.changed.wait_for(lambda: predicate(self), timeout)
 
-    def replace(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
-        """Everything at once, from `get_all_records` per class (ref -> record): objects
-        not in `snapshot` are dropped, refs of earlier sessions forgotten."""
+    def begin_read(self) -> int:
+        """The number of a full read that begins now (give it to `replace`)."""
         with self.changed:
+            self.reads_begun += 1
+            return self.reads_begun
+
+    def replace(self, snapshot: dict[str, dict[str, dict[str, Any]]], read: int = 0) -> None:
+        """Everything at once, from `get_all_records` per class (ref -> record): objects
+        not in `snapshot` are dropped, refs of earlier sessions forgotten. `read`: the
+        number `begin_read` gave before the snapshot was taken."""
+        with self.changed:
+            self.reads_complete_from = max(self.reads_complete_from, read)
             self._refs = {ref: (cls, rec["uuid"]) for cls, records in snapshot.items()
                           for ref, rec in records.items()}
             self._records = {cls: {rec["uuid"]: rec for rec in snapshot.get(cls, {}).values()}
@@ -103,6 +118,8 @@ class PoolCache:
                     key = self._refs.pop(ref, None)
                     if key is not None:
                         self._records[key[0]].pop(key[1], None)
+                        if key[0] == "task":
+                            self.deleted_tasks.append(key[1])
                     continue
                 snapshot = event.get("snapshot")
                 if isinstance(snapshot, dict) and "uuid" in snapshot:
@@ -142,12 +159,13 @@ class EventLoop:
             raise XapiError(f"pool {self.client.label}: {len(pools)} pool objects, not one",
                             retryable=True)
         pool_ref = pools[0]
+        read = self.cache.begin_read()
         logins = self.client.logins  # after the call that may have logged in again
         token = self.client.call("event.inject", "pool", pool_ref)
         snapshot = {c: self.client.call(f"{c}.get_all_records") for c in self.cache.classes}
         if self.client.logins != logins:
             raise SessionInvalid("the session was replaced during the full read")
-        self.cache.replace(snapshot)
+        self.cache.replace(snapshot, read)
         self._token = token
 
     def follow(self) -> None:

@@ -4,6 +4,9 @@
 //   {"kind": "add"|"update"|"remove", "type", "uuid", "name"}  for each cache change
 //   {"kind": "session"}  at each login
 //   {"kind": "object", "type", "uuid", "value"}  answering `get TYPE UUID` on stdin
+//   {"kind": "result", "value"} or {"kind": "result", "code", "params"}  answering
+//     `async METHOD UUID ARG…` (the object's ref first, each ARG as JSON) on stdin, run
+//     with XO's callAsync: Async.METHOD, the task awaited through events, then destroyed
 // Certificates are checked (NODE_EXTRA_CA_CERTS names the simulator's): no
 // allowUnauthorized. Usage: node xo_probe.mjs URL USER PASSWORD; `quit` on stdin ends it.
 import { createInterface } from 'node:readline'
@@ -35,6 +38,17 @@ for await (const line of createInterface({ input: process.stdin })) {
   const [command, type, uuid] = line.trim().split(/\s+/)
   if (command === 'quit') {
     break
+  }
+  if (command === 'async') {
+    const [, method, uuid, ...rest] = line.trim().split(/\s+/)
+    const object = xapi.getObjectByUuid(uuid)
+    try {
+      const value = await xapi.callAsync(method, object.$ref, ...rest.map(arg => JSON.parse(arg)))
+      say({ kind: 'result', value })
+    } catch (error) {
+      say({ kind: 'result', code: error.code ?? String(error), params: error.params ?? [] })
+    }
+    continue
   }
   if (command === 'get') {
     const object = xapi.getObjectByUuid(uuid, null)

@@ -19,6 +19,7 @@ from agent.drivers.hypervisor.base import (
     HypervisorDriver,
     HypervisorError,
     HypervisorInfo,
+    VdiSource,
     VmObservation,
     VmSpec,
 )
@@ -49,6 +50,9 @@ VIRTIO_TARGET = re.compile(r"vd[a-z]{1,3}")
 
 def disk_config(disk: DiskSpec) -> DiskConfig:
     """The libvirt disk for a contract DiskSpec (a file or an RBD image)."""
+    if isinstance(disk.source, VdiSource):
+        raise HypervisorError(f"disk {disk.target} is a VDI of an XCP-ng pool: "
+                              "libvirt cannot use it")
     return DiskConfig(disk.source, disk.format, disk.target, disk.readonly, disk.bus)
 
 
