@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.xapi_sim import events
+from tests.xapi_sim import disks, events
 from tests.xapi_sim.model import CLASSES, REF_FIELDS, Session, Store, class_named
 from tests.xapi_sim.wire import XapiFault
 
 _PER_CLASS = ("get_all_records", "get_all", "get_record", "get_by_uuid", "get_uuid")
-_WRITES = ("VDI.create", "VDI.destroy")
+_WRITES = ("VDI.create", "VDI.destroy", *disks.CALLS)
 _OTHERS = ("session.login_with_password", "session.logout", "system.listMethods",
            "event.from", "event.inject")
 
@@ -91,12 +91,14 @@ def _vdi_create(store: Store, sess: Session, args: list[Any]) -> str:
 
 def _vdi_destroy(store: Store, sess: Session, args: list[Any]) -> str:
     _arity("VDI.destroy", args, 1)
-    store.remove("VDI", store.resolve(sess, "VDI", args[0]).uuid)
+    vdi = store.resolve(sess, "VDI", args[0])
+    store.remove("VDI", vdi.uuid)
+    disks.drop_vdi_file(store, vdi.uuid, vdi.fields["SR"])
     return ""
 
 
 _WRITE_CALLS: dict[str, Callable[[Store, Session, list[Any]], Any]] = {
-    "VDI.create": _vdi_create, "VDI.destroy": _vdi_destroy,
+    "VDI.create": _vdi_create, "VDI.destroy": _vdi_destroy, **disks.CALLS,
 }
 
 

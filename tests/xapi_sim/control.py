@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.xapi_sim import console, disks
 from tests.xapi_sim.server import SimPool
 
 WAIT_LIMIT = 600.0  # a bound on wait_blocked, never reached when the client works
@@ -59,6 +60,10 @@ def operations(pool: SimPool) -> dict[str, Op]:
         "switch_master": pool.switch_master,
         "eject": pool.eject,
         "restart_toolstack": pool.restart_toolstack,
+        "vdi_file": lambda uuid: str(disks.vdi_file(store, uuid)),
+        "import_redirect": lambda member: setattr(pool, "import_redirect", member),
+        "transfers": lambda: pool.transfers,
+        "add_console": lambda vm: console.add_console(pool, vm),
     }
 
 

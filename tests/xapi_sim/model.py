@@ -15,6 +15,7 @@ import uuid as uuidlib
 import xmlrpc.client
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.xapi_sim.wire import XapiFault
@@ -31,11 +32,13 @@ REF_FIELDS: dict[str, dict[str, str]] = {
     "VM": {"resident_on": "host"},
     "VDI": {"SR": "SR"},
     "task": {"resident_on": "host"},
+    "console": {"VM": "VM"},
 }
 # set-of-refs fields computed from the other side: field -> (class, its ref field)
 BACK_REFS: dict[str, dict[str, tuple[str, str]]] = {
     "host": {"resident_VMs": ("VM", "resident_on")},
     "SR": {"VDIs": ("VDI", "SR")},
+    "VM": {"consoles": ("console", "VM")},
 }
 _EPOCH = xmlrpc.client.DateTime("19700101T00:00:00Z")
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -61,6 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "task": {"name_label": "", "name_description": "", "status": "pending", "progress": 0.0,
              "result": "", "error_info": [], "created": _EPOCH, "finished": _EPOCH,
              "resident_on": "", "other_config": {}},
+    "console": {"protocol": "rfb", "location": "", "VM": "", "other_config": {}},
 }
 CLASSES = tuple(DEFAULTS)
 _BY_LOWER = {c.lower(): c for c in CLASSES}
@@ -124,6 +128,7 @@ class Store:
         # each other) is notified when the count changes, for tests to wait on
         self.waiters = 0
         self.waiting = threading.Condition()
+        self.folder: Path | None = None  # where VDI contents live (disks.vdi_file)
 
     # --- changes, made by the tests and by calls -------------------------------------
 
