@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.drivers.storage.base import ImageInUse, StorageError
+from agent.drivers.xapi.events import EventLoop, PoolCache
 from agent.drivers.xapi.imports import (
     COMPLETE_KEY,
     FROM_IMAGE_KEY,
@@ -305,3 +306,30 @@ def test_a_50_mib_import_streams_with_bounded_memory(
         while data := f.read(4 * MiB):
             stored.update(data)
     assert stored.hexdigest() == image["sha256"]
+
+
+def test_with_the_event_cache_the_task_and_the_mark_are_awaited_there(
+        sim_pool: SimProcess, client: PoolClient, tmp_path: Path) -> None:
+    cache = PoolCache()
+    loop = EventLoop(PoolClient(sim_pool.url(), "root", "secret", _pins(sim_pool),
+                                label="sim"), cache)
+    loop.start()
+    try:
+        assert cache.wait_for(lambda c: c.valid, 60.0), cache.problem
+        images = PoolImages(client, sim_pool.sr, tmp_path / "scratch", cache)
+        data = _pattern(2 * MiB, seed=5)
+        image = _image(data)
+        before = dict(sim_pool.store.calls)
+        uuid = images.import_image(image, _chunks(data))
+        calls = {m: n - before.get(m, 0) for m, n in sim_pool.store.calls.items()}
+        assert images.has_image(image.id, image.sha256)  # from the cache, at once
+        assert sim_pool.vdi_file(uuid).read_bytes() == data
+        # the task's end and the VDIs were read from events, not asked for
+        assert not calls.get("task.get_record") and not calls.get("VDI.get_all_records")
+        bad = _image(data, sha256="f" * 64)
+        with pytest.raises(StorageError, match="checksum mismatch"):
+            images.import_image(bad, _chunks(data))
+        assert cache.wait_for(lambda c: set(c.all("VDI")) == sim_pool.store.live("VDI"), 60.0)
+        assert not images.has_image(bad.id)
+    finally:
+        loop.stop()
