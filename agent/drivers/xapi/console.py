@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import urllib.parse
 from typing import Any
 
@@ -26,7 +25,7 @@ class TlsConsole:
     """A console tunnelled through a TLS socket (a ConsoleStream); `pending` holds the
     bytes that arrived with the tunnel's answer."""
 
-    def __init__(self, sock: ssl.SSLSocket, pending: bytes = b"") -> None:
+    def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
         self._sock, self._pending = sock, pending
 
     def recv(self, size: int) -> bytes:
