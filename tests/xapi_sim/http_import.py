@@ -3,18 +3,21 @@
 Read from xapi (import_raw_vdi.ml, xapi_http.ml, importexport.ml; docs/design/xapi-plan.md
 §1.13): `vdi` (ref or uuid), `format` (raw | vhd here), `task_id` and `session_id` come
 from the query or a cookie (the cookie wins); the task, when given, ends `success` with
-the VDI's ref as its result, or `failure`. What the simulator answers:
+the VDI's ref as its result, or `failure`. What the simulator answers, checked in this
+order (xapi's: credentials, the VDI, the redirect, then the request itself):
 
 * no valid session: **401** (the task, if any, fails SESSION_AUTHENTICATION_FAILED);
+* no such VDI: **404** (task fails HANDLE_INVALID);
+* the receiving member is not the one the SR is reached through: **302** to that member
+  (`Location: https://<its address>:<port><path>?<query>`; xapi writes the address
+  alone, the port being 443 there), the body unread, the task left pending. Which
+  member that is: the pool's `import_redirect` switch (None: any member imports);
 * unknown format: **404** (task fails INTERNAL_ERROR), as xapi;
 * `Transfer-Encoding` (chunked): **403**, as xapi ("chunked encoding not yet implemented");
 * no `Content-Length`: **411** (xapi would read to the end of the connection; we insist);
-* the receiving member is not the one the SR is reached through: **302** to that member
-  (`Location: https://<its address>:<port><path>?<query>`; xapi writes the address
-  alone, the port being 443 there), the body unread. Which member that is: the
-  pool's `import_redirect` switch (None: any member imports);
-* a raw body, or the disk a VHD holds, larger than the VDI's virtual_size: **500**
-  before any byte is read (task fails VDI_IO_ERROR); xapi would fail while writing;
+* a raw body larger than the VDI's virtual_size: **500** before any byte is read, a
+  VHD holding a larger disk: 500 once it is read (the task fails VDI_IO_ERROR; xapi
+  would fail while writing);
 * otherwise the body (raw bytes, or a fixed/dynamic VHD decoded by `vhd.py`) is written
   into the VDI's file and **200** answered once it is there (xapi sends its 200 first
   and completes the task later: clients wait on the task either way). An empty body
@@ -85,6 +88,13 @@ def _plan(member: Member, path: str, params: dict[str, str], headers: Any,
     """(VDI uuid, format, body length) of an import this member takes; Refusal else."""
     store = member.pool.store
     vdi = _find_vdi(store, sess, params.get("vdi", ""))
+    target = member.pool.import_redirect
+    if target is not None and member.pool.members[target] is not member:
+        other = member.pool.members[target]  # xapi redirects before it looks further
+        query = urllib.parse.urlsplit(path).query  # as xapi: the query, never the cookies
+        location = f"https://{other.address}:{other.port}/import_raw_vdi?{query}"
+        raise Refusal(302, "the SR is reached through another host",
+                      headers={"Location": location})
     fmt = params.get("format", "raw")
     if fmt not in FORMATS:
         raise Refusal(404, f"unknown format {fmt}", ["INTERNAL_ERROR", f"Unknown format {fmt}"])
@@ -95,13 +105,6 @@ def _plan(member: Member, path: str, params: dict[str, str], headers: Any,
     if headers.get("Content-Length") is None:
         raise Refusal(411, "Content-Length required")
     length = int(headers["Content-Length"])
-    target = member.pool.import_redirect
-    if target is not None and member.pool.members[target] is not member:
-        other = member.pool.members[target]
-        query = urllib.parse.urlsplit(path).query  # as xapi: the query, never the cookies
-        location = f"https://{other.address}:{other.port}/import_raw_vdi?{query}"
-        raise Refusal(302, "the SR is reached through another host",
-                      headers={"Location": location})
     size = int(store.objects[("VDI", vdi)].fields["virtual_size"])
     if fmt == "raw" and length > size:
         raise Refusal(500, f"{length} bytes do not fit a VDI of {size}",
@@ -110,17 +113,14 @@ def _plan(member: Member, path: str, params: dict[str, str], headers: Any,
 
 
 def _receive(rfile: Any, length: int, out: Any) -> None:
-    """Copy exactly `length` bytes of the body into `out`, seeking over zero chunks (the
-    file stays sparse); OSError when the connection ends first."""
+    """Copy exactly `length` bytes of the body into `out`; OSError when the connection
+    ends first."""
     left = length
     while left:
         chunk = rfile.read(min(CHUNK, left))
         if not chunk:
             raise ConnectionError(f"the body ended {left} bytes short")
-        if chunk.count(0) == len(chunk):
-            out.seek(len(chunk), 1)
-        else:
-            out.write(chunk)
+        out.write(chunk)
         left -= len(chunk)
 
 
