@@ -5,5 +5,8 @@ the wire facts it reproduces and where each was read). Tests run it in a process
 own (`process.SimProcess`, started by the `sim_pool`/`sim_pools` fixtures, stopped by
 PID) and flip its faults through a unix control socket (`control.py`). Modules: `wire`
 (encodings), `model` (objects, sessions, refs), `events` (event.from/inject), `api`
-(methods), `server` (HTTPS listeners per host, faults), `__main__` (the process).
+(methods), `server` (HTTPS listeners per host, faults), `__main__` (the process),
+`disks` (VDI contents as sparse files, client tasks), `http_import` (PUT
+/import_raw_vdi), `vhd` (a VHD reader), `console` (CONNECT /console and the RFB server
+behind it).
 """
