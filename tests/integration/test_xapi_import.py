@@ -21,6 +21,7 @@ from agent.drivers.xapi.imports import (
     FROM_IMAGE_KEY,
     IMAGE_KEY,
     PoolImages,
+    _probe,
     import_vdi,
 )
 from agent.drivers.xapi.pool import PoolClient
@@ -333,3 +334,11 @@ def test_with_the_event_cache_the_task_and_the_mark_are_awaited_there(
         assert not images.has_image(bad.id)
     finally:
         loop.stop()
+
+
+def test_a_session_that_ended_before_the_put_is_replaced_once(
+        sim_pool: SimProcess, client: PoolClient) -> None:
+    vdi = _vdi(client, sim_pool, MiB)
+    sim_pool.store.expire_sessions()  # between the VDI's creation and its PUT
+    assert _probe(client, {"vdi": vdi, "format": "raw"}) == (client.address, client.port)
+    assert len(sim_pool.store.logins) == 2
