@@ -285,7 +285,8 @@ class PoolImages:
     """Vauban's images as VDIs of SR `sr_uuid` of a pool (see the module docstring).
 
     Image VDIs are read from `cache` when given (kept current by the pool's event loop),
-    else with `VDI.get_all_records`. qcow2 images are converted in `scratch_dir`.
+    else with `VDI.get_all_records`. qcow2 images are converted in `scratch_dir`. Not
+    thread-safe, as its PoolClient is not: one per thread.
     """
 
     def __init__(self, client: PoolClient, sr_uuid: str, scratch_dir: Path,
