@@ -75,6 +75,13 @@ class XoProbe:
         self.process.stdin.flush()
         return self.until(lambda line: line["kind"] == answer)
 
+    def put(self, vdi: str, path: Path) -> Line:
+        """What XO's putResource of file `path` into VDI `vdi` answered."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"put {vdi} {path}\n".encode())
+        self.process.stdin.flush()
+        return self.until(lambda line: line["kind"] == "put")
+
     def stop(self) -> None:
         """Ask the probe to quit (it logs out); ended by its PID if it does not."""
         assert self.process.stdin is not None
@@ -219,3 +226,21 @@ def test_xo_runs_async_calls_to_their_task_results_and_errors(
     failed = probe.ask(f"async VM.provision {vm}", "result")
     assert (failed["code"], failed["params"]) == ("SR_BACKEND_FAILURE_44", ["", "full", ""])
     probe.until(lambda line: line["kind"] == "remove" and sim.store.live("task") == set())
+
+
+def test_xo_puts_a_vdi_s_content_through_the_redirect(
+        sim_pools: Callable[..., SimProcess], xo: Callable[..., XoProbe],
+        tmp_path: Path) -> None:
+    # XO probes with an empty PUT, follows the 302 to the member, PUTs the body there
+    # (session and task in the query) and waits on the task through its events
+    sim = sim_pools(stable_refs=True)
+    vdi = sim.store.add("VDI", {"name_label": "xo-put", "SR": sim.sr, "virtual_size": 2**21})
+    data = bytes(range(256)) * 4096
+    (tmp_path / "body").write_bytes(data)
+    sim.import_redirect(1)
+    probe = xo(sim)
+    probe.until(lambda line: line["kind"] == "ready")
+    answer = probe.put(vdi, tmp_path / "body")
+    assert str(answer.get("result", answer)).startswith("OpaqueRef:"), answer
+    assert sim.vdi_file(vdi).read_bytes() == data + bytes(2**21 - len(data))
+    assert [t["member"] for t in sim.transfers] == [sim.members[1].address]

@@ -8,5 +8,7 @@ PID) and flip its faults through a unix control socket (`control.py`). Modules: 
 (event.from/inject), `api` (method dispatch, reads), `lifecycle` (VM power and fields,
 the guest-running `Backend` seam), `devices` (VBD, VIF, VDI methods; the table of
 changing methods), `tasks` (`Async.*`, task records), `server` (HTTPS listeners per
-host, faults), `__main__` (the process).
+host, faults), `__main__` (the process), `disks` (VDI contents as sparse files, client
+tasks), `http_import` (PUT /import_raw_vdi), `vhd` (a VHD reader), `console` (CONNECT
+/console and the RFB server behind it).
 """

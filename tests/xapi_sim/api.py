@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.xapi_sim import devices, events, tasks
+from tests.xapi_sim import devices, disks, events, tasks
 from tests.xapi_sim.model import CLASSES, REF_FIELDS, Session, Store, class_named
 from tests.xapi_sim.wire import XapiFault
 
 _PER_CLASS = ("get_all_records", "get_all", "get_record", "get_by_uuid", "get_uuid")
-_WRITES = ("VDI.create", "host.get_server_certificate")
+_WRITES = ("VDI.create", "host.get_server_certificate", *disks.CALLS)
 _OTHERS = ("session.login_with_password", "session.logout", "system.listMethods",
            "event.from", "event.inject")
 
@@ -95,9 +95,10 @@ def _server_certificate(store: Store, sess: Session, args: list[Any]) -> str:
     return store.certificates.get(host.uuid, "")
 
 
+# VDI.destroy, task.destroy: devices.METHODS and tasks.TASK_METHODS answer them first
 _WRITE_CALLS: dict[str, Callable[[Store, Session, list[Any]], Any]] = {
     "VDI.create": _vdi_create,
-    "host.get_server_certificate": _server_certificate,
+    "host.get_server_certificate": _server_certificate, **disks.CALLS,
 }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.xapi_sim import tasks
+from tests.xapi_sim import console, disks, tasks
 from tests.xapi_sim.server import SimPool
 
 WAIT_LIMIT = 600.0  # a bound on wait_blocked, never reached when the client works
@@ -71,6 +71,10 @@ def operations(pool: SimPool) -> dict[str, Op]:
             pool, lambda f: setattr(f, "guest_ignores_shutdown", bool(flag))),
         "host_memory": lambda size: _set_fault(
             pool, lambda f: setattr(f, "host_memory", int(size))),
+        "vdi_file": lambda uuid: str(disks.vdi_file(store, uuid)),
+        "import_redirect": lambda member: setattr(pool, "import_redirect", member),
+        "transfers": lambda: pool.transfers,
+        "add_console": lambda vm: console.add_console(pool, vm),
     }
 
 

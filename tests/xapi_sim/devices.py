@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.xapi_sim import disks
 from tests.xapi_sim import lifecycle as lc
 from tests.xapi_sim.model import Session, Store
 from tests.xapi_sim.wire import XapiFault
@@ -75,6 +76,7 @@ def vdi_destroy(store: Store, sess: Session, args: list[Any], task: str | None) 
                for v in store.live("VBD")):
             raise XapiFault("VDI_IN_USE", str(args[0]), "destroy")
         store.remove("VDI", vdi.uuid)
+        disks.drop_vdi_file(store, vdi.uuid, vdi.fields["SR"])
     return ""
 
 
@@ -84,8 +86,10 @@ def vdi_clone(store: Store, sess: Session, args: list[Any], task: str | None) ->
     with store.cond:
         vdi = store.resolve(sess, "VDI", args[0])
         fields = lc.vdi_copy_fields(vdi, vdi.fields["SR"])
-        return sess.ref(("VDI", store.add("VDI", {**fields, "sm_config": {
-            **vdi.fields["sm_config"], "vhd-parent": vdi.uuid}})))
+        made = store.add("VDI", {**fields, "sm_config": {
+            **vdi.fields["sm_config"], "vhd-parent": vdi.uuid}})
+        disks.copy_content(store, vdi.uuid, made)
+        return sess.ref(("VDI", made))
 
 
 def vdi_copy(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
@@ -94,7 +98,9 @@ def vdi_copy(store: Store, sess: Session, args: list[Any], task: str | None) -> 
     with store.cond:
         vdi = store.resolve(sess, "VDI", args[0])
         sr = store.resolve(sess, "SR", args[1])
-        return sess.ref(("VDI", store.add("VDI", lc.vdi_copy_fields(vdi, sr.uuid))))
+        made = store.add("VDI", lc.vdi_copy_fields(vdi, sr.uuid))
+        disks.copy_content(store, vdi.uuid, made)
+        return sess.ref(("VDI", made))
 
 
 def vdi_resize(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
@@ -107,6 +113,7 @@ def vdi_resize(store: Store, sess: Session, args: list[Any], task: str | None) -
             raise XapiFault("SR_BACKEND_FAILURE_79", "", "VDI Invalid size",
                             "shrinking is not allowed")
         store.modify("VDI", vdi.uuid, virtual_size=size)
+        disks.grow_content(store, vdi.uuid, size)
     return ""
 
 

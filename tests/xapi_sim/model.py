@@ -15,6 +15,7 @@ import uuid as uuidlib
 import xmlrpc.client
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.xapi_sim.wire import XapiFault
@@ -35,12 +36,13 @@ REF_FIELDS: dict[str, dict[str, str]] = {
     "VIF": {"VM": "VM", "network": "network"},
     "SM": {},
     "task": {"resident_on": "host"},
+    "console": {"VM": "VM"},
 }
 # set-of-refs fields computed from the other side: field -> (class, its ref field)
 BACK_REFS: dict[str, dict[str, tuple[str, str]]] = {
     "host": {"resident_VMs": ("VM", "resident_on")},
     "SR": {"VDIs": ("VDI", "SR")},
-    "VM": {"VBDs": ("VBD", "VM"), "VIFs": ("VIF", "VM")},
+    "VM": {"VBDs": ("VBD", "VM"), "VIFs": ("VIF", "VM"), "consoles": ("console", "VM")},
     "VDI": {"VBDs": ("VBD", "VDI")},
     "network": {"VIFs": ("VIF", "network")},
 }
@@ -78,6 +80,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "task": {"name_label": "", "name_description": "", "status": "pending", "progress": 0.0,
              "result": "", "error_info": [], "created": _EPOCH, "finished": _EPOCH,
              "resident_on": "", "other_config": {}},
+    "console": {"protocol": "rfb", "location": "", "VM": "", "other_config": {}},
 }
 CLASSES = tuple(DEFAULTS)
 _BY_LOWER = {c.lower(): c for c in CLASSES}
@@ -156,6 +159,7 @@ class Store:
         self.waiting = threading.Condition()
         self.faults = Faults()
         self.backend: Any = None  # runs guests (lifecycle.Backend); set by the pool
+        self.folder: Path | None = None  # where VDI contents live (disks.vdi_file)
 
     # --- changes, made by the tests and by calls -------------------------------------
 

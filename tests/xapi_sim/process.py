@@ -134,6 +134,22 @@ class SimProcess:
     def host_memory(self, size: int) -> None:
         """Each host's total memory, in bytes."""
         self.ask("host_memory", size)
+    def vdi_file(self, vdi_uuid: str) -> Path:
+        """The file holding a VDI's bytes (made sparse at its size if it was not yet)."""
+        return Path(self.query("vdi_file", vdi_uuid))
+
+    def import_redirect(self, member: int | None) -> None:
+        """Imports must go to member `member`: the others answer 302 (None: any)."""
+        self.ask("import_redirect", member)
+
+    @property
+    def transfers(self) -> list[dict[str, str]]:
+        """Imports and consoles served so far: {kind, member (address), object (uuid)}."""
+        return list(self.query("transfers"))
+
+    def add_console(self, vm_uuid: str) -> str:
+        """An rfb console for a VM, on the host it is resident on; its uuid."""
+        return str(self.query("add_console", vm_uuid))
 
     def stop(self) -> None:
         """SIGTERM to the simulator's PID, then wait for it to end."""

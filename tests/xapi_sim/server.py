@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.xapi_sim import api, wire
+from tests.xapi_sim import api, console, http_import, wire
 from tests.xapi_sim.lifecycle import Backend, MemoryBackend
 from tests.xapi_sim.model import GiB, Store
 
@@ -78,6 +78,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(500, explain=str(e))
             return
         self._answer(ctype, answer)
+
+    def do_PUT(self) -> None:
+        refusal = http_import.handle_put(self.server.member, self.path, self.headers,
+                                         self.rfile)
+        if refusal is not None:
+            self._refuse(refusal)
+        else:
+            self._answer("text/plain", b"")
+
+    def do_CONNECT(self) -> None:
+        try:
+            console.accept_connect(self.server.member, self.path, self.headers)
+        except http_import.Refusal as refusal:
+            self._refuse(refusal)
+            return
+        self.send_response(200)
+        self.end_headers()
+        console.relay(self.rfile, self.connection, self.server.member.pool.banner.port)
+
+    def _refuse(self, refusal: http_import.Refusal) -> None:
+        self.send_response(refusal.status, refusal.reason)
+        for name, value in refusal.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _answer(self, ctype: str, answer: bytes) -> None:
         self.send_response(200)
@@ -202,6 +227,10 @@ class SimPool:
         self.store = Store(username, password, stable_refs)
         # what runs the guests: in memory unless a backend running real ones is given
         self.store.backend = backend if backend is not None else MemoryBackend()
+        self.store.folder = folder
+        self.import_redirect: int | None = None  # the member every import must go to
+        self.transfers: list[dict[str, str]] = []  # imports and consoles served, in order
+        self.banner = console.BannerServer()  # the RFB server behind every console
         addresses = [f"127.0.0.{i + 1}" for i in range(hosts)]
         self.port = _free_port(addresses)
         self.members: list[Member] = []
@@ -241,6 +270,7 @@ class SimPool:
         return f"https://{self.members[member].address}:{self.port}/"
 
     def start(self) -> None:
+        self.banner.start()
         for member in self.members:
             member.start()
 
@@ -251,6 +281,7 @@ class SimPool:
             stopper.start()
         for stopper in stoppers:
             stopper.join()
+        self.banner.stop()
 
     def eject(self, member: int) -> str:
         """Member `member` leaves the pool and becomes master of a pool of its own (same

@@ -253,6 +253,15 @@ class PoolClient:
             self._forget()  # no logout: it would wait on the unreachable host again
             raise
 
+    def session_id(self) -> str:
+        """The handle of the session held (logging in first when none is), for xapi's
+        HTTP handlers (imports, consoles), which take it in a cookie. A secret: never
+        in a URL, a message or a log line."""
+        if self._session is None:
+            self.connect()
+        assert self._session is not None
+        return str(self._session._session)
+
     def interrupt(self) -> None:
         """From another thread: end the call in progress (it raises PoolUnreachable)
         and refuse every later one. The client is of no further use."""

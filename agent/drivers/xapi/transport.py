@@ -108,3 +108,42 @@ class PinnedTransport(xmlrpc.client.SafeTransport):
                                            aborted=lambda: self.aborted)
         self._connection = host, connection
         return connection
+
+
+def host_port(address: str, port: int) -> str:
+    """`address:port` as HTTP writes it (an IPv6 address in brackets)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def session_cookie(session_id: str) -> str:
+    """The Cookie header value that carries a session to xapi's HTTP handlers: never in
+    the URL, so that no log line of a request holds it."""
+    return f"session_id={session_id}"
+
+
+def pinned_connection(address: str, port: int, pin: str,
+                      timeout: float = DEFAULT_TIMEOUT) -> PinnedHTTPSConnection:
+    """A connected PinnedHTTPSConnection to one host (for PUT, or CONNECT on its `sock`);
+    CertificateMismatch (nothing sent) or OSError when it cannot be had."""
+    connection = PinnedHTTPSConnection(host_port(address, port), pin=pin, timeout=timeout)
+    connection.connect()
+    return connection
+
+
+def read_head(sock: socket.socket, limit: int = 16384) -> tuple[int, str, bytes]:
+    """(status, reason, bytes after the head) of an HTTP answer read from `sock` without
+    a buffer that could swallow what follows it (a CONNECT's tunnelled bytes). OSError
+    when the connection ends first or the head is not HTTP."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the connection ended before the HTTP answer's head")
+        data += chunk
+        if len(data) > limit:
+            raise ConnectionError(f"an HTTP answer's head longer than {limit} bytes")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ConnectionError(f"not an HTTP answer: {parts[0][:40]!r}")
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", rest

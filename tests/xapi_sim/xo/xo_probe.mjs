@@ -7,8 +7,11 @@
 //   {"kind": "result", "value"} or {"kind": "result", "code", "params"}  answering
 //     `async METHOD UUID ARG…` (the object's ref first, each ARG as JSON) on stdin, run
 //     with XO's callAsync: Async.METHOD, the task awaited through events, then destroyed
+//   {"kind": "put", "result"} or {"kind": "put", "error"}  answering `put VDI_UUID FILE`:
+//     the file's bytes into that VDI with putResource (PUT /import_raw_vdi, raw, a task)
 // Certificates are checked (NODE_EXTRA_CA_CERTS names the simulator's): no
 // allowUnauthorized. Usage: node xo_probe.mjs URL USER PASSWORD; `quit` on stdin ends it.
+import { createReadStream, statSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { createClient } from 'xen-api'
 
@@ -49,6 +52,19 @@ for await (const line of createInterface({ input: process.stdin })) {
       say({ kind: 'result', code: error.code ?? String(error), params: error.params ?? [] })
     }
     continue
+  }
+  if (command === 'put') {
+    const stream = createReadStream(uuid)
+    stream.length = statSync(uuid).size // a known length: no 1 PiB Content-Length hack
+    try {
+      const result = await xapi.putResource(stream, '/import_raw_vdi', {
+        query: { vdi: type, format: 'raw' },
+        task: true,
+      })
+      say({ kind: 'put', result })
+    } catch (error) {
+      say({ kind: 'put', error: error?.code ?? String(error) })
+    }
   }
   if (command === 'get') {
     const object = xapi.getObjectByUuid(uuid, null)
