@@ -16,7 +16,9 @@ from agent.client import ControllerClient, ControllerUnavailable
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from agent.drivers.registry import load_hypervisor, load_storage
+from agent.drivers.storage.xapi import XapiStorage
 from agent.drivers.xapi.link import PoolLink
+from agent.drivers.xapi.tasks import PoolOps
 from agent.protocol import StorageSettings, XapiSettings
 from hardware.kvmprobe import KvmProbe
 
@@ -48,8 +50,12 @@ def pool_agent(config: AgentConfig, identity: NodeIdentity, client: ControllerCl
     link = PoolLink(settings, identity.name)
     link.start()
     try:
-        hypervisor = load_hypervisor("xapi", link=link)
-        storage = load_storage("xapi", link=link, scratch_dir=config.data_dir / "scratch")
+        ops = PoolOps(link.new_client(), link.cache)  # one client for the drivers' calls
+        storage = load_storage("xapi", ops=ops, new_client=link.new_client,
+                               scratch_dir=config.data_dir / "scratch")
+        assert isinstance(storage, XapiStorage)
+        # a VM's seed goes into a VDI of the storage's SR, as its images do
+        hypervisor = load_hypervisor("xapi", ops=ops, import_file=storage.import_file)
         agent = Agent(config, identity, client, hypervisor, storage, NOT_KVM, "xapi",
                       stopping=stopping, settings=StorageSettings(driver="xapi"),
                       pool=link.info)

@@ -802,6 +802,9 @@ class DesiredPort(Wire):
     dhcp: bool = Field(
         default=False, description="The seed tells the guest to configure this NIC's IPv4 "
         "by DHCP (the node answers it with the port's own address); else statically")
+    xapi_network: str | None = Field(
+        default=None, max_length=255, description="On an XCP-ng pool: the pool network "
+        "(its name) the NIC joins")
 
 
 class SecurityRule(Wire):

@@ -34,6 +34,7 @@ from agent.drivers.network.base import bridge_name
 from agent.drivers.storage.base import ImageInUse, StorageDriver
 from agent.networks import Blocker, NetworkKeeper, tap_name
 from agent.protocol import (
+    DesiredPort,
     DesiredState,
     DesiredVm,
     MigrationReport,
@@ -172,6 +173,14 @@ class Reconciler:
     # -- paths -------------------------------------------------------------
     def vm_dir(self, vm_id: str) -> Path:
         return self.instances_dir / vm_id
+
+    def _bridge_of(self, port: DesiredPort) -> str:
+        """What a NIC of `port` plugs into: the network's bridge on this node, or on an
+        XCP-ng pool the pool network the region's network maps to (the placement refused
+        a network without one)."""
+        if self.hypervisor.info().name == "xapi":
+            return port.xapi_network or bridge_name(port.network_id)
+        return bridge_name(port.network_id)
 
     def console_log(self, vm_id: str) -> Path:
         return self.vm_dir(vm_id) / "console.log"
@@ -452,7 +461,7 @@ class Reconciler:
                 secure_boot=vm.machine.secure_boot, machine=vm.machine.machine,
                 console_log=self.console_log(vm.id), power_seq=0,
                 labels={OWNER_LABEL: self.owner},
-                nics=tuple(NicSpec(mac=p.mac, bridge=bridge_name(p.network_id), mtu=p.mtu,
+                nics=tuple(NicSpec(mac=p.mac, bridge=self._bridge_of(p), mtu=p.mtu,
                                    device=tap_name(p.id)) for p in vm.ports),
                 hostdevs=hostdevs,
             )
@@ -756,6 +765,7 @@ class Reconciler:
                 id=o.id, name=o.name, state=state if o.persistent else ObservedVmState.INCOMING,
                 power_seq=o.power_seq,
                 console_log=str(o.console_log) if o.console_log else None, guest=o.guest,
+                hypervisor_uuid=o.hypervisor_uuid,
             )
         for vm in self.desired.vms if self.desired else []:
             if vm.incoming_from is not None or vm.migrate_to is not None:

@@ -9,14 +9,18 @@ from agent.drivers.gpu.none import NoGpuDriver
 from agent.drivers.gpu.nvidia import NvidiaGpuDriver
 from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
+from agent.drivers.hypervisor.xapi import XapiHypervisor
 from agent.drivers.network.base import NetworkDriver
 from agent.drivers.network.linux import LinuxNetworkDriver
 from agent.drivers.storage.base import StorageDriver
 from agent.drivers.storage.localfs import LocalfsDriver
 from agent.drivers.storage.rbd.driver import RbdDriver
+from agent.drivers.storage.xapi import XapiStorage
 
-HYPERVISORS: dict[str, type[HypervisorDriver]] = {"libvirt": LibvirtDriver}
-STORAGE: dict[str, type[StorageDriver]] = {"localfs": LocalfsDriver, "rbd": RbdDriver}
+HYPERVISORS: dict[str, type[HypervisorDriver]] = {"libvirt": LibvirtDriver,
+                                                  "xapi": XapiHypervisor}
+STORAGE: dict[str, type[StorageDriver]] = {"localfs": LocalfsDriver, "rbd": RbdDriver,
+                                           "xapi": XapiStorage}
 NETWORKS: dict[str, type[NetworkDriver]] = {"linux": LinuxNetworkDriver}
 GPUS: dict[str, type[GpuDriver]] = {"none": NoGpuDriver, "nvidia": NvidiaGpuDriver}
 

@@ -229,7 +229,8 @@ def _port(p: Port) -> DesiredPort:
         dns.extend(d for d in a.subnet.dns if d not in dns)
     return DesiredPort(id=p.id, network_id=p.network_id, mac=p.mac, addresses=addresses,
                        gateways=gateways, dns=dns, mtu=p.network.mtu,
-                       security_groups=sorted(g.id for g in p.security_groups), dhcp=p.dhcp)
+                       security_groups=sorted(g.id for g in p.security_groups), dhcp=p.dhcp,
+                       xapi_network=p.network.xapi_network)
 
 
 def _volume(v: Volume) -> DesiredVolume:

@@ -31,18 +31,6 @@ def _client(pool: SimProcess) -> PoolClient:
                       {m.address: m.fingerprint for m in pool.members}, label="sim")
 
 
-def _importer(ops: PoolOps, sr: str) -> Callable[[Path, str, dict[str, str]], str]:
-    """Stands in for the HTTP import of a file into a VDI (built elsewhere): a VDI of the
-    file's size, made by VDI.create, without its bytes (the simulator keeps metadata)."""
-    def import_file(path: Path, name: str, other_config: dict[str, str]) -> str:
-        ref = ops.call("VDI.create", {"name_label": name, "SR": ops.ref("SR", sr),
-                                      "virtual_size": path.stat().st_size, "type": "user",
-                                      "sharable": False, "read_only": True,
-                                      "other_config": other_config})
-        return str(ops.call("VDI.get_uuid", ref))
-    return import_file
-
-
 @dataclass
 class Pool:
     sim: SimProcess
@@ -79,7 +67,8 @@ class Pool:
 def pool(sim_pool: SimProcess, tmp_path: Path) -> Iterator[Pool]:
     """Drivers on a simulated pool holding one image VDI; an event loop feeds their cache."""
     image = sim_pool.store.add("VDI", {"name_label": "vauban-image", "SR": sim_pool.sr,
-                               "virtual_size": GiB, "other_config": {"vauban.image": IMAGE}})
+                               "virtual_size": GiB, "other_config": {
+                                   "vauban.image": IMAGE, "vauban.complete": "true"}})
     cache = PoolCache()
     loop = EventLoop(_client(sim_pool), cache)
     loop.start()
@@ -89,8 +78,9 @@ def pool(sim_pool: SimProcess, tmp_path: Path) -> Iterator[Pool]:
         ops = PoolOps(client, cache)
         seed = tmp_path / "seed.iso"
         seed.write_bytes(b"seed" * 1024)
-        yield Pool(sim_pool, cache, XapiHypervisor(ops, _importer(ops, sim_pool.sr)),
-                   XapiStorage(ops), seed, image)
+        storage = XapiStorage(ops, lambda: _client(sim_pool), tmp_path / "scratch")
+        yield Pool(sim_pool, cache, XapiHypervisor(ops, storage.import_file), storage, seed,
+                   image)
     finally:
         loop.stop()
         client.close()
@@ -104,7 +94,7 @@ def test_define_start_stop_undefine(pool: Pool) -> None:
     root_vdi = root.source.vdi_uuid
     assert store.field("VDI", root_vdi, "virtual_size") == 2 * GiB
     assert store.field("VDI", root_vdi, "other_config") == {
-        "vauban.instance": "vm-1", "vauban.disk": "root"}
+        "vauban.instance": "vm-1", "vauban.disk": "root", "vauban.from-image": IMAGE}
     assert store.field("VDI", root_vdi, "sm_config")["vhd-parent"]  # a clone of the image
     assert pool.storage.root_disk_is_clone("vm-1") and pool.storage.vm_disk_exists("vm-1")
     (obs,) = pool.hv.list_vms()
@@ -137,7 +127,7 @@ def test_define_start_stop_undefine(pool: Pool) -> None:
     assert store.live("VDI") == {pool.image}  # the VM's root and seed VDIs are gone
     pool.storage.delete_vm_disks("vm-1")  # nothing left: a no-op
     assert pool.tasks_left() == set()
-    assert store.calls["task.destroy"] == sum(
+    assert store.calls["task.destroy"] == store.calls["task.create"] + sum(
         n for m, n in store.calls.items() if m.startswith("Async."))
 
 

@@ -5,21 +5,30 @@ is a VDI tagged `vauban.instance = <instance id>` and `vauban.disk = root`, made
 VDI.clone of the image's VDI where the SR's storage manager clones (copy-on-write), else
 by VDI.copy, then grown with VDI.resize. Reads come from the pool's event cache;
 changes go through PoolOps (`Async.*` tasks, each destroyed). Moving image bytes into
-the pool (import, has_image, sweep, delete) is the `agent.drivers.xapi.imports` module's.
+the pool is `agent.drivers.xapi.imports.PoolImages`' (with a client of its own, one
+import at a time); an image counts once its VDI carries the completion mark.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from types import ModuleType
+from pathlib import Path
 from typing import Any
 
 from agent.drivers.hypervisor.base import ROOT_DISK_TARGET, DiskSpec, VdiSource
-from agent.drivers.storage.base import StorageDriver, StorageError, StorageInfo
+from agent.drivers.storage.base import (
+    PoolUsage,
+    StorageDriver,
+    StorageError,
+    StorageHealth,
+    StorageInfo,
+)
 from agent.drivers.xapi.errors import XapiError
+from agent.drivers.xapi.imports import FROM_IMAGE_KEY, PoolImages
 from agent.drivers.xapi.keys import DISK, IMAGE, INSTANCE
+from agent.drivers.xapi.pool import PoolClient
 from agent.drivers.xapi.tasks import PoolOps
 from agent.protocol import ImageRef
 
@@ -36,22 +45,29 @@ def _as_storage_error() -> Iterator[None]:
     except XapiError as e:
         raise StorageError(str(e), retryable=e.retryable) from e
 
-
-def _imports() -> ModuleType:
-    try:
-        return importlib.import_module("agent.drivers.xapi.imports")
-    except ImportError:
-        raise StorageError("image import over XAPI is not built yet") from None
+XAPI_POOL = "xapi"  # the pool name the region's scheduler reads a pool node's space under
 
 
 class XapiStorage(StorageDriver):
     """Images and root disks in one SR of a pool (the pool's default SR unless named)."""
 
-    def __init__(self, ops: PoolOps, *, sr_uuid: str | None = None,
-                 cache_wait: float = CACHE_WAIT) -> None:
+    def __init__(self, ops: PoolOps, new_client: Callable[[], PoolClient], scratch_dir: Path,
+                 *, sr_uuid: str | None = None, cache_wait: float = CACHE_WAIT) -> None:
         self.ops, self.cache = ops, ops.cache
         self._sr = sr_uuid
         self.cache_wait = cache_wait
+        self._new_client, self._scratch = new_client, scratch_dir
+        self._images: PoolImages | None = None
+        self._importing = threading.Lock()  # PoolImages' client serves one call at a time
+        self._making = threading.Lock()
+
+    def images(self) -> PoolImages:
+        """The images of the SR in use (made on first use, once the SR is known)."""
+        with self._making:
+            if self._images is None or self._images.sr_uuid != self.sr_uuid:
+                self._images = PoolImages(self._new_client(), self.sr_uuid, self._scratch,
+                                          self.cache)
+            return self._images
 
     # --- the SR ------------------------------------------------------------------------
 
@@ -95,6 +111,14 @@ class XapiStorage(StorageDriver):
         record = self._sr_record()
         return int(record["physical_size"]) - int(record["physical_utilisation"])
 
+    def health(self) -> StorageHealth:
+        """The SR's space as the one pool (`xapi`); ERROR while the pool cannot be read."""
+        if not self.cache.valid:
+            return StorageHealth("ERROR", f"pool {self.ops.label}: {self.cache.problem}", ())
+        record = self._sr_record()
+        size, used = int(record["physical_size"]), int(record["physical_utilisation"])
+        return StorageHealth("OK", "", (PoolUsage(XAPI_POOL, used, max(0, size - used)),))
+
     # --- lookups -----------------------------------------------------------------------
 
     def _vdis(self, match: Callable[[dict[str, str]], bool]) -> dict[str, dict[str, Any]]:
@@ -105,9 +129,12 @@ class XapiStorage(StorageDriver):
                 if r["SR"] == sr and match(r.get("other_config") or {})}
 
     def image_vdi(self, image_id: str) -> tuple[str, dict[str, Any]] | None:
-        """(uuid, record) of the image's VDI (tagged vauban.image, not a VM's disk)."""
-        found = self._vdis(lambda c: c.get(IMAGE) == image_id and INSTANCE not in c)
-        return next(iter(sorted(found.items())), None)
+        """(uuid, record) of the image's complete VDI (tagged vauban.image and marked
+        complete, not a VM's disk)."""
+        self._valid()
+        uuid = self.images().image_vdi(image_id)
+        record = self.cache.get("VDI", uuid) if uuid is not None else None
+        return (uuid, record) if uuid is not None and record is not None else None
 
     def _root(self, vm_id: str) -> tuple[str, dict[str, Any]] | None:
         found = self._vdis(lambda c: c.get(INSTANCE) == vm_id and c.get(DISK) == "root")
@@ -141,7 +168,7 @@ class XapiStorage(StorageDriver):
                 vdi = self.ops.run("VDI.copy", source, self.ops.ref("SR", self.sr_uuid))
             uuid = str(self.ops.call("VDI.get_uuid", vdi))
             try:
-                self._tag_root(vdi, vm_id, size if size > image_size else None)
+                self._tag_root(vdi, vm_id, image_id, size if size > image_size else None)
             except BaseException:
                 self._destroy(uuid)
                 raise
@@ -149,13 +176,15 @@ class XapiStorage(StorageDriver):
         return DiskSpec(source=VdiSource(self.sr_uuid, uuid), format="raw",
                         target=ROOT_DISK_TARGET)
 
-    def _tag_root(self, vdi: str, vm_id: str, grow_to: int | None) -> None:
+    def _tag_root(self, vdi: str, vm_id: str, image_id: str, grow_to: int | None) -> None:
         if grow_to is not None:
             self.ops.run("VDI.resize", vdi, str(grow_to))  # int64 as XAPI's string
         self.ops.call("VDI.set_name_label", vdi, f"vauban-root-{vm_id}")
         for key in IMAGE_KEYS:
             self.ops.call("VDI.remove_from_other_config", vdi, key)
         self.ops.call("VDI.add_to_other_config", vdi, DISK, "root")
+        # the image stays in use (delete_image refuses) while a disk made from it lives
+        self.ops.call("VDI.add_to_other_config", vdi, FROM_IMAGE_KEY, image_id)
         self.ops.call("VDI.add_to_other_config", vdi, INSTANCE, vm_id)  # last: it makes it ours
 
     def _await(self, holds: Callable[[], bool], what: str) -> None:
@@ -204,16 +233,31 @@ class XapiStorage(StorageDriver):
                 if e.code not in ("UUID_INVALID", "HANDLE_INVALID"):
                     raise
 
-    # --- images: moving bytes is the imports module's ------------------------------------
+    # --- images: PoolImages moves the bytes ----------------------------------------------
 
     def has_image(self, image_id: str) -> bool:
-        return bool(_imports().has_image(self, image_id))
+        self._valid()
+        return self.images().has_image(image_id)
 
     def import_image(self, image: ImageRef, chunks: Iterable[bytes]) -> None:
-        _imports().import_image(self, image, chunks)
+        images = self.images()
+        with self._importing:
+            images.import_image(image, chunks)
+
+    def import_file(self, path: Path, name: str, other_config: dict[str, str]) -> str:
+        """A VDI holding local file `path` (a VM's cloud-init seed); its uuid."""
+        images = self.images()
+        with self._importing:
+            return images.import_file(path, name, other_config)
 
     def sweep_leftovers(self) -> list[str]:
-        return list(_imports().sweep_leftovers(self))
+        if not self.cache.valid:
+            return []  # nothing can be told of an unread pool
+        images = self.images()
+        with self._importing:
+            return images.sweep_leftovers()
 
     def delete_image(self, image_id: str) -> None:
-        _imports().delete_image(self, image_id)
+        images = self.images()
+        with self._importing:
+            images.delete_image(image_id)

@@ -1,10 +1,10 @@
 """A pool agent's ways into its pool: the event loop with its cache, and logged-in clients
 for calls, all built from the settings the controller hands the agent.
 
-The event loop holds a session of its own (its `event.from` blocks); calls are made by
-one PoolClient per worker thread (XenAPI's ServerProxy is not thread-safe), made on
-first use and logged out at `stop`. Every client is pinned to the enrolled members'
-certificates and refuses a master of another pool.
+The event loop holds a session of its own (its `event.from` blocks); the drivers make
+their calls through clients of their own (XenAPI's ServerProxy is not thread-safe, so
+each is used under its owner's lock), all logged out at `stop`. Every client is pinned
+to the enrolled members' certificates and refuses a master of another pool.
 """
 
 from __future__ import annotations
@@ -22,29 +22,23 @@ class PoolLink:
 
     def __init__(self, settings: XapiSettings, label: str) -> None:
         self.settings, self.label = settings, label
-        self.cache = PoolCache()
-        self.loop = EventLoop(self.new_client(), self.cache)
-        self._local = threading.local()
         self._clients: list[PoolClient] = []
         self._lock = threading.Lock()
+        self.cache = PoolCache()
+        self.loop = EventLoop(self.new_client(), self.cache)
 
     def __repr__(self) -> str:
         return f"<PoolLink {self.label}>"  # never the settings: they hold the password
 
     def new_client(self) -> PoolClient:
-        """A client of its own (not logged in until its first call)."""
+        """A client of the caller's own (not logged in until its first call; logged out
+        at `stop`)."""
         s = self.settings
-        return PoolClient(s.url, s.username, s.password, s.pins, label=self.label,
-                          pool_uuid=s.pool_uuid)
-
-    def client(self) -> PoolClient:
-        """This thread's client for calls."""
-        found: PoolClient | None = getattr(self._local, "client", None)
-        if found is None:
-            found = self._local.client = self.new_client()
-            with self._lock:
-                self._clients.append(found)
-        return found
+        client = PoolClient(s.url, s.username, s.password, s.pins, label=self.label,
+                            pool_uuid=s.pool_uuid)
+        with self._lock:
+            self._clients.append(client)
+        return client
 
     def info(self) -> XapiPoolInfo:
         """The pool as the cache holds it now (no call made)."""
@@ -55,7 +49,7 @@ class PoolLink:
 
     def stop(self) -> None:
         """Stop the event loop and log every client out."""
-        self.loop.stop()
+        self.loop.stop()  # it closes its own client
         with self._lock:
             clients, self._clients = self._clients, []
         for client in clients:
