@@ -201,6 +201,8 @@ def cmd_vm_create(c: Client, a: argparse.Namespace) -> int:
         body["networks"] = a.network
     if a.security_group:
         body["security_groups"] = a.security_group
+    elif a.no_security_groups:
+        body["security_groups"] = []
     if a.gpu:
         body["gpus"] = a.gpu
     if a.vgpu:
@@ -628,8 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a NIC on this network, optionally with a fixed IP; ',dhcp': the "
                     "guest configures its IPv4 by DHCP (tenant networks), else the seed "
                     "sets it (repeatable)")
-    cr.add_argument("--security-group", action="append", metavar="GROUP",
-                    help="security group of the NICs (repeatable; default: 'default')")
+    groups = cr.add_mutually_exclusive_group()
+    groups.add_argument("--security-group", action="append", metavar="GROUP",
+                        help="security group of the NICs (repeatable; default: 'default')")
+    groups.add_argument("--no-security-groups", action="store_true",
+                        help="no security group: nothing filters the NICs' traffic (what an "
+                        "XCP-ng pool's VMs must ask for)")
     cr.add_argument("--gpu", action="append", type=parse_gpu_arg, metavar="MODEL[:COUNT]",
                     help="whole GPUs of this model passed through, e.g. H100:2 (repeatable)")
     cr.add_argument("--vgpu", metavar="TYPE", help="a vGPU of this type, e.g. H100XM-10C")

@@ -135,7 +135,8 @@ def _check_pool_vm(node: Node, body: InstanceCreate, attachments: list[networks.
     if groups:
         raise Conflict(f"node {node.name} is an XCP-ng pool: its agent filters no traffic, "
                        "so a VM there cannot have security groups; ask for none "
-                       "(security_groups: []) to accept that")
+                       "(security_groups: [], vauban vm create --no-security-groups) to "
+                       "accept that")
     for a in attachments:
         if a.network.kind != "provider" or not a.network.xapi_network:
             raise Conflict(f"node {node.name} is an XCP-ng pool: network {a.network.name} "

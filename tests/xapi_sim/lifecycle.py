@@ -263,12 +263,23 @@ def vm_start(store: Store, sess: Session, args: list[Any], task: str | None) -> 
         store.modify("VM", vm.uuid, power_state="Paused" if paused else "Running",
                      resident_on=host)
         _attach(store, vm.uuid, True)
+        _open_console(store, vm.uuid, host)
     return ""
+
+
+def _open_console(store: Store, vm_uuid: str, host: str) -> None:
+    """A running VM's rfb console, located on its host (as xapi makes one per domain)."""
+    if store.console_location is None:
+        return
+    console = store.add("console", {"VM": vm_uuid, "protocol": "rfb"})
+    store.modify("console", console, location=store.console_location(host, console))
 
 
 def _halted(store: Store, vm: Obj) -> None:
     store.modify("VM", vm.uuid, power_state="Halted", resident_on="")
     _attach(store, vm.uuid, False)
+    for console in [c for c in store.live("console") if c.fields.get("VM") == vm.uuid]:
+        store.remove("console", console.uuid)  # its domain is gone
 
 
 def vm_clean_shutdown(store: Store, sess: Session, args: list[Any], task: str | None) -> str:

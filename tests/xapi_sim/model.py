@@ -14,6 +14,7 @@ import threading
 import uuid as uuidlib
 import xmlrpc.client
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,8 @@ class Store:
         self.faults = Faults()
         self.backend: Any = None  # runs guests (lifecycle.Backend); set by the pool
         self.folder: Path | None = None  # where VDI contents live (disks.vdi_file)
+        # (host uuid, console uuid) -> the console's location; None: no consoles made
+        self.console_location: Callable[[str, str], str] | None = None
 
     # --- changes, made by the tests and by calls -------------------------------------
 

@@ -243,6 +243,7 @@ class SimPool:
             member.rekey()
             self.members.append(member)
         self.master = self.members[0]
+        self.store.console_location = self._console_location
         self.sr = self.store.add("SR", {"name_label": "Local storage", "type": "ext",
                                         "physical_size": 8 * 1024**4,
                                         "physical_utilisation": 3 * 1024**4})
@@ -264,6 +265,10 @@ class SimPool:
             "memory_dynamic_min": GiB // 2, "memory_static_min": GiB // 2,
             "HVM_boot_params": {"order": "cdn"}, "platform": {"device-model": "qemu-upstream"},
             "other_config": {"default_template": "true"}})
+
+    def _console_location(self, host_uuid: str, console_uuid: str) -> str:
+        member = next((m for m in self.members if m.host_uuid == host_uuid), self.master)
+        return f"https://{member.address}:{member.port}/console?uuid={console_uuid}"
 
     def url(self, member: int = 0) -> str:
         """The HTTPS URL of member `member`."""

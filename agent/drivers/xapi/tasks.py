@@ -12,9 +12,11 @@ at a time (XenAPI's proxy is not thread-safe); waits for tasks run without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import xmlrpc.client
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from xml.parsers.expat import ExpatError
@@ -102,6 +104,12 @@ class PoolOps:
                 raise XapiError(f"pool {self.label}: {method}: the session was replaced "
                                 "meanwhile (its refs with it): try again", code=e.code,
                                 params=e.params, retryable=True) from e
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[PoolClient]:
+        """The client itself, for a few calls no one else's come between."""
+        with self._lock:
+            yield self.client
 
     def ref(self, cls: str, uuid: str) -> str:
         """This session's ref of `cls` object `uuid` (refs are never kept across calls:
