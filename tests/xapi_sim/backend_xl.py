@@ -30,6 +30,7 @@ from images.testguest import build as testguest
 from images.testguest import disk as testguest_disk
 from tests.xapi_sim.dom0 import CONSOLE_LOG_DIR, READY_LINE, XL_FAILED_LINE, Dom0Image
 
+REPO = Path(__file__).resolve().parents[2]
 MEMORY_MIB = 3072
 DOM0_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M smap=0 smep=0 noreboot"
 KERNEL_CMDLINE = "root=/dev/vda rw console=hvc0"
@@ -60,8 +61,8 @@ def free_port() -> int:
 
 def testguest_initrd(dest: Path) -> Path:
     """The test guest's initramfs, taken from its (built or reused) disk image into `dest`."""
-    image = testguest.build(out=testguest.DEFAULT_OUT.absolute(),
-                            cache=testguest.DEFAULT_CACHE.absolute()).image
+    image = testguest.build(out=REPO / testguest.DEFAULT_OUT,
+                            cache=REPO / testguest.DEFAULT_CACHE).image
     offset = testguest_disk.PARTITION_START_LBA * testguest_disk.SECTOR
     subprocess.run(["mcopy", "-o", "-i", f"{image}@@{offset}",
                     f"::{testguest_disk.INITRD_NAME}", str(dest)], check=True,
@@ -215,11 +216,11 @@ class Domain:
 
     @property
     def state(self) -> PowerState:
+        if any(flag in self.flags for flag in "scd"):
+            return "halted"  # shut down, crashed or dying: on its way out
         if "p" in self.flags:
             return "paused"
-        if "r" in self.flags or "b" in self.flags:
-            return "running"
-        return "halted"  # shut down, crashed or dying: on its way out
+        return "running"  # r, b, or no letter at all: runnable, waiting for a CPU
 
 
 class XlBackend:
@@ -258,9 +259,10 @@ class XlBackend:
         """Start PV guest `name`. After success it runs and its console log starts empty;
         after failure no domain and no config of that name are left."""
         self._check_name(name)
-        if not (32 <= memory_mib <= 1024 and 1 <= vcpus <= 2):
+        # below 128 MiB xl cannot place dom0's kernel and the initramfs (Out of memory)
+        if not (128 <= memory_mib <= 1024 and 1 <= vcpus <= 2):
             raise ValueError(f"{memory_mib} MiB / {vcpus} vCPUs does not fit this dom0 "
-                             "(32-1024 MiB, 1-2 vCPUs)")
+                             "(128-1024 MiB, 1-2 vCPUs)")
         if any(d.name == name for d in self.domains()):
             raise XlError(f"a domain named {name} exists already")
         self._copy_boot_files()
