@@ -168,10 +168,15 @@ class XlDom0:
                     raise
                 time.sleep(1)
 
-    def run(self, command: str, timeout: float = 300) -> str:
-        """Run `command` in dom0 (as root); its stdout. Raises XlError when it fails."""
+    def run(self, command: str, timeout: float = 300, stdin: bytes | None = None) -> str:
+        """Run `command` in dom0 (as root), fed `stdin`; its stdout. Raises XlError when
+        it exits non-zero."""
         assert self.ssh is not None, "dom0 is not started"
-        _, stdout, stderr = self.ssh.exec_command(command, timeout=timeout)
+        channel_in, stdout, stderr = self.ssh.exec_command(command, timeout=timeout)
+        if stdin is not None:
+            channel_in.write(stdin)
+            channel_in.flush()
+        channel_in.channel.shutdown_write()
         out = stdout.read().decode(errors="replace")
         err = stderr.read().decode(errors="replace")
         status = stdout.channel.recv_exit_status()
@@ -179,15 +184,10 @@ class XlDom0:
             raise XlError(f"`{command}` in dom0 exited {status}: {err.strip()}")
         return out
 
-    def put(self, local: Path, remote: str) -> None:
-        assert self.ssh is not None, "dom0 is not started"
-        with contextlib.closing(self.ssh.open_sftp()) as sftp:
-            sftp.put(str(local), remote)
-
-    def write(self, remote: str, text: str) -> None:
-        assert self.ssh is not None, "dom0 is not started"
-        with contextlib.closing(self.ssh.open_sftp()) as sftp, sftp.open(remote, "w") as f:
-            f.write(text)
+    def write(self, remote: str, data: bytes) -> None:
+        """Make file `remote` in dom0 hold `data` (through the command channel: one SSH
+        mechanism, no SFTP subsystem)."""
+        self.run(f"cat > {shlex.quote(remote)}", stdin=data)
 
     def stop(self) -> None:
         if self.ssh is not None:
@@ -238,8 +238,8 @@ class XlBackend:
         if self._copied:
             return
         self.dom0.run(f"mkdir -p {GUEST_DIR}")
-        self.dom0.put(self.dom0.image.vmlinuz, GUEST_KERNEL)
-        self.dom0.put(self.initrd, GUEST_INITRD)
+        self.dom0.write(GUEST_KERNEL, self.dom0.image.vmlinuz.read_bytes())
+        self.dom0.write(GUEST_INITRD, self.initrd.read_bytes())
         self._copied = True
 
     @staticmethod
@@ -268,7 +268,7 @@ class XlBackend:
         self._copy_boot_files()
         cfg = f"{GUEST_DIR}/{name}.cfg"
         self.dom0.run(f"rm -f {shlex.quote(self._log_path(name))}")
-        self.dom0.write(cfg, self.config(name, memory_mib, vcpus))
+        self.dom0.write(cfg, self.config(name, memory_mib, vcpus).encode())
         try:
             self.dom0.run(f"xl create {shlex.quote(cfg)}")
         except XlError:
