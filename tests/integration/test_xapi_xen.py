@@ -14,10 +14,13 @@ the whole file runs in 100-160 s.
 from __future__ import annotations
 
 import socket
+import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
+from tests.xapi_sim import dom0
 from tests.xapi_sim.backend_xl import XlBackend, XlDom0
 
 pytestmark = pytest.mark.integration
@@ -63,3 +66,21 @@ def test_destroy_stops_a_running_guest_at_once(xl_backend: XlBackend) -> None:
     assert xl_backend.state(name) == "halted"
     assert POWERING_OFF not in xl_backend.console_log(name)
     assert xl_backend.domains() == []
+
+
+def test_a_killed_builds_folder_is_removed_without_deleting_through_its_bind_mounts(
+        tmp_path: Path) -> None:
+    # a build killed while its chroot had the host's /dev bound in leaves that mount
+    outside = tmp_path / "host-dev"
+    outside.mkdir()
+    (outside / "node").write_text("keep me")
+    stale = tmp_path / "cache" / "0123456789abcdef.building-1"
+    (stale / "root/dev").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(outside), str(stale / "root/dev")], check=True)
+    try:
+        dom0._remove_tree(stale)
+    finally:
+        subprocess.run(["umount", "-l", str(stale / "root/dev")], check=False,
+                       capture_output=True)
+    assert not stale.exists()
+    assert (outside / "node").read_text() == "keep me"

@@ -130,7 +130,7 @@ def ensure_image(cache: Path = DEFAULT_CACHE, log: Path | None = None) -> Dom0Im
         if (final / FINISHED).is_file():  # another process built it while we waited
             return Dom0Image(final)
         for stale in cache.glob(f"{final.name}.building-*"):
-            shutil.rmtree(stale)
+            _remove_tree(stale)
         work = cache / f"{final.name}.building-{os.getpid()}"
         try:
             _build(work, log or work.with_suffix(".log"))
@@ -138,7 +138,7 @@ def ensure_image(cache: Path = DEFAULT_CACHE, log: Path | None = None) -> Dom0Im
             work.rename(final)
         finally:
             if work.exists():
-                shutil.rmtree(work)
+                _remove_tree(work)
     return Dom0Image(final)
 
 
@@ -151,6 +151,17 @@ def _cache_lock(cache: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_tree(tree: Path) -> None:
+    """Remove a build folder, first unmounting what a killed build left mounted in it
+    (its chroot binds the host's /dev: removing through it would delete host devices)."""
+    prefix = str(tree.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "-l", point], check=True)
+    shutil.rmtree(tree)
 
 
 def _run(args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
