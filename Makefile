@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := python3 python3-venv python3-dev gcc pkg-config \
 	qemu-system-x86 qemu-utils qemu-block-extra \
 	busybox-static syslinux mtools dosfstools kmod cpio \
 	postgresql curl iproute2 cryptsetup-bin iputils-ping nftables python3-nftables iperf3 pci.ids pciutils \
-	debootstrap systemd-container openssh-client chromium fonts-dejavu-core \
+	debootstrap e2fsprogs systemd-container openssh-client chromium fonts-dejavu-core \
 	fdisk squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common ovmf socat \
 	openipmi ipmitool \
 	prometheus

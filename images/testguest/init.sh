@@ -11,7 +11,9 @@
 #   vauban-testguest net <dev> <address/prefix>   each address it configured from it
 #   vauban-testguest no-seed                      when no `cidata` filesystem showed up
 #   VAUBAN-TESTGUEST-READY                        listening for the ACPI power button
-#   vauban-testguest powering off                 power button pressed; then poweroff -f
+#   vauban-testguest powering off                 power button pressed (or, in a Xen PV
+#                                                 guest, Xen's shutdown request); then
+#                                                 poweroff -f
 #   vauban-testguest disks=<vda,vdb,...>          at boot and whenever the set of
 #                                                 /sys/block/vd* changes (hot-plug);
 #                                                 names sorted, comma-separated
@@ -175,6 +177,11 @@ while :; do
     sh < /dev/ttyS0 > /dev/ttyS0 2>&1
     sleep 1  # the serial port went away: try again, without spinning
 done &
+# A Xen PV guest has no ACPI: Xen's shutdown request makes its kernel run /sbin/poweroff,
+# which (busybox, without its init) asks PID 1 by SIGUSR2. A trap runs only between
+# commands, so PID 1 waits on its sleeps rather than running them in the foreground.
+trap 'say "vauban-testguest powering off"; sync; poweroff -f' USR2
 while :; do
-    sleep 3600
+    sleep 3600 &
+    wait $!
 done

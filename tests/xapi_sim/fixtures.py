@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.xapi_sim.backend_xl import XlBackend, XlDom0, testguest_initrd
+from tests.xapi_sim.dom0 import Dom0Unavailable, ensure_image
 from tests.xapi_sim.process import SimProcess
 
 
@@ -34,3 +36,27 @@ def sim_pools(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
 def sim_pool(sim_pools: Callable[..., SimProcess]) -> SimProcess:
     """A two-host pool listening on 127.0.0.1 (master) and 127.0.0.2, same port."""
     return sim_pools()
+
+
+@pytest.fixture(scope="session")
+def xen_dom0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XlDom0]:
+    """One Xen dom0 under QEMU TCG for the whole session, booted from an overlay over the
+    cached image (built first if needed: skipped, saying why, only when it cannot be
+    built here). Stopped by its PID and its overlay removed after the session."""
+    try:
+        image = ensure_image()
+    except Dom0Unavailable as e:
+        pytest.skip(f"the Xen dom0 image cannot be built here: {e}")
+    dom0 = XlDom0(image, tmp_path_factory.mktemp("xen-dom0"))
+    dom0.start()
+    try:
+        yield dom0
+    finally:
+        dom0.stop()
+
+
+@pytest.fixture(scope="session")
+def xl_backend(xen_dom0: XlDom0, tmp_path_factory: pytest.TempPathFactory) -> XlBackend:
+    """PV guests in the session's dom0, booting the test guest's initramfs."""
+    initrd = testguest_initrd(tmp_path_factory.mktemp("testguest") / "initrd.gz")
+    return XlBackend(xen_dom0, initrd)
