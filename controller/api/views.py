@@ -85,6 +85,7 @@ def instance_view(db: Session, i: Instance, down_after_s: float) -> schemas.Inst
         state=display_state(i, up, operations.active_for(db, i.id)),
         desired_power=i.desired_power, node_id=i.node_id, node_name=i.node.name,
         migrating_to=i.migration_target.name if i.migration_target else None, ha=i.ha,
+        hypervisor_uuid=i.hypervisor_uuid,
         image_id=i.image_id, image_name=i.image.name, vcpus=i.vcpus, memory_mib=i.memory_mib,
         root_disk_gib=i.root_disk_gib, hostname=i.hostname, ssh_keys=list(i.ssh_keys or []),
         default_user=i.default_user, error=i.observed_error,

@@ -288,6 +288,8 @@ class Instance(Output):
     migrating_to: str | None = Field(default=None, description="Name of the node it is "
                                      "moving to, while a live migration is in flight")
     ha: bool = Field(default=False, description="Restarted elsewhere when its node is lost")
+    hypervisor_uuid: str | None = Field(default=None, description="Its uuid in an XCP-ng "
+                                        "pool (XAPI's, not Vauban's), once its node reported it")
     image_id: str
     image_name: str
     vcpus: int
