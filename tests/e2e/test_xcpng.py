@@ -19,14 +19,17 @@ import simple_websocket
 
 from tests.e2e.region import BIN, E2ERegion, wait_for
 from tests.e2e.test_consoles import Stream, connect, ticket
-from tests.xapi_sim.fixtures import sim_pool, sim_pools
+from tests.xapi_sim.backend_xl import XlBackend
+from tests.xapi_sim.fixtures import sim_pool, sim_pools, xen_dom0, xl_backend
 from tests.xapi_sim.process import SimProcess
 
-__all__ = ["sim_pool", "sim_pools"]  # the fixtures this module uses
+__all__ = ["sim_pool", "sim_pools", "xen_dom0", "xl_backend"]  # the fixtures used here
 pytestmark = pytest.mark.e2e
 
 UP_TIMEOUT = 120  # the agent's first report after its start
 CHANGE_TIMEOUT = 180  # a VM made, stopped or deleted through the pool
+BOOT_TIMEOUT = 600  # a PV guest in a dom0 that itself runs under TCG, on 2 shared cores
+BOOTED = "VAUBAN-TESTGUEST-BOOTED"
 
 
 @pytest.fixture
@@ -85,13 +88,19 @@ def _pool_vm(sim: SimProcess) -> str | None:
     return found[0] if found else None
 
 
+def _pool_node_up(region: E2ERegion, sim: SimProcess) -> dict[str, Any]:
+    """Enroll the pool, run its agent; the pool's node once it reports the pool read."""
+    _start_pool_agent(region, _enroll(region, sim))
+    node: dict[str, Any] = wait_for(
+        lambda: (n := _node(region, "pool")) and n["state"] == "up"
+        and (n["inventory"].get("pool") or {}).get("reachable") and n,
+        UP_TIMEOUT, "the pool's agent to report its pool")
+    return node
+
+
 def test_a_pool_enrolled_runs_a_vm_through_the_cli(
         region: E2ERegion, sim_pool: SimProcess, testguest_image: Path) -> None:
-    token = _enroll(region, sim_pool)
-    _start_pool_agent(region, token)
-    node = wait_for(lambda: (n := _node(region, "pool")) and n["state"] == "up"
-                    and (n["inventory"].get("pool") or {}).get("reachable") and n,
-                    UP_TIMEOUT, "the pool's agent to report its pool")
+    node = _pool_node_up(region, sim_pool)
     pool = node["inventory"]["pool"]
     assert [h["address"] for h in pool["hosts"]] == [m.address for m in sim_pool.members]
     assert node["cpus"] == 8 and node["kvm_usable"] is False
@@ -137,3 +146,25 @@ def test_a_pool_enrolled_runs_a_vm_through_the_cli(
     # its disks went with it; the image stays for the next VM; no task left behind
     assert store.live("VDI") == {image}
     assert store.live("task") == set()
+
+
+def test_a_pool_vm_boots_a_real_xen_guest(
+        region: E2ERegion, sim_pools: Any, xl_backend: XlBackend,
+        testguest_image: Path) -> None:
+    """XAPI's wire is the simulator's, the guest is real: the VM Vauban starts in the pool
+    is a PV guest that `xl create` boots in a Xen dom0 (running under QEMU TCG here)."""
+    sim = sim_pools(xl=xl_backend)
+    _pool_node_up(region, sim)
+    region.cli("image", "import", str(testguest_image), "--name", "testguest")
+    name = f"xen-{uuid.uuid4().hex[:6]}"
+    region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1", "--memory", "256",
+               "--node", "pool", "--wait")
+    xapi_vm = wait_for(lambda: _pool_vm(sim), CHANGE_TIMEOUT, "the VM in the pool")
+    (guest,) = [d for d in xl_backend.domains() if d.name == xapi_vm]
+    assert (guest.memory_mib, guest.vcpus) == (256, 1)
+    assert BOOTED in xl_backend.wait_console(xapi_vm, BOOTED, BOOT_TIMEOUT)
+    region.cli("vm", "stop", name, "--wait")
+    assert xl_backend.state(xapi_vm) == "halted"
+    region.cli("vm", "delete", name, "--wait")
+    wait_for(lambda: _pool_vm(sim) is None, CHANGE_TIMEOUT, "the VM gone from the pool")
+    assert xl_backend.domains() == []

@@ -22,13 +22,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import paramiko
 
 from images.testguest import build as testguest
 from images.testguest import disk as testguest_disk
 from tests.xapi_sim.dom0 import CONSOLE_LOG_DIR, READY_LINE, XL_FAILED_LINE, Dom0Image
+from tests.xapi_sim.wire import XapiFault
 
 REPO = Path(__file__).resolve().parents[2]
 MEMORY_MIB = 3072
@@ -41,6 +42,7 @@ GUEST_KERNEL = f"{GUEST_DIR}/vmlinuz"
 GUEST_INITRD = f"{GUEST_DIR}/testguest-initrd.gz"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 PowerState = Literal["running", "paused", "halted"]
+MiB = 1024 * 1024
 
 
 class XlError(Exception):
@@ -86,6 +88,16 @@ class XlDom0:
         self.process: subprocess.Popen[bytes] | None = None
         self.ssh: paramiko.SSHClient | None = None
         self.boot_seconds = 0.0
+        self.owned = True  # False: another process's dom0 (see attached)
+
+    @classmethod
+    def attached(cls, image: Dom0Image, port: int) -> XlDom0:
+        """A dom0 another process booted and owns (its QEMU, its overlay), reached over
+        SSH on 127.0.0.1:`port` with the image's keys; `stop` only disconnects."""
+        dom0 = cls(image, Path("/nonexistent"))
+        dom0.port, dom0.owned = port, False
+        dom0.ssh = dom0._connect(time.monotonic() + SSH_TIMEOUT_S)
+        return dom0
 
     def start(self) -> None:
         started = time.monotonic()
@@ -201,7 +213,8 @@ class XlDom0:
                 self.process.kill()
                 self.process.wait()
             self.process = None
-        self.overlay.unlink(missing_ok=True)
+        if self.owned:
+            self.overlay.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -330,3 +343,40 @@ class XlBackend:
                 raise XlError(f"guest {name} did not write {text!r} in {timeout:.0f} s:\n"
                               + log[-3000:])
             time.sleep(1)  # polling the log file xenconsoled appends to
+
+
+class XenGuests:
+    """The simulator's guest backend (lifecycle.Backend) on real Xen: each VM's guest is
+    a PV guest named by the VM's uuid, with the VM's memory and vCPUs; its disks and
+    NICs are not plugged in (dom0's kernel and the test guest's initramfs boot it)."""
+
+    def __init__(self, xl: XlBackend) -> None:
+        self.xl = xl
+        self.records: dict[str, dict[str, Any]] = {}  # for a reboot
+
+    def start(self, vm_uuid: str, record: dict[str, Any], paused: bool) -> None:
+        if paused:
+            raise XapiFault("OPERATION_NOT_ALLOWED", "paused starts: not on the xl backend")
+        memory_mib = int(record["memory_static_max"]) // MiB
+        try:
+            self.xl.create(vm_uuid, memory_mib, int(record["VCPUs_at_startup"]))
+        except (XlError, ValueError) as e:
+            raise XapiFault("INTERNAL_ERROR", f"xl create: {e}") from e
+        self.records[vm_uuid] = record
+
+    def shutdown(self, vm_uuid: str, hard: bool) -> None:
+        try:
+            if hard or self.xl.state(vm_uuid) != "running":
+                self.xl.destroy(vm_uuid)
+            else:
+                self.xl.shutdown(vm_uuid)
+        except XlError as e:
+            raise XapiFault("INTERNAL_ERROR", f"xl shutdown: {e}") from e
+
+    def reboot(self, vm_uuid: str) -> None:
+        self.shutdown(vm_uuid, True)
+        self.start(vm_uuid, self.records[vm_uuid], False)
+
+    def destroy(self, vm_uuid: str) -> None:
+        self.shutdown(vm_uuid, True)
+        self.records.pop(vm_uuid, None)

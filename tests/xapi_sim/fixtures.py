@@ -18,10 +18,12 @@ def sim_pools(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
     each stopped by its PID after the test."""
     made: list[SimProcess] = []
 
-    def make(hosts: int = 2, jsonrpc: bool = True, stable_refs: bool = False) -> SimProcess:
+    def make(hosts: int = 2, jsonrpc: bool = True, stable_refs: bool = False,
+             xl: XlBackend | None = None) -> SimProcess:
         folder = tmp_path / f"xapi-sim-{len(made)}"
         folder.mkdir()
-        pool = SimProcess(folder, hosts=hosts, jsonrpc=jsonrpc, stable_refs=stable_refs)
+        pool = SimProcess(folder, hosts=hosts, jsonrpc=jsonrpc, stable_refs=stable_refs,
+                          xl=xl)
         made.append(pool)
         return pool
 

@@ -18,9 +18,12 @@ import sys
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[2]
+
+if TYPE_CHECKING:
+    from tests.xapi_sim.backend_xl import XlBackend
 
 
 class SimError(Exception):
@@ -31,10 +34,13 @@ class SimProcess:
     """A simulated pool running in a process of its own (see the module docstring)."""
 
     def __init__(self, folder: Path, hosts: int = 2, jsonrpc: bool = True,
-                 stable_refs: bool = False) -> None:
+                 stable_refs: bool = False, xl: XlBackend | None = None) -> None:
         command = [sys.executable, "-m", "tests.xapi_sim", "--folder", str(folder),
                    "--hosts", str(hosts)] + ([] if jsonrpc else ["--no-jsonrpc"]) + (
                        ["--stable-refs"] if stable_refs else [])
+        if xl is not None:  # its guests run in that dom0, reached as this process does
+            command += ["--xl-image", str(xl.dom0.image.folder), "--xl-port",
+                        str(xl.dom0.port), "--xl-initrd", str(xl.initrd)]
         self.folder = folder
         self.stderr = open(folder / "sim.log", "w+b")  # closed in stop()
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
