@@ -40,11 +40,12 @@ def sim_pool(sim_pools: Callable[..., SimProcess]) -> SimProcess:
     return sim_pools()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def xen_dom0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XlDom0]:
-    """One Xen dom0 under QEMU TCG for the whole session, booted from an overlay over the
-    cached image (built first if needed: skipped, saying why, only when it cannot be
-    built here). Stopped by its PID and its overlay removed after the session."""
+    """One Xen dom0 under QEMU TCG for a test module (its 3 GiB and CPU are given back
+    once that module ends), booted from an overlay over the cached image (built first if
+    needed: skipped, saying why, only when it cannot be built here). Stopped by its PID
+    and its overlay removed."""
     try:
         image = ensure_image()
     except Dom0Unavailable as e:
@@ -57,8 +58,8 @@ def xen_dom0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XlDom0]:
         dom0.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def xl_backend(xen_dom0: XlDom0, tmp_path_factory: pytest.TempPathFactory) -> XlBackend:
-    """PV guests in the session's dom0, booting the test guest's initramfs."""
+    """PV guests in the module's dom0, booting the test guest's initramfs."""
     initrd = testguest_initrd(tmp_path_factory.mktemp("testguest") / "initrd.gz")
     return XlBackend(xen_dom0, initrd)

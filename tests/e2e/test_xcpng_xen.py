@@ -1,5 +1,7 @@
 """Real Xen under the simulator's backend: a PV guest booted with `xl` in a Xen dom0
-that runs under QEMU TCG, its console read, then stopped with nothing left behind.
+that runs under QEMU TCG, its console read, then stopped with nothing left behind; and
+end to end, a VM Vauban starts in a simulated pool booting as such a guest (XAPI's wire
+faked, Xen real). One dom0 serves the module (module-scoped fixtures).
 
 Measured here (2 cores shared with other work, 2026-12-03): the dom0 image builds in
 ~90 s (debootstrap and apt from the mirror; later sessions reuse the cache); dom0 writes
@@ -16,14 +18,21 @@ from __future__ import annotations
 import socket
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.region import E2ERegion, wait_for
+from tests.e2e.test_xcpng import CHANGE_TIMEOUT, _pool_node_up, _pool_vm, region
 from tests.xapi_sim import dom0
 from tests.xapi_sim.backend_xl import XlBackend, XlDom0
+from tests.xapi_sim.fixtures import sim_pools, xen_dom0, xl_backend
+from tests.xapi_sim.process import SimProcess
 
-pytestmark = pytest.mark.integration
+__all__ = ["region", "sim_pools", "xen_dom0", "xl_backend"]  # the fixtures used here
+pytestmark = pytest.mark.e2e
+BOOT_TIMEOUT = 600  # a PV guest in a dom0 that itself runs under TCG, on 2 shared cores
 
 BOOTED = "VAUBAN-TESTGUEST-BOOTED"
 READY = "VAUBAN-TESTGUEST-READY"
@@ -84,3 +93,25 @@ def test_a_killed_builds_folder_is_removed_without_deleting_through_its_bind_mou
                        capture_output=True)
     assert not stale.exists()
     assert (outside / "node").read_text() == "keep me"
+
+
+def test_a_pool_vm_boots_a_real_xen_guest(
+        region: E2ERegion, sim_pools: Callable[..., SimProcess], xl_backend: XlBackend,
+        testguest_image: Path) -> None:
+    """XAPI's wire is the simulator's, the guest is real: the VM Vauban starts in the pool
+    is a PV guest that `xl create` boots in a Xen dom0 (running under QEMU TCG here)."""
+    sim = sim_pools(xl=xl_backend)
+    _pool_node_up(region, sim)
+    region.cli("image", "import", str(testguest_image), "--name", "testguest")
+    name = f"xen-{uuid.uuid4().hex[:6]}"
+    region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1", "--memory", "256",
+               "--node", "pool", "--wait")
+    xapi_vm = wait_for(lambda: _pool_vm(sim), CHANGE_TIMEOUT, "the VM in the pool")
+    (guest,) = [d for d in xl_backend.domains() if d.name == xapi_vm]
+    assert (guest.memory_mib, guest.vcpus) == (256, 1)
+    assert BOOTED in xl_backend.wait_console(xapi_vm, BOOTED, BOOT_TIMEOUT)
+    region.cli("vm", "stop", name, "--wait")
+    assert xl_backend.state(xapi_vm) == "halted"
+    region.cli("vm", "delete", name, "--wait")
+    wait_for(lambda: _pool_vm(sim) is None, CHANGE_TIMEOUT, "the VM gone from the pool")
+    assert xl_backend.domains() == []
