@@ -144,3 +144,25 @@ def test_a_pool_enrolled_runs_a_vm_through_the_cli(
     assert store.live("VDI") == {image}
     assert store.live("task") == set()
 
+
+def test_a_pool_s_refusal_reaches_the_operator_in_words_and_the_agent_goes_on(
+        region: E2ERegion, sim_pool: SimProcess, testguest_image: Path) -> None:
+    _pool_node_up(region, sim_pool)
+    region.cli("image", "import", str(testguest_image), "--name", "testguest")
+    sim_pool.host_memory(192 * 1024**2)  # every host too small for the VM once it starts
+    name = f"xcp-{uuid.uuid4().hex[:6]}"
+    region.cli("vm", "create", name, "--image", "testguest", "--cpus", "1", "--memory", "256",
+               "--node", "pool", "--no-wait")
+
+    def said() -> str:
+        vm = json.loads(region.cli("vm", "show", name, "--json"))
+        return " ".join([vm.get("error") or ""] + [f["message"] for f in vm["failures"]])
+
+    text = wait_for(lambda: "free" in (t := said()) and t, CHANGE_TIMEOUT,
+                    "the pool's refusal reported")
+    assert "no host has 256 MiB free" in text, text
+    # the agent goes on: the pool stays up and the VM can be deleted through it
+    assert (_node(region, "pool") or {}).get("state") == "up"
+    region.cli("vm", "delete", name, "--wait")
+    wait_for(lambda: _pool_vm(sim_pool) is None, CHANGE_TIMEOUT, "the VM gone from the pool")
+    assert sim_pool.store.live("task") == set()
