@@ -52,7 +52,8 @@ def pool_agent(config: AgentConfig, identity: NodeIdentity, client: ControllerCl
     try:
         ops = PoolOps(link.new_client(), link.cache)  # one client for the drivers' calls
         storage = load_storage("xapi", ops=ops, new_client=link.new_client,
-                               scratch_dir=config.data_dir / "scratch")
+                               scratch_dir=config.data_dir / "scratch",
+                               sr_uuid=settings.sr_uuid)
         assert isinstance(storage, XapiStorage)
         # a VM's seed goes into a VDI of the storage's SR, as its images do
         hypervisor = load_hypervisor("xapi", ops=ops, import_file=storage.import_file)

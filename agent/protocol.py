@@ -630,6 +630,8 @@ class XapiSettings(Wire):
     pool_uuid: str
     pins: dict[str, str] = Field(description="Each member's address -> the SHA-256 of its "
                                  "certificate (lower-case hex), as enrolled")
+    sr_uuid: str | None = Field(default=None, max_length=36, description="The storage "
+                                "repository for images and disks; None: the pool's default")
 
 
 FailureKind = Literal["vm", "network", "firewall", "volume", "image"]

@@ -26,8 +26,12 @@ def pool_view(url: str, pool_uuid: str, pool_name: str,
 
 def _probed_view(probed: xcpng.Probed) -> schemas.XcpngPool:
     master = next((m.host_uuid for m in probed.members if m.master), None)
-    return pool_view(probed.url, probed.pool_uuid, probed.pool_name,
+    view = pool_view(probed.url, probed.pool_uuid, probed.pool_name,
                      [m.stored() for m in probed.members], master)
+    view.repositories = [schemas.XcpngRepository(uuid=r.uuid, name=r.name, type=r.type,
+                                                 default=r.default)
+                         for r in probed.repositories]
+    return view
 
 
 @api.route("POST", "/probe", access=Region(Perm.NODES_WRITE), body=schemas.XcpngProbe,
@@ -47,7 +51,7 @@ def enroll_pool(body: schemas.XcpngEnroll) -> Any:
     session = db()
     node, secret = xcpng.enroll(session, actor(), region().region_key, probed,
                                 name=body.name, username=body.username,
-                                password=body.password, confirmed=body.members)
+                                password=body.password, confirmed=body.members, sr=body.sr)
     session.commit()
     return schemas.XcpngEnrolled(node_id=node.id, name=node.name,
                                  pool=_probed_view(probed), join_token=secret), 201

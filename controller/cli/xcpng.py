@@ -40,6 +40,9 @@ def print_members(pool: dict[str, Any]) -> None:
         role = "master" if m.get("master") else "member"
         print(f"  {role:<6} {m['name']} {m['address']} ({m['host_uuid']})\n"
               f"         SHA-256 {m['sha256']}")
+    for r in pool.get("repositories") or []:
+        mark = " (default)" if r["default"] else ""
+        print(f"  SR     {r['name']} ({r['uuid']}, {r['type']}){mark}")
 
 
 def _confirmed(a: argparse.Namespace) -> bool:
@@ -64,7 +67,8 @@ def cmd_add_xcpng(c: Client, a: argparse.Namespace) -> int:
         return 1
     enrolled = c.post("/xcpng-pools", {
         **body, "name": _node_name(a, pool["pool_name"]),
-        "members": {m["host_uuid"]: m["sha256"] for m in pool["members"]}}, timeout=120)
+        "members": {m["host_uuid"]: m["sha256"] for m in pool["members"]},
+        **({"sr": a.sr} if a.sr else {})}, timeout=120)
     print(f"node {enrolled['name']} ({enrolled['node_id']}) enrolled; its agent joins with "
           f"this one-time token (valid 24 h, shown once):\n{enrolled['join_token']}\n"
           f"  vauban-agent join --name {enrolled['name']} --token-file FILE "
@@ -75,7 +79,8 @@ def cmd_add_xcpng(c: Client, a: argparse.Namespace) -> int:
 
 def print_pool(x: dict[str, Any]) -> None:
     """`node show` lines of a pool node: how it is reached and its members' pins."""
-    print(f"XCP-ng pool {x['pool_name']} ({x['pool_uuid']}) at {x['url']} as {x['username']}")
+    print(f"XCP-ng pool {x['pool_name']} ({x['pool_uuid']}) at {x['url']} as {x['username']}, "
+          f"disks on SR {x.get('sr_uuid') or 'the pool default'}")
     for m in x["members"]:
         print(f"  {m['name']} {m['address']} ({m['host_uuid']}): SHA-256 {m['sha256']}")
 
@@ -90,5 +95,7 @@ def xcpng_node_commands(node: Any, add: Callable[..., Any]) -> None:
     ax.add_argument("--password-file", required=True, metavar="FILE",
                     help="a file holding the password ('-': standard input)")
     ax.add_argument("--name", help="the node's name (default: from the pool's name)")
+    ax.add_argument("--sr", help="the storage repository (uuid or name) for images and VM "
+                    "disks (default: the pool's default SR)")
     ax.add_argument("--yes", action="store_true",
                     help="pin the certificates shown without asking")

@@ -481,6 +481,8 @@ class XapiPool(Base):
     pool_uuid: Mapped[str] = mapped_column(String(36), unique=True)
     pool_name: Mapped[str] = mapped_column(String(255))
     members: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # the storage repository its VMs' disks and images go to; None: the pool's default SR
+    sr_uuid: Mapped[str | None] = mapped_column(String(36), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

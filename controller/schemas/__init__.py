@@ -114,6 +114,7 @@ from controller.schemas.xcpng import (
     XcpngMember,
     XcpngPool,
     XcpngProbe,
+    XcpngRepository,
 )
 
 __all__ = [
@@ -215,4 +216,5 @@ __all__ = [
     "XcpngMember",
     "XcpngPool",
     "XcpngProbe",
+    "XcpngRepository",
 ]

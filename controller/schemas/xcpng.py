@@ -32,6 +32,10 @@ class XcpngEnroll(XcpngProbe):
         min_length=1, max_length=64,
         description="Each member's host UUID -> the SHA-256 the operator confirmed (as a "
         "probe showed it); refused when the pool now shows other members or certificates")
+    sr: str | None = Field(default=None, min_length=1, max_length=255,
+                           description="The storage repository (uuid or name) for the "
+                           "pool's images and VM disks; default: the pool's default SR, "
+                           "whichever it is when the agent starts")
 
 
 class XcpngMember(Output):
@@ -44,6 +48,15 @@ class XcpngMember(Output):
     master: bool = False
 
 
+class XcpngRepository(Output):
+    """A storage repository of a pool that can hold VM disks."""
+
+    uuid: str
+    name: str
+    type: str = Field(examples=["ext", "lvm", "nfs"])
+    default: bool = Field(description="The pool's default SR")
+
+
 class XcpngPool(Output):
     """A pool as probed, or as enrolled."""
 
@@ -51,6 +64,7 @@ class XcpngPool(Output):
     pool_uuid: str
     pool_name: str
     members: list[XcpngMember]
+    repositories: list[XcpngRepository] = Field(default_factory=list)
 
 
 class XcpngEnrolled(Output):

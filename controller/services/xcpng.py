@@ -67,13 +67,36 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Repository:
+    """A storage repository of the pool that can hold VM disks."""
+
+    uuid: str
+    name: str
+    type: str
+    default: bool
+
+
+@dataclass(frozen=True)
 class Probed:
-    """A pool as its master showed it: what enrollment pins."""
+    """A pool as its master showed it: what enrollment pins, and where disks may go."""
 
     url: str
     pool_uuid: str
     pool_name: str
     members: list[Member]
+    repositories: list[Repository]
+
+    def repository(self, ref: str | None) -> Repository:
+        """The SR named `ref` (uuid or name), else the default; InvalidInput otherwise."""
+        found = [r for r in self.repositories
+                 if (r.default if ref is None else ref in (r.uuid, r.name))]
+        if len(found) == 1:
+            return found[0]
+        names = ", ".join(f"{r.name} ({r.uuid})" for r in self.repositories) or "none"
+        why = "has no default storage repository" if ref is None else (
+            f"has {'no' if not found else 'several'} storage repositories named {ref!r}")
+        raise InvalidInput(f"pool {self.pool_name} {why}; its repositories for VM disks: "
+                           f"{names}", field="sr")
 
 
 def _url(text: str) -> tuple[str, str, int]:
@@ -182,8 +205,14 @@ def _read_pool(client: PoolClient, url: str, host: str) -> Probed:
     if master.sha256 != client.pins[client.address]:
         raise InvalidInput(f"host {host}: the pool's record of its certificate "
                            f"({format_fingerprint(master.sha256)}) is not the one it presents")
+    default = pool.get("default_SR")
+    repositories = [Repository(uuid=str(rec["uuid"]), name=str(rec.get("name_label", "")),
+                               type=str(rec.get("type", "")), default=ref == default)
+                    for ref, rec in sorted(client.call("SR.get_all_records").items(),
+                                           key=lambda item: str(item[1].get("name_label")))
+                    if rec.get("content_type") not in ("iso", "udev")]  # holds no VM disk
     return Probed(url=url, pool_uuid=str(pool["uuid"]), pool_name=str(pool.get("name_label")),
-                  members=members)
+                  members=members, repositories=repositories)
 
 
 def _check_confirmed(probed: Probed, confirmed: dict[str, str]) -> None:
@@ -202,11 +231,15 @@ def _check_confirmed(probed: Probed, confirmed: dict[str, str]) -> None:
 
 
 def enroll(db: Session, actor: str, box: RegionKey, probed: Probed, *, name: str,
-           username: str, password: str, confirmed: dict[str, str]) -> tuple[Node, str]:
-    """Add the probed pool as node `name`, its members pinned as confirmed: (the node,
-    its agent's one-time join token). All in the caller's transaction: on any refusal
-    nothing is added. Conflict: members not as confirmed, pool or name already there."""
+           username: str, password: str, confirmed: dict[str, str],
+           sr: str | None = None) -> tuple[Node, str]:
+    """Add the probed pool as node `name`, its members pinned as confirmed, its disks on
+    SR `sr` (uuid or name; None: the pool's default SR): (the node, its agent's one-time
+    join token). All in the caller's transaction: on any refusal nothing is added.
+    Conflict: members not as confirmed, pool or name already there; InvalidInput: no
+    such SR."""
     _check_confirmed(probed, confirmed)
+    repository = probed.repository(sr)
     taken = db.scalar(select(XapiPool).where(XapiPool.pool_uuid == probed.pool_uuid))
     if taken is not None:
         owner = db.get(Node, taken.node_id)
@@ -220,12 +253,13 @@ def enroll(db: Session, actor: str, box: RegionKey, probed: Probed, *, name: str
     db.add(XapiPool(node_id=node.id, url=probed.url, username=username,
                     password_sealed=box.seal(password_purpose(node.id), password.encode()),
                     pool_uuid=probed.pool_uuid, pool_name=probed.pool_name,
-                    members=[m.stored() for m in probed.members]))
+                    members=[m.stored() for m in probed.members],
+                    sr_uuid=None if sr is None else repository.uuid))
     secret, token = create_join_token(db, actor, f"agent of XCP-ng pool {name}",
                                       int(JOIN_TOKEN_TTL.total_seconds()))
     token.node_id = node.id
     audit.record(db, actor, "node.add-xcpng", f"node/{node.id}", name=name, url=probed.url,
-                 username=username, pool_uuid=probed.pool_uuid,
+                 username=username, pool_uuid=probed.pool_uuid, sr=repository.uuid,
                  members={m.host_uuid: format_fingerprint(m.sha256) for m in probed.members})
     return node, secret
 
@@ -245,6 +279,6 @@ def agent_settings(db: Session, box: RegionKey, node_id: str) -> dict[str, Any]:
         raise NotFound("this node is not an XCP-ng pool")
     return {"url": pool.url, "username": pool.username,
             "password": box.open(password_purpose(node_id), pool.password_sealed).decode(),
-            "pool_uuid": pool.pool_uuid,
+            "pool_uuid": pool.pool_uuid, "sr_uuid": pool.sr_uuid,
             "pins": {m["address"]: m["sha256"] for m in pool.members}}
 

@@ -61,7 +61,19 @@ def test_a_probe_shows_every_member_and_its_certificate_and_keeps_nothing(
     assert shown == {m.host_uuid: (m.address, format_fingerprint(m.fingerprint), i == 0)
                      for i, m in enumerate(sim_pool.members)}
     assert PASSWORD not in r.get_data(as_text=True)
+    assert pool["repositories"] == [{"uuid": sim_pool.sr, "name": "Local storage",
+                                     "type": "ext", "default": True}]
     assert rows(region) == (0, 0, 0)
+
+
+def test_the_pool_s_disks_go_to_the_storage_repository_named(
+        api: Api, region: Region, sim_pool: SimProcess) -> None:
+    r = api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool, sr="no-such-sr"))
+    assert r.status_code == 422 and f"Local storage ({sim_pool.sr})" in r.json["detail"]  # type: ignore[index]
+    assert rows(region) == (0, 0, 0)
+    r = api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool, sr="Local storage"))
+    assert r.status_code == 201, r.json
+    assert api.get("/api/v1/nodes/pool-a").json["xcpng"]["sr_uuid"] == sim_pool.sr  # type: ignore[index]
 
 
 def test_an_enrolled_pool_is_a_node_whose_agent_joins_and_reads_its_pins(

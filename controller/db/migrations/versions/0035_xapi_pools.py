@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("pool_uuid", sa.String(length=36), nullable=False, unique=True),
         sa.Column("pool_name", sa.String(length=255), nullable=False),
         sa.Column("members", sa.JSON(), nullable=False),
+        sa.Column("sr_uuid", sa.String(length=36), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
