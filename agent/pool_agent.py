@@ -47,7 +47,7 @@ def pool_agent(config: AgentConfig, identity: NodeIdentity, client: ControllerCl
                settings: XapiSettings, stopping: threading.Event) -> tuple[Agent, PoolLink]:
     """The agent of the pool `settings` reach, and its link (started: its event loop runs;
     the caller stops it after the agent)."""
-    link = PoolLink(settings, identity.name)
+    link = PoolLink(settings, identity.name, refresh=client.xapi_settings)
     link.start()
     try:
         ops = PoolOps(link.new_client(), link.cache)  # one client for the drivers' calls

@@ -37,7 +37,8 @@ BLUEPRINTS = [session.api, sessions.api, account.api, nodes.api, nodes.ops_api, 
               audit.api, images.api, instances.api, consoles.api, volumes.api, networks.api,
               networks.ports_api, security_groups.api, gpus.api, agent.api, fleet.api,
               identity.projects_api, identity.users_api, identity.roles_api,
-              identity.tokens_api, identity.account_api, events.api, metrics.api, xcpng.api]
+              identity.tokens_api, identity.account_api, events.api, metrics.api, xcpng.api,
+              xcpng.node_api]
 
 
 def create_app(region: Region) -> Flask:

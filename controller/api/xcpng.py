@@ -8,9 +8,11 @@ from controller import schemas
 from controller.api.context import db, region
 from controller.api.framework import ApiBlueprint, actor
 from controller.authz import Perm, Region
+from controller.services import nodes as node_service
 from controller.services import xcpng
 
 api = ApiBlueprint("xcpng-pools", "/api/v1/xcpng-pools", "nodes")
+node_api = ApiBlueprint("xcpng-nodes", "/api/v1/nodes", "nodes")
 
 
 def pool_view(url: str, pool_uuid: str, pool_name: str,
@@ -55,3 +57,35 @@ def enroll_pool(body: schemas.XcpngEnroll) -> Any:
     session.commit()
     return schemas.XcpngEnrolled(node_id=node.id, name=node.name,
                                  pool=_probed_view(probed), join_token=secret), 201
+
+
+def _probe_enrolled(ref: str, fingerprint: str | None) -> tuple[Any, xcpng.Probed]:
+    """(the pool's node, the pool as it answers now with its stored credentials). The
+    read transaction ends before the pool is called: a slow pool holds none."""
+    session = db()
+    node = node_service.find(session, ref)
+    url, username, password, pin = xcpng.credentials(session, region().region_key, node)
+    session.commit()
+    return node, xcpng.probe(url, username, password, fingerprint or pin)
+
+
+@node_api.route("POST", "/<ref>/xcpng/probe", access=Region(Perm.NODES_WRITE),
+                body=schemas.XcpngRepinProbe,
+                summary="Read an enrolled pool again (members and the certificates they "
+                "present now), to re-pin after a planned certificate change",
+                responses={200: schemas.XcpngPool})
+def probe_enrolled_pool(ref: str, body: schemas.XcpngRepinProbe) -> Any:
+    return _probed_view(_probe_enrolled(ref, body.fingerprint)[1])
+
+
+@node_api.route("PUT", "/<ref>/xcpng/members", access=Region(Perm.NODES_WRITE),
+                body=schemas.XcpngRepin,
+                summary="Pin the pool members' certificates as the pool shows them now and "
+                "as confirmed (its agent takes the new pins when the old are refused)",
+                responses={200: schemas.XcpngPool})
+def repin_pool(ref: str, body: schemas.XcpngRepin) -> Any:
+    node, probed = _probe_enrolled(ref, body.fingerprint)
+    session = db()
+    xcpng.repin(session, actor(), node, probed, body.members)
+    session.commit()
+    return _probed_view(probed)

@@ -49,10 +49,10 @@ def _confirmed(a: argparse.Namespace) -> bool:
     """--yes, else the operator's answer on a terminal (no terminal: not confirmed)."""
     if a.yes:
         return True
-    if not sys.stdin.isatty() or a.password_file == "-":
+    if not sys.stdin.isatty() or getattr(a, "password_file", None) == "-":
         print("confirm with --yes (no terminal to ask on)", file=sys.stderr)
         return False
-    return input("pin these certificates and enroll the pool? [y/N] ").strip().lower() == "y"
+    return input("pin these certificates? [y/N] ").strip().lower() == "y"
 
 
 def cmd_add_xcpng(c: Client, a: argparse.Namespace) -> int:
@@ -74,6 +74,37 @@ def cmd_add_xcpng(c: Client, a: argparse.Namespace) -> int:
           f"  vauban-agent join --name {enrolled['name']} --token-file FILE "
           "--controller URL --ca-sha256 SHA256\n"
           "  then run it with hypervisor = \"xapi\" in its settings file")
+    return 0
+
+
+def cmd_repin(c: Client, a: argparse.Namespace) -> int:
+    """Show each member's pinned certificate beside the one it presents now; on
+    confirmation pin the new ones (the controller reads the pool again and refuses any
+    change since)."""
+    body = {"fingerprint": a.fingerprint} if a.fingerprint else {}
+    pinned = {m["host_uuid"]: m["sha256"]
+              for m in (c.get(f"/nodes/{a.name}").get("xcpng") or {}).get("members", [])}
+    pool = c.post(f"/nodes/{a.name}/xcpng/probe", body, timeout=120)
+    changed = 0
+    for m in pool["members"]:
+        was = pinned.get(m["host_uuid"])
+        same = was == m["sha256"]
+        changed += not same
+        print(f"  {m['name']} {m['address']} ({m['host_uuid']}): "
+              + ("unchanged" if same else f"pinned {was or '(new host)'}\n"
+                 f"         now    {m['sha256']}"))
+    changed += len(pinned.keys() - {m["host_uuid"] for m in pool["members"]})
+    if not changed:
+        print(f"node {a.name}: every member presents its pinned certificate")
+        return 0
+    if not _confirmed(a):
+        print("nothing re-pinned", file=sys.stderr)
+        return 1
+    c.put(f"/nodes/{a.name}/xcpng/members", {
+        **body, "members": {m["host_uuid"]: m["sha256"] for m in pool["members"]}},
+        timeout=120)
+    print(f"node {a.name}: {changed} certificate(s) re-pinned; its agent takes them when "
+          "the old ones are refused")
     return 0
 
 
@@ -99,3 +130,9 @@ def xcpng_node_commands(node: Any, add: Callable[..., Any]) -> None:
                     "disks (default: the pool's default SR)")
     ax.add_argument("--yes", action="store_true",
                     help="pin the certificates shown without asking")
+    rp = add(node, "xcpng-repin", cmd_repin, "re-pin an XCP-ng pool's certificates after a "
+             "planned change (each shown, old and new, before it is pinned)")
+    rp.add_argument("name")
+    rp.add_argument("--fingerprint", help="the master's new SHA-256, when the master's own "
+                    "certificate changed (as its console shows it)")
+    rp.add_argument("--yes", action="store_true", help="pin what is shown without asking")

@@ -114,6 +114,8 @@ from controller.schemas.xcpng import (
     XcpngMember,
     XcpngPool,
     XcpngProbe,
+    XcpngRepin,
+    XcpngRepinProbe,
     XcpngRepository,
 )
 
@@ -216,5 +218,7 @@ __all__ = [
     "XcpngMember",
     "XcpngPool",
     "XcpngProbe",
+    "XcpngRepin",
+    "XcpngRepinProbe",
     "XcpngRepository",
 ]

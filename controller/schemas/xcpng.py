@@ -38,6 +38,23 @@ class XcpngEnroll(XcpngProbe):
                            "whichever it is when the agent starts")
 
 
+class XcpngRepinProbe(Input):
+    """Read an enrolled pool again with its stored credentials (nothing is changed)."""
+
+    fingerprint: str | None = Field(default=None, pattern=FINGERPRINT, description=(
+        "The master's certificate as its console shows it now, when it changed; default: "
+        "the pinned one. " + FINGERPRINT_RULE))
+
+
+class XcpngRepin(XcpngRepinProbe):
+    """Pin the members' certificates as the pool shows them now."""
+
+    members: dict[str, str] = Field(
+        min_length=1, max_length=64,
+        description="Each member's host UUID -> the SHA-256 the operator confirmed (as a "
+        "probe showed it); refused when the pool now shows other members or certificates")
+
+
 class XcpngMember(Output):
     """One host of a pool and its pinned certificate."""
 

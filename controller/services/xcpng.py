@@ -282,3 +282,37 @@ def agent_settings(db: Session, box: RegionKey, node_id: str) -> dict[str, Any]:
             "pool_uuid": pool.pool_uuid, "sr_uuid": pool.sr_uuid,
             "pins": {m["address"]: m["sha256"] for m in pool.members}}
 
+
+
+def _stored_pin(pool: XapiPool) -> str:
+    host = _url(pool.url)[1]
+    return next((m["sha256"] for m in pool.members if m["address"] == host), "")
+
+
+def credentials(db: Session, box: RegionKey, node: Node) -> tuple[str, str, str, str]:
+    """(url, username, password, the pin of the URL's host) of an enrolled pool;
+    NotFound for a node that is no pool."""
+    pool = pool_of(db, node)
+    password = box.open(password_purpose(node.id), pool.password_sealed).decode()
+    return pool.url, pool.username, password, _stored_pin(pool)
+
+
+def repin(db: Session, actor: str, node: Node, probed: Probed,
+          confirmed: dict[str, str]) -> XapiPool:
+    """Pin the members' certificates as the pool shows them now and the operator
+    confirmed (after a planned certificate change). Conflict, nothing changed: another
+    pool answered, or members not as confirmed. Audited with each change (old -> new)."""
+    pool = pool_of(db, node)
+    if probed.pool_uuid != pool.pool_uuid:
+        raise Conflict(f"the host at {pool.url} now masters pool {probed.pool_uuid}, not "
+                       f"{pool.pool_uuid} that node {node.name} is: nothing re-pinned")
+    _check_confirmed(probed, confirmed)
+    old = {m["host_uuid"]: m["sha256"] for m in pool.members}
+    new = {m.host_uuid: m.sha256 for m in probed.members}
+    changed = {h: {"from": shown(old[h]) if h in old else None,
+                   "to": shown(new[h]) if h in new else None}
+               for h in sorted(old.keys() | new.keys()) if old.get(h) != new.get(h)}
+    pool.members = [m.stored() for m in probed.members]
+    audit.record(db, actor, "node.xcpng-repin", f"node/{node.id}", name=node.name,
+                 changed=changed)
+    return pool

@@ -198,3 +198,37 @@ def test_the_cli_shows_the_members_and_enrolls_on_yes(
     shown = capsys.readouterr().out
     assert "XCP-ng pool sim-pool" in shown
     assert format_fingerprint(sim_pool.members[1].fingerprint) in shown
+
+
+def test_certificates_changed_on_purpose_are_re_pinned_as_confirmed(
+        api: Api, region: Region, sim_pool: SimProcess, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool)).status_code == 201
+    old = sim_pool.members[1].fingerprint
+    new = sim_pool.members[1].rekey()
+    probed = api.post("/api/v1/nodes/pool-a/xcpng/probe", json={})
+    assert probed.status_code == 200, probed.json
+    shown = {m["host_uuid"]: m["sha256"] for m in probed.json["members"]}  # type: ignore[index]
+    assert shown[sim_pool.members[1].host_uuid] == format_fingerprint(new)
+    stale = {m.host_uuid: m.fingerprint for m in sim_pool.members} | {
+        sim_pool.members[1].host_uuid: old}
+    r = api.put("/api/v1/nodes/pool-a/xcpng/members", json={"members": stale})
+    assert r.status_code == 409 and sim_pool.members[1].host_uuid in r.json["detail"]  # type: ignore[index]
+    cli_answered_by(api, monkeypatch)
+    assert cli.main(["node", "xcpng-repin", "pool-a"]) == 1  # no terminal, no --yes
+    assert cli.main(["node", "xcpng-repin", "pool-a", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert format_fingerprint(old) in out and format_fingerprint(new) in out
+    pinned = api.get("/api/v1/nodes/pool-a").json["xcpng"]["members"]  # type: ignore[index]
+    assert {m["host_uuid"]: m["sha256"] for m in pinned} == shown
+    with region.sessions() as db:
+        (entry,) = db.scalars(select(AuditEvent).where(AuditEvent.action == "node.xcpng-repin"))
+        assert entry.detail["changed"] == {sim_pool.members[1].host_uuid: {
+            "from": format_fingerprint(old), "to": format_fingerprint(new)}}
+    # the master's own change: refused with the old pin, taken with the new fingerprint
+    master = sim_pool.members[0].rekey()
+    refused = api.post("/api/v1/nodes/pool-a/xcpng/probe", json={})
+    assert refused.status_code == 422 and format_fingerprint(master) in refused.json["detail"]  # type: ignore[index]
+    assert cli.main(["node", "xcpng-repin", "pool-a", "--fingerprint", master, "--yes"]) == 0
+    assert cli.main(["node", "xcpng-repin", "pool-a"]) == 0  # nothing changed any more
+    assert "every member presents its pinned certificate" in capsys.readouterr().out

@@ -67,3 +67,28 @@ def test_an_unreachable_pool_is_reported_so_with_why(
     info = _wait(link, lambda i: not i.reachable and "no host answers" in i.problem)
     assert "127.0.0.1" in info.problem and "127.0.0.2" in info.problem
     assert len(info.hosts) == 2  # what it had stays as last read
+
+
+def test_a_re_pinned_certificate_is_taken_when_the_old_pin_is_refused(
+        sim_pool: SimProcess) -> None:
+    # the controller's copy of the settings: re-pinned by an operator meanwhile
+    held = {"pins": {m.address: m.fingerprint for m in sim_pool.members}}
+
+    def settings() -> XapiSettings:
+        return XapiSettings(url=sim_pool.url().rstrip("/"), username="root",
+                            password="secret", pool_uuid=_pool_uuid(sim_pool),
+                            pins=dict(held["pins"]))
+
+    link = PoolLink(settings(), "sim", refresh=settings)
+    link.start()
+    try:
+        _wait(link, lambda i: i.reachable)
+        new = sim_pool.members[0].rekey()  # a planned change on the master
+        sim_pool.store.expire_sessions()  # the loop connects again: the old pin is refused
+        _wait(link, lambda i: not i.reachable and "presented a TLS certificate" in i.problem)
+        held["pins"] = {**held["pins"], sim_pool.members[0].address: new}
+        # the next refusal asks the controller again and connects with the new pin
+        assert _wait(link, lambda i: i.reachable).master_address == "127.0.0.1"
+        assert link.settings.pins[sim_pool.members[0].address] == new
+    finally:
+        link.stop()

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent.drivers.xapi.errors import EventsLost, SessionInvalid, XapiError
+from agent.drivers.xapi.errors import CertificateMismatch, EventsLost, SessionInvalid, XapiError
 from agent.drivers.xapi.pool import PoolClient
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,11 @@ class EventLoop:
     """Keeps a PoolCache current from its own PoolClient (own session), in a thread."""
 
     def __init__(self, client: PoolClient, cache: PoolCache,
-                 timeout: float = EVENT_TIMEOUT, retry_after: float = RETRY_AFTER) -> None:
+                 timeout: float = EVENT_TIMEOUT, retry_after: float = RETRY_AFTER,
+                 on_certificate_refused: Callable[[], object] | None = None) -> None:
         self.client, self.cache = client, cache
+        # asked for pins anew when a host presents another certificate (a re-pin)
+        self.on_certificate_refused = on_certificate_refused
         self.timeout, self.retry_after = timeout, retry_after
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,6 +208,8 @@ class EventLoop:
                     continue
                 log.warning("pool %s: %s", self.client.label, e)
                 self.cache.invalidate(str(e))
+                if isinstance(e, CertificateMismatch) and self.on_certificate_refused:
+                    self.on_certificate_refused()
                 stale, failures = True, failures + 1
                 self.client.close()
                 if failures > 1:  # the first failure reconnects at once (maybe elsewhere)

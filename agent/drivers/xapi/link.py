@@ -9,23 +9,31 @@ to the enrolled members' certificates and refuses a master of another pool.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 
 from agent.drivers.xapi.events import EventLoop, PoolCache
 from agent.drivers.xapi.inventory import pool_info
 from agent.drivers.xapi.pool import PoolClient
+from agent.drivers.xapi.transport import normalize_fingerprint
 from agent.protocol import XapiPoolInfo, XapiSettings
+
+log = logging.getLogger(__name__)
 
 
 class PoolLink:
     """Everything a pool agent talks to its pool with (see the module docstring)."""
 
-    def __init__(self, settings: XapiSettings, label: str) -> None:
+    def __init__(self, settings: XapiSettings, label: str,
+                 refresh: Callable[[], XapiSettings] | None = None) -> None:
         self.settings, self.label = settings, label
+        self._refresh = refresh  # the settings as the controller holds them now
         self._clients: list[PoolClient] = []
         self._lock = threading.Lock()
         self.cache = PoolCache()
-        self.loop = EventLoop(self.new_client(), self.cache)
+        self.loop = EventLoop(self.new_client(), self.cache,
+                              on_certificate_refused=self.refresh_pins)
 
     def __repr__(self) -> str:
         return f"<PoolLink {self.label}>"  # never the settings: they hold the password
@@ -39,6 +47,26 @@ class PoolLink:
         with self._lock:
             self._clients.append(client)
         return client
+
+    def refresh_pins(self) -> bool:
+        """Take the pins the controller holds now (an operator re-pinned after a planned
+        certificate change); whether they changed. A controller away changes nothing."""
+        if self._refresh is None:
+            return False
+        try:
+            fresh = self._refresh()
+        except Exception as e:  # noqa: BLE001 - the old pins stay; the next refusal asks again
+            log.warning("pool %s: its pins could not be read again: %s", self.label, e)
+            return False
+        if fresh.pins == self.settings.pins:
+            return False
+        log.info("pool %s: certificates re-pinned by the region", self.label)
+        pins = {address: normalize_fingerprint(fp) for address, fp in fresh.pins.items()}
+        with self._lock:
+            self.settings = fresh
+            for client in self._clients:
+                client.pins = dict(pins)
+        return True
 
     def info(self) -> XapiPoolInfo:
         """The pool as the cache holds it now (no call made)."""
