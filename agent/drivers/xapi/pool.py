@@ -253,6 +253,20 @@ class PoolClient:
             self._forget()  # no logout: it would wait on the unreachable host again
             raise
 
+    def call_plain(self, method: str) -> Any:
+        """The answer of `method()` sent without a session, as it came (not parsed): for
+        XML-RPC introspection (`system.listMethods`), which takes no session. Connects
+        first when no session is held; PoolUnreachable on network failures."""
+        if self._session is None:
+            self.connect()
+        session = self._session
+        assert session is not None
+        try:
+            return self._guarded(self.address, getattr(session, method))
+        except PoolUnreachable:
+            self._forget()
+            raise
+
     def session_id(self) -> str:
         """The handle of the session held (logging in first when none is), for xapi's
         HTTP handlers (imports, consoles), which take it in a cookie. A secret: never
