@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import re
 import sys
 import time
@@ -50,6 +51,20 @@ _REF = re.compile(r"OpaqueRef:(?!NULL\b)[0-9A-Za-z-]+")
 _UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 _SHA = re.compile(r"\b(?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}\b|\b[0-9a-f]{64}\b")
 _PORT = re.compile(r"(https://[^/\s:]+|\[[0-9a-fA-F:]+\]):\d+")
+
+
+class _Brief(logging.Formatter):
+    """Log lines without tracebacks: an operator reads the failure, not our stack."""
+
+    def formatException(self, ei: Any) -> str:
+        return f"  ({ei[1]})" if ei and ei[1] is not None else ""
+
+
+def _log_briefly() -> None:
+    """Warnings of the drivers (a failed undo step) on stderr, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Brief("vauban: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 class BadInput(Exception):
@@ -225,6 +240,7 @@ def cmd_xcpng_check(_c: Client, a: argparse.Namespace) -> int:
     except (BadInput, OSError) as e:
         print(f"vauban: error: {e}", file=sys.stderr)
         return 2
+    _log_briefly()
     try:
         return run_check(a, out_file, inputs)
     finally:

@@ -24,7 +24,7 @@ from agent.drivers.xapi.keys import INSTANCE
 from agent.drivers.xapi.pool import PoolClient
 from agent.drivers.xapi.tasks import PoolOps
 from agent.revert import Reverter
-from controller.cli.xcpng_check_reads import Finding
+from controller.cli.xcpng_check_reads import Finding, check_class
 
 MiB = 1024 * 1024
 GRACE = 20.0  # seconds clean_shutdown may take before the VM is forced off
@@ -101,6 +101,7 @@ class WriteCheck:
             with self._step("vm_define", "cloned from the default template, provisioned"):
                 hypervisor.define(spec)
                 revert.add(lambda: hypervisor.undefine(spec.id), "destroy the VM")
+            self._records(ops)
             with self._step("vm_start", "running"):
                 hypervisor.start(spec.id)
             with self._step("vm_stop", f"halted (clean_shutdown, forced after {GRACE:.0f} s)"):
@@ -108,6 +109,19 @@ class WriteCheck:
             with self._step("vm_destroy", "the VM and its VDI destroyed"):
                 hypervisor.undefine(spec.id)
             revert.success()
+
+    def _records(self, ops: PoolOps) -> None:
+        """The field checks of VDI and VBD records, now that the pool holds some (ours)."""
+        for cls in ("VDI", "VBD"):
+            started = time.monotonic()
+            try:
+                with ops.exclusive() as client:
+                    finding, _ = check_class(client, cls)
+            except XapiError as e:
+                finding = Finding(f"records.{cls}", "failed", str(e))
+            finding.check = f"write.records.{cls}"
+            finding.seconds = round(time.monotonic() - started, 3)
+            self.record(finding)
 
     @staticmethod
     def _default_sr(cache: PoolCache) -> str:
