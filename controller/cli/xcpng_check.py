@@ -33,7 +33,11 @@ from typing import IO, Any
 from agent.drivers.xapi.errors import CertificateMismatch, MasterRefused, XapiError
 from agent.drivers.xapi.events import WATCHED
 from agent.drivers.xapi.pool import ORIGINATOR, PoolClient
-from agent.drivers.xapi.transport import format_fingerprint, normalize_fingerprint
+from agent.drivers.xapi.transport import (
+    DEFAULT_TIMEOUT,
+    format_fingerprint,
+    normalize_fingerprint,
+)
 from controller import __version__
 from controller.cli.client import Client
 from controller.cli.xcpng_check_reads import (
@@ -46,7 +50,6 @@ from controller.cli.xcpng_check_reads import (
 )
 from controller.cli.xcpng_check_write import WriteCheck
 
-TIMEOUT = 30.0  # seconds a call may take (the longest: event.from's 1 s wait)
 _REF = re.compile(r"OpaqueRef:(?!NULL\b)[0-9A-Za-z-]+")
 _UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 _SHA = re.compile(r"\b(?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}\b|\b[0-9a-f]{64}\b")
@@ -79,17 +82,21 @@ class Transcript:
         self.keep: set[str] = set()  # the pool's and its hosts' uuids
         self.findings: list[Finding] = []
 
+    def hide(self, text: str) -> str:
+        """`text` without secrets and refs (what stdout shows too)."""
+        for secret in self.secrets:
+            text = text.replace(secret, "<secret>")
+        return _REF.sub("OpaqueRef:<redacted>", text)
+
     def redact(self, value: Any) -> Any:
+        """`value` as the transcript holds it: also without workload uuids."""
         if isinstance(value, dict):
             return {k: self.redact(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.redact(v) for v in value]
         if not isinstance(value, str):
             return value
-        for secret in self.secrets:
-            value = value.replace(secret, "<secret>")
-        value = _REF.sub("OpaqueRef:<redacted>", value)
-        return _UUID.sub(lambda m: m[0] if m[0] in self.keep else "<uuid>", value)
+        return _UUID.sub(lambda m: m[0] if m[0] in self.keep else "<uuid>", self.hide(value))
 
     def line(self, record: dict[str, Any]) -> None:
         if self.out is not None:
@@ -99,7 +106,7 @@ class Transcript:
     def record(self, finding: Finding) -> None:
         """Print the finding's line and write it to the transcript."""
         self.findings.append(finding)
-        print(f"{finding.outcome:<8} {finding.check:<21} {finding.why}", flush=True)
+        print(f"{finding.outcome:<8} {finding.check:<21} {self.hide(finding.why)}", flush=True)
         self.line({"check": finding.check, "outcome": finding.outcome, "why": finding.why,
                    "data": finding.data, "seconds": finding.seconds})
 
@@ -215,7 +222,8 @@ def run_check(a: argparse.Namespace, out_file: IO[str] | None,
               "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
 
     def new_client() -> PoolClient:
-        return PoolClient(a.url, a.user, password, {host: pin}, timeout=TIMEOUT, label=host)
+        # the transport's timeout: above the 30 s event.from of --write's event loop
+        return PoolClient(a.url, a.user, password, {host: pin}, timeout=DEFAULT_TIMEOUT, label=host)
 
     client = new_client()
     try:
