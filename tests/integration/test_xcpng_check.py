@@ -155,3 +155,12 @@ def test_failed_cleanup_names_what_is_left(sim_pool: SimProcess, tmp_path: Path)
         sim_pool.store.remove("VDI", vdi)
     for vbd in sim_pool.store.live("VBD") - before["VBD"]:
         sim_pool.store.remove("VBD", vbd)
+
+
+def test_a_field_of_another_wire_type_differs(sim_pool: SimProcess, tmp_path: Path) -> None:
+    sim_pool.store.modify("network", sim_pool.network, MTU="jumbo")
+    status, out, _ = _check(sim_pool, tmp_path)
+    assert status == 1
+    assert re.search(r"differs +records\.network +MTU is string, expected int-as-string",
+                     out), out
+    assert "not passed: records.network" in out
