@@ -185,12 +185,14 @@ def _login(client: PoolClient, host: str, port: int, out: Transcript) -> bool:
 
 
 def _timed(out: Transcript, check: str, fn: Callable[[], Finding]) -> Finding | None:
-    """Run one read check; a failed call is recorded as the check's failure."""
+    """Run one read check; a failed call, or an answer of a shape the check cannot
+    read, is recorded as the check's failure."""
     started = time.monotonic()
     try:
         finding = fn()
-    except XapiError as e:
-        out.record(Finding(check, "failed", str(e), {}, round(time.monotonic() - started, 3)))
+    except Exception as e:  # noqa: BLE001 - an odd answer is a finding, not a crash
+        why = str(e) if isinstance(e, XapiError) else f"unexpected answer: {e!r}"
+        out.record(Finding(check, "failed", why, {}, round(time.monotonic() - started, 3)))
         return None
     finding.seconds = round(time.monotonic() - started, 3)
     if check == "certificates":

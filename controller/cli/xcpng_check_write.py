@@ -51,8 +51,9 @@ class WriteCheck:
         started = time.monotonic()
         try:
             yield data
-        except (HypervisorError, ValueError, KeyError) as e:
-            self.record(Finding(f"write.{name}", "failed", str(e), data,
+        except Exception as e:  # noqa: BLE001 - an odd answer fails the step, then undone
+            why = str(e) if isinstance(e, HypervisorError | ValueError) else repr(e)
+            self.record(Finding(f"write.{name}", "failed", why, data,
                                 round(time.monotonic() - started, 3)))
             raise StepFailed(name) from e
         self.record(Finding(f"write.{name}", "ok", why_ok, data,
@@ -76,7 +77,12 @@ class WriteCheck:
                 self._steps(ops, cache)
             except StepFailed:
                 failed = True
-            self._leftovers(ops, cache, tasks_before, failed)
+            try:
+                self._leftovers(ops, tasks_before, failed)
+            except Exception as e:  # noqa: BLE001 - said, with what to look for by hand
+                self.record(Finding("write.cleanup" if failed else "write.leftovers",
+                                    "failed", f"could not look for leftovers ({e}): look "
+                                    f"for VMs and VDIs named {self.check_id}"))
         finally:
             loop.stop()
             ops.client.close()
@@ -137,8 +143,7 @@ class WriteCheck:
             raise ValueError("the pool has no default SR")
         return str(pool["default_SR"])
 
-    def _leftovers(self, ops: PoolOps, cache: PoolCache, tasks_before: set[str],
-                   failed: bool) -> None:
+    def _leftovers(self, ops: PoolOps, tasks_before: set[str], failed: bool) -> None:
         """Record what the run left in the pool: VMs and VDIs of ours, and tasks that
         were not there before (read from the pool itself, not the cache)."""
         started = time.monotonic()
