@@ -48,6 +48,7 @@ from controller.cli.output import (
 )
 from controller.cli.ports import port_commands
 from controller.cli.remotes import DEFAULT_URL, RemoteError, Store, remote_commands
+from controller.cli.xcpng_check import xcpng_commands
 from controller.states import InstanceState, VolumeState
 
 Command = Callable[[Client, argparse.Namespace], int]
@@ -582,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(sub, "status", cmd_status, "the region at a glance", json_=True)
 
     hardware_commands(sub, add)
+    xcpng_commands(sub, add)
     fleet_commands(sub, add)
     users = identity_commands(sub, add)
 

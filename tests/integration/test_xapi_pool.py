@@ -309,3 +309,16 @@ def test_refused_credentials_leave_the_loop_running_and_say_why(sim_pool: SimPro
         assert loop.alive
     finally:
         loop.stop()
+
+
+def test_stopped_event_loop_logs_its_session_out(sim_pool: SimProcess) -> None:
+    """Regression: stop() aborted the loop's connection, then logged out over it, which
+    failed silently: every stopped loop left a session open in the pool."""
+    cache = PoolCache()
+    loop = EventLoop(_client(sim_pool), cache)
+    loop.start()
+    assert cache.wait_for(lambda c: c.valid, WAIT), cache.problem
+    sim_pool.store.wait_blocked()  # in event.from: stop() must abort that call
+    assert sim_pool.store.sessions == 1
+    loop.stop()
+    assert sim_pool.store.sessions == 0

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ORIGINATOR = "vauban"
 API_VERSION = "1.0"
+LOGOUT_TIMEOUT = 5.0  # seconds a logout over a fresh connection may take (at shutdown)
 
 
 def to_wire(value: Any) -> Any:
@@ -59,6 +60,7 @@ class _Session(XenAPI.Session):
 
     def __init__(self, uri: str, transport: PinnedTransport, label: str) -> None:
         super().__init__(uri, transport=transport)
+        self.uri = uri  # for a logout over a fresh transport (close after interrupt)
         self.label = label
         self.logins = 0
 
@@ -250,7 +252,23 @@ class PoolClient:
                 return self._guarded(self.address, session.xenapi_request, method, params)
             return self._guarded(self.address, session.once, method, params)
         except PoolUnreachable:
-            self._forget()  # no logout: it would wait on the unreachable host again
+            if not self._interrupted:  # interrupted: kept, for close() to log it out
+                self._forget()  # no logout: it would wait on the unreachable host again
+            raise
+
+    def call_plain(self, method: str) -> Any:
+        """The answer of `method()` sent without a session, as it came (not parsed): for
+        XML-RPC introspection (`system.listMethods`), which takes no session. Connects
+        first when no session is held; PoolUnreachable on network failures."""
+        if self._session is None:
+            self.connect()
+        session = self._session
+        assert session is not None
+        try:
+            return self._guarded(self.address, getattr(session, method))
+        except PoolUnreachable:
+            if not self._interrupted:
+                self._forget()
             raise
 
     def session_id(self) -> str:
@@ -277,11 +295,20 @@ class PoolClient:
             self._old_logins += session.logins
 
     def close(self) -> None:
-        """Log out (best effort: the session may be gone already) and forget it."""
+        """Log out (best effort: the session may be gone already) and forget it. After
+        `interrupt()` the logout goes over a fresh connection (bounded by LOGOUT_TIMEOUT):
+        the session's own is closed for good, and a session left open counts against
+        the pool's limit of sessions until xapi expires it."""
         session = self._session
         self._forget()
-        if session is not None:
-            self._logout(session)
+        if session is None:
+            return
+        if session.transport.aborted:
+            fresh = _Session(session.uri, PinnedTransport(session.transport.pin,
+                                                          LOGOUT_TIMEOUT), self.label)
+            fresh._session = session._session
+            session = fresh
+        self._logout(session)
 
     @staticmethod
     def _logout(session: _Session) -> None:
