@@ -148,6 +148,7 @@ class E2ERegion:
     def stop(self) -> None:
         """Stop our processes by PID, remove any VM this region made, and its directory."""
         self.layout.service("agent").stop()
+        self.layout.service("pool-agent").stop()  # an XCP-ng pool's agent, where a test ran one
         self.layout.service("controller").stop()
         tag = fingerprint(self.layout.ca_file.read_bytes())[:12] \
             if self.layout.ca_file.exists() else None

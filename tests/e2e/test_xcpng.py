@@ -65,7 +65,7 @@ def _start_pool_agent(region: E2ERegion, token: str) -> Path:
                     str(data), "join", "--controller", region.layout.url, "--token-file",
                     str(region.root / "pool-token"), "--ca-sha256", ca, "--name", "pool"],
                    check=True, timeout=120)
-    region.layout.service("agent").start(
+    region.layout.service("pool-agent").start(
         [str(BIN / "vauban-agent"), "--config", str(settings), "--data-dir", str(data), "run"])
     return data
 

@@ -1,7 +1,8 @@
 // One node: its state and capacity, labels (editable by those allowed), qualification
 // report, hardware inventory, GPUs with telemetry, VMs, failures, and the rollouts that
 // reached it when it was onboarded through the fleet; maintenance and HA (node_ha.js);
-// removal with confirmation.
+// removal with confirmation. An XCP-ng pool's page shows the pool and its hosts
+// (node_pool.js) instead of this machine's hardware, GPUs and HA.
 import { html, useState } from "../lib/html.js";
 import { api } from "../lib/api.js";
 import { navigate } from "../lib/router.js";
@@ -13,6 +14,7 @@ import { useSession } from "../lib/session.js";
 import { CertExpiry } from "./nodes.js";
 import { Hardware, Qualification } from "./node_hardware.js";
 import { NodeAvailability } from "./node_ha.js";
+import { XcpngPool } from "./node_pool.js";
 
 export default function Node({ params }) {
   const { can } = useSession();
@@ -58,13 +60,14 @@ export default function Node({ params }) {
         <${LabelEditor} node=${node} path=${path} editable=${can.regionWrite} onChanged=${reload} />
       </div>
     </div>
-    <${NodeAvailability} node=${node} path=${path} canAct=${can.regionWrite} onChanged=${reload} />
+    ${node.xcpng && html`<${XcpngPool} node=${node} />`}
+    ${!node.xcpng && html`<${NodeAvailability} node=${node} path=${path} canAct=${can.regionWrite} onChanged=${reload} />
     <h2>Qualification</h2>
     <${Qualification} report=${inv.qualification} />
     <h2>Hardware</h2>
     <${Hardware} inventory=${inv} />
     <h2>GPUs</h2>
-    <${NodeGpus} node=${node} />
+    <${NodeGpus} node=${node} />`}
     <h2>VMs on this node</h2>
     <${NodeVms} node=${node} />
     <h2>Failures</h2>

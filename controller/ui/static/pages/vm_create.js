@@ -304,7 +304,8 @@ export default function VmCreate() {
         hint="Empty: the scheduler chooses">
         <select id="vm-node" value=${form.node} onChange=${(e) => set({ node: e.target.value })}>
           <option value="">any node</option>
-          ${(nodes.data || []).map((n) => html`<option value=${n.name}>${n.name} (${n.state})</option>`)}
+          ${(nodes.data || []).map((n) => html`<option value=${n.name}>${n.name} (${n.state}${
+            (n.inventory || {}).hypervisor === "xapi" ? ", XCP-ng pool" : ""})</option>`)}
         </select>
       <//>`}
       <${Field} id="vm-hostname" label="Hostname (optional)" error=${errors.hostname} hint="Empty: the name">

@@ -15,7 +15,9 @@ function Move({ vm, onOp }) {
   const [to, setTo] = useState("");
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
-  const others = (nodes.data || []).filter((n) => n.name !== vm.node_name);
+  // an XCP-ng pool takes no VM moved from a KVM node (the API says why if asked)
+  const others = (nodes.data || []).filter((n) => n.name !== vm.node_name
+    && (n.inventory || {}).hypervisor !== "xapi");
   const how = vm.state === "running" ? "live: it keeps running" : "cold: it stays stopped";
   const move = async () => {
     setError(null);
