@@ -175,8 +175,9 @@ def probe(url: str, username: str, password: str, fingerprint: str,
 
 
 def _not_master(message: str, params: list[str], host: str, port: int) -> str:
-    """MasterRefused in an operator's words, naming the master and what it presents."""
-    master = message.split(" names ", 1)[1].split(" ", 1)[0] if " names " in message else ""
+    """MasterRefused in an operator's words, naming the master and what it presents
+    (`params`: HOST_IS_SLAVE's, the master's address first)."""
+    master = params[0] if params else ""
     if not master:
         return message
     seen = presented_fingerprint(master, port)

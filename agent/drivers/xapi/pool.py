@@ -190,7 +190,7 @@ class PoolClient:
                     raise MasterRefused(
                         f"pool {self.label}: host {address} is not the pool master; it names "
                         f"{master} as master, whose certificate is not pinned: refused "
-                        f"(pin {master}'s SHA-256 to follow it)") from e
+                        f"(pin {master}'s SHA-256 to follow it)", params=[master]) from e
                 address = master
                 continue
             try:
