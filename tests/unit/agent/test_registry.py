@@ -7,23 +7,26 @@ from pathlib import Path
 import pytest
 
 from agent.drivers.hypervisor.libvirt import LibvirtDriver
+from agent.drivers.hypervisor.xapi import XapiHypervisor
 from agent.drivers.registry import HYPERVISORS, STORAGE, load_hypervisor, load_storage
 from agent.drivers.storage.localfs import LocalfsDriver
 from agent.drivers.storage.rbd.driver import RbdDriver
+from agent.drivers.storage.xapi import XapiStorage
 
 
 def test_registries_are_literal() -> None:
-    assert HYPERVISORS == {"libvirt": LibvirtDriver}
-    assert STORAGE == {"localfs": LocalfsDriver, "rbd": RbdDriver}
+    assert HYPERVISORS == {"libvirt": LibvirtDriver, "xapi": XapiHypervisor}
+    assert STORAGE == {"localfs": LocalfsDriver, "rbd": RbdDriver, "xapi": XapiStorage}
 
 
 def test_unknown_hypervisor_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown hypervisor driver 'xen'; known: libvirt"):
+    with pytest.raises(ValueError, match=r"unknown hypervisor driver 'xen'; known: libvirt, xapi$"):
         load_hypervisor("xen")
 
 
 def test_unknown_storage_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown storage driver 'ceph'; known: localfs, rbd"):
+    with pytest.raises(ValueError,
+                       match=r"unknown storage driver 'ceph'; known: localfs, rbd, xapi$"):
         load_storage("ceph")
 
 
