@@ -11,8 +11,6 @@ alone, never logged nor audited, and handed only to that node's agent, over mutu
 
 from __future__ import annotations
 
-import socket
-import ssl
 import urllib.parse
 from dataclasses import dataclass
 from datetime import timedelta
@@ -115,20 +113,6 @@ def _url(text: str) -> tuple[str, str, int]:
     return f"https://{shown}:{port}", host, port
 
 
-def presented_fingerprint(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """The SHA-256 of the certificate `host` presents now (a handshake only: nothing is
-    sent, nothing trusted), to show an operator; None when it cannot be read."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
-                context.wrap_socket(raw, server_hostname=host) as tls:
-            der = tls.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError):
-        return None
-    return fingerprint_of(der) if der else None
-
-
 def _der_fingerprint(pem: str, host: str) -> str:
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
@@ -144,8 +128,8 @@ def probe(url: str, username: str, password: str, fingerprint: str,
     hosts and each host's certificate, log out. Changes nothing anywhere.
 
     InvalidInput: bad URL or fingerprint, another certificate presented (both SHA-256
-    named), credentials refused, a member named instead of the master (the master's
-    address and the SHA-256 it presents named); Unreachable: the host cannot be reached.
+    named), credentials refused, a member named instead of the master (its address
+    named); Unreachable: the host cannot be reached.
     """
     normal, host, port = _url(url)
     try:
@@ -175,16 +159,16 @@ def probe(url: str, username: str, password: str, fingerprint: str,
 
 
 def _not_master(message: str, params: list[str], host: str, port: int) -> str:
-    """MasterRefused in an operator's words, naming the master and what it presents
-    (`params`: HOST_IS_SLAVE's, the master's address first)."""
+    """MasterRefused in an operator's words, naming the master (`params`: HOST_IS_SLAVE's,
+    the master's address first). Its certificate is not read here: a fingerprint shown
+    without anything vouching for it would be copied on trust; the master's console says
+    it."""
     master = params[0] if params else ""
     if not master:
         return message
-    seen = presented_fingerprint(master, port)
-    shown = format_fingerprint(seen) if seen else "(its certificate could not be read)"
-    return (f"host {host} is a member, not the pool master; the master is {master}, which "
-            f"presents a certificate with SHA-256 {shown}: check that on the master's "
-            f"console, then enroll with https://{master}:{port} and that fingerprint")
+    return (f"host {host} is a member, not the pool master; the master is {master}: read "
+            f"its certificate's SHA-256 on the master's console, then enroll with "
+            f"https://{master}:{port} and that fingerprint")
 
 
 def _read_pool(client: PoolClient, url: str, host: str) -> Probed:
