@@ -26,7 +26,7 @@ import pytest
 from tests.e2e.region import E2ERegion, wait_for
 from tests.e2e.test_xcpng import CHANGE_TIMEOUT, _pool_node_up, _pool_vm, region
 from tests.xapi_sim import dom0
-from tests.xapi_sim.backend_xl import XlBackend, XlDom0
+from tests.xapi_sim.backend_xl import Dom0Lost, XlBackend, XlDom0
 from tests.xapi_sim.fixtures import sim_pools, xen_dom0, xl_backend
 from tests.xapi_sim.process import SimProcess
 
@@ -46,6 +46,21 @@ def test_dom0_is_a_xen_dom0_reached_only_through_loopback(xen_dom0: XlDom0) -> N
     # the forward listens on 127.0.0.1 only: another loopback address finds nothing
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.2", xen_dom0.port), timeout=10).close()
+
+
+def test_a_lost_ssh_connection_is_made_again_and_a_command_it_cut_is_named(
+        xen_dom0: XlDom0) -> None:
+    # killing the sshd process that serves the command ends the connection under it
+    with pytest.raises(Dom0Lost, match=r"ended under `kill -9 \$PPID`.* QEMU \(pid \d+\) "
+                                       "still runs; dom0's console ends with"):
+        xen_dom0.run("kill -9 $PPID")
+    assert xen_dom0.run("cat /sys/hypervisor/type").strip() == "xen"  # a new connection
+    # a read cut the first time is run again on a new connection
+    cut_once = "if mkdir /run/vauban-cut-once 2>/dev/null; then kill -9 $PPID; fi; echo read"
+    try:
+        assert xen_dom0.run(cut_once, retry=True) == "read\n"
+    finally:
+        xen_dom0.run("rmdir /run/vauban-cut-once")
 
 
 def test_pv_guest_boots_prints_its_marker_and_shuts_down_cleanly(xl_backend: XlBackend) -> None:

@@ -15,6 +15,7 @@ and crash, so a guest that stops leaves no domain behind.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shlex
 import socket
@@ -32,6 +33,7 @@ from tests.xapi_sim.dom0 import CONSOLE_LOG_DIR, READY_LINE, XL_FAILED_LINE, Dom
 from tests.xapi_sim.wire import XapiFault
 
 REPO = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 MEMORY_MIB = 3072
 DOM0_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M smap=0 smep=0 noreboot"
 KERNEL_CMDLINE = "root=/dev/vda rw console=hvc0"
@@ -47,6 +49,15 @@ MiB = 1024 * 1024
 
 class XlError(Exception):
     """A command in dom0 failed; says which, its exit status and its stderr."""
+
+
+class Dom0Lost(XlError):
+    """The SSH connection to dom0 ended; says whether QEMU still runs and how dom0's
+    console ends."""
+
+
+class _ConnectionLost(Exception):
+    """The SSH connection ended under a command (run() turns it into Dom0Lost)."""
 
 
 class Dom0BootError(Exception):
@@ -180,21 +191,81 @@ class XlDom0:
                     raise
                 time.sleep(1)
 
-    def run(self, command: str, timeout: float = 300, stdin: bytes | None = None) -> str:
+    def run(self, command: str, timeout: float = 300, stdin: bytes | None = None, *,
+            retry: bool = False) -> str:
         """Run `command` in dom0 (as root), fed `stdin`; its stdout. Raises XlError when
-        it exits non-zero."""
-        assert self.ssh is not None, "dom0 is not started"
-        channel_in, stdout, stderr = self.ssh.exec_command(command, timeout=timeout)
-        if stdin is not None:
-            channel_in.write(stdin)
-            channel_in.flush()
-        channel_in.channel.shutdown_write()
-        out = stdout.read().decode(errors="replace")
-        err = stderr.read().decode(errors="replace")
-        status = stdout.channel.recv_exit_status()
+        it exits non-zero, Dom0Lost (with QEMU's state and dom0's console) when dom0
+        cannot be reached or the SSH connection ends under the command.
+
+        A connection found ended before the command is sent is made again first (while
+        QEMU runs). One that ends under the command is made again and the command rerun
+        only with `retry` (a command that may run twice: a read); the next call does so
+        in any case."""
+        if not self._connected() and not self._reconnect():
+            raise Dom0Lost(f"dom0 cannot be reached for `{command}`: {self.diagnosis()}")
+        try:
+            return self._run_once(command, timeout, stdin)
+        except _ConnectionLost as lost:
+            log.warning("the SSH connection to dom0 ended under `%s` (%s)", command, lost)
+            if not (retry and self._reconnect()):
+                raise Dom0Lost(f"the SSH connection to dom0 ended under `{command}` "
+                               f"({lost}): {self.diagnosis()}") from None
+        try:
+            return self._run_once(command, timeout, stdin)
+        except _ConnectionLost as lost:
+            raise Dom0Lost(f"the SSH connection to dom0 ended again under `{command}` "
+                           f"({lost}): {self.diagnosis()}") from None
+
+    def _connected(self) -> bool:
+        transport = self.ssh.get_transport() if self.ssh is not None else None
+        return transport is not None and transport.is_active()
+
+    def _run_once(self, command: str, timeout: float, stdin: bytes | None) -> str:
+        assert self.ssh is not None
+        try:
+            channel_in, stdout, stderr = self.ssh.exec_command(command, timeout=timeout)
+            if stdin is not None:
+                channel_in.write(stdin)
+                channel_in.flush()
+            channel_in.channel.shutdown_write()
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+            status = stdout.channel.recv_exit_status()
+        except (paramiko.SSHException, EOFError, ConnectionError) as e:
+            raise _ConnectionLost(str(e) or type(e).__name__) from e
+        if status == -1:  # the channel closed without an exit status: the connection ended
+            raise _ConnectionLost("no exit status came back")
         if status != 0:
             raise XlError(f"`{command}` in dom0 exited {status}: {err.strip()}")
         return out
+
+    def _reconnect(self) -> bool:
+        """A new SSH connection, if QEMU (ours) still runs and dom0 answers; False if not
+        (or if dom0 was never started)."""
+        if self.port == 0 or (self.owned and (self.process is None
+                                              or self.process.poll() is not None)):
+            return False
+        if self.ssh is not None:
+            self.ssh.close()
+        try:
+            self.ssh = self._connect(time.monotonic() + SSH_TIMEOUT_S)
+        except (OSError, paramiko.SSHException, EOFError):
+            self.ssh = None
+            return False
+        return True
+
+    def diagnosis(self) -> str:
+        """QEMU's state and the end of dom0's serial console: why dom0 stopped answering."""
+        if not self.owned:
+            return "dom0 is another process's (its QEMU and console are not ours to read)"
+        if self.process is None:
+            state = "QEMU is not started"
+        elif (rc := self.process.poll()) is None:
+            state = f"QEMU (pid {self.process.pid}) still runs"
+        else:
+            qemu = (self.folder / "qemu.log").read_text(errors="replace").strip()
+            state = f"QEMU exited ({rc}): {qemu[-1000:]}"
+        return f"{state}; dom0's console ends with:\n{self.console()[-3000:]}"
 
     def write(self, remote: str, data: bytes) -> None:
         """Make file `remote` in dom0 hold `data` (through the command channel: one SSH
@@ -293,7 +364,7 @@ class XlBackend:
     def domains(self) -> list[Domain]:
         """Every guest domain (Domain-0 left out)."""
         found = []
-        for line in self.dom0.run("xl list").splitlines()[1:]:
+        for line in self.dom0.run("xl list", retry=True).splitlines()[1:]:
             name, domid, mem, vcpus, flags, _ = line.split()
             if name != "Domain-0":
                 found.append(Domain(name, int(domid), int(mem), int(vcpus), flags))
@@ -327,7 +398,7 @@ class XlBackend:
     def console_log(self, name: str) -> str:
         """What the guest wrote on its console so far (kept after it stopped)."""
         return self.dom0.run(f"cat {shlex.quote(self._log_path(self._check_name(name)))}"
-                             " 2>/dev/null || true")
+                             " 2>/dev/null || true", retry=True)
 
     def wait_console(self, name: str, text: str, timeout: float = 600) -> str:
         """The guest's console log once it holds `text`. Raises XlError with the log
