@@ -98,6 +98,22 @@ def keep_asking(what: str, stopping: threading.Event, ask: Callable[[], T],
         take(answer)
 
 
+def ask_until_answered(what: str, stopping: threading.Event, ask: Callable[[], T],
+                       max_backoff: float = 10.0) -> T | None:
+    """`ask`'s answer, asked again (backing off up to `max_backoff` s, logged with `what`
+    was asked) while the controller is unavailable; None once `stopping` is set first.
+    A refusal is raised: retrying cannot help."""
+    backoff = 0.5
+    while not stopping.is_set():
+        try:
+            return ask()
+        except ControllerUnavailable as e:
+            log.warning("%s unavailable: %s", what, e)
+            stopping.wait(backoff)
+            backoff = min(backoff * 2, max_backoff)
+    return None
+
+
 def protocol_mismatch(r: requests.Response) -> ProtocolMismatch | None:
     """The mismatch an answer shows (a refusal, or another version in its header), or None."""
     try:

@@ -11,16 +11,16 @@ from pathlib import Path
 from types import FrameType
 
 from agent import certs
-from agent.client import ControllerClient, Refused
+from agent.client import ControllerClient, Refused, ask_until_answered
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from agent.drivers.registry import GPUS, load_gpu, load_hypervisor, load_network
 from agent.enroll import JoinError, join
 from agent.hypervisor_tls import HypervisorTls
 from agent.inventory import HardwareReporter, underlay_address
-from agent.pool_agent import fetch_xapi_settings, pool_agent
+from agent.pool_agent import pool_agent
 from agent.settings_file import DEFAULT_PATH, SettingsFileError, agent_config
-from agent.storage_setup import fetch_settings, make_storage
+from agent.storage_setup import make_storage
 from hardware.gpus import probe_gpus
 from hardware.kvmprobe import probe_kvm
 from hardware.pci import probe_iommu, probe_pci
@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     client = ControllerClient(config, identity)
     stopping, running = _stop_on_signals()
     try:
-        settings = fetch_settings(client, stopping)
+        settings = ask_until_answered("storage settings", stopping, client.storage_settings)
     except Refused as e:
         return _refused(e)
     if settings is None:
@@ -146,7 +146,7 @@ def _run_pool(config: AgentConfig, identity: NodeIdentity) -> int:
     client = ControllerClient(config, identity)
     stopping, running = _stop_on_signals()
     try:
-        settings = fetch_xapi_settings(client, stopping)
+        settings = ask_until_answered("pool settings", stopping, client.xapi_settings)
     except Refused as e:
         return _refused(e)
     if settings is None:

@@ -9,10 +9,9 @@ hardware, GPUs, networks or firewall.
 
 from __future__ import annotations
 
-import logging
 import threading
 
-from agent.client import ControllerClient, ControllerUnavailable
+from agent.client import ControllerClient
 from agent.config import AgentConfig, NodeIdentity
 from agent.daemon import Agent
 from agent.drivers.registry import load_hypervisor, load_storage
@@ -22,25 +21,8 @@ from agent.drivers.xapi.tasks import PoolOps
 from agent.protocol import StorageSettings, XapiSettings
 from hardware.kvmprobe import KvmProbe
 
-log = logging.getLogger(__name__)
-
 NOT_KVM = KvmProbe(device=False, usable=False,
                    detail="an XCP-ng pool: its hosts run Xen, driven over XAPI")
-
-
-def fetch_xapi_settings(client: ControllerClient, stopping: threading.Event,
-                        max_backoff: float = 10.0) -> XapiSettings | None:
-    """How to reach the pool, retrying while the controller is away; None if stopped.
-    Refused (raised) when the controller refuses this agent or says it is no pool."""
-    backoff = 0.5
-    while not stopping.is_set():
-        try:
-            return client.xapi_settings()
-        except ControllerUnavailable as e:
-            log.warning("pool settings unavailable: %s", e)
-            stopping.wait(backoff)
-            backoff = min(backoff * 2, max_backoff)
-    return None
 
 
 def pool_agent(config: AgentConfig, identity: NodeIdentity, client: ControllerClient,

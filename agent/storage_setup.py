@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from functools import partial
 
-from agent.client import ControllerClient, ControllerUnavailable
 from agent.config import AgentConfig
 from agent.drivers.hypervisor.base import HypervisorDriver
 from agent.drivers.registry import load_storage
 from agent.drivers.storage.base import StorageDriver
 from agent.protocol import StorageSettings
-
-log = logging.getLogger(__name__)
-
-
-def fetch_settings(client: ControllerClient, stopping: threading.Event,
-                   max_backoff: float = 10.0) -> StorageSettings | None:
-    """The region's storage settings, retrying while the controller is away; None if stopped."""
-    backoff = 0.5
-    while not stopping.is_set():
-        try:
-            return client.storage_settings()
-        except ControllerUnavailable as e:
-            log.warning("storage settings unavailable: %s", e)
-            stopping.wait(backoff)
-            backoff = min(backoff * 2, max_backoff)
-    return None
 
 
 def make_storage(settings: StorageSettings, config: AgentConfig, hypervisor: HypervisorDriver

@@ -1,10 +1,12 @@
-"""The agent's one long-poll loop (agent.client.keep_asking): answers, retries, refusal."""
+"""The agent's asking loops (agent.client): answers, retries, refusal, stop."""
 
 from __future__ import annotations
 
 import threading
 
-from agent.client import ControllerUnavailable, Refused, keep_asking
+import pytest
+
+from agent.client import ControllerUnavailable, Refused, ask_until_answered, keep_asking
 
 
 class Script:
@@ -45,3 +47,26 @@ def test_a_refusal_ends_the_loop_and_is_told() -> None:
     keep_asking("test", stopping, ask, taken.append, told.append, lambda n: 0.0)
     assert taken == ["a"] and told == [refusal]
     assert ask.steps == ["never"]
+
+
+def test_settings_are_asked_for_until_the_controller_answers() -> None:
+    stopping = threading.Event()
+    answers = iter([ControllerUnavailable("down"), ControllerUnavailable("down"), "settings"])
+
+    def ask() -> object:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert ask_until_answered("settings", stopping, ask, max_backoff=0.0) == "settings"
+
+
+def test_asking_for_settings_ends_with_none_once_stopped_and_raises_a_refusal() -> None:
+    stopping = threading.Event()
+    down = Script([ControllerUnavailable("down")], stopping)  # sets `stopping` as it fails
+    assert ask_until_answered("settings", stopping, down, max_backoff=0.0) is None
+    refused = Script([Refused("not a pool"), "never"], threading.Event())
+    with pytest.raises(Refused, match="not a pool"):
+        ask_until_answered("settings", threading.Event(), refused)
+    assert refused.steps == ["never"]
