@@ -19,7 +19,8 @@ class _FakeDom0:
         self.listing = listing
         self.commands: list[str] = []
 
-    def run(self, command: str, timeout: float = 300, stdin: bytes | None = None) -> str:
+    def run(self, command: str, timeout: float = 300, stdin: bytes | None = None, *,
+            retry: bool = False) -> str:
         self.commands.append(command)
         return self.listing if command == "xl list" else ""
 
