@@ -2,7 +2,9 @@
 # /init of the Vauban test guest (busybox sh as PID 1, initramfs only).
 #
 # Serial-console protocol (tests match these lines, keep them stable):
-#   VAUBAN-TESTGUEST-BOOTED                       init started, modules loaded
+#   VAUBAN-TESTGUEST-BOOTED                       init started, modules loaded; from
+#                                                 here on a Xen shutdown request is
+#                                                 honoured (see below)
 #   vauban-testguest hostname=<hostname>          from the NoCloud seed's meta-data
 #   vauban-testguest instance-id=<id>
 #   (output of user-data, when it starts with #!)
@@ -166,6 +168,10 @@ EOF
 }
 
 mount_basics
+# A Xen PV guest has no ACPI: Xen's shutdown request makes its kernel run /sbin/poweroff,
+# which (busybox, without its init) asks PID 1 by SIGUSR2. Set before BOOTED: the kernel
+# drops a signal PID 1 has no handler for, so a request made earlier would be lost.
+trap 'say "vauban-testguest powering off"; sync; poweroff -f' USR2
 load_modules
 say "VAUBAN-TESTGUEST-BOOTED"
 watch_disks < /dev/null > /dev/null 2>&1 &
@@ -177,10 +183,8 @@ while :; do
     sh < /dev/ttyS0 > /dev/ttyS0 2>&1
     sleep 1  # the serial port went away: try again, without spinning
 done &
-# A Xen PV guest has no ACPI: Xen's shutdown request makes its kernel run /sbin/poweroff,
-# which (busybox, without its init) asks PID 1 by SIGUSR2. A trap runs only between
-# commands, so PID 1 waits on its sleeps rather than running them in the foreground.
-trap 'say "vauban-testguest powering off"; sync; poweroff -f' USR2
+# PID 1 waits on its sleeps rather than running them in the foreground: the USR2 trap
+# (set at the start) runs only between commands.
 while :; do
     sleep 3600 &
     wait $!
