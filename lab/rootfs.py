@@ -18,7 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -85,23 +86,32 @@ def _run(args: list[str], log: Path | None, env: dict[str, str] | None = None) -
                        env={**os.environ, **(env or {})})
 
 
-def _build(root: Path, log: Path | None) -> None:
-    _run(["debootstrap", "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_PACKAGES),
-          SUITE, str(root), MIRROR], log)
+@contextmanager
+def apt_chroot(root: Path) -> Iterator[dict[str, str]]:
+    """`root` (a debootstrapped tree) made ready for apt-get run through chroot: no
+    service starts inside it (policy-rc.d), proc, sys and the host's /dev are mounted.
+    Yields apt's environment. Afterwards, also after a failure, the mounts are detached
+    (lazily: a process left inside cannot hold them) and the policy removed."""
     policy = root / "usr/sbin/policy-rc.d"
-    policy.write_text("#!/bin/sh\nexit 101\n")  # nothing starts inside the chroot
+    policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
     with ExitStack() as mounts:
+        mounts.callback(policy.unlink, missing_ok=True)
         for source, where in ((["-t", "proc", "proc"], "proc"), (["-t", "sysfs", "sysfs"], "sys"),
                               (["--bind", "/dev"], "dev")):
             target = str(root / where)
             subprocess.run(["mount", *source, target], check=True)
             mounts.callback(subprocess.run, ["umount", "-l", target], check=False)
-        env = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+        yield {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+
+
+def _build(root: Path, log: Path | None) -> None:
+    _run(["debootstrap", "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_PACKAGES),
+          SUITE, str(root), MIRROR], log)
+    with apt_chroot(root) as env:
         _run(["chroot", str(root), "apt-get", "install", "-y", "-q",
               "--no-install-recommends", *NODE_PACKAGES], log, env)
         _run(["chroot", str(root), "apt-get", "clean"], log, env)
-    policy.unlink()
     _strip_identity(root)
     (root / "etc/libvirt/qemu.conf").write_text(QEMU_CONF)
 

@@ -25,9 +25,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+
+from lab.rootfs import apt_chroot
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -197,23 +198,13 @@ def _build(work: Path, log: Path) -> None:
 
 
 def _install(root: Path, log: Path) -> None:
-    policy = root / "usr/sbin/policy-rc.d"
-    policy.write_text("#!/bin/sh\nexit 101\n")  # nothing starts inside the chroot
-    policy.chmod(0o755)
-    with ExitStack() as mounts:
-        for source, where in ((["-t", "proc", "proc"], "proc"), (["-t", "sysfs", "sysfs"], "sys"),
-                              (["--bind", "/dev"], "dev")):
-            target = str(root / where)
-            subprocess.run(["mount", *source, target], check=True)
-            mounts.callback(subprocess.run, ["umount", "-l", target], check=False)
-        env = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+    with apt_chroot(root) as env:
         _fetch(["chroot", str(root), "apt-get", "install", "-y", "-q",
                 "--no-install-recommends", *DOM0_PACKAGES], log, env)
         _run(["chroot", str(root), "apt-get", "clean"], log, env)
         _write_units(root)
         _run(["chroot", str(root), "systemctl", "enable", "systemd-networkd",
               "vauban-dom0-ready.service"], log)
-    policy.unlink()
 
 
 def _write_units(root: Path) -> None:
