@@ -26,6 +26,7 @@ from controller.db.models import (
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.schemas import SecurityGroupCreate, SecurityRuleCreate
 from controller.services import audit, desired, tenancy
+from controller.services.nodes import is_xapi_pool
 
 DEFAULT = "default"
 DEFAULT_DESCRIPTION = "Allows traffic between its ports, and all outbound traffic"
@@ -168,8 +169,14 @@ def delete_rule(db: Session, actor: str, group: SecurityGroup, rule_id: str) -> 
 
 
 def set_port_groups(db: Session, actor: str, port: Port, refs: list[str]) -> None:
-    """Replace a port's groups; the old and new groups' viewers learn of it."""
+    """Replace a port's groups; the old and new groups' viewers learn of it. Conflict
+    (nothing changed) for groups on a port of a VM in an XCP-ng pool: its agent filters
+    no traffic, so the groups would be shown but never applied."""
     groups = resolve(db, refs, port.project_id)
+    node = port.instance.node if port.instance is not None else None
+    if groups and node is not None and is_xapi_pool(node):
+        raise Conflict(f"port {port.id} is on a VM in XCP-ng pool {node.name}: its agent "
+                       "filters no traffic, so the port cannot have security groups")
     before = {g.id for g in port.security_groups}
     port.security_groups = groups
     db.flush()

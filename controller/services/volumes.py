@@ -36,10 +36,11 @@ def _rbd(storage: StorageSettings) -> tuple[str, list[str]]:
 
 
 def _pick_steward(db: Session, config: ControllerConfig) -> Node:
-    """The up node looking after the fewest volumes."""
+    """The up node looking after the fewest volumes (never an XCP-ng pool: its agent
+    drives no RBD volumes)."""
     now = datetime.now(UTC)
     up = [n for n in db.scalars(select(Node).order_by(Node.name))
-          if node_state(n, now, config.node_down_after_s) == "up"]
+          if node_state(n, now, config.node_down_after_s) == "up" and not is_xapi_pool(n)]
     if not up:
         raise NoValidHost("no node is up to look after the volume", reasons={})
     load = {node_id: int(n) for node_id, n in db.execute(

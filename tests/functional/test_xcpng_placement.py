@@ -1,6 +1,7 @@
 """What the region places on an XCP-ng pool node, and what it refuses there with the reason:
 a pool takes VMs only by name, while its agent reads it, that one host can hold, without
-HA, GPUs, security groups, tenant networks, RBD volumes or moves to or from KVM nodes."""
+HA, GPUs, security groups (at creation or later), tenant networks, RBD volumes (attached or
+looked after) or moves to or from KVM nodes."""
 
 from __future__ import annotations
 
@@ -118,3 +119,28 @@ def test_vms_do_not_move_between_kvm_nodes_and_pools_nor_get_volumes(api: Api) -
     r = api.post("/api/v1/volumes/data/attach", json={"instance": "on-pool"})
     assert r.status_code == 409 and "no supported Ceph RBD storage repository" in detail(r)
     assert on_kvm["node_name"] == "kvm"
+
+
+def test_a_pool_vms_port_is_refused_security_groups_later_too(api: Api) -> None:
+    join_pool(api)
+    assert api.post("/api/v1/networks", json={
+        "name": "lan", "kind": "provider", "vlan": 10, "physical": "eth0",
+        "xapi_network": "Pool-wide network"}).status_code == 201
+    assert _create(api, node="pool", security_groups=[], networks=["lan"]).status_code == 202
+    (port,) = [p for p in api.get("/api/v1/ports").json if p["instance"] == "web-1"]
+    r = api.client.put(f"/api/v1/ports/{port['id']}/security-groups", headers=api.headers,
+                       json={"groups": ["default"]})
+    assert r.status_code == 409 and "filters no traffic" in detail(r)
+    assert api.get("/api/v1/instances/web-1").json["ports"][0]["security_groups"] == []
+    r = api.client.put(f"/api/v1/ports/{port['id']}/security-groups", headers=api.headers,
+                       json={"groups": []})
+    assert r.status_code == 200, r.json  # none asked: nothing to refuse
+
+
+def test_volumes_are_never_looked_after_by_a_pool(api: Api) -> None:
+    join_pool(api)  # up, and looking after no volume: the pick were it not refused
+    r = api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1})
+    assert r.status_code == 409 and "no node is up to look after the volume" in detail(r)
+    api.join_node("kvm")
+    assert api.post("/api/v1/volumes", json={"name": "data", "size_gib": 1}).status_code == 202
+    assert api.get("/api/v1/volumes/data").json["steward"] == "kvm"
