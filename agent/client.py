@@ -18,6 +18,7 @@ from agent.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_MISMATCH,
     PROTOCOL_VERSION,
+    WRONG_AGENT,
     CertificateIssued,
     CertificateRenewal,
     ConsoleRequests,
@@ -274,7 +275,8 @@ class ControllerClient:
 
     def _check(self, r: requests.Response) -> None:
         """ProtocolMismatch when the controller speaks another protocol, NodeRemoved when it
-        refuses this node as removed, ControllerUnavailable for any other error answer.
+        refuses this node as removed, Refused when this agent is the wrong kind for its
+        node, ControllerUnavailable for any other error answer.
         Takes the report interval and poll wait the answer names."""
         mismatch = protocol_mismatch(r)
         if mismatch is not None:
@@ -292,4 +294,6 @@ class ControllerClient:
             detail = str(body.get("detail", r.text[:200]))
             if r.status_code == 403 and str(body.get("type", "")).endswith("/" + NODE_REMOVED):
                 raise NodeRemoved(detail)
+            if r.status_code == 409 and str(body.get("type", "")).endswith("/" + WRONG_AGENT):
+                raise Refused(detail)
             raise ControllerUnavailable(f"{r.status_code} from controller: {detail}")

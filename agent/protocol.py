@@ -62,6 +62,9 @@ PACE_RANGE = (1.0, 3600.0)  # what either header may name
 PROTOCOL_MISMATCH = "protocol-mismatch"  # the problem type's last path segment
 # the problem type (last path segment) of a 403 to a node removed from the region
 NODE_REMOVED = "node-removed"
+# the problem type (last path segment) of a 409 to an agent of the wrong kind for its node:
+# a KVM agent on an XCP-ng pool's node, or a pool's agent on a KVM node
+WRONG_AGENT = "wrong-agent"
 
 
 def protocol_from_header(raw: str | None) -> int | None:

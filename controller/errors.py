@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from agent.protocol import NODE_REMOVED
+from agent.protocol import NODE_REMOVED, WRONG_AGENT
 
 
 class ServiceError(Exception):
@@ -37,6 +37,14 @@ class Conflict(ServiceError):
     status = 409
     title = "Conflict"
     slug = "conflict"
+
+
+class WrongAgent(Conflict):
+    """An agent of the wrong kind for its node asked for its settings: the agent stops on
+    this type (retrying cannot help; its configuration must change)."""
+
+    title = "Wrong agent for this node"
+    slug = WRONG_AGENT
 
 
 class Unreachable(ServiceError):

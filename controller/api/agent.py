@@ -125,6 +125,7 @@ def get_consoles(node_id: str, query: schemas.AgentConsolesQuery) -> Any:
            responses={200: StorageSettings}, operation_id="getNodeStorage")
 def get_storage(node_id: str) -> Any:
     require_node(node_id)
+    xcpng.refuse_kvm_agent(db(), node_id)  # only KVM agents ask: a pool's asks /xapi
     return region().storage
 
 

@@ -30,7 +30,7 @@ from agent.drivers.xapi.errors import (
 from agent.drivers.xapi.pool import PoolClient
 from agent.drivers.xapi.transport import fingerprint_of, format_fingerprint, normalize_fingerprint
 from controller.db.models import Node, XapiPool
-from controller.errors import Conflict, InvalidInput, NotFound, Unreachable
+from controller.errors import Conflict, InvalidInput, NotFound, Unreachable, WrongAgent
 from controller.secretbox import RegionKey
 from controller.services import audit
 from controller.services.nodes import create_join_token
@@ -256,12 +256,21 @@ def pool_of(db: Session, node: Node) -> XapiPool:
     return pool
 
 
+def refuse_kvm_agent(db: Session, node_id: str) -> None:
+    """WrongAgent when the node is an XCP-ng pool: a KVM agent there would take the pool's
+    VMs onto its own host, unfiltered (nothing else is checked)."""
+    if db.get(XapiPool, node_id) is not None:
+        raise WrongAgent("this node is an XCP-ng pool: its agent runs with "
+                         "hypervisor = \"xapi\" (vauban-agent@<pool>), not a KVM hypervisor")
+
+
 def agent_settings(db: Session, box: RegionKey, node_id: str) -> dict[str, Any]:
     """What the pool's agent needs to reach it (the password opened): url, username,
-    password, pool_uuid, pins (address -> SHA-256). NotFound for a node that is no pool."""
+    password, pool_uuid, pins (address -> SHA-256). WrongAgent for a node that is no pool."""
     pool = db.get(XapiPool, node_id)
     if pool is None:
-        raise NotFound("this node is not an XCP-ng pool")
+        raise WrongAgent("this node is not an XCP-ng pool: its agent runs with a KVM "
+                         "hypervisor, not hypervisor = \"xapi\"")
     return {"url": pool.url, "username": pool.username,
             "password": box.open(password_purpose(node_id), pool.password_sealed).decode(),
             "pool_uuid": pool.pool_uuid, "sr_uuid": pool.sr_uuid,

@@ -74,6 +74,10 @@ def test_nodes_get_the_ceph_settings_and_key(api: Api) -> None:
     assert r.json["rbd"]["secret_usage"] == \
         f"vauban-{api.region.ca_sha256[:12]}-ceph-client.vauban"
     assert api.get(f"/agent/v1/nodes/{node.id}/storage").status_code == 401
+    # a pool's agent run on a KVM node by mistake is refused, saying so
+    pool = api.client.get(f"/agent/v1/nodes/{node.id}/xapi", environ_overrides=node.environ())
+    assert pool.status_code == 409 and pool.json["type"].endswith("/wrong-agent")
+    assert "not an XCP-ng pool" in pool.json["detail"]
 
 
 def test_volume_lifecycle(api: Api, rbd_region: Region) -> None:

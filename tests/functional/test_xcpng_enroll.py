@@ -116,6 +116,10 @@ def test_an_enrolled_pool_is_a_node_whose_agent_joins_and_reads_its_pins(
     assert settings.json["password"] == PASSWORD  # type: ignore[index]
     assert settings.json["pins"] == {m.address: m.fingerprint  # type: ignore[index]
                                      for m in sim_pool.members}
+    # a KVM agent run on the pool's node by mistake is refused, saying which agent to run
+    kvm = agent.get(f"/agent/v1/nodes/{node.id}/storage", environ_overrides=node.environ())
+    assert kvm.status_code == 409 and kvm.json["type"].endswith("/wrong-agent"), kvm.json  # type: ignore[index]
+    assert 'hypervisor = "xapi"' in kvm.json["detail"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("case", ["fingerprint", "password", "url", "member"])
