@@ -625,7 +625,10 @@ class XapiPoolInfo(Wire):
 
 
 class XapiSettings(Wire):
-    """How a pool agent reaches its pool; the password stays in its memory only."""
+    """How a pool agent reaches its pool; the password stays in its memory only (also out
+    of validation errors, which would otherwise quote the input)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     url: str = Field(examples=["https://10.0.9.20:443"])
     username: str
@@ -678,7 +681,10 @@ class NodeStatus(Wire):
 
 
 class RbdSettings(Wire):
-    """How a node reaches the region's Ceph cluster. The key stays in memory on the node."""
+    """How a node reaches the region's Ceph cluster. The key stays in memory on the node
+    (also out of validation errors, which would otherwise quote the input)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     mon_host: str = Field(examples=["10.0.0.1:6789,10.0.0.2:6789"])
     user: str = Field(examples=["vauban"], description="cephx client id, without 'client.'")
@@ -705,7 +711,10 @@ def storage_heartbeat_object(node_id: str) -> str:
 
 
 class StorageSettings(Wire):
-    """The storage backend every node of the region uses."""
+    """The storage backend every node of the region uses (its errors quote no input: the
+    Ceph key is in it)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     driver: str = Field(examples=["localfs", "rbd"])
     rbd: RbdSettings | None = None
