@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -129,6 +129,20 @@ def test_define_start_stop_undefine(pool: Pool) -> None:
     assert pool.tasks_left() == set()
     assert store.calls["task.destroy"] == store.calls["task.create"] + sum(
         n for m, n in store.calls.items() if m.startswith("Async."))
+
+
+def test_secure_boot_is_added_to_the_templates_platform_flags(pool: Pool) -> None:
+    store = pool.sim.store
+    root = pool.storage.create_root_disk("vm-sb", IMAGE, 2)
+    pool.hv.define(replace(pool.spec("vm-sb", root), firmware="uefi", secure_boot=True))
+    vm = pool.vm("vm-sb")
+    template = next(uuid for uuid in store.live("VM")
+                    if store.field("VM", uuid, "is_a_template"))
+    assert store.field("VM", vm, "platform") == {
+        **store.field("VM", template, "platform"), "secureboot": "true"}
+    assert store.field("VM", vm, "HVM_boot_params") == {"order": "c", "firmware": "uefi"}
+    pool.hv.undefine("vm-sb")
+    pool.storage.delete_vm_disks("vm-sb")
 
 
 def test_a_guest_ignoring_clean_shutdown_is_forced_off_after_the_grace(pool: Pool) -> None:

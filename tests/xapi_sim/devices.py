@@ -126,6 +126,7 @@ METHODS: dict[str, lc.Method] = {
     "VM.set_VCPUs_at_startup": lc.vm_set_vcpus_at_startup,
     "VM.set_HVM_boot_params": lc.setter("HVM_boot_params", False, lc.string_map),
     "VM.set_platform": lc.setter("platform", False, lc.string_map),
+    **lc.map_ops("VM", "platform"),
     "VM.add_to_other_config": lc.map_ops("VM")["VM.add_to_other_config"],
     "VM.remove_from_other_config": lc.map_ops("VM")["VM.remove_from_other_config"],
     "VM.start": lc.vm_start,

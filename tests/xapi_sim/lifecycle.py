@@ -195,27 +195,27 @@ def vm_set_memory_limits(store: Store, sess: Session, args: list[Any],
     return ""
 
 
-def map_ops(cls: str) -> dict[str, Method]:
-    """`<cls>.add_to_other_config(obj, key, value)` and `remove_from_other_config(obj, key)`."""
+def map_ops(cls: str, field: str = "other_config") -> dict[str, Method]:
+    """`<cls>.add_to_<field>(obj, key, value)` and `remove_from_<field>(obj, key)` for a
+    string map; for other_config also `set_name_label`."""
     def add(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
-        arity(f"{cls}.add_to_other_config", args, 3)
+        arity(f"{cls}.add_to_{field}", args, 3)
         with store.cond:
             obj = store.resolve(sess, cls, args[0])
-            config = dict(obj.fields["other_config"])
-            if str(args[1]) in config:
-                raise XapiFault("MAP_DUPLICATE_KEY", cls, "other_config", str(args[0]),
-                                str(args[1]))
-            config[str(args[1])] = str(args[2])
-            store.modify(cls, obj.uuid, other_config=config)
+            entries = dict(obj.fields[field])
+            if str(args[1]) in entries:
+                raise XapiFault("MAP_DUPLICATE_KEY", cls, field, str(args[0]), str(args[1]))
+            entries[str(args[1])] = str(args[2])
+            store.modify(cls, obj.uuid, **{field: entries})
         return ""
 
     def remove(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
-        arity(f"{cls}.remove_from_other_config", args, 2)
+        arity(f"{cls}.remove_from_{field}", args, 2)
         with store.cond:
             obj = store.resolve(sess, cls, args[0])
-            config = dict(obj.fields["other_config"])
-            config.pop(str(args[1]), None)
-            store.modify(cls, obj.uuid, other_config=config)
+            entries = dict(obj.fields[field])
+            entries.pop(str(args[1]), None)
+            store.modify(cls, obj.uuid, **{field: entries})
         return ""
 
     def name(store: Store, sess: Session, args: list[Any], task: str | None) -> str:
@@ -224,8 +224,8 @@ def map_ops(cls: str) -> dict[str, Method]:
             store.modify(cls, store.resolve(sess, cls, args[0]).uuid, name_label=str(args[1]))
         return ""
 
-    return {f"{cls}.add_to_other_config": add, f"{cls}.remove_from_other_config": remove,
-            f"{cls}.set_name_label": name}
+    ops = {f"{cls}.add_to_{field}": add, f"{cls}.remove_from_{field}": remove}
+    return {**ops, f"{cls}.set_name_label": name} if field == "other_config" else ops
 
 
 # --- VM: power --------------------------------------------------------------------------

@@ -196,8 +196,9 @@ class XapiHypervisor(HypervisorDriver):
         boot = {"order": "c"}
         if spec.firmware == "uefi":
             boot["firmware"] = "uefi"
-            if spec.secure_boot:
-                self.ops.call("VM.set_platform", vm, {"secureboot": "true"})
+            if spec.secure_boot:  # one key: set_platform would drop the template's flags
+                self.ops.call("VM.remove_from_platform", vm, "secureboot")
+                self.ops.call("VM.add_to_platform", vm, "secureboot", "true")
         self.ops.call("VM.set_HVM_boot_params", vm, boot)
         self.ops.call("VM.remove_from_other_config", vm, "default_template")
         for key, value in ((POWER_SEQ, str(spec.power_seq)),
