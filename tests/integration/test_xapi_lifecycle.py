@@ -258,3 +258,19 @@ def test_an_sr_that_cannot_clone_gets_full_copies(pool: Pool) -> None:
     assert pool.storage.free_bytes() == 5 * 1024**4  # the simulated SR: 8 TiB, 3 used
     pool.storage.delete_vm_disks("vm-1")
     assert store.live("VDI") == {pool.image} and pool.tasks_left() == set()
+
+
+def test_a_new_disk_or_vm_whose_uuid_cannot_be_read_is_destroyed_again(pool: Pool) -> None:
+    store = pool.sim.store
+    vms, vdis = store.live("VM"), store.live("VDI")
+    pool.sim.fail_next("VDI.get_uuid", "INTERNAL_ERROR", "connection lost")
+    with pytest.raises(StorageError, match="connection lost"):
+        pool.storage.create_root_disk("vm-1", IMAGE, 2)
+    assert store.live("VDI") == vdis  # no clone of the image left looking like the image
+    root = pool.storage.create_root_disk("vm-1", IMAGE, 2)
+    pool.sim.fail_next("VM.get_uuid", "INTERNAL_ERROR", "connection lost")
+    with pytest.raises(HypervisorError, match="connection lost"):
+        pool.hv.define(pool.spec("vm-1", root))
+    assert store.live("VM") == vms and pool.tasks_left() == set()
+    pool.hv.define(pool.spec("vm-1", root))  # a retry makes the one VM
+    assert [o.id for o in pool.hv.list_vms()] == ["vm-1"]

@@ -132,6 +132,7 @@ def call(store: Store, method: str, params: list[Any], master_address: str | Non
         return tasks.run_sync(store, sess, method, args)
     with store.cond:
         sess = store.session(handle)
+        tasks.fail_next(store, method)  # reads too: a test may fail any call once
         if method in _WRITE_CALLS:
             return _WRITE_CALLS[method](store, sess, args)
         cls_name, _, name = method.partition(".")

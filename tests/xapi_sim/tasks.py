@@ -49,7 +49,7 @@ def result_value(value: Any) -> str:
     return body[start:end].replace("\n", "")
 
 
-def _fail_next(store: Store, method: str) -> None:
+def fail_next(store: Store, method: str) -> None:
     """The failure a test asked for on the next call or task of `method`, if any."""
     with store.cond:
         description = store.faults.fail_next.pop(method, None)
@@ -61,7 +61,7 @@ def run_sync(store: Store, sess: Session, method: str, args: list[Any]) -> Any:
     """A plain (synchronous) call of a changing method or a task method."""
     if method in TASK_METHODS:
         return _task_call(store, sess, method, args)
-    _fail_next(store, method)
+    fail_next(store, method)
     return devices.METHODS[method](store, sess, args, None)
 
 
@@ -92,7 +92,7 @@ def _work(store: Store, sess: Session, method: str, args: list[Any], task: str) 
             return
         store.modify("task", task, progress=0.5)
     try:
-        _fail_next(store, method)
+        fail_next(store, method)
         value = devices.METHODS[method](store, sess, args, task)
     except TaskGone:
         return

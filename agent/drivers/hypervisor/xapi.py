@@ -167,7 +167,7 @@ class XapiHypervisor(HypervisorDriver):
         networks = [self._network(nic.bridge) for nic in spec.nics]
         with Reverter() as revert:
             vm = self.ops.run("VM.clone", self.ops.ref("VM", template), spec.name)
-            uuid = str(self.ops.call("VM.get_uuid", vm))
+            uuid = self.ops.uuid_of_new("VM", vm)
             revert.add(lambda: self._destroy_vm(uuid), "destroy the VM")
             self._configure(vm, spec)
             self.ops.run("VM.provision", vm)

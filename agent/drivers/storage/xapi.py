@@ -166,7 +166,7 @@ class XapiStorage(StorageDriver):
                 vdi = self.ops.run("VDI.clone", source, {})
             else:
                 vdi = self.ops.run("VDI.copy", source, self.ops.ref("SR", self.sr_uuid))
-            uuid = str(self.ops.call("VDI.get_uuid", vdi))
+            uuid = self.ops.uuid_of_new("VDI", vdi)
             try:
                 self._tag_root(vdi, vm_id, image_id, size if size > image_size else None)
             except BaseException:

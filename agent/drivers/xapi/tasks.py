@@ -116,6 +116,20 @@ class PoolOps:
         a new session has new ones)."""
         return str(self.call(f"{cls}.get_by_uuid", uuid))
 
+    def uuid_of_new(self, cls: str, ref: str) -> str:
+        """The UUID of `cls` object `ref` this session just made. When it cannot be read
+        the object is destroyed by that ref (best effort: a failure is logged, never
+        raised over the first) and the error raised: nothing could ever find it again."""
+        try:
+            return str(self.call(f"{cls}.get_uuid", ref))
+        except BaseException:
+            try:
+                self.call(f"{cls}.destroy", ref)
+            except Exception as e:  # the pool is likely away: say what may be left
+                log.warning("pool %s: a new %s whose UUID could not be read may be left "
+                            "behind: %s", self.label, cls, e)
+            raise
+
     def run(self, method: str, *args: Any) -> Any:
         """`Async.<method>(*args)` to its end: its decoded result. Raises the task's
         mapped error, TaskLost (retryable) when it vanished, XapiError (retryable) when
