@@ -172,6 +172,32 @@ def test_undefine_keeps_a_vdi_another_vm_uses(pool: Pool) -> None:
     assert pool.tasks_left() == set()
 
 
+def test_a_copy_of_our_vm_made_in_the_pool_is_left_alone(pool: Pool) -> None:
+    """Xen Orchestra's clone or replica of a VM of ours keeps its other_config (tags
+    included) on the VM and its disks: it is not ours, and deleting ours keeps it."""
+    store = pool.sim.store
+    root = pool.create("vm-1")
+    assert isinstance(root.source, VdiSource)
+    vm = pool.vm("vm-1")
+    assert store.field("VM", vm, "other_config")["vauban.uuid"] == vm
+    copy = store.add("VM", {"name_label": "replica of vauban-vm-1",
+                            "other_config": store.field("VM", vm, "other_config")})
+    disk = store.add("VDI", {"name_label": "replica of the root", "SR": pool.sim.sr,
+                             "virtual_size": 2 * GiB, "other_config": store.field(
+                                 "VDI", root.source.vdi_uuid, "other_config")})
+    store.add("VBD", {"VM": copy, "VDI": disk, "userdevice": "0"})
+    assert pool.cache.wait_for(lambda c: c.get("VBD", next(iter(
+        v for v in store.live("VBD") if store.field("VBD", v, "VM") == copy))) is not None,
+        WAIT)
+    assert [o.hypervisor_uuid for o in pool.hv.list_vms()] == [vm]
+    assert pool.storage.existing_root_disk("vm-1") == root
+    pool.hv.undefine("vm-1")
+    pool.storage.delete_vm_disks("vm-1")
+    assert pool.hv.list_vms() == []
+    assert store.live("VM") >= {copy} and vm not in store.live("VM")
+    assert store.live("VDI") == {pool.image, disk}
+
+
 def test_a_failing_storage_task_is_reported_and_the_driver_goes_on(pool: Pool) -> None:
     sim = pool.sim
     before = sim.store.live("VDI")
@@ -267,6 +293,8 @@ def test_a_new_disk_or_vm_whose_uuid_cannot_be_read_is_destroyed_again(pool: Poo
     with pytest.raises(StorageError, match="connection lost"):
         pool.storage.create_root_disk("vm-1", IMAGE, 2)
     assert store.live("VDI") == vdis  # no clone of the image left looking like the image
+    # the reconciler retries later: by then the events have told the cache
+    assert pool.cache.wait_for(lambda c: c.count("VDI") == len(vdis), WAIT)
     root = pool.storage.create_root_disk("vm-1", IMAGE, 2)
     pool.sim.fail_next("VM.get_uuid", "INTERNAL_ERROR", "connection lost")
     with pytest.raises(HypervisorError, match="connection lost"):

@@ -31,7 +31,7 @@ from agent.drivers.hypervisor.base import (
 )
 from agent.drivers.xapi.console import open_console
 from agent.drivers.xapi.errors import XapiError
-from agent.drivers.xapi.keys import INSTANCE, LABELS, POWER_SEQ
+from agent.drivers.xapi.keys import INSTANCE, LABELS, POWER_SEQ, SELF, our_vm
 from agent.drivers.xapi.tasks import PoolOps, TaskPending
 from agent.protocol import ConsoleKind, MigrationOrder
 from agent.revert import Reverter
@@ -44,14 +44,6 @@ MiB = 1024 * 1024
 
 # (path, VDI name, other_config) -> UUID of a new VDI holding the file's bytes
 ImportFile = Callable[[Path, str, dict[str, str]], str]
-
-
-def ours(record: dict[str, Any]) -> bool:
-    """Whether a cached VM record is a VM of this platform (not a template, snapshot
-    or control domain)."""
-    return (not record.get("is_a_template") and not record.get("is_a_snapshot")
-            and not record.get("is_control_domain")
-            and INSTANCE in (record.get("other_config") or {}))
 
 
 def disk_target(userdevice: str) -> str:
@@ -84,7 +76,7 @@ class XapiHypervisor(HypervisorDriver):
     def _find(self, vm_id: str) -> tuple[str, dict[str, Any]] | None:
         """(XAPI uuid, cached record) of our VM `vm_id`, or None."""
         for uuid, record in self.cache.all("VM").items():
-            if ours(record) and record["other_config"][INSTANCE] == vm_id:
+            if our_vm(record) == vm_id:
                 return uuid, record
         return None
 
@@ -112,7 +104,7 @@ class XapiHypervisor(HypervisorDriver):
         self._valid()
         vms = []
         for uuid, record in self.cache.all("VM").items():
-            if not ours(record):
+            if our_vm(record) is None:
                 continue
             config = record["other_config"]
             if record["power_state"] in ("Paused", "Suspended"):
@@ -169,7 +161,7 @@ class XapiHypervisor(HypervisorDriver):
             vm = self.ops.run("VM.clone", self.ops.ref("VM", template), spec.name)
             uuid = self.ops.uuid_of_new("VM", vm)
             revert.add(lambda: self._destroy_vm(uuid), "destroy the VM")
-            self._configure(vm, spec)
+            self._configure(vm, uuid, spec)
             self.ops.run("VM.provision", vm)
             for position, disk in enumerate(spec.disks):
                 vdi = self._disk_vdi(spec, disk, revert)
@@ -186,8 +178,8 @@ class XapiHypervisor(HypervisorDriver):
             self._await(lambda: self._find(spec.id) is not None, f"VM {spec.id} defined")
             revert.success()
 
-    def _configure(self, vm: str, spec: VmSpec) -> None:
-        """Memory, vCPUs, boot firmware and our keys on the (halted) clone `vm`."""
+    def _configure(self, vm: str, uuid: str, spec: VmSpec) -> None:
+        """Memory, vCPUs, boot firmware and our keys on the (halted) clone `vm` (`uuid`)."""
         size = spec.memory_mib * MiB
         self.ops.call("VM.set_memory_limits", vm, size, size, size, size)
         # VCPUs_at_startup may never exceed VCPUs_max: the max first (templates have 1)
@@ -202,7 +194,7 @@ class XapiHypervisor(HypervisorDriver):
         self.ops.call("VM.set_HVM_boot_params", vm, boot)
         self.ops.call("VM.remove_from_other_config", vm, "default_template")
         for key, value in ((POWER_SEQ, str(spec.power_seq)),
-                           (LABELS, json.dumps(spec.labels, sort_keys=True)),
+                           (LABELS, json.dumps(spec.labels, sort_keys=True)), (SELF, uuid),
                            (INSTANCE, spec.id)):  # the instance key last: it makes it ours
             self.ops.call("VM.add_to_other_config", vm, key, value)
 

@@ -27,7 +27,7 @@ from agent.drivers.storage.base import (
 )
 from agent.drivers.xapi.errors import XapiError
 from agent.drivers.xapi.imports import FROM_IMAGE_KEY, PoolImages
-from agent.drivers.xapi.keys import DISK, IMAGE, INSTANCE
+from agent.drivers.xapi.keys import DISK, IMAGE, INSTANCE, our_vm
 from agent.drivers.xapi.pool import PoolClient
 from agent.drivers.xapi.tasks import PoolOps
 from agent.protocol import ImageRef
@@ -136,8 +136,19 @@ class XapiStorage(StorageDriver):
         record = self.cache.get("VDI", uuid) if uuid is not None else None
         return (uuid, record) if uuid is not None and record is not None else None
 
+    def _of_vm(self, vm_id: str) -> dict[str, dict[str, Any]]:
+        """The VDIs tagged for VM `vm_id` that no other VM uses: a copy made in the pool
+        (attached to a clone or replica, which is not ours) keeps the tag but is not its."""
+        tagged = self._vdis(lambda c: c.get(INSTANCE) == vm_id)
+        users: dict[str, set[str]] = {}
+        for vbd in self.cache.all("VBD").values():
+            users.setdefault(str(vbd["VDI"]), set()).add(str(vbd["VM"]))
+        return {uuid: record for uuid, record in tagged.items()
+                if all(self._owner(vm) == vm_id for vm in users.get(uuid, ()))}
+
     def _root(self, vm_id: str) -> tuple[str, dict[str, Any]] | None:
-        found = self._vdis(lambda c: c.get(INSTANCE) == vm_id and c.get(DISK) == "root")
+        found = {u: r for u, r in self._of_vm(vm_id).items()
+                 if (r.get("other_config") or {}).get(DISK) == "root"}
         return next(iter(sorted(found.items())), None)
 
     def image_virtual_size(self, image_id: str) -> int:
@@ -208,14 +219,10 @@ class XapiStorage(StorageDriver):
         return self._root(vm_id) is not None
 
     def delete_vm_disks(self, vm_id: str) -> None:
-        """Destroy every VDI tagged with the VM, except one a VBD of another VM uses."""
-        vdis = self._vdis(lambda c: c.get(INSTANCE) == vm_id)
-        vbds = self.cache.all("VBD").values()
+        """Destroy every VDI tagged with the VM, except one a VBD of another VM uses (it
+        is that VM's now)."""
         destroyed = []
-        for uuid in sorted(vdis):
-            users = {v["VM"] for v in vbds if v["VDI"] == uuid}
-            if any(self._owner(vm) != vm_id for vm in users):
-                continue  # attached to another VM: it is that VM's now
+        for uuid in sorted(self._of_vm(vm_id)):
             self._destroy(uuid)
             destroyed.append(uuid)
         self._await(lambda: all(self.cache.get("VDI", u) is None for u in destroyed),
@@ -223,7 +230,7 @@ class XapiStorage(StorageDriver):
 
     def _owner(self, vm_uuid: str) -> str | None:
         record = self.cache.get("VM", vm_uuid)
-        return (record.get("other_config") or {}).get(INSTANCE) if record else None
+        return our_vm(record) if record else None
 
     def _destroy(self, uuid: str) -> None:
         with _as_storage_error():

@@ -23,10 +23,13 @@ class _NoClient:
         raise AssertionError(f"called {method}")
 
 
-def _vm(name: str, **fields: Any) -> dict[str, Any]:
+def _vm(name: str, instance: str | None = None, **fields: Any) -> dict[str, Any]:
+    """A VM record; with `instance`, tagged as the VM Vauban made for it."""
+    mine = {"vauban.instance": instance, "vauban.uuid": f"uuid-{name}"} if instance else {}
+    other_config = {**mine, **fields.pop("other_config", {})}
     return {"uuid": f"uuid-{name}", "name_label": name, "power_state": "Halted",
             "is_a_template": False, "is_a_snapshot": False, "is_control_domain": False,
-            "other_config": {}, **fields}
+            "other_config": other_config, **fields}
 
 
 def _driver(*vms: dict[str, Any]) -> XapiHypervisor:
@@ -36,13 +39,15 @@ def _driver(*vms: dict[str, Any]) -> XapiHypervisor:
     return XapiHypervisor(ops, lambda path, name, config: "")
 
 
-def test_only_our_vms_are_listed_and_paused_ones_are_stopped() -> None:
-    mine = {"vauban.instance": "i-1", "vauban.power_seq": "3",
-            "vauban.labels": '{"vauban.owner": "n1"}'}
+def test_only_our_vms_are_listed_not_copies_made_in_the_pool_and_paused_ones_stopped() -> None:
+    mine = {"vauban.power_seq": "3", "vauban.labels": '{"vauban.owner": "n1"}'}
+    ours = _vm("ours", "i-1", power_state="Paused", other_config=mine)
+    # Xen Orchestra's clone of a VM of ours keeps its other_config, our uuid tag included
+    copy = {**_vm("copy", power_state="Running"), "other_config": ours["other_config"]}
     driver = _driver(
-        _vm("ours", power_state="Paused", other_config=mine),
-        _vm("running", power_state="Running", other_config={"vauban.instance": "i-2"}),
-        _vm("template", is_a_template=True, other_config={"vauban.instance": "i-3"}),
+        ours, copy, _vm("running", "i-2", power_state="Running"),
+        _vm("template", "i-3", is_a_template=True),
+        _vm("untagged", other_config={"vauban.instance": "i-4"}),
         _vm("foreign"), _vm("dom0", is_control_domain=True, power_state="Running"))
     seen = {o.id: o for o in driver.list_vms()}
     assert set(seen) == {"i-1", "i-2"}
@@ -76,6 +81,6 @@ def test_userdevice_positions_are_virtio_names() -> None:
 
 
 def test_undefine_and_stop_of_what_needs_nothing_call_nothing() -> None:
-    driver = _driver(_vm("halted", other_config={"vauban.instance": "i-1"}))
+    driver = _driver(_vm("halted", "i-1"))
     driver.undefine("unknown")
     driver.stop("i-1", grace_seconds=30)
