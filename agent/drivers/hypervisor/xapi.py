@@ -31,7 +31,7 @@ from agent.drivers.hypervisor.base import (
 )
 from agent.drivers.xapi.console import open_console
 from agent.drivers.xapi.errors import XapiError
-from agent.drivers.xapi.keys import INSTANCE, LABELS, POWER_SEQ, SELF, our_vm
+from agent.drivers.xapi.keys import DISK, INSTANCE, LABELS, POWER_SEQ, SELF, our_vm
 from agent.drivers.xapi.tasks import PoolOps, TaskPending
 from agent.protocol import ConsoleKind, MigrationOrder
 from agent.revert import Reverter
@@ -273,8 +273,10 @@ class XapiHypervisor(HypervisorDriver):
     # --- undefine --------------------------------------------------------------------
 
     def undefine(self, vm_id: str) -> None:
-        """Force the VM off, destroy it, then destroy each VDI it owned (tagged with its
-        instance id) that no VBD of another VM uses. An unknown id is a no-op."""
+        """Force the VM off, destroy it, then destroy each VDI made for it (tagged with
+        its instance id: its seed) that no VBD of another VM uses. Its root disk is kept,
+        as on KVM: the storage driver's delete_vm_disks removes it once the controller
+        lists the VM as deleted. An unknown id is a no-op."""
         self._valid()
         found = self._find(vm_id)
         if found is None:
@@ -287,7 +289,8 @@ class XapiHypervisor(HypervisorDriver):
         self._destroy_vm(uuid)
         for vdi in sorted(owned):
             record_vdi = self.cache.get("VDI", vdi)
-            if record_vdi is None or record_vdi["other_config"].get(INSTANCE) != vm_id:
+            config = record_vdi["other_config"] if record_vdi is not None else {}
+            if config.get(INSTANCE) != vm_id or config.get(DISK) == "root":
                 continue
             if any(v["VDI"] == vdi and v["VM"] != uuid for v in vbds.values()):
                 log.info("pool %s: VDI %s of VM %s is attached to another VM: kept",
