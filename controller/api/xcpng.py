@@ -89,3 +89,15 @@ def repin_pool(ref: str, body: schemas.XcpngRepin) -> Any:
     xcpng.repin(session, actor(), node, probed, body.members)
     session.commit()
     return _probed_view(probed)
+
+
+@node_api.route("POST", "/<ref>/xcpng/join-token", access=Region(Perm.NODES_WRITE),
+                summary="A new one-time token for an agent to join the pool's node again "
+                "(e.g. on a rebuilt host); earlier unused ones are revoked",
+                responses={201: schemas.XcpngJoinToken})
+def new_pool_join_token(ref: str) -> Any:
+    session = db()
+    node = node_service.find(session, ref)
+    secret = xcpng.new_join_token(session, actor(), node)
+    session.commit()
+    return schemas.XcpngJoinToken(node_id=node.id, name=node.name, join_token=secret), 201

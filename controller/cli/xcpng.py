@@ -70,10 +70,25 @@ def cmd_add_xcpng(c: Client, a: argparse.Namespace) -> int:
         "members": {m["host_uuid"]: m["sha256"] for m in pool["members"]},
         **({"sr": a.sr} if a.sr else {})}, timeout=120)
     print(f"node {enrolled['name']} ({enrolled['node_id']}) enrolled; its agent joins with "
-          f"this one-time token (valid 24 h, shown once):\n{enrolled['join_token']}\n"
-          f"  vauban-agent join --name {enrolled['name']} --token-file FILE "
+          "this one-time token (valid 24 h, shown once):")
+    _print_join(enrolled)
+    return 0
+
+
+def _print_join(issued: dict[str, Any]) -> None:
+    print(f"{issued['join_token']}\n"
+          f"  vauban-agent join --name {issued['name']} --token-file FILE "
           "--controller URL --ca-sha256 SHA256\n"
           "  then run it with hypervisor = \"xapi\" in its settings file")
+
+
+def cmd_token(c: Client, a: argparse.Namespace) -> int:
+    """A new join token for the pool's node (a rebuilt agent host); earlier unused ones
+    are revoked by the controller."""
+    issued = c.post(f"/nodes/{a.name}/xcpng/join-token")
+    print(f"node {issued['name']} ({issued['node_id']}): its agent joins again with this "
+          "one-time token (valid 24 h, shown once; earlier unused ones are revoked):")
+    _print_join(issued)
     return 0
 
 
@@ -136,3 +151,6 @@ def xcpng_node_commands(node: Any, add: Callable[..., Any]) -> None:
     rp.add_argument("--fingerprint", help="the master's new SHA-256, when the master's own "
                     "certificate changed (as its console shows it)")
     rp.add_argument("--yes", action="store_true", help="pin what is shown without asking")
+    tk = add(node, "xcpng-token", cmd_token, "a new join token for an XCP-ng pool's agent "
+             "(its host rebuilt, or the first token lost or expired)")
+    tk.add_argument("name")

@@ -111,6 +111,7 @@ from controller.schemas.storage import (
 from controller.schemas.xcpng import (
     XcpngEnroll,
     XcpngEnrolled,
+    XcpngJoinToken,
     XcpngMember,
     XcpngPool,
     XcpngProbe,
@@ -215,6 +216,7 @@ __all__ = [
     "UserResetDone",
     "XcpngEnroll",
     "XcpngEnrolled",
+    "XcpngJoinToken",
     "XcpngMember",
     "XcpngPool",
     "XcpngProbe",

@@ -92,3 +92,12 @@ class XcpngEnrolled(Output):
     pool: XcpngPool
     join_token: str = Field(description="Shown once: `vauban-agent join --name NAME` with "
                             "it, then run the agent with hypervisor = \"xapi\"")
+
+
+class XcpngJoinToken(Output):
+    """A new one-time token for an agent to join a pool's node again (a rebuilt host)."""
+
+    node_id: str
+    name: str
+    join_token: str = Field(description="Shown once, valid 24 h: `vauban-agent join --name "
+                            "NAME` with it; earlier unused tokens of the node are revoked")

@@ -29,11 +29,11 @@ from agent.drivers.xapi.errors import (
 )
 from agent.drivers.xapi.pool import PoolClient
 from agent.drivers.xapi.transport import fingerprint_of, format_fingerprint, normalize_fingerprint
-from controller.db.models import Node, XapiPool
+from controller.db.models import JoinToken, Node, XapiPool
 from controller.errors import Conflict, InvalidInput, NotFound, Unreachable, WrongAgent
 from controller.secretbox import RegionKey
 from controller.services import audit
-from controller.services.nodes import create_join_token
+from controller.services.nodes import create_join_token, revoke_join_token
 
 PROBE_TIMEOUT = 15.0  # seconds a probe waits on a host: an operator waits on the answer
 JOIN_TOKEN_TTL = timedelta(hours=24)
@@ -247,6 +247,25 @@ def enroll(db: Session, actor: str, box: RegionKey, probed: Probed, *, name: str
                  username=username, pool_uuid=probed.pool_uuid, sr=repository.uuid,
                  members={m.host_uuid: format_fingerprint(m.sha256) for m in probed.members})
     return node, secret
+
+
+def new_join_token(db: Session, actor: str, node: Node) -> str:
+    """A new one-time token (valid 24 h, returned once) for an agent to join pool node
+    `node` again, e.g. on a rebuilt host: its certificate then replaces the node's.
+    Unused tokens issued for the node before are revoked. NotFound for a node that is
+    no pool; audited (without the secret)."""
+    pool_of(db, node)
+    earlier = db.scalars(select(JoinToken).where(
+        JoinToken.node_id == node.id, JoinToken.used_at.is_(None),
+        JoinToken.revoked_at.is_(None)))
+    for old in earlier:
+        revoke_join_token(db, actor, old.id)
+    secret, token = create_join_token(db, actor, f"agent of XCP-ng pool {node.name}",
+                                      int(JOIN_TOKEN_TTL.total_seconds()))
+    token.node_id = node.id
+    audit.record(db, actor, "node.xcpng-token", f"node/{node.id}", name=node.name,
+                 join_token=token.id)
+    return secret
 
 
 def pool_of(db: Session, node: Node) -> XapiPool:

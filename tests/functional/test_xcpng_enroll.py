@@ -122,6 +122,42 @@ def test_an_enrolled_pool_is_a_node_whose_agent_joins_and_reads_its_pins(
     assert 'hypervisor = "xapi"' in kvm.json["detail"]  # type: ignore[index]
 
 
+def test_a_pools_agent_joins_again_with_a_new_token_and_the_old_one_is_revoked(
+        api: Api, region: Region, sim_pool: SimProcess, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A rebuilt agent host (its certificate lost) or a first token lost or expired: the
+    pool's node is not lost with it."""
+    enrolled = api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool)).json
+    agent = speaks_agent_protocol(api.client)
+    joined = agent.post("/api/v1/join", json={"token": enrolled["join_token"],
+                                              "name": "pool-a", "csr_pem": make_csr("pool-a")})
+    assert joined.status_code == 201
+    first = joined.json["certificate_pem"]  # type: ignore[index]
+    cli_answered_by(api, monkeypatch)
+    assert cli.main(["node", "xcpng-token", "pool-a"]) == 0
+    out = capsys.readouterr().out
+    (unused,) = [w for w in out.split() if w.startswith("vbj_")]
+    again = api.post("/api/v1/nodes/pool-a/xcpng/join-token")
+    assert again.status_code == 201, again.json
+    token = again.json["join_token"]  # type: ignore[index]
+    refused = agent.post("/api/v1/join", json={"token": unused, "name": "pool-a",
+                                               "csr_pem": make_csr("pool-a")})
+    assert refused.status_code == 401  # revoked by the newer one
+    rejoined = agent.post("/api/v1/join", json={"token": token, "name": "pool-a",
+                                                "csr_pem": make_csr("pool-a")})
+    assert rejoined.status_code == 201, rejoined.json
+    assert rejoined.json["node_id"] == enrolled["node_id"]  # type: ignore[index]
+    assert rejoined.json["certificate_pem"] != first  # type: ignore[index]
+    assert rows(region)[0] == 1
+    with region.sessions() as db:
+        issued = list(db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "node.xcpng-token")))
+    assert len(issued) == 2 and token not in json.dumps([a.detail for a in issued])
+    kvm = api.join_node("kvm")
+    r = api.post(f"/api/v1/nodes/{kvm.name}/xcpng/join-token")
+    assert r.status_code == 404 and "not an XCP-ng pool" in r.json["detail"]  # type: ignore[index]
+
+
 @pytest.mark.parametrize("case", ["fingerprint", "password", "url", "member"])
 def test_a_refused_enrollment_says_why_and_leaves_nothing(
         api: Api, region: Region, sim_pool: SimProcess, case: str) -> None:
