@@ -12,8 +12,10 @@ import pytest
 from agent.drivers.hypervisor.base import HypervisorError
 from agent.drivers.xapi.console import TlsConsole, open_console
 from agent.drivers.xapi.errors import CertificateMismatch
+from agent.drivers.xapi.link import PoolLink
 from agent.drivers.xapi.pool import PoolClient
 from agent.drivers.xapi.transport import pinned_connection, read_head, session_cookie
+from agent.protocol import XapiSettings
 from tests.xapi_sim.process import SimProcess
 
 pytestmark = pytest.mark.integration
@@ -144,3 +146,36 @@ def test_the_tunnel_wants_a_session_and_the_vm_s_own_host(
     assert _connect_status(sim_pool, 1, "/console?uuid=nothing", cookie) == 404
     # a VM's uuid names its rfb console, as xapi resolves it
     assert _connect_status(sim_pool, 1, f"/console?uuid={vm}", cookie) == 200
+
+
+def test_a_member_re_pinned_in_the_region_is_reached_under_its_new_pin(
+        sim_pool: SimProcess) -> None:
+    """A member's planned certificate change, re-pinned by an operator: its consoles (and
+    imports, through the same connection) open once the agent asked for the new pins;
+    until the region holds the new pin the old one is refused."""
+    vm = _running_vm(sim_pool, 1)
+    member = sim_pool.members[1]
+    held = _pins(sim_pool)  # the controller's copy of the pins
+    asked: list[dict[str, str]] = []
+
+    def settings() -> XapiSettings:
+        asked.append(dict(held))
+        return XapiSettings(url=sim_pool.url().rstrip("/"), username="root",
+                            password="secret", pool_uuid=next(iter(sim_pool.store.live("pool"))),
+                            pins=dict(held))
+
+    link = PoolLink(settings(), "sim", refresh=settings)
+    try:
+        client = link.new_client()
+        new = member.rekey()
+        with pytest.raises(CertificateMismatch):  # not re-pinned yet: asked, still refused
+            open_console(client, vm)
+        held[member.address] = new
+        console = open_console(client, vm)
+        try:
+            assert _read(console, len(BANNER)) == BANNER
+        finally:
+            console.close()
+        assert len(asked) == 3 and client.pins[member.address] == new
+    finally:
+        link.stop()

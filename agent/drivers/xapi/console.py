@@ -18,7 +18,7 @@ from agent.drivers.hypervisor.base import HypervisorError
 from agent.drivers.xapi.errors import XapiError
 from agent.drivers.xapi.events import PoolCache
 from agent.drivers.xapi.pool import PoolClient
-from agent.drivers.xapi.transport import pinned_connection, read_head, session_cookie
+from agent.drivers.xapi.transport import read_head, session_cookie
 
 
 class TlsConsole:
@@ -79,14 +79,13 @@ def open_console(client: PoolClient, vm_uuid: str, cache: PoolCache | None = Non
     location = _rfb_location(client, vm_uuid, cache)
     url = urllib.parse.urlsplit(location)
     host = url.hostname or ""
-    pin = client.pins.get(host)
-    if pin is None:
+    if host not in client.pins:
         raise HypervisorError(f"pool {client.label}: the console of VM {vm_uuid} is on host "
                               f"{host}, whose certificate is not pinned: refused")
     port = url.port or client.port
     target = url.path + (f"?{url.query}" if url.query else "")
     try:
-        connection = pinned_connection(host, port, pin, timeout or client.timeout)
+        connection = client.connect_pinned(host, port, timeout)
     except OSError as e:
         raise HypervisorError(f"pool {client.label}: host {host}:{port} unreachable for the "
                               f"console of VM {vm_uuid}: {e}", retryable=True) from e

@@ -30,7 +30,7 @@ from agent.drivers.storage.streams import CheckedStream, confirm_file
 from agent.drivers.xapi.errors import XapiError, from_failure
 from agent.drivers.xapi.events import PoolCache
 from agent.drivers.xapi.pool import PoolClient
-from agent.drivers.xapi.transport import pinned_connection, session_cookie
+from agent.drivers.xapi.transport import session_cookie
 from agent.protocol import ImageRef
 
 log = logging.getLogger(__name__)
@@ -180,12 +180,11 @@ def _put(client: PoolClient, address: str, port: int, path: str, size: int,
     """(status, reason, Location) of one PUT of `size` bytes from `chunks` to a pinned
     host; StorageError when the host is not pinned or unreachable, or the stream is not
     `size` bytes long."""
-    pin = client.pins.get(address)
-    if pin is None:
+    if address not in client.pins:
         raise StorageError(f"pool {client.label}: host {address} has no pinned certificate: "
                            "refused")
     try:
-        connection = pinned_connection(address, port, pin, client.timeout)
+        connection = client.connect_pinned(address, port)
     except XapiError as e:
         raise _failed(e) from e
     except OSError as e:

@@ -44,6 +44,7 @@ class PoolLink:
         s = self.settings
         client = PoolClient(s.url, s.username, s.password, s.pins, label=self.label,
                             pool_uuid=s.pool_uuid)
+        client.on_certificate_refused = self.refresh_pins  # a member re-pinned meanwhile
         with self._lock:
             self._clients.append(client)
         return client

@@ -19,20 +19,27 @@ import logging
 import threading
 import urllib.parse
 import xmlrpc.client
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import XenAPI
 
 from agent.drivers.xapi.errors import (
+    CertificateMismatch,
     MasterRefused,
     PoolUnreachable,
     SessionInvalid,
     XapiError,
     parse_result,
 )
-from agent.drivers.xapi.transport import DEFAULT_TIMEOUT, PinnedTransport, normalize_fingerprint
+from agent.drivers.xapi.transport import (
+    DEFAULT_TIMEOUT,
+    PinnedHTTPSConnection,
+    PinnedTransport,
+    normalize_fingerprint,
+    pinned_connection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +123,29 @@ class PoolClient:
         self._old_logins = 0
         self._lock = threading.Lock()  # between the owner thread and interrupt()
         self._interrupted = False
+        # asks the region for its pins again; True when they changed (a re-pin)
+        self.on_certificate_refused: Callable[[], bool] | None = None
 
     @property
     def logins(self) -> int:
         current = self._session.logins if self._session is not None else 0
         return self._old_logins + current
+
+    def connect_pinned(self, address: str, port: int,
+                       timeout: float | None = None) -> PinnedHTTPSConnection:
+        """A connection (nothing sent yet) to pool host `address` under its pin. When the
+        host shows another certificate and the region's pins changed since (an operator
+        re-pinned it), once more with the new pin. KeyError when the host has no pin;
+        CertificateMismatch or OSError when it cannot be had."""
+        for attempt in (0, 1):
+            try:
+                return pinned_connection(address, port, self.pins[address],
+                                         timeout or self.timeout)
+            except CertificateMismatch:
+                refresh = self.on_certificate_refused
+                if attempt or refresh is None or not refresh():
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _open(self, address: str) -> _Session:
         pin = self.pins.get(address)
