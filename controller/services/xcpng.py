@@ -37,6 +37,7 @@ from controller.services.nodes import create_join_token, revoke_join_token
 
 PROBE_TIMEOUT = 15.0  # seconds a probe waits on a host: an operator waits on the answer
 JOIN_TOKEN_TTL = timedelta(hours=24)
+TEXT_MAX = 255  # the url and pool_name columns of xapi_pools
 
 
 def shown(sha256: str) -> str:
@@ -110,7 +111,11 @@ def _url(text: str) -> tuple[str, str, int]:
                            "(no path, query or credentials in the URL)", field="url")
     host = parsed.hostname
     shown = f"[{host}]" if ":" in host else host
-    return f"https://{shown}:{port}", host, port
+    url = f"https://{shown}:{port}"
+    if len(url) > TEXT_MAX:  # what the pool's row holds (with the port written out)
+        raise InvalidInput(f"the URL is longer than {TEXT_MAX} characters with its port "
+                           "written out", field="url")
+    return url, host, port
 
 
 def _der_fingerprint(pem: str, host: str) -> str:
@@ -196,7 +201,11 @@ def _read_pool(client: PoolClient, url: str, host: str) -> Probed:
                     for ref, rec in sorted(client.call("SR.get_all_records").items(),
                                            key=lambda item: str(item[1].get("name_label")))
                     if rec.get("content_type") not in ("iso", "udev")]  # holds no VM disk
-    return Probed(url=url, pool_uuid=str(pool["uuid"]), pool_name=str(pool.get("name_label")),
+    name = str(pool.get("name_label"))
+    if len(name) > TEXT_MAX:
+        raise InvalidInput(f"the pool's name is longer than {TEXT_MAX} characters: give it "
+                           "a shorter one in the pool first")
+    return Probed(url=url, pool_uuid=str(pool["uuid"]), pool_name=name,
                   members=members, repositories=repositories)
 
 

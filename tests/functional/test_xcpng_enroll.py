@@ -210,12 +210,23 @@ def test_a_pool_is_enrolled_once(api: Api, region: Region, sim_pool: SimProcess)
 
 
 @pytest.mark.parametrize("changes", [{"fingerprint": "zz"}, {"name": "Bad_Name"},
-                                     {"members": {}}, {"username": ""}, {"extra": 1}])
+                                     {"members": {}}, {"username": ""}, {"extra": 1},
+                                     # 255 characters, but 259 with the port written out
+                                     {"url": "https://" + "h" * 247}])
 def test_enrollment_input_is_checked(api: Api, sim_pool: SimProcess,
                                      changes: dict[str, Any]) -> None:
     r = api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool, **changes))
     assert r.status_code == 422 and r.content_type == "application/problem+json"
     assert sim_pool.members[0].requests == 0
+
+
+def test_a_pool_whose_name_is_too_long_to_keep_is_refused_in_words(
+        api: Api, region: Region, sim_pool: SimProcess) -> None:
+    pool = next(iter(sim_pool.store.live("pool")))
+    sim_pool.store.modify("pool", pool, name_label="p" * 256)
+    r = api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool))
+    assert r.status_code == 422 and "pool's name is longer than 255" in r.json["detail"]  # type: ignore[index]
+    assert rows(region) == (0, 0, 0)
 
 
 def test_the_cli_shows_the_members_and_enrolls_on_yes(
