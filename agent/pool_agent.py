@@ -38,7 +38,9 @@ def pool_agent(config: AgentConfig, identity: NodeIdentity, client: ControllerCl
                                sr_uuid=settings.sr_uuid)
         assert isinstance(storage, XapiStorage)
         # a VM's seed goes into a VDI of the storage's SR, as its images do
-        hypervisor = load_hypervisor("xapi", ops=ops, import_file=storage.import_file)
+        hypervisor = load_hypervisor("xapi", ops=ops, import_file=storage.import_file,
+                                     **({"template": settings.template}
+                                        if settings.template else {}))
         agent = Agent(config, identity, client, hypervisor, storage, NOT_KVM, "xapi",
                       stopping=stopping, settings=StorageSettings(driver="xapi"),
                       pool=link.info)

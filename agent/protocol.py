@@ -638,6 +638,8 @@ class XapiSettings(Wire):
                                  "certificate (lower-case hex), as enrolled")
     sr_uuid: str | None = Field(default=None, max_length=36, description="The storage "
                                 "repository for images and disks; None: the pool's default")
+    template: str | None = Field(default=None, max_length=255, description="The VM "
+                                 "template VMs are cloned from; None: \"Other install media\"")
 
 
 FailureKind = Literal["vm", "network", "firewall", "volume", "image"]

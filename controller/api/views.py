@@ -62,7 +62,7 @@ def node_view(n: Node, usage: scheduler.Usage, down_after_s: float,
 def _pool_view(pool: XapiPool) -> dict[str, Any]:
     """How a pool node is reached, its members' pins as AA:BB:… (never the password)."""
     return {"url": pool.url, "username": pool.username, "pool_uuid": pool.pool_uuid,
-            "pool_name": pool.pool_name, "sr_uuid": pool.sr_uuid,
+            "pool_name": pool.pool_name, "sr_uuid": pool.sr_uuid, "template": pool.template,
             "members": [{**m, "sha256": format_fingerprint(m["sha256"])} for m in pool.members]}
 
 

@@ -53,7 +53,8 @@ def enroll_pool(body: schemas.XcpngEnroll) -> Any:
     session = db()
     node, secret = xcpng.enroll(session, actor(), region().region_key, probed,
                                 name=body.name, username=body.username,
-                                password=body.password, confirmed=body.members, sr=body.sr)
+                                password=body.password, confirmed=body.members, sr=body.sr,
+                                template=body.template)
     session.commit()
     return schemas.XcpngEnrolled(node_id=node.id, name=node.name,
                                  pool=_probed_view(probed), join_token=secret), 201

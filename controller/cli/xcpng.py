@@ -68,7 +68,8 @@ def cmd_add_xcpng(c: Client, a: argparse.Namespace) -> int:
     enrolled = c.post("/xcpng-pools", {
         **body, "name": _node_name(a, pool["pool_name"]),
         "members": {m["host_uuid"]: m["sha256"] for m in pool["members"]},
-        **({"sr": a.sr} if a.sr else {})}, timeout=120)
+        **({"sr": a.sr} if a.sr else {}),
+        **({"template": a.template} if a.template else {})}, timeout=120)
     print(f"node {enrolled['name']} ({enrolled['node_id']}) enrolled; its agent joins with "
           "this one-time token (valid 24 h, shown once):")
     _print_join(enrolled)
@@ -126,7 +127,8 @@ def cmd_repin(c: Client, a: argparse.Namespace) -> int:
 def print_pool(x: dict[str, Any]) -> None:
     """`node show` lines of a pool node: how it is reached and its members' pins."""
     print(f"XCP-ng pool {x['pool_name']} ({x['pool_uuid']}) at {x['url']} as {x['username']}, "
-          f"disks on SR {x.get('sr_uuid') or 'the pool default'}")
+          f"disks on SR {x.get('sr_uuid') or 'the pool default'}, VMs cloned from template "
+          f"{x.get('template') or 'Other install media'}")
     for m in x["members"]:
         print(f"  {m['name']} {m['address']} ({m['host_uuid']}): SHA-256 {m['sha256']}")
 
@@ -143,6 +145,8 @@ def xcpng_node_commands(node: Any, add: Callable[..., Any]) -> None:
     ax.add_argument("--name", help="the node's name (default: from the pool's name)")
     ax.add_argument("--sr", help="the storage repository (uuid or name) for images and VM "
                     "disks (default: the pool's default SR)")
+    ax.add_argument("--template", help="the VM template (by name) the pool's VMs are "
+                    "cloned from (default: \"Other install media\")")
     ax.add_argument("--yes", action="store_true",
                     help="pin the certificates shown without asking")
     rp = add(node, "xcpng-repin", cmd_repin, "re-pin an XCP-ng pool's certificates after a "

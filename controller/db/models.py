@@ -483,6 +483,8 @@ class XapiPool(Base):
     members: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     # the storage repository its VMs' disks and images go to; None: the pool's default SR
     sr_uuid: Mapped[str | None] = mapped_column(String(36), default=None)
+    # the VM template its VMs are cloned from; None: "Other install media"
+    template: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

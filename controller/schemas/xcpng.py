@@ -36,6 +36,10 @@ class XcpngEnroll(XcpngProbe):
                            description="The storage repository (uuid or name) for the "
                            "pool's images and VM disks; default: the pool's default SR, "
                            "whichever it is when the agent starts")
+    template: str | None = Field(default=None, min_length=1, max_length=255,
+                                 pattern=r"^[^\x00-\x1f\x7f]+$",
+                                 description="The VM template (by name) the pool's VMs are "
+                                 "cloned from; default: \"Other install media\"")
 
 
 class XcpngRepinProbe(Input):

@@ -84,6 +84,17 @@ class Probed:
     pool_name: str
     members: list[Member]
     repositories: list[Repository]
+    templates: list[str]  # the names of its VM templates
+
+    def template(self, name: str | None) -> str | None:
+        """`name` if the pool has one VM template of that name (None: the default);
+        InvalidInput naming a few it has otherwise."""
+        if name is None or self.templates.count(name) == 1:
+            return name
+        some = ", ".join(sorted(set(self.templates))[:20]) or "none"
+        why = "no" if name not in self.templates else "several"
+        raise InvalidInput(f"pool {self.pool_name} has {why} VM templates named {name!r}; "
+                           f"some it has: {some}", field="template")
 
     def repository(self, ref: str | None) -> Repository:
         """The SR named `ref` (uuid or name), else the default; InvalidInput otherwise."""
@@ -205,8 +216,10 @@ def _read_pool(client: PoolClient, url: str, host: str) -> Probed:
     if len(name) > TEXT_MAX:
         raise InvalidInput(f"the pool's name is longer than {TEXT_MAX} characters: give it "
                            "a shorter one in the pool first")
+    templates = [str(rec.get("name_label", "")) for rec in
+                 client.call("VM.get_all_records").values() if rec.get("is_a_template")]
     return Probed(url=url, pool_uuid=str(pool["uuid"]), pool_name=name,
-                  members=members, repositories=repositories)
+                  members=members, repositories=repositories, templates=templates)
 
 
 def _check_confirmed(probed: Probed, confirmed: dict[str, str]) -> None:
@@ -226,14 +239,16 @@ def _check_confirmed(probed: Probed, confirmed: dict[str, str]) -> None:
 
 def enroll(db: Session, actor: str, box: RegionKey, probed: Probed, *, name: str,
            username: str, password: str, confirmed: dict[str, str],
-           sr: str | None = None) -> tuple[Node, str]:
+           sr: str | None = None, template: str | None = None) -> tuple[Node, str]:
     """Add the probed pool as node `name`, its members pinned as confirmed, its disks on
-    SR `sr` (uuid or name; None: the pool's default SR): (the node, its agent's one-time
-    join token). All in the caller's transaction: on any refusal nothing is added.
+    SR `sr` (uuid or name; None: the pool's default SR), its VMs cloned from VM template
+    `template` (None: "Other install media"): (the node, its agent's one-time join
+    token). All in the caller's transaction: on any refusal nothing is added.
     Conflict: members not as confirmed, pool or name already there; InvalidInput: no
-    such SR."""
+    such SR or template."""
     _check_confirmed(probed, confirmed)
     repository = probed.repository(sr)
+    probed.template(template)
     taken = db.scalar(select(XapiPool).where(XapiPool.pool_uuid == probed.pool_uuid))
     if taken is not None:
         owner = db.get(Node, taken.node_id)
@@ -248,12 +263,13 @@ def enroll(db: Session, actor: str, box: RegionKey, probed: Probed, *, name: str
                     password_sealed=box.seal(password_purpose(node.id), password.encode()),
                     pool_uuid=probed.pool_uuid, pool_name=probed.pool_name,
                     members=[m.stored() for m in probed.members],
-                    sr_uuid=None if sr is None else repository.uuid))
+                    sr_uuid=None if sr is None else repository.uuid, template=template))
     secret, token = create_join_token(db, actor, f"agent of XCP-ng pool {name}",
                                       int(JOIN_TOKEN_TTL.total_seconds()))
     token.node_id = node.id
     audit.record(db, actor, "node.add-xcpng", f"node/{node.id}", name=name, url=probed.url,
                  username=username, pool_uuid=probed.pool_uuid, sr=repository.uuid,
+                 template=template,
                  members={m.host_uuid: format_fingerprint(m.sha256) for m in probed.members})
     return node, secret
 
@@ -301,7 +317,7 @@ def agent_settings(db: Session, box: RegionKey, node_id: str) -> dict[str, Any]:
                          "hypervisor, not hypervisor = \"xapi\"")
     return {"url": pool.url, "username": pool.username,
             "password": box.open(password_purpose(node_id), pool.password_sealed).decode(),
-            "pool_uuid": pool.pool_uuid, "sr_uuid": pool.sr_uuid,
+            "pool_uuid": pool.pool_uuid, "sr_uuid": pool.sr_uuid, "template": pool.template,
             "pins": {m["address"]: m["sha256"] for m in pool.members}}
 
 

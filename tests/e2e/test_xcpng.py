@@ -43,13 +43,13 @@ def _node(region: E2ERegion, name: str) -> dict[str, Any] | None:
     return r.json() if r.ok else None
 
 
-def _enroll(region: E2ERegion, sim: SimProcess) -> str:
+def _enroll(region: E2ERegion, sim: SimProcess, *options: str) -> str:
     """`vauban node add-xcpng` for the pool; the join token it printed."""
     password = region.root / "pool-password"
     password.write_text("secret\n")
     out = region.cli("node", "add-xcpng", sim.url().rstrip("/"), "--user", "root",
                      "--fingerprint", sim.members[0].fingerprint, "--password-file",
-                     str(password), "--name", "pool", "--yes")
+                     str(password), "--name", "pool", "--yes", *options)
     return next(line for line in out.splitlines() if line.startswith("vbj_"))
 
 
@@ -85,9 +85,10 @@ def _pool_vm(sim: SimProcess) -> str | None:
     return found[0] if found else None
 
 
-def _pool_node_up(region: E2ERegion, sim: SimProcess) -> dict[str, Any]:
-    """Enroll the pool, run its agent; the pool's node once it reports the pool read."""
-    _start_pool_agent(region, _enroll(region, sim))
+def _pool_node_up(region: E2ERegion, sim: SimProcess, *options: str) -> dict[str, Any]:
+    """Enroll the pool (with `vauban node add-xcpng` `options`), run its agent; the
+    pool's node once it reports the pool read."""
+    _start_pool_agent(region, _enroll(region, sim, *options))
     node: dict[str, Any] = wait_for(
         lambda: (n := _node(region, "pool")) and n["state"] == "up"
         and (n["inventory"].get("pool") or {}).get("reachable") and n,
@@ -97,7 +98,10 @@ def _pool_node_up(region: E2ERegion, sim: SimProcess) -> dict[str, Any]:
 
 def test_a_pool_enrolled_runs_a_vm_through_the_cli(
         region: E2ERegion, sim_pool: SimProcess, testguest_image: Path) -> None:
-    node = _pool_node_up(region, sim_pool)
+    flags = {"device-model": "qemu-upstream-compat", "nx": "true", "viridian": "false"}
+    sim_pool.store.add("VM", {"name_label": "Debian Bookworm 12", "is_a_template": True,
+                              "platform": flags})
+    node = _pool_node_up(region, sim_pool, "--template", "Debian Bookworm 12")
     pool = node["inventory"]["pool"]
     assert [h["address"] for h in pool["hosts"]] == [m.address for m in sim_pool.members]
     assert node["cpus"] == 8 and node["kvm_usable"] is False
@@ -117,6 +121,7 @@ def test_a_pool_enrolled_runs_a_vm_through_the_cli(
     store = sim_pool.store
     assert store.field("VM", xapi_vm, "power_state") == "Running"
     assert store.field("VM", xapi_vm, "other_config")["vauban.instance"] == vm["id"]
+    assert store.field("VM", xapi_vm, "platform") == flags  # a clone of the template named
     # the image's bytes reached the pool whole; the VM's root disk is a clone of them
     image = next(v for v in store.live("VDI")
                  if store.field("VDI", v, "other_config").get("vauban.complete") == "true")

@@ -76,6 +76,23 @@ def test_the_pool_s_disks_go_to_the_storage_repository_named(
     assert api.get("/api/v1/nodes/pool-a").json["xcpng"]["sr_uuid"] == sim_pool.sr  # type: ignore[index]
 
 
+def test_the_pool_s_vms_are_cloned_from_the_template_named(
+        api: Api, region: Region, sim_pool: SimProcess) -> None:
+    sim_pool.store.add("VM", {"name_label": "Debian Bookworm 12", "is_a_template": True})
+    r = api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool, template="Windows 95"))
+    assert r.status_code == 422, r.json
+    said = r.json["detail"]  # type: ignore[index]
+    assert "no VM templates named 'Windows 95'" in said and "Debian Bookworm 12" in said
+    assert rows(region) == (0, 0, 0)
+    r = api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool,
+                                                         template="Debian Bookworm 12"))
+    assert r.status_code == 201, r.json
+    assert api.get("/api/v1/nodes/pool-a").json["xcpng"]["template"] == "Debian Bookworm 12"  # type: ignore[index]
+    with region.sessions() as db:
+        (audit,) = db.scalars(select(AuditEvent).where(AuditEvent.action == "node.add-xcpng"))
+        assert audit.detail["template"] == "Debian Bookworm 12"
+
+
 def test_an_enrolled_pool_is_a_node_whose_agent_joins_and_reads_its_pins(
         api: Api, region: Region, sim_pool: SimProcess) -> None:
     r = api.post("/api/v1/xcpng-pools", json=enroll_body(sim_pool))
@@ -116,6 +133,7 @@ def test_an_enrolled_pool_is_a_node_whose_agent_joins_and_reads_its_pins(
     assert settings.json["password"] == PASSWORD  # type: ignore[index]
     assert settings.json["pins"] == {m.address: m.fingerprint  # type: ignore[index]
                                      for m in sim_pool.members}
+    assert settings.json["template"] is None  # the default: "Other install media"
     # a KVM agent run on the pool's node by mistake is refused, saying which agent to run
     kvm = agent.get(f"/agent/v1/nodes/{node.id}/storage", environ_overrides=node.environ())
     assert kvm.status_code == 409 and kvm.json["type"].endswith("/wrong-agent"), kvm.json  # type: ignore[index]

@@ -12,6 +12,7 @@ import pytest
 
 from agent.drivers.hypervisor.base import DiskSpec, HypervisorError, NicSpec, VdiSource, VmSpec
 from agent.drivers.hypervisor.xapi import XapiHypervisor
+from agent.drivers.registry import load_hypervisor
 from agent.drivers.storage.base import StorageError
 from agent.drivers.storage.xapi import XapiStorage
 from agent.drivers.xapi.events import EventLoop, PoolCache
@@ -145,6 +146,24 @@ def test_secure_boot_is_added_to_the_templates_platform_flags(pool: Pool) -> Non
     assert store.field("VM", vm, "HVM_boot_params") == {"order": "c", "firmware": "uefi"}
     pool.hv.undefine("vm-sb")
     pool.storage.delete_vm_disks("vm-sb")
+
+
+def test_vms_are_cloned_from_the_template_the_pool_was_enrolled_with(pool: Pool) -> None:
+    store = pool.sim.store
+    flags = {"device-model": "qemu-upstream-compat", "viridian": "false", "nx": "true"}
+    store.add("VM", {"name_label": "Debian Bookworm 12", "is_a_template": True,
+                     "platform": flags})
+    hv = load_hypervisor("xapi", ops=pool.hv.ops, import_file=pool.storage.import_file,
+                         template="Debian Bookworm 12")
+    root = pool.storage.create_root_disk("vm-deb", IMAGE, 2)
+    hv.define(pool.spec("vm-deb", root))
+    assert store.field("VM", pool.vm("vm-deb"), "platform") == flags
+    missing = load_hypervisor("xapi", ops=pool.hv.ops, import_file=pool.storage.import_file,
+                              template="Windows 95")
+    with pytest.raises(HypervisorError, match="no VM template 'Windows 95'"):
+        missing.define(pool.spec("vm-win", root))
+    hv.undefine("vm-deb")
+    pool.storage.delete_vm_disks("vm-deb")
 
 
 def test_a_guest_ignoring_clean_shutdown_is_forced_off_after_the_grace(pool: Pool) -> None:

@@ -32,6 +32,7 @@ export function XcpngPool({ node }) {
       <dt>Pool</dt><dd>${x.pool_name} <span class="mono">${x.pool_uuid}</span></dd>
       <dt>Reached at</dt><dd><span class="mono">${x.url}</span> as ${x.username}</dd>
       <dt>Storage repository</dt><dd>${x.sr_uuid ? html`<span class="mono">${x.sr_uuid}</span>` : "the pool's default"}</dd>
+      <dt>VM template</dt><dd>${x.template || "Other install media"}</dd>
       <dt>Pool state</dt><dd>${reachWords(pool)}</dd>
       ${pool && html`<dt>Largest free host</dt><dd>${mib(pool.largest_free_mib)} (no VM larger fits)</dd>`}
     </dl>
