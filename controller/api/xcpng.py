@@ -66,6 +66,8 @@ def _probe_enrolled(ref: str, fingerprint: str | None) -> tuple[Any, xcpng.Probe
     session = db()
     node = node_service.find(session, ref)
     url, username, password, pin = xcpng.credentials(session, region().region_key, node)
+    if fingerprint is not None:  # the stored password goes to a host trusted on this word
+        xcpng.record_new_pin_probe(session, actor(), node, fingerprint, pin)
     session.commit()
     return node, xcpng.probe(url, username, password, fingerprint or pin)
 

@@ -293,6 +293,19 @@ def new_join_token(db: Session, actor: str, node: Node) -> str:
     return secret
 
 
+def record_new_pin_probe(db: Session, actor: str, node: Node, fingerprint: str,
+                         pinned: str) -> None:
+    """Audit a probe of an enrolled pool's master under a fingerprint other than its pin:
+    the stored password is sent to the host that presents it, on the caller's word."""
+    try:
+        given = normalize_fingerprint(fingerprint)
+    except ValueError as e:
+        raise InvalidInput(str(e), field="fingerprint") from e
+    if given != pinned:
+        audit.record(db, actor, "node.xcpng-probe", f"node/{node.id}", name=node.name,
+                     pinned=format_fingerprint(pinned), trusted=format_fingerprint(given))
+
+
 def pool_of(db: Session, node: Node) -> XapiPool:
     pool = db.get(XapiPool, node.id)
     if pool is None:

@@ -300,4 +300,8 @@ def test_certificates_changed_on_purpose_are_re_pinned_as_confirmed(
     assert refused.status_code == 422 and format_fingerprint(master) in refused.json["detail"]  # type: ignore[index]
     assert cli.main(["node", "xcpng-repin", "pool-a", "--fingerprint", master, "--yes"]) == 0
     assert cli.main(["node", "xcpng-repin", "pool-a"]) == 0  # nothing changed any more
+    with region.sessions() as db:  # the password went to a host trusted on the word given
+        probes = [e.detail for e in db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "node.xcpng-probe"))]
+    assert probes and all(p["trusted"] == format_fingerprint(master) for p in probes)
     assert "every member presents its pinned certificate" in capsys.readouterr().out
