@@ -145,7 +145,7 @@ class EventLoop:
 
     def __init__(self, client: PoolClient, cache: PoolCache,
                  timeout: float = EVENT_TIMEOUT, retry_after: float = RETRY_AFTER,
-                 on_certificate_refused: Callable[[], object] | None = None) -> None:
+                 on_certificate_refused: Callable[[], bool] | None = None) -> None:
         self.client, self.cache = client, cache
         # asked for pins anew when a host presents another certificate (a re-pin)
         self.on_certificate_refused = on_certificate_refused
@@ -208,12 +208,17 @@ class EventLoop:
                     continue
                 log.warning("pool %s: %s", self.client.label, e)
                 self.cache.invalidate(str(e))
-                if isinstance(e, CertificateMismatch) and self.on_certificate_refused:
-                    self.on_certificate_refused()
-                stale, failures = True, failures + 1
+                # new pins from the region (an operator re-pinned): reconnect with them at once
+                repinned = bool(isinstance(e, CertificateMismatch)
+                                and self.on_certificate_refused
+                                and self.on_certificate_refused())
+                stale, failures = True, 0 if repinned else failures + 1
                 self.client.close()
                 if failures > 1:  # the first failure reconnects at once (maybe elsewhere)
-                    self._stop.wait(self.retry_after if e.retryable else 6 * self.retry_after)
+                    # a refused certificate asks the region at each try: a re-pin is taken
+                    # within one retry, not after the long wait of other lasting errors
+                    soon = e.retryable or isinstance(e, CertificateMismatch)
+                    self._stop.wait(self.retry_after if soon else 6 * self.retry_after)
             except Exception as e:  # noqa: BLE001 - a malformed answer must not end the loop
                 log.exception("pool %s: unexpected failure of the event loop", self.client.label)
                 self.cache.invalidate(f"unexpected failure: {e!r}")
