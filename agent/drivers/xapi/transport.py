@@ -5,10 +5,11 @@ operator pins each host's fingerprint at enrollment and every connection checks 
 certificate it is shown against that pin right after the TLS handshake, before a byte
 of the request is written. There is no way to switch the check off.
 
-OpenSSL's chain check is off (CERT_NONE) on purpose: the handshake still proves that the
-peer holds the key of the certificate it shows, and the pin is the whole trust decision.
-Loading the pinned certificate as the one trust anchor instead would add no identity
-check, only a refusal of pools whose self-signed certificates are past their dates.
+Known gap, to be closed: OpenSSL's own verification is still off here and the pin is
+compared after the handshake. The project requires verification on: each member's
+certificate (PEM, fetched at enrollment with host.get_server_certificate) is to be kept
+with its pin and loaded as this connection's only trust anchor (CERT_REQUIRED,
+VERIFY_X509_PARTIAL_CHAIN), the fingerprint still compared on top.
 """
 
 from __future__ import annotations
