@@ -7,14 +7,23 @@ and controller fails loudly instead of silently dropping data.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
+import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from hardware.model import GpuInfo, HardwareInventory, QualificationReport
 
@@ -636,6 +645,23 @@ class XapiSettings(Wire):
     pool_uuid: str
     pins: dict[str, str] = Field(description="Each member's address -> the SHA-256 of its "
                                  "certificate (lower-case hex), as enrolled")
+    certificates: dict[str, Annotated[str, Field(max_length=16384)]] = Field(
+        default_factory=dict, max_length=64,
+        description="Each member's address -> its certificate (PEM) whose SHA-256 is its "
+        "pin: the only trust anchor of a connection to it. A member without one (a pool "
+        "enrolled before they were kept) has the certificate it presents read and "
+        "compared to its pin first")
+
+    @model_validator(mode="after")
+    def _certificates_are_the_pinned_ones(self) -> XapiSettings:
+        for address, pem in self.certificates.items():
+            try:
+                digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+            except ValueError as e:
+                raise ValueError(f"member {address}: no PEM certificate ({e})") from e
+            if digest != self.pins.get(address, "").lower():
+                raise ValueError(f"member {address}: its certificate is not its pinned one")
+        return self
     sr_uuid: str | None = Field(default=None, max_length=36, description="The storage "
                                 "repository for images and disks; None: the pool's default")
     template: str | None = Field(default=None, max_length=255, description="The VM "

@@ -63,7 +63,8 @@ def _pool_view(pool: XapiPool) -> dict[str, Any]:
     """How a pool node is reached, its members' pins as AA:BB:… (never the password)."""
     return {"url": pool.url, "username": pool.username, "pool_uuid": pool.pool_uuid,
             "pool_name": pool.pool_name, "sr_uuid": pool.sr_uuid, "template": pool.template,
-            "members": [{**m, "sha256": format_fingerprint(m["sha256"])} for m in pool.members]}
+            "members": [{"host_uuid": m["host_uuid"], "name": m["name"], "address": m["address"],
+                         "sha256": format_fingerprint(m["sha256"])} for m in pool.members]}
 
 
 def instance_failures(db: Session, i: Instance, ports: list[Port]) -> list[schemas.NodeFailure]:

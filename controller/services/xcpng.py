@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from agent.drivers.xapi.errors import (
+    CertificateInvalid,
     CertificateMismatch,
     MasterRefused,
     PoolUnreachable,
@@ -59,10 +60,11 @@ class Member:
     address: str
     sha256: str  # lower-case hex
     master: bool
+    certificate: str  # PEM, as the pool records it: the agent's trust anchor for the host
 
     def stored(self) -> dict[str, Any]:
         return {"host_uuid": self.host_uuid, "name": self.name, "address": self.address,
-                "sha256": self.sha256}
+                "sha256": self.sha256, "certificate": self.certificate}
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,13 @@ def probe(url: str, username: str, password: str, fingerprint: str,
     try:
         client.connect()
         return _read_pool(client, normal, host)
+    except CertificateInvalid as e:
+        raise InvalidInput(str(e), field="fingerprint") from e
     except CertificateMismatch as e:
         raise InvalidInput(
-            f"host {host} presented a certificate with SHA-256 "
-            f"{format_fingerprint(normalize_fingerprint(e.presented))}, not the expected "
-            f"{format_fingerprint(pin)}: refused, nothing was sent", field="fingerprint") from e
+            f"host {host} presented a certificate with SHA-256 {e.presented}, not the "
+            f"expected {format_fingerprint(pin)}: refused, nothing was sent",
+            field="fingerprint") from e
     except MasterRefused as e:
         raise InvalidInput(_not_master(str(e), e.params, host, port)) from e
     except PoolUnreachable as e:
@@ -199,7 +203,7 @@ def _read_pool(client: PoolClient, url: str, host: str) -> Probed:
         pem = str(client.call("host.get_server_certificate", ref))
         members.append(Member(host_uuid=str(rec["uuid"]), name=str(rec.get("name_label", "")),
                               address=address, sha256=_der_fingerprint(pem, address),
-                              master=ref == pool.get("master")))
+                              master=ref == pool.get("master"), certificate=pem))
     master = next((m for m in members if m.master), None)
     if master is None or master.address != client.address:
         raise InvalidInput(f"the pool at {url} names no master at the address in use")
@@ -323,7 +327,9 @@ def refuse_kvm_agent(db: Session, node_id: str) -> None:
 
 def agent_settings(db: Session, box: RegionKey, node_id: str) -> dict[str, Any]:
     """What the pool's agent needs to reach it (the password opened): url, username,
-    password, pool_uuid, pins (address -> SHA-256). WrongAgent for a node that is no pool."""
+    password, pool_uuid, pins (address -> SHA-256), certificates (address -> PEM, where
+    kept: pools enrolled before they were have none). WrongAgent for a node that is no
+    pool."""
     pool = db.get(XapiPool, node_id)
     if pool is None:
         raise WrongAgent("this node is not an XCP-ng pool: its agent runs with a KVM "
@@ -331,7 +337,9 @@ def agent_settings(db: Session, box: RegionKey, node_id: str) -> dict[str, Any]:
     return {"url": pool.url, "username": pool.username,
             "password": box.open(password_purpose(node_id), pool.password_sealed).decode(),
             "pool_uuid": pool.pool_uuid, "sr_uuid": pool.sr_uuid, "template": pool.template,
-            "pins": {m["address"]: m["sha256"] for m in pool.members}}
+            "pins": {m["address"]: m["sha256"] for m in pool.members},
+            "certificates": {m["address"]: m["certificate"] for m in pool.members
+                             if m.get("certificate")}}
 
 
 

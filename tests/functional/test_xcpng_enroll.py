@@ -133,6 +133,11 @@ def test_an_enrolled_pool_is_a_node_whose_agent_joins_and_reads_its_pins(
     assert settings.json["password"] == PASSWORD  # type: ignore[index]
     assert settings.json["pins"] == {m.address: m.fingerprint  # type: ignore[index]
                                      for m in sim_pool.members}
+    # each member's certificate as the pool records it: its agent's only trust anchor
+    assert settings.json["certificates"] == {m.address: m.cert_pem  # type: ignore[index]
+                                             for m in sim_pool.members}
+    shown_node = api.get("/api/v1/nodes/pool-a").get_data(as_text=True)
+    assert "CERTIFICATE" not in shown_node  # shown as pins only
     assert settings.json["template"] is None  # the default: "Other install media"
     # a KVM agent run on the pool's node by mistake is refused, saying which agent to run
     kvm = agent.get(f"/agent/v1/nodes/{node.id}/storage", environ_overrides=node.environ())
@@ -290,6 +295,10 @@ def test_certificates_changed_on_purpose_are_re_pinned_as_confirmed(
     assert format_fingerprint(old) in out and format_fingerprint(new) in out
     pinned = api.get("/api/v1/nodes/pool-a").json["xcpng"]["members"]  # type: ignore[index]
     assert {m["host_uuid"]: m["sha256"] for m in pinned} == shown
+    with region.sessions() as db:  # the new certificate is kept: the agent's new anchor
+        (pool,) = db.scalars(select(XapiPool))
+        assert {m["host_uuid"]: m["certificate"] for m in pool.members} == {
+            m.host_uuid: m.cert_pem for m in sim_pool.members}
     with region.sessions() as db:
         (entry,) = db.scalars(select(AuditEvent).where(AuditEvent.action == "node.xcpng-repin"))
         assert entry.detail["changed"] == {sim_pool.members[1].host_uuid: {

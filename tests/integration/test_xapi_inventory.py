@@ -72,12 +72,13 @@ def test_an_unreachable_pool_is_reported_so_with_why(
 def test_a_re_pinned_certificate_is_taken_when_the_old_pin_is_refused(
         sim_pool: SimProcess) -> None:
     # the controller's copy of the settings: re-pinned by an operator meanwhile
-    held = {"pins": {m.address: m.fingerprint for m in sim_pool.members}}
+    held = {"pins": {m.address: m.fingerprint for m in sim_pool.members},
+            "certificates": {m.address: m.cert_pem for m in sim_pool.members}}
 
     def settings() -> XapiSettings:
         return XapiSettings(url=sim_pool.url().rstrip("/"), username="root",
                             password="secret", pool_uuid=_pool_uuid(sim_pool),
-                            pins=dict(held["pins"]))
+                            pins=dict(held["pins"]), certificates=dict(held["certificates"]))
 
     link = PoolLink(settings(), "sim", refresh=settings)
     link.start()
@@ -86,9 +87,13 @@ def test_a_re_pinned_certificate_is_taken_when_the_old_pin_is_refused(
         new = sim_pool.members[0].rekey()  # a planned change on the master
         sim_pool.store.expire_sessions()  # the loop connects again: the old pin is refused
         _wait(link, lambda i: not i.reachable and "presented a TLS certificate" in i.problem)
-        held["pins"] = {**held["pins"], sim_pool.members[0].address: new}
-        # the next refusal asks the controller again and connects with the new pin
+        master = sim_pool.members[0]
+        held["pins"] = {**held["pins"], master.address: new}
+        held["certificates"] = {**held["certificates"], master.address: master.cert_pem}
+        # the next refusal asks the controller again and connects with the new pin, the
+        # new certificate its trust anchor
         assert _wait(link, lambda i: i.reachable).master_address == "127.0.0.1"
-        assert link.settings.pins[sim_pool.members[0].address] == new
+        assert link.settings.pins[master.address] == new
+        assert link.loop.client.certificates[master.address] == master.cert_pem
     finally:
         link.stop()

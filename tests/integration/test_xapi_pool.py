@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent.drivers.xapi.errors import (
+    CertificateInvalid,
     CertificateMismatch,
     MasterRefused,
     PoolUnreachable,
@@ -101,6 +102,43 @@ def test_changed_certificate_is_refused_before_any_request(
     assert format_fingerprint(expected) in message and format_fingerprint(presented) in message
     assert master.requests == sent
     assert not refused.value.retryable
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["certificate-kept", "fingerprint-only"])
+def test_a_kept_certificate_is_the_only_trust_anchor_and_another_is_refused(
+        sim_pool: SimProcess, kept: bool) -> None:
+    master = sim_pool.members[0]
+    c = PoolClient(sim_pool.url(), "root", "secret", _pins(sim_pool), label="sim",
+                   certificates={master.address: master.cert_pem} if kept else None)
+    try:
+        assert c.call("pool.get_all")
+        old = master.fingerprint
+        new = master.rekey()
+        sent = master.requests
+        c.close()
+        with pytest.raises(CertificateMismatch) as refused:
+            c.connect()
+        assert format_fingerprint(old) in str(refused.value)
+        assert format_fingerprint(new) in str(refused.value)
+        assert master.requests == sent
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["certificate-kept", "fingerprint-only"])
+def test_an_expired_pinned_certificate_is_refused_in_words_before_any_request(
+        sim_pool: SimProcess, kept: bool) -> None:
+    master = sim_pool.members[0]
+    pin = master.rekey(expired=True)
+    sent = master.requests
+    c = PoolClient(sim_pool.url(), "root", "secret", {master.address: pin}, label="sim",
+                   certificates={master.address: master.cert_pem} if kept else None)
+    with pytest.raises(CertificateInvalid) as refused:
+        c.connect()
+    message = str(refused.value)
+    assert "certificate has expired" in message and format_fingerprint(pin) in message
+    assert master.address in message and "renew" in message
+    assert master.requests == sent
 
 
 def test_host_is_slave_is_followed_to_the_pinned_master(sim_pool: SimProcess) -> None:

@@ -182,9 +182,10 @@ class Member:
         """HTTP requests this host received."""
         return int(self.sim.query("requests", self.index))
 
-    def rekey(self) -> str:
-        """A new certificate for this host; its SHA-256."""
-        self.fingerprint = str(self.sim.query("rekey", self.index))
+    def rekey(self, expired: bool = False) -> str:
+        """A new certificate for this host (`expired`: one that expired yesterday); its
+        SHA-256."""
+        self.fingerprint = str(self.sim.query("rekey", self.index, expired))
         self.cert_pem = self.sim.query("info")["members"][self.index]["cert_pem"]
         return self.fingerprint
 

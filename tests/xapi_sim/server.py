@@ -31,15 +31,18 @@ from tests.xapi_sim.lifecycle import Backend, MemoryBackend
 from tests.xapi_sim.model import GiB, Store
 
 
-def make_certificate(address: str, folder: Path, name: str) -> tuple[Path, Path, str]:
-    """A self-signed cert for `address`: (cert path, key path, SHA-256 of its DER)."""
+def make_certificate(address: str, folder: Path, name: str,
+                     expired: bool = False) -> tuple[Path, Path, str]:
+    """A self-signed cert for `address` (valid for ten years, or one that expired
+    yesterday): (cert path, key path, SHA-256 of its DER)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
     now = datetime.datetime.now(datetime.UTC)
+    ends = now - datetime.timedelta(days=1) if expired else now + datetime.timedelta(days=3650)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=3650))
+            .not_valid_before(now - datetime.timedelta(days=30))
+            .not_valid_after(ends)
             .add_extension(x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
             .sign(key, hashes.SHA256()))
@@ -146,11 +149,13 @@ class Member:
     thread: threading.Thread | None = None
     own_store: Store | None = None  # set when ejected: master of a pool of its own
 
-    def rekey(self) -> str:
-        """A new certificate for this host (new connections get it); its SHA-256."""
+    def rekey(self, expired: bool = False) -> str:
+        """A new certificate for this host (new connections get it; `expired`: one that
+        expired yesterday); its SHA-256."""
         name = f"{self.address}-{self.pool.rekeys}"
         self.pool.rekeys += 1
-        cert, key, self.fingerprint = make_certificate(self.address, self.pool.folder, name)
+        cert, key, self.fingerprint = make_certificate(self.address, self.pool.folder, name,
+                                                       expired)
         self.cert_pem = cert.read_text()
         with self.pool.store.cond:
             self.pool.store.certificates[self.host_uuid] = self.cert_pem

@@ -45,6 +45,18 @@ class CertificateMismatch(XapiError):
         self.host, self.expected, self.presented = host, expected, presented
 
 
+class CertificateInvalid(CertificateMismatch):
+    """A host presented its pinned certificate, but OpenSSL refused it (expired, not yet
+    valid, not for a server); nothing was sent."""
+
+    def __init__(self, host: str, pinned: str, reason: str) -> None:
+        XapiError.__init__(
+            self, f"host {host} presented its pinned TLS certificate (SHA-256 {pinned}), "
+            f"but it is not valid: {reason}: refused, nothing was sent (renew the host's "
+            "certificate, then re-pin it)")
+        self.host, self.expected, self.presented = host, pinned, pinned
+
+
 class PoolUnreachable(XapiError):
     """The pool could not be reached over the network; retryable."""
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from agent.drivers.xapi.events import EventLoop, PoolCache
 from agent.drivers.xapi.inventory import pool_info
 from agent.drivers.xapi.pool import PoolClient
-from agent.drivers.xapi.transport import normalize_fingerprint
 from agent.protocol import XapiPoolInfo, XapiSettings
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ class PoolLink:
         at `stop`)."""
         s = self.settings
         client = PoolClient(s.url, s.username, s.password, s.pins, label=self.label,
-                            pool_uuid=s.pool_uuid)
+                            pool_uuid=s.pool_uuid, certificates=s.certificates)
         client.on_certificate_refused = self.refresh_pins  # a member re-pinned meanwhile
         with self._lock:
             self._clients.append(client)
@@ -59,14 +58,13 @@ class PoolLink:
         except Exception as e:  # noqa: BLE001 - the old pins stay; the next refusal asks again
             log.warning("pool %s: its pins could not be read again: %s", self.label, e)
             return False
-        if fresh.pins == self.settings.pins:
+        if (fresh.pins, fresh.certificates) == (self.settings.pins, self.settings.certificates):
             return False
         log.info("pool %s: certificates re-pinned by the region", self.label)
-        pins = {address: normalize_fingerprint(fp) for address, fp in fresh.pins.items()}
         with self._lock:
             self.settings = fresh
             for client in self._clients:
-                client.pins = dict(pins)
+                client.take_pins(fresh.pins, fresh.certificates)
         return True
 
     def info(self) -> XapiPoolInfo:

@@ -38,6 +38,7 @@ from agent.drivers.xapi.transport import (
     PinnedHTTPSConnection,
     PinnedTransport,
     normalize_fingerprint,
+    pem_fingerprint,
     pinned_connection,
 )
 
@@ -102,19 +103,24 @@ class PoolClient:
     """One logged-in session to a pool master (see the module docstring).
 
     `pins` maps each host address the client may talk to onto its certificate's
-    SHA-256. `logins` counts every login this client made (a change means the session,
-    and with it every ref, was replaced). `address` is the master's address in use.
+    SHA-256; `certificates` each onto that certificate (PEM), where the region kept it
+    (a host without one is read at first contact: see transport). `logins` counts every
+    login this client made (a change means the session, and with it every ref, was
+    replaced). `address` is the master's address in use.
     `pool_uuid`: the pool it must be (the enrolled one); None = the first one met.
     """
 
     def __init__(self, url: str, username: str, password: str, pins: Mapping[str, str],
                  *, timeout: float = DEFAULT_TIMEOUT, label: str | None = None,
-                 pool_uuid: str | None = None) -> None:
+                 pool_uuid: str | None = None,
+                 certificates: Mapping[str, str] | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "https" or not parsed.hostname:
             raise ValueError(f"{url!r}: a pool is reached over https://HOST[:PORT] only")
         self.address, self.port = parsed.hostname, parsed.port or 443
-        self.pins = {address: normalize_fingerprint(fp) for address, fp in pins.items()}
+        self.pins: dict[str, str] = {}
+        self.certificates: dict[str, str] = {}
+        self.take_pins(pins, certificates or {})
         self.label = label or parsed.hostname
         self.timeout = timeout
         self._credentials = (username, password)
@@ -125,6 +131,20 @@ class PoolClient:
         self._interrupted = False
         # asks the region for its pins again; True when they changed (a re-pin)
         self.on_certificate_refused: Callable[[], bool] | None = None
+
+    def take_pins(self, pins: Mapping[str, str], certificates: Mapping[str, str]) -> None:
+        """Pin each host of `pins` from now on. ValueError, nothing taken, when a
+        fingerprint is malformed or a certificate is not that of its host's pin."""
+        normal = {address: normalize_fingerprint(fp) for address, fp in pins.items()}
+        for address, pem in certificates.items():
+            try:
+                matches = pem_fingerprint(pem) == normal.get(address)
+            except ValueError as e:
+                raise ValueError(f"host {address}: no certificate in what was kept ({e})") \
+                    from e
+            if not matches:
+                raise ValueError(f"host {address}: the certificate kept is not its pinned one")
+        self.pins, self.certificates = normal, dict(certificates)
 
     @property
     def logins(self) -> int:
@@ -140,7 +160,8 @@ class PoolClient:
         for attempt in (0, 1):
             try:
                 return pinned_connection(address, port, self.pins[address],
-                                         timeout or self.timeout)
+                                         timeout or self.timeout,
+                                         self.certificates.get(address))
             except CertificateMismatch:
                 refresh = self.on_certificate_refused
                 if attempt or refresh is None or not refresh():
@@ -154,7 +175,8 @@ class PoolClient:
                                 "certificate: refused")
         host = f"[{address}]" if ":" in address else address
         return _Session(f"https://{host}:{self.port}/",
-                        PinnedTransport(pin, self.timeout), self.label)
+                        PinnedTransport(pin, self.timeout, self.certificates.get(address)),
+                        self.label)
 
     def connect(self) -> None:
         """Log in to the pool master. After success `address` is the master's and
@@ -329,8 +351,9 @@ class PoolClient:
         if session is None:
             return
         if session.transport.aborted:
-            fresh = _Session(session.uri, PinnedTransport(session.transport.pin,
-                                                          LOGOUT_TIMEOUT), self.label)
+            old = session.transport
+            fresh = _Session(session.uri, PinnedTransport(old.pin, LOGOUT_TIMEOUT,
+                                                          old.certificate), self.label)
             fresh._session = session._session
             session = fresh
         self._logout(session)

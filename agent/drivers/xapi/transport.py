@@ -1,15 +1,18 @@
 """HTTPS to one XCP-ng host, pinned to the SHA-256 of its certificate.
 
 XCP-ng hosts present self-signed certificates, so no CA can vouch for them: the
-operator pins each host's fingerprint at enrollment and every connection checks the
-certificate it is shown against that pin right after the TLS handshake, before a byte
-of the request is written. There is no way to switch the check off.
+operator pins each host's fingerprint at enrollment. Every connection that carries a
+byte is verified by OpenSSL (CERT_REQUIRED) against one trust anchor only: the pinned
+certificate itself (VERIFY_X509_PARTIAL_CHAIN, so a host certificate signed by a CA of
+the pool's own is its own anchor too). OpenSSL checks the handshake against it, its
+signature, validity dates and purpose; the fingerprint is compared on top. There is no
+way to switch either check off.
 
-Known gap, to be closed: OpenSSL's own verification is still off here and the pin is
-compared after the handshake. The project requires verification on: each member's
-certificate (PEM, fetched at enrollment with host.get_server_certificate) is to be kept
-with its pin and loaded as this connection's only trust anchor (CERT_REQUIRED,
-VERIFY_X509_PARTIAL_CHAIN), the fingerprint still compared on top.
+The pinned certificate is the PEM the region kept at enrollment (the pool's record of
+each member, whose SHA-256 the operator confirmed). Where only a fingerprint is known
+(the first contact: enrollment's probe, `vauban xcpng check`), the certificate the host
+presents is read by a handshake that sends nothing, taken only if its SHA-256 is the
+pin, and then is the anchor of the connection that is used.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import xmlrpc.client
 from collections.abc import Callable
 from typing import Any
 
-from agent.drivers.xapi.errors import CertificateMismatch
+from agent.drivers.xapi.errors import CertificateInvalid, CertificateMismatch
 
 DEFAULT_TIMEOUT = 45.0  # above event.from's 30 s wait, so a quiet pool is no timeout
 
@@ -50,34 +53,99 @@ def fingerprint_of(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _context() -> ssl.SSLContext:
-    # the pin replaces CA and name checks: a self-signed certificate has neither
+def pem_fingerprint(pem: str) -> str:
+    """The SHA-256 fingerprint (lower-case hex) of a PEM certificate; ValueError when
+    `pem` holds none."""
+    return fingerprint_of(ssl.PEM_cert_to_DER_cert(pem))
+
+
+def anchored_context(pem: str) -> ssl.SSLContext:
+    """A client context that trusts the certificate `pem` and nothing else."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.verify_mode = ssl.CERT_REQUIRED
+    # the anchor is the host's own certificate, not a CA above it
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    # hosts are reached by address and name themselves in their certificates as they
+    # please: the exact certificate identifies the host, a name adds nothing to it
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cadata=pem)
     return context
 
 
-class PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection that refuses a peer whose certificate is not the pinned one."""
+def presented_certificate(address: str, port: int, timeout: float | None) -> str:
+    """The certificate (PEM) the host at address:port presents, read by a TLS handshake
+    after which the connection is closed: nothing is sent. OSError when it cannot be."""
+    return ssl.get_server_certificate((address, port), timeout=timeout or DEFAULT_TIMEOUT)
 
-    def __init__(self, host: str, *, pin: str, timeout: float,
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that refuses a peer whose certificate is not the pinned one.
+
+    `certificate`: the pinned certificate (PEM) when it is known; its SHA-256 must be
+    `pin` (ValueError otherwise). Without it, the presented one is read first and taken
+    when its SHA-256 is `pin`.
+    """
+
+    def __init__(self, host: str, *, pin: str, timeout: float, certificate: str | None = None,
                  aborted: Callable[[], bool] = lambda: False) -> None:
-        super().__init__(host, timeout=timeout, context=_context())
+        super().__init__(host, timeout=timeout)
         self.pin = normalize_fingerprint(pin)
+        if certificate is not None and pem_fingerprint(certificate) != self.pin:
+            raise ValueError(f"host {host}: the certificate kept for it is not the pinned one")
+        self.certificate = certificate
         self.aborted = aborted
 
-    def connect(self) -> None:
-        """Connect and shake hands; CertificateMismatch (socket closed) when the peer's
-        certificate is not the pinned one. Nothing is sent before this returns."""
-        super().connect()
-        der = self.sock.getpeercert(binary_form=True) or b""
-        presented = fingerprint_of(der)
+    def _where(self) -> str:
+        return host_port(self.host, self.port)
+
+    def _presented_fingerprint(self) -> str | None:
+        try:
+            return pem_fingerprint(presented_certificate(self.host, self.port, self.timeout))
+        except (OSError, ValueError):
+            return None
+
+    def _anchor(self) -> str:
+        """The pinned certificate; CertificateMismatch when the host presents another."""
+        if self.certificate is not None:
+            return self.certificate
+        pem = presented_certificate(self.host, self.port, self.timeout)
+        presented = pem_fingerprint(pem)
         if not hmac.compare_digest(presented, self.pin):
-            self.sock.close()
-            self.sock = None
-            raise CertificateMismatch(f"{self.host}:{self.port}", format_fingerprint(self.pin),
+            raise CertificateMismatch(self._where(), format_fingerprint(self.pin),
+                                      format_fingerprint(presented))
+        return pem
+
+    def _refusal(self, error: ssl.SSLCertVerificationError) -> CertificateMismatch:
+        """What OpenSSL's refusal means: the pinned certificate presented but not valid
+        (expired, say), or another certificate presented."""
+        presented = self._presented_fingerprint()
+        if presented == self.pin:
+            return CertificateInvalid(self._where(), format_fingerprint(self.pin),
+                                      str(error.verify_message or error))
+        return CertificateMismatch(self._where(), format_fingerprint(self.pin),
+                                   format_fingerprint(presented) if presented else
+                                   f"unknown ({error.verify_message or error})")
+
+    def connect(self) -> None:
+        """Connect and shake hands under the pinned certificate as the only trust anchor.
+        CertificateMismatch (socket closed) when the peer's certificate is not the pinned
+        one, CertificateInvalid when it is but OpenSSL refuses it (expired, say); OSError
+        when the host cannot be reached. Nothing is sent before this returns."""
+        context = anchored_context(self._anchor())
+        http.client.HTTPConnection.connect(self)  # the TCP connection
+        try:
+            self.sock = context.wrap_socket(self.sock, server_hostname=self.host)
+        except ssl.SSLCertVerificationError as e:
+            self.close()
+            raise self._refusal(e) from e
+        except BaseException:
+            self.close()
+            raise
+        presented = fingerprint_of(self.sock.getpeercert(binary_form=True) or b"")
+        if not hmac.compare_digest(presented, self.pin):  # the anchor should make this moot
+            self.close()
+            raise CertificateMismatch(self._where(), format_fingerprint(self.pin),
                                       format_fingerprint(presented))
         if self.aborted():  # checked after `sock` is set: an abort() now or later ends it
             self.close()
@@ -87,9 +155,11 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 class PinnedTransport(xmlrpc.client.SafeTransport):
     """XML-RPC over HTTPS to one host whose certificate SHA-256 is `pin`."""
 
-    def __init__(self, pin: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, pin: str, timeout: float = DEFAULT_TIMEOUT,
+                 certificate: str | None = None) -> None:
         super().__init__()
         self.pin = normalize_fingerprint(pin)
+        self.certificate = certificate  # the pinned PEM, when known
         self.timeout = timeout
         self.aborted = False
 
@@ -111,6 +181,7 @@ class PinnedTransport(xmlrpc.client.SafeTransport):
             return current
         chost, self._extra_headers, _ = self.get_host_info(host)
         connection = PinnedHTTPSConnection(chost, pin=self.pin, timeout=self.timeout,
+                                           certificate=self.certificate,
                                            aborted=lambda: self.aborted)
         self._connection = host, connection
         return connection
@@ -127,11 +198,12 @@ def session_cookie(session_id: str) -> str:
     return f"session_id={session_id}"
 
 
-def pinned_connection(address: str, port: int, pin: str,
-                      timeout: float = DEFAULT_TIMEOUT) -> PinnedHTTPSConnection:
+def pinned_connection(address: str, port: int, pin: str, timeout: float = DEFAULT_TIMEOUT,
+                      certificate: str | None = None) -> PinnedHTTPSConnection:
     """A connected PinnedHTTPSConnection to one host (for PUT, or CONNECT on its `sock`);
     CertificateMismatch (nothing sent) or OSError when it cannot be had."""
-    connection = PinnedHTTPSConnection(host_port(address, port), pin=pin, timeout=timeout)
+    connection = PinnedHTTPSConnection(host_port(address, port), pin=pin, timeout=timeout,
+                                       certificate=certificate)
     connection.connect()
     return connection
 

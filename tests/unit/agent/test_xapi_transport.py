@@ -1,11 +1,14 @@
-"""Fingerprints and int64 arguments of the XAPI client (agent/drivers/xapi)."""
+"""Fingerprints, kept certificates and int64 arguments of the XAPI client
+(agent/drivers/xapi)."""
 
 from __future__ import annotations
 
 import hashlib
 import xmlrpc.client
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from agent.drivers.xapi.pool import PoolClient, _Session, to_wire
 from agent.drivers.xapi.transport import (
@@ -14,6 +17,8 @@ from agent.drivers.xapi.transport import (
     format_fingerprint,
     normalize_fingerprint,
 )
+from agent.protocol import XapiSettings
+from tests.xapi_sim.server import make_certificate
 
 DIGITS = hashlib.sha256(b"certificate").hexdigest()
 
@@ -56,3 +61,36 @@ def test_the_password_never_shows_in_a_session_repr() -> None:
     session = _Session("https://10.0.0.1/", PinnedTransport(DIGITS), "lab")
     session.last_login_params = ("root", "hunter2", "1.0", "vauban")
     assert "hunter2" not in repr(session) and "lab" in repr(session)
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[str, str]:
+    """(PEM, SHA-256) of a new self-signed certificate."""
+    cert, _, digest = make_certificate("10.0.0.1", tmp_path, name)
+    return cert.read_text(), digest
+
+
+def test_a_kept_certificate_must_be_that_of_its_hosts_pin(tmp_path: Path) -> None:
+    pem, digest = _certificate(tmp_path, "a")
+    other, _ = _certificate(tmp_path, "b")
+    client = PoolClient("https://10.0.0.1/", "root", "pw", {"10.0.0.1": digest},
+                        certificates={"10.0.0.1": pem})
+    assert client.certificates == {"10.0.0.1": pem}
+    with pytest.raises(ValueError, match="10.0.0.1: the certificate kept is not its pinned"):
+        client.take_pins({"10.0.0.1": digest}, {"10.0.0.1": other})
+    with pytest.raises(ValueError, match="10.0.0.2: the certificate kept is not its pinned"):
+        client.take_pins({"10.0.0.1": digest}, {"10.0.0.2": pem})
+    with pytest.raises(ValueError, match="no certificate in what was kept"):
+        client.take_pins({"10.0.0.1": digest}, {"10.0.0.1": "not a PEM"})
+    assert client.certificates == {"10.0.0.1": pem}  # a refused change takes nothing
+
+
+def test_pool_settings_refuse_a_certificate_that_is_not_the_pinned_one(
+        tmp_path: Path) -> None:
+    pem, digest = _certificate(tmp_path, "a")
+    other, _ = _certificate(tmp_path, "b")
+    base = {"url": "https://10.0.0.1", "username": "root", "password": "hunter2",
+            "pool_uuid": "p", "pins": {"10.0.0.1": digest}}
+    assert XapiSettings(**base, certificates={"10.0.0.1": pem}).certificates
+    with pytest.raises(ValidationError, match="member 10.0.0.1: its certificate is not") as e:
+        XapiSettings(**base, certificates={"10.0.0.1": other})
+    assert "hunter2" not in str(e.value)
