@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +15,12 @@ from flask.testing import FlaskClient
 from controller.app import create_app
 from controller.bootstrap import open_region
 from controller.config import ControllerConfig
+from controller.db.migrate import upgrade
+from controller.db.session import make_engine
 from controller.region import Region
 from tests.ceph_fixtures import ceph_admin, ceph_cluster, ceph_minicluster
 from tests.functional.helpers import speaks_agent_protocol
-from tests.postgres import postgres_server
+from tests.postgres import postgres_server, recreate_database
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,23 +32,36 @@ def postgres_url() -> Iterator[str]:
 
 
 def _reset_postgres(url: str) -> None:
-    from sqlalchemy import create_engine, text
+    """The database at `url` made anew, its schema at the newest revision (a copy of one
+    migrated once per server: what `upgrade` makes of an empty database, without running
+    every migration again for each test; test_migrations runs them)."""
+    recreate_database(url, upgrade)
 
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A controller database file at the newest revision, migrated once per session."""
+    path = tmp_path_factory.mktemp("migrated") / "controller.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
     engine.dispose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # one file, no WAL: it is copied
+        conn.execute("PRAGMA journal_mode=DELETE")
+    return path
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def region(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Region]:
     """A freshly initialised controller state on each database the product supports."""
     url = ""
+    data = tmp_path / "controller"
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
         _reset_postgres(url)
-    r = open_region(ControllerConfig(data_dir=tmp_path / "controller", database_url=url,
-                                     node_down_after_s=30))
+    else:
+        data.mkdir(mode=0o700)
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), data / "controller.db")
+    r = open_region(ControllerConfig(data_dir=data, database_url=url, node_down_after_s=30))
     yield r
     r.events.stop()
     r.engine.dispose()
