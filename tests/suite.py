@@ -1,9 +1,9 @@
 """The whole suite as `make test` runs it, in two stages on this machine's two cores.
 
 Stage 1 runs the appliance ISO's tests (a QEMU guest installing, booting and being
-upgraded: mostly the emulated CPU's time), then the XAPI simulator's integration tests,
-beside the unit and functional tests (one Python process and its databases), each in a
-pytest of its own; stage 2 runs the rest,
+upgraded: mostly the emulated CPU's time) beside the unit and functional tests, then the
+XAPI simulator's integration tests (one Python process and its databases, the
+simulator's processes), each in a pytest of its own; stage 2 runs the rest,
 whose VMs, Ceph, lab nodes and browser need the machine to themselves. Each stage's
 tests share nothing with the other's of that stage: no libvirtd (the ISO tests' own
 controller has no node), no database, no port, each its own temporary folder.
@@ -21,13 +21,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=25"]
-# run beside stage 1's main pytest: the ISO's tests, then those of the XCP-ng pool client
-# and drivers against the XAPI simulator (loopback processes of their own: no libvirtd,
-# Ceph or database), which fit in the time stage 1's main pytest runs on after the ISO's
-BESIDE = ["tests/iso", *sorted(
+# run beside stage 1's main pytest: the ISO's tests (about as long as the main pytest)
+BESIDE = ["tests/iso"]
+# stage 1's main pytest: then those of the XCP-ng pool client and drivers against the
+# XAPI simulator (loopback processes of their own: no libvirtd, Ceph or database)
+STAGE_1 = ["tests/unit", "tests/functional", *sorted(
     str(p.relative_to(REPO)) for pattern in ("test_xapi_*.py", "test_xcpng_*.py")
     for p in (REPO / "tests/integration").glob(pattern))]
-STAGE_1 = ["tests/unit", "tests/functional"]
 
 
 def main() -> int:
