@@ -1,15 +1,18 @@
-"""The whole suite as `make test` runs it, in two stages on this machine's two cores.
+"""The whole suite as `make test` runs it, in two stages on this machine's two cores, each
+stage two pytests side by side.
 
 Stage 1 runs the appliance ISO's tests (a QEMU guest installing, booting and being
 upgraded: mostly the emulated CPU's time) beside the unit and functional tests, then the
 XAPI simulator's integration tests (one Python process and its databases, the
-simulator's processes), each in a pytest of its own; stage 2 runs the rest,
-whose VMs, Ceph, lab nodes and browser need the machine to themselves. Each stage's
-tests share nothing with the other's of that stage: no libvirtd (the ISO tests' own
-controller has no node), no database, no port, each its own temporary folder.
+simulator's processes). Stage 2 runs the lab's tests (nodes in containers on a bridge of
+their own, their own Ceph and controller) beside the rest (this host's libvirtd, Ceph,
+network namespaces and browser): a TCG guest keeps one core busy while the other mostly
+waits, so each side has a core. The two pytests of a stage share nothing: no libvirtd
+(the ISO tests' own controller has no node; the lab's nodes run their own), no
+database, no port, each its own temporary folder.
 
 Every test runs, once; the exit status is that of the first pytest that failed, and the
-ISO tests' output is printed whole once they end.
+side pytest's output is printed whole once it ends.
 """
 
 from __future__ import annotations
@@ -21,32 +24,39 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=25"]
-# run beside stage 1's main pytest: the ISO's tests (about as long as the main pytest)
-BESIDE = ["tests/iso"]
-# stage 1's main pytest: then those of the XCP-ng pool client and drivers against the
-# XAPI simulator (loopback processes of their own: no libvirtd, Ceph or database)
+# stage 1: the ISO's tests beside the rest (about as long as they are)
+ISO = ["tests/iso"]
 STAGE_1 = ["tests/unit", "tests/functional", *sorted(
     str(p.relative_to(REPO)) for pattern in ("test_xapi_*.py", "test_xcpng_*.py")
     for p in (REPO / "tests/integration").glob(pattern))]
+# stage 2: the lab's tests beside every test not named above
+LAB = ["tests/lab"]
+
+
+def side_by_side(work: Path, name: str, side: list[str], main: list[str]) -> tuple[int, int]:
+    """Run pytest on `side` (its output kept in a file) and on `main` at once; both exit
+    statuses, the side's output printed after the main's."""
+    with open(work / f"{name}.log", "w+") as log:
+        other = subprocess.Popen([*PYTEST, f"--basetemp={work}/{name}-side", *side],
+                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            first = subprocess.run([*PYTEST, f"--basetemp={work}/{name}", *main],
+                                   cwd=REPO, check=False).returncode
+        finally:
+            second = other.wait()
+            log.seek(0)
+            sys.stdout.write(log.read())
+            sys.stdout.flush()
+    return first, second
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="vs-", ignore_cleanup_errors=True) as work, \
-            open(Path(work) / "iso.log", "w+") as iso_log:
-        beside = subprocess.Popen([*PYTEST, f"--basetemp={work}/iso", *BESIDE], cwd=REPO,
-                                  stdout=iso_log, stderr=subprocess.STDOUT)
-        try:
-            first = subprocess.run([*PYTEST, f"--basetemp={work}/s1", *STAGE_1],
-                                   cwd=REPO, check=False).returncode
-        finally:
-            iso = beside.wait()
-            iso_log.seek(0)
-            sys.stdout.write(iso_log.read())
-            sys.stdout.flush()
-        rest = [f"--ignore={path}" for path in (*BESIDE, *STAGE_1)]
-        second = subprocess.run([*PYTEST, f"--basetemp={work}/s2", *rest, "tests"],
-                                cwd=REPO, check=False).returncode
-    return next((rc for rc in (first, iso, second) if rc != 0), 0)
+    with tempfile.TemporaryDirectory(prefix="vs-", ignore_cleanup_errors=True) as folder:
+        work = Path(folder)
+        statuses = side_by_side(work, "s1", ISO, STAGE_1)
+        rest = [f"--ignore={path}" for path in (*ISO, *STAGE_1, *LAB)]
+        statuses += side_by_side(work, "s2", LAB, [*rest, "tests"])
+    return next((rc for rc in statuses if rc != 0), 0)
 
 
 if __name__ == "__main__":

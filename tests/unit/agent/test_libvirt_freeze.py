@@ -1,6 +1,6 @@
 """LibvirtDriver's freeze and thaw policy over a fake domain wrapper: a freeze that failed or
 froze nothing is thawed at once and counts as not frozen; a failed thaw says the guest may
-still be frozen. (The real guest agent: tests/e2e/test_debian_snapshot_freeze.py.)"""
+still be frozen. (The real guest agent: tests/e2e/test_debian_guest.py.)"""
 
 from __future__ import annotations
 
