@@ -6,8 +6,8 @@ in teardown; domains the tests did not create are never touched.
 
 from __future__ import annotations
 
-import subprocess
 import os
+import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
