@@ -4,6 +4,8 @@ pinning, master redirects, session expiry, the event cache and int64 on the wire
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -360,3 +362,41 @@ def test_stopped_event_loop_logs_its_session_out(sim_pool: SimProcess) -> None:
     assert sim_pool.store.sessions == 1
     loop.stop()
     assert sim_pool.store.sessions == 0
+
+
+GEVENT_CLIENT = """
+import json, socket, sys
+from gevent import monkey
+monkey.patch_all()
+from agent.drivers.xapi.errors import PoolUnreachable
+from agent.drivers.xapi.pool import PoolClient
+args = json.loads(sys.argv[1])
+client = PoolClient(args["url"], "root", "secret", args["pins"], label="sim")
+answers = {"pools": len(client.call("pool.get_all"))}
+client.close()
+silent = socket.socket()  # accepts connections, never shakes hands
+silent.bind(("127.0.0.1", 0))
+silent.listen(1)
+port = silent.getsockname()[1]
+mute = PoolClient(f"https://127.0.0.1:{port}", "root", "secret",
+                  {"127.0.0.1": args["pins"]["127.0.0.1"]}, label="mute", timeout=1)
+try:
+    mute.connect()
+except PoolUnreachable as e:
+    answers["mute"] = str(e)
+print(json.dumps(answers))
+"""
+
+
+def test_a_fingerprint_only_client_works_under_gevent_as_the_controller_serves(
+        sim_pool: SimProcess) -> None:
+    """Regression: the controller's probe (gevent-patched ssl, whose
+    get_server_certificate takes no timeout) failed with a TypeError; a host that never
+    shakes hands is bounded by the client's timeout there too."""
+    args = json.dumps({"url": sim_pool.url(), "pins": _pins(sim_pool)})
+    done = subprocess.run([sys.executable, "-c", GEVENT_CLIENT, args], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)
+    assert answers["pools"] == 1
+    assert "no TLS handshake with 127.0.0.1:" in answers["mute"], answers

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import http.client
+import inspect
 import socket
 import ssl
 import string
@@ -75,8 +76,18 @@ def anchored_context(pem: str) -> ssl.SSLContext:
 
 def presented_certificate(address: str, port: int, timeout: float | None) -> str:
     """The certificate (PEM) the host at address:port presents, read by a TLS handshake
-    after which the connection is closed: nothing is sent. OSError when it cannot be."""
-    return ssl.get_server_certificate((address, port), timeout=timeout or DEFAULT_TIMEOUT)
+    after which the connection is closed: nothing is sent. OSError when it cannot be
+    (TimeoutError when no handshake ends within `timeout`)."""
+    limit = timeout or DEFAULT_TIMEOUT
+    fetch = ssl.get_server_certificate
+    if "timeout" in inspect.signature(fetch).parameters:
+        return fetch((address, port), timeout=limit)
+    # gevent's cooperative copy (the controller serves under gevent) takes no timeout
+    from gevent import Timeout
+
+    with Timeout(limit, TimeoutError(f"no TLS handshake with {host_port(address, port)} "
+                                     f"within {limit:g} s")):
+        return fetch((address, port))
 
 
 class PinnedHTTPSConnection(http.client.HTTPSConnection):
