@@ -128,17 +128,21 @@ def test_a_kept_certificate_is_the_only_trust_anchor_and_another_is_refused(
 
 
 @pytest.mark.parametrize("kept", [True, False], ids=["certificate-kept", "fingerprint-only"])
-def test_an_expired_pinned_certificate_is_refused_in_words_before_any_request(
-        sim_pool: SimProcess, kept: bool) -> None:
+@pytest.mark.parametrize("change, why", [
+    ({"expired": True}, "certificate has expired"),
+    ({"names": "192.0.2.7"}, "IP address mismatch, certificate is not valid for '127.0.0.1'"),
+], ids=["expired", "another-address"])
+def test_an_invalid_pinned_certificate_is_refused_in_words_before_any_request(
+        sim_pool: SimProcess, kept: bool, change: dict[str, Any], why: str) -> None:
     master = sim_pool.members[0]
-    pin = master.rekey(expired=True)
+    pin = master.rekey(**change)
     sent = master.requests
     c = PoolClient(sim_pool.url(), "root", "secret", {master.address: pin}, label="sim",
                    certificates={master.address: master.cert_pem} if kept else None)
     with pytest.raises(CertificateInvalid) as refused:
         c.connect()
     message = str(refused.value)
-    assert "certificate has expired" in message and format_fingerprint(pin) in message
+    assert why in message and format_fingerprint(pin) in message
     assert master.address in message and "renew" in message
     assert master.requests == sent
 

@@ -56,7 +56,8 @@ def operations(pool: SimPool) -> dict[str, Op]:
         "live": lambda cls: [o.uuid for o in store.live(cls)],
         "wait_blocked": lambda count: _wait_blocked(pool, count),
         "requests": lambda member: pool.members[member].requests,
-        "rekey": lambda member, expired=False: pool.members[member].rekey(expired),
+        "rekey": lambda member, expired=False, names=None:
+            pool.members[member].rekey(expired, names),
         "stop_member": lambda member: pool.members[member].stop(),
         "switch_master": pool.switch_master,
         "eject": pool.eject,

@@ -182,10 +182,10 @@ class Member:
         """HTTP requests this host received."""
         return int(self.sim.query("requests", self.index))
 
-    def rekey(self, expired: bool = False) -> str:
-        """A new certificate for this host (`expired`: one that expired yesterday); its
-        SHA-256."""
-        self.fingerprint = str(self.sim.query("rekey", self.index, expired))
+    def rekey(self, expired: bool = False, names: str | None = None) -> str:
+        """A new certificate for this host (`expired`: one that expired yesterday;
+        `names`: naming that address, not the host's); its SHA-256."""
+        self.fingerprint = str(self.sim.query("rekey", self.index, expired, names))
         self.cert_pem = self.sim.query("info")["members"][self.index]["cert_pem"]
         return self.fingerprint
 

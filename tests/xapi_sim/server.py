@@ -31,10 +31,10 @@ from tests.xapi_sim.lifecycle import Backend, MemoryBackend
 from tests.xapi_sim.model import GiB, Store
 
 
-def make_certificate(address: str, folder: Path, name: str,
-                     expired: bool = False) -> tuple[Path, Path, str]:
-    """A self-signed cert for `address` (valid for ten years, or one that expired
-    yesterday): (cert path, key path, SHA-256 of its DER)."""
+def make_certificate(address: str, folder: Path, name: str, expired: bool = False,
+                     names: str | None = None) -> tuple[Path, Path, str]:
+    """A self-signed cert naming `address` (or the address `names`), valid for ten
+    years or expired yesterday: (cert path, key path, SHA-256 of its DER)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
     now = datetime.datetime.now(datetime.UTC)
@@ -44,7 +44,7 @@ def make_certificate(address: str, folder: Path, name: str,
             .not_valid_before(now - datetime.timedelta(days=30))
             .not_valid_after(ends)
             .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+                [x509.IPAddress(ipaddress.ip_address(names or address))]), critical=False)
             .sign(key, hashes.SHA256()))
     cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -149,13 +149,13 @@ class Member:
     thread: threading.Thread | None = None
     own_store: Store | None = None  # set when ejected: master of a pool of its own
 
-    def rekey(self, expired: bool = False) -> str:
+    def rekey(self, expired: bool = False, names: str | None = None) -> str:
         """A new certificate for this host (new connections get it; `expired`: one that
-        expired yesterday); its SHA-256."""
+        expired yesterday; `names`: naming that address, not the host's); its SHA-256."""
         name = f"{self.address}-{self.pool.rekeys}"
         self.pool.rekeys += 1
         cert, key, self.fingerprint = make_certificate(self.address, self.pool.folder, name,
-                                                       expired)
+                                                       expired, names)
         self.cert_pem = cert.read_text()
         with self.pool.store.cond:
             self.pool.store.certificates[self.host_uuid] = self.cert_pem

@@ -47,7 +47,7 @@ class CertificateMismatch(XapiError):
 
 class CertificateInvalid(CertificateMismatch):
     """A host presented its pinned certificate, but OpenSSL refused it (expired, not yet
-    valid, not for a server); nothing was sent."""
+    valid, not for a server, not naming the host's address); nothing was sent."""
 
     def __init__(self, host: str, pinned: str, reason: str) -> None:
         XapiError.__init__(

@@ -5,7 +5,8 @@ operator pins each host's fingerprint at enrollment. Every connection that carri
 byte is verified by OpenSSL (CERT_REQUIRED) against one trust anchor only: the pinned
 certificate itself (VERIFY_X509_PARTIAL_CHAIN, so a host certificate signed by a CA of
 the pool's own is its own anchor too). OpenSSL checks the handshake against it, its
-signature, validity dates and purpose; the fingerprint is compared on top. There is no
+signature, validity dates, purpose and that it names the address the host is reached
+at; the fingerprint is compared on top. There is no
 way to switch either check off.
 
 The pinned certificate is the PEM the region kept at enrollment (the pool's record of
@@ -63,12 +64,11 @@ def pem_fingerprint(pem: str) -> str:
 def anchored_context(pem: str) -> ssl.SSLContext:
     """A client context that trusts the certificate `pem` and nothing else."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # the name is checked too: XCP-ng's host certificates carry the management address
+    # (xapi's gencert), by which hosts are reached
     context.verify_mode = ssl.CERT_REQUIRED
     # the anchor is the host's own certificate, not a CA above it
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    # hosts are reached by address and name themselves in their certificates as they
-    # please: the exact certificate identifies the host, a name adds nothing to it
-    context.check_hostname = False
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cadata=pem)
     return context
@@ -129,7 +129,7 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def _refusal(self, error: ssl.SSLCertVerificationError) -> CertificateMismatch:
         """What OpenSSL's refusal means: the pinned certificate presented but not valid
-        (expired, say), or another certificate presented."""
+        (expired, or not naming the address), or another certificate presented."""
         presented = self._presented_fingerprint()
         if presented == self.pin:
             return CertificateInvalid(self._where(), format_fingerprint(self.pin),
